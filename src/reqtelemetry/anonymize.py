@@ -1,0 +1,84 @@
+"""Salted hashing of path segments and query values.
+
+Used only where no route template is known (an app without routing
+information). The scheme is ORY's, exactly: ``sha256(f"{value}|{salt}")`` in
+hex, with a random UUIDv4 salt made per instance. The salt never leaves the
+process, so a hash cannot be reversed by trying likely values, yet the same
+value hashes the same way for the life of the instance, which keeps
+aggregation meaningful.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable
+from urllib.parse import parse_qsl
+
+
+def hash_value(value: str, salt: str) -> str:
+    """ORY's hash: ``sha256("value|salt")`` as 64 hex digits."""
+    return hashlib.sha256(f"{value}|{salt}".encode()).hexdigest()
+
+
+def new_salt() -> str:
+    """A fresh random salt (a UUIDv4), one per instance."""
+    return str(uuid.uuid4())
+
+
+class Anonymizer:
+    """Turns raw paths and query strings into identifier-free keys.
+
+    Path segments on ``allowed_segments`` are kept as they are (compared
+    case-sensitively); every other non-empty segment is hashed. Query values are
+    always hashed; query keys are kept only when on ``allowed_query_keys`` and
+    dropped otherwise, so a key cannot smuggle an identifier either.
+    """
+
+    __slots__ = ("_allowed_query_keys", "_allowed_segments", "_salt")
+
+    def __init__(
+        self,
+        salt: str | None = None,
+        allowed_segments: Iterable[str] = (),
+        allowed_query_keys: Iterable[str] = (),
+    ) -> None:
+        self._salt = salt if salt is not None else new_salt()
+        self._allowed_segments = frozenset(allowed_segments)
+        self._allowed_query_keys = frozenset(allowed_query_keys)
+
+    def __repr__(self) -> str:  # never show the salt, not even in a traceback
+        return (
+            f"Anonymizer(allowed_segments={sorted(self._allowed_segments)!r}, "
+            f"allowed_query_keys={sorted(self._allowed_query_keys)!r})"
+        )
+
+    def hash(self, value: str) -> str:
+        return hash_value(value, self._salt)
+
+    def path(self, path: str) -> str:
+        """``/api/users/42`` → ``/api/users/<hash of 42>`` when ``api`` and ``users`` are allowed."""
+        allowed = self._allowed_segments
+        segments = [
+            segment if (not segment or segment in allowed) else self.hash(segment)
+            for segment in path.split("/")
+        ]
+        anonymized = "/".join(segments)
+        return anonymized if anonymized.startswith("/") else "/" + anonymized
+
+    def query(self, query: str) -> str:
+        """``q=secret&page=2&token=x`` → ``page=<hash>&q=<hash>`` (only allowed keys, sorted)."""
+        pairs = parse_qsl(query, keep_blank_values=True)
+        kept = sorted(
+            (key, self.hash(value)) for key, value in pairs if key in self._allowed_query_keys
+        )
+        return "&".join(f"{key}={value}" for key, value in kept)
+
+    def url(self, path: str, query: str = "") -> str:
+        """The anonymized path, with the anonymized query appended when it keeps anything."""
+        anonymized = self.path(path)
+        if query:
+            kept = self.query(query)
+            if kept:
+                return f"{anonymized}?{kept}"
+        return anonymized

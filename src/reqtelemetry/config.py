@@ -1,0 +1,176 @@
+"""One frozen configuration object, resolved once at start.
+
+Why once: the middleware's hot path must not read the environment, and an
+operator must be able to predict what happens from what they set at start.
+
+Precedence, strongest first: the environment (``REQTELEMETRY_*``, and for
+opting out also ``SQA_OPT_OUT`` and ``DO_NOT_TRACK``), then the command line's
+``--sqa-opt-out``, then the arguments given in code. The environment can only
+switch telemetry *off*; no variable switches it on against the code's wish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .recorder import DEFAULT_MAX_KEYS
+
+OPT_OUT_FLAG = "--sqa-opt-out"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+DEFAULT_FLUSH_INTERVAL = 3600.0
+
+
+def env_flag(value: str | None) -> bool:
+    """True for ``1``/``true``/``yes``/``on`` (any case); anything else means not set."""
+    return value is not None and value.strip().lower() in _TRUE
+
+
+def add_opt_out_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--sqa-opt-out`` to an app's own ``argparse`` parser.
+
+    The parsed value lands in ``args.sqa_opt_out``; pass it as
+    ``Telemetry(opt_out=args.sqa_opt_out)``. The flag is also honoured when it
+    is only present in ``sys.argv``, so an operator can rely on it even where the
+    app forgot to pass it on.
+    """
+    parser.add_argument(
+        OPT_OUT_FLAG,
+        dest="sqa_opt_out",
+        action="store_true",
+        help="disable anonymous usage telemetry (same as SQA_OPT_OUT=true)",
+    )
+    return parser
+
+
+def _split(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(item.strip() for item in value if item and item.strip())
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything reqtelemetry needs to know, in one immutable place.
+
+    Build it with :meth:`Config.resolve` so that the environment and opt-out
+    rules apply; the plain constructor takes values as they are (for tests).
+    """
+
+    endpoint: str | None = None
+    app_name: str | None = None
+    app_version: str | None = None
+    opt_out: bool = False
+    #: Why telemetry is off, for the start-up log line (``None`` when on).
+    opt_out_reason: str | None = None
+    #: Paths never measured: exact matches ...
+    exclude_paths: tuple[str, ...] = ()
+    #: ... and prefixes (``/static/`` excludes everything below it).
+    exclude_prefixes: tuple[str, ...] = ()
+    max_keys: int = DEFAULT_MAX_KEYS
+    #: Requests no route matched share one key (``<unmatched>``) instead of
+    #: each getting its anonymized path: a scanner must not grow the payload.
+    group_unmatched: bool = True
+    #: Path segments kept verbatim when a path has to be anonymized.
+    allowed_path_segments: tuple[str, ...] = ()
+    #: Query keys kept (their values hashed) when ``record_query`` is on.
+    allowed_query_keys: tuple[str, ...] = ()
+    #: Append the anonymized query string to anonymized paths.
+    record_query: bool = False
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    debug: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return not self.opt_out
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls))
+
+    @classmethod
+    def resolve(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        argv: Iterable[str] | None = None,
+        **options: Any,
+    ) -> Config:
+        """Combine code options, the command line and the environment, once."""
+        environ = os.environ if environ is None else environ
+        argv = sys.argv if argv is None else argv
+        unknown = set(options) - (cls.field_names() - {"opt_out_reason"})
+        if unknown:
+            raise TypeError(f"unknown reqtelemetry option(s): {', '.join(sorted(unknown))}")
+        for name in ("exclude_paths", "exclude_prefixes", "allowed_path_segments",
+                     "allowed_query_keys"):
+            if name in options:
+                options[name] = _split(options[name])
+        options.update(_from_environment(environ))
+        config = cls(**options)
+        reason = _opt_out_reason(config, environ, argv)
+        config = replace(config, opt_out=reason is not None, opt_out_reason=reason)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, got {self.max_keys!r}")
+        if not self.flush_interval > 0:
+            raise ValueError(f"flush_interval must be positive, got {self.flush_interval!r}")
+        for prefix in self.exclude_prefixes:
+            if not prefix.startswith("/"):
+                raise ValueError(f"exclude_prefixes entries must start with '/', got {prefix!r}")
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``REQTELEMETRY_*`` overrides; bad values raise a clear error at start."""
+    found: dict[str, Any] = {}
+    text = {"ENDPOINT": "endpoint", "APP_NAME": "app_name", "APP_VERSION": "app_version"}
+    for suffix, name in text.items():
+        value = environ.get(f"REQTELEMETRY_{suffix}")
+        if value:
+            found[name] = value
+    lists = {"EXCLUDE_PATHS": "exclude_paths", "EXCLUDE_PREFIXES": "exclude_prefixes",
+             "ALLOWED_PATH_SEGMENTS": "allowed_path_segments"}
+    for suffix, name in lists.items():
+        value = environ.get(f"REQTELEMETRY_{suffix}")
+        if value is not None:
+            found[name] = _split(value)
+    numbers = {"MAX_KEYS": ("max_keys", int), "FLUSH_INTERVAL": ("flush_interval", float)}
+    for suffix, (name, kind) in numbers.items():
+        value = environ.get(f"REQTELEMETRY_{suffix}")
+        if value:
+            try:
+                found[name] = kind(value)
+            except ValueError:
+                raise ValueError(
+                    f"REQTELEMETRY_{suffix} must be a number, got {value!r}"
+                ) from None
+    for suffix, name in {"DEBUG": "debug"}.items():
+        value = environ.get(f"REQTELEMETRY_{suffix}")
+        if value is not None and value.strip().lower() not in _FALSE | _TRUE:
+            raise ValueError(f"REQTELEMETRY_{suffix} must be true or false, got {value!r}")
+        if env_flag(value):
+            found[name] = True
+    return found
+
+
+def _opt_out_reason(config: Config, environ: Mapping[str, str], argv: Iterable[str]) -> str | None:
+    for variable in ("SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT"):
+        if env_flag(environ.get(variable)):
+            return f"{variable} is set"
+    if environ.get("DO_NOT_TRACK", "").strip() == "1" or env_flag(environ.get("DO_NOT_TRACK")):
+        return "DO_NOT_TRACK is set"
+    if OPT_OUT_FLAG in argv:
+        return f"{OPT_OUT_FLAG} was given"
+    if config.opt_out:
+        return "opt_out=True in the configuration"
+    return None

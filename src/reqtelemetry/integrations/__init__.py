@@ -1,0 +1,1 @@
+"""Thin framework adapters: measure a request, find its route, call ``Telemetry.record``."""

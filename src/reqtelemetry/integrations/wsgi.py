@@ -1,0 +1,149 @@
+"""WSGI middleware measuring each request, in the manner of Werkzeug's ``ProxyFix``.
+
+Wrap any WSGI app: ``flask_app.wsgi_app = WSGIMiddleware(flask_app.wsgi_app,
+telemetry=telemetry)``. A WSGI request does not end when the app returns but
+when the server has consumed the response iterable or called its ``close()``
+(PEP 3333), whichever comes first, so the clock stops there: a streaming response is measured to its
+last byte, and response bytes are counted as they pass.
+
+The route template comes from the framework through the environ key
+``reqtelemetry.route`` (see :mod:`reqtelemetry.integrations.flask`, installed
+automatically when the wrapped app is a Flask app). Without it the path is
+anonymized.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from time import perf_counter
+from typing import Any
+
+from ..telemetry import CLIENT_CLOSED_STATUS, KNOWN_METHODS, OTHER_METHOD, Telemetry
+
+#: Set by a framework hook: the matched route template, or None when the
+#: framework's router matched nothing. Absent when the app has no router we know.
+ROUTE_KEY = "reqtelemetry.route"
+
+_NOT_STARTED, _ITERATING, _EXHAUSTED = 0, 1, 2
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class WSGIMiddleware:
+    """Records method, route template, status, latency and sizes of WSGI requests."""
+
+    def __init__(self, app: WSGIApp, telemetry: Telemetry | None = None, **options: Any) -> None:
+        if telemetry is None:
+            telemetry = Telemetry(**options)
+        elif options:
+            raise TypeError("pass either telemetry= or keyword options, not both")
+        self.app = app
+        self.telemetry = telemetry
+        self._active = telemetry.enabled
+        if self._active:
+            from .flask import install_if_flask
+
+            install_if_flask(app)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if not self._active:
+            return self.app(environ, start_response)
+        telemetry = self.telemetry
+        path = environ.get("PATH_INFO", "")
+        if path in telemetry.exclude_paths or (
+            telemetry.exclude_prefixes and path.startswith(telemetry.exclude_prefixes)
+        ):
+            return self.app(environ, start_response)
+
+        measured = _Measured(self, environ)
+
+        def start_response_measuring(status: str, headers: Any, exc_info: Any = None) -> Any:
+            measured.status = int(status[:3])
+            write = start_response(status, headers, exc_info)
+
+            def write_counting(data: bytes) -> Any:
+                measured.response_bytes += len(data)
+                return write(data)
+
+            return write_counting
+
+        measured.start = perf_counter()
+        try:
+            iterable = self.app(environ, start_response_measuring)
+        except BaseException:
+            measured.status = 500
+            measured.finish()
+            raise
+        measured.iterable = iterable
+        return measured
+
+
+class _Measured:
+    """The response iterable handed to the server; ``close()`` ends the request."""
+
+    __slots__ = ("environ", "finished", "iterable", "middleware", "progress", "response_bytes",
+                 "start", "status")
+
+    def __init__(self, middleware: WSGIMiddleware, environ: dict[str, Any]) -> None:
+        self.middleware = middleware
+        self.environ = environ
+        self.iterable: Iterable[bytes] = ()
+        self.status = 0
+        self.response_bytes = 0
+        self.start = 0.0
+        self.finished = False
+        self.progress = _NOT_STARTED
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.progress = _ITERATING
+        try:
+            for chunk in self.iterable:
+                self.response_bytes += len(chunk)
+                yield chunk
+        except GeneratorExit:  # closed early: close() records it as a client disconnect
+            raise
+        except BaseException:
+            self.status = 500
+            raise
+        self.progress = _EXHAUSTED
+        self.finish()  # the last byte has been handed over; close() may come much later
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.iterable, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        end = perf_counter()
+        if self.progress == _ITERATING and self.status != 500:
+            # The server stopped iterating early: the client went away.
+            self.status = CLIENT_CLOSED_STATUS
+        middleware = self.middleware
+        telemetry = middleware.telemetry
+        try:
+            environ = self.environ
+            if ROUTE_KEY in environ:
+                route = environ[ROUTE_KEY] or telemetry.route_for_unrouted(
+                    environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""), False
+                )
+            else:
+                route = telemetry.route_for_unrouted(
+                    environ.get("PATH_INFO", ""),
+                    environ.get("QUERY_STRING", ""),
+                    self.status != 404,
+                )
+            method = environ.get("REQUEST_METHOD", "GET")
+            if method not in KNOWN_METHODS:
+                method = OTHER_METHOD
+            length = environ.get("CONTENT_LENGTH")
+            request_bytes = int(length) if length and length.isdigit() else 0
+            telemetry.record(method, route, self.status or 500, end - self.start,
+                             request_bytes, self.response_bytes)
+        except Exception as error:  # never let telemetry break a response
+            telemetry.internal_error(error)
