@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
+from .payload import truncate_route
+
 
 def hash_value(value: str, salt: str) -> str:
     """ORY's hash: ``sha256("value|salt")`` as 64 hex digits."""
@@ -57,14 +59,18 @@ class Anonymizer:
         return hash_value(value, self._salt)
 
     def path(self, path: str) -> str:
-        """``/api/users/42`` → ``/api/users/<hash of 42>`` when ``api`` and ``users`` are allowed."""
+        """``/api/users/42`` → ``/api/users/<hash of 42>`` (``api``, ``users`` allowed)."""
         allowed = self._allowed_segments
         segments = [
             segment if (not segment or segment in allowed) else self.hash(segment)
             for segment in path.split("/")
         ]
         anonymized = "/".join(segments)
-        return anonymized if anonymized.startswith("/") else "/" + anonymized
+        if not anonymized.startswith("/"):
+            anonymized = "/" + anonymized
+        # Deep paths would pass the wire format's limit (65 characters a hashed
+        # segment): cut them here, so that they also share a key.
+        return truncate_route(anonymized)
 
     def query(self, query: str) -> str:
         """``q=secret&page=2&token=x`` → ``page=<hash>&q=<hash>`` (only allowed keys, sorted)."""
@@ -80,5 +86,5 @@ class Anonymizer:
         if query:
             kept = self.query(query)
             if kept:
-                return f"{anonymized}?{kept}"
+                return truncate_route(f"{anonymized}?{kept}")
         return anonymized

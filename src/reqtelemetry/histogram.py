@@ -49,11 +49,15 @@ def bucket_value(index: int) -> float:
 class Histogram:
     """Counts per logarithmic bucket. Not thread-safe: the recorder holds the lock."""
 
-    __slots__ = ("bins", "count")
+    __slots__ = ("bins",)
 
     def __init__(self) -> None:
         self.bins: dict[int, int] = {}
-        self.count = 0
+
+    @property
+    def count(self) -> int:
+        """Values added. Derived, so the recorder's hot path updates only ``bins``."""
+        return sum(self.bins.values())
 
     def add(self, value: float) -> None:
         if value <= MIN_TRACKED:
@@ -64,7 +68,6 @@ class Histogram:
             index = math.ceil(math.log(value) / _LOG_GAMMA)
         bins = self.bins
         bins[index] = bins.get(index, 0) + 1
-        self.count += 1
 
     def merge_bins(self, bins: Iterable[tuple[int, int]]) -> None:
         """Add another histogram's ``(index, count)`` pairs into this one."""
@@ -75,15 +78,15 @@ class Histogram:
             if count <= 0:
                 continue
             own[index] = own.get(index, 0) + count
-            self.count += count
 
     def quantile(self, q: float) -> float | None:
         """The estimate of the ``q`` quantile (0..1), or None when empty."""
-        if not self.count:
+        count = self.count
+        if not count:
             return None
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"quantile must be within [0, 1], got {q!r}")
-        rank = math.floor(q * (self.count - 1))
+        rank = math.floor(q * (count - 1))
         seen = 0
         for index in sorted(self.bins):
             seen += self.bins[index]

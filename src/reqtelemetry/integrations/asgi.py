@@ -29,7 +29,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class ASGIMiddleware:
-    """Records method, route template, status, latency and sizes of HTTP requests."""
+    """Records method, route template, status, latency and sizes of HTTP requests.
+
+    An opted-out instance becomes a plain pass-through (its class is switched
+    to :class:`_PassThrough`), so it costs one extra ``await`` and nothing else.
+    """
 
     def __init__(self, app: ASGIApp, telemetry: Telemetry | None = None, **options: Any) -> None:
         if telemetry is None:
@@ -38,12 +42,19 @@ class ASGIMiddleware:
             raise TypeError("pass either telemetry= or keyword options, not both")
         self.app = app
         self.telemetry = telemetry
-        self._active = telemetry.enabled
-        self._routes = RouteTemplates()
+        if not telemetry.enabled:
+            self.__class__ = _PassThrough
+            return
+        self._record = telemetry.record
+        self._template = RouteTemplates().template
+        self._first_request = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self._active or scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.app(scope, receive, self._flush_on_shutdown(send))
+            else:
+                await self.app(scope, receive, send)
             return
         telemetry = self.telemetry
         path = scope["path"]
@@ -52,6 +63,8 @@ class ASGIMiddleware:
         ):
             await self.app(scope, receive, send)
             return
+        if self._first_request:
+            self._on_first_request(scope)
 
         entry_root_path = scope.get("root_path", "")
         status = 0
@@ -70,68 +83,161 @@ class ASGIMiddleware:
                 disconnected = True
             return message
 
+        # No body goes out in answer to HEAD, whatever the app hands the server.
+        count_body = scope["method"] != "HEAD"
+
         async def send_measuring(message: Message) -> None:
             nonlocal status, response_bytes, end, disconnected
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
-            elif kind == "http.response.body":
-                response_bytes += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    try:
-                        await send(message)
-                    except OSError:
-                        disconnected = True
-                        raise
-                    end = perf_counter()
-                    return
-            elif kind == "http.response.pathsend":
-                await send(message)
-                end = perf_counter()
-                return
             try:
                 await send(message)
             except OSError:
                 disconnected = True
                 raise
+            # Counted once the server took it: a chunk that failed never passed.
+            if kind == "http.response.body":
+                if count_body:
+                    response_bytes += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    end = perf_counter()
+            elif kind == "http.response.pathsend":
+                end = perf_counter()
 
         start = perf_counter()
         try:
             await self.app(scope, receive_counting, send_measuring)
         except asyncio.CancelledError:
-            self._finish(scope, entry_root_path, CLIENT_CLOSED_STATUS, start, end,
-                         request_bytes, response_bytes)
+            self._finish(
+                scope,
+                entry_root_path,
+                CLIENT_CLOSED_STATUS,
+                start,
+                end,
+                request_bytes,
+                response_bytes,
+            )
             raise
         except BaseException:
-            self._finish(scope, entry_root_path,
-                         CLIENT_CLOSED_STATUS if disconnected and end == 0.0 else 500,
-                         start, end, request_bytes, response_bytes)
+            self._finish(
+                scope,
+                entry_root_path,
+                CLIENT_CLOSED_STATUS if disconnected and end == 0.0 else 500,
+                start,
+                end,
+                request_bytes,
+                response_bytes,
+            )
             raise
         if end == 0.0:
             # The app returned without completing a response: the client went
-            # away (streaming stopped), or the server will answer 500 for it.
-            status = CLIENT_CLOSED_STATUS if disconnected else (status or 500)
-        self._finish(scope, entry_root_path, status, start, end, request_bytes, response_bytes)
-
-    def _finish(self, scope: Scope, entry_root_path: str, status: int, start: float, end: float,
-                request_bytes: int, response_bytes: int) -> None:
-        """Resolve the route and record; a failure here is telemetry's, never the app's."""
+            # away (streaming stopped), or the server answers 500 (or, when the
+            # status line is already out, cuts the response short) for it.
+            self._finish(
+                scope,
+                entry_root_path,
+                CLIENT_CLOSED_STATUS if disconnected else 500,
+                start,
+                end,
+                request_bytes,
+                response_bytes,
+            )
+            return
+        # The common case, inline: a failure here is telemetry's, never the app's.
         try:
-            if end == 0.0:
-                end = perf_counter()
-            route = self._routes.template(scope, entry_root_path)
+            route = self._template(scope, entry_root_path, status)
             if route is None:
-                telemetry = self.telemetry
-                # A Starlette router saw the request and matched nothing, or a
-                # route-less app answered 404: both are "unmatched".
-                matched = "router" not in scope and status != 404
-                route = telemetry.route_for_unrouted(
-                    scope["path"], scope.get("query_string", b"").decode("latin-1"), matched
-                )
+                route = self._unrouted(scope, status)
             method = scope["method"]
             if method not in KNOWN_METHODS:
                 method = OTHER_METHOD
-            self.telemetry.record(method, route, status, end - start, request_bytes,
-                                  response_bytes)
+            self._record(
+                method,
+                route,
+                status,
+                end - start,
+                request_bytes,
+                response_bytes,
+                scope.get("scheme", "http"),
+            )
+        except Exception as error:
+            telemetry.internal_error(error)
+
+    def _on_first_request(self, scope: Scope) -> None:
+        """Once: tell the traits which framework this is and whether it looks like a dev run."""
+        self._first_request = False
+        try:
+            app = scope.get("app")
+            if app is not None:
+                self.telemetry.note_framework(type(app).__module__.split(".")[0])
+            for name, value in scope.get("headers", ()):
+                if name == b"host":
+                    self.telemetry.note_first_request(value.decode("latin-1"))
+                    break
         except Exception as error:  # never let telemetry break a response
             self.telemetry.internal_error(error)
+
+    def _unrouted(self, scope: Scope, status: int) -> str:
+        # A Starlette router saw the request and matched nothing, or a
+        # route-less app answered 404: both are "unmatched".
+        matched = "router" not in scope and status != 404
+        return self.telemetry.route_for_unrouted(
+            scope["path"], scope.get("query_string", b"").decode("latin-1"), matched
+        )
+
+    def _flush_on_shutdown(self, send: Send) -> Send:
+        """Wrap lifespan ``send``: once the app has shut down, make the final flush.
+
+        The flush runs in a worker thread (it does I/O) and is bounded by
+        ``shutdown_timeout``, so the server's shutdown is never held up for long.
+        """
+
+        async def send_then_flush(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, self.telemetry.close)
+                except Exception as error:  # never let telemetry break shutdown
+                    self.telemetry.internal_error(error)
+            await send(message)
+
+        return send_then_flush
+
+    def _finish(
+        self,
+        scope: Scope,
+        entry_root_path: str,
+        status: int,
+        start: float,
+        end: float,
+        request_bytes: int,
+        response_bytes: int,
+    ) -> None:
+        """Record a request that did not complete normally (errors, disconnects)."""
+        try:
+            if end == 0.0:
+                end = perf_counter()
+            route = self._template(scope, entry_root_path, status)
+            if route is None:
+                route = self._unrouted(scope, status)
+            method = scope["method"]
+            if method not in KNOWN_METHODS:
+                method = OTHER_METHOD
+            self._record(
+                method,
+                route,
+                status,
+                end - start,
+                request_bytes,
+                response_bytes,
+                scope.get("scheme", "http"),
+            )
+        except Exception as error:  # never let telemetry break a response
+            self.telemetry.internal_error(error)
+
+
+class _PassThrough(ASGIMiddleware):
+    """What an opted-out :class:`ASGIMiddleware` becomes: the app, and nothing else."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)

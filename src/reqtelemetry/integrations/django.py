@@ -58,6 +58,13 @@ class TelemetryMiddleware:
         self.get_response = get_response
         self.telemetry = get_telemetry()
         self._active = self.telemetry.enabled
+        self._first_request = True
+        if self._active:
+            from django.conf import settings
+
+            self.telemetry.note_framework("django")
+            if getattr(settings, "DEBUG", False):
+                self.telemetry.note_development("Django DEBUG")
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
@@ -98,14 +105,16 @@ class TelemetryMiddleware:
                         request, response.status_code, start, response.streaming_content
                     )
             else:
-                self._record(request, response.status_code, start, perf_counter(),
-                             len(response.content))
+                self._record(
+                    request, response.status_code, start, perf_counter(), len(response.content)
+                )
         except Exception as error:  # never let telemetry break a response
             self.telemetry.internal_error(error)
         return response
 
-    def _measure_sync(self, request: Any, status: int, start: float,
-                      content: Iterator[bytes]) -> Iterator[bytes]:
+    def _measure_sync(
+        self, request: Any, status: int, start: float, content: Iterator[bytes]
+    ) -> Iterator[bytes]:
         sent = 0
         complete = False
         try:
@@ -120,11 +129,13 @@ class TelemetryMiddleware:
             complete = True
             raise
         finally:
-            self._record(request, status if complete else CLIENT_CLOSED_STATUS, start,
-                         perf_counter(), sent)
+            self._record(
+                request, status if complete else CLIENT_CLOSED_STATUS, start, perf_counter(), sent
+            )
 
-    async def _measure_async(self, request: Any, status: int, start: float,
-                             content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _measure_async(
+        self, request: Any, status: int, start: float, content: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
         sent = 0
         complete = False
         try:
@@ -139,16 +150,20 @@ class TelemetryMiddleware:
             complete = True
             raise
         finally:
-            self._record(request, status if complete else CLIENT_CLOSED_STATUS, start,
-                         perf_counter(), sent)
+            self._record(
+                request, status if complete else CLIENT_CLOSED_STATUS, start, perf_counter(), sent
+            )
 
-    def _record(self, request: Any, status: int, start: float, end: float,
-                response_bytes: int) -> None:
+    def _record(
+        self, request: Any, status: int, start: float, end: float, response_bytes: int
+    ) -> None:
         telemetry = self.telemetry
         try:
             match = getattr(request, "resolver_match", None)
             if match is not None and match.route is not None:
-                route = "/" + match.route.lstrip("/")
+                # A top-level ``re_path`` keeps its ``^`` (Django drops it from
+                # nested ones): drop it here too, so all templates look alike.
+                route = "/" + match.route.lstrip("^/")
             else:
                 route = telemetry.route_for_unrouted(
                     request.path_info, request.META.get("QUERY_STRING", ""), False
@@ -158,6 +173,13 @@ class TelemetryMiddleware:
                 method = OTHER_METHOD
             length = request.META.get("CONTENT_LENGTH")
             request_bytes = int(length) if length and str(length).isdigit() else 0
-            telemetry.record(method, route, status, end - start, request_bytes, response_bytes)
+            if method == "HEAD":  # no body goes out in answer to HEAD
+                response_bytes = 0
+            telemetry.record(
+                method, route, status, end - start, request_bytes, response_bytes, request.scheme
+            )
+            if self._first_request:
+                self._first_request = False
+                telemetry.note_first_request(request.META.get("HTTP_HOST"))
         except Exception as error:  # never let telemetry break a response
             telemetry.internal_error(error)

@@ -1,12 +1,16 @@
-"""Flask: tell the WSGI middleware which URL rule matched.
+"""Flask: which URL rule matched, at (almost) no cost per request.
 
-Flask keeps the matched rule on ``request.url_rule``, which is gone by the time
-the WSGI response is closed. Flask sends the ``request_started`` signal after
-matching and before any view or ``before_request`` function runs (for 404s
-too), so a receiver there copies the rule (``/items/<int:item_id>``: the rule
-that matched, not the endpoint's first one) into the WSGI environ for
-:class:`~reqtelemetry.integrations.wsgi.WSGIMiddleware`. A request no rule
-matched gets ``None``: the middleware then counts it as unmatched.
+Flask keeps the matched rule on ``request.url_rule`` (``/items/<int:item_id>``:
+the rule that matched, not the endpoint's first one). While the app calls
+``start_response``, Werkzeug's live request object sits in the environ under
+``werkzeug.request``, so :class:`~reqtelemetry.integrations.wsgi.WSGIMiddleware`
+reads the rule there: no hook runs on an ordinary request.
+
+Only when a view's exception propagates out of Flask (``PROPAGATE_EXCEPTIONS``,
+testing and debug mode) is ``start_response`` never called; for that case a
+receiver of Flask's ``got_request_exception`` signal, which fires only on
+errors, copies the rule into the environ. The integration also tells the
+traits that the framework is Flask, and whether the app runs in debug mode.
 """
 
 from __future__ import annotations
@@ -19,31 +23,35 @@ from .wsgi import ROUTE_KEY, WSGIApp
 _INSTALLED_FLAG = "_reqtelemetry_route_hook"
 
 
-def _copy_rule_to_environ(sender: Any, **_: Any) -> None:
+def _copy_rule_on_exception(sender: Any, **_: Any) -> None:
     from flask import request
 
     rule = request.url_rule
     request.environ[ROUTE_KEY] = rule.rule if rule is not None else None
 
 
-def install(flask_app: Any) -> None:
-    """Connect the route hook to one Flask app (idempotent)."""
+def install(flask_app: Any, telemetry: Any = None) -> None:
+    """Connect the exception-path hook to one Flask app (idempotent)."""
+    if telemetry is not None:
+        telemetry.note_framework("flask")
+        if flask_app.debug:
+            telemetry.note_development("Flask debug mode")
     if getattr(flask_app, _INSTALLED_FLAG, False):
         return
-    from flask import request_started
+    from flask import got_request_exception
 
-    request_started.connect(_copy_rule_to_environ, flask_app, weak=False)
+    got_request_exception.connect(_copy_rule_on_exception, flask_app, weak=False)
     setattr(flask_app, _INSTALLED_FLAG, True)
 
 
-def install_if_flask(app: WSGIApp) -> None:
+def install_if_flask(app: WSGIApp, telemetry: Any = None) -> None:
     """Install the hook when ``app`` is a Flask app or its bound ``wsgi_app``."""
     flask = sys.modules.get("flask")
     if flask is None:
         return
     candidate = getattr(app, "__self__", app)
     if isinstance(candidate, flask.Flask):
-        install(candidate)
+        install(candidate, telemetry)
 
 
 def init_app(flask_app: Any, telemetry: Any) -> None:

@@ -33,11 +33,13 @@ class RouteTemplates:
     def __init__(self) -> None:
         self._mount_prefixes: dict[tuple[int, str, str], tuple[str, Any] | None] = {}
 
-    def template(self, scope: Scope, entry_root_path: str) -> str | None:
+    def template(self, scope: Scope, entry_root_path: str, status: int = 200) -> str | None:
         """The full route template, or None when the router matched no route."""
         route = scope.get("route")
         if route is None:
-            return None
+            # FastAPI records ``scope["route"]`` only for its own API routes, not
+            # for plain routes (``/docs``, ``add_route``) nor for mounts.
+            return self._unrecorded(scope, entry_root_path, scope.get("root_path", ""), status)
         path_format = None
         fastapi_scope = scope.get("fastapi")
         if fastapi_scope is not None:
@@ -51,16 +53,39 @@ class RouteTemplates:
         root_path = scope.get("root_path", "")
         if root_path == entry_root_path:
             return path_format
+        if _is_mount(route):
+            # The last route recorded is a mount: a non-router app (static
+            # files, a WSGI app), or a router that matched nothing (Starlette)
+            # or whose route it did not record (FastAPI).
+            return self._unrecorded(scope, entry_root_path, root_path, status)
         mounted = self._mount_prefix(scope, entry_root_path, root_path)
         if mounted is None:
             return None
-        prefix, last_mount = mounted
-        if route is last_mount:
-            # A mount of a non-router app (static files, a WSGI app): the mount's
-            # own format (``/static/{path}``) is the template; drop its path from
-            # the prefix so it is not counted twice.
-            return prefix[: len(prefix) - len(route.path)] + path_format
-        return prefix + path_format
+        return mounted[0] + path_format
+
+    def _unrecorded(
+        self, scope: Scope, entry_root_path: str, root_path: str, status: int
+    ) -> str | None:
+        """The template when the router left no (useful) ``scope["route"]``."""
+        router = scope.get("router")
+        if router is None:
+            return None
+        if root_path == entry_root_path:
+            if status == 404:
+                return None  # the top router matched nothing: don't match again
+            prefix, routes = "", getattr(router, "routes", [])
+        else:
+            mounted = self._mount_prefix(scope, entry_root_path, root_path)
+            if mounted is None:
+                return None
+            prefix, last_mount = mounted
+            routes = last_mount.routes
+            if not routes:
+                # A mounted non-router app: the mount's own format
+                # (``/static/{path}``) is the template; drop its path from the
+                # prefix so that it is not counted twice.
+                return prefix[: len(prefix) - len(last_mount.path)] + last_mount.path_format
+        return _match_plain_route(routes, scope, root_path, prefix)
 
     def _mount_prefix(
         self, scope: Scope, entry_root_path: str, root_path: str
@@ -106,3 +131,56 @@ def _walk_mounts(
         if not target_root_path.startswith(root_path):
             return None
     return "".join(templates), last
+
+
+def _is_mount(route: Any) -> bool:
+    from starlette.routing import Mount  # cached by the import system after the first call
+
+    return isinstance(route, Mount)
+
+
+#: Per routes list: ``id(endpoint)`` → the plain routes serving it, so a request
+#: whose route the router did not record is resolved by a dict lookup, not by
+#: matching every route's regex again. Rebuilt when the list changes length.
+_ENDPOINT_INDEX: dict[int, tuple[int, Any, dict[int, list[Any]]]] = {}
+
+
+def _routes_for_endpoint(routes: Any, endpoint: Any) -> list[Any] | None:
+    from starlette.routing import Route
+
+    entry = _ENDPOINT_INDEX.get(id(routes))
+    if entry is None or entry[0] != len(routes) or entry[1] is not routes:
+        index: dict[int, list[Any]] = {}
+        for route in routes:
+            if isinstance(route, Route):
+                index.setdefault(id(route.endpoint), []).append(route)
+        if len(_ENDPOINT_INDEX) >= MAX_CACHED_PREFIXES:
+            _ENDPOINT_INDEX.clear()
+        entry = _ENDPOINT_INDEX[id(routes)] = (len(routes), routes, index)
+    return entry[2].get(id(endpoint))
+
+
+def _match_plain_route(routes: Any, scope: Scope, root_path: str, prefix: str) -> str | None:
+    """Match the request against plain routes, as the router did (full match first)."""
+    from starlette.routing import Match, Route
+
+    endpoint = scope.get("endpoint")
+    candidates = _routes_for_endpoint(routes, endpoint) if endpoint is not None else None
+    if candidates is not None and len(candidates) == 1:
+        return prefix + candidates[0].path_format
+    probe = {
+        "type": "http",
+        "path": scope["path"],
+        "root_path": root_path,
+        "method": scope["method"],
+    }
+    partial = None
+    for route in candidates or routes:
+        if not isinstance(route, Route):  # mounts are behind us; routers record their own
+            continue
+        match, _ = route.matches(probe)
+        if match is Match.FULL:
+            return prefix + route.path_format
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+    return prefix + partial.path_format if partial is not None else None

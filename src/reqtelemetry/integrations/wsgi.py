@@ -23,6 +23,11 @@ from ..telemetry import CLIENT_CLOSED_STATUS, KNOWN_METHODS, OTHER_METHOD, Telem
 #: Set by a framework hook: the matched route template, or None when the
 #: framework's router matched nothing. Absent when the app has no router we know.
 ROUTE_KEY = "reqtelemetry.route"
+#: Werkzeug keeps the live request object here while the app runs; Flask's has
+#: the matched ``url_rule`` on it when the app calls ``start_response``.
+WERKZEUG_REQUEST_KEY = "werkzeug.request"
+_UNKNOWN: Any = object()
+_STATUS_CODES: dict[str, int] = {}
 
 _NOT_STARTED, _ITERATING, _EXHAUSTED = 0, 1, 2
 
@@ -40,10 +45,11 @@ class WSGIMiddleware:
         self.app = app
         self.telemetry = telemetry
         self._active = telemetry.enabled
+        self._first_request = True
         if self._active:
             from .flask import install_if_flask
 
-            install_if_flask(app)
+            install_if_flask(app, telemetry)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if not self._active:
@@ -54,11 +60,20 @@ class WSGIMiddleware:
             telemetry.exclude_prefixes and path.startswith(telemetry.exclude_prefixes)
         ):
             return self.app(environ, start_response)
+        if self._first_request:
+            self._first_request = False
+            telemetry.note_first_request(environ.get("HTTP_HOST"))
 
         measured = _Measured(self, environ)
 
         def start_response_measuring(status: str, headers: Any, exc_info: Any = None) -> Any:
-            measured.status = int(status[:3])
+            code = _STATUS_CODES.get(status)
+            measured.status = code if code is not None else _parse_status(status)
+            request = environ.get(WERKZEUG_REQUEST_KEY)
+            if request is not None:
+                rule = getattr(request, "url_rule", _UNKNOWN)
+                if rule is not _UNKNOWN:  # a Flask request: its router ran
+                    measured.route = rule.rule if rule is not None else None
             write = start_response(status, headers, exc_info)
 
             def write_counting(data: bytes) -> Any:
@@ -78,11 +93,27 @@ class WSGIMiddleware:
         return measured
 
 
+def _parse_status(status: str) -> int:
+    code = int(status[:3])
+    if len(_STATUS_CODES) < 256:  # a handful in practice; bounded whatever apps send
+        _STATUS_CODES[status] = code
+    return code
+
+
 class _Measured:
     """The response iterable handed to the server; ``close()`` ends the request."""
 
-    __slots__ = ("environ", "finished", "iterable", "middleware", "progress", "response_bytes",
-                 "start", "status")
+    __slots__ = (
+        "environ",
+        "finished",
+        "iterable",
+        "middleware",
+        "progress",
+        "response_bytes",
+        "route",
+        "start",
+        "status",
+    )
 
     def __init__(self, middleware: WSGIMiddleware, environ: dict[str, Any]) -> None:
         self.middleware = middleware
@@ -93,6 +124,8 @@ class _Measured:
         self.start = 0.0
         self.finished = False
         self.progress = _NOT_STARTED
+        #: The template, None for "the router matched nothing", or _UNKNOWN.
+        self.route: Any = _UNKNOWN
 
     def __iter__(self) -> Iterator[bytes]:
         self.progress = _ITERATING
@@ -128,22 +161,32 @@ class _Measured:
         telemetry = middleware.telemetry
         try:
             environ = self.environ
-            if ROUTE_KEY in environ:
-                route = environ[ROUTE_KEY] or telemetry.route_for_unrouted(
-                    environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""), False
-                )
-            else:
+            route = self.route
+            if route is _UNKNOWN:  # start_response never saw a router: ask the hooks
+                route = environ.get(ROUTE_KEY, _UNKNOWN)
+            if route is _UNKNOWN:  # no router we know: anonymize; a 404 is unmatched
                 route = telemetry.route_for_unrouted(
                     environ.get("PATH_INFO", ""),
                     environ.get("QUERY_STRING", ""),
                     self.status != 404,
                 )
+            elif route is None:  # the router matched nothing
+                route = telemetry.route_for_unrouted(environ.get("PATH_INFO", ""), "", False)
             method = environ.get("REQUEST_METHOD", "GET")
             if method not in KNOWN_METHODS:
                 method = OTHER_METHOD
             length = environ.get("CONTENT_LENGTH")
             request_bytes = int(length) if length and length.isdigit() else 0
-            telemetry.record(method, route, self.status or 500, end - self.start,
-                             request_bytes, self.response_bytes)
+            # A server sends no body in answer to HEAD, whatever the app returned.
+            response_bytes = 0 if method == "HEAD" else self.response_bytes
+            telemetry.record(
+                method,
+                route,
+                self.status or 500,
+                end - self.start,
+                request_bytes,
+                response_bytes,
+                environ.get("wsgi.url_scheme", "http"),
+            )
         except Exception as error:  # never let telemetry break a response
             telemetry.internal_error(error)

@@ -1,0 +1,81 @@
+"""URLconf for the Django tests (``ROOT_URLCONF``), with its views."""
+
+from __future__ import annotations
+
+import asyncio
+
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.urls import include, path, re_path
+
+
+def item_detail(request, pk):
+    return JsonResponse({"pk": pk})
+
+
+def item_list(request):
+    if request.method == "POST":
+        return HttpResponse(f"created {len(request.body)} bytes", status=201)
+    return JsonResponse({"items": []})
+
+
+def archive(request, year):
+    return HttpResponse(f"archive {year}")
+
+
+def boom(request):
+    raise RuntimeError("the django view failed")
+
+
+def echo(request, **kwargs):
+    return HttpResponse(f"echo {request.method}")
+
+
+def stream(request):
+    return StreamingHttpResponse(f"line {i}\n".encode() for i in range(10))
+
+
+async def async_item(request, pk):
+    await asyncio.sleep(0)
+    return JsonResponse({"pk": pk, "async": True})
+
+
+async def async_stream(request):
+    async def chunks():
+        for i in range(5):
+            await asyncio.sleep(0)
+            yield f"async {i}\n".encode()
+
+    return StreamingHttpResponse(chunks())
+
+
+async def async_boom(request):
+    raise RuntimeError("the async django view failed")
+
+
+item_patterns = [
+    path("", item_list),
+    path("<int:pk>/", item_detail),
+    re_path(r"^archive/(?P<year>[0-9]{4})/$", archive),
+]
+
+v2_patterns = [
+    path("items/", include(item_patterns)),
+    path("async/<int:pk>/", async_item),
+]
+
+api_patterns = [
+    path("items/", include(item_patterns)),
+    path("v2/", include(v2_patterns)),
+]
+
+urlpatterns = [
+    path("api/", include(api_patterns)),
+    re_path(r"^legacy/(?P<slug>[-\w]+)/$", echo),
+    path("boom/", boom),
+    path("async-boom/", async_boom),
+    path("stream/", stream),
+    path("async-stream/", async_stream),
+    path("echo/<path:anything>", echo),
+    path("health/", echo),
+    path("", echo),
+]

@@ -1,0 +1,114 @@
+"""Salted hashing (ORY's scheme) of path segments and query strings."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+
+from reqtelemetry import Anonymizer, hash_value
+from reqtelemetry.anonymize import new_salt
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def test_ory_test_vector():
+    assert (
+        hash_value("foo", "ABCDEFGH")
+        == "0301424a80469ad03a208de925563a97ec6ab2f9dc7a2ad71b2ded85a7f7a7af"
+    )
+
+
+def test_hash_is_sha256_of_value_bar_salt():
+    assert hash_value("42", "s") == hashlib.sha256(b"42|s").hexdigest()
+    assert Anonymizer(salt="ABCDEFGH").hash("foo") == hash_value("foo", "ABCDEFGH")
+
+
+def test_allowed_segments_kept_others_hashed():
+    anonymizer = Anonymizer(salt="salt", allowed_segments=["api", "users"])
+    assert anonymizer.path("/api/users/42") == f"/api/users/{hash_value('42', 'salt')}"
+    assert anonymizer.path("/api/Users/42") == (
+        f"/api/{hash_value('Users', 'salt')}/{hash_value('42', 'salt')}"
+    )  # case-sensitive
+    assert anonymizer.path("/") == "/"
+    assert anonymizer.path("/api/") == "/api/"
+    assert anonymizer.path("//api") == "//api"
+    assert anonymizer.path("api") == "/api"
+
+
+def test_no_allowed_segments_hashes_every_segment():
+    anonymizer = Anonymizer(salt="salt")
+    result = anonymizer.path("/users/alice@example.com/profile")
+    segments = result.split("/")
+    assert segments[0] == ""
+    assert len(segments) == 4
+    assert all(HEX64.match(segment) for segment in segments[1:])
+    assert "alice" not in result and "users" not in result and "profile" not in result
+
+
+def test_same_value_same_hash_within_instance():
+    anonymizer = Anonymizer()
+    assert anonymizer.path("/a/42") == anonymizer.path("/a/42")
+    assert anonymizer.path("/a/42") != anonymizer.path("/a/43")
+
+
+def test_query_values_always_hashed_keys_only_when_allowed():
+    anonymizer = Anonymizer(salt="s", allowed_query_keys=["page", "q"])
+    result = anonymizer.query("q=secret&page=2&token=abc&email=a%40b.c")
+    assert result == f"page={hash_value('2', 's')}&q={hash_value('secret', 's')}"
+    assert "secret" not in result and "token" not in result and "email" not in result
+
+
+def test_query_without_allowed_keys_is_empty():
+    anonymizer = Anonymizer(salt="s")
+    assert anonymizer.query("q=secret&page=2") == ""
+    assert anonymizer.url("/x", "q=secret") == f"/{hash_value('x', 's')}"
+
+
+def test_query_blank_values_and_repeated_keys():
+    anonymizer = Anonymizer(salt="s", allowed_query_keys=["a"])
+    empty = hash_value("", "s")
+    assert anonymizer.query("a=&a=1") == "&".join(
+        sorted([f"a={empty}", f"a={hash_value('1', 's')}"])
+    )
+
+
+def test_url_appends_kept_query():
+    anonymizer = Anonymizer(salt="s", allowed_segments=["search"], allowed_query_keys=["q"])
+    assert anonymizer.url("/search", "q=cats&sid=123") == f"/search?q={hash_value('cats', 's')}"
+    assert anonymizer.url("/search") == "/search"
+    assert anonymizer.url("/search", "") == "/search"
+
+
+def test_salt_never_in_repr_or_output():
+    salt = new_salt()
+    anonymizer = Anonymizer(salt=salt, allowed_segments=["api"], allowed_query_keys=["q"])
+    outputs = [
+        repr(anonymizer),
+        str(anonymizer),
+        anonymizer.path(f"/api/{salt}"),
+        anonymizer.query(f"q={salt}"),
+        anonymizer.url(f"/api/{salt}", f"q={salt}&{salt}=1"),
+    ]
+    for output in outputs:
+        assert salt not in output
+    assert "api" in repr(anonymizer) and "q" in repr(anonymizer)
+
+
+def test_telemetry_repr_does_not_show_salt(telemetry):
+    salt = telemetry.anonymizer._salt
+    assert salt not in repr(telemetry)
+    assert salt not in repr(telemetry.anonymizer)
+    assert salt not in repr(telemetry.config)
+
+
+def test_two_anonymizers_have_different_salts():
+    first, second = Anonymizer(), Anonymizer()
+    assert first._salt != second._salt
+    assert first.path("/42") != second.path("/42")
+    for anonymizer in (first, second):
+        assert uuid.UUID(anonymizer._salt).version == 4
+
+
+def test_two_telemetry_instances_have_different_salts(make_telemetry):
+    assert make_telemetry().anonymizer._salt != make_telemetry().anonymizer._salt

@@ -1,0 +1,682 @@
+"""The ASGI middleware through real FastAPI and Starlette stacks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import warnings
+from time import perf_counter
+
+import httpx
+import pytest
+from fastapi import APIRouter, BackgroundTasks, FastAPI, HTTPException
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+
+from reqtelemetry import ASGIMiddleware, Telemetry
+from reqtelemetry.anonymize import hash_value
+from reqtelemetry.telemetry import CLIENT_CLOSED_STATUS, UNMATCHED_ROUTE
+
+with warnings.catch_warnings():  # "install httpx2": irrelevant here
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+
+def wrap(app, telemetry: Telemetry):
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    return app
+
+
+async def plain(request):
+    return PlainTextResponse("ok:" + ",".join(f"{k}={v}" for k, v in request.path_params.items()))
+
+
+async def raw_app(scope, receive, send):
+    """A leaf ASGI app without any router (like StaticFiles or a WSGI bridge)."""
+    if scope["type"] != "http":
+        return
+    status = 404 if scope["path"].endswith("/missing") else 200
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b"raw:" + scope["path"].encode()})
+
+
+# -- route templates ------------------------------------------------------------
+
+
+def build_fastapi_app() -> FastAPI:
+    app = FastAPI()
+
+    leaf = APIRouter(prefix="/items")
+
+    @leaf.get("/{item_id}")
+    def get_item(item_id: int):
+        if item_id == 0:
+            raise HTTPException(status_code=404, detail="no such item")
+        return {"id": item_id}
+
+    @leaf.post("")
+    def create_item(payload: dict):
+        return payload
+
+    middle = APIRouter(prefix="/v1")
+    middle.include_router(leaf)
+
+    @middle.get("/ping")
+    def ping():
+        return "pong"
+
+    outer = APIRouter(prefix="/api")
+    outer.include_router(middle)
+    app.include_router(outer)
+    app.include_router(outer, prefix="/legacy")  # the same router twice, two templates
+
+    sub = FastAPI()
+
+    @sub.get("/users/{user_id}")
+    def get_user(user_id: str):
+        return {"user": user_id}
+
+    app.mount("/sub", sub)
+    app.mount(
+        "/org/{org}",
+        Starlette(
+            routes=[Route("/p/{x}", plain), Mount("/team/{team}", routes=[Route("/m/{m}", plain)])]
+        ),
+    )
+    app.mount("/static", raw_app)
+    app.add_route("/plain/{name}", plain)
+    return app
+
+
+@pytest.fixture
+def fastapi_client(telemetry):
+    return TestClient(wrap(build_fastapi_app(), telemetry))
+
+
+def test_fastapi_nested_routers_and_mounts(fastapi_client, telemetry, counts):
+    client = fastapi_client
+    responses = [
+        client.get("/api/v1/items/1"),
+        client.get("/api/v1/items/2"),
+        client.get("/api/v1/ping"),
+        client.get("/legacy/api/v1/items/3"),
+        client.post("/api/v1/items", json={"a": 1}),
+        client.get("/sub/users/alice"),
+        client.get("/org/acme/p/7"),
+        client.get("/org/acme/p/8"),
+        client.get("/org/other/team/red/m/1"),
+        client.get("/static/css/site.css"),
+        client.get("/static/js/app.js"),
+        client.get("/plain/bob"),
+        client.get("/api/v1/items/0"),  # a routed 404 keeps its template
+    ]
+    assert [r.status_code for r in responses] == [200] * 12 + [404]
+    assert responses[7].text == "ok:org=acme,x=8"
+    assert counts(telemetry) == {
+        ("GET", "/api/v1/items/{item_id}", 200): 2,
+        ("GET", "/api/v1/ping", 200): 1,
+        ("GET", "/legacy/api/v1/items/{item_id}", 200): 1,
+        ("POST", "/api/v1/items", 200): 1,
+        ("GET", "/sub/users/{user_id}", 200): 1,
+        ("GET", "/org/{org}/p/{x}", 200): 2,
+        ("GET", "/org/{org}/team/{team}/m/{m}", 200): 1,
+        ("GET", "/static/{path}", 200): 2,
+        ("GET", "/plain/{name}", 200): 1,
+        ("GET", "/api/v1/items/{item_id}", 404): 1,
+    }
+
+
+def test_fastapi_plain_routes_and_docs(make_telemetry, counts):
+    telemetry = make_telemetry()
+    client = TestClient(wrap(build_fastapi_app(), telemetry))
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/docs").status_code == 200
+    assert client.post("/plain/x").status_code == 405
+    assert counts(telemetry) == {
+        ("GET", "/openapi.json", 200): 1,
+        ("GET", "/docs", 200): 1,
+        ("POST", "/plain/{name}", 405): 1,
+    }
+
+
+def test_starlette_mount_of_fastapi_app_with_mounts(telemetry, counts):
+    inner = FastAPI()
+
+    @inner.get("/users/{user_id}")
+    def user(user_id: int):
+        return user_id
+
+    inner.mount("/assets", raw_app)
+    inner.add_route("/plain/{p}", plain)
+    app = Starlette(routes=[Mount("/v/{version}", app=inner)])
+    client = TestClient(wrap(app, telemetry))
+    for path in ["/v/1/users/3", "/v/2/assets/a.js", "/v/1/plain/q"]:
+        assert client.get(path).status_code == 200, path
+    assert client.get("/v/1/none").status_code == 404
+    assert counts(telemetry) == {
+        ("GET", "/v/{version}/users/{user_id}", 200): 1,
+        ("GET", "/v/{version}/assets/{path}", 200): 1,
+        ("GET", "/v/{version}/plain/{p}", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+
+
+def test_fastapi_unmatched_collapse(fastapi_client, telemetry, counts):
+    client = fastapi_client
+    paths = [
+        "/nope",
+        "/wp-admin/setup.php",
+        "/api/v1/nothing",
+        "/sub/nothing",
+        "/org/acme/zzz",
+        "/org/acme/team/red/zzz",
+        "/.env",
+    ]
+    for path in paths:
+        assert client.get(path).status_code == 404
+    assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 404): len(paths)}
+
+
+def test_fastapi_mount_of_leaf_app_keeps_its_404(fastapi_client, telemetry, counts):
+    assert fastapi_client.get("/static/missing").status_code == 404
+    assert counts(telemetry) == {("GET", "/static/{path}", 404): 1}
+
+
+def build_starlette_app() -> Starlette:
+    inner = Starlette(routes=[Route("/u/{user}", plain)])
+    return Starlette(
+        routes=[
+            Route("/a/{id:int}", plain),
+            Mount(
+                "/org/{org}",
+                routes=[
+                    Route("/p/{x}", plain),
+                    Mount("/deep/{d}", routes=[Route("/leaf/{leaf}", plain)]),
+                    Mount("/files", app=raw_app),
+                ],
+            ),
+            Mount("/static", app=raw_app),
+            Mount("/sub", app=inner),
+        ]
+    )
+
+
+def test_starlette_mounts(telemetry, counts):
+    client = TestClient(wrap(build_starlette_app(), telemetry))
+    for path in [
+        "/a/1",
+        "/a/2",
+        "/org/acme/p/9",
+        "/org/x/deep/y/leaf/z",
+        "/org/acme/files/a.txt",
+        "/static/a/b.css",
+        "/sub/u/5",
+    ]:
+        assert client.get(path).status_code == 200, path
+    for path in ["/nope", "/a/notint", "/sub/nope", "/org/acme/nope", "/org/acme/deep/x/nope"]:
+        assert client.get(path).status_code == 404, path
+    assert counts(telemetry) == {
+        ("GET", "/a/{id}", 200): 2,  # path_format drops the convertor
+        ("GET", "/org/{org}/p/{x}", 200): 1,
+        ("GET", "/org/{org}/deep/{d}/leaf/{leaf}", 200): 1,
+        ("GET", "/org/{org}/files/{path}", 200): 1,
+        ("GET", "/static/{path}", 200): 1,
+        ("GET", "/sub/u/{user}", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 5,
+    }
+
+
+def test_templates_under_a_server_root_path(telemetry, counts):
+    client = TestClient(wrap(build_starlette_app(), telemetry), root_path="/prefix")
+    # The server gives the full path and the prefix it stripped in front (ASGI root_path).
+    assert client.get("/prefix/org/acme/p/9").status_code == 200
+    assert client.get("/prefix/static/x").status_code == 200
+    assert client.get("/prefix/nothing").status_code == 404
+    assert counts(telemetry) == {
+        ("GET", "/org/{org}/p/{x}", 200): 1,
+        ("GET", "/static/{path}", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+
+
+def test_mount_template_cache_serves_many_prefixes(telemetry, counts):
+    app = wrap(build_starlette_app(), telemetry)
+    # More distinct concrete prefixes than the cache keeps.
+    asgi_requests(app, [("GET", f"/org/o{org}/p/1", None) for org in range(300)])
+    assert counts(telemetry) == {("GET", "/org/{org}/p/{x}", 200): 300}
+
+
+# -- status, errors, methods -------------------------------------------------------
+
+
+def build_error_app() -> Starlette:
+    async def boom(request):
+        raise RuntimeError("the view failed")
+
+    async def ok(request):
+        body = await request.body()
+        return PlainTextResponse(f"fine, {len(body)} bytes")
+
+    return Starlette(routes=[Route("/boom", boom), Route("/ok", ok, methods=["GET", "POST"])])
+
+
+def test_exception_records_500_and_reraises(telemetry, counts):
+    client = TestClient(wrap(build_error_app(), telemetry), raise_server_exceptions=True)
+    with pytest.raises(RuntimeError, match="the view failed"):
+        client.get("/boom")
+    assert counts(telemetry) == {("GET", "/boom", 500): 1}
+
+
+def test_exception_answered_500_is_recorded_once(telemetry, counts):
+    client = TestClient(wrap(build_error_app(), telemetry), raise_server_exceptions=False)
+    response = client.get("/boom")
+    assert response.status_code == 500
+    assert counts(telemetry) == {("GET", "/boom", 500): 1}
+    assert telemetry.internal_errors == 0
+
+
+def test_fastapi_exception_records_500(make_telemetry, counts):
+    telemetry = make_telemetry()
+    app = FastAPI()
+
+    @app.get("/fail/{n}")
+    def fail(n: int):
+        raise ValueError(n)
+
+    client = TestClient(wrap(app, telemetry), raise_server_exceptions=False)
+    assert client.get("/fail/3").status_code == 500
+    with pytest.raises(ValueError):
+        TestClient(app).get("/fail/4")
+    assert counts(telemetry) == {("GET", "/fail/{n}", 500): 2}
+
+
+def test_head_request(make_telemetry, records):
+    telemetry = make_telemetry()
+    app = FastAPI()
+
+    @app.api_route("/both", methods=["GET", "HEAD"])
+    def both():
+        return "both"
+
+    app.add_route("/plain/{name}", plain)
+    client = TestClient(wrap(app, telemetry))
+    head = client.head("/both")
+    assert head.status_code == 200 and head.content == b""
+    assert client.head("/plain/x").status_code == 200
+    get = client.get("/both")
+    found = records(telemetry)
+    assert set(found) == {
+        ("HEAD", "/both", 200),
+        ("HEAD", "/plain/{name}", 200),
+        ("GET", "/both", 200),
+    }
+    assert found["GET", "/both", 200]["response_bytes"] == len(get.content)
+    # No body goes out for HEAD, whatever the app handed to the server.
+    assert found["HEAD", "/both", 200]["response_bytes"] == 0
+    assert found["HEAD", "/plain/{name}", 200]["response_bytes"] == 0
+
+
+def test_unknown_method_is_other(telemetry, counts):
+    client = TestClient(wrap(build_error_app(), telemetry))
+    assert client.request("BREW", "/ok").status_code == 405
+    assert client.request("PROPFIND", "/ok").status_code == 405
+    assert client.request("GET", "/ok").status_code == 200
+    assert counts(telemetry) == {("_OTHER", "/ok", 405): 2, ("GET", "/ok", 200): 1}
+
+
+# -- sizes and latency ---------------------------------------------------------------
+
+
+def test_request_and_response_bytes(telemetry, records):
+    client = TestClient(wrap(build_error_app(), telemetry))
+    body = b"x" * 1234
+    response = client.post("/ok", content=body)
+    assert response.status_code == 200
+
+    def chunks():
+        yield b"a" * 100
+        yield b"b" * 200
+        yield b"c" * 300
+
+    streamed = client.post("/ok", content=chunks())  # chunked: no content-length
+    assert streamed.text == "fine, 600 bytes"
+    record = records(telemetry)["POST", "/ok", 200]
+    assert record["count"] == 2
+    assert record["request_bytes"] == 1234 + 600
+    assert record["response_bytes"] == len(response.content) + len(streamed.content)
+
+
+def test_request_body_bytes_read_by_app(make_telemetry, records):
+    telemetry = make_telemetry()
+    app = FastAPI()
+
+    @app.post("/upload")
+    async def upload(payload: dict):
+        return {"keys": len(payload)}
+
+    client = TestClient(wrap(app, telemetry))
+    payloads = [{"a": "x" * 1000}, {"b": 1, "c": 2}]
+    sent = 0
+    for payload in payloads:
+        body = json.dumps(payload).encode()
+        sent += len(body)
+        response = client.post(
+            "/upload", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 200
+    record = records(telemetry)["POST", "/upload", 200]
+    assert record["request_bytes"] == sent
+
+
+def test_streaming_response_bytes_and_latency(make_telemetry, records):
+    telemetry = make_telemetry()
+    marks = {}
+
+    async def stream(request):
+        marks["app_start"] = perf_counter()
+
+        async def chunks():
+            for i in range(200):
+                await asyncio.sleep(0)
+                yield f"chunk {i}\n".encode()
+            marks["stream_end"] = perf_counter()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    client = TestClient(wrap(Starlette(routes=[Route("/stream", stream)]), telemetry))
+    response = client.get("/stream")
+    assert response.status_code == 200
+    expected = b"".join(f"chunk {i}\n".encode() for i in range(200))
+    assert response.content == expected
+    record = records(telemetry)["GET", "/stream", 200]
+    assert record["response_bytes"] == len(expected)
+    # The clock runs from before the app starts to after the last chunk was handed over.
+    assert record["latency"]["max"] >= marks["stream_end"] - marks["app_start"]
+
+
+def test_streaming_error_midway_is_500(telemetry, records):
+    async def stream(request):
+        async def chunks():
+            yield b"a" * 10
+            raise RuntimeError("stream broke")
+
+        return StreamingResponse(chunks())
+
+    client = TestClient(
+        wrap(Starlette(routes=[Route("/s", stream)]), telemetry), raise_server_exceptions=False
+    )
+    client.get("/s")
+    record = records(telemetry)["GET", "/s", 500]
+    assert record["count"] == 1
+    assert record["response_bytes"] == 10
+
+
+def test_background_tasks_are_excluded_from_latency(make_telemetry, records):
+    telemetry = make_telemetry()
+    app = FastAPI()
+    marks = {}
+
+    async def slow_background():
+        marks["background_start"] = perf_counter()
+        await asyncio.sleep(0.3)  # the one sleep: the work the clock must not see
+        marks["background_end"] = perf_counter()
+
+    @app.get("/bg")
+    def with_background(tasks: BackgroundTasks):
+        tasks.add_task(slow_background)
+        return "queued"
+
+    async def starlette_view(request):
+        return PlainTextResponse("queued", background=BackgroundTask(slow_background))
+
+    app.add_route("/starlette-bg", starlette_view)
+    client = TestClient(wrap(app, telemetry))
+    for path in ("/bg", "/starlette-bg"):
+        before = perf_counter()
+        assert client.get(path).status_code == 200
+        assert "background_end" in marks  # the test client waited for the task
+        latency = records(telemetry)["GET", path, 200]["latency"]["max"]
+        # The response was complete before the background task began (and the
+        # task took at least 0.3 s, which a clock that kept running would show).
+        assert latency <= marks["background_start"] - before
+        marks.clear()
+
+
+# -- what is not measured --------------------------------------------------------------
+
+
+def test_websocket_and_lifespan_pass_through(telemetry):
+    events = []
+
+    async def echo(websocket):
+        await websocket.accept()
+        text = await websocket.receive_text()
+        await websocket.send_text(text.upper())
+        await websocket.close()
+
+    def lifespan(app):
+        class Lifespan:
+            async def __aenter__(self):
+                events.append("startup")
+
+            async def __aexit__(self, *exc):
+                events.append("shutdown")
+
+        return Lifespan()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", echo), Route("/ok", plain)], lifespan=lifespan)
+    with TestClient(wrap(app, telemetry)) as client:
+        assert events == ["startup"]
+        with client.websocket_connect("/ws") as websocket:
+            websocket.send_text("hello")
+            assert websocket.receive_text() == "HELLO"
+        assert telemetry.snapshot() == []
+    assert events == ["startup", "shutdown"]
+    assert telemetry.snapshot() == []
+    assert telemetry.internal_errors == 0
+
+
+def test_excluded_paths_are_recorded_nowhere(make_telemetry, counts):
+    telemetry = make_telemetry(exclude_paths=["/health"], exclude_prefixes=["/static/"])
+    client = TestClient(wrap(build_fastapi_app(), telemetry))
+    assert client.get("/health").status_code == 404
+    assert client.get("/static/css/site.css").status_code == 200
+    assert client.get("/static/missing").status_code == 404
+    assert telemetry.snapshot() == []
+    assert client.get("/healthz").status_code == 404  # exact match only
+    assert client.get("/api/v1/ping").status_code == 200
+    assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 404): 1, ("GET", "/api/v1/ping", 200): 1}
+
+
+def test_opted_out_telemetry_records_nothing(make_telemetry):
+    telemetry = make_telemetry(opt_out=True)
+    assert not telemetry.enabled
+    client = TestClient(wrap(build_fastapi_app(), telemetry))
+    assert client.get("/api/v1/items/1").status_code == 200
+    assert client.get("/nope").status_code == 404
+    assert telemetry.snapshot() == []
+    assert telemetry.recorder.collect().dropped == 0
+
+
+# -- route-less apps, driven through httpx.ASGITransport ---------------------------------
+
+
+async def routeless_app(scope, receive, send):
+    assert scope["type"] == "http"
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    status = 404 if scope["path"].startswith("/missing") else 200
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b"got " + body, "more_body": True})
+    await send({"type": "http.response.body", "body": b"!"})
+
+
+def asgi_requests(app, requests):
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return [
+                await client.request(method, url, content=body) for method, url, body in requests
+            ]
+
+    return asyncio.run(run())
+
+
+def test_raw_asgi_app_anonymizes_paths(make_telemetry, records):
+    telemetry = make_telemetry(allowed_path_segments=["users", "orders"])
+    app = ASGIMiddleware(routeless_app, telemetry=telemetry)
+    responses = asgi_requests(
+        app,
+        [
+            ("GET", "/users/42/orders", None),
+            ("GET", "/users/42/orders", None),
+            ("POST", "/users/43/orders", b"hello"),
+            ("GET", "/missing/secret-1", None),
+            ("GET", "/missing/secret-2", None),
+        ],
+    )
+    assert [r.status_code for r in responses] == [200, 200, 200, 404, 404]
+    assert responses[2].content == b"got hello!"
+    salt = telemetry.anonymizer._salt
+    found = records(telemetry)
+    assert set(found) == {
+        ("GET", f"/users/{hash_value('42', salt)}/orders", 200),
+        ("POST", f"/users/{hash_value('43', salt)}/orders", 200),
+        ("GET", UNMATCHED_ROUTE, 404),
+    }
+    assert found["GET", f"/users/{hash_value('42', salt)}/orders", 200]["count"] == 2
+    post = found["POST", f"/users/{hash_value('43', salt)}/orders", 200]
+    assert post["request_bytes"] == 5
+    assert post["response_bytes"] == len(b"got hello!")
+    assert found["GET", UNMATCHED_ROUTE, 404]["count"] == 2
+
+
+def test_raw_asgi_app_with_query_recording(make_telemetry, counts):
+    telemetry = make_telemetry(
+        allowed_path_segments=["search"], record_query=True, allowed_query_keys=["q"]
+    )
+    app = ASGIMiddleware(routeless_app, telemetry=telemetry)
+    asgi_requests(app, [("GET", "/search?q=cats&session=abc", None)])
+    salt = telemetry.anonymizer._salt
+    assert counts(telemetry) == {("GET", f"/search?q={hash_value('cats', salt)}", 200): 1}
+
+
+def test_raw_asgi_app_unmatched_grouping_off(make_telemetry, counts):
+    telemetry = make_telemetry(group_unmatched=False, allowed_path_segments=["missing"])
+    app = ASGIMiddleware(routeless_app, telemetry=telemetry)
+    asgi_requests(app, [("GET", "/missing/a", None)])
+    salt = telemetry.anonymizer._salt
+    assert counts(telemetry) == {("GET", f"/missing/{hash_value('a', salt)}", 404): 1}
+
+
+def test_asgi_middleware_builds_its_own_telemetry_from_options():
+    with pytest.raises(TypeError):
+        ASGIMiddleware(routeless_app, telemetry=Telemetry(opt_out=True), app_name="x")
+
+
+# -- the client going away --------------------------------------------------------------------
+
+
+def drive(app, path, receive_messages, send_raises=None, spec_version="2.4"):
+    """Run one HTTP request through ``app`` the way an ASGI server would."""
+    sent = []
+    queue = list(receive_messages)
+
+    async def receive():
+        if queue:
+            return queue.pop(0)
+        await asyncio.sleep(3600)  # a server would block here until the client does something
+        raise AssertionError("unreachable")
+
+    async def send(message):
+        if send_raises is not None and send_raises(message, sent):
+            raise OSError("connection reset by peer")
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec_version},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+    }
+
+    async def run():
+        try:
+            await app(scope, receive, send)
+        except Exception as error:  # what the server would see
+            return error
+        return None
+
+    return asyncio.run(run()), sent
+
+
+def infinite_stream_app(telemetry):
+    async def forever(request):
+        async def chunks():
+            while True:
+                yield b"tick"
+                await asyncio.sleep(0)
+
+        return StreamingResponse(chunks())
+
+    return wrap(Starlette(routes=[Route("/forever", forever)]), telemetry)
+
+
+def test_client_disconnect_during_stream_is_499(telemetry, records):
+    app = infinite_stream_app(telemetry)
+
+    def fail_after_some_chunks(message, sent):
+        return message["type"] == "http.response.body" and len(sent) > 5
+
+    error, _ = drive(
+        app, "/forever", [{"type": "http.request", "body": b""}], fail_after_some_chunks
+    )
+    assert error is not None  # the middleware re-raised what the app raised
+    found = records(telemetry)
+    assert set(found) == {("GET", "/forever", CLIENT_CLOSED_STATUS)}
+    assert found["GET", "/forever", CLIENT_CLOSED_STATUS]["response_bytes"] == 5 * len(b"tick")
+
+
+def test_disconnect_message_during_stream_is_499(telemetry, records):
+    # Before ASGI spec 2.4 Starlette listens for http.disconnect and stops the stream.
+    app = infinite_stream_app(telemetry)
+    error, sent = drive(
+        app,
+        "/forever",
+        [{"type": "http.request", "body": b""}, {"type": "http.disconnect"}],
+        spec_version="2.0",
+    )
+    assert error is None
+    assert sent[-1].get("more_body") is True  # the response never completed
+    found = records(telemetry)
+    assert set(found) == {("GET", "/forever", CLIENT_CLOSED_STATUS)}
+    sent_bytes = sum(len(m.get("body", b"")) for m in sent if m["type"] == "http.response.body")
+    assert found["GET", "/forever", CLIENT_CLOSED_STATUS]["response_bytes"] == sent_bytes
+
+
+def test_app_returning_without_completing_response_is_500(telemetry, counts):
+    async def started_only(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def nothing(scope, receive, send):
+        return None
+
+    for app in (started_only, nothing):
+        error, _ = drive(ASGIMiddleware(app, telemetry=telemetry), "/x", [])
+        assert error is None
+    # The server cuts the first response short and answers 500 to the second.
+    assert counts(telemetry) == {("GET", telemetry.anonymizer.path("/x"), 500): 2}

@@ -1,0 +1,197 @@
+"""Config.resolve: opt-out rules, environment overrides, clear errors. Never reads os.environ."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from reqtelemetry import Config, Telemetry, add_opt_out_argument
+from reqtelemetry.config import DEFAULT_FLUSH_INTERVAL, OPT_OUT_FLAG
+from reqtelemetry.recorder import DEFAULT_MAX_KEYS
+
+
+def resolve(environ=None, argv=(), **options):
+    return Config.resolve(environ=environ or {}, argv=list(argv), **options)
+
+
+def test_defaults():
+    config = resolve()
+    assert config.enabled and not config.opt_out
+    assert config.opt_out_reason is None
+    assert config.max_keys == DEFAULT_MAX_KEYS
+    assert config.flush_interval == DEFAULT_FLUSH_INTERVAL
+    assert config.group_unmatched is True
+    assert config.record_query is False
+    assert config.exclude_paths == () and config.exclude_prefixes == ()
+
+
+@pytest.mark.parametrize("variable", ["SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT"])
+@pytest.mark.parametrize("value", ["1", "true", "YES", "on", "True", " on "])
+def test_opt_out_variables_true(variable, value):
+    config = resolve({variable: value})
+    assert config.opt_out and not config.enabled
+    assert variable in config.opt_out_reason
+
+
+@pytest.mark.parametrize("variable", ["SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT"])
+@pytest.mark.parametrize("value", ["0", "false", "", "no", "off"])
+def test_opt_out_variables_false_mean_not_set(variable, value):
+    config = resolve({variable: value})
+    assert config.enabled and config.opt_out_reason is None
+
+
+@pytest.mark.parametrize("value", ["1", "true", " 1 "])
+def test_do_not_track(value):
+    config = resolve({"DO_NOT_TRACK": value})
+    assert config.opt_out
+    assert "DO_NOT_TRACK" in config.opt_out_reason
+
+
+@pytest.mark.parametrize("value", ["0", ""])
+def test_do_not_track_unset_values(value):
+    assert resolve({"DO_NOT_TRACK": value}).enabled
+
+
+def test_opt_out_in_code():
+    config = resolve(opt_out=True)
+    assert config.opt_out
+    assert "opt_out=True" in config.opt_out_reason
+
+
+def test_opt_out_flag_in_argv():
+    config = resolve(argv=["myapp", "serve", OPT_OUT_FLAG])
+    assert OPT_OUT_FLAG == "--sqa-opt-out"
+    assert config.opt_out
+    assert OPT_OUT_FLAG in config.opt_out_reason
+    assert resolve(argv=["myapp", "serve"]).enabled
+
+
+def test_add_opt_out_argument():
+    parser = add_opt_out_argument(argparse.ArgumentParser(prog="myapp"))
+    assert parser.parse_args([]).sqa_opt_out is False
+    args = parser.parse_args(["--sqa-opt-out"])
+    assert args.sqa_opt_out is True
+    assert resolve(opt_out=args.sqa_opt_out).opt_out
+    assert resolve(opt_out=parser.parse_args([]).sqa_opt_out).enabled
+    assert "--sqa-opt-out" in parser.format_help()
+
+
+def test_environment_opt_out_wins_over_code():
+    config = resolve({"SQA_OPT_OUT": "1"}, opt_out=False)
+    assert config.opt_out
+    assert "SQA_OPT_OUT" in config.opt_out_reason
+
+
+def test_environment_cannot_switch_telemetry_on():
+    for environ in ({"SQA_OPT_OUT": "0"}, {"REQTELEMETRY_OPT_OUT": "false"}, {"DO_NOT_TRACK": "0"}):
+        assert resolve(environ, opt_out=True).opt_out
+        assert resolve(environ, argv=[OPT_OUT_FLAG]).opt_out
+
+
+def test_environment_overrides_win_over_code():
+    environ = {
+        "REQTELEMETRY_ENDPOINT": "https://collector.example/v1",
+        "REQTELEMETRY_APP_NAME": "env-app",
+        "REQTELEMETRY_APP_VERSION": "9.9",
+        "REQTELEMETRY_EXCLUDE_PATHS": "/health, /ready,,",
+        "REQTELEMETRY_EXCLUDE_PREFIXES": "/static/",
+        "REQTELEMETRY_ALLOWED_PATH_SEGMENTS": "api,v1",
+        "REQTELEMETRY_MAX_KEYS": "20",
+        "REQTELEMETRY_FLUSH_INTERVAL": "60.5",
+        "REQTELEMETRY_DEBUG": "yes",
+    }
+    config = resolve(
+        environ,
+        endpoint="https://code.example",
+        app_name="code-app",
+        app_version="1.0",
+        exclude_paths=["/code"],
+        exclude_prefixes=["/code/"],
+        allowed_path_segments=["code"],
+        max_keys=10,
+        flush_interval=5,
+        debug=False,
+    )
+    assert config.endpoint == "https://collector.example/v1"
+    assert config.app_name == "env-app"
+    assert config.app_version == "9.9"
+    assert config.exclude_paths == ("/health", "/ready")
+    assert config.exclude_prefixes == ("/static/",)
+    assert config.allowed_path_segments == ("api", "v1")
+    assert config.max_keys == 20
+    assert config.flush_interval == 60.5
+    assert config.debug is True
+    assert config.enabled
+
+
+def test_empty_environment_values_do_not_override():
+    config = resolve(
+        {"REQTELEMETRY_APP_NAME": "", "REQTELEMETRY_MAX_KEYS": "", "REQTELEMETRY_DEBUG": ""},
+        app_name="code-app",
+        max_keys=7,
+    )
+    assert config.app_name == "code-app"
+    assert config.max_keys == 7
+    assert config.debug is False
+
+
+def test_code_lists_accept_comma_strings():
+    config = resolve(exclude_paths="/health, /ready", allowed_query_keys=["page", " q "])
+    assert config.exclude_paths == ("/health", "/ready")
+    assert config.allowed_query_keys == ("page", "q")
+
+
+@pytest.mark.parametrize(
+    ("environ", "match"),
+    [
+        ({"REQTELEMETRY_MAX_KEYS": "lots"}, "REQTELEMETRY_MAX_KEYS"),
+        ({"REQTELEMETRY_MAX_KEYS": "1.5"}, "REQTELEMETRY_MAX_KEYS"),
+        ({"REQTELEMETRY_FLUSH_INTERVAL": "hourly"}, "REQTELEMETRY_FLUSH_INTERVAL"),
+        ({"REQTELEMETRY_DEBUG": "maybe"}, "REQTELEMETRY_DEBUG"),
+        ({"REQTELEMETRY_MAX_KEYS": "0"}, "max_keys"),
+        ({"REQTELEMETRY_FLUSH_INTERVAL": "-1"}, "flush_interval"),
+        ({"REQTELEMETRY_FLUSH_INTERVAL": "nan"}, "flush_interval"),
+        ({"REQTELEMETRY_EXCLUDE_PREFIXES": "static/"}, "exclude_prefixes"),
+    ],
+)
+def test_bad_environment_values_give_clear_errors(environ, match):
+    with pytest.raises(ValueError, match=match):
+        resolve(environ)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"max_keys": 0}, "max_keys"),
+        ({"flush_interval": 0}, "flush_interval"),
+        ({"exclude_prefixes": ["static/"]}, "exclude_prefixes"),
+    ],
+)
+def test_bad_code_values_give_clear_errors(options, match):
+    with pytest.raises(ValueError, match=match):
+        resolve(**options)
+
+
+def test_unknown_options_are_type_errors():
+    with pytest.raises(TypeError, match="endpont"):
+        resolve(endpont="https://typo.example")
+    with pytest.raises(TypeError, match="opt_out_reason"):
+        resolve(opt_out_reason="because")
+
+
+def test_config_is_frozen():
+    config = resolve()
+    with pytest.raises(AttributeError):
+        config.opt_out = True
+
+
+def test_telemetry_with_config_and_options_is_an_error():
+    with pytest.raises(TypeError):
+        Telemetry(config=resolve(), app_name="x")
+
+
+def test_opted_out_telemetry_is_disabled():
+    telemetry = Telemetry(config=resolve({"SQA_OPT_OUT": "1"}))
+    assert not telemetry.enabled
+    assert "SQA_OPT_OUT" in repr(telemetry)

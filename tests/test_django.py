@@ -1,0 +1,273 @@
+"""The Django middleware, through Django's WSGI test client and its ASGI AsyncClient."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from reqtelemetry.anonymize import hash_value
+from reqtelemetry.telemetry import UNMATCHED_ROUTE
+
+
+@pytest.fixture
+def client(django_telemetry):
+    from django.test import Client
+
+    return Client(raise_request_exception=False)
+
+
+def read(response) -> bytes:
+    """The whole body, streaming or not (consuming it is what ends a streaming request)."""
+    if response.streaming:
+        return b"".join(response.streaming_content)
+    return response.content
+
+
+def run_async(requests):
+    """Run ``[(method, path, kwargs), ...]`` through Django's ASGI handler."""
+    from django.test import AsyncClient
+
+    async def go():
+        client = AsyncClient(raise_request_exception=False)
+        responses = []
+        for method, path, kwargs in requests:
+            response = await getattr(client, method.lower())(path, **kwargs)
+            if response.streaming and response.is_async:
+                body = b"".join([chunk async for chunk in response.streaming_content])
+            elif response.streaming:
+                body = b"".join(response.streaming_content)
+            else:
+                body = response.content
+            responses.append((response, body))
+        return responses
+
+    return asyncio.run(go())
+
+
+def get_telemetry():
+    from reqtelemetry.django import get_telemetry
+
+    return get_telemetry()
+
+
+def test_get_telemetry_is_the_configured_instance(django_telemetry):
+    assert get_telemetry() is django_telemetry
+    assert get_telemetry() is get_telemetry()
+
+
+def test_include_prefixes_give_full_templates(client, django_telemetry, counts):
+    for path in [
+        "/api/items/",
+        "/api/items/1/",
+        "/api/items/2/",
+        "/api/v2/items/3/",
+        "/api/items/archive/2024/",
+        "/legacy/some-slug/",
+        "/echo/a/b/c",
+        "/",
+    ]:
+        response = client.get(path)
+        assert response.status_code == 200, path
+    assert counts(django_telemetry) == {
+        ("GET", "/api/items/", 200): 1,
+        ("GET", "/api/items/<int:pk>/", 200): 2,
+        ("GET", "/api/v2/items/<int:pk>/", 200): 1,
+        # re_path templates are the regex, without its "^" (as Django joins them).
+        ("GET", "/api/items/archive/(?P<year>[0-9]{4})/$", 200): 1,
+        ("GET", "/legacy/(?P<slug>[-\\w]+)/$", 200): 1,
+        ("GET", "/echo/<path:anything>", 200): 1,
+        ("GET", "/", 200): 1,
+    }
+
+
+def test_snapshot_through_get_telemetry(client, django_telemetry):
+    client.get("/api/items/5/")
+    (record,) = get_telemetry().snapshot()
+    assert record["route"] == "/api/items/<int:pk>/"
+    assert record["count"] == 1
+
+
+def test_404_is_unmatched(client, django_telemetry, counts):
+    for path in ["/nope/", "/api/items/notanint/", "/wp-admin/", "/api/items/archive/99/"]:
+        assert client.get(path).status_code == 404
+    assert counts(django_telemetry) == {("GET", UNMATCHED_ROUTE, 404): 4}
+
+
+def test_view_exception_is_500(client, django_telemetry, counts):
+    response = client.get("/boom/")
+    assert response.status_code == 500
+    assert counts(django_telemetry) == {("GET", "/boom/", 500): 1}
+
+
+def test_view_exception_reraised_by_test_client_is_500(django_telemetry, counts):
+    from django.test import Client
+
+    with pytest.raises(RuntimeError, match="the django view failed"):
+        Client().get("/boom/")
+    assert counts(django_telemetry) == {("GET", "/boom/", 500): 1}
+
+
+def test_request_and_response_bytes(client, django_telemetry, records):
+    response = client.post("/api/items/", data=b"x" * 777, content_type="application/octet-stream")
+    assert response.status_code == 201
+    record = records(django_telemetry)["POST", "/api/items/", 201]
+    assert record["request_bytes"] == 777
+    assert record["response_bytes"] == len(response.content)
+
+
+def test_streaming_response(client, django_telemetry, records):
+    response = client.get("/stream/")
+    assert django_telemetry.snapshot() == []  # not finished until the body has gone out
+    body = read(response)
+    assert body == b"".join(f"line {i}\n".encode() for i in range(10))
+    record = records(django_telemetry)["GET", "/stream/", 200]
+    assert record["count"] == 1
+    assert record["response_bytes"] == len(body)
+
+
+def test_streaming_closed_early_is_499(client, django_telemetry, records):
+    response = client.get("/stream/")
+    iterator = iter(response.streaming_content)
+    first = next(iterator)
+    response.close()  # the server stops early: the client went away
+    record = records(django_telemetry)["GET", "/stream/", 499]
+    assert record["response_bytes"] == len(first)
+
+
+def test_head(client, django_telemetry, records):
+    response = client.head("/api/items/1/")
+    assert response.status_code == 200
+    assert response.content == b""
+    record = records(django_telemetry)["HEAD", "/api/items/<int:pk>/", 200]
+    assert record["count"] == 1
+    assert record["response_bytes"] == 0  # no body goes out in answer to HEAD
+
+
+def test_unknown_method_is_other(client, django_telemetry, counts):
+    response = client.generic("BREW", "/echo/pot")
+    assert response.status_code == 200
+    assert counts(django_telemetry) == {("_OTHER", "/echo/<path:anything>", 200): 1}
+
+
+def test_excluded_paths(django_telemetry_factory, counts):
+    from django.test import Client
+
+    telemetry = django_telemetry_factory(exclude_paths=["/health/"], exclude_prefixes=["/echo/"])
+    client = Client()
+    assert client.get("/health/").status_code == 200
+    assert client.get("/echo/x").status_code == 200
+    assert telemetry.snapshot() == []
+    assert client.get("/api/items/").status_code == 200
+    assert counts(telemetry) == {("GET", "/api/items/", 200): 1}
+
+
+def test_opted_out(django_telemetry_factory):
+    from django.test import Client
+
+    telemetry = django_telemetry_factory(opt_out=True)
+    assert Client().get("/api/items/1/").status_code == 200
+    assert telemetry.snapshot() == []
+
+
+def test_settings_dict_options(django_telemetry, monkeypatch, counts):
+    """``settings.REQTELEMETRY`` as plain options builds the shared instance itself."""
+    from django.test import Client, override_settings
+
+    from reqtelemetry.django import reset_telemetry
+
+    for variable in ("SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT", "DO_NOT_TRACK"):
+        monkeypatch.delenv(variable, raising=False)
+    with override_settings(REQTELEMETRY={"exclude_paths": ["/health/"], "app_name": "dj"}):
+        reset_telemetry()
+        try:
+            client = Client()
+            client.get("/health/")
+            client.get("/api/items/")
+            telemetry = get_telemetry()
+            assert telemetry is not django_telemetry
+            assert telemetry.config.app_name == "dj"
+            assert counts(telemetry) == {("GET", "/api/items/", 200): 1}
+        finally:
+            reset_telemetry()
+
+
+def test_many_clients_share_one_telemetry(django_telemetry, counts):
+    from django.test import Client
+
+    for _ in range(3):
+        Client().get("/api/items/1/")
+    assert counts(django_telemetry) == {("GET", "/api/items/<int:pk>/", 200): 3}
+
+
+# -- ASGI (AsyncClient) -----------------------------------------------------------------
+
+
+def test_async_client_templates_and_statuses(django_telemetry, counts):
+    responses = run_async(
+        [
+            ("GET", "/api/v2/async/7/", {}),
+            ("GET", "/api/items/3/", {}),  # a sync view under ASGI
+            ("GET", "/api/v2/items/archive/2020/", {}),
+            ("GET", "/nope/", {}),
+            ("GET", "/async-boom/", {}),
+            ("GET", "/boom/", {}),
+            ("HEAD", "/api/v2/async/8/", {}),
+        ]
+    )
+    assert [r.status_code for r, _ in responses] == [200, 200, 200, 404, 500, 500, 200]
+    assert responses[0][1] == b'{"pk": 7, "async": true}'
+    assert counts(django_telemetry) == {
+        ("GET", "/api/v2/async/<int:pk>/", 200): 1,
+        ("GET", "/api/items/<int:pk>/", 200): 1,
+        ("GET", "/api/v2/items/archive/(?P<year>[0-9]{4})/$", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+        ("GET", "/async-boom/", 500): 1,
+        ("GET", "/boom/", 500): 1,
+        ("HEAD", "/api/v2/async/<int:pk>/", 200): 1,
+    }
+
+
+def test_async_streaming(django_telemetry, records):
+    ((response, body),) = run_async([("GET", "/async-stream/", {})])
+    assert response.status_code == 200
+    assert body == b"".join(f"async {i}\n".encode() for i in range(5))
+    record = records(django_telemetry)["GET", "/async-stream/", 200]
+    assert record["count"] == 1
+    assert record["response_bytes"] == len(body)
+
+
+def test_sync_streaming_under_asgi(django_telemetry, records):
+    ((_, body),) = run_async([("GET", "/stream/", {})])
+    assert body == b"".join(f"line {i}\n".encode() for i in range(10))
+    assert records(django_telemetry)["GET", "/stream/", 200]["response_bytes"] == len(body)
+
+
+def test_async_streaming_under_wsgi(client, django_telemetry, records):
+    import warnings
+
+    response = client.get("/async-stream/")
+    with warnings.catch_warnings():  # Django warns that it must consume an async iterator
+        warnings.simplefilter("ignore")
+        body = b"".join(response)
+    assert body == b"".join(f"async {i}\n".encode() for i in range(5))
+    assert records(django_telemetry)["GET", "/async-stream/", 200]["response_bytes"] == len(body)
+
+
+def test_async_request_bytes(django_telemetry, records):
+    ((response, body),) = run_async(
+        [("POST", "/api/items/", {"data": b"y" * 99, "content_type": "application/octet-stream"})]
+    )
+    assert response.status_code == 201
+    record = records(django_telemetry)["POST", "/api/items/", 201]
+    assert record["request_bytes"] == 99
+    assert record["response_bytes"] == len(body)
+
+
+def test_route_less_django_request_is_anonymized_when_not_grouped(django_telemetry_factory, counts):
+    from django.test import Client
+
+    telemetry = django_telemetry_factory(group_unmatched=False, allowed_path_segments=["nope"])
+    Client().get("/nope/secret-42/")
+    salt = telemetry.anonymizer._salt
+    assert counts(telemetry) == {("GET", f"/nope/{hash_value('secret-42', salt)}/", 404): 1}

@@ -1,0 +1,227 @@
+"""Nothing a client sends may reach the aggregates: not paths, queries, headers nor bodies.
+
+Every request below carries canaries (a marker, an email address, an IP address) in
+every place a client controls; the JSON of the snapshot must contain none of them,
+and never the anonymizer's salt, whatever the configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import warnings
+from urllib.parse import quote
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from flask import Flask
+from flask import request as flask_request
+from werkzeug.test import Client
+
+from reqtelemetry import ASGIMiddleware, WSGIMiddleware
+from reqtelemetry.flask import init_app
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+MARKER = "canary-7f3a9c"
+EMAIL = "alice.canary@example.com"
+IP = "203.0.113.77"
+# (No hex-only fragments: a sha256 could contain one by chance.)
+CANARIES = [MARKER, EMAIL, IP, quote(EMAIL, safe=""), "canary", "alice", "203.0.113"]
+
+PATHS = [
+    f"/items/{MARKER}",
+    f"/users/{quote(EMAIL)}/ip/{IP}",
+    f"/{MARKER}/{IP}/{quote(EMAIL)}",
+    f"/static/{MARKER}/{IP}.css",
+    "/items/1",
+]
+QUERY = f"?q={MARKER}&email={quote(EMAIL)}&{MARKER}={IP}&page={IP}"
+HEADERS = {
+    "Authorization": f"Bearer {MARKER}",
+    "Cookie": f"session={MARKER}; email={quote(EMAIL)}",
+    "X-Forwarded-For": f"{IP}, 10.0.0.1",
+    "X-Real-IP": IP,
+    "User-Agent": f"scanner/{MARKER}",
+    "Referer": f"https://{IP}/{MARKER}",
+    "X-Canary": MARKER,
+}
+BODY = json.dumps({"email": EMAIL, "ip": IP, "marker": MARKER}).encode()
+
+CONFIGS = [
+    {},
+    {"record_query": True, "allowed_query_keys": ["q", "email", "page"]},
+    {"record_query": True, "allowed_query_keys": ["q"], "group_unmatched": False},
+    {"group_unmatched": False, "allowed_path_segments": ["items", "users", "ip", "static"]},
+]
+
+
+def assert_clean(telemetry) -> None:
+    snapshot = telemetry.snapshot()
+    assert snapshot, "the requests were recorded"
+    text = json.dumps(snapshot)
+    for canary in CANARIES:
+        assert canary not in text, canary
+        assert canary.lower() not in text.lower(), canary
+    assert telemetry.anonymizer._salt not in text
+    assert telemetry.internal_errors == 0
+
+
+def requests_to_send():
+    for path in PATHS:
+        for query in ("", QUERY):
+            yield "GET", path + query, None
+            yield "POST", path + query, BODY
+
+
+# -- ASGI ---------------------------------------------------------------------------
+
+
+def fastapi_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    def get_item(item_id: str):
+        return {"item": item_id}
+
+    @app.post("/items/{item_id}")
+    async def post_item(item_id: str, request: Request):
+        return {"item": item_id, "body": (await request.body()).decode()}
+
+    async def static(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    app.mount("/static", static)
+    return app
+
+
+async def routeless_asgi(scope, receive, send):
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    status = 404 if MARKER in scope["path"] else 200
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": scope["path"].encode() + BODY})
+
+
+@pytest.mark.parametrize("options", CONFIGS)
+def test_fastapi(make_telemetry, options):
+    telemetry = make_telemetry(**options)
+    app = fastapi_app()
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    client = TestClient(app, raise_server_exceptions=False)
+    for method, url, body in requests_to_send():
+        client.request(method, url, content=body, headers=HEADERS, cookies=None)
+    assert_clean(telemetry)
+
+
+@pytest.mark.parametrize("options", CONFIGS)
+def test_routeless_asgi(make_telemetry, options):
+    telemetry = make_telemetry(**options)
+    app = ASGIMiddleware(routeless_asgi, telemetry=telemetry)
+
+    async def run():
+        transport = httpx.ASGITransport(app=app, client=(IP, 4242))
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{IP}") as client:
+            for method, url, body in requests_to_send():
+                await client.request(method, url, content=body, headers=HEADERS)
+
+    asyncio.run(run())
+    assert_clean(telemetry)
+
+
+# -- WSGI ---------------------------------------------------------------------------
+
+
+def flask_app() -> Flask:
+    app = Flask(__name__)
+
+    @app.route("/items/<item_id>", methods=["GET", "POST"])
+    def item(item_id):
+        return {"item": item_id, "body": flask_request.get_data(as_text=True)}
+
+    return app
+
+
+def routeless_wsgi(environ, start_response):
+    size = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(size)
+    status = "404 Not Found" if MARKER in environ["PATH_INFO"] else "200 OK"
+    start_response(status, [("Content-Type", "text/plain")])
+    return [environ["PATH_INFO"].encode(), body]
+
+
+@pytest.mark.parametrize("options", CONFIGS)
+def test_flask(make_telemetry, options):
+    telemetry = make_telemetry(**options)
+    app = flask_app()
+    init_app(app, telemetry)
+    client = app.test_client()
+    for method, url, body in requests_to_send():
+        response = client.open(
+            url, method=method, data=body, headers=HEADERS, environ_base={"REMOTE_ADDR": IP}
+        )
+        response.data  # noqa: B018
+    assert_clean(telemetry)
+
+
+@pytest.mark.parametrize("options", CONFIGS)
+def test_routeless_wsgi(make_telemetry, options):
+    telemetry = make_telemetry(**options)
+    client = Client(WSGIMiddleware(routeless_wsgi, telemetry=telemetry))
+    for method, url, body in requests_to_send():
+        response = client.open(
+            url, method=method, data=body, headers=HEADERS, environ_base={"REMOTE_ADDR": IP}
+        )
+        response.data  # noqa: B018
+    assert_clean(telemetry)
+
+
+# -- Django --------------------------------------------------------------------------
+
+
+def django_headers():
+    return {
+        "HTTP_" + name.upper().replace("-", "_"): value
+        for name, value in HEADERS.items()
+        if name != "Cookie"
+    } | {"HTTP_COOKIE": HEADERS["Cookie"], "REMOTE_ADDR": IP}
+
+
+def django_paths():
+    for method, url, body in requests_to_send():
+        yield method, url.replace("/items/", "/echo/", 1), body
+
+
+@pytest.mark.parametrize("options", CONFIGS)
+def test_django_wsgi(django_telemetry_factory, options):
+    from django.test import Client as DjangoClient
+
+    telemetry = django_telemetry_factory(**options)
+    client = DjangoClient(raise_request_exception=False)
+    for method, url, body in django_paths():
+        kwargs = {"data": body, "content_type": "application/json"} if body else {}
+        getattr(client, method.lower())(url, **kwargs, **django_headers())
+    assert_clean(telemetry)
+
+
+@pytest.mark.parametrize("options", CONFIGS)
+def test_django_asgi(django_telemetry_factory, options):
+    from django.test import AsyncClient
+
+    telemetry = django_telemetry_factory(**options)
+
+    async def run():
+        client = AsyncClient(raise_request_exception=False)
+        headers = {name: value for name, value in HEADERS.items()}
+        for method, url, body in django_paths():
+            kwargs = {"data": body, "content_type": "application/json"} if body else {}
+            await getattr(client, method.lower())(url, headers=headers, **kwargs)
+
+    asyncio.run(run())
+    assert_clean(telemetry)

@@ -1,0 +1,295 @@
+"""The recorder: exact aggregates, a hard key cap, snapshot-and-reset, lossless merge."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+
+from reqtelemetry.histogram import Histogram
+from reqtelemetry.recorder import OVERFLOW_KEY, Batch, Recorder
+
+
+def by_key(records):
+    return {(r["method"], r["route"], r["status"]): r for r in records}
+
+
+def total_count(records):
+    return sum(r["count"] for r in records)
+
+
+def test_counts_sums_min_max():
+    recorder = Recorder()
+    recorder.record("GET", "/items/{id}", 200, 0.010, 0, 100)
+    recorder.record("GET", "/items/{id}", 200, 0.030, 5, 200)
+    recorder.record("GET", "/items/{id}", 200, 0.020, 0, 300)
+    recorder.record("POST", "/items", 201, 0.5, 1000, 10)
+    records = by_key(recorder.snapshot())
+    assert set(records) == {("GET", "/items/{id}", 200), ("POST", "/items", 201)}
+
+    get = records["GET", "/items/{id}", 200]
+    assert get["count"] == 3
+    assert get["request_bytes"] == 5
+    assert get["response_bytes"] == 600
+    latency = get["latency"]
+    assert latency["sum"] == pytest.approx(0.060)
+    assert latency["min"] == 0.010
+    assert latency["max"] == 0.030
+    assert sum(count for _, count in latency["histogram"]) == 3
+    assert latency["p50"] == pytest.approx(0.020, rel=0.02)
+    assert latency["p99"] == pytest.approx(0.020, rel=0.02)  # rank floor(0.99 * 2) = 1
+
+    post = records["POST", "/items", 201]
+    assert post["count"] == 1
+    assert post["latency"]["min"] == post["latency"]["max"] == 0.5
+    assert post["request_bytes"] == 1000
+
+
+def test_distinct_status_and_method_are_distinct_keys():
+    recorder = Recorder()
+    for status in (200, 404, 500):
+        recorder.record("GET", "/x", status, 0.001, 0, 0)
+    recorder.record("HEAD", "/x", 200, 0.001, 0, 0)
+    assert len(recorder) == 4
+
+
+def test_max_keys_must_be_positive():
+    with pytest.raises(ValueError, match="max_keys"):
+        Recorder(max_keys=0)
+
+
+def test_key_cap_routes_to_overflow_and_counts_dropped():
+    recorder = Recorder(max_keys=3)
+    for i in range(10):
+        recorder.record("GET", f"/r{i}", 200, 0.001, 1, 2)
+    recorder.record("GET", "/r0", 200, 0.001, 1, 2)  # an existing key still counts normally
+    records = by_key(recorder.snapshot())
+    assert set(records) == {
+        ("GET", "/r0", 200),
+        ("GET", "/r1", 200),
+        ("GET", "/r2", 200),
+        OVERFLOW_KEY,
+    }
+    assert records["GET", "/r0", 200]["count"] == 2
+    overflow = records[OVERFLOW_KEY]
+    assert overflow["count"] == 7
+    assert overflow["request_bytes"] == 7 and overflow["response_bytes"] == 14
+    assert recorder.dropped == 7
+    assert len(recorder) == 4  # bounded: max_keys plus the one overflow key
+    for i in range(1000):
+        recorder.record("GET", f"/more{i}", 200, 0.001, 0, 0)
+    assert len(recorder) == 4
+    assert recorder.dropped == 1007
+
+
+def test_collect_is_snapshot_and_reset():
+    recorder = Recorder(max_keys=1)
+    recorder.record("GET", "/a", 200, 0.1, 0, 0)
+    recorder.record("GET", "/b", 200, 0.1, 0, 0)
+    snapshot = recorder.snapshot()
+    batch = recorder.collect()
+    assert isinstance(batch, Batch)
+    assert batch
+    assert batch.records == snapshot
+    assert batch.dropped == 1
+    assert batch.period_start <= batch.period_end
+
+    assert recorder.snapshot() == []
+    assert recorder.dropped == 0
+    assert len(recorder) == 0
+    empty = recorder.collect()
+    assert not empty
+    assert empty.records == [] and empty.dropped == 0
+    assert empty.period_start == batch.period_end  # periods are contiguous
+
+    recorder.record("GET", "/c", 200, 0.1, 0, 0)
+    assert [r["route"] for r in recorder.collect().records] == ["/c"]
+
+
+def test_snapshot_does_not_reset():
+    recorder = Recorder()
+    recorder.record("GET", "/a", 200, 0.1, 0, 0)
+    assert recorder.snapshot() == recorder.snapshot()
+    assert len(recorder) == 1
+
+
+def _fill(recorder, seed_offset=0):
+    for i in range(50):
+        duration = 0.001 * (i + 1 + seed_offset)
+        recorder.record("GET", f"/r{i % 5}", 200 if i % 7 else 500, duration, i, 2 * i)
+
+
+def test_merge_of_collected_batch_restores_exactly():
+    recorder = Recorder()
+    _fill(recorder)
+    before = recorder.snapshot()
+    batch = recorder.collect()
+    assert recorder.snapshot() == []
+    recorder.merge(batch)
+    assert recorder.snapshot() == before
+    again = recorder.collect()
+    assert again.period_start == batch.period_start  # the merged period is covered
+
+
+def test_merge_of_overflowed_batch_restores_dropped():
+    recorder = Recorder(max_keys=2)
+    for i in range(6):
+        recorder.record("GET", f"/r{i}", 200, 0.01, 0, 0)
+    before, dropped = recorder.snapshot(), recorder.dropped
+    assert dropped == 4
+    batch = recorder.collect()
+    recorder.merge(batch)
+    assert recorder.snapshot() == before
+    assert recorder.dropped == dropped
+
+
+def test_merge_adds_up_with_new_traffic():
+    recorder = Recorder()
+    _fill(recorder)
+    batch = recorder.collect()
+    _fill(recorder, seed_offset=100)
+    new_traffic = by_key(recorder.snapshot())
+    recorder.merge(batch)
+    merged = by_key(recorder.snapshot())
+    old = by_key(batch.records)
+    assert set(merged) == set(old) | set(new_traffic)
+    for key, record in merged.items():
+        parts = [r[key] for r in (old, new_traffic) if key in r]
+        assert record["count"] == sum(p["count"] for p in parts)
+        assert record["request_bytes"] == sum(p["request_bytes"] for p in parts)
+        assert record["response_bytes"] == sum(p["response_bytes"] for p in parts)
+        latency = record["latency"]
+        assert latency["sum"] == pytest.approx(sum(p["latency"]["sum"] for p in parts))
+        assert latency["min"] == min(p["latency"]["min"] for p in parts)
+        assert latency["max"] == max(p["latency"]["max"] for p in parts)
+        expected = Histogram()
+        for part in parts:
+            expected.merge_bins(part["latency"]["histogram"])
+        assert latency["histogram"] == expected.to_pairs()
+
+
+def test_merge_of_plain_records_and_extra_dropped():
+    source = Recorder()
+    _fill(source)
+    records = source.snapshot()
+    target = Recorder()
+    target.merge(records, dropped=3)
+    assert target.snapshot() == records
+    assert target.dropped == 3
+
+
+def test_merge_respects_cap_and_counts_dropped():
+    recorder = Recorder(max_keys=2)
+    recorder.record("GET", "/a", 200, 0.01, 0, 0)
+    recorder.record("GET", "/b", 200, 0.01, 0, 0)
+    other = Recorder()
+    for _ in range(5):
+        other.record("GET", "/c", 200, 0.02, 1, 1)
+    for _ in range(3):
+        other.record("GET", "/d", 200, 0.03, 1, 1)
+    other.record("GET", "/a", 200, 0.04, 0, 0)
+    recorder.merge(other.collect())
+    records = by_key(recorder.snapshot())
+    assert set(records) == {("GET", "/a", 200), ("GET", "/b", 200), OVERFLOW_KEY}
+    assert records["GET", "/a", 200]["count"] == 2
+    assert records[OVERFLOW_KEY]["count"] == 8
+    assert records[OVERFLOW_KEY]["latency"]["max"] == 0.03
+    assert recorder.dropped == 8
+    assert total_count(recorder.snapshot()) == 11
+
+
+def test_merge_empty_record_latency():
+    recorder = Recorder()
+    recorder.merge(
+        [
+            {
+                "method": "GET",
+                "route": "/x",
+                "status": 200,
+                "count": 0,
+                "latency": {"sum": 0.0, "min": None, "max": None, "histogram": []},
+                "request_bytes": 0,
+                "response_bytes": 0,
+            }
+        ]
+    )
+    (record,) = recorder.snapshot()
+    assert record["latency"]["min"] is None and record["latency"]["max"] is None
+
+
+def test_reset_forgets_everything():
+    recorder = Recorder(max_keys=1)
+    recorder.record("GET", "/a", 200, 0.1, 0, 0)
+    recorder.record("GET", "/b", 200, 0.1, 0, 0)
+    recorder.reset()
+    assert recorder.snapshot() == [] and recorder.dropped == 0
+
+
+def test_extreme_durations_are_clamped_in_histogram_but_not_in_sum():
+    recorder = Recorder()
+    recorder.record("GET", "/a", 200, 0.0, 0, 0)
+    recorder.record("GET", "/a", 200, 7200.0, 0, 0)
+    (record,) = recorder.snapshot()
+    assert record["latency"]["min"] == 0.0
+    assert record["latency"]["max"] == 7200.0
+    assert record["latency"]["sum"] == 7200.0
+    assert record["latency"]["p50"] == pytest.approx(1e-6, rel=0.02)
+    assert record["latency"]["p99"] == pytest.approx(1e-6, rel=0.02)
+    assert math.isclose(
+        Histogram.from_pairs(record["latency"]["histogram"]).quantile(1.0), 3600.0, rel_tol=0.02
+    )
+
+
+def test_thread_safety_exact_totals():
+    recorder = Recorder()
+    threads, per_thread = 8, 5000
+    barrier = threading.Barrier(threads)
+
+    def work(n):
+        barrier.wait()
+        for i in range(per_thread):
+            recorder.record("GET", f"/r{i % 10}", 200, 0.001 * (1 + i % 3), 1, n)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    records = recorder.snapshot()
+    assert len(records) == 10
+    assert total_count(records) == threads * per_thread
+    assert sum(r["request_bytes"] for r in records) == threads * per_thread
+    assert sum(r["response_bytes"] for r in records) == per_thread * sum(range(threads))
+    for record in records:
+        assert record["count"] == threads * per_thread // 10
+        assert sum(c for _, c in record["latency"]["histogram"]) == record["count"]
+
+
+def test_collect_while_recording_loses_nothing():
+    recorder = Recorder(max_keys=50)
+    threads, per_thread = 8, 5000
+    done = threading.Event()
+    batches = []
+
+    def work(n):
+        for i in range(per_thread):
+            recorder.record("GET", f"/r{(n * 7 + i) % 20}", 200, 0.001, 1, 1)
+
+    def collector():
+        while not done.is_set():
+            batches.append(recorder.collect())
+
+    collecting = threading.Thread(target=collector)
+    collecting.start()
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done.set()
+    collecting.join()
+    batches.append(recorder.collect())
+    assert sum(total_count(b.records) for b in batches) == threads * per_thread
+    assert sum(sum(r["request_bytes"] for r in b.records) for b in batches) == threads * per_thread
+    assert all(b.dropped == 0 for b in batches)

@@ -1,0 +1,405 @@
+"""The WSGI middleware through Flask's test client and plain WSGI apps (Werkzeug's client)."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Blueprint, Flask, Response, abort, stream_with_context
+from werkzeug.test import Client, EnvironBuilder
+
+from reqtelemetry import WSGIMiddleware
+from reqtelemetry.anonymize import hash_value
+from reqtelemetry.flask import init_app
+from reqtelemetry.telemetry import CLIENT_CLOSED_STATUS, UNMATCHED_ROUTE
+
+
+def fetch(client, path, method="GET", **kwargs):
+    """One request through a Flask or Werkzeug test client, its body read to the end.
+
+    Reading the body is what makes the server side iterate (and so finish) the
+    response, as a real server does.
+    """
+    response = client.open(path, method=method, **kwargs)
+    response.data  # noqa: B018
+    return response
+
+
+def build_flask_app() -> Flask:
+    app = Flask(__name__)
+
+    @app.route("/items/<int:item_id>")
+    def get_item(item_id):
+        if item_id == 0:
+            abort(404)
+        return f"item {item_id}"
+
+    @app.route("/items", methods=["POST"])
+    def create_item():
+        from flask import request
+
+        return f"created {len(request.get_data())} bytes", 201
+
+    @app.route("/files/<path:name>")
+    @app.route("/docs/<lang>/<slug>")
+    @app.route("/docs")
+    def documents(name=None, lang=None, slug=None):
+        return "doc"
+
+    @app.route("/boom")
+    def boom():
+        raise RuntimeError("the view failed")
+
+    @app.route("/stream")
+    def stream():
+        def chunks():
+            for i in range(10):
+                yield f"line {i}\n".encode()
+
+        return Response(chunks(), mimetype="text/plain")
+
+    @app.route("/stream-with-context")
+    def stream_context():
+        from flask import request
+
+        def chunks():
+            yield request.path.encode()
+            yield b"!"
+
+        return Response(stream_with_context(chunks()))
+
+    @app.route("/stream-boom")
+    def stream_boom():
+        def chunks():
+            yield b"part"
+            raise RuntimeError("stream broke")
+
+        return Response(chunks())
+
+    api = Blueprint("api", __name__, url_prefix="/api")
+
+    @api.route("/users/<user_id>")
+    def get_user(user_id):
+        return user_id
+
+    v2 = Blueprint("v2", __name__, url_prefix="/v2")
+
+    @v2.route("/orders/<uuid:order_id>")
+    def get_order(order_id):
+        return str(order_id)
+
+    admin = Blueprint("admin", __name__, url_prefix="/admin")
+    settings = Blueprint("settings", __name__, url_prefix="/settings")
+
+    @settings.route("/<int:section>")
+    def get_settings(section):
+        return str(section)
+
+    admin.register_blueprint(settings)
+    api.register_blueprint(v2)
+    app.register_blueprint(api)
+    app.register_blueprint(admin, url_prefix="/backoffice")  # the prefix given at registration wins
+    return app
+
+
+@pytest.fixture
+def flask_app(telemetry):
+    app = build_flask_app()
+    init_app(app, telemetry)
+    return app
+
+
+@pytest.fixture
+def flask_client(flask_app):
+    return flask_app.test_client()
+
+
+def test_flask_rules_with_converters_and_blueprints(flask_client, telemetry, counts):
+    client = flask_client
+    paths = [
+        "/items/1",
+        "/items/2",
+        "/files/a/b/c.txt",
+        "/docs/en/intro",
+        "/docs/de/intro",
+        "/docs",
+        "/api/users/alice",
+        "/api/v2/orders/12345678-1234-5678-1234-567812345678",
+        "/backoffice/settings/3",
+    ]
+    for path in paths:
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert response.data
+    assert counts(telemetry) == {
+        ("GET", "/items/<int:item_id>", 200): 2,
+        # One endpoint, three rules: each request keyed by the rule that matched.
+        ("GET", "/files/<path:name>", 200): 1,
+        ("GET", "/docs/<lang>/<slug>", 200): 2,
+        ("GET", "/docs", 200): 1,
+        ("GET", "/api/users/<user_id>", 200): 1,
+        ("GET", "/api/v2/orders/<uuid:order_id>", 200): 1,
+        ("GET", "/backoffice/settings/<int:section>", 200): 1,
+    }
+
+
+def test_flask_404_is_unmatched_but_routed_404_keeps_rule(flask_client, telemetry, counts):
+    for path in ["/nope", "/wp-login.php", "/items/notanint", "/api/users/", "/.git/config"]:
+        response = fetch(flask_client, path)
+        assert response.status_code == 404
+        assert response.data
+    assert fetch(flask_client, "/items/0").status_code == 404
+    assert counts(telemetry) == {
+        ("GET", UNMATCHED_ROUTE, 404): 5,
+        ("GET", "/items/<int:item_id>", 404): 1,
+    }
+
+
+def test_flask_request_and_response_bytes(flask_client, telemetry, records):
+    response = flask_client.post("/items", data=b"x" * 321)
+    assert response.status_code == 201
+    assert response.data == b"created 321 bytes"
+    record = records(telemetry)["POST", "/items", 201]
+    assert record["request_bytes"] == 321
+    assert record["response_bytes"] == len(response.data)
+
+
+def test_flask_exception_handled_is_500(flask_app, flask_client, telemetry, counts):
+    flask_app.config["PROPAGATE_EXCEPTIONS"] = False
+    response = flask_client.get("/boom")
+    assert response.status_code == 500
+    assert response.data
+    assert counts(telemetry) == {("GET", "/boom", 500): 1}
+
+
+@pytest.mark.parametrize("setting", ["TESTING", "PROPAGATE_EXCEPTIONS"])
+def test_flask_exception_propagated_is_500(flask_app, telemetry, counts, setting):
+    flask_app.config[setting] = True
+    with pytest.raises(RuntimeError, match="the view failed"):
+        flask_app.test_client().get("/boom")
+    assert counts(telemetry) == {("GET", "/boom", 500): 1}
+
+
+def test_flask_streaming_response(flask_client, telemetry, records):
+    response = flask_client.get("/stream")
+    assert response.status_code == 200
+    expected = b"".join(f"line {i}\n".encode() for i in range(10))
+    assert response.data == expected
+    with_context = flask_client.get("/stream-with-context")
+    assert with_context.data == b"/stream-with-context!"
+    found = records(telemetry)
+    assert found["GET", "/stream", 200]["response_bytes"] == len(expected)
+    assert found["GET", "/stream-with-context", 200]["response_bytes"] == len(with_context.data)
+
+
+def test_flask_streaming_error_is_500(flask_app, telemetry, records):
+    flask_app.testing = False
+    client = flask_app.test_client()
+    response = client.get("/stream-boom")
+    with pytest.raises(RuntimeError, match="stream broke"):
+        response.data  # noqa: B018  (the body is where it breaks)
+    response.close()  # a server closes the iterable whatever happened (PEP 3333)
+    record = records(telemetry)["GET", "/stream-boom", 500]
+    assert record["count"] == 1
+    assert record["response_bytes"] == len(b"part")
+
+
+def test_flask_head(flask_client, telemetry, records):
+    response = flask_client.head("/items/5")
+    assert response.status_code == 200
+    assert response.data == b""
+    record = records(telemetry)["HEAD", "/items/<int:item_id>", 200]
+    assert record["count"] == 1
+    assert record["response_bytes"] == 0
+
+
+def test_flask_unknown_method_and_405(flask_client, telemetry, counts):
+    assert fetch(flask_client, "/items/1", method="BREW").status_code == 405
+    assert fetch(flask_client, "/items/1", method="DELETE").status_code == 405
+    # Werkzeug's 405 carries no rule: Flask leaves request.url_rule unset.
+    assert counts(telemetry) == {
+        ("_OTHER", UNMATCHED_ROUTE, 405): 1,
+        ("DELETE", UNMATCHED_ROUTE, 405): 1,
+    }
+
+
+def test_flask_excluded_paths(make_telemetry, counts):
+    telemetry = make_telemetry(exclude_paths=["/docs"], exclude_prefixes=["/files/"])
+    app = build_flask_app()
+    init_app(app, telemetry)
+    client = app.test_client()
+    assert fetch(client, "/docs").status_code == 200
+    assert fetch(client, "/files/a.txt").status_code == 200
+    assert fetch(client, "/files/").status_code == 404
+    assert telemetry.snapshot() == []
+    assert fetch(client, "/docs/en/x").status_code == 200
+    assert counts(telemetry) == {("GET", "/docs/<lang>/<slug>", 200): 1}
+
+
+def test_wrapping_the_flask_app_object_or_wsgi_app(make_telemetry, counts):
+    for wrap_object in (True, False):
+        telemetry = make_telemetry()
+        app = build_flask_app()
+        inner = app if wrap_object else app.wsgi_app
+        client = Client(WSGIMiddleware(inner, telemetry=telemetry))
+        assert fetch(client, "/items/9").status_code == 200
+        assert fetch(client, "/missing").status_code == 404
+        assert counts(telemetry) == {
+            ("GET", "/items/<int:item_id>", 200): 1,
+            ("GET", UNMATCHED_ROUTE, 404): 1,
+        }
+
+
+def test_flask_opted_out(make_telemetry):
+    telemetry = make_telemetry(opt_out=True)
+    app = build_flask_app()
+    init_app(app, telemetry)
+    assert app.test_client().get("/items/1").data == b"item 1"
+    assert telemetry.snapshot() == []
+
+
+# -- plain WSGI apps -----------------------------------------------------------------
+
+
+def routeless_app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path.startswith("/missing"):
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not here"]
+    if path.startswith("/boom"):
+        raise RuntimeError("plain app failed")
+    size = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(size) if size else b""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"got ", body]
+
+
+def test_plain_wsgi_app_anonymizes_paths(make_telemetry, records):
+    telemetry = make_telemetry(allowed_path_segments=["users", "orders"])
+    client = Client(WSGIMiddleware(routeless_app, telemetry=telemetry))
+    assert client.get("/users/42/orders").data == b"got "
+    assert fetch(client, "/users/42/orders").status_code == 200
+    assert client.post("/users/43/orders", data=b"hello").data == b"got hello"
+    assert fetch(client, "/missing/secret-1").status_code == 404
+    assert fetch(client, "/missing/secret-2").status_code == 404
+    with pytest.raises(RuntimeError):
+        client.get("/boom/x")
+    salt = telemetry.anonymizer._salt
+    found = records(telemetry)
+    user42 = f"/users/{hash_value('42', salt)}/orders"
+    user43 = f"/users/{hash_value('43', salt)}/orders"
+    boom = f"/{hash_value('boom', salt)}/{hash_value('x', salt)}"
+    assert {key: r["count"] for key, r in found.items()} == {
+        ("GET", user42, 200): 2,
+        ("POST", user43, 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 2,
+        ("GET", boom, 500): 1,
+    }
+    assert found["POST", user43, 200]["request_bytes"] == 5
+    assert found["POST", user43, 200]["response_bytes"] == len(b"got hello")
+
+
+def test_plain_wsgi_app_with_query(make_telemetry, counts):
+    telemetry = make_telemetry(
+        allowed_path_segments=["search"], record_query=True, allowed_query_keys=["q"]
+    )
+    client = Client(WSGIMiddleware(routeless_app, telemetry=telemetry))
+    fetch(client, "/search?q=cats&token=abc")
+    salt = telemetry.anonymizer._salt
+    assert counts(telemetry) == {("GET", f"/search?q={hash_value('cats', salt)}", 200): 1}
+
+
+def test_response_via_write_callable(telemetry, records):
+    def writer_app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written ")
+        write(b"directly ")
+        return [b"then returned"]
+
+    client = Client(WSGIMiddleware(writer_app, telemetry=telemetry))
+    response = client.get("/w")
+    assert response.data == b"written directly then returned"
+    (record,) = records(telemetry).values()
+    assert record["status"] == 200
+    assert record["response_bytes"] == len(response.data)
+
+
+def call_wsgi(app, path="/", method="GET", **kwargs):
+    """Call a WSGI app as a server does; returns (status line, iterable)."""
+    environ = EnvironBuilder(path=path, method=method, **kwargs).get_environ()
+    status = []
+
+    def start_response(line, headers, exc_info=None):
+        status.append(line)
+        return lambda data: None
+
+    iterable = app(environ, start_response)
+    return status, iterable
+
+
+def test_client_closing_early_is_499(telemetry, records):
+    closed = []
+
+    def streaming_app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def chunks():
+            try:
+                for i in range(1000):
+                    yield f"chunk {i};".encode()
+            finally:
+                closed.append(True)
+
+        return chunks()
+
+    app = WSGIMiddleware(streaming_app, telemetry=telemetry)
+    status, iterable = call_wsgi(app, "/feed")
+    iterator = iter(iterable)
+    first, second = next(iterator), next(iterator)
+    iterable.close()  # the server gave up: the client went away
+    assert status == ["200 OK"]
+    assert closed == [True]  # the app's own iterable was closed
+    (record,) = records(telemetry).values()
+    assert record["status"] == CLIENT_CLOSED_STATUS
+    assert record["response_bytes"] == len(first) + len(second)
+    assert record["count"] == 1
+
+
+def test_exhausted_then_closed_is_recorded_once(telemetry, counts):
+    app = WSGIMiddleware(routeless_app, telemetry=telemetry)
+    _, iterable = call_wsgi(app, "/missing/x")
+    assert b"".join(iterable) == b"not here"
+    iterable.close()
+    iterable.close()
+    assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 404): 1}
+
+
+def test_closed_without_iterating_keeps_status(telemetry, counts):
+    app = WSGIMiddleware(routeless_app, telemetry=telemetry)
+    _, iterable = call_wsgi(app, "/missing/x")
+    iterable.close()
+    assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 404): 1}
+
+
+def test_plain_wsgi_head_counts_no_body(make_telemetry, records):
+    telemetry = make_telemetry(allowed_path_segments=["page"])
+    app = WSGIMiddleware(routeless_app, telemetry=telemetry)
+    fetch(Client(app), "/page", method="HEAD")
+    (record,) = records(telemetry).values()
+    assert record["method"] == "HEAD"
+    assert record["response_bytes"] == 0  # a HEAD response carries no body on the wire
+
+
+def test_plain_wsgi_excluded_and_opted_out(make_telemetry):
+    telemetry = make_telemetry(exclude_paths=["/health"], exclude_prefixes=["/static/"])
+    client = Client(WSGIMiddleware(routeless_app, telemetry=telemetry))
+    fetch(client, "/health")
+    fetch(client, "/static/app.js")
+    assert telemetry.snapshot() == []
+    opted_out = make_telemetry(opt_out=True)
+    client = Client(WSGIMiddleware(routeless_app, telemetry=opted_out))
+    assert client.get("/anything").data == b"got "
+    assert opted_out.snapshot() == []
+
+
+def test_wsgi_middleware_rejects_both_telemetry_and_options(telemetry):
+    with pytest.raises(TypeError):
+        WSGIMiddleware(routeless_app, telemetry=telemetry, app_name="x")
