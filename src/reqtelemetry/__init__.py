@@ -3,13 +3,12 @@
 Users import from here; the modules behind it are internal and may move.
 """
 
+from ._version import __version__
 from .anonymize import Anonymizer, hash_value
 from .config import Config, add_opt_out_argument
 from .integrations.asgi import ASGIMiddleware
 from .integrations.wsgi import WSGIMiddleware
 from .telemetry import Telemetry
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ASGIMiddleware",

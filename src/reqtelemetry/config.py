@@ -67,6 +67,9 @@ class Config:
     endpoint: str | None = None
     app_name: str | None = None
     app_version: str | None = None
+    #: Reported as traits when given (from your build: ``git rev-parse HEAD``, a date).
+    app_git_hash: str | None = None
+    app_build_time: str | None = None
     opt_out: bool = False
     #: Why telemetry is off, for the start-up log line (``None`` when on).
     opt_out_reason: str | None = None
@@ -85,7 +88,31 @@ class Config:
     #: Append the anonymized query string to anonymized paths.
     record_query: bool = False
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    #: Bounds within which the collector may change the interval.
+    min_flush_interval: float = 60.0
+    max_flush_interval: float = 7 * 86400.0
+    #: Largest request body before compression; bigger batches are split.
+    max_payload_bytes: int = 256 * 1024
+    #: Seconds one HTTP attempt may take.
+    timeout: float = 15.0
+    #: Retries of a failed send: attempts per flush, and the base of the
+    #: exponential backoff (full jitter) between them, in seconds.
+    max_attempts: int = 4
+    retry_base_delay: float = 1.0
+    #: Seconds the final flush at shutdown may take, at most.
+    shutdown_timeout: float = 2.0
+    #: Trait names the operator withholds (``REQTELEMETRY_DISABLE=memory_rss_bytes,cpu_count``).
+    disabled_traits: tuple[str, ...] = ()
+    #: Where the deployment id is kept (default: the platform's user data dir).
+    deployment_id_path: str | None = None
+    #: Write payloads to stderr instead of sending them (``REQTELEMETRY_DEBUG=1``).
     debug: bool = False
+    #: Send even under a test runner (the project's own end-to-end tests need it).
+    send_in_tests: bool = False
+    #: Also record through OpenTelemetry instruments (``opentelemetry-api``).
+    otel: bool = False
+    #: Most app-defined metric names (``count``/``gauge``) kept.
+    max_metrics: int = 100
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -109,8 +136,13 @@ class Config:
         unknown = set(options) - (cls.field_names() - {"opt_out_reason"})
         if unknown:
             raise TypeError(f"unknown reqtelemetry option(s): {', '.join(sorted(unknown))}")
-        for name in ("exclude_paths", "exclude_prefixes", "allowed_path_segments",
-                     "allowed_query_keys"):
+        for name in (
+            "exclude_paths",
+            "exclude_prefixes",
+            "allowed_path_segments",
+            "allowed_query_keys",
+            "disabled_traits",
+        ):
             if name in options:
                 options[name] = _split(options[name])
         options.update(_from_environment(environ))
@@ -123,8 +155,18 @@ class Config:
     def validate(self) -> None:
         if self.max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {self.max_keys!r}")
+        if not 0 < self.min_flush_interval <= self.max_flush_interval:
+            raise ValueError("min_flush_interval must be positive and at most max_flush_interval")
         if not self.flush_interval > 0:
             raise ValueError(f"flush_interval must be positive, got {self.flush_interval!r}")
+        if self.max_payload_bytes < 16384:
+            raise ValueError(
+                f"max_payload_bytes must be at least 16384, got {self.max_payload_bytes}"
+            )
+        if self.max_attempts < 1 or self.retry_base_delay < 0:
+            raise ValueError("max_attempts must be at least 1 and retry_base_delay not negative")
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
         for prefix in self.exclude_prefixes:
             if not prefix.startswith("/"):
                 raise ValueError(f"exclude_prefixes entries must start with '/', got {prefix!r}")
@@ -133,28 +175,46 @@ class Config:
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     """``REQTELEMETRY_*`` overrides; bad values raise a clear error at start."""
     found: dict[str, Any] = {}
-    text = {"ENDPOINT": "endpoint", "APP_NAME": "app_name", "APP_VERSION": "app_version"}
+    text = {
+        "ENDPOINT": "endpoint",
+        "APP_NAME": "app_name",
+        "APP_VERSION": "app_version",
+        "APP_GIT_HASH": "app_git_hash",
+        "APP_BUILD_TIME": "app_build_time",
+        "DEPLOYMENT_ID_PATH": "deployment_id_path",
+    }
     for suffix, name in text.items():
         value = environ.get(f"REQTELEMETRY_{suffix}")
         if value:
             found[name] = value
-    lists = {"EXCLUDE_PATHS": "exclude_paths", "EXCLUDE_PREFIXES": "exclude_prefixes",
-             "ALLOWED_PATH_SEGMENTS": "allowed_path_segments"}
+    lists = {
+        "EXCLUDE_PATHS": "exclude_paths",
+        "EXCLUDE_PREFIXES": "exclude_prefixes",
+        "ALLOWED_PATH_SEGMENTS": "allowed_path_segments",
+        "DISABLE": "disabled_traits",
+    }
     for suffix, name in lists.items():
         value = environ.get(f"REQTELEMETRY_{suffix}")
         if value is not None:
             found[name] = _split(value)
-    numbers = {"MAX_KEYS": ("max_keys", int), "FLUSH_INTERVAL": ("flush_interval", float)}
+    numbers = {
+        "MAX_KEYS": ("max_keys", int),
+        "FLUSH_INTERVAL": ("flush_interval", float),
+        "MAX_PAYLOAD_BYTES": ("max_payload_bytes", int),
+        "TIMEOUT": ("timeout", float),
+    }
     for suffix, (name, kind) in numbers.items():
         value = environ.get(f"REQTELEMETRY_{suffix}")
         if value:
             try:
                 found[name] = kind(value)
             except ValueError:
-                raise ValueError(
-                    f"REQTELEMETRY_{suffix} must be a number, got {value!r}"
-                ) from None
-    for suffix, name in {"DEBUG": "debug"}.items():
+                raise ValueError(f"REQTELEMETRY_{suffix} must be a number, got {value!r}") from None
+    for suffix, name in {
+        "DEBUG": "debug",
+        "OTEL": "otel",
+        "SEND_IN_TESTS": "send_in_tests",
+    }.items():
         value = environ.get(f"REQTELEMETRY_{suffix}")
         if value is not None and value.strip().lower() not in _FALSE | _TRUE:
             raise ValueError(f"REQTELEMETRY_{suffix} must be true or false, got {value!r}")

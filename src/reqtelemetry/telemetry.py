@@ -7,12 +7,20 @@ request is kept to a few attribute reads and one locked dict update.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import time
+import uuid
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .anonymize import Anonymizer
 from .config import Config
+from .metrics import AppMetrics
 from .recorder import Recorder
+from .traits import SystemTraits
 
 logger = logging.getLogger("reqtelemetry")
 
@@ -24,6 +32,7 @@ KNOWN_METHODS = frozenset(
 OTHER_METHOD = "_OTHER"
 #: The one key that requests no route matched share (when grouping is on).
 UNMATCHED_ROUTE = "<unmatched>"
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "0.0.0.0"})
 #: Status recorded when the client went away before the response completed
 #: (nginx's convention).
 CLIENT_CLOSED_STATUS = 499
@@ -38,8 +47,9 @@ class Telemetry:
     nothing, and the middlewares then only call the app they wrap.
     """
 
-    def __init__(self, endpoint: str | None = None, *, config: Config | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self, endpoint: str | None = None, *, config: Config | None = None, **options: Any
+    ) -> None:
         if config is None:
             if endpoint is not None:
                 options["endpoint"] = endpoint
@@ -57,9 +67,64 @@ class Telemetry:
         self.exclude_prefixes = tuple(config.exclude_prefixes)
         self.internal_errors = 0
         self._internal_error_logged = False
-        # The hot path calls ``telemetry.record``: bind the recorder's method
-        # directly, saving a call per request.
-        self.record = self.recorder.record  # type: ignore[method-assign]
+        self.metrics = AppMetrics(max_names=config.max_metrics)
+        self.instance_id = str(uuid.uuid4())
+        self.started_at = time.time()
+        self._otel: Any = None
+        self.flusher: Any = None
+        if self.enabled:
+            self.traits = SystemTraits(config, started_at=self.started_at)
+            if config.otel:
+                from .otel import OTelInstruments
+
+                self._otel = OTelInstruments()
+        if self._otel is None:
+            # The hot path calls ``telemetry.record``: bind the recorder's method
+            # directly, saving a call per request.
+            self.record = self.recorder.record  # type: ignore[method-assign]
+        self.sending, why_not = self._decide_sending()
+        _announce(self, why_not)
+        if self.sending:
+            self._start_flusher()
+
+    def _decide_sending(self) -> tuple[bool, str | None]:
+        config = self.config
+        if not self.enabled:
+            return False, config.opt_out_reason
+        if config.debug:
+            return True, None
+        if not config.endpoint:
+            return False, "no endpoint is configured"
+        if not config.send_in_tests and "PYTEST_CURRENT_TEST" in os.environ:
+            return False, "running under a test runner"
+        return True, None
+
+    def _start_flusher(self) -> None:
+        from .flusher import Flusher
+        from .transport import Transport
+
+        config = self.config
+        transport = None
+        if config.endpoint and not config.debug:
+            transport = Transport(
+                config, backoff_base=config.retry_base_delay, max_attempts=config.max_attempts
+            )
+        self.flusher = Flusher(self, transport)
+        _live.add(self)
+        self.flusher.start()
+        atexit.register(self.close)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked worker is a new instance: own id, empty aggregates, own thread."""
+        self.instance_id = str(uuid.uuid4())
+        self.started_at = time.time()
+        self.recorder.reset()
+        self.metrics.reset()
+        self.internal_errors = 0
+        if self.enabled:
+            self.traits = SystemTraits(self.config, started_at=self.started_at)
+        if self.flusher is not None:
+            self.flusher.after_fork_in_child()
 
     def __repr__(self) -> str:
         state = "enabled" if self.enabled else f"opted out ({self.config.opt_out_reason})"
@@ -75,9 +140,14 @@ class Telemetry:
         duration: float,
         request_bytes: int,
         response_bytes: int,
+        scheme: str = "http",
     ) -> None:
         """Add one measured request (the route must already be identifier-free)."""
         self.recorder.record(method, route, status, duration, request_bytes, response_bytes)
+        if self._otel is not None:
+            self._otel.record(
+                method, route, status, duration, request_bytes, response_bytes, scheme
+            )
 
     def is_excluded(self, path: str) -> bool:
         """True for paths the operator asked never to measure (health checks, ...)."""
@@ -108,12 +178,98 @@ class Telemetry:
                 exc_info=error,
             )
 
-    # -- reading ------------------------------------------------------------
+    # -- app-defined metrics ----------------------------------------------------
+
+    def count(self, name: str, value: float = 1) -> None:
+        """Add to the usage counter ``name`` (``"feature.export_pdf"``); reported as a delta."""
+        if self.enabled:
+            self.metrics.count(name, value)
+
+    def gauge(self, name: str, callback: Callable[[], float]) -> None:
+        """Report ``callback()`` as the gauge ``name`` at every flush."""
+        if self.enabled:
+            self.metrics.gauge(name, callback)
+
+    def note_development(self, reason: str) -> None:
+        """Integrations call this when the app runs in debug mode or on localhost."""
+        if self.enabled:
+            self.traits.note_development(reason)
+
+    def note_framework(self, name: str) -> None:
+        """Integrations say which framework they serve (reported as a trait)."""
+        if self.enabled:
+            self.traits.note_framework(name)
+
+    def note_first_request(self, host: str | None) -> None:
+        """Called once per integration: a localhost ``Host`` marks a development run."""
+        if self.enabled and host:
+            name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+            if name.lower() in _LOCAL_HOSTS:
+                self.traits.note_development("localhost Host header")
+
+    # -- reading and sending ---------------------------------------------------
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The current aggregates as plain JSON-ready records, without resetting them."""
         return self.recorder.snapshot()
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send what is recorded now; returns when done, True when delivered.
+
+        False when nothing can be sent (opted out, no endpoint, under a test
+        runner, stopped by the collector) or delivery failed; then the data is
+        kept for the next report.
+        """
+        if self.flusher is None:
+            return False
+        return bool(self.flusher.flush(budget=timeout))
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush a last time (bounded by ``shutdown_timeout``) and stop the thread."""
+        flusher, self.flusher = self.flusher, None
+        if flusher is None:
+            return False
+        atexit.unregister(self.close)
+        _live.discard(self)
+        return bool(flusher.close(timeout))
+
 
 def normalize_method(method: str) -> str:
     return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def _announce(telemetry: Telemetry, why_not: str | None) -> None:
+    """The one start-up line that tells an operator what happens and how to stop it."""
+    config = telemetry.config
+    if why_not is not None:
+        logger.info("reqtelemetry: usage telemetry is off (%s); nothing is sent", why_not)
+        return
+    where = "stderr (REQTELEMETRY_DEBUG)" if config.debug else config.endpoint
+    logger.info(
+        "reqtelemetry: anonymous usage telemetry is on, reporting to %s about every %s: "
+        "counts, latencies and sizes per route template, and system traits (OS, Python, "
+        "versions, CPU count, memory); never IPs, hostnames, paths, headers or bodies. "
+        "See it with `reqtelemetry inspect`; turn it off with SQA_OPT_OUT=true or DO_NOT_TRACK=1.",
+        where,
+        _human_seconds(config.flush_interval),
+    )
+
+
+def _human_seconds(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+#: Instances with a flusher, re-initialised in a child after ``os.fork()``.
+_live: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for telemetry in list(_live):
+        telemetry._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -1,0 +1,226 @@
+"""The background thread that turns aggregates into reports.
+
+Every interval (±10 % jitter, so that a fleet started together does not report
+in waves) it takes the recorder's batch, the app metrics and the traits, builds
+the report bodies and hands them to the transport — or, in debug mode, writes
+them to stderr. A batch that cannot be delivered is merged back into the
+recorder, so an outage loses nothing (until the key cap, which is counted).
+
+Nothing here runs on a request thread or the event loop. ``flush()`` can be
+called from any thread (it serialises with the timer through one lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING
+
+from .payload import Envelope, Report, build_reports
+from .recorder import Batch
+from .traits import load_deployment_id
+from .transport import Outcome, Result, Transport
+
+if TYPE_CHECKING:
+    from .telemetry import Telemetry
+
+logger = logging.getLogger("reqtelemetry")
+
+JITTER = 0.10
+
+
+class Flusher:
+    """Owns the timer thread and the report sequence of one Telemetry instance."""
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        transport: Transport | None,
+        debug_stream: Callable[[], IO[str]] | None = None,
+    ) -> None:
+        self.telemetry = telemetry
+        self.config = telemetry.config
+        self.transport = transport
+        self._debug_stream = debug_stream or (lambda: sys.stderr)
+        self.interval = self.config.flush_interval
+        self._rng = random.Random()
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """Fresh locks and counters: at start, and in a child after fork."""
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.sequence = 0
+        self.gone = False
+        self._not_before = 0.0  # monotonic time before which the server asked us to wait
+        self.deployment_id: str | None = None
+        self.last_result: Result | None = None
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="reqtelemetry-flusher", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def after_fork_in_child(self) -> None:
+        """The parent's thread does not exist here: start over with our own.
+
+        What the collector told the parent still holds for its workers: after a
+        ``410`` they stay silent, and they too wait out a ``Retry-After``.
+        """
+        had_thread = self._thread is not None
+        gone, not_before = self.gone, self._not_before
+        self._init_state()
+        self.gone, self._not_before = gone, not_before
+        if self.transport is not None:
+            self.transport.after_fork_in_child()
+        if had_thread:
+            self.start()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop the thread and make a final flush, never taking more than ``timeout``."""
+        budget = self.config.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        self._closing = True
+        self._wake.set()
+        if self.transport is not None:
+            self.transport.interrupt()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        delivered = self.flush(
+            kind="shutdown", budget=max(0.0, deadline - time.monotonic()), final=True
+        )
+        if self.transport is not None:
+            self.transport.close()
+        return delivered
+
+    def _run(self) -> None:
+        self.flush(kind="startup")
+        while not self._closing and not self.gone:
+            if self._wake.wait(self._next_delay()):
+                break
+            self.flush()
+
+    def _next_delay(self) -> float:
+        delay = self.interval * self._rng.uniform(1 - JITTER, 1 + JITTER)
+        return max(delay, self._not_before - time.monotonic())
+
+    # -- one flush ---------------------------------------------------------------------
+
+    def flush(
+        self, kind: str = "periodic", budget: float | None = None, final: bool = False
+    ) -> bool:
+        """Send what is recorded now; True when every part was delivered."""
+        budget = self.config.timeout * 2 if budget is None else budget
+        deadline = time.monotonic() + budget
+        if not self._flush_lock.acquire(timeout=max(0.0, budget)):
+            return False  # another flush holds the lock past our budget
+        try:
+            if self.gone:
+                return False
+            if time.monotonic() < self._not_before:
+                # The collector asked us to wait (Retry-After), and that holds for
+                # the final flush too: a fleet restarting into an overloaded
+                # collector must not answer its 429s with a burst of reports.
+                return False
+            return self._flush_locked(kind, deadline)
+        except Exception as error:  # a telemetry bug must not kill the thread
+            self.telemetry.internal_error(error)
+            return False
+        finally:
+            self._flush_lock.release()
+
+    def _flush_locked(self, kind: str, deadline: float) -> bool:
+        telemetry = self.telemetry
+        if self.deployment_id is None:
+            self.deployment_id, how = load_deployment_id(self.config.deployment_id_path)
+            if how != "persisted":
+                logger.info("reqtelemetry: deployment id kept for this process only (%s)", how)
+        batch = telemetry.recorder.collect()
+        metrics = telemetry.metrics.collect()
+        traits, withheld = telemetry.traits.current()
+        envelope = Envelope(
+            kind=kind,
+            sequence=self.sequence,
+            deployment_id=self.deployment_id,
+            instance_id=telemetry.instance_id,
+            traits=traits,
+            withheld=withheld,
+            metrics=metrics,
+            internal_errors=telemetry.internal_errors,
+        )
+        self.sequence += 1
+        reports = build_reports(envelope, batch, self.config.max_payload_bytes)
+        if self.config.debug or self.transport is None:
+            stream = self._debug_stream()
+            for report in reports:
+                stream.write(report.body.decode("ascii") + "\n")
+            stream.flush()
+            return True
+        all_delivered = True
+        for index, report in enumerate(reports):
+            result = self.transport.deliver(report.body, max(0.0, deadline - time.monotonic()))
+            self.last_result = result
+            self._apply_pacing(result)
+            if result.outcome is Outcome.DELIVERED:
+                continue
+            if result.outcome is Outcome.GONE:
+                self.gone = True
+                logger.info(
+                    "reqtelemetry: the collector answered 410 Gone; "
+                    "no more reports from this process"
+                )
+                return False
+            if result.outcome is Outcome.REJECTED:
+                telemetry.internal_errors += 1
+                logger.warning(
+                    "reqtelemetry: the collector refused a report (HTTP %s): %s",
+                    result.status,
+                    result.error,
+                )
+                all_delivered = False  # refused for good: not kept, but not delivered either
+                continue
+            self._put_back(batch, reports[index:], metrics)
+            logger.debug(
+                "reqtelemetry: report not delivered (%s); kept for the next one",
+                result.error or result.status,
+            )
+            return False
+        return all_delivered
+
+    def _apply_pacing(self, result: Result) -> None:
+        if result.next_interval is not None:
+            low, high = self.config.min_flush_interval, self.config.max_flush_interval
+            self.interval = min(max(result.next_interval, low), high)
+        if result.retry_after is not None:
+            self._not_before = time.monotonic() + result.retry_after
+
+    def _put_back(
+        self, batch: Batch, undelivered: list[Report], metrics: dict[str, dict[str, float]]
+    ) -> None:
+        """Merge what did not reach the collector back into the live aggregates."""
+        records = [record for report in undelivered for record in report.records]
+        totals = any(report.carries_totals for report in undelivered)
+        self.telemetry.recorder.merge(
+            Batch(
+                records=records,
+                dropped=batch.dropped if totals else 0,
+                period_start=batch.period_start,
+                period_end=batch.period_end,
+            )
+        )
+        if totals:
+            self.telemetry.metrics.merge(metrics)

@@ -1,0 +1,118 @@
+"""App-defined usage metrics: counters and gauges with validated names.
+
+Why: request counts say which endpoints are used, not which *features* are, nor
+how many of a thing exist (ORY, Caddy and Phusion all wanted both). The app
+counts what it cares about (``telemetry.count("feature.export_pdf")``) or
+registers a callback sampled at each flush (``telemetry.gauge("registered_apps",
+fn)``). Names follow a short dotted pattern, so they cannot carry identifiers
+by accident, and their number is capped, so memory and payload stay bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable, Mapping
+from numbers import Real
+
+logger = logging.getLogger("reqtelemetry")
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+MAX_NAME_LENGTH = 64
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"metric name must be lowercase dotted words like 'feature.export_pdf' "
+            f"(at most {MAX_NAME_LENGTH} characters), got {name!r}"
+        )
+    return name
+
+
+def _validate_number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return float(value) if not isinstance(value, int) else value  # type: ignore[return-value]
+
+
+class AppMetrics:
+    """Counters (deltas between reports) and gauges (sampled at each report)."""
+
+    def __init__(self, max_names: int = 100) -> None:
+        self.max_names = max_names
+        self._lock = threading.Lock()
+        self._counters: dict[str, float] = {}
+        self._gauges: dict[str, Callable[[], float]] = {}
+        self.refused = 0
+        self._warned: set[str] = set()
+
+    def count(self, name: str, value: float = 1) -> None:
+        """Add ``value`` (default 1, never negative) to the counter ``name``."""
+        validate_name(name)
+        value = _validate_number(value, "a counter increment")
+        if value < 0:
+            raise ValueError(f"a counter only goes up; got increment {value!r} for {name!r}")
+        with self._lock:
+            if name not in self._counters and self._names() >= self.max_names:
+                self._refuse(name)
+                return
+            self._counters[name] = self._counters.get(name, 0) + value
+
+    def gauge(self, name: str, callback: Callable[[], float]) -> None:
+        """Sample ``callback()`` at every report as the gauge ``name``."""
+        validate_name(name)
+        if not callable(callback):
+            raise ValueError(f"a gauge needs a callable returning a number, got {callback!r}")
+        with self._lock:
+            if name not in self._gauges and self._names() >= self.max_names:
+                self._refuse(name)
+                return
+            self._gauges[name] = callback
+
+    def _names(self) -> int:
+        return len(self._counters.keys() | self._gauges.keys())
+
+    def _refuse(self, name: str) -> None:
+        self.refused += 1
+        if "cap" not in self._warned:
+            self._warned.add("cap")
+            logger.warning(
+                "reqtelemetry: more than %d metric names; %r and later ones are not recorded",
+                self.max_names,
+                name,
+            )
+
+    def collect(self) -> dict[str, dict[str, float]]:
+        """Take the counters (resetting them) and sample every gauge."""
+        with self._lock:
+            counters, self._counters = self._counters, {}
+            gauges = list(self._gauges.items())
+        sampled: dict[str, float] = {}
+        for name, callback in gauges:
+            try:
+                sampled[name] = _validate_number(callback(), f"gauge {name!r}")
+            except Exception as error:  # the app's callback must not stop a report
+                if name not in self._warned:
+                    self._warned.add(name)
+                    logger.warning("reqtelemetry: gauge %r failed: %s", name, error)
+        return {"counters": counters, "gauges": sampled}
+
+    def merge(self, metrics: Mapping[str, Mapping[str, float]]) -> None:
+        """Put counters of an undelivered report back (gauges are sampled afresh).
+
+        The name cap still holds: names counted since the report was taken may
+        have filled it, and then a merged-back name is refused like a new one.
+        """
+        with self._lock:
+            for name, value in metrics.get("counters", {}).items():
+                if name not in self._counters and self._names() >= self.max_names:
+                    self._refuse(name)
+                    continue
+                self._counters[name] = self._counters.get(name, 0) + value
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._counters = {}

@@ -1,0 +1,149 @@
+"""The versioned wire format, documented in ``docs/payload.md``.
+
+One report is a JSON object (schema: ``schema/payload-v1.json``). A batch too
+big for one request body (``max_payload_bytes`` before compression, or more
+than the schema's 10 000 records) is split into parts; each part is a
+complete, valid report carrying a share of the records, and only part 0
+carries the dropped count and the app metrics, so nothing is counted twice
+when the collector adds parts up.
+
+Records are serialised one at a time and joined, which both measures them for
+splitting and keeps each stretch of C-level JSON encoding short, so the
+flusher thread never holds the GIL long against request threads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .histogram import MAX_TRACKED, MIN_TRACKED, RELATIVE_ACCURACY
+from .recorder import Batch
+
+SCHEMA_VERSION = 1
+#: Most records in one report (the schema's ``maxItems``); more start a new part.
+MAX_RECORDS_PER_REPORT = 10000
+#: The schema's limit on a route; longer ones are cut (rare: deep anonymized paths).
+MAX_ROUTE_LENGTH = 512
+TRUNCATED_SUFFIX = "/..."
+KINDS = ("startup", "periodic", "shutdown")
+HISTOGRAM_SPEC = {
+    "kind": "log",
+    "relative_accuracy": RELATIVE_ACCURACY,
+    "min_tracked": MIN_TRACKED,
+    "max_tracked": MAX_TRACKED,
+}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Everything in a report except the records."""
+
+    kind: str
+    sequence: int
+    deployment_id: str
+    instance_id: str
+    traits: Mapping[str, Any]
+    withheld: Sequence[str]
+    metrics: Mapping[str, Mapping[str, float]]
+    internal_errors: int = 0
+
+
+@dataclass(frozen=True)
+class Report:
+    """One request body, and what it carries (to put back if it is not delivered)."""
+
+    body: bytes
+    records: list[dict[str, Any]]
+    #: Part 0 carries the batch's dropped count and the app metrics.
+    carries_totals: bool
+
+
+def truncate_route(route: str) -> str:
+    """Cut a route to the schema's limit at a segment boundary, marking the cut."""
+    if len(route) <= MAX_ROUTE_LENGTH:
+        return route
+    keep = route[: MAX_ROUTE_LENGTH - len(TRUNCATED_SUFFIX)]
+    cut = keep.rfind("/")
+    return (keep[:cut] if cut > 0 else keep) + TRUNCATED_SUFFIX
+
+
+def _fit_route(record: dict[str, Any]) -> dict[str, Any]:
+    route = record["route"]
+    if len(route) <= MAX_ROUTE_LENGTH:
+        return record
+    return {**record, "route": truncate_route(route)}
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def build_reports(envelope: Envelope, batch: Batch, max_bytes: int) -> list[Report]:
+    """Encode the batch as one or more JSON bodies, none larger than ``max_bytes``."""
+    if envelope.kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {envelope.kind!r}")
+    encoded = [_dumps(_fit_route(record)) for record in batch.records]
+    empty_metrics = {"counters": {}, "gauges": {}}
+
+    def head(part: int, parts: int) -> dict[str, Any]:
+        first = part == 0
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": envelope.kind,
+            "sent_at": round(time.time(), 3),
+            "sequence": envelope.sequence,
+            "part": part,
+            "parts": parts,
+            "deployment_id": envelope.deployment_id,
+            "instance_id": envelope.instance_id,
+            "traits": dict(envelope.traits),
+            "withheld": sorted(set(envelope.withheld)),
+            "metrics": envelope.metrics if first else empty_metrics,
+            "internal_errors": envelope.internal_errors if first else 0,
+            "batch": {
+                "period_start": batch.period_start,
+                "period_end": batch.period_end,
+                "dropped": batch.dropped if first else 0,
+                "histogram": HISTOGRAM_SPEC,
+                "records": [],
+            },
+        }
+
+    # Room left for records once the rest of the report is in (a generous
+    # allowance for the part counters and the time stamp, whose digits vary).
+    overhead = len(_dumps(head(0, 1))) + 64
+    room = max_bytes - overhead
+    groups: list[list[int]] = [[]]
+    used = 0
+    for position, item in enumerate(encoded):
+        size = len(item) + 1
+        if size > room:
+            raise ValueError(
+                f"one record needs {size} bytes but max_payload_bytes leaves {room}; "
+                "raise max_payload_bytes"
+            )
+        if (used + size > room or len(groups[-1]) >= MAX_RECORDS_PER_REPORT) and groups[-1]:
+            groups.append([])
+            used = 0
+        groups[-1].append(position)
+        used += size
+
+    reports = []
+    marker = '"records":[]'
+    for part, group in enumerate(groups):
+        text = _dumps(head(part, len(groups)))
+        # Splice the pre-encoded records into the empty list that ends the text.
+        index = text.rindex(marker) + len(marker) - 1
+        body = text[:index] + ",".join(encoded[i] for i in group) + text[index:]
+        reports.append(
+            Report(
+                body=body.encode("ascii"),
+                records=[batch.records[i] for i in group],
+                carries_totals=part == 0,
+            )
+        )
+    return reports

@@ -1,0 +1,524 @@
+"""System traits: what a deployment runs on, never who or where it is.
+
+Why this module exists: the maintainer wants to know which platforms, Python
+versions, frameworks and servers their users run, and which versions of their
+own app are out there. The operator must be able to trust that nothing
+identifying leaves the process. So every trait is a coarse JSON scalar (a
+name, a version, a count, a boolean), and the module never reads the
+hostname, IP addresses, user names or paths into a trait; environment
+variables are only ever turned into booleans.
+
+Static traits are computed once, cheaply (no subprocess, no network, no DNS);
+the framework and the server are detected lazily at the first :meth:`current`
+call, because the server module is often imported after ``Telemetry`` is
+created. Memory and uptime are read at each call. An operator withholds any
+trait by name (``REQTELEMETRY_DISABLE=memory_rss_bytes,cpu_count``); withheld
+traits are not even computed, and their names are reported so the collector
+can tell "withheld" from "unknown".
+
+The deployment id (:func:`load_deployment_id`) is a random UUID kept in a file,
+so restarts of the same installation count as one deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from .config import Config, env_flag
+
+#: Every trait key, in the order they appear in a payload.
+TRAIT_NAMES: tuple[str, ...] = (
+    "os",
+    "os_release",
+    "arch",
+    "cpu_count",
+    "python_implementation",
+    "python_version",
+    "reqtelemetry_version",
+    "framework",
+    "framework_version",
+    "server",
+    "server_version",
+    "app_name",
+    "app_version",
+    "app_git_hash",
+    "app_build_time",
+    "memory_rss_bytes",
+    "uptime_seconds",
+    "container",
+    "ci",
+    "development",
+)
+_KNOWN = frozenset(TRAIT_NAMES)
+
+#: Frameworks, most specific first (FastAPI is built on Starlette), with the
+#: module that proves it is imported and its distribution name.
+_FRAMEWORKS: tuple[tuple[str, str, str], ...] = (
+    ("fastapi", "fastapi", "fastapi"),
+    ("django", "django", "Django"),
+    ("flask", "flask", "Flask"),
+    ("starlette", "starlette", "starlette"),
+)
+
+#: Servers: trait value -> distribution whose version is reported.
+_SERVER_DISTRIBUTIONS: dict[str, str] = {
+    "gunicorn": "gunicorn",
+    "uvicorn": "uvicorn",
+    "hypercorn": "hypercorn",
+    "daphne": "daphne",
+    "waitress": "waitress",
+    "granian": "granian",
+    "werkzeug": "Werkzeug",
+    "django-runserver": "Django",
+}
+#: Names of the launching command (``argv[0]``'s basename, or the package of a
+#: ``python -m package`` run) -> server.
+_SERVER_COMMANDS: dict[str, str] = {
+    "gunicorn": "gunicorn",
+    "uvicorn": "uvicorn",
+    "hypercorn": "hypercorn",
+    "daphne": "daphne",
+    "waitress-serve": "waitress",
+    "waitress": "waitress",
+    "granian": "granian",
+    "flask": "werkzeug",
+}
+#: Modules that are only imported when the server runs, in order of precedence:
+#: a process manager (gunicorn) wins over the worker class it runs (uvicorn).
+_SERVER_MODULES: tuple[tuple[str, str], ...] = (
+    ("gunicorn.arbiter", "gunicorn"),
+    ("hypercorn.run", "hypercorn"),
+    ("daphne.server", "daphne"),
+    ("waitress.server", "waitress"),
+    ("granian.server", "granian"),
+    ("granian", "granian"),
+    ("uvicorn.server", "uvicorn"),
+)
+
+#: Variables whose mere presence means a CI system (``CI`` is read as a flag).
+_CI_VARIABLES: tuple[str, ...] = (
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "BUILDKITE",
+    "CIRCLECI",
+    "JENKINS_URL",
+    "HUDSON_URL",
+    "TF_BUILD",
+    "TRAVIS",
+    "APPVEYOR",
+    "TEAMCITY_VERSION",
+    "BITBUCKET_BUILD_NUMBER",
+    "CODEBUILD_BUILD_ID",
+    "DRONE",
+    "SEMAPHORE",
+    "BUILD_BUILDID",
+    "CI_NAME",
+    "WOODPECKER_CI",
+)
+_CGROUP_HINTS: tuple[str, ...] = ("docker", "kubepods", "containerd", "libpod", "lxc", "podman")
+
+
+def _metadata_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except Exception:
+        return None
+
+
+def _module_version(module_name: str, distribution: str) -> str | None:
+    version = _metadata_version(distribution)
+    if version is None:
+        module = sys.modules.get(module_name)
+        value = getattr(module, "__version__", None)
+        version = value if isinstance(value, str) else None
+    return version
+
+
+def _reqtelemetry_version() -> str | None:
+    package = sys.modules.get("reqtelemetry")
+    value = getattr(package, "__version__", None)
+    if isinstance(value, str):
+        return value
+    return _metadata_version("reqtelemetry")
+
+
+def _read_small(path: str, limit: int = 65536) -> str:
+    """A file's beginning as text, or ``""`` if it cannot be read (never raises)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit).decode("utf-8", "replace")
+    except Exception:
+        return ""
+
+
+def detect_container(environ: Mapping[str, str] | None = None, root: str = "/") -> bool:
+    """True when the process appears to run in a container (Docker, Podman, Kubernetes, LXC).
+
+    ``root`` exists for tests; every file is read defensively.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("KUBERNETES_SERVICE_HOST") or environ.get("container"):
+        return True
+    try:
+        for marker in (".dockerenv", os.path.join("run", ".containerenv")):
+            if os.path.exists(os.path.join(root, marker)):
+                return True
+    except Exception:
+        pass
+    cgroup = _read_small(os.path.join(root, "proc", "1", "cgroup")).lower()
+    return any(hint in cgroup for hint in _CGROUP_HINTS)
+
+
+def detect_ci(environ: Mapping[str, str] | None = None) -> bool:
+    """True when a continuous-integration system's variables are set."""
+    environ = os.environ if environ is None else environ
+    ci = environ.get("CI")
+    if ci is not None and ci.strip().lower() not in {"", "0", "false", "no", "off"}:
+        return True
+    return any(environ.get(name) for name in _CI_VARIABLES)
+
+
+def detect_development_environment(environ: Mapping[str, str] | None = None) -> bool:
+    """True when the environment says this is a development run."""
+    environ = os.environ if environ is None else environ
+    if env_flag(environ.get("FLASK_DEBUG")) or env_flag(environ.get("DJANGO_DEBUG")):
+        return True
+    if environ.get("FLASK_ENV", "").strip().lower() == "development":
+        return True
+    if environ.get("PYTHONDEVMODE"):
+        return True
+    return bool(getattr(sys.flags, "dev_mode", False))
+
+
+def detect_framework(modules: Mapping[str, Any] | None = None) -> tuple[str | None, str | None]:
+    """``(framework, version)`` of the first known web framework imported, else ``(None, None)``."""
+    modules = sys.modules if modules is None else modules
+    for name, module_name, distribution in _FRAMEWORKS:
+        if module_name in modules:
+            return name, _module_version(module_name, distribution)
+    return None, None
+
+
+def _command_name(argv: list[str] | None) -> str:
+    if not argv or not isinstance(argv[0], str):
+        return ""
+    path = argv[0]
+    base = os.path.basename(path)
+    if base in {"__main__.py", "__main__"}:  # python -m package: the package's directory
+        base = os.path.basename(os.path.dirname(path))
+    base = base.lower()
+    for suffix in (".exe", ".py"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return base
+
+
+def detect_server(
+    modules: Mapping[str, Any] | None = None,
+    argv: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[str | None, str | None]:
+    """``(server, version)`` of the server running this process, else ``(None, None)``.
+
+    The launching command is the strongest evidence, then modules that are only
+    imported when a server runs, then the Werkzeug reloader's variables.
+    """
+    modules = sys.modules if modules is None else modules
+    argv = getattr(sys, "argv", None) if argv is None else argv
+    environ = os.environ if environ is None else environ
+    command = _command_name(argv)
+    server = _SERVER_COMMANDS.get(command)
+    if server is None and command == "manage" and argv and "runserver" in argv[1:]:
+        server = "django-runserver"
+    if server is None:
+        for module_name, name in _SERVER_MODULES:
+            if module_name in modules:
+                server = name
+                break
+    if (
+        server is None
+        and "werkzeug.serving" in modules
+        and (environ.get("WERKZEUG_RUN_MAIN") or environ.get("WERKZEUG_SERVER_FD"))
+    ):
+        server = "werkzeug"
+    if server is None:
+        return None, None
+    return server, _metadata_version(_SERVER_DISTRIBUTIONS[server])
+
+
+class SystemTraits:
+    """The traits of this process, with the operator's withheld ones removed.
+
+    Thread-safe: :meth:`current` may run on the flusher thread while an
+    integration calls :meth:`note_development` on a request thread.
+    """
+
+    def __init__(self, config: Config, started_at: float | None = None) -> None:
+        unknown = sorted(set(config.disabled_traits) - _KNOWN)
+        if unknown:
+            raise ValueError(
+                f"unknown trait name(s) in disabled_traits: {', '.join(unknown)}; "
+                f"valid names are: {', '.join(TRAIT_NAMES)}"
+            )
+        self.withheld: list[str] = sorted(set(config.disabled_traits))
+        self._withheld = frozenset(self.withheld)
+        # ``started_at`` is a wall-clock (``time.time()``) timestamp; uptime is
+        # then measured on the monotonic clock so clock jumps do not distort it.
+        now_wall, now_mono = time.time(), time.monotonic()
+        started_wall = now_wall if started_at is None else float(started_at)
+        self._started_monotonic = now_mono - max(0.0, now_wall - started_wall)
+        self._lock = threading.Lock()
+        self._development_reason: str | None = None
+        self._framework: tuple[str | None, str | None] | None = None
+        self._framework_noted = False
+        self._server: tuple[str | None, str | None] | None = None
+        self._process: Any = None
+        self._static = self._compute_static(config)
+
+    def _compute_static(self, config: Config) -> dict[str, Any]:
+        static: dict[str, Any] = {}
+        computations = {
+            "os": lambda: platform.system().lower() or None,
+            "os_release": lambda: platform.release() or None,
+            "arch": lambda: platform.machine() or None,
+            "cpu_count": os.cpu_count,
+            "python_implementation": platform.python_implementation,
+            "python_version": platform.python_version,
+            "reqtelemetry_version": _reqtelemetry_version,
+            "app_name": lambda: config.app_name,
+            "app_version": lambda: config.app_version,
+            "app_git_hash": lambda: config.app_git_hash,
+            "app_build_time": lambda: config.app_build_time,
+            "container": detect_container,
+            "ci": detect_ci,
+            "development": detect_development_environment,
+        }
+        for name, compute in computations.items():
+            if name in self._withheld:
+                continue
+            try:
+                static[name] = compute()
+            except Exception:
+                static[name] = None
+        return static
+
+    def note_development(self, reason: str) -> None:
+        """Mark this instance as a development run (debug mode, a localhost ``Host``).
+
+        The reason is kept for debugging only; it is never sent.
+        """
+        with self._lock:
+            if self._development_reason is None:
+                self._development_reason = reason
+
+    def note_framework(self, name: str) -> None:
+        """The integration knows its framework better than ``sys.modules`` does
+        (a process may import several); this answer wins over detection."""
+        with self._lock:
+            self._framework = (name, _metadata_version(name))
+            self._framework_noted = True
+
+    @property
+    def development_reason(self) -> str | None:
+        """Why :meth:`note_development` was called first, if it was (never sent)."""
+        return self._development_reason
+
+    def _detect_lazily(self) -> None:
+        # Re-detected until found: the server module may be imported after the
+        # first report; once found, the answer is cached.
+        with self._lock:
+            if not self._framework_noted and (
+                self._framework is None or self._framework[0] is None
+            ):
+                try:
+                    self._framework = detect_framework()
+                except Exception:
+                    self._framework = (None, None)
+            if self._server is None or self._server[0] is None:
+                try:
+                    self._server = detect_server()
+                except Exception:
+                    self._server = (None, None)
+
+    def _memory_rss_bytes(self) -> int | None:
+        try:
+            if self._process is None or self._process.pid != os.getpid():  # new after fork
+                import psutil
+
+                self._process = psutil.Process()
+            return int(self._process.memory_info().rss)
+        except Exception:
+            return None
+
+    def current(self) -> tuple[dict[str, Any], list[str]]:
+        """All traits now, in :data:`TRAIT_NAMES` order without the withheld ones,
+        and the sorted names of the withheld ones."""
+        self._detect_lazily()
+        framework = self._framework or (None, None)
+        server = self._server or (None, None)
+        values = dict(self._static)
+        values["framework"], values["framework_version"] = framework
+        values["server"], values["server_version"] = server
+        if "development" not in self._withheld and self._development_reason is not None:
+            values["development"] = True
+        withheld = self._withheld
+        if "memory_rss_bytes" not in withheld:
+            values["memory_rss_bytes"] = self._memory_rss_bytes()
+        if "uptime_seconds" not in withheld:
+            uptime = max(0.0, time.monotonic() - self._started_monotonic)
+            values["uptime_seconds"] = round(uptime, 3)
+        traits = {name: values[name] for name in TRAIT_NAMES if name not in withheld}
+        return traits, list(self.withheld)
+
+
+# --- the deployment id -------------------------------------------------------
+
+_READ_ONLY_IDS: dict[str, str] = {}
+_READ_ONLY_LOCK = threading.Lock()
+_MAX_ID_FILE_BYTES = 256
+
+
+def default_deployment_id_path() -> str:
+    """``<user data dir>/deployment_id``, per platformdirs."""
+    import platformdirs
+
+    return os.path.join(platformdirs.user_data_dir("reqtelemetry"), "deployment_id")
+
+
+def _parse_id(text: str) -> str | None:
+    text = text.strip()
+    if not text or len(text) > 64:
+        return None
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
+
+
+def _read_id(path: str) -> str | None:
+    """The valid id in ``path``; ``None`` if the content is not a UUID.
+
+    Raises :class:`FileNotFoundError` when there is no file, other
+    :class:`OSError` when it cannot be read.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read(_MAX_ID_FILE_BYTES + 1)
+    if len(data) > _MAX_ID_FILE_BYTES:
+        return None
+    return _parse_id(data.decode("ascii", "replace"))
+
+
+def _write_new_file(path: str, content: bytes) -> None:
+    """Create ``path`` exclusively (mode 0600) with ``content``, fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temporary_sibling(path: str, content: bytes) -> str:
+    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+    _write_new_file(temporary, content)
+    return temporary
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _create(path: str, new_id: str) -> str:
+    """Publish ``new_id`` at ``path`` unless someone else did first; the id on disk.
+
+    The file is written completely under a temporary name and then hard-linked
+    into place: the link is atomic and fails if ``path`` exists, so a
+    concurrent reader never sees a half-written file and exactly one creator
+    wins. Where hard links are unsupported, ``path`` is created directly with
+    ``O_CREAT|O_EXCL``.
+    """
+    content = (new_id + "\n").encode("ascii")
+    temporary = _temporary_sibling(path, content)
+    try:
+        try:
+            os.link(temporary, path)
+            return new_id
+        except FileExistsError:
+            return _read_theirs(path)
+        except (OSError, AttributeError, NotImplementedError):
+            pass  # no hard links here (some network or FUSE filesystems)
+    finally:
+        _remove_quietly(temporary)
+    try:
+        _write_new_file(path, content)
+        return new_id
+    except FileExistsError:
+        return _read_theirs(path)
+
+
+def _read_theirs(path: str) -> str:
+    """The id another process just created; waits briefly for its write to land."""
+    for attempt in range(50):
+        found = _read_id(path)
+        if found is not None:
+            return found
+        time.sleep(0.01 * min(attempt + 1, 5))
+    return _replace(path, str(uuid.uuid4()))
+
+
+def _replace(path: str, new_id: str) -> str:
+    """Atomically replace a corrupt file; the id on disk afterwards."""
+    temporary = _temporary_sibling(path, (new_id + "\n").encode("ascii"))
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+    # Another process may have replaced it at the same moment: agree on the last.
+    return _read_id(path) or new_id
+
+
+def _read_only_id(path: str) -> tuple[str, str]:
+    with _READ_ONLY_LOCK:
+        found = _READ_ONLY_IDS.get(path)
+        if found is None:
+            found = _READ_ONLY_IDS[path] = str(uuid.uuid4())
+    return found, "read-only"
+
+
+def load_deployment_id(path: str | None) -> tuple[str, str]:
+    """``(deployment_id, how)``: the id kept at ``path`` (created on first start).
+
+    ``how`` is ``"persisted"`` when the id is on disk (read or just written) and
+    ``"read-only"`` when it cannot be: then a random id is made, the same for
+    every call in this process. A file whose content is not a UUID is replaced.
+    Never raises.
+    """
+    key = path if path is not None else ""
+    try:
+        if path is None:
+            path = default_deployment_id_path()
+        try:
+            found = _read_id(path)
+        except FileNotFoundError:
+            directory = os.path.dirname(path)
+            if directory:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            return _create(path, str(uuid.uuid4())), "persisted"
+        if found is not None:
+            return found, "persisted"
+        return _replace(path, str(uuid.uuid4())), "persisted"
+    except Exception:
+        return _read_only_id(key)

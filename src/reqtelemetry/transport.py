@@ -1,0 +1,195 @@
+"""Delivering report bodies to the collector over HTTP (httpx).
+
+Runs only on the flusher thread, never on a request. Each body is gzipped and
+POSTed to ``{endpoint}/v1/report``. Failures are retried with exponential
+backoff and full jitter (the AWS architecture blog's recommendation: spread
+retries of many instances so they do not arrive in waves) within a time budget.
+
+The server paces the client (Caddy's lesson): ``429``/``503`` with
+``Retry-After`` mean wait that long; ``410 Gone`` means stop for the life of
+the process; a successful reply may carry ``{"next_interval": seconds}``, which
+the flusher applies within the bounds the operator configured.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import gzip
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from ._version import __version__
+from .config import Config
+
+logger = logging.getLogger("reqtelemetry")
+
+REPORT_PATH = "/v1/report"
+#: Statuses worth retrying: the collector or a proxy in front is overloaded or down.
+RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    #: Not delivered now; keep the data and try again at the next flush.
+    FAILED = "failed"
+    #: The collector refused this body as invalid; retrying cannot help.
+    REJECTED = "rejected"
+    #: ``410 Gone``: the collector asks this client to stop reporting for good.
+    GONE = "gone"
+
+
+@dataclass
+class Result:
+    outcome: Outcome
+    #: Seconds the server asked to wait before the next attempt (Retry-After).
+    retry_after: float | None = None
+    #: The reporting interval the server asked for, unbounded (the flusher clamps it).
+    next_interval: float | None = None
+    status: int | None = None
+    error: str | None = None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full jitter: uniform in ``[0, min(cap, base * 2**attempt)]``."""
+    return rng.uniform(0.0, min(cap, base * (2.0**attempt)))
+
+
+class Transport:
+    """Sends bodies to one collector; thread-safe enough for one flusher thread."""
+
+    def __init__(
+        self,
+        config: Config,
+        client: httpx.Client | None = None,
+        *,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+        max_attempts: int = 4,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not config.endpoint:
+            raise ValueError("a transport needs an endpoint")
+        self.url = config.endpoint.rstrip("/") + REPORT_PATH
+        self.config = config
+        self._client = client
+        self._owns_client = client is None
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.max_attempts = max_attempts
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self.headers = {
+            "User-Agent": f"reqtelemetry/{__version__} httpx/{httpx.__version__}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        }
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            # No env proxies or netrc: an operator's credentials are not ours to send.
+            self._client = httpx.Client(timeout=self.config.timeout, trust_env=False)
+        return self._client
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's client: its pooled connections are the parent's
+        sockets (a request from here would interleave with the parent's on the
+        same connection), and its locks may have been held by a parent thread.
+        Not closed: closing would shut connections the parent still uses."""
+        if self._owns_client:
+            self._client = None
+        self._stop = threading.Event()
+
+    def interrupt(self) -> None:
+        """Cut short any backoff wait (shutdown)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def send_once(self, body: bytes, timeout: float | None = None) -> Result:
+        """One attempt. Compression happens here, on the flusher thread."""
+        compressed = gzip.compress(body, compresslevel=6)
+        try:
+            response = self.client.post(
+                self.url,
+                content=compressed,
+                headers=self.headers,
+                timeout=self.config.timeout if timeout is None else timeout,
+            )
+        except httpx.HTTPError as error:
+            return Result(Outcome.FAILED, error=f"{type(error).__name__}: {error}")
+        status = response.status_code
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if 200 <= status < 300:
+            return Result(Outcome.DELIVERED, next_interval=_next_interval(response), status=status)
+        if status == 410:
+            return Result(Outcome.GONE, status=status)
+        if status in RETRYABLE:
+            return Result(
+                Outcome.FAILED,
+                retry_after=retry_after,
+                status=status,
+                next_interval=_next_interval(response),
+            )
+        return Result(Outcome.REJECTED, status=status, error=response.text[:200])
+
+    def deliver(self, body: bytes, budget: float) -> Result:
+        """Send with retries until delivered, refused for good, or ``budget`` seconds pass."""
+        deadline = time.monotonic() + budget
+        result = Result(Outcome.FAILED, error="no attempt made")
+        for attempt in range(self.max_attempts):
+            if self._stop.is_set() and attempt > 0:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            result = self.send_once(body, timeout=min(self.config.timeout, remaining))
+            if result.outcome is not Outcome.FAILED:
+                return result
+            if result.retry_after is not None:
+                # The server said when; a wait past our budget ends this flush,
+                # and the flusher keeps the data and waits at least that long.
+                delay = result.retry_after
+            else:
+                delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap, self._rng)
+            if attempt + 1 >= self.max_attempts or time.monotonic() + delay > deadline:
+                break
+            if self._stop.wait(delay):
+                break
+        return result
+
+
+def _next_interval(response: httpx.Response) -> float | None:
+    try:
+        value = response.json().get("next_interval")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None

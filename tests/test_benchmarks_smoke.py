@@ -1,0 +1,30 @@
+"""The overhead benchmark runs end to end (quick mode); no timing is asserted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import overhead  # noqa: E402
+
+
+@pytest.mark.timeout(30)
+def test_overhead_quick_run_reports_every_variant(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_QUICK", "1")
+    monkeypatch.delenv("BENCH_CLOCK", raising=False)
+    report = overhead.run()
+    rows = [line for line in report.splitlines() if line.startswith("| (")]
+    assert len(rows) == len(overhead.VARIANT_LABELS)
+    for label, row in zip(overhead.VARIANT_LABELS, rows, strict=True):
+        assert row.startswith(f"| {label} |")
+    assert report.count("PASS") + report.count("MISS") == 4
+    assert "gc.disable" in report
+    # The enabled middlewares really measured the route templates.
+    assert "GET /items/{item_id} 200" in report
+    assert "GET /items/<int:item_id> 200" in report

@@ -1,0 +1,643 @@
+"""Flushing against a real collector stand-in on loopback (tests/receiver.py).
+
+No mocks: reports travel through httpx and uvicorn, are gunzipped and checked
+against the JSON Schema by the receiver (the ``receiver`` fixture fails a test
+that sent an invalid one). The collector's view — the accepted payloads — must
+add up to exactly the traffic, whatever the collector did in between: down,
+slow, 500, 429 with Retry-After, 410.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+import reqtelemetry
+from receiver import ServerThread, record_counts, schema_errors
+from reqtelemetry import ASGIMiddleware, Telemetry
+from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
+
+pytestmark = pytest.mark.e2e
+
+
+def record_traffic(telemetry: Telemetry, routes: int = 3, each: int = 4) -> Counter:
+    """Record ``routes * each`` requests; the expected counts per key."""
+    expected: Counter = Counter()
+    for i in range(routes):
+        for _ in range(each):
+            telemetry.record("GET", f"/route/{i}", 200, 0.01, 5, 100)
+            expected[("GET", f"/route/{i}", 200)] += 1
+    return expected
+
+
+def delivered(receiver, telemetry: Telemetry) -> Counter:
+    """Requests per key in the reports the collector accepted from ``telemetry``."""
+    return record_counts(receiver.reports_from(telemetry.instance_id))
+
+
+def sample_app(telemetry: Telemetry) -> ASGIMiddleware:
+    async def item(request: Request) -> JSONResponse:
+        return JSONResponse({"id": request.path_params["item_id"]})
+
+    async def create(request: Request) -> PlainTextResponse:
+        await request.body()
+        return PlainTextResponse("created", status_code=201)
+
+    app = Starlette(
+        routes=[
+            Route("/items/{item_id}", item),
+            Route("/items", create, methods=["POST"]),
+        ]
+    )
+    return ASGIMiddleware(app, telemetry=telemetry)
+
+
+# -- arrival -------------------------------------------------------------------------
+
+
+def test_startup_report_is_sent_as_soon_as_the_flusher_starts(make_sender, receiver, tmp_path):
+    telemetry = make_sender(settled=False)
+    assert receiver.wait_for_reports(1, kind="startup", timeout=5)
+    (report,) = receiver.reports_from(telemetry.instance_id)
+    assert report["kind"] == "startup"
+    assert report["sequence"] == 0
+    assert (report["part"], report["parts"]) == (0, 1)
+    stored = (tmp_path / "deployment_id").read_text().strip()
+    assert report["deployment_id"] == stored
+    assert report["traits"]["reqtelemetry_version"] == reqtelemetry.__version__
+
+
+def test_traffic_through_the_middleware_arrives_with_exact_counts(make_sender, receiver):
+    telemetry = make_sender()
+    with TestClient(sample_app(telemetry)) as client:
+        for i in range(7):
+            assert client.get(f"/items/{i}").status_code == 200
+        for _ in range(3):
+            assert client.post("/items", content=b"x" * 10).status_code == 201
+        for i in range(5):
+            assert client.get(f"/nothing-here/{i}").status_code == 404
+        assert telemetry.flush() is True
+        reports = receiver.reports_from(telemetry.instance_id)
+        assert [r["kind"] for r in reports] == ["startup", "periodic"]
+        assert delivered(receiver, telemetry) == {
+            ("GET", "/items/{item_id}", 200): 7,
+            ("POST", "/items", 201): 3,
+            ("GET", "<unmatched>", 404): 5,
+        }
+        records = {r["route"]: r for r in reports[-1]["batch"]["records"]}
+        assert records["/items"]["request_bytes"] == 30
+        assert records["/items"]["response_bytes"] == 3 * len(b"created")
+        assert all(not schema_errors(r) for r in reports)
+
+
+def test_body_is_gzipped_json_with_headers_naming_reqtelemetry(make_sender, receiver):
+    telemetry = make_sender()
+    record_traffic(telemetry)
+    assert telemetry.flush() is True
+    request = receiver.requests[-1]
+    assert request.method == "POST"
+    assert request.path == "/v1/report"
+    assert request.raw_body[:2] == b"\x1f\x8b"  # gzip magic
+    assert json.loads(gzip.decompress(request.raw_body)) == request.payload
+    assert request.headers["content-encoding"] == "gzip"
+    assert request.headers["content-type"] == "application/json"
+    user_agent = request.headers["user-agent"]
+    assert user_agent.split()[0] == f"reqtelemetry/{reqtelemetry.__version__}"
+
+
+def test_flush_returns_true_only_when_delivered(make_sender, receiver):
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+    assert telemetry.snapshot() == []  # taken, not kept
+    receiver.stop()
+    telemetry.record("GET", "/later", 200, 0.01, 0, 0)
+    assert telemetry.flush() is False
+    assert len(telemetry.snapshot()) == 1  # kept for the next report
+
+
+def test_sequence_counts_up_and_the_deployment_id_is_shared(make_sender, receiver):
+    first = make_sender()
+    assert first.flush() is True
+    assert first.flush() is True
+    second = make_sender()
+    sequences = [r["sequence"] for r in receiver.reports_from(first.instance_id)]
+    assert sequences == [0, 1, 2]
+    (theirs,) = receiver.reports_from(second.instance_id)
+    assert first.instance_id != second.instance_id
+    assert theirs["deployment_id"] == receiver.reports_from(first.instance_id)[0]["deployment_id"]
+
+
+def test_deployment_id_file_is_private(make_sender, tmp_path):
+    make_sender()
+    path = tmp_path / "deployment_id"
+    assert path.exists()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_timer_reports_every_interval(make_sender, receiver):
+    telemetry = make_sender(settled=False, flush_interval=0.05)
+    assert receiver.wait_for_reports(3, kind="periodic", timeout=5)
+    kinds = [r["kind"] for r in receiver.reports_from(telemetry.instance_id)]
+    assert kinds[0] == "startup"
+    assert set(kinds[1:]) == {"periodic"}
+
+
+def test_concurrent_traffic_and_flushes_lose_and_duplicate_nothing(make_sender, receiver):
+    telemetry = make_sender(settled=False, flush_interval=0.02)
+    per_thread, threads = 2000, 4
+
+    def traffic(n: int) -> None:
+        for i in range(per_thread):
+            telemetry.record("GET", f"/t/{n}/{i % 7}", 200, 0.001, 0, 1)
+
+    workers = [threading.Thread(target=traffic, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for _ in range(5):
+        telemetry.flush()
+    for worker in workers:
+        worker.join()
+    assert telemetry.close() is True
+    counts = delivered(receiver, telemetry)
+    assert sum(counts.values()) == per_thread * threads
+    assert len(receiver.reports_from(telemetry.instance_id)) > 3
+    assert receiver.reports_from(telemetry.instance_id)[-1]["kind"] == "shutdown"
+
+
+# -- shutdown --------------------------------------------------------------------------
+
+
+def test_close_flushes_and_stops_the_thread(make_sender, receiver):
+    telemetry = make_sender()
+    flusher = telemetry.flusher
+    expected = record_traffic(telemetry)
+    assert telemetry.close() is True
+    last = receiver.reports_from(telemetry.instance_id)[-1]
+    assert last["kind"] == "shutdown"
+    assert record_counts([last]) == expected
+    flusher._thread.join(2)
+    assert not flusher.running
+    assert telemetry.flusher is None
+    # Closed for good: nothing more is sent.
+    seen = len(receiver.requests)
+    telemetry.record("GET", "/after", 200, 0.01, 0, 0)
+    assert telemetry.flush() is False
+    assert telemetry.close() is False
+    time.sleep(0.1)
+    assert len(receiver.requests) == seen
+
+
+@pytest.mark.parametrize("busy", ["startup in flight", "final flush hangs"])
+def test_close_is_bounded_by_shutdown_timeout_when_the_collector_hangs(make_sender, receiver, busy):
+    shutdown_timeout = 0.5
+    if busy == "startup in flight":
+        receiver.respond_always(delay=30)
+        telemetry = make_sender(settled=False, timeout=10, shutdown_timeout=shutdown_timeout)
+        assert receiver.wait_for_requests(1)
+    else:
+        telemetry = make_sender(timeout=10, shutdown_timeout=shutdown_timeout)
+        receiver.respond_always(delay=30)
+    record_traffic(telemetry)
+    started = time.monotonic()
+    telemetry.close()
+    assert time.monotonic() - started < shutdown_timeout + 2  # a hang check, not a benchmark
+
+
+def test_asgi_lifespan_shutdown_makes_the_final_flush(make_sender, receiver):
+    telemetry = make_sender()
+    with TestClient(sample_app(telemetry)) as client:
+        for i in range(4):
+            client.get(f"/items/{i}")
+    assert telemetry.flusher is None  # closed by the lifespan shutdown
+    last = receiver.reports_from(telemetry.instance_id)[-1]
+    assert last["kind"] == "shutdown"
+    assert record_counts([last]) == {("GET", "/items/{item_id}", 200): 4}
+
+
+def test_uvicorn_shutdown_makes_the_final_flush(make_sender, receiver):
+    telemetry = make_sender()
+    server = ServerThread(sample_app(telemetry), lifespan="on")
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False) as client:
+            for i in range(3):
+                assert client.get(f"/items/{i}").status_code == 200
+    finally:
+        server.stop(graceful=True)
+    assert telemetry.flusher is None
+    last = receiver.reports_from(telemetry.instance_id)[-1]
+    assert last["kind"] == "shutdown"
+    assert record_counts([last]) == {("GET", "/items/{item_id}", 200): 3}
+
+
+# -- the server paces the client -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("asked", "applied"),
+    [(120, 120.0), (5, 60.0), (10**9, 7 * 86400.0), (90.5, 90.5)],
+)
+def test_next_interval_is_applied_within_bounds(make_sender, receiver, asked, applied):
+    telemetry = make_sender(min_flush_interval=60.0, max_flush_interval=7 * 86400.0)
+    receiver.respond_with(json={"next_interval": asked})
+    assert telemetry.flush() is True
+    assert telemetry.flusher.interval == applied
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"next_interval": "soon"},
+        {"next_interval": -5},
+        {"next_interval": True},
+        ["not", "an", "object"],
+    ],
+)
+def test_a_bad_next_interval_is_ignored(make_sender, receiver, answer):
+    telemetry = make_sender()
+    receiver.respond_with(json=answer)
+    assert telemetry.flush() is True
+    assert telemetry.flusher.interval == 3600.0
+
+
+def test_next_interval_paces_the_timer(make_sender, receiver):
+    receiver.respond_with(json={"next_interval": 0.1})  # the answer to the startup report
+    telemetry = make_sender(settled=False, min_flush_interval=0.05, flush_interval=3600.0)
+    assert receiver.wait_for_reports(2, kind="periodic", timeout=5)
+    assert telemetry.flusher.interval == 0.1
+
+
+def test_410_stops_reporting_for_good(make_sender, receiver):
+    telemetry = make_sender()
+    flusher = telemetry.flusher
+    receiver.respond_with(410)
+    record_traffic(telemetry)
+    assert telemetry.flush() is False
+    assert flusher.gone
+    seen = len(receiver.requests)
+    record_traffic(telemetry)
+    assert telemetry.flush() is False
+    assert telemetry.close() is False
+    flusher._thread.join(2)
+    assert not flusher.running
+    time.sleep(0.1)
+    assert len(receiver.requests) == seen
+
+
+def test_410_to_the_startup_report_ends_the_thread(make_sender, receiver):
+    receiver.respond_with(410)
+    telemetry = make_sender(settled=False, flush_interval=0.05)
+    flusher = telemetry.flusher
+    assert receiver.wait_for_requests(1)
+    flusher._thread.join(2)
+    assert not flusher.running
+    assert telemetry.flush() is False
+    time.sleep(0.2)
+    assert len(receiver.requests) == 1
+
+
+def test_retry_after_is_honoured_between_flushes(make_sender, receiver):
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+    receiver.respond_with(429, headers={"Retry-After": "1"})
+    # The wait the server asks for is longer than this flush may take: give up now.
+    assert telemetry.flush(timeout=0.5) is False
+    answered_at = time.monotonic()
+    seen = len(receiver.requests)
+    assert receiver.requests[-1].status == 429
+    # Before Retry-After has passed, a flush does not contact the collector.
+    assert telemetry.flush() is False
+    time.sleep(0.1)
+    assert len(receiver.requests) == seen
+    time.sleep(max(0.0, answered_at + 1.05 - time.monotonic()))
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_the_final_flush_honours_retry_after_too(make_sender, receiver):
+    telemetry = make_sender()
+    record_traffic(telemetry)
+    receiver.respond_with(429, headers={"Retry-After": "60"})
+    assert telemetry.flush(timeout=0.5) is False
+    seen = len(receiver.requests)
+    assert telemetry.close() is False  # the collector asked for quiet; shutdown is no exception
+    time.sleep(0.05)
+    assert len(receiver.requests) == seen
+
+
+def test_retry_after_within_the_budget_is_waited_out(make_sender, receiver):
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+    receiver.respond_with(429, headers={"Retry-After": "1"})
+    before = len(receiver.requests)
+    assert telemetry.flush() is True
+    refused, accepted = receiver.requests[before:]
+    assert accepted.received_at - refused.received_at >= 0.95
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_retry_after_as_an_http_date_is_honoured(make_sender, receiver):
+    telemetry = make_sender()
+    record_traffic(telemetry)
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    receiver.respond_with(503, headers={"Retry-After": when})
+    assert telemetry.flush(timeout=1) is False
+    seen = len(receiver.requests)
+    assert telemetry.flush() is False
+    time.sleep(0.1)
+    assert len(receiver.requests) == seen
+    assert telemetry.flusher._not_before - time.monotonic() > 25
+
+
+# -- failures and recovery: nothing lost, nothing counted twice ---------------------------
+
+
+def test_500_keeps_the_data_until_the_collector_recovers(make_sender, receiver):
+    telemetry = make_sender(max_attempts=3)
+    receiver.respond_always(500)
+    expected = record_traffic(telemetry)
+    first_period = telemetry.recorder._period_start
+    before = len(receiver.requests)
+    assert telemetry.flush() is False
+    assert len(receiver.requests) - before == 3  # max_attempts
+    expected += record_traffic(telemetry, routes=4, each=2)
+    receiver.respond_always(200)
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+    last = receiver.reports_from(telemetry.instance_id)[-1]
+    assert last["batch"]["period_start"] == pytest.approx(first_period)
+
+
+def test_one_500_is_retried_within_the_same_flush(make_sender, receiver):
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+    receiver.respond_with(500)
+    before = len(receiver.requests)
+    assert telemetry.flush() is True
+    assert [r.status for r in receiver.requests[before:]] == [500, 200]
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_collector_down_then_up_again(make_sender, receiver):
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+    receiver.stop()
+    assert telemetry.flush() is False
+    assert telemetry.flush() is False
+    expected += record_traffic(telemetry, routes=2, each=3)
+    receiver.start()  # the same port again
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_collector_down_at_startup(make_sender, receiver):
+    receiver.stop()
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+    receiver.start()
+    assert telemetry.flush() is True
+    reports = receiver.reports_from(telemetry.instance_id)
+    assert [r["kind"] for r in reports] == ["periodic"]  # the startup report went into it
+    assert reports[0]["sequence"] == 1
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_slow_collector_within_the_timeout_is_waited_for(make_sender, receiver):
+    telemetry = make_sender(timeout=2.0)
+    expected = record_traffic(telemetry)
+    receiver.respond_with(delay=0.15)
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_slow_collector_past_the_timeout_loses_and_duplicates_nothing(make_sender, receiver):
+    telemetry = make_sender(timeout=0.3, max_attempts=1)
+    expected = record_traffic(telemetry)
+    receiver.respond_with(delay=5)
+    started = time.monotonic()
+    assert telemetry.flush() is False
+    assert time.monotonic() - started < 2
+    assert receiver.wait_for(lambda r: r.requests[-1].answered.is_set(), timeout=3)
+    assert receiver.requests[-1].abandoned
+    expected += record_traffic(telemetry, routes=1, each=1)
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_a_refused_report_is_not_reported_as_delivered(make_sender, receiver):
+    telemetry = make_sender()
+    record_traffic(telemetry)
+    receiver.respond_with(400, json={"error": "bad report"})
+    before = len(receiver.requests)
+    assert telemetry.flush() is False
+    assert len(receiver.requests) - before == 1  # retrying cannot help: not retried
+    assert telemetry.flush() is True
+    assert receiver.reports_from(telemetry.instance_id)[-1]["internal_errors"] >= 1
+
+
+# -- splitting ---------------------------------------------------------------------------
+
+
+def long_routes(telemetry: Telemetry, n: int) -> Counter:
+    expected: Counter = Counter()
+    for i in range(n):
+        route = f"/a/rather/long/route/template/number/{i}/" + "x" * 40
+        for status in (200, 404):
+            telemetry.record("GET", route, status, 0.001 * (1 + i % 50), 3, 300)
+            expected[("GET", route, status)] += 1
+    return expected
+
+
+def test_large_batches_are_split_into_parts_within_max_payload_bytes(make_sender, receiver):
+    limit = 16384
+    telemetry = make_sender(max_payload_bytes=limit, max_keys=500)
+    expected = long_routes(telemetry, 300)  # 600 keys: 100 past the cap
+    telemetry.count("jobs.done", 3)
+    before = len(receiver.requests)
+    assert telemetry.flush() is True
+    sent = receiver.requests[before:]
+    parts = [r.payload for r in sent]
+    assert len(parts) > 2
+    for request in sent:
+        assert len(request.body) <= limit  # measured before compression
+    assert {p["sequence"] for p in parts} == {parts[0]["sequence"]}
+    assert sorted(p["part"] for p in parts) == list(range(len(parts)))
+    assert {p["parts"] for p in parts} == {len(parts)}
+    # Totals travel once, with part 0.
+    assert [p["metrics"]["counters"] for p in parts] == [{"jobs.done": 3}] + [{}] * (len(parts) - 1)
+    assert [p["batch"]["dropped"] for p in parts] == [100] + [0] * (len(parts) - 1)
+    counts = record_counts(parts)
+    assert counts[OVERFLOW_KEY] == 100
+    assert sum(counts.values()) == sum(expected.values())
+    assert len(counts) == 501
+
+
+def test_parts_also_respect_the_schemas_record_limit():
+    """A generous max_payload_bytes must not produce a part the schema refuses."""
+    recorder = Recorder(max_keys=12000)
+    for i in range(12000):
+        recorder.record("GET", f"/r/{i}", 200, 0.001, 0, 0)
+    envelope = Envelope(
+        kind="periodic",
+        sequence=0,
+        deployment_id=str(uuid.uuid4()),
+        instance_id=str(uuid.uuid4()),
+        traits={},
+        withheld=[],
+        metrics={"counters": {}, "gauges": {}},
+    )
+    reports = build_reports(envelope, recorder.collect(), max_bytes=16 * 1024 * 1024)
+    payloads = [json.loads(report.body) for report in reports]
+    assert len(payloads) == 2
+    assert all(len(p["batch"]["records"]) <= 10000 for p in payloads)  # the schema's maxItems
+    assert sum(record_counts(payloads).values()) == 12000
+    assert [len(report.records) for report in reports] == [
+        len(p["batch"]["records"]) for p in payloads
+    ]
+
+
+def test_a_failed_part_is_put_back_and_nothing_is_counted_twice(make_sender, receiver):
+    telemetry = make_sender(max_payload_bytes=16384, max_attempts=2)
+    expected = long_routes(telemetry, 200)
+    telemetry.count("jobs.done", 5)
+    receiver.respond_with(200)  # part 0 arrives ...
+    receiver.respond_always(500)  # ... the rest does not
+    assert telemetry.flush() is False
+    assert len(receiver.reports_from(telemetry.instance_id)) == 2  # startup, part 0
+    receiver.respond_always(200)
+    assert telemetry.flush() is True
+    reports = receiver.reports_from(telemetry.instance_id)
+    assert record_counts(reports) == expected
+    assert sum(r["metrics"]["counters"].get("jobs.done", 0) for r in reports) == 5
+
+
+def test_merged_back_batch_respects_the_key_cap_and_counts_what_it_drops(make_sender, receiver):
+    telemetry = make_sender(max_keys=5, max_attempts=1, timeout=2.0)
+    old = record_traffic(telemetry, routes=5, each=2)
+    receiver.respond_with(500, delay=0.25)
+    outcome = []
+    flushing = threading.Thread(target=lambda: outcome.append(telemetry.flush()))
+    flushing.start()
+    assert receiver.wait_for_requests(len(receiver.requests) + 1)
+    # While the failing send is in flight, new traffic fills the cap ...
+    new = Counter()
+    for i in range(5):
+        telemetry.record("POST", f"/new/{i}", 201, 0.01, 0, 0)
+        new[("POST", f"/new/{i}", 201)] += 1
+    flushing.join()
+    assert outcome == [False]
+    # ... so the batch merged back lands in the overflow key, counted as dropped.
+    assert telemetry.recorder.dropped == sum(old.values())
+    assert telemetry.flush() is True
+    last = receiver.reports_from(telemetry.instance_id)[-1]
+    counts = record_counts([last])
+    assert len(last["batch"]["records"]) <= 5 + 1
+    assert counts == new + Counter({OVERFLOW_KEY: sum(old.values())})
+    assert last["batch"]["dropped"] == sum(old.values())
+
+
+# -- when nothing may be sent --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_debug_writes_payloads_to_stderr_and_connects_nowhere(
+    silent_endpoint, capsys, monkeypatch, tmp_path, how
+):
+    for name in ("SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT", "DO_NOT_TRACK"):
+        monkeypatch.delenv(name, raising=False)
+    options = {"endpoint": silent_endpoint.url, "deployment_id_path": str(tmp_path / "id")}
+    if how == "argument":
+        options["debug"] = True
+    else:
+        monkeypatch.setenv("REQTELEMETRY_DEBUG", "1")
+    telemetry = Telemetry(**options)  # no send_in_tests: debug output is not sending
+    try:
+        assert telemetry.config.debug
+        record_traffic(telemetry, routes=2, each=2)
+        assert telemetry.flush() is True
+    finally:
+        telemetry.close()
+    silent_endpoint.assert_no_connection()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    payloads = [json.loads(line) for line in lines]
+    assert [p["kind"] for p in payloads] == ["startup", "periodic", "shutdown"]
+    for payload in payloads:
+        assert schema_errors(payload) == []
+    assert sum(record_counts(payloads).values()) == 4
+
+
+def test_nothing_is_sent_under_a_test_runner_without_send_in_tests(silent_endpoint, make_telemetry):
+    before = {t.ident for t in threading.enumerate()}
+    telemetry = make_telemetry(endpoint=silent_endpoint.url)
+    assert not telemetry.sending
+    assert telemetry.flusher is None
+    record_traffic(telemetry)
+    assert telemetry.flush() is False
+    assert telemetry.close() is False
+    new_threads = [t for t in threading.enumerate() if t.ident not in before]
+    assert not [t for t in new_threads if t.name == "reqtelemetry-flusher"]
+    silent_endpoint.assert_no_connection()
+
+
+def test_send_in_tests_from_the_environment(monkeypatch, receiver, tmp_path):
+    for name in ("SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT", "DO_NOT_TRACK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REQTELEMETRY_SEND_IN_TESTS", "true")
+    telemetry = Telemetry(
+        endpoint=receiver.url, deployment_id_path=str(tmp_path / "id"), flush_interval=3600
+    )
+    try:
+        assert telemetry.sending
+        assert telemetry.flush() is True
+    finally:
+        telemetry.close()
+    assert receiver.reports_from(telemetry.instance_id)
+
+
+# -- traits -----------------------------------------------------------------------------
+
+
+def test_reqtelemetry_disable_withholds_traits(monkeypatch, receiver, tmp_path):
+    for name in ("SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT", "DO_NOT_TRACK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REQTELEMETRY_DISABLE", "memory_rss_bytes, cpu_count,app_version")
+    telemetry = Telemetry(
+        endpoint=receiver.url,
+        app_version="9.9.9",
+        send_in_tests=True,
+        deployment_id_path=str(tmp_path / "id"),
+        flush_interval=3600,
+    )
+    try:
+        assert telemetry.flush() is True
+    finally:
+        telemetry.close()
+    reports = receiver.reports_from(telemetry.instance_id)
+    assert len(reports) == 3
+    for report in reports:
+        assert report["withheld"] == ["app_version", "cpu_count", "memory_rss_bytes"]
+        assert not {"memory_rss_bytes", "cpu_count", "app_version"} & set(report["traits"])
+        assert "os" in report["traits"]
+        assert "9.9.9" not in json.dumps(report)
+
+
+def test_disabled_traits_argument_withholds_traits(make_sender, receiver):
+    telemetry = make_sender(disabled_traits=["uptime_seconds"])
+    (report,) = receiver.reports_from(telemetry.instance_id)
+    assert report["withheld"] == ["uptime_seconds"]
+    assert "uptime_seconds" not in report["traits"]

@@ -1,0 +1,185 @@
+"""A real ``os.fork()``: every worker is its own instance (gunicorn ``--preload``).
+
+The child gets a new instance id, empty aggregates, its own flusher thread and
+its own connections; what the parent recorded before the fork is reported
+once, by the parent. The child reports its results through a pipe and leaves
+with ``os._exit`` so that pytest never runs twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from receiver import record_counts
+from reqtelemetry import Config, Telemetry
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()"),
+]
+
+
+def run_in_child(body: Callable[[], dict[str, Any]], timeout: float = 20.0) -> dict[str, Any]:
+    """Fork; run ``body`` in the child; return what it returned (or fail with its traceback)."""
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a process that has threads: that is the point.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            try:
+                message = {"ok": True, "result": body()}
+            except BaseException:
+                message = {"ok": False, "error": traceback.format_exc()}
+            data = json.dumps(message).encode()
+            while data:
+                data = data[os.write(write_end, data) :]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    with os.fdopen(read_end, "rb") as pipe:
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child crashed"
+    message = json.loads(b"".join(chunks))
+    assert message["ok"], "the child failed:\n" + message["error"]
+    return message["result"]
+
+
+def traffic(telemetry: Telemetry, route: str, n: int) -> Counter:
+    for _ in range(n):
+        telemetry.record("GET", route, 200, 0.01, 0, 10)
+    return Counter({("GET", route, 200): n})
+
+
+def test_a_forked_child_is_a_new_instance_with_its_own_thread(make_sender, receiver):
+    parent = make_sender()
+    parent_id = parent.instance_id
+    parent_expected = traffic(parent, "/parent", 5)  # recorded before the fork
+
+    def child() -> dict[str, Any]:
+        state = {
+            "instance_id": parent.instance_id,
+            "empty_after_fork": parent.snapshot() == [],
+            "thread_running": parent.flusher.running,
+            "thread_is_new": parent.flusher._thread is not parent_thread,
+        }
+        traffic(parent, "/child", 3)
+        state["flushed"] = parent.flush()
+        state["closed"] = parent.close()
+        return state
+
+    parent_thread = parent.flusher._thread
+    result = run_in_child(child)
+
+    child_id = result["instance_id"]
+    assert child_id != parent_id
+    assert result["empty_after_fork"]
+    assert result["thread_running"]
+    assert result["thread_is_new"]
+    assert result["flushed"] is True
+    assert result["closed"] is True
+
+    child_reports = receiver.reports_from(child_id)
+    assert child_reports[0]["kind"] == "startup"
+    assert child_reports[0]["sequence"] == 0
+    assert child_reports[-1]["kind"] == "shutdown"
+    assert record_counts(child_reports) == {("GET", "/child", 200): 3}
+
+    # The parent is untouched: its own id, its own traffic, reported once.
+    assert parent.instance_id == parent_id
+    assert parent.flusher.running
+    assert parent.flush() is True
+    assert record_counts(receiver.reports_from(parent_id)) == parent_expected
+
+    # Same deployment, different instances.
+    deployments = {r["deployment_id"] for r in receiver.reports}
+    assert len(deployments) == 1
+
+
+def test_a_forked_child_does_not_share_the_parents_connection(make_sender, receiver):
+    parent = make_sender()  # the startup report leaves a keep-alive connection
+    assert parent.flush() is True
+    parent_id = parent.instance_id
+
+    def child() -> dict[str, Any]:
+        return {"instance_id": parent.instance_id, "flushed": parent.flush()}
+
+    result = run_in_child(child)
+    assert result["flushed"] is True
+    assert parent.flush() is True
+
+    def ports(instance_id: str) -> set[int]:
+        return {
+            r.client[1]
+            for r in receiver.requests
+            if r.payload and r.payload.get("instance_id") == instance_id
+        }
+
+    assert ports(parent_id)
+    assert ports(result["instance_id"])
+    assert not ports(parent_id) & ports(result["instance_id"])
+
+
+def test_a_child_forked_after_410_stays_silent(make_sender, receiver):
+    parent = make_sender()
+    receiver.respond_with(410)
+    assert parent.flush() is False
+    assert parent.flusher.gone
+    seen = len(receiver.requests)
+
+    def child() -> dict[str, Any]:
+        traffic(parent, "/child", 2)
+        return {"flushed": parent.flush(), "closed": parent.close()}
+
+    result = run_in_child(child)
+    assert result == {"flushed": False, "closed": False}
+    assert len(receiver.requests) == seen
+
+
+def test_a_child_forked_during_retry_after_waits_too(make_sender, receiver):
+    parent = make_sender()
+    receiver.respond_with(429, headers={"Retry-After": "60"})
+    assert parent.flush(timeout=0.5) is False
+    seen = len(receiver.requests)
+
+    def child() -> dict[str, Any]:
+        traffic(parent, "/child", 2)
+        return {"flushed": parent.flush()}
+
+    assert run_in_child(child) == {"flushed": False}
+    assert len(receiver.requests) == seen
+
+
+def test_fork_of_an_opted_out_instance_starts_nothing(silent_endpoint, tmp_path):
+    telemetry = Telemetry(
+        config=Config.resolve(
+            environ={},
+            argv=[],
+            endpoint=silent_endpoint.url,
+            opt_out=True,
+            send_in_tests=True,
+            deployment_id_path=str(tmp_path / "id"),
+        )
+    )
+
+    def child() -> dict[str, Any]:
+        return {"flusher": telemetry.flusher is None, "flushed": telemetry.flush()}
+
+    assert run_in_child(child) == {"flusher": True, "flushed": False}
+    silent_endpoint.assert_no_connection()
+    assert not (tmp_path / "id").exists()

@@ -1,0 +1,237 @@
+"""App-defined metrics: ``telemetry.count()`` and ``telemetry.gauge()``.
+
+Names and values are validated where the app calls them; the number of names
+is capped; counters travel as deltas and, like request aggregates, are put
+back (not lost, not doubled) when a report is not delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+
+from receiver import counter_totals
+from reqtelemetry.metrics import MAX_NAME_LENGTH, AppMetrics
+
+GOOD_NAMES = ["jobs", "feature.export_pdf", "a1.b_2.c3", "cache.misses", "x" * MAX_NAME_LENGTH]
+BAD_NAMES = [
+    "",
+    "Feature",
+    "1abc",
+    "_private",
+    "a..b",
+    "a.",
+    ".a",
+    "a-b",
+    "a b",
+    "alice@example.org",
+    "/users/4711",
+    "x" * (MAX_NAME_LENGTH + 1),
+    "é",
+    None,
+    42,
+    b"jobs",
+]
+BAD_INCREMENTS = [
+    -1,
+    -0.5,
+    math.nan,
+    math.inf,
+    -math.inf,
+    True,
+    False,
+    "1",
+    None,
+    Decimal("1"),
+    [1],
+]
+
+
+# -- validation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", GOOD_NAMES)
+def test_good_names_are_accepted(name):
+    metrics = AppMetrics()
+    metrics.count(name)
+    metrics.gauge(name, lambda: 1)
+    collected = metrics.collect()
+    assert collected == {"counters": {name: 1}, "gauges": {name: 1}}
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_names_are_refused_loudly(name, telemetry):
+    with pytest.raises(ValueError, match="metric name"):
+        telemetry.count(name)
+    with pytest.raises(ValueError, match="metric name"):
+        telemetry.gauge(name, lambda: 1)
+    assert telemetry.metrics.collect() == {"counters": {}, "gauges": {}}
+
+
+@pytest.mark.parametrize("increment", BAD_INCREMENTS, ids=repr)
+def test_bad_increments_are_refused_loudly(increment, telemetry):
+    with pytest.raises(ValueError):
+        telemetry.count("jobs.done", increment)
+    assert telemetry.metrics.collect()["counters"] == {}
+
+
+@pytest.mark.parametrize("increment", [0, 1, 2.5, 10**12, Fraction(1, 2)], ids=repr)
+def test_good_increments_add_up(increment, telemetry):
+    telemetry.count("jobs.done", increment)
+    telemetry.count("jobs.done", increment)
+    assert telemetry.metrics.collect()["counters"] == {"jobs.done": 2 * increment}
+
+
+def test_a_gauge_needs_a_callable(telemetry):
+    with pytest.raises(ValueError, match="callable"):
+        telemetry.gauge("queue.depth", 3)
+
+
+def test_counters_are_deltas_and_gauges_are_sampled_each_time(telemetry):
+    depth = [3]
+    telemetry.count("jobs.done", 2)
+    telemetry.count("jobs.done")
+    telemetry.gauge("queue.depth", lambda: depth[0])
+    assert telemetry.metrics.collect() == {
+        "counters": {"jobs.done": 3},
+        "gauges": {"queue.depth": 3},
+    }
+    depth[0] = 8
+    assert telemetry.metrics.collect() == {"counters": {}, "gauges": {"queue.depth": 8}}
+
+
+@pytest.mark.parametrize("result", [math.nan, math.inf, "three", None, True], ids=repr)
+def test_a_gauge_with_a_bad_value_is_left_out(result, telemetry, caplog):
+    telemetry.gauge("bad.gauge", lambda: result)
+    telemetry.gauge("good.gauge", lambda: 1.5)
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        assert telemetry.metrics.collect()["gauges"] == {"good.gauge": 1.5}
+        telemetry.metrics.collect()
+    assert len([r for r in caplog.records if "bad.gauge" in r.getMessage()]) == 1  # once
+
+
+def test_a_failing_gauge_callback_does_not_stop_the_report(telemetry):
+    def broken() -> float:
+        raise RuntimeError("database down")
+
+    telemetry.gauge("users.registered", broken)
+    telemetry.count("jobs.done")
+    assert telemetry.metrics.collect() == {"counters": {"jobs.done": 1}, "gauges": {}}
+
+
+def test_the_number_of_names_is_capped(make_telemetry, caplog):
+    telemetry = make_telemetry(max_metrics=3)
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        telemetry.count("a")
+        telemetry.gauge("b", lambda: 1)
+        telemetry.count("c")
+        telemetry.count("d")  # past the cap: dropped quietly, counted
+        telemetry.gauge("e", lambda: 1)
+        telemetry.count("a", 4)  # a known name still counts
+    assert telemetry.metrics.refused == 2
+    assert telemetry.metrics.collect() == {"counters": {"a": 5, "c": 1}, "gauges": {"b": 1}}
+    assert len([r for r in caplog.records if "metric names" in r.getMessage()]) == 1
+
+
+def test_counting_is_thread_safe(telemetry):
+    def work() -> None:
+        for _ in range(5000):
+            telemetry.count("jobs.done")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert telemetry.metrics.collect()["counters"] == {"jobs.done": 20000}
+
+
+def test_opted_out_metrics_record_nothing(make_telemetry):
+    telemetry = make_telemetry(opt_out=True)
+    telemetry.count("jobs.done", 3)
+    telemetry.gauge("queue.depth", lambda: 1)
+    assert telemetry.metrics.collect() == {"counters": {}, "gauges": {}}
+
+
+def test_merge_puts_counters_back_and_keeps_the_cap():
+    metrics = AppMetrics(max_names=3)
+    metrics.count("a", 2)
+    metrics.count("b")
+    taken = metrics.collect()
+    metrics.count("a", 1)
+    metrics.count("c")
+    metrics.count("d")  # a, c, d: the cap is full
+    metrics.merge(taken)  # a is known; b would be a fourth name: refused and counted
+    collected = metrics.collect()
+    assert collected["counters"] == {"a": 3, "c": 1, "d": 1}
+    assert len(collected["counters"]) <= 3
+    assert metrics.refused == 1
+
+
+# -- on the wire ------------------------------------------------------------------------
+
+
+def test_metrics_arrive_in_the_payload(make_sender, receiver):
+    telemetry = make_sender()
+    depth = [4]
+    for _ in range(3):
+        telemetry.count("feature.export_pdf")
+    telemetry.count("jobs.done", 2.5)
+    telemetry.gauge("queue.depth", lambda: depth[0])
+    assert telemetry.flush() is True
+    depth[0] = 9
+    assert telemetry.flush() is True
+    *_, first, second = receiver.reports_from(telemetry.instance_id)
+    assert first["metrics"] == {
+        "counters": {"feature.export_pdf": 3, "jobs.done": 2.5},
+        "gauges": {"queue.depth": 4},
+    }
+    assert second["metrics"] == {"counters": {}, "gauges": {"queue.depth": 9}}
+
+
+def test_counters_are_not_lost_or_doubled_by_a_failed_send(make_sender, receiver):
+    telemetry = make_sender()
+    telemetry.gauge("queue.depth", lambda: 1)
+    telemetry.count("jobs.done", 5)
+    receiver.respond_always(500)
+    assert telemetry.flush() is False
+    assert telemetry.flush() is False
+    telemetry.count("jobs.done", 2)
+    receiver.respond_always(200)
+    assert telemetry.flush() is True
+    reports = receiver.reports_from(telemetry.instance_id)
+    assert counter_totals(reports) == {"jobs.done": 7}
+    assert reports[-1]["metrics"] == {"counters": {"jobs.done": 7}, "gauges": {"queue.depth": 1}}
+
+
+def test_the_name_cap_holds_when_a_failed_report_is_merged_back(make_sender, receiver):
+    telemetry = make_sender(max_metrics=3, max_attempts=1)
+    for name in ("old.a", "old.b", "old.c"):
+        telemetry.count(name)
+    receiver.respond_with(500, delay=0.25)
+    outcome = []
+    flushing = threading.Thread(target=lambda: outcome.append(telemetry.flush()))
+    flushing.start()
+    assert receiver.wait_for_requests(len(receiver.requests) + 1)
+    for name in ("new.a", "new.b", "new.c"):  # while the send is failing
+        telemetry.count(name)
+    flushing.join()
+    assert outcome == [False]
+    assert telemetry.flush() is True
+    last = receiver.reports_from(telemetry.instance_id)[-1]
+    assert len(last["metrics"]["counters"]) + len(last["metrics"]["gauges"]) <= 3
+    assert telemetry.metrics.refused >= 3
+
+
+def test_the_name_cap_keeps_payloads_valid(make_sender, receiver):
+    telemetry = make_sender(max_metrics=100)
+    for i in range(150):
+        telemetry.count(f"feature.f{i}")
+    assert telemetry.flush() is True
+    last = receiver.reports_from(telemetry.instance_id)[-1]
+    assert len(last["metrics"]["counters"]) == 100  # the schema's maximum; fixture validates

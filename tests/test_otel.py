@@ -1,0 +1,202 @@
+"""The same measurements through OpenTelemetry instruments (``otel=True``).
+
+Checked with the real SDK: a ``MeterProvider`` with an ``InMemoryMetricReader``,
+passed to :class:`~reqtelemetry.otel.OTelInstruments` directly, and — because
+the global provider can be set only once per process — set globally in a
+subprocess for ``Telemetry(otel=True)`` behind the ASGI middleware.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk.metrics")
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+import reqtelemetry
+from reqtelemetry.otel import DURATION_BUCKETS, OTelInstruments
+
+NAMES = {
+    "http.server.request.duration": "s",
+    "http.server.request.body.size": "By",
+    "http.server.response.body.size": "By",
+}
+ATTRIBUTES = {"http.request.method", "http.route", "http.response.status_code", "url.scheme"}
+
+
+def collect(reader: InMemoryMetricReader) -> dict[str, Any]:
+    """``{name: (metric, scope)}`` from the reader."""
+    found = {}
+    data = reader.get_metrics_data()
+    for resource_metrics in data.resource_metrics if data else []:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                found[metric.name] = (metric, scope_metrics.scope)
+    return found
+
+
+def points_by_route(metric: Any) -> dict[tuple[str, str, int], Any]:
+    return {
+        (
+            p.attributes["http.request.method"],
+            p.attributes["http.route"],
+            p.attributes["http.response.status_code"],
+        ): p
+        for p in metric.data.data_points
+    }
+
+
+def test_instruments_follow_the_http_semantic_conventions():
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    instruments = OTelInstruments(meter_provider=provider)
+    instruments.record("GET", "/items/{item_id}", 200, 0.012, 0, 512)
+    instruments.record("GET", "/items/{item_id}", 200, 0.030, 0, 488)
+    instruments.record("POST", "/items", 201, 0.2, 230, 64, scheme="https")
+    found = collect(reader)
+    assert {name: metric.unit for name, (metric, _) in found.items()} == NAMES
+    for metric, scope in found.values():
+        assert scope.name == "reqtelemetry"
+        assert scope.version == reqtelemetry.__version__
+        for point in metric.data.data_points:
+            assert set(point.attributes) == ATTRIBUTES
+
+    duration = points_by_route(found["http.server.request.duration"][0])
+    get = duration[("GET", "/items/{item_id}", 200)]
+    assert get.count == 2
+    assert get.sum == pytest.approx(0.042)
+    assert get.attributes["url.scheme"] == "http"
+    assert tuple(get.explicit_bounds) == DURATION_BUCKETS
+    post = duration[("POST", "/items", 201)]
+    assert post.attributes["url.scheme"] == "https"
+    assert isinstance(post.attributes["http.response.status_code"], int)
+
+    request_size = points_by_route(found["http.server.request.body.size"][0])
+    assert request_size[("POST", "/items", 201)].sum == 230
+    response_size = points_by_route(found["http.server.response.body.size"][0])
+    assert response_size[("GET", "/items/{item_id}", 200)].sum == 1000
+    assert response_size[("GET", "/items/{item_id}", 200)].count == 2
+    provider.shutdown()
+
+
+def test_without_an_sdk_provider_the_instruments_are_no_ops():
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    instruments = OTelInstruments(meter_provider=NoOpMeterProvider())
+    instruments.record("GET", "/", 200, 0.01, 0, 0)  # nothing to see, nothing raised
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import json
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from reqtelemetry import ASGIMiddleware, Config, Telemetry
+
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+
+    async def item(request):
+        return PlainTextResponse("x" * 10)
+
+    async def create(request):
+        await request.body()
+        return PlainTextResponse("made", status_code=201)
+
+    def app_with(telemetry):
+        routes = [Route("/items/{item_id}", item), Route("/items", create, methods=["POST"])]
+        return ASGIMiddleware(Starlette(routes=routes), telemetry=telemetry)
+
+    # Opted out, otel=True: nothing may be recorded anywhere.
+    off = Telemetry(config=Config.resolve(environ={}, argv=[], otel=True, opt_out=True))
+    with TestClient(app_with(off)) as client:
+        client.get("/items/1")
+
+    on = Telemetry(config=Config.resolve(environ={}, argv=[], otel=True))
+    with TestClient(app_with(on)) as client:
+        for i in range(3):
+            client.get(f"/items/{i}")
+        client.post("/items", content=b"y" * 7)
+        client.get("/nowhere")
+
+    out = {}
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                out[m.name] = {
+                    "unit": m.unit,
+                    "scope": sm.scope.name,
+                    "points": [
+                        {"attributes": dict(p.attributes), "count": p.count, "sum": p.sum}
+                        for p in m.data.data_points
+                    ],
+                }
+    out["recorded"] = sum(r["count"] for r in on.snapshot())
+    print(json.dumps(out))
+    """
+)
+
+
+def test_telemetry_with_otel_records_through_the_global_provider(tmp_path):
+    script = tmp_path / "otel_app.py"
+    script.write_text(SCRIPT)
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT", "DO_NOT_TRACK", "REQTELEMETRY_DEBUG"}
+    }
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", str(script)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out.pop("recorded") == 5  # the recorder still gets every request
+    assert {name: data["unit"] for name, data in out.items()} == NAMES
+    duration = {
+        (
+            p["attributes"]["http.request.method"],
+            p["attributes"]["http.route"],
+            p["attributes"]["http.response.status_code"],
+        ): p
+        for p in out["http.server.request.duration"]["points"]
+    }
+    assert {key: p["count"] for key, p in duration.items()} == {
+        ("GET", "/items/{item_id}", 200): 3,
+        ("POST", "/items", 201): 1,
+        ("GET", "<unmatched>", 404): 1,
+    }
+    for point in duration.values():
+        assert set(point["attributes"]) == ATTRIBUTES
+        assert point["attributes"]["url.scheme"] == "http"
+        assert point["sum"] > 0
+    sizes = {
+        p["attributes"]["http.route"]: p["sum"]
+        for p in out["http.server.request.body.size"]["points"]
+    }
+    assert sizes["/items"] == 7
+    responses = {
+        p["attributes"]["http.route"]: p["sum"]
+        for p in out["http.server.response.body.size"]["points"]
+    }
+    assert responses["/items/{item_id}"] == 30

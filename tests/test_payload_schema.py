@@ -1,0 +1,177 @@
+"""The wire format's JSON Schema: the documented example passes, anything else does not."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from reqtelemetry.config import Config
+from reqtelemetry.histogram import MAX_TRACKED, MIN_TRACKED, RELATIVE_ACCURACY
+from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
+from reqtelemetry.schema_loader import load_payload_schema
+from reqtelemetry.traits import SystemTraits
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "payload.md"
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    schema = load_payload_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.fixture
+def example() -> dict[str, Any]:
+    match = re.search(r"```json\n(.*?)\n```", DOCS.read_text(encoding="utf-8"), re.DOTALL)
+    assert match, "docs/payload.md has no ```json block"
+    return json.loads(match.group(1))
+
+
+def errors(validator: jsonschema.Draft202012Validator, payload: Any) -> list[str]:
+    return [error.message for error in validator.iter_errors(payload)]
+
+
+def test_schema_is_draft_2020_12() -> None:
+    schema = load_payload_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert load_payload_schema() is not schema  # a fresh copy: callers may mutate theirs
+
+
+def test_docs_example_validates(
+    validator: jsonschema.Draft202012Validator, example: dict[str, Any]
+) -> None:
+    assert errors(validator, example) == []
+    assert example["withheld"] == sorted(example["withheld"])
+    assert not set(example["withheld"]) & set(example["traits"])
+
+
+def test_docs_example_histogram_matches_the_code(example: dict[str, Any]) -> None:
+    assert example["batch"]["histogram"] == {
+        "kind": "log",
+        "relative_accuracy": RELATIVE_ACCURACY,
+        "min_tracked": MIN_TRACKED,
+        "max_tracked": MAX_TRACKED,
+    }
+
+
+def test_docs_tables_name_every_schema_field() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    schema = load_payload_schema()
+    objects = [
+        schema,
+        *(schema["$defs"][n] for n in ("traits", "batch", "record", "latency", "metrics")),
+    ]
+    objects.append(schema["$defs"]["batch"]["properties"]["histogram"])
+    for obj in objects:
+        for name in obj["properties"]:
+            assert f"`{name}`" in text, name
+
+
+def test_real_recorder_and_traits_output_validates(
+    validator: jsonschema.Draft202012Validator, example: dict[str, Any]
+) -> None:
+    recorder = Recorder(max_keys=2)
+    recorder.record("GET", "/items/{id}", 200, 0.004, 0, 512)
+    recorder.record("POST", "/items", 201, 0.02, 100, 20)
+    recorder.record("DELETE", "/items/{id}", 204, 5000.0, 0, 0)  # lands in the overflow key
+    recorder.record("_OTHER", "<unmatched>", 404, 0.0, 0, 0)
+    batch = recorder.collect()
+    assert any((r["method"], r["route"], r["status"]) == OVERFLOW_KEY for r in batch.records)
+    traits, withheld = SystemTraits(Config(disabled_traits=("memory_rss_bytes",))).current()
+    payload = copy.deepcopy(example)
+    payload["traits"], payload["withheld"] = traits, withheld
+    payload["batch"].update(
+        records=batch.records,
+        dropped=batch.dropped,
+        period_start=batch.period_start,
+        period_end=batch.period_end,
+    )
+    assert errors(validator, payload) == []
+
+
+def _mutated(example: dict[str, Any], change: Any) -> dict[str, Any]:
+    payload = copy.deepcopy(example)
+    change(payload)
+    return payload
+
+
+def _record(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload["batch"]["records"][0]
+
+
+REJECTED = {
+    "unknown top-level field": lambda p: p.update(hostname="web-1"),
+    "unknown trait": lambda p: p["traits"].update(hostname="web-1"),
+    "unknown batch field": lambda p: p["batch"].update(ip="10.0.0.1"),
+    "unknown record field": lambda p: _record(p).update(path="/items/42"),
+    "unknown latency field": lambda p: _record(p)["latency"].update(mean=0.1),
+    "unknown histogram parameter": lambda p: p["batch"]["histogram"].update(bins=10),
+    "unknown metrics section": lambda p: p["metrics"].update(histograms={}),
+    "lower-case method": lambda p: _record(p).update(method="get"),
+    "method with space": lambda p: _record(p).update(method="GET /"),
+    "method too long": lambda p: _record(p).update(method="A" * 17),
+    "negative count": lambda p: _record(p).update(count=-1),
+    "zero count": lambda p: _record(p).update(count=0),
+    "status above 999": lambda p: _record(p).update(status=1000),
+    "route too long": lambda p: _record(p).update(route="/" + "a" * 512),
+    "negative bytes": lambda p: _record(p).update(response_bytes=-5),
+    "histogram pair of three": lambda p: _record(p)["latency"].update(histogram=[[1, 2, 3]]),
+    "histogram zero count": lambda p: _record(p)["latency"].update(histogram=[[1, 0]]),
+    "upper-case metric name": lambda p: p["metrics"]["counters"].update({"Jobs": 1}),
+    "metric name with space": lambda p: p["metrics"]["gauges"].update({"a b": 1}),
+    "metric name with trailing dot": lambda p: p["metrics"]["counters"].update({"jobs.": 1}),
+    "metric name too long": lambda p: p["metrics"]["counters"].update({"a" * 65: 1}),
+    "negative counter": lambda p: p["metrics"]["counters"].update({"jobs": -1}),
+    "too many counters": lambda p: p["metrics"]["counters"].update(
+        {f"c{i}": 1 for i in range(101)}
+    ),
+    "bad kind": lambda p: p.update(kind="hourly"),
+    "schema version 2": lambda p: p.update(schema_version=2),
+    "bad deployment id": lambda p: p.update(deployment_id="web-1"),
+    "negative sequence": lambda p: p.update(sequence=-1),
+    "zero parts": lambda p: p.update(parts=0),
+    "unknown withheld name": lambda p: p.update(withheld=["hostname"]),
+    "duplicate withheld name": lambda p: p.update(withheld=["os", "os"]),
+    "trait as object": lambda p: p["traits"].update(app_name={"x": 1}),
+    "server with free text": lambda p: p["traits"].update(server="My Server 1.0"),
+    "missing batch": lambda p: p.pop("batch"),
+    "negative dropped": lambda p: p["batch"].update(dropped=-1),
+}
+
+
+def test_records_are_capped_at_10000() -> None:
+    # Checked on the schema itself: validating 10 001 records takes seconds.
+    records = load_payload_schema()["$defs"]["batch"]["properties"]["records"]
+    assert records["maxItems"] == 10000
+    small = jsonschema.Draft202012Validator({"type": "array", "maxItems": records["maxItems"]})
+    assert not small.is_valid([0] * 10001)
+
+
+@pytest.mark.parametrize("case", sorted(REJECTED))
+def test_schema_rejects(
+    validator: jsonschema.Draft202012Validator, example: dict[str, Any], case: str
+) -> None:
+    assert errors(validator, _mutated(example, REJECTED[case])), case
+
+
+def test_withheld_traits_may_be_absent_and_null_is_unknown(
+    validator: jsonschema.Draft202012Validator, example: dict[str, Any]
+) -> None:
+    payload = _mutated(example, lambda p: p.update(traits={}, withheld=[]))
+    assert errors(validator, payload) == []
+    payload = _mutated(example, lambda p: p["traits"].update(framework=None, cpu_count=None))
+    assert errors(validator, payload) == []
+    payload = _mutated(
+        example,
+        lambda p: _record(p)["latency"].update(
+            p50=None, p95=None, p99=None, min=None, max=None, histogram=[]
+        ),
+    )
+    assert errors(validator, payload) == []

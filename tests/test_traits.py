@@ -1,0 +1,354 @@
+"""System traits and the deployment id: coarse, withholdable, never identifying."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import socket
+import stat
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from reqtelemetry.config import Config
+from reqtelemetry.traits import (
+    _CI_VARIABLES,
+    TRAIT_NAMES,
+    SystemTraits,
+    detect_ci,
+    detect_container,
+    detect_server,
+    load_deployment_id,
+)
+
+SCALARS = (str, int, float, bool, type(None))
+DEVELOPMENT_VARIABLES = ("FLASK_DEBUG", "FLASK_ENV", "DJANGO_DEBUG", "PYTHONDEVMODE")
+
+
+def make_config(**options: object) -> Config:
+    return Config.resolve(environ={}, argv=[], **options)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No CI, container or development variables from the machine running the tests."""
+    for name in (
+        "CI",
+        *_CI_VARIABLES,
+        "KUBERNETES_SERVICE_HOST",
+        "container",
+        *DEVELOPMENT_VARIABLES,
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+# -- the traits ---------------------------------------------------------------------
+
+
+def test_all_traits_present_in_order_and_scalar() -> None:
+    traits, withheld = SystemTraits(make_config()).current()
+    assert tuple(traits) == TRAIT_NAMES
+    assert withheld == []
+    assert all(isinstance(value, SCALARS) for value in traits.values())
+    assert traits["os"] == traits["os"].lower()
+    assert traits["cpu_count"] == os.cpu_count()
+    assert traits["python_version"] == ".".join(map(str, sys.version_info[:3]))
+    assert isinstance(traits["memory_rss_bytes"], int) and traits["memory_rss_bytes"] > 0
+    for name in ("container", "ci", "development"):
+        assert isinstance(traits[name], bool)
+
+
+def test_app_traits_come_from_config() -> None:
+    config = make_config(
+        app_name="inventory",
+        app_version="2.4.1",
+        app_git_hash="9f2c1e7",
+        app_build_time="2025-11-20T14:03:00Z",
+    )
+    traits, _ = SystemTraits(config).current()
+    assert traits["app_name"] == "inventory"
+    assert traits["app_version"] == "2.4.1"
+    assert traits["app_git_hash"] == "9f2c1e7"
+    assert traits["app_build_time"] == "2025-11-20T14:03:00Z"
+
+
+def test_withheld_traits_are_absent_and_listed_sorted() -> None:
+    config = make_config(disabled_traits="uptime_seconds,memory_rss_bytes,os")
+    traits, withheld = SystemTraits(config).current()
+    assert withheld == ["memory_rss_bytes", "os", "uptime_seconds"]
+    assert tuple(traits) == tuple(n for n in TRAIT_NAMES if n not in withheld)
+
+
+def test_withheld_from_environment_variable() -> None:
+    config = Config.resolve(environ={"REQTELEMETRY_DISABLE": "cpu_count, development"}, argv=[])
+    traits, withheld = SystemTraits(config).current()
+    assert withheld == ["cpu_count", "development"]
+    assert "cpu_count" not in traits and "development" not in traits
+
+
+def test_withheld_development_stays_absent_after_note() -> None:
+    system = SystemTraits(make_config(disabled_traits=["development"]))
+    system.note_development("debug mode")
+    traits, withheld = system.current()
+    assert "development" not in traits
+    assert withheld == ["development"]
+
+
+def test_unknown_disabled_trait_raises_with_valid_names() -> None:
+    with pytest.raises(ValueError) as error:
+        SystemTraits(make_config(disabled_traits=["memory", "hostname"]))
+    message = str(error.value)
+    assert "hostname" in message and "memory" in message
+    for name in TRAIT_NAMES:
+        assert name in message
+
+
+def test_nothing_identifying_in_traits() -> None:
+    traits, _ = SystemTraits(make_config()).current()
+    text = json.dumps(traits)
+    forbidden = {
+        socket.gethostname(),
+        socket.getfqdn(),
+        str(Path.home()),
+        os.getcwd(),
+        sys.executable,
+        sys.prefix,
+    }
+    with contextlib.suppress(Exception):  # no user name in some containers
+        forbidden.add(getpass.getuser())
+    forbidden.discard("")
+    for value in traits.values():
+        assert value not in forbidden, value
+    for value in forbidden:
+        if len(value) > 3:  # a short hostname ("vm") may be part of a version by chance
+            assert value not in text, value
+    assert "/" not in "".join(v for v in traits.values() if isinstance(v, str))
+
+
+def test_uptime_counts_from_started_at() -> None:
+    import time
+
+    traits, _ = SystemTraits(make_config(), started_at=time.time() - 100).current()
+    assert 99.0 <= traits["uptime_seconds"] < 160.0
+    traits, _ = SystemTraits(make_config()).current()
+    assert 0.0 <= traits["uptime_seconds"] < 60.0
+
+
+def test_note_development(clean_env: pytest.MonkeyPatch) -> None:
+    system = SystemTraits(make_config())
+    if sys.flags.dev_mode:
+        pytest.skip("the test interpreter runs in development mode")
+    assert system.current()[0]["development"] is False
+    system.note_development("Host: localhost")
+    assert system.current()[0]["development"] is True
+    assert system.development_reason == "Host: localhost"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FLASK_DEBUG", "1"),
+        ("DJANGO_DEBUG", "true"),
+        ("PYTHONDEVMODE", "1"),
+        ("FLASK_ENV", "development"),
+    ],
+)
+def test_development_from_environment(clean_env: pytest.MonkeyPatch, name: str, value: str) -> None:
+    clean_env.setenv(name, value)
+    assert SystemTraits(make_config()).current()[0]["development"] is True
+
+
+def test_ci_detection_from_environment(clean_env: pytest.MonkeyPatch) -> None:
+    assert detect_ci() is False
+    assert SystemTraits(make_config()).current()[0]["ci"] is False
+    clean_env.setenv("CI", "false")
+    assert detect_ci() is False
+    clean_env.setenv("GITHUB_ACTIONS", "true")
+    assert detect_ci() is True
+    assert SystemTraits(make_config()).current()[0]["ci"] is True
+    clean_env.delenv("GITHUB_ACTIONS")
+    clean_env.setenv("CI", "true")
+    assert detect_ci() is True
+
+
+def test_container_detection_from_environment(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    traits, _ = SystemTraits(make_config()).current()
+    assert traits["container"] is True
+    assert "10.0.0.1" not in json.dumps(traits)
+
+
+def test_container_detection_from_files(tmp_path: Path) -> None:
+    assert detect_container(environ={}, root=str(tmp_path)) is False
+    (tmp_path / "proc" / "1").mkdir(parents=True)
+    (tmp_path / "proc" / "1" / "cgroup").write_text("0::/init.scope\n")
+    assert detect_container(environ={}, root=str(tmp_path)) is False
+    (tmp_path / "proc" / "1" / "cgroup").write_text("0::/kubepods/besteffort/pod1234\n")
+    assert detect_container(environ={}, root=str(tmp_path)) is True
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".dockerenv").touch()
+    assert detect_container(environ={}, root=str(other)) is True
+    podman = tmp_path / "podman"
+    (podman / "run").mkdir(parents=True)
+    (podman / "run" / ".containerenv").touch()
+    assert detect_container(environ={}, root=str(podman)) is True
+
+
+def test_server_detection() -> None:
+    assert detect_server(modules={}, argv=["/usr/bin/gunicorn", "app:app"], environ={})[0] == (
+        "gunicorn"
+    )
+    assert detect_server(modules={}, argv=["/venv/lib/uvicorn/__main__.py"], environ={})[0] == (
+        "uvicorn"
+    )
+    assert detect_server(modules={}, argv=["waitress-serve"], environ={})[0] == "waitress"
+    assert detect_server(modules={}, argv=["manage.py", "runserver"], environ={})[0] == (
+        "django-runserver"
+    )
+    assert detect_server(modules={"uvicorn.server": None}, argv=["app.py"], environ={})[0] == (
+        "uvicorn"
+    )
+    both = {"uvicorn.server": None, "gunicorn.arbiter": None}
+    assert detect_server(modules=both, argv=["app.py"], environ={})[0] == "gunicorn"
+    # Flask imports werkzeug.serving: that alone is no evidence of the dev server.
+    assert detect_server(modules={"werkzeug.serving": None}, argv=["app.py"], environ={}) == (
+        None,
+        None,
+    )
+    assert (
+        detect_server(
+            modules={"werkzeug.serving": None},
+            argv=["app.py"],
+            environ={"WERKZEUG_RUN_MAIN": "true"},
+        )[0]
+        == "werkzeug"
+    )
+    assert detect_server(modules={}, argv=[], environ={}) == (None, None)
+
+
+def test_framework_detected_lazily_after_import() -> None:
+    import flask  # noqa: F401  (the framework is imported; fastapi/django may be too)
+
+    traits, _ = SystemTraits(make_config()).current()
+    assert traits["framework"] in {"fastapi", "django", "flask"}
+    assert isinstance(traits["framework_version"], str)
+
+
+def test_traits_validate_against_payload_schema() -> None:
+    import jsonschema
+
+    from reqtelemetry.schema_loader import load_payload_schema
+
+    schema = load_payload_schema()
+    assert tuple(schema["$defs"]["traits"]["properties"]) == TRAIT_NAMES
+    assert tuple(schema["$defs"]["trait_name"]["enum"]) == TRAIT_NAMES
+    traits_schema = {
+        "$schema": schema["$schema"],
+        "$defs": schema["$defs"],
+        "$ref": "#/$defs/traits",
+    }
+    for config in (make_config(app_name="x"), make_config(disabled_traits=["os", "ci"])):
+        traits, _ = SystemTraits(config).current()
+        jsonschema.validate(traits, traits_schema, cls=jsonschema.Draft202012Validator)
+
+
+# -- the deployment id ------------------------------------------------------------
+
+
+def test_deployment_id_persisted_with_mode_0600_and_stable(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "deployment_id"
+    first, how = load_deployment_id(str(path))
+    assert how == "persisted"
+    assert str(uuid.UUID(first)) == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().strip() == first
+    assert load_deployment_id(str(path)) == (first, "persisted")
+    assert [p.name for p in path.parent.iterdir()] == ["deployment_id"]  # no temp files left
+
+
+def test_existing_id_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "deployment_id"
+    known = "66b45185-3674-4fb0-be40-154cd0413851"
+    path.write_text(known.upper() + "\n")
+    assert load_deployment_id(str(path)) == (known, "persisted")
+
+
+@pytest.mark.parametrize("content", ["", "not a uuid\n", "x" * 10000, "\x00\xff"])
+def test_corrupt_file_is_replaced(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "deployment_id"
+    path.write_text(content, encoding="latin-1")
+    new, how = load_deployment_id(str(path))
+    assert how == "persisted"
+    assert str(uuid.UUID(new)) == new
+    assert path.read_text().strip() == new
+    assert load_deployment_id(str(path)) == (new, "persisted")
+
+
+def test_unwritable_location_gives_read_only_id(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("a regular file")
+    path = afile / "deployment_id"  # NotADirectoryError, even for root
+    first, how = load_deployment_id(str(path))
+    assert how == "read-only"
+    assert str(uuid.UUID(first)) == first
+    assert load_deployment_id(str(path)) == (first, "read-only")  # stable in this process
+    assert afile.read_text() == "a regular file"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_read_only_directory_gives_read_only_id(tmp_path: Path) -> None:
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    directory.chmod(0o500)
+    try:
+        if os.access(directory, os.W_OK):
+            pytest.skip("running as root: chmod does not stop writes")
+        new, how = load_deployment_id(str(directory / "deployment_id"))
+        assert how == "read-only"
+        assert str(uuid.UUID(new)) == new
+    finally:
+        directory.chmod(0o700)
+
+
+def test_directory_in_place_of_file_gives_read_only_id(tmp_path: Path) -> None:
+    path = tmp_path / "deployment_id"
+    path.mkdir()
+    _, how = load_deployment_id(str(path))
+    assert how == "read-only"
+
+
+def test_concurrent_creation_yields_one_id(tmp_path: Path) -> None:
+    for attempt in range(5):
+        path = tmp_path / f"run{attempt}" / "deployment_id"
+        barrier = threading.Barrier(8)
+        results: list[tuple[str, str]] = []
+        lock = threading.Lock()
+
+        def start(
+            path: Path = path,
+            barrier: threading.Barrier = barrier,
+            lock: threading.Lock = lock,
+            results: list[tuple[str, str]] = results,
+        ) -> None:
+            barrier.wait()
+            found = load_deployment_id(str(path))
+            with lock:
+                results.append(found)
+
+        threads = [threading.Thread(target=start) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert len(results) == 8
+        assert len(set(results)) == 1, results
+        assert results[0][1] == "persisted"
+        assert path.read_text().strip() == results[0][0]
+        assert sorted(p.name for p in path.parent.iterdir()) == ["deployment_id"]

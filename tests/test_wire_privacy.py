@@ -1,0 +1,227 @@
+"""The privacy canary, checked on the wire.
+
+A real app (Starlette behind uvicorn, on loopback) is hit with requests whose
+paths, query strings, headers, cookies, bodies and forwarded addresses carry
+canary values; the process environment carries some too. Then every body the
+client POSTed to the collector — gunzipped, exactly as sent, the startup,
+periodic and shutdown reports, and a report that failed and was sent again —
+and every request header must be free of all of them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import re
+import socket
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Mount, Route
+
+from receiver import ServerThread
+from reqtelemetry import ASGIMiddleware
+
+pytestmark = pytest.mark.e2e
+
+EMAIL = "alice.canary@example.org"
+ORDER = "4711"  # short: checked as a whole path segment or number, not as a substring
+LONG_ID = "987654321987"
+CANARIES = {
+    "email": EMAIL,
+    "long id": LONG_ID,
+    "query value": "canary-query-value",
+    "query key": "canary_query_key",
+    "cookie": "canary-cookie-value",
+    "bearer token": "canary-bearer-token",
+    "user agent": "canary-user-agent",
+    "referer": "canary-referer",
+    "forwarded address": "203.0.113.77",
+    "client address": "127.0.0.1",
+    "request body": "canary-request-body",
+    "response body": "canary-response-body",
+    "password": "canary-password",
+    "environment value": "canary-env-value-5521",
+    "ci value": "canary-ci-value-8830",
+    "unmatched path": "canary-scanner-path",
+    "raw app path": "canary-raw-segment",
+}
+
+
+def identifiers_of_this_machine() -> dict[str, str]:
+    found = {"cwd": os.getcwd(), "home": os.path.expanduser("~")}
+    hostname = socket.gethostname()
+    if len(hostname) >= 4:
+        found["hostname"] = hostname
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = ""
+    if len(user) >= 5:
+        found["user"] = user
+    return {k: v for k, v in found.items() if v and v != "/"}
+
+
+def build_app() -> Starlette:
+    async def orders(request: Request) -> JSONResponse:
+        return JSONResponse({"note": CANARIES["response body"]})
+
+    async def login(request: Request) -> PlainTextResponse:
+        await request.body()
+        return PlainTextResponse(CANARIES["response body"])
+
+    async def raw_files(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"file"})
+
+    return Starlette(
+        routes=[
+            Route("/users/{user_id}/orders/{order_id}", orders),
+            Route("/login", login, methods=["POST"]),
+            Mount("/files", app=raw_files),
+        ]
+    )
+
+
+async def route_less_app(scope: Any, receive: Any, send: Any) -> None:
+    """An app without routing information: its paths must be anonymized."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def strings_and_numbers(value: Any, strings: list[str], numbers: list[float]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            strings.append(key)
+            strings_and_numbers(item, strings, numbers)
+    elif isinstance(value, list):
+        for item in value:
+            strings_and_numbers(item, strings, numbers)
+    elif isinstance(value, str):
+        strings.append(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        numbers.append(value)
+
+
+def assert_no_canary(body: bytes, payload: Any, extra: dict[str, str], salt: str) -> None:
+    text = body.decode("ascii")
+    for what, canary in {**CANARIES, **extra}.items():
+        assert canary not in text, f"the {what} ({canary!r}) was sent"
+        unsalted = hashlib.sha256(canary.encode()).hexdigest()
+        assert unsalted not in text, f"an unsalted hash of the {what} was sent"
+    assert salt not in text, "the salt was sent"
+    assert EMAIL.split("@")[0] not in text
+    strings: list[str] = []
+    numbers: list[float] = []
+    strings_and_numbers(payload, strings, numbers)
+    for value in strings:
+        assert ORDER not in re.split(r"[/?&=#;,\s]", value), f"{ORDER} sent in {value!r}"
+    assert int(ORDER) not in numbers
+
+
+def test_no_identifier_reaches_the_wire(make_sender, receiver, monkeypatch):
+    monkeypatch.setenv("REQTELEMETRY_CANARY_SECRET", CANARIES["environment value"])
+    monkeypatch.setenv("CI", CANARIES["ci value"])
+    telemetry = make_sender(
+        record_query=True,
+        allowed_query_keys=["email"],
+        allowed_path_segments=["download"],
+        group_unmatched=False,  # even unmatched paths go out, anonymized
+    )
+    salt = telemetry.anonymizer._salt
+    app = ASGIMiddleware(build_app(), telemetry=telemetry)
+    raw = ASGIMiddleware(route_less_app, telemetry=telemetry)
+    server = ServerThread(app, lifespan="on")  # its shutdown makes the final flush
+    raw_server = ServerThread(raw)
+    server.start()
+    raw_server.start()
+    headers = {
+        "Cookie": f"session={CANARIES['cookie']}",
+        "Authorization": f"Bearer {CANARIES['bearer token']}",
+        "User-Agent": CANARIES["user agent"],
+        "Referer": f"https://example.org/{CANARIES['referer']}",
+        "X-Forwarded-For": CANARIES["forwarded address"],
+        "X-Real-IP": CANARIES["forwarded address"],
+    }
+    query = (
+        f"email={EMAIL}&token={CANARIES['query value']}"
+        f"&{CANARIES['query key']}={CANARIES['query value']}"
+    )
+    try:
+        with httpx.Client(trust_env=False, headers=headers) as client:
+            for order in (ORDER, LONG_ID):
+                response = client.get(f"{server.url}/users/{EMAIL}/orders/{order}?{query}")
+                assert response.status_code == 200
+            response = client.post(
+                f"{server.url}/login",
+                json={
+                    "user": EMAIL,
+                    "password": CANARIES["password"],
+                    "note": CANARIES["request body"],
+                },
+            )
+            assert response.status_code == 200
+            assert client.get(f"{server.url}/files/{EMAIL}/{ORDER}").status_code == 200
+            assert (
+                client.get(f"{server.url}/{CANARIES['unmatched path']}/{EMAIL}?{query}").status_code
+                == 404
+            )
+            for path in (
+                f"/download/{EMAIL}/{ORDER}?{query}",
+                f"/{CANARIES['raw app path']}/{LONG_ID}/{ORDER}",
+            ):
+                assert client.get(f"{raw_server.url}{path}").status_code == 200
+            # One report fails and is sent again, merged into the next.
+            receiver.respond_with(500, times=3)
+            assert telemetry.flush() is False
+            assert client.get(f"{server.url}/users/{EMAIL}/orders/{ORDER}").status_code == 200
+            assert telemetry.flush() is True
+            assert client.get(f"{server.url}/users/{EMAIL}/orders/{LONG_ID}").status_code == 200
+    finally:
+        raw_server.stop()
+        server.stop(graceful=True)
+
+    sent = [
+        r
+        for r in receiver.requests
+        if r.payload and r.payload.get("instance_id") == telemetry.instance_id
+    ]
+    kinds = [r.payload["kind"] for r in sent]
+    assert kinds[0] == "startup" and kinds[-1] == "shutdown"
+    assert any(r.status == 500 for r in sent)
+    routes = {record["route"] for r in sent for record in r.payload["batch"]["records"]}
+    assert "/users/{user_id}/orders/{order_id}" in routes
+    assert "/files/{path}" in routes
+    assert any(route.startswith("/download/") for route in routes)  # allow-listed, then hashed
+    total = sum(
+        record["count"] for r in sent if r.accepted for record in r.payload["batch"]["records"]
+    )
+    assert total == 9
+
+    extra = identifiers_of_this_machine()
+    for request in sent:
+        assert_no_canary(request.body, request.payload, extra, salt)
+        allowed = {
+            "host",
+            "accept",
+            "accept-encoding",
+            "connection",
+            "user-agent",
+            "content-type",
+            "content-encoding",
+            "content-length",
+        }
+        assert set(request.headers) <= allowed, set(request.headers) - allowed
+        header_text = json.dumps(request.headers)
+        for what, canary in {**CANARIES, **extra}.items():
+            if what == "client address":  # the Host header names the collector
+                continue
+            assert canary not in header_text, f"the {what} was sent in a header"
