@@ -1,0 +1,102 @@
+"""Run the benchmarks, print them and save them.
+
+``python -m benchmarks [--quick] [--cpu-clock] [module ...]``
+
+Every module named in :data:`benchmarks.MODULES` (or only those given on the
+command line) is imported and its ``run()`` called; the markdown sections it
+returns are printed as they arrive and written together, under a header naming
+the date, machine and versions, to ``benchmarks/results/latest.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from . import MODULES, load_average, quick
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
+VERSIONED = ("reqtelemetry", "starlette", "flask", "werkzeug")
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def header() -> str:
+    """Where and with what the numbers were taken."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    versions = ", ".join(f"{name} {_version(name)}" for name in VERSIONED)
+    lines = [
+        "# reqtelemetry benchmarks",
+        "",
+        f"- date: {now}",
+        f"- machine: {platform.platform()}",
+        f"- CPU count: {os.cpu_count()}",
+        f"- Python: {platform.python_implementation()} {platform.python_version()}",
+        f"- versions: {versions}",
+        f"- load average (1/5/15 min) at start: {load_average()}",
+        f"- mode: {'quick (smoke test, rough numbers)' if quick() else 'full'}",
+        "",
+        "Regenerate with `make bench` (`python -m benchmarks`).",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="short, rough run (same as BENCH_QUICK=1)"
+    )
+    parser.add_argument(
+        "--cpu-clock",
+        action="store_true",
+        help="time with the thread's CPU clock, not the wall clock (same as BENCH_CLOCK=thread); "
+        "steadier on a busy machine",
+    )
+    parser.add_argument(
+        "modules", nargs="*", metavar="module", help=f"run only these (of: {', '.join(MODULES)})"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        os.environ["BENCH_QUICK"] = "1"
+    if args.cpu_clock:
+        os.environ["BENCH_CLOCK"] = "thread"
+    unknown = [name for name in args.modules if name not in MODULES]
+    if unknown:
+        parser.error(f"unknown benchmark module(s): {', '.join(unknown)}")
+    names = args.modules or list(MODULES)
+
+    sections = [header()]
+    print(sections[0], end="\n\n", flush=True)
+    for name in names:
+        module = importlib.import_module(f"{__package__}.{name}")
+        started = time.perf_counter()
+        section = module.run().strip()
+        elapsed = time.perf_counter() - started
+        section += f"\n\n_{name}: {elapsed:.1f} s_"
+        sections.append(section)
+        print(section, end="\n\n", flush=True)
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    try:
+        shown = RESULTS.relative_to(Path.cwd())
+    except ValueError:
+        shown = RESULTS
+    print(f"written to {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
