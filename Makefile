@@ -17,7 +17,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python -m reqtelemetry.demo $(ARGS)
+	$(BIN)/python -m examples.demo $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)
