@@ -195,3 +195,30 @@ def test_opted_out_telemetry_is_disabled():
     telemetry = Telemetry(config=resolve({"SQA_OPT_OUT": "1"}))
     assert not telemetry.enabled
     assert "SQA_OPT_OUT" in repr(telemetry)
+
+
+def test_boolean_overrides_can_switch_off_as_well_as_on():
+    config = Config.resolve(
+        environ={"REQTELEMETRY_GROUP_UNMATCHED": "false", "REQTELEMETRY_RECORD_QUERY": "ON"},
+        argv=[],
+    )
+    assert config.group_unmatched is False
+    assert config.record_query is True
+    # Empty means "not set": the code's value stands.
+    config = Config.resolve(environ={"REQTELEMETRY_GROUP_UNMATCHED": ""}, argv=[])
+    assert config.group_unmatched is True
+
+
+def test_allowed_query_keys_from_the_environment():
+    config = Config.resolve(environ={"REQTELEMETRY_ALLOWED_QUERY_KEYS": "page, sort"}, argv=[])
+    assert config.allowed_query_keys == ("page", "sort")
+
+
+def test_metric_name_cap_cannot_pass_the_wire_format_limit():
+    with pytest.raises(ValueError, match="max_metrics"):
+        Config.resolve(environ={}, argv=[], max_metrics=101)
+
+
+def test_unknown_withheld_trait_is_refused_at_start_with_the_valid_names():
+    with pytest.raises(ValueError, match="memory_rss_bytes"):
+        Config.resolve(environ={"REQTELEMETRY_DISABLE": "memory"}, argv=[])

@@ -133,6 +133,8 @@ SCRIPT = textwrap.dedent(
             client.get(f"/items/{i}")
         client.post("/items", content=b"y" * 7)
         client.get("/nowhere")
+    with TestClient(app_with(on), base_url="https://testserver") as client:
+        client.get("/items/9")
 
     out = {}
     data = reader.get_metrics_data()
@@ -171,32 +173,33 @@ def test_telemetry_with_otel_records_through_the_global_provider(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out.pop("recorded") == 5  # the recorder still gets every request
+    assert out.pop("recorded") == 6  # the recorder still gets every request
     assert {name: data["unit"] for name, data in out.items()} == NAMES
     duration = {
         (
             p["attributes"]["http.request.method"],
             p["attributes"]["http.route"],
             p["attributes"]["http.response.status_code"],
+            p["attributes"]["url.scheme"],
         ): p
         for p in out["http.server.request.duration"]["points"]
     }
     assert {key: p["count"] for key, p in duration.items()} == {
-        ("GET", "/items/{item_id}", 200): 3,
-        ("POST", "/items", 201): 1,
-        ("GET", "<unmatched>", 404): 1,
+        ("GET", "/items/{item_id}", 200, "http"): 3,
+        ("GET", "/items/{item_id}", 200, "https"): 1,
+        ("POST", "/items", 201, "http"): 1,
+        ("GET", "<unmatched>", 404, "http"): 1,
     }
     for point in duration.values():
         assert set(point["attributes"]) == ATTRIBUTES
-        assert point["attributes"]["url.scheme"] == "http"
         assert point["sum"] > 0
     sizes = {
         p["attributes"]["http.route"]: p["sum"]
         for p in out["http.server.request.body.size"]["points"]
     }
     assert sizes["/items"] == 7
-    responses = {
-        p["attributes"]["http.route"]: p["sum"]
-        for p in out["http.server.response.body.size"]["points"]
-    }
-    assert responses["/items/{item_id}"] == 30
+    responses: dict[str, int] = {}
+    for p in out["http.server.response.body.size"]["points"]:
+        route = p["attributes"]["http.route"]
+        responses[route] = responses.get(route, 0) + p["sum"]
+    assert responses["/items/{item_id}"] == 40  # 4 answers of 10 bytes, http and https

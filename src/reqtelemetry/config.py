@@ -24,6 +24,8 @@ OPT_OUT_FLAG = "--sqa-opt-out"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 DEFAULT_FLUSH_INTERVAL = 3600.0
+#: The wire format's limit on app-defined metric names per kind.
+MAX_METRIC_NAMES = 100
 
 
 def env_flag(value: str | None) -> bool:
@@ -170,6 +172,19 @@ class Config:
         for prefix in self.exclude_prefixes:
             if not prefix.startswith("/"):
                 raise ValueError(f"exclude_prefixes entries must start with '/', got {prefix!r}")
+        if not 1 <= self.max_metrics <= MAX_METRIC_NAMES:
+            raise ValueError(
+                f"max_metrics must be between 1 and {MAX_METRIC_NAMES} (the wire format's "
+                f"limit), got {self.max_metrics!r}"
+            )
+        from .traits import TRAIT_NAMES  # here: traits imports this module
+
+        unknown = sorted(set(self.disabled_traits) - set(TRAIT_NAMES))
+        if unknown:
+            raise ValueError(
+                f"unknown trait name(s) to withhold: {', '.join(unknown)}; "
+                f"valid names are: {', '.join(TRAIT_NAMES)}"
+            )
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -191,6 +206,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         "EXCLUDE_PATHS": "exclude_paths",
         "EXCLUDE_PREFIXES": "exclude_prefixes",
         "ALLOWED_PATH_SEGMENTS": "allowed_path_segments",
+        "ALLOWED_QUERY_KEYS": "allowed_query_keys",
         "DISABLE": "disabled_traits",
     }
     for suffix, name in lists.items():
@@ -214,12 +230,15 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         "DEBUG": "debug",
         "OTEL": "otel",
         "SEND_IN_TESTS": "send_in_tests",
+        "GROUP_UNMATCHED": "group_unmatched",
+        "RECORD_QUERY": "record_query",
     }.items():
         value = environ.get(f"REQTELEMETRY_{suffix}")
-        if value is not None and value.strip().lower() not in _FALSE | _TRUE:
+        if value is None or not value.strip():
+            continue  # empty means not set
+        if value.strip().lower() not in _FALSE | _TRUE:
             raise ValueError(f"REQTELEMETRY_{suffix} must be true or false, got {value!r}")
-        if env_flag(value):
-            found[name] = True
+        found[name] = env_flag(value)
     return found
 
 

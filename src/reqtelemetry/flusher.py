@@ -100,9 +100,7 @@ class Flusher:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
-        delivered = self.flush(
-            kind="shutdown", budget=max(0.0, deadline - time.monotonic()), final=True
-        )
+        delivered = self.flush(kind="shutdown", budget=max(0.0, deadline - time.monotonic()))
         if self.transport is not None:
             self.transport.close()
         return delivered
@@ -120,9 +118,7 @@ class Flusher:
 
     # -- one flush ---------------------------------------------------------------------
 
-    def flush(
-        self, kind: str = "periodic", budget: float | None = None, final: bool = False
-    ) -> bool:
+    def flush(self, kind: str = "periodic", budget: float | None = None) -> bool:
         """Send what is recorded now; True when every part was delivered."""
         budget = self.config.timeout * 2 if budget is None else budget
         deadline = time.monotonic() + budget
