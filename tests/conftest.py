@@ -179,3 +179,29 @@ def django_telemetry_factory():
 def django_telemetry(django_telemetry_factory) -> Telemetry:
     """The default Telemetry behind Django's middleware, fresh for this test."""
     return django_telemetry_factory()
+
+
+# -- PostgreSQL (tests/postgres.py) --------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for this session: ``REQTELEMETRY_TEST_POSTGRES_URL`` if set,
+    else a throwaway cluster from the installed binaries, stopped and deleted at the end.
+    Skips the test when neither is available. Use ``scratch_schema`` for isolation."""
+    import os
+
+    from postgres import URL_VARIABLE, PostgresUnavailable, ThrowawayCluster
+
+    given = os.environ.get(URL_VARIABLE)
+    if given:
+        yield given
+        return
+    try:
+        cluster = ThrowawayCluster()
+    except PostgresUnavailable as missing:
+        pytest.skip(str(missing))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

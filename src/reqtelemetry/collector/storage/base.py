@@ -1,0 +1,91 @@
+"""The one storage interface the collector talks to (SQLite and PostgreSQL implement it).
+
+Why an interface: the same behaviour must hold on the embedded default
+(SQLite) and in production (PostgreSQL, shared by stateless replicas), and the
+same test suite runs against both. Everything the dashboard and the CSV export
+show is answered here, so both backends answer it the same way.
+
+Time values are Unix seconds (floats). ``since`` filters on the report's
+``received_at``. Percentiles are computed from the merged log histograms of
+the stored aggregates (see :mod:`reqtelemetry.histogram`).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+
+class ReplayError(Exception):
+    """The stamp was stored before: the report is refused and nothing is written."""
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    """A verified report, ready to store (the collector has checked everything)."""
+
+    stamp: str
+    received_at: float
+    payload: dict[str, Any]  # a schema-valid report (reqtelemetry.payload)
+
+
+class Storage(abc.ABC):
+    """Reports in, answers out. Implementations are safe to share across threads."""
+
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the current version (idempotent, versioned)."""
+
+    @abc.abstractmethod
+    def store(self, report: StoredReport) -> None:
+        """Store one report atomically: deployment, instance (traits, first/last seen),
+        the report row, its aggregates and its metrics. Raises :class:`ReplayError`
+        (and writes nothing) when the stamp was seen before: a unique index decides,
+        so two replicas racing with the same stamp cannot both succeed."""
+
+    @abc.abstractmethod
+    def count_refusal(self, reason: str) -> None:
+        """Add one to the counter of refusals for ``reason`` (shared by replicas)."""
+
+    @abc.abstractmethod
+    def refusals(self) -> dict[str, int]:
+        """Refusal counters by reason."""
+
+    # -- the dashboard's questions ------------------------------------------------
+
+    @abc.abstractmethod
+    def totals(self, since: float) -> dict[str, Any]:
+        """``{"deployments", "instances", "reports", "requests", "errors"}`` since ``since``."""
+
+    @abc.abstractmethod
+    def activity(self, since: float, bucket_seconds: int) -> list[dict[str, Any]]:
+        """Active deployments and instances per time bucket:
+        ``[{"bucket_start", "deployments", "instances"}]`` in time order. Buckets
+        are aligned to multiples of ``bucket_seconds`` since the epoch; a bucket
+        without any report is absent (draw it as zero)."""
+
+    @abc.abstractmethod
+    def versions(self, since: float) -> list[dict[str, Any]]:
+        """App versions in use: ``[{"app_version", "deployments", "instances",
+        "last_seen"}]``, most deployments first."""
+
+    @abc.abstractmethod
+    def endpoints(self, since: float, by_version: bool = False) -> list[dict[str, Any]]:
+        """Per endpoint (``method``, ``route``; and ``app_version`` when ``by_version``):
+        ``calls``, ``errors`` (status >= 500), ``error_rate``, ``p50``, ``p95``,
+        ``p99``, ``mean`` (seconds), ``request_bytes``, ``response_bytes``,
+        ``deployments``. Endpoints seen before ``since`` but not after appear with
+        ``calls`` 0, so unused endpoints are visible; their ``error_rate``,
+        percentiles and ``mean`` are None. ``app_version`` is None where the
+        instance did not say. Most calls first."""
+
+    @abc.abstractmethod
+    def platforms(self, since: float) -> list[dict[str, Any]]:
+        """Instances seen since ``since`` by ``os``, ``arch``, ``python_version`` and
+        ``framework``: ``[{"os", "arch", "python_version", "framework", "instances",
+        "deployments"}]``, most instances first (None: unknown or withheld)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,578 @@
+"""What SQLite and PostgreSQL storage share: the writes, the queries, the migration runner.
+
+Why one implementation over two dialects: the dashboard must show the same
+numbers whichever database sits behind it, and the test suite runs the same
+assertions against both. The SQL here is written once, with ``?`` placeholders
+and a handful of dialect fragments (how to expand a JSON array, how to take the
+larger of two values); each backend supplies those, its connection handling and
+its migration steps. Everything that is easier to get identical in Python than
+in two SQL dialects (sorting with NULLs, rates, percentiles from merged
+histograms) happens in Python, on results already aggregated by the database.
+
+A backend implements :meth:`SQLStorage._run`: call ``work(executor)`` inside
+one transaction, commit if it returns, roll back if it raises.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from ...histogram import Histogram
+from .base import ReplayError, Storage, StoredReport
+
+logger = logging.getLogger("reqtelemetry.collector")
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+#: Traits copied out of the JSON into their own columns, for grouping.
+TRAIT_COLUMNS = ("app_version", "os", "arch", "python_version", "framework")
+#: Refusal reasons are the collector's own words; a cap keeps a bug from storing essays.
+MAX_REASON_LENGTH = 64
+
+
+class Executor(Protocol):
+    """One transaction's view of the database, with ``?`` placeholders in every dialect."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run a statement that returns rows, and return them all."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run a statement for its effect."""
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement once per parameter row."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema version: statements run in one transaction, then recorded."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The SQL fragments in which SQLite and PostgreSQL differ."""
+
+    #: The larger / smaller of two values (``max(a, b)`` in SQLite, ``GREATEST`` in PostgreSQL).
+    greatest: str
+    least: str
+    #: A placeholder for a JSON document (PostgreSQL casts it to jsonb).
+    json_param: str
+    #: FROM clause expanding each aggregate's histogram pairs into rows ``b``.
+    bins_source: str
+    #: The bucket index and count of one expanded pair.
+    bin_index: str
+    bin_count: str
+    #: Whole ``?``-second buckets since the epoch of ``received_at``.
+    bucket: str
+    #: One row, one column: 1 when the ``schema_migrations`` table exists, else 0.
+    has_migrations_table: str
+    #: The aggregate that adds up counts and bytes without overflowing: SQLite's
+    #: ``SUM`` raises past 2**63 (hostile reports could get there), its ``TOTAL``
+    #: adds in floating point; PostgreSQL's ``SUM`` of bigints is numeric.
+    sum: str = "SUM"
+
+
+def _int(value: Any) -> int:
+    """PostgreSQL sums integers as numeric (Decimal); both backends answer ints here."""
+    return int(value) if value is not None else 0
+
+
+def _float(value: Any) -> float:
+    return float(value) if value is not None else 0.0
+
+
+def _text_key(value: str | None) -> str:
+    """Sort key that puts unknown (None) before any text, the same in both backends."""
+    return "" if value is None else "\x01" + value
+
+
+class SQLStorage(Storage):
+    """The :class:`Storage` behaviour over any SQL database with a :class:`Dialect`."""
+
+    dialect: Dialect
+    migrations: Sequence[Migration]
+
+    # -- what a backend provides --------------------------------------------------------
+
+    @abc.abstractmethod
+    def _run(self, work: Callable[[Executor], T], write: bool = False) -> T:
+        """``work(executor)`` in one transaction: committed if it returns, rolled back if not."""
+
+    @abc.abstractmethod
+    def _run_migrations(self, work: Callable[[Executor], T]) -> T:
+        """Like :meth:`_run`, holding a lock that makes concurrent migrations take turns."""
+
+    # -- migrations ---------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest version this code knows; safe to repeat.
+
+        Applied versions are recorded in ``schema_migrations``; each missing step
+        runs in the same transaction as its record, under the backend's lock, so
+        two replicas starting at once apply every step exactly once. A database
+        already migrated further by a newer release is left alone (steps only
+        ever add), with a warning.
+        """
+        latest = max(step.version for step in self.migrations)
+
+        def work(ex: Executor) -> list[int]:
+            ex.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY,"
+                " description TEXT NOT NULL,"
+                " applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            done = {int(row[0]) for row in ex.query("SELECT version FROM schema_migrations")}
+            applied = []
+            for step in sorted(self.migrations, key=lambda step: step.version):
+                if step.version in done:
+                    continue
+                for statement in step.statements:
+                    ex.execute(statement)
+                ex.execute(
+                    "INSERT INTO schema_migrations (version, description, applied_at)"
+                    " VALUES (?, ?, ?)",
+                    (step.version, step.description, time.time()),
+                )
+                applied.append(step.version)
+            if done and max(done) > latest:
+                logger.warning(
+                    "the collector database is at schema version %d, newer than this "
+                    "release knows (%d); carrying on",
+                    max(done),
+                    latest,
+                )
+            return applied
+
+        applied = self._run_migrations(work)
+        if applied:
+            logger.info("collector database migrated to schema version(s) %s", applied)
+
+    def schema_version(self) -> int:
+        """The newest applied migration (0 for a database never migrated)."""
+
+        def work(ex: Executor) -> int:
+            if not _int(ex.query(self.dialect.has_migrations_table)[0][0]):
+                return 0
+            return _int(ex.query("SELECT MAX(version) FROM schema_migrations")[0][0])
+
+        return self._run(work)
+
+    # -- writes -------------------------------------------------------------------------
+
+    def store(self, report: StoredReport) -> None:
+        """Store one report in one transaction (see :meth:`Storage.store`).
+
+        The report row goes first: its unique stamp decides replays before any
+        other row is touched. The deployment and instance rows are upserted
+        last, so the row locks they take (on PostgreSQL) are held only until
+        the commit that follows; the foreign keys that point at them are
+        checked at commit.
+        """
+        payload = report.payload
+        traits = payload.get("traits", {})
+        batch = payload["batch"]
+        metrics = payload.get("metrics", {})
+        received = float(report.received_at)
+        deployment_id = payload["deployment_id"]
+        instance_id = payload["instance_id"]
+        app_version = traits.get("app_version")
+        extracted = [traits.get(name) for name in TRAIT_COLUMNS]
+        traits_json = json.dumps(traits, separators=(",", ":"), sort_keys=True)
+        d = self.dialect
+
+        aggregate_rows = [
+            (
+                instance_id,
+                deployment_id,
+                app_version,
+                received,
+                batch["period_start"],
+                batch["period_end"],
+                record["method"],
+                record["route"],
+                record["status"],
+                record["count"],
+                record["latency"]["sum"],
+                record["latency"]["min"],
+                record["latency"]["max"],
+                json.dumps(record["latency"]["histogram"], separators=(",", ":")),
+                record["request_bytes"],
+                record["response_bytes"],
+            )
+            for record in batch["records"]
+        ]
+        metric_rows = [
+            (instance_id, deployment_id, received, name, kind, float(value))
+            for kind, group in (("counter", "counters"), ("gauge", "gauges"))
+            for name, value in metrics.get(group, {}).items()
+        ]
+
+        def work(ex: Executor) -> None:
+            inserted = ex.query(
+                "INSERT INTO reports (stamp, deployment_id, instance_id, app_version, kind,"
+                " sequence, part, parts, sent_at, received_at, period_start, period_end,"
+                " dropped, internal_errors)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (stamp) DO NOTHING RETURNING id",
+                (
+                    report.stamp,
+                    deployment_id,
+                    instance_id,
+                    app_version,
+                    payload["kind"],
+                    payload["sequence"],
+                    payload["part"],
+                    payload["parts"],
+                    payload["sent_at"],
+                    received,
+                    batch["period_start"],
+                    batch["period_end"],
+                    batch["dropped"],
+                    payload.get("internal_errors", 0),
+                ),
+            )
+            if not inserted:
+                raise ReplayError(f"stamp already stored: {report.stamp[:80]}")
+            report_id = inserted[0][0]
+            if aggregate_rows:
+                ex.executemany(
+                    "INSERT INTO aggregates (report_id, instance_id, deployment_id, app_version,"
+                    " received_at, period_start, period_end, method, route, status, count,"
+                    " latency_sum, latency_min, latency_max, histogram, request_bytes,"
+                    " response_bytes)"
+                    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {d.json_param}, ?, ?)",
+                    [(report_id, *row) for row in aggregate_rows],
+                )
+            if metric_rows:
+                ex.executemany(
+                    "INSERT INTO metrics (report_id, instance_id, deployment_id, received_at,"
+                    " name, kind, value) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(report_id, *row) for row in metric_rows],
+                )
+            ex.execute(
+                "INSERT INTO deployments (id, first_seen, last_seen) VALUES (?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET"
+                f" first_seen = {d.least}(deployments.first_seen, excluded.first_seen),"
+                f" last_seen = {d.greatest}(deployments.last_seen, excluded.last_seen)",
+                (deployment_id, received, received),
+            )
+            # Traits follow the newest report: a report that arrives late does
+            # not overwrite what a later one said.
+            newer = "excluded.last_seen >= instances.last_seen"
+            ex.execute(
+                "INSERT INTO instances (id, deployment_id, traits, app_version, os, arch,"
+                " python_version, framework, first_seen, last_seen)"
+                f" VALUES (?, ?, {d.json_param}, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET "
+                + ", ".join(
+                    f"{column} = CASE WHEN {newer} THEN excluded.{column}"
+                    f" ELSE instances.{column} END"
+                    for column in ("deployment_id", "traits", *TRAIT_COLUMNS)
+                )
+                + f", first_seen = {d.least}(instances.first_seen, excluded.first_seen),"
+                f" last_seen = {d.greatest}(instances.last_seen, excluded.last_seen)",
+                (instance_id, deployment_id, traits_json, *extracted, received, received),
+            )
+
+        self._run(work, write=True)
+
+    def count_refusal(self, reason: str) -> None:
+        """Add one to ``reason``'s counter: an upsert, so replicas add up without locks of ours."""
+        reason = str(reason)[:MAX_REASON_LENGTH]
+        self._run(
+            lambda ex: ex.execute(
+                "INSERT INTO refusals (reason, count) VALUES (?, 1)"
+                " ON CONFLICT (reason) DO UPDATE SET count = refusals.count + 1",
+                (reason,),
+            ),
+            write=True,
+        )
+
+    def refusals(self) -> dict[str, int]:
+        """Refusal counters by reason, in alphabetical order."""
+        rows = self._run(lambda ex: ex.query("SELECT reason, count FROM refusals"))
+        return {reason: _int(count) for reason, count in sorted(rows)}
+
+    # -- the dashboard's questions ------------------------------------------------------
+
+    def totals(self, since: float) -> dict[str, Any]:
+        """Distinct deployments and instances that reported, reports, requests and
+        server errors (status >= 500) received since ``since``; zeros when empty."""
+        since = float(since)
+
+        def work(ex: Executor) -> dict[str, Any]:
+            deployments, instances, reports = ex.query(
+                "SELECT COUNT(DISTINCT deployment_id), COUNT(DISTINCT instance_id), COUNT(*)"
+                " FROM reports WHERE received_at >= ?",
+                (since,),
+            )[0]
+            total = self.dialect.sum
+            requests, errors = ex.query(
+                f"SELECT {total}(count), {total}(CASE WHEN status >= 500 THEN count ELSE 0 END)"
+                " FROM aggregates WHERE received_at >= ?",
+                (since,),
+            )[0]
+            return {
+                "deployments": _int(deployments),
+                "instances": _int(instances),
+                "reports": _int(reports),
+                "requests": _int(requests),
+                "errors": _int(errors),
+            }
+
+        return self._run(work)
+
+    def activity(self, since: float, bucket_seconds: int) -> list[dict[str, Any]]:
+        """Deployments and instances that reported, per ``bucket_seconds`` bucket.
+
+        Buckets are aligned to multiples of ``bucket_seconds`` since the epoch
+        (UTC) and counted by the reports' ``received_at``; a bucket without any
+        report is absent (the dashboard draws it as zero).
+        """
+        if not isinstance(bucket_seconds, int) or bucket_seconds <= 0:
+            raise ValueError(f"bucket_seconds must be a positive integer, got {bucket_seconds!r}")
+        bucket = self.dialect.bucket
+
+        def work(ex: Executor) -> list[Row]:
+            return ex.query(
+                f"SELECT {bucket} AS bucket, COUNT(DISTINCT deployment_id),"
+                " COUNT(DISTINCT instance_id)"
+                " FROM reports WHERE received_at >= ? GROUP BY bucket",
+                (bucket_seconds, float(since)),
+            )
+
+        rows = sorted((_int(b), _int(d), _int(i)) for b, d, i in self._run(work))
+        return [
+            {"bucket_start": float(b * bucket_seconds), "deployments": d, "instances": i}
+            for b, d, i in rows
+        ]
+
+    def versions(self, since: float) -> list[dict[str, Any]]:
+        """App versions that reported since ``since`` (None: unknown or withheld), with
+        distinct deployments and instances and the last report's time."""
+
+        def work(ex: Executor) -> list[Row]:
+            return ex.query(
+                "SELECT app_version, COUNT(DISTINCT deployment_id),"
+                " COUNT(DISTINCT instance_id), MAX(received_at)"
+                " FROM reports WHERE received_at >= ? GROUP BY app_version",
+                (float(since),),
+            )
+
+        result = [
+            {
+                "app_version": version,
+                "deployments": _int(deployments),
+                "instances": _int(instances),
+                "last_seen": _float(last_seen),
+            }
+            for version, deployments, instances, last_seen in self._run(work)
+        ]
+        result.sort(
+            key=lambda row: (
+                -row["deployments"],
+                -row["instances"],
+                -row["last_seen"],
+                _text_key(row["app_version"]),
+            )
+        )
+        return result
+
+    def endpoints(self, since: float, by_version: bool = False) -> list[dict[str, Any]]:
+        """Per endpoint since ``since``; see :meth:`Storage.endpoints`.
+
+        Every endpoint ever stored is listed: one without calls since ``since``
+        has ``calls`` 0 and ``None`` for ``error_rate``, percentiles and
+        ``mean``. ``errors`` counts status >= 500. Percentiles come from the
+        endpoint's histograms merged across instances and reports (the database
+        adds up the counts per bucket; Python reads the quantiles off them).
+        Three queries, whatever the number of endpoints.
+        """
+        since = float(since)
+        d = self.dialect
+        key = "method, route, app_version" if by_version else "method, route"
+        a_key = "a.method, a.route, a.app_version" if by_version else "a.method, a.route"
+        width = 3 if by_version else 2
+
+        def work(ex: Executor) -> tuple[list[Row], list[Row], list[Row]]:
+            known = ex.query(f"SELECT DISTINCT {key} FROM aggregates")
+            sums = ex.query(
+                f"SELECT {key}, {d.sum}(count),"
+                f" {d.sum}(CASE WHEN status >= 500 THEN count ELSE 0 END),"
+                f" {d.sum}(latency_sum), {d.sum}(request_bytes), {d.sum}(response_bytes),"
+                " COUNT(DISTINCT deployment_id)"
+                f" FROM aggregates WHERE received_at >= ? GROUP BY {key}",
+                (since,),
+            )
+            bins = ex.query(
+                f"SELECT {a_key}, {d.bin_index} AS bin_index, {d.sum}({d.bin_count})"
+                f" FROM {d.bins_source} WHERE a.received_at >= ?"
+                f" GROUP BY {a_key}, bin_index",
+                (since,),
+            )
+            return known, sums, bins
+
+        known, sums, bins = self._run(work)
+        histograms: dict[Row, Histogram] = {}
+        for row in bins:
+            histogram = histograms.setdefault(tuple(row[:width]), Histogram())
+            histogram.merge_bins([(_int(row[width]), _int(row[width + 1]))])
+        totals = {tuple(row[:width]): row[width:] for row in sums}
+
+        result = []
+        for endpoint in {tuple(row) for row in known} | set(totals):
+            calls, errors, latency_sum, request_bytes, response_bytes, deployments = totals.get(
+                endpoint, (0, 0, 0.0, 0, 0, 0)
+            )
+            calls, errors = _int(calls), _int(errors)
+            histogram = histograms.get(endpoint)
+            entry: dict[str, Any] = {"method": endpoint[0], "route": endpoint[1]}
+            if by_version:
+                entry["app_version"] = endpoint[2]
+            entry.update(
+                calls=calls,
+                errors=errors,
+                error_rate=errors / calls if calls else None,
+                p50=histogram.quantile(0.50) if histogram else None,
+                p95=histogram.quantile(0.95) if histogram else None,
+                p99=histogram.quantile(0.99) if histogram else None,
+                mean=_float(latency_sum) / calls if calls else None,
+                request_bytes=_int(request_bytes),
+                response_bytes=_int(response_bytes),
+                deployments=_int(deployments),
+            )
+            result.append(entry)
+        result.sort(
+            key=lambda row: (
+                -row["calls"],
+                row["method"],
+                row["route"],
+                _text_key(row.get("app_version")),
+            )
+        )
+        return result
+
+    def platforms(self, since: float) -> list[dict[str, Any]]:
+        """Instances seen since ``since`` by ``os``, ``arch``, ``python_version`` and
+        ``framework`` (each None when unknown or withheld), with their distinct
+        deployments; most instances first."""
+
+        def work(ex: Executor) -> list[Row]:
+            return ex.query(
+                "SELECT os, arch, python_version, framework, COUNT(*),"
+                " COUNT(DISTINCT deployment_id)"
+                " FROM instances WHERE last_seen >= ?"
+                " GROUP BY os, arch, python_version, framework",
+                (float(since),),
+            )
+
+        result = [
+            {
+                "os": os_name,
+                "arch": arch,
+                "python_version": python_version,
+                "framework": framework,
+                "instances": _int(instances),
+                "deployments": _int(deployments),
+            }
+            for os_name, arch, python_version, framework, instances, deployments in self._run(work)
+        ]
+        result.sort(
+            key=lambda row: (
+                -row["instances"],
+                -row["deployments"],
+                *(_text_key(row[name]) for name in ("os", "arch", "python_version", "framework")),
+            )
+        )
+        return result
+
+
+def common_tables(
+    *, id_column: str, float_type: str, json_type: str, big_int: str
+) -> tuple[str, ...]:
+    """The version-1 tables, with the column types a backend spells its own way.
+
+    Times are Unix seconds as floats. Foreign keys are checked at commit, which
+    lets :meth:`SQLStorage.store` write the report before its instance.
+    """
+    fk = "DEFERRABLE INITIALLY DEFERRED"
+    return (
+        "CREATE TABLE deployments ("
+        " id TEXT PRIMARY KEY,"
+        f" first_seen {float_type} NOT NULL,"
+        f" last_seen {float_type} NOT NULL)",
+        "CREATE TABLE instances ("
+        " id TEXT PRIMARY KEY,"
+        f" deployment_id TEXT NOT NULL REFERENCES deployments (id) {fk},"
+        f" traits {json_type} NOT NULL,"
+        " app_version TEXT, os TEXT, arch TEXT, python_version TEXT, framework TEXT,"
+        f" first_seen {float_type} NOT NULL,"
+        f" last_seen {float_type} NOT NULL)",
+        "CREATE TABLE reports ("
+        f" id {id_column},"
+        " stamp TEXT NOT NULL UNIQUE,"
+        f" deployment_id TEXT NOT NULL REFERENCES deployments (id) {fk},"
+        f" instance_id TEXT NOT NULL REFERENCES instances (id) {fk},"
+        " app_version TEXT,"
+        " kind TEXT NOT NULL,"
+        f" sequence {big_int} NOT NULL,"
+        " part INTEGER NOT NULL,"
+        " parts INTEGER NOT NULL,"
+        f" sent_at {float_type} NOT NULL,"
+        f" received_at {float_type} NOT NULL,"
+        f" period_start {float_type} NOT NULL,"
+        f" period_end {float_type} NOT NULL,"
+        f" dropped {big_int} NOT NULL DEFAULT 0,"
+        f" internal_errors {big_int} NOT NULL DEFAULT 0)",
+        "CREATE TABLE aggregates ("
+        f" id {id_column},"
+        f" report_id {big_int} NOT NULL REFERENCES reports (id) ON DELETE CASCADE {fk},"
+        " instance_id TEXT NOT NULL,"
+        " deployment_id TEXT NOT NULL,"
+        " app_version TEXT,"
+        f" received_at {float_type} NOT NULL,"
+        f" period_start {float_type} NOT NULL,"
+        f" period_end {float_type} NOT NULL,"
+        " method TEXT NOT NULL,"
+        " route TEXT NOT NULL,"
+        " status INTEGER NOT NULL,"
+        f" count {big_int} NOT NULL,"
+        f" latency_sum {float_type} NOT NULL,"
+        f" latency_min {float_type},"
+        f" latency_max {float_type},"
+        f" histogram {json_type} NOT NULL,"
+        f" request_bytes {big_int} NOT NULL,"
+        f" response_bytes {big_int} NOT NULL)",
+        "CREATE TABLE metrics ("
+        f" id {id_column},"
+        f" report_id {big_int} NOT NULL REFERENCES reports (id) ON DELETE CASCADE {fk},"
+        " instance_id TEXT NOT NULL,"
+        " deployment_id TEXT NOT NULL,"
+        f" received_at {float_type} NOT NULL,"
+        " name TEXT NOT NULL,"
+        " kind TEXT NOT NULL CHECK (kind IN ('counter', 'gauge')),"
+        f" value {float_type} NOT NULL)",
+        f"CREATE TABLE refusals (reason TEXT PRIMARY KEY, count {big_int} NOT NULL)",
+        # What the dashboard asks: everything since a time, grouped.
+        "CREATE INDEX reports_received_at ON reports (received_at)",
+        "CREATE INDEX reports_instance ON reports (instance_id)",
+        "CREATE INDEX instances_last_seen ON instances (last_seen)",
+        "CREATE INDEX instances_deployment ON instances (deployment_id)",
+        "CREATE INDEX aggregates_received_at ON aggregates (received_at)",
+        "CREATE INDEX aggregates_endpoint ON aggregates (method, route, app_version)",
+        "CREATE INDEX aggregates_report ON aggregates (report_id)",
+        "CREATE INDEX metrics_report ON metrics (report_id)",
+        "CREATE INDEX metrics_name_received_at ON metrics (name, received_at)",
+    )

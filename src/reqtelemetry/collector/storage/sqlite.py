@@ -1,0 +1,122 @@
+"""SQLite storage: the zero-setup default for a single collector process.
+
+Why these settings: WAL lets readers (the dashboard, another process exporting
+CSV) proceed while a report is written; ``busy_timeout`` makes a second
+process wait for the write lock instead of failing at once; writes start with
+``BEGIN IMMEDIATE`` so that a transaction takes the write lock before it reads,
+and two writers can never deadlock upgrading their locks. One connection is
+shared by all threads behind a lock (``check_same_thread=False``): SQLite
+serialises writers anyway, and a single connection keeps ``:memory:``
+databases working.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .sql import Dialect, Executor, Migration, Row, SQLStorage, common_tables
+
+T = TypeVar("T")
+
+DIALECT = Dialect(
+    greatest="max",  # SQLite's max() with two arguments is a scalar function
+    least="min",
+    json_param="?",
+    bins_source="aggregates AS a, json_each(a.histogram) AS b",
+    bin_index="CAST(json_extract(b.value, '$[0]') AS INTEGER)",
+    bin_count="json_extract(b.value, '$[1]')",
+    # received_at is never negative, so truncation is floor.
+    bucket="CAST(received_at / ? AS INTEGER)",
+    has_migrations_table=(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    ),
+    sum="TOTAL",
+)
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "deployments, instances, reports, aggregates, metrics, refusals",
+        common_tables(
+            id_column="INTEGER PRIMARY KEY",
+            float_type="REAL",
+            json_type="TEXT",
+            big_int="INTEGER",
+        ),
+    ),
+)
+
+
+class _SQLiteExecutor:
+    """The :class:`Executor` over one sqlite3 connection (``?`` is SQLite's own style)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._connection.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._connection.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._connection.executemany(sql, rows)
+
+
+class SQLiteStorage(SQLStorage):
+    """Storage in one SQLite file (or ``":memory:"``), shared safely across threads."""
+
+    dialect = DIALECT
+    migrations = MIGRATIONS
+
+    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 10.0) -> None:
+        self.path = os.fspath(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; ours are explicit.
+        self._connection = sqlite3.connect(
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._lock = threading.RLock()
+        self._executor = _SQLiteExecutor(self._connection)
+        with self._lock:
+            self._connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            if self.path != ":memory:":
+                self._connection.execute("PRAGMA journal_mode = WAL")
+                # With WAL, NORMAL loses at most the last commits on power loss,
+                # never consistency; a report lost that way is resent as new.
+                self._connection.execute("PRAGMA synchronous = NORMAL")
+            self._connection.execute("PRAGMA foreign_keys = ON")
+
+    def _transaction(self, begin: str, work: Callable[[Executor], T]) -> T:
+        with self._lock:
+            self._connection.execute(begin)
+            try:
+                result = work(self._executor)
+                self._connection.execute("COMMIT")  # deferred foreign keys are checked here
+            except BaseException:
+                # SQLite may have rolled back already (some errors end the transaction).
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
+                raise
+            return result
+
+    def _run(self, work: Callable[[Executor], T], write: bool = False) -> T:
+        return self._transaction("BEGIN IMMEDIATE" if write else "BEGIN", work)
+
+    def _run_migrations(self, work: Callable[[Executor], T]) -> T:
+        # The write lock, taken up front, is the migration lock: another
+        # connection's BEGIN IMMEDIATE waits (busy_timeout) until this commits.
+        return self._transaction("BEGIN IMMEDIATE", work)
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorage({self.path!r})"

@@ -1,0 +1,265 @@
+"""Hashcash stamps: what the client mints, the collector accepts, and why it refuses.
+
+Low difficulties (8-12 bits: a few hundred to a few thousand hashes) keep this
+fast; the work check itself is the same at 20 bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reqtelemetry import hashcash
+from reqtelemetry.hashcash import StampError, leading_zero_bits, mint, payload_resource, verify
+
+RESOURCE = hashlib.sha256(b"a resource").hexdigest()
+NOW = datetime(2026, 11, 22, 2, 30, 0, tzinfo=timezone.utc)
+
+
+def reason(stamp: str, resource: str = RESOURCE, bits: int = 8, **options: object) -> str:
+    """The refusal reason verify gives (or "ok")."""
+    options.setdefault("now", NOW)
+    try:
+        verify(stamp, resource, bits, **options)  # type: ignore[arg-type]
+    except StampError as error:
+        return error.reason
+    return "ok"
+
+
+def sha1_zeros(stamp: str) -> int:
+    return leading_zero_bits(hashlib.sha1(stamp.encode()).digest())
+
+
+def with_field(stamp: str, index: int, value: str) -> str:
+    fields = stamp.split(":")
+    fields[index] = value
+    return ":".join(fields)
+
+
+# -- minting and the round trip ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [0, 8, 10, 12])
+def test_round_trip(bits: int) -> None:
+    stamp = mint(RESOURCE, bits, now=NOW)
+    version, claimed, date, resource, ext, rand, counter = stamp.split(":")
+    assert (version, claimed, date, resource, ext) == ("1", str(bits), "261122023000", RESOURCE, "")
+    assert rand and "=" not in rand and counter
+    assert sha1_zeros(stamp) >= bits
+    verify(stamp, RESOURCE, bits, NOW)
+    verify(stamp, RESOURCE, bits, NOW.timestamp())  # Unix seconds work too
+
+
+def test_mint_uses_fresh_randomness() -> None:
+    assert mint(RESOURCE, 0, now=NOW) != mint(RESOURCE, 0, now=NOW)
+
+
+def test_mint_defaults_to_now_in_utc() -> None:
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    stamp = mint(RESOURCE, 4)
+    verify(stamp, RESOURCE, 4)
+    date = datetime.strptime(stamp.split(":")[2], "%y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    assert before <= date <= datetime.now(timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("resource", "bits"), [("", 8), ("a:b", 8), ("é", 8), (RESOURCE, -1), (RESOURCE, 161)]
+)
+def test_mint_refuses_bad_arguments(resource: str, bits: int) -> None:
+    with pytest.raises(ValueError):
+        mint(resource, bits)
+
+
+def test_leading_zero_bits() -> None:
+    assert leading_zero_bits(b"\xff") == 0
+    assert leading_zero_bits(b"\x01") == 7
+    assert leading_zero_bits(b"\x00\x00\x80") == 16
+    assert leading_zero_bits(b"\x00\x01\xff") == 15
+    assert leading_zero_bits(bytes(20)) == 160
+
+
+def test_payload_resource_is_the_documented_formula() -> None:
+    token, payload = "tok.en", b'{"schema_version":1}'
+    inner = hashlib.sha256(payload).hexdigest()
+    expected = hashlib.sha256(f"{token}.{inner}".encode()).hexdigest()
+    assert payload_resource(token, payload) == expected
+    assert payload_resource(token, payload + b" ") != payload_resource(token, payload)
+    assert payload_resource("other", payload) != payload_resource(token, payload)
+
+
+# -- each refusal, and their order -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good() -> str:
+    return mint(RESOURCE, 8, now=NOW)
+
+
+def test_good_stamp_passes(good: str) -> None:
+    assert reason(good) == "ok"
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda s: "",
+        lambda s: "garbage",
+        lambda s: s + ":extra",
+        lambda s: s.rsplit(":", 1)[0],
+        lambda s: with_field(s, 0, "0"),
+        lambda s: with_field(s, 1, "x"),
+        lambda s: with_field(s, 1, "-8"),
+        lambda s: with_field(s, 1, "999"),
+        lambda s: with_field(s, 2, "2611220230"),  # short date form: not accepted
+        lambda s: with_field(s, 2, "261322023000"),  # month 13
+        lambda s: with_field(s, 2, "26112202300x"),
+        lambda s: with_field(s, 3, ""),
+        lambda s: with_field(s, 4, "ext"),
+        lambda s: with_field(s, 5, ""),
+        lambda s: with_field(s, 6, ""),
+        lambda s: with_field(s, 6, "a b"),
+        lambda s: s + "é",
+        lambda s: s + "A" * 600,
+    ],
+)
+def test_bad_stamp(good: str, mangle) -> None:  # type: ignore[no-untyped-def]
+    assert reason(mangle(good)) == "bad_stamp"
+
+
+def test_stale_stamp(good: str) -> None:
+    assert reason(good, now=NOW + timedelta(seconds=600)) == "ok"
+    assert reason(good, now=NOW + timedelta(seconds=601)) == "stale_stamp"
+    assert reason(good, now=NOW - timedelta(seconds=120)) == "ok"
+    assert reason(good, now=NOW - timedelta(seconds=121)) == "stale_stamp"
+    assert reason(good, now=NOW + timedelta(seconds=50), max_age=30) == "stale_stamp"
+
+
+def test_insufficient_work_when_claiming_too_few_bits() -> None:
+    # Whatever its hash, a stamp claiming 8 bits does not pay for 12.
+    stamp = mint(RESOURCE, 8, now=NOW)
+    assert reason(stamp, bits=12) == "insufficient_work"
+
+
+def test_insufficient_work_when_claiming_more_than_was_done() -> None:
+    """A stamp claiming 20 bits whose SHA-1 does not start with 8 zero bits."""
+    prefix = f"1:20:261122023000:{RESOURCE}::c29tZXJhbmQ:"
+    stamp = next(
+        candidate for counter in range(1000) if sha1_zeros(candidate := f"{prefix}{counter:x}") < 8
+    )
+    assert reason(stamp, bits=8) == "insufficient_work"
+
+
+def test_stamp_mismatch(good: str) -> None:
+    assert reason(good, resource=hashlib.sha256(b"another").hexdigest()) == "stamp_mismatch"
+
+
+def test_checks_run_in_the_documented_order(good: str) -> None:
+    other = hashlib.sha256(b"another").hexdigest()
+    late = NOW + timedelta(hours=1)
+    # Malformed beats everything; the date window beats the work; work beats binding.
+    assert reason(with_field(good, 4, "x"), resource=other, now=late) == "bad_stamp"
+    assert reason(good, resource=other, bits=30, now=late) == "stale_stamp"
+    assert reason(good, resource=other, bits=30) == "insufficient_work"
+    assert reason(good, resource=other) == "stamp_mismatch"
+
+
+def test_stamp_error_carries_the_reason() -> None:
+    with pytest.raises(StampError) as caught:
+        verify("nope", RESOURCE, 8, NOW)
+    assert caught.value.reason == "bad_stamp"
+    assert isinstance(caught.value, ValueError)
+
+
+@settings(max_examples=300, deadline=None)
+@given(stamp=st.text(max_size=200), resource=st.text(max_size=80), bits=st.integers(0, 200))
+def test_random_strings_only_ever_raise_stamp_error(stamp: str, resource: str, bits: int) -> None:
+    try:
+        verify(stamp, resource, bits, NOW)
+    except StampError as error:
+        assert error.reason in {"bad_stamp", "stale_stamp", "insufficient_work", "stamp_mismatch"}
+
+
+_piece = st.text(alphabet=st.characters(codec="utf-8"), max_size=20)
+
+
+def _mostly(valid: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Usually a valid field, sometimes any text: most examples get past the parser."""
+    return st.one_of(valid, valid, valid, _piece)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.tuples(
+        _mostly(st.just("1")),
+        _mostly(st.integers(0, 160).map(str)),
+        _mostly(
+            st.datetimes(datetime(2000, 1, 1), datetime(2099, 12, 31)).map(
+                lambda moment: moment.strftime("%y%m%d%H%M%S")
+            )
+        ),
+        _mostly(st.just(RESOURCE)),
+        _mostly(st.just("")),
+        _mostly(st.from_regex(r"\A[A-Za-z0-9+/]{1,20}\Z")),
+        _mostly(st.from_regex(r"\A[0-9a-f]{1,8}\Z")),
+    ),
+    window=st.sampled_from([0, 600, 10**12, float("inf")]),
+    bits=st.integers(0, 4),
+    resource=st.sampled_from([RESOURCE, "other"]),
+)
+def test_stamp_shaped_strings_only_ever_raise_stamp_error(
+    fields: tuple[str, ...], window: float, bits: int, resource: str
+) -> None:
+    with contextlib.suppress(StampError):
+        verify(":".join(fields), resource, bits, NOW, max_age=window, max_future=window)
+
+
+# -- minting off the host's GIL ------------------------------------------------------------
+
+
+def test_mint_in_subprocess() -> None:
+    stamp = hashcash.mint_in_subprocess(RESOURCE, 12, timeout=30)
+    verify(stamp, RESOURCE, 12)
+
+
+def test_module_entry_point_prints_a_stamp() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "reqtelemetry.hashcash", "mint", RESOURCE, "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    verify(done.stdout.strip(), RESOURCE, 10)
+    usage = subprocess.run(
+        [sys.executable, "-m", "reqtelemetry.hashcash"], capture_output=True, timeout=60
+    )
+    assert usage.returncode == 2
+
+
+def test_mint_in_subprocess_times_out() -> None:
+    with pytest.raises(TimeoutError):
+        hashcash.mint_in_subprocess(RESOURCE, 60, timeout=0.5)
+
+
+def test_falls_back_to_slices_when_no_child_can_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    monkeypatch.setattr(hashcash, "_fallback_logged", False)
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        first = hashcash.mint_in_subprocess(RESOURCE, 10, timeout=30)
+        second = hashcash.mint_in_subprocess(RESOURCE, 10, timeout=30)
+    verify(first, RESOURCE, 10)
+    verify(second, RESOURCE, 10)
+    said = [r for r in caplog.records if "child process" in r.getMessage()]
+    assert len(said) == 1  # said once, not per stamp
+    with pytest.raises(TimeoutError):
+        hashcash.mint_in_subprocess(RESOURCE, 60, timeout=0.2)

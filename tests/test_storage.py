@@ -1,0 +1,625 @@
+"""Collector storage: one suite, run against SQLite and a real PostgreSQL.
+
+Reports are built the way a client builds them (recorder → payload.build_reports)
+and checked against the JSON Schema, then stored; every dashboard question is
+compared with numbers worked out by hand from the latencies that went in.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from reqtelemetry.collector.storage import open_storage
+from reqtelemetry.collector.storage.base import ReplayError, StoredReport
+from reqtelemetry.collector.storage.postgres import PostgresStorage
+from reqtelemetry.collector.storage.sql import SQLStorage
+from reqtelemetry.collector.storage.sqlite import SQLiteStorage
+from reqtelemetry.histogram import bucket_index, bucket_value
+from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.recorder import Recorder
+from reqtelemetry.schema_loader import load_payload_schema
+
+#: A whole hour in Unix seconds, so hourly buckets start exactly here.
+T = 1_699_999_200.0
+assert T % 3600 == 0
+
+VALIDATOR = jsonschema.Draft202012Validator(load_payload_schema())
+
+DEP_A = "aaaaaaaa-0000-4000-8000-000000000001"
+DEP_B = "bbbbbbbb-0000-4000-8000-000000000002"
+A1 = "a1a1a1a1-0000-4000-8000-000000000011"
+A2 = "a2a2a2a2-0000-4000-8000-000000000012"
+B1 = "b1b1b1b1-0000-4000-8000-000000000021"
+
+LINUX = {"os": "linux", "arch": "x86_64", "python_version": "3.12.7", "framework": "fastapi"}
+MAC = {"os": "darwin", "arch": "arm64", "python_version": "3.11.9", "framework": "flask"}
+
+
+# -- building reports as a client does ----------------------------------------------------
+
+
+#: (method, route, status, latencies in seconds, request bytes each, response bytes each)
+Calls = tuple[str, str, int, list[float], int, int]
+
+
+def make_payload(
+    deployment_id: str,
+    instance_id: str,
+    traits: dict[str, Any],
+    calls: list[Calls],
+    metrics: dict[str, dict[str, float]] | None = None,
+    sequence: int = 0,
+) -> dict[str, Any]:
+    """A schema-valid report carrying exactly these requests."""
+    recorder = Recorder()
+    for method, route, status, latencies, request_bytes, response_bytes in calls:
+        for latency in latencies:
+            recorder.record(method, route, status, latency, request_bytes, response_bytes)
+    envelope = Envelope(
+        kind="periodic",
+        sequence=sequence,
+        deployment_id=deployment_id,
+        instance_id=instance_id,
+        traits=traits,
+        withheld=[],
+        metrics=metrics or {"counters": {}, "gauges": {}},
+    )
+    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000)
+    payload: dict[str, Any] = json.loads(report.body)
+    errors = [error.message for error in VALIDATOR.iter_errors(payload)]
+    assert not errors, errors
+    return payload
+
+
+def stored(payload: dict[str, Any], received_at: float, stamp: str | None = None) -> StoredReport:
+    return StoredReport(
+        stamp=stamp or f"1:20:231114220000:{uuid.uuid4().hex}::r:{uuid.uuid4().hex[:8]}",
+        received_at=received_at,
+        payload=payload,
+    )
+
+
+#: The scenario every query test reads. Latencies are chosen so that each
+#: percentile falls on a different request.
+OLD = make_payload(
+    DEP_B, B1, {**LINUX, "app_version": "1.1"}, [("GET", "/old", 200, [0.005], 0, 10)]
+)
+R1 = make_payload(
+    DEP_A,
+    A1,
+    {**LINUX, "app_version": "1.0"},
+    [
+        ("GET", "/items/{item_id}", 200, [0.010, 0.012, 0.020], 0, 100),
+        ("POST", "/items", 201, [0.050], 300, 20),
+        ("GET", "/items/{item_id}", 500, [0.200], 0, 50),
+    ],
+    metrics={"counters": {"jobs.done": 5}, "gauges": {"queue.depth": 2}},
+)
+R2 = make_payload(
+    DEP_A,
+    A2,
+    {**MAC, "app_version": "1.1"},
+    [("GET", "/items/{item_id}", 200, [0.030, 0.040], 0, 100)],
+)
+R3 = make_payload(
+    DEP_B,
+    B1,
+    {**LINUX, "app_version": "1.1"},
+    [
+        ("GET", "/items/{item_id}", 200, [0.015], 0, 100),
+        ("GET", "/items/{item_id}", 503, [1.5], 0, 0),
+    ],
+    sequence=1,
+)
+SCENARIO = [(OLD, T - 5000), (R1, T + 100), (R2, T + 200), (R3, T + 7300)]
+
+
+def bucketed(seconds: float) -> float:
+    """What a histogram reports for a latency of ``seconds``: its bucket's value."""
+    return bucket_value(bucket_index(seconds))
+
+
+# -- the two backends ----------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    """Opens (unmigrated) storages on one fresh database of one kind."""
+
+    name: str
+    open: Callable[[], SQLStorage]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    opened: list[SQLStorage] = []
+
+    def track(factory: Callable[[], Any]) -> Callable[[], SQLStorage]:
+        def open_one() -> SQLStorage:
+            storage = factory()
+            opened.append(storage)
+            return storage
+
+        return open_one
+
+    def close_all() -> None:
+        for storage in opened:
+            storage.close()
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'collector.db'}"
+        yield Backend("sqlite", track(lambda: open_storage(url)))
+        close_all()
+    else:
+        from postgres import scratch_schema
+
+        with scratch_schema(request.getfixturevalue("postgres_url")) as url:
+            yield Backend("postgres", track(lambda: open_storage(url)))
+            close_all()  # before the schema is dropped
+
+
+@pytest.fixture
+def storage(backend: Backend) -> SQLStorage:
+    storage = backend.open()
+    storage.migrate()
+    return storage
+
+
+@pytest.fixture
+def scenario(storage: SQLStorage) -> SQLStorage:
+    for payload, received_at in SCENARIO:
+        storage.store(stored(payload, received_at))
+    return storage
+
+
+def row_counts(storage: SQLStorage) -> dict[str, int]:
+    tables = ("deployments", "instances", "reports", "aggregates", "metrics", "refusals")
+
+    def work(ex: Any) -> dict[str, int]:
+        return {table: int(ex.query(f"SELECT COUNT(*) FROM {table}")[0][0]) for table in tables}
+
+    return storage._run(work)
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+
+def test_backend_is_the_right_class(backend: Backend) -> None:
+    storage = backend.open()
+    expected = SQLiteStorage if backend.name == "sqlite" else PostgresStorage
+    assert isinstance(storage, expected)
+
+
+def test_migrate_is_idempotent(backend: Backend) -> None:
+    storage = backend.open()
+    assert storage.schema_version() == 0
+    storage.migrate()
+    assert storage.schema_version() == 1
+    storage.store(stored(R1, T + 100))
+    storage.migrate()
+    assert storage.schema_version() == max(m.version for m in storage.migrations)
+    assert storage.totals(0)["reports"] == 1
+
+    def versions(ex: Any) -> list[int]:
+        return [int(row[0]) for row in ex.query("SELECT version FROM schema_migrations")]
+
+    assert sorted(storage._run(versions)) == sorted(m.version for m in storage.migrations)
+
+
+def test_two_replicas_migrating_at_once(backend: Backend) -> None:
+    replicas = [backend.open(), backend.open()]
+    barrier = threading.Barrier(len(replicas))
+    errors: list[BaseException] = []
+
+    def start(storage: SQLStorage) -> None:
+        barrier.wait()
+        try:
+            storage.migrate()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=start, args=(replica,)) for replica in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    for replica in replicas:
+        assert replica.schema_version() == 1
+    replicas[0].store(stored(R1, T + 100))
+    assert replicas[1].totals(0)["reports"] == 1
+
+
+# -- storing and replays -------------------------------------------------------------------
+
+
+def test_replay_is_refused_and_writes_nothing(scenario: SQLStorage) -> None:
+    stamp = "1:20:231114220000:replayed::r:1"
+    scenario.store(stored(R2, T + 300, stamp=stamp))
+    before = row_counts(scenario)
+    platforms_before = scenario.platforms(T + 8000)
+    # The same stamp again: later, from the same instance and from another.
+    with pytest.raises(ReplayError):
+        scenario.store(stored(R2, T + 9000, stamp=stamp))
+    with pytest.raises(ReplayError):
+        scenario.store(stored(R1, T + 9000, stamp=stamp))
+    assert row_counts(scenario) == before
+    # Had the instance rows been touched, A1 and A2 would now look active at T + 9000.
+    assert scenario.platforms(T + 8000) == platforms_before
+    assert scenario.totals(T + 8000)["reports"] == 0
+
+
+def test_store_writes_every_row(scenario: SQLStorage) -> None:
+    assert row_counts(scenario) == {
+        "deployments": 2,
+        "instances": 3,
+        "reports": 4,
+        "aggregates": 1 + 3 + 1 + 2,
+        "metrics": 2,
+        "refusals": 0,
+    }
+
+
+def test_empty_report_is_stored(storage: SQLStorage) -> None:
+    storage.store(stored(make_payload(DEP_A, A1, LINUX, []), T))
+    assert storage.totals(0) == {
+        "deployments": 1,
+        "instances": 1,
+        "reports": 1,
+        "requests": 0,
+        "errors": 0,
+    }
+    assert storage.endpoints(0) == []
+
+
+# -- the dashboard's questions -------------------------------------------------------------
+
+
+def test_empty_database_answers_zeros(storage: SQLStorage) -> None:
+    assert storage.totals(0) == {
+        "deployments": 0,
+        "instances": 0,
+        "reports": 0,
+        "requests": 0,
+        "errors": 0,
+    }
+    assert storage.activity(0, 3600) == []
+    assert storage.versions(0) == []
+    assert storage.endpoints(0) == []
+    assert storage.endpoints(0, by_version=True) == []
+    assert storage.platforms(0) == []
+    assert storage.refusals() == {}
+
+
+def test_totals(scenario: SQLStorage) -> None:
+    assert scenario.totals(T) == {
+        "deployments": 2,
+        "instances": 3,
+        "reports": 3,
+        "requests": 3 + 1 + 1 + 2 + 1 + 1,
+        "errors": 2,  # the 500 and the 503
+    }
+    assert scenario.totals(0) == {
+        "deployments": 2,
+        "instances": 3,
+        "reports": 4,
+        "requests": 10,
+        "errors": 2,
+    }
+    assert scenario.totals(T + 7000) == {
+        "deployments": 1,
+        "instances": 1,
+        "reports": 1,
+        "requests": 2,
+        "errors": 1,
+    }
+
+
+def test_activity(scenario: SQLStorage) -> None:
+    assert scenario.activity(T, 3600) == [
+        {"bucket_start": T, "deployments": 1, "instances": 2},  # A1 and A2 of deployment A
+        {"bucket_start": T + 7200, "deployments": 1, "instances": 1},  # B1
+    ]
+    # Days: T falls 22 hours into its UTC day, so R3 (T + 7300) is on the next one.
+    day = T - T % 86400
+    assert T - day == 22 * 3600
+    assert scenario.activity(0, 86400) == [
+        {"bucket_start": day, "deployments": 2, "instances": 3},  # OLD, R1, R2
+        {"bucket_start": day + 86400, "deployments": 1, "instances": 1},  # R3
+    ]
+    with pytest.raises(ValueError):
+        scenario.activity(0, 0)
+
+
+def test_versions(scenario: SQLStorage) -> None:
+    assert scenario.versions(T) == [
+        {"app_version": "1.1", "deployments": 2, "instances": 2, "last_seen": T + 7300},
+        {"app_version": "1.0", "deployments": 1, "instances": 1, "last_seen": T + 100},
+    ]
+
+
+def test_unknown_version_is_none(storage: SQLStorage) -> None:
+    storage.store(stored(make_payload(DEP_A, A1, LINUX, [("GET", "/", 200, [0.01], 0, 1)]), T))
+    (row,) = storage.versions(0)
+    assert row["app_version"] is None
+    (endpoint,) = storage.endpoints(0, by_version=True)
+    assert endpoint["app_version"] is None
+    assert endpoint["calls"] == 1
+
+
+def test_endpoints(scenario: SQLStorage) -> None:
+    items = [0.010, 0.012, 0.020, 0.200, 0.030, 0.040, 0.015, 1.5]
+    rows = scenario.endpoints(T)
+    assert [(row["method"], row["route"], row["calls"]) for row in rows] == [
+        ("GET", "/items/{item_id}", 8),
+        ("POST", "/items", 1),
+        ("GET", "/old", 0),  # seen before T, unused since: still listed
+    ]
+    get_items, post_items, old = rows
+    # Sorted: 0.010 0.012 0.015 0.020 0.030 0.040 0.200 1.5. The q quantile is
+    # the value at rank floor(q * 7): p50 → rank 3, p95 and p99 → rank 6.
+    assert get_items == {
+        "method": "GET",
+        "route": "/items/{item_id}",
+        "calls": 8,
+        "errors": 2,
+        "error_rate": 0.25,
+        "p50": bucketed(0.020),
+        "p95": bucketed(0.200),
+        "p99": bucketed(0.200),
+        "mean": pytest.approx(sum(items) / 8),
+        "request_bytes": 0,
+        "response_bytes": 3 * 100 + 50 + 2 * 100 + 100 + 0,
+        "deployments": 2,
+    }
+    assert get_items["p50"] == pytest.approx(0.020, rel=0.02)
+    assert get_items["p95"] == pytest.approx(0.200, rel=0.02)
+    assert post_items == {
+        "method": "POST",
+        "route": "/items",
+        "calls": 1,
+        "errors": 0,
+        "error_rate": 0.0,
+        "p50": bucketed(0.050),
+        "p95": bucketed(0.050),
+        "p99": bucketed(0.050),
+        "mean": pytest.approx(0.050),
+        "request_bytes": 300,
+        "response_bytes": 20,
+        "deployments": 1,
+    }
+    assert old == {
+        "method": "GET",
+        "route": "/old",
+        "calls": 0,
+        "errors": 0,
+        "error_rate": None,
+        "p50": None,
+        "p95": None,
+        "p99": None,
+        "mean": None,
+        "request_bytes": 0,
+        "response_bytes": 0,
+        "deployments": 0,
+    }
+    # All time, /old has its call.
+    assert {row["route"]: row["calls"] for row in scenario.endpoints(0)}["/old"] == 1
+
+
+def test_endpoints_by_version_have_their_own_percentiles(scenario: SQLStorage) -> None:
+    rows = scenario.endpoints(T, by_version=True)
+    assert [(r["method"], r["route"], r["app_version"], r["calls"]) for r in rows] == [
+        ("GET", "/items/{item_id}", "1.0", 4),
+        ("GET", "/items/{item_id}", "1.1", 4),
+        ("POST", "/items", "1.0", 1),
+        ("GET", "/old", "1.1", 0),
+    ]
+    v10, v11, post, old = rows
+    # 1.0: 0.010 0.012 0.020 0.200 (A1). Ranks: p50 → 1, p95 and p99 → 2.
+    assert (v10["p50"], v10["p95"], v10["p99"]) == (
+        bucketed(0.012),
+        bucketed(0.020),
+        bucketed(0.020),
+    )
+    assert (v10["errors"], v10["error_rate"], v10["deployments"]) == (1, 0.25, 1)
+    assert v10["mean"] == pytest.approx((0.010 + 0.012 + 0.020 + 0.200) / 4)
+    # 1.1: 0.015 0.030 0.040 1.5 (A2 and B1, two deployments).
+    assert (v11["p50"], v11["p95"], v11["p99"]) == (
+        bucketed(0.030),
+        bucketed(0.040),
+        bucketed(0.040),
+    )
+    assert (v11["errors"], v11["error_rate"], v11["deployments"]) == (1, 0.25, 2)
+    assert v11["response_bytes"] == 2 * 100 + 100 + 0
+    assert post["p50"] == bucketed(0.050)
+    assert old["calls"] == 0 and old["p50"] is None and old["error_rate"] is None
+
+
+def test_percentiles_merge_many_reports(storage: SQLStorage) -> None:
+    """Histograms from many reports add up to the histogram of all the requests."""
+    latencies = [0.001 * (n + 1) for n in range(100)]  # 1 ms .. 100 ms
+    for chunk in range(10):
+        part = latencies[chunk * 10 : chunk * 10 + 10]
+        payload = make_payload(DEP_A, A1, LINUX, [("GET", "/", 200, part, 0, 0)], sequence=chunk)
+        storage.store(stored(payload, T + chunk))
+    (row,) = storage.endpoints(0)
+    assert row["calls"] == 100
+    # Ranks floor(q * 99): 49, 94, 98, i.e. 50 ms, 95 ms, 99 ms.
+    assert row["p50"] == bucketed(0.050)
+    assert row["p95"] == bucketed(0.095)
+    assert row["p99"] == bucketed(0.099)
+    assert row["p99"] == pytest.approx(0.099, rel=0.02)
+
+
+def test_platforms(scenario: SQLStorage) -> None:
+    assert scenario.platforms(T) == [
+        {
+            "os": "linux",
+            "arch": "x86_64",
+            "python_version": "3.12.7",
+            "framework": "fastapi",
+            "instances": 2,  # A1 and B1
+            "deployments": 2,
+        },
+        {
+            "os": "darwin",
+            "arch": "arm64",
+            "python_version": "3.11.9",
+            "framework": "flask",
+            "instances": 1,
+            "deployments": 1,
+        },
+    ]
+    # Only B1 reported after T + 1000.
+    assert [row["instances"] for row in scenario.platforms(T + 1000)] == [1]
+
+
+def test_instance_traits_follow_the_newest_report(storage: SQLStorage) -> None:
+    newer = make_payload(DEP_A, A1, {**LINUX, "python_version": "3.13.0"}, [])
+    older = make_payload(DEP_A, A1, {**LINUX, "python_version": "3.10.0"}, [])
+    storage.store(stored(newer, T + 50))
+    storage.store(stored(older, T + 10))  # arrives late
+    (row,) = storage.platforms(0)
+    assert row["python_version"] == "3.13.0"
+    # first_seen / last_seen span both, whatever the order of arrival.
+    assert [r["instances"] for r in storage.platforms(T + 50)] == [1]
+    assert storage.platforms(T + 51) == []
+
+
+def test_refusal_counters(storage: SQLStorage) -> None:
+    assert storage.refusals() == {}
+    storage.count_refusal("bad_token")
+    storage.count_refusal("replay")
+    storage.count_refusal("bad_token")
+    assert storage.refusals() == {"bad_token": 2, "replay": 1}
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+
+def test_eight_threads_storing_at_once(backend: Backend, storage: SQLStorage) -> None:
+    threads_count, per_thread = 8, 5
+    # Each thread stores through a storage of its own half the time: replicas too.
+    storages = [storage if n % 2 else backend.open() for n in range(threads_count)]
+    barrier = threading.Barrier(threads_count)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        instance = str(uuid.UUID(int=n + 1, version=4))
+        barrier.wait()
+        try:
+            for sequence in range(per_thread):
+                payload = make_payload(
+                    DEP_A,
+                    instance,
+                    {**LINUX, "app_version": f"{n}.0"},
+                    [("GET", "/", 200, [0.01] * (n + 1), 0, 1), ("GET", "/x", 500, [0.1], 0, 0)],
+                    metrics={"counters": {"jobs.done": 1}, "gauges": {}},
+                    sequence=sequence,
+                )
+                storages[n].store(stored(payload, T + sequence))
+                storages[n].count_refusal("bad_stamp")
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    calls = sum((n + 1) + 1 for n in range(threads_count)) * per_thread
+    assert storage.totals(0) == {
+        "deployments": 1,
+        "instances": threads_count,
+        "reports": threads_count * per_thread,
+        "requests": calls,
+        "errors": threads_count * per_thread,
+    }
+    assert len(storage.versions(0)) == threads_count
+    assert storage.refusals() == {"bad_stamp": threads_count * per_thread}
+
+
+def test_racing_replays_store_once(backend: Backend, storage: SQLStorage) -> None:
+    """Replicas racing with one stamp: exactly one wins, the others see ReplayError."""
+    replicas = [backend.open() for _ in range(4)]
+    barrier = threading.Barrier(len(replicas))
+    outcomes: list[str] = []
+    report = stored(R1, T + 100, stamp="1:20:231114220000:race::r:1")
+
+    def work(replica: SQLStorage) -> None:
+        barrier.wait()
+        try:
+            replica.store(report)
+            outcomes.append("stored")
+        except ReplayError:
+            outcomes.append("replay")
+
+    threads = [threading.Thread(target=work, args=(replica,)) for replica in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["replay", "replay", "replay", "stored"]
+    assert storage.totals(0)["reports"] == 1
+
+
+# -- opening by URL (no database needed) ---------------------------------------------------
+
+
+def test_open_storage_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = open_storage("sqlite:///data/relative.db")
+    assert isinstance(relative, SQLiteStorage) and relative.path == "data/relative.db"
+    absolute = open_storage(f"sqlite:///{tmp_path}/absolute.db")
+    assert isinstance(absolute, SQLiteStorage)
+    assert absolute.path == f"{tmp_path}/absolute.db" and absolute.path.startswith("/")
+    bare = open_storage("bare.db")
+    assert isinstance(bare, SQLiteStorage) and bare.path == "bare.db"
+    memory = open_storage("sqlite:///:memory:")
+    assert isinstance(memory, SQLiteStorage) and memory.path == ":memory:"
+    memory.migrate()
+    assert memory.totals(0)["reports"] == 0
+    for storage in (relative, absolute, bare, memory):
+        storage.close()
+    assert (tmp_path / "data" / "relative.db").exists()
+    # PostgreSQL connects lazily: opening does not need a server.
+    for url in ("postgresql://u:secret@db.invalid/x", "postgres://db.invalid/x"):
+        storage = open_storage(url)
+        assert isinstance(storage, PostgresStorage)
+        assert "secret" not in repr(storage)
+        storage.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["", "mysql://localhost/x", "sqlite://host/x.db", "sqlite://", "postgresql+psycopg://x"]
+)
+def test_open_storage_refuses_unknown_urls(url: str) -> None:
+    with pytest.raises(ValueError):
+        open_storage(url)
+
+
+def test_huge_counts_do_not_overflow_the_sums(storage: SQLStorage) -> None:
+    # Two hostile reports whose counts add up past 2**63: answered, not an error.
+    for _ in range(2):
+        payload = make_payload(
+            DEP_A, A1, {**LINUX, "app_version": "1.0"}, [("GET", "/x", 200, [0.01], 0, 10)]
+        )
+        record = payload["batch"]["records"][0]
+        record["count"] = 2**62 + 1
+        record["response_bytes"] = 2**62 + 1
+        storage.store(stored(payload, received_at=1_700_000_000.0))
+    totals = storage.totals(since=0)
+    assert totals["requests"] >= 2**63  # exact on PostgreSQL, float-rounded on SQLite
+    (endpoint,) = storage.endpoints(since=0)
+    assert endpoint["calls"] >= 2**63
+    assert endpoint["response_bytes"] >= 2**63
