@@ -8,10 +8,13 @@ a queue of responses (status, headers such as ``Retry-After``, a JSON body such
 as ``{"next_interval": 120}``, a delay), then a default. It can be stopped and
 started again on the same port, for the "collector down, then back" cases.
 
-A delayed answer is abandoned when the client hangs up before it is due (the
-client timed out): such a request is not *accepted*, so ``reports`` (the
-payloads the collector accepted) counts exactly what a client may consider
-delivered.
+It speaks the collector protocol (``docs/protocol.md``): ``/v1/session``
+grants a token (at ``bits`` of proof of work, low so tests stay fast), and a
+report is an envelope whose stamp is verified with the real
+:mod:`reqtelemetry.hashcash`. Like a real collector it stores a report before
+answering, even when the client hangs up on a delayed answer, and answers a
+second copy of a stored stamp with ``409``; so ``reports`` (the payloads
+stored) shows exactly whether anything was lost or counted twice.
 
 :class:`SilentEndpoint` is a plain listening socket whose accept queue must
 stay empty: point an opted-out client at it and prove no connection is made.
@@ -38,7 +41,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from reqtelemetry import hashcash
 from reqtelemetry.schema_loader import load_payload_schema
+
+#: The receiver's difficulty: real stamps, minted in a millisecond or two.
+RECEIVER_BITS = 8
 
 _VALIDATOR = jsonschema.Draft202012Validator(
     load_payload_schema(), format_checker=jsonschema.FormatChecker()
@@ -144,6 +151,10 @@ class ReceivedRequest:
     body: bytes | None = None
     #: The decoded JSON payload, or None when the body was not JSON.
     payload: Any = None
+    #: The protocol envelope around a report (token, stamp, payload text).
+    envelope: Any = None
+    #: A second report with an already stored stamp (answered 409).
+    replay: bool = False
     decode_error: str | None = None
     schema_errors: list[str] = field(default_factory=list)
     status: int | None = None
@@ -153,13 +164,9 @@ class ReceivedRequest:
 
     @property
     def accepted(self) -> bool:
-        """The collector accepted it and the client got the answer."""
-        return (
-            self.answered.is_set()
-            and not self.abandoned
-            and self.status is not None
-            and 200 <= self.status < 300
-        )
+        """The collector stored it (2xx, not a replay), whether or not the
+        client waited for the answer: a real collector stores before answering."""
+        return not self.replay and self.status is not None and 200 <= self.status < 300
 
 
 class Receiver:
@@ -171,6 +178,12 @@ class Receiver:
         self._plan: deque[Planned] = deque()
         self._default = Planned(json={})
         self._release = threading.Event()  # cuts every pending delay short
+        self.bits = RECEIVER_BITS
+        self._stored_stamps: set[str] = set()
+        #: Session requests, kept apart from reports: ``requests`` lists only
+        #: report traffic, as the tests reason about reports.
+        self.sessions: list[dict[str, Any]] = []
+        self._session_plan: deque[Planned] = deque()
         app = Starlette(
             routes=[
                 Route(
@@ -238,12 +251,31 @@ class Receiver:
                 delay=delay,
             )
 
+    def respond_to_session_with(
+        self,
+        status: int,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+    ) -> None:
+        """Queue an answer for the next ``times`` session requests (normally granted)."""
+        planned = Planned(
+            status=status, json={} if json is None else json, headers=dict(headers or {})
+        )
+        with self._lock:
+            self._session_plan.extend([planned] * times)
+
     def reset(self) -> None:
         """Forget requests and programming; release pending delays; be running."""
         self._release.set()
         with self._lock:
             self._requests.clear()
             self._plan.clear()
+            self._session_plan.clear()
+            self.sessions.clear()
+            self._stored_stamps.clear()
+            self.bits = RECEIVER_BITS
             self._default = Planned(json={})
         if not self.server.running:
             self.start()
@@ -302,6 +334,8 @@ class Receiver:
     # -- the app -----------------------------------------------------------------
 
     async def _handle(self, request: Request) -> Response:
+        if request.url.path.endswith("/v1/session"):
+            return await self._session(request)
         raw = await request.body()
         client = (request.client.host, request.client.port) if request.client else None
         entry = ReceivedRequest(
@@ -312,9 +346,16 @@ class Receiver:
             client=client,
             received_at=time.monotonic(),
         )
-        _decode(entry)
+        _decode(entry, self.bits)
         with self._lock:
             planned = self._plan.popleft() if self._plan else self._default
+            stamp = entry.envelope.get("stamp") if isinstance(entry.envelope, dict) else None
+            if 200 <= planned.status < 300 and stamp in self._stored_stamps:
+                # What a real collector's unique index does with a second copy.
+                entry.replay = True
+                planned = Planned(status=409, json={"error": "replay"})
+            elif 200 <= planned.status < 300 and stamp is not None:
+                self._stored_stamps.add(stamp)
             entry.status = planned.status
             self._requests.append(entry)
             self._lock.notify_all()
@@ -331,14 +372,33 @@ class Receiver:
             self._lock.notify_all()
         return JSONResponse(planned.json, status_code=planned.status, headers=planned.headers)
 
+    async def _session(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        with self._lock:
+            self.sessions.append(body)
+            planned = self._session_plan.popleft() if self._session_plan else None
+            self._lock.notify_all()
+        if planned is not None:
+            return JSONResponse(planned.json, status_code=planned.status, headers=planned.headers)
+        token = f"test-token-{body['instance_id']}-{len(self.sessions)}"
+        return JSONResponse({"token": token, "expires_at": time.time() + 3600, "bits": self.bits})
 
-def _decode(entry: ReceivedRequest) -> None:
+
+def _decode(entry: ReceivedRequest, bits: int) -> None:
+    """Unwrap the protocol envelope and check the stamp, as the collector would."""
     body = entry.raw_body
     try:
         if entry.headers.get("content-encoding") == "gzip":
             body = gzip.decompress(body)
         entry.body = body
-        entry.payload = json.loads(body)
+        entry.envelope = json.loads(body)
+        payload_text = entry.envelope["payload"]
+        entry.payload = json.loads(payload_text)
+        hashcash.verify(
+            entry.envelope["stamp"],
+            hashcash.payload_resource(entry.envelope["token"], payload_text.encode()),
+            bits,
+        )
     except Exception as error:
         entry.decode_error = f"{type(error).__name__}: {error}"
         return

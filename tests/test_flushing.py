@@ -111,7 +111,14 @@ def test_body_is_gzipped_json_with_headers_naming_reqtelemetry(make_sender, rece
     assert request.method == "POST"
     assert request.path == "/v1/report"
     assert request.raw_body[:2] == b"\x1f\x8b"  # gzip magic
-    assert json.loads(gzip.decompress(request.raw_body)) == request.payload
+    envelope = json.loads(gzip.decompress(request.raw_body))
+    assert set(envelope) == {"token", "stamp", "payload"}  # the protocol's envelope
+    assert json.loads(envelope["payload"]) == request.payload
+    assert envelope["token"].startswith("test-token-")  # the one /v1/session granted
+    assert receiver.sessions[-1] == {
+        "deployment_id": request.payload["deployment_id"],
+        "instance_id": telemetry.instance_id,
+    }
     assert request.headers["content-encoding"] == "gzip"
     assert request.headers["content-type"] == "application/json"
     user_agent = request.headers["user-agent"]
@@ -426,14 +433,27 @@ def test_slow_collector_within_the_timeout_is_waited_for(make_sender, receiver):
 
 
 def test_slow_collector_past_the_timeout_loses_and_duplicates_nothing(make_sender, receiver):
-    telemetry = make_sender(timeout=0.3, max_attempts=1)
+    # The collector stores the report but answers after the client gave up.
+    # The retry carries the same stamp, is refused as a replay, and that tells
+    # the client its report got through: counted once, and nothing merged back.
+    telemetry = make_sender(timeout=0.3, max_attempts=2)
     expected = record_traffic(telemetry)
     receiver.respond_with(delay=5)
-    started = time.monotonic()
+    before = len(receiver.requests)
+    assert telemetry.flush() is True
+    attempts = receiver.requests[before:]
+    assert [r.replay for r in attempts] == [False, True]
+    assert attempts[0].envelope["stamp"] == attempts[1].envelope["stamp"]
+    assert telemetry.recorder.snapshot() == []  # delivered: nothing kept for later
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_a_report_that_could_not_be_sent_at_all_is_kept_for_the_next_flush(make_sender, receiver):
+    telemetry = make_sender(max_attempts=1)
+    expected = record_traffic(telemetry)
+    receiver.stop()
     assert telemetry.flush() is False
-    assert time.monotonic() - started < 2
-    assert receiver.wait_for(lambda r: r.requests[-1].answered.is_set(), timeout=3)
-    assert receiver.requests[-1].abandoned
+    receiver.start()
     expected += record_traffic(telemetry, routes=1, each=1)
     assert telemetry.flush() is True
     assert delivered(receiver, telemetry) == expected
@@ -531,9 +551,10 @@ def test_merged_back_batch_respects_the_key_cap_and_counts_what_it_drops(make_se
     old = record_traffic(telemetry, routes=5, each=2)
     receiver.respond_with(500, delay=0.25)
     outcome = []
+    before = len(receiver.requests)  # counted before the send can arrive
     flushing = threading.Thread(target=lambda: outcome.append(telemetry.flush()))
     flushing.start()
-    assert receiver.wait_for_requests(len(receiver.requests) + 1)
+    assert receiver.wait_for_requests(before + 1)
     # While the failing send is in flight, new traffic fills the cap ...
     new = Counter()
     for i in range(5):
@@ -641,3 +662,52 @@ def test_disabled_traits_argument_withholds_traits(make_sender, receiver):
     (report,) = receiver.reports_from(telemetry.instance_id)
     assert report["withheld"] == ["uptime_seconds"]
     assert "uptime_seconds" not in report["traits"]
+
+
+# -- the collector protocol: session, stamp ---------------------------------------------
+
+
+def test_an_expired_token_gets_a_new_session_and_the_report_goes_through(make_sender, receiver):
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+    sessions_before = len(receiver.sessions)
+    receiver.respond_with(401, json={"error": "token_expired"})
+    assert telemetry.flush() is True
+    assert len(receiver.sessions) == sessions_before + 1  # renewed once, right away
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_a_session_answered_410_stops_reporting_for_good(make_sender, receiver):
+    telemetry = make_sender()
+    record_traffic(telemetry)
+    telemetry.flusher.transport._session = None  # force a new session
+    receiver.respond_to_session_with(410)
+    before = len(receiver.requests)
+    assert telemetry.flush() is False
+    assert telemetry.flusher.gone
+    assert telemetry.flush() is False
+    assert len(receiver.requests) == before  # no report was ever sent
+
+
+def test_a_collector_asking_for_too_much_work_is_not_sent_to(make_sender, receiver):
+    telemetry = make_sender(max_proof_of_work_bits=12)
+    expected = record_traffic(telemetry)
+    telemetry.flusher.transport._session = None
+    receiver.bits = 30  # a collector gone rogue: a stamp would take hours
+    before = len(receiver.requests)
+    assert telemetry.flush() is False
+    assert len(receiver.requests) == before
+    receiver.bits = 8
+    telemetry.flusher.transport._session = None
+    assert telemetry.flush() is True  # nothing was lost meanwhile
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_real_difficulty_is_minted_in_a_child_process(make_sender, receiver):
+    receiver.bits = 16  # SUBPROCESS_MINT_BITS: the child process path
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+    assert telemetry.flush() is True
+    assert not receiver.all_schema_errors()  # the receiver verified the 16-bit stamp
+    assert receiver.requests[-1].envelope["stamp"].startswith("1:16:")
+    assert delivered(receiver, telemetry) == expected

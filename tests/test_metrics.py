@@ -215,9 +215,10 @@ def test_the_name_cap_holds_when_a_failed_report_is_merged_back(make_sender, rec
         telemetry.count(name)
     receiver.respond_with(500, delay=0.25)
     outcome = []
+    before = len(receiver.requests)  # counted before the send can arrive
     flushing = threading.Thread(target=lambda: outcome.append(telemetry.flush()))
     flushing.start()
-    assert receiver.wait_for_requests(len(receiver.requests) + 1)
+    assert receiver.wait_for_requests(before + 1)
     for name in ("new.a", "new.b", "new.c"):  # while the send is failing
         telemetry.count(name)
     flushing.join()

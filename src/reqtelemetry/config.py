@@ -100,6 +100,9 @@ class Config:
     #: Retries of a failed send: attempts per flush, and the base of the
     #: exponential backoff (full jitter) between them, in seconds.
     max_attempts: int = 4
+    #: The most proof of work (hashcash bits) this client agrees to do per
+    #: report; a collector asking for more is not sent to.
+    max_proof_of_work_bits: int = 24
     retry_base_delay: float = 1.0
     #: Seconds the final flush at shutdown may take, at most.
     shutdown_timeout: float = 2.0

@@ -168,7 +168,12 @@ class Flusher:
             return True
         all_delivered = True
         for index, report in enumerate(reports):
-            result = self.transport.deliver(report.body, max(0.0, deadline - time.monotonic()))
+            result = self.transport.deliver(
+                report.body,
+                max(0.0, deadline - time.monotonic()),
+                self.deployment_id,
+                telemetry.instance_id,
+            )
             self.last_result = result
             self._apply_pacing(result)
             if result.outcome is Outcome.DELIVERED:

@@ -29,6 +29,8 @@ MAX_RECORDS_PER_REPORT = 10000
 #: The schema's limit on a route; longer ones are cut (rare: deep anonymized paths).
 MAX_ROUTE_LENGTH = 512
 TRUNCATED_SUFFIX = "/..."
+#: Room kept in every request body for the envelope's token and stamp.
+ENVELOPE_ALLOWANCE = 1024
 KINDS = ("startup", "periodic", "shutdown")
 HISTOGRAM_SPEC = {
     "kind": "log",
@@ -78,6 +80,11 @@ def _fit_route(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "route": truncate_route(route)}
 
 
+def _escaped_length(text: str) -> int:
+    """Length of ``text`` once embedded as a JSON string (without its quotes)."""
+    return len(json.dumps(text)) - 2
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
@@ -115,12 +122,15 @@ def build_reports(envelope: Envelope, batch: Batch, max_bytes: int) -> list[Repo
 
     # Room left for records once the rest of the report is in (a generous
     # allowance for the part counters and the time stamp, whose digits vary).
-    overhead = len(_dumps(head(0, 1))) + 64
+    # The report travels as a JSON string inside the protocol's envelope, where
+    # every quote is escaped: sizes are measured in that escaped form, and the
+    # envelope's own fields (token, stamp) get a fixed allowance.
+    overhead = _escaped_length(_dumps(head(0, 1))) + 64 + ENVELOPE_ALLOWANCE
     room = max_bytes - overhead
     groups: list[list[int]] = [[]]
     used = 0
     for position, item in enumerate(encoded):
-        size = len(item) + 1
+        size = _escaped_length(item) + 1
         if size > room:
             raise ValueError(
                 f"one record needs {size} bytes but max_payload_bytes leaves {room}; "

@@ -1,7 +1,13 @@
 """Delivering report bodies to the collector over HTTP (httpx).
 
-Runs only on the flusher thread, never on a request. Each body is gzipped and
-POSTed to ``{endpoint}/v1/report``. Failures are retried with exponential
+Runs only on the flusher thread, never on a request. It speaks the collector
+protocol (``docs/protocol.md``): a session token from ``/v1/session``, then each
+report POSTed (gzipped) to ``/v1/report`` with a hashcash stamp bound to the
+token and the exact report bytes. Minting that stamp is CPU work: above a few
+thousand hashes it runs in a child process, so it never holds the app's GIL.
+Retries of one report reuse its stamp, so when a report was stored but the
+answer got lost, the retry is refused as a replay and counts as delivered:
+nothing is counted twice. Failures are retried with exponential
 backoff and full jitter (the AWS architecture blog's recommendation: spread
 retries of many instances so they do not arrive in waves) within a time budget.
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import gzip
+import json
 import logging
 import random
 import threading
@@ -24,12 +31,18 @@ from dataclasses import dataclass
 
 import httpx
 
+from . import hashcash
 from ._version import __version__
 from .config import Config
 
 logger = logging.getLogger("reqtelemetry")
 
 REPORT_PATH = "/v1/report"
+SESSION_PATH = "/v1/session"
+#: Renew a token this long before the collector says it expires.
+TOKEN_MARGIN = 60.0
+#: Difficulty below which minting is cheap enough (< 65,536 hashes) to do here.
+SUBPROCESS_MINT_BITS = 16
 #: Statuses worth retrying: the collector or a proxy in front is overloaded or down.
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -42,6 +55,14 @@ class Outcome(enum.Enum):
     REJECTED = "rejected"
     #: ``410 Gone``: the collector asks this client to stop reporting for good.
     GONE = "gone"
+
+
+@dataclass
+class Session:
+    token: str
+    #: Local monotonic time after which the token must be renewed.
+    renew_at: float
+    bits: int
 
 
 @dataclass
@@ -91,7 +112,10 @@ class Transport:
     ) -> None:
         if not config.endpoint:
             raise ValueError("a transport needs an endpoint")
-        self.url = config.endpoint.rstrip("/") + REPORT_PATH
+        base = config.endpoint.rstrip("/")
+        self.url = base + REPORT_PATH
+        self.session_url = base + SESSION_PATH
+        self._session: Session | None = None
         self.config = config
         self._client = client
         self._owns_client = client is None
@@ -121,6 +145,7 @@ class Transport:
         if self._owns_client:
             self._client = None
         self._stop = threading.Event()
+        self._session = None  # the token names the parent's instance
 
     def interrupt(self) -> None:
         """Cut short any backoff wait (shutdown)."""
@@ -132,9 +157,65 @@ class Transport:
             self._client.close()
             self._client = None
 
-    def send_once(self, body: bytes, timeout: float | None = None) -> Result:
-        """One attempt. Compression happens here, on the flusher thread."""
-        compressed = gzip.compress(body, compresslevel=6)
+    # -- the session ---------------------------------------------------------------
+
+    def _open_session(self, deployment_id: str, instance_id: str, timeout: float) -> Result:
+        """Get (or reuse) a token; a non-DELIVERED result says why not."""
+        session = self._session
+        if session is not None and time.monotonic() < session.renew_at:
+            return Result(Outcome.DELIVERED)
+        self._session = None
+        body = json.dumps({"deployment_id": deployment_id, "instance_id": instance_id})
+        try:
+            response = self.client.post(
+                self.session_url,
+                content=body.encode(),
+                headers={
+                    "User-Agent": self.headers["User-Agent"],
+                    "Content-Type": "application/json",
+                },
+                timeout=timeout,
+            )
+        except httpx.HTTPError as error:
+            return Result(Outcome.FAILED, error=f"session: {type(error).__name__}: {error}")
+        status = response.status_code
+        if status == 410:
+            return Result(Outcome.GONE, status=status)
+        if status != 200:
+            # Also for other 4xx: a misconfigured endpoint must not cost the data.
+            return Result(
+                Outcome.FAILED,
+                status=status,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                error=f"session: HTTP {status}: {response.text[:200]}",
+            )
+        try:
+            answer = response.json()
+            token, bits = str(answer["token"]), int(answer["bits"])
+            lifetime = float(answer["expires_at"]) - time.time()
+        except (ValueError, KeyError, TypeError) as error:
+            return Result(Outcome.FAILED, status=status, error=f"session: bad answer ({error})")
+        if not 0 <= bits <= self.config.max_proof_of_work_bits:
+            return Result(
+                Outcome.FAILED,
+                status=status,
+                error=f"session: the collector asks for {bits} bits of work, more "
+                f"than max_proof_of_work_bits={self.config.max_proof_of_work_bits}",
+            )
+        renew_at = time.monotonic() + max(0.0, lifetime - TOKEN_MARGIN)
+        self._session = Session(token=token, renew_at=renew_at, bits=bits)
+        return Result(Outcome.DELIVERED)
+
+    def _mint(self, resource: str, bits: int, timeout: float) -> str:
+        if bits >= SUBPROCESS_MINT_BITS:
+            return hashcash.mint_in_subprocess(resource, bits, timeout=timeout)
+        return hashcash.mint(resource, bits)
+
+    # -- one report -------------------------------------------------------------------
+
+    def send_once(self, envelope: bytes, timeout: float | None = None) -> Result:
+        """One POST of a ready envelope. Compression happens here, on the flusher thread."""
+        compressed = gzip.compress(envelope, compresslevel=6)
         try:
             response = self.client.post(
                 self.url,
@@ -148,8 +229,17 @@ class Transport:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if 200 <= status < 300:
             return Result(Outcome.DELIVERED, next_interval=_next_interval(response), status=status)
+        if status == 409:
+            # This stamp was stored before: an earlier attempt of this very
+            # report got through and only its answer was lost.
+            return Result(Outcome.DELIVERED, status=status)
         if status == 410:
             return Result(Outcome.GONE, status=status)
+        if status == 401:
+            # The token expired or the collector's secret changed: a new
+            # session, then a new stamp, on the next attempt.
+            self._session = None
+            return Result(Outcome.FAILED, status=status, error=response.text[:200])
         if status in RETRYABLE:
             return Result(
                 Outcome.FAILED,
@@ -159,19 +249,43 @@ class Transport:
             )
         return Result(Outcome.REJECTED, status=status, error=response.text[:200])
 
-    def deliver(self, body: bytes, budget: float) -> Result:
+    def deliver(self, body: bytes, budget: float, deployment_id: str, instance_id: str) -> Result:
         """Send with retries until delivered, refused for good, or ``budget`` seconds pass."""
         deadline = time.monotonic() + budget
         result = Result(Outcome.FAILED, error="no attempt made")
+        payload_text = body.decode("utf-8")
+        stamped: tuple[str, str] | None = None  # (token, stamp) reused across retries
         for attempt in range(self.max_attempts):
             if self._stop.is_set() and attempt > 0:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            result = self.send_once(body, timeout=min(self.config.timeout, remaining))
+            timeout = min(self.config.timeout, remaining)
+            result = self._open_session(deployment_id, instance_id, timeout)
+            if result.outcome is Outcome.DELIVERED:
+                session = self._session
+                assert session is not None
+                if stamped is None or stamped[0] != session.token:
+                    try:
+                        resource = hashcash.payload_resource(session.token, body)
+                        stamp = self._mint(
+                            resource, session.bits, max(0.0, deadline - time.monotonic())
+                        )
+                    except Exception as error:  # timed out, or the child failed
+                        return Result(Outcome.FAILED, error=f"minting: {error}")
+                    stamped = (session.token, stamp)
+                envelope = json.dumps(
+                    {"token": stamped[0], "stamp": stamped[1], "payload": payload_text}
+                ).encode()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                result = self.send_once(envelope, timeout=min(self.config.timeout, remaining))
             if result.outcome is not Outcome.FAILED:
                 return result
+            if result.status == 401 and attempt == 0:
+                continue  # a fresh token right away, no backoff
             if result.retry_after is not None:
                 # The server said when; a wait past our budget ends this flush,
                 # and the flusher keeps the data and waits at least that long.
