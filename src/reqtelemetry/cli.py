@@ -4,12 +4,19 @@
 report this environment would produce: the configuration comes from the same
 ``REQTELEMETRY_*`` / opt-out variables the app reads, and a few sample requests
 (with identifiers in their paths, to show they do not survive) fill the batch.
+
+``reqtelemetry collector`` runs the receiving service (uvicorn), and
+``reqtelemetry export --csv`` writes its per-endpoint report. Both import the
+collector only when run: its dependencies are the ``collector`` extra, which a
+client app does not install.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -78,6 +85,77 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _collector(args: argparse.Namespace) -> int:
+    from .collector.settings import CollectorSettings, SettingsError
+
+    # Before resolving: the settings log what a development run costs.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = CollectorSettings.resolve(
+            production=True if args.production else None,
+            db_url=args.db,
+            bits=args.bits,
+            dashboard_public=True if args.public_dashboard else None,
+        )
+    except SettingsError as error:
+        print(f"reqtelemetry collector: error: {error}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from .collector.app import create_app
+
+    try:
+        app = create_app(settings)
+    except ValueError as error:  # an unusable --db URL
+        print(f"reqtelemetry collector: error: {error}", file=sys.stderr)
+        return 2
+    mode = "production" if settings.production else "development"
+    print(
+        f"# reqtelemetry collector {__version__} ({mode}, {settings.bits}-bit stamps) "
+        f"on http://{args.host}:{args.port}/",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        # Access logs would record the senders' IP addresses, which reqtelemetry
+        # promises not to collect (and the dashboard's ?token=): off unless asked.
+        access_log=args.access_log,
+        log_config=None,
+        proxy_headers=args.proxy_headers,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .collector.export import endpoint_rows, since_days, write_csv
+    from .collector.storage import open_storage
+
+    if args.days < 1:
+        print("reqtelemetry export: error: --days must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        storage = open_storage(args.db)
+    except ValueError as error:
+        print(f"reqtelemetry export: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        storage.migrate()
+        rows = endpoint_rows(storage, since_days(args.days))
+    finally:
+        storage.close()
+    if args.output in (None, "-"):
+        write_csv(rows, sys.stdout)
+    else:
+        with open(args.output, "w", encoding="utf-8", newline="") as out:
+            write_csv(rows, out)
+        print(f"# {len(rows)} rows written to {args.output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reqtelemetry", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"reqtelemetry {__version__}")
@@ -85,6 +163,48 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="print the report this environment would send")
     inspect.add_argument("--compact", action="store_true", help="one line of JSON")
     inspect.set_defaults(handler=_inspect)
+
+    default_db = os.environ.get("REQTELEMETRY_COLLECTOR_DB") or "sqlite:///telemetry.db"
+    collector = commands.add_parser(
+        "collector",
+        help="run the collector (reports in, dashboard and CSV out)",
+        description="Run the collector. Configuration: REQTELEMETRY_COLLECTOR_* and "
+        "REQTELEMETRY_DASHBOARD_* variables (see docs); flags here take precedence.",
+    )
+    collector.add_argument("--db", default=None, help=f"storage URL (default {default_db})")
+    collector.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    collector.add_argument("--port", type=int, default=8600, help="port to listen on")
+    collector.add_argument(
+        "--production",
+        action="store_true",
+        help="refuse to start without REQTELEMETRY_COLLECTOR_SECRET and dashboard credentials "
+        "(also REQTELEMETRY_COLLECTOR_PRODUCTION=1)",
+    )
+    collector.add_argument(
+        "--bits", type=int, default=None, help="proof-of-work difficulty of stamps (default 20)"
+    )
+    collector.add_argument(
+        "--public-dashboard",
+        action="store_true",
+        help="serve the dashboard without credentials, even in production",
+    )
+    collector.add_argument(
+        "--access-log", action="store_true", help="log each request (with client addresses)"
+    )
+    collector.add_argument(
+        "--proxy-headers",
+        action="store_true",
+        help="trust X-Forwarded-* from --forwarded-allow-ips (behind a reverse proxy)",
+    )
+    collector.add_argument("--forwarded-allow-ips", default="127.0.0.1")
+    collector.set_defaults(handler=_collector)
+
+    export = commands.add_parser("export", help="write the per-endpoint report")
+    export.add_argument("--db", default=default_db, help=f"storage URL (default {default_db})")
+    export.add_argument("--csv", action="store_true", required=True, help="CSV (the format)")
+    export.add_argument("--days", type=int, default=30, help="the last N days (default 30)")
+    export.add_argument("-o", "--output", default=None, help="file to write (default stdout)")
+    export.set_defaults(handler=_export)
     return parser
 
 

@@ -1,0 +1,317 @@
+"""The collector's HTTP face: a Starlette app.
+
+Public, for clients: ``POST /v1/session`` (a signed token), ``POST /v1/report``
+(a report with its proof of work), ``GET /healthz``. For the maintainer,
+behind the dashboard credentials when configured: ``GET /`` (the dashboard),
+``GET /api/summary`` (its data) and ``GET /export.csv``.
+
+What the endpoint code guarantees, and why:
+
+* Bodies are read as a stream and abandoned as soon as they pass the cap, and
+  a gzip body is inflated only up to the cap: a client cannot make the
+  collector hold more than ``max_body_bytes`` of its bytes, however it encodes
+  them (see :mod:`.verify`).
+* Any bad input is a 4xx with ``{"error", "detail"}``, counted by reason.
+  Parsing, schema validation and every storage call run in a worker thread
+  (``run_in_threadpool``): a megabyte of JSON or a slow database must not stall
+  the event loop that serves everyone else.
+* A storage failure is a ``503`` with ``Retry-After``: the client keeps its
+  data and tries later, which is the truth (nothing was stored).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from importlib.resources import files
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .._version import __version__
+from .export import csv_text, endpoint_rows, since_days
+from .settings import CollectorSettings
+from .storage import open_storage
+from .storage.base import ReplayError, Storage, StoredReport
+from .summary import DEFAULT_DAYS, MAX_DAYS, build_summary
+from .tokens import TokenSigner
+from .verify import (
+    Limits,
+    Refusal,
+    check_declared_size,
+    verify_report,
+    verify_session_request,
+)
+
+logger = logging.getLogger("reqtelemetry.collector")
+
+#: A session request is two UUIDs; anything much larger is not one.
+SESSION_MAX_BYTES = 4096
+#: How long a client should wait when storage is down.
+UNAVAILABLE_RETRY_AFTER = 60
+#: The dashboard loads only its own files and talks only to its own origin.
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    # The page may carry ?token=: never hand the URL to anyone else.
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def create_app(settings: CollectorSettings, storage: Storage | None = None) -> Starlette:
+    """The collector app. Without ``storage``, opens (and migrates) ``settings.db_url``
+    and closes it at shutdown; a given ``storage`` stays the caller's to close."""
+    owns_storage = storage is None
+    store: Storage = open_storage(settings.db_url) if storage is None else storage
+    if owns_storage:
+        store.migrate()
+    signer = TokenSigner(settings.secret, ttl=settings.token_ttl)
+    limits = Limits(
+        max_body_bytes=settings.max_body_bytes,
+        bits=settings.bits,
+        stamp_max_age=settings.stamp_max_age,
+        stamp_max_future=settings.stamp_max_future,
+    )
+    dashboard_html = (files("reqtelemetry.collector") / "static" / "index.html").read_text(
+        encoding="utf-8"
+    )
+
+    async def refuse(refusal: Refusal) -> JSONResponse:
+        logger.debug("refused: %s (%s)", refusal.reason, refusal.detail)
+        try:
+            await run_in_threadpool(store.count_refusal, refusal.reason)
+        except Exception:
+            logger.exception("could not count a refusal (%s)", refusal.reason)
+        return JSONResponse(refusal.body(), status_code=refusal.status)
+
+    async def session(request: Request) -> Response:
+        try:
+            raw = await read_body(request, SESSION_MAX_BYTES)
+            encoding = request.headers.get("content-encoding")
+            deployment_id, instance_id = verify_session_request(raw, encoding, SESSION_MAX_BYTES)
+        except Refusal as refusal:
+            return await refuse(refusal)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        token, expires_at = signer.issue(deployment_id, instance_id, now=time.time())
+        return JSONResponse({"token": token, "expires_at": expires_at, "bits": settings.bits})
+
+    async def report(request: Request) -> Response:
+        try:
+            raw = await read_body(request, settings.max_body_bytes)
+            now = time.time()
+            verified = await run_in_threadpool(
+                verify_report,
+                raw,
+                request.headers.get("content-encoding"),
+                signer=signer,
+                limits=limits,
+                now=now,
+            )
+        except Refusal as refusal:
+            return await refuse(refusal)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        # Check 11, the replay, is the storage's unique index: two replicas racing
+        # with one stamp cannot both store it.
+        stored = StoredReport(stamp=verified.stamp, received_at=now, payload=verified.payload)
+        try:
+            await run_in_threadpool(store.store, stored)
+        except ReplayError:
+            return await refuse(Refusal("replay", "this stamp was used before; mint a new one"))
+        except Exception:
+            logger.exception("could not store a report")
+            return _unavailable("the collector cannot store reports right now")
+        answer: dict[str, Any] = {"stored": True}
+        if settings.next_interval is not None:
+            answer["next_interval"] = settings.next_interval
+        return JSONResponse(answer)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def dashboard(request: Request) -> Response:
+        return HTMLResponse(dashboard_html, headers=DASHBOARD_HEADERS)
+
+    async def summary(request: Request) -> Response:
+        days = days_param(request)
+        try:
+            data = await run_in_threadpool(build_summary, store, days)
+        except Exception:
+            logger.exception("could not read the summary")
+            return _unavailable("the collector cannot read its database right now")
+        return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+    async def export_csv(request: Request) -> Response:
+        days = days_param(request)
+        try:
+            rows = await run_in_threadpool(endpoint_rows, store, since_days(days))
+        except Exception:
+            logger.exception("could not read the endpoint report")
+            return _unavailable("the collector cannot read its database right now")
+        return Response(
+            csv_text(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": 'attachment; filename="reqtelemetry-endpoints.csv"',
+                "Cache-Control": "no-store",
+            },
+        )
+
+    protect = _guard(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if owns_storage:
+            store.close()
+
+    async def http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        return JSONResponse(
+            {"error": _ERROR_NAMES.get(error.status_code, "error"), "detail": error.detail},
+            status_code=error.status_code,
+            headers=error.headers,
+        )
+
+    app = Starlette(
+        routes=[
+            Route("/v1/session", session, methods=["POST"]),
+            Route("/v1/report", report, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/", protect(dashboard), methods=["GET"]),
+            Route("/api/summary", protect(summary), methods=["GET"]),
+            Route("/export.csv", protect(export_csv), methods=["GET"]),
+            Mount(
+                "/static",
+                StaticFiles(packages=[("reqtelemetry.collector", "static")]),
+                name="static",
+            ),
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.storage = store
+    return app
+
+
+def _unavailable(detail: str) -> JSONResponse:
+    """The database failed: say so, and when to come back (never a bare 500)."""
+    return JSONResponse(
+        {"error": "unavailable", "detail": detail},
+        status_code=503,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+    )
+
+
+_ERROR_NAMES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+}
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The raw body, refused (413) once it passes ``cap`` bytes: by the declared
+    length before reading, then by counting as it streams in."""
+    check_declared_size(request.headers.get("content-length"), cap)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise Refusal("too_large", f"the body is over the limit of {cap} bytes")
+    return bytes(body)
+
+
+def days_param(request: Request) -> int:
+    """``?days=N``: a whole number of days, 1 to 3650 (default 30)."""
+    value = request.query_params.get("days")
+    if value is None or value == "":
+        return DEFAULT_DAYS
+    if not value.isdigit() or not 1 <= int(value) <= MAX_DAYS:
+        raise HTTPException(400, f"days must be a whole number from 1 to {MAX_DAYS}")
+    return int(value)
+
+
+Endpoint = Callable[[Request], Any]
+
+
+def _guard(settings: CollectorSettings) -> Callable[[Endpoint], Endpoint]:
+    """Wrap the maintainer's endpoints in the configured credentials check.
+
+    A bearer token (header, or ``?token=`` so a browser can open the dashboard
+    from a link) and/or HTTP basic auth; either configured method suffices.
+    Comparisons are constant-time.
+    """
+    token = _utf8(settings.dashboard_token) if settings.dashboard_token else None
+    basic = (
+        (_utf8(settings.dashboard_basic_auth[0]), _utf8(settings.dashboard_basic_auth[1]))
+        if settings.dashboard_basic_auth
+        else None
+    )
+    challenge = 'Basic realm="reqtelemetry", charset="UTF-8"' if basic else "Bearer"
+
+    def allowed(request: Request) -> bool:
+        authorization = request.headers.get("authorization", "")
+        scheme, _, credentials = authorization.partition(" ")
+        scheme, credentials = scheme.lower(), credentials.strip()
+        if token is not None:
+            if scheme == "bearer" and hmac.compare_digest(_utf8(credentials), token):
+                return True
+            offered = request.query_params.get("token")
+            if offered is not None and hmac.compare_digest(_utf8(offered), token):
+                return True
+        if basic is not None and scheme == "basic":
+            try:
+                decoded = base64.b64decode(credentials, validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            user, sep, password = decoded.partition(b":")
+            # Both compared, always: no early exit that times the user name.
+            user_ok = hmac.compare_digest(user, basic[0])
+            password_ok = hmac.compare_digest(password, basic[1])
+            return bool(sep) and user_ok and password_ok
+        return False
+
+    def protect(endpoint: Endpoint) -> Endpoint:
+        if not settings.dashboard_protected:
+            return endpoint
+
+        async def guarded(request: Request) -> Response:
+            if not allowed(request):
+                return JSONResponse(
+                    {
+                        "error": "unauthorized",
+                        "detail": "credentials required: Authorization: Bearer <token>, "
+                        "?token=<token>, or HTTP basic auth, as configured",
+                    },
+                    status_code=401,
+                    headers={"WWW-Authenticate": challenge},
+                )
+            response: Response = await endpoint(request)
+            return response
+
+        return guarded
+
+    return protect
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")

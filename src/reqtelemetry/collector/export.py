@@ -1,0 +1,97 @@
+"""The per-endpoint report as CSV, shared by ``GET /export.csv`` and ``reqtelemetry export``.
+
+One row per (method, route, app version): the numbers a maintainer pastes into
+a spreadsheet or a release note. Latencies are milliseconds here (the storage
+answers in seconds) because that is what people read.
+
+Routes and app versions come from clients, so a cell could start with ``=``,
+``+``, ``-`` or ``@`` and be run as a formula by a spreadsheet (CSV
+injection); such cells are prefixed with ``'`` (OWASP's advice).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Iterable
+from typing import IO, Any
+
+from .storage.base import Storage
+
+COLUMNS = (
+    "method",
+    "route",
+    "app_version",
+    "calls",
+    "errors",
+    "error_rate",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "mean_ms",
+    "request_bytes",
+    "response_bytes",
+    "deployments",
+)
+_LATENCIES = (("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"), ("mean", "mean_ms"))
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+DAY = 86400
+
+
+def since_days(days: int, now: float | None = None) -> float:
+    """The ``since`` of the last ``days`` days."""
+    return (time.time() if now is None else now) - days * DAY
+
+
+def endpoint_rows(storage: Storage, since: float) -> list[dict[str, Any]]:
+    """The CSV rows (as dicts keyed by :data:`COLUMNS`), most calls first."""
+    return [_row(endpoint) for endpoint in storage.endpoints(since, by_version=True)]
+
+
+def _row(endpoint: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "method": endpoint.get("method"),
+        "route": endpoint.get("route"),
+        "app_version": endpoint.get("app_version"),
+        "calls": endpoint.get("calls", 0),
+        "errors": endpoint.get("errors", 0),
+        "error_rate": _round(endpoint.get("error_rate"), 6),
+        "request_bytes": endpoint.get("request_bytes", 0),
+        "response_bytes": endpoint.get("response_bytes", 0),
+        "deployments": endpoint.get("deployments", 0),
+    }
+    for source, column in _LATENCIES:
+        seconds = endpoint.get(source)
+        row[column] = None if seconds is None else _round(float(seconds) * 1000.0, 3)
+    return row
+
+
+def _round(value: Any, digits: int) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return round(number, digits) if math.isfinite(number) else None
+
+
+def write_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> None:
+    """Write a header and ``rows``; None becomes an empty cell."""
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in COLUMNS])
+
+
+def csv_text(rows: Iterable[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    write_csv(rows, buffer)
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value

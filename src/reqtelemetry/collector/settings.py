@@ -1,0 +1,229 @@
+"""How a collector is configured: one frozen object, resolved once at start.
+
+Everything comes from ``REQTELEMETRY_COLLECTOR_*`` / ``REQTELEMETRY_DASHBOARD_*``
+environment variables, with command-line flags taking precedence (the CLI
+passes them in as overrides). Resolving once means a running collector never
+changes behaviour because the environment changed under it, and a bad value
+fails at start with a message that names the variable, not at the first report.
+
+Why the secret matters: session tokens are HMAC-signed with it, so every
+replica behind a load balancer must hold the same one, and it must survive
+restarts, or clients lose their tokens. A development collector may invent one
+(and says what that costs); a production collector refuses to start without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+logger = logging.getLogger("reqtelemetry.collector")
+
+DEFAULT_DB_URL = "sqlite:///telemetry.db"
+DEFAULT_BITS = 20
+DEFAULT_TOKEN_TTL = 3600
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_STAMP_MAX_AGE = 600.0
+DEFAULT_STAMP_MAX_FUTURE = 120.0
+#: Shorter secrets can be guessed offline from one captured token.
+MIN_SECRET_BYTES = 16
+#: Beyond this a stamp costs a client hours of CPU: certainly a typo.
+MAX_BITS = 40
+
+ENV_DB = "REQTELEMETRY_COLLECTOR_DB"
+ENV_SECRET = "REQTELEMETRY_COLLECTOR_SECRET"
+ENV_PRODUCTION = "REQTELEMETRY_COLLECTOR_PRODUCTION"
+ENV_BITS = "REQTELEMETRY_COLLECTOR_BITS"
+ENV_TOKEN_TTL = "REQTELEMETRY_COLLECTOR_TOKEN_TTL"
+ENV_MAX_BODY = "REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES"
+ENV_NEXT_INTERVAL = "REQTELEMETRY_COLLECTOR_NEXT_INTERVAL"
+ENV_STAMP_MAX_AGE = "REQTELEMETRY_COLLECTOR_STAMP_MAX_AGE"
+ENV_STAMP_MAX_FUTURE = "REQTELEMETRY_COLLECTOR_STAMP_MAX_FUTURE"
+ENV_DASHBOARD_TOKEN = "REQTELEMETRY_DASHBOARD_TOKEN"
+ENV_DASHBOARD_BASIC = "REQTELEMETRY_DASHBOARD_BASIC_AUTH"
+ENV_DASHBOARD_PUBLIC = "REQTELEMETRY_DASHBOARD_PUBLIC"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+SECRET_HINT = (
+    f"set {ENV_SECRET} to the same random value on every replica, e.g. "
+    "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+)
+
+
+class SettingsError(ValueError):
+    """The configuration cannot work; the message says which variable to fix."""
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    """Everything a running collector needs to know (secrets are kept out of ``repr``)."""
+
+    secret: bytes = field(repr=False)
+    db_url: str = DEFAULT_DB_URL
+    production: bool = False
+    #: True when the secret was made up at start (development only).
+    secret_generated: bool = False
+    bits: int = DEFAULT_BITS
+    token_ttl: int = DEFAULT_TOKEN_TTL
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: Seconds a client should wait before its next report; None leaves it to the client.
+    next_interval: float | None = None
+    stamp_max_age: float = DEFAULT_STAMP_MAX_AGE
+    stamp_max_future: float = DEFAULT_STAMP_MAX_FUTURE
+    #: Bearer token for the dashboard, the API and the CSV (or ``?token=`` in a browser).
+    dashboard_token: str | None = field(default=None, repr=False)
+    #: ``(user, password)`` for HTTP basic auth on the same pages.
+    dashboard_basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    #: Serve the dashboard without credentials even in production (an explicit choice).
+    dashboard_public: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.secret, bytes) or len(self.secret) < MIN_SECRET_BYTES:
+            raise SettingsError(
+                f"the collector secret must be at least {MIN_SECRET_BYTES} bytes; {SECRET_HINT}"
+            )
+        if not 1 <= self.bits <= MAX_BITS:
+            raise SettingsError(f"bits must be between 1 and {MAX_BITS}, got {self.bits}")
+        if self.token_ttl < 60:
+            raise SettingsError(f"the token TTL must be at least 60 seconds, got {self.token_ttl}")
+        if self.max_body_bytes < 1024:
+            raise SettingsError(
+                f"the body size cap must be at least 1024 bytes, got {self.max_body_bytes}"
+            )
+        if self.next_interval is not None and not 0 < self.next_interval < math.inf:
+            raise SettingsError(f"next_interval must be positive, got {self.next_interval}")
+        if not (0 < self.stamp_max_age < math.inf and 0 <= self.stamp_max_future < math.inf):
+            raise SettingsError(
+                "the stamp window must be finite: max age > 0 and max future >= 0 seconds"
+            )
+        if self.dashboard_token is not None and not self.dashboard_token:
+            raise SettingsError(f"{ENV_DASHBOARD_TOKEN} must not be empty")
+        if self.dashboard_basic_auth is not None:
+            user, password = self.dashboard_basic_auth
+            if not user or not password or ":" in user:
+                raise SettingsError(
+                    f"{ENV_DASHBOARD_BASIC} must be user:password with a non-empty user "
+                    "(without ':') and a non-empty password"
+                )
+        if self.production and not self.dashboard_protected and not self.dashboard_public:
+            raise SettingsError(
+                "a production collector needs dashboard credentials: set "
+                f"{ENV_DASHBOARD_TOKEN} and/or {ENV_DASHBOARD_BASIC}=user:password, "
+                f"or {ENV_DASHBOARD_PUBLIC}=1 to publish the dashboard on purpose"
+            )
+
+    @property
+    def dashboard_protected(self) -> bool:
+        """Whether the dashboard, the API and the CSV ask for credentials."""
+        return self.dashboard_token is not None or self.dashboard_basic_auth is not None
+
+    @classmethod
+    def resolve(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        production: bool | None = None,
+        db_url: str | None = None,
+        bits: int | None = None,
+        dashboard_public: bool | None = None,
+    ) -> CollectorSettings:
+        """Settings from the environment, with explicit arguments (the CLI's flags) winning.
+
+        Raises :class:`SettingsError` when the result cannot work, notably a
+        production collector without a secret.
+        """
+        env = os.environ if environ is None else environ
+        if production is None:
+            production = _flag(env, ENV_PRODUCTION)
+        if dashboard_public is None:
+            dashboard_public = _flag(env, ENV_DASHBOARD_PUBLIC)
+        raw_secret = env.get(ENV_SECRET, "")
+        generated = False
+        if raw_secret:
+            secret = raw_secret.encode("utf-8")
+        elif production:
+            raise SettingsError(f"production mode refuses to start without a secret: {SECRET_HINT}")
+        else:
+            secret = secrets.token_bytes(32)
+            generated = True
+            logger.warning(
+                "no %s set, using a random one for this process: "
+                "session tokens will not survive a restart and other replicas will refuse "
+                "them (fine for development; %s)",
+                ENV_SECRET,
+                SECRET_HINT,
+            )
+        basic = env.get(ENV_DASHBOARD_BASIC)
+        basic_auth: tuple[str, str] | None = None
+        if basic:
+            user, sep, password = basic.partition(":")
+            if not sep:
+                raise SettingsError(f"{ENV_DASHBOARD_BASIC} must be user:password")
+            basic_auth = (user, password)
+        token = env.get(ENV_DASHBOARD_TOKEN) or None
+        settings = cls(
+            secret=secret,
+            db_url=db_url or env.get(ENV_DB) or DEFAULT_DB_URL,
+            production=production,
+            secret_generated=generated,
+            bits=bits if bits is not None else _int(env, ENV_BITS, DEFAULT_BITS),
+            token_ttl=_int(env, ENV_TOKEN_TTL, DEFAULT_TOKEN_TTL),
+            max_body_bytes=_int(env, ENV_MAX_BODY, DEFAULT_MAX_BODY_BYTES),
+            next_interval=_optional_float(env, ENV_NEXT_INTERVAL),
+            stamp_max_age=_float(env, ENV_STAMP_MAX_AGE, DEFAULT_STAMP_MAX_AGE),
+            stamp_max_future=_float(env, ENV_STAMP_MAX_FUTURE, DEFAULT_STAMP_MAX_FUTURE),
+            dashboard_token=token,
+            dashboard_basic_auth=basic_auth,
+            dashboard_public=dashboard_public,
+        )
+        if not settings.dashboard_protected:
+            logger.warning(
+                "the dashboard, /api/summary and /export.csv are "
+                "open to anyone who can reach this port (set %s or %s)",
+                ENV_DASHBOARD_TOKEN,
+                ENV_DASHBOARD_BASIC,
+            )
+        return settings
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be 1/0 (or true/false), got {value!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _optional_float(env: Mapping[str, str], name: str) -> float | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise SettingsError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    number = _optional_float(env, name)
+    return default if number is None else number

@@ -1,0 +1,394 @@
+/*
+ * reqtelemetry dashboard: fetches api/summary and draws it. No framework, no
+ * network beyond this collector, no innerHTML: every value from the reports
+ * (routes, versions) comes from clients and is only ever set as text.
+ */
+"use strict";
+
+(function () {
+  var SVG_NS = "http://www.w3.org/2000/svg";
+  // A slower release stands out from this change in p95 (relative) onwards.
+  var DELTA_THRESHOLD = 0.1;
+  var numberFormat = new Intl.NumberFormat("en-US");
+
+  // -- credentials: ?token= on the page is passed on as a bearer token ----------------
+  var pageParams = new URLSearchParams(window.location.search);
+  var token = pageParams.get("token");
+
+  function authHeaders() {
+    return token ? { Authorization: "Bearer " + token } : {};
+  }
+
+  // -- small DOM helpers ---------------------------------------------------------------
+  function el(tag, attrs, text) {
+    var node = document.createElement(tag);
+    setAttrs(node, attrs);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function svgEl(tag, attrs, text) {
+    var node = document.createElementNS(SVG_NS, tag);
+    setAttrs(node, attrs);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function setAttrs(node, attrs) {
+    if (!attrs) return;
+    Object.keys(attrs).forEach(function (name) {
+      if (attrs[name] !== undefined && attrs[name] !== null) node.setAttribute(name, String(attrs[name]));
+    });
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+  }
+
+  function empty(container, message) {
+    clear(container);
+    container.appendChild(el("p", { class: "empty" }, message));
+  }
+
+  // -- formatting ----------------------------------------------------------------------
+  function fmtInt(value) {
+    return value === null || value === undefined ? "–" : numberFormat.format(value);
+  }
+
+  function fmtRate(value) {
+    if (value === null || value === undefined) return "–";
+    var pct = value * 100;
+    if (pct === 0) return "0%";
+    if (pct < 0.01) return "<0.01%";
+    return (pct < 10 ? pct.toFixed(2) : pct.toFixed(1)) + "%";
+  }
+
+  function fmtSeconds(value) {
+    if (value === null || value === undefined) return "–";
+    var ms = value * 1000;
+    if (ms >= 1000) return (ms / 1000).toFixed(2) + " s";
+    if (ms >= 100) return ms.toFixed(0) + " ms";
+    if (ms >= 10) return ms.toFixed(1) + " ms";
+    return ms.toFixed(2) + " ms";
+  }
+
+  function fmtChange(change) {
+    var pct = change * 100;
+    return (pct > 0 ? "+" : "") + pct.toFixed(0) + "%";
+  }
+
+  function fmtTime(seconds, withHour) {
+    var date = new Date(seconds * 1000);
+    var text = date.toISOString();
+    return withHour ? text.slice(5, 13).replace("T", " ") + "h" : text.slice(0, 10);
+  }
+
+  function label(value) {
+    return value === null || value === undefined || value === "" ? "(unknown)" : String(value);
+  }
+
+  // Versions as the collector orders them: numbers compare as numbers (1.10 > 1.9).
+  function versionKey(version) {
+    return (String(version).match(/\d+|[A-Za-z]+/g) || []).map(function (part) {
+      return /^\d+$/.test(part) ? [1, parseInt(part, 10)] : [0, part.toLowerCase()];
+    });
+  }
+
+  function compareVersions(a, b) {
+    var ka = versionKey(a), kb = versionKey(b);
+    for (var i = 0; i < Math.min(ka.length, kb.length); i++) {
+      if (ka[i][0] !== kb[i][0]) return ka[i][0] - kb[i][0];
+      if (ka[i][1] < kb[i][1]) return -1;
+      if (ka[i][1] > kb[i][1]) return 1;
+    }
+    return ka.length - kb.length;
+  }
+
+  // -- charts --------------------------------------------------------------------------
+  function niceMax(value) {
+    if (value <= 0) return 1;
+    var power = Math.pow(10, Math.floor(Math.log10(value)));
+    var steps = [1, 2, 2.5, 5, 10];
+    for (var i = 0; i < steps.length; i++) {
+      if (steps[i] * power >= value) return steps[i] * power;
+    }
+    return 10 * power;
+  }
+
+  /* A line chart of several series over the same x values. */
+  function lineChart(container, points, series, hourly) {
+    clear(container);
+    if (!points.length) return empty(container, "No reports in this window.");
+    var width = 720, height = 220, left = 44, right = 12, top = 24, bottom = 28;
+    var innerW = width - left - right, innerH = height - top - bottom;
+    var maxValue = 0;
+    points.forEach(function (p) {
+      series.forEach(function (s) { maxValue = Math.max(maxValue, p[s.key] || 0); });
+    });
+    var yMax = niceMax(maxValue);
+    var svg = svgEl("svg", { viewBox: "0 0 " + width + " " + height, role: "img",
+      "aria-label": series.map(function (s) { return s.label; }).join(" and ") + " over time" });
+    function x(i) { return left + (points.length === 1 ? innerW / 2 : (i * innerW) / (points.length - 1)); }
+    function y(v) { return top + innerH - (v / yMax) * innerH; }
+    for (var g = 0; g <= 4; g++) {
+      var value = (yMax * g) / 4;
+      svg.appendChild(svgEl("line", { class: "grid", x1: left, x2: width - right, y1: y(value), y2: y(value) }));
+      svg.appendChild(svgEl("text", { x: left - 6, y: y(value) + 4, "text-anchor": "end" },
+        Number.isInteger(value) ? numberFormat.format(value) : value.toFixed(1)));
+    }
+    var ticks = points.length <= 3 ? points.map(function (_, i) { return i; })
+      : [0, Math.floor((points.length - 1) / 2), points.length - 1];
+    ticks.forEach(function (i) {
+      svg.appendChild(svgEl("text", { x: x(i), y: height - 8, "text-anchor": "middle" },
+        fmtTime(points[i].bucket_start, hourly)));
+    });
+    series.forEach(function (s, index) {
+      var d = points.map(function (p, i) {
+        return (i ? "L" : "M") + x(i).toFixed(1) + " " + y(p[s.key] || 0).toFixed(1);
+      }).join(" ");
+      svg.appendChild(svgEl("path", { class: "series-" + index, d: d }));
+      points.forEach(function (p, i) {
+        var dot = svgEl("circle", { class: "dot-" + index, cx: x(i), cy: y(p[s.key] || 0), r: 2.5 });
+        dot.appendChild(svgEl("title", null,
+          fmtTime(p.bucket_start, hourly) + ": " + fmtInt(p[s.key] || 0) + " " + s.label));
+        svg.appendChild(dot);
+      });
+      var lx = left + index * 130;
+      svg.appendChild(svgEl("rect", { class: "legend-" + index, x: lx, y: 6, width: 10, height: 10 }));
+      svg.appendChild(svgEl("text", { class: "value-label", x: lx + 14, y: 15 }, s.label));
+    });
+    container.appendChild(svg);
+  }
+
+  /* Horizontal bars: rows of {label, value, note, old, testid}. */
+  function barChart(container, rows, emptyMessage) {
+    clear(container);
+    if (!rows.length) return empty(container, emptyMessage || "Nothing reported yet.");
+    var rowH = 24, labelW = 140, valueW = 190, width = 560;
+    var barW = width - labelW - valueW;
+    var height = rows.length * rowH + 4;
+    var maxValue = Math.max.apply(null, rows.map(function (r) { return r.value; })) || 1;
+    var svg = svgEl("svg", { viewBox: "0 0 " + width + " " + height, role: "img" });
+    rows.forEach(function (row, i) {
+      var yTop = i * rowH + 2;
+      var group = svgEl("g", { "data-testid": row.testid || "bar", "data-label": row.label, "data-value": row.value });
+      var name = row.label.length > 20 ? row.label.slice(0, 19) + "…" : row.label;
+      group.appendChild(svgEl("text", { x: labelW - 8, y: yTop + 15, "text-anchor": "end", class: "value-label" }, name));
+      var w = Math.max(2, (row.value / maxValue) * barW);
+      var bar = svgEl("rect", { class: row.old ? "bar old" : "bar", x: labelW, y: yTop + 3, width: w.toFixed(1), height: rowH - 8, rx: 2 });
+      bar.appendChild(svgEl("title", null, row.label + ": " + fmtInt(row.value) + (row.note ? " (" + row.note + ")" : "")));
+      group.appendChild(bar);
+      group.appendChild(svgEl("text", { x: labelW + w + 6, y: yTop + 15 },
+        fmtInt(row.value) + (row.note ? "  " + row.note : "")));
+      svg.appendChild(group);
+    });
+    container.appendChild(svg);
+  }
+
+  // -- sections ------------------------------------------------------------------------
+  function setNumber(testid, value, text) {
+    var node = document.querySelector('[data-testid="' + testid + '"]');
+    node.textContent = text;
+    node.setAttribute("data-value", value === null || value === undefined ? "" : String(value));
+  }
+
+  function renderTotals(totals) {
+    setNumber("total-deployments", totals.deployments, fmtInt(totals.deployments));
+    setNumber("total-instances", totals.instances, fmtInt(totals.instances));
+    setNumber("total-requests", totals.requests, fmtInt(totals.requests));
+    setNumber("total-error-rate", totals.error_rate, fmtRate(totals.error_rate));
+    setNumber("total-reports", totals.reports, fmtInt(totals.reports));
+  }
+
+  function renderVersions(versions) {
+    var sorted = versions.slice().sort(function (a, b) {
+      if (a.app_version === null) return 1;
+      if (b.app_version === null) return -1;
+      return compareVersions(b.app_version, a.app_version);
+    });
+    var newest = sorted.length && sorted[0].app_version !== null ? sorted[0].app_version : null;
+    barChart(document.getElementById("versions-chart"), sorted.map(function (v) {
+      return {
+        label: label(v.app_version),
+        value: v.deployments || 0,
+        note: fmtInt(v.instances) + " inst., last " + (v.last_seen ? fmtTime(v.last_seen, false) : "–"),
+        old: v.app_version !== newest,
+        testid: "version-bar"
+      };
+    }), "No versions reported yet.");
+  }
+
+  function cell(row, text, attrs) {
+    var td = el("td", attrs, text);
+    row.appendChild(td);
+    return td;
+  }
+
+  function renderEndpoints(endpoints) {
+    var body = document.querySelector("#endpoints-table tbody");
+    clear(body);
+    if (!endpoints.length) {
+      var none = el("tr");
+      cell(none, "No endpoints reported yet.", { colspan: 10, class: "empty" });
+      body.appendChild(none);
+      return;
+    }
+    endpoints.forEach(function (e) {
+      var unused = !e.calls;
+      var tr = el("tr", { "data-testid": "endpoint-row", "data-method": e.method, "data-route": e.route,
+        class: unused ? "unused" : null });
+      cell(tr, e.method);
+      var route = cell(tr, e.route, { class: "route" });
+      if (unused) route.appendChild(el("span", { class: "badge", "data-testid": "unused-badge" }, "unused"));
+      cell(tr, fmtInt(e.calls), { class: "num", "data-testid": "endpoint-calls", "data-value": e.calls });
+      cell(tr, fmtInt(e.errors), { class: "num", "data-testid": "endpoint-errors", "data-value": e.errors });
+      cell(tr, fmtRate(e.error_rate), { class: "num" + (e.error_rate > 0.05 ? " high-errors" : ""),
+        "data-testid": "endpoint-error-rate", "data-value": e.error_rate });
+      ["p50", "p95", "p99", "mean"].forEach(function (key) {
+        cell(tr, fmtSeconds(e[key]), { class: "num", "data-testid": "endpoint-" + key, "data-value": e[key] });
+      });
+      cell(tr, fmtInt(e.deployments), { class: "num", "data-testid": "endpoint-deployments", "data-value": e.deployments });
+      body.appendChild(tr);
+    });
+  }
+
+  function renderByVersion(rows) {
+    var body = document.querySelector("#by-version-table tbody");
+    clear(body);
+    var used = rows.filter(function (r) { return r.calls; });
+    if (!used.length) {
+      var none = el("tr");
+      cell(none, "No endpoint calls reported yet.", { colspan: 9, class: "empty" });
+      body.appendChild(none);
+      return;
+    }
+    // Grouped by endpoint, newest version first inside each group.
+    used.sort(function (a, b) {
+      var ka = a.method + " " + a.route, kb = b.method + " " + b.route;
+      if (ka !== kb) return ka < kb ? -1 : 1;
+      if (a.app_version === null) return 1;
+      if (b.app_version === null) return -1;
+      return compareVersions(b.app_version, a.app_version);
+    });
+    used.forEach(function (r) {
+      var tr = el("tr", { "data-testid": "version-endpoint-row", "data-method": r.method,
+        "data-route": r.route, "data-version": r.app_version });
+      cell(tr, r.method);
+      cell(tr, r.route, { class: "route" });
+      cell(tr, label(r.app_version));
+      cell(tr, fmtInt(r.calls), { class: "num", "data-value": r.calls });
+      cell(tr, fmtRate(r.error_rate), { class: "num" + (r.error_rate > 0.05 ? " high-errors" : ""),
+        "data-value": r.error_rate });
+      cell(tr, fmtSeconds(r.p50), { class: "num", "data-value": r.p50 });
+      cell(tr, fmtSeconds(r.p95), { class: "num", "data-testid": "version-p95", "data-value": r.p95 });
+      cell(tr, fmtSeconds(r.p99), { class: "num", "data-value": r.p99 });
+      var td = cell(tr, "", { class: "num" });
+      if (r.p95_change !== null && r.p95_change !== undefined) {
+        var kind = r.p95_change >= DELTA_THRESHOLD ? "worse"
+          : r.p95_change <= -DELTA_THRESHOLD ? "better" : "same";
+        var span = el("span", { class: "delta " + kind, "data-testid": "p95-change",
+          "data-value": r.p95_change, "data-kind": kind,
+          title: "p95 " + fmtSeconds(r.p95_previous) + " in " + r.previous_version },
+          fmtChange(r.p95_change) + " vs " + r.previous_version);
+        td.appendChild(span);
+      } else {
+        td.textContent = "–";
+      }
+      body.appendChild(tr);
+    });
+  }
+
+  function countBy(platforms, key) {
+    var counts = {};
+    platforms.forEach(function (p) {
+      var name = label(p[key]);
+      var n = p.instances !== undefined ? p.instances : (p.count || 0);
+      counts[name] = (counts[name] || 0) + n;
+    });
+    return Object.keys(counts).map(function (name) {
+      return { label: name, value: counts[name], testid: "platform-bar" };
+    }).sort(function (a, b) { return b.value - a.value || (a.label < b.label ? -1 : 1); });
+  }
+
+  function renderPlatforms(platforms) {
+    barChart(document.getElementById("platform-os"), countBy(platforms, "os"));
+    barChart(document.getElementById("platform-arch"), countBy(platforms, "arch"));
+    barChart(document.getElementById("platform-python"), countBy(platforms, "python_version"));
+    barChart(document.getElementById("platform-framework"), countBy(platforms, "framework"));
+  }
+
+  function renderRefusals(refusals) {
+    var body = document.querySelector("#refusals-table tbody");
+    clear(body);
+    var reasons = Object.keys(refusals || {}).sort(function (a, b) { return refusals[b] - refusals[a]; });
+    if (!reasons.length) {
+      var none = el("tr");
+      cell(none, "None.", { colspan: 2, class: "empty" });
+      body.appendChild(none);
+      return;
+    }
+    reasons.forEach(function (reason) {
+      var tr = el("tr", { "data-testid": "refusal-row", "data-reason": reason });
+      cell(tr, reason);
+      cell(tr, fmtInt(refusals[reason]), { class: "num", "data-value": refusals[reason] });
+      body.appendChild(tr);
+    });
+  }
+
+  function render(summary) {
+    renderTotals(summary.totals || {});
+    lineChart(document.getElementById("activity-chart"), summary.activity || [], [
+      { key: "deployments", label: "deployments" },
+      { key: "instances", label: "instances" }
+    ], summary.bucket_seconds < 86400);
+    renderVersions(summary.versions || []);
+    renderEndpoints(summary.endpoints || []);
+    renderByVersion(summary.endpoints_by_version || []);
+    renderPlatforms(summary.platforms || []);
+    renderRefusals(summary.refusals || {});
+    document.getElementById("generated").textContent =
+      "Updated " + new Date(summary.generated_at * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC";
+  }
+
+  // -- loading -------------------------------------------------------------------------
+  function withToken(path, days) {
+    var params = new URLSearchParams({ days: String(days) });
+    if (token) params.set("token", token);
+    return path + "?" + params.toString();
+  }
+
+  function setStatus(text, isError) {
+    var status = document.getElementById("status");
+    status.textContent = text;
+    status.className = isError ? "status error" : "status";
+    status.setAttribute("data-state", isError ? "error" : text ? "loading" : "ready");
+  }
+
+  function load() {
+    var days = document.getElementById("days").value;
+    document.getElementById("csv-link").setAttribute("href", withToken("export.csv", days));
+    setStatus("Loading…", false);
+    fetch("api/summary?days=" + encodeURIComponent(days), { headers: authHeaders(), credentials: "same-origin" })
+      .then(function (response) {
+        if (response.status === 401) throw new Error("Not authorized: open this page with ?token=… or sign in.");
+        if (!response.ok) throw new Error("The collector answered " + response.status + ".");
+        return response.json();
+      })
+      .then(function (summary) {
+        render(summary);
+        setStatus("", false);
+      })
+      .catch(function (error) { setStatus(error.message, true); });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var days = pageParams.get("days");
+    var select = document.getElementById("days");
+    if (days && Array.prototype.some.call(select.options, function (o) { return o.value === days; })) {
+      select.value = days;
+    }
+    select.addEventListener("change", load);
+    document.getElementById("refresh").addEventListener("click", load);
+    load();
+  });
+})();

@@ -1,0 +1,393 @@
+"""Checking what clients send, as pure functions: bytes in, a parsed report or a refusal out.
+
+The order is the protocol's (``docs/protocol.md``), cheapest first, stopping at
+the first failure, so that junk costs the collector as little as possible: a
+size comparison before any parsing, a signature before any SHA-1 of a stamp,
+one SHA-1 before parsing and schema-validating up to a megabyte of report.
+Only the last check (the stamp was never seen) needs storage; the app does it.
+
+Nothing here does I/O or reads a clock, so every branch is testable with plain
+values, and the app can run the whole pipeline in a worker thread (parsing and
+validating a large report must not stall the event loop).
+
+Parsing is strict on purpose: JSON only in UTF-8, no ``NaN``/``Infinity``
+(Python accepts them, SQL and other JSON readers do not), no integers beyond
+64 bits, no duplicate keys (two parsers must not read one body two ways), no
+nesting that would exhaust the stack. Any of these is the sender's error, so
+it must be a 4xx answer, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import best_match
+
+from .. import hashcash
+from ..schema_loader import load_payload_schema
+from .tokens import Claims, TokenError, TokenSigner
+
+#: Status of each refusal reason (the protocol's table; ``bad_session`` is the
+#: session request's counterpart of ``bad_envelope``).
+STATUS: dict[str, int] = {
+    "too_large": 413,
+    "malformed_json": 400,
+    "bad_envelope": 400,
+    "bad_session": 400,
+    "bad_token": 401,
+    "token_expired": 401,
+    "bad_stamp": 400,
+    "stale_stamp": 400,
+    "insufficient_work": 400,
+    "stamp_mismatch": 400,
+    "invalid_payload": 422,
+    "replay": 409,
+}
+ENVELOPE_FIELDS = frozenset({"token", "stamp", "payload"})
+SESSION_FIELDS = frozenset({"deployment_id", "instance_id"})
+#: Canonical, lower-case UUIDs only (what clients send; one spelling per id).
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_INT64 = 2**63
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_STAMP_REASONS = frozenset({"bad_stamp", "stale_stamp", "insufficient_work", "stamp_mismatch"})
+_TOKEN_REASONS = frozenset({"bad_token", "token_expired"})
+_DETAIL_LIMIT = 200
+_VALIDATOR = jsonschema.Draft202012Validator(
+    load_payload_schema(), format_checker=jsonschema.FormatChecker()
+)
+
+
+class Refusal(Exception):
+    """A request the collector will not accept: answered ``status`` with
+    ``{"error": reason, "detail": detail}`` and counted under ``reason``."""
+
+    def __init__(self, reason: str, detail: str, status: int | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.status = STATUS.get(reason, 400) if status is None else status
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.reason, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The knobs of the checks (from :class:`~.settings.CollectorSettings`)."""
+
+    max_body_bytes: int
+    bits: int
+    stamp_max_age: float
+    stamp_max_future: float
+
+
+@dataclass(frozen=True)
+class VerifiedReport:
+    """A report that passed checks 1 to 10; storing it is check 11 (replay)."""
+
+    stamp: str
+    claims: Claims
+    payload: dict[str, Any]
+
+
+# -- 1 and 2: size and JSON -----------------------------------------------------------
+
+
+def check_declared_size(content_length: str | None, cap: int) -> None:
+    """Refuse before reading when the declared length is already over the cap."""
+    if content_length is None:
+        return
+    try:
+        declared = int(content_length)
+    except ValueError:
+        return  # the server rejects such a header itself; the streamed count still applies
+    if declared > cap:
+        raise Refusal("too_large", f"the body is {declared} bytes; the limit is {cap}")
+
+
+def gunzip_capped(data: bytes, cap: int) -> bytes:
+    """Decompress gzip ``data`` (all members), producing at most ``cap`` bytes.
+
+    A gzip bomb (a small body that inflates to gigabytes) is stopped after
+    ``cap + 1`` bytes of output, whatever its ratio: zlib is never asked for more.
+    """
+    out = bytearray()
+    rest = data
+    while True:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            # max_length >= 1 here (0 would mean unlimited).
+            out += inflater.decompress(rest, cap + 1 - len(out))
+        except zlib.error as error:
+            raise Refusal("malformed_json", f"the body is not valid gzip ({error})") from None
+        if len(out) > cap:
+            raise Refusal("too_large", f"the body inflates to more than {cap} bytes")
+        if not inflater.eof:
+            raise Refusal("malformed_json", "the gzip body is truncated")
+        rest = inflater.unused_data
+        if not rest.strip(b"\0"):  # trailing zero padding, as gzip(1) tolerates
+            return bytes(out)
+
+
+def decode_body(raw: bytes, content_encoding: str | None, cap: int) -> Any:
+    """Checks 1 and 2: the body within ``cap`` before and after gunzip, and JSON."""
+    if len(raw) > cap:
+        raise Refusal("too_large", f"the body is {len(raw)} bytes; the limit is {cap}")
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "gzip":
+        raw = gunzip_capped(raw, cap)
+    elif encoding != "identity":
+        raise Refusal(
+            "malformed_json",
+            f"Content-Encoding {_clip(encoding)!r} is not supported (use gzip or none)",
+        )
+    try:
+        return parse_json(raw)
+    except ValueError as error:
+        raise Refusal("malformed_json", f"the body is not JSON: {_clip(str(error))}") from None
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Strict JSON: UTF-8, finite numbers, 64-bit integers, unique keys.
+
+    Raises ValueError (also for nesting too deep for the parser).
+    """
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"not UTF-8 ({error.reason} at byte {error.start})") from None
+    try:
+        value = json.loads(
+            data,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            parse_int=_int64,
+            object_pairs_hook=_unique_keys,
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(data) is not None:
+        # Escaped surrogates are fine in pairs (an emoji); alone they make
+        # strings no database or UTF-8 writer accepts.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds an unpaired surrogate escape") from None
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {_clip(text)}")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -_INT64 <= value < _INT64:
+        raise ValueError(f"integer out of the 64-bit range: {_clip(text)}")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {_clip(key)!r}")
+            seen.add(key)
+    return result
+
+
+# -- 3: the envelope ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Envelope:
+    token: str
+    stamp: str
+    payload: str
+    #: The report's exact bytes (what the stamp's resource hashes).
+    payload_bytes: bytes
+
+
+def check_envelope(body: Any) -> Envelope:
+    """Check 3: exactly ``token``, ``stamp``, ``payload``, all (valid Unicode) strings."""
+    if not isinstance(body, dict):
+        raise Refusal("bad_envelope", f"the body must be a JSON object, not {_json_type(body)}")
+    keys = set(body)
+    if keys != ENVELOPE_FIELDS:
+        raise Refusal("bad_envelope", _fields_detail(keys, ENVELOPE_FIELDS))
+    encoded: dict[str, bytes] = {}
+    for name in sorted(ENVELOPE_FIELDS):
+        value = body[name]
+        if not isinstance(value, str):
+            raise Refusal("bad_envelope", f"{name} must be a string, not {_json_type(value)}")
+        try:
+            encoded[name] = value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Refusal("bad_envelope", f"{name} is not valid Unicode text") from None
+    return Envelope(body["token"], body["stamp"], body["payload"], encoded["payload"])
+
+
+# -- 4 and 5: the token ---------------------------------------------------------------
+
+
+def check_token(signer: TokenSigner, token: str, now: float) -> Claims:
+    """Checks 4 and 5: the signature, then the expiry; returns the claims."""
+    try:
+        claims = signer.verify(token, now=now)
+    except TokenError as error:
+        reason = _reason(error, _TOKEN_REASONS, "bad_token")
+        detail = "the token has expired; get a new one" if reason == "token_expired" else None
+        raise Refusal(reason, detail or "the token is not one this collector issued") from None
+    return claims
+
+
+# -- 6 to 9: the stamp ----------------------------------------------------------------
+
+
+def check_stamp(stamp: str, token: str, payload_bytes: bytes, limits: Limits, now: float) -> None:
+    """Checks 6 to 9 (form, date window, work, binding), in :func:`hashcash.verify`'s order."""
+    resource = hashcash.payload_resource(token, payload_bytes)
+    try:
+        hashcash.verify(
+            stamp,
+            resource,
+            limits.bits,
+            now,
+            max_age=limits.stamp_max_age,
+            max_future=limits.stamp_max_future,
+        )
+    except hashcash.StampError as error:
+        reason = _reason(error, _STAMP_REASONS, "bad_stamp")
+        raise Refusal(reason, _STAMP_DETAILS[reason].format(bits=limits.bits)) from None
+
+
+_STAMP_DETAILS = {
+    "bad_stamp": "the stamp is not a hashcash v1 stamp: 1:bits:YYMMDDhhmmss:resource::rand:counter",
+    "stale_stamp": "the stamp's date is outside the accepted window; mint a fresh one",
+    "insufficient_work": "the stamp does not carry {bits} bits of work",
+    "stamp_mismatch": "the stamp's resource is not sha256(token + '.' + sha256(payload))",
+}
+
+
+# -- 10: the report -------------------------------------------------------------------
+
+
+def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
+    """Check 10: the report is JSON, valid against the schema, and from the token's owner."""
+    try:
+        payload = parse_json(payload_bytes)
+    except ValueError as error:
+        raise Refusal("invalid_payload", f"the payload is not JSON: {_clip(str(error))}") from None
+    try:
+        error = best_match(_VALIDATOR.iter_errors(payload))
+    except RecursionError:
+        raise Refusal("invalid_payload", "the payload is nested too deeply") from None
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "<root>"
+        raise Refusal("invalid_payload", f"{where}: {_clip(error.message)}")
+    if payload["part"] >= payload["parts"]:
+        raise Refusal("invalid_payload", "part must be less than parts")
+    if (
+        payload["deployment_id"] != claims.deployment_id
+        or payload["instance_id"] != claims.instance_id
+    ):
+        raise Refusal(
+            "invalid_payload", "deployment_id and instance_id must be the ones the token was for"
+        )
+    return payload
+
+
+# -- the pipelines --------------------------------------------------------------------
+
+
+def verify_report(
+    raw: bytes,
+    content_encoding: str | None,
+    *,
+    signer: TokenSigner,
+    limits: Limits,
+    now: float,
+) -> VerifiedReport:
+    """Checks 1 to 10 of a ``/v1/report`` body, in the protocol's order."""
+    body = decode_body(raw, content_encoding, limits.max_body_bytes)
+    envelope = check_envelope(body)
+    claims = check_token(signer, envelope.token, now)
+    check_stamp(envelope.stamp, envelope.token, envelope.payload_bytes, limits, now)
+    payload = check_payload(envelope.payload_bytes, claims)
+    return VerifiedReport(stamp=envelope.stamp, claims=claims, payload=payload)
+
+
+def verify_session_request(raw: bytes, content_encoding: str | None, cap: int) -> tuple[str, str]:
+    """A ``/v1/session`` body: JSON with exactly two lower-case UUIDs.
+
+    Returns ``(deployment_id, instance_id)``.
+    """
+    body = decode_body(raw, content_encoding, cap)
+    if not isinstance(body, dict):
+        raise Refusal("bad_session", f"the body must be a JSON object, not {_json_type(body)}")
+    keys = set(body)
+    if keys != SESSION_FIELDS:
+        raise Refusal("bad_session", _fields_detail(keys, SESSION_FIELDS))
+    for name in sorted(SESSION_FIELDS):
+        value = body[name]
+        if not isinstance(value, str) or UUID_RE.fullmatch(value) is None:
+            raise Refusal("bad_session", f"{name} must be a lower-case canonical UUID string")
+    return body["deployment_id"], body["instance_id"]
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+def _reason(error: Exception, known: frozenset[str], default: str) -> str:
+    reason = getattr(error, "reason", None)
+    if reason is None and error.args:
+        reason = error.args[0]
+    return reason if isinstance(reason, str) and reason in known else default
+
+
+def _fields_detail(keys: set[str], expected: frozenset[str]) -> str:
+    parts = []
+    missing = sorted(expected - keys)
+    unknown = sorted(keys - expected)
+    if missing:
+        parts.append("missing " + ", ".join(missing))
+    if unknown:
+        shown = ", ".join(_clip(name, 40) for name in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        parts.append(f"unknown {shown}{more}")
+    return f"expected exactly {', '.join(sorted(expected))}: " + "; ".join(parts)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _clip(text: str, limit: int = _DETAIL_LIMIT) -> str:
+    """Details echo the sender's input; keep them short."""
+    return text if len(text) <= limit else text[:limit] + "..."

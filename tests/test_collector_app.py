@@ -1,0 +1,1333 @@
+"""The collector, end to end: real uvicorn on 127.0.0.1, httpx, SQLite in ``tmp_path``.
+
+What must hold:
+
+* a session and a report are stored and read back through ``/api/summary``
+  and ``/export.csv``;
+* every kind of bad input gets the protocol's 4xx and reason (in the
+  protocol's order when several checks fail), is counted, and stores nothing;
+* the dashboard, its API and the CSV ask for credentials when configured,
+  ingestion never does;
+* random bodies never produce a 5xx (Hypothesis, in-process through
+  ``httpx.ASGITransport`` for speed);
+* a production collector without a secret does not start.
+
+Stamps are real (:mod:`reqtelemetry.hashcash`) at 8 bits, so they cost a
+millisecond.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, event, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from receiver import ServerThread
+from reqtelemetry import hashcash
+from reqtelemetry.collector.app import create_app
+from reqtelemetry.collector.export import COLUMNS
+from reqtelemetry.collector.settings import CollectorSettings, SettingsError
+from reqtelemetry.collector.storage import open_storage
+from reqtelemetry.collector.storage.base import Storage, StoredReport
+from reqtelemetry.collector.summary import fill_activity, version_key, with_previous_version
+from reqtelemetry.collector.tokens import TokenSigner
+from reqtelemetry.collector.verify import Refusal, gunzip_capped, parse_json
+
+BITS = 8
+SECRET = b"collector-tests-secret-0123456789"
+MIB = 1024 * 1024
+ROUTE_ITEM = "/api/items/{item_id}"
+ROUTE_CREATE = "/api/items"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+# -- reports ------------------------------------------------------------------------------
+
+
+def record(
+    method: str,
+    route: str,
+    status: int,
+    count: int,
+    bins: list[list[int]],
+    latency_sum: float,
+    request_bytes: int = 0,
+    response_bytes: int = 100,
+) -> dict[str, Any]:
+    return {
+        "method": method,
+        "route": route,
+        "status": status,
+        "count": count,
+        "latency": {
+            "p50": 0.004,
+            "p95": 0.005,
+            "p99": 0.005,
+            "sum": latency_sum,
+            "min": 0.001,
+            "max": 0.02,
+            "histogram": bins,
+        },
+        "request_bytes": request_bytes,
+        "response_bytes": response_bytes,
+    }
+
+
+def default_records(shift: int = 0) -> list[dict[str, Any]]:
+    """9 calls of GET /api/items/{item_id} (one 500), 3 of POST /api/items.
+
+    ``shift`` moves every histogram bucket up: +10 buckets is about 1.5 times slower.
+    """
+    return [
+        record(
+            "GET",
+            ROUTE_ITEM,
+            200,
+            8,
+            [[-137 + shift, 2], [-136 + shift, 2], [-135 + shift, 2], [-109 + shift, 2]],
+            0.0446,
+            0,
+            4096,
+        ),
+        record("GET", ROUTE_ITEM, 500, 1, [[-120 + shift, 1]], 0.0083, 0, 31),
+        record("POST", ROUTE_CREATE, 201, 3, [[-100 + shift, 3]], 0.0589, 690, 288),
+    ]
+
+
+def make_payload(
+    deployment_id: str,
+    instance_id: str,
+    *,
+    app_version: str | None = "2.4.1",
+    records: list[dict[str, Any]] | None = None,
+    **top: Any,
+) -> dict[str, Any]:
+    now = time.time()
+    payload: dict[str, Any] = {
+        "schema_version": 1,
+        "kind": "periodic",
+        "sent_at": round(now, 3),
+        "sequence": 0,
+        "part": 0,
+        "parts": 1,
+        "deployment_id": deployment_id,
+        "instance_id": instance_id,
+        "traits": {
+            "os": "linux",
+            "arch": "x86_64",
+            "cpu_count": 4,
+            "python_implementation": "CPython",
+            "python_version": "3.12.7",
+            "framework": "fastapi",
+            "server": "uvicorn",
+            "app_version": app_version,
+            "container": True,
+            "ci": False,
+            "development": False,
+        },
+        "withheld": ["memory_rss_bytes"],
+        "batch": {
+            "period_start": round(now - 3600, 3),
+            "period_end": round(now, 3),
+            "dropped": 0,
+            "histogram": {
+                "kind": "log",
+                "relative_accuracy": 0.02,
+                "min_tracked": 1e-06,
+                "max_tracked": 3600.0,
+            },
+            "records": default_records() if records is None else records,
+        },
+        "metrics": {"counters": {"jobs.completed": 2}, "gauges": {}},
+        "internal_errors": 0,
+    }
+    payload.update(top)
+    return payload
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def stamp_for(token: str, payload_text: str, bits: int = BITS, now: datetime | None = None) -> str:
+    return hashcash.mint(hashcash.payload_resource(token, payload_text.encode()), bits, now=now)
+
+
+def lying_stamp(token: str, payload_text: str, bits: int = BITS) -> str:
+    """A stamp that claims ``bits`` bits but whose SHA-1 does not have them."""
+    resource = hashcash.payload_resource(token, payload_text.encode())
+    date = datetime.now(timezone.utc).strftime("%y%m%d%H%M%S")
+    for counter in range(1, 10_000):
+        stamp = f"1:{bits}:{date}:{resource}::cmFuZA:{counter:x}"
+        digest = hashlib.sha1(stamp.encode()).digest()
+        if hashcash.leading_zero_bits(digest) < bits:
+            return stamp
+    raise AssertionError("every counter had the work (impossible)")
+
+
+def envelope(token: str, payload: dict[str, Any] | str, stamp: str | None = None) -> bytes:
+    text = payload if isinstance(payload, str) else dumps(payload)
+    return dumps(
+        {"token": token, "stamp": stamp or stamp_for(token, text), "payload": text}
+    ).encode()
+
+
+GZIP = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+PLAIN = {"Content-Type": "application/json"}
+
+
+# -- a collector on loopback ------------------------------------------------------------
+
+
+@dataclass
+class Collector:
+    url: str
+    http: httpx.Client
+    storage: Storage
+    settings: CollectorSettings
+
+    def session(self, deployment_id: str, instance_id: str) -> str:
+        response = self.http.post(
+            "/v1/session", json={"deployment_id": deployment_id, "instance_id": instance_id}
+        )
+        assert response.status_code == 200, response.text
+        token: str = response.json()["token"]
+        return token
+
+    def post_report(self, body: bytes, *, compress: bool = True, **kwargs: Any) -> httpx.Response:
+        if compress:
+            return self.http.post("/v1/report", content=gzip.compress(body), headers=GZIP, **kwargs)
+        return self.http.post("/v1/report", content=body, headers=PLAIN, **kwargs)
+
+    def send(self, payload: dict[str, Any]) -> httpx.Response:
+        """A full, honest client: session, stamp, gzipped report."""
+        token = self.session(payload["deployment_id"], payload["instance_id"])
+        return self.post_report(envelope(token, payload))
+
+    def reports_stored(self) -> int:
+        return int(self.storage.totals(0)["reports"])
+
+
+def db_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[Storage]:
+    opened = open_storage(db_url(tmp_path / "telemetry.db"))
+    opened.migrate()
+    yield opened
+    opened.close()
+
+
+def collector_settings(**overrides: Any) -> CollectorSettings:
+    options: dict[str, Any] = {"secret": SECRET, "bits": BITS, "next_interval": 300.0}
+    options.update(overrides)
+    return CollectorSettings(**options)
+
+
+@pytest.fixture
+def make_collector(storage: Storage) -> Iterator[Callable[..., Collector]]:
+    """``make_collector(**settings)``: the app served by uvicorn on 127.0.0.1."""
+    started: list[tuple[ServerThread, httpx.Client]] = []
+
+    def factory(**overrides: Any) -> Collector:
+        settings = collector_settings(**overrides)
+        server = ServerThread(create_app(settings, storage))
+        server.start()
+        http = httpx.Client(base_url=server.url, trust_env=False, timeout=10.0)
+        started.append((server, http))
+        return Collector(server.url, http, storage, settings)
+
+    yield factory
+    for server, http in started:
+        http.close()
+        server.stop()
+
+
+@pytest.fixture
+def collector(make_collector: Callable[..., Collector]) -> Collector:
+    return make_collector()
+
+
+# -- the happy path ---------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_session_grants_a_token_for_the_ids(collector: Collector) -> None:
+    deployment_id, instance_id = new_id(), new_id()
+    before = time.time()
+    response = collector.http.post(
+        "/v1/session",
+        content=gzip.compress(
+            dumps({"deployment_id": deployment_id, "instance_id": instance_id}).encode()
+        ),
+        headers=GZIP,
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) == {"token", "expires_at", "bits"}
+    assert answer["bits"] == BITS
+    assert before + 3600 - 5 <= answer["expires_at"] <= time.time() + 3600 + 5
+    claims = TokenSigner(SECRET).verify(answer["token"])
+    assert (claims.deployment_id, claims.instance_id) == (deployment_id, instance_id)
+
+
+@pytest.mark.e2e
+def test_reports_are_stored_and_read_back(collector: Collector) -> None:
+    deployment_id = new_id()
+    old, new = new_id(), new_id()
+    # One deployment upgraded: an instance on 2.4.1, then one on 2.5.0 whose
+    # latencies are 10 histogram buckets (about 1.5 times) slower.
+    response = collector.send(make_payload(deployment_id, old, app_version="2.4.1"))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"stored": True, "next_interval": 300.0}
+    response = collector.send(
+        make_payload(deployment_id, new, app_version="2.5.0", records=default_records(10))
+    )
+    assert response.status_code == 200, response.text
+    other_deployment = new_id()
+    response = collector.send(make_payload(other_deployment, new_id(), app_version="2.4.1"))
+    assert response.status_code == 200, response.text
+
+    summary = collector.http.get("/api/summary", params={"days": 7}).json()
+    assert summary["days"] == 7
+    totals = summary["totals"]
+    assert totals["deployments"] == 2
+    assert totals["instances"] == 3
+    assert totals["reports"] == 3
+    assert totals["requests"] == 3 * 12
+    assert totals["errors"] == 3
+    assert totals["error_rate"] == pytest.approx(3 / 36)
+    assert summary["refusals"] == {}
+    # Daily points for the whole window, zeros included, the last one today.
+    activity = summary["activity"]
+    assert len(activity) == 8
+    assert [p["instances"] for p in activity[:-1]] == [0] * 7
+    assert activity[-1]["deployments"] == 2 and activity[-1]["instances"] == 3
+
+    versions = {v["app_version"]: v for v in summary["versions"]}
+    assert versions["2.4.1"]["deployments"] == 2
+    assert versions["2.5.0"]["deployments"] == 1
+
+    endpoints = {(e["method"], e["route"]): e for e in summary["endpoints"]}
+    item = endpoints[("GET", ROUTE_ITEM)]
+    assert item["calls"] == 27
+    assert item["errors"] == 3
+    assert item["deployments"] == 2
+    assert 0.003 < item["p50"] < 0.03
+    assert endpoints[("POST", ROUTE_CREATE)]["request_bytes"] == 3 * 690
+
+    by_version = {
+        (e["method"], e["route"], e["app_version"]): e for e in summary["endpoints_by_version"]
+    }
+    slower = by_version[("GET", ROUTE_ITEM, "2.5.0")]
+    assert slower["previous_version"] == "2.4.1"
+    assert slower["p95_change"] == pytest.approx(
+        slower["p95"] / by_version[("GET", ROUTE_ITEM, "2.4.1")]["p95"] - 1
+    )
+    assert slower["p95_change"] > 0.3
+    assert by_version[("GET", ROUTE_ITEM, "2.4.1")]["p95_change"] is None
+
+    platforms = summary["platforms"]
+    assert sum(p["instances"] for p in platforms if p["os"] == "linux") == 3
+
+    response = collector.http.get("/export.csv", params={"days": 7})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert tuple(rows[0]) == COLUMNS
+    row = next(r for r in rows if r["route"] == ROUTE_ITEM and r["app_version"] == "2.4.1")
+    assert row["method"] == "GET"
+    assert int(row["calls"]) == 18
+    assert int(row["errors"]) == 2
+    assert float(row["error_rate"]) == pytest.approx(2 / 18, abs=1e-6)
+    assert int(row["deployments"]) == 2
+    expected = by_version[("GET", ROUTE_ITEM, "2.4.1")]
+    for column, key in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")):
+        assert float(row[column]) == pytest.approx(expected[key] * 1000, abs=0.001)
+    assert float(row["mean_ms"]) == pytest.approx(2 * (0.0446 + 0.0083) / 18 * 1000, abs=0.001)
+    assert int(row["response_bytes"]) == 2 * (4096 + 31)
+
+
+@pytest.mark.e2e
+def test_unused_endpoints_show_with_zero_calls(collector: Collector) -> None:
+    deployment_id, instance_id = new_id(), new_id()
+    long_ago = make_payload(
+        deployment_id,
+        instance_id,
+        records=[record("DELETE", "/api/items/{item_id}", 204, 2, [[-130, 2]], 0.01)],
+    )
+    collector.storage.store(
+        StoredReport(stamp="old-stamp", received_at=time.time() - 40 * 86400, payload=long_ago)
+    )
+    assert collector.send(make_payload(deployment_id, new_id())).status_code == 200
+
+    summary = collector.http.get("/api/summary?days=30").json()
+    unused = [e for e in summary["endpoints"] if e["calls"] == 0]
+    assert [(e["method"], e["route"]) for e in unused] == [("DELETE", "/api/items/{item_id}")]
+    assert summary["endpoints"][-1]["calls"] == 0  # most calls first
+    rows = list(csv.DictReader(io.StringIO(collector.http.get("/export.csv?days=30").text)))
+    delete = next(r for r in rows if r["method"] == "DELETE")
+    assert delete["calls"] == "0" and delete["p95_ms"] == ""
+
+
+@pytest.mark.e2e
+def test_a_report_sent_without_gzip_is_stored_too(collector: Collector) -> None:
+    payload = make_payload(new_id(), new_id())
+    token = collector.session(payload["deployment_id"], payload["instance_id"])
+    response = collector.post_report(envelope(token, payload), compress=False)
+    assert response.status_code == 200, response.text
+    assert collector.reports_stored() == 1
+
+
+@pytest.mark.e2e
+def test_health_and_pacing(make_collector: Callable[..., Collector]) -> None:
+    collector = make_collector(next_interval=None)
+    health = collector.http.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    response = collector.send(make_payload(new_id(), new_id()))
+    assert response.json() == {"stored": True}
+
+
+@pytest.mark.e2e
+def test_a_broken_database_is_a_503_not_a_500(tmp_path: Path) -> None:
+    broken = open_storage(db_url(tmp_path / "broken.db"))
+    broken.migrate()
+    server = ServerThread(create_app(collector_settings(), broken))
+    server.start()
+    broken.close()  # every storage call fails from here on
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
+            collector = Collector(server.url, http, broken, collector_settings())
+            response = collector.send(make_payload(new_id(), new_id()))
+            assert response.status_code == 503
+            assert response.headers["retry-after"].isdigit()
+            assert response.json()["error"] == "unavailable"
+            # A refusal is still answered as such, though it cannot be counted.
+            assert http.post("/v1/report", content=b"junk").status_code == 400
+            for path in ("/api/summary", "/export.csv"):
+                assert http.get(path).status_code == 503
+    finally:
+        server.stop()
+
+
+# -- every bad input: the right 4xx, counted, nothing stored ---------------------------------
+
+
+@dataclass
+class Case:
+    """A request built against a live session (``token`` for ``ids``)."""
+
+    token: str
+    deployment_id: str
+    instance_id: str
+
+    def payload(self, **top: Any) -> dict[str, Any]:
+        return make_payload(self.deployment_id, self.instance_id, **top)
+
+    def text(self) -> str:
+        return dumps(self.payload())
+
+
+def _gzip_bomb() -> bytes:
+    """64 MiB of zeros in about 64 KiB of gzip."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(MIB)
+    return b"".join([*(compressor.compress(block) for _ in range(64)), compressor.flush()])
+
+
+def _tampered_token(case: Case) -> str:
+    """The token's claims changed (other ids), its signature kept."""
+    claims_part, signature = case.token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(claims_part + "=" * (-len(claims_part) % 4)))
+    claims["d"] = new_id()
+    forged = base64.urlsafe_b64encode(dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{forged}.{signature}"
+
+
+def _token_for(case: Case, secret: bytes = SECRET, issued: float | None = None) -> str:
+    """Another token for the case's ids, from ``secret``, issued at ``issued``."""
+    return TokenSigner(secret).issue(case.deployment_id, case.instance_id, now=issued)[0]
+
+
+def _with_token(token: str, case: Case) -> bytes:
+    return envelope(token, case.text())
+
+
+def _body_with_stamp(case: Case, stamp: Callable[[str, str], str]) -> bytes:
+    text = case.text()
+    return envelope(case.token, text, stamp(case.token, text))
+
+
+def _minutes(minutes: float) -> datetime:
+    return datetime.now(timezone.utc) + timedelta(minutes=minutes)
+
+
+BuildBody = Callable[[Case], bytes]
+
+#: (id, body builder, gzip the body?, status, reason)
+BAD_REPORTS: list[tuple[str, BuildBody, bool, int, str]] = [
+    # 1: size
+    ("oversized", lambda c: b" " * (MIB + 1), False, 413, "too_large"),
+    ("oversized-after-gunzip", lambda c: b" " * (MIB + 1), True, 413, "too_large"),
+    # 2: JSON
+    ("malformed-json", lambda c: b'{"token": "abc", ', True, 400, "malformed_json"),
+    ("not-utf8", lambda c: b'{"token": "\xff\xfe"}', True, 400, "malformed_json"),
+    ("nan", lambda c: b'{"token": NaN, "stamp": "", "payload": ""}', True, 400, "malformed_json"),
+    ("huge-number", lambda c: b'{"token": 1e999}', True, 400, "malformed_json"),
+    ("deep-nesting", lambda c: b"[" * 100_000 + b"]" * 100_000, True, 400, "malformed_json"),
+    (
+        "duplicate-keys",
+        lambda c: b'{"token": "a", "token": "b", "stamp": "", "payload": ""}',
+        True,
+        400,
+        "malformed_json",
+    ),
+    ("empty-body", lambda c: b"", False, 400, "malformed_json"),
+    # 3: envelope
+    ("array-envelope", lambda c: b'["token", "stamp", "payload"]', True, 400, "bad_envelope"),
+    (
+        "unknown-field",
+        lambda c: dumps({**json.loads(_with_token(c.token, c)), "extra": 1}).encode(),
+        True,
+        400,
+        "bad_envelope",
+    ),
+    (
+        "missing-field",
+        lambda c: dumps({"token": c.token, "payload": c.text()}).encode(),
+        True,
+        400,
+        "bad_envelope",
+    ),
+    (
+        "payload-not-a-string",
+        lambda c: dumps({"token": c.token, "stamp": "x", "payload": c.payload()}).encode(),
+        True,
+        400,
+        "bad_envelope",
+    ),
+    (
+        "token-not-a-string",
+        lambda c: dumps({"token": 42, "stamp": "x", "payload": c.text()}).encode(),
+        True,
+        400,
+        "bad_envelope",
+    ),
+    (
+        "lone-surrogate",
+        lambda c: b'{"token": "\\ud800", "stamp": "x", "payload": "{}"}',
+        True,
+        400,
+        "malformed_json",
+    ),
+    # 4, 5: token
+    (
+        "forged-token",
+        lambda c: _with_token(_token_for(c, secret=b"another-secret-0123456789abcdef"), c),
+        True,
+        401,
+        "bad_token",
+    ),
+    ("tampered-token", lambda c: _with_token(_tampered_token(c), c), True, 401, "bad_token"),
+    ("garbage-token", lambda c: _with_token("not-a-token", c), True, 401, "bad_token"),
+    (
+        "expired-token",
+        lambda c: _with_token(_token_for(c, issued=time.time() - 7200), c),
+        True,
+        401,
+        "token_expired",
+    ),
+    # 6 to 9: stamp
+    (
+        "garbage-stamp",
+        lambda c: _body_with_stamp(c, lambda t, p: "garbage"),
+        True,
+        400,
+        "bad_stamp",
+    ),
+    (
+        "stale-stamp",
+        lambda c: _body_with_stamp(c, lambda t, p: stamp_for(t, p, now=_minutes(-20))),
+        True,
+        400,
+        "stale_stamp",
+    ),
+    (
+        "stamp-from-the-future",
+        lambda c: _body_with_stamp(c, lambda t, p: stamp_for(t, p, now=_minutes(10))),
+        True,
+        400,
+        "stale_stamp",
+    ),
+    (
+        "too-few-bits-claimed",
+        lambda c: _body_with_stamp(c, lambda t, p: stamp_for(t, p, bits=2)),
+        True,
+        400,
+        "insufficient_work",
+    ),
+    (
+        "too-few-bits-done",
+        lambda c: _body_with_stamp(c, lying_stamp),
+        True,
+        400,
+        "insufficient_work",
+    ),
+    (
+        "stamp-for-another-payload",
+        lambda c: _body_with_stamp(c, lambda t, p: stamp_for(t, p.replace("2.4.1", "9.9.9"))),
+        True,
+        400,
+        "stamp_mismatch",
+    ),
+    (
+        "stamp-for-another-token",
+        lambda c: _body_with_stamp(
+            c,
+            lambda t, p: stamp_for(_token_for(c), p),
+        ),
+        True,
+        400,
+        "stamp_mismatch",
+    ),
+    # 10: the report
+    ("payload-not-json", lambda c: envelope(c.token, "{nope"), True, 422, "invalid_payload"),
+    ("payload-not-an-object", lambda c: envelope(c.token, "[1, 2]"), True, 422, "invalid_payload"),
+    (
+        "payload-unknown-field",
+        lambda c: envelope(c.token, c.payload(hostname="web-1")),
+        True,
+        422,
+        "invalid_payload",
+    ),
+    (
+        "payload-wrong-type",
+        lambda c: envelope(c.token, c.payload(records=[{**default_records()[0], "count": "8"}])),
+        True,
+        422,
+        "invalid_payload",
+    ),
+    (
+        "payload-unknown-schema-version",
+        lambda c: envelope(c.token, c.payload(schema_version=2)),
+        True,
+        422,
+        "invalid_payload",
+    ),
+    (
+        "payload-part-beyond-parts",
+        lambda c: envelope(c.token, c.payload(part=1, parts=1)),
+        True,
+        422,
+        "invalid_payload",
+    ),
+    (
+        "payload-integer-beyond-64-bits",
+        lambda c: envelope(c.token, c.text().replace('"sequence":0', '"sequence":' + "9" * 25)),
+        True,
+        422,
+        "invalid_payload",
+    ),
+    (
+        "payload-lone-surrogate",
+        lambda c: envelope(c.token, c.text().replace(ROUTE_CREATE, "/api/\\udc80")),
+        True,
+        422,
+        "invalid_payload",
+    ),
+    (
+        "deployment-id-not-the-tokens",
+        lambda c: envelope(c.token, make_payload(new_id(), c.instance_id)),
+        True,
+        422,
+        "invalid_payload",
+    ),
+    (
+        "instance-id-not-the-tokens",
+        lambda c: envelope(c.token, make_payload(c.deployment_id, new_id())),
+        True,
+        422,
+        "invalid_payload",
+    ),
+    # Several failures: the cheapest check in the protocol's order answers.
+    (
+        "bad-token-and-bad-stamp",
+        lambda c: envelope("not-a-token", c.text(), "garbage"),
+        True,
+        401,
+        "bad_token",
+    ),
+    (
+        "stale-and-mismatched-stamp",
+        lambda c: _body_with_stamp(c, lambda t, p: stamp_for(t, "other", now=_minutes(-20))),
+        True,
+        400,
+        "stale_stamp",
+    ),
+    (
+        "insufficient-and-mismatched",
+        lambda c: _body_with_stamp(c, lambda t, p: stamp_for(t, "other", bits=1)),
+        True,
+        400,
+        "insufficient_work",
+    ),
+    (
+        "expired-token-and-invalid-payload",
+        lambda c: envelope(
+            _token_for(c, issued=time.time() - 7200),
+            "{nope",
+        ),
+        True,
+        401,
+        "token_expired",
+    ),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("build", "compress", "status", "reason"),
+    [pytest.param(*case[1:], id=case[0]) for case in BAD_REPORTS],
+)
+def test_bad_reports_are_refused_counted_and_not_stored(
+    collector: Collector, build: BuildBody, compress: bool, status: int, reason: str
+) -> None:
+    deployment_id, instance_id = new_id(), new_id()
+    case = Case(collector.session(deployment_id, instance_id), deployment_id, instance_id)
+    response = collector.post_report(build(case), compress=compress)
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert answer["error"] == reason
+    assert isinstance(answer["detail"], str) and answer["detail"]
+    assert collector.reports_stored() == 0
+    assert collector.storage.refusals() == {reason: 1}
+
+
+@pytest.mark.e2e
+def test_a_gzip_bomb_is_stopped_at_the_cap(collector: Collector) -> None:
+    bomb = _gzip_bomb()
+    assert len(bomb) < MIB
+    response = collector.http.post("/v1/report", content=bomb, headers=GZIP)
+    assert response.status_code == 413
+    assert response.json()["error"] == "too_large"
+    assert collector.storage.refusals() == {"too_large": 1}
+    assert collector.reports_stored() == 0
+    # The same cap, without a server: the inflater never produces more than cap + 1.
+    with pytest.raises(Refusal) as raised:
+        gunzip_capped(bomb, MIB)
+    assert raised.value.reason == "too_large"
+
+
+@pytest.mark.e2e
+def test_an_oversized_stream_without_length_is_cut_off(collector: Collector) -> None:
+    sent = []
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(64):  # up to 4 MiB, chunked: no Content-Length to refuse early
+            sent.append(1)
+            yield b" " * (64 * 1024)
+
+    try:
+        response = collector.http.post("/v1/report", content=chunks(), headers=PLAIN)
+    except httpx.TransportError:
+        pass  # the server may close while we are still writing: also a refusal
+    else:
+        assert response.status_code == 413
+        assert response.json()["error"] == "too_large"
+    assert collector.storage.refusals() == {"too_large": 1}
+    assert collector.reports_stored() == 0
+
+
+@pytest.mark.e2e
+def test_bad_gzip_and_unknown_encodings_are_malformed(collector: Collector) -> None:
+    for content, encoding in (
+        (b"not gzip at all", "gzip"),
+        (gzip.compress(b'{"token": "x"}')[:-6], "gzip"),  # truncated
+        (gzip.compress(b"{}") + b"trailing junk", "gzip"),
+        (b"{}", "br"),
+    ):
+        response = collector.http.post(
+            "/v1/report", content=content, headers={"Content-Encoding": encoding}
+        )
+        assert response.status_code == 400, (content, response.text)
+        assert response.json()["error"] == "malformed_json"
+    assert collector.storage.refusals() == {"malformed_json": 4}
+    assert collector.reports_stored() == 0
+
+
+@pytest.mark.e2e
+def test_a_replayed_stamp_is_refused(collector: Collector) -> None:
+    payload = make_payload(new_id(), new_id())
+    token = collector.session(payload["deployment_id"], payload["instance_id"])
+    body = envelope(token, payload)
+    assert collector.post_report(body).status_code == 200
+    again = collector.post_report(body)
+    assert again.status_code == 409
+    assert again.json()["error"] == "replay"
+    assert collector.reports_stored() == 1
+    assert collector.storage.refusals() == {"replay": 1}
+    summary = collector.http.get("/api/summary").json()
+    assert summary["totals"]["requests"] == 12  # counted once
+    assert summary["refusals"] == {"replay": 1}
+
+
+BAD_SESSIONS: list[tuple[str, bytes, int, str]] = [
+    ("not-json", b"deployment_id=1", 400, "malformed_json"),
+    ("array", b"[]", 400, "bad_session"),
+    ("missing", dumps({"deployment_id": new_id()}).encode(), 400, "bad_session"),
+    (
+        "extra",
+        dumps({"deployment_id": new_id(), "instance_id": new_id(), "host": "x"}).encode(),
+        400,
+        "bad_session",
+    ),
+    (
+        "upper-case",
+        dumps({"deployment_id": new_id().upper(), "instance_id": new_id()}).encode(),
+        400,
+        "bad_session",
+    ),
+    (
+        "not-a-uuid",
+        dumps({"deployment_id": "alice@example.org", "instance_id": new_id()}).encode(),
+        400,
+        "bad_session",
+    ),
+    (
+        "uuid-with-newline",
+        dumps({"deployment_id": new_id() + "\n", "instance_id": new_id()}).encode(),
+        400,
+        "bad_session",
+    ),
+    ("number", dumps({"deployment_id": 1, "instance_id": new_id()}).encode(), 400, "bad_session"),
+    ("oversized", b" " * 10_000, 413, "too_large"),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("body", "status", "reason"), [pytest.param(*c[1:], id=c[0]) for c in BAD_SESSIONS]
+)
+def test_bad_session_requests_are_refused(
+    collector: Collector, body: bytes, status: int, reason: str
+) -> None:
+    response = collector.http.post("/v1/session", content=body, headers=PLAIN)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == reason
+    assert "token" not in response.json()
+    assert collector.storage.refusals() == {reason: 1}
+
+
+# -- credentials -------------------------------------------------------------------------
+
+DASHBOARD_TOKEN = "dashboard-token-for-tests"
+USER, PASSWORD = "maintainer", "correct horse"
+PROTECTED = ("/", "/api/summary", "/export.csv")
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {pair}"}
+
+
+@pytest.mark.e2e
+def test_dashboard_api_and_csv_require_credentials(
+    make_collector: Callable[..., Collector],
+) -> None:
+    collector = make_collector(
+        dashboard_token=DASHBOARD_TOKEN, dashboard_basic_auth=(USER, PASSWORD)
+    )
+    http = collector.http
+    for path in PROTECTED:
+        refused = http.get(path)
+        assert refused.status_code == 401, path
+        assert refused.headers["www-authenticate"].startswith("Basic")
+        assert refused.json()["error"] == "unauthorized"
+        for headers in (
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Bearer {DASHBOARD_TOKEN}x"},
+            basic(USER, "wrong"),
+            basic("someone", PASSWORD),
+            {"Authorization": "Basic !!!not-base64"},
+        ):
+            assert http.get(path, headers=headers).status_code == 401, (path, headers)
+        assert http.get(path, params={"token": "wrong"}).status_code == 401
+        assert http.get(path, headers={"Authorization": f"Bearer {DASHBOARD_TOKEN}"}).is_success
+        assert http.get(path, params={"token": DASHBOARD_TOKEN}).is_success
+        assert http.get(path, headers=basic(USER, PASSWORD)).is_success
+
+    # Ingestion, health and the static files stay public.
+    assert collector.send(make_payload(new_id(), new_id())).status_code == 200
+    assert http.get("/healthz").status_code == 200
+    assert http.get("/static/dashboard.js").status_code == 200
+    # Failed logins are not ingestion refusals.
+    assert collector.storage.refusals() == {}
+
+
+@pytest.mark.e2e
+def test_a_token_only_dashboard_ignores_basic_auth(
+    make_collector: Callable[..., Collector],
+) -> None:
+    collector = make_collector(dashboard_token=DASHBOARD_TOKEN)
+    refused = collector.http.get("/api/summary", headers=basic(USER, DASHBOARD_TOKEN))
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert collector.http.get("/api/summary", params={"token": DASHBOARD_TOKEN}).is_success
+
+
+@pytest.mark.e2e
+def test_bad_days_are_a_400(collector: Collector) -> None:
+    for days in ("0", "-1", "abc", "1.5", "99999"):
+        for path in ("/api/summary", "/export.csv"):
+            response = collector.http.get(path, params={"days": days})
+            assert response.status_code == 400, (path, days)
+            assert response.json()["error"] == "bad_request"
+
+
+# -- the dashboard -------------------------------------------------------------------------
+
+STATIC = Path(__file__).parents[1] / "src" / "reqtelemetry" / "collector" / "static"
+
+
+@pytest.mark.e2e
+def test_the_dashboard_is_self_contained(collector: Collector) -> None:
+    page = collector.http.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.headers["referrer-policy"] == "no-referrer"
+    for testid in (
+        "total-deployments",
+        "total-instances",
+        "total-requests",
+        "total-error-rate",
+        "activity-chart",
+        "versions-chart",
+        "endpoints-table",
+        "by-version-table",
+        "platform-os",
+        "platform-arch",
+        "platform-python",
+    ):
+        assert f'data-testid="{testid}"' in page.text, testid
+    for asset, kind in (("dashboard.js", "javascript"), ("dashboard.css", "text/css")):
+        response = collector.http.get(f"/static/{asset}")
+        assert response.status_code == 200
+        assert kind in response.headers["content-type"]
+    # Works offline: nothing is loaded from anywhere else (the SVG namespace is a name).
+    for path in STATIC.iterdir():
+        urls = set(re.findall(r"https?://[^\s\"')]+", path.read_text(encoding="utf-8")))
+        assert urls <= {"http://www.w3.org/2000/svg"}, (path.name, urls)
+    # Data reaches the page only as text.
+    script = (STATIC / "dashboard.js").read_text(encoding="utf-8")
+    assert not re.search(r"\.(inner|outer)HTML|insertAdjacentHTML|document\.write", script)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_dashboard_script_parses() -> None:
+    subprocess.run(["node", "--check", str(STATIC / "dashboard.js")], check=True)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_dashboard_renders_the_summary(
+    make_collector: Callable[..., Collector], tmp_path: Path
+) -> None:
+    """The real script against a fake DOM (tests/dashboard_dom.js) and a real summary."""
+    collector = make_collector(dashboard_token=DASHBOARD_TOKEN)
+    deployment_id = new_id()
+    collector.storage.store(
+        StoredReport(
+            stamp="long-ago",
+            received_at=time.time() - 40 * 86400,
+            payload=make_payload(
+                deployment_id,
+                new_id(),
+                records=[record("DELETE", ROUTE_ITEM, 204, 1, [[-130, 1]], 0.005)],
+            ),
+        )
+    )
+    assert collector.send(make_payload(deployment_id, new_id(), app_version="2.4.1")).is_success
+    slower = make_payload(deployment_id, new_id(), app_version="2.5.0", records=default_records(10))
+    assert collector.send(slower).is_success
+    assert collector.http.post("/v1/report", content=b"junk").status_code == 400
+    summary = collector.http.get("/api/summary", params={"days": 30, "token": DASHBOARD_TOKEN})
+    (tmp_path / "summary.json").write_text(summary.text, encoding="utf-8")
+
+    done = subprocess.run(
+        [
+            "node",
+            str(Path(__file__).with_name("dashboard_dom.js")),
+            str(STATIC / "index.html"),
+            str(STATIC / "dashboard.js"),
+            str(tmp_path / "summary.json"),
+            f"?token={DASHBOARD_TOKEN}&days=30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    page = json.loads(done.stdout)
+    assert page["status"]["state"] == "ready", page["status"]
+    totals = page["totals"]
+    assert totals["deployments"]["text"] == "1"
+    assert totals["instances"]["text"] == "2"
+    assert totals["requests"]["text"] == "24"
+    assert totals["error-rate"]["text"] == "8.33%"
+    assert float(totals["error-rate"]["value"]) == pytest.approx(2 / 24)
+    # The script asked for the same window, with the page's token as a bearer token.
+    assert page["requests"] == [
+        {"url": "api/summary?days=30", "headers": {"Authorization": f"Bearer {DASHBOARD_TOKEN}"}}
+    ]
+    assert page["csvHref"] == f"export.csv?days=30&token={DASHBOARD_TOKEN}"
+
+    rows = {
+        (r["attributes"]["data-method"], r["attributes"]["data-route"]): r
+        for r in page["endpointRows"]
+    }
+    assert set(rows) == {("GET", ROUTE_ITEM), ("POST", ROUTE_CREATE), ("DELETE", ROUTE_ITEM)}
+    assert rows[("DELETE", ROUTE_ITEM)]["attributes"]["class"] == "unused"
+    assert page["unusedBadges"] == 1
+    assert rows[("GET", ROUTE_ITEM)]["cells"][2] == {"text": "18", "value": "18"}
+
+    # The slower release stands out: one coloured delta, against 2.4.1.
+    changes = page["p95Changes"]
+    assert [c["kind"] for c in changes] == ["worse", "worse"]
+    assert all(c["text"].startswith("+") and c["text"].endswith("vs 2.4.1") for c in changes)
+    assert {r["attributes"]["data-version"] for r in page["versionRows"]} == {"2.4.1", "2.5.0"}
+
+    bars = {bar["data-label"]: bar for bar in page["versionBars"]}
+    assert set(bars) == {"2.4.1", "2.5.0"}
+    assert bars["2.5.0"]["data-value"] == "1"
+    assert page["activityPaths"] == 2
+    assert {bar["data-label"] for bar in page["platformBars"]} >= {"linux", "x86_64", "3.12.7"}
+    assert [r["attributes"]["data-reason"] for r in page["refusalRows"]] == ["malformed_json"]
+
+
+# -- the pieces without a server ----------------------------------------------------------------
+
+
+def test_versions_compare_as_numbers() -> None:
+    ordered = ["1.2", "1.9", "1.10", "2.0.0", "10.0"]
+    assert sorted(reversed(ordered), key=version_key) == ordered
+    rows = [
+        {"method": "GET", "route": "/", "app_version": v, "calls": 1, "p95": p}
+        for v, p in (("1.10", 0.2), ("1.9", 0.1), ("0.1", None))
+    ]
+    marked = {row["app_version"]: row for row in with_previous_version(rows)}
+    assert marked["1.10"]["previous_version"] == "1.9"
+    assert marked["1.10"]["p95_change"] == pytest.approx(1.0)
+    assert marked["1.9"]["previous_version"] == "0.1"
+    assert marked["1.9"]["p95_change"] is None  # nothing to compare with
+
+
+def test_activity_has_every_bucket() -> None:
+    day = 86400
+    points = [{"bucket_start": 2.0 * day, "deployments": 1, "instances": 2}]
+    filled = fill_activity(points, since=0.5 * day, now=3.2 * day, bucket=day)
+    assert [p["bucket_start"] for p in filled] == [0.0, day, 2.0 * day, 3.0 * day]
+    assert [p["instances"] for p in filled] == [0, 0, 2, 0]
+
+
+def test_strict_json() -> None:
+    assert parse_json(b'{"a": [1, 2.5, "\\ud83d\\ude00"]}') == {"a": [1, 2.5, "\U0001f600"]}
+    for bad in (b"NaN", b"-Infinity", b"1e400", b'{"a":1,"a":2}', b"\xff", b'"\\udc00"'):
+        with pytest.raises(ValueError):
+            parse_json(bad)
+
+
+def test_csv_cells_cannot_become_formulas() -> None:
+    from reqtelemetry.collector.export import csv_text
+
+    text = csv_text(
+        [{"method": "GET", "route": '=HYPERLINK("http://x")', "app_version": "+1", "calls": 1}]
+    )
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert row["route"].startswith("'=")
+    assert row["app_version"] == "'+1"
+
+
+# -- random input never makes a 5xx (in-process) ------------------------------------------------
+
+
+@dataclass
+class InProcess:
+    loop: asyncio.AbstractEventLoop
+    client: httpx.AsyncClient
+    signer: TokenSigner
+    storage: Storage
+
+    def post(self, path: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
+        return self.loop.run_until_complete(
+            self.client.post(path, content=content, headers=headers)
+        )
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
+    opened = open_storage(db_url(tmp_path_factory.mktemp("fuzz") / "telemetry.db"))
+    opened.migrate()
+    app = create_app(collector_settings(max_body_bytes=64 * 1024), opened)
+    loop = asyncio.new_event_loop()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://collector")
+    yield InProcess(loop, client, TokenSigner(SECRET), opened)
+    loop.run_until_complete(client.aclose())
+    loop.close()
+    opened.close()
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+FUZZ_IDS = (new_id(), new_id())
+
+
+@st.composite
+def report_bodies(draw: st.DrawFn) -> bytes:
+    """Bodies from pure noise to envelopes with valid tokens and stamps around broken reports."""
+    kind = draw(st.sampled_from(["bytes", "json", "envelope", "stamped", "mutated"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=512))
+    if kind == "json":
+        return dumps(draw(json_values)).encode()
+    token = TokenSigner(SECRET).issue(*FUZZ_IDS)[0]
+    if kind == "envelope":
+        fields = draw(
+            st.dictionaries(
+                st.sampled_from(["token", "stamp", "payload", "extra"]),
+                json_values | st.just(token),
+                max_size=4,
+            )
+        )
+        return dumps(fields).encode()
+    if kind == "stamped":
+        text = draw(st.text(max_size=200) | json_values.map(dumps))
+    else:
+        payload = make_payload(*FUZZ_IDS)
+        target = draw(st.sampled_from([*payload, "batch.records", "traits"]))
+        value = draw(json_values)
+        if target == "batch.records":
+            first = payload["batch"]["records"][0]
+            first[draw(st.sampled_from(sorted(first)))] = value
+        elif target == "traits":
+            payload["traits"][draw(st.sampled_from(sorted(payload["traits"])))] = value
+        else:
+            payload[target] = value
+        text = dumps(payload)
+    return envelope(token, text)
+
+
+@pytest.mark.timeout(300)
+@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    path=st.sampled_from(["/v1/report", "/v1/session"]),
+    body=report_bodies(),
+    encoding=st.sampled_from(["none", "gzip", "gzip-header-only", "deflate"]),
+)
+def test_random_bodies_never_get_a_5xx(
+    in_process: InProcess, path: str, body: bytes, encoding: str
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    if encoding == "gzip":
+        body = gzip.compress(body)
+    if encoding != "none":
+        headers["Content-Encoding"] = "gzip" if encoding.startswith("gzip") else encoding
+    response = in_process.post(path, body, headers)
+    assert response.status_code < 500, response.text
+    answer = response.json()
+    event(f"{path} {response.status_code} {answer.get('error', '')}")
+    if response.status_code >= 400:
+        assert set(answer) == {"error", "detail"}
+    else:
+        assert set(answer) in ({"stored", "next_interval"}, {"token", "expires_at", "bits"})
+
+
+# -- production mode and the command line ------------------------------------------------------
+
+
+def test_production_without_a_secret_refuses_to_start() -> None:
+    env = {"REQTELEMETRY_COLLECTOR_PRODUCTION": "1", "REQTELEMETRY_DASHBOARD_TOKEN": "t"}
+    with pytest.raises(SettingsError, match="REQTELEMETRY_COLLECTOR_SECRET"):
+        CollectorSettings.resolve(env)
+    with pytest.raises(SettingsError, match="REQTELEMETRY_COLLECTOR_SECRET"):
+        CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_TOKEN": "t"}, production=True)
+    with pytest.raises(SettingsError, match="at least 16 bytes"):
+        CollectorSettings.resolve({**env, "REQTELEMETRY_COLLECTOR_SECRET": "short"})
+    settings = CollectorSettings.resolve({**env, "REQTELEMETRY_COLLECTOR_SECRET": "s" * 32})
+    assert settings.production and not settings.secret_generated
+    assert "s" * 32 not in repr(settings)
+
+
+def test_production_needs_dashboard_credentials_or_an_explicit_public_dashboard() -> None:
+    env = {"REQTELEMETRY_COLLECTOR_PRODUCTION": "1", "REQTELEMETRY_COLLECTOR_SECRET": "s" * 32}
+    with pytest.raises(SettingsError, match="REQTELEMETRY_DASHBOARD_TOKEN"):
+        CollectorSettings.resolve(env)
+    assert CollectorSettings.resolve({**env, "REQTELEMETRY_DASHBOARD_PUBLIC": "1"}).production
+    settings = CollectorSettings.resolve({**env, "REQTELEMETRY_DASHBOARD_BASIC_AUTH": "me:pw:x"})
+    assert settings.dashboard_basic_auth == ("me", "pw:x")
+
+
+def test_development_invents_a_secret_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry.collector"):
+        settings = CollectorSettings.resolve({})
+    assert settings.secret_generated and len(settings.secret) >= 16
+    assert not settings.production
+    assert "will not survive a restart" in caplog.text
+    assert settings.bits == 20 and settings.max_body_bytes == MIB
+
+
+def test_settings_from_the_environment() -> None:
+    settings = CollectorSettings.resolve(
+        {
+            "REQTELEMETRY_COLLECTOR_SECRET": "x" * 20,
+            "REQTELEMETRY_COLLECTOR_DB": "sqlite:///elsewhere.db",
+            "REQTELEMETRY_COLLECTOR_BITS": "12",
+            "REQTELEMETRY_COLLECTOR_NEXT_INTERVAL": "600",
+            "REQTELEMETRY_COLLECTOR_TOKEN_TTL": "120",
+        },
+        bits=14,
+    )
+    assert settings.db_url == "sqlite:///elsewhere.db"
+    assert settings.bits == 14  # the flag wins
+    assert settings.next_interval == 600.0 and settings.token_ttl == 120
+    for name, value in (
+        ("REQTELEMETRY_COLLECTOR_BITS", "lots"),
+        ("REQTELEMETRY_COLLECTOR_BITS", "99"),
+        ("REQTELEMETRY_COLLECTOR_NEXT_INTERVAL", "nan"),
+        ("REQTELEMETRY_COLLECTOR_PRODUCTION", "maybe"),
+    ):
+        with pytest.raises(SettingsError, match=r"\w"):
+            CollectorSettings.resolve({"REQTELEMETRY_COLLECTOR_SECRET": "x" * 20, name: value})
+
+
+def _cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REQTELEMETRY_")}
+    env.update(extra)
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    """The ``reqtelemetry`` command, run by this interpreter."""
+    return [sys.executable, "-m", "reqtelemetry.cli", *args]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.e2e
+def test_the_cli_refuses_production_without_a_secret(tmp_path: Path) -> None:
+    port = _free_port()
+    done = subprocess.run(
+        cli("collector", "--production", "--port", str(port), "--db", db_url(tmp_path / "t.db")),
+        env=_cli_env(REQTELEMETRY_DASHBOARD_TOKEN="t"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "REQTELEMETRY_COLLECTOR_SECRET" in done.stderr
+    assert not (tmp_path / "t.db").exists()
+
+
+@pytest.mark.e2e
+def test_the_cli_runs_a_collector_and_exports_csv(tmp_path: Path) -> None:
+    port = _free_port()
+    url = db_url(tmp_path / "cli.db")
+    server = subprocess.Popen(
+        cli("collector", "--db", url, "--port", str(port), "--bits", str(BITS)),
+        env=_cli_env(REQTELEMETRY_COLLECTOR_SECRET=SECRET.decode()),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=5.0)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if http.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.communicate()
+            assert time.monotonic() < deadline, "the collector did not start"
+            time.sleep(0.05)
+        payload = make_payload(new_id(), new_id())
+        session = http.post(
+            "/v1/session",
+            json={"deployment_id": payload["deployment_id"], "instance_id": payload["instance_id"]},
+        ).json()
+        assert session["bits"] == BITS
+        stored = http.post(
+            "/v1/report", content=gzip.compress(envelope(session["token"], payload)), headers=GZIP
+        )
+        assert stored.status_code == 200, stored.text
+        http.close()
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=10)
+    assert b"reqtelemetry collector" in stderr
+
+    out = tmp_path / "endpoints.csv"
+    done = subprocess.run(
+        cli("export", "--db", url, "--csv", "--days", "1", "-o", str(out)),
+        env=_cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert {(r["method"], r["route"], r["calls"]) for r in rows} == {
+        ("GET", ROUTE_ITEM, "9"),
+        ("POST", ROUTE_CREATE, "3"),
+    }
+    to_stdout = subprocess.run(
+        cli("export", "--db", url, "--csv"),
+        env=_cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert to_stdout.stdout.splitlines()[0] == ",".join(COLUMNS)
