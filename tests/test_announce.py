@@ -1,0 +1,59 @@
+"""The one start-up log line: on or off, where reports go, how to opt out."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from reqtelemetry import Config, Telemetry
+
+
+def announced(caplog: pytest.LogCaptureFixture, **options) -> list[str]:
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="reqtelemetry"):
+        telemetry = Telemetry(
+            config=Config.resolve(environ=options.pop("environ", {}), argv=[], **options)
+        )
+        telemetry.close(timeout=1.0)
+    return [r.getMessage() for r in caplog.records if "usage telemetry is" in r.getMessage()]
+
+
+def test_on_says_where_what_and_how_to_opt_out(caplog, receiver, tmp_path):
+    (line,) = announced(
+        caplog,
+        endpoint=receiver.url,
+        send_in_tests=True,
+        deployment_id_path=str(tmp_path / "id"),
+        retry_base_delay=0.01,
+    )
+    assert "is on" in line
+    assert receiver.url in line
+    assert "SQA_OPT_OUT=true" in line and "DO_NOT_TRACK=1" in line
+    assert "reqtelemetry inspect" in line
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        (
+            {"environ": {"SQA_OPT_OUT": "true"}, "endpoint": "http://127.0.0.1:9"},
+            "SQA_OPT_OUT is set",
+        ),
+        (
+            {"environ": {"DO_NOT_TRACK": "1"}, "endpoint": "http://127.0.0.1:9"},
+            "DO_NOT_TRACK is set",
+        ),
+        ({}, "no endpoint is configured"),
+        ({"endpoint": "http://127.0.0.1:9"}, "running under a test runner"),
+    ],
+)
+def test_off_says_why(caplog, options, reason):
+    (line,) = announced(caplog, **options)
+    assert "is off" in line
+    assert reason in line
+
+
+def test_debug_mode_says_reports_go_to_stderr(caplog, tmp_path):
+    (line,) = announced(caplog, debug=True, deployment_id_path=str(tmp_path / "id"))
+    assert "is on" in line and "stderr" in line
