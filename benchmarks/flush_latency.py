@@ -1,0 +1,994 @@
+"""What a flush costs: building a full batch, and request latency while it runs.
+
+Design decision 5 says flushing, serialising, compressing and proof of work
+never run on a request thread, and that CPU-heavy work must not starve request
+handling through the GIL. This module measures both halves of that promise, in
+one run, each against a baseline taken in the same run.
+
+1. **Building a full batch.** A recorder filled to its key cap (``max_keys``
+   distinct ``(method, route, status)`` keys, each with a latency histogram of
+   20-60 occupied bins) is collected, encoded with ``payload.build_reports`` and
+   every part gzipped (level 6, as the transport does). Median of repetitions,
+   per step; the baseline is one ``json.dumps`` of the same records plus one
+   ``gzip.compress``, the least any encoder could do.
+
+2. **Request latency while a flush runs.** The benchmark apps of
+   :mod:`benchmarks.overhead` are served *in this process*, next to the
+   ``Telemetry`` that measures them, so the flusher competes with the request
+   handlers for the GIL exactly as it would in production:
+
+   - ASGI: Starlette ``/items/{item_id}`` wrapped by ``ASGIMiddleware``, under
+     uvicorn (one event loop on a thread);
+   - WSGI: Flask ``/items/<int:item_id>`` wrapped by ``WSGIMiddleware``, under
+     Werkzeug's threaded server (a thread per connection). Werkzeug answers
+     every request with ``Connection: close`` (it does not do keep-alive), so
+     each WSGI request also pays a TCP connect and a new server thread.
+
+   A load generator in a separate process keeps a fixed number of clients busy
+   (closed loop, one httpx client and one thread each, keep-alive where the
+   server allows it), for a bounded time and request count, and reports every
+   request's latency. The flushes go to a minimal collector stand-in (Starlette under
+   uvicorn) in a third process that answers ``200`` to ``POST /v1/report``.
+   Phases, interleaved in a rotating order over rounds:
+
+   - (a) quiet: nothing but the requests;
+   - (b) flushing: on another thread, back to back, the recorder is refilled to
+     its cap and ``Telemetry.flush()`` sends it (collect, encode, gzip, POST);
+   - (c) minting: ``reqtelemetry.hashcash`` minting stamps back to back at 20
+     bits (12 in quick mode), when that module exists (the row is skipped with a
+     note otherwise).
+
+   The refill swaps prebuilt, read-only ``Stats`` objects into the recorder (a
+   dict copy, well under a millisecond, under the recorder's lock), so the CPU spent on the
+   flusher side is the flush's own, not the benchmark's. The load is closed-loop
+   and saturating, so whatever CPU a flush takes from the server shows in
+   throughput and p50 as well as in p99; all three are reported.
+
+Everything started here (servers, threads, processes) is stopped through one
+``ExitStack``, also when a step fails. Run alone with
+``python -m benchmarks flush_latency``; ``BENCH_QUICK=1`` cuts it to a smoke
+test of a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import gzip
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import itertools
+import json
+import os
+import queue
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from benchmarks import load_average, quick
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The budget from the design: p99 while a flush runs within 10 % of quiet.
+P99_BUDGET_RATIO = 1.10
+GZIP_LEVEL = 6
+MINT_BITS = 20
+#: Proof of work the collector stand-in asks for (``/v1/session``), when the
+#: transport speaks the session protocol: none, so that (b) measures the flush's
+#: own work in this process and (c) the stamps, each on its own.
+RECEIVER_BITS = 0
+
+#: Row labels, in table order (the smoke test checks they are all present).
+BUILD_LABELS = (
+    "recorder.collect()",
+    "payload.build_reports(...)",
+    "gzip.compress, every part",
+    "total (one full batch)",
+    "baseline: one json.dumps + one gzip.compress",
+)
+SERVER_LABELS = {"asgi": "ASGI: uvicorn + Starlette", "wsgi": "WSGI: Werkzeug threaded + Flask"}
+PHASE_LABELS = {
+    "quiet": "(a) quiet",
+    "flush": "(b) while flushing",
+    "mint": "(c) while minting",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Repetitions of the full-batch build (part 1).
+    build_repetitions: int
+    #: Interleaved rounds of every phase for every server (part 2).
+    rounds: int
+    #: Longest a phase's load may run, and most requests it may send.
+    phase_seconds: float
+    phase_max_requests: int
+    #: Requests per connection before a phase's timed ones (not recorded).
+    warmup_requests: int
+    #: Clients (a thread and an httpx client each) the load generator keeps busy.
+    concurrency: int
+    mint_bits: int
+
+
+FULL = Settings(
+    build_repetitions=21,
+    rounds=3,
+    phase_seconds=4.0,
+    phase_max_requests=40_000,
+    warmup_requests=20,
+    concurrency=4,
+    mint_bits=MINT_BITS,
+)
+QUICK = Settings(
+    build_repetitions=3,
+    rounds=1,
+    phase_seconds=0.4,
+    phase_max_requests=2_000,
+    warmup_requests=5,
+    concurrency=4,
+    mint_bits=12,
+)
+
+
+# -- a recorder full of realistic keys -------------------------------------------
+
+METHODS = ("GET", "GET", "GET", "POST", "PUT", "PATCH", "DELETE")
+STATUSES = (200, 200, 200, 201, 204, 304, 400, 401, 403, 404, 409, 422, 429, 500, 503)
+RESOURCES = (
+    "users",
+    "projects",
+    "items",
+    "orders",
+    "invoices",
+    "teams",
+    "repositories",
+    "issues",
+    "comments",
+    "attachments",
+    "webhooks",
+    "tokens",
+    "sessions",
+    "reports",
+    "exports",
+    "settings",
+    "notifications",
+    "audit-events",
+    "billing/plans",
+    "search",
+)
+SUFFIXES = (
+    "",
+    "/{id}",
+    "/{id}/members",
+    "/{id}/history",
+    "/{id}/{child_id}",
+    "/{id}/actions/{name}",
+)
+
+
+def template_stats(count: int, seed: int = 20240601) -> dict[tuple[str, str, int], Any]:
+    """``count`` distinct keys, each with stats as a busy service would have them.
+
+    Latency histograms have 20-60 occupied bins spread around a per-key median
+    between 2 ms and 300 ms, with a heavier right tail, so quantiles, sums and
+    bins look like the real thing (and compress like it).
+    """
+    from reqtelemetry.histogram import bucket_index, bucket_value
+    from reqtelemetry.recorder import Stats
+
+    rng = random.Random(seed)
+    routes = [
+        f"/api/v{version}/{resource}{suffix}"
+        for version in (1, 2)
+        for resource in RESOURCES
+        for suffix in SUFFIXES
+    ]
+    keys: list[tuple[str, str, int]] = []
+    seen: set[tuple[str, str, int]] = set()
+    while len(keys) < count:
+        key = (rng.choice(METHODS), rng.choice(routes), rng.choice(STATUSES))
+        if key not in seen:
+            seen.add(key)
+            keys.append(key)
+    stats: dict[tuple[str, str, int], Any] = {}
+    for key in keys:
+        occupied = rng.randint(20, 60)
+        center = bucket_index(rng.uniform(0.002, 0.3))
+        low = center - occupied // 3
+        indices = sorted(rng.sample(range(low, low + occupied * 2), occupied))
+        entry = Stats()
+        total = 0
+        latency_sum = 0.0
+        for index in indices:
+            weight = 2.0 ** (-abs(index - center) / 4.0)
+            n = max(1, int(rng.expovariate(1.0) * 400 * weight))
+            entry.bins[index] = n
+            total += n
+            latency_sum += n * bucket_value(index)
+        entry.count = total
+        entry.latency_sum = latency_sum
+        entry.latency_min = bucket_value(indices[0]) * 0.99
+        entry.latency_max = bucket_value(indices[-1]) * 1.01
+        entry.request_bytes = total * rng.randint(0, 2048)
+        entry.response_bytes = total * rng.randint(64, 65536)
+        stats[key] = entry
+    return stats
+
+
+def install(recorder: Any, template: dict[tuple[str, str, int], Any]) -> None:
+    """Refill ``recorder`` with ``template``'s keys, keeping what it holds now.
+
+    Reaches into the recorder (``_lock``, ``_stats``): a dict copy is the only
+    refill cheap enough not to distort what the flusher thread costs. The
+    ``Stats`` objects are shared between refills; a flush only reads them.
+    """
+    with recorder._lock:
+        fresh = dict(template)
+        fresh.update(recorder._stats)
+        recorder._stats = fresh
+
+
+# -- part 1: building one full batch ----------------------------------------------
+
+
+@dataclass
+class BuildResult:
+    collect_ms: list[float] = field(default_factory=list)
+    build_ms: list[float] = field(default_factory=list)
+    gzip_ms: list[float] = field(default_factory=list)
+    total_ms: list[float] = field(default_factory=list)
+    baseline_ms: list[float] = field(default_factory=list)
+    records: int = 0
+    parts: int = 0
+    raw_bytes: int = 0
+    gzip_bytes: int = 0
+    baseline_raw_bytes: int = 0
+    baseline_gzip_bytes: int = 0
+
+
+def measure_build(
+    template: dict[tuple[str, str, int], Any],
+    envelope: Any,
+    max_payload_bytes: int,
+    repetitions: int,
+) -> BuildResult:
+    from reqtelemetry.payload import build_reports
+    from reqtelemetry.recorder import Recorder
+
+    recorder = Recorder(max_keys=len(template))
+    result = BuildResult()
+    clock = time.perf_counter
+    for repetition in range(repetitions + 1):  # the first one warms up
+        install(recorder, template)
+        gc.collect()
+        start = clock()
+        batch = recorder.collect()
+        collected = clock()
+        reports = build_reports(envelope, batch, max_payload_bytes)
+        built = clock()
+        compressed = [gzip.compress(r.body, compresslevel=GZIP_LEVEL) for r in reports]
+        done = clock()
+        gc.collect()
+        base_start = clock()
+        text = json.dumps(batch.records, separators=(",", ":")).encode("ascii")
+        base_gzip = gzip.compress(text, compresslevel=GZIP_LEVEL)
+        base_done = clock()
+        if repetition == 0:
+            continue
+        result.collect_ms.append((collected - start) * 1e3)
+        result.build_ms.append((built - collected) * 1e3)
+        result.gzip_ms.append((done - built) * 1e3)
+        result.total_ms.append((done - start) * 1e3)
+        result.baseline_ms.append((base_done - base_start) * 1e3)
+        result.records = len(batch.records)
+        result.parts = len(reports)
+        result.raw_bytes = sum(len(r.body) for r in reports)
+        result.gzip_bytes = sum(len(c) for c in compressed)
+        result.baseline_raw_bytes = len(text)
+        result.baseline_gzip_bytes = len(base_gzip)
+    return result
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    quartiles = statistics.quantiles(values, n=4)
+    return quartiles[2] - quartiles[0]
+
+
+def build_table(result: BuildResult) -> str:
+    total = statistics.median(result.total_ms)
+    baseline = statistics.median(result.baseline_ms)
+    rows = [
+        "| step | median ms | IQR ms | share of total | ratio vs baseline |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    steps = (result.collect_ms, result.build_ms, result.gzip_ms, result.total_ms)
+    for label, samples in zip(BUILD_LABELS, steps, strict=False):
+        median = statistics.median(samples)
+        rows.append(
+            f"| {label} | {median:.1f} | {_iqr(samples):.1f} | {median / total:.0%} "
+            f"| {median / baseline:.2f}x |"
+        )
+    rows.append(
+        f"| {BUILD_LABELS[-1]} | {baseline:.1f} | {_iqr(result.baseline_ms):.1f} | — | 1.00x |"
+    )
+    return "\n".join(rows)
+
+
+# -- servers in this process ---------------------------------------------------
+
+
+def _listening_socket() -> socket.socket:
+    # proto=IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted
+    # sockets whose proto says TCP (without it, answers wait ~40 ms on Nagle).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class UvicornThread:
+    """An ASGI app under uvicorn on 127.0.0.1, its event loop on a daemon thread."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self._sock = _listening_socket()
+        self.port = self._sock.getsockname()[1]
+        config = uvicorn.Config(
+            app, lifespan="off", log_config=None, log_level="warning", access_log=False
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._server.serve(sockets=[self._sock])),
+            name="bench-uvicorn",
+            daemon=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        self._server.force_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._sock.close()
+
+
+class WerkzeugThread:
+    """A WSGI app under Werkzeug's threaded server, its accept loop on a daemon thread."""
+
+    def __init__(self, app: Any) -> None:
+        from werkzeug.serving import WSGIRequestHandler, make_server
+
+        class QuietHandler(WSGIRequestHandler):
+            protocol_version = "HTTP/1.1"  # Werkzeug still closes after each response
+
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in two writes: without this every
+                # answer waits for a delayed ACK (Nagle).
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def log_request(self, *args: Any, **kwargs: Any) -> None:
+                pass  # a log line per request would be the main cost measured
+
+        self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+        self.port = self._server.socket.getsockname()[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="bench-werkzeug",
+            daemon=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout)
+        self._server.server_close()
+
+
+# -- helper processes ----------------------------------------------------------------
+
+
+class Child:
+    """A helper process (``python -m benchmarks.flush_latency --<role>``) spoken to by lines."""
+
+    def __init__(self, role: str) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH", "")])])
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
+        self.role = role
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.flush_latency", f"--{role}"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
+        self._lines: queue.Queue[bytes] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name=f"bench-{role}-out", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(b"")  # end of output
+
+    def receive(self, timeout: float) -> Any:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"{self.role}: no answer within {timeout:.0f} s") from None
+        if not line:
+            raise RuntimeError(f"{self.role} exited: {self.stderr_tail()}")
+        return json.loads(line)
+
+    def send(self, message: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")[-limit:] or "(no stderr)"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc = self.proc
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()  # the load generator exits at end of input
+        if proc.poll() is None:
+            proc.terminate()  # uvicorn shuts down on SIGTERM
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._stderr.close()
+
+
+def _receiver_main() -> None:
+    """The collector stand-in: 200 to every report, a token to a session request."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def report(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({})
+
+    async def session(request: Request) -> JSONResponse:
+        await request.body()
+        answer = {"token": "bench", "expires_at": time.time() + 3600, "bits": RECEIVER_BITS}
+        return JSONResponse(answer)
+
+    app = Starlette(
+        routes=[
+            Route("/v1/report", report, methods=["POST"]),
+            Route("/v1/session", session, methods=["POST"]),
+        ]
+    )
+    sock = _listening_socket()
+    config = uvicorn.Config(
+        app, lifespan="off", log_config=None, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if task.done():
+                await task
+            await asyncio.sleep(0.01)
+        print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
+        await task
+
+    asyncio.run(serve())
+
+
+def _load_phase(pool: list[Any], url: str, command: dict[str, Any]) -> dict[str, Any]:
+    """One phase of closed-loop load: a thread per client, each request timed."""
+    import httpx
+
+    concurrency = len(pool)
+    per_connection = max(1, command["max_requests"] // concurrency)
+    warmup, seconds = command["warmup"], command["seconds"]
+    latencies: list[list[int]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    ready = threading.Barrier(concurrency + 1)
+    go = threading.Event()
+    deadline = [0]
+
+    def worker(slot: int) -> None:
+        client, mine, clock = pool[slot], latencies[slot], time.perf_counter_ns
+        for _ in range(warmup):
+            with contextlib.suppress(httpx.HTTPError):
+                client.get(url)
+        ready.wait()
+        go.wait()
+        end = deadline[0]
+        while len(mine) < per_connection and clock() < end:
+            start = clock()
+            try:
+                ok = client.get(url).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            mine.append((clock() - start) // 1000)
+            if not ok:
+                errors[slot] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    ready.wait(timeout=60)
+    started = time.perf_counter()
+    deadline[0] = time.perf_counter_ns() + int(seconds * 1e9)
+    go.set()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    merged = list(itertools.chain.from_iterable(latencies))
+    return {"latencies_us": merged, "errors": sum(errors), "elapsed": elapsed}
+
+
+def _loadgen_main() -> None:
+    """The load generator: one JSON command per input line, one JSON answer per line."""
+    import httpx
+
+    clients: dict[str, list[httpx.Client]] = {}
+    try:
+        for line in sys.stdin:
+            command = json.loads(line)
+            pool = clients.setdefault(command["url"], [])
+            while len(pool) < command["concurrency"]:
+                pool.append(httpx.Client(timeout=10.0, trust_env=False))
+            answer = _load_phase(pool[: command["concurrency"]], command["url"], command)
+            print(json.dumps(answer), flush=True)
+    finally:
+        for pool in clients.values():
+            for client in pool:
+                client.close()
+
+
+# -- background work during a phase -----------------------------------------------------
+
+
+class FlushLoop:
+    """Back-to-back flushes of a full recorder on a thread of this process."""
+
+    def __init__(self, telemetry: Any, template: dict[tuple[str, str, int], Any]) -> None:
+        self.telemetry = telemetry
+        self.template = template
+        self.wall_ms: list[float] = []
+        self.cpu_ms: list[float] = []
+        self.delivered = 0
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-flush-loop", daemon=True)
+
+    def _run(self) -> None:
+        recorder = self.telemetry.recorder
+        while not self._stop.is_set():
+            install(recorder, self.template)
+            self._started.set()
+            wall, cpu = time.perf_counter(), time.thread_time()
+            delivered = self.telemetry.flush(timeout=10.0)
+            self.cpu_ms.append((time.thread_time() - cpu) * 1e3)
+            self.wall_ms.append((time.perf_counter() - wall) * 1e3)
+            self.delivered += bool(delivered)
+
+    def __enter__(self) -> FlushLoop:
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("the flush loop did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+@dataclass
+class Minter:
+    """How to mint one stamp with ``reqtelemetry.hashcash``, found at run time."""
+
+    call: Callable[[int], Any]
+    description: str
+
+
+def find_minter() -> tuple[Minter | None, str]:
+    """The minting function of ``reqtelemetry.hashcash``, or why there is none."""
+    if importlib.util.find_spec("reqtelemetry.hashcash") is None:
+        return None, "no `reqtelemetry.hashcash` module yet"
+    module = importlib.import_module("reqtelemetry.hashcash")
+    for name in ("mint_in_subprocess", "mint"):
+        function = getattr(module, name, None)
+        if callable(function):
+            break
+    else:
+        return None, "`reqtelemetry.hashcash` has neither `mint_in_subprocess` nor `mint`"
+    try:
+        parameters = list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        parameters = []
+    bits_name = next((p for p in ("bits", "difficulty") if p in parameters), None)
+    counter = itertools.count()
+
+    extra = {"timeout": 120.0} if "timeout" in parameters else {}
+
+    def call(bits: int) -> Any:
+        resource = hashlib.sha256(f"bench.{next(counter)}.{time.time()}".encode()).hexdigest()
+        if bits_name is not None:
+            return function(resource, **{bits_name: bits}, **extra)
+        return function(resource, bits, **extra)
+
+    try:
+        call(8)  # a cheap probe of the calling convention
+    except Exception as error:
+        return None, f"`hashcash.{name}` could not be called: {type(error).__name__}: {error}"
+    shown = ", ".join(
+        ["resource", f"{bits_name or 'bits'}=…", *(f"{k}={v:g}" for k, v in extra.items())]
+    )
+    return Minter(call, f"`reqtelemetry.hashcash.{name}({shown})`"), ""
+
+
+class MintLoop:
+    """Back-to-back minting on a thread of this process."""
+
+    def __init__(self, minter: Minter, bits: int) -> None:
+        self.minter = minter
+        self.bits = bits
+        self.wall_ms: list[float] = []
+        self.cpu_ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-mint-loop", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            wall, cpu = time.perf_counter(), time.thread_time()
+            self.minter.call(self.bits)
+            self.cpu_ms.append((time.thread_time() - cpu) * 1e3)
+            self.wall_ms.append((time.perf_counter() - wall) * 1e3)
+
+    def __enter__(self) -> MintLoop:
+        self._thread.start()
+        time.sleep(0.05)  # let the first stamp get under way
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+# -- part 2: the phases -------------------------------------------------------------------
+
+
+@dataclass
+class PhaseSamples:
+    latencies_us: list[int] = field(default_factory=list)
+    p99_per_round: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+    work_wall_ms: list[float] = field(default_factory=list)
+    work_cpu_ms: list[float] = field(default_factory=list)
+    delivered: int = 0
+
+
+def percentile(sorted_values: list[int] | list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..1) of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values) + 0.5) - 1))
+    return float(sorted_values[rank])
+
+
+def run_phase(loadgen: Child, url: str, settings: Settings, samples: PhaseSamples | None) -> None:
+    loadgen.send(
+        {
+            "url": url,
+            "seconds": settings.phase_seconds,
+            "max_requests": settings.phase_max_requests,
+            "concurrency": settings.concurrency,
+            "warmup": settings.warmup_requests,
+        }
+    )
+    answer = loadgen.receive(timeout=settings.phase_seconds + 60)
+    if samples is None:
+        return
+    latencies = answer["latencies_us"]
+    samples.latencies_us.extend(latencies)
+    samples.p99_per_round.append(percentile(sorted(latencies), 0.99))
+    samples.errors += answer["errors"]
+    samples.elapsed += answer["elapsed"]
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.2f}"
+
+
+def latency_table(
+    results: dict[str, dict[str, PhaseSamples]], phases: list[str], mint_note: str
+) -> str:
+    rows = [
+        "| server | phase | requests | errors | req/s | p50 ms | p99 ms "
+        "| p99 ratio vs quiet (per round) | budget p99 ≤ 1.10x quiet |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for server, by_phase in results.items():
+        quiet = by_phase["quiet"]
+        quiet_sorted = sorted(quiet.latencies_us)
+        quiet_p99 = percentile(quiet_sorted, 0.99)
+        for phase in PHASE_LABELS:
+            label = f"| {SERVER_LABELS[server]} | {PHASE_LABELS[phase]} |"
+            if phase not in phases:
+                rows.append(f"{label} — | — | — | — | — | skipped: {mint_note} | — |")
+                continue
+            samples = by_phase[phase]
+            ordered = sorted(samples.latencies_us)
+            p50, p99 = percentile(ordered, 0.50), percentile(ordered, 0.99)
+            rate = len(ordered) / samples.elapsed if samples.elapsed else 0.0
+            if phase == "quiet":
+                ratio_text, verdict = "—", "(baseline)"
+            else:
+                ratio = p99 / quiet_p99
+                per_round = ", ".join(
+                    f"{mine / theirs:.2f}"
+                    for mine, theirs in zip(
+                        samples.p99_per_round, quiet.p99_per_round, strict=False
+                    )
+                )
+                ratio_text = f"**{ratio:.2f}x** ({per_round})"
+                verdict = "**PASS**" if ratio <= P99_BUDGET_RATIO else "**MISS**"
+            rows.append(
+                f"{label} {len(ordered)} | {samples.errors} | {rate:.0f} | {_ms(p50)} "
+                f"| {_ms(p99)} | {ratio_text} | {verdict} |"
+            )
+    return "\n".join(rows)
+
+
+def _work_line(name: str, samples: PhaseSamples, what: str) -> str:
+    if not samples.work_wall_ms:
+        return f"- {name}: no {what} completed"
+    n = len(samples.work_wall_ms)
+    wall = statistics.median(samples.work_wall_ms)
+    cpu = statistics.median(samples.work_cpu_ms)
+    extra = f", {samples.delivered}/{n} delivered" if what == "flushes" else ""
+    return (
+        f"- {name}: {n} {what}{extra}; median {wall:.1f} ms wall, "
+        f"{cpu:.1f} ms CPU on the working thread"
+    )
+
+
+# -- the whole run ------------------------------------------------------------------------
+
+
+def run() -> str:
+    """Measure both parts and return the markdown section."""
+    from benchmarks.overhead import flask_app, starlette_app
+    from reqtelemetry import ASGIMiddleware, Config, Telemetry, WSGIMiddleware
+    from reqtelemetry.payload import Envelope
+
+    settings = QUICK if quick() else FULL
+    load_before = load_average()
+    minter, mint_note = find_minter()
+    phases = ["quiet", "flush"] + (["mint"] if minter is not None else [])
+    results: dict[str, dict[str, PhaseSamples]] = {
+        server: {phase: PhaseSamples() for phase in phases} for server in SERVER_LABELS
+    }
+    started = time.perf_counter()
+
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-flush-")))
+        receiver = Child("receiver")
+        stack.callback(receiver.stop)
+        loadgen = Child("loadgen")
+        stack.callback(loadgen.stop)
+        port = receiver.receive(timeout=30)["port"]
+
+        config = Config.resolve(
+            environ={},
+            argv=[],
+            endpoint=f"http://127.0.0.1:{port}",
+            app_name="bench",
+            send_in_tests=True,
+            flush_interval=3600,
+            deployment_id_path=str(workdir / "deployment-id"),
+        )
+        telemetry = Telemetry(config=config)
+        stack.callback(telemetry.close, 5.0)
+        _settle(telemetry)
+        max_keys = config.max_keys
+        full = template_stats(max_keys)
+        # Part 2 leaves one key free for the requests being served.
+        all_but_one = dict(itertools.islice(full.items(), max_keys - 1))
+
+        traits, withheld = telemetry.traits.current()
+        envelope = Envelope(
+            kind="periodic",
+            sequence=1,
+            deployment_id="6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b",
+            instance_id=telemetry.instance_id,
+            traits=traits,
+            withheld=withheld,
+            metrics={"counters": {}, "gauges": {}},
+        )
+        build = measure_build(full, envelope, config.max_payload_bytes, settings.build_repetitions)
+
+        asgi = UvicornThread(ASGIMiddleware(starlette_app(), telemetry=telemetry))
+        asgi.start()
+        stack.callback(asgi.stop)
+        wsgi_app = flask_app()
+        wsgi_app.wsgi_app = WSGIMiddleware(wsgi_app.wsgi_app, telemetry=telemetry)
+        wsgi = WerkzeugThread(wsgi_app)
+        wsgi.start()
+        stack.callback(wsgi.stop)
+        urls = {"asgi": f"{asgi.url}/items/42", "wsgi": f"{wsgi.url}/items/42"}
+
+        warmup = Settings(
+            **{**settings.__dict__, "phase_seconds": min(0.5, settings.phase_seconds)}
+        )
+        for url in urls.values():
+            run_phase(loadgen, url, warmup, None)
+
+        recorded: set[str] = set()
+        for round_ in range(settings.rounds):
+            for server, url in urls.items():
+                shift = round_ % len(phases)
+                for phase in phases[shift:] + phases[:shift]:
+                    samples = results[server][phase]
+                    gc.collect()
+                    if phase == "flush":
+                        with FlushLoop(telemetry, all_but_one) as loop:
+                            run_phase(loadgen, url, settings, samples)
+                        samples.work_wall_ms += loop.wall_ms
+                        samples.work_cpu_ms += loop.cpu_ms
+                        samples.delivered += loop.delivered
+                    elif phase == "mint":
+                        assert minter is not None
+                        with MintLoop(minter, settings.mint_bits) as mint_loop:
+                            run_phase(loadgen, url, settings, samples)
+                        samples.work_wall_ms += mint_loop.wall_ms
+                        samples.work_cpu_ms += mint_loop.cpu_ms
+                    else:
+                        run_phase(loadgen, url, settings, samples)
+                        # Proof the middleware measured it (a flush would take it away).
+                        recorded.update(
+                            f"{r['method']} {r['route']} {r['status']}"
+                            for r in telemetry.snapshot()
+                            if r["route"].startswith("/items/")
+                        )
+    elapsed = time.perf_counter() - started
+
+    mode = "quick (BENCH_QUICK=1: rough, for smoke tests)" if quick() else "full"
+    ratio = build.raw_bytes / build.gzip_bytes if build.gzip_bytes else 0.0
+    lines = [
+        "## Flush cost and request latency while flushing",
+        "",
+        f"- mode: {mode}; {elapsed:.0f} s; load average (1/5/15 min) before: {load_before}, "
+        f"after: {load_average()}; CPU count: {os.cpu_count()}; "
+        f"GIL switch interval: {sys.getswitchinterval() * 1e3:g} ms",
+        "",
+        f"### Building and compressing a full batch ({build.records} keys)",
+        "",
+        f"- a recorder at its key cap (`max_keys={max_keys}`): each key a distinct "
+        "(method, route, status) with a latency histogram of 20-60 occupied bins",
+        f"- median of {settings.build_repetitions} repetitions (after one warm-up), wall "
+        f"clock, garbage collected before each; gzip level {GZIP_LEVEL} (the transport's)",
+        f"- payload: {build.parts} part(s) (`max_payload_bytes={config.max_payload_bytes}`), "
+        f"{build.raw_bytes:,} bytes of JSON, {build.gzip_bytes:,} gzipped ({ratio:.1f}:1); "
+        f"baseline text {build.baseline_raw_bytes:,} bytes, {build.baseline_gzip_bytes:,} "
+        "gzipped",
+        "- baseline: `json.dumps(batch.records)` once and `gzip.compress` once, the least "
+        "any encoder of these records could do",
+        "",
+        build_table(build),
+        "",
+        "### Request p99 while a flush runs",
+        "",
+        "- servers in this process, next to the Telemetry whose flushes compete with them "
+        "for the GIL: "
+        + "; ".join(SERVER_LABELS.values())
+        + "; Telemetry with `flush_interval=3600` (its own timer stays idle)",
+        f"- load: a separate process, {settings.concurrency} concurrent clients (an httpx "
+        "client and a thread each; keep-alive for uvicorn, while Werkzeug closes every "
+        "connection, so each WSGI request includes a TCP connect and a new server thread), "
+        "closed loop, at most "
+        f"{settings.phase_seconds:g} s and {settings.phase_max_requests} requests per phase, "
+        f"{settings.warmup_requests} untimed requests per connection first; latency is "
+        "measured by the client around each `GET /items/42`",
+        f"- {settings.rounds} round(s); each round runs every phase for each server, in a "
+        "rotating order; p50/p99 pooled over rounds (nearest rank); per-round p99 ratios "
+        "in parentheses",
+        "- (b): on a thread, back to back: refill the recorder to its cap (prebuilt stats, "
+        "a dict copy) and `telemetry.flush()` to a collector stand-in in a third process "
+        "(Starlette under uvicorn, `200` to `POST /v1/report`; to `POST /v1/session` a "
+        f"token asking for {RECEIVER_BITS} bits of proof of work, so a flush's stamps cost "
+        "nothing here and (c) measures them on their own: a real flush at the collector's "
+        "default 20 bits does (b)'s work plus one (c) stamp per part)",
+        _work_line("flushes in (b), ASGI", results["asgi"]["flush"], "flushes"),
+        _work_line("flushes in (b), WSGI", results["wsgi"]["flush"], "flushes"),
+    ]
+    if minter is not None:
+        lines += [
+            f"- (c): {minter.description} back to back at {settings.mint_bits} bits on a thread",
+            _work_line("stamps in (c), ASGI", results["asgi"]["mint"], "stamps"),
+            _work_line("stamps in (c), WSGI", results["wsgi"]["mint"], "stamps"),
+        ]
+    else:
+        lines.append(f"- (c): skipped, {mint_note}")
+    lines += [
+        f"- budget: p99 while flushing ≤ {P99_BUDGET_RATIO:.2f}x quiet p99; reported, never "
+        "enforced. The load saturates the server (closed loop), so CPU taken by a flush "
+        "also lowers req/s and raises p50; on a 2-core machine the load generator, the "
+        "server and the collector stand-in share the cores",
+        f"- recorded by the middlewares: {', '.join(sorted(recorded)) or 'nothing'}",
+        "",
+        latency_table(results, phases, mint_note),
+    ]
+    return "\n".join(lines)
+
+
+def _settle(telemetry: Any, timeout: float = 15.0) -> None:
+    """Wait until the flusher thread's startup report has been sent (or given up)."""
+    flusher = telemetry.flusher
+    if flusher is None:
+        raise RuntimeError("the Telemetry does not send (opted out?)")
+    deadline = time.monotonic() + timeout
+    while flusher.sequence < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the startup flush never started")
+        time.sleep(0.01)
+    if not flusher._flush_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise RuntimeError("the startup flush did not end")
+    flusher._flush_lock.release()
+
+
+def _main(argv: list[str]) -> None:
+    if argv == ["--receiver"]:
+        _receiver_main()
+    elif argv == ["--loadgen"]:
+        _loadgen_main()
+    else:
+        print(run())
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

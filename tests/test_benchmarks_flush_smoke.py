@@ -1,0 +1,56 @@
+"""The flush-latency benchmark runs end to end (quick mode); no timing is asserted."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import flush_latency  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+
+def _rows(report: str) -> list[str]:
+    return [line for line in report.splitlines() if line.startswith("| ")]
+
+
+@pytest.mark.timeout(90)
+def test_flush_latency_quick_run_reports_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_QUICK", "1")
+    report = flush_latency.run()
+    rows = _rows(report)
+
+    # Part 1: every step of building a full batch, and the baseline.
+    assert "### Building and compressing a full batch (1000 keys)" in report
+    for label in flush_latency.BUILD_LABELS:
+        assert any(row.startswith(f"| {label} |") for row in rows), label
+
+    # Part 2: a row per server and phase; (c) is measured or skipped with a note.
+    minting = flush_latency.find_minter()[0] is not None
+    for server in flush_latency.SERVER_LABELS.values():
+        for key, phase in flush_latency.PHASE_LABELS.items():
+            matching = [row for row in rows if row.startswith(f"| {server} | {phase} |")]
+            assert len(matching) == 1, (server, phase)
+            if key == "mint" and not minting:
+                assert "skipped" in matching[0]
+            else:
+                assert "skipped" not in matching[0]
+    verdicts = report.count("**PASS**") + report.count("**MISS**")
+    assert verdicts == 2 * (2 if minting else 1)
+
+    # Every flush reached the collector stand-in, and the middlewares measured the routes.
+    assert "GET /items/{item_id} 200" in report
+    assert "GET /items/<int:item_id> 200" in report
+    flush_lines = [line for line in report.splitlines() if line.startswith("- flushes in (b)")]
+    assert len(flush_lines) == 2
+    for line in flush_lines:
+        found = re.search(r": (\d+) flushes, (\d+)/(\d+) delivered", line)
+        assert found is not None, line
+        assert int(found[1]) >= 1 and found[2] == found[3] == found[1], line
