@@ -150,8 +150,8 @@ def would_send(telemetry: Telemetry) -> bytes:
     from reqtelemetry.recorder import Batch
 
     now = time.time()
-    batch = Batch(
-        records=telemetry.snapshot(),
+    batch = Batch.from_records(
+        telemetry.snapshot(),
         dropped=telemetry.recorder.dropped,
         period_start=telemetry.started_at,
         period_end=now,

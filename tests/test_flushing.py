@@ -526,7 +526,7 @@ def test_parts_also_respect_the_schemas_record_limit():
     assert len(payloads) == 2
     assert all(len(p["batch"]["records"]) <= 10000 for p in payloads)  # the schema's maxItems
     assert sum(record_counts(payloads).values()) == 12000
-    assert [len(report.records) for report in reports] == [
+    assert [len(report.keys) for report in reports] == [
         len(p["batch"]["records"]) for p in payloads
     ]
 
@@ -711,3 +711,15 @@ def test_real_difficulty_is_minted_in_a_child_process(make_sender, receiver):
     assert not receiver.all_schema_errors()  # the receiver verified the 16-bit stamp
     assert receiver.requests[-1].envelope["stamp"].startswith("1:16:")
     assert delivered(receiver, telemetry) == expected
+
+
+def test_envelope_built_in_slices_is_the_plain_json_envelope():
+    from reqtelemetry.transport import ENVELOPE_SLICE, build_envelope
+
+    payload = json.dumps({"route": '/a"b\\c', "pad": "x" * (3 * ENVELOPE_SLICE + 7)})
+    envelope = build_envelope('tok"en', "1:8:261122000000:r::a:b", payload)
+    assert json.loads(envelope) == {
+        "token": 'tok"en',
+        "stamp": "1:8:261122000000:r::a:b",
+        "payload": payload,
+    }

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reqtelemetry.histogram import Histogram
-from reqtelemetry.recorder import OVERFLOW_KEY, Batch, Recorder
+from reqtelemetry.recorder import OVERFLOW_KEY, Batch, Recorder, Stats
 
 
 def by_key(records):
@@ -293,3 +296,40 @@ def test_collect_while_recording_loses_nothing():
     assert sum(total_count(b.records) for b in batches) == threads * per_thread
     assert sum(sum(r["request_bytes"] for r in b.records) for b in batches) == threads * per_thread
     assert all(b.dropped == 0 for b in batches)
+
+
+# -- the flusher's fast paths: JSON text straight from Stats, merge of Stats ----------
+
+
+durations = st.floats(min_value=0.0, max_value=10_000.0, allow_nan=False)
+measurements = st.lists(
+    st.tuples(durations, st.integers(0, 2**40), st.integers(0, 2**40)), min_size=0, max_size=40
+)
+routes = st.text(min_size=0, max_size=40)  # any text: quotes, backslashes, non-ASCII
+
+
+@given(measurements, routes, st.integers(0, 999))
+def test_to_json_is_exactly_the_record(values, route, status):
+    stats = Stats()
+    for duration, request_bytes, response_bytes in values:
+        recorder = Recorder()
+        recorder.record("GET", route, status, duration, request_bytes, response_bytes)
+        stats.absorb(recorder.collect().stats[("GET", route, status)])
+    key = ("GET", route, status)
+    text = stats.to_json(key)
+    assert text.isascii()
+    assert json.loads(text) == stats.to_record(key)
+
+
+def test_batch_from_records_round_trips_and_adds_up_same_keys():
+    recorder = Recorder()
+    recorder.record("GET", "/a", 200, 0.01, 1, 2)
+    recorder.record("GET", "/a", 200, 0.02, 3, 4)
+    recorder.record("POST", "/b", 201, 0.5, 5, 6)
+    records = recorder.snapshot()
+    assert Batch.from_records(records).records == records
+    doubled = Batch.from_records(records + records)
+    by_key = {(r["method"], r["route"]): r for r in doubled.records}
+    assert by_key["GET", "/a"]["count"] == 4
+    assert by_key["GET", "/a"]["latency"]["min"] == 0.01
+    assert by_key["POST", "/b"]["response_bytes"] == 12

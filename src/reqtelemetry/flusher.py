@@ -213,11 +213,11 @@ class Flusher:
         self, batch: Batch, undelivered: list[Report], metrics: dict[str, dict[str, float]]
     ) -> None:
         """Merge what did not reach the collector back into the live aggregates."""
-        records = [record for report in undelivered for record in report.records]
+        keys = [key for report in undelivered for key in report.keys]
         totals = any(report.carries_totals for report in undelivered)
         self.telemetry.recorder.merge(
             Batch(
-                records=records,
+                stats={key: batch.stats[key] for key in keys},
                 dropped=batch.dropped if totals else 0,
                 period_start=batch.period_start,
                 period_end=batch.period_end,

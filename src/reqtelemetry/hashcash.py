@@ -330,11 +330,25 @@ def verify(
 # -- the child process ----------------------------------------------------------------
 
 
+def _lower_priority() -> None:
+    """Run the child at the lowest CPU priority.
+
+    Off the GIL is not off the CPU: a second of hashing competes with the app's
+    own processes for cores. Niced, the child takes only what they leave idle;
+    the report waits a little longer, the app's requests do not.
+    """
+    try:
+        os.nice(19)
+    except (AttributeError, OSError):  # not on this platform, or not allowed
+        pass
+
+
 def _main(argv: list[str]) -> int:
     """``mint RESOURCE BITS``: print a stamp (what :func:`mint_in_subprocess` runs)."""
     if len(argv) != 3 or argv[0] != "mint":
         print("usage: python -m reqtelemetry.hashcash mint RESOURCE BITS", file=sys.stderr)
         return 2
+    _lower_priority()
     try:
         stamp = mint(argv[1], int(argv[2]))
     except ValueError as error:

@@ -81,18 +81,30 @@ class Histogram:
 
     def quantile(self, q: float) -> float | None:
         """The estimate of the ``q`` quantile (0..1), or None when empty."""
-        count = self.count
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: tuple[float, ...]) -> list[float | None]:
+        """Estimates of several quantiles (ascending or not) in one pass over the bins."""
+        for q in qs:
+            if not 0.0 <= q <= 1.0:
+                raise ValueError(f"quantile must be within [0, 1], got {q!r}")
+        bins = self.bins
+        count = sum(bins.values())
         if not count:
-            return None
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile must be within [0, 1], got {q!r}")
-        rank = math.floor(q * (count - 1))
+            return [None] * len(qs)
+        order = sorted(range(len(qs)), key=lambda i: qs[i])
+        ranks = [math.floor(qs[i] * (count - 1)) for i in order]
+        found: list[float | None] = [None] * len(qs)
         seen = 0
-        for index in sorted(self.bins):
-            seen += self.bins[index]
-            if seen > rank:
-                return bucket_value(index)
-        return bucket_value(max(self.bins))  # unreachable unless counts are inconsistent
+        wanted = 0
+        for index in sorted(bins):
+            seen += bins[index]
+            while wanted < len(order) and seen > ranks[wanted]:
+                found[order[wanted]] = bucket_value(index)
+                wanted += 1
+            if wanted == len(order):
+                break
+        return found
 
     def to_pairs(self) -> list[list[int]]:
         """Sparse, JSON-ready form: ``[[index, count], ...]`` sorted by index."""

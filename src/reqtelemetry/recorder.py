@@ -13,14 +13,21 @@ batches add up exactly.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .histogram import _LOG_GAMMA, MAX_INDEX, MAX_TRACKED, MIN_INDEX, MIN_TRACKED, Histogram
+
+Key = tuple[str, str, int]
+#: The quantiles every record reports.
+QUANTILES = (0.50, 0.95, 0.99)
+#: Keys merged back per hold of the lock.
+MERGE_SLICE = 64
 
 #: The key that absorbs requests once ``max_keys`` distinct keys exist.
 OVERFLOW_KEY = ("_OTHER", "<overflow>", 0)
@@ -51,18 +58,20 @@ class Stats:
         self.request_bytes = 0
         self.response_bytes = 0
 
-    def to_record(self, key: tuple[str, str, int]) -> dict[str, Any]:
+    def to_record(self, key: Key) -> dict[str, Any]:
+        """The JSON-ready record (``snapshot()`` and the wire format's shape)."""
         method, route, status = key
         histogram = self.histogram
+        p50, p95, p99 = histogram.quantiles(QUANTILES)
         return {
             "method": method,
             "route": route,
             "status": status,
             "count": self.count,
             "latency": {
-                "p50": histogram.quantile(0.50),
-                "p95": histogram.quantile(0.95),
-                "p99": histogram.quantile(0.99),
+                "p50": p50,
+                "p95": p95,
+                "p99": p99,
                 "sum": self.latency_sum,
                 "min": self.latency_min if self.count else None,
                 "max": self.latency_max if self.count else None,
@@ -72,19 +81,113 @@ class Stats:
             "response_bytes": self.response_bytes,
         }
 
+    def to_json(self, key: Key) -> str:
+        """The same record as compact JSON text, written directly.
+
+        Why not ``json.dumps(to_record())``: the flusher runs this for every key
+        on a thread that shares the GIL with request threads. Writing text
+        creates no dicts or lists per bin (no work for the garbage collector,
+        whose full collections stall every thread) and costs about half.
+        """
+        method, route, status = key
+        bins = self.bins
+        order = sorted(bins)
+        count = self.count
+        p50, p95, p99 = self.histogram.quantiles(QUANTILES)
+        histogram = ",".join([f"[{index},{bins[index]}]" for index in order])
+        return (
+            f'{{"method":{_text(method)},"route":{_text(route)},"status":{int(status)},'
+            f'"count":{count},"latency":{{"p50":{_number(p50)},"p95":{_number(p95)},'
+            f'"p99":{_number(p99)},"sum":{_number(self.latency_sum)},'
+            f'"min":{_number(self.latency_min if count else None)},'
+            f'"max":{_number(self.latency_max if count else None)},'
+            f'"histogram":[{histogram}]}},"request_bytes":{self.request_bytes},'
+            f'"response_bytes":{self.response_bytes}}}'
+        )
+
+    def absorb(self, other: Stats) -> None:
+        """Add ``other``'s aggregates into these (every statistic adds up)."""
+        self.count += other.count
+        bins = self.bins
+        for index, count in other.bins.items():
+            bins[index] = bins.get(index, 0) + count
+        self.latency_sum += other.latency_sum
+        if other.latency_min < self.latency_min:
+            self.latency_min = other.latency_min
+        if other.latency_max > self.latency_max:
+            self.latency_max = other.latency_max
+        self.request_bytes += other.request_bytes
+        self.response_bytes += other.response_bytes
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Stats:
+        """Stats from a record as :meth:`to_record` makes it (validated by type)."""
+        stats = cls()
+        latency = record["latency"]
+        stats.count = int(record["count"])
+        stats.histogram.merge_bins(latency["histogram"])
+        stats.latency_sum = float(latency["sum"])
+        if latency["min"] is not None:
+            stats.latency_min = float(latency["min"])
+        if latency["max"] is not None:
+            stats.latency_max = float(latency["max"])
+        stats.request_bytes = int(record["request_bytes"])
+        stats.response_bytes = int(record["response_bytes"])
+        return stats
+
+
+def _text(value: str) -> str:
+    return json.dumps(value, ensure_ascii=True)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "null"
+    if value != value or value in (math.inf, -math.inf):
+        raise ValueError(f"not a finite number: {value!r}")
+    return repr(float(value))
+
 
 @dataclass
 class Batch:
-    """What the recorder held between two collections, in JSON-ready form."""
+    """What the recorder held between two collections.
 
-    records: list[dict[str, Any]]
+    It keeps the live :class:`Stats` objects (taking them is one swap under the
+    lock): encoding happens later, off the lock, and a batch that could not be
+    sent is merged back without a round trip through JSON.
+    """
+
+    stats: dict[Key, Stats]
     dropped: int
     period_start: float
     period_end: float
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The batch as JSON-ready records (the shape of ``snapshot()``)."""
+        return [stats.to_record(key) for key, stats in self.stats.items()]
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Iterable[Mapping[str, Any]],
+        dropped: int = 0,
+        period_start: float = 0.0,
+        period_end: float = 0.0,
+    ) -> Batch:
+        """A batch from records as ``snapshot()`` returns them (same keys add up)."""
+        stats: dict[Key, Stats] = {}
+        for record in records:
+            key = (str(record["method"]), str(record["route"]), int(record["status"]))
+            incoming = Stats.from_record(record)
+            if key in stats:
+                stats[key].absorb(incoming)
+            else:
+                stats[key] = incoming
+        return cls(stats=stats, dropped=dropped, period_start=period_start, period_end=period_end)
 
     def __bool__(self) -> bool:
-        return bool(self.records) or self.dropped > 0
+        return bool(self.stats) or self.dropped > 0
 
 
 class Recorder:
@@ -172,51 +275,45 @@ class Recorder:
             return [stats.to_record(key) for key, stats in self._stats.items()]
 
     def collect(self) -> Batch:
-        """Atomically take everything recorded so far and start a new, empty period."""
+        """Atomically take everything recorded so far and start a new, empty period.
+
+        One swap under the lock: request threads are never kept waiting.
+        """
         now = time.time()
         with self._lock:
             stats, self._stats = self._stats, {}
             dropped, self._dropped = self._dropped, 0
             start, self._period_start = self._period_start, now
-        # Building records outside the lock keeps request threads unblocked.
-        records = [value.to_record(key) for key, value in stats.items()]
-        return Batch(records=records, dropped=dropped, period_start=start, period_end=now)
+        return Batch(stats=stats, dropped=dropped, period_start=start, period_end=now)
 
     def merge(self, batch: Batch | Iterable[Mapping[str, Any]], dropped: int = 0) -> None:
-        """Add records (from :meth:`collect` or :meth:`snapshot`) back in.
+        """Add a batch (from :meth:`collect`) or records (from :meth:`snapshot`) back in.
 
         Used when a send failed: the next report then covers both periods. The
-        key cap still holds; merged keys past it land in the overflow key.
+        key cap still holds; merged keys past it land in the overflow key and
+        their requests count as dropped. The lock is taken for a few dozen keys
+        at a time, so request threads never wait long.
         """
-        if isinstance(batch, Batch):
-            records: Iterable[Mapping[str, Any]] = batch.records
-            dropped += batch.dropped
-            period_start: float | None = batch.period_start
+        if not isinstance(batch, Batch):
+            batch = Batch.from_records(batch)
+            period_start: float | None = None
         else:
-            records, period_start = batch, None
+            period_start = batch.period_start
         with self._lock:
             if period_start is not None and period_start < self._period_start:
                 self._period_start = period_start
-            self._dropped += dropped
-            for record in records:
-                key = (str(record["method"]), str(record["route"]), int(record["status"]))
-                count = int(record["count"])
-                stats = self._stats.get(key)
-                if stats is None:
-                    before = self._dropped
-                    stats = self._new_stats(key)
-                    if self._dropped != before:  # landed in overflow: count all its requests
-                        self._dropped += count - 1
-                latency = record["latency"]
-                stats.count += count
-                stats.histogram.merge_bins(latency["histogram"])
-                stats.latency_sum += float(latency["sum"])
-                if latency["min"] is not None:
-                    stats.latency_min = min(stats.latency_min, float(latency["min"]))
-                if latency["max"] is not None:
-                    stats.latency_max = max(stats.latency_max, float(latency["max"]))
-                stats.request_bytes += int(record["request_bytes"])
-                stats.response_bytes += int(record["response_bytes"])
+            self._dropped += dropped + batch.dropped
+        items = list(batch.stats.items())
+        for start in range(0, len(items), MERGE_SLICE):
+            with self._lock:
+                for key, incoming in items[start : start + MERGE_SLICE]:
+                    stats = self._stats.get(key)
+                    if stats is None:
+                        before = self._dropped
+                        stats = self._new_stats(key)
+                        if self._dropped != before:  # overflow: count all its requests
+                            self._dropped += incoming.count - 1
+                    stats.absorb(incoming)
 
     def reset(self) -> None:
         """Forget everything, with a fresh lock: used in a child process after fork,
