@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 #: Benchmark modules run by ``python -m benchmarks``, in this order.
-MODULES: tuple[str, ...] = ("overhead", "flush_latency")
+MODULES: tuple[str, ...] = ("overhead", "flush_latency", "collector")
 
 
 def quick() -> bool:
