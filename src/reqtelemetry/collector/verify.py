@@ -58,6 +58,8 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _STAMP_REASONS = frozenset({"bad_stamp", "stale_stamp", "insufficient_work", "stamp_mismatch"})
 _TOKEN_REASONS = frozenset({"bad_token", "token_expired"})
 _DETAIL_LIMIT = 200
+#: The schema's limit on pairs in one latency histogram (checked by hand).
+MAX_HISTOGRAM_PAIRS = 1024
 _VALIDATOR = jsonschema.Draft202012Validator(
     load_payload_schema(), format_checker=jsonschema.FormatChecker()
 )
@@ -295,7 +297,7 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
     except ValueError as error:
         raise Refusal("invalid_payload", f"the payload is not JSON: {_clip(str(error))}") from None
     try:
-        error = best_match(_VALIDATOR.iter_errors(payload))
+        error = best_match(_VALIDATOR.iter_errors(_without_histograms(payload)))
     except RecursionError:
         raise Refusal("invalid_payload", "the payload is nested too deeply") from None
     if error is not None:
@@ -311,6 +313,55 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
             "invalid_payload", "deployment_id and instance_id must be the ones the token was for"
         )
     return payload
+
+
+def _without_histograms(payload: Any) -> Any:
+    """The payload with every well-placed latency histogram checked here and
+    emptied for the schema validator.
+
+    Why: jsonschema walks each ``[index, count]`` pair through ``prefixItems``,
+    which was 85 % of a collector's CPU per report (about 60 ms for 50
+    records). The same rules, checked by a plain loop, cost a fraction of that.
+    Anything not where the schema expects it is left for the validator to
+    refuse with its usual message.
+    """
+    if not isinstance(payload, dict):
+        return payload
+    batch = payload.get("batch")
+    records = batch.get("records") if isinstance(batch, dict) else None
+    if not isinstance(records, list):
+        return payload
+    light_records = []
+    for position, record in enumerate(records):
+        latency = record.get("latency") if isinstance(record, dict) else None
+        if not isinstance(latency, dict) or "histogram" not in latency:
+            light_records.append(record)
+            continue
+        problem = _histogram_problem(latency["histogram"])
+        if problem is not None:
+            raise Refusal(
+                "invalid_payload", f"batch/records/{position}/latency/histogram{problem}"
+            )
+        light_records.append({**record, "latency": {**latency, "histogram": []}})
+    return {**payload, "batch": {**batch, "records": light_records}}
+
+
+def _histogram_problem(histogram: Any) -> str | None:
+    """What the schema's ``histogram`` rule would refuse, as ``/where: why``; None if fine."""
+    if not isinstance(histogram, list):
+        return ": must be an array of [bucket index, count] pairs"
+    if len(histogram) > MAX_HISTOGRAM_PAIRS:
+        return f": has more than {MAX_HISTOGRAM_PAIRS} pairs"
+    for position, pair in enumerate(histogram):
+        if not (
+            type(pair) is list
+            and len(pair) == 2
+            and type(pair[0]) is int
+            and type(pair[1]) is int
+            and pair[1] >= 1
+        ):
+            return f"/{position}: must be [integer, integer >= 1]"
+    return None
 
 
 # -- the pipelines --------------------------------------------------------------------

@@ -1,0 +1,93 @@
+"""The collector's hand-written histogram check agrees with the JSON Schema."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reqtelemetry.collector.tokens import Claims
+from reqtelemetry.collector.verify import MAX_HISTOGRAM_PAIRS, Refusal, check_payload
+from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.recorder import Recorder
+from reqtelemetry.schema_loader import load_payload_schema
+
+DEPLOYMENT = "6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b"
+INSTANCE = "0b4f5a43-9a7e-4a47-8f0c-5c7b9d2c1a10"
+CLAIMS = Claims(deployment_id=DEPLOYMENT, instance_id=INSTANCE, expires_at=0.0, nonce="n")
+SCHEMA = load_payload_schema()
+HISTOGRAM_SCHEMA = SCHEMA["$defs"]["latency"]["properties"]["histogram"]
+
+
+def report() -> dict:
+    recorder = Recorder()
+    for i in range(5):
+        recorder.record("GET", f"/r/{i}", 200, 0.001 * (i + 1), 0, 10)
+    envelope = Envelope(
+        kind="periodic",
+        sequence=0,
+        deployment_id=DEPLOYMENT,
+        instance_id=INSTANCE,
+        traits={},
+        withheld=[],
+        metrics={"counters": {}, "gauges": {}},
+    )
+    (built,) = build_reports(envelope, recorder.collect(), 1 << 20)
+    return json.loads(built.body)
+
+
+def with_histogram(histogram) -> bytes:
+    payload = report()
+    payload["batch"]["records"][3]["latency"]["histogram"] = histogram
+    return json.dumps(payload).encode()
+
+
+def test_a_valid_report_passes_with_its_histograms_intact():
+    payload = check_payload(json.dumps(report()).encode(), CLAIMS)
+    assert all(r["latency"]["histogram"] for r in payload["batch"]["records"])
+
+
+@pytest.mark.parametrize(
+    "histogram",
+    [
+        "not a list",
+        [[1]],
+        [[1, 2, 3]],
+        [[1, 0]],
+        [[1, -4]],
+        [["1", 2]],
+        [[1, True]],
+        [[1.5, 2]],
+        [{"index": 1}],
+        [[i, 1] for i in range(MAX_HISTOGRAM_PAIRS + 1)],
+    ],
+)
+def test_bad_histograms_are_refused_with_where_and_why(histogram):
+    with pytest.raises(Refusal) as refused:
+        check_payload(with_histogram(histogram), CLAIMS)
+    assert refused.value.reason == "invalid_payload"
+    assert "batch/records/3/latency/histogram" in refused.value.detail
+
+
+pairs = st.lists(
+    st.one_of(
+        st.lists(st.integers(-500, 500), min_size=0, max_size=3),
+        st.text(max_size=3),
+        st.booleans(),
+    ),
+    max_size=5,
+)
+
+
+@given(pairs)
+def test_the_hand_check_refuses_exactly_what_the_schema_refuses(histogram):
+    schema_ok = jsonschema.Draft202012Validator(HISTOGRAM_SCHEMA).is_valid(histogram)
+    try:
+        check_payload(with_histogram(histogram), CLAIMS)
+        ours_ok = True
+    except Refusal:
+        ours_ok = False
+    assert ours_ok == schema_ok
