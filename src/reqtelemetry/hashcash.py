@@ -25,6 +25,7 @@ dependencies.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -337,10 +338,8 @@ def _lower_priority() -> None:
     own processes for cores. Niced, the child takes only what they leave idle;
     the report waits a little longer, the app's requests do not.
     """
-    try:
+    with contextlib.suppress(AttributeError, OSError):  # not on this platform, or not allowed
         os.nice(19)
-    except (AttributeError, OSError):  # not on this platform, or not allowed
-        pass
 
 
 def _main(argv: list[str]) -> int:
