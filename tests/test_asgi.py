@@ -680,3 +680,24 @@ def test_app_returning_without_completing_response_is_500(telemetry, counts):
         assert error is None
     # The server cuts the first response short and answers 500 to the second.
     assert counts(telemetry) == {("GET", telemetry.anonymizer.path("/x"), 500): 2}
+
+
+def test_the_framework_trait_names_the_app_served_not_the_first_import(telemetry):
+    import flask  # noqa: F401  (imported in the same process, as in the demo)
+
+    async def hello(request):
+        return PlainTextResponse("hi")
+
+    outside = ASGIMiddleware(Starlette(routes=[Route("/", hello)]), telemetry=telemetry)
+    TestClient(outside).get("/")
+    assert telemetry.traits.current()[0]["framework"] == "starlette"
+
+
+def test_fastapi_behind_add_middleware_is_fastapi(make_telemetry):
+    from fastapi import FastAPI
+
+    telemetry = make_telemetry()
+    app = FastAPI()
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    TestClient(app).get("/nothing")
+    assert telemetry.traits.current()[0]["framework"] == "fastapi"

@@ -28,6 +28,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+#: Packages whose app object names the framework (anything else: detection by imports).
+ASGI_FRAMEWORKS = frozenset({"fastapi", "starlette", "django", "quart", "litestar", "sanic"})
+
+
 class ASGIMiddleware:
     """Records method, route template, status, latency and sizes of HTTP requests.
 
@@ -168,9 +172,12 @@ class ASGIMiddleware:
         """Once: tell the traits which framework this is and whether it looks like a dev run."""
         self._first_request = False
         try:
-            app = scope.get("app")
-            if app is not None:
-                self.telemetry.note_framework(type(app).__module__.split(".")[0])
+            # Starlette sets scope["app"] on its way in; wrapped from outside,
+            # the middleware sees the request first and only knows its app.
+            app = scope.get("app", self.app)
+            package = type(app).__module__.split(".")[0]
+            if package in ASGI_FRAMEWORKS:
+                self.telemetry.note_framework(package)
             for name, value in scope.get("headers", ()):
                 if name == b"host":
                     self.telemetry.note_first_request(value.decode("latin-1"))
