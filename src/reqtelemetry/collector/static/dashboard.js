@@ -125,7 +125,8 @@
     points.forEach(function (p) {
       series.forEach(function (s) { maxValue = Math.max(maxValue, p[s.key] || 0); });
     });
-    var yMax = niceMax(maxValue);
+    // Four grid steps of whole numbers: the series are counts (no "1.3 deployments").
+    var yMax = 4 * Math.max(1, niceMax(maxValue / 4));
     var svg = svgEl("svg", { viewBox: "0 0 " + width + " " + height, role: "img",
       "aria-label": series.map(function (s) { return s.label; }).join(" and ") + " over time" });
     function x(i) { return left + (points.length === 1 ? innerW / 2 : (i * innerW) / (points.length - 1)); }
@@ -139,7 +140,9 @@
     var ticks = points.length <= 3 ? points.map(function (_, i) { return i; })
       : [0, Math.floor((points.length - 1) / 2), points.length - 1];
     ticks.forEach(function (i) {
-      svg.appendChild(svgEl("text", { x: x(i), y: height - 8, "text-anchor": "middle" },
+      // The last date ends at the right edge instead of being cut off there.
+      var anchor = points.length > 1 && i === points.length - 1 ? "end" : "middle";
+      svg.appendChild(svgEl("text", { x: x(i), y: height - 8, "text-anchor": anchor },
         fmtTime(points[i].bucket_start, hourly)));
     });
     series.forEach(function (s, index) {
