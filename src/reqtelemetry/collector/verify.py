@@ -339,9 +339,7 @@ def _without_histograms(payload: Any) -> Any:
             continue
         problem = _histogram_problem(latency["histogram"])
         if problem is not None:
-            raise Refusal(
-                "invalid_payload", f"batch/records/{position}/latency/histogram{problem}"
-            )
+            raise Refusal("invalid_payload", f"batch/records/{position}/latency/histogram{problem}")
         light_records.append({**record, "latency": {**latency, "histogram": []}})
     return {**payload, "batch": {**batch, "records": light_records}}
 
