@@ -183,3 +183,24 @@ def test_fork_of_an_opted_out_instance_starts_nothing(silent_endpoint, tmp_path)
     assert run_in_child(child) == {"flusher": True, "flushed": False}
     silent_endpoint.assert_no_connection()
     assert not (tmp_path / "id").exists()
+
+
+def test_what_integrations_noted_survives_the_fork(make_sender, receiver):
+    telemetry = make_sender()
+    telemetry.note_framework("flask")  # as WSGIMiddleware does at start, in the master
+    telemetry.note_development("Flask debug mode")
+    telemetry.traits._started_monotonic -= 1000  # the master has been up a while
+    assert telemetry.traits.current()[0]["uptime_seconds"] >= 1000
+
+    def child() -> dict[str, Any]:
+        traits, _ = telemetry.traits.current()
+        return {
+            "framework": traits["framework"],
+            "development": traits["development"],
+            "uptime": traits["uptime_seconds"],
+        }
+
+    seen = run_in_child(child)
+    assert seen["framework"] == "flask"
+    assert seen["development"] is True
+    assert seen["uptime"] < 5  # counted from the fork

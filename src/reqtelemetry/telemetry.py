@@ -122,7 +122,7 @@ class Telemetry:
         self.metrics.reset()
         self.internal_errors = 0
         if self.enabled:
-            self.traits = SystemTraits(self.config, started_at=self.started_at)
+            self.traits.after_fork(self.started_at)
         if self.flusher is not None:
             self.flusher.after_fork_in_child()
 

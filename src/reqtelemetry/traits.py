@@ -320,6 +320,14 @@ class SystemTraits:
             if self._development_reason is None:
                 self._development_reason = reason
 
+    def after_fork(self, started_at: float) -> None:
+        """In a forked worker: uptime counts from the fork; what integrations
+        noted (framework, development) still holds, as the app is the same."""
+        now_wall, now_mono = time.time(), time.monotonic()
+        self._started_monotonic = now_mono - max(0.0, now_wall - started_at)
+        self._process = None
+        self._lock = threading.Lock()  # the parent's may have been held at the fork
+
     def note_framework(self, name: str) -> None:
         """The integration knows its framework better than ``sys.modules`` does
         (a process may import several); this answer wins over detection."""
