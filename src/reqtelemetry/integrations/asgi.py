@@ -51,6 +51,10 @@ class ASGIMiddleware:
             return
         self._record = telemetry.record
         self._template = RouteTemplates().template
+        #: None when nothing is excluded: the common case costs one comparison.
+        self._excluded = (
+            telemetry.is_excluded if telemetry.exclude_paths or telemetry.exclude_prefixes else None
+        )
         self._first_request = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -60,11 +64,7 @@ class ASGIMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        telemetry = self.telemetry
-        path = scope["path"]
-        if path in telemetry.exclude_paths or (
-            telemetry.exclude_prefixes and path.startswith(telemetry.exclude_prefixes)
-        ):
+        if self._excluded is not None and self._excluded(scope["path"]):
             await self.app(scope, receive, send)
             return
         if self._first_request:
@@ -166,7 +166,7 @@ class ASGIMiddleware:
                 scope.get("scheme", "http"),
             )
         except Exception as error:
-            telemetry.internal_error(error)
+            self.telemetry.internal_error(error)
 
     def _on_first_request(self, scope: Scope) -> None:
         """Once: tell the traits which framework this is and whether it looks like a dev run."""
