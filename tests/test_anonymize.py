@@ -112,3 +112,16 @@ def test_two_anonymizers_have_different_salts():
 
 def test_two_telemetry_instances_have_different_salts(make_telemetry):
     assert make_telemetry().anonymizer._salt != make_telemetry().anonymizer._salt
+
+
+def test_unrouted_paths_are_hashed_once_and_the_cache_stays_bounded(make_telemetry):
+    from reqtelemetry.telemetry import ANONYMIZED_CACHE_SIZE
+
+    telemetry = make_telemetry()
+    first = telemetry.route_for_unrouted("/users/42", matched=True)
+    assert first == telemetry.anonymizer.path("/users/42")
+    assert telemetry.route_for_unrouted("/users/42", matched=True) is first  # from the cache
+    for i in range(ANONYMIZED_CACHE_SIZE + 10):
+        telemetry.route_for_unrouted(f"/users/{i}", matched=True)
+    assert len(telemetry._anonymized) <= ANONYMIZED_CACHE_SIZE
+    assert telemetry.route_for_unrouted("/users/42", matched=True) == first  # same answer

@@ -32,6 +32,8 @@ KNOWN_METHODS = frozenset(
 OTHER_METHOD = "_OTHER"
 #: The one key that requests no route matched share (when grouping is on).
 UNMATCHED_ROUTE = "<unmatched>"
+#: Raw paths whose anonymized form is remembered (per instance, in memory only).
+ANONYMIZED_CACHE_SIZE = 4096
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "0.0.0.0"})
 #: Status recorded when the client went away before the response completed
 #: (nginx's convention).
@@ -67,6 +69,7 @@ class Telemetry:
         self.exclude_prefixes = tuple(config.exclude_prefixes)
         self.internal_errors = 0
         self._internal_error_logged = False
+        self._anonymized: dict[tuple[str, str], str] = {}
         self.metrics = AppMetrics(max_names=config.max_metrics)
         self.instance_id = str(uuid.uuid4())
         self.started_at = time.time()
@@ -163,9 +166,19 @@ class Telemetry:
         """
         if not matched and self.config.group_unmatched:
             return UNMATCHED_ROUTE
-        if self.config.record_query and query:
-            return self.anonymizer.url(path, query)
-        return self.anonymizer.path(path)
+        if not (self.config.record_query and query):
+            query = ""
+        # Hashing every segment with SHA-256 costs microseconds per request; a
+        # route-less app sees the same paths again and again. Bounded: the
+        # cache is emptied when full (its keys are raw paths, never sent).
+        cache = self._anonymized
+        found = cache.get((path, query))
+        if found is None:
+            found = self.anonymizer.url(path, query) if query else self.anonymizer.path(path)
+            if len(cache) >= ANONYMIZED_CACHE_SIZE:
+                cache.clear()
+            cache[(path, query)] = found
+        return found
 
     def internal_error(self, error: BaseException) -> None:
         """A bug in telemetry itself: count it, log it once, never let it escape."""
