@@ -7,7 +7,10 @@ turn, prints the sections and writes them, under a header describing the
 machine and the versions measured, to ``benchmarks/results/latest.md``.
 
 To add a benchmark: write ``benchmarks/<name>.py`` with a ``run()`` and append
-``"<name>"`` to ``MODULES``. Benchmarks report; they never fail a build over a
+``"<name>"`` to ``MODULES``. :mod:`benchmarks.contenders` is not one: it
+configures the peers (OpenTelemetry, starlette-exporter,
+prometheus-flask-exporter, pinned in the ``bench`` extra) that the benchmarks
+compare reqtelemetry with. Benchmarks report; they never fail a build over a
 number. ``BENCH_QUICK=1`` (or ``--quick``) asks every module for a short,
 rough run, used by the smoke tests; ``BENCH_CLOCK=thread`` (or ``--cpu-clock``)
 asks for the thread's CPU clock instead of the wall clock, which is far steadier
@@ -19,7 +22,13 @@ from __future__ import annotations
 import os
 
 #: Benchmark modules run by ``python -m benchmarks``, in this order.
-MODULES: tuple[str, ...] = ("overhead", "flush_latency", "collector")
+MODULES: tuple[str, ...] = (
+    "overhead",
+    "memory",
+    "throughput",
+    "flush_latency",
+    "collector",
+)
 
 
 def quick() -> bool:

@@ -21,9 +21,10 @@ from importlib import metadata
 from pathlib import Path
 
 from . import MODULES, load_average, quick
+from .contenders import PEER_DISTRIBUTIONS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-VERSIONED = ("reqtelemetry", "starlette", "flask", "werkzeug")
+VERSIONED = ("reqtelemetry", "starlette", "flask", "werkzeug", "uvicorn", "gunicorn")
 
 
 def _version(distribution: str) -> str:
@@ -37,6 +38,7 @@ def header() -> str:
     """Where and with what the numbers were taken."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     versions = ", ".join(f"{name} {_version(name)}" for name in VERSIONED)
+    peers = ", ".join(f"{name} {_version(name)}" for name in PEER_DISTRIBUTIONS)
     lines = [
         "# reqtelemetry benchmarks",
         "",
@@ -45,6 +47,7 @@ def header() -> str:
         f"- CPU count: {os.cpu_count()}",
         f"- Python: {platform.python_implementation()} {platform.python_version()}",
         f"- versions: {versions}",
+        f"- peers (`pip install -e '.[bench]'`): {peers}",
         f"- load average (1/5/15 min) at start: {load_average()}",
         f"- mode: {'quick (smoke test, rough numbers)' if quick() else 'full'}",
         "",
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sections = [header()]
     print(sections[0], end="\n\n", flush=True)
+    run_started = time.perf_counter()
     for name in names:
         module = importlib.import_module(f"{__package__}.{name}")
         started = time.perf_counter()
@@ -87,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         section += f"\n\n_{name}: {elapsed:.1f} s_"
         sections.append(section)
         print(section, end="\n\n", flush=True)
+
+    total = f"_total: {time.perf_counter() - run_started:.0f} s for {', '.join(names)}_"
+    sections.append(total)
+    print(total, end="\n\n", flush=True)
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n\n".join(sections) + "\n", encoding="utf-8")

@@ -1,25 +1,32 @@
-"""In-process overhead of the middlewares: what reqtelemetry adds to one request.
+"""In-process overhead of the middlewares: what reqtelemetry, and each peer, adds to one request.
 
 No sockets and no server: each app is called through its own interface in a
 tight loop, so the numbers are the framework's and the middleware's Python
-work alone, the part reqtelemetry can make cheaper or dearer.
+work alone, the part a middleware can make cheaper or dearer. One table holds
+every contender, each against the bare app timed in the same rounds.
 
 - ASGI: a bare Starlette app with one route (``/items/{item_id}`` returning a
   small ``PlainTextResponse``) is awaited directly inside one event loop, with a
   prebuilt scope (copied per call, as a server hands each request a fresh one)
   and no-op ``receive``/``send``; then the same app wrapped by
   ``reqtelemetry.ASGIMiddleware`` with an enabled and with an opted-out
-  ``Telemetry``.
+  ``Telemetry``; wrapped by OpenTelemetry's ASGI middleware; and with
+  starlette-exporter's middleware.
 - WSGI: a bare Flask app with ``/items/<int:item_id>`` called through its WSGI
   interface with a prebuilt environ (copied per call) and a no-op
   ``start_response``, the response iterated and closed as a server would; then
-  wrapped by ``reqtelemetry.WSGIMiddleware``, enabled and opted out.
+  wrapped by ``reqtelemetry.WSGIMiddleware``, enabled and opted out; wrapped by
+  OpenTelemetry's WSGI middleware; and with prometheus-flask-exporter.
 - ``Recorder.record`` alone, the one call every enabled request makes.
 
-Every variant gets its own app instance, so the Flask route hook is connected
-for (e)'s app only. Blinker's ``request_started`` signal is process-wide,
-though: once it has any receiver, every Flask app pays for the receiver lookup,
-so (d) and (f) carry that small cost too and (e)'s overhead is understated by it.
+How each peer is configured is :mod:`benchmarks.contenders`' business (and is
+printed under the table). A peer whose package is not installed (the ``bench``
+extra installs them all, pinned) is reported as skipped.
+
+Every variant gets its own app instance, so hooks a middleware installs stay
+with its own row. (reqtelemetry's Flask hook listens to ``got_request_exception``
+only, which no row here fires: the rule is read from the request Werkzeug keeps
+in the environ.)
 
 Timing uses interleaved rounds: each round times one batch of every variant
 in a rotating order, so drift (CPU frequency, a noisy neighbour) hits all
@@ -48,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks import load_average, quick
+from benchmarks import contenders, load_average, quick
 from reqtelemetry import ASGIMiddleware, Config, Telemetry, WSGIMiddleware
 from reqtelemetry.recorder import Recorder
 
@@ -65,6 +72,9 @@ def clock_name() -> str:
     return name
 
 
+#: The peers in the table, as :func:`benchmarks.contenders.describe` names them.
+PEERS = ("otel", "starlette-exporter", "prometheus-flask-exporter")
+
 #: Budgets from the design: what an enabled middleware may add per request,
 #: and what an opted-out one may add (it should only call the inner app).
 ENABLED_BUDGET_US = 3.0
@@ -75,10 +85,14 @@ VARIANT_LABELS = (
     "(a) Starlette, bare",
     "(b) Starlette + ASGIMiddleware, enabled",
     "(c) Starlette + ASGIMiddleware, opted out",
-    "(d) Flask, bare",
-    "(e) Flask + WSGIMiddleware, enabled",
-    "(f) Flask + WSGIMiddleware, opted out",
-    "(g) Recorder.record alone",
+    "(d) Starlette + OpenTelemetry ASGI (SDK)",
+    "(e) Starlette + starlette-exporter",
+    "(f) Flask, bare",
+    "(g) Flask + WSGIMiddleware, enabled",
+    "(h) Flask + WSGIMiddleware, opted out",
+    "(i) Flask + OpenTelemetry WSGI (SDK)",
+    "(j) Flask + prometheus-flask-exporter",
+    "(k) Recorder.record alone",
 )
 
 
@@ -111,7 +125,8 @@ def _telemetry(*, opt_out: bool) -> Telemetry:
     return telemetry
 
 
-def starlette_app() -> Any:
+def starlette_app(middleware: list[Any] | None = None, more_routes: list[Any] | None = None) -> Any:
+    """The benchmark's Starlette app; a peer may add middleware and routes after ours."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
@@ -120,7 +135,9 @@ def starlette_app() -> Any:
     async def item(request: Request) -> PlainTextResponse:
         return PlainTextResponse(f"item {request.path_params['item_id']}")
 
-    return Starlette(routes=[Route("/items/{item_id}", item)])
+    return Starlette(
+        routes=[Route("/items/{item_id}", item), *(more_routes or [])], middleware=middleware
+    )
 
 
 def flask_app() -> Any:
@@ -232,6 +249,10 @@ class Variant:
     bare: Variant | None = None
     budget_us: float | None = None
     telemetry: Telemetry | None = None
+    #: Why the row could not be measured (a peer not installed), or None.
+    skipped: str | None = None
+    #: After the run: what the instrument recorded, as proof it measured.
+    recorded: Callable[[], str] | None = None
     n: int = 1
     samples_us: list[float] = field(default_factory=list)
 
@@ -294,16 +315,21 @@ class Bench:
         return int(statuses[0][:3]), body
 
 
-def variants() -> list[Variant]:
-    """The seven rows, each app its own instance (hooks must not leak across rows)."""
+def variants(cleanup: list[Callable[[], None]] | None = None) -> list[Variant]:
+    """Every row, each app its own instance (hooks must not leak across rows).
+
+    Teardown steps (the OpenTelemetry SDKs' background threads) are appended to
+    ``cleanup``, to be run once the timing is over.
+    """
+    cleanup = cleanup if cleanup is not None else []
     asgi_on, asgi_off = _telemetry(opt_out=False), _telemetry(opt_out=True)
     wsgi_on, wsgi_off = _telemetry(opt_out=False), _telemetry(opt_out=True)
-    a, b, c, d, e, f, g = VARIANT_LABELS
+    a, b, c, d, e, f, g, h, i, j, k = VARIANT_LABELS
     bare_asgi = Variant(a, "asgi", starlette_app())
-    bare_wsgi = Variant(d, "wsgi", flask_app().wsgi_app)
+    bare_wsgi = Variant(f, "wsgi", flask_app().wsgi_app)
     # The WSGI middleware wraps ``app.wsgi_app`` as ``init_app`` does, which also
     # installs the Flask route hook (when enabled): part of the measured cost.
-    return [
+    rows = [
         bare_asgi,
         Variant(
             b,
@@ -312,6 +338,7 @@ def variants() -> list[Variant]:
             bare_asgi,
             ENABLED_BUDGET_US,
             asgi_on,
+            recorded=lambda: _recorded(asgi_on),
         ),
         Variant(
             c,
@@ -321,25 +348,81 @@ def variants() -> list[Variant]:
             OPTED_OUT_BUDGET_US,
             asgi_off,
         ),
+        _otel_asgi_variant(d, bare_asgi, cleanup),
+        _starlette_exporter_variant(e, bare_asgi),
         bare_wsgi,
         Variant(
-            e,
+            g,
             "wsgi",
             WSGIMiddleware(flask_app().wsgi_app, telemetry=wsgi_on),
             bare_wsgi,
             ENABLED_BUDGET_US,
             wsgi_on,
+            recorded=lambda: _recorded(wsgi_on),
         ),
         Variant(
-            f,
+            h,
             "wsgi",
             WSGIMiddleware(flask_app().wsgi_app, telemetry=wsgi_off),
             bare_wsgi,
             OPTED_OUT_BUDGET_US,
             wsgi_off,
         ),
-        Variant(g, "record", Recorder()),
+        _otel_wsgi_variant(i, bare_wsgi, cleanup),
+        _flask_exporter_variant(j, bare_wsgi),
+        Variant(k, "record", Recorder()),
     ]
+    return rows
+
+
+def _otel_asgi_variant(label: str, bare: Variant, cleanup: list[Callable[[], None]]) -> Variant:
+    why = contenders.missing("otel-asgi")
+    if why is not None:
+        return Variant(label, "asgi", None, bare, skipped=why)
+    sdk = contenders.otel_sdk()
+    cleanup.append(sdk.shutdown)
+    app = contenders.otel_asgi(starlette_app(), sdk)
+    return Variant(label, "asgi", app, bare, recorded=sdk.summary)
+
+
+def _otel_wsgi_variant(label: str, bare: Variant, cleanup: list[Callable[[], None]]) -> Variant:
+    why = contenders.missing("otel-wsgi")
+    if why is not None:
+        return Variant(label, "wsgi", None, bare, skipped=why)
+    sdk = contenders.otel_sdk()
+    cleanup.append(sdk.shutdown)
+    app = contenders.otel_wsgi(flask_app().wsgi_app, sdk)
+    return Variant(label, "wsgi", app, bare, recorded=sdk.summary)
+
+
+def _starlette_exporter_variant(label: str, bare: Variant) -> Variant:
+    why = contenders.missing("starlette-exporter")
+    if why is not None:
+        return Variant(label, "asgi", None, bare, skipped=why)
+    middleware, routes = contenders.starlette_exporter_parts()
+    app = starlette_app(middleware=middleware, more_routes=routes)
+    # The default registry is process-wide: report what this run added.
+    before = contenders.starlette_exporter_count("/items/{item_id}")
+
+    def recorded() -> str:
+        added = contenders.starlette_exporter_count("/items/{item_id}") - before
+        return f"{added} x GET /items/{{item_id}} 200 in `starlette_requests_total`"
+
+    return Variant(label, "asgi", app, bare, recorded=recorded)
+
+
+def _flask_exporter_variant(label: str, bare: Variant) -> Variant:
+    why = contenders.missing("prometheus-flask-exporter")
+    if why is not None:
+        return Variant(label, "wsgi", None, bare, skipped=why)
+    app = flask_app()
+    exporter = contenders.prometheus_flask(app)
+
+    def recorded() -> str:
+        count = exporter.count("/items/<int:item_id>")
+        return f"{count} x GET /items/<int:item_id> 200 in `flask_http_request_duration_seconds`"
+
+    return Variant(label, "wsgi", app.wsgi_app, bare, recorded=recorded)
 
 
 def _recorded(telemetry: Telemetry | None) -> str:
@@ -384,6 +467,9 @@ def _table(variants: list[Variant]) -> str:
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for variant in variants:
+        if variant.skipped is not None:
+            rows.append(f"| {variant.label} | — | — | — | — | — | skipped: {variant.skipped} |")
+            continue
         samples = variant.samples_us
         median = statistics.median(samples)
         overhead = spread = ratio = None
@@ -408,26 +494,35 @@ def run() -> str:
     """Measure every variant and return the markdown section."""
     settings = QUICK if quick() else FULL
     clock = clock_name()
-    rows = variants()
+    cleanup: list[Callable[[], None]] = []
+    rows = variants(cleanup)
+    timed = [variant for variant in rows if variant.skipped is None]
     bench = Bench(CLOCKS[clock])
     load_before = load_average()
     try:
-        for variant in rows:
+        for variant in timed:
             if variant.kind != "record" and bench.check(variant) != (200, b"item 42"):
                 raise RuntimeError(f"{variant.label}: answered {bench.check(variant)!r}")
-        for variant in rows:
+        for variant in timed:
             _calibrate(bench, variant, settings)
         loop_us = min(_empty_loop(100_000, CLOCKS[clock]) for _ in range(5)) / 100_000 / 1000
         started = time.perf_counter()
         for round_ in range(settings.rounds):
-            shift = round_ % len(rows)
-            for variant in rows[shift:] + rows[:shift]:
+            shift = round_ % len(timed)
+            for variant in timed[shift:] + timed[:shift]:
                 variant.samples_us.append(bench.batch(variant, variant.n) / variant.n / 1000)
         timed_seconds = time.perf_counter() - started
+        recorded = [
+            f"- recorded by {variant.label[:3]}: {variant.recorded()}"
+            for variant in timed
+            if variant.recorded is not None
+        ]
     finally:
         bench.close()
+        for step in cleanup:
+            step()
 
-    batches = ", ".join(f"{variant.label[:3]} {variant.n}" for variant in rows)
+    batches = ", ".join(f"{variant.label[:3]} {variant.n}" for variant in timed)
     mode = "quick (BENCH_QUICK=1: rough, for smoke tests)" if quick() else "full"
     lines = [
         "## In-process overhead per request",
@@ -449,14 +544,13 @@ def run() -> str:
         "gc.enable) and run between them, to reduce noise; collections that "
         "allocations would trigger in production are not counted",
         f"- Python loop overhead included in every row: ~{loop_us:.3f} µs per iteration "
-        "(matters only for (g))",
-        f"- budgets: an enabled middleware adds ≤ {ENABLED_BUDGET_US:g} µs, an opted-out "
-        f"one ≤ {OPTED_OUT_BUDGET_US:g} µs; reported, never enforced",
-        "- (d) and (f) also pay blinker's receiver lookup for the process-wide "
-        "`request_started` signal that (e)'s route hook connects to, so (e)'s overhead "
-        "is understated by that much",
-        f"- recorded by (b): {_recorded(rows[1].telemetry)}",
-        f"- recorded by (e): {_recorded(rows[4].telemetry)}",
+        "(matters only for (k))",
+        f"- budgets: an enabled reqtelemetry middleware adds ≤ {ENABLED_BUDGET_US:g} µs, an "
+        f"opted-out one ≤ {OPTED_OUT_BUDGET_US:g} µs; reported, never enforced; the peers "
+        "have no budget, their rows are for comparison",
+        "- peers: " + "; ".join(contenders.describe(name) for name in PEERS),
+        f"- peer versions: {contenders.versions_line()}",
+        *recorded,
         "",
         _table(rows),
     ]

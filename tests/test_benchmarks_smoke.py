@@ -11,7 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import overhead  # noqa: E402
+from benchmarks import contenders, overhead  # noqa: E402
+
+#: The peer rows of the table, and the peer each one needs.
+PEER_ROWS = {
+    overhead.VARIANT_LABELS[3]: "otel-asgi",
+    overhead.VARIANT_LABELS[4]: "starlette-exporter",
+    overhead.VARIANT_LABELS[8]: "otel-wsgi",
+    overhead.VARIANT_LABELS[9]: "prometheus-flask-exporter",
+}
 
 
 @pytest.mark.timeout(30)
@@ -28,3 +36,12 @@ def test_overhead_quick_run_reports_every_variant(monkeypatch: pytest.MonkeyPatc
     # The enabled middlewares really measured the route templates.
     assert "GET /items/{item_id} 200" in report
     assert "GET /items/<int:item_id> 200" in report
+    # Each peer row is measured when its package is installed, skipped with the reason if not.
+    for label, peer in PEER_ROWS.items():
+        row = next(line for line in rows if line.startswith(f"| {label} |"))
+        why = contenders.missing(peer)
+        if why is None:
+            assert "skipped" not in row, row
+            assert f"- recorded by {label[:3]}: " in report
+        else:
+            assert f"skipped: {why}" in row, row
