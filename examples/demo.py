@@ -1,221 +1,516 @@
-"""``make demo``: the example apps under real servers, real traffic, the aggregates.
+"""``make demo``: a collector and the three example apps under real servers, with traffic.
 
-Starts the FastAPI example under uvicorn and the Flask example under Werkzeug's
-server, each on a free loopback port, drives a known mix of requests through
-them with httpx (identifiers in paths and queries, a scanner's 404s, a route
-that crashes, a streamed export, health checks that are excluded), then prints
-what each app's telemetry aggregated and checks that none of the identifiers
-sent made it into the report that would leave the process.
+Starts ``reqtelemetry collector`` on a SQLite file in a temporary directory,
+then the FastAPI example under uvicorn, the Flask example under gunicorn (two
+workers) and the Django example under gunicorn (two workers), each on a free
+loopback port and pointed at the collector. Drives mixed traffic at all three
+for about 20 seconds (identifiers in paths, queries, headers, cookies and
+bodies; scanners' 404s; a route that crashes; streamed exports; health checks,
+which are not measured), stops the apps gracefully so that their final reports
+go out, and prints what the collector received: deployments, instances,
+versions, platforms, the busiest routes with p50/p95/p99 and error rates, and
+whether any identifier from the traffic reached its database.
+
+``--serve`` keeps everything running (with a trickle of traffic) for a person to
+browse the dashboard, until Ctrl-C. Every child runs in its own process group
+and is stopped on exit, Ctrl-C and SIGTERM included (a second Ctrl-C kills
+what is left at once).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
+import atexit
+import contextlib
+import os
 import random
-import socket
+import secrets
+import shutil
+import signal
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import httpx
 
-from reqtelemetry import Telemetry
-from reqtelemetry.payload import Envelope, build_reports
+from examples.servers import (
+    LAUNCHES,
+    ChildFailed,
+    Launch,
+    ServerProcess,
+    app_environment,
+    launch_app,
+    launch_collector,
+)
 
-CANARIES = ("canary-user-8c1f", "4711", "ada@example.org")
+#: The collector's proof-of-work difficulty here; 20 bits is the production default.
+DEMO_BITS = 12
+APPS = ("fastapi-uvicorn", "flask-gunicorn", "django-gunicorn")
+SHORT = {"fastapi": "FastAPI", "flask": "Flask", "django": "Django"}
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def uvicorn_server(app: object) -> Iterator[str]:
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(5)
+Request = tuple[str, str, dict[str, Any], bool]  # method, path, httpx options, measured?
 
 
-@contextmanager
-def werkzeug_server(app: object) -> Iterator[str]:
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", free_port(), app, threaded=True)  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(5)
+# -- identifying strings the traffic carries, none of which may be stored ---------------------
 
 
-def fastapi_traffic(rng: random.Random) -> tuple[str, str, dict]:
-    choice = rng.random()
-    if choice < 0.45:
-        return "GET", f"/api/v1/items/{rng.randint(1, 60)}", {}
-    if choice < 0.55:
-        return "GET", f"/api/v1/items/{rng.randint(1, 50)}/reviews/4711", {}
-    if choice < 0.70:
-        return "GET", "/api/v1/search", {"params": {"q": CANARIES[0], "limit": 5}}
-    if choice < 0.78:
-        return "POST", "/api/v1/items", {"json": {"name": CANARIES[2]}}
-    if choice < 0.84:
-        return "GET", "/api/v1/export", {}
-    if choice < 0.88:
-        # uvicorn closes the connection after an app error: do not reuse it.
-        return "GET", "/api/v1/crash", {"headers": {"Connection": "close"}}
-    if choice < 0.94:
-        return "GET", f"/wp-admin/{CANARIES[0]}.php", {}
-    return "GET", "/healthz", {}
+@dataclass(frozen=True)
+class Canaries:
+    user: str
+    email: str
+    token: str
+    ip: str
 
-
-def flask_traffic(rng: random.Random) -> tuple[str, str, dict]:
-    choice = rng.random()
-    name = rng.choice(["ada", "grace", "linus", CANARIES[0]])
-    if choice < 0.40:
-        return "GET", f"/api/users/{name}", {}
-    if choice < 0.55:
-        return "GET", f"/api/users/{name}/posts/4711", {}
-    if choice < 0.62:
-        return "GET", f"/api/users/{name}/p/4711", {}
-    if choice < 0.75:
-        return "GET", "/api/search", {"params": {"q": CANARIES[2]}}
-    if choice < 0.82:
-        return "POST", "/api/users", {"json": {"email": CANARIES[2]}}
-    if choice < 0.87:
-        return "GET", "/api/export", {}
-    if choice < 0.90:
-        return "GET", "/api/crash", {}
-    if choice < 0.96:
-        return "GET", f"/.env.{CANARIES[0]}", {}
-    return "GET", "/healthz", {}
-
-
-def drive(
-    base_url: str, pick: Callable[[random.Random], tuple[str, str, dict]], requests: int, label: str
-) -> int:
-    rng = random.Random(label)
-    sent = 0
-    live = sys.stdout.isatty()
-    with httpx.Client(base_url=base_url, timeout=10) as client:
-        for index in range(requests):
-            method, path, options = pick(rng)
-            client.request(method, path, **options).read()
-            sent += 1
-            if live and (index % 20 == 0 or index == requests - 1):
-                done = (index + 1) / requests
-                bar = "#" * int(done * 30)
-                print(f"\r  {label:<8} [{bar:<30}] {index + 1}/{requests}", end="", flush=True)
-    print(f"\r  {label:<8} [{'#' * 30}] {sent}/{requests} requests sent")
-    return sent
-
-
-def summary_table(telemetry: Telemetry) -> str:
-    records = sorted(telemetry.snapshot(), key=lambda r: (-r["count"], r["route"]))
-    lines = [
-        f"  {'method':<7}{'route':<40}{'status':>6}{'count':>7}{'p50 ms':>9}{'p95 ms':>9}"
-        f"{'p99 ms':>9}{'resp bytes':>12}"
-    ]
-    for record in records:
-        latency = record["latency"]
-        lines.append(
-            f"  {record['method']:<7}{record['route'][:39]:<40}{record['status']:>6}"
-            f"{record['count']:>7}{latency['p50'] * 1e3:>9.2f}{latency['p95'] * 1e3:>9.2f}"
-            f"{latency['p99'] * 1e3:>9.2f}{record['response_bytes']:>12}"
+    @classmethod
+    def new(cls) -> Canaries:
+        tag = uuid.uuid4().hex[:10]
+        return cls(
+            user=f"demo-user-{tag}",
+            email=f"ada.{tag}@example.org",
+            token=f"secret-token-{tag}",
+            ip=f"203.0.113.{int(tag[:2], 16) % 250 + 1}",
         )
-    return "\n".join(lines)
+
+    def all(self) -> tuple[str, ...]:
+        return (self.user, self.email, self.token, self.ip)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self.token}",
+            "Cookie": f"session={self.token}; email={self.email}",
+            "X-Forwarded-For": self.ip,
+            "User-Agent": f"demo-client/1.0 ({self.email})",
+        }
 
 
-def would_send(telemetry: Telemetry) -> bytes:
-    """The report body this telemetry would send now (without resetting anything)."""
-    from reqtelemetry.recorder import Batch
+# -- traffic: each app's mix, by weight ---------------------------------------------------------
 
-    now = time.time()
-    batch = Batch.from_records(
-        telemetry.snapshot(),
-        dropped=telemetry.recorder.dropped,
-        period_start=telemetry.started_at,
-        period_end=now,
+
+def fastapi_request(rng: random.Random, c: Canaries) -> Request:
+    pick = rng.random()
+    if pick < 0.35:
+        return "GET", f"/api/v1/items/{rng.randint(1, 60)}", {}, True  # 51-60: 404
+    if pick < 0.45:
+        return "GET", f"/api/v1/items/{rng.randint(1, 50)}/reviews/{rng.randint(1, 9)}", {}, True
+    if pick < 0.55:
+        user = rng.choice(["ada", "grace", "linus", c.user])
+        return "GET", f"/api/v1/users/{user}", {}, True
+    if pick < 0.67:
+        return "GET", "/api/v1/search", {"params": {"q": c.email, "limit": 5}}, True
+    if pick < 0.74:
+        return "POST", "/api/v1/items", {"json": {"name": "lamp", "owner": c.email}}, True
+    if pick < 0.80:
+        return "GET", "/api/v1/export", {}, True
+    if pick < 0.83:
+        return "GET", "/api/v1/crash", {"headers": {"Connection": "close"}}, True
+    if pick < 0.90:
+        return "GET", f"/wp-admin/{c.user}.php", {}, True
+    return "GET", "/healthz", {}, False
+
+
+def flask_request(rng: random.Random, c: Canaries) -> Request:
+    pick = rng.random()
+    user = rng.choice(["ada", "grace", "linus", c.user])
+    if pick < 0.35:
+        return "GET", f"/api/users/{user}", {}, True
+    if pick < 0.50:
+        return "GET", f"/api/users/{user}/posts/{rng.randint(1, 99)}", {}, True
+    if pick < 0.57:
+        return "GET", f"/api/users/{user}/p/{rng.randint(1, 99)}", {}, True
+    if pick < 0.69:
+        return "GET", "/api/search", {"params": {"q": c.email}}, True
+    if pick < 0.75:
+        return "POST", "/api/users", {"json": {"email": c.email}}, True
+    if pick < 0.81:
+        return "GET", "/api/export", {}, True
+    if pick < 0.84:
+        return "GET", "/api/crash", {}, True
+    if pick < 0.90:
+        return "GET", f"/.env.{c.user}", {}, True
+    return "GET", "/healthz", {}, False
+
+
+def django_request(rng: random.Random, c: Canaries) -> Request:
+    pick = rng.random()
+    if pick < 0.30:
+        return "GET", f"/api/orders/{rng.randint(1, 36)}/", {}, True  # 31-36: 404
+    if pick < 0.42:
+        return "GET", f"/api/orders/{rng.randint(1, 30)}/lines/{rng.randint(1, 5)}/", {}, True
+    if pick < 0.50:
+        return "POST", "/api/orders/", {"json": {"email": c.email, "items": [1, 2]}}, True
+    if pick < 0.58:
+        handle = rng.choice(["ada", "grace", c.user])
+        return "GET", f"/api/customers/{handle}/", {}, True
+    if pick < 0.70:
+        return "GET", "/api/search/", {"params": {"q": c.email}}, True
+    if pick < 0.77:
+        return "GET", "/api/export/", {}, True
+    if pick < 0.80:
+        return "GET", "/api/crash/", {}, True
+    if pick < 0.88:
+        return "GET", f"/{c.user}/wp-login.php", {}, True
+    return "GET", "/healthz", {}, False
+
+
+TRAFFIC: dict[str, Callable[[random.Random, Canaries], Request]] = {
+    "fastapi": fastapi_request,
+    "flask": flask_request,
+    "django": django_request,
+}
+
+
+@dataclass
+class Driver:
+    """Threads sending one app's mix until told to stop; counts what was measured."""
+
+    name: str
+    url: str
+    pick: Callable[[random.Random, Canaries], Request]
+    canaries: Canaries
+    measured: int = 0
+    excluded: int = 0
+    failed: int = 0
+    pause: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, stop: threading.Event, seed: int) -> None:
+        rng = random.Random(seed)
+        headers = self.canaries.headers()
+        with httpx.Client(base_url=self.url, trust_env=False, timeout=10.0) as client:
+            while not stop.is_set():
+                method, path, options, counted = self.pick(rng, self.canaries)
+                options = dict(options)
+                options["headers"] = {**headers, **options.get("headers", {})}
+                try:
+                    client.request(method, path, **options).read()
+                except httpx.HTTPError:
+                    with self._lock:
+                        self.failed += 1
+                    continue
+                with self._lock:
+                    if counted:
+                        self.measured += 1
+                    else:
+                        self.excluded += 1
+                if self.pause:
+                    stop.wait(self.pause)
+
+
+@contextlib.contextmanager
+def driving(drivers: list[Driver], threads_per_app: int = 2) -> Iterator[threading.Event]:
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=driver.run, args=(stop, index * 10 + n), daemon=True)
+        for index, driver in enumerate(drivers)
+        for n in range(threads_per_app)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+
+
+def progress(drivers: list[Driver], seconds: float) -> None:
+    """A progress bar on a terminal; a line every 5 s otherwise."""
+    live = sys.stdout.isatty()
+    started = time.monotonic()
+    next_line = 5.0
+    while True:
+        elapsed = min(time.monotonic() - started, seconds)
+        counts = "   ".join(f"{d.name} {d.measured + d.excluded:>6,}" for d in drivers)
+        bar = "#" * int(30 * elapsed / seconds)
+        if live:
+            print(f"\r  [{bar:<30}] {elapsed:4.1f} s   {counts}", end="", flush=True)
+        elif elapsed >= next_line or elapsed >= seconds:
+            print(f"  [{bar:<30}] {elapsed:4.1f} s   {counts}", flush=True)
+            next_line += 5.0
+        if elapsed >= seconds:
+            break
+        time.sleep(0.2)
+    if live:
+        print()
+
+
+# -- the summary ----------------------------------------------------------------------------------
+
+
+def fetch_summary(collector: ServerProcess, token: str) -> dict[str, Any]:
+    response = httpx.get(
+        f"{collector.url}/api/summary",
+        params={"days": 1},
+        headers={"Authorization": f"Bearer {token}"},
+        trust_env=False,
+        timeout=30.0,
     )
-    traits, withheld = telemetry.traits.current()
-    envelope = Envelope(
-        kind="periodic",
-        sequence=0,
-        deployment_id="(demo)",
-        instance_id=telemetry.instance_id,
-        traits=traits,
-        withheld=withheld,
-        metrics=telemetry.metrics.collect(),
+    response.raise_for_status()
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1e3:.1f}"
+
+
+def print_summary(
+    summary: dict[str, Any], launches: list[Launch], sent: int, per_app: int = 10
+) -> None:
+    totals = summary["totals"]
+    by_version = {launch.app_version: launch for launch in launches}
+    print(
+        f"  {totals['deployments']} deployments, {totals['instances']} instances, "
+        f"{totals['reports']} reports; {totals['requests']:,} requests counted "
+        f"({sent:,} sent, health checks excluded); "
+        f"{totals['error_rate'] * 100:.1f} % server errors\n"
     )
-    return b"".join(r.body for r in build_reports(envelope, batch, 1 << 20))
+    print(f"  {'app':<10}{'version':<10}{'served by':<44}{'deployments':>12}{'instances':>11}")
+    order = {launch.app_version: index for index, launch in enumerate(launches)}
+    for row in sorted(summary["versions"], key=lambda row: order.get(row["app_version"], 99)):
+        launch = by_version.get(row["app_version"])
+        app = SHORT[launch.example] if launch else "?"
+        where = launch.label if launch else "?"
+        print(
+            f"  {app:<10}{row['app_version'] or '?':<10}{where:<44}"
+            f"{row['deployments']:>12}{row['instances']:>11}"
+        )
+    print()
+    print(f"  {'platform':<44}{'framework':<12}{'instances':>9}")
+    for row in summary["platforms"]:
+        platform = f"{row['os']}/{row['arch']}, Python {row['python_version']}"
+        print(f"  {platform:<44}{row['framework'] or '?':<12}{row['instances']:>9}")
+    print()
+    print(
+        f"  {'routes, by app and calls':<50}{'calls':>7}{'p50 ms':>8}{'p95 ms':>8}"
+        f"{'p99 ms':>8}{'5xx':>7}{'bytes out':>11}"
+    )
+    for launch in launches:
+        rows = [
+            row
+            for row in summary["endpoints_by_version"]
+            if row["app_version"] == launch.app_version and row["calls"]
+        ]
+        print(f"  {SHORT[launch.example]} {launch.app_version}")
+        for row in rows[:per_app]:
+            route = f"{row['method']} {row['route']}"
+            if len(route) > 47:
+                route = route[:46] + "~"
+            errors = f"{(row['error_rate'] or 0) * 100:.0f} %"
+            print(
+                f"    {route:<48}{row['calls']:>7,}{ms(row['p50']):>8}{ms(row['p95']):>8}"
+                f"{ms(row['p99']):>8}{errors:>7}{row['response_bytes']:>11,}"
+            )
+        if len(rows) > per_app:
+            rest = sum(row["calls"] for row in rows[per_app:])
+            print(f"    ... and {len(rows) - per_app} more routes ({rest:,} calls)")
+
+
+def wait_until_counted(collector: ServerProcess, token: str, sent: int, timeout: float) -> None:
+    """Until the collector has counted every measured request (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fetch_summary(collector, token)["totals"]["requests"] >= sent:
+            return
+        time.sleep(0.5)
+
+
+def database_leaks(db_path: Path, canaries: Canaries) -> list[str]:
+    data = b"".join(
+        Path(f"{db_path}{suffix}").read_bytes()
+        for suffix in ("", "-wal", "-shm")
+        if Path(f"{db_path}{suffix}").exists()
+    )
+    return [canary for canary in canaries.all() if canary.encode() in data]
+
+
+# -- running it all -------------------------------------------------------------------------------
+
+
+class Children:
+    """Every child started, stopped in reverse order at the end, whatever happens."""
+
+    def __init__(self) -> None:
+        self.processes: list[ServerProcess] = []
+
+    def add(self, process: ServerProcess) -> ServerProcess:
+        self.processes.append(process)
+        return process
+
+    def kill_all(self, *_: object) -> None:
+        for process in self.processes:
+            process.kill()
+
+    def left_behind(self) -> list[int]:
+        """Process groups of ours that still have a member (none, after stopping)."""
+        alive = []
+        for process in self.processes:
+            if process.process is not None:
+                try:
+                    os.killpg(process.process.pid, 0)
+                except ProcessLookupError:
+                    continue
+                except PermissionError:
+                    pass
+                alive.append(process.process.pid)
+        return alive
+
+    def stop_all(self) -> None:
+        # A second Ctrl-C while stopping: kill whatever is left, now.
+        previous = signal.signal(signal.SIGINT, self.kill_all)
+        try:
+            for process in reversed(self.processes):
+                try:
+                    process.stop(timeout=20)
+                except ChildFailed:
+                    process.kill()
+        finally:
+            self.kill_all()
+            signal.signal(signal.SIGINT, previous)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM to the demo: clean up as for Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=400, help="requests per app")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("reqtelemetry").setLevel(logging.ERROR)
-    # The example routes that crash on purpose would fill the screen with tracebacks.
-    for name in ("examples.flask_app.app", "werkzeug", "uvicorn.error"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-
-    from examples.fastapi_app.app import app as fastapi_app
-    from examples.fastapi_app.app import telemetry as fastapi_telemetry
-    from examples.flask_app.app import app as flask_app
-    from examples.flask_app.app import telemetry as flask_telemetry
-
-    print("reqtelemetry demo: two instrumented apps under real servers on loopback\n")
-    with uvicorn_server(fastapi_app) as fastapi_url, werkzeug_server(flask_app) as flask_url:
-        print(f"  FastAPI under uvicorn at {fastapi_url}; Flask under Werkzeug at {flask_url}")
-        drive(fastapi_url, fastapi_traffic, args.requests, "fastapi")
-        drive(flask_url, flask_traffic, args.requests, "flask")
-
-    leaked = []
-    for name, telemetry in (("FastAPI", fastapi_telemetry), ("Flask", flask_telemetry)):
-        total = sum(record["count"] for record in telemetry.snapshot())
-        print(
-            f"\n{name}: {total} requests aggregated into {len(telemetry.snapshot())} keys "
-            "(health checks excluded)"
-        )
-        print(summary_table(telemetry))
-        body = would_send(telemetry)
-        found = [canary for canary in CANARIES if canary.encode() in body]
-        leaked.extend(found)
-        print(
-            f"  report that would be sent: {len(body)} bytes of JSON; identifiers sent in "
-            f"the traffic found in it: {found or 'none'}"
-        )
-        sample = json.loads(body)["traits"]
-        print(
-            f"  traits: {sample['os']}/{sample['arch']}, Python {sample['python_version']}, "
-            f"{sample['framework']} {sample['framework_version']}, app "
-            f"{sample['app_name']} {sample['app_version']}"
-        )
-    print(
-        "\nNothing was sent anywhere: the examples have no endpoint configured "
-        "(set TELEMETRY_ENDPOINT to point them at a collector)."
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.demo", description=__doc__.splitlines()[0]
     )
-    return 1 if leaked else 0
+    parser.add_argument("--serve", action="store_true", help="keep everything up until Ctrl-C")
+    parser.add_argument("--seconds", type=float, default=20.0, help="traffic duration (20)")
+    parser.add_argument(
+        "--flush-interval", type=float, default=5.0, help="the apps' report interval in s (5)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    workdir = Path(tempfile.mkdtemp(prefix="reqtelemetry-demo-"))
+    children = Children()
+    atexit.register(children.kill_all)  # the last resort, whatever happened
+    try:
+        return run(args, workdir, children)
+    except KeyboardInterrupt:
+        print("\n  interrupted: stopping everything ...", flush=True)
+        return 130
+    except ChildFailed as error:
+        print(f"\n  demo failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        try:
+            children.stop_all()
+        except KeyboardInterrupt:  # Ctrl-C again before stop_all took it over
+            children.kill_all()
+        if args.keep:
+            print(f"  files kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, workdir: Path, children: Children) -> int:
+    began = time.monotonic()
+    token = f"demo-{secrets.token_urlsafe(9)}"
+    db_path = workdir / "collector.db"
+    print("reqtelemetry demo: a collector and the three example apps under real servers\n")
+    collector = children.add(
+        launch_collector(
+            f"sqlite:///{db_path}",
+            workdir,
+            bits=DEMO_BITS,
+            secret=secrets.token_hex(32),
+            dashboard_token=token,
+        )
+    )
+    collector.wait_ready()
+    dashboard = f"{collector.url}/?token={token}"
+    print(f"  collector   {collector.url}   SQLite in {workdir}")
+    print(
+        f"              {DEMO_BITS}-bit proof of work per report, to keep the demo quick\n"
+        "              (the default, 20 bits, costs a client about a second of CPU per report)"
+    )
+
+    launches = [LAUNCHES[name] for name in APPS]
+    apps: list[ServerProcess] = []
+    for launch in launches:
+        env = app_environment(
+            collector.url, workdir / launch.name / "deployment_id", args.flush_interval
+        )
+        apps.append(children.add(launch_app(launch, env, workdir)))
+    for launch, app in zip(launches, apps, strict=True):
+        app.wait_ready()
+        noun = "instance" if launch.instances == 1 else "instances"
+        print(f"  {launch.label:<44}{app.url}   {launch.instances} {noun}")
+    print(
+        f"  each app reports every {args.flush_interval:g} s "
+        f"(REQTELEMETRY_FLUSH_INTERVAL) and once more when it stops"
+    )
+    print(f"  dashboard   {dashboard}\n")
+
+    canaries = Canaries.new()
+    drivers = [
+        Driver(SHORT[launch.example], app.url, TRAFFIC[launch.example], canaries)
+        for launch, app in zip(launches, apps, strict=True)
+    ]
+    print(
+        f"Driving mixed traffic for {args.seconds:g} s: ids, e-mail addresses and tokens in "
+        "paths, queries, headers and bodies;\nscanners' 404s, crashes, streamed exports, "
+        "health checks (not measured)"
+    )
+    with driving(drivers):
+        progress(drivers, args.seconds)
+    sent = sum(driver.measured for driver in drivers)
+    failed = sum(driver.failed for driver in drivers)
+    if failed:
+        print(f"  ({failed} requests got no answer)")
+
+    if args.serve:
+        print("\nWaiting for the next periodic reports ...", flush=True)
+        wait_until_counted(collector, token, sent, timeout=3 * args.flush_interval + 5)
+    else:
+        print("\nStopping the apps gracefully, so that their final reports go out ...", end="")
+        stopping = time.monotonic()
+        for app in apps:
+            app.stop(timeout=30)
+        print(f" done in {time.monotonic() - stopping:.1f} s")
+
+    print("\nWhat the collector received\n")
+    print_summary(fetch_summary(collector, token), launches, sent)
+
+    if args.serve:
+        print(f"\nServing until Ctrl-C. Dashboard: {dashboard}")
+        for launch, app in zip(launches, apps, strict=True):
+            print(f"  {launch.label:<44}{app.url}")
+        for driver in drivers:
+            driver.pause = 0.5  # a trickle, so that the dashboard keeps moving
+        with driving(drivers, threads_per_app=1) as stop:
+            stop.wait()  # until Ctrl-C (KeyboardInterrupt) or SIGTERM
+        return 0
+
+    collector.stop()  # closes (and checkpoints) the database
+    leaks = database_leaks(db_path, canaries)
+    print(
+        "\n  identifiers sent in the traffic found in the collector's database: "
+        f"{', '.join(leaks) if leaks else 'none'} (searched: {', '.join(canaries.all())})"
+    )
+    print(
+        f"  dashboard while it ran: {dashboard}\n"
+        "  to browse it: make demo ARGS=--serve (Ctrl-C stops everything)"
+    )
+    children.stop_all()
+    left = children.left_behind()
+    print(
+        f"\nDemo finished in {time.monotonic() - began:.0f} s; "
+        + (f"process groups still alive: {left}" if left else "every process it started is gone.")
+    )
+    return 1 if leaks or left else 0
 
 
 if __name__ == "__main__":

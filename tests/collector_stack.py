@@ -182,6 +182,8 @@ class Collector:
     settings: CollectorSettings
     #: Sends the dashboard's bearer token.
     http: httpx.Client
+    #: Every HTTP request the collector was sent, as (method, path), in order.
+    requests: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -217,7 +219,15 @@ def running_collector(
         dashboard_token=DASHBOARD_TOKEN,
         **overrides,
     )
-    server = ServerThread(create_app(settings), lifespan="on")
+    app = create_app(settings)
+    seen: list[tuple[str, str]] = []
+
+    async def logged(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append((scope["method"], scope["path"]))
+        await app(scope, receive, send)
+
+    server = ServerThread(logged, lifespan="on")
     server.start()
     http = httpx.Client(
         base_url=server.url,
@@ -226,7 +236,7 @@ def running_collector(
         headers={"Authorization": f"Bearer {DASHBOARD_TOKEN}"},
     )
     try:
-        yield Collector(server, settings, http)
+        yield Collector(server, settings, http, seen)
     finally:
         http.close()
         server.stop(graceful=True)

@@ -204,3 +204,52 @@ def test_what_integrations_noted_survives_the_fork(make_sender, receiver):
     assert seen["framework"] == "flask"
     assert seen["development"] is True
     assert seen["uptime"] < 5  # counted from the fork
+
+
+FORK_DURING_IMPORT = """
+import os, sys, time
+class SlowImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "psutil":
+            time.sleep(1.0)  # the module lock is held meanwhile
+        return None
+sys.modules.pop("psutil", None)
+sys.meta_path.insert(0, SlowImport())
+os.environ["REQTELEMETRY_DEBUG"] = "1"
+os.environ.pop("PYTEST_CURRENT_TEST", None)
+from reqtelemetry import Telemetry
+telemetry = Telemetry(app_name="fork-race", deployment_id_path=sys.argv[1])
+time.sleep(0.3)  # where the flusher would be inside its first imports
+pid = os.fork()
+if pid == 0:
+    telemetry.close(timeout=2.0)
+    os._exit(0)
+deadline = time.monotonic() + 15
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("child closed" if os.waitstatus_to_exitcode(status) == 0 else "child failed")
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    print("child hung")
+telemetry.close(timeout=2.0)
+"""
+
+
+def test_a_fork_during_the_first_flush_does_not_hang_the_worker(tmp_path):
+    # gunicorn --preload forks while the master's flusher may still be importing.
+    import subprocess
+    import sys
+
+    script = tmp_path / "race.py"
+    script.write_text(FORK_DURING_IMPORT)
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", str(script), str(tmp_path / "id")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "child closed" in result.stdout, result.stdout + result.stderr

@@ -1,6 +1,7 @@
-"""A small FastAPI service instrumented with reqtelemetry, as the README shows.
+"""A small FastAPI service instrumented with reqtelemetry, exactly as the README shows.
 
-Run it: ``uvicorn examples.fastapi_app.app:app`` (from the repository root).
+Run it from the repository root: ``uvicorn examples.fastapi_app.app:app``;
+``README.md`` next to this file says what it reports and how to turn that off.
 """
 
 from __future__ import annotations
@@ -13,15 +14,21 @@ from fastapi.responses import StreamingResponse
 from reqtelemetry import ASGIMiddleware, Telemetry
 
 telemetry = Telemetry(
-    endpoint=os.environ.get("TELEMETRY_ENDPOINT"),  # None: nothing is sent
+    endpoint=os.environ.get("TELEMETRY_ENDPOINT"),  # your collector; unset: nothing is sent
     app_name="example-fastapi",
     app_version="1.4.2",
-    exclude_paths=["/healthz"],
+    exclude_paths=["/healthz"],  # never measured
 )
+app = FastAPI(title="reqtelemetry FastAPI example")
+app.add_middleware(ASGIMiddleware, telemetry=telemetry)
 
 ITEMS = {i: {"id": i, "name": f"item {i}"} for i in range(1, 51)}
+USERS = {"ada", "grace", "linus"}
+telemetry.gauge("items.total", lambda: len(ITEMS))
 
 items = APIRouter(prefix="/items", tags=["items"])
+users = APIRouter(prefix="/users", tags=["users"])
+api = APIRouter(prefix="/api/v1")
 
 
 @items.get("/{item_id}")
@@ -38,12 +45,15 @@ def get_review(item_id: int, review_id: int) -> dict:
 
 @items.post("", status_code=201)
 def create_item(payload: dict) -> dict:
-    telemetry.count("feature.create_item")
+    telemetry.count("feature.create_item")  # an app-defined usage counter
     return {"id": len(ITEMS) + 1, **payload}
 
 
-api = APIRouter(prefix="/api/v1")
-api.include_router(items)
+@users.get("/{username}")
+def get_user(username: str) -> dict:
+    if username not in USERS:
+        raise HTTPException(status_code=404, detail="no such user")
+    return {"name": username, "items": 3}
 
 
 @api.get("/search")
@@ -54,7 +64,7 @@ def search(q: str = "", limit: int = 10) -> dict:
 
 @api.get("/export")
 def export() -> StreamingResponse:
-    def rows():
+    def rows():  # streamed: measured to the last chunk
         yield b"id,name\n"
         for item in ITEMS.values():
             yield f"{item['id']},{item['name']}\n".encode()
@@ -67,12 +77,11 @@ def crash() -> dict:
     raise RuntimeError("this route always fails")
 
 
-app = FastAPI(title="reqtelemetry FastAPI example")
-app.include_router(api)
-app.add_middleware(ASGIMiddleware, telemetry=telemetry)
-telemetry.gauge("items.total", lambda: len(ITEMS))
-
-
 @app.get("/healthz")
 def healthz() -> dict:
     return {"ok": True}
+
+
+api.include_router(items)
+api.include_router(users)
+app.include_router(api)

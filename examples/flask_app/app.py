@@ -1,6 +1,8 @@
-"""A small Flask service instrumented with reqtelemetry, as the README shows.
+"""A small Flask service instrumented with reqtelemetry, exactly as the README shows.
 
-Run it: ``flask --app examples.flask_app.app run`` (from the repository root).
+Run it from the repository root: ``flask --app examples.flask_app.app run`` or
+``gunicorn -w 2 examples.flask_app.app:app``; ``README.md`` next to this file
+says what it reports and how to turn that off.
 """
 
 from __future__ import annotations
@@ -12,49 +14,48 @@ from flask import Blueprint, Flask, Response, abort, jsonify, request
 from reqtelemetry import Telemetry, WSGIMiddleware
 
 telemetry = Telemetry(
-    endpoint=os.environ.get("TELEMETRY_ENDPOINT"),  # None: nothing is sent
+    endpoint=os.environ.get("TELEMETRY_ENDPOINT"),  # your collector; unset: nothing is sent
     app_name="example-flask",
     app_version="2.0.1",
-    exclude_paths=["/healthz"],
+    exclude_paths=["/healthz"],  # never measured
 )
+app = Flask(__name__)
+app.wsgi_app = WSGIMiddleware(app.wsgi_app, telemetry=telemetry)
 
 USERS = {name: {"name": name, "posts": 3} for name in ("ada", "grace", "linus")}
 
+api = Blueprint("api", __name__, url_prefix="/api")
 users = Blueprint("users", __name__, url_prefix="/users")
 
 
 @users.get("/<name>")
-def get_user(name: str):
+def get_user(name: str) -> Response:
     if name not in USERS:
         abort(404)
     return jsonify(USERS[name])
 
 
 @users.get("/<name>/posts/<int:post_id>")
-@users.get("/<name>/p/<int:post_id>")  # a short alias: both rules, one view
-def get_post(name: str, post_id: int):
+@users.get("/<name>/p/<int:post_id>")  # a short alias: two rules, one view, two keys
+def get_post(name: str, post_id: int) -> Response:
     return jsonify({"user": name, "post": post_id})
 
 
-api = Blueprint("api", __name__, url_prefix="/api")
-api.register_blueprint(users)
-
-
 @api.get("/search")
-def search():
+def search() -> Response:
     query = request.args.get("q", "")
-    return jsonify([user for user in USERS if query in user])
+    return jsonify([name for name in USERS if query in name])
 
 
 @api.post("/users")
-def create_user():
-    telemetry.count("feature.signup")
+def create_user() -> tuple[Response, int]:
+    telemetry.count("feature.signup")  # an app-defined usage counter
     return jsonify(request.get_json(silent=True) or {}), 201
 
 
 @api.get("/export")
-def export():
-    def rows():
+def export() -> Response:
+    def rows():  # streamed: measured to the last chunk
         yield "name,posts\n"
         for user in USERS.values():
             yield f"{user['name']},{user['posts']}\n"
@@ -63,17 +64,14 @@ def export():
 
 
 @api.get("/crash")
-def crash():
+def crash() -> Response:
     raise RuntimeError("this route always fails")
 
 
-app = Flask(__name__)
-app.register_blueprint(api)
-
-
 @app.get("/healthz")
-def healthz():
+def healthz() -> dict:
     return {"ok": True}
 
 
-app.wsgi_app = WSGIMiddleware(app.wsgi_app, telemetry=telemetry)  # type: ignore[method-assign]
+api.register_blueprint(users)
+app.register_blueprint(api)

@@ -113,6 +113,7 @@ class Telemetry:
                 config, backoff_base=config.retry_base_delay, max_attempts=config.max_attempts
             )
         self.flusher = Flusher(self, transport)
+        _import_before_the_thread_starts(self, transport)
         _live.add(self)
         self.flusher.start()
         atexit.register(self.close)
@@ -273,6 +274,25 @@ def _human_seconds(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.3g} {unit}"
     return f"{seconds:.3g} s"
+
+
+def _import_before_the_thread_starts(telemetry: Telemetry, transport: Any) -> None:
+    """Do, on the calling thread, every first-time import the flusher would do.
+
+    Why: gunicorn ``--preload`` forks workers while the master's flusher may be
+    in its first flush. A module being imported holds a per-module lock; a
+    worker forked during that import inherits the lock held by a thread that
+    does not exist in the worker, and its telemetry hangs forever on the same
+    import. Importing here, before the thread exists, leaves nothing to race.
+    """
+    import gzip  # noqa: F401
+
+    import platformdirs  # noqa: F401
+
+    "localhost".encode("idna")  # socket.getaddrinfo looks this codec up on first connect
+    telemetry.traits.current()  # psutil, importlib.metadata, platform
+    if transport is not None:
+        transport.client  # noqa: B018  (httpx builds its transport: httpcore, ssl)
 
 
 #: Instances with a flusher, re-initialised in a child after ``os.fork()``.

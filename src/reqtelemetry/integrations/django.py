@@ -11,6 +11,7 @@ Streaming responses are measured to their last chunk by wrapping
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from time import perf_counter
@@ -183,3 +184,35 @@ class TelemetryMiddleware:
                 telemetry.note_first_request(request.META.get("HTTP_HOST"))
         except Exception as error:  # never let telemetry break a response
             telemetry.internal_error(error)
+
+
+class LifespanFlush:
+    """Django's ASGI application, answering ASGI lifespan events with a final flush.
+
+    Why: Django ignores lifespan, so the last report of an ASGI Django app
+    waits for ``atexit``, and uvicorn ends the process after SIGTERM (what
+    ``docker stop``, Kubernetes and systemd send) in a way that skips
+    ``atexit``: the last interval's requests were lost. Wrap the application
+    in ``asgi.py``: ``application = LifespanFlush(get_asgi_application())``.
+    The flush runs in a worker thread and is bounded by ``shutdown_timeout``.
+    """
+
+    def __init__(self, application: Callable[..., Any]) -> None:
+        self.application = application
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.application(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(None, get_telemetry().close)
+                except Exception as error:  # never let telemetry break shutdown
+                    get_telemetry().internal_error(error)
+                await send({"type": "lifespan.shutdown.complete"})
+                return

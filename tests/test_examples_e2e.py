@@ -1,0 +1,376 @@
+"""The examples under real servers, reporting to a real collector, end to end.
+
+Each run: a collector (``create_app`` under uvicorn, SQLite in ``tmp_path``,
+12-bit stamps) in this process; one example app under a real server in a child
+process (:mod:`examples.servers`, the same launcher ``make demo`` uses),
+pointed at the collector with a one-second flush interval and one deployment
+id file for all its processes; a known mix of requests with httpx, carrying
+identifying canaries in paths, queries, headers, cookies and bodies; a graceful
+stop (SIGTERM to uvicorn and gunicorn, SIGINT to Werkzeug's server) so that the
+final report goes out; then the collector's database, read with ``sqlite3``:
+
+* exact counts per (method, route template, status), health checks excluded;
+* one deployment (the id in the shared file) with exactly the expected
+  instances, each of which sent its startup and its shutdown report, naming the
+  right framework, server and app version;
+* latencies that are plausible: positive, and never more than the client
+  waited for the same requests;
+* response and request body bytes equal to the bytes served and sent;
+* none of the canaries anywhere in the database file (or its WAL).
+
+One run with ``SQA_OPT_OUT=true`` proves that the collector receives nothing at
+all. gunicorn runs without ``--preload``: its workers then each import the app
+(two workers, two instances) and the master has no ``Telemetry`` of its own.
+With ``--preload`` the master is an instance too (see the test at the end: the
+workers fork while the master's flusher runs, which once hung them on an
+inherited import lock).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from collector_stack import (
+    UNMATCHED,
+    Canaries,
+    Collector,
+    Database,
+    Key,
+    running_collector,
+    sqlite_database,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # examples/ is a package at the repository root
+    sys.path.insert(0, str(ROOT))
+
+from examples.servers import (  # noqa: E402
+    LAUNCHES,
+    Launch,
+    ServerProcess,
+    app_environment,
+    gunicorn_args,
+    launch_app,
+)
+
+pytestmark = pytest.mark.e2e
+
+FLUSH_INTERVAL = 1.0
+#: Health checks sent per run; excluded from telemetry by every example.
+HEALTH_CHECKS = 3
+#: Seconds a server-side latency may exceed what the client waited for the same request.
+SLACK = 0.05
+
+
+# -- traffic ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Drive:
+    """Sends requests and keeps, per expected (method, route, status): the count, the
+    body bytes sent and received, and how long the client waited for each answer."""
+
+    client: httpx.Client
+    canaries: Canaries
+    expected: Counter[Key] = dataclasses.field(default_factory=Counter)
+    sent: Counter[Key] = dataclasses.field(default_factory=Counter)
+    received: Counter[Key] = dataclasses.field(default_factory=Counter)
+    waited: dict[Key, list[float]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    #: Keys whose error page is written outside the middleware (see ``fastapi_traffic``).
+    body_not_seen: set[Key] = dataclasses.field(default_factory=set)
+
+    def call(
+        self,
+        method: str,
+        url: str,
+        route: str | None,
+        status: int,
+        *,
+        times: int = 1,
+        **kwargs: object,
+    ) -> None:
+        """``route=None``: a path the app excludes from telemetry."""
+        separator = "&" if "?" in url else "?"
+        url = f"{url}{separator}email={self.canaries.query}"
+        headers = self.canaries.headers()
+        if status >= 500:
+            # uvicorn closes the connection after an app error: do not reuse it.
+            headers["Connection"] = "close"
+        for _ in range(times):
+            request = self.client.build_request(method, url, headers=headers, **kwargs)
+            started = time.perf_counter()
+            response = self.client.send(request)  # reads the whole body
+            waited = time.perf_counter() - started
+            assert response.status_code == status, (method, url, response.text[:300])
+            if route is None:
+                continue
+            key = (method, route, status)
+            self.expected[key] += 1
+            self.sent[key] += len(request.content)
+            self.received[key] += len(response.content)
+            self.waited[key].append(waited)
+
+
+def fastapi_traffic(drive: Drive) -> None:
+    c = drive.canaries
+    item = "/api/v1/items/{item_id}"
+    drive.call("GET", "/api/v1/items/7", item, 200, times=6)
+    drive.call("GET", "/api/v1/items/999", item, 404, times=2)
+    drive.call("GET", f"/api/v1/items/{c.path}", item, 422)  # not an int: validation error
+    review = "/api/v1/items/{item_id}/reviews/{review_id}"
+    drive.call("GET", "/api/v1/items/3/reviews/4711", review, 200, times=3)
+    drive.call("POST", "/api/v1/items", "/api/v1/items", 201, times=2, json={"name": c.body})
+    drive.call("GET", "/api/v1/users/ada", "/api/v1/users/{username}", 200, times=2)
+    drive.call("GET", f"/api/v1/users/{c.path}", "/api/v1/users/{username}", 404)
+    drive.call("GET", f"/api/v1/search?q={c.query}&limit=5", "/api/v1/search", 200, times=3)
+    drive.call("GET", "/api/v1/export", "/api/v1/export", 200, times=2)
+    drive.call("GET", "/api/v1/crash", "/api/v1/crash", 500, times=2)
+    # Starlette's ServerErrorMiddleware, outermost in every app, writes the 500
+    # page after the exception has passed the user middlewares: the middleware
+    # records the 500 but never sees its bytes.
+    drive.body_not_seen.add(("GET", "/api/v1/crash", 500))
+    drive.call("GET", f"/{c.path}/wp-login.php", UNMATCHED, 404, times=3)
+    drive.call("GET", "/healthz", None, 200, times=HEALTH_CHECKS)
+
+
+def flask_traffic(drive: Drive) -> None:
+    c = drive.canaries
+    user = "/api/users/<name>"
+    drive.call("GET", "/api/users/ada", user, 200, times=5)
+    drive.call("GET", f"/api/users/{c.path}", user, 404, times=2)
+    post = "/api/users/<name>/posts/<int:post_id>"
+    drive.call("GET", "/api/users/grace/posts/4711", post, 200, times=3)
+    short = "/api/users/<name>/p/<int:post_id>"  # the same view's second rule
+    drive.call("GET", f"/api/users/{c.path}/p/4711", short, 200, times=2)
+    drive.call("POST", "/api/users", "/api/users", 201, times=2, json={"email": c.body})
+    drive.call("GET", f"/api/search?q={c.query}", "/api/search", 200, times=3)
+    drive.call("GET", "/api/export", "/api/export", 200, times=2)
+    drive.call("GET", "/api/crash", "/api/crash", 500, times=2)
+    drive.call("GET", f"/.env.{c.path}", UNMATCHED, 404, times=3)
+    drive.call("GET", "/healthz", None, 200, times=HEALTH_CHECKS)
+
+
+def django_traffic(drive: Drive) -> None:
+    c = drive.canaries
+    orders = "/api/orders/"
+    drive.call("POST", orders, orders, 201, times=2, json={"note": c.body})
+    drive.call("GET", orders, orders, 405)
+    order = "/api/orders/<int:pk>/"
+    drive.call("GET", "/api/orders/5/", order, 200, times=5)
+    drive.call("GET", "/api/orders/999/", order, 404, times=2)
+    line = "/api/orders/<int:pk>/lines/<int:line>/"
+    drive.call("GET", "/api/orders/5/lines/2/", line, 200, times=3)
+    customer = "/api/customers/<str:handle>/"
+    drive.call("GET", "/api/customers/ada/", customer, 200, times=2)
+    drive.call("GET", f"/api/customers/{c.path}/", customer, 404)
+    drive.call("GET", f"/api/search/?q={c.query}", "/api/search/", 200, times=3)
+    drive.call("GET", "/api/export/", "/api/export/", 200, times=2)
+    drive.call("GET", "/api/crash/", "/api/crash/", 500, times=2)
+    drive.call("GET", f"/{c.path}/wp-login.php", UNMATCHED, 404, times=3)
+    drive.call("GET", "/healthz", None, 200, times=HEALTH_CHECKS)
+
+
+TRAFFIC: dict[str, Callable[[Drive], None]] = {
+    "fastapi": fastapi_traffic,
+    "flask": flask_traffic,
+    "django": django_traffic,
+}
+
+
+# -- running one app -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    launch: Launch
+    collector: Collector
+    database: Database
+    deployment_file: Path
+    app: ServerProcess
+
+
+@pytest.fixture
+def collector_db(tmp_path: Path) -> Iterator[tuple[Collector, Database]]:
+    database = sqlite_database(tmp_path)
+    with running_collector(database.url) as collector:
+        yield collector, database
+
+
+def wait_for_instances(
+    database: Database, count: int, app: ServerProcess, timeout: float = 30.0
+) -> None:
+    """Until ``count`` instances have delivered their startup report."""
+    deadline = time.monotonic() + timeout
+    found = 0
+    while time.monotonic() < deadline:
+        found = int(database.query("SELECT COUNT(DISTINCT instance_id) FROM reports")[0][0])
+        if found >= count:
+            return
+        assert app.running, app.log_tail()
+        time.sleep(0.05)
+    raise AssertionError(f"{found} of {count} instances reported:\n{app.log_tail()}")
+
+
+@pytest.fixture
+def start_app(
+    tmp_path: Path, collector_db: tuple[Collector, Database]
+) -> Iterator[Callable[..., Run]]:
+    """``start_app(launch, **extra_env)``: the app up, its instances' startup reports in."""
+    collector, database = collector_db
+    started: list[ServerProcess] = []
+
+    def start(
+        launch: Launch,
+        wait_for_reports: bool = True,
+        report_timeout: float = 30.0,
+        **extra_env: str,
+    ) -> Run:
+        deployment_file = tmp_path / "deployment" / "id"
+        env = app_environment(collector.url, deployment_file, FLUSH_INTERVAL, extra_env)
+        app = launch_app(launch, env, tmp_path)
+        started.append(app)
+        app.wait_ready()
+        if wait_for_reports:
+            wait_for_instances(database, launch.instances, app, report_timeout)
+        return Run(launch, collector, database, deployment_file, app)
+
+    yield start
+    for app in started:
+        app.kill()  # a no-op when the test stopped it
+
+
+def drive(run: Run) -> Drive:
+    with httpx.Client(base_url=run.app.url, trust_env=False, timeout=15.0) as client:
+        traffic = Drive(client, Canaries.new())
+        TRAFFIC[run.launch.example](traffic)
+    return traffic
+
+
+def stop_gracefully(run: Run) -> None:
+    status = run.app.stop()
+    # gunicorn and Werkzeug's server exit 0; uvicorn, once shut down, re-raises the
+    # signal it caught (so its exit status says how it was stopped; click turns
+    # the KeyboardInterrupt of a SIGINT into "Aborted!" and status 1).
+    graceful = (0, 1, -run.launch.stop_signal) if run.launch.server == "uvicorn" else (0,)
+    assert status in graceful, f"{run.launch.name} exited with {status}:\n{run.app.log_tail()}"
+
+
+# -- what the collector stored ---------------------------------------------------------------
+
+
+def assert_stored_exactly(run: Run, traffic: Drive) -> None:
+    database, launch = run.database, run.launch
+    assert database.counts_by_key() == dict(traffic.expected)
+
+    # One deployment: the id all processes share; the expected instances, each
+    # started and shut down (the final report of a graceful stop arrived).
+    deployment = run.deployment_file.read_text().strip()
+    reports = database.query("SELECT deployment_id, instance_id, kind FROM reports")
+    assert {row[0] for row in reports} == {deployment}
+    kinds: dict[str, set[str]] = defaultdict(set)
+    for _, instance, kind in reports:
+        kinds[instance].add(kind)
+    assert len(kinds) == launch.instances, kinds
+    for instance, seen in kinds.items():
+        assert {"startup", "shutdown"} <= seen, (instance, seen)
+    instances = database.query(
+        "SELECT deployment_id, framework, app_version, traits FROM instances"
+    )
+    assert len(instances) == launch.instances
+    for deployment_id, framework, app_version, traits in instances:
+        assert (deployment_id, framework, app_version) == (
+            deployment,
+            launch.example,
+            launch.app_version,
+        )
+        assert json.loads(traits)["server"] == launch.server
+
+    rows = database.query(
+        "SELECT method, route, status, SUM(request_bytes), SUM(response_bytes),"
+        " MIN(latency_min), MAX(latency_max), SUM(latency_sum)"
+        " FROM aggregates GROUP BY 1, 2, 3"
+    )
+    for method, route, status, request_bytes, response_bytes, low, high, total in rows:
+        key = (method, route, int(status))
+        waited = traffic.waited[key]
+        assert request_bytes == traffic.sent[key], key
+        served = 0 if key in traffic.body_not_seen else traffic.received[key]
+        assert response_bytes == served, (key, response_bytes, traffic.received[key])
+        # Measured inside the server: not longer than the client waited, but for
+        # what the server does after the last byte is out (the clock stops when
+        # the response iterable is exhausted or closed) and scheduling between
+        # two processes on a busy machine.
+        assert 0 < low <= high <= max(waited) + SLACK, (key, low, high, max(waited))
+        assert total <= sum(waited) + SLACK * len(waited), (key, total, sum(waited))
+
+    dump = database.dump()
+    assert b"/api/" in dump  # the templates are there: the dump is the real data
+    run.collector.server.stop(graceful=True)  # closes (and checkpoints) the database
+    traffic.canaries.assert_absent(database.dump(), "the collector's database")
+
+
+# -- the runs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(LAUNCHES))
+def test_example_reports_exactly_what_it_served(name: str, start_app: Callable[..., Run]) -> None:
+    run = start_app(LAUNCHES[name])
+    traffic = drive(run)
+    time.sleep(FLUSH_INTERVAL * 1.5)  # a periodic report (±10 % jitter) takes what is pending
+    stop_gracefully(run)
+    # The counts below add up over periodic and shutdown reports alike.
+    periodic = run.database.query(
+        "SELECT COUNT(*) FROM reports AS r WHERE r.kind = 'periodic'"
+        " AND EXISTS (SELECT 1 FROM aggregates AS a WHERE a.report_id = r.id)"
+    )
+    assert periodic[0][0] >= 1
+    assert_stored_exactly(run, traffic)
+
+
+def test_opted_out_app_sends_nothing_at_all(start_app: Callable[..., Run]) -> None:
+    launch = LAUNCHES["flask-gunicorn"]
+    run = start_app(launch, wait_for_reports=False, SQA_OPT_OUT="true")
+    traffic = drive(run)
+    assert sum(traffic.expected.values()) > 20
+    time.sleep(FLUSH_INTERVAL * 2)  # periodic reports would have come by now
+    stop_gracefully(run)
+    assert run.collector.requests == []
+    assert run.database.report_count() == 0
+    assert run.database.query("SELECT COUNT(*) FROM instances")[0][0] == 0
+    assert not run.deployment_file.exists()  # not even the deployment id was made
+
+
+#: Flask under gunicorn with --preload; a short graceful timeout, because a hung
+#: worker (the bug below) holds the stop up that long.
+PRELOAD = dataclasses.replace(
+    LAUNCHES["flask-gunicorn"],
+    name="flask-gunicorn-preload",
+    args=gunicorn_args("examples.flask_app.app:app", workers=2, preload=True, graceful_timeout=3),
+    instances=3,
+)
+
+
+def test_gunicorn_preload_master_reports_as_an_instance_too(
+    start_app: Callable[..., Run],
+) -> None:
+    """With ``--preload`` the master imports the app, so its ``Telemetry`` starts
+    there and reports (startup, empty periodic reports, shutdown) as an instance
+    of its own; each forked worker gets a fresh instance id. Two workers: three
+    instances, every request counted once."""
+    run = start_app(PRELOAD, report_timeout=5.0)
+    traffic = drive(run)
+    stop_gracefully(run)
+    idle = run.database.query(
+        "SELECT COUNT(*) FROM instances WHERE id NOT IN (SELECT instance_id FROM aggregates)"
+    )
+    assert idle[0][0] >= 1  # the master: never serves a request
+    assert_stored_exactly(run, traffic)
