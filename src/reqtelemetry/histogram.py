@@ -60,12 +60,7 @@ class Histogram:
         return sum(self.bins.values())
 
     def add(self, value: float) -> None:
-        if value <= MIN_TRACKED:
-            index = MIN_INDEX
-        elif value >= MAX_TRACKED:
-            index = MAX_INDEX
-        else:
-            index = math.ceil(math.log(value) / _LOG_GAMMA)
+        index = bucket_index(value)
         bins = self.bins
         bins[index] = bins.get(index, 0) + 1
 

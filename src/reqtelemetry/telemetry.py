@@ -67,6 +67,11 @@ class Telemetry:
         )
         self.exclude_paths = frozenset(config.exclude_paths)
         self.exclude_prefixes = tuple(config.exclude_prefixes)
+        #: What integrations call per request: ``is_excluded``, or None when
+        #: nothing is excluded, so the common case costs one comparison.
+        self.excluded: Callable[[str], bool] | None = (
+            self.is_excluded if self.exclude_paths or self.exclude_prefixes else None
+        )
         self.internal_errors = 0
         self._internal_error_logged = False
         self._anonymized: dict[tuple[str, str], str] = {}
@@ -246,10 +251,6 @@ class Telemetry:
         atexit.unregister(self.close)
         _live.discard(self)
         return bool(flusher.close(timeout))
-
-
-def normalize_method(method: str) -> str:
-    return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
 def _announce(telemetry: Telemetry, why_not: str | None) -> None:

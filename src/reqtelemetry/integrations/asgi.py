@@ -51,10 +51,7 @@ class ASGIMiddleware:
             return
         self._record = telemetry.record
         self._template = RouteTemplates().template
-        #: None when nothing is excluded: the common case costs one comparison.
-        self._excluded = (
-            telemetry.is_excluded if telemetry.exclude_paths or telemetry.exclude_prefixes else None
-        )
+        self._excluded = telemetry.excluded
         self._first_request = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -49,6 +49,10 @@ def reset_telemetry() -> None:
         _shared = None
 
 
+def _never(path: str) -> bool:
+    return False
+
+
 class TelemetryMiddleware:
     """Measures each request; place it first so that it sees everything."""
 
@@ -60,6 +64,8 @@ class TelemetryMiddleware:
         self.telemetry = get_telemetry()
         self._active = self.telemetry.enabled
         self._first_request = True
+        excluded = self.telemetry.excluded
+        self._is_excluded = excluded if excluded is not None else _never
         if self._active:
             from django.conf import settings
 
@@ -73,7 +79,7 @@ class TelemetryMiddleware:
     def __call__(self, request: Any) -> Any:
         if self._async:
             return self.__acall__(request)
-        if not self._active or self.telemetry.is_excluded(request.path_info):
+        if not self._active or self._is_excluded(request.path_info):
             return self.get_response(request)
         start = perf_counter()
         try:
@@ -84,7 +90,7 @@ class TelemetryMiddleware:
         return self._observe(request, response, start)
 
     async def __acall__(self, request: Any) -> Any:
-        if not self._active or self.telemetry.is_excluded(request.path_info):
+        if not self._active or self._is_excluded(request.path_info):
             return await self.get_response(request)
         start = perf_counter()
         try:

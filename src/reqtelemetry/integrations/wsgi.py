@@ -55,10 +55,8 @@ class WSGIMiddleware:
         if not self._active:
             return self.app(environ, start_response)
         telemetry = self.telemetry
-        path = environ.get("PATH_INFO", "")
-        if path in telemetry.exclude_paths or (
-            telemetry.exclude_prefixes and path.startswith(telemetry.exclude_prefixes)
-        ):
+        excluded = telemetry.excluded
+        if excluded is not None and excluded(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         if self._first_request:
             self._first_request = False
