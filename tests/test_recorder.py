@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reqtelemetry.histogram import Histogram
-from reqtelemetry.recorder import OVERFLOW_KEY, Batch, Recorder, Stats
+from reqtelemetry.recorder import OVERFLOW_KEY, PENDING_LIMIT, Batch, Recorder, Stats
 
 
 def by_key(records):
@@ -333,3 +333,29 @@ def test_batch_from_records_round_trips_and_adds_up_same_keys():
     assert by_key["GET", "/a"]["count"] == 4
     assert by_key["GET", "/a"]["latency"]["min"] == 0.01
     assert by_key["POST", "/b"]["response_bytes"] == 12
+
+
+# -- deferred aggregation: requests queue, then aggregate in one loop --------------
+
+
+def test_queued_requests_show_in_every_reading():
+    recorder = Recorder(max_keys=1)
+    recorder.record("GET", "/a", 200, 0.01, 3, 4)
+    recorder.record("GET", "/b", 200, 0.01, 3, 4)  # past the cap: overflow
+    assert len(recorder) == 2  # /a and the overflow key
+    assert recorder.dropped == 1
+    recorder.record("GET", "/a", 200, 0.02, 3, 4)
+    records = by_key(recorder.snapshot())
+    assert records["GET", "/a", 200]["count"] == 2
+    assert records["GET", "/a", 200]["latency"]["max"] == 0.02
+    batch = recorder.collect()
+    assert total_count(batch.records) == 3
+    assert recorder.snapshot() == []
+
+
+def test_the_queue_is_bounded_whatever_the_traffic():
+    recorder = Recorder()
+    for i in range(PENDING_LIMIT * 10 + 7):
+        recorder.record("GET", f"/r{i % 5}", 200, 0.001, 0, 0)
+        assert len(recorder._pending) < PENDING_LIMIT
+    assert total_count(recorder.snapshot()) == PENDING_LIMIT * 10 + 7
