@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import subprocess
 import sys
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -263,3 +266,62 @@ def test_falls_back_to_slices_when_no_child_can_start(
     assert len(said) == 1  # said once, not per stamp
     with pytest.raises(TimeoutError):
         hashcash.mint_in_subprocess(RESOURCE, 60, timeout=0.2)
+
+
+def _children_minting(resource: str) -> list[int]:
+    """Pids of this process's children whose command line mints ``resource``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])  # after "pid (comm) state"
+            with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        if ppid == os.getpid() and b"mint" in argv and resource.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def _idle_policy_refused() -> bool:
+    """Whether this machine refuses SCHED_IDLE to an unprivileged process (some sandboxes)."""
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode != 0
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not hasattr(os, "SCHED_IDLE"),
+    reason="SCHED_IDLE is a Linux scheduling policy",
+)
+def test_the_minting_child_runs_at_idle_priority() -> None:
+    if _idle_policy_refused():
+        pytest.skip("this machine refuses SCHED_IDLE; the child falls back to nice 19")
+    # The child must have lowered itself: it would inherit a policy of ours.
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE
+    resource = hashlib.sha256(f"idle {time.time_ns()}".encode()).hexdigest()
+    outcome: list[BaseException] = []
+
+    def mint_far_too_much() -> None:  # 60 bits: the child runs until the timeout kills it
+        try:
+            hashcash.mint_in_subprocess(resource, 60, timeout=2.5)
+        except BaseException as error:
+            outcome.append(error)
+
+    minting = threading.Thread(target=mint_far_too_much, daemon=True)
+    minting.start()
+    policy, niceness = None, None
+    deadline = time.monotonic() + 2.2
+    while time.monotonic() < deadline and policy != os.SCHED_IDLE:
+        for pid in _children_minting(resource):
+            with contextlib.suppress(ProcessLookupError):  # it may exit between the calls
+                policy = os.sched_getscheduler(pid)
+                niceness = os.getpriority(os.PRIO_PROCESS, pid)
+        time.sleep(0.005)
+    minting.join(30)
+
+    assert policy == os.SCHED_IDLE
+    assert niceness == 19
+    assert len(outcome) == 1 and isinstance(outcome[0], TimeoutError)
