@@ -22,14 +22,16 @@ from collections.abc import Iterable, Mapping
 #: rank ``floor(q * (count - 1))`` (0-based), for values inside the tracked range.
 RELATIVE_ACCURACY = 0.02
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
-_LOG_GAMMA = math.log(GAMMA)
+#: Base-2 logarithms: ``math.log2`` takes one argument and is called without
+#: argument parsing, ``math.log`` (optional base) parses a tuple per call.
+_LOG_GAMMA = math.log2(GAMMA)
 
 #: One microsecond: below it the clock itself is noise.
 MIN_TRACKED = 1e-6
 #: One hour: a request that takes longer is reported as taking an hour.
 MAX_TRACKED = 3600.0
-MIN_INDEX = math.ceil(math.log(MIN_TRACKED) / _LOG_GAMMA)
-MAX_INDEX = math.ceil(math.log(MAX_TRACKED) / _LOG_GAMMA)
+MIN_INDEX = math.ceil(math.log2(MIN_TRACKED) / _LOG_GAMMA)
+MAX_INDEX = math.ceil(math.log2(MAX_TRACKED) / _LOG_GAMMA)
 
 
 def bucket_index(value: float) -> int:
@@ -38,7 +40,7 @@ def bucket_index(value: float) -> int:
         return MIN_INDEX
     if value >= MAX_TRACKED:
         return MAX_INDEX
-    return math.ceil(math.log(value) / _LOG_GAMMA)
+    return math.ceil(math.log2(value) / _LOG_GAMMA)
 
 
 def bucket_value(index: int) -> float:

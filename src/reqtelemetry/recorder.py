@@ -247,7 +247,7 @@ class Recorder:
         if len(pending) >= PENDING_LIMIT:
             self.aggregate_pending()
 
-    def aggregate_pending(self, *, _log: Any = math.log, _ceil: Any = math.ceil) -> None:
+    def aggregate_pending(self, *, _log: Any = math.log2, _ceil: Any = math.ceil) -> None:
         """Fold every queued request into its key's statistics.
 
         Only a thread holding the lock takes items off the queue, and it takes

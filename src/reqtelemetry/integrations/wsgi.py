@@ -45,6 +45,7 @@ class WSGIMiddleware:
         self.app = app
         self.telemetry = telemetry
         self._active = telemetry.enabled
+        self._excluded = telemetry.excluded
         self._first_request = True
         if self._active:
             from .flask import install_if_flask
@@ -54,40 +55,20 @@ class WSGIMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if not self._active:
             return self.app(environ, start_response)
-        telemetry = self.telemetry
-        excluded = telemetry.excluded
+        excluded = self._excluded
         if excluded is not None and excluded(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         if self._first_request:
             self._first_request = False
-            telemetry.note_first_request(environ.get("HTTP_HOST"))
-
-        measured = _Measured(self, environ)
-
-        def start_response_measuring(status: str, headers: Any, exc_info: Any = None) -> Any:
-            code = _STATUS_CODES.get(status)
-            measured.status = code if code is not None else _parse_status(status)
-            request = environ.get(WERKZEUG_REQUEST_KEY)
-            if request is not None:
-                rule = getattr(request, "url_rule", _UNKNOWN)
-                if rule is not _UNKNOWN:  # a Flask request: its router ran
-                    measured.route = rule.rule if rule is not None else None
-            write = start_response(status, headers, exc_info)
-
-            def write_counting(data: bytes) -> Any:
-                measured.response_bytes += len(data)
-                return write(data)
-
-            return write_counting
-
+            self.telemetry.note_first_request(environ.get("HTTP_HOST"))
+        measured = _Measured(self.telemetry, environ, start_response)
         measured.start = perf_counter()
         try:
-            iterable = self.app(environ, start_response_measuring)
+            measured.iterable = self.app(environ, measured.start_response)
         except BaseException:
             measured.status = 500
             measured.finish()
             raise
-        measured.iterable = iterable
         return measured
 
 
@@ -99,23 +80,34 @@ def _parse_status(status: str) -> int:
 
 
 class _Measured:
-    """The response iterable handed to the server; ``close()`` ends the request."""
+    """One request: the ``start_response`` the app calls, and the response
+    iterable handed to the server, whose ``close()`` ends the request.
+
+    Why one object with slots and bound methods: a request touches this state
+    a dozen times, and closures would cost a cell per variable.
+    """
 
     __slots__ = (
+        "_start_response",
+        "_write",
         "environ",
         "finished",
         "iterable",
-        "middleware",
         "progress",
         "response_bytes",
         "route",
         "start",
         "status",
+        "telemetry",
     )
 
-    def __init__(self, middleware: WSGIMiddleware, environ: dict[str, Any]) -> None:
-        self.middleware = middleware
+    def __init__(
+        self, telemetry: Telemetry, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> None:
+        self.telemetry = telemetry
         self.environ = environ
+        self._start_response = start_response
+        self._write: Callable[[bytes], Any] | None = None
         self.iterable: Iterable[bytes] = ()
         self.status = 0
         self.response_bytes = 0
@@ -124,6 +116,24 @@ class _Measured:
         self.progress = _NOT_STARTED
         #: The template, None for "the router matched nothing", or _UNKNOWN.
         self.route: Any = _UNKNOWN
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        """The app's ``start_response``: note the status (and Flask's rule), then pass on."""
+        code = _STATUS_CODES.get(status)
+        self.status = code if code is not None else _parse_status(status)
+        request = self.environ.get(WERKZEUG_REQUEST_KEY)
+        if request is not None:
+            rule = getattr(request, "url_rule", _UNKNOWN)
+            if rule is not _UNKNOWN:  # a Flask request: its router ran
+                self.route = rule.rule if rule is not None else None
+        self._write = self._start_response(status, headers, exc_info)
+        return self.write
+
+    def write(self, data: bytes) -> Any:
+        """The legacy ``write()`` callable (PEP 3333): counted like iterated chunks."""
+        self.response_bytes += len(data)
+        assert self._write is not None  # start_response returned it before any write
+        return self._write(data)
 
     def __iter__(self) -> Iterator[bytes]:
         self.progress = _ITERATING
@@ -155,8 +165,7 @@ class _Measured:
         if self.progress == _ITERATING and self.status != 500:
             # The server stopped iterating early: the client went away.
             self.status = CLIENT_CLOSED_STATUS
-        middleware = self.middleware
-        telemetry = middleware.telemetry
+        telemetry = self.telemetry
         try:
             environ = self.environ
             route = self.route
