@@ -297,6 +297,28 @@ def test_plain_wsgi_app_anonymizes_paths(make_telemetry, records):
     assert found["POST", user43, 200]["response_bytes"] == len(b"got hello")
 
 
+def test_plain_werkzeug_app_has_no_rule_and_is_anonymized(make_telemetry, records):
+    """A Werkzeug ``Request`` (no Flask) sits in the environ too, without ``url_rule``."""
+    from werkzeug.wrappers import Request
+    from werkzeug.wrappers import Response as WerkzeugResponse
+
+    @Request.application
+    def werkzeug_app(request):
+        assert request.environ["werkzeug.request"] is request
+        return WerkzeugResponse(f"hello {request.path}")
+
+    telemetry = make_telemetry(allowed_path_segments=["users"])
+    client = Client(WSGIMiddleware(werkzeug_app, telemetry=telemetry))
+    for _ in range(2):
+        assert fetch(client, "/users/secret-7").data == b"hello /users/secret-7"
+    salt = telemetry.anonymizer._salt
+    route = f"/users/{hash_value('secret-7', salt)}"
+    found = records(telemetry)
+    assert list(found) == [("GET", route, 200)]
+    assert found["GET", route, 200]["count"] == 2
+    assert found["GET", route, 200]["response_bytes"] == 2 * len(b"hello /users/secret-7")
+
+
 def test_plain_wsgi_app_with_query(make_telemetry, counts):
     telemetry = make_telemetry(
         allowed_path_segments=["search"], record_query=True, allowed_query_keys=["q"]

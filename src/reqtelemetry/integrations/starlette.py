@@ -47,7 +47,12 @@ class RouteTemplates:
             if context is not None and getattr(context, "original_route", None) is route:
                 path_format = context.path_format
         if path_format is None:
-            path_format = getattr(route, "path_format", None)
+            # Plain attribute access, not getattr(route, name, None): with a
+            # default, getattr costs several times more on every request.
+            try:
+                path_format = route.path_format
+            except AttributeError:
+                return None
             if path_format is None:
                 return None
         root_path = scope.get("root_path", "")
