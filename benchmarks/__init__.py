@@ -24,6 +24,7 @@ import os
 #: Benchmark modules run by ``python -m benchmarks``, in this order.
 MODULES: tuple[str, ...] = (
     "overhead",
+    "instructions",
     "memory",
     "throughput",
     "flush_latency",

@@ -1,0 +1,187 @@
+"""Instructions per request: the middlewares' cost, counted rather than timed.
+
+Why a count next to the timings of :mod:`benchmarks.overhead`: on a shared or
+small machine, a 3 µs difference between two 11 µs requests moves with the
+neighbours from one run to the next, while the number of machine instructions
+the interpreter executes for a request does not. Counting them under
+Valgrind's cachegrind (``--cache-sim=no``: instructions only) gives a
+before/after figure that is the same on every run, and so shows whether a
+change to the hot path made it cheaper. It does not replace the timings: a
+count ignores cache misses, which inside a framework make our lines two to
+three times dearer than in a tight loop.
+
+Each variant runs in its own process, the same app and call loop as
+:mod:`benchmarks.overhead` (prebuilt scope/environ copied per call, no-op
+``receive``/``send``/``start_response``), with ``LOW`` and then ``HIGH``
+requests after a warm-up; the difference of the two totals divided by
+``HIGH - LOW`` is the cost of one request, start-up and warm-up cancelled
+out. The garbage collector stays on, as in production.
+
+Skipped, with a note, where ``valgrind`` is not installed. Run alone with
+``python -m benchmarks instructions``; ``BENCH_QUICK=1`` counts fewer requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import load_average, quick
+from reqtelemetry.recorder import PENDING_LIMIT
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Row label → (kind, bare row it is compared with or None).
+VARIANTS: dict[str, tuple[str, str | None]] = {
+    "(a) Starlette, bare": ("asgi", None),
+    "(b) Starlette + ASGIMiddleware, enabled": ("asgi", "(a) Starlette, bare"),
+    "(c) Starlette + ASGIMiddleware, opted out": ("asgi", "(a) Starlette, bare"),
+    "(d) Flask, bare": ("wsgi", None),
+    "(e) Flask + WSGIMiddleware, enabled": ("wsgi", "(d) Flask, bare"),
+    "(f) Flask + WSGIMiddleware, opted out": ("wsgi", "(d) Flask, bare"),
+}
+WARMUP = 300
+
+
+@dataclass(frozen=True)
+class Counts:
+    low: int
+    high: int
+
+
+def counts() -> Counts:
+    """Request counts whose difference is a multiple of the recorder's queue
+    limit, so the batched aggregation is counted exactly as often as it runs."""
+    step = PENDING_LIMIT
+    return Counts(low=step, high=2 * step) if quick() else Counts(low=step, high=3 * step)
+
+
+def build(label: str) -> Any:
+    """The app of one row, built as :mod:`benchmarks.overhead` builds it."""
+    from benchmarks.overhead import _telemetry, flask_app, starlette_app
+    from reqtelemetry import ASGIMiddleware, WSGIMiddleware
+
+    letter = label[1]
+    if letter == "a":
+        return starlette_app()
+    if letter in "bc":
+        return ASGIMiddleware(starlette_app(), telemetry=_telemetry(opt_out=letter == "c"))
+    if letter == "d":
+        return flask_app().wsgi_app
+    return WSGIMiddleware(flask_app().wsgi_app, telemetry=_telemetry(opt_out=letter == "f"))
+
+
+def _child(label: str, requests: int) -> None:
+    """In the counted process: warm up, then serve ``requests`` requests."""
+    from benchmarks.overhead import (
+        _asgi_loop,
+        _wsgi_loop,
+        asgi_scope,
+        wsgi_environ,
+    )
+
+    kind = VARIANTS[label][0]
+    app = build(label)
+    clock = time.perf_counter_ns
+    if kind == "asgi":
+        loop = asyncio.new_event_loop()
+        scope = asgi_scope()
+        loop.run_until_complete(_asgi_loop(app, scope, WARMUP, clock))
+        loop.run_until_complete(_asgi_loop(app, scope, requests, clock))
+        loop.close()
+    else:
+        environ = wsgi_environ()
+        _wsgi_loop(app, environ, WARMUP, clock)
+        _wsgi_loop(app, environ, requests, clock)
+
+
+_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def count_instructions(valgrind: str, label: str, requests: int) -> int:
+    """Instructions the whole child process executed (start-up and warm-up included)."""
+    command = [
+        valgrind,
+        "--tool=cachegrind",
+        "--cache-sim=no",
+        "--cachegrind-out-file=/dev/null",
+        sys.executable,
+        "-m",
+        "benchmarks.instructions",
+        "--child",
+        label,
+        str(requests),
+    ]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    found = _REFS.search(result.stderr)
+    if result.returncode != 0 or found is None:
+        raise RuntimeError(f"cachegrind run of {label!r} failed:\n{result.stderr[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def per_request(valgrind: str, labels: list[str], plan: Counts) -> dict[str, float]:
+    """Instructions per request of each row; the counted processes run one per core."""
+    jobs = [(label, n) for label in labels for n in (plan.low, plan.high)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        totals = list(pool.map(lambda job: count_instructions(valgrind, *job), jobs))
+    found = dict(zip(jobs, totals, strict=True))
+    return {
+        label: (found[label, plan.high] - found[label, plan.low]) / (plan.high - plan.low)
+        for label in labels
+    }
+
+
+def run() -> str:
+    began = time.monotonic()
+    lines = ["## Instructions per request (cachegrind)", ""]
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        lines.append("- skipped: `valgrind` is not installed (`apt install valgrind`)")
+        return "\n".join(lines) + "\n"
+    plan = counts()
+    measured = per_request(valgrind, list(VARIANTS), plan)
+    lines += [
+        f"- mode: {'quick' if quick() else 'full'}; {time.monotonic() - began:.0f} s; "
+        f"load average (1/5/15 min) after: {load_average()}",
+        "- the apps and call loops of the in-process overhead table; each row in its own "
+        f"process under `valgrind --tool=cachegrind --cache-sim=no`, {WARMUP} warm-up "
+        f"requests, then {plan.low} and, in a second process, {plan.high}; per request: "
+        f"the difference of the two totals over {plan.high - plan.low} requests",
+        "- the count runs one process per core: instructions do not depend on the load",
+        "- a count, not a time: the same on every run, so it shows what a change to the "
+        "hot path saved; it leaves out cache misses (see the timings above)",
+        "",
+        "| variant | instructions/request | over bare | ratio vs bare |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, (_, bare) in VARIANTS.items():
+        value = measured[label]
+        if bare is None:
+            lines.append(f"| {label} | {value:,.0f} | — | — |")
+        else:
+            base = measured[bare]
+            lines.append(f"| {label} | {value:,.0f} | {value - base:+,.0f} | {value / base:.3f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def _main(argv: list[str]) -> None:
+    if argv[:1] == ["--child"]:
+        _child(argv[1], int(argv[2]))
+        return
+    print(run())
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
