@@ -482,6 +482,10 @@ def _table(variants: list[Variant]) -> str:
             if variant.budget_us is not None:
                 verdict = "PASS" if overhead <= variant.budget_us else "MISS"
                 budget = f"≤ {variant.budget_us:g} µs: **{verdict}**"
+                if spread > 2 * variant.budget_us:
+                    # The rounds disagree by more than the budget: the verdict
+                    # is the median's, not a measurement that resolves it.
+                    budget += f" (unresolved: IQR {spread:.1f} µs; see the instruction counts)"
         ratio_text = "—" if ratio is None else f"{ratio:.3f}x"
         rows.append(
             f"| {variant.label} | {median:.2f} | {_iqr(samples):.2f} | {_fmt(overhead)} "
