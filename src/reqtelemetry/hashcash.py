@@ -25,17 +25,43 @@ dependencies.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import hmac
-import logging
 import os
-import re
-import subprocess
 import sys
-import time
-from datetime import datetime, timezone
+
+
+def _lower_priority() -> None:
+    """Run the child at the lowest CPU priority the platform lets us ask for.
+
+    Off the GIL is not off the CPU: a second of hashing competes with the app's
+    own processes for cores. Nice 19 alone only shrinks the child's share: the
+    fair scheduler (EEVDF since Linux 6.6) may still let it finish its slice
+    while a request thread that just woke waits, which shows in the app's p99.
+    Under Linux's ``SCHED_IDLE`` policy a waking normal task always preempts the
+    child, so the hashing only ever fills time the app leaves idle; the report
+    waits a little longer, the app's requests do not. Nice 19 comes first, so
+    that where ``SCHED_IDLE`` is missing or refused (other systems, some
+    sandboxes) the child still runs niced.
+    """
+    with contextlib.suppress(AttributeError, OSError):  # not on this platform, or not allowed
+        os.nice(19)
+    with contextlib.suppress(AttributeError, OSError):  # Linux only; a sandbox may refuse it
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+if __name__ == "__main__":
+    # The minting child lowers itself before the imports below, which are most
+    # of its start-up CPU (some 30 ms a stamp, at the app's priority otherwise).
+    _lower_priority()
+
+import base64  # noqa: E402 (after the child's _lower_priority, on purpose)
+import hashlib  # noqa: E402
+import hmac  # noqa: E402
+import logging  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
 
 __all__ = [
     "StampError",
@@ -335,31 +361,11 @@ def verify(
 # -- the child process ----------------------------------------------------------------
 
 
-def _lower_priority() -> None:
-    """Run the child at the lowest CPU priority the platform lets us ask for.
-
-    Off the GIL is not off the CPU: a second of hashing competes with the app's
-    own processes for cores. Nice 19 alone only shrinks the child's share: the
-    fair scheduler (EEVDF since Linux 6.6) may still let it finish its slice
-    while a request thread that just woke waits, which shows in the app's p99.
-    Under Linux's ``SCHED_IDLE`` policy a waking normal task always preempts the
-    child, so the hashing only ever fills time the app leaves idle; the report
-    waits a little longer, the app's requests do not. Nice 19 comes first, so
-    that where ``SCHED_IDLE`` is missing or refused (other systems, some
-    sandboxes) the child still runs niced.
-    """
-    with contextlib.suppress(AttributeError, OSError):  # not on this platform, or not allowed
-        os.nice(19)
-    with contextlib.suppress(AttributeError, OSError):  # Linux only; a sandbox may refuse it
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
-
 def _main(argv: list[str]) -> int:
     """``mint RESOURCE BITS``: print a stamp (what :func:`mint_in_subprocess` runs)."""
     if len(argv) != 3 or argv[0] != "mint":
         print("usage: python -m reqtelemetry.hashcash mint RESOURCE BITS", file=sys.stderr)
         return 2
-    _lower_priority()
     try:
         stamp = mint(argv[1], int(argv[2]))
     except ValueError as error:

@@ -44,6 +44,10 @@ SESSION_PATH = "/v1/session"
 TOKEN_MARGIN = 60.0
 #: Characters of report escaped per slice when building the envelope.
 ENVELOPE_SLICE = 16384
+#: gzip level of report bodies. A full batch (1,000 keys, 640 kB of JSON) takes
+#: 5.5 ms of CPU at level 1 for 3.2:1, 25 ms at level 6 for 4.2:1: the flusher's
+#: CPU is taken from the app's threads, the 50 kB saved once a flush are not worth it.
+GZIP_LEVEL = 1
 #: Difficulty below which minting is cheap enough (< 65,536 hashes) to do here.
 SUBPROCESS_MINT_BITS = 16
 #: Statuses worth retrying: the collector or a proxy in front is overloaded or down.
@@ -218,7 +222,7 @@ class Transport:
 
     def send_once(self, envelope: bytes, timeout: float | None = None) -> Result:
         """One POST of a ready envelope. Compression happens here, on the flusher thread."""
-        compressed = gzip.compress(envelope, compresslevel=6)
+        compressed = gzip.compress(envelope, compresslevel=GZIP_LEVEL)
         try:
             response = self.client.post(
                 self.url,
