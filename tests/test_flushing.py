@@ -723,3 +723,55 @@ def test_envelope_built_in_slices_is_the_plain_json_envelope():
         "stamp": "1:8:261122000000:r::a:b",
         "payload": payload,
     }
+
+
+def test_only_the_shutdown_flush_skips_the_pauses(make_sender, receiver, monkeypatch):
+    """Pauses leave the GIL to request threads; at shutdown there are none left to serve."""
+    from reqtelemetry import payload
+
+    rhythms: list[float] = []
+    original_init = payload.Pacer.__init__
+
+    def spy(self, every=payload.YIELD_EVERY):
+        rhythms.append(every)
+        original_init(self, every)
+
+    monkeypatch.setattr(payload.Pacer, "__init__", spy)
+    telemetry = make_sender()
+    record_traffic(telemetry)
+    assert telemetry.flush() is True
+    assert rhythms and set(rhythms) == {payload.YIELD_EVERY}  # encoding and the envelope
+    rhythms.clear()
+    record_traffic(telemetry)
+    assert telemetry.close() is True
+    assert rhythms and set(rhythms) == {float("inf")}
+    assert receiver.wait_for_reports(1, kind="shutdown", timeout=5)
+
+
+def test_an_unpaced_batch_encodes_exactly_as_a_paced_one():
+    recorder = Recorder()
+    for index in range(300):
+        recorder.record("GET", f"/r/{index}", 200, 0.001 * (1 + index % 7), 3, 5)
+    batch = recorder.collect()
+    envelope = Envelope(
+        kind="periodic",
+        sequence=1,
+        deployment_id=str(uuid.uuid4()),
+        instance_id=str(uuid.uuid4()),
+        traits={},
+        withheld=[],
+        metrics={"counters": {}, "gauges": {}},
+        internal_errors=0,
+    )
+    paced = build_reports(envelope, batch, max_bytes=64 * 1024)
+    unpaced = build_reports(envelope, batch, max_bytes=64 * 1024, paced=False)
+    assert len(paced) > 1
+
+    def without_clock(report):
+        parsed = json.loads(report.body)
+        del parsed["sent_at"]  # the time of encoding, the one thing meant to differ
+        return parsed
+
+    assert [without_clock(report) for report in unpaced] == [
+        without_clock(report) for report in paced
+    ]

@@ -61,7 +61,9 @@ def inspect_payload(config: Config) -> dict | None:
         withheld=withheld,
         metrics={"counters": {"feature.example": 3}, "gauges": {}},
     )
-    report = build_reports(envelope, telemetry.recorder.collect(), config.max_payload_bytes)[0]
+    report = build_reports(
+        envelope, telemetry.recorder.collect(), config.max_payload_bytes, paced=False
+    )[0]
     return json.loads(report.body)
 
 

@@ -159,7 +159,9 @@ class Flusher:
             internal_errors=telemetry.internal_errors,
         )
         self.sequence += 1
-        reports = build_reports(envelope, batch, self.config.max_payload_bytes)
+        # At shutdown this process serves no more requests: no pauses for them.
+        paced = kind != "shutdown"
+        reports = build_reports(envelope, batch, self.config.max_payload_bytes, paced=paced)
         if self.config.debug or self.transport is None:
             stream = self._debug_stream()
             for report in reports:
@@ -173,6 +175,7 @@ class Flusher:
                 max(0.0, deadline - time.monotonic()),
                 self.deployment_id,
                 telemetry.instance_id,
+                paced=paced,
             )
             self.last_result = result
             self._apply_pacing(result)

@@ -15,6 +15,7 @@ flusher thread never holds the GIL long against request threads.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -131,11 +132,18 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
-def build_reports(envelope: Envelope, batch: Batch, max_bytes: int) -> list[Report]:
-    """Encode the batch as one or more JSON bodies, none larger than ``max_bytes``."""
+def build_reports(
+    envelope: Envelope, batch: Batch, max_bytes: int, *, paced: bool = True
+) -> list[Report]:
+    """Encode the batch as one or more JSON bodies, none larger than ``max_bytes``.
+
+    ``paced=False`` skips the :class:`Pacer`'s pauses: for the final flush at
+    shutdown, when no request of this process waits for the GIL any more and
+    the shutdown budget is better spent sending.
+    """
     if envelope.kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {envelope.kind!r}")
-    pacer = Pacer()
+    pacer = Pacer(YIELD_EVERY if paced else math.inf)
     keys = list(batch.stats)
     encoded = []
     for key in keys:

@@ -24,6 +24,7 @@ import enum
 import gzip
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -34,7 +35,7 @@ import httpx
 from . import hashcash
 from ._version import __version__
 from .config import Config
-from .payload import Pacer
+from .payload import YIELD_EVERY, Pacer
 
 logger = logging.getLogger("reqtelemetry")
 
@@ -256,7 +257,15 @@ class Transport:
             )
         return Result(Outcome.REJECTED, status=status, error=response.text[:200])
 
-    def deliver(self, body: bytes, budget: float, deployment_id: str, instance_id: str) -> Result:
+    def deliver(
+        self,
+        body: bytes,
+        budget: float,
+        deployment_id: str,
+        instance_id: str,
+        *,
+        paced: bool = True,
+    ) -> Result:
         """Send with retries until delivered, refused for good, or ``budget`` seconds pass."""
         deadline = time.monotonic() + budget
         result = Result(Outcome.FAILED, error="no attempt made")
@@ -282,7 +291,7 @@ class Transport:
                     except Exception as error:  # timed out, or the child failed
                         return Result(Outcome.FAILED, error=f"minting: {error}")
                     stamped = (session.token, stamp)
-                envelope = build_envelope(stamped[0], stamped[1], payload_text)
+                envelope = build_envelope(stamped[0], stamped[1], payload_text, paced=paced)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -304,13 +313,14 @@ class Transport:
         return result
 
 
-def build_envelope(token: str, stamp: str, payload_text: str) -> bytes:
+def build_envelope(token: str, stamp: str, payload_text: str, *, paced: bool = True) -> bytes:
     """``{"token", "stamp", "payload"}`` as JSON bytes, the payload escaped piecewise.
 
     One ``json.dumps`` of a 256 KiB string holds the GIL for milliseconds;
-    escaping it in slices, letting request threads run between them, does not.
+    escaping it in slices, letting request threads run between them, does not
+    (``paced=False``: no pauses, for the final flush at shutdown).
     """
-    pacer = Pacer()
+    pacer = Pacer(YIELD_EVERY if paced else math.inf)
     escaped = []
     for start in range(0, len(payload_text), ENVELOPE_SLICE):
         escaped.append(json.dumps(payload_text[start : start + ENVELOPE_SLICE])[1:-1])
