@@ -292,36 +292,54 @@ def _idle_policy_refused() -> bool:
     return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode != 0
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not hasattr(os, "SCHED_IDLE"),
-    reason="SCHED_IDLE is a Linux scheduling policy",
-)
-def test_the_minting_child_runs_at_idle_priority() -> None:
-    if _idle_policy_refused():
-        pytest.skip("this machine refuses SCHED_IDLE; the child falls back to nice 19")
-    # The child must have lowered itself: it would inherit a policy of ours.
-    assert os.sched_getscheduler(0) != os.SCHED_IDLE
-    resource = hashlib.sha256(f"idle {time.time_ns()}".encode()).hexdigest()
+def _observe_minting_child(idle: bool) -> tuple[int | None, int | None]:
+    """The scheduling policy and niceness of a real minting child, seen from here."""
+    resource = hashlib.sha256(f"priority {idle} {time.time_ns()}".encode()).hexdigest()
     outcome: list[BaseException] = []
 
     def mint_far_too_much() -> None:  # 60 bits: the child runs until the timeout kills it
         try:
-            hashcash.mint_in_subprocess(resource, 60, timeout=2.5)
+            hashcash.mint_in_subprocess(resource, 60, timeout=2.5, idle=idle)
         except BaseException as error:
             outcome.append(error)
 
     minting = threading.Thread(target=mint_far_too_much, daemon=True)
     minting.start()
+    # Idle: done once the child is seen at SCHED_IDLE. Not idle: watch it for
+    # as long as it lives, the last reading counts (a child that lowered itself
+    # would show it within milliseconds of starting).
     policy, niceness = None, None
     deadline = time.monotonic() + 2.2
-    while time.monotonic() < deadline and policy != os.SCHED_IDLE:
+    while time.monotonic() < deadline and not (idle and policy == os.SCHED_IDLE):
         for pid in _children_minting(resource):
             with contextlib.suppress(ProcessLookupError):  # it may exit between the calls
                 policy = os.sched_getscheduler(pid)
                 niceness = os.getpriority(os.PRIO_PROCESS, pid)
         time.sleep(0.005)
     minting.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], TimeoutError)
+    return policy, niceness
 
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not hasattr(os, "SCHED_IDLE"),
+    reason="SCHED_IDLE is a Linux scheduling policy",
+)
+
+
+@linux_only
+def test_the_minting_child_runs_at_idle_priority() -> None:
+    if _idle_policy_refused():
+        pytest.skip("this machine refuses SCHED_IDLE; the child falls back to nice 19")
+    # The child must have lowered itself: it would inherit a policy of ours.
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE
+    policy, niceness = _observe_minting_child(idle=True)
     assert policy == os.SCHED_IDLE
     assert niceness == 19
-    assert len(outcome) == 1 and isinstance(outcome[0], TimeoutError)
+
+
+@linux_only
+def test_the_shutdown_stamp_is_minted_at_the_apps_own_priority() -> None:
+    policy, niceness = _observe_minting_child(idle=False)
+    assert policy == os.sched_getscheduler(0)
+    assert niceness == os.getpriority(os.PRIO_PROCESS, 0)

@@ -49,7 +49,10 @@ def _lower_priority() -> None:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
-if __name__ == "__main__":
+#: Child argument: mint at the parent's priority (the final report at shutdown).
+NORMAL_PRIORITY_FLAG = "--normal-priority"
+
+if __name__ == "__main__" and NORMAL_PRIORITY_FLAG not in sys.argv:
     # The minting child lowers itself before the imports below, which are most
     # of its start-up CPU (some 30 ms a stamp, at the app's priority otherwise).
     _lower_priority()
@@ -217,7 +220,7 @@ def _mint_in_slices(resource: str, bits: int, deadline: float) -> str:
         time.sleep(0)  # let request threads run
 
 
-def _child_command(resource: str, bits: int) -> list[str]:
+def _child_command(resource: str, bits: int, idle: bool = True) -> list[str]:
     """How to run the minting child.
 
     This file is run by its path, in isolated mode (``-I -S``), when it is a
@@ -227,9 +230,10 @@ def _child_command(resource: str, bits: int) -> list[str]:
     loader, ``-m reqtelemetry.hashcash`` does the same job.
     """
     here = os.path.abspath(__file__) if "__file__" in globals() else ""
+    arguments = ["mint", resource, str(bits)] + ([] if idle else [NORMAL_PRIORITY_FLAG])
     if here and os.path.isfile(here):
-        return [sys.executable, "-I", "-S", here, "mint", resource, str(bits)]
-    return [sys.executable, "-m", "reqtelemetry.hashcash", "mint", resource, str(bits)]
+        return [sys.executable, "-I", "-S", here, *arguments]
+    return [sys.executable, "-m", "reqtelemetry.hashcash", *arguments]
 
 
 def _log_fallback(why: str) -> None:
@@ -243,11 +247,13 @@ def _log_fallback(why: str) -> None:
         )
 
 
-def mint_in_subprocess(resource: str, bits: int, timeout: float) -> str:
+def mint_in_subprocess(resource: str, bits: int, timeout: float, *, idle: bool = True) -> str:
     """Mint in a child process, so that the host app's GIL is never held by minting.
 
     The child runs at idle priority, so that it does not take a core from the
-    app's own threads either.
+    app's own threads either. ``idle=False`` keeps the parent's priority: for
+    the final report at shutdown, which has a deadline and no requests left to
+    make way for (at idle priority on a busy machine it could miss the deadline).
 
     Raises :class:`TimeoutError` when no stamp is found within ``timeout``
     seconds (the child is killed). When no child can be started (no
@@ -261,7 +267,7 @@ def mint_in_subprocess(resource: str, bits: int, timeout: float) -> str:
         return _mint_in_slices(resource, bits, deadline)
     try:
         done = subprocess.run(
-            _child_command(resource, bits),
+            _child_command(resource, bits, idle),
             capture_output=True,
             timeout=max(0.0, timeout),
             stdin=subprocess.DEVNULL,
@@ -362,9 +368,14 @@ def verify(
 
 
 def _main(argv: list[str]) -> int:
-    """``mint RESOURCE BITS``: print a stamp (what :func:`mint_in_subprocess` runs)."""
+    """``mint RESOURCE BITS [--normal-priority]``: print a stamp (what
+    :func:`mint_in_subprocess` runs; the priority was settled at start-up)."""
+    argv = [argument for argument in argv if argument != NORMAL_PRIORITY_FLAG]
     if len(argv) != 3 or argv[0] != "mint":
-        print("usage: python -m reqtelemetry.hashcash mint RESOURCE BITS", file=sys.stderr)
+        print(
+            f"usage: python -m reqtelemetry.hashcash mint RESOURCE BITS [{NORMAL_PRIORITY_FLAG}]",
+            file=sys.stderr,
+        )
         return 2
     try:
         stamp = mint(argv[1], int(argv[2]))

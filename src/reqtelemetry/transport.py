@@ -214,9 +214,9 @@ class Transport:
         self._session = Session(token=token, renew_at=renew_at, bits=bits)
         return Result(Outcome.DELIVERED)
 
-    def _mint(self, resource: str, bits: int, timeout: float) -> str:
+    def _mint(self, resource: str, bits: int, timeout: float, idle: bool = True) -> str:
         if bits >= SUBPROCESS_MINT_BITS:
-            return hashcash.mint_in_subprocess(resource, bits, timeout=timeout)
+            return hashcash.mint_in_subprocess(resource, bits, timeout=timeout, idle=idle)
         return hashcash.mint(resource, bits)
 
     # -- one report -------------------------------------------------------------------
@@ -266,7 +266,12 @@ class Transport:
         *,
         paced: bool = True,
     ) -> Result:
-        """Send with retries until delivered, refused for good, or ``budget`` seconds pass."""
+        """Send with retries until delivered, refused for good, or ``budget`` seconds pass.
+
+        ``paced=False`` (the final report at shutdown) encodes without pauses
+        and mints at the app's own priority: there is a deadline, and no
+        request of this process left to make way for.
+        """
         deadline = time.monotonic() + budget
         result = Result(Outcome.FAILED, error="no attempt made")
         payload_text = body.decode("utf-8")
@@ -286,7 +291,10 @@ class Transport:
                     try:
                         resource = hashcash.payload_resource(session.token, body)
                         stamp = self._mint(
-                            resource, session.bits, max(0.0, deadline - time.monotonic())
+                            resource,
+                            session.bits,
+                            max(0.0, deadline - time.monotonic()),
+                            idle=paced,  # the unpaced final report has a deadline to keep
                         )
                     except Exception as error:  # timed out, or the child failed
                         return Result(Outcome.FAILED, error=f"minting: {error}")
