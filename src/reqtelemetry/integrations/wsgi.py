@@ -72,24 +72,6 @@ class WSGIMiddleware:
         return measured
 
 
-#: Request classes seen in ``werkzeug.request``, and whether they carry Flask's ``url_rule``.
-_URL_RULE_CLASSES: dict[type, bool] = {}
-
-
-def _has_url_rule(request_class: type) -> bool:
-    """Whether requests of this class have ``url_rule`` (Flask's do; plain Werkzeug's don't).
-
-    Decided once per class: ``getattr(request, "url_rule", default)`` on every
-    request costs several times a dict lookup and a plain attribute read.
-    """
-    known = _URL_RULE_CLASSES.get(request_class)
-    if known is None:
-        known = hasattr(request_class, "url_rule")
-        if len(_URL_RULE_CLASSES) < 64:  # a class or two in practice; bounded anyway
-            _URL_RULE_CLASSES[request_class] = known
-    return known
-
-
 def _parse_status(status: str) -> int:
     code = int(status[:3])
     if len(_STATUS_CODES) < 256:  # a handful in practice; bounded whatever apps send
@@ -140,7 +122,10 @@ class _Measured:
         code = _STATUS_CODES.get(status)
         self.status = code if code is not None else _parse_status(status)
         request = self.environ.get(WERKZEUG_REQUEST_KEY)
-        if request is not None and _has_url_rule(type(request)):
+        # Asked of the class: Flask's declares ``url_rule``, plain Werkzeug's
+        # does not; ``getattr(request, "url_rule", default)`` costs several times
+        # as much on every Flask request.
+        if request is not None and hasattr(type(request), "url_rule"):
             rule = request.url_rule  # a Flask request: its router ran
             self.route = rule.rule if rule is not None else None
         self._write = self._start_response(status, headers, exc_info)
