@@ -71,45 +71,47 @@ class ASGIMiddleware:
         # No body goes out in answer to HEAD, whatever the app hands the server.
         exchange = _Exchange(receive, send, scope["method"] != "HEAD")
         start = perf_counter()
+        status = 500
         try:
             await self.app(scope, exchange.receive, exchange.send)
+            if exchange.end != 0.0:
+                status = exchange.status
+            elif exchange.disconnected:
+                # The app returned without completing a response because the
+                # client went away (streaming stopped). Otherwise the server
+                # answers 500 for it (or, with the status line already out,
+                # cuts the response short).
+                status = CLIENT_CLOSED_STATUS
         except asyncio.CancelledError:
-            self._finish(scope, entry_root_path, exchange, CLIENT_CLOSED_STATUS, start)
+            status = CLIENT_CLOSED_STATUS
             raise
         except BaseException:
-            failed = exchange.disconnected and exchange.end == 0.0
-            self._finish(
-                scope, entry_root_path, exchange, CLIENT_CLOSED_STATUS if failed else 500, start
-            )
+            if exchange.disconnected and exchange.end == 0.0:
+                status = CLIENT_CLOSED_STATUS
             raise
-        end = exchange.end
-        if end == 0.0:
-            # The app returned without completing a response: the client went
-            # away (streaming stopped), or the server answers 500 (or, when the
-            # status line is already out, cuts the response short) for it.
-            status = CLIENT_CLOSED_STATUS if exchange.disconnected else 500
-            self._finish(scope, entry_root_path, exchange, status, start)
-            return
-        # The common case, inline: a failure here is telemetry's, never the app's.
-        try:
-            status = exchange.status
-            route = self._template(scope, entry_root_path, status)
-            if route is None:
-                route = self._unrouted(scope, status)
-            method = scope["method"]
-            if method not in KNOWN_METHODS:
-                method = OTHER_METHOD
-            self._record(
-                method,
-                route,
-                status,
-                end - start,
-                exchange.request_bytes,
-                exchange.response_bytes,
-                scope.get("scheme", "http"),
-            )
-        except Exception as error:
-            self.telemetry.internal_error(error)
+        finally:
+            # Every way out is recorded here, once. A failure here is
+            # telemetry's, never the app's: it is counted, and whatever the app
+            # raised goes on as it was.
+            try:
+                end = exchange.end or perf_counter()
+                route = self._template(scope, entry_root_path, status)
+                if route is None:
+                    route = self._unrouted(scope, status)
+                method = scope["method"]
+                if method not in KNOWN_METHODS:
+                    method = OTHER_METHOD
+                self._record(
+                    method,
+                    route,
+                    status,
+                    end - start,
+                    exchange.request_bytes,
+                    exchange.response_bytes,
+                    scope.get("scheme", "http"),
+                )
+            except Exception as error:
+                self.telemetry.internal_error(error)
 
     def _on_first_request(self, scope: Scope) -> None:
         """Once: tell the traits which framework this is and whether it looks like a dev run."""
@@ -152,30 +154,6 @@ class ASGIMiddleware:
             await send(message)
 
         return send_then_flush
-
-    def _finish(
-        self, scope: Scope, entry_root_path: str, exchange: _Exchange, status: int, start: float
-    ) -> None:
-        """Record a request that did not complete normally (errors, disconnects)."""
-        try:
-            end = exchange.end or perf_counter()
-            route = self._template(scope, entry_root_path, status)
-            if route is None:
-                route = self._unrouted(scope, status)
-            method = scope["method"]
-            if method not in KNOWN_METHODS:
-                method = OTHER_METHOD
-            self._record(
-                method,
-                route,
-                status,
-                end - start,
-                exchange.request_bytes,
-                exchange.response_bytes,
-                scope.get("scheme", "http"),
-            )
-        except Exception as error:  # never let telemetry break a response
-            self.telemetry.internal_error(error)
 
 
 class _Exchange:
