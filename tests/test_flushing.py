@@ -732,9 +732,9 @@ def test_only_the_shutdown_flush_skips_the_pauses(make_sender, receiver, monkeyp
     rhythms: list[float] = []
     original_init = payload.Pacer.__init__
 
-    def spy(self, every=payload.YIELD_EVERY):
-        rhythms.append(every)
-        original_init(self, every)
+    def spy(self, paced=True):
+        original_init(self, paced)
+        rhythms.append(self.every)
 
     monkeypatch.setattr(payload.Pacer, "__init__", spy)
     telemetry = make_sender()

@@ -92,9 +92,11 @@ class Pacer:
 
     __slots__ = ("_due", "every")
 
-    def __init__(self, every: float = YIELD_EVERY) -> None:
-        self.every = every
-        self._due = perf_counter() + every
+    def __init__(self, paced: bool = True) -> None:
+        #: ``paced=False`` never pauses: for the final flush at shutdown, when
+        #: no request of this process waits for the GIL any more.
+        self.every = YIELD_EVERY if paced else math.inf
+        self._due = perf_counter() + self.every
 
     def tick(self) -> None:
         now = perf_counter()
@@ -143,7 +145,7 @@ def build_reports(
     """
     if envelope.kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {envelope.kind!r}")
-    pacer = Pacer(YIELD_EVERY if paced else math.inf)
+    pacer = Pacer(paced)
     keys = list(batch.stats)
     encoded = []
     for key in keys:

@@ -24,7 +24,6 @@ import enum
 import gzip
 import json
 import logging
-import math
 import random
 import threading
 import time
@@ -35,7 +34,7 @@ import httpx
 from . import hashcash
 from ._version import __version__
 from .config import Config
-from .payload import YIELD_EVERY, Pacer
+from .payload import Pacer
 
 logger = logging.getLogger("reqtelemetry")
 
@@ -328,7 +327,7 @@ def build_envelope(token: str, stamp: str, payload_text: str, *, paced: bool = T
     escaping it in slices, letting request threads run between them, does not
     (``paced=False``: no pauses, for the final flush at shutdown).
     """
-    pacer = Pacer(YIELD_EVERY if paced else math.inf)
+    pacer = Pacer(paced)
     escaped = []
     for start in range(0, len(payload_text), ENVELOPE_SLICE):
         escaped.append(json.dumps(payload_text[start : start + ENVELOPE_SLICE])[1:-1])
