@@ -54,9 +54,10 @@ one run, each against a baseline taken in the same run.
    - (a) quiet: nothing but the requests;
    - (b) flushing: on another thread, back to back, the recorder is refilled to
      its cap and ``Telemetry.flush()`` sends it (collect, encode, gzip, POST);
-   - (c) minting: ``reqtelemetry.hashcash`` minting stamps back to back at 20
-     bits (12 in quick mode), when that module exists (the row is skipped with a
-     note otherwise).
+   - (c) minting: on another thread, back to back,
+     ``hashcash.mint_in_subprocess`` mints stamps at 20 bits (12 in quick mode),
+     each in a child process at idle priority, as the flusher mints a periodic
+     report's stamps.
 
    The refill swaps prebuilt, read-only ``Stats`` objects into the recorder (a
    dict copy, well under a millisecond, under the recorder's lock), so the CPU
@@ -78,9 +79,6 @@ import contextlib
 import gc
 import gzip
 import hashlib
-import importlib
-import importlib.util
-import inspect
 import itertools
 import json
 import os
@@ -105,6 +103,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The budget from the design: p99 while a flush runs within 10 % of quiet.
 P99_BUDGET_RATIO = 1.10
 MINT_BITS = 20
+#: How long one stamp of (c) may take before ``mint_in_subprocess`` gives up.
+MINT_TIMEOUT = 120.0
 #: Proof of work the collector stand-in asks for (``/v1/session``), when the
 #: transport speaks the session protocol: none, so that (b) measures the flush's
 #: own work in this process and (c) the stamps, each on its own.
@@ -579,6 +579,31 @@ def _freeze_garbage() -> None:
     gc.freeze()
 
 
+def _warm_up(
+    client: Any, url: str, requests: int, ready: threading.Barrier, go: threading.Event
+) -> None:
+    """A client's untimed requests, then the wait for every other client and the start."""
+    import httpx
+
+    for _ in range(requests):
+        with contextlib.suppress(httpx.HTTPError):
+            client.get(url)
+    ready.wait()
+    go.wait()
+
+
+def _start_clients(
+    worker: Callable[[int], None], concurrency: int, ready: threading.Barrier
+) -> list[threading.Thread]:
+    """A thread per client, started; returns once all are warm, with the garbage frozen."""
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    ready.wait(timeout=60)
+    _freeze_garbage()
+    return threads
+
+
 def _load_phase(pool: list[Any], url: str, command: dict[str, Any]) -> dict[str, Any]:
     """One phase of closed-loop load: a thread per client, each request timed."""
     import httpx
@@ -594,11 +619,7 @@ def _load_phase(pool: list[Any], url: str, command: dict[str, Any]) -> dict[str,
 
     def worker(slot: int) -> None:
         client, mine, clock = pool[slot], latencies[slot], time.perf_counter_ns
-        for _ in range(warmup):
-            with contextlib.suppress(httpx.HTTPError):
-                client.get(url)
-        ready.wait()
-        go.wait()
+        _warm_up(client, url, warmup, ready, go)
         end = deadline[0]
         while len(mine) < per_connection and clock() < end:
             start = clock()
@@ -610,11 +631,7 @@ def _load_phase(pool: list[Any], url: str, command: dict[str, Any]) -> dict[str,
             if not ok:
                 errors[slot] += 1
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    ready.wait(timeout=60)
-    _freeze_garbage()
+    threads = _start_clients(worker, concurrency, ready)
     started = time.perf_counter()
     deadline[0] = time.perf_counter_ns() + int(seconds * 1e9)
     go.set()
@@ -656,11 +673,7 @@ def _open_phase(pool: list[Any], url: str, command: dict[str, Any]) -> dict[str,
 
     def worker(slot: int) -> None:
         client, clock = pool[slot], time.perf_counter_ns
-        for _ in range(warmup):
-            with contextlib.suppress(httpx.HTTPError):
-                client.get(url)
-        ready.wait()
-        go.wait()
+        _warm_up(client, url, warmup, ready, go)
         while True:
             with claim_lock:
                 index = next(claims)
@@ -682,11 +695,7 @@ def _open_phase(pool: list[Any], url: str, command: dict[str, Any]) -> dict[str,
             if not ok:
                 errors[slot] += 1
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    ready.wait(timeout=60)
-    _freeze_garbage()
+    threads = _start_clients(worker, concurrency, ready)
     # A little ahead, so that every client is waiting when the first request is due.
     start[0] = time.perf_counter_ns() + 5_000_000
     go.set()
@@ -761,55 +770,14 @@ class FlushLoop:
         self._thread.join(30)
 
 
-@dataclass
-class Minter:
-    """How to mint one stamp with ``reqtelemetry.hashcash``, found at run time."""
-
-    call: Callable[[int], Any]
-    description: str
-
-
-def find_minter() -> tuple[Minter | None, str]:
-    """The minting function of ``reqtelemetry.hashcash``, or why there is none."""
-    if importlib.util.find_spec("reqtelemetry.hashcash") is None:
-        return None, "no `reqtelemetry.hashcash` module yet"
-    module = importlib.import_module("reqtelemetry.hashcash")
-    for name in ("mint_in_subprocess", "mint"):
-        function = getattr(module, name, None)
-        if callable(function):
-            break
-    else:
-        return None, "`reqtelemetry.hashcash` has neither `mint_in_subprocess` nor `mint`"
-    try:
-        parameters = list(inspect.signature(function).parameters)
-    except (TypeError, ValueError):
-        parameters = []
-    bits_name = next((p for p in ("bits", "difficulty") if p in parameters), None)
-    counter = itertools.count()
-
-    extra = {"timeout": 120.0} if "timeout" in parameters else {}
-
-    def call(bits: int) -> Any:
-        resource = hashlib.sha256(f"bench.{next(counter)}.{time.time()}".encode()).hexdigest()
-        if bits_name is not None:
-            return function(resource, **{bits_name: bits}, **extra)
-        return function(resource, bits, **extra)
-
-    try:
-        call(8)  # a cheap probe of the calling convention
-    except Exception as error:
-        return None, f"`hashcash.{name}` could not be called: {type(error).__name__}: {error}"
-    shown = ", ".join(
-        ["resource", f"{bits_name or 'bits'}=…", *(f"{k}={v:g}" for k, v in extra.items())]
-    )
-    return Minter(call, f"`reqtelemetry.hashcash.{name}({shown})`"), ""
-
-
 class MintLoop:
-    """Back-to-back minting on a thread of this process."""
+    """Back-to-back stamps from ``hashcash.mint_in_subprocess`` on a thread of this process.
 
-    def __init__(self, minter: Minter, bits: int) -> None:
-        self.minter = minter
+    Each stamp is for a fresh resource and is minted in a child process at idle
+    priority (the default ``idle=True``), as the flusher mints a periodic report's.
+    """
+
+    def __init__(self, bits: int) -> None:
         self.bits = bits
         self.wall_ms: list[float] = []
         self.cpu_ms: list[float] = []
@@ -817,9 +785,14 @@ class MintLoop:
         self._thread = threading.Thread(target=self._run, name="bench-mint-loop", daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        from reqtelemetry.hashcash import mint_in_subprocess
+
+        for n in itertools.count():
+            if self._stop.is_set():
+                return
             wall, cpu = time.perf_counter(), time.thread_time()
-            self.minter.call(self.bits)
+            resource = hashlib.sha256(f"bench.{n}.{time.time()}".encode()).hexdigest()
+            mint_in_subprocess(resource, self.bits, timeout=MINT_TIMEOUT)
             self.cpu_ms.append((time.thread_time() - cpu) * 1e3)
             self.wall_ms.append((time.perf_counter() - wall) * 1e3)
 
@@ -904,7 +877,6 @@ def background(
     phase: str,
     telemetry: Any,
     template: dict[tuple[str, str, int], Any],
-    minter: Minter | None,
     mint_bits: int,
     samples: PhaseSamples,
 ) -> Iterator[None]:
@@ -916,9 +888,7 @@ def background(
         samples.work_cpu_ms += loop.cpu_ms
         samples.delivered += loop.delivered
     elif phase == "mint":
-        if minter is None:
-            raise RuntimeError("no minter to run")
-        with MintLoop(minter, mint_bits) as mint_loop:
+        with MintLoop(mint_bits) as mint_loop:
             yield
         samples.work_wall_ms += mint_loop.wall_ms
         samples.work_cpu_ms += mint_loop.cpu_ms
@@ -930,7 +900,7 @@ def _ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
 
-def latency_table(results: Results, phases: list[str], mint_note: str) -> str:
+def latency_table(results: Results) -> str:
     """Open-loop rows first (the budget's verdict), then the saturated closed-loop ones."""
     rows = [
         "| server | load | phase | requests | errors | req/s | p50 ms | p99 ms "
@@ -944,9 +914,6 @@ def latency_table(results: Results, phases: list[str], mint_note: str) -> str:
             quiet_p99 = percentile(sorted(quiet.latencies_us), 0.99)
             for phase in PHASE_LABELS:
                 label = f"| {SERVER_LABELS[server]} | {LOAD_LABELS[load]} | {PHASE_LABELS[phase]} |"
-                if phase not in phases:
-                    rows.append(f"{label} — | — | — | — | — | skipped: {mint_note} | — | — |")
-                    continue
                 cells = _latency_cells(load, phase, by_phase[phase], quiet, quiet_p99)
                 rows.append(f"{label} {cells}")
     return "\n".join(rows)
@@ -1008,8 +975,7 @@ def run() -> str:
 
     settings = QUICK if quick() else FULL
     load_before = load_average()
-    minter, mint_note = find_minter()
-    phases = ["quiet", "flush"] + (["mint"] if minter is not None else [])
+    phases = list(PHASE_LABELS)
     results: Results = {
         load: {server: {phase: PhaseSamples() for phase in phases} for server in SERVER_LABELS}
         for load in LOAD_LABELS
@@ -1090,9 +1056,7 @@ def run() -> str:
                     for phase in order:
                         samples = results[load][server][phase]
                         gc.collect()
-                        with background(
-                            phase, telemetry, all_but_one, minter, settings.mint_bits, samples
-                        ):
+                        with background(phase, telemetry, all_but_one, settings.mint_bits, samples):
                             run_phase(loadgen, url, settings, samples, rate)
                         if phase == "quiet":
                             # Proof the middleware measured it (a flush would take it away).
@@ -1170,23 +1134,22 @@ def run() -> str:
         for load, by_server in results.items()
         for server, short in SERVER_SHORT.items()
     ]
-    if minter is not None:
-        lines.append(
-            f"- (c): {minter.description} back to back at {settings.mint_bits} bits on a thread"
-        )
-        lines += [
-            _work_line(f"stamps in (c), {short} {load} loop", by_server[server]["mint"], "stamps")
-            for load, by_server in results.items()
-            for server, short in SERVER_SHORT.items()
-        ]
-    else:
-        lines.append(f"- (c): skipped, {mint_note}")
+    lines.append(
+        f"- (c): on a thread, back to back: `hashcash.mint_in_subprocess(resource, bits, "
+        f"timeout={MINT_TIMEOUT:g})` at {settings.mint_bits} bits, a child process at idle "
+        "priority per stamp, as the flusher mints a periodic report's stamps"
+    )
+    lines += [
+        _work_line(f"stamps in (c), {short} {load} loop", by_server[server]["mint"], "stamps")
+        for load, by_server in results.items()
+        for server, short in SERVER_SHORT.items()
+    ]
     lines += [
         f"- budget: p99 while flushing or minting ≤ {P99_BUDGET_RATIO:.2f}x quiet p99 under "
         "the open loop; reported, never enforced",
         f"- recorded by the middlewares: {', '.join(sorted(recorded)) or 'nothing'}",
         "",
-        latency_table(results, phases, mint_note),
+        latency_table(results),
     ]
     return "\n".join(lines)
 
