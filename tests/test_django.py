@@ -170,6 +170,29 @@ def test_opted_out(django_telemetry_factory):
     assert telemetry.snapshot() == []
 
 
+@pytest.mark.parametrize("opt_out", [True, False])
+def test_opted_out_middleware_leaves_the_chain(django_telemetry_factory, opt_out):
+    """Opted out, Django drops the middleware when it builds the chain: no cost per request."""
+    from django.core.exceptions import MiddlewareNotUsed
+    from django.core.handlers.base import BaseHandler
+
+    from reqtelemetry.django import TelemetryMiddleware
+
+    django_telemetry_factory(opt_out=opt_out)
+    if opt_out:
+        with pytest.raises(MiddlewareNotUsed, match="opt_out"):
+            TelemetryMiddleware(lambda request: None)
+    handler = BaseHandler()
+    handler.load_middleware()
+    chain, kinds = handler._middleware_chain, []
+    while chain is not None:  # each wrapper names its middleware; each middleware the next
+        chain = getattr(chain, "__wrapped__", chain)
+        kinds.append(type(chain).__name__)
+        chain = getattr(chain, "get_response", None)
+    assert ("TelemetryMiddleware" in kinds) is not opt_out
+    assert kinds[-1] == "method"  # the walk reached the handler's own _get_response
+
+
 def test_settings_dict_options(django_telemetry, monkeypatch, counts):
     """``settings.REQTELEMETRY`` as plain options builds the shared instance itself."""
     from django.test import Client, override_settings

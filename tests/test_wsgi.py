@@ -251,9 +251,25 @@ def test_wrapping_the_flask_app_object_or_wsgi_app(make_telemetry, counts):
 def test_flask_opted_out(make_telemetry):
     telemetry = make_telemetry(opt_out=True)
     app = build_flask_app()
+    own_wsgi_app = app.wsgi_app
     init_app(app, telemetry)
+    # Not even a pass-through: the app calls its own wsgi_app, as without reqtelemetry.
+    assert "wsgi_app" not in vars(app)
+    assert app.wsgi_app == own_wsgi_app
     assert app.test_client().get("/items/1").data == b"item 1"
     assert telemetry.snapshot() == []
+
+
+def test_flask_init_app_twice_is_refused(telemetry, counts):
+    app = build_flask_app()
+    init_app(app, telemetry)
+    installed = app.wsgi_app
+    assert isinstance(installed, WSGIMiddleware)
+    with pytest.raises(RuntimeError, match="already instrumented"):
+        init_app(app, telemetry)
+    assert app.wsgi_app is installed
+    assert fetch(app.test_client(), "/items/3").status_code == 200
+    assert counts(telemetry) == {("GET", "/items/<int:item_id>", 200): 1}  # counted once
 
 
 # -- plain WSGI apps -----------------------------------------------------------------

@@ -11,7 +11,8 @@ import os
 
 from flask import Blueprint, Flask, Response, abort, jsonify, request
 
-from reqtelemetry import Telemetry, WSGIMiddleware
+from reqtelemetry import Telemetry
+from reqtelemetry.flask import init_app
 
 telemetry = Telemetry(
     endpoint=os.environ.get("TELEMETRY_ENDPOINT"),  # your collector; unset: nothing is sent
@@ -20,7 +21,7 @@ telemetry = Telemetry(
     exclude_paths=["/healthz"],  # never measured
 )
 app = Flask(__name__)
-app.wsgi_app = WSGIMiddleware(app.wsgi_app, telemetry=telemetry)
+init_app(app, telemetry)  # wraps app.wsgi_app; opted out, leaves the app untouched
 
 USERS = {name: {"name": name, "posts": 3} for name in ("ada", "grace", "linus")}
 

@@ -54,7 +54,11 @@ def _never(path: str) -> bool:
 
 
 class TelemetryMiddleware:
-    """Measures each request; place it first so that it sees everything."""
+    """Measures each request; place it first so that it sees everything.
+
+    Opted out, it raises Django's ``MiddlewareNotUsed`` when the chain is
+    built, and Django leaves it out of the chain.
+    """
 
     sync_capable = True
     async_capable = True
@@ -62,16 +66,20 @@ class TelemetryMiddleware:
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
         self.telemetry = get_telemetry()
-        self._active = self.telemetry.enabled
+        if not self.telemetry.enabled:
+            # Django's own way out: it leaves this middleware out of the chain,
+            # so an opted-out deployment pays nothing per request.
+            from django.core.exceptions import MiddlewareNotUsed
+
+            raise MiddlewareNotUsed(f"reqtelemetry: {self.telemetry.config.opt_out_reason}")
         self._first_request = True
         excluded = self.telemetry.excluded
         self._is_excluded = excluded if excluded is not None else _never
-        if self._active:
-            from django.conf import settings
+        from django.conf import settings
 
-            self.telemetry.note_framework("django")
-            if getattr(settings, "DEBUG", False):
-                self.telemetry.note_development("Django DEBUG")
+        self.telemetry.note_framework("django")
+        if getattr(settings, "DEBUG", False):
+            self.telemetry.note_development("Django DEBUG")
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
@@ -79,7 +87,7 @@ class TelemetryMiddleware:
     def __call__(self, request: Any) -> Any:
         if self._async:
             return self.__acall__(request)
-        if not self._active or self._is_excluded(request.path_info):
+        if self._is_excluded(request.path_info):
             return self.get_response(request)
         start = perf_counter()
         try:
@@ -90,7 +98,7 @@ class TelemetryMiddleware:
         return self._observe(request, response, start)
 
     async def __acall__(self, request: Any) -> Any:
-        if not self._active or self._is_excluded(request.path_info):
+        if self._is_excluded(request.path_info):
             return await self.get_response(request)
         start = perf_counter()
         try:
