@@ -19,7 +19,7 @@ one run, each against a baseline taken in the same run.
 
    - ASGI: Starlette ``/items/{item_id}`` wrapped by ``ASGIMiddleware``, under
      uvicorn (one event loop on a thread);
-   - WSGI: Flask ``/items/<int:item_id>`` wrapped by ``WSGIMiddleware``, under
+   - WSGI: Flask ``/items/<int:item_id>`` instrumented by ``init_app``, under
      Werkzeug's threaded server (a thread per connection). Werkzeug answers
      every request with ``Connection: close`` (it does not do keep-alive), so
      each WSGI request also pays a TCP connect and a new server thread.
@@ -970,7 +970,8 @@ def _work_line(name: str, samples: PhaseSamples, what: str) -> str:
 def run() -> str:
     """Measure both parts and return the markdown section."""
     from benchmarks.overhead import flask_app, starlette_app
-    from reqtelemetry import ASGIMiddleware, Config, Telemetry, WSGIMiddleware, transport
+    from reqtelemetry import ASGIMiddleware, Config, Telemetry, transport
+    from reqtelemetry.flask import init_app
     from reqtelemetry.payload import Envelope
 
     settings = QUICK if quick() else FULL
@@ -1024,7 +1025,7 @@ def run() -> str:
         asgi.start()
         stack.callback(asgi.stop)
         wsgi_app = flask_app()
-        wsgi_app.wsgi_app = WSGIMiddleware(wsgi_app.wsgi_app, telemetry=telemetry)
+        init_app(wsgi_app, telemetry)
         wsgi = WerkzeugThread(wsgi_app)
         wsgi.start()
         stack.callback(wsgi.stop)

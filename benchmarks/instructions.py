@@ -15,7 +15,10 @@ Each variant runs in its own process, the same app and call loop as
 ``receive``/``send``/``start_response``), with ``LOW`` and then ``HIGH``
 requests after a warm-up; the difference of the two totals divided by
 ``HIGH - LOW`` is the cost of one request, start-up and warm-up cancelled
-out. The garbage collector stays on, as in production.
+out. The garbage collector stays on, as in production, but the heap built
+before the counted requests is frozen (``gc.freeze``): collections then cost
+what the requests allocated, not a walk over the framework's modules that
+happens to fall into one count and not the other.
 
 Skipped, with a note, where ``valgrind`` is not installed. Run alone with
 ``python -m benchmarks instructions``; ``BENCH_QUICK=1`` counts fewer requests.
@@ -24,6 +27,7 @@ Skipped, with a note, where ``valgrind`` is not installed. Run alone with
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import shutil
@@ -46,8 +50,8 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "(b) Starlette + ASGIMiddleware, enabled": ("asgi", "(a) Starlette, bare"),
     "(c) Starlette + ASGIMiddleware, opted out": ("asgi", "(a) Starlette, bare"),
     "(d) Flask, bare": ("wsgi", None),
-    "(e) Flask + WSGIMiddleware, enabled": ("wsgi", "(d) Flask, bare"),
-    "(f) Flask + WSGIMiddleware, opted out": ("wsgi", "(d) Flask, bare"),
+    "(e) Flask + init_app, enabled": ("wsgi", "(d) Flask, bare"),
+    "(f) Flask + init_app, opted out": ("wsgi", "(d) Flask, bare"),
 }
 WARMUP = 300
 
@@ -65,19 +69,36 @@ def counts() -> Counts:
     return Counts(low=step, high=2 * step) if quick() else Counts(low=step, high=3 * step)
 
 
-def build(label: str) -> Any:
-    """The app of one row, built as :mod:`benchmarks.overhead` builds it."""
-    from benchmarks.overhead import _telemetry, flask_app, starlette_app
-    from reqtelemetry import ASGIMiddleware, WSGIMiddleware
+def build_all() -> dict[str, Any]:
+    """The app of every row, built as :mod:`benchmarks.overhead` builds them.
 
-    letter = label[1]
-    if letter == "a":
-        return starlette_app()
-    if letter in "bc":
-        return ASGIMiddleware(starlette_app(), telemetry=_telemetry(opt_out=letter == "c"))
-    if letter == "d":
-        return flask_app().wsgi_app
-    return WSGIMiddleware(flask_app().wsgi_app, telemetry=_telemetry(opt_out=letter == "f"))
+    Every counted process builds all of them, in the same order, and serves
+    only its own row. Why: what a process created before (types above all)
+    changes how often the interpreter's caches miss, by up to 1,500
+    instructions per Flask request; building the same objects everywhere
+    leaves only the row itself to tell two counts apart.
+    """
+    from benchmarks.overhead import _telemetry, flask_app, starlette_app
+    from reqtelemetry import ASGIMiddleware
+    from reqtelemetry.flask import init_app
+
+    enabled_flask, opted_out_flask = flask_app(), flask_app()
+    init_app(enabled_flask, _telemetry(opt_out=False))
+    init_app(opted_out_flask, _telemetry(opt_out=True))
+    apps = [
+        starlette_app(),
+        ASGIMiddleware(starlette_app(), telemetry=_telemetry(opt_out=False)),
+        ASGIMiddleware(starlette_app(), telemetry=_telemetry(opt_out=True)),
+        flask_app(),
+        enabled_flask,
+        opted_out_flask,
+    ]
+    return dict(zip(VARIANTS, apps, strict=True))
+
+
+def _freeze_heap() -> None:
+    gc.collect()
+    gc.freeze()
 
 
 def _child(label: str, requests: int) -> None:
@@ -90,17 +111,19 @@ def _child(label: str, requests: int) -> None:
     )
 
     kind = VARIANTS[label][0]
-    app = build(label)
+    app = build_all()[label]
     clock = time.perf_counter_ns
     if kind == "asgi":
         loop = asyncio.new_event_loop()
         scope = asgi_scope()
         loop.run_until_complete(_asgi_loop(app, scope, WARMUP, clock))
+        _freeze_heap()
         loop.run_until_complete(_asgi_loop(app, scope, requests, clock))
         loop.close()
     else:
         environ = wsgi_environ()
         _wsgi_loop(app, environ, WARMUP, clock)
+        _freeze_heap()
         _wsgi_loop(app, environ, requests, clock)
 
 

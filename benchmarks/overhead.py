@@ -15,8 +15,10 @@ every contender, each against the bare app timed in the same rounds.
 - WSGI: a bare Flask app with ``/items/<int:item_id>`` called through its WSGI
   interface with a prebuilt environ (copied per call) and a no-op
   ``start_response``, the response iterated and closed as a server would; then
-  wrapped by ``reqtelemetry.WSGIMiddleware``, enabled and opted out; wrapped by
-  OpenTelemetry's WSGI middleware; and with prometheus-flask-exporter.
+  instrumented with ``reqtelemetry.flask.init_app``, enabled and opted out
+  (opted out, it leaves the app untouched); wrapped by OpenTelemetry's WSGI
+  middleware (around ``app.wsgi_app``); and with prometheus-flask-exporter.
+  Every WSGI row calls the Flask app object, as a server does.
 - ``Recorder.record`` alone, the one call every enabled request makes.
 
 How each peer is configured is :mod:`benchmarks.contenders`' business (and is
@@ -28,12 +30,15 @@ with its own row. (reqtelemetry's Flask hook listens to ``got_request_exception`
 only, which no row here fires: the rule is read from the request Werkzeug keeps
 in the environ.)
 
-Timing uses interleaved rounds: each round times one batch of every variant
-in a rotating order, so drift (CPU frequency, a noisy neighbour) hits all
-variants alike; a variant's figure is the median over rounds of its
-per-request time, and its overhead is the median over rounds of its paired
-difference to the bare app in the same round. The garbage collector is off
-during timed batches and run between them.
+Timing uses interleaved rounds. In each round, every contender's batch sits
+between two batches of its bare app (bare, contender 1, bare, contender 2, ...,
+bare; the contenders in a rotating order), and its paired difference is its
+time minus the mean of those two neighbours, timed a fraction of a second
+before and after. Why so tight: on a shared machine the speed drifts over
+seconds by more than the budgets, and only neighbours see the same drift. A
+variant's figure is the median over rounds of its per-request time, and its
+overhead the median over rounds of its paired difference. The garbage
+collector is off during timed batches and run between them.
 
 Timing uses ``time.perf_counter_ns`` (wall clock). On a shared or loaded
 machine, ``BENCH_CLOCK=thread`` switches to ``time.thread_time_ns`` (this
@@ -56,7 +61,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks import contenders, load_average, quick
-from reqtelemetry import ASGIMiddleware, Config, Telemetry, WSGIMiddleware
+from reqtelemetry import ASGIMiddleware, Config, Telemetry
+from reqtelemetry.flask import init_app
 from reqtelemetry.recorder import Recorder
 
 #: ``BENCH_CLOCK=thread`` times with the thread's CPU clock instead of the wall
@@ -88,8 +94,8 @@ VARIANT_LABELS = (
     "(d) Starlette + OpenTelemetry ASGI (SDK)",
     "(e) Starlette + starlette-exporter",
     "(f) Flask, bare",
-    "(g) Flask + WSGIMiddleware, enabled",
-    "(h) Flask + WSGIMiddleware, opted out",
+    "(g) Flask + init_app, enabled",
+    "(h) Flask + init_app, opted out",
     "(i) Flask + OpenTelemetry WSGI (SDK)",
     "(j) Flask + prometheus-flask-exporter",
     "(k) Recorder.record alone",
@@ -105,7 +111,7 @@ class Settings:
     warmup_seconds: float
 
 
-FULL = Settings(rounds=15, sample_seconds=0.25, warmup_seconds=0.3)
+FULL = Settings(rounds=15, sample_seconds=0.12, warmup_seconds=0.3)
 QUICK = Settings(rounds=3, sample_seconds=0.004, warmup_seconds=0.01)
 
 
@@ -255,6 +261,9 @@ class Variant:
     recorded: Callable[[], str] | None = None
     n: int = 1
     samples_us: list[float] = field(default_factory=list)
+    #: Per round: this row's µs/request minus the mean of the bare batches
+    #: timed just before and just after it.
+    paired_us: list[float] = field(default_factory=list)
 
 
 class Bench:
@@ -326,9 +335,12 @@ def variants(cleanup: list[Callable[[], None]] | None = None) -> list[Variant]:
     wsgi_on, wsgi_off = _telemetry(opt_out=False), _telemetry(opt_out=True)
     a, b, c, d, e, f, g, h, i, j, k = VARIANT_LABELS
     bare_asgi = Variant(a, "asgi", starlette_app())
-    bare_wsgi = Variant(f, "wsgi", flask_app().wsgi_app)
-    # The WSGI middleware wraps ``app.wsgi_app`` as ``init_app`` does, which also
-    # installs the Flask route hook (when enabled): part of the measured cost.
+    bare_wsgi = Variant(f, "wsgi", flask_app())
+    # ``init_app`` wraps ``app.wsgi_app`` (and installs the Flask route hook)
+    # when enabled, and leaves the app untouched opted out.
+    flask_on, flask_off = flask_app(), flask_app()
+    init_app(flask_on, wsgi_on)
+    init_app(flask_off, wsgi_off)
     rows = [
         bare_asgi,
         Variant(
@@ -354,7 +366,7 @@ def variants(cleanup: list[Callable[[], None]] | None = None) -> list[Variant]:
         Variant(
             g,
             "wsgi",
-            WSGIMiddleware(flask_app().wsgi_app, telemetry=wsgi_on),
+            flask_on,
             bare_wsgi,
             ENABLED_BUDGET_US,
             wsgi_on,
@@ -363,7 +375,7 @@ def variants(cleanup: list[Callable[[], None]] | None = None) -> list[Variant]:
         Variant(
             h,
             "wsgi",
-            WSGIMiddleware(flask_app().wsgi_app, telemetry=wsgi_off),
+            flask_off,
             bare_wsgi,
             OPTED_OUT_BUDGET_US,
             wsgi_off,
@@ -391,7 +403,8 @@ def _otel_wsgi_variant(label: str, bare: Variant, cleanup: list[Callable[[], Non
         return Variant(label, "wsgi", None, bare, skipped=why)
     sdk = contenders.otel_sdk()
     cleanup.append(sdk.shutdown)
-    app = contenders.otel_wsgi(flask_app().wsgi_app, sdk)
+    app = flask_app()
+    app.wsgi_app = contenders.otel_wsgi(app.wsgi_app, sdk)  # type: ignore[method-assign]
     return Variant(label, "wsgi", app, bare, recorded=sdk.summary)
 
 
@@ -422,7 +435,7 @@ def _flask_exporter_variant(label: str, bare: Variant) -> Variant:
         count = exporter.count("/items/<int:item_id>")
         return f"{count} x GET /items/<int:item_id> 200 in `flask_http_request_duration_seconds`"
 
-    return Variant(label, "wsgi", app.wsgi_app, bare, recorded=recorded)
+    return Variant(label, "wsgi", app, bare, recorded=recorded)
 
 
 def _recorded(telemetry: Telemetry | None) -> str:
@@ -435,6 +448,34 @@ def _recorded(telemetry: Telemetry | None) -> str:
 
 
 # -- running and reporting -----------------------------------------------------
+
+
+def _groups(timed: list[Variant]) -> list[tuple[Variant, list[Variant]]]:
+    """Each bare app with the rows compared with it; rows without a bare app alone."""
+    groups: dict[int, tuple[Variant, list[Variant]]] = {}
+    for variant in timed:
+        if variant.bare is None:
+            groups.setdefault(id(variant), (variant, []))
+        else:
+            groups.setdefault(id(variant.bare), (variant.bare, []))[1].append(variant)
+    return list(groups.values())
+
+
+def _time_round(bench: Bench, bare: Variant, contenders_: list[Variant]) -> None:
+    """Time ``bare, c1, bare, c2, ..., bare``: each contender between two bare batches."""
+
+    def per_request_us(variant: Variant) -> float:
+        return bench.batch(variant, variant.n) / variant.n / 1000
+
+    before = per_request_us(bare)
+    bare.samples_us.append(before)
+    for variant in contenders_:
+        mine = per_request_us(variant)
+        after = per_request_us(bare)
+        variant.samples_us.append(mine)
+        variant.paired_us.append(mine - (before + after) / 2)
+        bare.samples_us.append(after)
+        before = after
 
 
 def _calibrate(bench: Bench, variant: Variant, settings: Settings) -> None:
@@ -475,10 +516,9 @@ def _table(variants: list[Variant]) -> str:
         overhead = spread = ratio = None
         budget = "—"
         if variant.bare is not None:
-            bare = variant.bare.samples_us
-            paired = [mine - theirs for mine, theirs in zip(samples, bare, strict=True)]
+            paired = variant.paired_us
             overhead, spread = statistics.median(paired), _iqr(paired)
-            ratio = median / statistics.median(bare)
+            ratio = median / statistics.median(variant.bare.samples_us)
             if variant.budget_us is not None:
                 verdict = "PASS" if overhead <= variant.budget_us else "MISS"
                 budget = f"≤ {variant.budget_us:g} µs: **{verdict}**"
@@ -512,9 +552,9 @@ def run() -> str:
         loop_us = min(_empty_loop(100_000, CLOCKS[clock]) for _ in range(5)) / 100_000 / 1000
         started = time.perf_counter()
         for round_ in range(settings.rounds):
-            shift = round_ % len(timed)
-            for variant in timed[shift:] + timed[:shift]:
-                variant.samples_us.append(bench.batch(variant, variant.n) / variant.n / 1000)
+            for bare, contenders_ in _groups(timed):
+                shift = round_ % max(len(contenders_), 1)
+                _time_round(bench, bare, contenders_[shift:] + contenders_[:shift])
         timed_seconds = time.perf_counter() - started
         recorded = [
             f"- recorded by {variant.label[:3]}: {variant.recorded()}"
@@ -536,14 +576,17 @@ def run() -> str:
         "copied per call; `receive`/`send`/`start_response` are no-ops; WSGI responses "
         "are iterated and closed. Each row has its own app instance.",
         "",
-        f"- mode: {mode}; {settings.rounds} interleaved rounds, each timing one batch "
-        f"of every variant in a rotating order ({timed_seconds:.1f} s timed)",
+        f"- mode: {mode}; {settings.rounds} interleaved rounds; in each, every "
+        "contender's batch is timed between two batches of its bare app (bare, "
+        "contender, bare, contender, ..., bare; contenders in a rotating order) "
+        f"({timed_seconds:.1f} s timed)",
         f"- requests per batch: {batches}",
         f"- clock: `time.{CLOCKS[clock].__name__}` (`BENCH_CLOCK={clock}`); load average "
         f"(1/5/15 min) before: {load_before}, after: {load_average()}",
-        "- µs/request: median over rounds; overhead: median over rounds of the paired "
-        "difference to the bare app timed in the same round; IQR: interquartile range "
-        "over rounds of the column to its left (how far to trust a verdict)",
+        "- µs/request: median over rounds (a bare app: over all its batches); overhead: "
+        "median over rounds of the paired difference, the row's time minus the mean of "
+        "the two bare batches timed just before and just after it; IQR: interquartile "
+        "range of the column to its left (how far to trust a verdict)",
         "- the garbage collector is **disabled during timed batches** (gc.disable/"
         "gc.enable) and run between them, to reduce noise; collections that "
         "allocations would trigger in production are not counted",

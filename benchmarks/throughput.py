@@ -200,11 +200,11 @@ def wsgi_app() -> Any:
         return {key: value() if callable(value) else value for key, value in stats.items()}
 
     if contender == "reqtelemetry":
-        from reqtelemetry import WSGIMiddleware
+        from reqtelemetry.flask import init_app
 
         telemetry = _telemetry(opt_out=False)
         stats["recorded"] = lambda: _reqtelemetry_count(telemetry)
-        app.wsgi_app = WSGIMiddleware(app.wsgi_app, telemetry=telemetry)  # type: ignore[method-assign]
+        init_app(app, telemetry)
     elif contender == "otel":
         sdk = contenders.otel_sdk()
         stats["recorded"] = sdk.duration_count
