@@ -58,6 +58,10 @@ one run, each against a baseline taken in the same run.
      ``hashcash.mint_in_subprocess`` mints stamps at 20 bits (12 in quick mode),
      each in a child process at idle priority, as the flusher mints a periodic
      report's stamps.
+   - (d) open loop only, a control with no verdict: a child process spinning at
+     the minting child's priority, nothing of reqtelemetry's running. Where
+     (c) is near (d), the stamp costs the requests no more than any
+     idle-priority process would on this machine.
 
    The refill swaps prebuilt, read-only ``Stats`` objects into the recorder (a
    dict copy, well under a millisecond, under the recorder's lock), so the CPU
@@ -124,7 +128,21 @@ PHASE_LABELS = {
     "quiet": "(a) quiet",
     "flush": "(b) while flushing",
     "mint": "(c) while minting",
+    "floor": "(d) beside a busy loop at idle priority (no verdict)",
 }
+#: Phases that run under each load: the floor, a control for the open loop's
+#: verdicts, is left out of the saturated load (where it would only show CPU
+#: sharing) to keep the run short.
+PHASES_BY_LOAD = {"open": tuple(PHASE_LABELS), "closed": ("quiet", "flush", "mint")}
+#: The control's child: lowers itself as the minting child does, then spins.
+BUSY_LOOP_CODE = (
+    "import contextlib, os\n"
+    "with contextlib.suppress(AttributeError, OSError):\n    os.nice(19)\n"
+    "with contextlib.suppress(AttributeError, OSError):\n"
+    "    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+    "print('ready', flush=True)\n"
+    "while True:\n    pass\n"
+)
 #: Open-loop load runs at this share of the quiet closed-loop throughput.
 OPEN_LOOP_FRACTION = 0.5
 #: The two kinds of load, in table order: the budget is judged on the first.
@@ -806,6 +824,50 @@ class MintLoop:
         self._thread.join(60)
 
 
+class BusyLoop:
+    """A child process that spins at idle priority: the control phase (d).
+
+    Why: on a small virtual machine, CPU-bound work in another process moves
+    the requests' p99 even at the lowest priority (cores shared with the
+    host's other guests, hyperthread siblings). Timing that, in the same run,
+    tells apart what a stamp costs the requests from what any idle-priority
+    process would cost them here.
+    """
+
+    def __init__(self) -> None:
+        self.policies: list[str] = []
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> BusyLoop:
+        self._process = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", BUSY_LOOP_CODE],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+        )
+        assert self._process.stdout is not None
+        if self._process.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the busy loop did not start")
+        self.policies.append(_policy_name(self._process.pid))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(10)
+            assert self._process.stdout is not None
+            self._process.stdout.close()
+
+
+def _policy_name(pid: int) -> str:
+    """The scheduling policy of a process, by name (``"unknown"`` off Linux)."""
+    try:
+        policy = os.sched_getscheduler(pid)
+    except (AttributeError, OSError):
+        return "unknown"
+    names = {getattr(os, name, None): name for name in ("SCHED_OTHER", "SCHED_BATCH", "SCHED_IDLE")}
+    return names.get(policy, str(policy))
+
+
 # -- part 2: the phases -------------------------------------------------------------------
 
 
@@ -818,6 +880,8 @@ class PhaseSamples:
     work_wall_ms: list[float] = field(default_factory=list)
     work_cpu_ms: list[float] = field(default_factory=list)
     delivered: int = 0
+    #: Phase (d): the busy loop's scheduling policy, once per phase.
+    policies: list[str] = field(default_factory=list)
     #: Open loop only: how late each request went out after it was due ...
     lags_us: list[int] = field(default_factory=list)
     #: ... and how many were already due when a client got to them (pool exhausted).
@@ -892,6 +956,10 @@ def background(
             yield
         samples.work_wall_ms += mint_loop.wall_ms
         samples.work_cpu_ms += mint_loop.cpu_ms
+    elif phase == "floor":
+        with BusyLoop() as busy:
+            yield
+        samples.policies += busy.policies
     else:
         yield
 
@@ -912,7 +980,7 @@ def latency_table(results: Results) -> str:
         for server, by_phase in by_server.items():
             quiet = by_phase["quiet"]
             quiet_p99 = percentile(sorted(quiet.latencies_us), 0.99)
-            for phase in PHASE_LABELS:
+            for phase in PHASES_BY_LOAD[load]:
                 label = f"| {SERVER_LABELS[server]} | {LOAD_LABELS[load]} | {PHASE_LABELS[phase]} |"
                 cells = _latency_cells(load, phase, by_phase[phase], quiet, quiet_p99)
                 rows.append(f"{label} {cells}")
@@ -937,6 +1005,8 @@ def _latency_cells(
         ratio_text = f"**{ratio:.2f}x** ({per_round})"
         if load == "closed":
             verdict = "saturated, reported only"
+        elif phase == "floor":
+            verdict = "(control)"
         else:
             verdict = "**PASS**" if ratio <= P99_BUDGET_RATIO else "**MISS**"
     if load == "open":
@@ -976,9 +1046,11 @@ def run() -> str:
 
     settings = QUICK if quick() else FULL
     load_before = load_average()
-    phases = list(PHASE_LABELS)
     results: Results = {
-        load: {server: {phase: PhaseSamples() for phase in phases} for server in SERVER_LABELS}
+        load: {
+            server: {phase: PhaseSamples() for phase in PHASES_BY_LOAD[load]}
+            for server in SERVER_LABELS
+        }
         for load in LOAD_LABELS
     }
     rates: dict[str, float] = {}
@@ -1044,10 +1116,11 @@ def run() -> str:
         recorded: set[str] = set()
         for round_ in range(settings.rounds):
             for server, url in urls.items():
-                shift = round_ % len(phases)
-                order = phases[shift:] + phases[:shift]
                 # Closed loop first: round 1's quiet phase sets the open loop's rate.
                 for load in ("closed", "open"):
+                    phases = PHASES_BY_LOAD[load]
+                    shift = round_ % len(phases)
+                    order = phases[shift:] + phases[:shift]
                     if load == "open" and server not in rates:
                         quiet = results["closed"][server]["quiet"]
                         rates[server] = OPEN_LOOP_FRACTION * len(quiet.latencies_us) / quiet.elapsed
@@ -1145,6 +1218,17 @@ def run() -> str:
         for load, by_server in results.items()
         for server, short in SERVER_SHORT.items()
     ]
+    policies = sorted(
+        {policy for by_phase in results["open"].values() for policy in by_phase["floor"].policies}
+    )
+    lines.append(
+        "- (d), open loop only, a control with no verdict: a child process spinning in a "
+        "pure-Python loop at the minting child's priority (nice 19, then `SCHED_IDLE`; "
+        f"policy seen: {', '.join(policies) or 'none'}), nothing of reqtelemetry's running. "
+        "It shows what any CPU-bound process at the lowest priority does to the p99 on this "
+        "machine: where (c) is near (d), a stamp costs the requests what any idle-priority "
+        "work would here, and a machine with idle cores to spare would show less"
+    )
     lines += [
         f"- budget: p99 while flushing or minting ≤ {P99_BUDGET_RATIO:.2f}x quiet p99 under "
         "the open loop; reported, never enforced",
