@@ -343,3 +343,32 @@ def test_the_shutdown_stamp_is_minted_at_the_apps_own_priority() -> None:
     policy, niceness = _observe_minting_child(idle=False)
     assert policy == os.sched_getscheduler(0)
     assert niceness == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+@linux_only
+@pytest.mark.parametrize("idle", [True, False])
+def test_the_parent_lowers_the_child_from_its_start(idle, tmp_path, monkeypatch) -> None:
+    """The child's interpreter start-up already runs idle, before its own code can lower it.
+
+    A stand-in child that never lowers itself writes the policy it finds
+    itself under; only the parent can have set it. It prints no stamp, so
+    the call falls back to minting here (1 bit: at once).
+    """
+    if idle and _idle_policy_refused():
+        pytest.skip("this machine refuses SCHED_IDLE")
+    seen = tmp_path / "policy"
+    code = (
+        "import os, time; time.sleep(0.2); "
+        f"open({str(seen)!r}, 'w').write(f'{{os.sched_getscheduler(0)}} {{os.nice(0)}}')"
+    )
+    monkeypatch.setattr(hashcash, "_fallback_logged", False)
+    monkeypatch.setattr(
+        hashcash, "_child_command", lambda resource, bits, idle: [sys.executable, "-c", code]
+    )
+    stamp = hashcash.mint_in_subprocess(RESOURCE, 1, timeout=10, idle=idle)
+    hashcash.verify(stamp, RESOURCE, 1)
+    policy, niceness = (int(field) for field in seen.read_text().split())
+    if idle:
+        assert (policy, niceness) == (os.SCHED_IDLE, 19)
+    else:
+        assert (policy, niceness) == (os.sched_getscheduler(0), os.nice(0))
