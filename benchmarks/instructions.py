@@ -182,6 +182,9 @@ def run() -> str:
         f"process under `valgrind --tool=cachegrind --cache-sim=no`, {WARMUP} warm-up "
         f"requests, then {plan.low} and, in a second process, {plan.high}; per request: "
         f"the difference of the two totals over {plan.high - plan.low} requests",
+        "- every counted process builds every row's app, in the same order, and serves only "
+        "its own; the heap is frozen (`gc.freeze`) after the warm-up: what a process created "
+        "before otherwise moved a Flask request's count by up to 1,500 instructions",
         "- the count runs one process per core: instructions do not depend on the load",
         "- a count, not a time: the same on every run, so it shows what a change to the "
         "hot path saved; it leaves out cache misses (see the timings above)",
