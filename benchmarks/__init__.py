@@ -27,6 +27,7 @@ MODULES: tuple[str, ...] = (
     "instructions",
     "memory",
     "throughput",
+    "server_instructions",
     "flush_latency",
     "collector",
 )
