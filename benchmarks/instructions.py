@@ -130,6 +130,17 @@ def _child(label: str, requests: int) -> None:
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
+def counted_environment(**extra: str) -> dict[str, str]:
+    """The whole environment of a counted process: fixed, whoever runs the benchmark.
+
+    Why: the environment's size shifts where the interpreter puts its objects,
+    and with them how dictionaries keyed by objects collide. Run from ``make``
+    (which adds its own variables) or from a shell, the same Flask request
+    counted up to 1,500 instructions apart; with this environment, the same.
+    """
+    return {"PATH": os.environ.get("PATH", os.defpath), "PYTHONHASHSEED": "0", **extra}
+
+
 def count_instructions(valgrind: str, label: str, requests: int) -> int:
     """Instructions the whole child process executed (start-up and warm-up included)."""
     command = [
@@ -144,7 +155,7 @@ def count_instructions(valgrind: str, label: str, requests: int) -> int:
         label,
         str(requests),
     ]
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    env = counted_environment()
     result = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
     )

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks import quick
-from benchmarks.instructions import _REFS, Counts
+from benchmarks.instructions import _REFS, Counts, counted_environment
 from benchmarks.throughput import CONTENDER_ENV, _free_port, server_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def count_server(valgrind: str, contender: str, requests: int) -> int:
         "--cachegrind-out-file=/dev/null",
         *server_command("uvicorn", port),
     ]
-    env = dict(os.environ, PYTHONHASHSEED="0", **{CONTENDER_ENV: contender})
+    env = counted_environment(**{CONTENDER_ENV: contender})
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
