@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks import quick
-from benchmarks.instructions import _REFS, Counts, counted_environment
+from benchmarks.instructions import _REFS, Counts, counted_environment, warm_bytecode_cache
 from benchmarks.throughput import CONTENDER_ENV, _free_port, server_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +99,7 @@ def count_server(valgrind: str, contender: str, requests: int) -> int:
 
 
 def per_request(valgrind: str, plan: Counts) -> dict[str, float]:
+    warm_bytecode_cache()
     jobs = [(contender, n) for contender in CONTENDERS for n in (plan.low, plan.high)]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         totals = list(pool.map(lambda job: count_server(valgrind, *job), jobs))
