@@ -22,16 +22,14 @@ About 20 s. Run alone with ``python -m benchmarks server_instructions``;
 from __future__ import annotations
 
 import http.client
-import os
 import shutil
 import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks import quick
-from benchmarks.instructions import _REFS, Counts, counted_environment, warm_bytecode_cache
+from benchmarks.instructions import _REFS, Counts, counted_environment, counted_per_request
 from benchmarks.throughput import CONTENDER_ENV, _free_port, server_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,16 +97,10 @@ def count_server(valgrind: str, contender: str, requests: int) -> int:
 
 
 def per_request(valgrind: str, plan: Counts) -> dict[str, float]:
-    warm_bytecode_cache()
-    jobs = [(contender, n) for contender in CONTENDERS for n in (plan.low, plan.high)]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        totals = list(pool.map(lambda job: count_server(valgrind, *job), jobs))
-    found = dict(zip(jobs, totals, strict=True))
-    return {
-        contender: (found[contender, plan.high] - found[contender, plan.low])
-        / (plan.high - plan.low)
-        for contender in CONTENDERS
-    }
+    """Instructions per request of the server process, bare and with reqtelemetry."""
+    return counted_per_request(
+        CONTENDERS, plan, lambda contender, requests: count_server(valgrind, contender, requests)
+    )
 
 
 def run() -> str:
