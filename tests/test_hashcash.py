@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -372,3 +373,33 @@ def test_the_parent_lowers_the_child_from_its_start(idle, tmp_path, monkeypatch)
         assert (policy, niceness) == (os.SCHED_IDLE, 19)
     else:
         assert (policy, niceness) == (os.sched_getscheduler(0), os.nice(0))
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@linux_only
+@pytest.mark.timeout(30)
+def test_an_interrupted_stamp_leaves_no_child_hashing() -> None:
+    """Interrupted while a child mints (a signal, as Ctrl-C is): the child is killed at once."""
+    resource = hashlib.sha256(f"interrupted {time.time_ns()}".encode()).hexdigest()
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
+    started = time.monotonic()
+    try:
+        timer.start()
+        with pytest.raises(_Interrupted):
+            hashcash.mint_in_subprocess(resource, 60, timeout=20)  # 60 bits: never done
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert time.monotonic() - started < 5  # not the 20 s timeout
+    deadline = time.monotonic() + 5
+    while _children_minting(resource) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _children_minting(resource) == []

@@ -286,6 +286,9 @@ def mint_in_subprocess(resource: str, bits: int, timeout: float, *, idle: bool =
             raise TimeoutError(
                 f"minting a {bits}-bit stamp took longer than {timeout:.1f} s"
             ) from None
+        except BaseException:  # interrupted: leave no child hashing, and do not wait for one
+            child.kill()
+            raise
     stamp = stdout.decode("ascii", "replace").strip()
     if child.returncode != 0 or not _meets(stamp, resource, bits):
         lines = stderr.decode("utf-8", "replace").strip().splitlines()
