@@ -106,7 +106,7 @@ class Settings:
     connections: int
 
 
-FULL = Settings(rounds=12, seconds=1, warmup_seconds=1, connections=16)
+FULL = Settings(rounds=10, seconds=1, warmup_seconds=1, connections=16)
 QUICK = Settings(rounds=1, seconds=1, warmup_seconds=0, connections=4)
 
 
