@@ -668,6 +668,67 @@ def test_disconnect_message_during_stream_is_499(telemetry, records):
     assert found["GET", "/forever", CLIENT_CLOSED_STATUS]["response_bytes"] == sent_bytes
 
 
+def two_chunk_app(scope, receive, send):
+    """A route-less app streaming b"hello" then a last b"world"."""
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+        await send({"type": "http.response.body", "body": b"world"})
+
+    return app(scope, receive, send)
+
+
+def test_last_chunk_the_server_refused_is_499_and_not_counted(telemetry, records):
+    def fail_on_last(message, sent):
+        return message["type"] == "http.response.body" and not message.get("more_body")
+
+    error, sent = drive(ASGIMiddleware(two_chunk_app, telemetry=telemetry), "/x", [], fail_on_last)
+    assert isinstance(error, OSError)  # what the server's send raised, passed on untouched
+    assert [m.get("body") for m in sent] == [None, b"hello"]
+    (record,) = records(telemetry).values()
+    assert record["status"] == CLIENT_CLOSED_STATUS
+    assert record["response_bytes"] == len(b"hello")
+
+
+def test_the_apps_own_oserror_after_the_status_line_is_500(telemetry, records):
+    async def broken_disk(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise OSError("no space left on device")  # the app's failure, not the client's
+
+    error, _ = drive(ASGIMiddleware(broken_disk, telemetry=telemetry), "/x", [])
+    assert isinstance(error, OSError)
+    (record,) = records(telemetry).values()
+    assert record["status"] == 500
+    assert record["response_bytes"] == len(b"part")
+
+
+def test_a_send_that_is_no_python_function_still_tells_a_disconnect(telemetry, records):
+    # Some servers hand the app a callable object; its failures are told by type alone.
+    class Send:
+        def __init__(self):
+            self.sent = []
+
+        def __call__(self, message):
+            if message.get("body") == b"world":
+                raise OSError("connection reset by peer")
+            self.sent.append(message)
+            return asyncio.sleep(0)
+
+    send = Send()
+    scope = {"type": "http", "method": "GET", "path": "/x", "root_path": "", "query_string": b""}
+
+    async def run():
+        with pytest.raises(OSError):
+            await ASGIMiddleware(two_chunk_app, telemetry=telemetry)(scope, None, send)
+
+    asyncio.run(run())
+    (record,) = records(telemetry).values()
+    assert record["status"] == CLIENT_CLOSED_STATUS
+    assert record["response_bytes"] == len(b"hello")
+
+
 def test_app_returning_without_completing_response_is_500(telemetry, counts):
     async def started_only(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
