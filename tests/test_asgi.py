@@ -17,6 +17,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry.anonymize import hash_value
+from reqtelemetry.recorder import PENDING_LIMIT
 from reqtelemetry.telemetry import CLIENT_CLOSED_STATUS, UNMATCHED_ROUTE
 
 with warnings.catch_warnings():  # "install httpx2": irrelevant here
@@ -762,3 +763,17 @@ def test_fastapi_behind_add_middleware_is_fastapi(make_telemetry):
     app.add_middleware(ASGIMiddleware, telemetry=telemetry)
     TestClient(app).get("/nothing")
     assert telemetry.traits.current()[0]["framework"] == "fastapi"
+
+
+def test_the_queue_the_middleware_fills_stays_bounded(telemetry, counts):
+    # The middleware queues into the recorder directly, and aggregates as it does.
+    async def ok(request):
+        return PlainTextResponse("ok")
+
+    app = wrap(Starlette(routes=[Route("/ok", ok)]), telemetry)
+    total = PENDING_LIMIT * 2 + 3
+    with TestClient(app) as client:
+        for _ in range(total):
+            client.get("/ok")
+            assert len(telemetry.recorder.queue) < PENDING_LIMIT
+    assert counts(telemetry) == {("GET", "/ok", 200): total}

@@ -357,5 +357,15 @@ def test_the_queue_is_bounded_whatever_the_traffic():
     recorder = Recorder()
     for i in range(PENDING_LIMIT * 10 + 7):
         recorder.record("GET", f"/r{i % 5}", 200, 0.001, 0, 0)
-        assert len(recorder._pending) < PENDING_LIMIT
+        assert len(recorder.queue) < PENDING_LIMIT
     assert total_count(recorder.snapshot()) == PENDING_LIMIT * 10 + 7
+
+
+def test_reset_keeps_the_queue_integrations_hold():
+    recorder = Recorder()
+    held = recorder.queue
+    recorder.record("GET", "/a", 200, 0.01, 0, 0)
+    recorder.reset()  # as in a forked child
+    assert recorder.queue is held and len(held) == 0
+    held.append(("GET", "/b", 200, 0.01, 0, 0))  # a middleware queueing directly
+    assert total_count(recorder.snapshot()) == 1

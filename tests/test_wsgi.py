@@ -9,6 +9,7 @@ from werkzeug.test import Client, EnvironBuilder
 from reqtelemetry import WSGIMiddleware
 from reqtelemetry.anonymize import hash_value
 from reqtelemetry.flask import init_app
+from reqtelemetry.recorder import PENDING_LIMIT
 from reqtelemetry.telemetry import CLIENT_CLOSED_STATUS, UNMATCHED_ROUTE
 
 
@@ -441,3 +442,15 @@ def test_plain_wsgi_excluded_and_opted_out(make_telemetry):
 def test_wsgi_middleware_rejects_both_telemetry_and_options(telemetry):
     with pytest.raises(TypeError):
         WSGIMiddleware(routeless_app, telemetry=telemetry, app_name="x")
+
+
+def test_the_queue_the_middleware_fills_stays_bounded(telemetry, counts):
+    # The middleware queues into the recorder directly, and aggregates as it does.
+    app = build_flask_app()
+    init_app(app, telemetry)
+    client = app.test_client()
+    total = PENDING_LIMIT * 2 + 3
+    for _ in range(total):
+        fetch(client, "/items/7")
+        assert len(telemetry.recorder.queue) < PENDING_LIMIT
+    assert counts(telemetry) == {("GET", "/items/<int:item_id>", 200): total}

@@ -205,8 +205,12 @@ class Recorder:
         self._stats: dict[tuple[str, str, int], Stats] = {}
         self._dropped = 0
         self._period_start = time.time()
-        #: Requests recorded but not aggregated yet (see :meth:`record`).
-        self._pending: deque[tuple[str, str, int, float, int, int]] = deque()
+        #: Requests recorded but not aggregated yet (see :meth:`record`). The
+        #: same object for the recorder's lifetime: an integration on the hot
+        #: path appends ``(method, route, status, duration, request_bytes,
+        #: response_bytes)`` to it directly, and calls :meth:`aggregate_pending`
+        #: once it holds :data:`PENDING_LIMIT` requests, saving a call per request.
+        self.queue: deque[tuple[str, str, int, float, int, int]] = deque()
 
     def __len__(self) -> int:
         self.aggregate_pending()
@@ -242,7 +246,7 @@ class Recorder:
         signature; the aggregates do not keep it (only the OpenTelemetry
         instruments do).
         """
-        pending = self._pending
+        pending = self.queue
         pending.append((method, route, status, duration, request_bytes, response_bytes))
         if len(pending) >= PENDING_LIMIT:
             self.aggregate_pending()
@@ -255,7 +259,7 @@ class Recorder:
         never lost and two aggregating threads never race for an item. The
         math functions are bound as defaults: one lookup less per item.
         """
-        pending = self._pending
+        pending = self.queue
         take = pending.popleft
         with self._lock:
             all_stats = self._stats
@@ -353,4 +357,4 @@ class Recorder:
         self._stats = {}
         self._dropped = 0
         self._period_start = time.time()
-        self._pending = deque()
+        self.queue.clear()  # the same object: integrations hold it

@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -86,10 +87,15 @@ class Telemetry:
                 from .otel import OTelInstruments
 
                 self._otel = OTelInstruments()
+        #: For the middlewares' hot path: the recorder's queue when recording
+        #: is only queueing (see :attr:`Recorder.queue`), None when every
+        #: request must go through :meth:`record` (OpenTelemetry instruments too).
+        self.queue: deque[tuple[str, str, int, float, int, int]] | None = None
         if self._otel is None:
-            # The hot path calls ``telemetry.record``: bind the recorder's method
+            # Callers of ``telemetry.record`` reach the recorder's method
             # directly, saving a call per request.
             self.record = self.recorder.record  # type: ignore[method-assign]
+            self.queue = self.recorder.queue
         self.sending, why_not = self._decide_sending()
         _announce(self, why_not)
         if self.sending:

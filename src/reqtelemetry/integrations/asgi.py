@@ -19,6 +19,7 @@ from time import perf_counter
 from types import CodeType
 from typing import Any
 
+from ..recorder import PENDING_LIMIT
 from ..telemetry import CLIENT_CLOSED_STATUS, KNOWN_METHODS, OTHER_METHOD, Telemetry
 from .starlette import RouteTemplates
 
@@ -56,6 +57,8 @@ class ASGIMiddleware:
             self.__class__ = _PassThrough
             return
         self._record = telemetry.record
+        self._queue = telemetry.queue
+        self._aggregate = telemetry.recorder.aggregate_pending
         self._template = RouteTemplates().template
         self._excluded = telemetry.excluded
         self._first_request = True
@@ -106,16 +109,25 @@ class ASGIMiddleware:
                 if route is None:
                     route = self._unrouted(scope, status)
                 method = _METHODS.get(scope["method"], OTHER_METHOD)
-                self._record(
-                    method,
-                    route,
-                    status,
-                    end - start,
-                    exchange.request_bytes,
-                    # No body goes out in answer to HEAD, whatever the app hands the server.
-                    exchange.response_bytes if method != "HEAD" else 0,
-                    scope.get("scheme", "http"),
-                )
+                # No body goes out in answer to HEAD, whatever the app hands the server.
+                response_bytes = exchange.response_bytes if method != "HEAD" else 0
+                queue = self._queue
+                if queue is not None:  # what Recorder.record does, without its call
+                    queue.append(
+                        (method, route, status, end - start, exchange.request_bytes, response_bytes)
+                    )
+                    if len(queue) >= PENDING_LIMIT:
+                        self._aggregate()
+                else:
+                    self._record(
+                        method,
+                        route,
+                        status,
+                        end - start,
+                        exchange.request_bytes,
+                        response_bytes,
+                        scope.get("scheme", "http"),
+                    )
             except Exception as error:
                 self.telemetry.internal_error(error)
 

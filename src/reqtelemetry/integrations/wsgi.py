@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
 from typing import Any
 
+from ..recorder import PENDING_LIMIT
 from ..telemetry import CLIENT_CLOSED_STATUS, KNOWN_METHODS, OTHER_METHOD, Telemetry
 
 #: Set by a framework hook: the matched route template, or None when the
@@ -190,14 +191,29 @@ class _Measured:
             request_bytes = int(length) if length and length.isdigit() else 0
             # A server sends no body in answer to HEAD, whatever the app returned.
             response_bytes = 0 if method == "HEAD" else self.response_bytes
-            telemetry.record(
-                method,
-                route,
-                self.status or 500,
-                end - self.start,
-                request_bytes,
-                response_bytes,
-                environ.get("wsgi.url_scheme", "http"),
-            )
+            queue = telemetry.queue
+            if queue is not None:  # what Recorder.record does, without its call
+                queue.append(
+                    (
+                        method,
+                        route,
+                        self.status or 500,
+                        end - self.start,
+                        request_bytes,
+                        response_bytes,
+                    )
+                )
+                if len(queue) >= PENDING_LIMIT:
+                    telemetry.recorder.aggregate_pending()
+            else:
+                telemetry.record(
+                    method,
+                    route,
+                    self.status or 500,
+                    end - self.start,
+                    request_bytes,
+                    response_bytes,
+                    environ.get("wsgi.url_scheme", "http"),
+                )
         except Exception as error:  # never let telemetry break a response
             telemetry.internal_error(error)
