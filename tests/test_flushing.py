@@ -13,6 +13,7 @@ import gzip
 import json
 import threading
 import time
+import types
 import uuid
 from collections import Counter
 
@@ -746,6 +747,30 @@ def test_only_the_shutdown_flush_skips_the_pauses(make_sender, receiver, monkeyp
     assert telemetry.close() is True
     assert rhythms and set(rhythms) == {float("inf")}
     assert receiver.wait_for_reports(1, kind="shutdown", timeout=5)
+
+
+def test_each_post_makes_way_for_requests_except_at_shutdown(make_sender, receiver, monkeypatch):
+    """httpx's request building and response handling are paused around, on the GIL's behalf."""
+    from reqtelemetry import payload, transport
+
+    pauses: list[float] = []
+    real_time = transport.time
+    spying_time = types.SimpleNamespace(
+        **{name: getattr(real_time, name) for name in dir(real_time) if not name.startswith("_")}
+    )
+    spying_time.sleep = lambda seconds: (pauses.append(seconds), real_time.sleep(seconds))[1]
+    monkeypatch.setattr(transport, "time", spying_time)
+    telemetry = make_sender()
+    pauses.clear()
+    record_traffic(telemetry)
+    assert telemetry.flush() is True
+    # A request hook and a response hook per POST; at least one POST.
+    assert len(pauses) >= 2 and set(pauses) == {payload.YIELD_PAUSE}
+    pauses.clear()
+    record_traffic(telemetry)
+    assert telemetry.close() is True
+    assert receiver.wait_for_reports(1, kind="shutdown", timeout=5)
+    assert pauses == []
 
 
 def test_an_unpaced_batch_encodes_exactly_as_a_paced_one():
