@@ -28,11 +28,21 @@ class TelemetryBug(Exception):
 def broken(monkeypatch):
     """``broken(telemetry)``: make recording raise, as a bug in telemetry would."""
 
+    class BrokenQueue:
+        def append(self, request):
+            raise TelemetryBug("bug inside telemetry")
+
+        def __len__(self):
+            return 0
+
     def breaker(telemetry):
         def record(*args, **kwargs):
             raise TelemetryBug("bug inside telemetry")
 
         monkeypatch.setattr(telemetry, "record", record)
+        # The middlewares queue into the recorder directly: that breaks too.
+        # (Before the middleware is built: the ASGI one reads it once.)
+        monkeypatch.setattr(telemetry, "queue", BrokenQueue())
         return telemetry
 
     return breaker
