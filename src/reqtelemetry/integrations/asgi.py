@@ -111,23 +111,21 @@ class ASGIMiddleware:
                 method = _METHODS.get(scope["method"], OTHER_METHOD)
                 # No body goes out in answer to HEAD, whatever the app hands the server.
                 response_bytes = exchange.response_bytes if method != "HEAD" else 0
+                request = (
+                    method,
+                    route,
+                    status,
+                    end - start,
+                    exchange.request_bytes,
+                    response_bytes,
+                )
                 queue = self._queue
                 if queue is not None:  # what Recorder.record does, without its call
-                    queue.append(
-                        (method, route, status, end - start, exchange.request_bytes, response_bytes)
-                    )
+                    queue.append(request)
                     if len(queue) >= PENDING_LIMIT:
                         self._aggregate()
                 else:
-                    self._record(
-                        method,
-                        route,
-                        status,
-                        end - start,
-                        exchange.request_bytes,
-                        response_bytes,
-                        scope.get("scheme", "http"),
-                    )
+                    self._record(*request, scope.get("scheme", "http"))
             except Exception as error:
                 self.telemetry.internal_error(error)
 

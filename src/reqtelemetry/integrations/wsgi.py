@@ -191,29 +191,20 @@ class _Measured:
             request_bytes = int(length) if length and length.isdigit() else 0
             # A server sends no body in answer to HEAD, whatever the app returned.
             response_bytes = 0 if method == "HEAD" else self.response_bytes
+            request = (
+                method,
+                route,
+                self.status or 500,
+                end - self.start,
+                request_bytes,
+                response_bytes,
+            )
             queue = telemetry.queue
             if queue is not None:  # what Recorder.record does, without its call
-                queue.append(
-                    (
-                        method,
-                        route,
-                        self.status or 500,
-                        end - self.start,
-                        request_bytes,
-                        response_bytes,
-                    )
-                )
+                queue.append(request)
                 if len(queue) >= PENDING_LIMIT:
                     telemetry.recorder.aggregate_pending()
             else:
-                telemetry.record(
-                    method,
-                    route,
-                    self.status or 500,
-                    end - self.start,
-                    request_bytes,
-                    response_bytes,
-                    environ.get("wsgi.url_scheme", "http"),
-                )
+                telemetry.record(*request, environ.get("wsgi.url_scheme", "http"))
         except Exception as error:  # never let telemetry break a response
             telemetry.internal_error(error)
