@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -155,9 +156,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_telemetry_with_otel_records_through_the_global_provider(tmp_path):
-    script = tmp_path / "otel_app.py"
-    script.write_text(SCRIPT)
+def run_script(script: Path, text: str) -> dict:
+    """Run ``text`` in a fresh interpreter (OpenTelemetry's provider is global) and
+    return the JSON on its last line; opt-out variables of the caller are left out."""
+    script.write_text(text)
     environment = {
         k: v
         for k, v in os.environ.items()
@@ -172,7 +174,11 @@ def test_telemetry_with_otel_records_through_the_global_provider(tmp_path):
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_telemetry_with_otel_records_through_the_global_provider(tmp_path):
+    out = run_script(tmp_path / "otel_app.py", SCRIPT)
     assert out.pop("recorded") == 6  # the recorder still gets every request
     assert {name: data["unit"] for name, data in out.items()} == NAMES
     duration = {
@@ -203,3 +209,51 @@ def test_telemetry_with_otel_records_through_the_global_provider(tmp_path):
         route = p["attributes"]["http.route"]
         responses[route] = responses.get(route, 0) + p["sum"]
     assert responses["/items/{item_id}"] == 40  # 4 answers of 10 bytes, http and https
+
+
+FLASK_SCRIPT = textwrap.dedent(
+    """
+    import json
+    from flask import Flask
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from reqtelemetry import Config, Telemetry
+    from reqtelemetry.flask import init_app
+
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    app = Flask("otel_flask")
+
+    @app.route("/items/<int:item_id>")
+    def item(item_id):
+        return "x" * 10
+
+    on = Telemetry(config=Config.resolve(environ={}, argv=[], otel=True))
+    init_app(app, on)
+    client = app.test_client()
+    for i in range(2):
+        client.get(f"/items/{i}").data
+    client.get("/items/9", base_url="https://localhost").data
+
+    counts = {}
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name == "http.server.request.duration":
+                    for p in m.data.data_points:
+                        a = p.attributes
+                        key = f'{a["http.route"]} {a["url.scheme"]}'
+                        counts[key] = p.count
+    print(json.dumps({"counts": counts, "recorded": sum(r["count"] for r in on.snapshot())}))
+    """
+)
+
+
+def test_flask_with_otel_records_through_the_global_provider(tmp_path):
+    # With OpenTelemetry on, the WSGI middleware records through Telemetry.record
+    # (instruments and recorder), not by queueing into the recorder alone.
+    out = run_script(tmp_path / "otel_flask.py", FLASK_SCRIPT)
+    assert out["recorded"] == 3
+    assert out["counts"] == {"/items/<int:item_id> http": 2, "/items/<int:item_id> https": 1}
