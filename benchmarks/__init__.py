@@ -7,14 +7,15 @@ turn, prints the sections and writes them, under a header describing the
 machine and the versions measured, to ``benchmarks/results/latest.md``.
 
 To add a benchmark: write ``benchmarks/<name>.py`` with a ``run()`` and append
-``"<name>"`` to ``MODULES``. :mod:`benchmarks.contenders` is not one: it
-configures the peers (OpenTelemetry, starlette-exporter,
-prometheus-flask-exporter, pinned in the ``bench`` extra) that the benchmarks
-compare reqtelemetry with. Benchmarks report; they never fail a build over a
-number. ``BENCH_QUICK=1`` (or ``--quick``) asks every module for a short,
-rough run, used by the smoke tests; ``BENCH_CLOCK=thread`` (or ``--cpu-clock``)
-asks for the thread's CPU clock instead of the wall clock, which is far steadier
-on a shared or busy machine.
+``"<name>"`` to ``MODULES`` (or to ``EXTRA_MODULES``, run only when named).
+:mod:`benchmarks.contenders` is not one: it configures the peers
+(OpenTelemetry, starlette-exporter, prometheus-flask-exporter, pinned in the
+``bench`` extra) that the benchmarks compare reqtelemetry with. Benchmarks
+report; they never fail a build over a number. ``BENCH_QUICK=1`` (or
+``--quick``) asks every module for a short, rough run, used by the smoke
+tests; ``BENCH_CLOCK=thread`` (or ``--cpu-clock``) asks for the thread's CPU
+clock instead of the wall clock, which is far steadier on a shared or busy
+machine.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ MODULES: tuple[str, ...] = (
     "flush_latency",
     "collector",
 )
+#: Modules run only when named (``python -m benchmarks profile``): kept out of
+#: the default run, which must stay under ten minutes on a 2-core machine.
+EXTRA_MODULES: tuple[str, ...] = ("profile",)
 
 
 def quick() -> bool:

@@ -21,7 +21,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from . import MODULES, load_average, quick
+from . import EXTRA_MODULES, MODULES, load_average, quick
 from .contenders import PEER_DISTRIBUTIONS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
@@ -88,14 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         "steadier on a busy machine",
     )
     parser.add_argument(
-        "modules", nargs="*", metavar="module", help=f"run only these (of: {', '.join(MODULES)})"
+        "modules",
+        nargs="*",
+        metavar="module",
+        help=f"run only these (of: {', '.join(MODULES)}; not run by default: "
+        f"{', '.join(EXTRA_MODULES)})",
     )
     args = parser.parse_args(argv)
     if args.quick:
         os.environ["BENCH_QUICK"] = "1"
     if args.cpu_clock:
         os.environ["BENCH_CLOCK"] = "thread"
-    unknown = [name for name in args.modules if name not in MODULES]
+    unknown = [name for name in args.modules if name not in MODULES + EXTRA_MODULES]
     if unknown:
         parser.error(f"unknown benchmark module(s): {', '.join(unknown)}")
     names = args.modules or list(MODULES)

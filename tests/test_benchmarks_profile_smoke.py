@@ -1,0 +1,73 @@
+"""The py-spy profile reads real stacks and charges samples to the right code.
+
+No number is judged. What is checked: the parser keeps reqtelemetry's lines
+apart from everything else and leaves import-time and out-of-loop samples out;
+a real (quick) profile of the ASGI loop finds the middleware's functions, in a
+share that is neither nothing nor everything; without py-spy the section says
+it was skipped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import profile  # noqa: E402
+
+PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+OURS = f"{profile.PACKAGE_DIR}integrations/asgi.py"
+
+
+def test_summarise_charges_the_innermost_frame_and_filters_stacks() -> None:
+    loop = "_asgi_loop (/x/benchmarks/overhead.py:214)"
+    raw = "\n".join(
+        [
+            f"run (/x/asyncio/base_events.py:9);{loop};__call__ ({OURS}:84) 30",
+            f"{loop};__call__ ({OURS}:84);app (/x/starlette/routing.py:70) 50",
+            f"{loop};send ({OURS}:231) 15",
+            f"<module> (/x/m.py:1);_find_and_load (<frozen importlib._bootstrap>:1);"
+            f"<module> ({OURS}:1) 400",
+            f"serve (/x/benchmarks/profile.py:9);__call__ ({OURS}:84) 70",
+            "not a stack line",
+        ]
+    )
+    found = profile.summarise("t", raw, must_contain="_asgi_loop (")
+    assert found.samples == 95  # import-time and out-of-loop stacks left out
+    assert found.ours == 45  # the starlette leaf is the framework's
+    assert found.lines[(OURS, 84, "__call__")] == 30
+    assert found.functions == {"__call__": 30, "send": 15}
+    assert found.share == pytest.approx(45 / 95)
+    everything = profile.summarise("t", raw)
+    assert everything.samples == 95 + 70
+
+
+def test_parse_frame_reads_names_with_spaces_and_paths_with_colons() -> None:
+    assert profile.parse_frame("<lambda> (/a:b/c.py:12)") == ("<lambda>", "/a:b/c.py", 12)
+    assert profile.parse_frame("f (x.py)") == ("f", "x.py", 0)
+
+
+@pytest.mark.skipif(PY_SPY is None, reason="py-spy is not installed")
+@pytest.mark.timeout(120)
+def test_a_real_profile_of_the_asgi_loop_finds_the_middleware() -> None:
+    assert PY_SPY is not None
+    found = profile.profile_loop(PY_SPY, "asgi", profile.QUICK)
+    assert found.samples > 300, found
+    assert 0.02 < found.share < 0.6, found
+    assert "ASGIMiddleware.__call__" in found.functions, found.functions
+    assert "_Exchange.send" in found.functions, found.functions
+    section = "\n".join(profile.profile_section(found))
+    assert "reqtelemetry/integrations/asgi.py:" in section
+
+
+def test_without_py_spy_the_section_says_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(profile.shutil, "which", lambda name, path=None: None)
+    report = profile.run()
+    assert report.startswith("## Where the time goes (py-spy)")
+    assert "skipped: `py-spy` is not installed" in report
