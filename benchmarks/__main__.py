@@ -5,7 +5,8 @@
 Every module named in :data:`benchmarks.MODULES` (or only those given on the
 command line) is imported and its ``run()`` called; the markdown sections it
 returns are printed as they arrive and written together, under a header naming
-the date, machine and versions, to ``benchmarks/results/latest.md``.
+the date, machine and versions, to ``benchmarks/results/latest.md`` (a run of
+named modules only: ``latest-<names>.md``, leaving the full run's tables alone).
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ from .contenders import PEER_DISTRIBUTIONS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
 VERSIONED = ("reqtelemetry", "starlette", "flask", "werkzeug", "uvicorn", "gunicorn")
+
+
+def results_path(named: list[str]) -> Path:
+    """Where a run's tables go: ``latest.md`` for the default run, else a file per selection.
+
+    Why: a run of one module (``make bench ARGS=profile``) must not replace the
+    tables of the last full run, which the README's figures come from.
+    """
+    if not named:
+        return RESULTS
+    return RESULTS.with_name(f"latest-{'-'.join(named)}.md")
 
 
 def _version(distribution: str) -> str:
@@ -120,12 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(total)
     print(total, end="\n\n", flush=True)
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    written = results_path(args.modules)
+    written.parent.mkdir(parents=True, exist_ok=True)
+    written.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
     try:
-        shown = RESULTS.relative_to(Path.cwd())
+        shown = written.relative_to(Path.cwd())
     except ValueError:
-        shown = RESULTS
+        shown = written
     print(f"written to {shown}")
     return 0
 

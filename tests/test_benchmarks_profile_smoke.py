@@ -4,7 +4,7 @@ No number is judged. What is checked: the parser keeps reqtelemetry's lines
 apart from everything else and leaves import-time and out-of-loop samples out;
 a real (quick) profile of the ASGI loop finds the middleware's functions, in a
 share that is neither nothing nor everything; without py-spy the section says
-it was skipped.
+it was skipped; and a run of it by name leaves the full run's tables alone.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import __main__ as runner  # noqa: E402
 from benchmarks import profile  # noqa: E402
 
 PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
@@ -71,3 +72,19 @@ def test_without_py_spy_the_section_says_skipped(monkeypatch: pytest.MonkeyPatch
     report = profile.run()
     assert report.startswith("## Where the time goes (py-spy)")
     assert "skipped: `py-spy` is not installed" in report
+
+
+def test_a_named_run_writes_its_own_file_and_keeps_the_full_tables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = tmp_path / "latest.md"
+    full.write_text("the full run's tables\n", encoding="utf-8")
+    monkeypatch.setattr(runner, "RESULTS", full)
+    monkeypatch.setenv("BENCH_QUICK", "1")  # main() sets it for --quick: restored after
+    monkeypatch.setattr(profile.shutil, "which", lambda name, path=None: None)  # fast: skipped
+    assert runner.main(["--quick", "profile"]) == 0
+    assert full.read_text(encoding="utf-8") == "the full run's tables\n"
+    written = (tmp_path / "latest-profile.md").read_text(encoding="utf-8")
+    assert written.startswith("# reqtelemetry benchmarks")
+    assert "## Where the time goes (py-spy)" in written
+    assert "written to" in capsys.readouterr().out
