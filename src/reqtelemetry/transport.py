@@ -153,10 +153,10 @@ class Transport:
     def _make_way(self, _: httpx.Request | httpx.Response) -> None:
         """Between building a request, sending it and reading the answer: a pause.
 
-        Why: httpx builds a request (URL, headers) and handles the response in
-        plain Python, a stretch of about a millisecond each on this GIL; a
-        request thread that wants the GIL meanwhile waits for all of it. A
-        real sleep at each hook cuts the stretch in three. Not while the
+        Why: a POST costs httpx about 0.7 ms of plain Python on this GIL
+        (building the request, driving the connection, reading the answer),
+        and a request thread that wants the GIL meanwhile waits for each
+        stretch of it. A real sleep at each hook cuts the POST in three. Not while the
         final report goes out at shutdown (``paced=False``).
         """
         if self._paced:
