@@ -38,6 +38,7 @@ import asyncio
 import collections
 import contextlib
 import gc
+import json
 import linecache
 import os
 import shutil
@@ -62,6 +63,8 @@ IMPORTING = "_find_and_load ("
 #: Frames of the timed loops, by profile (in process only).
 LOOPS = {"asgi": "_asgi_loop (", "wsgi": "_wsgi_loop ("}
 TOP_LINES = 8
+#: Requests each loop child serves before its samples count.
+WARMUP = 300
 
 
 @dataclass
@@ -128,8 +131,13 @@ def summarise(label: str, raw: str, must_contain: str | None = None) -> Profile:
 # -- the processes py-spy records ----------------------------------------------------------
 
 
-def _loop_main(kind: str, seconds: float, batch: int) -> None:
-    """The child py-spy records in process: one app, the overhead loop, ``seconds`` long."""
+def _loop_main(kind: str, seconds: float, batch: int, answer: Path) -> None:
+    """The child py-spy records in process: one app, the overhead loop, ``seconds`` long.
+
+    Writes ``{"served": ..., "recorded": ...}`` to ``answer``: py-spy exits 0
+    whatever its command does, so the parent learns here that the loop ran and
+    that the middleware recorded every request.
+    """
     from benchmarks.overhead import (
         _asgi_loop,
         _telemetry,
@@ -142,6 +150,8 @@ def _loop_main(kind: str, seconds: float, batch: int) -> None:
     from reqtelemetry import ASGIMiddleware
     from reqtelemetry.flask import init_app
 
+    if kind not in LOOPS:
+        raise ValueError(f"kind must be one of {', '.join(LOOPS)}, got {kind!r}")
     telemetry = _telemetry(opt_out=False)
     clock = time.perf_counter_ns
     if kind == "asgi":
@@ -160,14 +170,16 @@ def _loop_main(kind: str, seconds: float, batch: int) -> None:
         def serve(n: int) -> None:
             _wsgi_loop(flask, environ, n, clock)
 
-    serve(300)
+    serve(WARMUP)
+    served = WARMUP
     gc.collect()
     gc.freeze()
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         serve(batch)
-    if sum(record["count"] for record in telemetry.snapshot()) < batch:
-        raise SystemExit("the middleware recorded fewer requests than it served")
+        served += batch
+    recorded = sum(record["count"] for record in telemetry.snapshot())
+    answer.write_text(json.dumps({"served": served, "recorded": recorded}), encoding="utf-8")
 
 
 class Recording:
@@ -177,7 +189,17 @@ class Recording:
         self._dir = tempfile.TemporaryDirectory(prefix="bench-profile-")
         self.output = Path(self._dir.name) / "stacks.txt"
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in result)
-        self.proc = subprocess.Popen(
+        try:
+            self.proc = self._start(py_spy, command, env)
+        except BaseException:
+            self._stderr.close()
+            self._dir.cleanup()
+            raise
+
+    def _start(
+        self, py_spy: str, command: list[str], env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 py_spy,
                 "record",
@@ -231,19 +253,24 @@ def _environment(**extra: str) -> dict[str, str]:
 
 def profile_loop(py_spy: str, kind: str, settings: Settings) -> Profile:
     """Profile the overhead loop of ``kind`` (``asgi`` or ``wsgi``) in its own process."""
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.profile",
-        "--loop",
-        kind,
-        str(settings.loop_seconds),
-        str(settings.batch),
-    ]
-    recording = Recording(py_spy, command, _environment())
-    raw = recording.result(timeout=settings.loop_seconds + 120)
-    if recording.proc.returncode not in (0, None):
-        raise RuntimeError(f"the {kind} loop failed under py-spy")
+    with tempfile.TemporaryDirectory(prefix="bench-profile-loop-") as workdir:
+        answer = Path(workdir) / "answer.json"
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.profile",
+            "--loop",
+            kind,
+            str(settings.loop_seconds),
+            str(settings.batch),
+            str(answer),
+        ]
+        raw = Recording(py_spy, command, _environment()).result(settings.loop_seconds + 120)
+        if not answer.exists():
+            raise RuntimeError(f"the {kind} loop did not finish under py-spy")
+        counts = json.loads(answer.read_text(encoding="utf-8"))
+    if counts["recorded"] != counts["served"]:
+        raise RuntimeError(f"the {kind} middleware did not record every request: {counts}")
     label = {"asgi": "Starlette + ASGIMiddleware", "wsgi": "Flask + init_app"}[kind]
     return summarise(f"in process: {label}", raw, must_contain=LOOPS[kind])
 
@@ -271,8 +298,12 @@ def profile_server(py_spy: str, settings: Settings) -> Profile:
             answered = load.run(f"http://127.0.0.1:{port}/items/42", settings.server_seconds, 16)
         if answered.requests == 0 or answered.errors:
             raise RuntimeError(f"the load failed: {answered}")
-    finally:
+    except BaseException:
         recording.stop()
+        with contextlib.suppress(Exception):  # the first failure is the one to report
+            recording.result(timeout=60)
+        raise
+    recording.stop()
     raw = recording.result(timeout=60)
     return summarise("uvicorn + Starlette + reqtelemetry, under load", raw)
 
@@ -365,8 +396,8 @@ def run() -> str:
 
 
 def _main(argv: list[str]) -> None:
-    if len(argv) == 4 and argv[0] == "--loop":
-        _loop_main(argv[1], float(argv[2]), int(argv[3]))
+    if len(argv) == 5 and argv[0] == "--loop":
+        _loop_main(argv[1], float(argv[2]), int(argv[3]), Path(argv[4]))
         return
     print(run())
 

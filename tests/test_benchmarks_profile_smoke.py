@@ -67,6 +67,25 @@ def test_a_real_profile_of_the_asgi_loop_finds_the_middleware() -> None:
     assert "reqtelemetry/integrations/asgi.py:" in section
 
 
+@pytest.mark.skipif(PY_SPY is None, reason="py-spy is not installed")
+@pytest.mark.timeout(60)
+def test_a_loop_that_never_runs_is_an_error_not_an_empty_profile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert PY_SPY is not None
+    monkeypatch.setattr(profile.sys, "executable", shutil.which("false") or "/bin/false")
+    with pytest.raises(RuntimeError, match="py-spy wrote no profile"):
+        profile.profile_loop(PY_SPY, "asgi", profile.QUICK)
+
+
+@pytest.mark.skipif(PY_SPY is None, reason="py-spy is not installed")
+@pytest.mark.timeout(60)
+def test_a_loop_that_fails_is_an_error_although_py_spy_exits_0() -> None:
+    assert PY_SPY is not None
+    with pytest.raises(RuntimeError, match="did not finish"):
+        profile.profile_loop(PY_SPY, "bogus", profile.QUICK)  # the child raises ValueError
+
+
 def test_without_py_spy_the_section_says_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(profile.shutil, "which", lambda name, path=None: None)
     report = profile.run()
