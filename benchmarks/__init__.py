@@ -21,6 +21,10 @@ machine.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+#: The checkout: child processes import ``benchmarks`` from here.
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Benchmark modules run by ``python -m benchmarks``, in this order.
 MODULES: tuple[str, ...] = (
@@ -48,3 +52,15 @@ def load_average() -> str:
         return " / ".join(f"{value:.2f}" for value in os.getloadavg())
     except OSError:  # not available on this platform
         return "n/a"
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """This process's environment for a child that imports ``benchmarks``, plus ``extra``.
+
+    ``benchmarks`` lives at the repository root, not in the installed package,
+    so the root goes first on the child's ``PYTHONPATH``.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH", "")])])
+    env.update(extra)
+    return env

@@ -100,7 +100,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from benchmarks import load_average, quick
+from benchmarks import child_environment, load_average, quick
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -486,8 +486,7 @@ class Child:
     """A helper process (``python -m benchmarks.flush_latency --<role>``) spoken to by lines."""
 
     def __init__(self, role: str) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH", "")])])
+        env = child_environment()
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
         self.role = role
         self.proc = subprocess.Popen(

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import reqtelemetry
-from benchmarks import quick
+from benchmarks import child_environment, quick
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Where reqtelemetry's own code lives: a frame in here is the library's.
@@ -244,13 +244,6 @@ class Recording:
             self._dir.cleanup()
 
 
-def _environment(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH", "")])])
-    env.update(extra)
-    return env
-
-
 def profile_loop(py_spy: str, kind: str, settings: Settings) -> Profile:
     """Profile the overhead loop of ``kind`` (``asgi`` or ``wsgi``) in its own process."""
     with tempfile.TemporaryDirectory(prefix="bench-profile-loop-") as workdir:
@@ -265,7 +258,7 @@ def profile_loop(py_spy: str, kind: str, settings: Settings) -> Profile:
             str(settings.batch),
             str(answer),
         ]
-        raw = Recording(py_spy, command, _environment()).result(settings.loop_seconds + 120)
+        raw = Recording(py_spy, command, child_environment()).result(settings.loop_seconds + 120)
         if not answer.exists():
             raise RuntimeError(f"the {kind} loop did not finish under py-spy")
         counts = json.loads(answer.read_text(encoding="utf-8"))
@@ -277,6 +270,7 @@ def profile_loop(py_spy: str, kind: str, settings: Settings) -> Profile:
 
 def profile_server(py_spy: str, settings: Settings) -> Profile:
     """Profile the throughput table's uvicorn server with reqtelemetry, under load."""
+    from benchmarks.server_instructions import _wait_until_serving
     from benchmarks.throughput import (
         CONTENDER_ENV,
         LoadGenerator,
@@ -289,10 +283,10 @@ def profile_server(py_spy: str, settings: Settings) -> Profile:
     recording = Recording(
         py_spy,
         server_command("uvicorn", port),
-        _environment(**{CONTENDER_ENV: "reqtelemetry"}),
+        child_environment(**{CONTENDER_ENV: "reqtelemetry"}),
     )
     try:
-        _wait_for(port, recording.proc, timeout=60)
+        _wait_until_serving(port, recording.proc, timeout=60)
         with tempfile.TemporaryDirectory(prefix="bench-profile-load-") as workdir:
             load = LoadGenerator(loadgen_name(), Path(workdir))
             answered = load.run(f"http://127.0.0.1:{port}/items/42", settings.server_seconds, 16)
@@ -306,25 +300,6 @@ def profile_server(py_spy: str, settings: Settings) -> Profile:
     recording.stop()
     raw = recording.result(timeout=60)
     return summarise("uvicorn + Starlette + reqtelemetry, under load", raw)
-
-
-def _wait_for(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
-    import http.client
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the server (or py-spy) exited before serving")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            try:
-                connection.request("GET", "/hello")
-                if connection.getresponse().status == 200:
-                    return
-            finally:
-                connection.close()
-        time.sleep(0.1)
-    raise RuntimeError(f"the server did not answer within {timeout:.0f} s")
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -367,10 +342,16 @@ def profile_section(profile: Profile) -> list[str]:
     return lines
 
 
+def find_py_spy() -> str | None:
+    """py-spy on ``PATH``, or beside this interpreter (``make`` runs the venv's
+    Python without putting the venv's ``bin`` on ``PATH``)."""
+    return shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+
+
 def run() -> str:
     began = time.monotonic()
     lines = ["## Where the time goes (py-spy)", ""]
-    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    py_spy = find_py_spy()
     if py_spy is None:
         lines.append("- skipped: `py-spy` is not installed (it is in the bench extra)")
         return "\n".join(lines) + "\n"

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks import quick
 from benchmarks.instructions import _REFS, Counts, counted_environment, counted_per_request
@@ -44,11 +45,14 @@ def counts() -> Counts:
     return Counts(low=256, high=512) if quick() else Counts(low=512, high=2048)
 
 
-def _wait_until_serving(port: int, process: subprocess.Popen[str], timeout: float) -> None:
+def _wait_until_serving(port: int, process: subprocess.Popen[Any], timeout: float) -> None:
+    """Until the server on ``port`` answers; ``process`` runs it (its stderr, if piped, is
+    shown when it exits first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited early:\n{process.communicate()[1][-2000:]}")
+            stderr = process.communicate()[1] or ""
+            raise RuntimeError(f"the server exited early:\n{stderr[-2000:]}")
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             connection.request("GET", PATH)

@@ -70,7 +70,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-from benchmarks import contenders, load_average, quick
+from benchmarks import child_environment, contenders, load_average, quick
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENDER_ENV = "BENCH_THROUGHPUT_CONTENDER"
@@ -283,9 +283,7 @@ class Server:
         self.kind = kind
         self.contender = contender
         self.port = _free_port()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH", "")])])
-        env[CONTENDER_ENV] = contender
+        env = child_environment(**{CONTENDER_ENV: contender})
         self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             server_command(kind, self.port),
@@ -464,8 +462,7 @@ class LoadGenerator:
                 str(seconds),
                 str(connections),
             ]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH", "")])])
+        env = child_environment()
         done = subprocess.run(
             command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=seconds + 60
         )

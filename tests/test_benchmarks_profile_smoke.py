@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, no
 from benchmarks import __main__ as runner  # noqa: E402
 from benchmarks import profile  # noqa: E402
 
-PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+PY_SPY = profile.find_py_spy()
 OURS = f"{profile.PACKAGE_DIR}integrations/asgi.py"
 
 

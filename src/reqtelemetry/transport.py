@@ -156,8 +156,8 @@ class Transport:
         Why: a POST costs httpx about 0.7 ms of plain Python on this GIL
         (building the request, driving the connection, reading the answer),
         and a request thread that wants the GIL meanwhile waits for each
-        stretch of it. A real sleep at each hook cuts the POST in three. Not while the
-        final report goes out at shutdown (``paced=False``).
+        stretch of it. A real sleep at each hook cuts the POST in three. Not
+        while the final report goes out at shutdown (``paced=False``).
         """
         if self._paced:
             time.sleep(YIELD_PAUSE)
