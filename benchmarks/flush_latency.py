@@ -753,7 +753,12 @@ def _loadgen_main() -> None:
 
 
 class FlushLoop:
-    """Back-to-back flushes of a full recorder on a thread of this process."""
+    """Back-to-back flushes of a full recorder on a thread of this process.
+
+    The thread stands in for the flusher's timer thread, so it first lowers its
+    priority as that one does (``lower_this_threads_priority``, the call
+    ``Flusher._run`` starts with), and notes the nice value it then has.
+    """
 
     def __init__(self, telemetry: Any, template: dict[tuple[str, str, int], Any]) -> None:
         self.telemetry = telemetry
@@ -761,11 +766,17 @@ class FlushLoop:
         self.wall_ms: list[float] = []
         self.cpu_ms: list[float] = []
         self.delivered = 0
+        self.nice: int | None = None
         self._stop = threading.Event()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-flush-loop", daemon=True)
 
     def _run(self) -> None:
+        from reqtelemetry.flusher import lower_this_threads_priority
+
+        lower_this_threads_priority()
+        with contextlib.suppress(AttributeError, OSError):  # not on this platform
+            self.nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         recorder = self.telemetry.recorder
         while not self._stop.is_set():
             install(recorder, self.template)
@@ -879,7 +890,8 @@ class PhaseSamples:
     work_wall_ms: list[float] = field(default_factory=list)
     work_cpu_ms: list[float] = field(default_factory=list)
     delivered: int = 0
-    #: Phase (d): the busy loop's scheduling policy, once per phase.
+    #: Phase (d): the busy loop's scheduling policy; (b): the flushing thread's
+    #: nice value. Once per phase.
     policies: list[str] = field(default_factory=list)
     #: Open loop only: how late each request went out after it was due ...
     lags_us: list[int] = field(default_factory=list)
@@ -950,6 +962,7 @@ def background(
         samples.work_wall_ms += loop.wall_ms
         samples.work_cpu_ms += loop.cpu_ms
         samples.delivered += loop.delivered
+        samples.policies.append("unknown" if loop.nice is None else f"nice {loop.nice}")
     elif phase == "mint":
         with MintLoop(mint_bits) as mint_loop:
             yield
@@ -1142,6 +1155,14 @@ def run() -> str:
 
     mode = "quick (BENCH_QUICK=1: rough, for smoke tests)" if quick() else "full"
     ratio = build.raw_bytes / build.gzip_bytes if build.gzip_bytes else 0.0
+    flush_nices = sorted(
+        {
+            nice
+            for by_server in results.values()
+            for by_phase in by_server.values()
+            for nice in by_phase["flush"].policies
+        }
+    )
     lines = [
         "## Flush cost and request latency while flushing",
         "",
@@ -1195,7 +1216,10 @@ def run() -> str:
         f"- {settings.rounds} round(s); each round runs, for each server, every closed-loop "
         "phase, then every open-loop phase, in a rotating order; p50/p99 pooled over rounds "
         "(nearest rank); per-round p99 ratios in parentheses",
-        "- (b): on a thread, back to back: refill the recorder to its cap (prebuilt stats, "
+        "- (b): on a thread at the flusher thread's priority ("
+        + (", ".join(flush_nices) or "unknown")
+        + "; `flusher.lower_this_threads_priority()`, as the timer thread calls it), "
+        "back to back: refill the recorder to its cap (prebuilt stats, "
         "a dict copy) and `telemetry.flush()` to a collector stand-in in a third process "
         "(Starlette under uvicorn, `200` to `POST /v1/report`; to `POST /v1/session` a "
         f"token asking for {RECEIVER_BITS} bits of proof of work, so a flush's stamps cost "

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import sys
 import threading
 import time
 import types
@@ -800,3 +802,57 @@ def test_an_unpaced_batch_encodes_exactly_as_a_paced_one():
     assert [without_clock(report) for report in unpaced] == [
         without_clock(report) for report in paced
     ]
+
+
+# -- CPU priority ----------------------------------------------------------------------
+
+
+def _own_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_timer_thread_flushes_at_the_lowest_priority_and_a_caller_keeps_its_own(
+    make_sender, receiver, monkeypatch
+):
+    """Flushes on the timer thread use only CPU the app leaves; ``flush()`` from the
+    app's own thread must not change that thread's priority."""
+    from reqtelemetry import flusher
+
+    seen: list[tuple[str, int]] = []
+    original = flusher.build_reports
+
+    def spy(*args, **kwargs):
+        seen.append((threading.current_thread().name, _own_nice()))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(flusher, "build_reports", spy)
+    caller_nice = _own_nice()
+    assert caller_nice < flusher.FLUSHER_NICE  # else this test shows nothing
+    telemetry = make_sender()  # settled: the startup report has been sent
+    assert seen == [("reqtelemetry-flusher", flusher.FLUSHER_NICE)]
+    record_traffic(telemetry)
+    assert telemetry.flush() is True
+    assert seen[1] == (threading.current_thread().name, caller_nice)
+    assert _own_nice() == caller_nice
+    assert receiver.wait_for_reports(2, timeout=5)
+
+
+def test_elsewhere_than_linux_no_priority_is_touched(monkeypatch):
+    """``setpriority(PRIO_PROCESS, id)`` would lower the whole process there, the app's too."""
+    from reqtelemetry import flusher
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    answers: list[tuple[bool, int, int]] = []
+
+    def in_a_thread() -> None:  # so that a regression cannot nice the test runner itself
+        before = _own_nice()
+        answers.append((flusher.lower_this_threads_priority(), before, _own_nice()))
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    monkeypatch.undo()
+    ((lowered, before, after),) = answers
+    assert lowered is False
+    assert after == before
