@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import flush_latency  # noqa: E402
+from benchmarks import flush_latency
 
 pytestmark = pytest.mark.e2e
 

@@ -8,16 +8,10 @@ per request than the bare app, and the opted-out one far fewer than that.
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import instructions  # noqa: E402
+from benchmarks import instructions
 
 VALGRIND = shutil.which("valgrind")
 

@@ -7,18 +7,10 @@ absorbed.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import memory  # noqa: E402
-
-from reqtelemetry.recorder import DEFAULT_MAX_KEYS  # noqa: E402
+from benchmarks import memory
+from reqtelemetry.recorder import DEFAULT_MAX_KEYS
 
 
 def _cells(report: str, label: str) -> list[str]:

@@ -9,16 +9,9 @@ that the path is taken whatever is installed.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import contenders, overhead  # noqa: E402
+from benchmarks import contenders, overhead
 
 
 def test_missing_names_the_distribution_and_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,17 +10,12 @@ it was skipped; and a run of it by name leaves the full run's tables alone.
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import __main__ as runner  # noqa: E402
-from benchmarks import profile  # noqa: E402
+from benchmarks import __main__ as runner
+from benchmarks import profile
 
 PY_SPY = profile.find_py_spy()
 OURS = f"{profile.PACKAGE_DIR}integrations/asgi.py"

@@ -9,16 +9,10 @@ not by a multiple of it.
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import server_instructions  # noqa: E402
+from benchmarks import server_instructions
 
 VALGRIND = shutil.which("valgrind")
 

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import contenders, overhead  # noqa: E402
+from benchmarks import contenders, overhead
 
 #: The peer rows of the table, and the peer each one needs.
 PEER_ROWS = {

@@ -7,16 +7,11 @@ on its own so that the fallback works on machines that have wrk.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``benchmarks`` lives at the repository root, not in src/
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import contenders, throughput  # noqa: E402
+from benchmarks import contenders, throughput
 
 pytestmark = pytest.mark.e2e
 

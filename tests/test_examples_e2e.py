@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -48,12 +47,7 @@ from collector_stack import (
     running_collector,
     sqlite_database,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # examples/ is a package at the repository root
-    sys.path.insert(0, str(ROOT))
-
-from examples.servers import (  # noqa: E402
+from examples.servers import (
     LAUNCHES,
     Launch,
     ServerProcess,
