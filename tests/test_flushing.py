@@ -828,7 +828,8 @@ def test_the_timer_thread_flushes_at_the_lowest_priority_and_a_caller_keeps_its_
 
     monkeypatch.setattr(flusher, "build_reports", spy)
     caller_nice = _own_nice()
-    assert caller_nice < flusher.FLUSHER_NICE  # else this test shows nothing
+    if caller_nice >= flusher.FLUSHER_NICE:
+        pytest.skip("the test runs at nice 19 already: no lowering to see")
     telemetry = make_sender()  # settled: the startup report has been sent
     assert seen == [("reqtelemetry-flusher", flusher.FLUSHER_NICE)]
     record_traffic(telemetry)
