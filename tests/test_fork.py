@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
+import time
 import traceback
 import warnings
 from collections import Counter
@@ -109,6 +112,33 @@ def test_a_forked_child_is_a_new_instance_with_its_own_thread(make_sender, recei
     # Same deployment, different instances.
     deployments = {r["deployment_id"] for r in receiver.reports}
     assert len(deployments) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_a_forked_workers_flusher_runs_niced_and_its_request_thread_does_not(make_sender, receiver):
+    """gunicorn --preload: each worker's own flusher thread lowers itself, as the parent's did."""
+    from reqtelemetry.flusher import FLUSHER_NICE
+
+    parent = make_sender()
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if main_nice >= FLUSHER_NICE:
+        pytest.skip("the test runs at nice 19 already: no lowering to see")
+
+    def child() -> dict[str, Any]:
+        thread = parent.flusher._thread
+        deadline = time.monotonic() + 10
+        nice = os.getpriority(os.PRIO_PROCESS, thread.native_id)
+        while nice != FLUSHER_NICE and time.monotonic() < deadline:
+            time.sleep(0.01)  # the new thread lowers itself as it starts
+            nice = os.getpriority(os.PRIO_PROCESS, thread.native_id)
+        return {
+            "flusher_nice": nice,
+            "main_nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
+            "closed": parent.close(),
+        }
+
+    result = run_in_child(child)
+    assert result == {"flusher_nice": FLUSHER_NICE, "main_nice": main_nice, "closed": True}
 
 
 def test_a_forked_child_does_not_share_the_parents_connection(make_sender, receiver):
