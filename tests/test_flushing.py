@@ -775,6 +775,42 @@ def test_each_post_makes_way_for_requests_except_at_shutdown(make_sender, receiv
     assert pauses == []
 
 
+@pytest.mark.parametrize("size_in_slices", [0, 1 / 32768, 1 - 1 / 32768, 1, 3 + 5 / 32768])
+def test_paced_gzip_is_plain_gzip_offering_the_cpu_after_every_slice(monkeypatch, size_in_slices):
+    """zlib gives back the GIL but not the core: a waiting request thread gets it between slices."""
+    from reqtelemetry import transport
+
+    offers: list[None] = []
+    monkeypatch.setattr(transport, "_offer_the_cpu", lambda: offers.append(None))
+    size = round(size_in_slices * transport.GZIP_SLICE)
+    data = (uuid.uuid4().hex.encode() * (size // 32 + 1))[:size]  # text-like, compressible
+    body = transport.gzip_paced(data, transport.GZIP_LEVEL)
+    assert gzip.decompress(body) == data
+    assert len(offers) == -(-size // transport.GZIP_SLICE)  # one per slice, none for nothing
+    offers.clear()
+    assert gzip.decompress(transport.gzip_paced(data, transport.GZIP_LEVEL, paced=False)) == data
+    assert offers == []
+
+
+def test_only_the_shutdown_flush_compresses_without_offering_the_cpu(
+    make_sender, receiver, monkeypatch
+):
+    from reqtelemetry import transport
+
+    offers: list[None] = []
+    monkeypatch.setattr(transport, "_offer_the_cpu", lambda: offers.append(None))
+    telemetry = make_sender()
+    offers.clear()
+    record_traffic(telemetry)
+    assert telemetry.flush() is True
+    assert len(offers) >= 1
+    offers.clear()
+    record_traffic(telemetry)
+    assert telemetry.close() is True
+    assert receiver.wait_for_reports(1, kind="shutdown", timeout=5)  # the receiver gunzipped it
+    assert offers == []
+
+
 def test_an_unpaced_batch_encodes_exactly_as_a_paced_one():
     recorder = Recorder()
     for index in range(300):
