@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import email.utils
 import enum
-import gzip
 import json
 import logging
 import os
@@ -350,18 +349,18 @@ def gzip_paced(data: bytes, level: int, *, paced: bool = True) -> bytes:
 
     Why: deflating a full batch takes about 2 ms of CPU per part. zlib releases
     the GIL meanwhile, but not the core: a request thread that the kernel
-    wakes on the same core waits behind it until the flusher's time slice ends
-    (even at nice 19, the fair scheduler lets a running task finish its slice
-    before a waking one may preempt it), and an idle core only takes such a
-    thread over at its next balancing tick. Measured with a thread sleeping
-    0.2 ms in a loop beside back-to-back flushes, its waits of over 0.8 ms,
-    nearly all spent runnable on a run queue while gzip ran, fell from about
-    60 to 7 in 20 s with a yield after every 32 KiB. ``sched_yield`` costs a
+    wakes on the same core can wait behind it for milliseconds, the flusher's
+    nice 19 notwithstanding, until an idle core takes it over. Measured with a
+    thread sleeping 0.2 ms in a loop beside back-to-back flushes: its waits of
+    over 0.8 ms, nearly all of it time spent runnable on a run queue
+    (``/proc/self/task/<tid>/schedstat``) while gzip ran, fell from about 60
+    to 10 in 20 s with a yield after every 32 KiB. ``sched_yield`` costs a
     system call when nobody waits, and unlike a sleep it does not slow the
     flush. ``paced=False`` (the final report at shutdown) compresses in one go.
+    Both ways the result is one gzip member with a zero time stamp.
     """
     if not paced:
-        return gzip.compress(data, compresslevel=level)
+        return zlib.compress(data, level, wbits=_GZIP_WBITS)
     compressor = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
     view = memoryview(data)
     parts = []
