@@ -69,7 +69,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks import load_average, quick
+from benchmarks import ROOT, load_average, quick
 from benchmarks.overhead import CLOCKS, clock_name
 from reqtelemetry import hashcash
 from reqtelemetry.collector.settings import DEFAULT_BITS
@@ -79,8 +79,6 @@ from reqtelemetry.config import Config
 from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import Batch, Recorder
 from reqtelemetry.traits import SystemTraits
-
-ROOT = Path(__file__).resolve().parents[1]
 
 #: The design's budget: verifying a stamp at least this many times cheaper than minting it.
 BUDGET_RATIO = 10_000

@@ -100,9 +100,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from benchmarks import child_environment, load_average, quick
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import ROOT, child_environment, load_average, quick
 
 #: The budget from the design: p99 while a flush runs within 10 % of quiet.
 P99_BUDGET_RATIO = 1.10

@@ -38,13 +38,10 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from benchmarks import load_average, quick
+from benchmarks import ROOT, load_average, quick
 from reqtelemetry.recorder import PENDING_LIMIT
-
-ROOT = Path(__file__).resolve().parents[1]
 
 #: Row label → (kind, bare row it is compared with or None).
 VARIANTS: dict[str, tuple[str, str | None]] = {

@@ -51,9 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import reqtelemetry
-from benchmarks import child_environment, quick
+from benchmarks import ROOT, child_environment, quick
 
-ROOT = Path(__file__).resolve().parents[1]
 #: Where reqtelemetry's own code lives: a frame in here is the library's.
 PACKAGE_DIR = str(Path(reqtelemetry.__file__).resolve().parent) + os.sep
 #: Samples per second (py-spy's default is 100; the hot path is a few µs).

@@ -26,14 +26,12 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks import quick
+from benchmarks import ROOT, quick
 from benchmarks.instructions import _REFS, Counts, counted_environment, counted_per_request
 from benchmarks.throughput import CONTENDER_ENV, _free_port, server_command
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTENDERS = ("bare", "reqtelemetry")
 PATH = "/items/42"
 WARMUP = 300

@@ -70,9 +70,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-from benchmarks import child_environment, contenders, load_average, quick
+from benchmarks import ROOT, child_environment, contenders, load_average, quick
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTENDER_ENV = "BENCH_THROUGHPUT_CONTENDER"
 STATS_PATH = "/_bench/stats"
 
