@@ -888,9 +888,10 @@ class PhaseSamples:
     work_wall_ms: list[float] = field(default_factory=list)
     work_cpu_ms: list[float] = field(default_factory=list)
     delivered: int = 0
-    #: Phase (d): the busy loop's scheduling policy; (b): the flushing thread's
-    #: nice value. Once per phase.
+    #: Phase (d): the busy loop's scheduling policy, once per phase.
     policies: list[str] = field(default_factory=list)
+    #: Phase (b): the flushing thread's nice value (None off Linux), once per phase.
+    nices: list[int | None] = field(default_factory=list)
     #: Open loop only: how late each request went out after it was due ...
     lags_us: list[int] = field(default_factory=list)
     #: ... and how many were already due when a client got to them (pool exhausted).
@@ -960,7 +961,7 @@ def background(
         samples.work_wall_ms += loop.wall_ms
         samples.work_cpu_ms += loop.cpu_ms
         samples.delivered += loop.delivered
-        samples.policies.append("unknown" if loop.nice is None else f"nice {loop.nice}")
+        samples.nices.append(loop.nice)
     elif phase == "mint":
         with MintLoop(mint_bits) as mint_loop:
             yield
@@ -1155,10 +1156,10 @@ def run() -> str:
     ratio = build.raw_bytes / build.gzip_bytes if build.gzip_bytes else 0.0
     flush_nices = sorted(
         {
-            nice
+            "unknown" if nice is None else f"nice {nice}"
             for by_server in results.values()
             for by_phase in by_server.values()
-            for nice in by_phase["flush"].policies
+            for nice in by_phase["flush"].nices
         }
     )
     lines = [
