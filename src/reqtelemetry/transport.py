@@ -359,9 +359,9 @@ def gzip_paced(data: bytes, level: int, *, paced: bool = True) -> bytes:
     flush. ``paced=False`` (the final report at shutdown) compresses in one go.
     Both ways the result is one gzip member with a zero time stamp.
     """
-    if not paced:
-        return zlib.compress(data, level, wbits=_GZIP_WBITS)
     compressor = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
+    if not paced:  # one call; ``zlib.compress`` takes no ``wbits`` before Python 3.11
+        return compressor.compress(data) + compressor.flush()
     view = memoryview(data)
     parts = []
     for start in range(0, len(view), GZIP_SLICE):
