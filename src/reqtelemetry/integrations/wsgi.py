@@ -27,7 +27,8 @@ ROUTE_KEY = "reqtelemetry.route"
 #: Werkzeug keeps the live request object here while the app runs; Flask's has
 #: the matched ``url_rule`` on it when the app calls ``start_response``.
 WERKZEUG_REQUEST_KEY = "werkzeug.request"
-_UNKNOWN: Any = object()
+#: A route nobody has told us yet (distinct from None, "the router matched nothing").
+UNKNOWN_ROUTE: Any = object()
 _STATUS_CODES: dict[str, int] = {}
 
 _NOT_STARTED, _ITERATING, _EXHAUSTED = 0, 1, 2
@@ -115,8 +116,8 @@ class _Measured:
         self.start = 0.0
         self.finished = False
         self.progress = _NOT_STARTED
-        #: The template, None for "the router matched nothing", or _UNKNOWN.
-        self.route: Any = _UNKNOWN
+        #: The template, None for "the router matched nothing", or UNKNOWN_ROUTE.
+        self.route: Any = UNKNOWN_ROUTE
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         """The app's ``start_response``: note the status (and Flask's rule), then pass on."""
@@ -170,41 +171,76 @@ class _Measured:
         if self.progress == _ITERATING and self.status != 500:
             # The server stopped iterating early: the client went away.
             self.status = CLIENT_CLOSED_STATUS
-        telemetry = self.telemetry
-        try:
-            environ = self.environ
-            route = self.route
-            if route is _UNKNOWN:  # start_response never saw a router: ask the hooks
-                route = environ.get(ROUTE_KEY, _UNKNOWN)
-            if route is _UNKNOWN:  # no router we know: anonymize; a 404 is unmatched
-                route = telemetry.route_for_unrouted(
-                    environ.get("PATH_INFO", ""),
-                    environ.get("QUERY_STRING", ""),
-                    self.status != 404,
-                )
-            elif route is None:  # the router matched nothing
-                route = telemetry.route_for_unrouted(environ.get("PATH_INFO", ""), "", False)
-            method = environ.get("REQUEST_METHOD", "GET")
-            if method not in KNOWN_METHODS:
-                method = OTHER_METHOD
-            length = environ.get("CONTENT_LENGTH")
-            request_bytes = int(length) if length and length.isdigit() else 0
-            # A server sends no body in answer to HEAD, whatever the app returned.
-            response_bytes = 0 if method == "HEAD" else self.response_bytes
-            request = (
-                method,
-                route,
-                self.status or 500,
-                end - self.start,
-                request_bytes,
-                response_bytes,
+        record_request(
+            self.telemetry,
+            self.environ,
+            self.route,
+            self.status or 500,
+            end - self.start,
+            self.response_bytes,
+        )
+
+
+def measure_iterable(
+    telemetry: Telemetry,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    iterable: Iterable[bytes],
+    start: float,
+    status: int,
+    route: Any,
+) -> Iterable[bytes]:
+    """Hand the server ``iterable`` counted, recorded at its last byte or ``close()``.
+
+    For a framework integration that learnt status and route itself and has
+    only a streamed body left to measure.
+    """
+    measured = _Measured(telemetry, environ, start_response)
+    measured.start = start
+    measured.status = status
+    measured.route = route
+    measured.iterable = iterable
+    return measured
+
+
+def record_request(
+    telemetry: Telemetry,
+    environ: dict[str, Any],
+    route: Any,
+    status: int,
+    seconds: float,
+    response_bytes: int,
+) -> None:
+    """Queue one finished WSGI request; never raises.
+
+    ``route`` is the template, None when the framework's router matched
+    nothing, or :data:`UNKNOWN_ROUTE` when no router we know saw the request.
+    """
+    try:
+        if route is UNKNOWN_ROUTE:  # no router told the request: ask the hooks
+            route = environ.get(ROUTE_KEY, UNKNOWN_ROUTE)
+        if route is UNKNOWN_ROUTE:  # no router we know: anonymize; a 404 is unmatched
+            route = telemetry.route_for_unrouted(
+                environ.get("PATH_INFO", ""),
+                environ.get("QUERY_STRING", ""),
+                status != 404,
             )
-            queue = telemetry.queue
-            if queue is not None:  # what Recorder.record does, without its call
-                queue.append(request)
-                if len(queue) >= PENDING_LIMIT:
-                    telemetry.recorder.aggregate_pending()
-            else:
-                telemetry.record(*request, environ.get("wsgi.url_scheme", "http"))
-        except Exception as error:  # never let telemetry break a response
-            telemetry.internal_error(error)
+        elif route is None:  # the router matched nothing
+            route = telemetry.route_for_unrouted(environ.get("PATH_INFO", ""), "", False)
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in KNOWN_METHODS:
+            method = OTHER_METHOD
+        length = environ.get("CONTENT_LENGTH")
+        request_bytes = int(length) if length and length.isdigit() else 0
+        if method == "HEAD":  # a server sends no body in answer to HEAD
+            response_bytes = 0
+        request = (method, route, status, seconds, request_bytes, response_bytes)
+        queue = telemetry.queue
+        if queue is not None:  # what Recorder.record does, without its call
+            queue.append(request)
+            if len(queue) >= PENDING_LIMIT:
+                telemetry.recorder.aggregate_pending()
+        else:
+            telemetry.record(*request, environ.get("wsgi.url_scheme", "http"))
+    except Exception as error:  # never let telemetry break a response
+        telemetry.internal_error(error)
