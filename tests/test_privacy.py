@@ -170,6 +170,55 @@ def test_flask(make_telemetry, options):
     assert_clean(telemetry)
 
 
+def flask_app_that_fails() -> Flask:
+    """Streams, errors, its own 404 page, and a session store that is down for marked requests."""
+    from flask import Response
+    from flask.sessions import SecureCookieSessionInterface
+
+    class FlakySessions(SecureCookieSessionInterface):
+        def open_session(self, app, request):
+            if MARKER in request.path and request.method == "POST":
+                raise ConnectionError(f"session store down for {request.path}")
+            return super().open_session(app, request)
+
+    app = Flask(__name__)
+    app.session_interface = FlakySessions()
+
+    @app.errorhandler(404)
+    def not_found(error):  # a page of the app's own: a buffered body, no rule
+        return f"nothing at {flask_request.path}", 404
+
+    @app.route("/items/<item_id>", methods=["GET", "POST"])
+    def item(item_id):
+        if MARKER in item_id:
+            raise RuntimeError(f"failed on {item_id}")
+        return Response(iter([item_id.encode(), flask_request.get_data()]))
+
+    return app
+
+
+@pytest.mark.parametrize("propagate", [False, True])
+@pytest.mark.parametrize("options", CONFIGS)
+def test_flask_errors_and_streams(make_telemetry, options, propagate):
+    """Every way ``init_app`` builds a record: streamed, failed in a view, failed before routing."""
+    telemetry = make_telemetry(**options)
+    app = flask_app_that_fails()
+    app.config["PROPAGATE_EXCEPTIONS"] = propagate
+    init_app(app, telemetry)
+    client = app.test_client()
+    for method, url, body in requests_to_send():
+        try:
+            response = client.open(
+                url, method=method, data=body, headers=HEADERS, environ_base={"REMOTE_ADDR": IP}
+            )
+            response.data  # noqa: B018
+        except (RuntimeError, ConnectionError):
+            assert propagate
+    statuses = {record["status"] for record in telemetry.snapshot()}
+    assert {200, 404, 500} <= statuses
+    assert_clean(telemetry)
+
+
 @pytest.mark.parametrize("options", CONFIGS)
 def test_routeless_wsgi(make_telemetry, options):
     telemetry = make_telemetry(**options)

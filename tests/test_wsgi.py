@@ -261,18 +261,6 @@ def test_flask_opted_out(make_telemetry):
     assert telemetry.snapshot() == []
 
 
-def test_flask_init_app_twice_is_refused(telemetry, counts):
-    app = build_flask_app()
-    init_app(app, telemetry)
-    installed = app.wsgi_app
-    assert isinstance(installed, WSGIMiddleware)
-    with pytest.raises(RuntimeError, match="already instrumented"):
-        init_app(app, telemetry)
-    assert app.wsgi_app is installed
-    assert fetch(app.test_client(), "/items/3").status_code == 200
-    assert counts(telemetry) == {("GET", "/items/<int:item_id>", 200): 1}  # counted once
-
-
 # -- plain WSGI apps -----------------------------------------------------------------
 
 

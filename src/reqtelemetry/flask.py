@@ -1,4 +1,4 @@
-"""Flask helpers: ``init_app(app, telemetry)`` wraps ``app.wsgi_app``."""
+"""Flask helpers: ``init_app(app, telemetry)`` measures a Flask app from inside."""
 
 from .integrations.flask import init_app, install
 
