@@ -26,9 +26,8 @@ printed under the table). A peer whose package is not installed (the ``bench``
 extra installs them all, pinned) is reported as skipped.
 
 Every variant gets its own app instance, so hooks a middleware installs stay
-with its own row. (reqtelemetry's Flask hook listens to ``got_request_exception``
-only, which no row here fires: the rule is read from the request Werkzeug keeps
-in the environ.)
+with its own row. (``init_app`` replaces three methods on its own app
+instance; the bare row's app is untouched.)
 
 Timing uses interleaved rounds. In each round, every contender's batch sits
 between two batches of its bare app (bare, contender 1, bare, contender 2, ...,
@@ -336,8 +335,8 @@ def variants(cleanup: list[Callable[[], None]] | None = None) -> list[Variant]:
     a, b, c, d, e, f, g, h, i, j, k = VARIANT_LABELS
     bare_asgi = Variant(a, "asgi", starlette_app())
     bare_wsgi = Variant(f, "wsgi", flask_app())
-    # ``init_app`` wraps ``app.wsgi_app`` (and installs the Flask route hook)
-    # when enabled, and leaves the app untouched opted out.
+    # ``init_app`` instruments the app from inside when enabled, and leaves it
+    # untouched opted out.
     flask_on, flask_off = flask_app(), flask_app()
     init_app(flask_on, wsgi_on)
     init_app(flask_off, wsgi_off)

@@ -21,7 +21,7 @@ telemetry = Telemetry(
     exclude_paths=["/healthz"],  # never measured
 )
 app = Flask(__name__)
-init_app(app, telemetry)  # wraps app.wsgi_app; opted out, leaves the app untouched
+init_app(app, telemetry)  # measures from inside Flask; opted out, installs nothing
 
 USERS = {name: {"name": name, "posts": 3} for name in ("ada", "grace", "linus")}
 
