@@ -177,6 +177,31 @@ def test_a_failure_before_routing_is_an_unmatched_500(telemetry, counts):
     assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 500): 1}
 
 
+def test_a_failure_before_the_request_context_is_a_500_and_no_internal_error(
+    telemetry, records
+):
+    """An ``appcontext_pushed`` receiver that raises: Flask fails before it has a request."""
+    from flask import appcontext_pushed
+
+    def refuse(sender, **extra):
+        raise ConnectionError("the app context could not be set up")
+
+    app = build_app()
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    init_app(app, telemetry)
+    appcontext_pushed.connect(refuse, app)
+    try:
+        # Flask itself then fails on its way out (Flask 3.1: a LookupError in
+        # ``RequestContext.pop``); whatever it raises reaches the caller.
+        with pytest.raises((RuntimeError, LookupError)):
+            app.test_client().get("/items/1")
+    finally:
+        appcontext_pushed.disconnect(refuse, app)
+    (record,) = records(telemetry).values()
+    assert (record["status"], record["count"]) == (500, 1)
+    assert telemetry.internal_errors == 0
+
+
 def test_requests_another_app_answers_are_not_flasks(telemetry, counts):
     """A dispatcher installed as ``wsgi_app`` first: only Flask's own requests are recorded."""
 

@@ -129,7 +129,11 @@ def init_app(flask_app: Any, telemetry: Telemetry) -> None:
     def keep(response: Any) -> None:
         """Leave ``response`` and the matched rule for the wrapped ``wsgi_app``."""
         try:
-            request = request_context().request
+            context = request_context()
+        except (LookupError, RuntimeError):  # Flask failed before it pushed one
+            return
+        try:
+            request = context.request
             request.environ[KEPT_KEY] = (response, request.url_rule)
         except Exception as error:  # never let telemetry break a response
             telemetry.internal_error(error)
