@@ -177,9 +177,7 @@ def test_a_failure_before_routing_is_an_unmatched_500(telemetry, counts):
     assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 500): 1}
 
 
-def test_a_failure_before_the_request_context_is_a_500_and_no_internal_error(
-    telemetry, records
-):
+def test_a_failure_before_the_request_context_is_a_500_and_no_internal_error(telemetry, records):
     """An ``appcontext_pushed`` receiver that raises: Flask fails before it has a request."""
     from flask import appcontext_pushed
 
