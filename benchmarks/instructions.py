@@ -51,6 +51,7 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "(d) Flask, bare": ("wsgi", None),
     "(e) Flask + init_app, enabled": ("wsgi", "(d) Flask, bare"),
     "(f) Flask + init_app, opted out": ("wsgi", "(d) Flask, bare"),
+    "(g) Flask + WSGIMiddleware (any WSGI app), enabled": ("wsgi", "(d) Flask, bare"),
 }
 WARMUP = 300
 
@@ -78,12 +79,15 @@ def build_all() -> dict[str, Any]:
     leaves only the row itself to tell two counts apart.
     """
     from benchmarks.overhead import _telemetry, flask_app, starlette_app
-    from reqtelemetry import ASGIMiddleware
+    from reqtelemetry import ASGIMiddleware, WSGIMiddleware
     from reqtelemetry.flask import init_app
 
-    enabled_flask, opted_out_flask = flask_app(), flask_app()
+    enabled_flask, opted_out_flask, generic_flask = flask_app(), flask_app(), flask_app()
     init_app(enabled_flask, _telemetry(opt_out=False))
     init_app(opted_out_flask, _telemetry(opt_out=True))
+    generic_flask.wsgi_app = WSGIMiddleware(
+        generic_flask.wsgi_app, telemetry=_telemetry(opt_out=False)
+    )
     apps = [
         starlette_app(),
         ASGIMiddleware(starlette_app(), telemetry=_telemetry(opt_out=False)),
@@ -91,6 +95,7 @@ def build_all() -> dict[str, Any]:
         flask_app(),
         enabled_flask,
         opted_out_flask,
+        generic_flask,
     ]
     return dict(zip(VARIANTS, apps, strict=True))
 

@@ -16,7 +16,10 @@ every contender, each against the bare app timed in the same rounds.
   interface with a prebuilt environ (copied per call) and a no-op
   ``start_response``, the response iterated and closed as a server would; then
   instrumented with ``reqtelemetry.flask.init_app``, enabled and opted out
-  (opted out, it leaves the app untouched); wrapped by OpenTelemetry's WSGI
+  (opted out, it leaves the app untouched); with the generic
+  ``reqtelemetry.WSGIMiddleware`` around ``app.wsgi_app`` instead, as any
+  other WSGI app is measured (it must wrap ``start_response`` and the response
+  iterable, which ``init_app`` avoids); wrapped by OpenTelemetry's WSGI
   middleware (around ``app.wsgi_app``); and with prometheus-flask-exporter.
   Every WSGI row calls the Flask app object, as a server does.
 - ``Recorder.record`` alone, the one call every enabled request makes.
@@ -60,7 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks import contenders, load_average, quick
-from reqtelemetry import ASGIMiddleware, Config, Telemetry
+from reqtelemetry import ASGIMiddleware, Config, Telemetry, WSGIMiddleware
 from reqtelemetry.flask import init_app
 from reqtelemetry.recorder import Recorder
 
@@ -95,9 +98,10 @@ VARIANT_LABELS = (
     "(f) Flask, bare",
     "(g) Flask + init_app, enabled",
     "(h) Flask + init_app, opted out",
-    "(i) Flask + OpenTelemetry WSGI (SDK)",
-    "(j) Flask + prometheus-flask-exporter",
-    "(k) Recorder.record alone",
+    "(i) Flask + WSGIMiddleware (any WSGI app), enabled",
+    "(j) Flask + OpenTelemetry WSGI (SDK)",
+    "(k) Flask + prometheus-flask-exporter",
+    "(l) Recorder.record alone",
 )
 
 
@@ -332,7 +336,8 @@ def variants(cleanup: list[Callable[[], None]] | None = None) -> list[Variant]:
     cleanup = cleanup if cleanup is not None else []
     asgi_on, asgi_off = _telemetry(opt_out=False), _telemetry(opt_out=True)
     wsgi_on, wsgi_off = _telemetry(opt_out=False), _telemetry(opt_out=True)
-    a, b, c, d, e, f, g, h, i, j, k = VARIANT_LABELS
+    wsgi_generic = _telemetry(opt_out=False)
+    a, b, c, d, e, f, g, h, i, j, k, l = VARIANT_LABELS  # noqa: E741
     bare_asgi = Variant(a, "asgi", starlette_app())
     bare_wsgi = Variant(f, "wsgi", flask_app())
     # ``init_app`` instruments the app from inside when enabled, and leaves it
@@ -340,6 +345,8 @@ def variants(cleanup: list[Callable[[], None]] | None = None) -> list[Variant]:
     flask_on, flask_off = flask_app(), flask_app()
     init_app(flask_on, wsgi_on)
     init_app(flask_off, wsgi_off)
+    flask_generic = flask_app()
+    flask_generic.wsgi_app = WSGIMiddleware(flask_generic.wsgi_app, telemetry=wsgi_generic)
     rows = [
         bare_asgi,
         Variant(
@@ -379,9 +386,18 @@ def variants(cleanup: list[Callable[[], None]] | None = None) -> list[Variant]:
             OPTED_OUT_BUDGET_US,
             wsgi_off,
         ),
-        _otel_wsgi_variant(i, bare_wsgi, cleanup),
-        _flask_exporter_variant(j, bare_wsgi),
-        Variant(k, "record", Recorder()),
+        Variant(
+            i,
+            "wsgi",
+            flask_generic,
+            bare_wsgi,
+            ENABLED_BUDGET_US,
+            wsgi_generic,
+            recorded=lambda: _recorded(wsgi_generic),
+        ),
+        _otel_wsgi_variant(j, bare_wsgi, cleanup),
+        _flask_exporter_variant(k, bare_wsgi),
+        Variant(l, "record", Recorder()),
     ]
     return rows
 
@@ -590,7 +606,7 @@ def run() -> str:
         "gc.enable) and run between them, to reduce noise; collections that "
         "allocations would trigger in production are not counted",
         f"- Python loop overhead included in every row: ~{loop_us:.3f} µs per iteration "
-        "(matters only for (k))",
+        "(matters only for (l))",
         f"- budgets: an enabled reqtelemetry middleware adds ≤ {ENABLED_BUDGET_US:g} µs, an "
         f"opted-out one ≤ {OPTED_OUT_BUDGET_US:g} µs; reported, never enforced; the peers "
         "have no budget, their rows are for comparison",
