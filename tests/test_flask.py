@@ -244,6 +244,8 @@ def test_instrumented_once_whichever_way_is_tried_second(telemetry, counts):
         WSGIMiddleware(app, telemetry=telemetry)
     with pytest.raises(RuntimeError, match="already instrumented"):
         WSGIMiddleware(app.wsgi_app.__wrapped__, telemetry=telemetry)
+    with pytest.raises(RuntimeError, match="already instrumented"):
+        WSGIMiddleware(app.wsgi_app, telemetry=telemetry)  # the usual way to wrap
     assert app.wsgi_app is installed
     assert read(app.test_client().get("/items/3")).status_code == 200
     assert counts(telemetry) == {("GET", "/items/<int:item_id>", 200): 1}  # counted once

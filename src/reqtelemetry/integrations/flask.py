@@ -54,7 +54,7 @@ from .wsgi import (
 )
 
 _INSTALLED_FLAG = "_reqtelemetry_route_hook"
-#: Set on an app :func:`init_app` has instrumented.
+#: Set on an app :func:`init_app` has instrumented, and on the ``wsgi_app`` it installed.
 INSTRUMENTED_FLAG = "_reqtelemetry_instrumented"
 #: Where Flask's response and matched rule wait, between the method that made
 #: the response and the wrapped ``wsgi_app``. (Werkzeug's request object is
@@ -98,6 +98,8 @@ def install_if_flask(app: WSGIApp, telemetry: Any = None) -> None:
     flask = sys.modules.get("flask")
     if flask is None:
         return
+    if getattr(app, INSTRUMENTED_FLAG, False):  # the wsgi_app init_app installed
+        raise RuntimeError("this Flask app is already instrumented by reqtelemetry.init_app")
     candidate = getattr(app, "__self__", app)
     if isinstance(candidate, flask.Flask):
         if getattr(candidate, INSTRUMENTED_FLAG, False):
@@ -234,6 +236,7 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
         return iterable
 
     reqtelemetry_wsgi_app.__wrapped__ = wsgi_app  # type: ignore[attr-defined]
+    setattr(reqtelemetry_wsgi_app, INSTRUMENTED_FLAG, True)
     return reqtelemetry_wsgi_app
 
 
