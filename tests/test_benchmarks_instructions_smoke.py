@@ -2,16 +2,22 @@
 
 No number is judged against a budget here; what is checked is that the method
 measures something real: the enabled middleware executes more instructions
-per request than the bare app, and the opted-out one far fewer than that.
+per request than the bare app, and the opted-out one far fewer than that;
+and that it gives the same count in every run (the scripted clock).
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
+import statistics
+import sys
+import time
 
 import pytest
 
 from benchmarks import instructions
+from reqtelemetry.histogram import bucket_index
 
 VALGRIND = shutil.which("valgrind")
 
@@ -35,3 +41,49 @@ def test_without_valgrind_the_section_says_skipped(monkeypatch: pytest.MonkeyPat
     report = instructions.run()
     assert report.startswith("## Instructions per request")
     assert "skipped: `valgrind` is not installed" in report
+
+
+@pytest.mark.skipif(VALGRIND is None, reason="valgrind is not installed")
+@pytest.mark.timeout(180)
+def test_two_runs_count_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flask's enabled row: timed by the real clock, two runs differed by 20 to 190."""
+    monkeypatch.setenv("BENCH_QUICK", "1")
+    row = "(e) Flask + init_app, enabled"
+    assert VALGRIND is not None
+    first, second = (
+        instructions.per_request(VALGRIND, [row], instructions.counts())[row] for _ in range(2)
+    )
+    assert abs(first - second) < 10, (first, second)
+
+
+def test_the_scripted_clock_is_the_same_every_time_and_moves_forward() -> None:
+    readings = list(instructions.scripted_clock(1000))
+    assert readings == list(instructions.scripted_clock(1000))
+    steps = [later - earlier for earlier, later in itertools.pairwise(readings)]
+    assert len(steps) == 999 and min(steps) > 0
+    median = statistics.median(steps)
+    assert 0.8 < median / instructions.SCRIPTED_MEDIAN < 1.25, median
+    assert len({bucket_index(step) for step in steps}) > 10  # many bins, not one
+
+
+def test_the_scripted_clock_replaces_perf_counter_in_the_integrations_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import reqtelemetry.integrations.asgi
+    import reqtelemetry.integrations.flask
+    import reqtelemetry.integrations.wsgi
+    import reqtelemetry.payload
+
+    timed = [name for name in sys.modules if name.startswith("reqtelemetry.integrations.")]
+    for name in timed:  # put back after the test, whatever install does
+        if hasattr(sys.modules[name], "perf_counter"):
+            monkeypatch.setattr(sys.modules[name], "perf_counter", time.perf_counter)
+    readings = instructions.install_scripted_clock()
+    for module in (
+        reqtelemetry.integrations.asgi,
+        reqtelemetry.integrations.flask,
+        reqtelemetry.integrations.wsgi,
+    ):
+        assert module.perf_counter.__self__ is readings
+    assert next(readings) < reqtelemetry.integrations.flask.perf_counter()
+    assert reqtelemetry.payload.perf_counter is time.perf_counter  # not a request's clock
