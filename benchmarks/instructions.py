@@ -124,7 +124,7 @@ def scripted_clock(readings: int, seed: int = 0) -> Iterator[float]:
     a bin's first request costs more than the next ones. Timed by the real
     clock (under valgrind, beside another counted process), the latencies, so
     the bins, so the count, moved with the machine's load: the same Flask row
-    counted from 12,769 to 13,060 instructions per request over three runs of
+    counted from 12,769 to 13,060 instructions per request over five runs of
     the same code. Here each reading is the previous one plus a step drawn,
     once and with a fixed seed, from a log-normal distribution, so every run
     files the same latencies under the same bins.
