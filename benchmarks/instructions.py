@@ -301,6 +301,11 @@ def run() -> str:
         f"{SCRIPTED_SIGMA}), the same in every run, so the histogram bins they fill, and the "
         "count, do not move with the machine's load (timed by the real clock, a Flask row "
         "moved by 300 instructions from one run to the next)",
+        "- what the count still depends on: where objects lie in memory decides which "
+        "entries of CPython's type-attribute cache collide, so a Flask row moves by up to "
+        "about 2,000 instructions when the source of any module the process imports changes "
+        "(the benchmarks' own included); read a smaller difference between two versions "
+        "as no difference",
         "- the count runs one process per core: instructions do not depend on the load",
         "- a count, not a time: the same on every run, so it shows what a change to the "
         "hot path saved; it leaves out cache misses (see the timings above)",
