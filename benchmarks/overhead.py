@@ -23,6 +23,13 @@ every contender, each against the bare app timed in the same rounds.
   middleware (around ``app.wsgi_app``); and with prometheus-flask-exporter.
   Every WSGI row calls the Flask app object, as a server does.
 - ``Recorder.record`` alone, the one call every enabled request makes.
+- A calibration probe: a fixed piece of Python work (:func:`probe`, a loop
+  that touches nothing of reqtelemetry's) timed alone, and run by a plain
+  wrapper in front of each bare app. Why: an added instruction costs Flask
+  about three times what it costs Starlette, and these rows show how much of
+  a middleware's overhead is the framework's context rather than the
+  middleware's code. The same work, timed where a middleware's runs, reads as
+  a ratio (:func:`context_line`) that a budget per framework can be set from.
 
 How each peer is configured is :mod:`benchmarks.contenders`' business (and is
 printed under the table). A peer whose package is not installed (the ``bench``
@@ -105,7 +112,13 @@ VARIANT_LABELS = (
     "(j) Flask + OpenTelemetry WSGI (SDK)",
     "(k) Flask + prometheus-flask-exporter",
     "(l) Recorder.record alone",
+    "(m) the probe alone (fixed Python work)",
+    "(n) Starlette + the probe, in an ASGI wrapper",
+    "(o) Flask + the probe, around wsgi_app",
 )
+
+#: Loop steps of :func:`probe`: in a tight loop, a little under the 3 µs budget.
+PROBE_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -243,6 +256,49 @@ def _record_loop(recorder: Recorder, n: int, clock: Callable[[], int]) -> int:
     return clock() - start
 
 
+def probe() -> int:
+    """Fixed Python work for the calibration rows: a short loop of integer arithmetic.
+
+    It allocates nothing that outlives it and reads no shared state, so what it
+    costs inside a request, beyond what it costs alone, is the request's
+    context: the caches and branch history the framework's own work leaves.
+    """
+    total = 0
+    for step in range(PROBE_STEPS):
+        total += step * 2
+    return total
+
+
+def _probe_loop(n: int, clock: Callable[[], int]) -> int:
+    run_probe = probe
+    start = clock()
+    for _ in range(n):
+        run_probe()
+    return clock() - start
+
+
+def probed_asgi(app: Any) -> Any:
+    """``app`` behind an ASGI wrapper that runs the probe, then the app."""
+
+    async def probed(scope: Any, receive: Any, send: Any) -> None:
+        probe()
+        await app(scope, receive, send)
+
+    return probed
+
+
+def probed_flask(app: Any) -> Any:
+    """``app`` with its ``wsgi_app`` behind a plain function that runs the probe."""
+    wsgi_app = app.wsgi_app
+
+    def probed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        probe()
+        return wsgi_app(environ, start_response)
+
+    app.wsgi_app = probed
+    return app
+
+
 def _empty_loop(n: int, clock: Callable[[], int]) -> int:
     start = clock()
     for _ in range(n):
@@ -253,9 +309,9 @@ def _empty_loop(n: int, clock: Callable[[], int]) -> int:
 @dataclass
 class Variant:
     label: str
-    #: ``"asgi"``, ``"wsgi"`` or ``"record"``: how ``target`` is called.
+    #: ``"asgi"``, ``"wsgi"``, ``"record"`` or ``"probe"``: how ``target`` is called.
     kind: str
-    #: The app (or, for ``"record"``, the recorder) being measured.
+    #: The app (for ``"record"``, the recorder; for ``"probe"``, None) being measured.
     target: Any
     #: The row this one is compared with, and its budget in µs (None: no budget).
     bare: Variant | None = None
@@ -300,6 +356,8 @@ class Bench:
         try:
             if kind == "wsgi":
                 return _wsgi_loop(target, self.environ, n, self.clock)
+            if kind == "probe":
+                return _probe_loop(n, self.clock)
             return _record_loop(target, n, self.clock)
         finally:
             gc.enable()
@@ -340,7 +398,7 @@ def variants(cleanup: list[Callable[[], None]] | None = None) -> list[Variant]:
     asgi_on, asgi_off = _telemetry(opt_out=False), _telemetry(opt_out=True)
     wsgi_on, wsgi_off = _telemetry(opt_out=False), _telemetry(opt_out=True)
     wsgi_generic = _telemetry(opt_out=False)
-    a, b, c, d, e, f, g, h, i, j, k, l = VARIANT_LABELS  # noqa: E741
+    a, b, c, d, e, f, g, h, i, j, k, l, m, n, o = VARIANT_LABELS  # noqa: E741
     bare_asgi = Variant(a, "asgi", starlette_app())
     bare_wsgi = Variant(f, "wsgi", flask_app())
     # ``init_app`` instruments the app from inside when enabled, and leaves it
@@ -401,6 +459,9 @@ def variants(cleanup: list[Callable[[], None]] | None = None) -> list[Variant]:
         _otel_wsgi_variant(j, bare_wsgi, cleanup),
         _flask_exporter_variant(k, bare_wsgi),
         Variant(l, "record", Recorder()),
+        Variant(m, "probe", None),
+        Variant(n, "asgi", probed_asgi(starlette_app()), bare_asgi),
+        Variant(o, "wsgi", probed_flask(flask_app()), bare_wsgi),
     ]
     return rows
 
@@ -508,6 +569,33 @@ def _calibrate(bench: Bench, variant: Variant, settings: Settings) -> None:
     variant.n = max(16, int(settings.sample_seconds * 1e9 / per_call_ns))
 
 
+def context_line(rows: list[Variant]) -> str | None:
+    """What the framework's context adds to the probe's fixed work, or None if unmeasured.
+
+    The probe's overhead inside each app, over its cost alone: 1.00x would mean
+    the framework leaves a middleware's code running as fast as in a tight loop.
+    A ratio for this probe's size only: in one trial, a 400-step probe (12.4 µs
+    alone) added 14.0 µs to a Flask request, 1.13x, so the extra time does not
+    grow in proportion to the work.
+    """
+    alone, in_starlette, in_flask = (
+        next(row for row in rows if row.label == label) for label in VARIANT_LABELS[12:15]
+    )
+    if not (alone.samples_us and in_starlette.paired_us and in_flask.paired_us):
+        return None
+    alone_us = statistics.median(alone.samples_us)
+    starlette_us = statistics.median(in_starlette.paired_us)
+    flask_us = statistics.median(in_flask.paired_us)
+    return (
+        f"- context: the probe's fixed work (a {PROBE_STEPS}-step loop) takes {alone_us:.2f} µs "
+        f"alone (m); run in front of the app, it adds {starlette_us:.2f} µs to a Starlette "
+        f"request ({starlette_us / alone_us:.2f}x; its wrapper is also one more coroutine) (n) "
+        f"and {flask_us:.2f} µs to a Flask request ({flask_us / alone_us:.2f}x) (o): the same "
+        "code costs more inside a bigger framework's request, so a budget in µs buys a "
+        "middleware less work in Flask than in Starlette"
+    )
+
+
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -598,7 +686,7 @@ def run() -> str:
     load_before = load_average()
     try:
         for variant in timed:
-            if variant.kind != "record" and bench.check(variant) != (200, b"item 42"):
+            if variant.kind in ("asgi", "wsgi") and bench.check(variant) != (200, b"item 42"):
                 raise RuntimeError(f"{variant.label}: answered {bench.check(variant)!r}")
         for variant in timed:
             _calibrate(bench, variant, settings)
@@ -644,7 +732,7 @@ def run() -> str:
         "gc.enable) and run between them, to reduce noise; collections that "
         "allocations would trigger in production are not counted",
         f"- Python loop overhead included in every row: ~{loop_us:.3f} µs per iteration "
-        "(matters only for (l))",
+        "(matters only for (l) and (m))",
         f"- budgets: an enabled reqtelemetry middleware adds ≤ {ENABLED_BUDGET_US:g} µs, an "
         f"opted-out one ≤ {OPTED_OUT_BUDGET_US:g} µs; reported, never enforced; the peers "
         "have no budget, their rows are for comparison; a verdict is the median "
@@ -657,6 +745,9 @@ def run() -> str:
         "",
         _table(rows),
     ]
+    context = context_line(rows)
+    if context is not None:
+        lines += ["", context]
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ def test_overhead_quick_run_reports_every_variant(monkeypatch: pytest.MonkeyPatc
         assert row.startswith(f"| {label} |")
     assert report.count("PASS") + report.count("MISS") == 5
     assert "gc.disable" in report
+    assert "- context: the probe's fixed work" in report
     # The enabled middlewares really measured the route templates.
     assert "GET /items/{item_id} 200" in report
     assert "GET /items/<int:item_id> 200" in report
