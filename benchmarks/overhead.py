@@ -117,6 +117,9 @@ VARIANT_LABELS = (
     "(o) Flask + the probe, around wsgi_app",
 )
 
+#: The calibration rows (m), (n), (o): the probe alone, in Starlette, in Flask.
+PROBE_LABELS = VARIANT_LABELS[12:15]
+
 #: Loop steps of :func:`probe`: in a tight loop, a little under the 3 µs budget.
 PROBE_STEPS = 100
 
@@ -579,7 +582,7 @@ def context_line(rows: list[Variant]) -> str | None:
     grow in proportion to the work.
     """
     alone, in_starlette, in_flask = (
-        next(row for row in rows if row.label == label) for label in VARIANT_LABELS[12:15]
+        next(row for row in rows if row.label == label) for label in PROBE_LABELS
     )
     if not (alone.samples_us and in_starlette.paired_us and in_flask.paired_us):
         return None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from benchmarks import overhead
@@ -14,23 +17,25 @@ def test_the_probe_does_the_same_work_every_call() -> None:
 
 
 @pytest.mark.parametrize(
-    ("wrap", "build"),
+    ("kind", "wrap", "build"),
     [
-        (overhead.probed_asgi, overhead.starlette_app),
-        (overhead.probed_flask, overhead.flask_app),
+        ("asgi", overhead.probed_asgi, overhead.starlette_app),
+        ("wsgi", overhead.probed_flask, overhead.flask_app),
     ],
     ids=["starlette", "flask"],
 )
 def test_a_probed_app_runs_the_probe_once_and_answers_as_the_bare_app(
-    monkeypatch: pytest.MonkeyPatch, wrap: object, build: object
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    wrap: Callable[[Any], Any],
+    build: Callable[[], Any],
 ) -> None:
     calls: list[int] = []
     monkeypatch.setattr(overhead, "probe", lambda: calls.append(1) or 0)
-    kind = "asgi" if build is overhead.starlette_app else "wsgi"
     bench = overhead.Bench(overhead.CLOCKS["perf_counter"])
     try:
-        bare = bench.check(overhead.Variant("bare", kind, build()))  # type: ignore[operator]
-        probed = bench.check(overhead.Variant("probed", kind, wrap(build())))  # type: ignore[operator]
+        bare = bench.check(overhead.Variant("bare", kind, build()))
+        probed = bench.check(overhead.Variant("probed", kind, wrap(build())))
     finally:
         bench.close()
     assert probed == bare == (200, b"item 42")
@@ -49,7 +54,7 @@ def test_a_probe_batch_times_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _rows(alone: list[float], starlette: list[float], flask: list[float]) -> list[overhead.Variant]:
-    m, n, o = overhead.VARIANT_LABELS[12:15]
+    m, n, o = overhead.PROBE_LABELS
     return [
         overhead.Variant(m, "probe", None, samples_us=alone),
         overhead.Variant(n, "asgi", None, paired_us=starlette),
