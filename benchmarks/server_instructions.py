@@ -62,6 +62,17 @@ def _wait_until_serving(port: int, process: subprocess.Popen[Any], timeout: floa
     raise RuntimeError(f"the server did not answer within {timeout:.0f} s")
 
 
+def server_environment(contender: str) -> dict[str, str]:
+    """The counted server's environment, the contender's name padded to one width.
+
+    Why padded: the environment's size shifts where the interpreter puts its
+    objects (see :func:`benchmarks.instructions.child_arguments`), and "bare"
+    is eight characters shorter than "reqtelemetry"; the server strips the padding.
+    """
+    width = max(map(len, CONTENDERS))
+    return counted_environment(**{CONTENDER_ENV: contender.ljust(width)})
+
+
 def count_server(valgrind: str, contender: str, requests: int) -> int:
     """Instructions the server process executed for start-up, warm-up, ``requests`` and exit."""
     port = _free_port()
@@ -72,7 +83,7 @@ def count_server(valgrind: str, contender: str, requests: int) -> int:
         "--cachegrind-out-file=/dev/null",
         *server_command("uvicorn", port),
     ]
-    env = counted_environment(**{CONTENDER_ENV: contender})
+    env = server_environment(contender)
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

@@ -126,7 +126,8 @@ def _item(item_id: int) -> dict[str, Any]:
 
 
 def _contender() -> str:
-    contender = os.environ.get(CONTENDER_ENV, "bare")
+    # Stripped: the instruction count pads every name to one width.
+    contender = os.environ.get(CONTENDER_ENV, "bare").strip()
     if contender not in CONTENDERS:
         raise ValueError(f"{CONTENDER_ENV} must be one of {', '.join(CONTENDERS)}")
     return contender

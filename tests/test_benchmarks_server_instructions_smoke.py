@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from benchmarks import server_instructions
+from benchmarks import server_instructions, throughput
 
 VALGRIND = shutil.which("valgrind")
 
@@ -35,3 +35,18 @@ def test_without_valgrind_the_section_says_skipped(monkeypatch: pytest.MonkeyPat
     report = server_instructions.run()
     assert report.startswith("## Instructions per request inside uvicorn")
     assert "skipped: `valgrind` is not installed" in report
+
+
+def test_every_counted_server_gets_an_environment_of_one_size_and_reads_its_contender(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The environment's size moves the interpreter's layout, so the names are padded."""
+    environments = {
+        contender: server_instructions.server_environment(contender)
+        for contender in server_instructions.CONTENDERS
+    }
+    sizes = {sum(len(k) + len(v) for k, v in env.items()) for env in environments.values()}
+    assert len(sizes) == 1, environments
+    for contender, env in environments.items():
+        monkeypatch.setenv(throughput.CONTENDER_ENV, env[throughput.CONTENDER_ENV])
+        assert throughput._contender() == contender
