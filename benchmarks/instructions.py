@@ -12,10 +12,13 @@ three times dearer than in a tight loop.
 
 Each variant runs in its own process, the same app and call loop as
 :mod:`benchmarks.overhead` (prebuilt scope/environ copied per call, no-op
-``receive``/``send``/``start_response``), with ``LOW`` and then ``HIGH``
-requests after a warm-up; the difference of the two totals divided by
-``HIGH - LOW`` is the cost of one request, start-up and warm-up cancelled
-out. The garbage collector stays on, as in production, but the heap built
+``receive``/``send``/``start_response``). After a warm-up the process forks
+twice: one child serves ``LOW`` requests, the other ``HIGH``, and the
+difference of the two children's totals (each includes everything before the
+fork) divided by ``HIGH - LOW`` is the cost of one request, start-up and
+warm-up cancelled out. Both children have the parent's memory layout, and the
+start-up, most of a counted process's instructions, runs once for the two.
+The garbage collector stays on, as in production, but the heap built
 before the counted requests is frozen (``gc.freeze``): collections then cost
 what the requests allocated, not a walk over the framework's modules that
 happens to fall into one count and not the other. The middlewares read a
@@ -39,10 +42,11 @@ import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +75,14 @@ SCRIPTED_SIGMA = 0.3
 READINGS_PER_REQUEST = 3
 #: The most requests a counted process serves (after the warm-up).
 MOST_REQUESTS = 3 * PENDING_LIMIT
+#: Digits of a counted process's two arguments (see :func:`child_arguments`).
+_ROW_WIDTH = 2
+_COUNT_WIDTH = 6
+#: The variable whose length gives a counted process another memory layout.
+LAYOUT_VARIABLE = "BENCH_LAYOUT_PADDING"
+#: Its lengths in a full run, for the Flask rows (see :func:`layouts_of`).
+#: Padding of 2 to 13 bytes gave one and the same layout; these three differ.
+LAYOUT_PADDINGS = (0, 40, 70)
 
 
 @dataclass(frozen=True)
@@ -162,8 +174,12 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _child(label: str, requests: int) -> None:
-    """In the counted process: warm up, then serve ``requests`` requests."""
+def _child(label: str, counts: Counts) -> None:
+    """In the counted process: warm up, then fork a child per count to serve it.
+
+    Each child announces itself on stderr (:data:`_SERVED`), so that the
+    benchmark can find that child's total in valgrind's report.
+    """
     from benchmarks.overhead import (
         _asgi_loop,
         _wsgi_loop,
@@ -178,18 +194,39 @@ def _child(label: str, requests: int) -> None:
     if kind == "asgi":
         loop = asyncio.new_event_loop()
         scope = asgi_scope()
-        loop.run_until_complete(_asgi_loop(app, scope, WARMUP, clock))
-        _freeze_heap()
-        loop.run_until_complete(_asgi_loop(app, scope, requests, clock))
-        loop.close()
+
+        def serve(requests: int) -> None:
+            loop.run_until_complete(_asgi_loop(app, scope, requests, clock))
     else:
         environ = wsgi_environ()
-        _wsgi_loop(app, environ, WARMUP, clock)
-        _freeze_heap()
-        _wsgi_loop(app, environ, requests, clock)
-    if operator.length_hint(readings) == 0:
-        # A middleware that met the end would have counted an internal error instead.
-        raise RuntimeError("the scripted clock ran out: raise READINGS_PER_REQUEST")
+
+        def serve(requests: int) -> None:
+            _wsgi_loop(app, environ, requests, clock)
+
+    serve(WARMUP)
+    _freeze_heap()
+    for requests in (counts.low, counts.high):
+        pid = os.fork()
+        if pid == 0:  # the counted child: serve, report, and leave without clean-up
+            code = 1
+            try:
+                serve(requests)
+                if operator.length_hint(readings) == 0:
+                    # A middleware that met the end would have counted an internal error.
+                    raise RuntimeError("the scripted clock ran out: raise READINGS_PER_REQUEST")
+                sys.stderr.write(_SERVED.format(requests=requests, pid=os.getpid()))
+                sys.stderr.flush()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"the child serving {requests} requests failed")
+
+
+#: What a counted child writes once it has served its requests.
+_SERVED = "counted child: {requests} requests in process {pid}\n"
+_SERVED_PATTERN = re.compile(r"counted child: (\d+) requests in process (\d+)")
 
 
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
@@ -226,8 +263,55 @@ def warm_bytecode_cache() -> None:
         compileall.compile_dir(ROOT / folder, quiet=1)
 
 
-def count_instructions(valgrind: str, label: str, requests: int) -> int:
-    """Instructions the whole child process executed (start-up and warm-up included)."""
+def child_arguments(label: str, counts: Counts) -> list[str]:
+    """What the counted process is told: its row's position and its two request
+    counts, each at a fixed width, so that every row's command line is as long
+    as every other's.
+
+    Why not the label itself: the labels differ in length, and so did each
+    process's argument strings, which shifted where the interpreter put
+    everything allocated after them. Rows that run exactly the same code (a
+    bare Flask app and an opted-out one) then counted up to 4,500 instructions
+    apart, through collisions in CPython's type-attribute cache. With arguments
+    of one width they count within a few hundred of each other.
+    """
+    return [
+        f"{list(VARIANTS).index(label):0{_ROW_WIDTH}d}",
+        f"{counts.low:0{_COUNT_WIDTH}d}",
+        f"{counts.high:0{_COUNT_WIDTH}d}",
+    ]
+
+
+def label_of(argument: str) -> str:
+    """The row a counted process was given by :func:`child_arguments`."""
+    return list(VARIANTS)[int(argument)]
+
+
+def layouts_of(label: str) -> tuple[int, ...]:
+    """The environment paddings a row is counted with: each one layout of memory.
+
+    Why several for the Flask rows: where the interpreter puts its objects
+    decides which entries of CPython's type-attribute cache collide, and a
+    Flask request, with its many classes, pays for collisions by the
+    thousand. With one source, the enabled Flask row's difference from the
+    bare one was 10,573 to 12,230 instructions in nine layouts and 6,064
+    in another (the bare request alone rose by 6,700 there), and the layout
+    also moves with the source of any imported module. The median over three
+    layouts stands for the code, not for one layout. The Starlette rows take
+    one: counted in these three layouts, each of them stayed within 39
+    instructions, and three would add 13 s to ``make bench``. So does a quick
+    run.
+    """
+    if quick() or VARIANTS[label][0] != "wsgi":
+        return LAYOUT_PADDINGS[:1]
+    return LAYOUT_PADDINGS
+
+
+def count_instructions(
+    valgrind: str, label: str, counts: Counts, padding: int = 0
+) -> dict[int, int]:
+    """Instructions each counted child executed (start-up and warm-up included), by its
+    request count."""
     command = [
         valgrind,
         "--tool=cachegrind",
@@ -237,30 +321,86 @@ def count_instructions(valgrind: str, label: str, requests: int) -> int:
         "-m",
         "benchmarks.instructions",
         "--child",
-        label,
-        str(requests),
+        *child_arguments(label, counts),
     ]
-    env = counted_environment()
+    env = counted_environment(**{LAYOUT_VARIABLE: "x" * padding})
     result = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
     )
-    found = _REFS.search(result.stderr)
-    if result.returncode != 0 or found is None:
+    totals = children_totals(result.stderr)
+    if result.returncode != 0 or set(totals) != {counts.low, counts.high}:
         raise RuntimeError(f"cachegrind run of {label!r} failed:\n{result.stderr[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    return totals
+
+
+def children_totals(stderr: str) -> dict[int, int]:
+    """Each counted child's total instructions, by the requests it served, from
+    valgrind's report (``==pid== I refs: n``) and the children's own lines."""
+    refs = {
+        int(pid): int(total.replace(",", ""))
+        for pid, total in re.findall(r"==(\d+)== I\s+refs:\s+([\d,]+)", stderr)
+    }
+    return {
+        int(requests): refs[int(pid)]
+        for requests, pid in _SERVED_PATTERN.findall(stderr)
+        if int(pid) in refs
+    }
+
+
+def per_layout(valgrind: str, labels: list[str], plan: Counts) -> dict[str, dict[int, float]]:
+    """Instructions per request of each row, in each of its layouts (by padding).
+
+    One counted process per row and layout, one per core at a time.
+    """
+    warm_bytecode_cache()
+    jobs = [(label, padding) for label in labels for padding in layouts_of(label)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        found = list(pool.map(lambda job: count_instructions(valgrind, job[0], plan, job[1]), jobs))
+    per_job = {
+        job: (totals[plan.high] - totals[plan.low]) / (plan.high - plan.low)
+        for job, totals in zip(jobs, found, strict=True)
+    }
+    return {
+        label: {padding: per_job[label, padding] for padding in layouts_of(label)}
+        for label in labels
+    }
 
 
 def per_request(valgrind: str, labels: list[str], plan: Counts) -> dict[str, float]:
-    """Instructions per request of each row."""
-    return counted_per_request(
-        labels, plan, lambda label, requests: count_instructions(valgrind, label, requests)
+    """Instructions per request of each row: the median over its layouts."""
+    return {
+        label: statistics.median(counted.values())
+        for label, counted in per_layout(valgrind, labels, plan).items()
+    }
+
+
+@dataclass(frozen=True)
+class OverBare:
+    """A row's instructions over its bare row's: the median and range over layouts."""
+
+    median: float
+    low: float
+    high: float
+    layouts: int
+
+
+def over_bare(row: Mapping[int, float], bare: Mapping[int, float]) -> OverBare:
+    """Differences taken layout by layout (each row and its bare row in the same
+    layout), then summarised: a layout that is dear for both cancels out."""
+    differences = [row[padding] - bare[padding] for padding in row]
+    return OverBare(
+        median=statistics.median(differences),
+        low=min(differences),
+        high=max(differences),
+        layouts=len(differences),
     )
 
 
 def counted_per_request(
     names: Iterable[str], plan: Counts, count: Callable[[str, int], int]
 ) -> dict[str, float]:
-    """Per request: ``count(name, high) - count(name, low)`` over ``high - low``.
+    """Per request: ``count(name, high) - count(name, low)`` over ``high - low``
+    (two processes per name: the in-server count starts a server afresh for each).
 
     ``count`` runs one counted process and returns its total; the processes
     run one per core, after the checkout's bytecode is compiled.
@@ -285,7 +425,14 @@ def run() -> str:
         lines.append("- skipped: `valgrind` is not installed (`apt install valgrind`)")
         return "\n".join(lines) + "\n"
     plan = counts()
-    measured = per_request(valgrind, list(VARIANTS), plan)
+    measured = per_layout(valgrind, list(VARIANTS), plan)
+    paddings = ", ".join(str(padding) for padding in LAYOUT_PADDINGS)
+    layouts = (
+        "one layout for every row (quick run)"
+        if quick()
+        else f"the Flask rows in {len(LAYOUT_PADDINGS)} memory layouts ({LAYOUT_VARIABLE} "
+        f"of {paddings} bytes), the Starlette rows, which move far less, in the first"
+    )
     lines += [
         f"- mode: {'quick' if quick() else 'full'}; {time.monotonic() - began:.0f} s; "
         f"load average (1/5/15 min) after: {load_average()}",
@@ -301,31 +448,46 @@ def run() -> str:
         f"{SCRIPTED_SIGMA}), the same in every run, so the histogram bins they fill, and the "
         "count, do not move with the machine's load (timed by the real clock, a Flask row "
         "moved by 300 instructions from one run to the next)",
-        "- what the count still depends on: where objects lie in memory decides which "
-        "entries of CPython's type-attribute cache collide, so a Flask row moves by up to "
-        "about 2,000 instructions when the source of any module the process imports changes "
-        "(the benchmarks' own included); read a smaller difference between two versions "
-        "as no difference",
+        "- every counted process gets arguments of one length (its row's number and its "
+        "request counts, at a fixed width): given the rows' labels, whose lengths differ, a "
+        "bare and an opted-out Flask app, which run the same code, counted up to 4,500 "
+        "instructions apart",
+        "- where objects lie in memory decides which entries of CPython's type-attribute "
+        "cache collide, and a Flask request pays for collisions by the thousand: one source "
+        "gave the enabled Flask row 10,573 to 12,230 instructions over bare in nine "
+        "layouts and 6,064 in another; the source of any imported module moves the layout "
+        f"too. So: {layouts}; a row and its bare row are compared layout by layout; the table "
+        "gives the median and, where there are several, the range over layouts; read a "
+        "difference between two versions within that range as no difference",
         "- the count runs one process per core: instructions do not depend on the load",
         "- a count, not a time: the same on every run, so it shows what a change to the "
         "hot path saved; it leaves out cache misses (see the timings above)",
         "",
-        "| variant | instructions/request | over bare | ratio vs bare |",
-        "|---|---:|---:|---:|",
+        "| variant | instructions/request | over bare | range over layouts | ratio vs bare |",
+        "|---|---:|---:|---|---:|",
     ]
     for label, (_, bare) in VARIANTS.items():
-        value = measured[label]
+        value = statistics.median(measured[label].values())
         if bare is None:
-            lines.append(f"| {label} | {value:,.0f} | — | — |")
-        else:
-            base = measured[bare]
-            lines.append(f"| {label} | {value:,.0f} | {value - base:+,.0f} | {value / base:.3f}x |")
+            lines.append(f"| {label} | {value:,.0f} | — | — | — |")
+            continue
+        added = over_bare(measured[label], measured[bare])
+        spread = (
+            f"{added.low:+,.0f} to {added.high:+,.0f} ({added.layouts} layouts)"
+            if added.layouts > 1
+            else "— (1 layout)"
+        )
+        base = statistics.median(measured[bare].values())
+        lines.append(
+            f"| {label} | {value:,.0f} | {added.median:+,.0f} | {spread} | "
+            f"{(base + added.median) / base:.3f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _main(argv: list[str]) -> None:
     if argv[:1] == ["--child"]:
-        _child(argv[1], int(argv[2]))
+        _child(label_of(argv[1]), Counts(low=int(argv[2]), high=int(argv[3])))
         return
     print(run())
 

@@ -56,6 +56,54 @@ def test_two_runs_count_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
     assert abs(first - second) < 10, (first, second)
 
 
+def test_every_row_is_told_its_row_in_arguments_of_one_length() -> None:
+    """Labels of different lengths made rows that run the same code count apart."""
+    plans = (instructions.Counts(low=256, high=512), instructions.Counts(low=256, high=768))
+    arguments = {
+        (label, plan): instructions.child_arguments(label, plan)
+        for label in instructions.VARIANTS
+        for plan in plans
+    }
+    assert len({tuple(map(len, given)) for given in arguments.values()}) == 1, arguments
+    for (label, plan), (row, low, high) in arguments.items():
+        assert instructions.label_of(row) == label
+        assert (int(low), int(high)) == (plan.low, plan.high)
+
+
+def test_each_childs_total_is_found_by_its_process_id() -> None:
+    """The parent's own total, and a child that did not say what it served, are left out."""
+    stderr = (
+        "==100== Cachegrind, a cache and branch-prediction profiler\n"
+        "counted child: 256 requests in process 101\n"
+        "==101== I   refs:      1,000,000\n"
+        "counted child: 768 requests in process 102\n"
+        "==102== I   refs:      1,512,000\n"
+        "==103== I   refs:      9,999\n"
+        "==100== I   refs:      700,000\n"
+    )
+    assert instructions.children_totals(stderr) == {256: 1_000_000, 768: 1_512_000}
+
+
+def test_a_row_is_compared_with_its_bare_row_layout_by_layout() -> None:
+    """Per layout first: medians taken apart would give 20 here, not 10."""
+    row = {0: 110.0, 40: 150.0, 70: 120.0}
+    bare = {0: 100.0, 40: 145.0, 70: 100.0}
+    added = instructions.over_bare(row, bare)
+    assert (added.median, added.low, added.high, added.layouts) == (10.0, 5.0, 20.0, 3)
+
+
+def test_a_full_run_counts_the_flask_rows_in_several_layouts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BENCH_QUICK", raising=False)
+    for label, (kind, _) in instructions.VARIANTS.items():
+        expected = instructions.LAYOUT_PADDINGS if kind == "wsgi" else (0,)
+        assert instructions.layouts_of(label) == expected, label
+    assert len(set(instructions.LAYOUT_PADDINGS)) == len(instructions.LAYOUT_PADDINGS)
+    monkeypatch.setenv("BENCH_QUICK", "1")
+    assert all(len(instructions.layouts_of(label)) == 1 for label in instructions.VARIANTS)
+
+
 def test_the_scripted_clock_is_the_same_every_time_and_moves_forward() -> None:
     readings = list(instructions.scripted_clock(1000))
     assert readings == list(instructions.scripted_clock(1000))
