@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -215,9 +216,11 @@ def _child(label: str, counts: Counts) -> None:
                     # A middleware that met the end would have counted an internal error.
                     raise RuntimeError("the scripted clock ran out: raise READINGS_PER_REQUEST")
                 sys.stderr.write(_SERVED.format(requests=requests, pid=os.getpid()))
-                sys.stderr.flush()
                 code = 0
+            except BaseException:
+                traceback.print_exc()  # os._exit below would otherwise swallow it
             finally:
+                sys.stderr.flush()
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
