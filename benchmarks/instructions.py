@@ -76,7 +76,8 @@ SCRIPTED_SIGMA = 0.3
 READINGS_PER_REQUEST = 3
 #: The most requests a counted process serves (after the warm-up).
 MOST_REQUESTS = 3 * PENDING_LIMIT
-#: Digits of a counted process's two arguments (see :func:`child_arguments`).
+#: Digits of a counted process's arguments: its row, and each request count
+#: (see :func:`child_arguments`).
 _ROW_WIDTH = 2
 _COUNT_WIDTH = 6
 #: The variable whose length gives a counted process another memory layout.
@@ -233,6 +234,8 @@ _SERVED_PATTERN = re.compile(r"counted child: (\d+) requests in process (\d+)")
 
 
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+#: The same total as valgrind reports it for each process it ran, forked children included.
+_REFS_BY_PID = re.compile(r"==(\d+)== " + _REFS.pattern)
 
 
 def counted_environment(**extra: str) -> dict[str, str]:
@@ -339,10 +342,7 @@ def count_instructions(
 def children_totals(stderr: str) -> dict[int, int]:
     """Each counted child's total instructions, by the requests it served, from
     valgrind's report (``==pid== I refs: n``) and the children's own lines."""
-    refs = {
-        int(pid): int(total.replace(",", ""))
-        for pid, total in re.findall(r"==(\d+)== I\s+refs:\s+([\d,]+)", stderr)
-    }
+    refs = {int(pid): int(total.replace(",", "")) for pid, total in _REFS_BY_PID.findall(stderr)}
     return {
         int(requests): refs[int(pid)]
         for requests, pid in _SERVED_PATTERN.findall(stderr)
