@@ -293,6 +293,37 @@ def test_fastapi_exception_records_500(make_telemetry, counts):
     assert counts(telemetry) == {("GET", "/fail/{n}", 500): 2}
 
 
+def test_a_background_task_failing_after_the_response_keeps_the_status_sent(telemetry, records):
+    def failing_task():
+        raise RuntimeError("the background task failed")
+
+    async def queued(request):
+        return PlainTextResponse("queued", background=BackgroundTask(failing_task))
+
+    app = wrap(Starlette(routes=[Route("/queued/{n}", queued)]), telemetry)
+    error, sent = drive(app, "/queued/7", [{"type": "http.request", "body": b""}])
+    assert isinstance(error, RuntimeError)  # passed on to the server untouched
+    assert sent[0]["status"] == 200
+    (record,) = records(telemetry).values()
+    assert (record["method"], record["route"], record["status"]) == ("GET", "/queued/{n}", 200)
+    assert record["response_bytes"] == len(b"queued")
+
+
+def test_an_exception_handlers_answer_is_recorded_from_outside_the_app(telemetry, records):
+    async def unavailable(request, exc):
+        return PlainTextResponse("maintenance", status_code=503)
+
+    async def fails(request):
+        raise RuntimeError("database down")
+
+    inner = Starlette(routes=[Route("/q", fails)], exception_handlers={Exception: unavailable})
+    # Starlette's outermost middleware answers with the handler, then re-raises.
+    error, sent = drive(ASGIMiddleware(inner, telemetry=telemetry), "/q", [])
+    assert isinstance(error, RuntimeError)
+    assert sent[0]["status"] == 503
+    assert list(records(telemetry)) == [("GET", "/q", 503)]
+
+
 def test_head_request(make_telemetry, records):
     telemetry = make_telemetry()
     app = FastAPI()

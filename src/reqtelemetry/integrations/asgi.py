@@ -91,12 +91,18 @@ class ASGIMiddleware:
                 # cuts the response short).
                 status = CLIENT_CLOSED_STATUS
         except asyncio.CancelledError:
-            status = CLIENT_CLOSED_STATUS
+            # Cancelled after the last byte (in a background task, say): the
+            # client had its whole response, and that is what it is recorded as.
+            status = exchange.status if exchange.end != 0.0 else CLIENT_CLOSED_STATUS
             raise
         except BaseException as error:
             if _failed_in_send(error, send):
                 exchange.send_failed()
-            if exchange.disconnected and exchange.end == 0.0:
+            if exchange.end != 0.0:
+                # The response was complete (an exception handler's answer, or a
+                # background task that failed after it): the client got that status.
+                status = exchange.status
+            elif exchange.disconnected:
                 status = CLIENT_CLOSED_STATUS
             raise
         finally:
