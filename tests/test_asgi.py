@@ -12,6 +12,8 @@ import pytest
 from fastapi import APIRouter, BackgroundTasks, FastAPI, HTTPException
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 
@@ -44,6 +46,59 @@ async def raw_app(scope, receive, send):
 
 
 # -- route templates ------------------------------------------------------------
+
+
+PREFLIGHT = {"Origin": "https://spa.example", "Access-Control-Request-Method": "PUT"}
+
+
+def build_app_answering_before_routing(telemetry: Telemetry) -> FastAPI:
+    """Middleware inside the app answers some requests before its router runs."""
+    app = FastAPI()
+
+    @app.put("/items/{item_id}")
+    def put_item(item_id: int):
+        return {"id": item_id}
+
+    async def listing(request):
+        return PlainTextResponse("users")
+
+    app.mount("/api/{tenant}", Starlette(routes=[Route("/users/{user_id}", listing)]))
+    app.mount("/files", raw_app)
+    app.add_middleware(CORSMiddleware, allow_origins=["https://spa.example"], allow_methods=["*"])
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=["testserver"])
+    return wrap(app, telemetry)
+
+
+def test_requests_answered_before_routing_get_the_template_the_router_would_choose(
+    telemetry, counts
+):
+    client = TestClient(build_app_answering_before_routing(telemetry))
+    for n in range(3):
+        assert client.options(f"/items/{n}", headers=PREFLIGHT).status_code == 200
+        assert client.options(f"/api/t{n}/users/{n}", headers=PREFLIGHT).status_code == 200
+        assert client.options(f"/files/report-{n}.pdf", headers=PREFLIGHT).status_code == 200
+    assert client.put("/items/1", headers={"Origin": "https://spa.example"}).status_code == 200
+    assert counts(telemetry) == {
+        ("OPTIONS", "/items/{item_id}", 200): 3,
+        ("OPTIONS", "/api/{tenant}/users/{user_id}", 200): 3,
+        ("OPTIONS", "/files/{path}", 200): 3,
+        ("PUT", "/items/{item_id}", 200): 1,
+    }
+
+
+def test_paths_answered_before_routing_cannot_make_a_key_each(make_telemetry, counts):
+    telemetry = make_telemetry(max_keys=50)
+    client = TestClient(build_app_answering_before_routing(telemetry))
+    for n in range(200):  # a scanner: unknown paths, refused hosts, preflights for nothing
+        client.options(f"/wp-admin/{n}.php", headers=PREFLIGHT)
+        client.get(f"/items/{n}", headers={"Host": "evil.example"})
+    assert client.put("/items/1").status_code == 200
+    assert counts(telemetry) == {
+        ("OPTIONS", UNMATCHED_ROUTE, 200): 200,
+        ("GET", "/items/{item_id}", 400): 200,  # refused by TrustedHost, on a real route
+        ("PUT", "/items/{item_id}", 200): 1,
+    }
+    assert telemetry.recorder.dropped == 0
 
 
 def build_fastapi_app() -> FastAPI:

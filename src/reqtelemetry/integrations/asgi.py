@@ -21,7 +21,7 @@ from typing import Any
 
 from ..recorder import PENDING_LIMIT
 from ..telemetry import CLIENT_CLOSED_STATUS, KNOWN_METHODS, OTHER_METHOD, Telemetry
-from .starlette import RouteTemplates
+from .starlette import RouteTemplates, routes_of_unrouted_app, template_by_matching
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -155,7 +155,19 @@ class ASGIMiddleware:
     def _unrouted(self, scope: Scope, status: int) -> str:
         # A Starlette router saw the request and matched nothing, or a
         # route-less app answered 404: both are "unmatched".
-        matched = "router" not in scope and status != 404
+        matched = False
+        if "router" not in scope:
+            routes = routes_of_unrouted_app(scope)
+            if routes is None:
+                matched = status != 404  # a route-less app: its path is anonymized
+            else:
+                # A Starlette or FastAPI app answered before routing (a CORS
+                # preflight, say): its template is what the router would have
+                # chosen, and a path no route takes is unmatched, so that such
+                # answers cannot make a key per path.
+                template = template_by_matching(routes, scope)
+                if template is not None:
+                    return template
         return self.telemetry.route_for_unrouted(
             scope["path"], scope.get("query_string", b"").decode("latin-1"), matched
         )

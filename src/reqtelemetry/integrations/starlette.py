@@ -15,7 +15,8 @@ Nothing here imports Starlette at module level: a plain ASGI app never pays for 
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import sys
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 #: Distinct concrete mount prefixes remembered; only mounts with path
@@ -193,5 +194,50 @@ def _match_plain_route(routes: Any, scope: Scope, root_path: str, prefix: str) -
         if match is Match.FULL:
             return prefix + route.path_format
         if match is Match.PARTIAL and partial is None:
+            partial = route
+    return prefix + partial.path_format if partial is not None else None
+
+
+def routes_of_unrouted_app(scope: Scope) -> Sequence[Any] | None:
+    """The routes of the Starlette or FastAPI app that answered before its router ran.
+
+    Middleware inside the app can answer without routing: a CORS preflight,
+    ``TrustedHostMiddleware``, an authentication check. Such a request has
+    ``scope["app"]`` but no ``scope["router"]``. None for any other app (and
+    when Starlette was never imported, which then costs a dict lookup).
+    """
+    applications = sys.modules.get("starlette.applications")
+    if applications is None:
+        return None
+    app = scope.get("app")
+    if not isinstance(app, applications.Starlette):
+        return None
+    return app.router.routes  # type: ignore[no-any-return]
+
+
+def template_by_matching(routes: Sequence[Any], scope: Scope, prefix: str = "") -> str | None:
+    """The template of the route the router would have chosen, or None.
+
+    Matched as Starlette's router matches (its public ``matches``): the first
+    full match wins, else the first route whose path matched with another
+    method; a mount or host that matches is entered and never left. Runs only
+    for requests answered before routing, and costs what routing them would.
+    """
+    from starlette.routing import Host, Match, Mount
+
+    partial = None
+    for route in routes:
+        match, child_scope = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        if isinstance(route, (Mount, Host)):
+            inner = route.routes
+            if not inner:  # a mounted app without routes: the mount's own format
+                return prefix + route.path_format if isinstance(route, Mount) else None
+            path = route.path if isinstance(route, Mount) else ""
+            return template_by_matching(inner, {**scope, **child_scope}, prefix + path)
+        if match is Match.FULL:
+            return prefix + route.path_format  # type: ignore[no-any-return]
+        if partial is None:
             partial = route
     return prefix + partial.path_format if partial is not None else None
