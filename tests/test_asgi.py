@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.responses import FileResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from reqtelemetry import ASGIMiddleware, Telemetry
@@ -531,6 +531,23 @@ def test_background_tasks_are_excluded_from_latency(make_telemetry, records):
         marks.clear()
 
 
+def test_a_file_the_server_sends_itself_counts_its_size(telemetry, records, tmp_path):
+    report = tmp_path / "report.pdf"
+    report.write_bytes(b"%PDF" + b"x" * 50_000)
+
+    async def download(request):
+        return FileResponse(report)
+
+    app = wrap(Starlette(routes=[Route("/reports/{n}", download)]), telemetry)
+    # A server offering "http.response.pathsend" (granian does) sends the file itself.
+    error, sent = drive(app, "/reports/3", [], extensions={"http.response.pathsend": {}})
+    assert error is None
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.pathsend"]
+    (record,) = records(telemetry).values()
+    assert (record["route"], record["status"]) == ("/reports/{n}", 200)
+    assert record["response_bytes"] == report.stat().st_size
+
+
 # -- what is not measured --------------------------------------------------------------
 
 
@@ -670,7 +687,7 @@ def test_asgi_middleware_builds_its_own_telemetry_from_options():
 # -- the client going away --------------------------------------------------------------------
 
 
-def drive(app, path, receive_messages, send_raises=None, spec_version="2.4"):
+def drive(app, path, receive_messages, send_raises=None, spec_version="2.4", extensions=None):
     """Run one HTTP request through ``app`` the way an ASGI server would."""
     sent = []
     queue = list(receive_messages)
@@ -699,6 +716,7 @@ def drive(app, path, receive_messages, send_raises=None, spec_version="2.4"):
         "headers": [],
         "client": ("127.0.0.1", 1234),
         "server": ("testserver", 80),
+        "extensions": extensions or {},
     }
 
     async def run():

@@ -14,6 +14,7 @@ FastAPI and Starlette, or around any ASGI application.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from types import CodeType
@@ -250,7 +251,10 @@ class _Exchange:
         elif kind == "http.response.start":
             self.status = message["status"]
         elif kind == "http.response.pathsend":
+            # The server sends the whole file itself: its size is the body's.
             self.end = perf_counter()
+            self.chunk = _file_size(message)
+            self.response_bytes += self.chunk
         return self._send(message)
 
     def send_failed(self) -> None:
@@ -259,6 +263,14 @@ class _Exchange:
         self.response_bytes -= self.chunk
         self.chunk = 0
         self.end = 0.0
+
+
+def _file_size(message: Message) -> int:
+    """The size of the file an ``http.response.pathsend`` message names; 0 if unknown."""
+    try:
+        return os.stat(message["path"]).st_size
+    except (KeyError, TypeError, ValueError, OSError):
+        return 0  # the server reports a missing file its own way
 
 
 def _failed_in_send(error: BaseException, send: Send) -> bool:
