@@ -251,6 +251,15 @@ def test_instrumented_once_whichever_way_is_tried_second(telemetry, counts):
     assert counts(telemetry) == {("GET", "/items/<int:item_id>", 200): 1}  # counted once
 
 
+def test_init_app_after_a_middleware_around_the_app_object_is_refused(telemetry, counts):
+    app = build_app()
+    application = WSGIMiddleware(app, telemetry=telemetry)  # served as `application`
+    with pytest.raises(RuntimeError, match="already instrumented"):
+        init_app(app, telemetry)
+    assert read(Client(application).get("/items/3")).status_code == 200
+    assert counts(telemetry) == {("GET", "/items/<int:item_id>", 200): 1}  # counted once
+
+
 def test_a_flask_app_in_a_wsgi_middleware_is_still_measured(telemetry, counts):
     """Without ``init_app``, the generic middleware measures a Flask app from outside."""
     app = build_app()

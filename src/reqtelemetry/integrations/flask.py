@@ -114,11 +114,14 @@ def init_app(flask_app: Any, telemetry: Telemetry) -> None:
     opted-out deployment pays nothing per request.
 
     Raises ``RuntimeError`` when the app is already instrumented (by
-    ``init_app`` or a ``WSGIMiddleware`` around its ``wsgi_app``): a second
+    ``init_app`` or a ``WSGIMiddleware`` around it or its ``wsgi_app``): a second
     measurement would count every request twice.
     """
-    if isinstance(flask_app.wsgi_app, WSGIMiddleware) or getattr(
-        flask_app, INSTRUMENTED_FLAG, False
+    if (
+        isinstance(flask_app.wsgi_app, WSGIMiddleware)
+        or getattr(flask_app, INSTRUMENTED_FLAG, False)
+        # a WSGIMiddleware around the app object (or its wsgi_app) installed its hook
+        or getattr(flask_app, _INSTALLED_FLAG, False)
     ):
         raise RuntimeError("this Flask app is already instrumented by reqtelemetry")
     if not telemetry.enabled:
