@@ -20,7 +20,9 @@ memory when Flask returns, so its length is known then. A body Flask holds as
 an iterator (a generator, ``stream_with_context``, ``send_file``, Werkzeug's
 default error pages) is still wrapped: it is measured to its last byte,
 counted as it passes, and a client that goes away mid-stream is recorded as
-499, as the generic middleware does.
+499, as the generic middleware does. A file the server offered to send itself
+(``send_file`` under a server with ``wsgi.file_wrapper``) goes out unwrapped,
+so that the server can still use ``sendfile``; it counts its declared length.
 
 What differs from the generic middleware: a buffered response is recorded
 when Flask hands it to the server, so the time the server then takes to write
@@ -210,7 +212,14 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
                 size = sum(map(len, response.iter_encoded()))
             else:  # streamed: measured to its last byte, as it passes
                 return measure_iterable(
-                    telemetry, environ, start_response, iterable, start, status, _route(rule)
+                    telemetry,
+                    environ,
+                    start_response,
+                    iterable,
+                    start,
+                    status,
+                    _route(rule),
+                    response.content_length,
                 )
             # What record_request does, without its call (this is every request's path).
             method = environ.get("REQUEST_METHOD", "GET")

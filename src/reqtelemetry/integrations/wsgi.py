@@ -4,7 +4,9 @@ Wrap any WSGI app: ``flask_app.wsgi_app = WSGIMiddleware(flask_app.wsgi_app,
 telemetry=telemetry)``. A WSGI request does not end when the app returns but
 when the server has consumed the response iterable or called its ``close()``
 (PEP 3333), whichever comes first, so the clock stops there: a streaming response is measured to its
-last byte, and response bytes are counted as they pass.
+last byte, and response bytes are counted as they pass. The one response
+handed over unwrapped is the server's own ``wsgi.file_wrapper``, which the
+server may send with ``sendfile`` only if it gets it back as it made it.
 
 The route template comes from the framework through the environ key
 ``reqtelemetry.route`` (see :mod:`reqtelemetry.integrations.flask`, installed
@@ -66,12 +68,12 @@ class WSGIMiddleware:
         measured = _Measured(self.telemetry, environ, start_response)
         measured.start = perf_counter()
         try:
-            measured.iterable = self.app(environ, measured.start_response)
+            iterable = self.app(environ, measured.start_response)
         except BaseException:
             measured.status = 500
             measured.finish()
             raise
-        return measured
+        return measured.hand_over(iterable)
 
 
 def _parse_status(status: str) -> int:
@@ -94,6 +96,7 @@ class _Measured:
         "_write",
         "environ",
         "finished",
+        "headers",
         "iterable",
         "progress",
         "response_bytes",
@@ -130,8 +133,48 @@ class _Measured:
         if request is not None and hasattr(type(request), "url_rule"):
             rule = request.url_rule  # a Flask request: its router ran
             self.route = rule.rule if rule is not None else None
+        self.headers = headers
         self._write = self._start_response(status, headers, exc_info)
         return self.write
+
+    def hand_over(self, iterable: Iterable[bytes], declared_length: int | None = None) -> Any:
+        """What the server gets for the app's ``iterable``: this object around it,
+        or, for the server's own ``wsgi.file_wrapper``, that wrapper itself.
+
+        Why a file wrapper goes out unwrapped: a server sends it with
+        ``sendfile`` only when the response *is* its wrapper (gunicorn checks
+        with ``isinstance``), and copying a large download through Python
+        instead would slow the host app down. No bytes pass through here then:
+        the size is the declared ``Content-Length``, and the request ends when
+        the server closes the wrapper.
+        """
+        if type(iterable) is not self.environ.get("wsgi.file_wrapper"):
+            self.iterable = iterable
+            return self
+        close = getattr(iterable, "close", None)
+
+        def close_then_record() -> None:
+            try:
+                if close is not None:
+                    close()
+            finally:
+                self.response_bytes = (
+                    declared_length if declared_length is not None else self._declared_length()
+                )
+                self.finish()
+
+        try:
+            iterable.close = close_then_record  # type: ignore[attr-defined]
+        except AttributeError:  # a wrapper without instance attributes: measure it passing
+            self.iterable = iterable
+            return self
+        return iterable
+
+    def _declared_length(self) -> int:
+        for name, value in getattr(self, "headers", None) or ():
+            if name.lower() == "content-length":
+                return int(value) if value.isdigit() else 0
+        return 0
 
     def write(self, data: bytes) -> Any:
         """The legacy ``write()`` callable (PEP 3333): counted like iterated chunks."""
@@ -189,18 +232,20 @@ def measure_iterable(
     start: float,
     status: int,
     route: Any,
+    declared_length: int | None = None,
 ) -> Iterable[bytes]:
     """Hand the server ``iterable`` counted, recorded at its last byte or ``close()``.
 
     For a framework integration that learnt status and route itself and has
-    only a streamed body left to measure.
+    only a streamed body left to measure; ``declared_length`` is the body's
+    ``Content-Length``, counted if the server sends the body itself (see
+    :meth:`_Measured.hand_over`).
     """
     measured = _Measured(telemetry, environ, start_response)
     measured.start = start
     measured.status = status
     measured.route = route
-    measured.iterable = iterable
-    return measured
+    return measured.hand_over(iterable, declared_length)
 
 
 def record_request(
