@@ -34,6 +34,14 @@ def stream(request):
     return StreamingHttpResponse(f"line {i}\n".encode() for i in range(10))
 
 
+def stream_boom(request):
+    def chunks():
+        yield b"before the failure\n"
+        raise RuntimeError("the django stream failed")
+
+    return StreamingHttpResponse(chunks())
+
+
 async def async_item(request, pk):
     await asyncio.sleep(0)
     return JsonResponse({"pk": pk, "async": True})
@@ -75,6 +83,7 @@ urlpatterns = [
     path("async-boom/", async_boom),
     path("stream/", stream),
     path("async-stream/", async_stream),
+    path("stream-boom/", stream_boom),
     path("echo/<path:anything>", echo),
     path("health/", echo),
     path("", echo),

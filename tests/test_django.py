@@ -135,6 +135,44 @@ def test_streaming_closed_early_is_499(client, django_telemetry, records):
     assert record["response_bytes"] == len(first)
 
 
+def test_streaming_error_is_500(client, django_telemetry, records):
+    response = client.get("/stream-boom/")
+    with pytest.raises(RuntimeError, match="the django stream failed"):
+        read(response)
+    record = records(django_telemetry)["GET", "/stream-boom/", 500]
+    assert record["count"] == 1
+    assert record["response_bytes"] == len(b"before the failure\n")
+
+
+def test_streaming_head_is_recorded_once(client, django_telemetry, records):
+    """The test client empties a streaming body for HEAD: the stream is never started."""
+    response = client.head("/stream/")
+    assert response.status_code == 200
+    assert read(response) == b""
+    record = records(django_telemetry)["HEAD", "/stream/", 200]
+    assert record["count"] == 1
+    assert record["response_bytes"] == 0
+
+
+def test_streaming_closed_before_the_first_chunk_is_recorded_once(
+    client, django_telemetry, records
+):
+    response = client.get("/stream/")
+    response.close()  # the server closes the response without ever iterating it
+    response.close()
+    assert len(django_telemetry.snapshot()) == 1
+    record = records(django_telemetry)["GET", "/stream/", 200]  # the status it answered
+    assert record["count"] == 1
+    assert record["response_bytes"] == 0
+
+
+def test_streaming_exhausted_then_closed_is_recorded_once(client, django_telemetry, counts):
+    response = client.get("/stream/")
+    read(response)  # the test client closes the response at the end
+    response.close()
+    assert counts(django_telemetry) == {("GET", "/stream/", 200): 1}
+
+
 def test_head(client, django_telemetry, records):
     response = client.head("/api/items/1/")
     assert response.status_code == 200
@@ -275,6 +313,15 @@ def test_async_streaming_under_wsgi(client, django_telemetry, records):
         body = b"".join(response)
     assert body == b"".join(f"async {i}\n".encode() for i in range(5))
     assert records(django_telemetry)["GET", "/async-stream/", 200]["response_bytes"] == len(body)
+
+
+def test_async_streaming_head_is_recorded_once(django_telemetry, records):
+    ((response, body),) = run_async([("HEAD", "/async-stream/", {})])
+    assert response.status_code == 200
+    assert body == b""
+    record = records(django_telemetry)["HEAD", "/async-stream/", 200]
+    assert record["count"] == 1
+    assert record["response_bytes"] == 0
 
 
 def test_async_request_bytes(django_telemetry, records):

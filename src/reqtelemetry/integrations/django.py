@@ -6,7 +6,8 @@ Add ``"reqtelemetry.django.TelemetryMiddleware"`` at the top of
 own ``request.resolver_match.route``, which already joins the prefixes of
 ``include()``; requests that resolve to no URL pattern count as unmatched.
 Streaming responses are measured to their last chunk by wrapping
-``streaming_content`` (sync or async, as the response has it).
+``streaming_content`` (sync or async, as the response has it) in an iterator
+whose ``close()`` records the request if nothing did before.
 """
 
 from __future__ import annotations
@@ -111,14 +112,19 @@ class TelemetryMiddleware:
     def _observe(self, request: Any, response: Any, start: float) -> Any:
         try:
             if response.streaming:
+                status = response.status_code
                 if getattr(response, "is_async", False):
-                    response.streaming_content = self._measure_async(
-                        request, response.status_code, start, response.streaming_content
+                    content = aiter(response.streaming_content)
+                    measured: _Measurement = _MeasuredAsyncStream(
+                        self, request, status, start, content
                     )
                 else:
-                    response.streaming_content = self._measure_sync(
-                        request, response.status_code, start, response.streaming_content
-                    )
+                    content = iter(response.streaming_content)
+                    measured = _MeasuredStream(self, request, status, start, content)
+                # Django registers the new content's close() with the response's
+                # own, which every server calls: the request is recorded then if
+                # not before, even when its body is never iterated.
+                response.streaming_content = measured
             else:
                 self._record(
                     request, response.status_code, start, perf_counter(), len(response.content)
@@ -126,48 +132,6 @@ class TelemetryMiddleware:
         except Exception as error:  # never let telemetry break a response
             self.telemetry.internal_error(error)
         return response
-
-    def _measure_sync(
-        self, request: Any, status: int, start: float, content: Iterator[bytes]
-    ) -> Iterator[bytes]:
-        sent = 0
-        complete = False
-        try:
-            for chunk in content:
-                sent += len(chunk)
-                yield chunk
-            complete = True
-        except GeneratorExit:
-            raise
-        except BaseException:
-            status = 500
-            complete = True
-            raise
-        finally:
-            self._record(
-                request, status if complete else CLIENT_CLOSED_STATUS, start, perf_counter(), sent
-            )
-
-    async def _measure_async(
-        self, request: Any, status: int, start: float, content: AsyncIterator[bytes]
-    ) -> AsyncIterator[bytes]:
-        sent = 0
-        complete = False
-        try:
-            async for chunk in content:
-                sent += len(chunk)
-                yield chunk
-            complete = True
-        except GeneratorExit:
-            raise
-        except BaseException:
-            status = 500
-            complete = True
-            raise
-        finally:
-            self._record(
-                request, status if complete else CLIENT_CLOSED_STATUS, start, perf_counter(), sent
-            )
 
     def _record(
         self, request: Any, status: int, start: float, end: float, response_bytes: int
@@ -198,6 +162,98 @@ class TelemetryMiddleware:
                 telemetry.note_first_request(request.META.get("HTTP_HOST"))
         except Exception as error:  # never let telemetry break a response
             telemetry.internal_error(error)
+
+
+class _Measurement:
+    """A streamed body handed on chunk by chunk, counted, and recorded exactly
+    once: at its last chunk, when it fails, or at ``close()``, whichever comes
+    first. Closed after some chunks but before the last, the client went away
+    (499); closed before the first (a HEAD, a body the server dropped), the
+    response's own status stands, as in :mod:`reqtelemetry.integrations.wsgi`.
+
+    Why an object, not a generator: ``close()`` on a generator that never
+    started does not run its ``finally``, and the request would go unrecorded.
+    """
+
+    __slots__ = (
+        "content",
+        "finished",
+        "middleware",
+        "request",
+        "sent",
+        "start",
+        "started",
+        "status",
+    )
+
+    def __init__(
+        self,
+        middleware: TelemetryMiddleware,
+        request: Any,
+        status: int,
+        start: float,
+        content: Any,
+    ) -> None:
+        self.middleware = middleware
+        self.request = request
+        self.status = status
+        self.start = start
+        self.content = content
+        self.sent = 0
+        self.started = False
+        self.finished = False
+
+    def close(self) -> None:
+        """Called by the response's ``close()``, which every server calls."""
+        self.finish(CLIENT_CLOSED_STATUS if self.started else self.status)
+
+    def finish(self, status: int) -> None:
+        if not self.finished:
+            self.finished = True
+            self.middleware._record(self.request, status, self.start, perf_counter(), self.sent)
+
+
+class _MeasuredStream(_Measurement):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        self.started = True
+        try:
+            chunk = next(self.content)
+        except StopIteration:
+            self.finish(self.status)
+            raise
+        except BaseException:
+            self.finish(500)
+            raise
+        self.sent += len(chunk)
+        return chunk
+
+
+class _MeasuredAsyncStream(_Measurement):
+    """The async body's twin; ``close()`` stays synchronous, as Django calls it
+    from the response's ``close()``."""
+
+    __slots__ = ()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.started = True
+        try:
+            chunk = await self.content.__anext__()
+        except StopAsyncIteration:
+            self.finish(self.status)
+            raise
+        except BaseException:
+            self.finish(500)
+            raise
+        self.sent += len(chunk)
+        return chunk
 
 
 class LifespanFlush:
