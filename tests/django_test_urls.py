@@ -56,6 +56,23 @@ async def async_stream(request):
     return StreamingHttpResponse(chunks())
 
 
+async def async_hang(request):
+    """Sets the scope's ``test.gate`` (the test's client then leaves), then waits forever."""
+    request.scope["test.gate"].set()
+    await asyncio.Event().wait()
+
+
+async def async_stream_hang(request):
+    """Sends one chunk, sets the scope's ``test.gate``, then waits forever."""
+
+    async def chunks():
+        yield b"first\n"
+        request.scope["test.gate"].set()
+        await asyncio.Event().wait()
+
+    return StreamingHttpResponse(chunks())
+
+
 async def async_boom(request):
     raise RuntimeError("the async django view failed")
 
@@ -84,6 +101,8 @@ urlpatterns = [
     path("stream/", stream),
     path("async-stream/", async_stream),
     path("stream-boom/", stream_boom),
+    path("async-hang/", async_hang),
+    path("async-stream-hang/", async_stream_hang),
     path("echo/<path:anything>", echo),
     path("health/", echo),
     path("", echo),

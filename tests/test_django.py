@@ -45,6 +45,64 @@ def run_async(requests):
     return asyncio.run(go())
 
 
+def serve_asgi(path, method="GET", client_leaves=False, leave_at_body=None):
+    """Drive Django's own ASGI handler as a server would; returns the messages it sent.
+
+    With ``client_leaves`` the client disconnects once the view sets the scope's
+    ``test.gate`` (an asyncio.Event); with ``leave_at_body=n`` once Django sends
+    the n-th body message, which then never completes. Nothing depends on timing.
+    """
+    from django.core.asgi import get_asgi_application
+
+    async def go():
+        application = get_asgi_application()
+        gate = asyncio.Event()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+            "test.gate": gate,
+        }
+        requested = False
+        sent = []
+
+        async def receive():
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            # Django listens for the disconnect; it cancels this once it has answered.
+            await (gate.wait() if client_leaves or leave_at_body else asyncio.Event().wait())
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+            if (
+                leave_at_body
+                and sum(m["type"] == "http.response.body" for m in sent) == leave_at_body
+            ):
+                gate.set()
+                await asyncio.Event().wait()  # until Django cancels the send
+
+        await application(scope, receive, send)
+        return sent
+
+    return asyncio.run(go())
+
+
+def body_of(messages) -> bytes:
+    return b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+
+
 def get_telemetry():
     from reqtelemetry.django import get_telemetry
 
@@ -322,6 +380,41 @@ def test_async_streaming_head_is_recorded_once(django_telemetry, records):
     record = records(django_telemetry)["HEAD", "/async-stream/", 200]
     assert record["count"] == 1
     assert record["response_bytes"] == 0
+
+
+def test_asgi_client_leaving_during_the_view_is_499(django_telemetry, counts):
+    """Django cancels the request's task when the client leaves: that is no 500."""
+    sent = serve_asgi("/async-hang/", client_leaves=True)
+    assert sent == []
+    assert counts(django_telemetry) == {("GET", "/async-hang/", 499): 1}
+
+
+def test_asgi_client_leaving_mid_stream_is_499(django_telemetry, records):
+    sent = serve_asgi("/async-stream-hang/", client_leaves=True)
+    assert sent[0]["status"] == 200
+    assert body_of(sent) == b"first\n"
+    assert len(django_telemetry.snapshot()) == 1
+    record = records(django_telemetry)["GET", "/async-stream-hang/", 499]
+    assert record["count"] == 1
+    assert record["response_bytes"] == len(b"first\n")
+
+
+def test_asgi_client_leaving_during_a_send_is_499(django_telemetry, records):
+    """Cancelled in the server's send, outside the body: recorded at the response's close."""
+    sent = serve_asgi("/async-stream/", leave_at_body=2)
+    assert body_of(sent) == b"async 0\nasync 1\n"
+    assert len(django_telemetry.snapshot()) == 1
+    record = records(django_telemetry)["GET", "/async-stream/", 499]
+    assert record["count"] == 1
+    assert record["response_bytes"] == len(body_of(sent))
+
+
+def test_asgi_streaming_through_djangos_handler(django_telemetry, records):
+    sent = serve_asgi("/async-stream/")
+    assert body_of(sent) == b"".join(f"async {i}\n".encode() for i in range(5))
+    record = records(django_telemetry)["GET", "/async-stream/", 200]
+    assert record["count"] == 1
+    assert record["response_bytes"] == len(body_of(sent))
 
 
 def test_async_request_bytes(django_telemetry, records):

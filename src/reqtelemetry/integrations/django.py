@@ -104,6 +104,10 @@ class TelemetryMiddleware:
         start = perf_counter()
         try:
             response = await self.get_response(request)
+        except asyncio.CancelledError:
+            # Django cancels the request's task when the client disconnects.
+            self._record(request, CLIENT_CLOSED_STATUS, start, perf_counter(), 0)
+            raise
         except BaseException:
             self._record(request, 500, start, perf_counter(), 0)
             raise
@@ -248,6 +252,9 @@ class _MeasuredAsyncStream(_Measurement):
             chunk = await self.content.__anext__()
         except StopAsyncIteration:
             self.finish(self.status)
+            raise
+        except asyncio.CancelledError:  # the client disconnected mid-stream
+            self.finish(CLIENT_CLOSED_STATUS)
             raise
         except BaseException:
             self.finish(500)
