@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import include, path, re_path
 
 
@@ -40,6 +40,11 @@ def stream_boom(request):
         raise RuntimeError("the django stream failed")
 
     return StreamingHttpResponse(chunks())
+
+
+def download(request):
+    """A real file, which a WSGI server may send with its ``wsgi.file_wrapper``."""
+    return FileResponse(open(__file__, "rb"))  # FileResponse closes it
 
 
 async def async_item(request, pk):
@@ -101,6 +106,7 @@ urlpatterns = [
     path("stream/", stream),
     path("async-stream/", async_stream),
     path("stream-boom/", stream_boom),
+    path("download/", download),
     path("async-hang/", async_hang),
     path("async-stream-hang/", async_stream_hang),
     path("echo/<path:anything>", echo),

@@ -231,6 +231,74 @@ def test_streaming_exhausted_then_closed_is_recorded_once(client, django_telemet
     assert counts(django_telemetry) == {("GET", "/stream/", 200): 1}
 
 
+def test_file_response(client, django_telemetry, records):
+    from pathlib import Path
+
+    import django_test_urls
+
+    size = Path(django_test_urls.__file__).stat().st_size
+    response = client.get("/download/")
+    assert int(response["Content-Length"]) == size
+    assert django_telemetry.snapshot() == []  # recorded at close, when the file is sent
+    assert len(read(response)) == size
+    record = records(django_telemetry)["GET", "/download/", 200]
+    assert record["count"] == 1
+    assert record["response_bytes"] == size  # the length Django declared
+    assert django_telemetry.internal_errors == 0
+
+
+def test_file_response_head_is_recorded_once(client, django_telemetry, records):
+    response = client.head("/download/")
+    assert read(response) == b""
+    record = records(django_telemetry)["HEAD", "/download/", 200]
+    assert record["count"] == 1
+    assert record["response_bytes"] == 0
+    assert django_telemetry.internal_errors == 0
+
+
+def test_file_response_keeps_the_wsgi_servers_file_wrapper(django_telemetry, records):
+    """A real WSGI server (wsgiref) gets the file in its own ``wsgi.file_wrapper``,
+    the object a server such as gunicorn sends with ``sendfile()``."""
+    import threading
+    import urllib.request
+    from pathlib import Path
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from django.core.wsgi import get_wsgi_application
+
+    import django_test_urls
+
+    django_application = get_wsgi_application()
+    returned = []
+
+    def application(environ, start_response):
+        result = django_application(environ, start_response)
+        returned.append((result, environ["wsgi.file_wrapper"]))
+        return result
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = make_server("127.0.0.1", 0, application, handler_class=QuietHandler)
+    serving = threading.Thread(target=server.handle_request)  # one request, closed at its end
+    serving.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/download/"
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            body = answer.read()
+    finally:
+        serving.join()
+        server.server_close()
+    assert body == Path(django_test_urls.__file__).read_bytes()
+    ((result, file_wrapper),) = returned
+    assert isinstance(result, file_wrapper)
+    record = records(django_telemetry)["GET", "/download/", 200]
+    assert record["count"] == 1
+    assert record["response_bytes"] == len(body)
+    assert django_telemetry.internal_errors == 0
+
+
 def test_head(client, django_telemetry, records):
     response = client.head("/api/items/1/")
     assert response.status_code == 200
@@ -415,6 +483,22 @@ def test_asgi_streaming_through_djangos_handler(django_telemetry, records):
     record = records(django_telemetry)["GET", "/async-stream/", 200]
     assert record["count"] == 1
     assert record["response_bytes"] == len(body_of(sent))
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
+def test_file_response_under_asgi(django_telemetry, records):
+    """Django's ASGI handler streams a FileResponse itself; it is recorded at close."""
+    from pathlib import Path
+
+    import django_test_urls
+
+    sent = serve_asgi("/download/")
+    assert sent[0]["status"] == 200
+    assert body_of(sent) == Path(django_test_urls.__file__).read_bytes()
+    record = records(django_telemetry)["GET", "/download/", 200]
+    assert record["count"] == 1
+    assert record["response_bytes"] == len(body_of(sent))
+    assert django_telemetry.internal_errors == 0
 
 
 def test_async_request_bytes(django_telemetry, records):

@@ -7,7 +7,10 @@ own ``request.resolver_match.route``, which already joins the prefixes of
 ``include()``; requests that resolve to no URL pattern count as unmatched.
 Streaming responses are measured to their last chunk by wrapping
 ``streaming_content`` (sync or async, as the response has it) in an iterator
-whose ``close()`` records the request if nothing did before.
+whose ``close()`` records the request if nothing did before. A ``FileResponse``
+of a file keeps its body, so that a WSGI server can still send the file with
+its ``wsgi.file_wrapper``: it is recorded when the response is closed, with the
+length Django declared in ``Content-Length`` as its size.
 """
 
 from __future__ import annotations
@@ -117,18 +120,18 @@ class TelemetryMiddleware:
         try:
             if response.streaming:
                 status = response.status_code
-                if getattr(response, "is_async", False):
+                if getattr(response, "file_to_stream", None) is not None:
+                    self._record_at_close(request, response, status, start)
+                elif getattr(response, "is_async", False):
                     content = aiter(response.streaming_content)
-                    measured: _Measurement = _MeasuredAsyncStream(
+                    response.streaming_content = _MeasuredAsyncStream(
                         self, request, status, start, content
                     )
                 else:
                     content = iter(response.streaming_content)
-                    measured = _MeasuredStream(self, request, status, start, content)
-                # Django registers the new content's close() with the response's
-                # own, which every server calls: the request is recorded then if
-                # not before, even when its body is never iterated.
-                response.streaming_content = measured
+                    response.streaming_content = _MeasuredStream(
+                        self, request, status, start, content
+                    )
             else:
                 self._record(
                     request, response.status_code, start, perf_counter(), len(response.content)
@@ -136,6 +139,25 @@ class TelemetryMiddleware:
         except Exception as error:  # never let telemetry break a response
             self.telemetry.internal_error(error)
         return response
+
+    def _record_at_close(self, request: Any, response: Any, status: int, start: float) -> None:
+        """A ``FileResponse`` of a file: its body is left alone, so that Django's
+        WSGI handler can still give the file to the server's ``wsgi.file_wrapper``
+        (gunicorn sends that with ``sendfile()``; wrapping the body would copy
+        every byte through Python). It is recorded when the response is closed,
+        which the server does when the file has gone out, with the length Django
+        declared in ``Content-Length``: with ``sendfile()`` no byte passes here.
+        """
+        length = str(response.get("Content-Length", ""))
+        size = int(length) if length.isdigit() else 0
+
+        def record() -> None:
+            self._record(request, status, start, perf_counter(), size)
+
+        # Run, then forgotten, by the response's close() (Django >= 3.0). Under
+        # WSGI the handler points the file's close() at the response's, and
+        # servers close the file wrapper; under ASGI Django closes the response.
+        response._resource_closers.append(record)
 
     def _record(
         self, request: Any, status: int, start: float, end: float, response_bytes: int
