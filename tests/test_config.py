@@ -152,6 +152,8 @@ def test_code_lists_accept_comma_strings():
         ({"REQTELEMETRY_MAX_KEYS": "0"}, "max_keys"),
         ({"REQTELEMETRY_FLUSH_INTERVAL": "-1"}, "flush_interval"),
         ({"REQTELEMETRY_FLUSH_INTERVAL": "nan"}, "flush_interval"),
+        ({"REQTELEMETRY_FLUSH_INTERVAL": "inf"}, "flush_interval"),
+        ({"REQTELEMETRY_FLUSH_INTERVAL": "1e10"}, "flush_interval"),
         ({"REQTELEMETRY_EXCLUDE_PREFIXES": "static/"}, "exclude_prefixes"),
     ],
 )
@@ -165,6 +167,8 @@ def test_bad_environment_values_give_clear_errors(environ, match):
     [
         ({"max_keys": 0}, "max_keys"),
         ({"flush_interval": 0}, "flush_interval"),
+        ({"flush_interval": float("inf")}, "flush_interval"),
+        ({"max_flush_interval": float("inf")}, "max_flush_interval"),
         ({"exclude_prefixes": ["static/"]}, "exclude_prefixes"),
     ],
 )

@@ -361,6 +361,18 @@ def test_retry_after_within_the_budget_is_waited_out(make_sender, receiver):
     assert delivered(receiver, telemetry) == expected
 
 
+def test_an_absurd_retry_after_is_capped_and_the_timer_thread_lives_on(make_sender, receiver):
+    # Past threading.TIMEOUT_MAX (~9.2e9 s) Event.wait raises OverflowError: the
+    # thread would die, and with it every later report of this process.
+    receiver.respond_always(429, headers={"Retry-After": "99999999999"})
+    telemetry = make_sender()  # the startup report is answered 429
+    flusher = telemetry.flusher
+    assert receiver.requests[-1].status == 429
+    assert flusher._not_before - time.monotonic() <= telemetry.config.max_flush_interval
+    flusher._thread.join(0.5)  # returns at once if the thread died on its next wait
+    assert flusher.running
+
+
 def test_retry_after_as_an_http_date_is_honoured(make_sender, receiver):
     telemetry = make_sender()
     record_traffic(telemetry)

@@ -12,6 +12,7 @@ switch telemetry *off*; no variable switches it on against the code's wish.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,9 @@ OPT_OUT_FLAG = "--sqa-opt-out"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 DEFAULT_FLUSH_INTERVAL = 3600.0
+#: The longest reporting interval accepted (a year): anything longer is a typo,
+#: and ``threading.Event.wait`` raises on timeouts past ``threading.TIMEOUT_MAX``.
+LONGEST_FLUSH_INTERVAL = 365 * 86400.0
 #: The wire format's limit on app-defined metric names per kind.
 MAX_METRIC_NAMES = 100
 
@@ -160,10 +164,20 @@ class Config:
     def validate(self) -> None:
         if self.max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {self.max_keys!r}")
-        if not 0 < self.min_flush_interval <= self.max_flush_interval:
-            raise ValueError("min_flush_interval must be positive and at most max_flush_interval")
-        if not self.flush_interval > 0:
-            raise ValueError(f"flush_interval must be positive, got {self.flush_interval!r}")
+        if not 0 < self.min_flush_interval <= self.max_flush_interval <= LONGEST_FLUSH_INTERVAL:
+            raise ValueError(
+                "min_flush_interval must be positive and at most max_flush_interval, "
+                f"and max_flush_interval at most {LONGEST_FLUSH_INTERVAL:g} s (a year)"
+            )
+        if not (math.isfinite(self.flush_interval) and 0 < self.flush_interval):
+            raise ValueError(
+                f"flush_interval must be a positive number of seconds, got {self.flush_interval!r}"
+            )
+        if self.flush_interval > LONGEST_FLUSH_INTERVAL:
+            raise ValueError(
+                f"flush_interval must be at most {LONGEST_FLUSH_INTERVAL:g} s (a year), "
+                f"got {self.flush_interval!r}"
+            )
         if self.max_payload_bytes < 16384:
             raise ValueError(
                 f"max_payload_bytes must be at least 16384, got {self.max_payload_bytes}"

@@ -38,6 +38,15 @@ JITTER = 0.10
 FLUSHER_NICE = 19
 
 
+def _waitable(seconds: float) -> float:
+    """``seconds`` clamped to what ``Event.wait``/``Lock.acquire``/``join`` accept.
+
+    Past ``threading.TIMEOUT_MAX`` (about 9.2e9 s on Linux) they raise
+    ``OverflowError``, which on the timer thread would end it for good.
+    """
+    return min(max(0.0, seconds), threading.TIMEOUT_MAX)
+
+
 def lower_this_threads_priority() -> bool:
     """Give the calling thread, and only it, the lowest CPU priority (nice 19).
 
@@ -133,8 +142,8 @@ class Flusher:
             self.transport.interrupt()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - time.monotonic()))
-        delivered = self.flush(kind="shutdown", budget=max(0.0, deadline - time.monotonic()))
+            thread.join(_waitable(deadline - time.monotonic()))
+        delivered = self.flush(kind="shutdown", budget=_waitable(deadline - time.monotonic()))
         if self.transport is not None:
             self.transport.close()
         return delivered
@@ -149,15 +158,15 @@ class Flusher:
 
     def _next_delay(self) -> float:
         delay = self.interval * self._rng.uniform(1 - JITTER, 1 + JITTER)
-        return max(delay, self._not_before - time.monotonic())
+        return _waitable(max(delay, self._not_before - time.monotonic()))
 
     # -- one flush ---------------------------------------------------------------------
 
     def flush(self, kind: str = "periodic", budget: float | None = None) -> bool:
         """Send what is recorded now; True when every part was delivered."""
-        budget = self.config.timeout * 2 if budget is None else budget
+        budget = _waitable(self.config.timeout * 2 if budget is None else budget)
         deadline = time.monotonic() + budget
-        if not self._flush_lock.acquire(timeout=max(0.0, budget)):
+        if not self._flush_lock.acquire(timeout=budget):
             return False  # another flush holds the lock past our budget
         try:
             if self.gone:
@@ -245,7 +254,11 @@ class Flusher:
             low, high = self.config.min_flush_interval, self.config.max_flush_interval
             self.interval = min(max(result.next_interval, low), high)
         if result.retry_after is not None:
-            self._not_before = time.monotonic() + result.retry_after
+            # Capped: a collector (or a proxy in front) answering an absurd
+            # Retry-After must not silence this client for longer than the
+            # slowest pace the operator allows.
+            wait = min(result.retry_after, self.config.max_flush_interval)
+            self._not_before = time.monotonic() + wait
 
     def _put_back(
         self, batch: Batch, undelivered: list[Report], metrics: dict[str, dict[str, float]]

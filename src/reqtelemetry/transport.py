@@ -339,7 +339,7 @@ class Transport:
                 delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap, self._rng)
             if attempt + 1 >= self.max_attempts or time.monotonic() + delay > deadline:
                 break
-            if self._stop.wait(delay):
+            if self._stop.wait(min(delay, threading.TIMEOUT_MAX)):
                 break
         return result
 
