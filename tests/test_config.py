@@ -154,6 +154,10 @@ def test_code_lists_accept_comma_strings():
         ({"REQTELEMETRY_FLUSH_INTERVAL": "nan"}, "flush_interval"),
         ({"REQTELEMETRY_FLUSH_INTERVAL": "inf"}, "flush_interval"),
         ({"REQTELEMETRY_FLUSH_INTERVAL": "1e10"}, "flush_interval"),
+        ({"REQTELEMETRY_TIMEOUT": "0"}, "timeout"),
+        ({"REQTELEMETRY_TIMEOUT": "-5"}, "timeout"),
+        ({"REQTELEMETRY_TIMEOUT": "nan"}, "timeout"),
+        ({"REQTELEMETRY_TIMEOUT": "inf"}, "timeout"),
         ({"REQTELEMETRY_EXCLUDE_PREFIXES": "static/"}, "exclude_prefixes"),
     ],
 )
@@ -169,6 +173,10 @@ def test_bad_environment_values_give_clear_errors(environ, match):
         ({"flush_interval": 0}, "flush_interval"),
         ({"flush_interval": float("inf")}, "flush_interval"),
         ({"max_flush_interval": float("inf")}, "max_flush_interval"),
+        ({"timeout": 0}, "timeout"),
+        ({"shutdown_timeout": -1}, "shutdown_timeout"),
+        ({"shutdown_timeout": float("nan")}, "shutdown_timeout"),
+        ({"retry_base_delay": float("nan")}, "retry_base_delay"),
         ({"exclude_prefixes": ["static/"]}, "exclude_prefixes"),
     ],
 )

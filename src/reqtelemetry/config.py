@@ -182,8 +182,19 @@ class Config:
             raise ValueError(
                 f"max_payload_bytes must be at least 16384, got {self.max_payload_bytes}"
             )
-        if self.max_attempts < 1 or self.retry_base_delay < 0:
+        if self.max_attempts < 1 or not math.isfinite(self.retry_base_delay):
+            raise ValueError("max_attempts must be at least 1 and retry_base_delay a number")
+        if self.retry_base_delay < 0:
             raise ValueError("max_attempts must be at least 1 and retry_base_delay not negative")
+        # Zero, negative or NaN timeouts leave no time for any attempt: telemetry
+        # would say it is on and never send anything.
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if not (math.isfinite(self.shutdown_timeout) and self.shutdown_timeout >= 0):
+            raise ValueError(
+                f"shutdown_timeout must be zero or a positive number of seconds, "
+                f"got {self.shutdown_timeout!r}"
+            )
         if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
             raise ValueError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
         for prefix in self.exclude_prefixes:
