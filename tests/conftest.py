@@ -16,6 +16,15 @@ def make_config(**options: Any) -> Config:
     return Config.resolve(environ={}, argv=[], **options)
 
 
+@pytest.fixture(autouse=True)
+def _no_opt_out_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own ``DO_NOT_TRACK=1`` must not switch off the suite's telemetry:
+    the opt-out variables apply to ``Telemetry(config=...)`` too. Tests that opt out
+    set them themselves."""
+    for name in ("SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT", "DO_NOT_TRACK"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def make_telemetry() -> Callable[..., Telemetry]:
     """``make_telemetry(**config_options)``: an enabled Telemetry, independent of os.environ."""

@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from reqtelemetry import ASGIMiddleware, Telemetry
+from reqtelemetry import ASGIMiddleware, Config, Telemetry
 
 OPT_OUT_VARIABLES = ("SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT", "DO_NOT_TRACK")
 
@@ -127,6 +127,56 @@ def test_middleware_built_from_options_honours_the_opt_out(way, monkeypatch, sil
         assert client.get("/").text == "hello"
     assert app.telemetry.flusher is None
     silent_endpoint.assert_no_connection(wait=0.05)
+
+
+@pytest.mark.parametrize("way", [w for w in WAYS if WAYS[w][0] != "argument"])
+@pytest.mark.parametrize("made_by", ["Config()", "Config.resolve(environ={})"])
+def test_a_ready_config_honours_the_environment_and_argv_opt_out(
+    way, made_by, monkeypatch, silent_endpoint
+):
+    opt_out(way, monkeypatch)
+    options = {"endpoint": silent_endpoint.url, "send_in_tests": True, "flush_interval": 3600}
+    if made_by == "Config()":
+        config = Config(**options)
+    else:  # resolved, but against another environment and command line
+        config = Config.resolve(environ={}, argv=[], **options)
+    assert config.enabled
+    telemetry = Telemetry(config=config)
+    assert not telemetry.enabled
+    assert not telemetry.sending
+    assert telemetry.flusher is None
+    assert WAYS[way][1] in telemetry.config.opt_out_reason
+    assert telemetry.flush() is False
+    silent_endpoint.assert_no_connection(wait=0.05)
+
+
+def test_a_ready_config_from_django_settings_honours_the_environment_opt_out(
+    monkeypatch, silent_endpoint
+):
+    from conftest import configure_django
+
+    configure_django()
+    from django.test import override_settings
+
+    from reqtelemetry.django import get_telemetry, reset_telemetry
+
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    config = Config(endpoint=silent_endpoint.url, send_in_tests=True)
+    reset_telemetry()
+    try:
+        with override_settings(REQTELEMETRY={"config": config}):
+            telemetry = get_telemetry()
+            assert not telemetry.enabled
+            assert telemetry.flusher is None
+    finally:
+        reset_telemetry()
+    silent_endpoint.assert_no_connection(wait=0.05)
+
+
+def test_a_ready_config_with_opt_out_true_says_why():
+    telemetry = Telemetry(config=Config(opt_out=True))
+    assert not telemetry.enabled
+    assert "opt_out=True" in telemetry.config.opt_out_reason
 
 
 @pytest.mark.parametrize(

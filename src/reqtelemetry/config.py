@@ -161,6 +161,26 @@ class Config:
         config.validate()
         return config
 
+    def with_opt_out_applied(
+        self, environ: Mapping[str, str] | None = None, argv: Iterable[str] | None = None
+    ) -> Config:
+        """This config, opted out if the environment or the command line says so.
+
+        Why: a config built by hand (``Telemetry(config=Config(...))``, Django's
+        ``REQTELEMETRY = {"config": ...}``) or resolved against another
+        environment has never seen this process's ``SQA_OPT_OUT``,
+        ``DO_NOT_TRACK`` or ``--sqa-opt-out``; opting out must work whatever
+        way the config was made. It can only switch telemetry off.
+        """
+        environ = os.environ if environ is None else environ
+        argv = sys.argv if argv is None else argv
+        if self.opt_out and self.opt_out_reason is not None:
+            return self
+        reason = _opt_out_reason(self, environ, argv)
+        if reason is None:
+            return self
+        return replace(self, opt_out=True, opt_out_reason=reason)
+
     def validate(self) -> None:
         if self.max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {self.max_keys!r}")

@@ -46,7 +46,8 @@ class Telemetry:
 
     ``Telemetry(endpoint=..., app_name=..., app_version=...)`` takes any
     :class:`~reqtelemetry.config.Config` field as a keyword; or pass a ready
-    ``config=``. Opting out is resolved here, once: an opted-out instance records
+    ``config=`` (``SQA_OPT_OUT``, ``DO_NOT_TRACK`` and ``--sqa-opt-out`` apply
+    to it too). Opting out is resolved here, once: an opted-out instance records
     nothing, and the middlewares then only call the app they wrap.
     """
 
@@ -59,6 +60,11 @@ class Telemetry:
             config = Config.resolve(**options)
         elif endpoint is not None or options:
             raise TypeError("pass either config= or keyword options, not both")
+        else:
+            # A ready config may never have seen this process's environment
+            # and command line: their opt-out applies all the same.
+            config = config.with_opt_out_applied()
+            config.validate()
         self.config = config
         self.enabled = config.enabled
         self.recorder = Recorder(max_keys=config.max_keys)
