@@ -234,3 +234,52 @@ def test_metric_name_cap_cannot_pass_the_wire_format_limit():
 def test_unknown_withheld_trait_is_refused_at_start_with_the_valid_names():
     with pytest.raises(ValueError, match="memory_rss_bytes"):
         Config.resolve(environ={"REQTELEMETRY_DISABLE": "memory"}, argv=[])
+
+
+BAD_ENVIRONMENT_VALUES = [
+    {"REQTELEMETRY_MAX_KEYS": "1e3"},
+    {"REQTELEMETRY_FLUSH_INTERVAL": "1h"},
+    {"REQTELEMETRY_DISABLE": "memory"},
+    {"REQTELEMETRY_ENDPOINT": "collector.internal:8600"},
+    {"REQTELEMETRY_DEBUG": "y"},
+    {"REQTELEMETRY_TIMEOUT": "0"},
+]
+
+
+@pytest.mark.parametrize("bad", BAD_ENVIRONMENT_VALUES)
+@pytest.mark.parametrize(
+    "opted_out",
+    [{"SQA_OPT_OUT": "true"}, {"DO_NOT_TRACK": "1"}, {"REQTELEMETRY_OPT_OUT": "yes"}],
+)
+def test_opted_out_a_bad_environment_value_does_not_stop_the_app(bad, opted_out, caplog):
+    caplog.set_level("DEBUG", logger="reqtelemetry")
+    config = resolve({**opted_out, **bad}, app_name="code-app")
+    assert config.opt_out and not config.enabled
+    assert next(iter(opted_out)) in config.opt_out_reason
+    assert config.app_name == "code-app"
+    assert len(caplog.records) <= 1  # at most one line says what was ignored
+
+
+@pytest.mark.parametrize("bad", BAD_ENVIRONMENT_VALUES)
+def test_opted_out_by_argv_or_code_a_bad_environment_value_is_ignored_too(bad):
+    assert resolve(bad, argv=[OPT_OUT_FLAG]).opt_out
+    assert resolve(bad, opt_out=True).opt_out
+
+
+@pytest.mark.parametrize("bad", BAD_ENVIRONMENT_VALUES)
+def test_enabled_a_bad_environment_value_is_still_a_clear_error(bad):
+    with pytest.raises(ValueError):
+        resolve(bad)
+
+
+def test_opted_out_a_bad_value_in_code_is_the_same_error_as_when_enabled():
+    with pytest.raises(ValueError, match="max_keys"):
+        resolve({"SQA_OPT_OUT": "1"}, max_keys=0)
+
+
+def test_opted_out_telemetry_starts_with_a_bad_environment_value(monkeypatch):
+    monkeypatch.setenv("SQA_OPT_OUT", "true")
+    monkeypatch.setenv("REQTELEMETRY_MAX_KEYS", "1e3")
+    telemetry = Telemetry(app_name="x")
+    assert not telemetry.enabled
+    assert telemetry.flusher is None

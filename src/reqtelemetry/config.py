@@ -12,6 +12,7 @@ switch telemetry *off*; no variable switches it on against the code's wish.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .recorder import DEFAULT_MAX_KEYS
+
+logger = logging.getLogger("reqtelemetry")
 
 OPT_OUT_FLAG = "--sqa-opt-out"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -154,11 +157,25 @@ class Config:
         ):
             if name in options:
                 options[name] = _split(options[name])
-        options.update(_from_environment(environ))
-        config = cls(**options)
-        reason = _opt_out_reason(config, environ, argv)
-        config = replace(config, opt_out=reason is not None, opt_out_reason=reason)
-        config.validate()
+        # Opting out is decided first, from nothing that can be malformed: an
+        # opted-out app must start whatever else the environment says.
+        reason = _opt_out_reason(bool(options.get("opt_out")), environ, argv)
+        try:
+            config = cls(**{**options, **_from_environment(environ)})
+            config = replace(config, opt_out=reason is not None, opt_out_reason=reason)
+            config.validate()
+        except ValueError as error:
+            if reason is None:
+                raise  # on: a bad value is a clear error at start
+            # Off: nothing will use these values. The code's own values are
+            # still checked below, so a bug in code fails the same either way.
+            logger.info(
+                "reqtelemetry: telemetry is off (%s); ignoring the REQTELEMETRY_* settings: %s",
+                reason,
+                error,
+            )
+            config = replace(cls(**options), opt_out=True, opt_out_reason=reason)
+            config.validate()
         return config
 
     def with_opt_out_applied(
@@ -176,7 +193,7 @@ class Config:
         argv = sys.argv if argv is None else argv
         if self.opt_out and self.opt_out_reason is not None:
             return self
-        reason = _opt_out_reason(self, environ, argv)
+        reason = _opt_out_reason(self.opt_out, environ, argv)
         if reason is None:
             return self
         return replace(self, opt_out=True, opt_out_reason=reason)
@@ -290,7 +307,9 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     return found
 
 
-def _opt_out_reason(config: Config, environ: Mapping[str, str], argv: Iterable[str]) -> str | None:
+def _opt_out_reason(
+    in_code: bool, environ: Mapping[str, str], argv: Iterable[str]
+) -> str | None:
     for variable in ("SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT"):
         if env_flag(environ.get(variable)):
             return f"{variable} is set"
@@ -298,6 +317,6 @@ def _opt_out_reason(config: Config, environ: Mapping[str, str], argv: Iterable[s
         return "DO_NOT_TRACK is set"
     if OPT_OUT_FLAG in argv:
         return f"{OPT_OUT_FLAG} was given"
-    if config.opt_out:
+    if in_code:
         return "opt_out=True in the configuration"
     return None
