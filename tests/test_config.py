@@ -108,7 +108,7 @@ def test_environment_overrides_win_over_code():
         app_version="1.0",
         exclude_paths=["/code"],
         exclude_prefixes=["/code/"],
-        allowed_path_segments=["code"],
+        allowed_path_segments=["code", "api"],
         max_keys=10,
         flush_interval=5,
         debug=False,
@@ -116,9 +116,10 @@ def test_environment_overrides_win_over_code():
     assert config.endpoint == "https://collector.example/v1"
     assert config.app_name == "env-app"
     assert config.app_version == "9.9"
-    assert config.exclude_paths == ("/health", "/ready")
-    assert config.exclude_prefixes == ("/static/",)
-    assert config.allowed_path_segments == ("api", "v1")
+    # What is excluded adds up; an allow-list can only shrink to what code allows.
+    assert config.exclude_paths == ("/code", "/health", "/ready")
+    assert config.exclude_prefixes == ("/code/", "/static/")
+    assert config.allowed_path_segments == ("api",)
     assert config.max_keys == 20
     assert config.flush_interval == 60.5
     assert config.debug is True
@@ -209,21 +210,64 @@ def test_opted_out_telemetry_is_disabled():
     assert "SQA_OPT_OUT" in repr(telemetry)
 
 
-def test_boolean_overrides_can_switch_off_as_well_as_on():
-    config = Config.resolve(
-        environ={"REQTELEMETRY_GROUP_UNMATCHED": "false", "REQTELEMETRY_RECORD_QUERY": "ON"},
-        argv=[],
-    )
-    assert config.group_unmatched is False
-    assert config.record_query is True
+def test_boolean_overrides_can_only_narrow_what_is_collected():
+    widen = {"REQTELEMETRY_GROUP_UNMATCHED": "false", "REQTELEMETRY_RECORD_QUERY": "ON"}
+    config = Config.resolve(environ=widen, argv=[])
+    assert config.group_unmatched is True  # the environment cannot split scanners' 404s
+    assert config.record_query is False  # ... nor start recording query strings
+    narrow = {"REQTELEMETRY_GROUP_UNMATCHED": "true", "REQTELEMETRY_RECORD_QUERY": "off"}
+    config = Config.resolve(environ=narrow, argv=[], group_unmatched=False, record_query=True)
+    assert config.group_unmatched is True
+    assert config.record_query is False
     # Empty means "not set": the code's value stands.
     config = Config.resolve(environ={"REQTELEMETRY_GROUP_UNMATCHED": ""}, argv=[])
     assert config.group_unmatched is True
+    config = Config.resolve(environ=widen, argv=[], group_unmatched=False, record_query=True)
+    assert config.group_unmatched is False and config.record_query is True
 
 
-def test_allowed_query_keys_from_the_environment():
-    config = Config.resolve(environ={"REQTELEMETRY_ALLOWED_QUERY_KEYS": "page, sort"}, argv=[])
+def test_allowed_query_keys_from_the_environment_only_narrow_the_codes():
+    environ = {"REQTELEMETRY_ALLOWED_QUERY_KEYS": "page, sort"}
+    config = Config.resolve(environ=environ, argv=[], allowed_query_keys=["page", "sort", "q"])
     assert config.allowed_query_keys == ("page", "sort")
+    assert Config.resolve(environ=environ, argv=[]).allowed_query_keys == ()
+
+
+CODE_LISTS = {
+    "disabled_traits": ["memory_rss_bytes", "app_git_hash"],
+    "exclude_paths": ["/healthz"],
+    "exclude_prefixes": ["/static/"],
+    "allowed_path_segments": ["api"],
+    "allowed_query_keys": ["page"],
+}
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "DISABLE",
+        "EXCLUDE_PATHS",
+        "EXCLUDE_PREFIXES",
+        "ALLOWED_PATH_SEGMENTS",
+        "ALLOWED_QUERY_KEYS",
+    ],
+)
+@pytest.mark.parametrize("blank", ["", " ", " , ,"])
+def test_a_blank_list_variable_is_not_set(variable, blank):
+    config = resolve({f"REQTELEMETRY_{variable}": blank}, **CODE_LISTS)
+    assert config == resolve({}, **CODE_LISTS)
+
+
+def test_withheld_traits_and_excluded_paths_from_the_environment_add_to_the_codes():
+    environ = {
+        "REQTELEMETRY_DISABLE": "cpu_count, app_git_hash",
+        "REQTELEMETRY_EXCLUDE_PATHS": "/ready",
+        "REQTELEMETRY_EXCLUDE_PREFIXES": "/admin/",
+    }
+    config = resolve(environ, **CODE_LISTS)
+    assert config.disabled_traits == ("memory_rss_bytes", "app_git_hash", "cpu_count")
+    assert config.exclude_paths == ("/healthz", "/ready")
+    assert config.exclude_prefixes == ("/static/", "/admin/")
 
 
 def test_metric_name_cap_cannot_pass_the_wire_format_limit():

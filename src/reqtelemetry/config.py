@@ -5,8 +5,13 @@ operator must be able to predict what happens from what they set at start.
 
 Precedence, strongest first: the environment (``REQTELEMETRY_*``, and for
 opting out also ``SQA_OPT_OUT`` and ``DO_NOT_TRACK``), then the command line's
-``--sqa-opt-out``, then the arguments given in code. The environment can only
-switch telemetry *off*; no variable switches it on against the code's wish.
+``--sqa-opt-out``, then the arguments given in code. No variable switches
+telemetry on against the code's wish, and none widens *what* is collected:
+lists that withhold or exclude add to the code's, allow-lists can only shrink,
+``RECORD_QUERY`` can only switch off, ``GROUP_UNMATCHED`` only on (see
+:func:`_with_environment`). Where reports go and how (endpoint, interval,
+timeouts, caps, debug, trait values) the environment decides; the one variable
+that makes something send where it would not is ``REQTELEMETRY_SEND_IN_TESTS``.
 """
 
 from __future__ import annotations
@@ -161,7 +166,7 @@ class Config:
         # opted-out app must start whatever else the environment says.
         reason = _opt_out_reason(bool(options.get("opt_out")), environ, argv)
         try:
-            config = cls(**{**options, **_from_environment(environ)})
+            config = cls(**_with_environment(options, _from_environment(environ)))
             config = replace(config, opt_out=reason is not None, opt_out_reason=reason)
             config.validate()
         except ValueError as error:
@@ -206,7 +211,7 @@ class Config:
                 "min_flush_interval must be positive and at most max_flush_interval, "
                 f"and max_flush_interval at most {LONGEST_FLUSH_INTERVAL:g} s (a year)"
             )
-        if not (math.isfinite(self.flush_interval) and 0 < self.flush_interval):
+        if not (math.isfinite(self.flush_interval) and self.flush_interval > 0):
             raise ValueError(
                 f"flush_interval must be a positive number of seconds, got {self.flush_interval!r}"
             )
@@ -275,9 +280,9 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         "DISABLE": "disabled_traits",
     }
     for suffix, name in lists.items():
-        value = environ.get(f"REQTELEMETRY_{suffix}")
-        if value is not None:
-            found[name] = _split(value)
+        items = _split(environ.get(f"REQTELEMETRY_{suffix}"))
+        if items:  # unset, empty or blank: not set
+            found[name] = items
     numbers = {
         "MAX_KEYS": ("max_keys", int),
         "FLUSH_INTERVAL": ("flush_interval", float),
@@ -307,9 +312,40 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     return found
 
 
-def _opt_out_reason(
-    in_code: bool, environ: Mapping[str, str], argv: Iterable[str]
-) -> str | None:
+#: Lists that take something out of what is measured or sent: the
+#: environment's entries are added to the code's.
+_NARROWING_LISTS = ("exclude_paths", "exclude_prefixes", "disabled_traits")
+#: Lists that let more through: the environment can only remove entries.
+_WIDENING_LISTS = ("allowed_path_segments", "allowed_query_keys")
+
+
+def _with_environment(options: Mapping[str, Any], found: Mapping[str, Any]) -> dict[str, Any]:
+    """The code's options with the environment's overrides applied.
+
+    For *how and where* reports go (endpoint, interval, timeouts, caps, debug,
+    trait values) the environment replaces the code's value. For *what* is
+    collected it can only narrow what the code allows: withheld traits and
+    excluded paths add up, allow-lists can only shrink, query recording can
+    only be switched off and grouping of unmatched paths only on.
+    """
+    merged = {**options, **found}
+    for name in _NARROWING_LISTS:
+        if name in found:
+            code = tuple(options.get(name, ()))
+            merged[name] = code + tuple(item for item in found[name] if item not in code)
+    for name in _WIDENING_LISTS:
+        if name in found:
+            merged[name] = tuple(item for item in options.get(name, ()) if item in found[name])
+    if "record_query" in found:
+        merged["record_query"] = bool(options.get("record_query", False)) and found["record_query"]
+    if "group_unmatched" in found:
+        merged["group_unmatched"] = (
+            bool(options.get("group_unmatched", True)) or found["group_unmatched"]
+        )
+    return merged
+
+
+def _opt_out_reason(in_code: bool, environ: Mapping[str, str], argv: Iterable[str]) -> str | None:
     for variable in ("SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT"):
         if env_flag(environ.get(variable)):
             return f"{variable} is set"
