@@ -672,6 +672,18 @@ def test_reqtelemetry_disable_withholds_traits(monkeypatch, receiver, tmp_path):
         assert "9.9.9" not in json.dumps(report)
 
 
+def test_an_over_long_app_version_is_cut_and_the_report_is_accepted(make_sender, receiver):
+    # The collector refuses (422) a trait over 128 characters, and a refused
+    # report is dropped: every batch would be lost. The receiver fixture checks
+    # the schema too.
+    telemetry = make_sender(app_version="1.0+" + "g" * 130)
+    expected = record_traffic(telemetry)
+    assert telemetry.flush() is True
+    reports = receiver.reports_from(telemetry.instance_id)
+    assert reports[-1]["traits"]["app_version"] == ("1.0+" + "g" * 130)[:128]
+    assert delivered(receiver, telemetry) == expected
+
+
 def test_disabled_traits_argument_withholds_traits(make_sender, receiver):
     telemetry = make_sender(disabled_traits=["uptime_seconds"])
     (report,) = receiver.reports_from(telemetry.instance_id)

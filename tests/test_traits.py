@@ -259,6 +259,27 @@ def test_traits_validate_against_payload_schema() -> None:
         jsonschema.validate(traits, traits_schema, cls=jsonschema.Draft202012Validator)
 
 
+def test_text_traits_are_cut_to_the_schemas_limit() -> None:
+    from reqtelemetry.schema_loader import load_payload_schema
+    from reqtelemetry.traits import MAX_TEXT_LENGTH
+
+    assert load_payload_schema()["$defs"]["short_text"]["maxLength"] == MAX_TEXT_LENGTH
+    long_version = "1.0+" + "g" * 130
+    config = make_config(app_name="n" * 500, app_version=long_version, app_git_hash="abc")
+    traits, _ = SystemTraits(config).current()
+    assert traits["app_version"] == long_version[:MAX_TEXT_LENGTH]
+    assert traits["app_name"] == "n" * MAX_TEXT_LENGTH
+    assert traits["app_git_hash"] == "abc"
+    assert all(len(v) <= MAX_TEXT_LENGTH for v in traits.values() if isinstance(v, str))
+
+
+@pytest.mark.parametrize("name", ["app_name", "app_version", "app_git_hash", "app_build_time"])
+@pytest.mark.parametrize("value", [3.1, 3, b"3.1", ["3.1"]])
+def test_a_non_string_app_trait_is_a_clear_error_at_start(name: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be a string"):
+        make_config(**{name: value})
+
+
 # -- the deployment id ------------------------------------------------------------
 
 

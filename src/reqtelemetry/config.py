@@ -239,6 +239,15 @@ class Config:
             )
         if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
             raise ValueError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
+        for name in ("app_name", "app_version", "app_git_hash", "app_build_time"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                # Not converted: 3.10 would become "3.1". The wire format only
+                # takes strings, and a number would get every report refused.
+                raise ValueError(
+                    f"{name} must be a string (quote it: {str(value)!r}), "
+                    f"got {value!r} ({type(value).__name__})"
+                )
         for prefix in self.exclude_prefixes:
             if not prefix.startswith("/"):
                 raise ValueError(f"exclude_prefixes entries must start with '/', got {prefix!r}")

@@ -59,6 +59,9 @@ TRAIT_NAMES: tuple[str, ...] = (
     "development",
 )
 _KNOWN = frozenset(TRAIT_NAMES)
+#: The wire format's longest text trait (``short_text`` in the JSON Schema):
+#: longer values are cut, as the collector refuses a report with one.
+MAX_TEXT_LENGTH = 128
 
 #: Frameworks, most specific first (FastAPI is built on Starlette), with the
 #: module that proves it is imported and its distribution name.
@@ -384,8 +387,16 @@ class SystemTraits:
         if "uptime_seconds" not in withheld:
             uptime = max(0.0, time.monotonic() - self._started_monotonic)
             values["uptime_seconds"] = round(uptime, 3)
-        traits = {name: values[name] for name in TRAIT_NAMES if name not in withheld}
+        traits = {name: _fit(values[name]) for name in TRAIT_NAMES if name not in withheld}
         return traits, list(self.withheld)
+
+
+def _fit(value: Any) -> Any:
+    """A text trait cut to :data:`MAX_TEXT_LENGTH` (an app version with a long
+    build suffix, an odd kernel release string); other values as they are."""
+    if isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:
+        return value[:MAX_TEXT_LENGTH]
+    return value
 
 
 # --- the deployment id -------------------------------------------------------
