@@ -327,3 +327,21 @@ def test_opted_out_telemetry_starts_with_a_bad_environment_value(monkeypatch):
     telemetry = Telemetry(app_name="x")
     assert not telemetry.enabled
     assert telemetry.flusher is None
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://collector..example.org", "http://x:abc", "http://", "http://127.0.0.1:99999"],
+)
+def test_an_endpoint_httpx_cannot_use_is_refused_at_start(endpoint):
+    with pytest.raises(ValueError, match="endpoint"):
+        resolve(endpoint=endpoint)
+    with pytest.raises(ValueError, match="endpoint"):
+        Telemetry(config=Config(endpoint=endpoint))
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["https://collector.example.org/base", "http://127.0.0.1:8600", "http://[::1]:80"]
+)
+def test_ordinary_endpoints_are_accepted(endpoint):
+    assert resolve(endpoint=endpoint).endpoint == endpoint

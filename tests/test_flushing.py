@@ -561,6 +561,56 @@ def test_a_failed_part_is_put_back_and_nothing_is_counted_twice(make_sender, rec
     assert sum(r["metrics"]["counters"].get("jobs.done", 0) for r in reports) == 5
 
 
+def test_a_malformed_session_answer_is_a_failed_attempt_and_the_batch_is_kept(
+    make_sender, receiver
+):
+    # A number JSON allows but float() cannot take (OverflowError, not an
+    # httpx error): the batch used to be discarded with the exception.
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+    telemetry.count("jobs.done", 2)
+    receiver.respond_with(401)  # the token is refused: a new session is needed ...
+    malformed = {"token": "t", "expires_at": 10**400, "bits": 0}
+    # ... and comes back malformed, at both attempts left (max_attempts=3).
+    receiver.respond_to_session_with(200, json=malformed, times=2)
+    sessions = len(receiver.sessions)
+    assert telemetry.flush() is False
+    assert len(receiver.sessions) == sessions + 2
+    assert telemetry.internal_errors == 0  # a failed attempt, not a bug
+    assert "bad answer" in telemetry.flusher.last_result.error
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+    reports = receiver.reports_from(telemetry.instance_id)
+    assert sum(r["metrics"]["counters"].get("jobs.done", 0) for r in reports) == 2
+
+
+def test_any_error_after_the_batch_is_taken_puts_back_what_was_not_delivered(
+    make_sender, receiver, monkeypatch
+):
+    telemetry = make_sender(max_payload_bytes=16384)
+    expected = long_routes(telemetry, 200)
+    telemetry.count("jobs.done", 5)
+    transport = telemetry.flusher.transport
+    real_deliver = transport.deliver
+    calls = []
+
+    def deliver_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # part 0 went through the real transport; then a bug
+            raise RuntimeError("a bug after the batch was taken")
+        return real_deliver(*args, **kwargs)
+
+    monkeypatch.setattr(transport, "deliver", deliver_then_fail)
+    assert telemetry.flush() is False
+    assert telemetry.internal_errors == 1
+    assert len(receiver.reports_from(telemetry.instance_id)) == 2  # startup, part 0
+    monkeypatch.setattr(transport, "deliver", real_deliver)
+    assert telemetry.flush() is True
+    reports = receiver.reports_from(telemetry.instance_id)
+    assert record_counts(reports) == expected  # nothing lost, nothing counted twice
+    assert sum(r["metrics"]["counters"].get("jobs.done", 0) for r in reports) == 5
+
+
 def test_merged_back_batch_respects_the_key_cap_and_counts_what_it_drops(make_sender, receiver):
     telemetry = make_sender(max_keys=5, max_attempts=1, timeout=2.0)
     old = record_traffic(telemetry, routes=5, each=2)

@@ -239,6 +239,9 @@ class Config:
             )
         if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
             raise ValueError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
+        if self.endpoint is not None and self.enabled:
+            # Only when on: opted out, the URL is never used, nor httpx imported.
+            _check_endpoint(self.endpoint)
         for name in ("app_name", "app_version", "app_git_hash", "app_build_time"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -319,6 +322,25 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             raise ValueError(f"REQTELEMETRY_{suffix} must be true or false, got {value!r}")
         found[name] = env_flag(value)
     return found
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """Refuse at start an endpoint httpx would fail on at every flush.
+
+    ``http://collector..example.org`` passes a prefix check, then raises at each
+    request (``UnicodeError`` from the IDNA codec, or ``httpx.InvalidURL``).
+    """
+    import httpx
+
+    try:
+        url = httpx.URL(endpoint)
+        host = url.host
+        port = url.port
+        host.encode("idna")  # what the socket layer does with it
+    except (httpx.InvalidURL, UnicodeError, ValueError) as error:
+        raise ValueError(f"endpoint is not a valid URL ({error}): {endpoint!r}") from None
+    if not host or "%" in host or (port is not None and not 0 < port < 65536):
+        raise ValueError(f"endpoint must name a host (and a valid port), got {endpoint!r}")
 
 
 #: Lists that take something out of what is measured or sent: the

@@ -191,63 +191,81 @@ class Flusher:
                 logger.info("reqtelemetry: deployment id kept for this process only (%s)", how)
         batch = telemetry.recorder.collect()
         metrics = telemetry.metrics.collect()
-        traits, withheld = telemetry.traits.current()
-        envelope = Envelope(
-            kind=kind,
-            sequence=self.sequence,
-            deployment_id=self.deployment_id,
-            instance_id=telemetry.instance_id,
-            traits=traits,
-            withheld=withheld,
-            metrics=metrics,
-            internal_errors=telemetry.internal_errors,
-        )
-        self.sequence += 1
-        # At shutdown this process serves no more requests: no pauses for them.
-        paced = kind != "shutdown"
-        reports = build_reports(envelope, batch, self.config.max_payload_bytes, paced=paced)
-        if self.config.debug or self.transport is None:
-            stream = self._debug_stream()
-            for report in reports:
-                stream.write(report.body.decode("ascii") + "\n")
-            stream.flush()
-            return True
-        all_delivered = True
-        for index, report in enumerate(reports):
-            result = self.transport.deliver(
-                report.body,
-                max(0.0, deadline - time.monotonic()),
-                self.deployment_id,
-                telemetry.instance_id,
-                paced=paced,
+        # From here on the batch lives only in this frame: whatever fails, not
+        # only an httpx error (a malformed answer, a bug), what was neither
+        # delivered nor refused goes back into the recorder.
+        reports: list[Report] | None = None
+        pending = 0  # reports[pending:] are neither delivered nor refused
+        try:
+            traits, withheld = telemetry.traits.current()
+            envelope = Envelope(
+                kind=kind,
+                sequence=self.sequence,
+                deployment_id=self.deployment_id,
+                instance_id=telemetry.instance_id,
+                traits=traits,
+                withheld=withheld,
+                metrics=metrics,
+                internal_errors=telemetry.internal_errors,
             )
-            self.last_result = result
-            self._apply_pacing(result)
-            if result.outcome is Outcome.DELIVERED:
-                continue
-            if result.outcome is Outcome.GONE:
-                self.gone = True
-                logger.info(
-                    "reqtelemetry: the collector answered 410 Gone; "
-                    "no more reports from this process"
+            self.sequence += 1
+            # At shutdown this process serves no more requests: no pauses for them.
+            paced = kind != "shutdown"
+            reports = build_reports(envelope, batch, self.config.max_payload_bytes, paced=paced)
+            if self.config.debug or self.transport is None:
+                stream = self._debug_stream()
+                for report in reports:
+                    stream.write(report.body.decode("ascii") + "\n")
+                stream.flush()
+                pending = len(reports)
+                return True
+            all_delivered = True
+            for index, report in enumerate(reports):
+                result = self.transport.deliver(
+                    report.body,
+                    max(0.0, deadline - time.monotonic()),
+                    self.deployment_id,
+                    telemetry.instance_id,
+                    paced=paced,
+                )
+                if result.outcome in (Outcome.DELIVERED, Outcome.REJECTED):
+                    pending = index + 1
+                elif result.outcome is Outcome.GONE:
+                    pending = len(reports)  # the collector wants none of it, ever
+                self.last_result = result
+                self._apply_pacing(result)
+                if result.outcome is Outcome.DELIVERED:
+                    continue
+                if result.outcome is Outcome.GONE:
+                    self.gone = True
+                    logger.info(
+                        "reqtelemetry: the collector answered 410 Gone; "
+                        "no more reports from this process"
+                    )
+                    return False
+                if result.outcome is Outcome.REJECTED:
+                    telemetry.internal_errors += 1
+                    logger.warning(
+                        "reqtelemetry: the collector refused a report (HTTP %s): %s",
+                        result.status,
+                        result.error,
+                    )
+                    all_delivered = False  # refused for good: not kept, but not delivered either
+                    continue
+                pending = len(reports)  # handed back here, not again below
+                self._put_back(batch, reports[index:], metrics)
+                logger.debug(
+                    "reqtelemetry: report not delivered (%s); kept for the next one",
+                    result.error or result.status,
                 )
                 return False
-            if result.outcome is Outcome.REJECTED:
-                telemetry.internal_errors += 1
-                logger.warning(
-                    "reqtelemetry: the collector refused a report (HTTP %s): %s",
-                    result.status,
-                    result.error,
-                )
-                all_delivered = False  # refused for good: not kept, but not delivered either
-                continue
-            self._put_back(batch, reports[index:], metrics)
-            logger.debug(
-                "reqtelemetry: report not delivered (%s); kept for the next one",
-                result.error or result.status,
-            )
-            return False
-        return all_delivered
+            return all_delivered
+        except Exception:
+            if reports is None:
+                self._put_back_everything(batch, metrics)
+            elif pending < len(reports):
+                self._put_back(batch, reports[pending:], metrics)
+            raise  # flush() counts it as an internal error
 
     def _apply_pacing(self, result: Result) -> None:
         if result.next_interval is not None:
@@ -259,6 +277,11 @@ class Flusher:
             # slowest pace the operator allows.
             wait = min(result.retry_after, self.config.max_flush_interval)
             self._not_before = time.monotonic() + wait
+
+    def _put_back_everything(self, batch: Batch, metrics: dict[str, dict[str, float]]) -> None:
+        """Merge a batch back whole (it failed before it was cut into reports)."""
+        self.telemetry.recorder.merge(batch)
+        self.telemetry.metrics.merge(metrics)
 
     def _put_back(
         self, batch: Batch, undelivered: list[Report], metrics: dict[str, dict[str, float]]

@@ -223,7 +223,8 @@ class Transport:
             answer = response.json()
             token, bits = str(answer["token"]), int(answer["bits"])
             lifetime = float(answer["expires_at"]) - time.time()
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, OverflowError) as error:
+            # OverflowError: ``"bits": 1e999`` parses as inf, and int(inf) raises.
             return Result(Outcome.FAILED, status=status, error=f"session: bad answer ({error})")
         if not 0 <= bits <= self.config.max_proof_of_work_bits:
             return Result(
