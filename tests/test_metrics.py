@@ -64,20 +64,38 @@ def test_good_names_are_accepted(name):
     assert collected == {"counters": {name: 1}, "gauges": {name: 1}}
 
 
+@pytest.fixture(params=["enabled", "opted out"])
+def either(request, make_telemetry):
+    """A Telemetry on, then one opted out: bad calls must fail alike in both."""
+    return make_telemetry(opt_out=request.param == "opted out")
+
+
 @pytest.mark.parametrize("name", BAD_NAMES)
-def test_bad_names_are_refused_loudly(name, telemetry):
+def test_bad_names_are_refused_loudly(name, either):
     with pytest.raises(ValueError, match="metric name"):
-        telemetry.count(name)
+        either.count(name)
     with pytest.raises(ValueError, match="metric name"):
-        telemetry.gauge(name, lambda: 1)
-    assert telemetry.metrics.collect() == {"counters": {}, "gauges": {}}
+        either.gauge(name, lambda: 1)
+    assert either.metrics.collect() == {"counters": {}, "gauges": {}}
 
 
 @pytest.mark.parametrize("increment", BAD_INCREMENTS, ids=repr)
-def test_bad_increments_are_refused_loudly(increment, telemetry):
+def test_bad_increments_are_refused_loudly(increment, either):
     with pytest.raises(ValueError):
-        telemetry.count("jobs.done", increment)
-    assert telemetry.metrics.collect()["counters"] == {}
+        either.count("jobs.done", increment)
+    assert either.metrics.collect()["counters"] == {}
+
+
+def test_a_gauge_needs_a_callable_when_opted_out_too(make_telemetry):
+    with pytest.raises(ValueError, match="callable"):
+        make_telemetry(opt_out=True).gauge("queue.depth", 3)
+
+
+def test_a_name_found_valid_is_still_valid_and_a_bad_one_still_bad(either):
+    for _ in range(3):  # the second call onwards takes the remembered answer
+        either.count("feature.export_pdf")
+        with pytest.raises(ValueError, match="metric name"):
+            either.count("export.PDF")
 
 
 @pytest.mark.parametrize("increment", [0, 1, 2.5, 10**12, Fraction(1, 2)], ids=repr)

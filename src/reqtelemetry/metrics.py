@@ -23,12 +23,22 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 MAX_NAME_LENGTH = 64
 
 
+#: Names found valid already, so that a name's pattern is matched once, not at
+#: every call (bounded: past the cap a name is matched each time).
+_VALID_NAMES: set[str] = set()
+_VALID_NAMES_CAP = 4096
+
+
 def validate_name(name: object) -> str:
+    if type(name) is str and name in _VALID_NAMES:
+        return name
     if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.match(name):
         raise ValueError(
             f"metric name must be lowercase dotted words like 'feature.export_pdf' "
             f"(at most {MAX_NAME_LENGTH} characters), got {name!r}"
         )
+    if type(name) is str and len(_VALID_NAMES) < _VALID_NAMES_CAP:
+        _VALID_NAMES.add(name)
     return name
 
 
@@ -36,6 +46,27 @@ def _validate_number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
     return float(value) if not isinstance(value, int) else value  # type: ignore[return-value]
+
+
+def check_count(name: object, value: object) -> float:
+    """The checks of :meth:`AppMetrics.count`; the increment as a number.
+
+    Also run when telemetry is off, so that a bad call fails the same way
+    whether or not telemetry is on: on a developer's machine with
+    ``DO_NOT_TRACK=1``, not first in production.
+    """
+    validate_name(name)
+    number = _validate_number(value, "a counter increment")
+    if number < 0:
+        raise ValueError(f"a counter only goes up; got increment {value!r} for {name!r}")
+    return number
+
+
+def check_gauge(name: object, callback: object) -> None:
+    """The checks of :meth:`AppMetrics.gauge` (also run when telemetry is off)."""
+    validate_name(name)
+    if not callable(callback):
+        raise ValueError(f"a gauge needs a callable returning a number, got {callback!r}")
 
 
 class AppMetrics:
@@ -51,10 +82,7 @@ class AppMetrics:
 
     def count(self, name: str, value: float = 1) -> None:
         """Add ``value`` (default 1, never negative) to the counter ``name``."""
-        validate_name(name)
-        value = _validate_number(value, "a counter increment")
-        if value < 0:
-            raise ValueError(f"a counter only goes up; got increment {value!r} for {name!r}")
+        value = check_count(name, value)
         with self._lock:
             if name not in self._counters and self._names() >= self.max_names:
                 self._refuse(name)
@@ -63,9 +91,7 @@ class AppMetrics:
 
     def gauge(self, name: str, callback: Callable[[], float]) -> None:
         """Sample ``callback()`` at every report as the gauge ``name``."""
-        validate_name(name)
-        if not callable(callback):
-            raise ValueError(f"a gauge needs a callable returning a number, got {callback!r}")
+        check_gauge(name, callback)
         with self._lock:
             if name not in self._gauges and self._names() >= self.max_names:
                 self._refuse(name)

@@ -19,7 +19,7 @@ from typing import Any
 
 from .anonymize import Anonymizer
 from .config import Config
-from .metrics import AppMetrics
+from .metrics import AppMetrics, check_count, check_gauge
 from .recorder import Recorder
 from .traits import SystemTraits
 
@@ -212,14 +212,22 @@ class Telemetry:
     # -- app-defined metrics ----------------------------------------------------
 
     def count(self, name: str, value: float = 1) -> None:
-        """Add to the usage counter ``name`` (``"feature.export_pdf"``); reported as a delta."""
+        """Add to the usage counter ``name`` (``"feature.export_pdf"``); reported as a delta.
+
+        A bad name or increment raises ``ValueError`` whether or not telemetry
+        is on, so that it shows where the app is developed, not first in production.
+        """
         if self.enabled:
             self.metrics.count(name, value)
+        else:
+            check_count(name, value)
 
     def gauge(self, name: str, callback: Callable[[], float]) -> None:
-        """Report ``callback()`` as the gauge ``name`` at every flush."""
+        """Report ``callback()`` as the gauge ``name`` at every flush (checked as :meth:`count`)."""
         if self.enabled:
             self.metrics.gauge(name, callback)
+        else:
+            check_gauge(name, callback)
 
     def note_development(self, reason: str) -> None:
         """Integrations call this when the app runs in debug mode or on localhost."""
