@@ -125,3 +125,19 @@ def test_unrouted_paths_are_hashed_once_and_the_cache_stays_bounded(make_telemet
         telemetry.route_for_unrouted(f"/users/{i}", matched=True)
     assert len(telemetry._anonymized) <= ANONYMIZED_CACHE_SIZE
     assert telemetry.route_for_unrouted("/users/42", matched=True) == first  # same answer
+
+
+def test_long_unrouted_paths_are_hashed_but_not_cached(make_telemetry):
+    from reqtelemetry.telemetry import ANONYMIZED_CACHE_MAX_LENGTH
+
+    telemetry = make_telemetry(record_query=True, allowed_query_keys=["q"])
+    long_path = "/files/" + "a" * 8192
+    route = telemetry.route_for_unrouted(long_path, matched=True)
+    assert route == telemetry.anonymizer.path(long_path)
+    assert telemetry.route_for_unrouted(long_path, matched=True) == route  # same answer
+    long_query = "q=" + "b" * ANONYMIZED_CACHE_MAX_LENGTH
+    with_query = telemetry.route_for_unrouted("/files/x", long_query, matched=True)
+    assert with_query == telemetry.anonymizer.url("/files/x", long_query)
+    assert telemetry._anonymized == {}  # neither is kept
+    telemetry.route_for_unrouted("/files/short", matched=True)
+    assert list(telemetry._anonymized) == [("/files/short", "")]

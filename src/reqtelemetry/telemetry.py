@@ -35,6 +35,9 @@ OTHER_METHOD = "_OTHER"
 UNMATCHED_ROUTE = "<unmatched>"
 #: Raw paths whose anonymized form is remembered (per instance, in memory only).
 ANONYMIZED_CACHE_SIZE = 4096
+#: Paths (with their query) longer than this are hashed each time, not cached:
+#: 4096 entries of 8 KB paths would hold 64 MiB, far past the memory bound.
+ANONYMIZED_CACHE_MAX_LENGTH = 256
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "0.0.0.0"})
 #: Status recorded when the client went away before the response completed
 #: (nginx's convention).
@@ -188,7 +191,10 @@ class Telemetry:
             query = ""
         # Hashing every segment with SHA-256 costs microseconds per request; a
         # route-less app sees the same paths again and again. Bounded: the
-        # cache is emptied when full (its keys are raw paths, never sent).
+        # cache is emptied when full (its keys are raw paths, never sent), and
+        # long paths are not kept at all, so it holds at most ~4096 * 256 characters.
+        if len(path) + len(query) > ANONYMIZED_CACHE_MAX_LENGTH:
+            return self.anonymizer.url(path, query) if query else self.anonymizer.path(path)
         cache = self._anonymized
         found = cache.get((path, query))
         if found is None:
