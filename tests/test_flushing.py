@@ -680,6 +680,92 @@ def test_nothing_is_sent_under_a_test_runner_without_send_in_tests(silent_endpoi
     silent_endpoint.assert_no_connection()
 
 
+def test_a_test_run_seen_only_after_start_stops_sending_at_the_next_flush(
+    make_sender, receiver, monkeypatch
+):
+    # Start as a server would: no sign of a test runner (pytest sets
+    # PYTEST_CURRENT_TEST only while a test runs, not while modules are imported).
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/gunicorn", "app:app"])
+    telemetry = make_sender(send_in_tests=False)
+    assert telemetry.sending
+    seen = len(receiver.requests)
+    assert seen == 1  # the startup report
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/test_app.py::test_it (call)")
+    record_traffic(telemetry)
+    assert telemetry.flush() is False
+    assert not telemetry.sending
+    assert telemetry.close() is False
+    assert len(receiver.requests) == seen
+
+
+COLLECTED_MODULE = """
+import os
+from reqtelemetry import Telemetry
+
+# As the README's examples do: made when the module is imported (at collection).
+telemetry = Telemetry(endpoint=os.environ["SILENT_ENDPOINT"], app_name="collected")
+print("at import: sending =", telemetry.sending, "flusher =", telemetry.flusher)
+
+
+def test_it():
+    assert Telemetry(endpoint=os.environ["SILENT_ENDPOINT"]).sending is False
+"""
+
+UNITTEST_MODULE = """
+import os, unittest
+from reqtelemetry import Telemetry
+
+
+class T(unittest.TestCase):
+    def test_it(self):
+        telemetry = Telemetry(endpoint=os.environ["SILENT_ENDPOINT"])
+        print("under unittest: sending =", telemetry.sending)
+"""
+
+
+def _clean_child_environment(endpoint: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTEST_", "REQTELEMETRY_", "SQA_", "DO_NOT_TRACK"))
+    }
+    env["SILENT_ENDPOINT"] = endpoint
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    return env
+
+
+@pytest.mark.parametrize("runner", ["pytest", "unittest"])
+def test_nothing_is_sent_from_a_module_imported_by_a_test_runner(runner, silent_endpoint, tmp_path):
+    import subprocess
+
+    module = COLLECTED_MODULE if runner == "pytest" else UNITTEST_MODULE
+    (tmp_path / "test_collected.py").write_text(module)
+    command = [sys.executable, "-m", runner]
+    command += (
+        ["-q", "-s", "-p", "no:cacheprovider", "test_collected.py"]
+        if runner == "pytest"
+        else ["test_collected"]
+    )
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=_clean_child_environment(silent_endpoint.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    expected = (
+        "at import: sending = False flusher = None"
+        if runner == "pytest"
+        else "under unittest: sending = False"
+    )
+    assert expected in output
+    silent_endpoint.assert_no_connection()
+
+
 def test_send_in_tests_from_the_environment(monkeypatch, receiver, tmp_path):
     for name in ("SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT", "DO_NOT_TRACK"):
         monkeypatch.delenv(name, raising=False)

@@ -23,6 +23,7 @@ from reqtelemetry.traits import (
     detect_ci,
     detect_container,
     detect_server,
+    detect_test_runner,
     load_deployment_id,
 )
 
@@ -278,6 +279,62 @@ def test_text_traits_are_cut_to_the_schemas_limit() -> None:
 def test_a_non_string_app_trait_is_a_clear_error_at_start(name: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"{name} must be a string"):
         make_config(**{name: value})
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["/venv/bin/pytest", "-q"],
+        ["py.test"],
+        ["/venv/lib/python3.11/site-packages/pytest/__main__.py", "tests"],  # python -m pytest
+        ["/usr/bin/python3 -m unittest", "-q", "tests"],  # as python -m unittest leaves it
+        ["manage.py", "test"],
+        ["/srv/app/manage.py", "test", "orders"],
+        ["/venv/bin/django-admin", "test"],
+    ],
+)
+def test_test_runners_are_detected_from_the_command(argv: list[str]) -> None:
+    assert detect_test_runner(environ={}, argv=argv, modules={}) is not None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["/venv/bin/gunicorn", "app:app"],
+        ["/venv/bin/uvicorn", "app:app"],
+        ["manage.py", "runserver"],
+        ["manage.py", "migrate", "test"],
+        ["/venv/bin/django-admin", "shell"],
+        ["app.py"],
+        ["/srv/pytest-dashboard/app.py"],  # a name that merely contains "pytest"
+        ["-c"],
+        [],
+    ],
+)
+def test_serving_processes_are_not_taken_for_tests(argv: list[str]) -> None:
+    # pytest and unittest imported (as any app may) are no evidence either.
+    modules = {"pytest": sys.modules["pytest"], "unittest": sys.modules["unittest"]}
+    assert detect_test_runner(environ={"CI": "1"}, argv=argv, modules=modules) is None
+
+
+@pytest.mark.parametrize("variable", ["PYTEST_CURRENT_TEST", "PYTEST_XDIST_WORKER"])
+def test_pytests_variables_mean_a_test_run(variable: str) -> None:
+    assert detect_test_runner(environ={variable: "x"}, argv=["-c"], modules={})
+
+
+def test_django_test_environment_is_a_test_run() -> None:
+    from conftest import configure_django
+
+    configure_django()
+    from django.test.utils import setup_test_environment, teardown_test_environment
+
+    assert detect_test_runner(environ={}, argv=["app.py"]) is None
+    setup_test_environment()
+    try:
+        assert "Django" in detect_test_runner(environ={}, argv=["app.py"])
+    finally:
+        teardown_test_environment()
+    assert detect_test_runner(environ={}, argv=["app.py"]) is None
 
 
 # -- the deployment id ------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING
 
 from .payload import Envelope, Report, build_reports
 from .recorder import Batch
-from .traits import load_deployment_id
+from .traits import detect_test_runner, load_deployment_id
 from .transport import Outcome, Result, Transport
 
 if TYPE_CHECKING:
@@ -101,6 +101,8 @@ class Flusher:
         self._thread: threading.Thread | None = None
         self.sequence = 0
         self.gone = False
+        #: Why this process turned out to run tests (then nothing more is sent).
+        self.test_run: str | None = None
         self._not_before = 0.0  # monotonic time before which the server asked us to wait
         self.deployment_id: str | None = None
         self.last_result: Result | None = None
@@ -151,7 +153,7 @@ class Flusher:
     def _run(self) -> None:
         lower_this_threads_priority()
         self.flush(kind="startup")
-        while not self._closing and not self.gone:
+        while not self._closing and not self.gone and self.test_run is None:
             if self._wake.wait(self._next_delay()):
                 break
             self.flush()
@@ -169,7 +171,7 @@ class Flusher:
         if not self._flush_lock.acquire(timeout=budget):
             return False  # another flush holds the lock past our budget
         try:
-            if self.gone:
+            if self.gone or self._under_a_test_runner():
                 return False
             if time.monotonic() < self._not_before:
                 # The collector asked us to wait (Retry-After), and that holds for
@@ -182,6 +184,26 @@ class Flusher:
             return False
         finally:
             self._flush_lock.release()
+
+    def _under_a_test_runner(self) -> bool:
+        """Checked again before each send, not only at start.
+
+        Why: pytest sets ``PYTEST_CURRENT_TEST`` only while a test runs, not
+        while it imports test modules, where an app's module-level
+        ``Telemetry(...)`` is made; Django's test environment is set up after
+        settings are read. Once seen, the process sends nothing more.
+        """
+        if self.test_run is not None:
+            return True
+        if self.transport is None or self.config.send_in_tests:
+            return False  # debug output goes nowhere but stderr
+        reason = detect_test_runner()
+        if reason is None:
+            return False
+        self.test_run = reason
+        self.telemetry.sending = False
+        logger.info("reqtelemetry: running under a test runner (%s); nothing more is sent", reason)
+        return True
 
     def _flush_locked(self, kind: str, deadline: float) -> bool:
         telemetry = self.telemetry

@@ -21,7 +21,7 @@ from .anonymize import Anonymizer
 from .config import Config
 from .metrics import AppMetrics, check_count, check_gauge
 from .recorder import Recorder
-from .traits import SystemTraits
+from .traits import SystemTraits, detect_test_runner
 
 logger = logging.getLogger("reqtelemetry")
 
@@ -118,8 +118,13 @@ class Telemetry:
             return True, None
         if not config.endpoint:
             return False, "no endpoint is configured"
-        if not config.send_in_tests and "PYTEST_CURRENT_TEST" in os.environ:
-            return False, "running under a test runner"
+        if not config.send_in_tests:
+            test_run = detect_test_runner()
+            if test_run is not None:
+                return False, (
+                    f"running under a test runner ({test_run}); "
+                    "REQTELEMETRY_SEND_IN_TESTS=1 sends anyway"
+                )
         return True, None
 
     def _start_flusher(self) -> None:

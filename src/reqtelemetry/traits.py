@@ -202,6 +202,47 @@ def detect_development_environment(environ: Mapping[str, str] | None = None) -> 
     return bool(getattr(sys.flags, "dev_mode", False))
 
 
+#: Launching commands that run tests (``argv[0]``'s name, or the package of
+#: ``python -m package``), and Django's commands whose ``test`` subcommand does.
+_TEST_COMMANDS = frozenset({"pytest", "py.test"})
+_DJANGO_COMMANDS = frozenset({"manage", "django-admin"})
+
+
+def detect_test_runner(
+    environ: Mapping[str, str] | None = None,
+    argv: list[str] | None = None,
+    modules: Mapping[str, Any] | None = None,
+) -> str | None:
+    """The evidence that this process runs tests (``"pytest"``, ...), or None.
+
+    Only evidence a serving process cannot have by accident: a process started
+    as ``pytest``/``py.test``/``python -m pytest``, ``python -m unittest`` or
+    ``manage.py test``/``django-admin test``; pytest's own variables
+    (``PYTEST_CURRENT_TEST`` while a test runs, ``PYTEST_XDIST_WORKER`` in an
+    xdist worker); or Django's test environment set up
+    (``django.test.utils.setup_test_environment()``, which Django's runner and
+    pytest-django call). Importing ``pytest`` or ``unittest`` is not evidence.
+    """
+    environ = os.environ if environ is None else environ
+    argv = getattr(sys, "argv", None) if argv is None else argv
+    modules = sys.modules if modules is None else modules
+    for variable in ("PYTEST_CURRENT_TEST", "PYTEST_XDIST_WORKER"):
+        if variable in environ:
+            return f"{variable} is set"
+    command = _command_name(argv)
+    if command in _TEST_COMMANDS:
+        return "pytest"
+    if argv and isinstance(argv[0], str) and argv[0].endswith(" -m unittest"):
+        return "python -m unittest"  # what ``python -m unittest`` makes argv[0]
+    if command in _DJANGO_COMMANDS and argv and len(argv) > 1 and argv[1] == "test":
+        return f"{command} test"
+    django_test = modules.get("django.test.utils")
+    state = getattr(django_test, "_TestState", None)
+    if state is not None and getattr(state, "saved_data", None) is not None:
+        return "Django's test environment"
+    return None
+
+
 def detect_framework(modules: Mapping[str, Any] | None = None) -> tuple[str | None, str | None]:
     """``(framework, version)`` of the first known web framework imported, else ``(None, None)``."""
     modules = sys.modules if modules is None else modules
