@@ -749,6 +749,17 @@ def test_a_gzip_bomb_is_stopped_at_the_cap(collector: Collector) -> None:
 
 
 @pytest.mark.e2e
+def test_a_body_of_many_gzip_members_is_refused(collector: Collector) -> None:
+    member = gzip.compress(b"", mtime=0)
+    body = member * ((MIB - 100) // len(member))
+    response = collector.http.post("/v1/report", content=body, headers=GZIP)
+    assert response.status_code == 400
+    assert response.json()["error"] == "malformed_json"
+    assert "members" in response.json()["detail"]
+    assert collector.storage.refusals() == {"malformed_json": 1}
+
+
+@pytest.mark.e2e
 def test_an_oversized_stream_without_length_is_cut_off(collector: Collector) -> None:
     sent = []
 

@@ -1,16 +1,27 @@
-"""The collector's hand-written histogram check agrees with the JSON Schema."""
+"""The collector's checks as pure functions: the hand-written histogram check
+agrees with the JSON Schema, and gzip bodies cost work linear in their size."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
+from typing import Any
 
 import jsonschema
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reqtelemetry.collector import verify
 from reqtelemetry.collector.tokens import Claims
-from reqtelemetry.collector.verify import MAX_HISTOGRAM_PAIRS, Refusal, check_payload
+from reqtelemetry.collector.verify import (
+    MAX_GZIP_MEMBERS,
+    MAX_HISTOGRAM_PAIRS,
+    Refusal,
+    check_payload,
+    gunzip_capped,
+)
 from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import Recorder
 from reqtelemetry.schema_loader import load_payload_schema
@@ -91,3 +102,47 @@ def test_the_hand_check_refuses_exactly_what_the_schema_refuses(histogram):
     except Refusal:
         ours_ok = False
     assert ours_ok == schema_ok
+
+
+# -- gzip members -------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def test_a_few_gzip_members_are_joined_and_zero_padding_ignored() -> None:
+    parts = [b'{"a": ', b"[1, 2]", b"}"]
+    body = b"".join(gzip.compress(part, mtime=0) for part in parts) + bytes(64)
+    assert gunzip_capped(body, MIB) == b'{"a": [1, 2]}'
+    members = [gzip.compress(b"x", mtime=0)] * MAX_GZIP_MEMBERS
+    assert gunzip_capped(b"".join(members), MIB) == b"x" * MAX_GZIP_MEMBERS
+
+
+def test_one_member_more_than_the_limit_is_refused() -> None:
+    body = gzip.compress(b"x", mtime=0) * (MAX_GZIP_MEMBERS + 1)
+    with pytest.raises(Refusal) as refused:
+        gunzip_capped(body, MIB)
+    assert refused.value.reason == "malformed_json"
+    assert refused.value.status == 400
+    assert f"more than {MAX_GZIP_MEMBERS} members" in refused.value.detail
+
+
+def test_a_megabyte_of_empty_members_stops_after_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each member inflated copies the rest of the body (zlib's unused_data):
+    # counting the inflaters made shows the work is bounded, not quadratic.
+    member = gzip.compress(b"", mtime=0)
+    body = member * (MIB // len(member))
+    assert len(body) // len(member) > 50_000
+    made = []
+    real = zlib.decompressobj
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(verify.zlib, "decompressobj", counting)
+    with pytest.raises(Refusal) as refused:
+        gunzip_capped(body, MIB)
+    assert refused.value.reason == "malformed_json"
+    assert len(made) == MAX_GZIP_MEMBERS
