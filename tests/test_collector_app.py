@@ -10,6 +10,9 @@ What must hold:
   ingestion never does;
 * random bodies never produce a 5xx (Hypothesis, in-process through
   ``httpx.ASGITransport`` for speed);
+* a schema-valid report that a database could not hold is refused alike on
+  SQLite and a real PostgreSQL (``tests/postgres.py``), never stored to break
+  the dashboard later nor answered ``503`` to be retried for ever;
 * a production collector without a secret does not start.
 
 Stamps are real (:mod:`reqtelemetry.hashcash`) at 8 bits, so they cost a
@@ -1044,6 +1047,128 @@ def test_the_dashboard_renders_the_summary(
     assert page["activityPaths"] == 2
     assert {bar["data-label"] for bar in page["platformBars"]} >= {"linux", "x86_64", "3.12.7"}
     assert [r["attributes"]["data-reason"] for r in page["refusalRows"]] == ["malformed_json"]
+
+
+# -- what the schema allows but a database cannot hold: both backends alike -----------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    """A migrated storage of each kind (PostgreSQL: a scratch schema on the session's server)."""
+    if request.param == "sqlite":
+        opened = open_storage(db_url(tmp_path / "telemetry.db"))
+        opened.migrate()
+        yield opened
+        opened.close()
+        return
+    from postgres import scratch_schema
+
+    with scratch_schema(request.getfixturevalue("postgres_url")) as url:
+        opened = open_storage(url)
+        try:
+            opened.migrate()
+            yield opened
+        finally:
+            opened.close()  # before the schema is dropped
+
+
+@pytest.fixture
+def backend_collector(backend_storage: Storage) -> Iterator[Collector]:
+    settings = collector_settings()
+    server = ServerThread(create_app(settings, backend_storage))
+    server.start()
+    http = httpx.Client(base_url=server.url, trust_env=False, timeout=10.0)
+    yield Collector(server.url, http, backend_storage, settings)
+    http.close()
+    server.stop()
+
+
+def _first_record(payload: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = payload["batch"]["records"][0]
+    return record
+
+
+#: (id, change to a valid report, the field the refusal must name)
+UNSTORABLE: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("nul-route", lambda p: _first_record(p).update(route="/a\0b"), "batch/records/0/route"),
+    ("nul-trait", lambda p: p["traits"].update(app_version="1.0\0"), "traits/app_version"),
+    ("nul-app-name", lambda p: p["traits"].update(app_name="\0shop"), "traits/app_name"),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("change", "where"), [pytest.param(*case[1:], id=case[0]) for case in UNSTORABLE]
+)
+def test_reports_no_database_can_hold_are_refused_on_both_backends(
+    backend_collector: Collector, change: Callable[[dict[str, Any]], None], where: str
+) -> None:
+    collector = backend_collector
+    assert collector.send(make_payload(new_id(), new_id())).status_code == 200
+    hostile = make_payload(new_id(), new_id())
+    change(hostile)
+    response = collector.send(hostile)
+    assert response.status_code == 422, response.text
+    answer = response.json()
+    assert answer["error"] == "invalid_payload"
+    assert answer["detail"].startswith(f"{where}: "), answer["detail"]
+    assert collector.reports_stored() == 1
+    assert collector.storage.refusals() == {"invalid_payload": 1}
+    # What was stored before still reads back.
+    assert collector.http.get("/api/summary").status_code == 200
+    assert collector.http.get("/export.csv").status_code == 200
+
+
+@pytest.mark.e2e
+def test_a_value_postgres_refuses_at_store_time_is_a_422_not_a_503(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A real DataError from a real server: the route column narrowed below
+    # what the checks allow. Retrying can never succeed, so no Retry-After.
+    from postgres import scratch_schema
+
+    with scratch_schema(postgres_url) as url:
+        storage = open_storage(url)
+        storage.migrate()
+        storage._run(  # type: ignore[attr-defined]
+            lambda ex: ex.execute("ALTER TABLE aggregates ALTER COLUMN route TYPE varchar(4)"),
+            write=True,
+        )
+        server = ServerThread(create_app(collector_settings(), storage))
+        server.start()
+        try:
+            with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
+                collector = Collector(server.url, http, storage, collector_settings())
+                with caplog.at_level(logging.WARNING, logger="reqtelemetry.collector"):
+                    response = collector.send(make_payload(new_id(), new_id()))
+                assert response.status_code == 422, response.text
+                assert "retry-after" not in response.headers
+                assert response.json()["error"] == "invalid_payload"
+                assert "cannot hold" in caplog.text
+                assert collector.reports_stored() == 0
+                assert storage.refusals() == {"invalid_payload": 1}
+        finally:
+            server.stop()
+            storage.close()
+
+
+@pytest.mark.e2e
+def test_an_unreachable_postgres_is_still_a_503() -> None:
+    # Nothing listens on the port: psycopg's OperationalError is an outage,
+    # worth retrying, unlike a value the database refuses.
+    storage = open_storage(f"postgresql://postgres@127.0.0.1:{_free_port()}/postgres")
+    server = ServerThread(create_app(collector_settings(), storage))
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
+            collector = Collector(server.url, http, storage, collector_settings())
+            response = collector.send(make_payload(new_id(), new_id()))
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"].isdigit()
+            assert response.json()["error"] == "unavailable"
+    finally:
+        server.stop()
+        storage.close()
 
 
 # -- the pieces without a server ----------------------------------------------------------------

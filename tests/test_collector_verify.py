@@ -1,5 +1,6 @@
 """The collector's checks as pure functions: the hand-written histogram check
-agrees with the JSON Schema, and gzip bodies cost work linear in their size."""
+agrees with the JSON Schema, gzip bodies cost work linear in their size, and
+what the schema lets through but a database cannot hold is refused."""
 
 from __future__ import annotations
 
@@ -56,6 +57,14 @@ def with_histogram(histogram) -> bytes:
     return json.dumps(payload).encode()
 
 
+def refusal_of(payload: dict[str, Any]) -> Refusal:
+    with pytest.raises(Refusal) as refused:
+        check_payload(json.dumps(payload).encode(), CLAIMS)
+    assert refused.value.reason == "invalid_payload"
+    assert refused.value.status == 422
+    return refused.value
+
+
 def test_a_valid_report_passes_with_its_histograms_intact():
     payload = check_payload(json.dumps(report()).encode(), CLAIMS)
     assert all(r["latency"]["histogram"] for r in payload["batch"]["records"])
@@ -81,6 +90,30 @@ def test_bad_histograms_are_refused_with_where_and_why(histogram):
         check_payload(with_histogram(histogram), CLAIMS)
     assert refused.value.reason == "invalid_payload"
     assert "batch/records/3/latency/histogram" in refused.value.detail
+
+
+@pytest.mark.parametrize(
+    ("where", "change"),
+    [
+        ("batch/records/2/route", lambda p: p["batch"]["records"][2].update(route="/a\0b")),
+        ("traits/app_version", lambda p: p["traits"].update(app_version="1.0\0")),
+        ("traits/app_name", lambda p: p["traits"].update(app_name="\0")),
+        ("traits/os", lambda p: p["traits"].update(os="linux\0x")),
+    ],
+)
+def test_strings_holding_nul_are_refused_naming_the_field(where, change):
+    payload = report()
+    change(payload)
+    refusal = refusal_of(payload)
+    assert refusal.detail.startswith(f"{where}: ")
+    assert "NUL" in refusal.detail
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul():
+    payload = report()
+    payload["traits"]["app_name"] = "\\u0000"  # a backslash, then the text u0000
+    assert "\\\\u0000" in json.dumps(payload)
+    assert check_payload(json.dumps(payload).encode(), CLAIMS)["traits"]["app_name"] == "\\u0000"
 
 
 pairs = st.lists(

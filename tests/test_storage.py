@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 
 from reqtelemetry.collector.storage import open_storage
-from reqtelemetry.collector.storage.base import ReplayError, StoredReport
+from reqtelemetry.collector.storage.base import ReplayError, StoredReport, UnstorableReport
 from reqtelemetry.collector.storage.postgres import PostgresStorage
 from reqtelemetry.collector.storage.sql import SQLStorage
 from reqtelemetry.collector.storage.sqlite import SQLiteStorage
@@ -623,3 +623,36 @@ def test_huge_counts_do_not_overflow_the_sums(storage: SQLStorage) -> None:
     (endpoint,) = storage.endpoints(since=0)
     assert endpoint["calls"] >= 2**63
     assert endpoint["response_bytes"] >= 2**63
+
+
+def _one_call(route: str = "/x") -> dict[str, Any]:
+    return make_payload(
+        DEP_A, A1, {**LINUX, "app_version": "1.0"}, [("GET", route, 200, [0.01], 0, 10)]
+    )
+
+
+def test_a_value_no_column_holds_is_unstorable_and_writes_nothing(
+    backend: Backend, storage: SQLStorage
+) -> None:
+    # Past the collector's checks only by a bug; a retry could never succeed,
+    # so it must not look like an outage (the app answers 422, not 503).
+    payload = _one_call()
+    payload["batch"]["records"][0]["count"] = 2**63
+    with pytest.raises(UnstorableReport):
+        storage.store(stored(payload, received_at=T))
+    assert set(row_counts(storage).values()) == {0}
+    storage.store(stored(_one_call(), received_at=T))  # the storage still works
+    assert storage.totals(since=0)["requests"] == 1
+
+
+def test_nul_in_text_is_unstorable_on_postgres_only(backend: Backend, storage: SQLStorage) -> None:
+    # The collector refuses NUL before storing on both backends (verify.py);
+    # this is why it must.
+    payload = _one_call(route="/a\0b")
+    if backend.name == "postgres":
+        with pytest.raises(UnstorableReport):
+            storage.store(stored(payload, received_at=T))
+        assert row_counts(storage)["reports"] == 0
+    else:
+        storage.store(stored(payload, received_at=T))
+        assert row_counts(storage)["reports"] == 1

@@ -16,7 +16,10 @@ What the endpoint code guarantees, and why:
   (``run_in_threadpool``): a megabyte of JSON or a slow database must not stall
   the event loop that serves everyone else.
 * A storage failure is a ``503`` with ``Retry-After``: the client keeps its
-  data and tries later, which is the truth (nothing was stored).
+  data and tries later, which is the truth (nothing was stored). The one
+  exception is a value the database cannot hold (``UnstorableReport``): the
+  same report would fail forever, so it is a ``422 invalid_payload``, which
+  the client drops rather than retries.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from .._version import __version__
 from .export import csv_text, endpoint_rows, since_days
 from .settings import CollectorSettings
 from .storage import open_storage
-from .storage.base import ReplayError, Storage, StoredReport
+from .storage.base import ReplayError, Storage, StoredReport, UnstorableReport
 from .summary import DEFAULT_DAYS, MAX_DAYS, build_summary
 from .tokens import TokenSigner
 from .verify import (
@@ -60,6 +63,12 @@ logger = logging.getLogger("reqtelemetry.collector")
 SESSION_MAX_BYTES = 4096
 #: How long a client should wait when storage is down.
 UNAVAILABLE_RETRY_AFTER = 60
+#: The answer to a report the database refused to hold (the database's own
+#: words go to the log, not to the client).
+UNSTORABLE_DETAIL = (
+    "the database cannot hold a value of this report (a number out of range or a "
+    "character it does not accept); sending it again cannot succeed"
+)
 #: The dashboard loads only its own files and talks only to its own origin.
 DASHBOARD_HEADERS = {
     "Content-Security-Policy": (
@@ -134,6 +143,10 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
             await run_in_threadpool(store.store, stored)
         except ReplayError:
             return await refuse(Refusal("replay", "this stamp was used before; mint a new one"))
+        except UnstorableReport as error:
+            # The checks should have refused it already; say which value in the log.
+            logger.warning("refused a report the database cannot hold: %s", error)
+            return await refuse(Refusal("invalid_payload", UNSTORABLE_DETAIL))
         except Exception:
             logger.exception("could not store a report")
             return _unavailable("the collector cannot store reports right now")

@@ -55,6 +55,9 @@ SESSION_FIELDS = frozenset({"deployment_id", "instance_id"})
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _INT64 = 2**63
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+#: JSON can carry a NUL character only escaped (a raw control character is not
+#: JSON), so a body without this text holds none.
+_NUL_ESCAPE = re.compile(rb"\\u0000")
 _STAMP_REASONS = frozenset({"bad_stamp", "stale_stamp", "insufficient_work", "stamp_mismatch"})
 _TOKEN_REASONS = frozenset({"bad_token", "token_expired"})
 _DETAIL_LIMIT = 200
@@ -316,6 +319,12 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "<root>"
         raise Refusal("invalid_payload", f"{where}: {_clip(error.message)}")
+    if _NUL_ESCAPE.search(payload_bytes) is not None:
+        where = _nul_path(payload)
+        if where is not None:
+            raise Refusal(
+                "invalid_payload", f"{where}: strings must not contain the NUL character (\\u0000)"
+            )
     if payload["part"] >= payload["parts"]:
         raise Refusal("invalid_payload", "part must be less than parts")
     if (
@@ -326,6 +335,30 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
             "invalid_payload", "deployment_id and instance_id must be the ones the token was for"
         )
     return payload
+
+
+def _nul_path(value: Any) -> str | None:
+    """Where a string (or key) holding a NUL character is, as
+    ``traits/app_name``; None when there is none.
+
+    Why refuse them: JSON and SQLite accept NUL in text, PostgreSQL does not.
+    Stored there, such a report fails on every attempt, and a client told to
+    retry would retry for ever; refused here, both backends answer alike.
+    """
+    pending: list[tuple[tuple[str, ...], Any]] = [((), value)]
+    while pending:
+        path, item = pending.pop()
+        if isinstance(item, str):
+            if "\0" in item:
+                return "/".join(path) or "<root>"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\0" in key:
+                    return "/".join(path) + f"/{_clip(key, 40)!r}"
+                pending.append(((*path, key), child))
+        elif isinstance(item, list):
+            pending.extend(((*path, str(index)), child) for index, child in enumerate(item))
+    return None
 
 
 def _without_histograms(payload: Any) -> Any:

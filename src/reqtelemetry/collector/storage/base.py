@@ -21,6 +21,16 @@ class ReplayError(Exception):
     """The stamp was stored before: the report is refused and nothing is written."""
 
 
+class UnstorableReport(Exception):
+    """The database refused a value of the report (a number out of its column's
+    range, a character it cannot hold); nothing is written.
+
+    Why a separate error: an outage is worth retrying, this is not. The same
+    report would fail the same way forever, so the collector refuses it
+    (``422``) instead of asking the client to come back (``503``).
+    """
+
+
 @dataclass(frozen=True)
 class StoredReport:
     """A verified report, ready to store (the collector has checked everything)."""
@@ -42,7 +52,9 @@ class Storage(abc.ABC):
         """Store one report atomically: deployment, instance (traits, first/last seen),
         the report row, its aggregates and its metrics. Raises :class:`ReplayError`
         (and writes nothing) when the stamp was seen before: a unique index decides,
-        so two replicas racing with the same stamp cannot both succeed."""
+        so two replicas racing with the same stamp cannot both succeed. Raises
+        :class:`UnstorableReport` (and writes nothing) when the database cannot
+        hold one of the report's values."""
 
     @abc.abstractmethod
     def count_refusal(self, reason: str) -> None:

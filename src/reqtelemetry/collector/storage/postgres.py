@@ -153,6 +153,9 @@ class PostgresStorage(SQLStorage):
 
     dialect = DIALECT
     migrations = MIGRATIONS
+    #: SQLSTATE class 22 (a number out of range, a string too long) and
+    #: psycopg's own refusal of NUL characters in text.
+    data_errors = (psycopg.DataError,)
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ...histogram import Histogram
-from .base import ReplayError, Storage, StoredReport
+from .base import ReplayError, Storage, StoredReport, UnstorableReport
 
 logger = logging.getLogger("reqtelemetry.collector")
 
@@ -102,6 +102,9 @@ class SQLStorage(Storage):
 
     dialect: Dialect
     migrations: Sequence[Migration]
+    #: The driver's errors that mean "this value does not fit" (deterministic,
+    #: so never worth a retry); :meth:`store` raises them as UnstorableReport.
+    data_errors: tuple[type[Exception], ...] = ()
 
     # -- what a backend provides --------------------------------------------------------
 
@@ -286,7 +289,10 @@ class SQLStorage(Storage):
                 (instance_id, deployment_id, traits_json, *extracted, received, received),
             )
 
-        self._run(work, write=True)
+        try:
+            self._run(work, write=True)
+        except self.data_errors as error:
+            raise UnstorableReport(f"the database cannot hold a value: {error}") from error
 
     def count_refusal(self, reason: str) -> None:
         """Add one to ``reason``'s counter: an upsert, so replicas add up without locks of ours."""

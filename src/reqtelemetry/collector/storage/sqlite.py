@@ -73,6 +73,8 @@ class SQLiteStorage(SQLStorage):
 
     dialect = DIALECT
     migrations = MIGRATIONS
+    #: sqlite3 raises OverflowError binding an integer beyond 64 bits.
+    data_errors = (sqlite3.DataError, OverflowError)
 
     def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 10.0) -> None:
         self.path = os.fspath(path)
