@@ -1093,6 +1093,9 @@ UNSTORABLE: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("nul-route", lambda p: _first_record(p).update(route="/a\0b"), "batch/records/0/route"),
     ("nul-trait", lambda p: p["traits"].update(app_version="1.0\0"), "traits/app_version"),
     ("nul-app-name", lambda p: p["traits"].update(app_name="\0shop"), "traits/app_name"),
+    ("float-sequence", lambda p: p.update(sequence=1e300), "sequence"),
+    ("float-count", lambda p: _first_record(p).update(count=1e19), "batch/records/0/count"),
+    ("parts-beyond-32-bits", lambda p: p.update(parts=2**31), "parts"),
 ]
 
 

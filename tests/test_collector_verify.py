@@ -116,6 +116,40 @@ def test_an_escaped_backslash_before_u0000_is_not_a_nul():
     assert check_payload(json.dumps(payload).encode(), CLAIMS)["traits"]["app_name"] == "\\u0000"
 
 
+def _record_0(payload: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = payload["batch"]["records"][0]
+    return record
+
+
+@pytest.mark.parametrize(
+    ("where", "change"),
+    [
+        ("sequence", lambda p: p.update(sequence=1e300)),
+        ("sequence", lambda p: p.update(sequence=4.0)),
+        ("parts", lambda p: p.update(parts=2**31)),
+        ("part", lambda p: p.update(part=2**31)),
+        ("internal_errors", lambda p: p.update(internal_errors=1e3)),
+        ("batch/dropped", lambda p: p["batch"].update(dropped=0.0)),
+        ("batch/records/0/count", lambda p: _record_0(p).update(count=1e19)),
+        ("batch/records/0/status", lambda p: _record_0(p).update(status=200.0)),
+        ("batch/records/0/response_bytes", lambda p: _record_0(p).update(response_bytes=1e18)),
+        ("traits/cpu_count", lambda p: p["traits"].update(cpu_count=4.0)),
+    ],
+)
+def test_integers_must_be_written_as_integers_within_the_columns(where, change):
+    payload = report()
+    change(payload)
+    assert refusal_of(payload).detail.startswith(f"{where}: ")
+
+
+def test_the_largest_integers_the_columns_hold_pass():
+    payload = report()
+    payload.update(sequence=2**63 - 1, part=2**31 - 2, parts=2**31 - 1)
+    _record_0(payload).update(count=2**63 - 1, request_bytes=2**63 - 1)
+    payload["traits"]["memory_rss_bytes"] = 2**63 - 1
+    assert check_payload(json.dumps(payload).encode(), CLAIMS)["parts"] == 2**31 - 1
+
+
 pairs = st.lists(
     st.one_of(
         st.lists(st.integers(-500, 500), min_size=0, max_size=3),

@@ -67,9 +67,27 @@ _DETAIL_LIMIT = 200
 MAX_GZIP_MEMBERS = 8
 #: The schema's limit on pairs in one latency histogram (checked by hand).
 MAX_HISTOGRAM_PAIRS = 1024
-_VALIDATOR = jsonschema.Draft202012Validator(
-    load_payload_schema(), format_checker=jsonschema.FormatChecker()
+
+
+def _is_written_integer(checker: Any, instance: Any) -> bool:
+    """The schema's ``integer``: a number written as one (``type(x) is int``).
+
+    Why stricter than JSON Schema, which calls ``1e300`` and ``8.0`` integers:
+    Python parses those as floats, and a float is not what an integer column
+    should receive (PostgreSQL rounds it into a BIGINT or fails on overflow,
+    SQLite may keep it as REAL). A client writes its counters as integers.
+    ``bool`` is excluded by ``type(x) is int`` already.
+    """
+    return type(instance) is int
+
+
+_PayloadValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", _is_written_integer
+    ),
 )
+_VALIDATOR = _PayloadValidator(load_payload_schema(), format_checker=jsonschema.FormatChecker())
 
 
 class Refusal(Exception):
