@@ -1096,6 +1096,11 @@ UNSTORABLE: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("float-sequence", lambda p: p.update(sequence=1e300), "sequence"),
     ("float-count", lambda p: _first_record(p).update(count=1e19), "batch/records/0/count"),
     ("parts-beyond-32-bits", lambda p: p.update(parts=2**31), "parts"),
+    (
+        "bucket-index-beyond-the-histogram",
+        lambda p: _first_record(p)["latency"].update(histogram=[[2**40, 1]]),
+        "batch/records/0/latency/histogram/0",
+    ),
 ]
 
 

@@ -23,6 +23,7 @@ from reqtelemetry.collector.verify import (
     check_payload,
     gunzip_capped,
 )
+from reqtelemetry.histogram import MAX_INDEX, MIN_INDEX
 from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import Recorder
 from reqtelemetry.schema_loader import load_payload_schema
@@ -83,6 +84,9 @@ def test_a_valid_report_passes_with_its_histograms_intact():
         [[1.5, 2]],
         [{"index": 1}],
         [[i, 1] for i in range(MAX_HISTOGRAM_PAIRS + 1)],
+        [[2**40, 1]],
+        [[MIN_INDEX - 1, 1]],
+        [[MAX_INDEX + 1, 1]],
     ],
 )
 def test_bad_histograms_are_refused_with_where_and_why(histogram):
@@ -148,6 +152,16 @@ def test_the_largest_integers_the_columns_hold_pass():
     _record_0(payload).update(count=2**63 - 1, request_bytes=2**63 - 1)
     payload["traits"]["memory_rss_bytes"] = 2**63 - 1
     assert check_payload(json.dumps(payload).encode(), CLAIMS)["parts"] == 2**31 - 1
+
+
+def test_the_histograms_own_index_range_passes_and_is_the_schemas():
+    payload = check_payload(with_histogram([[MIN_INDEX, 2], [MAX_INDEX, 3]]), CLAIMS)
+    assert payload["batch"]["records"][3]["latency"]["histogram"] == [
+        [MIN_INDEX, 2],
+        [MAX_INDEX, 3],
+    ]
+    index = HISTOGRAM_SCHEMA["items"]["prefixItems"][0]
+    assert (index["minimum"], index["maximum"]) == (MIN_INDEX, MAX_INDEX)
 
 
 pairs = st.lists(

@@ -124,6 +124,12 @@ REJECTED = {
     "negative bytes": lambda p: _record(p).update(response_bytes=-5),
     "histogram pair of three": lambda p: _record(p)["latency"].update(histogram=[[1, 2, 3]]),
     "histogram zero count": lambda p: _record(p)["latency"].update(histogram=[[1, 0]]),
+    "histogram index past max_tracked": lambda p: _record(p)["latency"].update(
+        histogram=[[2**40, 1]]
+    ),
+    "histogram index below min_tracked": lambda p: _record(p)["latency"].update(
+        histogram=[[-346, 1]]
+    ),
     "upper-case metric name": lambda p: p["metrics"]["counters"].update({"Jobs": 1}),
     "metric name with space": lambda p: p["metrics"]["gauges"].update({"a b": 1}),
     "metric name with trailing dot": lambda p: p["metrics"]["counters"].update({"jobs.": 1}),

@@ -30,6 +30,7 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from .. import hashcash
+from ..histogram import MAX_INDEX, MIN_INDEX
 from ..schema_loader import load_payload_schema
 from .tokens import Claims, TokenError, TokenSigner
 
@@ -409,7 +410,13 @@ def _without_histograms(payload: Any) -> Any:
 
 
 def _histogram_problem(histogram: Any) -> str | None:
-    """What the schema's ``histogram`` rule would refuse, as ``/where: why``; None if fine."""
+    """What the schema's ``histogram`` rule would refuse, as ``/where: why``; None if fine.
+
+    Bucket indexes must be the histogram's own (``MIN_INDEX`` to ``MAX_INDEX``,
+    the buckets from ``min_tracked`` to ``max_tracked``): a client clamps every
+    latency into them, and PostgreSQL reads an index as a 32-bit integer, so a
+    stored ``[2**40, 1]`` would fail every summary and export from then on.
+    """
     if not isinstance(histogram, list):
         return ": must be an array of [bucket index, count] pairs"
     if len(histogram) > MAX_HISTOGRAM_PAIRS:
@@ -420,9 +427,10 @@ def _histogram_problem(histogram: Any) -> str | None:
             and len(pair) == 2
             and type(pair[0]) is int
             and type(pair[1]) is int
+            and MIN_INDEX <= pair[0] <= MAX_INDEX
             and pair[1] >= 1
         ):
-            return f"/{position}: must be [integer, integer >= 1]"
+            return f"/{position}: must be [bucket index {MIN_INDEX} to {MAX_INDEX}, count >= 1]"
     return None
 
 
