@@ -1101,6 +1101,11 @@ UNSTORABLE: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         lambda p: _first_record(p)["latency"].update(histogram=[[2**40, 1]]),
         "batch/records/0/latency/histogram/0",
     ),
+    (
+        "latency-sum-beyond-count-times-the-longest",
+        lambda p: _first_record(p)["latency"].update(sum=1.5e308),
+        "batch/records/0/latency/sum",
+    ),
 ]
 
 

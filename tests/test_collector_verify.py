@@ -19,6 +19,7 @@ from reqtelemetry.collector.tokens import Claims
 from reqtelemetry.collector.verify import (
     MAX_GZIP_MEMBERS,
     MAX_HISTOGRAM_PAIRS,
+    MAX_LATENCY_SECONDS,
     Refusal,
     check_payload,
     gunzip_capped,
@@ -162,6 +163,51 @@ def test_the_histograms_own_index_range_passes_and_is_the_schemas():
     ]
     index = HISTOGRAM_SCHEMA["items"]["prefixItems"][0]
     assert (index["minimum"], index["maximum"]) == (MIN_INDEX, MAX_INDEX)
+
+
+@pytest.mark.parametrize(
+    ("where", "change"),
+    [
+        ("batch/records/0/latency/sum", lambda p: _record_0(p)["latency"].update(sum=1.5e308)),
+        (
+            "batch/records/0/latency/sum",
+            lambda p: _record_0(p)["latency"].update(sum=_record_0(p)["count"] * 1e9 * 1.001),
+        ),
+        ("batch/records/0/latency/max", lambda p: _record_0(p)["latency"].update(max=2e9)),
+        ("batch/records/0/latency/min", lambda p: _record_0(p)["latency"].update(min=1e300)),
+        ("batch/records/0/latency/p99", lambda p: _record_0(p)["latency"].update(p99=1e10)),
+    ],
+)
+def test_latencies_are_bounded_so_their_sums_cannot_overflow(where, change):
+    payload = report()
+    change(payload)
+    assert refusal_of(payload).detail.startswith(f"{where}: ")
+
+
+def test_the_latency_bounds_pass_at_the_limit_and_for_days_long_requests():
+    payload = report()
+    record = _record_0(payload)
+    record["count"] = 2**63 - 1
+    record["latency"].update(sum=record["count"] * MAX_LATENCY_SECONDS, max=MAX_LATENCY_SECONDS)
+    check_payload(json.dumps(payload).encode(), CLAIMS)
+    # A response streamed for three days is clamped only in the histogram.
+    recorder = Recorder()
+    recorder.record("GET", "/events", 200, 3 * 86400.0, 0, 10)
+    recorder.record("GET", "/events", 200, 0.001, 0, 10)
+    envelope = Envelope(
+        kind="periodic",
+        sequence=0,
+        deployment_id=DEPLOYMENT,
+        instance_id=INSTANCE,
+        traits={},
+        withheld=[],
+        metrics={"counters": {}, "gauges": {}},
+    )
+    (built,) = build_reports(envelope, recorder.collect(), 1 << 20)
+    (stored,) = check_payload(built.body, CLAIMS)["batch"]["records"]
+    assert stored["latency"]["max"] == 3 * 86400.0
+    seconds = SCHEMA["$defs"]["seconds_or_null"]
+    assert seconds["maximum"] == MAX_LATENCY_SECONDS
 
 
 pairs = st.lists(

@@ -124,6 +124,7 @@ REJECTED = {
     "negative bytes": lambda p: _record(p).update(response_bytes=-5),
     "histogram pair of three": lambda p: _record(p)["latency"].update(histogram=[[1, 2, 3]]),
     "histogram zero count": lambda p: _record(p)["latency"].update(histogram=[[1, 0]]),
+    "latency max beyond 1e9 s": lambda p: _record(p)["latency"].update(max=2e9),
     "histogram index past max_tracked": lambda p: _record(p)["latency"].update(
         histogram=[[2**40, 1]]
     ),

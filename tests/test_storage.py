@@ -656,3 +656,18 @@ def test_nul_in_text_is_unstorable_on_postgres_only(backend: Backend, storage: S
     else:
         storage.store(stored(payload, received_at=T))
         assert row_counts(storage)["reports"] == 1
+
+
+def test_latency_sums_at_the_collectors_bound_add_up_without_overflow(storage: SQLStorage) -> None:
+    # verify.py lets a record's latency sum reach count * MAX_LATENCY_SECONDS;
+    # PostgreSQL's float8 SUM of many such records must still be finite.
+    from reqtelemetry.collector.verify import MAX_LATENCY_SECONDS
+
+    for _ in range(3):
+        payload = _one_call()
+        record = payload["batch"]["records"][0]
+        record["count"] = 2**63 - 1
+        record["latency"]["sum"] = record["count"] * MAX_LATENCY_SECONDS
+        storage.store(stored(payload, received_at=T))
+    (endpoint,) = storage.endpoints(since=0)
+    assert endpoint["mean"] == pytest.approx(MAX_LATENCY_SECONDS)

@@ -68,6 +68,11 @@ _DETAIL_LIMIT = 200
 MAX_GZIP_MEMBERS = 8
 #: The schema's limit on pairs in one latency histogram (checked by hand).
 MAX_HISTOGRAM_PAIRS = 1024
+#: The longest latency believed, in seconds (about 32 years; the schema's
+#: maximum for ``min``, ``max`` and the percentiles). Not the histogram's
+#: ``MAX_TRACKED``: a client clamps only the histogram, while ``sum``, ``min``
+#: and ``max`` are exact, and a streamed response may run for days.
+MAX_LATENCY_SECONDS = 1e9
 
 
 def _is_written_integer(checker: Any, instance: Any) -> bool:
@@ -346,6 +351,9 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
             )
     if payload["part"] >= payload["parts"]:
         raise Refusal("invalid_payload", "part must be less than parts")
+    problem = _latency_sum_problem(payload["batch"]["records"])
+    if problem is not None:
+        raise Refusal("invalid_payload", problem)
     if (
         payload["deployment_id"] != claims.deployment_id
         or payload["instance_id"] != claims.instance_id
@@ -354,6 +362,25 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
             "invalid_payload", "deployment_id and instance_id must be the ones the token was for"
         )
     return payload
+
+
+def _latency_sum_problem(records: list[dict[str, Any]]) -> str | None:
+    """A record whose latency ``sum`` exceeds ``count`` times the longest latency, as
+    ``where: why``; None if none does.
+
+    Why: the collector adds up ``sum`` across every stored record, and
+    PostgreSQL's float8 ``SUM`` fails on overflow, so two records of
+    ``1.5e308`` would break the summary and the export for good. Bounded by
+    ``count * MAX_LATENCY_SECONDS`` (at most about 9.2e27), no number of
+    records can reach float8's 1.8e308.
+    """
+    for position, record in enumerate(records):
+        if record["latency"]["sum"] > record["count"] * MAX_LATENCY_SECONDS:
+            return (
+                f"batch/records/{position}/latency/sum: must be at most count times "
+                f"{MAX_LATENCY_SECONDS:g} seconds"
+            )
+    return None
 
 
 def _nul_path(value: Any) -> str | None:
