@@ -921,11 +921,17 @@ def test_a_token_only_dashboard_ignores_basic_auth(
 
 @pytest.mark.e2e
 def test_bad_days_are_a_400(collector: Collector) -> None:
-    for days in ("0", "-1", "abc", "1.5", "99999"):
+    # "²" and "٣" are str.isdigit(); int() refuses the first and the 5000
+    # digits (past its 4300-digit limit), and only ASCII digits are a number here.
+    odd = ("\u00b2", "\u0663", "\uff17", "0" * 5000 + "7", " 7", "7\n", "+7")
+    for days in ("0", "-1", "abc", "1.5", "99999", *odd):
         for path in ("/api/summary", "/export.csv"):
             response = collector.http.get(path, params={"days": days})
             assert response.status_code == 400, (path, days)
             assert response.json()["error"] == "bad_request"
+            assert "days must be a whole number" in response.json()["detail"]
+    for days, meant in (("7", 7), ("007", 7), ("3650", 3650)):
+        assert collector.http.get("/api/summary", params={"days": days}).json()["days"] == meant
 
 
 # -- the dashboard -------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import binascii
 import contextlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from importlib.resources import files
@@ -61,6 +62,10 @@ logger = logging.getLogger("reqtelemetry.collector")
 
 #: A session request is two UUIDs; anything much larger is not one.
 SESSION_MAX_BYTES = 4096
+#: ``?days=``: ASCII digits, a few of them. ``str.isdigit`` also accepts "²"
+#: (which ``int`` refuses) and "٣" (which it reads as 3), and ``int`` refuses
+#: more than 4300 digits: each of those was a bare 500 or a surprise.
+DAYS_PATTERN = re.compile(r"[0-9]{1,8}")
 #: How long a client should wait when storage is down.
 UNAVAILABLE_RETRY_AFTER = 60
 #: The answer to a report the database refused to hold (the database's own
@@ -254,11 +259,11 @@ async def read_body(request: Request, cap: int) -> bytes:
 
 
 def days_param(request: Request) -> int:
-    """``?days=N``: a whole number of days, 1 to 3650 (default 30)."""
+    """``?days=N``: a whole number of days in ASCII digits, 1 to 3650 (default 30)."""
     value = request.query_params.get("days")
     if value is None or value == "":
         return DEFAULT_DAYS
-    if not value.isdigit() or not 1 <= int(value) <= MAX_DAYS:
+    if DAYS_PATTERN.fullmatch(value) is None or not 1 <= int(value) <= MAX_DAYS:
         raise HTTPException(400, f"days must be a whole number from 1 to {MAX_DAYS}")
     return int(value)
 
