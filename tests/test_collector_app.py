@@ -52,7 +52,7 @@ from hypothesis import strategies as st
 
 from receiver import ServerThread
 from reqtelemetry import hashcash
-from reqtelemetry.collector.app import create_app
+from reqtelemetry.collector.app import SESSION_MAX_BYTES, create_app
 from reqtelemetry.collector.export import COLUMNS
 from reqtelemetry.collector.settings import CollectorSettings, SettingsError
 from reqtelemetry.collector.storage import open_storage
@@ -846,6 +846,25 @@ BAD_SESSIONS: list[tuple[str, bytes, int, str]] = [
     ("number", dumps({"deployment_id": 1, "instance_id": new_id()}).encode(), 400, "bad_session"),
     ("oversized", b" " * 10_000, 413, "too_large"),
 ]
+
+
+def test_the_protocol_doc_gives_the_session_refusals_the_code_gives() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text("utf-8")
+    section = text.split("## `POST /v1/session`")[1].split("## `POST /v1/report`")[0]
+    said = " ".join(section.split())
+    assert SESSION_MAX_BYTES == 4096
+    for _, _, status, reason in BAD_SESSIONS:
+        assert f'`{status} {{"error": "{reason}"' in said, (status, reason)
+    assert 'exceeds 4 KiB (as sent, or after gunzip) with `413 {"error": "too_large"' in said
+
+
+@pytest.mark.e2e
+def test_a_session_body_inflating_past_4_kib_is_too_large(collector: Collector) -> None:
+    body = gzip.compress(b" " * (SESSION_MAX_BYTES + 1))
+    assert len(body) < SESSION_MAX_BYTES
+    response = collector.http.post("/v1/session", content=body, headers=GZIP)
+    assert response.status_code == 413
+    assert response.json()["error"] == "too_large"
 
 
 @pytest.mark.e2e
