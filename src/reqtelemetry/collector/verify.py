@@ -15,6 +15,11 @@ Parsing is strict on purpose: JSON only in UTF-8, no ``NaN``/``Infinity``
 64 bits, no duplicate keys (two parsers must not read one body two ways), no
 nesting that would exhaust the stack. Any of these is the sender's error, so
 it must be a 4xx answer, never a crash.
+
+The report's values must also fit both databases (integers written as
+integers within their columns, no NUL in text, histogram indexes in range,
+latencies whose sums cannot overflow): SQLite and PostgreSQL then accept
+exactly the same reports, and nothing stored can break a later summary.
 """
 
 from __future__ import annotations
