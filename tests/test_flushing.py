@@ -32,6 +32,7 @@ from receiver import ServerThread, record_counts, schema_errors
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
+from reqtelemetry.transport import parse_retry_after
 
 pytestmark = pytest.mark.e2e
 
@@ -1053,3 +1054,13 @@ def test_elsewhere_than_linux_no_priority_is_touched(monkeypatch):
     ((lowered, before, after),) = answers
     assert lowered is False
     assert after == before
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "soon", ""])
+def test_a_retry_after_that_is_no_number_or_date_is_ignored(value):
+    assert parse_retry_after(value) is None
+
+
+def test_retry_after_in_seconds_or_as_a_date():
+    assert parse_retry_after(" 120 ") == 120.0
+    assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=40.0) == 60.0

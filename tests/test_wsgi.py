@@ -442,3 +442,38 @@ def test_the_queue_the_middleware_fills_stays_bounded(telemetry, counts):
         fetch(client, "/items/7")
         assert len(telemetry.recorder.queue) < PENDING_LIMIT
     assert counts(telemetry) == {("GET", "/items/<int:item_id>", 200): total}
+
+
+@pytest.mark.parametrize("length", ["²", "٣", "0" * 5000, "12a", "-5"])
+def test_a_content_length_that_is_no_plain_number_counts_no_bytes(telemetry, records, length):
+    # Werkzeug's development server passes the client's header on as it came.
+    environ = EnvironBuilder(path="/items", method="POST").get_environ()
+    environ["CONTENT_LENGTH"] = length
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    iterable = WSGIMiddleware(app, telemetry=telemetry)(environ, lambda *a: None)
+    b"".join(iterable)
+    iterable.close()
+    (record,) = records(telemetry).values()
+    assert (record["method"], record["status"], record["request_bytes"]) == ("POST", 200, 0)
+    assert telemetry.internal_errors == 0
+
+
+@pytest.mark.parametrize("length", ["²", "0" * 5000])
+def test_flask_counts_no_bytes_for_a_content_length_that_is_no_plain_number(
+    make_telemetry, records, length
+):
+    from reqtelemetry.flask import init_app
+
+    telemetry = make_telemetry()
+    app = Flask(__name__)
+    app.add_url_rule("/items", "items", lambda: "ok", methods=["POST"])
+    init_app(app, telemetry)
+    environ = EnvironBuilder(path="/items", method="POST").get_environ()
+    environ["CONTENT_LENGTH"] = length
+    b"".join(app.wsgi_app(environ, lambda *a: None))
+    assert records(telemetry)["POST", "/items", 200]["request_bytes"] == 0
+    assert telemetry.internal_errors == 0

@@ -42,6 +42,22 @@ _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "0.0.0.0"})
 #: Status recorded when the client went away before the response completed
 #: (nginx's convention).
 CLIENT_CLOSED_STATUS = 499
+#: Digits a byte count can have and still fit the payload's 64-bit integers.
+_MAX_LENGTH_DIGITS = 18
+
+
+def parse_content_length(value: object) -> int:
+    """A ``Content-Length`` value as bytes; 0 when absent or not a plain number.
+
+    Why not ``str.isdigit`` and ``int``: ``isdigit`` accepts "²", which ``int``
+    refuses, and ``int`` refuses over 4,300 digits; a request's headers are the
+    client's to write, and a bad one must cost its count, not the record.
+    """
+    if type(value) is not str:
+        value = str(value) if isinstance(value, int) else ""
+    if value.isascii() and value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS:
+        return int(value)
+    return 0
 
 
 class Telemetry:

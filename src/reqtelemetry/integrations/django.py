@@ -23,7 +23,13 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-from ..telemetry import CLIENT_CLOSED_STATUS, KNOWN_METHODS, OTHER_METHOD, Telemetry
+from ..telemetry import (
+    CLIENT_CLOSED_STATUS,
+    KNOWN_METHODS,
+    OTHER_METHOD,
+    Telemetry,
+    parse_content_length,
+)
 
 _shared: Telemetry | None = None
 _shared_lock = threading.Lock()
@@ -148,8 +154,7 @@ class TelemetryMiddleware:
         which the server does when the file has gone out, with the length Django
         declared in ``Content-Length``: with ``sendfile()`` no byte passes here.
         """
-        length = str(response.get("Content-Length", ""))
-        size = int(length) if length.isdigit() else 0
+        size = parse_content_length(response.get("Content-Length"))
 
         def record() -> None:
             self._record(request, status, start, perf_counter(), size)
@@ -177,7 +182,7 @@ class TelemetryMiddleware:
             if method not in KNOWN_METHODS:
                 method = OTHER_METHOD
             length = request.META.get("CONTENT_LENGTH")
-            request_bytes = int(length) if length and str(length).isdigit() else 0
+            request_bytes = parse_content_length(length) if length else 0
             if method == "HEAD":  # no body goes out in answer to HEAD
                 response_bytes = 0
             telemetry.record(

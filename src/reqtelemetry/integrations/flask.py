@@ -45,7 +45,7 @@ from time import perf_counter
 from typing import Any
 
 from ..recorder import PENDING_LIMIT
-from ..telemetry import KNOWN_METHODS, OTHER_METHOD, Telemetry
+from ..telemetry import KNOWN_METHODS, OTHER_METHOD, Telemetry, parse_content_length
 from .wsgi import (
     ROUTE_KEY,
     UNKNOWN_ROUTE,
@@ -230,7 +230,7 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
             if status < 200 or status in _BODILESS_STATUSES:
                 size = 0
             length = environ.get("CONTENT_LENGTH")
-            request_bytes = int(length) if length and length.isdigit() else 0
+            request_bytes = parse_content_length(length) if length else 0
             if rule is not None:
                 route = rule.rule
             else:  # the router matched nothing

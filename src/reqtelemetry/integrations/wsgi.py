@@ -21,7 +21,13 @@ from time import perf_counter
 from typing import Any
 
 from ..recorder import PENDING_LIMIT
-from ..telemetry import CLIENT_CLOSED_STATUS, KNOWN_METHODS, OTHER_METHOD, Telemetry
+from ..telemetry import (
+    CLIENT_CLOSED_STATUS,
+    KNOWN_METHODS,
+    OTHER_METHOD,
+    Telemetry,
+    parse_content_length,
+)
 
 #: Set by a framework hook: the matched route template, or None when the
 #: framework's router matched nothing. Absent when the app has no router we know.
@@ -173,7 +179,7 @@ class _Measured:
     def _declared_length(self) -> int:
         for name, value in getattr(self, "headers", None) or ():
             if name.lower() == "content-length":
-                return int(value) if value.isdigit() else 0
+                return parse_content_length(value)
         return 0
 
     def write(self, data: bytes) -> Any:
@@ -276,7 +282,7 @@ def record_request(
         if method not in KNOWN_METHODS:
             method = OTHER_METHOD
         length = environ.get("CONTENT_LENGTH")
-        request_bytes = int(length) if length and length.isdigit() else 0
+        request_bytes = parse_content_length(length) if length else 0
         if method == "HEAD":  # a server sends no body in answer to HEAD
             response_bytes = 0
         request = (method, route, status, seconds, request_bytes, response_bytes)
