@@ -4,8 +4,11 @@ Why: request counts say which endpoints are used, not which *features* are, nor
 how many of a thing exist (ORY, Caddy and Phusion all wanted both). The app
 counts what it cares about (``telemetry.count("feature.export_pdf")``) or
 registers a callback sampled at each flush (``telemetry.gauge("registered_apps",
-fn)``). Names follow a short dotted pattern, so they cannot carry identifiers
-by accident, and their number is capped, so memory and payload stay bounded.
+fn)``). Names follow a short dotted pattern, which keeps free text (an
+e-mail address, a URL) out, and their number is capped, so memory and payload
+stay bounded. A name is sent exactly as written, though: the pattern cannot
+tell ``user.4711`` or ``login.alice`` from a feature's name, so names must be
+constants in the app's code, never built from a request's data.
 """
 
 from __future__ import annotations
