@@ -57,3 +57,31 @@ def test_off_says_why(caplog, options, reason):
 def test_debug_mode_says_reports_go_to_stderr(caplog, tmp_path):
     (line,) = announced(caplog, debug=True, deployment_id_path=str(tmp_path / "id"))
     assert "is on" in line and "stderr" in line
+
+
+def test_credentials_in_the_endpoint_are_not_logged(caplog, receiver, tmp_path):
+    scheme, rest = receiver.url.split("://", 1)
+    endpoint = f"{scheme}://svc:canary-password@{rest}"
+    (line,) = announced(
+        caplog,
+        endpoint=endpoint,
+        send_in_tests=True,
+        deployment_id_path=str(tmp_path / "id"),
+        max_attempts=1,
+        timeout=0.5,
+    )
+    assert receiver.url in line
+    assert "canary" not in line
+
+
+def test_an_opted_out_apps_bad_setting_is_named_not_quoted(caplog):
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="reqtelemetry"):
+        config = Config.resolve(
+            environ={"SQA_OPT_OUT": "true", "REQTELEMETRY_ENDPOINT": "canary-secret-token"},
+            argv=[],
+        )
+    assert not config.enabled
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "REQTELEMETRY_ENDPOINT" in text
+    assert "canary" not in text

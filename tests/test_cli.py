@@ -114,6 +114,20 @@ def test_inspect_connects_nowhere_even_with_an_endpoint(
     assert not (tmp_path / "id").exists()
 
 
+def test_inspect_shows_where_it_would_report_without_credentials(
+    capsys, monkeypatch, silent_endpoint
+):
+    scheme, rest = silent_endpoint.url.split("://", 1)
+    host_and_port = rest.split("/", 1)[0]
+    endpoint = f"{scheme}://svc:canary-password@{host_and_port}/v1?key=canary-key"
+    monkeypatch.setenv("REQTELEMETRY_ENDPOINT", endpoint)
+    assert main(["inspect"]) == 0
+    captured = capsys.readouterr()
+    assert f"{scheme}://{host_and_port}/v1" in captured.err
+    assert "canary" not in captured.err + captured.out
+    silent_endpoint.assert_no_connection()
+
+
 @pytest.mark.parametrize("variable", ["SQA_OPT_OUT", "DO_NOT_TRACK", "REQTELEMETRY_OPT_OUT"])
 def test_inspect_when_opted_out_says_so(capsys, monkeypatch, variable):
     monkeypatch.setenv(variable, "1")

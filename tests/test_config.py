@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from reqtelemetry import Config, Telemetry, add_opt_out_argument
-from reqtelemetry.config import DEFAULT_FLUSH_INTERVAL, OPT_OUT_FLAG
+from reqtelemetry.config import DEFAULT_FLUSH_INTERVAL, OPT_OUT_FLAG, redacted_url
 from reqtelemetry.recorder import DEFAULT_MAX_KEYS
 
 
@@ -345,3 +345,30 @@ def test_an_endpoint_httpx_cannot_use_is_refused_at_start(endpoint):
 )
 def test_ordinary_endpoints_are_accepted(endpoint):
     assert resolve(endpoint=endpoint).endpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    "field", ["allowed_path_segments", "allowed_query_keys", "exclude_paths", "disabled_traits"]
+)
+def test_a_bare_string_where_a_list_belongs_is_refused(field):
+    # Taken as its characters, "users" would let the segments u, s, e, r through unhashed.
+    with pytest.raises(ValueError, match=f"{field} must be a list of strings"):
+        Telemetry(config=Config(**{field: "users"}))
+
+
+def test_resolve_still_takes_a_comma_separated_string():
+    config = Config.resolve(environ={}, argv=[], allowed_path_segments="users, orders")
+    assert config.allowed_path_segments == ("users", "orders")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://svc:secret@collector.example/v1?key=k#f", "https://collector.example/v1"),
+        ("http://127.0.0.1:8099/", "http://127.0.0.1:8099/"),
+        ("https://token@[::1]:443/t", "https://[::1]:443/t"),
+        ("https://collector.example", "https://collector.example"),
+    ],
+)
+def test_an_endpoint_is_shown_without_credentials(url, shown):
+    assert redacted_url(url) == shown

@@ -283,3 +283,21 @@ def test_a_fork_during_the_first_flush_does_not_hang_the_worker(tmp_path):
         check=False,
     )
     assert "child closed" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_forked_child_hashes_with_a_salt_of_its_own(make_sender, receiver):
+    parent = make_sender()
+    path = "/users/alice.canary@example.com/orders/4711"
+    in_parent = parent.route_for_unrouted(path, matched=True)  # cached in the parent too
+
+    def child() -> dict[str, Any]:
+        route = parent.route_for_unrouted(path, matched=True)
+        parent.close()
+        return {"route": route, "salt": parent.anonymizer._salt}
+
+    result = run_in_child(child)
+    # Shared, the same identifier would hash alike in every worker, and the
+    # collector could match it across the instances of a deployment.
+    assert result["salt"] != parent.anonymizer._salt
+    assert result["route"] != in_parent
+    assert parent.route_for_unrouted(path, matched=True) == in_parent

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ._version import __version__
-from .config import Config
+from .config import Config, redacted_url
 from .payload import Envelope, build_reports
 from .telemetry import UNMATCHED_ROUTE, Telemetry
 
@@ -73,7 +73,11 @@ def _inspect(args: argparse.Namespace) -> int:
     if payload is None:
         print(f"Telemetry is off ({config.opt_out_reason}): nothing would be sent.")
         return 0
-    destination = config.endpoint or "nowhere (no endpoint configured: nothing is sent)"
+    destination = (
+        redacted_url(config.endpoint)
+        if config.endpoint
+        else "nowhere (no endpoint configured: nothing is sent)"
+    )
     print(
         f"# reqtelemetry {__version__}: this environment would report to {destination}",
         file=sys.stderr,

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .recorder import DEFAULT_MAX_KEYS
 
@@ -60,6 +61,35 @@ def add_opt_out_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help="disable anonymous usage telemetry (same as SQA_OPT_OUT=true)",
     )
     return parser
+
+
+#: The fields that hold lists of strings.
+_LIST_FIELDS = (
+    "exclude_paths",
+    "exclude_prefixes",
+    "allowed_path_segments",
+    "allowed_query_keys",
+    "disabled_traits",
+)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` as it may be shown in logs: scheme, host, port and path only.
+
+    Why: an endpoint may carry credentials (``https://user:token@host/`` or
+    ``?key=...``), and a start-up log line is read by more people than the
+    configuration is.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    where = f"{host}:{port}" if port is not None else host
+    return urlunsplit((parts.scheme, where, parts.path, "", ""))
 
 
 def _split(value: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -153,13 +183,7 @@ class Config:
         unknown = set(options) - (cls.field_names() - {"opt_out_reason"})
         if unknown:
             raise TypeError(f"unknown reqtelemetry option(s): {', '.join(sorted(unknown))}")
-        for name in (
-            "exclude_paths",
-            "exclude_prefixes",
-            "allowed_path_segments",
-            "allowed_query_keys",
-            "disabled_traits",
-        ):
+        for name in _LIST_FIELDS:
             if name in options:
                 options[name] = _split(options[name])
         # Opting out is decided first, from nothing that can be malformed: an
@@ -169,15 +193,18 @@ class Config:
             config = cls(**_with_environment(options, _from_environment(environ)))
             config = replace(config, opt_out=reason is not None, opt_out_reason=reason)
             config.validate()
-        except ValueError as error:
+        except ValueError:
             if reason is None:
                 raise  # on: a bad value is a clear error at start
             # Off: nothing will use these values. The code's own values are
             # still checked below, so a bug in code fails the same either way.
+            # Named, not quoted: a bad value may be a secret (a token pasted
+            # into the endpoint, say), and logs are read by more people.
             logger.info(
-                "reqtelemetry: telemetry is off (%s); ignoring the REQTELEMETRY_* settings: %s",
+                "reqtelemetry: telemetry is off (%s); ignoring the REQTELEMETRY_* settings "
+                "(%s), which are not all valid",
                 reason,
-                error,
+                ", ".join(sorted(name for name in environ if name.startswith("REQTELEMETRY_"))),
             )
             config = replace(cls(**options), opt_out=True, opt_out_reason=reason)
             config.validate()
@@ -250,6 +277,15 @@ class Config:
                 raise ValueError(
                     f"{name} must be a string (quote it: {str(value)!r}), "
                     f"got {value!r} ({type(value).__name__})"
+                )
+        for name in _LIST_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+                # A bare string would be taken as its characters: "users"
+                # would let the segments "u", "s", "e" and "r" through unhashed.
+                raise ValueError(
+                    f"{name} must be a list of strings (Config.resolve also takes a "
+                    f"comma-separated string), got {value!r}"
                 )
         for prefix in self.exclude_prefixes:
             if not prefix.startswith("/"):

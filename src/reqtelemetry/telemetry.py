@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .anonymize import Anonymizer
-from .config import Config
+from .config import Config, redacted_url
 from .metrics import AppMetrics, check_count, check_gauge
 from .recorder import Recorder
 from .traits import SystemTraits, detect_test_runner
@@ -87,10 +87,7 @@ class Telemetry:
         self.config = config
         self.enabled = config.enabled
         self.recorder = Recorder(max_keys=config.max_keys)
-        self.anonymizer = Anonymizer(
-            allowed_segments=config.allowed_path_segments,
-            allowed_query_keys=config.allowed_query_keys,
-        )
+        self.anonymizer = self._new_anonymizer()
         self.exclude_paths = frozenset(config.exclude_paths)
         self.exclude_prefixes = tuple(config.exclude_prefixes)
         #: What integrations call per request: ``is_excluded``, or None when
@@ -125,6 +122,13 @@ class Telemetry:
         _announce(self, why_not)
         if self.sending:
             self._start_flusher()
+
+    def _new_anonymizer(self) -> Anonymizer:
+        """An anonymizer with a fresh random salt (one per instance, never sent)."""
+        return Anonymizer(
+            allowed_segments=self.config.allowed_path_segments,
+            allowed_query_keys=self.config.allowed_query_keys,
+        )
 
     def _decide_sending(self) -> tuple[bool, str | None]:
         config = self.config
@@ -163,6 +167,10 @@ class Telemetry:
         """A forked worker is a new instance: own id, empty aggregates, own thread."""
         self.instance_id = str(uuid.uuid4())
         self.started_at = time.time()
+        # A salt of its own too: shared, the same identifier would hash alike
+        # in every worker, and the collector could match it across instances.
+        self.anonymizer = self._new_anonymizer()
+        self._anonymized = {}
         self.recorder.reset()
         self.metrics.reset()
         self.internal_errors = 0
@@ -306,7 +314,7 @@ def _announce(telemetry: Telemetry, why_not: str | None) -> None:
     if why_not is not None:
         logger.info("reqtelemetry: usage telemetry is off (%s); nothing is sent", why_not)
         return
-    where = "stderr (REQTELEMETRY_DEBUG)" if config.debug else config.endpoint
+    where = "stderr (REQTELEMETRY_DEBUG)" if config.debug else redacted_url(config.endpoint or "")
     logger.info(
         "reqtelemetry: anonymous usage telemetry is on, reporting to %s about every %s: "
         "counts, latencies and sizes per route template, and system traits (OS, Python, "
