@@ -8,8 +8,12 @@ and never the anonymizer's salt, whatever the configuration.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import os
+import tempfile
 import warnings
+from dataclasses import replace
 from urllib.parse import quote
 
 import httpx
@@ -21,6 +25,7 @@ from werkzeug.test import Client
 
 from reqtelemetry import ASGIMiddleware, WSGIMiddleware
 from reqtelemetry.flask import init_app
+from reqtelemetry.flusher import Flusher
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -48,6 +53,7 @@ HEADERS = {
     "User-Agent": f"scanner/{MARKER}",
     "Referer": f"https://{IP}/{MARKER}",
     "X-Canary": MARKER,
+    "Host": f"{MARKER}.example:8443",  # read once, to tell a development run
 }
 BODY = json.dumps({"email": EMAIL, "ip": IP, "marker": MARKER}).encode()
 
@@ -59,14 +65,34 @@ CONFIGS = [
 ]
 
 
-def assert_clean(telemetry) -> None:
-    snapshot = telemetry.snapshot()
-    assert snapshot, "the requests were recorded"
-    text = json.dumps(snapshot)
+def assert_no_canary(text: str, salt: str) -> None:
     for canary in CANARIES:
         assert canary not in text, canary
         assert canary.lower() not in text.lower(), canary
-    assert telemetry.anonymizer._salt not in text
+    assert salt not in text
+
+
+def the_reports(telemetry) -> str:
+    """The reports exactly as the flusher would send them (its debug path, which
+    builds them as a send does: traits, metrics, the batch, split into parts)."""
+    telemetry.count("jobs.completed", 2)
+    telemetry.config = replace(
+        telemetry.config, deployment_id_path=os.path.join(tempfile.mkdtemp(), "id")
+    )
+    written = io.StringIO()
+    assert Flusher(telemetry, None, debug_stream=lambda: written).flush()
+    return written.getvalue()
+
+
+def assert_clean(telemetry) -> None:
+    snapshot = telemetry.snapshot()
+    assert snapshot, "the requests were recorded"
+    salt = telemetry.anonymizer._salt
+    assert_no_canary(json.dumps(snapshot), salt)
+    reports = the_reports(telemetry)
+    assert '"jobs.completed":2' in reports  # the whole report, metrics and traits included
+    assert sum(json.loads(line)["batch"]["records"] != [] for line in reports.splitlines())
+    assert_no_canary(reports, salt)
     assert telemetry.internal_errors == 0
 
 
