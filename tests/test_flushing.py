@@ -416,6 +416,20 @@ def test_one_500_is_retried_within_the_same_flush(make_sender, receiver):
     assert delivered(receiver, telemetry) == expected
 
 
+@pytest.mark.parametrize("status", [501, 505, 507, 521, 522, 524, 599])
+def test_any_5xx_keeps_the_data(make_sender, receiver, status):
+    # docs/protocol.md: 5xx keeps the data. A CDN's 52x or a 507 says nothing
+    # about the report, so it must not be dropped as a refusal.
+    telemetry = make_sender(max_attempts=2)
+    expected = record_traffic(telemetry)
+    receiver.respond_with(status, times=2)
+    errors = telemetry.internal_errors
+    assert telemetry.flush() is False
+    assert telemetry.internal_errors == errors  # not counted as a refusal
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
 def test_collector_down_then_up_again(make_sender, receiver):
     telemetry = make_sender()
     expected = record_traffic(telemetry)

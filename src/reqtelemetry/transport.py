@@ -56,7 +56,14 @@ _GZIP_WBITS = 31
 #: Difficulty below which minting is cheap enough (< 65,536 hashes) to do here.
 SUBPROCESS_MINT_BITS = 16
 #: Statuses worth retrying: the collector or a proxy in front is overloaded or down.
-RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: So is every status from 500 up (:func:`retryable`): a 507, a CDN's 521-524,
+#: a proxy's 599 say nothing about the report, and docs/protocol.md keeps the data on 5xx.
+RETRYABLE = frozenset({408, 425, 429})
+
+
+def retryable(status: int) -> bool:
+    """Whether an answer means "not now": the data is kept and sent again."""
+    return status in RETRYABLE or status >= 500
 
 
 class Outcome(enum.Enum):
@@ -271,7 +278,7 @@ class Transport:
             # session, then a new stamp, on the next attempt.
             self._session = None
             return Result(Outcome.FAILED, status=status, error=response.text[:200])
-        if status in RETRYABLE:
+        if retryable(status):
             return Result(
                 Outcome.FAILED,
                 retry_after=retry_after,
