@@ -872,9 +872,11 @@ def test_a_collector_asking_for_too_much_work_is_not_sent_to(make_sender, receiv
     expected = record_traffic(telemetry)
     telemetry.flusher.transport._session = None
     receiver.bits = 30  # a collector gone rogue: a stamp would take hours
-    before = len(receiver.requests)
+    before, sessions = len(receiver.requests), len(receiver.sessions)
     assert telemetry.flush() is False
     assert len(receiver.requests) == before
+    # Not asked again within the flush (docs/protocol.md: at the next flush).
+    assert len(receiver.sessions) == sessions + 1
     receiver.bits = 8
     telemetry.flusher.transport._session = None
     assert telemetry.flush() is True  # nothing was lost meanwhile

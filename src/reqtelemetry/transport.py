@@ -93,6 +93,8 @@ class Result:
     next_interval: float | None = None
     status: int | None = None
     error: str | None = None
+    #: Asking again within this flush cannot help (the data is kept for the next one).
+    end_flush: bool = False
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -234,11 +236,14 @@ class Transport:
             # OverflowError: ``"bits": 1e999`` parses as inf, and int(inf) raises.
             return Result(Outcome.FAILED, status=status, error=f"session: bad answer ({error})")
         if not 0 <= bits <= self.config.max_proof_of_work_bits:
+            # Not obeyed, and not asked again in this flush: the answer would be
+            # the same. The data is kept; the next flush asks again.
             return Result(
                 Outcome.FAILED,
                 status=status,
                 error=f"session: the collector asks for {bits} bits of work, more "
                 f"than max_proof_of_work_bits={self.config.max_proof_of_work_bits}",
+                end_flush=True,
             )
         renew_at = time.monotonic() + max(0.0, lifetime - TOKEN_MARGIN)
         self._session = Session(token=token, renew_at=renew_at, bits=bits)
@@ -335,7 +340,7 @@ class Transport:
                 if remaining <= 0:
                     break
                 result = self.send_once(envelope, timeout=min(self.config.timeout, remaining))
-            if result.outcome is not Outcome.FAILED:
+            if result.outcome is not Outcome.FAILED or result.end_flush:
                 return result
             if result.status == 401 and attempt == 0:
                 continue  # a fresh token right away, no backoff
