@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import sys
 import threading
@@ -32,6 +33,7 @@ from receiver import ServerThread, record_counts, schema_errors
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
+from reqtelemetry import transport as transport_module
 from reqtelemetry.transport import parse_retry_after
 
 pytestmark = pytest.mark.e2e
@@ -427,6 +429,34 @@ def test_any_5xx_keeps_the_data(make_sender, receiver, status):
     assert telemetry.flush() is False
     assert telemetry.internal_errors == errors  # not counted as a refusal
     assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
+@pytest.mark.parametrize("where", ["report", "session"])
+def test_a_redirect_is_not_followed_keeps_the_data_and_is_named_once(
+    make_sender, receiver, where, caplog, monkeypatch
+):
+    monkeypatch.setattr(transport_module, "_redirect_warned", False)
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+    location = "https://elsewhere.example/v1/" + where
+    if where == "session":
+        telemetry.flusher.transport._session = None
+        receiver.respond_to_session_with(301, headers={"Location": location}, times=5)
+    else:
+        receiver.respond_with(307, headers={"Location": location}, times=5)
+    before, sessions = len(receiver.requests), len(receiver.sessions)
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert telemetry.flush() is False
+        assert telemetry.flush() is False
+    # Asked once per flush, never retried within it, never followed.
+    assert len(receiver.requests) - before == (2 if where == "report" else 0)
+    assert len(receiver.sessions) - sessions == (0 if where == "report" else 2)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and location in r.message]
+    assert len(warnings) == 1
+    receiver.reset()
+    telemetry.flusher.transport._session = None
+    assert telemetry.flush() is True  # kept, not dropped
     assert delivered(receiver, telemetry) == expected
 
 

@@ -113,6 +113,41 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+_redirect_warned = False
+
+
+def _redirected(response: httpx.Response, what: str) -> Result:
+    """A 3xx: kept, not followed, and said once per process at WARNING.
+
+    Never followed: the token and the report must not go to a host the
+    operator did not configure. Not retried in this flush either (the answer
+    will not change); the operator has to fix the endpoint (often
+    ``http://`` where the collector wants ``https://``), so it is said loudly once.
+    """
+    global _redirect_warned
+    location = response.headers.get("Location", "")
+    status = response.status_code
+    if not _redirect_warned:
+        _redirect_warned = True
+        log = logger.warning
+    else:
+        log = logger.debug
+    log(
+        "reqtelemetry: the collector answered %s with a redirect (HTTP %s) to %r; redirects "
+        "are not followed, so reports are kept but not delivered: set the endpoint to "
+        "where the collector really is",
+        what,
+        status,
+        location,
+    )
+    return Result(
+        Outcome.FAILED,
+        status=status,
+        error=f"{what}: HTTP {status} redirect to {location!r} (not followed)",
+        end_flush=True,
+    )
+
+
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Full jitter: uniform in ``[0, min(cap, base * 2**attempt)]``."""
     return rng.uniform(0.0, min(cap, base * (2.0**attempt)))
@@ -214,12 +249,15 @@ class Transport:
                     "Content-Type": "application/json",
                 },
                 timeout=timeout,
+                follow_redirects=False,
             )
         except httpx.HTTPError as error:
             return Result(Outcome.FAILED, error=f"session: {type(error).__name__}: {error}")
         status = response.status_code
         if status == 410:
             return Result(Outcome.GONE, status=status)
+        if 300 <= status < 400:
+            return _redirected(response, "the session request")
         if status != 200:
             # Also for other 4xx: a misconfigured endpoint must not cost the data.
             return Result(
@@ -265,6 +303,7 @@ class Transport:
                 content=compressed,
                 headers=self.headers,
                 timeout=self.config.timeout if timeout is None else timeout,
+                follow_redirects=False,
             )
         except httpx.HTTPError as error:
             return Result(Outcome.FAILED, error=f"{type(error).__name__}: {error}")
@@ -272,6 +311,8 @@ class Transport:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if 200 <= status < 300:
             return Result(Outcome.DELIVERED, next_interval=_next_interval(response), status=status)
+        if 300 <= status < 400:
+            return _redirected(response, "a report")
         if status == 409:
             # This stamp was stored before: an earlier attempt of this very
             # report got through and only its answer was lost.
