@@ -208,10 +208,11 @@ class Collector:
 
 @contextlib.contextmanager
 def running_collector(
-    db_url: str, *, bits: int = LOW_BITS, secret: bytes = SECRET, **overrides: Any
+    db_url: str, *, bits: int = LOW_BITS, secret: bytes = SECRET, port: int = 0, **overrides: Any
 ) -> Iterator[Collector]:
     """``create_app`` on its own storage, with its lifespan, stopped gracefully
-    (so the app closes its database) when the block ends."""
+    (so the app closes its database) when the block ends. ``port``: where an
+    earlier collector listened, for a restart behind the same endpoint."""
     settings = CollectorSettings(
         secret=secret,
         db_url=db_url,
@@ -227,7 +228,7 @@ def running_collector(
             seen.append((scope["method"], scope["path"]))
         await app(scope, receive, send)
 
-    server = ServerThread(logged, lifespan="on")
+    server = ServerThread(logged, port=port, lifespan="on")
     server.start()
     http = httpx.Client(
         base_url=server.url,

@@ -372,3 +372,29 @@ def test_replicas_accept_each_others_tokens_and_refuse_replays(
             assert (totals["reports"], totals["requests"], totals["errors"]) == (1, 6, 1)
             assert (totals["deployments"], totals["instances"]) == (1, 1)
             assert summary["refusals"] == {"bad_token": 1, "replay": 2}
+
+
+# -- the client's side of the protocol against a real collector ------------------------------
+
+
+def restarted_client(tmp_path: Path, clients: list[Telemetry], url: str) -> Telemetry:
+    deployment = tmp_path / "deployment"
+    deployment.mkdir(exist_ok=True)
+    telemetry = start_client(url, deployment, "1.0.0")
+    clients.append(telemetry)
+    telemetry.record("GET", ITEM, 200, 0.01, 0, 10)
+    return telemetry
+
+
+def test_a_raised_difficulty_renews_the_session_instead_of_dropping_the_report(
+    tmp_path: Path, clients: list[Telemetry]
+) -> None:
+    database = sqlite_database(tmp_path)
+    with running_collector(database.url, bits=8) as first:
+        port = first.server.port
+        telemetry = restarted_client(tmp_path, clients, first.url)
+    # A rolling restart: same secret (the cached token stays valid), more work asked.
+    with running_collector(database.url, bits=14, port=port):
+        assert telemetry.flush(timeout=30.0) is True
+    assert telemetry.internal_errors == 0
+    assert database.counts_by_key()[("GET", ITEM, 200)] == 1

@@ -28,7 +28,7 @@ import random
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 
@@ -41,6 +41,10 @@ logger = logging.getLogger("reqtelemetry")
 
 REPORT_PATH = "/v1/report"
 SESSION_PATH = "/v1/session"
+#: Refusals of a stamp (not of the report) that a new session and stamp can cure:
+#: the collector's difficulty went up since the session was granted, or the stamp's
+#: date fell outside its window (clocks apart). docs/protocol.md, checks 7 and 8.
+RENEWING_REFUSALS = frozenset({"insufficient_work", "stale_stamp"})
 #: Renew a token this long before the collector says it expires.
 TOKEN_MARGIN = 60.0
 #: Characters of report escaped per slice when building the envelope.
@@ -95,6 +99,8 @@ class Result:
     error: str | None = None
     #: Asking again within this flush cannot help (the data is kept for the next one).
     end_flush: bool = False
+    #: The session was dropped: a new one, and a new stamp, may help right away.
+    renew: bool = False
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -323,7 +329,12 @@ class Transport:
             # The token expired or the collector's secret changed: a new
             # session, then a new stamp, on the next attempt.
             self._session = None
-            return Result(Outcome.FAILED, status=status, error=response.text[:200])
+            return Result(Outcome.FAILED, status=status, error=response.text[:200], renew=True)
+        if status == 400 and _refusal_reason(response) in RENEWING_REFUSALS:
+            # The stamp, not the report, was refused: with the session's bits
+            # and date as the collector sees them now, a new one will do.
+            self._session = None
+            return Result(Outcome.FAILED, status=status, error=response.text[:200], renew=True)
         if retryable(status):
             return Result(
                 Outcome.FAILED,
@@ -353,6 +364,7 @@ class Transport:
         result = Result(Outcome.FAILED, error="no attempt made")
         payload_text = body.decode("utf-8")
         stamped: tuple[str, str] | None = None  # (token, stamp) reused across retries
+        renewed = False  # a session dropped on a 401 or a refused stamp is renewed once at once
         for attempt in range(self.max_attempts):
             if self._stop.is_set() and attempt > 0:
                 break
@@ -383,8 +395,12 @@ class Transport:
                 result = self.send_once(envelope, timeout=min(self.config.timeout, remaining))
             if result.outcome is not Outcome.FAILED or result.end_flush:
                 return result
-            if result.status == 401 and attempt == 0:
-                continue  # a fresh token right away, no backoff
+            if result.renew and not renewed:
+                renewed = True
+                continue  # a fresh session and stamp right away, no backoff
+            if result.renew and result.status != 401:
+                # A fresh session's stamp refused again: not curable now. Kept.
+                return replace(result, end_flush=True)
             if result.retry_after is not None:
                 # The server said when; a wait past our budget ends this flush,
                 # and the flusher keeps the data and waits at least that long.
@@ -453,6 +469,15 @@ def build_envelope(token: str, stamp: str, payload_text: str, *, paced: bool = T
         f'"payload":"{"".join(escaped)}"}}'
     )
     return text.encode("ascii")
+
+
+def _refusal_reason(response: httpx.Response) -> str | None:
+    """The ``error`` of a refusal's ``{"error": reason, "detail": ...}`` body."""
+    try:
+        reason = response.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    return reason if isinstance(reason, str) else None
 
 
 def _next_interval(response: httpx.Response) -> float | None:
