@@ -398,3 +398,37 @@ def test_a_raised_difficulty_renews_the_session_instead_of_dropping_the_report(
         assert telemetry.flush(timeout=30.0) is True
     assert telemetry.internal_errors == 0
     assert database.counts_by_key()[("GET", ITEM, 200)] == 1
+
+
+class SkewedClock:
+    """The ``time`` module as seen by a collector whose clock is ``skew`` seconds off."""
+
+    def __init__(self, skew: float) -> None:
+        self.skew = skew
+
+    def time(self) -> float:
+        return time.time() + self.skew
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.mark.parametrize("skew", [-180.0, 660.0], ids=["client-3-min-fast", "client-11-min-slow"])
+def test_stamps_are_dated_by_the_collectors_clock(
+    tmp_path: Path, clients: list[Telemetry], monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    import uvicorn.server
+
+    import reqtelemetry.collector.app
+
+    # The collector's machine: its app and its server's Date header share one clock.
+    monkeypatch.setattr(reqtelemetry.collector.app, "time", SkewedClock(skew))
+    monkeypatch.setattr(uvicorn.server, "time", SkewedClock(skew))
+    database = sqlite_database(tmp_path)
+    with running_collector(database.url, bits=8) as collector:
+        telemetry = restarted_client(tmp_path, clients, collector.url)
+        assert telemetry.flusher.transport.clock_offset == pytest.approx(skew, abs=3)
+        assert telemetry.flush(timeout=30.0) is True
+    assert telemetry.internal_errors == 0
+    assert database.counts_by_key()[("GET", ITEM, 200)] == 1
+    assert database.report_count() == 2  # the startup report, then this one

@@ -31,9 +31,9 @@ from starlette.testclient import TestClient
 import reqtelemetry
 from receiver import ServerThread, record_counts, schema_errors
 from reqtelemetry import ASGIMiddleware, Telemetry
+from reqtelemetry import transport as transport_module
 from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
-from reqtelemetry import transport as transport_module
 from reqtelemetry.transport import parse_retry_after
 
 pytestmark = pytest.mark.e2e

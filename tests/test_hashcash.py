@@ -233,6 +233,16 @@ def test_mint_in_subprocess() -> None:
     verify(stamp, RESOURCE, 12)
 
 
+def test_a_stamp_minted_in_a_child_is_dated_as_the_parent_says() -> None:
+    # The parent dates stamps by the collector's clock when the two clocks differ.
+    when = time.time() - 500
+    stamp = hashcash.mint_in_subprocess(RESOURCE, 8, timeout=30, now=when)
+    verify(stamp, RESOURCE, 8, now=when)
+    with pytest.raises(StampError) as refused:
+        verify(stamp, RESOURCE, 8, now=when + 601)
+    assert refused.value.reason == "stale_stamp"
+
+
 def test_module_entry_point_prints_a_stamp() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "reqtelemetry.hashcash", "mint", RESOURCE, "10"],
@@ -364,7 +374,7 @@ def test_the_parent_lowers_the_child_from_its_start(idle, tmp_path, monkeypatch)
     )
     monkeypatch.setattr(hashcash, "_fallback_logged", False)
     monkeypatch.setattr(
-        hashcash, "_child_command", lambda resource, bits, idle: [sys.executable, "-c", code]
+        hashcash, "_child_command", lambda resource, bits, idle, now: [sys.executable, "-c", code]
     )
     stamp = hashcash.mint_in_subprocess(RESOURCE, 1, timeout=10, idle=idle)
     hashcash.verify(stamp, RESOURCE, 1)

@@ -51,6 +51,9 @@ def _lower_priority() -> None:
 
 #: Child argument: mint at the parent's priority (the final report at shutdown).
 NORMAL_PRIORITY_FLAG = "--normal-priority"
+#: Child argument prefix: date the stamp at these Unix seconds, not the child's clock
+#: (the parent dates stamps by the collector's clock when the two are apart).
+NOW_FLAG = "--now="
 
 if __name__ == "__main__" and NORMAL_PRIORITY_FLAG not in sys.argv:
     # The minting child lowers itself before the imports below, which are most
@@ -188,7 +191,7 @@ def _search(base: hashlib._Hash, target: bytes | None, start: int, stop: int) ->
 # -- minting --------------------------------------------------------------------------
 
 
-def mint(resource: str, bits: int, now: datetime | None = None) -> str:
+def mint(resource: str, bits: int, now: datetime | float | None = None) -> str:
     """A stamp for ``resource`` whose SHA-1 starts with at least ``bits`` zero bits.
 
     Takes about ``2**bits`` SHA-1 computations (20 bits: about half a second in
@@ -203,10 +206,12 @@ def mint(resource: str, bits: int, now: datetime | None = None) -> str:
     return (prefix + found).decode("ascii")
 
 
-def _mint_in_slices(resource: str, bits: int, deadline: float) -> str:
+def _mint_in_slices(
+    resource: str, bits: int, deadline: float, now: datetime | float | None = None
+) -> str:
     """Mint here, yielding the GIL between short slices; raise TimeoutError past ``deadline``."""
     _check_mint_args(resource, bits)
-    prefix = _prefix(resource, bits, None)
+    prefix = _prefix(resource, bits, now)
     base = hashlib.sha1(prefix)
     target = _target(bits)
     head = 1
@@ -220,7 +225,9 @@ def _mint_in_slices(resource: str, bits: int, deadline: float) -> str:
         time.sleep(0)  # let request threads run
 
 
-def _child_command(resource: str, bits: int, idle: bool = True) -> list[str]:
+def _child_command(
+    resource: str, bits: int, idle: bool = True, now: float | None = None
+) -> list[str]:
     """How to run the minting child.
 
     This file is run by its path, in isolated mode (``-I -S``), when it is a
@@ -231,6 +238,8 @@ def _child_command(resource: str, bits: int, idle: bool = True) -> list[str]:
     """
     here = os.path.abspath(__file__) if "__file__" in globals() else ""
     arguments = ["mint", resource, str(bits)] + ([] if idle else [NORMAL_PRIORITY_FLAG])
+    if now is not None:
+        arguments.append(f"{NOW_FLAG}{float(now)!r}")
     if here and os.path.isfile(here):
         return [sys.executable, "-I", "-S", here, *arguments]
     return [sys.executable, "-m", "reqtelemetry.hashcash", *arguments]
@@ -247,7 +256,14 @@ def _log_fallback(why: str) -> None:
         )
 
 
-def mint_in_subprocess(resource: str, bits: int, timeout: float, *, idle: bool = True) -> str:
+def mint_in_subprocess(
+    resource: str,
+    bits: int,
+    timeout: float,
+    *,
+    idle: bool = True,
+    now: float | None = None,
+) -> str:
     """Mint in a child process, so that the host app's GIL is never held by minting.
 
     The child runs at idle priority, so that it does not take a core from the
@@ -256,7 +272,8 @@ def mint_in_subprocess(resource: str, bits: int, timeout: float, *, idle: bool =
     make way for (at idle priority on a busy machine it could miss the deadline).
 
     Raises :class:`TimeoutError` when no stamp is found within ``timeout``
-    seconds (the child is killed). When no child can be started (no
+    seconds (the child is killed). ``now`` dates the stamp (Unix seconds; default:
+    the clock when it is minted). When no child can be started (no
     ``sys.executable``, a sandbox that forbids it, an embedding interpreter),
     mints in this process in short slices instead and says so in one log line.
     """
@@ -264,17 +281,17 @@ def mint_in_subprocess(resource: str, bits: int, timeout: float, *, idle: bool =
     deadline = time.monotonic() + max(0.0, timeout)
     if not sys.executable:
         _log_fallback("sys.executable is not set")
-        return _mint_in_slices(resource, bits, deadline)
+        return _mint_in_slices(resource, bits, deadline, now)
     try:
         child = subprocess.Popen(
-            _child_command(resource, bits, idle),
+            _child_command(resource, bits, idle, now),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
     except OSError as error:
         _log_fallback(f"{type(error).__name__}: {error}")
-        return _mint_in_slices(resource, bits, deadline)
+        return _mint_in_slices(resource, bits, deadline, now)
     with child:
         if idle:
             _lower_priority_of(child.pid)
@@ -293,7 +310,7 @@ def mint_in_subprocess(resource: str, bits: int, timeout: float, *, idle: bool =
     if child.returncode != 0 or not _meets(stamp, resource, bits):
         lines = stderr.decode("utf-8", "replace").strip().splitlines()
         _log_fallback(f"the child exited with {child.returncode}: {lines[-1] if lines else ''}")
-        return _mint_in_slices(resource, bits, deadline)
+        return _mint_in_slices(resource, bits, deadline, now)
     return stamp
 
 
@@ -394,18 +411,25 @@ def verify(
 
 
 def _main(argv: list[str]) -> int:
-    """``mint RESOURCE BITS [--normal-priority]``: print a stamp (what
-    :func:`mint_in_subprocess` runs; the priority was settled at start-up)."""
-    argv = [argument for argument in argv if argument != NORMAL_PRIORITY_FLAG]
-    if len(argv) != 3 or argv[0] != "mint":
+    """``mint RESOURCE BITS [--normal-priority] [--now=UNIX_SECONDS]``: print a stamp
+    (what :func:`mint_in_subprocess` runs; the priority was settled at start-up)."""
+    dates = [argument for argument in argv if argument.startswith(NOW_FLAG)]
+    argv = [
+        argument
+        for argument in argv
+        if argument != NORMAL_PRIORITY_FLAG and not argument.startswith(NOW_FLAG)
+    ]
+    if len(argv) != 3 or argv[0] != "mint" or len(dates) > 1:
         print(
-            f"usage: python -m reqtelemetry.hashcash mint RESOURCE BITS [{NORMAL_PRIORITY_FLAG}]",
+            "usage: python -m reqtelemetry.hashcash mint RESOURCE BITS "
+            f"[{NORMAL_PRIORITY_FLAG}] [{NOW_FLAG}UNIX_SECONDS]",
             file=sys.stderr,
         )
         return 2
     try:
-        stamp = mint(argv[1], int(argv[2]))
-    except ValueError as error:
+        now = float(dates[0][len(NOW_FLAG) :]) if dates else None
+        stamp = mint(argv[1], int(argv[2]), now)
+    except (ValueError, OverflowError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(stamp)

@@ -23,11 +23,13 @@ import email.utils
 import enum
 import json
 import logging
+import math
 import os
 import random
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import httpx
@@ -45,6 +47,9 @@ SESSION_PATH = "/v1/session"
 #: the collector's difficulty went up since the session was granted, or the stamp's
 #: date fell outside its window (clocks apart). docs/protocol.md, checks 7 and 8.
 RENEWING_REFUSALS = frozenset({"insufficient_work", "stale_stamp"})
+#: A difference between the collector's clock (its ``Date`` header) and ours below
+#: this is the header's one-second resolution and the round trip: not applied.
+CLOCK_TOLERANCE = 2.0
 #: Renew a token this long before the collector says it expires.
 TOKEN_MARGIN = 60.0
 #: Characters of report escaped per slice when building the envelope.
@@ -186,6 +191,10 @@ class Transport:
         self.max_attempts = max_attempts
         self._rng = rng or random.Random()
         self._stop = threading.Event()
+        #: This client's wall clock (Unix seconds); replaceable to test a skewed one.
+        self.wall_clock: Callable[[], float] = time.time
+        #: The collector's clock minus ours, from the ``Date`` of its session answer.
+        self.clock_offset = 0.0
         #: Whether the delivery under way makes way for request threads (see :meth:`_make_way`).
         self._paced = True
         self.headers = {
@@ -246,6 +255,7 @@ class Transport:
             return Result(Outcome.DELIVERED)
         self._session = None
         body = json.dumps({"deployment_id": deployment_id, "instance_id": instance_id})
+        asked_at = self.wall_clock()
         try:
             response = self.client.post(
                 self.session_url,
@@ -272,10 +282,11 @@ class Transport:
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
                 error=f"session: HTTP {status}: {response.text[:200]}",
             )
+        self._learn_the_collectors_clock(response, asked_at)
         try:
             answer = response.json()
             token, bits = str(answer["token"]), int(answer["bits"])
-            lifetime = float(answer["expires_at"]) - time.time()
+            lifetime = float(answer["expires_at"]) - self.collector_time()
         except (ValueError, KeyError, TypeError, OverflowError) as error:
             # OverflowError: ``"bits": 1e999`` parses as inf, and int(inf) raises.
             return Result(Outcome.FAILED, status=status, error=f"session: bad answer ({error})")
@@ -293,10 +304,40 @@ class Transport:
         self._session = Session(token=token, renew_at=renew_at, bits=bits)
         return Result(Outcome.DELIVERED)
 
+    def collector_time(self) -> float:
+        """Now, by the collector's clock as far as we know it (Unix seconds)."""
+        return self.wall_clock() + self.clock_offset
+
+    def _learn_the_collectors_clock(self, response: httpx.Response, asked_at: float) -> None:
+        """Estimate the collector's clock from the ``Date`` of its session answer.
+
+        Why: the collector refuses stamps dated more than 10 minutes before or
+        2 minutes after its own clock (``stale_stamp``). A host whose clock is
+        a few minutes off would lose every report. Stamps (and the token's
+        lifetime) are therefore reckoned by the collector's clock. ``Date``
+        has a resolution of one second: the collector's time is taken as its
+        middle, against the middle of our request; differences within
+        :data:`CLOCK_TOLERANCE` are that resolution, not a skew, and ignored.
+        An answer without a usable ``Date`` keeps what was known.
+        """
+        value = response.headers.get("Date")
+        if not value:
+            return
+        try:
+            theirs = email.utils.parsedate_to_datetime(value).timestamp() + 0.5
+        except (TypeError, ValueError, OverflowError):
+            return
+        ours = (asked_at + self.wall_clock()) / 2
+        offset = theirs - ours
+        if not math.isfinite(offset):
+            return
+        self.clock_offset = offset if abs(offset) > CLOCK_TOLERANCE else 0.0
+
     def _mint(self, resource: str, bits: int, timeout: float, idle: bool = True) -> str:
+        now = self.collector_time()
         if bits >= SUBPROCESS_MINT_BITS:
-            return hashcash.mint_in_subprocess(resource, bits, timeout=timeout, idle=idle)
-        return hashcash.mint(resource, bits)
+            return hashcash.mint_in_subprocess(resource, bits, timeout=timeout, idle=idle, now=now)
+        return hashcash.mint(resource, bits, now)
 
     # -- one report -------------------------------------------------------------------
 
