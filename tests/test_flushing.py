@@ -885,6 +885,19 @@ def test_an_expired_token_gets_a_new_session_and_the_report_goes_through(make_se
     assert delivered(receiver, telemetry) == expected
 
 
+def test_the_final_report_renews_an_invalid_token(make_sender, receiver):
+    # The collector restarted with a new secret (a dev collector makes one per
+    # start) shortly before the app stops: the final report must not be lost.
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+    sessions_before = len(receiver.sessions)
+    receiver.respond_with(401, json={"error": "bad_token"})
+    assert telemetry.close() is True
+    assert len(receiver.sessions) == sessions_before + 1
+    assert receiver.reports_from(telemetry.instance_id)[-1]["kind"] == "shutdown"
+    assert delivered(receiver, telemetry) == expected
+
+
 def test_a_session_answered_410_stops_reporting_for_good(make_sender, receiver):
     telemetry = make_sender()
     record_traffic(telemetry)

@@ -237,7 +237,7 @@ class Transport:
         self._session = None  # the token names the parent's instance
 
     def interrupt(self) -> None:
-        """Cut short any backoff wait (shutdown)."""
+        """Cut short any backoff wait, and skip those to come (shutdown)."""
         self._stop.set()
 
     def close(self) -> None:
@@ -407,8 +407,9 @@ class Transport:
         stamped: tuple[str, str] | None = None  # (token, stamp) reused across retries
         renewed = False  # a session dropped on a 401 or a refused stamp is renewed once at once
         for attempt in range(self.max_attempts):
-            if self._stop.is_set() and attempt > 0:
-                break
+            # Stopping (interrupt()) only cuts the waits below short: a session
+            # renewal, which needs none, still goes ahead, so that the final
+            # report at shutdown survives a collector restarted with a new secret.
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -448,6 +449,8 @@ class Transport:
                 delay = result.retry_after
             else:
                 delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap, self._rng)
+            if self._stop.is_set():
+                break  # shutting down: no waiting, the data is kept
             if attempt + 1 >= self.max_attempts or time.monotonic() + delay > deadline:
                 break
             if self._stop.wait(min(delay, threading.TIMEOUT_MAX)):
