@@ -898,6 +898,28 @@ def test_the_final_report_renews_an_invalid_token(make_sender, receiver):
     assert delivered(receiver, telemetry) == expected
 
 
+def test_close_stops_a_stamp_being_minted_and_still_makes_the_final_flush(make_sender, receiver):
+    # A periodic flush is minting a stamp that takes minutes (a child process)
+    # when the app shuts down: close() must not spend its budget waiting for it.
+    telemetry = make_sender(timeout=30, max_proof_of_work_bits=32)
+    expected = record_traffic(telemetry)
+    transport = telemetry.flusher.transport
+    transport._session = None
+    receiver.bits = 32  # about half an hour of hashing
+    sessions = len(receiver.sessions)
+    periodic = threading.Thread(target=telemetry.flush)
+    periodic.start()
+    assert receiver.wait_for(lambda r: len(r.sessions) > sessions)
+    time.sleep(0.5)  # the child is minting
+    receiver.bits = 8  # the final report's new session asks for little
+    transport._session = None
+    assert telemetry.close(timeout=8) is True
+    periodic.join(10)
+    assert not periodic.is_alive()
+    assert receiver.reports_from(telemetry.instance_id)[-1]["kind"] == "shutdown"
+    assert delivered(receiver, telemetry) == expected
+
+
 def test_a_session_answered_410_stops_reporting_for_good(make_sender, receiver):
     telemetry = make_sender()
     record_traffic(telemetry)

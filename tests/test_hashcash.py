@@ -413,3 +413,21 @@ def test_an_interrupted_stamp_leaves_no_child_hashing() -> None:
     while _children_minting(resource) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _children_minting(resource) == []
+
+
+@linux_only
+@pytest.mark.timeout(30)
+def test_a_cancelled_stamp_leaves_no_child_hashing() -> None:
+    """What Transport.interrupt() does at shutdown: set the Event, the child is killed."""
+    resource = hashlib.sha256(f"cancelled {time.time_ns()}".encode()).hexdigest()
+    cancel = threading.Event()
+    timer = threading.Timer(0.5, cancel.set)
+    try:
+        timer.start()
+        with pytest.raises(hashcash.MintCancelled):
+            hashcash.mint_in_subprocess(resource, 60, timeout=20, cancel=cancel)
+    finally:
+        timer.cancel()
+    assert _children_minting(resource) == []  # killed and reaped before it raised
+    with pytest.raises(hashcash.MintCancelled):  # already cancelled: no child at all
+        hashcash.mint_in_subprocess(resource, 60, timeout=20, cancel=cancel)

@@ -68,6 +68,7 @@ import re  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
+from typing import Protocol  # noqa: E402
 
 __all__ = [
     "StampError",
@@ -92,6 +93,16 @@ _BITS = re.compile(r"[0-9]{1,3}")
 _RESOURCE = re.compile(r"[\x21-\x39\x3b-\x7e]{1,256}")  # printable ASCII except ':'
 
 _fallback_logged = False
+
+
+class Cancel(Protocol):
+    """What :func:`mint_in_subprocess` accepts as ``cancel`` (a ``threading.Event``)."""
+
+    def is_set(self) -> bool: ...
+
+
+class MintCancelled(Exception):
+    """Minting was cancelled (the client is shutting down); the child was killed."""
 
 
 class StampError(ValueError):
@@ -263,6 +274,7 @@ def mint_in_subprocess(
     *,
     idle: bool = True,
     now: float | None = None,
+    cancel: Cancel | None = None,
 ) -> str:
     """Mint in a child process, so that the host app's GIL is never held by minting.
 
@@ -273,12 +285,15 @@ def mint_in_subprocess(
 
     Raises :class:`TimeoutError` when no stamp is found within ``timeout``
     seconds (the child is killed). ``now`` dates the stamp (Unix seconds; default:
-    the clock when it is minted). When no child can be started (no
+    the clock when it is minted). Once ``cancel`` (a ``threading.Event``) is
+    set, the child is killed and :class:`MintCancelled` raised. When no child can be started (no
     ``sys.executable``, a sandbox that forbids it, an embedding interpreter),
     mints in this process in short slices instead and says so in one log line.
     """
     _check_mint_args(resource, bits)
     deadline = time.monotonic() + max(0.0, timeout)
+    if cancel is not None and cancel.is_set():
+        raise MintCancelled(f"minting a {bits}-bit stamp was cancelled")
     if not sys.executable:
         _log_fallback("sys.executable is not set")
         return _mint_in_slices(resource, bits, deadline, now)
@@ -296,10 +311,12 @@ def mint_in_subprocess(
         if idle:
             _lower_priority_of(child.pid)
         try:
-            stdout, stderr = child.communicate(timeout=max(0.0, timeout))
+            stdout, stderr = _wait_for(child, deadline, cancel)
         except subprocess.TimeoutExpired:
             child.kill()
             child.communicate()
+            if cancel is not None and cancel.is_set():
+                raise MintCancelled(f"minting a {bits}-bit stamp was cancelled") from None
             raise TimeoutError(
                 f"minting a {bits}-bit stamp took longer than {timeout:.1f} s"
             ) from None
@@ -312,6 +329,27 @@ def mint_in_subprocess(
         _log_fallback(f"the child exited with {child.returncode}: {lines[-1] if lines else ''}")
         return _mint_in_slices(resource, bits, deadline, now)
     return stamp
+
+
+#: Seconds between two looks at ``cancel`` while a child mints.
+CANCEL_POLL = 0.05
+
+
+def _wait_for(
+    child: subprocess.Popen[bytes], deadline: float, cancel: Cancel | None
+) -> tuple[bytes, bytes]:
+    """The child's output; TimeoutExpired past ``deadline`` or once ``cancel`` is set."""
+    while True:
+        remaining = max(0.0, deadline - time.monotonic())
+        if cancel is None:
+            return child.communicate(timeout=remaining)
+        if cancel.is_set():
+            raise subprocess.TimeoutExpired(child.args, 0)
+        try:
+            return child.communicate(timeout=min(remaining, CANCEL_POLL))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise
 
 
 def _lower_priority_of(pid: int) -> None:

@@ -195,6 +195,8 @@ class Transport:
         self.wall_clock: Callable[[], float] = time.time
         #: The collector's clock minus ours, from the ``Date`` of its session answer.
         self.clock_offset = 0.0
+        #: Set by :meth:`interrupt` to stop the stamp being minted now (its child is killed).
+        self._mint_cancel: threading.Event | None = None
         #: Whether the delivery under way makes way for request threads (see :meth:`_make_way`).
         self._paced = True
         self.headers = {
@@ -237,8 +239,16 @@ class Transport:
         self._session = None  # the token names the parent's instance
 
     def interrupt(self) -> None:
-        """Cut short any backoff wait, and skip those to come (shutdown)."""
+        """Cut short any backoff wait, and skip those to come (shutdown).
+
+        Also stops a stamp being minted (by a periodic flush) in a child
+        process: minting one can take longer than the whole shutdown budget,
+        and the final flush waits for the flush under way to end.
+        """
         self._stop.set()
+        cancel = self._mint_cancel
+        if cancel is not None:
+            cancel.set()
 
     def close(self) -> None:
         self._stop.set()
@@ -335,9 +345,17 @@ class Transport:
 
     def _mint(self, resource: str, bits: int, timeout: float, idle: bool = True) -> str:
         now = self.collector_time()
-        if bits >= SUBPROCESS_MINT_BITS:
-            return hashcash.mint_in_subprocess(resource, bits, timeout=timeout, idle=idle, now=now)
-        return hashcash.mint(resource, bits, now)
+        if bits < SUBPROCESS_MINT_BITS:
+            return hashcash.mint(resource, bits, now)
+        cancel = self._mint_cancel = threading.Event()
+        if idle and self._stop.is_set():
+            cancel.set()  # a periodic flush reaching this after interrupt(): do not start
+        try:
+            return hashcash.mint_in_subprocess(
+                resource, bits, timeout=timeout, idle=idle, now=now, cancel=cancel
+            )
+        finally:
+            self._mint_cancel = None
 
     # -- one report -------------------------------------------------------------------
 
