@@ -948,13 +948,35 @@ def test_a_collector_asking_for_too_much_work_is_not_sent_to(make_sender, receiv
     assert delivered(receiver, telemetry) == expected
 
 
-def test_real_difficulty_is_minted_in_a_child_process(make_sender, receiver):
-    receiver.bits = 16  # SUBPROCESS_MINT_BITS: the child process path
+_children_started: list[list[str]] = []
+_watching_children = False
+
+
+def _watch_children(event: str, args: tuple) -> None:
+    if _watching_children and event == "subprocess.Popen":
+        _children_started.append([str(part) for part in args[1]])
+
+
+sys.addaudithook(_watch_children)  # an audit hook cannot be removed: it only listens when asked
+
+
+@pytest.mark.parametrize("bits", [9, 12, 16])
+def test_real_difficulty_is_minted_in_a_child_process(make_sender, receiver, bits):
+    # Design decision 5: minting holds the GIL; only stamps of a few hundred
+    # hashes (8 bits and less) are trivially short enough to mint in-thread.
+    global _watching_children
+    receiver.bits = bits
     telemetry = make_sender()
     expected = record_traffic(telemetry)
-    assert telemetry.flush() is True
-    assert not receiver.all_schema_errors()  # the receiver verified the 16-bit stamp
-    assert receiver.requests[-1].envelope["stamp"].startswith("1:16:")
+    _children_started.clear()
+    _watching_children = True
+    try:
+        assert telemetry.flush() is True
+    finally:
+        _watching_children = False
+    assert any("mint" in argv for argv in _children_started), _children_started
+    assert not receiver.all_schema_errors()  # the receiver verified the stamp
+    assert receiver.requests[-1].envelope["stamp"].startswith(f"1:{bits}:")
     assert delivered(receiver, telemetry) == expected
 
 
