@@ -13,6 +13,7 @@ import gzip
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -506,6 +507,75 @@ def test_slow_collector_past_the_timeout_loses_and_duplicates_nothing(make_sende
     assert attempts[0].envelope["stamp"] == attempts[1].envelope["stamp"]
     assert telemetry.recorder.snapshot() == []  # delivered: nothing kept for later
     assert delivered(receiver, telemetry) == expected
+
+
+class TricklingServer:
+    """A real HTTP server on loopback that answers one byte every ``pause`` seconds.
+
+    Each byte comes well within httpx's read timeout, so only a deadline on
+    the whole request ends it. ``session_too=False`` answers ``/v1/session``
+    at once (the report's answer trickles).
+    """
+
+    def __init__(self, session_too: bool, pause: float = 0.25) -> None:
+        self.pause = pause
+        self.session_too = session_too
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.closed.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        with connection:
+            request = connection.recv(65536)
+            if request.startswith(b"POST /v1/session") and not self.session_too:
+                body = json.dumps(
+                    {"token": "t.t", "expires_at": time.time() + 3600, "bits": 1}
+                ).encode()
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    + b"Content-Length: %d\r\n\r\n" % len(body)
+                    + body
+                )
+                return
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n" + b" " * 200
+            for byte in answer:  # some 60 s in all
+                if self.closed.is_set():
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+                time.sleep(self.pause)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("session_too", [True, False], ids=["session-trickles", "report-trickles"])
+def test_a_trickling_answer_cannot_stretch_a_flush_past_its_budget(
+    make_sender, counts, session_too
+):
+    server = TricklingServer(session_too)
+    try:
+        telemetry = make_sender(endpoint=server.url, timeout=1.0)  # the startup flush ended
+        expected = record_traffic(telemetry)
+        started = time.monotonic()
+        assert telemetry.flush() is False  # a budget of 2 * timeout
+        assert time.monotonic() - started < 20  # a hang check: the trickle takes a minute
+        assert "cut off" in (telemetry.flusher.last_result.error or "")
+        assert counts(telemetry) == expected  # kept for the next flush
+    finally:
+        server.close()
 
 
 def test_a_report_that_could_not_be_sent_at_all_is_kept_for_the_next_flush(make_sender, receiver):

@@ -19,6 +19,7 @@ the flusher applies within the bounds the operator configured.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import enum
 import json
@@ -26,10 +27,12 @@ import logging
 import math
 import os
 import random
+import socket
 import threading
 import time
+import weakref
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import httpx
@@ -199,6 +202,9 @@ class Transport:
         self.wall_clock: Callable[[], float] = time.time
         #: The collector's clock minus ours, from the ``Date`` of its session answer.
         self.clock_offset = 0.0
+        #: Sockets of this client's connections (see :meth:`_trace`), cut at a deadline.
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._sockets_lock = threading.Lock()
         #: Set by :meth:`interrupt` to stop the stamp being minted now (its child is killed).
         self._mint_cancel: threading.Event | None = None
         #: Whether the delivery under way makes way for request threads (see :meth:`_make_way`).
@@ -260,6 +266,82 @@ class Transport:
             self._client.close()
             self._client = None
 
+    # -- a hard deadline per request ------------------------------------------------
+
+    def _trace(self, event: str, info: dict[str, object]) -> None:
+        """httpcore's trace hook: note the socket of every connection opened.
+
+        Connections are opened by :meth:`_post`'s requests only (and reused by
+        them), so these are all the sockets a request of ours can be blocked on.
+        """
+        if not event.endswith((".connect_tcp.complete", ".start_tls.complete")):
+            return
+        stream = info.get("return_value")
+        get_extra_info = getattr(stream, "get_extra_info", None)
+        sock = get_extra_info("socket") if get_extra_info is not None else None
+        if isinstance(sock, socket.socket):
+            with self._sockets_lock:
+                self._sockets.add(sock)
+
+    def _cut_connections(self) -> None:
+        """At a request's deadline (a timer thread): shut its connections down.
+
+        ``shutdown`` wakes the flusher thread blocked in a read or write at
+        once (httpx then raises a ReadError or similar). The plain socket's
+        method is called even on a TLS socket: ``SSLSocket.shutdown`` would
+        also drop its SSL object under the reading thread's feet.
+        """
+        with self._sockets_lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError, ValueError):  # already closed
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def _deadline(self, seconds: float) -> Iterator[None]:
+        """Cut the request under way off after ``seconds``, whatever it is doing.
+
+        Why: httpx's timeouts bound each step (connect, each read, each write),
+        not the request. A collector or proxy trickling its answer a byte at a
+        time, each within the read timeout, kept a flush with a 2 s budget
+        running for over a minute, and ``Flusher.close`` promises never to take
+        more than its timeout. With a client given from outside (tests,
+        in-process transports) there is no socket to cut, and nothing is done.
+        """
+        fired = threading.Event()
+
+        def cut() -> None:
+            fired.set()
+            self._cut_connections()
+
+        timer = threading.Timer(max(0.0, seconds), cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except httpx.HTTPError as error:
+            if fired.is_set():
+                raise httpx.TimeoutException(
+                    f"no complete answer within {seconds:.1f} s (cut off)"
+                ) from error
+            raise
+        finally:
+            timer.cancel()
+
+    def _post(
+        self, url: str, content: bytes, headers: dict[str, str], timeout: float
+    ) -> httpx.Response:
+        """One POST, never followed elsewhere, over by ``timeout`` seconds at the latest."""
+        with self._deadline(timeout):
+            return self.client.post(
+                url,
+                content=content,
+                headers=headers,
+                timeout=timeout,
+                follow_redirects=False,
+                extensions={"trace": self._trace},
+            )
+
     # -- the session ---------------------------------------------------------------
 
     def _open_session(self, deployment_id: str, instance_id: str, timeout: float) -> Result:
@@ -271,15 +353,11 @@ class Transport:
         body = json.dumps({"deployment_id": deployment_id, "instance_id": instance_id})
         asked_at = self.wall_clock()
         try:
-            response = self.client.post(
+            response = self._post(
                 self.session_url,
-                content=body.encode(),
-                headers={
-                    "User-Agent": self.headers["User-Agent"],
-                    "Content-Type": "application/json",
-                },
-                timeout=timeout,
-                follow_redirects=False,
+                body.encode(),
+                {"User-Agent": self.headers["User-Agent"], "Content-Type": "application/json"},
+                timeout,
             )
         except httpx.HTTPError as error:
             return Result(Outcome.FAILED, error=f"session: {type(error).__name__}: {error}")
@@ -367,12 +445,11 @@ class Transport:
         """One POST of a ready envelope. Compression happens here, on the flusher thread."""
         compressed = gzip_paced(envelope, GZIP_LEVEL, paced=self._paced)
         try:
-            response = self.client.post(
+            response = self._post(
                 self.url,
-                content=compressed,
-                headers=self.headers,
-                timeout=self.config.timeout if timeout is None else timeout,
-                follow_redirects=False,
+                compressed,
+                self.headers,
+                self.config.timeout if timeout is None else timeout,
             )
         except httpx.HTTPError as error:
             return Result(Outcome.FAILED, error=f"{type(error).__name__}: {error}")
