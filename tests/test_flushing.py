@@ -9,11 +9,16 @@ slow, 500, 429 with Retry-After, 410.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
 import os
+import re
+import shutil
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -32,6 +37,7 @@ from starlette.testclient import TestClient
 import reqtelemetry
 from receiver import ServerThread, record_counts, schema_errors
 from reqtelemetry import ASGIMiddleware, Telemetry
+from reqtelemetry import flusher as flusher_module
 from reqtelemetry import transport as transport_module
 from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
@@ -576,6 +582,127 @@ def test_a_trickling_answer_cannot_stretch_a_flush_past_its_budget(
         assert counts(telemetry) == expected  # kept for the next flush
     finally:
         server.close()
+
+
+class Relay:
+    """A real relay on loopback in front of the receiver: an HTTP forward proxy
+    (``proxy=True``: request targets in absolute form are made relative) or,
+    with ``tls``, a TLS terminator. ``connections`` counts who came through."""
+
+    def __init__(self, target_port: int, *, proxy: bool = False, tls=None) -> None:
+        self.target_port, self.proxy, self.tls = target_port, proxy, tls
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(connection,), daemon=True).start()
+
+    def _relay(self, connection: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                connection = self.tls.wrap_socket(connection, server_side=True)
+        except (OSError, ssl.SSLError):
+            connection.close()
+            return
+        self.connections += 1
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        threading.Thread(target=self._pipe, args=(upstream, connection, False), daemon=True).start()
+        self._pipe(connection, upstream, self.proxy)
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, rewrite: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if rewrite:
+                    data = re.sub(rb"^([A-Z]+) http://[^/ ]+/", rb"\1 /", data, flags=re.M)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_reports_go_through_the_configured_proxy(make_sender, receiver, monkeypatch):
+    proxy = Relay(receiver.port, proxy=True)
+    try:
+        # A host that does not resolve: only the proxy can reach the "collector".
+        monkeypatch.setenv("REQTELEMETRY_PROXY", f"http://127.0.0.1:{proxy.port}")
+        config = reqtelemetry.Config.resolve(
+            endpoint=f"http://collector.invalid:{receiver.port}", environ=dict(os.environ)
+        )
+        assert config.proxy == f"http://127.0.0.1:{proxy.port}"
+        telemetry = make_sender(endpoint=config.endpoint, proxy=config.proxy)
+        expected = record_traffic(telemetry)
+        assert telemetry.flush() is True
+        assert delivered(receiver, telemetry) == expected
+        assert proxy.connections >= 1
+    finally:
+        proxy.close()
+
+
+@pytest.fixture
+def private_ca(tmp_path):
+    """A self-signed certificate for 127.0.0.1: (certificate path, server context)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    return str(cert), context
+
+
+def test_a_collector_behind_a_private_ca_is_reached_with_ca_bundle(
+    make_sender, receiver, private_ca, caplog, monkeypatch
+):
+    cert, context = private_ca
+    terminator = Relay(receiver.port, tls=context)
+    endpoint = f"https://127.0.0.1:{terminator.port}"
+    monkeypatch.setattr(flusher_module, "_failure_warned", False)
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # the app's environment is not ours to use
+    try:
+        unaware = make_sender(endpoint=endpoint)
+        record_traffic(unaware)
+        with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+            assert unaware.flush() is False  # the startup report failed too: two in a row
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "CERTIFICATE_VERIFY_FAILED" in warnings[0], warnings
+        telemetry = make_sender(endpoint=endpoint, ca_bundle=cert)
+        expected = record_traffic(telemetry)
+        assert telemetry.flush() is True
+        assert delivered(receiver, telemetry) == expected
+    finally:
+        terminator.close()
+
+
+def test_proxy_and_ca_bundle_are_checked_at_start(tmp_path):
+    with pytest.raises(ValueError, match="proxy"):
+        reqtelemetry.Config.resolve(environ={"REQTELEMETRY_PROXY": "127.0.0.1:3128"})
+    with pytest.raises(ValueError, match="ca_bundle"):
+        reqtelemetry.Config.resolve(
+            endpoint="https://collector.example",
+            environ={"REQTELEMETRY_CA_BUNDLE": str(tmp_path / "missing.pem")},
+        )
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    config = reqtelemetry.Config.resolve(environ={"REQTELEMETRY_CA_BUNDLE": str(bundle)})
+    assert config.ca_bundle == str(bundle)
 
 
 def test_a_report_that_could_not_be_sent_at_all_is_kept_for_the_next_flush(make_sender, receiver):

@@ -160,6 +160,13 @@ class Config:
     otel: bool = False
     #: Most app-defined metric names (``count``/``gauge``) kept.
     max_metrics: int = 100
+    #: The proxy reports go through (``http://``, ``https://`` or ``socks5://`` URL;
+    #: ``REQTELEMETRY_PROXY``). The app's own ``HTTPS_PROXY`` is not used.
+    proxy: str | None = None
+    #: A CA bundle (PEM file, or a directory of hashed certificates) that replaces
+    #: the default trust store for the collector (``REQTELEMETRY_CA_BUNDLE``), for
+    #: a collector behind a private CA. ``SSL_CERT_FILE`` is not used.
+    ca_bundle: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -295,6 +302,7 @@ class Config:
                 f"max_metrics must be between 1 and {MAX_METRIC_NAMES} (the wire format's "
                 f"limit), got {self.max_metrics!r}"
             )
+        self._validate_network()
         from .traits import TRAIT_NAMES  # here: traits imports this module
 
         unknown = sorted(set(self.disabled_traits) - set(TRAIT_NAMES))
@@ -303,6 +311,16 @@ class Config:
                 f"unknown trait name(s) to withhold: {', '.join(unknown)}; "
                 f"valid names are: {', '.join(TRAIT_NAMES)}"
             )
+
+    def _validate_network(self) -> None:
+        """``proxy`` and ``ca_bundle``: wrong ones are an error at start, not a silent
+        failure at every flush (only when on: opted out, nothing is sent)."""
+        if self.proxy is not None and not self.proxy.startswith(
+            ("http://", "https://", "socks5://", "socks5h://")
+        ):
+            raise ValueError(f"proxy must be an http(s):// or socks5:// URL, got {self.proxy!r}")
+        if self.ca_bundle is not None and self.enabled and not os.path.exists(self.ca_bundle):
+            raise ValueError(f"ca_bundle must be an existing file or directory: {self.ca_bundle!r}")
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -315,6 +333,8 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         "APP_GIT_HASH": "app_git_hash",
         "APP_BUILD_TIME": "app_build_time",
         "DEPLOYMENT_ID_PATH": "deployment_id_path",
+        "PROXY": "proxy",
+        "CA_BUNDLE": "ca_bundle",
     }
     for suffix, name in text.items():
         value = environ.get(f"REQTELEMETRY_{suffix}")

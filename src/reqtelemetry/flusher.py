@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("reqtelemetry")
 
 JITTER = 0.10
+#: Consecutive undelivered flushes after which the reason is logged at WARNING (once
+#: per process; DEBUG otherwise). One failure is an outage the data waits out; two
+#: in a row (the startup report and the next) more often mean a proxy, a private CA
+#: or a wrong endpoint, which only the operator can fix, and only if told.
+FAILURES_BEFORE_WARNING = 2
+_failure_warned = False
 #: The flusher thread's nice value: the lowest priority, which any process may ask for.
 FLUSHER_NICE = 19
 
@@ -106,6 +112,8 @@ class Flusher:
         self._not_before = 0.0  # monotonic time before which the server asked us to wait
         self.deployment_id: str | None = None
         self.last_result: Result | None = None
+        #: Flushes in a row whose reports were not delivered (kept).
+        self.failed_flushes = 0
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -257,6 +265,7 @@ class Flusher:
                 self.last_result = result
                 self._apply_pacing(result)
                 if result.outcome is Outcome.DELIVERED:
+                    self.failed_flushes = 0
                     continue
                 if result.outcome is Outcome.GONE:
                     self.gone = True
@@ -276,10 +285,7 @@ class Flusher:
                     continue
                 pending = len(reports)  # handed back here, not again below
                 self._put_back(batch, reports[index:], metrics)
-                logger.debug(
-                    "reqtelemetry: report not delivered (%s); kept for the next one",
-                    result.error or result.status,
-                )
+                self._say_not_delivered(result)
                 return False
             return all_delivered
         except Exception:
@@ -288,6 +294,24 @@ class Flusher:
             elif pending < len(reports):
                 self._put_back(batch, reports[pending:], metrics)
             raise  # flush() counts it as an internal error
+
+    def _say_not_delivered(self, result: Result) -> None:
+        """Log why a report was kept: at WARNING once per process when it keeps happening."""
+        global _failure_warned
+        self.failed_flushes += 1
+        reason = result.error or f"HTTP {result.status}"
+        if self.failed_flushes >= FAILURES_BEFORE_WARNING and not _failure_warned:
+            _failure_warned = True
+            logger.warning(
+                "reqtelemetry: %d reports in a row could not be delivered to %s (last: %s); "
+                "they are kept and retried. Behind a proxy or a private CA, set "
+                "REQTELEMETRY_PROXY or REQTELEMETRY_CA_BUNDLE. (Said once; then at DEBUG.)",
+                self.failed_flushes,
+                self.config.endpoint,
+                reason,
+            )
+            return
+        logger.debug("reqtelemetry: report not delivered (%s); kept for the next one", reason)
 
     def _apply_pacing(self, result: Result) -> None:
         if result.next_interval is not None:

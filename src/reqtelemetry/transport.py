@@ -28,6 +28,7 @@ import math
 import os
 import random
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -218,10 +219,20 @@ class Transport:
     @property
     def client(self) -> httpx.Client:
         if self._client is None:
-            # No env proxies or netrc: an operator's credentials are not ours to send.
+            # trust_env=False: the app's environment is for the app's traffic.
+            # It guards no credentials here (httpx >= 0.24 reads .netrc only
+            # through an explicit NetRCAuth); what it keeps out is HTTP(S)_PROXY,
+            # ALL_PROXY and SSL_CERT_FILE/DIR, so that telemetry never takes a
+            # route the operator did not choose for it, and a proxy variable
+            # meant for something else (a socks5:// one without socksio makes
+            # httpx.Client() raise) cannot break it. The operator chooses
+            # explicitly: ``proxy`` and ``ca_bundle`` (REQTELEMETRY_PROXY,
+            # REQTELEMETRY_CA_BUNDLE).
             self._client = httpx.Client(
                 timeout=self.config.timeout,
                 trust_env=False,
+                verify=_trust_store(self.config.ca_bundle),
+                proxy=self.config.proxy,
                 event_hooks={"request": [self._make_way], "response": [self._make_way]},
             )
         return self._client
@@ -612,6 +623,15 @@ def build_envelope(token: str, stamp: str, payload_text: str, *, paced: bool = T
         f'"payload":"{"".join(escaped)}"}}'
     )
     return text.encode("ascii")
+
+
+def _trust_store(ca_bundle: str | None) -> ssl.SSLContext | bool:
+    """The TLS verification for ``ca_bundle`` (True: httpx's default, certifi)."""
+    if ca_bundle is None:
+        return True
+    if os.path.isdir(ca_bundle):
+        return ssl.create_default_context(capath=ca_bundle)
+    return ssl.create_default_context(cafile=ca_bundle)
 
 
 def _refusal_reason(response: httpx.Response) -> str | None:
