@@ -79,7 +79,10 @@ class WSGIMiddleware:
             measured.status = 500
             measured.finish()
             raise
-        return measured.hand_over(iterable)
+        if type(iterable) is environ.get("wsgi.file_wrapper"):
+            return measured.hand_over(iterable)
+        measured.iterable = iterable  # what hand_over does, without its call, for the rest
+        return measured
 
 
 def _parse_status(status: str) -> int:
