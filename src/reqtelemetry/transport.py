@@ -91,6 +91,9 @@ class Outcome(enum.Enum):
     REJECTED = "rejected"
     #: ``410 Gone``: the collector asks this client to stop reporting for good.
     GONE = "gone"
+    #: ``413``: the body is over the collector's size cap (or a proxy's). The same
+    #: data in smaller bodies may pass: the flusher splits it again, smaller.
+    TOO_LARGE = "too_large"
 
 
 @dataclass
@@ -114,6 +117,9 @@ class Result:
     end_flush: bool = False
     #: The session was dropped: a new one, and a new stamp, may help right away.
     renew: bool = False
+    #: Bytes of the request body the collector refused as too large (``413``),
+    #: uncompressed: the envelope around the report, as the collector measures it.
+    refused_bytes: int | None = None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -476,6 +482,16 @@ class Transport:
             return Result(Outcome.DELIVERED, status=status)
         if status == 410:
             return Result(Outcome.GONE, status=status)
+        if status == 413:
+            # Any 413, the collector's ``too_large`` or a proxy's own page: the
+            # body, not its data, is too big. Not retried as it is (the answer
+            # would be the same); the flusher sends the data again in smaller bodies.
+            return Result(
+                Outcome.TOO_LARGE,
+                status=status,
+                error=response.text[:200],
+                refused_bytes=len(envelope),
+            )
         if status == 401:
             # The token expired or the collector's secret changed: a new
             # session, then a new stamp, on the next attempt.
