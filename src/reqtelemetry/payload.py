@@ -135,13 +135,24 @@ def _dumps(value: Any) -> str:
 
 
 def build_reports(
-    envelope: Envelope, batch: Batch, max_bytes: int, *, paced: bool = True
+    envelope: Envelope,
+    batch: Batch,
+    max_bytes: int,
+    *,
+    paced: bool = True,
+    oversized_alone: bool = False,
 ) -> list[Report]:
     """Encode the batch as one or more JSON bodies, none larger than ``max_bytes``.
 
     ``paced=False`` skips the :class:`Pacer`'s pauses: for the final flush at
     shutdown, when no request of this process waits for the GIL any more and
     the shutdown budget is better spent sending.
+
+    A record that does not fit in ``max_bytes`` even alone raises ValueError,
+    unless ``oversized_alone``: it then gets a part of its own, the only one
+    over ``max_bytes``. The flusher asks for that once a collector's smaller
+    body cap (a ``413``) made it go below ``max_payload_bytes``: the collector
+    may still take such a part, and only it can tell.
     """
     if envelope.kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {envelope.kind!r}")
@@ -190,15 +201,24 @@ def build_reports(
         size = _escaped_length(item) + 1
         pacer.tick()
         if size > room:
-            raise ValueError(
-                f"one record needs {size} bytes but max_payload_bytes leaves {room}; "
-                "raise max_payload_bytes"
-            )
+            if not oversized_alone:
+                raise ValueError(
+                    f"one record needs {size} bytes but max_payload_bytes leaves {room}; "
+                    "raise max_payload_bytes"
+                )
+            if groups[-1]:
+                groups.append([])
+            groups[-1].append(position)
+            groups.append([])  # nothing joins it
+            used = 0
+            continue
         if (used + size > room or len(groups[-1]) >= MAX_RECORDS_PER_REPORT) and groups[-1]:
             groups.append([])
             used = 0
         groups[-1].append(position)
         used += size
+    # An empty batch is still one (empty) report; otherwise no part is empty.
+    groups = [group for group in groups if group] or [[]]
 
     reports = []
     marker = '"records":[]'
