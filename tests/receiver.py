@@ -179,6 +179,9 @@ class Receiver:
         self._default = Planned(json={})
         self._release = threading.Event()  # cuts every pending delay short
         self.bits = RECEIVER_BITS
+        #: Like the collector's body cap: a report body over this many bytes (as
+        #: sent, or gunzipped) is answered ``413 too_large`` (None: no cap).
+        self.max_body_bytes: int | None = None
         self._stored_stamps: set[str] = set()
         #: Session requests, kept apart from reports: ``requests`` lists only
         #: report traffic, as the tests reason about reports.
@@ -276,6 +279,7 @@ class Receiver:
             self.sessions.clear()
             self._stored_stamps.clear()
             self.bits = RECEIVER_BITS
+            self.max_body_bytes = None
             self._default = Planned(json={})
         if not self.server.running:
             self.start()
@@ -348,7 +352,12 @@ class Receiver:
         )
         _decode(entry, self.bits)
         with self._lock:
-            planned = self._plan.popleft() if self._plan else self._default
+            cap = self.max_body_bytes
+            if cap is not None and max(len(raw), len(entry.body or b"")) > cap:
+                # The collector's first check, before any programmed answer.
+                planned = Planned(status=413, json={"error": "too_large"})
+            else:
+                planned = self._plan.popleft() if self._plan else self._default
             stamp = entry.envelope.get("stamp") if isinstance(entry.envelope, dict) else None
             if 200 <= planned.status < 300 and stamp in self._stored_stamps:
                 # What a real collector's unique index does with a second copy.

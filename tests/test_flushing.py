@@ -35,7 +35,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import reqtelemetry
-from receiver import ServerThread, record_counts, schema_errors
+from receiver import ServerThread, counter_totals, record_counts, schema_errors
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry import flusher as flusher_module
 from reqtelemetry import transport as transport_module
@@ -801,6 +801,156 @@ def test_a_failed_part_is_put_back_and_nothing_is_counted_twice(make_sender, rec
     reports = receiver.reports_from(telemetry.instance_id)
     assert record_counts(reports) == expected
     assert sum(r["metrics"]["counters"].get("jobs.done", 0) for r in reports) == 5
+
+
+# -- a collector whose body cap is below max_payload_bytes (413) ---------------------------
+
+
+def key_occurrences(reports) -> Counter:
+    """In how many reports each (method, route, status) appears."""
+    return Counter(
+        (r["method"], r["route"], r["status"]) for p in reports for r in p["batch"]["records"]
+    )
+
+
+def assert_parts_are_consistent(reports) -> dict[int, list[int]]:
+    """Within a sequence: one ``parts``, distinct ``part``s below it. Parts per sequence."""
+    by_sequence: dict[int, list[dict]] = {}
+    for report in reports:
+        by_sequence.setdefault(report["sequence"], []).append(report)
+    for sequence, parts in by_sequence.items():
+        assert len({p["parts"] for p in parts}) == 1, sequence
+        numbers = [p["part"] for p in parts]
+        assert len(set(numbers)) == len(numbers), sequence
+        assert all(0 <= n < parts[0]["parts"] for n in numbers), sequence
+    return {s: sorted(p["part"] for p in parts) for s, parts in by_sequence.items()}
+
+
+def warnings_in(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_413_sends_the_batch_again_in_smaller_parts_and_later_flushes_start_there(
+    make_sender, receiver, caplog, monkeypatch
+):
+    monkeypatch.setattr(flusher_module, "_too_large_warned", False)
+    telemetry = make_sender()  # max_payload_bytes: 256 KiB, one body for all of it
+    expected = long_routes(telemetry, 200)  # 400 keys, some 140 kB of report
+    telemetry.count("jobs.done", 7)
+    receiver.max_body_bytes = cap = 20000
+    before = len(receiver.requests)
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert telemetry.flush() is True
+    sent = receiver.requests[before:]
+    assert sent[0].status == 413
+    accepted = [r for r in sent if r.accepted]
+    assert len(accepted) > 2 and all(len(r.body) <= cap for r in accepted)
+    reports = [r.payload for r in accepted]
+    # Every request counted arrives exactly once; the totals once, with part 0.
+    assert record_counts(reports) == expected
+    assert set(key_occurrences(reports).values()) == {1}
+    assert counter_totals(reports) == {"jobs.done": 7}
+    # Nothing of the batch was stored before the 413s: its sequence, parts numbered afresh.
+    assert assert_parts_are_consistent(reports) == {
+        telemetry.flusher.sequence - 1: list(range(len(reports)))
+    }
+    warnings = warnings_in(caplog)
+    assert len(warnings) == 1 and "max_payload_bytes=262144" in warnings[0], warnings
+    assert flusher_module.MIN_SPLIT_BYTES <= telemetry.flusher.max_payload_bytes <= cap
+
+    # The next flush splits at the size learnt: no 413, and no second warning.
+    again = long_routes(telemetry, 150)
+    caplog.clear()
+    before = len(receiver.requests)
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert telemetry.flush() is True
+    sent = receiver.requests[before:]
+    assert len(sent) > 1 and all(r.accepted for r in sent)
+    assert record_counts(r.payload for r in sent) == again
+    assert warnings_in(caplog) == []
+
+
+def test_a_413_after_parts_were_stored_numbers_the_rest_as_a_new_sequence(
+    make_sender, receiver, monkeypatch
+):
+    monkeypatch.setattr(flusher_module, "_too_large_warned", False)
+    telemetry = make_sender(max_payload_bytes=16384)
+    expected = long_routes(telemetry, 200)  # several parts
+    telemetry.count("jobs.done", 2)
+    receiver.respond_with(200)  # part 0 is stored ...
+    receiver.respond_with(413, json={"error": "too_large"})  # ... part 1 is too large
+    before = len(receiver.requests)
+    assert telemetry.flush() is True
+    first, refused, *rest = receiver.requests[before:]
+    assert first.accepted and refused.status == 413 and all(r.accepted for r in rest)
+    sequence, parts = first.payload["sequence"], first.payload["parts"]
+    assert parts > 2
+    # Part 0 keeps its numbering; what part 1 and the parts after it carried
+    # comes as the next sequence, complete, split at half the refused size.
+    reports = [first.payload] + [r.payload for r in rest]
+    assert assert_parts_are_consistent(reports) == {
+        sequence: [0],
+        sequence + 1: list(range(len(rest))),
+    }
+    assert telemetry.flusher.max_payload_bytes == len(refused.body) // 2
+    assert all(len(r.body) <= len(refused.body) // 2 for r in rest)
+    assert record_counts(reports) == expected
+    assert set(key_occurrences(reports).values()) == {1}
+    assert [r["metrics"]["counters"] for r in reports] == [{"jobs.done": 2}] + [{}] * len(rest)
+    assert telemetry.flush() is True
+    assert receiver.requests[-1].payload["sequence"] == sequence + 2
+
+
+def wide_histogram(telemetry: Telemetry, route: str = "/export/{report}") -> int:
+    """Record one key whose record alone takes some 5 kB (1,100 latency buckets)."""
+    for i in range(1100):
+        telemetry.record("GET", route, 200, 1e-6 * 1.02**i, 0, 0)
+    return 1100
+
+
+def test_a_single_record_over_the_collectors_cap_is_dropped_and_counted(
+    make_sender, receiver, caplog, monkeypatch
+):
+    monkeypatch.setattr(flusher_module, "_too_large_warned", False)
+    telemetry = make_sender()
+    lost = wide_histogram(telemetry)  # first: alone in part 0, with the totals
+    expected = record_traffic(telemetry, routes=40, each=2)
+    telemetry.count("jobs.done", 4)
+    receiver.max_body_bytes = 5000  # below the wide record, above the floor's parts
+    before = len(receiver.requests)
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert telemetry.flush() is False  # not everything was delivered
+    sent = receiver.requests[before:]
+    reports = [r.payload for r in sent if r.accepted]
+    assert record_counts(reports) == expected
+    assert set(key_occurrences(reports).values()) == {1}
+    assert counter_totals(reports) == {"jobs.done": 4}  # the totals went on without it
+    assert sum(r["batch"]["dropped"] for r in reports) == 0
+    warnings = warnings_in(caplog)
+    assert len(warnings) == 2, warnings
+    assert "max_payload_bytes" in warnings[0]
+    assert f"one record ({lost} requests)" in warnings[1]
+    assert telemetry.internal_errors == 0
+    # The loss shows in the next report, as requests dropped.
+    before = len(receiver.requests)
+    assert telemetry.flush() is True
+    (report,) = [r.payload for r in receiver.requests[before:]]
+    assert report["batch"]["dropped"] == lost
+    assert report["batch"]["records"] == []
+
+
+def test_a_413_below_the_smallest_split_keeps_the_data(make_sender, receiver, monkeypatch):
+    monkeypatch.setattr(flusher_module, "_too_large_warned", False)
+    telemetry = make_sender()
+    expected = record_traffic(telemetry, routes=60, each=2)
+    receiver.max_body_bytes = 3000  # below MIN_SPLIT_BYTES: reports that small are refused
+    before = len(receiver.requests)
+    assert telemetry.flush() is False
+    assert not any(r.accepted for r in receiver.requests[before:])
+    assert telemetry.flusher.max_payload_bytes == flusher_module.MIN_SPLIT_BYTES
+    receiver.max_body_bytes = None  # the operator raised the collector's cap
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
 
 
 def test_a_malformed_session_answer_is_a_failed_attempt_and_the_batch_is_kept(

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import IO, TYPE_CHECKING
 
 from .payload import Envelope, Report, build_reports
@@ -42,6 +43,13 @@ FAILURES_BEFORE_WARNING = 2
 _failure_warned = False
 #: The flusher thread's nice value: the lowest priority, which any process may ask for.
 FLUSHER_NICE = 19
+#: The smallest body size reports are split at after a ``413`` (the collector's
+#: body cap is below ``max_payload_bytes``). A report's own fields and the
+#: envelope take some 2 KB, so below this little room is left for records; a
+#: collector whose cap is that small refuses nearly every report anyway. A
+#: single record larger than this still goes, alone in its part.
+MIN_SPLIT_BYTES = 4096
+_too_large_warned = False
 
 
 def _waitable(seconds: float) -> float:
@@ -114,6 +122,9 @@ class Flusher:
         self.last_result: Result | None = None
         #: Flushes in a row whose reports were not delivered (kept).
         self.failed_flushes = 0
+        #: The body size learnt from the collector's ``413`` answers, if any (see
+        #: :attr:`max_payload_bytes`).
+        self.collector_max_bytes: int | None = None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -131,12 +142,13 @@ class Flusher:
         """The parent's thread does not exist here: start over with our own.
 
         What the collector told the parent still holds for its workers: after a
-        ``410`` they stay silent, and they too wait out a ``Retry-After``.
+        ``410`` they stay silent, they too wait out a ``Retry-After``, and they
+        split reports at the size its ``413`` answers taught.
         """
         had_thread = self._thread is not None
-        gone, not_before = self.gone, self._not_before
+        gone, not_before, cap = self.gone, self._not_before, self.collector_max_bytes
         self._init_state()
-        self.gone, self._not_before = gone, not_before
+        self.gone, self._not_before, self.collector_max_bytes = gone, not_before, cap
         if self.transport is not None:
             self.transport.after_fork_in_child()
         if had_thread:
@@ -165,6 +177,14 @@ class Flusher:
             if self._wake.wait(self._next_delay()):
                 break
             self.flush()
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The size reports are split at: ``max_payload_bytes``, or less for the
+        rest of the process's life once the collector refused a body as too large."""
+        limit = self.config.max_payload_bytes
+        learnt = self.collector_max_bytes
+        return limit if learnt is None else min(limit, learnt)
 
     def _next_delay(self) -> float:
         delay = self.interval * self._rng.uniform(1 - JITTER, 1 + JITTER)
@@ -241,7 +261,7 @@ class Flusher:
             self.sequence += 1
             # At shutdown this process serves no more requests: no pauses for them.
             paced = kind != "shutdown"
-            reports = build_reports(envelope, batch, self.config.max_payload_bytes, paced=paced)
+            reports = self._build(envelope, batch, paced)
             if self.config.debug or self.transport is None:
                 stream = self._debug_stream()
                 for report in reports:
@@ -250,9 +270,11 @@ class Flusher:
                 pending = len(reports)
                 return True
             all_delivered = True
-            for index, report in enumerate(reports):
+            stored = False  # whether a part of envelope.sequence reached the collector
+            index = 0
+            while index < len(reports):
                 result = self.transport.deliver(
-                    report.body,
+                    reports[index].body,
                     max(0.0, deadline - time.monotonic()),
                     self.deployment_id,
                     telemetry.instance_id,
@@ -264,8 +286,26 @@ class Flusher:
                     pending = len(reports)  # the collector wants none of it, ever
                 self.last_result = result
                 self._apply_pacing(result)
+                if result.outcome is Outcome.TOO_LARGE:
+                    smaller = self._split_smaller(
+                        envelope, batch, reports[index:], result, stored, paced
+                    )
+                    if smaller is None:  # several records, and no smaller to go: kept
+                        pending = len(reports)  # handed back here, not again below
+                        self._put_back(batch, reports[index:], metrics)
+                        self._say_not_delivered(result)
+                        return False
+                    envelope, reports, dropped = smaller
+                    index = pending = 0
+                    stored = False
+                    if dropped is not None:
+                        all_delivered = False
+                        self._drop_too_large(batch, dropped, result)
+                    continue
                 if result.outcome is Outcome.DELIVERED:
+                    stored = True
                     self.failed_flushes = 0
+                    index += 1
                     continue
                 if result.outcome is Outcome.GONE:
                     self.gone = True
@@ -282,6 +322,7 @@ class Flusher:
                         result.error,
                     )
                     all_delivered = False  # refused for good: not kept, but not delivered either
+                    index += 1
                     continue
                 pending = len(reports)  # handed back here, not again below
                 self._put_back(batch, reports[index:], metrics)
@@ -294,6 +335,107 @@ class Flusher:
             elif pending < len(reports):
                 self._put_back(batch, reports[pending:], metrics)
             raise  # flush() counts it as an internal error
+
+    def _build(self, envelope: Envelope, batch: Batch, paced: bool) -> list[Report]:
+        limit = self.max_payload_bytes
+        # Below max_payload_bytes (a 413 taught it), a record that needs more goes alone.
+        lowered = limit < self.config.max_payload_bytes
+        return build_reports(envelope, batch, limit, paced=paced, oversized_alone=lowered)
+
+    def _split_smaller(
+        self,
+        envelope: Envelope,
+        batch: Batch,
+        rest: list[Report],
+        result: Result,
+        stored: bool,
+        paced: bool,
+    ) -> tuple[Envelope, list[Report], Report | None] | None:
+        """After a ``413`` for ``rest[0]``: what ``rest`` carried, split smaller.
+
+        Lowers :attr:`max_payload_bytes` to half the refused body (not below
+        :data:`MIN_SPLIT_BYTES`) and builds ``rest`` again at that size, as a
+        batch of its own. Its parts are numbered afresh, under the same
+        sequence if none of it reached the collector yet, else under the next
+        one (the parts delivered keep theirs). Returns the new envelope, the
+        reports to send, and the refused report if it is dropped: one record
+        cannot be split (it is counted as dropped). None when the refused
+        report holds several records and cannot get smaller (at the floor):
+        the caller keeps it.
+        """
+        refused = rest[0]
+        size = result.refused_bytes or len(refused.body)
+        self._learn_the_collectors_cap(size)
+        limit = self.max_payload_bytes
+        dropped: Report | None = None
+        if len(refused.keys) <= 1:
+            dropped, carried = refused, rest[1:]
+        elif limit < size:
+            carried = rest
+        else:
+            return None
+        keys = [key for report in carried for key in report.keys]
+        totals = any(report.carries_totals for report in rest)  # the dropped one's too
+        if not keys and not totals:
+            return envelope, [], dropped
+        sequence = envelope.sequence
+        if stored:
+            sequence = self.sequence
+            self.sequence += 1
+        envelope = replace(
+            envelope,
+            sequence=sequence,
+            metrics=envelope.metrics if totals else {"counters": {}, "gauges": {}},
+            internal_errors=envelope.internal_errors if totals else 0,
+        )
+        part = Batch(
+            stats={key: batch.stats[key] for key in keys},
+            dropped=batch.dropped if totals else 0,
+            period_start=batch.period_start,
+            period_end=batch.period_end,
+        )
+        reports = build_reports(envelope, part, limit, paced=paced, oversized_alone=True)
+        if not totals:  # part 0 of the rest: the totals already went with the first part 0
+            reports = [replace(report, carries_totals=False) for report in reports]
+        return envelope, reports, dropped
+
+    def _learn_the_collectors_cap(self, refused_bytes: int) -> None:
+        """Split at half the refused size from now on; say so once per process."""
+        global _too_large_warned
+        lowered = max(MIN_SPLIT_BYTES, refused_bytes // 2)
+        if lowered >= self.max_payload_bytes:
+            return
+        self.collector_max_bytes = lowered
+        log = logger.debug
+        if not _too_large_warned:
+            _too_large_warned = True
+            log = logger.warning
+        log(
+            "reqtelemetry: the collector refused a report body of %d bytes as too large "
+            "(HTTP 413): its size cap is smaller than max_payload_bytes=%d. Reports are split "
+            "at %d bytes from now on (halved again at each 413, down to %d), for the life of "
+            "this process; raise the collector's cap or lower max_payload_bytes to match it.",
+            refused_bytes,
+            self.config.max_payload_bytes,
+            lowered,
+            MIN_SPLIT_BYTES,
+        )
+
+    def _drop_too_large(self, batch: Batch, report: Report, result: Result) -> None:
+        """A single record over the collector's cap: lost, but counted as dropped.
+
+        Its requests are added to the recorder's dropped count, as requests
+        past the key cap are, so the next report shows the loss.
+        """
+        requests = sum(batch.stats[key].count for key in report.keys)
+        self.telemetry.recorder.merge([], dropped=requests)
+        logger.warning(
+            "reqtelemetry: the collector refused a report of one record (%d requests) as too "
+            "large (HTTP 413, %d bytes); a record cannot be split, so its requests are dropped "
+            "and counted as dropped in the next report",
+            requests,
+            result.refused_bytes or len(report.body),
+        )
 
     def _say_not_delivered(self, result: Result) -> None:
         """Log why a report was kept: at WARNING once per process when it keeps happening."""
