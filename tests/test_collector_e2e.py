@@ -432,3 +432,30 @@ def test_stamps_are_dated_by_the_collectors_clock(
     assert telemetry.internal_errors == 0
     assert database.counts_by_key()[("GET", ITEM, 200)] == 1
     assert database.report_count() == 2  # the startup report, then this one
+
+
+def test_a_collector_with_a_small_body_cap_receives_everything(
+    tmp_path: Path, clients: list[Telemetry]
+) -> None:
+    """Its 413s make the client split smaller, not drop the report (docs/protocol.md)."""
+    database = sqlite_database(tmp_path)
+    with running_collector(database.url, bits=8, max_body_bytes=16384) as collector:
+        # max_payload_bytes: 256 KiB by default, far above the collector's cap.
+        telemetry = restarted_client(tmp_path, clients, collector.url)
+        expected: Counter[Key] = Counter({("GET", ITEM, 200): 1})
+        for i in range(300):
+            route = f"/catalogue/{i}/" + "section/" * 6
+            for status in (200, 404):
+                telemetry.record("GET", route, status, 0.001 * (1 + i % 40), 0, 10)
+                expected[("GET", route, status)] += 1
+        assert telemetry.flush(timeout=30.0) is True
+        assert telemetry.flusher.max_payload_bytes <= 16384
+        posted = collector.requests.count(("POST", "/v1/report"))
+        assert posted > database.report_count()  # some were refused (413) on the way
+        # A second flush goes out at the size learnt, straight through.
+        telemetry.record("GET", ITEM, 200, 0.01, 0, 10)
+        expected[("GET", ITEM, 200)] += 1
+        assert telemetry.flush(timeout=30.0) is True
+        assert telemetry.flusher.last_result.status == 200
+    assert telemetry.internal_errors == 0
+    assert database.counts_by_key() == dict(expected)
