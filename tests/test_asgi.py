@@ -15,7 +15,7 @@ from starlette.background import BackgroundTask
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import FileResponse, PlainTextResponse, StreamingResponse
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Host, Mount, Route, WebSocketRoute
 
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry.anonymize import hash_value
@@ -83,6 +83,17 @@ def test_requests_answered_before_routing_get_the_template_the_router_would_choo
         ("OPTIONS", "/api/{tenant}/users/{user_id}", 200): 3,
         ("OPTIONS", "/files/{path}", 200): 3,
         ("PUT", "/items/{item_id}", 200): 1,
+    }
+
+
+def test_a_host_in_front_of_an_app_without_routes_anonymizes_its_paths(telemetry, counts):
+    app = wrap(Starlette(routes=[Host("files.example.com", app=raw_app)]), telemetry)
+    client = TestClient(app, base_url="http://files.example.com")
+    assert client.get("/docs/42").status_code == 200
+    assert client.get("/docs/42", headers={"Host": "other.example"}).status_code == 404
+    assert counts(telemetry) == {
+        ("GET", telemetry.anonymizer.path("/docs/42"), 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
     }
 
 

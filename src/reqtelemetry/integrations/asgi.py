@@ -157,7 +157,13 @@ class ASGIMiddleware:
         # A Starlette router saw the request and matched nothing, or a
         # route-less app answered 404: both are "unmatched".
         matched = False
-        if "router" not in scope:
+        route = scope.get("route")
+        if route is not None and not hasattr(route, "path_format"):
+            # The router matched a route that has no path template (a Host in
+            # front of an app without routes): the request was served, and its
+            # path is anonymized as a route-less app's is.
+            matched = True
+        elif "router" not in scope:
             routes = routes_of_unrouted_app(scope)
             if routes is None:
                 matched = status != 404  # a route-less app: its path is anonymized
