@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from reqtelemetry.collector.storage import open_storage
+from reqtelemetry.collector.storage import SchemaMismatch, describe_database, open_storage
 from reqtelemetry.collector.storage.base import ReplayError, StoredReport, UnstorableReport
 from reqtelemetry.collector.storage.postgres import PostgresStorage
 from reqtelemetry.collector.storage.sql import SQLStorage
@@ -133,19 +133,20 @@ def bucketed(seconds: float) -> float:
 
 @dataclass
 class Backend:
-    """Opens (unmigrated) storages on one fresh database of one kind."""
+    """Opens (unmigrated) storages on one fresh database of one kind
+    (``open(read_only=True)`` as ``reqtelemetry export`` does)."""
 
     name: str
-    open: Callable[[], SQLStorage]
+    open: Callable[..., SQLStorage]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     opened: list[SQLStorage] = []
 
-    def track(factory: Callable[[], Any]) -> Callable[[], SQLStorage]:
-        def open_one() -> SQLStorage:
-            storage = factory()
+    def track(factory: Callable[..., Any]) -> Callable[..., SQLStorage]:
+        def open_one(**options: Any) -> SQLStorage:
+            storage = factory(**options)
             opened.append(storage)
             return storage
 
@@ -157,13 +158,13 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'collector.db'}"
-        yield Backend("sqlite", track(lambda: open_storage(url)))
+        yield Backend("sqlite", track(lambda **options: open_storage(url, **options)))
         close_all()
     else:
         from postgres import scratch_schema
 
         with scratch_schema(request.getfixturevalue("postgres_url")) as url:
-            yield Backend("postgres", track(lambda: open_storage(url)))
+            yield Backend("postgres", track(lambda **options: open_storage(url, **options)))
             close_all()  # before the schema is dropped
 
 
@@ -237,6 +238,35 @@ def test_two_replicas_migrating_at_once(backend: Backend) -> None:
         assert replica.schema_version() == 1
     replicas[0].store(stored(R1, T + 100))
     assert replicas[1].totals(0)["reports"] == 1
+
+
+def test_check_schema_reads_the_version_and_never_creates_anything(backend: Backend) -> None:
+    # What `reqtelemetry export` runs instead of migrate(): a typo'd or empty
+    # database is an error, not a new schema.
+    writer = backend.open()  # an empty database (SQLite: the file now exists)
+    empty = backend.open(read_only=True)
+    with pytest.raises(SchemaMismatch, match="no reqtelemetry tables"):
+        empty.check_schema()
+    assert writer.schema_version() == 0  # still nothing there
+    writer.migrate()
+    writer.store(stored(R1, T + 100))
+    reader = backend.open(read_only=True)
+    assert reader.check_schema() == max(m.version for m in reader.migrations)
+    assert reader.totals(0)["reports"] == 1
+    # The database itself refuses a reader's writes.
+    with pytest.raises(Exception, match=r"(?i)read.?only"):
+        reader.store(stored(R2, T + 200))
+    assert writer.totals(0)["reports"] == 1
+
+    def newer(ex: Any) -> None:
+        ex.execute(
+            "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+            (999, "from the future", T),
+        )
+
+    writer._run(newer, write=True)
+    with pytest.raises(SchemaMismatch, match="newer than this release reads"):
+        reader.check_schema()
 
 
 # -- storing and replays -------------------------------------------------------------------
@@ -598,6 +628,51 @@ def test_open_storage_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         assert isinstance(storage, PostgresStorage)
         assert "secret" not in repr(storage)
         storage.close()
+
+
+def test_read_only_sqlite_opens_an_existing_file_only(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "nothere.db"
+    for url in (f"sqlite:///{missing}", str(missing)):
+        with pytest.raises(FileNotFoundError):
+            open_storage(url, read_only=True)
+    assert not (tmp_path / "typo").exists()
+    with pytest.raises(FileNotFoundError):
+        open_storage("sqlite:///:memory:", read_only=True)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=db dbname=telemetry user=telemetry",
+        "dbname=telemetry",
+        "host=db password=hunter2 dbname=telemetry",
+        "  dbname=telemetry  ",
+        "my database.db",
+    ],
+)
+def test_a_libpq_keyword_string_is_not_taken_for_a_file(
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Taken as a file name, each production replica would keep its own SQLite.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="postgresql://") as refused:
+        open_storage(dsn)
+    assert "hunter2" not in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+    # Spelled as a URL, a SQLite file with such a name still works.
+    named = open_storage(f"sqlite:///{tmp_path}/a=b c.db")
+    named.close()
+
+
+def test_describe_database_hides_passwords() -> None:
+    assert (
+        describe_database("postgresql://u:hunter2@db:5432/x?password=hunter2&sslmode=require")
+        == "postgresql://u:***@db:5432/x?password=***&sslmode=require"
+    )
+    assert describe_database("host=db password=hunter2 dbname=x") == (
+        "host=db password=*** dbname=x"
+    )
+    assert describe_database("sqlite:///data/t.db") == "sqlite:///data/t.db"
 
 
 @pytest.mark.parametrize(

@@ -7,28 +7,87 @@ libpq's ``postgresql://`` / ``postgres://``. The PostgreSQL driver is imported
 only when a PostgreSQL URL is given, so SQLite needs nothing beyond the
 standard library.
 
+A bare path that looks like libpq's keyword form (``host=db dbname=x``: it
+has ``=`` or whitespace) is refused rather than taken as a file name: taken
+as one, every production replica would quietly keep its own SQLite file.
+
 ``open_storage`` only opens; call :meth:`Storage.migrate` before use (the
-collector does at start).
+collector does at start). A reader (``reqtelemetry export``) opens with
+``read_only=True`` and calls :meth:`SQLStorage.check_schema` instead, so it
+neither creates a database nor alters one.
 """
 
 from __future__ import annotations
 
-from .base import ReplayError, Storage, StoredReport
+import re
+import sqlite3
+import sys
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["ReplayError", "Storage", "StoredReport", "open_storage"]
+from .base import ReplayError, Storage, StoredReport
+from .sql import SchemaMismatch
+
+__all__ = [
+    "ReplayError",
+    "SchemaMismatch",
+    "Storage",
+    "StoredReport",
+    "database_errors",
+    "describe_database",
+    "open_storage",
+]
 
 _SQLITE = "sqlite://"
 _POSTGRES = ("postgresql://", "postgres://")
+#: ``password=...`` in a keyword DSN or a URL's query.
+_PASSWORD_PAIR = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
 
 
-def open_storage(url: str) -> Storage:
+def describe_database(url: str) -> str:
+    """``url`` as it may be shown in a message or a log line: any password replaced by ``***``."""
+    text = url.strip()
+    if text.lower().startswith(_POSTGRES):
+        parts = urlsplit(text)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hosts = netloc.rpartition("@")
+            user, has_password, _ = userinfo.partition(":")
+            netloc = f"{user}{':***' if has_password else ''}@{hosts}"
+        query = urlencode(
+            [
+                (key, "***" if key.lower() == "password" else value)
+                for key, value in parse_qsl(parts.query, keep_blank_values=True)
+            ],
+            safe="*",
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return _PASSWORD_PAIR.sub(r"\1***", text)
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "this database cannot be used" (not a bug here):
+    the drivers' own errors, a missing file, and :class:`SchemaMismatch`."""
+    errors: list[type[BaseException]] = [sqlite3.Error, OSError, SchemaMismatch]
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None:
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
+def open_storage(url: str, *, read_only: bool = False) -> Storage:
     """The storage ``url`` names; a clear :class:`ValueError` for anything else.
+
+    ``read_only``: open an existing database only (a missing SQLite file is a
+    :class:`FileNotFoundError`), in a mode where the database refuses writes.
 
     - ``sqlite:///data/collector.db``: a path relative to the working directory
     - ``sqlite:////var/lib/reqtelemetry/collector.db``: an absolute path
     - ``sqlite:///:memory:`` or ``:memory:``: an in-memory database (tests)
     - ``data/collector.db``: a bare path is a SQLite file
     - ``postgresql://user:password@host:5432/dbname`` (or ``postgres://``)
+
+    Nothing connects here for PostgreSQL (the first use does); a SQLite file
+    is opened at once.
     """
     if not isinstance(url, str) or not url.strip():
         raise ValueError("the database URL is empty")
@@ -37,7 +96,7 @@ def open_storage(url: str) -> Storage:
     if lowered.startswith(_POSTGRES):
         from .postgres import PostgresStorage
 
-        return PostgresStorage(url)
+        return PostgresStorage(url, read_only=read_only)
     if lowered.startswith(_SQLITE):
         rest = url[len(_SQLITE) :]
         if not rest.startswith("/") or len(rest) < 2:
@@ -47,13 +106,19 @@ def open_storage(url: str) -> Storage:
             )
         from .sqlite import SQLiteStorage
 
-        return SQLiteStorage(rest[1:])
+        return SQLiteStorage(rest[1:], read_only=read_only)
     if "://" in url:
         scheme = url.split("://", 1)[0]
         raise ValueError(
             f"unsupported database URL scheme {scheme!r}: use sqlite:///path.db, a file path, "
             "or postgresql://user:password@host/dbname"
         )
+    if "=" in url or any(character.isspace() for character in url):
+        raise ValueError(
+            f"{describe_database(url)!r} looks like a libpq connection string, not a file "
+            "path: write it as a URL, postgresql://user@host/dbname (a SQLite file whose "
+            "name has '=' or spaces: sqlite:///that/path.db)"
+        )
     from .sqlite import SQLiteStorage
 
-    return SQLiteStorage(url)
+    return SQLiteStorage(url, read_only=read_only)

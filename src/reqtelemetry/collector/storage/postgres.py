@@ -82,24 +82,31 @@ class _PostgresExecutor:
 class _Pool:
     """At most ``size`` connections, handed out one per unit of work."""
 
-    def __init__(self, url: str, size: int, timeout: float, connect_timeout: int) -> None:
+    def __init__(
+        self, url: str, size: int, timeout: float, connect_timeout: int, read_only: bool = False
+    ) -> None:
         if size < 1:
             raise ValueError(f"pool_size must be at least 1, got {size!r}")
         self._url = url
         self._timeout = timeout
         self._connect_timeout = connect_timeout
+        self._read_only = read_only
         self._slots = threading.BoundedSemaphore(size)
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
         self._closed = False
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(
+        connection = psycopg.connect(
             self._url,
             autocommit=True,  # transactions are explicit: connection.transaction()
             connect_timeout=self._connect_timeout,
             application_name="reqtelemetry-collector",
         )
+        if self._read_only:
+            # The server refuses any write in this session, whatever the role may do.
+            connection.execute("SET default_transaction_read_only = on")
+        return connection
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[tuple[psycopg.Connection[Any], bool]]:
@@ -163,9 +170,12 @@ class PostgresStorage(SQLStorage):
         pool_size: int = 4,
         pool_timeout: float = 30.0,
         connect_timeout: int = 10,
+        read_only: bool = False,
     ) -> None:
+        """Connect lazily to ``url``; ``read_only`` sessions refuse every write."""
         self.url = url
-        self._pool = _Pool(url, pool_size, pool_timeout, connect_timeout)
+        self.read_only = read_only
+        self._pool = _Pool(url, pool_size, pool_timeout, connect_timeout, read_only)
 
     def _attempt(self, work: Callable[[Executor], T], lock: bool, may_retry: bool) -> T:
         with self._pool.connection() as (connection, reused):

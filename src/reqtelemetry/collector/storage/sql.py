@@ -37,6 +37,15 @@ TRAIT_COLUMNS = ("app_version", "os", "arch", "python_version", "framework")
 MAX_REASON_LENGTH = 64
 
 
+class SchemaMismatch(Exception):
+    """The database is not at the schema version this release reads (or has none).
+
+    Why an error rather than a migration: a reader (``reqtelemetry export``)
+    may hold read-only credentials and must never create or alter tables; only
+    the collector migrates.
+    """
+
+
 class Executor(Protocol):
     """One transaction's view of the database, with ``?`` placeholders in every dialect."""
 
@@ -171,6 +180,31 @@ class SQLStorage(Storage):
             return _int(ex.query("SELECT MAX(version) FROM schema_migrations")[0][0])
 
         return self._run(work)
+
+    def check_schema(self) -> int:
+        """The schema version, if it is the one this release reads; never writes.
+
+        Raises :class:`SchemaMismatch` for a database without the collector's
+        tables, or migrated to an older or newer version than this code knows.
+        """
+        latest = max(step.version for step in self.migrations)
+        version = self.schema_version()
+        if version == 0:
+            raise SchemaMismatch(
+                "it has no reqtelemetry tables (not a collector database, or no collector "
+                "has run on it yet)"
+            )
+        if version < latest:
+            raise SchemaMismatch(
+                f"its schema is version {version}, older than this release reads ({latest}): "
+                "start this release's collector on it once to migrate"
+            )
+        if version > latest:
+            raise SchemaMismatch(
+                f"its schema is version {version}, newer than this release reads ({latest}): "
+                "export with the reqtelemetry release the collector runs"
+            )
+        return version
 
     # -- writes -------------------------------------------------------------------------
 

@@ -76,19 +76,35 @@ class SQLiteStorage(SQLStorage):
     #: sqlite3 raises OverflowError binding an integer beyond 64 bits.
     data_errors = (sqlite3.DataError, OverflowError)
 
-    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], busy_timeout: float = 10.0, read_only: bool = False
+    ) -> None:
+        """Open (creating when missing) the database at ``path``.
+
+        ``read_only``: open an existing file only, and never write to it (what
+        ``reqtelemetry export`` needs: a typo must be an error, not a new empty
+        database). Raises :class:`FileNotFoundError` when there is no such file.
+        """
         self.path = os.fspath(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if read_only:
+            if self.path == ":memory:" or not Path(self.path).is_file():
+                raise FileNotFoundError(f"no database file at {self.path}")
+            # mode=ro: SQLite itself refuses any write, and creates no file.
+            target, uri = Path(self.path).resolve().as_uri() + "?mode=ro", True
+        else:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            target, uri = self.path, False
         # isolation_level=None: no implicit transactions; ours are explicit.
         self._connection = sqlite3.connect(
-            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            target, timeout=busy_timeout, isolation_level=None, check_same_thread=False, uri=uri
         )
         self._lock = threading.RLock()
         self._executor = _SQLiteExecutor(self._connection)
         with self._lock:
             self._connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            if self.path != ":memory:":
+            if self.path != ":memory:" and not read_only:
                 self._connection.execute("PRAGMA journal_mode = WAL")
                 # With WAL, NORMAL loses at most the last commits on power loss,
                 # never consistency; a report lost that way is resent as new.
