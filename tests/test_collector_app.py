@@ -1359,7 +1359,7 @@ def test_random_bodies_never_get_a_5xx(
 
 
 def test_production_without_a_secret_refuses_to_start() -> None:
-    env = {"REQTELEMETRY_COLLECTOR_PRODUCTION": "1", "REQTELEMETRY_DASHBOARD_TOKEN": "t"}
+    env = {"REQTELEMETRY_COLLECTOR_PRODUCTION": "1", "REQTELEMETRY_DASHBOARD_TOKEN": "t" * 16}
     with pytest.raises(SettingsError, match="REQTELEMETRY_COLLECTOR_SECRET"):
         CollectorSettings.resolve(env)
     with pytest.raises(SettingsError, match="REQTELEMETRY_COLLECTOR_SECRET"):
@@ -1411,6 +1411,26 @@ def test_settings_from_the_environment() -> None:
     ):
         with pytest.raises(SettingsError, match=r"\w"):
             CollectorSettings.resolve({"REQTELEMETRY_COLLECTOR_SECRET": "x" * 20, name: value})
+
+
+def test_bits_beyond_what_default_clients_accept_are_refused() -> None:
+    # Clients refuse a collector asking more than max_proof_of_work_bits (24 by
+    # default): a collector at 25 bits would silently receive nothing.
+    secret = {"REQTELEMETRY_COLLECTOR_SECRET": "x" * 20}
+    assert CollectorSettings.resolve(secret, bits=24).bits == 24
+    for env, bits in (({"REQTELEMETRY_COLLECTOR_BITS": "25"}, None), ({}, 25)):
+        with pytest.raises(SettingsError, match="max_proof_of_work_bits"):
+            CollectorSettings.resolve({**secret, **env}, bits=bits)
+
+
+def test_production_refuses_a_placeholder_dashboard_token() -> None:
+    env = {"REQTELEMETRY_COLLECTOR_PRODUCTION": "1", "REQTELEMETRY_COLLECTOR_SECRET": "s" * 32}
+    for token in ("...", "t", "x" * 15):
+        with pytest.raises(SettingsError, match="at least 16"):
+            CollectorSettings.resolve({**env, "REQTELEMETRY_DASHBOARD_TOKEN": token})
+    assert CollectorSettings.resolve({**env, "REQTELEMETRY_DASHBOARD_TOKEN": "x" * 16}).production
+    # Development keeps accepting a short one (the tests' and the demo's).
+    assert CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_TOKEN": "t"}).dashboard_protected
 
 
 def _cli_env(**extra: str) -> dict[str, str]:

@@ -21,6 +21,8 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..config import Config
+
 logger = logging.getLogger("reqtelemetry.collector")
 
 DEFAULT_DB_URL = "sqlite:///telemetry.db"
@@ -31,8 +33,11 @@ DEFAULT_STAMP_MAX_AGE = 600.0
 DEFAULT_STAMP_MAX_FUTURE = 120.0
 #: Shorter secrets can be guessed offline from one captured token.
 MIN_SECRET_BYTES = 16
-#: Beyond this a stamp costs a client hours of CPU: certainly a typo.
-MAX_BITS = 40
+#: Clients refuse to work for a collector that asks more than their
+#: ``max_proof_of_work_bits`` (24 by default): more would stop every default client.
+MAX_BITS: int = Config.max_proof_of_work_bits
+#: A production dashboard token shorter than this is a placeholder or guessable.
+MIN_DASHBOARD_TOKEN_CHARS = 16
 
 ENV_DB = "REQTELEMETRY_COLLECTOR_DB"
 ENV_SECRET = "REQTELEMETRY_COLLECTOR_SECRET"
@@ -89,7 +94,11 @@ class CollectorSettings:
                 f"the collector secret must be at least {MIN_SECRET_BYTES} bytes; {SECRET_HINT}"
             )
         if not 1 <= self.bits <= MAX_BITS:
-            raise SettingsError(f"bits must be between 1 and {MAX_BITS}, got {self.bits}")
+            raise SettingsError(
+                f"--bits / {ENV_BITS} must be between 1 and {MAX_BITS}, got {self.bits}: "
+                f"clients refuse a collector asking more than their max_proof_of_work_bits "
+                f"setting (default {MAX_BITS}), so every default client would stop reporting"
+            )
         if self.token_ttl < 60:
             raise SettingsError(f"the token TTL must be at least 60 seconds, got {self.token_ttl}")
         if self.max_body_bytes < 1024:
@@ -104,6 +113,17 @@ class CollectorSettings:
             )
         if self.dashboard_token is not None and not self.dashboard_token:
             raise SettingsError(f"{ENV_DASHBOARD_TOKEN} must not be empty")
+        if (
+            self.production
+            and self.dashboard_token is not None
+            and len(self.dashboard_token) < MIN_DASHBOARD_TOKEN_CHARS
+        ):
+            raise SettingsError(
+                f"in production {ENV_DASHBOARD_TOKEN} must be at least "
+                f"{MIN_DASHBOARD_TOKEN_CHARS} random characters (a placeholder or a short "
+                "word is guessed quickly), e.g. "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
         if self.dashboard_basic_auth is not None:
             user, password = self.dashboard_basic_auth
             if not user or not password or ":" in user:
