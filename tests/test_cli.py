@@ -173,3 +173,251 @@ def test_the_installed_command_when_opted_out():
     assert result.returncode == 0, result.stderr
     assert "off" in result.stdout
     assert "{" not in result.stdout
+
+
+# -- operator mistakes: one line on stderr, exit status 2, never a traceback ----------------
+
+
+@pytest.fixture
+def no_collector_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("REQTELEMETRY_COLLECTOR_", "REQTELEMETRY_DASHBOARD_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """``uvicorn.run`` replaced by a recorder: the collector starts and returns at once."""
+    import uvicorn
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    return calls
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    """The single ``reqtelemetry <command>: error: ...`` line; nothing went to stdout."""
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert captured.out == ""
+    errors = [line for line in captured.err.splitlines() if "error:" in line]
+    assert len(errors) == 1, captured.err
+    assert errors[0].startswith(f"reqtelemetry {command}: error: "), captured.err
+    return errors[0]
+
+
+def migrated_sqlite(path: Path) -> str:
+    from reqtelemetry.collector.storage import open_storage
+
+    url = f"sqlite:///{path}"
+    storage = open_storage(url)
+    storage.migrate()
+    storage.close()
+    return url
+
+
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_export_of_a_missing_database_creates_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for db in ("sqlite:///typo/nothere.db", "typo/nothere.db"):
+        assert main(["export", "--csv", "--db", db]) == 2
+        assert "nothere.db" in one_error_line(capsys, "export")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_of_a_database_without_the_schema(capsys, tmp_path):
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "other.db").close()  # an existing, empty SQLite file
+    assert main(["export", "--csv", "--db", f"sqlite:///{tmp_path}/other.db"]) == 2
+    assert "no reqtelemetry tables" in one_error_line(capsys, "export")
+
+
+def _unusable_databases(tmp_path: Path) -> list[str]:
+    not_a_database = tmp_path / "notes.txt"
+    not_a_database.write_text("not a database\n" * 100)
+    return [
+        f"postgresql://telemetry:hunter2@127.0.0.1:{unused_port()}/telemetry",  # refused
+        "postgresql://telemetry@db.invalid/telemetry",  # unresolvable
+        "sqlite:////proc/x.db",  # cannot be opened
+        str(not_a_database),
+    ]
+
+
+@pytest.mark.parametrize("command", ["export", "collector"])
+def test_an_unusable_database_is_one_line(
+    capsys, served, tmp_path, command, no_collector_environment
+):
+    for db in _unusable_databases(tmp_path):
+        argv = ["export", "--csv"] if command == "export" else ["collector", "--port", "0"]
+        assert main([*argv, "--db", db]) == 2, db
+        line = one_error_line(capsys, command)
+        assert "cannot use the database" in line, line
+        assert "hunter2" not in line
+        assert db.replace("hunter2", "***") in line
+
+
+def test_export_to_a_missing_folder_is_one_line(capsys, tmp_path):
+    db = migrated_sqlite(tmp_path / "t.db")
+    out = tmp_path / "nonexistent" / "dir" / "x.csv"
+    assert main(["export", "--csv", "--db", db, "-o", str(out)]) == 2
+    assert f"cannot write {out}" in one_error_line(capsys, "export")
+
+
+@pytest.mark.parametrize(
+    "db", ["host=db dbname=telemetry user=telemetry", "dbname=telemetry password=hunter2"]
+)
+@pytest.mark.parametrize("command", ["export", "collector"])
+def test_a_libpq_keyword_string_is_refused(
+    capsys, served, tmp_path, monkeypatch, db, command, no_collector_environment
+):
+    monkeypatch.chdir(tmp_path)
+    if command == "collector":
+        monkeypatch.setenv("REQTELEMETRY_COLLECTOR_DB", db)  # what a deployment sets
+        assert main(["collector", "--port", "0"]) == 2
+    else:
+        assert main(["export", "--csv", "--db", db]) == 2
+    line = one_error_line(capsys, command)
+    assert "libpq connection string" in line and "postgresql://" in line
+    assert "hunter2" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_collector_banner_names_the_database_without_its_password(
+    capsys, served, postgres_url, no_collector_environment
+):
+    from postgres import scratch_schema
+
+    with scratch_schema(postgres_url) as url:
+        # trust authentication: the password is accepted, and must not be shown.
+        with_password = url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")
+        assert main(["collector", "--db", with_password, "--port", "8765"]) == 0
+    assert served and served[0]["port"] == 8765
+    err = capsys.readouterr().err
+    banner = next(line for line in err.splitlines() if line.startswith("# reqtelemetry collector"))
+    assert "http://127.0.0.1:8765/" in banner
+    assert "database postgresql://postgres:***@127.0.0.1:" in banner
+    assert "hunter2" not in err
+
+
+def test_export_needs_only_read_access_on_postgres(capsys, postgres_url, tmp_path):
+    import uuid
+
+    import psycopg
+
+    from postgres import scratch_schema
+    from reqtelemetry.collector.storage import open_storage
+
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with scratch_schema(postgres_url) as url:
+        schema = psycopg.connect(url).execute("SELECT current_schema()").fetchone()[0]
+        writer = open_storage(url)
+        writer.migrate()
+        writer.close()
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'CREATE ROLE "{role}" LOGIN')
+            admin.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+            admin.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+        try:
+            reader_url = url.replace("postgresql://postgres@", f"postgresql://{role}@")
+            out = tmp_path / "endpoints.csv"
+            assert main(["export", "--csv", "--db", reader_url, "-o", str(out)]) == 0
+            assert out.read_text().startswith("method,")
+            assert "Traceback" not in capsys.readouterr().err
+        finally:
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute(f'DROP OWNED BY "{role}"')
+                admin.execute(f'DROP ROLE "{role}"')
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_port_out_of_range_is_refused(capsys, served, tmp_path, monkeypatch, port):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["collector", "--port", port])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --port" in err and "Traceback" not in err
+
+
+def test_a_non_loopback_host_needs_dashboard_credentials(
+    capsys, served, tmp_path, monkeypatch, no_collector_environment
+):
+    db = f"sqlite:///{tmp_path}/t.db"
+    for host in ("0.0.0.0", "::", "192.0.2.10", "collector.example.org"):
+        assert main(["collector", "--db", db, "--host", host]) == 2
+        line = one_error_line(capsys, "collector")
+        assert f"--host {host}" in line and "REQTELEMETRY_DASHBOARD_TOKEN" in line
+        assert "--public-dashboard" in line
+    assert served == [] and not (tmp_path / "t.db").exists()
+    # Loopback, an explicit public dashboard, or credentials: it starts.
+    assert main(["collector", "--db", db, "--host", "localhost"]) == 0
+    assert main(["collector", "--db", db, "--host", "::1"]) == 0
+    assert main(["collector", "--db", db, "--host", "0.0.0.0", "--public-dashboard"]) == 0
+    monkeypatch.setenv("REQTELEMETRY_DASHBOARD_TOKEN", "a-long-enough-dashboard-token")
+    assert main(["collector", "--db", db, "--host", "0.0.0.0"]) == 0
+    assert [call["host"] for call in served] == ["localhost", "::1", "0.0.0.0", "0.0.0.0"]
+
+
+def test_bits_beyond_what_clients_accept_are_refused(capsys, served, no_collector_environment):
+    assert main(["collector", "--db", "sqlite:///:memory:", "--bits", "25"]) == 2
+    line = one_error_line(capsys, "collector")
+    assert "max_proof_of_work_bits" in line and "24" in line
+    assert main(["collector", "--db", "sqlite:///:memory:", "--bits", "24"]) == 0
+
+
+@pytest.mark.parametrize("token", ["...", "x" * 15])
+def test_production_refuses_a_short_dashboard_token(
+    capsys, served, monkeypatch, token, no_collector_environment
+):
+    monkeypatch.setenv("REQTELEMETRY_COLLECTOR_SECRET", "s" * 32)
+    monkeypatch.setenv("REQTELEMETRY_DASHBOARD_TOKEN", token)
+    assert main(["collector", "--production", "--db", "sqlite:///:memory:"]) == 2
+    line = one_error_line(capsys, "collector")
+    assert "REQTELEMETRY_DASHBOARD_TOKEN" in line and "16" in line
+    monkeypatch.setenv("REQTELEMETRY_DASHBOARD_TOKEN", "x" * 16)
+    assert main(["collector", "--production", "--db", "sqlite:///:memory:"]) == 0
+    assert len(served) == 1
+
+
+def test_the_collector_without_its_extra_says_what_to_install(
+    capsys, served, monkeypatch, no_collector_environment
+):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now fails
+    assert main(["collector", "--db", "sqlite:///:memory:"]) == 2
+    line = one_error_line(capsys, "collector")
+    assert "pip install 'reqtelemetry[collector]'" in line and "uvicorn" in line
+
+
+def test_inspect_with_a_malformed_variable_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("REQTELEMETRY_MAX_KEYS", "abc")
+    assert main(["inspect"]) == 2
+    assert "REQTELEMETRY_MAX_KEYS" in one_error_line(capsys, "inspect")
+
+
+def test_help_describes_the_command_and_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "The reqtelemetry command" not in out
+    assert "inspect" in out and "collector" in out and "export" in out
+    with pytest.raises(SystemExit):
+        main(["collector", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--forwarded-allow-ips FORWARDED_ALLOW_IPS comma-separated" in out
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="the console script is not installed")
+def test_the_installed_command_fails_in_one_line(tmp_path):
+    result = run_script("export", "--csv", "--db", f"sqlite:///{tmp_path}/typo/nothere.db")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "typo").exists()

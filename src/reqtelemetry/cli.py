@@ -9,11 +9,16 @@ report this environment would produce: the configuration comes from the same
 ``reqtelemetry export --csv`` writes its per-endpoint report. Both import the
 collector only when run: its dependencies are the ``collector`` extra, which a
 client app does not install.
+
+An operator's mistake (a bad variable, a database that cannot be reached or
+opened, a file that cannot be written, a missing extra) ends with one line on
+stderr that says what to fix, and exit status 2; a traceback means a bug.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -25,6 +30,13 @@ from ._version import __version__
 from .config import Config, redacted_url
 from .payload import Envelope, build_reports
 from .telemetry import UNMATCHED_ROUTE, Telemetry
+
+DESCRIPTION = (
+    "Privacy-first usage telemetry: show what this environment would send (inspect), "
+    "run the collector that receives reports (collector), and export its per-endpoint "
+    "report (export)."
+)
+COLLECTOR_EXTRA_HINT = "install the collector extra: pip install 'reqtelemetry[collector]'"
 
 #: What ``inspect`` feeds the recorder: a templated route, an anonymized path
 #: of an app without routing, and a scanner's 404.
@@ -67,8 +79,51 @@ def inspect_payload(config: Config) -> dict | None:
     return json.loads(report.body)
 
 
+def _fail(command: str, message: str) -> int:
+    """One line on stderr, exit status 2: the operator's mistake, not a bug."""
+    print(f"reqtelemetry {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _missing_extra(command: str, error: ImportError) -> int:
+    missing = error.name or str(error)
+    return _fail(
+        command,
+        f"the collector's dependencies are not installed ({missing}): {COLLECTOR_EXTRA_HINT}",
+    )
+
+
+def _database_failure(command: str, url: str, error: BaseException) -> int:
+    from .collector.storage import describe_database
+
+    reason = str(error) or type(error).__name__
+    return _fail(command, f"cannot use the database {describe_database(url)}: {reason}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {port}")
+    return port
+
+
 def _inspect(args: argparse.Namespace) -> int:
-    config = Config.resolve()
+    try:
+        config = Config.resolve()
+    except ValueError as error:  # a malformed REQTELEMETRY_* variable
+        return _fail("inspect", str(error))
     payload = inspect_payload(config)
     if payload is None:
         print(f"Telemetry is off ({config.opt_out_reason}): nothing would be sent.")
@@ -92,7 +147,12 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _collector(args: argparse.Namespace) -> int:
-    from .collector.settings import CollectorSettings, SettingsError
+    from .collector.settings import (
+        ENV_DASHBOARD_BASIC,
+        ENV_DASHBOARD_TOKEN,
+        CollectorSettings,
+        SettingsError,
+    )
 
     # Before resolving: the settings log what a development run costs.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -104,22 +164,40 @@ def _collector(args: argparse.Namespace) -> int:
             dashboard_public=True if args.public_dashboard else None,
         )
     except SettingsError as error:
-        print(f"reqtelemetry collector: error: {error}", file=sys.stderr)
-        return 2
+        return _fail("collector", str(error))
+    if (
+        not _is_loopback(args.host)
+        and not settings.dashboard_protected
+        and not settings.dashboard_public
+    ):
+        return _fail(
+            "collector",
+            f"--host {args.host} would open the dashboard, /api/summary and /export.csv to "
+            f"anyone on the network without credentials: set {ENV_DASHBOARD_TOKEN} (or "
+            f"{ENV_DASHBOARD_BASIC}=user:password), or pass --public-dashboard to publish "
+            "them on purpose",
+        )
+    try:
+        import uvicorn
 
-    import uvicorn
-
-    from .collector.app import create_app
+        from .collector.app import create_app
+        from .collector.storage import database_errors, describe_database
+    except ImportError as error:
+        return _missing_extra("collector", error)
 
     try:
         app = create_app(settings)
+    except ImportError as error:  # psycopg, for a PostgreSQL URL
+        return _missing_extra("collector", error)
     except ValueError as error:  # an unusable --db URL
-        print(f"reqtelemetry collector: error: {error}", file=sys.stderr)
-        return 2
+        return _fail("collector", str(error))
+    except database_errors() as error:  # cannot connect, open or migrate
+        return _database_failure("collector", settings.db_url, error)
     mode = "production" if settings.production else "development"
+    host = f"[{args.host}]" if ":" in args.host else args.host
     print(
         f"# reqtelemetry collector {__version__} ({mode}, {settings.bits}-bit stamps) "
-        f"on http://{args.host}:{args.port}/",
+        f"on http://{host}:{args.port}/, database {describe_database(settings.db_url)}",
         file=sys.stderr,
     )
     uvicorn.run(
@@ -137,33 +215,42 @@ def _collector(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .collector.export import endpoint_rows, since_days, write_csv
-    from .collector.storage import open_storage
-
     if args.days < 1:
-        print("reqtelemetry export: error: --days must be at least 1", file=sys.stderr)
-        return 2
+        return _fail("export", "--days must be at least 1")
     try:
-        storage = open_storage(args.db)
-    except ValueError as error:
-        print(f"reqtelemetry export: error: {error}", file=sys.stderr)
-        return 2
+        from .collector.export import endpoint_rows, since_days, write_csv
+        from .collector.storage import database_errors, open_storage
+
+        # Read-only, an existing database only: a typo must not create one, and
+        # a reader's role needs no right to create or alter tables.
+        storage = open_storage(args.db, read_only=True)
+    except ImportError as error:  # psycopg, for a PostgreSQL URL
+        return _missing_extra("export", error)
+    except ValueError as error:  # an unusable --db URL
+        return _fail("export", str(error))
+    except database_errors() as error:
+        return _database_failure("export", args.db, error)
     try:
-        storage.migrate()
+        storage.check_schema()
         rows = endpoint_rows(storage, since_days(args.days))
+    except database_errors() as error:
+        return _database_failure("export", args.db, error)
     finally:
         storage.close()
     if args.output in (None, "-"):
         write_csv(rows, sys.stdout)
-    else:
+        return 0
+    try:
         with open(args.output, "w", encoding="utf-8", newline="") as out:
             write_csv(rows, out)
-        print(f"# {len(rows)} rows written to {args.output}", file=sys.stderr)
+    except OSError as error:
+        return _fail("export", f"cannot write {args.output}: {error.strerror or error}")
+    print(f"# {len(rows)} rows written to {args.output}", file=sys.stderr)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reqtelemetry", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="reqtelemetry", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"reqtelemetry {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="print the report this environment would send")
@@ -178,8 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
         "REQTELEMETRY_DASHBOARD_* variables (see docs); flags here take precedence.",
     )
     collector.add_argument("--db", default=None, help=f"storage URL (default {default_db})")
-    collector.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    collector.add_argument("--port", type=int, default=8600, help="port to listen on")
+    collector.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; any other needs dashboard "
+        "credentials or --public-dashboard)",
+    )
+    collector.add_argument(
+        "--port", type=_port, default=8600, help="port to listen on, 0-65535 (default 8600)"
+    )
     collector.add_argument(
         "--production",
         action="store_true",
@@ -187,12 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(also REQTELEMETRY_COLLECTOR_PRODUCTION=1)",
     )
     collector.add_argument(
-        "--bits", type=int, default=None, help="proof-of-work difficulty of stamps (default 20)"
+        "--bits",
+        type=int,
+        default=None,
+        help="proof-of-work difficulty of stamps (default 20; at most 24, the most "
+        "clients accept by default)",
     )
     collector.add_argument(
         "--public-dashboard",
         action="store_true",
-        help="serve the dashboard without credentials, even in production",
+        help="serve the dashboard without credentials, even in production or on a "
+        "non-loopback --host (also REQTELEMETRY_DASHBOARD_PUBLIC=1)",
     )
     collector.add_argument(
         "--access-log", action="store_true", help="log each request (with client addresses)"
@@ -202,7 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="trust X-Forwarded-* from --forwarded-allow-ips (behind a reverse proxy)",
     )
-    collector.add_argument("--forwarded-allow-ips", default="127.0.0.1")
+    collector.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        help="comma-separated proxy addresses (or *) whose X-Forwarded-* headers "
+        "--proxy-headers trusts (default 127.0.0.1)",
+    )
     collector.set_defaults(handler=_collector)
 
     export = commands.add_parser("export", help="write the per-endpoint report")

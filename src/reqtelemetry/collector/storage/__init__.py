@@ -25,7 +25,7 @@ import sys
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .base import ReplayError, Storage, StoredReport
-from .sql import SchemaMismatch
+from .sql import SchemaMismatch, SQLStorage
 
 __all__ = [
     "ReplayError",
@@ -74,7 +74,7 @@ def database_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def open_storage(url: str, *, read_only: bool = False) -> Storage:
+def open_storage(url: str, *, read_only: bool = False) -> SQLStorage:
     """The storage ``url`` names; a clear :class:`ValueError` for anything else.
 
     ``read_only``: open an existing database only (a missing SQLite file is a
