@@ -137,6 +137,41 @@ def test_empty_environment_values_do_not_override():
     assert config.debug is False
 
 
+@pytest.mark.parametrize("blank", [" ", "\t", " \n "])
+def test_blank_environment_values_do_not_override(blank):
+    # README: "an empty or blank variable counts as unset"; a stray space in a
+    # compose file must neither stop the app nor replace the code's value.
+    names = (
+        "ENDPOINT",
+        "APP_NAME",
+        "APP_VERSION",
+        "APP_GIT_HASH",
+        "APP_BUILD_TIME",
+        "DEPLOYMENT_ID_PATH",
+        "MAX_KEYS",
+        "FLUSH_INTERVAL",
+        "MAX_PAYLOAD_BYTES",
+        "TIMEOUT",
+    )
+    config = resolve(
+        {f"REQTELEMETRY_{name}": blank for name in names},
+        endpoint="http://127.0.0.1:9/v1",
+        app_version="1.2.3",
+        max_keys=7,
+        flush_interval=120.0,
+    )
+    assert config.endpoint == "http://127.0.0.1:9/v1"
+    assert config.app_version == "1.2.3"
+    assert config.app_name is None and config.deployment_id_path is None
+    assert config.max_keys == 7 and config.flush_interval == 120.0
+    assert config.enabled
+
+
+def test_environment_values_are_taken_without_surrounding_blanks():
+    config = resolve({"REQTELEMETRY_APP_VERSION": " 2.0 ", "REQTELEMETRY_MAX_KEYS": " 9 "})
+    assert config.app_version == "2.0" and config.max_keys == 9
+
+
 def test_code_lists_accept_comma_strings():
     config = resolve(exclude_paths="/health, /ready", allowed_query_keys=["page", " q "])
     assert config.exclude_paths == ("/health", "/ready")

@@ -337,8 +337,8 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         "CA_BUNDLE": "ca_bundle",
     }
     for suffix, name in text.items():
-        value = environ.get(f"REQTELEMETRY_{suffix}")
-        if value:
+        value = environ.get(f"REQTELEMETRY_{suffix}", "").strip()
+        if value:  # unset, empty or blank: not set
             found[name] = value
     lists = {
         "EXCLUDE_PATHS": "exclude_paths",
@@ -358,8 +358,8 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         "TIMEOUT": ("timeout", float),
     }
     for suffix, (name, kind) in numbers.items():
-        value = environ.get(f"REQTELEMETRY_{suffix}")
-        if value:
+        value = environ.get(f"REQTELEMETRY_{suffix}", "").strip()
+        if value:  # unset, empty or blank: not set
             try:
                 found[name] = kind(value)
             except ValueError:
