@@ -85,3 +85,60 @@ def test_an_opted_out_apps_bad_setting_is_named_not_quoted(caplog):
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "REQTELEMETRY_ENDPOINT" in text
     assert "canary" not in text
+
+
+# -- visible when nothing configures logging (uvicorn, gunicorn, flask run) ---------------
+
+ANNOUNCING_APP = """
+import logging, sys
+{logging_setup}
+from reqtelemetry import Config, Telemetry
+telemetry = Telemetry(config=Config.resolve(
+    environ={{}}, argv=[], debug=True, deployment_id_path=sys.argv[1]))
+telemetry.close(timeout=1.0)
+"""
+
+
+def run_app(tmp_path, logging_setup: str = "") -> list[str]:
+    """The lines of a child app's stderr that carry the "is on" notice."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REQTELEMETRY_")}
+    for name in ("SQA_OPT_OUT", "DO_NOT_TRACK"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            ANNOUNCING_APP.format(logging_setup=logging_setup),
+            str(tmp_path / "id"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    return [line for line in done.stderr.splitlines() if "usage telemetry is on" in line]
+
+
+def test_the_notice_reaches_stderr_when_logging_is_unconfigured(tmp_path):
+    # As under uvicorn/gunicorn/flask run: no handler for "reqtelemetry" or root,
+    # and the last-resort handler would drop an INFO record.
+    (line,) = run_app(tmp_path)
+    assert line.startswith("reqtelemetry: anonymous usage telemetry is on")
+    assert "SQA_OPT_OUT=true" in line and "DO_NOT_TRACK=1" in line
+
+
+def test_the_notice_goes_through_the_apps_logging_once(tmp_path):
+    setup = "logging.basicConfig(level=logging.INFO, format='LOGGED %(name)s %(message)s')"
+    (line,) = run_app(tmp_path, setup)
+    assert line.startswith("LOGGED reqtelemetry reqtelemetry: anonymous usage telemetry is on")
+
+
+def test_an_app_that_silenced_info_logging_is_respected(tmp_path):
+    assert run_app(tmp_path, "logging.basicConfig(level=logging.WARNING)") == []

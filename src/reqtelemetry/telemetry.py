@@ -309,20 +309,40 @@ class Telemetry:
 
 
 def _announce(telemetry: Telemetry, why_not: str | None) -> None:
-    """The one start-up line that tells an operator what happens and how to stop it."""
+    """The one start-up line that tells an operator what happens and how to stop it.
+
+    It goes to the ``reqtelemetry`` logger at INFO. Under uvicorn, gunicorn or
+    ``flask run`` nothing configures that logger, and Python's last-resort
+    handler shows WARNING and above only, so the promise of a visible notice
+    would be kept nowhere: when no handler anywhere up the logger's chain
+    would receive the record, the "on" line is written to stderr instead
+    (once: never in addition to a handler the app configured).
+    """
+    import contextlib
+    import sys
+
     config = telemetry.config
     if why_not is not None:
         logger.info("reqtelemetry: usage telemetry is off (%s); nothing is sent", why_not)
         return
     where = "stderr (REQTELEMETRY_DEBUG)" if config.debug else redacted_url(config.endpoint or "")
-    logger.info(
+    message = (
         "reqtelemetry: anonymous usage telemetry is on, reporting to %s about every %s: "
         "counts, latencies and sizes per route template, and system traits (OS, Python, "
         "versions, CPU count, memory); never IPs, hostnames, paths, headers or bodies. "
-        "See it with `reqtelemetry inspect`; turn it off with SQA_OPT_OUT=true or DO_NOT_TRACK=1.",
-        where,
-        _human_seconds(config.flush_interval),
+        "See it with `reqtelemetry inspect`; turn it off with SQA_OPT_OUT=true or DO_NOT_TRACK=1."
     )
+    arguments = (where, _human_seconds(config.flush_interval))
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.handlers:
+            logger.info(message, *arguments)  # the app configured logging: its choice
+            return
+        current = current.parent if current.propagate else None
+    # No usable stderr (None under pythonw, closed, detached): nowhere to say it.
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sys.stderr.write(message % arguments + "\n")
+        sys.stderr.flush()
 
 
 def _human_seconds(seconds: float) -> str:
