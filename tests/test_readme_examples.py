@@ -111,3 +111,42 @@ def test_every_example_has_a_readme_with_how_to_run_and_opt_out() -> None:
         text = (ROOT / "examples" / directory / "README.md").read_text(encoding="utf-8")
         for needed in ("TELEMETRY_ENDPOINT", "SQA_OPT_OUT", "/healthz"):
             assert needed in text, (directory, needed)
+
+
+# -- the collector's and the operator's instructions ---------------------------------------
+
+
+def _collector_section() -> str:
+    text = README.read_text(encoding="utf-8")
+    match = re.search(
+        r"^## For maintainers: running the collector\n(.*?)(?=^## )", text, re.M | re.S
+    )
+    assert match
+    return match.group(1)
+
+
+def test_the_production_collector_gets_one_stored_secret_not_one_per_replica() -> None:
+    # A secret generated inline on the collector's command line differs on every
+    # replica and every restart: tokens would stop verifying.
+    shell = "\n".join(re.findall(r"^```sh\n(.*?)^```", _collector_section(), re.M | re.S))
+    commands = [line for line in shell.splitlines() if "reqtelemetry collector" in line]
+    assert any("--production" in line for line in commands)
+    for line in commands:
+        assert "$(" not in line and "SECRET=" not in line, line
+    assert "same values to every" in " ".join(_collector_section().split())
+    # No placeholder a production collector would now refuse.
+    assert "DASHBOARD_TOKEN=..." not in shell
+
+
+def test_the_readme_says_where_the_opt_out_flag_works() -> None:
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    assert "add_opt_out_argument" in text
+    assert "uvicorn, gunicorn and `flask run` refuse options they do not know" in text
+
+
+def test_the_docs_point_only_inside_the_repository() -> None:
+    for document in (README, *sorted((ROOT / "docs").glob("*.md"))):
+        for target in re.findall(r"[`(](\.\./[^`)\s]+)[`)]", document.read_text(encoding="utf-8")):
+            resolved = (document.parent / target.split("#", 1)[0]).resolve()
+            assert resolved.is_relative_to(ROOT), f"{document.name} cites {target}"
+            assert resolved.exists(), f"{document.name} cites {target}, which does not exist"
