@@ -40,6 +40,11 @@ def report() -> dict:
     recorder = Recorder()
     for i in range(5):
         recorder.record("GET", f"/r/{i}", 200, 0.001 * (i + 1), 0, 10)
+    return json.loads(built_body(recorder))
+
+
+def built_body(recorder: Recorder) -> bytes:
+    """The one report the client builds from what ``recorder`` holds."""
     envelope = Envelope(
         kind="periodic",
         sequence=0,
@@ -50,7 +55,7 @@ def report() -> dict:
         metrics={"counters": {}, "gauges": {}},
     )
     (built,) = build_reports(envelope, recorder.collect(), 1 << 20)
-    return json.loads(built.body)
+    return built.body
 
 
 def with_histogram(histogram) -> bytes:
@@ -194,17 +199,7 @@ def test_the_latency_bounds_pass_at_the_limit_and_for_days_long_requests():
     recorder = Recorder()
     recorder.record("GET", "/events", 200, 3 * 86400.0, 0, 10)
     recorder.record("GET", "/events", 200, 0.001, 0, 10)
-    envelope = Envelope(
-        kind="periodic",
-        sequence=0,
-        deployment_id=DEPLOYMENT,
-        instance_id=INSTANCE,
-        traits={},
-        withheld=[],
-        metrics={"counters": {}, "gauges": {}},
-    )
-    (built,) = build_reports(envelope, recorder.collect(), 1 << 20)
-    (stored,) = check_payload(built.body, CLAIMS)["batch"]["records"]
+    (stored,) = check_payload(built_body(recorder), CLAIMS)["batch"]["records"]
     assert stored["latency"]["max"] == 3 * 86400.0
     seconds = SCHEMA["$defs"]["seconds_or_null"]
     assert seconds["maximum"] == MAX_LATENCY_SECONDS
