@@ -647,7 +647,6 @@ def test_read_only_sqlite_opens_an_existing_file_only(tmp_path: Path) -> None:
         "dbname=telemetry",
         "host=db password=hunter2 dbname=telemetry",
         "  dbname=telemetry  ",
-        "my database.db",
     ],
 )
 def test_a_libpq_keyword_string_is_not_taken_for_a_file(
@@ -673,6 +672,17 @@ def test_describe_database_hides_passwords() -> None:
         "host=db password=*** dbname=x"
     )
     assert describe_database("sqlite:///data/t.db") == "sqlite:///data/t.db"
+    # Generated passwords have "/", "?" or "#", which end a parsed netloc early.
+    assert describe_database("postgresql://u:Ab3/x9+Q#z?@db:5432/x") == (
+        "postgresql://u:***@db:5432/x"
+    )
+
+
+def test_a_bare_path_with_spaces_is_a_sqlite_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    storage = open_storage("Application Support/collector.db")
+    storage.close()
+    assert (tmp_path / "Application Support" / "collector.db").exists()
 
 
 @pytest.mark.parametrize(

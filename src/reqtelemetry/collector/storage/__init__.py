@@ -40,6 +40,9 @@ __all__ = [
 _SQLITE = "sqlite://"
 _POSTGRES = ("postgresql://", "postgres://")
 #: ``password=...`` in a keyword DSN or a URL's query.
+#: The start of a libpq keyword string (``host=db dbname=telemetry``), which
+#: must not be taken for a SQLite file name; a path with spaces is a path.
+_KEYWORD_DSN = re.compile(r"\s*[A-Za-z_]+\s*=")
 _PASSWORD_PAIR = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
 
 
@@ -47,12 +50,16 @@ def describe_database(url: str) -> str:
     """``url`` as it may be shown in a message or a log line: any password replaced by ``***``."""
     text = url.strip()
     if text.lower().startswith(_POSTGRES):
+        # The user info is cut on the raw text, up to the last "@": a password
+        # with an unescaped "/", "?" or "#" (base64 makes them) would end a
+        # parsed netloc early and be shown whole.
+        scheme, _, rest = text.partition("://")
+        userinfo, at, after = rest.rpartition("@")
+        if at:
+            user, has_password, _ = userinfo.partition(":")
+            text = f"{scheme}://{user}{':***' if has_password else ''}@{after}"
         parts = urlsplit(text)
         netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hosts = netloc.rpartition("@")
-            user, has_password, _ = userinfo.partition(":")
-            netloc = f"{user}{':***' if has_password else ''}@{hosts}"
         query = urlencode(
             [
                 (key, "***" if key.lower() == "password" else value)
@@ -113,7 +120,7 @@ def open_storage(url: str, *, read_only: bool = False) -> SQLStorage:
             f"unsupported database URL scheme {scheme!r}: use sqlite:///path.db, a file path, "
             "or postgresql://user:password@host/dbname"
         )
-    if "=" in url or any(character.isspace() for character in url):
+    if _KEYWORD_DSN.match(url):
         raise ValueError(
             f"{describe_database(url)!r} looks like a libpq connection string, not a file "
             "path: write it as a URL, postgresql://user@host/dbname (a SQLite file whose "
