@@ -12,10 +12,11 @@ import pytest
 from fastapi import APIRouter, BackgroundTasks, FastAPI, HTTPException
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import FileResponse, PlainTextResponse, StreamingResponse
-from starlette.routing import Host, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Host, Match, Mount, NoMatchFound, Route, WebSocketRoute
 
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry.anonymize import hash_value
@@ -95,6 +96,53 @@ def test_a_host_in_front_of_an_app_without_routes_anonymizes_its_paths(telemetry
         ("GET", telemetry.anonymizer.path("/docs/42"), 200): 1,
         ("GET", UNMATCHED_ROUTE, 404): 1,
     }
+
+
+def test_scanners_404s_behind_a_host_with_routes_share_one_key(telemetry, counts):
+    api = Starlette(routes=[Route("/items/{item_id}", plain)])
+    app = wrap(Starlette(routes=[Host("api.example.com", app=api)]), telemetry)
+    client = TestClient(app, base_url="http://api.example.com")
+    for path in ("/items/1", "/wp-admin/a", "/.env", "/phpmyadmin/x"):
+        client.get(path)
+    assert counts(telemetry) == {
+        ("GET", "/items/{item_id}", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 3,
+    }
+
+
+class _CustomRoute(BaseRoute):
+    """A route of the app's own making, without a path template."""
+
+    def matches(self, scope):
+        if scope["type"] == "http" and scope["path"].startswith("/custom/"):
+            return Match.FULL, {"endpoint": raw_app}
+        return Match.NONE, {}
+
+    async def handle(self, scope, receive, send):
+        await raw_app(scope, receive, send)
+
+    def url_path_for(self, name, /, **path_params):
+        raise NoMatchFound(name, path_params)
+
+
+def test_preflights_to_routes_without_a_template_are_anonymized_like_their_requests(
+    telemetry, counts
+):
+    app = Starlette(
+        routes=[Host("files.example.com", app=raw_app), _CustomRoute()],
+        middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"])],
+    )
+    client = TestClient(wrap(app, telemetry))
+    for host, path in (("files.example.com", "/docs/42"), ("testserver", "/custom/7")):
+        headers = {"Host": host}
+        assert client.get(path, headers=headers).status_code == 200
+        assert client.options(path, headers={**headers, **PREFLIGHT}).status_code == 200
+    assert counts(telemetry) == {
+        (method, telemetry.anonymizer.path(path), 200): 1
+        for method in ("GET", "OPTIONS")
+        for path in ("/docs/42", "/custom/7")
+    }
+    assert telemetry.internal_errors == 0
 
 
 def test_paths_answered_before_routing_cannot_make_a_key_each(make_telemetry, counts):

@@ -22,7 +22,12 @@ from typing import Any
 
 from ..recorder import PENDING_LIMIT
 from ..telemetry import CLIENT_CLOSED_STATUS, KNOWN_METHODS, OTHER_METHOD, Telemetry
-from .starlette import RouteTemplates, routes_of_unrouted_app, template_by_matching
+from .starlette import (
+    UNTEMPLATED,
+    RouteTemplates,
+    routes_of_unrouted_app,
+    template_by_matching,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -159,10 +164,11 @@ class ASGIMiddleware:
         matched = False
         route = scope.get("route")
         if route is not None and not hasattr(route, "path_format"):
-            # The router matched a route that has no path template (a Host in
-            # front of an app without routes): the request was served, and its
+            # The router chose a route without a path template (a Host, a
+            # custom route). With routes of its own behind it, they matched
+            # nothing; without, the app behind it served the request, and its
             # path is anonymized as a route-less app's is.
-            matched = True
+            matched = not getattr(route, "routes", None) and status != 404
         elif "router" not in scope:
             routes = routes_of_unrouted_app(scope)
             if routes is None:
@@ -173,8 +179,9 @@ class ASGIMiddleware:
                 # chosen, and a path no route takes is unmatched, so that such
                 # answers cannot make a key per path.
                 template = template_by_matching(routes, scope)
-                if template is not None:
+                if isinstance(template, str):
                     return template
+                matched = template is UNTEMPLATED
         return self.telemetry.route_for_unrouted(
             scope["path"], scope.get("query_string", b"").decode("latin-1"), matched
         )

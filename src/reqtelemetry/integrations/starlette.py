@@ -215,7 +215,22 @@ def routes_of_unrouted_app(scope: Scope) -> Sequence[Any] | None:
     return app.router.routes  # type: ignore[no-any-return]
 
 
-def template_by_matching(routes: Sequence[Any], scope: Scope, prefix: str = "") -> str | None:
+class _Untemplated:
+    """The type of :data:`UNTEMPLATED`."""
+
+    __slots__ = ()
+
+
+#: What :func:`template_by_matching` returns when a route takes the request but
+#: has no path template: a ``Host`` in front of an app without routes, or a
+#: custom route. Such a request was served; its path is anonymized, as a
+#: route-less app's is.
+UNTEMPLATED = _Untemplated()
+
+
+def template_by_matching(
+    routes: Sequence[Any], scope: Scope, prefix: str = ""
+) -> str | _Untemplated | None:
     """The template of the route the router would have chosen, or None.
 
     Matched as Starlette's router matches (its public ``matches``): the first
@@ -227,17 +242,25 @@ def template_by_matching(routes: Sequence[Any], scope: Scope, prefix: str = "") 
 
     partial = None
     for route in routes:
-        match, child_scope = route.matches(scope)
+        try:
+            match, child_scope = route.matches(scope)
+        except Exception:  # a custom route that cannot judge this request: not its
+            continue
         if match is Match.NONE:
             continue
         if isinstance(route, (Mount, Host)):
             inner = route.routes
             if not inner:  # a mounted app without routes: the mount's own format
-                return prefix + route.path_format if isinstance(route, Mount) else None
+                return prefix + route.path_format if isinstance(route, Mount) else UNTEMPLATED
             path = route.path if isinstance(route, Mount) else ""
             return template_by_matching(inner, {**scope, **child_scope}, prefix + path)
+        path_format = getattr(route, "path_format", None)
+        if not isinstance(path_format, str):
+            if match is Match.FULL:
+                return UNTEMPLATED
+            continue
         if match is Match.FULL:
-            return prefix + route.path_format  # type: ignore[no-any-return]
+            return prefix + path_format
         if partial is None:
-            partial = route
-    return prefix + partial.path_format if partial is not None else None
+            partial = prefix + path_format
+    return partial
