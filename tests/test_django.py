@@ -487,7 +487,7 @@ def test_asgi_streaming_through_djangos_handler(django_telemetry, records):
 
 @pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
 def test_file_response_under_asgi(django_telemetry, records):
-    """Django's ASGI handler streams a FileResponse itself; it is recorded at close."""
+    """Django's ASGI handler streams a FileResponse itself: its bytes are counted as they pass."""
     from pathlib import Path
 
     import django_test_urls

@@ -117,3 +117,24 @@ def test_a_file_goes_out_through_the_servers_wrapper_and_is_recorded_once(
     assert (record["method"], record["route"], record["status"]) == ("GET", route, 200)
     assert record["count"] == 1
     assert record["response_bytes"] == len(CONTENT)
+
+
+@pytest.mark.e2e
+def test_a_file_without_a_declared_length_is_counted_as_it_passes(
+    serve, telemetry, records, tmp_path
+):
+    report_path = tmp_path / "report.pdf"
+    report_path.write_bytes(CONTENT)
+
+    def app(environ, start_response):  # no Content-Length: nothing to record but the bytes
+        start_response("200 OK", [("Content-Type", "application/pdf")])
+        return environ["wsgi.file_wrapper"](open(report_path, "rb"))
+
+    server = serve(WSGIMiddleware(app, telemetry=telemetry))
+    response = httpx.get(server.url + "/reports/7")
+    server.stop()
+    assert response.content == CONTENT
+    assert _NotingHandler.sent_as_file == []  # wrapped, so that its bytes are counted
+    (record,) = records(telemetry).values()
+    assert (record["status"], record["count"]) == (200, 1)
+    assert record["response_bytes"] == len(CONTENT)

@@ -126,7 +126,11 @@ class TelemetryMiddleware:
         try:
             if response.streaming:
                 status = response.status_code
-                if getattr(response, "file_to_stream", None) is not None:
+                if (
+                    getattr(response, "file_to_stream", None) is not None
+                    and response.has_header("Content-Length")
+                    and request.META.get("wsgi.file_wrapper") is not None
+                ):
                     self._record_at_close(request, response, status, start)
                 elif getattr(response, "is_async", False):
                     content = aiter(response.streaming_content)
@@ -147,21 +151,23 @@ class TelemetryMiddleware:
         return response
 
     def _record_at_close(self, request: Any, response: Any, status: int, start: float) -> None:
-        """A ``FileResponse`` of a file: its body is left alone, so that Django's
-        WSGI handler can still give the file to the server's ``wsgi.file_wrapper``
-        (gunicorn sends that with ``sendfile()``; wrapping the body would copy
-        every byte through Python). It is recorded when the response is closed,
-        which the server does when the file has gone out, with the length Django
-        declared in ``Content-Length``: with ``sendfile()`` no byte passes here.
+        """A ``FileResponse`` of a file, served under WSGI with a declared length:
+        its body is left alone, so that Django's WSGI handler can still give the
+        file to the server's ``wsgi.file_wrapper`` (gunicorn sends that with
+        ``sendfile()``; wrapping the body would copy every byte through Python).
+        It is recorded when the response is closed, which the server does when
+        the file has gone out, with the length Django declared in
+        ``Content-Length``: with ``sendfile()`` no byte passes here. Under ASGI,
+        or without a declared length, the body is counted as it passes instead.
         """
         size = parse_content_length(response.get("Content-Length"))
 
         def record() -> None:
             self._record(request, status, start, perf_counter(), size)
 
-        # Run, then forgotten, by the response's close() (Django >= 3.0). Under
-        # WSGI the handler points the file's close() at the response's, and
-        # servers close the file wrapper; under ASGI Django closes the response.
+        # Run, then forgotten, by the response's close() (Django >= 3.0): the
+        # WSGI handler points the file's close() at the response's, and
+        # servers close the file wrapper.
         response._resource_closers.append(record)
 
     def _record(

@@ -155,35 +155,41 @@ class _Measured:
         with ``isinstance``), and copying a large download through Python
         instead would slow the host app down. No bytes pass through here then:
         the size is the declared ``Content-Length``, and the request ends when
-        the server closes the wrapper.
+        the server closes the wrapper. A file without a declared length is
+        wrapped and counted as it passes, as any other response.
         """
-        if type(iterable) is not self.environ.get("wsgi.file_wrapper"):
-            self.iterable = iterable
-            return self
-        close = getattr(iterable, "close", None)
+        if type(iterable) is self.environ.get("wsgi.file_wrapper"):
+            length = declared_length if declared_length is not None else self._declared_length()
+            if length is not None:  # else its bytes are counted as they pass, below
+                return self._around_file(iterable, length)
+        self.iterable = iterable
+        return self
+
+    def _around_file(self, wrapper: Any, length: int) -> Any:
+        """``wrapper`` itself, its ``close()`` recording the request with ``length`` bytes."""
+        close = getattr(wrapper, "close", None)
 
         def close_then_record() -> None:
             try:
                 if close is not None:
                     close()
             finally:
-                self.response_bytes = (
-                    declared_length if declared_length is not None else self._declared_length()
-                )
+                self.response_bytes = length
                 self.finish()
 
         try:
-            iterable.close = close_then_record  # type: ignore[attr-defined]
+            wrapper.close = close_then_record
         except AttributeError:  # a wrapper without instance attributes: measure it passing
-            self.iterable = iterable
+            self.iterable = wrapper
             return self
-        return iterable
+        return wrapper
 
-    def _declared_length(self) -> int:
+    def _declared_length(self) -> int | None:
+        """The ``Content-Length`` the app declared; None when it declared none."""
         for name, value in getattr(self, "headers", None) or ():
             if name.lower() == "content-length":
                 return parse_content_length(value)
-        return 0
+        return None
 
     def write(self, data: bytes) -> Any:
         """The legacy ``write()`` callable (PEP 3333): counted like iterated chunks."""
