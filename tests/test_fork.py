@@ -301,3 +301,23 @@ def test_a_forked_child_hashes_with_a_salt_of_its_own(make_sender, receiver):
     assert result["salt"] != parent.anonymizer._salt
     assert result["route"] != in_parent
     assert parent.route_for_unrouted(path, matched=True) == in_parent
+
+
+def test_a_forked_child_cannot_cut_the_parents_connections(make_sender, receiver):
+    parent = make_sender()
+    assert parent.flush() is True  # the parent holds a connection to the collector now
+    transport = parent.flusher.transport
+    assert len(transport._sockets) >= 1
+
+    def child() -> dict[str, Any]:
+        tracked = len(transport._sockets)
+        transport._cut_connections()  # what a deadline in the child does
+        parent.close()
+        return {"tracked": tracked}
+
+    assert run_in_child(child) == {"tracked": 0}
+    # The parent's kept connection still works (shut down, it would fail or reconnect).
+    record_counts_before = len(receiver.reports_from(parent.instance_id))
+    parent.record("GET", "/after", 200, 0.01, 0, 10)
+    assert parent.flush() is True
+    assert len(receiver.reports_from(parent.instance_id)) == record_counts_before + 1

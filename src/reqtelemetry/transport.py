@@ -264,6 +264,10 @@ class Transport:
             self._client = None
         self._stop = threading.Event()
         self._session = None  # the token names the parent's instance
+        # The parent's sockets are shared with this process: cutting one at a
+        # deadline here would kill the parent's request on it.
+        self._sockets = weakref.WeakSet()
+        self._sockets_lock = threading.Lock()
 
     def interrupt(self) -> None:
         """Cut short any backoff wait, and skip those to come (shutdown).
@@ -326,10 +330,17 @@ class Transport:
         in-process transports) there is no socket to cut, and nothing is done.
         """
         fired = threading.Event()
+        over = False
+        # Held while cutting, and to mark the request over: a timer that fires
+        # as the request ends must not cut the connection of the next one.
+        guard = threading.Lock()
 
         def cut() -> None:
-            fired.set()
-            self._cut_connections()
+            with guard:
+                if over:
+                    return
+                fired.set()
+                self._cut_connections()
 
         timer = threading.Timer(max(0.0, seconds), cut)
         timer.daemon = True
@@ -344,6 +355,8 @@ class Transport:
             raise
         finally:
             timer.cancel()
+            with guard:
+                over = True
 
     def _post(
         self, url: str, content: bytes, headers: dict[str, str], timeout: float
