@@ -924,7 +924,8 @@ def test_a_single_record_over_the_collectors_cap_is_dropped_and_counted(
     reports = [r.payload for r in sent if r.accepted]
     assert record_counts(reports) == expected
     assert set(key_occurrences(reports).values()) == {1}
-    assert counter_totals(reports) == {"jobs.done": 4}  # the totals went on without it
+    # Part 0 was tried once more without its totals, which wait for the next report.
+    assert counter_totals(reports) == {}
     assert sum(r["batch"]["dropped"] for r in reports) == 0
     warnings = warnings_in(caplog)
     assert len(warnings) == 2, warnings
@@ -937,6 +938,7 @@ def test_a_single_record_over_the_collectors_cap_is_dropped_and_counted(
     (report,) = [r.payload for r in receiver.requests[before:]]
     assert report["batch"]["dropped"] == lost
     assert report["batch"]["records"] == []
+    assert report["metrics"]["counters"] == {"jobs.done": 4}
 
 
 def test_a_413_below_the_smallest_split_keeps_the_data(make_sender, receiver, monkeypatch):
@@ -951,6 +953,41 @@ def test_a_413_below_the_smallest_split_keeps_the_data(make_sender, receiver, mo
     receiver.max_body_bytes = None  # the operator raised the collector's cap
     assert telemetry.flush() is True
     assert delivered(receiver, telemetry) == expected
+
+
+def test_a_413_to_a_report_of_totals_alone_ends_the_flush_and_keeps_them(
+    make_sender, receiver, monkeypatch
+):
+    monkeypatch.setattr(flusher_module, "_too_large_warned", False)
+    telemetry = make_sender()
+    telemetry.count("jobs.done", 3)
+    receiver.max_body_bytes = 500  # below any report: a proxy's tiny cap
+    before = len(receiver.requests)
+    assert telemetry.flush() is False
+    assert len(receiver.requests[before:]) == 1  # not sent again and again
+    receiver.max_body_bytes = None
+    assert telemetry.flush() is True
+    (counters,) = [
+        r["metrics"]["counters"]
+        for r in receiver.reports_from(telemetry.instance_id)
+        if r["metrics"]["counters"]
+    ]
+    assert counters == {"jobs.done": 3}
+
+
+def test_a_413_caused_by_the_totals_does_not_drop_the_records_one_by_one(
+    make_sender, receiver, monkeypatch
+):
+    monkeypatch.setattr(flusher_module, "_too_large_warned", False)
+    telemetry = make_sender()
+    for i in range(60):
+        telemetry.count(f"feature.some_rather_long_feature_name_number_{i:02d}", 1)
+    expected = record_traffic(telemetry, routes=20, each=1)
+    receiver.max_body_bytes = 4500  # parts without the metrics fit; part 0 with them does not
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+    assert telemetry.recorder.snapshot() == []
+    assert telemetry.flusher.max_payload_bytes >= flusher_module.MIN_SPLIT_BYTES
 
 
 def test_a_malformed_session_answer_is_a_failed_attempt_and_the_batch_is_kept(

@@ -359,16 +359,26 @@ class Flusher:
         sequence if none of it reached the collector yet, else under the next
         one (the parts delivered keep theirs). Returns the new envelope, the
         reports to send, and the refused report if it is dropped: one record
-        cannot be split (it is counted as dropped). None when the refused
-        report holds several records and cannot get smaller (at the floor):
-        the caller keeps it.
+        cannot be split (it is counted as dropped). A part 0 of one record is
+        first tried without its totals, which wait for the next report. None
+        when the refused report holds no record, or several and cannot get
+        smaller (at the floor): the caller keeps it.
         """
         refused = rest[0]
         size = result.refused_bytes or len(refused.body)
         self._learn_the_collectors_cap(size)
         limit = self.max_payload_bytes
         dropped: Report | None = None
-        if len(refused.keys) <= 1:
+        if not refused.keys:
+            return None  # the report's own fields are over the cap: nothing to split
+        if len(refused.keys) == 1 and refused.carries_totals:
+            # The totals (metrics, dropped count) may be what is too large: they
+            # wait for the next report, and the record is tried without them.
+            self._put_back(batch, [replace(refused, keys=[])], envelope.metrics)
+            envelope = replace(envelope, metrics={"counters": {}, "gauges": {}})
+            rest = [replace(report, carries_totals=False) for report in rest]
+            carried = rest
+        elif len(refused.keys) == 1:
             dropped, carried = refused, rest[1:]
         elif limit < size:
             carried = rest
