@@ -142,3 +142,14 @@ def test_the_notice_goes_through_the_apps_logging_once(tmp_path):
 
 def test_an_app_that_silenced_info_logging_is_respected(tmp_path):
     assert run_app(tmp_path, "logging.basicConfig(level=logging.WARNING)") == []
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        "logging.getLogger('reqtelemetry').setLevel(logging.WARNING)",
+        "logging.disable(logging.INFO)",
+    ],
+)
+def test_an_app_that_turned_the_lines_off_without_a_handler_is_respected(tmp_path, setup):
+    assert run_app(tmp_path, setup) == []

@@ -339,6 +339,8 @@ def _announce(telemetry: Telemetry, why_not: str | None) -> None:
             logger.info(message, *arguments)  # the app configured logging: its choice
             return
         current = current.parent if current.propagate else None
+    if logger.level > logging.INFO or logging.root.manager.disable >= logging.INFO:
+        return  # the app turned these lines off on purpose (level, logging.disable)
     # No usable stderr (None under pythonw, closed, detached): nowhere to say it.
     with contextlib.suppress(AttributeError, OSError, ValueError):
         sys.stderr.write(message % arguments + "\n")
