@@ -691,6 +691,22 @@ def test_a_collector_behind_a_private_ca_is_reached_with_ca_bundle(
         terminator.close()
 
 
+def test_the_warning_about_failed_reports_shows_no_credentials(
+    make_sender, receiver, caplog, monkeypatch
+):
+    monkeypatch.setattr(flusher_module, "_failure_warned", False)
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    telemetry = make_sender(endpoint=f"http://svc:canary-password@127.0.0.1:{port}")
+    record_traffic(telemetry)
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert telemetry.flush() is False  # the startup report failed too: two in a row
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"http://127.0.0.1:{port}" in warning
+    assert "canary" not in warning
+
+
 def test_proxy_and_ca_bundle_are_checked_at_start(tmp_path):
     with pytest.raises(ValueError, match="proxy"):
         reqtelemetry.Config.resolve(environ={"REQTELEMETRY_PROXY": "127.0.0.1:3128"})

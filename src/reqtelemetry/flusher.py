@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import IO, TYPE_CHECKING
 
+from .config import redacted_url
 from .payload import Envelope, Report, build_reports
 from .recorder import Batch
 from .traits import detect_test_runner, load_deployment_id
@@ -450,8 +451,11 @@ class Flusher:
     def _say_not_delivered(self, result: Result) -> None:
         """Log why a report was kept: at WARNING once per process when it keeps happening."""
         global _failure_warned
-        self.failed_flushes += 1
         reason = result.error or f"HTTP {result.status}"
+        if self._closing:  # cut short by close(): no sign of a proxy or a wrong endpoint
+            logger.debug("reqtelemetry: report not delivered at shutdown (%s)", reason)
+            return
+        self.failed_flushes += 1
         if self.failed_flushes >= FAILURES_BEFORE_WARNING and not _failure_warned:
             _failure_warned = True
             logger.warning(
@@ -459,7 +463,7 @@ class Flusher:
                 "they are kept and retried. Behind a proxy or a private CA, set "
                 "REQTELEMETRY_PROXY or REQTELEMETRY_CA_BUNDLE. (Said once; then at DEBUG.)",
                 self.failed_flushes,
-                self.config.endpoint,
+                redacted_url(self.config.endpoint or ""),
                 reason,
             )
             return
