@@ -25,6 +25,17 @@ def _no_opt_out_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _warnings_said_once_start_unsaid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some warnings are said once per process (module flags): each test starts as
+    a fresh process would, so that what it sees does not depend on the tests before."""
+    from reqtelemetry import flusher, transport
+
+    monkeypatch.setattr(flusher, "_failure_warned", False)
+    monkeypatch.setattr(flusher, "_too_large_warned", False)
+    monkeypatch.setattr(transport, "_redirect_warned", False)
+
+
 @pytest.fixture
 def make_telemetry() -> Callable[..., Telemetry]:
     """``make_telemetry(**config_options)``: an enabled Telemetry, independent of os.environ."""
