@@ -440,7 +440,7 @@ def test_any_5xx_keeps_the_data(make_sender, receiver, status):
 
 @pytest.mark.parametrize("where", ["report", "session"])
 def test_a_redirect_is_not_followed_keeps_the_data_and_is_named_once(
-    make_sender, receiver, where, caplog, monkeypatch
+    make_sender, receiver, where, caplog
 ):
     telemetry = make_sender()
     expected = record_traffic(telemetry)
@@ -694,9 +694,7 @@ def test_a_collector_behind_a_private_ca_is_reached_with_ca_bundle(
         terminator.close()
 
 
-def test_the_warning_about_failed_reports_shows_no_credentials(
-    make_sender, receiver, caplog, monkeypatch
-):
+def test_the_warning_about_failed_reports_shows_no_credentials(make_sender, receiver, caplog):
     with socket.socket() as unused:  # a port nothing listens on
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
@@ -849,7 +847,7 @@ def warnings_in(caplog) -> list[str]:
 
 
 def test_a_413_sends_the_batch_again_in_smaller_parts_and_later_flushes_start_there(
-    make_sender, receiver, caplog, monkeypatch
+    make_sender, receiver, caplog
 ):
     telemetry = make_sender()  # max_payload_bytes: 256 KiB, one body for all of it
     expected = long_routes(telemetry, 200)  # 400 keys, some 140 kB of report
@@ -887,9 +885,7 @@ def test_a_413_sends_the_batch_again_in_smaller_parts_and_later_flushes_start_th
     assert warnings_in(caplog) == []
 
 
-def test_a_413_after_parts_were_stored_numbers_the_rest_as_a_new_sequence(
-    make_sender, receiver, monkeypatch
-):
+def test_a_413_after_parts_were_stored_numbers_the_rest_as_a_new_sequence(make_sender, receiver):
     telemetry = make_sender(max_payload_bytes=16384)
     expected = long_routes(telemetry, 200)  # several parts
     telemetry.count("jobs.done", 2)
@@ -925,7 +921,7 @@ def wide_histogram(telemetry: Telemetry, route: str = "/export/{report}") -> int
 
 
 def test_a_single_record_over_the_collectors_cap_is_dropped_and_counted(
-    make_sender, receiver, caplog, monkeypatch
+    make_sender, receiver, caplog
 ):
     telemetry = make_sender()
     lost = wide_histogram(telemetry)  # first: alone in part 0, with the totals
@@ -956,7 +952,7 @@ def test_a_single_record_over_the_collectors_cap_is_dropped_and_counted(
     assert report["metrics"]["counters"] == {"jobs.done": 4}
 
 
-def test_a_413_below_the_smallest_split_keeps_the_data(make_sender, receiver, monkeypatch):
+def test_a_413_below_the_smallest_split_keeps_the_data(make_sender, receiver):
     telemetry = make_sender()
     expected = record_traffic(telemetry, routes=60, each=2)
     receiver.max_body_bytes = 3000  # below MIN_SPLIT_BYTES: reports that small are refused
@@ -969,9 +965,7 @@ def test_a_413_below_the_smallest_split_keeps_the_data(make_sender, receiver, mo
     assert delivered(receiver, telemetry) == expected
 
 
-def test_a_413_to_a_report_of_totals_alone_ends_the_flush_and_keeps_them(
-    make_sender, receiver, monkeypatch
-):
+def test_a_413_to_a_report_of_totals_alone_ends_the_flush_and_keeps_them(make_sender, receiver):
     telemetry = make_sender()
     telemetry.count("jobs.done", 3)
     receiver.max_body_bytes = 500  # below any report: a proxy's tiny cap
@@ -988,9 +982,7 @@ def test_a_413_to_a_report_of_totals_alone_ends_the_flush_and_keeps_them(
     assert counters == {"jobs.done": 3}
 
 
-def test_a_413_caused_by_the_totals_does_not_drop_the_records_one_by_one(
-    make_sender, receiver, monkeypatch
-):
+def test_a_413_caused_by_the_totals_does_not_drop_the_records_one_by_one(make_sender, receiver):
     telemetry = make_sender()
     for i in range(60):
         telemetry.count(f"feature.some_rather_long_feature_name_number_{i:02d}", 1)
