@@ -291,6 +291,7 @@ def test_a_non_string_app_trait_is_a_clear_error_at_start(name: str, value: obje
         ["manage.py", "test"],
         ["/srv/app/manage.py", "test", "orders"],
         ["/venv/bin/django-admin", "test"],
+        ["/venv/lib/python3.11/site-packages/django/__main__.py", "test"],  # python -m django
     ],
 )
 def test_test_runners_are_detected_from_the_command(argv: list[str]) -> None:
@@ -305,6 +306,7 @@ def test_test_runners_are_detected_from_the_command(argv: list[str]) -> None:
         ["manage.py", "runserver"],
         ["manage.py", "migrate", "test"],
         ["/venv/bin/django-admin", "shell"],
+        ["/venv/lib/python3.11/site-packages/django/__main__.py", "runserver"],
         ["app.py"],
         ["/srv/pytest-dashboard/app.py"],  # a name that merely contains "pytest"
         ["-c"],

@@ -205,7 +205,7 @@ def detect_development_environment(environ: Mapping[str, str] | None = None) -> 
 #: Launching commands that run tests (``argv[0]``'s name, or the package of
 #: ``python -m package``), and Django's commands whose ``test`` subcommand does.
 _TEST_COMMANDS = frozenset({"pytest", "py.test"})
-_DJANGO_COMMANDS = frozenset({"manage", "django-admin"})
+_DJANGO_COMMANDS = frozenset({"manage", "django-admin", "django"})  # django: python -m django
 
 
 def detect_test_runner(
@@ -217,7 +217,7 @@ def detect_test_runner(
 
     Only evidence a serving process cannot have by accident: a process started
     as ``pytest``/``py.test``/``python -m pytest``, ``python -m unittest`` or
-    ``manage.py test``/``django-admin test``; pytest's own variables
+    ``manage.py test``/``django-admin test``/``python -m django test``; pytest's own variables
     (``PYTEST_CURRENT_TEST`` while a test runs, ``PYTEST_XDIST_WORKER`` in an
     xdist worker); or Django's test environment set up
     (``django.test.utils.setup_test_environment()``, which Django's runner and
