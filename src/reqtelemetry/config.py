@@ -258,10 +258,12 @@ class Config:
             raise ValueError(
                 f"max_payload_bytes must be at least 16384, got {self.max_payload_bytes}"
             )
-        if self.max_attempts < 1 or not math.isfinite(self.retry_base_delay):
-            raise ValueError("max_attempts must be at least 1 and retry_base_delay a number")
-        if self.retry_base_delay < 0:
-            raise ValueError("max_attempts must be at least 1 and retry_base_delay not negative")
+        if self.max_attempts < 1 or not (
+            math.isfinite(self.retry_base_delay) and self.retry_base_delay >= 0
+        ):
+            raise ValueError(
+                "max_attempts must be at least 1 and retry_base_delay a number not negative"
+            )
         # Zero, negative or NaN timeouts leave no time for any attempt: telemetry
         # would say it is on and never send anything.
         if not (math.isfinite(self.timeout) and self.timeout > 0):

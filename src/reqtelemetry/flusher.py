@@ -28,7 +28,7 @@ from .config import redacted_url
 from .payload import Envelope, Report, build_reports
 from .recorder import Batch
 from .traits import detect_test_runner, load_deployment_id
-from .transport import Outcome, Result, Transport
+from .transport import Outcome, Result, Transport, waitable
 
 if TYPE_CHECKING:
     from .telemetry import Telemetry
@@ -51,15 +51,6 @@ FLUSHER_NICE = 19
 #: single record larger than this still goes, alone in its part.
 MIN_SPLIT_BYTES = 4096
 _too_large_warned = False
-
-
-def _waitable(seconds: float) -> float:
-    """``seconds`` clamped to what ``Event.wait``/``Lock.acquire``/``join`` accept.
-
-    Past ``threading.TIMEOUT_MAX`` (about 9.2e9 s on Linux) they raise
-    ``OverflowError``, which on the timer thread would end it for good.
-    """
-    return min(max(0.0, seconds), threading.TIMEOUT_MAX)
 
 
 def lower_this_threads_priority() -> bool:
@@ -165,8 +156,8 @@ class Flusher:
             self.transport.interrupt()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(_waitable(deadline - time.monotonic()))
-        delivered = self.flush(kind="shutdown", budget=_waitable(deadline - time.monotonic()))
+            thread.join(waitable(deadline - time.monotonic()))
+        delivered = self.flush(kind="shutdown", budget=waitable(deadline - time.monotonic()))
         if self.transport is not None:
             self.transport.close()
         return delivered
@@ -189,13 +180,13 @@ class Flusher:
 
     def _next_delay(self) -> float:
         delay = self.interval * self._rng.uniform(1 - JITTER, 1 + JITTER)
-        return _waitable(max(delay, self._not_before - time.monotonic()))
+        return waitable(max(delay, self._not_before - time.monotonic()))
 
     # -- one flush ---------------------------------------------------------------------
 
     def flush(self, kind: str = "periodic", budget: float | None = None) -> bool:
         """Send what is recorded now; True when every part was delivered."""
-        budget = _waitable(self.config.timeout * 2 if budget is None else budget)
+        budget = waitable(self.config.timeout * 2 if budget is None else budget)
         deadline = time.monotonic() + budget
         if not self._flush_lock.acquire(timeout=budget):
             return False  # another flush holds the lock past our budget

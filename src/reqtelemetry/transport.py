@@ -173,6 +173,15 @@ def _redirected(response: httpx.Response, what: str) -> Result:
     )
 
 
+def waitable(seconds: float) -> float:
+    """``seconds`` clamped to what ``Event.wait``/``Lock.acquire``/``join`` accept.
+
+    Past ``threading.TIMEOUT_MAX`` (about 9.2e9 s on Linux) they raise
+    ``OverflowError``, which on the flusher thread would end it for good.
+    """
+    return min(max(0.0, seconds), threading.TIMEOUT_MAX)
+
+
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Full jitter: uniform in ``[0, min(cap, base * 2**attempt)]``."""
     return rng.uniform(0.0, min(cap, base * (2.0**attempt)))
@@ -592,7 +601,7 @@ class Transport:
                 break  # shutting down: no waiting, the data is kept
             if attempt + 1 >= self.max_attempts or time.monotonic() + delay > deadline:
                 break
-            if self._stop.wait(min(delay, threading.TIMEOUT_MAX)):
+            if self._stop.wait(waitable(delay)):
                 break
         return result
 
