@@ -237,6 +237,93 @@ def test_close_is_bounded_by_shutdown_timeout_when_the_collector_hangs(make_send
     assert time.monotonic() - started < shutdown_timeout + 2  # a hang check, not a benchmark
 
 
+def test_close_is_bounded_when_looking_up_the_collectors_name_hangs(
+    make_sender, receiver, monkeypatch
+):
+    """A resolver that does not answer holds no socket a deadline could cut.
+
+    The name lookup is the one simulated part: this machine's resolver cannot
+    be made to stop answering. The lookup of ``collector.test`` hangs once
+    ``hanging`` is set, until the test ends; any other name is looked up for real.
+    """
+    hanging, released = threading.Event(), threading.Event()
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == "collector.test":
+            if hanging.is_set():
+                released.wait(30)
+            host = "127.0.0.1"
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    shutdown_timeout = 0.5
+    telemetry = make_sender(
+        endpoint=f"http://collector.test:{receiver.port}", shutdown_timeout=shutdown_timeout
+    )
+    assert receiver.reports_from(telemetry.instance_id), "the name resolved at start"
+    record_traffic(telemetry)
+    hanging.set()
+    # The collector restarts: its idle connection is gone, so the final report
+    # needs a new one, and looks the name up again.
+    receiver.stop()
+    receiver.start()
+    started = time.monotonic()
+    try:
+        assert telemetry.close() is False
+        waited = time.monotonic() - started
+    finally:
+        released.set()
+    assert waited < shutdown_timeout + 2  # a hang check, not a benchmark
+
+
+def test_the_final_report_goes_out_where_no_thread_can_be_started(
+    make_sender, receiver, monkeypatch
+):
+    """Python 3.12 refuses new threads in an ``atexit`` function (where ``close``
+    runs when the app never called it): the request deadline's timer and the
+    final flush's own thread must both do without one."""
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+
+    def refuse(thread: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    assert telemetry.close() is True
+    last = receiver.reports_from(telemetry.instance_id)[-1]
+    assert last["kind"] == "shutdown"
+    assert record_counts([last]) == expected
+
+
+def test_an_app_that_just_exits_sends_its_final_report(receiver, tmp_path):
+    """No ``close()``, no lifespan: the ``atexit`` hook sends the last report
+    as the interpreter shuts down, in a real process of its own."""
+    script = f"""
+import reqtelemetry
+telemetry = reqtelemetry.Telemetry(
+    endpoint={receiver.url!r},
+    deployment_id_path={str(tmp_path / "deployment_id")!r},
+    send_in_tests=True,
+    flush_interval=3600.0,
+)
+for _ in range(3):
+    telemetry.record("GET", "/items/{{item_id}}", 200, 0.01, 0, 42)
+telemetry.record("POST", "/items", 201, 0.02, 17, 0)
+print(telemetry.instance_id)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    reports = receiver.reports_from(done.stdout.strip())
+    assert [report["kind"] for report in reports][-1] == "shutdown", done.stderr
+    assert record_counts(reports) == {
+        ("GET", "/items/{item_id}", 200): 3,
+        ("POST", "/items", 201): 1,
+    }
+
+
 def test_asgi_lifespan_shutdown_makes_the_final_flush(make_sender, receiver):
     telemetry = make_sender()
     with TestClient(sample_app(telemetry)) as client:

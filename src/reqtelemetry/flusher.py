@@ -51,6 +51,9 @@ FLUSHER_NICE = 19
 #: single record larger than this still goes, alone in its part.
 MIN_SPLIT_BYTES = 4096
 _too_large_warned = False
+#: Seconds the final flush is waited for past the shutdown budget: what it does
+#: after its last request ends at the budget (merging an undelivered batch back).
+FINAL_FLUSH_GRACE = 0.2
 
 
 def lower_this_threads_priority() -> bool:
@@ -147,7 +150,8 @@ class Flusher:
             self.start()
 
     def close(self, timeout: float | None = None) -> bool:
-        """Stop the thread and make a final flush, never taking more than ``timeout``."""
+        """Stop the thread and make a final flush, never taking more than ``timeout``
+        (and :data:`FINAL_FLUSH_GRACE`)."""
         budget = self.config.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         self._closing = True
@@ -157,10 +161,41 @@ class Flusher:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(waitable(deadline - time.monotonic()))
-        delivered = self.flush(kind="shutdown", budget=waitable(deadline - time.monotonic()))
-        if self.transport is not None:
-            self.transport.close()
-        return delivered
+        return self._final_flush(deadline)
+
+    def _final_flush(self, deadline: float) -> bool:
+        """The shutdown report, sent from a thread of its own that is waited for until ``deadline``.
+
+        Why a thread: a request's deadline cuts its socket (see
+        ``Transport._deadline``), but looking the collector's name up comes
+        before any socket, and an unanswering resolver holds the caller for
+        as long as the C library retries (10 s and more per nameserver with
+        glibc's defaults). The final report's connection is nearly always a
+        new one, its keep-alive long expired. Left behind, the thread is a
+        daemon and ends with the process. Where no thread can be started
+        (Python 3.12 refuses one in an ``atexit`` function), the report is
+        sent from the calling thread.
+        """
+        delivered: list[bool] = []
+
+        def flush_then_close() -> None:
+            try:
+                budget = waitable(deadline - time.monotonic())
+                delivered.append(self.flush(kind="shutdown", budget=budget))
+            finally:
+                if self.transport is not None:
+                    self.transport.close()
+
+        worker = threading.Thread(
+            target=flush_then_close, name="reqtelemetry-final-flush", daemon=True
+        )
+        try:
+            worker.start()
+        except RuntimeError:
+            flush_then_close()
+        else:
+            worker.join(waitable(deadline - time.monotonic()) + FINAL_FLUSH_GRACE)
+        return bool(delivered and delivered[0])
 
     def _run(self) -> None:
         lower_this_threads_priority()

@@ -353,7 +353,13 @@ class Transport:
 
         timer = threading.Timer(max(0.0, seconds), cut)
         timer.daemon = True
-        timer.start()
+        try:
+            timer.start()
+        except RuntimeError:
+            # No new thread at interpreter shutdown (Python 3.12 refuses one
+            # in an atexit function): the final report goes out bounded by
+            # httpx's timeout on each step, which is what is left.
+            logger.debug("reqtelemetry: no thread for the request's deadline; going on without")
         try:
             yield
         except httpx.HTTPError as error:
