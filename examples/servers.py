@@ -26,8 +26,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -204,6 +205,28 @@ class ChildFailed(RuntimeError):
     """A child process did not start, or did not stop, as it should have."""
 
 
+@contextlib.contextmanager
+def _not_ignored_by_children(signum: signal.Signals) -> Iterator[None]:
+    """Children started in this block do not inherit an ignored ``signum``.
+
+    Why: an ignored signal stays ignored across ``exec``, and a shell ignores
+    SIGINT in the jobs it starts in the background (``make demo &``, a CI step
+    under ``nohup``). Python then installs no handler of its own for it, and
+    Werkzeug's server, stopped with SIGINT, never stopped. A signal with a
+    handler is reset to its default action by ``exec``: so, for the block, this
+    process handles it by doing nothing, which is what ignoring it did.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if not in_main_thread or signal.getsignal(signum) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signum, lambda number, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 @dataclass
 class ServerProcess:
     """One server as a child process in its own session, its output in a log file."""
@@ -227,15 +250,16 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 -- closed in kill()
-        self.process = subprocess.Popen(
-            list(self.argv),
-            cwd=ROOT,
-            env=dict(self.env),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with _not_ignored_by_children(self.stop_signal):
+            self.process = subprocess.Popen(
+                list(self.argv),
+                cwd=ROOT,
+                env=dict(self.env),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     def log_tail(self, lines: int = 40) -> str:

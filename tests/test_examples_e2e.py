@@ -30,6 +30,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -368,3 +371,27 @@ def test_gunicorn_preload_master_reports_as_an_instance_too(
     )
     assert idle[0][0] >= 1  # the master: never serves a request
     assert_stored_exactly(run, traffic)
+
+
+def test_a_server_stops_on_sigint_even_when_this_process_ignores_sigint(tmp_path: Path) -> None:
+    """A shell ignores SIGINT in its background jobs (``make demo &``, a CI step
+    under ``nohup``), and children inherit that: Werkzeug's server, stopped with
+    SIGINT, then never stopped."""
+    script = "import time; print('up', flush=True); time.sleep(60)"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        child = ServerProcess(
+            "sleeper",
+            [sys.executable, "-c", script],
+            dict(os.environ),
+            tmp_path / "sleeper.log",
+            port=0,
+            stop_signal=signal.SIGINT,
+        ).start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.monotonic() + 30
+    while "up" not in child.log_tail() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert child.stop(timeout=10) != 0
+    assert "KeyboardInterrupt" in child.log_tail()
