@@ -45,6 +45,10 @@ def build_flask_app() -> Flask:
     def documents(name=None, lang=None, slug=None):
         return "doc"
 
+    @app.route("/guides/<slug>/")
+    def guide(slug):
+        return f"guide {slug}"
+
     @app.route("/boom")
     def boom():
         raise RuntimeError("the view failed")
@@ -212,14 +216,37 @@ def test_flask_head(flask_client, telemetry, records):
     assert record["response_bytes"] == 0
 
 
-def test_flask_unknown_method_and_405(flask_client, telemetry, counts):
-    assert fetch(flask_client, "/items/1", method="BREW").status_code == 405
-    assert fetch(flask_client, "/items/1", method="DELETE").status_code == 405
-    # Werkzeug's 405 carries no rule: Flask leaves request.url_rule unset.
+@pytest.mark.parametrize("integration", ["init_app", "WSGIMiddleware"])
+def test_flask_405_and_slash_redirect_keep_the_rule_the_path_matched(
+    make_telemetry, counts, integration
+):
+    """Werkzeug's router refuses these and leaves ``request.url_rule`` unset, but
+    they are for an endpoint that exists: ``<unmatched>`` is for paths no rule takes."""
+    telemetry = make_telemetry()
+    app = build_flask_app()
+    if integration == "init_app":
+        init_app(app, telemetry)
+    else:
+        app.wsgi_app = WSGIMiddleware(app.wsgi_app, telemetry=telemetry)
+    client = app.test_client()
+    canary = "guide-canary-7f3a"
+    assert fetch(client, "/items/1", method="BREW").status_code == 405
+    assert fetch(client, "/items/1", method="DELETE").status_code == 405
+    assert fetch(client, f"/guides/{canary}").status_code == 308
+    # Mounted under a prefix (SCRIPT_NAME): the redirect's target carries it.
+    mounted = fetch(client, f"/guides/{canary}", base_url="http://localhost/shop")
+    assert mounted.status_code == 308
+    assert mounted.headers["Location"].endswith(f"/shop/guides/{canary}/")
+    assert fetch(client, f"/guides/{canary}/").status_code == 200
+    assert fetch(client, "/items/1/more", method="DELETE").status_code == 404
     assert counts(telemetry) == {
-        ("_OTHER", UNMATCHED_ROUTE, 405): 1,
-        ("DELETE", UNMATCHED_ROUTE, 405): 1,
+        ("_OTHER", "/items/<int:item_id>", 405): 1,
+        ("DELETE", "/items/<int:item_id>", 405): 1,
+        ("GET", "/guides/<slug>/", 308): 2,
+        ("GET", "/guides/<slug>/", 200): 1,
+        ("DELETE", UNMATCHED_ROUTE, 404): 1,
     }
+    assert canary not in repr(telemetry.snapshot())
 
 
 def test_flask_excluded_paths(make_telemetry, counts):

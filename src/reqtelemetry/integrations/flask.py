@@ -43,6 +43,7 @@ import sys
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from ..recorder import PENDING_LIMIT
 from ..telemetry import KNOWN_METHODS, OTHER_METHOD, Telemetry, parse_content_length
@@ -141,7 +142,10 @@ def init_app(flask_app: Any, telemetry: Telemetry) -> None:
             return
         try:
             request = context.request
-            request.environ[KEPT_KEY] = (response, request.url_rule)
+            rule = request.url_rule
+            if rule is None:
+                rule = rule_despite_refusal(context)
+            request.environ[KEPT_KEY] = (response, rule)
         except Exception as error:  # never let telemetry break a response
             telemetry.internal_error(error)
 
@@ -152,8 +156,12 @@ def init_app(flask_app: Any, telemetry: Telemetry) -> None:
             keep(None)
             raise
         try:  # what keep() does, without its call: this is every request's path
-            request = request_context().request
-            request.environ[KEPT_KEY] = (response, request.url_rule)
+            context = request_context()
+            request = context.request
+            rule = request.url_rule
+            if rule is None:  # a 404, or a path the router refused (405, 308)
+                rule = rule_despite_refusal(context)
+            request.environ[KEPT_KEY] = (response, rule)
         except Exception as error:
             telemetry.internal_error(error)
         return response
@@ -282,6 +290,47 @@ class _Context:
 
     def __init__(self, request: Any) -> None:
         self.request = request
+
+
+def rule_despite_refusal(context: Any = None) -> Any:
+    """The rule a request's path matched when Flask's router refused the request
+    anyway; None when no rule matched it (a real 404).
+
+    Why: Werkzeug's router refuses a method the rule does not allow (405) and
+    redirects a path to its canonical form (the 308 to a rule's trailing
+    slash), and leaves ``request.url_rule`` unset for both. Such requests are
+    for an endpoint that exists, and are recorded under its template, as
+    Starlette's router records a 405; ``<unmatched>`` is for paths no route
+    takes. The rule is found by matching again, for a 405 with a method the
+    rule allows, for a redirect at its target. Runs only when no rule was set.
+
+    ``context`` is Flask's request context (``request`` and ``url_adapter``);
+    by default the current one.
+    """
+    try:
+        if context is None:
+            context = _request_context_getter()()
+        adapter = context.url_adapter
+        request = context.request
+        error = request.routing_exception
+        if adapter is None or error is None:
+            return None
+        from werkzeug.exceptions import MethodNotAllowed
+        from werkzeug.routing import RequestRedirect
+
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            rule, _ = adapter.match(method=next(iter(error.valid_methods)), return_rule=True)
+            return rule
+        if isinstance(error, RequestRedirect):
+            path = unquote(urlsplit(error.new_url).path)
+            root = request.root_path
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            rule, _ = adapter.match(path_info=path, method=request.method, return_rule=True)
+            return rule
+    except Exception:  # matched nothing after all, or a Flask this does not know
+        return None
+    return None
 
 
 def _route(rule: Any) -> str | None:

@@ -141,6 +141,10 @@ class _Measured:
         # as much on every Flask request.
         if request is not None and hasattr(type(request), "url_rule"):
             rule = request.url_rule  # a Flask request: its router ran
+            if rule is None:  # a 404, or a path the router refused (405, 308)
+                from .flask import rule_despite_refusal
+
+                rule = rule_despite_refusal()
             self.route = rule.rule if rule is not None else None
         self.headers = headers
         self._write = self._start_response(status, headers, exc_info)
