@@ -5,8 +5,9 @@ report this environment would produce: the configuration comes from the same
 ``REQTELEMETRY_*`` / opt-out variables the app reads, and a few sample requests
 (with identifiers in their paths, to show they do not survive) fill the batch.
 
-``reqtelemetry collector`` runs the receiving service (uvicorn), and
-``reqtelemetry export --csv`` writes its per-endpoint report. Both import the
+``reqtelemetry collector`` runs the receiving service (uvicorn),
+``reqtelemetry export --csv`` writes its per-endpoint report, and
+``reqtelemetry prune`` deletes reports past a retention. They import the
 collector only when run: its dependencies are the ``collector`` extra, which a
 client app does not install.
 
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -33,8 +35,8 @@ from .telemetry import UNMATCHED_ROUTE, Telemetry
 
 DESCRIPTION = (
     "Privacy-first usage telemetry: show what this environment would send (inspect), "
-    "run the collector that receives reports (collector), and export its per-endpoint "
-    "report (export)."
+    "run the collector that receives reports (collector), export its per-endpoint "
+    "report (export), and delete reports past a retention (prune)."
 )
 COLLECTOR_EXTRA_HINT = "install the collector extra: pip install 'reqtelemetry[collector]'"
 
@@ -162,6 +164,7 @@ def _collector(args: argparse.Namespace) -> int:
             db_url=args.db,
             bits=args.bits,
             dashboard_public=True if args.public_dashboard else None,
+            retention_days=args.retention_days,
         )
     except SettingsError as error:
         return _fail("collector", str(error))
@@ -249,6 +252,47 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune(args: argparse.Namespace) -> int:
+    from .collector.settings import DAY_SECONDS, MAX_RETENTION_DAYS
+
+    if not 1 <= args.older_than_days <= MAX_RETENTION_DAYS:
+        return _fail("prune", f"--older-than-days must be from 1 to {MAX_RETENTION_DAYS}")
+    try:
+        from .collector.storage import database_errors, open_storage
+
+        # An existing database at the schema this release knows, checked
+        # read-only first: a typo must not create a database, and nothing is
+        # migrated on the way.
+        probe = open_storage(args.db, read_only=True)
+    except ImportError as error:  # psycopg, for a PostgreSQL URL
+        return _missing_extra("prune", error)
+    except ValueError as error:  # an unusable --db URL
+        return _fail("prune", str(error))
+    except database_errors() as error:
+        return _database_failure("prune", args.db, error)
+    try:
+        probe.check_schema()
+    except database_errors() as error:
+        return _database_failure("prune", args.db, error)
+    finally:
+        probe.close()
+    try:
+        storage = open_storage(args.db)
+        try:
+            pruned = storage.prune(time.time() - args.older_than_days * DAY_SECONDS)
+        finally:
+            storage.close()
+    except database_errors() as error:
+        return _database_failure("prune", args.db, error)
+    print(
+        f"# deleted {pruned.reports} reports, {pruned.instances} instances and "
+        f"{pruned.deployments} deployments last seen more than {args.older_than_days} "
+        "days ago",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reqtelemetry", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"reqtelemetry {__version__}")
@@ -294,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
         "non-loopback --host (also REQTELEMETRY_DASHBOARD_PUBLIC=1)",
     )
     collector.add_argument(
+        "--retention-days",
+        type=int,
+        default=None,
+        help="delete reports older than this many days, at start and every hour "
+        "(also REQTELEMETRY_COLLECTOR_RETENTION_DAYS; default: keep everything)",
+    )
+    collector.add_argument(
         "--access-log", action="store_true", help="log each request (with client addresses)"
     )
     collector.add_argument(
@@ -315,6 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--days", type=int, default=30, help="the last N days (default 30)")
     export.add_argument("-o", "--output", default=None, help="file to write (default stdout)")
     export.set_defaults(handler=_export)
+
+    prune = commands.add_parser(
+        "prune",
+        help="delete reports older than N days (what --retention-days does, once)",
+    )
+    prune.add_argument("--db", default=default_db, help=f"storage URL (default {default_db})")
+    prune.add_argument(
+        "--older-than-days",
+        type=int,
+        required=True,
+        help="delete the reports received more than this many days ago, and the "
+        "instances and deployments seen only before then",
+    )
+    prune.set_defaults(handler=_prune)
     return parser
 
 

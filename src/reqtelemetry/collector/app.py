@@ -24,12 +24,14 @@ What the endpoint code guarantees, and why:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import hmac
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from importlib.resources import files
@@ -45,9 +47,9 @@ from starlette.staticfiles import StaticFiles
 
 from .._version import __version__
 from .export import csv_text, endpoint_rows, since_days
-from .settings import CollectorSettings
+from .settings import DAY_SECONDS, CollectorSettings
 from .storage import open_storage
-from .storage.base import ReplayError, Storage, StoredReport, UnstorableReport
+from .storage.base import Pruned, ReplayError, Storage, StoredReport, UnstorableReport
 from .summary import DEFAULT_DAYS, MAX_DAYS, build_summary
 from .tokens import TokenSigner
 from .verify import (
@@ -66,6 +68,8 @@ SESSION_MAX_BYTES = 4096
 #: (which ``int`` refuses) and "٣" (which it reads as 3), and ``int`` refuses
 #: more than 4300 digits: each of those was a bare 500 or a surprise.
 DAYS_PATTERN = re.compile(r"[0-9]{1,8}")
+#: Seconds between two deletions of the reports past the retention.
+PRUNE_EVERY = 3600.0
 #: How long a client should wait when storage is down.
 UNAVAILABLE_RETRY_AFTER = 60
 #: The answer to a report the database refused to hold (the database's own
@@ -195,7 +199,12 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        retention = Retention(store, settings.retention_days) if settings.retention_days else None
+        if retention is not None:
+            retention.start()
         yield
+        if retention is not None:
+            await retention.stop()
         if owns_storage:
             store.close()
 
@@ -227,6 +236,58 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
     app.state.settings = settings
     app.state.storage = store
     return app
+
+
+class Retention:
+    """Deletes reports older than ``days``: at start, then every :data:`PRUNE_EVERY` seconds.
+
+    Why in the collector, and not only a command for cron: a retention that
+    depends on a second moving part is one that silently stops. Every replica
+    prunes; deleting what another replica deleted first is a no-op. The
+    deleting runs in a worker thread (see ``Storage.prune``), and at shutdown
+    the batch under way is finished, not torn: the rest goes next time.
+    """
+
+    def __init__(self, storage: Storage, days: int, every: float = PRUNE_EVERY) -> None:
+        self.storage = storage
+        self.days = days
+        self.every = every
+        self._stop = threading.Event()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            await self.prune_once()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.every)
+
+    async def prune_once(self) -> Pruned | None:
+        """Delete what is older than the retention now; None when the database failed."""
+        before = time.time() - self.days * DAY_SECONDS
+        try:
+            pruned: Pruned = await run_in_threadpool(self.storage.prune, before, self._stop)
+        except Exception:
+            logger.exception("could not delete reports older than %d days", self.days)
+            return None
+        if pruned.reports or pruned.instances or pruned.deployments:
+            logger.info(
+                "retention (%d days): deleted %d reports, %d instances, %d deployments",
+                self.days,
+                pruned.reports,
+                pruned.instances,
+                pruned.deployments,
+            )
+        return pruned
 
 
 def _unavailable(detail: str) -> JSONResponse:

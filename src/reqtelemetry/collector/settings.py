@@ -38,6 +38,9 @@ MIN_SECRET_BYTES = 16
 MAX_BITS: int = Config.max_proof_of_work_bits
 #: A production dashboard token shorter than this is a placeholder or guessable.
 MIN_DASHBOARD_TOKEN_CHARS = 16
+#: The longest data retention that can be asked for (a century): more is a typo.
+MAX_RETENTION_DAYS = 36500
+DAY_SECONDS = 86400
 
 ENV_DB = "REQTELEMETRY_COLLECTOR_DB"
 ENV_SECRET = "REQTELEMETRY_COLLECTOR_SECRET"
@@ -48,6 +51,7 @@ ENV_MAX_BODY = "REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES"
 ENV_NEXT_INTERVAL = "REQTELEMETRY_COLLECTOR_NEXT_INTERVAL"
 ENV_STAMP_MAX_AGE = "REQTELEMETRY_COLLECTOR_STAMP_MAX_AGE"
 ENV_STAMP_MAX_FUTURE = "REQTELEMETRY_COLLECTOR_STAMP_MAX_FUTURE"
+ENV_RETENTION_DAYS = "REQTELEMETRY_COLLECTOR_RETENTION_DAYS"
 ENV_DASHBOARD_TOKEN = "REQTELEMETRY_DASHBOARD_TOKEN"
 ENV_DASHBOARD_BASIC = "REQTELEMETRY_DASHBOARD_BASIC_AUTH"
 ENV_DASHBOARD_PUBLIC = "REQTELEMETRY_DASHBOARD_PUBLIC"
@@ -81,6 +85,9 @@ class CollectorSettings:
     next_interval: float | None = None
     stamp_max_age: float = DEFAULT_STAMP_MAX_AGE
     stamp_max_future: float = DEFAULT_STAMP_MAX_FUTURE
+    #: Days reports are kept; older ones are deleted (see ``Storage.prune``).
+    #: None keeps everything.
+    retention_days: int | None = None
     #: Bearer token for the dashboard, the API and the CSV (or ``?token=`` in a browser).
     dashboard_token: str | None = field(default=None, repr=False)
     #: ``(user, password)`` for HTTP basic auth on the same pages.
@@ -111,6 +118,20 @@ class CollectorSettings:
             raise SettingsError(
                 "the stamp window must be finite: max age > 0 and max future >= 0 seconds"
             )
+        if self.retention_days is not None:
+            if not 1 <= self.retention_days <= MAX_RETENTION_DAYS:
+                raise SettingsError(
+                    f"--retention-days / {ENV_RETENTION_DAYS} must be between 1 and "
+                    f"{MAX_RETENTION_DAYS} days, got {self.retention_days}"
+                )
+            if self.retention_days * DAY_SECONDS <= self.stamp_max_age + self.stamp_max_future:
+                # A stamp is refused as a replay only while its report is stored:
+                # pruned within the stamp window, it could be sent again.
+                raise SettingsError(
+                    f"{ENV_RETENTION_DAYS} must keep reports longer than the stamp window "
+                    f"({ENV_STAMP_MAX_AGE} + {ENV_STAMP_MAX_FUTURE}), or a pruned report's "
+                    "stamp would be accepted a second time"
+                )
         if self.dashboard_token is not None and not self.dashboard_token:
             raise SettingsError(f"{ENV_DASHBOARD_TOKEN} must not be empty")
         if (
@@ -152,6 +173,7 @@ class CollectorSettings:
         db_url: str | None = None,
         bits: int | None = None,
         dashboard_public: bool | None = None,
+        retention_days: int | None = None,
     ) -> CollectorSettings:
         """Settings from the environment, with explicit arguments (the CLI's flags) winning.
 
@@ -198,6 +220,11 @@ class CollectorSettings:
             next_interval=_optional_float(env, ENV_NEXT_INTERVAL),
             stamp_max_age=_float(env, ENV_STAMP_MAX_AGE, DEFAULT_STAMP_MAX_AGE),
             stamp_max_future=_float(env, ENV_STAMP_MAX_FUTURE, DEFAULT_STAMP_MAX_FUTURE),
+            retention_days=(
+                retention_days
+                if retention_days is not None
+                else _optional_int(env, ENV_RETENTION_DAYS)
+            ),
             dashboard_token=token,
             dashboard_basic_auth=basic_auth,
             dashboard_public=dashboard_public,
@@ -222,9 +249,14 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    number = _optional_int(env, name)
+    return default if number is None else number
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
     value = env.get(name, "").strip()
     if not value:
-        return default
+        return None
     try:
         return int(value)
     except ValueError:

@@ -13,6 +13,7 @@ the stored aggregates (see :mod:`reqtelemetry.histogram`).
 from __future__ import annotations
 
 import abc
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,15 @@ class StoredReport:
     payload: dict[str, Any]  # a schema-valid report (reqtelemetry.payload)
 
 
+@dataclass(frozen=True)
+class Pruned:
+    """What one :meth:`Storage.prune` deleted."""
+
+    reports: int
+    instances: int
+    deployments: int
+
+
 class Storage(abc.ABC):
     """Reports in, answers out. Implementations are safe to share across threads."""
 
@@ -55,6 +65,14 @@ class Storage(abc.ABC):
         so two replicas racing with the same stamp cannot both succeed. Raises
         :class:`UnstorableReport` (and writes nothing) when the database cannot
         hold one of the report's values."""
+
+    @abc.abstractmethod
+    def prune(self, before: float, stop: threading.Event | None = None) -> Pruned:
+        """Delete every report received before ``before``, with its aggregates and
+        metrics, then the instances and deployments last seen before it (the data
+        retention). Works in short transactions, so that reports keep being stored
+        meanwhile, and ends after the one under way once ``stop`` is set (the rest
+        is deleted the next time). The refusal counters have no dates and are kept."""
 
     @abc.abstractmethod
     def count_refusal(self, reason: str) -> None:

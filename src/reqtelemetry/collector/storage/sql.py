@@ -18,13 +18,14 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ...histogram import Histogram
-from .base import ReplayError, Storage, StoredReport, UnstorableReport
+from .base import Pruned, ReplayError, Storage, StoredReport, UnstorableReport
 
 logger = logging.getLogger("reqtelemetry.collector")
 
@@ -33,6 +34,8 @@ Row = tuple[Any, ...]
 
 #: Traits copied out of the JSON into their own columns, for grouping.
 TRAIT_COLUMNS = ("app_version", "os", "arch", "python_version", "framework")
+#: Reports deleted per transaction by :meth:`SQLStorage.prune`.
+PRUNE_BATCH = 2000
 #: Refusal reasons are the collector's own words; a cap keeps a bug from storing essays.
 MAX_REASON_LENGTH = 64
 
@@ -327,6 +330,50 @@ class SQLStorage(Storage):
             self._run(work, write=True)
         except self.data_errors as error:
             raise UnstorableReport(f"the database cannot hold a value: {error}") from error
+
+    def prune(self, before: float, stop: threading.Event | None = None) -> Pruned:
+        """See :meth:`Storage.prune`.
+
+        Reports go in batches of :data:`PRUNE_BATCH`, one transaction each, their
+        aggregates and metrics with them (``ON DELETE CASCADE``): on SQLite a
+        transaction holds the one write lock, and a year of reports deleted at
+        once would keep every client's report waiting. An instance is deleted
+        once it has no report left, a deployment once it has no instance left;
+        a report arriving meanwhile moves their ``last_seen`` past ``before``.
+        """
+        reports = 0
+        while True:
+            deleted = self._run(
+                lambda ex: len(
+                    ex.query(
+                        "DELETE FROM reports WHERE id IN (SELECT id FROM reports"
+                        " WHERE received_at < ? ORDER BY id LIMIT ?) RETURNING id",
+                        (before, PRUNE_BATCH),
+                    )
+                ),
+                write=True,
+            )
+            reports += deleted
+            if deleted < PRUNE_BATCH or (stop is not None and stop.is_set()):
+                break
+
+        def the_rest(ex: Executor) -> tuple[int, int]:
+            instances = ex.query(
+                "DELETE FROM instances WHERE last_seen < ? AND NOT EXISTS"
+                " (SELECT 1 FROM reports AS r WHERE r.instance_id = instances.id)"
+                " RETURNING id",
+                (before,),
+            )
+            deployments = ex.query(
+                "DELETE FROM deployments WHERE last_seen < ? AND NOT EXISTS"
+                " (SELECT 1 FROM instances AS i WHERE i.deployment_id = deployments.id)"
+                " RETURNING id",
+                (before,),
+            )
+            return len(instances), len(deployments)
+
+        instances, deployments = self._run(the_rest, write=True)
+        return Pruned(reports=reports, instances=instances, deployments=deployments)
 
     def count_refusal(self, reason: str) -> None:
         """Add one to ``reason``'s counter: an upsert, so replicas add up without locks of ours."""
