@@ -34,8 +34,10 @@ Row = tuple[Any, ...]
 
 #: Traits copied out of the JSON into their own columns, for grouping.
 TRAIT_COLUMNS = ("app_version", "os", "arch", "python_version", "framework")
-#: Reports deleted per transaction by :meth:`SQLStorage.prune`.
-PRUNE_BATCH = 2000
+#: Reports deleted per transaction by :meth:`SQLStorage.prune`, and the longest
+#: pause it makes between two (as long as the batch took, up to this).
+PRUNE_BATCH = 200
+MAX_PRUNE_PAUSE = 1.0
 #: Refusal reasons are the collector's own words; a cap keeps a bug from storing essays.
 MAX_REASON_LENGTH = 64
 
@@ -335,14 +337,18 @@ class SQLStorage(Storage):
         """See :meth:`Storage.prune`.
 
         Reports go in batches of :data:`PRUNE_BATCH`, one transaction each, their
-        aggregates and metrics with them (``ON DELETE CASCADE``): on SQLite a
-        transaction holds the one write lock, and a year of reports deleted at
-        once would keep every client's report waiting. An instance is deleted
-        once it has no report left, a deployment once it has no instance left;
-        a report arriving meanwhile moves their ``last_seen`` past ``before``.
+        aggregates and metrics with them (``ON DELETE CASCADE``), with a pause
+        after each as long as it took: on SQLite a transaction holds the one
+        write lock, and a year of reports deleted at once would keep every
+        client's report waiting. So a prune takes at most about half the
+        database's time, and a report that arrives waits for one batch at most.
+        An instance is deleted once it has no report left, a deployment once it
+        has no instance left; a report arriving meanwhile moves their
+        ``last_seen`` past ``before``.
         """
         reports = 0
         while True:
+            began = time.monotonic()
             deleted = self._run(
                 lambda ex: len(
                     ex.query(
@@ -356,6 +362,16 @@ class SQLStorage(Storage):
             reports += deleted
             if deleted < PRUNE_BATCH or (stop is not None and stop.is_set()):
                 break
+            # Make way: as long a pause as the batch took. Without it the
+            # next batch takes the lock again the moment it is let go (a
+            # lock is not a queue), and a report arriving meanwhile waited
+            # for the whole prune.
+            pause = min(time.monotonic() - began, MAX_PRUNE_PAUSE)
+            if stop is not None:
+                if stop.wait(pause):
+                    break
+            else:
+                time.sleep(pause)
 
         def the_rest(ex: Executor) -> tuple[int, int]:
             instances = ex.query(

@@ -1,0 +1,238 @@
+"""What data retention costs the reports arriving meanwhile.
+
+``Storage.prune`` deletes what is past the retention in batches, one
+transaction each (``collector/storage/sql.py``). On SQLite a transaction that
+writes holds the database's one write lock, so the question is how long a
+report that arrives during a prune waits. This measures it, in this process,
+against a baseline taken in the same run:
+
+1. A database (a SQLite file; then PostgreSQL on a throwaway cluster from
+   ``tests/postgres.py`` when its server binaries are installed) is filled
+   with old reports of 50 records each, as a busy app fills them
+   (:func:`benchmarks.collector.filled_batch`), received long before the
+   retention. That is :data:`OLD_REPORTS` reports, two or three batches of
+   ``PRUNE_BATCH``.
+2. **Quiet**: one thread stores new reports back to back through
+   ``Storage.store``; the time of each is noted.
+3. **While pruning**: a second thread prunes everything old, and the first
+   stores new reports back to back until the prune has ended.
+
+Reported: the median, p99 and longest time to store one report in both
+phases, the ratio of the while-pruning p99 to the quiet p99, and how long the
+prune took for how many reports and rows. No budget is set for these figures
+in the issues; they say what an operator can expect. Run with
+``python -m benchmarks retention`` (not part of the default ``make bench``);
+``BENCH_QUICK=1`` makes it a smoke test of a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reqtelemetry.collector.storage import open_storage
+from reqtelemetry.collector.storage import sql as sql_storage
+from reqtelemetry.collector.storage.base import Pruned, StoredReport
+from reqtelemetry.collector.storage.sql import SQLStorage
+from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.recorder import Batch
+
+from . import quick
+from .collector import _load_postgres_helpers, filled_batch
+
+#: Old reports in the database before the prune: enough for several batches.
+OLD_REPORTS = 5000
+QUICK_OLD_REPORTS = 60
+#: New reports stored in the quiet phase (the baseline).
+QUIET_REPORTS = 300
+QUICK_QUIET_REPORTS = 20
+DAY = 86400.0
+TRAITS = {
+    "os": "linux",
+    "arch": "x86_64",
+    "python_version": "3.11.7",
+    "framework": "fastapi",
+    "app_version": "1.0.0",
+}
+
+
+@dataclass
+class Result:
+    label: str
+    skipped: str | None = None
+    old_reports: int = 0
+    aggregate_rows: int = 0
+    quiet: list[float] = field(default_factory=list)
+    while_pruning: list[float] = field(default_factory=list)
+    prune_seconds: float = 0.0
+    pruned: Pruned | None = None
+    fill_seconds: float = 0.0
+
+
+def payload_of(batch: Batch, deployment: str, instance: str, sequence: int) -> dict[str, Any]:
+    envelope = Envelope(
+        kind="periodic",
+        sequence=sequence,
+        deployment_id=deployment,
+        instance_id=instance,
+        traits=TRAITS,
+        withheld=[],
+        metrics={"counters": {"jobs.processed": sequence}, "gauges": {"queue": 3.0}},
+    )
+    (report,) = build_reports(envelope, batch, 1024 * 1024)
+    payload: dict[str, Any] = json.loads(report.body)
+    return payload
+
+
+class Reports:
+    """Report payloads of one batch, with the ids and sequence each store needs."""
+
+    def __init__(self, batch: Batch, instances: int = 20) -> None:
+        self.payloads = [
+            payload_of(batch, str(uuid.uuid4()), str(uuid.uuid4()), 0) for _ in range(instances)
+        ]
+        self.sequence = 0
+
+    def next(self, received_at: float) -> StoredReport:
+        payload = dict(self.payloads[self.sequence % len(self.payloads)])
+        payload["sequence"] = self.sequence
+        self.sequence += 1
+        return StoredReport(
+            stamp=f"bench-{uuid.uuid4().hex}", received_at=received_at, payload=payload
+        )
+
+
+def timed_store(storage: SQLStorage, reports: Reports) -> float:
+    report = reports.next(time.time())
+    begin = time.perf_counter()
+    storage.store(report)
+    return time.perf_counter() - begin
+
+
+def measure(label: str, url: str, old_reports: int, quiet_reports: int) -> Result:
+    result = Result(label)
+    batch = filled_batch()
+    storage = open_storage(url)
+    try:
+        storage.migrate()
+        old, new = Reports(batch), Reports(batch)
+        long_ago = time.time() - 400 * DAY
+        began = time.perf_counter()
+        for n in range(old_reports):
+            storage.store(old.next(long_ago + n))
+        result.fill_seconds = time.perf_counter() - began
+        result.old_reports = old_reports
+        result.aggregate_rows = old_reports * len(batch.records)
+
+        result.quiet = [timed_store(storage, new) for _ in range(quiet_reports)]
+
+        done = threading.Event()
+        outcome: list[Pruned] = []
+
+        def prune() -> None:
+            begin = time.perf_counter()
+            try:
+                outcome.append(storage.prune(time.time() - 90 * DAY))
+            finally:
+                result.prune_seconds = time.perf_counter() - begin
+                done.set()
+
+        pruner = threading.Thread(target=prune, name="prune")
+        pruner.start()
+        while not done.is_set():
+            result.while_pruning.append(timed_store(storage, new))
+        pruner.join()
+        result.pruned = outcome[0] if outcome else None
+    finally:
+        storage.close()
+    return result
+
+
+def measure_postgres(label: str, old_reports: int, quiet_reports: int) -> Result:
+    cluster = _load_postgres_helpers().ThrowawayCluster()
+    try:
+        try:
+            url = cluster.start()
+        except (RuntimeError, OSError, ValueError) as error:
+            first = (str(error).strip().splitlines() or [repr(error)])[0]
+            return Result(label, skipped=f"the throwaway cluster did not start ({first})")
+        return measure(label, url, old_reports, quiet_reports)
+    finally:
+        cluster.stop()
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def table(results: list[Result]) -> list[str]:
+    lines = [
+        "| database | phase | reports stored | median ms | p99 ms | longest ms "
+        "| p99 ratio vs quiet |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        if result.skipped is not None:
+            lines.append(f"| {result.label} | — | skipped: {result.skipped} | | | | |")
+            continue
+        quiet_p99 = _p99(result.quiet)
+        for phase, values in (("quiet", result.quiet), ("while pruning", result.while_pruning)):
+            ratio = "—" if phase == "quiet" else f"{_p99(values) / quiet_p99:.2f}x"
+            lines.append(
+                f"| {result.label} | {phase} | {len(values)} | {_ms(statistics.median(values))} "
+                f"| {_ms(_p99(values))} | {_ms(max(values))} | {ratio} |"
+            )
+    return lines
+
+
+def prune_lines(results: list[Result]) -> list[str]:
+    lines = []
+    for result in results:
+        if result.skipped is not None or result.pruned is None:
+            continue
+        pruned = result.pruned
+        rate = pruned.reports / result.prune_seconds if result.prune_seconds else 0.0
+        lines.append(
+            f"- {result.label}: the prune deleted {pruned.reports:,} reports "
+            f"({result.aggregate_rows:,} aggregate rows), {pruned.instances} instances and "
+            f"{pruned.deployments} deployments in {result.prune_seconds:.2f} s "
+            f"({rate:,.0f} reports/s, {sql_storage.PRUNE_BATCH:,} per transaction); "
+            f"filling the database took {result.fill_seconds:.1f} s"
+        )
+    return lines
+
+
+def run() -> str:
+    old = QUICK_OLD_REPORTS if quick() else OLD_REPORTS
+    quiet = QUICK_QUIET_REPORTS if quick() else QUIET_REPORTS
+    with tempfile.TemporaryDirectory(prefix="reqtelemetry-retention-") as workdir:
+        results = [measure("SQLite", f"sqlite:///{Path(workdir) / 'bench.db'}", old, quiet)]
+    if quick():
+        results.append(Result("PostgreSQL", skipped="not in quick mode"))
+    else:
+        results.append(measure_postgres("PostgreSQL", old, quiet))
+    mode = "quick (BENCH_QUICK=1: rough, for smoke tests)" if quick() else "full"
+    lines = [
+        "## Collector: storing reports while old ones are pruned",
+        "",
+        f"- mode: {mode}; {old:,} old reports of 50 records each, then `Storage.prune` "
+        "in a second thread while this one stores new reports back to back; the baseline "
+        f"is {quiet:,} reports stored with no prune running, in the same process",
+        "",
+        *table(results),
+        "",
+        *prune_lines(results),
+    ]
+    return "\n".join(lines)
