@@ -204,7 +204,7 @@ def test_migrate_is_idempotent(backend: Backend) -> None:
     storage = backend.open()
     assert storage.schema_version() == 0
     storage.migrate()
-    assert storage.schema_version() == 1
+    assert storage.schema_version() == max(m.version for m in storage.migrations) == 2
     storage.store(stored(R1, T + 100))
     storage.migrate()
     assert storage.schema_version() == max(m.version for m in storage.migrations)
@@ -235,7 +235,7 @@ def test_two_replicas_migrating_at_once(backend: Backend) -> None:
         thread.join(timeout=60)
     assert errors == []
     for replica in replicas:
-        assert replica.schema_version() == 1
+        assert replica.schema_version() == 2
     replicas[0].store(stored(R1, T + 100))
     assert replicas[1].totals(0)["reports"] == 1
 
@@ -267,6 +267,164 @@ def test_check_schema_reads_the_version_and_never_creates_anything(backend: Back
     writer._run(newer, write=True)
     with pytest.raises(SchemaMismatch, match="newer than this release reads"):
         reader.check_schema()
+
+
+def store_at_version_1(storage: SQLStorage, payload: dict[str, Any], received_at: float) -> None:
+    """Store ``payload`` as the version-1 code did: the columns of the version-1
+    tables only (no ``app_name`` anywhere)."""
+    traits = payload["traits"]
+    batch = payload["batch"]
+    deployment_id, instance_id = payload["deployment_id"], payload["instance_id"]
+    version = traits.get("app_version")
+    json_param = storage.dialect.json_param
+
+    def work(ex: Any) -> None:
+        ex.execute(
+            "INSERT INTO deployments (id, first_seen, last_seen) VALUES (?, ?, ?)"
+            " ON CONFLICT (id) DO NOTHING",
+            (deployment_id, received_at, received_at),
+        )
+        ex.execute(
+            "INSERT INTO instances (id, deployment_id, traits, app_version, os, arch,"
+            " python_version, framework, first_seen, last_seen)"
+            f" VALUES (?, ?, {json_param}, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (
+                instance_id,
+                deployment_id,
+                json.dumps(traits),
+                version,
+                *(traits.get(name) for name in ("os", "arch", "python_version", "framework")),
+                received_at,
+                received_at,
+            ),
+        )
+        ((report_id,),) = ex.query(
+            "INSERT INTO reports (stamp, deployment_id, instance_id, app_version, kind,"
+            " sequence, part, parts, sent_at, received_at, period_start, period_end)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                uuid.uuid4().hex,
+                deployment_id,
+                instance_id,
+                version,
+                payload["kind"],
+                payload["sequence"],
+                payload["part"],
+                payload["parts"],
+                payload["sent_at"],
+                received_at,
+                batch["period_start"],
+                batch["period_end"],
+            ),
+        )
+        for record in batch["records"]:
+            ex.execute(
+                "INSERT INTO aggregates (report_id, instance_id, deployment_id, app_version,"
+                " received_at, period_start, period_end, method, route, status, count,"
+                " latency_sum, latency_min, latency_max, histogram, request_bytes,"
+                " response_bytes)"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {json_param}, ?, ?)",
+                (
+                    report_id,
+                    instance_id,
+                    deployment_id,
+                    version,
+                    received_at,
+                    batch["period_start"],
+                    batch["period_end"],
+                    record["method"],
+                    record["route"],
+                    record["status"],
+                    record["count"],
+                    record["latency"]["sum"],
+                    record["latency"]["min"],
+                    record["latency"]["max"],
+                    json.dumps(record["latency"]["histogram"]),
+                    record["request_bytes"],
+                    record["response_bytes"],
+                ),
+            )
+
+    storage._run(work, write=True)
+
+
+#: Every version-1 column of the tables that gained ``app_name``, in a stable order.
+V1_ROWS = {
+    "instances": "SELECT id, deployment_id, app_version, os, arch, python_version, framework,"
+    " first_seen, last_seen FROM instances ORDER BY id",
+    "reports": "SELECT id, stamp, deployment_id, instance_id, app_version, kind, sequence,"
+    " received_at FROM reports ORDER BY id",
+    "aggregates": "SELECT id, report_id, instance_id, app_version, method, route, status,"
+    " count, latency_sum, request_bytes, response_bytes FROM aggregates ORDER BY id",
+}
+
+
+def v1_rows(storage: SQLStorage) -> dict[str, list[tuple[Any, ...]]]:
+    return storage._run(
+        lambda ex: {table: [tuple(row) for row in ex.query(sql)] for table, sql in V1_ROWS.items()}
+    )
+
+
+def test_a_version_1_database_is_migrated_in_place(backend: Backend) -> None:
+    """A collector database made by the release before app names: upgraded where
+    it stands, every row kept (its app unknown), new reports named."""
+    old = backend.open()
+    old.migrations = old.migrations[:1]  # the release before this one
+    old.migrate()
+    assert old.schema_version() == 1
+    for payload, received_at in SCENARIO:
+        store_at_version_1(old, payload, received_at)
+    before, counts_before = v1_rows(old), row_counts(old)
+    # An exporter of this release refuses the old schema rather than misreading it.
+    with pytest.raises(SchemaMismatch, match=r"version 1, older than this release reads \(2\)"):
+        backend.open(read_only=True).check_schema()
+
+    storage = backend.open()
+    storage.migrate()
+    assert storage.schema_version() == 2
+    assert backend.open(read_only=True).check_schema() == 2
+    assert v1_rows(storage) == before
+    assert row_counts(storage) == counts_before
+
+    def names(ex: Any) -> set[Any]:
+        tables = ("instances", "reports", "aggregates")
+        return {row[0] for table in tables for row in ex.query(f"SELECT app_name FROM {table}")}
+
+    assert storage._run(names) == {None}
+    # The old rows answer the dashboard's questions as before.
+    assert storage.totals(0) == {
+        "deployments": 2,
+        "instances": 3,
+        "reports": 4,
+        "requests": 10,
+        "errors": 2,
+    }
+    assert [(v["app_name"], v["app_version"], v["deployments"]) for v in storage.versions(T)] == [
+        (None, "1.1", 2),
+        (None, "1.0", 1),
+    ]
+    assert storage.apps(0) == [
+        {"app_name": None, "deployments": 2, "instances": 3, "reports": 4, "last_seen": T + 7300}
+    ]
+
+    # A new report from an instance stored before: its rows are named, and the
+    # instance now belongs to the app.
+    named = make_payload(
+        DEP_A,
+        A1,
+        {**LINUX, "app_name": "inventory", "app_version": "1.2"},
+        [("GET", "/items/{item_id}", 200, [0.025], 0, 100)],
+        sequence=2,
+    )
+    storage.store(stored(named, T + 8000))
+    assert [app["app_name"] for app in storage.apps(T + 7500)] == ["inventory"]
+    assert storage.totals(0, app="inventory")["requests"] == 1
+    assert storage.totals(0)["requests"] == 11
+    assert [(p["framework"], p["instances"]) for p in storage.platforms(0, app="inventory")] == [
+        ("fastapi", 1)
+    ]
+    (row,) = storage.endpoints(0, by_version=True, app="inventory")
+    assert (row["app_name"], row["app_version"], row["calls"]) == ("inventory", "1.2", 1)
 
 
 # -- storing and replays -------------------------------------------------------------------
@@ -372,17 +530,29 @@ def test_activity(scenario: SQLStorage) -> None:
 
 def test_versions(scenario: SQLStorage) -> None:
     assert scenario.versions(T) == [
-        {"app_version": "1.1", "deployments": 2, "instances": 2, "last_seen": T + 7300},
-        {"app_version": "1.0", "deployments": 1, "instances": 1, "last_seen": T + 100},
+        {
+            "app_name": None,  # the scenario's clients name no app
+            "app_version": "1.1",
+            "deployments": 2,
+            "instances": 2,
+            "last_seen": T + 7300,
+        },
+        {
+            "app_name": None,
+            "app_version": "1.0",
+            "deployments": 1,
+            "instances": 1,
+            "last_seen": T + 100,
+        },
     ]
 
 
 def test_unknown_version_is_none(storage: SQLStorage) -> None:
     storage.store(stored(make_payload(DEP_A, A1, LINUX, [("GET", "/", 200, [0.01], 0, 1)]), T))
     (row,) = storage.versions(0)
-    assert row["app_version"] is None
+    assert row["app_version"] is None and row["app_name"] is None
     (endpoint,) = storage.endpoints(0, by_version=True)
-    assert endpoint["app_version"] is None
+    assert endpoint["app_version"] is None and endpoint["app_name"] is None
     assert endpoint["calls"] == 1
 
 
@@ -453,6 +623,7 @@ def test_endpoints_by_version_have_their_own_percentiles(scenario: SQLStorage) -
         ("POST", "/items", "1.0", 1),
         ("GET", "/old", "1.1", 0),
     ]
+    assert {r["app_name"] for r in rows} == {None}
     v10, v11, post, old = rows
     # 1.0: 0.010 0.012 0.020 0.200 (A1). Ranks: p50 → 1, p95 and p99 → 2.
     assert (v10["p50"], v10["p95"], v10["p99"]) == (
@@ -531,6 +702,248 @@ def test_refusal_counters(storage: SQLStorage) -> None:
     storage.count_refusal("replay")
     storage.count_refusal("bad_token")
     assert storage.refusals() == {"bad_token": 2, "replay": 1}
+
+
+# -- several apps behind one collector --------------------------------------------------------
+
+DEP_C = "cccccccc-0000-4000-8000-000000000003"
+DEP_D = "dddddddd-0000-4000-8000-000000000004"
+C1 = "c1c1c1c1-0000-4000-8000-000000000031"
+D1 = "d1d1d1d1-0000-4000-8000-000000000041"
+ITEM = "/items/{item_id}"
+
+
+def app_traits(platform: dict[str, str], name: str | None, version: str) -> dict[str, Any]:
+    return {**platform, "app_name": name, "app_version": version}
+
+
+#: Two apps (inventory on two deployments, billing on one) and one client that
+#: names no app. Both apps serve GET /items/{item_id} at a version "1.0", so
+#: merging by route or by version would mix them up.
+APPS = [
+    # Inventory used DELETE once, long ago: unused in the window, but its own.
+    (
+        make_payload(
+            DEP_A, A1, app_traits(LINUX, "inventory", "1.0"), [("DELETE", ITEM, 204, [0.004], 0, 0)]
+        ),
+        T - 5000,
+    ),
+    (
+        make_payload(
+            DEP_A,
+            A1,
+            app_traits(LINUX, "inventory", "1.0"),
+            [("GET", ITEM, 200, [0.010, 0.020], 0, 100)],
+            sequence=1,
+        ),
+        T + 100,
+    ),
+    (
+        make_payload(
+            DEP_B, B1, app_traits(LINUX, "inventory", "1.1"), [("GET", ITEM, 200, [0.040], 0, 100)]
+        ),
+        T + 200,
+    ),
+    (
+        make_payload(
+            DEP_C,
+            C1,
+            app_traits(MAC, "billing", "1.0"),
+            [("GET", ITEM, 500, [0.500], 0, 10), ("POST", "/invoices", 201, [0.100], 50, 20)],
+        ),
+        T + 300,
+    ),
+    (
+        make_payload(
+            DEP_D, D1, {**LINUX, "app_version": "0.1"}, [("GET", "/", 200, [0.001], 0, 5)]
+        ),
+        T + 400,
+    ),
+]
+
+
+@pytest.fixture
+def apps(storage: SQLStorage) -> SQLStorage:
+    for payload, received_at in APPS:
+        storage.store(stored(payload, received_at))
+    return storage
+
+
+def test_the_reports_carry_their_app_name_into_every_table(apps: SQLStorage) -> None:
+    def named(ex: Any) -> dict[str, list[tuple[Any, ...]]]:
+        return {
+            "instances": ex.query("SELECT id, app_name FROM instances ORDER BY id"),
+            "reports": ex.query("SELECT instance_id, app_name FROM reports ORDER BY received_at"),
+            "aggregates": ex.query(
+                "SELECT method, app_name FROM aggregates ORDER BY received_at, method"
+            ),
+        }
+
+    assert {table: [tuple(r) for r in rows] for table, rows in apps._run(named).items()} == {
+        "instances": [(A1, "inventory"), (B1, "inventory"), (C1, "billing"), (D1, None)],
+        "reports": [
+            (A1, "inventory"),
+            (A1, "inventory"),
+            (B1, "inventory"),
+            (C1, "billing"),
+            (D1, None),
+        ],
+        "aggregates": [
+            ("DELETE", "inventory"),
+            ("GET", "inventory"),
+            ("GET", "inventory"),
+            ("GET", "billing"),
+            ("POST", "billing"),
+            ("GET", None),
+        ],
+    }
+
+
+def test_apps_seen_in_the_window(apps: SQLStorage) -> None:
+    assert apps.apps(T) == [
+        {
+            "app_name": "inventory",
+            "deployments": 2,
+            "instances": 2,
+            "reports": 2,
+            "last_seen": T + 200,
+        },
+        {"app_name": None, "deployments": 1, "instances": 1, "reports": 1, "last_seen": T + 400},
+        {
+            "app_name": "billing",
+            "deployments": 1,
+            "instances": 1,
+            "reports": 1,
+            "last_seen": T + 300,
+        },
+    ]
+    assert [app["app_name"] for app in apps.apps(T + 250)] == [None, "billing"]
+    assert apps.apps(T + 500) == []
+
+
+def test_one_apps_totals_activity_and_platforms(apps: SQLStorage) -> None:
+    assert apps.totals(T, app="inventory") == {
+        "deployments": 2,
+        "instances": 2,
+        "reports": 2,
+        "requests": 3,
+        "errors": 0,
+    }
+    assert apps.totals(T, app="billing") == {
+        "deployments": 1,
+        "instances": 1,
+        "reports": 1,
+        "requests": 2,
+        "errors": 1,
+    }
+    assert apps.totals(T)["requests"] == 3 + 2 + 1
+    assert apps.activity(T, 3600, app="billing") == [
+        {"bucket_start": T, "deployments": 1, "instances": 1}
+    ]
+    assert apps.activity(T, 3600) == [{"bucket_start": T, "deployments": 4, "instances": 4}]
+    assert [(p["os"], p["instances"]) for p in apps.platforms(T, app="inventory")] == [("linux", 2)]
+    assert [(p["os"], p["instances"]) for p in apps.platforms(T, app="billing")] == [("darwin", 1)]
+
+
+def test_an_app_nobody_runs_has_nothing(apps: SQLStorage) -> None:
+    assert apps.totals(0, app="nope") == {
+        "deployments": 0,
+        "instances": 0,
+        "reports": 0,
+        "requests": 0,
+        "errors": 0,
+    }
+    assert apps.activity(0, 3600, app="nope") == []
+    assert apps.versions(0, app="nope") == []
+    assert apps.endpoints(0, app="nope") == []
+    assert apps.endpoints(0, by_version=True, app="nope") == []
+    assert apps.platforms(0, app="nope") == []
+    # Names are compared exactly: no case folding, no patterns.
+    assert apps.totals(0, app="Inventory")["reports"] == 0
+    assert apps.totals(0, app="%")["reports"] == 0
+
+
+def test_versions_of_different_apps_are_apart(apps: SQLStorage) -> None:
+    assert [(v["app_name"], v["app_version"], v["deployments"]) for v in apps.versions(T)] == [
+        # One deployment each: the latest report first.
+        (None, "0.1", 1),
+        ("billing", "1.0", 1),
+        ("inventory", "1.1", 1),
+        ("inventory", "1.0", 1),  # the same version as billing's, and its own row
+    ]
+    assert apps.versions(T, app="billing") == [
+        {
+            "app_name": "billing",
+            "app_version": "1.0",
+            "deployments": 1,
+            "instances": 1,
+            "last_seen": T + 300,
+        }
+    ]
+
+
+def test_one_apps_endpoints_and_only_its_unused_ones(apps: SQLStorage) -> None:
+    inventory = apps.endpoints(T, app="inventory")
+    assert [(e["method"], e["route"], e["calls"]) for e in inventory] == [
+        ("GET", ITEM, 3),
+        ("DELETE", ITEM, 0),  # unused, and inventory's: billing never had it
+    ]
+    get = inventory[0]
+    # 0.010 0.020 0.040: p50 and p95 at rank 1 (floor(q * 2)), p99 too.
+    assert (get["p50"], get["p95"], get["errors"], get["deployments"]) == (
+        bucketed(0.020),
+        bucketed(0.020),
+        0,
+        2,
+    )
+    billing = apps.endpoints(T, app="billing")
+    assert [(e["method"], e["route"], e["calls"]) for e in billing] == [
+        ("GET", ITEM, 1),
+        ("POST", "/invoices", 1),
+    ]
+    assert billing[0]["p95"] == bucketed(0.500) and billing[0]["error_rate"] == 1.0
+    # Every app: the route's calls added up, as before.
+    every = {(e["method"], e["route"]): e["calls"] for e in apps.endpoints(T)}
+    assert every == {
+        ("GET", ITEM): 4,
+        ("POST", "/invoices"): 1,
+        ("GET", "/"): 1,
+        ("DELETE", ITEM): 0,
+    }
+
+
+def test_endpoints_by_version_are_per_app(apps: SQLStorage) -> None:
+    rows = apps.endpoints(T, by_version=True)
+    assert [
+        (r["method"], r["route"], r["app_name"], r["app_version"], r["calls"]) for r in rows
+    ] == [
+        ("GET", ITEM, "inventory", "1.0", 2),
+        ("GET", "/", None, "0.1", 1),
+        ("GET", ITEM, "billing", "1.0", 1),
+        ("GET", ITEM, "inventory", "1.1", 1),
+        ("POST", "/invoices", "billing", "1.0", 1),
+        ("DELETE", ITEM, "inventory", "1.0", 0),
+    ]
+    billing_get = rows[2]
+    assert (billing_get["p50"], billing_get["errors"]) == (bucketed(0.500), 1)
+    only = apps.endpoints(T, by_version=True, app="inventory")
+    assert {r["app_name"] for r in only} == {"inventory"}
+    assert [(r["method"], r["app_version"], r["calls"]) for r in only] == [
+        ("GET", "1.0", 2),
+        ("GET", "1.1", 1),
+        ("DELETE", "1.0", 0),
+    ]
+
+
+def test_an_instance_belongs_to_the_app_of_its_newest_report(storage: SQLStorage) -> None:
+    newer = make_payload(DEP_A, A1, app_traits(LINUX, "renamed", "2.0"), [])
+    older = make_payload(DEP_A, A1, app_traits(LINUX, "inventory", "1.0"), [])
+    storage.store(stored(newer, T + 50))
+    storage.store(stored(older, T + 10))  # arrives late
+    assert [p["instances"] for p in storage.platforms(0, app="renamed")] == [1]
+    assert storage.platforms(0, app="inventory") == []
+    # Its reports keep the name each one carried.
+    assert [a["app_name"] for a in storage.apps(0)] == ["inventory", "renamed"]
 
 
 # -- concurrency -------------------------------------------------------------------------------

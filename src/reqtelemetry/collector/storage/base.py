@@ -6,7 +6,9 @@ same test suite runs against both. Everything the dashboard and the CSV export
 show is answered here, so both backends answer it the same way.
 
 Time values are Unix seconds (floats). ``since`` filters on the report's
-``received_at``. Percentiles are computed from the merged log histograms of
+``received_at``. ``app``, where a question takes it, keeps only the rows of
+the app of that name (``traits.app_name``); None means every app, those that
+sent no name included. Percentiles are computed from the merged log histograms of
 the stored aggregates (see :mod:`reqtelemetry.histogram`).
 """
 
@@ -85,33 +87,44 @@ class Storage(abc.ABC):
     # -- the dashboard's questions ------------------------------------------------
 
     @abc.abstractmethod
-    def totals(self, since: float) -> dict[str, Any]:
+    def totals(self, since: float, app: str | None = None) -> dict[str, Any]:
         """``{"deployments", "instances", "reports", "requests", "errors"}`` since ``since``."""
 
     @abc.abstractmethod
-    def activity(self, since: float, bucket_seconds: int) -> list[dict[str, Any]]:
+    def activity(
+        self, since: float, bucket_seconds: int, app: str | None = None
+    ) -> list[dict[str, Any]]:
         """Active deployments and instances per time bucket:
         ``[{"bucket_start", "deployments", "instances"}]`` in time order. Buckets
         are aligned to multiples of ``bucket_seconds`` since the epoch; a bucket
         without any report is absent (draw it as zero)."""
 
     @abc.abstractmethod
-    def versions(self, since: float) -> list[dict[str, Any]]:
-        """App versions in use: ``[{"app_version", "deployments", "instances",
-        "last_seen"}]``, most deployments first."""
+    def versions(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
+        """App versions in use, per app: ``[{"app_name", "app_version", "deployments",
+        "instances", "last_seen"}]``, most deployments first (None: unknown)."""
 
     @abc.abstractmethod
-    def endpoints(self, since: float, by_version: bool = False) -> list[dict[str, Any]]:
-        """Per endpoint (``method``, ``route``; and ``app_version`` when ``by_version``):
+    def apps(self, since: float) -> list[dict[str, Any]]:
+        """The apps that reported since ``since``: ``[{"app_name", "deployments",
+        "instances", "reports", "last_seen"}]``, most deployments first;
+        ``app_name`` None stands for every report that carried no name."""
+
+    @abc.abstractmethod
+    def endpoints(
+        self, since: float, by_version: bool = False, app: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Per endpoint (``method``, ``route``; and ``app_name``, ``app_version`` when
+        ``by_version``, so that each app's versions are compared only with each other):
         ``calls``, ``errors`` (status >= 500), ``error_rate``, ``p50``, ``p95``,
         ``p99``, ``mean`` (seconds), ``request_bytes``, ``response_bytes``,
         ``deployments``. Endpoints seen before ``since`` but not after appear with
         ``calls`` 0, so unused endpoints are visible; their ``error_rate``,
-        percentiles and ``mean`` are None. ``app_version`` is None where the
-        instance did not say. Most calls first."""
+        percentiles and ``mean`` are None. ``app_name`` and ``app_version`` are None
+        where the instance did not say. Most calls first."""
 
     @abc.abstractmethod
-    def platforms(self, since: float) -> list[dict[str, Any]]:
+    def platforms(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
         """Instances seen since ``since`` by ``os``, ``arch``, ``python_version`` and
         ``framework``: ``[{"os", "arch", "python_version", "framework", "instances",
         "deployments"}]``, most instances first (None: unknown or withheld)."""

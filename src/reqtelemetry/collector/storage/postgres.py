@@ -26,7 +26,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from .sql import Dialect, Executor, Migration, Row, SQLStorage, common_tables
+from .sql import Dialect, Executor, Migration, Row, SQLStorage, app_name_columns, common_tables
 
 T = TypeVar("T")
 
@@ -56,6 +56,7 @@ MIGRATIONS = (
             big_int="BIGINT",
         ),
     ),
+    Migration(2, "app_name on instances, reports and aggregates", app_name_columns()),
 )
 
 

@@ -33,7 +33,7 @@ T = TypeVar("T")
 Row = tuple[Any, ...]
 
 #: Traits copied out of the JSON into their own columns, for grouping.
-TRAIT_COLUMNS = ("app_version", "os", "arch", "python_version", "framework")
+TRAIT_COLUMNS = ("app_name", "app_version", "os", "arch", "python_version", "framework")
 #: Reports deleted per transaction by :meth:`SQLStorage.prune`, and the longest
 #: pause it makes between two (as long as the batch took, up to this).
 PRUNE_BATCH = 200
@@ -109,6 +109,14 @@ def _float(value: Any) -> float:
 def _text_key(value: str | None) -> str:
     """Sort key that puts unknown (None) before any text, the same in both backends."""
     return "" if value is None else "\x01" + value
+
+
+def _app_filter(app: str | None, column: str = "app_name") -> tuple[str, tuple[Any, ...]]:
+    """The ``AND`` condition and its parameter that keep one app's rows; nothing for
+    ``None`` (every app, those without a name included)."""
+    if app is None:
+        return "", ()
+    return f" AND {column} = ?", (app,)
 
 
 class SQLStorage(Storage):
@@ -229,6 +237,7 @@ class SQLStorage(Storage):
         received = float(report.received_at)
         deployment_id = payload["deployment_id"]
         instance_id = payload["instance_id"]
+        app_name = traits.get("app_name")
         app_version = traits.get("app_version")
         extracted = [traits.get(name) for name in TRAIT_COLUMNS]
         traits_json = json.dumps(traits, separators=(",", ":"), sort_keys=True)
@@ -238,6 +247,7 @@ class SQLStorage(Storage):
             (
                 instance_id,
                 deployment_id,
+                app_name,
                 app_version,
                 received,
                 batch["period_start"],
@@ -263,15 +273,16 @@ class SQLStorage(Storage):
 
         def work(ex: Executor) -> None:
             inserted = ex.query(
-                "INSERT INTO reports (stamp, deployment_id, instance_id, app_version, kind,"
-                " sequence, part, parts, sent_at, received_at, period_start, period_end,"
+                "INSERT INTO reports (stamp, deployment_id, instance_id, app_name, app_version,"
+                " kind, sequence, part, parts, sent_at, received_at, period_start, period_end,"
                 " dropped, internal_errors)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (stamp) DO NOTHING RETURNING id",
                 (
                     report.stamp,
                     deployment_id,
                     instance_id,
+                    app_name,
                     app_version,
                     payload["kind"],
                     payload["sequence"],
@@ -290,11 +301,12 @@ class SQLStorage(Storage):
             report_id = inserted[0][0]
             if aggregate_rows:
                 ex.executemany(
-                    "INSERT INTO aggregates (report_id, instance_id, deployment_id, app_version,"
-                    " received_at, period_start, period_end, method, route, status, count,"
-                    " latency_sum, latency_min, latency_max, histogram, request_bytes,"
+                    "INSERT INTO aggregates (report_id, instance_id, deployment_id, app_name,"
+                    " app_version, received_at, period_start, period_end, method, route, status,"
+                    " count, latency_sum, latency_min, latency_max, histogram, request_bytes,"
                     " response_bytes)"
-                    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {d.json_param}, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                    f" {d.json_param}, ?, ?)",
                     [(report_id, *row) for row in aggregate_rows],
                 )
             if metric_rows:
@@ -313,10 +325,12 @@ class SQLStorage(Storage):
             # Traits follow the newest report: a report that arrives late does
             # not overwrite what a later one said.
             newer = "excluded.last_seen >= instances.last_seen"
+            trait_columns = ", ".join(TRAIT_COLUMNS)
+            trait_marks = ", ".join("?" for _ in TRAIT_COLUMNS)
             ex.execute(
-                "INSERT INTO instances (id, deployment_id, traits, app_version, os, arch,"
-                " python_version, framework, first_seen, last_seen)"
-                f" VALUES (?, ?, {d.json_param}, ?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO instances (id, deployment_id, traits, {trait_columns},"
+                " first_seen, last_seen)"
+                f" VALUES (?, ?, {d.json_param}, {trait_marks}, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET "
                 + ", ".join(
                     f"{column} = CASE WHEN {newer} THEN excluded.{column}"
@@ -410,22 +424,24 @@ class SQLStorage(Storage):
 
     # -- the dashboard's questions ------------------------------------------------------
 
-    def totals(self, since: float) -> dict[str, Any]:
+    def totals(self, since: float, app: str | None = None) -> dict[str, Any]:
         """Distinct deployments and instances that reported, reports, requests and
-        server errors (status >= 500) received since ``since``; zeros when empty."""
+        server errors (status >= 500) received since ``since`` (from ``app`` only,
+        when given); zeros when empty."""
         since = float(since)
+        only, app_params = _app_filter(app)
 
         def work(ex: Executor) -> dict[str, Any]:
             deployments, instances, reports = ex.query(
                 "SELECT COUNT(DISTINCT deployment_id), COUNT(DISTINCT instance_id), COUNT(*)"
-                " FROM reports WHERE received_at >= ?",
-                (since,),
+                f" FROM reports WHERE received_at >= ?{only}",
+                (since, *app_params),
             )[0]
             total = self.dialect.sum
             requests, errors = ex.query(
                 f"SELECT {total}(count), {total}(CASE WHEN status >= 500 THEN count ELSE 0 END)"
-                " FROM aggregates WHERE received_at >= ?",
-                (since,),
+                f" FROM aggregates WHERE received_at >= ?{only}",
+                (since, *app_params),
             )[0]
             return {
                 "deployments": _int(deployments),
@@ -437,8 +453,11 @@ class SQLStorage(Storage):
 
         return self._run(work)
 
-    def activity(self, since: float, bucket_seconds: int) -> list[dict[str, Any]]:
-        """Deployments and instances that reported, per ``bucket_seconds`` bucket.
+    def activity(
+        self, since: float, bucket_seconds: int, app: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Deployments and instances that reported (of ``app``, when given), per
+        ``bucket_seconds`` bucket.
 
         Buckets are aligned to multiples of ``bucket_seconds`` since the epoch
         (UTC) and counted by the reports' ``received_at``; a bucket without any
@@ -447,13 +466,14 @@ class SQLStorage(Storage):
         if not isinstance(bucket_seconds, int) or bucket_seconds <= 0:
             raise ValueError(f"bucket_seconds must be a positive integer, got {bucket_seconds!r}")
         bucket = self.dialect.bucket
+        only, app_params = _app_filter(app)
 
         def work(ex: Executor) -> list[Row]:
             return ex.query(
                 f"SELECT {bucket} AS bucket, COUNT(DISTINCT deployment_id),"
                 " COUNT(DISTINCT instance_id)"
-                " FROM reports WHERE received_at >= ? GROUP BY bucket",
-                (bucket_seconds, float(since)),
+                f" FROM reports WHERE received_at >= ?{only} GROUP BY bucket",
+                (bucket_seconds, float(since), *app_params),
             )
 
         rows = sorted((_int(b), _int(d), _int(i)) for b, d, i in self._run(work))
@@ -462,68 +482,118 @@ class SQLStorage(Storage):
             for b, d, i in rows
         ]
 
-    def versions(self, since: float) -> list[dict[str, Any]]:
-        """App versions that reported since ``since`` (None: unknown or withheld), with
-        distinct deployments and instances and the last report's time."""
+    def versions(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
+        """App versions that reported since ``since``, per app name (of ``app`` only,
+        when given; None: unknown or withheld), with distinct deployments and
+        instances and the last report's time.
+
+        Why per app: two apps behind one collector may both be at "1.0", and
+        counting their deployments together would describe neither.
+        """
+        only, app_params = _app_filter(app)
 
         def work(ex: Executor) -> list[Row]:
             return ex.query(
-                "SELECT app_version, COUNT(DISTINCT deployment_id),"
+                "SELECT app_name, app_version, COUNT(DISTINCT deployment_id),"
                 " COUNT(DISTINCT instance_id), MAX(received_at)"
-                " FROM reports WHERE received_at >= ? GROUP BY app_version",
-                (float(since),),
+                f" FROM reports WHERE received_at >= ?{only} GROUP BY app_name, app_version",
+                (float(since), *app_params),
             )
 
         result = [
             {
+                "app_name": name,
                 "app_version": version,
                 "deployments": _int(deployments),
                 "instances": _int(instances),
                 "last_seen": _float(last_seen),
             }
-            for version, deployments, instances, last_seen in self._run(work)
+            for name, version, deployments, instances, last_seen in self._run(work)
         ]
         result.sort(
             key=lambda row: (
                 -row["deployments"],
                 -row["instances"],
                 -row["last_seen"],
+                _text_key(row["app_name"]),
                 _text_key(row["app_version"]),
             )
         )
         return result
 
-    def endpoints(self, since: float, by_version: bool = False) -> list[dict[str, Any]]:
+    def apps(self, since: float) -> list[dict[str, Any]]:
+        """Apps that reported since ``since`` by name (None: reports without one),
+        with distinct deployments and instances, reports and the last report's
+        time; most deployments first."""
+
+        def work(ex: Executor) -> list[Row]:
+            return ex.query(
+                "SELECT app_name, COUNT(DISTINCT deployment_id), COUNT(DISTINCT instance_id),"
+                " COUNT(*), MAX(received_at)"
+                " FROM reports WHERE received_at >= ? GROUP BY app_name",
+                (float(since),),
+            )
+
+        result = [
+            {
+                "app_name": name,
+                "deployments": _int(deployments),
+                "instances": _int(instances),
+                "reports": _int(reports),
+                "last_seen": _float(last_seen),
+            }
+            for name, deployments, instances, reports, last_seen in self._run(work)
+        ]
+        result.sort(
+            key=lambda row: (
+                -row["deployments"],
+                -row["instances"],
+                -row["reports"],
+                _text_key(row["app_name"]),
+            )
+        )
+        return result
+
+    def endpoints(
+        self, since: float, by_version: bool = False, app: str | None = None
+    ) -> list[dict[str, Any]]:
         """Per endpoint since ``since``; see :meth:`Storage.endpoints`.
 
-        Every endpoint ever stored is listed: one without calls since ``since``
-        has ``calls`` 0 and ``None`` for ``error_rate``, percentiles and
-        ``mean``. ``errors`` counts status >= 500. Percentiles come from the
-        endpoint's histograms merged across instances and reports (the database
-        adds up the counts per bucket; Python reads the quantiles off them).
-        Three queries, whatever the number of endpoints.
+        Every endpoint ever stored (by ``app``, when given) is listed: one
+        without calls since ``since`` has ``calls`` 0 and ``None`` for
+        ``error_rate``, percentiles and ``mean``. ``errors`` counts status >=
+        500. Percentiles come from the endpoint's histograms merged across
+        instances and reports (the database adds up the counts per bucket;
+        Python reads the quantiles off them). Three queries, whatever the
+        number of endpoints.
         """
         since = float(since)
         d = self.dialect
-        key = "method, route, app_version" if by_version else "method, route"
-        a_key = "a.method, a.route, a.app_version" if by_version else "a.method, a.route"
-        width = 3 if by_version else 2
+        columns = (
+            ("method", "route", "app_name", "app_version") if by_version else ("method", "route")
+        )
+        key = ", ".join(columns)
+        a_key = ", ".join(f"a.{column}" for column in columns)
+        width = len(columns)
+        only, app_params = _app_filter(app)
+        a_only, _ = _app_filter(app, "a.app_name")
+        ever = "" if app is None else " WHERE app_name = ?"
 
         def work(ex: Executor) -> tuple[list[Row], list[Row], list[Row]]:
-            known = ex.query(f"SELECT DISTINCT {key} FROM aggregates")
+            known = ex.query(f"SELECT DISTINCT {key} FROM aggregates{ever}", app_params)
             sums = ex.query(
                 f"SELECT {key}, {d.sum}(count),"
                 f" {d.sum}(CASE WHEN status >= 500 THEN count ELSE 0 END),"
                 f" {d.sum}(latency_sum), {d.sum}(request_bytes), {d.sum}(response_bytes),"
                 " COUNT(DISTINCT deployment_id)"
-                f" FROM aggregates WHERE received_at >= ? GROUP BY {key}",
-                (since,),
+                f" FROM aggregates WHERE received_at >= ?{only} GROUP BY {key}",
+                (since, *app_params),
             )
             bins = ex.query(
                 f"SELECT {a_key}, {d.bin_index} AS bin_index, {d.sum}({d.bin_count})"
-                f" FROM {d.bins_source} WHERE a.received_at >= ?"
+                f" FROM {d.bins_source} WHERE a.received_at >= ?{a_only}"
                 f" GROUP BY {a_key}, bin_index",
-                (since,),
+                (since, *app_params),
             )
             return known, sums, bins
 
@@ -541,9 +611,7 @@ class SQLStorage(Storage):
             )
             calls, errors = _int(calls), _int(errors)
             histogram = histograms.get(endpoint)
-            entry: dict[str, Any] = {"method": endpoint[0], "route": endpoint[1]}
-            if by_version:
-                entry["app_version"] = endpoint[2]
+            entry: dict[str, Any] = dict(zip(columns, endpoint, strict=True))
             entry.update(
                 calls=calls,
                 errors=errors,
@@ -562,23 +630,26 @@ class SQLStorage(Storage):
                 -row["calls"],
                 row["method"],
                 row["route"],
+                _text_key(row.get("app_name")),
                 _text_key(row.get("app_version")),
             )
         )
         return result
 
-    def platforms(self, since: float) -> list[dict[str, Any]]:
-        """Instances seen since ``since`` by ``os``, ``arch``, ``python_version`` and
+    def platforms(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
+        """Instances seen since ``since`` (of ``app``, by the name in their newest
+        report, when given) by ``os``, ``arch``, ``python_version`` and
         ``framework`` (each None when unknown or withheld), with their distinct
         deployments; most instances first."""
+        only, app_params = _app_filter(app)
 
         def work(ex: Executor) -> list[Row]:
             return ex.query(
                 "SELECT os, arch, python_version, framework, COUNT(*),"
                 " COUNT(DISTINCT deployment_id)"
-                " FROM instances WHERE last_seen >= ?"
+                f" FROM instances WHERE last_seen >= ?{only}"
                 " GROUP BY os, arch, python_version, framework",
-                (float(since),),
+                (float(since), *app_params),
             )
 
         result = [
@@ -678,4 +749,28 @@ def common_tables(
         "CREATE INDEX aggregates_report ON aggregates (report_id)",
         "CREATE INDEX metrics_report ON metrics (report_id)",
         "CREATE INDEX metrics_name_received_at ON metrics (name, received_at)",
+    )
+
+
+def app_name_columns() -> tuple[str, ...]:
+    """Version 2: the app's name next to its version, so one collector can serve several apps.
+
+    Why a column in three tables, as ``app_version`` has: the dashboard
+    filters reports (totals, activity, versions), aggregates (endpoints) and
+    instances (platforms) by app, each without a join. Rows stored before
+    this step keep NULL (the app is unknown): the reports they came from are
+    gone, so there is nothing to fill them from. Adding a nullable column
+    without a default rewrites no rows in either database.
+    """
+    return (
+        "ALTER TABLE instances ADD COLUMN app_name TEXT",
+        "ALTER TABLE reports ADD COLUMN app_name TEXT",
+        "ALTER TABLE aggregates ADD COLUMN app_name TEXT",
+        # One app's rows since a time: the filtered totals, activity and versions.
+        "CREATE INDEX reports_app_received_at ON reports (app_name, received_at)",
+        # One app's endpoints: their calls since a time, and every endpoint it ever had.
+        "CREATE INDEX aggregates_app_received_at ON aggregates (app_name, received_at)",
+        "CREATE INDEX aggregates_app_endpoint ON aggregates (app_name, method, route, app_version)",
+        # One app's platforms: its instances seen since a time.
+        "CREATE INDEX instances_app_last_seen ON instances (app_name, last_seen)",
     )

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .sql import Dialect, Executor, Migration, Row, SQLStorage, common_tables
+from .sql import Dialect, Executor, Migration, Row, SQLStorage, app_name_columns, common_tables
 
 T = TypeVar("T")
 
@@ -49,6 +49,7 @@ MIGRATIONS = (
             big_int="INTEGER",
         ),
     ),
+    Migration(2, "app_name on instances, reports and aggregates", app_name_columns()),
 )
 
 
