@@ -433,6 +433,7 @@ def store_old_report(
     app_version: str,
     calls: list[tuple[str, str, int, float]],
     days_ago: float,
+    app_name: str | None = None,
 ) -> None:
     """Store a report as if received ``days_ago`` days ago, through the storage API.
 
@@ -454,6 +455,7 @@ def store_old_report(
             "arch": "x86_64",
             "python_version": "3.11.2",
             "framework": "starlette",
+            "app_name": app_name,
             "app_version": app_version,
         },
         withheld=[],

@@ -7,11 +7,14 @@ none of the sample identifiers, and neither connects anywhere.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +243,30 @@ def test_export_of_a_database_without_the_schema(capsys, tmp_path):
     assert "no reqtelemetry tables" in one_error_line(capsys, "export")
 
 
+def test_export_of_one_app(capsys, tmp_path):
+    from collector_stack import store_old_report
+
+    db = migrated_sqlite(tmp_path / "t.db")
+    for app, version, route in (("inventory", "1.0", "/items"), ("billing", "1.0", "/invoices")):
+        store_old_report(db, str(uuid.uuid4()), version, [("GET", route, 200, 0.01)], 0.01, app)
+    out = tmp_path / "billing.csv"
+    assert main(["export", "--csv", "--db", db, "--app", "billing", "-o", str(out)]) == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert [(r["app_name"], r["app_version"], r["route"], r["calls"]) for r in rows] == [
+        ("billing", "1.0", "/invoices", "1")
+    ]
+    assert main(["export", "--csv", "--db", db]) == 0
+    every = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert sorted(r["app_name"] for r in every) == ["billing", "inventory"]
+
+
+def test_export_of_an_app_no_report_can_name_is_one_line(capsys, tmp_path):
+    db = migrated_sqlite(tmp_path / "t.db")
+    assert main(["export", "--csv", "--db", db, "--app", "x" * 129]) == 2
+    line = one_error_line(capsys, "export")
+    assert "--app must be an app's name: at most 128 characters" in line
+
+
 def _unusable_databases(tmp_path: Path) -> list[str]:
     not_a_database = tmp_path / "notes.txt"
     not_a_database.write_text("not a database\n" * 100)
@@ -308,8 +335,6 @@ def test_the_collector_banner_names_the_database_without_its_password(
 
 
 def test_export_needs_only_read_access_on_postgres(capsys, postgres_url, tmp_path):
-    import uuid
-
     import psycopg
 
     from postgres import scratch_schema

@@ -130,6 +130,7 @@ def make_payload(
     instance_id: str,
     *,
     app_version: str | None = "2.4.1",
+    app_name: str | None = None,
     records: list[dict[str, Any]] | None = None,
     **top: Any,
 ) -> dict[str, Any]:
@@ -151,6 +152,7 @@ def make_payload(
             "python_version": "3.12.7",
             "framework": "fastapi",
             "server": "uvicorn",
+            "app_name": app_name,
             "app_version": app_version,
             "container": True,
             "ci": False,
@@ -1209,6 +1211,149 @@ def test_an_unreachable_postgres_is_still_a_503() -> None:
         storage.close()
 
 
+# -- several apps behind one collector: both backends ---------------------------------------
+
+
+def _send_all(collector: Collector, payloads: list[dict[str, Any]]) -> None:
+    for payload in payloads:
+        response = collector.send(payload)
+        assert response.status_code == 200, response.text
+
+
+@pytest.mark.e2e
+def test_several_apps_are_told_apart(backend_collector: Collector) -> None:
+    """Two apps on one collector serve the same route at interleaving versions:
+    each is summarised, compared and exported on its own, and together."""
+    collector = backend_collector
+    inventory_a, inventory_b, billing, unnamed = new_id(), new_id(), new_id(), new_id()
+    _send_all(
+        collector,
+        [
+            make_payload(inventory_a, new_id(), app_name="inventory", app_version="1.0"),
+            # 10 buckets (about 1.5 times) slower than inventory 1.0.
+            make_payload(
+                inventory_b,
+                new_id(),
+                app_name="inventory",
+                app_version="1.1",
+                records=default_records(10),
+            ),
+            # Between inventory's versions by number, and far slower: compared
+            # across apps, it would make inventory 1.1 look faster.
+            make_payload(
+                billing,
+                new_id(),
+                app_name="billing",
+                app_version="1.0.5",
+                records=default_records(40),
+            ),
+            make_payload(unnamed, new_id(), app_version="1.0"),
+        ],
+    )
+
+    every = collector.http.get("/api/summary", params={"days": 7}).json()
+    assert every["app"] is None
+    assert [
+        (a["app_name"], a["deployments"], a["instances"], a["reports"]) for a in every["apps"]
+    ] == [
+        ("inventory", 2, 2, 2),
+        (None, 1, 1, 1),
+        ("billing", 1, 1, 1),
+    ]
+    assert every["totals"]["requests"] == 4 * 12
+    assert {(v["app_name"], v["app_version"]) for v in every["versions"]} == {
+        ("inventory", "1.0"),
+        ("inventory", "1.1"),
+        ("billing", "1.0.5"),
+        (None, "1.0"),  # not inventory's 1.0
+    }
+    items = {
+        (e["app_name"], e["app_version"]): e
+        for e in every["endpoints_by_version"]
+        if (e["method"], e["route"]) == ("GET", ROUTE_ITEM)
+    }
+    assert set(items) == {
+        ("inventory", "1.0"),
+        ("inventory", "1.1"),
+        ("billing", "1.0.5"),
+        (None, "1.0"),
+    }
+    newer = items[("inventory", "1.1")]
+    assert newer["previous_version"] == "1.0"
+    assert newer["p95_change"] == pytest.approx(
+        newer["p95"] / items[("inventory", "1.0")]["p95"] - 1
+    )
+    assert newer["p95_change"] > 0.3
+    for alone in (("billing", "1.0.5"), (None, "1.0"), ("inventory", "1.0")):
+        assert items[alone]["previous_version"] is None, alone
+    # Endpoints and platforms of every app add up.
+    calls = {(e["method"], e["route"]): e["calls"] for e in every["endpoints"]}
+    assert calls == {("GET", ROUTE_ITEM): 4 * 9, ("POST", ROUTE_CREATE): 4 * 3}
+    assert sum(p["instances"] for p in every["platforms"]) == 4
+
+    one = collector.http.get("/api/summary", params={"days": 7, "app": "inventory"}).json()
+    assert one["app"] == "inventory"
+    assert one["apps"] == every["apps"]  # the others stay on offer
+    assert one["totals"] == {
+        "deployments": 2,
+        "instances": 2,
+        "reports": 2,
+        "requests": 2 * 12,
+        "errors": 2,
+        "error_rate": pytest.approx(2 / 24),
+    }
+    assert one["activity"][-1]["deployments"] == 2 and one["activity"][-1]["instances"] == 2
+    assert [(v["app_name"], v["app_version"]) for v in one["versions"]] == [
+        ("inventory", "1.1"),
+        ("inventory", "1.0"),
+    ]
+    assert {(e["method"], e["route"]): e["calls"] for e in one["endpoints"]} == {
+        ("GET", ROUTE_ITEM): 18,
+        ("POST", ROUTE_CREATE): 6,
+    }
+    assert {e["app_name"] for e in one["endpoints_by_version"]} == {"inventory"}
+    assert sum(p["instances"] for p in one["platforms"]) == 2
+    nobody = collector.http.get("/api/summary", params={"app": "nobody"}).json()
+    assert nobody["totals"]["reports"] == 0 and nobody["endpoints"] == []
+    assert nobody["versions"] == [] and nobody["platforms"] == []
+
+    rows = list(csv.DictReader(io.StringIO(collector.http.get("/export.csv").text)))
+    assert tuple(rows[0]) == COLUMNS and "app_name" in COLUMNS
+    assert {(r["app_name"], r["app_version"]) for r in rows if r["method"] == "GET"} == {
+        ("inventory", "1.0"),
+        ("inventory", "1.1"),
+        ("billing", "1.0.5"),
+        ("", "1.0"),  # no name: an empty cell
+    }
+    billing_rows = list(
+        csv.DictReader(
+            io.StringIO(collector.http.get("/export.csv", params={"app": "billing"}).text)
+        )
+    )
+    assert [(r["method"], r["app_name"], r["app_version"], r["calls"]) for r in billing_rows] == [
+        ("GET", "billing", "1.0.5", "9"),
+        ("POST", "billing", "1.0.5", "3"),
+    ]
+
+
+@pytest.mark.e2e
+def test_bad_app_names_are_a_400(backend_collector: Collector) -> None:
+    # A NUL reaches PostgreSQL as an error, which would be a 503: refused first.
+    collector = backend_collector
+    for app in ("x" * 129, "\0", "inventory\0"):
+        for path in ("/api/summary", "/export.csv"):
+            response = collector.http.get(path, params={"app": app})
+            assert response.status_code == 400, (path, app, response.text)
+            assert response.json() == {
+                "error": "bad_request",
+                "detail": "app must be an app's name: at most 128 characters, without NUL",
+            }
+    longest = "é" * 128  # characters, as the payload schema counts them
+    assert collector.http.get("/api/summary", params={"app": longest}).json()["app"] == longest
+    assert collector.http.get("/export.csv", params={"app": longest}).status_code == 200
+    assert collector.http.get("/api/summary", params={"app": ""}).json()["app"] is None
+
+
 # -- the pieces without a server ----------------------------------------------------------------
 
 
@@ -1224,6 +1369,41 @@ def test_versions_compare_as_numbers() -> None:
     assert marked["1.10"]["p95_change"] == pytest.approx(1.0)
     assert marked["1.9"]["previous_version"] == "0.1"
     assert marked["1.9"]["p95_change"] is None  # nothing to compare with
+
+
+def test_versions_are_compared_within_their_app_only() -> None:
+    rows = [
+        {"method": "GET", "route": "/", "app_name": name, "app_version": v, "calls": 1, "p95": p}
+        for name, v, p in (
+            ("inventory", "1.1", 0.2),
+            ("billing", "1.0.5", 0.8),
+            ("inventory", "1.0", 0.1),
+            (None, "1.0.7", 0.4),
+            (None, "1.0.2", 0.5),
+        )
+    ]
+    marked = {(row["app_name"], row["app_version"]): row for row in with_previous_version(rows)}
+    assert marked[("inventory", "1.1")]["previous_version"] == "1.0"
+    assert marked[("inventory", "1.1")]["p95_change"] == pytest.approx(1.0)
+    assert marked[("billing", "1.0.5")]["previous_version"] is None
+    # Rows without a name are compared among themselves, as before app names.
+    assert marked[(None, "1.0.7")]["previous_version"] == "1.0.2"
+    assert [row["app_version"] for row in with_previous_version(rows)] == [
+        "1.1",
+        "1.0.5",
+        "1.0",
+        "1.0.7",
+        "1.0.2",
+    ]
+
+
+def test_the_longest_app_name_is_the_schemas() -> None:
+    from reqtelemetry.collector.export import MAX_APP_NAME_LENGTH
+    from reqtelemetry.schema_loader import load_payload_schema
+
+    schema = load_payload_schema()
+    assert schema["$defs"]["traits"]["properties"]["app_name"] == {"$ref": "#/$defs/short_text"}
+    assert schema["$defs"]["short_text"]["maxLength"] == MAX_APP_NAME_LENGTH
 
 
 def test_activity_has_every_bucket() -> None:

@@ -218,8 +218,14 @@ def _collector(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from .collector.export import app_filter  # the standard library only
+
     if args.days < 1:
         return _fail("export", "--days must be at least 1")
+    try:
+        app = app_filter(args.app)
+    except ValueError as error:
+        return _fail("export", f"--app {error}")
     try:
         from .collector.export import endpoint_rows, since_days, write_csv
         from .collector.storage import database_errors, open_storage
@@ -235,7 +241,7 @@ def _export(args: argparse.Namespace) -> int:
         return _database_failure("export", args.db, error)
     try:
         storage.check_schema()
-        rows = endpoint_rows(storage, since_days(args.days))
+        rows = endpoint_rows(storage, since_days(args.days), app)
     except database_errors() as error:
         return _database_failure("export", args.db, error)
     finally:
@@ -364,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--db", default=default_db, help=f"storage URL (default {default_db})")
     export.add_argument("--csv", action="store_true", required=True, help="CSV (the format)")
     export.add_argument("--days", type=int, default=30, help="the last N days (default 30)")
+    export.add_argument(
+        "--app", default=None, help="only the app of this name (traits.app_name; default: all)"
+    )
     export.add_argument("-o", "--output", default=None, help="file to write (default stdout)")
     export.set_defaults(handler=_export)
 

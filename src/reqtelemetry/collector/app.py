@@ -3,7 +3,8 @@
 Public, for clients: ``POST /v1/session`` (a signed token), ``POST /v1/report``
 (a report with its proof of work), ``GET /healthz``. For the maintainer,
 behind the dashboard credentials when configured: ``GET /`` (the dashboard),
-``GET /api/summary`` (its data) and ``GET /export.csv``.
+``GET /api/summary`` (its data) and ``GET /export.csv``; those two take
+``?days=`` (the window) and ``?app=`` (one app's figures only).
 
 What the endpoint code guarantees, and why:
 
@@ -46,7 +47,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._version import __version__
-from .export import csv_text, endpoint_rows, since_days
+from .export import app_filter, csv_text, endpoint_rows, since_days
 from .settings import DAY_SECONDS, CollectorSettings
 from .storage import open_storage
 from .storage.base import Pruned, ReplayError, Storage, StoredReport, UnstorableReport
@@ -172,8 +173,9 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
 
     async def summary(request: Request) -> Response:
         days = days_param(request)
+        app_name = app_param(request)
         try:
-            data = await run_in_threadpool(build_summary, store, days)
+            data = await run_in_threadpool(build_summary, store, days, app=app_name)
         except Exception:
             logger.exception("could not read the summary")
             return _unavailable("the collector cannot read its database right now")
@@ -181,8 +183,9 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
 
     async def export_csv(request: Request) -> Response:
         days = days_param(request)
+        app_name = app_param(request)
         try:
-            rows = await run_in_threadpool(endpoint_rows, store, since_days(days))
+            rows = await run_in_threadpool(endpoint_rows, store, since_days(days), app_name)
         except Exception:
             logger.exception("could not read the endpoint report")
             return _unavailable("the collector cannot read its database right now")
@@ -327,6 +330,14 @@ def days_param(request: Request) -> int:
     if DAYS_PATTERN.fullmatch(value) is None or not 1 <= int(value) <= MAX_DAYS:
         raise HTTPException(400, f"days must be a whole number from 1 to {MAX_DAYS}")
     return int(value)
+
+
+def app_param(request: Request) -> str | None:
+    """``?app=NAME``: one app's figures; absent or empty, every app's."""
+    try:
+        return app_filter(request.query_params.get("app"))
+    except ValueError as error:
+        raise HTTPException(400, f"app {error}") from None
 
 
 Endpoint = Callable[[Request], Any]

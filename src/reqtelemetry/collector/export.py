@@ -1,11 +1,13 @@
 """The per-endpoint report as CSV, shared by ``GET /export.csv`` and ``reqtelemetry export``.
 
-One row per (method, route, app version): the numbers a maintainer pastes into
-a spreadsheet or a release note. Latencies are milliseconds here (the storage
-answers in seconds) because that is what people read.
+One row per (method, route, app name, app version): the numbers a maintainer
+pastes into a spreadsheet or a release note. Both ways of exporting can be
+limited to one app (``?app=`` / ``--app``), checked by :func:`app_filter`.
+Latencies are milliseconds here (the storage answers in seconds) because that
+is what people read.
 
-Routes and app versions come from clients, so a cell could start with ``=``,
-``+``, ``-`` or ``@`` and be run as a formula by a spreadsheet (CSV
+Routes, app names and app versions come from clients, so a cell could start
+with ``=``, ``+``, ``-`` or ``@`` and be run as a formula by a spreadsheet (CSV
 injection); such cells are prefixed with ``'`` (OWASP's advice).
 """
 
@@ -23,6 +25,7 @@ from .storage.base import Storage
 COLUMNS = (
     "method",
     "route",
+    "app_name",
     "app_version",
     "calls",
     "errors",
@@ -38,6 +41,8 @@ COLUMNS = (
 _LATENCIES = (("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"), ("mean", "mean_ms"))
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 DAY = 86400
+#: The longest app name a report can carry (the payload schema's ``short_text``).
+MAX_APP_NAME_LENGTH = 128
 
 
 def since_days(days: int, now: float | None = None) -> float:
@@ -45,15 +50,34 @@ def since_days(days: int, now: float | None = None) -> float:
     return (time.time() if now is None else now) - days * DAY
 
 
-def endpoint_rows(storage: Storage, since: float) -> list[dict[str, Any]]:
-    """The CSV rows (as dicts keyed by :data:`COLUMNS`), most calls first."""
-    return [_row(endpoint) for endpoint in storage.endpoints(since, by_version=True)]
+def app_filter(value: str | None) -> str | None:
+    """The app a maintainer asked for, or None for every app (absent or empty).
+
+    Why check at all: a name longer than any report can carry matches nothing,
+    which is worth saying rather than answering with an empty page; and a NUL
+    (which no stored name has) makes PostgreSQL refuse the query, which would
+    look like an outage. Raises :class:`ValueError` saying what an app name is.
+    """
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_APP_NAME_LENGTH or "\0" in value:
+        raise ValueError(
+            f"must be an app's name: at most {MAX_APP_NAME_LENGTH} characters, without NUL"
+        )
+    return value
+
+
+def endpoint_rows(storage: Storage, since: float, app: str | None = None) -> list[dict[str, Any]]:
+    """The CSV rows (as dicts keyed by :data:`COLUMNS`) of every app, or of ``app``
+    only; most calls first."""
+    return [_row(endpoint) for endpoint in storage.endpoints(since, by_version=True, app=app)]
 
 
 def _row(endpoint: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "method": endpoint.get("method"),
         "route": endpoint.get("route"),
+        "app_name": endpoint.get("app_name"),
         "app_version": endpoint.get("app_version"),
         "calls": endpoint.get("calls", 0),
         "errors": endpoint.get("errors", 0),

@@ -5,6 +5,10 @@ PostgreSQL answer identically. The comparison a release manager wants, "did
 this version get slower?", is computed here rather than in the browser: each
 endpoint-and-version row carries the previous version's p95 and the change, so
 the page only colours it and a test can check the arithmetic.
+
+One collector may serve several apps (``traits.app_name``). Every section can
+be limited to one of them; the list of apps seen in the window (``apps``) is
+always complete, so that the page can offer the others.
 """
 
 from __future__ import annotations
@@ -32,25 +36,32 @@ def bucket_seconds(days: int) -> int:
     return HOUR if days <= 2 else DAY
 
 
-def build_summary(storage: Storage, days: int, now: float | None = None) -> dict[str, Any]:
-    """Everything ``GET /api/summary`` returns, JSON-ready."""
+def build_summary(
+    storage: Storage, days: int, now: float | None = None, app: str | None = None
+) -> dict[str, Any]:
+    """Everything ``GET /api/summary`` returns, JSON-ready: of every app, or of
+    ``app`` only (``apps`` and ``refusals`` are never limited: refusals happen
+    before a report's app is known)."""
     now = time.time() if now is None else now
     since = now - days * DAY
-    totals = dict(storage.totals(since))
+    totals = dict(storage.totals(since, app=app))
     requests = totals.get("requests") or 0
     totals["error_rate"] = (totals.get("errors") or 0) / requests if requests else 0.0
     bucket = bucket_seconds(days)
+    by_version = storage.endpoints(since, by_version=True, app=app)
     summary = {
         "generated_at": now,
         "days": days,
         "since": since,
         "bucket_seconds": bucket,
+        "app": app,
+        "apps": storage.apps(since),
         "totals": totals,
-        "activity": fill_activity(storage.activity(since, bucket), since, now, bucket),
-        "versions": storage.versions(since),
-        "endpoints": storage.endpoints(since),
-        "endpoints_by_version": with_previous_version(storage.endpoints(since, by_version=True)),
-        "platforms": storage.platforms(since),
+        "activity": fill_activity(storage.activity(since, bucket, app=app), since, now, bucket),
+        "versions": storage.versions(since, app=app),
+        "endpoints": storage.endpoints(since, app=app),
+        "endpoints_by_version": with_previous_version(by_version),
+        "platforms": storage.platforms(since, app=app),
         "refusals": storage.refusals(),
     }
     result: dict[str, Any] = jsonable(summary)
@@ -87,13 +98,20 @@ def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
 def with_previous_version(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add ``previous_version``, ``p95_previous`` and ``p95_change`` (relative:
     ``0.25`` is 25 % slower) to each row, against the same endpoint's nearest
-    older version that had calls. Rows keep their order."""
-    by_endpoint: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    older version of the same app that had calls. Rows keep their order.
+
+    Why the app is part of the endpoint: two apps behind one collector number
+    their releases independently, so billing's 1.0 is not inventory's 1.1's
+    predecessor, even where both serve ``GET /items/{item_id}``. Rows of an
+    unknown app (None) are compared among themselves, as before app names.
+    """
+    by_endpoint: dict[tuple[Any, Any, Any], list[dict[str, Any]]] = {}
     out = [dict(row) for row in rows]
     for row in out:
         row["previous_version"] = row["p95_previous"] = row["p95_change"] = None
         if isinstance(row.get("app_version"), str) and row.get("calls"):
-            by_endpoint.setdefault((row.get("method"), row.get("route")), []).append(row)
+            endpoint = (row.get("app_name"), row.get("method"), row.get("route"))
+            by_endpoint.setdefault(endpoint, []).append(row)
     for group in by_endpoint.values():
         group.sort(key=lambda row: version_key(row["app_version"]))
         for older, newer in itertools.pairwise(group):
