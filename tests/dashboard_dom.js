@@ -2,19 +2,21 @@
  * Runs the collector dashboard's script under node against a minimal fake DOM,
  * so the test suite can check what it renders without a browser.
  *
- *   node dashboard_dom.js <index.html> <dashboard.js> <summary.json> [page query]
+ *   node dashboard_dom.js <index.html> <dashboard.js> <summary.json> [page query] [id=value]
  *
  * Elements exist only for the ids and data-testids that index.html declares,
  * so a script that looks up an element the page lacks fails here. Prints one
- * JSON object describing the rendered page (texts, data-values, rows, classes)
- * and the requests the script made.
+ * JSON object describing the rendered page (texts, data-values, rows, classes),
+ * the requests the script made and the URLs it gave the page. With
+ * ``id=value``, the select of that id is then set to the value and changed,
+ * as a person would (every fetch answers with the same summary).
  */
 "use strict";
 
 const fs = require("fs");
 const vm = require("vm");
 
-const [htmlPath, scriptPath, summaryPath, query] = process.argv.slice(2);
+const [htmlPath, scriptPath, summaryPath, query, choice] = process.argv.slice(2);
 const html = fs.readFileSync(htmlPath, "utf8");
 const summary = JSON.parse(fs.readFileSync(summaryPath, "utf8"));
 
@@ -31,6 +33,7 @@ class Node {
     this.value = "";
   }
   setAttribute(name, value) { this.attributes[name] = String(value); }
+  removeAttribute(name) { delete this.attributes[name]; }
   getAttribute(name) { return name in this.attributes ? this.attributes[name] : null; }
   appendChild(child) { child.parentNode = this; this.children.push(child); return child; }
   removeChild(child) { this.children = this.children.filter((c) => c !== child); return child; }
@@ -84,7 +87,11 @@ const document = {
   listeners: {},
   addEventListener(type, fn) { (this.listeners[type] = this.listeners[type] || []).push(fn); },
 };
-const window = { location: { search: query || "" } };
+const pageUrls = [];
+const window = {
+  location: { search: query || "" },
+  history: { replaceState(state, title, url) { pageUrls.push(url); } },
+};
 function fetch(url, options) {
   requests.push({ url, headers: (options && options.headers) || {} });
   return Promise.resolve({ status: 200, ok: true, json: () => Promise.resolve(summary) });
@@ -100,6 +107,15 @@ function describe(node) {
   return { text: node.textContent, value: node.getAttribute("data-value"), class: node.className };
 }
 
+function choose() {
+  if (!choice) return;
+  const [id, value] = choice.split(/=(.*)/s);
+  const target = document.getElementById(id);
+  target.value = value;
+  (target.listeners.change || []).forEach((fn) => fn({ target }));
+}
+
+setTimeout(choose, 20);
 setTimeout(() => {
   const all = Object.values(byId).flatMap((n) => n.descendants());
   const withTestid = (id) => all.filter((n) => n.getAttribute("data-testid") === id);
@@ -123,6 +139,12 @@ setTimeout(() => {
     activityPaths: byId["activity-chart"].descendants().filter((n) => n.tagName === "PATH").length,
     refusalRows: rows("refusal-row"),
     csvHref: byId["csv-link"].getAttribute("href"),
+    appControlHidden: byId["app-control"].getAttribute("hidden") !== null,
+    appOptions: byId.app.children.map((n) => ({ value: n.getAttribute("value"), text: n.textContent })),
+    appValue: byId.app.value,
+    byVersionAppHidden: byId["by-version-app"].getAttribute("hidden") !== null,
+    versionApps: withTestid("version-app").map((n) => n.textContent),
+    pageUrls,
     requests,
   };
   process.stdout.write(JSON.stringify(out));

@@ -999,6 +999,32 @@ def test_the_dashboard_script_parses() -> None:
     subprocess.run(["node", "--check", str(STATIC / "dashboard.js")], check=True)
 
 
+def render_dashboard(
+    tmp_path: Path, summary: str, page_query: str, choice: str | None = None
+) -> dict[str, Any]:
+    """What the real script renders from ``summary`` on a page opened with
+    ``page_query`` (tests/dashboard_dom.js), after ``choice`` (``id=value``)."""
+    path = tmp_path / f"summary-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(summary, encoding="utf-8")
+    done = subprocess.run(
+        [
+            "node",
+            str(Path(__file__).with_name("dashboard_dom.js")),
+            str(STATIC / "index.html"),
+            str(STATIC / "dashboard.js"),
+            str(path),
+            page_query,
+            *([choice] if choice is not None else []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    page: dict[str, Any] = json.loads(done.stdout)
+    return page
+
+
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_the_dashboard_renders_the_summary(
@@ -1023,23 +1049,8 @@ def test_the_dashboard_renders_the_summary(
     assert collector.send(slower).is_success
     assert collector.http.post("/v1/report", content=b"junk").status_code == 400
     summary = collector.http.get("/api/summary", params={"days": 30, "token": DASHBOARD_TOKEN})
-    (tmp_path / "summary.json").write_text(summary.text, encoding="utf-8")
 
-    done = subprocess.run(
-        [
-            "node",
-            str(Path(__file__).with_name("dashboard_dom.js")),
-            str(STATIC / "index.html"),
-            str(STATIC / "dashboard.js"),
-            str(tmp_path / "summary.json"),
-            f"?token={DASHBOARD_TOKEN}&days=30",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    page = json.loads(done.stdout)
+    page = render_dashboard(tmp_path, summary.text, f"?token={DASHBOARD_TOKEN}&days=30")
     assert page["status"]["state"] == "ready", page["status"]
     totals = page["totals"]
     assert totals["deployments"]["text"] == "1"
@@ -1074,6 +1085,81 @@ def test_the_dashboard_renders_the_summary(
     assert page["activityPaths"] == 2
     assert {bar["data-label"] for bar in page["platformBars"]} >= {"linux", "x86_64", "3.12.7"}
     assert [r["attributes"]["data-reason"] for r in page["refusalRows"]] == ["malformed_json"]
+    # One app (unnamed): nothing to choose, no app column.
+    assert page["appControlHidden"] and page["byVersionAppHidden"]
+    assert page["versionApps"] == [] and page["pageUrls"] == []
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_dashboard_tells_apps_apart_and_keeps_the_choice(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """Several apps: a selector, app labels on versions, and ?app= in every URL."""
+    for app_name, version, shift in (("inventory", "1.0", 0), ("inventory", "1.1", 10)):
+        payload = make_payload(
+            new_id(),
+            new_id(),
+            app_name=app_name,
+            app_version=version,
+            records=default_records(shift),
+        )
+        assert collector.send(payload).is_success
+    billing = make_payload(
+        new_id(), new_id(), app_name="billing", app_version="1.0.5", records=default_records(40)
+    )
+    assert collector.send(billing).is_success
+    every = collector.http.get("/api/summary", params={"days": 30}).text
+
+    page = render_dashboard(tmp_path, every, "?days=30")
+    assert page["status"]["state"] == "ready", page["status"]
+    assert not page["appControlHidden"]
+    assert page["appOptions"] == [
+        {"value": "", "text": "All apps"},
+        {"value": "billing", "text": "billing"},
+        {"value": "inventory", "text": "inventory"},
+    ]
+    assert page["appValue"] == ""
+    # Versions are labelled with their app; each app's newest is the one not greyed.
+    bars = {bar["data-label"]: bar for bar in page["versionBars"]}
+    assert list(bars) == ["billing 1.0.5", "inventory 1.1", "inventory 1.0"]
+    # The by-version table has an app column, and compares within an app only.
+    assert not page["byVersionAppHidden"]
+    rows = [r for r in page["versionRows"] if r["attributes"]["data-method"] == "GET"]
+    assert [(r["attributes"]["data-app"], r["attributes"]["data-version"]) for r in rows] == [
+        ("billing", "1.0.5"),
+        ("inventory", "1.1"),
+        ("inventory", "1.0"),
+    ]
+    assert [cell["text"] for cell in rows[1]["cells"][:4]] == [
+        "GET",
+        ROUTE_ITEM,
+        "inventory",
+        "1.1",
+    ]
+    assert [c["text"].split(" vs ")[1] for c in page["p95Changes"]] == ["1.0", "1.0"]
+    assert page["requests"][0]["url"] == "api/summary?days=30"
+
+    # Choosing an app reloads its summary and writes it into the page's URL.
+    chosen = render_dashboard(tmp_path, every, "?days=30&token=t", "app=inventory")
+    assert [r["url"] for r in chosen["requests"]] == [
+        "api/summary?days=30",
+        "api/summary?days=30&app=inventory",
+    ]
+    assert chosen["pageUrls"] == ["?days=30&token=t&app=inventory"]
+    assert chosen["csvHref"] == "export.csv?days=30&app=inventory&token=t"
+
+    # A link with ?app= opens on that app; "All apps" takes it out of the URL again.
+    one = collector.http.get("/api/summary", params={"days": 30, "app": "billing"}).text
+    linked = render_dashboard(tmp_path, one, "?days=30&app=billing", "app=")
+    assert linked["requests"][0]["url"] == "api/summary?days=30&app=billing"
+    assert linked["requests"][1]["url"] == "api/summary?days=30"
+    assert linked["pageUrls"] == ["?days=30"]
+    assert linked["byVersionAppHidden"]  # one app's rows: no column
+    assert [bar["data-label"] for bar in linked["versionBars"]] == ["1.0.5"]
+    opened = render_dashboard(tmp_path, one, "?days=30&app=billing")
+    assert opened["appValue"] == "billing" and not opened["appControlHidden"]
+    assert opened["csvHref"] == "export.csv?days=30&app=billing"
 
 
 # -- what the schema allows but a database cannot hold: both backends alike -----------------

@@ -2,9 +2,9 @@
 
 The collector (uvicorn on 127.0.0.1, SQLite in ``tmp_path``) holds known data,
 stored through the real protocol by real clients behind instrumented apps:
-three deployments, one of them on a release whose item reads are deliberately
-three times slower. One report from 40 days ago (stored directly: the collector
-stamps reports with its own clock) makes an endpoint "unused".
+three deployments of two apps, one of them on a release whose item reads are
+deliberately three times slower. One report from 40 days ago (stored directly:
+the collector stamps reports with its own clock) makes an endpoint "unused".
 
 Chromium loads ``/?token=...``, runs the page's script (which fetches
 ``api/summary`` with the token as a bearer credential) and prints the rendered
@@ -229,15 +229,22 @@ def parse_html(html: str) -> Node:
 # -- the data behind the page ------------------------------------------------------------------
 
 
+#: The app the Starlette deployments report (start_client's default), and the Flask one's.
+SHOP = "e2e-shop"
+FLASK_SHOP = "e2e-flask-shop"
+
+
 @dataclass
 class Scenario:
     collector: Collector
     requests: int
+    #: Requests per app name.
+    by_app: dict[str, int]
 
 
 @pytest.fixture
 def scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenario]:
-    """Three deployments reporting through the real protocol, and one old report."""
+    """Three deployments of two apps reporting through the real protocol, and one old report."""
     isolate_client_environment(monkeypatch)
     database = sqlite_database(tmp_path)
     store_old_report(
@@ -248,6 +255,7 @@ def scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenar
     try:
         with running_collector(database.url) as collector:
             requests = 0
+            by_app: dict[str, int] = {}
             # Alpha on 2.0.0 and beta on 2.1.0 serve the same Starlette shop;
             # 2.1.0 reads items three times slower.
             for name, version, delay in (("alpha", "2.0.0", 0.010), ("beta", "2.1.0", 0.030)):
@@ -261,10 +269,11 @@ def scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenar
                     traffic = Traffic(client, canaries)
                     traffic.starlette_mix(reads=20)
                 requests += sum(traffic.expected.values())
-            # Gamma: a Flask service on 2.1.0.
+            by_app[SHOP] = requests
+            # Gamma: another app, a Flask service, also at 2.1.0.
             directory = tmp_path / "gamma"
             directory.mkdir()
-            telemetry = start_client(collector.url, directory, "2.1.0")
+            telemetry = start_client(collector.url, directory, "2.1.0", app_name=FLASK_SHOP)
             clients.append(telemetry)
             flask_app = flask_shop()
             flask_app.wsgi_app = WSGIMiddleware(flask_app.wsgi_app, telemetry=telemetry)
@@ -276,8 +285,9 @@ def scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenar
                 traffic.call("POST", ITEMS, ITEMS, 201, times=3, json={"note": canaries.body})
                 traffic.call("GET", BOOM, BOOM, 500, times=2)
             assert telemetry.close() is True
-            requests += sum(traffic.expected.values())
-            yield Scenario(collector, requests)
+            by_app[FLASK_SHOP] = sum(traffic.expected.values())
+            requests += by_app[FLASK_SHOP]
+            yield Scenario(collector, requests, by_app)
     finally:
         for telemetry in clients:
             telemetry.close(timeout=5.0)
@@ -331,31 +341,80 @@ def test_the_dashboard_renders_the_collectors_numbers(browser: Browser, scenario
 
     # The slower release stands out against the previous version.
     by_version = {
-        (e["method"], e["route"], e["app_version"]): e for e in summary["endpoints_by_version"]
+        (e["method"], e["route"], e["app_name"], e["app_version"]): e
+        for e in summary["endpoints_by_version"]
     }
-    slower = by_version[("GET", ITEM, "2.1.0")]
+    slower = by_version[("GET", ITEM, SHOP, "2.1.0")]
     assert slower["previous_version"] == "2.0.0"
     assert slower["p95_change"] > 0.5  # 30 ms against 10 ms per read: about +190 %
     version_rows = {
-        (r.get("data-method"), r.get("data-route"), r.get("data-version")): r
+        (r.get("data-method"), r.get("data-route"), r.get("data-app"), r.get("data-version")): r
         for r in page.all("version-endpoint-row", tag="tr")
     }
-    change = version_rows[("GET", ITEM, "2.1.0")].one("p95-change")
+    change = version_rows[("GET", ITEM, SHOP, "2.1.0")].one("p95-change")
     assert change.get("data-kind") == "worse"
     assert float(change.get("data-value") or "nan") == pytest.approx(slower["p95_change"])
     assert change.text == f"+{slower['p95_change'] * 100:.0f}% vs 2.0.0"
-    assert not version_rows[("GET", ITEM, "2.0.0")].all("p95-change")  # nothing before it
+    assert not version_rows[("GET", ITEM, SHOP, "2.0.0")].all("p95-change")  # nothing before it
+    # Flask's 2.1.0 is another app's: compared with nothing, and labelled with its app.
+    flask_row = version_rows[("GET", FLASK_ITEM, FLASK_SHOP, "2.1.0")]
+    assert not flask_row.all("p95-change")
+    assert flask_row.one("version-app").text == FLASK_SHOP
+    assert "hidden" not in page.one("by-version-app-heading").attrs
 
-    # The charts were drawn: an activity line, a bar per version, platform bars.
+    # Two apps: a selector offering each, set to all of them.
+    assert "hidden" not in page.one("app-control").attrs
+    select = page.one("app-select")
+    assert select.get("data-value") == ""
+    assert [(o.get("value"), o.text) for o in select.all(tag="option")] == [
+        ("", "All apps"),
+        (FLASK_SHOP, FLASK_SHOP),  # by name
+        (SHOP, SHOP),
+    ]
+
+    # The charts were drawn: an activity line, a bar per version and app, platform bars.
     activity = page.one("activity-chart")
     assert activity.all(tag="svg") and len(activity.all(tag="path")) == 2
     bars = {bar.get("data-label"): bar.get("data-value") for bar in page.all("version-bar")}
-    assert bars == {"2.1.0": "2", "2.0.0": "1"}
+    assert bars == {f"{SHOP} 2.1.0": "1", f"{SHOP} 2.0.0": "1", f"{FLASK_SHOP} 2.1.0": "1"}
     frameworks = {
         bar.get("data-label"): bar.get("data-value")
         for bar in page.one("platform-framework").all("platform-bar")
     }
     assert frameworks == {"starlette": "2", "flask": "1"}
+
+
+@pytest.mark.timeout(TEST_TIMEOUT)
+def test_a_link_with_an_app_opens_the_dashboard_on_that_app(
+    browser: Browser, scenario: Scenario
+) -> None:
+    collector = scenario.collector
+    page = browser.dump_dom(f"{collector.url}/?token={DASHBOARD_TOKEN}&app={SHOP}")
+    status = page.one("status")
+    assert status.get("data-state") == "ready", f"the page says: {status.text!r}"
+    assert page.one("app-select").get("data-value") == SHOP
+    assert "hidden" not in page.one("app-control").attrs
+
+    # Every number is the Starlette app's alone.
+    assert page.one("total-deployments").get("data-value") == "2"
+    assert page.one("total-instances").get("data-value") == "2"
+    assert page.one("total-reports").get("data-value") == "4"
+    assert page.one("total-requests").get("data-value") == str(scenario.by_app[SHOP])
+    routes = {row.get("data-route") for row in page.all("endpoint-row", tag="tr")}
+    assert FLASK_ITEM not in routes and ITEM in routes
+    bars = {bar.get("data-label"): bar.get("data-value") for bar in page.all("version-bar")}
+    assert bars == {"2.1.0": "1", "2.0.0": "1"}  # one app: versions need no app label
+    assert "hidden" in page.one("by-version-app-heading").attrs
+    assert not page.all("version-app")
+    frameworks = {
+        bar.get("data-label"): bar.get("data-value")
+        for bar in page.one("platform-framework").all("platform-bar")
+    }
+    assert frameworks == {"starlette": "2"}
+    # The CSV link exports the same app.
+    assert page.one("csv-link").get("href") == (
+        f"export.csv?days=30&app={SHOP}&token={DASHBOARD_TOKEN}"
+    )
 
 
 @pytest.mark.timeout(TEST_TIMEOUT)

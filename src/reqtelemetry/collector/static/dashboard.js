@@ -14,6 +14,8 @@
   // -- credentials: ?token= on the page is passed on as a bearer token ----------------
   var pageParams = new URLSearchParams(window.location.search);
   var token = pageParams.get("token");
+  // The app whose figures are shown (?app= on the page); null: every app.
+  var currentApp = pageParams.get("app") || null;
 
   function authHeaders() {
     return token ? { Authorization: "Bearer " + token } : {};
@@ -85,6 +87,21 @@
 
   function label(value) {
     return value === null || value === undefined || value === "" ? "(unknown)" : String(value);
+  }
+
+  // Several apps among these rows: only then is the app worth a label or a column.
+  function severalApps(rows) {
+    var names = {};
+    rows.forEach(function (row) { names[label(row.app_name)] = true; });
+    return Object.keys(names).length > 1;
+  }
+
+  // Apps by name, the unnamed (null) last: the order of the selector and the groups.
+  function compareApps(a, b) {
+    if (a === b) return 0;
+    if (a === null || a === undefined) return 1;
+    if (b === null || b === undefined) return -1;
+    return a < b ? -1 : 1;
   }
 
   // Versions as the collector orders them: numbers compare as numbers (1.10 > 1.9).
@@ -203,19 +220,30 @@
     setNumber("total-reports", totals.reports, fmtInt(totals.reports));
   }
 
+  // Newest version first; with several apps, grouped by app first.
+  function compareAppVersions(a, b) {
+    var byApp = compareApps(a.app_name, b.app_name);
+    if (byApp) return byApp;
+    if (a.app_version === null) return b.app_version === null ? 0 : 1;
+    if (b.app_version === null) return -1;
+    return compareVersions(b.app_version, a.app_version);
+  }
+
   function renderVersions(versions) {
-    var sorted = versions.slice().sort(function (a, b) {
-      if (a.app_version === null) return 1;
-      if (b.app_version === null) return -1;
-      return compareVersions(b.app_version, a.app_version);
+    var sorted = versions.slice().sort(compareAppVersions);
+    var named = severalApps(sorted);
+    // Each app's newest version stands out: apps number their releases apart.
+    var newest = {};
+    sorted.forEach(function (v) {
+      var app = label(v.app_name);
+      if (!(app in newest)) newest[app] = v.app_version;
     });
-    var newest = sorted.length && sorted[0].app_version !== null ? sorted[0].app_version : null;
     barChart(document.getElementById("versions-chart"), sorted.map(function (v) {
       return {
-        label: label(v.app_version),
+        label: (named ? label(v.app_name) + " " : "") + label(v.app_version),
         value: v.deployments || 0,
         note: fmtInt(v.instances) + " inst., last " + (v.last_seen ? fmtTime(v.last_seen, false) : "–"),
-        old: v.app_version !== newest,
+        old: v.app_version !== newest[label(v.app_name)],
         testid: "version-bar"
       };
     }), "No versions reported yet.");
@@ -259,25 +287,28 @@
     var body = document.querySelector("#by-version-table tbody");
     clear(body);
     var used = rows.filter(function (r) { return r.calls; });
+    // The app column only when the rows are of several apps.
+    var named = severalApps(used);
+    var heading = document.getElementById("by-version-app");
+    if (named) heading.removeAttribute("hidden"); else heading.setAttribute("hidden", "");
     if (!used.length) {
       var none = el("tr");
       cell(none, "No endpoint calls reported yet.", { colspan: 9, class: "empty" });
       body.appendChild(none);
       return;
     }
-    // Grouped by endpoint, newest version first inside each group.
+    // Grouped by endpoint, then by app, newest version first inside each group.
     used.sort(function (a, b) {
       var ka = a.method + " " + a.route, kb = b.method + " " + b.route;
       if (ka !== kb) return ka < kb ? -1 : 1;
-      if (a.app_version === null) return 1;
-      if (b.app_version === null) return -1;
-      return compareVersions(b.app_version, a.app_version);
+      return compareAppVersions(a, b);
     });
     used.forEach(function (r) {
       var tr = el("tr", { "data-testid": "version-endpoint-row", "data-method": r.method,
-        "data-route": r.route, "data-version": r.app_version });
+        "data-route": r.route, "data-app": r.app_name, "data-version": r.app_version });
       cell(tr, r.method);
       cell(tr, r.route, { class: "route" });
+      if (named) cell(tr, label(r.app_name), { "data-testid": "version-app" });
       cell(tr, label(r.app_version));
       cell(tr, fmtInt(r.calls), { class: "num", "data-value": r.calls });
       cell(tr, fmtRate(r.error_rate), { class: "num" + (r.error_rate > 0.05 ? " high-errors" : ""),
@@ -338,7 +369,31 @@
     });
   }
 
+  /* The app selector: shown when there is a choice (several apps, or one chosen). */
+  function renderApps(apps, chosen) {
+    var control = document.getElementById("app-control");
+    var select = document.getElementById("app");
+    var names = apps.map(function (a) { return a.app_name; })
+      .filter(function (name) { return name !== null && name !== undefined && name !== ""; })
+      .sort(compareApps);
+    // A chosen app without reports in this window stays chosen (and visible).
+    if (chosen && names.indexOf(chosen) < 0) names.push(chosen);
+    if (apps.length < 2 && !chosen) {
+      control.setAttribute("hidden", "");
+      return;
+    }
+    control.removeAttribute("hidden");
+    clear(select);
+    select.appendChild(el("option", { value: "", "data-testid": "app-option" }, "All apps"));
+    names.forEach(function (name) {
+      select.appendChild(el("option", { value: name, "data-testid": "app-option" }, name));
+    });
+    select.value = chosen || "";
+    select.setAttribute("data-value", chosen || "");
+  }
+
   function render(summary) {
+    renderApps(summary.apps || [], summary.app || null);
     renderTotals(summary.totals || {});
     lineChart(document.getElementById("activity-chart"), summary.activity || [], [
       { key: "deployments", label: "deployments" },
@@ -354,10 +409,24 @@
   }
 
   // -- loading -------------------------------------------------------------------------
-  function withToken(path, days) {
+  function query(days) {
     var params = new URLSearchParams({ days: String(days) });
+    if (currentApp) params.set("app", currentApp);
+    return params;
+  }
+
+  function withToken(path, days) {
+    var params = query(days);
     if (token) params.set("token", token);
     return path + "?" + params.toString();
+  }
+
+  /* The page's own URL keeps the window and the app, so a link or a reload shows the same. */
+  function remember(days) {
+    var params = new URLSearchParams(window.location.search);
+    params.set("days", String(days));
+    if (currentApp) params.set("app", currentApp); else params.delete("app");
+    window.history.replaceState(null, "", "?" + params.toString());
   }
 
   function setStatus(text, isError) {
@@ -371,7 +440,7 @@
     var days = document.getElementById("days").value;
     document.getElementById("csv-link").setAttribute("href", withToken("export.csv", days));
     setStatus("Loading…", false);
-    fetch("api/summary?days=" + encodeURIComponent(days), { headers: authHeaders(), credentials: "same-origin" })
+    fetch("api/summary?" + query(days).toString(), { headers: authHeaders(), credentials: "same-origin" })
       .then(function (response) {
         if (response.status === 401) throw new Error("Not authorized: open this page with ?token=… or sign in.");
         if (!response.ok) throw new Error("The collector answered " + response.status + ".");
@@ -390,7 +459,15 @@
     if (days && Array.prototype.some.call(select.options, function (o) { return o.value === days; })) {
       select.value = days;
     }
-    select.addEventListener("change", load);
+    select.addEventListener("change", function () {
+      remember(select.value);
+      load();
+    });
+    document.getElementById("app").addEventListener("change", function (event) {
+      currentApp = event.target.value || null;
+      remember(select.value);
+      load();
+    });
     document.getElementById("refresh").addEventListener("click", load);
     load();
   });
