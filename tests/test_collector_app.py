@@ -1372,9 +1372,16 @@ def test_several_apps_are_told_apart(backend_collector: Collector) -> None:
     assert newer["p95_change"] > 0.3
     for alone in (("billing", "1.0.5"), (None, "1.0"), ("inventory", "1.0")):
         assert items[alone]["previous_version"] is None, alone
-    # Endpoints and platforms of every app add up.
-    calls = {(e["method"], e["route"]): e["calls"] for e in every["endpoints"]}
-    assert calls == {("GET", ROUTE_ITEM): 4 * 9, ("POST", ROUTE_CREATE): 4 * 3}
+    # Endpoints are listed per app, even where apps share a route; platforms add up.
+    calls = {(e["app_name"], e["method"], e["route"]): e["calls"] for e in every["endpoints"]}
+    assert calls == {
+        ("inventory", "GET", ROUTE_ITEM): 2 * 9,
+        ("inventory", "POST", ROUTE_CREATE): 2 * 3,
+        ("billing", "GET", ROUTE_ITEM): 9,
+        ("billing", "POST", ROUTE_CREATE): 3,
+        (None, "GET", ROUTE_ITEM): 9,
+        (None, "POST", ROUTE_CREATE): 3,
+    }
     assert sum(p["instances"] for p in every["platforms"]) == 4
 
     one = collector.http.get("/api/summary", params={"days": 7, "app": "inventory"}).json()

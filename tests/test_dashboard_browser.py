@@ -320,18 +320,24 @@ def test_the_dashboard_renders_the_collectors_numbers(browser: Browser, scenario
     assert errors == 4  # one failure at alpha and beta each, two at gamma
     assert float(number("total-error-rate")[1]) == pytest.approx(errors / scenario.requests)
 
-    # One row per endpoint, calls as the API counts them; the unused one badged.
+    # One row per endpoint of each app, calls as the API counts them; the
+    # unused one badged. Both apps serve POST /items: two rows, each labelled.
     rows = page.all("endpoint-row", tag="tr")
     shown = {
-        (row.get("data-method"), row.get("data-route")): int(
+        (row.get("data-app"), row.get("data-method"), row.get("data-route")): int(
             row.one("endpoint-calls").get("data-value") or 0
         )
         for row in rows
     }
-    assert shown == {(e["method"], e["route"]): e["calls"] for e in summary["endpoints"]}
-    assert shown[("GET", ITEM)] == 2 * 21
-    assert shown[("POST", ITEMS)] == 2 * 2 + 3
-    assert shown[("DELETE", ITEM)] == 0
+    assert shown == {
+        (e["app_name"], e["method"], e["route"]): e["calls"] for e in summary["endpoints"]
+    }
+    assert shown[(SHOP, "GET", ITEM)] == 2 * 21
+    assert shown[(SHOP, "POST", ITEMS)] == 2 * 2
+    assert shown[(FLASK_SHOP, "POST", ITEMS)] == 3
+    assert shown[(None, "DELETE", ITEM)] == 0  # stored last month, by a client without a name
+    assert page.one("endpoints-app-heading").get("hidden") is None
+    assert {row.one("endpoint-app").text for row in rows} == {SHOP, FLASK_SHOP, "(unknown)"}
     badges = page.all("unused-badge")
     assert len(badges) == 1
     badged_row = badges[0].parent.parent  # span in td in tr

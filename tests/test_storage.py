@@ -912,6 +912,45 @@ def test_one_apps_endpoints_and_only_its_unused_ones(apps: SQLStorage) -> None:
     }
 
 
+def test_endpoints_by_app_show_one_apps_unused_route_beside_anothers_busy_one(
+    apps: SQLStorage,
+) -> None:
+    """What the dashboard's endpoint table shows: a route two apps share is a row
+    per app, so the app that stopped calling it sees it unused, however busy the
+    other app's route of the same name is."""
+    # Inventory served POST /invoices long ago; billing serves it now.
+    old = make_payload(
+        DEP_A,
+        A1,
+        app_traits(LINUX, "inventory", "1.0"),
+        [("POST", "/invoices", 201, [0.100], 50, 20)],
+        sequence=2,
+    )
+    apps.store(stored(old, T - 4000))
+    merged = {(e["method"], e["route"]): e["calls"] for e in apps.endpoints(T)}
+    assert merged[("POST", "/invoices")] == 1  # inventory's unused route is hidden
+    rows = {
+        (e["app_name"], e["method"], e["route"]): e["calls"] for e in apps.endpoints(T, by_app=True)
+    }
+    assert rows == {
+        ("inventory", "GET", ITEM): 3,
+        ("billing", "GET", ITEM): 1,
+        ("billing", "POST", "/invoices"): 1,
+        (None, "GET", "/"): 1,
+        ("inventory", "DELETE", ITEM): 0,
+        ("inventory", "POST", "/invoices"): 0,
+    }
+    # One app chosen: the same rows as without by_app, labelled.
+    assert [
+        (e["app_name"], e["method"], e["route"], e["calls"])
+        for e in apps.endpoints(T, app="inventory", by_app=True)
+    ] == [
+        ("inventory", "GET", ITEM, 3),
+        ("inventory", "DELETE", ITEM, 0),
+        ("inventory", "POST", "/invoices", 0),
+    ]
+
+
 def test_endpoints_by_version_are_per_app(apps: SQLStorage) -> None:
     rows = apps.endpoints(T, by_version=True)
     assert [

@@ -59,7 +59,9 @@ def build_summary(
         "totals": totals,
         "activity": fill_activity(storage.activity(since, bucket, app=app), since, now, bucket),
         "versions": storage.versions(since, app=app),
-        "endpoints": storage.endpoints(since, app=app),
+        # Per app: an endpoint one app stopped serving is unused, whatever
+        # another app's endpoint of the same name does.
+        "endpoints": storage.endpoints(since, app=app, by_app=True),
         "endpoints_by_version": with_previous_version(by_version),
         "platforms": storage.platforms(since, app=app),
         "refusals": storage.refusals(),

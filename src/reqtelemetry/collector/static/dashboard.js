@@ -258,19 +258,24 @@
   function renderEndpoints(endpoints) {
     var body = document.querySelector("#endpoints-table tbody");
     clear(body);
+    // The app column only when the rows are of several apps.
+    var named = severalApps(endpoints);
+    var heading = document.getElementById("endpoints-app");
+    if (named) heading.removeAttribute("hidden"); else heading.setAttribute("hidden", "");
     if (!endpoints.length) {
       var none = el("tr");
-      cell(none, "No endpoints reported yet.", { colspan: 10, class: "empty" });
+      cell(none, "No endpoints reported yet.", { colspan: 11, class: "empty" });
       body.appendChild(none);
       return;
     }
     endpoints.forEach(function (e) {
       var unused = !e.calls;
       var tr = el("tr", { "data-testid": "endpoint-row", "data-method": e.method, "data-route": e.route,
-        class: unused ? "unused" : null });
+        "data-app": e.app_name, class: unused ? "unused" : null });
       cell(tr, e.method);
       var route = cell(tr, e.route, { class: "route" });
       if (unused) route.appendChild(el("span", { class: "badge", "data-testid": "unused-badge" }, "unused"));
+      if (named) cell(tr, label(e.app_name), { "data-testid": "endpoint-app" });
       cell(tr, fmtInt(e.calls), { class: "num", "data-testid": "endpoint-calls", "data-value": e.calls });
       cell(tr, fmtInt(e.errors), { class: "num", "data-testid": "endpoint-errors", "data-value": e.errors });
       cell(tr, fmtRate(e.error_rate), { class: "num" + (e.error_rate > 0.05 ? " high-errors" : ""),

@@ -112,10 +112,17 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def endpoints(
-        self, since: float, by_version: bool = False, app: str | None = None
+        self,
+        since: float,
+        by_version: bool = False,
+        app: str | None = None,
+        by_app: bool = False,
     ) -> list[dict[str, Any]]:
-        """Per endpoint (``method``, ``route``; and ``app_name``, ``app_version`` when
-        ``by_version``, so that each app's versions are compared only with each other):
+        """Per endpoint (``method``, ``route``; and ``app_name`` when ``by_app``, so
+        that an endpoint one app no longer serves shows as unused even where
+        another app's endpoint of the same name is busy; and ``app_name``,
+        ``app_version`` when ``by_version``, so that each app's versions are
+        compared only with each other):
         ``calls``, ``errors`` (status >= 500), ``error_rate``, ``p50``, ``p95``,
         ``p99``, ``mean`` (seconds), ``request_bytes``, ``response_bytes``,
         ``deployments``. Endpoints seen before ``since`` but not after appear with

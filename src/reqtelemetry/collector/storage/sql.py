@@ -555,7 +555,11 @@ class SQLStorage(Storage):
         return result
 
     def endpoints(
-        self, since: float, by_version: bool = False, app: str | None = None
+        self,
+        since: float,
+        by_version: bool = False,
+        app: str | None = None,
+        by_app: bool = False,
     ) -> list[dict[str, Any]]:
         """Per endpoint since ``since``; see :meth:`Storage.endpoints`.
 
@@ -569,9 +573,11 @@ class SQLStorage(Storage):
         """
         since = float(since)
         d = self.dialect
-        columns = (
-            ("method", "route", "app_name", "app_version") if by_version else ("method", "route")
-        )
+        columns: tuple[str, ...] = ("method", "route")
+        if by_app or by_version:
+            columns += ("app_name",)
+        if by_version:
+            columns += ("app_version",)
         key = ", ".join(columns)
         a_key = ", ".join(f"a.{column}" for column in columns)
         width = len(columns)
