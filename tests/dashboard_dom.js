@@ -134,7 +134,10 @@ setTimeout(() => {
     unusedBadges: withTestid("unused-badge").length,
     versionRows: rows("version-endpoint-row"),
     p95Changes: withTestid("p95-change").map((n) => ({ ...describe(n), kind: n.getAttribute("data-kind") })),
-    versionBars: withTestid("version-bar").map((n) => n.attributes),
+    versionBars: withTestid("version-bar").map((n) => ({
+      ...n.attributes,
+      barClass: n.descendants().find((d) => d.tagName === "RECT").getAttribute("class"),
+    })),
     platformBars: withTestid("platform-bar").map((n) => n.attributes),
     activityPaths: byId["activity-chart"].descendants().filter((n) => n.tagName === "PATH").length,
     refusalRows: rows("refusal-row"),

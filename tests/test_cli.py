@@ -260,11 +260,19 @@ def test_export_of_one_app(capsys, tmp_path):
     assert sorted(r["app_name"] for r in every) == ["billing", "inventory"]
 
 
-def test_export_of_an_app_no_report_can_name_is_one_line(capsys, tmp_path):
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x" * 129,
+        "bill\x00ing",
+        "bill\udcffing",  # a byte that is not UTF-8 on the command line (PEP 383)
+    ],
+)
+def test_export_of_an_app_no_report_can_name_is_one_line(capsys, tmp_path, name):
     db = migrated_sqlite(tmp_path / "t.db")
-    assert main(["export", "--csv", "--db", db, "--app", "x" * 129]) == 2
+    assert main(["export", "--csv", "--db", db, "--app", name]) == 2
     line = one_error_line(capsys, "export")
-    assert "--app must be an app's name: at most 128 characters" in line
+    assert "--app must be an app's name: at most 128 characters of text" in line
 
 
 def _unusable_databases(tmp_path: Path) -> list[str]:

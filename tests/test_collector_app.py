@@ -1162,6 +1162,25 @@ def test_the_dashboard_tells_apps_apart_and_keeps_the_choice(
     assert opened["csvHref"] == "export.csv?days=30&app=billing"
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_app_names_that_are_also_javascript_property_names(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """App names come from clients: "__proto__" and "toString" are names like any
+    other, not the dashboard's own objects' properties."""
+    for app_name, version in (("toString", "1.0"), ("toString", "1.1"), ("__proto__", "2.0")):
+        payload = make_payload(new_id(), new_id(), app_name=app_name, app_version=version)
+        assert collector.send(payload).is_success
+    page = render_dashboard(tmp_path, collector.http.get("/api/summary").text, "?days=30")
+    assert page["status"]["state"] == "ready", page["status"]
+    bars = {bar["data-label"]: bar["barClass"] for bar in page["versionBars"]}
+    # Two apps, so each bar names its app; each app's newest version is not greyed.
+    assert bars == {"__proto__ 2.0": "bar", "toString 1.1": "bar", "toString 1.0": "bar old"}
+    assert not page["byVersionAppHidden"]
+    assert [option["value"] for option in page["appOptions"]] == ["", "__proto__", "toString"]
+
+
 # -- what the schema allows but a database cannot hold: both backends alike -----------------
 
 
@@ -1439,7 +1458,7 @@ def test_bad_app_names_are_a_400(backend_collector: Collector) -> None:
             assert response.status_code == 400, (path, app, response.text)
             assert response.json() == {
                 "error": "bad_request",
-                "detail": "app must be an app's name: at most 128 characters, without NUL",
+                "detail": "app must be an app's name: at most 128 characters of text, without NUL",
             }
     longest = "é" * 128  # characters, as the payload schema counts them
     assert collector.http.get("/api/summary", params={"app": longest}).json()["app"] == longest

@@ -134,6 +134,70 @@ def test_a_report_stored_while_pruning_keeps_its_instance(storage, monkeypatch):
     ]
 
 
+@pytest.mark.e2e
+def test_a_report_arriving_during_a_prune_never_deadlocks_on_postgres(postgres_url, monkeypatch):
+    """store() upserts a deployment, then its instance. A prune that took the
+    instance first and then wanted the deployment deadlocked with a report from
+    an instance quiet for longer than the retention. The report is held right
+    after its deployment upsert while the prune runs, then let go: both must
+    commit."""
+    from postgres import scratch_schema
+    from reqtelemetry.collector.storage import open_storage
+    from reqtelemetry.collector.storage import postgres as postgres_module
+
+    upserted, released = threading.Event(), threading.Event()
+    original = postgres_module._PostgresExecutor.execute
+
+    def hold_after_the_deployment(self, sql, params=()):  # type: ignore[no-untyped-def]
+        original(self, sql, params)
+        if sql.startswith("INSERT INTO deployments") and threading.current_thread().name == "store":
+            upserted.set()
+            released.wait(30)
+
+    with scratch_schema(postgres_url) as url:
+        storage = open_storage(url)
+        try:
+            storage.migrate()
+            storage.store(stored(report(DEP_OLD, OLD_ONLY, "/gone"), BEFORE - 10 * DAY))
+            # Its reports went in an earlier batch: the instance and deployment are next.
+            storage._run(lambda ex: ex.execute("DELETE FROM reports"), write=True)
+            monkeypatch.setattr(
+                postgres_module._PostgresExecutor, "execute", hold_after_the_deployment
+            )
+            failures: list[BaseException] = []
+            outcome: list[Pruned] = []
+
+            def run(name: str, work) -> threading.Thread:  # type: ignore[no-untyped-def]
+                def guarded() -> None:
+                    try:
+                        work()
+                    except BaseException as error:
+                        failures.append(error)
+
+                thread = threading.Thread(target=guarded, name=name)
+                thread.start()
+                return thread
+
+            again = report(DEP_OLD, OLD_ONLY, "/back", sequence=1)
+            store = run("store", lambda: storage.store(stored(again, BEFORE + DAY)))
+            assert upserted.wait(10)
+            prune = run("prune", lambda: outcome.append(storage.prune(BEFORE)))
+            time.sleep(0.5)  # the prune reaches the rows the report holds
+            released.set()
+            store.join(30)
+            prune.join(30)
+            assert failures == []
+            assert outcome == [Pruned(reports=0, instances=0, deployments=0)]
+            monkeypatch.undo()
+            assert storage._run(lambda ex: ex.query("SELECT id FROM instances")) == [(OLD_ONLY,)]
+            assert storage._run(lambda ex: ex.query("SELECT DISTINCT route FROM aggregates")) == [
+                ("/back",)
+            ]
+        finally:
+            released.set()
+            storage.close()
+
+
 # -- the collector prunes by itself ----------------------------------------------------------
 
 

@@ -365,14 +365,27 @@ def v1_rows(storage: SQLStorage) -> dict[str, list[tuple[Any, ...]]]:
     )
 
 
+#: A version-1 report from a client that named its app (``traits.app_name`` has
+#: always been sent; version 1 kept it only in ``instances.traits``).
+DEP_NAMED = "ffffffff-0000-4000-8000-000000000006"
+NAMED = "f1f1f1f1-0000-4000-8000-000000000061"
+NAMED_AT_V1 = make_payload(
+    DEP_NAMED,
+    NAMED,
+    {**MAC, "app_name": "billing", "app_version": "3.0"},
+    [("POST", "/invoices", 201, [0.100], 50, 20)],
+)
+
+
 def test_a_version_1_database_is_migrated_in_place(backend: Backend) -> None:
     """A collector database made by the release before app names: upgraded where
-    it stands, every row kept (its app unknown), new reports named."""
+    it stands, every row kept, each named as its instance's traits say (or
+    unknown), new reports named."""
     old = backend.open()
     old.migrations = old.migrations[:1]  # the release before this one
     old.migrate()
     assert old.schema_version() == 1
-    for payload, received_at in SCENARIO:
+    for payload, received_at in [*SCENARIO, (NAMED_AT_V1, T + 50)]:
         store_at_version_1(old, payload, received_at)
     before, counts_before = v1_rows(old), row_counts(old)
     # An exporter of this release refuses the old schema rather than misreading it.
@@ -386,25 +399,47 @@ def test_a_version_1_database_is_migrated_in_place(backend: Backend) -> None:
     assert v1_rows(storage) == before
     assert row_counts(storage) == counts_before
 
-    def names(ex: Any) -> set[Any]:
-        tables = ("instances", "reports", "aggregates")
-        return {row[0] for table in tables for row in ex.query(f"SELECT app_name FROM {table}")}
+    def names(ex: Any) -> dict[str, list[tuple[Any, ...]]]:
+        return {
+            table: sorted(
+                (tuple(row) for row in ex.query(f"SELECT instance_id, app_name FROM {table}")),
+                key=repr,
+            )
+            for table in ("reports", "aggregates")
+        } | {"instances": sorted(tuple(r) for r in ex.query("SELECT id, app_name FROM instances"))}
 
-    assert storage._run(names) == {None}
+    # Named from the instance's traits where the client named its app; else unknown.
+    assert storage._run(names) == {
+        "instances": [(A1, None), (A2, None), (B1, None), (NAMED, "billing")],
+        "reports": sorted(
+            [(A1, None), (A2, None), (B1, None), (B1, None), (NAMED, "billing")], key=repr
+        ),
+        "aggregates": sorted(
+            [(A1, None)] * 3 + [(A2, None)] + [(B1, None)] * 3 + [(NAMED, "billing")], key=repr
+        ),
+    }
     # The old rows answer the dashboard's questions as before.
     assert storage.totals(0) == {
-        "deployments": 2,
-        "instances": 3,
-        "reports": 4,
-        "requests": 10,
+        "deployments": 3,
+        "instances": 4,
+        "reports": 5,
+        "requests": 11,
         "errors": 2,
     }
     assert [(v["app_name"], v["app_version"], v["deployments"]) for v in storage.versions(T)] == [
         (None, "1.1", 2),
         (None, "1.0", 1),
+        ("billing", "3.0", 1),
     ]
     assert storage.apps(0) == [
-        {"app_name": None, "deployments": 2, "instances": 3, "reports": 4, "last_seen": T + 7300}
+        {"app_name": None, "deployments": 2, "instances": 3, "reports": 4, "last_seen": T + 7300},
+        {
+            "app_name": "billing",
+            "deployments": 1,
+            "instances": 1,
+            "reports": 1,
+            "last_seen": T + 50,
+        },
     ]
 
     # A new report from an instance stored before: its rows are named, and the
@@ -419,7 +454,18 @@ def test_a_version_1_database_is_migrated_in_place(backend: Backend) -> None:
     storage.store(stored(named, T + 8000))
     assert [app["app_name"] for app in storage.apps(T + 7500)] == ["inventory"]
     assert storage.totals(0, app="inventory")["requests"] == 1
-    assert storage.totals(0)["requests"] == 11
+    assert storage.totals(0)["requests"] == 12
+    # The named app's endpoint from before the upgrade is one row, not a second
+    # "unknown" copy that would read as unused once its calls leave the window.
+    billing_later = make_payload(
+        DEP_NAMED, NAMED, {**MAC, "app_name": "billing", "app_version": "3.0"}, [], sequence=1
+    )
+    storage.store(stored(billing_later, T + 9000))
+    assert [
+        (e["app_name"], e["method"], e["route"], e["calls"])
+        for e in storage.endpoints(T + 8500, by_app=True)
+        if e["route"] == "/invoices"
+    ] == [("billing", "POST", "/invoices", 0)]
     assert [(p["framework"], p["instances"]) for p in storage.platforms(0, app="inventory")] == [
         ("fastapi", 1)
     ]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from flask import Blueprint, Flask, Response, abort, stream_with_context
+from werkzeug.routing import Rule
 from werkzeug.test import Client, EnvironBuilder
 
 from reqtelemetry import WSGIMiddleware
@@ -247,6 +252,66 @@ def test_flask_405_and_slash_redirect_keep_the_rule_the_path_matched(
         ("DELETE", UNMATCHED_ROUTE, 404): 1,
     }
     assert canary not in repr(telemetry.snapshot())
+
+
+@pytest.mark.parametrize("integration", ["init_app", "WSGIMiddleware"])
+def test_flask_redirects_other_than_to_the_canonical_path_stay_unmatched(
+    make_telemetry, counts, integration
+):
+    """A rule's ``redirect_to`` (an alias, another site) names no rule of the
+    request's path: recorded under the target's rule, a hit on ``/guides/...``
+    would be counted that ``/guides/...`` never served."""
+    telemetry = make_telemetry()
+    app = build_flask_app()
+    app.url_map.add(Rule("/old-guides/<slug>", redirect_to="/guides/<slug>/"))
+    app.url_map.add(Rule("/handbook", redirect_to="https://docs.example.org/guides/intro/"))
+    if integration == "init_app":
+        init_app(app, telemetry)
+    else:
+        app.wsgi_app = WSGIMiddleware(app.wsgi_app, telemetry=telemetry)
+    client = app.test_client()
+    assert fetch(client, "/old-guides/intro").status_code == 308
+    assert fetch(client, "/handbook").status_code == 308
+    # Doubled slashes merged: the canonical form of this very path.
+    merged = fetch(client, "/guides//intro")
+    assert merged.status_code == 308
+    assert merged.headers["Location"].endswith("/guides/intro/")
+    assert counts(telemetry) == {
+        ("GET", UNMATCHED_ROUTE, 308): 2,
+        ("GET", "/guides/<slug>/", 308): 1,
+    }
+
+
+def test_flask_405_picks_the_same_rule_in_every_process():
+    """Two rules take ``/files/5``, neither with PUT. Werkzeug gathers the
+    allowed methods in a set, whose order follows the process's hash seed: the
+    rule must not, or the workers of one deployment split the same requests."""
+    script = """
+from flask import Flask
+from reqtelemetry import Telemetry
+from reqtelemetry.flask import init_app
+app = Flask("files")
+app.add_url_rule("/files/<int:file_id>", "by_id", lambda file_id: "id", methods=["GET"])
+app.add_url_rule("/files/<name>", "by_name", lambda name: "name", methods=["POST"])
+telemetry = Telemetry(endpoint=None, send_in_tests=True)
+init_app(app, telemetry)
+response = app.test_client().put("/files/5")
+response.data
+response.close()
+print(response.status_code, [record["route"] for record in telemetry.snapshot()])
+"""
+    seen = set()
+    for seed in ("1", "2", "3", "4"):
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONHASHSEED": seed, "SQA_OPT_OUT": "", "DO_NOT_TRACK": ""},
+        )
+        assert done.returncode == 0, done.stderr
+        seen.add(done.stdout.strip())
+    assert seen == {"405 ['/files/<int:file_id>']"}
 
 
 def test_flask_excluded_paths(make_telemetry, counts):

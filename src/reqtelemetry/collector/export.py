@@ -60,11 +60,14 @@ def app_filter(value: str | None) -> str | None:
     """
     if value is None or value == "":
         return None
-    if len(value) > MAX_APP_NAME_LENGTH or "\0" in value:
-        raise ValueError(
-            f"must be an app's name: at most {MAX_APP_NAME_LENGTH} characters, without NUL"
-        )
-    return value
+    # A command line in a non-UTF-8 encoding gives lone surrogates (PEP 383),
+    # which no report can carry and no driver can send.
+    text = len(value) <= MAX_APP_NAME_LENGTH and "\0" not in value
+    if text and not any("\ud800" <= char <= "\udfff" for char in value):
+        return value
+    raise ValueError(
+        f"must be an app's name: at most {MAX_APP_NAME_LENGTH} characters of text, without NUL"
+    )
 
 
 def endpoint_rows(storage: Storage, since: float, app: str | None = None) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ out of Flask, copies the matched rule into the environ.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterable
 from time import perf_counter
@@ -298,11 +299,16 @@ def rule_despite_refusal(context: Any = None) -> Any:
 
     Why: Werkzeug's router refuses a method the rule does not allow (405) and
     redirects a path to its canonical form (the 308 to a rule's trailing
-    slash), and leaves ``request.url_rule`` unset for both. Such requests are
-    for an endpoint that exists, and are recorded under its template, as
-    Starlette's router records a 405; ``<unmatched>`` is for paths no route
-    takes. The rule is found by matching again, for a 405 with a method the
-    rule allows, for a redirect at its target. Runs only when no rule was set.
+    slash, or with doubled slashes merged), and leaves ``request.url_rule``
+    unset for both. Such requests are for an endpoint that exists, and are
+    recorded under its template, as Starlette's router records a 405;
+    ``<unmatched>`` is for paths no route takes. The rule is found by matching
+    again: for a 405 with the allowed methods in sorted order (Werkzeug
+    collects them in a set, so in any order, and where two rules take the path
+    every worker must pick the same one); for a redirect at its target, but
+    only when the target is this path made canonical. Any other redirect (a
+    rule's ``redirect_to``, to an alias or another site) says nothing about
+    the rules of this app, and stays unmatched. Runs only when no rule was set.
 
     ``context`` is Flask's request context (``request`` and ``url_adapter``);
     by default the current one.
@@ -319,18 +325,34 @@ def rule_despite_refusal(context: Any = None) -> Any:
         from werkzeug.routing import RequestRedirect
 
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
-            rule, _ = adapter.match(method=next(iter(error.valid_methods)), return_rule=True)
-            return rule
+            for method in sorted(error.valid_methods):
+                try:
+                    rule, _ = adapter.match(method=method, return_rule=True)
+                except Exception:  # refused again with this method: try the next
+                    continue
+                return rule
+            return None
         if isinstance(error, RequestRedirect):
-            path = unquote(urlsplit(error.new_url).path)
+            target = urlsplit(error.new_url)
+            if target.netloc and target.netloc != request.host:
+                return None
+            path = unquote(target.path)
             root = request.root_path
             if root and path.startswith(root):
                 path = path[len(root) :]
+            if _canonical(path) != _canonical(request.path):
+                return None
             rule, _ = adapter.match(path_info=path, method=request.method, return_rule=True)
             return rule
     except Exception:  # matched nothing after all, or a Flask this does not know
         return None
     return None
+
+
+def _canonical(path: str) -> str:
+    """``path`` as Werkzeug's canonical redirects leave it equal: doubled slashes
+    merged, no trailing slash."""
+    return re.sub("/{2,}", "/", path).rstrip("/")
 
 
 def _route(rule: Any) -> str | None:

@@ -91,7 +91,7 @@
 
   // Several apps among these rows: only then is the app worth a label or a column.
   function severalApps(rows) {
-    var names = {};
+    var names = Object.create(null);  // no inherited keys: app names come from clients
     rows.forEach(function (row) { names[label(row.app_name)] = true; });
     return Object.keys(names).length > 1;
   }
@@ -233,7 +233,7 @@
     var sorted = versions.slice().sort(compareAppVersions);
     var named = severalApps(sorted);
     // Each app's newest version stands out: apps number their releases apart.
-    var newest = {};
+    var newest = Object.create(null);
     sorted.forEach(function (v) {
       var app = label(v.app_name);
       if (!(app in newest)) newest[app] = v.app_version;
@@ -338,7 +338,7 @@
   }
 
   function countBy(platforms, key) {
-    var counts = {};
+    var counts = Object.create(null);
     platforms.forEach(function (p) {
       var name = label(p[key]);
       var n = p.instances !== undefined ? p.instances : (p.count || 0);

@@ -40,6 +40,7 @@ DIALECT = Dialect(
     bucket="floor(received_at / CAST(? AS double precision))",
     # Resolved through search_path, like every other statement here.
     has_migrations_table="SELECT COUNT(to_regclass('schema_migrations'))",
+    lock_rows=" FOR UPDATE",
 )
 
 #: The advisory lock migrations hold: the bytes "reqtelem" as a signed 64-bit key.
@@ -56,7 +57,11 @@ MIGRATIONS = (
             big_int="BIGINT",
         ),
     ),
-    Migration(2, "app_name on instances, reports and aggregates", app_name_columns()),
+    Migration(
+        2,
+        "app_name on instances, reports and aggregates",
+        app_name_columns("traits->>'app_name'"),
+    ),
 )
 
 

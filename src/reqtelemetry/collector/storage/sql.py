@@ -95,6 +95,9 @@ class Dialect:
     #: ``SUM`` raises past 2**63 (hostile reports could get there), its ``TOTAL``
     #: adds in floating point; PostgreSQL's ``SUM`` of bigints is numeric.
     sum: str = "SUM"
+    #: What makes a ``SELECT`` lock the rows it reads until the commit (PostgreSQL's
+    #: ``FOR UPDATE``); empty where one writer holds the whole database (SQLite).
+    lock_rows: str = ""
 
 
 def _int(value: Any) -> int:
@@ -388,6 +391,14 @@ class SQLStorage(Storage):
                 time.sleep(pause)
 
         def the_rest(ex: Executor) -> tuple[int, int]:
+            # Deployments first, as store() upserts them before their instance:
+            # locking in the other order, a report from an instance quiet for
+            # longer than the retention deadlocked with the prune on PostgreSQL.
+            ex.query(
+                "SELECT id FROM deployments WHERE last_seen < ?"
+                f" ORDER BY id{self.dialect.lock_rows}",
+                (before,),
+            )
             instances = ex.query(
                 "DELETE FROM instances WHERE last_seen < ? AND NOT EXISTS"
                 " (SELECT 1 FROM reports AS r WHERE r.instance_id = instances.id)"
@@ -758,20 +769,31 @@ def common_tables(
     )
 
 
-def app_name_columns() -> tuple[str, ...]:
+def app_name_columns(app_name_in_traits: str) -> tuple[str, ...]:
     """Version 2: the app's name next to its version, so one collector can serve several apps.
 
     Why a column in three tables, as ``app_version`` has: the dashboard
     filters reports (totals, activity, versions), aggregates (endpoints) and
-    instances (platforms) by app, each without a join. Rows stored before
-    this step keep NULL (the app is unknown): the reports they came from are
-    gone, so there is nothing to fill them from. Adding a nullable column
-    without a default rewrites no rows in either database.
+    instances (platforms) by app, each without a join.
+
+    Rows stored before this step are named from what their instance said: the
+    ``traits`` kept in ``instances`` hold the ``app_name`` clients have sent
+    all along (``app_name_in_traits`` is how a backend reads it from there).
+    Left NULL, every endpoint of an app would have been listed twice after the
+    upgrade, the older copy as an unknown app's and soon "unused". Rows of an
+    instance that named no app stay NULL, and only they are rewritten. The
+    indexes come last, so that each is built once, on the final rows.
     """
+    named = "SELECT i.app_name FROM instances AS i WHERE i.id = {table}.instance_id"
+    of_named = "instance_id IN (SELECT id FROM instances WHERE app_name IS NOT NULL)"
     return (
         "ALTER TABLE instances ADD COLUMN app_name TEXT",
         "ALTER TABLE reports ADD COLUMN app_name TEXT",
         "ALTER TABLE aggregates ADD COLUMN app_name TEXT",
+        f"UPDATE instances SET app_name = {app_name_in_traits}"
+        f" WHERE {app_name_in_traits} IS NOT NULL",
+        f"UPDATE reports SET app_name = ({named.format(table='reports')}) WHERE {of_named}",
+        f"UPDATE aggregates SET app_name = ({named.format(table='aggregates')}) WHERE {of_named}",
         # One app's rows since a time: the filtered totals, activity and versions.
         "CREATE INDEX reports_app_received_at ON reports (app_name, received_at)",
         # One app's endpoints: their calls since a time, and every endpoint it ever had.

@@ -49,7 +49,11 @@ MIGRATIONS = (
             big_int="INTEGER",
         ),
     ),
-    Migration(2, "app_name on instances, reports and aggregates", app_name_columns()),
+    Migration(
+        2,
+        "app_name on instances, reports and aggregates",
+        app_name_columns("json_extract(traits, '$.app_name')"),
+    ),
 )
 
 
