@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from ._version import __version__
 from .config import Config, redacted_url
@@ -217,6 +218,32 @@ def _collector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_database(command: str, url: str) -> Any:
+    """The database at ``url``, opened read-only and at the schema this release
+    reads; or, when it cannot be used, the exit status of the one line that says why.
+
+    Read-only, an existing database only: a typo must not create one, a
+    reader's role needs no right to create or alter tables, and nothing is
+    migrated on the way.
+    """
+    try:
+        from .collector.storage import database_errors, open_storage
+
+        storage = open_storage(url, read_only=True)
+    except ImportError as error:  # psycopg, for a PostgreSQL URL
+        return _missing_extra(command, error)
+    except ValueError as error:  # an unusable --db URL
+        return _fail(command, str(error))
+    except database_errors() as error:
+        return _database_failure(command, url, error)
+    try:
+        storage.check_schema()
+    except database_errors() as error:
+        storage.close()
+        return _database_failure(command, url, error)
+    return storage
+
+
 def _export(args: argparse.Namespace) -> int:
     from .collector.export import app_filter  # the standard library only
 
@@ -226,21 +253,13 @@ def _export(args: argparse.Namespace) -> int:
         app = app_filter(args.app)
     except ValueError as error:
         return _fail("export", f"--app {error}")
-    try:
-        from .collector.export import endpoint_rows, since_days, write_csv
-        from .collector.storage import database_errors, open_storage
+    storage = _existing_database("export", args.db)
+    if isinstance(storage, int):
+        return storage
+    from .collector.export import endpoint_rows, since_days, write_csv
+    from .collector.storage import database_errors
 
-        # Read-only, an existing database only: a typo must not create one, and
-        # a reader's role needs no right to create or alter tables.
-        storage = open_storage(args.db, read_only=True)
-    except ImportError as error:  # psycopg, for a PostgreSQL URL
-        return _missing_extra("export", error)
-    except ValueError as error:  # an unusable --db URL
-        return _fail("export", str(error))
-    except database_errors() as error:
-        return _database_failure("export", args.db, error)
     try:
-        storage.check_schema()
         rows = endpoint_rows(storage, since_days(args.days), app)
     except database_errors() as error:
         return _database_failure("export", args.db, error)
@@ -263,25 +282,12 @@ def _prune(args: argparse.Namespace) -> int:
 
     if not 1 <= args.older_than_days <= MAX_RETENTION_DAYS:
         return _fail("prune", f"--older-than-days must be from 1 to {MAX_RETENTION_DAYS}")
-    try:
-        from .collector.storage import database_errors, open_storage
+    probe = _existing_database("prune", args.db)  # checked before anything is written
+    if isinstance(probe, int):
+        return probe
+    probe.close()
+    from .collector.storage import database_errors, open_storage
 
-        # An existing database at the schema this release knows, checked
-        # read-only first: a typo must not create a database, and nothing is
-        # migrated on the way.
-        probe = open_storage(args.db, read_only=True)
-    except ImportError as error:  # psycopg, for a PostgreSQL URL
-        return _missing_extra("prune", error)
-    except ValueError as error:  # an unusable --db URL
-        return _fail("prune", str(error))
-    except database_errors() as error:
-        return _database_failure("prune", args.db, error)
-    try:
-        probe.check_schema()
-    except database_errors() as error:
-        return _database_failure("prune", args.db, error)
-    finally:
-        probe.close()
     try:
         storage = open_storage(args.db)
         try:
