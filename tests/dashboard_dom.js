@@ -147,6 +147,7 @@ setTimeout(() => {
     appValue: byId.app.value,
     byVersionAppHidden: byId["by-version-app"].getAttribute("hidden") !== null,
     versionApps: withTestid("version-app").map((n) => n.textContent),
+    retention: byId.retention.textContent,
     pageUrls,
     requests,
   };

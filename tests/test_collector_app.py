@@ -1088,6 +1088,23 @@ def test_the_dashboard_renders_the_summary(
     # One app (unnamed): nothing to choose, no app column.
     assert page["appControlHidden"] and page["byVersionAppHidden"]
     assert page["versionApps"] == [] and page["pageUrls"] == []
+    assert summary.json()["retention_days"] is None and page["retention"] == ""
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_dashboard_says_how_long_reports_are_kept(
+    make_collector: Callable[..., Collector], tmp_path: Path
+) -> None:
+    """A window longer than the retention shows less than it asks for: the page
+    says why, from the summary."""
+    collector = make_collector(retention_days=90)
+    assert collector.send(make_payload(new_id(), new_id())).is_success
+    summary = collector.http.get("/api/summary", params={"days": 365})
+    assert summary.json()["retention_days"] == 90
+    page = render_dashboard(tmp_path, summary.text, "?days=365")
+    assert page["status"]["state"] == "ready", page["status"]
+    assert page["retention"] == " · reports older than 90 days are deleted"
 
 
 @pytest.mark.e2e

@@ -175,7 +175,9 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
         days = days_param(request)
         app_name = app_param(request)
         try:
-            data = await run_in_threadpool(build_summary, store, days, app=app_name)
+            data = await run_in_threadpool(
+                build_summary, store, days, app=app_name, retention_days=settings.retention_days
+            )
         except Exception:
             logger.exception("could not read the summary")
             return _unavailable("the collector cannot read its database right now")

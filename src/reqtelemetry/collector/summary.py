@@ -37,11 +37,17 @@ def bucket_seconds(days: int) -> int:
 
 
 def build_summary(
-    storage: Storage, days: int, now: float | None = None, app: str | None = None
+    storage: Storage,
+    days: int,
+    now: float | None = None,
+    app: str | None = None,
+    retention_days: int | None = None,
 ) -> dict[str, Any]:
     """Everything ``GET /api/summary`` returns, JSON-ready: of every app, or of
     ``app`` only (``apps`` and ``refusals`` are never limited: refusals happen
-    before a report's app is known)."""
+    before a report's app is known). ``retention_days`` is the collector's
+    retention (None: everything is kept), said on the page so that a window
+    longer than it does not look like missing data."""
     now = time.time() if now is None else now
     since = now - days * DAY
     totals = dict(storage.totals(since, app=app))
@@ -55,6 +61,7 @@ def build_summary(
         "since": since,
         "bucket_seconds": bucket,
         "app": app,
+        "retention_days": retention_days,
         "apps": storage.apps(since),
         "totals": totals,
         "activity": fill_activity(storage.activity(since, bucket, app=app), since, now, bucket),

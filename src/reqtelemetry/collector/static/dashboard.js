@@ -411,6 +411,10 @@
     renderRefusals(summary.refusals || {});
     document.getElementById("generated").textContent =
       "Updated " + new Date(summary.generated_at * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC";
+    // A window longer than the retention is not missing data: say why it ends.
+    document.getElementById("retention").textContent = summary.retention_days
+      ? " · reports older than " + fmtInt(summary.retention_days) + " days are deleted"
+      : "";
   }
 
   // -- loading -------------------------------------------------------------------------
