@@ -54,7 +54,9 @@ def build_summary(
     requests = totals.get("requests") or 0
     totals["error_rate"] = (totals.get("errors") or 0) / requests if requests else 0.0
     bucket = bucket_seconds(days)
-    by_version = storage.endpoints(since, by_version=True, app=app)
+    # Per app: an endpoint one app stopped serving is unused, whatever another
+    # app's endpoint of the same name does. Both lists from one read.
+    by_app, by_version = storage.endpoints_by_app_and_version(since, app=app)
     summary = {
         "generated_at": now,
         "days": days,
@@ -66,9 +68,7 @@ def build_summary(
         "totals": totals,
         "activity": fill_activity(storage.activity(since, bucket, app=app), since, now, bucket),
         "versions": storage.versions(since, app=app),
-        # Per app: an endpoint one app stopped serving is unused, whatever
-        # another app's endpoint of the same name does.
-        "endpoints": storage.endpoints(since, app=app, by_app=True),
+        "endpoints": by_app,
         "endpoints_by_version": with_previous_version(by_version),
         "platforms": storage.platforms(since, app=app),
         "refusals": storage.refusals(),

@@ -130,6 +130,20 @@ class Storage(abc.ABC):
         percentiles and ``mean`` are None. ``app_name`` and ``app_version`` are None
         where the instance did not say. Most calls first."""
 
+    def endpoints_by_app_and_version(
+        self, since: float, app: str | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """``endpoints(since, app=app, by_app=True)`` and ``endpoints(since,
+        by_version=True, app=app)``, the two lists the dashboard shows.
+
+        Why one call: reading the histograms is most of what the summary costs,
+        and a backend can read them once for both (SQL storage does).
+        """
+        return (
+            self.endpoints(since, app=app, by_app=True),
+            self.endpoints(since, by_version=True, app=app),
+        )
+
     @abc.abstractmethod
     def platforms(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
         """Instances seen since ``since`` by ``os``, ``arch``, ``python_version`` and

@@ -582,76 +582,94 @@ class SQLStorage(Storage):
         Python reads the quantiles off them). Three queries, whatever the
         number of endpoints.
         """
-        since = float(since)
-        d = self.dialect
         columns: tuple[str, ...] = ("method", "route")
         if by_app or by_version:
             columns += ("app_name",)
         if by_version:
             columns += ("app_version",)
+        known, sums, bins = self._run(
+            lambda ex: self._endpoint_rows(ex, float(since), columns, app)
+        )
+        return _endpoint_entries(columns, known, sums, bins)
+
+    def endpoints_by_app_and_version(
+        self, since: float, app: str | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """``endpoints(by_app=True)`` and ``endpoints(by_version=True)`` from one
+        read of the histograms (see :meth:`Storage.endpoints_by_app_and_version`).
+
+        The rows are read per version, and added up per app here: counts, sums
+        and histogram buckets add up. Distinct deployments do not (one that ran
+        two versions would count twice), so they are counted per app in one
+        more query, which reads no histogram.
+        """
+        since = float(since)
+        fine = ("method", "route", "app_name", "app_version")
+        coarse = ("method", "route", "app_name")
+        key = ", ".join(coarse)
+        only, app_params = _app_filter(app)
+
+        def work(ex: Executor) -> tuple[list[Row], list[Row], list[Row], list[Row]]:
+            known, sums, bins = self._endpoint_rows(ex, since, fine, app)
+            deployments = ex.query(
+                f"SELECT {key}, COUNT(DISTINCT deployment_id) FROM aggregates"
+                f" WHERE received_at >= ?{only} GROUP BY {key}",
+                (since, *app_params),
+            )
+            return known, sums, bins, deployments
+
+        known, sums, bins, deployments = self._run(work)
+        by_version = _endpoint_entries(fine, known, sums, bins)
+        width = len(coarse)
+        added: dict[Row, list[Any]] = {}
+        for row in sums:
+            total = added.setdefault(tuple(row[:width]), [0, 0, 0.0, 0, 0])
+            calls, errors, latency_sum, request_bytes, response_bytes = row[width + 1 : width + 6]
+            total[0] += _int(calls)
+            total[1] += _int(errors)
+            total[2] += _float(latency_sum)
+            total[3] += _int(request_bytes)
+            total[4] += _int(response_bytes)
+        counted = {tuple(row[:width]): _int(row[width]) for row in deployments}
+        buckets: dict[tuple[Row, int], int] = {}
+        for row in bins:
+            bucket = (tuple(row[:width]), _int(row[width + 1]))
+            buckets[bucket] = buckets.get(bucket, 0) + _int(row[width + 2])
+        by_app = _endpoint_entries(
+            coarse,
+            [tuple(row[:width]) for row in known],
+            [(*endpoint, *total, counted.get(endpoint, 0)) for endpoint, total in added.items()],
+            [(*endpoint, index, count) for (endpoint, index), count in buckets.items()],
+        )
+        return by_app, by_version
+
+    def _endpoint_rows(
+        self, ex: Executor, since: float, columns: tuple[str, ...], app: str | None
+    ) -> tuple[list[Row], list[Row], list[Row]]:
+        """Per ``columns``: every endpoint ever stored (by ``app``, when given),
+        the sums since ``since``, and the histogram buckets since ``since``."""
+        d = self.dialect
         key = ", ".join(columns)
         a_key = ", ".join(f"a.{column}" for column in columns)
-        width = len(columns)
         only, app_params = _app_filter(app)
         a_only, _ = _app_filter(app, "a.app_name")
         ever = "" if app is None else " WHERE app_name = ?"
-
-        def work(ex: Executor) -> tuple[list[Row], list[Row], list[Row]]:
-            known = ex.query(f"SELECT DISTINCT {key} FROM aggregates{ever}", app_params)
-            sums = ex.query(
-                f"SELECT {key}, {d.sum}(count),"
-                f" {d.sum}(CASE WHEN status >= 500 THEN count ELSE 0 END),"
-                f" {d.sum}(latency_sum), {d.sum}(request_bytes), {d.sum}(response_bytes),"
-                " COUNT(DISTINCT deployment_id)"
-                f" FROM aggregates WHERE received_at >= ?{only} GROUP BY {key}",
-                (since, *app_params),
-            )
-            bins = ex.query(
-                f"SELECT {a_key}, {d.bin_index} AS bin_index, {d.sum}({d.bin_count})"
-                f" FROM {d.bins_source} WHERE a.received_at >= ?{a_only}"
-                f" GROUP BY {a_key}, bin_index",
-                (since, *app_params),
-            )
-            return known, sums, bins
-
-        known, sums, bins = self._run(work)
-        histograms: dict[Row, Histogram] = {}
-        for row in bins:
-            histogram = histograms.setdefault(tuple(row[:width]), Histogram())
-            histogram.merge_bins([(_int(row[width]), _int(row[width + 1]))])
-        totals = {tuple(row[:width]): row[width:] for row in sums}
-
-        result = []
-        for endpoint in {tuple(row) for row in known} | set(totals):
-            calls, errors, latency_sum, request_bytes, response_bytes, deployments = totals.get(
-                endpoint, (0, 0, 0.0, 0, 0, 0)
-            )
-            calls, errors = _int(calls), _int(errors)
-            histogram = histograms.get(endpoint)
-            entry: dict[str, Any] = dict(zip(columns, endpoint, strict=True))
-            entry.update(
-                calls=calls,
-                errors=errors,
-                error_rate=errors / calls if calls else None,
-                p50=histogram.quantile(0.50) if histogram else None,
-                p95=histogram.quantile(0.95) if histogram else None,
-                p99=histogram.quantile(0.99) if histogram else None,
-                mean=_float(latency_sum) / calls if calls else None,
-                request_bytes=_int(request_bytes),
-                response_bytes=_int(response_bytes),
-                deployments=_int(deployments),
-            )
-            result.append(entry)
-        result.sort(
-            key=lambda row: (
-                -row["calls"],
-                row["method"],
-                row["route"],
-                _text_key(row.get("app_name")),
-                _text_key(row.get("app_version")),
-            )
+        known = ex.query(f"SELECT DISTINCT {key} FROM aggregates{ever}", app_params)
+        sums = ex.query(
+            f"SELECT {key}, {d.sum}(count),"
+            f" {d.sum}(CASE WHEN status >= 500 THEN count ELSE 0 END),"
+            f" {d.sum}(latency_sum), {d.sum}(request_bytes), {d.sum}(response_bytes),"
+            " COUNT(DISTINCT deployment_id)"
+            f" FROM aggregates WHERE received_at >= ?{only} GROUP BY {key}",
+            (since, *app_params),
         )
-        return result
+        bins = ex.query(
+            f"SELECT {a_key}, {d.bin_index} AS bin_index, {d.sum}({d.bin_count})"
+            f" FROM {d.bins_source} WHERE a.received_at >= ?{a_only}"
+            f" GROUP BY {a_key}, bin_index",
+            (since, *app_params),
+        )
+        return known, sums, bins
 
     def platforms(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
         """Instances seen since ``since`` (of ``app``, by the name in their newest
@@ -688,6 +706,57 @@ class SQLStorage(Storage):
             )
         )
         return result
+
+
+def _endpoint_entries(
+    columns: tuple[str, ...],
+    known: Iterable[Sequence[Any]],
+    sums: Iterable[Sequence[Any]],
+    bins: Iterable[Sequence[Any]],
+) -> list[dict[str, Any]]:
+    """The endpoint dicts of :meth:`SQLStorage.endpoints` from its three kinds of
+    rows, each led by the ``columns`` of its endpoint: ``known`` (every endpoint
+    ever stored), ``sums`` (calls, errors, latency sum, request and response
+    bytes, distinct deployments) and ``bins`` (bucket index, count); most
+    calls first."""
+    width = len(columns)
+    histograms: dict[Row, Histogram] = {}
+    for row in bins:
+        histogram = histograms.setdefault(tuple(row[:width]), Histogram())
+        histogram.merge_bins([(_int(row[width]), _int(row[width + 1]))])
+    totals = {tuple(row[:width]): tuple(row[width:]) for row in sums}
+
+    result = []
+    for endpoint in {tuple(row) for row in known} | set(totals):
+        calls, errors, latency_sum, request_bytes, response_bytes, deployments = totals.get(
+            endpoint, (0, 0, 0.0, 0, 0, 0)
+        )
+        calls, errors = _int(calls), _int(errors)
+        histogram = histograms.get(endpoint)
+        entry: dict[str, Any] = dict(zip(columns, endpoint, strict=True))
+        entry.update(
+            calls=calls,
+            errors=errors,
+            error_rate=errors / calls if calls else None,
+            p50=histogram.quantile(0.50) if histogram else None,
+            p95=histogram.quantile(0.95) if histogram else None,
+            p99=histogram.quantile(0.99) if histogram else None,
+            mean=_float(latency_sum) / calls if calls else None,
+            request_bytes=_int(request_bytes),
+            response_bytes=_int(response_bytes),
+            deployments=_int(deployments),
+        )
+        result.append(entry)
+    result.sort(
+        key=lambda row: (
+            -row["calls"],
+            row["method"],
+            row["route"],
+            _text_key(row.get("app_name")),
+            _text_key(row.get("app_version")),
+        )
+    )
+    return result
 
 
 def common_tables(
