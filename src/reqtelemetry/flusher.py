@@ -28,7 +28,7 @@ from .config import redacted_url
 from .payload import Envelope, Report, build_reports
 from .recorder import Batch
 from .traits import detect_test_runner, load_deployment_id
-from .transport import Outcome, Result, Transport, waitable
+from .transport import Outcome, Result, Transport, started, waitable
 
 if TYPE_CHECKING:
     from .telemetry import Telemetry
@@ -189,12 +189,10 @@ class Flusher:
         worker = threading.Thread(
             target=flush_then_close, name="reqtelemetry-final-flush", daemon=True
         )
-        try:
-            worker.start()
-        except RuntimeError:
-            flush_then_close()
-        else:
+        if started(worker):
             worker.join(waitable(deadline - time.monotonic()) + FINAL_FLUSH_GRACE)
+        else:
+            flush_then_close()
         return bool(delivered and delivered[0])
 
     def _run(self) -> None:

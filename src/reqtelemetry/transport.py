@@ -182,6 +182,20 @@ def waitable(seconds: float) -> float:
     return min(max(0.0, seconds), threading.TIMEOUT_MAX)
 
 
+def started(thread: threading.Thread) -> bool:
+    """Start ``thread``; False where no thread can be started now.
+
+    Python 3.12 refuses new threads at interpreter shutdown, inside an
+    ``atexit`` function too, which is where a WSGI app's final report goes
+    out. The callers then do without the thread.
+    """
+    try:
+        thread.start()
+    except RuntimeError:
+        return False
+    return True
+
+
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Full jitter: uniform in ``[0, min(cap, base * 2**attempt)]``."""
     return rng.uniform(0.0, min(cap, base * (2.0**attempt)))
@@ -353,12 +367,8 @@ class Transport:
 
         timer = threading.Timer(max(0.0, seconds), cut)
         timer.daemon = True
-        try:
-            timer.start()
-        except RuntimeError:
-            # No new thread at interpreter shutdown (Python 3.12 refuses one
-            # in an atexit function): the final report goes out bounded by
-            # httpx's timeout on each step, which is what is left.
+        if not started(timer):
+            # The request is bounded by httpx's timeout on each step, which is what is left.
             logger.debug("reqtelemetry: no thread for the request's deadline; going on without")
         try:
             yield

@@ -96,6 +96,15 @@
     return Object.keys(names).length > 1;
   }
 
+  // A table's App column (its heading ``headingId``) only when its rows are of
+  // several apps; whether it is shown.
+  function appColumn(headingId, rows) {
+    var named = severalApps(rows);
+    var heading = document.getElementById(headingId);
+    if (named) heading.removeAttribute("hidden"); else heading.setAttribute("hidden", "");
+    return named;
+  }
+
   // Apps by name, the unnamed (null) last: the order of the selector and the groups.
   function compareApps(a, b) {
     if (a === b) return 0;
@@ -258,10 +267,7 @@
   function renderEndpoints(endpoints) {
     var body = document.querySelector("#endpoints-table tbody");
     clear(body);
-    // The app column only when the rows are of several apps.
-    var named = severalApps(endpoints);
-    var heading = document.getElementById("endpoints-app");
-    if (named) heading.removeAttribute("hidden"); else heading.setAttribute("hidden", "");
+    var named = appColumn("endpoints-app", endpoints);
     if (!endpoints.length) {
       var none = el("tr");
       cell(none, "No endpoints reported yet.", { colspan: 11, class: "empty" });
@@ -292,10 +298,7 @@
     var body = document.querySelector("#by-version-table tbody");
     clear(body);
     var used = rows.filter(function (r) { return r.calls; });
-    // The app column only when the rows are of several apps.
-    var named = severalApps(used);
-    var heading = document.getElementById("by-version-app");
-    if (named) heading.removeAttribute("hidden"); else heading.setAttribute("hidden", "");
+    var named = appColumn("by-version-app", used);
     if (!used.length) {
       var none = el("tr");
       cell(none, "No endpoint calls reported yet.", { colspan: 9, class: "empty" });

@@ -363,6 +363,7 @@ class SQLStorage(Storage):
         has no instance left; a report arriving meanwhile moves their
         ``last_seen`` past ``before``.
         """
+        stop = threading.Event() if stop is None else stop
         reports = 0
         while True:
             began = time.monotonic()
@@ -377,28 +378,25 @@ class SQLStorage(Storage):
                 write=True,
             )
             reports += deleted
-            if deleted < PRUNE_BATCH or (stop is not None and stop.is_set()):
-                break
-            # Make way: as long a pause as the batch took. Without it the
-            # next batch takes the lock again the moment it is let go (a
-            # lock is not a queue), and a report arriving meanwhile waited
-            # for the whole prune.
+            # Make way: as long a pause as the batch took (ended at once by
+            # ``stop``). Without it the next batch takes the lock again the
+            # moment it is let go (a lock is not a queue), and a report
+            # arriving meanwhile waited for the whole prune.
             pause = min(time.monotonic() - began, MAX_PRUNE_PAUSE)
-            if stop is not None:
-                if stop.wait(pause):
-                    break
-            else:
-                time.sleep(pause)
+            if deleted < PRUNE_BATCH or stop.wait(pause):
+                break
 
         def the_rest(ex: Executor) -> tuple[int, int]:
             # Deployments first, as store() upserts them before their instance:
             # locking in the other order, a report from an instance quiet for
             # longer than the retention deadlocked with the prune on PostgreSQL.
-            ex.query(
-                "SELECT id FROM deployments WHERE last_seen < ?"
-                f" ORDER BY id{self.dialect.lock_rows}",
-                (before,),
-            )
+            # (SQLite's one writer holds the whole database already.)
+            if self.dialect.lock_rows:
+                ex.query(
+                    "SELECT id FROM deployments WHERE last_seen < ?"
+                    f" ORDER BY id{self.dialect.lock_rows}",
+                    (before,),
+                )
             instances = ex.query(
                 "DELETE FROM instances WHERE last_seen < ? AND NOT EXISTS"
                 " (SELECT 1 FROM reports AS r WHERE r.instance_id = instances.id)"
