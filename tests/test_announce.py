@@ -78,12 +78,12 @@ def test_an_opted_out_apps_bad_setting_is_named_not_quoted(caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="reqtelemetry"):
         config = Config.resolve(
-            environ={"SQA_OPT_OUT": "true", "REQTELEMETRY_ENDPOINT": "canary-secret-token"},
+            environ={"SQA_OPT_OUT": "true", "REQTELEMETRY_MAX_KEYS": "canary-secret-token"},
             argv=[],
         )
     assert not config.enabled
     text = "\n".join(record.getMessage() for record in caplog.records)
-    assert "REQTELEMETRY_ENDPOINT" in text
+    assert "REQTELEMETRY_MAX_KEYS" in text
     assert "canary" not in text
 
 

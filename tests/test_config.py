@@ -385,10 +385,13 @@ def test_ordinary_endpoints_are_accepted(endpoint):
 @pytest.mark.parametrize(
     "field", ["allowed_path_segments", "allowed_query_keys", "exclude_paths", "disabled_traits"]
 )
-def test_a_bare_string_where_a_list_belongs_is_refused(field):
+def test_a_bare_string_where_a_list_belongs_is_refused_or_split(field):
     # Taken as its characters, "users" would let the segments u, s, e, r through unhashed.
     with pytest.raises(ValueError, match=f"{field} must be a list of strings"):
-        Telemetry(config=Config(**{field: "users"}))
+        Config(**{field: "users"}).validate()
+    # Telemetry resolves a hand-built config as it does keyword options: split at commas.
+    value = "users" if field != "disabled_traits" else "cpu_count"
+    assert getattr(Telemetry(config=Config(**{field: value})).config, field) == (value,)
 
 
 def test_resolve_still_takes_a_comma_separated_string():
@@ -407,3 +410,137 @@ def test_resolve_still_takes_a_comma_separated_string():
 )
 def test_an_endpoint_is_shown_without_credentials(url, shown):
     assert redacted_url(url) == shown
+
+
+# -- found by the review of 2026-12-06 -------------------------------------------
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+@pytest.mark.parametrize("environ", [{}, {"SQA_OPT_OUT": "true"}, {"DO_NOT_TRACK": "1"}])
+def test_a_blank_endpoint_from_code_means_no_endpoint(blank, environ):
+    # endpoint=os.environ.get("APP_TELEMETRY_URL") with the variable set but empty.
+    config = resolve(environ, endpoint=blank, proxy=blank, ca_bundle=blank)
+    assert config.endpoint is None and config.proxy is None and config.ca_bundle is None
+    assert config.opt_out == bool(environ)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"endpoint": "collector.example.org"},
+        {"endpoint": "http://collector..example.org"},
+        {"proxy": "proxy.internal:3128"},
+        {"ca_bundle": "/nowhere/ca.pem"},
+    ],
+)
+def test_opted_out_what_only_sending_uses_cannot_stop_the_app(options, monkeypatch):
+    with pytest.raises(ValueError):
+        resolve(**options)  # on: a clear error at start
+    assert resolve({"DO_NOT_TRACK": "1"}, **options).opt_out
+    assert resolve(opt_out=True, **options).opt_out
+    monkeypatch.setenv("SQA_OPT_OUT", "true")
+    assert not Telemetry(**options).enabled
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"record_query": "false"}, "record_query must be True or False"),
+        ({"debug": "false"}, "debug must be True or False"),
+        ({"group_unmatched": 0}, "group_unmatched must be True or False"),
+        ({"opt_out": "true"}, "opt_out must be True or False"),
+        ({"flush_interval": "60"}, "flush_interval must be a number"),
+        ({"timeout": "5"}, "timeout must be a number"),
+        ({"shutdown_timeout": None}, "shutdown_timeout must be a number"),
+        ({"max_keys": "500"}, "max_keys must be a whole number"),
+        ({"max_keys": 500.0}, "max_keys must be a whole number"),
+        ({"max_attempts": True}, "max_attempts must be a whole number"),
+        ({"endpoint": b"http://collector.example.org"}, "endpoint must be a string"),
+    ],
+)
+@pytest.mark.parametrize("environ", [{}, {"SQA_OPT_OUT": "true"}])
+def test_options_of_the_wrong_type_are_clear_errors_on_or_off(options, match, environ):
+    # Settings read from the environment are strings: "false" is true to Python,
+    # and would have recorded queries. A bug in code fails alike on and off.
+    with pytest.raises(ValueError, match=match):
+        resolve(environ, **options)
+    with pytest.raises(ValueError, match=match):
+        Config(**options).validate()
+
+
+def test_whole_numbers_are_taken_where_seconds_are_expected():
+    config = resolve(flush_interval=60, timeout=5, shutdown_timeout=0)
+    assert (config.flush_interval, config.timeout, config.shutdown_timeout) == (60, 5, 0)
+
+
+@pytest.mark.parametrize("name", ["app_name", "app_version", "app_git_hash", "app_build_time"])
+@pytest.mark.parametrize("value", ["1.0\x00beta", "caf\udce9"])
+def test_app_traits_the_collector_would_refuse_are_errors_at_start(name, value):
+    # A NUL or a lone surrogate in a trait gets every report of the app refused.
+    with pytest.raises(ValueError, match=f"{name} must be text without NUL"):
+        resolve(**{name: value})
+
+
+def test_a_hand_built_config_gets_the_environment_as_keyword_options_do(monkeypatch):
+    monkeypatch.setenv("REQTELEMETRY_DEBUG", "1")
+    monkeypatch.setenv("REQTELEMETRY_DISABLE", "memory_rss_bytes")
+    monkeypatch.setenv("REQTELEMETRY_RECORD_QUERY", "false")
+    monkeypatch.setenv("REQTELEMETRY_ALLOWED_QUERY_KEYS", "page")
+    monkeypatch.setenv("REQTELEMETRY_EXCLUDE_PATHS", "/healthz")
+    options = {
+        "endpoint": "http://127.0.0.1:9",
+        "record_query": True,
+        "allowed_query_keys": ("page", "email"),
+        "exclude_paths": ("/ready",),
+    }
+    made = [Telemetry(config=Config(**options)), Telemetry(**options)]
+    for telemetry in made:
+        telemetry.close()  # debug: its last report goes to the captured stderr, not at exit
+    from_config, from_keywords = (telemetry.config for telemetry in made)
+    for config in (from_config, from_keywords):
+        assert config.debug is True
+        assert config.disabled_traits == ("memory_rss_bytes",)
+        assert config.record_query is False
+        assert config.allowed_query_keys == ("page",)
+        assert config.exclude_paths == ("/ready", "/healthz")
+    assert from_config == from_keywords
+
+
+def test_a_resolved_config_keeps_the_environment_it_was_resolved_against(monkeypatch):
+    # Resolved against an environment of its caller's choosing (a test's): only
+    # this process's opt-out still applies.
+    monkeypatch.setenv("REQTELEMETRY_DEBUG", "1")
+    config = resolve(endpoint="http://127.0.0.1:9")
+    assert Telemetry(config=config).config.debug is False
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    assert not Telemetry(config=config).enabled
+
+
+def test_applying_the_environment_twice_changes_nothing_more():
+    environ = {
+        "REQTELEMETRY_DISABLE": "cpu_count",
+        "REQTELEMETRY_ALLOWED_PATH_SEGMENTS": "users",
+        "REQTELEMETRY_EXCLUDE_PREFIXES": "/static/",
+    }
+    once = resolve(environ, allowed_path_segments=["users", "orders"], exclude_prefixes=["/a/"])
+    assert once.with_environment(environ, []) == once
+
+
+@pytest.mark.parametrize(
+    ("options", "secret"),
+    [
+        ({"endpoint": "https://ops:SECRET2@collector..example.org/"}, "SECRET2"),
+        ({"endpoint": "https://collector..example.org/?token=SECRET3"}, "SECRET3"),
+        ({"endpoint": "https://ops:SECRET5@collector.example.org:99999/"}, "SECRET5"),
+        ({"proxy": "htp://svc:SECRET4@proxy.internal:3128"}, "SECRET4"),
+    ],
+)
+def test_start_up_errors_never_quote_credentials(options, secret):
+    with pytest.raises(ValueError) as raised:
+        resolve(**options)
+    assert secret not in str(raised.value)
+
+
+def test_an_endpoint_with_a_fragment_is_refused():
+    with pytest.raises(ValueError, match="fragment"):
+        resolve(endpoint="https://collector.example.org/telemetry#main")

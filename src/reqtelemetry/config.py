@@ -63,6 +63,29 @@ def add_opt_out_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
+#: Fields that are not options: :meth:`Config.resolve` sets them.
+_NOT_OPTIONS = frozenset({"opt_out_reason", "environment_applied"})
+_BOOL_FIELDS = frozenset(
+    {"opt_out", "group_unmatched", "record_query", "debug", "send_in_tests", "otel"}
+)
+_INT_FIELDS = frozenset(
+    {"max_keys", "max_payload_bytes", "max_attempts", "max_proof_of_work_bits", "max_metrics"}
+)
+_NUMBER_FIELDS = frozenset(
+    {
+        "flush_interval",
+        "min_flush_interval",
+        "max_flush_interval",
+        "timeout",
+        "retry_base_delay",
+        "shutdown_timeout",
+    }
+)
+#: The traits the app's code gives.
+_APP_TRAITS = ("app_name", "app_version", "app_git_hash", "app_build_time")
+#: Fields of text or None: blank text means not set.
+_TEXT_FIELDS = (*_APP_TRAITS, "endpoint", "deployment_id_path", "proxy", "ca_bundle")
+
 #: The fields that hold lists of strings.
 _LIST_FIELDS = (
     "exclude_paths",
@@ -90,6 +113,15 @@ def redacted_url(url: str) -> str:
         port = None
     where = f"{host}:{port}" if port is not None else host
     return urlunsplit((parts.scheme, where, parts.path, "", ""))
+
+
+def _encodes(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (no lone surrogates), as JSON text must be."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _split(value: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -168,6 +200,10 @@ class Config:
     #: a collector behind a private CA. ``SSL_CERT_FILE`` is not used.
     ca_bundle: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Whether :meth:`resolve` made this config (it has seen an environment, of
+    #: the caller's choosing). A config built with the plain constructor has
+    #: not: :class:`~reqtelemetry.Telemetry` applies this process's to it.
+    environment_applied: bool = field(default=False, repr=False, compare=False)
 
     @property
     def enabled(self) -> bool:
@@ -187,12 +223,23 @@ class Config:
         """Combine code options, the command line and the environment, once."""
         environ = os.environ if environ is None else environ
         argv = sys.argv if argv is None else argv
-        unknown = set(options) - (cls.field_names() - {"opt_out_reason"})
+        unknown = set(options) - (cls.field_names() - _NOT_OPTIONS)
         if unknown:
             raise TypeError(f"unknown reqtelemetry option(s): {', '.join(sorted(unknown))}")
         for name in _LIST_FIELDS:
             if name in options:
                 options[name] = _split(options[name])
+        for name in _TEXT_FIELDS:
+            # Blank means not set, as for the variables: ``endpoint=os.environ.get(
+            # "APP_TELEMETRY_URL")`` with the variable set but empty is "no endpoint".
+            value = options.get(name)
+            if isinstance(value, str) and not value.strip():
+                options[name] = None
+        options["environment_applied"] = True
+        if not isinstance(options.get("opt_out", False), bool):
+            # Taken as true or false, "false" would be true: a bug in code,
+            # refused alike whatever the environment says.
+            raise ValueError(f"opt_out must be True or False, got {options['opt_out']!r}")
         # Opting out is decided first, from nothing that can be malformed: an
         # opted-out app must start whatever else the environment says.
         reason = _opt_out_reason(bool(options.get("opt_out")), environ, argv)
@@ -217,16 +264,34 @@ class Config:
             config.validate()
         return config
 
+    def with_environment(
+        self, environ: Mapping[str, str] | None = None, argv: Iterable[str] | None = None
+    ) -> Config:
+        """This config's values as code options, resolved against ``environ`` and ``argv``
+        (by default this process's), exactly as :meth:`resolve` treats keyword options.
+
+        Why: the README promises that the environment wins over code, and an
+        operator's ``REQTELEMETRY_DEBUG`` or ``REQTELEMETRY_DISABLE`` must work
+        however the app built its configuration, ``Config(...)`` included.
+        Applying an environment twice changes nothing more than applying it once.
+        """
+        options = {
+            item.name: getattr(self, item.name)
+            for item in fields(self)
+            if item.name not in _NOT_OPTIONS | {"environment_applied"}
+        }
+        return type(self).resolve(environ=environ, argv=argv, **options)
+
     def with_opt_out_applied(
         self, environ: Mapping[str, str] | None = None, argv: Iterable[str] | None = None
     ) -> Config:
         """This config, opted out if the environment or the command line says so.
 
-        Why: a config built by hand (``Telemetry(config=Config(...))``, Django's
-        ``REQTELEMETRY = {"config": ...}``) or resolved against another
-        environment has never seen this process's ``SQA_OPT_OUT``,
-        ``DO_NOT_TRACK`` or ``--sqa-opt-out``; opting out must work whatever
-        way the config was made. It can only switch telemetry off.
+        Why: a config resolved against another environment (a test's, say)
+        has never seen this process's ``SQA_OPT_OUT``, ``DO_NOT_TRACK`` or
+        ``--sqa-opt-out``; opting out must work whatever way the config was
+        made. It can only switch telemetry off. (A config built by hand gets
+        the whole environment: :meth:`with_environment`.)
         """
         environ = os.environ if environ is None else environ
         argv = sys.argv if argv is None else argv
@@ -238,6 +303,15 @@ class Config:
         return replace(self, opt_out=True, opt_out_reason=reason)
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the first option that cannot work.
+
+        Types and ranges are checked whether telemetry is on or off, so that a
+        bug in code fails where the app is developed (often with
+        ``DO_NOT_TRACK=1`` set) as it would for its users. What only sending
+        uses (endpoint, proxy, CA bundle) is checked only when on: opted out,
+        it is never used, and a bad one must not stop the app.
+        """
+        self._validate_types()
         if self.max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {self.max_keys!r}")
         if not 0 < self.min_flush_interval <= self.max_flush_interval <= LONGEST_FLUSH_INTERVAL:
@@ -273,12 +347,10 @@ class Config:
                 f"shutdown_timeout must be zero or a positive number of seconds, "
                 f"got {self.shutdown_timeout!r}"
             )
-        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
         if self.endpoint is not None and self.enabled:
             # Only when on: opted out, the URL is never used, nor httpx imported.
             _check_endpoint(self.endpoint)
-        for name in ("app_name", "app_version", "app_git_hash", "app_build_time"):
+        for name in _APP_TRAITS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 # Not converted: 3.10 would become "3.1". The wire format only
@@ -286,6 +358,12 @@ class Config:
                 raise ValueError(
                     f"{name} must be a string (quote it: {str(value)!r}), "
                     f"got {value!r} ({type(value).__name__})"
+                )
+            if value is not None and ("\x00" in value or not _encodes(value)):
+                # The collector refuses a report with a NUL or a lone surrogate
+                # in any string: every report of this app would be refused.
+                raise ValueError(
+                    f"{name} must be text without NUL characters or lone surrogates, got {value!r}"
                 )
         for name in _LIST_FIELDS:
             value = getattr(self, name)
@@ -317,12 +395,46 @@ class Config:
     def _validate_network(self) -> None:
         """``proxy`` and ``ca_bundle``: wrong ones are an error at start, not a silent
         failure at every flush (only when on: opted out, nothing is sent)."""
+        if not self.enabled:
+            return
         if self.proxy is not None and not self.proxy.startswith(
             ("http://", "https://", "socks5://", "socks5h://")
         ):
-            raise ValueError(f"proxy must be an http(s):// or socks5:// URL, got {self.proxy!r}")
-        if self.ca_bundle is not None and self.enabled and not os.path.exists(self.ca_bundle):
+            raise ValueError(
+                f"proxy must be an http(s):// or socks5:// URL, got {redacted_url(self.proxy)!r}"
+            )
+        if self.ca_bundle is not None and not os.path.exists(self.ca_bundle):
             raise ValueError(f"ca_bundle must be an existing file or directory: {self.ca_bundle!r}")
+
+    def _validate_types(self) -> None:
+        """Every option of the type it is used as, or a ``ValueError`` naming it.
+
+        Why: options often come from the app's own settings, read from the
+        environment as strings. ``record_query="false"`` is true to Python and
+        would record queries; ``flush_interval="60"`` would fail later, on the
+        flusher thread, with a ``TypeError`` that names nothing.
+        """
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name in _BOOL_FIELDS:
+                if not isinstance(value, bool):
+                    raise ValueError(
+                        f"{item.name} must be True or False, got {value!r} ({type(value).__name__})"
+                    )
+            elif item.name in _INT_FIELDS:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(
+                        f"{item.name} must be a whole number, got {value!r} "
+                        f"({type(value).__name__})"
+                    )
+            elif item.name in _NUMBER_FIELDS:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(
+                        f"{item.name} must be a number of seconds, got {value!r} "
+                        f"({type(value).__name__})"
+                    )
+            elif item.name in _TEXT_FIELDS and value is not None and not isinstance(value, str):
+                raise ValueError(f"{item.name} must be a string, got {type(value).__name__}")
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -396,9 +508,18 @@ def _check_endpoint(endpoint: str) -> None:
         port = url.port
         host.encode("idna")  # what the socket layer does with it
     except (httpx.InvalidURL, UnicodeError, ValueError) as error:
-        raise ValueError(f"endpoint is not a valid URL ({error}): {endpoint!r}") from None
+        # The error's own text may quote the URL: left out, as the URL is.
+        raise ValueError(
+            f"endpoint is not a valid URL ({type(error).__name__}): {redacted_url(endpoint)!r}"
+        ) from None
     if not host or "%" in host or (port is not None and not 0 < port < 65536):
-        raise ValueError(f"endpoint must name a host (and a valid port), got {endpoint!r}")
+        raise ValueError(
+            f"endpoint must name a host (and a valid port), got {redacted_url(endpoint)!r}"
+        )
+    if url.fragment:
+        # A fragment never reaches a server: whatever follows the ``#`` would
+        # swallow the paths the reports go to.
+        raise ValueError(f"endpoint must not have a #fragment, got {redacted_url(endpoint)!r}")
 
 
 #: Lists that take something out of what is measured or sent: the

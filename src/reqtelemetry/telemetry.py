@@ -65,9 +65,12 @@ class Telemetry:
 
     ``Telemetry(endpoint=..., app_name=..., app_version=...)`` takes any
     :class:`~reqtelemetry.config.Config` field as a keyword; or pass a ready
-    ``config=`` (``SQA_OPT_OUT``, ``DO_NOT_TRACK`` and ``--sqa-opt-out`` apply
-    to it too). Opting out is resolved here, once: an opted-out instance records
-    nothing, and the middlewares then only call the app they wrap.
+    ``config=``: built with ``Config(...)``, this process's environment and
+    command line apply to it as to keyword options; made by
+    :meth:`Config.resolve`, only their opt-out does (it was resolved against
+    the environment its caller chose). Opting out is resolved here, once: an
+    opted-out instance records nothing, and the middlewares then only call
+    the app they wrap.
     """
 
     def __init__(
@@ -79,9 +82,13 @@ class Telemetry:
             config = Config.resolve(**options)
         elif endpoint is not None or options:
             raise TypeError("pass either config= or keyword options, not both")
+        elif not config.environment_applied:
+            # Built by hand (``Config(...)``): it has seen no environment, and
+            # this process's applies to it as to keyword options.
+            config = config.with_environment()
         else:
-            # A ready config may never have seen this process's environment
-            # and command line: their opt-out applies all the same.
+            # Resolved against an environment of the caller's choosing: this
+            # process's opt-out applies all the same.
             config = config.with_opt_out_applied()
             config.validate()
         self.config = config
