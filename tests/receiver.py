@@ -147,6 +147,8 @@ class ReceivedRequest:
     raw_body: bytes
     client: tuple[str, int] | None
     received_at: float
+    #: The query string, as sent.
+    query: str = ""
     #: The body as sent, gunzipped when ``Content-Encoding: gzip`` (bytes).
     body: bytes | None = None
     #: The decoded JSON payload, or None when the body was not JSON.
@@ -345,6 +347,7 @@ class Receiver:
         entry = ReceivedRequest(
             method=request.method,
             path=request.url.path,
+            query=request.url.query,
             headers={k.lower(): v for k, v in request.headers.items()},
             raw_body=raw,
             client=client,

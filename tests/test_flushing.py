@@ -558,6 +558,32 @@ def test_a_redirect_is_not_followed_keeps_the_data_and_is_named_once(
     assert delivered(receiver, telemetry) == expected
 
 
+def test_a_redirect_is_logged_without_its_credentials_or_query(make_sender, receiver, caplog):
+    # A redirect to a login page or a signed URL may carry a token.
+    telemetry = make_sender()
+    record_traffic(telemetry)
+    location = "https://ops:SECRET1@elsewhere.example/v1/report?key=SECRET2"
+    receiver.respond_with(308, headers={"Location": location}, times=5)
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert telemetry.flush() is False
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "https://elsewhere.example/v1/report" in logged
+    assert "SECRET" not in logged
+    assert "SECRET" not in str(telemetry.flusher.last_result)
+
+
+def test_an_endpoint_with_a_path_and_a_query_keeps_both(make_sender, receiver):
+    # An API gateway's key in the query stays the query: it once became the
+    # start of the path, and no report was ever delivered.
+    telemetry = make_sender(endpoint=receiver.url + "/ingest/?key=abc%20def")
+    expected = record_traffic(telemetry)
+    assert telemetry.flush() is True
+    assert {(r.path, r.query) for r in receiver.requests} == {
+        ("/ingest/v1/report", "key=abc%20def")
+    }
+    assert delivered(receiver, telemetry) == expected
+
+
 def test_collector_down_then_up_again(make_sender, receiver):
     telemetry = make_sender()
     expected = record_traffic(telemetry)

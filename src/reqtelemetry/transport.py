@@ -35,12 +35,13 @@ import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from . import hashcash
 from ._version import __version__
-from .config import Config
+from .config import Config, redacted_url
 from .payload import YIELD_PAUSE, Pacer
 
 logger = logging.getLogger("reqtelemetry")
@@ -150,7 +151,9 @@ def _redirected(response: httpx.Response, what: str) -> Result:
     ``http://`` where the collector wants ``https://``), so it is said loudly once.
     """
     global _redirect_warned
-    location = response.headers.get("Location", "")
+    # Shown without credentials or query: a redirect to a login page or a
+    # signed URL may carry a token, and logs are read by more people.
+    location = redacted_url(response.headers.get("Location", ""))
     status = response.status_code
     if not _redirect_warned:
         _redirect_warned = True
@@ -171,6 +174,17 @@ def _redirected(response: httpx.Response, what: str) -> Result:
         error=f"{what}: HTTP {status} redirect to {location!r} (not followed)",
         end_flush=True,
     )
+
+
+def endpoint_url(endpoint: str, path: str) -> str:
+    """The URL of ``path`` (``/v1/report``) under ``endpoint``, its query kept.
+
+    Why not ``endpoint + path``: an endpoint may carry a query (an API
+    gateway's ``?key=...``), which must stay the query, not become the start
+    of the path.
+    """
+    parts = urlsplit(endpoint)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + path, parts.query, ""))
 
 
 def waitable(seconds: float) -> float:
@@ -216,9 +230,8 @@ class Transport:
     ) -> None:
         if not config.endpoint:
             raise ValueError("a transport needs an endpoint")
-        base = config.endpoint.rstrip("/")
-        self.url = base + REPORT_PATH
-        self.session_url = base + SESSION_PATH
+        self.url = endpoint_url(config.endpoint, REPORT_PATH)
+        self.session_url = endpoint_url(config.endpoint, SESSION_PATH)
         self._session: Session | None = None
         self.config = config
         self._client = client
