@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import logging
 import os
 import socket
 import stat
@@ -360,8 +361,9 @@ def test_existing_id_is_read(tmp_path: Path) -> None:
     assert load_deployment_id(str(path)) == (known, "persisted")
 
 
-@pytest.mark.parametrize("content", ["", "not a uuid\n", "x" * 10000, "\x00\xff"])
-def test_corrupt_file_is_replaced(tmp_path: Path, content: str) -> None:
+@pytest.mark.parametrize("content", ["", "\n", "66b45185-3674-4f", "\x00" * 37, "66b45185\x00\x00"])
+def test_a_damaged_id_file_is_replaced(tmp_path: Path, content: str) -> None:
+    # Empty, cut short, or zero-filled: what a crash while writing one leaves.
     path = tmp_path / "deployment_id"
     path.write_text(content, encoding="latin-1")
     new, how = load_deployment_id(str(path))
@@ -369,6 +371,26 @@ def test_corrupt_file_is_replaced(tmp_path: Path, content: str) -> None:
     assert str(uuid.UUID(new)) == new
     assert path.read_text().strip() == new
     assert load_deployment_id(str(path)) == (new, "persisted")
+
+
+@pytest.mark.parametrize(
+    "content", ["not a uuid\n", "x" * 10000, "\x00\xff", "database:\n  url: postgresql://db\n"]
+)
+def test_a_file_that_is_no_id_is_left_alone(
+    tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # REQTELEMETRY_DEPLOYMENT_ID_PATH pointed at someone's file: never overwritten.
+    path = tmp_path / f"settings-{len(content)}.yaml"
+    path.write_text(content, encoding="latin-1")
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        first, how = load_deployment_id(str(path))
+        again = load_deployment_id(str(path))
+    assert how == "read-only"
+    assert str(uuid.UUID(first)) == first
+    assert again == (first, "read-only")  # the same id for the life of the process
+    assert path.read_text(encoding="latin-1") == content
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0]
 
 
 def test_unwritable_location_gives_read_only_id(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
 import os
 import platform
 import sys
@@ -34,6 +35,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import Config, env_flag
+
+logger = logging.getLogger("reqtelemetry")
 
 #: Every trait key, in the order they appear in a payload.
 TRAIT_NAMES: tuple[str, ...] = (
@@ -464,17 +467,30 @@ def _parse_id(text: str) -> str | None:
         return None
 
 
-def _read_id(path: str) -> str | None:
-    """The valid id in ``path``; ``None`` if the content is not a UUID.
+class ForeignFileError(Exception):
+    """The deployment id path holds a file that is no id of ours: it is left alone."""
 
-    Raises :class:`FileNotFoundError` when there is no file, other
-    :class:`OSError` when it cannot be read.
+
+#: What an id file of ours can hold, whole or cut short by a crash mid-write
+#: (after a power loss, some filesystems leave a new file full of NUL bytes).
+_ID_CHARACTERS = frozenset(b"0123456789abcdefABCDEF-{} \t\r\n\x00")
+
+
+def _read_id(path: str) -> str | None:
+    """The valid id in ``path``; ``None`` if it holds a damaged id (to replace).
+
+    Raises :class:`ForeignFileError` when the file holds anything else (an
+    operator pointed ``REQTELEMETRY_DEPLOYMENT_ID_PATH`` at an existing file,
+    say): replacing it would destroy someone's data. Raises
+    :class:`FileNotFoundError` when there is no file, other :class:`OSError`
+    when it cannot be read.
     """
     with open(path, "rb") as handle:
         data = handle.read(_MAX_ID_FILE_BYTES + 1)
-    if len(data) > _MAX_ID_FILE_BYTES:
-        return None
-    return _parse_id(data.decode("ascii", "replace"))
+    found = _parse_id(data.decode("ascii", "replace")) if len(data) <= 64 else None
+    if found is None and (len(data) > 64 or not _ID_CHARACTERS.issuperset(data)):
+        raise ForeignFileError(path)
+    return found
 
 
 def _write_new_file(path: str, content: bytes) -> None:
@@ -547,7 +563,22 @@ def _replace(path: str, new_id: str) -> str:
         _remove_quietly(temporary)
         raise
     # Another process may have replaced it at the same moment: agree on the last.
-    return _read_id(path) or new_id
+    try:
+        return _read_id(path) or new_id
+    except ForeignFileError:
+        return new_id
+
+
+_WARNED_PATHS: set[str] = set()
+
+
+def _first_time(path: str) -> bool:
+    """True the first time ``path`` is asked about in this process (to warn once)."""
+    with _READ_ONLY_LOCK:
+        if path in _WARNED_PATHS:
+            return False
+        _WARNED_PATHS.add(path)
+        return True
 
 
 def _read_only_id(path: str) -> tuple[str, str]:
@@ -563,8 +594,9 @@ def load_deployment_id(path: str | None) -> tuple[str, str]:
 
     ``how`` is ``"persisted"`` when the id is on disk (read or just written) and
     ``"read-only"`` when it cannot be: then a random id is made, the same for
-    every call in this process. A file whose content is not a UUID is replaced.
-    Never raises.
+    every call in this process. A damaged id file (empty, or an id cut short)
+    is replaced; a file that holds anything else is left alone (``read-only``,
+    with one warning). Never raises.
     """
     key = path if path is not None else ""
     try:
@@ -580,5 +612,15 @@ def load_deployment_id(path: str | None) -> tuple[str, str]:
         if found is not None:
             return found, "persisted"
         return _replace(path, str(uuid.uuid4())), "persisted"
+    except ForeignFileError:
+        found, how = _read_only_id(key)
+        if _first_time(key):
+            logger.warning(
+                "reqtelemetry: %s holds something other than a deployment id; it is left "
+                "as it is, and this process uses an id of its own. Point "
+                "REQTELEMETRY_DEPLOYMENT_ID_PATH at a file of its own.",
+                path,
+            )
+        return found, how
     except Exception:
         return _read_only_id(key)
