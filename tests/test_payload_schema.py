@@ -13,6 +13,7 @@ import pytest
 
 from reqtelemetry.config import Config
 from reqtelemetry.histogram import MAX_TRACKED, MIN_TRACKED, RELATIVE_ACCURACY
+from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
 from reqtelemetry.schema_loader import load_payload_schema
 from reqtelemetry.traits import SystemTraits
@@ -94,6 +95,44 @@ def test_real_recorder_and_traits_output_validates(
         period_end=batch.period_end,
     )
     assert errors(validator, payload) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "sent"),
+    [
+        (("get", "/a", 200), ("_OTHER", "/a", 200)),
+        (("VERYLONGMETHODNAMEX", "/a", 200), ("_OTHER", "/a", 200)),
+        (("GET /", "/a", 200), ("_OTHER", "/a", 200)),
+        (("GET", "/a", 1000), ("GET", "/a", 0)),
+        (("GET", "/a", -1), ("GET", "/a", 0)),
+        (("GET", "/a\x00b", 200), ("GET", "/ab", 200)),
+        (("GET", "/caf\udce9", 200), ("GET", "/caf?", 200)),
+        (("GET", "/caf\u00e9", 200), ("GET", "/caf\u00e9", 200)),
+    ],
+)
+def test_a_record_the_collector_would_refuse_is_mended_and_the_report_stays_valid(
+    validator: jsonschema.Draft202012Validator, key: tuple[str, str, int], sent: tuple
+) -> None:
+    # Telemetry.record is open to any caller; the collector refuses a whole
+    # report for one bad record, the good ones with it.
+    recorder = Recorder()
+    recorder.record("GET", "/good", 200, 0.01, 0, 1)
+    recorder.record(*key, 0.01, 0, 1)
+    envelope = Envelope(
+        kind="periodic",
+        sequence=1,
+        deployment_id="6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b",
+        instance_id="0e2b7f4c-9d1a-4c3e-8b5f-1a2b3c4d5e6f",
+        traits={},
+        withheld=(),
+        metrics={"counters": {}, "gauges": {}},
+    )
+    (report,) = build_reports(envelope, recorder.collect(), 262144, paced=False)
+    payload = json.loads(report.body)
+    assert errors(validator, payload) == []
+    assert b"\\u0000" not in report.body  # the collector refuses a NUL in any string
+    keys = {(r["method"], r["route"], r["status"]) for r in payload["batch"]["records"]}
+    assert keys == {("GET", "/good", 200), sent}
 
 
 def _mutated(example: dict[str, Any], change: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -114,11 +115,30 @@ def truncate_route(route: str) -> str:
     return (keep[:cut] if cut > 0 else keep) + TRUNCATED_SUFFIX
 
 
+#: What the schema takes as a method.
+_METHOD = re.compile(r"[A-Z]{1,16}|_OTHER")
+
+
 def _fit_key(key: Key) -> Key:
+    """``key`` as the wire format takes it.
+
+    The integrations only make keys that fit, but ``Telemetry.record`` is
+    open to any caller, and the collector refuses a whole report for one
+    record it cannot take, the good records with it. So an unknown method
+    becomes ``_OTHER`` (as the integrations record it), a status outside
+    0-999 becomes 0 (unknown, as the overflow record's), text that is not
+    valid Unicode or holds NUL is mended, and a long route is cut.
+    """
     method, route, status = key
-    if len(route) <= MAX_ROUTE_LENGTH:
-        return key
-    return (method, truncate_route(route), status)
+    if type(status) is not int or not 0 <= status <= 999:
+        status = 0
+    if not _METHOD.fullmatch(method):
+        method = "_OTHER"
+    if not route.isascii() or "\x00" in route:
+        route = route.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    if len(route) > MAX_ROUTE_LENGTH:
+        route = truncate_route(route)
+    return (method, route, status)
 
 
 def _escaped_length(text: str) -> int:
