@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import pickle
 import re
 import uuid
+
+import pytest
 
 from reqtelemetry import Anonymizer, hash_value
 from reqtelemetry.anonymize import new_salt
@@ -141,3 +145,10 @@ def test_long_unrouted_paths_are_hashed_but_not_cached(make_telemetry):
     assert telemetry._anonymized == {}  # neither is kept
     telemetry.route_for_unrouted("/files/short", matched=True)
     assert list(telemetry._anonymized) == [("/files/short", "")]
+
+
+def test_the_salt_cannot_be_pickled_or_copied_out(telemetry):
+    # Pickled, the salt would be written out of the process (a cache, a queue).
+    for attempt in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError, match="salt never leaves"):
+            attempt(telemetry.anonymizer)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from .payload import truncate_route
@@ -54,6 +55,11 @@ class Anonymizer:
             f"Anonymizer(allowed_segments={sorted(self._allowed_segments)!r}, "
             f"allowed_query_keys={sorted(self._allowed_query_keys)!r})"
         )
+
+    def __reduce__(self) -> Any:
+        # Pickled, the salt would be written out of the process (a cache, a
+        # queue, a crash dump): it must never leave it.
+        raise TypeError("an Anonymizer cannot be pickled or copied: its salt never leaves")
 
     def hash(self, value: str) -> str:
         return hash_value(value, self._salt)
