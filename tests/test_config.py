@@ -544,3 +544,11 @@ def test_start_up_errors_never_quote_credentials(options, secret):
 def test_an_endpoint_with_a_fragment_is_refused():
     with pytest.raises(ValueError, match="fragment"):
         resolve(endpoint="https://collector.example.org/telemetry#main")
+
+
+def test_paths_may_be_given_as_path_objects(tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    config = resolve(deployment_id_path=tmp_path / "id", ca_bundle=bundle)
+    assert config.deployment_id_path == str(tmp_path / "id")
+    assert config.ca_bundle == str(bundle)

@@ -85,6 +85,8 @@ _NUMBER_FIELDS = frozenset(
 _APP_TRAITS = ("app_name", "app_version", "app_git_hash", "app_build_time")
 #: Fields of text or None: blank text means not set.
 _TEXT_FIELDS = (*_APP_TRAITS, "endpoint", "deployment_id_path", "proxy", "ca_bundle")
+#: Text fields that name a file: a ``pathlib.Path`` is taken too.
+_PATH_FIELDS = frozenset({"deployment_id_path", "ca_bundle"})
 
 #: The fields that hold lists of strings.
 _LIST_FIELDS = (
@@ -235,6 +237,8 @@ class Config:
             value = options.get(name)
             if isinstance(value, str) and not value.strip():
                 options[name] = None
+            elif name in _PATH_FIELDS and isinstance(value, os.PathLike):
+                options[name] = os.fspath(value)
         options["environment_applied"] = True
         if not isinstance(options.get("opt_out", False), bool):
             # Taken as true or false, "false" would be true: a bug in code,
