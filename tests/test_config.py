@@ -41,6 +41,24 @@ def test_opt_out_variables_false_mean_not_set(variable, value):
     assert config.enabled and config.opt_out_reason is None
 
 
+@pytest.mark.parametrize("variable", ["SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT", "DO_NOT_TRACK"])
+@pytest.mark.parametrize("value", ["y", "Y", "disable", "2", "please", "TRUE "])
+def test_an_opt_out_value_that_is_no_clear_no_means_off(variable, value):
+    # SQA_OPT_OUT=y meant off: a value misread must err on the side of sending nothing.
+    config = resolve({variable: value})
+    assert config.opt_out and variable in config.opt_out_reason
+
+
+@pytest.mark.parametrize("flag", ["--sqa-opt-out", "--sqa-opt-out=1", "--sqa-opt-out=true"])
+def test_the_opt_out_flag_with_a_value(flag):
+    assert resolve(argv=["myapp", flag]).opt_out
+
+
+@pytest.mark.parametrize("flag", ["--sqa-opt-out=0", "--sqa-opt-out=false", "--sqa-opt-outs"])
+def test_the_opt_out_flag_saying_no(flag):
+    assert resolve(argv=["myapp", flag]).enabled
+
+
 @pytest.mark.parametrize("value", ["1", "true", " 1 "])
 def test_do_not_track(value):
     config = resolve({"DO_NOT_TRACK": value})
@@ -48,7 +66,7 @@ def test_do_not_track(value):
     assert "DO_NOT_TRACK" in config.opt_out_reason
 
 
-@pytest.mark.parametrize("value", ["0", ""])
+@pytest.mark.parametrize("value", ["0", "", " ", "false", "no", "off"])
 def test_do_not_track_unset_values(value):
     assert resolve({"DO_NOT_TRACK": value}).enabled
 

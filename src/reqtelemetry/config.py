@@ -559,14 +559,24 @@ def _with_environment(options: Mapping[str, Any], found: Mapping[str, Any]) -> d
     return merged
 
 
+def asks_to_opt_out(value: str | None) -> bool:
+    """Whether an opt-out variable's (or flag's) value asks for telemetry off.
+
+    Anything but unset, blank or a clear "no" (``0``, ``false``, ``no``,
+    ``off``) does: an operator who wrote ``SQA_OPT_OUT=y`` or ``=disable``
+    meant off, and a value misread must err on the side of sending nothing.
+    """
+    return value is not None and value.strip().lower() not in _FALSE
+
+
 def _opt_out_reason(in_code: bool, environ: Mapping[str, str], argv: Iterable[str]) -> str | None:
-    for variable in ("SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT"):
-        if env_flag(environ.get(variable)):
+    for variable in ("SQA_OPT_OUT", "REQTELEMETRY_OPT_OUT", "DO_NOT_TRACK"):
+        if asks_to_opt_out(environ.get(variable)):
             return f"{variable} is set"
-    if environ.get("DO_NOT_TRACK", "").strip() == "1" or env_flag(environ.get("DO_NOT_TRACK")):
-        return "DO_NOT_TRACK is set"
-    if OPT_OUT_FLAG in argv:
-        return f"{OPT_OUT_FLAG} was given"
+    for argument in argv:
+        name, equals, value = argument.partition("=")
+        if name == OPT_OUT_FLAG and (not equals or asks_to_opt_out(value)):
+            return f"{OPT_OUT_FLAG} was given"
     if in_code:
         return "opt_out=True in the configuration"
     return None
