@@ -457,12 +457,39 @@ def test_asgi_client_leaving_during_the_view_is_499(django_telemetry, counts):
     assert counts(django_telemetry) == {("GET", "/async-hang/", 499): 1}
 
 
+def test_asgi_client_leaving_with_a_sync_middleware_after_ours_is_499(django_telemetry, counts):
+    """A sync-only middleware after ours makes Django run ours in sync mode: the
+    cancellation then reaches it as ``CancelledError`` through a worker thread."""
+    from django.test import override_settings
+
+    middleware = [
+        "reqtelemetry.django.TelemetryMiddleware",
+        "django_test_middleware.SyncOnlyMiddleware",
+    ]
+    with override_settings(MIDDLEWARE=middleware):
+        sent = serve_asgi("/async-hang/", client_leaves=True)
+    assert sent == []
+    assert counts(django_telemetry) == {("GET", "/async-hang/", 499): 1}
+
+
 def test_asgi_client_leaving_mid_stream_is_499(django_telemetry, records):
     sent = serve_asgi("/async-stream-hang/", client_leaves=True)
     assert sent[0]["status"] == 200
     assert body_of(sent) == b"first\n"
     assert len(django_telemetry.snapshot()) == 1
     record = records(django_telemetry)["GET", "/async-stream-hang/", 499]
+    assert record["count"] == 1
+    assert record["response_bytes"] == len(b"first\n")
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
+def test_asgi_client_leaving_inside_a_sync_stream_is_499(django_telemetry, records):
+    """Django consumes a sync body in a worker thread; a cancellation that reaches
+    the body (through ``async_to_sync``) arrives there as ``CancelledError``."""
+    sent = serve_asgi("/sync-stream-hang/", client_leaves=True)
+    assert body_of(sent) == b""  # Django sends a sync body only once it has all of it
+    assert len(django_telemetry.snapshot()) == 1
+    record = records(django_telemetry)["GET", "/sync-stream-hang/", 499]
     assert record["count"] == 1
     assert record["response_bytes"] == len(b"first\n")
 

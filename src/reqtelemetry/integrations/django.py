@@ -102,6 +102,12 @@ class TelemetryMiddleware:
         start = perf_counter()
         try:
             response = self.get_response(request)
+        except asyncio.CancelledError:
+            # Sync mode under ASGI too: a sync-only middleware after this one
+            # puts the chain in a worker thread, and the cancellation Django
+            # sends when the client disconnects comes up through it.
+            self._record(request, CLIENT_CLOSED_STATUS, start, perf_counter(), 0)
+            raise
         except BaseException:
             self._record(request, 500, start, perf_counter(), 0)
             raise
@@ -262,6 +268,11 @@ class _MeasuredStream(_Measurement):
             chunk = next(self.content)
         except StopIteration:
             self.finish(self.status)
+            raise
+        except asyncio.CancelledError:
+            # Under ASGI Django consumes a sync body in a worker thread; a body
+            # that awaits through async_to_sync gets the disconnect's cancellation.
+            self.finish(CLIENT_CLOSED_STATUS)
             raise
         except BaseException:
             self.finish(500)
