@@ -124,8 +124,9 @@ def _is_localized(chain: tuple[Any, ...]) -> bool:
 
 def _localized_template(chain: tuple[Any, ...], route: str) -> str | None:
     """One template for all languages: the language prefix as
-    :data:`LANGUAGE_PREFIX`, each translated route in ``settings.LANGUAGE_CODE``
-    (its untranslated form, as written in the URLconf).
+    :data:`LANGUAGE_PREFIX`, each translated route as it reads in
+    ``settings.LANGUAGE_CODE`` (as written in the URLconf, unless the default
+    language has a catalog of its own for it).
 
     ``None`` when the chain, read in the active language, is not the route
     Django matched: then the chain cannot be trusted to be the request's.
