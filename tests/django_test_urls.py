@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from asgiref.sync import async_to_sync
 from django.http import FileResponse, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import include, path, re_path
 
@@ -78,6 +79,23 @@ async def async_stream_hang(request):
     return StreamingHttpResponse(chunks())
 
 
+def sync_stream_hang(request):
+    """A sync body that sends one chunk, then awaits through ``async_to_sync``
+    (as a channel layer's sync API does) after setting the scope's ``test.gate``."""
+    gate = request.scope["test.gate"]
+
+    async def wait_forever():
+        gate.set()
+        await asyncio.Event().wait()
+
+    def chunks():
+        yield b"first\n"
+        async_to_sync(wait_forever)()
+        yield b"never\n"
+
+    return StreamingHttpResponse(chunks())
+
+
 async def async_boom(request):
     raise RuntimeError("the async django view failed")
 
@@ -109,6 +127,7 @@ urlpatterns = [
     path("download/", download),
     path("async-hang/", async_hang),
     path("async-stream-hang/", async_stream_hang),
+    path("sync-stream-hang/", sync_stream_hang),
     path("echo/<path:anything>", echo),
     path("health/", echo),
     path("", echo),

@@ -457,12 +457,39 @@ def test_asgi_client_leaving_during_the_view_is_499(django_telemetry, counts):
     assert counts(django_telemetry) == {("GET", "/async-hang/", 499): 1}
 
 
+def test_asgi_client_leaving_with_a_sync_middleware_after_ours_is_499(django_telemetry, counts):
+    """A sync-only middleware after ours makes Django run ours in sync mode: the
+    cancellation then reaches it as ``CancelledError`` through a worker thread."""
+    from django.test import override_settings
+
+    middleware = [
+        "reqtelemetry.django.TelemetryMiddleware",
+        "django_test_middleware.SyncOnlyMiddleware",
+    ]
+    with override_settings(MIDDLEWARE=middleware):
+        sent = serve_asgi("/async-hang/", client_leaves=True)
+    assert sent == []
+    assert counts(django_telemetry) == {("GET", "/async-hang/", 499): 1}
+
+
 def test_asgi_client_leaving_mid_stream_is_499(django_telemetry, records):
     sent = serve_asgi("/async-stream-hang/", client_leaves=True)
     assert sent[0]["status"] == 200
     assert body_of(sent) == b"first\n"
     assert len(django_telemetry.snapshot()) == 1
     record = records(django_telemetry)["GET", "/async-stream-hang/", 499]
+    assert record["count"] == 1
+    assert record["response_bytes"] == len(b"first\n")
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
+def test_asgi_client_leaving_inside_a_sync_stream_is_499(django_telemetry, records):
+    """Django consumes a sync body in a worker thread; a cancellation that reaches
+    the body (through ``async_to_sync``) arrives there as ``CancelledError``."""
+    sent = serve_asgi("/sync-stream-hang/", client_leaves=True)
+    assert body_of(sent) == b""  # Django sends a sync body only once it has all of it
+    assert len(django_telemetry.snapshot()) == 1
+    record = records(django_telemetry)["GET", "/sync-stream-hang/", 499]
     assert record["count"] == 1
     assert record["response_bytes"] == len(b"first\n")
 
@@ -518,3 +545,136 @@ def test_route_less_django_request_is_anonymized_when_not_grouped(django_telemet
     Client().get("/nope/secret-42/")
     salt = telemetry.anonymizer._salt
     assert counts(telemetry) == {("GET", f"/nope/{hash_value('secret-42', salt)}/", 404): 1}
+
+
+# -- i18n: i18n_patterns and translated routes -------------------------------------------
+
+
+@pytest.fixture
+def localized_site(django_telemetry, tmp_path):
+    """``site(urlconf)``: settings for a localized site (four languages, ``LocaleMiddleware``,
+    the test translations in ``LOCALE_PATHS``), as a context manager."""
+    from django.test import override_settings
+
+    import django_test_i18n_urls
+
+    django_test_i18n_urls.write_catalogs(tmp_path)
+
+    def site(urlconf="django_test_i18n_urls"):
+        return override_settings(
+            ROOT_URLCONF=urlconf,
+            LANGUAGE_CODE="en",
+            LANGUAGES=django_test_i18n_urls.LANGUAGES,
+            LOCALE_PATHS=[str(tmp_path)],
+            MIDDLEWARE=[
+                "reqtelemetry.django.TelemetryMiddleware",
+                "django.middleware.locale.LocaleMiddleware",
+            ],
+        )
+
+    return site
+
+
+def get_all(paths, **headers):
+    """GET each path through Django's test client; the statuses, in order."""
+    from django.test import Client
+
+    client = Client(raise_request_exception=False)
+    return [client.get(path, **headers).status_code for path in paths]
+
+
+def assert_no_language_in(routes):
+    """No segment of a key may tell a language apart: a code or a translation."""
+    from django_test_i18n_urls import LANGUAGES, TRANSLATIONS
+
+    telling = {code for code, _ in LANGUAGES} | {
+        part
+        for translations in TRANSLATIONS.values()
+        for translated in translations.values()
+        for part in translated.strip("^$").split("/")
+        if part and "<" not in part
+    }
+    for route in routes:
+        assert not set(route.split("/")) & telling, route
+
+
+def test_i18n_patterns_give_one_key_per_endpoint(localized_site, django_telemetry, counts):
+    with localized_site():
+        assert (
+            get_all(["/en/about/7/", "/fr/about/7/", "/de/about/8/", "/es/about/9/"]) == [200] * 4
+        )
+    assert counts(django_telemetry) == {("GET", "/<language-code>/about/<int:pk>/", 200): 4}
+
+
+def test_translated_routes_are_keyed_in_the_default_language(
+    localized_site, django_telemetry, counts
+):
+    paths = {
+        "/<language-code>/account/": ["/en/account/", "/fr/compte/", "/de/konto/", "/es/account/"],
+        "/<language-code>/shop/basket/<int:pk>/": [
+            "/en/shop/basket/1/",
+            "/fr/boutique/panier/2/",
+            "/de/laden/korb/3/",
+        ],
+        "/<language-code>/news/(?P<slug>[-\\w]+)/$": ["/fr/actualites/a/", "/de/nachrichten/b/"],
+    }
+    with localized_site():
+        for requested in paths.values():
+            assert get_all(requested) == [200] * len(requested), requested
+        # Without a language prefix the language comes from the request's headers.
+        assert get_all(["/aide/"], HTTP_ACCEPT_LANGUAGE="fr") == [200]
+        assert get_all(["/hilfe/"], HTTP_ACCEPT_LANGUAGE="de") == [200]
+        assert get_all(["/help/"]) == [200]
+    expected = {("GET", route, 200): len(requested) for route, requested in paths.items()}
+    assert counts(django_telemetry) == {**expected, ("GET", "/help/", 200): 3}
+    assert_no_language_in(route for _, route, _ in counts(django_telemetry))
+
+
+def test_unprefixed_default_language_shares_the_key(localized_site, django_telemetry, counts):
+    """``prefix_default_language=False``: the default language has no prefix, same endpoint."""
+    with localized_site("django_test_i18n_unprefixed_urls"):
+        assert get_all(["/about/7/", "/fr/about/7/", "/de/about/8/"]) == [200] * 3
+        assert get_all(["/account/", "/fr/compte/", "/de/konto/"]) == [200] * 3
+    assert counts(django_telemetry) == {
+        ("GET", "/<language-code>/about/<int:pk>/", 200): 3,
+        ("GET", "/<language-code>/account/", 200): 3,
+    }
+
+
+def test_plain_routes_next_to_localized_ones_are_unchanged(
+    localized_site, django_telemetry, counts
+):
+    with localized_site():
+        assert get_all(["/api/items/1/", "/fr/about/1/", "/api/items/2/", "/fr/nope/"]) == [
+            200,
+            200,
+            200,
+            404,
+        ]
+    assert counts(django_telemetry) == {
+        ("GET", "/api/items/<int:pk>/", 200): 2,
+        ("GET", "/<language-code>/about/<int:pk>/", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+
+
+def test_i18n_patterns_under_asgi(localized_site, django_telemetry, counts):
+    with localized_site():
+        responses = run_async([("GET", "/fr/boutique/panier/4/", {}), ("GET", "/de/about/5/", {})])
+    assert [response.status_code for response, _ in responses] == [200, 200]
+    assert counts(django_telemetry) == {
+        ("GET", "/<language-code>/shop/basket/<int:pk>/", 200): 1,
+        ("GET", "/<language-code>/about/<int:pk>/", 200): 1,
+    }
+
+
+def test_a_match_without_its_chain_keeps_djangos_route(django_telemetry):
+    """A custom resolver may leave ``tried`` out: Django's route text is the key."""
+    from types import SimpleNamespace
+
+    from reqtelemetry.django import TelemetryMiddleware
+
+    middleware = TelemetryMiddleware(lambda request: None)
+    for tried in (None, [], [[]]):
+        match = SimpleNamespace(route="^fr/about/<int:pk>/", tried=tried)
+        assert middleware._template_of(match) == "/fr/about/<int:pk>/"

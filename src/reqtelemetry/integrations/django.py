@@ -5,6 +5,10 @@ Add ``"reqtelemetry.django.TelemetryMiddleware"`` at the top of
 :class:`~reqtelemetry.config.Config` fields). The route template is Django's
 own ``request.resolver_match.route``, which already joins the prefixes of
 ``include()``; requests that resolve to no URL pattern count as unmatched.
+Localized URL patterns are the exception: Django builds that route in the
+active language, so ``i18n_patterns`` and ``gettext_lazy`` routes are keyed
+from the matched patterns instead, with :data:`LANGUAGE_PREFIX` for the
+language and translated routes in ``settings.LANGUAGE_CODE``.
 Streaming responses are measured to their last chunk by wrapping
 ``streaming_content`` (sync or async, as the response has it) in an iterator
 whose ``close()`` records the request if nothing did before. A ``FileResponse``
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from time import perf_counter
 from typing import Any
 
@@ -30,6 +34,17 @@ from ..telemetry import (
     Telemetry,
     parse_content_length,
 )
+
+#: Stands for the language prefix of ``i18n_patterns`` in a route template
+#: (``/<language-code>/about/<int:pk>/``), whatever the language, prefixed or
+#: not (``prefix_default_language=False``). A hyphen cannot be in a ``path()``
+#: parameter's name (Django refuses the route), so no real route looks like it.
+LANGUAGE_PREFIX = "<language-code>"
+
+#: Bounds each template cache. Keys come from the URLconf, not from requests,
+#: so this is never reached in practice; past it, templates are worked out
+#: again on each request instead of growing memory.
+_TEMPLATE_CACHE_LIMIT = 4096
 
 _shared: Telemetry | None = None
 _shared_lock = threading.Lock()
@@ -63,6 +78,80 @@ def _never(path: str) -> bool:
     return False
 
 
+def _template(route: str) -> str:
+    """A route as a key: a top-level ``re_path`` keeps its ``^`` (Django drops
+    it from nested ones), so it is dropped here too, and all keys start with ``/``."""
+    return "/" + route.lstrip("^/")
+
+
+def _joined(parts: Iterable[str]) -> str:
+    """Joins pattern strings as Django joins ``resolver_match.route``: every
+    ``^`` but a leading one is dropped, so that the result can be compared to it."""
+    route = ""
+    for part in parts:
+        route = route + part.removeprefix("^") if route else part
+    return route
+
+
+def _matched_chain(match: Any) -> tuple[Any, ...] | None:
+    """The URL patterns the request went through, outermost first.
+
+    Django's resolver lists every pattern it tried in ``tried``, the matched
+    chain last; ``None`` when a resolver (a custom one) left that out.
+    """
+    tried = getattr(match, "tried", None)
+    if not tried:
+        return None
+    chain = tuple(tried[-1])
+    return chain or None
+
+
+def _is_localized(chain: tuple[Any, ...]) -> bool:
+    """Whether the chain's route text depends on the active language: an
+    ``i18n_patterns`` prefix, or a route given as a lazy translation (Django
+    itself tells those apart by their not being ``str``)."""
+    from django.urls import LocalePrefixPattern
+
+    for node in chain:
+        pattern = getattr(node, "pattern", None)
+        if isinstance(pattern, LocalePrefixPattern):
+            return True
+        for raw in (getattr(pattern, "_route", None), getattr(pattern, "_regex", None)):
+            if raw is not None and not isinstance(raw, str):
+                return True
+    return False
+
+
+def _localized_template(chain: tuple[Any, ...], route: str) -> str | None:
+    """One template for all languages: the language prefix as
+    :data:`LANGUAGE_PREFIX`, each translated route as it reads in
+    ``settings.LANGUAGE_CODE`` (as written in the URLconf, unless the default
+    language has a catalog of its own for it).
+
+    ``None`` when the chain, read in the active language, is not the route
+    Django matched: then the chain cannot be trusted to be the request's.
+    """
+    from django.conf import settings
+    from django.urls import LocalePrefixPattern
+    from django.utils import translation
+
+    if _joined(str(node.pattern) for node in chain) != route:
+        return None
+    with translation.override(settings.LANGUAGE_CODE):
+        parts = [
+            f"{LANGUAGE_PREFIX}/"
+            if isinstance(node.pattern, LocalePrefixPattern)
+            else str(node.pattern)
+            for node in chain
+        ]
+    return _template(_joined(parts))
+
+
+def _remember(cache: dict[Any, str], key: Any, template: str) -> None:
+    if len(cache) < _TEMPLATE_CACHE_LIMIT:
+        cache[key] = template
+
+
 class TelemetryMiddleware:
     """Measures each request; place it first so that it sees everything.
 
@@ -83,6 +172,11 @@ class TelemetryMiddleware:
 
             raise MiddlewareNotUsed(f"reqtelemetry: {self.telemetry.config.opt_out_reason}")
         self._first_request = True
+        # Django's route text -> key, for routes that read the same in every
+        # language: the common case, one dict lookup per request.
+        self._plain_templates: dict[str, str] = {}
+        # Matched chain of URL patterns -> key, for localized ones.
+        self._localized_templates: dict[tuple[Any, ...], str] = {}
         excluded = self.telemetry.excluded
         self._is_excluded = excluded if excluded is not None else _never
         from django.conf import settings
@@ -102,6 +196,12 @@ class TelemetryMiddleware:
         start = perf_counter()
         try:
             response = self.get_response(request)
+        except asyncio.CancelledError:
+            # Sync mode under ASGI too: a sync-only middleware after this one
+            # puts the chain in a worker thread, and the cancellation Django
+            # sends when the client disconnects comes up through it.
+            self._record(request, CLIENT_CLOSED_STATUS, start, perf_counter(), 0)
+            raise
         except BaseException:
             self._record(request, 500, start, perf_counter(), 0)
             raise
@@ -170,6 +270,40 @@ class TelemetryMiddleware:
         # servers close the file wrapper.
         response._resource_closers.append(record)
 
+    def _template_of(self, match: Any) -> str:
+        """The key of a route met for the first time, or of a localized one.
+
+        Django's route text is the key unless the matched patterns are
+        localized: in 99 languages one endpoint would be 99 keys, enough for a
+        crawler to fill ``max_keys`` with a dozen endpoints. A localized
+        chain's text differs by language, so its key is cached by the chain
+        instead; only those requests pay for reading the chain again. If
+        anything about the chain is unexpected, Django's route text stands.
+
+        A plain chain's text is cached by the text itself. Should a localized
+        chain produce the very same text (a literal ``path("fr/about/")`` next
+        to ``i18n_patterns``), once that literal route has been seen the
+        localized request is keyed as it: a template the app has anyway.
+        """
+        route = match.route
+        plain = _template(route)
+        try:
+            chain = _matched_chain(match)
+            if chain is not None:
+                template = self._localized_templates.get(chain)
+                if template is not None:
+                    return template
+            if chain is None or not _is_localized(chain):
+                _remember(self._plain_templates, route, plain)
+                return plain
+            template = _localized_template(chain, route)
+        except Exception:  # an unforeseen resolver: Django's own route text
+            return plain
+        if template is None:
+            return plain
+        _remember(self._localized_templates, chain, template)
+        return template
+
     def _record(
         self, request: Any, status: int, start: float, end: float, response_bytes: int
     ) -> None:
@@ -177,9 +311,9 @@ class TelemetryMiddleware:
         try:
             match = getattr(request, "resolver_match", None)
             if match is not None and match.route is not None:
-                # A top-level ``re_path`` keeps its ``^`` (Django drops it from
-                # nested ones): drop it here too, so all templates look alike.
-                route = "/" + match.route.lstrip("^/")
+                route = self._plain_templates.get(match.route)
+                if route is None:
+                    route = self._template_of(match)
             else:
                 route = telemetry.route_for_unrouted(
                     request.path_info, request.META.get("QUERY_STRING", ""), False
@@ -262,6 +396,11 @@ class _MeasuredStream(_Measurement):
             chunk = next(self.content)
         except StopIteration:
             self.finish(self.status)
+            raise
+        except asyncio.CancelledError:
+            # Under ASGI Django consumes a sync body in a worker thread; a body
+            # that awaits through async_to_sync gets the disconnect's cancellation.
+            self.finish(CLIENT_CLOSED_STATUS)
             raise
         except BaseException:
             self.finish(500)

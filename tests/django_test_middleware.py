@@ -1,0 +1,22 @@
+"""A middleware for the Django tests, kept apart from the URLconf so that
+``MIDDLEWARE`` can name it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+class SyncOnlyMiddleware:
+    """Declares no capabilities, as most third-party middleware does.
+
+    Django then treats it as sync-only, and every middleware before it (ours
+    too) runs in sync mode even under ASGI: the case where a client's
+    disconnect arrives as ``CancelledError`` through a worker thread.
+    """
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        return self.get_response(request)
