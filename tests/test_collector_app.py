@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import socket
@@ -59,7 +60,12 @@ from reqtelemetry.collector.storage import open_storage
 from reqtelemetry.collector.storage.base import Storage, StoredReport
 from reqtelemetry.collector.summary import fill_activity, version_key, with_previous_version
 from reqtelemetry.collector.tokens import TokenSigner
-from reqtelemetry.collector.verify import Refusal, gunzip_capped, parse_json
+from reqtelemetry.collector.verify import (
+    MAX_ENDPOINT_KEY_BYTES,
+    Refusal,
+    gunzip_capped,
+    parse_json,
+)
 
 BITS = 8
 SECRET = b"collector-tests-secret-0123456789"
@@ -1255,7 +1261,29 @@ UNSTORABLE: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         lambda p: _first_record(p)["latency"].update(sum=1.5e308),
         "batch/records/0/latency/sum",
     ),
+    (
+        # Within the schema's character counts, past PostgreSQL's index entry.
+        "endpoint-too-long-for-an-index",
+        lambda p: _widest_endpoint(p, app_chars=128, route_chars=512),
+        "batch/records/0",
+    ),
 ]
+
+
+def _wide_text(chars: int, seed: int) -> str:
+    """``chars`` random four-byte characters (CJK, plane 2): PostgreSQL cannot
+    compress them in an index entry as it would a repeated one."""
+    pick = random.Random(seed)
+    return "".join(chr(pick.randint(0x20000, 0x2A6DF)) for _ in range(chars))
+
+
+def _widest_endpoint(payload: dict[str, Any], *, app_chars: int, route_chars: int) -> None:
+    """Give the first record a route, and the report an app name and version, of
+    four-byte characters: ``(2 * app_chars + route_chars) * 4 + 3`` bytes with GET."""
+    payload["traits"].update(
+        app_name=_wide_text(app_chars, 1), app_version=_wide_text(app_chars, 2)
+    )
+    _first_record(payload).update(method="GET", route=_wide_text(route_chars, 3))
 
 
 @pytest.mark.e2e
@@ -1279,6 +1307,29 @@ def test_reports_no_database_can_hold_are_refused_on_both_backends(
     # What was stored before still reads back.
     assert collector.http.get("/api/summary").status_code == 200
     assert collector.http.get("/export.csv").status_code == 200
+
+
+@pytest.mark.e2e
+def test_the_longest_endpoint_the_collector_accepts_is_stored_on_both_backends(
+    backend_collector: Collector,
+) -> None:
+    # GET + 2 * 44 + 511 four-byte characters + "/": exactly the limit, and an
+    # index entry PostgreSQL holds (it refused 3096 bytes at 2704).
+    collector = backend_collector
+    payload = make_payload(new_id(), new_id())
+    _widest_endpoint(payload, app_chars=44, route_chars=511)
+    _first_record(payload)["route"] = "/" + _first_record(payload)["route"]
+    record = _first_record(payload)
+    traits = payload["traits"]
+    size = sum(
+        len(text.encode())
+        for text in (traits["app_name"], record["method"], record["route"], traits["app_version"])
+    )
+    assert size == MAX_ENDPOINT_KEY_BYTES
+    response = collector.send(payload)
+    assert response.status_code == 200, response.text
+    routes = {row["route"] for row in collector.storage.endpoints(since=0)}
+    assert record["route"] in routes
 
 
 @pytest.mark.e2e

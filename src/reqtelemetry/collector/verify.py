@@ -18,8 +18,9 @@ it must be a 4xx answer, never a crash.
 
 The report's values must also fit both databases (integers written as
 integers within their columns, no NUL in text, histogram indexes in range,
-latencies whose sums cannot overflow): SQLite and PostgreSQL then accept
-exactly the same reports, and nothing stored can break a later summary.
+latencies whose sums cannot overflow, endpoints short enough for an index):
+SQLite and PostgreSQL then accept exactly the same reports, and nothing
+stored can break a later summary.
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ MAX_HISTOGRAM_PAIRS = 1024
 #: ``MAX_TRACKED``: a client clamps only the histogram, while ``sum``, ``min``
 #: and ``max`` are exact, and a streamed response may run for days.
 MAX_LATENCY_SECONDS = 1e9
+#: The most UTF-8 bytes a record's ``app_name``, ``method``, ``route`` and
+#: ``app_version`` may take together. PostgreSQL indexes the four as one entry
+#: (``aggregates_app_endpoint``) and refuses an entry over 2704 bytes (a third
+#: of an 8 KiB page); with their headers and padding (measured: at most 27
+#: bytes), 2400 leaves room to spare. The schema's own maxima allow 3088.
+MAX_ENDPOINT_KEY_BYTES = 2400
 
 
 def _is_written_integer(checker: Any, instance: Any) -> bool:
@@ -356,7 +363,7 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
             )
     if payload["part"] >= payload["parts"]:
         raise Refusal("invalid_payload", "part must be less than parts")
-    problem = _latency_sum_problem(payload["batch"]["records"])
+    problem = _latency_sum_problem(payload["batch"]["records"]) or _endpoint_key_problem(payload)
     if problem is not None:
         raise Refusal("invalid_payload", problem)
     if (
@@ -384,6 +391,35 @@ def _latency_sum_problem(records: list[dict[str, Any]]) -> str | None:
             return (
                 f"batch/records/{position}/latency/sum: must be at most count times "
                 f"{MAX_LATENCY_SECONDS:g} seconds"
+            )
+    return None
+
+
+def _endpoint_key_problem(payload: dict[str, Any]) -> str | None:
+    """A record whose endpoint key is too long for PostgreSQL's index, as
+    ``where: why``; None if none is.
+
+    Why: the schema counts characters, an index counts bytes. A route of 512
+    four-byte characters with an app name and version of 128 each is valid,
+    yet PostgreSQL cannot index it (SQLite can): stored, it failed on every
+    attempt, and the client, answered ``503``, retried for ever. Refused here,
+    both backends answer alike. Only called once the schema holds, so the
+    fields are strings (``app_*`` may also be null or withheld).
+    """
+    traits = payload["traits"]
+    app_bytes = sum(
+        len(value.encode("utf-8"))
+        for value in (traits.get("app_name"), traits.get("app_version"))
+        if isinstance(value, str)
+    )
+    for position, record in enumerate(payload["batch"]["records"]):
+        size = app_bytes + len(record["method"].encode("utf-8"))
+        size += len(record["route"].encode("utf-8"))
+        if size > MAX_ENDPOINT_KEY_BYTES:
+            return (
+                f"batch/records/{position}: app_name, method, route and app_version take "
+                f"{size} bytes of UTF-8 together; at most {MAX_ENDPOINT_KEY_BYTES} can be "
+                "stored (shorten the route, the app name or the app version)"
             )
     return None
 
