@@ -1266,6 +1266,34 @@ def test_nul_in_text_is_unstorable_on_postgres_only(backend: Backend, storage: S
         assert row_counts(storage)["reports"] == 1
 
 
+def test_an_endpoint_too_long_for_postgres_index_is_unstorable_not_an_outage(
+    backend: Backend, storage: SQLStorage
+) -> None:
+    # The collector refuses it first (verify.MAX_ENDPOINT_KEY_BYTES); should one
+    # get past, PostgreSQL's "index row size exceeds maximum" must still be a
+    # value that cannot be held (422), not an outage (503, retried for ever).
+    import random
+
+    pick = random.Random(5)  # random four-byte characters: incompressible
+
+    def wide(chars: int) -> str:
+        return "".join(chr(pick.randint(0x20000, 0x2A6DF)) for _ in range(chars))
+
+    payload = make_payload(
+        DEP_A,
+        A1,
+        {**LINUX, "app_name": wide(128), "app_version": wide(128)},
+        [("GET", wide(512), 200, [0.01], 0, 10)],
+    )
+    if backend.name == "postgres":
+        with pytest.raises(UnstorableReport, match="index row size"):
+            storage.store(stored(payload, received_at=T))
+        assert set(row_counts(storage).values()) == {0}
+    else:
+        storage.store(stored(payload, received_at=T))
+        assert row_counts(storage)["aggregates"] == 1
+
+
 def test_latency_sums_at_the_collectors_bound_add_up_without_overflow(storage: SQLStorage) -> None:
     # verify.py lets a record's latency sum reach count * MAX_LATENCY_SECONDS;
     # PostgreSQL's float8 SUM of many such records must still be finite.
