@@ -299,6 +299,34 @@ def test_an_unusable_database_is_one_line(
         assert db.replace("hunter2", "***") in line
 
 
+@pytest.mark.parametrize(
+    ("db", "shown"),
+    [
+        # libpq quotes the token it cannot decode: the password itself.
+        (
+            "postgresql://app:S3cr%tPW@127.0.0.1:1/telemetry",
+            "postgresql://app:***@127.0.0.1:1/telemetry",
+        ),
+        # urlsplit raised on the unclosed bracket (a traceback); libpq quotes the URL.
+        ("postgresql://app:S3cretPW@[::1/telemetry", "postgresql://app:***@[::1/telemetry"),
+    ],
+)
+@pytest.mark.parametrize("command", ["export", "prune", "collector"])
+def test_a_malformed_postgres_url_is_one_line_without_its_password(
+    capsys, served, command, db, shown, no_collector_environment
+):
+    argv = {
+        "export": ["export", "--csv"],
+        "prune": ["prune", "--older-than-days", "30"],
+        "collector": ["collector", "--port", "0"],
+    }[command]
+    assert main([*argv, "--db", db]) == 2
+    line = one_error_line(capsys, command)
+    assert line.startswith(f"reqtelemetry {command}: error: cannot use the database {shown}: ")
+    assert "S3cr" not in line
+    assert served == []
+
+
 def test_export_to_a_missing_folder_is_one_line(capsys, tmp_path):
     db = migrated_sqlite(tmp_path / "t.db")
     out = tmp_path / "nonexistent" / "dir" / "x.csv"

@@ -18,7 +18,12 @@ from typing import Any
 import jsonschema
 import pytest
 
-from reqtelemetry.collector.storage import SchemaMismatch, describe_database, open_storage
+from reqtelemetry.collector.storage import (
+    SchemaMismatch,
+    describe_database,
+    mask_passwords,
+    open_storage,
+)
 from reqtelemetry.collector.storage.base import ReplayError, StoredReport, UnstorableReport
 from reqtelemetry.collector.storage.postgres import PostgresStorage
 from reqtelemetry.collector.storage.sql import SQLStorage
@@ -1199,6 +1204,61 @@ def test_describe_database_hides_passwords() -> None:
     assert describe_database("postgresql://u:Ab3/x9+Q#z?@db:5432/x") == (
         "postgresql://u:***@db:5432/x"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "described"),
+    [
+        # urlsplit raises on these; libpq refuses them too, and says so in a line.
+        ("postgresql://app:S3cretPW@[::1/telemetry", "postgresql://app:***@[::1/telemetry"),
+        (
+            "postgresql://app@[::1/x?password=S3cretPW&sslmode=require",
+            "postgresql://app@[::1/x?password=***&sslmode=require",
+        ),
+        ("postgres://app:S3cretPW@[/x", "postgres://app:***@[/x"),
+    ],
+)
+def test_describe_database_never_raises_and_still_hides_the_password(
+    url: str, described: str
+) -> None:
+    assert describe_database(url) == described
+
+
+@pytest.mark.parametrize(
+    ("url", "message", "masked"),
+    [
+        (
+            "postgresql://app:S3cr%tPW@db/telemetry",
+            'invalid percent-encoded token: "S3cr%tPW"',
+            'invalid percent-encoded token: "***"',
+        ),
+        (  # libpq decodes the URL before it complains about the value
+            "postgresql://app:S3cr%41PW@db/telemetry",
+            'password "S3crAPW" and "S3cr%41PW"',
+            'password "***" and "***"',
+        ),
+        (
+            "postgresql://app:S3cretPW@[::1/telemetry",
+            'in URI: "postgresql://app:S3cretPW@[::1/telemetry"',
+            'in URI: "postgresql://app:***@[::1/telemetry"',
+        ),
+        (
+            "postgresql://app@db/x?sslmode=require&password=S3cr%20PW",
+            'bad value "S3cr PW"',
+            'bad value "***"',
+        ),
+        (
+            "host=db password='S3cr PW' dbname=x",
+            'missing "=" after "S3cr PW" in connection info string',
+            'missing "=" after "***" in connection info string',
+        ),
+        ("postgresql://app@db/x", "connection refused", "connection refused"),
+    ],
+)
+def test_mask_passwords_hides_them_in_a_drivers_message(
+    url: str, message: str, masked: str
+) -> None:
+    assert mask_passwords(message, url) == masked
 
 
 def test_a_bare_path_with_spaces_is_a_sqlite_file(tmp_path: Path, monkeypatch) -> None:

@@ -97,9 +97,11 @@ def _missing_extra(command: str, error: ImportError) -> int:
 
 
 def _database_failure(command: str, url: str, error: BaseException) -> int:
-    from .collector.storage import describe_database
+    """The line for a database that cannot be used: the URL and the driver's
+    reason, both without the password (libpq quotes what it cannot parse)."""
+    from .collector.storage import describe_database, mask_passwords
 
-    reason = str(error) or type(error).__name__
+    reason = mask_passwords(str(error), url) or type(error).__name__
     return _fail(command, f"cannot use the database {describe_database(url)}: {reason}")
 
 
