@@ -1773,6 +1773,32 @@ def test_settings_from_the_environment() -> None:
             CollectorSettings.resolve({"REQTELEMETRY_COLLECTOR_SECRET": "x" * 20, name: value})
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", str(2**30 + 1), "from 1024 to 1073741824"),
+        ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", "9" * 400, "(400 digits)"),
+        ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", "1023", "from 1024"),
+    ],
+)
+def test_sizes_past_their_bounds_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        CollectorSettings.resolve({"REQTELEMETRY_COLLECTOR_SECRET": "x" * 20, name: value})
+    assert str(refused.value).startswith(f"{name} must be ")
+    assert message in str(refused.value)
+    assert len(str(refused.value)) < 200
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    settings = CollectorSettings.resolve(
+        {
+            "REQTELEMETRY_COLLECTOR_SECRET": "x" * 20,
+            "REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES": str(2**30),
+        }
+    )
+    assert settings.max_body_bytes == 2**30
+
+
 def test_bits_beyond_what_default_clients_accept_are_refused() -> None:
     # Clients refuse a collector asking more than max_proof_of_work_bits (24 by
     # default): a collector at 25 bits would silently receive nothing.
@@ -1822,6 +1848,31 @@ def test_the_cli_refuses_production_without_a_secret(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "REQTELEMETRY_COLLECTOR_SECRET" in done.stderr
+    assert not (tmp_path / "t.db").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        # Accepted before: every gzip report was then a 500 (zlib's OverflowError).
+        ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", "99999999999999999999"),
+    ],
+)
+def test_the_cli_refuses_an_unusable_setting_in_one_line(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    done = subprocess.run(
+        cli("collector", "--port", str(_free_port()), "--db", db_url(tmp_path / "t.db")),
+        env=_cli_env(REQTELEMETRY_COLLECTOR_SECRET=SECRET.decode(), **{name: value}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert line.startswith(f"reqtelemetry collector: error: {name} must be from ")
     assert not (tmp_path / "t.db").exists()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,14 @@ def test_a_few_gzip_members_are_joined_and_zero_padding_ignored() -> None:
     assert gunzip_capped(body, MIB) == b'{"a": [1, 2]}'
     members = [gzip.compress(b"x", mtime=0)] * MAX_GZIP_MEMBERS
     assert gunzip_capped(b"".join(members), MIB) == b"x" * MAX_GZIP_MEMBERS
+
+
+@pytest.mark.parametrize("cap", [sys.maxsize, sys.maxsize + 1, 10**20])
+def test_a_cap_beyond_what_zlib_takes_still_inflates(cap: int) -> None:
+    # zlib's max_length is a C ssize_t; cap + 1 past it was an OverflowError
+    # (a 500 for every gzip body) where the settings allowed such a cap.
+    body = b'{"token": "t"}'
+    assert gunzip_capped(gzip.compress(body), cap) == body
 
 
 def test_one_member_more_than_the_limit_is_refused() -> None:

@@ -29,6 +29,11 @@ DEFAULT_DB_URL = "sqlite:///telemetry.db"
 DEFAULT_BITS = 20
 DEFAULT_TOKEN_TTL = 3600
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: The largest body cap that can be asked for (1 GiB): a body is held in
+#: memory with its inflated copy and its parse, and a 1 MiB report already
+#: takes most of a second to check; more is a typo, and past 2**63 zlib
+#: cannot even be asked for that much output.
+MAX_MAX_BODY_BYTES = 1024**3
 DEFAULT_STAMP_MAX_AGE = 600.0
 DEFAULT_STAMP_MAX_FUTURE = 120.0
 #: Shorter secrets can be guessed offline from one captured token.
@@ -108,9 +113,10 @@ class CollectorSettings:
             )
         if self.token_ttl < 60:
             raise SettingsError(f"the token TTL must be at least 60 seconds, got {self.token_ttl}")
-        if self.max_body_bytes < 1024:
+        if not 1024 <= self.max_body_bytes <= MAX_MAX_BODY_BYTES:
             raise SettingsError(
-                f"the body size cap must be at least 1024 bytes, got {self.max_body_bytes}"
+                f"{ENV_MAX_BODY} must be from 1024 to {MAX_MAX_BODY_BYTES} bytes (1 GiB), "
+                f"got {_shown(self.max_body_bytes)}"
             )
         if self.next_interval is not None and not 0 < self.next_interval < math.inf:
             raise SettingsError(f"next_interval must be positive, got {self.next_interval}")
@@ -237,6 +243,12 @@ class CollectorSettings:
                 ENV_DASHBOARD_BASIC,
             )
         return settings
+
+
+def _shown(number: int) -> str:
+    """``number`` for a message: a typo of 400 digits is not echoed whole."""
+    text = str(number)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -171,9 +172,12 @@ def gunzip_capped(data: bytes, cap: int) -> bytes:
     rest = data
     for _ in range(MAX_GZIP_MEMBERS):
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        # max_length >= 1 here (0 would mean unlimited), and at most what zlib
+        # takes (a C ssize_t): a larger one was an OverflowError, a 500 for
+        # every gzip body, and no body can be that long anyway.
+        budget = min(cap + 1 - len(out), sys.maxsize)
         try:
-            # max_length >= 1 here (0 would mean unlimited).
-            out += inflater.decompress(rest, cap + 1 - len(out))
+            out += inflater.decompress(rest, budget)
         except zlib.error as error:
             raise Refusal("malformed_json", f"the body is not valid gzip ({error})") from None
         if len(out) > cap:
