@@ -1779,9 +1779,14 @@ def test_settings_from_the_environment() -> None:
         ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", str(2**30 + 1), "from 1024 to 1073741824"),
         ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", "9" * 400, "(400 digits)"),
         ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", "1023", "from 1024"),
+        ("REQTELEMETRY_COLLECTOR_TOKEN_TTL", str(7 * 86400 + 1), "from 60 to 604800"),
+        ("REQTELEMETRY_COLLECTOR_TOKEN_TTL", "9" * 400, "(400 digits)"),
+        ("REQTELEMETRY_COLLECTOR_TOKEN_TTL", "59", "from 60"),
     ],
 )
-def test_sizes_past_their_bounds_name_the_variable(name: str, value: str, message: str) -> None:
+def test_sizes_and_lifetimes_past_their_bounds_name_the_variable(
+    name: str, value: str, message: str
+) -> None:
     with pytest.raises(SettingsError) as refused:
         CollectorSettings.resolve({"REQTELEMETRY_COLLECTOR_SECRET": "x" * 20, name: value})
     assert str(refused.value).startswith(f"{name} must be ")
@@ -1794,9 +1799,20 @@ def test_the_bounds_themselves_are_accepted() -> None:
         {
             "REQTELEMETRY_COLLECTOR_SECRET": "x" * 20,
             "REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES": str(2**30),
+            "REQTELEMETRY_COLLECTOR_TOKEN_TTL": str(7 * 86400),
         }
     )
-    assert settings.max_body_bytes == 2**30
+    assert settings.max_body_bytes == 2**30 and settings.token_ttl == 7 * 86400
+
+
+def test_a_secret_that_is_not_utf8_is_used_as_its_bytes() -> None:
+    # What os.environ hands over for bytes that are not UTF-8 (PEP 383): each
+    # replica given the same bytes must sign with the same key.
+    raw = b"\xff\xfe-random-bytes-0123456789"
+    settings = CollectorSettings.resolve({"REQTELEMETRY_COLLECTOR_SECRET": os.fsdecode(raw)})
+    assert settings.secret == raw
+    token, _ = TokenSigner(settings.secret).issue(new_id(), new_id())
+    assert TokenSigner(raw).verify(token).deployment_id
 
 
 def test_bits_beyond_what_default_clients_accept_are_refused() -> None:
@@ -1857,6 +1873,8 @@ def test_the_cli_refuses_production_without_a_secret(tmp_path: Path) -> None:
     [
         # Accepted before: every gzip report was then a 500 (zlib's OverflowError).
         ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", "99999999999999999999"),
+        # A traceback before: the token's expiry past a float's range.
+        ("REQTELEMETRY_COLLECTOR_TOKEN_TTL", "9" * 400),
     ],
 )
 def test_the_cli_refuses_an_unusable_setting_in_one_line(
@@ -1874,6 +1892,32 @@ def test_the_cli_refuses_an_unusable_setting_in_one_line(
     (line,) = [line for line in done.stderr.splitlines() if "error:" in line]
     assert line.startswith(f"reqtelemetry collector: error: {name} must be from ")
     assert not (tmp_path / "t.db").exists()
+
+
+@pytest.mark.e2e
+def test_the_cli_takes_a_secret_that_is_not_utf8(tmp_path: Path) -> None:
+    # A UnicodeEncodeError (a traceback) before. Production without dashboard
+    # credentials stops just after the secret is read: that line, not a crash.
+    env: dict[Any, Any] = _cli_env()
+    env[b"REQTELEMETRY_COLLECTOR_SECRET"] = b"\xff\xfe-random-bytes-0123456789"
+    done = subprocess.run(
+        cli(
+            "collector",
+            "--production",
+            "--port",
+            str(_free_port()),
+            "--db",
+            db_url(tmp_path / "t.db"),
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "a production collector needs dashboard credentials" in done.stderr
+    assert "REQTELEMETRY_COLLECTOR_SECRET" not in done.stderr
 
 
 @pytest.mark.e2e

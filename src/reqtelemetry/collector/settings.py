@@ -34,6 +34,10 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 #: takes most of a second to check; more is a typo, and past 2**63 zlib
 #: cannot even be asked for that much output.
 MAX_MAX_BODY_BYTES = 1024**3
+#: The longest a session token can live (a week): clients renew theirs
+#: within a minute of expiry, so longer only keeps a leaked token usable;
+#: and a TTL past a float's range broke every session request.
+MAX_TOKEN_TTL = 7 * 86400
 DEFAULT_STAMP_MAX_AGE = 600.0
 DEFAULT_STAMP_MAX_FUTURE = 120.0
 #: Shorter secrets can be guessed offline from one captured token.
@@ -111,8 +115,11 @@ class CollectorSettings:
                 f"clients refuse a collector asking more than their max_proof_of_work_bits "
                 f"setting (default {MAX_BITS}), so every default client would stop reporting"
             )
-        if self.token_ttl < 60:
-            raise SettingsError(f"the token TTL must be at least 60 seconds, got {self.token_ttl}")
+        if not 60 <= self.token_ttl <= MAX_TOKEN_TTL:
+            raise SettingsError(
+                f"{ENV_TOKEN_TTL} must be from 60 to {MAX_TOKEN_TTL} seconds (a week), "
+                f"got {_shown(self.token_ttl)}"
+            )
         if not 1024 <= self.max_body_bytes <= MAX_MAX_BODY_BYTES:
             raise SettingsError(
                 f"{ENV_MAX_BODY} must be from 1024 to {MAX_MAX_BODY_BYTES} bytes (1 GiB), "
@@ -194,7 +201,7 @@ class CollectorSettings:
         raw_secret = env.get(ENV_SECRET, "")
         generated = False
         if raw_secret:
-            secret = raw_secret.encode("utf-8")
+            secret = _secret_bytes(raw_secret)
         elif production:
             raise SettingsError(f"production mode refuses to start without a secret: {SECRET_HINT}")
         else:
@@ -243,6 +250,23 @@ class CollectorSettings:
                 ENV_DASHBOARD_BASIC,
             )
         return settings
+
+
+def _secret_bytes(text: str) -> bytes:
+    """The secret's bytes as the operator set them.
+
+    Why ``surrogateescape``: Python hands an environment value that is not
+    UTF-8 (random bytes make a fine secret) to us with each stray byte as a
+    lone surrogate; encoding it back gives the original bytes, the same on
+    every replica given the same value, where plain UTF-8 raised. A lone
+    surrogate outside that range can only come from a mapping built in code.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise SettingsError(
+            f"{ENV_SECRET} is not text Python can turn back into bytes; {SECRET_HINT}"
+        ) from None
 
 
 def _shown(number: int) -> str:
