@@ -327,6 +327,30 @@ def test_a_malformed_postgres_url_is_one_line_without_its_password(
     assert served == []
 
 
+@pytest.mark.parametrize("days", ["0", "3651", "9" * 400])
+def test_export_days_outside_the_dashboards_range_is_one_line(capsys, tmp_path, days):
+    # 400 digits overflowed the start of the period: a traceback, not a line.
+    db = migrated_sqlite(tmp_path / "t.db")
+    assert main(["export", "--csv", "--db", db, "--days", days]) == 2
+    assert "--days must be from 1 to 3650" in one_error_line(capsys, "export")
+    assert main(["export", "--csv", "--db", db, "--days", "3650"]) == 0
+
+
+@pytest.mark.parametrize("days", ["0", "36501", "9" * 400])
+def test_prune_days_outside_the_retention_range_is_one_line(capsys, tmp_path, days):
+    db = migrated_sqlite(tmp_path / "t.db")
+    assert main(["prune", "--db", db, "--older-than-days", days]) == 2
+    assert "--older-than-days must be from 1 to 36500" in one_error_line(capsys, "prune")
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="the console script is not installed")
+def test_the_installed_command_refuses_days_past_a_float_in_one_line(tmp_path):
+    db = migrated_sqlite(tmp_path / "t.db")
+    result = run_script("export", "--csv", "--db", db, "--days", "9" * 400)
+    assert result.returncode == 2
+    assert result.stderr == "reqtelemetry export: error: --days must be from 1 to 3650\n"
+
+
 def test_export_to_a_missing_folder_is_one_line(capsys, tmp_path):
     db = migrated_sqlite(tmp_path / "t.db")
     out = tmp_path / "nonexistent" / "dir" / "x.csv"
