@@ -299,6 +299,58 @@ def test_an_unusable_database_is_one_line(
         assert db.replace("hunter2", "***") in line
 
 
+@pytest.mark.parametrize(
+    ("db", "shown"),
+    [
+        # libpq quotes the token it cannot decode: the password itself.
+        (
+            "postgresql://app:S3cr%tPW@127.0.0.1:1/telemetry",
+            "postgresql://app:***@127.0.0.1:1/telemetry",
+        ),
+        # urlsplit raised on the unclosed bracket (a traceback); libpq quotes the URL.
+        ("postgresql://app:S3cretPW@[::1/telemetry", "postgresql://app:***@[::1/telemetry"),
+    ],
+)
+@pytest.mark.parametrize("command", ["export", "prune", "collector"])
+def test_a_malformed_postgres_url_is_one_line_without_its_password(
+    capsys, served, command, db, shown, no_collector_environment
+):
+    argv = {
+        "export": ["export", "--csv"],
+        "prune": ["prune", "--older-than-days", "30"],
+        "collector": ["collector", "--port", "0"],
+    }[command]
+    assert main([*argv, "--db", db]) == 2
+    line = one_error_line(capsys, command)
+    assert line.startswith(f"reqtelemetry {command}: error: cannot use the database {shown}: ")
+    assert "S3cr" not in line
+    assert served == []
+
+
+@pytest.mark.parametrize("days", ["0", "3651", "9" * 400])
+def test_export_days_outside_the_dashboards_range_is_one_line(capsys, tmp_path, days):
+    # 400 digits overflowed the start of the period: a traceback, not a line.
+    db = migrated_sqlite(tmp_path / "t.db")
+    assert main(["export", "--csv", "--db", db, "--days", days]) == 2
+    assert "--days must be from 1 to 3650" in one_error_line(capsys, "export")
+    assert main(["export", "--csv", "--db", db, "--days", "3650"]) == 0
+
+
+@pytest.mark.parametrize("days", ["0", "36501", "9" * 400])
+def test_prune_days_outside_the_retention_range_is_one_line(capsys, tmp_path, days):
+    db = migrated_sqlite(tmp_path / "t.db")
+    assert main(["prune", "--db", db, "--older-than-days", days]) == 2
+    assert "--older-than-days must be from 1 to 36500" in one_error_line(capsys, "prune")
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="the console script is not installed")
+def test_the_installed_command_refuses_days_past_a_float_in_one_line(tmp_path):
+    db = migrated_sqlite(tmp_path / "t.db")
+    result = run_script("export", "--csv", "--db", db, "--days", "9" * 400)
+    assert result.returncode == 2
+    assert result.stderr == "reqtelemetry export: error: --days must be from 1 to 3650\n"
+
+
 def test_export_to_a_missing_folder_is_one_line(capsys, tmp_path):
     db = migrated_sqlite(tmp_path / "t.db")
     out = tmp_path / "nonexistent" / "dir" / "x.csv"

@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import socket
@@ -59,7 +60,12 @@ from reqtelemetry.collector.storage import open_storage
 from reqtelemetry.collector.storage.base import Storage, StoredReport
 from reqtelemetry.collector.summary import fill_activity, version_key, with_previous_version
 from reqtelemetry.collector.tokens import TokenSigner
-from reqtelemetry.collector.verify import Refusal, gunzip_capped, parse_json
+from reqtelemetry.collector.verify import (
+    MAX_ENDPOINT_KEY_BYTES,
+    Refusal,
+    gunzip_capped,
+    parse_json,
+)
 
 BITS = 8
 SECRET = b"collector-tests-secret-0123456789"
@@ -1255,7 +1261,29 @@ UNSTORABLE: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         lambda p: _first_record(p)["latency"].update(sum=1.5e308),
         "batch/records/0/latency/sum",
     ),
+    (
+        # Within the schema's character counts, past PostgreSQL's index entry.
+        "endpoint-too-long-for-an-index",
+        lambda p: _widest_endpoint(p, app_chars=128, route_chars=512),
+        "batch/records/0",
+    ),
 ]
+
+
+def _wide_text(chars: int, seed: int) -> str:
+    """``chars`` random four-byte characters (CJK, plane 2): PostgreSQL cannot
+    compress them in an index entry as it would a repeated one."""
+    pick = random.Random(seed)
+    return "".join(chr(pick.randint(0x20000, 0x2A6DF)) for _ in range(chars))
+
+
+def _widest_endpoint(payload: dict[str, Any], *, app_chars: int, route_chars: int) -> None:
+    """Give the first record a route, and the report an app name and version, of
+    four-byte characters: ``(2 * app_chars + route_chars) * 4 + 3`` bytes with GET."""
+    payload["traits"].update(
+        app_name=_wide_text(app_chars, 1), app_version=_wide_text(app_chars, 2)
+    )
+    _first_record(payload).update(method="GET", route=_wide_text(route_chars, 3))
 
 
 @pytest.mark.e2e
@@ -1279,6 +1307,29 @@ def test_reports_no_database_can_hold_are_refused_on_both_backends(
     # What was stored before still reads back.
     assert collector.http.get("/api/summary").status_code == 200
     assert collector.http.get("/export.csv").status_code == 200
+
+
+@pytest.mark.e2e
+def test_the_longest_endpoint_the_collector_accepts_is_stored_on_both_backends(
+    backend_collector: Collector,
+) -> None:
+    # GET + 2 * 44 + 511 four-byte characters + "/": exactly the limit, and an
+    # index entry PostgreSQL holds (it refused 3096 bytes at 2704).
+    collector = backend_collector
+    payload = make_payload(new_id(), new_id())
+    _widest_endpoint(payload, app_chars=44, route_chars=511)
+    _first_record(payload)["route"] = "/" + _first_record(payload)["route"]
+    record = _first_record(payload)
+    traits = payload["traits"]
+    size = sum(
+        len(text.encode())
+        for text in (traits["app_name"], record["method"], record["route"], traits["app_version"])
+    )
+    assert size == MAX_ENDPOINT_KEY_BYTES
+    response = collector.send(payload)
+    assert response.status_code == 200, response.text
+    routes = {row["route"] for row in collector.storage.endpoints(since=0)}
+    assert record["route"] in routes
 
 
 @pytest.mark.e2e
@@ -1722,6 +1773,48 @@ def test_settings_from_the_environment() -> None:
             CollectorSettings.resolve({"REQTELEMETRY_COLLECTOR_SECRET": "x" * 20, name: value})
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", str(2**30 + 1), "from 1024 to 1073741824"),
+        ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", "9" * 400, "(400 digits)"),
+        ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", "1023", "from 1024"),
+        ("REQTELEMETRY_COLLECTOR_TOKEN_TTL", str(7 * 86400 + 1), "from 60 to 604800"),
+        ("REQTELEMETRY_COLLECTOR_TOKEN_TTL", "9" * 400, "(400 digits)"),
+        ("REQTELEMETRY_COLLECTOR_TOKEN_TTL", "59", "from 60"),
+    ],
+)
+def test_sizes_and_lifetimes_past_their_bounds_name_the_variable(
+    name: str, value: str, message: str
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        CollectorSettings.resolve({"REQTELEMETRY_COLLECTOR_SECRET": "x" * 20, name: value})
+    assert str(refused.value).startswith(f"{name} must be ")
+    assert message in str(refused.value)
+    assert len(str(refused.value)) < 200
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    settings = CollectorSettings.resolve(
+        {
+            "REQTELEMETRY_COLLECTOR_SECRET": "x" * 20,
+            "REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES": str(2**30),
+            "REQTELEMETRY_COLLECTOR_TOKEN_TTL": str(7 * 86400),
+        }
+    )
+    assert settings.max_body_bytes == 2**30 and settings.token_ttl == 7 * 86400
+
+
+def test_a_secret_that_is_not_utf8_is_used_as_its_bytes() -> None:
+    # What os.environ hands over for bytes that are not UTF-8 (PEP 383): each
+    # replica given the same bytes must sign with the same key.
+    raw = b"\xff\xfe-random-bytes-0123456789"
+    settings = CollectorSettings.resolve({"REQTELEMETRY_COLLECTOR_SECRET": os.fsdecode(raw)})
+    assert settings.secret == raw
+    token, _ = TokenSigner(settings.secret).issue(new_id(), new_id())
+    assert TokenSigner(raw).verify(token).deployment_id
+
+
 def test_bits_beyond_what_default_clients_accept_are_refused() -> None:
     # Clients refuse a collector asking more than max_proof_of_work_bits (24 by
     # default): a collector at 25 bits would silently receive nothing.
@@ -1772,6 +1865,59 @@ def test_the_cli_refuses_production_without_a_secret(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "REQTELEMETRY_COLLECTOR_SECRET" in done.stderr
     assert not (tmp_path / "t.db").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        # Accepted before: every gzip report was then a 500 (zlib's OverflowError).
+        ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", "99999999999999999999"),
+        # A traceback before: the token's expiry past a float's range.
+        ("REQTELEMETRY_COLLECTOR_TOKEN_TTL", "9" * 400),
+    ],
+)
+def test_the_cli_refuses_an_unusable_setting_in_one_line(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    done = subprocess.run(
+        cli("collector", "--port", str(_free_port()), "--db", db_url(tmp_path / "t.db")),
+        env=_cli_env(REQTELEMETRY_COLLECTOR_SECRET=SECRET.decode(), **{name: value}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert line.startswith(f"reqtelemetry collector: error: {name} must be from ")
+    assert not (tmp_path / "t.db").exists()
+
+
+@pytest.mark.e2e
+def test_the_cli_takes_a_secret_that_is_not_utf8(tmp_path: Path) -> None:
+    # A UnicodeEncodeError (a traceback) before. Production without dashboard
+    # credentials stops just after the secret is read: that line, not a crash.
+    env: dict[Any, Any] = _cli_env()
+    env[b"REQTELEMETRY_COLLECTOR_SECRET"] = b"\xff\xfe-random-bytes-0123456789"
+    done = subprocess.run(
+        cli(
+            "collector",
+            "--production",
+            "--port",
+            str(_free_port()),
+            "--db",
+            db_url(tmp_path / "t.db"),
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "a production collector needs dashboard credentials" in done.stderr
+    assert "REQTELEMETRY_COLLECTOR_SECRET" not in done.stderr
 
 
 @pytest.mark.e2e

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 import zlib
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from reqtelemetry.collector import verify
 from reqtelemetry.collector.tokens import Claims
 from reqtelemetry.collector.verify import (
+    MAX_ENDPOINT_KEY_BYTES,
     MAX_GZIP_MEMBERS,
     MAX_HISTOGRAM_PAIRS,
     MAX_LATENCY_SECONDS,
@@ -231,12 +234,77 @@ def test_the_hand_check_refuses_exactly_what_the_schema_refuses(histogram):
 MIB = 1024 * 1024
 
 
+#: A character UTF-8 writes in four bytes (a CJK ideograph of plane 2).
+WIDE = "\U00020000"
+
+
+def with_endpoint(route: str, app_name: str | None, app_version: str | None) -> dict[str, Any]:
+    """A valid report whose record 4 has ``route``, under these app traits."""
+    payload = report()
+    payload["traits"].update(app_name=app_name, app_version=app_version)
+    payload["batch"]["records"][4]["route"] = route
+    return payload
+
+
+def test_the_schemas_longest_wide_endpoint_is_refused_naming_the_record():
+    # 512 + 128 + 128 characters: within the schema, 3075 bytes, more than
+    # PostgreSQL can index (2704 with the entry's own overhead).
+    payload = with_endpoint(WIDE * 512, WIDE * 128, WIDE * 128)
+    jsonschema.Draft202012Validator(SCHEMA).validate(payload)
+    refusal = refusal_of(payload)
+    assert refusal.detail.startswith("batch/records/4: ")
+    assert "3075 bytes" in refusal.detail
+    assert str(MAX_ENDPOINT_KEY_BYTES) in refusal.detail
+
+
+@pytest.mark.parametrize(
+    ("app_name", "app_version"), [(WIDE * 88, None), (WIDE * 44, WIDE * 44), (None, WIDE * 88)]
+)
+def test_the_endpoint_limit_counts_the_bytes_of_all_four_fields(app_name, app_version):
+    # "GET" (3 bytes) + 352 bytes of app fields + a route of 512 characters
+    # taking 2045 bytes: exactly the limit. One byte more is refused.
+    assert MAX_ENDPOINT_KEY_BYTES == 3 + 352 + 2045
+    at_limit = "/" + WIDE * 511
+    assert check_payload(
+        json.dumps(with_endpoint(at_limit, app_name, app_version)).encode(), CLAIMS
+    )
+    one_more = "\u00e9" + WIDE * 511  # still 512 characters: the schema holds
+    refusal = refusal_of(with_endpoint(one_more, app_name, app_version))
+    assert refusal.detail.startswith("batch/records/4: ")
+    assert f"{MAX_ENDPOINT_KEY_BYTES + 1} bytes" in refusal.detail
+
+
+def test_the_endpoint_limit_is_the_one_documented():
+    limits = (Path(__file__).parent.parent / "docs" / "payload.md").read_text(encoding="utf-8")
+    assert f"at most {MAX_ENDPOINT_KEY_BYTES:,} bytes of UTF-8" in limits
+
+
+@pytest.mark.parametrize(
+    ("route", "app_name", "app_version"),
+    [("/" * 512, "n" * 128, "v" * 128), (WIDE * 512, None, None), (WIDE * 512, "a", "1.0")],
+)
+def test_long_endpoints_that_fit_the_index_pass(route, app_name, app_version):
+    # At the schema's maxima in ASCII (16 + 512 + 128 + 128 bytes), or the
+    # widest route with short or no app fields: the limit leaves them alone.
+    payload = with_endpoint(route, app_name, app_version)
+    payload["batch"]["records"][4]["method"] = "A" * 16
+    assert check_payload(json.dumps(payload).encode(), CLAIMS)
+
+
 def test_a_few_gzip_members_are_joined_and_zero_padding_ignored() -> None:
     parts = [b'{"a": ', b"[1, 2]", b"}"]
     body = b"".join(gzip.compress(part, mtime=0) for part in parts) + bytes(64)
     assert gunzip_capped(body, MIB) == b'{"a": [1, 2]}'
     members = [gzip.compress(b"x", mtime=0)] * MAX_GZIP_MEMBERS
     assert gunzip_capped(b"".join(members), MIB) == b"x" * MAX_GZIP_MEMBERS
+
+
+@pytest.mark.parametrize("cap", [sys.maxsize, sys.maxsize + 1, 10**20])
+def test_a_cap_beyond_what_zlib_takes_still_inflates(cap: int) -> None:
+    # zlib's max_length is a C ssize_t; cap + 1 past it was an OverflowError
+    # (a 500 for every gzip body) where the settings allowed such a cap.
+    body = b'{"token": "t"}'
+    assert gunzip_capped(gzip.compress(body), cap) == body
 
 
 def test_one_member_more_than_the_limit_is_refused() -> None:

@@ -18,7 +18,12 @@ from typing import Any
 import jsonschema
 import pytest
 
-from reqtelemetry.collector.storage import SchemaMismatch, describe_database, open_storage
+from reqtelemetry.collector.storage import (
+    SchemaMismatch,
+    describe_database,
+    mask_passwords,
+    open_storage,
+)
 from reqtelemetry.collector.storage.base import ReplayError, StoredReport, UnstorableReport
 from reqtelemetry.collector.storage.postgres import PostgresStorage
 from reqtelemetry.collector.storage.sql import SQLStorage
@@ -1201,6 +1206,61 @@ def test_describe_database_hides_passwords() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "described"),
+    [
+        # urlsplit raises on these; libpq refuses them too, and says so in a line.
+        ("postgresql://app:S3cretPW@[::1/telemetry", "postgresql://app:***@[::1/telemetry"),
+        (
+            "postgresql://app@[::1/x?password=S3cretPW&sslmode=require",
+            "postgresql://app@[::1/x?password=***&sslmode=require",
+        ),
+        ("postgres://app:S3cretPW@[/x", "postgres://app:***@[/x"),
+    ],
+)
+def test_describe_database_never_raises_and_still_hides_the_password(
+    url: str, described: str
+) -> None:
+    assert describe_database(url) == described
+
+
+@pytest.mark.parametrize(
+    ("url", "message", "masked"),
+    [
+        (
+            "postgresql://app:S3cr%tPW@db/telemetry",
+            'invalid percent-encoded token: "S3cr%tPW"',
+            'invalid percent-encoded token: "***"',
+        ),
+        (  # libpq decodes the URL before it complains about the value
+            "postgresql://app:S3cr%41PW@db/telemetry",
+            'password "S3crAPW" and "S3cr%41PW"',
+            'password "***" and "***"',
+        ),
+        (
+            "postgresql://app:S3cretPW@[::1/telemetry",
+            'in URI: "postgresql://app:S3cretPW@[::1/telemetry"',
+            'in URI: "postgresql://app:***@[::1/telemetry"',
+        ),
+        (
+            "postgresql://app@db/x?sslmode=require&password=S3cr%20PW",
+            'bad value "S3cr PW"',
+            'bad value "***"',
+        ),
+        (
+            "host=db password='S3cr PW' dbname=x",
+            'missing "=" after "S3cr PW" in connection info string',
+            'missing "=" after "***" in connection info string',
+        ),
+        ("postgresql://app@db/x", "connection refused", "connection refused"),
+    ],
+)
+def test_mask_passwords_hides_them_in_a_drivers_message(
+    url: str, message: str, masked: str
+) -> None:
+    assert mask_passwords(message, url) == masked
+
+
 def test_a_bare_path_with_spaces_is_a_sqlite_file(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     storage = open_storage("Application Support/collector.db")
@@ -1264,6 +1324,34 @@ def test_nul_in_text_is_unstorable_on_postgres_only(backend: Backend, storage: S
     else:
         storage.store(stored(payload, received_at=T))
         assert row_counts(storage)["reports"] == 1
+
+
+def test_an_endpoint_too_long_for_postgres_index_is_unstorable_not_an_outage(
+    backend: Backend, storage: SQLStorage
+) -> None:
+    # The collector refuses it first (verify.MAX_ENDPOINT_KEY_BYTES); should one
+    # get past, PostgreSQL's "index row size exceeds maximum" must still be a
+    # value that cannot be held (422), not an outage (503, retried for ever).
+    import random
+
+    pick = random.Random(5)  # random four-byte characters: incompressible
+
+    def wide(chars: int) -> str:
+        return "".join(chr(pick.randint(0x20000, 0x2A6DF)) for _ in range(chars))
+
+    payload = make_payload(
+        DEP_A,
+        A1,
+        {**LINUX, "app_name": wide(128), "app_version": wide(128)},
+        [("GET", wide(512), 200, [0.01], 0, 10)],
+    )
+    if backend.name == "postgres":
+        with pytest.raises(UnstorableReport, match="index row size"):
+            storage.store(stored(payload, received_at=T))
+        assert set(row_counts(storage).values()) == {0}
+    else:
+        storage.store(stored(payload, received_at=T))
+        assert row_counts(storage)["aggregates"] == 1
 
 
 def test_latency_sums_at_the_collectors_bound_add_up_without_overflow(storage: SQLStorage) -> None:

@@ -131,3 +131,11 @@ def test_signer_refuses_bad_settings() -> None:
         TokenSigner(SECRET, ttl=0)
     with pytest.raises(ValueError):
         TokenSigner("text secret")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ttl", [10**400, float("inf"), float("nan"), -1, "3600"])
+def test_signer_refuses_a_ttl_no_expiry_can_be_computed_from(ttl: object) -> None:
+    # 10**400 was an OverflowError (math.isfinite converts to a float first),
+    # which the collector's start-up turned into a traceback.
+    with pytest.raises(ValueError, match="ttl must be a positive, finite number"):
+        TokenSigner(SECRET, ttl=ttl)  # type: ignore[arg-type]

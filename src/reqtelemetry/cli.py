@@ -97,9 +97,11 @@ def _missing_extra(command: str, error: ImportError) -> int:
 
 
 def _database_failure(command: str, url: str, error: BaseException) -> int:
-    from .collector.storage import describe_database
+    """The line for a database that cannot be used: the URL and the driver's
+    reason, both without the password (libpq quotes what it cannot parse)."""
+    from .collector.storage import describe_database, mask_passwords
 
-    reason = str(error) or type(error).__name__
+    reason = mask_passwords(str(error), url) or type(error).__name__
     return _fail(command, f"cannot use the database {describe_database(url)}: {reason}")
 
 
@@ -246,9 +248,12 @@ def _existing_database(command: str, url: str) -> Any:
 
 def _export(args: argparse.Namespace) -> int:
     from .collector.export import app_filter  # the standard library only
+    from .collector.summary import MAX_DAYS
 
-    if args.days < 1:
-        return _fail("export", "--days must be at least 1")
+    # Bounded like the dashboard's ?days=: past a float's range, the start of
+    # the period was an OverflowError (a traceback) rather than a line.
+    if not 1 <= args.days <= MAX_DAYS:
+        return _fail("export", f"--days must be from 1 to {MAX_DAYS}")
     try:
         app = app_filter(args.app)
     except ValueError as error:
@@ -375,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write the per-endpoint report")
     export.add_argument("--db", default=default_db, help=f"storage URL (default {default_db})")
     export.add_argument("--csv", action="store_true", required=True, help="CSV (the format)")
-    export.add_argument("--days", type=int, default=30, help="the last N days (default 30)")
+    export.add_argument(
+        "--days", type=int, default=30, help="the last N days, 1 to 3650 (default 30)"
+    )
     export.add_argument(
         "--app", default=None, help="only the app of this name (traits.app_name; default: all)"
     )

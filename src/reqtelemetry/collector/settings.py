@@ -29,6 +29,15 @@ DEFAULT_DB_URL = "sqlite:///telemetry.db"
 DEFAULT_BITS = 20
 DEFAULT_TOKEN_TTL = 3600
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: The largest body cap that can be asked for (1 GiB): a body is held in
+#: memory with its inflated copy and its parse, and a 1 MiB report already
+#: takes most of a second to check; more is a typo, and past 2**63 zlib
+#: cannot even be asked for that much output.
+MAX_MAX_BODY_BYTES = 1024**3
+#: The longest a session token can live (a week): clients renew theirs
+#: within a minute of expiry, so longer only keeps a leaked token usable;
+#: and a TTL past a float's range broke every session request.
+MAX_TOKEN_TTL = 7 * 86400
 DEFAULT_STAMP_MAX_AGE = 600.0
 DEFAULT_STAMP_MAX_FUTURE = 120.0
 #: Shorter secrets can be guessed offline from one captured token.
@@ -106,11 +115,15 @@ class CollectorSettings:
                 f"clients refuse a collector asking more than their max_proof_of_work_bits "
                 f"setting (default {MAX_BITS}), so every default client would stop reporting"
             )
-        if self.token_ttl < 60:
-            raise SettingsError(f"the token TTL must be at least 60 seconds, got {self.token_ttl}")
-        if self.max_body_bytes < 1024:
+        if not 60 <= self.token_ttl <= MAX_TOKEN_TTL:
             raise SettingsError(
-                f"the body size cap must be at least 1024 bytes, got {self.max_body_bytes}"
+                f"{ENV_TOKEN_TTL} must be from 60 to {MAX_TOKEN_TTL} seconds (a week), "
+                f"got {_shown(self.token_ttl)}"
+            )
+        if not 1024 <= self.max_body_bytes <= MAX_MAX_BODY_BYTES:
+            raise SettingsError(
+                f"{ENV_MAX_BODY} must be from 1024 to {MAX_MAX_BODY_BYTES} bytes (1 GiB), "
+                f"got {_shown(self.max_body_bytes)}"
             )
         if self.next_interval is not None and not 0 < self.next_interval < math.inf:
             raise SettingsError(f"next_interval must be positive, got {self.next_interval}")
@@ -188,7 +201,7 @@ class CollectorSettings:
         raw_secret = env.get(ENV_SECRET, "")
         generated = False
         if raw_secret:
-            secret = raw_secret.encode("utf-8")
+            secret = _secret_bytes(raw_secret)
         elif production:
             raise SettingsError(f"production mode refuses to start without a secret: {SECRET_HINT}")
         else:
@@ -237,6 +250,29 @@ class CollectorSettings:
                 ENV_DASHBOARD_BASIC,
             )
         return settings
+
+
+def _secret_bytes(text: str) -> bytes:
+    """The secret's bytes as the operator set them.
+
+    Why ``surrogateescape``: Python hands an environment value that is not
+    UTF-8 (random bytes make a fine secret) to us with each stray byte as a
+    lone surrogate; encoding it back gives the original bytes, the same on
+    every replica given the same value, where plain UTF-8 raised. A lone
+    surrogate outside that range can only come from a mapping built in code.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise SettingsError(
+            f"{ENV_SECRET} is not text Python can turn back into bytes; {SECRET_HINT}"
+        ) from None
+
+
+def _shown(number: int) -> str:
+    """``number`` for a message: a typo of 400 digits is not echoed whole."""
+    text = str(number)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -73,10 +73,15 @@ class TokenSigner:
     def __init__(self, secret: bytes, ttl: float = 3600) -> None:
         if not isinstance(secret, bytes) or not secret:
             raise ValueError("the token secret must be non-empty bytes")
-        if not ttl > 0 or not math.isfinite(ttl):
-            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        try:
+            # An int past a float's range is an OverflowError; text is no number.
+            seconds = math.nan if isinstance(ttl, (str, bytes)) else float(ttl)
+        except (OverflowError, TypeError, ValueError):
+            seconds = math.nan
+        if not 0 < seconds < math.inf:
+            raise ValueError("ttl must be a positive, finite number of seconds")
         self._secret = secret
-        self.ttl = float(ttl)
+        self.ttl = seconds
 
     def _sign(self, message: bytes) -> bytes:
         return hmac.new(self._secret, message, hashlib.sha256).digest()

@@ -18,8 +18,9 @@ it must be a 4xx answer, never a crash.
 
 The report's values must also fit both databases (integers written as
 integers within their columns, no NUL in text, histogram indexes in range,
-latencies whose sums cannot overflow): SQLite and PostgreSQL then accept
-exactly the same reports, and nothing stored can break a later summary.
+latencies whose sums cannot overflow, endpoints short enough for an index):
+SQLite and PostgreSQL then accept exactly the same reports, and nothing
+stored can break a later summary.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +80,12 @@ MAX_HISTOGRAM_PAIRS = 1024
 #: ``MAX_TRACKED``: a client clamps only the histogram, while ``sum``, ``min``
 #: and ``max`` are exact, and a streamed response may run for days.
 MAX_LATENCY_SECONDS = 1e9
+#: The most UTF-8 bytes a record's ``app_name``, ``method``, ``route`` and
+#: ``app_version`` may take together. PostgreSQL indexes the four as one entry
+#: (``aggregates_app_endpoint``) and refuses an entry over 2704 bytes (a third
+#: of an 8 KiB page); with their headers and padding (measured: at most 27
+#: bytes), 2400 leaves room to spare. The schema's own maxima allow 3088.
+MAX_ENDPOINT_KEY_BYTES = 2400
 
 
 def _is_written_integer(checker: Any, instance: Any) -> bool:
@@ -164,9 +172,12 @@ def gunzip_capped(data: bytes, cap: int) -> bytes:
     rest = data
     for _ in range(MAX_GZIP_MEMBERS):
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        # max_length >= 1 here (0 would mean unlimited), and at most what zlib
+        # takes (a C ssize_t): a larger one was an OverflowError, a 500 for
+        # every gzip body, and no body can be that long anyway.
+        budget = min(cap + 1 - len(out), sys.maxsize)
         try:
-            # max_length >= 1 here (0 would mean unlimited).
-            out += inflater.decompress(rest, cap + 1 - len(out))
+            out += inflater.decompress(rest, budget)
         except zlib.error as error:
             raise Refusal("malformed_json", f"the body is not valid gzip ({error})") from None
         if len(out) > cap:
@@ -356,7 +367,7 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
             )
     if payload["part"] >= payload["parts"]:
         raise Refusal("invalid_payload", "part must be less than parts")
-    problem = _latency_sum_problem(payload["batch"]["records"])
+    problem = _latency_sum_problem(payload["batch"]["records"]) or _endpoint_key_problem(payload)
     if problem is not None:
         raise Refusal("invalid_payload", problem)
     if (
@@ -384,6 +395,35 @@ def _latency_sum_problem(records: list[dict[str, Any]]) -> str | None:
             return (
                 f"batch/records/{position}/latency/sum: must be at most count times "
                 f"{MAX_LATENCY_SECONDS:g} seconds"
+            )
+    return None
+
+
+def _endpoint_key_problem(payload: dict[str, Any]) -> str | None:
+    """A record whose endpoint key is too long for PostgreSQL's index, as
+    ``where: why``; None if none is.
+
+    Why: the schema counts characters, an index counts bytes. A route of 512
+    four-byte characters with an app name and version of 128 each is valid,
+    yet PostgreSQL cannot index it (SQLite can): stored, it failed on every
+    attempt, and the client, answered ``503``, retried for ever. Refused here,
+    both backends answer alike. Only called once the schema holds, so the
+    fields are strings (``app_*`` may also be null or withheld).
+    """
+    traits = payload["traits"]
+    app_bytes = sum(
+        len(value.encode("utf-8"))
+        for value in (traits.get("app_name"), traits.get("app_version"))
+        if isinstance(value, str)
+    )
+    for position, record in enumerate(payload["batch"]["records"]):
+        size = app_bytes + len(record["method"].encode("utf-8"))
+        size += len(record["route"].encode("utf-8"))
+        if size > MAX_ENDPOINT_KEY_BYTES:
+            return (
+                f"batch/records/{position}: app_name, method, route and app_version take "
+                f"{size} bytes of UTF-8 together; at most {MAX_ENDPOINT_KEY_BYTES} can be "
+                "stored (shorten the route, the app name or the app version)"
             )
     return None
 

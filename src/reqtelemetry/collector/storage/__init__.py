@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import sys
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .base import ReplayError, Storage, StoredReport
 from .sql import SchemaMismatch, SQLStorage
@@ -34,41 +34,82 @@ __all__ = [
     "StoredReport",
     "database_errors",
     "describe_database",
+    "mask_passwords",
     "open_storage",
 ]
 
 _SQLITE = "sqlite://"
 _POSTGRES = ("postgresql://", "postgres://")
-#: ``password=...`` in a keyword DSN or a URL's query.
 #: The start of a libpq keyword string (``host=db dbname=telemetry``), which
 #: must not be taken for a SQLite file name; a path with spaces is a path.
 _KEYWORD_DSN = re.compile(r"\s*[A-Za-z_]+\s*=")
+#: ``password=...`` in a keyword DSN (or anywhere in a text).
 _PASSWORD_PAIR = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
+#: ``password=...`` in a URL's query, up to the next parameter.
+_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
 
 
 def describe_database(url: str) -> str:
-    """``url`` as it may be shown in a message or a log line: any password replaced by ``***``."""
+    """``url`` as it may be shown in a message or a log line: any password replaced by ``***``.
+
+    Never raises: it describes URLs that failed, and a failure to describe one
+    would replace the operator's one line with a traceback (showing the URL).
+    """
     text = url.strip()
-    if text.lower().startswith(_POSTGRES):
-        # The user info is cut on the raw text, up to the last "@": a password
-        # with an unescaped "/", "?" or "#" (base64 makes them) would end a
-        # parsed netloc early and be shown whole.
-        scheme, _, rest = text.partition("://")
-        userinfo, at, after = rest.rpartition("@")
-        if at:
-            user, has_password, _ = userinfo.partition(":")
-            text = f"{scheme}://{user}{':***' if has_password else ''}@{after}"
+    if not text.lower().startswith(_POSTGRES):
+        return _PASSWORD_PAIR.sub(r"\1***", text)
+    # The user info is cut on the raw text, up to the last "@": a password
+    # with an unescaped "/", "?" or "#" (base64 makes them) would end a
+    # parsed netloc early and be shown whole.
+    scheme, _, rest = text.partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    if at:
+        user, has_password, _ = userinfo.partition(":")
+        text = f"{scheme}://{user}{':***' if has_password else ''}@{after}"
+    try:
         parts = urlsplit(text)
-        netloc = parts.netloc
-        query = urlencode(
-            [
-                (key, "***" if key.lower() == "password" else value)
-                for key, value in parse_qsl(parts.query, keep_blank_values=True)
-            ],
-            safe="*",
-        )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    return _PASSWORD_PAIR.sub(r"\1***", text)
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 host, which libpq refuses too
+        return _QUERY_PASSWORD.sub(r"\1***", text)
+    query = urlencode(
+        [
+            (key, "***" if key.lower() == "password" else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="*",
+    )
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+def mask_passwords(message: str, url: str) -> str:
+    """``message`` (a driver's error about ``url``) with every password of ``url`` masked.
+
+    Why: libpq quotes what it cannot parse, password included (a ``%`` not
+    followed by two hex digits: ``invalid percent-encoded token: "S3cr%tPW"``,
+    or the whole URL after an unclosed ``[``), and the CLI prints its message.
+    Each password is masked as written and percent-decoded, wherever it
+    occurs; a password short enough to occur by chance masks more than
+    itself, which costs readability, never the secret.
+    """
+    for secret in sorted(_passwords(url), key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return _PASSWORD_PAIR.sub(r"\1***", message)
+
+
+def _passwords(url: str) -> set[str]:
+    """Every password ``url`` holds (user info, ``password=`` in its query or a
+    keyword string), as written and percent-decoded; never the empty string."""
+    text = url.strip()
+    written: list[str] = []
+    if text.lower().startswith(_POSTGRES):
+        userinfo, at, _ = text.partition("://")[2].rpartition("@")
+        _, has_password, password = userinfo.partition(":")
+        if at and has_password:
+            written.append(password)
+        written.extend(match.group(2) for match in _QUERY_PASSWORD.finditer(text))
+    for match in _PASSWORD_PAIR.finditer(text):
+        value = match.group(2)
+        written.extend((value, value.strip("'")))
+    return {form for value in written for form in (value, unquote(value)) if form}
 
 
 def database_errors() -> tuple[type[BaseException], ...]:

@@ -166,9 +166,11 @@ class PostgresStorage(SQLStorage):
 
     dialect = DIALECT
     migrations = MIGRATIONS
-    #: SQLSTATE class 22 (a number out of range, a string too long) and
-    #: psycopg's own refusal of NUL characters in text.
-    data_errors = (psycopg.DataError,)
+    #: SQLSTATE class 22 (a number out of range, a string too long),
+    #: psycopg's own refusal of NUL characters in text, and 54000 (an index
+    #: entry over its size limit, which ``verify.MAX_ENDPOINT_KEY_BYTES``
+    #: should refuse first): the same values fail on every attempt.
+    data_errors = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded)
 
     def __init__(
         self,
