@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+import uuid
 import zlib
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,10 @@ from reqtelemetry.collector.verify import (
     gunzip_capped,
 )
 from reqtelemetry.histogram import MAX_INDEX, MIN_INDEX
-from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.payload import MAX_ROUTE_BYTES, Envelope, build_reports
 from reqtelemetry.recorder import Recorder
 from reqtelemetry.schema_loader import load_payload_schema
+from reqtelemetry.traits import MAX_TEXT_LENGTH
 
 DEPLOYMENT = "6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b"
 INSTANCE = "0b4f5a43-9a7e-4a47-8f0c-5c7b9d2c1a10"
@@ -336,3 +338,19 @@ def test_a_megabyte_of_empty_members_stops_after_the_limit(
         gunzip_capped(body, MIB)
     assert refused.value.reason == "malformed_json"
     assert len(made) == MAX_GZIP_MEMBERS
+
+
+def test_a_route_the_client_fits_is_one_the_collector_takes_under_the_longest_app_traits():
+    # The client cuts a wide route to what the index leaves it beside the
+    # longest method and app traits: the collector must take the report, or
+    # it would refuse the good records with it.
+    recorder = Recorder()
+    recorder.record("GET", "/" + "/".join([WIDE * 15] * 40), 200, 0.01, 0, 1)
+    envelope = Envelope("periodic", 1, str(uuid.uuid4()), str(uuid.uuid4()), {}, (), {})
+    (built,) = build_reports(envelope, recorder.collect(), 262144, paced=False)
+    route = json.loads(built.body)["batch"]["records"][0]["route"]
+    assert route.endswith("/...") and len(route.encode("utf-8")) <= MAX_ROUTE_BYTES
+    wide_traits = WIDE * MAX_TEXT_LENGTH
+    payload = with_endpoint(route, wide_traits, wide_traits)
+    payload["batch"]["records"][4]["method"] = "M" * 16
+    assert check_payload(json.dumps(payload).encode(), CLAIMS)

@@ -32,6 +32,17 @@ MAX_RECORDS_PER_REPORT = 10000
 #: The schema's limit on a route; longer ones are cut (rare: deep anonymized paths).
 MAX_ROUTE_LENGTH = 512
 TRUNCATED_SUFFIX = "/..."
+#: The most UTF-8 bytes a record's ``app_name``, ``method``, ``route`` and
+#: ``app_version`` may take together (the collector refuses a report with a
+#: longer one). PostgreSQL indexes the four as one entry
+#: (``aggregates_app_endpoint``) and refuses an entry over 2704 bytes (a third
+#: of an 8 KiB page); with their headers and padding (measured: at most 27
+#: bytes), 2400 leaves room to spare. The schema's own maxima allow 3088.
+MAX_ENDPOINT_KEY_BYTES = 2400
+#: What a route may take of that, in UTF-8 bytes, beside the longest method
+#: (16) and app name and version (128 characters each, up to 4 bytes a
+#: character). Only routes outside ASCII can reach it.
+MAX_ROUTE_BYTES = MAX_ENDPOINT_KEY_BYTES - 16 - 2 * 4 * 128
 #: Seconds of encoding between two moments where the flusher lets request threads run.
 #: While flushes ran back to back, a thread waking from a 1 ms sleep got the GIL
 #: 0.32 ms late at the median with 0.5 ms here, 0.08 ms with 0.1 ms (as when quiet).
@@ -127,7 +138,8 @@ def _fit_key(key: Key) -> Key:
     record it cannot take, the good records with it. So an unknown method
     becomes ``_OTHER`` (as the integrations record it), a status outside
     0-999 becomes 0 (unknown, as the overflow record's), text that is not
-    valid Unicode or holds NUL is mended, and a long route is cut.
+    valid Unicode or holds NUL is mended, and a long route is cut (to the
+    schema's characters, and to the bytes the collector's index can hold).
     """
     method, route, status = key
     if type(status) is not int or not 0 <= status <= 999:
@@ -138,7 +150,21 @@ def _fit_key(key: Key) -> Key:
         route = route.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
     if len(route) > MAX_ROUTE_LENGTH:
         route = truncate_route(route)
+    if not route.isascii():
+        route = _within_bytes(route)
     return (method, route, status)
+
+
+def _within_bytes(route: str) -> str:
+    """``route`` cut, as :func:`truncate_route` cuts, until it takes at most
+    :data:`MAX_ROUTE_BYTES` of UTF-8 (a long route of four-byte characters)."""
+    limit = MAX_ROUTE_LENGTH
+    while len(route.encode("utf-8")) > MAX_ROUTE_BYTES:
+        limit -= 16
+        keep = route[: limit - len(TRUNCATED_SUFFIX)]
+        cut = keep.rfind("/")
+        route = (keep[:cut] if cut > 0 else keep) + TRUNCATED_SUFFIX
+    return route
 
 
 def _escaped_length(text: str) -> int:

@@ -38,6 +38,7 @@ from jsonschema.exceptions import best_match
 
 from .. import hashcash
 from ..histogram import MAX_INDEX, MIN_INDEX
+from ..payload import MAX_ENDPOINT_KEY_BYTES
 from ..schema_loader import load_payload_schema
 from .tokens import Claims, TokenError, TokenSigner
 
@@ -80,12 +81,6 @@ MAX_HISTOGRAM_PAIRS = 1024
 #: ``MAX_TRACKED``: a client clamps only the histogram, while ``sum``, ``min``
 #: and ``max`` are exact, and a streamed response may run for days.
 MAX_LATENCY_SECONDS = 1e9
-#: The most UTF-8 bytes a record's ``app_name``, ``method``, ``route`` and
-#: ``app_version`` may take together. PostgreSQL indexes the four as one entry
-#: (``aggregates_app_endpoint``) and refuses an entry over 2704 bytes (a third
-#: of an 8 KiB page); with their headers and padding (measured: at most 27
-#: bytes), 2400 leaves room to spare. The schema's own maxima allow 3088.
-MAX_ENDPOINT_KEY_BYTES = 2400
 
 
 def _is_written_integer(checker: Any, instance: Any) -> bool:
