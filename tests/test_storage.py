@@ -1315,8 +1315,9 @@ def test_a_value_no_column_holds_is_unstorable_and_writes_nothing(
 
 def test_nul_in_text_is_unstorable_on_postgres_only(backend: Backend, storage: SQLStorage) -> None:
     # The collector refuses NUL before storing on both backends (verify.py);
-    # this is why it must.
-    payload = _one_call(route="/a\0b")
+    # this is why it must. (Set after building: the client mends a NUL.)
+    payload = _one_call()
+    payload["batch"]["records"][0]["route"] = "/a\0b"
     if backend.name == "postgres":
         with pytest.raises(UnstorableReport):
             storage.store(stored(payload, received_at=T))
@@ -1343,8 +1344,10 @@ def test_an_endpoint_too_long_for_postgres_index_is_unstorable_not_an_outage(
         DEP_A,
         A1,
         {**LINUX, "app_name": wide(128), "app_version": wide(128)},
-        [("GET", wide(512), 200, [0.01], 0, 10)],
+        [("GET", "/x", 200, [0.01], 0, 10)],
     )
+    # Set after building: the client cuts a route this wide (payload.MAX_ROUTE_BYTES).
+    payload["batch"]["records"][0]["route"] = wide(512)
     if backend.name == "postgres":
         with pytest.raises(UnstorableReport, match="index row size"):
             storage.store(stored(payload, received_at=T))
