@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import threading
+import time
 import warnings
 from time import perf_counter
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import APIRouter, BackgroundTasks, FastAPI, HTTPException
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -940,3 +945,69 @@ def test_the_queue_the_middleware_fills_stays_bounded(telemetry, counts):
             client.get("/ok")
             assert len(telemetry.recorder.queue) < PENDING_LIMIT
     assert counts(telemetry) == {("GET", "/ok", 200): total}
+
+
+# -- behind a proxy's prefix, mounted, hosted: the path the app routes on ------------
+
+
+@contextlib.contextmanager
+def served_by_uvicorn(app, **config):
+    """``app`` under a real uvicorn on 127.0.0.1, ``config`` being uvicorn's options
+    (``root_path``, say); yields a client for it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning", **config)
+    )
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    deadline = perf_counter() + 10
+    while not server.started:
+        assert thread.is_alive() and perf_counter() < deadline, "uvicorn did not start"
+        time.sleep(0.005)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
+            yield client
+    finally:
+        server.should_exit = server.force_exit = True
+        thread.join(10)
+
+
+def build_app_with_exclusions(telemetry: Telemetry) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/healthz")
+    def healthz():
+        return "ok"
+
+    @app.get("/internal/stats")
+    def stats():
+        return "ok"
+
+    @app.get("/items/{item_id}")
+    def item(item_id: int):
+        return item_id
+
+    return wrap(app, telemetry)
+
+
+def test_exclusions_compare_the_path_the_app_routes_on_under_uvicorn_root_path(
+    make_telemetry, counts
+):
+    # uvicorn --root-path /api: scope["path"] is "/api/healthz", and the app routes "/healthz".
+    telemetry = make_telemetry(exclude_paths=["/healthz"], exclude_prefixes=["/internal/"])
+    with served_by_uvicorn(build_app_with_exclusions(telemetry), root_path="/api") as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/internal/stats").status_code == 200
+        assert client.get("/items/4").status_code == 200
+    assert counts(telemetry) == {("GET", "/items/{item_id}", 200): 1}
+
+
+def test_exclusions_under_a_root_path_take_off_the_prefix_as_starlette_does(make_telemetry, counts):
+    telemetry = make_telemetry(exclude_paths=["/healthz"], exclude_prefixes=["/internal/"])
+    client = TestClient(build_app_with_exclusions(telemetry), root_path="/api")
+    assert client.get("/api/healthz").status_code == 200
+    assert client.get("/api/internal/stats").status_code == 200
+    # A path that merely starts with the prefix's letters keeps them, as in Starlette.
+    assert client.get("/apihealthz").status_code == 404
+    assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 404): 1}

@@ -25,6 +25,7 @@ from ..telemetry import CLIENT_CLOSED_STATUS, KNOWN_METHODS, OTHER_METHOD, Telem
 from .starlette import (
     UNTEMPLATED,
     RouteTemplates,
+    route_path,
     routes_of_unrouted_app,
     template_by_matching,
 )
@@ -76,7 +77,13 @@ class ASGIMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        if self._excluded is not None and self._excluded(scope["path"]):
+        if self._excluded is not None and self._excluded(
+            route_path(scope["path"], scope.get("root_path", ""))
+        ):
+            # Compared as the app routes it, without the prefix a proxy or a
+            # mount put in front (what WSGI's PATH_INFO holds): ``/healthz`` is
+            # excluded under ``--root-path /api`` too. Only apps that exclude
+            # anything pay for taking the prefix off.
             await self.app(scope, receive, send)
             return
         if self._first_request:

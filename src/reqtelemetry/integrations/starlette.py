@@ -26,6 +26,25 @@ MAX_CACHED_PREFIXES = 256
 Scope = MutableMapping[str, Any]
 
 
+def route_path(path: str, root_path: str) -> str:
+    """The path an app routes on: ``path`` without the ``root_path`` in front of it.
+
+    ASGI servers put the prefix a proxy stripped (``uvicorn --root-path``) both
+    in ``root_path`` and in front of ``path``; a mount adds what it consumed to
+    ``root_path`` alone. Starlette's routers match what is left after taking
+    ``root_path`` off (``starlette._utils.get_route_path``), and so does this,
+    rule for rule, so that exclusions and re-matching see the path the router
+    saw, as ``PATH_INFO`` is under WSGI. Plain string work, no Starlette import.
+    """
+    if not root_path or not path.startswith(root_path):
+        return path
+    if len(path) == len(root_path):
+        return ""
+    if path[len(root_path)] == "/":
+        return path[len(root_path) :]
+    return path
+
+
 class RouteTemplates:
     """Per-middleware cache from a concrete mount prefix to its template."""
 
