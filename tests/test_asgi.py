@@ -1011,3 +1011,44 @@ def test_exclusions_under_a_root_path_take_off_the_prefix_as_starlette_does(make
     # A path that merely starts with the prefix's letters keeps them, as in Starlette.
     assert client.get("/apihealthz").status_code == 404
     assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 404): 1}
+
+
+def build_host_with_instrumented_plugin(telemetry: Telemetry, host_kind: str) -> Starlette:
+    """Pluggable sub-applications that instrument themselves, mounted into a host app
+    (a Starlette host records its mount in scope["route"], FastAPI's does not)."""
+    plugin = Starlette(
+        routes=[
+            Route("/ping/{n}", plain),
+            Mount("/reports", routes=[Route("/{report_id}", plain)]),
+            Mount("/files", app=raw_app),
+        ]
+    )
+    plugin.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    api = FastAPI()
+    api.add_route("/plain/{name}", plain)  # a route FastAPI leaves out of scope["route"]
+    api.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    host = FastAPI() if host_kind == "fastapi" else Starlette()
+    host.add_route("/", plain)
+    host.mount("/plugin", plugin)
+    host.mount("/api/{tenant}", api)
+    return host
+
+
+@pytest.mark.parametrize("host_kind", ["fastapi", "starlette"])
+def test_an_instrumented_app_mounted_in_another_keys_its_own_routes(host_kind, telemetry, counts):
+    client = TestClient(build_host_with_instrumented_plugin(telemetry, host_kind))
+    for n in range(2):
+        assert client.get(f"/plugin/ping/{n}").status_code == 200
+        assert client.get(f"/plugin/reports/r{n}").status_code == 200
+        assert client.get(f"/plugin/files/f{n}.txt").status_code == 200
+        assert client.get(f"/api/t{n}/plain/p{n}").status_code == 200
+    assert client.get("/plugin/nothing/here").status_code == 404
+    assert client.get("/api/t1/nothing").status_code == 404
+    # The apps key what they route themselves, and the host's mount is no route of theirs.
+    assert counts(telemetry) == {
+        ("GET", "/ping/{n}", 200): 2,
+        ("GET", "/reports/{report_id}", 200): 2,
+        ("GET", "/files/{path}", 200): 2,
+        ("GET", "/plain/{name}", 200): 2,
+        ("GET", UNMATCHED_ROUTE, 404): 2,
+    }

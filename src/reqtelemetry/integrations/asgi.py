@@ -66,7 +66,8 @@ class ASGIMiddleware:
         self._record = telemetry.record
         self._queue = telemetry.queue
         self._aggregate = telemetry.recorder.aggregate_pending
-        self._template = RouteTemplates().template
+        self._templates = RouteTemplates(app)
+        self._template = self._templates.template
         self._excluded = telemetry.excluded
         self._first_request = True
 
@@ -152,6 +153,11 @@ class ASGIMiddleware:
         """Once: tell the traits which framework this is and whether it looks like a dev run."""
         self._first_request = False
         try:
+            if "router" in scope:
+                # A router already took this request: the app is mounted in
+                # another one, whose mount is in scope["route"] before this app
+                # routes. Only then is the dearer method worth its cost.
+                self._template = self._templates.nested_template
             # Starlette sets scope["app"] on its way in; wrapped from outside,
             # the middleware sees the request first and only knows its app.
             app = scope.get("app", self.app)

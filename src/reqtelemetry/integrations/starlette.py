@@ -46,12 +46,22 @@ def route_path(path: str, root_path: str) -> str:
 
 
 class RouteTemplates:
-    """Per-middleware cache from a concrete mount prefix to its template."""
+    """Per-middleware cache from a concrete mount prefix to its template.
 
-    __slots__ = ("_mount_prefixes",)
+    ``app`` is what the middleware wraps. Its router, not ``scope["router"]``,
+    is where mounts are followed from: Starlette sets ``scope["router"]`` only
+    when it is missing, so in an app mounted inside another it names the outer
+    app's router, whose routes the inner app's prefixes are not found in.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_app", "_mount_prefixes", "_own_router")
+
+    def __init__(self, app: Any = None) -> None:
+        self._app = app
         self._mount_prefixes: dict[tuple[int, str, str], tuple[str, Any] | None] = {}
+        #: The router of ``app``, found on the first request that needs it:
+        #: ``_UNRESOLVED`` until then, None when ``app`` leads to no router.
+        self._own_router: Any = _UNRESOLVED
 
     def template(self, scope: Scope, entry_root_path: str, status: int = 200) -> str | None:
         """The full route template, or None when the router matched no route."""
@@ -94,13 +104,37 @@ class RouteTemplates:
             return None
         return mounted[0] + path_format
 
+    def nested_template(self, scope: Scope, entry_root_path: str, status: int = 200) -> str | None:
+        """:meth:`template` for an app that is itself mounted in another app's router.
+
+        The outer router recorded the ``Mount`` (or ``Host``) that led here in
+        ``scope["route"]`` before this app ran. Where this app's router
+        records nothing over it (it matched nothing, or FastAPI's plain routes),
+        that outer route is still there and is no route of this app. The
+        middleware switches to this method at its first request when it finds
+        a router already at work, so that an app mounted nowhere never pays for
+        the check.
+        """
+        route = scope.get("route")
+        root_path = scope.get("root_path", "")
+        if route is not None and root_path == entry_root_path and _is_mount_or_host(route):
+            return self._unrecorded(scope, entry_root_path, root_path, status)
+        return self.template(scope, entry_root_path, status)
+
+    def _router(self, scope: Scope) -> Any:
+        """The router of the app this middleware wraps, else ``scope["router"]``."""
+        own = self._own_router
+        if own is _UNRESOLVED:
+            own = self._own_router = _router_of(self._app)
+        return own if own is not None else scope.get("router")
+
     def _unrecorded(
         self, scope: Scope, entry_root_path: str, root_path: str, status: int
     ) -> str | None:
         """The template when the router left no (useful) ``scope["route"]``."""
-        router = scope.get("router")
-        if router is None:
-            return None
+        if scope.get("router") is None:
+            return None  # no router saw the request (a route-less app): one dict lookup
+        router = self._router(scope)
         if root_path == entry_root_path:
             if status == 404:
                 return None  # the top router matched nothing: don't match again
@@ -121,7 +155,7 @@ class RouteTemplates:
     def _mount_prefix(
         self, scope: Scope, entry_root_path: str, root_path: str
     ) -> tuple[str, Any] | None:
-        router = scope.get("router")
+        router = self._router(scope)
         if router is None:
             return None
         key = (id(router), entry_root_path, root_path)
@@ -133,6 +167,33 @@ class RouteTemplates:
             cache.clear()
         cache[key] = found
         return found
+
+
+#: :attr:`RouteTemplates._own_router` before it was looked for.
+_UNRESOLVED: Any = object()
+#: How many wrappers deep (middleware, each holding the next as ``.app``) a router is looked for.
+_WRAPPER_DEPTH = 32
+
+
+def _router_of(app: Any) -> Any:
+    """The Starlette router ``app`` routes with, or None.
+
+    Followed through ``.router`` (a Starlette or FastAPI app, wrapped from
+    outside) and ``.app`` (the middleware stack ``add_middleware`` builds, whose
+    innermost app is the router). Runs once per middleware.
+    """
+    from starlette.routing import Router
+
+    for _ in range(_WRAPPER_DEPTH):
+        if isinstance(app, Router):
+            return app
+        router = getattr(app, "router", None)
+        if isinstance(router, Router):
+            return router
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
 
 
 def _walk_mounts(
@@ -168,6 +229,12 @@ def _is_mount(route: Any) -> bool:
     from starlette.routing import Mount  # cached by the import system after the first call
 
     return isinstance(route, Mount)
+
+
+def _is_mount_or_host(route: Any) -> bool:
+    from starlette.routing import Host, Mount
+
+    return isinstance(route, (Mount, Host))
 
 
 #: Per routes list: ``id(endpoint)`` → the plain routes serving it, so a request
