@@ -1052,3 +1052,45 @@ def test_an_instrumented_app_mounted_in_another_keys_its_own_routes(host_kind, t
         ("GET", "/plain/{name}", 200): 2,
         ("GET", UNMATCHED_ROUTE, 404): 2,
     }
+
+
+def build_fastapi_with_its_own_root_path() -> FastAPI:
+    with warnings.catch_warnings():  # deprecated by FastAPI, still in use
+        warnings.simplefilter("ignore")
+        app = FastAPI(root_path="/api")
+
+    @app.get("/items/{item_id}")
+    def item(item_id: int):
+        return item_id
+
+    app.add_route("/plain/{name}", plain)
+    app.mount("/org/{org}", Starlette(routes=[Route("/p/{x}", plain)]))
+    return app
+
+
+def test_fastapi_with_its_own_root_path_wrapped_from_outside_keeps_its_templates(telemetry, counts):
+    # FastAPI writes its root_path over the server's after the middleware saw the request.
+    app = ASGIMiddleware(build_fastapi_with_its_own_root_path(), telemetry=telemetry)
+    with served_by_uvicorn(app) as client:
+        for n in range(2):
+            assert client.get(f"/items/{n}").status_code == 200
+            assert client.get(f"/plain/p{n}").status_code == 200
+            # A mount finds its path only where the proxy kept the prefix in it.
+            assert client.get(f"/api/org/o{n}/p/{n}").status_code == 200
+        assert client.get("/nothing").status_code == 404
+    assert counts(telemetry) == {
+        ("GET", "/items/{item_id}", 200): 2,
+        ("GET", "/plain/{name}", 200): 2,
+        ("GET", "/org/{org}/p/{x}", 200): 2,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+
+
+def test_fastapi_with_its_own_root_path_and_add_middleware_keeps_its_templates(telemetry, counts):
+    client = TestClient(wrap(build_fastapi_with_its_own_root_path(), telemetry))
+    assert client.get("/items/1").status_code == 200
+    assert client.get("/api/org/o1/p/1").status_code == 200
+    assert counts(telemetry) == {
+        ("GET", "/items/{item_id}", 200): 1,
+        ("GET", "/org/{org}/p/{x}", 200): 1,
+    }

@@ -54,7 +54,7 @@ class RouteTemplates:
     app's router, whose routes the inner app's prefixes are not found in.
     """
 
-    __slots__ = ("_app", "_mount_prefixes", "_own_router")
+    __slots__ = ("_app", "_app_root_path", "_mount_prefixes", "_own_router")
 
     def __init__(self, app: Any = None) -> None:
         self._app = app
@@ -62,6 +62,9 @@ class RouteTemplates:
         #: The router of ``app``, found on the first request that needs it:
         #: ``_UNRESOLVED`` until then, None when ``app`` leads to no router.
         self._own_router: Any = _UNRESOLVED
+        #: The ``root_path`` the wrapped app puts in place of the server's
+        #: (``FastAPI(root_path=...)`` wrapped from outside), else None.
+        self._app_root_path: str | None = None
 
     def template(self, scope: Scope, entry_root_path: str, status: int = 200) -> str | None:
         """The full route template, or None when the router matched no route."""
@@ -92,6 +95,9 @@ class RouteTemplates:
             if path_format is None:
                 return None
         root_path = scope.get("root_path", "")
+        if root_path == entry_root_path:
+            return path_format
+        entry_root_path = self._routed_from(scope, entry_root_path)
         if root_path == entry_root_path:
             return path_format
         if _is_mount(route):
@@ -125,8 +131,21 @@ class RouteTemplates:
         """The router of the app this middleware wraps, else ``scope["router"]``."""
         own = self._own_router
         if own is _UNRESOLVED:
-            own = self._own_router = _router_of(self._app)
+            own, self._app_root_path = _router_of(self._app)
+            self._own_router = own
         return own if own is not None else scope.get("router")
+
+    def _routed_from(self, scope: Scope, entry_root_path: str) -> str:
+        """The ``root_path`` the wrapped app's router started from.
+
+        The one the middleware saw on the way in, unless the app replaced it
+        before routing: ``FastAPI(root_path="/api")`` does, so that wrapped
+        from outside the change from ``""`` to ``"/api"`` is the app's own
+        setting, not a mount to look for (none would be found, and every
+        request would be ``<unmatched>``). Only runs once ``root_path`` changed.
+        """
+        self._router(scope)
+        return self._app_root_path or entry_root_path
 
     def _unrecorded(
         self, scope: Scope, entry_root_path: str, root_path: str, status: int
@@ -135,6 +154,7 @@ class RouteTemplates:
         if scope.get("router") is None:
             return None  # no router saw the request (a route-less app): one dict lookup
         router = self._router(scope)
+        entry_root_path = self._routed_from(scope, entry_root_path)
         if root_path == entry_root_path:
             if status == 404:
                 return None  # the top router matched nothing: don't match again
@@ -175,8 +195,9 @@ _UNRESOLVED: Any = object()
 _WRAPPER_DEPTH = 32
 
 
-def _router_of(app: Any) -> Any:
-    """The Starlette router ``app`` routes with, or None.
+def _router_of(app: Any) -> tuple[Any, str | None]:
+    """The Starlette router ``app`` routes with (or None), and the ``root_path``
+    the app sets in front of that router (or None).
 
     Followed through ``.router`` (a Starlette or FastAPI app, wrapped from
     outside) and ``.app`` (the middleware stack ``add_middleware`` builds, whose
@@ -186,14 +207,24 @@ def _router_of(app: Any) -> Any:
 
     for _ in range(_WRAPPER_DEPTH):
         if isinstance(app, Router):
-            return app
+            return app, None
         router = getattr(app, "router", None)
         if isinstance(router, Router):
-            return router
+            return router, _root_path_set_by(app)
         app = getattr(app, "app", None)
         if app is None:
-            return None
-    return None
+            break
+    return None, None
+
+
+def _root_path_set_by(app: Any) -> str | None:
+    """``FastAPI(root_path=...)``'s prefix, which it writes over the server's on
+    every request before its middleware and router run."""
+    fastapi = sys.modules.get("fastapi")
+    if fastapi is None or not isinstance(app, fastapi.FastAPI):
+        return None
+    root_path = getattr(app, "root_path", None)
+    return root_path if isinstance(root_path, str) and root_path else None
 
 
 def _walk_mounts(
