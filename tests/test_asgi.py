@@ -21,7 +21,16 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import FileResponse, PlainTextResponse, StreamingResponse
-from starlette.routing import BaseRoute, Host, Match, Mount, NoMatchFound, Route, WebSocketRoute
+from starlette.routing import (
+    BaseRoute,
+    Host,
+    Match,
+    Mount,
+    NoMatchFound,
+    Route,
+    Router,
+    WebSocketRoute,
+)
 
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry.anonymize import hash_value
@@ -1094,3 +1103,46 @@ def test_fastapi_with_its_own_root_path_and_add_middleware_keeps_its_templates(t
         ("GET", "/items/{item_id}", 200): 1,
         ("GET", "/org/{org}/p/{x}", 200): 1,
     }
+
+
+def build_app_with_mounts_behind_hosts() -> Starlette:
+    return Starlette(
+        routes=[
+            Host(
+                "api.example.com",
+                app=Router(routes=[Mount("/v1", routes=[Route("/orders/{order_id}", plain)])]),
+            ),
+            # The same concrete prefix behind another host is another mount, of other templates.
+            Host(
+                "{team}.admin.example.com",
+                app=Router(routes=[Mount("/{version}", routes=[Route("/users/{user_id}", plain)])]),
+            ),
+            Mount("/public", routes=[Route("/{page}", plain)]),
+        ]
+    )
+
+
+def test_mounts_behind_a_host_are_keyed_per_host(telemetry, counts):
+    client = TestClient(wrap(build_app_with_mounts_behind_hosts(), telemetry))
+    for n in range(3):
+        response = client.get(f"/v1/orders/{n}", headers={"Host": "api.example.com"})
+        assert response.status_code == 200
+        response = client.get(f"/v1/users/{n}", headers={"Host": f"t{n}.admin.example.com:8443"})
+        assert response.status_code == 200
+        assert client.get(f"/public/{n}", headers={"Host": "www.example.com"}).status_code == 200
+    assert client.get("/v1/orders/4", headers={"Host": "www.example.com"}).status_code == 404
+    assert client.get("/v1/orders/4", headers={"Host": "api.example.com"}).status_code == 200
+    assert counts(telemetry) == {
+        ("GET", "/v1/orders/{order_id}", 200): 4,
+        ("GET", "/{version}/users/{user_id}", 200): 3,
+        ("GET", "/public/{page}", 200): 3,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+
+
+def test_mounts_behind_a_host_under_uvicorn(telemetry, counts):
+    with served_by_uvicorn(wrap(build_app_with_mounts_behind_hosts(), telemetry)) as client:
+        for n in range(2):
+            response = client.get(f"/v1/orders/{n}", headers={"Host": "api.example.com"})
+            assert response.status_code == 200
+    assert counts(telemetry) == {("GET", "/v1/orders/{order_id}", 200): 2}

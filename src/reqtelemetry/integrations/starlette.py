@@ -58,7 +58,7 @@ class RouteTemplates:
 
     def __init__(self, app: Any = None) -> None:
         self._app = app
-        self._mount_prefixes: dict[tuple[int, str, str], tuple[str, Any] | None] = {}
+        self._mount_prefixes: dict[tuple[int, str, str], _Mounted | _ByHost] = {}
         #: The router of ``app``, found on the first request that needs it:
         #: ``_UNRESOLVED`` until then, None when ``app`` leads to no router.
         self._own_router: Any = _UNRESOLVED
@@ -172,21 +172,61 @@ class RouteTemplates:
                 return prefix[: len(prefix) - len(last_mount.path)] + last_mount.path_format
         return _match_plain_route(routes, scope, root_path, prefix)
 
-    def _mount_prefix(
-        self, scope: Scope, entry_root_path: str, root_path: str
-    ) -> tuple[str, Any] | None:
+    def _mount_prefix(self, scope: Scope, entry_root_path: str, root_path: str) -> _Mounted:
+        """The templates of the mounts that turned ``entry_root_path`` into
+        ``root_path``, and the last of them; cached by concrete prefix.
+
+        Where a ``Host`` route stood on the way, the mounts taken depend on the
+        request's ``Host`` header as well (two hosts may mount different apps
+        at the same prefix), and the answer is cached per header under the
+        prefix. Apps without hosts never read the header.
+        """
         router = self._router(scope)
         if router is None:
             return None
         key = (id(router), entry_root_path, root_path)
         cache = self._mount_prefixes
-        if key in cache:
-            return cache[key]
-        found = _walk_mounts(router, scope["path"], entry_root_path, root_path)
+        cached = cache.get(key, _MISSING)
+        if isinstance(cached, _ByHost):
+            host = _host_header(scope)
+            found = cached.get(host, _MISSING)
+            if found is not _MISSING:
+                return found  # type: ignore[no-any-return]
+        elif cached is not _MISSING:
+            return cached  # type: ignore[no-any-return]
+        found, by_host = _walk_mounts(router, scope, entry_root_path, root_path)
         if len(cache) >= MAX_CACHED_PREFIXES:
             cache.clear()
-        cache[key] = found
+        if by_host:
+            hosts = cache.get(key)
+            if not isinstance(hosts, _ByHost) or len(hosts) >= MAX_CACHED_HOSTS:
+                hosts = cache[key] = _ByHost()
+            hosts[_host_header(scope)] = found
+        else:
+            cache[key] = found
         return found
+
+
+#: Mount templates joined, and the last mount; None when no mount accounts for a prefix.
+_Mounted = tuple[str, Any] | None
+#: Distinct ``Host`` headers remembered per concrete mount prefix.
+MAX_CACHED_HOSTS = 32
+#: A cache miss (None is a cached answer).
+_MISSING: Any = object()
+
+
+class _ByHost(dict[bytes | None, _Mounted]):
+    """What one concrete prefix means under each ``Host`` header seen."""
+
+    __slots__ = ()
+
+
+def _host_header(scope: Scope) -> bytes | None:
+    """The request's first ``Host`` header, as Starlette's ``Host`` route reads it."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            return value  # type: ignore[no-any-return]
+    return None
 
 
 #: :attr:`RouteTemplates._own_router` before it was looked for.
@@ -228,32 +268,50 @@ def _root_path_set_by(app: Any) -> str | None:
 
 
 def _walk_mounts(
-    router: Any, path: str, entry_root_path: str, target_root_path: str
-) -> tuple[str, Any] | None:
-    """Follow the mounts that turned ``entry_root_path`` into ``target_root_path``."""
-    from starlette.routing import Match, Mount
+    router: Any, scope: Scope, entry_root_path: str, target_root_path: str
+) -> tuple[_Mounted, bool]:
+    """Follow the mounts that turned ``entry_root_path`` into ``target_root_path``.
+
+    Routes are tried in order, as the router tried them, and a ``Host`` that
+    matches the request's headers is entered as a ``Mount`` is (it consumes no
+    path). The second value says whether a ``Host`` was tried at all: then the
+    answer holds for this ``Host`` header only.
+    """
+    from starlette.routing import Host, Match, Mount
 
     routes = getattr(router, "routes", [])
     root_path = entry_root_path
     templates: list[str] = []
     last = None
+    by_host = False
+    probe = {
+        "type": "http",
+        "path": scope["path"],
+        "root_path": root_path,
+        "method": "GET",
+        "headers": scope.get("headers", []),
+    }
     while root_path != target_root_path:
-        probe = {"type": "http", "path": path, "root_path": root_path, "method": "GET"}
+        probe["root_path"] = root_path
         for route in routes:
-            if not isinstance(route, Mount):
-                continue
-            match, child_scope = route.matches(probe)
-            if match is Match.FULL:
-                templates.append(route.path)
-                root_path = child_scope["root_path"]
-                routes = route.routes
-                last = route
-                break
+            if isinstance(route, Mount):
+                match, child_scope = route.matches(probe)
+                if match is Match.FULL:
+                    templates.append(route.path)
+                    root_path = child_scope["root_path"]
+                    routes = route.routes
+                    last = route
+                    break
+            elif isinstance(route, Host):
+                by_host = True
+                if route.matches(probe)[0] is Match.FULL:
+                    routes = route.routes
+                    break
         else:
-            return None
+            return None, by_host
         if not target_root_path.startswith(root_path):
-            return None
-    return "".join(templates), last
+            return None, by_host
+    return ("".join(templates), last), by_host
 
 
 def _is_mount(route: Any) -> bool:
