@@ -1146,3 +1146,53 @@ def test_mounts_behind_a_host_under_uvicorn(telemetry, counts):
             response = client.get(f"/v1/orders/{n}", headers={"Host": "api.example.com"})
             assert response.status_code == 200
     assert counts(telemetry) == {("GET", "/v1/orders/{order_id}", 200): 2}
+
+
+def build_fastapi_with_frontends(telemetry: Telemetry, dist) -> FastAPI:
+    (dist / "assets").mkdir()
+    (dist / "index.html").write_text("<html>spa</html>")
+    (dist / "assets" / "app.js").write_text("js")
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    def item(item_id: int):
+        return item_id
+
+    app.frontend("/app", directory=dist, fallback="index.html")
+    admin = APIRouter(prefix="/admin")
+    admin.frontend("/", directory=dist, fallback=None)
+    app.include_router(admin)
+    sub = FastAPI()
+    sub.frontend("/ui", directory=dist)
+    app.mount("/tenants/{tenant}", sub)
+    return wrap(app, telemetry)
+
+
+def test_fastapi_frontend_files_are_keyed_by_the_frontends_path_never_the_files(
+    telemetry, counts, tmp_path
+):
+    client = TestClient(build_fastapi_with_frontends(telemetry, tmp_path))
+    html = {"Accept": "text/html"}
+    assert client.get("/app/").status_code == 200
+    assert client.get("/app/assets/app.js").text == "js"
+    # The SPA's own routes get index.html: any path a user's browser shows.
+    assert client.get("/app/customers/4711/invoices", headers=html).text == "<html>spa</html>"
+    assert client.get("/app/users/alice@example.com", headers=html).status_code == 200
+    assert client.get("/app/missing-4711.js").status_code == 404
+    assert client.get("/admin/assets/app.js").status_code == 200
+    assert client.get("/admin/missing-4711.js").status_code == 404
+    assert client.get("/tenants/acme/ui/assets/app.js").status_code == 200
+    assert client.get("/items/3").status_code == 200
+    assert client.get("/nothing-4711").status_code == 404
+    assert counts(telemetry) == {
+        ("GET", "/app/{path}", 200): 4,
+        ("GET", "/app/{path}", 404): 1,  # the frontend's 404, as a mounted StaticFiles' is
+        ("GET", "/admin/{path}", 200): 1,
+        ("GET", "/admin/{path}", 404): 1,
+        ("GET", "/tenants/{tenant}/ui/{path}", 200): 1,
+        ("GET", "/items/{item_id}", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+    routes = " ".join(record["route"] for record in telemetry.snapshot())
+    for concrete in ["4711", "customers", "alice", "assets", "app.js", "acme", "missing"]:
+        assert concrete not in routes

@@ -156,6 +156,9 @@ class RouteTemplates:
         router = self._router(scope)
         entry_root_path = self._routed_from(scope, entry_root_path)
         if root_path == entry_root_path:
+            frontend = _frontend_template(router, scope, root_path, "")
+            if frontend is not None:
+                return frontend
             if status == 404:
                 return None  # the top router matched nothing: don't match again
             prefix, routes = "", getattr(router, "routes", [])
@@ -164,6 +167,9 @@ class RouteTemplates:
             if mounted is None:
                 return None
             prefix, last_mount = mounted
+            frontend = _frontend_template(last_mount.app, scope, root_path, prefix)
+            if frontend is not None:
+                return frontend
             routes = last_mount.routes
             if not routes:
                 # A mounted non-router app: the mount's own format
@@ -371,6 +377,96 @@ def _match_plain_route(routes: Any, scope: Scope, root_path: str, prefix: str) -
         if match is Match.PARTIAL and partial is None:
             partial = route
     return prefix + partial.path_format if partial is not None else None
+
+
+#: FastAPI's key, in ``scope["fastapi"]``, for the file a frontend route serves.
+_FRONTEND_FILE_KEY = "frontend_path"
+#: Per router: the router, its route count, and the paths its frontends are served at.
+_FRONTEND_PATHS: dict[int, tuple[Any, int, tuple[str, ...]]] = {}
+
+
+def _frontend_template(owner: Any, scope: Scope, root_path: str, prefix: str) -> str | None:
+    """``<frontend path>/{path}`` for a file FastAPI's ``app.frontend()`` served, else None.
+
+    FastAPI serves a static frontend build from low-priority routes and records
+    no ``scope["route"]`` for them, only the file asked for
+    (``scope["fastapi"]["frontend_path"]``). That file is never part of the
+    key: it is whatever the client asked for (``/app/users/alice``, with the
+    ``index.html`` fallback). The key is one of the paths the app configured,
+    the longest the request falls under, as FastAPI's router chooses it, and
+    named as FastAPI's own telemetry names it (``/app/{path}``). Where the
+    frontends cannot be read (another FastAPI version), the request stays
+    ``<unmatched>``.
+    """
+    fastapi_scope = scope.get("fastapi")
+    if not isinstance(fastapi_scope, dict) or _FRONTEND_FILE_KEY not in fastapi_scope:
+        return None
+    router = _router_of(owner)[0]
+    if router is None:
+        return None
+    path = route_path(scope["path"], root_path)
+    under = [
+        frontend
+        for frontend in _frontend_paths(router)
+        if frontend == "/" or path == frontend or path.startswith(frontend + "/")
+    ]
+    if not under:
+        return None
+    return prefix + max(under, key=len).rstrip("/") + "/{path}"
+
+
+def _frontend_paths(router: Any) -> tuple[str, ...]:
+    """Every path a frontend is served at by ``router`` and the routers it includes.
+
+    Read from FastAPI's own structures (its low-priority route groups, and the
+    effective contexts of included routers), which are not public: anything
+    unexpected there yields no path rather than an error. Cached per router
+    while its route count stays the same.
+    """
+    routes = getattr(router, "routes", ())
+    cached = _FRONTEND_PATHS.get(id(router))
+    if cached is not None and cached[0] is router and cached[1] == len(routes):
+        return cached[2]
+    paths: list[str] = []
+    try:
+        for group in getattr(router, "_low_priority_routes", ()):
+            paths.extend(_static_paths(group, ""))
+        for route in routes:
+            contexts = getattr(route, "effective_low_priority_routes", None)
+            if callable(contexts):
+                for context in contexts():
+                    group = getattr(context, "original_route", None)
+                    paths.extend(_static_paths(group, getattr(context, "frontend_prefix", "")))
+    except Exception:  # a FastAPI that builds these otherwise: no frontend known
+        paths = []
+    if len(_FRONTEND_PATHS) >= MAX_CACHED_PREFIXES:
+        _FRONTEND_PATHS.clear()
+    _FRONTEND_PATHS[id(router)] = (router, len(routes), tuple(paths))
+    return tuple(paths)
+
+
+def _static_paths(group: Any, include_prefix: Any) -> list[str]:
+    """The paths of a frontend group's routes: literal paths, each serving static files.
+
+    Why so strict: these become keys, so only a path the app's code spelled
+    out qualifies, never one with a parameter in it, nor a route of another kind.
+    """
+    from starlette.staticfiles import StaticFiles
+
+    if not isinstance(include_prefix, str) or "{" in include_prefix:
+        return []
+    paths = []
+    for route in getattr(group, "routes", ()):
+        path = getattr(route, "path", None)
+        if (
+            isinstance(path, str)
+            and path.startswith("/")
+            and "{" not in path
+            and isinstance(getattr(route, "app", None), StaticFiles)
+        ):
+            # Joined as FastAPI joins an included router's prefix to a frontend path.
+            paths.append(include_prefix + path if path != "/" else include_prefix or "/")
+    return paths
 
 
 def routes_of_unrouted_app(scope: Scope) -> Sequence[Any] | None:
