@@ -1196,3 +1196,51 @@ def test_fastapi_frontend_files_are_keyed_by_the_frontends_path_never_the_files(
     routes = " ".join(record["route"] for record in telemetry.snapshot())
     for concrete in ["4711", "customers", "alice", "assets", "app.js", "acme", "missing"]:
         assert concrete not in routes
+
+
+def test_starlettes_slash_redirect_keeps_the_template_of_the_route_it_redirects_to(
+    telemetry, counts
+):
+    app = Starlette(
+        routes=[
+            Route("/items/{item_id}", plain),
+            Route("/lists/{list_id}/", plain),
+            Mount("/org/{org}", routes=[Route("/p/{x}", plain)]),
+        ]
+    )
+    api = FastAPI()
+
+    @api.get("/users/{user_id}")
+    def user(user_id: int):
+        return user_id
+
+    app.mount("/api", api)
+    client = TestClient(wrap(app, telemetry), follow_redirects=False)
+    for n in range(2):
+        assert client.get(f"/items/{n}/").status_code == 307
+        assert client.get(f"/lists/{n}").status_code == 307
+        assert client.get(f"/org/o{n}/p/{n}/").status_code == 307
+        assert client.get(f"/api/users/{n}/").status_code == 307
+    assert client.get("/nothing-4711/").status_code == 404
+    assert client.get("/items//3").status_code == 404  # Starlette merges no slashes
+    assert counts(telemetry) == {
+        ("GET", "/items/{item_id}", 307): 2,
+        ("GET", "/lists/{list_id}/", 307): 2,
+        ("GET", "/org/{org}/p/{x}", 307): 2,
+        ("GET", "/api/users/{user_id}", 307): 2,
+        ("GET", UNMATCHED_ROUTE, 404): 2,
+    }
+
+
+def test_a_redirect_of_a_router_without_slash_redirects_is_not_matched_again(telemetry, counts):
+    async def elsewhere(scope, receive, send):
+        await PlainTextResponse("", status_code=302, headers={"location": "/"})(
+            scope, receive, send
+        )
+
+    app = Starlette(routes=[Route("/items/{item_id}", plain)])
+    app.router.redirect_slashes = False
+    app.router.default = elsewhere  # answers without recording a route
+    client = TestClient(wrap(app, telemetry), follow_redirects=False)
+    assert client.get("/items/1/").status_code == 302
+    assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 302): 1}

@@ -161,7 +161,7 @@ class RouteTemplates:
                 return frontend
             if status == 404:
                 return None  # the top router matched nothing: don't match again
-            prefix, routes = "", getattr(router, "routes", [])
+            owner, prefix, routes = router, "", getattr(router, "routes", [])
         else:
             mounted = self._mount_prefix(scope, entry_root_path, root_path)
             if mounted is None:
@@ -170,13 +170,16 @@ class RouteTemplates:
             frontend = _frontend_template(last_mount.app, scope, root_path, prefix)
             if frontend is not None:
                 return frontend
-            routes = last_mount.routes
+            owner, routes = last_mount.app, last_mount.routes
             if not routes:
                 # A mounted non-router app: the mount's own format
                 # (``/static/{path}``) is the template; drop its path from the
                 # prefix so that it is not counted twice.
                 return prefix[: len(prefix) - len(last_mount.path)] + last_mount.path_format
-        return _match_plain_route(routes, scope, root_path, prefix)
+        template = _match_plain_route(routes, scope, root_path, prefix)
+        if template is None and 300 <= status < 400:
+            return _slash_redirect_template(owner, routes, scope, root_path, prefix)
+        return template
 
     def _mount_prefix(self, scope: Scope, entry_root_path: str, root_path: str) -> _Mounted:
         """The templates of the mounts that turned ``entry_root_path`` into
@@ -467,6 +470,35 @@ def _static_paths(group: Any, include_prefix: Any) -> list[str]:
             # Joined as FastAPI joins an included router's prefix to a frontend path.
             paths.append(include_prefix + path if path != "/" else include_prefix or "/")
     return paths
+
+
+def _slash_redirect_template(
+    owner: Any, routes: Sequence[Any], scope: Scope, root_path: str, prefix: str
+) -> str | None:
+    """The template at the other end of Starlette's ``redirect_slashes`` redirect, or None.
+
+    A router that matches nothing tries the path with its trailing slash
+    toggled and, when a route takes that, answers a redirect there (307)
+    without recording a route. That route does take the path, so the
+    redirect is keyed by its template, as Flask's 308 to a rule's slash is.
+    Matched again here as the router matched it, for 3xx answers alone.
+    """
+    router = _router_of(owner)[0]
+    if router is None or not getattr(router, "redirect_slashes", False):
+        return None
+    path = scope["path"]
+    routed = route_path(path, root_path)
+    if routed == "/":
+        return None
+    probe = {
+        "type": "http",
+        "path": path.rstrip("/") if routed.endswith("/") else path + "/",
+        "root_path": root_path,
+        "method": scope["method"],
+        "headers": scope.get("headers", []),
+    }
+    template = template_by_matching(routes, probe, prefix)
+    return template if isinstance(template, str) else None
 
 
 def routes_of_unrouted_app(scope: Scope) -> Sequence[Any] | None:
