@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import threading
+import time
 import warnings
 from time import perf_counter
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import APIRouter, BackgroundTasks, FastAPI, HTTPException
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -16,7 +21,16 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import FileResponse, PlainTextResponse, StreamingResponse
-from starlette.routing import BaseRoute, Host, Match, Mount, NoMatchFound, Route, WebSocketRoute
+from starlette.routing import (
+    BaseRoute,
+    Host,
+    Match,
+    Mount,
+    NoMatchFound,
+    Route,
+    Router,
+    WebSocketRoute,
+)
 
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry.anonymize import hash_value
@@ -940,3 +954,293 @@ def test_the_queue_the_middleware_fills_stays_bounded(telemetry, counts):
             client.get("/ok")
             assert len(telemetry.recorder.queue) < PENDING_LIMIT
     assert counts(telemetry) == {("GET", "/ok", 200): total}
+
+
+# -- behind a proxy's prefix, mounted, hosted: the path the app routes on ------------
+
+
+@contextlib.contextmanager
+def served_by_uvicorn(app, **config):
+    """``app`` under a real uvicorn on 127.0.0.1, ``config`` being uvicorn's options
+    (``root_path``, say); yields a client for it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning", **config)
+    )
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    deadline = perf_counter() + 10
+    while not server.started:
+        assert thread.is_alive() and perf_counter() < deadline, "uvicorn did not start"
+        time.sleep(0.005)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
+            yield client
+    finally:
+        server.should_exit = server.force_exit = True
+        thread.join(10)
+
+
+def build_app_with_exclusions(telemetry: Telemetry) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/healthz")
+    def healthz():
+        return "ok"
+
+    @app.get("/internal/stats")
+    def stats():
+        return "ok"
+
+    @app.get("/items/{item_id}")
+    def item(item_id: int):
+        return item_id
+
+    return wrap(app, telemetry)
+
+
+def test_exclusions_compare_the_path_the_app_routes_on_under_uvicorn_root_path(
+    make_telemetry, counts
+):
+    # uvicorn --root-path /api: scope["path"] is "/api/healthz", and the app routes "/healthz".
+    telemetry = make_telemetry(exclude_paths=["/healthz"], exclude_prefixes=["/internal/"])
+    with served_by_uvicorn(build_app_with_exclusions(telemetry), root_path="/api") as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/internal/stats").status_code == 200
+        assert client.get("/items/4").status_code == 200
+    assert counts(telemetry) == {("GET", "/items/{item_id}", 200): 1}
+
+
+def test_exclusions_under_a_root_path_take_off_the_prefix_as_starlette_does(make_telemetry, counts):
+    telemetry = make_telemetry(exclude_paths=["/healthz"], exclude_prefixes=["/internal/"])
+    client = TestClient(build_app_with_exclusions(telemetry), root_path="/api")
+    assert client.get("/api/healthz").status_code == 200
+    assert client.get("/api/internal/stats").status_code == 200
+    # A path that merely starts with the prefix's letters keeps them, as in Starlette.
+    assert client.get("/apihealthz").status_code == 404
+    assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 404): 1}
+
+
+def build_host_with_instrumented_plugin(telemetry: Telemetry, host_kind: str) -> Starlette:
+    """Pluggable sub-applications that instrument themselves, mounted into a host app
+    (a Starlette host records its mount in scope["route"], FastAPI's does not)."""
+    plugin = Starlette(
+        routes=[
+            Route("/ping/{n}", plain),
+            Mount("/reports", routes=[Route("/{report_id}", plain)]),
+            Mount("/files", app=raw_app),
+        ]
+    )
+    plugin.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    api = FastAPI()
+    api.add_route("/plain/{name}", plain)  # a route FastAPI leaves out of scope["route"]
+    api.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    host = FastAPI() if host_kind == "fastapi" else Starlette()
+    host.add_route("/", plain)
+    host.mount("/plugin", plugin)
+    host.mount("/api/{tenant}", api)
+    return host
+
+
+@pytest.mark.parametrize("host_kind", ["fastapi", "starlette"])
+def test_an_instrumented_app_mounted_in_another_keys_its_own_routes(host_kind, telemetry, counts):
+    client = TestClient(build_host_with_instrumented_plugin(telemetry, host_kind))
+    for n in range(2):
+        assert client.get(f"/plugin/ping/{n}").status_code == 200
+        assert client.get(f"/plugin/reports/r{n}").status_code == 200
+        assert client.get(f"/plugin/files/f{n}.txt").status_code == 200
+        assert client.get(f"/api/t{n}/plain/p{n}").status_code == 200
+    assert client.get("/plugin/nothing/here").status_code == 404
+    assert client.get("/api/t1/nothing").status_code == 404
+    # The apps key what they route themselves, and the host's mount is no route of theirs.
+    assert counts(telemetry) == {
+        ("GET", "/ping/{n}", 200): 2,
+        ("GET", "/reports/{report_id}", 200): 2,
+        ("GET", "/files/{path}", 200): 2,
+        ("GET", "/plain/{name}", 200): 2,
+        ("GET", UNMATCHED_ROUTE, 404): 2,
+    }
+
+
+def build_fastapi_with_its_own_root_path() -> FastAPI:
+    with warnings.catch_warnings():  # deprecated by FastAPI, still in use
+        warnings.simplefilter("ignore")
+        app = FastAPI(root_path="/api")
+
+    @app.get("/items/{item_id}")
+    def item(item_id: int):
+        return item_id
+
+    app.add_route("/plain/{name}", plain)
+    app.mount("/org/{org}", Starlette(routes=[Route("/p/{x}", plain)]))
+    return app
+
+
+def test_fastapi_with_its_own_root_path_wrapped_from_outside_keeps_its_templates(telemetry, counts):
+    # FastAPI writes its root_path over the server's after the middleware saw the request.
+    app = ASGIMiddleware(build_fastapi_with_its_own_root_path(), telemetry=telemetry)
+    with served_by_uvicorn(app) as client:
+        for n in range(2):
+            assert client.get(f"/items/{n}").status_code == 200
+            assert client.get(f"/plain/p{n}").status_code == 200
+            # A mount finds its path only where the proxy kept the prefix in it.
+            assert client.get(f"/api/org/o{n}/p/{n}").status_code == 200
+        assert client.get("/nothing").status_code == 404
+    assert counts(telemetry) == {
+        ("GET", "/items/{item_id}", 200): 2,
+        ("GET", "/plain/{name}", 200): 2,
+        ("GET", "/org/{org}/p/{x}", 200): 2,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+
+
+def test_fastapi_with_its_own_root_path_and_add_middleware_keeps_its_templates(telemetry, counts):
+    client = TestClient(wrap(build_fastapi_with_its_own_root_path(), telemetry))
+    assert client.get("/items/1").status_code == 200
+    assert client.get("/api/org/o1/p/1").status_code == 200
+    assert counts(telemetry) == {
+        ("GET", "/items/{item_id}", 200): 1,
+        ("GET", "/org/{org}/p/{x}", 200): 1,
+    }
+
+
+def build_app_with_mounts_behind_hosts() -> Starlette:
+    return Starlette(
+        routes=[
+            Host(
+                "api.example.com",
+                app=Router(routes=[Mount("/v1", routes=[Route("/orders/{order_id}", plain)])]),
+            ),
+            # The same concrete prefix behind another host is another mount, of other templates.
+            Host(
+                "{team}.admin.example.com",
+                app=Router(routes=[Mount("/{version}", routes=[Route("/users/{user_id}", plain)])]),
+            ),
+            Mount("/public", routes=[Route("/{page}", plain)]),
+        ]
+    )
+
+
+def test_mounts_behind_a_host_are_keyed_per_host(telemetry, counts):
+    client = TestClient(wrap(build_app_with_mounts_behind_hosts(), telemetry))
+    for n in range(3):
+        response = client.get(f"/v1/orders/{n}", headers={"Host": "api.example.com"})
+        assert response.status_code == 200
+        response = client.get(f"/v1/users/{n}", headers={"Host": f"t{n}.admin.example.com:8443"})
+        assert response.status_code == 200
+        assert client.get(f"/public/{n}", headers={"Host": "www.example.com"}).status_code == 200
+    assert client.get("/v1/orders/4", headers={"Host": "www.example.com"}).status_code == 404
+    assert client.get("/v1/orders/4", headers={"Host": "api.example.com"}).status_code == 200
+    assert counts(telemetry) == {
+        ("GET", "/v1/orders/{order_id}", 200): 4,
+        ("GET", "/{version}/users/{user_id}", 200): 3,
+        ("GET", "/public/{page}", 200): 3,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+
+
+def test_mounts_behind_a_host_under_uvicorn(telemetry, counts):
+    with served_by_uvicorn(wrap(build_app_with_mounts_behind_hosts(), telemetry)) as client:
+        for n in range(2):
+            response = client.get(f"/v1/orders/{n}", headers={"Host": "api.example.com"})
+            assert response.status_code == 200
+    assert counts(telemetry) == {("GET", "/v1/orders/{order_id}", 200): 2}
+
+
+def build_fastapi_with_frontends(telemetry: Telemetry, dist) -> FastAPI:
+    (dist / "assets").mkdir()
+    (dist / "index.html").write_text("<html>spa</html>")
+    (dist / "assets" / "app.js").write_text("js")
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    def item(item_id: int):
+        return item_id
+
+    app.frontend("/app", directory=dist, fallback="index.html")
+    admin = APIRouter(prefix="/admin")
+    admin.frontend("/", directory=dist, fallback=None)
+    app.include_router(admin)
+    sub = FastAPI()
+    sub.frontend("/ui", directory=dist)
+    app.mount("/tenants/{tenant}", sub)
+    return wrap(app, telemetry)
+
+
+def test_fastapi_frontend_files_are_keyed_by_the_frontends_path_never_the_files(
+    telemetry, counts, tmp_path
+):
+    client = TestClient(build_fastapi_with_frontends(telemetry, tmp_path))
+    html = {"Accept": "text/html"}
+    assert client.get("/app/").status_code == 200
+    assert client.get("/app/assets/app.js").text == "js"
+    # The SPA's own routes get index.html: any path a user's browser shows.
+    assert client.get("/app/customers/4711/invoices", headers=html).text == "<html>spa</html>"
+    assert client.get("/app/users/alice@example.com", headers=html).status_code == 200
+    assert client.get("/app/missing-4711.js").status_code == 404
+    assert client.get("/admin/assets/app.js").status_code == 200
+    assert client.get("/admin/missing-4711.js").status_code == 404
+    assert client.get("/tenants/acme/ui/assets/app.js").status_code == 200
+    assert client.get("/items/3").status_code == 200
+    assert client.get("/nothing-4711").status_code == 404
+    assert counts(telemetry) == {
+        ("GET", "/app/{path}", 200): 4,
+        ("GET", "/app/{path}", 404): 1,  # the frontend's 404, as a mounted StaticFiles' is
+        ("GET", "/admin/{path}", 200): 1,
+        ("GET", "/admin/{path}", 404): 1,
+        ("GET", "/tenants/{tenant}/ui/{path}", 200): 1,
+        ("GET", "/items/{item_id}", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+    routes = " ".join(record["route"] for record in telemetry.snapshot())
+    for concrete in ["4711", "customers", "alice", "assets", "app.js", "acme", "missing"]:
+        assert concrete not in routes
+
+
+def test_starlettes_slash_redirect_keeps_the_template_of_the_route_it_redirects_to(
+    telemetry, counts
+):
+    app = Starlette(
+        routes=[
+            Route("/items/{item_id}", plain),
+            Route("/lists/{list_id}/", plain),
+            Mount("/org/{org}", routes=[Route("/p/{x}", plain)]),
+        ]
+    )
+    api = FastAPI()
+
+    @api.get("/users/{user_id}")
+    def user(user_id: int):
+        return user_id
+
+    app.mount("/api", api)
+    client = TestClient(wrap(app, telemetry), follow_redirects=False)
+    for n in range(2):
+        assert client.get(f"/items/{n}/").status_code == 307
+        assert client.get(f"/lists/{n}").status_code == 307
+        assert client.get(f"/org/o{n}/p/{n}/").status_code == 307
+        assert client.get(f"/api/users/{n}/").status_code == 307
+    assert client.get("/nothing-4711/").status_code == 404
+    assert client.get("/items//3").status_code == 404  # Starlette merges no slashes
+    assert counts(telemetry) == {
+        ("GET", "/items/{item_id}", 307): 2,
+        ("GET", "/lists/{list_id}/", 307): 2,
+        ("GET", "/org/{org}/p/{x}", 307): 2,
+        ("GET", "/api/users/{user_id}", 307): 2,
+        ("GET", UNMATCHED_ROUTE, 404): 2,
+    }
+
+
+def test_a_redirect_of_a_router_without_slash_redirects_is_not_matched_again(telemetry, counts):
+    async def elsewhere(scope, receive, send):
+        await PlainTextResponse("", status_code=302, headers={"location": "/"})(
+            scope, receive, send
+        )
+
+    app = Starlette(routes=[Route("/items/{item_id}", plain)])
+    app.router.redirect_slashes = False
+    app.router.default = elsewhere  # answers without recording a route
+    client = TestClient(wrap(app, telemetry), follow_redirects=False)
+    assert client.get("/items/1/").status_code == 302
+    assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 302): 1}

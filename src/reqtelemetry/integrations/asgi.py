@@ -25,6 +25,7 @@ from ..telemetry import CLIENT_CLOSED_STATUS, KNOWN_METHODS, OTHER_METHOD, Telem
 from .starlette import (
     UNTEMPLATED,
     RouteTemplates,
+    route_path,
     routes_of_unrouted_app,
     template_by_matching,
 )
@@ -65,7 +66,8 @@ class ASGIMiddleware:
         self._record = telemetry.record
         self._queue = telemetry.queue
         self._aggregate = telemetry.recorder.aggregate_pending
-        self._template = RouteTemplates().template
+        self._templates = RouteTemplates(app)
+        self._template = self._templates.template
         self._excluded = telemetry.excluded
         self._first_request = True
 
@@ -76,7 +78,13 @@ class ASGIMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        if self._excluded is not None and self._excluded(scope["path"]):
+        if self._excluded is not None and self._excluded(
+            route_path(scope["path"], scope.get("root_path", ""))
+        ):
+            # Compared as the app routes it, without the prefix a proxy or a
+            # mount put in front (what WSGI's PATH_INFO holds): ``/healthz`` is
+            # excluded under ``--root-path /api`` too. Only apps that exclude
+            # anything pay for taking the prefix off.
             await self.app(scope, receive, send)
             return
         if self._first_request:
@@ -145,6 +153,11 @@ class ASGIMiddleware:
         """Once: tell the traits which framework this is and whether it looks like a dev run."""
         self._first_request = False
         try:
+            if "router" in scope:
+                # A router already took this request: the app is mounted in
+                # another one, whose mount is in scope["route"] before this app
+                # routes. Only then is the dearer method worth its cost.
+                self._template = self._templates.nested_template
             # Starlette sets scope["app"] on its way in; wrapped from outside,
             # the middleware sees the request first and only knows its app.
             app = scope.get("app", self.app)

@@ -26,13 +26,45 @@ MAX_CACHED_PREFIXES = 256
 Scope = MutableMapping[str, Any]
 
 
+def route_path(path: str, root_path: str) -> str:
+    """The path an app routes on: ``path`` without the ``root_path`` in front of it.
+
+    ASGI servers put the prefix a proxy stripped (``uvicorn --root-path``) both
+    in ``root_path`` and in front of ``path``; a mount adds what it consumed to
+    ``root_path`` alone. Starlette's routers match what is left after taking
+    ``root_path`` off (``starlette._utils.get_route_path``), and so does this,
+    rule for rule, so that exclusions and re-matching see the path the router
+    saw, as ``PATH_INFO`` is under WSGI. Plain string work, no Starlette import.
+    """
+    if not root_path or not path.startswith(root_path):
+        return path
+    if len(path) == len(root_path):
+        return ""
+    if path[len(root_path)] == "/":
+        return path[len(root_path) :]
+    return path
+
+
 class RouteTemplates:
-    """Per-middleware cache from a concrete mount prefix to its template."""
+    """Per-middleware cache from a concrete mount prefix to its template.
 
-    __slots__ = ("_mount_prefixes",)
+    ``app`` is what the middleware wraps. Its router, not ``scope["router"]``,
+    is where mounts are followed from: Starlette sets ``scope["router"]`` only
+    when it is missing, so in an app mounted inside another it names the outer
+    app's router, whose routes the inner app's prefixes are not found in.
+    """
 
-    def __init__(self) -> None:
-        self._mount_prefixes: dict[tuple[int, str, str], tuple[str, Any] | None] = {}
+    __slots__ = ("_app", "_app_root_path", "_mount_prefixes", "_own_router")
+
+    def __init__(self, app: Any = None) -> None:
+        self._app = app
+        self._mount_prefixes: dict[tuple[int, str, str], _Mounted | _ByHost] = {}
+        #: The router of ``app``, found on the first request that needs it:
+        #: ``_UNRESOLVED`` until then, None when ``app`` leads to no router.
+        self._own_router: Any = _UNRESOLVED
+        #: The ``root_path`` the wrapped app puts in place of the server's
+        #: (``FastAPI(root_path=...)`` wrapped from outside), else None.
+        self._app_root_path: str | None = None
 
     def template(self, scope: Scope, entry_root_path: str, status: int = 200) -> str | None:
         """The full route template, or None when the router matched no route."""
@@ -65,6 +97,9 @@ class RouteTemplates:
         root_path = scope.get("root_path", "")
         if root_path == entry_root_path:
             return path_format
+        entry_root_path = self._routed_from(scope, entry_root_path)
+        if root_path == entry_root_path:
+            return path_format
         if _is_mount(route):
             # The last route recorded is a mount: a non-router app (static
             # files, a WSGI app), or a router that matched nothing (Starlette)
@@ -75,80 +110,229 @@ class RouteTemplates:
             return None
         return mounted[0] + path_format
 
+    def nested_template(self, scope: Scope, entry_root_path: str, status: int = 200) -> str | None:
+        """:meth:`template` for an app that is itself mounted in another app's router.
+
+        The outer router recorded the ``Mount`` (or ``Host``) that led here in
+        ``scope["route"]`` before this app ran. Where this app's router
+        records nothing over it (it matched nothing, or FastAPI's plain routes),
+        that outer route is still there and is no route of this app. The
+        middleware switches to this method at its first request when it finds
+        a router already at work, so that an app mounted nowhere never pays for
+        the check.
+        """
+        route = scope.get("route")
+        root_path = scope.get("root_path", "")
+        if route is not None and root_path == entry_root_path and _is_mount_or_host(route):
+            return self._unrecorded(scope, entry_root_path, root_path, status)
+        return self.template(scope, entry_root_path, status)
+
+    def _router(self, scope: Scope) -> Any:
+        """The router of the app this middleware wraps, else ``scope["router"]``."""
+        own = self._own_router
+        if own is _UNRESOLVED:
+            own, self._app_root_path = _router_of(self._app)
+            self._own_router = own
+        return own if own is not None else scope.get("router")
+
+    def _routed_from(self, scope: Scope, entry_root_path: str) -> str:
+        """The ``root_path`` the wrapped app's router started from.
+
+        The one the middleware saw on the way in, unless the app replaced it
+        before routing: ``FastAPI(root_path="/api")`` does, so that wrapped
+        from outside the change from ``""`` to ``"/api"`` is the app's own
+        setting, not a mount to look for (none would be found, and every
+        request would be ``<unmatched>``). Only runs once ``root_path`` changed.
+        """
+        self._router(scope)
+        return self._app_root_path or entry_root_path
+
     def _unrecorded(
         self, scope: Scope, entry_root_path: str, root_path: str, status: int
     ) -> str | None:
         """The template when the router left no (useful) ``scope["route"]``."""
-        router = scope.get("router")
-        if router is None:
-            return None
+        if scope.get("router") is None:
+            return None  # no router saw the request (a route-less app): one dict lookup
+        router = self._router(scope)
+        entry_root_path = self._routed_from(scope, entry_root_path)
         if root_path == entry_root_path:
+            frontend = _frontend_template(router, scope, root_path, "")
+            if frontend is not None:
+                return frontend
             if status == 404:
                 return None  # the top router matched nothing: don't match again
-            prefix, routes = "", getattr(router, "routes", [])
+            owner, prefix, routes = router, "", getattr(router, "routes", [])
         else:
             mounted = self._mount_prefix(scope, entry_root_path, root_path)
             if mounted is None:
                 return None
             prefix, last_mount = mounted
-            routes = last_mount.routes
+            frontend = _frontend_template(last_mount.app, scope, root_path, prefix)
+            if frontend is not None:
+                return frontend
+            owner, routes = last_mount.app, last_mount.routes
             if not routes:
                 # A mounted non-router app: the mount's own format
                 # (``/static/{path}``) is the template; drop its path from the
                 # prefix so that it is not counted twice.
                 return prefix[: len(prefix) - len(last_mount.path)] + last_mount.path_format
-        return _match_plain_route(routes, scope, root_path, prefix)
+        template = _match_plain_route(routes, scope, root_path, prefix)
+        if template is None and 300 <= status < 400:
+            return _slash_redirect_template(owner, routes, scope, root_path, prefix)
+        return template
 
-    def _mount_prefix(
-        self, scope: Scope, entry_root_path: str, root_path: str
-    ) -> tuple[str, Any] | None:
-        router = scope.get("router")
+    def _mount_prefix(self, scope: Scope, entry_root_path: str, root_path: str) -> _Mounted:
+        """The templates of the mounts that turned ``entry_root_path`` into
+        ``root_path``, and the last of them; cached by concrete prefix.
+
+        Where a ``Host`` route stood on the way, the mounts taken depend on the
+        request's ``Host`` header as well (two hosts may mount different apps
+        at the same prefix), and the answer is cached per header under the
+        prefix. Apps without hosts never read the header.
+        """
+        router = self._router(scope)
         if router is None:
             return None
         key = (id(router), entry_root_path, root_path)
         cache = self._mount_prefixes
-        if key in cache:
-            return cache[key]
-        found = _walk_mounts(router, scope["path"], entry_root_path, root_path)
+        cached = cache.get(key, _MISSING)
+        if isinstance(cached, _ByHost):
+            host = _host_header(scope)
+            found = cached.get(host, _MISSING)
+            if found is not _MISSING:
+                return found  # type: ignore[no-any-return]
+        elif cached is not _MISSING:
+            return cached  # type: ignore[no-any-return]
+        found, by_host = _walk_mounts(router, scope, entry_root_path, root_path)
         if len(cache) >= MAX_CACHED_PREFIXES:
             cache.clear()
-        cache[key] = found
+        if by_host:
+            hosts = cache.get(key)
+            if not isinstance(hosts, _ByHost) or len(hosts) >= MAX_CACHED_HOSTS:
+                hosts = cache[key] = _ByHost()
+            hosts[_host_header(scope)] = found
+        else:
+            cache[key] = found
         return found
 
 
+#: Mount templates joined, and the last mount; None when no mount accounts for a prefix.
+_Mounted = tuple[str, Any] | None
+#: Distinct ``Host`` headers remembered per concrete mount prefix.
+MAX_CACHED_HOSTS = 32
+#: A cache miss (None is a cached answer).
+_MISSING: Any = object()
+
+
+class _ByHost(dict[bytes | None, _Mounted]):
+    """What one concrete prefix means under each ``Host`` header seen."""
+
+    __slots__ = ()
+
+
+def _host_header(scope: Scope) -> bytes | None:
+    """The request's first ``Host`` header, as Starlette's ``Host`` route reads it."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+#: :attr:`RouteTemplates._own_router` before it was looked for.
+_UNRESOLVED: Any = object()
+#: How many wrappers deep (middleware, each holding the next as ``.app``) a router is looked for.
+_WRAPPER_DEPTH = 32
+
+
+def _router_of(app: Any) -> tuple[Any, str | None]:
+    """The Starlette router ``app`` routes with (or None), and the ``root_path``
+    the app sets in front of that router (or None).
+
+    Followed through ``.router`` (a Starlette or FastAPI app, wrapped from
+    outside) and ``.app`` (the middleware stack ``add_middleware`` builds, whose
+    innermost app is the router). Runs once per middleware.
+    """
+    from starlette.routing import Router
+
+    for _ in range(_WRAPPER_DEPTH):
+        if isinstance(app, Router):
+            return app, None
+        router = getattr(app, "router", None)
+        if isinstance(router, Router):
+            return router, _root_path_set_by(app)
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return None, None
+
+
+def _root_path_set_by(app: Any) -> str | None:
+    """``FastAPI(root_path=...)``'s prefix, which it writes over the server's on
+    every request before its middleware and router run."""
+    fastapi = sys.modules.get("fastapi")
+    if fastapi is None or not isinstance(app, fastapi.FastAPI):
+        return None
+    root_path = getattr(app, "root_path", None)
+    return root_path if isinstance(root_path, str) and root_path else None
+
+
 def _walk_mounts(
-    router: Any, path: str, entry_root_path: str, target_root_path: str
-) -> tuple[str, Any] | None:
-    """Follow the mounts that turned ``entry_root_path`` into ``target_root_path``."""
-    from starlette.routing import Match, Mount
+    router: Any, scope: Scope, entry_root_path: str, target_root_path: str
+) -> tuple[_Mounted, bool]:
+    """Follow the mounts that turned ``entry_root_path`` into ``target_root_path``.
+
+    Routes are tried in order, as the router tried them, and a ``Host`` that
+    matches the request's headers is entered as a ``Mount`` is (it consumes no
+    path). The second value says whether a ``Host`` was tried at all: then the
+    answer holds for this ``Host`` header only.
+    """
+    from starlette.routing import Host, Match, Mount
 
     routes = getattr(router, "routes", [])
     root_path = entry_root_path
     templates: list[str] = []
     last = None
+    by_host = False
+    probe = {
+        "type": "http",
+        "path": scope["path"],
+        "root_path": root_path,
+        "method": "GET",
+        "headers": scope.get("headers", []),
+    }
     while root_path != target_root_path:
-        probe = {"type": "http", "path": path, "root_path": root_path, "method": "GET"}
+        probe["root_path"] = root_path
         for route in routes:
-            if not isinstance(route, Mount):
-                continue
-            match, child_scope = route.matches(probe)
-            if match is Match.FULL:
-                templates.append(route.path)
-                root_path = child_scope["root_path"]
-                routes = route.routes
-                last = route
-                break
+            if isinstance(route, Mount):
+                match, child_scope = route.matches(probe)
+                if match is Match.FULL:
+                    templates.append(route.path)
+                    root_path = child_scope["root_path"]
+                    routes = route.routes
+                    last = route
+                    break
+            elif isinstance(route, Host):
+                by_host = True
+                if route.matches(probe)[0] is Match.FULL:
+                    routes = route.routes
+                    break
         else:
-            return None
+            return None, by_host
         if not target_root_path.startswith(root_path):
-            return None
-    return "".join(templates), last
+            return None, by_host
+    return ("".join(templates), last), by_host
 
 
 def _is_mount(route: Any) -> bool:
     from starlette.routing import Mount  # cached by the import system after the first call
 
     return isinstance(route, Mount)
+
+
+def _is_mount_or_host(route: Any) -> bool:
+    from starlette.routing import Host, Mount
+
+    return isinstance(route, (Mount, Host))
 
 
 #: Per routes list: ``id(endpoint)`` → the plain routes serving it, so a request
@@ -196,6 +380,125 @@ def _match_plain_route(routes: Any, scope: Scope, root_path: str, prefix: str) -
         if match is Match.PARTIAL and partial is None:
             partial = route
     return prefix + partial.path_format if partial is not None else None
+
+
+#: FastAPI's key, in ``scope["fastapi"]``, for the file a frontend route serves.
+_FRONTEND_FILE_KEY = "frontend_path"
+#: Per router: the router, its route count, and the paths its frontends are served at.
+_FRONTEND_PATHS: dict[int, tuple[Any, int, tuple[str, ...]]] = {}
+
+
+def _frontend_template(owner: Any, scope: Scope, root_path: str, prefix: str) -> str | None:
+    """``<frontend path>/{path}`` for a file FastAPI's ``app.frontend()`` served, else None.
+
+    FastAPI serves a static frontend build from low-priority routes and records
+    no ``scope["route"]`` for them, only the file asked for
+    (``scope["fastapi"]["frontend_path"]``). That file is never part of the
+    key: it is whatever the client asked for (``/app/users/alice``, with the
+    ``index.html`` fallback). The key is one of the paths the app configured,
+    the longest the request falls under, as FastAPI's router chooses it, and
+    named as FastAPI's own telemetry names it (``/app/{path}``). Where the
+    frontends cannot be read (another FastAPI version), the request stays
+    ``<unmatched>``.
+    """
+    fastapi_scope = scope.get("fastapi")
+    if not isinstance(fastapi_scope, dict) or _FRONTEND_FILE_KEY not in fastapi_scope:
+        return None
+    router = _router_of(owner)[0]
+    if router is None:
+        return None
+    path = route_path(scope["path"], root_path)
+    under = [
+        frontend
+        for frontend in _frontend_paths(router)
+        if frontend == "/" or path == frontend or path.startswith(frontend + "/")
+    ]
+    if not under:
+        return None
+    return prefix + max(under, key=len).rstrip("/") + "/{path}"
+
+
+def _frontend_paths(router: Any) -> tuple[str, ...]:
+    """Every path a frontend is served at by ``router`` and the routers it includes.
+
+    Read from FastAPI's own structures (its low-priority route groups, and the
+    effective contexts of included routers), which are not public: anything
+    unexpected there yields no path rather than an error. Cached per router
+    while its route count stays the same.
+    """
+    routes = getattr(router, "routes", ())
+    cached = _FRONTEND_PATHS.get(id(router))
+    if cached is not None and cached[0] is router and cached[1] == len(routes):
+        return cached[2]
+    paths: list[str] = []
+    try:
+        for group in getattr(router, "_low_priority_routes", ()):
+            paths.extend(_static_paths(group, ""))
+        for route in routes:
+            contexts = getattr(route, "effective_low_priority_routes", None)
+            if callable(contexts):
+                for context in contexts():
+                    group = getattr(context, "original_route", None)
+                    paths.extend(_static_paths(group, getattr(context, "frontend_prefix", "")))
+    except Exception:  # a FastAPI that builds these otherwise: no frontend known
+        paths = []
+    if len(_FRONTEND_PATHS) >= MAX_CACHED_PREFIXES:
+        _FRONTEND_PATHS.clear()
+    _FRONTEND_PATHS[id(router)] = (router, len(routes), tuple(paths))
+    return tuple(paths)
+
+
+def _static_paths(group: Any, include_prefix: Any) -> list[str]:
+    """The paths of a frontend group's routes: literal paths, each serving static files.
+
+    Why so strict: these become keys, so only a path the app's code spelled
+    out qualifies, never one with a parameter in it, nor a route of another kind.
+    """
+    from starlette.staticfiles import StaticFiles
+
+    if not isinstance(include_prefix, str) or "{" in include_prefix:
+        return []
+    paths = []
+    for route in getattr(group, "routes", ()):
+        path = getattr(route, "path", None)
+        if (
+            isinstance(path, str)
+            and path.startswith("/")
+            and "{" not in path
+            and isinstance(getattr(route, "app", None), StaticFiles)
+        ):
+            # Joined as FastAPI joins an included router's prefix to a frontend path.
+            paths.append(include_prefix + path if path != "/" else include_prefix or "/")
+    return paths
+
+
+def _slash_redirect_template(
+    owner: Any, routes: Sequence[Any], scope: Scope, root_path: str, prefix: str
+) -> str | None:
+    """The template at the other end of Starlette's ``redirect_slashes`` redirect, or None.
+
+    A router that matches nothing tries the path with its trailing slash
+    toggled and, when a route takes that, answers a redirect there (307)
+    without recording a route. That route does take the path, so the
+    redirect is keyed by its template, as Flask's 308 to a rule's slash is.
+    Matched again here as the router matched it, for 3xx answers alone.
+    """
+    router = _router_of(owner)[0]
+    if router is None or not getattr(router, "redirect_slashes", False):
+        return None
+    path = scope["path"]
+    routed = route_path(path, root_path)
+    if routed == "/":
+        return None
+    probe = {
+        "type": "http",
+        "path": path.rstrip("/") if routed.endswith("/") else path + "/",
+        "root_path": root_path,
+        "method": scope["method"],
+        "headers": scope.get("headers", []),
+    }
+    template = template_by_matching(routes, probe, prefix)
+    return template if isinstance(template, str) else None
 
 
 def routes_of_unrouted_app(scope: Scope) -> Sequence[Any] | None:
