@@ -1332,6 +1332,23 @@ def test_reports_no_database_can_hold_are_refused_on_both_backends(
     assert collector.http.get("/export.csv").status_code == 200
 
 
+def test_a_record_whose_histogram_does_not_hold_its_count_is_refused(
+    collector: Collector,
+) -> None:
+    """Stored, 10 calls would be shown with the percentiles of one."""
+    payload = make_payload(new_id(), new_id())
+    payload["batch"]["records"].append(record("GET", "/other", 200, 10, [[-100, 1]], 0.01))
+    response = collector.send(payload)
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "error": "invalid_payload",
+        "detail": "batch/records/3: count is 10 but the latency histogram's counts add up "
+        "to 1; they must be equal",
+    }
+    assert collector.reports_stored() == 0
+    assert collector.storage.refusals() == {"invalid_payload": 1}
+
+
 @pytest.mark.e2e
 def test_the_longest_endpoint_the_collector_accepts_is_stored_on_both_backends(
     backend_collector: Collector,
