@@ -1350,6 +1350,30 @@ def test_a_record_whose_histogram_does_not_hold_its_count_is_refused(
 
 
 @pytest.mark.e2e
+def test_sums_past_64_bits_read_back_exactly_on_both_backends(
+    backend_collector: Collector,
+) -> None:
+    """Every count may be 2**63 - 1, so a few reports add up past what SQLite's
+    SUM holds: the summary and the CSV still answer, with PostgreSQL's exact
+    numbers, on either backend."""
+    collector = backend_collector
+    huge = 2**62 + 1
+    for _ in range(3):
+        calls = record("GET", "/huge", 500, huge, [[-100, huge]], 0.01 * huge, huge, huge)
+        assert collector.send(make_payload(new_id(), new_id(), records=[calls])).is_success
+    summary = collector.http.get("/api/summary")
+    assert summary.status_code == 200, summary.text
+    # Python's JSON reads the integers whole (a browser's would round them).
+    assert summary.json()["totals"]["requests"] == 3 * huge
+    (row,) = summary.json()["endpoints"]
+    assert (row["calls"], row["errors"], row["response_bytes"]) == (3 * huge,) * 3
+    export = collector.http.get("/export.csv")
+    assert export.status_code == 200, export.text
+    (line,) = csv.DictReader(io.StringIO(export.text))
+    assert int(line["calls"]) == int(line["request_bytes"]) == 3 * huge
+
+
+@pytest.mark.e2e
 def test_the_longest_endpoint_the_collector_accepts_is_stored_on_both_backends(
     backend_collector: Collector,
 ) -> None:
