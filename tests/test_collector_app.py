@@ -1204,6 +1204,29 @@ def test_app_names_that_are_also_javascript_property_names(
     assert [option["value"] for option in page["appOptions"]] == ["", "__proto__", "toString"]
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_dashboard_orders_versions_as_the_collector_does(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """One list of versions, through ``summary.version_key`` and through the
+    page's script: the page's newest version must be the one the collector
+    compares with, so both put every version in the same place."""
+    summary = collector.http.get("/api/summary").json()
+    shuffled = random.Random(7).sample(VERSIONS_IN_ORDER, len(VERSIONS_IN_ORDER))
+    summary["versions"] = [
+        {"app_name": "shop", "app_version": v, "deployments": 1, "instances": 1, "last_seen": 0}
+        for v in shuffled
+    ]
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["status"]["state"] == "ready", page["status"]
+    newest_first = [bar["data-label"] for bar in page["versionBars"]]
+    assert newest_first == sorted(shuffled, key=version_key, reverse=True)
+    assert newest_first == VERSIONS_IN_ORDER[::-1]
+    # Only the newest is not greyed out: 1!0.1 (an epoch) here.
+    assert [bar["barClass"] for bar in page["versionBars"]][:2] == ["bar", "bar old"]
+
+
 # -- what the schema allows but a database cannot hold: both backends alike -----------------
 
 
@@ -1307,6 +1330,47 @@ def test_reports_no_database_can_hold_are_refused_on_both_backends(
     # What was stored before still reads back.
     assert collector.http.get("/api/summary").status_code == 200
     assert collector.http.get("/export.csv").status_code == 200
+
+
+def test_a_record_whose_histogram_does_not_hold_its_count_is_refused(
+    collector: Collector,
+) -> None:
+    """Stored, 10 calls would be shown with the percentiles of one."""
+    payload = make_payload(new_id(), new_id())
+    payload["batch"]["records"].append(record("GET", "/other", 200, 10, [[-100, 1]], 0.01))
+    response = collector.send(payload)
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "error": "invalid_payload",
+        "detail": "batch/records/3: count is 10 but the latency histogram's counts add up "
+        "to 1; they must be equal",
+    }
+    assert collector.reports_stored() == 0
+    assert collector.storage.refusals() == {"invalid_payload": 1}
+
+
+@pytest.mark.e2e
+def test_sums_past_64_bits_read_back_exactly_on_both_backends(
+    backend_collector: Collector,
+) -> None:
+    """Every count may be 2**63 - 1, so a few reports add up past what SQLite's
+    SUM holds: the summary and the CSV still answer, with PostgreSQL's exact
+    numbers, on either backend."""
+    collector = backend_collector
+    huge = 2**62 + 1
+    for _ in range(3):
+        calls = record("GET", "/huge", 500, huge, [[-100, huge]], 0.01 * huge, huge, huge)
+        assert collector.send(make_payload(new_id(), new_id(), records=[calls])).is_success
+    summary = collector.http.get("/api/summary")
+    assert summary.status_code == 200, summary.text
+    # Python's JSON reads the integers whole (a browser's would round them).
+    assert summary.json()["totals"]["requests"] == 3 * huge
+    (row,) = summary.json()["endpoints"]
+    assert (row["calls"], row["errors"], row["response_bytes"]) == (3 * huge,) * 3
+    export = collector.http.get("/export.csv")
+    assert export.status_code == 200, export.text
+    (line,) = csv.DictReader(io.StringIO(export.text))
+    assert int(line["calls"]) == int(line["request_bytes"]) == 3 * huge
 
 
 @pytest.mark.e2e
@@ -1537,6 +1601,74 @@ def test_bad_app_names_are_a_400(backend_collector: Collector) -> None:
 # -- the pieces without a server ----------------------------------------------------------------
 
 
+#: Versions in the order of their releases (by ``summary.version_key`` and by
+#: the dashboard's ``versionKey`` alike): strings that are no version first,
+#: then PEP 440 and SemVer interleaved, ties broken by the text.
+VERSIONS_IN_ORDER = [
+    "\uffff",  # before U+1F600 by code point, after its UTF-16 surrogates
+    "\U0001f600",
+    " 1.0",
+    "1..2",
+    "3f2a9c1",
+    "build-9",
+    "build-10",
+    "deadbeef",
+    "latest",
+    "main",
+    "\u00dcn\u00efcode",
+    "v",
+    "0.0.0",
+    "1.0.dev1",
+    "1.0.0-0.3.7",
+    "1.0-1",  # SemVer's pre-release, not PEP 440's post-release
+    "1.0.0-alpha",
+    "1.0.0-alpha.1",
+    "1.0a1",
+    "1.0.0-alpha.beta",
+    "1.0.0-beta",
+    "1.0.0-beta.2",
+    "1.0b2",
+    "1.0.0-beta.11",
+    "1.0.0-rc.1",
+    "1.0rc1",
+    "1.0.0-SNAPSHOT",
+    "1.0.0-x.7.z.92",
+    "1.0",
+    "1.0+local.7",
+    "1.0.0",
+    "1.0.0+build.5",
+    "1.0.post1",
+    "1.01",
+    "1.1",
+    "1.2.3",
+    "v1.2.3",
+    "1.9",
+    "1.9.0",
+    "V1.10",
+    "2.0.0b1",
+    "2.0.0-rc.1",
+    "2.0.0",
+    "3.0.dev2",
+    "3.0rc1",
+    "3.0",
+    "2024-01-15",
+    "2024.02.01",
+    "99999999999999999999998",
+    "99999999999999999999999",
+    "1!0.1",
+]
+
+
+def _in_version_order(versions: list[str]) -> list[str]:
+    """``versions`` sorted from any starting order (the same result from each)."""
+    orders = {
+        tuple(sorted(random.Random(seed).sample(versions, len(versions)), key=version_key))
+        for seed in range(5)
+    }
+    assert len(orders) == 1, orders
+    return list(orders.pop())
+
+
 def test_versions_compare_as_numbers() -> None:
     ordered = ["1.2", "1.9", "1.10", "2.0.0", "10.0"]
     assert sorted(reversed(ordered), key=version_key) == ordered
@@ -1549,6 +1681,59 @@ def test_versions_compare_as_numbers() -> None:
     assert marked["1.10"]["p95_change"] == pytest.approx(1.0)
     assert marked["1.9"]["previous_version"] == "0.1"
     assert marked["1.9"]["p95_change"] is None  # nothing to compare with
+
+
+@pytest.mark.parametrize(
+    "ordered",
+    [
+        # PEP 440
+        ["1.0.dev1", "1.0a1", "1.0b2", "1.0rc1", "1.0", "1.0.post1"],
+        ["1.0a1", "1.0a1.post1.dev1", "1.0a1.post1", "1.0a2.dev1", "1.0a2", "1.0.post1.dev1"],
+        ["1.0a", "1.0a1", "1.0-alpha.2", "1.0_b", "1.0c1", "1.0rc2", "1.0", "1.0r1", "1.0.post2"],
+        # SemVer's own example, and its build metadata
+        [
+            "1.0.0-alpha",
+            "1.0.0-alpha.1",
+            "1.0.0-alpha.beta",
+            "1.0.0-beta",
+            "1.0.0-beta.2",
+            "1.0.0-beta.11",
+            "1.0.0-rc.1",
+            "1.0.0",
+            "1.0.0+20130313144700",
+            "1.0.1",
+        ],
+        # what the review found: each pre-release before its release
+        ["1.9.0", "2.0.0b1", "2.0.0-rc.1", "2.0.0", "3.0.dev2", "3.0rc1", "3.0"],
+        ["v0.9", "1.2.3", "v1.2.3", "V1.2.4", "v1.10.0"],
+        VERSIONS_IN_ORDER,
+    ],
+)
+def test_versions_are_in_the_order_of_their_releases(ordered: list[str]) -> None:
+    assert _in_version_order(ordered) == ordered
+
+
+def test_a_release_is_compared_with_its_release_candidate() -> None:
+    rows = [
+        {"method": "GET", "route": "/", "app_version": v, "calls": 1, "p95": p}
+        for v, p in (("2.0.0", 0.1), ("2.0.0-rc.1", 0.2), ("1.9.0", 0.4), ("2.0.0+build.7", None))
+    ]
+    marked = {row["app_version"]: row for row in with_previous_version(rows)}
+    assert marked["2.0.0-rc.1"]["previous_version"] == "1.9.0"
+    assert marked["2.0.0"]["previous_version"] == "2.0.0-rc.1"
+    assert marked["2.0.0"]["p95_change"] == pytest.approx(-0.5)
+    assert marked["1.9.0"]["previous_version"] is None
+
+
+def test_every_string_has_a_version_key_of_its_own() -> None:
+    """Never a crash, and no two strings alike: the order of rows never decides."""
+    strange = ["", "\0", "9" * 5000, "1." * 64, "v" * 128, "-", "+", "1+", "1!", "\ud800"]
+    keys = {version_key(text) for text in [*VERSIONS_IN_ORDER, *strange]}
+    assert len(keys) == len(VERSIONS_IN_ORDER) + len(strange)
+    # Equal meaning, distinct text: next to each other, in a fixed order.
+    for same in (["1.0", "1.0.0", "v1"], ["1.0a0", "1.0a", "1.0.0-alpha"], ["1.0+a", "1.0+b"]):
+        assert len({version_key(text)[:4] for text in same}) == 1, same
+        assert _in_version_order([*same, "0.9", "1.0.1"]) == ["0.9", *sorted(same), "1.0.1"]
 
 
 def test_versions_are_compared_within_their_app_only() -> None:

@@ -64,9 +64,24 @@ def built_body(recorder: Recorder) -> bytes:
 
 
 def with_histogram(histogram) -> bytes:
+    """A valid report whose record 3 has ``histogram``, and the count it holds
+    where that can be added up (a histogram of one shape or another)."""
     payload = report()
-    payload["batch"]["records"][3]["latency"]["histogram"] = histogram
+    record = payload["batch"]["records"][3]
+    record["latency"]["histogram"] = histogram
+    if isinstance(histogram, list) and all(
+        isinstance(pair, list) and len(pair) == 2 and type(pair[1]) is int for pair in histogram
+    ):
+        record["count"] = sum(pair[1] for pair in histogram) or record["count"]
     return json.dumps(payload).encode()
+
+
+def with_count(payload: dict[str, Any], position: int, count: int) -> dict[str, Any]:
+    """``payload`` with record ``position`` of ``count`` requests, all in one bucket."""
+    record = payload["batch"]["records"][position]
+    record["count"] = count
+    record["latency"]["histogram"] = [[record["latency"]["histogram"][0][0], count]]
+    return payload
 
 
 def refusal_of(payload: dict[str, Any]) -> Refusal:
@@ -160,9 +175,45 @@ def test_integers_must_be_written_as_integers_within_the_columns(where, change):
 def test_the_largest_integers_the_columns_hold_pass():
     payload = report()
     payload.update(sequence=2**63 - 1, part=2**31 - 2, parts=2**31 - 1)
-    _record_0(payload).update(count=2**63 - 1, request_bytes=2**63 - 1)
+    with_count(payload, 0, 2**63 - 1)
+    _record_0(payload).update(request_bytes=2**63 - 1)
     payload["traits"]["memory_rss_bytes"] = 2**63 - 1
     assert check_payload(json.dumps(payload).encode(), CLAIMS)["parts"] == 2**31 - 1
+
+
+#: How a refusal for a record whose histogram does not hold its count ends.
+COUNT_MISMATCH = "; they must be equal"
+
+
+@pytest.mark.parametrize(
+    ("count", "histogram", "held"),
+    [
+        (10, [[-100, 1]], 1),  # 10 calls shown, with the percentiles of one
+        (1, [[-100, 2]], 2),
+        (3, [[-100, 1], [-90, 1]], 2),
+        (2**63 - 1, [[-100, 2**62], [-90, 2**62]], 2**63),
+    ],
+)
+def test_a_count_its_histogram_does_not_hold_is_refused_naming_the_record(
+    count: int, histogram: list[list[int]], held: int
+) -> None:
+    payload = report()
+    record = payload["batch"]["records"][3]
+    record["count"] = count
+    record["latency"]["histogram"] = histogram
+    detail = refusal_of(payload).detail
+    assert detail == (
+        f"batch/records/3: count is {count} but the latency histogram's counts add up to "
+        f"{held}{COUNT_MISMATCH}"
+    )
+
+
+def test_a_count_its_histogram_holds_passes_up_to_the_largest() -> None:
+    payload = report()
+    record = payload["batch"]["records"][3]
+    record["count"] = 2**63 - 1
+    record["latency"]["histogram"] = [[-100, 2**62], [-90, 2**62 - 1]]
+    assert check_payload(json.dumps(payload).encode(), CLAIMS)["batch"]["records"][3] == record
 
 
 def test_the_histograms_own_index_range_passes_and_is_the_schemas():
@@ -196,8 +247,7 @@ def test_latencies_are_bounded_so_their_sums_cannot_overflow(where, change):
 
 def test_the_latency_bounds_pass_at_the_limit_and_for_days_long_requests():
     payload = report()
-    record = _record_0(payload)
-    record["count"] = 2**63 - 1
+    record = _record_0(with_count(payload, 0, 2**63 - 1))
     record["latency"].update(sum=record["count"] * MAX_LATENCY_SECONDS, max=MAX_LATENCY_SECONDS)
     check_payload(json.dumps(payload).encode(), CLAIMS)
     # A response streamed for three days is clamped only in the histogram.
@@ -226,8 +276,10 @@ def test_the_hand_check_refuses_exactly_what_the_schema_refuses(histogram):
     try:
         check_payload(with_histogram(histogram), CLAIMS)
         ours_ok = True
-    except Refusal:
-        ours_ok = False
+    except Refusal as refusal:
+        # A well-formed histogram that does not hold the record's count (an
+        # empty one) is refused by a rule of its own, after the schema's.
+        ours_ok = refusal.detail.endswith(COUNT_MISMATCH)
     assert ours_ok == schema_ok
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import threading
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reqtelemetry.collector.tokens import Claims
+from reqtelemetry.collector.verify import check_payload
 from reqtelemetry.histogram import Histogram
+from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import OVERFLOW_KEY, PENDING_LIMIT, Batch, Recorder, Stats
 
 
@@ -369,3 +373,50 @@ def test_reset_keeps_the_queue_integrations_hold():
     assert recorder.queue is held and len(held) == 0
     held.append(("GET", "/b", 200, 0.01, 0, 0))  # a middleware queueing directly
     assert total_count(recorder.snapshot()) == 1
+
+
+DEPLOYMENT = "6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b"
+INSTANCE = "0b4f5a43-9a7e-4a47-8f0c-5c7b9d2c1a10"
+
+
+def _traffic(recorder: Recorder, seed: int, requests: int) -> None:
+    """``requests`` requests over more routes than the key cap, some latencies
+    beyond the histogram's range (clamped there, exact in the sum)."""
+    pick = random.Random(seed)
+    for _ in range(requests):
+        duration = pick.choice([0.0, 1e-9, 7200.0, pick.expovariate(50)])
+        route = f"/r/{pick.randrange(12)}"
+        recorder.record("GET", route, pick.choice([200, 404, 500]), duration, 0, 10)
+
+
+def test_what_a_client_sends_holds_every_count_in_its_histograms() -> None:
+    """The collector refuses a record whose histogram does not add up to its
+    ``count``; a real client's reports never are such, after failed sends
+    merged back (whole and in part), plain records merged, and the key cap's
+    overflow record, in reports split into parts."""
+    recorder = Recorder(max_keys=10)
+    _traffic(recorder, seed=1, requests=3000)
+    failed = recorder.collect()
+    assert failed.stats[OVERFLOW_KEY].count == failed.dropped > 0
+    recorder.merge(failed)  # a send that failed before the batch was cut
+    _traffic(recorder, seed=2, requests=500)
+    partly = recorder.collect()
+    kept = list(partly.stats)[::2]
+    recorder.merge(Batch({key: partly.stats[key] for key in kept}, 0, 0.0, 0.0))  # one part lost
+    other = Recorder()
+    _traffic(other, seed=3, requests=200)
+    recorder.merge(other.snapshot())  # plain records, past the key cap too
+    _traffic(recorder, seed=4, requests=PENDING_LIMIT + 7)  # some still queued
+    envelope = Envelope("periodic", 0, DEPLOYMENT, INSTANCE, {}, [], {"counters": {}, "gauges": {}})
+    claims = Claims(DEPLOYMENT, INSTANCE, expires_at=0.0, nonce="n")
+
+    reports = build_reports(envelope, recorder.collect(), 4096, paced=False)
+    assert len(reports) > 1
+    sent = 0
+    for built in reports:
+        payload = check_payload(built.body, claims)  # raises Refusal on any mismatch
+        for record in payload["batch"]["records"]:
+            assert sum(count for _, count in record["latency"]["histogram"]) == record["count"]
+            sent += record["count"]
+    delivered = sum(stats.count for key, stats in partly.stats.items() if key not in kept)
+    assert sent == 3000 + 500 + 200 + PENDING_LIMIT + 7 - delivered

@@ -1276,21 +1276,73 @@ def test_open_storage_refuses_unknown_urls(url: str) -> None:
         open_storage(url)
 
 
-def test_huge_counts_do_not_overflow_the_sums(storage: SQLStorage) -> None:
-    # Two hostile reports whose counts add up past 2**63: answered, not an error.
-    for _ in range(2):
-        payload = make_payload(
-            DEP_A, A1, {**LINUX, "app_version": "1.0"}, [("GET", "/x", 200, [0.01], 0, 10)]
-        )
-        record = payload["batch"]["records"][0]
-        record["count"] = 2**62 + 1
-        record["response_bytes"] = 2**62 + 1
-        storage.store(stored(payload, received_at=1_700_000_000.0))
+def _huge_call(count: int, status: int = 200, route: str = "/x") -> dict[str, Any]:
+    """A report of one record of ``count`` requests (all in one histogram
+    bucket, so the record holds together) of ``count`` bytes each way."""
+    payload = make_payload(
+        DEP_A, A1, {**LINUX, "app_version": "1.0"}, [("GET", route, status, [0.01], 0, 10)]
+    )
+    record = payload["batch"]["records"][0]
+    record.update(count=count, request_bytes=count, response_bytes=count)
+    record["latency"]["histogram"] = [[record["latency"]["histogram"][0][0], count]]
+    return payload
+
+
+def _summed(storage: SQLStorage) -> dict[str, Any]:
+    """Every integer sum the dashboard reads of the one endpoint ``/x``: its
+    totals, its rows in both endpoint lists, and its histogram's bucket count."""
     totals = storage.totals(since=0)
-    assert totals["requests"] >= 2**63  # exact on PostgreSQL, float-rounded on SQLite
-    (endpoint,) = storage.endpoints(since=0)
-    assert endpoint["calls"] >= 2**63
-    assert endpoint["response_bytes"] >= 2**63
+    by_app, by_version = storage.endpoints_by_app_and_version(since=0)
+    rows = [
+        *storage.endpoints(since=0),
+        *storage.endpoints(since=0, by_version=True),
+        *by_app,
+        *by_version,
+    ]
+    fields = ("calls", "errors", "request_bytes", "response_bytes")
+    (endpoint,) = {tuple(row[field] for field in fields) for row in rows if row["route"] == "/x"}
+    bins = storage._run(lambda ex: storage._endpoint_rows(ex, 0.0, ("method", "route"), None))[2]
+    (bucket,) = [row for row in bins if row[1] == "/x"]
+    return {
+        "total requests": totals["requests"],
+        "total errors": totals["errors"],
+        **dict(zip(fields, endpoint, strict=True)),
+        "bucket": int(bucket[-1]),
+    }
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        pytest.param([2**53 + 1] * 3, id="past-2**53"),  # where a float first rounds
+        pytest.param([2**62 + 1, 2**62 + 1], id="past-2**63"),  # hostile: SQLite's SUM fails
+        pytest.param([2**63 - 1] * 4 + [3], id="far-past-2**63"),
+    ],
+)
+def test_integer_sums_are_exact_and_alike_on_both_backends(
+    storage: SQLStorage, counts: list[int]
+) -> None:
+    """Counts, errors, bytes and histogram buckets add up exactly, past 2**53
+    (where floats round) and past 2**63 (where SQLite's 64-bit SUM stops), so
+    that SQLite and PostgreSQL show the same numbers, never an error."""
+    for count in counts:
+        storage.store(stored(_huge_call(count, status=500), received_at=T))
+    storage.store(stored(_huge_call(1, route="/small"), received_at=T))
+    total = sum(counts)
+    assert _summed(storage) == {
+        "total requests": total + 1,
+        "total errors": total,
+        "calls": total,
+        "errors": total,
+        "request_bytes": total,
+        "response_bytes": total,
+        "bucket": total,
+    }
+    small = [row for row in storage.endpoints(since=0) if row["route"] == "/small"]
+    assert [(row["calls"], row["response_bytes"]) for row in small] == [(1, 1)]
+    # The transaction that read past 2**63 is over: the storage still writes.
+    storage.store(stored(_huge_call(1), received_at=T))
+    assert _summed(storage)["calls"] == total + 1
 
 
 def _one_call(route: str = "/x") -> dict[str, Any]:

@@ -18,6 +18,7 @@ import decimal
 import itertools
 import math
 import re
+import string
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +29,45 @@ from .storage.base import Storage
 DEFAULT_DAYS = 30
 MAX_DAYS = 3650
 HOUR = 3600
-_VERSION_PART = re.compile(r"\d+|[A-Za-z]+")
+
+# -- the order of versions (see version_key; dashboard.js has the same) --------
+#: One part of a version's key: (rank, length, text). A number is its digits
+#: without leading zeros, and its length, so that comparing the tuples compares
+#: the numbers.
+VersionItem = tuple[int, int, str]
+#: (is a version, release, phase, pre/post/dev parts, the text itself).
+VersionKey = tuple[int, tuple[VersionItem, ...], int, tuple[VersionItem, ...], str]
+_VERSION = re.compile(
+    r"v?(?:([0-9]+)!)?([0-9]+(?:\.[0-9]+)*)"  # 1: epoch, 2: release
+    r"(?:(?:[-_.]?(alpha|a|beta|b|preview|pre|c|rc)[-_.]?([0-9]*))?"  # 3, 4: PEP 440 pre
+    r"(?:[-_.]?(post|rev|r)[-_.]?([0-9]*))?"  # 5, 6: post
+    r"(?:[-_.]?(dev)[-_.]?([0-9]*))?"  # 7, 8: dev
+    r"|-([0-9a-z]+(?:[.-][0-9a-z]+)*))"  # 9: SemVer pre-release
+    r"(?:\+[0-9a-z]+(?:[-_.][0-9a-z]+)*)?"  # build metadata, PEP 440 local version
+)
+_VERSION_PART = re.compile(r"[0-9]+|[a-z]+")
+#: Only ASCII letters are folded: Python and JavaScript fold the others apart.
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+#: PEP 440's other spellings of a pre- or post-release.
+_SYNONYMS = {
+    "a": "alpha",
+    "b": "beta",
+    "c": "rc",
+    "pre": "rc",
+    "preview": "rc",
+    "r": "post",
+    "rev": "post",
+}
+# Item ranks: a development part sorts before the end of the parts, which
+# sorts before a number, which sorts before a word (SemVer: alpha < alpha.1 <
+# alpha.beta; PEP 440: 1.0a1.dev1 < 1.0a1).
+_DEV_RANK, _END_RANK, _NUMBER, _WORD = 0, 1, 2, 3
+_DEV_ITEM: VersionItem = (_DEV_RANK, 0, "")
+_END: VersionItem = (_END_RANK, 0, "")
+_POST_ITEM: VersionItem = (_WORD, 0, "post")
+_ZERO: VersionItem = (_NUMBER, 0, "")
+# Phases: where a release's pre-, post- or development parts put it.
+_DEV, _PRE, _RELEASE, _POST = 0, 1, 2, 3
 
 
 def bucket_seconds(days: int) -> int:
@@ -95,19 +134,97 @@ def fill_activity(
     return sorted(filled + list(known.values()), key=lambda point: point["bucket_start"])
 
 
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """An order for version strings that puts ``1.10`` after ``1.9`` (numbers compare
-    as numbers), without requiring PEP 440: apps number releases their own way."""
-    return tuple(
-        (1, int(part)) if part.isdigit() else (0, part.lower())
-        for part in _VERSION_PART.findall(version)
-    )
+def version_key(version: str) -> VersionKey:
+    """The order in which versions were released, as PEP 440 and SemVer define
+    it, and a total, deterministic order for any other string.
+
+    Why both: apps number their releases their own way (``3.0rc1``,
+    ``2.0.0-rc.1``, ``v1.2.3``), and a pre-release sorted as newer than its
+    release would compare ``2.0.0`` with ``1.9.0`` and call the release
+    candidate the newest. ``dashboard.js`` has the same key (``versionKey``),
+    so that the page's newest version is the one this module compares with;
+    a change here is a change there.
+
+    The rules, in order of precedence:
+
+    - A string that is not a version (a git hash, ``latest``, ``main``) is
+      older than every version, so that the newest is a real release; among
+      themselves, such strings compare by their ASCII words and numbers.
+    - A version is an optional ``v``, an optional PEP 440 epoch (``1!``), the
+      release numbers (``1.10`` after ``1.9``; ``1.0`` and ``1.0.0`` the
+      same), then either PEP 440's pre-, post- and development-release parts
+      (``a1``, ``.post1``, ``.dev1``, with their alternative spellings) or a
+      SemVer pre-release (``-rc.1``, ``-alpha.beta``), then an optional
+      ``+build`` or ``+local`` part, which does not change the order.
+    - ``dev`` < pre-release < release < ``post``: ``1.0.dev1 < 1.0a1 < 1.0 <
+      1.0.post1``. Pre-releases compare part by part, numbers before words,
+      fewer parts first (SemVer: ``alpha < alpha.1 < alpha.beta < beta``);
+      ``a``, ``b``, ``c``/``pre``/``preview``, ``r``/``rev`` are spellings of
+      ``alpha``, ``beta``, ``rc`` and ``post``.
+    - A SemVer pre-release wins where the two disagree: ``1.0-1`` is a
+      pre-release of ``1.0``, not PEP 440's post-release.
+    - Ties (``1.0`` and ``1.0.0``, ``1.0+a`` and ``1.0+b``) are broken by the
+      text itself, compared by code points, so that no two different strings
+      share a key and the order never depends on the order rows came in.
+    """
+    lowered = version.translate(_ASCII_LOWER)
+    match = _VERSION.fullmatch(lowered)
+    if match is None:
+        return (0, tuple(_words_and_numbers(lowered, synonyms=False)), 0, (), version)
+    epoch, release, semver = match.group(1, 2, 9)
+    numbers = [_number_item(part) for part in release.split(".")]
+    while numbers and numbers[-1] == _ZERO:
+        numbers.pop()  # 1.0 is 1
+    release_items = (_number_item(epoch or "0"), *numbers)
+    if semver is not None:
+        items = _words_and_numbers(semver, synonyms=True)
+    else:
+        items = _pep440_items(match.group(3, 4, 5, 6, 7, 8))
+    if not items:
+        return (1, release_items, _RELEASE, (), version)
+    phase = _DEV if items[0] == _DEV_ITEM else _POST if items[0] == _POST_ITEM else _PRE
+    return (1, release_items, phase, (*items, _END), version)
+
+
+def _pep440_items(groups: tuple[str | None, ...]) -> list[VersionItem]:
+    """The pre-, post- and development-release parts that matched, each a word
+    and its number (PEP 440: ``1.0a`` is ``1.0a0``)."""
+    items = []
+    for word, number in zip(groups[::2], groups[1::2], strict=True):
+        if word is not None:
+            items.append(_word_item(word, synonyms=True))
+            items.append(_number_item(number or "0"))
+    return items
+
+
+def _words_and_numbers(text: str, *, synonyms: bool) -> list[VersionItem]:
+    """The ASCII numbers and words of ``text`` as key items (see :func:`_word_item`)."""
+    return [
+        _number_item(part) if part.isdigit() else _word_item(part, synonyms=synonyms)
+        for part in _VERSION_PART.findall(text)
+    ]
+
+
+def _word_item(word: str, *, synonyms: bool) -> VersionItem:
+    """A word; with ``synonyms``, PEP 440's spellings as one word each, and
+    ``dev`` before any other part (PEP 440's development releases)."""
+    if not synonyms:
+        return (_WORD, 0, word)
+    return _DEV_ITEM if word == "dev" else (_WORD, 0, _SYNONYMS.get(word, word))
+
+
+def _number_item(digits: str) -> VersionItem:
+    """A number as its length, then its digits: exact at any size, without
+    ``int()`` (whose digit limit raises) or JavaScript's 53-bit numbers."""
+    significant = digits.lstrip("0")
+    return (_NUMBER, len(significant), significant)
 
 
 def with_previous_version(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add ``previous_version``, ``p95_previous`` and ``p95_change`` (relative:
     ``0.25`` is 25 % slower) to each row, against the same endpoint's nearest
-    older version of the same app that had calls. Rows keep their order.
+    older version of the same app that had calls, older by :func:`version_key`
+    (``2.0.0`` against ``2.0.0-rc.1``, not ``1.9.0``). Rows keep their order.
 
     Why the app is part of the endpoint: two apps behind one collector number
     their releases independently, so billing's 1.0 is not inventory's 1.1's

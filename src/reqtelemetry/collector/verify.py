@@ -18,7 +18,8 @@ it must be a 4xx answer, never a crash.
 
 The report's values must also fit both databases (integers written as
 integers within their columns, no NUL in text, histogram indexes in range,
-latencies whose sums cannot overflow, endpoints short enough for an index):
+latencies whose sums cannot overflow, endpoints short enough for an index),
+and agree with themselves (a record's histogram holds ``count`` requests):
 SQLite and PostgreSQL then accept exactly the same reports, and nothing
 stored can break a later summary.
 """
@@ -362,7 +363,12 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
             )
     if payload["part"] >= payload["parts"]:
         raise Refusal("invalid_payload", "part must be less than parts")
-    problem = _latency_sum_problem(payload["batch"]["records"]) or _endpoint_key_problem(payload)
+    records = payload["batch"]["records"]
+    problem = (
+        _histogram_count_problem(records)
+        or _latency_sum_problem(records)
+        or _endpoint_key_problem(payload)
+    )
     if problem is not None:
         raise Refusal("invalid_payload", problem)
     if (
@@ -373,6 +379,28 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
             "invalid_payload", "deployment_id and instance_id must be the ones the token was for"
         )
     return payload
+
+
+def _histogram_count_problem(records: list[dict[str, Any]]) -> str | None:
+    """A record whose histogram counts do not add up to its ``count``, as
+    ``where: why``; None if every one does.
+
+    Why: the dashboard shows ``count`` as the endpoint's calls and reads its
+    percentiles off the histogram. A record of 10 calls whose histogram holds
+    one would show 10 calls with the percentiles of one, and nothing on the
+    page could tell. A client counts every request into both at once (and
+    merges both together), so a disagreement is never a rounding, always a
+    broken or forged sender. Only called once the schema holds (and the
+    histogram pairs, by :func:`_histogram_problem`), so both are integers.
+    """
+    for position, record in enumerate(records):
+        held = sum(count for _, count in record["latency"]["histogram"])
+        if held != record["count"]:
+            return (
+                f"batch/records/{position}: count is {record['count']} but the latency "
+                f"histogram's counts add up to {held}; they must be equal"
+            )
+    return None
 
 
 def _latency_sum_problem(records: list[dict[str, Any]]) -> str | None:

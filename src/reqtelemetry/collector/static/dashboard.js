@@ -113,21 +113,89 @@
     return a < b ? -1 : 1;
   }
 
-  // Versions as the collector orders them: numbers compare as numbers (1.10 > 1.9).
-  function versionKey(version) {
-    return (String(version).match(/\d+|[A-Za-z]+/g) || []).map(function (part) {
-      return /^\d+$/.test(part) ? [1, parseInt(part, 10)] : [0, part.toLowerCase()];
+  // -- the order of versions: summary.version_key's twin, rule for rule -------------
+  // PEP 440 and SemVer (1.0.dev1 < 1.0a1 < 1.0.0-rc.1 < 1.0 < 1.0.post1), any
+  // other string before every version, ties broken by the text. A change
+  // there is a change here: tests run one list of versions through both.
+  var VERSION_RE = new RegExp(
+    "^v?(?:([0-9]+)!)?([0-9]+(?:\\.[0-9]+)*)" +
+    "(?:(?:[-_.]?(alpha|a|beta|b|preview|pre|c|rc)[-_.]?([0-9]*))?" +
+    "(?:[-_.]?(post|rev|r)[-_.]?([0-9]*))?" +
+    "(?:[-_.]?(dev)[-_.]?([0-9]*))?" +
+    "|-([0-9a-z]+(?:[.-][0-9a-z]+)*))" +
+    "(?:\\+[0-9a-z]+(?:[-_.][0-9a-z]+)*)?$");
+  var VERSION_SYNONYMS = { a: "alpha", b: "beta", c: "rc", pre: "rc", preview: "rc", r: "post", rev: "post" };
+  // Item ranks: dev < the end of the parts < a number < a word.
+  var DEV_ITEM = [0, 0, ""], END_ITEM = [1, 0, ""];
+  var PHASE_DEV = 0, PHASE_PRE = 1, PHASE_RELEASE = 2, PHASE_POST = 3;
+
+  // A number as [rank, length, digits]: exact at any size (no 53-bit rounding).
+  function numberItem(digits) {
+    var significant = digits.replace(/^0+/, "");
+    return [2, significant.length, significant];
+  }
+
+  function wordItem(word, synonyms) {
+    if (!synonyms) return [3, 0, word];
+    if (word === "dev") return DEV_ITEM;
+    return [3, 0, Object.prototype.hasOwnProperty.call(VERSION_SYNONYMS, word) ? VERSION_SYNONYMS[word] : word];
+  }
+
+  function wordsAndNumbers(text, synonyms) {
+    return (text.match(/[0-9]+|[a-z]+/g) || []).map(function (part) {
+      return /^[0-9]/.test(part) ? numberItem(part) : wordItem(part, synonyms);
     });
   }
 
-  function compareVersions(a, b) {
-    var ka = versionKey(a), kb = versionKey(b);
-    for (var i = 0; i < Math.min(ka.length, kb.length); i++) {
-      if (ka[i][0] !== kb[i][0]) return ka[i][0] - kb[i][0];
-      if (ka[i][1] < kb[i][1]) return -1;
-      if (ka[i][1] > kb[i][1]) return 1;
+  function versionKey(version) {
+    version = String(version);
+    // Only ASCII letters are folded, as in Python.
+    var lowered = version.replace(/[A-Z]+/g, function (upper) { return upper.toLowerCase(); });
+    var m = VERSION_RE.exec(lowered);
+    if (!m) return [0, wordsAndNumbers(lowered, false), 0, [], version];
+    var numbers = m[2].split(".").map(numberItem);
+    while (numbers.length && numbers[numbers.length - 1][1] === 0) numbers.pop();  // 1.0 is 1
+    var release = [numberItem(m[1] || "0")].concat(numbers);
+    var items = [];
+    if (m[9] !== undefined) {
+      items = wordsAndNumbers(m[9], true);
+    } else {
+      for (var g = 3; g <= 7; g += 2) {
+        if (m[g] !== undefined) items.push(wordItem(m[g], true), numberItem(m[g + 1] || "0"));
+      }
     }
-    return ka.length - kb.length;
+    if (!items.length) return [1, release, PHASE_RELEASE, [], version];
+    var phase = items[0] === DEV_ITEM ? PHASE_DEV
+      : items[0][0] === 3 && items[0][2] === "post" ? PHASE_POST : PHASE_PRE;
+    return [1, release, phase, items.concat([END_ITEM]), version];
+  }
+
+  // Strings by code points, as Python compares them (not UTF-16 units).
+  function compareText(a, b) {
+    if (a === b) return 0;
+    for (var i = 0; i < a.length && i < b.length; ) {
+      var ca = a.codePointAt(i), cb = b.codePointAt(i);
+      if (ca !== cb) return ca < cb ? -1 : 1;
+      i += ca > 0xffff ? 2 : 1;
+    }
+    return a.length < b.length ? -1 : a.length > b.length ? 1 : 0;
+  }
+
+  // Keys as Python compares tuples: element by element, the shorter first.
+  function compareKeys(a, b) {
+    if (Array.isArray(a)) {
+      for (var i = 0; i < a.length && i < b.length; i++) {
+        var order = compareKeys(a[i], b[i]);
+        if (order) return order;
+      }
+      return a.length - b.length;
+    }
+    if (typeof a === "number") return a < b ? -1 : a > b ? 1 : 0;
+    return compareText(a, b);
+  }
+
+  function compareVersions(a, b) {
+    return compareKeys(versionKey(a), versionKey(b));
   }
 
   // -- charts --------------------------------------------------------------------------

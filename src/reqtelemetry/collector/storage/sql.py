@@ -91,10 +91,14 @@ class Dialect:
     bucket: str
     #: One row, one column: 1 when the ``schema_migrations`` table exists, else 0.
     has_migrations_table: str
-    #: The aggregate that adds up counts and bytes without overflowing: SQLite's
-    #: ``SUM`` raises past 2**63 (hostile reports could get there), its ``TOTAL``
-    #: adds in floating point; PostgreSQL's ``SUM`` of bigints is numeric.
+    #: The aggregate that adds up integers (counts, bytes, histogram counts)
+    #: exactly. PostgreSQL's ``SUM`` of bigints is numeric; SQLite's is 64-bit,
+    #: and its backend finishes a sum past 2**63 another way (see sqlite.py).
+    #: Why not SQLite's ``TOTAL``: it adds in floating point, so past 2**53
+    #: the two backends showed different counts.
     sum: str = "SUM"
+    #: The aggregate that adds up floats (latency sums), where nothing is exact.
+    float_sum: str = "SUM"
     #: What makes a ``SELECT`` lock the rows it reads until the commit (PostgreSQL's
     #: ``FOR UPDATE``); empty where one writer holds the whole database (SQLite).
     lock_rows: str = ""
@@ -656,7 +660,7 @@ class SQLStorage(Storage):
         sums = ex.query(
             f"SELECT {key}, {d.sum}(count),"
             f" {d.sum}(CASE WHEN status >= 500 THEN count ELSE 0 END),"
-            f" {d.sum}(latency_sum), {d.sum}(request_bytes), {d.sum}(response_bytes),"
+            f" {d.float_sum}(latency_sum), {d.sum}(request_bytes), {d.sum}(response_bytes),"
             " COUNT(DISTINCT deployment_id)"
             f" FROM aggregates WHERE received_at >= ?{only} GROUP BY {key}",
             (since, *app_params),

@@ -13,6 +13,7 @@ databases working.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -35,8 +36,15 @@ DIALECT = Dialect(
     has_migrations_table=(
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
     ),
-    sum="TOTAL",
+    # SUM: exact integers (past 2**63, see _SQLiteExecutor); TOTAL for floats,
+    # as it always was (0.0 rather than NULL for no rows).
+    float_sum="TOTAL",
 )
+#: What SQLite says when a SUM of integers leaves 64 bits.
+_INTEGER_OVERFLOW = "integer overflow"
+#: The aggregate :class:`_ExactSum` is registered as, and the SUM calls it replaces.
+_EXACT_SUM = "reqtelemetry_exact_sum"
+_SUM_CALL = re.compile(r"\bSUM\(")
 
 MIGRATIONS = (
     Migration(
@@ -57,6 +65,33 @@ MIGRATIONS = (
 )
 
 
+class _ExactSum:
+    """``SUM`` without its 64-bit limit: Python's integers, as text past 64 bits.
+
+    Why: SQLite's ``SUM`` raises "integer overflow" past 2**63, where
+    PostgreSQL's numeric sum carries on. Hostile reports can get there (each
+    count may be 2**63 - 1), and the dashboard must then show what PostgreSQL
+    shows, not an error. A Python call per row is slow, so it is only used to
+    run again a query whose ``SUM`` overflowed (see :class:`_SQLiteExecutor`).
+    A total beyond 64 bits is returned as its decimal text, which SQLite can
+    hold and :func:`~.sql._int` reads.
+    """
+
+    def __init__(self) -> None:
+        self.total: int | float | None = None
+
+    def step(self, value: Any) -> None:
+        # Anything else (NULL, text) adds nothing; the columns summed hold numbers.
+        if isinstance(value, (int, float)):
+            self.total = value if self.total is None else self.total + value
+
+    def finalize(self) -> int | float | str | None:
+        total = self.total
+        if isinstance(total, int) and not -(2**63) <= total < 2**63:
+            return str(total)
+        return total
+
+
 class _SQLiteExecutor:
     """The :class:`Executor` over one sqlite3 connection (``?`` is SQLite's own style)."""
 
@@ -64,7 +99,15 @@ class _SQLiteExecutor:
         self._connection = connection
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return self._connection.execute(sql, params).fetchall()
+        """Rows of ``sql``; one whose ``SUM`` left 64 bits is run again with
+        :class:`_ExactSum` in its place (in the same transaction: the error
+        ends the statement only), so sums are exact at any size."""
+        try:
+            return self._connection.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as error:
+            if _INTEGER_OVERFLOW not in str(error) or not _SUM_CALL.search(sql):
+                raise
+        return self._connection.execute(_SUM_CALL.sub(f"{_EXACT_SUM}(", sql), params).fetchall()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._connection.execute(sql, params)
@@ -105,6 +148,7 @@ class SQLiteStorage(SQLStorage):
         self._connection = sqlite3.connect(
             target, timeout=busy_timeout, isolation_level=None, check_same_thread=False, uri=uri
         )
+        self._connection.create_aggregate(_EXACT_SUM, 1, _ExactSum)
         self._lock = threading.RLock()
         self._executor = _SQLiteExecutor(self._connection)
         with self._lock:
