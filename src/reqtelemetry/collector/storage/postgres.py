@@ -41,6 +41,7 @@ DIALECT = Dialect(
     # Resolved through search_path, like every other statement here.
     has_migrations_table="SELECT COUNT(to_regclass('schema_migrations'))",
     lock_rows=" FOR UPDATE",
+    bytewise=' COLLATE "C"',
 )
 
 #: The advisory lock migrations hold: the bytes "reqtelem" as a signed 64-bit key.
