@@ -39,7 +39,7 @@ assert T % 3600 == 0
 
 VALIDATOR = jsonschema.Draft202012Validator(load_payload_schema())
 #: The schema version this release migrates to.
-LATEST = 2
+LATEST = 3
 
 DEP_A = "aaaaaaaa-0000-4000-8000-000000000001"
 DEP_B = "bbbbbbbb-0000-4000-8000-000000000002"
@@ -396,7 +396,7 @@ def test_a_version_1_database_is_migrated_in_place(backend: Backend) -> None:
         store_at_version_1(old, payload, received_at)
     before, counts_before = v1_rows(old), row_counts(old)
     # An exporter of this release refuses the old schema rather than misreading it.
-    with pytest.raises(SchemaMismatch, match=r"version 1, older than this release reads \(2\)"):
+    with pytest.raises(SchemaMismatch, match=r"version 1, older than this release reads \(3\)"):
         backend.open(read_only=True).check_schema()
 
     storage = backend.open()
@@ -1542,3 +1542,53 @@ def test_empty_database_has_no_metrics(storage: SQLStorage) -> None:
         "limit": 100,
     }
     assert storage.dropped(0) == []
+
+
+def test_the_metrics_queries_read_indexes_and_no_histogram(
+    backend: Backend, metrics: SQLStorage
+) -> None:
+    """The summary reads these on every load: on SQLite (whose statistics the
+    collector never gathers), the window's metric rows are found by their
+    index, and their reports by id, never by reading a whole table.
+    (PostgreSQL's plan depends on its statistics.)"""
+    queries = [
+        sql
+        for only in ("", " AND r.app_name = ?")
+        for sql in (metrics._counters_sql(only), metrics._gauges_sql(only))
+    ]
+    for sql in queries:
+        assert "aggregates" not in sql and "histogram" not in sql
+    if backend.name != "sqlite":
+        return
+    for sql in queries:
+        params = (T, T, *(["x"] if "r.app_name = ?" in sql else []), 100)
+        plan = metrics._run(
+            lambda ex, sql=sql, params=params: ex.query("EXPLAIN QUERY PLAN " + sql, params)
+        )
+        steps = [str(row[-1]) for row in plan]
+        assert any("metrics_kind_received_at (kind=? AND received_at>?)" in s for s in steps), steps
+        assert not [step for step in steps if step.split()[:2] in (["SCAN", "r"], ["SCAN", "m"])]
+
+
+def test_a_version_2_database_gets_its_metrics_index(backend: Backend) -> None:
+    """Version 3 adds one index: the metrics stored before it are all there,
+    and read through it."""
+    old = backend.open()
+    old.migrations = old.migrations[:2]
+    old.migrate()
+    for payload, received_at in METRICS:
+        old.store(stored(payload, received_at))
+    before = old.app_metrics(T)
+    storage = backend.open()
+    storage.migrate()
+    assert storage.schema_version() == LATEST
+    assert storage.app_metrics(T) == before
+    assert before["counters"] == [INVENTORY_JOBS, BILLING_JOBS, UNNAMED_JOBS, INVENTORY_PDF]
+    indexes = (
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'metrics'"
+        if backend.name == "sqlite"
+        else "SELECT indexname FROM pg_indexes WHERE tablename = 'metrics'"
+        " AND schemaname = current_schema()"
+    )
+    names = {row[0] for row in storage._run(lambda ex: ex.query(indexes))}
+    assert "metrics_kind_received_at" in names

@@ -719,11 +719,11 @@ class SQLStorage(Storage):
 
         Two queries in one transaction (one snapshot), one per kind. The
         metric rows carry no app name, so each joins them to their report; it
-        reads no aggregate, so no histogram. The window is tested on both
-        tables (``m.received_at`` is its report's time), so that either side
-        of the join may be read first. Each query cuts its list at ``limit``
-        names (and counts them all) in the database, so a window of many names
-        costs Python ``limit`` rows.
+        reads no aggregate, so no histogram. The window's metric rows of a
+        kind are one range of ``metrics_kind_received_at`` (schema version 3;
+        ``m.received_at`` is its report's time), their reports are found by
+        id. Each query cuts its list at ``limit`` names (and counts them all)
+        in the database, so a window of many names costs Python ``limit`` rows.
         """
         since = float(since)
         only, app_params = _app_filter(app, "r.app_name")
@@ -1017,3 +1017,17 @@ def app_name_columns(app_name_in_traits: str) -> tuple[str, ...]:
         # One app's platforms: its instances seen since a time.
         "CREATE INDEX instances_app_last_seen ON instances (app_name, last_seen)",
     )
+
+
+def metrics_window_index() -> tuple[str, ...]:
+    """Version 3: the app metrics of one kind received since a time, found by an index.
+
+    Why: the dashboard reads them on every load, and the metric rows had no
+    index that starts with the time (``metrics_name_received_at`` starts
+    with the name, which such a read does not know). Without one, SQLite (the
+    collector never gathers its statistics) and PostgreSQL both scanned
+    every metric row ever kept, whatever the window. The kind leads, since
+    counters and gauges are read apart; ``kind = ?`` and a time range is one
+    range of this index.
+    """
+    return ("CREATE INDEX metrics_kind_received_at ON metrics (kind, received_at)",)
