@@ -1516,6 +1516,78 @@ def test_several_apps_are_told_apart(backend_collector: Collector) -> None:
     ]
 
 
+def _with_metrics(
+    payload: dict[str, Any], counters: dict[str, float], gauges: dict[str, float]
+) -> dict[str, Any]:
+    payload["metrics"] = {"counters": counters, "gauges": gauges}
+    return payload
+
+
+@pytest.mark.e2e
+def test_the_summary_shows_app_metrics_and_dropped_requests(backend_collector: Collector) -> None:
+    """What telemetry.count() and telemetry.gauge() sent, and the requests past
+    a client's key cap, read back through /api/summary, per app."""
+    collector = backend_collector
+    inventory_a, inventory_b = new_id(), new_id()
+    overflow = record("_OTHER", "<overflow>", 0, 7, [[-130, 7]], 0.03)
+    crowded = make_payload(
+        inventory_b, new_id(), app_name="inventory", records=[*default_records(), overflow]
+    )
+    crowded["batch"]["dropped"] = 7
+    _send_all(
+        collector,
+        [
+            # Two instances of one deployment sample the same gauge: the newer counts.
+            _with_metrics(
+                make_payload(inventory_a, new_id(), app_name="inventory"),
+                {"feature.export_pdf": 3},
+                {"registered_apps": 10},
+            ),
+            _with_metrics(
+                make_payload(inventory_a, new_id(), app_name="inventory"),
+                {"feature.export_pdf": 2},
+                {"registered_apps": 12},
+            ),
+            _with_metrics(crowded, {"feature.export_pdf": 1}, {"registered_apps": 4}),
+            make_payload(new_id(), new_id(), app_name="billing"),  # jobs.completed: 2
+        ],
+    )
+
+    every = collector.http.get("/api/summary", params={"days": 7}).json()
+    assert every["metrics"] == {
+        "counters": [
+            {"app_name": "inventory", "name": "feature.export_pdf", "total": 6, "deployments": 2},
+            {"app_name": "billing", "name": "jobs.completed", "total": 2, "deployments": 1},
+        ],
+        "counter_names": 2,
+        "gauges": [
+            {
+                "app_name": "inventory",
+                "name": "registered_apps",
+                "sum": 16,  # 12 (not 10 + 12) and 4
+                "median": 8,
+                "max": 12,
+                "deployments": 2,
+            }
+        ],
+        "gauge_names": 1,
+        "limit": 100,
+    }
+    assert every["dropped"] == {
+        "requests": 7,
+        "by_app": [{"app_name": "inventory", "requests": 7, "deployments": 1}],
+    }
+    # Counted in the totals all the same, under the overflow endpoint.
+    assert every["totals"]["requests"] == 4 * 12 + 7
+
+    billing = collector.http.get("/api/summary", params={"days": 7, "app": "billing"}).json()
+    assert [(c["name"], c["total"]) for c in billing["metrics"]["counters"]] == [
+        ("jobs.completed", 2)
+    ]
+    assert billing["metrics"]["gauges"] == []
+    assert billing["dropped"] == {"requests": 0, "by_app": []}
+
+
 @pytest.mark.e2e
 def test_bad_app_names_are_a_400(backend_collector: Collector) -> None:
     # A NUL reaches PostgreSQL as an error, which would be a 503: refused first.
