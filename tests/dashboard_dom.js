@@ -107,6 +107,10 @@ function describe(node) {
   return { text: node.textContent, value: node.getAttribute("data-value"), class: node.className };
 }
 
+function hidden(node) {
+  return node.getAttribute("hidden") !== null;
+}
+
 function choose() {
   if (!choice) return;
   const [id, value] = choice.split(/=(.*)/s);
@@ -148,6 +152,17 @@ setTimeout(() => {
     byVersionAppHidden: byId["by-version-app"].getAttribute("hidden") !== null,
     versionApps: withTestid("version-app").map((n) => n.textContent),
     retention: byId.retention.textContent,
+    metricsHidden: hidden(byId["app-metrics"]),
+    counterRows: rows("counter-row"),
+    countersHidden: hidden(byId["metric-counters"]),
+    counterAppHidden: hidden(byId["metric-counters-app"]),
+    gaugeRows: rows("gauge-row"),
+    gaugesHidden: hidden(byId["metric-gauges"]),
+    gaugeAppHidden: hidden(byId["metric-gauges-app"]),
+    metricsCap: { text: byId["metrics-cap"].textContent, hidden: hidden(byId["metrics-cap"]) },
+    dropped: { ...describe(byId.dropped), hidden: hidden(byId.dropped) },
+    // Elements the script made, by tag: a name taken for markup would add some.
+    tags: [...new Set(all.map((n) => n.tagName))].sort(),
     pageUrls,
     requests,
   };

@@ -1227,6 +1227,92 @@ def test_the_dashboard_orders_versions_as_the_collector_does(
     assert [bar["barClass"] for bar in page["versionBars"]][:2] == ["bar", "bar old"]
 
 
+#: Markup where a name should be: the collector's schema refuses such metric
+#: names, but the page must not rely on that.
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_dashboard_shows_app_metrics_and_dropped_requests(
+    collector: Collector, tmp_path: Path
+) -> None:
+    inventory = new_id()
+    for instance, gauge in ((new_id(), 10), (new_id(), 12)):
+        payload = make_payload(inventory, instance, app_name="inventory")
+        payload["metrics"] = {
+            "counters": {"feature.export_pdf": 2},
+            "gauges": {"registered_apps": gauge},
+        }
+        assert collector.send(payload).is_success
+    billing = make_payload(new_id(), new_id(), app_name="billing")
+    billing["batch"]["dropped"] = 3
+    assert collector.send(billing).is_success
+    summary = collector.http.get("/api/summary", params={"days": 30}).json()
+
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["status"]["state"] == "ready", page["status"]
+    assert not page["metricsHidden"]
+    assert [[c["text"] for c in row["cells"]] for row in page["counterRows"]] == [
+        ["feature.export_pdf", "inventory", "4", "1"],
+        ["jobs.completed", "billing", "2", "1"],
+    ]
+    assert not page["counterAppHidden"]  # two apps: each row says whose
+    # One deployment's two instances: its latest value, once.
+    assert [[c["text"] for c in row["cells"]] for row in page["gaugeRows"]] == [
+        ["registered_apps", "12", "12", "12", "1"]
+    ]
+    assert page["gaugeAppHidden"]  # one app's gauges: no column
+    assert page["metricsCap"] == {"text": "", "hidden": True}
+    assert not page["dropped"]["hidden"] and page["dropped"]["value"] == "3"
+    assert page["dropped"]["text"].startswith("3 requests arrived past a client's cap")
+    assert "max_keys" in page["dropped"]["text"]
+
+    # Names are text, whatever they hold; a cut list says so.
+    summary["metrics"]["counters"][0].update(name=HOSTILE, app_name=HOSTILE)
+    summary["metrics"]["gauges"][0]["name"] = HOSTILE
+    summary["metrics"].update(counter_names=250, limit=2)
+    summary["dropped"]["by_app"].append({"app_name": HOSTILE, "requests": 1, "deployments": 1})
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["counterRows"][0]["cells"][0]["text"] == HOSTILE
+    assert page["counterRows"][0]["cells"][1]["text"] == HOSTILE
+    assert page["counterRows"][0]["attributes"]["data-name"] == HOSTILE
+    assert page["gaugeRows"][0]["cells"][0]["text"] == HOSTILE
+    assert HOSTILE in page["dropped"]["text"]
+    assert not {"IMG", "SCRIPT"} & set(page["tags"])
+    assert page["metricsCap"] == {
+        "text": "Of 250 counters, the 2 reported by the most deployments are shown.",
+        "hidden": False,
+    }
+
+    # Nothing defined, nothing dropped: no section, no notice.
+    summary["metrics"].update(counters=[], gauges=[], counter_names=0, gauge_names=0)
+    summary["dropped"] = {"requests": 0, "by_app": []}
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["metricsHidden"] and page["dropped"]["hidden"]
+    assert page["counterRows"] == [] and page["gaugeRows"] == []
+    # Only gauges: the counters' table is hidden, not shown empty.
+    summary["metrics"]["gauges"] = [
+        {
+            "app_name": None,
+            "name": "queue.depth",
+            "sum": 3,
+            "median": 1.5,
+            "max": 2,
+            "deployments": 2,
+        }
+    ]
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert not page["metricsHidden"] and page["countersHidden"] and not page["gaugesHidden"]
+    assert [c["text"] for c in page["gaugeRows"][0]["cells"]] == [
+        "queue.depth",
+        "3",
+        "1.5",
+        "2",
+        "2",
+    ]
+
+
 # -- what the schema allows but a database cannot hold: both backends alike -----------------
 
 
@@ -1578,6 +1664,78 @@ def test_several_apps_are_told_apart(backend_collector: Collector) -> None:
         ("GET", "billing", "1.0.5", "9"),
         ("POST", "billing", "1.0.5", "3"),
     ]
+
+
+def _with_metrics(
+    payload: dict[str, Any], counters: dict[str, float], gauges: dict[str, float]
+) -> dict[str, Any]:
+    payload["metrics"] = {"counters": counters, "gauges": gauges}
+    return payload
+
+
+@pytest.mark.e2e
+def test_the_summary_shows_app_metrics_and_dropped_requests(backend_collector: Collector) -> None:
+    """What telemetry.count() and telemetry.gauge() sent, and the requests past
+    a client's key cap, read back through /api/summary, per app."""
+    collector = backend_collector
+    inventory_a, inventory_b = new_id(), new_id()
+    overflow = record("_OTHER", "<overflow>", 0, 7, [[-130, 7]], 0.03)
+    crowded = make_payload(
+        inventory_b, new_id(), app_name="inventory", records=[*default_records(), overflow]
+    )
+    crowded["batch"]["dropped"] = 7
+    _send_all(
+        collector,
+        [
+            # Two instances of one deployment sample the same gauge: the newer counts.
+            _with_metrics(
+                make_payload(inventory_a, new_id(), app_name="inventory"),
+                {"feature.export_pdf": 3},
+                {"registered_apps": 10},
+            ),
+            _with_metrics(
+                make_payload(inventory_a, new_id(), app_name="inventory"),
+                {"feature.export_pdf": 2},
+                {"registered_apps": 12},
+            ),
+            _with_metrics(crowded, {"feature.export_pdf": 1}, {"registered_apps": 4}),
+            make_payload(new_id(), new_id(), app_name="billing"),  # jobs.completed: 2
+        ],
+    )
+
+    every = collector.http.get("/api/summary", params={"days": 7}).json()
+    assert every["metrics"] == {
+        "counters": [
+            {"app_name": "inventory", "name": "feature.export_pdf", "total": 6, "deployments": 2},
+            {"app_name": "billing", "name": "jobs.completed", "total": 2, "deployments": 1},
+        ],
+        "counter_names": 2,
+        "gauges": [
+            {
+                "app_name": "inventory",
+                "name": "registered_apps",
+                "sum": 16,  # 12 (not 10 + 12) and 4
+                "median": 8,
+                "max": 12,
+                "deployments": 2,
+            }
+        ],
+        "gauge_names": 1,
+        "limit": 100,
+    }
+    assert every["dropped"] == {
+        "requests": 7,
+        "by_app": [{"app_name": "inventory", "requests": 7, "deployments": 1}],
+    }
+    # Counted in the totals all the same, under the overflow endpoint.
+    assert every["totals"]["requests"] == 4 * 12 + 7
+
+    billing = collector.http.get("/api/summary", params={"days": 7, "app": "billing"}).json()
+    assert [(c["name"], c["total"]) for c in billing["metrics"]["counters"]] == [
+        ("jobs.completed", 2)
+    ]
+    assert billing["metrics"]["gauges"] == []
+    assert billing["dropped"] == {"requests": 0, "by_app": []}
 
 
 @pytest.mark.e2e

@@ -258,11 +258,18 @@ def scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenar
             by_app: dict[str, int] = {}
             # Alpha on 2.0.0 and beta on 2.1.0 serve the same Starlette shop;
             # 2.1.0 reads items three times slower.
-            for name, version, delay in (("alpha", "2.0.0", 0.010), ("beta", "2.1.0", 0.030)):
+            for name, version, delay, exports, items in (
+                ("alpha", "2.0.0", 0.010, 3, 120),
+                ("beta", "2.1.0", 0.030, 1, 80),
+            ):
                 directory = tmp_path / name
                 directory.mkdir()
                 telemetry = start_client(collector.url, directory, version)
                 clients.append(telemetry)
+                # What the app's maintainer instrumented: sent with the shutdown report.
+                for _ in range(exports):
+                    telemetry.count("feature.export_pdf")
+                telemetry.gauge("catalog.items", lambda items=items: items)
                 app = starlette_shop(delay=delay)
                 app.add_middleware(ASGIMiddleware, telemetry=telemetry)
                 with TestClient(app) as client:  # its lifespan shutdown closes the client
@@ -275,6 +282,7 @@ def scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenar
             directory.mkdir()
             telemetry = start_client(collector.url, directory, "2.1.0", app_name=FLASK_SHOP)
             clients.append(telemetry)
+            telemetry.count("feature.invoice_sent", 5)
             flask_app = flask_shop()
             flask_app.wsgi_app = WSGIMiddleware(flask_app.wsgi_app, telemetry=telemetry)
             with httpx.Client(
@@ -389,6 +397,25 @@ def test_the_dashboard_renders_the_collectors_numbers(browser: Browser, scenario
     }
     assert frameworks == {"starlette": "2", "flask": "1"}
 
+    # The apps' own metrics: counters added up, the gauge once per deployment.
+    assert "hidden" not in page.one("app-metrics").attrs
+    counters = {
+        (row.get("data-app"), row.get("data-name")): row.one("metric-total").get("data-value")
+        for row in page.all("counter-row", tag="tr")
+    }
+    assert counters == {
+        (SHOP, "feature.export_pdf"): "4",
+        (FLASK_SHOP, "feature.invoice_sent"): "5",
+    }
+    (gauge,) = page.all("gauge-row", tag="tr")
+    assert gauge.one("metric-name").text == "catalog.items"
+    assert [gauge.one(f"metric-{key}").get("data-value") for key in ("sum", "median", "max")] == [
+        "200",
+        "100",
+        "120",
+    ]
+    assert "hidden" in page.one("dropped").attrs  # nobody reached max_keys
+
 
 @pytest.mark.timeout(TEST_TIMEOUT)
 def test_a_link_with_an_app_opens_the_dashboard_on_that_app(
@@ -417,6 +444,9 @@ def test_a_link_with_an_app_opens_the_dashboard_on_that_app(
         for bar in page.one("platform-framework").all("platform-bar")
     }
     assert frameworks == {"starlette": "2"}
+    assert [row.get("data-name") for row in page.all("counter-row", tag="tr")] == [
+        "feature.export_pdf"
+    ]
     # The CSV link exports the same app.
     assert page.one("csv-link").get("href") == (
         f"export.csv?days=30&app={SHOP}&token={DASHBOARD_TOKEN}"

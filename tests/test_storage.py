@@ -38,6 +38,8 @@ T = 1_699_999_200.0
 assert T % 3600 == 0
 
 VALIDATOR = jsonschema.Draft202012Validator(load_payload_schema())
+#: The schema version this release migrates to.
+LATEST = 3
 
 DEP_A = "aaaaaaaa-0000-4000-8000-000000000001"
 DEP_B = "bbbbbbbb-0000-4000-8000-000000000002"
@@ -209,7 +211,7 @@ def test_migrate_is_idempotent(backend: Backend) -> None:
     storage = backend.open()
     assert storage.schema_version() == 0
     storage.migrate()
-    assert storage.schema_version() == max(m.version for m in storage.migrations) == 2
+    assert storage.schema_version() == max(m.version for m in storage.migrations) == LATEST
     storage.store(stored(R1, T + 100))
     storage.migrate()
     assert storage.schema_version() == max(m.version for m in storage.migrations)
@@ -240,7 +242,7 @@ def test_two_replicas_migrating_at_once(backend: Backend) -> None:
         thread.join(timeout=60)
     assert errors == []
     for replica in replicas:
-        assert replica.schema_version() == 2
+        assert replica.schema_version() == LATEST
     replicas[0].store(stored(R1, T + 100))
     assert replicas[1].totals(0)["reports"] == 1
 
@@ -394,13 +396,13 @@ def test_a_version_1_database_is_migrated_in_place(backend: Backend) -> None:
         store_at_version_1(old, payload, received_at)
     before, counts_before = v1_rows(old), row_counts(old)
     # An exporter of this release refuses the old schema rather than misreading it.
-    with pytest.raises(SchemaMismatch, match=r"version 1, older than this release reads \(2\)"):
+    with pytest.raises(SchemaMismatch, match=r"version 1, older than this release reads \(3\)"):
         backend.open(read_only=True).check_schema()
 
     storage = backend.open()
     storage.migrate()
-    assert storage.schema_version() == 2
-    assert backend.open(read_only=True).check_schema() == 2
+    assert storage.schema_version() == LATEST
+    assert backend.open(read_only=True).check_schema() == LATEST
     assert v1_rows(storage) == before
     assert row_counts(storage) == counts_before
 
@@ -1422,3 +1424,223 @@ def test_latency_sums_at_the_collectors_bound_add_up_without_overflow(storage: S
         storage.store(stored(payload, received_at=T))
     (endpoint,) = storage.endpoints(since=0)
     assert endpoint["mean"] == pytest.approx(MAX_LATENCY_SECONDS)
+
+
+# -- app-defined metrics and dropped requests --------------------------------------------------
+
+DEP_E = "eeeeeeee-0000-4000-8000-000000000005"
+DEP_F = "ffffffff-0000-4000-8000-000000000007"
+E1 = "e1e1e1e1-0000-4000-8000-000000000051"
+F1 = "f1f1f1f1-0000-4000-8000-000000000071"
+
+
+def metrics_report(
+    deployment_id: str,
+    instance_id: str,
+    app_name: str | None,
+    counters: dict[str, float],
+    gauges: dict[str, float],
+    dropped: int = 0,
+) -> dict[str, Any]:
+    """A report carrying these metrics (and ``dropped`` requests past the key cap)."""
+    payload = make_payload(
+        deployment_id,
+        instance_id,
+        app_traits(LINUX, app_name, "1.0"),
+        [("GET", "/", 200, [0.001], 0, 5)],
+        metrics={"counters": counters, "gauges": gauges},
+    )
+    payload["batch"]["dropped"] = dropped
+    assert not list(VALIDATOR.iter_errors(payload))
+    return payload
+
+
+#: Inventory runs on three deployments (A with two instances), billing on two,
+#: and one deployment names no app. The window starts at T: what came before
+#: (inventory's 100 jobs, its 999 users, B's queue depth, 100 dropped requests)
+#: is out of it, and the report at T exactly is in.
+METRICS = [
+    (metrics_report(DEP_A, A1, "inventory", {"jobs.done": 100}, {"users": 999}, 100), T - 0.5),
+    (metrics_report(DEP_B, B1, "inventory", {}, {"queue.depth": 50}), T - 0.5),
+    (metrics_report(DEP_D, D1, "inventory", {"jobs.done": 1}, {"users": 7}), T),
+    (
+        metrics_report(
+            DEP_A, A1, "inventory", {"jobs.done": 5, "feature.export_pdf": 1}, {"users": 10}, 4
+        ),
+        T + 100,
+    ),
+    # A's second instance samples the same gauge: A counts once, at its newest value.
+    (metrics_report(DEP_A, A2, "inventory", {"jobs.done": 3}, {"users": 12}), T + 200),
+    (metrics_report(DEP_A, A1, "inventory", {"jobs.done": 2}, {"users": 40}), T + 300),
+    (metrics_report(DEP_B, B1, "inventory", {"jobs.done": 7}, {"users": 5}, 2), T + 400),
+    # A newer report without the gauge leaves A's value as it was.
+    (metrics_report(DEP_A, A2, "inventory", {}, {}), T + 600),
+    (metrics_report(DEP_C, C1, "billing", {"jobs.done": 1000}, {"users": 1}), T + 500),
+    (metrics_report(DEP_E, E1, "billing", {}, {"users": 4}), T + 500),
+    (metrics_report(DEP_F, F1, None, {"jobs.done": 4.5}, {}), T + 700),
+]
+
+INVENTORY_JOBS = {"app_name": "inventory", "name": "jobs.done", "total": 18.0, "deployments": 3}
+BILLING_JOBS = {"app_name": "billing", "name": "jobs.done", "total": 1000.0, "deployments": 1}
+UNNAMED_JOBS = {"app_name": None, "name": "jobs.done", "total": 4.5, "deployments": 1}
+INVENTORY_PDF = {
+    "app_name": "inventory",
+    "name": "feature.export_pdf",
+    "total": 1.0,
+    "deployments": 1,
+}
+# Inventory's users: A 40 (not 10, 12 or 999), B 5, D 7; billing's: C 1, E 4.
+INVENTORY_USERS = {
+    "app_name": "inventory",
+    "name": "users",
+    "sum": 52.0,
+    "median": 7.0,
+    "max": 40.0,
+    "deployments": 3,
+}
+BILLING_USERS = {
+    "app_name": "billing",
+    "name": "users",
+    "sum": 5.0,
+    "median": 2.5,
+    "max": 4.0,
+    "deployments": 2,
+}
+
+
+@pytest.fixture
+def metrics(storage: SQLStorage) -> SQLStorage:
+    for payload, received_at in METRICS:
+        storage.store(stored(payload, received_at))
+    return storage
+
+
+def test_app_metrics_of_every_app(metrics: SQLStorage) -> None:
+    assert metrics.app_metrics(T) == {
+        # Most deployments first, then the largest total; the unnamed app is an app.
+        "counters": [INVENTORY_JOBS, BILLING_JOBS, UNNAMED_JOBS, INVENTORY_PDF],
+        "counter_names": 4,
+        "gauges": [INVENTORY_USERS, BILLING_USERS],
+        "gauge_names": 2,
+        "limit": 100,
+    }
+
+
+def test_app_metrics_of_one_app(metrics: SQLStorage) -> None:
+    assert metrics.app_metrics(T, app="billing") == {
+        "counters": [BILLING_JOBS],
+        "counter_names": 1,
+        "gauges": [BILLING_USERS],
+        "gauge_names": 1,
+        "limit": 100,
+    }
+    assert metrics.app_metrics(T, app="nobody") == {
+        "counters": [],
+        "counter_names": 0,
+        "gauges": [],
+        "gauge_names": 0,
+        "limit": 100,
+    }
+
+
+def test_app_metrics_window(metrics: SQLStorage) -> None:
+    # From T + 1, D's report at T is out: its job and its 7 users.
+    later = metrics.app_metrics(T + 1, app="inventory")
+    assert later["counters"][0] == {**INVENTORY_JOBS, "total": 17.0, "deployments": 2}
+    assert later["gauges"] == [
+        {**INVENTORY_USERS, "sum": 45.0, "median": 22.5, "max": 40.0, "deployments": 2}
+    ]
+    # From before T, the older reports are in: 100 more jobs, and B's queue
+    # depth; A's 999 users stay out, being older than its 40.
+    earlier = metrics.app_metrics(T - 1, app="inventory")
+    assert earlier["counters"][0] == {**INVENTORY_JOBS, "total": 118.0}
+    assert earlier["gauges"] == [
+        INVENTORY_USERS,
+        {
+            "app_name": "inventory",
+            "name": "queue.depth",
+            "sum": 50.0,
+            "median": 50.0,
+            "max": 50.0,
+            "deployments": 1,
+        },
+    ]
+    assert metrics.app_metrics(T + 10_000)["counters"] == []
+
+
+def test_app_metrics_are_cut_at_the_limit_and_say_how_many_there_were(
+    metrics: SQLStorage,
+) -> None:
+    cut = metrics.app_metrics(T, limit=2)
+    assert cut["counters"] == [INVENTORY_JOBS, BILLING_JOBS]
+    assert cut["counter_names"] == 4 and cut["limit"] == 2
+    assert metrics.app_metrics(T, limit=1)["gauges"] == [INVENTORY_USERS]
+
+
+def test_dropped_requests_per_app(metrics: SQLStorage) -> None:
+    assert metrics.dropped(T) == [{"app_name": "inventory", "requests": 6, "deployments": 2}]
+    assert metrics.dropped(T - 1, app="inventory") == [
+        {"app_name": "inventory", "requests": 106, "deployments": 2}
+    ]
+    assert metrics.dropped(T, app="billing") == []
+
+
+def test_empty_database_has_no_metrics(storage: SQLStorage) -> None:
+    assert storage.app_metrics(0) == {
+        "counters": [],
+        "counter_names": 0,
+        "gauges": [],
+        "gauge_names": 0,
+        "limit": 100,
+    }
+    assert storage.dropped(0) == []
+
+
+def test_the_metrics_queries_read_indexes_and_no_histogram(
+    backend: Backend, metrics: SQLStorage
+) -> None:
+    """The summary reads these on every load: on SQLite (whose statistics the
+    collector never gathers), the window's metric rows are found by their
+    index, and their reports by id, never by reading a whole table.
+    (PostgreSQL's plan depends on its statistics.)"""
+    queries = [
+        sql
+        for only in ("", " AND r.app_name = ?")
+        for sql in (metrics._counters_sql(only), metrics._gauges_sql(only))
+    ]
+    for sql in queries:
+        assert "aggregates" not in sql and "histogram" not in sql
+    if backend.name != "sqlite":
+        return
+    for sql in queries:
+        params = (T, T, *(["x"] if "r.app_name = ?" in sql else []), 100)
+        plan = metrics._run(
+            lambda ex, sql=sql, params=params: ex.query("EXPLAIN QUERY PLAN " + sql, params)
+        )
+        steps = [str(row[-1]) for row in plan]
+        assert any("metrics_kind_received_at (kind=? AND received_at>?)" in s for s in steps), steps
+        assert not [step for step in steps if step.split()[:2] in (["SCAN", "r"], ["SCAN", "m"])]
+
+
+def test_a_version_2_database_gets_its_metrics_index(backend: Backend) -> None:
+    """Version 3 adds one index: the metrics stored before it are all there,
+    and read through it."""
+    old = backend.open()
+    old.migrations = old.migrations[:2]
+    old.migrate()
+    for payload, received_at in METRICS:
+        old.store(stored(payload, received_at))
+    before = old.app_metrics(T)
+    storage = backend.open()
+    storage.migrate()
+    assert storage.schema_version() == LATEST
+    assert storage.app_metrics(T) == before
+    assert before["counters"] == [INVENTORY_JOBS, BILLING_JOBS, UNNAMED_JOBS, INVENTORY_PDF]
+    indexes = (
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'metrics'"
+        if backend.name == "sqlite"
+        else "SELECT indexname FROM pg_indexes WHERE tablename = 'metrics'"
+        " AND schemaname = current_schema()"
+    )
+    names = {row[0] for row in storage._run(lambda ex: ex.query(indexes))}
+    assert "metrics_kind_received_at" in names

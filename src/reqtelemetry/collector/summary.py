@@ -111,9 +111,23 @@ def build_summary(
         "endpoints_by_version": with_previous_version(by_version),
         "platforms": storage.platforms(since, app=app),
         "refusals": storage.refusals(),
+        "metrics": storage.app_metrics(since, app=app),
+        "dropped": dropped_requests(storage, since, app),
     }
     result: dict[str, Any] = jsonable(summary)
     return result
+
+
+def dropped_requests(storage: Storage, since: float, app: str | None) -> dict[str, Any]:
+    """``{"requests", "by_app"}``: requests past the clients' key cap in the window.
+
+    Why its own figure: they are in the request totals, but only as the
+    ``<overflow>`` endpoint, so a maintainer whose endpoints look too few
+    should learn that some were not itemised (and that ``max_keys`` says how
+    many are). ``by_app`` says which app, when several report.
+    """
+    by_app = storage.dropped(since, app=app)
+    return {"requests": sum(row["requests"] for row in by_app), "by_app": by_app}
 
 
 def fill_activity(

@@ -445,6 +445,69 @@
     });
   }
 
+  // -- app metrics: what the app counted (telemetry.count) and sampled (telemetry.gauge) ----
+  function showIf(node, shown) {
+    if (shown) node.removeAttribute("hidden"); else node.setAttribute("hidden", "");
+  }
+
+  /* Rows of one metrics table: the name (as text: names come from clients),
+     the app when the rows are of several, then the ``columns`` as numbers. */
+  function renderMetricRows(id, rows, testid, columns) {
+    var body = document.querySelector("#" + id + "-table tbody");
+    clear(body);
+    var named = appColumn(id + "-app", rows);
+    rows.forEach(function (m) {
+      var tr = el("tr", { "data-testid": testid, "data-name": m.name, "data-app": m.app_name });
+      cell(tr, m.name, { class: "route", "data-testid": "metric-name" });
+      if (named) cell(tr, label(m.app_name), { "data-testid": "metric-app" });
+      columns.forEach(function (key) {
+        cell(tr, fmtInt(m[key]), { class: "num", "data-testid": "metric-" + key, "data-value": m[key] });
+      });
+      body.appendChild(tr);
+    });
+    showIf(document.getElementById(id), rows.length > 0);
+  }
+
+  /* Says when a list was cut: the collector lists the most widely reported names only. */
+  function metricsCap(metrics, counters, gauges) {
+    var cut = [];
+    if ((metrics.counter_names || 0) > counters.length) cut.push(fmtInt(metrics.counter_names) + " counters");
+    if ((metrics.gauge_names || 0) > gauges.length) cut.push(fmtInt(metrics.gauge_names) + " gauges");
+    return cut.length ? "Of " + cut.join(" and ") + ", the " + fmtInt(metrics.limit) +
+      " reported by the most deployments are shown." : "";
+  }
+
+  /* The section appears only when the app defined metrics and reported them in the window. */
+  function renderMetrics(metrics) {
+    metrics = metrics || {};
+    var counters = metrics.counters || [], gauges = metrics.gauges || [];
+    showIf(document.getElementById("app-metrics"), counters.length + gauges.length > 0);
+    renderMetricRows("metric-counters", counters, "counter-row", ["total", "deployments"]);
+    renderMetricRows("metric-gauges", gauges, "gauge-row", ["sum", "median", "max", "deployments"]);
+    var note = metricsCap(metrics, counters, gauges);
+    var cap = document.getElementById("metrics-cap");
+    cap.textContent = note;
+    showIf(cap, note !== "");
+  }
+
+  /* Requests past a client's key cap (max_keys): in the totals, not under their endpoint. */
+  function renderDropped(dropped) {
+    var node = document.getElementById("dropped");
+    var requests = (dropped && dropped.requests) || 0;
+    var byApp = (dropped && dropped.by_app) || [];
+    var text = fmtInt(requests) + (requests === 1 ? " request" : " requests") +
+      " arrived past a client's cap on distinct endpoints (max_keys): counted in the totals," +
+      " as _OTHER <overflow>, but not itemised per endpoint.";
+    if (byApp.length > 1) {
+      text += " By app: " + byApp.map(function (a) {
+        return label(a.app_name) + " " + fmtInt(a.requests);
+      }).join(", ") + ".";
+    }
+    node.textContent = requests > 0 ? text : "";
+    node.setAttribute("data-value", String(requests));
+    showIf(node, requests > 0);
+  }
+
   /* The app selector: shown when there is a choice (several apps, or one chosen). */
   function renderApps(apps, chosen) {
     var control = document.getElementById("app-control");
@@ -480,6 +543,8 @@
     renderByVersion(summary.endpoints_by_version || []);
     renderPlatforms(summary.platforms || []);
     renderRefusals(summary.refusals || {});
+    renderMetrics(summary.metrics);
+    renderDropped(summary.dropped);
     document.getElementById("generated").textContent =
       "Updated " + new Date(summary.generated_at * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC";
     // A window longer than the retention is not missing data: say why it ends.

@@ -151,5 +151,29 @@ class Storage(abc.ABC):
         "deployments"}]``, most instances first (None: unknown or withheld)."""
 
     @abc.abstractmethod
+    def app_metrics(self, since: float, app: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """The app-defined metrics (``telemetry.count()``, ``telemetry.gauge()``)
+        reported since ``since``, per app and name:
+
+        ``{"counters": [{"app_name", "name", "total", "deployments"}],
+        "gauges": [{"app_name", "name", "sum", "median", "max", "deployments"}],
+        "counter_names", "gauge_names", "limit"}``.
+
+        A counter's ``total`` adds up the deltas of every report (every
+        instance's). A gauge counts each deployment once, at the value of its
+        most recent report carrying that gauge (its instances usually sample
+        the same thing), and ``sum``, ``median`` and ``max`` are taken over
+        those deployments. Each list holds at most ``limit`` names, the most
+        deployments first (then the largest ``total`` or ``sum``); ``*_names``
+        says how many there were before that cut."""
+
+    @abc.abstractmethod
+    def dropped(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
+        """Requests that arrived past a client's key cap (``max_keys``) since
+        ``since``, per app that had any: ``[{"app_name", "requests",
+        "deployments"}]``, most requests first. They are in the request totals
+        (the ``_OTHER <overflow>`` endpoint), but not under their own endpoint."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""

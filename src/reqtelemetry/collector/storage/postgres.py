@@ -26,7 +26,16 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from .sql import Dialect, Executor, Migration, Row, SQLStorage, app_name_columns, common_tables
+from .sql import (
+    Dialect,
+    Executor,
+    Migration,
+    Row,
+    SQLStorage,
+    app_name_columns,
+    common_tables,
+    metrics_window_index,
+)
 
 T = TypeVar("T")
 
@@ -41,6 +50,7 @@ DIALECT = Dialect(
     # Resolved through search_path, like every other statement here.
     has_migrations_table="SELECT COUNT(to_regclass('schema_migrations'))",
     lock_rows=" FOR UPDATE",
+    bytewise=' COLLATE "C"',
 )
 
 #: The advisory lock migrations hold: the bytes "reqtelem" as a signed 64-bit key.
@@ -61,6 +71,11 @@ MIGRATIONS = (
         2,
         "app_name on instances, reports and aggregates",
         app_name_columns("traits->>'app_name'"),
+    ),
+    Migration(
+        3,
+        "an index of metrics by kind and time, for the dashboard's app metrics",
+        metrics_window_index(),
     ),
 )
 

@@ -40,6 +40,9 @@ PRUNE_BATCH = 200
 MAX_PRUNE_PAUSE = 1.0
 #: Refusal reasons are the collector's own words; a cap keeps a bug from storing essays.
 MAX_REASON_LENGTH = 64
+#: App metric names the summary lists per kind. Clients send at most 100 per
+#: kind in one report, but nothing bounds the names seen across reports.
+MAX_METRIC_NAMES = 100
 
 
 class SchemaMismatch(Exception):
@@ -102,6 +105,10 @@ class Dialect:
     #: What makes a ``SELECT`` lock the rows it reads until the commit (PostgreSQL's
     #: ``FOR UPDATE``); empty where one writer holds the whole database (SQLite).
     lock_rows: str = ""
+    #: Appended to a text column in ``ORDER BY`` so that it sorts byte by byte,
+    #: as Python does: PostgreSQL's default collation follows the locale,
+    #: SQLite's is already bytewise.
+    bytewise: str = ""
 
 
 def _int(value: Any) -> int:
@@ -709,6 +716,147 @@ class SQLStorage(Storage):
         )
         return result
 
+    def app_metrics(
+        self, since: float, app: str | None = None, limit: int = MAX_METRIC_NAMES
+    ) -> dict[str, Any]:
+        """Counters and gauges reported since ``since``; see :meth:`Storage.app_metrics`.
+
+        Two queries in one transaction (one snapshot), one per kind. The
+        metric rows carry no app name, so each joins them to their report; it
+        reads no aggregate, so no histogram. The window's metric rows of a
+        kind are one range of ``metrics_kind_received_at`` (schema version 3;
+        ``m.received_at`` is its report's time), their reports are found by
+        id. Each query cuts its list at ``limit`` names (and counts them all)
+        in the database, so a window of many names costs Python ``limit`` rows.
+        """
+        since = float(since)
+        only, app_params = _app_filter(app, "r.app_name")
+
+        def work(ex: Executor) -> tuple[list[Row], list[Row]]:
+            params = (since, since, *app_params, int(limit))
+            counters = ex.query(self._counters_sql(only), params)
+            gauges = ex.query(self._gauges_sql(only), params)
+            return counters, gauges
+
+        counters, gauges = self._run(work)
+        return {
+            "counters": _counter_entries(counters),
+            "counter_names": _int(counters[0][-1]) if counters else 0,
+            "gauges": _gauge_entries(gauges),
+            "gauge_names": _int(gauges[0][-1]) if gauges else 0,
+            "limit": int(limit),
+        }
+
+    def _metric_order(self, total: str, name: str, app_name: str) -> str:
+        """The order a list of metrics is cut in: the most widely reported first.
+
+        Why deployments before the value: one deployment, hostile or broken,
+        can report any number, but not from many deployments at once. Text
+        ties are broken bytewise, so both backends cut at the same name.
+        """
+        b = self.dialect.bytewise
+        return (
+            f" ORDER BY deployments DESC, {total} DESC, {name}{b},"
+            f" {app_name} IS NULL, {app_name}{b} LIMIT ?"
+        )
+
+    def _counters_sql(self, only: str) -> str:
+        """Per app and counter: the deltas added up, and the deployments that sent them."""
+        return (
+            "SELECT r.app_name, m.name, SUM(m.value) AS total,"
+            " COUNT(DISTINCT m.deployment_id) AS deployments, COUNT(*) OVER () AS names"
+            " FROM reports AS r JOIN metrics AS m ON m.report_id = r.id"
+            f" WHERE r.received_at >= ? AND m.received_at >= ? AND m.kind = 'counter'{only}"
+            " GROUP BY r.app_name, m.name" + self._metric_order("total", "m.name", "r.app_name")
+        )
+
+    def _gauges_sql(self, only: str) -> str:
+        """Per app and gauge: each deployment's latest value, then their sum,
+        median, maximum and number.
+
+        Why the latest per deployment: a deployment's instances (workers,
+        replicas) often sample the same gauge, so adding up instances or
+        reports would count one deployment's 40 users several times. The
+        median is the middle value, or the mean of the two middle values, of
+        the deployments' values in order: window functions both databases
+        have, where a percentile function is PostgreSQL's alone.
+        """
+        return (
+            "WITH latest AS ("
+            " SELECT r.app_name AS app_name, m.name AS name, m.value AS value,"
+            " ROW_NUMBER() OVER (PARTITION BY r.app_name, m.name, m.deployment_id"
+            " ORDER BY m.received_at DESC, m.id DESC) AS newest"
+            " FROM reports AS r JOIN metrics AS m ON m.report_id = r.id"
+            f" WHERE r.received_at >= ? AND m.received_at >= ? AND m.kind = 'gauge'{only}"
+            "), ranked AS ("
+            " SELECT app_name, name, value,"
+            " ROW_NUMBER() OVER (PARTITION BY app_name, name ORDER BY value) AS place,"
+            " COUNT(*) OVER (PARTITION BY app_name, name) AS counted"
+            " FROM latest WHERE newest = 1"
+            ")"
+            " SELECT app_name, name, SUM(value) AS total,"
+            " AVG(CASE WHEN place IN ((counted + 1) / 2, (counted + 2) / 2) THEN value END),"
+            " MAX(value), COUNT(*) AS deployments, COUNT(*) OVER () AS names"
+            " FROM ranked GROUP BY app_name, name" + self._metric_order("total", "name", "app_name")
+        )
+
+    def dropped(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
+        """Requests past the clients' key cap since ``since``, per app; see
+        :meth:`Storage.dropped`. One query on ``reports`` (its ``received_at``
+        indexes), which holds each batch's count."""
+        only, app_params = _app_filter(app)
+
+        def work(ex: Executor) -> list[Row]:
+            return ex.query(
+                f"SELECT app_name, {self.dialect.sum}(dropped), COUNT(DISTINCT deployment_id)"
+                f" FROM reports WHERE received_at >= ? AND dropped > 0{only} GROUP BY app_name",
+                (float(since), *app_params),
+            )
+
+        result = [
+            {"app_name": name, "requests": _int(requests), "deployments": _int(deployments)}
+            for name, requests, deployments in self._run(work)
+        ]
+        result.sort(key=lambda row: (-row["requests"], _text_key(row["app_name"])))
+        return result
+
+
+def _metric_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Python's order of a metrics list, as :meth:`SQLStorage._metric_order` cuts it."""
+    return (-row["deployments"], -row["total"], row["name"], _text_key(row["app_name"]))
+
+
+def _counter_entries(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Counter dicts from ``app_name, name, total, deployments, names`` rows."""
+    result = [
+        {
+            "app_name": app_name,
+            "name": name,
+            "total": _float(total),
+            "deployments": _int(deployments),
+        }
+        for app_name, name, total, deployments, _ in rows
+    ]
+    result.sort(key=_metric_key)
+    return result
+
+
+def _gauge_entries(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Gauge dicts from ``app_name, name, sum, median, max, deployments, names`` rows."""
+    result = [
+        {
+            "app_name": app_name,
+            "name": name,
+            "sum": _float(total),
+            "median": _float(median),
+            "max": _float(maximum),
+            "deployments": _int(deployments),
+        }
+        for app_name, name, total, median, maximum, deployments, _ in rows
+    ]
+    result.sort(key=lambda row: _metric_key({**row, "total": row["sum"]}))
+    return result
+
 
 def _endpoint_entries(
     columns: tuple[str, ...],
@@ -873,3 +1021,17 @@ def app_name_columns(app_name_in_traits: str) -> tuple[str, ...]:
         # One app's platforms: its instances seen since a time.
         "CREATE INDEX instances_app_last_seen ON instances (app_name, last_seen)",
     )
+
+
+def metrics_window_index() -> tuple[str, ...]:
+    """Version 3: the app metrics of one kind received since a time, found by an index.
+
+    Why: the dashboard reads them on every load, and the metric rows had no
+    index that starts with the time (``metrics_name_received_at`` starts
+    with the name, which such a read does not know). Without one, SQLite (the
+    collector never gathers its statistics) and PostgreSQL both scanned
+    every metric row ever kept, whatever the window. The kind leads, since
+    counters and gauges are read apart; ``kind = ?`` and a time range is one
+    range of this index.
+    """
+    return ("CREATE INDEX metrics_kind_received_at ON metrics (kind, received_at)",)

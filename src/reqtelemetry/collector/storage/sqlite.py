@@ -20,7 +20,16 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .sql import Dialect, Executor, Migration, Row, SQLStorage, app_name_columns, common_tables
+from .sql import (
+    Dialect,
+    Executor,
+    Migration,
+    Row,
+    SQLStorage,
+    app_name_columns,
+    common_tables,
+    metrics_window_index,
+)
 
 T = TypeVar("T")
 
@@ -61,6 +70,11 @@ MIGRATIONS = (
         2,
         "app_name on instances, reports and aggregates",
         app_name_columns("json_extract(traits, '$.app_name')"),
+    ),
+    Migration(
+        3,
+        "an index of metrics by kind and time, for the dashboard's app metrics",
+        metrics_window_index(),
     ),
 )
 
