@@ -570,3 +570,29 @@ def test_paths_may_be_given_as_path_objects(tmp_path):
     config = resolve(deployment_id_path=tmp_path / "id", ca_bundle=bundle)
     assert config.deployment_id_path == str(tmp_path / "id")
     assert config.ca_bundle == str(bundle)
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["ftp://collector.example.org", "ws://collector.example.org", "gopher://x"]
+)
+def test_an_endpoint_that_is_not_http_is_refused_when_on(endpoint):
+    with pytest.raises(ValueError, match="endpoint must be an http"):
+        resolve(endpoint=endpoint)
+    assert resolve({"DO_NOT_TRACK": "1"}, endpoint=endpoint).opt_out
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://ops:SECRET@[sso.example/login?token=SECRET", "https://[sso.example"),
+        ("http://[::1/?key=SECRET", "http://[::1"),
+    ],
+)
+def test_an_unparseable_url_is_still_shown_without_credentials(url, shown):
+    assert redacted_url(url) == shown
+
+
+def test_an_unparseable_endpoint_is_a_clear_error_naming_it():
+    with pytest.raises(ValueError, match="endpoint is not a valid URL") as raised:
+        resolve(endpoint="http://ops:SECRET@[::1/")
+    assert "SECRET" not in str(raised.value)

@@ -572,6 +572,19 @@ def test_a_redirect_is_logged_without_its_credentials_or_query(make_sender, rece
     assert "SECRET" not in str(telemetry.flusher.last_result)
 
 
+def test_a_redirect_to_an_unparseable_location_is_still_the_redirect_warning(
+    make_sender, receiver, caplog
+):
+    telemetry = make_sender()
+    record_traffic(telemetry)
+    receiver.respond_with(302, headers={"Location": "https://[sso.example/login?t=SECRET"})
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert telemetry.flush() is False
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "redirects are not followed" in logged and "SECRET" not in logged
+    assert telemetry.internal_errors == 0
+
+
 def test_an_endpoint_with_a_path_and_a_query_keeps_both(make_sender, receiver):
     # An API gateway's key in the query stays the query: it once became the
     # start of the path, and no report was ever delivered.

@@ -361,7 +361,7 @@ def test_existing_id_is_read(tmp_path: Path) -> None:
     assert load_deployment_id(str(path)) == (known, "persisted")
 
 
-@pytest.mark.parametrize("content", ["", "\n", "66b45185-3674-4f", "\x00" * 37, "66b45185\x00\x00"])
+@pytest.mark.parametrize("content", ["", "66b45185-3674-4f", "\x00" * 37, "66b45185\x00\x00"])
 def test_a_damaged_id_file_is_replaced(tmp_path: Path, content: str) -> None:
     # Empty, cut short, or zero-filled: what a crash while writing one leaves.
     path = tmp_path / "deployment_id"
@@ -374,7 +374,16 @@ def test_a_damaged_id_file_is_replaced(tmp_path: Path, content: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "content", ["not a uuid\n", "x" * 10000, "\x00\xff", "database:\n  url: postgresql://db\n"]
+    "content",
+    [
+        "not a uuid\n",
+        "x" * 10000,
+        "\x00\xff",
+        "database:\n  url: postgresql://db\n",
+        "48213\n",  # a PID file
+        "480a1568" * 5 + "\n",  # a git revision
+        "\n",
+    ],
 )
 def test_a_file_that_is_no_id_is_left_alone(
     tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture

@@ -105,8 +105,15 @@ def redacted_url(url: str) -> str:
     ``?key=...``), and a start-up log line is read by more people than the
     configuration is.
     """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        # Unparseable (an unclosed "[" of an IPv6 host): cut by hand, never
+        # raise, since this runs on the way to reporting an error.
+        scheme, separator, rest = url.partition("://")
+        rest = rest.split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+        return scheme + separator + rest.split("/", 1)[0]
     if ":" in host:
         host = f"[{host}]"
     try:
@@ -516,6 +523,8 @@ def _check_endpoint(endpoint: str) -> None:
         raise ValueError(
             f"endpoint is not a valid URL ({type(error).__name__}): {redacted_url(endpoint)!r}"
         ) from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"endpoint must be an http(s) URL, got {redacted_url(endpoint)!r}")
     if not host or "%" in host or (port is not None and not 0 < port < 65536):
         raise ValueError(
             f"endpoint must name a host (and a valid port), got {redacted_url(endpoint)!r}"

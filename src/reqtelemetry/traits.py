@@ -471,9 +471,27 @@ class ForeignFileError(Exception):
     """The deployment id path holds a file that is no id of ours: it is left alone."""
 
 
-#: What an id file of ours can hold, whole or cut short by a crash mid-write
-#: (after a power loss, some filesystems leave a new file full of NUL bytes).
-_ID_CHARACTERS = frozenset(b"0123456789abcdefABCDEF-{} \t\r\n\x00")
+#: The shape of an id file as this module writes it: ``x`` a hex digit.
+_ID_FILE_SHAPE = b"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx\n"
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _damaged_id(data: bytes) -> bool:
+    """Whether ``data`` is what a crash can leave of an id file of ours.
+
+    An id is written whole under a temporary name and then linked into place,
+    or, where links fail, written in place: a crash can leave an empty file,
+    one filled with NUL bytes (some filesystems after a power loss), or the
+    start of an id. Anything else, even all digits (a PID file) or all hex (a
+    git revision), is someone else's file.
+    """
+    data = data.rstrip(b"\x00")
+    if len(data) >= len(_ID_FILE_SHAPE):
+        return False
+    return all(
+        byte in _HEX_DIGITS if shape == ord("x") else byte == shape
+        for byte, shape in zip(data, _ID_FILE_SHAPE[: len(data)], strict=True)
+    )
 
 
 def _read_id(path: str) -> str | None:
@@ -488,7 +506,7 @@ def _read_id(path: str) -> str | None:
     with open(path, "rb") as handle:
         data = handle.read(_MAX_ID_FILE_BYTES + 1)
     found = _parse_id(data.decode("ascii", "replace")) if len(data) <= 64 else None
-    if found is None and (len(data) > 64 or not _ID_CHARACTERS.issuperset(data)):
+    if found is None and not _damaged_id(data):
         raise ForeignFileError(path)
     return found
 
