@@ -506,3 +506,21 @@ def test_the_installed_command_fails_in_one_line(tmp_path):
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_port_in_use_is_one_line_before_the_database_is_touched(
+    capsys, served, tmp_path, no_collector_environment
+):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        db = tmp_path / "t.db"
+        assert main(["collector", "--db", f"sqlite:///{db}", "--port", str(port)]) == 2
+    assert served == []
+    assert not db.exists()  # refused before the database was created and migrated
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("reqtelemetry collector:")]
+    assert f"cannot listen on 127.0.0.1:{port}" in line and "Traceback" not in err

@@ -114,6 +114,28 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _unusable_address(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on now, or None.
+
+    Tried before the database is opened and migrated: uvicorn finds out only
+    after, and says so in its own words with exit status 3, while every other
+    mistake at start is one line and status 2. Bound as uvicorn binds (with
+    ``SO_REUSEADDR``) and let go at once; should another process take the port
+    in between, uvicorn's own error still says so.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, protocol, _, address = infos[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as error:
+        return f"cannot listen on {host}:{port}: {error.strerror or error}"
+    return None
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -191,6 +213,9 @@ def _collector(args: argparse.Namespace) -> int:
     except ImportError as error:
         return _missing_extra("collector", error)
 
+    refusal = _unusable_address(args.host, args.port)
+    if refusal is not None:
+        return _fail("collector", f"{refusal} (is another collector running there?)")
     try:
         app = create_app(settings)
     except ImportError as error:  # psycopg, for a PostgreSQL URL
