@@ -40,7 +40,7 @@ from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry import flusher as flusher_module
 from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
-from reqtelemetry.transport import parse_retry_after
+from reqtelemetry.transport import MAX_ANSWER_BYTES, parse_retry_after
 
 pytestmark = pytest.mark.e2e
 
@@ -583,6 +583,57 @@ def test_a_redirect_to_an_unparseable_location_is_still_the_redirect_warning(
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "redirects are not followed" in logged and "SECRET" not in logged
     assert telemetry.internal_errors == 0
+
+
+@pytest.mark.parametrize(("status", "delivered_now"), [(200, True), (503, False)])
+def test_an_answer_longer_than_any_collectors_is_judged_by_its_status_alone(
+    make_sender, receiver, status, delivered_now
+):
+    # Not read past MAX_ANSWER_BYTES; a stored report must not be sent twice.
+    telemetry = make_sender(max_attempts=1)
+    expected = record_traffic(telemetry)
+    padding = {"next_interval": 7200, "padding": "x" * (MAX_ANSWER_BYTES + 1)}
+    receiver.respond_with(status, json=padding)
+    assert telemetry.flush() is delivered_now
+    if not delivered_now:
+        assert telemetry.flush() is True  # kept, and delivered on the next try
+    assert delivered(receiver, telemetry) == expected
+    assert telemetry.flusher.interval == telemetry.config.flush_interval  # body not read
+
+
+def test_an_endless_answer_is_not_read_into_memory(make_sender):
+    # A wrong endpoint streaming a file: read until the deadline, it once took
+    # 1.8 GB of the app's memory in 5 s. Now the attempt ends after 64 KiB.
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection, contextlib.suppress(OSError):
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n")
+                while not stop.is_set():
+                    connection.sendall(b"\0" * 65536)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        port = listener.getsockname()[1]
+        telemetry = make_sender(endpoint=f"http://127.0.0.1:{port}", timeout=30.0, max_attempts=1)
+        record_traffic(telemetry)
+        started = time.monotonic()
+        assert telemetry.flush(timeout=60) is False
+        assert time.monotonic() - started < 10  # not the 30 s deadline
+        assert "bad answer" in telemetry.flusher.last_result.error  # no token in it
+        assert telemetry.snapshot()  # kept
+    finally:
+        stop.set()
+        listener.close()
+        server.join(5)
 
 
 def test_an_endpoint_with_a_path_and_a_query_keeps_both(make_sender, receiver):

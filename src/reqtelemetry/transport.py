@@ -176,6 +176,23 @@ def _redirected(response: httpx.Response, what: str) -> Result:
     )
 
 
+#: The longest answer read from a collector (raw bytes, as sent); its real
+#: answers are JSON objects of a few hundred bytes.
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+def _without_body(response: httpx.Response) -> httpx.Response:
+    """``response``'s status and headers, with an empty body (one not read)."""
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    return httpx.Response(
+        response.status_code, headers=headers, content=b"", request=response.request
+    )
+
+
 def endpoint_url(endpoint: str, path: str) -> str:
     """The URL of ``path`` (``/v1/report``) under ``endpoint``, its query kept.
 
@@ -399,16 +416,46 @@ class Transport:
     def _post(
         self, url: str, content: bytes, headers: dict[str, str], timeout: float
     ) -> httpx.Response:
-        """One POST, never followed elsewhere, over by ``timeout`` seconds at the latest."""
-        with self._deadline(timeout):
-            return self.client.post(
+        """One POST, never followed elsewhere, over by ``timeout`` seconds at the latest.
+
+        The answer is read up to :data:`MAX_ANSWER_BYTES` as it arrives: a
+        collector's answers are a few hundred bytes, and ``client.post`` would
+        keep whatever comes (a captive portal, a wrong endpoint streaming a
+        file) in the app's memory until the deadline: 1.8 GB in 5 s over
+        loopback. Past that, the rest is not read and the answer counts as
+        having no body: its status still says what became of the report (a
+        stored report must not be sent twice), and a session answer without
+        a token fails as any bad answer does.
+        """
+        with (
+            self._deadline(timeout),
+            self.client.stream(
+                "POST",
                 url,
                 content=content,
                 headers=headers,
                 timeout=timeout,
                 follow_redirects=False,
                 extensions={"trace": self._trace},
-            )
+            ) as streamed,
+        ):
+            raw = bytearray()
+            for chunk in streamed.iter_raw():
+                raw += chunk
+                if len(raw) > MAX_ANSWER_BYTES:
+                    logger.debug(
+                        "reqtelemetry: the answer to %s is longer than %d bytes; not read",
+                        redacted_url(url),
+                        MAX_ANSWER_BYTES,
+                    )
+                    return _without_body(streamed)
+        # Decoded (Content-Encoding) as httpx decodes any answer.
+        return httpx.Response(
+            streamed.status_code,
+            headers=streamed.headers,
+            content=bytes(raw),
+            request=streamed.request,
+        )
 
     # -- the session ---------------------------------------------------------------
 
