@@ -131,6 +131,17 @@ def test_inspect_shows_where_it_would_report_without_credentials(
     silent_endpoint.assert_no_connection()
 
 
+def test_inspect_in_debug_mode_says_reports_go_to_stderr(capsys, monkeypatch, silent_endpoint):
+    # REQTELEMETRY_DEBUG prints each report instead of sending it, endpoint or not.
+    monkeypatch.setenv("REQTELEMETRY_ENDPOINT", silent_endpoint.url)
+    monkeypatch.setenv("REQTELEMETRY_DEBUG", "1")
+    assert main(["inspect"]) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "would report to stderr (REQTELEMETRY_DEBUG" in first
+    assert silent_endpoint.url not in first
+    silent_endpoint.assert_no_connection()
+
+
 @pytest.mark.parametrize("variable", ["SQA_OPT_OUT", "DO_NOT_TRACK", "REQTELEMETRY_OPT_OUT"])
 def test_inspect_when_opted_out_says_so(capsys, monkeypatch, variable):
     monkeypatch.setenv(variable, "1")

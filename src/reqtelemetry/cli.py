@@ -155,11 +155,12 @@ def _inspect(args: argparse.Namespace) -> int:
     if payload is None:
         print(f"Telemetry is off ({config.opt_out_reason}): nothing would be sent.")
         return 0
-    destination = (
-        redacted_url(config.endpoint)
-        if config.endpoint
-        else "nowhere (no endpoint configured: nothing is sent)"
-    )
+    if config.debug:  # what Telemetry does then, whatever the endpoint
+        destination = "stderr (REQTELEMETRY_DEBUG: each report is printed, nothing is sent)"
+    elif config.endpoint:
+        destination = redacted_url(config.endpoint)
+    else:
+        destination = "nowhere (no endpoint configured: nothing is sent)"
     print(
         f"# reqtelemetry {__version__}: this environment would report to {destination}",
         file=sys.stderr,
