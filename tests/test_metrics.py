@@ -16,7 +16,11 @@ from fractions import Fraction
 import pytest
 
 from receiver import counter_totals
+from reqtelemetry.collector.tokens import Claims
+from reqtelemetry.collector.verify import check_payload
 from reqtelemetry.metrics import MAX_NAME_LENGTH, AppMetrics
+from reqtelemetry.payload import MAX_METRIC_VALUE, Envelope, build_reports
+from reqtelemetry.recorder import Recorder
 
 GOOD_NAMES = ["jobs", "feature.export_pdf", "a1.b_2.c3", "cache.misses", "x" * MAX_NAME_LENGTH]
 BAD_NAMES = [
@@ -49,6 +53,12 @@ BAD_INCREMENTS = [
     None,
     Decimal("1"),
     [1],
+    # Past what the collector holds: it would refuse the whole report.
+    2**63,
+    10**400,  # too large for a float: a ValueError too, not an OverflowError
+    float(2**63),
+    1e308,
+    Fraction(10**400, 3),
 ]
 
 
@@ -98,7 +108,9 @@ def test_a_name_found_valid_is_still_valid_and_a_bad_one_still_bad(either):
             either.count("export.PDF")
 
 
-@pytest.mark.parametrize("increment", [0, 1, 2.5, 10**12, Fraction(1, 2)], ids=repr)
+@pytest.mark.parametrize(
+    "increment", [0, 1, 2.5, 10**12, Fraction(1, 2), 2**62 - 1, 4e18], ids=repr
+)
 def test_good_increments_add_up(increment, telemetry):
     telemetry.count("jobs.done", increment)
     telemetry.count("jobs.done", increment)
@@ -123,7 +135,11 @@ def test_counters_are_deltas_and_gauges_are_sampled_each_time(telemetry):
     assert telemetry.metrics.collect() == {"counters": {}, "gauges": {"queue.depth": 8}}
 
 
-@pytest.mark.parametrize("result", [math.nan, math.inf, "three", None, True], ids=repr)
+@pytest.mark.parametrize(
+    "result",
+    [math.nan, math.inf, "three", None, True, 10**19, -(10**19), 10**400, 1e300],
+    ids=repr,
+)
 def test_a_gauge_with_a_bad_value_is_left_out(result, telemetry, caplog):
     telemetry.gauge("bad.gauge", lambda: result)
     telemetry.gauge("good.gauge", lambda: 1.5)
@@ -189,6 +205,84 @@ def test_merge_puts_counters_back_and_keeps_the_cap():
     assert collected["counters"] == {"a": 3, "c": 1, "d": 1}
     assert len(collected["counters"]) <= 3
     assert metrics.refused == 1
+
+
+# -- values the collector can hold -------------------------------------------------------
+
+DEPLOYMENT = "6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b"
+INSTANCE = "0b4f5a43-9a7e-4a47-8f0c-5c7b9d2c1a10"
+
+
+def accepted(metrics: dict) -> dict:
+    """The report the client builds with ``metrics`` and a request record, as the
+    collector's checks read it (they raise if it would be refused)."""
+    recorder = Recorder()
+    recorder.record("GET", "/items/{id}", 200, 0.01, 0, 100)
+    envelope = Envelope(
+        kind="periodic",
+        sequence=0,
+        deployment_id=DEPLOYMENT,
+        instance_id=INSTANCE,
+        traits={},
+        withheld=[],
+        metrics=metrics,
+    )
+    (built,) = build_reports(envelope, recorder.collect(), 1 << 20)
+    claims = Claims(deployment_id=DEPLOYMENT, instance_id=INSTANCE, expires_at=0.0, nonce="n")
+    payload = check_payload(built.body, claims)
+    assert len(payload["batch"]["records"]) == 1
+    return payload["metrics"]
+
+
+@pytest.mark.parametrize(
+    "increments",
+    [[2**62, 2**62], [2**63 - 1, 1], [9e18, 9e18], [2**63 - 1, 0.5], [9e18, 2**62]],
+    ids=repr,
+)
+def test_a_counter_saturates_at_what_the_collector_holds(increments, caplog):
+    metrics = AppMetrics()
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        for increment in increments:
+            metrics.count("bytes.exported", increment)
+        metrics.count("bytes.exported", 1)  # still saturated, and not said again
+    collected = metrics.collect()
+    assert collected["counters"] == {"bytes.exported": MAX_METRIC_VALUE}
+    assert type(collected["counters"]["bytes.exported"]) is int
+    assert accepted(collected)["counters"] == {"bytes.exported": MAX_METRIC_VALUE}
+    assert len([r for r in caplog.records if "bytes.exported" in r.getMessage()]) == 1
+
+
+def test_a_merged_back_counter_saturates_too():
+    metrics = AppMetrics()
+    metrics.count("bytes.exported", 2**62)
+    taken = metrics.collect()
+    metrics.count("bytes.exported", 2**62)
+    metrics.merge(taken)
+    assert metrics.collect()["counters"] == {"bytes.exported": MAX_METRIC_VALUE}
+
+
+@pytest.mark.parametrize("sample", [10**19, -(2**63), 1e19, 10**400], ids=repr)
+def test_a_gauge_the_collector_cannot_hold_is_left_out_and_the_report_accepted(sample):
+    metrics = AppMetrics()
+    metrics.gauge("disk.bytes", lambda: sample)
+    metrics.gauge("queue.depth", lambda: -(2**63 - 1))
+    metrics.count("jobs.done", 2**63 - 1)
+    assert accepted(metrics.collect()) == {
+        "counters": {"jobs.done": MAX_METRIC_VALUE},
+        "gauges": {"queue.depth": -MAX_METRIC_VALUE},
+    }
+
+
+def test_a_numpy_like_integer_stays_exact():
+    class Big(int):  # an int subclass, as an IntEnum or a numpy-like integer
+        pass
+
+    metrics = AppMetrics()
+    metrics.count("jobs.done", Big(2**62 + 1))
+    metrics.gauge("queue.depth", lambda: Big(2**62 + 1))
+    collected = metrics.collect()
+    assert collected == {"counters": {"jobs.done": 2**62 + 1}, "gauges": {"queue.depth": 2**62 + 1}}
+    assert accepted(collected) == collected
 
 
 # -- on the wire ------------------------------------------------------------------------

@@ -18,7 +18,9 @@ import math
 import re
 import threading
 from collections.abc import Callable, Mapping
-from numbers import Real
+from numbers import Integral, Real
+
+from .payload import MAX_METRIC_VALUE
 
 logger = logging.getLogger("reqtelemetry")
 
@@ -46,9 +48,38 @@ def validate_name(name: object) -> str:
 
 
 def _validate_number(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
-    return float(value) if not isinstance(value, int) else value  # type: ignore[return-value]
+    """``value`` as the wire takes it: an int, or a finite float, of magnitude
+    at most :data:`MAX_METRIC_VALUE`; ValueError otherwise.
+
+    Why this strict: the collector refuses a whole report for one value it
+    cannot hold, the app's request records with it. An integer becomes an
+    ``int`` (a numpy integer too, which stays exact), anything else a
+    ``float``; a value too large for a float (``10**400``, a huge
+    ``Fraction``) is a ValueError like any other bad value, not the
+    OverflowError ``float()`` would raise. ``True`` is an int to Python but
+    as a count or a sample it is a mistake (a predicate passed for a number).
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{what} must be a number, got {_shown(value)}")
+    number: float
+    if isinstance(value, Integral):
+        number = int(value)
+    else:
+        try:
+            number = float(value)
+        except (OverflowError, ValueError, TypeError):
+            number = math.inf
+        if not math.isfinite(number):
+            raise ValueError(f"{what} must be a finite number, got {_shown(value)}")
+    if abs(number) > MAX_METRIC_VALUE:
+        raise ValueError(f"{what} must be at most 2**63 - 1 in magnitude, got {_shown(value)}")
+    return number
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut: ``10**400`` would otherwise put 401 digits in a message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_count(name: object, value: object) -> float:
@@ -59,7 +90,7 @@ def check_count(name: object, value: object) -> float:
     ``DO_NOT_TRACK=1``, not first in production.
     """
     validate_name(name)
-    number = _validate_number(value, "a counter increment")
+    number = _validate_number(value, f"the increment of counter {name!r}")
     if number < 0:
         raise ValueError(f"a counter only goes up; got increment {value!r} for {name!r}")
     return number
@@ -90,7 +121,9 @@ class AppMetrics:
             if name not in self._counters and self._names() >= self.max_names:
                 self._refuse(name)
                 return
-            self._counters[name] = self._counters.get(name, 0) + value
+            saturated = self._add(name, value)
+        if saturated:
+            self._say_saturated(name)
 
     def gauge(self, name: str, callback: Callable[[], float]) -> None:
         """Sample ``callback()`` at every report as the gauge ``name``."""
@@ -100,6 +133,33 @@ class AppMetrics:
                 self._refuse(name)
                 return
             self._gauges[name] = callback
+
+    def _add(self, name: str, value: float) -> bool:
+        """Add ``value`` to the counter, saturating at :data:`MAX_METRIC_VALUE`;
+        True when it saturated. Called with the lock held.
+
+        Why saturate rather than carry the excess to later reports: a counter
+        past 2^63 - 1 within one report is a bug in what the app counts, not
+        usage; carrying it would make every later report a saturated one. A
+        float sum is bounded the same way, so it can never overflow to
+        infinity, which no JSON report can carry.
+        """
+        total = self._counters.get(name, 0) + value
+        if total > MAX_METRIC_VALUE:
+            self._counters[name] = MAX_METRIC_VALUE
+            return True
+        self._counters[name] = total
+        return False
+
+    def _say_saturated(self, name: str) -> None:
+        key = "saturated:" + name  # ":" is in no metric name
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(
+                "reqtelemetry: counter %r went past 2**63 - 1 within one report; it is "
+                "reported as 2**63 - 1 and the excess is not counted (said once)",
+                name,
+            )
 
     def _names(self) -> int:
         return len(self._counters.keys() | self._gauges.keys())
@@ -134,13 +194,19 @@ class AppMetrics:
 
         The name cap still holds: names counted since the report was taken may
         have filled it, and then a merged-back name is refused like a new one.
+        A sum saturates as in :meth:`count`: an outage cannot add a report's
+        counter and the live one up past what a report can carry.
         """
+        saturated = []
         with self._lock:
             for name, value in metrics.get("counters", {}).items():
                 if name not in self._counters and self._names() >= self.max_names:
                     self._refuse(name)
                     continue
-                self._counters[name] = self._counters.get(name, 0) + value
+                if self._add(name, value):
+                    saturated.append(name)
+        for name in saturated:
+            self._say_saturated(name)
 
     def reset(self) -> None:
         self._lock = threading.Lock()

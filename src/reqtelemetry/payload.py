@@ -51,6 +51,12 @@ YIELD_EVERY = 0.0001
 #: about a sixth of the time. At a 1:1 rhythm it held it 40 % of the time, and a
 #: threaded server at half its capacity queued behind it (p99 several times quiet).
 YIELD_PAUSE = 0.0005
+#: The largest magnitude a metric value may have on the wire, int or float.
+#: Why 2^63 - 1 for both: the collector refuses an integer past 64 bits (and
+#: with it the whole report), and it adds metric values up in a float column,
+#: where PostgreSQL's ``SUM`` fails on overflow; values this small cannot reach
+#: the largest float however many reports are added up.
+MAX_METRIC_VALUE = 2**63 - 1
 #: Room kept in every request body for the envelope's token and stamp.
 ENVELOPE_ALLOWANCE = 1024
 KINDS = ("startup", "periodic", "shutdown")
