@@ -273,6 +273,37 @@ def test_a_gauge_the_collector_cannot_hold_is_left_out_and_the_report_accepted(s
     }
 
 
+UNFIT = {
+    "counters": {"c.inf": math.inf, "c.big": 2**63, "c.neg": -1, "c.nan": math.nan, "c.bool": True},
+    "gauges": {"g.ninf": -math.inf, "g.big": -(2**63), "g.text": "3", "g.frac": Fraction(1, 3)},
+}
+
+
+def test_a_built_report_leaves_out_what_the_collector_cannot_take(caplog):
+    """The last line of defence: a value that slipped past the checks costs
+    itself, not the report (nor, for ``inf``, every later flush)."""
+    metrics = {
+        "counters": {**UNFIT["counters"], "jobs.done": 2**63 - 1, "bytes.read": 0.5},
+        "gauges": {**UNFIT["gauges"], "queue.depth": -3, "load": -1e18},
+    }
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert accepted(metrics) == {
+            "counters": {"jobs.done": 2**63 - 1, "bytes.read": 0.5},
+            "gauges": {"queue.depth": -3, "load": -1e18},
+        }
+        accepted(metrics)
+    said = [r for r in caplog.records if "left out of a report" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.WARNING, logging.DEBUG]
+    assert "c.inf" in said[0].getMessage()
+
+
+def test_merge_never_takes_back_a_value_a_report_cannot_carry():
+    metrics = AppMetrics()
+    metrics.count("jobs.done", 2)
+    metrics.merge({"counters": {**UNFIT["counters"], "jobs.done": 3}, "gauges": {}})
+    assert metrics.collect()["counters"] == {"jobs.done": 5}
+
+
 def test_a_numpy_like_integer_stays_exact():
     class Big(int):  # an int subclass, as an IntEnum or a numpy-like integer
         pass
@@ -304,6 +335,30 @@ def test_metrics_arrive_in_the_payload(make_sender, receiver):
         "gauges": {"queue.depth": 4},
     }
     assert second["metrics"] == {"counters": {}, "gauges": {"queue.depth": 9}}
+
+
+@pytest.mark.parametrize("fails_first", [False, True], ids=["delivered", "after a failed send"])
+def test_an_infinite_counter_cannot_wedge_the_flushes(fails_first, make_sender, receiver):
+    """Once, an ``inf`` counter made every report unencodable, and each failed
+    flush merged it back for the next: nothing was sent again. Put there
+    behind the checks' back, it is now left out and the records go."""
+    telemetry = make_sender()
+    telemetry.count("jobs.done", 2)
+    with telemetry.metrics._lock:
+        telemetry.metrics._counters["c.inf"] = math.inf
+    telemetry.record("GET", "/a", 200, 0.01, 0, 10)
+    if fails_first:
+        receiver.respond_always(500)
+        assert telemetry.flush() is False
+        receiver.respond_always(200)
+    assert telemetry.flush() is True
+    telemetry.record("GET", "/b", 200, 0.01, 0, 10)
+    assert telemetry.flush() is True
+    reports = receiver.reports_from(telemetry.instance_id)
+    routes = [r["route"] for report in reports for r in report["batch"]["records"]]
+    assert sorted(routes) == ["/a", "/b"]
+    assert counter_totals(reports) == {"jobs.done": 2}
+    assert telemetry.internal_errors == 0
 
 
 def test_counters_are_not_lost_or_doubled_by_a_failed_send(make_sender, receiver):

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 
-from .payload import MAX_METRIC_VALUE
+from .payload import MAX_METRIC_VALUE, metric_value_fits
 
 logger = logging.getLogger("reqtelemetry")
 
@@ -200,6 +200,8 @@ class AppMetrics:
         saturated = []
         with self._lock:
             for name, value in metrics.get("counters", {}).items():
+                if not metric_value_fits(value, counter=True):
+                    continue  # never taken from here: a report must not bring one in
                 if name not in self._counters and self._names() >= self.max_names:
                     self._refuse(name)
                     continue
