@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from decimal import Decimal
 from fractions import Fraction
 
@@ -156,6 +157,75 @@ def test_a_failing_gauge_callback_does_not_stop_the_report(telemetry):
     telemetry.gauge("users.registered", broken)
     telemetry.count("jobs.done")
     assert telemetry.metrics.collect() == {"counters": {"jobs.done": 1}, "gauges": {}}
+
+
+def test_gauges_are_sampled_side_by_side_within_the_time_limit():
+    metrics = AppMetrics()
+    for name in ("a", "b", "c"):
+        metrics.gauge(name, lambda: time.sleep(0.3) or 1)
+    started = time.monotonic()
+    assert metrics.sample_gauges(timeout=5.0) == {"a": 1, "b": 1, "c": 1}
+    assert time.monotonic() - started < 0.9 - 0.05  # not one after the other
+
+
+def test_a_hung_gauge_is_left_out_and_never_run_twice_at_once(caplog):
+    metrics = AppMetrics()
+    release = threading.Event()
+    calls: list[int] = []
+
+    def hung() -> int:
+        calls.append(1)
+        release.wait(60)
+        return 5
+
+    metrics.gauge("queue.depth", hung)
+    metrics.gauge("users.total", lambda: 3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+            samplers = [
+                threading.Thread(target=metrics.sample_gauges, args=(0.1,)) for _ in range(4)
+            ]
+            for sampler in samplers:
+                sampler.start()
+            for sampler in samplers:
+                sampler.join()
+            assert metrics.sample_gauges(0.1) == {"users.total": 3}
+        assert calls == [1]
+        assert len([r for r in caplog.records if "queue.depth" in r.getMessage()]) == 1
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while metrics._sampling and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert metrics.sample_gauges(1.0) == {"queue.depth": 5, "users.total": 3}
+
+
+def test_gauges_are_left_out_where_no_thread_can_be_started(monkeypatch):
+    """Python 3.12 refuses new threads at interpreter shutdown: no hang there."""
+    metrics = AppMetrics()
+    metrics.gauge("queue.depth", lambda: 1)
+    metrics.count("jobs.done")
+
+    def refuse(self) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    assert metrics.collect() == {"counters": {"jobs.done": 1}, "gauges": {}}
+    monkeypatch.undo()
+    assert metrics.collect() == {"counters": {}, "gauges": {"queue.depth": 1}}
+
+
+def test_a_gauge_hung_in_the_parent_is_sampled_afresh_after_fork():
+    metrics = AppMetrics()
+    release = threading.Event()
+    answers = iter([lambda: release.wait(60), lambda: None])
+    metrics.gauge("queue.depth", lambda: next(answers)() or 2)
+    try:
+        assert metrics.sample_gauges(0.05) == {}
+        metrics.reset()  # as in a forked child, where the parent's threads do not exist
+        assert metrics.sample_gauges(1.0) == {"queue.depth": 2}
+    finally:
+        release.set()
 
 
 def test_the_number_of_names_is_capped(make_telemetry, caplog):

@@ -17,12 +17,17 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 
 from .payload import MAX_METRIC_VALUE, metric_value_fits
 
 logger = logging.getLogger("reqtelemetry")
+
+#: Seconds a report waits for its gauges' samples, all of them together (the
+#: flusher may give them less: a share of a short flush budget).
+GAUGE_SAMPLE_SECONDS = 1.0
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 MAX_NAME_LENGTH = 64
@@ -103,6 +108,26 @@ def check_gauge(name: object, callback: object) -> None:
         raise ValueError(f"a gauge needs a callable returning a number, got {callback!r}")
 
 
+class _Sample:
+    """One run of a gauge's callback, on a helper thread, and what it gave."""
+
+    __slots__ = ("callback", "done", "error", "value")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self.callback = callback
+        self.done = threading.Event()
+        self.value: object = None
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            self.value = self.callback()
+        except Exception as error:  # reported by the report waiting for it
+            self.error = error
+        finally:
+            self.done.set()
+
+
 class AppMetrics:
     """Counters (deltas between reports) and gauges (sampled at each report)."""
 
@@ -113,6 +138,8 @@ class AppMetrics:
         self._gauges: dict[str, Callable[[], float]] = {}
         self.refused = 0
         self._warned: set[str] = set()
+        #: The gauges whose callback still runs, each with its run.
+        self._sampling: dict[str, _Sample] = {}
 
     def count(self, name: str, value: float = 1) -> None:
         """Add ``value`` (default 1, never negative) to the counter ``name``."""
@@ -174,20 +201,105 @@ class AppMetrics:
                 name,
             )
 
-    def collect(self) -> dict[str, dict[str, float]]:
-        """Take the counters (resetting them) and sample every gauge."""
+    def collect(self, timeout: float = GAUGE_SAMPLE_SECONDS) -> dict[str, dict[str, float]]:
+        """Sample every gauge (see :meth:`sample_gauges`) and take the counters."""
+        gauges = self.sample_gauges(timeout)
+        return {"counters": self.take_counters(), "gauges": gauges}
+
+    def take_counters(self) -> dict[str, float]:
+        """The counters' growth since they were last taken (resetting them)."""
         with self._lock:
             counters, self._counters = self._counters, {}
-            gauges = list(self._gauges.items())
+        return counters
+
+    def sample_gauges(self, timeout: float = GAUGE_SAMPLE_SECONDS) -> dict[str, float]:
+        """Each gauge's value now, from its callback run on a helper thread.
+
+        Why threads and a time limit: a callback is the app's code (a database
+        query, say), and may be slow or hang. Run on the flusher, a hung one
+        held the report, its batch and the flush lock for good, and every
+        later flush and close() waited out its budget. Here the callbacks run
+        side by side and are waited for ``timeout`` seconds in all; a gauge
+        that has not answered by then is left out of this report (WARNING
+        once per gauge), and is not started again while its run goes on, so
+        a hung gauge ties up one thread, not one more per report. Its late
+        answer is not used: the next report samples afresh.
+
+        The helper threads inherit the priority of the thread that starts
+        them: nice 19 when it is the flusher's, as the callbacks had when they
+        ran on it. Where no thread can be started (at interpreter shutdown on
+        Python 3.12), the gauges are left out rather than risk a hang there.
+        """
+        deadline = time.monotonic() + timeout
+        running, busy = self._start_samples()
+        for name in busy:
+            self._say_slow(name, timeout)
         sampled: dict[str, float] = {}
+        for name, sample in running:
+            left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+            if not sample.done.wait(left):
+                self._say_slow(name, timeout)
+                continue
+            problem = sample.error
+            if problem is None:
+                try:
+                    sampled[name] = _validate_number(sample.value, f"gauge {name!r}")
+                except ValueError as error:
+                    problem = error
+            if problem is not None:  # the app's callback must not stop a report
+                self._say_failed(name, problem)
+        return sampled
+
+    def _start_samples(self) -> tuple[list[tuple[str, _Sample]], list[str]]:
+        """Start a run of each gauge not still running; the runs, and the gauges skipped."""
+        with self._lock:
+            gauges = list(self._gauges.items())
+        running: list[tuple[str, _Sample]] = []
+        busy: list[str] = []
         for name, callback in gauges:
+            sample = _Sample(callback)
+            with self._lock:
+                if name in self._sampling:
+                    busy.append(name)
+                    continue
+                self._sampling[name] = sample
+            thread = threading.Thread(
+                target=self._run_sample,
+                args=(name, sample),
+                name=f"reqtelemetry-gauge-{name}",
+                daemon=True,
+            )
             try:
-                sampled[name] = _validate_number(callback(), f"gauge {name!r}")
-            except Exception as error:  # the app's callback must not stop a report
-                if name not in self._warned:
-                    self._warned.add(name)
-                    logger.warning("reqtelemetry: gauge %r failed: %s", name, error)
-        return {"counters": counters, "gauges": sampled}
+                thread.start()
+            except RuntimeError:  # no new threads at interpreter shutdown (3.12)
+                with self._lock:
+                    self._sampling.pop(name, None)
+                logger.debug("reqtelemetry: no thread to sample gauges; left out of this report")
+                break
+            running.append((name, sample))
+        return running, busy
+
+    def _run_sample(self, name: str, sample: _Sample) -> None:
+        sample.run()
+        with self._lock:
+            if self._sampling.get(name) is sample:
+                del self._sampling[name]
+
+    def _say_failed(self, name: str, problem: Exception) -> None:
+        if name not in self._warned:
+            self._warned.add(name)
+            logger.warning("reqtelemetry: gauge %r failed: %s", name, problem)
+
+    def _say_slow(self, name: str, timeout: float) -> None:
+        key = "slow:" + name  # ":" is in no metric name
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(
+                "reqtelemetry: gauge %r did not answer within %.2g s; it is left out of "
+                "reports until its callback returns (said once)",
+                name,
+                timeout,
+            )
 
     def merge(self, metrics: Mapping[str, Mapping[str, float]]) -> None:
         """Put counters of an undelivered report back (gauges are sampled afresh).
@@ -211,5 +323,8 @@ class AppMetrics:
             self._say_saturated(name)
 
     def reset(self) -> None:
+        """Start over in a child after fork: the parent's counts are the
+        parent's to report, and its sampling threads do not exist here."""
         self._lock = threading.Lock()
         self._counters = {}
+        self._sampling = {}
