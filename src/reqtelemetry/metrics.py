@@ -178,10 +178,19 @@ class AppMetrics:
         self._counters[name] = total
         return False
 
-    def _say_saturated(self, name: str) -> None:
-        key = "saturated:" + name  # ":" is in no metric name
-        if key not in self._warned:
+    def _first_time(self, key: str) -> bool:
+        """True the first time ``key`` is asked about: for warnings said once.
+
+        Locked, as reports may sample gauges from several threads at once.
+        """
+        with self._lock:
+            if key in self._warned:
+                return False
             self._warned.add(key)
+            return True
+
+    def _say_saturated(self, name: str) -> None:
+        if self._first_time("saturated:" + name):  # ":" is in no metric name
             logger.warning(
                 "reqtelemetry: counter %r went past 2**63 - 1 within one report; it is "
                 "reported as 2**63 - 1 and the excess is not counted (said once)",
@@ -243,7 +252,7 @@ class AppMetrics:
             problem = sample.error
             if problem is None:
                 try:
-                    sampled[name] = _validate_number(sample.value, f"gauge {name!r}")
+                    sampled[name] = _validate_number(sample.value, "its value")
                 except ValueError as error:
                     problem = error
             if problem is not None:  # the app's callback must not stop a report
@@ -286,14 +295,11 @@ class AppMetrics:
                 del self._sampling[name]
 
     def _say_failed(self, name: str, problem: Exception) -> None:
-        if name not in self._warned:
-            self._warned.add(name)
+        if self._first_time(name):
             logger.warning("reqtelemetry: gauge %r failed: %s", name, problem)
 
     def _say_slow(self, name: str, timeout: float) -> None:
-        key = "slow:" + name  # ":" is in no metric name
-        if key not in self._warned:
-            self._warned.add(key)
+        if self._first_time("slow:" + name):
             logger.warning(
                 "reqtelemetry: gauge %r did not answer within %.2g s; it is left out of "
                 "reports until its callback returns (said once)",
