@@ -351,6 +351,89 @@ def test_uvicorn_shutdown_makes_the_final_flush(make_sender, receiver):
     assert record_counts([last]) == {("GET", "/items/{item_id}", 200): 3}
 
 
+# -- the app's gauges ------------------------------------------------------------------
+
+
+@pytest.fixture
+def hanging_gauge():
+    """``(callback, release, calls)``: a gauge that blocks until ``release`` is set,
+    then answers 7; ``calls`` counts its runs. Released at teardown."""
+    release = threading.Event()
+    calls: list[float] = []
+
+    def callback() -> int:
+        calls.append(time.monotonic())
+        release.wait(60)
+        return 7
+
+    yield callback, release, calls
+    release.set()
+
+
+def test_a_hanging_gauge_holds_up_neither_its_report_nor_the_next(
+    make_sender, receiver, hanging_gauge, caplog
+):
+    """Once, a hung gauge held the flush, its batch and the flush lock for good."""
+    callback, release, calls = hanging_gauge
+    telemetry = make_sender()
+    telemetry.gauge("queue.depth", callback)
+    telemetry.gauge("users.total", lambda: 3)
+    budget = 2.0
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        for route in ("/a", "/b"):
+            telemetry.record("GET", route, 200, 0.01, 0, 10)
+            started = time.monotonic()
+            assert telemetry.flush(timeout=budget) is True
+            assert time.monotonic() - started < budget + 1  # a hang check, not a benchmark
+    assert len(calls) == 1  # still running: not started again
+    said = [r for r in caplog.records if "queue.depth" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    release.set()
+    deadline = time.monotonic() + 5
+    while telemetry.metrics._sampling and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert telemetry.flush() is True  # answered at last: sampled again
+    *_, first, second, third = receiver.reports_from(telemetry.instance_id)
+    assert [r["metrics"]["gauges"] for r in (first, second, third)] == [
+        {"users.total": 3},
+        {"users.total": 3},
+        {"queue.depth": 7, "users.total": 3},
+    ]
+    assert [[x["route"] for x in r["batch"]["records"]] for r in (first, second)] == [
+        ["/a"],
+        ["/b"],
+    ]
+    assert len(calls) == 2
+
+
+def test_a_slow_gauge_leaves_the_shutdown_budget_to_the_final_report(
+    make_sender, receiver, hanging_gauge
+):
+    callback, _, calls = hanging_gauge
+    shutdown_timeout = 1.0
+    telemetry = make_sender(shutdown_timeout=shutdown_timeout)
+    telemetry.gauge("db.rows", callback)
+    telemetry.record("GET", "/a", 200, 0.01, 0, 10)
+    started = time.monotonic()
+    assert telemetry.close() is True
+    assert time.monotonic() - started < shutdown_timeout + 1  # a hang check, not a benchmark
+    last = receiver.reports_from(telemetry.instance_id)[-1]
+    assert last["kind"] == "shutdown"
+    assert [x["route"] for x in last["batch"]["records"]] == ["/a"]
+    assert last["metrics"]["gauges"] == {}
+    assert len(calls) == 1
+
+
+def test_gauges_are_not_called_when_no_report_can_go(make_sender, receiver):
+    telemetry = make_sender()
+    calls: list[int] = []
+    telemetry.gauge("queue.depth", lambda: calls.append(1) or 1)
+    receiver.respond_always(410)
+    assert telemetry.flush() is False
+    assert telemetry.flush() is False  # gone: nothing sent, nothing sampled
+    assert len(calls) == 1
+
+
 # -- the server paces the client -------------------------------------------------------
 
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from decimal import Decimal
 from fractions import Fraction
 
 import pytest
 
 from receiver import counter_totals
+from reqtelemetry.collector.tokens import Claims
+from reqtelemetry.collector.verify import check_payload
 from reqtelemetry.metrics import MAX_NAME_LENGTH, AppMetrics
+from reqtelemetry.payload import MAX_METRIC_VALUE, Envelope, build_reports
+from reqtelemetry.recorder import Recorder
 
 GOOD_NAMES = ["jobs", "feature.export_pdf", "a1.b_2.c3", "cache.misses", "x" * MAX_NAME_LENGTH]
 BAD_NAMES = [
@@ -49,6 +54,12 @@ BAD_INCREMENTS = [
     None,
     Decimal("1"),
     [1],
+    # Past what the collector holds: it would refuse the whole report.
+    2**63,
+    10**400,  # too large for a float: a ValueError too, not an OverflowError
+    float(2**63),
+    1e308,
+    Fraction(10**400, 3),
 ]
 
 
@@ -98,7 +109,9 @@ def test_a_name_found_valid_is_still_valid_and_a_bad_one_still_bad(either):
             either.count("export.PDF")
 
 
-@pytest.mark.parametrize("increment", [0, 1, 2.5, 10**12, Fraction(1, 2)], ids=repr)
+@pytest.mark.parametrize(
+    "increment", [0, 1, 2.5, 10**12, Fraction(1, 2), 2**62 - 1, 4e18], ids=repr
+)
 def test_good_increments_add_up(increment, telemetry):
     telemetry.count("jobs.done", increment)
     telemetry.count("jobs.done", increment)
@@ -123,7 +136,11 @@ def test_counters_are_deltas_and_gauges_are_sampled_each_time(telemetry):
     assert telemetry.metrics.collect() == {"counters": {}, "gauges": {"queue.depth": 8}}
 
 
-@pytest.mark.parametrize("result", [math.nan, math.inf, "three", None, True], ids=repr)
+@pytest.mark.parametrize(
+    "result",
+    [math.nan, math.inf, "three", None, True, 10**19, -(10**19), 10**400, 1e300],
+    ids=repr,
+)
 def test_a_gauge_with_a_bad_value_is_left_out(result, telemetry, caplog):
     telemetry.gauge("bad.gauge", lambda: result)
     telemetry.gauge("good.gauge", lambda: 1.5)
@@ -140,6 +157,75 @@ def test_a_failing_gauge_callback_does_not_stop_the_report(telemetry):
     telemetry.gauge("users.registered", broken)
     telemetry.count("jobs.done")
     assert telemetry.metrics.collect() == {"counters": {"jobs.done": 1}, "gauges": {}}
+
+
+def test_gauges_are_sampled_side_by_side_within_the_time_limit():
+    metrics = AppMetrics()
+    for name in ("a", "b", "c"):
+        metrics.gauge(name, lambda: time.sleep(0.3) or 1)
+    started = time.monotonic()
+    assert metrics.sample_gauges(timeout=5.0) == {"a": 1, "b": 1, "c": 1}
+    assert time.monotonic() - started < 0.9 - 0.05  # not one after the other
+
+
+def test_a_hung_gauge_is_left_out_and_never_run_twice_at_once(caplog):
+    metrics = AppMetrics()
+    release = threading.Event()
+    calls: list[int] = []
+
+    def hung() -> int:
+        calls.append(1)
+        release.wait(60)
+        return 5
+
+    metrics.gauge("queue.depth", hung)
+    metrics.gauge("users.total", lambda: 3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+            samplers = [
+                threading.Thread(target=metrics.sample_gauges, args=(0.1,)) for _ in range(4)
+            ]
+            for sampler in samplers:
+                sampler.start()
+            for sampler in samplers:
+                sampler.join()
+            assert metrics.sample_gauges(0.1) == {"users.total": 3}
+        assert calls == [1]
+        assert len([r for r in caplog.records if "queue.depth" in r.getMessage()]) == 1
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while metrics._sampling and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert metrics.sample_gauges(1.0) == {"queue.depth": 5, "users.total": 3}
+
+
+def test_gauges_are_left_out_where_no_thread_can_be_started(monkeypatch):
+    """Python 3.12 refuses new threads at interpreter shutdown: no hang there."""
+    metrics = AppMetrics()
+    metrics.gauge("queue.depth", lambda: 1)
+    metrics.count("jobs.done")
+
+    def refuse(self) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    assert metrics.collect() == {"counters": {"jobs.done": 1}, "gauges": {}}
+    monkeypatch.undo()
+    assert metrics.collect() == {"counters": {}, "gauges": {"queue.depth": 1}}
+
+
+def test_a_gauge_hung_in_the_parent_is_sampled_afresh_after_fork():
+    metrics = AppMetrics()
+    release = threading.Event()
+    answers = iter([lambda: release.wait(60), lambda: None])
+    metrics.gauge("queue.depth", lambda: next(answers)() or 2)
+    try:
+        assert metrics.sample_gauges(0.05) == {}
+        metrics.reset()  # as in a forked child, where the parent's threads do not exist
+        assert metrics.sample_gauges(1.0) == {"queue.depth": 2}
+    finally:
+        release.set()
 
 
 def test_the_number_of_names_is_capped(make_telemetry, caplog):
@@ -191,6 +277,115 @@ def test_merge_puts_counters_back_and_keeps_the_cap():
     assert metrics.refused == 1
 
 
+# -- values the collector can hold -------------------------------------------------------
+
+DEPLOYMENT = "6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b"
+INSTANCE = "0b4f5a43-9a7e-4a47-8f0c-5c7b9d2c1a10"
+
+
+def accepted(metrics: dict) -> dict:
+    """The report the client builds with ``metrics`` and a request record, as the
+    collector's checks read it (they raise if it would be refused)."""
+    recorder = Recorder()
+    recorder.record("GET", "/items/{id}", 200, 0.01, 0, 100)
+    envelope = Envelope(
+        kind="periodic",
+        sequence=0,
+        deployment_id=DEPLOYMENT,
+        instance_id=INSTANCE,
+        traits={},
+        withheld=[],
+        metrics=metrics,
+    )
+    (built,) = build_reports(envelope, recorder.collect(), 1 << 20)
+    claims = Claims(deployment_id=DEPLOYMENT, instance_id=INSTANCE, expires_at=0.0, nonce="n")
+    payload = check_payload(built.body, claims)
+    assert len(payload["batch"]["records"]) == 1
+    return payload["metrics"]
+
+
+@pytest.mark.parametrize(
+    "increments",
+    [[2**62, 2**62], [2**63 - 1, 1], [9e18, 9e18], [2**63 - 1, 0.5], [9e18, 2**62]],
+    ids=repr,
+)
+def test_a_counter_saturates_at_what_the_collector_holds(increments, caplog):
+    metrics = AppMetrics()
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        for increment in increments:
+            metrics.count("bytes.exported", increment)
+        metrics.count("bytes.exported", 1)  # still saturated, and not said again
+    collected = metrics.collect()
+    assert collected["counters"] == {"bytes.exported": MAX_METRIC_VALUE}
+    assert type(collected["counters"]["bytes.exported"]) is int
+    assert accepted(collected)["counters"] == {"bytes.exported": MAX_METRIC_VALUE}
+    assert len([r for r in caplog.records if "bytes.exported" in r.getMessage()]) == 1
+
+
+def test_a_merged_back_counter_saturates_too():
+    metrics = AppMetrics()
+    metrics.count("bytes.exported", 2**62)
+    taken = metrics.collect()
+    metrics.count("bytes.exported", 2**62)
+    metrics.merge(taken)
+    assert metrics.collect()["counters"] == {"bytes.exported": MAX_METRIC_VALUE}
+
+
+@pytest.mark.parametrize("sample", [10**19, -(2**63), 1e19, 10**400], ids=repr)
+def test_a_gauge_the_collector_cannot_hold_is_left_out_and_the_report_accepted(sample):
+    metrics = AppMetrics()
+    metrics.gauge("disk.bytes", lambda: sample)
+    metrics.gauge("queue.depth", lambda: -(2**63 - 1))
+    metrics.count("jobs.done", 2**63 - 1)
+    assert accepted(metrics.collect()) == {
+        "counters": {"jobs.done": MAX_METRIC_VALUE},
+        "gauges": {"queue.depth": -MAX_METRIC_VALUE},
+    }
+
+
+UNFIT = {
+    "counters": {"c.inf": math.inf, "c.big": 2**63, "c.neg": -1, "c.nan": math.nan, "c.bool": True},
+    "gauges": {"g.ninf": -math.inf, "g.big": -(2**63), "g.text": "3", "g.frac": Fraction(1, 3)},
+}
+
+
+def test_a_built_report_leaves_out_what_the_collector_cannot_take(caplog):
+    """The last line of defence: a value that slipped past the checks costs
+    itself, not the report (nor, for ``inf``, every later flush)."""
+    metrics = {
+        "counters": {**UNFIT["counters"], "jobs.done": 2**63 - 1, "bytes.read": 0.5},
+        "gauges": {**UNFIT["gauges"], "queue.depth": -3, "load": -1e18},
+    }
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert accepted(metrics) == {
+            "counters": {"jobs.done": 2**63 - 1, "bytes.read": 0.5},
+            "gauges": {"queue.depth": -3, "load": -1e18},
+        }
+        accepted(metrics)
+    said = [r for r in caplog.records if "left out of a report" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.WARNING, logging.DEBUG]
+    assert "c.inf" in said[0].getMessage()
+
+
+def test_merge_never_takes_back_a_value_a_report_cannot_carry():
+    metrics = AppMetrics()
+    metrics.count("jobs.done", 2)
+    metrics.merge({"counters": {**UNFIT["counters"], "jobs.done": 3}, "gauges": {}})
+    assert metrics.collect()["counters"] == {"jobs.done": 5}
+
+
+def test_a_numpy_like_integer_stays_exact():
+    class Big(int):  # an int subclass, as an IntEnum or a numpy-like integer
+        pass
+
+    metrics = AppMetrics()
+    metrics.count("jobs.done", Big(2**62 + 1))
+    metrics.gauge("queue.depth", lambda: Big(2**62 + 1))
+    collected = metrics.collect()
+    assert collected == {"counters": {"jobs.done": 2**62 + 1}, "gauges": {"queue.depth": 2**62 + 1}}
+    assert accepted(collected) == collected
+
+
 # -- on the wire ------------------------------------------------------------------------
 
 
@@ -210,6 +405,30 @@ def test_metrics_arrive_in_the_payload(make_sender, receiver):
         "gauges": {"queue.depth": 4},
     }
     assert second["metrics"] == {"counters": {}, "gauges": {"queue.depth": 9}}
+
+
+@pytest.mark.parametrize("fails_first", [False, True], ids=["delivered", "after a failed send"])
+def test_an_infinite_counter_cannot_wedge_the_flushes(fails_first, make_sender, receiver):
+    """Once, an ``inf`` counter made every report unencodable, and each failed
+    flush merged it back for the next: nothing was sent again. Put there
+    behind the checks' back, it is now left out and the records go."""
+    telemetry = make_sender()
+    telemetry.count("jobs.done", 2)
+    with telemetry.metrics._lock:
+        telemetry.metrics._counters["c.inf"] = math.inf
+    telemetry.record("GET", "/a", 200, 0.01, 0, 10)
+    if fails_first:
+        receiver.respond_always(500)
+        assert telemetry.flush() is False
+        receiver.respond_always(200)
+    assert telemetry.flush() is True
+    telemetry.record("GET", "/b", 200, 0.01, 0, 10)
+    assert telemetry.flush() is True
+    reports = receiver.reports_from(telemetry.instance_id)
+    routes = [r["route"] for report in reports for r in report["batch"]["records"]]
+    assert sorted(routes) == ["/a", "/b"]
+    assert counter_totals(reports) == {"jobs.done": 2}
+    assert telemetry.internal_errors == 0
 
 
 def test_counters_are_not_lost_or_doubled_by_a_failed_send(make_sender, receiver):

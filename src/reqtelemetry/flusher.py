@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import IO, TYPE_CHECKING
 
 from .config import redacted_url
+from .metrics import GAUGE_SAMPLE_SECONDS
 from .payload import Envelope, Report, build_reports
 from .recorder import Batch
 from .traits import detect_test_runner, load_deployment_id
@@ -54,6 +55,10 @@ _too_large_warned = False
 #: Seconds the final flush is waited for past the shutdown budget: what it does
 #: after its last request ends at the budget (merging an undelivered batch back).
 FINAL_FLUSH_GRACE = 0.2
+#: The most of a flush's budget its gauges may take (and at most
+#: :data:`~reqtelemetry.metrics.GAUGE_SAMPLE_SECONDS`): a slow gauge must leave
+#: the report time to go, in the 2 s shutdown budget too.
+GAUGE_SHARE = 0.25
 
 
 def lower_this_threads_priority() -> bool:
@@ -221,22 +226,43 @@ class Flusher:
         """Send what is recorded now; True when every part was delivered."""
         budget = waitable(self.config.timeout * 2 if budget is None else budget)
         deadline = time.monotonic() + budget
-        if not self._flush_lock.acquire(timeout=budget):
+        if self._held_back():
+            return False  # no report can go: the app's gauges are not called for nothing
+        gauges = self._sample_gauges(min(GAUGE_SAMPLE_SECONDS, budget * GAUGE_SHARE))
+        if not self._flush_lock.acquire(timeout=waitable(deadline - time.monotonic())):
             return False  # another flush holds the lock past our budget
         try:
-            if self.gone or self._under_a_test_runner():
+            if self._held_back() or self._under_a_test_runner():
                 return False
-            if time.monotonic() < self._not_before:
-                # The collector asked us to wait (Retry-After), and that holds for
-                # the final flush too: a fleet restarting into an overloaded
-                # collector must not answer its 429s with a burst of reports.
-                return False
-            return self._flush_locked(kind, deadline)
+            return self._flush_locked(kind, deadline, gauges)
         except Exception as error:  # a telemetry bug must not kill the thread
             self.telemetry.internal_error(error)
             return False
         finally:
             self._flush_lock.release()
+
+    def _held_back(self) -> bool:
+        """Whether no report may go now, by what is already known.
+
+        After a ``410`` nothing goes, nor once a test runner was seen; and
+        while the collector asked us to wait (Retry-After), not even the final
+        flush: a fleet restarting into an overloaded collector must not answer
+        its 429s with a burst of reports.
+        """
+        return self.gone or self.test_run is not None or time.monotonic() < self._not_before
+
+    def _sample_gauges(self, timeout: float) -> dict[str, float]:
+        """The gauges' samples for the next report, taken before the flush lock.
+
+        Why before, and not with the batch: the samples take up to ``timeout``,
+        and meanwhile neither the lock nor the recorder's batch is held, so a
+        slow gauge delays this report only, and by a bounded time.
+        """
+        try:
+            return self.telemetry.metrics.sample_gauges(timeout)
+        except Exception as error:  # a telemetry bug must not kill the thread
+            self.telemetry.internal_error(error)
+            return {}
 
     def _under_a_test_runner(self) -> bool:
         """Checked again before each send, not only at start.
@@ -258,14 +284,14 @@ class Flusher:
         logger.info("reqtelemetry: running under a test runner (%s); nothing more is sent", reason)
         return True
 
-    def _flush_locked(self, kind: str, deadline: float) -> bool:
+    def _flush_locked(self, kind: str, deadline: float, gauges: dict[str, float]) -> bool:
         telemetry = self.telemetry
         if self.deployment_id is None:
             self.deployment_id, how = load_deployment_id(self.config.deployment_id_path)
             if how != "persisted":
                 logger.info("reqtelemetry: deployment id kept for this process only (%s)", how)
         batch = telemetry.recorder.collect()
-        metrics = telemetry.metrics.collect()
+        metrics = {"counters": telemetry.metrics.take_counters(), "gauges": gauges}
         # From here on the batch lives only in this frame: whatever fails, not
         # only an httpx error (a malformed answer, a bug), what was neither
         # delivered nor refused goes back into the recorder.

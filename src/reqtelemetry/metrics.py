@@ -17,10 +17,17 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
-from numbers import Real
+from numbers import Integral, Real
+
+from .payload import MAX_METRIC_VALUE, metric_value_fits
 
 logger = logging.getLogger("reqtelemetry")
+
+#: Seconds a report waits for its gauges' samples, all of them together (the
+#: flusher may give them less: a share of a short flush budget).
+GAUGE_SAMPLE_SECONDS = 1.0
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 MAX_NAME_LENGTH = 64
@@ -46,9 +53,38 @@ def validate_name(name: object) -> str:
 
 
 def _validate_number(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
-    return float(value) if not isinstance(value, int) else value  # type: ignore[return-value]
+    """``value`` as the wire takes it: an int, or a finite float, of magnitude
+    at most :data:`MAX_METRIC_VALUE`; ValueError otherwise.
+
+    Why this strict: the collector refuses a whole report for one value it
+    cannot hold, the app's request records with it. An integer becomes an
+    ``int`` (a numpy integer too, which stays exact), anything else a
+    ``float``; a value too large for a float (``10**400``, a huge
+    ``Fraction``) is a ValueError like any other bad value, not the
+    OverflowError ``float()`` would raise. ``True`` is an int to Python but
+    as a count or a sample it is a mistake (a predicate passed for a number).
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{what} must be a number, got {_shown(value)}")
+    number: float
+    if isinstance(value, Integral):
+        number = int(value)
+    else:
+        try:
+            number = float(value)
+        except (OverflowError, ValueError, TypeError):
+            number = math.inf
+        if not math.isfinite(number):
+            raise ValueError(f"{what} must be a finite number, got {_shown(value)}")
+    if abs(number) > MAX_METRIC_VALUE:
+        raise ValueError(f"{what} must be at most 2**63 - 1 in magnitude, got {_shown(value)}")
+    return number
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut: ``10**400`` would otherwise put 401 digits in a message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_count(name: object, value: object) -> float:
@@ -59,7 +95,7 @@ def check_count(name: object, value: object) -> float:
     ``DO_NOT_TRACK=1``, not first in production.
     """
     validate_name(name)
-    number = _validate_number(value, "a counter increment")
+    number = _validate_number(value, f"the increment of counter {name!r}")
     if number < 0:
         raise ValueError(f"a counter only goes up; got increment {value!r} for {name!r}")
     return number
@@ -72,6 +108,26 @@ def check_gauge(name: object, callback: object) -> None:
         raise ValueError(f"a gauge needs a callable returning a number, got {callback!r}")
 
 
+class _Sample:
+    """One run of a gauge's callback, on a helper thread, and what it gave."""
+
+    __slots__ = ("callback", "done", "error", "value")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self.callback = callback
+        self.done = threading.Event()
+        self.value: object = None
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            self.value = self.callback()
+        except Exception as error:  # reported by the report waiting for it
+            self.error = error
+        finally:
+            self.done.set()
+
+
 class AppMetrics:
     """Counters (deltas between reports) and gauges (sampled at each report)."""
 
@@ -82,6 +138,8 @@ class AppMetrics:
         self._gauges: dict[str, Callable[[], float]] = {}
         self.refused = 0
         self._warned: set[str] = set()
+        #: The gauges whose callback still runs, each with its run.
+        self._sampling: dict[str, _Sample] = {}
 
     def count(self, name: str, value: float = 1) -> None:
         """Add ``value`` (default 1, never negative) to the counter ``name``."""
@@ -90,7 +148,9 @@ class AppMetrics:
             if name not in self._counters and self._names() >= self.max_names:
                 self._refuse(name)
                 return
-            self._counters[name] = self._counters.get(name, 0) + value
+            saturated = self._add(name, value)
+        if saturated:
+            self._say_saturated(name)
 
     def gauge(self, name: str, callback: Callable[[], float]) -> None:
         """Sample ``callback()`` at every report as the gauge ``name``."""
@@ -100,6 +160,42 @@ class AppMetrics:
                 self._refuse(name)
                 return
             self._gauges[name] = callback
+
+    def _add(self, name: str, value: float) -> bool:
+        """Add ``value`` to the counter, saturating at :data:`MAX_METRIC_VALUE`;
+        True when it saturated. Called with the lock held.
+
+        Why saturate rather than carry the excess to later reports: a counter
+        past 2^63 - 1 within one report is a bug in what the app counts, not
+        usage; carrying it would make every later report a saturated one. A
+        float sum is bounded the same way, so it can never overflow to
+        infinity, which no JSON report can carry.
+        """
+        total = self._counters.get(name, 0) + value
+        if total > MAX_METRIC_VALUE:
+            self._counters[name] = MAX_METRIC_VALUE
+            return True
+        self._counters[name] = total
+        return False
+
+    def _first_time(self, key: str) -> bool:
+        """True the first time ``key`` is asked about: for warnings said once.
+
+        Locked, as reports may sample gauges from several threads at once.
+        """
+        with self._lock:
+            if key in self._warned:
+                return False
+            self._warned.add(key)
+            return True
+
+    def _say_saturated(self, name: str) -> None:
+        if self._first_time("saturated:" + name):  # ":" is in no metric name
+            logger.warning(
+                "reqtelemetry: counter %r went past 2**63 - 1 within one report; it is "
+                "reported as 2**63 - 1 and the excess is not counted (said once)",
+                name,
+            )
 
     def _names(self) -> int:
         return len(self._counters.keys() | self._gauges.keys())
@@ -114,34 +210,127 @@ class AppMetrics:
                 name,
             )
 
-    def collect(self) -> dict[str, dict[str, float]]:
-        """Take the counters (resetting them) and sample every gauge."""
+    def collect(self, timeout: float = GAUGE_SAMPLE_SECONDS) -> dict[str, dict[str, float]]:
+        """Sample every gauge (see :meth:`sample_gauges`) and take the counters."""
+        gauges = self.sample_gauges(timeout)
+        return {"counters": self.take_counters(), "gauges": gauges}
+
+    def take_counters(self) -> dict[str, float]:
+        """The counters' growth since they were last taken (resetting them)."""
         with self._lock:
             counters, self._counters = self._counters, {}
-            gauges = list(self._gauges.items())
+        return counters
+
+    def sample_gauges(self, timeout: float = GAUGE_SAMPLE_SECONDS) -> dict[str, float]:
+        """Each gauge's value now, from its callback run on a helper thread.
+
+        Why threads and a time limit: a callback is the app's code (a database
+        query, say), and may be slow or hang. Run on the flusher, a hung one
+        held the report, its batch and the flush lock for good, and every
+        later flush and close() waited out its budget. Here the callbacks run
+        side by side and are waited for ``timeout`` seconds in all; a gauge
+        that has not answered by then is left out of this report (WARNING
+        once per gauge), and is not started again while its run goes on, so
+        a hung gauge ties up one thread, not one more per report. Its late
+        answer is not used: the next report samples afresh.
+
+        The helper threads inherit the priority of the thread that starts
+        them: nice 19 when it is the flusher's, as the callbacks had when they
+        ran on it. Where no thread can be started (at interpreter shutdown on
+        Python 3.12), the gauges are left out rather than risk a hang there.
+        """
+        deadline = time.monotonic() + timeout
+        running, busy = self._start_samples()
+        for name in busy:
+            self._say_slow(name, timeout)
         sampled: dict[str, float] = {}
+        for name, sample in running:
+            left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+            if not sample.done.wait(left):
+                self._say_slow(name, timeout)
+                continue
+            problem = sample.error
+            if problem is None:
+                try:
+                    sampled[name] = _validate_number(sample.value, "its value")
+                except ValueError as error:
+                    problem = error
+            if problem is not None:  # the app's callback must not stop a report
+                self._say_failed(name, problem)
+        return sampled
+
+    def _start_samples(self) -> tuple[list[tuple[str, _Sample]], list[str]]:
+        """Start a run of each gauge not still running; the runs, and the gauges skipped."""
+        with self._lock:
+            gauges = list(self._gauges.items())
+        running: list[tuple[str, _Sample]] = []
+        busy: list[str] = []
         for name, callback in gauges:
+            sample = _Sample(callback)
+            with self._lock:
+                if name in self._sampling:
+                    busy.append(name)
+                    continue
+                self._sampling[name] = sample
+            thread = threading.Thread(
+                target=self._run_sample,
+                args=(name, sample),
+                name=f"reqtelemetry-gauge-{name}",
+                daemon=True,
+            )
             try:
-                sampled[name] = _validate_number(callback(), f"gauge {name!r}")
-            except Exception as error:  # the app's callback must not stop a report
-                if name not in self._warned:
-                    self._warned.add(name)
-                    logger.warning("reqtelemetry: gauge %r failed: %s", name, error)
-        return {"counters": counters, "gauges": sampled}
+                thread.start()
+            except RuntimeError:  # no new threads at interpreter shutdown (3.12)
+                with self._lock:
+                    self._sampling.pop(name, None)
+                logger.debug("reqtelemetry: no thread to sample gauges; left out of this report")
+                break
+            running.append((name, sample))
+        return running, busy
+
+    def _run_sample(self, name: str, sample: _Sample) -> None:
+        sample.run()
+        with self._lock:
+            if self._sampling.get(name) is sample:
+                del self._sampling[name]
+
+    def _say_failed(self, name: str, problem: Exception) -> None:
+        if self._first_time(name):
+            logger.warning("reqtelemetry: gauge %r failed: %s", name, problem)
+
+    def _say_slow(self, name: str, timeout: float) -> None:
+        if self._first_time("slow:" + name):
+            logger.warning(
+                "reqtelemetry: gauge %r did not answer within %.2g s; it is left out of "
+                "reports until its callback returns (said once)",
+                name,
+                timeout,
+            )
 
     def merge(self, metrics: Mapping[str, Mapping[str, float]]) -> None:
         """Put counters of an undelivered report back (gauges are sampled afresh).
 
         The name cap still holds: names counted since the report was taken may
         have filled it, and then a merged-back name is refused like a new one.
+        A sum saturates as in :meth:`count`: an outage cannot add a report's
+        counter and the live one up past what a report can carry.
         """
+        saturated = []
         with self._lock:
             for name, value in metrics.get("counters", {}).items():
+                if not metric_value_fits(value, counter=True):
+                    continue  # never taken from here: a report must not bring one in
                 if name not in self._counters and self._names() >= self.max_names:
                     self._refuse(name)
                     continue
-                self._counters[name] = self._counters.get(name, 0) + value
+                if self._add(name, value):
+                    saturated.append(name)
+        for name in saturated:
+            self._say_saturated(name)
 
     def reset(self) -> None:
+        """Start over in a child after fork: the parent's counts are the
+        parent's to report, and its sampling threads do not exist here."""
         self._lock = threading.Lock()
         self._counters = {}
+        self._sampling = {}

@@ -15,6 +15,7 @@ flusher thread never holds the GIL long against request threads.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
@@ -25,6 +26,8 @@ from typing import Any
 
 from .histogram import MAX_TRACKED, MIN_TRACKED, RELATIVE_ACCURACY
 from .recorder import Batch, Key
+
+logger = logging.getLogger("reqtelemetry")
 
 SCHEMA_VERSION = 1
 #: Most records in one report (the schema's ``maxItems``); more start a new part.
@@ -51,6 +54,13 @@ YIELD_EVERY = 0.0001
 #: about a sixth of the time. At a 1:1 rhythm it held it 40 % of the time, and a
 #: threaded server at half its capacity queued behind it (p99 several times quiet).
 YIELD_PAUSE = 0.0005
+#: The largest magnitude a metric value may have on the wire, int or float.
+#: Why 2^63 - 1 for both: the collector refuses an integer past 64 bits (and
+#: with it the whole report), and it adds metric values up in a float column,
+#: where PostgreSQL's ``SUM`` fails on overflow; values this small cannot reach
+#: the largest float however many reports are added up.
+MAX_METRIC_VALUE = 2**63 - 1
+_unfit_metrics_warned = False
 #: Room kept in every request body for the envelope's token and stamp.
 ENVELOPE_ALLOWANCE = 1024
 KINDS = ("startup", "periodic", "shutdown")
@@ -167,6 +177,47 @@ def _within_bytes(route: str) -> str:
     return route
 
 
+def metric_value_fits(value: object, *, counter: bool) -> bool:
+    """Whether the collector takes ``value`` as a metric: an int (not a bool)
+    or a finite float, within :data:`MAX_METRIC_VALUE`, and not negative for a
+    counter. Exact types only: anything else would be a bug upstream."""
+    lowest = 0 if counter else -MAX_METRIC_VALUE
+    if type(value) is int:
+        return lowest <= value <= MAX_METRIC_VALUE
+    if type(value) is float:
+        return math.isfinite(value) and lowest <= value <= MAX_METRIC_VALUE
+    return False
+
+
+def _fit_metrics(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """``metrics`` without the values the collector could not take.
+
+    :mod:`.metrics` checks every value where the app gives it, so nothing
+    should go here. Why check again: one value the collector cannot hold
+    costs the whole report, the request records with it, and one JSON cannot
+    encode (``inf``) fails the flush, which puts it back for the next flush
+    to fail on, for good. Dropping a bad value costs only that value.
+    """
+    global _unfit_metrics_warned
+    fitted: dict[str, dict[str, float]] = {}
+    dropped: list[str] = []
+    for group in ("counters", "gauges"):
+        values = metrics.get(group, {})
+        fitted[group] = {
+            name: value
+            for name, value in values.items()
+            if metric_value_fits(value, counter=group == "counters")
+        }
+        dropped += [name for name in values if name not in fitted[group]]
+    if dropped:
+        log = logger.debug
+        if not _unfit_metrics_warned:
+            _unfit_metrics_warned = True
+            log = logger.warning
+        log("reqtelemetry: metrics %s left out of a report: values it cannot carry", dropped)
+    return fitted
+
+
 def _escaped_length(text: str) -> int:
     """Length of ASCII JSON ``text`` once embedded in a JSON string (without its quotes).
 
@@ -202,6 +253,7 @@ def build_reports(
     """
     if envelope.kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {envelope.kind!r}")
+    metrics = _fit_metrics(envelope.metrics)
     pacer = Pacer(paced)
     keys = list(batch.stats)
     encoded = []
@@ -223,7 +275,7 @@ def build_reports(
             "instance_id": envelope.instance_id,
             "traits": dict(envelope.traits),
             "withheld": sorted(set(envelope.withheld)),
-            "metrics": envelope.metrics if first else empty_metrics,
+            "metrics": metrics if first else empty_metrics,
             "internal_errors": envelope.internal_errors if first else 0,
             "batch": {
                 "period_start": batch.period_start,
