@@ -406,3 +406,21 @@ def test_a_route_the_client_fits_is_one_the_collector_takes_under_the_longest_ap
     payload = with_endpoint(route, wide_traits, wide_traits)
     payload["batch"]["records"][4]["method"] = "M" * 16
     assert check_payload(json.dumps(payload).encode(), CLAIMS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"), [("counters", 1e308), ("gauges", -1e308), ("gauges", 2.0**63)]
+)
+def test_a_metric_value_past_the_largest_is_refused(kind, value):
+    # The summary adds them up in a float column: 1e308 + 1e308 overflowed there.
+    payload = report()
+    payload["metrics"][kind]["big.one"] = value
+    refusal = refusal_of(payload)
+    assert refusal.detail.startswith(f"metrics/{kind}/big.one: ")
+
+
+def test_the_largest_metric_value_is_taken():
+    payload = report()
+    payload["metrics"]["counters"]["big.one"] = 2**63 - 1
+    payload["metrics"]["gauges"]["low.one"] = -(2**63 - 1)
+    assert check_payload(json.dumps(payload).encode(), CLAIMS)

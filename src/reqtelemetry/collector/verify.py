@@ -39,7 +39,7 @@ from jsonschema.exceptions import best_match
 
 from .. import hashcash
 from ..histogram import MAX_INDEX, MIN_INDEX
-from ..payload import MAX_ENDPOINT_KEY_BYTES
+from ..payload import MAX_ENDPOINT_KEY_BYTES, MAX_METRIC_VALUE
 from ..schema_loader import load_payload_schema
 from .tokens import Claims, TokenError, TokenSigner
 
@@ -368,6 +368,7 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
         _histogram_count_problem(records)
         or _latency_sum_problem(records)
         or _endpoint_key_problem(payload)
+        or _metric_value_problem(payload["metrics"])
     )
     if problem is not None:
         raise Refusal("invalid_payload", problem)
@@ -400,6 +401,25 @@ def _histogram_count_problem(records: list[dict[str, Any]]) -> str | None:
                 f"batch/records/{position}: count is {record['count']} but the latency "
                 f"histogram's counts add up to {held}; they must be equal"
             )
+    return None
+
+
+def _metric_value_problem(metrics: dict[str, dict[str, Any]]) -> str | None:
+    """A metric value past :data:`~reqtelemetry.payload.MAX_METRIC_VALUE`, as
+    ``where: why``; None if none is.
+
+    Why: the schema takes any finite number, and the summary adds metric
+    values up in a float column: two values near 1.8e308 made that sum
+    overflow, an error on PostgreSQL (infinity on SQLite). The client never
+    sends more (:mod:`reqtelemetry.metrics` saturates there).
+    """
+    for kind in ("counters", "gauges"):
+        for name, value in metrics.get(kind, {}).items():
+            if abs(value) > MAX_METRIC_VALUE:
+                return (
+                    f"metrics/{kind}/{_clip(name)}: {value!r} is past the largest metric "
+                    f"value, {MAX_METRIC_VALUE}"
+                )
     return None
 
 
