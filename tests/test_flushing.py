@@ -25,6 +25,7 @@ import time
 import types
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -684,9 +685,10 @@ def test_an_answer_longer_than_any_collectors_is_judged_by_its_status_alone(
     assert telemetry.flusher.interval == telemetry.config.flush_interval  # body not read
 
 
-def test_an_endless_answer_is_not_read_into_memory(make_sender):
-    # A wrong endpoint streaming a file: read until the deadline, it once took
-    # 1.8 GB of the app's memory in 5 s. Now the attempt ends after 64 KiB.
+@contextlib.contextmanager
+def raw_http_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A loopback server whose every connection gets ``answer`` (after its request
+    is read): for answers no well-behaved server would give. Yields its URL."""
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
@@ -698,25 +700,56 @@ def test_an_endless_answer_is_not_read_into_memory(make_sender):
                 return
             with connection, contextlib.suppress(OSError):
                 connection.recv(65536)
-                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n")
-                while not stop.is_set():
-                    connection.sendall(b"\0" * 65536)
+                answer(connection, stop)
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
     try:
-        port = listener.getsockname()[1]
-        telemetry = make_sender(endpoint=f"http://127.0.0.1:{port}", timeout=30.0, max_attempts=1)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+        server.join(5)
+
+
+def test_an_endless_answer_is_not_read_into_memory(make_sender):
+    # A wrong endpoint streaming a file: read until the deadline, it once took
+    # 1.8 GB of the app's memory in 5 s. Now the attempt ends after 64 KiB.
+    def endless(connection: socket.socket, stop: threading.Event) -> None:
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n")
+        while not stop.is_set():
+            connection.sendall(b"\0" * 65536)
+
+    with raw_http_server(endless) as url:
+        telemetry = make_sender(endpoint=url, timeout=30.0, max_attempts=1)
         record_traffic(telemetry)
         started = time.monotonic()
         assert telemetry.flush(timeout=60) is False
         assert time.monotonic() - started < 10  # not the 30 s deadline
         assert "bad answer" in telemetry.flusher.last_result.error  # no token in it
         assert telemetry.snapshot()  # kept
-    finally:
-        stop.set()
-        listener.close()
-        server.join(5)
+
+
+def test_a_compressed_answer_is_not_inflated(make_sender, receiver):
+    # Answers are asked for as they are; 1,827 bytes of gzip inside gzip once
+    # inflated to 1 GiB in the app's memory, well under the 64 KiB cap.
+    telemetry = make_sender()
+    record_traffic(telemetry)
+    assert telemetry.flush() is True
+    assert receiver.requests[-1].headers["accept-encoding"] == "identity"
+    bomb = gzip.compress(gzip.compress(b"{" + b" " * (64 << 20) + b"}"))
+    assert len(bomb) < MAX_ANSWER_BYTES
+
+    def compressed(connection: socket.socket, stop: threading.Event) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip, gzip\r\nContent-Length: {len(bomb)}"
+        connection.sendall(head.encode() + b"\r\n\r\n" + bomb)
+
+    with raw_http_server(compressed) as url:
+        telemetry = make_sender(endpoint=url, max_attempts=1)
+        record_traffic(telemetry)
+        assert telemetry.flush() is False
+        assert "bad answer" in telemetry.flusher.last_result.error  # judged without its body
+        assert telemetry.snapshot()  # kept
 
 
 def test_an_endpoint_with_a_path_and_a_query_keeps_both(make_sender, receiver):

@@ -425,7 +425,8 @@ class Transport:
         loopback. Past that, the rest is not read and the answer counts as
         having no body: its status still says what became of the report (a
         stored report must not be sent twice), and a session answer without
-        a token fails as any bad answer does.
+        a token fails as any bad answer does. So does a compressed answer:
+        none is asked for, and inflated it could hold gigabytes.
         """
         with (
             self._deadline(timeout),
@@ -433,7 +434,9 @@ class Transport:
                 "POST",
                 url,
                 content=content,
-                headers=headers,
+                # Answers come as they are: a compressed one could inflate far
+                # past the cap (1,827 bytes of gzip in gzip held 1 GiB).
+                headers={**headers, "Accept-Encoding": "identity"},
                 timeout=timeout,
                 follow_redirects=False,
                 extensions={"trace": self._trace},
@@ -449,7 +452,10 @@ class Transport:
                         MAX_ANSWER_BYTES,
                     )
                     return _without_body(streamed)
-        # Decoded (Content-Encoding) as httpx decodes any answer.
+        if streamed.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            # Compressed though asked not to be: not a collector's answer, and
+            # not inflated here.
+            return _without_body(streamed)
         return httpx.Response(
             streamed.status_code,
             headers=streamed.headers,
