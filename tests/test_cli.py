@@ -535,3 +535,34 @@ def test_a_port_in_use_is_one_line_before_the_database_is_touched(
     err = capsys.readouterr().err
     (line,) = [line for line in err.splitlines() if line.startswith("reqtelemetry collector:")]
     assert f"cannot listen on 127.0.0.1:{port}" in line and "Traceback" not in err
+
+
+def test_the_port_check_binds_as_uvicorn_does():
+    # IPv6 sockets are IPv6-only (as asyncio binds them): "::" does not collide
+    # with an IPv4 listener on the same port, while every address is tried.
+    import socket
+
+    from reqtelemetry.cli import _unusable_address
+
+    with socket.create_server(("127.0.0.1", 0)) as ipv4:
+        port = ipv4.getsockname()[1]
+        assert _unusable_address("::", port) is None
+        assert "cannot listen on 127.0.0.1" in (_unusable_address("127.0.0.1", port) or "")
+        assert "cannot listen on 0.0.0.0" in (_unusable_address("0.0.0.0", port) or "")
+
+
+def test_the_port_check_tries_every_address_a_name_resolves_to(monkeypatch):
+    # localhost is often ::1 first, then 127.0.0.1: a port taken on the second
+    # made uvicorn fail after the database was migrated.
+    import socket
+
+    from reqtelemetry.cli import _unusable_address
+
+    with socket.create_server(("127.0.0.1", 0)) as ipv4:
+        port = ipv4.getsockname()[1]
+        both = [
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: both)
+        assert "Address already in use" in (_unusable_address("localhost", port) or "")

@@ -19,6 +19,7 @@ stderr that says what to fix, and exit status 2; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import logging
@@ -119,18 +120,24 @@ def _unusable_address(host: str, port: int) -> str | None:
 
     Tried before the database is opened and migrated: uvicorn finds out only
     after, and says so in its own words with exit status 3, while every other
-    mistake at start is one line and status 2. Bound as uvicorn binds (with
-    ``SO_REUSEADDR``) and let go at once; should another process take the port
-    in between, uvicorn's own error still says so.
+    mistake at start is one line and status 2. Bound as uvicorn's event loop
+    binds (``loop.create_server``): every address the host resolves to, with
+    ``SO_REUSEADDR``, and IPv6 sockets IPv6-only (so that ``::`` does not
+    collide with an IPv4 listener); all held until the last is bound, then let
+    go. Should another process take the port in between, uvicorn's own error
+    still says so.
     """
     import socket
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, protocol, _, address = infos[0]
-        with socket.socket(family, kind, protocol) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
+        with contextlib.ExitStack() as probes:
+            for family, kind, protocol, _, address in dict.fromkeys(infos):
+                probe = probes.enter_context(socket.socket(family, kind, protocol))
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
     except OSError as error:
         return f"cannot listen on {host}:{port}: {error.strerror or error}"
     return None
