@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -200,19 +201,65 @@ def test_a_hung_gauge_is_left_out_and_never_run_twice_at_once(caplog):
     assert metrics.sample_gauges(1.0) == {"queue.depth": 5, "users.total": 3}
 
 
-def test_gauges_are_left_out_where_no_thread_can_be_started(monkeypatch):
-    """Python 3.12 refuses new threads at interpreter shutdown: no hang there."""
+def test_where_no_thread_can_be_started_the_last_good_values_stand_in(monkeypatch):
+    """Python 3.12 refuses new threads at interpreter shutdown, where a WSGI app's
+    final report goes out: no hang there, and no callback run without a limit."""
     metrics = AppMetrics()
-    metrics.gauge("queue.depth", lambda: 1)
-    metrics.count("jobs.done")
+    values = iter([7, 8])
+    metrics.gauge("queue.depth", lambda: next(values))
+    metrics.gauge("never.sampled", lambda: 1)
 
     def refuse(self) -> None:
         raise RuntimeError("can't create new thread at interpreter shutdown")
 
+    assert metrics.sample_gauges(1.0) == {"queue.depth": 7, "never.sampled": 1}
+    metrics.gauge("new.one", lambda: 2)
+    metrics.count("jobs.done")
     monkeypatch.setattr(threading.Thread, "start", refuse)
-    assert metrics.collect() == {"counters": {"jobs.done": 1}, "gauges": {}}
+    # The last good values, and nothing for a gauge never sampled.
+    assert metrics.collect() == {
+        "counters": {"jobs.done": 1},
+        "gauges": {"queue.depth": 7, "never.sampled": 1},
+    }
     monkeypatch.undo()
-    assert metrics.collect() == {"counters": {}, "gauges": {"queue.depth": 1}}
+    assert metrics.collect()["gauges"] == {"queue.depth": 8, "never.sampled": 1, "new.one": 2}
+
+
+def test_two_reports_at_once_share_one_run_of_a_slow_gauge(caplog):
+    # The second report waits for the run the first started: both carry the
+    # value, and nothing is said about a gauge that answered in time.
+    metrics = AppMetrics()
+    calls: list[int] = []
+
+    def slow() -> int:
+        calls.append(1)
+        time.sleep(0.3)
+        return 7
+
+    metrics.gauge("queue.depth", slow)
+    results: list[dict[str, float]] = []
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        first = threading.Thread(target=lambda: results.append(metrics.sample_gauges(1.0)))
+        first.start()
+        time.sleep(0.05)
+        results.append(metrics.sample_gauges(1.0))
+        first.join()
+    assert results == [{"queue.depth": 7}, {"queue.depth": 7}]
+    assert calls == [1]
+    assert not [r for r in caplog.records if "queue.depth" in r.getMessage()]
+
+
+def test_a_gauge_that_exits_its_thread_is_sampled_again(caplog):
+    # sys.exit() in a callback ends only its helper thread; the gauge must not
+    # stay marked as running, left out of every later report.
+    metrics = AppMetrics()
+    answers = iter([lambda: sys.exit(1), lambda: 42])
+    metrics.gauge("flaky", lambda: next(answers)())
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        assert metrics.sample_gauges(1.0) == {}
+    assert metrics._sampling == {}
+    assert metrics.sample_gauges(1.0) == {"flaky": 42}
+    assert [r for r in caplog.records if "flaky" in r.getMessage() and "failed" in r.getMessage()]
 
 
 def test_a_gauge_hung_in_the_parent_is_sampled_afresh_after_fork():

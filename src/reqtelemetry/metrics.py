@@ -117,12 +117,15 @@ class _Sample:
         self.callback = callback
         self.done = threading.Event()
         self.value: object = None
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             self.value = self.callback()
-        except Exception as error:  # reported by the report waiting for it
+        except BaseException as error:  # reported by the report waiting for it
+            # BaseException too: a callback's sys.exit() on a helper thread
+            # ends nothing but that thread, and must not leave the gauge
+            # marked as running for good.
             self.error = error
         finally:
             self.done.set()
@@ -140,6 +143,9 @@ class AppMetrics:
         self._warned: set[str] = set()
         #: The gauges whose callback still runs, each with its run.
         self._sampling: dict[str, _Sample] = {}
+        #: Each gauge's last good value: what a report carries where no
+        #: thread can be started to sample it (at exit on Python 3.12).
+        self._last_good: dict[str, float] = {}
 
     def count(self, name: str, value: float = 1) -> None:
         """Add ``value`` (default 1, never negative) to the counter ``name``."""
@@ -230,20 +236,25 @@ class AppMetrics:
         later flush and close() waited out its budget. Here the callbacks run
         side by side and are waited for ``timeout`` seconds in all; a gauge
         that has not answered by then is left out of this report (WARNING
-        once per gauge), and is not started again while its run goes on, so
-        a hung gauge ties up one thread, not one more per report. Its late
-        answer is not used: the next report samples afresh.
+        once per gauge, and only once a report has really waited that long),
+        and is not started again while its run goes on: the next report
+        waits for that run instead, so a hung gauge ties up one thread, not
+        one more per report.
 
         The helper threads inherit the priority of the thread that starts
         them: nice 19 when it is the flusher's, as the callbacks had when they
         ran on it. Where no thread can be started (at interpreter shutdown on
-        Python 3.12), the gauges are left out rather than risk a hang there.
+        Python 3.12), each gauge's last good value stands in, rather than risk
+        a hang there by running the callback.
         """
         deadline = time.monotonic() + timeout
-        running, busy = self._start_samples()
-        for name in busy:
-            self._say_slow(name, timeout)
+        running, unsampled = self._start_samples()
         sampled: dict[str, float] = {}
+        if unsampled:  # no thread to be had: the last good values stand in
+            with self._lock:
+                sampled = {
+                    name: self._last_good[name] for name in unsampled if name in self._last_good
+                }
         for name, sample in running:
             left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
             if not sample.done.wait(left):
@@ -257,19 +268,29 @@ class AppMetrics:
                     problem = error
             if problem is not None:  # the app's callback must not stop a report
                 self._say_failed(name, problem)
+        with self._lock:
+            self._last_good.update(sampled)
         return sampled
 
     def _start_samples(self) -> tuple[list[tuple[str, _Sample]], list[str]]:
-        """Start a run of each gauge not still running; the runs, and the gauges skipped."""
+        """A run of each gauge: started now, or the one still going.
+
+        A run another report started (two flushes at once, or a slow gauge
+        still running from the last report) is waited for, not started
+        again: a hung gauge ties up one thread, not one more per report, and
+        a gauge that merely takes longer than the other report waited still
+        reaches this one. Also returns the gauges no thread could be started
+        for (at interpreter shutdown on Python 3.12).
+        """
         with self._lock:
             gauges = list(self._gauges.items())
         running: list[tuple[str, _Sample]] = []
-        busy: list[str] = []
-        for name, callback in gauges:
+        for position, (name, callback) in enumerate(gauges):
             sample = _Sample(callback)
             with self._lock:
-                if name in self._sampling:
-                    busy.append(name)
+                ongoing = self._sampling.get(name)
+                if ongoing is not None:
+                    running.append((name, ongoing))
                     continue
                 self._sampling[name] = sample
             thread = threading.Thread(
@@ -283,18 +304,20 @@ class AppMetrics:
             except RuntimeError:  # no new threads at interpreter shutdown (3.12)
                 with self._lock:
                     self._sampling.pop(name, None)
-                logger.debug("reqtelemetry: no thread to sample gauges; left out of this report")
-                break
+                logger.debug("reqtelemetry: no thread to sample gauges; their last values stand in")
+                return running, [name for name, _ in gauges[position:]]
             running.append((name, sample))
-        return running, busy
+        return running, []
 
     def _run_sample(self, name: str, sample: _Sample) -> None:
-        sample.run()
-        with self._lock:
-            if self._sampling.get(name) is sample:
-                del self._sampling[name]
+        try:
+            sample.run()
+        finally:
+            with self._lock:
+                if self._sampling.get(name) is sample:
+                    del self._sampling[name]
 
-    def _say_failed(self, name: str, problem: Exception) -> None:
+    def _say_failed(self, name: str, problem: BaseException) -> None:
         if self._first_time(name):
             logger.warning("reqtelemetry: gauge %r failed: %s", name, problem)
 
@@ -334,3 +357,4 @@ class AppMetrics:
         self._lock = threading.Lock()
         self._counters = {}
         self._sampling = {}
+        self._last_good = {}
