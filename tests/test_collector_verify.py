@@ -21,18 +21,22 @@ from reqtelemetry.collector import verify
 from reqtelemetry.collector.tokens import Claims
 from reqtelemetry.collector.verify import (
     MAX_ENDPOINT_KEY_BYTES,
+    GZIP_RATIO_SLACK,
     MAX_GZIP_MEMBERS,
+    MAX_GZIP_RATIO,
     MAX_HISTOGRAM_PAIRS,
     MAX_LATENCY_SECONDS,
     Refusal,
     check_payload,
     gunzip_capped,
+    inflation_limit,
 )
 from reqtelemetry.histogram import MAX_INDEX, MIN_INDEX
 from reqtelemetry.payload import MAX_ROUTE_BYTES, Envelope, build_reports
 from reqtelemetry.recorder import Recorder
 from reqtelemetry.schema_loader import load_payload_schema
 from reqtelemetry.traits import MAX_TEXT_LENGTH
+from reqtelemetry.transport import GZIP_LEVEL, build_envelope, gzip_paced
 
 DEPLOYMENT = "6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b"
 INSTANCE = "0b4f5a43-9a7e-4a47-8f0c-5c7b9d2c1a10"
@@ -390,6 +394,68 @@ def test_a_megabyte_of_empty_members_stops_after_the_limit(
         gunzip_capped(body, MIB)
     assert refused.value.reason == "malformed_json"
     assert len(made) == MAX_GZIP_MEMBERS
+
+
+def _client_body(recorder: Recorder) -> tuple[bytes, bytes]:
+    """``recorder``'s records as the client sends them: one report (however
+    large) in an envelope, gzipped at the client's level; (plain, gzipped)."""
+    envelope = Envelope("periodic", 0, DEPLOYMENT, INSTANCE, {}, [], {"counters": {}, "gauges": {}})
+    (built,) = build_reports(envelope, recorder.collect(), 64 * MIB, paced=False)
+    plain = build_envelope("t" * 160, "1:20:" + "s" * 90, built.body.decode(), paced=False)
+    return plain, gzip_paced(plain, GZIP_LEVEL, paced=False)
+
+
+def test_a_body_inflating_past_the_ratio_is_refused_before_the_cap() -> None:
+    # A kilobyte of [{},{},...] that inflates to the megabyte cap made the
+    # collector parse a million values before looking at the token.
+    plain = b"[" + b"{}," * (MIB // 3 - 1) + b"{}]"
+    body = gzip.compress(plain, 9)
+    assert len(plain) <= MIB and len(body) < 2048
+    with pytest.raises(Refusal) as refused:
+        gunzip_capped(body, MIB)
+    assert refused.value.reason == "too_large" and refused.value.status == 413
+    assert f"over {MAX_GZIP_RATIO} times its size" in refused.value.detail
+
+
+def test_the_ratio_limit_stops_the_inflater_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not inflated to the cap and then measured: zlib is never asked for more.
+    asked = []
+    real = zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.inner = real(*args, **kwargs)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            asked.append(max_length)
+            return self.inner.decompress(data, max_length)
+
+    monkeypatch.setattr(verify.zlib, "decompressobj", Counting)
+    body = gzip.compress(bytes(MIB), 9)
+    with pytest.raises(Refusal):
+        gunzip_capped(body, MIB)
+    assert asked == [inflation_limit(len(body), MIB) + 1]
+    assert asked[0] < MIB // 2
+
+
+def test_a_small_body_may_inflate_well_past_the_ratio() -> None:
+    # The slack: a short report of repeated text is no threat, and a client
+    # refused for its ratio gets here by halving its bodies.
+    plain = b" " * GZIP_RATIO_SLACK
+    assert gunzip_capped(gzip.compress(plain, 9), MIB) == plain
+
+
+@pytest.mark.parametrize("routes", [1, 50, 10_000])
+def test_the_most_compressible_client_reports_stay_far_below_the_ratio(routes: int) -> None:
+    # Records alike but for a number in a long route: what compresses best
+    # among real reports (about 80 times; realistic ones about 4). The limit
+    # must leave a wide margin above it.
+    recorder = Recorder(max_keys=routes)
+    for i in range(routes):
+        recorder.record("GET", "/" + "a" * 400 + f"/{i}", 200, 0.01, 0, 0)
+    plain, body = _client_body(recorder)
+    assert len(plain) / len(body) < MAX_GZIP_RATIO / 2
+    assert gunzip_capped(body, 64 * MIB) == plain
 
 
 def test_a_route_the_client_fits_is_one_the_collector_takes_under_the_longest_app_traits():

@@ -75,6 +75,16 @@ _DETAIL_LIMIT = 200
 #: allow for tools that concatenate compressed files (gzip(1) does), while
 #: keeping the work per body linear in its size (see :func:`gunzip_capped`).
 MAX_GZIP_MEMBERS = 8
+#: How many times its size a gzip body may inflate to, beyond
+#: :data:`GZIP_RATIO_SLACK`. Real reports, built by the client and gzipped at
+#: its level, inflate at most about 80 times (10,000 records differing only by
+#: a number in the route); gzip -9 takes the same reports to about 130. Deflate
+#: can reach some 1,000: a body past 256 is built to inflate, not a report.
+MAX_GZIP_RATIO = 256
+#: Inflated bytes every gzip body may have whatever its ratio: small reports
+#: (a startup report, a part of a few records) are never refused for their
+#: ratio, and a report too compressible still fits once the client splits it.
+GZIP_RATIO_SLACK = 64 * 1024
 #: The schema's limit on pairs in one latency histogram (checked by hand).
 MAX_HISTOGRAM_PAIRS = 1024
 #: The longest latency believed, in seconds (about 32 years; the schema's
@@ -155,15 +165,20 @@ def check_declared_size(content_length: str | None, cap: int) -> None:
 
 def gunzip_capped(data: bytes, cap: int) -> bytes:
     """Decompress gzip ``data`` (at most :data:`MAX_GZIP_MEMBERS` members),
-    producing at most ``cap`` bytes.
+    producing at most ``cap`` bytes, and at most :func:`inflation_limit` of them.
 
     A gzip bomb (a small body that inflates to gigabytes) is stopped after
     ``cap + 1`` bytes of output, whatever its ratio: zlib is never asked for more.
+    A body inflating past :data:`MAX_GZIP_RATIO` times its size (plus the
+    slack) is stopped there too, before the cap: a kilobyte that inflates to
+    the cap's megabyte costs the collector memory and CPU its sender did not
+    pay for, and no client's report compresses that well.
     A body of many members is refused after the limit: each member hands the
     rest of the body back as a new ``unused_data`` copy, so a megabyte of
     empty 20-byte members would cost a quadratic amount of copying (seconds of
     CPU) before the token is even looked at.
     """
+    limit = inflation_limit(len(data), cap)
     out = bytearray()
     rest = data
     for _ in range(MAX_GZIP_MEMBERS):
@@ -171,13 +186,13 @@ def gunzip_capped(data: bytes, cap: int) -> bytes:
         # max_length >= 1 here (0 would mean unlimited), and at most what zlib
         # takes (a C ssize_t): a larger one was an OverflowError, a 500 for
         # every gzip body, and no body can be that long anyway.
-        budget = min(cap + 1 - len(out), sys.maxsize)
+        budget = min(limit + 1 - len(out), sys.maxsize)
         try:
             out += inflater.decompress(rest, budget)
         except zlib.error as error:
             raise Refusal("malformed_json", f"the body is not valid gzip ({error})") from None
-        if len(out) > cap:
-            raise Refusal("too_large", f"the body inflates to more than {cap} bytes")
+        if len(out) > limit:
+            raise _inflated_too_much(len(data), limit, cap)
         if not inflater.eof:
             raise Refusal("malformed_json", "the gzip body is truncated")
         rest = inflater.unused_data
@@ -187,6 +202,27 @@ def gunzip_capped(data: bytes, cap: int) -> bytes:
         "malformed_json",
         f"the gzip body has more than {MAX_GZIP_MEMBERS} members; send it as one",
     )
+
+
+def inflation_limit(compressed: int, cap: int) -> int:
+    """The most bytes a gzip body of ``compressed`` bytes may inflate to."""
+    return min(cap, compressed * MAX_GZIP_RATIO + GZIP_RATIO_SLACK)
+
+
+def _inflated_too_much(compressed: int, limit: int, cap: int) -> Refusal:
+    """The ``too_large`` refusal for a body past ``limit``, saying which limit.
+
+    Both are a ``413``: a client told so sends its data again in bodies half
+    the size, which is what an honest report refused for its ratio needs (the
+    slack then takes it), and what an attacker gains nothing from.
+    """
+    if limit < cap:
+        return Refusal(
+            "too_large",
+            f"the {compressed}-byte gzip body inflates to more than {limit} bytes, over "
+            f"{MAX_GZIP_RATIO} times its size: no report compresses that well",
+        )
+    return Refusal("too_large", f"the body inflates to more than {cap} bytes")
 
 
 def decode_body(raw: bytes, content_encoding: str | None, cap: int) -> Any:
