@@ -515,8 +515,33 @@ BAD_REPORTS: list[tuple[str, BuildBody, bool, int, str]] = [
     ("not-utf8", lambda c: b'{"token": "\xff\xfe"}', True, 400, "malformed_json"),
     ("nan", lambda c: b'{"token": NaN, "stamp": "", "payload": ""}', True, 400, "malformed_json"),
     ("huge-number", lambda c: b'{"token": 1e999}', True, 400, "malformed_json"),
-    # Plain: gzipped, it inflates over the ratio limit and is too_large.
-    ("deep-nesting", lambda c: b"[" * 100_000 + b"]" * 100_000, False, 400, "malformed_json"),
+    # Plain: gzipped, it inflates over the ratio limit and is too_large. Not an
+    # object is the first fault, and ends the reading (the rest costs nothing).
+    ("deep-nesting", lambda c: b"[" * 100_000 + b"]" * 100_000, False, 400, "bad_envelope"),
+    (
+        "deep-nesting-in-a-field",
+        lambda c: (
+            b'{"token": ' + b"[" * 100_000 + b"]" * 100_000 + b', "stamp": "", "payload": ""}'
+        ),
+        False,
+        400,
+        "bad_envelope",
+    ),
+    (
+        "integer-past-64-bits",
+        lambda c: b'{"token": 9223372036854775808}',
+        True,
+        400,
+        "malformed_json",
+    ),
+    (
+        "control-character",
+        lambda c: b'{"token": "a\tb", "stamp": "", "payload": ""}',
+        True,
+        400,
+        "malformed_json",
+    ),
+    ("trailing-data", lambda c: _with_token(c.token, c) + b" {}", True, 400, "malformed_json"),
     (
         "duplicate-keys",
         lambda c: b'{"token": "a", "token": "b", "stamp": "", "payload": ""}',
@@ -635,6 +660,20 @@ BAD_REPORTS: list[tuple[str, BuildBody, bool, int, str]] = [
     # 10: the report
     ("payload-not-json", lambda c: envelope(c.token, "{nope"), True, 422, "invalid_payload"),
     ("payload-not-an-object", lambda c: envelope(c.token, "[1, 2]"), True, 422, "invalid_payload"),
+    (
+        "payload-nested-too-deeply",
+        lambda c: envelope(c.token, "[" * 100_000 + "]" * 100_000),
+        False,
+        422,
+        "invalid_payload",
+    ),
+    (
+        "payload-duplicate-keys",
+        lambda c: envelope(c.token, '{"a": 1, "a": 2}'),
+        True,
+        422,
+        "invalid_payload",
+    ),
     (
         "payload-unknown-field",
         lambda c: envelope(c.token, c.payload(hostname="web-1")),

@@ -18,18 +18,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reqtelemetry.collector import verify
-from reqtelemetry.collector.tokens import Claims
+from reqtelemetry.collector.tokens import Claims, TokenSigner
 from reqtelemetry.collector.verify import (
-    MAX_ENDPOINT_KEY_BYTES,
     GZIP_RATIO_SLACK,
+    MAX_ENDPOINT_KEY_BYTES,
     MAX_GZIP_MEMBERS,
     MAX_GZIP_RATIO,
     MAX_HISTOGRAM_PAIRS,
     MAX_LATENCY_SECONDS,
+    Limits,
     Refusal,
     check_payload,
     gunzip_capped,
     inflation_limit,
+    parse_json,
+    read_envelope,
+    verify_report,
 )
 from reqtelemetry.histogram import MAX_INDEX, MIN_INDEX
 from reqtelemetry.payload import MAX_ROUTE_BYTES, Envelope, build_reports
@@ -490,3 +494,125 @@ def test_the_largest_metric_value_is_taken():
     payload["metrics"]["counters"]["big.one"] = 2**63 - 1
     payload["metrics"]["gauges"]["low.one"] = -(2**63 - 1)
     assert check_payload(json.dumps(payload).encode(), CLAIMS)
+
+
+# -- the envelope, read before the token is known ----------------------------------------
+
+SIGNER = TokenSigner(b"a-secret-for-the-verify-tests-0123456789")
+LIMITS = Limits(max_body_bytes=MIB, bits=4, stamp_max_age=600.0, stamp_max_future=120.0)
+
+
+def _megabyte_of(prefix: bytes, unit: bytes, suffix: bytes) -> bytes:
+    return prefix + unit * ((MIB - len(prefix) - len(suffix)) // len(unit)) + suffix
+
+
+#: Bodies of a million tiny values, each cheap to send and (before) costly to
+#: parse, with the refusal each gets from its first fault.
+FLOODS = {
+    "objects": (_megabyte_of(b"[", b"{},", b"{}]"), "bad_envelope"),
+    "floats": (_megabyte_of(b'["\\ud83d\\ude00",', b"1.5,", b"1]"), "bad_envelope"),
+    "in-a-field": (
+        _megabyte_of(b'{"token": [', b"1.5,", b'1], "stamp": "", "payload": ""}'),
+        "bad_envelope",
+    ),
+    "unknown-field": (_megabyte_of(b'{"x": [', b"{},", b"{}]}"), "bad_envelope"),
+    "surrogates": (_megabyte_of(b'{"token": "', b"\\ud800", b'"}'), "malformed_json"),
+}
+
+
+@pytest.mark.parametrize("body,reason", FLOODS.values(), ids=list(FLOODS))
+def test_a_flood_of_tiny_values_is_refused_without_parsing_them(
+    monkeypatch: pytest.MonkeyPatch, body: bytes, reason: str
+) -> None:
+    # The strict parser (a Python call per value) is for a payload whose
+    # stamp holds; before the token, the body is only read.
+    def no_parsing(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("parsed before the token was checked")
+
+    monkeypatch.setattr(verify, "parse_json", no_parsing)
+    monkeypatch.setattr(verify.json, "loads", no_parsing)
+    with pytest.raises(Refusal) as refused:
+        verify_report(body, None, signer=SIGNER, limits=LIMITS, now=0.0)
+    assert refused.value.reason == reason
+
+
+def _envelope_of(**fields: Any) -> str:
+    return json.dumps(fields)
+
+
+@pytest.mark.parametrize(
+    "text,reason,detail",
+    [
+        ("", "malformed_json", "Expecting value"),
+        ("  nope", "malformed_json", "Expecting value"),
+        ("[1, 2]", "bad_envelope", "not an array"),
+        ('"token"', "bad_envelope", "not a string"),
+        ("null", "bad_envelope", "not null"),
+        ("{}", "bad_envelope", "missing payload, stamp, token"),
+        ('{"token": "t", "stamp": "s"}', "bad_envelope", "missing payload"),
+        ('{"token": "t", "extra": [1], "stamp": "s"}', "bad_envelope", "unknown extra"),
+        (
+            '{"token": 42, "stamp": "s", "payload": ""}',
+            "bad_envelope",
+            "token must be a string, not a number",
+        ),
+        ('{"token": -0.5e3, "stamp": "s", "payload": ""}', "bad_envelope", "not a number"),
+        ('{"token": true}', "bad_envelope", "token must be a string, not a boolean"),
+        ('{"token": null}', "bad_envelope", "not null"),
+        ('{"token": {"a": 1}}', "bad_envelope", "not an object"),
+        ('{"token": NaN}', "malformed_json", "NaN is not JSON"),
+        ('{"token": -Infinity}', "malformed_json", "-Infinity is not JSON"),
+        ('{"token": 1e999}', "malformed_json", "number out of range"),
+        ('{"token": 9223372036854775808}', "malformed_json", "64-bit"),
+        ('{"token": -9223372036854775809}', "malformed_json", "64-bit"),
+        ('{"token": ' + "9" * 5000 + "}", "malformed_json", "64-bit"),
+        ('{"token": 0}', "bad_envelope", "not a number"),
+        ('{"token": "a", "token": "b"}', "malformed_json", "duplicate key 'token'"),
+        ('{"token": "\\ud800", "stamp": "s", "payload": ""}', "malformed_json", "surrogate"),
+        ('{"\\udc00": "t"}', "malformed_json", "surrogate"),
+        ('{"token": "a\nb", "stamp": "s", "payload": ""}', "malformed_json", "Invalid control"),
+        ('{"token": "\\x", "stamp": "s", "payload": ""}', "malformed_json", "Invalid \\escape"),
+        ('{"token": "t", "stamp": "s", "payload": ""', "malformed_json", "Expecting ',' delimiter"),
+        ('{"token": "t", "stamp": "s", "payload": "",}', "malformed_json", "property name"),
+        ('{"token" "t"}', "malformed_json", "Expecting ':' delimiter"),
+        ('{"token": "t", "stamp": "s", "payload": ""} {}', "malformed_json", "Extra data"),
+        (
+            '{"token": "t", "stamp": "s", "payload": "" ',
+            "malformed_json",
+            "Expecting ',' delimiter",
+        ),
+    ],
+)
+def test_the_envelope_is_read_as_strictly_as_it_was_parsed(
+    text: str, reason: str, detail: str
+) -> None:
+    with pytest.raises(Refusal) as refused:
+        read_envelope(text)
+    assert refused.value.reason == reason
+    assert detail in refused.value.detail, refused.value.detail
+
+
+@given(
+    fields=st.fixed_dictionaries({name: st.text() for name in ("token", "stamp", "payload")}).map(
+        lambda d: list(d.items())
+    ),
+    order=st.randoms(use_true_random=False),
+    ascii_only=st.booleans(),
+    spacing=st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")]),
+)
+def test_an_envelope_reads_as_json_loads_reads_it(fields, order, ascii_only, spacing) -> None:
+    order.shuffle(fields)
+    text = "\r\n " + json.dumps(dict(fields), ensure_ascii=ascii_only, separators=spacing) + " \n"
+    try:
+        expected = parse_json(text)
+    except ValueError:  # a lone surrogate: both refuse it
+        with pytest.raises(Refusal):
+            read_envelope(text)
+        return
+    read = read_envelope(text)
+    assert (read.token, read.stamp, read.payload) == (
+        expected["token"],
+        expected["stamp"],
+        expected["payload"],
+    )
+    assert read.payload_bytes == expected["payload"].encode("utf-8")
