@@ -36,6 +36,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -53,6 +54,7 @@ from hypothesis import strategies as st
 
 from receiver import ServerThread
 from reqtelemetry import hashcash
+from reqtelemetry.collector import app as collector_app
 from reqtelemetry.collector.app import SESSION_MAX_BYTES, create_app
 from reqtelemetry.collector.export import COLUMNS
 from reqtelemetry.collector.settings import CollectorSettings, SettingsError
@@ -808,6 +810,63 @@ def test_a_body_of_many_gzip_members_is_refused(collector: Collector) -> None:
     assert response.json()["error"] == "malformed_json"
     assert "members" in response.json()["detail"]
     assert collector.storage.refusals() == {"malformed_json": 1}
+
+
+@pytest.mark.e2e
+def test_verifications_run_a_few_at_a_time_and_a_full_line_is_told_to_come_back(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Forty bodies verified at once held forty inflated bodies and their
+    # parses (2.1 GB in the review); a few at a time bound that memory.
+    release = threading.Event()
+    inside: list[int] = []
+    lock = threading.Lock()
+
+    def slow_verify(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            inside.append(inside[-1] + 1 if inside else 1)
+        release.wait(10)
+        with lock:
+            inside.append(inside[-1] - 1)
+        raise Refusal("bad_token", "the token is not one this collector issued")
+
+    monkeypatch.setattr(collector_app, "verify_report", slow_verify)
+    monkeypatch.setattr(collector_app, "VERIFY_CONCURRENCY", 2)
+    monkeypatch.setattr(collector_app, "VERIFY_QUEUE", 2)
+    app = create_app(collector_settings(), storage)
+    server = ServerThread(app)
+    server.start()
+    answers: list[httpx.Response] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
+            answers.append(http.post("/v1/report", content=b"{}", headers=PLAIN))
+
+    def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        until(lambda: len(inside) >= 2 and app.state.gate.waiting() == 2)
+        for _ in range(3):  # the line is full: answered at once, not verified
+            post()
+        assert [a.status_code for a in answers] == [503] * 3
+        assert all(a.json()["error"] == "busy" for a in answers)
+        retry_after = str(collector_app.BUSY_RETRY_AFTER)
+        assert all(a.headers["Retry-After"] == retry_after for a in answers)
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(10)
+        server.stop()
+    assert sorted(a.status_code for a in answers) == [401] * 4 + [503] * 3
+    assert max(inside) == 2
+    assert storage.refusals() == {"bad_token": 4}
 
 
 @pytest.mark.e2e

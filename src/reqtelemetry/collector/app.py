@@ -16,6 +16,9 @@ What the endpoint code guarantees, and why:
   Parsing, schema validation and every storage call run in a worker thread
   (``run_in_threadpool``): a megabyte of JSON or a slow database must not stall
   the event loop that serves everyone else.
+* Reports are verified a few at a time (:class:`Gate`): each verification
+  holds an inflated body, and once its stamp holds a parsed payload, so a
+  flood must not hold them all at once. A full line is a ``503 busy``.
 * A storage failure is a ``503`` with ``Retry-After``: the client keeps its
   data and tries later, which is the truth (nothing was stored). The one
   exception is a value the database cannot hold (``UnstorableReport``): the
@@ -34,7 +37,9 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -73,6 +78,17 @@ DAYS_PATTERN = re.compile(r"[0-9]{1,8}")
 PRUNE_EVERY = 3600.0
 #: How long a client should wait when storage is down.
 UNAVAILABLE_RETRY_AFTER = 60
+#: Reports verified at once. Verifying holds the inflated body, and for a
+#: report whose stamp holds its parsed payload: memory in proportion to the
+#: body, so a flood of concurrent bodies must not each get its own. More at
+#: once would not go faster either, the parsing holding the GIL.
+VERIFY_CONCURRENCY = 4
+#: Reports waiting for their turn, beyond which a report is answered ``503``
+#: at once (``BUSY_RETRY_AFTER``): a waiting report holds only its body as
+#: sent, but the wait of the last in line must stay within a client's timeout.
+VERIFY_QUEUE = 64
+#: How long a client should wait when the verifications are all taken.
+BUSY_RETRY_AFTER = 10
 #: The answer to a report the database refused to hold (the database's own
 #: words go to the log, not to the client).
 UNSTORABLE_DETAIL = (
@@ -109,6 +125,7 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
     dashboard_html = (files("reqtelemetry.collector") / "static" / "index.html").read_text(
         encoding="utf-8"
     )
+    gate = Gate(VERIFY_CONCURRENCY, VERIFY_QUEUE)
 
     async def refuse(refusal: Refusal) -> JSONResponse:
         logger.debug("refused: %s (%s)", refusal.reason, refusal.detail)
@@ -133,15 +150,18 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
     async def report(request: Request) -> Response:
         try:
             raw = await read_body(request, settings.max_body_bytes)
-            now = time.time()
-            verified = await run_in_threadpool(
-                verify_report,
-                raw,
-                request.headers.get("content-encoding"),
-                signer=signer,
-                limits=limits,
-                now=now,
-            )
+            async with gate.turn() as admitted:
+                if not admitted:
+                    return _busy()
+                now = time.time()
+                verified = await run_in_threadpool(
+                    verify_report,
+                    raw,
+                    request.headers.get("content-encoding"),
+                    signer=signer,
+                    limits=limits,
+                    now=now,
+                )
         except Refusal as refusal:
             return await refuse(refusal)
         except ClientDisconnect:
@@ -240,6 +260,7 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
     )
     app.state.settings = settings
     app.state.storage = store
+    app.state.gate = gate
     return app
 
 
@@ -293,6 +314,67 @@ class Retention:
                 pruned.deployments,
             )
         return pruned
+
+
+class Gate:
+    """At most ``size`` holders at once, and ``queue`` waiting for a turn.
+
+    Why not a bare semaphore: its line has no end, and a flood would keep
+    honest reports waiting past their clients' timeouts; a full line is
+    told to come back (``503``), which a client does within its budget.
+    Kept per event loop: an asyncio semaphore belongs to the loop it first
+    waited in, and one app may be served by several loops in turn (tests).
+    """
+
+    def __init__(self, size: int, queue: int) -> None:
+        self.size = size
+        self.queue = queue
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Line] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[bool]:
+        """Wait for a turn and hold it; yields False, at once, when the line is full."""
+        line = self._line()
+        if line.semaphore.locked() and line.waiting >= self.queue:
+            yield False
+            return
+        line.waiting += 1
+        try:
+            await line.semaphore.acquire()
+        finally:
+            line.waiting -= 1
+        try:
+            yield True
+        finally:
+            line.semaphore.release()
+
+    def waiting(self) -> int:
+        """Requests waiting for a turn, on every loop."""
+        return sum(line.waiting for line in list(self._loops.values()))
+
+    def _line(self) -> _Line:
+        loop = asyncio.get_running_loop()
+        line = self._loops.get(loop)
+        if line is None:
+            line = self._loops[loop] = _Line(asyncio.Semaphore(self.size))
+        return line
+
+
+@dataclass
+class _Line:
+    semaphore: asyncio.Semaphore
+    waiting: int = 0
+
+
+def _busy() -> JSONResponse:
+    """Every verification is taken and the line is full: come back shortly."""
+    return JSONResponse(
+        {"error": "busy", "detail": "the collector is verifying as many reports as it can"},
+        status_code=503,
+        headers={"Retry-After": str(BUSY_RETRY_AFTER)},
+    )
 
 
 def _unavailable(detail: str) -> JSONResponse:
