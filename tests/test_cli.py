@@ -483,6 +483,20 @@ def test_production_refuses_a_short_dashboard_token(
     assert len(served) == 1
 
 
+@pytest.mark.parametrize("password", ["a", "x" * 15])
+def test_production_refuses_a_short_basic_auth_password(
+    capsys, served, monkeypatch, password, no_collector_environment
+):
+    monkeypatch.setenv("REQTELEMETRY_COLLECTOR_SECRET", "s" * 32)
+    monkeypatch.setenv("REQTELEMETRY_DASHBOARD_BASIC_AUTH", f"admin:{password}")
+    assert main(["collector", "--production", "--db", "sqlite:///:memory:"]) == 2
+    line = one_error_line(capsys, "collector")
+    assert "REQTELEMETRY_DASHBOARD_BASIC_AUTH" in line and "16" in line
+    monkeypatch.setenv("REQTELEMETRY_DASHBOARD_BASIC_AUTH", "admin:" + "x" * 16)
+    assert main(["collector", "--production", "--db", "sqlite:///:memory:"]) == 0
+    assert len(served) == 1
+
+
 def test_the_collector_without_its_extra_says_what_to_install(
     capsys, served, monkeypatch, no_collector_environment
 ):

@@ -2178,8 +2178,9 @@ def test_production_needs_dashboard_credentials_or_an_explicit_public_dashboard(
     with pytest.raises(SettingsError, match="REQTELEMETRY_DASHBOARD_TOKEN"):
         CollectorSettings.resolve(env)
     assert CollectorSettings.resolve({**env, "REQTELEMETRY_DASHBOARD_PUBLIC": "1"}).production
-    settings = CollectorSettings.resolve({**env, "REQTELEMETRY_DASHBOARD_BASIC_AUTH": "me:pw:x"})
-    assert settings.dashboard_basic_auth == ("me", "pw:x")
+    basic = "me:pw:x-long-enough-for-production"
+    settings = CollectorSettings.resolve({**env, "REQTELEMETRY_DASHBOARD_BASIC_AUTH": basic})
+    assert settings.dashboard_basic_auth == ("me", "pw:x-long-enough-for-production")
 
 
 def test_development_invents_a_secret_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
@@ -2275,6 +2276,23 @@ def test_production_refuses_a_placeholder_dashboard_token() -> None:
     assert CollectorSettings.resolve({**env, "REQTELEMETRY_DASHBOARD_TOKEN": "x" * 16}).production
     # Development keeps accepting a short one (the tests' and the demo's).
     assert CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_TOKEN": "t"}).dashboard_protected
+
+
+def test_production_refuses_a_short_basic_auth_password() -> None:
+    # It opens the same pages as the token, which must be 16 characters.
+    env = {"REQTELEMETRY_COLLECTOR_PRODUCTION": "1", "REQTELEMETRY_COLLECTOR_SECRET": "s" * 32}
+    for password in ("a", "x" * 15, "\u00e9" * 15):
+        basic = {"REQTELEMETRY_DASHBOARD_BASIC_AUTH": f"admin:{password}"}
+        with pytest.raises(SettingsError, match=r"REQTELEMETRY_DASHBOARD_BASIC_AUTH.*at least 16"):
+            CollectorSettings.resolve({**env, **basic})
+        # Not even beside a good token: the weak password would still open the pages.
+        with pytest.raises(SettingsError, match="REQTELEMETRY_DASHBOARD_BASIC_AUTH"):
+            CollectorSettings.resolve({**env, **basic, "REQTELEMETRY_DASHBOARD_TOKEN": "x" * 32})
+    basic = {"REQTELEMETRY_DASHBOARD_BASIC_AUTH": "admin:" + "x" * 16}
+    assert CollectorSettings.resolve({**env, **basic}).dashboard_protected
+    # Development keeps accepting a short one.
+    development = CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_BASIC_AUTH": "a:b"})
+    assert development.dashboard_protected
 
 
 def _cli_env(**extra: str) -> dict[str, str]:
