@@ -988,6 +988,71 @@ def test_bad_session_requests_are_refused(
     assert collector.storage.refusals() == {reason: 1}
 
 
+# -- the Host of a dashboard without credentials -------------------------------------------
+
+DASHBOARD_PATHS = ("/", "/api/summary", "/export.csv", "/static/dashboard.js")
+
+
+def _get(collector: Collector, path: str, host: str, **headers: str) -> httpx.Response:
+    return collector.http.get(path, headers={"Host": host, **headers})
+
+
+@pytest.mark.e2e
+def test_an_open_dashboard_answers_only_to_a_loopback_host(collector: Collector) -> None:
+    # DNS rebinding: a page from rebind.attacker.example, its name resolved
+    # again to 127.0.0.1, reads the dashboard as its own origin. It cannot
+    # choose the Host its requests carry.
+    port = collector.url.rsplit(":", 1)[1]
+    for path in DASHBOARD_PATHS:
+        for host in (f"rebind.attacker.example:{port}", "rebind.attacker.example", "10.0.0.1"):
+            answer = _get(collector, path, host)
+            assert answer.status_code == 403, (path, host)
+            assert answer.json()["error"] == "wrong_host"
+            assert "REQTELEMETRY_DASHBOARD_TOKEN" in answer.json()["detail"]
+        for host in (f"localhost:{port}", "LOCALHOST", f"127.0.0.1:{port}", "127.0.0.2", "[::1]"):
+            assert _get(collector, path, host).status_code == 200, (path, host)
+    # The clients' endpoints answer whatever the Host: reports come from afar.
+    assert _get(collector, "/healthz", "collector.example.org").status_code == 200
+    answer = collector.http.post(
+        "/v1/session",
+        json={"deployment_id": new_id(), "instance_id": new_id()},
+        headers={"Host": "collector.example.org"},
+    )
+    assert answer.status_code == 200
+
+
+@pytest.mark.e2e
+def test_an_open_dashboard_also_answers_to_the_host_it_listens_on(storage: Storage) -> None:
+    server = ServerThread(create_app(collector_settings(), storage, host="[::1]"))
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False) as http:
+            assert http.get("/", headers={"Host": "::1"}).status_code == 200
+        server.stop()
+        server = ServerThread(create_app(collector_settings(), storage, host="Box.Lan"))
+        server.start()
+        with httpx.Client(base_url=server.url, trust_env=False) as http:
+            assert http.get("/", headers={"Host": "box.lan:8600"}).status_code == 200
+            assert http.get("/", headers={"Host": "other.lan:8600"}).status_code == 403
+    finally:
+        server.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "overrides",
+    [{"dashboard_token": "dashboard-token-for-tests"}, {"dashboard_public": True}],
+    ids=["with-credentials", "public-on-purpose"],
+)
+def test_a_protected_or_public_dashboard_answers_to_any_host(
+    make_collector: Callable[..., Collector], overrides: dict[str, Any]
+) -> None:
+    collector = make_collector(**overrides)
+    auth = {"Authorization": "Bearer dashboard-token-for-tests"}
+    for path in DASHBOARD_PATHS:
+        assert _get(collector, path, "collector.example.org", **auth).status_code == 200
+
+
 # -- credentials -------------------------------------------------------------------------
 
 DASHBOARD_TOKEN = "dashboard-token-for-tests"

@@ -2,7 +2,8 @@
 
 Public, for clients: ``POST /v1/session`` (a signed token), ``POST /v1/report``
 (a report with its proof of work), ``GET /healthz``. For the maintainer,
-behind the dashboard credentials when configured: ``GET /`` (the dashboard),
+behind the dashboard credentials when configured (without them, to a
+loopback ``Host`` only: :class:`LocalHostOnly`): ``GET /`` (the dashboard),
 ``GET /api/summary`` (its data) and ``GET /export.csv``; those two take
 ``?days=`` (the window) and ``?app=`` (one app's figures only).
 
@@ -33,6 +34,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import ipaddress
 import logging
 import re
 import threading
@@ -45,11 +47,14 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._version import __version__
 from .export import app_filter, csv_text, endpoint_rows, since_days
@@ -108,9 +113,16 @@ DASHBOARD_HEADERS = {
 }
 
 
-def create_app(settings: CollectorSettings, storage: Storage | None = None) -> Starlette:
+def create_app(
+    settings: CollectorSettings, storage: Storage | None = None, *, host: str | None = None
+) -> Starlette:
     """The collector app. Without ``storage``, opens (and migrates) ``settings.db_url``
-    and closes it at shutdown; a given ``storage`` stays the caller's to close."""
+    and closes it at shutdown; a given ``storage`` stays the caller's to close.
+
+    ``host`` is the address it listens on (``--host``): a dashboard without
+    credentials answers to it as ``Host``, besides the loopback names
+    (see :class:`LocalHostOnly`).
+    """
     owns_storage = storage is None
     store: Storage = open_storage(settings.db_url) if storage is None else storage
     if owns_storage:
@@ -257,6 +269,7 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
+        middleware=_host_guard(settings, host),
     )
     app.state.settings = settings
     app.state.storage = store
@@ -485,6 +498,76 @@ def _guard(settings: CollectorSettings) -> Callable[[Endpoint], Endpoint]:
         return guarded
 
     return protect
+
+
+#: The clients' endpoints: they answer whatever the ``Host``, since what they
+#: accept carries its own proof (a token, a stamp) and they hold nothing to read.
+CLIENT_PATHS = frozenset({"/v1/session", "/v1/report", "/healthz"})
+LOOPBACK_NAMES = frozenset({"localhost"})
+WRONG_HOST_DETAIL = (
+    "this dashboard has no credentials, so it answers only to a loopback Host "
+    "(localhost, 127.0.0.1, [::1]) or its --host; set REQTELEMETRY_DASHBOARD_TOKEN "
+    "to open it under another name"
+)
+
+
+def _host_guard(settings: CollectorSettings, host: str | None) -> list[Middleware]:
+    """:class:`LocalHostOnly` for a dashboard without credentials, unless it
+    was published on purpose (``--public-dashboard``)."""
+    if settings.dashboard_protected or settings.dashboard_public:
+        return []
+    return [Middleware(LocalHostOnly, listen_host=host)]
+
+
+class LocalHostOnly:
+    """Answer everything but the clients' endpoints only to a loopback ``Host``.
+
+    Why: a dashboard without credentials listens on loopback, trusting that
+    only the maintainer's machine reaches it. A web page the maintainer
+    visits can still reach it, by DNS rebinding: its own name, resolved
+    again to 127.0.0.1, makes the browser send the page's requests here as
+    same-origin, and read ``/api/summary`` and ``/export.csv``. Those
+    requests carry the page's name as ``Host``; a loopback name or the
+    address listened on cannot be rebound.
+    """
+
+    def __init__(self, app: ASGIApp, listen_host: str | None = None) -> None:
+        self.app = app
+        self.allowed = set(LOOPBACK_NAMES)
+        if listen_host:
+            self.allowed.add(_host_name(listen_host))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in CLIENT_PATHS or self._local(scope):
+            await self.app(scope, receive, send)
+            return
+        answer = JSONResponse({"error": "wrong_host", "detail": WRONG_HOST_DETAIL}, status_code=403)
+        await answer(scope, receive, send)
+
+    def _local(self, scope: Scope) -> bool:
+        header = Headers(scope=scope).get("host")
+        if header is None:
+            return False
+        name = _host_name(header)
+        return name in self.allowed or _is_loopback_address(name)
+
+
+def _host_name(host: str) -> str:
+    """``host`` (a ``Host`` header or ``--host``) without port or brackets,
+    lower case and without a final dot: ``[::1]:8600`` is ``::1``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.removesuffix(".")
+
+
+def _is_loopback_address(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _utf8(text: str) -> bytes:
