@@ -7,6 +7,7 @@ none of the sample identifiers, and neither connects anywhere.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -18,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import reqtelemetry
@@ -205,7 +207,11 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     import uvicorn
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+
+    def run(app: Any, **options: Any) -> None:
+        calls.append({**options, "app": app})
+
+    monkeypatch.setattr(uvicorn, "run", run)
     return calls
 
 
@@ -462,6 +468,31 @@ def test_a_non_loopback_host_needs_dashboard_credentials(
     assert [call["host"] for call in served] == ["localhost", "::1", "0.0.0.0", "0.0.0.0"]
 
 
+def test_an_open_dashboard_answers_to_its_host_and_loopback_only(
+    served, tmp_path, no_collector_environment
+):
+    # The collector is told the --host it listens on: a DNS-rebound name is refused.
+    assert main(["collector", "--db", f"sqlite:///{tmp_path}/t.db", "--host", "127.0.0.5"]) == 0
+    (call,) = served
+    transport = httpx.ASGITransport(app=call["app"])
+
+    async def statuses() -> list[int]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as http:
+            return [
+                (await http.get(path, headers={"Host": host})).status_code
+                for path, host in (
+                    ("/api/summary", "127.0.0.5:8600"),
+                    ("/api/summary", "localhost:8600"),
+                    ("/api/summary", "rebind.example:8600"),
+                    ("/export.csv", "rebind.example:8600"),
+                    ("/healthz", "rebind.example:8600"),
+                )
+            ]
+
+    assert asyncio.run(statuses()) == [200, 200, 403, 403, 200]
+    call["app"].state.storage.close()
+
+
 def test_bits_beyond_what_clients_accept_are_refused(capsys, served, no_collector_environment):
     assert main(["collector", "--db", "sqlite:///:memory:", "--bits", "25"]) == 2
     line = one_error_line(capsys, "collector")
@@ -479,6 +510,20 @@ def test_production_refuses_a_short_dashboard_token(
     line = one_error_line(capsys, "collector")
     assert "REQTELEMETRY_DASHBOARD_TOKEN" in line and "16" in line
     monkeypatch.setenv("REQTELEMETRY_DASHBOARD_TOKEN", "x" * 16)
+    assert main(["collector", "--production", "--db", "sqlite:///:memory:"]) == 0
+    assert len(served) == 1
+
+
+@pytest.mark.parametrize("password", ["a", "x" * 15])
+def test_production_refuses_a_short_basic_auth_password(
+    capsys, served, monkeypatch, password, no_collector_environment
+):
+    monkeypatch.setenv("REQTELEMETRY_COLLECTOR_SECRET", "s" * 32)
+    monkeypatch.setenv("REQTELEMETRY_DASHBOARD_BASIC_AUTH", f"admin:{password}")
+    assert main(["collector", "--production", "--db", "sqlite:///:memory:"]) == 2
+    line = one_error_line(capsys, "collector")
+    assert "REQTELEMETRY_DASHBOARD_BASIC_AUTH" in line and "16" in line
+    monkeypatch.setenv("REQTELEMETRY_DASHBOARD_BASIC_AUTH", "admin:" + "x" * 16)
     assert main(["collector", "--production", "--db", "sqlite:///:memory:"]) == 0
     assert len(served) == 1
 

@@ -36,6 +36,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -53,6 +54,7 @@ from hypothesis import strategies as st
 
 from receiver import ServerThread
 from reqtelemetry import hashcash
+from reqtelemetry.collector import app as collector_app
 from reqtelemetry.collector.app import SESSION_MAX_BYTES, create_app
 from reqtelemetry.collector.export import COLUMNS
 from reqtelemetry.collector.settings import CollectorSettings, SettingsError
@@ -515,7 +517,33 @@ BAD_REPORTS: list[tuple[str, BuildBody, bool, int, str]] = [
     ("not-utf8", lambda c: b'{"token": "\xff\xfe"}', True, 400, "malformed_json"),
     ("nan", lambda c: b'{"token": NaN, "stamp": "", "payload": ""}', True, 400, "malformed_json"),
     ("huge-number", lambda c: b'{"token": 1e999}', True, 400, "malformed_json"),
-    ("deep-nesting", lambda c: b"[" * 100_000 + b"]" * 100_000, True, 400, "malformed_json"),
+    # Plain: gzipped, it inflates over the ratio limit and is too_large. Not an
+    # object is the first fault, and ends the reading (the rest costs nothing).
+    ("deep-nesting", lambda c: b"[" * 100_000 + b"]" * 100_000, False, 400, "bad_envelope"),
+    (
+        "deep-nesting-in-a-field",
+        lambda c: (
+            b'{"token": ' + b"[" * 100_000 + b"]" * 100_000 + b', "stamp": "", "payload": ""}'
+        ),
+        False,
+        400,
+        "bad_envelope",
+    ),
+    (
+        "integer-past-64-bits",
+        lambda c: b'{"token": 9223372036854775808}',
+        True,
+        400,
+        "malformed_json",
+    ),
+    (
+        "control-character",
+        lambda c: b'{"token": "a\tb", "stamp": "", "payload": ""}',
+        True,
+        400,
+        "malformed_json",
+    ),
+    ("trailing-data", lambda c: _with_token(c.token, c) + b" {}", True, 400, "malformed_json"),
     (
         "duplicate-keys",
         lambda c: b'{"token": "a", "token": "b", "stamp": "", "payload": ""}',
@@ -634,6 +662,20 @@ BAD_REPORTS: list[tuple[str, BuildBody, bool, int, str]] = [
     # 10: the report
     ("payload-not-json", lambda c: envelope(c.token, "{nope"), True, 422, "invalid_payload"),
     ("payload-not-an-object", lambda c: envelope(c.token, "[1, 2]"), True, 422, "invalid_payload"),
+    (
+        "payload-nested-too-deeply",
+        lambda c: envelope(c.token, "[" * 100_000 + "]" * 100_000),
+        False,
+        422,
+        "invalid_payload",
+    ),
+    (
+        "payload-duplicate-keys",
+        lambda c: envelope(c.token, '{"a": 1, "a": 2}'),
+        True,
+        422,
+        "invalid_payload",
+    ),
     (
         "payload-unknown-field",
         lambda c: envelope(c.token, c.payload(hostname="web-1")),
@@ -771,6 +813,63 @@ def test_a_body_of_many_gzip_members_is_refused(collector: Collector) -> None:
 
 
 @pytest.mark.e2e
+def test_verifications_run_a_few_at_a_time_and_a_full_line_is_told_to_come_back(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Forty bodies verified at once held forty inflated bodies and their
+    # parses (2.1 GB in the review); a few at a time bound that memory.
+    release = threading.Event()
+    inside: list[int] = []
+    lock = threading.Lock()
+
+    def slow_verify(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            inside.append(inside[-1] + 1 if inside else 1)
+        release.wait(10)
+        with lock:
+            inside.append(inside[-1] - 1)
+        raise Refusal("bad_token", "the token is not one this collector issued")
+
+    monkeypatch.setattr(collector_app, "verify_report", slow_verify)
+    monkeypatch.setattr(collector_app, "VERIFY_CONCURRENCY", 2)
+    monkeypatch.setattr(collector_app, "VERIFY_QUEUE", 2)
+    app = create_app(collector_settings(), storage)
+    server = ServerThread(app)
+    server.start()
+    answers: list[httpx.Response] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
+            answers.append(http.post("/v1/report", content=b"{}", headers=PLAIN))
+
+    def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        until(lambda: len(inside) >= 2 and app.state.gate.waiting() == 2)
+        for _ in range(3):  # the line is full: answered at once, not verified
+            post()
+        assert [a.status_code for a in answers] == [503] * 3
+        assert all(a.json()["error"] == "busy" for a in answers)
+        retry_after = str(collector_app.BUSY_RETRY_AFTER)
+        assert all(a.headers["Retry-After"] == retry_after for a in answers)
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(10)
+        server.stop()
+    assert sorted(a.status_code for a in answers) == [401] * 4 + [503] * 3
+    assert max(inside) == 2
+    assert storage.refusals() == {"bad_token": 4}
+
+
+@pytest.mark.e2e
 def test_an_oversized_stream_without_length_is_cut_off(collector: Collector) -> None:
     sent = []
 
@@ -887,6 +986,71 @@ def test_bad_session_requests_are_refused(
     assert response.json()["error"] == reason
     assert "token" not in response.json()
     assert collector.storage.refusals() == {reason: 1}
+
+
+# -- the Host of a dashboard without credentials -------------------------------------------
+
+DASHBOARD_PATHS = ("/", "/api/summary", "/export.csv", "/static/dashboard.js")
+
+
+def _get(collector: Collector, path: str, host: str, **headers: str) -> httpx.Response:
+    return collector.http.get(path, headers={"Host": host, **headers})
+
+
+@pytest.mark.e2e
+def test_an_open_dashboard_answers_only_to_a_loopback_host(collector: Collector) -> None:
+    # DNS rebinding: a page from rebind.attacker.example, its name resolved
+    # again to 127.0.0.1, reads the dashboard as its own origin. It cannot
+    # choose the Host its requests carry.
+    port = collector.url.rsplit(":", 1)[1]
+    for path in DASHBOARD_PATHS:
+        for host in (f"rebind.attacker.example:{port}", "rebind.attacker.example", "10.0.0.1"):
+            answer = _get(collector, path, host)
+            assert answer.status_code == 403, (path, host)
+            assert answer.json()["error"] == "wrong_host"
+            assert "REQTELEMETRY_DASHBOARD_TOKEN" in answer.json()["detail"]
+        for host in (f"localhost:{port}", "LOCALHOST", f"127.0.0.1:{port}", "127.0.0.2", "[::1]"):
+            assert _get(collector, path, host).status_code == 200, (path, host)
+    # The clients' endpoints answer whatever the Host: reports come from afar.
+    assert _get(collector, "/healthz", "collector.example.org").status_code == 200
+    answer = collector.http.post(
+        "/v1/session",
+        json={"deployment_id": new_id(), "instance_id": new_id()},
+        headers={"Host": "collector.example.org"},
+    )
+    assert answer.status_code == 200
+
+
+@pytest.mark.e2e
+def test_an_open_dashboard_also_answers_to_the_host_it_listens_on(storage: Storage) -> None:
+    server = ServerThread(create_app(collector_settings(), storage, host="[::1]"))
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False) as http:
+            assert http.get("/", headers={"Host": "::1"}).status_code == 200
+        server.stop()
+        server = ServerThread(create_app(collector_settings(), storage, host="Box.Lan"))
+        server.start()
+        with httpx.Client(base_url=server.url, trust_env=False) as http:
+            assert http.get("/", headers={"Host": "box.lan:8600"}).status_code == 200
+            assert http.get("/", headers={"Host": "other.lan:8600"}).status_code == 403
+    finally:
+        server.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "overrides",
+    [{"dashboard_token": "dashboard-token-for-tests"}, {"dashboard_public": True}],
+    ids=["with-credentials", "public-on-purpose"],
+)
+def test_a_protected_or_public_dashboard_answers_to_any_host(
+    make_collector: Callable[..., Collector], overrides: dict[str, Any]
+) -> None:
+    collector = make_collector(**overrides)
+    auth = {"Authorization": "Bearer dashboard-token-for-tests"}
+    for path in DASHBOARD_PATHS:
+        assert _get(collector, path, "collector.example.org", **auth).status_code == 200
 
 
 # -- credentials -------------------------------------------------------------------------
@@ -2079,8 +2243,9 @@ def test_production_needs_dashboard_credentials_or_an_explicit_public_dashboard(
     with pytest.raises(SettingsError, match="REQTELEMETRY_DASHBOARD_TOKEN"):
         CollectorSettings.resolve(env)
     assert CollectorSettings.resolve({**env, "REQTELEMETRY_DASHBOARD_PUBLIC": "1"}).production
-    settings = CollectorSettings.resolve({**env, "REQTELEMETRY_DASHBOARD_BASIC_AUTH": "me:pw:x"})
-    assert settings.dashboard_basic_auth == ("me", "pw:x")
+    basic = "me:pw:x-long-enough-for-production"
+    settings = CollectorSettings.resolve({**env, "REQTELEMETRY_DASHBOARD_BASIC_AUTH": basic})
+    assert settings.dashboard_basic_auth == ("me", "pw:x-long-enough-for-production")
 
 
 def test_development_invents_a_secret_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
@@ -2176,6 +2341,23 @@ def test_production_refuses_a_placeholder_dashboard_token() -> None:
     assert CollectorSettings.resolve({**env, "REQTELEMETRY_DASHBOARD_TOKEN": "x" * 16}).production
     # Development keeps accepting a short one (the tests' and the demo's).
     assert CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_TOKEN": "t"}).dashboard_protected
+
+
+def test_production_refuses_a_short_basic_auth_password() -> None:
+    # It opens the same pages as the token, which must be 16 characters.
+    env = {"REQTELEMETRY_COLLECTOR_PRODUCTION": "1", "REQTELEMETRY_COLLECTOR_SECRET": "s" * 32}
+    for password in ("a", "x" * 15, "\u00e9" * 15):
+        basic = {"REQTELEMETRY_DASHBOARD_BASIC_AUTH": f"admin:{password}"}
+        with pytest.raises(SettingsError, match=r"REQTELEMETRY_DASHBOARD_BASIC_AUTH.*at least 16"):
+            CollectorSettings.resolve({**env, **basic})
+        # Not even beside a good token: the weak password would still open the pages.
+        with pytest.raises(SettingsError, match="REQTELEMETRY_DASHBOARD_BASIC_AUTH"):
+            CollectorSettings.resolve({**env, **basic, "REQTELEMETRY_DASHBOARD_TOKEN": "x" * 32})
+    basic = {"REQTELEMETRY_DASHBOARD_BASIC_AUTH": "admin:" + "x" * 16}
+    assert CollectorSettings.resolve({**env, **basic}).dashboard_protected
+    # Development keeps accepting a short one.
+    development = CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_BASIC_AUTH": "a:b"})
+    assert development.dashboard_protected
 
 
 def _cli_env(**extra: str) -> dict[str, str]:

@@ -18,21 +18,29 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reqtelemetry.collector import verify
-from reqtelemetry.collector.tokens import Claims
+from reqtelemetry.collector.tokens import Claims, TokenSigner
 from reqtelemetry.collector.verify import (
+    GZIP_RATIO_SLACK,
     MAX_ENDPOINT_KEY_BYTES,
     MAX_GZIP_MEMBERS,
+    MAX_GZIP_RATIO,
     MAX_HISTOGRAM_PAIRS,
     MAX_LATENCY_SECONDS,
+    Limits,
     Refusal,
     check_payload,
     gunzip_capped,
+    inflation_limit,
+    parse_json,
+    read_envelope,
+    verify_report,
 )
 from reqtelemetry.histogram import MAX_INDEX, MIN_INDEX
 from reqtelemetry.payload import MAX_ROUTE_BYTES, Envelope, build_reports
 from reqtelemetry.recorder import Recorder
 from reqtelemetry.schema_loader import load_payload_schema
 from reqtelemetry.traits import MAX_TEXT_LENGTH
+from reqtelemetry.transport import GZIP_LEVEL, build_envelope, gzip_paced
 
 DEPLOYMENT = "6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b"
 INSTANCE = "0b4f5a43-9a7e-4a47-8f0c-5c7b9d2c1a10"
@@ -392,6 +400,68 @@ def test_a_megabyte_of_empty_members_stops_after_the_limit(
     assert len(made) == MAX_GZIP_MEMBERS
 
 
+def _client_body(recorder: Recorder) -> tuple[bytes, bytes]:
+    """``recorder``'s records as the client sends them: one report (however
+    large) in an envelope, gzipped at the client's level; (plain, gzipped)."""
+    envelope = Envelope("periodic", 0, DEPLOYMENT, INSTANCE, {}, [], {"counters": {}, "gauges": {}})
+    (built,) = build_reports(envelope, recorder.collect(), 64 * MIB, paced=False)
+    plain = build_envelope("t" * 160, "1:20:" + "s" * 90, built.body.decode(), paced=False)
+    return plain, gzip_paced(plain, GZIP_LEVEL, paced=False)
+
+
+def test_a_body_inflating_past_the_ratio_is_refused_before_the_cap() -> None:
+    # A kilobyte of [{},{},...] that inflates to the megabyte cap made the
+    # collector parse a million values before looking at the token.
+    plain = b"[" + b"{}," * (MIB // 3 - 1) + b"{}]"
+    body = gzip.compress(plain, 9)
+    assert len(plain) <= MIB and len(body) < 2048
+    with pytest.raises(Refusal) as refused:
+        gunzip_capped(body, MIB)
+    assert refused.value.reason == "too_large" and refused.value.status == 413
+    assert f"over {MAX_GZIP_RATIO} times its size" in refused.value.detail
+
+
+def test_the_ratio_limit_stops_the_inflater_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not inflated to the cap and then measured: zlib is never asked for more.
+    asked = []
+    real = zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.inner = real(*args, **kwargs)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            asked.append(max_length)
+            return self.inner.decompress(data, max_length)
+
+    monkeypatch.setattr(verify.zlib, "decompressobj", Counting)
+    body = gzip.compress(bytes(MIB), 9)
+    with pytest.raises(Refusal):
+        gunzip_capped(body, MIB)
+    assert asked == [inflation_limit(len(body), MIB) + 1]
+    assert asked[0] < MIB // 2
+
+
+def test_a_small_body_may_inflate_well_past_the_ratio() -> None:
+    # The slack: a short report of repeated text is no threat, and a client
+    # refused for its ratio gets here by halving its bodies.
+    plain = b" " * GZIP_RATIO_SLACK
+    assert gunzip_capped(gzip.compress(plain, 9), MIB) == plain
+
+
+@pytest.mark.parametrize("routes", [1, 50, 10_000])
+def test_the_most_compressible_client_reports_stay_far_below_the_ratio(routes: int) -> None:
+    # Records alike but for a number in a long route: what compresses best
+    # among real reports (about 80 times; realistic ones about 4). The limit
+    # must leave a wide margin above it.
+    recorder = Recorder(max_keys=routes)
+    for i in range(routes):
+        recorder.record("GET", "/" + "a" * 400 + f"/{i}", 200, 0.01, 0, 0)
+    plain, body = _client_body(recorder)
+    assert len(plain) / len(body) < MAX_GZIP_RATIO / 2
+    assert gunzip_capped(body, 64 * MIB) == plain
+
+
 def test_a_route_the_client_fits_is_one_the_collector_takes_under_the_longest_app_traits():
     # The client cuts a wide route to what the index leaves it beside the
     # longest method and app traits: the collector must take the report, or
@@ -424,3 +494,125 @@ def test_the_largest_metric_value_is_taken():
     payload["metrics"]["counters"]["big.one"] = 2**63 - 1
     payload["metrics"]["gauges"]["low.one"] = -(2**63 - 1)
     assert check_payload(json.dumps(payload).encode(), CLAIMS)
+
+
+# -- the envelope, read before the token is known ----------------------------------------
+
+SIGNER = TokenSigner(b"a-secret-for-the-verify-tests-0123456789")
+LIMITS = Limits(max_body_bytes=MIB, bits=4, stamp_max_age=600.0, stamp_max_future=120.0)
+
+
+def _megabyte_of(prefix: bytes, unit: bytes, suffix: bytes) -> bytes:
+    return prefix + unit * ((MIB - len(prefix) - len(suffix)) // len(unit)) + suffix
+
+
+#: Bodies of a million tiny values, each cheap to send and (before) costly to
+#: parse, with the refusal each gets from its first fault.
+FLOODS = {
+    "objects": (_megabyte_of(b"[", b"{},", b"{}]"), "bad_envelope"),
+    "floats": (_megabyte_of(b'["\\ud83d\\ude00",', b"1.5,", b"1]"), "bad_envelope"),
+    "in-a-field": (
+        _megabyte_of(b'{"token": [', b"1.5,", b'1], "stamp": "", "payload": ""}'),
+        "bad_envelope",
+    ),
+    "unknown-field": (_megabyte_of(b'{"x": [', b"{},", b"{}]}"), "bad_envelope"),
+    "surrogates": (_megabyte_of(b'{"token": "', b"\\ud800", b'"}'), "malformed_json"),
+}
+
+
+@pytest.mark.parametrize("body,reason", FLOODS.values(), ids=list(FLOODS))
+def test_a_flood_of_tiny_values_is_refused_without_parsing_them(
+    monkeypatch: pytest.MonkeyPatch, body: bytes, reason: str
+) -> None:
+    # The strict parser (a Python call per value) is for a payload whose
+    # stamp holds; before the token, the body is only read.
+    def no_parsing(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("parsed before the token was checked")
+
+    monkeypatch.setattr(verify, "parse_json", no_parsing)
+    monkeypatch.setattr(verify.json, "loads", no_parsing)
+    with pytest.raises(Refusal) as refused:
+        verify_report(body, None, signer=SIGNER, limits=LIMITS, now=0.0)
+    assert refused.value.reason == reason
+
+
+def _envelope_of(**fields: Any) -> str:
+    return json.dumps(fields)
+
+
+@pytest.mark.parametrize(
+    "text,reason,detail",
+    [
+        ("", "malformed_json", "Expecting value"),
+        ("  nope", "malformed_json", "Expecting value"),
+        ("[1, 2]", "bad_envelope", "not an array"),
+        ('"token"', "bad_envelope", "not a string"),
+        ("null", "bad_envelope", "not null"),
+        ("{}", "bad_envelope", "missing payload, stamp, token"),
+        ('{"token": "t", "stamp": "s"}', "bad_envelope", "missing payload"),
+        ('{"token": "t", "extra": [1], "stamp": "s"}', "bad_envelope", "unknown extra"),
+        (
+            '{"token": 42, "stamp": "s", "payload": ""}',
+            "bad_envelope",
+            "token must be a string, not a number",
+        ),
+        ('{"token": -0.5e3, "stamp": "s", "payload": ""}', "bad_envelope", "not a number"),
+        ('{"token": true}', "bad_envelope", "token must be a string, not a boolean"),
+        ('{"token": null}', "bad_envelope", "not null"),
+        ('{"token": {"a": 1}}', "bad_envelope", "not an object"),
+        ('{"token": NaN}', "malformed_json", "NaN is not JSON"),
+        ('{"token": -Infinity}', "malformed_json", "-Infinity is not JSON"),
+        ('{"token": 1e999}', "malformed_json", "number out of range"),
+        ('{"token": 9223372036854775808}', "malformed_json", "64-bit"),
+        ('{"token": -9223372036854775809}', "malformed_json", "64-bit"),
+        ('{"token": ' + "9" * 5000 + "}", "malformed_json", "64-bit"),
+        ('{"token": 0}', "bad_envelope", "not a number"),
+        ('{"token": "a", "token": "b"}', "malformed_json", "duplicate key 'token'"),
+        ('{"token": "\\ud800", "stamp": "s", "payload": ""}', "malformed_json", "surrogate"),
+        ('{"\\udc00": "t"}', "malformed_json", "surrogate"),
+        ('{"token": "a\nb", "stamp": "s", "payload": ""}', "malformed_json", "Invalid control"),
+        ('{"token": "\\x", "stamp": "s", "payload": ""}', "malformed_json", "Invalid \\escape"),
+        ('{"token": "t", "stamp": "s", "payload": ""', "malformed_json", "Expecting ',' delimiter"),
+        ('{"token": "t", "stamp": "s", "payload": "",}', "malformed_json", "property name"),
+        ('{"token" "t"}', "malformed_json", "Expecting ':' delimiter"),
+        ('{"token": "t", "stamp": "s", "payload": ""} {}', "malformed_json", "Extra data"),
+        (
+            '{"token": "t", "stamp": "s", "payload": "" ',
+            "malformed_json",
+            "Expecting ',' delimiter",
+        ),
+    ],
+)
+def test_the_envelope_is_read_as_strictly_as_it_was_parsed(
+    text: str, reason: str, detail: str
+) -> None:
+    with pytest.raises(Refusal) as refused:
+        read_envelope(text)
+    assert refused.value.reason == reason
+    assert detail in refused.value.detail, refused.value.detail
+
+
+@given(
+    fields=st.fixed_dictionaries({name: st.text() for name in ("token", "stamp", "payload")}).map(
+        lambda d: list(d.items())
+    ),
+    order=st.randoms(use_true_random=False),
+    ascii_only=st.booleans(),
+    spacing=st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")]),
+)
+def test_an_envelope_reads_as_json_loads_reads_it(fields, order, ascii_only, spacing) -> None:
+    order.shuffle(fields)
+    text = "\r\n " + json.dumps(dict(fields), ensure_ascii=ascii_only, separators=spacing) + " \n"
+    try:
+        expected = parse_json(text)
+    except ValueError:  # a lone surrogate: both refuse it
+        with pytest.raises(Refusal):
+            read_envelope(text)
+        return
+    read = read_envelope(text)
+    assert (read.token, read.stamp, read.payload) == (
+        expected["token"],
+        expected["stamp"],
+        expected["payload"],
+    )
+    assert read.payload_bytes == expected["payload"].encode("utf-8")

@@ -225,7 +225,7 @@ def _collector(args: argparse.Namespace) -> int:
     if refusal is not None:
         return _fail("collector", f"{refusal} (is another collector running there?)")
     try:
-        app = create_app(settings)
+        app = create_app(settings, host=args.host)
     except ImportError as error:  # psycopg, for a PostgreSQL URL
         return _missing_extra("collector", error)
     except ValueError as error:  # an unusable --db URL

@@ -2,7 +2,8 @@
 
 Public, for clients: ``POST /v1/session`` (a signed token), ``POST /v1/report``
 (a report with its proof of work), ``GET /healthz``. For the maintainer,
-behind the dashboard credentials when configured: ``GET /`` (the dashboard),
+behind the dashboard credentials when configured (without them, to a
+loopback ``Host`` only: :class:`LocalHostOnly`): ``GET /`` (the dashboard),
 ``GET /api/summary`` (its data) and ``GET /export.csv``; those two take
 ``?days=`` (the window) and ``?app=`` (one app's figures only).
 
@@ -16,6 +17,9 @@ What the endpoint code guarantees, and why:
   Parsing, schema validation and every storage call run in a worker thread
   (``run_in_threadpool``): a megabyte of JSON or a slow database must not stall
   the event loop that serves everyone else.
+* Reports are verified a few at a time (:class:`Gate`): each verification
+  holds an inflated body, and once its stamp holds a parsed payload, so a
+  flood must not hold them all at once. A full line is a ``503 busy``.
 * A storage failure is a ``503`` with ``Retry-After``: the client keeps its
   data and tries later, which is the truth (nothing was stored). The one
   exception is a value the database cannot hold (``UnstorableReport``): the
@@ -30,21 +34,27 @@ import base64
 import binascii
 import contextlib
 import hmac
+import ipaddress
 import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._version import __version__
 from .export import app_filter, csv_text, endpoint_rows, since_days
@@ -73,6 +83,17 @@ DAYS_PATTERN = re.compile(r"[0-9]{1,8}")
 PRUNE_EVERY = 3600.0
 #: How long a client should wait when storage is down.
 UNAVAILABLE_RETRY_AFTER = 60
+#: Reports verified at once. Verifying holds the inflated body, and for a
+#: report whose stamp holds its parsed payload: memory in proportion to the
+#: body, so a flood of concurrent bodies must not each get its own. More at
+#: once would not go faster either, the parsing holding the GIL.
+VERIFY_CONCURRENCY = 4
+#: Reports waiting for their turn, beyond which a report is answered ``503``
+#: at once (``BUSY_RETRY_AFTER``): a waiting report holds only its body as
+#: sent, but the wait of the last in line must stay within a client's timeout.
+VERIFY_QUEUE = 64
+#: How long a client should wait when the verifications are all taken.
+BUSY_RETRY_AFTER = 10
 #: The answer to a report the database refused to hold (the database's own
 #: words go to the log, not to the client).
 UNSTORABLE_DETAIL = (
@@ -92,9 +113,16 @@ DASHBOARD_HEADERS = {
 }
 
 
-def create_app(settings: CollectorSettings, storage: Storage | None = None) -> Starlette:
+def create_app(
+    settings: CollectorSettings, storage: Storage | None = None, *, host: str | None = None
+) -> Starlette:
     """The collector app. Without ``storage``, opens (and migrates) ``settings.db_url``
-    and closes it at shutdown; a given ``storage`` stays the caller's to close."""
+    and closes it at shutdown; a given ``storage`` stays the caller's to close.
+
+    ``host`` is the address it listens on (``--host``): a dashboard without
+    credentials answers to it as ``Host``, besides the loopback names
+    (see :class:`LocalHostOnly`).
+    """
     owns_storage = storage is None
     store: Storage = open_storage(settings.db_url) if storage is None else storage
     if owns_storage:
@@ -109,6 +137,7 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
     dashboard_html = (files("reqtelemetry.collector") / "static" / "index.html").read_text(
         encoding="utf-8"
     )
+    gate = Gate(VERIFY_CONCURRENCY, VERIFY_QUEUE)
 
     async def refuse(refusal: Refusal) -> JSONResponse:
         logger.debug("refused: %s (%s)", refusal.reason, refusal.detail)
@@ -133,15 +162,18 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
     async def report(request: Request) -> Response:
         try:
             raw = await read_body(request, settings.max_body_bytes)
-            now = time.time()
-            verified = await run_in_threadpool(
-                verify_report,
-                raw,
-                request.headers.get("content-encoding"),
-                signer=signer,
-                limits=limits,
-                now=now,
-            )
+            async with gate.turn() as admitted:
+                if not admitted:
+                    return _busy()
+                now = time.time()
+                verified = await run_in_threadpool(
+                    verify_report,
+                    raw,
+                    request.headers.get("content-encoding"),
+                    signer=signer,
+                    limits=limits,
+                    now=now,
+                )
         except Refusal as refusal:
             return await refuse(refusal)
         except ClientDisconnect:
@@ -237,9 +269,11 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None) -> S
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
+        middleware=_host_guard(settings, host),
     )
     app.state.settings = settings
     app.state.storage = store
+    app.state.gate = gate
     return app
 
 
@@ -293,6 +327,67 @@ class Retention:
                 pruned.deployments,
             )
         return pruned
+
+
+class Gate:
+    """At most ``size`` holders at once, and ``queue`` waiting for a turn.
+
+    Why not a bare semaphore: its line has no end, and a flood would keep
+    honest reports waiting past their clients' timeouts; a full line is
+    told to come back (``503``), which a client does within its budget.
+    Kept per event loop: an asyncio semaphore belongs to the loop it first
+    waited in, and one app may be served by several loops in turn (tests).
+    """
+
+    def __init__(self, size: int, queue: int) -> None:
+        self.size = size
+        self.queue = queue
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Line] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[bool]:
+        """Wait for a turn and hold it; yields False, at once, when the line is full."""
+        line = self._line()
+        if line.semaphore.locked() and line.waiting >= self.queue:
+            yield False
+            return
+        line.waiting += 1
+        try:
+            await line.semaphore.acquire()
+        finally:
+            line.waiting -= 1
+        try:
+            yield True
+        finally:
+            line.semaphore.release()
+
+    def waiting(self) -> int:
+        """Requests waiting for a turn, on every loop."""
+        return sum(line.waiting for line in list(self._loops.values()))
+
+    def _line(self) -> _Line:
+        loop = asyncio.get_running_loop()
+        line = self._loops.get(loop)
+        if line is None:
+            line = self._loops[loop] = _Line(asyncio.Semaphore(self.size))
+        return line
+
+
+@dataclass
+class _Line:
+    semaphore: asyncio.Semaphore
+    waiting: int = 0
+
+
+def _busy() -> JSONResponse:
+    """Every verification is taken and the line is full: come back shortly."""
+    return JSONResponse(
+        {"error": "busy", "detail": "the collector is verifying as many reports as it can"},
+        status_code=503,
+        headers={"Retry-After": str(BUSY_RETRY_AFTER)},
+    )
 
 
 def _unavailable(detail: str) -> JSONResponse:
@@ -403,6 +498,76 @@ def _guard(settings: CollectorSettings) -> Callable[[Endpoint], Endpoint]:
         return guarded
 
     return protect
+
+
+#: The clients' endpoints: they answer whatever the ``Host``, since what they
+#: accept carries its own proof (a token, a stamp) and they hold nothing to read.
+CLIENT_PATHS = frozenset({"/v1/session", "/v1/report", "/healthz"})
+LOOPBACK_NAMES = frozenset({"localhost"})
+WRONG_HOST_DETAIL = (
+    "this dashboard has no credentials, so it answers only to a loopback Host "
+    "(localhost, 127.0.0.1, [::1]) or its --host; set REQTELEMETRY_DASHBOARD_TOKEN "
+    "to open it under another name"
+)
+
+
+def _host_guard(settings: CollectorSettings, host: str | None) -> list[Middleware]:
+    """:class:`LocalHostOnly` for a dashboard without credentials, unless it
+    was published on purpose (``--public-dashboard``)."""
+    if settings.dashboard_protected or settings.dashboard_public:
+        return []
+    return [Middleware(LocalHostOnly, listen_host=host)]
+
+
+class LocalHostOnly:
+    """Answer everything but the clients' endpoints only to a loopback ``Host``.
+
+    Why: a dashboard without credentials listens on loopback, trusting that
+    only the maintainer's machine reaches it. A web page the maintainer
+    visits can still reach it, by DNS rebinding: its own name, resolved
+    again to 127.0.0.1, makes the browser send the page's requests here as
+    same-origin, and read ``/api/summary`` and ``/export.csv``. Those
+    requests carry the page's name as ``Host``; a loopback name or the
+    address listened on cannot be rebound.
+    """
+
+    def __init__(self, app: ASGIApp, listen_host: str | None = None) -> None:
+        self.app = app
+        self.allowed = set(LOOPBACK_NAMES)
+        if listen_host:
+            self.allowed.add(_host_name(listen_host))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in CLIENT_PATHS or self._local(scope):
+            await self.app(scope, receive, send)
+            return
+        answer = JSONResponse({"error": "wrong_host", "detail": WRONG_HOST_DETAIL}, status_code=403)
+        await answer(scope, receive, send)
+
+    def _local(self, scope: Scope) -> bool:
+        header = Headers(scope=scope).get("host")
+        if header is None:
+            return False
+        name = _host_name(header)
+        return name in self.allowed or _is_loopback_address(name)
+
+
+def _host_name(host: str) -> str:
+    """``host`` (a ``Host`` header or ``--host``) without port or brackets,
+    lower case and without a final dot: ``[::1]:8600`` is ``::1``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.removesuffix(".")
+
+
+def _is_loopback_address(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _utf8(text: str) -> bytes:

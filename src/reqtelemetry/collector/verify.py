@@ -14,7 +14,11 @@ Parsing is strict on purpose: JSON only in UTF-8, no ``NaN``/``Infinity``
 (Python accepts them, SQL and other JSON readers do not), no integers beyond
 64 bits, no duplicate keys (two parsers must not read one body two ways), no
 nesting that would exhaust the stack. Any of these is the sender's error, so
-it must be a 4xx answer, never a crash.
+it must be a 4xx answer, never a crash. Strict parsing costs a Python call
+per value, so it is kept for the payload, after the stamp: before, the
+envelope is only read, as an object of three strings
+(:func:`read_string_object`), and a gzip body may not inflate past a ratio no
+report reaches (:func:`gunzip_capped`).
 
 The report's values must also fit both databases (integers written as
 integers within their columns, no NUL in text, histogram indexes in range,
@@ -75,6 +79,16 @@ _DETAIL_LIMIT = 200
 #: allow for tools that concatenate compressed files (gzip(1) does), while
 #: keeping the work per body linear in its size (see :func:`gunzip_capped`).
 MAX_GZIP_MEMBERS = 8
+#: How many times its size a gzip body may inflate to, beyond
+#: :data:`GZIP_RATIO_SLACK`. Real reports, built by the client and gzipped at
+#: its level, inflate at most about 80 times (10,000 records differing only by
+#: a number in the route); gzip -9 takes the same reports to about 130. Deflate
+#: can reach some 1,000: a body past 256 is built to inflate, not a report.
+MAX_GZIP_RATIO = 256
+#: Inflated bytes every gzip body may have whatever its ratio: small reports
+#: (a startup report, a part of a few records) are never refused for their
+#: ratio, and a report too compressible still fits once the client splits it.
+GZIP_RATIO_SLACK = 64 * 1024
 #: The schema's limit on pairs in one latency histogram (checked by hand).
 MAX_HISTOGRAM_PAIRS = 1024
 #: The longest latency believed, in seconds (about 32 years; the schema's
@@ -155,15 +169,20 @@ def check_declared_size(content_length: str | None, cap: int) -> None:
 
 def gunzip_capped(data: bytes, cap: int) -> bytes:
     """Decompress gzip ``data`` (at most :data:`MAX_GZIP_MEMBERS` members),
-    producing at most ``cap`` bytes.
+    producing at most ``cap`` bytes, and at most :func:`inflation_limit` of them.
 
     A gzip bomb (a small body that inflates to gigabytes) is stopped after
     ``cap + 1`` bytes of output, whatever its ratio: zlib is never asked for more.
+    A body inflating past :data:`MAX_GZIP_RATIO` times its size (plus the
+    slack) is stopped there too, before the cap: a kilobyte that inflates to
+    the cap's megabyte costs the collector memory and CPU its sender did not
+    pay for, and no client's report compresses that well.
     A body of many members is refused after the limit: each member hands the
     rest of the body back as a new ``unused_data`` copy, so a megabyte of
     empty 20-byte members would cost a quadratic amount of copying (seconds of
     CPU) before the token is even looked at.
     """
+    limit = inflation_limit(len(data), cap)
     out = bytearray()
     rest = data
     for _ in range(MAX_GZIP_MEMBERS):
@@ -171,13 +190,13 @@ def gunzip_capped(data: bytes, cap: int) -> bytes:
         # max_length >= 1 here (0 would mean unlimited), and at most what zlib
         # takes (a C ssize_t): a larger one was an OverflowError, a 500 for
         # every gzip body, and no body can be that long anyway.
-        budget = min(cap + 1 - len(out), sys.maxsize)
+        budget = min(limit + 1 - len(out), sys.maxsize)
         try:
             out += inflater.decompress(rest, budget)
         except zlib.error as error:
             raise Refusal("malformed_json", f"the body is not valid gzip ({error})") from None
-        if len(out) > cap:
-            raise Refusal("too_large", f"the body inflates to more than {cap} bytes")
+        if len(out) > limit:
+            raise _inflated_too_much(len(data), limit, cap)
         if not inflater.eof:
             raise Refusal("malformed_json", "the gzip body is truncated")
         rest = inflater.unused_data
@@ -189,8 +208,30 @@ def gunzip_capped(data: bytes, cap: int) -> bytes:
     )
 
 
-def decode_body(raw: bytes, content_encoding: str | None, cap: int) -> Any:
-    """Checks 1 and 2: the body within ``cap`` before and after gunzip, and JSON."""
+def inflation_limit(compressed: int, cap: int) -> int:
+    """The most bytes a gzip body of ``compressed`` bytes may inflate to."""
+    return min(cap, compressed * MAX_GZIP_RATIO + GZIP_RATIO_SLACK)
+
+
+def _inflated_too_much(compressed: int, limit: int, cap: int) -> Refusal:
+    """The ``too_large`` refusal for a body past ``limit``, saying which limit.
+
+    Both are a ``413``: a client told so sends its data again in bodies half
+    the size, which is what an honest report refused for its ratio needs (the
+    slack then takes it), and what an attacker gains nothing from.
+    """
+    if limit < cap:
+        return Refusal(
+            "too_large",
+            f"the {compressed}-byte gzip body inflates to more than {limit} bytes, over "
+            f"{MAX_GZIP_RATIO} times its size: no report compresses that well",
+        )
+    return Refusal("too_large", f"the body inflates to more than {cap} bytes")
+
+
+def decode_text(raw: bytes, content_encoding: str | None, cap: int) -> str:
+    """Check 1 and the start of 2: the body within ``cap`` before and after
+    gunzip, and UTF-8 text."""
     if len(raw) > cap:
         raise Refusal("too_large", f"the body is {len(raw)} bytes; the limit is {cap}")
     encoding = (content_encoding or "identity").strip().lower()
@@ -202,9 +243,13 @@ def decode_body(raw: bytes, content_encoding: str | None, cap: int) -> Any:
             f"Content-Encoding {_clip(encoding)!r} is not supported (use gzip or none)",
         )
     try:
-        return parse_json(raw)
-    except ValueError as error:
-        raise Refusal("malformed_json", f"the body is not JSON: {_clip(str(error))}") from None
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _malformed(f"not UTF-8 ({error.reason} at byte {error.start})") from None
+
+
+def _malformed(why: str) -> Refusal:
+    return Refusal("malformed_json", f"the body is not JSON: {_clip(why)}")
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -266,6 +311,136 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# -- 2 and 3, cheaply: an object of strings --------------------------------------------
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+_INT64_DIGITS = 19
+_LITERALS = (("true", "a boolean"), ("false", "a boolean"), ("null", "null"))
+_CONSTANTS = ("NaN", "Infinity", "-Infinity")
+
+
+def read_string_object(text: str, fields: frozenset[str], reason: str) -> dict[str, str]:
+    """Checks 2 and 3 of a body that must be one JSON object of exactly
+    ``fields``, each a string: the object, or a Refusal (``malformed_json``
+    for what is not JSON, ``reason`` for JSON of another shape).
+
+    Why not ``json.loads``, then a look at the result: that parses everything
+    before anything is checked, and a megabyte of ``[{},{},...]`` or of
+    floats is a million Python objects and a hundred milliseconds of CPU,
+    spent for a sender who has shown no token. Read left to right, by the C
+    string scanner, a body costs about what reading it does: the first thing
+    that is not an envelope's (a ``[`` where ``{`` must be, an unknown key, a
+    value not a string) ends the reading, and what follows is never parsed.
+    A refusal therefore names the first fault, not necessarily every one.
+    The strings are checked as strictly as :func:`parse_json` checks them
+    (no duplicate keys, no raw control characters, no unpaired surrogates).
+    """
+    try:
+        return _read_string_object(text, fields, reason)
+    except ValueError as error:
+        raise _malformed(str(error)) from None
+
+
+def _read_string_object(text: str, fields: frozenset[str], reason: str) -> dict[str, str]:
+    position = _skip(text, 0)
+    if not text.startswith("{", position):
+        raise Refusal(reason, f"the body must be a JSON object, not {_kind_at(text, position)}")
+    found: dict[str, str] = {}
+    position = _skip(text, position + 1)
+    if not text.startswith("}", position):
+        while True:
+            position = _skip(text, _read_member(text, position, found, fields, reason))
+            if text.startswith("}", position):
+                break
+            if not text.startswith(",", position):
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, position)
+            position = _skip(text, position + 1)
+    if _skip(text, position + 1) < len(text):
+        raise json.JSONDecodeError("Extra data", text, _skip(text, position + 1))
+    if set(found) != fields:
+        raise Refusal(reason, _fields_detail(set(found), fields))
+    return found
+
+
+def _read_member(
+    text: str, position: int, found: dict[str, str], fields: frozenset[str], reason: str
+) -> int:
+    """Read ``"key": "value"`` at ``position`` into ``found``; the position after it."""
+    key, position = _string_at(text, position, "Expecting property name enclosed in quotes")
+    if key in found:
+        raise ValueError(f"duplicate key {_clip(key)!r}")
+    if key not in fields:
+        raise Refusal(reason, _fields_detail(set(fields) | {key}, fields))
+    position = _skip(text, position)
+    if not text.startswith(":", position):
+        raise json.JSONDecodeError("Expecting ':' delimiter", text, position)
+    position = _skip(text, position + 1)
+    if not text.startswith('"', position):
+        raise Refusal(reason, f"{key} must be a string, not {_kind_at(text, position)}")
+    found[key], position = _string_at(text, position, "Expecting value")
+    return position
+
+
+def _skip(text: str, position: int) -> int:
+    """Past the JSON whitespace at ``position``."""
+    match = _WHITESPACE.match(text, position)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def _string_at(text: str, position: int, expecting: str) -> tuple[str, int]:
+    """The JSON string at ``position`` and the position after it.
+
+    Scanned by ``json``'s own (C) scanner, so escapes and control
+    characters are judged as ``json.loads`` judges them.
+    """
+    if not text.startswith('"', position):
+        raise json.JSONDecodeError(expecting, text, position)
+    value, end = json.decoder.scanstring(text, position + 1, True)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string holds an unpaired surrogate escape") from None
+    return value, end
+
+
+def _kind_at(text: str, position: int) -> str:
+    """What JSON value starts at ``position`` ("an array", ...), read no further
+    than a number or a literal: a container is named by its first character.
+
+    Raises ValueError where no JSON value starts, and for the numbers
+    :func:`parse_json` refuses (not finite, or an integer past 64 bits), so
+    that a number is refused for the same reason as before.
+    """
+    if text.startswith(("{", "[", '"'), position):
+        return {"{": "an object", "[": "an array", '"': "a string"}[text[position]]
+    for constant in _CONSTANTS:
+        if text.startswith(constant, position):
+            raise ValueError(f"{constant} is not JSON")
+    for literal, kind in _LITERALS:
+        if text.startswith(literal, position):
+            return kind
+    number = _NUMBER.match(text, position)
+    if number is None:
+        raise json.JSONDecodeError("Expecting value", text, position)
+    _check_number(number)
+    return "a number"
+
+
+def _check_number(number: re.Match[str]) -> None:
+    """The range checks of :func:`_finite_float` and :func:`_int64`, without
+    converting an integer of a million digits (a quadratic ``int`` before
+    Python 3.10.7)."""
+    written = number.group()
+    if number.group(1) is not None or number.group(2) is not None:
+        _finite_float(written)
+    elif len(written.lstrip("-")) > _INT64_DIGITS:
+        raise ValueError(f"integer out of the 64-bit range: {_clip(written)}")
+    else:
+        _int64(written)
+
+
 # -- 3: the envelope ------------------------------------------------------------------
 
 
@@ -278,23 +453,15 @@ class Envelope:
     payload_bytes: bytes
 
 
-def check_envelope(body: Any) -> Envelope:
-    """Check 3: exactly ``token``, ``stamp``, ``payload``, all (valid Unicode) strings."""
-    if not isinstance(body, dict):
-        raise Refusal("bad_envelope", f"the body must be a JSON object, not {_json_type(body)}")
-    keys = set(body)
-    if keys != ENVELOPE_FIELDS:
-        raise Refusal("bad_envelope", _fields_detail(keys, ENVELOPE_FIELDS))
-    encoded: dict[str, bytes] = {}
-    for name in sorted(ENVELOPE_FIELDS):
-        value = body[name]
-        if not isinstance(value, str):
-            raise Refusal("bad_envelope", f"{name} must be a string, not {_json_type(value)}")
-        try:
-            encoded[name] = value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise Refusal("bad_envelope", f"{name} is not valid Unicode text") from None
-    return Envelope(body["token"], body["stamp"], body["payload"], encoded["payload"])
+def read_envelope(text: str) -> Envelope:
+    """Checks 2 and 3: exactly ``token``, ``stamp``, ``payload``, all strings.
+
+    Only the envelope is read here; the payload's JSON is parsed at check 10,
+    once the token and the stamp hold (:func:`check_payload`).
+    """
+    fields = read_string_object(text, ENVELOPE_FIELDS, "bad_envelope")
+    payload = fields["payload"]
+    return Envelope(fields["token"], fields["stamp"], payload, payload.encode("utf-8"))
 
 
 # -- 4 and 5: the token ---------------------------------------------------------------
@@ -561,8 +728,7 @@ def verify_report(
     now: float,
 ) -> VerifiedReport:
     """Checks 1 to 10 of a ``/v1/report`` body, in the protocol's order."""
-    body = decode_body(raw, content_encoding, limits.max_body_bytes)
-    envelope = check_envelope(body)
+    envelope = read_envelope(decode_text(raw, content_encoding, limits.max_body_bytes))
     claims = check_token(signer, envelope.token, now)
     check_stamp(envelope.stamp, envelope.token, envelope.payload_bytes, limits, now)
     payload = check_payload(envelope.payload_bytes, claims)
@@ -574,15 +740,11 @@ def verify_session_request(raw: bytes, content_encoding: str | None, cap: int) -
 
     Returns ``(deployment_id, instance_id)``.
     """
-    body = decode_body(raw, content_encoding, cap)
-    if not isinstance(body, dict):
-        raise Refusal("bad_session", f"the body must be a JSON object, not {_json_type(body)}")
-    keys = set(body)
-    if keys != SESSION_FIELDS:
-        raise Refusal("bad_session", _fields_detail(keys, SESSION_FIELDS))
+    body = read_string_object(
+        decode_text(raw, content_encoding, cap), SESSION_FIELDS, "bad_session"
+    )
     for name in sorted(SESSION_FIELDS):
-        value = body[name]
-        if not isinstance(value, str) or UUID_RE.fullmatch(value) is None:
+        if UUID_RE.fullmatch(body[name]) is None:
             raise Refusal("bad_session", f"{name} must be a lower-case canonical UUID string")
     return body["deployment_id"], body["instance_id"]
 
@@ -608,20 +770,6 @@ def _fields_detail(keys: set[str], expected: frozenset[str]) -> str:
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         parts.append(f"unknown {shown}{more}")
     return f"expected exactly {', '.join(sorted(expected))}: " + "; ".join(parts)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _clip(text: str, limit: int = _DETAIL_LIMIT) -> str:
