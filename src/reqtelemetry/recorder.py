@@ -182,6 +182,10 @@ class Batch:
         """A batch from records as ``snapshot()`` returns them (same keys add up)."""
         stats: dict[Key, Stats] = {}
         for record in records:
+            if int(record["count"]) == 0:
+                # Nothing to add, and a record of no requests is one the wire
+                # format refuses (``count`` at least 1): the whole report with it.
+                continue
             key = (str(record["method"]), str(record["route"]), int(record["status"]))
             incoming = Stats.from_record(record)
             if key in stats:
