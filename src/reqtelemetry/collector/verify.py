@@ -43,7 +43,7 @@ from jsonschema.exceptions import best_match
 
 from .. import hashcash
 from ..histogram import MAX_INDEX, MIN_INDEX
-from ..payload import MAX_ENDPOINT_KEY_BYTES, MAX_METRIC_VALUE
+from ..payload import MAX_ENDPOINT_KEY_BYTES, MAX_METRIC_VALUE, metric_value_fits
 from ..schema_loader import load_payload_schema
 from .tokens import Claims, TokenError, TokenSigner
 
@@ -582,7 +582,8 @@ def _metric_value_problem(metrics: dict[str, dict[str, Any]]) -> str | None:
     """
     for kind in ("counters", "gauges"):
         for name, value in metrics.get(kind, {}).items():
-            if abs(value) > MAX_METRIC_VALUE:
+            # The client's own rule, so that the two sides cannot drift apart.
+            if not metric_value_fits(value, counter=kind == "counters"):
                 return (
                     f"metrics/{kind}/{_clip(name)}: {value!r} is past the largest metric "
                     f"value, {MAX_METRIC_VALUE}"
