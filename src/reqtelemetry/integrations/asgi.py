@@ -20,6 +20,9 @@ from time import perf_counter
 from types import CodeType
 from typing import Any
 
+import anyio
+import anyio.to_thread
+
 from ..recorder import PENDING_LIMIT
 from ..telemetry import CLIENT_CLOSED_STATUS, KNOWN_METHODS, OTHER_METHOD, Telemetry
 from .starlette import (
@@ -116,7 +119,9 @@ class ASGIMiddleware:
                 # The response was complete (an exception handler's answer, or a
                 # background task that failed after it): the client got that status.
                 status = exchange.status
-            elif exchange.disconnected:
+            elif exchange.disconnected or _is_cancellation(error):
+                # Cancelled by a server on another event loop than asyncio's
+                # (trio's ``Cancelled``): as above, the client had no answer.
                 status = CLIENT_CLOSED_STATUS
             raise
         finally:
@@ -204,12 +209,15 @@ class ASGIMiddleware:
 
         The flush runs in a worker thread (it does I/O) and is bounded by
         ``shutdown_timeout``, so the server's shutdown is never held up for long.
+        The thread comes from anyio, which runs on whichever event loop the
+        server uses: asyncio's executor is not there under trio (hypercorn's
+        ``--worker-class trio``), and the last report was lost.
         """
 
         async def send_then_flush(message: Message) -> None:
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 try:
-                    await asyncio.get_running_loop().run_in_executor(None, self.telemetry.close)
+                    await anyio.to_thread.run_sync(self.telemetry.close)
                 except Exception as error:  # never let telemetry break shutdown
                     self.telemetry.internal_error(error)
             await send(message)
@@ -297,6 +305,15 @@ def _file_size(message: Message) -> int:
         return os.stat(message["path"]).st_size
     except (KeyError, TypeError, ValueError, OSError):
         return 0  # the server reports a missing file its own way
+
+
+def _is_cancellation(error: BaseException) -> bool:
+    """Whether ``error`` is the running event loop's cancellation (trio's
+    ``Cancelled``, asyncio's ``CancelledError``). Runs only when the app raised."""
+    try:
+        return isinstance(error, anyio.get_cancelled_exc_class())
+    except Exception:  # an event loop anyio does not know, or none
+        return False
 
 
 def _failed_in_send(error: BaseException, send: Send) -> bool:
