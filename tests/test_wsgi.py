@@ -255,6 +255,27 @@ def test_flask_405_and_slash_redirect_keep_the_rule_the_path_matched(
 
 
 @pytest.mark.parametrize("integration", ["init_app", "WSGIMiddleware"])
+def test_flask_canonical_redirect_keeps_its_rule_whatever_the_host_case(
+    make_telemetry, counts, integration
+):
+    """Host names are case-insensitive: Werkzeug builds the redirect's target
+    with the host in lower case, and a request that named it in capitals was
+    counted ``<unmatched>``, as if the redirect went to another site."""
+    telemetry = make_telemetry()
+    app = build_flask_app()
+    if integration == "init_app":
+        init_app(app, telemetry)
+    else:
+        app.wsgi_app = WSGIMiddleware(app.wsgi_app, telemetry=telemetry)
+    client = app.test_client()
+    for host in ("Shop.Example.COM", "SHOP.example.com:8080"):
+        headers = {"Host": host}
+        assert fetch(client, "/guides/intro", headers=headers).status_code == 308
+        assert fetch(client, "/guides//intro/", headers=headers).status_code == 308
+    assert counts(telemetry) == {("GET", "/guides/<slug>/", 308): 4}
+
+
+@pytest.mark.parametrize("integration", ["init_app", "WSGIMiddleware"])
 def test_flask_redirects_other_than_to_the_canonical_path_stay_unmatched(
     make_telemetry, counts, integration
 ):

@@ -334,7 +334,9 @@ def rule_despite_refusal(context: Any = None) -> Any:
             return None
         if isinstance(error, RequestRedirect):
             target = urlsplit(error.new_url)
-            if target.netloc and target.netloc != request.host:
+            # Host names are case-insensitive, and Werkzeug writes the
+            # target's in lower case.
+            if target.netloc and target.netloc.lower() != request.host.lower():
                 return None
             path = unquote(target.path)
             root = request.root_path
