@@ -1232,6 +1232,25 @@ def test_starlettes_slash_redirect_keeps_the_template_of_the_route_it_redirects_
     }
 
 
+def test_slash_redirect_behind_a_host_keeps_the_template_it_redirects_to(telemetry, counts):
+    """A ``Host`` route has no path of its own, and its router records no route
+    when it redirects: the redirect was ``<unmatched>``, as if no route took it."""
+    tenant = Router(
+        routes=[Route("/items/{item_id}", plain), Mount("/m", routes=[Route("/x/{n}/", plain)])]
+    )
+    app = Starlette(routes=[Host("{tenant}.example.com", app=tenant)])
+    client = TestClient(wrap(app, telemetry), base_url="http://acme.example.com")
+    for n in range(2):
+        assert client.get(f"/items/{n}/", follow_redirects=False).status_code == 307
+        assert client.get(f"/m/x/{n}", follow_redirects=False).status_code == 307
+    assert client.get("/nothing-4711/", follow_redirects=False).status_code == 404
+    assert counts(telemetry) == {
+        ("GET", "/items/{item_id}", 307): 2,
+        ("GET", "/m/x/{n}/", 307): 2,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+
+
 def test_a_redirect_of_a_router_without_slash_redirects_is_not_matched_again(telemetry, counts):
     async def elsewhere(scope, receive, send):
         await PlainTextResponse("", status_code=302, headers={"location": "/"})(

@@ -91,6 +91,11 @@ class RouteTemplates:
             try:
                 path_format = route.path_format
             except AttributeError:
+                if 300 <= status < 400 and _is_mount_or_host(route):
+                    # A ``Host`` (no path of its own) whose router redirected
+                    # to a route's trailing slash without recording the route.
+                    root_path = scope.get("root_path", "")
+                    return self._unrecorded(scope, entry_root_path, root_path, status)
                 return None
             if path_format is None:
                 return None
