@@ -439,11 +439,21 @@ def test_export_needs_only_read_access_on_postgres(capsys, postgres_url, tmp_pat
                 admin.execute(f'DROP ROLE "{role}"')
 
 
-@pytest.mark.parametrize("port", ["99999", "-1", "http"])
-def test_a_port_out_of_range_is_refused(capsys, served, tmp_path, monkeypatch, port):
+@pytest.mark.parametrize("port", ["99999", "-1", "65536"])
+def test_a_port_out_of_range_is_one_line(capsys, served, tmp_path, monkeypatch, port):
+    monkeypatch.chdir(tmp_path)
+    assert main(["collector", "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"reqtelemetry collector: error: --port {port}: a port is between 0 and 65535"
+    ]
+    assert not list(tmp_path.iterdir())  # refused before any database was created
+
+
+def test_a_port_that_is_no_number_is_argparses_usage_error(capsys, served, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main(["collector", "--port", port])
+        main(["collector", "--port", "http"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "argument --port" in err and "Traceback" not in err

@@ -144,13 +144,12 @@ def _unusable_address(host: str, port: int) -> str | None:
 
 
 def _port(text: str) -> int:
+    """A port number as argparse reads it; its range is checked by the command,
+    so that a port out of range is one line like every other start-up check."""
     try:
-        port = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {port}")
-    return port
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -189,6 +188,8 @@ def _collector(args: argparse.Namespace) -> int:
         SettingsError,
     )
 
+    if not 0 <= args.port <= 65535:
+        return _fail("collector", f"--port {args.port}: a port is between 0 and 65535")
     # Before resolving: the settings log what a development run costs.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -208,7 +208,6 @@ class Config:
     #: the default trust store for the collector (``REQTELEMETRY_CA_BUNDLE``), for
     #: a collector behind a private CA. ``SSL_CERT_FILE`` is not used.
     ca_bundle: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
     #: Whether :meth:`resolve` made this config (it has seen an environment, of
     #: the caller's choosing). A config built with the plain constructor has
     #: not: :class:`~reqtelemetry.Telemetry` applies this process's to it.
