@@ -2,7 +2,7 @@
 
 Why proof of work: the collector is a public endpoint, and anyone can send it
 reports. A stamp makes every report cost its sender about 2**20 SHA-1s at the
-default 20 bits (half a second of CPython on one core, on average), while
+default 20 bits (about a third of a second of CPython on one core, on average), while
 checking it costs the collector one SHA-1. The stamp
 is bound to one session token and to the exact report bytes (see
 :func:`payload_resource` and ``docs/protocol.md``), so it cannot be reused for
@@ -205,8 +205,8 @@ def _search(base: hashlib._Hash, target: bytes | None, start: int, stop: int) ->
 def mint(resource: str, bits: int, now: datetime | float | None = None) -> str:
     """A stamp for ``resource`` whose SHA-1 starts with at least ``bits`` zero bits.
 
-    Takes about ``2**bits`` SHA-1 computations (20 bits: about half a second in
-    CPython on one core). This
+    Takes about ``2**bits`` SHA-1 computations (20 bits: about a third of a second
+    in CPython on one core, on average). This
     holds the GIL while it runs: from a host app, use :func:`mint_in_subprocess`.
     """
     _check_mint_args(resource, bits)
