@@ -160,6 +160,32 @@ def test_a_failing_gauge_callback_does_not_stop_the_report(telemetry):
     assert telemetry.metrics.collect() == {"counters": {"jobs.done": 1}, "gauges": {}}
 
 
+#: What a database driver's error says: nothing of it may reach a WARNING.
+GAUGE_ERROR_CANARY = 'password authentication failed for user "canary-7f3a" at db.internal'
+
+
+def test_a_failing_gauge_is_named_at_warning_without_the_error_text(telemetry, caplog):
+    def users() -> float:
+        raise ConnectionError(GAUGE_ERROR_CANARY)
+
+    telemetry.gauge("users.total", users)
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        telemetry.metrics.collect()
+    [warning] = [r for r in caplog.records if "users.total" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "canary" not in caplog.text.lower()
+    assert "ConnectionError" in warning.getMessage()  # what kind of failure, to look into
+    assert warning.exc_info is None  # a traceback would carry the text too
+
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        telemetry.metrics.collect()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # said once
+    [detail] = [r for r in caplog.records if "users.total" in r.getMessage()]
+    assert detail.levelno == logging.DEBUG
+    assert GAUGE_ERROR_CANARY in caplog.text  # the text is there for whoever asks
+
+
 def test_gauges_are_sampled_side_by_side_within_the_time_limit():
     metrics = AppMetrics()
     for name in ("a", "b", "c"):

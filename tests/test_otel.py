@@ -257,3 +257,86 @@ def test_flask_with_otel_records_through_the_global_provider(tmp_path):
     out = run_script(tmp_path / "otel_flask.py", FLASK_SCRIPT)
     assert out["recorded"] == 3
     assert out["counts"] == {"/items/<int:item_id> http": 2, "/items/<int:item_id> https": 1}
+
+
+def test_scheme_attribute_is_one_of_a_few_known_values():
+    from reqtelemetry.otel import OTHER_SCHEME, scheme_attribute
+
+    assert [scheme_attribute(s) for s in ("http", "https", "ws", "wss")] == [
+        "http",
+        "https",
+        "ws",
+        "wss",
+    ]
+    assert scheme_attribute("HTTPS") == "https"  # URI schemes are case-insensitive
+    for other in ("", "ftp", "https ", "https, http", "x" * 10_000, "CANARY-7f3a"):
+        assert scheme_attribute(other) == OTHER_SCHEME
+
+
+#: What a client forges into X-Forwarded-Proto: it must not reach any attribute.
+SCHEME_CANARY = "CANARY-7f3a alice@example.com"
+
+PROXY_FIX_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import threading
+
+    import httpx
+    from flask import Flask
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from werkzeug.middleware.proxy_fix import ProxyFix
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    from reqtelemetry import Config, Telemetry
+    from reqtelemetry.flask import init_app
+
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    app = Flask("otel_proxy_fix")
+
+    @app.route("/items/<int:item_id>")
+    def item(item_id):
+        return "x"
+
+    init_app(app, Telemetry(config=Config.resolve(environ={}, argv=[], otel=True)))
+    # As behind a reverse proxy: the scheme is whatever X-Forwarded-Proto says.
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_proto=1)
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_request(self, *args, **kwargs):
+            pass
+
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.port}/items/1"
+    with httpx.Client() as client:
+        for proto in (CANARY, "https", "HTTPS", None):
+            headers = {} if proto is None else {"X-Forwarded-Proto": proto}
+            assert client.get(url, headers=headers).status_code == 200
+    server.shutdown()
+
+    points = []
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                for p in m.data.data_points:
+                    points.append({"name": m.name, "count": p.count, **p.attributes})
+    print(json.dumps({"points": points}))
+    """
+).replace("CANARY", repr(SCHEME_CANARY))
+
+
+def test_a_forwarded_scheme_reaches_otel_only_as_a_known_value(tmp_path):
+    # A real werkzeug server: Flask, init_app, and ProxyFix trusting
+    # X-Forwarded-Proto, as an app behind a reverse proxy is set up. What a
+    # client puts in the header is recorded as "_OTHER"; "https" (in any case)
+    # as "https"; no header leaves the server's own "http".
+    points = run_script(tmp_path / "otel_proxy_fix.py", PROXY_FIX_SCRIPT)["points"]
+    assert points
+    assert "CANARY" not in json.dumps(points)
+    assert "alice" not in json.dumps(points)
+    for name in NAMES:
+        schemes = {p["url.scheme"]: p["count"] for p in points if p["name"] == name}
+        assert schemes == {"_OTHER": 1, "https": 2, "http": 1}

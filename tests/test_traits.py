@@ -354,11 +354,41 @@ def test_deployment_id_persisted_with_mode_0600_and_stable(tmp_path: Path) -> No
     assert [p.name for p in path.parent.iterdir()] == ["deployment_id"]  # no temp files left
 
 
-def test_existing_id_is_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ending", ["\n", ""], ids=["as written", "cut before its newline"])
+def test_existing_id_is_read(tmp_path: Path, ending: str) -> None:
+    # The file as every version of this module wrote it: an upgrade keeps its id.
     path = tmp_path / "deployment_id"
     known = "66b45185-3674-4fb0-be40-154cd0413851"
-    path.write_text(known.upper() + "\n")
+    path.write_bytes((known + ending).encode("ascii"))
     assert load_deployment_id(str(path)) == (known, "persisted")
+    assert path.read_bytes() == (known + ending).encode("ascii")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"3d1219c7c4c5404aaa1f6d2a48adfda4\n",  # /etc/machine-id, /var/lib/dbus/machine-id
+        b"66B45185-3674-4FB0-BE40-154CD0413851\n",  # a UUID in capitals: not written here
+        b"{66b45185-3674-4fb0-be40-154cd0413851}\n",
+        b"urn:uuid:66b45185-3674-4fb0-be40-154cd0413851\n",
+        b"66b45185-3674-4fb0-be40-154cd0413851\r\n",
+        b" 66b45185-3674-4fb0-be40-154cd0413851\n",
+        b"c232ab00-9414-11ec-b3c8-9e6bdeced846\n",  # version 1: a MAC address and a time
+    ],
+)
+def test_only_an_id_of_the_shape_written_here_is_adopted(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Anything a UUID parser takes, adopted, would be sent as the deployment id:
+    # pointed at /etc/machine-id, that is a durable identifier of the machine.
+    path = tmp_path / "deployment_id"
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        found, how = load_deployment_id(str(path))
+    assert how == "read-only"
+    assert found.replace("-", "") not in content.decode("ascii").lower().replace("-", "")
+    assert path.read_bytes() == content  # left alone, byte for byte
+    assert [r for r in caplog.records if str(path) in r.getMessage()]
 
 
 @pytest.mark.parametrize("content", ["", "66b45185-3674-4f", "\x00" * 37, "66b45185\x00\x00"])
@@ -400,6 +430,23 @@ def test_a_file_that_is_no_id_is_left_alone(
     assert path.read_text(encoding="latin-1") == content
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(path) in warnings[0]
+
+
+def test_a_machine_id_at_the_id_path_is_never_sent(make_sender, receiver, tmp_path: Path) -> None:
+    # REQTELEMETRY_DEPLOYMENT_ID_PATH=/etc/machine-id, as a stand-in: reports
+    # to a real collector stand-in carry an id of the process's own.
+    machine_id = "3d1219c7c4c5404aaa1f6d2a48adfda4"
+    path = tmp_path / "machine-id"
+    path.write_bytes(machine_id.encode("ascii") + b"\n")
+    telemetry = make_sender(deployment_id_path=str(path))
+    assert telemetry.flush() is True
+    sent = [json.dumps(session) for session in receiver.sessions]
+    sent += [r.body.decode("utf-8") for r in receiver.requests if r.body]
+    assert receiver.reports_from(telemetry.instance_id)
+    assert sent
+    for text in sent:
+        assert machine_id not in text.replace("-", "")
+    assert path.read_bytes() == machine_id.encode("ascii") + b"\n"
 
 
 def test_unwritable_location_gives_read_only_id(tmp_path: Path) -> None:

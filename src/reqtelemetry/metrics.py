@@ -260,14 +260,13 @@ class AppMetrics:
             if not sample.done.wait(left):
                 self._say_slow(name, timeout)
                 continue
-            problem = sample.error
-            if problem is None:
-                try:
-                    sampled[name] = _validate_number(sample.value, "its value")
-                except ValueError as error:
-                    problem = error
-            if problem is not None:  # the app's callback must not stop a report
-                self._say_failed(name, problem)
+            if sample.error is not None:  # the app's callback must not stop a report
+                self._say_failed(name, sample.error)
+                continue
+            try:
+                sampled[name] = _validate_number(sample.value, "its value")
+            except ValueError as error:
+                self._say_failed(name, error)
         with self._lock:
             self._last_good.update(sampled)
         return sampled
@@ -318,8 +317,21 @@ class AppMetrics:
                     del self._sampling[name]
 
     def _say_failed(self, name: str, problem: BaseException) -> None:
+        """Name the gauge and the exception's type at WARNING (once), never its text.
+
+        Why: a gauge queries a database or an API, and the text of what it
+        raises typically holds host names, addresses, user names, even a
+        password from a connection string; WARNING goes to whoever reads the
+        app's logs. The text and traceback are for whoever turns on DEBUG.
+        """
         if self._first_time(name):
-            logger.warning("reqtelemetry: gauge %r failed: %s", name, problem)
+            logger.warning(
+                "reqtelemetry: gauge %r failed (%s) and is left out of the report; "
+                "said once, the details are logged at DEBUG",
+                name,
+                type(problem).__name__,
+            )
+        logger.debug("reqtelemetry: gauge %r failed", name, exc_info=problem)
 
     def _say_slow(self, name: str, timeout: float) -> None:
         if self._first_time("slow:" + name):

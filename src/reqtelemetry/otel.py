@@ -15,6 +15,34 @@ from ._version import __version__
 #: The bucket boundaries the HTTP semantic conventions recommend for durations.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
+#: The ``url.scheme`` values an HTTP server can really have been reached by.
+#: Why a fixed set: the scheme an integration sees may be a client's header
+#: (Werkzeug's ``ProxyFix(x_proto=1)`` copies ``X-Forwarded-Proto`` into
+#: ``wsgi.url_scheme`` unchecked; uvicorn checks it, other proxy middlewares
+#: need not), and an attribute leaves the process with every data point: any
+#: text there would be sent, and any number of distinct values would each make
+#: a time series.
+_KNOWN_SCHEMES = {scheme: scheme for scheme in ("http", "https", "ws", "wss")}
+
+#: What any other scheme is recorded as. The semantic conventions list no
+#: values for ``url.scheme``; ``_OTHER`` is the fallback they define for
+#: ``http.request.method``, and the one this package records unknown methods as.
+OTHER_SCHEME = "_OTHER"
+
+#: Longer than any known scheme: not worth lower-casing to look it up.
+_LONGEST_SCHEME = max(len(scheme) for scheme in _KNOWN_SCHEMES)
+
+
+def scheme_attribute(scheme: str) -> str:
+    """``scheme`` as one of :data:`_KNOWN_SCHEMES` (case-insensitive, as URI
+    schemes are), else :data:`OTHER_SCHEME`: never the text it was given."""
+    known = _KNOWN_SCHEMES.get(scheme)
+    if known is not None:  # the common case: one lookup
+        return known
+    if len(scheme) > _LONGEST_SCHEME:
+        return OTHER_SCHEME
+    return _KNOWN_SCHEMES.get(scheme.lower(), OTHER_SCHEME)
+
 
 class OTelInstruments:
     """``http.server.request.duration`` and the two body-size histograms."""
@@ -48,11 +76,17 @@ class OTelInstruments:
         response_bytes: int,
         scheme: str = "http",
     ) -> None:
+        """Record one request in all three instruments.
+
+        ``scheme`` is normalised here, the one place every integration's scheme
+        passes through, and only when OpenTelemetry is on: without it no
+        request pays for the check.
+        """
         attributes = {
             "http.request.method": method,
             "http.route": route,
             "http.response.status_code": status,
-            "url.scheme": scheme,
+            "url.scheme": scheme_attribute(scheme),
         }
         self.duration.record(duration, attributes)
         self.request_size.record(request_bytes, attributes)

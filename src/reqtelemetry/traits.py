@@ -457,23 +457,43 @@ def default_deployment_id_path() -> str:
     return os.path.join(platformdirs.user_data_dir("reqtelemetry"), "deployment_id")
 
 
-def _parse_id(text: str) -> str | None:
-    text = text.strip()
-    if not text or len(text) > 64:
-        return None
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        return None
-
-
 class ForeignFileError(Exception):
     """The deployment id path holds a file that is no id of ours: it is left alone."""
 
 
-#: The shape of an id file as this module writes it: ``x`` a hex digit.
-_ID_FILE_SHAPE = b"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx\n"
-_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+#: The shape of an id file as this module writes it, ``str(uuid.uuid4())`` and
+#: a newline, as every version of it has: ``x`` a lower-case hex digit, ``4``
+#: the UUID version, ``y`` the variant's digit (8, 9, a or b).
+_ID_FILE_SHAPE = b"xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx\n"
+_ID_LENGTH = len(_ID_FILE_SHAPE) - 1  # without its newline
+_SHAPE_BYTES = {
+    ord("x"): frozenset(b"0123456789abcdef"),
+    ord("y"): frozenset(b"89ab"),
+}
+
+
+def _fits_shape(data: bytes) -> bool:
+    """Whether ``data`` is :data:`_ID_FILE_SHAPE`, whole or its start."""
+    if len(data) > len(_ID_FILE_SHAPE):
+        return False
+    return all(
+        byte in _SHAPE_BYTES.get(shape, (shape,))
+        for byte, shape in zip(data, _ID_FILE_SHAPE[: len(data)], strict=True)
+    )
+
+
+def _parse_id(data: bytes) -> str | None:
+    """The id in a file of ours: a whole id, with its newline or cut just before it.
+
+    Only that exact shape, no other spelling of a UUID: an id file is adopted
+    and sent as it is, so anything a UUID parser also takes would be sent too,
+    and ``/etc/machine-id`` (32 hex digits) or a UUID another program wrote
+    (in capitals, or a version 1 one, which holds a MAC address) is an
+    identifier of the machine, not one derived from nothing.
+    """
+    if len(data) >= _ID_LENGTH and _fits_shape(data):
+        return data[:_ID_LENGTH].decode("ascii")
+    return None
 
 
 def _damaged_id(data: bytes) -> bool:
@@ -486,12 +506,7 @@ def _damaged_id(data: bytes) -> bool:
     git revision), is someone else's file.
     """
     data = data.rstrip(b"\x00")
-    if len(data) >= len(_ID_FILE_SHAPE):
-        return False
-    return all(
-        byte in _HEX_DIGITS if shape == ord("x") else byte == shape
-        for byte, shape in zip(data, _ID_FILE_SHAPE[: len(data)], strict=True)
-    )
+    return len(data) < _ID_LENGTH and _fits_shape(data)
 
 
 def _read_id(path: str) -> str | None:
@@ -505,7 +520,7 @@ def _read_id(path: str) -> str | None:
     """
     with open(path, "rb") as handle:
         data = handle.read(_MAX_ID_FILE_BYTES + 1)
-    found = _parse_id(data.decode("ascii", "replace")) if len(data) <= 64 else None
+    found = _parse_id(data)
     if found is None and not _damaged_id(data):
         raise ForeignFileError(path)
     return found
