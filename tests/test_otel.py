@@ -259,6 +259,65 @@ def test_flask_with_otel_records_through_the_global_provider(tmp_path):
     assert out["counts"] == {"/items/<int:item_id> http": 2, "/items/<int:item_id> https": 1}
 
 
+DJANGO_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import sys
+    import types
+
+    import django
+    from django.conf import settings
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="otel-test-key-" + "x" * 40,
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF="otel_urls",
+        MIDDLEWARE=["reqtelemetry.integrations.django.TelemetryMiddleware"],
+        REQTELEMETRY={"otel": True, "endpoint": None},
+    )
+    from django.http import HttpResponse
+    from django.urls import path
+
+    urls = types.ModuleType("otel_urls")
+    urls.urlpatterns = [path("items/<int:pk>/", lambda request, pk: HttpResponse("x" * 10))]
+    sys.modules["otel_urls"] = urls
+    django.setup()
+
+    from django.test import Client
+    from reqtelemetry.integrations.django import get_telemetry
+
+    client = Client()
+    for i in range(2):
+        client.get(f"/items/{i}/")
+    client.get("/items/9/", secure=True)
+    counts = {}
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name == "http.server.request.duration":
+                    for p in m.data.data_points:
+                        a = p.attributes
+                        counts[f'{a["http.route"]} {a["url.scheme"]}'] = p.count
+    recorded = sum(r["count"] for r in get_telemetry().snapshot())
+    print(json.dumps({"counts": counts, "recorded": recorded}))
+    """
+)
+
+
+def test_django_with_otel_records_through_the_global_provider(tmp_path):
+    # Without OpenTelemetry the middleware only queues and never reads
+    # ``request.scheme``; with it, every request reaches the instruments with its scheme.
+    out = run_script(tmp_path / "otel_django.py", DJANGO_SCRIPT)
+    assert out["recorded"] == 3
+    assert out["counts"] == {"/items/<int:pk>/ http": 2, "/items/<int:pk>/ https": 1}
+
+
 def test_scheme_attribute_is_one_of_a_few_known_values():
     from reqtelemetry.otel import OTHER_SCHEME, scheme_attribute
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
+from ..recorder import PENDING_LIMIT
 from ..telemetry import (
     CLIENT_CLOSED_STATUS,
     KNOWN_METHODS,
@@ -325,9 +326,16 @@ class TelemetryMiddleware:
             request_bytes = parse_content_length(length) if length else 0
             if method == "HEAD":  # no body goes out in answer to HEAD
                 response_bytes = 0
-            telemetry.record(
-                method, route, status, end - start, request_bytes, response_bytes, request.scheme
-            )
+            measured = (method, route, status, end - start, request_bytes, response_bytes)
+            queue = telemetry.queue
+            if queue is not None:  # what Recorder.record does, without its call
+                queue.append(measured)
+                if len(queue) >= PENDING_LIMIT:
+                    telemetry.recorder.aggregate_pending()
+            else:
+                # Only OpenTelemetry's instruments read the scheme, and Django's
+                # ``request.scheme`` costs about a third of this method.
+                telemetry.record(*measured, request.scheme)
             if self._first_request:
                 self._first_request = False
                 telemetry.note_first_request(request.META.get("HTTP_HOST"))
