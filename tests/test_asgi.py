@@ -1251,6 +1251,42 @@ def test_slash_redirect_behind_a_host_keeps_the_template_it_redirects_to(telemet
     }
 
 
+def test_fastapi_plain_routes_behind_a_host_keep_their_templates(telemetry, counts):
+    """FastAPI records no ``scope["route"]`` for its plain routes (``add_route``,
+    ``/docs``), so behind a ``Host`` only the Host was recorded: they were
+    ``<unmatched>``, and an endpoint shared with a route outside the host took
+    that route's template. (Starlette before 1.7 records no route at all, and
+    took the same path for every route behind a host.)"""
+
+    async def shared(request):
+        return PlainTextResponse("shared")
+
+    api = FastAPI()
+    api.add_route("/plain/{x}", shared)
+
+    @api.get("/typed/{y}")
+    def typed(y: int):
+        return y
+
+    app = Starlette(routes=[Host("api.example.com", app=api), Route("/top/{k}", shared)])
+    wrapped = wrap(app, telemetry)
+    inside = TestClient(wrapped, base_url="http://api.example.com")
+    for n in range(2):
+        assert inside.get(f"/plain/{n}").status_code == 200
+        assert inside.get(f"/typed/{n}").status_code == 200
+    assert inside.get("/docs").status_code == 200
+    assert inside.get("/plain/4711/", follow_redirects=False).status_code == 307
+    outside = TestClient(wrapped, base_url="http://www.example.com")
+    assert outside.get("/top/1").status_code == 200
+    assert counts(telemetry) == {
+        ("GET", "/plain/{x}", 200): 2,
+        ("GET", "/typed/{y}", 200): 2,
+        ("GET", "/docs", 200): 1,
+        ("GET", "/plain/{x}", 307): 1,
+        ("GET", "/top/{k}", 200): 1,
+    }
+
+
 def test_a_redirect_of_a_router_without_slash_redirects_is_not_matched_again(telemetry, counts):
     async def elsewhere(scope, receive, send):
         await PlainTextResponse("", status_code=302, headers={"location": "/"})(

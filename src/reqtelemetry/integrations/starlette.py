@@ -91,9 +91,10 @@ class RouteTemplates:
             try:
                 path_format = route.path_format
             except AttributeError:
-                if 300 <= status < 400 and _is_mount_or_host(route):
-                    # A ``Host`` (no path of its own) whose router redirected
-                    # to a route's trailing slash without recording the route.
+                if _is_mount_or_host(route):
+                    # A ``Host`` (no path of its own) whose app's router recorded
+                    # no route of its own: a FastAPI plain route, a redirect to
+                    # a route's trailing slash.
                     root_path = scope.get("root_path", "")
                     return self._unrecorded(scope, entry_root_path, root_path, status)
                 return None
@@ -342,12 +343,14 @@ def _is_mount_or_host(route: Any) -> bool:
 
 #: Per routes list: ``id(endpoint)`` → the plain routes serving it, so a request
 #: whose route the router did not record is resolved by a dict lookup, not by
-#: matching every route's regex again. Rebuilt when the list changes length.
-_ENDPOINT_INDEX: dict[int, tuple[int, Any, dict[int, list[Any]]]] = {}
+#: matching every route's regex again; and whether the list holds a ``Host``.
+#: Rebuilt when the list changes length.
+_ENDPOINT_INDEX: dict[int, tuple[int, Any, dict[int, list[Any]], bool]] = {}
 
 
-def _routes_for_endpoint(routes: Any, endpoint: Any) -> list[Any] | None:
-    from starlette.routing import Route
+def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool]:
+    """``routes``' plain routes by ``id(endpoint)``, and whether any route is a ``Host``."""
+    from starlette.routing import Host, Route
 
     entry = _ENDPOINT_INDEX.get(id(routes))
     if entry is None or entry[0] != len(routes) or entry[1] is not routes:
@@ -355,26 +358,40 @@ def _routes_for_endpoint(routes: Any, endpoint: Any) -> list[Any] | None:
         for route in routes:
             if isinstance(route, Route):
                 index.setdefault(id(route.endpoint), []).append(route)
+        has_host = any(isinstance(route, Host) for route in routes)
         if len(_ENDPOINT_INDEX) >= MAX_CACHED_PREFIXES:
             _ENDPOINT_INDEX.clear()
-        entry = _ENDPOINT_INDEX[id(routes)] = (len(routes), routes, index)
-    return entry[2].get(id(endpoint))
+        entry = _ENDPOINT_INDEX[id(routes)] = (len(routes), routes, index, has_host)
+    return entry[2], entry[3]
 
 
 def _match_plain_route(routes: Any, scope: Scope, root_path: str, prefix: str) -> str | None:
-    """Match the request against plain routes, as the router did (full match first)."""
+    """Match the request against plain routes, as the router did (full match first).
+
+    Where the routes hold a ``Host``, the request may have been served behind
+    it, by a route of the host's app that is not in this list (FastAPI's plain
+    routes, or any route under a Starlette before 1.7, record no
+    ``scope["route"]``); an endpoint shared with a route of this list would
+    give that route's template. Those requests are matched through the hosts,
+    as the router matched them.
+    """
     from starlette.routing import Match, Route
 
-    endpoint = scope.get("endpoint")
-    candidates = _routes_for_endpoint(routes, endpoint) if endpoint is not None else None
-    if candidates is not None and len(candidates) == 1:
-        return prefix + candidates[0].path_format
     probe = {
         "type": "http",
         "path": scope["path"],
         "root_path": root_path,
         "method": scope["method"],
     }
+    index, has_host = _endpoint_index(routes)
+    if has_host:
+        probe["headers"] = scope.get("headers", [])
+        template = template_by_matching(routes, probe, prefix)
+        return template if isinstance(template, str) else None
+    endpoint = scope.get("endpoint")
+    candidates = index.get(id(endpoint)) if endpoint is not None else None
+    if candidates is not None and len(candidates) == 1:
+        return prefix + candidates[0].path_format
     partial = None
     for route in candidates or routes:
         if not isinstance(route, Route):  # mounts are behind us; routers record their own
