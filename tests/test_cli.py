@@ -621,3 +621,72 @@ def test_the_port_check_tries_every_address_a_name_resolves_to(monkeypatch):
         ]
         monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: both)
         assert "Address already in use" in (_unusable_address("localhost", port) or "")
+
+
+def _with_default_sigint() -> None:
+    """In the child: SIGINT as a terminal sends it, whatever this process ignores."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_cli_into(stdout_fd: int, *args: str) -> subprocess.Popen[bytes]:
+    """``python -m reqtelemetry.cli ARGS`` writing to ``stdout_fd``, its stderr piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "reqtelemetry.cli", *args],
+        stdout=stdout_fd,
+        stderr=subprocess.PIPE,
+        preexec_fn=_with_default_sigint,
+    )
+
+
+@pytest.mark.parametrize("command", ["inspect", "export"])
+def test_output_to_a_reader_that_left_is_no_traceback(tmp_path, command):
+    """``reqtelemetry export ... | head`` closes the pipe early: a traceback
+    (``BrokenPipeError``) would read as a bug."""
+    args = ["inspect"]
+    if command == "export":
+        args = ["export", "--csv", "--db", migrated_sqlite(tmp_path / "t.db")]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte is written
+    child = run_cli_into(write_end, *args)
+    os.close(write_end)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 1
+    assert "Traceback" not in err.decode() and "Broken pipe" not in err.decode()
+
+
+def test_export_interrupted_is_one_line(tmp_path):
+    """Ctrl-C while ``export`` writes: one line and status 130, no traceback."""
+    import fcntl
+    import signal
+    import termios
+    import time
+
+    from collector_stack import store_old_report
+
+    db = migrated_sqlite(tmp_path / "t.db")
+    calls = [("GET", f"/route-{n:04d}/{'x' * 100}", 200, 0.01) for n in range(1200)]
+    store_old_report(db, str(uuid.uuid4()), "1.0", calls, 0.01, "big")
+    read_end, write_end = os.pipe()
+    child = run_cli_into(write_end, "export", "--csv", "--db", db)
+    os.close(write_end)
+    try:
+        # Wait until the pipe holds half its 64 KiB: the rest of the export's
+        # 160 KB cannot fit, so it is (or soon will be) blocked writing.
+        waiting = bytearray(4)
+        for _ in range(600):
+            fcntl.ioctl(read_end, termios.FIONREAD, waiting)
+            if int.from_bytes(waiting, sys.byteorder) >= 32768 or child.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert child.poll() is None, "the export ended before the pipe filled"
+        child.send_signal(signal.SIGINT)
+        with os.fdopen(read_end, "rb") as reader:  # let it write what it still holds
+            reader.read()
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130
+    assert err.decode().splitlines() == ["reqtelemetry export: interrupted"]

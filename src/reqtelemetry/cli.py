@@ -441,7 +441,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except BrokenPipeError:
+        # The reader went away (``reqtelemetry export ... | head``): nothing is
+        # wrong here, and Python must not complain again when it flushes
+        # stdout at exit, so stdout now points nowhere.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        print(f"reqtelemetry {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
