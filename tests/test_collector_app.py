@@ -52,10 +52,11 @@ from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from db_locks import another_writer, location
 from receiver import ServerThread
 from reqtelemetry import hashcash
 from reqtelemetry.collector import app as collector_app
-from reqtelemetry.collector.app import SESSION_MAX_BYTES, create_app
+from reqtelemetry.collector.app import SESSION_MAX_BYTES, Timing, commit_budget, create_app
 from reqtelemetry.collector.export import COLUMNS
 from reqtelemetry.collector.settings import CollectorSettings, SettingsError
 from reqtelemetry.collector.storage import open_storage
@@ -68,6 +69,7 @@ from reqtelemetry.collector.verify import (
     gunzip_capped,
     parse_json,
 )
+from reqtelemetry.transport import WAIT_HEADER, wait_header
 
 BITS = 8
 SECRET = b"collector-tests-secret-0123456789"
@@ -1696,6 +1698,94 @@ def test_an_unreachable_postgres_is_still_a_503() -> None:
     finally:
         server.stop()
         storage.close()
+
+
+# -- a report is committed while its client still waits, or not at all ----------------------
+
+
+@pytest.mark.e2e
+def test_a_report_held_up_past_its_budget_is_a_503_and_its_retry_is_stored_once(
+    backend_storage: Storage,
+) -> None:
+    """Another writer holds the database past the report's budget: the report
+    is answered 503 and nothing is written, so the client's copy is the only
+    one. Committed once the lock cleared, it would have been counted twice
+    (the client, having given up, sends the same data again)."""
+    settings = collector_settings()
+    app = create_app(settings, backend_storage, timing=Timing(commit_budget=0.3))
+    server = ServerThread(app)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=5.0) as http:
+            collector = Collector(server.url, http, backend_storage, settings)
+            payload = make_payload(new_id(), new_id())
+            body = envelope(
+                collector.session(payload["deployment_id"], payload["instance_id"]), payload
+            )
+            with another_writer(location(backend_storage)):
+                began = time.monotonic()
+                response = collector.post_report(body)
+                waited = time.monotonic() - began
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "unavailable"
+            assert response.headers["retry-after"] == "1"
+            assert waited < 3.0  # the budget, not SQLite's busy timeout or a lock's end
+            assert collector.reports_stored() == 0
+            # The client's retry (the same stamp), once the lock is gone: stored once.
+            again = collector.post_report(body)
+            assert again.status_code == 200, again.text
+            assert collector.reports_stored() == 1
+            assert backend_storage.totals(0)["requests"] == 12
+    finally:
+        server.stop()
+
+
+@pytest.mark.e2e
+def test_a_client_that_waits_less_gets_half_its_wait(collector: Collector) -> None:
+    """A client stating a 0.4 s wait is answered within it, though the
+    collector's own budget is seconds long."""
+    payload = make_payload(new_id(), new_id())
+    body = envelope(collector.session(payload["deployment_id"], payload["instance_id"]), payload)
+    with another_writer(location(collector.storage)):
+        began = time.monotonic()
+        response = collector.http.post(
+            "/v1/report", content=gzip.compress(body), headers={**GZIP, WAIT_HEADER: "0.4"}
+        )
+        waited = time.monotonic() - began
+    assert response.status_code == 503, response.text
+    assert waited < 3.0
+    assert collector.reports_stored() == 0
+
+
+@pytest.mark.parametrize(
+    ("stated", "budget"),
+    [
+        (None, 8.0),
+        ("15.000", 7.5),
+        ("4", 2.0),
+        ("0.4", 0.2),
+        ("0", 0.0),
+        (" 3.5 ", 1.75),
+        ("600", 8.0),  # never more than the collector's own
+        ("-1", 8.0),
+        ("1e3", 8.0),
+        ("nan", 8.0),
+        ("inf", 8.0),
+        ("", 8.0),
+        ("٣", 8.0),
+        ("1" * 40, 8.0),
+    ],
+)
+def test_the_budget_is_at_most_half_the_clients_stated_wait(
+    stated: str | None, budget: float
+) -> None:
+    assert commit_budget(stated, 8.0) == budget
+
+
+def test_the_client_says_how_long_it_waits() -> None:
+    assert wait_header(15.0) == "15.000"
+    assert wait_header(0.0019) == "0.001"  # rounded down: saying more than we wait is not safe
+    assert commit_budget(wait_header(4.9999), 8.0) <= 4.9999 / 2
 
 
 # -- several apps behind one collector: both backends ---------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,13 +19,19 @@ from typing import Any
 import jsonschema
 import pytest
 
+from db_locks import another_writer, location
 from reqtelemetry.collector.storage import (
     SchemaMismatch,
     describe_database,
     mask_passwords,
     open_storage,
 )
-from reqtelemetry.collector.storage.base import ReplayError, StoredReport, UnstorableReport
+from reqtelemetry.collector.storage.base import (
+    DeadlineExceeded,
+    ReplayError,
+    StoredReport,
+    UnstorableReport,
+)
 from reqtelemetry.collector.storage.postgres import PostgresStorage
 from reqtelemetry.collector.storage.sql import SQLStorage
 from reqtelemetry.collector.storage.sqlite import SQLiteStorage
@@ -1131,6 +1138,129 @@ def test_racing_replays_store_once(backend: Backend, storage: SQLStorage) -> Non
         thread.join(timeout=60)
     assert sorted(outcomes) == ["replay", "replay", "replay", "stored"]
     assert storage.totals(0)["reports"] == 1
+
+
+# -- a deadline for every report -----------------------------------------------------------
+
+
+def test_a_store_held_up_past_its_deadline_by_another_writer_writes_nothing(
+    storage: SQLStorage,
+) -> None:
+    """The client would have given up by then and sent the data again: a copy
+    committed after the deadline would count its requests twice."""
+    report = stored(R1, T + 100)
+    with another_writer(location(storage)):
+        began = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            storage.store(report, deadline=time.monotonic() + 0.2)
+        waited = time.monotonic() - began
+    # Not SQLite's busy timeout (10 s), nor PostgreSQL's wait without end.
+    assert waited < 2.0
+    assert storage.totals(0)["reports"] == 0
+    # The client's retry (the same stamp) is then stored, once.
+    storage.store(report, deadline=time.monotonic() + 5.0)
+    assert storage.totals(0)["reports"] == 1
+    assert storage.totals(0)["requests"] == 5
+
+
+def test_a_store_whose_deadline_has_passed_writes_nothing(storage: SQLStorage) -> None:
+    with pytest.raises(DeadlineExceeded):
+        storage.store(stored(R1, T + 100), deadline=time.monotonic() - 0.001)
+    assert storage.totals(0)["reports"] == 0
+
+
+@pytest.fixture
+def postgres_storage(postgres_url: str) -> Iterator[PostgresStorage]:
+    """A migrated PostgreSQL storage in a scratch schema (what SQLite cannot show)."""
+    from postgres import scratch_schema
+
+    with scratch_schema(postgres_url) as url:
+        storage = PostgresStorage(url)
+        try:
+            storage.migrate()
+            yield storage
+        finally:
+            storage.close()  # before the schema is dropped
+
+
+def _slow_trigger(url: str, table: str, seconds: float) -> None:
+    """Make every insert into ``table`` take ``seconds`` longer, on the server."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(
+            f"CREATE FUNCTION slow_{table}() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$"
+        )
+        connection.execute(
+            f"CREATE TRIGGER slow_{table} BEFORE INSERT ON {table}"
+            f" FOR EACH ROW EXECUTE FUNCTION slow_{table}()"
+        )
+
+
+def test_postgres_cancels_a_statement_that_outlasts_the_deadline(
+    postgres_storage: PostgresStorage,
+) -> None:
+    _slow_trigger(postgres_storage.url, "reports", 5.0)
+    began = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        postgres_storage.store(stored(R1, T + 100), deadline=time.monotonic() + 0.3)
+    assert time.monotonic() - began < 2.0
+    assert postgres_storage.totals(0)["reports"] == 0
+
+
+def test_postgres_commits_only_before_the_deadline(postgres_storage: PostgresStorage) -> None:
+    """Each statement ends within its timeout, but together they pass the
+    deadline: the check right before the commit rolls them back."""
+    _slow_trigger(postgres_storage.url, "reports", 0.6)
+    _slow_trigger(postgres_storage.url, "deployments", 0.6)
+    with pytest.raises(DeadlineExceeded):
+        postgres_storage.store(stored(R1, T + 100), deadline=time.monotonic() + 1.0)
+    assert postgres_storage.totals(0)["reports"] == 0
+
+
+def test_postgres_waits_for_a_free_connection_no_longer_than_the_deadline(
+    postgres_storage: PostgresStorage,
+) -> None:
+    url = postgres_storage.url
+    one = PostgresStorage(url, pool_size=1)
+    first, second = stored(R1, T + 100), stored(R2, T + 200)
+    outcome: list[str] = []
+
+    def store_first() -> None:
+        one.store(first, deadline=time.monotonic() + 30.0)
+        outcome.append("stored")
+
+    try:
+        with another_writer(url):
+            # The pool's one connection waits for the lock...
+            waiting = threading.Thread(target=store_first)
+            waiting.start()
+            _until_a_lock_is_awaited(url)
+            # ...so the next report waits for it no longer than its deadline.
+            began = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                one.store(second, deadline=time.monotonic() + 0.2)
+            assert time.monotonic() - began < 2.0
+        waiting.join(30)
+        assert outcome == ["stored"]
+        one.store(second, deadline=time.monotonic() + 5.0)
+    finally:
+        one.close()
+    assert postgres_storage.totals(0)["reports"] == 2
+
+
+def _until_a_lock_is_awaited(url: str) -> None:
+    """Return once some session waits for a lock (``pg_locks``), within 10 s."""
+    import psycopg
+
+    deadline = time.monotonic() + 10.0
+    with psycopg.connect(url, autocommit=True) as connection:
+        while not connection.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[
+            0
+        ]:
+            assert time.monotonic() < deadline, "no session began to wait for the lock"
+            time.sleep(0.01)
 
 
 # -- opening by URL (no database needed) ---------------------------------------------------

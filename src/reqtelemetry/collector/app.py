@@ -25,6 +25,10 @@ What the endpoint code guarantees, and why:
   exception is a value the database cannot hold (``UnstorableReport``): the
   same report would fail forever, so it is a ``422 invalid_payload``, which
   the client drops rather than retries.
+* A report is committed only within its budget, counted from its arrival
+  (:func:`commit_budget`), else rolled back and answered ``503``: a client
+  that stopped waiting keeps its data and sends it again under a new stamp,
+  and a copy committed after that would count its requests twice.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import math
 import re
 import threading
 import time
@@ -57,10 +62,18 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._version import __version__
+from ..transport import WAIT_HEADER
 from .export import app_filter, csv_text, endpoint_rows, since_days
 from .settings import DAY_SECONDS, CollectorSettings
 from .storage import open_storage
-from .storage.base import Pruned, ReplayError, Storage, StoredReport, UnstorableReport
+from .storage.base import (
+    DeadlineExceeded,
+    Pruned,
+    ReplayError,
+    Storage,
+    StoredReport,
+    UnstorableReport,
+)
 from .summary import DEFAULT_DAYS, MAX_DAYS, build_summary
 from .tokens import TokenSigner
 from .verify import (
@@ -83,6 +96,14 @@ DAYS_PATTERN = re.compile(r"[0-9]{1,8}")
 PRUNE_EVERY = 3600.0
 #: How long a client should wait when storage is down.
 UNAVAILABLE_RETRY_AFTER = 60
+#: Seconds from a report's arrival within which it must be committed, or not
+#: at all. Well under the client's default timeout (15 s, ``Config.timeout``):
+#: that leaves the commit itself and the answer's way back time to finish
+#: while the client still waits. A client that states a shorter wait
+#: (:data:`~reqtelemetry.transport.WAIT_HEADER`) gets half of it instead.
+COMMIT_BUDGET = 8.0
+#: ``Reqtelemetry-Wait``: seconds, in ASCII digits with an optional fraction.
+WAIT_PATTERN = re.compile(r"[0-9]{1,9}(\.[0-9]{1,6})?")
 #: Reports verified at once. Verifying holds the inflated body, and for a
 #: report whose stamp holds its parsed payload: memory in proportion to the
 #: body, so a flood of concurrent bodies must not each get its own. More at
@@ -113,16 +134,50 @@ DASHBOARD_HEADERS = {
 }
 
 
+@dataclass(frozen=True)
+class Timing:
+    """The collector's internal time limits, replaceable so that tests run in
+    milliseconds what production waits seconds for."""
+
+    #: See :data:`COMMIT_BUDGET`.
+    commit_budget: float = COMMIT_BUDGET
+
+
+def commit_budget(stated_wait: str | None, default: float = COMMIT_BUDGET) -> float:
+    """Seconds a report may take to be committed, counted from its arrival.
+
+    ``stated_wait`` is the client's ``Reqtelemetry-Wait`` header: how long it
+    waits for this answer. Half of it at most, so that the commit and the
+    answer fit in the other half (the client's clock started before ours, and
+    the answer must get back); never more than ``default``, which covers
+    clients that state nothing. A value that is not plain seconds is ignored:
+    the header is advice from an unauthenticated sender, so it can only
+    shorten the budget.
+    """
+    if stated_wait is None:
+        return default
+    text = stated_wait.strip()
+    if WAIT_PATTERN.fullmatch(text) is None:
+        return default
+    return min(default, float(text) / 2)
+
+
 def create_app(
-    settings: CollectorSettings, storage: Storage | None = None, *, host: str | None = None
+    settings: CollectorSettings,
+    storage: Storage | None = None,
+    *,
+    host: str | None = None,
+    timing: Timing | None = None,
 ) -> Starlette:
     """The collector app. Without ``storage``, opens (and migrates) ``settings.db_url``
     and closes it at shutdown; a given ``storage`` stays the caller's to close.
 
     ``host`` is the address it listens on (``--host``): a dashboard without
     credentials answers to it as ``Host``, besides the loopback names
-    (see :class:`LocalHostOnly`).
+    (see :class:`LocalHostOnly`). ``timing``: the internal time limits
+    (tests shorten them).
     """
+    timing = Timing() if timing is None else timing
     owns_storage = storage is None
     store: Storage = open_storage(settings.db_url) if storage is None else storage
     if owns_storage:
@@ -160,6 +215,8 @@ def create_app(
         return JSONResponse({"token": token, "expires_at": expires_at, "bits": settings.bits})
 
     async def report(request: Request) -> Response:
+        budget = commit_budget(request.headers.get(WAIT_HEADER), timing.commit_budget)
+        deadline = time.monotonic() + budget
         try:
             raw = await read_body(request, settings.max_body_bytes)
             async with gate.turn() as admitted:
@@ -182,13 +239,16 @@ def create_app(
         # with one stamp cannot both store it.
         stored = StoredReport(stamp=verified.stamp, received_at=now, payload=verified.payload)
         try:
-            await run_in_threadpool(store.store, stored)
+            await run_in_threadpool(store.store, stored, deadline=deadline)
         except ReplayError:
             return await refuse(Refusal("replay", "this stamp was used before; mint a new one"))
         except UnstorableReport as error:
             # The checks should have refused it already; say which value in the log.
             logger.warning("refused a report the database cannot hold: %s", error)
             return await refuse(Refusal("invalid_payload", UNSTORABLE_DETAIL))
+        except DeadlineExceeded as error:
+            logger.warning("a report was not stored within %.1f s: %s", budget, error)
+            return _too_slow(budget)
         except Exception:
             logger.exception("could not store a report")
             return _unavailable("the collector cannot store reports right now")
@@ -396,6 +456,24 @@ def _unavailable(detail: str) -> JSONResponse:
         {"error": "unavailable", "detail": detail},
         status_code=503,
         headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+    )
+
+
+def _too_slow(budget: float) -> JSONResponse:
+    """The report could not be committed within ``budget``, and was not.
+
+    ``Retry-After`` is about as long as was waited: the lock or the load that
+    held this report up is expected to last about that long, and a client
+    with time left in its flush tries again within it.
+    """
+    return JSONResponse(
+        {
+            "error": "unavailable",
+            "detail": f"the database could not store the report within {budget:.1f} s; "
+            "nothing was stored",
+        },
+        status_code=503,
+        headers={"Retry-After": str(max(1, math.ceil(budget)))},
     )
 
 

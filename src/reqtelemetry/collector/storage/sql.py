@@ -10,7 +10,8 @@ in two SQL dialects (sorting with NULLs, rates, percentiles from merged
 histograms) happens in Python, on results already aggregated by the database.
 
 A backend implements :meth:`SQLStorage._run`: call ``work(executor)`` inside
-one transaction, commit if it returns, roll back if it raises.
+one transaction, commit if it returns, roll back if it raises; and, given a
+deadline, bound its waits by it and commit only before it.
 """
 
 from __future__ import annotations
@@ -145,8 +146,16 @@ class SQLStorage(Storage):
     # -- what a backend provides --------------------------------------------------------
 
     @abc.abstractmethod
-    def _run(self, work: Callable[[Executor], T], write: bool = False) -> T:
-        """``work(executor)`` in one transaction: committed if it returns, rolled back if not."""
+    def _run(
+        self, work: Callable[[Executor], T], write: bool = False, deadline: float | None = None
+    ) -> T:
+        """``work(executor)`` in one transaction: committed if it returns, rolled back if not.
+
+        ``deadline`` (a ``time.monotonic()`` instant): every wait of the
+        transaction (for a lock, a connection, a statement) ends by then, and
+        it commits only if the deadline has not passed right before the
+        commit; otherwise it rolls back and raises :class:`DeadlineExceeded`.
+        """
 
     @abc.abstractmethod
     def _run_migrations(self, work: Callable[[Executor], T]) -> T:
@@ -235,7 +244,7 @@ class SQLStorage(Storage):
 
     # -- writes -------------------------------------------------------------------------
 
-    def store(self, report: StoredReport) -> None:
+    def store(self, report: StoredReport, deadline: float | None = None) -> None:
         """Store one report in one transaction (see :meth:`Storage.store`).
 
         The report row goes first: its unique stamp decides replays before any
@@ -357,7 +366,7 @@ class SQLStorage(Storage):
             )
 
         try:
-            self._run(work, write=True)
+            self._run(work, write=True, deadline=deadline)
         except self.data_errors as error:
             raise UnstorableReport(f"the database cannot hold a value: {error}") from error
 
