@@ -8,6 +8,9 @@ compared with numbers worked out by hand from the latencies that went in.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import sys
 import threading
 import time
 import uuid
@@ -1248,6 +1251,47 @@ def test_postgres_waits_for_a_free_connection_no_longer_than_the_deadline(
     finally:
         one.close()
     assert postgres_storage.totals(0)["reports"] == 2
+
+
+def _socket_options(storage: PostgresStorage) -> dict[str, int]:
+    """The TCP options of a connection ``storage`` opens, as the kernel holds them."""
+    with storage._pool.connection() as (connection, _):
+        probe = socket.socket(fileno=os.dup(connection.pgconn.socket))
+    try:
+        return {
+            "keepalive": probe.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            "idle": probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            "interval": probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            "count": probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            "user_timeout": probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        }
+    finally:
+        probe.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's TCP options")
+def test_postgres_connections_notice_a_silent_server_in_seconds(
+    postgres_storage: PostgresStorage,
+) -> None:
+    """Without keepalives and a TCP user timeout, a connection to a server
+    cut off by the network waits some 15 minutes, holding a pool slot."""
+    assert _socket_options(postgres_storage) == {
+        "keepalive": 1,
+        "idle": 10,
+        "interval": 5,
+        "count": 3,
+        "user_timeout": 25000,
+    }
+    # An operator's own values, in the URL, win.
+    url = postgres_storage.url
+    tuned = PostgresStorage(
+        f"{url}{'&' if '?' in url else '?'}keepalives_idle=60&tcp_user_timeout=0"
+    )
+    try:
+        options = _socket_options(tuned)
+    finally:
+        tuned.close()
+    assert (options["idle"], options["user_timeout"], options["count"]) == (60, 0, 3)
 
 
 def _until_a_lock_is_awaited(url: str) -> None:

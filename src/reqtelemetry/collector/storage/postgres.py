@@ -8,7 +8,9 @@ starting together apply each step once.
 
 Connections come from a small pool of our own (``psycopg_pool`` is not a
 dependency): up to ``pool_size`` connections, opened on demand, reused
-last-in-first-out, dropped when broken. A connection that went stale while
+last-in-first-out, dropped when broken, with TCP keepalives and a TCP user
+timeout so that a server gone silent frees its connection in seconds
+(:data:`TCP_SETTINGS`). A connection that went stale while
 idle (the server restarted) fails the first statement; that unit of work is
 retried once on a fresh connection. A retried store whose first commit did
 reach the database is then refused as a replay, which the client counts as
@@ -60,6 +62,25 @@ DIALECT = Dialect(
     lock_rows=" FOR UPDATE",
     bytewise=' COLLATE "C"',
 )
+
+#: libpq's TCP settings for every connection, unless the URL sets its own.
+#: Why: a connection whose server vanished (a network partition, a host that
+#: died without closing it) otherwise waits for TCP to give up, some 15
+#: minutes, holding a pool slot and a worker thread; four such and the pool is
+#: gone. Keepalives notice a silent peer while we wait for an answer (10 s of
+#: silence, then 3 probes 5 s apart), ``tcp_user_timeout`` one that stops
+#: acknowledging what we send (milliseconds; libpq 12 and later). Neither
+#: helps when the server's host answers for a stopped server (a SIGSTOPped
+#: process on the same machine): the deadline of each report covers that.
+TCP_SETTINGS = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "25000",
+}
+#: The first libpq release that knows ``tcp_user_timeout``.
+TCP_USER_TIMEOUT_LIBPQ = 120000
 
 #: The advisory lock migrations hold: the bytes "reqtelem" as a signed 64-bit key.
 MIGRATION_LOCK_KEY = int.from_bytes(b"reqtelem", "big", signed=True)
@@ -117,6 +138,7 @@ class _Pool:
         if size < 1:
             raise ValueError(f"pool_size must be at least 1, got {size!r}")
         self._url = url
+        self._tcp = tcp_settings(url)
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._read_only = read_only
@@ -131,6 +153,7 @@ class _Pool:
             autocommit=True,  # transactions are explicit: connection.transaction()
             connect_timeout=_connect_timeout(self._connect_timeout, seconds_left(deadline)),
             application_name="reqtelemetry-collector",
+            **self._tcp,
         )
         if self._read_only:
             # The server refuses any write in this session, whatever the role may do.
@@ -272,6 +295,19 @@ class PostgresStorage(SQLStorage):
         except psycopg.ProgrammingError:
             return "PostgresStorage(<unparsable url>)"
         return f"PostgresStorage(host={info.get('host')!r}, dbname={info.get('dbname')!r})"
+
+
+def tcp_settings(url: str) -> dict[str, str]:
+    """:data:`TCP_SETTINGS` that ``url`` does not set itself (an operator's own
+    values win), without those this libpq does not know."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        given = {}  # psycopg.connect says what is wrong with it, password masked by the caller
+    settings = {key: value for key, value in TCP_SETTINGS.items() if key not in given}
+    if psycopg.pq.version() < TCP_USER_TIMEOUT_LIBPQ:
+        settings.pop("tcp_user_timeout", None)
+    return settings
 
 
 def _bound_waits(cursor: psycopg.Cursor[Any], deadline: float) -> None:
