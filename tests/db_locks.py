@@ -35,14 +35,15 @@ def another_writer(database: str) -> Iterator[None]:
 
     ``database``: a PostgreSQL URL (its ``search_path`` picks the schema), a
     ``sqlite:///`` URL or a SQLite file path. SQLite: ``BEGIN IMMEDIATE``,
-    the lock every writer takes first. PostgreSQL: ``reports`` locked in
-    ``ACCESS EXCLUSIVE`` mode, as a long ``ALTER TABLE`` would.
+    the lock every writer takes first. PostgreSQL: ``reports`` and
+    ``refusals`` locked in ``ACCESS EXCLUSIVE`` mode, as a long ``ALTER
+    TABLE`` would.
     """
     if database.startswith(("postgresql://", "postgres://")):
         import psycopg
 
         with psycopg.connect(database) as connection:
-            connection.execute("LOCK TABLE reports IN ACCESS EXCLUSIVE MODE")
+            connection.execute("LOCK TABLE reports, refusals IN ACCESS EXCLUSIVE MODE")
             try:
                 yield
             finally:

@@ -51,6 +51,7 @@ import pytest
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
 
 from db_locks import another_writer, location
 from receiver import ServerThread
@@ -58,9 +59,10 @@ from reqtelemetry import hashcash
 from reqtelemetry.collector import app as collector_app
 from reqtelemetry.collector.app import SESSION_MAX_BYTES, Timing, commit_budget, create_app
 from reqtelemetry.collector.export import COLUMNS
+from reqtelemetry.collector.refusals import RefusalTally
 from reqtelemetry.collector.settings import CollectorSettings, SettingsError
 from reqtelemetry.collector.storage import open_storage
-from reqtelemetry.collector.storage.base import Storage, StoredReport
+from reqtelemetry.collector.storage.base import DeadlineExceeded, Storage, StoredReport
 from reqtelemetry.collector.summary import fill_activity, version_key, with_previous_version
 from reqtelemetry.collector.tokens import TokenSigner
 from reqtelemetry.collector.verify import (
@@ -228,6 +230,7 @@ class Collector:
     http: httpx.Client
     storage: Storage
     settings: CollectorSettings
+    app: Starlette | None = None
 
     def session(self, deployment_id: str, instance_id: str) -> str:
         response = self.http.post(
@@ -249,6 +252,15 @@ class Collector:
 
     def reports_stored(self) -> int:
         return int(self.storage.totals(0)["reports"])
+
+    def refusals(self) -> dict[str, int]:
+        """The refusal counts the collector shows (``/api/summary``): those it
+        stored and those it has not written yet."""
+        token = self.settings.dashboard_token
+        response = self.http.get("/api/summary", params={"token": token} if token else {})
+        assert response.status_code == 200, response.text
+        counts: dict[str, int] = response.json()["refusals"]
+        return counts
 
 
 def db_url(path: Path) -> str:
@@ -276,11 +288,12 @@ def make_collector(storage: Storage) -> Iterator[Callable[..., Collector]]:
 
     def factory(**overrides: Any) -> Collector:
         settings = collector_settings(**overrides)
-        server = ServerThread(create_app(settings, storage))
+        app = create_app(settings, storage)
+        server = ServerThread(app)
         server.start()
         http = httpx.Client(base_url=server.url, trust_env=False, timeout=10.0)
         started.append((server, http))
-        return Collector(server.url, http, storage, settings)
+        return Collector(server.url, http, storage, settings, app)
 
     yield factory
     for server, http in started:
@@ -785,7 +798,7 @@ def test_bad_reports_are_refused_counted_and_not_stored(
     assert answer["error"] == reason
     assert isinstance(answer["detail"], str) and answer["detail"]
     assert collector.reports_stored() == 0
-    assert collector.storage.refusals() == {reason: 1}
+    assert collector.refusals() == {reason: 1}
 
 
 @pytest.mark.e2e
@@ -795,7 +808,7 @@ def test_a_gzip_bomb_is_stopped_at_the_cap(collector: Collector) -> None:
     response = collector.http.post("/v1/report", content=bomb, headers=GZIP)
     assert response.status_code == 413
     assert response.json()["error"] == "too_large"
-    assert collector.storage.refusals() == {"too_large": 1}
+    assert collector.refusals() == {"too_large": 1}
     assert collector.reports_stored() == 0
     # The same cap, without a server: the inflater never produces more than cap + 1.
     with pytest.raises(Refusal) as raised:
@@ -811,7 +824,7 @@ def test_a_body_of_many_gzip_members_is_refused(collector: Collector) -> None:
     assert response.status_code == 400
     assert response.json()["error"] == "malformed_json"
     assert "members" in response.json()["detail"]
-    assert collector.storage.refusals() == {"malformed_json": 1}
+    assert collector.refusals() == {"malformed_json": 1}
 
 
 @pytest.mark.e2e
@@ -868,6 +881,7 @@ def test_verifications_run_a_few_at_a_time_and_a_full_line_is_told_to_come_back(
         server.stop()
     assert sorted(a.status_code for a in answers) == [401] * 4 + [503] * 3
     assert max(inside) == 2
+    assert app.state.refusals.write() == 4
     assert storage.refusals() == {"bad_token": 4}
 
 
@@ -887,7 +901,7 @@ def test_an_oversized_stream_without_length_is_cut_off(collector: Collector) -> 
     else:
         assert response.status_code == 413
         assert response.json()["error"] == "too_large"
-    assert collector.storage.refusals() == {"too_large": 1}
+    assert collector.refusals() == {"too_large": 1}
     assert collector.reports_stored() == 0
 
 
@@ -904,7 +918,7 @@ def test_bad_gzip_and_unknown_encodings_are_malformed(collector: Collector) -> N
         )
         assert response.status_code == 400, (content, response.text)
         assert response.json()["error"] == "malformed_json"
-    assert collector.storage.refusals() == {"malformed_json": 4}
+    assert collector.refusals() == {"malformed_json": 4}
     assert collector.reports_stored() == 0
 
 
@@ -918,10 +932,89 @@ def test_a_replayed_stamp_is_refused(collector: Collector) -> None:
     assert again.status_code == 409
     assert again.json()["error"] == "replay"
     assert collector.reports_stored() == 1
-    assert collector.storage.refusals() == {"replay": 1}
+    assert collector.refusals() == {"replay": 1}
     summary = collector.http.get("/api/summary").json()
     assert summary["totals"]["requests"] == 12  # counted once
     assert summary["refusals"] == {"replay": 1}
+
+
+# -- refusals are counted in memory, written now and then ------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_refusal_costs_no_database_write_yet_shows_at_once(collector: Collector) -> None:
+    """Garbage costs its sender nothing; an upsert for each took a pool
+    connection and a worker thread from real reports."""
+    for _ in range(50):
+        response = collector.http.post("/v1/report", content=b"not json", headers=PLAIN)
+        assert response.status_code == 400
+    assert collector.storage.refusals() == {}  # nothing written per request
+    assert collector.refusals() == {"malformed_json": 50}  # but shown at once
+    assert collector.app is not None
+    assert collector.app.state.refusals.write() == 50  # one transaction
+    assert collector.storage.refusals() == {"malformed_json": 50}
+    assert collector.refusals() == {"malformed_json": 50}  # not counted twice
+
+
+@pytest.mark.e2e
+def test_refusals_are_written_every_few_seconds_and_at_shutdown(storage: Storage) -> None:
+    def serve(every: float) -> tuple[ServerThread, httpx.Client]:
+        app = create_app(collector_settings(), storage, timing=Timing(refusal_write_every=every))
+        server = ServerThread(app, lifespan="on")
+        server.start()
+        return server, httpx.Client(base_url=server.url, trust_env=False, timeout=10.0)
+
+    server, http = serve(every=0.05)
+    try:
+        for _ in range(3):
+            assert http.post("/v1/report", content=b"not json").status_code == 400
+        deadline = time.monotonic() + 10.0
+        while storage.refusals() != {"malformed_json": 3}:
+            assert time.monotonic() < deadline, storage.refusals()
+            time.sleep(0.02)
+    finally:
+        http.close()
+        server.stop(graceful=True)
+    server, http = serve(every=3600.0)  # none but the one at shutdown
+    try:
+        assert http.post("/v1/session", content=b"[]").status_code == 400
+        assert storage.refusals() == {"malformed_json": 3}
+    finally:
+        http.close()
+        server.stop(graceful=True)
+    assert storage.refusals() == {"bad_session": 1, "malformed_json": 3}
+
+
+def test_refusal_counts_a_write_could_not_store_are_kept_for_the_next(
+    backend_storage: Storage,
+) -> None:
+    """A write held up by another writer past its deadline stores nothing and
+    loses nothing: the counts, and those counted meanwhile, go with the next."""
+    tally = RefusalTally(backend_storage)
+    for _ in range(3):
+        tally.add("bad_token")
+    with another_writer(location(backend_storage)):
+        with pytest.raises(DeadlineExceeded):
+            tally.write(deadline=time.monotonic() + 0.1)
+        tally.add("replay")
+    assert backend_storage.refusals() == {}
+    assert tally.unwritten() == {"bad_token": 3, "replay": 1}
+    assert tally.counts() == {"bad_token": 3, "replay": 1}
+    assert tally.write() == 4
+    assert tally.unwritten() == {}
+    assert backend_storage.refusals() == tally.counts() == {"bad_token": 3, "replay": 1}
+
+
+def test_replicas_refusal_counts_add_up(backend_storage: Storage) -> None:
+    replicas = [RefusalTally(backend_storage) for _ in range(2)]
+    for replica in replicas:
+        replica.add("bad_token")
+    replicas[0].write()
+    # Each shows the shared, stored counts and its own unwritten ones.
+    assert replicas[0].counts() == {"bad_token": 1}
+    assert replicas[1].counts() == {"bad_token": 2}
+    assert replicas[1].write() == 1
+    assert backend_storage.refusals() == {"bad_token": 2}
 
 
 BAD_SESSIONS: list[tuple[str, bytes, int, str]] = [
@@ -987,7 +1080,7 @@ def test_bad_session_requests_are_refused(
     assert response.status_code == status, response.text
     assert response.json()["error"] == reason
     assert "token" not in response.json()
-    assert collector.storage.refusals() == {reason: 1}
+    assert collector.refusals() == {reason: 1}
 
 
 # -- the Host of a dashboard without credentials -------------------------------------------
@@ -1098,7 +1191,7 @@ def test_dashboard_api_and_csv_require_credentials(
     assert http.get("/healthz").status_code == 200
     assert http.get("/static/dashboard.js").status_code == 200
     # Failed logins are not ingestion refusals.
-    assert collector.storage.refusals() == {}
+    assert collector.refusals() == {}
 
 
 @pytest.mark.e2e
@@ -1578,7 +1671,7 @@ def test_reports_no_database_can_hold_are_refused_on_both_backends(
     assert answer["error"] == "invalid_payload"
     assert answer["detail"].startswith(f"{where}: "), answer["detail"]
     assert collector.reports_stored() == 1
-    assert collector.storage.refusals() == {"invalid_payload": 1}
+    assert collector.refusals() == {"invalid_payload": 1}
     # What was stored before still reads back.
     assert collector.http.get("/api/summary").status_code == 200
     assert collector.http.get("/export.csv").status_code == 200
@@ -1598,7 +1691,7 @@ def test_a_record_whose_histogram_does_not_hold_its_count_is_refused(
         "to 1; they must be equal",
     }
     assert collector.reports_stored() == 0
-    assert collector.storage.refusals() == {"invalid_payload": 1}
+    assert collector.refusals() == {"invalid_payload": 1}
 
 
 @pytest.mark.e2e
@@ -1675,7 +1768,7 @@ def test_a_value_postgres_refuses_at_store_time_is_a_422_not_a_503(
                 assert response.json()["error"] == "invalid_payload"
                 assert "cannot hold" in caplog.text
                 assert collector.reports_stored() == 0
-                assert storage.refusals() == {"invalid_payload": 1}
+                assert collector.refusals() == {"invalid_payload": 1}
         finally:
             server.stop()
             storage.close()

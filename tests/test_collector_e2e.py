@@ -367,6 +367,12 @@ def test_replicas_accept_each_others_tokens_and_refuse_replays(
 
         assert database.report_count() == 1
         assert database.counts_by_key() == {("GET", ITEM, 200): 5, ("GET", ITEM, 503): 1}
+        # Each counts its own refusals at once, and adds them to the shared
+        # counters when it writes them (every few seconds; here, now).
+        assert replica_a.summary(days=1)["refusals"] == {"replay": 1}
+        for replica in (replica_a, replica_b, stranger):
+            assert replica.app is not None
+            assert replica.app.state.refusals.write() == 1
         for replica in (replica_a, replica_b):
             summary: dict[str, Any] = replica.summary(days=1)
             totals = summary["totals"]

@@ -765,6 +765,11 @@ def test_refusal_counters(storage: SQLStorage) -> None:
     storage.count_refusal("replay")
     storage.count_refusal("bad_token")
     assert storage.refusals() == {"bad_token": 2, "replay": 1}
+    # Many at once, in one transaction, added to what is there (replicas add up).
+    storage.add_refusals({"replay": 4, "too_large": 2, "bad_stamp": 0})
+    assert storage.refusals() == {"bad_token": 2, "replay": 5, "too_large": 2}
+    storage.add_refusals({})
+    assert storage.refusals() == {"bad_token": 2, "replay": 5, "too_large": 2}
 
 
 # -- several apps behind one collector --------------------------------------------------------

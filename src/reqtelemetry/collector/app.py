@@ -13,7 +13,9 @@ What the endpoint code guarantees, and why:
   a gzip body is inflated only up to the cap: a client cannot make the
   collector hold more than ``max_body_bytes`` of its bytes, however it encodes
   them (see :mod:`.verify`).
-* Any bad input is a 4xx with ``{"error", "detail"}``, counted by reason.
+* Any bad input is a 4xx with ``{"error", "detail"}``, counted by reason, in
+  memory (:mod:`.refusals`): a refusal costs its sender nothing, and must
+  not cost the database a write either.
   Parsing, schema validation and every storage call run in a worker thread
   (``run_in_threadpool``): a megabyte of JSON or a slow database must not stall
   the event loop that serves everyone else.
@@ -64,6 +66,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .._version import __version__
 from ..transport import WAIT_HEADER
 from .export import app_filter, csv_text, endpoint_rows, since_days
+from .refusals import WRITE_EVERY, RefusalTally, RefusalWriter
 from .settings import DAY_SECONDS, CollectorSettings
 from .storage import open_storage
 from .storage.base import (
@@ -141,6 +144,8 @@ class Timing:
 
     #: See :data:`COMMIT_BUDGET`.
     commit_budget: float = COMMIT_BUDGET
+    #: Seconds between two writes of the refusal counts (see :mod:`.refusals`).
+    refusal_write_every: float = WRITE_EVERY
 
 
 def commit_budget(stated_wait: str | None, default: float = COMMIT_BUDGET) -> float:
@@ -176,6 +181,9 @@ def create_app(
     credentials answers to it as ``Host``, besides the loopback names
     (see :class:`LocalHostOnly`). ``timing``: the internal time limits
     (tests shorten them).
+
+    ``app.state.refusals`` is the :class:`~.refusals.RefusalTally` of the
+    refusals not yet written; its ``write()`` writes them at once.
     """
     timing = Timing() if timing is None else timing
     owns_storage = storage is None
@@ -193,13 +201,11 @@ def create_app(
         encoding="utf-8"
     )
     gate = Gate(VERIFY_CONCURRENCY, VERIFY_QUEUE)
+    tally = RefusalTally(store)
 
     async def refuse(refusal: Refusal) -> JSONResponse:
         logger.debug("refused: %s (%s)", refusal.reason, refusal.detail)
-        try:
-            await run_in_threadpool(store.count_refusal, refusal.reason)
-        except Exception:
-            logger.exception("could not count a refusal (%s)", refusal.reason)
+        tally.add(refusal.reason)
         return JSONResponse(refusal.body(), status_code=refusal.status)
 
     async def session(request: Request) -> Response:
@@ -267,13 +273,20 @@ def create_app(
         days = days_param(request)
         app_name = app_param(request)
         try:
-            data = await run_in_threadpool(
-                build_summary, store, days, app=app_name, retention_days=settings.retention_days
-            )
+            data = await run_in_threadpool(read_summary, days, app_name)
         except Exception:
             logger.exception("could not read the summary")
             return _unavailable("the collector cannot read its database right now")
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+    def read_summary(days: int, app_name: str | None) -> dict[str, Any]:
+        return build_summary(
+            store,
+            days,
+            app=app_name,
+            retention_days=settings.retention_days,
+            refusals=tally.counts(),
+        )
 
     async def export_csv(request: Request) -> Response:
         days = days_param(request)
@@ -299,7 +312,16 @@ def create_app(
         retention = Retention(store, settings.retention_days) if settings.retention_days else None
         if retention is not None:
             retention.start()
+        writer = RefusalWriter(
+            tally,
+            every=timing.refusal_write_every,
+            budget=timing.commit_budget,
+            on_written=lambda count: None,
+            on_failed=_log_refusal_write_failure,
+        )
+        writer.start()
         yield
+        await writer.stop()
         if retention is not None:
             await retention.stop()
         if owns_storage:
@@ -334,7 +356,12 @@ def create_app(
     app.state.settings = settings
     app.state.storage = store
     app.state.gate = gate
+    app.state.refusals = tally
     return app
+
+
+def _log_refusal_write_failure(error: BaseException) -> None:
+    logger.error("could not write the refusal counts (kept for the next write)", exc_info=error)
 
 
 class Retention:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,8 +111,14 @@ class Storage(abc.ABC):
         is deleted the next time). The refusal counters have no dates and are kept."""
 
     @abc.abstractmethod
+    def add_refusals(self, counts: Mapping[str, int], deadline: float | None = None) -> None:
+        """Add ``counts`` (reason: how many) to the refusal counters in one
+        transaction. The counters are shared by replicas: each adds its own
+        (an upsert), none overwrites another's. ``deadline`` as for :meth:`store`."""
+
     def count_refusal(self, reason: str) -> None:
-        """Add one to the counter of refusals for ``reason`` (shared by replicas)."""
+        """Add one to the counter of refusals for ``reason``."""
+        self.add_refusals({reason: 1})
 
     @abc.abstractmethod
     def refusals(self) -> dict[str, int]:

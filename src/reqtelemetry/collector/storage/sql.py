@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -434,16 +434,24 @@ class SQLStorage(Storage):
         instances, deployments = self._run(the_rest, write=True)
         return Pruned(reports=reports, instances=instances, deployments=deployments)
 
-    def count_refusal(self, reason: str) -> None:
-        """Add one to ``reason``'s counter: an upsert, so replicas add up without locks of ours."""
-        reason = str(reason)[:MAX_REASON_LENGTH]
+    def add_refusals(self, counts: Mapping[str, int], deadline: float | None = None) -> None:
+        """Add ``counts`` to the counters in one transaction: upserts that add,
+        so replicas add up without locks of ours. Nothing for no counts."""
+        rows: dict[str, int] = {}
+        for reason, count in counts.items():
+            key = str(reason)[:MAX_REASON_LENGTH]
+            rows[key] = rows.get(key, 0) + int(count)
+        rows = {reason: count for reason, count in rows.items() if count}
+        if not rows:
+            return
         self._run(
-            lambda ex: ex.execute(
-                "INSERT INTO refusals (reason, count) VALUES (?, 1)"
-                " ON CONFLICT (reason) DO UPDATE SET count = refusals.count + 1",
-                (reason,),
+            lambda ex: ex.executemany(
+                "INSERT INTO refusals (reason, count) VALUES (?, ?)"
+                " ON CONFLICT (reason) DO UPDATE SET count = refusals.count + excluded.count",
+                sorted(rows.items()),  # one order for every replica: no deadlock between them
             ),
             write=True,
+            deadline=deadline,
         )
 
     def refusals(self) -> dict[str, int]:
