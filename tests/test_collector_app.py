@@ -59,6 +59,7 @@ from reqtelemetry import hashcash
 from reqtelemetry.collector import app as collector_app
 from reqtelemetry.collector.app import SESSION_MAX_BYTES, Timing, commit_budget, create_app
 from reqtelemetry.collector.export import COLUMNS
+from reqtelemetry.collector.failures import FailureLog
 from reqtelemetry.collector.refusals import RefusalTally
 from reqtelemetry.collector.settings import CollectorSettings, SettingsError
 from reqtelemetry.collector.storage import open_storage
@@ -466,6 +467,113 @@ def test_a_broken_database_is_a_503_not_a_500(tmp_path: Path) -> None:
                 assert http.get(path).status_code == 503
     finally:
         server.stop()
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "reqtelemetry.collector" and r.levelno >= logging.WARNING
+    ]
+
+
+@pytest.mark.e2e
+def test_a_database_outage_is_a_few_log_lines_not_one_per_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the database was down, each refused request logged a 39-line
+    traceback (could not count a refusal), and so did each failed store."""
+    broken = open_storage(db_url(tmp_path / "broken.db"))
+    broken.migrate()
+    server = ServerThread(create_app(collector_settings(), broken))
+    server.start()
+    broken.close()  # every storage call fails from here on
+    try:
+        with (
+            httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http,
+            caplog.at_level(logging.INFO, logger="reqtelemetry.collector"),
+        ):
+            collector = Collector(server.url, http, broken, collector_settings())
+            for _ in range(50):
+                assert http.post("/v1/report", content=b"not json").status_code == 400
+            for _ in range(5):
+                assert collector.send(make_payload(new_id(), new_id())).status_code == 503
+            assert http.get("/api/summary").status_code == 503
+            assert http.get("/export.csv").status_code == 503
+    finally:
+        server.stop()
+    (first,) = _errors(caplog)  # the first failure, with its traceback; the rest counted
+    assert first.getMessage().startswith("could not store a report")
+    assert first.exc_info is not None
+
+
+@pytest.mark.e2e
+def test_storage_failures_are_said_once_then_counted_and_the_recovery_is_said(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(collector_settings(), storage, timing=Timing(commit_budget=0.2))
+    server = ServerThread(app)
+    server.start()
+    try:
+        with (
+            httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http,
+            caplog.at_level(logging.INFO, logger="reqtelemetry.collector"),
+        ):
+            collector = Collector(server.url, http, storage, collector_settings())
+            with another_writer(location(storage)):
+                for _ in range(3):
+                    assert collector.send(make_payload(new_id(), new_id())).status_code == 503
+            assert collector.send(make_payload(new_id(), new_id())).status_code == 200
+    finally:
+        server.stop()
+    (first,) = _errors(caplog)
+    assert first.getMessage().startswith("could not store a report within its 0.2 s")
+    assert first.exc_info is not None
+    recovered = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert [r.getMessage().split(" in ")[0] for r in recovered] == [
+        "storage works again, after 3 failures"
+    ]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_outage_logs_its_first_failure_then_a_line_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    failures = FailureLog(every=60.0, clock=clock)
+    down = ConnectionError("connection refused")
+    with caplog.at_level(logging.INFO, logger="reqtelemetry.collector"):
+        failures.worked()  # nothing was failing: nothing to say
+        for _ in range(10):
+            failures.failed("store a report", down)
+            clock.now += 1
+        assert len(caplog.records) == 1 and caplog.records[0].exc_info is not None
+        clock.now += 60
+        failures.failed("write the refusal counts", down)
+        failures.failed("store a report", down)  # within the next interval: counted only
+        clock.now += 5
+        failures.worked()
+        failures.worked()
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert messages == [
+        (
+            "ERROR",
+            "could not store a report; further storage failures are counted, one line per 60 s",
+        ),
+        (
+            "ERROR",
+            "storage still failing: 10 more failures in 70 s "
+            "(the last: could not write the refusal counts: connection refused)",
+        ),
+        ("INFO", "storage works again, after 12 failures in 75 s"),
+    ]
 
 
 # -- every bad input: the right 4xx, counted, nothing stored ---------------------------------

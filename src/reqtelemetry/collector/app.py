@@ -23,7 +23,8 @@ What the endpoint code guarantees, and why:
   holds an inflated body, and once its stamp holds a parsed payload, so a
   flood must not hold them all at once. A full line is a ``503 busy``.
 * A storage failure is a ``503`` with ``Retry-After``: the client keeps its
-  data and tries later, which is the truth (nothing was stored). The one
+  data and tries later, which is the truth (nothing was stored). The log
+  gets the first failure of an outage, then a line a minute (:mod:`.failures`). The one
   exception is a value the database cannot hold (``UnstorableReport``): the
   same report would fail forever, so it is a ``422 invalid_payload``, which
   the client drops rather than retries.
@@ -66,6 +67,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .._version import __version__
 from ..transport import WAIT_HEADER
 from .export import app_filter, csv_text, endpoint_rows, since_days
+from .failures import LOG_EVERY, FailureLog
 from .refusals import WRITE_EVERY, RefusalTally, RefusalWriter
 from .settings import DAY_SECONDS, CollectorSettings
 from .storage import open_storage
@@ -146,6 +148,8 @@ class Timing:
     commit_budget: float = COMMIT_BUDGET
     #: Seconds between two writes of the refusal counts (see :mod:`.refusals`).
     refusal_write_every: float = WRITE_EVERY
+    #: Seconds between two log lines about one storage outage (see :mod:`.failures`).
+    failure_log_every: float = LOG_EVERY
 
 
 def commit_budget(stated_wait: str | None, default: float = COMMIT_BUDGET) -> float:
@@ -202,6 +206,7 @@ def create_app(
     )
     gate = Gate(VERIFY_CONCURRENCY, VERIFY_QUEUE)
     tally = RefusalTally(store)
+    failures = FailureLog(every=timing.failure_log_every)
 
     async def refuse(refusal: Refusal) -> JSONResponse:
         logger.debug("refused: %s (%s)", refusal.reason, refusal.detail)
@@ -244,24 +249,36 @@ def create_app(
         # Check 11, the replay, is the storage's unique index: two replicas racing
         # with one stamp cannot both store it.
         stored = StoredReport(stamp=verified.stamp, received_at=now, payload=verified.payload)
-        try:
-            await run_in_threadpool(store.store, stored, deadline=deadline)
-        except ReplayError:
-            return await refuse(Refusal("replay", "this stamp was used before; mint a new one"))
-        except UnstorableReport as error:
-            # The checks should have refused it already; say which value in the log.
-            logger.warning("refused a report the database cannot hold: %s", error)
-            return await refuse(Refusal("invalid_payload", UNSTORABLE_DETAIL))
-        except DeadlineExceeded as error:
-            logger.warning("a report was not stored within %.1f s: %s", budget, error)
-            return _too_slow(budget)
-        except Exception:
-            logger.exception("could not store a report")
-            return _unavailable("the collector cannot store reports right now")
+        not_stored = await store_report(stored, deadline, budget)
+        if not_stored is not None:
+            return not_stored
         answer: dict[str, Any] = {"stored": True}
         if settings.next_interval is not None:
             answer["next_interval"] = settings.next_interval
         return JSONResponse(answer)
+
+    async def store_report(
+        stored: StoredReport, deadline: float, budget: float
+    ) -> JSONResponse | None:
+        """Store ``stored`` by ``deadline``: None when it was, else the answer to give."""
+        try:
+            await run_in_threadpool(store.store, stored, deadline=deadline)
+        except ReplayError:
+            failures.worked()
+            return await refuse(Refusal("replay", "this stamp was used before; mint a new one"))
+        except UnstorableReport as error:
+            failures.worked()
+            # The checks should have refused it already; say which value in the log.
+            logger.warning("refused a report the database cannot hold: %s", error)
+            return await refuse(Refusal("invalid_payload", UNSTORABLE_DETAIL))
+        except DeadlineExceeded as error:
+            failures.failed(f"store a report within its {budget:.1f} s", error)
+            return _too_slow(budget)
+        except Exception as error:
+            failures.failed("store a report", error)
+            return _unavailable("the collector cannot store reports right now")
+        failures.worked()
+        return None
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -274,9 +291,10 @@ def create_app(
         app_name = app_param(request)
         try:
             data = await run_in_threadpool(read_summary, days, app_name)
-        except Exception:
-            logger.exception("could not read the summary")
+        except Exception as error:
+            failures.failed("read the summary", error)
             return _unavailable("the collector cannot read its database right now")
+        failures.worked()
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
     def read_summary(days: int, app_name: str | None) -> dict[str, Any]:
@@ -293,9 +311,10 @@ def create_app(
         app_name = app_param(request)
         try:
             rows = await run_in_threadpool(endpoint_rows, store, since_days(days), app_name)
-        except Exception:
-            logger.exception("could not read the endpoint report")
+        except Exception as error:
+            failures.failed("read the endpoint report", error)
             return _unavailable("the collector cannot read its database right now")
+        failures.worked()
         return Response(
             csv_text(rows),
             media_type="text/csv; charset=utf-8",
@@ -316,8 +335,8 @@ def create_app(
             tally,
             every=timing.refusal_write_every,
             budget=timing.commit_budget,
-            on_written=lambda count: None,
-            on_failed=_log_refusal_write_failure,
+            on_written=lambda count: failures.worked(),
+            on_failed=lambda error: failures.failed("write the refusal counts", error),
         )
         writer.start()
         yield
@@ -357,11 +376,8 @@ def create_app(
     app.state.storage = store
     app.state.gate = gate
     app.state.refusals = tally
+    app.state.failures = failures
     return app
-
-
-def _log_refusal_write_failure(error: BaseException) -> None:
-    logger.error("could not write the refusal counts (kept for the next write)", exc_info=error)
 
 
 class Retention:
