@@ -177,8 +177,11 @@ class SQLiteStorage(SQLStorage):
             self._set_busy_timeout(busy_timeout)
             if self.path != ":memory:" and not read_only:
                 self._connection.execute("PRAGMA journal_mode = WAL")
-                # With WAL, NORMAL loses at most the last commits on power loss,
-                # never consistency; a report lost that way is resent as new.
+                # With WAL, NORMAL does not sync the log at each commit: a
+                # power loss or an OS crash (not a crash of this process) may
+                # lose the last commits, never the database's consistency.
+                # Such a report is simply lost: its client got its 200 and
+                # dropped the data. The price of a sync per report.
                 self._connection.execute("PRAGMA synchronous = NORMAL")
             self._connection.execute("PRAGMA foreign_keys = ON")
 
