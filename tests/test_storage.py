@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import psycopg
 import pytest
 
 from db_locks import another_writer, location
@@ -1297,6 +1298,26 @@ def test_postgres_connections_notice_a_silent_server_in_seconds(
     finally:
         tuned.close()
     assert (options["idle"], options["user_timeout"], options["count"]) == (60, 0, 3)
+
+
+def test_postgres_gives_up_connecting_by_the_deadline() -> None:
+    """A server that accepts connections but never answers them (a stopped
+    one: its host still completes the TCP handshake) is given what is left of
+    the report's deadline, in libpq's whole seconds, not the 10 s of
+    ``connect_timeout``."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepted by the kernel, never read
+        port = silent.getsockname()[1]
+        storage = PostgresStorage(f"postgresql://nobody@127.0.0.1:{port}/nothing")
+        began = time.monotonic()
+        try:
+            with pytest.raises(psycopg.OperationalError):
+                storage.store(stored(R1, T + 100), deadline=time.monotonic() + 3.9)
+        finally:
+            storage.close()
+        waited = time.monotonic() - began
+    assert 2.5 < waited < 3.9
 
 
 def _until_a_lock_is_awaited(url: str) -> None:

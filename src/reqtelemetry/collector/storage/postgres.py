@@ -331,11 +331,12 @@ def _bound_waits(cursor: psycopg.Cursor[Any], deadline: float) -> None:
 
 
 def _connect_timeout(configured: int, left: float | None) -> int:
-    """libpq's ``connect_timeout`` (whole seconds; it treats 1 as 2) within what is
-    left of a deadline: a connection made after it would be of no use."""
+    """libpq's ``connect_timeout`` within what is left of a deadline: a
+    connection made after it would be of no use. Whole seconds, rounded down
+    so that the report is answered in time; libpq takes less than 2 as 2."""
     if left is None:
         return configured
-    return max(2, min(configured, math.ceil(left)))
+    return max(2, min(configured, math.floor(left)))
 
 
 class _StaleConnection(Exception):
