@@ -184,6 +184,8 @@ class Collector:
     http: httpx.Client
     #: Every HTTP request the collector was sent, as (method, path), in order.
     requests: list[tuple[str, str]] = field(default_factory=list)
+    #: The app itself (``app.state.refusals.write()`` writes its refusal counts now).
+    app: Starlette | None = None
 
     @property
     def url(self) -> str:
@@ -237,7 +239,7 @@ def running_collector(
         headers={"Authorization": f"Bearer {DASHBOARD_TOKEN}"},
     )
     try:
-        yield Collector(server, settings, http, seen)
+        yield Collector(server, settings, http, seen, app)
     finally:
         http.close()
         server.stop(graceful=True)

@@ -51,15 +51,19 @@ import pytest
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
 
+from db_locks import another_writer, location
 from receiver import ServerThread
 from reqtelemetry import hashcash
 from reqtelemetry.collector import app as collector_app
-from reqtelemetry.collector.app import SESSION_MAX_BYTES, create_app
+from reqtelemetry.collector.app import SESSION_MAX_BYTES, Timing, commit_budget, create_app
 from reqtelemetry.collector.export import COLUMNS
+from reqtelemetry.collector.failures import FailureLog
+from reqtelemetry.collector.refusals import RefusalTally
 from reqtelemetry.collector.settings import CollectorSettings, SettingsError
 from reqtelemetry.collector.storage import open_storage
-from reqtelemetry.collector.storage.base import Storage, StoredReport
+from reqtelemetry.collector.storage.base import DeadlineExceeded, Storage, StoredReport
 from reqtelemetry.collector.summary import fill_activity, version_key, with_previous_version
 from reqtelemetry.collector.tokens import TokenSigner
 from reqtelemetry.collector.verify import (
@@ -68,6 +72,7 @@ from reqtelemetry.collector.verify import (
     gunzip_capped,
     parse_json,
 )
+from reqtelemetry.transport import WAIT_HEADER, wait_header
 
 BITS = 8
 SECRET = b"collector-tests-secret-0123456789"
@@ -226,6 +231,7 @@ class Collector:
     http: httpx.Client
     storage: Storage
     settings: CollectorSettings
+    app: Starlette | None = None
 
     def session(self, deployment_id: str, instance_id: str) -> str:
         response = self.http.post(
@@ -247,6 +253,15 @@ class Collector:
 
     def reports_stored(self) -> int:
         return int(self.storage.totals(0)["reports"])
+
+    def refusals(self) -> dict[str, int]:
+        """The refusal counts the collector shows (``/api/summary``): those it
+        stored and those it has not written yet."""
+        token = self.settings.dashboard_token
+        response = self.http.get("/api/summary", params={"token": token} if token else {})
+        assert response.status_code == 200, response.text
+        counts: dict[str, int] = response.json()["refusals"]
+        return counts
 
 
 def db_url(path: Path) -> str:
@@ -274,11 +289,12 @@ def make_collector(storage: Storage) -> Iterator[Callable[..., Collector]]:
 
     def factory(**overrides: Any) -> Collector:
         settings = collector_settings(**overrides)
-        server = ServerThread(create_app(settings, storage))
+        app = create_app(settings, storage)
+        server = ServerThread(app)
         server.start()
         http = httpx.Client(base_url=server.url, trust_env=False, timeout=10.0)
         started.append((server, http))
-        return Collector(server.url, http, storage, settings)
+        return Collector(server.url, http, storage, settings, app)
 
     yield factory
     for server, http in started:
@@ -451,6 +467,113 @@ def test_a_broken_database_is_a_503_not_a_500(tmp_path: Path) -> None:
                 assert http.get(path).status_code == 503
     finally:
         server.stop()
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "reqtelemetry.collector" and r.levelno >= logging.WARNING
+    ]
+
+
+@pytest.mark.e2e
+def test_a_database_outage_is_a_few_log_lines_not_one_per_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the database was down, each refused request logged a 39-line
+    traceback (could not count a refusal), and so did each failed store."""
+    broken = open_storage(db_url(tmp_path / "broken.db"))
+    broken.migrate()
+    server = ServerThread(create_app(collector_settings(), broken))
+    server.start()
+    broken.close()  # every storage call fails from here on
+    try:
+        with (
+            httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http,
+            caplog.at_level(logging.INFO, logger="reqtelemetry.collector"),
+        ):
+            collector = Collector(server.url, http, broken, collector_settings())
+            for _ in range(50):
+                assert http.post("/v1/report", content=b"not json").status_code == 400
+            for _ in range(5):
+                assert collector.send(make_payload(new_id(), new_id())).status_code == 503
+            assert http.get("/api/summary").status_code == 503
+            assert http.get("/export.csv").status_code == 503
+    finally:
+        server.stop()
+    (first,) = _errors(caplog)  # the first failure, with its traceback; the rest counted
+    assert first.getMessage().startswith("could not store a report")
+    assert first.exc_info is not None
+
+
+@pytest.mark.e2e
+def test_storage_failures_are_said_once_then_counted_and_the_recovery_is_said(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(collector_settings(), storage, timing=Timing(commit_budget=0.2))
+    server = ServerThread(app)
+    server.start()
+    try:
+        with (
+            httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http,
+            caplog.at_level(logging.INFO, logger="reqtelemetry.collector"),
+        ):
+            collector = Collector(server.url, http, storage, collector_settings())
+            with another_writer(location(storage)):
+                for _ in range(3):
+                    assert collector.send(make_payload(new_id(), new_id())).status_code == 503
+            assert collector.send(make_payload(new_id(), new_id())).status_code == 200
+    finally:
+        server.stop()
+    (first,) = _errors(caplog)
+    assert first.getMessage().startswith("could not store a report within its 0.2 s")
+    assert first.exc_info is not None
+    recovered = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert [r.getMessage().split(" in ")[0] for r in recovered] == [
+        "storage works again, after 3 failures"
+    ]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_outage_logs_its_first_failure_then_a_line_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    failures = FailureLog(every=60.0, clock=clock)
+    down = ConnectionError("connection refused")
+    with caplog.at_level(logging.INFO, logger="reqtelemetry.collector"):
+        failures.worked()  # nothing was failing: nothing to say
+        for _ in range(10):
+            failures.failed("store a report", down)
+            clock.now += 1
+        assert len(caplog.records) == 1 and caplog.records[0].exc_info is not None
+        clock.now += 60
+        failures.failed("write the refusal counts", down)
+        failures.failed("store a report", down)  # within the next interval: counted only
+        clock.now += 5
+        failures.worked()
+        failures.worked()
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert messages == [
+        (
+            "ERROR",
+            "could not store a report; further storage failures are counted, one line per 60 s",
+        ),
+        (
+            "ERROR",
+            "storage still failing: 10 more failures in 70 s "
+            "(the last: could not write the refusal counts: connection refused)",
+        ),
+        ("INFO", "storage works again, after 12 failures in 75 s"),
+    ]
 
 
 # -- every bad input: the right 4xx, counted, nothing stored ---------------------------------
@@ -783,7 +906,7 @@ def test_bad_reports_are_refused_counted_and_not_stored(
     assert answer["error"] == reason
     assert isinstance(answer["detail"], str) and answer["detail"]
     assert collector.reports_stored() == 0
-    assert collector.storage.refusals() == {reason: 1}
+    assert collector.refusals() == {reason: 1}
 
 
 @pytest.mark.e2e
@@ -793,7 +916,7 @@ def test_a_gzip_bomb_is_stopped_at_the_cap(collector: Collector) -> None:
     response = collector.http.post("/v1/report", content=bomb, headers=GZIP)
     assert response.status_code == 413
     assert response.json()["error"] == "too_large"
-    assert collector.storage.refusals() == {"too_large": 1}
+    assert collector.refusals() == {"too_large": 1}
     assert collector.reports_stored() == 0
     # The same cap, without a server: the inflater never produces more than cap + 1.
     with pytest.raises(Refusal) as raised:
@@ -809,7 +932,7 @@ def test_a_body_of_many_gzip_members_is_refused(collector: Collector) -> None:
     assert response.status_code == 400
     assert response.json()["error"] == "malformed_json"
     assert "members" in response.json()["detail"]
-    assert collector.storage.refusals() == {"malformed_json": 1}
+    assert collector.refusals() == {"malformed_json": 1}
 
 
 @pytest.mark.e2e
@@ -866,6 +989,7 @@ def test_verifications_run_a_few_at_a_time_and_a_full_line_is_told_to_come_back(
         server.stop()
     assert sorted(a.status_code for a in answers) == [401] * 4 + [503] * 3
     assert max(inside) == 2
+    assert app.state.refusals.write() == 4
     assert storage.refusals() == {"bad_token": 4}
 
 
@@ -885,7 +1009,7 @@ def test_an_oversized_stream_without_length_is_cut_off(collector: Collector) -> 
     else:
         assert response.status_code == 413
         assert response.json()["error"] == "too_large"
-    assert collector.storage.refusals() == {"too_large": 1}
+    assert collector.refusals() == {"too_large": 1}
     assert collector.reports_stored() == 0
 
 
@@ -902,7 +1026,7 @@ def test_bad_gzip_and_unknown_encodings_are_malformed(collector: Collector) -> N
         )
         assert response.status_code == 400, (content, response.text)
         assert response.json()["error"] == "malformed_json"
-    assert collector.storage.refusals() == {"malformed_json": 4}
+    assert collector.refusals() == {"malformed_json": 4}
     assert collector.reports_stored() == 0
 
 
@@ -916,10 +1040,89 @@ def test_a_replayed_stamp_is_refused(collector: Collector) -> None:
     assert again.status_code == 409
     assert again.json()["error"] == "replay"
     assert collector.reports_stored() == 1
-    assert collector.storage.refusals() == {"replay": 1}
+    assert collector.refusals() == {"replay": 1}
     summary = collector.http.get("/api/summary").json()
     assert summary["totals"]["requests"] == 12  # counted once
     assert summary["refusals"] == {"replay": 1}
+
+
+# -- refusals are counted in memory, written now and then ------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_refusal_costs_no_database_write_yet_shows_at_once(collector: Collector) -> None:
+    """Garbage costs its sender nothing; an upsert for each took a pool
+    connection and a worker thread from real reports."""
+    for _ in range(50):
+        response = collector.http.post("/v1/report", content=b"not json", headers=PLAIN)
+        assert response.status_code == 400
+    assert collector.storage.refusals() == {}  # nothing written per request
+    assert collector.refusals() == {"malformed_json": 50}  # but shown at once
+    assert collector.app is not None
+    assert collector.app.state.refusals.write() == 50  # one transaction
+    assert collector.storage.refusals() == {"malformed_json": 50}
+    assert collector.refusals() == {"malformed_json": 50}  # not counted twice
+
+
+@pytest.mark.e2e
+def test_refusals_are_written_every_few_seconds_and_at_shutdown(storage: Storage) -> None:
+    def serve(every: float) -> tuple[ServerThread, httpx.Client]:
+        app = create_app(collector_settings(), storage, timing=Timing(refusal_write_every=every))
+        server = ServerThread(app, lifespan="on")
+        server.start()
+        return server, httpx.Client(base_url=server.url, trust_env=False, timeout=10.0)
+
+    server, http = serve(every=0.05)
+    try:
+        for _ in range(3):
+            assert http.post("/v1/report", content=b"not json").status_code == 400
+        deadline = time.monotonic() + 10.0
+        while storage.refusals() != {"malformed_json": 3}:
+            assert time.monotonic() < deadline, storage.refusals()
+            time.sleep(0.02)
+    finally:
+        http.close()
+        server.stop(graceful=True)
+    server, http = serve(every=3600.0)  # none but the one at shutdown
+    try:
+        assert http.post("/v1/session", content=b"[]").status_code == 400
+        assert storage.refusals() == {"malformed_json": 3}
+    finally:
+        http.close()
+        server.stop(graceful=True)
+    assert storage.refusals() == {"bad_session": 1, "malformed_json": 3}
+
+
+def test_refusal_counts_a_write_could_not_store_are_kept_for_the_next(
+    backend_storage: Storage,
+) -> None:
+    """A write held up by another writer past its deadline stores nothing and
+    loses nothing: the counts, and those counted meanwhile, go with the next."""
+    tally = RefusalTally(backend_storage)
+    for _ in range(3):
+        tally.add("bad_token")
+    with another_writer(location(backend_storage)):
+        with pytest.raises(DeadlineExceeded):
+            tally.write(deadline=time.monotonic() + 0.1)
+        tally.add("replay")
+    assert backend_storage.refusals() == {}
+    assert tally.unwritten() == {"bad_token": 3, "replay": 1}
+    assert tally.counts() == {"bad_token": 3, "replay": 1}
+    assert tally.write() == 4
+    assert tally.unwritten() == {}
+    assert backend_storage.refusals() == tally.counts() == {"bad_token": 3, "replay": 1}
+
+
+def test_replicas_refusal_counts_add_up(backend_storage: Storage) -> None:
+    replicas = [RefusalTally(backend_storage) for _ in range(2)]
+    for replica in replicas:
+        replica.add("bad_token")
+    replicas[0].write()
+    # Each shows the shared, stored counts and its own unwritten ones.
+    assert replicas[0].counts() == {"bad_token": 1}
+    assert replicas[1].counts() == {"bad_token": 2}
+    assert replicas[1].write() == 1
+    assert backend_storage.refusals() == {"bad_token": 2}
 
 
 BAD_SESSIONS: list[tuple[str, bytes, int, str]] = [
@@ -985,7 +1188,7 @@ def test_bad_session_requests_are_refused(
     assert response.status_code == status, response.text
     assert response.json()["error"] == reason
     assert "token" not in response.json()
-    assert collector.storage.refusals() == {reason: 1}
+    assert collector.refusals() == {reason: 1}
 
 
 # -- the Host of a dashboard without credentials -------------------------------------------
@@ -1096,7 +1299,7 @@ def test_dashboard_api_and_csv_require_credentials(
     assert http.get("/healthz").status_code == 200
     assert http.get("/static/dashboard.js").status_code == 200
     # Failed logins are not ingestion refusals.
-    assert collector.storage.refusals() == {}
+    assert collector.refusals() == {}
 
 
 @pytest.mark.e2e
@@ -1576,7 +1779,7 @@ def test_reports_no_database_can_hold_are_refused_on_both_backends(
     assert answer["error"] == "invalid_payload"
     assert answer["detail"].startswith(f"{where}: "), answer["detail"]
     assert collector.reports_stored() == 1
-    assert collector.storage.refusals() == {"invalid_payload": 1}
+    assert collector.refusals() == {"invalid_payload": 1}
     # What was stored before still reads back.
     assert collector.http.get("/api/summary").status_code == 200
     assert collector.http.get("/export.csv").status_code == 200
@@ -1596,7 +1799,7 @@ def test_a_record_whose_histogram_does_not_hold_its_count_is_refused(
         "to 1; they must be equal",
     }
     assert collector.reports_stored() == 0
-    assert collector.storage.refusals() == {"invalid_payload": 1}
+    assert collector.refusals() == {"invalid_payload": 1}
 
 
 @pytest.mark.e2e
@@ -1673,7 +1876,7 @@ def test_a_value_postgres_refuses_at_store_time_is_a_422_not_a_503(
                 assert response.json()["error"] == "invalid_payload"
                 assert "cannot hold" in caplog.text
                 assert collector.reports_stored() == 0
-                assert storage.refusals() == {"invalid_payload": 1}
+                assert collector.refusals() == {"invalid_payload": 1}
         finally:
             server.stop()
             storage.close()
@@ -1696,6 +1899,94 @@ def test_an_unreachable_postgres_is_still_a_503() -> None:
     finally:
         server.stop()
         storage.close()
+
+
+# -- a report is committed while its client still waits, or not at all ----------------------
+
+
+@pytest.mark.e2e
+def test_a_report_held_up_past_its_budget_is_a_503_and_its_retry_is_stored_once(
+    backend_storage: Storage,
+) -> None:
+    """Another writer holds the database past the report's budget: the report
+    is answered 503 and nothing is written, so the client's copy is the only
+    one. Committed once the lock cleared, it would have been counted twice
+    (the client, having given up, sends the same data again)."""
+    settings = collector_settings()
+    app = create_app(settings, backend_storage, timing=Timing(commit_budget=0.3))
+    server = ServerThread(app)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=5.0) as http:
+            collector = Collector(server.url, http, backend_storage, settings)
+            payload = make_payload(new_id(), new_id())
+            body = envelope(
+                collector.session(payload["deployment_id"], payload["instance_id"]), payload
+            )
+            with another_writer(location(backend_storage)):
+                began = time.monotonic()
+                response = collector.post_report(body)
+                waited = time.monotonic() - began
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "unavailable"
+            assert response.headers["retry-after"] == "1"
+            assert waited < 3.0  # the budget, not SQLite's busy timeout or a lock's end
+            assert collector.reports_stored() == 0
+            # The client's retry (the same stamp), once the lock is gone: stored once.
+            again = collector.post_report(body)
+            assert again.status_code == 200, again.text
+            assert collector.reports_stored() == 1
+            assert backend_storage.totals(0)["requests"] == 12
+    finally:
+        server.stop()
+
+
+@pytest.mark.e2e
+def test_a_client_that_waits_less_gets_half_its_wait(collector: Collector) -> None:
+    """A client stating a 0.4 s wait is answered within it, though the
+    collector's own budget is seconds long."""
+    payload = make_payload(new_id(), new_id())
+    body = envelope(collector.session(payload["deployment_id"], payload["instance_id"]), payload)
+    with another_writer(location(collector.storage)):
+        began = time.monotonic()
+        response = collector.http.post(
+            "/v1/report", content=gzip.compress(body), headers={**GZIP, WAIT_HEADER: "0.4"}
+        )
+        waited = time.monotonic() - began
+    assert response.status_code == 503, response.text
+    assert waited < 3.0
+    assert collector.reports_stored() == 0
+
+
+@pytest.mark.parametrize(
+    ("stated", "budget"),
+    [
+        (None, 8.0),
+        ("15.000", 7.5),
+        ("4", 2.0),
+        ("0.4", 0.2),
+        ("0", 0.0),
+        (" 3.5 ", 1.75),
+        ("600", 8.0),  # never more than the collector's own
+        ("-1", 8.0),
+        ("1e3", 8.0),
+        ("nan", 8.0),
+        ("inf", 8.0),
+        ("", 8.0),
+        ("٣", 8.0),
+        ("1" * 40, 8.0),
+    ],
+)
+def test_the_budget_is_at_most_half_the_clients_stated_wait(
+    stated: str | None, budget: float
+) -> None:
+    assert commit_budget(stated, 8.0) == budget
+
+
+def test_the_client_says_how_long_it_waits() -> None:
+    assert wait_header(15.0) == "15.000"
+    assert wait_header(0.0019) == "0.001"  # rounded down: saying more than we wait is not safe
+    assert commit_budget(wait_header(4.9999), 8.0) <= 4.9999 / 2
 
 
 # -- several apps behind one collector: both backends ---------------------------------------

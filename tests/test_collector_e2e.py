@@ -60,6 +60,7 @@ from collector_stack import (
     start_client,
     store_old_report,
 )
+from db_locks import another_writer
 from reqtelemetry import ASGIMiddleware, Telemetry, WSGIMiddleware, hashcash
 from reqtelemetry.collector.export import COLUMNS
 from reqtelemetry.collector.settings import DEFAULT_BITS
@@ -366,6 +367,12 @@ def test_replicas_accept_each_others_tokens_and_refuse_replays(
 
         assert database.report_count() == 1
         assert database.counts_by_key() == {("GET", ITEM, 200): 5, ("GET", ITEM, 503): 1}
+        # Each counts its own refusals at once, and adds them to the shared
+        # counters when it writes them (every few seconds; here, now).
+        assert replica_a.summary(days=1)["refusals"] == {"replay": 1}
+        for replica in (replica_a, replica_b, stranger):
+            assert replica.app is not None
+            assert replica.app.state.refusals.write() == 1
         for replica in (replica_a, replica_b):
             summary: dict[str, Any] = replica.summary(days=1)
             totals = summary["totals"]
@@ -459,3 +466,33 @@ def test_a_collector_with_a_small_body_cap_receives_everything(
         assert telemetry.flusher.last_result.status == 200
     assert telemetry.internal_errors == 0
     assert database.counts_by_key() == dict(expected)
+
+
+def test_a_report_the_client_gave_up_on_is_never_stored_behind_its_back(
+    database: Database, tmp_path: Path, clients: list[Telemetry]
+) -> None:
+    """Another writer holds the database while the client flushes: the
+    collector answers 503 within half the client's wait instead of storing
+    the report after the client gave up, so the client's retry is the only
+    copy, and the totals are the requests served, not twice as many."""
+    deployment = tmp_path / "deployment"
+    deployment.mkdir()
+    with running_collector(database.url, bits=8) as collector:
+        # One attempt per flush, waiting one second (said in Reqtelemetry-Wait).
+        telemetry = start_client(collector.url, deployment, "1.0.0", timeout=1.0, max_attempts=1)
+        clients.append(telemetry)
+        for _ in range(100):
+            telemetry.record("GET", ITEM, 200, 0.01, 0, 10)
+        with another_writer(database.url):
+            first = telemetry.flush(timeout=5.0)
+            refused = telemetry.flusher.last_result
+        assert refused is not None
+        if refused.retry_after is not None:
+            time.sleep(refused.retry_after)  # as the collector asked (1 s)
+        assert telemetry.flush(timeout=5.0) is True
+        summary = collector.summary(days=1)
+    assert database.counts_by_key() == {("GET", ITEM, 200): 100}
+    assert summary["totals"]["requests"] == 100
+    assert database.report_count() == 2  # the startup report, then the retried one
+    assert first is False
+    assert (refused.outcome, refused.status) == (Outcome.FAILED, 503)

@@ -138,6 +138,22 @@ def test_body_is_gzipped_json_with_headers_naming_reqtelemetry(make_sender, rece
     assert user_agent.split()[0] == f"reqtelemetry/{reqtelemetry.__version__}"
 
 
+def test_each_report_says_how_long_its_sender_waits(make_sender, receiver):
+    """``Reqtelemetry-Wait`` is this attempt's own limit (docs/protocol.md): the
+    collector stores nothing it could not answer in time, so it must not
+    believe the client waits longer than it does. At shutdown that is what is
+    left of ``shutdown_timeout``, shorter than ``timeout``."""
+    telemetry = make_sender(timeout=2.0, shutdown_timeout=0.8)
+    record_traffic(telemetry)
+    assert telemetry.flush() is True
+    assert receiver.requests[-1].headers["reqtelemetry-wait"] == "2.000"
+    record_traffic(telemetry)
+    assert telemetry.close() is True
+    final = receiver.requests[-1]
+    assert final.payload["kind"] == "shutdown"
+    assert 0 < float(final.headers["reqtelemetry-wait"]) <= 0.8
+
+
 def test_flush_returns_true_only_when_delivered(make_sender, receiver):
     telemetry = make_sender()
     expected = record_traffic(telemetry)

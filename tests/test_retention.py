@@ -118,8 +118,8 @@ def test_a_report_stored_while_pruning_keeps_its_instance(storage, monkeypatch):
     backend_class = type(storage)
     original = backend_class._run
 
-    def store_a_new_report_between_batches(self, work, write=False):  # type: ignore[no-untyped-def]
-        result = original(self, work, write)
+    def store_a_new_report_between_batches(self, work, write=False, deadline=None):  # type: ignore[no-untyped-def]
+        result = original(self, work, write, deadline)
         if write and not getattr(self, "_stored_meanwhile", False):
             self._stored_meanwhile = True
             self.store(stored(report(DEP_KEPT, OLD_AND_NEW, "/kept", 1), BEFORE + 10))

@@ -8,7 +8,11 @@ compared with numbers worked out by hand from the latencies that went in.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,15 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import psycopg
 import pytest
 
+from db_locks import another_writer, location
 from reqtelemetry.collector.storage import (
     SchemaMismatch,
     describe_database,
     mask_passwords,
     open_storage,
 )
-from reqtelemetry.collector.storage.base import ReplayError, StoredReport, UnstorableReport
+from reqtelemetry.collector.storage.base import (
+    DeadlineExceeded,
+    ReplayError,
+    StoredReport,
+    UnstorableReport,
+)
 from reqtelemetry.collector.storage.postgres import PostgresStorage
 from reqtelemetry.collector.storage.sql import SQLStorage
 from reqtelemetry.collector.storage.sqlite import SQLiteStorage
@@ -755,6 +766,11 @@ def test_refusal_counters(storage: SQLStorage) -> None:
     storage.count_refusal("replay")
     storage.count_refusal("bad_token")
     assert storage.refusals() == {"bad_token": 2, "replay": 1}
+    # Many at once, in one transaction, added to what is there (replicas add up).
+    storage.add_refusals({"replay": 4, "too_large": 2, "bad_stamp": 0})
+    assert storage.refusals() == {"bad_token": 2, "replay": 5, "too_large": 2}
+    storage.add_refusals({})
+    assert storage.refusals() == {"bad_token": 2, "replay": 5, "too_large": 2}
 
 
 # -- several apps behind one collector --------------------------------------------------------
@@ -1131,6 +1147,190 @@ def test_racing_replays_store_once(backend: Backend, storage: SQLStorage) -> Non
         thread.join(timeout=60)
     assert sorted(outcomes) == ["replay", "replay", "replay", "stored"]
     assert storage.totals(0)["reports"] == 1
+
+
+# -- a deadline for every report -----------------------------------------------------------
+
+
+def test_a_store_held_up_past_its_deadline_by_another_writer_writes_nothing(
+    storage: SQLStorage,
+) -> None:
+    """The client would have given up by then and sent the data again: a copy
+    committed after the deadline would count its requests twice."""
+    report = stored(R1, T + 100)
+    with another_writer(location(storage)):
+        began = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            storage.store(report, deadline=time.monotonic() + 0.2)
+        waited = time.monotonic() - began
+    # Not SQLite's busy timeout (10 s), nor PostgreSQL's wait without end.
+    assert waited < 2.0
+    assert storage.totals(0)["reports"] == 0
+    # The client's retry (the same stamp) is then stored, once.
+    storage.store(report, deadline=time.monotonic() + 5.0)
+    assert storage.totals(0)["reports"] == 1
+    assert storage.totals(0)["requests"] == 5
+
+
+def test_a_store_whose_deadline_has_passed_writes_nothing(storage: SQLStorage) -> None:
+    with pytest.raises(DeadlineExceeded):
+        storage.store(stored(R1, T + 100), deadline=time.monotonic() - 0.001)
+    assert storage.totals(0)["reports"] == 0
+
+
+@pytest.fixture
+def postgres_storage(postgres_url: str) -> Iterator[PostgresStorage]:
+    """A migrated PostgreSQL storage in a scratch schema (what SQLite cannot show)."""
+    from postgres import scratch_schema
+
+    with scratch_schema(postgres_url) as url:
+        storage = PostgresStorage(url)
+        try:
+            storage.migrate()
+            yield storage
+        finally:
+            storage.close()  # before the schema is dropped
+
+
+def _slow_trigger(url: str, table: str, seconds: float) -> None:
+    """Make every insert into ``table`` take ``seconds`` longer, on the server."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(
+            f"CREATE FUNCTION slow_{table}() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$"
+        )
+        connection.execute(
+            f"CREATE TRIGGER slow_{table} BEFORE INSERT ON {table}"
+            f" FOR EACH ROW EXECUTE FUNCTION slow_{table}()"
+        )
+
+
+def test_postgres_cancels_a_statement_that_outlasts_the_deadline(
+    postgres_storage: PostgresStorage,
+) -> None:
+    _slow_trigger(postgres_storage.url, "reports", 5.0)
+    began = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        postgres_storage.store(stored(R1, T + 100), deadline=time.monotonic() + 0.3)
+    assert time.monotonic() - began < 2.0
+    assert postgres_storage.totals(0)["reports"] == 0
+
+
+def test_postgres_commits_only_before_the_deadline(postgres_storage: PostgresStorage) -> None:
+    """Each statement ends within its timeout, but together they pass the
+    deadline: the check right before the commit rolls them back."""
+    _slow_trigger(postgres_storage.url, "reports", 0.6)
+    _slow_trigger(postgres_storage.url, "deployments", 0.6)
+    with pytest.raises(DeadlineExceeded):
+        postgres_storage.store(stored(R1, T + 100), deadline=time.monotonic() + 1.0)
+    assert postgres_storage.totals(0)["reports"] == 0
+
+
+def test_postgres_waits_for_a_free_connection_no_longer_than_the_deadline(
+    postgres_storage: PostgresStorage,
+) -> None:
+    url = postgres_storage.url
+    one = PostgresStorage(url, pool_size=1)
+    first, second = stored(R1, T + 100), stored(R2, T + 200)
+    outcome: list[str] = []
+
+    def store_first() -> None:
+        one.store(first, deadline=time.monotonic() + 30.0)
+        outcome.append("stored")
+
+    try:
+        with another_writer(url):
+            # The pool's one connection waits for the lock...
+            waiting = threading.Thread(target=store_first)
+            waiting.start()
+            _until_a_lock_is_awaited(url)
+            # ...so the next report waits for it no longer than its deadline.
+            began = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                one.store(second, deadline=time.monotonic() + 0.2)
+            assert time.monotonic() - began < 2.0
+        waiting.join(30)
+        assert outcome == ["stored"]
+        one.store(second, deadline=time.monotonic() + 5.0)
+    finally:
+        one.close()
+    assert postgres_storage.totals(0)["reports"] == 2
+
+
+def _socket_options(storage: PostgresStorage) -> dict[str, int]:
+    """The TCP options of a connection ``storage`` opens, as the kernel holds them."""
+    with storage._pool.connection() as (connection, _):
+        probe = socket.socket(fileno=os.dup(connection.pgconn.socket))
+    try:
+        return {
+            "keepalive": probe.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            "idle": probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            "interval": probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            "count": probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            "user_timeout": probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        }
+    finally:
+        probe.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's TCP options")
+def test_postgres_connections_notice_a_silent_server_in_seconds(
+    postgres_storage: PostgresStorage,
+) -> None:
+    """Without keepalives and a TCP user timeout, a connection to a server
+    cut off by the network waits some 15 minutes, holding a pool slot."""
+    assert _socket_options(postgres_storage) == {
+        "keepalive": 1,
+        "idle": 10,
+        "interval": 5,
+        "count": 3,
+        "user_timeout": 25000,
+    }
+    # An operator's own values, in the URL, win.
+    url = postgres_storage.url
+    tuned = PostgresStorage(
+        f"{url}{'&' if '?' in url else '?'}keepalives_idle=60&tcp_user_timeout=0"
+    )
+    try:
+        options = _socket_options(tuned)
+    finally:
+        tuned.close()
+    assert (options["idle"], options["user_timeout"], options["count"]) == (60, 0, 3)
+
+
+def test_postgres_gives_up_connecting_by_the_deadline() -> None:
+    """A server that accepts connections but never answers them (a stopped
+    one: its host still completes the TCP handshake) is given what is left of
+    the report's deadline, in libpq's whole seconds, not the 10 s of
+    ``connect_timeout``."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepted by the kernel, never read
+        port = silent.getsockname()[1]
+        storage = PostgresStorage(f"postgresql://nobody@127.0.0.1:{port}/nothing")
+        began = time.monotonic()
+        try:
+            with pytest.raises(psycopg.OperationalError):
+                storage.store(stored(R1, T + 100), deadline=time.monotonic() + 3.9)
+        finally:
+            storage.close()
+        waited = time.monotonic() - began
+    assert 2.5 < waited < 3.9
+
+
+def _until_a_lock_is_awaited(url: str) -> None:
+    """Return once some session waits for a lock (``pg_locks``), within 10 s."""
+    import psycopg
+
+    deadline = time.monotonic() + 10.0
+    with psycopg.connect(url, autocommit=True) as connection:
+        while not connection.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[
+            0
+        ]:
+            assert time.monotonic() < deadline, "no session began to wait for the lock"
+            time.sleep(0.01)
 
 
 # -- opening by URL (no database needed) ---------------------------------------------------

@@ -48,6 +48,11 @@ logger = logging.getLogger("reqtelemetry")
 
 REPORT_PATH = "/v1/report"
 SESSION_PATH = "/v1/session"
+#: The seconds this client waits for the answer to a report (docs/protocol.md):
+#: the collector commits the report within half of that or not at all, so a
+#: report this client gave up on is never stored behind its back, to be sent
+#: again and counted twice.
+WAIT_HEADER = "Reqtelemetry-Wait"
 #: Refusals of a stamp (not of the report) that a new session and stamp can cure:
 #: the collector's difficulty went up since the session was granted, or the stamp's
 #: date fell outside its window (clocks apart). docs/protocol.md, checks 7 and 8.
@@ -225,6 +230,12 @@ def started(thread: threading.Thread) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def wait_header(seconds: float) -> str:
+    """``seconds`` as :data:`WAIT_HEADER` says it: rounded down to the
+    millisecond (saying less than we wait is safe, saying more is not)."""
+    return f"{math.floor(max(0.0, seconds) * 1000) / 1000:.3f}"
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -563,14 +574,19 @@ class Transport:
     # -- one report -------------------------------------------------------------------
 
     def send_once(self, envelope: bytes, timeout: float | None = None) -> Result:
-        """One POST of a ready envelope. Compression happens here, on the flusher thread."""
+        """One POST of a ready envelope. Compression happens here, on the flusher thread.
+
+        It says how long it waits (:data:`WAIT_HEADER`): the collector then
+        stores the report only while this attempt can still hear so.
+        """
         compressed = gzip_paced(envelope, GZIP_LEVEL, paced=self._paced)
+        wait = self.config.timeout if timeout is None else timeout
         try:
             response = self._post(
                 self.url,
                 compressed,
-                self.headers,
-                self.config.timeout if timeout is None else timeout,
+                {**self.headers, WAIT_HEADER: wait_header(wait)},
+                wait,
             )
         except httpx.HTTPError as error:
             return Result(Outcome.FAILED, error=f"{type(error).__name__}: {error}")

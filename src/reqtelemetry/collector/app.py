@@ -13,7 +13,9 @@ What the endpoint code guarantees, and why:
   a gzip body is inflated only up to the cap: a client cannot make the
   collector hold more than ``max_body_bytes`` of its bytes, however it encodes
   them (see :mod:`.verify`).
-* Any bad input is a 4xx with ``{"error", "detail"}``, counted by reason.
+* Any bad input is a 4xx with ``{"error", "detail"}``, counted by reason, in
+  memory (:mod:`.refusals`): a refusal costs its sender nothing, and must
+  not cost the database a write either.
   Parsing, schema validation and every storage call run in a worker thread
   (``run_in_threadpool``): a megabyte of JSON or a slow database must not stall
   the event loop that serves everyone else.
@@ -21,10 +23,15 @@ What the endpoint code guarantees, and why:
   holds an inflated body, and once its stamp holds a parsed payload, so a
   flood must not hold them all at once. A full line is a ``503 busy``.
 * A storage failure is a ``503`` with ``Retry-After``: the client keeps its
-  data and tries later, which is the truth (nothing was stored). The one
+  data and tries later, which is the truth (nothing was stored). The log
+  gets the first failure of an outage, then a line a minute (:mod:`.failures`). The one
   exception is a value the database cannot hold (``UnstorableReport``): the
   same report would fail forever, so it is a ``422 invalid_payload``, which
   the client drops rather than retries.
+* A report is committed only within its budget, counted from its arrival
+  (:func:`commit_budget`), else rolled back and answered ``503``: a client
+  that stopped waiting keeps its data and sends it again under a new stamp,
+  and a copy committed after that would count its requests twice.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import math
 import re
 import threading
 import time
@@ -57,10 +65,20 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._version import __version__
+from ..transport import WAIT_HEADER
 from .export import app_filter, csv_text, endpoint_rows, since_days
+from .failures import LOG_EVERY, FailureLog
+from .refusals import WRITE_EVERY, RefusalTally, RefusalWriter
 from .settings import DAY_SECONDS, CollectorSettings
 from .storage import open_storage
-from .storage.base import Pruned, ReplayError, Storage, StoredReport, UnstorableReport
+from .storage.base import (
+    DeadlineExceeded,
+    Pruned,
+    ReplayError,
+    Storage,
+    StoredReport,
+    UnstorableReport,
+)
 from .summary import DEFAULT_DAYS, MAX_DAYS, build_summary
 from .tokens import TokenSigner
 from .verify import (
@@ -83,6 +101,14 @@ DAYS_PATTERN = re.compile(r"[0-9]{1,8}")
 PRUNE_EVERY = 3600.0
 #: How long a client should wait when storage is down.
 UNAVAILABLE_RETRY_AFTER = 60
+#: Seconds from a report's arrival within which it must be committed, or not
+#: at all. Well under the client's default timeout (15 s, ``Config.timeout``):
+#: that leaves the commit itself and the answer's way back time to finish
+#: while the client still waits. A client that states a shorter wait
+#: (:data:`~reqtelemetry.transport.WAIT_HEADER`) gets half of it instead.
+COMMIT_BUDGET = 8.0
+#: ``Reqtelemetry-Wait``: seconds, in ASCII digits with an optional fraction.
+WAIT_PATTERN = re.compile(r"[0-9]{1,9}(\.[0-9]{1,6})?")
 #: Reports verified at once. Verifying holds the inflated body, and for a
 #: report whose stamp holds its parsed payload: memory in proportion to the
 #: body, so a flood of concurrent bodies must not each get its own. More at
@@ -113,16 +139,57 @@ DASHBOARD_HEADERS = {
 }
 
 
+@dataclass(frozen=True)
+class Timing:
+    """The collector's internal time limits, replaceable so that tests run in
+    milliseconds what production waits seconds for."""
+
+    #: See :data:`COMMIT_BUDGET`.
+    commit_budget: float = COMMIT_BUDGET
+    #: Seconds between two writes of the refusal counts (see :mod:`.refusals`).
+    refusal_write_every: float = WRITE_EVERY
+    #: Seconds between two log lines about one storage outage (see :mod:`.failures`).
+    failure_log_every: float = LOG_EVERY
+
+
+def commit_budget(stated_wait: str | None, default: float = COMMIT_BUDGET) -> float:
+    """Seconds a report may take to be committed, counted from its arrival.
+
+    ``stated_wait`` is the client's ``Reqtelemetry-Wait`` header: how long it
+    waits for this answer. Half of it at most, so that the commit and the
+    answer fit in the other half (the client's clock started before ours, and
+    the answer must get back); never more than ``default``, which covers
+    clients that state nothing. A value that is not plain seconds is ignored:
+    the header is advice from an unauthenticated sender, so it can only
+    shorten the budget.
+    """
+    if stated_wait is None:
+        return default
+    text = stated_wait.strip()
+    if WAIT_PATTERN.fullmatch(text) is None:
+        return default
+    return min(default, float(text) / 2)
+
+
 def create_app(
-    settings: CollectorSettings, storage: Storage | None = None, *, host: str | None = None
+    settings: CollectorSettings,
+    storage: Storage | None = None,
+    *,
+    host: str | None = None,
+    timing: Timing | None = None,
 ) -> Starlette:
     """The collector app. Without ``storage``, opens (and migrates) ``settings.db_url``
     and closes it at shutdown; a given ``storage`` stays the caller's to close.
 
     ``host`` is the address it listens on (``--host``): a dashboard without
     credentials answers to it as ``Host``, besides the loopback names
-    (see :class:`LocalHostOnly`).
+    (see :class:`LocalHostOnly`). ``timing``: the internal time limits
+    (tests shorten them).
+
+    ``app.state.refusals`` is the :class:`~.refusals.RefusalTally` of the
+    refusals not yet written; its ``write()`` writes them at once.
     """
+    timing = Timing() if timing is None else timing
     owns_storage = storage is None
     store: Storage = open_storage(settings.db_url) if storage is None else storage
     if owns_storage:
@@ -138,13 +205,12 @@ def create_app(
         encoding="utf-8"
     )
     gate = Gate(VERIFY_CONCURRENCY, VERIFY_QUEUE)
+    tally = RefusalTally(store)
+    failures = FailureLog(every=timing.failure_log_every)
 
     async def refuse(refusal: Refusal) -> JSONResponse:
         logger.debug("refused: %s (%s)", refusal.reason, refusal.detail)
-        try:
-            await run_in_threadpool(store.count_refusal, refusal.reason)
-        except Exception:
-            logger.exception("could not count a refusal (%s)", refusal.reason)
+        tally.add(refusal.reason)
         return JSONResponse(refusal.body(), status_code=refusal.status)
 
     async def session(request: Request) -> Response:
@@ -160,6 +226,8 @@ def create_app(
         return JSONResponse({"token": token, "expires_at": expires_at, "bits": settings.bits})
 
     async def report(request: Request) -> Response:
+        budget = commit_budget(request.headers.get(WAIT_HEADER), timing.commit_budget)
+        deadline = time.monotonic() + budget
         try:
             raw = await read_body(request, settings.max_body_bytes)
             async with gate.turn() as admitted:
@@ -181,21 +249,36 @@ def create_app(
         # Check 11, the replay, is the storage's unique index: two replicas racing
         # with one stamp cannot both store it.
         stored = StoredReport(stamp=verified.stamp, received_at=now, payload=verified.payload)
-        try:
-            await run_in_threadpool(store.store, stored)
-        except ReplayError:
-            return await refuse(Refusal("replay", "this stamp was used before; mint a new one"))
-        except UnstorableReport as error:
-            # The checks should have refused it already; say which value in the log.
-            logger.warning("refused a report the database cannot hold: %s", error)
-            return await refuse(Refusal("invalid_payload", UNSTORABLE_DETAIL))
-        except Exception:
-            logger.exception("could not store a report")
-            return _unavailable("the collector cannot store reports right now")
+        not_stored = await store_report(stored, deadline, budget)
+        if not_stored is not None:
+            return not_stored
         answer: dict[str, Any] = {"stored": True}
         if settings.next_interval is not None:
             answer["next_interval"] = settings.next_interval
         return JSONResponse(answer)
+
+    async def store_report(
+        stored: StoredReport, deadline: float, budget: float
+    ) -> JSONResponse | None:
+        """Store ``stored`` by ``deadline``: None when it was, else the answer to give."""
+        try:
+            await run_in_threadpool(store.store, stored, deadline=deadline)
+        except ReplayError:
+            failures.worked()
+            return await refuse(Refusal("replay", "this stamp was used before; mint a new one"))
+        except UnstorableReport as error:
+            failures.worked()
+            # The checks should have refused it already; say which value in the log.
+            logger.warning("refused a report the database cannot hold: %s", error)
+            return await refuse(Refusal("invalid_payload", UNSTORABLE_DETAIL))
+        except DeadlineExceeded as error:
+            failures.failed(f"store a report within its {budget:.1f} s", error)
+            return _too_slow(budget)
+        except Exception as error:
+            failures.failed("store a report", error)
+            return _unavailable("the collector cannot store reports right now")
+        failures.worked()
+        return None
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -207,22 +290,31 @@ def create_app(
         days = days_param(request)
         app_name = app_param(request)
         try:
-            data = await run_in_threadpool(
-                build_summary, store, days, app=app_name, retention_days=settings.retention_days
-            )
-        except Exception:
-            logger.exception("could not read the summary")
+            data = await run_in_threadpool(read_summary, days, app_name)
+        except Exception as error:
+            failures.failed("read the summary", error)
             return _unavailable("the collector cannot read its database right now")
+        failures.worked()
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+    def read_summary(days: int, app_name: str | None) -> dict[str, Any]:
+        return build_summary(
+            store,
+            days,
+            app=app_name,
+            retention_days=settings.retention_days,
+            refusals=tally.counts(),
+        )
 
     async def export_csv(request: Request) -> Response:
         days = days_param(request)
         app_name = app_param(request)
         try:
             rows = await run_in_threadpool(endpoint_rows, store, since_days(days), app_name)
-        except Exception:
-            logger.exception("could not read the endpoint report")
+        except Exception as error:
+            failures.failed("read the endpoint report", error)
             return _unavailable("the collector cannot read its database right now")
+        failures.worked()
         return Response(
             csv_text(rows),
             media_type="text/csv; charset=utf-8",
@@ -239,7 +331,16 @@ def create_app(
         retention = Retention(store, settings.retention_days) if settings.retention_days else None
         if retention is not None:
             retention.start()
+        writer = RefusalWriter(
+            tally,
+            every=timing.refusal_write_every,
+            budget=timing.commit_budget,
+            on_written=lambda count: failures.worked(),
+            on_failed=lambda error: failures.failed("write the refusal counts", error),
+        )
+        writer.start()
         yield
+        await writer.stop()
         if retention is not None:
             await retention.stop()
         if owns_storage:
@@ -274,6 +375,8 @@ def create_app(
     app.state.settings = settings
     app.state.storage = store
     app.state.gate = gate
+    app.state.refusals = tally
+    app.state.failures = failures
     return app
 
 
@@ -396,6 +499,24 @@ def _unavailable(detail: str) -> JSONResponse:
         {"error": "unavailable", "detail": detail},
         status_code=503,
         headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+    )
+
+
+def _too_slow(budget: float) -> JSONResponse:
+    """The report could not be committed within ``budget``, and was not.
+
+    ``Retry-After`` is about as long as was waited: the lock or the load that
+    held this report up is expected to last about that long, and a client
+    with time left in its flush tries again within it.
+    """
+    return JSONResponse(
+        {
+            "error": "unavailable",
+            "detail": f"the database could not store the report within {budget:.1f} s; "
+            "nothing was stored",
+        },
+        status_code=503,
+        headers={"Retry-After": str(max(1, math.ceil(budget)))},
     )
 
 

@@ -81,12 +81,15 @@ def build_summary(
     now: float | None = None,
     app: str | None = None,
     retention_days: int | None = None,
+    refusals: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Everything ``GET /api/summary`` returns, JSON-ready: of every app, or of
     ``app`` only (``apps`` and ``refusals`` are never limited: refusals happen
     before a report's app is known). ``retention_days`` is the collector's
     retention (None: everything is kept), said on the page so that a window
-    longer than it does not look like missing data."""
+    longer than it does not look like missing data. ``refusals``: the counts
+    to show, where the stored ones are not all (a collector adds those it
+    has not written yet); None reads the stored ones."""
     now = time.time() if now is None else now
     since = now - days * DAY
     totals = dict(storage.totals(since, app=app))
@@ -110,7 +113,7 @@ def build_summary(
         "endpoints": by_app,
         "endpoints_by_version": with_previous_version(by_version),
         "platforms": storage.platforms(since, app=app),
-        "refusals": storage.refusals(),
+        "refusals": storage.refusals() if refusals is None else dict(refusals),
         "metrics": storage.app_metrics(since, app=app),
         "dropped": dropped_requests(storage, since, app),
     }

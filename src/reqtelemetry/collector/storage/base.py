@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import abc
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,32 @@ class UnstorableReport(Exception):
     report would fail the same way forever, so the collector refuses it
     (``422``) instead of asking the client to come back (``503``).
     """
+
+
+class DeadlineExceeded(Exception):
+    """The work could not commit before its deadline: it was rolled back, nothing is written.
+
+    Why a deadline at all: a client that stops waiting for an answer keeps
+    its data and sends it again (under a new stamp). A report committed after
+    that would be counted twice, so the collector commits only while its
+    client is still waiting, and otherwise answers ``503`` (see
+    docs/protocol.md, "How long a report may take").
+    """
+
+
+def seconds_left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (a ``time.monotonic()`` instant), at least 0;
+    None when there is no deadline."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def check_deadline(deadline: float | None, what: str = "the report") -> None:
+    """Raise :class:`DeadlineExceeded` once ``deadline`` has passed (the last
+    check before a commit: a commit after it could count a report twice)."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceeded(f"{what} could not be committed before its deadline")
 
 
 @dataclass(frozen=True)
@@ -60,13 +88,19 @@ class Storage(abc.ABC):
         """Create or upgrade the schema to the current version (idempotent, versioned)."""
 
     @abc.abstractmethod
-    def store(self, report: StoredReport) -> None:
+    def store(self, report: StoredReport, deadline: float | None = None) -> None:
         """Store one report atomically: deployment, instance (traits, first/last seen),
         the report row, its aggregates and its metrics. Raises :class:`ReplayError`
         (and writes nothing) when the stamp was seen before: a unique index decides,
         so two replicas racing with the same stamp cannot both succeed. Raises
         :class:`UnstorableReport` (and writes nothing) when the database cannot
-        hold one of the report's values."""
+        hold one of the report's values.
+
+        ``deadline`` (a ``time.monotonic()`` instant): commit before it or not
+        at all. Every wait (a lock, a connection, a statement) is bounded by
+        what is left, and the deadline is checked once more right before the
+        commit; past it, :class:`DeadlineExceeded` is raised and nothing is
+        written."""
 
     @abc.abstractmethod
     def prune(self, before: float, stop: threading.Event | None = None) -> Pruned:
@@ -77,8 +111,14 @@ class Storage(abc.ABC):
         is deleted the next time). The refusal counters have no dates and are kept."""
 
     @abc.abstractmethod
+    def add_refusals(self, counts: Mapping[str, int], deadline: float | None = None) -> None:
+        """Add ``counts`` (reason: how many) to the refusal counters in one
+        transaction. The counters are shared by replicas: each adds its own
+        (an upsert), none overwrites another's. ``deadline`` as for :meth:`store`."""
+
     def count_refusal(self, reason: str) -> None:
-        """Add one to the counter of refusals for ``reason`` (shared by replicas)."""
+        """Add one to the counter of refusals for ``reason``."""
+        self.add_refusals({reason: 1})
 
     @abc.abstractmethod
     def refusals(self) -> dict[str, int]:

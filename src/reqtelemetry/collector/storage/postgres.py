@@ -8,16 +8,25 @@ starting together apply each step once.
 
 Connections come from a small pool of our own (``psycopg_pool`` is not a
 dependency): up to ``pool_size`` connections, opened on demand, reused
-last-in-first-out, dropped when broken. A connection that went stale while
+last-in-first-out, dropped when broken, with TCP keepalives and a TCP user
+timeout so that a server gone silent frees its connection in seconds
+(:data:`TCP_SETTINGS`). A connection that went stale while
 idle (the server restarted) fails the first statement; that unit of work is
 retried once on a fresh connection. A retried store whose first commit did
 reach the database is then refused as a replay, which the client counts as
 delivered, so nothing is stored twice.
+
+A write with a deadline (a report: see ``Storage.store``) waits for a pool
+slot no longer than what is left of it, runs under ``lock_timeout`` and
+``statement_timeout`` set (``SET LOCAL``) to what is left, and commits only if
+the deadline has not passed: a report committed after its client stopped
+waiting would be sent again and counted twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -26,6 +35,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
+from .base import DeadlineExceeded, check_deadline, seconds_left
 from .sql import (
     Dialect,
     Executor,
@@ -52,6 +62,25 @@ DIALECT = Dialect(
     lock_rows=" FOR UPDATE",
     bytewise=' COLLATE "C"',
 )
+
+#: libpq's TCP settings for every connection, unless the URL sets its own.
+#: Why: a connection whose server vanished (a network partition, a host that
+#: died without closing it) otherwise waits for TCP to give up, some 15
+#: minutes, holding a pool slot and a worker thread; four such and the pool is
+#: gone. Keepalives notice a silent peer while we wait for an answer (10 s of
+#: silence, then 3 probes 5 s apart), ``tcp_user_timeout`` one that stops
+#: acknowledging what we send (milliseconds; libpq 12 and later). Neither
+#: helps when the server's host answers for a stopped server (a SIGSTOPped
+#: process on the same machine): the deadline of each report covers that.
+TCP_SETTINGS = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "25000",
+}
+#: The first libpq release that knows ``tcp_user_timeout``.
+TCP_USER_TIMEOUT_LIBPQ = 120000
 
 #: The advisory lock migrations hold: the bytes "reqtelem" as a signed 64-bit key.
 MIGRATION_LOCK_KEY = int.from_bytes(b"reqtelem", "big", signed=True)
@@ -109,6 +138,7 @@ class _Pool:
         if size < 1:
             raise ValueError(f"pool_size must be at least 1, got {size!r}")
         self._url = url
+        self._tcp = tcp_settings(url)
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._read_only = read_only
@@ -117,12 +147,13 @@ class _Pool:
         self._lock = threading.Lock()
         self._closed = False
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self, deadline: float | None) -> psycopg.Connection[Any]:
         connection = psycopg.connect(
             self._url,
             autocommit=True,  # transactions are explicit: connection.transaction()
-            connect_timeout=self._connect_timeout,
+            connect_timeout=_connect_timeout(self._connect_timeout, seconds_left(deadline)),
             application_name="reqtelemetry-collector",
+            **self._tcp,
         )
         if self._read_only:
             # The server refuses any write in this session, whatever the role may do.
@@ -130,19 +161,23 @@ class _Pool:
         return connection
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[tuple[psycopg.Connection[Any], bool]]:
-        """A connection, and whether it was reused (and so may have gone stale)."""
+    def connection(
+        self, deadline: float | None = None
+    ) -> Iterator[tuple[psycopg.Connection[Any], bool]]:
+        """A connection, and whether it was reused (and so may have gone stale).
+
+        Waits for a free one ``timeout`` seconds at most, and never past ``deadline``.
+        """
         if self._closed:
             raise RuntimeError("the storage is closed")
-        if not self._slots.acquire(timeout=self._timeout):
-            raise TimeoutError(f"no database connection became free within {self._timeout} s")
+        self._take_a_slot(deadline)
         connection: psycopg.Connection[Any] | None = None
         try:
             with self._lock:
                 connection = self._idle.pop() if self._idle else None
             reused = connection is not None
             if connection is None:
-                connection = self._connect()
+                connection = self._connect(deadline)
             yield connection, reused
         finally:
             try:
@@ -160,6 +195,15 @@ class _Pool:
                         connection.close()
             finally:
                 self._slots.release()
+
+    def _take_a_slot(self, deadline: float | None) -> None:
+        left = seconds_left(deadline)
+        if left is not None and left < self._timeout:
+            if left <= 0 or not self._slots.acquire(timeout=left):
+                raise DeadlineExceeded("no database connection became free before the deadline")
+            return
+        if not self._slots.acquire(timeout=self._timeout):
+            raise TimeoutError(f"no database connection became free within {self._timeout} s")
 
     def discard_idle(self) -> None:
         """Close the idle connections (after one turned out stale)."""
@@ -200,28 +244,43 @@ class PostgresStorage(SQLStorage):
         self.read_only = read_only
         self._pool = _Pool(url, pool_size, pool_timeout, connect_timeout, read_only)
 
-    def _attempt(self, work: Callable[[Executor], T], lock: bool, may_retry: bool) -> T:
-        with self._pool.connection() as (connection, reused):
+    def _attempt(
+        self, work: Callable[[Executor], T], lock: bool, may_retry: bool, deadline: float | None
+    ) -> T:
+        with self._pool.connection(deadline) as (connection, reused):
             try:
                 with connection.transaction(), connection.cursor() as cursor:
+                    if deadline is not None:
+                        _bound_waits(cursor, deadline)
                     if lock:
                         cursor.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
-                    return work(_PostgresExecutor(cursor))
+                    result = work(_PostgresExecutor(cursor))
+                    check_deadline(deadline)  # raised here, it rolls the transaction back
+                    return result
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as error:
+                # lock_timeout and statement_timeout, as set by _bound_waits.
+                if deadline is None:
+                    raise
+                raise DeadlineExceeded(f"the database did not answer in time: {error}") from error
             except psycopg.OperationalError as error:
                 if may_retry and reused and connection.broken:
                     raise _StaleConnection() from error
                 raise
 
-    def _with_retry(self, work: Callable[[Executor], T], lock: bool) -> T:
+    def _with_retry(
+        self, work: Callable[[Executor], T], lock: bool, deadline: float | None = None
+    ) -> T:
         try:
-            return self._attempt(work, lock, may_retry=True)
+            return self._attempt(work, lock, may_retry=True, deadline=deadline)
         except _StaleConnection:
             # The others idle since the same server restart are stale too.
             self._pool.discard_idle()
-        return self._attempt(work, lock, may_retry=False)
+        return self._attempt(work, lock, may_retry=False, deadline=deadline)
 
-    def _run(self, work: Callable[[Executor], T], write: bool = False) -> T:
-        return self._with_retry(work, lock=False)
+    def _run(
+        self, work: Callable[[Executor], T], write: bool = False, deadline: float | None = None
+    ) -> T:
+        return self._with_retry(work, lock=False, deadline=deadline)
 
     def _run_migrations(self, work: Callable[[Executor], T]) -> T:
         return self._with_retry(work, lock=True)
@@ -236,6 +295,48 @@ class PostgresStorage(SQLStorage):
         except psycopg.ProgrammingError:
             return "PostgresStorage(<unparsable url>)"
         return f"PostgresStorage(host={info.get('host')!r}, dbname={info.get('dbname')!r})"
+
+
+def tcp_settings(url: str) -> dict[str, str]:
+    """:data:`TCP_SETTINGS` that ``url`` does not set itself (an operator's own
+    values win), without those this libpq does not know."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        given = {}  # psycopg.connect says what is wrong with it, password masked by the caller
+    settings = {key: value for key, value in TCP_SETTINGS.items() if key not in given}
+    if psycopg.pq.version() < TCP_USER_TIMEOUT_LIBPQ:
+        settings.pop("tcp_user_timeout", None)
+    return settings
+
+
+def _bound_waits(cursor: psycopg.Cursor[Any], deadline: float) -> None:
+    """Make the server give up on this transaction's lock waits and statements
+    when ``deadline`` comes (``SET LOCAL``: they end with the transaction).
+
+    Why both: ``lock_timeout`` ends a wait for a lock (a migration's ``ALTER
+    TABLE``, a long ``LOCK TABLE``), ``statement_timeout`` a statement slow for
+    any other reason. Each is counted per statement, so the deadline is also
+    checked before the commit. In one round trip; never 0, which would mean
+    no limit at all.
+    """
+    left = seconds_left(deadline) or 0.0
+    milliseconds = math.floor(left * 1000)
+    if milliseconds < 1:
+        raise DeadlineExceeded("the deadline passed before the transaction began")
+    cursor.execute(
+        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+        (str(milliseconds), str(milliseconds)),
+    )
+
+
+def _connect_timeout(configured: int, left: float | None) -> int:
+    """libpq's ``connect_timeout`` within what is left of a deadline: a
+    connection made after it would be of no use. Whole seconds, rounded down
+    so that the report is answered in time; libpq takes less than 2 as 2."""
+    if left is None:
+        return configured
+    return max(2, min(configured, math.floor(left)))
 
 
 class _StaleConnection(Exception):

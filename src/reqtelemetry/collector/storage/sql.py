@@ -10,7 +10,8 @@ in two SQL dialects (sorting with NULLs, rates, percentiles from merged
 histograms) happens in Python, on results already aggregated by the database.
 
 A backend implements :meth:`SQLStorage._run`: call ``work(executor)`` inside
-one transaction, commit if it returns, roll back if it raises.
+one transaction, commit if it returns, roll back if it raises; and, given a
+deadline, bound its waits by it and commit only before it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -145,8 +146,16 @@ class SQLStorage(Storage):
     # -- what a backend provides --------------------------------------------------------
 
     @abc.abstractmethod
-    def _run(self, work: Callable[[Executor], T], write: bool = False) -> T:
-        """``work(executor)`` in one transaction: committed if it returns, rolled back if not."""
+    def _run(
+        self, work: Callable[[Executor], T], write: bool = False, deadline: float | None = None
+    ) -> T:
+        """``work(executor)`` in one transaction: committed if it returns, rolled back if not.
+
+        ``deadline`` (a ``time.monotonic()`` instant): every wait of the
+        transaction (for a lock, a connection, a statement) ends by then, and
+        it commits only if the deadline has not passed right before the
+        commit; otherwise it rolls back and raises :class:`DeadlineExceeded`.
+        """
 
     @abc.abstractmethod
     def _run_migrations(self, work: Callable[[Executor], T]) -> T:
@@ -235,7 +244,7 @@ class SQLStorage(Storage):
 
     # -- writes -------------------------------------------------------------------------
 
-    def store(self, report: StoredReport) -> None:
+    def store(self, report: StoredReport, deadline: float | None = None) -> None:
         """Store one report in one transaction (see :meth:`Storage.store`).
 
         The report row goes first: its unique stamp decides replays before any
@@ -357,7 +366,7 @@ class SQLStorage(Storage):
             )
 
         try:
-            self._run(work, write=True)
+            self._run(work, write=True, deadline=deadline)
         except self.data_errors as error:
             raise UnstorableReport(f"the database cannot hold a value: {error}") from error
 
@@ -425,16 +434,24 @@ class SQLStorage(Storage):
         instances, deployments = self._run(the_rest, write=True)
         return Pruned(reports=reports, instances=instances, deployments=deployments)
 
-    def count_refusal(self, reason: str) -> None:
-        """Add one to ``reason``'s counter: an upsert, so replicas add up without locks of ours."""
-        reason = str(reason)[:MAX_REASON_LENGTH]
+    def add_refusals(self, counts: Mapping[str, int], deadline: float | None = None) -> None:
+        """Add ``counts`` to the counters in one transaction: upserts that add,
+        so replicas add up without locks of ours. Nothing for no counts."""
+        rows: dict[str, int] = {}
+        for reason, count in counts.items():
+            key = str(reason)[:MAX_REASON_LENGTH]
+            rows[key] = rows.get(key, 0) + int(count)
+        rows = {reason: count for reason, count in rows.items() if count}
+        if not rows:
+            return
         self._run(
-            lambda ex: ex.execute(
-                "INSERT INTO refusals (reason, count) VALUES (?, 1)"
-                " ON CONFLICT (reason) DO UPDATE SET count = refusals.count + 1",
-                (reason,),
+            lambda ex: ex.executemany(
+                "INSERT INTO refusals (reason, count) VALUES (?, ?)"
+                " ON CONFLICT (reason) DO UPDATE SET count = refusals.count + excluded.count",
+                sorted(rows.items()),  # one order for every replica: no deadlock between them
             ),
             write=True,
+            deadline=deadline,
         )
 
     def refusals(self) -> dict[str, int]:

@@ -8,6 +8,12 @@ and two writers can never deadlock upgrading their locks. One connection is
 shared by all threads behind a lock (``check_same_thread=False``): SQLite
 serialises writers anyway, and a single connection keeps ``:memory:``
 databases working.
+
+A write with a deadline (a report: see ``Storage.store``) waits for that
+thread lock, and for SQLite's write lock (the busy timeout, set for that
+transaction to what is left), no longer than the deadline, and commits only
+if it has not passed: a report committed after its client stopped waiting
+would be sent again and counted twice.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .base import DeadlineExceeded, check_deadline, seconds_left
 from .sql import (
     Dialect,
     Executor,
@@ -165,30 +172,77 @@ class SQLiteStorage(SQLStorage):
         self._connection.create_aggregate(_EXACT_SUM, 1, _ExactSum)
         self._lock = threading.RLock()
         self._executor = _SQLiteExecutor(self._connection)
+        self._busy_timeout = busy_timeout
         with self._lock:
-            self._connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            self._set_busy_timeout(busy_timeout)
             if self.path != ":memory:" and not read_only:
                 self._connection.execute("PRAGMA journal_mode = WAL")
-                # With WAL, NORMAL loses at most the last commits on power loss,
-                # never consistency; a report lost that way is resent as new.
+                # With WAL, NORMAL does not sync the log at each commit: a
+                # power loss or an OS crash (not a crash of this process) may
+                # lose the last commits, never the database's consistency.
+                # Such a report is simply lost: its client got its 200 and
+                # dropped the data. The price of a sync per report.
                 self._connection.execute("PRAGMA synchronous = NORMAL")
             self._connection.execute("PRAGMA foreign_keys = ON")
 
-    def _transaction(self, begin: str, work: Callable[[Executor], T]) -> T:
-        with self._lock:
-            self._connection.execute(begin)
-            try:
-                result = work(self._executor)
-                self._connection.execute("COMMIT")  # deferred foreign keys are checked here
-            except BaseException:
-                # SQLite may have rolled back already (some errors end the transaction).
-                if self._connection.in_transaction:
-                    self._connection.execute("ROLLBACK")
-                raise
-            return result
+    def _set_busy_timeout(self, seconds: float) -> None:
+        """How long a statement waits for another connection's lock (under ``_lock``)."""
+        self._connection.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
-    def _run(self, work: Callable[[Executor], T], write: bool = False) -> T:
-        return self._transaction("BEGIN IMMEDIATE" if write else "BEGIN", work)
+    def _acquire(self, deadline: float | None) -> None:
+        """Take the thread lock, by ``deadline`` at the latest (a summary being
+        read, a prune batch or another report may hold it)."""
+        left = seconds_left(deadline)
+        if left is None:
+            self._lock.acquire()
+        elif left <= 0 or not self._lock.acquire(timeout=left):
+            raise DeadlineExceeded("the database was in use by this collector until the deadline")
+
+    def _transaction(
+        self, begin: str, work: Callable[[Executor], T], deadline: float | None = None
+    ) -> T:
+        self._acquire(deadline)
+        try:
+            left = seconds_left(deadline)
+            # Bounded by the deadline only where it comes first: a wait that
+            # ends at the usual busy timeout is an ordinary failure.
+            waits_for_the_deadline = left is not None and left < self._busy_timeout
+            if left is not None and waits_for_the_deadline:
+                self._set_busy_timeout(left)
+            try:
+                self._begin(begin, waits_for_the_deadline)
+                try:
+                    result = work(self._executor)
+                    check_deadline(deadline)
+                    self._connection.execute("COMMIT")  # deferred foreign keys are checked here
+                except BaseException:
+                    # SQLite may have rolled back already (some errors end the transaction).
+                    if self._connection.in_transaction:
+                        self._connection.execute("ROLLBACK")
+                    raise
+                return result
+            finally:
+                if waits_for_the_deadline:
+                    self._set_busy_timeout(self._busy_timeout)
+        finally:
+            self._lock.release()
+
+    def _begin(self, begin: str, waits_for_the_deadline: bool) -> None:
+        """``BEGIN ...``; SQLite's "database is locked" after a busy timeout set
+        to what was left of the deadline is the deadline passing."""
+        try:
+            self._connection.execute(begin)
+        except sqlite3.OperationalError as error:
+            if waits_for_the_deadline and _is_busy(error):
+                raise DeadlineExceeded(
+                    "another connection held the database's write lock until the deadline"
+                ) from error
+            raise
+
+    def _run(
+        self, work: Callable[[Executor], T], write: bool = False, deadline: float | None = None
+    ) -> T:
+        return self._transaction("BEGIN IMMEDIATE" if write else "BEGIN", work, deadline)
 
     def _run_migrations(self, work: Callable[[Executor], T]) -> T:
         # The write lock, taken up front, is the migration lock: another
@@ -201,3 +255,11 @@ class SQLiteStorage(SQLStorage):
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({self.path!r})"
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    """Whether ``error`` is SQLITE_BUSY: another connection held the lock."""
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return bool(code & 0xFF == sqlite3.SQLITE_BUSY)
+    return "locked" in str(error)
