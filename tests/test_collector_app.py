@@ -502,9 +502,12 @@ def test_a_database_outage_is_a_few_log_lines_not_one_per_request(
             assert http.get("/export.csv").status_code == 503
     finally:
         server.stop()
-    (first,) = _errors(caplog)  # the first failure, with its traceback; the rest counted
-    assert first.getMessage().startswith("could not store a report")
-    assert first.exc_info is not None
+    # The first failed write and the first failed read, each with its
+    # traceback (writes and reads are told apart); the rest counted.
+    writes, reads = _errors(caplog)
+    assert writes.getMessage().startswith("could not store a report")
+    assert reads.getMessage().startswith("could not read the summary")
+    assert writes.exc_info is not None and reads.exc_info is not None
 
 
 @pytest.mark.e2e
@@ -573,6 +576,30 @@ def test_an_outage_logs_its_first_failure_then_a_line_per_interval(
             "(the last: could not write the refusal counts: connection refused)",
         ),
         ("INFO", "storage works again, after 12 failures in 75 s"),
+    ]
+
+
+def test_intermittent_failures_are_announced_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that misses its deadline now and then, each time followed by
+    one that works, is an outage that ends at once: announcing each with a
+    traceback and its end with a line would be a log line pair per miss."""
+    clock = FakeClock()
+    failures = FailureLog(every=60.0, clock=clock)
+    late = TimeoutError("deadline passed")
+    with caplog.at_level(logging.INFO, logger="reqtelemetry.collector"):
+        for _ in range(20):  # a miss every 2 s, each followed by a success
+            failures.failed("store a report", late)
+            failures.worked()
+            clock.now += 2
+        clock.now += 60
+        failures.failed("store a report", late)  # a minute later: told again
+    messages = [(r.levelname, r.getMessage().split(";")[0]) for r in caplog.records]
+    assert messages == [
+        ("ERROR", "could not store a report"),
+        ("INFO", "storage works again, after 1 failures in 0 s"),
+        ("ERROR", "could not store a report"),
     ]
 
 

@@ -206,7 +206,11 @@ def create_app(
     )
     gate = Gate(VERIFY_CONCURRENCY, VERIFY_QUEUE)
     tally = RefusalTally(store)
-    failures = FailureLog(every=timing.failure_log_every)
+    # Writes and reads apart: a database that refuses writes (a full disk, a
+    # lock) may still answer the dashboard, and one log's successes would
+    # end the other's outage over and over.
+    write_failures = FailureLog(every=timing.failure_log_every)
+    read_failures = FailureLog(every=timing.failure_log_every)
 
     async def refuse(refusal: Refusal) -> JSONResponse:
         logger.debug("refused: %s (%s)", refusal.reason, refusal.detail)
@@ -264,20 +268,20 @@ def create_app(
         try:
             await run_in_threadpool(store.store, stored, deadline=deadline)
         except ReplayError:
-            failures.worked()
+            write_failures.worked()
             return await refuse(Refusal("replay", "this stamp was used before; mint a new one"))
         except UnstorableReport as error:
-            failures.worked()
+            write_failures.worked()
             # The checks should have refused it already; say which value in the log.
             logger.warning("refused a report the database cannot hold: %s", error)
             return await refuse(Refusal("invalid_payload", UNSTORABLE_DETAIL))
         except DeadlineExceeded as error:
-            failures.failed(f"store a report within its {budget:.1f} s", error)
+            write_failures.failed(f"store a report within its {budget:.1f} s", error)
             return _too_slow(budget)
         except Exception as error:
-            failures.failed("store a report", error)
+            write_failures.failed("store a report", error)
             return _unavailable("the collector cannot store reports right now")
-        failures.worked()
+        write_failures.worked()
         return None
 
     async def healthz(request: Request) -> Response:
@@ -292,9 +296,9 @@ def create_app(
         try:
             data = await run_in_threadpool(read_summary, days, app_name)
         except Exception as error:
-            failures.failed("read the summary", error)
+            read_failures.failed("read the summary", error)
             return _unavailable("the collector cannot read its database right now")
-        failures.worked()
+        read_failures.worked()
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
     def read_summary(days: int, app_name: str | None) -> dict[str, Any]:
@@ -312,9 +316,9 @@ def create_app(
         try:
             rows = await run_in_threadpool(endpoint_rows, store, since_days(days), app_name)
         except Exception as error:
-            failures.failed("read the endpoint report", error)
+            read_failures.failed("read the endpoint report", error)
             return _unavailable("the collector cannot read its database right now")
-        failures.worked()
+        read_failures.worked()
         return Response(
             csv_text(rows),
             media_type="text/csv; charset=utf-8",
@@ -335,8 +339,8 @@ def create_app(
             tally,
             every=timing.refusal_write_every,
             budget=timing.commit_budget,
-            on_written=lambda count: failures.worked(),
-            on_failed=lambda error: failures.failed("write the refusal counts", error),
+            on_written=lambda count: write_failures.worked(),
+            on_failed=lambda error: write_failures.failed("write the refusal counts", error),
         )
         writer.start()
         yield
@@ -376,7 +380,8 @@ def create_app(
     app.state.storage = store
     app.state.gate = gate
     app.state.refusals = tally
-    app.state.failures = failures
+    app.state.write_failures = write_failures
+    app.state.read_failures = read_failures
     return app
 
 

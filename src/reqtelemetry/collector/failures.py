@@ -28,6 +28,8 @@ class _Outage:
     #: Failures not yet said in a line.
     unsaid: int = 0
     said_at: float = 0.0
+    #: Whether its first failure was logged (and its end is worth a line).
+    announced: bool = True
 
 
 class FailureLog:
@@ -44,6 +46,10 @@ class FailureLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._outage: _Outage | None = None
+        #: Until when a new outage is not announced: one that starts within
+        #: ``every`` of the last announcement (intermittent failures, each
+        #: followed by a success) is counted, not told again with a traceback.
+        self._quiet_until = float("-inf")
 
     def failed(self, what: str, error: BaseException) -> None:
         """``what`` (``"store a report"``) failed with ``error``: said with its
@@ -55,8 +61,12 @@ class FailureLog:
         with self._lock:
             outage = self._outage
             if outage is None:
-                self._outage = _Outage(began=now, said_at=now)
-                first = True
+                first = now >= self._quiet_until
+                if first:
+                    self._quiet_until = now + self.every
+                self._outage = _Outage(
+                    began=now, said_at=now, unsaid=0 if first else 1, announced=first
+                )
             else:
                 outage.failures += 1
                 outage.unsaid += 1
@@ -85,7 +95,7 @@ class FailureLog:
             return
         with self._lock:
             outage, self._outage = self._outage, None
-        if outage is not None:
+        if outage is not None and outage.announced:
             logger.info(
                 "storage works again, after %d failures in %.0f s",
                 outage.failures,
