@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import django
 import pytest
 
 from reqtelemetry.anonymize import hash_value
@@ -450,6 +451,13 @@ def test_async_streaming_head_is_recorded_once(django_telemetry, records):
     assert record["response_bytes"] == 0
 
 
+#: Django cancels a request whose client left from 5.0 on; before, its view runs on.
+needs_django_5 = pytest.mark.skipif(
+    django.VERSION < (5, 0), reason="Django cancels requests from 5.0 on"
+)
+
+
+@needs_django_5
 def test_asgi_client_leaving_during_the_view_is_499(django_telemetry, counts):
     """Django cancels the request's task when the client leaves: that is no 500."""
     sent = serve_asgi("/async-hang/", client_leaves=True)
@@ -457,6 +465,7 @@ def test_asgi_client_leaving_during_the_view_is_499(django_telemetry, counts):
     assert counts(django_telemetry) == {("GET", "/async-hang/", 499): 1}
 
 
+@needs_django_5
 def test_asgi_client_leaving_with_a_sync_middleware_after_ours_is_499(django_telemetry, counts):
     """A sync-only middleware after ours makes Django run ours in sync mode: the
     cancellation then reaches it as ``CancelledError`` through a worker thread."""
@@ -678,3 +687,22 @@ def test_a_match_without_its_chain_keeps_djangos_route(django_telemetry):
     for tried in (None, [], [[]]):
         match = SimpleNamespace(route="^fr/about/<int:pk>/", tried=tried)
         assert middleware._template_of(match) == "/fr/about/<int:pk>/"
+
+
+def test_without_django_the_import_error_names_the_extra():
+    """Without Django its dependency asgiref is the first import to fail, and
+    "No module named 'asgiref'" did not say what to install."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "sys.modules['asgiref'] = None  # as if Django (and asgiref with it) were not installed\n"
+        "import reqtelemetry.django\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ImportError: reqtelemetry's Django integration needs Django: "
+        "pip install 'reqtelemetry[django]'"
+    )

@@ -25,7 +25,13 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from time import perf_counter
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+try:
+    from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+except ImportError as missing:  # asgiref comes with Django: say which one is missing
+    raise ImportError(
+        "reqtelemetry's Django integration needs Django: pip install 'reqtelemetry[django]'",
+        name=missing.name,
+    ) from missing
 
 from ..recorder import PENDING_LIMIT
 from ..telemetry import (
