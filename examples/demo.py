@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import functools
 import os
 import random
 import secrets
@@ -46,6 +47,7 @@ from examples.servers import (
     Launch,
     ServerProcess,
     app_environment,
+    interrupts_held,
     launch_app,
     launch_collector,
 )
@@ -341,8 +343,15 @@ class Children:
     def __init__(self) -> None:
         self.processes: list[ServerProcess] = []
 
-    def add(self, process: ServerProcess) -> ServerProcess:
-        self.processes.append(process)
+    def launch(self, start: Callable[[], ServerProcess]) -> ServerProcess:
+        """Start a child with ``start()`` and register it, interrupts held in between.
+
+        Why held: a Ctrl-C or SIGTERM between the child's ``Popen`` and its
+        registration left a server running that nobody stopped.
+        """
+        with interrupts_held():
+            process = start()
+            self.processes.append(process)
         return process
 
     def kill_all(self, *_: object) -> None:
@@ -420,8 +429,8 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> int:
     token = f"demo-{secrets.token_urlsafe(9)}"
     db_path = workdir / "collector.db"
     print("reqtelemetry demo: a collector and the three example apps under real servers\n")
-    collector = children.add(
-        launch_collector(
+    collector = children.launch(
+        lambda: launch_collector(
             f"sqlite:///{db_path}",
             workdir,
             bits=DEMO_BITS,
@@ -443,7 +452,7 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> int:
         env = app_environment(
             collector.url, workdir / launch.name / "deployment_id", args.flush_interval
         )
-        apps.append(children.add(launch_app(launch, env, workdir)))
+        apps.append(children.launch(functools.partial(launch_app, launch, env, workdir)))
     for launch, app in zip(launches, apps, strict=True):
         app.wait_ready()
         noun = "instance" if launch.instances == 1 else "instances"

@@ -227,6 +227,34 @@ def _not_ignored_by_children(signum: signal.Signals) -> Iterator[None]:
         signal.signal(signum, signal.SIG_IGN)
 
 
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM arriving in the block take effect at its end.
+
+    Why: a child started and not yet registered for stopping (``Popen``
+    returned, or is about to) would be left running in its own session,
+    outside the terminal's process group, if the interrupt landed there. The
+    signal is noted, not lost: once the block is over, the handlers in place
+    before it get it. A handler set here is reset by ``exec``, so children
+    get the default actions. Main thread only (elsewhere, nothing to hold).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in held}
+    for signum in held:
+        signal.signal(signum, lambda number, frame: arrived.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)
+
+
 @dataclass
 class ServerProcess:
     """One server as a child process in its own session, its output in a log file."""

@@ -395,3 +395,26 @@ def test_a_server_stops_on_sigint_even_when_this_process_ignores_sigint(tmp_path
         time.sleep(0.02)
     assert child.stop(timeout=10) != 0
     assert "KeyboardInterrupt" in child.log_tail()
+
+
+def test_an_interrupt_while_a_child_starts_leaves_no_server_behind(tmp_path: Path) -> None:
+    """The demo starts each server in a session of its own, out of the reach of
+    the terminal's Ctrl-C; one that landed between ``Popen`` and registering
+    the child left that server running, and its files with it."""
+    from examples.demo import Children
+
+    script = "import time; print('up', flush=True); time.sleep(60)"
+    children = Children()
+
+    def start_then_interrupted() -> ServerProcess:
+        child = ServerProcess(
+            "sleeper", [sys.executable, "-c", script], dict(os.environ), tmp_path / "s.log", 0
+        ).start()
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C the moment Popen returned
+        return child
+
+    with pytest.raises(KeyboardInterrupt):
+        children.launch(start_then_interrupted)
+    assert [child.name for child in children.processes] == ["sleeper"]
+    children.stop_all()
+    assert children.left_behind() == []
