@@ -690,3 +690,18 @@ def test_export_interrupted_is_one_line(tmp_path):
             child.kill()
     assert child.returncode == 130
     assert err.decode().splitlines() == ["reqtelemetry export: interrupted"]
+
+
+def test_the_collector_banner_does_not_name_port_0(
+    capsys, served, tmp_path, no_collector_environment
+):
+    """``--port 0`` lets the system choose when uvicorn binds: "on
+    http://127.0.0.1:0/" named an address nobody could open."""
+    assert main(["collector", "--db", f"sqlite:///{tmp_path}/t.db", "--port", "0"]) == 0
+    banner = next(
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if line.startswith("# reqtelemetry collector")
+    )
+    assert ":0/" not in banner
+    assert "on http://127.0.0.1, on a port of the system's choosing" in banner

@@ -235,9 +235,15 @@ def _collector(args: argparse.Namespace) -> int:
         return _database_failure("collector", settings.db_url, error)
     mode = "production" if settings.production else "development"
     host = f"[{args.host}]" if ":" in args.host else args.host
+    # Port 0: the system picks one when uvicorn binds, and uvicorn's line names it.
+    where = (
+        f"http://{host}:{args.port}/"
+        if args.port
+        else f"http://{host}, on a port of the system's choosing"
+    )
     print(
         f"# reqtelemetry collector {__version__} ({mode}, {settings.bits}-bit stamps) "
-        f"on http://{host}:{args.port}/, database {describe_database(settings.db_url)}",
+        f"on {where}, database {describe_database(settings.db_url)}",
         file=sys.stderr,
     )
     uvicorn.run(
