@@ -829,6 +829,38 @@ def test_client_disconnect_during_stream_is_499(telemetry, records):
     assert found["GET", "/forever", CLIENT_CLOSED_STATUS]["response_bytes"] == 5 * len(b"tick")
 
 
+def test_client_disconnect_in_a_task_group_is_499(telemetry):
+    """An app that streams from a task group (Starlette's own streaming before
+    1.x, anyio 4) gets the server's ``OSError`` back inside an exception group:
+    it was taken for the app's failure, a 500 with the lost chunk counted."""
+    import anyio
+
+    async def streamed_from_a_task(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+        async def stream():
+            while True:
+                await send({"type": "http.response.body", "body": b"tick", "more_body": True})
+                await anyio.sleep(0)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(stream)
+
+    def fail_after_some_chunks(message, sent):
+        return message["type"] == "http.response.body" and len(sent) > 5
+
+    error, _ = drive(
+        ASGIMiddleware(streamed_from_a_task, telemetry=telemetry),
+        "/forever",
+        [{"type": "http.request", "body": b""}],
+        fail_after_some_chunks,
+    )
+    assert isinstance(getattr(error, "exceptions", None), tuple)  # re-raised as it was: a group
+    (record,) = telemetry.snapshot()
+    assert record["status"] == CLIENT_CLOSED_STATUS
+    assert record["response_bytes"] == 5 * len(b"tick")
+
+
 def test_disconnect_message_during_stream_is_499(telemetry, records):
     # Before ASGI spec 2.4 Starlette listens for http.disconnect and stops the stream.
     app = infinite_stream_app(telemetry)

@@ -45,8 +45,9 @@ ASGI_FRAMEWORKS = frozenset({"fastapi", "starlette", "django", "quart", "litesta
 #: Each known method to itself, anything else to ``_OTHER``: one lookup per request,
 #: and the recorder's keys then share their method strings.
 _METHODS = {method: method for method in KNOWN_METHODS}
-#: How far along ``__context__`` a failure of the server's ``send`` is looked for.
-_CONTEXT_DEPTH = 8
+#: How many exceptions (along ``__context__``, and in exception groups) a
+#: failure of the server's ``send`` is looked for among.
+_CONTEXT_DEPTH = 16
 
 
 class ASGIMiddleware:
@@ -317,21 +318,25 @@ def _is_cancellation(error: BaseException) -> bool:
 
 
 def _failed_in_send(error: BaseException, send: Send) -> bool:
-    """Whether ``error``, or an exception it was raised while handling, is an
-    ``OSError`` that came out of the server's ``send``.
+    """Whether ``error``, an exception it was raised while handling, or one of
+    an exception group's members, is an ``OSError`` that came out of the
+    server's ``send``.
 
     An ASGI server's ``send`` raises ``OSError`` once the client is gone (spec
-    2.4), and the app may let it through (most do) or wrap it (Starlette
-    raises ``ClientDisconnect`` from it): either way the ``OSError``'s
-    traceback runs through the server's ``send``, whose code object is known.
-    Where it is not (a ``send`` that is no Python function), any ``OSError``
-    counts. Runs only when the app raised.
+    2.4), and the app may let it through (most do), wrap it (Starlette raises
+    ``ClientDisconnect`` from it) or gather it in an exception group (a task
+    group's: Starlette's streaming before 1.x, anyio 4): either way the
+    ``OSError``'s traceback runs through the server's ``send``, whose code
+    object is known. Where it is not (a ``send`` that is no Python function),
+    any ``OSError`` counts. Runs only when the app raised; looks at no more
+    than :data:`_CONTEXT_DEPTH` exceptions.
     """
     code: CodeType | None = getattr(getattr(send, "__func__", send), "__code__", None)
-    current: BaseException | None = error
-    for _ in range(_CONTEXT_DEPTH):
-        if current is None:
-            return False
+    pending: list[BaseException] = [error]
+    seen = 0
+    while pending and seen < _CONTEXT_DEPTH:
+        current = pending.pop()
+        seen += 1
         if isinstance(current, OSError):
             if code is None:
                 return True
@@ -340,7 +345,11 @@ def _failed_in_send(error: BaseException, send: Send) -> bool:
                 if trace.tb_frame.f_code is code:
                     return True
                 trace = trace.tb_next
-        current = current.__context__
+        members = getattr(current, "exceptions", None)  # an exception group's
+        if isinstance(members, tuple):
+            pending.extend(reversed(members))
+        if current.__context__ is not None:
+            pending.insert(0, current.__context__)
     return False
 
 
