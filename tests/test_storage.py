@@ -7,6 +7,7 @@ compared with numbers worked out by hand from the latencies that went in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -1226,6 +1227,124 @@ def test_postgres_commits_only_before_the_deadline(postgres_storage: PostgresSto
     with pytest.raises(DeadlineExceeded):
         postgres_storage.store(stored(R1, T + 100), deadline=time.monotonic() + 1.0)
     assert postgres_storage.totals(0)["reports"] == 0
+
+
+def test_postgres_answers_a_commit_held_by_a_standby_by_the_deadline() -> None:
+    """PostgreSQL switches ``statement_timeout`` off before it commits, and a
+    commit waits for a synchronous standby: with the standby gone, the report
+    was committed and answered whenever the standby came back, long after its
+    client stopped waiting. The cancel sent at the deadline ends the wait (the
+    commit is then done locally) and the report is answered in time.
+
+    A cluster of its own: the test changes server settings."""
+    from postgres import PostgresUnavailable, ThrowawayCluster
+
+    cluster = ThrowawayCluster()
+    try:
+        url = cluster.start()
+    except PostgresUnavailable as error:
+        pytest.skip(str(error))
+    storage = PostgresStorage(url)
+    try:
+        storage.migrate()
+        with psycopg.connect(url, autocommit=True) as admin:
+            # The throwaway cluster starts with synchronous_commit off, for
+            # speed; a role's setting overrides the command line's.
+            admin.execute("ALTER ROLE CURRENT_USER SET synchronous_commit = 'on'")
+            admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'gone_standby'")
+            admin.execute("SELECT pg_reload_conf()")
+        storage._pool.discard_idle()  # the next connection sees the setting
+        outcome: list[BaseException | None] = []
+
+        def store() -> None:
+            try:
+                storage.store(stored(R1, T + 100), deadline=time.monotonic() + 1.0)
+                outcome.append(None)
+            except BaseException as error:  # reported below
+                outcome.append(error)
+
+        storing = threading.Thread(target=store, daemon=True)
+        storing.start()
+        storing.join(10)  # the standby never comes: only the deadline can end the wait
+        answered = not storing.is_alive()
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            admin.execute("SELECT pg_reload_conf()")
+        storing.join(10)
+        assert answered, "the store waited for the standby past its deadline"
+        assert outcome == [None]  # committed locally, and said so in time
+        assert storage.totals(0)["reports"] == 1
+    finally:
+        storage.close()
+        cluster.stop()
+
+
+class AnswerToCommitLost:
+    """A TCP relay to PostgreSQL that, once armed, passes the next ``COMMIT`` on,
+    drops what the server answers, and cuts the connection ``after`` seconds
+    later: the commit is done, and the client cannot know it."""
+
+    def __init__(self, port: int, after: float) -> None:
+        self.target = ("127.0.0.1", port)
+        self.after = after
+        self.armed = False
+        self._swallowing = False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(self.target)
+                for source, sink, upstream in ((client, server, True), (server, client, False)):
+                    threading.Thread(
+                        target=self._relay, args=(source, sink, upstream), daemon=True
+                    ).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                commit = upstream and self.armed and b"COMMIT" in data
+                if commit:
+                    self.armed, self._swallowing = False, True
+                if not upstream and self._swallowing:
+                    continue  # the answer to the commit never gets back
+                sink.sendall(data)
+                if commit:
+                    time.sleep(self.after)
+                    self._swallowing = False
+                    for end in (source, sink):
+                        end.shutdown(socket.SHUT_RDWR)
+                    return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_report_whose_commit_answer_was_lost_past_the_deadline_is_a_replay(
+    postgres_storage: PostgresStorage,
+) -> None:
+    """A reused connection breaks after its commit reached the database, and
+    the break shows after the deadline: the retry on a fresh connection was
+    refused for want of time and answered 503 "nothing stored" for a stored
+    report, which the client may send again. The retry now has a short grace
+    to meet its own stamp, a replay: what the client counts as delivered."""
+    port = int(postgres_storage.url.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+    relay = AnswerToCommitLost(port, after=1.5)
+    relayed = PostgresStorage(
+        postgres_storage.url.replace(f":{port}/", f":{relay.port}/"), pool_size=1
+    )
+    try:
+        relayed.refusals()  # a pooled connection, reused by the store
+        relay.armed = True
+        with pytest.raises(ReplayError):
+            relayed.store(stored(R1, T + 100), deadline=time.monotonic() + 1.0)
+        assert postgres_storage.totals(0)["reports"] == 1
+    finally:
+        relayed.close()
+        relay.close()
 
 
 def test_postgres_waits_for_a_free_connection_no_longer_than_the_deadline(

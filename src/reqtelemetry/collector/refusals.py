@@ -11,7 +11,9 @@ adds), so replicas still add up.
 
 What the dashboard shows is the stored counts (every replica's) plus this
 replica's counts not yet written (:meth:`RefusalTally.counts`), so nothing
-it shows is late.
+it shows is late. The counts are diagnostics, written at least once: where
+a write's commit lands and its answer is lost, the batch is written again
+and counted twice (an idempotent write would need a batch id per replica).
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ delivered, so nothing is stored twice.
 
 A write with a deadline (a report: see ``Storage.store``) waits for a pool
 slot no longer than what is left of it, runs under ``lock_timeout`` and
-``statement_timeout`` set (``SET LOCAL``) to what is left, and commits only if
-the deadline has not passed: a report committed after its client stopped
-waiting would be sent again and counted twice.
+``statement_timeout`` set (``SET LOCAL``) to what is left, is cancelled from
+here when the deadline comes (the server's timeouts do not cover the commit),
+and commits only if the deadline has not passed: a report committed after
+its client stopped waiting would be sent again and counted twice.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -71,7 +73,8 @@ DIALECT = Dialect(
 #: silence, then 3 probes 5 s apart), ``tcp_user_timeout`` one that stops
 #: acknowledging what we send (milliseconds; libpq 12 and later). Neither
 #: helps when the server's host answers for a stopped server (a SIGSTOPped
-#: process on the same machine): the deadline of each report covers that.
+#: process on the same machine), and nothing here does: its connection waits
+#: until it runs again (docs/architecture.md says what a report on it gets).
 TCP_SETTINGS = {
     "keepalives": "1",
     "keepalives_idle": "10",
@@ -79,6 +82,12 @@ TCP_SETTINGS = {
     "keepalives_count": "3",
     "tcp_user_timeout": "25000",
 }
+#: Seconds a retry on a fresh connection may run past the deadline to learn
+#: whether the first attempt's commit landed (it commits nothing past it).
+RETRY_GRACE = 2.0
+#: Seconds the cancel sent at a deadline may take to reach the server.
+CANCEL_TIMEOUT = 2.0
+
 #: The first libpq release that knows ``tcp_user_timeout``.
 TCP_USER_TIMEOUT_LIBPQ = 120000
 
@@ -245,20 +254,37 @@ class PostgresStorage(SQLStorage):
         self._pool = _Pool(url, pool_size, pool_timeout, connect_timeout, read_only)
 
     def _attempt(
-        self, work: Callable[[Executor], T], lock: bool, may_retry: bool, deadline: float | None
+        self,
+        work: Callable[[Executor], T],
+        lock: bool,
+        may_retry: bool,
+        deadline: float | None,
+        wait_until: float | None = None,
     ) -> T:
-        with self._pool.connection(deadline) as (connection, reused):
+        """One unit of work in one transaction, committed only before ``deadline``.
+
+        ``wait_until`` bounds the waits (a connection, locks, statements, the
+        commit) when it differs from ``deadline``: a retry may take a little
+        longer to find out what its first attempt did (see :meth:`_with_retry`).
+        """
+        wait_until = deadline if wait_until is None else wait_until
+        with self._pool.connection(wait_until) as (connection, reused):
             try:
-                with connection.transaction(), connection.cursor() as cursor:
-                    if deadline is not None:
-                        _bound_waits(cursor, deadline)
+                with (
+                    _cancelled_at(connection, wait_until),
+                    connection.transaction(),
+                    connection.cursor() as cursor,
+                ):
+                    if wait_until is not None:
+                        _bound_waits(cursor, wait_until)
                     if lock:
                         cursor.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
                     result = work(_PostgresExecutor(cursor))
                     check_deadline(deadline)  # raised here, it rolls the transaction back
                     return result
             except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as error:
-                # lock_timeout and statement_timeout, as set by _bound_waits.
+                # lock_timeout and statement_timeout, as set by _bound_waits,
+                # or the cancel sent at the deadline.
                 if deadline is None:
                     raise
                 raise DeadlineExceeded(f"the database did not answer in time: {error}") from error
@@ -275,7 +301,14 @@ class PostgresStorage(SQLStorage):
         except _StaleConnection:
             # The others idle since the same server restart are stale too.
             self._pool.discard_idle()
-        return self._attempt(work, lock, may_retry=False, deadline=deadline)
+        # The first attempt's outcome is unknown: its commit may have reached
+        # the database. The retry is given a short grace past the deadline to
+        # find that out (a report's insert then meets its own stamp: a replay,
+        # which the client counts as delivered), but still commits nothing
+        # after the deadline. Without the grace, a report stored by the first
+        # attempt was answered 503 "nothing stored", and could be sent again.
+        wait_until = None if deadline is None else max(deadline, time.monotonic() + RETRY_GRACE)
+        return self._attempt(work, lock, may_retry=False, deadline=deadline, wait_until=wait_until)
 
     def _run(
         self, work: Callable[[Executor], T], write: bool = False, deadline: float | None = None
@@ -328,6 +361,37 @@ def _bound_waits(cursor: psycopg.Cursor[Any], deadline: float) -> None:
         "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
         (str(milliseconds), str(milliseconds)),
     )
+
+
+@contextlib.contextmanager
+def _cancelled_at(connection: psycopg.Connection[Any], deadline: float | None) -> Iterator[None]:
+    """Ask the server to cancel whatever ``connection`` runs once ``deadline`` comes.
+
+    Why, besides ``statement_timeout``: the server switches that timeout off
+    before it commits, and a commit can wait (synchronous replication with a
+    standby behind or gone): the report was then committed and answered long
+    after its client stopped waiting. A cancelled wait for a standby leaves
+    the commit done locally, and it is answered at once, in time. The timer is
+    stopped, and any cancel under way finished, before the connection goes
+    back to the pool, so no cancel reaches another unit of work.
+    """
+    left = seconds_left(deadline)
+    if left is None:
+        yield
+        return
+    timer = threading.Timer(left, _cancel, args=(connection,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+
+
+def _cancel(connection: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(Exception):  # already closed, or the server unreachable
+        connection.cancel_safe(timeout=CANCEL_TIMEOUT)
 
 
 def _connect_timeout(configured: int, left: float | None) -> int:
