@@ -242,9 +242,14 @@ def interrupts_held() -> Iterator[None]:
         yield
         return
     arrived: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.getsignal(signum) for signum in held}
-    for signum in held:
+    # A handler installed from C (an embedding program's) reads as None and
+    # cannot be put back from Python: such a signal is left alone.
+    previous = {
+        signum: handler
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if (handler := signal.getsignal(signum)) is not None
+    }
+    for signum in previous:
         signal.signal(signum, lambda number, frame: arrived.append(number))
     try:
         yield

@@ -601,6 +601,8 @@ def test_intermittent_failures_are_announced_once_per_interval(
         ("INFO", "storage works again, after 1 failures in 0 s"),
         ("ERROR", "could not store a report"),
     ]
+    # The 19 misses between the two announcements are not lost: the second says them.
+    assert "(19 more since the last line" in caplog.records[-1].getMessage()
 
 
 # -- every bad input: the right 4xx, counted, nothing stored ---------------------------------

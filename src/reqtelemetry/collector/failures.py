@@ -50,6 +50,8 @@ class FailureLog:
         #: ``every`` of the last announcement (intermittent failures, each
         #: followed by a success) is counted, not told again with a traceback.
         self._quiet_until = float("-inf")
+        #: Failures of outages that ended unannounced: said with the next line.
+        self._untold = 0
 
     def failed(self, what: str, error: BaseException) -> None:
         """``what`` (``"store a report"``) failed with ``error``: said with its
@@ -57,15 +59,16 @@ class FailureLog:
         line with the count since the last line once ``every`` has passed,
         else only counted."""
         now = self._clock()
-        first, due, elapsed = False, 0, 0.0
+        first, due, elapsed, earlier = False, 0, 0.0, 0
         with self._lock:
             outage = self._outage
             if outage is None:
                 first = now >= self._quiet_until
+                earlier, self._untold = self._untold, 0
                 if first:
                     self._quiet_until = now + self.every
                 self._outage = _Outage(
-                    began=now, said_at=now, unsaid=0 if first else 1, announced=first
+                    began=now, said_at=now, unsaid=0 if first else 1 + earlier, announced=first
                 )
             else:
                 outage.failures += 1
@@ -75,9 +78,12 @@ class FailureLog:
                     outage.unsaid, outage.said_at = 0, now
         if first:
             logger.error(
-                "could not %s; further storage failures are counted, one line per %.0f s",
+                "could not %s; further storage failures are counted, one line per %.0f s%s",
                 what,
                 self.every,
+                f" ({earlier} more since the last line, each soon followed by a success)"
+                if earlier
+                else "",
                 exc_info=error,
             )
         elif due:
@@ -95,6 +101,8 @@ class FailureLog:
             return
         with self._lock:
             outage, self._outage = self._outage, None
+            if outage is not None and not outage.announced:
+                self._untold += outage.unsaid
         if outage is not None and outage.announced:
             logger.info(
                 "storage works again, after %d failures in %.0f s",
