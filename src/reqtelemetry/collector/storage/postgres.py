@@ -43,7 +43,7 @@ DIALECT = Dialect(
     greatest="GREATEST",
     least="LEAST",
     json_param="CAST(? AS jsonb)",
-    bins_source="aggregates AS a CROSS JOIN LATERAL jsonb_array_elements(a.histogram) AS b(value)",
+    expand_bins=" CROSS JOIN LATERAL jsonb_array_elements(a.histogram) AS b(value)",
     bin_index="(b.value->>0)::integer",
     bin_count="(b.value->>1)::bigint",
     bucket="floor(received_at / CAST(? AS double precision))",
@@ -98,6 +98,18 @@ class _PostgresExecutor:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._cursor.executemany(sql.replace("?", "%s"), rows)
+
+    def batches(self, sql: str, params: Sequence[Any], size: int) -> Iterator[list[Row]]:
+        """Rows of ``sql``, ``size`` at a time, through a server-side cursor (a
+        plain psycopg cursor receives the whole result at once). The cursor
+        lives in this transaction (one at a time: it has a name, which must be
+        unique while it is open), and is planned to be read to the end."""
+        connection = self._cursor.connection
+        self._cursor.execute("SET LOCAL cursor_tuple_fraction = 1.0")
+        with connection.cursor(name="reqtelemetry_rows") as cursor:
+            cursor.execute(sql.replace("?", "%s"), params)
+            while batch := cursor.fetchmany(size):
+                yield batch
 
 
 class _Pool:
@@ -198,6 +210,7 @@ class PostgresStorage(SQLStorage):
         """Connect lazily to ``url``; ``read_only`` sessions refuse every write."""
         self.url = url
         self.read_only = read_only
+        self._connect_timeout = connect_timeout
         self._pool = _Pool(url, pool_size, pool_timeout, connect_timeout, read_only)
 
     def _attempt(self, work: Callable[[Executor], T], lock: bool, may_retry: bool) -> T:
@@ -228,6 +241,30 @@ class PostgresStorage(SQLStorage):
 
     def close(self) -> None:
         self._pool.close()
+
+    def _stream(self, sql: str, params: Sequence[Any], size: int) -> Iterator[list[Row]]:
+        """Rows of ``sql`` read through a server-side cursor on a connection of
+        their own (not the pool's), in one read-only transaction.
+
+        Why not a pooled connection: a download lasts as long as its client
+        takes to fetch it, and a few slow ones would hold every slot the
+        reports are stored through. Closed (and the transaction rolled back)
+        when the rows are done, or the generator is closed or collected.
+        """
+        if self._pool._closed:
+            raise RuntimeError("the storage is closed")
+        connection = psycopg.connect(
+            self.url,
+            autocommit=True,  # the transaction is explicit, as the pool's are
+            connect_timeout=self._connect_timeout,
+            application_name="reqtelemetry-collector",
+        )
+        try:
+            connection.read_only = True  # the transaction below is BEGIN READ ONLY
+            with connection.transaction(), connection.cursor() as cursor:
+                yield from _PostgresExecutor(cursor).batches(sql, params, size)
+        finally:
+            connection.close()
 
     def __repr__(self) -> str:
         # Never show a password that may be part of the URL.
