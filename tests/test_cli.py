@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -621,3 +622,49 @@ def test_the_port_check_tries_every_address_a_name_resolves_to(monkeypatch):
         ]
         monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: both)
         assert "Address already in use" in (_unusable_address("localhost", port) or "")
+
+
+def test_a_database_lost_in_the_middle_of_an_export_is_one_line(postgres_url):
+    """Rows are written as they are read (a server-side cursor, a batch at a
+    time): a database lost once some are written ends the command with one
+    line and exit status 2, not a traceback, nor output that looks whole."""
+    import psycopg
+
+    from postgres import scratch_schema
+    from reqtelemetry.collector.storage import open_storage
+    from test_storage import T, many_endpoints
+
+    with scratch_schema(postgres_url) as url:
+        storage = open_storage(url)
+        storage.migrate()
+        for part in range(3):
+            calls = {f"/r/{part}/{n:04d}": 1 + n for n in range(1000)}
+            storage.store(many_endpoints(calls, "1.0", T + part, sequence=part))
+        storage.close()
+        # Nothing reads its output yet: it stops, blocked, within its first batch of rows.
+        command = subprocess.Popen(
+            [sys.executable, "-m", "reqtelemetry.cli", "export", "--csv", "--db", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                reading = "SELECT pid FROM pg_stat_activity WHERE query LIKE 'FETCH %%'"
+                for _ in range(300):
+                    pids = [row[0] for row in admin.execute(reading).fetchall()]
+                    if pids or command.poll() is not None:
+                        break
+                    time.sleep(0.1)
+                assert pids, "no export was reading rows a batch at a time"
+                admin.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+            out, err = command.communicate(timeout=60)
+        finally:
+            if command.poll() is None:
+                command.kill()
+                command.communicate()
+    assert command.returncode == 2
+    (line,) = err.splitlines()
+    assert line.startswith("reqtelemetry export: error: cannot use the database postgresql://")
+    written = len(out.splitlines()) - 1  # after the header
+    assert 0 < written < 3000
