@@ -1383,6 +1383,44 @@ def test_the_dashboard_renders_the_summary(
     assert page["appControlHidden"] and page["byVersionAppHidden"]
     assert page["versionApps"] == [] and page["pageUrls"] == []
     assert summary.json()["retention_days"] is None and page["retention"] == ""
+    assert page["endpointsCap"]["hidden"] and page["byVersionCap"]["hidden"]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_dashboard_says_how_many_endpoints_it_does_not_show(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """Where the summary's lists were cut, the page says how many endpoints it
+    does not show and where they all are; where nothing was cut, nothing."""
+    now = time.time()
+    store_endpoints(
+        collector.storage, {f"/h/{n:03d}": n + 1 for n in range(MAX_ENDPOINTS + 3)}, now
+    )
+    store_endpoints(collector.storage, {f"/gone/{n}": 1 for n in range(101)}, now - 40 * 86400)
+    summary = collector.http.get("/api/summary", params={"days": 30}).json()
+
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["status"]["state"] == "ready", page["status"]
+    assert len(page["endpointRows"]) == MAX_ENDPOINTS + MAX_UNUSED_ENDPOINTS
+    assert page["endpointsCap"] == {
+        "text": "3 more endpoints not shown (the 500 with the most calls are); 1 more unused "
+        "endpoint not shown (the 100 seen last are). The CSV export has them all.",
+        "value": "4",
+        "class": "",  # the fake DOM reads no attribute but ids from the page's markup
+        "hidden": False,
+    }
+    assert page["byVersionCap"]["hidden"] and page["byVersionCap"]["text"] == ""
+    day = time.strftime("%Y-%m-%d", time.gmtime(now - 40 * 86400))
+    assert set(page["unusedTitles"]) == {f"last seen {day}"}
+
+    summary["endpoints_left_out"]["by_version"] = 1234
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["byVersionCap"]["text"] == (
+        "1,234 more endpoint versions not shown (of the endpoints above, the 2,000 with the "
+        "most calls are). The CSV export has them all."
+    )
+    assert not page["byVersionCap"]["hidden"]
 
 
 @pytest.mark.e2e
