@@ -49,6 +49,8 @@ DIALECT = Dialect(
     # as it always was (0.0 rather than NULL for no rows).
     float_sum="TOTAL",
     join_text="group_concat",
+    by_time=" INDEXED BY aggregates_received_at",
+    by_app_and_time=" INDEXED BY aggregates_app_received_at",
 )
 #: What SQLite says when a SUM of integers leaves 64 bits.
 _INTEGER_OVERFLOW = "integer overflow"
