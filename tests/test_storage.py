@@ -1248,8 +1248,8 @@ def test_a_report_is_stored_while_an_export_is_half_read(
 
 def export_snapshots(backend: Backend, storage: SQLStorage) -> int:
     """How many reads hold a snapshot of the database open: on SQLite, whether a
-    checkpoint cannot reset the WAL; on PostgreSQL, the sessions idle in a
-    transaction (this test's schema is the only one in use)."""
+    checkpoint cannot reset the WAL; on PostgreSQL, the other sessions with a
+    snapshot (this test's schema is the only one in use)."""
     if backend.name == "sqlite":
         with sqlite3.connect(storage.path, timeout=0.1) as connection:
             busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -1258,7 +1258,7 @@ def export_snapshots(backend: Backend, storage: SQLStorage) -> int:
         lambda ex: int(
             ex.query(
                 "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND state = 'idle in transaction'"
+                " AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid()"
             )[0][0]
         )
     )

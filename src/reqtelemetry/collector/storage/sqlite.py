@@ -98,7 +98,10 @@ class _ExactSum:
         self.total: int | float | None = None
 
     def step(self, value: Any) -> None:
-        # Anything else (NULL, text) adds nothing; the columns summed hold numbers.
+        # Text is this aggregate's own total past 64 bits, summed again by an
+        # outer SUM; anything else (NULL) adds nothing.
+        if isinstance(value, str):
+            value = int(value)
         if isinstance(value, (int, float)):
             self.total = value if self.total is None else self.total + value
 
