@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -34,6 +35,7 @@ import random
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -468,6 +470,40 @@ def test_the_summary_lists_the_busiest_endpoints_and_the_csv_every_one(
     assert len(rows) == len(busy) + len(gone)
     assert [int(row["calls"]) for row in rows[: len(busy)]] == sorted(busy.values(), reverse=True)
     assert {row["route"] for row in rows[len(busy) :]} == set(gone)
+
+
+def reads_holding_the_wal(database: Path) -> int:
+    """1 while some read of ``database`` holds a snapshot older than what was
+    written since (a checkpoint cannot copy that into the file then), else 0."""
+    with contextlib.closing(sqlite3.connect(database, timeout=0.1)) as connection:
+        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return int(busy)
+
+
+@pytest.mark.e2e
+def test_a_download_given_up_midway_ends_its_read(collector: Collector, tmp_path: Path) -> None:
+    """``/export.csv`` is read from the database while it is sent (more than the
+    sockets between collector and client hold), reports are stored meanwhile,
+    and a client that gives up ends that read: nothing is left holding the
+    database."""
+    store_endpoints(collector.storage, {f"/r/{n:05d}": n + 1 for n in range(50_000)}, time.time())
+    database = tmp_path / "telemetry.db"
+    assert reads_holding_the_wal(database) == 0
+    # A small receive buffer: the client's kernel must not take in the whole CSV.
+    small = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)])
+    with (
+        httpx.Client(base_url=collector.url, transport=small, timeout=10.0) as client,
+        client.stream("GET", "/export.csv", params={"days": 30}) as response,
+    ):
+        chunks = response.iter_bytes()  # kept: dropped, it would close the response
+        assert next(chunks).startswith(b"method,route,")
+        assert collector.send(make_payload(new_id(), new_id())).status_code == 200
+        assert reads_holding_the_wal(database) == 1  # the rest is still being read
+    for _ in range(100):  # the client is gone: the collector notices as it sends
+        if reads_holding_the_wal(database) == 0:
+            break
+        time.sleep(0.05)
+    assert reads_holding_the_wal(database) == 0
 
 
 def store_export_example(storage: Storage, now: float) -> None:

@@ -40,11 +40,12 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -57,7 +58,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._version import __version__
-from .export import app_filter, csv_chunks, endpoint_rows, since_days, started
+from .export import Started, app_filter, csv_chunks, endpoint_rows, since_days, started
 from .settings import DAY_SECONDS, CollectorSettings
 from .storage import open_storage
 from .storage.base import Pruned, ReplayError, Storage, StoredReport, UnstorableReport
@@ -383,9 +384,10 @@ class _Line:
     waiting: int = 0
 
 
-async def _streamed(chunks: Iterator[str]) -> AsyncIterator[str]:
+async def _streamed(chunks: Started[str]) -> AsyncIterator[str]:
     """``chunks`` (a CSV export being read), each read in a worker thread, and
-    their read ended (its database connection closed) however the download
+    their read ended (its database connection closed, in a worker thread too:
+    a read cut short may have to cancel a statement) however the download
     ends: finished, failed, or given up by the client.
 
     A database failure once the status is sent can only cut the download
@@ -402,9 +404,8 @@ async def _streamed(chunks: Iterator[str]) -> AsyncIterator[str]:
         logger.exception("the endpoint report failed while it was being sent")
         raise
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        with anyio.CancelScope(shield=True):  # even when the download was cancelled
+            await run_in_threadpool(chunks.close)
 
 
 def _busy() -> JSONResponse:

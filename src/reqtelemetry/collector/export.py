@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import IO, Any, TypeVar
 
 from .storage.base import Storage
@@ -82,7 +81,7 @@ def app_filter(value: str | None) -> str | None:
 
 def endpoint_rows(
     storage: Storage, since: float, app: str | None = None
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any], None, None]:
     """The CSV rows (as dicts keyed by :data:`COLUMNS`) of every app, or of ``app``
     only; most calls first, one at a time as they are read. Close the
     generator (or read it to the end) to end the read."""
@@ -94,7 +93,28 @@ def endpoint_rows(
         endpoints.close()  # at once, not whenever the reader is collected
 
 
-def started(items: Iterator[T]) -> Iterator[T]:
+class Started(Iterator[T]):
+    """An export's items with the first one read already (see :func:`started`),
+    which closes the items' read when closed, read or not."""
+
+    def __init__(self, items: Generator[T, None, None]) -> None:
+        self._items = items
+        self._first: list[T] = []
+        for first in items:
+            self._first.append(first)
+            break
+
+    def __next__(self) -> T:
+        if self._first:
+            return self._first.pop()
+        return next(self._items)
+
+    def close(self) -> None:
+        """End the read (its database connection) now, not when collected."""
+        self._items.close()
+
+
+def started(items: Generator[T, None, None]) -> Started[T]:
     """``items`` with its first item read now.
 
     Why: the first item of an export is where its query runs, and fails when
@@ -102,11 +122,7 @@ def started(items: Iterator[T]) -> Iterator[T]:
     opened for writing), a failure can still be said as one (a ``503``, one
     line and no file); after that, it can only cut the output short.
     """
-    try:
-        first = next(items)
-    except StopIteration:
-        return iter(())
-    return itertools.chain((first,), items)
+    return Started(items)
 
 
 def _row(endpoint: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +163,9 @@ def write_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
     return written
 
 
-def csv_chunks(rows: Iterable[dict[str, Any]], rows_per_chunk: int = CHUNK_ROWS) -> Iterator[str]:
+def csv_chunks(
+    rows: Iterable[dict[str, Any]], rows_per_chunk: int = CHUNK_ROWS
+) -> Generator[str, None, None]:
     """The text of :func:`write_csv`, a chunk of ``rows_per_chunk`` rows at a time
     (the header goes with the first): what ``/export.csv`` streams.
 

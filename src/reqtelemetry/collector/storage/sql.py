@@ -764,12 +764,10 @@ class SQLStorage(Storage):
         batch's rows are added up and let go, but for the first ``limit``.
 
         Why the endpoints as parameters rather than statement 1 again, as a
-        CTE: SQLite, without statistics, then read each listed endpoint's
-        rows of all time through its index, where a window of a few busy
-        endpoints is best read by time; with the endpoints counted out, it
-        picks the cheaper way. (4 parameters an endpoint: the 500 listed take
-        2,000, where SQLite since 3.32 allows 32,766 and this code needs 3.35
-        for ``RETURNING`` anyway.)
+        CTE: that would group the window's rows once more, and SQLite then
+        planned to read each listed endpoint's rows of all time. (4
+        parameters an endpoint: the 500 listed take 2,000, where SQLite since
+        3.32 allows 32,766, and this code needs 3.35 for ``RETURNING``.)
         """
         if not histograms:
             return [], 0
