@@ -111,6 +111,11 @@ function hidden(node) {
   return node.getAttribute("hidden") !== null;
 }
 
+// A note the page may lack (null then), its text, data-value and whether it is hidden.
+function note(node) {
+  return node ? { ...describe(node), hidden: hidden(node) } : null;
+}
+
 function choose() {
   if (!choice) return;
   const [id, value] = choice.split(/=(.*)/s);
@@ -161,6 +166,9 @@ setTimeout(() => {
     gaugeAppHidden: hidden(byId["metric-gauges-app"]),
     metricsCap: { text: byId["metrics-cap"].textContent, hidden: hidden(byId["metrics-cap"]) },
     dropped: { ...describe(byId.dropped), hidden: hidden(byId.dropped) },
+    endpointsCap: note(byId["endpoints-cap"]),
+    byVersionCap: note(byId["by-version-cap"]),
+    unusedTitles: withTestid("unused-badge").map((n) => n.getAttribute("title")),
     // Elements the script made, by tag: a name taken for markup would add some.
     tags: [...new Set(all.map((n) => n.tagName))].sort(),
     pageUrls,

@@ -15,7 +15,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -705,3 +707,57 @@ def test_the_collector_banner_does_not_name_port_0(
     )
     assert ":0/" not in banner
     assert "on http://127.0.0.1, on a port of the system's choosing" in banner
+
+
+def test_a_database_lost_in_the_middle_of_an_export_is_one_line(postgres_url):
+    """Rows are written as the server sends them: a database lost once some are
+    written ends the command with one line and exit status 2, not a
+    traceback, nor output that looks whole."""
+    import copy
+
+    import psycopg
+
+    from postgres import scratch_schema
+    from reqtelemetry.collector.storage import open_storage
+    from test_storage import T, many_endpoints
+
+    # More rows than the sockets between server and command hold (megabytes):
+    # the server has to wait for the command, which waits for its reader.
+    reports, routes = 100, 1000
+    template = many_endpoints({f"/r/{n:04d}": 1 + n for n in range(routes)}, "1.0", T)
+    with scratch_schema(postgres_url) as url:
+        storage = open_storage(url)
+        storage.migrate()
+        for part in range(reports):
+            report = copy.deepcopy(template)
+            for record in report.payload["batch"]["records"]:
+                record["route"] = f"/r/{part:03d}{record['route'][2:]}"
+            storage.store(replace(report, stamp=f"{report.stamp}-{part}"))
+        storage.close()
+        # Nothing reads its output yet: it stops, blocked, and so does the server.
+        command = subprocess.Popen(
+            [sys.executable, "-m", "reqtelemetry.cli", "export", "--csv", "--db", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                sending = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'ClientWrite'"
+                for _ in range(600):
+                    pids = [row[0] for row in admin.execute(sending).fetchall()]
+                    if pids or command.poll() is not None:
+                        break
+                    time.sleep(0.1)
+                assert pids, "no server was waiting for the export to read its rows"
+                admin.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+            out, err = command.communicate(timeout=60)
+        finally:
+            if command.poll() is None:
+                command.kill()
+                command.communicate()
+    assert command.returncode == 2
+    (line,) = err.splitlines()
+    assert line.startswith("reqtelemetry export: error: cannot use the database postgresql://")
+    written = len(out.splitlines()) - 1  # after the header
+    assert 0 < written < reports * routes

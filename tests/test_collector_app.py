@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -34,6 +35,7 @@ import random
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -56,6 +58,7 @@ from starlette.applications import Starlette
 from db_locks import another_writer, location
 from receiver import ServerThread
 from reqtelemetry import hashcash
+from reqtelemetry.cli import main as cli_main
 from reqtelemetry.collector import app as collector_app
 from reqtelemetry.collector.app import SESSION_MAX_BYTES, Timing, commit_budget, create_app
 from reqtelemetry.collector.export import COLUMNS
@@ -63,7 +66,14 @@ from reqtelemetry.collector.failures import FailureLog
 from reqtelemetry.collector.refusals import RefusalTally
 from reqtelemetry.collector.settings import CollectorSettings, SettingsError
 from reqtelemetry.collector.storage import open_storage
-from reqtelemetry.collector.storage.base import DeadlineExceeded, Storage, StoredReport
+from reqtelemetry.collector.storage.base import (
+    MAX_ENDPOINT_VERSIONS,
+    MAX_ENDPOINTS,
+    MAX_UNUSED_ENDPOINTS,
+    DeadlineExceeded,
+    Storage,
+    StoredReport,
+)
 from reqtelemetry.collector.summary import fill_activity, version_key, with_previous_version
 from reqtelemetry.collector.tokens import TokenSigner
 from reqtelemetry.collector.verify import (
@@ -427,6 +437,157 @@ def test_unused_endpoints_show_with_zero_calls(collector: Collector) -> None:
     rows = list(csv.DictReader(io.StringIO(collector.http.get("/export.csv?days=30").text)))
     delete = next(r for r in rows if r["method"] == "DELETE")
     assert delete["calls"] == "0" and delete["p95_ms"] == ""
+
+
+def store_endpoints(
+    storage: Storage, calls: dict[str, int], received_at: float, app_version: str = "2.4.1"
+) -> None:
+    """One report, stored directly, in which each GET route of ``calls`` was
+    called its number of times: what an app without route templates sends."""
+    records = [
+        record("GET", route, 200, count, [[-130, count]], 0.001 * count)
+        for route, count in calls.items()
+    ]
+    payload = make_payload(new_id(), new_id(), app_version=app_version, records=records)
+    storage.store(StoredReport(stamp=f"s-{new_id()}", received_at=received_at, payload=payload))
+
+
+@pytest.mark.e2e
+def test_the_summary_lists_the_busiest_endpoints_and_the_csv_every_one(
+    collector: Collector,
+) -> None:
+    """More endpoints than the dashboard lists: ``/api/summary`` holds the
+    busiest (and the latest unused) up to its documented limits and says how
+    many it left out; ``/export.csv`` streams every one."""
+    now = time.time()
+    busy = {f"/h/{n:03d}": n + 1 for n in range(MAX_ENDPOINTS + 5)}
+    store_endpoints(collector.storage, busy, now - 60)
+    gone = {f"/gone/{n:03d}": 1 for n in range(MAX_UNUSED_ENDPOINTS + 2)}
+    store_endpoints(collector.storage, gone, now - 40 * 86400)
+
+    summary = collector.http.get("/api/summary", params={"days": 30}).json()
+    listed = summary["endpoints"]
+    assert [e["calls"] for e in listed] == [
+        *range(MAX_ENDPOINTS + 5, 5, -1),
+        *[0] * MAX_UNUSED_ENDPOINTS,
+    ]
+    assert listed[0]["route"] == f"/h/{MAX_ENDPOINTS + 4:03d}"
+    assert summary["endpoints_left_out"] == {"used": 5, "unused": 2, "by_version": 0}
+    assert summary["endpoint_limits"] == {
+        "used": MAX_ENDPOINTS,
+        "unused": MAX_UNUSED_ENDPOINTS,
+        "by_version": MAX_ENDPOINT_VERSIONS,
+    }
+    assert len(summary["endpoints_by_version"]) == MAX_ENDPOINTS
+
+    with collector.http.stream("GET", "/export.csv", params={"days": 30}) as response:
+        assert response.status_code == 200
+        assert "content-length" not in response.headers  # sent as it is read
+        rows = list(csv.DictReader(io.StringIO(response.read().decode())))
+    assert len(rows) == len(busy) + len(gone)
+    assert [int(row["calls"]) for row in rows[: len(busy)]] == sorted(busy.values(), reverse=True)
+    assert {row["route"] for row in rows[len(busy) :]} == set(gone)
+
+
+def reads_holding_the_wal(database: Path) -> int:
+    """1 while some read of ``database`` holds a snapshot older than what was
+    written since (a checkpoint cannot copy that into the file then), else 0."""
+    with contextlib.closing(sqlite3.connect(database, timeout=0.1)) as connection:
+        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return int(busy)
+
+
+@pytest.mark.e2e
+def test_a_download_given_up_midway_ends_its_read(collector: Collector, tmp_path: Path) -> None:
+    """``/export.csv`` is read from the database while it is sent (more than the
+    sockets between collector and client hold), reports are stored meanwhile,
+    and a client that gives up ends that read: nothing is left holding the
+    database."""
+    store_endpoints(collector.storage, {f"/r/{n:05d}": n + 1 for n in range(50_000)}, time.time())
+    database = tmp_path / "telemetry.db"
+    assert reads_holding_the_wal(database) == 0
+    # A small receive buffer: the client's kernel must not take in the whole CSV.
+    small = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)])
+    with (
+        httpx.Client(base_url=collector.url, transport=small, timeout=10.0) as client,
+        client.stream("GET", "/export.csv", params={"days": 30}) as response,
+    ):
+        chunks = response.iter_bytes()  # kept: dropped, it would close the response
+        assert next(chunks).startswith(b"method,route,")
+        assert collector.send(make_payload(new_id(), new_id())).status_code == 200
+        assert reads_holding_the_wal(database) == 1  # the rest is still being read
+    for _ in range(100):  # the client is gone: the collector notices as it sends
+        if reads_holding_the_wal(database) == 0:
+            break
+        time.sleep(0.05)
+    assert reads_holding_the_wal(database) == 0
+
+
+def store_export_example(storage: Storage, now: float) -> None:
+    """A small database with every kind of CSV row: an endpoint on two versions
+    (one slower), an unused one (40 days old), another app's, a route that a
+    spreadsheet would take for a formula. Its CSV is :data:`EXPORT_EXAMPLE`."""
+    deployment = "e0e0e0e0-0000-4000-8000-000000000001"
+    long_ago = make_payload(
+        deployment,
+        "e1e1e1e1-0000-4000-8000-000000000001",
+        records=[record("DELETE", ROUTE_ITEM, 204, 2, [[-130, 2]], 0.01)],
+    )
+    older = make_payload(deployment, "e1e1e1e1-0000-4000-8000-000000000002", app_version="2.4.1")
+    newer = make_payload(
+        deployment,
+        "e1e1e1e1-0000-4000-8000-000000000003",
+        app_version="2.5.0",
+        records=default_records(10),
+    )
+    billing = make_payload(
+        "e0e0e0e0-0000-4000-8000-000000000002",
+        "e1e1e1e1-0000-4000-8000-000000000004",
+        app_name="billing",
+        app_version="1.0",
+        records=[record("POST", '=HYPERLINK("x")', 500, 3, [[-100, 3]], 0.3, 10, 20)],
+    )
+    for stamp, payload, age in (
+        ("example-1", long_ago, 40 * 86400),
+        ("example-2", older, 3600),
+        ("example-3", newer, 1800),
+        ("example-4", billing, 600),
+    ):
+        storage.store(StoredReport(stamp=stamp, received_at=now - age, payload=payload))
+
+
+#: The CSV of :func:`store_export_example`'s last 30 days, as the export wrote
+#: it before it was streamed (every row read, then written at once).
+EXPORT_EXAMPLE = "".join(
+    f"{line}\r\n"
+    for line in (
+        "method,route,app_name,app_version,calls,errors,error_rate,p50_ms,p95_ms,p99_ms,mean_ms,request_bytes,response_bytes,deployments",
+        "GET,/api/items/{item_id},,2.4.1,9,1,0.111111,4.423,12.516,12.516,5.878,0,4127,1",
+        "GET,/api/items/{item_id},,2.5.0,9,1,0.111111,6.599,18.672,18.672,5.878,0,4127,1",
+        "POST,/api/items,,2.4.1,3,0,0.0,17.94,17.94,17.94,19.633,690,288,1",
+        "POST,/api/items,,2.5.0,3,0,0.0,26.764,26.764,26.764,19.633,690,288,1",
+        'POST,"\'=HYPERLINK(""x"")",billing,1.0,3,3,1.0,17.94,17.94,17.94,100.0,10,20,1',
+        "DELETE,/api/items/{item_id},,2.4.1,0,0,,,,,,0,0,0",
+    )
+)
+
+
+@pytest.mark.e2e
+def test_the_csv_export_is_streamed_and_what_it_was(collector: Collector, tmp_path: Path) -> None:
+    """``/export.csv`` is sent as it is read (no length known in advance), and
+    it and ``reqtelemetry export`` write, byte for byte, what they wrote when
+    every row was read first."""
+    store_export_example(collector.storage, time.time())
+    with collector.http.stream("GET", "/export.csv", params={"days": 30}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/csv; charset=utf-8"
+        assert "content-length" not in response.headers
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert response.read().decode() == EXPORT_EXAMPLE
+    out = tmp_path / "export.csv"
+    database = db_url(tmp_path / "telemetry.db")
+    assert cli_main(["export", "--csv", "--db", database, "--days", "30", "-o", str(out)]) == 0
+    assert out.read_bytes() == EXPORT_EXAMPLE.encode()
 
 
 @pytest.mark.e2e
@@ -1491,6 +1652,44 @@ def test_the_dashboard_renders_the_summary(
     assert page["appControlHidden"] and page["byVersionAppHidden"]
     assert page["versionApps"] == [] and page["pageUrls"] == []
     assert summary.json()["retention_days"] is None and page["retention"] == ""
+    assert page["endpointsCap"]["hidden"] and page["byVersionCap"]["hidden"]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_dashboard_says_how_many_endpoints_it_does_not_show(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """Where the summary's lists were cut, the page says how many endpoints it
+    does not show and where they all are; where nothing was cut, nothing."""
+    now = time.time()
+    store_endpoints(
+        collector.storage, {f"/h/{n:03d}": n + 1 for n in range(MAX_ENDPOINTS + 3)}, now
+    )
+    store_endpoints(collector.storage, {f"/gone/{n}": 1 for n in range(101)}, now - 40 * 86400)
+    summary = collector.http.get("/api/summary", params={"days": 30}).json()
+
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["status"]["state"] == "ready", page["status"]
+    assert len(page["endpointRows"]) == MAX_ENDPOINTS + MAX_UNUSED_ENDPOINTS
+    assert page["endpointsCap"] == {
+        "text": "3 more endpoints not shown (the 500 with the most calls are); 1 more unused "
+        "endpoint not shown (the 100 seen last are). The CSV export has them all.",
+        "value": "4",
+        "class": "",  # the fake DOM reads no attribute but ids from the page's markup
+        "hidden": False,
+    }
+    assert page["byVersionCap"]["hidden"] and page["byVersionCap"]["text"] == ""
+    day = time.strftime("%Y-%m-%d", time.gmtime(now - 40 * 86400))
+    assert set(page["unusedTitles"]) == {f"last seen {day}"}
+
+    summary["endpoints_left_out"]["by_version"] = 1234
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["byVersionCap"]["text"] == (
+        "1,234 more endpoint versions not shown (of the endpoints above, the 2,000 with the "
+        "most calls are). The CSV export has them all."
+    )
+    assert not page["byVersionCap"]["hidden"]
 
 
 @pytest.mark.e2e

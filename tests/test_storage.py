@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -32,7 +33,11 @@ from reqtelemetry.collector.storage import (
     open_storage,
 )
 from reqtelemetry.collector.storage.base import (
+    MAX_ENDPOINT_VERSIONS,
+    MAX_ENDPOINTS,
+    MAX_UNUSED_ENDPOINTS,
     DeadlineExceeded,
+    EndpointLimits,
     ReplayError,
     StoredReport,
     UnstorableReport,
@@ -1021,29 +1026,53 @@ def test_endpoints_by_app_show_one_apps_unused_route_beside_anothers_busy_one(
     ]
 
 
-def assert_one_read_gives_the_two_lists(storage: SQLStorage) -> None:
-    """The summary reads the histograms once for its two endpoint lists: the
-    per-app list is added up from the per-version rows, but for the distinct
-    deployments, which do not add up."""
+def approx_mean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with the mean compared approximately: latency sums added up in
+    another order (another statement) differ in their last bits."""
+    return [{**row, "mean": pytest.approx(row["mean"])} for row in rows]
+
+
+def assert_the_summary_lists_what_endpoints_lists(storage: SQLStorage) -> None:
+    """Under their limits, the summary's endpoint lists hold what the uncut
+    lists hold: every endpoint per app (the called ones in the same order,
+    then the unused ones, the latest seen first) and the rows per version
+    that had calls. The histograms are read once, per version; the per-app
+    percentiles are the per-version histograms merged."""
     for since in (0, T, T + 250):
         for app in (None, "inventory"):
-            by_app, by_version = storage.endpoints_by_app_and_version(since, app=app)
-            assert by_version == storage.endpoints(since, by_version=True, app=app)
-            separately = storage.endpoints(since, app=app, by_app=True)
-            # Latency sums added in Python rather than by the database: equal but
-            # for the last bits of the mean.
-            assert [{**row, "mean": pytest.approx(row["mean"])} for row in by_app] == separately
+            summary = storage.endpoint_summary(since, app=app)
+            every = storage.endpoints(since, app=app, by_app=True)
+            used = [row for row in every if row["calls"]]
+            listed = [
+                {k: v for k, v in row.items() if k != "last_seen"} for row in summary["endpoints"]
+            ]
+            assert listed[: len(used)] == approx_mean(used)
+            unused = summary["endpoints"][len(used) :]
+            assert sorted(listed[len(used) :], key=str) == sorted(
+                (row for row in every if not row["calls"]), key=str
+            )
+            seen = [row["last_seen"] for row in unused]
+            assert seen == sorted(seen, reverse=True)
+            by_version = storage.endpoints(since, by_version=True, app=app)
+            assert summary["endpoints_by_version"] == approx_mean(
+                [row for row in by_version if row["calls"]]
+            )
+            assert summary["left_out"] == {"used": 0, "unused": 0, "by_version": 0}
 
 
-def test_both_endpoint_lists_from_one_read_of_the_scenario(scenario: SQLStorage) -> None:
-    assert_one_read_gives_the_two_lists(scenario)
-    by_app, _ = scenario.endpoints_by_app_and_version(0)
-    (get,) = [e for e in by_app if (e["method"], e["route"]) == ("GET", "/items/{item_id}")]
+def test_the_summary_lists_of_the_scenario(scenario: SQLStorage) -> None:
+    assert_the_summary_lists_what_endpoints_lists(scenario)
+    listed = scenario.endpoint_summary(T)["endpoints"]
+    (get,) = [e for e in listed if (e["method"], e["route"]) == ("GET", "/items/{item_id}")]
     assert get["deployments"] == 2  # DEP_A, which ran 1.0 and 1.1, once; and DEP_B
+    assert get["last_seen"] == T + 7300
+    assert [(e["route"], e["calls"], e["last_seen"]) for e in listed if not e["calls"]] == [
+        ("/old", 0, T - 5000)
+    ]
 
 
-def test_both_endpoint_lists_from_one_read_of_several_apps(apps: SQLStorage) -> None:
-    assert_one_read_gives_the_two_lists(apps)
+def test_the_summary_lists_of_several_apps(apps: SQLStorage) -> None:
+    assert_the_summary_lists_what_endpoints_lists(apps)
 
 
 def test_endpoints_by_version_are_per_app(apps: SQLStorage) -> None:
@@ -1078,6 +1107,173 @@ def test_an_instance_belongs_to_the_app_of_its_newest_report(storage: SQLStorage
     assert storage.platforms(0, app="inventory") == []
     # Its reports keep the name each one carried.
     assert [a["app_name"] for a in storage.apps(0)] == ["inventory", "renamed"]
+
+
+# -- the summary's endpoint lists are cut; the CSV's rows are streamed -------------------------
+
+
+def many_endpoints(
+    calls: dict[str, int], version: str, received_at: float, sequence: int = 0
+) -> StoredReport:
+    """A report of shop ``version`` in which each GET ``route`` of ``calls`` was
+    called its number of times (all in the 10 ms bucket): what an app without
+    route templates sends, a new hashed path for every one of its endpoints."""
+    payload = make_payload(
+        DEP_A,
+        A1,
+        app_traits(LINUX, "shop", version),
+        [("GET", route, 200, [0.010], 0, 10) for route in calls],
+        sequence=sequence,
+    )
+    for record in payload["batch"]["records"]:
+        count = calls[record["route"]]
+        (bucket,) = record["latency"]["histogram"]
+        record.update(count=count, response_bytes=10 * count)
+        record["latency"]["histogram"] = [[bucket[0], count]]
+    return stored(payload, received_at)
+
+
+def test_the_summary_lists_the_busiest_endpoints_and_says_how_many_it_left_out(
+    storage: SQLStorage,
+) -> None:
+    """More endpoints than the summary lists: each list is cut at its
+    documented limit in the database, the busiest (or the latest seen) first,
+    and says how many rows it left out."""
+    used = MAX_ENDPOINTS + 20
+    calls = {f"/used/{n:03d}": n + 1 for n in range(used)}  # 1 to 520 calls each
+    for version in range(5):
+        storage.store(many_endpoints(calls, f"1.{version}", T + 100 + version, sequence=version))
+    # 110 endpoints not called since T: ten per report, a report a minute.
+    for minute in range(11):
+        gone = {f"/gone/{minute:02d}/{n}": 1 for n in range(10)}
+        storage.store(many_endpoints(gone, "0.9", T - 6000 + 60 * minute, sequence=10 + minute))
+
+    summary = storage.endpoint_summary(T)
+    listed = summary["endpoints"]
+    assert len(listed) == MAX_ENDPOINTS + MAX_UNUSED_ENDPOINTS
+    busiest, unused = listed[:MAX_ENDPOINTS], listed[MAX_ENDPOINTS:]
+    kept = range(used - 1, used - 1 - MAX_ENDPOINTS, -1)  # 519 down to 20
+    assert [(e["route"], e["calls"]) for e in busiest] == [
+        (f"/used/{n:03d}", 5 * (n + 1)) for n in kept
+    ]
+    first = busiest[0]
+    assert (first["app_name"], first["deployments"], first["last_seen"]) == ("shop", 1, T + 104)
+    assert (first["p50"], first["p99"], first["response_bytes"]) == (
+        bucketed(0.010),
+        bucketed(0.010),
+        10 * 5 * used,
+    )
+    # Unused: the latest seen first (the ten latest reports), then by route.
+    assert [(e["route"], e["calls"], e["p50"]) for e in unused] == [
+        (f"/gone/{minute:02d}/{n}", 0, None) for minute in range(10, 0, -1) for n in range(10)
+    ]
+    assert unused[0]["last_seen"] == T - 6000 + 600
+    # Per version: the listed endpoints' rows, the busiest first, versions in order.
+    assert [
+        (r["route"], r["app_version"], r["calls"]) for r in summary["endpoints_by_version"]
+    ] == [
+        (f"/used/{n:03d}", f"1.{version}", n + 1)
+        for n in kept[: MAX_ENDPOINT_VERSIONS // 5]
+        for version in range(5)
+    ]
+    assert summary["left_out"] == {
+        "used": 20,
+        "unused": 10,
+        "by_version": 5 * MAX_ENDPOINTS - MAX_ENDPOINT_VERSIONS,
+    }
+    assert summary["limits"] == {
+        "used": MAX_ENDPOINTS,
+        "unused": MAX_UNUSED_ENDPOINTS,
+        "by_version": MAX_ENDPOINT_VERSIONS,
+    }
+    # One app's lists are cut alike; another app has none of these.
+    assert storage.endpoint_summary(T, app="shop")["left_out"] == summary["left_out"]
+    assert storage.endpoint_summary(T, app="other")["endpoints"] == []
+
+
+def test_each_cut_falls_where_the_uncut_lists_order_it(apps: SQLStorage) -> None:
+    """Endpoints that tie on calls are cut where the full lists order them (by
+    method, route, then app, unknown first; byte by byte): the same rows on
+    SQLite and PostgreSQL, and the start of what the CSV lists."""
+    old = make_payload(
+        DEP_A, A1, app_traits(LINUX, "inventory", "1.0"), [("PATCH", ITEM, 200, [0.01], 0, 0)]
+    )
+    apps.store(stored(old, T - 3000))
+    summary = apps.endpoint_summary(T, limits=EndpointLimits(used=2, unused=1, by_version=2))
+    assert [(e["app_name"], e["method"], e["route"], e["calls"]) for e in summary["endpoints"]] == [
+        ("inventory", "GET", ITEM, 3),
+        (None, "GET", "/", 1),  # before billing's GET and POST, each also called once
+        ("inventory", "PATCH", ITEM, 0),  # seen after inventory's DELETE
+    ]
+    every = [e for e in apps.endpoints(T, by_app=True) if e["calls"]]
+    listed = [{k: v for k, v in e.items() if k != "last_seen"} for e in summary["endpoints"]]
+    assert listed[:2] == approx_mean(every[:2])
+    assert [
+        (r["app_name"], r["route"], r["app_version"], r["calls"])
+        for r in summary["endpoints_by_version"]
+    ] == [("inventory", ITEM, "1.0", 2), (None, "/", "0.1", 1)]  # then inventory 1.1, left out
+    assert summary["left_out"] == {"used": 2, "unused": 1, "by_version": 1}
+
+
+@pytest.mark.parametrize("since", [0, T, T + 250])
+def test_the_exported_rows_are_every_endpoint_and_version(apps: SQLStorage, since: float) -> None:
+    """``iter_endpoints`` (what the CSV export writes) yields the rows of
+    ``endpoints(by_version=True)``, unused ones included, in the same order."""
+    for app in (None, "inventory", "nope"):
+        rows = apps.iter_endpoints(since, app=app)
+        assert list(rows) == apps.endpoints(since, by_version=True, app=app)
+
+
+def test_a_report_is_stored_while_an_export_is_half_read(
+    backend: Backend, storage: SQLStorage
+) -> None:
+    """An export read as slowly as a download holds nothing that storing a
+    report waits for (SQLite's shared connection and its lock, a slot of the
+    PostgreSQL pool), reads one snapshot from start to end, and lets it go
+    once closed."""
+    for part in range(3):
+        calls = {f"/r/{part}/{n:03d}": 1 + n for n in range(600)}
+        storage.store(many_endpoints(calls, "1.0", T + part, sequence=part))
+    done: list[BaseException | None] = []
+
+    def store_one() -> None:
+        try:
+            storage.store(many_endpoints({"/new": 5000}, "1.1", T + 10, sequence=9))
+            done.append(None)
+        except BaseException as error:
+            done.append(error)
+
+    # Closed whatever happens: an open read would keep the test's schema from being dropped.
+    with contextlib.closing(storage.iter_endpoints(0)) as export:
+        assert next(export)["route"] == "/r/0/599"  # the first of 1,800 rows, read in batches
+        writer = threading.Thread(target=store_one)
+        writer.start()
+        writer.join(timeout=30)
+        assert done == [None], "the report waited for the export, or failed"
+        rest = [row["route"] for row in export]
+    assert len(rest) == 3 * 600 - 1 and "/new" not in rest  # the snapshot it began with
+    with contextlib.closing(storage.iter_endpoints(0)) as export:
+        assert next(export)["route"] == "/new"
+        assert export_snapshots(backend, storage) == 1
+    assert export_snapshots(backend, storage) == 0
+
+
+def export_snapshots(backend: Backend, storage: SQLStorage) -> int:
+    """How many reads hold a snapshot of the database open: on SQLite, whether a
+    checkpoint cannot reset the WAL; on PostgreSQL, the other sessions with a
+    snapshot (this test's schema is the only one in use)."""
+    if backend.name == "sqlite":
+        with sqlite3.connect(storage.path, timeout=0.1) as connection:
+            busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return int(busy)
+    return storage._run(
+        lambda ex: int(
+            ex.query(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid()"
+            )[0][0]
+        )
+    )
 
 
 # -- concurrency -------------------------------------------------------------------------------
@@ -1610,25 +1806,30 @@ def _huge_call(count: int, status: int = 200, route: str = "/x") -> dict[str, An
 
 
 def _summed(storage: SQLStorage) -> dict[str, Any]:
-    """Every integer sum the dashboard reads of the one endpoint ``/x``: its
-    totals, its rows in both endpoint lists, and its histogram's bucket count."""
+    """Every integer sum the dashboard and the CSV read of the one endpoint
+    ``/x``: its totals, its rows in every endpoint list, and its histogram's
+    bucket count."""
     totals = storage.totals(since=0)
-    by_app, by_version = storage.endpoints_by_app_and_version(since=0)
+    summary = storage.endpoint_summary(since=0)
     rows = [
         *storage.endpoints(since=0),
         *storage.endpoints(since=0, by_version=True),
-        *by_app,
-        *by_version,
+        *summary["endpoints"],
+        *summary["endpoints_by_version"],
+        *storage.iter_endpoints(since=0),
     ]
     fields = ("calls", "errors", "request_bytes", "response_bytes")
     (endpoint,) = {tuple(row[field] for field in fields) for row in rows if row["route"] == "/x"}
-    bins = storage._run(lambda ex: storage._endpoint_rows(ex, 0.0, ("method", "route"), None))[2]
-    (bucket,) = [row for row in bins if row[1] == "/x"]
+    sql, params = storage._figures_sql(("method", "route"), 0.0, None)
+    (histogram,) = [
+        row[-1] for row in storage._run(lambda ex: ex.query(sql, params)) if row[1] == "/x"
+    ]
+    _, count = histogram.split(":")  # "index:count", one bucket
     return {
         "total requests": totals["requests"],
         "total errors": totals["errors"],
         **dict(zip(fields, endpoint, strict=True)),
-        "bucket": int(bucket[-1]),
+        "bucket": int(count),
     }
 
 

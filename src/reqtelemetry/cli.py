@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -301,24 +301,49 @@ def _export(args: argparse.Namespace) -> int:
     storage = _existing_database("export", args.db)
     if isinstance(storage, int):
         return storage
-    from .collector.export import endpoint_rows, since_days, write_csv
+    from .collector.export import endpoint_rows, since_days
+
+    rows = endpoint_rows(storage, since_days(args.days), app)
+    try:
+        return _write_export(args, rows)
+    finally:
+        rows.close()
+        storage.close()
+
+
+def _write_export(args: argparse.Namespace, rows: Generator[dict[str, Any], None, None]) -> int:
+    """Write the export's ``rows`` to ``args.output`` (stdout when absent or
+    ``-``), each as it is read, so that memory stays bounded however many.
+
+    The query runs (and fails) before the output is opened: a database that
+    cannot be read is one line and no file, as before the rows were streamed.
+    A failure later on, which cuts the rows short, is one line too, and the
+    unfinished file is removed rather than left to pass for the whole report.
+    """
+    from .collector.export import started, write_csv
     from .collector.storage import database_errors
 
     try:
-        rows = endpoint_rows(storage, since_days(args.days), app)
+        first_rows = started(rows)
     except database_errors() as error:
         return _database_failure("export", args.db, error)
-    finally:
-        storage.close()
-    if args.output in (None, "-"):
-        write_csv(rows, sys.stdout)
-        return 0
+    to_stdout = args.output in (None, "-")
     try:
+        if to_stdout:
+            write_csv(first_rows, sys.stdout)
+            return 0
         with open(args.output, "w", encoding="utf-8", newline="") as out:
-            write_csv(rows, out)
-    except OSError as error:
+            written = write_csv(first_rows, out)
+    except OSError as error:  # first: database_errors() holds OSError, for a missing file
+        if to_stdout:
+            raise
         return _fail("export", f"cannot write {args.output}: {error.strerror or error}")
-    print(f"# {len(rows)} rows written to {args.output}", file=sys.stderr)
+    except database_errors() as error:
+        if not to_stdout:
+            with contextlib.suppress(OSError):
+                os.remove(args.output)
+        return _database_failure("export", args.db, error)
+    print(f"# {written} rows written to {args.output}", file=sys.stderr)
     return 0
 
 

@@ -53,20 +53,21 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._version import __version__
 from ..transport import WAIT_HEADER
-from .export import app_filter, csv_text, endpoint_rows, since_days
+from .export import Started, app_filter, csv_chunks, endpoint_rows, since_days, started
 from .failures import LOG_EVERY, FailureLog
 from .refusals import WRITE_EVERY, RefusalTally, RefusalWriter
 from .settings import DAY_SECONDS, CollectorSettings
@@ -313,14 +314,16 @@ def create_app(
     async def export_csv(request: Request) -> Response:
         days = days_param(request)
         app_name = app_param(request)
+        chunks = csv_chunks(endpoint_rows(store, since_days(days), app_name))
         try:
-            rows = await run_in_threadpool(endpoint_rows, store, since_days(days), app_name)
+            # The query runs here, before the status is sent: a failing database is a 503.
+            chunks = await run_in_threadpool(started, chunks)
         except Exception as error:
             read_failures.failed("read the endpoint report", error)
             return _unavailable("the collector cannot read its database right now")
         read_failures.worked()
-        return Response(
-            csv_text(rows),
+        return StreamingResponse(
+            _streamed(chunks),
             media_type="text/csv; charset=utf-8",
             headers={
                 "Content-Disposition": 'attachment; filename="reqtelemetry-endpoints.csv"',
@@ -487,6 +490,30 @@ class Gate:
 class _Line:
     semaphore: asyncio.Semaphore
     waiting: int = 0
+
+
+async def _streamed(chunks: Started[str]) -> AsyncIterator[str]:
+    """``chunks`` (a CSV export being read), each read in a worker thread, and
+    their read ended (its database connection closed, in a worker thread too:
+    a read cut short may have to cancel a statement) however the download
+    ends: finished, failed, or given up by the client.
+
+    A database failure once the status is sent can only cut the download
+    short (the client sees an unfinished response, never a complete-looking
+    file): it is logged and raised again.
+    """
+    try:
+        while True:
+            chunk = await run_in_threadpool(next, chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+    except Exception:
+        logger.exception("the endpoint report failed while it was being sent")
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):  # even when the download was cancelled
+            await run_in_threadpool(chunks.close)
 
 
 def _busy() -> JSONResponse:

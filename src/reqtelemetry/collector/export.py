@@ -9,6 +9,11 @@ is what people read.
 Routes, app names and app versions come from clients, so a cell could start
 with ``=``, ``+``, ``-`` or ``@`` and be run as a formula by a spreadsheet (CSV
 injection); such cells are prefixed with ``'`` (OWASP's advice).
+
+Every row is exported, however many endpoints were ever stored (the dashboard
+lists the busiest only), so rows are written as the database hands them over
+(:meth:`~.storage.base.Storage.iter_endpoints`) and memory stays bounded
+whatever their number: never a list of every row, nor the whole text.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ import csv
 import io
 import math
 import time
-from collections.abc import Iterable
-from typing import IO, Any
+from collections.abc import Generator, Iterable, Iterator
+from typing import IO, Any, TypeVar
 
 from .storage.base import Storage
 
@@ -43,6 +48,10 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 DAY = 86400
 #: The longest app name a report can carry (the payload schema's ``short_text``).
 MAX_APP_NAME_LENGTH = 128
+#: Rows per piece of ``/export.csv`` sent at a time (see :func:`csv_chunks`).
+CHUNK_ROWS = 500
+
+T = TypeVar("T")
 
 
 def since_days(days: int, now: float | None = None) -> float:
@@ -70,10 +79,50 @@ def app_filter(value: str | None) -> str | None:
     )
 
 
-def endpoint_rows(storage: Storage, since: float, app: str | None = None) -> list[dict[str, Any]]:
+def endpoint_rows(
+    storage: Storage, since: float, app: str | None = None
+) -> Generator[dict[str, Any], None, None]:
     """The CSV rows (as dicts keyed by :data:`COLUMNS`) of every app, or of ``app``
-    only; most calls first."""
-    return [_row(endpoint) for endpoint in storage.endpoints(since, by_version=True, app=app)]
+    only; most calls first, one at a time as they are read. Close the
+    generator (or read it to the end) to end the read."""
+    endpoints = storage.iter_endpoints(since, app=app)
+    try:
+        for endpoint in endpoints:
+            yield _row(endpoint)
+    finally:
+        endpoints.close()  # at once, not whenever the reader is collected
+
+
+class Started(Iterator[T]):
+    """An export's items with the first one read already (see :func:`started`),
+    which closes the items' read when closed, read or not."""
+
+    def __init__(self, items: Generator[T, None, None]) -> None:
+        self._items = items
+        self._first: list[T] = []
+        for first in items:
+            self._first.append(first)
+            break
+
+    def __next__(self) -> T:
+        if self._first:
+            return self._first.pop()
+        return next(self._items)
+
+    def close(self) -> None:
+        """End the read (its database connection) now, not when collected."""
+        self._items.close()
+
+
+def started(items: Generator[T, None, None]) -> Started[T]:
+    """``items`` with its first item read now.
+
+    Why: the first item of an export is where its query runs, and fails when
+    the database does. Read before anything is sent (an HTTP status, a file
+    opened for writing), a failure can still be said as one (a ``503``, one
+    line and no file); after that, it can only cut the output short.
+    """
+    return Started(items)
 
 
 def _row(endpoint: dict[str, Any]) -> dict[str, Any]:
@@ -102,18 +151,52 @@ def _round(value: Any, digits: int) -> float | None:
     return round(number, digits) if math.isfinite(number) else None
 
 
-def write_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> None:
-    """Write a header and ``rows``; None becomes an empty cell."""
+def write_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
+    """Write a header and ``rows``, each as it comes; None becomes an empty cell.
+    Returns the number of rows written."""
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(COLUMNS)
+    written = 0
     for row in rows:
-        writer.writerow([_cell(row.get(column)) for column in COLUMNS])
+        writer.writerow(_cells(row))
+        written += 1
+    return written
+
+
+def csv_chunks(
+    rows: Iterable[dict[str, Any]], rows_per_chunk: int = CHUNK_ROWS
+) -> Generator[str, None, None]:
+    """The text of :func:`write_csv`, a chunk of ``rows_per_chunk`` rows at a time
+    (the header goes with the first): what ``/export.csv`` streams.
+
+    Why chunks rather than a line per row: each chunk is a trip through a
+    worker thread and a write to the socket, so a row at a time would cost
+    more than the row; a chunk of rows is a few dozen KiB.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    pending = 0
+    for row in rows:
+        writer.writerow(_cells(row))
+        pending += 1
+        if pending >= rows_per_chunk:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            pending = 0
+    if buffer.tell():
+        yield buffer.getvalue()
 
 
 def csv_text(rows: Iterable[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     write_csv(rows, buffer)
     return buffer.getvalue()
+
+
+def _cells(row: dict[str, Any]) -> list[Any]:
+    return [_cell(row.get(column)) for column in COLUMNS]
 
 
 def _cell(value: Any) -> Any:

@@ -9,6 +9,10 @@ the page only colours it and a test can check the arithmetic.
 One collector may serve several apps (``traits.app_name``). Every section can
 be limited to one of them; the list of apps seen in the window (``apps``) is
 always complete, so that the page can offer the others.
+
+The endpoint lists are cut (see ``storage.base.MAX_ENDPOINTS``) and say how
+many rows each cut left out: the document, and what it costs to build, must
+not grow with every endpoint ever stored. The CSV export has them all.
 """
 
 from __future__ import annotations
@@ -97,8 +101,9 @@ def build_summary(
     totals["error_rate"] = (totals.get("errors") or 0) / requests if requests else 0.0
     bucket = bucket_seconds(days)
     # Per app: an endpoint one app stopped serving is unused, whatever another
-    # app's endpoint of the same name does. Both lists from one read.
-    by_app, by_version = storage.endpoints_by_app_and_version(since, app=app)
+    # app's endpoint of the same name does. Each list cut in the database (the
+    # CSV export has every row); the histograms read once for both.
+    endpoints = storage.endpoint_summary(since, app=app)
     summary = {
         "generated_at": now,
         "days": days,
@@ -110,8 +115,10 @@ def build_summary(
         "totals": totals,
         "activity": fill_activity(storage.activity(since, bucket, app=app), since, now, bucket),
         "versions": storage.versions(since, app=app),
-        "endpoints": by_app,
-        "endpoints_by_version": with_previous_version(by_version),
+        "endpoints": endpoints["endpoints"],
+        "endpoints_by_version": with_previous_version(endpoints["endpoints_by_version"]),
+        "endpoints_left_out": endpoints["left_out"],
+        "endpoint_limits": endpoints["limits"],
         "platforms": storage.platforms(since, app=app),
         "refusals": storage.refusals() if refusals is None else dict(refusals),
         "metrics": storage.app_metrics(since, app=app),
@@ -242,6 +249,8 @@ def with_previous_version(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ``0.25`` is 25 % slower) to each row, against the same endpoint's nearest
     older version of the same app that had calls, older by :func:`version_key`
     (``2.0.0`` against ``2.0.0-rc.1``, not ``1.9.0``). Rows keep their order.
+    Only ``rows`` are compared: where the summary's list was cut, a version
+    with too few calls to be listed is no row's previous version.
 
     Why the app is part of the endpoint: two apps behind one collector number
     their releases independently, so billing's 1.0 is not inventory's 1.1's

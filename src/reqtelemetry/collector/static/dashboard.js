@@ -348,7 +348,10 @@
         "data-app": e.app_name, class: unused ? "unused" : null });
       cell(tr, e.method);
       var route = cell(tr, e.route, { class: "route" });
-      if (unused) route.appendChild(el("span", { class: "badge", "data-testid": "unused-badge" }, "unused"));
+      if (unused) {
+        route.appendChild(el("span", { class: "badge", "data-testid": "unused-badge",
+          title: e.last_seen ? "last seen " + fmtTime(e.last_seen, false) : null }, "unused"));
+      }
       if (named) cell(tr, label(e.app_name), { "data-testid": "endpoint-app" });
       cell(tr, fmtInt(e.calls), { class: "num", "data-testid": "endpoint-calls", "data-value": e.calls });
       cell(tr, fmtInt(e.errors), { class: "num", "data-testid": "endpoint-errors", "data-value": e.errors });
@@ -406,6 +409,46 @@
       }
       body.appendChild(tr);
     });
+  }
+
+  function plural(count, one, many) {
+    return fmtInt(count) + " " + (count === 1 ? one : many);
+  }
+
+  /* Says what the collector left out of its endpoint lists (it lists the busiest
+     only, however many endpoints were ever stored); "" when nothing was. */
+  function endpointsCap(leftOut, limits) {
+    var cut = [];
+    if (leftOut.used > 0) {
+      cut.push(plural(leftOut.used, "more endpoint", "more endpoints") + " not shown (the " +
+        fmtInt(limits.used) + " with the most calls are)");
+    }
+    if (leftOut.unused > 0) {
+      cut.push(plural(leftOut.unused, "more unused endpoint", "more unused endpoints") +
+        " not shown (the " + fmtInt(limits.unused) + " seen last are)");
+    }
+    return cut.length ? cut.join("; ") + ". The CSV export has them all." : "";
+  }
+
+  function versionsCap(leftOut, limits) {
+    if (!(leftOut.by_version > 0)) return "";
+    return plural(leftOut.by_version, "more endpoint version", "more endpoint versions") +
+      " not shown (of the endpoints above, the " + fmtInt(limits.by_version) +
+      " with the most calls are). The CSV export has them all.";
+  }
+
+  function renderCap(id, text, count) {
+    var node = document.getElementById(id);
+    node.textContent = text;
+    node.setAttribute("data-value", String(count || 0));
+    showIf(node, text !== "");
+  }
+
+  function renderCaps(leftOut, limits) {
+    leftOut = leftOut || {};
+    limits = limits || {};
+    renderCap("endpoints-cap", endpointsCap(leftOut, limits), (leftOut.used || 0) + (leftOut.unused || 0));
+    renderCap("by-version-cap", versionsCap(leftOut, limits), leftOut.by_version);
   }
 
   function countBy(platforms, key) {
@@ -541,6 +584,7 @@
     renderVersions(summary.versions || []);
     renderEndpoints(summary.endpoints || []);
     renderByVersion(summary.endpoints_by_version || []);
+    renderCaps(summary.endpoints_left_out, summary.endpoint_limits);
     renderPlatforms(summary.platforms || []);
     renderRefusals(summary.refusals || {});
     renderMetrics(summary.metrics);

@@ -15,6 +15,7 @@ the stored aggregates (see :mod:`reqtelemetry.histogram`).
 from __future__ import annotations
 
 import abc
+import collections.abc
 import threading
 import time
 from collections.abc import Mapping
@@ -78,6 +79,32 @@ class Pruned:
     reports: int
     instances: int
     deployments: int
+
+
+#: The dashboard's endpoint lists are cut, as its app metrics are, for the same
+#: reason: nothing bounds the endpoints seen across reports (an app without
+#: route templates sends hashed paths, new on every instance, up to
+#: ``max_keys`` per flush), and a summary that listed them all grew without
+#: bound in time, memory and JSON (200,000 routes: 27 s, 800 MB, 100 MB of
+#: JSON). The CSV export lists them all. The endpoints called in the window,
+#: the busiest first:
+MAX_ENDPOINTS = 500
+#: The endpoints seen before the window only ("unused"), the latest seen first:
+MAX_UNUSED_ENDPOINTS = 100
+#: The rows per endpoint and app version (of the endpoints listed), the busiest first:
+MAX_ENDPOINT_VERSIONS = 2000
+
+
+@dataclass(frozen=True)
+class EndpointLimits:
+    """How long each of the summary's endpoint lists may be (see :data:`MAX_ENDPOINTS`)."""
+
+    used: int = MAX_ENDPOINTS
+    unused: int = MAX_UNUSED_ENDPOINTS
+    by_version: int = MAX_ENDPOINT_VERSIONS
+
+    def as_dict(self) -> dict[str, int]:
+        return {"used": self.used, "unused": self.unused, "by_version": self.by_version}
 
 
 class Storage(abc.ABC):
@@ -170,19 +197,34 @@ class Storage(abc.ABC):
         percentiles and ``mean`` are None. ``app_name`` and ``app_version`` are None
         where the instance did not say. Most calls first."""
 
-    def endpoints_by_app_and_version(
+    @abc.abstractmethod
+    def iter_endpoints(
         self, since: float, app: str | None = None
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """``endpoints(since, app=app, by_app=True)`` and ``endpoints(since,
-        by_version=True, app=app)``, the two lists the dashboard shows.
+    ) -> collections.abc.Generator[dict[str, Any], None, None]:
+        """``endpoints(since, by_version=True, app=app)`` (the CSV export's rows),
+        yielded as they are read, so that memory stays bounded whatever the
+        number of endpoints. The read has a connection of its own, and holds
+        nothing that storing a report waits for, however slowly it is
+        consumed; close the generator (or read it to the end) to end it."""
 
-        Why one call: reading the histograms is most of what the summary costs,
-        and a backend can read them once for both (SQL storage does).
-        """
-        return (
-            self.endpoints(since, app=app, by_app=True),
-            self.endpoints(since, by_version=True, app=app),
-        )
+    @abc.abstractmethod
+    def endpoint_summary(
+        self, since: float, app: str | None = None, limits: EndpointLimits | None = None
+    ) -> dict[str, Any]:
+        """The dashboard's endpoint lists since ``since`` (of ``app``, when given),
+        each cut at its limit (:class:`EndpointLimits`; the defaults when None):
+
+        ``{"endpoints": [...], "endpoints_by_version": [...], "left_out":
+        {"used", "unused", "by_version"}, "limits": {"used", "unused", "by_version"}}``.
+
+        ``endpoints``: per app and endpoint (the rows of ``endpoints(since,
+        by_app=True)``, with ``last_seen``), first those called in the window,
+        the most calls first, at most ``limits.used``; then those seen before
+        the window only (``calls`` 0), the latest seen first, at most
+        ``limits.unused``. ``endpoints_by_version``: the rows of
+        ``endpoints(since, by_version=True)`` with calls, of the endpoints
+        listed, the most calls first, at most ``limits.by_version``.
+        ``left_out`` says how many rows each cut left out."""
 
     @abc.abstractmethod
     def platforms(self, since: float, app: str | None = None) -> list[dict[str, Any]]:

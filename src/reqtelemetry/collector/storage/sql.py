@@ -6,8 +6,10 @@ assertions against both. The SQL here is written once, with ``?`` placeholders
 and a handful of dialect fragments (how to expand a JSON array, how to take the
 larger of two values); each backend supplies those, its connection handling and
 its migration steps. Everything that is easier to get identical in Python than
-in two SQL dialects (sorting with NULLs, rates, percentiles from merged
-histograms) happens in Python, on results already aggregated by the database.
+in two SQL dialects (rates, percentiles from merged histograms, most sorting)
+happens in Python, on results already aggregated by the database. A list cut
+or streamed (the summary's endpoints, the CSV's rows) is ordered by the
+database instead, in an order spelled out alike for both (``_endpoint_order``).
 
 A backend implements :meth:`SQLStorage._run`: call ``work(executor)`` inside
 one transaction, commit if it returns, roll back if it raises; and, given a
@@ -21,12 +23,19 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ...histogram import Histogram
-from .base import Pruned, ReplayError, Storage, StoredReport, UnstorableReport
+from .base import (
+    EndpointLimits,
+    Pruned,
+    ReplayError,
+    Storage,
+    StoredReport,
+    UnstorableReport,
+)
 
 logger = logging.getLogger("reqtelemetry.collector")
 
@@ -44,6 +53,9 @@ MAX_REASON_LENGTH = 64
 #: App metric names the summary lists per kind. Clients send at most 100 per
 #: kind in one report, but nothing bounds the names seen across reports.
 MAX_METRIC_NAMES = 100
+#: Rows fetched at a time by a streamed read (the CSV export, the summary's
+#: histograms): what a read holds in memory, whatever the number of rows.
+FETCH_ROWS = 1000
 
 
 class SchemaMismatch(Exception):
@@ -67,6 +79,13 @@ class Executor(Protocol):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per parameter row."""
 
+    def batches(self, sql: str, params: Sequence[Any], size: int) -> Iterator[list[Row]]:
+        """The rows of a statement, ``size`` at a time, as the database hands them
+        over (row by row from the server on PostgreSQL): what a result too large to
+        hold at once is read with. Its ``SUM`` aggregates must be done by
+        its first batch (an aggregate ``ORDER BY`` is), so that SQLite's exact
+        sum can take over where one overflows."""
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -86,8 +105,9 @@ class Dialect:
     least: str
     #: A placeholder for a JSON document (PostgreSQL casts it to jsonb).
     json_param: str
-    #: FROM clause expanding each aggregate's histogram pairs into rows ``b``.
-    bins_source: str
+    #: Joined after ``aggregates AS a``: each aggregate's histogram pairs,
+    #: expanded into rows ``b``.
+    expand_bins: str
     #: The bucket index and count of one expanded pair.
     bin_index: str
     bin_count: str
@@ -110,6 +130,23 @@ class Dialect:
     #: as Python does: PostgreSQL's default collation follows the locale,
     #: SQLite's is already bytewise.
     bytewise: str = ""
+    #: The aggregate joining texts with a separator (``group_concat`` in SQLite).
+    join_text: str = "string_agg"
+    #: After ``aggregates AS a`` read since a time, of every app or of one: the
+    #: index to read them by. SQLite names it: without statistics (the
+    #: collector never gathers them), its planner read every aggregate ever
+    #: kept through the endpoint index to save a sort, 2 to 4 times slower
+    #: than the window's rows by time. PostgreSQL's planner has statistics.
+    by_time: str = ""
+    by_app_and_time: str = ""
+
+
+#: An endpoint as a row value that never holds NULL (the columns of ``{0}``),
+#: so that ``IN`` finds an app without a name too. Why ``IN`` rather than a
+#: join on ``IS NOT DISTINCT FROM``: PostgreSQL cannot hash that, and SQLite,
+#: without statistics, drove such a join from the endpoints and read the
+#: window's rows once per endpoint listed (11 s for 500 of 100,000).
+_ENDPOINT_KEY = "{0}method, {0}route, COALESCE({0}app_name, ''), {0}app_name IS NULL"
 
 
 def _int(value: Any) -> int:
@@ -591,6 +628,22 @@ class SQLStorage(Storage):
         )
         return result
 
+    # -- endpoints: the summary's lists (cut) and the CSV's rows (all, streamed) -------
+
+    @abc.abstractmethod
+    def _stream(
+        self, sql: str, params: Sequence[Any], size: int
+    ) -> Generator[list[Row], None, None]:
+        """The rows of one read-only statement, ``size`` at a time, read
+        on a connection of the read's own, in a transaction of its own.
+
+        Why not :meth:`_run`: a download is as slow as the client fetching it,
+        and must hold neither what :meth:`_run` shares with the reports being
+        stored (SQLite's one connection and its lock, a slot of PostgreSQL's
+        pool) nor all of its rows at once. The connection is closed when the
+        generator ends, is closed, or is collected.
+        """
+
     def endpoints(
         self,
         since: float,
@@ -605,97 +658,298 @@ class SQLStorage(Storage):
         ``error_rate``, percentiles and ``mean``. ``errors`` counts status >=
         500. Percentiles come from the endpoint's histograms merged across
         instances and reports (the database adds up the counts per bucket;
-        Python reads the quantiles off them). Three queries, whatever the
-        number of endpoints.
+        Python reads the quantiles off them). One query, whatever the number
+        of endpoints; for a list too long to hold, see :meth:`iter_endpoints`.
         """
-        columns: tuple[str, ...] = ("method", "route")
-        if by_app or by_version:
-            columns += ("app_name",)
-        if by_version:
-            columns += ("app_version",)
-        known, sums, bins = self._run(
-            lambda ex: self._endpoint_rows(ex, float(since), columns, app)
-        )
-        return _endpoint_entries(columns, known, sums, bins)
+        columns = _endpoint_columns(by_version=by_version, by_app=by_app)
+        sql, params = self._every_endpoint_sql(float(since), columns, app)
 
-    def endpoints_by_app_and_version(
+        def work(ex: Executor) -> list[dict[str, Any]]:
+            return [
+                _endpoint_entry(columns, row)
+                for batch in ex.batches(sql, params, FETCH_ROWS)
+                for row in batch
+            ]
+
+        return self._run(work)
+
+    def iter_endpoints(
         self, since: float, app: str | None = None
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """``endpoints(by_app=True)`` and ``endpoints(by_version=True)`` from one
-        read of the histograms (see :meth:`Storage.endpoints_by_app_and_version`).
-
-        The rows are read per version, and added up per app here: counts, sums
-        and histogram buckets add up. Distinct deployments do not (one that ran
-        two versions would count twice), so they are counted per app in one
-        more query, which reads no histogram.
+    ) -> Generator[dict[str, Any], None, None]:
+        """``endpoints(since, by_version=True, app=app)``, one row at a time as the
+        database hands them over (see :meth:`Storage.iter_endpoints`): the same
+        query, read through :meth:`_stream`, so that an export holds
+        :data:`FETCH_ROWS` rows at most, and never what report writes wait for.
         """
+        columns = _endpoint_columns(by_version=True, by_app=True)
+        sql, params = self._every_endpoint_sql(float(since), columns, app)
+        batches = self._stream(sql, params, FETCH_ROWS)
+        try:
+            for batch in batches:
+                for row in batch:
+                    yield _endpoint_entry(columns, row)
+        finally:
+            batches.close()  # the read's connection, at once
+
+    def endpoint_summary(
+        self,
+        since: float,
+        app: str | None = None,
+        limits: EndpointLimits | None = None,
+    ) -> dict[str, Any]:
+        """The dashboard's endpoint lists, each cut in the database; see
+        :meth:`Storage.endpoint_summary`.
+
+        Three statements in one transaction, none of which hands Python more
+        rows than a limit at once, whatever the number of endpoints stored:
+
+        1. the endpoints called in the window, per app, the busiest first, cut
+           at ``limits.used``, with every figure but the percentiles (no
+           histogram is read) and how many there were;
+        2. the endpoints seen before the window only, the latest seen first,
+           cut at ``limits.unused``, and how many there were (when there are
+           any: see :meth:`_unused_rows`);
+        3. the rows per app version of the endpoints of 1, with their
+           histograms (see :meth:`_versions_of`).
+
+        1 costs the database a grouping of the window's rows, 2 one of every
+        row kept (when some endpoint is unused), and neither reads JSON; 3
+        reads the histograms of the listed endpoints' rows in the window, once
+        for both lists.
+        """
+        limits = limits or EndpointLimits()
         since = float(since)
-        fine = ("method", "route", "app_name", "app_version")
-        coarse = ("method", "route", "app_name")
-        key = ", ".join(coarse)
-        only, app_params = _app_filter(app)
+        busiest_sql, busiest_params = self._busiest_endpoints_sql(since, app, limits.used)
+        unused_sql, unused_params = self._unused_endpoints_sql(since, app, limits.unused)
+        columns = _endpoint_columns(by_version=False, by_app=True)
 
-        def work(ex: Executor) -> tuple[list[Row], list[Row], list[Row], list[Row]]:
-            known, sums, bins = self._endpoint_rows(ex, since, fine, app)
-            deployments = ex.query(
-                f"SELECT {key}, COUNT(DISTINCT deployment_id) FROM aggregates"
-                f" WHERE received_at >= ?{only} GROUP BY {key}",
-                (since, *app_params),
-            )
-            return known, sums, bins, deployments
+        def work(ex: Executor) -> dict[str, Any]:
+            used_rows = ex.query(busiest_sql, busiest_params)
+            unused_rows = self._unused_rows(ex, app, _counted(used_rows), unused_sql, unused_params)
+            histograms = {tuple(row[:3]): Histogram() for row in used_rows}
+            by_version, versions = self._versions_of(ex, since, app, histograms, limits.by_version)
+            used = [_used_endpoint(row, histograms[tuple(row[:3])]) for row in used_rows]
+            unused = [_unused_endpoint(columns, row) for row in unused_rows]
+            return {
+                "endpoints": used + unused,
+                "endpoints_by_version": by_version,
+                "left_out": {
+                    "used": _counted(used_rows) - len(used),
+                    "unused": _counted(unused_rows) - len(unused),
+                    "by_version": versions - len(by_version),
+                },
+                "limits": limits.as_dict(),
+            }
 
-        known, sums, bins, deployments = self._run(work)
-        by_version = _endpoint_entries(fine, known, sums, bins)
-        width = len(coarse)
-        added: dict[Row, list[Any]] = {}
-        for row in sums:
-            total = added.setdefault(tuple(row[:width]), [0, 0, 0.0, 0, 0])
-            calls, errors, latency_sum, request_bytes, response_bytes = row[width + 1 : width + 6]
-            total[0] += _int(calls)
-            total[1] += _int(errors)
-            total[2] += _float(latency_sum)
-            total[3] += _int(request_bytes)
-            total[4] += _int(response_bytes)
-        counted = {tuple(row[:width]): _int(row[width]) for row in deployments}
-        buckets: dict[tuple[Row, int], int] = {}
-        for row in bins:
-            bucket = (tuple(row[:width]), _int(row[width + 1]))
-            buckets[bucket] = buckets.get(bucket, 0) + _int(row[width + 2])
-        by_app = _endpoint_entries(
-            coarse,
-            [tuple(row[:width]) for row in known],
-            [(*endpoint, *total, counted.get(endpoint, 0)) for endpoint, total in added.items()],
-            [(*endpoint, index, count) for (endpoint, index), count in buckets.items()],
+        return self._run(work)
+
+    def _unused_rows(
+        self, ex: Executor, app: str | None, used: int, sql: str, params: Sequence[Any]
+    ) -> list[Row]:
+        """The rows of the unused endpoints' statement (``sql``), run only when
+        the endpoints ever stored (of ``app``) outnumber the ``used`` ones.
+
+        Why count first: an unused endpoint's last time is read from every
+        row kept (no index holds it), while the endpoints themselves are
+        counted from an index alone; and most of the time each was called
+        in the window, so there is nothing to list.
+        """
+        only = " WHERE app_name = ?" if app is not None else ""
+        known = ex.query(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT method, route, app_name"
+            f" FROM aggregates{only}) AS k",
+            (app,) if app is not None else (),
         )
-        return by_app, by_version
+        if _int(known[0][0]) <= used:
+            return []
+        return ex.query(sql, params)
 
-    def _endpoint_rows(
-        self, ex: Executor, since: float, columns: tuple[str, ...], app: str | None
-    ) -> tuple[list[Row], list[Row], list[Row]]:
-        """Per ``columns``: every endpoint ever stored (by ``app``, when given),
-        the sums since ``since``, and the histogram buckets since ``since``."""
+    def _versions_of(
+        self,
+        ex: Executor,
+        since: float,
+        app: str | None,
+        histograms: dict[Row, Histogram],
+        limit: int,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The rows per app version since ``since`` of the endpoints ``histograms``
+        holds (``method, route, app_name``), the busiest first, at most
+        ``limit`` of them; and how many there were. Every row's histogram is
+        added to its endpoint's in ``histograms`` on the way.
+
+        The one read of histograms the summary makes, a batch at a time: a
+        batch's rows are added up and let go, but for the first ``limit``.
+
+        Why the endpoints as parameters rather than statement 1 again, as a
+        CTE: that would group the window's rows once more, and SQLite then
+        planned to read each listed endpoint's rows of all time. (4
+        parameters an endpoint: the 500 listed take 2,000, where SQLite since
+        3.32 allows 32,766, and this code needs 3.35 for ``RETURNING``.)
+        """
+        if not histograms:
+            return [], 0
+        fine = _endpoint_columns(by_version=True, by_app=True)
+        sql, params = self._figures_sql(fine, since, app, endpoints=list(histograms))
+        sql += f" ORDER BY calls DESC, {self._endpoint_order(fine)}"
+        rows: list[dict[str, Any]] = []
+        counted = 0
+        for batch in ex.batches(sql, params, FETCH_ROWS):
+            for row in batch:
+                counted += 1
+                pairs = _bin_pairs(row[-1])
+                histograms[tuple(row[:3])].merge_bins(pairs)
+                if len(rows) < limit:
+                    rows.append(_endpoint_entry(fine, row, pairs))
+        return rows, counted
+
+    def _endpoint_order(self, columns: tuple[str, ...]) -> str:
+        """The order of endpoint rows of the same figure: by method and route,
+        then app name and version with unknown (NULL) first, byte by byte.
+
+        Why spelled out: a cut must fall at the same row on both backends,
+        and the rows must come in the order Python sorted them in before the
+        database cut them (so an export is what it was).
+        """
+        b = self.dialect.bytewise
+        terms = []
+        for column in columns:
+            if column in ("app_name", "app_version"):
+                terms.append(f"{column} IS NOT NULL, {column}{b}")
+            else:
+                terms.append(f"{column}{b}")
+        return ", ".join(terms)
+
+    def _figures_sql(
+        self,
+        columns: tuple[str, ...],
+        since: float,
+        app: str | None,
+        *,
+        older: bool = False,
+        endpoints: Sequence[Row] | None = None,
+    ) -> tuple[str, list[Any]]:
+        """One grouped row per ``columns`` of the aggregates since ``since`` (of
+        ``app``, when given): the key, calls, errors, latency sum, request and
+        response bytes, distinct deployments, the last time seen, and the
+        histogram as text (``index:count`` pairs, comma-separated; NULL when
+        empty). Not ordered.
+
+        ``older``: a row of zeros, too, for each key seen before ``since`` only
+        (its aggregates read for their key and time alone). ``endpoints``: only
+        the rows of these (``method, route, app_name``), found by
+        :data:`_ENDPOINT_KEY`.
+
+        Why one grouping of the rows of two groupings (each key's sums, and
+        its histogram buckets added up per bucket) rather than two result
+        sets: each key's figures and histogram arrive together, so a reader
+        can compute a row's percentiles and let it go, instead of holding
+        every histogram until the sums arrive. Why the sums grouped first:
+        the last grouping then sorts a few rows per key, not every aggregate
+        (on PostgreSQL, half a million of them spilled to disk).
+        """
         d = self.dialect
-        key = ", ".join(columns)
+        only, app_params = _app_filter(app, "a.app_name")
         a_key = ", ".join(f"a.{column}" for column in columns)
+        key = ", ".join(columns)
+        if endpoints is not None:
+            listed = ", ".join("(?, ?, ?, ?)" for _ in endpoints)
+            only += f" AND ({_ENDPOINT_KEY.format('a.')}) IN (VALUES {listed})"
+            app_params = (
+                *app_params,
+                *(
+                    value
+                    for method, route, app_name in endpoints
+                    for value in (method, route, app_name or "", app_name is None)
+                ),
+            )
+        source = self._aggregates(app)
+        # Per key and deployment first, then per key: the deployments are
+        # counted by a second grouping rather than COUNT(DISTINCT), which
+        # makes PostgreSQL sort every aggregate of the window.
+        per_deployment = (
+            f"SELECT {a_key}, {d.sum}(a.count) AS n_calls,"
+            f" {d.sum}(CASE WHEN a.status >= 500 THEN a.count ELSE 0 END) AS n_errors,"
+            f" {d.float_sum}(a.latency_sum) AS n_latency, {d.sum}(a.request_bytes) AS n_in,"
+            f" {d.sum}(a.response_bytes) AS n_out, MAX(a.received_at) AS n_seen"
+            f" FROM {source} WHERE a.received_at >= ?{only} GROUP BY {a_key}, a.deployment_id"
+        )
+        branches = [
+            f"SELECT {key}, {d.sum}(n_calls) AS n_calls, {d.sum}(n_errors) AS n_errors,"
+            f" {d.float_sum}(n_latency) AS n_latency, {d.sum}(n_in) AS n_in,"
+            f" {d.sum}(n_out) AS n_out, COUNT(*) AS n_deployments, MAX(n_seen) AS n_seen,"
+            f" NULL AS n_bins FROM ({per_deployment}) AS w GROUP BY {key}",
+            f"SELECT {key}, 0, 0, 0.0, 0, 0, 0, NULL,"
+            " CAST(bin AS TEXT) || ':' || CAST(n AS TEXT)"
+            f" FROM (SELECT {a_key}, {d.bin_index} AS bin, {d.sum}({d.bin_count}) AS n"
+            f" FROM {source}{d.expand_bins} WHERE a.received_at >= ?{only}"
+            f" GROUP BY {a_key}, {d.bin_index}) AS g",
+        ]
+        params = [since, *app_params, since, *app_params]
+        if older:
+            branches.append(
+                f"SELECT {a_key}, 0, 0, 0.0, 0, 0, 0, MAX(a.received_at), NULL"
+                f" FROM {source} WHERE a.received_at < ?{only} GROUP BY {a_key}"
+            )
+            params += [since, *app_params]
+        # Each key's window figures are one row of the first branch: the distinct
+        # deployments are taken as they are (MAX), the rest added to the others' zeros.
+        sql = (
+            f"SELECT {key}, {d.sum}(n_calls) AS calls, {d.sum}(n_errors),"
+            f" {d.float_sum}(n_latency), {d.sum}(n_in), {d.sum}(n_out),"
+            f" MAX(n_deployments), MAX(n_seen), {d.join_text}(n_bins, ',')"
+            f" FROM ({' UNION ALL '.join(branches)}) AS f GROUP BY {key}"
+        )
+        return sql, params
+
+    def _aggregates(self, app: str | None) -> str:
+        """``aggregates AS a``, read by time (of ``app``, when given); see
+        :attr:`Dialect.by_time`."""
+        d = self.dialect
+        return "aggregates AS a" + (d.by_time if app is None else d.by_app_and_time)
+
+    def _every_endpoint_sql(
+        self, since: float, columns: tuple[str, ...], app: str | None
+    ) -> tuple[str, list[Any]]:
+        """Every endpoint ever stored (of ``app``, when given), most calls first."""
+        sql, params = self._figures_sql(columns, since, app, older=True)
+        return sql + f" ORDER BY calls DESC, {self._endpoint_order(columns)}", params
+
+    def _busiest_endpoints_sql(
+        self, since: float, app: str | None, limit: int
+    ) -> tuple[str, list[Any]]:
+        """The endpoints (per app) called since ``since``, the busiest first, at
+        most ``limit``: ``method, route, app_name, calls, errors, latency_sum,
+        request_bytes, response_bytes, deployments, last_seen, endpoints`` (how
+        many there were before the cut)."""
+        d = self.dialect
         only, app_params = _app_filter(app)
-        a_only, _ = _app_filter(app, "a.app_name")
-        ever = "" if app is None else " WHERE app_name = ?"
-        known = ex.query(f"SELECT DISTINCT {key} FROM aggregates{ever}", app_params)
-        sums = ex.query(
-            f"SELECT {key}, {d.sum}(count),"
+        sql = (
+            f"SELECT method, route, app_name, {d.sum}(count) AS calls,"
             f" {d.sum}(CASE WHEN status >= 500 THEN count ELSE 0 END),"
             f" {d.float_sum}(latency_sum), {d.sum}(request_bytes), {d.sum}(response_bytes),"
-            " COUNT(DISTINCT deployment_id)"
-            f" FROM aggregates WHERE received_at >= ?{only} GROUP BY {key}",
-            (since, *app_params),
+            " COUNT(DISTINCT deployment_id), MAX(received_at), COUNT(*) OVER () AS endpoints"
+            f" FROM {self._aggregates(app)} WHERE received_at >= ?{only}"
+            " GROUP BY method, route, app_name"
+            f" ORDER BY {d.sum}(count) DESC,"
+            f" {self._endpoint_order(('method', 'route', 'app_name'))} LIMIT ?"
         )
-        bins = ex.query(
-            f"SELECT {a_key}, {d.bin_index} AS bin_index, {d.sum}({d.bin_count})"
-            f" FROM {d.bins_source} WHERE a.received_at >= ?{a_only}"
-            f" GROUP BY {a_key}, bin_index",
-            (since, *app_params),
+        return sql, [since, *app_params, int(limit)]
+
+    def _unused_endpoints_sql(
+        self, since: float, app: str | None, limit: int
+    ) -> tuple[str, list[Any]]:
+        """The endpoints (per app) seen before ``since`` and not since, the latest
+        seen first, at most ``limit``: ``method, route, app_name, last_seen,
+        endpoints`` (how many there were before the cut)."""
+        where, app_params = ("WHERE app_name = ?", (app,)) if app is not None else ("", ())
+        order = self._endpoint_order(("method", "route", "app_name"))
+        sql = (
+            "SELECT method, route, app_name, MAX(received_at) AS last_seen,"
+            f" COUNT(*) OVER () AS endpoints FROM aggregates {where}"
+            " GROUP BY method, route, app_name HAVING MAX(received_at) < ?"
+            f" ORDER BY MAX(received_at) DESC, {order} LIMIT ?"
         )
-        return known, sums, bins
+        return sql, [*app_params, since, int(limit)]
 
     def platforms(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
         """Instances seen since ``since`` (of ``app``, by the name in their newest
@@ -875,55 +1129,99 @@ def _gauge_entries(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
     return result
 
 
-def _endpoint_entries(
-    columns: tuple[str, ...],
-    known: Iterable[Sequence[Any]],
-    sums: Iterable[Sequence[Any]],
-    bins: Iterable[Sequence[Any]],
-) -> list[dict[str, Any]]:
-    """The endpoint dicts of :meth:`SQLStorage.endpoints` from its three kinds of
-    rows, each led by the ``columns`` of its endpoint: ``known`` (every endpoint
-    ever stored), ``sums`` (calls, errors, latency sum, request and response
-    bytes, distinct deployments) and ``bins`` (bucket index, count); most
-    calls first."""
-    width = len(columns)
-    histograms: dict[Row, Histogram] = {}
-    for row in bins:
-        histogram = histograms.setdefault(tuple(row[:width]), Histogram())
-        histogram.merge_bins([(_int(row[width]), _int(row[width + 1]))])
-    totals = {tuple(row[:width]): tuple(row[width:]) for row in sums}
+def _endpoint_columns(*, by_version: bool, by_app: bool) -> tuple[str, ...]:
+    """The key of an endpoint row: method and route, and the app's name (with
+    ``by_app`` or ``by_version``) and version (with ``by_version``)."""
+    columns: tuple[str, ...] = ("method", "route")
+    if by_app or by_version:
+        columns += ("app_name",)
+    if by_version:
+        columns += ("app_version",)
+    return columns
 
-    result = []
-    for endpoint in {tuple(row) for row in known} | set(totals):
-        calls, errors, latency_sum, request_bytes, response_bytes, deployments = totals.get(
-            endpoint, (0, 0, 0.0, 0, 0, 0)
-        )
-        calls, errors = _int(calls), _int(errors)
-        histogram = histograms.get(endpoint)
-        entry: dict[str, Any] = dict(zip(columns, endpoint, strict=True))
-        entry.update(
-            calls=calls,
-            errors=errors,
-            error_rate=errors / calls if calls else None,
-            p50=histogram.quantile(0.50) if histogram else None,
-            p95=histogram.quantile(0.95) if histogram else None,
-            p99=histogram.quantile(0.99) if histogram else None,
-            mean=_float(latency_sum) / calls if calls else None,
-            request_bytes=_int(request_bytes),
-            response_bytes=_int(response_bytes),
-            deployments=_int(deployments),
-        )
-        result.append(entry)
-    result.sort(
-        key=lambda row: (
-            -row["calls"],
-            row["method"],
-            row["route"],
-            _text_key(row.get("app_name")),
-            _text_key(row.get("app_version")),
-        )
+
+def _counted(rows: Sequence[Sequence[Any]]) -> int:
+    """How many rows a cut statement had before its ``LIMIT`` (its last column,
+    ``COUNT(*) OVER ()``; 0 without rows)."""
+    return _int(rows[0][-1]) if rows else 0
+
+
+def _bin_pairs(text: str | None) -> list[tuple[int, int]]:
+    """A histogram as :meth:`SQLStorage._figures_sql` writes it (``index:count``
+    pairs, comma-separated; NULL for none) as ``(index, count)`` pairs."""
+    if not text:
+        return []
+    pairs = []
+    for pair in text.split(","):
+        index, _, count = pair.partition(":")
+        pairs.append((int(index), int(count)))
+    return pairs
+
+
+def _figures(
+    calls: Any,
+    errors: Any,
+    latency_sum: Any,
+    request_bytes: Any,
+    response_bytes: Any,
+    deployments: Any,
+    histogram: Histogram,
+) -> dict[str, Any]:
+    """An endpoint row's figures (see :meth:`Storage.endpoints`) from its sums and
+    merged histogram; rates, the mean and percentiles are None without calls."""
+    calls, errors = _int(calls), _int(errors)
+    p50, p95, p99 = histogram.quantiles((0.50, 0.95, 0.99))
+    return {
+        "calls": calls,
+        "errors": errors,
+        "error_rate": errors / calls if calls else None,
+        "p50": p50,
+        "p95": p95,
+        "p99": p99,
+        "mean": _float(latency_sum) / calls if calls else None,
+        "request_bytes": _int(request_bytes),
+        "response_bytes": _int(response_bytes),
+        "deployments": _int(deployments),
+    }
+
+
+def _endpoint_entry(
+    columns: tuple[str, ...], row: Sequence[Any], pairs: list[tuple[int, int]] | None = None
+) -> dict[str, Any]:
+    """The endpoint dict of one row of :meth:`SQLStorage._figures_sql` (``pairs``:
+    its histogram, when the caller parsed it already)."""
+    width = len(columns)
+    calls, errors, latency_sum, request_bytes, response_bytes, deployments, _, bins = row[
+        width : width + 8
+    ]
+    histogram = Histogram.from_pairs(_bin_pairs(bins) if pairs is None else pairs)
+    entry: dict[str, Any] = dict(zip(columns, row[:width], strict=True))
+    entry.update(
+        _figures(calls, errors, latency_sum, request_bytes, response_bytes, deployments, histogram)
     )
-    return result
+    return entry
+
+
+def _used_endpoint(row: Sequence[Any], histogram: Histogram) -> dict[str, Any]:
+    """A row of :meth:`SQLStorage._busiest_endpoints_sql` as the summary lists
+    it, with the percentiles of ``histogram`` (its versions' merged)."""
+    method, route, app_name, calls, errors, latency_sum, request_bytes, response_bytes = row[:8]
+    deployments, last_seen = row[8:10]
+    entry: dict[str, Any] = {"method": method, "route": route, "app_name": app_name}
+    entry.update(
+        _figures(calls, errors, latency_sum, request_bytes, response_bytes, deployments, histogram)
+    )
+    entry["last_seen"] = _float(last_seen)
+    return entry
+
+
+def _unused_endpoint(columns: tuple[str, ...], row: Sequence[Any]) -> dict[str, Any]:
+    """A row of :meth:`SQLStorage._unused_endpoints_sql` as the summary lists it:
+    no calls in the window, and when it was last seen."""
+    entry: dict[str, Any] = dict(zip(columns, row[:3], strict=True))
+    entry.update(_figures(0, 0, 0.0, 0, 0, 0, Histogram()))
+    entry["last_seen"] = _float(row[3])
+    return entry
 
 
 def common_tables(

@@ -22,7 +22,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,7 +44,7 @@ DIALECT = Dialect(
     greatest="max",  # SQLite's max() with two arguments is a scalar function
     least="min",
     json_param="?",
-    bins_source="aggregates AS a, json_each(a.histogram) AS b",
+    expand_bins=", json_each(a.histogram) AS b",
     bin_index="CAST(json_extract(b.value, '$[0]') AS INTEGER)",
     bin_count="json_extract(b.value, '$[1]')",
     # received_at is never negative, so truncation is floor.
@@ -55,6 +55,9 @@ DIALECT = Dialect(
     # SUM: exact integers (past 2**63, see _SQLiteExecutor); TOTAL for floats,
     # as it always was (0.0 rather than NULL for no rows).
     float_sum="TOTAL",
+    join_text="group_concat",
+    by_time=" INDEXED BY aggregates_received_at",
+    by_app_and_time=" INDEXED BY aggregates_app_received_at",
 )
 #: What SQLite says when a SUM of integers leaves 64 bits.
 _INTEGER_OVERFLOW = "integer overflow"
@@ -102,7 +105,10 @@ class _ExactSum:
         self.total: int | float | None = None
 
     def step(self, value: Any) -> None:
-        # Anything else (NULL, text) adds nothing; the columns summed hold numbers.
+        # Text is this aggregate's own total past 64 bits, summed again by an
+        # outer SUM; anything else (NULL) adds nothing.
+        if isinstance(value, str):
+            value = int(value)
         if isinstance(value, (int, float)):
             self.total = value if self.total is None else self.total + value
 
@@ -136,6 +142,24 @@ class _SQLiteExecutor:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._connection.executemany(sql, rows)
 
+    def batches(self, sql: str, params: Sequence[Any], size: int) -> Iterator[list[Row]]:
+        """Rows of ``sql``, ``size`` at a time; run again with :class:`_ExactSum`
+        when a ``SUM`` overflows before the first batch (see :meth:`query`)."""
+        try:
+            cursor = self._connection.execute(sql, params)
+            batch = cursor.fetchmany(size)
+        except sqlite3.OperationalError as error:
+            if _INTEGER_OVERFLOW not in str(error) or not _SUM_CALL.search(sql):
+                raise
+            cursor = self._connection.execute(_SUM_CALL.sub(f"{_EXACT_SUM}(", sql), params)
+            batch = cursor.fetchmany(size)
+        try:
+            while batch:
+                yield batch
+                batch = cursor.fetchmany(size)
+        finally:
+            cursor.close()
+
 
 class SQLiteStorage(SQLStorage):
     """Storage in one SQLite file (or ``":memory:"``), shared safely across threads."""
@@ -156,6 +180,8 @@ class SQLiteStorage(SQLStorage):
         """
         self.path = os.fspath(path)
         self.read_only = read_only
+        self._reader_timeout = busy_timeout
+        self._closed = False
         if read_only:
             if self.path == ":memory:" or not Path(self.path).is_file():
                 raise FileNotFoundError(f"no database file at {self.path}")
@@ -251,7 +277,43 @@ class SQLiteStorage(SQLStorage):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._connection.close()
+
+    def _stream(self, sql: str, params: Sequence[Any], size: int) -> Iterator[list[Row]]:
+        """Rows of ``sql`` read on a read-only connection of their own.
+
+        Why a second connection rather than batches on the shared one with the
+        lock let go between them: a statement that groups and orders does all
+        its work before its first row (the whole cost of an export), and its
+        cursor cannot stay open on a connection that reports write through
+        meanwhile. With WAL, a reader of its own never waits for the writer
+        nor makes it wait: reports are stored at full speed however long the
+        download takes, and the read sees one snapshot from start to end. (The
+        WAL cannot be checkpointed past that snapshot until the read ends, so
+        it grows meanwhile by what is written.) Closed when the rows are
+        done, or the generator is closed or collected.
+
+        An in-memory database has no other connection to read it, and is as
+        small as the memory it lives in: it is read whole, under the lock.
+        """
+        if self._closed:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        if self.path == ":memory:":
+            yield self._run(lambda ex: ex.query(sql, params))
+            return
+        reader = sqlite3.connect(
+            Path(self.path).resolve().as_uri() + "?mode=ro",
+            timeout=self._reader_timeout,
+            isolation_level=None,
+            check_same_thread=False,  # each batch may be fetched by another worker thread
+            uri=True,
+        )
+        try:
+            reader.create_aggregate(_EXACT_SUM, 1, _ExactSum)
+            yield from _SQLiteExecutor(reader).batches(sql, params, size)
+        finally:
+            reader.close()
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({self.path!r})"
