@@ -218,8 +218,11 @@ def test_no_identifier_reaches_the_wire(make_sender, receiver, monkeypatch):
             "content-type",
             "content-encoding",
             "content-length",
+            "reqtelemetry-wait",  # this attempt's timeout, in seconds (docs/protocol.md)
         }
         assert set(request.headers) <= allowed, set(request.headers) - allowed
+        if "reqtelemetry-wait" in request.headers:
+            assert re.fullmatch(r"[0-9]+\.[0-9]{3}", request.headers["reqtelemetry-wait"])
         header_text = json.dumps(request.headers)
         for what, canary in {**CANARIES, **extra}.items():
             if what == "client address":  # the Host header names the collector
