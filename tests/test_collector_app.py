@@ -2628,10 +2628,12 @@ def test_strict_json() -> None:
 
 
 def test_csv_cells_cannot_become_formulas() -> None:
-    from reqtelemetry.collector.export import csv_text
+    from reqtelemetry.collector.export import csv_chunks
 
-    text = csv_text(
-        [{"method": "GET", "route": '=HYPERLINK("http://x")', "app_version": "+1", "calls": 1}]
+    text = "".join(
+        csv_chunks(
+            [{"method": "GET", "route": '=HYPERLINK("http://x")', "app_version": "+1", "calls": 1}]
+        )
     )
     row = next(csv.DictReader(io.StringIO(text)))
     assert row["route"].startswith("'=")

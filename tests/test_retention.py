@@ -65,7 +65,7 @@ def test_prune_deletes_what_is_past_the_retention_and_keeps_the_rest(storage):
     storage.store(stored(report(DEP_OLD, OLD_ONLY, "/gone"), BEFORE - 30 * DAY))
     storage.store(stored(report(DEP_KEPT, OLD_AND_NEW, "/old-route"), BEFORE - 1))
     storage.store(stored(report(DEP_KEPT, OLD_AND_NEW, "/kept", sequence=1), BEFORE + 1))
-    storage.count_refusal("bad_stamp")
+    storage.add_refusals({"bad_stamp": 1})
     assert (rows(storage, "reports"), rows(storage, "aggregates"), rows(storage, "metrics")) == (
         3,
         6,

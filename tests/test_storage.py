@@ -768,9 +768,9 @@ def test_instance_traits_follow_the_newest_report(storage: SQLStorage) -> None:
 
 def test_refusal_counters(storage: SQLStorage) -> None:
     assert storage.refusals() == {}
-    storage.count_refusal("bad_token")
-    storage.count_refusal("replay")
-    storage.count_refusal("bad_token")
+    storage.add_refusals({"bad_token": 1})
+    storage.add_refusals({"replay": 1})
+    storage.add_refusals({"bad_token": 1})
     assert storage.refusals() == {"bad_token": 2, "replay": 1}
     # Many at once, in one transaction, added to what is there (replicas add up).
     storage.add_refusals({"replay": 4, "too_large": 2, "bad_stamp": 0})
@@ -1300,7 +1300,7 @@ def test_eight_threads_storing_at_once(backend: Backend, storage: SQLStorage) ->
                     sequence=sequence,
                 )
                 storages[n].store(stored(payload, T + sequence))
-                storages[n].count_refusal("bad_stamp")
+                storages[n].add_refusals({"bad_stamp": 1})
         except BaseException as error:
             errors.append(error)
 

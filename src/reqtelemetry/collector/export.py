@@ -189,12 +189,6 @@ def csv_chunks(
         yield buffer.getvalue()
 
 
-def csv_text(rows: Iterable[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    write_csv(rows, buffer)
-    return buffer.getvalue()
-
-
 def _cells(row: dict[str, Any]) -> list[Any]:
     return [_cell(row.get(column)) for column in COLUMNS]
 

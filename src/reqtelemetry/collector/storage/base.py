@@ -143,10 +143,6 @@ class Storage(abc.ABC):
         transaction. The counters are shared by replicas: each adds its own
         (an upsert), none overwrites another's. ``deadline`` as for :meth:`store`."""
 
-    def count_refusal(self, reason: str) -> None:
-        """Add one to the counter of refusals for ``reason``."""
-        self.add_refusals({reason: 1})
-
     @abc.abstractmethod
     def refusals(self) -> dict[str, int]:
         """Refusal counters by reason."""
