@@ -101,6 +101,35 @@ def test_requests_answered_before_routing_get_the_template_the_router_would_choo
     }
 
 
+def test_preflights_to_routes_of_fastapis_included_routers_keep_their_templates(
+    telemetry, counts
+):
+    """A CORS preflight is answered before routing; for a route of an included
+    router (one route without a template, from FastAPI 0.165) it was keyed by
+    its anonymized path, a key per item id, where its request had the template."""
+    users = APIRouter(prefix="/users")
+
+    @users.get("/{user_id}")
+    def user(user_id: int):
+        return user_id
+
+    api = APIRouter(prefix="/api")
+    api.include_router(users)
+    app = FastAPI(
+        middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"])]
+    )
+    app.include_router(api)
+    client = TestClient(wrap(app, telemetry))
+    for n in range(3):
+        assert client.options(f"/api/users/{n}", headers=PREFLIGHT).status_code == 200
+        assert client.get(f"/api/users/{n}").status_code == 200
+    assert client.options("/api/nothing/4711", headers=PREFLIGHT).status_code == 200
+    assert counts(telemetry) == {
+        ("OPTIONS", "/api/users/{user_id}", 200): 3,
+        ("GET", "/api/users/{user_id}", 200): 3,
+        ("OPTIONS", UNMATCHED_ROUTE, 200): 1,
+    }
+
 def test_a_host_in_front_of_an_app_without_routes_anonymizes_its_paths(telemetry, counts):
     app = wrap(Starlette(routes=[Host("files.example.com", app=raw_app)]), telemetry)
     client = TestClient(app, base_url="http://files.example.com")
@@ -1261,6 +1290,51 @@ def test_starlettes_slash_redirect_keeps_the_template_of_the_route_it_redirects_
         ("GET", "/org/{org}/p/{x}", 307): 2,
         ("GET", "/api/users/{user_id}", 307): 2,
         ("GET", UNMATCHED_ROUTE, 404): 2,
+    }
+
+
+def test_fastapi_slash_redirect_into_an_included_router_keeps_the_template(telemetry, counts):
+    """FastAPI answers ``/api/items`` with a 307 to the route ``/api/items/``
+    without recording a route. Where that route lives in an included router
+    (FastAPI 0.165 includes a router as one route of its own, with no path
+    template), the redirect was ``<unmatched>``: most FastAPI apps are built
+    from included routers, and clients that leave the slash off are common."""
+    api = APIRouter(prefix="/api")
+
+    @api.get("/items/")
+    def items():
+        return []
+
+    nested = APIRouter(prefix="/teams")
+
+    @nested.get("/{team_id}/members/")
+    def members(team_id: int):
+        return []
+
+    api.include_router(nested)
+    app = FastAPI()
+    app.include_router(api)
+    app.include_router(nested, prefix="/legacy")  # the same router twice, two templates
+
+    @app.get("/top/")
+    def top():
+        return []
+
+    client = TestClient(wrap(app, telemetry), follow_redirects=False)
+    for n in range(2):
+        assert client.get("/api/items").status_code == 307
+        assert client.get(f"/api/teams/{n}/members").status_code == 307
+        assert client.get(f"/legacy/teams/{n}/members").status_code == 307
+        assert client.get("/top").status_code == 307
+    assert client.get("/api/items/").status_code == 200
+    assert client.get("/api/nothing-4711").status_code == 404
+    assert counts(telemetry) == {
+        ("GET", "/api/items/", 307): 2,
+        ("GET", "/api/teams/{team_id}/members/", 307): 2,
+        ("GET", "/legacy/teams/{team_id}/members/", 307): 2,
+        ("GET", "/top/", 307): 2,
+        ("GET", "/api/items/", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
     }
 
 

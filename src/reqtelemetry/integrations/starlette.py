@@ -581,6 +581,15 @@ def template_by_matching(
             return template_by_matching(inner, {**scope, **child_scope}, prefix + path)
         path_format = getattr(route, "path_format", None)
         if not isinstance(path_format, str):
+            included = _included_routes(route)
+            if included is not None:
+                # A router FastAPI included: its routes say which one matched.
+                inner = template_by_matching(included, scope, prefix)
+                if match is Match.FULL:
+                    return inner
+                if partial is None and isinstance(inner, str):
+                    partial = inner
+                continue
             if match is Match.FULL:
                 return UNTEMPLATED
             continue
@@ -589,3 +598,24 @@ def template_by_matching(
         if partial is None:
             partial = prefix + path_format
     return partial
+
+
+def _included_routes(route: Any) -> list[Any] | None:
+    """The routes behind a router FastAPI included, with their full templates; None otherwise.
+
+    FastAPI (from 0.165) includes a router as one route of its own, without a
+    path template, and matches its routes only when it handles the request;
+    its public ``matches`` says that one of them takes the path, not which.
+    Its effective route contexts (not public) hold each route with the
+    include's prefix applied: a FastAPI route's context matches and has the
+    full ``path_format``; any other route's (a plain route, a mount) is
+    rebuilt under the prefix as ``starlette_route``. Anything unexpected there
+    yields None: the request is then matched no further, as before.
+    """
+    contexts = getattr(route, "effective_route_contexts", None)
+    if not callable(contexts):
+        return None
+    try:
+        return [getattr(context, "starlette_route", None) or context for context in contexts()]
+    except Exception:  # a FastAPI that keeps these otherwise
+        return None
