@@ -101,9 +101,7 @@ def test_requests_answered_before_routing_get_the_template_the_router_would_choo
     }
 
 
-def test_preflights_to_routes_of_fastapis_included_routers_keep_their_templates(
-    telemetry, counts
-):
+def test_preflights_to_routes_of_fastapis_included_routers_keep_their_templates(telemetry, counts):
     """A CORS preflight is answered before routing; for a route of an included
     router (one route without a template, from FastAPI 0.165) it was keyed by
     its anonymized path, a key per item id, where its request had the template."""
@@ -115,9 +113,7 @@ def test_preflights_to_routes_of_fastapis_included_routers_keep_their_templates(
 
     api = APIRouter(prefix="/api")
     api.include_router(users)
-    app = FastAPI(
-        middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"])]
-    )
+    app = FastAPI(middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"])])
     app.include_router(api)
     client = TestClient(wrap(app, telemetry))
     for n in range(3):
@@ -129,6 +125,7 @@ def test_preflights_to_routes_of_fastapis_included_routers_keep_their_templates(
         ("GET", "/api/users/{user_id}", 200): 3,
         ("OPTIONS", UNMATCHED_ROUTE, 200): 1,
     }
+
 
 def test_a_host_in_front_of_an_app_without_routes_anonymizes_its_paths(telemetry, counts):
     app = wrap(Starlette(routes=[Host("files.example.com", app=raw_app)]), telemetry)
