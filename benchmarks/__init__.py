@@ -20,7 +20,9 @@ machine.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 #: The checkout: child processes import ``benchmarks`` from here.
@@ -64,3 +66,69 @@ def child_environment(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH", "")])])
     env.update(extra)
     return env
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..1) of an already sorted sequence: rank ceil(q·n).
+
+    Why ``ceil``: the rank once computed as ``round(q * n + 0.5) - 1`` came out
+    one too high whenever q·n was an odd whole number, as Python rounds halves
+    to even (the p99 of 100 values was their maximum). Shared so that every
+    table of p50s and p99s ranks alike.
+    """
+    if not sorted_values:
+        return float("nan")
+    return float(sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)])
+
+
+def median_bounds(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(low, high, coverage): an order-statistic interval for the median of ``values``.
+
+    Why: a verdict taken from a median of a few rounds is only as sure as the
+    rounds pin that median down. Whatever their distribution, the true median
+    of independent rounds lies between the k-th smallest and the k-th largest
+    of n with probability ``coverage = 1 - 2 * P(Binomial(n, 1/2) < k)``. k is
+    the largest that keeps ``coverage`` at least ``confidence`` (the interval
+    of ``benchmarks.overhead.median_interval``); with too few rounds for that,
+    k = 1, the lowest to the highest round, and ``coverage`` says how much less
+    sure it is (75 % for 3 rounds), instead of raising. One value: coverage 0.
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("no values")
+
+    def coverage(k: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k < (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k], max(0.0, coverage(k))
+
+
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``11th``: for notes that name a round by its rank."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def median_bounds_text(rounds: int) -> str:
+    """Which rounds bound the median's interval, and how often such bounds hold the median.
+
+    Why spelled out: with the few rounds a run affords, the interval is far
+    less sure than the 95 % the overhead table's is, and the reader should know.
+    """
+    if rounds < 2:
+        return "with 1 round there is none, and the verdict is that round's"
+    low, _high, coverage = median_bounds([float(i) for i in range(rounds)])
+    rank = int(low) + 1
+    which = (
+        "the lowest to the highest round"
+        if rank == 1
+        else f"the {ordinal(rank)} lowest to the {ordinal(rank)} highest round"
+    )
+    short = ", fewer rounds than a 95 % interval needs" if coverage < 0.95 else ""
+    return (
+        f"with {rounds} rounds, {which}: it holds the true median {coverage:.0%} of the time{short}"
+    )

@@ -9,8 +9,13 @@ one run, each against a baseline taken in the same run.
    distinct ``(method, route, status)`` keys, each with a latency histogram of
    20-60 occupied bins) is collected, encoded with ``payload.build_reports`` and
    every part gzipped (at the transport's ``GZIP_LEVEL``). Median of repetitions,
-   per step; the baseline is one ``json.dumps`` of the same records plus one
-   ``gzip.compress``, the least any encoder could do.
+   per step, wall clock and this thread's CPU time; the baseline is one
+   ``json.dumps`` of the same records plus one ``gzip.compress``, the least any
+   encoder could do. The encoding is timed with ``paced=False``: the flusher
+   runs it paced (its ``Pacer`` sleeps 0.5 ms after every 0.1 ms of work, on
+   purpose, to leave request threads the GIL), and that wall time, mostly
+   pauses, is a row of its own (every third repetition only, to keep the run
+   short), not the cost.
 
 2. **Request latency while a flush runs.** The benchmark apps of
    :mod:`benchmarks.overhead` are served *in this process*, next to the
@@ -70,6 +75,13 @@ one run, each against a baseline taken in the same run.
    so the p99 is that of requests during a flush (or a stamp); in production a
    flush takes a fraction of a second once a minute.
 
+   The verdict is the median over rounds of each round's p99 divided by the
+   quiet phase's p99 in the same round (not the pooled p99s' ratio, which one
+   stalled quiet round sways), marked *unsettled* where the median's
+   order-statistic interval (``benchmarks.median_bounds``) holds the budget;
+   with 3 rounds that interval is the lowest to the highest round, and holds
+   the median only 75 % of the time.
+
 Everything started here (servers, threads, processes) is stopped through one
 ``ExitStack``, also when a step fails. Run alone with
 ``python -m benchmarks flush_latency`` (about two and a half minutes);
@@ -100,7 +112,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from benchmarks import ROOT, child_environment, load_average, quick
+from benchmarks import (
+    ROOT,
+    child_environment,
+    load_average,
+    median_bounds,
+    median_bounds_text,
+    ordinal,
+    percentile,
+    quick,
+)
 
 #: The budget from the design: p99 while a flush runs within 10 % of quiet.
 P99_BUDGET_RATIO = 1.10
@@ -115,11 +136,15 @@ RECEIVER_BITS = 0
 #: Row labels, in table order (the smoke test checks they are all present).
 BUILD_LABELS = (
     "recorder.collect()",
-    "payload.build_reports(...)",
+    "payload.build_reports(..., paced=False)",
     "gzip.compress, every part",
     "total (one full batch)",
+    "payload.build_reports(...) paced, as the flusher runs it: mostly pauses",
     "baseline: one json.dumps + one gzip.compress",
 )
+#: Part 1 times the paced encoding (information, mostly sleep) on every third
+#: repetition only: the unpaced timing it sits beside took its run time.
+PACED_EVERY = 3
 SERVER_LABELS = {"asgi": "ASGI: uvicorn + Starlette", "wsgi": "WSGI: Werkzeug threaded + Flask"}
 SERVER_SHORT = {"asgi": "ASGI", "wsgi": "WSGI"}
 PHASE_LABELS = {
@@ -306,10 +331,15 @@ def install(recorder: Any, template: dict[tuple[str, str, int], Any]) -> None:
 @dataclass
 class BuildResult:
     collect_ms: list[float] = field(default_factory=list)
+    #: ``build_reports(..., paced=False)``: the encoding's own cost.
     build_ms: list[float] = field(default_factory=list)
     gzip_ms: list[float] = field(default_factory=list)
     total_ms: list[float] = field(default_factory=list)
+    #: ``build_reports(...)`` as the flusher calls it (paced): wall time, mostly sleep.
+    paced_ms: list[float] = field(default_factory=list)
     baseline_ms: list[float] = field(default_factory=list)
+    #: The same steps in this thread's CPU time (``time.thread_time``), by label.
+    cpu_ms: dict[str, list[float]] = field(default_factory=dict)
     records: int = 0
     parts: int = 0
     raw_bytes: int = 0
@@ -329,23 +359,29 @@ def measure_build(
     from reqtelemetry.transport import GZIP_LEVEL as level
 
     recorder = Recorder(max_keys=len(template))
-    result = BuildResult()
-    clock = time.perf_counter
+    result = BuildResult(cpu_ms={label: [] for label in BUILD_LABELS})
+    clock, cpu_clock = time.perf_counter, time.thread_time
     for repetition in range(repetitions + 1):  # the first one warms up
         install(recorder, template)
         gc.collect()
-        start = clock()
+        start, start_cpu = clock(), cpu_clock()
         batch = recorder.collect()
-        collected = clock()
-        reports = build_reports(envelope, batch, max_payload_bytes)
-        built = clock()
+        collected, collected_cpu = clock(), cpu_clock()
+        reports = build_reports(envelope, batch, max_payload_bytes, paced=False)
+        built, built_cpu = clock(), cpu_clock()
         compressed = [gzip.compress(r.body, compresslevel=level) for r in reports]
-        done = clock()
+        done, done_cpu = clock(), cpu_clock()
+        paced = repetition % PACED_EVERY == 1
+        if paced:
+            gc.collect()
+            paced_start, paced_start_cpu = clock(), cpu_clock()
+            build_reports(envelope, batch, max_payload_bytes)
+            paced_done, paced_done_cpu = clock(), cpu_clock()
         gc.collect()
-        base_start = clock()
+        base_start, base_start_cpu = clock(), cpu_clock()
         text = json.dumps(batch.records, separators=(",", ":")).encode("ascii")
         base_gzip = gzip.compress(text, compresslevel=level)
-        base_done = clock()
+        base_done, base_done_cpu = clock(), cpu_clock()
         if repetition == 0:
             continue
         result.collect_ms.append((collected - start) * 1e3)
@@ -353,6 +389,15 @@ def measure_build(
         result.gzip_ms.append((done - built) * 1e3)
         result.total_ms.append((done - start) * 1e3)
         result.baseline_ms.append((base_done - base_start) * 1e3)
+        cpu = result.cpu_ms
+        cpu[BUILD_LABELS[0]].append((collected_cpu - start_cpu) * 1e3)
+        cpu[BUILD_LABELS[1]].append((built_cpu - collected_cpu) * 1e3)
+        cpu[BUILD_LABELS[2]].append((done_cpu - built_cpu) * 1e3)
+        cpu[BUILD_LABELS[3]].append((done_cpu - start_cpu) * 1e3)
+        cpu[BUILD_LABELS[5]].append((base_done_cpu - base_start_cpu) * 1e3)
+        if paced:
+            result.paced_ms.append((paced_done - paced_start) * 1e3)
+            cpu[BUILD_LABELS[4]].append((paced_done_cpu - paced_start_cpu) * 1e3)
         result.records = len(batch.records)
         result.parts = len(reports)
         result.raw_bytes = sum(len(r.body) for r in reports)
@@ -370,21 +415,40 @@ def _iqr(values: list[float]) -> float:
 
 
 def build_table(result: BuildResult) -> str:
+    """The steps' cost (unpaced), then the paced encoding as information, then the baseline.
+
+    Why the paced row stands apart: its wall time is mostly the ``Pacer``'s
+    deliberate pauses, so it is neither part of the total nor compared with
+    the baseline; its CPU column shows the work inside it.
+    """
     total = statistics.median(result.total_ms)
     baseline = statistics.median(result.baseline_ms)
     rows = [
-        "| step | median ms | IQR ms | share of total | ratio vs baseline |",
-        "|---|---:|---:|---:|---:|",
+        "| step | median ms (wall) | IQR ms | median CPU ms (this thread) | share of total "
+        "| ratio vs baseline |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     steps = (result.collect_ms, result.build_ms, result.gzip_ms, result.total_ms)
     for label, samples in zip(BUILD_LABELS, steps, strict=False):
         median = statistics.median(samples)
         rows.append(
-            f"| {label} | {median:.1f} | {_iqr(samples):.1f} | {median / total:.0%} "
+            f"| {label} | {median:.1f} | {_iqr(samples):.1f} "
+            f"| {statistics.median(result.cpu_ms[label]):.1f} | {median / total:.0%} "
             f"| {median / baseline:.2f}x |"
         )
+    paced_label = BUILD_LABELS[4]
+    if result.paced_ms:
+        rows.append(
+            f"| {paced_label} | {statistics.median(result.paced_ms):.1f} "
+            f"| {_iqr(result.paced_ms):.1f} | {statistics.median(result.cpu_ms[paced_label]):.1f} "
+            "| — (not in the total) | — |"
+        )
+    else:
+        rows.append(f"| {paced_label} | — | — | — | — (not timed) | — |")
+    baseline_cpu = statistics.median(result.cpu_ms[BUILD_LABELS[-1]])
     rows.append(
-        f"| {BUILD_LABELS[-1]} | {baseline:.1f} | {_iqr(result.baseline_ms):.1f} | — | 1.00x |"
+        f"| {BUILD_LABELS[-1]} | {baseline:.1f} | {_iqr(result.baseline_ms):.1f} "
+        f"| {baseline_cpu:.1f} | — | 1.00x |"
     )
     return "\n".join(rows)
 
@@ -905,14 +969,6 @@ class PhaseSamples:
 Results = dict[str, dict[str, dict[str, PhaseSamples]]]
 
 
-def percentile(sorted_values: list[int] | list[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..1) of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values) + 0.5) - 1))
-    return float(sorted_values[rank])
-
-
 def run_phase(
     loadgen: Child,
     url: str,
@@ -986,24 +1042,57 @@ def latency_table(results: Results) -> str:
     """Open-loop rows first (the budget's verdict), then the saturated closed-loop ones."""
     rows = [
         "| server | load | phase | requests | errors | req/s | p50 ms | p99 ms "
-        "| p99 ratio vs quiet (per round) | budget p99 ≤ 1.10x quiet "
+        "| p99 ratio vs quiet: median of rounds (each round; pooled) "
+        f"| budget: median round ≤ {P99_BUDGET_RATIO:.2f}x quiet "
         "| send lag p99 ms (requests due with every client busy) |",
         "|---|---|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for load, by_server in results.items():
         for server, by_phase in by_server.items():
             quiet = by_phase["quiet"]
-            quiet_p99 = percentile(sorted(quiet.latencies_us), 0.99)
             for phase in PHASES_BY_LOAD[load]:
                 label = f"| {SERVER_LABELS[server]} | {LOAD_LABELS[load]} | {PHASE_LABELS[phase]} |"
-                cells = _latency_cells(load, phase, by_phase[phase], quiet, quiet_p99)
+                cells = _latency_cells(load, phase, by_phase[phase], quiet)
                 rows.append(f"{label} {cells}")
     return "\n".join(rows)
 
 
-def _latency_cells(
-    load: str, phase: str, samples: PhaseSamples, quiet: PhaseSamples, quiet_p99: float
-) -> str:
+def round_ratios(samples: PhaseSamples, quiet: PhaseSamples) -> list[float]:
+    """Each round's p99 divided by the quiet phase's p99 of the same round, server and load."""
+    return [
+        mine / theirs
+        for mine, theirs in zip(samples.p99_per_round, quiet.p99_per_round, strict=True)
+        if theirs
+    ]
+
+
+def p99_verdict(ratios: list[float]) -> str:
+    """The budget's verdict, from the median of the per-round ratios, and how sure it is.
+
+    Why the rounds and not the pooled p99s: one quiet round that stalled lifts
+    the pooled quiet p99 and turns a miss into a pass (rounds 1.17, 1.45 and
+    0.67 pooled to 1.04x). The median round is what a typical round showed;
+    where the order-statistic interval of that median (3 rounds: the lowest to
+    the highest, which holds the median only 75 % of the time) holds the
+    budget, the rounds do not settle the verdict, and it says so.
+    """
+    if not ratios:
+        return "no round measured"
+    median = statistics.median(ratios)
+    verdict = "**PASS**" if median <= P99_BUDGET_RATIO else "**MISS**"
+    if len(ratios) < 2:
+        return verdict  # quick mode: one round, no interval
+    low, high, coverage = median_bounds(ratios)
+    if low <= P99_BUDGET_RATIO <= high:
+        extent = " (lowest to highest round)" if (low, high) == (min(ratios), max(ratios)) else ""
+        verdict += (
+            f" (unsettled: the median's {coverage:.0%} interval{extent}, {low:.2f} to "
+            f"{high:.2f}x, holds {P99_BUDGET_RATIO:.2f}x)"
+        )
+    return verdict
+
+
+def _latency_cells(load: str, phase: str, samples: PhaseSamples, quiet: PhaseSamples) -> str:
     """One row's figures; only open-loop rows get a verdict and a send lag."""
     ordered = sorted(samples.latencies_us)
     p50, p99 = percentile(ordered, 0.50), percentile(ordered, 0.99)
@@ -1011,18 +1100,18 @@ def _latency_cells(
     if phase == "quiet":
         ratio_text, verdict = "—", "(baseline)"
     else:
-        per_round = ", ".join(
-            f"{mine / theirs:.2f}"
-            for mine, theirs in zip(samples.p99_per_round, quiet.p99_per_round, strict=False)
-        )
-        ratio = p99 / quiet_p99
-        ratio_text = f"**{ratio:.2f}x** ({per_round})"
+        ratios = round_ratios(samples, quiet)
+        quiet_p99 = percentile(sorted(quiet.latencies_us), 0.99)
+        pooled = f"pooled {p99 / quiet_p99:.2f}x" if quiet_p99 else "pooled —"
+        each = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+        median = f"**{statistics.median(ratios):.2f}x**" if ratios else "—"
+        ratio_text = f"{median} ({each}; {pooled})"
         if load == "closed":
             verdict = "saturated, reported only"
         elif phase == "floor":
             verdict = "(control)"
         else:
-            verdict = "**PASS**" if ratio <= P99_BUDGET_RATIO else "**MISS**"
+            verdict = p99_verdict(ratios)
     if load == "open":
         lag_text = f"{_ms(percentile(sorted(samples.lags_us), 0.99))} ({samples.behind})"
         if samples.behind:
@@ -1054,7 +1143,7 @@ def _work_line(name: str, samples: PhaseSamples, what: str) -> str:
 def run() -> str:
     """Measure both parts and return the markdown section."""
     from benchmarks.overhead import flask_app, starlette_app
-    from reqtelemetry import ASGIMiddleware, Config, Telemetry, transport
+    from reqtelemetry import ASGIMiddleware, Config, Telemetry, payload, transport
     from reqtelemetry.flask import init_app
     from reqtelemetry.payload import Envelope
 
@@ -1177,8 +1266,14 @@ def run() -> str:
         f"- a recorder at its key cap (`max_keys={max_keys}`): each key a distinct "
         "(method, route, status) with a latency histogram of 20-60 occupied bins",
         f"- median of {settings.build_repetitions} repetitions (after one warm-up), wall "
-        "clock, garbage collected before each; gzip level "
-        f"{transport.GZIP_LEVEL} (the transport's)",
+        "clock and this thread's CPU time (`time.thread_time`), garbage collected before "
+        f"each; gzip level {transport.GZIP_LEVEL} (the transport's)",
+        "- the steps and the total are the work itself: `build_reports(..., paced=False)`. "
+        "The flusher calls it paced: its `Pacer` sleeps "
+        f"{payload.YIELD_PAUSE * 1e3:g} ms after every {payload.YIELD_EVERY * 1e3:g} ms of "
+        "work, on purpose, so that request threads get the GIL; that wall time, mostly "
+        "those pauses, is the separate paced row (timed on every "
+        f"{ordinal(PACED_EVERY)} repetition, {len(build.paced_ms)} in all), not in the total",
         f"- payload: {build.parts} part(s) (`max_payload_bytes={config.max_payload_bytes}`), "
         f"{build.raw_bytes:,} bytes of JSON, {build.gzip_bytes:,} gzipped ({ratio:.1f}:1); "
         f"baseline text {build.baseline_raw_bytes:,} bytes, {build.baseline_gzip_bytes:,} "
@@ -1216,8 +1311,10 @@ def run() -> str:
         "p50 and p99. That is CPU sharing at saturation, not the interference with a "
         "service that has headroom which the budget is about",
         f"- {settings.rounds} round(s); each round runs, for each server, every closed-loop "
-        "phase, then every open-loop phase, in a rotating order; p50/p99 pooled over rounds "
-        "(nearest rank); per-round p99 ratios in parentheses",
+        "phase, then every open-loop phase, in a rotating order; p50/p99 columns pooled over "
+        "rounds (nearest rank); p99 ratio: each round's p99 over the quiet phase's p99 of "
+        "the same round, their median in bold, each round and the pooled p99s' ratio (for "
+        "information: one stalled quiet round sways it) in parentheses",
         "- (b): on a thread at the flusher thread's priority ("
         + (", ".join(flush_nices) or "unknown")
         + "; `flusher.lower_this_threads_priority()`, as the timer thread calls it), "
@@ -1256,7 +1353,10 @@ def run() -> str:
     )
     lines += [
         f"- budget: p99 while flushing or minting ≤ {P99_BUDGET_RATIO:.2f}x quiet p99 under "
-        "the open loop; reported, never enforced",
+        "the open loop, judged on the median of the per-round ratios; *unsettled* where "
+        "that median's order-statistic interval holds the budget "
+        f"({median_bounds_text(settings.rounds)}); "
+        "reported, never enforced",
         f"- recorded by the middlewares: {', '.join(sorted(recorded)) or 'nothing'}",
         "",
         latency_table(results),

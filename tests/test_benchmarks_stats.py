@@ -1,0 +1,206 @@
+"""The statistics the throughput and flush tables share: percentiles and the median's interval."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+
+from benchmarks import (
+    flush_latency,
+    median_bounds,
+    median_bounds_text,
+    overhead,
+    percentile,
+    throughput,
+)
+
+
+@pytest.mark.parametrize(
+    ("n", "q", "rank"),
+    [
+        # Nearest rank: the ceil(q * n)-th smallest, counted from 1 (worked by hand).
+        (1, 0.99, 1),
+        (1, 0.50, 1),
+        (2, 0.50, 1),  # 0.5 * 2 = 1
+        (3, 0.50, 2),  # 1.5 -> 2
+        (4, 0.50, 2),
+        (10, 0.99, 10),  # 9.9 -> 10
+        (100, 0.99, 99),  # 99 exactly: not the maximum (the old rank gave 100)
+        (100, 0.50, 50),
+        (101, 0.50, 51),  # 50.5 -> 51
+        (200, 0.99, 198),
+        (300, 0.99, 297),  # 297 exactly (an odd whole number: the old rank gave 298)
+        (1000, 0.99, 990),
+        (1001, 0.99, 991),  # 990.99 -> 991
+    ],
+)
+def test_percentile_is_the_nearest_rank(n: int, q: float, rank: int) -> None:
+    values = list(range(1, n + 1))
+    assert percentile(values, q) == rank
+
+
+def test_percentile_matches_exact_arithmetic() -> None:
+    """No float error in q * n moves the rank, over the sizes the tables see."""
+    for q in (0.5, 0.99):
+        exact = Fraction(str(q))
+        for n in range(1, 20_001):
+            expected = max(1, math.ceil(exact * n))
+            assert percentile(range(1, n + 1), q) == expected, (n, q)
+
+
+def test_percentile_of_nothing_is_nan() -> None:
+    assert math.isnan(percentile([], 0.99))
+
+
+def test_both_tables_use_the_shared_percentile() -> None:
+    assert throughput.percentile is percentile
+    assert flush_latency.percentile is percentile
+
+
+@pytest.mark.parametrize("n", range(6, 61))
+def test_median_bounds_agree_with_the_overhead_tables_interval(n: int) -> None:
+    values = [float(v) for v in range(n)]
+    low, high, coverage = median_bounds(values)
+    assert (low, high) == overhead.median_interval(values)
+    assert coverage >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("n", "coverage"),
+    [(1, 0.0), (2, 0.5), (3, 0.75), (4, 0.875), (5, 0.9375), (8, 1 - 2 / 256)],
+)
+def test_too_few_rounds_give_the_range_and_say_how_sure_it_is(n: int, coverage: float) -> None:
+    values = [float(v) for v in range(n, 0, -1)]
+    assert median_bounds(values) == (1.0, float(n), pytest.approx(coverage))
+
+
+# -- the throughput table's verdicts -------------------------------------------------------
+
+
+def _throughput_cells(ratios: list[float]) -> dict[tuple[str, str, str], throughput.Cell]:
+    cells = {}
+    for kind in throughput.SERVERS:
+        for route in throughput.ROUTES:
+            for contender in throughput.CONTENDERS:
+                factor = [1.0] * len(ratios) if contender == "bare" else ratios
+                cells[kind, route, contender] = throughput.Cell(
+                    [
+                        throughput.LoadResult(
+                            requests=int(10_000 * f),
+                            seconds=1.0,
+                            p50_us=500,
+                            p99_us=2000,
+                            errors=0,
+                            server_cpu_seconds=0.4 * f,
+                        )
+                        for f in factor
+                    ]
+                )
+    return cells
+
+
+def _uvicorn_reqtelemetry_rows(report: str) -> list[str]:
+    prefix = f"| {throughput.SERVER_LABELS['uvicorn']} |"
+    return [r for r in report.splitlines() if r.startswith(prefix) and "| reqtelemetry |" in r]
+
+
+def test_throughput_verdict_the_rounds_do_not_settle_says_so() -> None:
+    # 8 rounds: the interval is the lowest to the highest round, here 0.90 to 1.00.
+    ratios = [0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.98, 1.00]
+    rows = _uvicorn_reqtelemetry_rows(throughput.table(_throughput_cells(ratios), {}))
+    assert len(rows) == 2
+    for row in rows:
+        assert "**0.945x** (0.90 to 1.00)" in row
+        assert "≥ 0.95x: **MISS** (unsettled: the median's 99% interval, 0.90 to 1.00x" in row
+
+
+def test_throughput_verdict_a_settled_miss_has_no_caveat() -> None:
+    ratios = [0.80, 0.82, 0.83, 0.84, 0.85, 0.86, 0.88, 0.90]
+    for row in _uvicorn_reqtelemetry_rows(throughput.table(_throughput_cells(ratios), {})):
+        assert row.endswith("≥ 0.95x: **MISS** |"), row
+
+
+def test_a_server_that_did_not_record_what_it_served_gets_no_verdict() -> None:
+    cells = _throughput_cells([1.0, 1.0])
+    nothing = throughput.Recorded(count=0, completed=40_000, unanswered=0)
+    report = throughput.table(cells, {}, {("uvicorn", "reqtelemetry"): nothing})
+    rows = _uvicorn_reqtelemetry_rows(report)
+    assert rows and all("**BROKEN** (recorded 0 of 40001)" in row for row in rows)
+    assert "PASS" not in "".join(rows) and "MISS" not in "".join(rows)
+
+
+@pytest.mark.parametrize(
+    ("count", "unanswered", "matches"),
+    [
+        (101, 0, True),  # every answer, + 1 for the stats request read before the runs
+        (100, 0, False),  # one answered request unrecorded
+        (102, 0, False),  # one more than the server was sent
+        (105, 4, True),  # requests left in flight may or may not have been recorded
+        (106, 4, False),
+    ],
+)
+def test_recorded_must_match_completed(count: int, unanswered: int, matches: bool) -> None:
+    check = throughput.Recorded(count=count, completed=100, unanswered=unanswered)
+    assert check.matches is matches
+
+
+# -- the flush table's verdicts ---------------------------------------------------------------
+
+
+def test_p99_verdict_follows_the_median_round_not_the_pooled_p99() -> None:
+    # The reviewer's case: pooled 1.04x, rounds 1.17, 1.45 and 0.67.
+    quiet = flush_latency.PhaseSamples(p99_per_round=[1000.0, 1000.0, 3000.0])
+    flushing = flush_latency.PhaseSamples(p99_per_round=[1170.0, 1450.0, 2010.0])
+    quiet.latencies_us = [500] * 98 + [3000] * 2
+    flushing.latencies_us = [500] * 98 + [3120] * 2  # p99: the 99th of 100
+    quiet.elapsed = flushing.elapsed = 1.0
+    cells = flush_latency._latency_cells("open", "flush", flushing, quiet)
+    assert "**1.17x** (1.17, 1.45, 0.67; pooled 1.04x)" in cells
+    assert (
+        "**MISS** (unsettled: the median's 75% interval (lowest to highest round), "
+        "0.67 to 1.45x, holds 1.10x)"
+    ) in cells
+
+
+@pytest.mark.parametrize(
+    ("ratios", "verdict"),
+    [
+        ([1.17, 1.45, 1.20], "**MISS**"),  # every round over: settled
+        ([0.95, 0.99, 1.02], "**PASS**"),  # every round under: settled
+        ([1.05], "**PASS**"),  # quick mode: one round, no interval
+        ([0.9, 1.0, 1.2], "**PASS** (unsettled: the median's 75% interval"),
+    ],
+)
+def test_p99_verdicts(ratios: list[float], verdict: str) -> None:
+    text = flush_latency.p99_verdict(ratios)
+    assert text.startswith(verdict)
+    if verdict.endswith("**"):
+        assert text == verdict
+
+
+def test_the_build_table_keeps_the_paced_encoding_out_of_the_total() -> None:
+    labels = flush_latency.BUILD_LABELS
+    result = flush_latency.BuildResult(
+        collect_ms=[1.0],
+        build_ms=[20.0],
+        gzip_ms=[5.0],
+        total_ms=[26.0],
+        paced_ms=[140.0],
+        baseline_ms=[13.0],
+        cpu_ms={label: [10.0] for label in labels},
+    )
+    rows = flush_latency.build_table(result).splitlines()
+    assert rows[3].startswith("| payload.build_reports(..., paced=False) | 20.0 |")
+    assert rows[3].endswith("| 77% | 1.54x |")
+    paced = rows[6]
+    assert paced.startswith(f"| {labels[4]} | 140.0 |")
+    assert "mostly pauses" in paced and "— (not in the total) | — |" in paced
+
+
+def test_median_bounds_text_names_the_rounds_and_their_coverage() -> None:
+    assert "lowest to the highest round: it holds the true median 75%" in median_bounds_text(3)
+    assert "fewer rounds than a 95 % interval needs" in median_bounds_text(3)
+    assert median_bounds_text(8).endswith("99% of the time")
+    assert "the 4th lowest to the 4th highest" in median_bounds_text(15)
