@@ -6,7 +6,9 @@ Every module named in :data:`benchmarks.MODULES` (or only those given on the
 command line) is imported and its ``run()`` called; the markdown sections it
 returns are printed as they arrive and written together, under a header naming
 the date, machine and versions, to ``benchmarks/results/latest.md`` (a run of
-named modules only: ``latest-<names>.md``, leaving the full run's tables alone).
+named modules only: ``latest-<names>.md``; a ``--quick`` run:
+``latest-quick.md`` or ``latest-quick-<names>.md``; neither ever replaces the
+full run's tables).
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
 VERSIONED = ("reqtelemetry", "starlette", "flask", "werkzeug", "uvicorn", "gunicorn")
 
 
-def results_path(named: list[str]) -> Path:
-    """Where a run's tables go: ``latest.md`` for the default run, else a file per selection.
+def results_path(named: list[str], quick_run: bool = False) -> Path:
+    """Where a run's tables go: ``latest.md`` for the full default run, else a file of its own.
 
-    Why: a run of one module (``make bench ARGS=profile``) must not replace the
-    tables of the last full run, which the README's figures come from.
+    Why: a run of some modules (``make bench ARGS=profile``) or a quick smoke
+    run (``ARGS=--quick``, rough numbers) must not replace the tables of the
+    last full run, which the README's figures come from.
     """
-    if not named:
+    parts = (["quick"] if quick_run else []) + named
+    if not parts:
         return RESULTS
-    return RESULTS.with_name(f"latest-{'-'.join(named)}.md")
+    return RESULTS.with_name(f"latest-{'-'.join(parts)}.md")
 
 
 def _version(distribution: str) -> str:
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(total)
     print(total, end="\n\n", flush=True)
 
-    written = results_path(args.modules)
+    written = results_path(args.modules, quick())
     written.parent.mkdir(parents=True, exist_ok=True)
     written.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
     try:
