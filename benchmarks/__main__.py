@@ -33,7 +33,19 @@ from . import EXTRA_MODULES, MODULES, load_average, quick
 from .contenders import PEER_DISTRIBUTIONS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-VERSIONED = ("reqtelemetry", "starlette", "flask", "werkzeug", "uvicorn", "gunicorn")
+#: Printed in the header. uvloop and httptools are what uvicorn runs on in the
+#: throughput benchmarks (pinned in the ``bench`` extra); starlette, flask and
+#: werkzeug are the measured apps (not pinned: whatever the extras resolved).
+VERSIONED = (
+    "reqtelemetry",
+    "starlette",
+    "flask",
+    "werkzeug",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "gunicorn",
+)
 
 
 def results_path(named: list[str], quick_run: bool = False) -> Path:

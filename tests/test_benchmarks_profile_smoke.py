@@ -109,6 +109,7 @@ def test_a_named_run_writes_its_own_file_and_keeps_the_full_tables(
     written = (tmp_path / "latest-quick-profile.md").read_text(encoding="utf-8")
     assert written.startswith("# reqtelemetry benchmarks")
     assert "## Where the time goes (py-spy)" in written
+    assert "uvloop " in written and "httptools " in written  # the versions line
     assert "_total: " in written and "the process's wall time from its start" in written
     assert "written to" in capsys.readouterr().out
 
