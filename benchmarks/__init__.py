@@ -4,7 +4,9 @@ Each benchmark is a module in this package exposing ``run() -> str``, which
 measures something and returns a markdown section (a heading, notes and a
 table). :mod:`benchmarks.__main__` runs every module listed in ``MODULES`` in
 turn, prints the sections and writes them, under a header describing the
-machine and the versions measured, to ``benchmarks/results/latest.md``.
+machine and the versions measured, to ``benchmarks/results/latest.md`` (a run
+of named modules, or a quick one, to a file of its own: see
+:func:`benchmarks.__main__.results_path`).
 
 To add a benchmark: write ``benchmarks/<name>.py`` with a ``run()`` and append
 ``"<name>"`` to ``MODULES`` (or to ``EXTRA_MODULES``, run only when named).

@@ -31,6 +31,14 @@ every contender, each against the bare app timed in the same rounds.
   middleware's code. The same work, timed where a middleware's runs, reads as
   a ratio (:func:`context_line`) that a budget per framework can be set from.
 
+After the timing, each of reqtelemetry's rows is checked for having measured
+at all: what its aggregates hold is counted against every request its app was
+given (timed, calibration and check requests; none for an opted-out row), and
+its ``Telemetry.internal_errors`` read. A middleware that fails on every
+request catches the error and lets the request through, so it looks fast; such
+a row reads BROKEN (recorded x of y, n internal errors) instead of a verdict.
+The peers' rows print what they recorded, unchecked.
+
 How each peer is configured is :mod:`benchmarks.contenders`' business (and is
 printed under the table). A peer whose package is not installed (the ``bench``
 extra installs them all, pinned) is reported as skipped.
@@ -325,10 +333,58 @@ class Variant:
     #: After the run: what the instrument recorded, as proof it measured.
     recorded: Callable[[], str] | None = None
     n: int = 1
+    #: Requests this row's app (or recorder) was given: timed, calibration and checks.
+    served: int = 0
+    #: After the run, for reqtelemetry's rows: what it recorded against what it served.
+    accounting: Accounting | None = None
     samples_us: list[float] = field(default_factory=list)
     #: Per round: this row's µs/request minus the mean of the bare batches
     #: timed just before and just after it.
     paired_us: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """What a reqtelemetry row recorded, against what it should have.
+
+    Why: a middleware that fails on every request counts an internal error and
+    lets the request through, so it looks fast and would get a verdict; these
+    figures say whether the row measured what it claims to.
+    """
+
+    #: Requests in the row's aggregates (every key's count, the overflow's included).
+    recorded: int
+    #: Requests it should hold: every request served, or none when opted out.
+    expected: int
+    internal_errors: int
+
+    @property
+    def broken(self) -> bool:
+        return self.recorded != self.expected or self.internal_errors > 0
+
+    def cell(self) -> str:
+        """The budget column's text for a broken row."""
+        return (
+            f"**BROKEN** (recorded {self.recorded:,} of {self.expected:,}, "
+            f"{self.internal_errors:,} internal errors)"
+        )
+
+
+def account(variant: Variant) -> Accounting | None:
+    """Count what a reqtelemetry row recorded; None for the bare apps and the peers.
+
+    An enabled ``Telemetry`` must hold every request its app served and an
+    opted-out one none; ``Recorder.record`` alone must hold every call.
+    """
+    if variant.telemetry is not None:
+        telemetry = variant.telemetry
+        recorded = sum(record["count"] for record in telemetry.snapshot())
+        expected = variant.served if telemetry.enabled else 0
+        return Accounting(recorded, expected, telemetry.internal_errors)
+    if variant.kind == "record":
+        recorded = sum(record["count"] for record in variant.target.snapshot())
+        return Accounting(recorded, variant.served, 0)
+    return None
 
 
 class Bench:
@@ -346,6 +402,7 @@ class Bench:
     def batch(self, variant: Variant, n: int) -> int:
         """Nanoseconds for ``n`` requests, collector off; garbage collected before."""
         kind, target = variant.kind, variant.target
+        variant.served += n
         if kind == "asgi":
             coroutine = _asgi_loop(target, self.scope, n, self.clock)
             gc.collect()
@@ -367,6 +424,7 @@ class Bench:
 
     def check(self, variant: Variant) -> tuple[int, bytes]:
         """One request with a recording send: the status and body the app answers."""
+        variant.served += 1
         if variant.kind == "asgi":
             sent: list[dict[str, Any]] = []
 
@@ -520,6 +578,19 @@ def _flask_exporter_variant(label: str, bare: Variant) -> Variant:
     return Variant(label, "wsgi", app, bare, recorded=recorded)
 
 
+def _recorded_line(variant: Variant) -> str:
+    """The "recorded by" note of a row, with what it served where that is counted."""
+    what = variant.recorded() if variant.recorded is not None else "nothing"
+    line = f"- recorded by {variant.label[:3]}: {what}"
+    accounting = variant.accounting
+    if accounting is not None:
+        line += (
+            f" (requests served: {variant.served:,}; internal errors: "
+            f"{accounting.internal_errors:,})"
+        )
+    return line
+
+
 def _recorded(telemetry: Telemetry | None) -> str:
     """What an enabled Telemetry holds after the run: proof the path was measured."""
     records = telemetry.snapshot() if telemetry is not None else []
@@ -639,6 +710,19 @@ def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tupl
     return ordered[k - 1], ordered[n - k]
 
 
+def paired_ratio(bare_us: float, overhead_us: float) -> float:
+    """The row's time over the bare app's, from the paired overhead.
+
+    ``(bare + overhead) / bare``, with the bare app's median over all its
+    batches and the median paired difference. Why not the row's median over
+    the bare app's: the two medians come from batches timed at different
+    moments, so on a drifting machine that ratio disagrees with the overhead
+    column (one run: 1.551x beside +2.86 µs on an 8.7 µs bare app, which
+    would mean +4.8 µs); built from the overhead, it says the same thing.
+    """
+    return (bare_us + overhead_us) / bare_us
+
+
 def _table(variants: list[Variant]) -> str:
     rows = [
         "| variant | µs/request | IQR | overhead µs vs bare | overhead IQR | ratio vs bare "
@@ -656,7 +740,7 @@ def _table(variants: list[Variant]) -> str:
         if variant.bare is not None:
             paired = variant.paired_us
             overhead, spread = statistics.median(paired), _iqr(paired)
-            ratio = median / statistics.median(variant.bare.samples_us)
+            ratio = paired_ratio(statistics.median(variant.bare.samples_us), overhead)
             if variant.budget_us is not None:
                 verdict = "PASS" if overhead <= variant.budget_us else "MISS"
                 budget = f"≤ {variant.budget_us:g} µs: **{verdict}**"
@@ -670,6 +754,9 @@ def _table(variants: list[Variant]) -> str:
                         f" (unsettled: the median's {CONFIDENCE:.0%} interval, {low:.2f} to "
                         f"{high:.2f} µs, holds the budget; see the instruction counts)"
                     )
+        if variant.accounting is not None and variant.accounting.broken:
+            # No verdict: the row did not measure what it claims to.
+            budget = variant.accounting.cell()
         ratio_text = "—" if ratio is None else f"{ratio:.3f}x"
         rows.append(
             f"| {variant.label} | {median:.2f} | {_iqr(samples):.2f} | {_fmt(overhead)} "
@@ -700,11 +787,9 @@ def run() -> str:
                 shift = round_ % max(len(contenders_), 1)
                 _time_round(bench, bare, contenders_[shift:] + contenders_[:shift])
         timed_seconds = time.perf_counter() - started
-        recorded = [
-            f"- recorded by {variant.label[:3]}: {variant.recorded()}"
-            for variant in timed
-            if variant.recorded is not None
-        ]
+        for variant in timed:
+            variant.accounting = account(variant)
+        recorded = [_recorded_line(variant) for variant in timed if variant.recorded is not None]
     finally:
         bench.close()
         for step in cleanup:
@@ -730,7 +815,10 @@ def run() -> str:
         "- µs/request: median over rounds (a bare app: over all its batches); overhead: "
         "median over rounds of the paired difference, the row's time minus the mean of "
         "the two bare batches timed just before and just after it; IQR: interquartile "
-        "range of the column to its left (how far to trust a verdict)",
+        "range of the column to its left (how far to trust a verdict); ratio vs bare: "
+        "(bare app's µs/request + overhead) / bare app's µs/request, so it agrees with the "
+        "overhead column (the row's own median over the bare app's would mix batches timed "
+        "at different moments)",
         "- the garbage collector is **disabled during timed batches** (gc.disable/"
         "gc.enable) and run between them, to reduce noise; collections that "
         "allocations would trigger in production are not counted",
@@ -741,7 +829,9 @@ def run() -> str:
         "have no budget, their rows are for comparison; a verdict is the median "
         f"overhead's, and reads *unsettled* where the median's {CONFIDENCE:.0%} confidence "
         "interval (from the rounds' order statistics, whatever their distribution) holds "
-        "the budget",
+        "the budget; a reqtelemetry row whose aggregates do not hold every request it "
+        "served (none, opted out), or that counted internal errors, reads BROKEN instead "
+        "of a verdict: it did not measure what it claims to",
         "- peers: " + "; ".join(contenders.describe(name) for name in PEERS),
         f"- peer versions: {contenders.versions_line()}",
         *recorded,

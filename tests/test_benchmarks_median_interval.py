@@ -67,3 +67,41 @@ def test_a_settled_verdict_carries_no_caveat() -> None:
 def test_quick_mode_rounds_get_a_verdict_without_an_interval() -> None:
     row = _row([3.0, 3.1, 3.2])
     assert "**MISS**" in row and "unsettled" not in row
+
+
+def test_the_ratio_follows_the_paired_overhead() -> None:
+    """The ratio column says what the overhead column says, whatever the row's own median."""
+    bare = overhead.Variant("(a) bare", "asgi", None, samples_us=[8.7] * 15)
+    enabled = overhead.Variant(
+        "(b) enabled",
+        "asgi",
+        None,
+        bare=bare,
+        budget_us=3.0,
+        samples_us=[13.5] * 15,  # timed while the machine was slower: 1.552x on its own
+        paired_us=[2.86] * 15,
+    )
+    assert overhead.paired_ratio(8.7, 2.86) == pytest.approx((8.7 + 2.86) / 8.7)
+    row = overhead._table([bare, enabled]).splitlines()[-1]
+    assert "| 2.86 |" in row and "| 1.329x |" in row, row
+
+
+def test_a_row_that_recorded_less_than_it_served_reads_broken() -> None:
+    bare = overhead.Variant("(a) bare", "asgi", None, samples_us=[10.0] * 15)
+    enabled = overhead.Variant(
+        "(b) enabled",
+        "asgi",
+        None,
+        bare=bare,
+        budget_us=3.0,
+        samples_us=[11.0] * 15,
+        paired_us=[1.0] * 15,
+        accounting=overhead.Accounting(recorded=0, expected=725, internal_errors=725),
+    )
+    row = overhead._table([bare, enabled]).splitlines()[-1]
+    assert "**BROKEN** (recorded 0 of 725, 725 internal errors)" in row
+    assert "PASS" not in row
+    enabled.accounting = overhead.Accounting(recorded=725, expected=725, internal_errors=0)
+    assert "≤ 3 µs: **PASS**" in overhead._table([bare, enabled]).splitlines()[-1]
+    enabled.accounting = overhead.Accounting(recorded=725, expected=725, internal_errors=1)
+    assert "BROKEN" in overhead._table([bare, enabled]).splitlines()[-1]

@@ -104,7 +104,23 @@ def test_a_named_run_writes_its_own_file_and_keeps_the_full_tables(
     monkeypatch.setattr(profile.shutil, "which", lambda name, path=None: None)  # fast: skipped
     assert runner.main(["--quick", "profile"]) == 0
     assert full.read_text(encoding="utf-8") == "the full run's tables\n"
-    written = (tmp_path / "latest-profile.md").read_text(encoding="utf-8")
+    # A quick run's rough numbers go to a file of their own, named so.
+    assert not (tmp_path / "latest-profile.md").exists()
+    written = (tmp_path / "latest-quick-profile.md").read_text(encoding="utf-8")
     assert written.startswith("# reqtelemetry benchmarks")
     assert "## Where the time goes (py-spy)" in written
+    assert "uvloop " in written and "httptools " in written  # the versions line
+    assert "_total: " in written and "the process's wall time from its start" in written
     assert "written to" in capsys.readouterr().out
+
+
+def test_only_a_full_run_of_every_module_writes_latest_md() -> None:
+    results = runner.RESULTS
+    assert runner.results_path([]) == results
+    assert runner.results_path([], quick_run=True) == results.with_name("latest-quick.md")
+    assert runner.results_path(["overhead", "memory"]) == results.with_name(
+        "latest-overhead-memory.md"
+    )
+    assert runner.results_path(["memory"], quick_run=True) == results.with_name(
+        "latest-quick-memory.md"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from benchmarks import contenders, overhead
@@ -39,3 +41,41 @@ def test_overhead_quick_run_reports_every_variant(monkeypatch: pytest.MonkeyPatc
             assert f"- recorded by {label[:3]}: " in report
         else:
             assert f"skipped: {why}" in row, row
+
+
+@pytest.mark.timeout(30)
+def test_overhead_flags_a_middleware_that_records_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A middleware failing on every request lets it through fast: no verdict for it."""
+    from reqtelemetry.integrations import asgi
+
+    def broken(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("simulated bug in telemetry")
+
+    all_variants = overhead.variants
+
+    def without_peers(cleanup: list[Callable[[], None]] | None = None) -> list[overhead.Variant]:
+        """Every row but the peers', which are slow and beside the point here."""
+        rows = all_variants(cleanup)
+        for row in rows:
+            if row.label in PEER_ROWS:
+                row.skipped = "left out of this test"
+        return rows
+
+    monkeypatch.setenv("BENCH_QUICK", "1")
+    monkeypatch.delenv("BENCH_CLOCK", raising=False)
+    monkeypatch.setattr(overhead, "variants", without_peers)
+    # ASGIMiddleware binds its route lookup when it is made, inside run().
+    monkeypatch.setattr(asgi.RouteTemplates, "template", broken)
+    report = overhead.run()
+    row = next(
+        line for line in report.splitlines() if line.startswith(f"| {overhead.VARIANT_LABELS[1]} |")
+    )
+    assert "**BROKEN** (recorded 0 of " in row, row
+    assert "PASS" not in row and "MISS" not in row, row
+    # The Flask rows do not go through the ASGI route lookup: still judged.
+    flask_row = next(
+        line for line in report.splitlines() if line.startswith(f"| {overhead.VARIANT_LABELS[6]} |")
+    )
+    assert "BROKEN" not in flask_row, flask_row
