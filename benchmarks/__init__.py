@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def child_environment(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH", "")])])
     env.update(extra)
     return env
+
+
+def iqr(values: Sequence[float]) -> float:
+    """Interquartile range: how far apart the middle half of the samples lie (0 for one)."""
+    if len(values) < 2:
+        return 0.0
+    quartiles = statistics.quantiles(values, n=4)
+    return quartiles[2] - quartiles[0]
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -69,7 +69,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks import ROOT, load_average, quick
+from benchmarks import ROOT, iqr, load_average, quick
 from benchmarks.overhead import CLOCKS, clock_name
 from reqtelemetry import hashcash
 from reqtelemetry.collector.settings import DEFAULT_BITS
@@ -157,13 +157,6 @@ QUICK = Settings(
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
-
-
-def _iqr(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    quartiles = statistics.quantiles(values, n=4)
-    return quartiles[2] - quartiles[0]
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -306,7 +299,7 @@ def minting_section(settings: Settings, clock_label: str, clock: Callable[[], in
         table.append(
             f"| {row.bits} | {len(row.mint_ms)} | {_median(row.mint_ms):,.1f} "
             f"| {statistics.fmean(row.mint_ms):,.1f} | {2**row.bits / rate * 1000:,.1f} "
-            f"| {child} | {_median(row.verify_us):.2f} | {_iqr(row.verify_us):.2f} "
+            f"| {child} | {_median(row.verify_us):.2f} | {iqr(row.verify_us):.2f} "
             f"| {row.ratio:,.0f}x | {_rate(row.hashes_per_second)} | {budget} |"
         )
     default = next((row for row in rows if row.bits == DEFAULT_BITS), None)

@@ -115,6 +115,7 @@ from typing import IO, Any
 from benchmarks import (
     ROOT,
     child_environment,
+    iqr,
     load_average,
     median_bounds,
     median_bounds_text,
@@ -407,13 +408,6 @@ def measure_build(
     return result
 
 
-def _iqr(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    quartiles = statistics.quantiles(values, n=4)
-    return quartiles[2] - quartiles[0]
-
-
 def build_table(result: BuildResult) -> str:
     """The steps' cost (unpaced), then the paced encoding as information, then the baseline.
 
@@ -432,7 +426,7 @@ def build_table(result: BuildResult) -> str:
     for label, samples in zip(BUILD_LABELS, steps, strict=False):
         median = statistics.median(samples)
         rows.append(
-            f"| {label} | {median:.1f} | {_iqr(samples):.1f} "
+            f"| {label} | {median:.1f} | {iqr(samples):.1f} "
             f"| {statistics.median(result.cpu_ms[label]):.1f} | {median / total:.0%} "
             f"| {median / baseline:.2f}x |"
         )
@@ -440,14 +434,14 @@ def build_table(result: BuildResult) -> str:
     if result.paced_ms:
         rows.append(
             f"| {paced_label} | {statistics.median(result.paced_ms):.1f} "
-            f"| {_iqr(result.paced_ms):.1f} | {statistics.median(result.cpu_ms[paced_label]):.1f} "
+            f"| {iqr(result.paced_ms):.1f} | {statistics.median(result.cpu_ms[paced_label]):.1f} "
             "| — (not in the total) | — |"
         )
     else:
         rows.append(f"| {paced_label} | — | — | — | — (not timed) | — |")
     baseline_cpu = statistics.median(result.cpu_ms[BUILD_LABELS[-1]])
     rows.append(
-        f"| {BUILD_LABELS[-1]} | {baseline:.1f} | {_iqr(result.baseline_ms):.1f} "
+        f"| {BUILD_LABELS[-1]} | {baseline:.1f} | {iqr(result.baseline_ms):.1f} "
         f"| {baseline_cpu:.1f} | — | 1.00x |"
     )
     return "\n".join(rows)

@@ -80,7 +80,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks import contenders, load_average, quick
+from benchmarks import contenders, iqr, load_average, median_bounds, quick
 from reqtelemetry import ASGIMiddleware, Config, Telemetry, WSGIMiddleware
 from reqtelemetry.flask import init_app
 from reqtelemetry.recorder import Recorder
@@ -674,13 +674,6 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _iqr(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    quartiles = statistics.quantiles(values, n=4)
-    return quartiles[2] - quartiles[0]
-
-
 #: How sure the interval around a median overhead is.
 CONFIDENCE = 0.95
 
@@ -696,18 +689,12 @@ def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tupl
     least ``confidence``. Raises ``ValueError`` when n is too small for any k
     (fewer than 6 values at 95 %).
     """
-    ordered = sorted(values)
-    n = len(ordered)
-    below = 0.0  # P(Binomial(n, 1/2) < k), for the next k
-    k = 0
-    while True:
-        below_next = below + math.comb(n, k) / 2**n
-        if 1 - 2 * below_next < confidence:
-            break
-        below, k = below_next, k + 1
-    if k == 0:
-        raise ValueError(f"{n} values cannot give a {confidence:.0%} interval of the median")
-    return ordered[k - 1], ordered[n - k]
+    low, high, coverage = median_bounds(values, confidence)
+    if coverage < confidence:
+        raise ValueError(
+            f"{len(values)} values cannot give a {confidence:.0%} interval of the median"
+        )
+    return low, high
 
 
 def paired_ratio(bare_us: float, overhead_us: float) -> float:
@@ -739,7 +726,7 @@ def _table(variants: list[Variant]) -> str:
         budget = "—"
         if variant.bare is not None:
             paired = variant.paired_us
-            overhead, spread = statistics.median(paired), _iqr(paired)
+            overhead, spread = statistics.median(paired), iqr(paired)
             ratio = paired_ratio(statistics.median(variant.bare.samples_us), overhead)
             if variant.budget_us is not None:
                 verdict = "PASS" if overhead <= variant.budget_us else "MISS"
@@ -759,7 +746,7 @@ def _table(variants: list[Variant]) -> str:
             budget = variant.accounting.cell()
         ratio_text = "—" if ratio is None else f"{ratio:.3f}x"
         rows.append(
-            f"| {variant.label} | {median:.2f} | {_iqr(samples):.2f} | {_fmt(overhead)} "
+            f"| {variant.label} | {median:.2f} | {iqr(samples):.2f} | {_fmt(overhead)} "
             f"| {_fmt(spread)} | {ratio_text} | {budget} |"
         )
     return "\n".join(rows)
