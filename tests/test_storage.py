@@ -1375,6 +1375,146 @@ def test_a_store_whose_deadline_has_passed_writes_nothing(storage: SQLStorage) -
     assert storage.totals(0)["reports"] == 0
 
 
+# -- the dashboard's reads hold up no report ---------------------------------------------------
+
+#: A report stored while the dashboard reads (its stamp is new each time).
+LATE = make_payload(
+    DEP_A, A1, {**LINUX, "app_version": "1.2"}, [("GET", "/late", 200, [0.01], 0, 1)], sequence=7
+)
+
+
+class HeldStatements:
+    """SQLite connections whose statements stop midway in the threads of
+    :attr:`threads` (a progress handler), until :attr:`release` is set: a read
+    as slow as a large database's, and as long as the test decides.
+
+    Install :meth:`connect` as ``sqlite3.connect`` before the storage opens,
+    so that it holds whichever connection the storage reads on.
+    """
+
+    def __init__(self) -> None:
+        self.threads: set[threading.Thread] = set()
+        self.release = threading.Event()
+        #: Released once by each held thread, when it stops in a statement.
+        self.entered = threading.Semaphore(0)
+        #: What each connection opened meanwhile was opened on.
+        self.opened: list[str] = []
+        self._held: set[threading.Thread] = set()
+        self._connect = sqlite3.connect
+
+    def connect(self, database: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        connection = self._connect(database, *args, **kwargs)
+        self.opened.append(str(database))
+        connection.set_progress_handler(self._hold, 100)
+        return connection
+
+    def readers(self) -> int:
+        """Connections opened read-only (``mode=ro``)."""
+        return sum("mode=ro" in database for database in self.opened)
+
+    def _hold(self) -> int:
+        thread = threading.current_thread()
+        if thread in self.threads and thread not in self._held and not self.release.is_set():
+            self._held.add(thread)
+            self.entered.release()
+            self.release.wait(30)
+        return 0  # carry on
+
+
+@pytest.fixture
+def held(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldStatements]:
+    held = HeldStatements()
+    monkeypatch.setattr(sqlite3, "connect", held.connect)
+    yield held
+    held.release.set()  # whatever the test did, no thread stays held
+
+
+@pytest.fixture
+def held_sqlite(held: HeldStatements, tmp_path: Path) -> Iterator[SQLStorage]:
+    """The scenario in a SQLite file, every connection of it opened through ``held``."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'collector.db'}")
+    try:
+        storage.migrate()
+        for payload, received_at in SCENARIO:
+            storage.store(stored(payload, received_at))
+        yield storage
+    finally:
+        held.release.set()
+        storage.close()
+
+
+def read_summaries(storage: SQLStorage, count: int) -> tuple[list[threading.Thread], list[Any]]:
+    """``count`` threads, not started, each to read the dashboard's summary (or
+    the error it raised) into the list returned with them."""
+    from reqtelemetry.collector.summary import build_summary
+
+    results: list[Any] = []
+
+    def read() -> None:
+        try:
+            results.append(build_summary(storage, 30, now=T + 8000))
+        except BaseException as error:
+            results.append(error)
+
+    return [threading.Thread(target=read) for _ in range(count)], results
+
+
+def assert_stored_promptly(storage: SQLStorage, budget: float = 2.0) -> None:
+    """A report stores within ``budget`` seconds, the deadline a client's wait
+    gives it (:class:`DeadlineExceeded` past it)."""
+    began = time.monotonic()
+    storage.store(stored(LATE, T + 7400), deadline=began + budget)
+    assert time.monotonic() - began < budget
+
+
+def assert_late_report_is_stored(storage: SQLStorage) -> None:
+    assert "/late" in {e["route"] for e in storage.endpoints(0)}
+
+
+def test_a_report_is_stored_while_a_summary_is_read_on_sqlite(
+    held: HeldStatements, held_sqlite: SQLStorage
+) -> None:
+    """A summary as slow as a large database's holds up no report: it reads on
+    a connection of its own (WAL: readers and the writer do not wait for each
+    other), not the one reports are written through, nor behind its lock.
+    Sharing them, a report waited for the whole summary, past its deadline:
+    a ``503`` for every client reporting meanwhile."""
+    (reader,), results = read_summaries(held_sqlite, 1)
+    held.threads.add(reader)
+    reader.start()
+    assert held.entered.acquire(timeout=10), "the summary never began"
+    assert_stored_promptly(held_sqlite)
+    held.release.set()
+    reader.join(30)
+    (summary,) = results
+    assert isinstance(summary, dict), summary
+    assert summary["totals"]["deployments"] == 2
+    assert_late_report_is_stored(held_sqlite)
+
+
+def test_summaries_read_on_at_most_two_connections_of_their_own(
+    held: HeldStatements, held_sqlite: SQLStorage
+) -> None:
+    """However many dashboards load at once, SQLite's reads take two
+    connections at most (each a file handle and a page cache); a third
+    waits for one, then reads, and reports are stored meanwhile."""
+    readers, results = read_summaries(held_sqlite, 3)
+    held.threads.update(readers)
+    for reader in readers[:2]:
+        reader.start()
+    for _ in range(2):
+        assert held.entered.acquire(timeout=10), "two summaries did not read at once"
+    readers[2].start()
+    assert not held.entered.acquire(timeout=0.3), "a third summary read at once"
+    assert_stored_promptly(held_sqlite)
+    held.release.set()
+    for reader in readers:
+        reader.join(30)
+    assert len(results) == 3 and all(isinstance(summary, dict) for summary in results), results
+    assert held.readers() == 2
+    assert_late_report_is_stored(held_sqlite)
+
+
 @pytest.fixture
 def postgres_storage(postgres_url: str) -> Iterator[PostgresStorage]:
     """A migrated PostgreSQL storage in a scratch schema (what SQLite cannot show)."""

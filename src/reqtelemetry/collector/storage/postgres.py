@@ -340,6 +340,11 @@ class PostgresStorage(SQLStorage):
     def _run_migrations(self, work: Callable[[Executor], T]) -> T:
         return self._with_retry(work, lock=True)
 
+    def _read(self, work: Callable[[Executor], T]) -> T:
+        """``work`` as :meth:`_run` runs it: on a connection of the pool's, its
+        own while it runs (PostgreSQL's readers never block its writers)."""
+        return self._run(work)
+
     def close(self) -> None:
         self._pool.close()
 

@@ -13,7 +13,9 @@ database instead, in an order spelled out alike for both (``_endpoint_order``).
 
 A backend implements :meth:`SQLStorage._run`: call ``work(executor)`` inside
 one transaction, commit if it returns, roll back if it raises; and, given a
-deadline, bound its waits by it and commit only before it.
+deadline, bound its waits by it and commit only before it. The dashboard's
+questions go through :meth:`SQLStorage._read` instead, which a backend runs
+where no report's store waits for it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ MAX_METRIC_NAMES = 100
 #: Rows fetched at a time by a streamed read (the CSV export, the summary's
 #: histograms): what a read holds in memory, whatever the number of rows.
 FETCH_ROWS = 1000
+#: The dashboard's reads (see :meth:`SQLStorage._read`) that may run at once.
+#: Each holds a connection: on SQLite one of its own (a file handle and a page
+#: cache), on PostgreSQL one of the pool reports are stored through, which
+#: keeps the others (two of the default four). More would only share the same
+#: cores more thinly; one more dashboard waits for a turn.
+MAX_READERS = 2
 
 
 class SchemaMismatch(Exception):
@@ -197,6 +205,18 @@ class SQLStorage(Storage):
     @abc.abstractmethod
     def _run_migrations(self, work: Callable[[Executor], T]) -> T:
         """Like :meth:`_run`, holding a lock that makes concurrent migrations take turns."""
+
+    @abc.abstractmethod
+    def _read(self, work: Callable[[Executor], T]) -> T:
+        """``work(executor)`` in one read-only transaction: a dashboard question.
+
+        Why apart from :meth:`_run`: a summary of a large database takes
+        seconds, and must hold nothing a report's store waits for (SQLite's
+        one connection and its lock, every slot of PostgreSQL's pool), or the
+        reports arriving meanwhile pass their deadline and are answered
+        ``503``. A backend bounds how many such reads run at once, and
+        what they take.
+        """
 
     # -- migrations ---------------------------------------------------------------------
 
@@ -493,7 +513,7 @@ class SQLStorage(Storage):
 
     def refusals(self) -> dict[str, int]:
         """Refusal counters by reason, in alphabetical order."""
-        rows = self._run(lambda ex: ex.query("SELECT reason, count FROM refusals"))
+        rows = self._read(lambda ex: ex.query("SELECT reason, count FROM refusals"))
         return {reason: _int(count) for reason, count in sorted(rows)}
 
     # -- the dashboard's questions ------------------------------------------------------
@@ -525,7 +545,7 @@ class SQLStorage(Storage):
                 "errors": _int(errors),
             }
 
-        return self._run(work)
+        return self._read(work)
 
     def activity(
         self, since: float, bucket_seconds: int, app: str | None = None
@@ -550,7 +570,7 @@ class SQLStorage(Storage):
                 (bucket_seconds, float(since), *app_params),
             )
 
-        rows = sorted((_int(b), _int(d), _int(i)) for b, d, i in self._run(work))
+        rows = sorted((_int(b), _int(d), _int(i)) for b, d, i in self._read(work))
         return [
             {"bucket_start": float(b * bucket_seconds), "deployments": d, "instances": i}
             for b, d, i in rows
@@ -582,7 +602,7 @@ class SQLStorage(Storage):
                 "instances": _int(instances),
                 "last_seen": _float(last_seen),
             }
-            for name, version, deployments, instances, last_seen in self._run(work)
+            for name, version, deployments, instances, last_seen in self._read(work)
         ]
         result.sort(
             key=lambda row: (
@@ -616,7 +636,7 @@ class SQLStorage(Storage):
                 "reports": _int(reports),
                 "last_seen": _float(last_seen),
             }
-            for name, deployments, instances, reports, last_seen in self._run(work)
+            for name, deployments, instances, reports, last_seen in self._read(work)
         ]
         result.sort(
             key=lambda row: (
@@ -671,7 +691,7 @@ class SQLStorage(Storage):
                 for row in batch
             ]
 
-        return self._run(work)
+        return self._read(work)
 
     def iter_endpoints(
         self, since: float, app: str | None = None
@@ -741,7 +761,7 @@ class SQLStorage(Storage):
                 "limits": limits.as_dict(),
             }
 
-        return self._run(work)
+        return self._read(work)
 
     def _unused_rows(
         self, ex: Executor, app: str | None, used: int, sql: str, params: Sequence[Any]
@@ -976,7 +996,7 @@ class SQLStorage(Storage):
                 "instances": _int(instances),
                 "deployments": _int(deployments),
             }
-            for os_name, arch, python_version, framework, instances, deployments in self._run(work)
+            for os_name, arch, python_version, framework, instances, deployments in self._read(work)
         ]
         result.sort(
             key=lambda row: (
@@ -1009,7 +1029,7 @@ class SQLStorage(Storage):
             gauges = ex.query(self._gauges_sql(only), params)
             return counters, gauges
 
-        counters, gauges = self._run(work)
+        counters, gauges = self._read(work)
         return {
             "counters": _counter_entries(counters),
             "counter_names": _int(counters[0][-1]) if counters else 0,
@@ -1086,7 +1106,7 @@ class SQLStorage(Storage):
 
         result = [
             {"app_name": name, "requests": _int(requests), "deployments": _int(deployments)}
-            for name, requests, deployments in self._run(work)
+            for name, requests, deployments in self._read(work)
         ]
         result.sort(key=lambda row: (-row["requests"], _text_key(row["app_name"])))
         return result
