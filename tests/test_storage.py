@@ -1515,6 +1515,44 @@ def test_summaries_read_on_at_most_two_connections_of_their_own(
     assert_late_report_is_stored(held_sqlite)
 
 
+def test_a_report_is_stored_while_summaries_wait_on_postgres(
+    postgres_storage: PostgresStorage,
+) -> None:
+    """PostgreSQL's readers never block its writers, but each read takes a
+    connection of the pool reports are stored through: as many slow
+    summaries as it has connections (four, by default: a few dashboard tabs
+    reloaded) left a report none, and it was answered ``503`` at its
+    deadline. The dashboard's reads take two at most."""
+    url = postgres_storage.url
+    readers, results = read_summaries(postgres_storage, 4)
+    with psycopg.connect(url) as locker:
+        # Summaries read the refusal counters; reports never touch them.
+        locker.execute("LOCK TABLE refusals IN ACCESS EXCLUSIVE MODE")
+        for reader in readers:
+            reader.start()
+        _until_sessions_await_a_lock(url, 4, within=2.0)
+        assert_stored_promptly(postgres_storage)
+        locker.rollback()
+    for reader in readers:
+        reader.join(30)
+    assert len(results) == 4 and all(isinstance(summary, dict) for summary in results), results
+    assert_late_report_is_stored(postgres_storage)
+
+
+def _until_sessions_await_a_lock(url: str, sessions: int, within: float) -> int:
+    """Once ``sessions`` sessions wait for a lock, or ``within`` seconds have
+    passed (fewer may be let through): how many do."""
+    deadline = time.monotonic() + within
+    with psycopg.connect(url, autocommit=True) as connection:
+        while True:
+            (waiting,) = connection.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted"
+            ).fetchone()
+            if waiting >= sessions or time.monotonic() > deadline:
+                return int(waiting)
+            time.sleep(0.01)
+
+
 @pytest.fixture
 def postgres_storage(postgres_url: str) -> Iterator[PostgresStorage]:
     """A migrated PostgreSQL storage in a scratch schema (what SQLite cannot show)."""
