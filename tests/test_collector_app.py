@@ -69,7 +69,9 @@ from reqtelemetry.collector.storage import open_storage
 from reqtelemetry.collector.storage.base import (
     MAX_ENDPOINT_VERSIONS,
     MAX_ENDPOINTS,
+    MAX_PLATFORMS,
     MAX_UNUSED_ENDPOINTS,
+    MAX_VERSIONS,
     DeadlineExceeded,
     Storage,
     StoredReport,
@@ -398,6 +400,9 @@ def test_reports_are_stored_and_read_back(collector: Collector) -> None:
 
     platforms = summary["platforms"]
     assert sum(p["instances"] for p in platforms if p["os"] == "linux") == 3
+    # Lists this short are whole.
+    assert (summary["versions_left_out"], summary["version_limit"]) == (0, MAX_VERSIONS)
+    assert (summary["platforms_left_out"], summary["platform_limit"]) == (0, MAX_PLATFORMS)
 
     response = collector.http.get("/export.csv", params={"days": 7})
     assert response.status_code == 200
@@ -487,6 +492,44 @@ def test_the_summary_lists_the_busiest_endpoints_and_the_csv_every_one(
     assert len(rows) == len(busy) + len(gone)
     assert [int(row["calls"]) for row in rows[: len(busy)]] == sorted(busy.values(), reverse=True)
     assert {row["route"] for row in rows[len(busy) :]} == set(gone)
+
+
+def store_traits(
+    storage: Storage, app_version: str, python_version: str, received_at: float
+) -> None:
+    """One report of a new deployment, stored directly, naming this app version
+    and Python version: what each report of a flood of made-up traits stores."""
+    payload = make_payload(new_id(), new_id(), app_version=app_version, records=[])
+    payload["traits"]["python_version"] = python_version
+    storage.store(StoredReport(stamp=f"s-{new_id()}", received_at=received_at, payload=payload))
+
+
+@pytest.mark.e2e
+def test_the_summary_lists_the_most_used_versions_and_platforms_and_how_many_more(
+    collector: Collector,
+) -> None:
+    """A version and a Python version are any text a client sends: a new one
+    in each report must not grow ``/api/summary`` with every one. Each list
+    holds the most used up to its documented limit, and says how many more
+    there were."""
+    now = time.time()
+    flood = MAX_PLATFORMS + 3
+    for n in range(flood):
+        store_traits(collector.storage, f"0.{n}", f"3.{n}", now - flood + n)
+
+    summary = collector.http.get("/api/summary", params={"days": 30}).json()
+    assert len(summary["versions"]) == MAX_VERSIONS
+    assert summary["versions_left_out"] == flood - MAX_VERSIONS
+    assert summary["version_limit"] == MAX_VERSIONS
+    # One deployment and instance each: the latest seen first.
+    assert [v["app_version"] for v in summary["versions"][:2]] == [
+        f"0.{flood - 1}",
+        f"0.{flood - 2}",
+    ]
+    assert len(summary["platforms"]) == MAX_PLATFORMS
+    assert summary["platforms_left_out"] == 3
+    assert summary["platform_limit"] == MAX_PLATFORMS
+    assert summary["totals"]["instances"] == flood  # the totals count them all
 
 
 def reads_holding_the_wal(database: Path) -> int:

@@ -31,6 +31,8 @@ from typing import Any, Protocol, TypeVar
 
 from ...histogram import Histogram
 from .base import (
+    MAX_PLATFORMS,
+    MAX_VERSIONS,
     EndpointLimits,
     Pruned,
     ReplayError,
@@ -576,25 +578,33 @@ class SQLStorage(Storage):
             for b, d, i in rows
         ]
 
-    def versions(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
+    def versions(
+        self, since: float, app: str | None = None, limit: int = MAX_VERSIONS
+    ) -> dict[str, Any]:
         """App versions that reported since ``since``, per app name (of ``app`` only,
         when given; None: unknown or withheld), with distinct deployments and
-        instances and the last report's time.
+        instances and the last report's time, cut at ``limit`` in the database
+        (see :meth:`Storage.versions`).
 
         Why per app: two apps behind one collector may both be at "1.0", and
-        counting their deployments together would describe neither.
+        counting their deployments together would describe neither. Why cut
+        in the database: a flood of versions then costs Python ``limit`` rows.
         """
         only, app_params = _app_filter(app)
+        order = self._unknown_first(("app_name", "app_version"))
 
         def work(ex: Executor) -> list[Row]:
             return ex.query(
-                "SELECT app_name, app_version, COUNT(DISTINCT deployment_id),"
-                " COUNT(DISTINCT instance_id), MAX(received_at)"
-                f" FROM reports WHERE received_at >= ?{only} GROUP BY app_name, app_version",
-                (float(since), *app_params),
+                "SELECT app_name, app_version, COUNT(DISTINCT deployment_id) AS deployments,"
+                " COUNT(DISTINCT instance_id) AS instances, MAX(received_at) AS last_seen,"
+                " COUNT(*) OVER () AS versions"
+                f" FROM reports WHERE received_at >= ?{only} GROUP BY app_name, app_version"
+                f" ORDER BY deployments DESC, instances DESC, last_seen DESC, {order} LIMIT ?",
+                (float(since), *app_params, int(limit)),
             )
 
-        result = [
+        rows = self._read(work)
+        versions = [
             {
                 "app_name": name,
                 "app_version": version,
@@ -602,18 +612,9 @@ class SQLStorage(Storage):
                 "instances": _int(instances),
                 "last_seen": _float(last_seen),
             }
-            for name, version, deployments, instances, last_seen in self._read(work)
+            for name, version, deployments, instances, last_seen, _ in rows
         ]
-        result.sort(
-            key=lambda row: (
-                -row["deployments"],
-                -row["instances"],
-                -row["last_seen"],
-                _text_key(row["app_name"]),
-                _text_key(row["app_version"]),
-            )
-        )
-        return result
+        return {"versions": versions, "left_out": _counted(rows) - len(rows), "limit": int(limit)}
 
     def apps(self, since: float) -> list[dict[str, Any]]:
         """Apps that reported since ``since`` by name (None: reports without one),
@@ -834,10 +835,17 @@ class SQLStorage(Storage):
         terms = []
         for column in columns:
             if column in ("app_name", "app_version"):
-                terms.append(f"{column} IS NOT NULL, {column}{b}")
+                terms.append(self._unknown_first((column,)))
             else:
                 terms.append(f"{column}{b}")
         return ", ".join(terms)
+
+    def _unknown_first(self, columns: Sequence[str]) -> str:
+        """``ORDER BY`` terms for text ``columns`` that may be NULL: unknown
+        first, then byte by byte (as :func:`_text_key` sorts in Python), so
+        that a cut falls at the same row on both backends."""
+        b = self.dialect.bytewise
+        return ", ".join(f"{column} IS NOT NULL, {column}{b}" for column in columns)
 
     def _figures_sql(
         self,
@@ -971,41 +979,42 @@ class SQLStorage(Storage):
         )
         return sql, [*app_params, since, int(limit)]
 
-    def platforms(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
+    def platforms(
+        self, since: float, app: str | None = None, limit: int = MAX_PLATFORMS
+    ) -> dict[str, Any]:
         """Instances seen since ``since`` (of ``app``, by the name in their newest
         report, when given) by ``os``, ``arch``, ``python_version`` and
         ``framework`` (each None when unknown or withheld), with their distinct
-        deployments; most instances first."""
+        deployments; most instances first, cut at ``limit`` combinations in the
+        database (see :meth:`Storage.platforms`)."""
         only, app_params = _app_filter(app)
+        columns = ("os", "arch", "python_version", "framework")
+        key = ", ".join(columns)
 
         def work(ex: Executor) -> list[Row]:
             return ex.query(
-                "SELECT os, arch, python_version, framework, COUNT(*),"
-                " COUNT(DISTINCT deployment_id)"
-                f" FROM instances WHERE last_seen >= ?{only}"
-                " GROUP BY os, arch, python_version, framework",
-                (float(since), *app_params),
+                f"SELECT {key}, COUNT(*) AS instances,"
+                " COUNT(DISTINCT deployment_id) AS deployments, COUNT(*) OVER () AS platforms"
+                f" FROM instances WHERE last_seen >= ?{only} GROUP BY {key}"
+                f" ORDER BY instances DESC, deployments DESC, {self._unknown_first(columns)}"
+                " LIMIT ?",
+                (float(since), *app_params, int(limit)),
             )
 
-        result = [
+        rows = self._read(work)
+        platforms = [
             {
-                "os": os_name,
-                "arch": arch,
-                "python_version": python_version,
-                "framework": framework,
-                "instances": _int(instances),
-                "deployments": _int(deployments),
+                **dict(zip(columns, row[:4], strict=True)),
+                "instances": _int(row[4]),
+                "deployments": _int(row[5]),
             }
-            for os_name, arch, python_version, framework, instances, deployments in self._read(work)
+            for row in rows
         ]
-        result.sort(
-            key=lambda row: (
-                -row["instances"],
-                -row["deployments"],
-                *(_text_key(row[name]) for name in ("os", "arch", "python_version", "framework")),
-            )
-        )
-        return result
+        return {
+            "platforms": platforms,
+            "left_out": _counted(rows) - len(rows),
+            "limit": int(limit),
+        }
 
     def app_metrics(
         self, since: float, app: str | None = None, limit: int = MAX_METRIC_NAMES
