@@ -1737,6 +1737,44 @@ def test_the_dashboard_says_how_many_endpoints_it_does_not_show(
 
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_dashboard_says_how_many_versions_and_platforms_it_does_not_show(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """Where the summary cut its versions or platforms, the page says how many
+    it left out under each, and which it kept; where nothing was cut, nothing."""
+    now = time.time()
+    flood = MAX_VERSIONS + 2
+    for n in range(flood):
+        store_traits(collector.storage, f"0.{n}", "3.12.7", now - flood + n)
+    summary = collector.http.get("/api/summary", params={"days": 30}).json()
+
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["status"]["state"] == "ready", page["status"]
+    assert len(page["versionBars"]) == MAX_VERSIONS
+    assert page["versionsCap"] == {
+        "text": "2 more versions not shown (the 100 with the most deployments are).",
+        "value": "2",
+        "class": "",  # the fake DOM reads no attribute but ids from the page's markup
+        "hidden": False,
+    }
+    assert page["platformsCap"]["hidden"] and page["platformsCap"]["text"] == ""
+
+    summary["platforms_left_out"] = 1
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["platformsCap"]["text"] == (
+        "1 more platform not counted (the charts count the 200 combinations of OS, "
+        "architecture, Python and framework with the most instances)."
+    )
+    assert not page["platformsCap"]["hidden"] and page["platformsCap"]["value"] == "1"
+    # A summary from before the cut (no counts) shows no note.
+    for key in ("versions_left_out", "version_limit", "platforms_left_out", "platform_limit"):
+        del summary[key]
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["versionsCap"]["hidden"] and page["platformsCap"]["hidden"]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_the_dashboard_says_how_long_reports_are_kept(
     make_collector: Callable[..., Collector], tmp_path: Path
 ) -> None:
