@@ -168,6 +168,8 @@ setTimeout(() => {
     dropped: { ...describe(byId.dropped), hidden: hidden(byId.dropped) },
     endpointsCap: note(byId["endpoints-cap"]),
     byVersionCap: note(byId["by-version-cap"]),
+    versionsCap: note(byId["versions-cap"]),
+    platformsCap: note(byId["platforms-cap"]),
     unusedTitles: withTestid("unused-badge").map((n) => n.getAttribute("title")),
     // Elements the script made, by tag: a name taken for markup would add some.
     tags: [...new Set(all.map((n) => n.tagName))].sort(),

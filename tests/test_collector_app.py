@@ -69,7 +69,9 @@ from reqtelemetry.collector.storage import open_storage
 from reqtelemetry.collector.storage.base import (
     MAX_ENDPOINT_VERSIONS,
     MAX_ENDPOINTS,
+    MAX_PLATFORMS,
     MAX_UNUSED_ENDPOINTS,
+    MAX_VERSIONS,
     DeadlineExceeded,
     Storage,
     StoredReport,
@@ -398,6 +400,9 @@ def test_reports_are_stored_and_read_back(collector: Collector) -> None:
 
     platforms = summary["platforms"]
     assert sum(p["instances"] for p in platforms if p["os"] == "linux") == 3
+    # Lists this short are whole.
+    assert (summary["versions_left_out"], summary["version_limit"]) == (0, MAX_VERSIONS)
+    assert (summary["platforms_left_out"], summary["platform_limit"]) == (0, MAX_PLATFORMS)
 
     response = collector.http.get("/export.csv", params={"days": 7})
     assert response.status_code == 200
@@ -487,6 +492,44 @@ def test_the_summary_lists_the_busiest_endpoints_and_the_csv_every_one(
     assert len(rows) == len(busy) + len(gone)
     assert [int(row["calls"]) for row in rows[: len(busy)]] == sorted(busy.values(), reverse=True)
     assert {row["route"] for row in rows[len(busy) :]} == set(gone)
+
+
+def store_traits(
+    storage: Storage, app_version: str, python_version: str, received_at: float
+) -> None:
+    """One report of a new deployment, stored directly, naming this app version
+    and Python version: what each report of a flood of made-up traits stores."""
+    payload = make_payload(new_id(), new_id(), app_version=app_version, records=[])
+    payload["traits"]["python_version"] = python_version
+    storage.store(StoredReport(stamp=f"s-{new_id()}", received_at=received_at, payload=payload))
+
+
+@pytest.mark.e2e
+def test_the_summary_lists_the_most_used_versions_and_platforms_and_how_many_more(
+    collector: Collector,
+) -> None:
+    """A version and a Python version are any text a client sends: a new one
+    in each report must not grow ``/api/summary`` with every one. Each list
+    holds the most used up to its documented limit, and says how many more
+    there were."""
+    now = time.time()
+    flood = MAX_PLATFORMS + 3
+    for n in range(flood):
+        store_traits(collector.storage, f"0.{n}", f"3.{n}", now - flood + n)
+
+    summary = collector.http.get("/api/summary", params={"days": 30}).json()
+    assert len(summary["versions"]) == MAX_VERSIONS
+    assert summary["versions_left_out"] == flood - MAX_VERSIONS
+    assert summary["version_limit"] == MAX_VERSIONS
+    # One deployment and instance each: the latest seen first.
+    assert [v["app_version"] for v in summary["versions"][:2]] == [
+        f"0.{flood - 1}",
+        f"0.{flood - 2}",
+    ]
+    assert len(summary["platforms"]) == MAX_PLATFORMS
+    assert summary["platforms_left_out"] == 3
+    assert summary["platform_limit"] == MAX_PLATFORMS
+    assert summary["totals"]["instances"] == flood  # the totals count them all
 
 
 def reads_holding_the_wal(database: Path) -> int:
@@ -1690,6 +1733,44 @@ def test_the_dashboard_says_how_many_endpoints_it_does_not_show(
         "most calls are). The CSV export has them all."
     )
     assert not page["byVersionCap"]["hidden"]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_dashboard_says_how_many_versions_and_platforms_it_does_not_show(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """Where the summary cut its versions or platforms, the page says how many
+    it left out under each, and which it kept; where nothing was cut, nothing."""
+    now = time.time()
+    flood = MAX_VERSIONS + 2
+    for n in range(flood):
+        store_traits(collector.storage, f"0.{n}", "3.12.7", now - flood + n)
+    summary = collector.http.get("/api/summary", params={"days": 30}).json()
+
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["status"]["state"] == "ready", page["status"]
+    assert len(page["versionBars"]) == MAX_VERSIONS
+    assert page["versionsCap"] == {
+        "text": "2 more versions not shown (the 100 with the most deployments are).",
+        "value": "2",
+        "class": "",  # the fake DOM reads no attribute but ids from the page's markup
+        "hidden": False,
+    }
+    assert page["platformsCap"]["hidden"] and page["platformsCap"]["text"] == ""
+
+    summary["platforms_left_out"] = 1
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["platformsCap"]["text"] == (
+        "1 more platform not counted (the charts count the 200 combinations of OS, "
+        "architecture, Python and framework with the most instances)."
+    )
+    assert not page["platformsCap"]["hidden"] and page["platformsCap"]["value"] == "1"
+    # A summary from before the cut (no counts) shows no note.
+    for key in ("versions_left_out", "version_limit", "platforms_left_out", "platform_limit"):
+        del summary[key]
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["versionsCap"]["hidden"] and page["platformsCap"]["hidden"]
 
 
 @pytest.mark.e2e

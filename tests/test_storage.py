@@ -35,7 +35,9 @@ from reqtelemetry.collector.storage import (
 from reqtelemetry.collector.storage.base import (
     MAX_ENDPOINT_VERSIONS,
     MAX_ENDPOINTS,
+    MAX_PLATFORMS,
     MAX_UNUSED_ENDPOINTS,
+    MAX_VERSIONS,
     DeadlineExceeded,
     EndpointLimits,
     ReplayError,
@@ -450,7 +452,9 @@ def test_a_version_1_database_is_migrated_in_place(backend: Backend) -> None:
         "requests": 11,
         "errors": 2,
     }
-    assert [(v["app_name"], v["app_version"], v["deployments"]) for v in storage.versions(T)] == [
+    assert [
+        (v["app_name"], v["app_version"], v["deployments"]) for v in storage.versions(T)["versions"]
+    ] == [
         (None, "1.1", 2),
         (None, "1.0", 1),
         ("billing", "3.0", 1),
@@ -490,9 +494,9 @@ def test_a_version_1_database_is_migrated_in_place(backend: Backend) -> None:
         for e in storage.endpoints(T + 8500, by_app=True)
         if e["route"] == "/invoices"
     ] == [("billing", "POST", "/invoices", 0)]
-    assert [(p["framework"], p["instances"]) for p in storage.platforms(0, app="inventory")] == [
-        ("fastapi", 1)
-    ]
+    assert [
+        (p["framework"], p["instances"]) for p in storage.platforms(0, app="inventory")["platforms"]
+    ] == [("fastapi", 1)]
     (row,) = storage.endpoints(0, by_version=True, app="inventory")
     assert (row["app_name"], row["app_version"], row["calls"]) == ("inventory", "1.2", 1)
 
@@ -504,7 +508,7 @@ def test_replay_is_refused_and_writes_nothing(scenario: SQLStorage) -> None:
     stamp = "1:20:231114220000:replayed::r:1"
     scenario.store(stored(R2, T + 300, stamp=stamp))
     before = row_counts(scenario)
-    platforms_before = scenario.platforms(T + 8000)
+    platforms_before = scenario.platforms(T + 8000)["platforms"]
     # The same stamp again: later, from the same instance and from another.
     with pytest.raises(ReplayError):
         scenario.store(stored(R2, T + 9000, stamp=stamp))
@@ -512,7 +516,7 @@ def test_replay_is_refused_and_writes_nothing(scenario: SQLStorage) -> None:
         scenario.store(stored(R1, T + 9000, stamp=stamp))
     assert row_counts(scenario) == before
     # Had the instance rows been touched, A1 and A2 would now look active at T + 9000.
-    assert scenario.platforms(T + 8000) == platforms_before
+    assert scenario.platforms(T + 8000)["platforms"] == platforms_before
     assert scenario.totals(T + 8000)["reports"] == 0
 
 
@@ -551,10 +555,10 @@ def test_empty_database_answers_zeros(storage: SQLStorage) -> None:
         "errors": 0,
     }
     assert storage.activity(0, 3600) == []
-    assert storage.versions(0) == []
+    assert storage.versions(0)["versions"] == []
     assert storage.endpoints(0) == []
     assert storage.endpoints(0, by_version=True) == []
-    assert storage.platforms(0) == []
+    assert storage.platforms(0)["platforms"] == []
     assert storage.refusals() == {}
 
 
@@ -599,7 +603,7 @@ def test_activity(scenario: SQLStorage) -> None:
 
 
 def test_versions(scenario: SQLStorage) -> None:
-    assert scenario.versions(T) == [
+    assert scenario.versions(T)["versions"] == [
         {
             "app_name": None,  # the scenario's clients name no app
             "app_version": "1.1",
@@ -619,7 +623,7 @@ def test_versions(scenario: SQLStorage) -> None:
 
 def test_unknown_version_is_none(storage: SQLStorage) -> None:
     storage.store(stored(make_payload(DEP_A, A1, LINUX, [("GET", "/", 200, [0.01], 0, 1)]), T))
-    (row,) = storage.versions(0)
+    (row,) = storage.versions(0)["versions"]
     assert row["app_version"] is None and row["app_name"] is None
     (endpoint,) = storage.endpoints(0, by_version=True)
     assert endpoint["app_version"] is None and endpoint["app_name"] is None
@@ -732,7 +736,7 @@ def test_percentiles_merge_many_reports(storage: SQLStorage) -> None:
 
 
 def test_platforms(scenario: SQLStorage) -> None:
-    assert scenario.platforms(T) == [
+    assert scenario.platforms(T)["platforms"] == [
         {
             "os": "linux",
             "arch": "x86_64",
@@ -751,7 +755,7 @@ def test_platforms(scenario: SQLStorage) -> None:
         },
     ]
     # Only B1 reported after T + 1000.
-    assert [row["instances"] for row in scenario.platforms(T + 1000)] == [1]
+    assert [row["instances"] for row in scenario.platforms(T + 1000)["platforms"]] == [1]
 
 
 def test_instance_traits_follow_the_newest_report(storage: SQLStorage) -> None:
@@ -759,11 +763,11 @@ def test_instance_traits_follow_the_newest_report(storage: SQLStorage) -> None:
     older = make_payload(DEP_A, A1, {**LINUX, "python_version": "3.10.0"}, [])
     storage.store(stored(newer, T + 50))
     storage.store(stored(older, T + 10))  # arrives late
-    (row,) = storage.platforms(0)
+    (row,) = storage.platforms(0)["platforms"]
     assert row["python_version"] == "3.13.0"
     # first_seen / last_seen span both, whatever the order of arrival.
-    assert [r["instances"] for r in storage.platforms(T + 50)] == [1]
-    assert storage.platforms(T + 51) == []
+    assert [r["instances"] for r in storage.platforms(T + 50)["platforms"]] == [1]
+    assert storage.platforms(T + 51)["platforms"] == []
 
 
 def test_refusal_counters(storage: SQLStorage) -> None:
@@ -916,8 +920,12 @@ def test_one_apps_totals_activity_and_platforms(apps: SQLStorage) -> None:
         {"bucket_start": T, "deployments": 1, "instances": 1}
     ]
     assert apps.activity(T, 3600) == [{"bucket_start": T, "deployments": 4, "instances": 4}]
-    assert [(p["os"], p["instances"]) for p in apps.platforms(T, app="inventory")] == [("linux", 2)]
-    assert [(p["os"], p["instances"]) for p in apps.platforms(T, app="billing")] == [("darwin", 1)]
+    assert [(p["os"], p["instances"]) for p in apps.platforms(T, app="inventory")["platforms"]] == [
+        ("linux", 2)
+    ]
+    assert [(p["os"], p["instances"]) for p in apps.platforms(T, app="billing")["platforms"]] == [
+        ("darwin", 1)
+    ]
 
 
 def test_an_app_nobody_runs_has_nothing(apps: SQLStorage) -> None:
@@ -929,24 +937,26 @@ def test_an_app_nobody_runs_has_nothing(apps: SQLStorage) -> None:
         "errors": 0,
     }
     assert apps.activity(0, 3600, app="nope") == []
-    assert apps.versions(0, app="nope") == []
+    assert apps.versions(0, app="nope")["versions"] == []
     assert apps.endpoints(0, app="nope") == []
     assert apps.endpoints(0, by_version=True, app="nope") == []
-    assert apps.platforms(0, app="nope") == []
+    assert apps.platforms(0, app="nope")["platforms"] == []
     # Names are compared exactly: no case folding, no patterns.
     assert apps.totals(0, app="Inventory")["reports"] == 0
     assert apps.totals(0, app="%")["reports"] == 0
 
 
 def test_versions_of_different_apps_are_apart(apps: SQLStorage) -> None:
-    assert [(v["app_name"], v["app_version"], v["deployments"]) for v in apps.versions(T)] == [
+    assert [
+        (v["app_name"], v["app_version"], v["deployments"]) for v in apps.versions(T)["versions"]
+    ] == [
         # One deployment each: the latest report first.
         (None, "0.1", 1),
         ("billing", "1.0", 1),
         ("inventory", "1.1", 1),
         ("inventory", "1.0", 1),  # the same version as billing's, and its own row
     ]
-    assert apps.versions(T, app="billing") == [
+    assert apps.versions(T, app="billing")["versions"] == [
         {
             "app_name": "billing",
             "app_version": "1.0",
@@ -1103,8 +1113,8 @@ def test_an_instance_belongs_to_the_app_of_its_newest_report(storage: SQLStorage
     older = make_payload(DEP_A, A1, app_traits(LINUX, "inventory", "1.0"), [])
     storage.store(stored(newer, T + 50))
     storage.store(stored(older, T + 10))  # arrives late
-    assert [p["instances"] for p in storage.platforms(0, app="renamed")] == [1]
-    assert storage.platforms(0, app="inventory") == []
+    assert [p["instances"] for p in storage.platforms(0, app="renamed")["platforms"]] == [1]
+    assert storage.platforms(0, app="inventory")["platforms"] == []
     # Its reports keep the name each one carried.
     assert [a["app_name"] for a in storage.apps(0)] == ["inventory", "renamed"]
 
@@ -1215,6 +1225,130 @@ def test_each_cut_falls_where_the_uncut_lists_order_it(apps: SQLStorage) -> None
     assert summary["left_out"] == {"used": 2, "unused": 1, "by_version": 1}
 
 
+def numbered(n: int) -> str:
+    """The ``n``-th made-up deployment or instance id (a valid version-4 UUID)."""
+    return str(uuid.UUID(int=n, version=4))
+
+
+def traits_report(n: int, deployment: int, traits: dict[str, Any], at: float) -> StoredReport:
+    """Report ``n`` (of instance ``n``, of deployment ``deployment``), saying
+    ``traits``, received at ``at``; no calls: only its traits count here."""
+    payload = make_payload(numbered(deployment), numbered(1000 + n), traits, [], sequence=n)
+    return stored(payload, at)
+
+
+#: (app, version, deployment) of one report (one instance each), and when after T.
+VERSION_REPORTS: list[tuple[str | None, str | None, int, float]] = [
+    ("shop", "2.0", 1, 10),
+    ("shop", "2.0", 2, 10),
+    ("shop", "2.0", 3, 10),
+    ("shop", "1.9", 4, 10),
+    ("shop", "1.9", 4, 10),
+    ("shop", "1.8", 5, 30),
+    ("shop", "1.7", 6, 20),
+    ("shop", "a", 7, 10),
+    ("shop", "Z", 8, 10),
+    ("billing", "1.0", 9, 10),
+    ("billing", None, 10, 10),
+    (None, "1.0", 11, 10),
+]
+#: The order of VERSION_REPORTS' versions, as (app, version, deployments, instances).
+VERSION_ORDER = [
+    ("shop", "2.0", 3, 3),  # the most deployments
+    ("shop", "1.9", 1, 2),  # then the most instances
+    ("shop", "1.8", 1, 1),  # then the latest seen
+    ("shop", "1.7", 1, 1),
+    (None, "1.0", 1, 1),  # then by app, unknown first, byte by byte
+    ("billing", None, 1, 1),  # and by version, unknown first
+    ("billing", "1.0", 1, 1),
+    ("shop", "Z", 1, 1),  # byte by byte, not a locale's order
+    ("shop", "a", 1, 1),
+]
+#: (platform, deployment) of one instance each, all reporting at T + 10.
+PLATFORM_REPORTS: list[tuple[dict[str, Any], int]] = [
+    (LINUX, 1),
+    (LINUX, 2),
+    (LINUX, 2),
+    (MAC, 3),
+    (MAC, 4),
+    ({**LINUX, "python_version": "3.13.0"}, 5),
+    ({**LINUX, "python_version": "3.13.0"}, 5),
+    ({**LINUX, "framework": None}, 6),
+    ({**LINUX, "arch": "aarch64"}, 7),
+    ({**LINUX, "os": "Linux"}, 8),
+    ({**LINUX, "os": None}, 9),
+]
+#: The order of PLATFORM_REPORTS' platforms, as
+#: (os, arch, python_version, framework, instances, deployments).
+PLATFORM_ORDER = [
+    ("linux", "x86_64", "3.12.7", "fastapi", 3, 2),  # the most instances
+    ("darwin", "arm64", "3.11.9", "flask", 2, 2),  # then the most deployments
+    ("linux", "x86_64", "3.13.0", "fastapi", 2, 1),
+    (None, "x86_64", "3.12.7", "fastapi", 1, 1),  # then by each text, unknown first
+    ("Linux", "x86_64", "3.12.7", "fastapi", 1, 1),  # byte by byte
+    ("linux", "aarch64", "3.12.7", "fastapi", 1, 1),
+    ("linux", "x86_64", "3.12.7", None, 1, 1),
+]
+
+
+def test_versions_are_cut_where_their_order_puts_them(storage: SQLStorage) -> None:
+    """Each cut keeps the first rows of the whole list, in an order spelled
+    out alike for both backends (ties too), and says how many it left out."""
+    for n, (app, version, deployment, after) in enumerate(VERSION_REPORTS):
+        traits = {**LINUX, "app_name": app, "app_version": version}
+        storage.store(traits_report(n, deployment, traits, T + after))
+    assert [
+        (v["app_name"], v["app_version"], v["deployments"], v["instances"])
+        for v in storage.versions(T)["versions"]
+    ] == VERSION_ORDER
+    for limit in range(1, len(VERSION_ORDER) + 2):
+        cut = storage.versions(T, limit=limit)
+        assert [(v["app_name"], v["app_version"]) for v in cut["versions"]] == [
+            (app, version) for app, version, _, _ in VERSION_ORDER[:limit]
+        ]
+        assert (cut["left_out"], cut["limit"]) == (max(0, len(VERSION_ORDER) - limit), limit)
+    shop = storage.versions(T, app="shop", limit=2)
+    assert [v["app_version"] for v in shop["versions"]] == ["2.0", "1.9"]
+    assert shop["left_out"] == 4
+
+
+def test_platforms_are_cut_where_their_order_puts_them(storage: SQLStorage) -> None:
+    for n, (platform, deployment) in enumerate(PLATFORM_REPORTS):
+        traits = app_traits(platform, "shop" if n % 2 else "billing", "1.0")
+        storage.store(traits_report(n, deployment, traits, T + 10))
+    assert [
+        (p["os"], p["arch"], p["python_version"], p["framework"], p["instances"], p["deployments"])
+        for p in storage.platforms(T)["platforms"]
+    ] == PLATFORM_ORDER
+    for limit in range(1, len(PLATFORM_ORDER) + 2):
+        cut = storage.platforms(T, limit=limit)
+        assert [tuple(p.values())[:4] for p in cut["platforms"]] == [
+            row[:4] for row in PLATFORM_ORDER[:limit]
+        ]
+        assert (cut["left_out"], cut["limit"]) == (max(0, len(PLATFORM_ORDER) - limit), limit)
+    billing = storage.platforms(T, app="billing", limit=1)
+    assert [p["instances"] for p in billing["platforms"]] == [2]  # 2 of LINUX's 3
+    assert billing["left_out"] == 4
+
+
+def test_a_flood_of_versions_and_platforms_is_cut_at_the_documented_limits(
+    storage: SQLStorage,
+) -> None:
+    """A version and a platform are whatever text a client sends: a new one
+    in every report must not make the summary list every one."""
+    flood = MAX_PLATFORMS + 2
+    for n in range(flood):
+        traits = app_traits({**LINUX, "python_version": f"3.{n}"}, "shop", f"0.{n}")
+        storage.store(traits_report(n, n, traits, T + n))
+    versions, platforms = storage.versions(T), storage.platforms(T)
+    assert (len(versions["versions"]), versions["left_out"]) == (MAX_VERSIONS, flood - MAX_VERSIONS)
+    assert versions["limit"] == MAX_VERSIONS
+    # All tie but for the time: the latest seen first.
+    assert versions["versions"][0]["app_version"] == f"0.{flood - 1}"
+    assert (len(platforms["platforms"]), platforms["left_out"]) == (MAX_PLATFORMS, 2)
+    assert platforms["limit"] == MAX_PLATFORMS
+
+
 @pytest.mark.parametrize("since", [0, T, T + 250])
 def test_the_exported_rows_are_every_endpoint_and_version(apps: SQLStorage, since: float) -> None:
     """``iter_endpoints`` (what the CSV export writes) yields the rows of
@@ -1318,7 +1452,7 @@ def test_eight_threads_storing_at_once(backend: Backend, storage: SQLStorage) ->
         "requests": calls,
         "errors": threads_count * per_thread,
     }
-    assert len(storage.versions(0)) == threads_count
+    assert len(storage.versions(0)["versions"]) == threads_count
     assert storage.refusals() == {"bad_stamp": threads_count * per_thread}
 
 
@@ -1373,6 +1507,185 @@ def test_a_store_whose_deadline_has_passed_writes_nothing(storage: SQLStorage) -
     with pytest.raises(DeadlineExceeded):
         storage.store(stored(R1, T + 100), deadline=time.monotonic() - 0.001)
     assert storage.totals(0)["reports"] == 0
+
+
+# -- the dashboard's reads hold up no report ---------------------------------------------------
+
+#: A report stored while the dashboard reads (its stamp is new each time).
+LATE = make_payload(
+    DEP_A, A1, {**LINUX, "app_version": "1.2"}, [("GET", "/late", 200, [0.01], 0, 1)], sequence=7
+)
+
+
+class HeldStatements:
+    """SQLite connections whose statements stop midway in the threads of
+    :attr:`threads` (a progress handler), until :attr:`release` is set: a read
+    as slow as a large database's, and as long as the test decides.
+
+    Install :meth:`connect` as ``sqlite3.connect`` before the storage opens,
+    so that it holds whichever connection the storage reads on.
+    """
+
+    def __init__(self) -> None:
+        self.threads: set[threading.Thread] = set()
+        self.release = threading.Event()
+        #: Released once by each held thread, when it stops in a statement.
+        self.entered = threading.Semaphore(0)
+        #: What each connection opened meanwhile was opened on.
+        self.opened: list[str] = []
+        self._held: set[threading.Thread] = set()
+        self._connect = sqlite3.connect
+
+    def connect(self, database: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        connection = self._connect(database, *args, **kwargs)
+        self.opened.append(str(database))
+        connection.set_progress_handler(self._hold, 100)
+        return connection
+
+    def readers(self) -> int:
+        """Connections opened read-only (``mode=ro``)."""
+        return sum("mode=ro" in database for database in self.opened)
+
+    def _hold(self) -> int:
+        thread = threading.current_thread()
+        if thread in self.threads and thread not in self._held and not self.release.is_set():
+            self._held.add(thread)
+            self.entered.release()
+            self.release.wait(30)
+        return 0  # carry on
+
+
+@pytest.fixture
+def held(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldStatements]:
+    held = HeldStatements()
+    monkeypatch.setattr(sqlite3, "connect", held.connect)
+    yield held
+    held.release.set()  # whatever the test did, no thread stays held
+
+
+@pytest.fixture
+def held_sqlite(held: HeldStatements, tmp_path: Path) -> Iterator[SQLStorage]:
+    """The scenario in a SQLite file, every connection of it opened through ``held``."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'collector.db'}")
+    try:
+        storage.migrate()
+        for payload, received_at in SCENARIO:
+            storage.store(stored(payload, received_at))
+        yield storage
+    finally:
+        held.release.set()
+        storage.close()
+
+
+def read_summaries(storage: SQLStorage, count: int) -> tuple[list[threading.Thread], list[Any]]:
+    """``count`` threads, not started, each to read the dashboard's summary (or
+    the error it raised) into the list returned with them."""
+    from reqtelemetry.collector.summary import build_summary
+
+    results: list[Any] = []
+
+    def read() -> None:
+        try:
+            results.append(build_summary(storage, 30, now=T + 8000))
+        except BaseException as error:
+            results.append(error)
+
+    return [threading.Thread(target=read) for _ in range(count)], results
+
+
+def assert_stored_promptly(storage: SQLStorage, budget: float = 2.0) -> None:
+    """A report stores within ``budget`` seconds, the deadline a client's wait
+    gives it (:class:`DeadlineExceeded` past it)."""
+    began = time.monotonic()
+    storage.store(stored(LATE, T + 7400), deadline=began + budget)
+    assert time.monotonic() - began < budget
+
+
+def assert_late_report_is_stored(storage: SQLStorage) -> None:
+    assert "/late" in {e["route"] for e in storage.endpoints(0)}
+
+
+def test_a_report_is_stored_while_a_summary_is_read_on_sqlite(
+    held: HeldStatements, held_sqlite: SQLStorage
+) -> None:
+    """A summary as slow as a large database's holds up no report: it reads on
+    a connection of its own (WAL: readers and the writer do not wait for each
+    other), not the one reports are written through, nor behind its lock.
+    Sharing them, a report waited for the whole summary, past its deadline:
+    a ``503`` for every client reporting meanwhile."""
+    (reader,), results = read_summaries(held_sqlite, 1)
+    held.threads.add(reader)
+    reader.start()
+    assert held.entered.acquire(timeout=10), "the summary never began"
+    assert_stored_promptly(held_sqlite)
+    held.release.set()
+    reader.join(30)
+    (summary,) = results
+    assert isinstance(summary, dict), summary
+    assert summary["totals"]["deployments"] == 2
+    assert_late_report_is_stored(held_sqlite)
+
+
+def test_summaries_read_on_at_most_two_connections_of_their_own(
+    held: HeldStatements, held_sqlite: SQLStorage
+) -> None:
+    """However many dashboards load at once, SQLite's reads take two
+    connections at most (each a file handle and a page cache); a third
+    waits for one, then reads, and reports are stored meanwhile."""
+    readers, results = read_summaries(held_sqlite, 3)
+    held.threads.update(readers)
+    for reader in readers[:2]:
+        reader.start()
+    for _ in range(2):
+        assert held.entered.acquire(timeout=10), "two summaries did not read at once"
+    readers[2].start()
+    assert not held.entered.acquire(timeout=0.3), "a third summary read at once"
+    assert_stored_promptly(held_sqlite)
+    held.release.set()
+    for reader in readers:
+        reader.join(30)
+    assert len(results) == 3 and all(isinstance(summary, dict) for summary in results), results
+    assert held.readers() == 2
+    assert_late_report_is_stored(held_sqlite)
+
+
+def test_a_report_is_stored_while_summaries_wait_on_postgres(
+    postgres_storage: PostgresStorage,
+) -> None:
+    """PostgreSQL's readers never block its writers, but each read takes a
+    connection of the pool reports are stored through: as many slow
+    summaries as it has connections (four, by default: a few dashboard tabs
+    reloaded) left a report none, and it was answered ``503`` at its
+    deadline. The dashboard's reads take two at most."""
+    url = postgres_storage.url
+    readers, results = read_summaries(postgres_storage, 4)
+    with psycopg.connect(url) as locker:
+        # Summaries read the refusal counters; reports never touch them.
+        locker.execute("LOCK TABLE refusals IN ACCESS EXCLUSIVE MODE")
+        for reader in readers:
+            reader.start()
+        # Four on the old code; two now, the others waiting for a turn.
+        assert _until_sessions_await_a_lock(url, 4, within=2.0) >= 2
+        assert_stored_promptly(postgres_storage)
+        locker.rollback()
+    for reader in readers:
+        reader.join(30)
+    assert len(results) == 4 and all(isinstance(summary, dict) for summary in results), results
+    assert_late_report_is_stored(postgres_storage)
+
+
+def _until_sessions_await_a_lock(url: str, sessions: int, within: float) -> int:
+    """Once ``sessions`` sessions wait for a lock, or ``within`` seconds have
+    passed (fewer may be let through): how many do."""
+    deadline = time.monotonic() + within
+    with psycopg.connect(url, autocommit=True) as connection:
+        while True:
+            (waiting,) = connection.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted"
+            ).fetchone()
+            if waiting >= sessions or time.monotonic() > deadline:
+                return int(waiting)
+            time.sleep(0.01)
 
 
 @pytest.fixture

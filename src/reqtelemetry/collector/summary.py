@@ -12,7 +12,10 @@ always complete, so that the page can offer the others.
 
 The endpoint lists are cut (see ``storage.base.MAX_ENDPOINTS``) and say how
 many rows each cut left out: the document, and what it costs to build, must
-not grow with every endpoint ever stored. The CSV export has them all.
+not grow with every endpoint ever stored. The CSV export has them all. The
+versions and platforms are cut alike (``MAX_VERSIONS``, ``MAX_PLATFORMS``):
+each is text a client chooses, so a flood of them must not make the
+document grow either.
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ def build_summary(
     # app's endpoint of the same name does. Each list cut in the database (the
     # CSV export has every row); the histograms read once for both.
     endpoints = storage.endpoint_summary(since, app=app)
+    versions = storage.versions(since, app=app)
+    platforms = storage.platforms(since, app=app)
     summary = {
         "generated_at": now,
         "days": days,
@@ -114,12 +119,16 @@ def build_summary(
         "apps": storage.apps(since),
         "totals": totals,
         "activity": fill_activity(storage.activity(since, bucket, app=app), since, now, bucket),
-        "versions": storage.versions(since, app=app),
+        "versions": versions["versions"],
+        "versions_left_out": versions["left_out"],
+        "version_limit": versions["limit"],
         "endpoints": endpoints["endpoints"],
         "endpoints_by_version": with_previous_version(endpoints["endpoints_by_version"]),
         "endpoints_left_out": endpoints["left_out"],
         "endpoint_limits": endpoints["limits"],
-        "platforms": storage.platforms(since, app=app),
+        "platforms": platforms["platforms"],
+        "platforms_left_out": platforms["left_out"],
+        "platform_limit": platforms["limit"],
         "refusals": storage.refusals() if refusals is None else dict(refusals),
         "metrics": storage.app_metrics(since, app=app),
         "dropped": dropped_requests(storage, since, app),

@@ -437,6 +437,22 @@
       " with the most calls are). The CSV export has them all.";
   }
 
+  /* Says how many app versions the collector left out of its list (it lists
+     the most deployed, however many versions clients named); "" when none. */
+  function appVersionsCap(leftOut, limit) {
+    if (!(leftOut > 0)) return "";
+    return plural(leftOut, "more version", "more versions") + " not shown (the " +
+      fmtInt(limit) + " with the most deployments are).";
+  }
+
+  /* The same for the platforms, which the charts add up per OS, architecture,
+     Python and framework: those left out are in no chart. */
+  function platformsCap(leftOut, limit) {
+    if (!(leftOut > 0)) return "";
+    return plural(leftOut, "more platform", "more platforms") + " not counted (the charts count the " +
+      fmtInt(limit) + " combinations of OS, architecture, Python and framework with the most instances).";
+  }
+
   function renderCap(id, text, count) {
     var node = document.getElementById(id);
     node.textContent = text;
@@ -582,10 +598,14 @@
       { key: "instances", label: "instances" }
     ], summary.bucket_seconds < 86400);
     renderVersions(summary.versions || []);
+    renderCap("versions-cap", appVersionsCap(summary.versions_left_out, summary.version_limit),
+      summary.versions_left_out);
     renderEndpoints(summary.endpoints || []);
     renderByVersion(summary.endpoints_by_version || []);
     renderCaps(summary.endpoints_left_out, summary.endpoint_limits);
     renderPlatforms(summary.platforms || []);
+    renderCap("platforms-cap", platformsCap(summary.platforms_left_out, summary.platform_limit),
+      summary.platforms_left_out);
     renderRefusals(summary.refusals || {});
     renderMetrics(summary.metrics);
     renderDropped(summary.dropped);

@@ -95,6 +95,18 @@ MAX_UNUSED_ENDPOINTS = 100
 MAX_ENDPOINT_VERSIONS = 2000
 
 
+#: The summary's app versions (per app), the most deployments first. Cut for
+#: the same reason: a version is any text of up to 128 characters a report
+#: says, so nothing bounds how many there are (a build stamped with its
+#: commit, a client sending a new one each time), and each was a bar on the
+#: page and a row of the JSON. 100 is more than any fleet runs at once.
+MAX_VERSIONS = 100
+#: The summary's platforms (instances per OS, architecture, Python version
+#: and framework), the most instances first: each is client text too, and a
+#: fleet's real mix is a few dozen combinations.
+MAX_PLATFORMS = 200
+
+
 @dataclass(frozen=True)
 class EndpointLimits:
     """How long each of the summary's endpoint lists may be (see :data:`MAX_ENDPOINTS`)."""
@@ -163,9 +175,14 @@ class Storage(abc.ABC):
         without any report is absent (draw it as zero)."""
 
     @abc.abstractmethod
-    def versions(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
-        """App versions in use, per app: ``[{"app_name", "app_version", "deployments",
-        "instances", "last_seen"}]``, most deployments first (None: unknown)."""
+    def versions(
+        self, since: float, app: str | None = None, limit: int = MAX_VERSIONS
+    ) -> dict[str, Any]:
+        """App versions in use, per app, cut at ``limit``: ``{"versions":
+        [{"app_name", "app_version", "deployments", "instances", "last_seen"}],
+        "left_out", "limit"}``. The most deployments first, then the most
+        instances, the latest seen, then by app and version (unknown, None,
+        first; byte by byte). ``left_out``: how many versions the cut left out."""
 
     @abc.abstractmethod
     def apps(self, since: float) -> list[dict[str, Any]]:
@@ -223,10 +240,15 @@ class Storage(abc.ABC):
         ``left_out`` says how many rows each cut left out."""
 
     @abc.abstractmethod
-    def platforms(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
+    def platforms(
+        self, since: float, app: str | None = None, limit: int = MAX_PLATFORMS
+    ) -> dict[str, Any]:
         """Instances seen since ``since`` by ``os``, ``arch``, ``python_version`` and
-        ``framework``: ``[{"os", "arch", "python_version", "framework", "instances",
-        "deployments"}]``, most instances first (None: unknown or withheld)."""
+        ``framework``, cut at ``limit`` combinations: ``{"platforms": [{"os",
+        "arch", "python_version", "framework", "instances", "deployments"}],
+        "left_out", "limit"}``. The most instances first, then the most
+        deployments, then by the four texts (unknown or withheld, None, first;
+        byte by byte). ``left_out``: how many combinations the cut left out."""
 
     @abc.abstractmethod
     def app_metrics(self, since: float, app: str | None = None, limit: int = 100) -> dict[str, Any]:

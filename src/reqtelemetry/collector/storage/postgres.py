@@ -16,6 +16,11 @@ retried once on a fresh connection. A retried store whose first commit did
 reach the database is then refused as a replay, which the client counts as
 delivered, so nothing is stored twice.
 
+The dashboard's reads take turns (``MAX_READERS``, and never every
+connection of the pool): PostgreSQL's readers never block its writers, but
+each read holds a connection while it runs, and as many slow summaries as
+the pool has connections left a report none until its deadline.
+
 A write with a deadline (a report: see ``Storage.store``) waits for a pool
 slot no longer than what is left of it, runs under ``lock_timeout`` and
 ``statement_timeout`` set (``SET LOCAL``) to what is left, is cancelled from
@@ -39,6 +44,7 @@ from psycopg.pq import TransactionStatus
 
 from .base import DeadlineExceeded, check_deadline, seconds_left
 from .sql import (
+    MAX_READERS,
     Dialect,
     Executor,
     Migration,
@@ -274,6 +280,8 @@ class PostgresStorage(SQLStorage):
         self.read_only = read_only
         self._connect_timeout = connect_timeout
         self._pool = _Pool(url, pool_size, pool_timeout, connect_timeout, read_only)
+        self._pool_timeout = pool_timeout
+        self._read_turns = threading.BoundedSemaphore(reader_turns(pool_size))
 
     def _attempt(
         self,
@@ -340,6 +348,23 @@ class PostgresStorage(SQLStorage):
     def _run_migrations(self, work: Callable[[Executor], T]) -> T:
         return self._with_retry(work, lock=True)
 
+    def _read(self, work: Callable[[Executor], T]) -> T:
+        """``work`` as :meth:`_run` runs it, in one of :func:`reader_turns`' turns.
+
+        Why turns: each read holds one of the pool's connections while it
+        runs (seconds, for a summary of a large database), and the pool is
+        what reports are stored through. With as many slow reads as
+        connections (a few dashboard tabs reloaded), a report found none
+        before its deadline and was answered ``503``. A read waits for its
+        turn as long as for a connection (``pool_timeout``).
+        """
+        if not self._read_turns.acquire(timeout=self._pool_timeout):
+            raise TimeoutError(f"no turn to read came within {self._pool_timeout} s")
+        try:
+            return self._run(work)
+        finally:
+            self._read_turns.release()
+
     def close(self) -> None:
         self._pool.close()
 
@@ -375,6 +400,13 @@ class PostgresStorage(SQLStorage):
         except psycopg.ProgrammingError:
             return "PostgresStorage(<unparsable url>)"
         return f"PostgresStorage(host={info.get('host')!r}, dbname={info.get('dbname')!r})"
+
+
+def reader_turns(pool_size: int) -> int:
+    """How many dashboard reads may hold a connection of a pool of ``pool_size``
+    at once: ``MAX_READERS``, and always fewer than the pool has, so that a
+    report finds one free (but one, of a pool of one: reads must run too)."""
+    return max(1, min(MAX_READERS, pool_size - 1))
 
 
 def tcp_settings(url: str) -> dict[str, str]:

@@ -13,7 +13,9 @@ database instead, in an order spelled out alike for both (``_endpoint_order``).
 
 A backend implements :meth:`SQLStorage._run`: call ``work(executor)`` inside
 one transaction, commit if it returns, roll back if it raises; and, given a
-deadline, bound its waits by it and commit only before it.
+deadline, bound its waits by it and commit only before it. The dashboard's
+questions go through :meth:`SQLStorage._read` instead, which a backend runs
+where no report's store waits for it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from typing import Any, Protocol, TypeVar
 
 from ...histogram import Histogram
 from .base import (
+    MAX_PLATFORMS,
+    MAX_VERSIONS,
     EndpointLimits,
     Pruned,
     ReplayError,
@@ -56,6 +60,12 @@ MAX_METRIC_NAMES = 100
 #: Rows fetched at a time by a streamed read (the CSV export, the summary's
 #: histograms): what a read holds in memory, whatever the number of rows.
 FETCH_ROWS = 1000
+#: The dashboard's reads (see :meth:`SQLStorage._read`) that may run at once.
+#: Each holds a connection: on SQLite one of its own (a file handle and a page
+#: cache), on PostgreSQL one of the pool reports are stored through, which
+#: keeps the others (two of the default four). More would only share the same
+#: cores more thinly; one more dashboard waits for a turn.
+MAX_READERS = 2
 
 
 class SchemaMismatch(Exception):
@@ -197,6 +207,18 @@ class SQLStorage(Storage):
     @abc.abstractmethod
     def _run_migrations(self, work: Callable[[Executor], T]) -> T:
         """Like :meth:`_run`, holding a lock that makes concurrent migrations take turns."""
+
+    @abc.abstractmethod
+    def _read(self, work: Callable[[Executor], T]) -> T:
+        """``work(executor)`` in one read-only transaction: a dashboard question.
+
+        Why apart from :meth:`_run`: a summary of a large database takes
+        seconds, and must hold nothing a report's store waits for (SQLite's
+        one connection and its lock, every slot of PostgreSQL's pool), or the
+        reports arriving meanwhile pass their deadline and are answered
+        ``503``. A backend bounds how many such reads run at once, and
+        what they take.
+        """
 
     # -- migrations ---------------------------------------------------------------------
 
@@ -493,7 +515,7 @@ class SQLStorage(Storage):
 
     def refusals(self) -> dict[str, int]:
         """Refusal counters by reason, in alphabetical order."""
-        rows = self._run(lambda ex: ex.query("SELECT reason, count FROM refusals"))
+        rows = self._read(lambda ex: ex.query("SELECT reason, count FROM refusals"))
         return {reason: _int(count) for reason, count in sorted(rows)}
 
     # -- the dashboard's questions ------------------------------------------------------
@@ -525,7 +547,7 @@ class SQLStorage(Storage):
                 "errors": _int(errors),
             }
 
-        return self._run(work)
+        return self._read(work)
 
     def activity(
         self, since: float, bucket_seconds: int, app: str | None = None
@@ -550,31 +572,39 @@ class SQLStorage(Storage):
                 (bucket_seconds, float(since), *app_params),
             )
 
-        rows = sorted((_int(b), _int(d), _int(i)) for b, d, i in self._run(work))
+        rows = sorted((_int(b), _int(d), _int(i)) for b, d, i in self._read(work))
         return [
             {"bucket_start": float(b * bucket_seconds), "deployments": d, "instances": i}
             for b, d, i in rows
         ]
 
-    def versions(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
+    def versions(
+        self, since: float, app: str | None = None, limit: int = MAX_VERSIONS
+    ) -> dict[str, Any]:
         """App versions that reported since ``since``, per app name (of ``app`` only,
         when given; None: unknown or withheld), with distinct deployments and
-        instances and the last report's time.
+        instances and the last report's time, cut at ``limit`` in the database
+        (see :meth:`Storage.versions`).
 
         Why per app: two apps behind one collector may both be at "1.0", and
-        counting their deployments together would describe neither.
+        counting their deployments together would describe neither. Why cut
+        in the database: a flood of versions then costs Python ``limit`` rows.
         """
         only, app_params = _app_filter(app)
+        order = self._unknown_first(("app_name", "app_version"))
 
         def work(ex: Executor) -> list[Row]:
             return ex.query(
-                "SELECT app_name, app_version, COUNT(DISTINCT deployment_id),"
-                " COUNT(DISTINCT instance_id), MAX(received_at)"
-                f" FROM reports WHERE received_at >= ?{only} GROUP BY app_name, app_version",
-                (float(since), *app_params),
+                "SELECT app_name, app_version, COUNT(DISTINCT deployment_id) AS deployments,"
+                " COUNT(DISTINCT instance_id) AS instances, MAX(received_at) AS last_seen,"
+                " COUNT(*) OVER () AS versions"
+                f" FROM reports WHERE received_at >= ?{only} GROUP BY app_name, app_version"
+                f" ORDER BY deployments DESC, instances DESC, last_seen DESC, {order} LIMIT ?",
+                (float(since), *app_params, int(limit)),
             )
 
-        result = [
+        rows = self._read(work)
+        versions = [
             {
                 "app_name": name,
                 "app_version": version,
@@ -582,18 +612,9 @@ class SQLStorage(Storage):
                 "instances": _int(instances),
                 "last_seen": _float(last_seen),
             }
-            for name, version, deployments, instances, last_seen in self._run(work)
+            for name, version, deployments, instances, last_seen, _ in rows
         ]
-        result.sort(
-            key=lambda row: (
-                -row["deployments"],
-                -row["instances"],
-                -row["last_seen"],
-                _text_key(row["app_name"]),
-                _text_key(row["app_version"]),
-            )
-        )
-        return result
+        return {"versions": versions, "left_out": _counted(rows) - len(rows), "limit": int(limit)}
 
     def apps(self, since: float) -> list[dict[str, Any]]:
         """Apps that reported since ``since`` by name (None: reports without one),
@@ -616,7 +637,7 @@ class SQLStorage(Storage):
                 "reports": _int(reports),
                 "last_seen": _float(last_seen),
             }
-            for name, deployments, instances, reports, last_seen in self._run(work)
+            for name, deployments, instances, reports, last_seen in self._read(work)
         ]
         result.sort(
             key=lambda row: (
@@ -671,7 +692,7 @@ class SQLStorage(Storage):
                 for row in batch
             ]
 
-        return self._run(work)
+        return self._read(work)
 
     def iter_endpoints(
         self, since: float, app: str | None = None
@@ -741,7 +762,7 @@ class SQLStorage(Storage):
                 "limits": limits.as_dict(),
             }
 
-        return self._run(work)
+        return self._read(work)
 
     def _unused_rows(
         self, ex: Executor, app: str | None, used: int, sql: str, params: Sequence[Any]
@@ -814,10 +835,17 @@ class SQLStorage(Storage):
         terms = []
         for column in columns:
             if column in ("app_name", "app_version"):
-                terms.append(f"{column} IS NOT NULL, {column}{b}")
+                terms.append(self._unknown_first((column,)))
             else:
                 terms.append(f"{column}{b}")
         return ", ".join(terms)
+
+    def _unknown_first(self, columns: Sequence[str]) -> str:
+        """``ORDER BY`` terms for text ``columns`` that may be NULL: unknown
+        first, then byte by byte (as :func:`_text_key` sorts in Python), so
+        that a cut falls at the same row on both backends."""
+        b = self.dialect.bytewise
+        return ", ".join(f"{column} IS NOT NULL, {column}{b}" for column in columns)
 
     def _figures_sql(
         self,
@@ -951,41 +979,42 @@ class SQLStorage(Storage):
         )
         return sql, [*app_params, since, int(limit)]
 
-    def platforms(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
+    def platforms(
+        self, since: float, app: str | None = None, limit: int = MAX_PLATFORMS
+    ) -> dict[str, Any]:
         """Instances seen since ``since`` (of ``app``, by the name in their newest
         report, when given) by ``os``, ``arch``, ``python_version`` and
         ``framework`` (each None when unknown or withheld), with their distinct
-        deployments; most instances first."""
+        deployments; most instances first, cut at ``limit`` combinations in the
+        database (see :meth:`Storage.platforms`)."""
         only, app_params = _app_filter(app)
+        columns = ("os", "arch", "python_version", "framework")
+        key = ", ".join(columns)
 
         def work(ex: Executor) -> list[Row]:
             return ex.query(
-                "SELECT os, arch, python_version, framework, COUNT(*),"
-                " COUNT(DISTINCT deployment_id)"
-                f" FROM instances WHERE last_seen >= ?{only}"
-                " GROUP BY os, arch, python_version, framework",
-                (float(since), *app_params),
+                f"SELECT {key}, COUNT(*) AS instances,"
+                " COUNT(DISTINCT deployment_id) AS deployments, COUNT(*) OVER () AS platforms"
+                f" FROM instances WHERE last_seen >= ?{only} GROUP BY {key}"
+                f" ORDER BY instances DESC, deployments DESC, {self._unknown_first(columns)}"
+                " LIMIT ?",
+                (float(since), *app_params, int(limit)),
             )
 
-        result = [
+        rows = self._read(work)
+        platforms = [
             {
-                "os": os_name,
-                "arch": arch,
-                "python_version": python_version,
-                "framework": framework,
-                "instances": _int(instances),
-                "deployments": _int(deployments),
+                **dict(zip(columns, row[:4], strict=True)),
+                "instances": _int(row[4]),
+                "deployments": _int(row[5]),
             }
-            for os_name, arch, python_version, framework, instances, deployments in self._run(work)
+            for row in rows
         ]
-        result.sort(
-            key=lambda row: (
-                -row["instances"],
-                -row["deployments"],
-                *(_text_key(row[name]) for name in ("os", "arch", "python_version", "framework")),
-            )
-        )
-        return result
+        return {
+            "platforms": platforms,
+            "left_out": _counted(rows) - len(rows),
+            "limit": int(limit),
+        }
 
     def app_metrics(
         self, since: float, app: str | None = None, limit: int = MAX_METRIC_NAMES
@@ -1009,7 +1038,7 @@ class SQLStorage(Storage):
             gauges = ex.query(self._gauges_sql(only), params)
             return counters, gauges
 
-        counters, gauges = self._run(work)
+        counters, gauges = self._read(work)
         return {
             "counters": _counter_entries(counters),
             "counter_names": _int(counters[0][-1]) if counters else 0,
@@ -1086,7 +1115,7 @@ class SQLStorage(Storage):
 
         result = [
             {"app_name": name, "requests": _int(requests), "deployments": _int(deployments)}
-            for name, requests, deployments in self._run(work)
+            for name, requests, deployments in self._read(work)
         ]
         result.sort(key=lambda row: (-row["requests"], _text_key(row["app_name"])))
         return result

@@ -14,10 +14,16 @@ thread lock, and for SQLite's write lock (the busy timeout, set for that
 transaction to what is left), no longer than the deadline, and commits only
 if it has not passed: a report committed after its client stopped waiting
 would be sent again and counted twice.
+
+The dashboard reads elsewhere: on read-only connections of its own
+(:class:`_Readers`, at most ``MAX_READERS``), which with WAL neither wait
+for the writer nor make it wait, so that a summary of a large database,
+seconds long, holds up no report. So does the CSV export (``_stream``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -28,6 +34,7 @@ from typing import Any, TypeVar
 
 from .base import DeadlineExceeded, check_deadline, seconds_left
 from .sql import (
+    MAX_READERS,
     Dialect,
     Executor,
     Migration,
@@ -161,6 +168,81 @@ class _SQLiteExecutor:
             cursor.close()
 
 
+def _open_reader(uri: str, busy_timeout: float) -> sqlite3.Connection:
+    """A read-only connection to the file ``uri`` names (``mode=ro``: SQLite
+    refuses any write, and creates no file), with the exact ``SUM``.
+
+    ``check_same_thread=False``: the threads of Starlette's pool take turns
+    with it (an export's batches, a summary's reads), never two at once.
+    """
+    reader = sqlite3.connect(
+        uri, timeout=busy_timeout, isolation_level=None, check_same_thread=False, uri=True
+    )
+    reader.create_aggregate(_EXACT_SUM, 1, _ExactSum)
+    return reader
+
+
+class _Readers:
+    """Read-only connections to one SQLite file for the dashboard's reads: at
+    most ``size`` at once, each used by one thread at a time, kept for the
+    next read.
+
+    Why kept rather than opened per read: a summary makes about ten reads,
+    and each new connection opens the file and parses the schema again. Why
+    at most ``size``: each holds a file handle and a page cache; a read
+    beyond them waits for one, ``timeout`` seconds at most (the busy timeout:
+    as long as a statement waits for a lock).
+    """
+
+    def __init__(self, uri: str, size: int, timeout: float) -> None:
+        self._uri = uri
+        self._timeout = timeout
+        self._slots = threading.BoundedSemaphore(size)
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection of this thread's alone until the block ends; closed,
+        not kept, when the block raises (whatever state that left it in)."""
+        if not self._slots.acquire(timeout=self._timeout):
+            raise TimeoutError(f"no read connection became free within {self._timeout} s")
+        try:
+            connection = self._take()
+            try:
+                yield connection
+            except BaseException:
+                connection.close()
+                raise
+            self._give_back(connection)
+        finally:
+            self._slots.release()
+
+    def _take(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            if self._idle:
+                return self._idle.pop()
+        return _open_reader(self._uri, self._timeout)
+
+    def _give_back(self, connection: sqlite3.Connection) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(connection)
+                return
+        connection.close()  # the storage closed meanwhile
+
+    def close(self) -> None:
+        """Close the idle connections now, those in use when their read ends."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+
 class SQLiteStorage(SQLStorage):
     """Storage in one SQLite file (or ``":memory:"``), shared safely across threads."""
 
@@ -182,11 +264,20 @@ class SQLiteStorage(SQLStorage):
         self.read_only = read_only
         self._reader_timeout = busy_timeout
         self._closed = False
+        # Resolved once: a relative path read later would follow the working directory.
+        self._reader_uri = (
+            None if self.path == ":memory:" else Path(self.path).resolve().as_uri() + "?mode=ro"
+        )
+        self._readers = (
+            None
+            if self._reader_uri is None
+            else _Readers(self._reader_uri, MAX_READERS, busy_timeout)
+        )
         if read_only:
-            if self.path == ":memory:" or not Path(self.path).is_file():
+            if self._reader_uri is None or not Path(self.path).is_file():
                 raise FileNotFoundError(f"no database file at {self.path}")
             # mode=ro: SQLite itself refuses any write, and creates no file.
-            target, uri = Path(self.path).resolve().as_uri() + "?mode=ro", True
+            target, uri = self._reader_uri, True
         else:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -275,10 +366,36 @@ class SQLiteStorage(SQLStorage):
         # connection's BEGIN IMMEDIATE waits (busy_timeout) until this commits.
         return self._transaction("BEGIN IMMEDIATE", work)
 
+    def _read(self, work: Callable[[Executor], T]) -> T:
+        """``work`` in a read transaction on one of :class:`_Readers`' connections.
+
+        Why not on the shared connection (as it was): a summary of a large
+        database takes seconds, and held that connection's lock throughout,
+        so every report arriving meanwhile waited for it, past its deadline.
+        With WAL a reader of its own neither waits for the writer nor makes
+        it wait, and sees what was committed when its transaction began.
+        (The collector opens every file it writes in WAL. Without it, a
+        reader's shared lock would hold a commit up, as the export's would.)
+
+        An in-memory database has no other connection to read it: it is read
+        under the lock, as small as the memory it lives in.
+        """
+        if self._readers is None:
+            return self._run(work)
+        with self._readers.connection() as reader:
+            reader.execute("BEGIN")
+            try:
+                return work(_SQLiteExecutor(reader))
+            finally:
+                if reader.in_transaction:
+                    reader.execute("ROLLBACK")  # nothing was written: this ends the snapshot
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             self._connection.close()
+        if self._readers is not None:
+            self._readers.close()
 
     def _stream(self, sql: str, params: Sequence[Any], size: int) -> Iterator[list[Row]]:
         """Rows of ``sql`` read on a read-only connection of their own.
@@ -299,18 +416,13 @@ class SQLiteStorage(SQLStorage):
         """
         if self._closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
-        if self.path == ":memory:":
+        if self._reader_uri is None:
             yield self._run(lambda ex: ex.query(sql, params))
             return
-        reader = sqlite3.connect(
-            Path(self.path).resolve().as_uri() + "?mode=ro",
-            timeout=self._reader_timeout,
-            isolation_level=None,
-            check_same_thread=False,  # each batch may be fetched by another worker thread
-            uri=True,
-        )
+        # Not one of _Readers': a download holds its connection as long as
+        # its client takes, and would keep the dashboard waiting.
+        reader = _open_reader(self._reader_uri, self._reader_timeout)
         try:
-            reader.create_aggregate(_EXACT_SUM, 1, _ExactSum)
             yield from _SQLiteExecutor(reader).batches(sql, params, size)
         finally:
             reader.close()
