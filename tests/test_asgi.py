@@ -101,6 +101,29 @@ def test_requests_answered_before_routing_get_the_template_the_router_would_choo
     }
 
 
+def test_plain_routes_and_mounts_in_fastapis_included_routers_keep_their_templates(
+    telemetry, counts
+):
+    """FastAPI records no ``scope["route"]`` for a plain route (``add_route``) nor
+    for a mount; inside an included router (from FastAPI 0.165 one route
+    without a template) neither was found, and both were ``<unmatched>``."""
+    api = APIRouter()
+    api.add_route("/plain/{x}/", plain)
+    api.mount("/sub", Starlette(routes=[Route("/thing/{y}/", plain)]))
+    app = FastAPI()
+    app.include_router(api)
+    client = TestClient(wrap(app, telemetry), follow_redirects=False)
+    for n in range(2):
+        assert client.get(f"/plain/{n}/").status_code == 200
+        assert client.get(f"/sub/thing/{n}/").status_code == 200
+        assert client.get(f"/sub/thing/{n}").status_code == 307
+    assert counts(telemetry) == {
+        ("GET", "/plain/{x}/", 200): 2,
+        ("GET", "/sub/thing/{y}/", 200): 2,
+        ("GET", "/sub/thing/{y}/", 307): 2,
+    }
+
+
 def test_preflights_to_routes_of_fastapis_included_routers_keep_their_templates(telemetry, counts):
     """A CORS preflight is answered before routing; for a route of an included
     router (one route without a template, from FastAPI 0.165) it was keyed by

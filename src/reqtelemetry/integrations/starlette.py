@@ -289,8 +289,9 @@ def _walk_mounts(
 
     Routes are tried in order, as the router tried them, and a ``Host`` that
     matches the request's headers is entered as a ``Mount`` is (it consumes no
-    path). The second value says whether a ``Host`` was tried at all: then the
-    answer holds for this ``Host`` header only.
+    path), as is a router FastAPI included. The second value says whether a
+    ``Host`` was tried at all: then the answer holds for this ``Host`` header
+    only.
     """
     from starlette.routing import Host, Match, Mount
 
@@ -322,6 +323,13 @@ def _walk_mounts(
                 if route.matches(probe)[0] is Match.FULL:
                     routes = route.routes
                     break
+            else:
+                # A router FastAPI included consumes no path either: the
+                # mount may be one of its routes.
+                included = _included_routes(route)
+                if included is not None and route.matches(probe)[0] is not Match.NONE:
+                    routes = included
+                    break
         else:
             return None, by_host
         if not target_root_path.startswith(root_path):
@@ -343,13 +351,15 @@ def _is_mount_or_host(route: Any) -> bool:
 
 #: Per routes list: ``id(endpoint)`` → the plain routes serving it, so a request
 #: whose route the router did not record is resolved by a dict lookup, not by
-#: matching every route's regex again; and whether the list holds a ``Host``.
-#: Rebuilt when the list changes length.
+#: matching every route's regex again; and whether the list holds routes with
+#: routes behind them (a ``Host``, a router FastAPI included), which only
+#: matching through them finds. Rebuilt when the list changes length.
 _ENDPOINT_INDEX: dict[int, tuple[int, Any, dict[int, list[Any]], bool]] = {}
 
 
 def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool]:
-    """``routes``' plain routes by ``id(endpoint)``, and whether any route is a ``Host``."""
+    """``routes``' plain routes by ``id(endpoint)``, and whether any route is a
+    ``Host`` or a router FastAPI included."""
     from starlette.routing import Host, Route
 
     entry = _ENDPOINT_INDEX.get(id(routes))
@@ -358,10 +368,13 @@ def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool]:
         for route in routes:
             if isinstance(route, Route):
                 index.setdefault(id(route.endpoint), []).append(route)
-        has_host = any(isinstance(route, Host) for route in routes)
+        match_through = any(
+            isinstance(route, Host) or callable(getattr(route, "effective_route_contexts", None))
+            for route in routes
+        )
         if len(_ENDPOINT_INDEX) >= MAX_CACHED_PREFIXES:
             _ENDPOINT_INDEX.clear()
-        entry = _ENDPOINT_INDEX[id(routes)] = (len(routes), routes, index, has_host)
+        entry = _ENDPOINT_INDEX[id(routes)] = (len(routes), routes, index, match_through)
     return entry[2], entry[3]
 
 
@@ -373,7 +386,8 @@ def _match_plain_route(routes: Any, scope: Scope, root_path: str, prefix: str) -
     routes, or any route under a Starlette before 1.7, record no
     ``scope["route"]``); an endpoint shared with a route of this list would
     give that route's template. Those requests are matched through the hosts,
-    as the router matched them.
+    as the router matched them; so are requests where the list holds a router
+    FastAPI included, whose plain routes are in no list of Starlette's.
     """
     from starlette.routing import Match, Route
 
@@ -383,8 +397,8 @@ def _match_plain_route(routes: Any, scope: Scope, root_path: str, prefix: str) -
         "root_path": root_path,
         "method": scope["method"],
     }
-    index, has_host = _endpoint_index(routes)
-    if has_host:
+    index, match_through = _endpoint_index(routes)
+    if match_through:
         probe["headers"] = scope.get("headers", [])
         template = template_by_matching(routes, probe, prefix)
         return template if isinstance(template, str) else None
