@@ -76,6 +76,8 @@ from reqtelemetry.collector.storage.base import (
     Storage,
     StoredReport,
 )
+from reqtelemetry.collector.storage.sql import MAX_READERS
+from reqtelemetry.collector.storage.sqlite import SQLiteStorage
 from reqtelemetry.collector.summary import fill_activity, version_key, with_previous_version
 from reqtelemetry.collector.tokens import TokenSigner
 from reqtelemetry.collector.verify import (
@@ -1752,7 +1754,7 @@ def test_the_dashboard_says_how_many_versions_and_platforms_it_does_not_show(
     assert page["status"]["state"] == "ready", page["status"]
     assert len(page["versionBars"]) == MAX_VERSIONS
     assert page["versionsCap"] == {
-        "text": "2 more versions not shown (the 100 with the most deployments are).",
+        "text": "2 more versions not shown (the 100 with the most deployments of each app are).",
         "value": "2",
         "class": "",  # the fake DOM reads no attribute but ids from the page's markup
         "hidden": False,
@@ -3107,3 +3109,40 @@ def test_the_cli_runs_a_collector_and_exports_csv(tmp_path: Path) -> None:
         timeout=30,
     )
     assert to_stdout.stdout.splitlines()[0] == ",".join(COLUMNS)
+
+
+@pytest.mark.e2e
+def test_a_dashboard_busy_with_other_summaries_is_a_503_not_an_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every read connection taken for the whole wait is a busy dashboard, not
+    a failing database: it was logged as a storage outage, with a traceback."""
+    storage = SQLiteStorage(str(tmp_path / "busy.db"), busy_timeout=0.2)
+    storage.migrate()
+    server = ServerThread(create_app(collector_settings(), storage))
+    server.start()
+    readers = storage._readers
+    assert readers is not None
+    held = [readers._slots.acquire(timeout=1) for _ in range(MAX_READERS)]
+    try:
+        with (
+            httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http,
+            caplog.at_level(logging.INFO, logger="reqtelemetry.collector"),
+        ):
+            assert all(held)
+            response = http.get("/api/summary")
+            assert response.status_code == 503
+            assert response.headers["retry-after"].isdigit()
+            assert "too many dashboard reads" in response.json()["detail"]
+            for _ in held:
+                readers._slots.release()
+            held = []
+            assert http.get("/api/summary").status_code == 200
+            collector = Collector(server.url, http, storage, collector_settings())
+            assert collector.send(make_payload(new_id(), new_id())).status_code == 200
+    finally:
+        for _ in held:
+            readers._slots.release()
+        server.stop()
+        storage.close()
+    assert _errors(caplog) == []

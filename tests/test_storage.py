@@ -1292,8 +1292,9 @@ PLATFORM_ORDER = [
 
 
 def test_versions_are_cut_where_their_order_puts_them(storage: SQLStorage) -> None:
-    """Each cut keeps the first rows of the whole list, in an order spelled
-    out alike for both backends (ties too), and says how many it left out."""
+    """Each cut keeps each app's first rows of the whole list, in an order
+    spelled out alike for both backends (ties too), and says how many it left
+    out."""
     for n, (app, version, deployment, after) in enumerate(VERSION_REPORTS):
         traits = {**LINUX, "app_name": app, "app_version": version}
         storage.store(traits_report(n, deployment, traits, T + after))
@@ -1303,13 +1304,33 @@ def test_versions_are_cut_where_their_order_puts_them(storage: SQLStorage) -> No
     ] == VERSION_ORDER
     for limit in range(1, len(VERSION_ORDER) + 2):
         cut = storage.versions(T, limit=limit)
-        assert [(v["app_name"], v["app_version"]) for v in cut["versions"]] == [
-            (app, version) for app, version, _, _ in VERSION_ORDER[:limit]
+        kept = [
+            (app, version)
+            for place, (app, version, _, _) in enumerate(VERSION_ORDER)
+            if [row[0] for row in VERSION_ORDER[:place]].count(app) < limit
         ]
-        assert (cut["left_out"], cut["limit"]) == (max(0, len(VERSION_ORDER) - limit), limit)
+        assert [(v["app_name"], v["app_version"]) for v in cut["versions"]] == kept
+        assert (cut["left_out"], cut["limit"]) == (len(VERSION_ORDER) - len(kept), limit)
     shop = storage.versions(T, app="shop", limit=2)
     assert [v["app_version"] for v in shop["versions"]] == ["2.0", "1.9"]
     assert shop["left_out"] == 4
+
+
+def test_one_apps_flood_of_versions_leaves_the_other_apps_versions_listed(
+    storage: SQLStorage,
+) -> None:
+    """Cut over all apps at once, an app stamping every build into its
+    version pushed a small app's versions off the list (and its page)."""
+    for n in range(MAX_VERSIONS + 20):
+        for deployment in (2 * n, 2 * n + 1):
+            traits = app_traits(LINUX, "shop", f"build-{n}")
+            storage.store(traits_report(deployment, deployment, traits, T + 1))
+    storage.store(traits_report(10_000, 10_000, app_traits(LINUX, "billing", "3.2"), T + 1))
+    cut = storage.versions(T)
+    listed = [(v["app_name"], v["app_version"]) for v in cut["versions"]]
+    assert ("billing", "3.2") in listed
+    assert sum(1 for app, _ in listed if app == "shop") == MAX_VERSIONS
+    assert cut["left_out"] == 20
 
 
 def test_platforms_are_cut_where_their_order_puts_them(storage: SQLStorage) -> None:

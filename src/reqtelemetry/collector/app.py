@@ -75,6 +75,7 @@ from .storage import open_storage
 from .storage.base import (
     DeadlineExceeded,
     Pruned,
+    ReadersBusy,
     ReplayError,
     Storage,
     StoredReport,
@@ -296,6 +297,10 @@ def create_app(
         app_name = app_param(request)
         try:
             data = await run_in_threadpool(read_summary, days, app_name)
+        except ReadersBusy:
+            # More summaries at once than the storage reads at once: the
+            # database works, so this is no outage to log.
+            return _unavailable("too many dashboard reads at once; try again")
         except Exception as error:
             read_failures.failed("read the summary", error)
             return _unavailable("the collector cannot read its database right now")

@@ -438,11 +438,11 @@
   }
 
   /* Says how many app versions the collector left out of its list (it lists
-     the most deployed, however many versions clients named); "" when none. */
+     each app's most deployed, however many versions clients named); "" when none. */
   function appVersionsCap(leftOut, limit) {
     if (!(leftOut > 0)) return "";
     return plural(leftOut, "more version", "more versions") + " not shown (the " +
-      fmtInt(limit) + " with the most deployments are).";
+      fmtInt(limit) + " with the most deployments of each app are).";
   }
 
   /* The same for the platforms, which the charts add up per OS, architecture,

@@ -37,6 +37,15 @@ class UnstorableReport(Exception):
     """
 
 
+class ReadersBusy(TimeoutError):
+    """Every turn the dashboard's reads take stayed taken for the whole wait.
+
+    Why a type of its own: it says that the dashboard is busy (more summaries
+    at once than the storage reads at once), not that the database failed;
+    the collector answers ``503`` without logging it as an outage.
+    """
+
+
 class DeadlineExceeded(Exception):
     """The work could not commit before its deadline: it was rolled back, nothing is written.
 
@@ -95,7 +104,8 @@ MAX_UNUSED_ENDPOINTS = 100
 MAX_ENDPOINT_VERSIONS = 2000
 
 
-#: The summary's app versions (per app), the most deployments first. Cut for
+#: The summary's app versions, the most deployments first, at most this many
+#: an app (one app's flood of versions leaves the others' alone). Cut for
 #: the same reason: a version is any text of up to 128 characters a report
 #: says, so nothing bounds how many there are (a build stamped with its
 #: commit, a client sending a new one each time), and each was a bar on the
@@ -178,11 +188,12 @@ class Storage(abc.ABC):
     def versions(
         self, since: float, app: str | None = None, limit: int = MAX_VERSIONS
     ) -> dict[str, Any]:
-        """App versions in use, per app, cut at ``limit``: ``{"versions":
-        [{"app_name", "app_version", "deployments", "instances", "last_seen"}],
-        "left_out", "limit"}``. The most deployments first, then the most
-        instances, the latest seen, then by app and version (unknown, None,
-        first; byte by byte). ``left_out``: how many versions the cut left out."""
+        """App versions in use, per app, cut at ``limit`` versions an app:
+        ``{"versions": [{"app_name", "app_version", "deployments", "instances",
+        "last_seen"}], "left_out", "limit"}``. The most deployments first, then
+        the most instances, the latest seen, then by app and version (unknown,
+        None, first; byte by byte); each app keeps its first ``limit`` in that
+        order. ``left_out``: how many versions the cut left out, of all apps."""
 
     @abc.abstractmethod
     def apps(self, since: float) -> list[dict[str, Any]]:

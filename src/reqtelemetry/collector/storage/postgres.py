@@ -16,8 +16,8 @@ retried once on a fresh connection. A retried store whose first commit did
 reach the database is then refused as a replay, which the client counts as
 delivered, so nothing is stored twice.
 
-The dashboard's reads take turns (``MAX_READERS``, and never every
-connection of the pool): PostgreSQL's readers never block its writers, but
+The dashboard's reads take turns (``MAX_READERS``, and fewer than the pool
+holds where it holds more than one): PostgreSQL's readers never block its writers, but
 each read holds a connection while it runs, and as many slow summaries as
 the pool has connections left a report none until its deadline.
 
@@ -42,7 +42,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from .base import DeadlineExceeded, check_deadline, seconds_left
+from .base import DeadlineExceeded, ReadersBusy, check_deadline, seconds_left
 from .sql import (
     MAX_READERS,
     Dialect,
@@ -356,10 +356,11 @@ class PostgresStorage(SQLStorage):
         what reports are stored through. With as many slow reads as
         connections (a few dashboard tabs reloaded), a report found none
         before its deadline and was answered ``503``. A read waits for its
-        turn as long as for a connection (``pool_timeout``).
+        turn up to ``pool_timeout``, and then for a connection up to
+        ``pool_timeout`` again.
         """
         if not self._read_turns.acquire(timeout=self._pool_timeout):
-            raise TimeoutError(f"no turn to read came within {self._pool_timeout} s")
+            raise ReadersBusy(f"no turn to read came within {self._pool_timeout} s")
         try:
             return self._run(work)
         finally:

@@ -588,18 +588,29 @@ class SQLStorage(Storage):
 
         Why per app: two apps behind one collector may both be at "1.0", and
         counting their deployments together would describe neither. Why cut
-        in the database: a flood of versions then costs Python ``limit`` rows.
+        in the database: a flood of versions then costs Python ``limit`` rows
+        an app. Why the cut is per app too: cut over all apps at once, one app
+        that stamps every build into its version pushed every other app's
+        versions off the list (and off the page).
         """
         only, app_params = _app_filter(app)
         order = self._unknown_first(("app_name", "app_version"))
+        ranking = (
+            "COUNT(DISTINCT deployment_id) DESC, COUNT(DISTINCT instance_id) DESC,"
+            f" MAX(received_at) DESC, {order}"
+        )
 
         def work(ex: Executor) -> list[Row]:
             return ex.query(
-                "SELECT app_name, app_version, COUNT(DISTINCT deployment_id) AS deployments,"
+                "SELECT app_name, app_version, deployments, instances, last_seen, versions"
+                " FROM (SELECT app_name, app_version,"
+                " COUNT(DISTINCT deployment_id) AS deployments,"
                 " COUNT(DISTINCT instance_id) AS instances, MAX(received_at) AS last_seen,"
-                " COUNT(*) OVER () AS versions"
-                f" FROM reports WHERE received_at >= ?{only} GROUP BY app_name, app_version"
-                f" ORDER BY deployments DESC, instances DESC, last_seen DESC, {order} LIMIT ?",
+                " COUNT(*) OVER (PARTITION BY app_name) AS versions,"
+                f" ROW_NUMBER() OVER (PARTITION BY app_name ORDER BY {ranking}) AS place"
+                f" FROM reports WHERE received_at >= ?{only} GROUP BY app_name, app_version)"
+                f" AS ranked WHERE place <= ?"
+                f" ORDER BY deployments DESC, instances DESC, last_seen DESC, {order}",
                 (float(since), *app_params, int(limit)),
             )
 
@@ -614,7 +625,10 @@ class SQLStorage(Storage):
             }
             for name, version, deployments, instances, last_seen, _ in rows
         ]
-        return {"versions": versions, "left_out": _counted(rows) - len(rows), "limit": int(limit)}
+        # Each app's version count, once: what its rows left out of it.
+        per_app = {name: _int(count) for name, _, _, _, _, count in rows}
+        left_out = sum(per_app.values()) - len(rows)
+        return {"versions": versions, "left_out": left_out, "limit": int(limit)}
 
     def apps(self, since: float) -> list[dict[str, Any]]:
         """Apps that reported since ``since`` by name (None: reports without one),

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import DeadlineExceeded, check_deadline, seconds_left
+from .base import DeadlineExceeded, ReadersBusy, check_deadline, seconds_left
 from .sql import (
     MAX_READERS,
     Dialect,
@@ -207,7 +207,7 @@ class _Readers:
         """A connection of this thread's alone until the block ends; closed,
         not kept, when the block raises (whatever state that left it in)."""
         if not self._slots.acquire(timeout=self._timeout):
-            raise TimeoutError(f"no read connection became free within {self._timeout} s")
+            raise ReadersBusy(f"no read connection became free within {self._timeout} s")
         try:
             connection = self._take()
             try:
