@@ -69,7 +69,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks import ROOT, iqr, load_average, quick
+from benchmarks import ROOT, iqr, load_average, percentile, quick
 from benchmarks.overhead import CLOCKS, clock_name
 from reqtelemetry import hashcash
 from reqtelemetry.collector.settings import DEFAULT_BITS
@@ -157,13 +157,6 @@ QUICK = Settings(
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def _rate(value: float) -> str:
@@ -867,8 +860,8 @@ def _ingestion_rows(result: BackendResult) -> list[str]:
             f"| {result.label} | {label} | {phase.ok:,} in {phase.seconds:.1f} s "
             f"| {_rate(rate)} | {_rate(min(phase.rates))} to {_rate(max(phase.rates))} "
             f"| {ratio} | {cpu_ms:.2f} | {cpu_ratio} | {db_ms} "
-            f"| {_percentile(phase.latencies, 0.5) * 1000:.1f} / "
-            f"{_percentile(phase.latencies, 0.99) * 1000:.1f} | {stored} |"
+            f"| {percentile(sorted(phase.latencies), 0.5) * 1000:.1f} / "
+            f"{percentile(sorted(phase.latencies), 0.99) * 1000:.1f} | {stored} |"
         )
     return rows
 
