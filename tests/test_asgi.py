@@ -173,6 +173,29 @@ def test_scanners_404s_behind_a_host_with_routes_share_one_key(telemetry, counts
     }
 
 
+async def no_such_item(request):
+    return PlainTextResponse("no such item", status_code=404)
+
+
+def test_a_route_whose_handler_answers_404_keeps_its_template(telemetry, counts):
+    """A Starlette before 1.7 records no route: "no route matched" and "the
+    route's handler answered 404" are told apart by the endpoint that the
+    router leaves in the scope when a route matched."""
+    inner = Starlette(routes=[Route("/items/{item_id}", no_such_item)])
+    app = wrap(Starlette(routes=[Route("/items/{item_id}", no_such_item)]), telemetry)
+    app.mount("/shop", inner)
+    client = TestClient(app)
+    assert client.get("/items/7").status_code == 404
+    assert client.get("/shop/items/7").status_code == 404
+    assert client.get("/wp-login.php").status_code == 404
+    assert client.get("/shop/wp-login.php").status_code == 404
+    assert counts(telemetry) == {
+        ("GET", "/items/{item_id}", 404): 1,
+        ("GET", "/shop/items/{item_id}", 404): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 2,
+    }
+
+
 class _CustomRoute(BaseRoute):
     """A route of the app's own making, without a path template."""
 

@@ -165,9 +165,9 @@ class RouteTemplates:
             frontend = _frontend_template(router, scope, root_path, "")
             if frontend is not None:
                 return frontend
-            if status == 404:
-                return None  # the top router matched nothing: don't match again
             owner, prefix, routes = router, "", getattr(router, "routes", [])
+            if status == 404 and not _served_by_a_route(routes, scope):
+                return None  # the top router matched nothing: don't match again
         else:
             mounted = self._mount_prefix(scope, entry_root_path, root_path)
             if mounted is None:
@@ -376,6 +376,18 @@ def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool]:
             _ENDPOINT_INDEX.clear()
         entry = _ENDPOINT_INDEX[id(routes)] = (len(routes), routes, index, match_through)
     return entry[2], entry[3]
+
+
+def _served_by_a_route(routes: Any, scope: Scope) -> bool:
+    """Whether the endpoint the router left in the scope is one of ``routes``' own.
+
+    Why: a route's handler may answer 404 itself (no such item), and a
+    Starlette before 1.7 records no route for it, only its endpoint; a router
+    that matched nothing leaves none (or, in an app mounted in another, the
+    outer mount's). One dict lookup, so that scanners' 404s are not matched again.
+    """
+    endpoint = scope.get("endpoint")
+    return endpoint is not None and id(endpoint) in _endpoint_index(routes)[0]
 
 
 def _match_plain_route(routes: Any, scope: Scope, root_path: str, prefix: str) -> str | None:
