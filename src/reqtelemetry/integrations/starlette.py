@@ -367,10 +367,10 @@ _ENDPOINT_INDEX: dict[int, tuple[int, Any, dict[int, list[Any]], bool, bool]] = 
 def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool, bool]:
     """``routes``' plain routes by ``id(endpoint)``, whether any route is a
     ``Host`` or a router FastAPI included, and whether any is a custom route."""
-    from starlette.routing import Host, Mount, Route, WebSocketRoute
-
     entry = _ENDPOINT_INDEX.get(id(routes))
     if entry is None or entry[0] != len(routes) or entry[1] is not routes:
+        from starlette.routing import Host, Mount, Route, WebSocketRoute
+
         index: dict[int, list[Any]] = {}
         for route in routes:
             if isinstance(route, Route):
@@ -421,7 +421,17 @@ def _match_plain_route(
     :data:`UNTEMPLATED` when the route that takes the request has no template:
     a ``Host`` in front of an app without routes, or a custom route, which a
     Starlette before 1.7 does not record either.
+
+    Under a Starlette before 1.7 every request comes here: the route that
+    served it is found first by its endpoint, a dict lookup, before anything
+    else is set up.
     """
+    index, match_through, has_custom = _endpoint_index(routes)
+    if not match_through:
+        endpoint = scope.get("endpoint")
+        candidates = index.get(id(endpoint)) if endpoint is not None else None
+        if candidates is not None and len(candidates) == 1:
+            return prefix + candidates[0].path_format
     from starlette.routing import Match, Route
 
     probe = {
@@ -430,14 +440,9 @@ def _match_plain_route(
         "root_path": root_path,
         "method": scope["method"],
     }
-    index, match_through, has_custom = _endpoint_index(routes)
     if match_through:
         probe["headers"] = scope.get("headers", [])
         return template_by_matching(routes, probe, prefix)
-    endpoint = scope.get("endpoint")
-    candidates = index.get(id(endpoint)) if endpoint is not None else None
-    if candidates is not None and len(candidates) == 1:
-        return prefix + candidates[0].path_format
     partial = None
     for route in candidates or routes:
         if not isinstance(route, Route):  # mounts are behind us; routers record their own
