@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+FLOORS_VENV := .venv-floors
+FLOORS_STAMP := $(FLOORS_VENV)/.installed
 
-.PHONY: test demo bench lint clean
+.PHONY: test test-floors demo bench lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +24,21 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
+# The suite at the oldest version pyproject.toml allows of each direct
+# dependency (uv's lowest-direct resolution; uv itself comes from PyPI into
+# that venv). Made anew whenever pyproject.toml changes, so a raised floor is
+# never hidden by a newer version left from before.
+$(FLOORS_STAMP): pyproject.toml
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install --quiet uv
+	$(FLOORS_VENV)/bin/uv pip install --quiet --python $(FLOORS_VENV)/bin/python \
+		--resolution lowest-direct -e '.[dev]'
+	@touch $(FLOORS_STAMP)
+
+test-floors: $(FLOORS_STAMP)
+	$(FLOORS_VENV)/bin/python -m pytest $(ARGS)
+
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo $(ARGS)
 
@@ -33,4 +50,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLOORS_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -173,6 +173,29 @@ def test_scanners_404s_behind_a_host_with_routes_share_one_key(telemetry, counts
     }
 
 
+async def no_such_item(request):
+    return PlainTextResponse("no such item", status_code=404)
+
+
+def test_a_route_whose_handler_answers_404_keeps_its_template(telemetry, counts):
+    """A Starlette before 1.7 records no route: "no route matched" and "the
+    route's handler answered 404" are told apart by the endpoint that the
+    router leaves in the scope when a route matched."""
+    inner = Starlette(routes=[Route("/items/{item_id}", no_such_item)])
+    app = wrap(Starlette(routes=[Route("/items/{item_id}", no_such_item)]), telemetry)
+    app.mount("/shop", inner)
+    client = TestClient(app)
+    assert client.get("/items/7").status_code == 404
+    assert client.get("/shop/items/7").status_code == 404
+    assert client.get("/wp-login.php").status_code == 404
+    assert client.get("/shop/wp-login.php").status_code == 404
+    assert counts(telemetry) == {
+        ("GET", "/items/{item_id}", 404): 1,
+        ("GET", "/shop/items/{item_id}", 404): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 2,
+    }
+
+
 class _CustomRoute(BaseRoute):
     """A route of the app's own making, without a path template."""
 
@@ -1229,6 +1252,13 @@ def test_mounts_behind_a_host_under_uvicorn(telemetry, counts):
     assert counts(telemetry) == {("GET", "/v1/orders/{order_id}", 200): 2}
 
 
+#: ``app.frontend()`` is newer than the oldest FastAPI the package supports
+#: (0.110), where there is no frontend to key.
+needs_fastapi_frontends = pytest.mark.skipif(
+    not hasattr(FastAPI, "frontend"), reason="this FastAPI has no app.frontend()"
+)
+
+
 def build_fastapi_with_frontends(telemetry: Telemetry, dist) -> FastAPI:
     (dist / "assets").mkdir()
     (dist / "index.html").write_text("<html>spa</html>")
@@ -1249,6 +1279,7 @@ def build_fastapi_with_frontends(telemetry: Telemetry, dist) -> FastAPI:
     return wrap(app, telemetry)
 
 
+@needs_fastapi_frontends
 def test_fastapi_frontend_files_are_keyed_by_the_frontends_path_never_the_files(
     telemetry, counts, tmp_path
 ):

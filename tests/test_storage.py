@@ -12,6 +12,8 @@ import json
 import os
 import socket
 import sqlite3
+import struct
+import subprocess
 import sys
 import threading
 import time
@@ -44,7 +46,7 @@ from reqtelemetry.collector.storage.base import (
     StoredReport,
     UnstorableReport,
 )
-from reqtelemetry.collector.storage.postgres import PostgresStorage
+from reqtelemetry.collector.storage.postgres import CANCEL_TIMEOUT, PostgresStorage
 from reqtelemetry.collector.storage.sql import SQLStorage
 from reqtelemetry.collector.storage.sqlite import SQLiteStorage
 from reqtelemetry.histogram import bucket_index, bucket_value
@@ -1875,6 +1877,110 @@ def test_a_report_whose_commit_answer_was_lost_past_the_deadline_is_a_replay(
     finally:
         relayed.close()
         relay.close()
+
+
+#: The code that opens PostgreSQL's CancelRequest message (after its length, 16).
+CANCEL_REQUEST_CODE = 80877102
+
+
+class SilentToCancels:
+    """A TCP relay to PostgreSQL that passes every connection on, except a
+    cancel request, which it takes and never answers: a server that went
+    silent for the cancel sent at a deadline."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.held: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                # Every first message opens with its length and a code.
+                first = client.recv(8, socket.MSG_WAITALL)
+                if len(first) < 8:
+                    client.close()
+                    continue
+                if struct.unpack("!ii", first)[1] == CANCEL_REQUEST_CODE:
+                    self.held.append(client)
+                    continue
+                server = socket.create_connection(self.target)
+                server.sendall(first)
+                for source, sink in ((client, server), (server, client)):
+                    threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for held in self.held:
+            held.close()
+
+
+#: Sends the cancel the storage sends at a deadline, with a thread ticking
+#: meanwhile; prints how long the cancel took and how often the thread ticked.
+CANCEL_SCRIPT = """
+import sys, threading, time
+import psycopg
+from reqtelemetry.collector.storage.postgres import _cancel
+
+connection = psycopg.connect(sys.argv[1], autocommit=True)
+ticks = []
+
+def tick():
+    while True:
+        ticks.append(time.monotonic())
+        time.sleep(0.01)
+
+threading.Thread(target=tick, daemon=True).start()
+time.sleep(0.1)
+began = time.monotonic()
+_cancel(connection)
+ended = time.monotonic()
+print(ended - began, sum(began < t < ended for t in list(ticks)))
+"""
+
+
+def test_the_cancel_sent_at_a_deadline_gives_up_in_time_and_stops_no_other_thread(
+    postgres_storage: PostgresStorage,
+) -> None:
+    """A server that takes the cancel request and never answers it: the cancel
+    gives up after ``CANCEL_TIMEOUT`` while the collector's other threads run on.
+
+    With a libpq before 17 (psycopg[binary] before 3.2.3 bundles libpq 16)
+    ``cancel_safe`` falls back to ``PQcancel``, which has no timeout and, in
+    psycopg's C implementation, holds the GIL while it waits: every thread of
+    the process stopped for as long as the server kept silent. In a child
+    process, so that such a hang fails this test instead of stopping the run."""
+    port = int(postgres_storage.url.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+    relay = SilentToCancels(port)
+    url = postgres_storage.url.replace(f":{port}/", f":{relay.port}/")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", CANCEL_SCRIPT, url],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=CANCEL_TIMEOUT + 20,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the cancel waited for the silent server past its timeout, blocking")
+    finally:
+        relay.close()
+    assert done.returncode == 0, done.stderr
+    took, ticks = done.stdout.split()
+    assert float(took) < CANCEL_TIMEOUT + 1.0
+    # A tick every 10 ms: a process held up by the cancel would count none.
+    assert int(ticks) > float(took) * 100 / 4, done.stdout
 
 
 def test_postgres_waits_for_a_free_connection_no_longer_than_the_deadline(

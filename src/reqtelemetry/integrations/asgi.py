@@ -132,8 +132,8 @@ class ASGIMiddleware:
             try:
                 end = exchange.end or perf_counter()
                 route = self._template(scope, entry_root_path, status)
-                if route is None:
-                    route = self._unrouted(scope, status)
+                if route is None or route is UNTEMPLATED:
+                    route = self._unrouted(scope, status, route is UNTEMPLATED)
                 method = _METHODS.get(scope["method"], OTHER_METHOD)
                 # No body goes out in answer to HEAD, whatever the app hands the server.
                 response_bytes = exchange.response_bytes if method != "HEAD" else 0
@@ -177,12 +177,17 @@ class ASGIMiddleware:
         except Exception as error:  # never let telemetry break a response
             self.telemetry.internal_error(error)
 
-    def _unrouted(self, scope: Scope, status: int) -> str:
+    def _unrouted(self, scope: Scope, status: int, untemplated: bool = False) -> str:
         # A Starlette router saw the request and matched nothing, or a
         # route-less app answered 404: both are "unmatched".
         matched = False
         route = scope.get("route")
-        if route is not None and not hasattr(route, "path_format"):
+        if untemplated:
+            # Matched again, the route that took the request has no template
+            # (a Host in front of an app without routes, a custom route, which
+            # a Starlette before 1.7 does not record in scope["route"]): as below.
+            matched = status != 404
+        elif route is not None and not hasattr(route, "path_format"):
             # The router chose a route without a path template (a Host, a
             # custom route). With routes of its own behind it, they matched
             # nothing; without, the app behind it served the request, and its

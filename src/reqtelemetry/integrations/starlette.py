@@ -66,8 +66,11 @@ class RouteTemplates:
         #: (``FastAPI(root_path=...)`` wrapped from outside), else None.
         self._app_root_path: str | None = None
 
-    def template(self, scope: Scope, entry_root_path: str, status: int = 200) -> str | None:
-        """The full route template, or None when the router matched no route."""
+    def template(
+        self, scope: Scope, entry_root_path: str, status: int = 200
+    ) -> str | _Untemplated | None:
+        """The full route template, None when the router matched no route, or
+        :data:`UNTEMPLATED` when the route that took the request has no template."""
         route = scope.get("route")
         if route is None:
             # FastAPI records ``scope["route"]`` only for its own API routes, not
@@ -116,7 +119,9 @@ class RouteTemplates:
             return None
         return mounted[0] + path_format
 
-    def nested_template(self, scope: Scope, entry_root_path: str, status: int = 200) -> str | None:
+    def nested_template(
+        self, scope: Scope, entry_root_path: str, status: int = 200
+    ) -> str | _Untemplated | None:
         """:meth:`template` for an app that is itself mounted in another app's router.
 
         The outer router recorded the ``Mount`` (or ``Host``) that led here in
@@ -155,7 +160,7 @@ class RouteTemplates:
 
     def _unrecorded(
         self, scope: Scope, entry_root_path: str, root_path: str, status: int
-    ) -> str | None:
+    ) -> str | _Untemplated | None:
         """The template when the router left no (useful) ``scope["route"]``."""
         if scope.get("router") is None:
             return None  # no router saw the request (a route-less app): one dict lookup
@@ -165,9 +170,9 @@ class RouteTemplates:
             frontend = _frontend_template(router, scope, root_path, "")
             if frontend is not None:
                 return frontend
-            if status == 404:
-                return None  # the top router matched nothing: don't match again
             owner, prefix, routes = router, "", getattr(router, "routes", [])
+            if status == 404 and not _served_by_a_route(routes, scope):
+                return None  # the top router matched nothing: don't match again
         else:
             mounted = self._mount_prefix(scope, entry_root_path, root_path)
             if mounted is None:
@@ -351,19 +356,21 @@ def _is_mount_or_host(route: Any) -> bool:
 
 #: Per routes list: ``id(endpoint)`` → the plain routes serving it, so a request
 #: whose route the router did not record is resolved by a dict lookup, not by
-#: matching every route's regex again; and whether the list holds routes with
+#: matching every route's regex again; whether the list holds routes with
 #: routes behind them (a ``Host``, a router FastAPI included), which only
-#: matching through them finds. Rebuilt when the list changes length.
-_ENDPOINT_INDEX: dict[int, tuple[int, Any, dict[int, list[Any]], bool]] = {}
+#: matching through them finds; and whether it holds a route of the app's own
+#: making (neither Starlette's ``Route``, ``WebSocketRoute``, ``Mount`` nor
+#: ``Host``, nor a subclass). Rebuilt when the list changes length.
+_ENDPOINT_INDEX: dict[int, tuple[int, Any, dict[int, list[Any]], bool, bool]] = {}
 
 
-def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool]:
-    """``routes``' plain routes by ``id(endpoint)``, and whether any route is a
-    ``Host`` or a router FastAPI included."""
-    from starlette.routing import Host, Route
-
+def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool, bool]:
+    """``routes``' plain routes by ``id(endpoint)``, whether any route is a
+    ``Host`` or a router FastAPI included, and whether any is a custom route."""
     entry = _ENDPOINT_INDEX.get(id(routes))
     if entry is None or entry[0] != len(routes) or entry[1] is not routes:
+        from starlette.routing import Host, Mount, Route, WebSocketRoute
+
         index: dict[int, list[Any]] = {}
         for route in routes:
             if isinstance(route, Route):
@@ -372,13 +379,36 @@ def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool]:
             isinstance(route, Host) or callable(getattr(route, "effective_route_contexts", None))
             for route in routes
         )
+        has_custom = any(
+            not isinstance(route, (Route, WebSocketRoute, Mount, Host)) for route in routes
+        )
         if len(_ENDPOINT_INDEX) >= MAX_CACHED_PREFIXES:
             _ENDPOINT_INDEX.clear()
-        entry = _ENDPOINT_INDEX[id(routes)] = (len(routes), routes, index, match_through)
-    return entry[2], entry[3]
+        entry = _ENDPOINT_INDEX[id(routes)] = (
+            len(routes),
+            routes,
+            index,
+            match_through,
+            has_custom,
+        )
+    return entry[2], entry[3], entry[4]
 
 
-def _match_plain_route(routes: Any, scope: Scope, root_path: str, prefix: str) -> str | None:
+def _served_by_a_route(routes: Any, scope: Scope) -> bool:
+    """Whether the endpoint the router left in the scope is one of ``routes``' own.
+
+    Why: a route's handler may answer 404 itself (no such item), and a
+    Starlette before 1.7 records no route for it, only its endpoint; a router
+    that matched nothing leaves none (or, in an app mounted in another, the
+    outer mount's). One dict lookup, so that scanners' 404s are not matched again.
+    """
+    endpoint = scope.get("endpoint")
+    return endpoint is not None and id(endpoint) in _endpoint_index(routes)[0]
+
+
+def _match_plain_route(
+    routes: Any, scope: Scope, root_path: str, prefix: str
+) -> str | _Untemplated | None:
     """Match the request against plain routes, as the router did (full match first).
 
     Where the routes hold a ``Host``, the request may have been served behind
@@ -388,7 +418,20 @@ def _match_plain_route(routes: Any, scope: Scope, root_path: str, prefix: str) -
     give that route's template. Those requests are matched through the hosts,
     as the router matched them; so are requests where the list holds a router
     FastAPI included, whose plain routes are in no list of Starlette's.
+    :data:`UNTEMPLATED` when the route that takes the request has no template:
+    a ``Host`` in front of an app without routes, or a custom route, which a
+    Starlette before 1.7 does not record either.
+
+    Under a Starlette before 1.7 every request comes here: the route that
+    served it is found first by its endpoint, a dict lookup, before anything
+    else is set up.
     """
+    index, match_through, has_custom = _endpoint_index(routes)
+    if not match_through:
+        endpoint = scope.get("endpoint")
+        candidates = index.get(id(endpoint)) if endpoint is not None else None
+        if candidates is not None and len(candidates) == 1:
+            return prefix + candidates[0].path_format
     from starlette.routing import Match, Route
 
     probe = {
@@ -397,15 +440,9 @@ def _match_plain_route(routes: Any, scope: Scope, root_path: str, prefix: str) -
         "root_path": root_path,
         "method": scope["method"],
     }
-    index, match_through = _endpoint_index(routes)
     if match_through:
         probe["headers"] = scope.get("headers", [])
-        template = template_by_matching(routes, probe, prefix)
-        return template if isinstance(template, str) else None
-    endpoint = scope.get("endpoint")
-    candidates = index.get(id(endpoint)) if endpoint is not None else None
-    if candidates is not None and len(candidates) == 1:
-        return prefix + candidates[0].path_format
+        return template_by_matching(routes, probe, prefix)
     partial = None
     for route in candidates or routes:
         if not isinstance(route, Route):  # mounts are behind us; routers record their own
@@ -415,7 +452,11 @@ def _match_plain_route(routes: Any, scope: Scope, root_path: str, prefix: str) -
             return prefix + route.path_format
         if match is Match.PARTIAL and partial is None:
             partial = route
-    return prefix + partial.path_format if partial is not None else None
+    if partial is not None:
+        return prefix + partial.path_format
+    if has_custom and template_by_matching(routes, probe, prefix) is UNTEMPLATED:
+        return UNTEMPLATED
+    return None
 
 
 #: FastAPI's key, in ``scope["fastapi"]``, for the file a frontend route serves.
