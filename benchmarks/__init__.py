@@ -118,6 +118,32 @@ def median_bounds(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     return ordered[k - 1], ordered[n - k], max(0.0, coverage(k))
 
 
+def unsettled_note(values: Sequence[float], budget: float, *, name_extent: bool = False) -> str:
+    """`` (unsettled: ...)`` where the order-statistic interval of the median of
+    ``values`` (:func:`median_bounds`) holds ``budget``, else ``""`` (and with
+    fewer than two values, which give no interval: quick mode's one round).
+
+    Why shared: the throughput and the flush tables judge a ratio budget on
+    the median round alike, and must word an undecided verdict alike.
+    ``name_extent`` says so where the interval is the lowest to the highest
+    value (the flush table's 3 rounds, whose interval is far less sure).
+    """
+    if len(values) < 2:
+        return ""
+    low, high, coverage = median_bounds(values)
+    if not low <= budget <= high:
+        return ""
+    extent = (
+        " (lowest to highest round)"
+        if name_extent and (low, high) == (min(values), max(values))
+        else ""
+    )
+    return (
+        f" (unsettled: the median's {coverage:.0%} interval{extent}, {low:.2f} to "
+        f"{high:.2f}x, holds {budget:.2f}x)"
+    )
+
+
 def ordinal(n: int) -> str:
     """``1st``, ``2nd``, ``11th``: for notes that name a round by its rank."""
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")

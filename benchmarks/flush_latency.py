@@ -117,11 +117,11 @@ from benchmarks import (
     child_environment,
     iqr,
     load_average,
-    median_bounds,
     median_bounds_text,
     ordinal,
     percentile,
     quick,
+    unsettled_note,
 )
 
 #: The budget from the design: p99 while a flush runs within 10 % of quiet.
@@ -1072,18 +1072,8 @@ def p99_verdict(ratios: list[float]) -> str:
     """
     if not ratios:
         return "no round measured"
-    median = statistics.median(ratios)
-    verdict = "**PASS**" if median <= P99_BUDGET_RATIO else "**MISS**"
-    if len(ratios) < 2:
-        return verdict  # quick mode: one round, no interval
-    low, high, coverage = median_bounds(ratios)
-    if low <= P99_BUDGET_RATIO <= high:
-        extent = " (lowest to highest round)" if (low, high) == (min(ratios), max(ratios)) else ""
-        verdict += (
-            f" (unsettled: the median's {coverage:.0%} interval{extent}, {low:.2f} to "
-            f"{high:.2f}x, holds {P99_BUDGET_RATIO:.2f}x)"
-        )
-    return verdict
+    verdict = "**PASS**" if statistics.median(ratios) <= P99_BUDGET_RATIO else "**MISS**"
+    return verdict + unsettled_note(ratios, P99_BUDGET_RATIO, name_extent=True)
 
 
 def _latency_cells(load: str, phase: str, samples: PhaseSamples, quiet: PhaseSamples) -> str:

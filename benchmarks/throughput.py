@@ -86,10 +86,10 @@ from benchmarks import (
     child_environment,
     contenders,
     load_average,
-    median_bounds,
     median_bounds_text,
     percentile,
     quick,
+    unsettled_note,
 )
 
 CONTENDER_ENV = "BENCH_THROUGHPUT_CONTENDER"
@@ -630,18 +630,9 @@ def rate_verdict(ratios: list[float]) -> str:
     0.63x to 1.27x; a PASS or a MISS whose interval holds 0.95 is the median's
     word alone, as the overhead table says of its own.
     """
-    median = statistics.median(ratios)
-    passed = median >= THROUGHPUT_BUDGET_RATIO
+    passed = statistics.median(ratios) >= THROUGHPUT_BUDGET_RATIO
     verdict = f"≥ {THROUGHPUT_BUDGET_RATIO:.2f}x: **{'PASS' if passed else 'MISS'}**"
-    if len(ratios) < 2:
-        return verdict  # quick mode: one round, no interval
-    low, high, coverage = median_bounds(ratios)
-    if low <= THROUGHPUT_BUDGET_RATIO <= high:
-        verdict += (
-            f" (unsettled: the median's {coverage:.0%} interval, {low:.2f} to {high:.2f}x, "
-            f"holds {THROUGHPUT_BUDGET_RATIO:.2f}x)"
-        )
-    return verdict
+    return verdict + unsettled_note(ratios, THROUGHPUT_BUDGET_RATIO)
 
 
 @dataclass(frozen=True)
