@@ -376,8 +376,7 @@ def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool, bool]:
             if isinstance(route, Route):
                 index.setdefault(id(route.endpoint), []).append(route)
         match_through = any(
-            isinstance(route, Host) or callable(getattr(route, "effective_route_contexts", None))
-            for route in routes
+            isinstance(route, Host) or _is_included_router(route) for route in routes
         )
         has_custom = any(
             not isinstance(route, (Route, WebSocketRoute, Mount, Host)) for route in routes
@@ -667,10 +666,17 @@ def _included_routes(route: Any) -> list[Any] | None:
     rebuilt under the prefix as ``starlette_route``. Anything unexpected there
     yields None: the request is then matched no further, as before.
     """
-    contexts = getattr(route, "effective_route_contexts", None)
-    if not callable(contexts):
+    if not _is_included_router(route):
         return None
     try:
-        return [getattr(context, "starlette_route", None) or context for context in contexts()]
+        return [
+            getattr(context, "starlette_route", None) or context
+            for context in route.effective_route_contexts()
+        ]
     except Exception:  # a FastAPI that keeps these otherwise
         return None
+
+
+def _is_included_router(route: Any) -> bool:
+    """Whether ``route`` is a router FastAPI included (see :func:`_included_routes`)."""
+    return callable(getattr(route, "effective_route_contexts", None))
