@@ -1811,29 +1811,47 @@ def test_postgres_answers_a_commit_held_by_a_standby_by_the_deadline() -> None:
         cluster.stop()
 
 
-class AnswerToCommitLost:
-    """A TCP relay to PostgreSQL that, once armed, passes the next ``COMMIT`` on,
-    drops what the server answers, and cuts the connection ``after`` seconds
-    later: the commit is done, and the client cannot know it."""
+class PostgresRelay:
+    """A TCP relay on loopback in front of the PostgreSQL server of ``url``:
+    each connection made to :attr:`url` is handed to :meth:`_take`."""
 
-    def __init__(self, port: int, after: float) -> None:
-        self.target = ("127.0.0.1", port)
-        self.after = after
-        self.armed = False
-        self._swallowing = False
+    def __init__(self, url: str) -> None:
+        server_port = int(url.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+        self.target = ("127.0.0.1", server_port)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
+        #: ``url`` through the relay.
+        self.url = url.replace(f":{server_port}/", f":{self.port}/")
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
         with contextlib.suppress(OSError):
             while True:
                 client, _ = self.listener.accept()
-                server = socket.create_connection(self.target)
-                for source, sink, upstream in ((client, server, True), (server, client, False)):
-                    threading.Thread(
-                        target=self._relay, args=(source, sink, upstream), daemon=True
-                    ).start()
+                self._take(client)
+
+    def _take(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class AnswerToCommitLost(PostgresRelay):
+    """A relay that, once armed, passes the next ``COMMIT`` on, drops what the
+    server answers, and cuts the connection ``after`` seconds later: the
+    commit is done, and the client cannot know it."""
+
+    def __init__(self, url: str, after: float) -> None:
+        self.after = after
+        self.armed = False
+        self._swallowing = False
+        super().__init__(url)
+
+    def _take(self, client: socket.socket) -> None:
+        server = socket.create_connection(self.target)
+        for source, sink, upstream in ((client, server, True), (server, client, False)):
+            threading.Thread(target=self._relay, args=(source, sink, upstream), daemon=True).start()
 
     def _relay(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
         with contextlib.suppress(OSError):
@@ -1851,9 +1869,6 @@ class AnswerToCommitLost:
                         end.shutdown(socket.SHUT_RDWR)
                     return
 
-    def close(self) -> None:
-        self.listener.close()
-
 
 def test_a_report_whose_commit_answer_was_lost_past_the_deadline_is_a_replay(
     postgres_storage: PostgresStorage,
@@ -1863,11 +1878,8 @@ def test_a_report_whose_commit_answer_was_lost_past_the_deadline_is_a_replay(
     refused for want of time and answered 503 "nothing stored" for a stored
     report, which the client may send again. The retry now has a short grace
     to meet its own stamp, a replay: what the client counts as delivered."""
-    port = int(postgres_storage.url.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
-    relay = AnswerToCommitLost(port, after=1.5)
-    relayed = PostgresStorage(
-        postgres_storage.url.replace(f":{port}/", f":{relay.port}/"), pool_size=1
-    )
+    relay = AnswerToCommitLost(postgres_storage.url, after=1.5)
+    relayed = PostgresStorage(relay.url, pool_size=1)
     try:
         relayed.refusals()  # a pooled connection, reused by the store
         relay.armed = True
@@ -1883,34 +1895,28 @@ def test_a_report_whose_commit_answer_was_lost_past_the_deadline_is_a_replay(
 CANCEL_REQUEST_CODE = 80877102
 
 
-class SilentToCancels:
-    """A TCP relay to PostgreSQL that passes every connection on, except a
-    cancel request, which it takes and never answers: a server that went
-    silent for the cancel sent at a deadline."""
+class SilentToCancels(PostgresRelay):
+    """A relay that passes every connection on, except a cancel request, which
+    it takes and never answers: a server that went silent for the cancel sent
+    at a deadline."""
 
-    def __init__(self, port: int) -> None:
-        self.target = ("127.0.0.1", port)
+    def __init__(self, url: str) -> None:
         self.held: list[socket.socket] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(url)
 
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = self.listener.accept()
-                # Every first message opens with its length and a code.
-                first = client.recv(8, socket.MSG_WAITALL)
-                if len(first) < 8:
-                    client.close()
-                    continue
-                if struct.unpack("!ii", first)[1] == CANCEL_REQUEST_CODE:
-                    self.held.append(client)
-                    continue
-                server = socket.create_connection(self.target)
-                server.sendall(first)
-                for source, sink in ((client, server), (server, client)):
-                    threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+    def _take(self, client: socket.socket) -> None:
+        # Every first message opens with its length and a code.
+        first = client.recv(8, socket.MSG_WAITALL)
+        if len(first) < 8:
+            client.close()
+            return
+        if struct.unpack("!ii", first)[1] == CANCEL_REQUEST_CODE:
+            self.held.append(client)
+            return
+        server = socket.create_connection(self.target)
+        server.sendall(first)
+        for source, sink in ((client, server), (server, client)):
+            threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
 
     def _relay(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -1920,7 +1926,7 @@ class SilentToCancels:
             sink.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
-        self.listener.close()
+        super().close()
         for held in self.held:
             held.close()
 
@@ -1960,9 +1966,8 @@ def test_the_cancel_sent_at_a_deadline_gives_up_in_time_and_stops_no_other_threa
     psycopg's C implementation, holds the GIL while it waits: every thread of
     the process stopped for as long as the server kept silent. In a child
     process, so that such a hang fails this test instead of stopping the run."""
-    port = int(postgres_storage.url.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
-    relay = SilentToCancels(port)
-    url = postgres_storage.url.replace(f":{port}/", f":{relay.port}/")
+    relay = SilentToCancels(postgres_storage.url)
+    url = relay.url
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     try:
         done = subprocess.run(
