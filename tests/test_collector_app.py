@@ -48,6 +48,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import pytest
 from hypothesis import HealthCheck, event, given
@@ -3146,3 +3147,66 @@ def test_a_dashboard_busy_with_other_summaries_is_a_503_not_an_outage(
         server.stop()
         storage.close()
     assert _errors(caplog) == []
+
+
+class FewWorkerThreads:
+    """The collector with ``tokens`` worker threads instead of anyio's 40:
+    the same shortage, reached with a handful of requests."""
+
+    def __init__(self, app: Starlette, tokens: int) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = self.tokens
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.e2e
+def test_summaries_waiting_for_a_read_turn_leave_the_worker_threads_to_reports(
+    tmp_path: Path,
+) -> None:
+    """A summary waited for its read turn in a worker thread, the threads that
+    reports are stored in: enough dashboard reads at once (40 with anyio's
+    threads, 4 here) held every report up until they timed out. Now waiting
+    summaries take no thread, and a report is stored while they wait; past
+    the line's end, a summary is told to come back at once."""
+    storage = SQLiteStorage(str(tmp_path / "threads.db"), busy_timeout=30.0)
+    storage.migrate()
+    app = create_app(collector_settings(), storage)
+    server = ServerThread(FewWorkerThreads(app, 4))
+    server.start()
+    readers = storage._readers
+    assert readers is not None
+    held = [readers._slots.acquire(timeout=1) for _ in range(MAX_READERS)]
+    asking = collector_app.SUMMARY_CONCURRENCY + collector_app.SUMMARY_QUEUE
+    answers: list[int] = []
+
+    def ask_for_summary() -> None:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=60.0) as client:
+            answers.append(client.get("/api/summary").status_code)
+
+    askers = [threading.Thread(target=ask_for_summary) for _ in range(asking)]
+    try:
+        assert all(held)
+        for asker in askers:
+            asker.start()
+        deadline = time.monotonic() + 10.0
+        while app.state.summary_gate.waiting() < collector_app.SUMMARY_QUEUE:
+            assert time.monotonic() < deadline, "the summaries never lined up"
+            time.sleep(0.01)
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
+            late = http.get("/api/summary")
+            assert late.status_code == 503
+            assert "too many dashboard reads" in late.json()["detail"]
+            collector = Collector(server.url, http, storage, collector_settings())
+            assert collector.send(make_payload(new_id(), new_id())).status_code == 200
+        assert answers == []  # every summary was still waiting meanwhile
+    finally:
+        for _ in held:
+            readers._slots.release()
+        for asker in askers:
+            asker.join(timeout=30)
+        server.stop()
+        storage.close()
+    assert answers == [200] * asking

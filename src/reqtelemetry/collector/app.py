@@ -81,6 +81,7 @@ from .storage.base import (
     StoredReport,
     UnstorableReport,
 )
+from .storage.sql import MAX_READERS
 from .summary import DEFAULT_DAYS, MAX_DAYS, build_summary
 from .tokens import TokenSigner
 from .verify import (
@@ -120,6 +121,13 @@ VERIFY_CONCURRENCY = 4
 #: at once (``BUSY_RETRY_AFTER``): a waiting report holds only its body as
 #: sent, but the wait of the last in line must stay within a client's timeout.
 VERIFY_QUEUE = 64
+#: Dashboard summaries read at once. Why a turn before the worker thread, and
+#: not only the storage's own read turns: a summary waiting for those holds
+#: one of the worker threads that report stores run in (anyio's 40), so
+#: enough dashboard tabs at once held reports up. Waiting here takes no thread.
+SUMMARY_CONCURRENCY = MAX_READERS
+#: Summaries waiting for their turn, beyond which one is answered ``503`` at once.
+SUMMARY_QUEUE = 16
 #: How long a client should wait when the verifications are all taken.
 BUSY_RETRY_AFTER = 10
 #: The answer to a report the database refused to hold (the database's own
@@ -207,6 +215,7 @@ def create_app(
         encoding="utf-8"
     )
     gate = Gate(VERIFY_CONCURRENCY, VERIFY_QUEUE)
+    summary_gate = Gate(SUMMARY_CONCURRENCY, SUMMARY_QUEUE)
     tally = RefusalTally(store)
     # Writes and reads apart: a database that refuses writes (a full disk, a
     # lock) may still answer the dashboard, and one log's successes would
@@ -296,7 +305,10 @@ def create_app(
         days = days_param(request)
         app_name = app_param(request)
         try:
-            data = await run_in_threadpool(read_summary, days, app_name)
+            async with summary_gate.turn() as admitted:
+                if not admitted:
+                    raise ReadersBusy(f"{SUMMARY_QUEUE} summaries already wait for a turn")
+                data = await run_in_threadpool(read_summary, days, app_name)
         except ReadersBusy:
             # More summaries at once than the storage reads at once: the
             # database works, so this is no outage to log.
@@ -387,6 +399,7 @@ def create_app(
     app.state.settings = settings
     app.state.storage = store
     app.state.gate = gate
+    app.state.summary_gate = summary_gate
     app.state.refusals = tally
     app.state.write_failures = write_failures
     app.state.read_failures = read_failures
