@@ -23,6 +23,7 @@ import pytest
 
 from receiver import record_counts
 from reqtelemetry import Config, Telemetry
+from reqtelemetry.transport import backoff_delay
 
 pytestmark = [
     pytest.mark.e2e,
@@ -321,3 +322,28 @@ def test_a_forked_child_cannot_cut_the_parents_connections(make_sender, receiver
     parent.record("GET", "/after", 200, 0.01, 0, 10)
     assert parent.flush() is True
     assert len(receiver.reports_from(parent.instance_id)) == record_counts_before + 1
+
+
+def test_forked_workers_draw_their_own_jitter(make_sender):
+    """Every worker forked from one master drew the master's jitter: the same
+    flush delays and the same backoff waits, so a deployment's workers
+    flushed in step and retried a collector just back from an outage all at
+    once, which is what the jitter is there to prevent. Each child now seeds
+    its own."""
+    parent = make_sender()
+    flusher = parent.flusher
+    transport = flusher.transport
+    assert transport is not None
+
+    def draws() -> dict[str, Any]:
+        return {
+            "flush": [flusher._next_delay() for _ in range(4)],
+            "backoff": [
+                backoff_delay(attempt, 1.0, 60.0, transport._rng) for attempt in range(1, 5)
+            ],
+        }
+
+    first, second = run_in_child(draws), run_in_child(draws)
+    own = draws()  # the parent's next draws, what each child started from
+    for kind in ("flush", "backoff"):
+        assert len({tuple(first[kind]), tuple(second[kind]), tuple(own[kind])}) == 3, kind

@@ -146,6 +146,9 @@ class Flusher:
         split reports at the size its ``413`` answers taught.
         """
         had_thread = self._thread is not None
+        # The parent's generator, copied, would draw every sibling's jitter
+        # too: a deployment's workers would flush in step.
+        self._rng = random.Random()
         gone, not_before, cap = self.gone, self._not_before, self.collector_max_bytes
         self._init_state()
         self.gone, self._not_before, self.collector_max_bytes = gone, not_before, cap

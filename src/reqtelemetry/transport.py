@@ -268,6 +268,7 @@ class Transport:
         self.backoff_cap = backoff_cap
         self.max_attempts = max_attempts
         self._rng = rng or random.Random()
+        self._owns_rng = rng is None
         self._stop = threading.Event()
         #: This client's wall clock (Unix seconds); replaceable to test a skewed one.
         self.wall_clock: Callable[[], float] = time.time
@@ -328,6 +329,10 @@ class Transport:
             self._client = None
         self._stop = threading.Event()
         self._session = None  # the token names the parent's instance
+        if self._owns_rng:
+            # Else every worker of one master waits out the same backoffs, and
+            # they come back to a recovered collector all at once.
+            self._rng = random.Random()
         # The parent's sockets are shared with this process: cutting one at a
         # deadline here would kill the parent's request on it.
         self._sockets = weakref.WeakSet()
