@@ -117,6 +117,26 @@ def gunicorn_args(
     return (*argv, target)
 
 
+def uwsgi_args(target: str, processes: int) -> tuple[str, ...]:
+    """uWSGI's arguments to serve ``target`` on 127.0.0.1:{port}, as most deploy it:
+    a master that loads the app, then forks ``processes`` workers from it."""
+    return (
+        "--http-socket",
+        "127.0.0.1:{port}",
+        "--master",
+        "--processes",
+        str(processes),
+        "--home",
+        sys.prefix,  # the environment this runs in, which has the examples' frameworks
+        "--pythonpath",
+        str(ROOT),
+        "--module",
+        target,
+        "--need-app",
+        "--disable-logging",
+    )
+
+
 def uvicorn_args(target: str) -> tuple[str, ...]:
     """``python -m uvicorn ...`` serving ``target`` on 127.0.0.1:{port}."""
     return ("-m", "uvicorn", target, "--host", "127.0.0.1", "--port", "{port}")
@@ -141,9 +161,12 @@ class Launch:
     #: For people: "Flask under gunicorn (2 workers)".
     label: str
     stop_signal: signal.Signals = signal.SIGTERM
+    #: The program the arguments are for, when not this Python (uWSGI's own binary).
+    program: str | None = None
 
     def argv(self, port: int) -> list[str]:
-        return [sys.executable, *(arg.replace("{port}", str(port)) for arg in self.args)]
+        program = self.program or sys.executable
+        return [program, *(arg.replace("{port}", str(port)) for arg in self.args)]
 
 
 LAUNCHES: dict[str, Launch] = {

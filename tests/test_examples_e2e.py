@@ -57,6 +57,7 @@ from examples.servers import (
     app_environment,
     gunicorn_args,
     launch_app,
+    uwsgi_args,
 )
 
 pytestmark = pytest.mark.e2e
@@ -420,3 +421,35 @@ def test_an_interrupt_while_a_child_starts_leaves_no_server_behind(tmp_path: Pat
     assert [child.name for child in children.processes] == ["sleeper"]
     children.stop_all()
     assert children.left_behind() == []
+
+
+#: Flask under uWSGI as most deploy it: a master that loads the app, then forks
+#: two workers from it in C, without Python's fork hooks. SIGINT stops uWSGI
+#: (its SIGTERM reloads); its workers run ``atexit`` on the way out.
+UWSGI = Launch(
+    "flask-uwsgi",
+    "flask",
+    "uwsgi",
+    uwsgi_args("examples.flask_app.app:app", processes=2),
+    instances=2,
+    app_version="2.0.1",
+    label="Flask under uWSGI (master, 2 workers)",
+    stop_signal=signal.SIGINT,
+    program=str(Path(sys.executable).parent / "uwsgi"),
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uWSGI does not run on Windows")
+def test_uwsgi_workers_forked_from_a_master_each_report(
+    start_app: Callable[..., Run],
+) -> None:
+    """The master's flusher thread, busy with its startup report when uWSGI
+    forked the workers, held the GIL in every worker's copy of it: no worker
+    answered a single request, ever. Now the master starts nothing, and each
+    worker is an instance of its own (uWSGI's fork runs no Python fork hooks,
+    so it is done from uWSGI's post-fork hook), counting what it served."""
+    run = start_app(UWSGI)
+    traffic = drive(run)
+    stop_gracefully(run)
+    assert_stored_exactly(run, traffic)
+    assert "cannot mint proof-of-work stamps in a child process" not in run.app.log_tail(200)

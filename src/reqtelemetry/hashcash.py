@@ -251,9 +251,32 @@ def _child_command(
     arguments = ["mint", resource, str(bits)] + ([] if idle else [NORMAL_PRIORITY_FLAG])
     if now is not None:
         arguments.append(f"{NOW_FLAG}{float(now)!r}")
+    python = python_executable() or sys.executable
     if here and os.path.isfile(here):
-        return [sys.executable, "-I", "-S", here, *arguments]
-    return [sys.executable, "-m", "reqtelemetry.hashcash", *arguments]
+        return [python, "-I", "-S", here, *arguments]
+    return [python, "-m", "reqtelemetry.hashcash", *arguments]
+
+
+def python_executable() -> str | None:
+    """A Python interpreter to run the minting child with; None if none is known.
+
+    ``sys.executable``, except where a server embeds Python: under uWSGI it
+    names the ``uwsgi`` binary, which refused the child's arguments, and every
+    stamp was minted in the app's own process. There, the interpreter of the
+    environment the app runs in (``--home``), or the one it was made from.
+    """
+    # What reqtelemetry.prefork.uwsgi_module tells; this file runs on its own
+    # (the child), so it imports nothing of the package.
+    if not hasattr(sys.modules.get("uwsgi"), "worker_id"):
+        return sys.executable or None
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    folder = os.path.join(sys.exec_prefix, "Scripts" if os.name == "nt" else "bin")
+    candidates = [os.path.join(folder, name) for name in (f"python{version}", "python3", "python")]
+    candidates.append(getattr(sys, "_base_executable", "") or "")
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def _log_fallback(why: str) -> None:
@@ -294,8 +317,8 @@ def mint_in_subprocess(
     deadline = time.monotonic() + max(0.0, timeout)
     if cancel is not None and cancel.is_set():
         raise MintCancelled(f"minting a {bits}-bit stamp was cancelled")
-    if not sys.executable:
-        _log_fallback("sys.executable is not set")
+    if not python_executable():
+        _log_fallback("no Python interpreter to run it with is known")
         return _mint_in_slices(resource, bits, deadline, now)
     try:
         child = subprocess.Popen(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import threading
 import time
 import uuid
 import weakref
@@ -17,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from . import prefork
 from .anonymize import Anonymizer
 from .config import Config, redacted_url
 from .metrics import AppMetrics, check_count, check_gauge
@@ -108,6 +110,11 @@ class Telemetry:
         self.metrics = AppMetrics(max_names=config.max_metrics)
         self.instance_id = str(uuid.uuid4())
         self.started_at = time.time()
+        #: The process this instance is, to tell a worker uWSGI forked
+        #: without Python's fork hooks (see :mod:`.prefork`).
+        self._pid = os.getpid()
+        #: Whether the flusher waits for uWSGI's workers to be forked.
+        self._in_each_worker = False
         self._otel: Any = None
         self.flusher: Any = None
         if self.enabled:
@@ -167,13 +174,35 @@ class Telemetry:
         self.flusher = Flusher(self, transport)
         _import_before_the_thread_starts(self, transport)
         _live.add(self)
+        if prefork.workers_fork_later():
+            # A thread running when uWSGI forks hangs every worker: see .prefork.
+            self._in_each_worker = True
+            prefork.call_in_each_worker(_start_in_uwsgi_worker)
+            return
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        if self.flusher is None:
+            return
         self.flusher.start()
+        atexit.unregister(self.close)  # once, however many times started
         atexit.register(self.close)
+
+    def _start_in_worker(self) -> None:
+        """In a uWSGI worker: become an instance of its own, if the fork did not
+        make this one (no fork hooks), and start the flusher, once."""
+        if not self._in_each_worker or self.flusher is None:
+            return
+        if self._pid != os.getpid():
+            self._after_fork_in_child()
+        if not self.flusher.running:
+            self._start_thread()
 
     def _after_fork_in_child(self) -> None:
         """A forked worker is a new instance: own id, empty aggregates, own thread."""
         self.instance_id = str(uuid.uuid4())
         self.started_at = time.time()
+        self._pid = os.getpid()
         # A salt of its own too: shared, the same identifier would hash alike
         # in every worker, and the collector could match it across instances.
         self.anonymizer = self._new_anonymizer()
@@ -282,7 +311,13 @@ class Telemetry:
             self.traits.note_framework(name)
 
     def note_first_request(self, host: str | None) -> None:
-        """Called once per integration: a localhost ``Host`` marks a development run."""
+        """Called once per integration: a localhost ``Host`` marks a development run.
+
+        Also where a uWSGI worker whose post-fork hook was replaced (by code
+        that does not chain it) starts its flusher after all (see :mod:`.prefork`).
+        """
+        if self._in_each_worker:
+            _start_in_uwsgi_worker()
         if self.enabled and host:
             name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
             if name.lower() in _LOCAL_HOSTS:
@@ -382,6 +417,19 @@ def _import_before_the_thread_starts(telemetry: Telemetry, transport: Any) -> No
 
 #: Instances with a flusher, re-initialised in a child after ``os.fork()``.
 _live: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+
+
+_worker_start_lock = threading.Lock()
+
+
+def _start_in_uwsgi_worker() -> None:
+    """uWSGI's post-fork hook (see :mod:`.prefork`); never raises into uWSGI."""
+    with _worker_start_lock:
+        for telemetry in list(_live):
+            try:
+                telemetry._start_in_worker()
+            except Exception as error:  # never let telemetry break a worker
+                telemetry.internal_error(error)
 
 
 def _reinit_after_fork() -> None:

@@ -83,6 +83,7 @@ _SERVER_DISTRIBUTIONS: dict[str, str] = {
     "daphne": "daphne",
     "waitress": "waitress",
     "granian": "granian",
+    "uwsgi": "uWSGI",
     "werkzeug": "Werkzeug",
     "django-runserver": "Django",
 }
@@ -96,6 +97,7 @@ _SERVER_COMMANDS: dict[str, str] = {
     "waitress-serve": "waitress",
     "waitress": "waitress",
     "granian": "granian",
+    "uwsgi": "uwsgi",
     "flask": "werkzeug",
 }
 #: Modules that are only imported when the server runs, in order of precedence:
@@ -297,9 +299,16 @@ def detect_server(
         and (environ.get("WERKZEUG_RUN_MAIN") or environ.get("WERKZEUG_SERVER_FD"))
     ):
         server = "werkzeug"
+    if server is None and hasattr(modules.get("uwsgi"), "worker_id"):
+        server = "uwsgi"  # its own module, which exists only inside it
     if server is None:
         return None, None
-    return server, _metadata_version(_SERVER_DISTRIBUTIONS[server])
+    version = _metadata_version(_SERVER_DISTRIBUTIONS[server])
+    if version is None and server == "uwsgi":
+        # A uWSGI from the system's packages has no Python distribution.
+        raw = getattr(modules.get("uwsgi"), "version", None)
+        version = raw.decode("ascii", "replace") if isinstance(raw, bytes) else None
+    return server, version
 
 
 class SystemTraits:

@@ -1,0 +1,77 @@
+"""uWSGI: the flusher thread starts in each worker, never in the master.
+
+Why: by default uWSGI loads the app in its master process and then forks the
+workers from it in C, without Python's fork hooks (``os.register_at_fork``
+callbacks run only with ``--py-call-uwsgi-fork-hooks``). A thread of the
+master that holds the GIL at that moment (the flusher, busy with its startup
+report) holds it in every worker's copy too, where that thread does not
+exist: each worker then waited for the GIL forever, and the app answered no
+request at all. Workers forked without the hooks would also have kept the
+master's instance id and salt.
+
+So while uWSGI's app is loaded before its workers exist, nothing is started:
+each worker starts its own instance from uWSGI's post-fork hook (which runs
+in every worker, the one that was never forked included), or, should that
+hook have been replaced by code that does not chain it, on its first request.
+With ``--lazy-apps`` each worker loads the app itself, and everything starts as
+anywhere else.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+_installed = False
+
+
+def uwsgi_module() -> Any:
+    """uWSGI's own module when this process runs under uWSGI, else None.
+
+    It exists only inside uWSGI, which creates it; a ``sys.modules`` lookup
+    costs nothing elsewhere, where an import would search the whole path.
+    """
+    module = sys.modules.get("uwsgi")
+    return module if module is not None and hasattr(module, "worker_id") else None
+
+
+def workers_fork_later() -> bool:
+    """Whether this process is uWSGI's, loading the app before forking its workers."""
+    uwsgi = uwsgi_module()
+    if uwsgi is None:
+        return False
+    try:
+        return bool(uwsgi.worker_id() == 0)
+    except Exception:  # not the uWSGI this was written for: start as elsewhere
+        return False
+
+
+def call_in_each_worker(function: Callable[[], None]) -> None:
+    """Have uWSGI call ``function`` in each worker once it is forked (once per process).
+
+    Chained after any hook already set, and into ``uwsgidecorators``' chain
+    when the app uses that module (importing it here would replace the app's
+    spooler, and it refuses to load without a master process).
+    """
+    global _installed
+    if _installed:
+        return
+    uwsgi = uwsgi_module()
+    decorators = sys.modules.get("uwsgidecorators")
+    chain = getattr(decorators, "postfork_chain", None)
+    hook = getattr(uwsgi, "post_fork_hook", None)
+    if isinstance(chain, list) and hook is getattr(decorators, "postfork_chain_hook", None):
+        chain.append(function)
+    else:
+        previous = hook
+
+        def post_fork_hook() -> None:
+            try:
+                function()
+            finally:
+                if previous is not None:
+                    previous()
+
+        uwsgi.post_fork_hook = post_fork_hook
+    _installed = True
