@@ -258,6 +258,101 @@ def test_paths_answered_before_routing_cannot_make_a_key_each(make_telemetry, co
     assert telemetry.recorder.dropped == 0
 
 
+async def rate_limited(scope, receive, send):
+    """An ASGI wrapper's answer before the app: a rate limit, say."""
+    await send({"type": "http.response.start", "status": 429, "headers": []})
+    await send({"type": "http.response.body", "body": b"slow down"})
+
+
+def test_wrappers_outside_the_app_answering_first_cannot_make_a_key_each(make_telemetry, counts):
+    """``ASGIMiddleware(CORSMiddleware(app))``, the README's way of wrapping any
+    ASGI app, with other wrappers inside it: their answers (a preflight, a
+    429) reached no Starlette app, so the path was hashed, a key per id, and a
+    scanner filled the key cap and pushed real traffic into ``<overflow>``."""
+    telemetry = make_telemetry(max_keys=50)
+    app = FastAPI()
+
+    @app.put("/items/{item_id}")
+    def put_item(item_id: int):
+        return {"id": item_id}
+
+    limited = {"on": False}
+
+    def rate_limit(inner):
+        async def wrapper(scope, receive, send):
+            if scope["type"] == "http" and limited["on"]:
+                await rate_limited(scope, receive, send)
+            else:
+                await inner(scope, receive, send)
+
+        wrapper.app = inner  # how wrappers are followed to the router
+        return wrapper
+
+    cors = CORSMiddleware(app, allow_origins=["https://spa.example"], allow_methods=["*"])
+    client = TestClient(ASGIMiddleware(rate_limit(cors), telemetry=telemetry))
+    for n in range(100):
+        client.options(f"/items/{n}", headers=PREFLIGHT)
+        client.options(f"/wp-admin/{n}.php", headers=PREFLIGHT)
+    limited["on"] = True
+    for n in range(100):
+        assert client.get(f"/items/{n}").status_code == 429
+    limited["on"] = False
+    assert client.put("/items/1").status_code == 200
+    assert counts(telemetry) == {
+        ("OPTIONS", "/items/{item_id}", 200): 100,
+        ("OPTIONS", UNMATCHED_ROUTE, 200): 100,
+        ("GET", "/items/{item_id}", 429): 100,
+        ("PUT", "/items/{item_id}", 200): 1,
+    }
+    assert telemetry.recorder.dropped == 0
+
+
+def test_a_fastapi_root_mount_is_keyed_by_its_template(telemetry, counts):
+    """``app.mount("/", StaticFiles(html=True))`` under a single-page app, or a
+    legacy app behind the API: FastAPI records no route for a mount, and a
+    mount at the root changes no ``root_path``, so its files were all
+    ``<unmatched>`` (each hashed, with ``group_unmatched=False``)."""
+    app = FastAPI()
+
+    @app.get("/api/users/{uid}")
+    def user(uid: str):
+        return {"uid": uid}
+
+    app.mount("/", raw_app)
+    client = TestClient(wrap(app, telemetry))
+    assert client.get("/api/users/alice").status_code == 200
+    for path in ("/", "/assets/app.js", "/assets/alice.js"):
+        assert client.get(path).status_code == 200
+    assert counts(telemetry) == {
+        ("GET", "/api/users/{uid}", 200): 1,
+        ("GET", "/{path}", 200): 3,
+    }
+
+
+def test_a_route_less_app_mounted_in_a_router_is_never_given_the_routers_templates(
+    make_telemetry, counts
+):
+    """A route-less app wrapped in the middleware, mounted in a Starlette app:
+    its paths were matched against the outer router's routes, so
+    ``/legacy/alice`` counted as the outer ``/{page}`` and served requests as
+    ``<unmatched>``. It is a route-less app: its path is anonymized."""
+    telemetry = make_telemetry(group_unmatched=False)
+    outer = Starlette(
+        routes=[
+            Route("/{page}", plain),
+            Mount("/legacy", app=ASGIMiddleware(raw_app, telemetry=telemetry)),
+        ]
+    )
+    client = TestClient(outer)
+    assert client.get("/legacy/alice").status_code == 200
+    assert client.get("/legacy/users/alice").status_code == 200
+    keys = counts(telemetry)
+    assert "/{page}" not in {route for _, route, _ in keys}
+    assert UNMATCHED_ROUTE not in {route for _, route, _ in keys}
+    assert sorted(status for _, _, status in keys) == [200, 200]
+    assert all("alice" not in route for _, route, _ in keys)
+
+
 def build_fastapi_app() -> FastAPI:
     app = FastAPI()
 

@@ -196,6 +196,13 @@ class ASGIMiddleware:
         elif "router" not in scope:
             routes = routes_of_unrouted_app(scope)
             if routes is None:
+                # No Starlette app saw it: a middleware wrapped around the app
+                # from outside answered (a CORS preflight, a rate limit), or
+                # the app has no routes. The app's routes, found through the
+                # wrappers, say what the router would have chosen; else a
+                # per-path key for each answer would fill the key cap.
+                routes = self._templates.own_routes()
+            if routes is None:
                 matched = status != 404  # a route-less app: its path is anonymized
             else:
                 # A Starlette or FastAPI app answered before routing (a CORS
@@ -206,6 +213,10 @@ class ASGIMiddleware:
                 if isinstance(template, str):
                     return template
                 matched = template is UNTEMPLATED
+        elif self._templates.own_routes() is None:
+            # A route-less app mounted in a router (which recorded its mount):
+            # its path is anonymized, as anywhere else.
+            matched = status != 404
         return self.telemetry.route_for_unrouted(
             scope["path"], scope.get("query_string", b"").decode("latin-1"), matched
         )

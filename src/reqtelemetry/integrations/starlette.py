@@ -132,18 +132,33 @@ class RouteTemplates:
         a router already at work, so that an app mounted nowhere never pays for
         the check.
         """
+        if self._own() is None:
+            # A route-less app: the outer router's routes are not its own, and
+            # matching its paths against them gave another app's templates.
+            return None
         route = scope.get("route")
         root_path = scope.get("root_path", "")
         if route is not None and root_path == entry_root_path and _is_mount_or_host(route):
             return self._unrecorded(scope, entry_root_path, root_path, status)
         return self.template(scope, entry_root_path, status)
 
-    def _router(self, scope: Scope) -> Any:
-        """The router of the app this middleware wraps, else ``scope["router"]``."""
+    def own_routes(self) -> Sequence[Any] | None:
+        """The routes of the app this middleware wraps, found through the
+        wrappers in front of it; None when it leads to no router."""
+        own = self._own()
+        return None if own is None else own.routes
+
+    def _own(self) -> Any:
+        """The router of the app this middleware wraps (see :func:`_router_of`), or None."""
         own = self._own_router
         if own is _UNRESOLVED:
             own, self._app_root_path = _router_of(self._app)
             self._own_router = own
+        return own
+
+    def _router(self, scope: Scope) -> Any:
+        """The router of the app this middleware wraps, else ``scope["router"]``."""
+        own = self._own()
         return own if own is not None else scope.get("router")
 
     def _routed_from(self, scope: Scope, entry_root_path: str) -> str:
@@ -455,6 +470,12 @@ def _match_plain_route(
         return prefix + partial.path_format
     if has_custom and template_by_matching(routes, probe, prefix) is UNTEMPLATED:
         return UNTEMPLATED
+    # A mount at the root (FastAPI's ``app.mount("/", StaticFiles(html=True))``
+    # under a single-page app, a legacy app behind the routes) leaves the
+    # root_path as it was: it is not behind us, and FastAPI records no route.
+    root_mounts = [route for route in routes if _is_mount(route) and route.path == ""]
+    if root_mounts:
+        return template_by_matching(root_mounts, probe, prefix)
     return None
 
 
