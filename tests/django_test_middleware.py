@@ -20,3 +20,17 @@ class SyncOnlyMiddleware:
 
     def __call__(self, request: Any) -> Any:
         return self.get_response(request)
+
+
+class AnswersPreflights:
+    """Answers CORS preflights before URL resolution, as django-cors-headers does."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        from django.http import HttpResponse
+
+        if request.method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in request.META:
+            return HttpResponse(headers={"Access-Control-Allow-Origin": "*"})
+        return self.get_response(request)

@@ -153,6 +153,36 @@ def test_404_is_unmatched(client, django_telemetry, counts):
     assert counts(django_telemetry) == {("GET", UNMATCHED_ROUTE, 404): 4}
 
 
+def test_answers_before_url_resolution_are_keyed_by_the_route_they_are_for(
+    django_telemetry, counts
+):
+    """``APPEND_SLASH``'s redirect and a CORS preflight answered in
+    middleware never reach URL resolution: they were ``<unmatched>`` (a key
+    per id with ``group_unmatched`` off), where Flask's and Starlette's
+    are keyed by their route. A 404 is still never resolved again."""
+    from django.test import Client, override_settings
+
+    middleware = [
+        "reqtelemetry.django.TelemetryMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django_test_middleware.AnswersPreflights",
+    ]
+    with override_settings(MIDDLEWARE=middleware, APPEND_SLASH=True):
+        client = Client()
+        for pk in range(3):
+            assert client.get(f"/api/items/{pk}").status_code == 301
+            preflight = client.options(
+                f"/api/items/{pk}/", HTTP_ACCESS_CONTROL_REQUEST_METHOD="PUT"
+            )
+            assert preflight.status_code == 200
+        assert client.get("/nope").status_code == 404
+    assert counts(django_telemetry) == {
+        ("GET", "/api/items/<int:pk>/", 301): 3,
+        ("OPTIONS", "/api/items/<int:pk>/", 200): 3,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+
+
 def test_view_exception_is_500(client, django_telemetry, counts):
     response = client.get("/boom/")
     assert response.status_code == 500

@@ -317,6 +317,8 @@ class TelemetryMiddleware:
         telemetry = self.telemetry
         try:
             match = getattr(request, "resolver_match", None)
+            if match is None and status != 404:
+                match = _resolved_anyway(request, status)
             if match is not None and match.route is not None:
                 route = self._plain_templates.get(match.route)
                 if route is None:
@@ -347,6 +349,31 @@ class TelemetryMiddleware:
                 telemetry.note_first_request(request.META.get("HTTP_HOST"))
         except Exception as error:  # never let telemetry break a response
             telemetry.internal_error(error)
+
+
+def _resolved_anyway(request: Any, status: int) -> Any:
+    """The route a request answered before URL resolution is for; None if none.
+
+    Middleware answers some requests before Django resolves them: a CORS
+    preflight (django-cors-headers answers in ``process_request``), and
+    ``CommonMiddleware``'s ``APPEND_SLASH`` redirect to the route with its
+    slash. They were ``<unmatched>``, or a key per id with ``group_unmatched``
+    off, where Flask's and Starlette's are keyed by their route. Only these
+    answers pay for resolving; a 404 is never resolved again.
+    """
+    from django.urls import Resolver404, resolve
+
+    path = request.path_info
+    candidates = [path]
+    if 300 <= status < 400:  # APPEND_SLASH: the route has the slash the path lacks
+        candidates.append(path[:-1] if path.endswith("/") else path + "/")
+    urlconf = getattr(request, "urlconf", None)
+    for candidate in candidates:
+        try:
+            return resolve(candidate, urlconf)
+        except Resolver404:
+            continue
+    return None
 
 
 class _Measurement:
