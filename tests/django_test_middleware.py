@@ -34,3 +34,17 @@ class AnswersPreflights:
         if request.method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in request.META:
             return HttpResponse(headers={"Access-Control-Allow-Origin": "*"})
         return self.get_response(request)
+
+
+class MovesOldPaths:
+    """Redirects ``/old/items/<pk>/`` to ``/api/items/<pk>/`` before URL resolution."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        from django.http import HttpResponsePermanentRedirect
+
+        if request.path_info.startswith("/old/"):
+            return HttpResponsePermanentRedirect("/api/" + request.path_info[len("/old/") :])
+        return self.get_response(request)

@@ -674,6 +674,34 @@ def test_translated_routes_are_keyed_in_the_default_language(
     assert_no_language_in(route for _, route, _ in counts(django_telemetry))
 
 
+def test_the_redirect_to_a_language_prefix_is_keyed_by_its_target(
+    localized_site, django_telemetry, counts
+):
+    """``LocaleMiddleware`` redirects ``/about/7/`` to ``/en/about/7/`` before
+    URL resolution: it was ``<unmatched>``, a key per id with
+    ``group_unmatched`` off. The redirect's target on this site is resolved."""
+    with localized_site():
+        assert get_all(["/about/7/", "/about/8/"]) == [302, 302]
+        assert get_all(["/about/7/"], HTTP_ACCEPT_LANGUAGE="fr") == [302]
+    assert counts(django_telemetry) == {("GET", "/<language-code>/about/<int:pk>/", 302): 3}
+
+
+def test_a_redirect_elsewhere_before_resolution_stays_unmatched(django_telemetry, counts):
+    """A middleware moving an old path to a route's: the request was not for
+    that route (Flask's ``redirect_to`` stays unmatched too)."""
+    from django.test import Client, override_settings
+
+    middleware = [
+        "reqtelemetry.django.TelemetryMiddleware",
+        "django_test_middleware.MovesOldPaths",
+    ]
+    with override_settings(MIDDLEWARE=middleware):
+        response = Client().get("/old/items/5/")
+    assert response.status_code == 301
+    assert response["Location"] == "/api/items/5/"
+    assert counts(django_telemetry) == {("GET", UNMATCHED_ROUTE, 301): 1}
+
+
 def test_unprefixed_default_language_shares_the_key(localized_site, django_telemetry, counts):
     """``prefix_default_language=False``: the default language has no prefix, same endpoint."""
     with localized_site("django_test_i18n_unprefixed_urls"):

@@ -24,6 +24,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from time import perf_counter
 from typing import Any
+from urllib.parse import urlsplit
 
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -251,7 +252,12 @@ class TelemetryMiddleware:
                     )
             else:
                 self._record(
-                    request, response.status_code, start, perf_counter(), len(response.content)
+                    request,
+                    response.status_code,
+                    start,
+                    perf_counter(),
+                    len(response.content),
+                    response,
                 )
         except Exception as error:  # never let telemetry break a response
             self.telemetry.internal_error(error)
@@ -312,13 +318,19 @@ class TelemetryMiddleware:
         return template
 
     def _record(
-        self, request: Any, status: int, start: float, end: float, response_bytes: int
+        self,
+        request: Any,
+        status: int,
+        start: float,
+        end: float,
+        response_bytes: int,
+        response: Any = None,
     ) -> None:
         telemetry = self.telemetry
         try:
             match = getattr(request, "resolver_match", None)
             if match is None and status != 404:
-                match = _resolved_anyway(request, status)
+                match = _resolved_anyway(request, status, response)
             if match is not None and match.route is not None:
                 route = self._plain_templates.get(match.route)
                 if route is None:
@@ -351,15 +363,17 @@ class TelemetryMiddleware:
             telemetry.internal_error(error)
 
 
-def _resolved_anyway(request: Any, status: int) -> Any:
+def _resolved_anyway(request: Any, status: int, response: Any = None) -> Any:
     """The route a request answered before URL resolution is for; None if none.
 
     Middleware answers some requests before Django resolves them: a CORS
-    preflight (django-cors-headers answers in ``process_request``), and
+    preflight (django-cors-headers answers in ``process_request``),
     ``CommonMiddleware``'s ``APPEND_SLASH`` redirect to the route with its
-    slash. They were ``<unmatched>``, or a key per id with ``group_unmatched``
-    off, where Flask's and Starlette's are keyed by their route. Only these
-    answers pay for resolving; a 404 is never resolved again.
+    slash, and ``LocaleMiddleware``'s redirect to the same path under a
+    language prefix. They were
+    ``<unmatched>``, or a key per id with ``group_unmatched`` off, where
+    Flask's and Starlette's are keyed by their route. Only these answers pay
+    for resolving; a 404 is never resolved again.
     """
     from django.urls import Resolver404, resolve
 
@@ -367,6 +381,12 @@ def _resolved_anyway(request: Any, status: int) -> Any:
     candidates = [path]
     if 300 <= status < 400:  # APPEND_SLASH: the route has the slash the path lacks
         candidates.append(path[:-1] if path.endswith("/") else path + "/")
+        target = _local_target(request, response)
+        if target is not None and target.partition("/")[2].partition("/")[2] == path[1:]:
+            # The same path under one more leading segment: LocaleMiddleware's
+            # language prefix. Any other redirect is not for its target's
+            # route (an alias, a moved page), and stays unmatched as Flask's do.
+            candidates.append(target)
     urlconf = getattr(request, "urlconf", None)
     for candidate in candidates:
         try:
@@ -374,6 +394,20 @@ def _resolved_anyway(request: Any, status: int) -> Any:
         except Resolver404:
             continue
     return None
+
+
+def _local_target(request: Any, response: Any) -> str | None:
+    """The path on this site a redirect sends to, as ``path_info`` reads; None otherwise."""
+    location = response.get("Location") if response is not None else None
+    if not location:
+        return None
+    target = urlsplit(location)
+    if target.netloc and target.netloc != request.META.get("HTTP_HOST"):
+        return None
+    script_name = request.META.get("SCRIPT_NAME", "").rstrip("/")
+    if not target.path.startswith(script_name + "/"):
+        return None
+    return target.path[len(script_name) :]
 
 
 class _Measurement:
