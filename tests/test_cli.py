@@ -11,8 +11,10 @@ import asyncio
 import csv
 import io
 import json
+import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -368,6 +370,39 @@ def test_the_installed_command_refuses_days_past_a_float_in_one_line(tmp_path):
     result = run_script("export", "--csv", "--db", db, "--days", "9" * 400)
     assert result.returncode == 2
     assert result.stderr == "reqtelemetry export: error: --days must be from 1 to 3650\n"
+
+
+def test_a_refused_collector_start_is_one_line_without_the_settings_warnings(tmp_path):
+    """A development run's settings warn (no secret, an open dashboard) before
+    the start-up checks: a refused start printed those two lines, then its
+    one error line. The warnings now wait for the checks to pass."""
+    environment = {
+        name: ""
+        for name in os.environ
+        if name.startswith(("REQTELEMETRY_COLLECTOR_", "REQTELEMETRY_DASHBOARD_"))
+    }
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        db = f"sqlite:///{tmp_path}/t.db"
+        result = run_script("collector", "--port", port, "--db", db, **environment)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"reqtelemetry collector: error: cannot listen on 127.0.0.1:{port}: "
+        "Address already in use (is another collector running there?)"
+    ]
+
+
+def test_a_started_collector_still_shows_the_settings_warnings(
+    served, tmp_path, caplog, no_collector_environment
+):
+    with caplog.at_level(logging.INFO, logger="reqtelemetry.collector"):
+        assert main(["collector", "--db", f"sqlite:///{tmp_path}/t.db", "--port", "0"]) == 0
+    assert len(served) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("no REQTELEMETRY_COLLECTOR_SECRET set" in message for message in warnings)
+    assert any("open to anyone" in message for message in warnings)
 
 
 def test_export_to_a_missing_folder_is_one_line(capsys, tmp_path):

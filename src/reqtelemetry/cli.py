@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -180,7 +180,34 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collector(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _held_logs(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records of logger ``name`` (and below) kept back instead of shown.
+
+    Why: a development run's settings warn (no secret, an open dashboard)
+    before the start-up checks run, and a refused start printed those two
+    lines before its one error line. The caller shows them once it starts.
+    """
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger(name)
+    keep, propagate = Keep(), logger.propagate
+    logger.addHandler(keep)
+    logger.propagate = False
+    try:
+        yield records
+    finally:
+        logger.removeHandler(keep)
+        logger.propagate = propagate
+
+
+def _collector_app(args: argparse.Namespace) -> Any:
+    """The collector's app and what serving it needs, once every start-up check
+    passed; else the exit status of the one line that says why not."""
     from .collector.settings import (
         ENV_DASHBOARD_BASIC,
         ENV_DASHBOARD_TOKEN,
@@ -188,10 +215,6 @@ def _collector(args: argparse.Namespace) -> int:
         SettingsError,
     )
 
-    if not 0 <= args.port <= 65535:
-        return _fail("collector", f"--port {args.port}: a port is between 0 and 65535")
-    # Before resolving: the settings log what a development run costs.
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = CollectorSettings.resolve(
             production=True if args.production else None,
@@ -233,6 +256,21 @@ def _collector(args: argparse.Namespace) -> int:
         return _fail("collector", str(error))
     except database_errors() as error:  # cannot connect, open or migrate
         return _database_failure("collector", settings.db_url, error)
+    return app, settings, uvicorn, describe_database
+
+
+def _collector(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        return _fail("collector", f"--port {args.port}: a port is between 0 and 65535")
+    # Before resolving: the settings log what a development run costs.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with _held_logs("reqtelemetry.collector") as held:
+        started = _collector_app(args)
+    if isinstance(started, int):
+        return started  # refused: its one line, without the settings' warnings before it
+    for record in held:
+        logging.getLogger(record.name).handle(record)
+    app, settings, uvicorn, describe_database = started
     mode = "production" if settings.production else "development"
     host = f"[{args.host}]" if ":" in args.host else args.host
     # Port 0: the system picks one when uvicorn binds, and uvicorn's line names it.
