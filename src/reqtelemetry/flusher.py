@@ -78,13 +78,20 @@ def lower_this_threads_priority() -> bool:
     nice 19 keeps a small, steady share, so the wait stays short.
 
     Linux only: there, ``setpriority(PRIO_PROCESS, tid)`` sets one thread's
-    nice value. Elsewhere it sets the whole process's, the app's included, so
-    nothing is done and False is returned (as when the call is refused).
+    nice value; never the main thread's, whose id is the process's. Elsewhere
+    it sets the whole process's, the app's included, so nothing is done and
+    False is returned (as when the call is refused).
     """
     if not sys.platform.startswith("linux"):
         return False
+    thread_id = threading.get_native_id()
+    if thread_id == os.getpid():
+        # The process's main thread: where a green thread runs (gevent's
+        # monkey-patched threading, under gunicorn -k gevent or uWSGI --gevent).
+        # Reniced, the whole worker ran at nice 19, every request with it.
+        return False
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FLUSHER_NICE)
+        os.setpriority(os.PRIO_PROCESS, thread_id, FLUSHER_NICE)
     except OSError:  # a sandbox may refuse it: the thread then keeps the app's priority
         return False
     return True
