@@ -94,7 +94,12 @@ def app_environment(
 
 
 def gunicorn_args(
-    target: str, workers: int, *, preload: bool = False, graceful_timeout: int = 15
+    target: str,
+    workers: int,
+    *,
+    preload: bool = False,
+    graceful_timeout: int = 15,
+    worker_class: str | None = None,
 ) -> tuple[str, ...]:
     """``python -m gunicorn ...`` serving ``target`` on 127.0.0.1:{port}."""
     argv = [
@@ -109,6 +114,8 @@ def gunicorn_args(
     ]
     if preload:
         argv.append("--preload")
+    if worker_class is not None:
+        argv += ["--worker-class", worker_class]
     with contextlib.suppress(Exception):  # gunicorn >= 25 also opens a control socket in $HOME
         from gunicorn.config import KNOWN_SETTINGS
 

@@ -376,6 +376,44 @@ def test_gunicorn_preload_master_reports_as_an_instance_too(
     assert_stored_exactly(run, traffic)
 
 
+#: The same under gevent's workers: each worker patches threading after the
+#: fork, when the flusher it inherited from the master has already started.
+PRELOAD_GEVENT = dataclasses.replace(
+    PRELOAD,
+    name="flask-gunicorn-preload-gevent",
+    args=gunicorn_args(
+        "examples.flask_app.app:app",
+        workers=2,
+        preload=True,
+        graceful_timeout=3,
+        worker_class="gevent",
+    ),
+)
+
+
+def test_gunicorn_gevent_preload_workers_report_what_they_served(
+    start_app: Callable[..., Run],
+) -> None:
+    """A worker forked from the master started its flusher as a real thread,
+    then gevent patched threading under it: every flush failed (the minting
+    child cannot be waited for from another thread's hub), each with a
+    traceback in the worker's log, and the workers' data was lost. A worker
+    that will patch starts its flusher once it serves, as a greenlet, which
+    neither starts a timer thread nor waits for a minting child."""
+    pytest.importorskip("gevent")
+    run = start_app(PRELOAD_GEVENT, wait_for_reports=False)
+    traffic = drive(run)
+    wait_for_instances(run.database, PRELOAD_GEVENT.instances, run.app)
+    stop_gracefully(run)
+    log = run.app.log_tail(2000)
+    assert "child watchers are only available" not in log  # the failed flushes
+    # Once a flusher is a greenlet: gevent's fork hook failing in the minting
+    # child, and its threading failing at the deadline timer's end.
+    assert "after_fork_in_child" not in log
+    assert "failed with KeyError" not in log
+    assert_stored_exactly(run, traffic)
+
+
 def test_a_server_stops_on_sigint_even_when_this_process_ignores_sigint(tmp_path: Path) -> None:
     """A shell ignores SIGINT in its background jobs (``make demo &``, a CI step
     under ``nohup``), and children inherit that: Werkzeug's server, stopped with

@@ -897,6 +897,67 @@ def test_a_trickling_answer_cannot_stretch_a_flush_past_its_budget(
         server.close()
 
 
+GREEN_TRICKLE = """
+from gevent import monkey
+
+monkey.patch_all()
+
+import json, sys, time
+from reqtelemetry import Telemetry, hashcash
+from reqtelemetry.config import Config
+from reqtelemetry.transport import SUBPROCESS_MINT_BITS
+
+def no_child(*args, **kwargs):
+    raise AssertionError("a minting child was started from a greenlet")
+
+hashcash.mint_in_subprocess = no_child
+config = Config.resolve(
+    endpoint=sys.argv[1], send_in_tests=True, timeout=1.0, deployment_id_path=sys.argv[2],
+    environ={},
+)
+telemetry = Telemetry(config=config)
+while telemetry.flusher.last_result is None:  # the startup flush, cut off too
+    time.sleep(0.05)
+telemetry.record("GET", "/items/{id}", 200, 0.01, 0, 10)
+started = time.monotonic()
+flushed = telemetry.flush()
+took = time.monotonic() - started
+stamp = telemetry.flusher.transport._mint("resource", SUBPROCESS_MINT_BITS, 20.0)
+print(json.dumps({
+    "flushed": flushed, "took": took, "error": telemetry.flusher.last_result.error,
+    "kept": len(telemetry.snapshot()),
+    "stamp_ok": hashcash._meets(stamp, "resource", SUBPROCESS_MINT_BITS),
+}))
+"""
+
+
+def test_under_gevent_a_trickling_answer_is_cut_off_and_no_child_mints(tmp_path):
+    """The flusher as a greenlet: the deadline is a ``gevent.Timeout``, not a
+    timer thread (whose end gevent's threading failed on, a traceback per
+    report), and stamps are minted in slices, not by a child whose fork ran
+    gevent's fork hook into a failed assertion."""
+    pytest.importorskip("gevent")
+    server = TricklingServer(session_too=False)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", GREEN_TRICKLE, server.url, str(tmp_path / "id")],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env={k: v for k, v in os.environ.items() if not k.startswith("REQTELEMETRY_")},
+        )
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    result = json.loads(done.stdout)
+    assert result["flushed"] is False
+    assert result["took"] < 20  # a hang check: the trickle takes a minute
+    assert "cut off" in result["error"]
+    assert result["kept"] == 1  # kept for the next flush
+    assert result["stamp_ok"]
+
+
 class Relay:
     """A real relay on loopback in front of the receiver: an HTTP forward proxy
     (``proxy=True``: request targets in absolute form are made relative) or,

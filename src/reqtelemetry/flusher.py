@@ -145,8 +145,9 @@ class Flusher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def after_fork_in_child(self) -> None:
-        """The parent's thread does not exist here: start over with our own.
+    def after_fork_in_child(self, restart: bool = True) -> None:
+        """The parent's thread does not exist here: start over with our own
+        (unless ``restart`` is False: the caller starts it later).
 
         What the collector told the parent still holds for its workers: after a
         ``410`` they stay silent, they too wait out a ``Retry-After``, and they
@@ -161,7 +162,7 @@ class Flusher:
         self.gone, self._not_before, self.collector_max_bytes = gone, not_before, cap
         if self.transport is not None:
             self.transport.after_fork_in_child()
-        if had_thread:
+        if had_thread and restart:
             self.start()
 
     def close(self, timeout: float | None = None) -> bool:

@@ -74,6 +74,7 @@ __all__ = [
     "StampError",
     "leading_zero_bits",
     "mint",
+    "mint_in_slices",
     "mint_in_subprocess",
     "payload_resource",
     "verify",
@@ -217,8 +218,29 @@ def mint(resource: str, bits: int, now: datetime | float | None = None) -> str:
     return (prefix + found).decode("ascii")
 
 
+def mint_in_slices(
+    resource: str,
+    bits: int,
+    timeout: float,
+    *,
+    now: float | None = None,
+    cancel: Cancel | None = None,
+) -> str:
+    """Mint in this process, in slices of a few milliseconds with a pause between.
+
+    For where no child can be waited for: under gevent (see ``reqtelemetry.green``)
+    the pause lets the app's greenlets run. Raises :class:`TimeoutError` past
+    ``timeout`` seconds, and :class:`MintCancelled` once ``cancel`` is set.
+    """
+    return _mint_in_slices(resource, bits, time.monotonic() + max(0.0, timeout), now, cancel)
+
+
 def _mint_in_slices(
-    resource: str, bits: int, deadline: float, now: datetime | float | None = None
+    resource: str,
+    bits: int,
+    deadline: float,
+    now: datetime | float | None = None,
+    cancel: Cancel | None = None,
 ) -> str:
     """Mint here, yielding the GIL between short slices; raise TimeoutError past ``deadline``."""
     _check_mint_args(resource, bits)
@@ -233,6 +255,8 @@ def _mint_in_slices(
         head += 1
         if time.monotonic() >= deadline:
             raise TimeoutError(f"minting a {bits}-bit stamp took longer than allowed")
+        if cancel is not None and cancel.is_set():
+            raise MintCancelled(f"minting a {bits}-bit stamp was cancelled")
         time.sleep(0)  # let request threads run
 
 

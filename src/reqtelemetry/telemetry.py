@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import prefork
+from . import green, prefork
 from .anonymize import Anonymizer
 from .config import Config, redacted_url
 from .metrics import AppMetrics, check_count, check_gauge
@@ -113,7 +113,8 @@ class Telemetry:
         #: The process this instance is, to tell a worker uWSGI forked
         #: without Python's fork hooks (see :mod:`.prefork`).
         self._pid = os.getpid()
-        #: Whether the flusher waits for uWSGI's workers to be forked.
+        #: Whether the flusher waits for this worker to be forked (uWSGI) or
+        #: to serve (gevent to come), instead of starting with the instance.
         self._in_each_worker = False
         self._otel: Any = None
         self.flusher: Any = None
@@ -188,13 +189,20 @@ class Telemetry:
         atexit.unregister(self.close)  # once, however many times started
         atexit.register(self.close)
 
-    def _start_in_worker(self) -> None:
-        """In a uWSGI worker: become an instance of its own, if the fork did not
-        make this one (no fork hooks), and start the flusher, once."""
+    def _start_in_worker(self, serving: bool) -> None:
+        """In a worker: become an instance of its own, if the fork did not make
+        this one (uWSGI's runs no fork hooks), and start the flusher, once.
+
+        Before the worker serves (``serving`` False: uWSGI's post-fork hook),
+        not while gevent is yet to patch threading (uWSGI's late
+        ``--gevent-monkey-patch``): its first request starts it instead.
+        """
         if not self._in_each_worker or self.flusher is None:
             return
         if self._pid != os.getpid():
             self._after_fork_in_child()
+        if not serving and green.green_threads_coming():
+            return
         if not self.flusher.running:
             self._start_thread()
 
@@ -213,7 +221,15 @@ class Telemetry:
         if self.enabled:
             self.traits.after_fork(self.started_at)
         if self.flusher is not None:
-            self.flusher.after_fork_in_child()
+            if green.green_threads_coming():
+                # gevent patches threading in this worker after the fork (gunicorn
+                # -k gevent with --preload): a real thread started now runs beside
+                # its hub, and every flush failed. Started as a greenlet, at the
+                # worker's first request.
+                self._in_each_worker = True
+                self.flusher.after_fork_in_child(restart=False)
+            else:
+                self.flusher.after_fork_in_child()
 
     def __repr__(self) -> str:
         state = "enabled" if self.enabled else f"opted out ({self.config.opt_out_reason})"
@@ -317,7 +333,7 @@ class Telemetry:
         that does not chain it) starts its flusher after all (see :mod:`.prefork`).
         """
         if self._in_each_worker:
-            _start_in_uwsgi_worker()
+            _start_in_workers(serving=True)
         if self.enabled and host:
             name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
             if name.lower() in _LOCAL_HOSTS:
@@ -423,11 +439,16 @@ _worker_start_lock = threading.Lock()
 
 
 def _start_in_uwsgi_worker() -> None:
-    """uWSGI's post-fork hook (see :mod:`.prefork`); never raises into uWSGI."""
+    """uWSGI's post-fork hook (see :mod:`.prefork`)."""
+    _start_in_workers(serving=False)
+
+
+def _start_in_workers(serving: bool) -> None:
+    """Start the flushers that wait for this worker; never raises into the server."""
     with _worker_start_lock:
         for telemetry in list(_live):
             try:
-                telemetry._start_in_worker()
+                telemetry._start_in_worker(serving)
             except Exception as error:  # never let telemetry break a worker
                 telemetry.internal_error(error)
 

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from . import hashcash
+from . import green, hashcash
 from ._version import __version__
 from .config import Config, redacted_url
 from .payload import YIELD_PAUSE, Pacer
@@ -398,6 +398,10 @@ class Transport:
         more than its timeout. With a client given from outside (tests,
         in-process transports) there is no socket to cut, and nothing is done.
         """
+        if green.threads_are_green():
+            with _green_deadline(seconds):
+                yield
+            return
         fired = threading.Event()
         over = False
         # Held while cutting, and to mark the request over: a timer that fires
@@ -570,6 +574,8 @@ class Transport:
         if idle and self._stop.is_set():
             cancel.set()  # a periodic flush reaching this after interrupt(): do not start
         try:
+            if green.threads_are_green():  # no child can be waited for here
+                return hashcash.mint_in_slices(resource, bits, timeout, now=now, cancel=cancel)
             return hashcash.mint_in_subprocess(
                 resource, bits, timeout=timeout, idle=idle, now=now, cancel=cancel
             )
@@ -792,3 +798,24 @@ def _next_interval(response: httpx.Response) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     return None
+
+
+@contextlib.contextmanager
+def _green_deadline(seconds: float) -> Iterator[None]:
+    """``Transport._deadline`` under gevent: a ``gevent.Timeout`` raised in the
+    request at its deadline (a timer thread would be a greenlet, whose end
+    gevent's ``threading`` failed on; see :mod:`.green`)."""
+    from gevent import Timeout
+
+    deadline = Timeout(max(0.0, seconds))
+    deadline.start()
+    try:
+        yield
+    except Timeout as error:
+        if error is not deadline:
+            raise
+        raise httpx.TimeoutException(
+            f"no complete answer within {seconds:.1f} s (cut off)"
+        ) from None
+    finally:
+        deadline.close()

@@ -1,0 +1,46 @@
+"""gevent: the flusher as one of its greenlets, and what a greenlet must not do.
+
+Under ``gunicorn -k gevent`` or ``uWSGI --gevent`` the app patches ``threading``,
+so the flusher is a greenlet on the process's one thread. Two of the flusher's
+tools assume a thread of its own: the deadline timer (a thread to cut the
+request's socket) and the minting child (a subprocess waited for). As
+greenlets, the timer's end raised ``KeyError`` in gevent's ``threading``, and
+the child's fork ran gevent's fork hook, which failed an assertion: two
+tracebacks in the app's log for every report. Under gevent the deadline is a
+``gevent.Timeout``, and stamps are minted here, in slices that let the app's
+greenlets run between them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def threads_are_green() -> bool:
+    """Whether gevent has patched ``threading`` in this process."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None:
+        return False
+    try:
+        return bool(monkey.is_module_patched("threading"))
+    except Exception:  # not the gevent this was written for: threads are threads
+        return False
+
+
+def green_threads_coming() -> bool:
+    """Whether gevent is loaded but has not patched ``threading`` yet.
+
+    gunicorn's gevent workers, and uWSGI's ``--gevent-monkey-patch``, patch
+    in each worker after the fork, after Python's fork hooks and uWSGI's
+    post-fork hook ran. A real thread started before that runs beside
+    gevent's hub, and its flushes failed (the minting child cannot be waited
+    for from there); started after, it is a greenlet like the app's.
+    """
+    if "gevent" not in sys.modules:
+        return False
+    try:
+        from gevent import monkey
+
+        return not monkey.is_module_patched("threading")
+    except Exception:  # not the gevent this was written for: start as elsewhere
+        return False
