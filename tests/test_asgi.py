@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -305,6 +308,70 @@ def test_wrappers_outside_the_app_answering_first_cannot_make_a_key_each(make_te
         ("PUT", "/items/{item_id}", 200): 1,
     }
     assert telemetry.recorder.dropped == 0
+
+
+WITHOUT_STARLETTE = """
+import asyncio, json, sys
+
+sys.modules["starlette"] = None  # as if not installed: importing it fails
+from reqtelemetry import ASGIMiddleware, Telemetry
+from reqtelemetry.config import Config
+
+async def app(scope, receive, send):
+    status = 404 if scope["path"] == "/missing" else 200
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+async def call(middleware, path):
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+    async def send(message):
+        pass
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": "",
+             "query_string": b"", "headers": []}
+    await middleware(scope, receive, send)
+
+telemetry = Telemetry(config=Config.resolve(environ={}))
+middleware = ASGIMiddleware(app, telemetry=telemetry)
+for path in ("/a", "/b", "/missing"):
+    asyncio.run(call(middleware, path))
+print(json.dumps({"records": len(telemetry.snapshot()), "errors": telemetry.internal_errors,
+                  "starlette": "starlette.routing" in sys.modules}))
+"""
+
+
+def test_a_plain_asgi_app_is_recorded_where_starlette_is_not_installed():
+    """Starlette is no dependency of a plain ASGI app's (Quart, Litestar,
+    Django). Looking for the app's router imported it, which failed on every
+    request: each was an internal error, and nothing was recorded."""
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_STARLETTE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("REQTELEMETRY_")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"records": 3, "errors": 0, "starlette": False}
+
+
+def test_a_router_behind_a_wrapper_that_hides_it_keeps_its_templates_when_mounted(
+    make_telemetry, counts
+):
+    """A wrapper without ``.app`` between the middleware and a mounted app's
+    router: the router recorded its route, and that template holds (a diff
+    review found it hashed, a key per id)."""
+    telemetry = make_telemetry(group_unmatched=False)
+    inner = Starlette(routes=[Route("/items/{item_id}", plain)])
+
+    def hiding(scope, receive, send):  # a function: no .app to follow
+        return inner(scope, receive, send)
+
+    outer = Starlette(routes=[Mount("/api", app=ASGIMiddleware(hiding, telemetry=telemetry))])
+    client = TestClient(outer)
+    for item in (1, 2, 3):
+        assert client.get(f"/api/items/{item}").status_code == 200
+    assert counts(telemetry) == {("GET", "/items/{item_id}", 200): 3}
 
 
 def test_a_fastapi_root_mount_is_keyed_by_its_template(telemetry, counts):

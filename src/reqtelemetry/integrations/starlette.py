@@ -132,12 +132,15 @@ class RouteTemplates:
         a router already at work, so that an app mounted nowhere never pays for
         the check.
         """
-        if self._own() is None:
-            # A route-less app: the outer router's routes are not its own, and
-            # matching its paths against them gave another app's templates.
-            return None
         route = scope.get("route")
         root_path = scope.get("root_path", "")
+        if self._own() is None and (
+            route is None or (root_path == entry_root_path and _is_mount_or_host(route))
+        ):
+            # No router of its own that recorded a route (a route-less app, or
+            # one behind a wrapper that hides it): the outer router's routes are
+            # not its own, and matched against them gave another app's templates.
+            return None
         if route is not None and root_path == entry_root_path and _is_mount_or_host(route):
             return self._unrecorded(scope, entry_root_path, root_path, status)
         return self.template(scope, entry_root_path, status)
@@ -277,9 +280,15 @@ def _router_of(app: Any) -> tuple[Any, str | None]:
     Followed through ``.router`` (a Starlette or FastAPI app, wrapped from
     outside) and ``.app`` (the middleware stack ``add_middleware`` builds, whose
     innermost app is the router). Runs once per middleware.
-    """
-    from starlette.routing import Router
 
+    Starlette is looked up, not imported: it is no dependency of a plain
+    ASGI app's (Quart, Litestar, Django), where the import failed on every
+    request and nothing was recorded; and any Starlette app imported it.
+    """
+    routing = sys.modules.get("starlette.routing")
+    if routing is None:
+        return None, None
+    Router = routing.Router
     for _ in range(_WRAPPER_DEPTH):
         if isinstance(app, Router):
             return app, None
