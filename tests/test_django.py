@@ -686,6 +686,38 @@ def test_the_redirect_to_a_language_prefix_is_keyed_by_its_target(
     assert counts(django_telemetry) == {("GET", "/<language-code>/about/<int:pk>/", 302): 3}
 
 
+def test_files_served_before_resolution_are_not_resolved_again(
+    django_telemetry, counts, monkeypatch
+):
+    """Answers other than redirects and ``OPTIONS`` (a WhiteNoise's files,
+    200 and 304) stay unmatched without a walk of the URLconf each: resolving
+    them took a static file from 1.2 to 22.9 µs (a diff review's count)."""
+    import django.urls
+    from django.test import Client, override_settings
+
+    resolved: list[str] = []
+    real_resolve = django.urls.resolve
+
+    def counting_resolve(path, urlconf=None):
+        resolved.append(path)
+        return real_resolve(path, urlconf)
+
+    monkeypatch.setattr(django.urls, "resolve", counting_resolve)
+    middleware = [
+        "reqtelemetry.django.TelemetryMiddleware",
+        "django_test_middleware.ServesStaticFiles",
+    ]
+    with override_settings(MIDDLEWARE=middleware):
+        client = Client()
+        assert client.get("/static/site.css").status_code == 200
+        assert client.get("/static/site.css", HTTP_IF_NONE_MATCH='"x"').status_code == 304
+    assert resolved == []
+    assert counts(django_telemetry) == {
+        ("GET", UNMATCHED_ROUTE, 200): 1,
+        ("GET", UNMATCHED_ROUTE, 304): 1,
+    }
+
+
 def test_a_redirect_elsewhere_before_resolution_stays_unmatched(django_telemetry, counts):
     """A middleware moving an old path to a route's: the request was not for
     that route (Flask's ``redirect_to`` stays unmatched too)."""

@@ -329,7 +329,7 @@ class TelemetryMiddleware:
         telemetry = self.telemetry
         try:
             match = getattr(request, "resolver_match", None)
-            if match is None and status != 404:
+            if match is None and (status in _REDIRECTS or request.method == "OPTIONS"):
                 match = _resolved_anyway(request, status, response)
             if match is not None and match.route is not None:
                 route = self._plain_templates.get(match.route)
@@ -363,6 +363,10 @@ class TelemetryMiddleware:
             telemetry.internal_error(error)
 
 
+#: The redirects middleware answers before URL resolution for a route's sake.
+_REDIRECTS = frozenset({301, 302, 307, 308})
+
+
 def _resolved_anyway(request: Any, status: int, response: Any = None) -> Any:
     """The route a request answered before URL resolution is for; None if none.
 
@@ -372,14 +376,15 @@ def _resolved_anyway(request: Any, status: int, response: Any = None) -> Any:
     slash, and ``LocaleMiddleware``'s redirect to the same path under a
     language prefix. They were
     ``<unmatched>``, or a key per id with ``group_unmatched`` off, where
-    Flask's and Starlette's are keyed by their route. Only these answers pay
-    for resolving; a 404 is never resolved again.
+    Flask's and Starlette's are keyed by their route. Only these answers
+    (redirects and ``OPTIONS``) pay for resolving: not a 404, nor the files
+    a WhiteNoise serves, each of which cost a walk of the whole URLconf.
     """
     from django.urls import Resolver404, resolve
 
     path = request.path_info
     candidates = [path]
-    if 300 <= status < 400:  # APPEND_SLASH: the route has the slash the path lacks
+    if status in _REDIRECTS:  # APPEND_SLASH: the route has the slash the path lacks
         candidates.append(path[:-1] if path.endswith("/") else path + "/")
         target = _local_target(request, response)
         if target is not None and target.partition("/")[2].partition("/")[2] == path[1:]:
