@@ -347,3 +347,34 @@ def test_forked_workers_draw_their_own_jitter(make_sender):
     own = draws()  # the parent's next draws, what each child started from
     for kind in ("flush", "backoff"):
         assert len({tuple(first[kind]), tuple(second[kind]), tuple(own[kind])}) == 3, kind
+
+
+def test_a_fork_waits_while_a_minting_child_is_started(monkeypatch):
+    """The minting child's pipes are open in this process until it has started:
+    a gunicorn --preload worker forked meanwhile kept their write ends, the end
+    of file that says the child started never came, and the master's flusher
+    waited for it forever (its reports stopped; 1 run in about 20 under load).
+    A fork now waits until the child is started."""
+    import subprocess
+
+    from reqtelemetry import hashcash
+
+    real_popen = subprocess.Popen
+    starting = threading.Event()
+    order: list[str] = []
+
+    def slow_to_start(*args: Any, **kwargs: Any) -> Any:
+        starting.set()
+        time.sleep(0.3)  # the window a fork used to land in, made wide
+        order.append("child started")
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", slow_to_start)
+    minter = threading.Thread(target=hashcash.mint_in_subprocess, args=("resource", 10, 30.0))
+    minter.start()
+    assert starting.wait(10)
+    result = run_in_child(lambda: {"forked": True})  # os.fork(), from this thread
+    order.append("forked")
+    minter.join(30)
+    assert result == {"forked": True}
+    assert order == ["child started", "forked"]

@@ -66,6 +66,7 @@ import hmac  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from typing import Protocol  # noqa: E402
@@ -94,6 +95,22 @@ _BITS = re.compile(r"[0-9]{1,3}")
 _RESOURCE = re.compile(r"[\x21-\x39\x3b-\x7e]{1,256}")  # printable ASCII except ':'
 
 _fallback_logged = False
+
+#: Held while a minting child is being started, and by every ``os.fork()`` of
+#: this process until it is done. Why: the child's pipes are open in this
+#: process until it has started; a process forked meanwhile (a gunicorn
+#: ``--preload`` worker, a multiprocessing child) kept copies of their write
+#: ends, so the end of file that says the child started never came, and the
+#: flusher waited for it forever (the master's reports stopped for good).
+#: Reentrant: a ``subprocess`` that forks with ``os.fork()`` (gevent's, patched
+#: in without ``threading``) runs the fork hooks in the thread holding it.
+_starting_child = threading.RLock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_starting_child.acquire,
+        after_in_parent=_starting_child.release,
+        after_in_child=_starting_child.release,
+    )
 
 
 class Cancel(Protocol):
@@ -345,12 +362,13 @@ def mint_in_subprocess(
         _log_fallback("no Python interpreter to run it with is known")
         return _mint_in_slices(resource, bits, deadline, now)
     try:
-        child = subprocess.Popen(
-            _child_command(resource, bits, idle, now),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        with _starting_child:  # no fork of this process meanwhile (see _starting_child)
+            child = subprocess.Popen(
+                _child_command(resource, bits, idle, now),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
     except OSError as error:
         _log_fallback(f"{type(error).__name__}: {error}")
         return _mint_in_slices(resource, bits, deadline, now)
