@@ -126,10 +126,18 @@ def gunicorn_args(
 
 def uwsgi_args(target: str, processes: int) -> tuple[str, ...]:
     """uWSGI's arguments to serve ``target`` on 127.0.0.1:{port}, as most deploy it:
-    a master that loads the app, then forks ``processes`` workers from it."""
+    a master that loads the app, then forks ``processes`` workers from it.
+
+    Its ``--http-socket`` closes every connection after one answer without
+    saying so, and a client that reused it now and then found it reset: the
+    answers say so (``--http11-socket`` keeps them open instead, and each
+    idle one holds a worker until it times out).
+    """
     return (
         "--http-socket",
         "127.0.0.1:{port}",
+        "--add-header",
+        "Connection: close",
         "--master",
         "--processes",
         str(processes),

@@ -398,12 +398,12 @@ def test_gunicorn_gevent_preload_workers_report_what_they_served(
     then gevent patched threading under it: every flush failed (the minting
     child cannot be waited for from another thread's hub), each with a
     traceback in the worker's log, and the workers' data was lost. A worker
-    that will patch starts its flusher once it serves, as a greenlet, which
-    neither starts a timer thread nor waits for a minting child."""
+    that will patch starts its flusher once gevent has patched it, as a
+    greenlet, which neither starts a timer thread nor waits for a minting
+    child."""
     pytest.importorskip("gevent")
-    run = start_app(PRELOAD_GEVENT, wait_for_reports=False)
+    run = start_app(PRELOAD_GEVENT)  # every worker's startup report: before any request
     traffic = drive(run)
-    wait_for_instances(run.database, PRELOAD_GEVENT.instances, run.app)
     stop_gracefully(run)
     log = run.app.log_tail(2000)
     assert "child watchers are only available" not in log  # the failed flushes

@@ -167,3 +167,15 @@ def test_stamps_are_minted_by_a_python_not_by_the_uwsgi_binary(
     assert command[0] == python
     stamp = hashcash.mint_in_subprocess("resource", 8, timeout=20.0)
     assert hashcash._meets(stamp, "resource", 8)
+
+
+def test_a_mule_or_the_spooler_reports_nothing(uwsgi: FakeUwsgi, make_sender) -> None:
+    """uWSGI runs its post-fork hook in its mules and spooler too, whose
+    worker id is 0: each reported as an idle instance (a diff review counted
+    four startup reports for two workers and a mule and a spooler)."""
+    telemetry = make_sender(settled=False)
+    run_hook(uwsgi)  # worker id still 0: a mule
+    assert telemetry.flusher is not None and not telemetry.flusher.running
+    uwsgi.worker = 1
+    run_hook(uwsgi)
+    assert telemetry.flusher.running

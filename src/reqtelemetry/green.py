@@ -13,7 +13,12 @@ greenlets run between them.
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
+
+#: The process whose gevent was asked to call back after its patching.
+_subscribed_in: int | None = None
 
 
 def threads_are_green() -> bool:
@@ -44,3 +49,29 @@ def green_threads_coming() -> bool:
         return not monkey.is_module_patched("threading")
     except Exception:  # not the gevent this was written for: start as elsewhere
         return False
+
+
+def when_patched(callback: Callable[[], None]) -> None:
+    """Call ``callback`` once gevent has patched this process (its
+    ``GeventDidPatchAllEvent``, which gunicorn's and uWSGI's gevent workers
+    trigger with ``patch_all``); once per process, however often asked.
+
+    The callback must not raise: it runs inside the server's patching.
+    """
+    global _subscribed_in
+    if _subscribed_in == os.getpid():
+        return
+    try:
+        from gevent import events
+    except Exception:  # not the gevent this was written for: the first request starts it
+        return
+    _subscribed_in = os.getpid()
+    done = False
+
+    def subscriber(event: object) -> None:
+        nonlocal done
+        if not done and isinstance(event, events.GeventDidPatchAllEvent):
+            done = True
+            callback()
+
+    events.subscribers.append(subscriber)

@@ -47,6 +47,19 @@ def workers_fork_later() -> bool:
         return False
 
 
+def not_a_worker() -> bool:
+    """Whether this is a uWSGI process that serves no request: the master, a
+    mule or the spooler (uWSGI runs its post-fork hook in those too, and each
+    reported as an idle instance of the deployment)."""
+    uwsgi = uwsgi_module()
+    if uwsgi is None:
+        return False
+    try:
+        return bool(uwsgi.worker_id() == 0)
+    except Exception:
+        return False
+
+
 def call_in_each_worker(function: Callable[[], None]) -> None:
     """Have uWSGI call ``function`` in each worker once it is forked (once per process).
 

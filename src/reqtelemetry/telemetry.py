@@ -197,11 +197,12 @@ class Telemetry:
         not while gevent is yet to patch threading (uWSGI's late
         ``--gevent-monkey-patch``): its first request starts it instead.
         """
-        if not self._in_each_worker or self.flusher is None:
+        if not self._in_each_worker or self.flusher is None or prefork.not_a_worker():
             return
         if self._pid != os.getpid():
             self._after_fork_in_child()
         if not serving and green.green_threads_coming():
+            green.when_patched(_start_when_patched)
             return
         if not self.flusher.running:
             self._start_thread()
@@ -224,10 +225,11 @@ class Telemetry:
             if green.green_threads_coming():
                 # gevent patches threading in this worker after the fork (gunicorn
                 # -k gevent with --preload): a real thread started now runs beside
-                # its hub, and every flush failed. Started as a greenlet, at the
-                # worker's first request.
+                # its hub, and every flush failed. Started as a greenlet once
+                # gevent has patched, or at the worker's first request.
                 self._in_each_worker = True
                 self.flusher.after_fork_in_child(restart=False)
+                green.when_patched(_start_when_patched)
             else:
                 self.flusher.after_fork_in_child()
 
@@ -441,6 +443,11 @@ _worker_start_lock = threading.Lock()
 def _start_in_uwsgi_worker() -> None:
     """uWSGI's post-fork hook (see :mod:`.prefork`)."""
     _start_in_workers(serving=False)
+
+
+def _start_when_patched() -> None:
+    """gevent has patched this worker: its flushers start, as greenlets."""
+    _start_in_workers(serving=True)
 
 
 def _start_in_workers(serving: bool) -> None:
