@@ -378,3 +378,53 @@ def test_a_fork_waits_while_a_minting_child_is_started(monkeypatch):
     minter.join(30)
     assert result == {"forked": True}
     assert order == ["child started", "forked"]
+
+
+def _serve_and_return(telemetry: Telemetry) -> None:
+    """A multiprocessing child's work: three requests, then the child ends."""
+    traffic(telemetry, "/in-a-child", 3)
+
+
+def _start_serve_and_return(options: dict[str, Any]) -> None:
+    """A child that makes its own Telemetry, as granian's WSGI workers load the app."""
+    telemetry = Telemetry(config=Config(**options))
+    traffic(telemetry, "/own-instance", 2)
+
+
+@pytest.mark.parametrize("made_in", ["parent", "child"])
+def test_a_multiprocessing_child_sends_its_final_report(make_sender, receiver, made_in):
+    """multiprocessing's children end with os._exit, which runs no atexit
+    function: granian's WSGI workers never sent their final report, and lost
+    what they had served since the last one. They now close through
+    multiprocessing's own finalizers."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    if made_in == "parent":
+        parent = make_sender()
+        process = context.Process(target=_serve_and_return, args=(parent,))
+        route = "/in-a-child"
+    else:
+        parent = make_sender()  # only for its settings
+        options = {
+            name: getattr(parent.config, name)
+            for name in ("endpoint", "deployment_id_path", "send_in_tests", "timeout")
+        }
+        process = context.Process(target=_start_serve_and_return, args=(options,))
+        route = "/own-instance"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads: the point
+        process.start()
+    process.join(30)
+    assert process.exitcode == 0
+
+    def finals(got: Any) -> list[dict[str, Any]]:
+        return [
+            report
+            for report in got.reports
+            if report["kind"] == "shutdown" and route in {key[1] for key in record_counts([report])}
+        ]
+
+    assert receiver.wait_for(lambda got: len(finals(got)) == 1, timeout=15)
+    (final,) = finals(receiver)
+    assert final["instance_id"] != parent.instance_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -188,6 +189,31 @@ class Telemetry:
         self.flusher.start()
         atexit.unregister(self.close)  # once, however many times started
         atexit.register(self.close)
+        self._close_as_multiprocessing_children_end()
+
+    def _close_as_multiprocessing_children_end(self) -> None:
+        """Have the final report sent from multiprocessing's children too.
+
+        Why: a child that ``multiprocessing`` forked ends with ``os._exit``,
+        which runs no ``atexit`` function: granian's WSGI workers, for one,
+        never sent their final report, and what they had served since the last
+        one was lost. Such a child runs ``multiprocessing``'s own finalizers,
+        which are cleared as it starts: registered then, through its after-fork
+        registry, or at once in a child that is already running. Nothing is
+        done where ``multiprocessing`` was never imported.
+        """
+        util = sys.modules.get("multiprocessing.util")
+        if util is None:
+            return
+        import multiprocessing
+
+        if multiprocessing.parent_process() is not None:  # a child, already started
+            util.Finalize(self, self.close, exitpriority=10)
+        util.register_after_fork(self, Telemetry._close_as_this_child_ends)
+
+    def _close_as_this_child_ends(self) -> None:
+        """Run in a child of multiprocessing as it starts (see above)."""
+        sys.modules["multiprocessing.util"].Finalize(self, self.close, exitpriority=10)
 
     def _start_in_worker(self, serving: bool) -> None:
         """In a worker: become an instance of its own, if the fork did not make
@@ -232,6 +258,7 @@ class Telemetry:
                 green.when_patched(_start_when_patched)
             else:
                 self.flusher.after_fork_in_child()
+                self._close_as_multiprocessing_children_end()
 
     def __repr__(self) -> str:
         state = "enabled" if self.enabled else f"opted out ({self.config.opt_out_reason})"
