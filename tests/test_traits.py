@@ -214,6 +214,11 @@ def test_server_detection() -> None:
     assert detect_server(modules={}, argv=["manage.py", "runserver"], environ={})[0] == (
         "django-runserver"
     )
+    # python -m django runserver, and django-admin runserver: the same server.
+    for launcher in ("/venv/lib/django/__main__.py", "/venv/bin/django-admin"):
+        assert detect_server(modules={}, argv=[launcher, "runserver"], environ={})[0] == (
+            "django-runserver"
+        )
     assert detect_server(modules={"uvicorn.server": None}, argv=["app.py"], environ={})[0] == (
         "uvicorn"
     )

@@ -286,7 +286,7 @@ def detect_server(
     environ = os.environ if environ is None else environ
     command = _command_name(argv)
     server = _SERVER_COMMANDS.get(command)
-    if server is None and command == "manage" and argv and "runserver" in argv[1:]:
+    if server is None and command in _DJANGO_COMMANDS and argv and "runserver" in argv[1:]:
         server = "django-runserver"
     if server is None:
         for module_name, name in _SERVER_MODULES:
