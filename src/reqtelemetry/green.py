@@ -33,22 +33,23 @@ def threads_are_green() -> bool:
 
 
 def green_threads_coming() -> bool:
-    """Whether gevent is loaded but has not patched ``threading`` yet.
+    """Whether this process is a gevent worker that has not patched ``threading`` yet.
 
-    gunicorn's gevent workers, and uWSGI's ``--gevent-monkey-patch``, patch
-    in each worker after the fork, after Python's fork hooks and uWSGI's
-    post-fork hook ran. A real thread started before that runs beside
-    gevent's hub, and its flushes failed (the minting child cannot be waited
-    for from there); started after, it is a greenlet like the app's.
+    gunicorn's gevent workers, and uWSGI's ``--gevent``, patch in each worker
+    after the fork, after Python's fork hooks and uWSGI's post-fork hook ran.
+    A real thread started before that runs beside gevent's hub, and its
+    flushes failed (the minting child cannot be waited for from there);
+    started after, it is a greenlet like the app's. Only those servers say a
+    patch is coming: gevent merely imported (a library's optional use, a
+    test suite's) is no sign of one, and a flusher waiting for it never ran.
     """
-    if "gevent" not in sys.modules:
+    if "gevent" not in sys.modules or threads_are_green():
         return False
-    try:
-        from gevent import monkey
-
-        return not monkey.is_module_patched("threading")
-    except Exception:  # not the gevent this was written for: start as elsewhere
-        return False
+    if "gunicorn.workers.ggevent" in sys.modules:  # gunicorn -k gevent: the master loaded it
+        return True
+    uwsgi = sys.modules.get("uwsgi")
+    options = getattr(uwsgi, "opt", None)
+    return isinstance(options, dict) and ("gevent" in options or b"gevent" in options)
 
 
 def when_patched(callback: Callable[[], None]) -> None:

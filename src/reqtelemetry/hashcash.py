@@ -105,11 +105,39 @@ _fallback_logged = False
 #: Reentrant: a ``subprocess`` that forks with ``os.fork()`` (gevent's, patched
 #: in without ``threading``) runs the fork hooks in the thread holding it.
 _starting_child = threading.RLock()
+#: Whether this thread's fork took the lock: a signal handler raising while
+#: the fork hook waits makes the fork go on without it, and a child then
+#: released a lock it did not hold (or inherited it held by a thread that
+#: is not there, and every later fork in it hung).
+_fork_state = threading.local()
+
+
+def _before_fork() -> None:
+    _fork_state.held = False
+    _starting_child.acquire()
+    _fork_state.held = True
+
+
+def _after_fork_in_parent() -> None:
+    if getattr(_fork_state, "held", False):
+        _fork_state.held = False
+        _starting_child.release()
+
+
+def _after_fork_in_child() -> None:
+    """A lock of the child's own: the parent's may be held by a thread that is
+    not here, and the child's fork hooks may run without the parent's before
+    (uWSGI's ``--py-call-osafterfork``)."""
+    global _starting_child
+    _starting_child = threading.RLock()
+    _fork_state.held = False
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
-        before=_starting_child.acquire,
-        after_in_parent=_starting_child.release,
-        after_in_child=_starting_child.release,
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
     )
 
 

@@ -114,6 +114,9 @@ class Telemetry:
         #: The process this instance is, to tell a worker uWSGI forked
         #: without Python's fork hooks (see :mod:`.prefork`).
         self._pid = os.getpid()
+        #: multiprocessing's finalizer that closes this instance (see
+        #: :meth:`_close_as_this_multiprocessing_child_ends`), if any.
+        self._finalizer: Any = None
         #: Whether the flusher waits for this worker to be forked (uWSGI) or
         #: to serve (gevent to come), instead of starting with the instance.
         self._in_each_worker = False
@@ -189,31 +192,27 @@ class Telemetry:
         self.flusher.start()
         atexit.unregister(self.close)  # once, however many times started
         atexit.register(self.close)
-        self._close_as_multiprocessing_children_end()
+        self._close_as_this_multiprocessing_child_ends()
 
-    def _close_as_multiprocessing_children_end(self) -> None:
-        """Have the final report sent from multiprocessing's children too.
+    def _close_as_this_multiprocessing_child_ends(self) -> None:
+        """Where this instance was made in a child of ``multiprocessing``, have
+        its final report sent as the child ends.
 
-        Why: a child that ``multiprocessing`` forked ends with ``os._exit``,
-        which runs no ``atexit`` function: granian's WSGI workers, for one,
-        never sent their final report, and what they had served since the last
-        one was lost. Such a child runs ``multiprocessing``'s own finalizers,
-        which are cleared as it starts: registered then, through its after-fork
-        registry, or at once in a child that is already running. Nothing is
-        done where ``multiprocessing`` was never imported.
+        Why: such a child ends with ``os._exit``, which runs no ``atexit``
+        function: granian's WSGI workers, which load the app themselves, never
+        sent their final report, and what they had served since the last one
+        was lost. The child runs ``multiprocessing``'s own finalizers instead.
+        Only for an instance made there: the children that merely inherited
+        one (a ``Pool``'s workers, a ``ProcessPoolExecutor``'s) end as they
+        did, without waiting for a report on their way out.
         """
         util = sys.modules.get("multiprocessing.util")
-        if util is None:
+        if util is None or self._finalizer is not None:
             return
         import multiprocessing
 
-        if multiprocessing.parent_process() is not None:  # a child, already started
-            util.Finalize(self, self.close, exitpriority=10)
-        util.register_after_fork(self, Telemetry._close_as_this_child_ends)
-
-    def _close_as_this_child_ends(self) -> None:
-        """Run in a child of multiprocessing as it starts (see above)."""
-        sys.modules["multiprocessing.util"].Finalize(self, self.close, exitpriority=10)
+        if multiprocessing.parent_process() is not None:
+            self._finalizer = util.Finalize(self, self.close, exitpriority=10)
 
     def _start_in_worker(self, serving: bool) -> None:
         """In a worker: become an instance of its own, if the fork did not make
@@ -238,6 +237,7 @@ class Telemetry:
         self.instance_id = str(uuid.uuid4())
         self.started_at = time.time()
         self._pid = os.getpid()
+        self._finalizer = None  # the parent's, in a registry the child does not run
         # A salt of its own too: shared, the same identifier would hash alike
         # in every worker, and the collector could match it across instances.
         self.anonymizer = self._new_anonymizer()
@@ -258,7 +258,6 @@ class Telemetry:
                 green.when_patched(_start_when_patched)
             else:
                 self.flusher.after_fork_in_child()
-                self._close_as_multiprocessing_children_end()
 
     def __repr__(self) -> str:
         state = "enabled" if self.enabled else f"opted out ({self.config.opt_out_reason})"
@@ -392,6 +391,9 @@ class Telemetry:
             return False
         atexit.unregister(self.close)
         _live.discard(self)
+        finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            finalizer.cancel()  # it holds this instance: let it go
         return bool(flusher.close(timeout))
 
 
