@@ -443,7 +443,8 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> int:
     print(f"  collector   {collector.url}   SQLite in {workdir}")
     print(
         f"              {DEMO_BITS}-bit proof of work per report, to keep the demo quick\n"
-        "              (the default, 20 bits, costs a client about a third of a second of CPU per report)"
+        "              (the default, 20 bits, costs a client about a third of a second\n"
+        "              of CPU per report)"
     )
 
     launches = [LAUNCHES[name] for name in APPS]
