@@ -484,11 +484,22 @@ UWSGI_FORK_HOOKS = dataclasses.replace(
 )
 
 
+#: uWSGI's gevent loop, patched late (in each worker, after its post-fork hook):
+#: its workers exit without running Python's atexit functions.
+UWSGI_GEVENT = dataclasses.replace(
+    UWSGI,
+    name="flask-uwsgi-gevent",
+    args=(*UWSGI.args, "--gevent", "100", "--gevent-monkey-patch"),
+)
+
+
 @pytest.mark.skipif(
     not Path(UWSGI.program or "").is_file(),
     reason="uWSGI is not installed: `make test` builds it where a C compiler is found",
 )
-@pytest.mark.parametrize("launch", [UWSGI, UWSGI_FORK_HOOKS], ids=lambda launch: launch.name)
+@pytest.mark.parametrize(
+    "launch", [UWSGI, UWSGI_FORK_HOOKS, UWSGI_GEVENT], ids=lambda launch: launch.name
+)
 def test_uwsgi_workers_forked_from_a_master_each_report(
     start_app: Callable[..., Run], launch: Launch
 ) -> None:

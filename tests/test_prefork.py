@@ -42,6 +42,7 @@ def uwsgi(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeUwsgi]:
     module = FakeUwsgi()
     monkeypatch.setitem(sys.modules, "uwsgi", module)
     monkeypatch.setattr(prefork, "_installed", False)
+    monkeypatch.setattr(prefork, "_exit_installed", False)
     yield module
 
 

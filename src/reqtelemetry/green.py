@@ -43,13 +43,14 @@ def green_threads_coming() -> bool:
     patch is coming: gevent merely imported (a library's optional use, a
     test suite's) is no sign of one, and a flusher waiting for it never ran.
     """
-    if "gevent" not in sys.modules or threads_are_green():
+    if threads_are_green():
         return False
-    if "gunicorn.workers.ggevent" in sys.modules:  # gunicorn -k gevent: the master loaded it
-        return True
     uwsgi = sys.modules.get("uwsgi")
     options = getattr(uwsgi, "opt", None)
-    return isinstance(options, dict) and ("gevent" in options or b"gevent" in options)
+    if isinstance(options, dict) and ("gevent" in options or b"gevent" in options):
+        return True  # uWSGI's --gevent: its late patch imports gevent after our hook ran
+    # gunicorn -k gevent: the master loaded the worker class, and gevent with it.
+    return "gevent" in sys.modules and "gunicorn.workers.ggevent" in sys.modules
 
 
 def when_patched(callback: Callable[[], None]) -> None:

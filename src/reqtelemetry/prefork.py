@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 _installed = False
+_exit_installed = False
 
 
 def uwsgi_module() -> Any:
@@ -88,3 +89,29 @@ def call_in_each_worker(function: Callable[[], None]) -> None:
 
         uwsgi.post_fork_hook = post_fork_hook
     _installed = True
+
+
+def call_at_worker_exit(function: Callable[[], None]) -> None:
+    """Have uWSGI call ``function`` as each worker exits (once per process).
+
+    Why: under ``--gevent`` uWSGI's workers exit without running Python's
+    ``atexit`` functions, and their final report was lost; uWSGI's own
+    ``uwsgi.atexit`` runs there. Chained after any the app set; never called
+    in the master, a mule or the spooler, which report nothing.
+    """
+    global _exit_installed
+    uwsgi = uwsgi_module()
+    if uwsgi is None or _exit_installed:
+        return
+    previous = getattr(uwsgi, "atexit", None)
+
+    def at_exit() -> None:
+        try:
+            if not not_a_worker():
+                function()
+        finally:
+            if previous is not None:
+                previous()
+
+    uwsgi.atexit = at_exit
+    _exit_installed = True

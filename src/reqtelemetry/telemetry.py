@@ -179,6 +179,7 @@ class Telemetry:
         self.flusher = Flusher(self, transport)
         _import_before_the_thread_starts(self, transport)
         _live.add(self)
+        prefork.call_at_worker_exit(_close_live)
         if prefork.workers_fork_later():
             # A thread running when uWSGI forks hangs every worker: see .prefork.
             self._in_each_worker = True
@@ -472,6 +473,15 @@ _worker_start_lock = threading.Lock()
 def _start_in_uwsgi_worker() -> None:
     """uWSGI's post-fork hook (see :mod:`.prefork`)."""
     _start_in_workers(serving=False)
+
+
+def _close_live() -> None:
+    """uWSGI's exit hook in a worker (see :func:`.prefork.call_at_worker_exit`)."""
+    for telemetry in list(_live):
+        try:
+            telemetry.close()
+        except Exception as error:  # never let telemetry break a worker's exit
+            telemetry.internal_error(error)
 
 
 def _start_when_patched() -> None:
