@@ -37,8 +37,11 @@ def uwsgi_module() -> Any:
     return module if module is not None and hasattr(module, "worker_id") else None
 
 
-def workers_fork_later() -> bool:
-    """Whether this process is uWSGI's, loading the app before forking its workers."""
+def not_a_worker() -> bool:
+    """Whether this is a uWSGI process that serves no request (worker id 0): the
+    master, a mule or the spooler. uWSGI runs its post-fork hook in the last
+    two too, and each reported as an idle instance of the deployment.
+    """
     uwsgi = uwsgi_module()
     if uwsgi is None:
         return False
@@ -48,17 +51,24 @@ def workers_fork_later() -> bool:
         return False
 
 
-def not_a_worker() -> bool:
-    """Whether this is a uWSGI process that serves no request: the master, a
-    mule or the spooler (uWSGI runs its post-fork hook in those too, and each
-    reported as an idle instance of the deployment)."""
-    uwsgi = uwsgi_module()
-    if uwsgi is None:
-        return False
-    try:
-        return bool(uwsgi.worker_id() == 0)
-    except Exception:
-        return False
+def workers_fork_later() -> bool:
+    """Whether this process is uWSGI's, loading the app before forking its
+    workers: the master, which is no worker (with ``--lazy-apps`` each worker
+    loads the app itself, and has an id of its own)."""
+    return not_a_worker()
+
+
+def _chained(function: Callable[[], None], then: Callable[[], None] | None) -> Callable[[], None]:
+    """A hook that calls ``function``, then the hook it replaces (``then``), whatever happens."""
+
+    def hook() -> None:
+        try:
+            function()
+        finally:
+            if then is not None:
+                then()
+
+    return hook
 
 
 def call_in_each_worker(function: Callable[[], None]) -> None:
@@ -78,16 +88,7 @@ def call_in_each_worker(function: Callable[[], None]) -> None:
     if isinstance(chain, list) and hook is getattr(decorators, "postfork_chain_hook", None):
         chain.append(function)
     else:
-        previous = hook
-
-        def post_fork_hook() -> None:
-            try:
-                function()
-            finally:
-                if previous is not None:
-                    previous()
-
-        uwsgi.post_fork_hook = post_fork_hook
+        uwsgi.post_fork_hook = _chained(function, hook)
     _installed = True
 
 
@@ -103,15 +104,10 @@ def call_at_worker_exit(function: Callable[[], None]) -> None:
     uwsgi = uwsgi_module()
     if uwsgi is None or _exit_installed:
         return
-    previous = getattr(uwsgi, "atexit", None)
 
-    def at_exit() -> None:
-        try:
-            if not not_a_worker():
-                function()
-        finally:
-            if previous is not None:
-                previous()
+    def in_a_worker() -> None:
+        if not not_a_worker():
+            function()
 
-    uwsgi.atexit = at_exit
+    uwsgi.atexit = _chained(in_a_worker, getattr(uwsgi, "atexit", None))
     _exit_installed = True
