@@ -374,7 +374,7 @@ def test_the_parent_lowers_the_child_from_its_start(idle, tmp_path, monkeypatch)
     )
     monkeypatch.setattr(hashcash, "_fallback_logged", False)
     monkeypatch.setattr(
-        hashcash, "_child_command", lambda resource, bits, idle, now: [sys.executable, "-c", code]
+        hashcash, "_child_command", lambda resource, bits, idle, now, python: [python, "-c", code]
     )
     stamp = hashcash.mint_in_subprocess(RESOURCE, 1, timeout=10, idle=idle)
     hashcash.verify(stamp, RESOURCE, 1)

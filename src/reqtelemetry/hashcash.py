@@ -306,7 +306,11 @@ def _mint_in_slices(
 
 
 def _child_command(
-    resource: str, bits: int, idle: bool = True, now: float | None = None
+    resource: str,
+    bits: int,
+    idle: bool = True,
+    now: float | None = None,
+    python: str | None = None,
 ) -> list[str]:
     """How to run the minting child.
 
@@ -320,7 +324,7 @@ def _child_command(
     arguments = ["mint", resource, str(bits)] + ([] if idle else [NORMAL_PRIORITY_FLAG])
     if now is not None:
         arguments.append(f"{NOW_FLAG}{float(now)!r}")
-    python = python_executable() or sys.executable
+    python = python or python_executable() or sys.executable
     if here and os.path.isfile(here):
         return [python, "-I", "-S", here, *arguments]
     return [python, "-m", "reqtelemetry.hashcash", *arguments]
@@ -386,13 +390,14 @@ def mint_in_subprocess(
     deadline = time.monotonic() + max(0.0, timeout)
     if cancel is not None and cancel.is_set():
         raise MintCancelled(f"minting a {bits}-bit stamp was cancelled")
-    if not python_executable():
+    python = python_executable()
+    if not python:
         _log_fallback("no Python interpreter to run it with is known")
         return _mint_in_slices(resource, bits, deadline, now)
     try:
         with _starting_child:  # no fork of this process meanwhile (see _starting_child)
             child = subprocess.Popen(
-                _child_command(resource, bits, idle, now),
+                _child_command(resource, bits, idle, now, python),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
