@@ -134,14 +134,13 @@ class RouteTemplates:
         """
         route = scope.get("route")
         root_path = scope.get("root_path", "")
-        if self._own() is None and (
-            route is None or (root_path == entry_root_path and _is_mount_or_host(route))
-        ):
+        outer = route is not None and root_path == entry_root_path and _is_mount_or_host(route)
+        if (route is None or outer) and self._own() is None:
             # No router of its own that recorded a route (a route-less app, or
             # one behind a wrapper that hides it): the outer router's routes are
             # not its own, and matched against them gave another app's templates.
             return None
-        if route is not None and root_path == entry_root_path and _is_mount_or_host(route):
+        if outer:
             return self._unrecorded(scope, entry_root_path, root_path, status)
         return self.template(scope, entry_root_path, status)
 
@@ -384,13 +383,15 @@ def _is_mount_or_host(route: Any) -> bool:
 #: routes behind them (a ``Host``, a router FastAPI included), which only
 #: matching through them finds; and whether it holds a route of the app's own
 #: making (neither Starlette's ``Route``, ``WebSocketRoute``, ``Mount`` nor
-#: ``Host``, nor a subclass). Rebuilt when the list changes length.
-_ENDPOINT_INDEX: dict[int, tuple[int, Any, dict[int, list[Any]], bool, bool]] = {}
+#: ``Host``, nor a subclass); and its mounts at the root (``path == ""``).
+#: Rebuilt when the list changes length.
+_ENDPOINT_INDEX: dict[int, tuple[int, Any, dict[int, list[Any]], bool, bool, list[Any]]] = {}
 
 
-def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool, bool]:
+def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool, bool, list[Any]]:
     """``routes``' plain routes by ``id(endpoint)``, whether any route is a
-    ``Host`` or a router FastAPI included, and whether any is a custom route."""
+    ``Host`` or a router FastAPI included, whether any is a custom route, and
+    its mounts at the root."""
     entry = _ENDPOINT_INDEX.get(id(routes))
     if entry is None or entry[0] != len(routes) or entry[1] is not routes:
         from starlette.routing import Host, Mount, Route, WebSocketRoute
@@ -405,6 +406,7 @@ def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool, bool]:
         has_custom = any(
             not isinstance(route, (Route, WebSocketRoute, Mount, Host)) for route in routes
         )
+        root_mounts = [route for route in routes if isinstance(route, Mount) and route.path == ""]
         if len(_ENDPOINT_INDEX) >= MAX_CACHED_PREFIXES:
             _ENDPOINT_INDEX.clear()
         entry = _ENDPOINT_INDEX[id(routes)] = (
@@ -413,8 +415,9 @@ def _endpoint_index(routes: Any) -> tuple[dict[int, list[Any]], bool, bool]:
             index,
             match_through,
             has_custom,
+            root_mounts,
         )
-    return entry[2], entry[3], entry[4]
+    return entry[2], entry[3], entry[4], entry[5]
 
 
 def _served_by_a_route(routes: Any, scope: Scope) -> bool:
@@ -449,7 +452,7 @@ def _match_plain_route(
     served it is found first by its endpoint, a dict lookup, before anything
     else is set up.
     """
-    index, match_through, has_custom = _endpoint_index(routes)
+    index, match_through, has_custom, root_mounts = _endpoint_index(routes)
     if not match_through:
         endpoint = scope.get("endpoint")
         candidates = index.get(id(endpoint)) if endpoint is not None else None
@@ -482,7 +485,6 @@ def _match_plain_route(
     # A mount at the root (FastAPI's ``app.mount("/", StaticFiles(html=True))``
     # under a single-page app, a legacy app behind the routes) leaves the
     # root_path as it was: it is not behind us, and FastAPI records no route.
-    root_mounts = [route for route in routes if _is_mount(route) and route.path == ""]
     if root_mounts:
         return template_by_matching(root_mounts, probe, prefix)
     return None
