@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from starlette.routing import (
     WebSocketRoute,
 )
 
+from examples.servers import child_environment
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry.anonymize import hash_value
 from reqtelemetry.recorder import PENDING_LIMIT
@@ -349,7 +349,7 @@ def test_a_plain_asgi_app_is_recorded_where_starlette_is_not_installed():
         capture_output=True,
         text=True,
         timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("REQTELEMETRY_")},
+        env=child_environment(),
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"records": 3, "errors": 0, "starlette": False}

@@ -36,6 +36,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import reqtelemetry
+from examples.servers import child_environment
 from receiver import ServerThread, counter_totals, record_counts, schema_errors
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry import flusher as flusher_module
@@ -318,6 +319,7 @@ def test_an_app_that_just_exits_sends_its_final_report(receiver, tmp_path):
     as the interpreter shuts down, in a real process of its own."""
     script = f"""
 import reqtelemetry
+from examples.servers import child_environment
 telemetry = reqtelemetry.Telemetry(
     endpoint={receiver.url!r},
     deployment_id_path={str(tmp_path / "deployment_id")!r},
@@ -944,7 +946,7 @@ def test_under_gevent_a_trickling_answer_is_cut_off_and_no_child_mints(tmp_path)
             capture_output=True,
             text=True,
             timeout=90,
-            env={k: v for k, v in os.environ.items() if not k.startswith("REQTELEMETRY_")},
+            env=child_environment(),
         )
     finally:
         server.close()
@@ -1928,7 +1930,7 @@ def test_a_green_flusher_leaves_the_process_priority_alone():
         capture_output=True,
         text=True,
         timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("REQTELEMETRY_")},
+        env=child_environment(),
     )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.strip()) == os.getpriority(os.PRIO_PROCESS, 0)
