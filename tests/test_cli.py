@@ -434,16 +434,17 @@ def test_a_libpq_keyword_string_is_refused(
 def test_the_collector_banner_names_the_database_without_its_password(
     capsys, served, postgres_url, no_collector_environment
 ):
-    from postgres import scratch_schema
+    from postgres import free_port, scratch_schema
 
+    port = free_port()  # a port the banner must show, and free: the start-up check binds it
     with scratch_schema(postgres_url) as url:
         # trust authentication: the password is accepted, and must not be shown.
         with_password = url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")
-        assert main(["collector", "--db", with_password, "--port", "8765"]) == 0
-    assert served and served[0]["port"] == 8765
+        assert main(["collector", "--db", with_password, "--port", str(port)]) == 0
+    assert served and served[0]["port"] == port
     err = capsys.readouterr().err
     banner = next(line for line in err.splitlines() if line.startswith("# reqtelemetry collector"))
-    assert "http://127.0.0.1:8765/" in banner
+    assert f"http://127.0.0.1:{port}/" in banner
     assert "database postgresql://postgres:***@127.0.0.1:" in banner
     assert "hunter2" not in err
 
@@ -507,11 +508,12 @@ def test_a_non_loopback_host_needs_dashboard_credentials(
         assert "--public-dashboard" in line
     assert served == [] and not (tmp_path / "t.db").exists()
     # Loopback, an explicit public dashboard, or credentials: it starts.
-    assert main(["collector", "--db", db, "--host", "localhost"]) == 0
-    assert main(["collector", "--db", db, "--host", "::1"]) == 0
-    assert main(["collector", "--db", db, "--host", "0.0.0.0", "--public-dashboard"]) == 0
+    assert main(["collector", "--port", "0", "--db", db, "--host", "localhost"]) == 0
+    assert main(["collector", "--port", "0", "--db", db, "--host", "::1"]) == 0
+    public = ["--host", "0.0.0.0", "--public-dashboard"]
+    assert main(["collector", "--port", "0", "--db", db, *public]) == 0
     monkeypatch.setenv("REQTELEMETRY_DASHBOARD_TOKEN", "a-long-enough-dashboard-token")
-    assert main(["collector", "--db", db, "--host", "0.0.0.0"]) == 0
+    assert main(["collector", "--port", "0", "--db", db, "--host", "0.0.0.0"]) == 0
     assert [call["host"] for call in served] == ["localhost", "::1", "0.0.0.0", "0.0.0.0"]
 
 
@@ -519,7 +521,8 @@ def test_an_open_dashboard_answers_to_its_host_and_loopback_only(
     served, tmp_path, no_collector_environment
 ):
     # The collector is told the --host it listens on: a DNS-rebound name is refused.
-    assert main(["collector", "--db", f"sqlite:///{tmp_path}/t.db", "--host", "127.0.0.5"]) == 0
+    db = f"sqlite:///{tmp_path}/t.db"
+    assert main(["collector", "--port", "0", "--db", db, "--host", "127.0.0.5"]) == 0
     (call,) = served
     transport = httpx.ASGITransport(app=call["app"])
 
@@ -544,7 +547,7 @@ def test_bits_beyond_what_clients_accept_are_refused(capsys, served, no_collecto
     assert main(["collector", "--db", "sqlite:///:memory:", "--bits", "25"]) == 2
     line = one_error_line(capsys, "collector")
     assert "max_proof_of_work_bits" in line and "24" in line
-    assert main(["collector", "--db", "sqlite:///:memory:", "--bits", "24"]) == 0
+    assert main(["collector", "--port", "0", "--db", "sqlite:///:memory:", "--bits", "24"]) == 0
 
 
 @pytest.mark.parametrize("token", ["...", "x" * 15])
@@ -557,7 +560,7 @@ def test_production_refuses_a_short_dashboard_token(
     line = one_error_line(capsys, "collector")
     assert "REQTELEMETRY_DASHBOARD_TOKEN" in line and "16" in line
     monkeypatch.setenv("REQTELEMETRY_DASHBOARD_TOKEN", "x" * 16)
-    assert main(["collector", "--production", "--db", "sqlite:///:memory:"]) == 0
+    assert main(["collector", "--port", "0", "--production", "--db", "sqlite:///:memory:"]) == 0
     assert len(served) == 1
 
 
@@ -571,7 +574,7 @@ def test_production_refuses_a_short_basic_auth_password(
     line = one_error_line(capsys, "collector")
     assert "REQTELEMETRY_DASHBOARD_BASIC_AUTH" in line and "16" in line
     monkeypatch.setenv("REQTELEMETRY_DASHBOARD_BASIC_AUTH", "admin:" + "x" * 16)
-    assert main(["collector", "--production", "--db", "sqlite:///:memory:"]) == 0
+    assert main(["collector", "--port", "0", "--production", "--db", "sqlite:///:memory:"]) == 0
     assert len(served) == 1
 
 
