@@ -355,6 +355,50 @@ def test_a_plain_asgi_app_is_recorded_where_starlette_is_not_installed():
     assert json.loads(done.stdout) == {"records": 3, "errors": 0, "starlette": False}
 
 
+FIRST_EXCEPTION = """
+import asyncio, json, sys
+
+from reqtelemetry import ASGIMiddleware, Telemetry
+from reqtelemetry.config import Config
+
+async def app(scope, receive, send):
+    raise RuntimeError("the app failed")
+
+async def call(middleware):
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+    async def send(message):
+        pass
+    scope = {"type": "http", "method": "GET", "path": "/a", "root_path": "",
+             "query_string": b"", "headers": []}
+    try:
+        await middleware(scope, receive, send)
+    except RuntimeError:
+        pass
+
+telemetry = Telemetry(config=Config.resolve(environ={}))
+asyncio.run(call(ASGIMiddleware(app, telemetry=telemetry)))
+print(json.dumps({"statuses": [r["status"] for r in telemetry.snapshot()],
+                  "backend": "anyio._backends._asyncio" in sys.modules}))
+"""
+
+
+def test_a_raw_asgi_apps_first_exception_loads_nothing_on_the_event_loop():
+    """Telling a cancellation from the app's own exception asked anyio for the
+    loop's cancellation class, whose first call imports anyio's asyncio
+    backend: 13 to 24 ms with the event loop blocked, at the first exception
+    of an app that is no Starlette app (Starlette loads it anyway)."""
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_EXCEPTION],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_environment(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"statuses": [500], "backend": False}
+
+
 def test_a_router_behind_a_wrapper_that_hides_it_keeps_its_templates_when_mounted(
     make_telemetry, counts
 ):
@@ -865,6 +909,49 @@ def test_a_file_the_server_sends_itself_counts_its_size(telemetry, records, tmp_
     (record,) = records(telemetry).values()
     assert (record["route"], record["status"]) == ("/reports/{n}", 200)
     assert record["response_bytes"] == report.stat().st_size
+
+
+def test_zero_copy_chunks_count_what_the_server_sends(telemetry, records, tmp_path):
+    """``http.response.zerocopysend`` (ASGI's extension): the server sends a
+    chunk from a file descriptor itself. It was recorded as a 500 of 0 bytes."""
+    report = tmp_path / "report.pdf"
+    report.write_bytes(b"x" * 50_000)
+
+    async def app(scope, receive, send):
+        with open(report, "rb") as file:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            message = {"type": "http.response.zerocopysend", "file": file, "more_body": True}
+            await send({**message, "offset": 49_000})  # the last 1,000 bytes
+            file.seek(40_000)
+            await send({**message, "count": 100})
+            await send({**message, "more_body": False})  # from the position: 10,000
+
+    extensions = {"http.response.zerocopysend": {}}
+    error, sent = drive(
+        ASGIMiddleware(app, telemetry=telemetry), "/reports/3", [], extensions=extensions
+    )
+    assert error is None and len(sent) == 4
+    (record,) = records(telemetry).values()
+    assert (record["status"], record["count"]) == (200, 1)
+    assert record["response_bytes"] == 1_000 + 100 + 10_000
+
+
+def test_trailers_end_the_response(telemetry, records):
+    """Announced in ``http.response.start``, the trailers are the response's
+    last message: its latency runs to them."""
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "trailers": True})
+        await send({"type": "http.response.body", "body": b"hello"})
+        await asyncio.sleep(0.05)  # the trailers come later than the body
+        await send({"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")]})
+
+    middleware = ASGIMiddleware(app, telemetry=telemetry)
+    error, sent = drive(middleware, "/x", [], extensions={"http.response.trailers": {}})
+    assert error is None and len(sent) == 3
+    (record,) = records(telemetry).values()
+    assert (record["status"], record["response_bytes"]) == (200, 5)
+    assert record["latency"]["max"] >= 0.05
 
 
 # -- what is not measured --------------------------------------------------------------
