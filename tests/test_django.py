@@ -46,8 +46,11 @@ def run_async(requests):
     return asyncio.run(go())
 
 
-def serve_asgi(path, method="GET", client_leaves=False, leave_at_body=None):
+def serve_asgi(path, method="GET", client_leaves=False, leave_at_body=None, chunks=(), headers=()):
     """Drive Django's own ASGI handler as a server would; returns the messages it sent.
+
+    ``chunks`` are the request body's, in one ``http.request`` message each;
+    ``headers`` go with the request's own.
 
     With ``client_leaves`` the client disconnects once the view sets the scope's
     ``test.gate`` (an asyncio.Event); with ``leave_at_body=n`` once Django sends
@@ -68,19 +71,17 @@ def serve_asgi(path, method="GET", client_leaves=False, leave_at_body=None):
             "raw_path": path.encode(),
             "query_string": b"",
             "root_path": "",
-            "headers": [(b"host", b"testserver")],
+            "headers": [(b"host", b"testserver"), *headers],
             "client": ("127.0.0.1", 50000),
             "server": ("testserver", 80),
             "test.gate": gate,
         }
-        requested = False
+        body = list(chunks) or [b""]
         sent = []
 
         async def receive():
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": b"", "more_body": False}
+            if body:
+                return {"type": "http.request", "body": body.pop(0), "more_body": bool(body)}
             # Django listens for the disconnect; it cancels this once it has answered.
             await (gate.wait() if client_leaves or leave_at_body else asyncio.Event().wait())
             return {"type": "http.disconnect"}
@@ -580,6 +581,19 @@ def test_async_request_bytes(django_telemetry, records):
     record = records(django_telemetry)["POST", "/api/items/", 201]
     assert record["request_bytes"] == 99
     assert record["response_bytes"] == len(body)
+
+
+def test_a_chunked_upload_under_asgi_counts_its_bytes(django_telemetry, records):
+    """Without a declared ``Content-Length`` (a chunked upload, which Django's
+    ASGI handler reads whole before the view) the body's size is what arrived:
+    it was 0."""
+    chunks = [b"z" * 70_000] * 3
+    sent = serve_asgi(
+        "/api/items/", "POST", chunks=chunks, headers=[(b"transfer-encoding", b"chunked")]
+    )
+    assert sent[0]["status"] == 201 and body_of(sent) == b"created 210000 bytes"
+    record = records(django_telemetry)["POST", "/api/items/", 201]
+    assert record["request_bytes"] == 210_000
 
 
 def test_route_less_django_request_is_anonymized_when_not_grouped(django_telemetry_factory, counts):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
+import httpx
 import pytest
 from flask import Blueprint, Flask, Response, abort, stream_with_context
 from werkzeug.routing import Rule
@@ -590,3 +592,50 @@ def test_flask_counts_no_bytes_for_a_content_length_that_is_no_plain_number(
     b"".join(app.wsgi_app(environ, lambda *a: None))
     assert records(telemetry)["POST", "/items", 200]["request_bytes"] == 0
     assert telemetry.internal_errors == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("way", ["init_app", "middleware around Flask", "plain WSGI app"])
+def test_a_chunked_upload_counts_the_bytes_the_app_read(way, telemetry, records):
+    """Without a declared ``Content-Length`` (a chunked upload) the body's size
+    is what the app reads of it: it was 0. Served by Werkzeug's real server,
+    which takes chunked bodies."""
+    from werkzeug.serving import make_server
+
+    def plain_app(environ, start_response):
+        length = environ.get("CONTENT_LENGTH")  # PEP 3333: read no further than declared
+        body = environ["wsgi.input"].read(*([int(length)] if length else []))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(len(body)).encode()]
+
+    flask_app = Flask(__name__)
+
+    @flask_app.route("/uploads", methods=["POST"])
+    def upload():
+        from flask import request
+
+        return str(len(request.get_data()))
+
+    if way == "init_app":
+        init_app(flask_app, telemetry)
+        app = flask_app
+    elif way == "middleware around Flask":
+        app = WSGIMiddleware(flask_app, telemetry=telemetry)
+    else:
+        app = WSGIMiddleware(plain_app, telemetry=telemetry)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/uploads"
+        chunks = [b"x" * 70_000] * 3
+        with httpx.Client(trust_env=False) as client:
+            chunked = client.post(url, content=iter(chunks))  # no length: chunked
+            declared = client.post(url, content=b"y" * 5_000)
+    finally:
+        server.shutdown()
+        thread.join()
+    assert (chunked.text, declared.text) == ("210000", "5000")
+    (record,) = records(telemetry).values()
+    assert (record["method"], record["status"], record["count"]) == ("POST", 200, 2)
+    assert record["request_bytes"] == 215_000

@@ -86,6 +86,24 @@ def _never(path: str) -> bool:
     return False
 
 
+def _spooled_body_size(request: Any) -> int:
+    """The size of a body Django holds whole, 0 for one it does not.
+
+    Why: a chunked upload declares no length. Django's ASGI handler reads the
+    whole body into a spooled file before the view runs (its ``_stream``),
+    whose size is the body's; under WSGI Django reads no body without a
+    declared length at all, and its stream cannot seek (0).
+    """
+    stream = getattr(request, "_stream", None)
+    try:
+        position = stream.tell()  # type: ignore[union-attr]
+        size = stream.seek(0, 2)  # type: ignore[union-attr]
+        stream.seek(position)  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):  # no file, or closed
+        return 0
+    return size if type(size) is int else 0
+
+
 def _template(route: str) -> str:
     """A route as a key: a top-level ``re_path`` keeps its ``^`` (Django drops
     it from nested ones), so it is dropped here too, and all keys start with ``/``."""
@@ -342,8 +360,14 @@ class TelemetryMiddleware:
             method = request.method
             if method not in KNOWN_METHODS:
                 method = OTHER_METHOD
-            length = request.META.get("CONTENT_LENGTH")
-            request_bytes = parse_content_length(length) if length else 0
+            meta = request.META
+            length = meta.get("CONTENT_LENGTH")
+            if length:
+                request_bytes = parse_content_length(length)
+            elif "HTTP_TRANSFER_ENCODING" in meta:  # a chunked upload
+                request_bytes = _spooled_body_size(request)
+            else:
+                request_bytes = 0
             if method == "HEAD":  # no body goes out in answer to HEAD
                 response_bytes = 0
             measured = (method, route, status, end - start, request_bytes, response_bytes)

@@ -51,8 +51,10 @@ from ..telemetry import KNOWN_METHODS, OTHER_METHOD, Telemetry, parse_content_le
 from .wsgi import (
     ROUTE_KEY,
     UNKNOWN_ROUTE,
+    CountedInput,
     WSGIApp,
     WSGIMiddleware,
+    count_what_is_read,
     measure_iterable,
     record_request,
 )
@@ -200,6 +202,8 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
         if first_request:
             first_request = False
             telemetry.note_first_request(environ.get("HTTP_HOST"))
+        if "HTTP_TRANSFER_ENCODING" in environ and not environ.get("CONTENT_LENGTH"):
+            count_what_is_read(environ)
         start = perf_counter()
         try:
             iterable = wsgi_app(environ, start_response)
@@ -239,7 +243,11 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
             if status < 200 or status in _BODILESS_STATUSES:
                 size = 0
             length = environ.get("CONTENT_LENGTH")
-            request_bytes = parse_content_length(length) if length else 0
+            if length:
+                request_bytes = parse_content_length(length)
+            else:  # none declared: what the app read of a chunked body, if any
+                stream = environ.get("wsgi.input")
+                request_bytes = stream.bytes_read if type(stream) is CountedInput else 0
             if rule is not None:
                 route = rule.rule
             else:  # the router matched nothing

@@ -76,6 +76,8 @@ class WSGIMiddleware:
         if self._first_request:
             self._first_request = False
             self.telemetry.note_first_request(environ.get("HTTP_HOST"))
+        if "HTTP_TRANSFER_ENCODING" in environ and not environ.get("CONTENT_LENGTH"):
+            count_what_is_read(environ)
         measured = _Measured(self.telemetry, environ, start_response)
         measured.start = perf_counter()
         try:
@@ -312,6 +314,56 @@ def _bytes_left_in_file(response: Any) -> int | None:
         return None
 
 
+class CountedInput:
+    """``wsgi.input`` of a request that declared no length (a chunked upload),
+    counting the bytes the app reads of it.
+
+    Why only then: a declared ``Content-Length`` is the body's size, read or
+    not, at no cost per request; without one, reading is the only measure.
+    """
+
+    __slots__ = ("_stream", "bytes_read")
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.bytes_read = 0
+
+    def read(self, *size: Any) -> bytes:
+        data: bytes = self._stream.read(*size)
+        self.bytes_read += len(data)
+        return data
+
+    def readline(self, *size: Any) -> bytes:
+        line: bytes = self._stream.readline(*size)
+        self.bytes_read += len(line)
+        return line
+
+    def readlines(self, *hint: Any) -> list[bytes]:
+        lines: list[bytes] = self._stream.readlines(*hint)
+        self.bytes_read += sum(map(len, lines))
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def __getattr__(self, name: str) -> Any:  # what else the server's stream offers
+        return getattr(self._stream, name)
+
+
+def count_what_is_read(environ: dict[str, Any]) -> None:
+    """Count what the app reads of ``wsgi.input``: for a request without a
+    declared length, whose size nothing else tells."""
+    stream = environ.get("wsgi.input")
+    if stream is not None and type(stream) is not CountedInput:
+        environ["wsgi.input"] = CountedInput(stream)
+
+
 def measure_iterable(
     telemetry: Telemetry,
     environ: dict[str, Any],
@@ -364,7 +416,11 @@ def record_request(
         if method not in KNOWN_METHODS:
             method = OTHER_METHOD
         length = environ.get("CONTENT_LENGTH")
-        request_bytes = parse_content_length(length) if length else 0
+        if length:
+            request_bytes = parse_content_length(length)
+        else:  # none declared: what the app read of a chunked body, if any
+            stream = environ.get("wsgi.input")
+            request_bytes = stream.bytes_read if type(stream) is CountedInput else 0
         if method == "HEAD":  # a server sends no body in answer to HEAD
             response_bytes = 0
         request = (method, route, status, seconds, request_bytes, response_bytes)
