@@ -261,6 +261,14 @@ def create_app(
             return await refuse(refusal)
         except ClientDisconnect:
             return Response(status_code=400)
+        if await request.is_disconnected():
+            # The client gave up waiting before its report could be stored:
+            # this collector was stopped, or its loop or disk held, past the
+            # client's deadline, which counts from the send, not from here.
+            # The client keeps the data for its next report; stored now, it
+            # would count twice (a collector frozen for 20 s stored 82 % more
+            # requests than were served).
+            return Response(status_code=400)
         # Check 11, the replay, is the storage's unique index: two replicas racing
         # with one stamp cannot both store it.
         stored = StoredReport(stamp=verified.stamp, received_at=now, payload=verified.payload)
