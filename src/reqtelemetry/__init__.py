@@ -3,12 +3,31 @@
 Users import from here; the modules behind it are internal and may move.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .anonymize import Anonymizer, hash_value
 from .config import Config, add_opt_out_argument
-from .integrations.asgi import ASGIMiddleware
 from .integrations.wsgi import WSGIMiddleware
 from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .integrations.asgi import ASGIMiddleware
+
+
+def __getattr__(name: str) -> Any:
+    """``ASGIMiddleware``, imported when first asked for: it brings asyncio and
+    anyio, some 11 ms at import that a WSGI app (Flask, Django) never needs."""
+    if name == "ASGIMiddleware":
+        from .integrations.asgi import ASGIMiddleware
+
+        return ASGIMiddleware
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "ASGIMiddleware"})
+
 
 __all__ = [
     "ASGIMiddleware",
