@@ -1353,10 +1353,12 @@ def _rates_text(rates: dict[str, float]) -> str:
 
 
 def _settle(telemetry: Any, timeout: float = 15.0) -> None:
-    """Wait until the flusher thread's startup report has been sent (or given up)."""
+    """Wait until the flusher thread's startup report has been sent (or given up):
+    the instance is taken to serve, as its first request would say."""
     flusher = telemetry.flusher
     if flusher is None:
         raise RuntimeError("the Telemetry does not send (opted out?)")
+    telemetry.note_first_request(None)
     deadline = time.monotonic() + timeout
     while flusher.sequence < 1:
         if time.monotonic() > deadline:

@@ -122,12 +122,14 @@ def make_sender(receiver: Receiver, tmp_path: Any) -> Iterator[Callable[..., Tel
     """``make_sender(**options)``: a Telemetry reporting to ``receiver``, closed after the test.
 
     Independent of the real environment; the deployment id lives in ``tmp_path``.
-    With ``settled=True`` (the default) it returns once the startup report's send
-    has ended, so programmed answers apply to the test's own flushes.
+    With ``served=True`` (the default) it is an instance that has served its
+    first request, whose startup report goes at once; with ``settled=True``
+    (the default) it returns once the startup report's send has ended, so
+    programmed answers apply to the test's own flushes.
     """
     created: list[Telemetry] = []
 
-    def factory(settled: bool = True, **options: Any) -> Telemetry:
+    def factory(settled: bool = True, served: bool = True, **options: Any) -> Telemetry:
         merged = {
             "endpoint": receiver.url,
             "deployment_id_path": str(tmp_path / "deployment_id"),
@@ -136,7 +138,9 @@ def make_sender(receiver: Receiver, tmp_path: Any) -> Iterator[Callable[..., Tel
         }
         telemetry = Telemetry(config=make_config(**merged))
         created.append(telemetry)
-        if settled and telemetry.flusher is not None:
+        if served:
+            telemetry.note_first_request(None)
+        if settled and served and telemetry.flusher is not None:
             settle(telemetry)
         return telemetry
 

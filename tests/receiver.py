@@ -482,9 +482,12 @@ class SilentEndpoint:
 def settle(telemetry: Any, timeout: float = 10.0) -> None:
     """Wait until the flusher's startup report has been built and its send has ended.
 
-    After this, programmed answers apply to the test's own flushes, and the
-    startup report carries none of the traffic the test records next.
+    The instance is taken to serve (its first request noted), which is what
+    sends the startup report. After this, programmed answers apply to the
+    test's own flushes, and the startup report carries none of the traffic the
+    test records next.
     """
+    telemetry.note_first_request(None)
     flusher = telemetry.flusher
     deadline = time.monotonic() + timeout
     while flusher.sequence < 1:

@@ -36,10 +36,12 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import reqtelemetry
+from conftest import SENDER_DEFAULTS, make_config
 from examples.servers import child_environment
-from receiver import ServerThread, counter_totals, record_counts, schema_errors
+from receiver import ServerThread, counter_totals, record_counts, schema_errors, settle
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry import flusher as flusher_module
+from reqtelemetry import telemetry as telemetry_module
 from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
 from reqtelemetry.transport import MAX_ANSWER_BYTES, parse_retry_after
@@ -92,6 +94,105 @@ def test_startup_report_is_sent_as_soon_as_the_flusher_starts(make_sender, recei
     stored = (tmp_path / "deployment_id").read_text().strip()
     assert report["deployment_id"] == stored
     assert report["traits"]["reqtelemetry_version"] == reqtelemetry.__version__
+
+
+def test_the_startup_report_waits_for_the_first_request(make_sender, receiver):
+    """A process that loads the app without serving it (``flask routes``,
+    ``manage.py migrate``, a script writing the OpenAPI schema) is no instance:
+    its startup report waits for the app's first request."""
+    telemetry = make_sender(served=False, settled=False)
+    app = sample_app(telemetry)
+    assert telemetry.flusher.running and telemetry.flusher.sequence == 0
+    with TestClient(app) as client:
+        assert client.get("/items/1").status_code == 200
+        assert receiver.wait_for_reports(1, kind="startup", timeout=5)
+    report = receiver.reports_from(telemetry.instance_id)[0]  # then the lifespan's shutdown
+    assert report["kind"] == "startup" and report["sequence"] == 0
+
+
+@pytest.mark.parametrize("how", ["closed", "at exit"])
+def test_a_process_that_never_served_sends_nothing_and_waits_for_nothing(
+    silent_endpoint, tmp_path, how
+):
+    """Its close (at exit: ``atexit``) sends no report and waits for no
+    collector: a ``migrate`` against an unreachable collector took 3 s, not
+    0.7 s, and every real collector counted each command as an instance."""
+    config = make_config(
+        endpoint=silent_endpoint.url,
+        deployment_id_path=str(tmp_path / "id"),
+        **{**SENDER_DEFAULTS, "shutdown_timeout": 30.0},
+    )
+    telemetry = Telemetry(config=config)
+    flusher = telemetry.flusher
+    assert flusher.running
+    if how == "closed":
+        assert telemetry.close() is False
+    else:
+        telemetry_module.close_all_at_exit()  # what atexit runs
+    flusher._thread.join(5)
+    assert not flusher.running and flusher.sequence == 0
+    silent_endpoint.assert_no_connection()
+
+
+def test_the_exit_waits_one_shutdown_timeout_for_all_instances(silent_endpoint, tmp_path):
+    """Where each test of a suite makes its app (``unittest.main()``, not
+    recognised as a test run), every instance's final report waited for its
+    own ``shutdown_timeout``, one after the other: 100 held the exit for a
+    minute. Now all of them share one."""
+    config = make_config(
+        endpoint=silent_endpoint.url,  # answers nothing: every report waits its budget
+        deployment_id_path=str(tmp_path / "id"),
+        **{**SENDER_DEFAULTS, "shutdown_timeout": 0.5},
+    )
+    instances = [Telemetry(config=config) for _ in range(6)]
+    for telemetry in instances:
+        telemetry.note_first_request(None)
+    started = time.monotonic()
+    telemetry_module.close_all_at_exit()
+    elapsed = time.monotonic() - started
+    assert all(telemetry.flusher is None for telemetry in instances)
+    # One budget and the final flush's grace, not six budgets (3 s).
+    assert elapsed < 0.5 + 2 * flusher_module.FINAL_FLUSH_GRACE + 0.5
+
+
+def test_an_instance_announces_itself_after_a_while_without_requests(make_sender, receiver):
+    """A long-lived process that has served nothing yet (or serves only
+    excluded health checks) is an instance all the same, after
+    ``STARTUP_GRACE`` or one flush interval, whichever is shorter."""
+    telemetry = make_sender(served=False, settled=False, flush_interval=0.3)
+    assert receiver.wait_for_reports(1, kind="startup", timeout=5)
+    assert receiver.reports_from(telemetry.instance_id)[0]["kind"] == "startup"
+
+
+def test_recording_without_an_integration_counts_as_serving(make_sender, receiver):
+    """``Telemetry.record`` called directly (an integration of the app's own)
+    tells no first request: what it recorded starts the reports."""
+    telemetry = make_sender(served=False, settled=False)
+    telemetry.record("GET", "/own/{id}", 200, 0.01, 0, 10)
+    assert receiver.wait_for_reports(1, kind="startup", timeout=5)
+    assert telemetry.close() is True
+    kinds = [r["kind"] for r in receiver.reports_from(telemetry.instance_id)]
+    assert kinds[0] == "startup" and kinds[-1] == "shutdown"
+    assert delivered(receiver, telemetry) == {("GET", "/own/{id}", 200): 1}
+
+
+def test_a_test_run_seen_at_the_first_request_sends_nothing_ever(
+    make_sender, receiver, monkeypatch
+):
+    """``pytest.main()`` called from a script (as editors run tests) shows
+    pytest only while a test runs: the first request, served in a test, is
+    where it is seen. The tests' traffic once went out at exit."""
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    monkeypatch.setattr(sys, "argv", ["run_tests.py"])
+    telemetry = make_sender(send_in_tests=False, served=False, settled=False)
+    assert telemetry.sending
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/test_app.py::test_it (call)")
+    with TestClient(sample_app(telemetry)) as client:
+        assert client.get("/items/1").status_code == 200
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")  # the test is over; pytest tears down
+    assert telemetry.close() is False
+    assert receiver.reports_from(telemetry.instance_id) == []
+    assert telemetry.flusher is None
 
 
 def test_traffic_through_the_middleware_arrives_with_exact_counts(make_sender, receiver):
@@ -1457,6 +1558,7 @@ def test_debug_writes_payloads_to_stderr_and_connects_nowhere(
     else:
         monkeypatch.setenv("REQTELEMETRY_DEBUG", "1")
     telemetry = Telemetry(**options)  # no send_in_tests: debug output is not sending
+    settle(telemetry)  # an instance that serves: its startup report is out
     try:
         assert telemetry.config.debug
         record_traffic(telemetry, routes=2, each=2)
@@ -1600,6 +1702,7 @@ def test_reqtelemetry_disable_withholds_traits(monkeypatch, receiver, tmp_path):
         deployment_id_path=str(tmp_path / "id"),
         flush_interval=3600,
     )
+    telemetry.note_first_request(None)  # an instance that serves: startup, periodic, shutdown
     try:
         assert telemetry.flush() is True
     finally:
@@ -1908,8 +2011,9 @@ import os, time
 from reqtelemetry import Telemetry
 from reqtelemetry.config import Config
 
-# Debug mode: the reports go to stderr; the startup one is flushed at once.
+# Debug mode: the reports go to stderr; the startup one at the first request.
 telemetry = Telemetry(config=Config.resolve(debug=True, send_in_tests=True, environ={}))
+telemetry.note_first_request(None)
 deadline = time.monotonic() + 20
 while telemetry.flusher.sequence == 0:
     assert time.monotonic() < deadline, "no startup report"

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from receiver import record_counts
+from receiver import record_counts, settle
 from reqtelemetry import Config, Telemetry
 from reqtelemetry.transport import backoff_delay
 
@@ -82,6 +82,7 @@ def test_a_forked_child_is_a_new_instance_with_its_own_thread(make_sender, recei
             "thread_running": parent.flusher.running,
             "thread_is_new": parent.flusher._thread is not parent_thread,
         }
+        settle(parent)  # the worker serves: its startup report goes first
         traffic(parent, "/child", 3)
         state["flushed"] = parent.flush()
         state["closed"] = parent.close()
@@ -132,6 +133,7 @@ def test_a_forked_workers_flusher_runs_niced_and_its_request_thread_does_not(mak
         while nice != FLUSHER_NICE and time.monotonic() < deadline:
             time.sleep(0.01)  # the new thread lowers itself as it starts
             nice = os.getpriority(os.PRIO_PROCESS, thread.native_id)
+        parent.note_first_request(None)  # a worker that serves: its final report goes
         return {
             "flusher_nice": nice,
             "main_nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),

@@ -59,6 +59,15 @@ FINAL_FLUSH_GRACE = 0.2
 #: :data:`~reqtelemetry.metrics.GAUGE_SAMPLE_SECONDS`): a slow gauge must leave
 #: the report time to go, in the 2 s shutdown budget too.
 GAUGE_SHARE = 0.25
+#: Seconds an instance waits for its first request before it announces itself
+#: anyway (or the flush interval, if shorter). A process that loads the app
+#: only for a moment (``flask routes``, ``manage.py migrate``, a script that
+#: writes the OpenAPI schema) is no instance: it sends nothing, and its exit
+#: waits for nothing.
+STARTUP_GRACE = 60.0
+#: How often a waiting instance looks whether anything was recorded without an
+#: integration (``Telemetry.record`` called directly).
+IDLE_POLL_SECONDS = 1.0
 
 
 def lower_this_threads_priority() -> bool:
@@ -118,7 +127,14 @@ class Flusher:
         """Fresh locks and counters: at start, and in a child after fork."""
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
+        #: Set at the first request (or by ``close``): the startup report waits for it.
+        self._first_use = threading.Event()
         self._closing = False
+        #: Whether the app served a request (see :meth:`note_use`).
+        self.used = False
+        #: Whether the thread went on to the startup report: then this is an
+        #: instance, and its exit sends the final report.
+        self.announced = False
         self._thread: threading.Thread | None = None
         self.sequence = 0
         self.gone = False
@@ -165,13 +181,47 @@ class Flusher:
         if had_thread and restart:
             self.start()
 
+    def note_use(self) -> None:
+        """The app served its first request: the startup report goes now.
+
+        A test runner is looked for here too, while the request is served:
+        pytest says it runs a test (``PYTEST_CURRENT_TEST``) only then, and
+        ``pytest.main()`` called from a script (as editors run tests) shows
+        no other sign. Once seen, nothing is sent.
+        """
+        if self.used:
+            return
+        self.used = True
+        self._under_a_test_runner()
+        self._first_use.set()
+
+    def _idle(self) -> bool:
+        """Whether this process never was an instance: no report went, the app
+        served nothing, and nothing was recorded or counted."""
+        if self.announced or self.used or self.sequence:
+            return False
+        telemetry = self.telemetry
+        return not (
+            len(telemetry.recorder) or telemetry.recorder.queue or telemetry.metrics.has_counts()
+        )
+
     def close(self, timeout: float | None = None) -> bool:
         """Stop the thread and make a final flush, never taking more than ``timeout``
-        (and :data:`FINAL_FLUSH_GRACE`)."""
+        (and :data:`FINAL_FLUSH_GRACE`); none for a process that never was an
+        instance (see :data:`STARTUP_GRACE`), which returns at once."""
         budget = self.config.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         self._closing = True
+        self._first_use.set()
         self._wake.set()
+        if self._idle():
+            if self.transport is not None:
+                self.transport.close()
+            return False
+        if budget <= 0:  # no time left for it (the exit's budget is spent)
+            if self.transport is not None:
+                self.transport.interrupt()
+            return False
         if self.transport is not None:
             self.transport.interrupt()
         thread = self._thread
@@ -213,11 +263,27 @@ class Flusher:
 
     def _run(self) -> None:
         lower_this_threads_priority()
+        self._wait_for_first_use()
+        if self._closing:
+            return
+        self.announced = True
         self.flush(kind="startup")
         while not self._closing and not self.gone and self.test_run is None:
             if self._wake.wait(self._next_delay()):
                 break
             self.flush()
+
+    def _wait_for_first_use(self) -> None:
+        """Until the app's first request, or :data:`STARTUP_GRACE` (the flush
+        interval, if shorter), or ``close``. Looked at every
+        :data:`IDLE_POLL_SECONDS` too, for apps that record or count through
+        ``Telemetry`` directly, without an integration to say so."""
+        deadline = time.monotonic() + min(self.interval, STARTUP_GRACE)
+        while not self._first_use.wait(
+            waitable(min(IDLE_POLL_SECONDS, deadline - time.monotonic()))
+        ):
+            if time.monotonic() >= deadline or not self._idle():
+                return
 
     @property
     def max_payload_bytes(self) -> int:

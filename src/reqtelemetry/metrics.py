@@ -221,6 +221,10 @@ class AppMetrics:
         gauges = self.sample_gauges(timeout)
         return {"counters": self.take_counters(), "gauges": gauges}
 
+    def has_counts(self) -> bool:
+        """Whether any counter was added to since the last report."""
+        return bool(self._counters)
+
     def take_counters(self) -> dict[str, float]:
         """The counters' growth since they were last taken (resetting them)."""
         with self._lock:

@@ -191,8 +191,8 @@ class Telemetry:
         if self.flusher is None:
             return
         self.flusher.start()
-        atexit.unregister(self.close)  # once, however many times started
-        atexit.register(self.close)
+        _closing_at_exit[self] = None  # once, however many times started
+        _register_exit_hook()
         self._close_as_this_multiprocessing_child_ends()
 
     def _close_as_this_multiprocessing_child_ends(self) -> None:
@@ -356,13 +356,17 @@ class Telemetry:
             self.traits.note_framework(name)
 
     def note_first_request(self, host: str | None) -> None:
-        """Called once per integration: a localhost ``Host`` marks a development run.
+        """Called once per integration: a localhost ``Host`` marks a development run,
+        and the startup report goes (see :data:`.flusher.STARTUP_GRACE`).
 
         Also where a uWSGI worker whose post-fork hook was replaced (by code
         that does not chain it) starts its flusher after all (see :mod:`.prefork`).
         """
         if self._in_each_worker:
             _start_in_workers(serving=True)
+        flusher = self.flusher
+        if flusher is not None:
+            flusher.note_use()
         if self.enabled and host:
             name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
             if name.lower() in _LOCAL_HOSTS:
@@ -390,7 +394,7 @@ class Telemetry:
         flusher, self.flusher = self.flusher, None
         if flusher is None:
             return False
-        atexit.unregister(self.close)
+        _closing_at_exit.pop(self, None)
         _live.discard(self)
         finalizer, self._finalizer = self._finalizer, None
         if finalizer is not None:
@@ -461,6 +465,46 @@ def _import_before_the_thread_starts(telemetry: Telemetry, transport: Any) -> No
     telemetry.traits.current()  # psutil, importlib.metadata, platform
     if transport is not None:
         transport.client  # noqa: B018  (httpx builds its transport: httpcore, ssl)
+
+
+#: Instances whose final report goes at exit, in the order they started (held
+#: until then, as ``atexit`` would hold them).
+_closing_at_exit: dict[Telemetry, None] = {}
+_exit_hook_lock = threading.Lock()
+_exit_hook_registered = False
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+    with _exit_hook_lock:
+        if not _exit_hook_registered:
+            atexit.register(close_all_at_exit)
+            _exit_hook_registered = True
+
+
+def close_all_at_exit() -> None:
+    """What runs at exit: every instance's final report, all of them within
+    one ``shutdown_timeout`` (the longest configured).
+
+    Why one budget for all, not one each: a process holds many instances
+    where each test of a suite makes its app (``unittest.main()``, which is
+    not recognised as a test run), and one after the other, each waited for
+    its own budget: 100 of them held the exit for a minute. An instance
+    whose turn comes after the budget is spent sends nothing. Ctrl-C while
+    it waits ends the waiting, without a traceback.
+    """
+    instances = list(_closing_at_exit)
+    if not instances:
+        return
+    deadline = time.monotonic() + max(t.config.shutdown_timeout for t in instances)
+    try:
+        for telemetry in instances:
+            try:
+                telemetry.close(timeout=max(deadline - time.monotonic(), 0.0))
+            except Exception as error:  # never let telemetry break the exit
+                telemetry.internal_error(error)
+    except KeyboardInterrupt:
+        return
 
 
 #: Instances with a flusher, re-initialised in a child after ``os.fork()``.
