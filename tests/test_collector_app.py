@@ -3198,7 +3198,9 @@ def test_summaries_waiting_for_a_read_turn_leave_the_worker_threads_to_reports(
     reports are stored in: enough dashboard reads at once (40 with anyio's
     threads, 4 here) held every report up until they timed out. Now waiting
     summaries take no thread, and a report is stored while they wait; past
-    the line's end, a summary is told to come back at once."""
+    the line's end, a summary is told to come back at once. A CSV export's
+    query takes the same turns: 40 exports at once, each in a worker thread,
+    stored 0.1 reports a second for five minutes."""
     storage = SQLiteStorage(str(tmp_path / "threads.db"), busy_timeout=30.0)
     storage.migrate()
     app = create_app(collector_settings(), storage)
@@ -3224,9 +3226,10 @@ def test_summaries_waiting_for_a_read_turn_leave_the_worker_threads_to_reports(
             assert time.monotonic() < deadline, "the summaries never lined up"
             time.sleep(0.01)
         with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
-            late = http.get("/api/summary")
-            assert late.status_code == 503
-            assert "too many dashboard reads" in late.json()["detail"]
+            for late_path in ("/api/summary", "/export.csv"):
+                late = http.get(late_path)
+                assert late.status_code == 503
+                assert "too many dashboard reads" in late.json()["detail"]
             collector = Collector(server.url, http, storage, collector_settings())
             assert collector.send(make_payload(new_id(), new_id())).status_code == 200
         assert answers == []  # every summary was still waiting meanwhile
@@ -3238,3 +3241,69 @@ def test_summaries_waiting_for_a_read_turn_leave_the_worker_threads_to_reports(
         server.stop()
         storage.close()
     assert answers == [200] * asking
+
+
+@pytest.mark.e2e
+def test_a_summary_given_up_while_it_waited_for_its_turn_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dashboard page closed, or switched to another period, while its
+    summary waited for a turn: the summary was read all the same, and held a
+    turn that the page's next question then waited for (156 s instead of 6 s
+    for a 1-day view, on a large database)."""
+    storage = SQLiteStorage(str(tmp_path / "abandoned.db"), busy_timeout=30.0)
+    storage.migrate()
+    read: list[int] = []
+    real_refusals = storage.refusals
+
+    def counted_refusals() -> dict[str, int]:  # a summary's first read
+        read.append(1)
+        return real_refusals()
+
+    monkeypatch.setattr(storage, "refusals", counted_refusals)
+    app = create_app(collector_settings(), storage)
+    server = ServerThread(app)
+    server.start()
+    readers = storage._readers
+    assert readers is not None
+    held = [readers._slots.acquire(timeout=1) for _ in range(MAX_READERS)]
+    answers: list[int] = []
+
+    def ask_for_summary() -> None:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=60.0) as client:
+            answers.append(client.get("/api/summary").status_code)
+
+    holders = [threading.Thread(target=ask_for_summary) for _ in range(MAX_READERS)]
+    try:
+        assert all(held)
+        for holder in holders:
+            holder.start()
+        deadline = time.monotonic() + 10.0
+        gate = app.state.summary_gate
+        # Every turn taken, its read waiting for the storage.
+        while not any(line.semaphore.locked() for line in list(gate._loops.values())):
+            assert time.monotonic() < deadline, "the summaries never took their turns"
+            time.sleep(0.01)
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as page:
+            page.sendall(f"GET /api/summary HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            while gate.waiting() < 1:
+                assert time.monotonic() < deadline, "the third summary never lined up"
+                time.sleep(0.01)
+        # The page is gone; then the turns come free.
+    finally:
+        for _ in held:
+            readers._slots.release()
+        for holder in holders:
+            holder.join(timeout=30)
+    try:
+        deadline = time.monotonic() + 10.0
+        while gate.waiting():
+            assert time.monotonic() < deadline, "the abandoned summary still waits"
+            time.sleep(0.01)
+        time.sleep(0.2)  # the turn it took, had it read, would have read by now
+        assert answers == [200] * MAX_READERS
+        assert len(read) == MAX_READERS
+    finally:
+        server.stop()
+        storage.close()
