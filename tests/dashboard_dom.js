@@ -9,7 +9,10 @@
  * JSON object describing the rendered page (texts, data-values, rows, classes),
  * the requests the script made and the URLs it gave the page. With
  * ``id=value``, the select of that id is then set to the value and changed,
- * as a person would (every fetch answers with the same summary).
+ * as a person would (every fetch answers with the same summary). With
+ * DASHBOARD_STALE=<summary.json> in the environment, the first fetch answers
+ * that other summary instead, and late (after the choice): an answer to a
+ * question the page no longer asks.
  */
 "use strict";
 
@@ -92,14 +95,25 @@ const window = {
   location: { search: query || "" },
   history: { replaceState(state, title, url) { pageUrls.push(url); } },
 };
+const stale = process.env.DASHBOARD_STALE
+  ? JSON.parse(fs.readFileSync(process.env.DASHBOARD_STALE, "utf8"))
+  : null;
 function fetch(url, options) {
   requests.push({ url, headers: (options && options.headers) || {} });
+  if (stale && requests.length === 1) {
+    const answer = { status: 200, ok: true, json: () => Promise.resolve(stale) };
+    return new Promise((resolve, reject) => {
+      const late = setTimeout(() => resolve(answer), 35);  // after the choice, before the end
+      const signal = options && options.signal;
+      if (signal) signal.addEventListener("abort", () => { clearTimeout(late); reject(new Error("aborted")); });
+    });
+  }
   return Promise.resolve({ status: 200, ok: true, json: () => Promise.resolve(summary) });
 }
 
 vm.runInNewContext(fs.readFileSync(scriptPath, "utf8"), {
   document, window, fetch, URLSearchParams, Intl, Promise, Math, Number, String, Object, Array, Date,
-  parseInt, Error, console,
+  parseInt, Error, console, AbortController,
 });
 document.listeners.DOMContentLoaded.forEach((fn) => fn());
 

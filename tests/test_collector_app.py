@@ -1664,6 +1664,45 @@ def render_dashboard(
 
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_dashboard_shows_the_answer_to_the_last_question(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """Opened on one period and switched to another while the first summary
+    was still being read, the page showed whichever answer came last: on a
+    large database a year's figures under "24 hours"."""
+    assert collector.send(make_payload(new_id(), new_id())).is_success
+    fresh = collector.http.get("/api/summary", params={"days": 1}).text
+    stale_summary = json.loads(fresh)
+    stale_summary["totals"] = {key: 987654 for key in stale_summary["totals"]}
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps(stale_summary), encoding="utf-8")
+    expected = render_dashboard(tmp_path, fresh, "?days=1")
+    summary_path = tmp_path / "fresh.json"
+    summary_path.write_text(fresh, encoding="utf-8")
+    done = subprocess.run(
+        [
+            "node",
+            str(Path(__file__).with_name("dashboard_dom.js")),
+            str(STATIC / "index.html"),
+            str(STATIC / "dashboard.js"),
+            str(summary_path),
+            "?days=365",
+            "days=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={**os.environ, "DASHBOARD_STALE": str(stale)},
+    )
+    page = json.loads(done.stdout)
+    assert [request["url"].split("days=")[1][:3] for request in page["requests"]] == ["365", "1"]
+    assert page["status"]["state"] == "ready", page["status"]
+    assert page["totals"] == expected["totals"]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_the_dashboard_renders_the_summary(
     make_collector: Callable[..., Collector], tmp_path: Path
 ) -> None:

@@ -2618,3 +2618,36 @@ def test_a_version_2_database_gets_its_metrics_index(backend: Backend) -> None:
     )
     names = {row[0] for row in storage._run(lambda ex: ex.query(indexes))}
     assert "metrics_kind_received_at" in names
+
+
+def test_the_sqlite_log_is_cut_back_once_readers_let_it_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a dashboard read holds an old snapshot, the write-ahead log grows
+    (5 GB beside a 3 GB database, at a popular project's scale), and SQLite
+    kept the file at its largest for good. Here at a limit of 64 KiB."""
+    import sqlite3
+
+    from reqtelemetry.collector.storage import sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "WAL_SIZE_LIMIT", 64 * 1024, raising=False)
+    path = tmp_path / "wal.db"
+    storage = SQLiteStorage(str(path))
+    storage.migrate()
+    wal = Path(f"{path}-wal")
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM reports").fetchone()  # a snapshot held
+        for n in range(60):
+            storage.store(stored(R1, T + n, stamp=f"wal-{n}"))
+        grown = wal.stat().st_size
+        assert grown > 4 * 64 * 1024
+        reader.execute("COMMIT")  # the snapshot let go: a checkpoint can empty the log
+        storage._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        storage.store(stored(R1, T + 100, stamp="wal-after"))  # the log starts over
+        # Cut to the limit, then the one report written after it.
+        assert wal.stat().st_size < min(grown / 4, 2 * 64 * 1024)
+    finally:
+        reader.close()
+        storage.close()

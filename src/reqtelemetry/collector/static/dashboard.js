@@ -645,21 +645,39 @@
     status.setAttribute("data-state", isError ? "error" : text ? "loading" : "ready");
   }
 
+  /* The summary asked for last: only its answer is shown. An earlier one still
+     under way is aborted (the collector then skips its read if it has not
+     begun): on a large database a year's summary answered after the day's
+     that replaced it, and the page showed a year's figures under "24 hours". */
+  var asked = 0;
+  var pending = null;
+
   function load() {
     var days = document.getElementById("days").value;
     document.getElementById("csv-link").setAttribute("href", withToken("export.csv", days));
     setStatus("Loading…", false);
-    fetch("api/summary?" + query(days).toString(), { headers: authHeaders(), credentials: "same-origin" })
+    var ask = ++asked;
+    if (pending) pending.abort();
+    pending = typeof AbortController === "function" ? new AbortController() : null;
+    var options = { headers: authHeaders(), credentials: "same-origin" };
+    if (pending) options.signal = pending.signal;
+    fetch("api/summary?" + query(days).toString(), options)
       .then(function (response) {
         if (response.status === 401) throw new Error("Not authorized: open this page with ?token=… or sign in.");
         if (!response.ok) throw new Error("The collector answered " + response.status + ".");
         return response.json();
       })
       .then(function (summary) {
+        if (ask !== asked) return;  // a later question replaced this one
+        pending = null;
         render(summary);
         setStatus("", false);
       })
-      .catch(function (error) { setStatus(error.message, true); });
+      .catch(function (error) {
+        if (ask !== asked) return;
+        pending = null;
+        setStatus(error.message, true);
+      });
   }
 
   document.addEventListener("DOMContentLoaded", function () {

@@ -67,6 +67,8 @@ DIALECT = Dialect(
     by_app_and_time=" INDEXED BY aggregates_app_received_at",
 )
 #: What SQLite says when a SUM of integers leaves 64 bits.
+#: Bytes of write-ahead log kept once a checkpoint has emptied it (64 MiB).
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _INTEGER_OVERFLOW = "integer overflow"
 #: The aggregate :class:`_ExactSum` is registered as, and the SUM calls it replaces.
 _EXACT_SUM = "reqtelemetry_exact_sum"
@@ -300,6 +302,11 @@ class SQLiteStorage(SQLStorage):
                 # Such a report is simply lost: its client got its 200 and
                 # dropped the data. The price of a sync per report.
                 self._connection.execute("PRAGMA synchronous = NORMAL")
+                # The log grows while dashboard reads hold old snapshots (5 GB
+                # beside a 3 GB database, storing reports under two reloading
+                # dashboards) and SQLite keeps the file at its largest: cut
+                # back to this after each checkpoint that empties it.
+                self._connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             self._connection.execute("PRAGMA foreign_keys = ON")
 
     def _set_busy_timeout(self, seconds: float) -> None:
