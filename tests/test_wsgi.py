@@ -505,8 +505,14 @@ def test_client_closing_early_is_499(telemetry, records):
     assert record["count"] == 1
 
 
+def streamed_routeless_app(environ, start_response):
+    """``routeless_app``'s answer as an iterator: measured as it passes (a
+    one-chunk list is recorded when the app returns it)."""
+    return iter(routeless_app(environ, start_response))
+
+
 def test_exhausted_then_closed_is_recorded_once(telemetry, counts):
-    app = WSGIMiddleware(routeless_app, telemetry=telemetry)
+    app = WSGIMiddleware(streamed_routeless_app, telemetry=telemetry)
     _, iterable = call_wsgi(app, "/missing/x")
     assert b"".join(iterable) == b"not here"
     iterable.close()
@@ -515,7 +521,7 @@ def test_exhausted_then_closed_is_recorded_once(telemetry, counts):
 
 
 def test_closed_without_iterating_keeps_status(telemetry, counts):
-    app = WSGIMiddleware(routeless_app, telemetry=telemetry)
+    app = WSGIMiddleware(streamed_routeless_app, telemetry=telemetry)
     _, iterable = call_wsgi(app, "/missing/x")
     iterable.close()
     assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 404): 1}
@@ -571,7 +577,7 @@ def test_a_content_length_that_is_no_plain_number_counts_no_bytes(telemetry, rec
 
     iterable = WSGIMiddleware(app, telemetry=telemetry)(environ, lambda *a: None)
     b"".join(iterable)
-    iterable.close()
+    getattr(iterable, "close", lambda: None)()  # as a server does
     (record,) = records(telemetry).values()
     assert (record["method"], record["status"], record["request_bytes"]) == ("POST", 200, 0)
     assert telemetry.internal_errors == 0
@@ -595,7 +601,9 @@ def test_flask_counts_no_bytes_for_a_content_length_that_is_no_plain_number(
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("way", ["init_app", "middleware around Flask", "plain WSGI app"])
+@pytest.mark.parametrize(
+    "way", ["init_app", "init_app, MAX_CONTENT_LENGTH", "middleware around Flask", "plain WSGI app"]
+)
 def test_a_chunked_upload_counts_the_bytes_the_app_read(way, telemetry, records):
     """Without a declared ``Content-Length`` (a chunked upload) the body's size
     is what the app reads of it: it was 0. Served by Werkzeug's real server,
@@ -616,7 +624,9 @@ def test_a_chunked_upload_counts_the_bytes_the_app_read(way, telemetry, records)
 
         return str(len(request.get_data()))
 
-    if way == "init_app":
+    if way.startswith("init_app"):
+        if "MAX_CONTENT_LENGTH" in way:  # Werkzeug then reads through readinto()
+            flask_app.config["MAX_CONTENT_LENGTH"] = 1_000_000
         init_app(flask_app, telemetry)
         app = flask_app
     elif way == "middleware around Flask":
@@ -655,3 +665,28 @@ def test_a_wsgi_app_does_not_import_asyncio_for_reqtelemetry():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.splitlines() == ["[]", "ASGIMiddleware True"]
+
+
+def test_the_counted_input_takes_what_the_servers_stream_takes():
+    """Keyword sizes, ``readinto`` (counted, with or without the server's own),
+    and copies: the app must not tell the wrapper from the server's stream."""
+    import copy
+    import io
+
+    from reqtelemetry.integrations.wsgi import CountedInput
+
+    class ReadOnly:  # a server's stream with read() alone, as gunicorn's Body
+        def __init__(self, data: bytes) -> None:
+            self._data = io.BytesIO(data)
+
+        def read(self, size=None):
+            return self._data.read(-1 if size is None else size)
+
+    for stream in (io.BytesIO(b"x" * 5007), ReadOnly(b"x" * 5007)):
+        counted = CountedInput(stream)
+        assert counted.read(7) == b"x" * 7
+        buffer = bytearray(1000)
+        assert counted.readinto(buffer) == 1000 and bytes(buffer) == b"x" * 1000
+        assert counted.bytes_read == 1007
+        assert copy.copy(counted).bytes_read == 1007
+    assert CountedInput(ReadOnly(b"abcd")).read(size=2) == b"ab"  # gunicorn's takes size=

@@ -245,6 +245,8 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
             length = environ.get("CONTENT_LENGTH")
             if length:
                 request_bytes = parse_content_length(length)
+            elif method == "GET":  # most requests: no body, and no lookups to learn that
+                request_bytes = 0
             else:  # none declared: what the app read of a chunked body, if any
                 stream = environ.get("wsgi.input")
                 request_bytes = stream.bytes_read if type(stream) is CountedInput else 0

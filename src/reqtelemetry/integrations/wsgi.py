@@ -4,12 +4,13 @@ Wrap any WSGI app: ``flask_app.wsgi_app = WSGIMiddleware(flask_app.wsgi_app,
 telemetry=telemetry)``. A WSGI request does not end when the app returns but
 when the server has consumed the response iterable or called its ``close()``
 (PEP 3333), whichever comes first, so the clock stops there: a streaming response is measured to its
-last byte, and response bytes are counted as they pass. The one response
-handed over unwrapped is the server's own ``wsgi.file_wrapper``, which the
+last byte, and response bytes are counted as they pass. Two responses are
+handed over unwrapped: the server's own ``wsgi.file_wrapper``, which the
 server may send with ``sendfile`` only if it gets it back as it made it
-(see :meth:`_Measured.hand_over`). A response the server may size by its
-``len()`` keeps it: waitress, granian and wsgiref declare the length of a
-one-chunk list themselves, and keep an HTTP/1.0 connection open for it.
+(see :meth:`_Measured.hand_over`), and a body of one chunk in a list or
+tuple, recorded when the app returns it: waitress, granian and wsgiref
+declare such a body's length by its ``len()`` (wrapped, it went out chunked,
+and an HTTP/1.0 client lost its connection).
 
 The route template comes from the framework through the environ key
 ``reqtelemetry.route`` (see :mod:`reqtelemetry.integrations.flask`, installed
@@ -93,11 +94,17 @@ class WSGIMiddleware:
             or (type(file_wrapper) is not type and hasattr(iterable, "read"))
         ):
             return measured.hand_over(iterable)
-        # What hand_over does, without its call, for the rest.
-        measured.iterable = iterable
         kind = type(iterable)
-        if kind is list or kind is tuple:  # the server may size it by its len()
-            measured.__class__ = _SizedMeasured
+        if (kind is list or kind is tuple) and len(iterable) == 1 and measured.status:
+            # One chunk in memory (what a plain app returns): recorded now, as
+            # Flask's buffered responses are, and handed over as the app made
+            # it. A server sizes such a body by its len() (waitress, granian,
+            # wsgiref declare its length; wrapped, it went out chunked), and
+            # wrapping it would only cost the request instructions.
+            measured.response_bytes += len(iterable[0])  # after any write()s
+            measured.finish()
+            return iterable
+        measured.iterable = iterable  # what hand_over does, without its call, for the rest
         return measured
 
 
@@ -197,13 +204,12 @@ class _Measured:
         ):
             length = declared_length if declared_length is not None else self._declared_length()
             if length is None:
-                length = _bytes_left_in_file(iterable)
+                # uWSGI sends the whole file, from its start; gunicorn from
+                # the file's position.
+                length = _bytes_in_file(iterable, whole=type(iterable) is not file_wrapper)
             if length is not None:  # else its bytes are counted as they pass, below
                 return self._around_file(iterable, length)
         self.iterable = iterable
-        kind = type(iterable)
-        if kind is list or kind is tuple:  # the server may size it by its len()
-            self.__class__ = _SizedMeasured
         return self
 
     def _around_file(self, wrapper: Any, length: int) -> Any:
@@ -221,9 +227,9 @@ class _Measured:
         try:
             wrapper.close = close_then_record
         except AttributeError:
-            # A file object itself (uWSGI's wrapper returns the app's file),
-            # whose close() cannot be hooked: recorded as it goes to the server,
-            # as a buffered response is, rather than copied through Python.
+            # An object whose close() takes no hook (one with slots): recorded
+            # as it goes to the server, as a buffered response is, rather
+            # than copied through Python.
             self.response_bytes = length
             self.finish()
         return wrapper
@@ -283,22 +289,11 @@ class _Measured:
         )
 
 
-class _SizedMeasured(_Measured):
-    """A measured list or tuple: its ``len()`` is the app's, which a server
-    may ask for (PEP 3333 lets it declare the length of a one-chunk body).
-    A class of its own because a server asks ``hasattr(response, "__len__")``
-    first, and a generator has none."""
-
-    __slots__ = ()
-
-    def __len__(self) -> int:
-        return len(self.iterable)  # type: ignore[arg-type]
-
-
-def _bytes_left_in_file(response: Any) -> int | None:
+def _bytes_in_file(response: Any, whole: bool) -> int | None:
     """The bytes a server's ``sendfile`` sends of the file behind ``response``
-    (the server's wrapper, or the file itself): the file's size past its
-    position, as gunicorn works it out; None when it is no regular file."""
+    (the server's wrapper, or the file itself): the whole file's size, or
+    (``whole`` False) its size past the file's position, as gunicorn works it
+    out; None when it is no regular file."""
     for name in ("filelike", "file"):  # gunicorn's and wsgiref's; waitress's
         inner = getattr(response, name, None)
         if inner is not None:
@@ -309,6 +304,8 @@ def _bytes_left_in_file(response: Any) -> int | None:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             return None
+        if whole:
+            return int(status.st_size)
         return max(status.st_size - os.lseek(descriptor, 0, os.SEEK_CUR), 0)
     except (AttributeError, OSError, ValueError, TypeError):
         return None
@@ -328,20 +325,34 @@ class CountedInput:
         self._stream = stream
         self.bytes_read = 0
 
-    def read(self, *size: Any) -> bytes:
-        data: bytes = self._stream.read(*size)
+    def read(self, *args: Any, **kwargs: Any) -> bytes:
+        data: bytes = self._stream.read(*args, **kwargs)
         self.bytes_read += len(data)
         return data
 
-    def readline(self, *size: Any) -> bytes:
-        line: bytes = self._stream.readline(*size)
+    def readline(self, *args: Any, **kwargs: Any) -> bytes:
+        line: bytes = self._stream.readline(*args, **kwargs)
         self.bytes_read += len(line)
         return line
 
-    def readlines(self, *hint: Any) -> list[bytes]:
-        lines: list[bytes] = self._stream.readlines(*hint)
+    def readlines(self, *args: Any, **kwargs: Any) -> list[bytes]:
+        lines: list[bytes] = self._stream.readlines(*args, **kwargs)
         self.bytes_read += sum(map(len, lines))
         return lines
+
+    def readinto(self, buffer: Any) -> int:
+        """What Werkzeug's ``LimitedStream`` reads with (Flask's
+        ``MAX_CONTENT_LENGTH``): counted too, whether the server's stream
+        has ``readinto`` or only ``read``."""
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is not None:
+            count = readinto(buffer) or 0
+        else:
+            data = self._stream.read(len(buffer))
+            count = len(data)
+            buffer[:count] = data
+        self.bytes_read += count
+        return int(count)
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -353,6 +364,8 @@ class CountedInput:
         return line
 
     def __getattr__(self, name: str) -> Any:  # what else the server's stream offers
+        if name == "_stream":  # not set yet (a copy being made): no stream to ask
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
 
@@ -418,6 +431,8 @@ def record_request(
         length = environ.get("CONTENT_LENGTH")
         if length:
             request_bytes = parse_content_length(length)
+        elif method == "GET":  # most requests: no body, and no lookups to learn that
+            request_bytes = 0
         else:  # none declared: what the app read of a chunked body, if any
             stream = environ.get("wsgi.input")
             request_bytes = stream.bytes_read if type(stream) is CountedInput else 0
