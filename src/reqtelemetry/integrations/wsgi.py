@@ -364,7 +364,10 @@ class CountedInput:
         return line
 
     def __getattr__(self, name: str) -> Any:  # what else the server's stream offers
-        if name == "_stream":  # not set yet (a copy being made): no stream to ask
+        # Not the stream's own protocol (``__getstate__``: before Python 3.11 a
+        # copy took the stream's state for its own), nor ``_stream`` while a
+        # copy is being made and has none yet.
+        if name == "_stream" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self._stream, name)
 
