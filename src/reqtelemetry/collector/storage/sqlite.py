@@ -66,9 +66,9 @@ DIALECT = Dialect(
     by_time=" INDEXED BY aggregates_received_at",
     by_app_and_time=" INDEXED BY aggregates_app_received_at",
 )
-#: What SQLite says when a SUM of integers leaves 64 bits.
 #: Bytes of write-ahead log kept once a checkpoint has emptied it (64 MiB).
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+#: What SQLite says when a SUM of integers leaves 64 bits.
 _INTEGER_OVERFLOW = "integer overflow"
 #: The aggregate :class:`_ExactSum` is registered as, and the SUM calls it replaces.
 _EXACT_SUM = "reqtelemetry_exact_sum"
