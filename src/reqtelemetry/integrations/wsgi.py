@@ -88,12 +88,11 @@ class WSGIMiddleware:
             measured.finish()
             raise
         file_wrapper = environ.get("wsgi.file_wrapper")
-        if file_wrapper is not None and (
+        if file_wrapper is not None and (  # _is_servers_file, without its call
             type(iterable) is file_wrapper
-            # a wrapper that is no class hands back the file itself (uWSGI's)
             or (type(file_wrapper) is not type and hasattr(iterable, "read"))
         ):
-            return measured.hand_over(iterable)
+            return measured.hand_over_file(iterable)
         kind = type(iterable)
         if (kind is list or kind is tuple) and len(iterable) == 1 and measured.status:
             # One chunk in memory (what a plain app returns): recorded now, as
@@ -174,43 +173,40 @@ class _Measured:
         return self.write
 
     def hand_over(self, iterable: Iterable[bytes], declared_length: int | None = None) -> Any:
-        """What the server gets for the app's ``iterable``: this object around it,
-        or, for the server's own ``wsgi.file_wrapper``, that wrapper itself.
-
-        A ``wsgi.file_wrapper`` that is a class (gunicorn's, waitress's,
-        wsgiref's) makes wrappers of its type; one that is not (uWSGI's, a
-        built-in function) hands back the file it was given, so a response with
-        ``read`` is then taken for the server's file.
-
-        Why a file wrapper goes out unwrapped: a server sends it with
-        ``sendfile`` only when the response *is* its wrapper (gunicorn checks
-        with ``isinstance``; uWSGI's wrapper returns the file it was given, and
-        uWSGI sends the response with ``sendfile`` only when it is that very
-        file), and copying a large download through Python instead would slow
-        the host app down: under uWSGI a 300 MB ``send_file`` took 4.1 s and
-        612 MB of memory wrapped, 0.2 s and 26 MB unwrapped. No bytes pass
-        through here then: the size is the declared ``Content-Length``, else
-        what the server's own sizing finds (the file's size past its
-        position), and the request ends when the server closes the wrapper, or,
-        for a file object that takes no hook on its ``close()`` (uWSGI's), now.
-        Only a file wrapper that is no file on disk and declares no length is
-        wrapped and counted as it passes: no server sends that with
-        ``sendfile`` anyway.
-        """
-        file_wrapper = self.environ.get("wsgi.file_wrapper")
-        if file_wrapper is not None and (
-            type(iterable) is file_wrapper
-            or (type(file_wrapper) is not type and hasattr(iterable, "read"))
-        ):
-            length = declared_length if declared_length is not None else self._declared_length()
-            if length is None:
-                # uWSGI sends the whole file, from its start; gunicorn from
-                # the file's position.
-                length = _bytes_in_file(iterable, whole=type(iterable) is not file_wrapper)
-            if length is not None:  # else its bytes are counted as they pass, below
-                return self._around_file(iterable, length)
+        """What the server gets for the app's ``iterable``: this object around
+        it, or the server's own file as it made it (:meth:`hand_over_file`)."""
+        if _is_servers_file(iterable, self.environ.get("wsgi.file_wrapper")):
+            return self.hand_over_file(iterable, declared_length)
         self.iterable = iterable
         return self
+
+    def hand_over_file(self, response: Any, declared_length: int | None = None) -> Any:
+        """The server's own file (see :func:`_is_servers_file`), handed back as
+        the server made it; this object around it only where its size cannot
+        be told.
+
+        Why a file goes out unwrapped: a server sends it with ``sendfile``
+        only when the response *is* what its ``wsgi.file_wrapper`` made
+        (gunicorn checks with ``isinstance``; uWSGI's wrapper returns the file
+        it was given, and uWSGI uses ``sendfile`` only when the response is
+        that very file), and copying a large download through Python instead
+        would slow the host app down: under uWSGI a 300 MB ``send_file`` took
+        4.1 s and 612 MB of memory wrapped, 0.2 s and 26 MB unwrapped. No
+        bytes pass through here then: the size is the declared
+        ``Content-Length``, else what the server sends of the file (gunicorn:
+        from the file's position; uWSGI: all of it), and the request ends when
+        the server closes the response. Only a file that is no file on disk
+        and declares no length is wrapped and counted as it passes: no server
+        sends that with ``sendfile`` anyway.
+        """
+        length = declared_length if declared_length is not None else self._declared_length()
+        if length is None:
+            whole = type(response) is not self.environ.get("wsgi.file_wrapper")
+            length = _bytes_in_file(response, whole)
+        if length is None:
+            self.iterable = response
+            return self
+        return self._around_file(response, length)
 
     def _around_file(self, wrapper: Any, length: int) -> Any:
         """``wrapper`` itself, its ``close()`` recording the request with ``length`` bytes."""
@@ -287,6 +283,19 @@ class _Measured:
             end - self.start,
             self.response_bytes,
         )
+
+
+def _is_servers_file(response: Any, file_wrapper: Any) -> bool:
+    """Whether ``response`` is what the server's ``wsgi.file_wrapper`` made.
+
+    A wrapper that is a class (gunicorn's, waitress's, wsgiref's) makes
+    objects of its type; one that is not (uWSGI's, a built-in function) hands
+    back the file it was given, so a response with ``read`` is taken for it.
+    """
+    return file_wrapper is not None and (
+        type(response) is file_wrapper
+        or (type(file_wrapper) is not type and hasattr(response, "read"))
+    )
 
 
 def _bytes_in_file(response: Any, whole: bool) -> int | None:
