@@ -218,12 +218,10 @@ class Flusher:
             if self.transport is not None:
                 self.transport.close()
             return False
-        if budget <= 0:  # no time left for it (the exit's budget is spent)
-            if self.transport is not None:
-                self.transport.interrupt()
-            return False
         if self.transport is not None:
             self.transport.interrupt()
+        if budget <= 0:  # no time left for it (the exit's budget is spent)
+            return False
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(waitable(deadline - time.monotonic()))

@@ -179,7 +179,7 @@ class Telemetry:
         self.flusher = Flusher(self, transport)
         _import_before_the_thread_starts(self, transport)
         _live.add(self)
-        prefork.call_at_worker_exit(_close_live)
+        prefork.call_at_worker_exit(close_all_at_exit)
         if prefork.workers_fork_later():
             # A thread running when uWSGI forks hangs every worker: see .prefork.
             self._in_each_worker = True
@@ -192,7 +192,6 @@ class Telemetry:
             return
         self.flusher.start()
         _closing_at_exit[self] = None  # once, however many times started
-        _register_exit_hook()
         self._close_as_this_multiprocessing_child_ends()
 
     def _close_as_this_multiprocessing_child_ends(self) -> None:
@@ -470,21 +469,13 @@ def _import_before_the_thread_starts(telemetry: Telemetry, transport: Any) -> No
 #: Instances whose final report goes at exit, in the order they started (held
 #: until then, as ``atexit`` would hold them).
 _closing_at_exit: dict[Telemetry, None] = {}
-_exit_hook_lock = threading.Lock()
-_exit_hook_registered = False
-
-
-def _register_exit_hook() -> None:
-    global _exit_hook_registered
-    with _exit_hook_lock:
-        if not _exit_hook_registered:
-            atexit.register(close_all_at_exit)
-            _exit_hook_registered = True
 
 
 def close_all_at_exit() -> None:
-    """What runs at exit: every instance's final report, all of them within
-    one ``shutdown_timeout`` (the longest configured).
+    """What runs at exit (``atexit``, and uWSGI's exit hook in a worker, see
+    :func:`.prefork.call_at_worker_exit`): every instance's final report, all
+    of them within one ``shutdown_timeout`` (the longest configured), then
+    whatever else has a flusher (one still waiting for its worker to start).
 
     Why one budget for all, not one each: a process holds many instances
     where each test of a suite makes its app (``unittest.main()``, which is
@@ -493,7 +484,7 @@ def close_all_at_exit() -> None:
     whose turn comes after the budget is spent sends nothing. Ctrl-C while
     it waits ends the waiting, without a traceback.
     """
-    instances = list(_closing_at_exit)
+    instances = list(dict.fromkeys([*_closing_at_exit, *_live]))
     if not instances:
         return
     deadline = time.monotonic() + max(t.config.shutdown_timeout for t in instances)
@@ -519,15 +510,6 @@ def _start_in_uwsgi_worker() -> None:
     _start_in_workers(serving=False)
 
 
-def _close_live() -> None:
-    """uWSGI's exit hook in a worker (see :func:`.prefork.call_at_worker_exit`)."""
-    for telemetry in list(_live):
-        try:
-            telemetry.close()
-        except Exception as error:  # never let telemetry break a worker's exit
-            telemetry.internal_error(error)
-
-
 def _start_when_patched() -> None:
     """gevent has patched this worker: its flushers start, as greenlets."""
     _start_in_workers(serving=True)
@@ -547,6 +529,8 @@ def _reinit_after_fork() -> None:
     for telemetry in list(_live):
         telemetry._after_fork_in_child()
 
+
+atexit.register(close_all_at_exit)  # with nothing to close, it costs nothing
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reinit_after_fork)
