@@ -310,16 +310,26 @@ def create_app(
     async def dashboard(request: Request) -> Response:
         return HTMLResponse(dashboard_html, headers=DASHBOARD_HEADERS)
 
+    @contextlib.asynccontextmanager
+    async def dashboard_read_turn(request: Request) -> AsyncIterator[bool]:
+        """A turn for one of the dashboard's heavy reads (a summary, an export's
+        query), held while it reads; raises ``ReadersBusy`` when the line is full.
+
+        Yields False when the client left while it waited (the page was
+        closed, or asked for another period): reading it would only delay the
+        rest, by minutes on a large database.
+        """
+        async with summary_gate.turn() as admitted:
+            if not admitted:
+                raise ReadersBusy(f"{SUMMARY_QUEUE} dashboard reads already wait for a turn")
+            yield not await request.is_disconnected()
+
     async def summary(request: Request) -> Response:
         days = days_param(request)
         app_name = app_param(request)
         try:
-            async with summary_gate.turn() as admitted:
-                if not admitted:
-                    raise ReadersBusy(f"{SUMMARY_QUEUE} summaries already wait for a turn")
-                if await request.is_disconnected():
-                    # Given up while it waited (the page was closed, or asked
-                    # for another period): reading it would only delay the rest.
+            async with dashboard_read_turn(request) as wanted:
+                if not wanted:
                     return Response(status_code=400)
                 data = await run_in_threadpool(read_summary, days, app_name)
         except ReadersBusy:
@@ -350,10 +360,8 @@ def create_app(
             # is a 503. It takes a summary's turn: 40 exports at once, each in
             # a worker thread until its query ended, once left the reports
             # none to be stored in (0.1 stored a second for five minutes).
-            async with summary_gate.turn() as admitted:
-                if not admitted:
-                    raise ReadersBusy(f"{SUMMARY_QUEUE} dashboard reads already wait for a turn")
-                if await request.is_disconnected():
+            async with dashboard_read_turn(request) as wanted:
+                if not wanted:
                     return Response(status_code=400)
                 chunks = await run_in_threadpool(started, chunks)
         except ReadersBusy:
