@@ -1282,6 +1282,120 @@ def test_a_replayed_stamp_is_refused(collector: Collector) -> None:
     assert summary["refusals"] == {"replay": 1}
 
 
+def _late_stamp(case: Case, text: str) -> tuple[str, str]:
+    """The session's token, and a stamp minted 70 minutes ago (past its window)."""
+    return case.token, stamp_for(case.token, text, now=_minutes(-70))
+
+
+def _expired_token(case: Case, text: str) -> tuple[str, str]:
+    """A token that expired an hour ago, and a stamp minted when it was new."""
+    token = _token_for(case, issued=time.time() - 7200)
+    return token, stamp_for(token, text, now=_minutes(-120))
+
+
+def _token_of_a_former_secret(case: Case, text: str) -> tuple[str, str]:
+    """A token signed with the secret the collector had before it restarted."""
+    token = _token_for(case, secret=b"the secret before the restart")
+    return token, stamp_for(token, text, now=_minutes(-70))
+
+
+#: (id, what the report first went with, the refusal when it was never stored)
+LATE_SENDS: list[tuple[str, Callable[[Case, str], tuple[str, str]], int, str]] = [
+    ("stale-stamp", _late_stamp, 400, "stale_stamp"),
+    ("expired-token", _expired_token, 401, "token_expired"),
+    ("former-secret", _token_of_a_former_secret, 401, "bad_token"),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stored", [True, False], ids=["stored", "not-stored"])
+@pytest.mark.parametrize(
+    ("first_sent", "status", "reason"),
+    [(late, status, reason) for _, late, status, reason in LATE_SENDS],
+    ids=[name for name, *_ in LATE_SENDS],
+)
+def test_a_report_sent_again_late_with_its_stamp_is_a_replay_if_stored(
+    collector: Collector,
+    first_sent: Callable[[Case, str], tuple[str, str]],
+    status: int,
+    reason: str,
+    stored: bool,
+) -> None:
+    """A client whose every answer was lost (a proxy held them past its
+    timeout) sends the same report, with the same stamp, at its next flush:
+    an hour later by default, past the stamp's window and often its token's.
+    Stored then, it is a replay (the client drops it); never stored, the
+    refusal tells the client to mint a new stamp. Refused without a lookup,
+    as before, it went again under a new stamp, and counted twice."""
+    deployment_id, instance_id = new_id(), new_id()
+    case = Case(collector.session(deployment_id, instance_id), deployment_id, instance_id)
+    text = case.text()
+    token, stamp = first_sent(case, text)
+    if stored:  # the first send, whose answer was lost
+        collector.storage.store(
+            StoredReport(stamp=stamp, received_at=time.time() - 3600, payload=json.loads(text))
+        )
+    response = collector.post_report(envelope(token, text, stamp))
+    if stored:
+        assert response.status_code == 409, response.text
+        assert response.json()["error"] == "replay"
+        assert collector.refusals() == {"replay": 1}
+    else:
+        assert response.status_code == status, response.text
+        assert response.json()["error"] == reason
+        assert collector.refusals() == {reason: 1}
+    assert collector.reports_stored() == (1 if stored else 0)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("wrong", ["no-work", "other-payload"])
+def test_only_a_late_stamp_that_holds_is_looked_up(collector: Collector, wrong: str) -> None:
+    """A late stamp is looked up only if it carries its work and binds its
+    token and payload: a lookup must cost a sender what a report does. So a
+    stored stamp without its work, or sent with another payload, is only
+    stale, though storage has it."""
+    deployment_id, instance_id = new_id(), new_id()
+    case = Case(collector.session(deployment_id, instance_id), deployment_id, instance_id)
+    text = case.text()
+    if wrong == "no-work":
+        stamp, sent_text = stamp_for(case.token, text, bits=1, now=_minutes(-70)), text
+    else:
+        stamp = stamp_for(case.token, text, now=_minutes(-70))
+        sent_text = dumps(case.payload(sequence=7))
+    collector.storage.store(
+        StoredReport(stamp=stamp, received_at=time.time() - 3600, payload=json.loads(text))
+    )
+    response = collector.post_report(envelope(case.token, sent_text, stamp))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "stale_stamp"
+    assert collector.reports_stored() == 1
+
+
+@pytest.mark.e2e
+def test_a_late_stamp_that_cannot_be_looked_up_is_a_503(tmp_path: Path) -> None:
+    """Neither "replay" nor "stale" can be said: the client keeps the report
+    as it is (a refusal would have it minted anew, and counted twice if it
+    was stored)."""
+    broken = open_storage(db_url(tmp_path / "broken.db"))
+    broken.migrate()
+    server = ServerThread(create_app(collector_settings(), broken))
+    server.start()
+    broken.close()  # every storage call fails from here on
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
+            deployment_id, instance_id = new_id(), new_id()
+            collector = Collector(server.url, http, broken, collector_settings())
+            case = Case(collector.session(deployment_id, instance_id), deployment_id, instance_id)
+            text = case.text()
+            token, stamp = _late_stamp(case, text)
+            response = collector.post_report(envelope(token, text, stamp))
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "unavailable"
+            assert response.headers["retry-after"].isdigit()
+    finally:
+        server.stop()
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("how", ["closed", "reset"])
 def test_a_report_whose_client_gave_up_is_not_stored(collector: Collector, how: str) -> None:

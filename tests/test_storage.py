@@ -1479,6 +1479,19 @@ def test_eight_threads_storing_at_once(backend: Backend, storage: SQLStorage) ->
     assert storage.refusals() == {"bad_stamp": threads_count * per_thread}
 
 
+def test_a_stored_stamp_is_found_and_no_other(scenario: SQLStorage) -> None:
+    """What the collector asks of a stamp too old to be stored now, which its
+    client sends again after every answer to it was lost."""
+    stamp = "1:20:231114220000:looked-up::r:1"
+    assert scenario.stamp_stored(stamp) is False
+    scenario.store(stored(R2, T + 300, stamp=stamp))
+    before = row_counts(scenario)
+    assert scenario.stamp_stored(stamp, deadline=time.monotonic() + 5) is True
+    assert scenario.stamp_stored(stamp[:-1] + "2") is False
+    assert scenario.stamp_stored(stamp[:-1]) is False  # a prefix is another stamp
+    assert row_counts(scenario) == before  # a lookup writes nothing
+
+
 def test_racing_replays_store_once(backend: Backend, storage: SQLStorage) -> None:
     """Replicas racing with one stamp: exactly one wins, the others see ReplayError."""
     replicas = [backend.open() for _ in range(4)]

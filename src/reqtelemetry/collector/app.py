@@ -133,6 +133,9 @@ SUMMARY_QUEUE = 16
 BUSY_RETRY_AFTER = 10
 #: The answer to a report the database refused to hold (the database's own
 #: words go to the log, not to the client).
+#: A ``409``'s detail: the client counts the report as delivered (a retry of a
+#: report that was stored, its answer lost).
+REPLAY_DETAIL = "this stamp was stored before; mint a new one for a new report"
 UNSTORABLE_DETAIL = (
     "the database cannot hold a value of this report (a number out of range or a "
     "character it does not accept); sending it again cannot succeed"
@@ -259,6 +262,8 @@ def create_app(
                     now=now,
                 )
         except Refusal as refusal:
+            if refusal.late_stamp is not None:
+                return await answer_late_stamp(refusal, refusal.late_stamp, deadline, budget)
             return await refuse(refusal)
         except ClientDisconnect:
             return Response(status_code=400)
@@ -281,6 +286,29 @@ def create_app(
             answer["next_interval"] = settings.next_interval
         return JSONResponse(answer)
 
+    async def answer_late_stamp(
+        refusal: Refusal, stamp: str, deadline: float, budget: float
+    ) -> Response:
+        """A genuine stamp refused for its age or its token's: ``409 replay``
+        if it is stored (its client sends it again after every answer was
+        lost), else the refusal, which tells the client to mint a new one.
+
+        When the lookup fails, neither can be said: ``503``, and the client
+        keeps the report as it is.
+        """
+        try:
+            stored = await run_in_threadpool(store.stamp_stored, stamp, deadline=deadline)
+        except DeadlineExceeded as error:
+            read_failures.failed(f"look a stamp up within its {budget:.1f} s", error)
+            return _too_slow(budget)
+        except Exception as error:
+            read_failures.failed("look a stamp up", error)
+            return _unavailable("the collector cannot read its database right now")
+        read_failures.worked()
+        if stored:
+            return await refuse(Refusal("replay", REPLAY_DETAIL))
+        return await refuse(refusal)
+
     async def store_report(
         stored: StoredReport, deadline: float, budget: float
     ) -> JSONResponse | None:
@@ -289,7 +317,7 @@ def create_app(
             await run_in_threadpool(store.store, stored, deadline=deadline)
         except ReplayError:
             write_failures.worked()
-            return await refuse(Refusal("replay", "this stamp was used before; mint a new one"))
+            return await refuse(Refusal("replay", REPLAY_DETAIL))
         except UnstorableReport as error:
             write_failures.worked()
             # The checks should have refused it already; say which value in the log.

@@ -74,6 +74,10 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _NUL_ESCAPE = re.compile(rb"\\u0000")
 _STAMP_REASONS = frozenset({"bad_stamp", "stale_stamp", "insufficient_work", "stamp_mismatch"})
 _TOKEN_REASONS = frozenset({"bad_token", "token_expired"})
+#: Refusals that say nothing of whether the report is stored: its stamp may be
+#: one a client sends again after every answer to it was lost (see
+#: :func:`verify_report`).
+_LATE_REASONS = frozenset({"bad_token", "token_expired", "stale_stamp"})
 _DETAIL_LIMIT = 200
 #: Gzip members accepted in one body. A client sends exactly one; a few more
 #: allow for tools that concatenate compressed files (gzip(1) does), while
@@ -128,6 +132,10 @@ class Refusal(Exception):
         self.reason = reason
         self.detail = detail
         self.status = STATUS.get(reason, 400) if status is None else status
+        #: A stamp refused only for its age or its token's, though it holds its
+        #: work and binds its token and payload: if storage has it, the answer
+        #: is ``409 replay`` instead (see :func:`verify_report`).
+        self.late_stamp: str | None = None
 
     def body(self) -> dict[str, str]:
         return {"error": self.reason, "detail": self.detail}
@@ -728,12 +736,42 @@ def verify_report(
     limits: Limits,
     now: float,
 ) -> VerifiedReport:
-    """Checks 1 to 10 of a ``/v1/report`` body, in the protocol's order."""
+    """Checks 1 to 10 of a ``/v1/report`` body, in the protocol's order.
+
+    A refusal of the token (4, 5) or of the stamp's date (7) carries the
+    stamp in ``late_stamp`` when the stamp holds otherwise: its work, and
+    its binding to this token and payload. Why: a client whose every answer
+    was lost sends that report again, with that stamp, at its next flush,
+    an hour later by default: long after the stamp's window and often after
+    its token. Whether storage has the stamp is what it needs to know
+    (``409 replay``: stored; the refusal: not stored, mint a new one); the
+    refusal alone would have it send the data again under a new stamp, and
+    counted twice if it was stored. Only a stamp that carries its work is
+    looked up, so a lookup costs a sender what a report does.
+    """
     envelope = read_envelope(decode_text(raw, content_encoding, limits.max_body_bytes))
-    claims = check_token(signer, envelope.token, now)
-    check_stamp(envelope.stamp, envelope.token, envelope.payload_bytes, limits, now)
+    try:
+        claims = check_token(signer, envelope.token, now)
+        check_stamp(envelope.stamp, envelope.token, envelope.payload_bytes, limits, now)
+    except Refusal as refusal:
+        if refusal.reason in _LATE_REASONS and _holds_but_for_its_date(envelope, limits, now):
+            refusal.late_stamp = envelope.stamp
+        raise
     payload = check_payload(envelope.payload_bytes, claims)
     return VerifiedReport(stamp=envelope.stamp, claims=claims, payload=payload)
+
+
+def _holds_but_for_its_date(envelope: Envelope, limits: Limits, now: float) -> bool:
+    """Whether the envelope's stamp is well formed, carries the work asked for
+    now, and binds the envelope's token and payload, whatever its date."""
+    resource = hashcash.payload_resource(envelope.token, envelope.payload_bytes)
+    try:
+        hashcash.verify(
+            envelope.stamp, resource, limits.bits, now, max_age=math.inf, max_future=math.inf
+        )
+    except hashcash.StampError:
+        return False
+    return True
 
 
 def verify_session_request(raw: bytes, content_encoding: str | None, cap: int) -> tuple[str, str]:

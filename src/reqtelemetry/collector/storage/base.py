@@ -152,6 +152,12 @@ class Storage(abc.ABC):
         written."""
 
     @abc.abstractmethod
+    def stamp_stored(self, stamp: str, deadline: float | None = None) -> bool:
+        """Whether a report with ``stamp`` is stored: a client sending one again
+        after every answer to it was lost asks this of a stamp too old to be
+        stored now. ``deadline`` bounds every wait, as for :meth:`store`."""
+
+    @abc.abstractmethod
     def prune(self, before: float, stop: threading.Event | None = None) -> Pruned:
         """Delete every report received before ``before``, with its aggregates and
         metrics, then the instances and deployments last seen before it (the data

@@ -429,6 +429,15 @@ class SQLStorage(Storage):
         except self.data_errors as error:
             raise UnstorableReport(f"the database cannot hold a value: {error}") from error
 
+    def stamp_stored(self, stamp: str, deadline: float | None = None) -> bool:
+        """One lookup in the stamps' unique index, on the reports' side of the
+        database (not a dashboard read, which may wait for its turn)."""
+        rows = self._run(
+            lambda ex: ex.query("SELECT 1 FROM reports WHERE stamp = ?", (stamp,)),
+            deadline=deadline,
+        )
+        return bool(rows)
+
     def prune(self, before: float, stop: threading.Event | None = None) -> Pruned:
         """See :meth:`Storage.prune`.
 
