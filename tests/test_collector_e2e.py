@@ -21,6 +21,7 @@ hold:
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import json
@@ -33,6 +34,10 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from collector_stack import (
@@ -61,10 +66,11 @@ from collector_stack import (
     store_old_report,
 )
 from db_locks import another_writer
+from receiver import ServerThread
 from reqtelemetry import ASGIMiddleware, Telemetry, WSGIMiddleware, hashcash
 from reqtelemetry.collector.export import COLUMNS
 from reqtelemetry.collector.settings import DEFAULT_BITS
-from reqtelemetry.transport import Outcome
+from reqtelemetry.transport import WAIT_HEADER, Outcome
 
 pytestmark = pytest.mark.e2e
 
@@ -498,3 +504,75 @@ def test_a_report_the_client_gave_up_on_is_never_stored_behind_its_back(
     assert database.report_count() == 2  # the startup report, then the retried one
     assert first is False
     assert (refused.outcome, refused.status) == (Outcome.FAILED, 503)
+
+
+class AnswerHoldingProxy:
+    """A reverse proxy on loopback in front of the collector, which holds the
+    collector's answers to the next ``reports_to_hold`` reports for
+    ``hold`` seconds: the collector stored them, the client gave up waiting.
+    (A soak with such a proxy counted one period four times.)"""
+
+    def __init__(self, upstream: str, hold: float) -> None:
+        self.upstream = upstream
+        self.hold = hold
+        self.reports_to_hold = 0
+        self.server = ServerThread(
+            Starlette(routes=[Route("/{path:path}", self._forward, methods=["POST"])])
+        )
+        self.server.start()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    async def _forward(self, request: Request) -> Response:
+        passed = ("content-type", "content-encoding", "user-agent", WAIT_HEADER.lower())
+        headers = {name: value for name, value in request.headers.items() if name in passed}
+        async with httpx.AsyncClient(base_url=self.upstream, trust_env=False) as upstream:
+            answer = await upstream.post(
+                request.url.path, content=await request.body(), headers=headers
+            )
+        if request.url.path.endswith("/v1/report") and self.reports_to_hold > 0:
+            self.reports_to_hold -= 1
+            await asyncio.sleep(self.hold)
+        return Response(
+            answer.content,
+            status_code=answer.status_code,
+            media_type=answer.headers.get("content-type"),
+        )
+
+
+def test_a_report_whose_answer_a_proxy_held_is_stored_once(
+    database: Database, tmp_path: Path, clients: list[Telemetry]
+) -> None:
+    """The collector stores a report, and a proxy holds its answer past the
+    client's timeout. At the next flush the client sends it again with its
+    stamp, by then past the stamp's window: the collector looks the stamp
+    up, answers it as a replay, and stores the new data. Every request is
+    counted once; before, the first period's requests went again in the
+    next report, under a new stamp, and were counted twice."""
+    deployment = tmp_path / "deployment"
+    deployment.mkdir()
+    with running_collector(database.url, bits=8, stamp_max_age=2.0) as collector:
+        proxy = AnswerHoldingProxy(collector.url, hold=2.0)
+        try:
+            telemetry = start_client(proxy.url, deployment, "1.0.0", timeout=1.0, max_attempts=1)
+            clients.append(telemetry)
+            for _ in range(100):
+                telemetry.record("GET", ITEM, 200, 0.01, 0, 10)
+            proxy.reports_to_hold = 1
+            assert telemetry.flush(timeout=5.0) is False
+            held = telemetry.flusher.last_result
+            assert held is not None and held.sent is not None and held.sent.maybe_stored
+            for _ in range(50):
+                telemetry.record("GET", ITEM, 200, 0.01, 0, 10)
+            time.sleep(3.5)  # the proxy answered long ago; the stamp is past its window
+            assert telemetry.flush(timeout=5.0) is True
+            collector.app.state.refusals.write()
+            summary = collector.summary(days=1)
+        finally:
+            proxy.server.stop()
+    assert database.counts_by_key() == {("GET", ITEM, 200): 150}
+    assert summary["totals"]["requests"] == 150
+    assert database.report_count() == 3  # the startup report, the held one, the new one
+    assert summary["refusals"] == {"replay": 1}

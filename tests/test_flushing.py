@@ -44,7 +44,7 @@ from reqtelemetry import flusher as flusher_module
 from reqtelemetry import telemetry as telemetry_module
 from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
-from reqtelemetry.transport import MAX_ANSWER_BYTES, parse_retry_after
+from reqtelemetry.transport import MAX_ANSWER_BYTES, Outcome, parse_retry_after
 
 pytestmark = pytest.mark.e2e
 
@@ -931,6 +931,99 @@ def test_slow_collector_past_the_timeout_loses_and_duplicates_nothing(make_sende
     assert delivered(receiver, telemetry) == expected
 
 
+def test_a_report_whose_every_answer_was_lost_goes_again_with_its_stamp(make_sender, receiver):
+    """Stored, but its answer held past the timeout (by a proxy, say): the
+    report is kept as it is, not merged back, and goes first at the next
+    flush with the same stamp, which the collector knows (409). Merged back,
+    its data went again under a new stamp and counted twice."""
+    telemetry = make_sender(timeout=0.3, max_attempts=1)
+    expected = record_traffic(telemetry)
+    receiver.respond_with(delay=5)
+    before = len(receiver.requests)
+    assert telemetry.flush() is False
+    (lost,) = receiver.requests[before:]
+    assert lost.accepted  # stored; the client never heard so
+    assert telemetry.recorder.snapshot() == []  # kept whole, not merged back
+    expected += record_traffic(telemetry, routes=2, each=3)
+    before = len(receiver.requests)
+    assert telemetry.flush() is True
+    again, new = receiver.requests[before:]
+    assert again.raw_body and again.envelope["stamp"] == lost.envelope["stamp"]
+    assert again.envelope["payload"] == lost.envelope["payload"]
+    assert again.replay and new.accepted
+    assert telemetry.flusher.unconfirmed is None
+    assert delivered(receiver, telemetry) == expected  # every request once
+
+
+def test_an_unconfirmed_report_holds_back_the_next_flush_until_it_is_settled(make_sender, receiver):
+    """While the collector's answers are still lost, the kept report goes
+    again alone (with its stamp), and the new data waits in the recorder:
+    at most one report is ever kept that way."""
+    telemetry = make_sender(timeout=0.3, max_attempts=1)
+    expected = record_traffic(telemetry)
+    receiver.respond_with(502)  # a proxy's: the collector may have stored it
+    assert telemetry.flush() is False
+    stamp = receiver.requests[-1].envelope["stamp"]
+    for _ in range(2):
+        expected += record_traffic(telemetry, routes=1, each=2)
+        receiver.respond_with(504)
+        before = len(receiver.requests)
+        assert telemetry.flush() is False
+        (sent,) = receiver.requests[before:]
+        assert sent.envelope["stamp"] == stamp
+    assert telemetry.flusher.unconfirmed is not None
+    assert record_counts([{"batch": {"records": telemetry.recorder.snapshot()}}]) == Counter(
+        {("GET", "/route/0", 200): 4}
+    )
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_an_unanswered_connection_keeps_the_stamp_a_refused_one_does_not(make_sender, receiver):
+    """Which failures may hide a stored report: no answer in time may (the
+    stamp is kept); the collector's 503 says nothing was stored (merged back,
+    as an outage is: nothing to confirm)."""
+    telemetry = make_sender(timeout=0.3, max_attempts=1)
+    expected = record_traffic(telemetry)
+    receiver.respond_with(503)
+    assert telemetry.flush() is False
+    assert telemetry.flusher.unconfirmed is None
+    assert record_counts([{"batch": {"records": telemetry.recorder.snapshot()}}]) == expected
+    assert telemetry.flusher.last_result.sent is not None
+    assert telemetry.flusher.last_result.sent.maybe_stored is False
+    receiver.respond_with(200, delay=5)
+    assert telemetry.flush() is False
+    assert telemetry.flusher.unconfirmed is not None
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_a_slow_mint_that_takes_the_budget_is_not_taken_for_a_delivery(
+    make_sender, receiver, monkeypatch
+):
+    """Minting and encoding that end past the budget end the delivery as
+    not delivered. The open session's result was returned instead, as
+    DELIVERED, and the flush dropped data it never sent."""
+    telemetry = make_sender(timeout=1.0, max_attempts=1)
+    expected = record_traffic(telemetry)
+    transport = telemetry.flusher.transport
+    real_mint = transport._mint
+
+    def mint_until_past(resource, bits, timeout, idle=True):
+        stamp = real_mint(resource, bits, timeout, idle)
+        time.sleep(timeout + 0.05)  # as a busy machine's idle-priority child can
+        return stamp
+
+    monkeypatch.setattr(transport, "_mint", mint_until_past)
+    before = len(receiver.requests)
+    assert telemetry.flush(timeout=0.3) is False
+    assert receiver.requests[before:] == []
+    assert telemetry.flusher.last_result.outcome is Outcome.FAILED
+    monkeypatch.setattr(transport, "_mint", real_mint)
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
 class TricklingServer:
     """A real HTTP server on loopback that answers one byte every ``pause`` seconds.
 
@@ -1520,7 +1613,7 @@ def test_any_error_after_the_batch_is_taken_puts_back_what_was_not_delivered(
 def test_merged_back_batch_respects_the_key_cap_and_counts_what_it_drops(make_sender, receiver):
     telemetry = make_sender(max_keys=5, max_attempts=1, timeout=2.0)
     old = record_traffic(telemetry, routes=5, each=2)
-    receiver.respond_with(500, delay=0.25)
+    receiver.respond_with(503, delay=0.25)  # the collector's "stored nothing": merged back
     outcome = []
     before = len(receiver.requests)  # counted before the send can arrive
     flushing = threading.Thread(target=lambda: outcome.append(telemetry.flush()))

@@ -5,6 +5,10 @@ in waves) it takes the recorder's batch, the app metrics and the traits, builds
 the report bodies and hands them to the transport — or, in debug mode, writes
 them to stderr. A batch that cannot be delivered is merged back into the
 recorder, so an outage loses nothing (until the key cap, which is counted).
+A report the collector may have stored although no answer said so (each was
+lost, or held past the timeout by a proxy) is not merged back: it is kept as it
+is (:class:`Unconfirmed`) and goes first at the next flush, with its stamp, so
+that the collector stores it once whatever happened to it.
 
 Nothing here runs on a request thread or the event loop. ``flush()`` can be
 called from any thread (it serialises with the timer through one lock). The
@@ -21,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import IO, TYPE_CHECKING
 
 from .config import redacted_url
@@ -29,7 +33,7 @@ from .metrics import GAUGE_SAMPLE_SECONDS
 from .payload import Envelope, Report, build_reports
 from .recorder import Batch
 from .traits import detect_test_runner, load_deployment_id
-from .transport import Outcome, Result, Transport, started, waitable
+from .transport import Outcome, Result, Sent, Transport, started, waitable
 
 if TYPE_CHECKING:
     from .telemetry import Telemetry
@@ -106,6 +110,29 @@ def lower_this_threads_priority() -> bool:
     return True
 
 
+@dataclass
+class Unconfirmed:
+    """A report the collector may have stored, though no answer said so.
+
+    Why it is kept whole, and not merged back into the recorder as an
+    undelivered batch is: merged, its data went again under a new stamp, and
+    a collector that had stored it counted it twice. A proxy that held every
+    answer past the timeout made each flush store the data of all the
+    earlier ones again (a soak counted one period four times). Kept, it goes
+    again with its own stamp (:class:`~reqtelemetry.transport.Sent`), and the
+    collector stores it once: ``409 replay`` if it has it, stored now if not.
+
+    At most one is kept: a flush stops at the first report not delivered, and
+    the next one sends this one before anything else.
+    """
+
+    report: Report
+    sent: Sent
+    #: What the report carries, merged back only if it must go under a new stamp.
+    part: Batch
+    metrics: dict[str, dict[str, float]]
+
+
 class Flusher:
     """Owns the timer thread and the report sequence of one Telemetry instance."""
 
@@ -148,6 +175,9 @@ class Flusher:
         #: The body size learnt from the collector's ``413`` answers, if any (see
         #: :attr:`max_payload_bytes`).
         self.collector_max_bytes: int | None = None
+        #: The report the collector may hold unbeknown to us; a forked child
+        #: starts without it (the parent sends it).
+        self.unconfirmed: Unconfirmed | None = None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -365,6 +395,10 @@ class Flusher:
             self.deployment_id, how = load_deployment_id(self.config.deployment_id_path)
             if how != "persisted":
                 logger.info("reqtelemetry: deployment id kept for this process only (%s)", how)
+        # At shutdown this process serves no more requests: no pauses for them.
+        paced = kind != "shutdown"
+        if self.unconfirmed is not None and not self._settle_unconfirmed(deadline, paced):
+            return False  # nothing else goes while the collector does not answer
         batch = telemetry.recorder.collect()
         metrics = {"counters": telemetry.metrics.take_counters(), "gauges": gauges}
         # From here on the batch lives only in this frame: whatever fails, not
@@ -385,8 +419,6 @@ class Flusher:
                 internal_errors=telemetry.internal_errors,
             )
             self.sequence += 1
-            # At shutdown this process serves no more requests: no pauses for them.
-            paced = kind != "shutdown"
             reports = self._build(envelope, batch, paced)
             if self.config.debug or self.transport is None:
                 stream = self._debug_stream()
@@ -451,7 +483,16 @@ class Flusher:
                     index += 1
                     continue
                 pending = len(reports)  # handed back here, not again below
-                self._put_back(batch, reports[index:], metrics)
+                undelivered = reports[index:]
+                if result.sent is not None and result.sent.maybe_stored:
+                    self.unconfirmed = Unconfirmed(
+                        report=reports[index],
+                        sent=result.sent,
+                        part=_part_of(batch, [reports[index]]),
+                        metrics=metrics,
+                    )
+                    undelivered = reports[index + 1 :]
+                self._put_back(batch, undelivered, metrics)
                 self._say_not_delivered(result)
                 return False
             return all_delivered
@@ -461,6 +502,60 @@ class Flusher:
             elif pending < len(reports):
                 self._put_back(batch, reports[pending:], metrics)
             raise  # flush() counts it as an internal error
+
+    def _settle_unconfirmed(self, deadline: float, paced: bool) -> bool:
+        """Send :attr:`unconfirmed` again, with its stamp; True when the flush may go on.
+
+        The collector answers ``409 replay`` when it has it, stores it
+        otherwise, or refuses its stamp as too old (or its token as expired)
+        after it looked it up and did not find it: then it goes under a new
+        stamp. Only when it can no longer go as it is (a new stamp could not be
+        sent, or it is now too large) does its data go back into the recorder.
+        """
+        held = self.unconfirmed
+        assert held is not None and self.transport is not None and self.deployment_id is not None
+        result = self.transport.deliver(
+            held.report.body,
+            max(0.0, deadline - time.monotonic()),
+            self.deployment_id,
+            self.telemetry.instance_id,
+            paced=paced,
+            sent=held.sent,
+        )
+        self.last_result = result
+        self._apply_pacing(result)
+        outcome = result.outcome
+        if outcome is Outcome.FAILED and result.sent is not None and result.sent.maybe_stored:
+            held.sent = result.sent
+            self._say_not_delivered(result)
+            return False
+        self.unconfirmed = None
+        if outcome is Outcome.DELIVERED:
+            self.failed_flushes = 0
+            return True
+        if outcome is Outcome.GONE:
+            self.gone = True
+            logger.info(
+                "reqtelemetry: the collector answered 410 Gone; no more reports from this process"
+            )
+            return False
+        if outcome is Outcome.REJECTED:
+            self.telemetry.internal_errors += 1
+            logger.warning(
+                "reqtelemetry: the collector refused a report (HTTP %s): %s",
+                result.status,
+                result.error,
+            )
+            return True
+        # Known not stored, but not sent as it is either: its data joins this
+        # flush's batch (a report now too large is split with it).
+        if outcome is Outcome.TOO_LARGE:
+            self._learn_the_collectors_cap(result.refused_bytes or len(held.report.body))
+        self._put_back(held.part, [held.report], held.metrics)
+        if outcome is Outcome.FAILED:
+            self._say_not_delivered(result)
+            return False
+        return True
 
     def _build(self, envelope: Envelope, batch: Batch, paced: bool) -> list[Report]:
         limit = self.max_payload_bytes
@@ -614,15 +709,18 @@ class Flusher:
         self, batch: Batch, undelivered: list[Report], metrics: dict[str, dict[str, float]]
     ) -> None:
         """Merge what did not reach the collector back into the live aggregates."""
-        keys = [key for report in undelivered for key in report.keys]
-        totals = any(report.carries_totals for report in undelivered)
-        self.telemetry.recorder.merge(
-            Batch(
-                stats={key: batch.stats[key] for key in keys},
-                dropped=batch.dropped if totals else 0,
-                period_start=batch.period_start,
-                period_end=batch.period_end,
-            )
-        )
-        if totals:
+        self.telemetry.recorder.merge(_part_of(batch, undelivered))
+        if any(report.carries_totals for report in undelivered):
             self.telemetry.metrics.merge(metrics)
+
+
+def _part_of(batch: Batch, reports: list[Report]) -> Batch:
+    """What ``reports`` carry of ``batch``: their records, and the dropped count
+    if one of them carries the totals."""
+    totals = any(report.carries_totals for report in reports)
+    return Batch(
+        stats={key: batch.stats[key] for report in reports for key in report.keys},
+        dropped=batch.dropped if totals else 0,
+        period_start=batch.period_start,
+        period_end=batch.period_end,
+    )

@@ -7,7 +7,10 @@ token and the exact report bytes. Minting that stamp is CPU work: above a few
 hundred hashes it runs in a child process, so it never holds the app's GIL.
 Retries of one report reuse its stamp, so when a report was stored but the
 answer got lost, the retry is refused as a replay and counts as delivered:
-nothing is counted twice. Failures are retried with exponential
+nothing is counted twice. A report whose every answer was lost that way goes
+again at the next flush with that same stamp (see :class:`Sent`), however
+old: the collector looks such a stamp up before refusing it as too old, and
+answers a replay. Failures are retried with exponential
 backoff and full jitter (the AWS architecture blog's recommendation: spread
 retries of many instances so they do not arrive in waves) within a time budget.
 
@@ -82,11 +85,36 @@ SUBPROCESS_MINT_BITS = 9
 #: So is every status from 500 up (:func:`retryable`): a 507, a CDN's 521-524,
 #: a proxy's 599 say nothing about the report, and docs/protocol.md keeps the data on 5xx.
 RETRYABLE = frozenset({408, 425, 429})
+#: Failures that end an attempt before the collector can have the whole report:
+#: no connection, or the body not all written. Any other failure (no answer in
+#: time, a connection cut while the answer was awaited) may come after the
+#: collector stored it.
+NOT_SENT_ERRORS: tuple[type[httpx.HTTPError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+    httpx.LocalProtocolError,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+)
 
 
 def retryable(status: int) -> bool:
     """Whether an answer means "not now": the data is kept and sent again."""
     return status in RETRYABLE or status >= 500
+
+
+def may_have_been_stored(status: int) -> bool:
+    """Whether a "not now" answer may come from behind a report that was stored.
+
+    The collector says ``503`` (and ``429``) when it stored nothing. Other
+    ``5xx`` come from a proxy in front (``502``, ``504``: the collector's own
+    answer did not get through, and it may have stored the report first) or
+    from a crash, which can come after the commit.
+    """
+    return status >= 500 and status != 503
 
 
 class Outcome(enum.Enum):
@@ -111,6 +139,25 @@ class Session:
 
 
 @dataclass
+class Sent:
+    """The token and stamp a report went with, and whether the collector may hold it.
+
+    Why it is kept: when every answer to a report was lost (a proxy that
+    held them past the timeout, a connection cut after the commit), the
+    collector may have stored it. Sent again under a new stamp it would count
+    twice; with this one, the collector answers ``409 replay`` if it has it,
+    or stores it now. A collector that refuses the stamp as too old, or its
+    token as expired, has looked it up first (docs/protocol.md): that refusal
+    says it is not stored, and a new stamp is safe.
+    """
+
+    token: str
+    stamp: str
+    #: Some attempt with this stamp may have been stored.
+    maybe_stored: bool = False
+
+
+@dataclass
 class Result:
     outcome: Outcome
     #: Seconds the server asked to wait before the next attempt (Retry-After).
@@ -126,6 +173,10 @@ class Result:
     #: Bytes of the request body the collector refused as too large (``413``),
     #: uncompressed: the envelope around the report, as the collector measures it.
     refused_bytes: int | None = None
+    #: This attempt may have been stored although no answer says so.
+    maybe_stored: bool = False
+    #: What the report last went with (:meth:`Transport.deliver`'s result only).
+    sent: Sent | None = None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -600,7 +651,11 @@ class Transport:
                 wait,
             )
         except httpx.HTTPError as error:
-            return Result(Outcome.FAILED, error=f"{type(error).__name__}: {error}")
+            return Result(
+                Outcome.FAILED,
+                error=f"{type(error).__name__}: {error}",
+                maybe_stored=not isinstance(error, NOT_SENT_ERRORS),
+            )
         status = response.status_code
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if 200 <= status < 300:
@@ -639,6 +694,7 @@ class Transport:
                 retry_after=retry_after,
                 status=status,
                 next_interval=_next_interval(response),
+                maybe_stored=may_have_been_stored(status),
             )
         return Result(Outcome.REJECTED, status=status, error=response.text[:200])
 
@@ -650,18 +706,37 @@ class Transport:
         instance_id: str,
         *,
         paced: bool = True,
+        sent: Sent | None = None,
     ) -> Result:
         """Send with retries until delivered, refused for good, or ``budget`` seconds pass.
 
         ``paced=False`` (the final report at shutdown) encodes without pauses
         and mints at the app's own priority: there is a deadline, and no
         request of this process left to make way for.
+
+        ``sent``: what ``body`` went with before, when the collector may hold
+        it (a :class:`Sent` from an earlier result). It goes again as it is,
+        token and stamp, whatever this process's session is now. The result's
+        ``sent`` says what the body last went with, and whether the collector
+        may hold it.
         """
+        delivery = _Delivery(sent if sent is not None and sent.maybe_stored else None)
+        result = self._deliver(body, budget, deployment_id, instance_id, paced, delivery)
+        return replace(result, sent=delivery.sent)
+
+    def _deliver(
+        self,
+        body: bytes,
+        budget: float,
+        deployment_id: str,
+        instance_id: str,
+        paced: bool,
+        delivery: _Delivery,
+    ) -> Result:
         deadline = time.monotonic() + budget
         self._paced = paced
         result = Result(Outcome.FAILED, error="no attempt made")
         payload_text = body.decode("utf-8")
-        stamped: tuple[str, str] | None = None  # (token, stamp) reused across retries
         renewed = False  # a session dropped on a 401 or a refused stamp is renewed once at once
         for attempt in range(self.max_attempts):
             # Stopping (interrupt()) only cuts the waits below short: a session
@@ -671,11 +746,18 @@ class Transport:
             if remaining <= 0:
                 break
             timeout = min(self.config.timeout, remaining)
-            result = self._open_session(deployment_id, instance_id, timeout)
-            if result.outcome is Outcome.DELIVERED:
-                session = self._session
-                assert session is not None
-                if stamped is None or stamped[0] != session.token:
+            held = delivery.sent
+            if held is not None and held.maybe_stored:
+                # Its stamp may be stored: it goes as it went, token and all,
+                # until the collector says what became of it.
+                session_ready = True
+            else:
+                result = self._open_session(deployment_id, instance_id, timeout)
+                session_ready = result.outcome is Outcome.DELIVERED
+            if session_ready:
+                if held is None or not (held.maybe_stored or self._is_current(held)):
+                    session = self._session
+                    assert session is not None
                     try:
                         resource = hashcash.payload_resource(session.token, body)
                         stamp = self._mint(
@@ -686,12 +768,21 @@ class Transport:
                         )
                     except Exception as error:  # timed out, or the child failed
                         return Result(Outcome.FAILED, error=f"minting: {error}")
-                    stamped = (session.token, stamp)
-                envelope = build_envelope(stamped[0], stamped[1], payload_text, paced=paced)
+                    held = delivery.sent = Sent(session.token, stamp)
+                envelope = build_envelope(held.token, held.stamp, payload_text, paced=paced)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    # Minting and encoding took what was left. Not "delivered",
+                    # which the open session's result said until here.
+                    result = Result(Outcome.FAILED, error="no time left to send the report")
                     break
                 result = self.send_once(envelope, timeout=min(self.config.timeout, remaining))
+                if result.maybe_stored:
+                    held.maybe_stored = True
+                if result.renew:
+                    # The collector refused the stamp (or its token) after
+                    # looking it up: not stored. A new one goes next.
+                    delivery.sent = None
             if result.outcome is not Outcome.FAILED or result.end_flush:
                 return result
             if result.renew and not renewed:
@@ -713,6 +804,18 @@ class Transport:
             if self._stop.wait(waitable(delay)):
                 break
         return result
+
+    def _is_current(self, sent: Sent) -> bool:
+        """Whether ``sent``'s token is this process's session's (its stamp can be reused)."""
+        session = self._session
+        return session is not None and session.token == sent.token
+
+
+@dataclass
+class _Delivery:
+    """What one :meth:`Transport.deliver` call's attempts share: the stamp."""
+
+    sent: Sent | None
 
 
 def gzip_paced(data: bytes, level: int, *, paced: bool = True) -> bytes:
