@@ -445,3 +445,47 @@ def test_a_pool_worker_that_inherited_the_instance_ends_without_waiting_to_repor
     assert process.exitcode == 0
     shutdowns = [r for r in receiver.reports if r["kind"] == "shutdown"]
     assert shutdowns == []
+
+
+def _until_decided(receiver, flusher) -> None:  # type: ignore[no-untyped-def]
+    """Until the parent's grace is over: it announced itself, or it decided it
+    is no instance (``serving_elsewhere``, absent from code that never decides)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if receiver.reports or getattr(flusher, "serving_elsewhere", None) is not None:
+            return
+        time.sleep(0.01)
+
+
+def test_a_parent_that_forked_and_serves_nothing_is_no_instance(make_sender, receiver):
+    """gunicorn --preload: the master loads the app, forks the workers that
+    serve and serves nothing itself. It announced itself after the grace and
+    reported as one more, idle, instance for its whole life, a final report
+    at exit included. Now its workers are the instances, and it sends nothing."""
+    master = make_sender(served=False, settled=False, flush_interval=0.2)
+    run_in_child(lambda: {})  # a worker (it serves nothing here, and sends nothing)
+    _until_decided(receiver, master.flusher)
+    assert receiver.reports == []
+    assert master.flusher.serving_elsewhere == "it forked the processes that serve"
+    flusher = master.flusher
+    assert master.close() is False  # at once: no final report, nothing waited for
+    flusher._thread.join(5)
+    assert not flusher.running
+    assert receiver.requests == []
+
+
+def test_a_parent_that_forked_and_serves_is_an_instance(make_sender, receiver):
+    """A process that forks helpers (a ``multiprocessing`` pool made at import,
+    before any request) and serves is an instance all the same: its first
+    request announces it, whenever it comes, and its exit sends what it served."""
+    server = make_sender(served=False, settled=False, flush_interval=0.2)
+    run_in_child(lambda: {})  # a helper
+    _until_decided(receiver, server.flusher)
+    assert receiver.reports == []  # no request yet: nothing to say
+    server.note_first_request(None)
+    expected = traffic(server, "/served", 3)
+    assert receiver.wait_for_reports(1, kind="startup", timeout=5)
+    assert server.close() is True
+    reports = receiver.reports_from(server.instance_id)
+    assert [reports[0]["kind"], reports[-1]["kind"]] == ["startup", "shutdown"]
+    assert record_counts(reports) == expected

@@ -19,6 +19,7 @@ timer thread runs at the lowest CPU priority (see
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import sys
@@ -67,7 +68,9 @@ GAUGE_SHARE = 0.25
 #: anyway (or the flush interval, if shorter). A process that loads the app
 #: only for a moment (``flask routes``, ``manage.py migrate``, a script that
 #: writes the OpenAPI schema) is no instance: it sends nothing, and its exit
-#: waits for nothing.
+#: waits for nothing. Nor is one that leaves serving to processes it forked
+#: (a pre-fork master: see :meth:`Flusher.note_fork`), however long it
+#: lives: it announces itself only once it serves.
 STARTUP_GRACE = 60.0
 #: How often a waiting instance looks whether anything was recorded without an
 #: integration (``Telemetry.record`` called directly).
@@ -162,6 +165,11 @@ class Flusher:
         #: Whether the thread went on to the startup report: then this is an
         #: instance, and its exit sends the final report.
         self.announced = False
+        #: Whether this process forked since the flusher was made (see :meth:`note_fork`).
+        self.forked = False
+        #: Why this process did not announce itself after the grace: it leaves
+        #: serving to processes it started.
+        self.serving_elsewhere: str | None = None
         self._thread: threading.Thread | None = None
         self.sequence = 0
         self.gone = False
@@ -224,6 +232,18 @@ class Flusher:
         self.used = True
         self._under_a_test_runner()
         self._first_use.set()
+
+    def note_fork(self) -> None:
+        """This process forked a child, which is an instance of its own (the
+        fork hooks made it one). Called in the parent, by the fork hook.
+
+        Why: a pre-fork server's master (gunicorn ``--preload``) loads the app,
+        forks the workers that serve and serves nothing itself, yet reported
+        as one more, idle, instance after the grace. A process that forks
+        helpers (a ``multiprocessing`` pool) and serves is an instance all the
+        same: its first request announces it, as anywhere.
+        """
+        self.forked = True
 
     def _idle(self) -> bool:
         """Whether this process never was an instance: no report went, the app
@@ -305,13 +325,30 @@ class Flusher:
         """Until the app's first request, or :data:`STARTUP_GRACE` (the flush
         interval, if shorter), or ``close``. Looked at every
         :data:`IDLE_POLL_SECONDS` too, for apps that record or count through
-        ``Telemetry`` directly, without an integration to say so."""
+        ``Telemetry`` directly, without an integration to say so. A process
+        that leaves serving to others has no grace: it waits for its own use."""
         deadline = time.monotonic() + min(self.interval, STARTUP_GRACE)
         while not self._first_use.wait(
             waitable(min(IDLE_POLL_SECONDS, deadline - time.monotonic()))
         ):
-            if time.monotonic() >= deadline or not self._idle():
+            if not self._idle():
                 return
+            if time.monotonic() >= deadline:
+                if not self._leaves_serving_to_others():
+                    return
+                deadline = math.inf
+
+    def _leaves_serving_to_others(self) -> bool:
+        """Whether this process, idle when its grace is over, is no instance
+        because processes it started serve instead."""
+        if not self.forked:
+            return False
+        self.serving_elsewhere = "it forked the processes that serve"
+        logger.debug(
+            "reqtelemetry: this process serves nothing (%s): no report unless it serves",
+            self.serving_elsewhere,
+        )
+        return True
 
     @property
     def max_payload_bytes(self) -> int:

@@ -530,7 +530,17 @@ def _reinit_after_fork() -> None:
         telemetry._after_fork_in_child()
 
 
+def _note_fork_in_parent() -> None:
+    """The parent's side of a fork: the child is an instance of its own, and a
+    parent that serves nothing itself (a pre-fork master) is none (see
+    :meth:`.flusher.Flusher.note_fork`)."""
+    for telemetry in list(_live):
+        flusher = telemetry.flusher
+        if flusher is not None:
+            flusher.note_fork()
+
+
 atexit.register(close_all_at_exit)  # with nothing to close, it costs nothing
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_after_fork)
+    os.register_at_fork(after_in_child=_reinit_after_fork, after_in_parent=_note_fork_in_parent)
