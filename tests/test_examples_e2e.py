@@ -529,3 +529,76 @@ def test_uwsgi_workers_forked_from_a_master_each_report(
     log = run.app.log_tail(400)
     assert "cannot mint proof-of-work stamps in a child process" not in log
     assert "Exception ignored" not in log
+
+
+# -- processes that load the app and serve nothing ------------------------------------------
+
+
+#: ``flask run --debug``: Werkzeug's reloader runs the app's module in a parent
+#: that then only starts the server again, as a child, at each change.
+FLASK_DEBUG = dataclasses.replace(
+    LAUNCHES["flask-werkzeug"],
+    name="flask-werkzeug-debug",
+    args=(*LAUNCHES["flask-werkzeug"].args, "--debug"),
+    label="Flask under Werkzeug with its reloader (flask run --debug)",
+)
+
+
+def test_flask_run_debug_the_reloader_parent_is_no_instance(
+    start_app: Callable[..., Run],
+) -> None:
+    """The reloader parent loads the app (a ``Telemetry`` of its own) and serves
+    nothing; it announced itself after the grace and reported as a second,
+    idle, instance until Ctrl-C. The child that serves is the one instance.
+    The child is stopped first, with SIGINT, as Ctrl-C stops it: the parent,
+    interrupted too, would kill it 0.25 s later (``subprocess``'s wait after
+    a ``KeyboardInterrupt``), before its final report had always gone."""
+    import psutil
+
+    run = start_app(FLASK_DEBUG)
+    with httpx.Client(base_url=run.app.url, trust_env=False, timeout=15.0) as client:
+        for _ in range(4):
+            assert client.get("/api/users/ada").status_code == 200
+    time.sleep(FLUSH_INTERVAL * 1.5)  # past the parent's grace
+    assert run.app.process is not None
+    (child,) = psutil.Process(run.app.process.pid).children()
+    child.send_signal(signal.SIGINT)
+    run.app.process.wait(30)
+    stop_gracefully(run)
+    kinds: dict[str, set[str]] = defaultdict(set)
+    for instance, kind in run.database.query("SELECT instance_id, kind FROM reports"):
+        kinds[instance].add(kind)
+    assert len(kinds) == 1, kinds  # the child; the parent sent nothing
+    assert {"startup", "shutdown"} <= next(iter(kinds.values()))
+    assert run.database.counts_by_key() == {("GET", "/api/users/<name>", 200): 4}
+    assert run.database.query("SELECT COUNT(*) FROM instances")[0][0] == 1
+
+
+#: The FastAPI example run by a script that calls ``uvicorn.run`` with two
+#: workers, or with the reloader: the script's process loads the app and
+#: only supervises the processes that serve.
+UVICORN_SCRIPTS = [
+    dataclasses.replace(
+        LAUNCHES["fastapi-uvicorn"],
+        name=f"fastapi-uvicorn-run-{mode}",
+        args=("tests/uvicorn_script.py", mode, "{port}"),
+        instances=instances,
+        label=f"FastAPI under uvicorn.run({mode}) from a script",
+    )
+    for mode, instances in (("workers", 2), ("reload", 1))
+]
+
+
+@pytest.mark.parametrize("launch", UVICORN_SCRIPTS, ids=lambda launch: launch.name)
+def test_a_script_running_uvicorn_supervisors_is_no_instance(
+    start_app: Callable[..., Run], launch: Launch
+) -> None:
+    """``uvicorn.run("module:app", workers=2)`` (or ``reload=True``) from the
+    app's own script: the script's process made a ``Telemetry`` at import and
+    reported as one more, idle, instance. The workers (the reloaded server)
+    are the instances, each counting what it served."""
+    run = start_app(launch)
+    traffic = drive(run)
+    time.sleep(FLUSH_INTERVAL * 1.5)  # past the parent's grace
+    stop_gracefully(run)
+    assert_stored_exactly(run, traffic)

@@ -33,6 +33,7 @@ from .config import redacted_url
 from .metrics import GAUGE_SAMPLE_SECONDS
 from .payload import Envelope, Report, build_reports
 from .recorder import Batch
+from .supervisors import supervisor_loop
 from .traits import detect_test_runner, load_deployment_id
 from .transport import Outcome, Result, Sent, Transport, started, waitable
 
@@ -68,9 +69,9 @@ GAUGE_SHARE = 0.25
 #: anyway (or the flush interval, if shorter). A process that loads the app
 #: only for a moment (``flask routes``, ``manage.py migrate``, a script that
 #: writes the OpenAPI schema) is no instance: it sends nothing, and its exit
-#: waits for nothing. Nor is one that leaves serving to processes it forked
-#: (a pre-fork master: see :meth:`Flusher.note_fork`), however long it
-#: lives: it announces itself only once it serves.
+#: waits for nothing. Nor is one that leaves serving to processes it started
+#: (a pre-fork master, a reloader parent: see :mod:`.supervisors`), however
+#: long it lives: it announces itself only once it serves.
 STARTUP_GRACE = 60.0
 #: How often a waiting instance looks whether anything was recorded without an
 #: integration (``Telemetry.record`` called directly).
@@ -168,7 +169,7 @@ class Flusher:
         #: Whether this process forked since the flusher was made (see :meth:`note_fork`).
         self.forked = False
         #: Why this process did not announce itself after the grace: it leaves
-        #: serving to processes it started.
+        #: serving to processes it started (see :mod:`.supervisors`).
         self.serving_elsewhere: str | None = None
         self._thread: threading.Thread | None = None
         self.sequence = 0
@@ -340,10 +341,14 @@ class Flusher:
 
     def _leaves_serving_to_others(self) -> bool:
         """Whether this process, idle when its grace is over, is no instance
-        because processes it started serve instead."""
-        if not self.forked:
-            return False
-        self.serving_elsewhere = "it forked the processes that serve"
+        because processes it started serve instead (see :mod:`.supervisors`)."""
+        if self.forked:
+            self.serving_elsewhere = "it forked the processes that serve"
+        else:
+            loop = supervisor_loop()
+            if loop is None:
+                return False
+            self.serving_elsewhere = f"it runs {loop}"
         logger.debug(
             "reqtelemetry: this process serves nothing (%s): no report unless it serves",
             self.serving_elsewhere,
