@@ -52,8 +52,13 @@ def supervisor_loop() -> str | None:
     Called from the flusher's thread, once. Why the main thread: the reloaders
     run there (Werkzeug's and Django's children also watch files on their main
     thread, but in other functions), and it is the one thread every process has.
+    Never raises (a Python without ``sys._current_frames`` finds none): the
+    flusher's thread must go on to report.
     """
-    frame: FrameType | None = sys._current_frames().get(threading.main_thread().ident or 0)
+    try:
+        frame: FrameType | None = sys._current_frames().get(threading.main_thread().ident or 0)
+    except Exception:
+        return None
     while frame is not None:
         where = (frame.f_globals.get("__name__", ""), frame.f_code.co_name)
         if where in SUPERVISOR_LOOPS:
