@@ -46,6 +46,9 @@ from reqtelemetry.schema_loader import load_payload_schema
 
 #: The receiver's difficulty: real stamps, minted in a millisecond or two.
 RECEIVER_BITS = 8
+#: The collector's own ``503`` body: it stored nothing (a ``503`` without it may
+#: be a proxy's, from behind a report that was stored).
+UNAVAILABLE = {"error": "unavailable", "detail": "the collector cannot store reports right now"}
 
 _VALIDATOR = jsonschema.Draft202012Validator(
     load_payload_schema(), format_checker=jsonschema.FormatChecker()
@@ -363,9 +366,10 @@ class Receiver:
                 planned = self._plan.popleft() if self._plan else self._default
             stamp = entry.envelope.get("stamp") if isinstance(entry.envelope, dict) else None
             if 200 <= planned.status < 300 and stamp in self._stored_stamps:
-                # What a real collector's unique index does with a second copy.
+                # What a real collector's unique index does with a second copy
+                # (answered when the programmed answer would have been).
                 entry.replay = True
-                planned = Planned(status=409, json={"error": "replay"})
+                planned = Planned(status=409, json={"error": "replay"}, delay=planned.delay)
             elif 200 <= planned.status < 300 and stamp is not None:
                 self._stored_stamps.add(stamp)
             entry.status = planned.status

@@ -38,7 +38,14 @@ from starlette.testclient import TestClient
 import reqtelemetry
 from conftest import SENDER_DEFAULTS, make_config
 from examples.servers import child_environment
-from receiver import ServerThread, counter_totals, record_counts, schema_errors, settle
+from receiver import (
+    UNAVAILABLE,
+    ServerThread,
+    counter_totals,
+    record_counts,
+    schema_errors,
+    settle,
+)
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry import flusher as flusher_module
 from reqtelemetry import telemetry as telemetry_module
@@ -979,22 +986,81 @@ def test_an_unconfirmed_report_holds_back_the_next_flush_until_it_is_settled(mak
     assert delivered(receiver, telemetry) == expected
 
 
-def test_an_unanswered_connection_keeps_the_stamp_a_refused_one_does_not(make_sender, receiver):
-    """Which failures may hide a stored report: no answer in time may (the
-    stamp is kept); the collector's 503 says nothing was stored (merged back,
-    as an outage is: nothing to confirm)."""
+#: Answers to a report, and whether the collector may hold it after them.
+FAILED_ANSWERS = {
+    "the collector's 503": (dict(status=503, json=UNAVAILABLE), False),
+    "a mesh's bare 503": (dict(status=503, json={}), True),
+    "a proxy's 502": (dict(status=502), True),
+    "a proxy's 504": (dict(status=504), True),
+    "a 500": (dict(status=500), True),
+    "429": (dict(status=429), False),
+    "no answer in time": (dict(status=200, delay=5), True),
+}
+
+
+@pytest.mark.parametrize("answer", list(FAILED_ANSWERS))
+def test_a_failure_that_may_hide_a_stored_report_keeps_it_as_it_is(make_sender, receiver, answer):
+    """Which failures may come after the collector stored the report: they
+    keep it whole, with its stamp; the others (the collector's own 503, a
+    429) merge the data back, as an outage does: nothing to confirm."""
+    planned, may_hide = FAILED_ANSWERS[answer]
     telemetry = make_sender(timeout=0.3, max_attempts=1)
     expected = record_traffic(telemetry)
-    receiver.respond_with(503)
+    receiver.respond_with(**planned)
+    assert telemetry.flush() is False
+    sent = telemetry.flusher.last_result.sent
+    assert sent is not None and sent.maybe_stored is may_hide
+    if may_hide:
+        assert telemetry.flusher.unconfirmed is not None
+        assert telemetry.recorder.snapshot() == []
+    else:
+        assert telemetry.flusher.unconfirmed is None
+        assert record_counts([{"batch": {"records": telemetry.recorder.snapshot()}}]) == expected
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_a_refused_connection_merges_the_data_back(make_sender, receiver):
+    telemetry = make_sender(timeout=0.3, max_attempts=1)
+    expected = record_traffic(telemetry)
+    receiver.stop()
     assert telemetry.flush() is False
     assert telemetry.flusher.unconfirmed is None
     assert record_counts([{"batch": {"records": telemetry.recorder.snapshot()}}]) == expected
-    assert telemetry.flusher.last_result.sent is not None
-    assert telemetry.flusher.last_result.sent.maybe_stored is False
-    receiver.respond_with(200, delay=5)
+    receiver.start()
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_a_proxys_refusal_of_a_held_stamp_does_not_let_a_new_one_go(make_sender, receiver):
+    """A 401 without the collector's reason is a proxy's: the collector did
+    not look the stamp up, so the report keeps its stamp (a new one would
+    count it twice if it was stored)."""
+    telemetry = make_sender(timeout=0.3, max_attempts=1)
+    expected = record_traffic(telemetry)
+    receiver.respond_with(502)
+    assert telemetry.flush() is False
+    stamp = receiver.requests[-1].envelope["stamp"]
+    receiver.respond_with(401, json={})
+    assert telemetry.flush() is True  # its next attempt went with the same stamp
+    with_it = [r.status for r in receiver.requests if r.envelope["stamp"] == stamp]
+    assert with_it == [502, 401, 200]
+    assert telemetry.flusher.unconfirmed is None
+    assert delivered(receiver, telemetry) == expected
+
+
+def test_at_shutdown_the_newest_data_goes_before_a_held_report(make_sender, receiver):
+    """The final flush has 2 s by default. Sent first, the held report (its
+    answers still lost) took it all, and the last period's data went nowhere."""
+    telemetry = make_sender(timeout=1.0, max_attempts=1)
+    expected = record_traffic(telemetry)
+    receiver.respond_with(delay=5)
     assert telemetry.flush() is False
     assert telemetry.flusher.unconfirmed is not None
-    assert telemetry.flush() is True
+    expected += record_traffic(telemetry, routes=2, each=3)
+    receiver.respond_always(200, delay=5)  # every answer still held
+    telemetry.close(timeout=1.0)
+    assert receiver.reports_from(telemetry.instance_id)[-1]["kind"] == "shutdown"
     assert delivered(receiver, telemetry) == expected
 
 
@@ -1570,11 +1636,12 @@ def test_a_malformed_session_answer_is_a_failed_attempt_and_the_batch_is_kept(
     telemetry.count("jobs.done", 2)
     receiver.respond_with(401)  # the token is refused: a new session is needed ...
     malformed = {"token": "t", "expires_at": 10**400, "bits": 0}
-    # ... and comes back malformed, at both attempts left (max_attempts=3).
-    receiver.respond_to_session_with(200, json=malformed, times=2)
+    # ... and comes back malformed each time: 3 attempts (max_attempts=3),
+    # none of which the renewal after the 401 took.
+    receiver.respond_to_session_with(200, json=malformed, times=3)
     sessions = len(receiver.sessions)
     assert telemetry.flush() is False
-    assert len(receiver.sessions) == sessions + 2
+    assert len(receiver.sessions) == sessions + 3
     assert telemetry.internal_errors == 0  # a failed attempt, not a bug
     assert "bad answer" in telemetry.flusher.last_result.error
     assert telemetry.flush() is True
@@ -1613,7 +1680,7 @@ def test_any_error_after_the_batch_is_taken_puts_back_what_was_not_delivered(
 def test_merged_back_batch_respects_the_key_cap_and_counts_what_it_drops(make_sender, receiver):
     telemetry = make_sender(max_keys=5, max_attempts=1, timeout=2.0)
     old = record_traffic(telemetry, routes=5, each=2)
-    receiver.respond_with(503, delay=0.25)  # the collector's "stored nothing": merged back
+    receiver.respond_with(503, json=UNAVAILABLE, delay=0.25)  # stored nothing: merged back
     outcome = []
     before = len(receiver.requests)  # counted before the send can arrive
     flushing = threading.Thread(target=lambda: outcome.append(telemetry.flush()))

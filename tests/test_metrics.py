@@ -17,7 +17,7 @@ from fractions import Fraction
 
 import pytest
 
-from receiver import counter_totals
+from receiver import UNAVAILABLE, counter_totals
 from reqtelemetry.collector.tokens import Claims
 from reqtelemetry.collector.verify import check_payload
 from reqtelemetry.metrics import MAX_NAME_LENGTH, AppMetrics
@@ -508,7 +508,7 @@ def test_counters_are_not_lost_or_doubled_by_a_failed_send(make_sender, receiver
     telemetry = make_sender()
     telemetry.gauge("queue.depth", lambda: 1)
     telemetry.count("jobs.done", 5)
-    receiver.respond_always(503)  # the collector's "stored nothing": merged back
+    receiver.respond_always(503, json=UNAVAILABLE)  # stored nothing: merged back
     assert telemetry.flush() is False
     assert telemetry.flush() is False
     telemetry.count("jobs.done", 2)
@@ -523,7 +523,7 @@ def test_the_name_cap_holds_when_a_failed_report_is_merged_back(make_sender, rec
     telemetry = make_sender(max_metrics=3, max_attempts=1)
     for name in ("old.a", "old.b", "old.c"):
         telemetry.count(name)
-    receiver.respond_with(503, delay=0.25)  # the collector's "stored nothing": merged back
+    receiver.respond_with(503, json=UNAVAILABLE, delay=0.25)  # stored nothing: merged back
     outcome = []
     before = len(receiver.requests)  # counted before the send can arrive
     flushing = threading.Thread(target=lambda: outcome.append(telemetry.flush()))

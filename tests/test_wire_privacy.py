@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 
-from receiver import ServerThread
+from receiver import UNAVAILABLE, ServerThread
 from reqtelemetry import ASGIMiddleware
 
 pytestmark = pytest.mark.e2e
@@ -181,7 +181,7 @@ def test_no_identifier_reaches_the_wire(make_sender, receiver, monkeypatch):
                 assert client.get(f"{raw_server.url}{path}").status_code == 200
             # One report fails and is sent again, merged into the next (a 503
             # stored nothing; a report that may be stored goes again as it was).
-            receiver.respond_with(503, times=3)
+            receiver.respond_with(503, json=UNAVAILABLE, times=3)
             assert telemetry.flush() is False
             assert client.get(f"{server.url}/users/{EMAIL}/orders/{ORDER}").status_code == 200
             assert telemetry.flush() is True

@@ -432,15 +432,34 @@ class Flusher:
         return True
 
     def _flush_locked(self, kind: str, deadline: float, gauges: dict[str, float]) -> bool:
-        telemetry = self.telemetry
         if self.deployment_id is None:
             self.deployment_id, how = load_deployment_id(self.config.deployment_id_path)
             if how != "persisted":
                 logger.info("reqtelemetry: deployment id kept for this process only (%s)", how)
         # At shutdown this process serves no more requests: no pauses for them.
         paced = kind != "shutdown"
-        if self.unconfirmed is not None and not self._settle_unconfirmed(deadline, paced):
-            return False  # nothing else goes while the collector does not answer
+        held = self.unconfirmed
+        if held is not None and paced:
+            if not self._settle_unconfirmed(deadline, paced):
+                return False  # nothing else goes while the collector does not answer
+            held = None
+        delivered = self._send_batch(kind, deadline, gauges, paced)
+        if held is None or self.gone:
+            return delivered
+        # At shutdown the newest data goes first, and the held report with
+        # what is left: the budget (2 s) is all the time this process has,
+        # and the held report's attempt, which may wait for ``timeout``, took
+        # it all while the collector's answers were lost. (Held again now, or
+        # the batch's own report held, either is lost with the process.)
+        self.unconfirmed = held
+        return self._settle_unconfirmed(deadline, paced) and delivered
+
+    def _send_batch(
+        self, kind: str, deadline: float, gauges: dict[str, float], paced: bool
+    ) -> bool:
+        """Collect what is recorded and send it, in as many reports as it takes."""
+        telemetry = self.telemetry
+        assert self.deployment_id is not None
         batch = telemetry.recorder.collect()
         metrics = {"counters": telemetry.metrics.take_counters(), "gauges": gauges}
         # From here on the batch lives only in this frame: whatever fails, not

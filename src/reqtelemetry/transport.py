@@ -85,20 +85,14 @@ SUBPROCESS_MINT_BITS = 9
 #: So is every status from 500 up (:func:`retryable`): a 507, a CDN's 521-524,
 #: a proxy's 599 say nothing about the report, and docs/protocol.md keeps the data on 5xx.
 RETRYABLE = frozenset({408, 425, 429})
-#: Failures that end an attempt before the collector can have the whole report:
-#: no connection, or the body not all written. Any other failure (no answer in
-#: time, a connection cut while the answer was awaited) may come after the
-#: collector stored it.
-NOT_SENT_ERRORS: tuple[type[httpx.HTTPError], ...] = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.WriteError,
-    httpx.WriteTimeout,
-    httpx.LocalProtocolError,
-    httpx.ProxyError,
-    httpx.UnsupportedProtocol,
-)
+#: The collector's own ``503`` reasons: it stored nothing. A ``503`` without
+#: one may be a proxy's (Envoy's "upstream reset", say), which can come after
+#: the collector stored the report.
+NOTHING_STORED_REASONS = frozenset({"unavailable", "busy"})
+#: The collector's refusals of a token or a stamp, which it answers only after
+#: it looked the stamp up and did not find it (docs/protocol.md): the report
+#: is not stored, and may go under a new stamp. A proxy's ``401`` says no such thing.
+LOOKED_UP_REASONS = frozenset({"bad_token", "token_expired", "stale_stamp", "insufficient_work"})
 
 
 def retryable(status: int) -> bool:
@@ -106,15 +100,19 @@ def retryable(status: int) -> bool:
     return status in RETRYABLE or status >= 500
 
 
-def may_have_been_stored(status: int) -> bool:
+def may_have_been_stored(status: int, reason: str | None) -> bool:
     """Whether a "not now" answer may come from behind a report that was stored.
 
-    The collector says ``503`` (and ``429``) when it stored nothing. Other
-    ``5xx`` come from a proxy in front (``502``, ``504``: the collector's own
-    answer did not get through, and it may have stored the report first) or
-    from a crash, which can come after the commit.
+    The collector says ``503`` with its reason (:data:`NOTHING_STORED_REASONS`)
+    when it stored nothing. Other ``5xx`` come from a proxy in front (``502``,
+    ``504``, a mesh's ``503``: the collector's own answer did not get through,
+    and it may have stored the report first) or from a crash, which can come
+    after the commit. ``408``, ``425`` and ``429`` are said before a request is
+    handled.
     """
-    return status >= 500 and status != 503
+    if status < 500:
+        return False
+    return not (status == 503 and reason in NOTHING_STORED_REASONS)
 
 
 class Outcome(enum.Enum):
@@ -175,6 +173,8 @@ class Result:
     refused_bytes: int | None = None
     #: This attempt may have been stored although no answer says so.
     maybe_stored: bool = False
+    #: The ``error`` of the collector's refusal body, when there is one.
+    reason: str | None = None
     #: What the report last went with (:meth:`Transport.deliver`'s result only).
     sent: Sent | None = None
 
@@ -332,6 +332,9 @@ class Transport:
         self._mint_cancel: threading.Event | None = None
         #: Whether the delivery under way makes way for request threads (see :meth:`_make_way`).
         self._paced = True
+        #: Whether the request under way has handed its whole body to the socket
+        #: (see :meth:`_trace`): until then the collector cannot have stored it.
+        self._body_sent = False
         self.headers = {
             "User-Agent": f"reqtelemetry/{__version__} httpx/{httpx.__version__}",
             "Content-Type": "application/json",
@@ -410,11 +413,20 @@ class Transport:
     # -- a hard deadline per request ------------------------------------------------
 
     def _trace(self, event: str, info: dict[str, object]) -> None:
-        """httpcore's trace hook: note the socket of every connection opened.
+        """httpcore's trace hook: note the socket of every connection opened,
+        and when a request's body has all been written.
 
         Connections are opened by :meth:`_post`'s requests only (and reused by
         them), so these are all the sockets a request of ours can be blocked on.
+        The body's end tells a failure the collector cannot have stored
+        (no connection, a deadline or a reset before the body was all
+        written) from one it may have: the exception does not (httpcore
+        swallows a failed write to read an answer, and a deadline's cut is a
+        timeout in whatever phase it comes).
         """
+        if event.endswith(".send_request_body.complete"):
+            self._body_sent = True
+            return
         if not event.endswith((".connect_tcp.complete", ".start_tls.complete")):
             return
         stream = info.get("return_value")
@@ -499,6 +511,7 @@ class Transport:
         a token fails as any bad answer does. So does a compressed answer:
         none is asked for, and inflated it could hold gigabytes.
         """
+        self._body_sent = False
         with (
             self._deadline(timeout),
             self.client.stream(
@@ -654,7 +667,7 @@ class Transport:
             return Result(
                 Outcome.FAILED,
                 error=f"{type(error).__name__}: {error}",
-                maybe_stored=not isinstance(error, NOT_SENT_ERRORS),
+                maybe_stored=self._body_sent,
             )
         status = response.status_code
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -678,23 +691,29 @@ class Transport:
                 error=response.text[:200],
                 refused_bytes=len(envelope),
             )
+        reason = _refusal_reason(response)
         if status == 401:
             # The token expired or the collector's secret changed: a new
             # session, then a new stamp, on the next attempt.
             self._session = None
-            return Result(Outcome.FAILED, status=status, error=response.text[:200], renew=True)
-        if status == 400 and _refusal_reason(response) in RENEWING_REFUSALS:
+            return Result(
+                Outcome.FAILED, status=status, error=response.text[:200], renew=True, reason=reason
+            )
+        if status == 400 and reason in RENEWING_REFUSALS:
             # The stamp, not the report, was refused: with the session's bits
             # and date as the collector sees them now, a new one will do.
             self._session = None
-            return Result(Outcome.FAILED, status=status, error=response.text[:200], renew=True)
+            return Result(
+                Outcome.FAILED, status=status, error=response.text[:200], renew=True, reason=reason
+            )
         if retryable(status):
             return Result(
                 Outcome.FAILED,
                 retry_after=retry_after,
                 status=status,
                 next_interval=_next_interval(response),
-                maybe_stored=may_have_been_stored(status),
+                maybe_stored=may_have_been_stored(status, reason),
+                reason=reason,
             )
         return Result(Outcome.REJECTED, status=status, error=response.text[:200])
 
@@ -738,7 +757,8 @@ class Transport:
         result = Result(Outcome.FAILED, error="no attempt made")
         payload_text = body.decode("utf-8")
         renewed = False  # a session dropped on a 401 or a refused stamp is renewed once at once
-        for attempt in range(self.max_attempts):
+        attempt = 0
+        while attempt < self.max_attempts:
             # Stopping (interrupt()) only cuts the waits below short: a session
             # renewal, which needs none, still goes ahead, so that the final
             # report at shutdown survives a collector restarted with a new secret.
@@ -779,15 +799,16 @@ class Transport:
                 result = self.send_once(envelope, timeout=min(self.config.timeout, remaining))
                 if result.maybe_stored:
                     held.maybe_stored = True
-                if result.renew:
-                    # The collector refused the stamp (or its token) after
-                    # looking it up: not stored. A new one goes next.
+                if result.renew and (not held.maybe_stored or result.reason in LOOKED_UP_REASONS):
+                    # Not stored: the collector refused the stamp (or its
+                    # token) after looking it up. A new one goes next. A
+                    # proxy's 401 says nothing of it: the stamp goes again.
                     delivery.sent = None
             if result.outcome is not Outcome.FAILED or result.end_flush:
                 return result
             if result.renew and not renewed:
                 renewed = True
-                continue  # a fresh session and stamp right away, no backoff
+                continue  # a fresh session and stamp right away, no backoff, as an extra attempt
             if result.renew and result.status != 401:
                 # A fresh session's stamp refused again: not curable now. Kept.
                 return replace(result, end_flush=True)
@@ -803,6 +824,7 @@ class Transport:
                 break
             if self._stop.wait(waitable(delay)):
                 break
+            attempt += 1
         return result
 
     def _is_current(self, sent: Sent) -> bool:
