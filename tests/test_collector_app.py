@@ -1348,6 +1348,33 @@ def test_a_report_sent_again_late_with_its_stamp_is_a_replay_if_stored(
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("stored", [True, False], ids=["stored", "not-stored"])
+def test_a_stamp_minted_before_the_difficulty_was_raised_is_looked_up(
+    make_collector: Callable[..., Collector], stored: bool
+) -> None:
+    """The operator raised ``--bits`` while a client held a report whose
+    answers were lost: its stamp, sent again, has too few bits now, but half
+    of them is enough to be looked up (a replay if stored)."""
+    collector = make_collector(bits=BITS + 4)
+    deployment_id, instance_id = new_id(), new_id()
+    case = Case(collector.session(deployment_id, instance_id), deployment_id, instance_id)
+    text = case.text()
+    stamp = stamp_for(case.token, text, bits=BITS)
+    if stored:
+        collector.storage.store(
+            StoredReport(stamp=stamp, received_at=time.time() - 60, payload=json.loads(text))
+        )
+    response = collector.post_report(envelope(case.token, text, stamp))
+    if stored:
+        assert response.status_code == 409, response.text
+        assert response.json()["error"] == "replay"
+    else:
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "insufficient_work"
+    assert collector.reports_stored() == (1 if stored else 0)
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("wrong", ["no-work", "other-payload"])
 def test_only_a_late_stamp_that_holds_is_looked_up(collector: Collector, wrong: str) -> None:
     """A late stamp is looked up only if it carries its work and binds its

@@ -516,6 +516,8 @@ class AnswerHoldingProxy:
         self.upstream = upstream
         self.hold = hold
         self.reports_to_hold = 0
+        #: The next reports answered 502 without being forwarded (never stored).
+        self.reports_to_drop = 0
         self.server = ServerThread(
             Starlette(routes=[Route("/{path:path}", self._forward, methods=["POST"])])
         )
@@ -526,6 +528,9 @@ class AnswerHoldingProxy:
         return self.server.url
 
     async def _forward(self, request: Request) -> Response:
+        if request.url.path.endswith("/v1/report") and self.reports_to_drop > 0:
+            self.reports_to_drop -= 1
+            return Response("upstream unreachable", status_code=502)
         passed = ("content-type", "content-encoding", "user-agent", WAIT_HEADER.lower())
         headers = {name: value for name, value in request.headers.items() if name in passed}
         async with httpx.AsyncClient(base_url=self.upstream, trust_env=False) as upstream:
@@ -576,3 +581,39 @@ def test_a_report_whose_answer_a_proxy_held_is_stored_once(
     assert summary["totals"]["requests"] == 150
     assert database.report_count() == 3  # the startup report, the held one, the new one
     assert summary["refusals"] == {"replay": 1}
+
+
+def test_a_held_report_the_collector_never_got_goes_under_a_new_stamp(
+    database: Database, tmp_path: Path, clients: list[Telemetry]
+) -> None:
+    """A proxy's 502 may hide a stored report, so the client keeps it with
+    its stamp. When the collector never got it, its lookup finds nothing
+    and it refuses the stamp as too old: the client then mints a new one and
+    the report is stored once. Kept with its dead stamp, it was refused at
+    every flush and blocked every report after it."""
+    deployment = tmp_path / "deployment"
+    deployment.mkdir()
+    with running_collector(database.url, bits=8, stamp_max_age=2.0) as collector:
+        proxy = AnswerHoldingProxy(collector.url, hold=0.0)
+        try:
+            telemetry = start_client(proxy.url, deployment, "1.0.0", timeout=1.0, max_attempts=1)
+            clients.append(telemetry)
+            for _ in range(100):
+                telemetry.record("GET", ITEM, 200, 0.01, 0, 10)
+            proxy.reports_to_drop = 1
+            assert telemetry.flush(timeout=5.0) is False
+            assert telemetry.flusher.unconfirmed is not None
+            time.sleep(3.5)  # the stamp is past its window
+            for _ in range(50):
+                telemetry.record("GET", ITEM, 200, 0.01, 0, 10)
+            delivered = telemetry.flush(timeout=10.0)
+            outcome = telemetry.flusher.last_result
+            collector.app.state.refusals.write()
+            summary = collector.summary(days=1)
+        finally:
+            proxy.server.stop()
+    assert delivered is True, outcome
+    assert telemetry.flusher.unconfirmed is None
+    assert database.counts_by_key() == {("GET", ITEM, 200): 150}
+    assert summary["refusals"] == {"stale_stamp": 1}
+    assert database.report_count() == 3  # the startup report, the held one, the new one

@@ -253,17 +253,22 @@ def create_app(
                 if not admitted:
                     return _busy()
                 now = time.time()
-                verified = await run_in_threadpool(
-                    verify_report,
-                    raw,
-                    request.headers.get("content-encoding"),
-                    signer=signer,
-                    limits=limits,
-                    now=now,
-                )
+                try:
+                    verified = await run_in_threadpool(
+                        verify_report,
+                        raw,
+                        request.headers.get("content-encoding"),
+                        signer=signer,
+                        limits=limits,
+                        now=now,
+                    )
+                except Refusal as refusal:
+                    if refusal.late_stamp is None:
+                        raise
+                    # In the verification's turn: a stamp, once minted, can
+                    # be sent again and again, each time for a lookup.
+                    return await answer_late_stamp(refusal, refusal.late_stamp, deadline)
         except Refusal as refusal:
-            if refusal.late_stamp is not None:
-                return await answer_late_stamp(refusal, refusal.late_stamp, deadline, budget)
             return await refuse(refusal)
         except ClientDisconnect:
             return Response(status_code=400)
@@ -286,24 +291,22 @@ def create_app(
             answer["next_interval"] = settings.next_interval
         return JSONResponse(answer)
 
-    async def answer_late_stamp(
-        refusal: Refusal, stamp: str, deadline: float, budget: float
-    ) -> Response:
-        """A genuine stamp refused for its age or its token's: ``409 replay``
-        if it is stored (its client sends it again after every answer was
-        lost), else the refusal, which tells the client to mint a new one.
+    async def answer_late_stamp(refusal: Refusal, stamp: str, deadline: float) -> Response:
+        """A genuine stamp refused for its age, its work or its token's:
+        ``409 replay`` if it is stored (its client sends it again after every
+        answer was lost), else the refusal, which tells the client to mint a
+        new one.
 
         When the lookup fails, neither can be said: ``503``, and the client
         keeps the report as it is.
         """
         try:
             stored = await run_in_threadpool(store.stamp_stored, stamp, deadline=deadline)
-        except DeadlineExceeded as error:
-            read_failures.failed(f"look a stamp up within its {budget:.1f} s", error)
-            return _too_slow(budget)
         except Exception as error:
             read_failures.failed("look a stamp up", error)
-            return _unavailable("the collector cannot read its database right now")
+            return _unavailable(
+                "the collector cannot tell now whether it stored this stamp; send it again later"
+            )
         read_failures.worked()
         if stored:
             return await refuse(Refusal("replay", REPLAY_DETAIL))

@@ -77,7 +77,7 @@ _TOKEN_REASONS = frozenset({"bad_token", "token_expired"})
 #: Refusals that say nothing of whether the report is stored: its stamp may be
 #: one a client sends again after every answer to it was lost (see
 #: :func:`verify_report`).
-_LATE_REASONS = frozenset({"bad_token", "token_expired", "stale_stamp"})
+_LATE_REASONS = frozenset({"bad_token", "token_expired", "stale_stamp", "insufficient_work"})
 _DETAIL_LIMIT = 200
 #: Gzip members accepted in one body. A client sends exactly one; a few more
 #: allow for tools that concatenate compressed files (gzip(1) does), while
@@ -738,16 +738,16 @@ def verify_report(
 ) -> VerifiedReport:
     """Checks 1 to 10 of a ``/v1/report`` body, in the protocol's order.
 
-    A refusal of the token (4, 5) or of the stamp's date (7) carries the
-    stamp in ``late_stamp`` when the stamp holds otherwise: its work, and
-    its binding to this token and payload. Why: a client whose every answer
+    A refusal of the token (4, 5), of the stamp's date (7) or of its work
+    (8) carries the stamp in ``late_stamp`` when the stamp holds otherwise
+    (see :func:`_holds_but_for_its_date`). Why: a client whose every answer
     was lost sends that report again, with that stamp, at its next flush,
     an hour later by default: long after the stamp's window and often after
-    its token. Whether storage has the stamp is what it needs to know
-    (``409 replay``: stored; the refusal: not stored, mint a new one); the
-    refusal alone would have it send the data again under a new stamp, and
-    counted twice if it was stored. Only a stamp that carries its work is
-    looked up, so a lookup costs a sender what a report does.
+    its token, maybe after the difficulty was raised. Whether storage has
+    the stamp is what it needs to know (``409 replay``: stored; the
+    refusal: not stored, mint a new one); the refusal alone would have it
+    send the data again under a new stamp, and counted twice if it was
+    stored.
     """
     envelope = read_envelope(decode_text(raw, content_encoding, limits.max_body_bytes))
     try:
@@ -762,12 +762,17 @@ def verify_report(
 
 
 def _holds_but_for_its_date(envelope: Envelope, limits: Limits, now: float) -> bool:
-    """Whether the envelope's stamp is well formed, carries the work asked for
-    now, and binds the envelope's token and payload, whatever its date."""
+    """Whether the envelope's stamp is well formed, binds the envelope's token
+    and payload, and carries half the bits of work asked for now, whatever its date.
+
+    Half: a difficulty raised since the stamp was minted must not hide it
+    (a step of a few bits is what an operator makes); a stamp with no work
+    to speak of must not buy a database lookup.
+    """
     resource = hashcash.payload_resource(envelope.token, envelope.payload_bytes)
     try:
         hashcash.verify(
-            envelope.stamp, resource, limits.bits, now, max_age=math.inf, max_future=math.inf
+            envelope.stamp, resource, limits.bits // 2, now, max_age=math.inf, max_future=math.inf
         )
     except hashcash.StampError:
         return False
