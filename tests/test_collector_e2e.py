@@ -617,3 +617,41 @@ def test_a_held_report_the_collector_never_got_goes_under_a_new_stamp(
     assert database.counts_by_key() == {("GET", ITEM, 200): 150}
     assert summary["refusals"] == {"stale_stamp": 1}
     assert database.report_count() == 3  # the startup report, the held one, the new one
+
+
+def test_a_report_whose_commit_answer_was_lost_is_stored_once(
+    request: pytest.FixtureRequest, tmp_path: Path, clients: list[Telemetry]
+) -> None:
+    """PostgreSQL committed the report, its answer to the commit was lost,
+    and the database was out of reach for a few seconds, so the collector
+    could not find out. Answered 503 "unavailable" (nothing stored), the
+    client sent the data again under a new stamp: counted twice. Answered
+    503 "unconfirmed", the client keeps the report with its stamp and sends
+    it again: a replay once the database is back."""
+    from test_storage import AnswerToCommitLost
+
+    deployment = tmp_path / "deployment"
+    deployment.mkdir()
+    with database_for(request, "postgres", tmp_path) as database:
+        relay = AnswerToCommitLost(database.url, after=0.2, then_refuse_for=3.0)
+        try:
+            with running_collector(relay.url, bits=8) as collector:
+                telemetry = start_client(
+                    collector.url, deployment, "1.0.0", timeout=4.0, max_attempts=1
+                )
+                clients.append(telemetry)
+                for _ in range(5):
+                    telemetry.record("GET", ITEM, 200, 0.01, 0, 10)
+                relay.armed = True
+                assert telemetry.flush(timeout=3.0) is False
+                answer = telemetry.flusher.last_result
+                assert answer is not None
+                assert (answer.status, answer.reason) == (503, "unconfirmed")
+                assert telemetry.flusher.unconfirmed is not None
+                time.sleep(3.5)  # the database is within reach again
+                telemetry.flusher._not_before = 0.0  # the next flush, due later in life
+                assert telemetry.flush(timeout=10.0) is True
+        finally:
+            relay.close()
+        assert database.counts_by_key() == {("GET", ITEM, 200): 5}
+        assert database.report_count() == 3  # the startup report, the held one, the new one

@@ -40,6 +40,7 @@ from reqtelemetry.collector.storage.base import (
     MAX_PLATFORMS,
     MAX_UNUSED_ENDPOINTS,
     MAX_VERSIONS,
+    CommitUnknown,
     DeadlineExceeded,
     EndpointLimits,
     ReplayError,
@@ -1855,13 +1856,19 @@ class AnswerToCommitLost(PostgresRelay):
     server answers, and cuts the connection ``after`` seconds later: the
     commit is done, and the client cannot know it."""
 
-    def __init__(self, url: str, after: float) -> None:
+    def __init__(self, url: str, after: float, then_refuse_for: float = 0.0) -> None:
         self.after = after
         self.armed = False
         self._swallowing = False
+        #: Seconds after the cut during which new connections are refused (a blip).
+        self.then_refuse_for = then_refuse_for
+        self._refusing_until = 0.0
         super().__init__(url)
 
     def _take(self, client: socket.socket) -> None:
+        if time.monotonic() < self._refusing_until:
+            client.close()
+            return
         server = socket.create_connection(self.target)
         for source, sink, upstream in ((client, server, True), (server, client, False)):
             threading.Thread(target=self._relay, args=(source, sink, upstream), daemon=True).start()
@@ -1877,6 +1884,7 @@ class AnswerToCommitLost(PostgresRelay):
                 sink.sendall(data)
                 if commit:
                     time.sleep(self.after)
+                    self._refusing_until = time.monotonic() + self.then_refuse_for
                     self._swallowing = False
                     for end in (source, sink):
                         end.shutdown(socket.SHUT_RDWR)
@@ -1899,6 +1907,29 @@ def test_a_report_whose_commit_answer_was_lost_past_the_deadline_is_a_replay(
         with pytest.raises(ReplayError):
             relayed.store(stored(R1, T + 100), deadline=time.monotonic() + 1.0)
         assert postgres_storage.totals(0)["reports"] == 1
+    finally:
+        relayed.close()
+        relay.close()
+
+
+@pytest.mark.parametrize("reused", [True, False], ids=["reused", "new-connection"])
+def test_a_commit_whose_answer_was_lost_for_good_is_unknown_not_unavailable(
+    postgres_storage: PostgresStorage, reused: bool
+) -> None:
+    """The commit reached the database, its answer did not, and no retry
+    could find out (the database unreachable for a while, or the connection
+    was new and is not retried). Raised as a plain failure, this was
+    answered 503 "nothing stored", and the client sent the stored report's
+    data again under a new stamp: counted twice."""
+    relay = AnswerToCommitLost(postgres_storage.url, after=0.2, then_refuse_for=5.0)
+    relayed = PostgresStorage(relay.url, pool_size=1)
+    try:
+        if reused:
+            relayed.refusals()  # a pooled connection, reused by the store
+        relay.armed = True
+        with pytest.raises(CommitUnknown):
+            relayed.store(stored(R1, T + 100), deadline=time.monotonic() + 3.0)
+        assert postgres_storage.totals(0)["reports"] == 1  # it did land
     finally:
         relayed.close()
         relay.close()

@@ -73,6 +73,7 @@ from .refusals import WRITE_EVERY, RefusalTally, RefusalWriter
 from .settings import DAY_SECONDS, CollectorSettings
 from .storage import open_storage
 from .storage.base import (
+    CommitUnknown,
     DeadlineExceeded,
     Pruned,
     ReadersBusy,
@@ -326,6 +327,9 @@ def create_app(
             # The checks should have refused it already; say which value in the log.
             logger.warning("refused a report the database cannot hold: %s", error)
             return await refuse(Refusal("invalid_payload", UNSTORABLE_DETAIL))
+        except CommitUnknown as error:
+            write_failures.failed("store a report", error)
+            return _unconfirmed(budget)
         except DeadlineExceeded as error:
             write_failures.failed(f"store a report within its {budget:.1f} s", error)
             return _too_slow(budget)
@@ -611,6 +615,22 @@ def _unavailable(detail: str) -> JSONResponse:
         {"error": "unavailable", "detail": detail},
         status_code=503,
         headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+    )
+
+
+def _unconfirmed(budget: float) -> JSONResponse:
+    """The commit's answer was lost: the report may be stored. Not the
+    ``unavailable`` of :func:`_unavailable`, which tells the client nothing was
+    stored (it then sends the data again under a new stamp): this one has it
+    send the report again with its stamp, a replay if the commit landed."""
+    return JSONResponse(
+        {
+            "error": "unconfirmed",
+            "detail": "the database did not confirm the commit: the report may be stored; "
+            "send it again with the same stamp",
+        },
+        status_code=503,
+        headers={"Retry-After": str(max(1, math.ceil(budget)))},
     )
 
 

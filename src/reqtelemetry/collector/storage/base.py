@@ -46,6 +46,18 @@ class ReadersBusy(TimeoutError):
     """
 
 
+class CommitUnknown(Exception):
+    """The database was asked to commit and its answer never came: the work
+    may be stored or not, and nothing here can tell.
+
+    Why a type of its own: the collector's usual ``503`` says "nothing was
+    stored", and a client that believes it sends the data again under a new
+    stamp, counted twice if the commit landed. This one is answered ``503
+    unconfirmed``: the client keeps the report, and its stamp, and sends it
+    again, which storage then refuses as a replay if the commit landed.
+    """
+
+
 class DeadlineExceeded(Exception):
     """The work could not commit before its deadline: it was rolled back, nothing is written.
 
@@ -143,7 +155,8 @@ class Storage(abc.ABC):
         (and writes nothing) when the stamp was seen before: a unique index decides,
         so two replicas racing with the same stamp cannot both succeed. Raises
         :class:`UnstorableReport` (and writes nothing) when the database cannot
-        hold one of the report's values.
+        hold one of the report's values. Raises :class:`CommitUnknown` when its
+        commit was sent and the answer lost (the report may be stored).
 
         ``deadline`` (a ``time.monotonic()`` instant): commit before it or not
         at all. Every wait (a lock, a connection, a statement) is bounded by

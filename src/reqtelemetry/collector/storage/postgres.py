@@ -42,7 +42,14 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from .base import DeadlineExceeded, ReadersBusy, check_deadline, seconds_left
+from .base import (
+    CommitUnknown,
+    DeadlineExceeded,
+    ReadersBusy,
+    ReplayError,
+    check_deadline,
+    seconds_left,
+)
 from .sql import (
     MAX_READERS,
     Dialect,
@@ -298,6 +305,7 @@ class PostgresStorage(SQLStorage):
         longer to find out what its first attempt did (see :meth:`_with_retry`).
         """
         wait_until = deadline if wait_until is None else wait_until
+        committing = False  # set once the work is done: leaving the block commits
         with self._pool.connection(wait_until) as (connection, reused):
             try:
                 with (
@@ -311,6 +319,7 @@ class PostgresStorage(SQLStorage):
                         cursor.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
                     result = work(_PostgresExecutor(cursor))
                     check_deadline(deadline)  # raised here, it rolls the transaction back
+                    committing = True
                     return result
             except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as error:
                 # lock_timeout and statement_timeout, as set by _bound_waits,
@@ -320,7 +329,9 @@ class PostgresStorage(SQLStorage):
                 raise DeadlineExceeded(f"the database did not answer in time: {error}") from error
             except psycopg.OperationalError as error:
                 if may_retry and reused and connection.broken:
-                    raise _StaleConnection() from error
+                    raise _StaleConnection(committing) from error
+                if committing and connection.broken:
+                    raise CommitUnknown(f"the commit's answer was lost: {error}") from error
                 raise
 
     def _with_retry(
@@ -328,9 +339,10 @@ class PostgresStorage(SQLStorage):
     ) -> T:
         try:
             return self._attempt(work, lock, may_retry=True, deadline=deadline)
-        except _StaleConnection:
+        except _StaleConnection as stale:
             # The others idle since the same server restart are stale too.
             self._pool.discard_idle()
+            first_may_have_committed = stale.committing
         # The first attempt's outcome is unknown: its commit may have reached
         # the database. The retry is given a short grace past the deadline to
         # find that out (a report's insert then meets its own stamp: a replay,
@@ -338,7 +350,22 @@ class PostgresStorage(SQLStorage):
         # after the deadline. Without the grace, a report stored by the first
         # attempt was answered 503 "nothing stored", and could be sent again.
         wait_until = None if deadline is None else max(deadline, time.monotonic() + RETRY_GRACE)
-        return self._attempt(work, lock, may_retry=False, deadline=deadline, wait_until=wait_until)
+        # What the retry finds out tells of the first attempt too: its stamp
+        # (stored by the first) or a value the database refuses (which failed
+        # the first just the same).
+        found_out = (ReplayError, CommitUnknown, *self.data_errors)
+        try:
+            return self._attempt(
+                work, lock, may_retry=False, deadline=deadline, wait_until=wait_until
+            )
+        except found_out:
+            raise
+        except Exception as error:
+            if first_may_have_committed:
+                # The retry could not find out (no connection, no time): the
+                # first attempt's commit may have landed all the same.
+                raise CommitUnknown(f"a commit's answer was lost, then: {error}") from error
+            raise
 
     def _run(
         self, work: Callable[[Executor], T], write: bool = False, deadline: float | None = None
@@ -484,4 +511,9 @@ def _connect_timeout(configured: int, left: float | None) -> int:
 
 
 class _StaleConnection(Exception):
-    """A reused connection broke: the unit of work may be tried once more."""
+    """A reused connection broke: the unit of work may be tried once more.
+    ``committing``: it broke while its commit was under way."""
+
+    def __init__(self, committing: bool) -> None:
+        super().__init__("a reused connection broke")
+        self.committing = committing
