@@ -990,6 +990,7 @@ def test_an_unconfirmed_report_holds_back_the_next_flush_until_it_is_settled(mak
 FAILED_ANSWERS = {
     "the collector's 503": (dict(status=503, json=UNAVAILABLE), False),
     "a mesh's bare 503": (dict(status=503, json={}), True),
+    "the collector's unconfirmed commit": (dict(status=503, json={"error": "unconfirmed"}), True),
     "a proxy's 502": (dict(status=502), True),
     "a proxy's 504": (dict(status=504), True),
     "a 500": (dict(status=500), True),
@@ -1018,6 +1019,52 @@ def test_a_failure_that_may_hide_a_stored_report_keeps_it_as_it_is(make_sender, 
         assert record_counts([{"batch": {"records": telemetry.recorder.snapshot()}}]) == expected
     assert telemetry.flush() is True
     assert delivered(receiver, telemetry) == expected
+
+
+class RefusingTunnelProxy:
+    """An HTTP proxy on loopback that refuses every tunnel (``502`` to
+    ``CONNECT``), or, with ``tls=False``, grants it and then speaks no TLS."""
+
+    def __init__(self, grant: bool) -> None:
+        self.grant = grant
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.listener.accept()
+                with connection:
+                    connection.recv(65536)
+                    if not self.grant:
+                        connection.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                        continue
+                    connection.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    connection.recv(65536)  # the TLS client hello
+                    connection.sendall(b"no TLS here\r\n")
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("grant", [False, True], ids=["tunnel-refused", "no-tls-in-tunnel"])
+def test_a_report_that_never_got_through_its_proxy_tunnel_is_not_held(grant):
+    """A tunnel that failed carries nothing of the report: its data merges
+    back. The tunnel's own CONNECT request used to count as the report's
+    body written, and the report was held as if it could be stored."""
+    from reqtelemetry.transport import Transport
+
+    proxy = RefusingTunnelProxy(grant)
+    config = make_config(endpoint="https://collector.example", proxy=proxy.url)
+    transport = Transport(config)
+    try:
+        result = transport.send_once(b'{"token":"t","stamp":"s","payload":"{}"}', timeout=5)
+    finally:
+        transport.close()
+        proxy.close()
+    assert result.outcome is Outcome.FAILED, result
+    assert result.maybe_stored is False, result.error
 
 
 def test_a_refused_connection_merges_the_data_back(make_sender, receiver):

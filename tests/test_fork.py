@@ -455,6 +455,7 @@ def _until_decided(receiver, flusher) -> None:  # type: ignore[no-untyped-def]
         if receiver.reports or getattr(flusher, "serving_elsewhere", None) is not None:
             return
         time.sleep(0.01)
+    raise AssertionError("the parent's grace ended 10 s ago, and it neither reported nor decided")
 
 
 def test_a_parent_that_forked_and_serves_nothing_is_no_instance(make_sender, receiver):

@@ -335,6 +335,7 @@ class Transport:
         #: Whether the request under way has handed its whole body to the socket
         #: (see :meth:`_trace`): until then the collector cannot have stored it.
         self._body_sent = False
+        self._sending_tunnel_request = False
         self.headers = {
             "User-Agent": f"reqtelemetry/{__version__} httpx/{httpx.__version__}",
             "Content-Type": "application/json",
@@ -424,8 +425,15 @@ class Transport:
         swallows a failed write to read an answer, and a deadline's cut is a
         timeout in whatever phase it comes).
         """
+        if event.endswith(".send_request_body.started"):
+            # A proxy tunnel's CONNECT is traced as ours too: nothing of the
+            # report has left when its body is written.
+            request = info.get("request")
+            self._sending_tunnel_request = getattr(request, "method", None) == b"CONNECT"
+            return
         if event.endswith(".send_request_body.complete"):
-            self._body_sent = True
+            if not self._sending_tunnel_request:
+                self._body_sent = True
             return
         if not event.endswith((".connect_tcp.complete", ".start_tls.complete")):
             return
@@ -512,6 +520,7 @@ class Transport:
         none is asked for, and inflated it could hold gigabytes.
         """
         self._body_sent = False
+        self._sending_tunnel_request = False
         with (
             self._deadline(timeout),
             self.client.stream(
