@@ -654,8 +654,9 @@ def test_health_and_pacing(make_collector: Callable[..., Collector]) -> None:
     assert response.json() == {"stored": True}
 
 
-@pytest.mark.e2e
-def test_a_broken_database_is_a_503_not_a_500(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def collector_on_a_broken_database(tmp_path: Path) -> Iterator[Collector]:
+    """A collector served on loopback whose every storage call fails."""
     broken = open_storage(db_url(tmp_path / "broken.db"))
     broken.migrate()
     server = ServerThread(create_app(collector_settings(), broken))
@@ -663,17 +664,22 @@ def test_a_broken_database_is_a_503_not_a_500(tmp_path: Path) -> None:
     broken.close()  # every storage call fails from here on
     try:
         with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
-            collector = Collector(server.url, http, broken, collector_settings())
-            response = collector.send(make_payload(new_id(), new_id()))
-            assert response.status_code == 503
-            assert response.headers["retry-after"].isdigit()
-            assert response.json()["error"] == "unavailable"
-            # A refusal is still answered as such, though it cannot be counted.
-            assert http.post("/v1/report", content=b"junk").status_code == 400
-            for path in ("/api/summary", "/export.csv"):
-                assert http.get(path).status_code == 503
+            yield Collector(server.url, http, broken, collector_settings())
     finally:
         server.stop()
+
+
+@pytest.mark.e2e
+def test_a_broken_database_is_a_503_not_a_500(tmp_path: Path) -> None:
+    with collector_on_a_broken_database(tmp_path) as collector:
+        response = collector.send(make_payload(new_id(), new_id()))
+        assert response.status_code == 503
+        assert response.headers["retry-after"].isdigit()
+        assert response.json()["error"] == "unavailable"
+        # A refusal is still answered as such, though it cannot be counted.
+        assert collector.http.post("/v1/report", content=b"junk").status_code == 400
+        for path in ("/api/summary", "/export.csv"):
+            assert collector.http.get(path).status_code == 503
 
 
 def _errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -1403,24 +1409,15 @@ def test_a_late_stamp_that_cannot_be_looked_up_is_a_503(tmp_path: Path) -> None:
     """Neither "replay" nor "stale" can be said: the client keeps the report
     as it is (a refusal would have it minted anew, and counted twice if it
     was stored)."""
-    broken = open_storage(db_url(tmp_path / "broken.db"))
-    broken.migrate()
-    server = ServerThread(create_app(collector_settings(), broken))
-    server.start()
-    broken.close()  # every storage call fails from here on
-    try:
-        with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
-            deployment_id, instance_id = new_id(), new_id()
-            collector = Collector(server.url, http, broken, collector_settings())
-            case = Case(collector.session(deployment_id, instance_id), deployment_id, instance_id)
-            text = case.text()
-            token, stamp = _late_stamp(case, text)
-            response = collector.post_report(envelope(token, text, stamp))
-            assert response.status_code == 503, response.text
-            assert response.json()["error"] == "unavailable"
-            assert response.headers["retry-after"].isdigit()
-    finally:
-        server.stop()
+    with collector_on_a_broken_database(tmp_path) as collector:
+        deployment_id, instance_id = new_id(), new_id()
+        case = Case(collector.session(deployment_id, instance_id), deployment_id, instance_id)
+        text = case.text()
+        token, stamp = _late_stamp(case, text)
+        response = collector.post_report(envelope(token, text, stamp))
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "unavailable"
+        assert response.headers["retry-after"].isdigit()
 
 
 @pytest.mark.e2e

@@ -506,6 +506,16 @@ def test_a_report_the_client_gave_up_on_is_never_stored_behind_its_back(
     assert (refused.outcome, refused.status) == (Outcome.FAILED, 503)
 
 
+def client_with_100_requests(url: str, deployment: Path, clients: list[Telemetry]) -> Telemetry:
+    """A client of ``url`` that waits 1 s for an answer and tries once, with
+    100 requests recorded."""
+    telemetry = start_client(url, deployment, "1.0.0", timeout=1.0, max_attempts=1)
+    clients.append(telemetry)
+    for _ in range(100):
+        telemetry.record("GET", ITEM, 200, 0.01, 0, 10)
+    return telemetry
+
+
 class AnswerHoldingProxy:
     """A reverse proxy on loopback in front of the collector, which holds the
     collector's answers to the next ``reports_to_hold`` reports for
@@ -561,10 +571,7 @@ def test_a_report_whose_answer_a_proxy_held_is_stored_once(
     with running_collector(database.url, bits=8, stamp_max_age=2.0) as collector:
         proxy = AnswerHoldingProxy(collector.url, hold=2.0)
         try:
-            telemetry = start_client(proxy.url, deployment, "1.0.0", timeout=1.0, max_attempts=1)
-            clients.append(telemetry)
-            for _ in range(100):
-                telemetry.record("GET", ITEM, 200, 0.01, 0, 10)
+            telemetry = client_with_100_requests(proxy.url, deployment, clients)
             proxy.reports_to_hold = 1
             assert telemetry.flush(timeout=5.0) is False
             held = telemetry.flusher.last_result
@@ -596,10 +603,7 @@ def test_a_held_report_the_collector_never_got_goes_under_a_new_stamp(
     with running_collector(database.url, bits=8, stamp_max_age=2.0) as collector:
         proxy = AnswerHoldingProxy(collector.url, hold=0.0)
         try:
-            telemetry = start_client(proxy.url, deployment, "1.0.0", timeout=1.0, max_attempts=1)
-            clients.append(telemetry)
-            for _ in range(100):
-                telemetry.record("GET", ITEM, 200, 0.01, 0, 10)
+            telemetry = client_with_100_requests(proxy.url, deployment, clients)
             proxy.reports_to_drop = 1
             assert telemetry.flush(timeout=5.0) is False
             assert telemetry.flusher.unconfirmed is not None
