@@ -1067,6 +1067,21 @@ def test_a_report_that_never_got_through_its_proxy_tunnel_is_not_held(grant):
     assert result.maybe_stored is False, result.error
 
 
+def test_a_proxy_asking_for_credentials_keeps_the_data(make_sender, receiver):
+    """A forward proxy's 407 to the report is its setting at fault: the data
+    waits for the next flush. Taken as the collector refusing the report, it
+    was dropped."""
+    telemetry = make_sender(max_attempts=3)
+    expected = record_traffic(telemetry)
+    receiver.respond_with(407)
+    before = len(receiver.requests)
+    assert telemetry.flush() is False
+    assert len(receiver.requests) - before == 1  # the same answer would come again
+    assert telemetry.internal_errors == 0
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
 def test_a_refused_connection_merges_the_data_back(make_sender, receiver):
     telemetry = make_sender(timeout=0.3, max_attempts=1)
     expected = record_traffic(telemetry)

@@ -1935,6 +1935,32 @@ def test_a_commit_whose_answer_was_lost_for_good_is_unknown_not_unavailable(
         relay.close()
 
 
+def test_a_read_whose_commit_answer_was_lost_is_a_plain_failure(
+    postgres_storage: PostgresStorage,
+) -> None:
+    """A read-only transaction has nothing to be unsure of: its lost commit
+    is the database failing (the CLI's one-line error, the dashboard's 503),
+    not "the commit's answer was lost"."""
+    relay = AnswerToCommitLost(postgres_storage.url, after=0.2, then_refuse_for=5.0)
+    relayed = PostgresStorage(relay.url, pool_size=1)
+    try:
+        relay.armed = True
+        with pytest.raises(psycopg.OperationalError):
+            relayed.refusals()
+    finally:
+        relayed.close()
+        relay.close()
+
+
+def test_the_command_line_takes_an_unknown_commit_for_a_database_error() -> None:
+    """``reqtelemetry collector``, ``prune`` and ``export`` print one line and
+    exit 2 for what ``database_errors()`` names; an unknown commit (a
+    migration's, a prune's) is one, and raised a traceback."""
+    from reqtelemetry.collector.storage import database_errors
+
+    assert issubclass(CommitUnknown, database_errors())
+
+
 #: The code that opens PostgreSQL's CancelRequest message (after its length, 16).
 CANCEL_REQUEST_CODE = 80877102
 #: The code of an SSLRequest, which libpq sends first on every connection under

@@ -701,6 +701,15 @@ class Transport:
                 refused_bytes=len(envelope),
             )
         reason = _refusal_reason(response)
+        if status == 407:
+            # A forward proxy wants credentials: the proxy's setting, not the
+            # report, is at fault, and the data is kept for when it is fixed.
+            return Result(
+                Outcome.FAILED,
+                status=status,
+                error="the proxy asks for credentials (HTTP 407): check REQTELEMETRY_PROXY",
+                end_flush=True,
+            )
         if status == 401:
             # The token expired or the collector's secret changed: a new
             # session, then a new stamp, on the next attempt.

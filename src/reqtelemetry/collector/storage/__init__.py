@@ -24,7 +24,7 @@ import sqlite3
 import sys
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from .base import ReplayError, Storage, StoredReport
+from .base import CommitUnknown, ReplayError, Storage, StoredReport
 from .sql import SchemaMismatch, SQLStorage
 
 __all__ = [
@@ -114,8 +114,9 @@ def _passwords(url: str) -> set[str]:
 
 def database_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "this database cannot be used" (not a bug here):
-    the drivers' own errors, a missing file, and :class:`SchemaMismatch`."""
-    errors: list[type[BaseException]] = [sqlite3.Error, OSError, SchemaMismatch]
+    the drivers' own errors, a missing file, :class:`SchemaMismatch`, and a
+    commit whose answer was lost (:class:`~.base.CommitUnknown`)."""
+    errors: list[type[BaseException]] = [sqlite3.Error, OSError, SchemaMismatch, CommitUnknown]
     psycopg = sys.modules.get("psycopg")
     if psycopg is not None:
         errors.append(psycopg.Error)

@@ -297,6 +297,7 @@ class PostgresStorage(SQLStorage):
         may_retry: bool,
         deadline: float | None,
         wait_until: float | None = None,
+        writes: bool = True,
     ) -> T:
         """One unit of work in one transaction, committed only before ``deadline``.
 
@@ -305,7 +306,9 @@ class PostgresStorage(SQLStorage):
         longer to find out what its first attempt did (see :meth:`_with_retry`).
         """
         wait_until = deadline if wait_until is None else wait_until
-        committing = False  # set once the work is done: leaving the block commits
+        # Set once the work is done, leaving the block commits: a write whose
+        # commit was sent may be stored, whatever happens to its answer.
+        committing = False
         with self._pool.connection(wait_until) as (connection, reused):
             try:
                 with (
@@ -319,7 +322,7 @@ class PostgresStorage(SQLStorage):
                         cursor.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
                     result = work(_PostgresExecutor(cursor))
                     check_deadline(deadline)  # raised here, it rolls the transaction back
-                    committing = True
+                    committing = writes
                     return result
             except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as error:
                 # lock_timeout and statement_timeout, as set by _bound_waits,
@@ -335,10 +338,14 @@ class PostgresStorage(SQLStorage):
                 raise
 
     def _with_retry(
-        self, work: Callable[[Executor], T], lock: bool, deadline: float | None = None
+        self,
+        work: Callable[[Executor], T],
+        lock: bool,
+        deadline: float | None = None,
+        writes: bool = True,
     ) -> T:
         try:
-            return self._attempt(work, lock, may_retry=True, deadline=deadline)
+            return self._attempt(work, lock, may_retry=True, deadline=deadline, writes=writes)
         except _StaleConnection as stale:
             # The others idle since the same server restart are stale too.
             self._pool.discard_idle()
@@ -356,7 +363,12 @@ class PostgresStorage(SQLStorage):
         found_out = (ReplayError, CommitUnknown, *self.data_errors)
         try:
             return self._attempt(
-                work, lock, may_retry=False, deadline=deadline, wait_until=wait_until
+                work,
+                lock,
+                may_retry=False,
+                deadline=deadline,
+                wait_until=wait_until,
+                writes=writes,
             )
         except found_out:
             raise
@@ -370,7 +382,7 @@ class PostgresStorage(SQLStorage):
     def _run(
         self, work: Callable[[Executor], T], write: bool = False, deadline: float | None = None
     ) -> T:
-        return self._with_retry(work, lock=False, deadline=deadline)
+        return self._with_retry(work, lock=False, deadline=deadline, writes=write)
 
     def _run_migrations(self, work: Callable[[Executor], T]) -> T:
         return self._with_retry(work, lock=True)
