@@ -490,3 +490,24 @@ def test_a_parent_that_forked_and_serves_is_an_instance(make_sender, receiver):
     reports = receiver.reports_from(server.instance_id)
     assert [reports[0]["kind"], reports[-1]["kind"]] == ["startup", "shutdown"]
     assert record_counts(reports) == expected
+
+
+def _outlive_the_grace(seconds: float) -> None:
+    """A pool worker's life: no request, no record, past the instance's grace."""
+    time.sleep(seconds)
+
+
+def test_a_multiprocessing_helper_that_serves_nothing_is_no_instance(make_sender, receiver):
+    """A ``Pool``'s worker inherits the app's instance (made anew in it) and
+    runs jobs, not requests: alive past the grace, it announced itself as one
+    more idle instance of the deployment. Now only the app's process reports."""
+    import multiprocessing
+
+    app = make_sender(flush_interval=0.2)  # the grace is as short
+    process = multiprocessing.get_context("fork").Process(target=_outlive_the_grace, args=(1.5,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads: the point
+        process.start()
+    process.join(30)
+    assert process.exitcode == 0
+    assert {report["instance_id"] for report in receiver.reports} == {app.instance_id}

@@ -33,7 +33,7 @@ from .config import redacted_url
 from .metrics import GAUGE_SAMPLE_SECONDS
 from .payload import Envelope, Report, build_reports
 from .recorder import Batch
-from .supervisors import supervisor_loop
+from .supervisors import started_by_multiprocessing, supervisor_loop
 from .traits import detect_test_runner, load_deployment_id
 from .transport import Outcome, Result, Sent, Transport, started, waitable
 
@@ -168,6 +168,8 @@ class Flusher:
         self.announced = False
         #: Whether this process forked since the flusher was made (see :meth:`note_fork`).
         self.forked = False
+        #: Whether this instance was made anew in a forked child, from its parent's.
+        self.inherited = False
         #: Why this process did not announce itself after the grace: it leaves
         #: serving to processes it started (see :mod:`.supervisors`).
         self.serving_elsewhere: str | None = None
@@ -215,6 +217,7 @@ class Flusher:
         gone, not_before, cap = self.gone, self._not_before, self.collector_max_bytes
         self._init_state()
         self.gone, self._not_before, self.collector_max_bytes = gone, not_before, cap
+        self.inherited = True
         if self.transport is not None:
             self.transport.after_fork_in_child()
         if had_thread and restart:
@@ -340,10 +343,13 @@ class Flusher:
                 deadline = math.inf
 
     def _leaves_serving_to_others(self) -> bool:
-        """Whether this process, idle when its grace is over, is no instance
-        because processes it started serve instead (see :mod:`.supervisors`)."""
+        """Whether this process, idle when its grace is over, is no instance:
+        processes it started serve instead, or it is a ``multiprocessing``
+        helper forked from the one that serves (see :mod:`.supervisors`)."""
         if self.forked:
             self.serving_elsewhere = "it forked the processes that serve"
+        elif self.inherited and started_by_multiprocessing():
+            self.serving_elsewhere = "multiprocessing forked it from the process that serves"
         else:
             loop = supervisor_loop()
             if loop is None:

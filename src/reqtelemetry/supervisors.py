@@ -17,6 +17,15 @@ they live, because they start other processes that do:
   the child as a new program (no fork hooks run), so they are known by the
   loop their main thread runs: :data:`SUPERVISOR_LOOPS`.
 
+* a helper that ``multiprocessing`` forked from the process that serves (a
+  ``Pool``'s or a ``ProcessPoolExecutor``'s worker, which inherits the app's
+  instance, made anew): it runs the app's jobs, not its requests, and
+  announced itself as one more idle instance after the grace. Known by
+  ``multiprocessing.parent_process()`` in a child whose instance was
+  inherited. Servers whose ``multiprocessing`` workers load the app
+  themselves (granian, ``uvicorn --workers``, spawned) make an instance of
+  their own in each, which is announced as in any process, idle or not.
+
 Such a process is no instance: it does not announce itself after the grace,
 and its exit sends nothing. Should it serve, record or count after all, it
 is one from then on, as any process. Nothing here runs per request: the
@@ -65,3 +74,16 @@ def supervisor_loop() -> str | None:
             return ".".join(where)
         frame = frame.f_back
     return None
+
+
+def started_by_multiprocessing() -> bool:
+    """Whether this process was started by ``multiprocessing`` (its parent is
+    known to it). Looked up, not imported: a process that never imported it
+    was not started by it."""
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is None:
+        return False
+    try:
+        return multiprocessing.parent_process() is not None
+    except Exception:  # another multiprocessing than the standard library's
+        return False
