@@ -3367,6 +3367,12 @@ class FewWorkerThreads:
         await self.app(scope, receive, send)
 
 
+def ask_for_summary(url: str, answers: list[int]) -> None:
+    """A dashboard page's question, from a thread: its status goes to ``answers``."""
+    with httpx.Client(base_url=url, trust_env=False, timeout=60.0) as client:
+        answers.append(client.get("/api/summary").status_code)
+
+
 @pytest.mark.e2e
 def test_summaries_waiting_for_a_read_turn_leave_the_worker_threads_to_reports(
     tmp_path: Path,
@@ -3389,11 +3395,9 @@ def test_summaries_waiting_for_a_read_turn_leave_the_worker_threads_to_reports(
     asking = collector_app.SUMMARY_CONCURRENCY + collector_app.SUMMARY_QUEUE
     answers: list[int] = []
 
-    def ask_for_summary() -> None:
-        with httpx.Client(base_url=server.url, trust_env=False, timeout=60.0) as client:
-            answers.append(client.get("/api/summary").status_code)
-
-    askers = [threading.Thread(target=ask_for_summary) for _ in range(asking)]
+    askers = [
+        threading.Thread(target=ask_for_summary, args=(server.url, answers)) for _ in range(asking)
+    ]
     try:
         assert all(held)
         for asker in askers:
@@ -3446,11 +3450,10 @@ def test_a_summary_given_up_while_it_waited_for_its_turn_is_not_read(
     held = [readers._slots.acquire(timeout=1) for _ in range(MAX_READERS)]
     answers: list[int] = []
 
-    def ask_for_summary() -> None:
-        with httpx.Client(base_url=server.url, trust_env=False, timeout=60.0) as client:
-            answers.append(client.get("/api/summary").status_code)
-
-    holders = [threading.Thread(target=ask_for_summary) for _ in range(MAX_READERS)]
+    holders = [
+        threading.Thread(target=ask_for_summary, args=(server.url, answers))
+        for _ in range(MAX_READERS)
+    ]
     try:
         assert all(held)
         for holder in holders:

@@ -132,11 +132,11 @@ SUMMARY_CONCURRENCY = MAX_READERS
 SUMMARY_QUEUE = 16
 #: How long a client should wait when the verifications are all taken.
 BUSY_RETRY_AFTER = 10
-#: The answer to a report the database refused to hold (the database's own
-#: words go to the log, not to the client).
 #: A ``409``'s detail: the client counts the report as delivered (a retry of a
 #: report that was stored, its answer lost).
 REPLAY_DETAIL = "this stamp was stored before; mint a new one for a new report"
+#: The answer to a report the database refused to hold (the database's own
+#: words go to the log, not to the client).
 UNSTORABLE_DETAIL = (
     "the database cannot hold a value of this report (a number out of range or a "
     "character it does not accept); sending it again cannot succeed"
@@ -268,7 +268,7 @@ def create_app(
                         raise
                     # In the verification's turn: a stamp, once minted, can
                     # be sent again and again, each time for a lookup.
-                    return await answer_late_stamp(refusal, refusal.late_stamp, deadline)
+                    return await answer_late_stamp(refusal, deadline)
         except Refusal as refusal:
             return await refuse(refusal)
         except ClientDisconnect:
@@ -292,15 +292,17 @@ def create_app(
             answer["next_interval"] = settings.next_interval
         return JSONResponse(answer)
 
-    async def answer_late_stamp(refusal: Refusal, stamp: str, deadline: float) -> Response:
-        """A genuine stamp refused for its age, its work or its token's:
-        ``409 replay`` if it is stored (its client sends it again after every
-        answer was lost), else the refusal, which tells the client to mint a
-        new one.
+    async def answer_late_stamp(refusal: Refusal, deadline: float) -> Response:
+        """A genuine stamp (``refusal.late_stamp``) refused for its age, its
+        work or its token's: ``409 replay`` if it is stored (its client sends
+        it again after every answer was lost), else the refusal, which tells
+        the client to mint a new one.
 
         When the lookup fails, neither can be said: ``503``, and the client
         keeps the report as it is.
         """
+        stamp = refusal.late_stamp
+        assert stamp is not None
         try:
             stored = await run_in_threadpool(store.stamp_stored, stamp, deadline=deadline)
         except Exception as error:

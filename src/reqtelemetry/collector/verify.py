@@ -132,9 +132,9 @@ class Refusal(Exception):
         self.reason = reason
         self.detail = detail
         self.status = STATUS.get(reason, 400) if status is None else status
-        #: A stamp refused only for its age or its token's, though it holds its
-        #: work and binds its token and payload: if storage has it, the answer
-        #: is ``409 replay`` instead (see :func:`verify_report`).
+        #: A stamp refused only for its age, its token's or its bits, though it
+        #: binds its token and payload and carries work: if storage has it,
+        #: the answer is ``409 replay`` instead (see :func:`verify_report`).
         self.late_stamp: str | None = None
 
     def body(self) -> dict[str, str]:
@@ -740,7 +740,7 @@ def verify_report(
 
     A refusal of the token (4, 5), of the stamp's date (7) or of its work
     (8) carries the stamp in ``late_stamp`` when the stamp holds otherwise
-    (see :func:`_holds_but_for_its_date`). Why: a client whose every answer
+    (see :func:`_worth_looking_up`). Why: a client whose every answer
     was lost sends that report again, with that stamp, at its next flush,
     an hour later by default: long after the stamp's window and often after
     its token, maybe after the difficulty was raised. Whether storage has
@@ -754,16 +754,17 @@ def verify_report(
         claims = check_token(signer, envelope.token, now)
         check_stamp(envelope.stamp, envelope.token, envelope.payload_bytes, limits, now)
     except Refusal as refusal:
-        if refusal.reason in _LATE_REASONS and _holds_but_for_its_date(envelope, limits, now):
+        if refusal.reason in _LATE_REASONS and _worth_looking_up(envelope, limits, now):
             refusal.late_stamp = envelope.stamp
         raise
     payload = check_payload(envelope.payload_bytes, claims)
     return VerifiedReport(stamp=envelope.stamp, claims=claims, payload=payload)
 
 
-def _holds_but_for_its_date(envelope: Envelope, limits: Limits, now: float) -> bool:
+def _worth_looking_up(envelope: Envelope, limits: Limits, now: float) -> bool:
     """Whether the envelope's stamp is well formed, binds the envelope's token
-    and payload, and carries half the bits of work asked for now, whatever its date.
+    and payload, and carries half the bits of work asked for now, whatever its
+    date: a stamp storage may hold, which cost its sender real work.
 
     Half: a difficulty raised since the stamp was minted must not hide it
     (a step of a few bits is what an operator makes); a stamp with no work
