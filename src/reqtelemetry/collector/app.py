@@ -78,6 +78,7 @@ from .storage.base import (
     Pruned,
     ReadersBusy,
     ReplayError,
+    RolledUp,
     Storage,
     StoredReport,
     UnstorableReport,
@@ -101,8 +102,9 @@ SESSION_MAX_BYTES = 4096
 #: (which ``int`` refuses) and "٣" (which it reads as 3), and ``int`` refuses
 #: more than 4300 digits: each of those was a bare 500 or a surprise.
 DAYS_PATTERN = re.compile(r"[0-9]{1,8}")
-#: Seconds between two deletions of the reports past the retention.
-PRUNE_EVERY = 3600.0
+#: Seconds between two rounds of upkeep: deleting the reports past the
+#: retention, rolling the days over since up.
+UPKEEP_EVERY = 3600.0
 #: How long a client should wait when storage is down.
 UNAVAILABLE_RETRY_AFTER = 60
 #: Seconds from a report's arrival within which it must be committed, or not
@@ -420,9 +422,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        retention = Retention(store, settings.retention_days) if settings.retention_days else None
-        if retention is not None:
-            retention.start()
+        upkeep = Upkeep(store, settings.retention_days)
+        upkeep.start()
         writer = RefusalWriter(
             tally,
             every=timing.refusal_write_every,
@@ -433,8 +434,7 @@ def create_app(
         writer.start()
         yield
         await writer.stop()
-        if retention is not None:
-            await retention.stop()
+        await upkeep.stop()
         if owns_storage:
             store.close()
 
@@ -474,19 +474,25 @@ def create_app(
     return app
 
 
-class Retention:
-    """Deletes reports older than ``days``: at start, then every :data:`PRUNE_EVERY` seconds.
+class Upkeep:
+    """Keeps the database fit to read: at start, then every :data:`UPKEEP_EVERY`
+    seconds, deletes what is past the retention (when one is set) and rolls
+    the days over since up (``Storage.roll_up``).
 
-    Why in the collector, and not only a command for cron: a retention that
-    depends on a second moving part is one that silently stops. Every replica
-    prunes; deleting what another replica deleted first is a no-op. The
-    deleting runs in a worker thread (see ``Storage.prune``), and at shutdown
-    the batch under way is finished, not torn: the rest goes next time.
+    Why in the collector, and not only a command for cron: upkeep that
+    depends on a second moving part is upkeep that silently stops. Every
+    replica runs it; deleting what another replica deleted first is a no-op,
+    and a day another replica rolled up is not added twice. The work runs in
+    a worker thread, and at shutdown the batch or day under way is finished,
+    not torn: the rest goes next time. The prune goes first, so that days
+    past the retention are not rolled up only to be deleted.
     """
 
-    def __init__(self, storage: Storage, days: int, every: float = PRUNE_EVERY) -> None:
+    def __init__(
+        self, storage: Storage, retention_days: int | None, every: float = UPKEEP_EVERY
+    ) -> None:
         self.storage = storage
-        self.days = days
+        self.days = retention_days
         self.every = every
         self._stop = threading.Event()
         self._wake = asyncio.Event()
@@ -503,12 +509,16 @@ class Retention:
 
     async def _run(self) -> None:
         while not self._stop.is_set():
-            await self.prune_once()
+            if self.days:
+                await self.prune_once()
+            if not self._stop.is_set():
+                await self.roll_up_once()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.every)
 
     async def prune_once(self) -> Pruned | None:
         """Delete what is older than the retention now; None when the database failed."""
+        assert self.days
         before = time.time() - self.days * DAY_SECONDS
         try:
             pruned: Pruned = await run_in_threadpool(self.storage.prune, before, self._stop)
@@ -524,6 +534,17 @@ class Retention:
                 pruned.deployments,
             )
         return pruned
+
+    async def roll_up_once(self) -> RolledUp | None:
+        """Roll the days over since up; None when the database failed."""
+        try:
+            rolled: RolledUp = await run_in_threadpool(self.storage.roll_up, None, self._stop)
+        except Exception:
+            logger.exception("could not roll the past days' aggregates up")
+            return None
+        if rolled.days:
+            logger.info("rolled up %d days into %d daily rows", rolled.days, rolled.rows)
+        return rolled
 
 
 class Gate:

@@ -102,6 +102,15 @@ class Pruned:
     deployments: int
 
 
+@dataclass(frozen=True)
+class RolledUp:
+    """What one :meth:`Storage.roll_up` added up: whole days, and the daily
+    rows (per endpoint, app version and deployment) written for them."""
+
+    days: int
+    rows: int
+
+
 #: The dashboard's endpoint lists are cut, as its app metrics are, for the same
 #: reason: nothing bounds the endpoints seen across reports (an app without
 #: route templates sends hashed paths, new on every instance, up to
@@ -177,6 +186,15 @@ class Storage(abc.ABC):
         retention). Works in short transactions, so that reports keep being stored
         meanwhile, and ends after the one under way once ``stop`` is set (the rest
         is deleted the next time). The refusal counters have no dates and are kept."""
+
+    @abc.abstractmethod
+    def roll_up(self, now: float | None = None, stop: threading.Event | None = None) -> RolledUp:
+        """Add up the aggregates of each UTC day over since ``now`` (and an hour
+        more: ``rollup.SETTLE``) per endpoint, app version and deployment, so that
+        the dashboard reads a row per day where it read a row per report. The
+        raw rows stay. Each day in a short transaction of its own, the oldest
+        first; ends after the one under way once ``stop`` is set. Safe to run
+        on several replicas at once: each day is added once."""
 
     @abc.abstractmethod
     def add_refusals(self, counts: Mapping[str, int], deadline: float | None = None) -> None:

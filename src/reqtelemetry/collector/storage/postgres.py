@@ -50,6 +50,7 @@ from .base import (
     check_deadline,
     seconds_left,
 )
+from .rollup import rollup_tables
 from .sql import (
     MAX_READERS,
     Dialect,
@@ -127,6 +128,11 @@ MIGRATIONS = (
         3,
         "an index of metrics by kind and time, for the dashboard's app metrics",
         metrics_window_index(),
+    ),
+    Migration(
+        4,
+        "daily roll-ups of the aggregates, for a dashboard whose cost stays flat",
+        rollup_tables(float_type="DOUBLE PRECISION", big_int="BIGINT"),
     ),
 )
 

@@ -36,9 +36,26 @@ from .base import (
     EndpointLimits,
     Pruned,
     ReplayError,
+    RolledUp,
     Storage,
     StoredReport,
     UnstorableReport,
+)
+from .rollup import (
+    ADVANCE_SQL,
+    DAY,
+    DAY_BINS_SQL,
+    DAY_FIGURES_SQL,
+    INSERT_BINS_SQL,
+    INSERT_FIGURES_SQL,
+    Window,
+    bin_rows,
+    day_of,
+    every_row,
+    figure_rows,
+    settled_before,
+    window_params,
+    window_rows,
 )
 
 logger = logging.getLogger("reqtelemetry.collector")
@@ -497,10 +514,89 @@ class SQLStorage(Storage):
                 " RETURNING id",
                 (before,),
             )
+            # The rolled-up days that ended before it: a day that began before
+            # and ended after stays whole, as its raw rows did until its last.
+            for table in ("daily_aggregates", "daily_bins"):
+                ex.execute(f"DELETE FROM {table} WHERE day <= ?", (before - DAY,))
             return len(instances), len(deployments)
 
         instances, deployments = self._run(the_rest, write=True)
         return Pruned(reports=reports, instances=instances, deployments=deployments)
+
+    def roll_up(self, now: float | None = None, stop: threading.Event | None = None) -> RolledUp:
+        """See :meth:`Storage.roll_up` and :mod:`.rollup`.
+
+        A day is read in a read transaction of the dashboard's kind (on SQLite
+        it holds no lock a report waits for; the grouping is the slow part),
+        then written, and ``through`` moved past it, in one short write
+        transaction that first checks ``through`` is still where the read
+        found it: if another replica rolled the day up meanwhile, this one
+        stops and leaves the rest to it. After each day, a pause as long as
+        it took, as between the prune's batches.
+        """
+        now = time.time() if now is None else float(now)
+        stop = threading.Event() if stop is None else stop
+        settled = settled_before(now)
+        d = self.dialect
+        figures_sql = DAY_FIGURES_SQL.format(sum=d.sum, float_sum=d.float_sum, by_time=d.by_time)
+        bins_sql = DAY_BINS_SQL.format(
+            sum=d.sum,
+            by_time=d.by_time,
+            expand=d.expand_bins,
+            index=d.bin_index,
+            count=d.bin_count,
+        )
+
+        def next_day(ex: Executor) -> tuple[float, float, list[Row], list[Row]] | None:
+            through = self._window(ex, 0.0).through
+            first = ex.query(
+                "SELECT MIN(received_at) FROM aggregates WHERE received_at >= ?", (through,)
+            )
+            if first[0][0] is None:
+                return None
+            # ``through`` is a day's end (or 0): the next rows are all of one day.
+            end = day_of(float(first[0][0])) + DAY
+            if end > settled:
+                return None
+            bounds = (through, end)
+            return through, end, ex.query(figures_sql, bounds), ex.query(bins_sql, bounds)
+
+        days = rows = 0
+        while not stop.is_set():
+            began = time.monotonic()
+            found = self._read(next_day)
+            if found is None:
+                break
+            through, end, figures, bins = found
+            written = self._write_day(through, end, figures, bins)
+            if written is None:
+                break  # another replica rolled this day up first
+            days += 1
+            rows += written
+            if stop.wait(min(time.monotonic() - began, MAX_PRUNE_PAUSE)):
+                break
+        return RolledUp(days=days, rows=rows)
+
+    def _write_day(
+        self, through: float, end: float, figures: list[Row], bins: list[Row]
+    ) -> int | None:
+        """Write the day ending at ``end`` (its grouped ``figures`` and ``bins``)
+        and move ``through`` to ``end``, if it is still at ``through``; the
+        daily rows written, or None when it was not."""
+        day = end - DAY
+        figure_values = figure_rows(day, figures)
+        bin_values = bin_rows(day, bins)
+
+        def work(ex: Executor) -> int | None:
+            if not ex.query(ADVANCE_SQL, (end, through)):
+                return None
+            if figure_values:
+                ex.executemany(INSERT_FIGURES_SQL, figure_values)
+            if bin_values:
+                ex.executemany(INSERT_BINS_SQL, bin_values)
+            return len(figure_values)
+
+        return self._run(work, write=True)
 
     def add_refusals(self, counts: Mapping[str, int], deadline: float | None = None) -> None:
         """Add ``counts`` to the counters in one transaction: upserts that add,
@@ -543,10 +639,11 @@ class SQLStorage(Storage):
                 (since, *app_params),
             )[0]
             total = self.dialect.sum
+            a_only, a_params = _app_filter(app, "a.app_name")
             requests, errors = ex.query(
-                f"SELECT {total}(count), {total}(CASE WHEN status >= 500 THEN count ELSE 0 END)"
-                f" FROM aggregates WHERE received_at >= ?{only}",
-                (since, *app_params),
+                f"SELECT {total}(calls), {total}(errors)"
+                f" FROM {window_rows(self._aggregates(app), only=a_only)}",
+                window_params(self._window(ex, since), a_params),
             )[0]
             return {
                 "deployments": _int(deployments),
@@ -706,9 +803,9 @@ class SQLStorage(Storage):
         of endpoints; for a list too long to hold, see :meth:`iter_endpoints`.
         """
         columns = _endpoint_columns(by_version=by_version, by_app=by_app)
-        sql, params = self._every_endpoint_sql(float(since), columns, app)
 
         def work(ex: Executor) -> list[dict[str, Any]]:
+            sql, params = self._every_endpoint_sql(self._window(ex, since), columns, app)
             return [
                 _endpoint_entry(columns, row)
                 for batch in ex.batches(sql, params, FETCH_ROWS)
@@ -726,7 +823,9 @@ class SQLStorage(Storage):
         :data:`FETCH_ROWS` rows at most, and never what report writes wait for.
         """
         columns = _endpoint_columns(by_version=True, by_app=True)
-        sql, params = self._every_endpoint_sql(float(since), columns, app)
+        # Read before the export's own snapshot, so never newer than it (see Window).
+        window = self._read(lambda ex: self._window(ex, since))
+        sql, params = self._every_endpoint_sql(window, columns, app)
         batches = self._stream(sql, params, FETCH_ROWS)
         try:
             for batch in batches:
@@ -762,16 +861,17 @@ class SQLStorage(Storage):
         for both lists.
         """
         limits = limits or EndpointLimits()
-        since = float(since)
-        busiest_sql, busiest_params = self._busiest_endpoints_sql(since, app, limits.used)
-        unused_sql, unused_params = self._unused_endpoints_sql(since, app, limits.unused)
         columns = _endpoint_columns(by_version=False, by_app=True)
 
         def work(ex: Executor) -> dict[str, Any]:
-            used_rows = ex.query(busiest_sql, busiest_params)
-            unused_rows = self._unused_rows(ex, app, _counted(used_rows), unused_sql, unused_params)
+            window = self._window(ex, since)
+            used_rows = ex.query(*self._busiest_endpoints_sql(window, app, limits.used))
+            unused_sql, unused_params = self._unused_endpoints_sql(window, app, limits.unused)
+            unused_rows = self._unused_rows(
+                ex, window, app, _counted(used_rows), unused_sql, unused_params
+            )
             histograms = {tuple(row[:3]): Histogram() for row in used_rows}
-            by_version, versions = self._versions_of(ex, since, app, histograms, limits.by_version)
+            by_version, versions = self._versions_of(ex, window, app, histograms, limits.by_version)
             used = [_used_endpoint(row, histograms[tuple(row[:3])]) for row in used_rows]
             unused = [_unused_endpoint(columns, row) for row in unused_rows]
             return {
@@ -788,21 +888,27 @@ class SQLStorage(Storage):
         return self._read(work)
 
     def _unused_rows(
-        self, ex: Executor, app: str | None, used: int, sql: str, params: Sequence[Any]
+        self,
+        ex: Executor,
+        window: Window,
+        app: str | None,
+        used: int,
+        sql: str,
+        params: Sequence[Any],
     ) -> list[Row]:
         """The rows of the unused endpoints' statement (``sql``), run only when
         the endpoints ever stored (of ``app``) outnumber the ``used`` ones.
 
         Why count first: an unused endpoint's last time is read from every
-        row kept (no index holds it), while the endpoints themselves are
-        counted from an index alone; and most of the time each was called
-        in the window, so there is nothing to list.
+        row kept, raw or rolled up (no index holds it), while the endpoints
+        themselves are counted from indexes alone; and most of the time each
+        was called in the window, so there is nothing to list.
         """
-        only = " WHERE app_name = ?" if app is not None else ""
+        only, only_params = _app_filter(app, "a.app_name")
         known = ex.query(
-            "SELECT COUNT(*) FROM (SELECT DISTINCT method, route, app_name"
-            f" FROM aggregates{only}) AS k",
-            (app,) if app is not None else (),
+            "SELECT COUNT(*) FROM (SELECT DISTINCT a.method, a.route, a.app_name"
+            f" FROM {every_row(self._aggregates(app), only)}) AS k",
+            (window.through, *only_params, window.through, *only_params),
         )
         if _int(known[0][0]) <= used:
             return []
@@ -811,12 +917,12 @@ class SQLStorage(Storage):
     def _versions_of(
         self,
         ex: Executor,
-        since: float,
+        window: Window,
         app: str | None,
         histograms: dict[Row, Histogram],
         limit: int,
     ) -> tuple[list[dict[str, Any]], int]:
-        """The rows per app version since ``since`` of the endpoints ``histograms``
+        """The rows per app version in ``window`` of the endpoints ``histograms``
         holds (``method, route, app_name``), the busiest first, at most
         ``limit`` of them; and how many there were. Every row's histogram is
         added to its endpoint's in ``histograms`` on the way.
@@ -833,7 +939,7 @@ class SQLStorage(Storage):
         if not histograms:
             return [], 0
         fine = _endpoint_columns(by_version=True, by_app=True)
-        sql, params = self._figures_sql(fine, since, app, endpoints=list(histograms))
+        sql, params = self._figures_sql(fine, window, app, endpoints=list(histograms))
         sql += f" ORDER BY calls DESC, {self._endpoint_order(fine)}"
         rows: list[dict[str, Any]] = []
         counted = 0
@@ -873,19 +979,19 @@ class SQLStorage(Storage):
     def _figures_sql(
         self,
         columns: tuple[str, ...],
-        since: float,
+        window: Window,
         app: str | None,
         *,
         older: bool = False,
         endpoints: Sequence[Row] | None = None,
     ) -> tuple[str, list[Any]]:
-        """One grouped row per ``columns`` of the aggregates since ``since`` (of
-        ``app``, when given): the key, calls, errors, latency sum, request and
+        """One grouped row per ``columns`` of the aggregates in ``window``, raw and
+        rolled up (of ``app``, when given): the key, calls, errors, latency sum, request and
         response bytes, distinct deployments, the last time seen, and the
         histogram as text (``index:count`` pairs, comma-separated; NULL when
         empty). Not ordered.
 
-        ``older``: a row of zeros, too, for each key seen before ``since`` only
+        ``older``: a row of zeros, too, for each key seen before the window only
         (its aggregates read for their key and time alone). ``endpoints``: only
         the rows of these (``method, route, app_name``), found by
         :data:`_ENDPOINT_KEY`.
@@ -899,30 +1005,32 @@ class SQLStorage(Storage):
         (on PostgreSQL, half a million of them spilled to disk).
         """
         d = self.dialect
-        only, app_params = _app_filter(app, "a.app_name")
+        only, only_params = _app_filter(app, "a.app_name")
         a_key = ", ".join(f"a.{column}" for column in columns)
         key = ", ".join(columns)
         if endpoints is not None:
             listed = ", ".join("(?, ?, ?, ?)" for _ in endpoints)
             only += f" AND ({_ENDPOINT_KEY.format('a.')}) IN (VALUES {listed})"
-            app_params = (
-                *app_params,
+            only_params = (
+                *only_params,
                 *(
                     value
                     for method, route, app_name in endpoints
                     for value in (method, route, app_name or "", app_name is None)
                 ),
             )
-        source = self._aggregates(app)
+        raw = self._aggregates(app)
+        figures = window_rows(raw, only=only)
+        bins = window_rows(raw, bins=(d.expand_bins, d.bin_index, d.bin_count), only=only)
+        in_window = window_params(window, only_params)
         # Per key and deployment first, then per key: the deployments are
         # counted by a second grouping rather than COUNT(DISTINCT), which
         # makes PostgreSQL sort every aggregate of the window.
         per_deployment = (
-            f"SELECT {a_key}, {d.sum}(a.count) AS n_calls,"
-            f" {d.sum}(CASE WHEN a.status >= 500 THEN a.count ELSE 0 END) AS n_errors,"
+            f"SELECT {a_key}, {d.sum}(a.calls) AS n_calls, {d.sum}(a.errors) AS n_errors,"
             f" {d.float_sum}(a.latency_sum) AS n_latency, {d.sum}(a.request_bytes) AS n_in,"
             f" {d.sum}(a.response_bytes) AS n_out, MAX(a.received_at) AS n_seen"
-            f" FROM {source} WHERE a.received_at >= ?{only} GROUP BY {a_key}, a.deployment_id"
+            f" FROM {figures} GROUP BY {a_key}, a.deployment_id"
         )
         branches = [
             f"SELECT {key}, {d.sum}(n_calls) AS n_calls, {d.sum}(n_errors) AS n_errors,"
@@ -931,17 +1039,17 @@ class SQLStorage(Storage):
             f" NULL AS n_bins FROM ({per_deployment}) AS w GROUP BY {key}",
             f"SELECT {key}, 0, 0, 0.0, 0, 0, 0, NULL,"
             " CAST(bin AS TEXT) || ':' || CAST(n AS TEXT)"
-            f" FROM (SELECT {a_key}, {d.bin_index} AS bin, {d.sum}({d.bin_count}) AS n"
-            f" FROM {source}{d.expand_bins} WHERE a.received_at >= ?{only}"
-            f" GROUP BY {a_key}, {d.bin_index}) AS g",
+            f" FROM (SELECT {a_key}, a.bin AS bin, {d.sum}(a.n) AS n"
+            f" FROM {bins} GROUP BY {a_key}, a.bin) AS g",
         ]
-        params = [since, *app_params, since, *app_params]
+        params = [*in_window, *in_window]
         if older:
+            before = window_rows(raw, only=only, before=True)
             branches.append(
                 f"SELECT {a_key}, 0, 0, 0.0, 0, 0, 0, MAX(a.received_at), NULL"
-                f" FROM {source} WHERE a.received_at < ?{only} GROUP BY {a_key}"
+                f" FROM {before} GROUP BY {a_key}"
             )
-            params += [since, *app_params]
+            params += window_params(window, only_params, before=True)
         # Each key's window figures are one row of the first branch: the distinct
         # deployments are taken as they are (MAX), the rest added to the others' zeros.
         sql = (
@@ -959,48 +1067,55 @@ class SQLStorage(Storage):
         return "aggregates AS a" + (d.by_time if app is None else d.by_app_and_time)
 
     def _every_endpoint_sql(
-        self, since: float, columns: tuple[str, ...], app: str | None
+        self, window: Window, columns: tuple[str, ...], app: str | None
     ) -> tuple[str, list[Any]]:
         """Every endpoint ever stored (of ``app``, when given), most calls first."""
-        sql, params = self._figures_sql(columns, since, app, older=True)
+        sql, params = self._figures_sql(columns, window, app, older=True)
         return sql + f" ORDER BY calls DESC, {self._endpoint_order(columns)}", params
 
     def _busiest_endpoints_sql(
-        self, since: float, app: str | None, limit: int
+        self, window: Window, app: str | None, limit: int
     ) -> tuple[str, list[Any]]:
-        """The endpoints (per app) called since ``since``, the busiest first, at
+        """The endpoints (per app) called in ``window``, the busiest first, at
         most ``limit``: ``method, route, app_name, calls, errors, latency_sum,
         request_bytes, response_bytes, deployments, last_seen, endpoints`` (how
         many there were before the cut)."""
         d = self.dialect
-        only, app_params = _app_filter(app)
+        only, only_params = _app_filter(app, "a.app_name")
         sql = (
-            f"SELECT method, route, app_name, {d.sum}(count) AS calls,"
-            f" {d.sum}(CASE WHEN status >= 500 THEN count ELSE 0 END),"
+            f"SELECT method, route, app_name, {d.sum}(calls) AS calls, {d.sum}(errors),"
             f" {d.float_sum}(latency_sum), {d.sum}(request_bytes), {d.sum}(response_bytes),"
             " COUNT(DISTINCT deployment_id), MAX(received_at), COUNT(*) OVER () AS endpoints"
-            f" FROM {self._aggregates(app)} WHERE received_at >= ?{only}"
+            f" FROM {window_rows(self._aggregates(app), only=only)}"
             " GROUP BY method, route, app_name"
-            f" ORDER BY {d.sum}(count) DESC,"
+            f" ORDER BY {d.sum}(calls) DESC,"
             f" {self._endpoint_order(('method', 'route', 'app_name'))} LIMIT ?"
         )
-        return sql, [since, *app_params, int(limit)]
+        return sql, [*window_params(window, only_params), int(limit)]
 
     def _unused_endpoints_sql(
-        self, since: float, app: str | None, limit: int
+        self, window: Window, app: str | None, limit: int
     ) -> tuple[str, list[Any]]:
-        """The endpoints (per app) seen before ``since`` and not since, the latest
-        seen first, at most ``limit``: ``method, route, app_name, last_seen,
-        endpoints`` (how many there were before the cut)."""
-        where, app_params = ("WHERE app_name = ?", (app,)) if app is not None else ("", ())
+        """The endpoints (per app) seen before ``window`` and not in it, the
+        latest seen first, at most ``limit``: ``method, route, app_name,
+        last_seen, endpoints`` (how many there were before the cut). Each
+        endpoint's last time is read from every row kept, raw or rolled up."""
+        only, only_params = _app_filter(app, "a.app_name")
         order = self._endpoint_order(("method", "route", "app_name"))
         sql = (
             "SELECT method, route, app_name, MAX(received_at) AS last_seen,"
-            f" COUNT(*) OVER () AS endpoints FROM aggregates {where}"
+            f" COUNT(*) OVER () AS endpoints FROM {every_row(self._aggregates(app), only)}"
             " GROUP BY method, route, app_name HAVING MAX(received_at) < ?"
             f" ORDER BY MAX(received_at) DESC, {order} LIMIT ?"
         )
-        return sql, [*app_params, since, int(limit)]
+        params = [window.through, *only_params, window.through, *only_params]
+        return sql, [*params, window.since, int(limit)]
+
+    def _window(self, ex: Executor, since: float) -> Window:
+        """Where the aggregates received since ``since`` are read from, as far
+        as the daily roll-up has gone in ``ex``'s snapshot (see :class:`Window`)."""
+        through = ex.query("SELECT through FROM rollup_state WHERE id = 1")
+        return Window.of(float(since), _float(through[0][0]) if through else 0.0)
 
     def platforms(
         self, since: float, app: str | None = None, limit: int = MAX_PLATFORMS

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .base import DeadlineExceeded, ReadersBusy, check_deadline, seconds_left
+from .rollup import rollup_tables
 from .sql import (
     MAX_READERS,
     Dialect,
@@ -94,6 +95,11 @@ MIGRATIONS = (
         3,
         "an index of metrics by kind and time, for the dashboard's app metrics",
         metrics_window_index(),
+    ),
+    Migration(
+        4,
+        "daily roll-ups of the aggregates, for a dashboard whose cost stays flat",
+        rollup_tables(float_type="REAL", big_int="INTEGER"),
     ),
 )
 

@@ -1,0 +1,291 @@
+"""Daily roll-ups: what keeps the dashboard's cost flat as reports pile up.
+
+Why: every report stores one aggregate row per route and status it carries,
+and the dashboard's endpoint lists grouped every row of their window, so a
+30-day view of 20 deployments' hourly reports (6.6 million rows) took half a
+minute, and "unused endpoints" read every row ever kept. Once a UTC day is
+over, its aggregates never change (a report is stored with the time it
+arrived), so they are added up once, per day and endpoint, app version and
+deployment (``daily_aggregates``), and their histograms per day and endpoint
+and app version (``daily_bins``). A day of hourly reports from a deployment
+becomes one row per endpoint and version instead of one per report, instance
+and status.
+
+What stays exact: a window is read as the raw rows of its first, partial
+day, the rolled-up days after it, and the raw rows of the days not rolled up
+yet (``Window``), so every figure is what the raw rows alone would give
+(latency sums up to the order floats are added in). The deployments per
+endpoint are still counted distinctly, since the rows keep their deployment.
+What is lost: nothing the dashboard or the CSV shows. The raw rows stay until
+the retention deletes them; the roll-up is an index of them, not a
+replacement.
+
+``rollup_state.through`` is the one fact that says what is rolled up: every
+aggregate received before it is in the daily tables, and it moves a day at a
+time in the same transaction as that day's rows, after a check that it has
+not moved (so two replicas rolling up at once add each day once).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+DAY = 86400.0
+#: How long after a UTC day ends it is rolled up. A report is stored with the
+#: time it arrived, within the collector's commit budget (seconds), and
+#: replicas' clocks may differ a little: an hour covers both with room to
+#: spare. A row stored with an older time than ``through`` would be missed
+#: by the reads, so the margin errs long.
+SETTLE = 3600.0
+#: The largest value of a 64-bit integer column. A day's sum can pass it (each
+#: count of a hostile report may be ``2**63 - 1``); it is then written as
+#: several rows, which the reads add up as they add up raw rows.
+MAX_BIGINT = 2**63 - 1
+
+
+def rollup_tables(*, float_type: str, big_int: str) -> tuple[str, ...]:
+    """Version 4: the daily tables and the one-row state that says how far they go.
+
+    Why no key on the daily rows: a sum too large for one row is split over
+    several (:func:`split_sums`), and the reads add rows up in any case.
+    Why the day as seconds (a UTC midnight), like every other time here:
+    the reads compare it with the same ``since`` as ``received_at``.
+    """
+    endpoint = "method TEXT NOT NULL, route TEXT NOT NULL, app_name TEXT, app_version TEXT"
+    return (
+        "CREATE TABLE rollup_state ("
+        " id INTEGER PRIMARY KEY CHECK (id = 1),"
+        f" through {float_type} NOT NULL)",
+        "INSERT INTO rollup_state (id, through) VALUES (1, 0)",
+        "CREATE TABLE daily_aggregates ("
+        f" day {float_type} NOT NULL, {endpoint},"
+        " deployment_id TEXT NOT NULL,"
+        f" calls {big_int} NOT NULL,"
+        f" errors {big_int} NOT NULL,"
+        f" latency_sum {float_type} NOT NULL,"
+        f" request_bytes {big_int} NOT NULL,"
+        f" response_bytes {big_int} NOT NULL,"
+        f" last_seen {float_type} NOT NULL)",
+        "CREATE TABLE daily_bins ("
+        f" day {float_type} NOT NULL, {endpoint},"
+        " bin INTEGER NOT NULL,"
+        f" n {big_int} NOT NULL)",
+        # Read as the raw rows are: by time, of every app or of one.
+        "CREATE INDEX daily_aggregates_day ON daily_aggregates (day)",
+        "CREATE INDEX daily_aggregates_app_day ON daily_aggregates (app_name, day)",
+        "CREATE INDEX daily_bins_day ON daily_bins (day)",
+        "CREATE INDEX daily_bins_app_day ON daily_bins (app_name, day)",
+    )
+
+
+def day_of(seconds: float) -> float:
+    """The UTC midnight at or before ``seconds``."""
+    return math.floor(seconds / DAY) * DAY
+
+
+def settled_before(now: float) -> float:
+    """The end of the last day old enough to roll up at ``now``."""
+    return day_of(now - SETTLE)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where the rows received since ``since`` are read from.
+
+    The raw rows received in ``[since, rolled_from)``, the daily rows of the
+    days in ``[rolled_from, raw_from)``, and the raw rows received from
+    ``raw_from`` on. Without a whole rolled-up day in the window, both bounds
+    are where the raw rows' part begins, and only raw rows are read.
+
+    ``through`` (from ``rollup_state``) may be older than the database it is
+    used on, never newer: a day rolled up since is then still read raw (its
+    raw rows are kept), so a stale ``through`` costs time, not correctness.
+    """
+
+    since: float
+    rolled_from: float
+    raw_from: float
+    through: float
+
+    @classmethod
+    def of(cls, since: float, through: float) -> Window:
+        since, through = float(since), float(through)
+        if since >= through:
+            return cls(since, since, since, through)
+        first_whole_day = math.ceil(since / DAY) * DAY
+        return cls(since, min(first_whole_day, through), through, through)
+
+    @property
+    def params(self) -> tuple[float, float, float, float, float]:
+        """For :func:`window_rows`' branches, in order: the first raw part's
+        bounds, the rolled-up days' bounds, the second raw part's start."""
+        return (self.since, self.rolled_from, self.rolled_from, self.raw_from, self.raw_from)
+
+    @property
+    def before_params(self) -> tuple[float, float, float, float]:
+        """For :func:`window_rows` over what came before ``since`` (``before=True``):
+        the raw rows not rolled up, and the rolled-up days that began before it."""
+        return (self.through, self.since, self.through, self.since)
+
+
+#: The columns :func:`window_rows` reads, raw and rolled up alike.
+FIGURES = (
+    "method",
+    "route",
+    "app_name",
+    "app_version",
+    "deployment_id",
+    "calls",
+    "errors",
+    "latency_sum",
+    "request_bytes",
+    "response_bytes",
+    "received_at",
+)
+#: How a raw aggregate gives them.
+_RAW_FIGURES = (
+    "a.method, a.route, a.app_name, a.app_version, a.deployment_id, a.count AS calls,"
+    " CASE WHEN a.status >= 500 THEN a.count ELSE 0 END AS errors, a.latency_sum,"
+    " a.request_bytes, a.response_bytes, a.received_at"
+)
+_DAILY_FIGURES = (
+    "a.method, a.route, a.app_name, a.app_version, a.deployment_id, a.calls, a.errors,"
+    " a.latency_sum, a.request_bytes, a.response_bytes, a.last_seen AS received_at"
+)
+
+
+def window_rows(
+    raw: str,
+    *,
+    bins: tuple[str, str, str] | None = None,
+    only: str = "",
+    before: bool = False,
+) -> str:
+    """A ``FROM`` item (``AS a``) of the aggregates of a :class:`Window`, raw
+    and rolled up: the :data:`FIGURES` columns, or with ``bins`` (the
+    dialect's ``expand_bins``, ``bin_index`` and ``bin_count``) the endpoint's
+    columns and ``bin``, ``n`` per histogram bucket.
+
+    ``raw`` is how the raw table is named and read (``aggregates AS a`` and an
+    index hint). ``only`` (``AND ...`` over ``a.``) is put in every branch,
+    whose parameters then follow each branch's own. Parameters:
+    :attr:`Window.params` interleaved with ``only``'s, or with ``before``
+    (what came before the window) :attr:`Window.before_params`.
+    """
+    if bins is not None:
+        expand, index, count = bins
+        raw_columns = f"a.method, a.route, a.app_name, a.app_version, {index} AS bin, {count} AS n"
+        daily_columns = "a.method, a.route, a.app_name, a.app_version, a.bin, a.n"
+        raw, daily = raw + expand, "daily_bins AS a"
+    else:
+        raw_columns, daily_columns, daily = _RAW_FIGURES, _DAILY_FIGURES, "daily_aggregates AS a"
+    if before:
+        branches = [
+            f"SELECT {raw_columns} FROM {raw} WHERE a.received_at >= ? AND a.received_at < ?{only}",
+            f"SELECT {daily_columns} FROM {daily} WHERE a.day < ? AND a.day < ?{only}",
+        ]
+    else:
+        branches = [
+            f"SELECT {raw_columns} FROM {raw} WHERE a.received_at >= ? AND a.received_at < ?{only}",
+            f"SELECT {daily_columns} FROM {daily} WHERE a.day >= ? AND a.day < ?{only}",
+            f"SELECT {raw_columns} FROM {raw} WHERE a.received_at >= ?{only}",
+        ]
+    return "(" + " UNION ALL ".join(branches) + ") AS a"
+
+
+def window_params(window: Window, only_params: Sequence[Any], *, before: bool = False) -> list[Any]:
+    """The parameters of :func:`window_rows` for ``window``, ``only``'s after each branch's."""
+    if before:
+        bounds = window.before_params
+        pairs = [bounds[0:2], bounds[2:4]]
+    else:
+        bounds = window.params
+        pairs = [bounds[0:2], bounds[2:4], bounds[4:5]]
+    return [value for pair in pairs for value in (*pair, *only_params)]
+
+
+def every_row(raw: str, only: str = "") -> str:
+    """A ``FROM`` item (``AS a``) of every aggregate kept, raw and rolled up,
+    as ``method, route, app_name, received_at``: what "unused endpoints" read.
+    Parameters: ``through``, then ``only``'s, twice."""
+    return (
+        f"(SELECT a.method, a.route, a.app_name, a.received_at FROM {raw}"
+        f" WHERE a.received_at >= ?{only}"
+        " UNION ALL SELECT a.method, a.route, a.app_name, a.last_seen FROM daily_aggregates AS a"
+        f" WHERE a.day < ?{only}) AS a"
+    )
+
+
+# -- one day's roll-up ------------------------------------------------------------------
+
+#: One day's figures per endpoint, app version and deployment, from the raw rows.
+DAY_FIGURES_SQL = (
+    "SELECT method, route, app_name, app_version, deployment_id, {sum}(count),"
+    " {sum}(CASE WHEN status >= 500 THEN count ELSE 0 END), {float_sum}(latency_sum),"
+    " {sum}(request_bytes), {sum}(response_bytes), MAX(received_at)"
+    " FROM aggregates{by_time} WHERE received_at >= ? AND received_at < ?"
+    " GROUP BY method, route, app_name, app_version, deployment_id"
+)
+#: One day's histogram buckets per endpoint and app version.
+DAY_BINS_SQL = (
+    "SELECT a.method, a.route, a.app_name, a.app_version, {index}, {sum}({count})"
+    " FROM aggregates AS a{by_time}{expand} WHERE a.received_at >= ? AND a.received_at < ?"
+    " GROUP BY a.method, a.route, a.app_name, a.app_version, {index}"
+)
+INSERT_FIGURES_SQL = (
+    "INSERT INTO daily_aggregates (day, method, route, app_name, app_version, deployment_id,"
+    " calls, errors, latency_sum, request_bytes, response_bytes, last_seen)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_BINS_SQL = (
+    "INSERT INTO daily_bins (day, method, route, app_name, app_version, bin, n)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+#: Moves ``through`` a day on, only from where this roll-up found it.
+ADVANCE_SQL = "UPDATE rollup_state SET through = ? WHERE id = 1 AND through = ? RETURNING through"
+
+
+def split_sums(sums: Sequence[int]) -> list[list[int]]:
+    """``sums`` as rows of values that each fit a 64-bit column, adding up to them.
+
+    Almost always one row, ``sums`` itself. A sum past :data:`MAX_BIGINT`
+    takes that much in each row until its rest fits; the other sums are
+    spread alike, and a row whose sums are all spent holds zeros for them.
+    """
+    rest = [int(value) for value in sums]
+    rows = []
+    while True:
+        row = [min(value, MAX_BIGINT) for value in rest]
+        rows.append(row)
+        rest = [value - part for value, part in zip(rest, row, strict=True)]
+        if not any(rest):
+            return rows
+
+
+def figure_rows(day: float, grouped: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """``daily_aggregates`` rows of ``day`` from :data:`DAY_FIGURES_SQL`'s rows.
+
+    A group whose sums leave 64 bits becomes several rows; the latency sum and
+    the last time go in the first, zero and the same time in the others.
+    """
+    rows = []
+    for method, route, app, version, deployment, calls, errors, latency, sent, got, seen in grouped:
+        parts = split_sums((calls, errors, sent, got))
+        for place, (n_calls, n_errors, n_in, n_out) in enumerate(parts):
+            latency_part = float(latency or 0.0) if place == 0 else 0.0
+            endpoint = (day, method, route, app, version, deployment)
+            rows.append((*endpoint, n_calls, n_errors, latency_part, n_in, n_out, float(seen)))
+    return rows
+
+
+def bin_rows(day: float, grouped: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """``daily_bins`` rows of ``day`` from :data:`DAY_BINS_SQL`'s rows (a count
+    past 64 bits over several rows)."""
+    rows = []
+    for method, route, app, version, index, count in grouped:
+        for (part,) in split_sums((count,)):
+            rows.append((day, method, route, app, version, int(index), part))
+    return rows

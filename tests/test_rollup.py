@@ -1,0 +1,341 @@
+"""Daily roll-ups (``Storage.roll_up``): the dashboard and the CSV read the same
+figures from the rolled-up days as from the raw rows, on SQLite and a real
+PostgreSQL; each day is added once, also by two replicas at once; sums past
+64 bits stay exact; the retention deletes the days it passed; the collector
+rolls up at start.
+
+How a test knows the daily rows are what is read: after the roll-up it
+deletes the raw rows of the rolled-up days (the dashboard's windows start at
+a midnight there, so none of their raw rows is needed), and every figure must
+stay as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import test_storage
+from collector_stack import running_collector, sqlite_database, store_old_report
+from reqtelemetry.collector.storage.rollup import (
+    DAY,
+    MAX_BIGINT,
+    SETTLE,
+    Window,
+    day_of,
+    split_sums,
+)
+from reqtelemetry.collector.storage.sql import SQLStorage
+from reqtelemetry.collector.summary import build_summary
+from test_retention import wait_until
+from test_storage import LINUX, MAC, T, _huge_call, _summed, make_payload, stored
+
+#: The storage suite's fixtures: each test below runs on SQLite and on PostgreSQL.
+backend = test_storage.backend
+storage = test_storage.storage
+
+#: The first day of the fleet's reports, and "now": 8 days on, at 05:00:17 UTC.
+FIRST_DAY = day_of(T)
+NOW = FIRST_DAY + 8 * DAY + 5 * 3600 + 17
+#: The deployments: (deployment, instances, app name, versions over time, platform).
+FLEET = [
+    ("d1d1d1d1-0000-4000-8000-000000000001", 2, "shop", ("1.0", "1.1"), LINUX),
+    ("d2d2d2d2-0000-4000-8000-000000000002", 1, "shop", ("1.0", "1.0"), MAC),
+    ("d3d3d3d3-0000-4000-8000-000000000003", 1, "blog", ("2.3", "2.4"), LINUX),
+    ("d4d4d4d4-0000-4000-8000-000000000004", 1, None, ("0.1", "0.1"), MAC),
+]
+ROUTES = ["/items/{item_id}", "/cart", "/healthz", "/search"]
+DEP = FLEET[0][0]
+
+
+def fleet_reports(seed: int = 7) -> list[tuple[dict[str, Any], float]]:
+    """The fleet's reports over the 8 days before :data:`NOW`, about every 3 hours
+    an instance, each day's first and last close to midnight. ``/legacy`` is
+    called on the first two days only, so it is an "unused" endpoint later."""
+    rng = random.Random(seed)
+    reports = []
+    for deployment, instances, app, versions, platform in FLEET:
+        for number in range(instances):
+            instance = deployment[:-2] + f"{number + 10:02d}"
+            sequence = 0
+            at = FIRST_DAY + rng.uniform(60, 3 * 3600)
+            while at < NOW - 600:
+                version = versions[0] if at < FIRST_DAY + 4 * DAY else versions[1]
+                routes = rng.sample(ROUTES, 3)
+                if at < FIRST_DAY + 2 * DAY:
+                    routes.append("/legacy")
+                calls = [
+                    (
+                        rng.choice(["GET", "POST"]),
+                        route,
+                        rng.choice([200, 200, 200, 404, 500, 503]),
+                        [rng.lognormvariate(-4, 1) for _ in range(rng.randint(1, 5))],
+                        rng.randint(0, 500),
+                        rng.randint(0, 5000),
+                    )
+                    for route in routes
+                ]
+                traits = {**platform, "app_version": version}
+                if app is not None:
+                    traits["app_name"] = app
+                payload = make_payload(deployment, instance, traits, calls, sequence=sequence)
+                reports.append((payload, at))
+                sequence += 1
+                # About every 3 hours, and now and then just either side of midnight.
+                step = rng.uniform(2 * 3600, 4 * 3600)
+                midnight = day_of(at) + DAY
+                if at + step > midnight and rng.random() < 0.5:
+                    step = midnight - at + rng.choice([-0.25, 0.0, 0.25])
+                at += step
+    return reports
+
+
+@pytest.fixture
+def fleet(storage: SQLStorage) -> SQLStorage:
+    for payload, received_at in fleet_reports():
+        storage.store(stored(payload, received_at))
+    return storage
+
+
+def _rounded(value: Any) -> Any:
+    """``value`` with every float to 10 significant digits: latency sums are
+    added in another order once rolled up, and may differ in their last bits."""
+    if isinstance(value, float):
+        return float(f"{value:.10g}")
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(item) for item in value]
+    return value
+
+
+#: The windows read: whole views (days back from NOW, so starting at 05:00:17)
+#: and the CSV's and endpoint lists' own ``since``, at and off midnights.
+VIEWS = [(days, app) for days in (1, 2, 3, 7, 30) for app in (None, "shop")]
+SINCES = [0.0, FIRST_DAY + 2 * DAY, FIRST_DAY + 2 * DAY + 1, NOW - 3 * DAY - 1234.5]
+
+
+def everything_read(storage: SQLStorage, now: float = NOW, sinces: list[float] = SINCES) -> Any:
+    """What the dashboard and the CSV show of ``storage``: summaries of every
+    view, and every endpoint list of every ``since``."""
+    return _rounded(
+        {
+            "summaries": [
+                build_summary(storage, days, now=now, app=app, refusals={}) for days, app in VIEWS
+            ],
+            "lists": [
+                [
+                    storage.totals(since),
+                    storage.endpoints(since),
+                    storage.endpoints(since, by_version=True),
+                    storage.endpoints(since, app="shop", by_app=True),
+                    list(storage.iter_endpoints(since)),
+                    storage.endpoint_summary(since, app="blog"),
+                ]
+                for since in sinces
+            ],
+        }
+    )
+
+
+def through(storage: SQLStorage) -> float:
+    return float(storage._run(lambda ex: ex.query("SELECT through FROM rollup_state"))[0][0])
+
+
+def count(storage: SQLStorage, sql: str, params: tuple[Any, ...] = ()) -> int:
+    return int(storage._run(lambda ex: ex.query(sql, params))[0][0] or 0)
+
+
+def test_every_figure_reads_the_same_after_the_roll_up(fleet: SQLStorage) -> None:
+    before = everything_read(fleet)
+    rolled = fleet.roll_up(now=NOW)
+    # Days 0 to 7 are over by more than an hour at 05:00; day 8 is today.
+    assert (rolled.days, through(fleet)) == (8, FIRST_DAY + 8 * DAY)
+    raw_rows = count(fleet, "SELECT COUNT(*) FROM aggregates WHERE received_at < ?", (NOW - DAY,))
+    daily_rows = count(fleet, "SELECT COUNT(*) FROM daily_aggregates")
+    assert rolled.rows == daily_rows and 0 < daily_rows < raw_rows
+    assert everything_read(fleet) == before
+    # Now without the raw rows of the rolled-up days: whole days back from a
+    # midnight need none of them, so the daily rows alone must give it all.
+    midnight = FIRST_DAY + 8 * DAY
+    at_midnight = [0.0, FIRST_DAY + 2 * DAY, FIRST_DAY + 5 * DAY]
+    before = everything_read(fleet, now=midnight, sinces=at_midnight)
+    fleet._run(
+        lambda ex: ex.execute("DELETE FROM aggregates WHERE received_at < ?", (midnight,)),
+        write=True,
+    )
+    assert count(fleet, "SELECT COUNT(*) FROM aggregates WHERE received_at < ?", (midnight,)) == 0
+    after = everything_read(fleet, now=midnight, sinces=at_midnight)
+    # Deployments, instances and reports are counted from the reports, which were kept.
+    assert after == before
+    assert any(row["route"] == "/legacy" for row in after["summaries"][0]["endpoints"])
+
+
+def test_a_day_is_rolled_up_only_once_it_has_settled(fleet: SQLStorage) -> None:
+    last_midnight = FIRST_DAY + 8 * DAY
+    assert fleet.roll_up(now=last_midnight + SETTLE - 1).days == 7
+    assert through(fleet) == last_midnight - DAY
+    before = everything_read(fleet)
+    assert fleet.roll_up(now=last_midnight + SETTLE - 1).days == 0
+    assert fleet.roll_up(now=last_midnight + SETTLE).days == 1
+    assert through(fleet) == last_midnight
+    assert everything_read(fleet) == before
+
+
+def test_a_stop_ends_the_roll_up_after_the_day_under_way(fleet: SQLStorage) -> None:
+    stop = threading.Event()
+    stop.set()
+    assert fleet.roll_up(now=NOW, stop=stop).days == 0
+    assert through(fleet) == 0.0
+
+
+def test_a_day_another_replica_rolled_up_first_is_not_added_again(
+    backend: test_storage.Backend, fleet: SQLStorage
+) -> None:
+    other = backend.open()
+    found = fleet._read(lambda ex: fleet._window(ex, 0.0).through)
+    assert other.roll_up(now=NOW).days == 8
+    daily = count(fleet, "SELECT COUNT(*) FROM daily_aggregates")
+    # This replica read the first day before the other wrote it: its write
+    # finds ``through`` moved and adds nothing.
+    figures = [("GET", "/x", None, None, "d", 1, 0, 0.1, 0, 0, FIRST_DAY + 10)]
+    assert fleet._write_day(found, FIRST_DAY + DAY, figures, []) is None
+    assert count(fleet, "SELECT COUNT(*) FROM daily_aggregates") == daily
+    assert fleet.roll_up(now=NOW).days == 0
+
+
+def test_two_replicas_rolling_up_at_once_add_each_day_once(
+    backend: test_storage.Backend, fleet: SQLStorage
+) -> None:
+    before = everything_read(fleet)
+    replicas = [backend.open() for _ in range(3)]
+    results: list[int] = []
+    go = threading.Barrier(len(replicas))
+
+    def roll(replica: SQLStorage) -> None:
+        go.wait()
+        results.append(replica.roll_up(now=NOW).days)
+
+    threads = [threading.Thread(target=roll, args=(replica,)) for replica in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(results) == 8 and through(fleet) == FIRST_DAY + 8 * DAY
+    calls = "SELECT {}({}) FROM {} WHERE {} < ?"
+    rolled = count(fleet, calls.format("SUM", "calls", "daily_aggregates", "day"), (NOW,))
+    raw = count(fleet, calls.format("SUM", "count", "aggregates", "received_at"), (through(fleet),))
+    assert rolled == raw
+    assert everything_read(fleet) == before
+
+
+def test_sums_past_64_bits_stay_exact_once_rolled_up(storage: SQLStorage) -> None:
+    counts = [2**63 - 1] * 3 + [5]
+    for number in counts:
+        storage.store(stored(_huge_call(number, status=500), received_at=T))
+    storage.store(stored(_huge_call(1, route="/small"), received_at=T))
+    total = sum(counts)
+    expected = {
+        "total requests": total + 1,
+        "total errors": total,
+        "calls": total,
+        "errors": total,
+        "request_bytes": total,
+        "response_bytes": total,
+        "bucket": total,
+    }
+    assert _summed(storage) == expected
+    assert storage.roll_up(now=T + 2 * DAY).days == 1
+    # Read from the daily rows alone: 4 of them hold /x's sums, 64 bits each.
+    storage._run(lambda ex: ex.execute("DELETE FROM aggregates"), write=True)
+    assert _summed(storage) == expected
+    assert count(storage, "SELECT COUNT(*) FROM daily_aggregates WHERE route = '/x'") == 4
+
+
+def test_the_retention_deletes_the_rolled_up_days_it_passed(fleet: SQLStorage) -> None:
+    fleet.roll_up(now=NOW)
+    days = "SELECT COUNT(DISTINCT day) FROM {}"
+    assert count(fleet, days.format("daily_aggregates")) == 8
+    # Past the retention: the first two days and the third's first hour.
+    fleet.prune(FIRST_DAY + 2 * DAY + 3600)
+    for table in ("daily_aggregates", "daily_bins"):
+        assert count(fleet, f"SELECT MIN(day) FROM {table}") == FIRST_DAY + 2 * DAY
+        assert count(fleet, days.format(table)) == 6
+    # The third day stays whole, as its raw rows did until the last of them.
+    fleet.prune(FIRST_DAY + 3 * DAY - 1)
+    assert count(fleet, "SELECT MIN(day) FROM daily_aggregates") == FIRST_DAY + 2 * DAY
+
+
+def test_rows_stored_after_the_roll_up_are_read_raw(fleet: SQLStorage) -> None:
+    fleet.roll_up(now=NOW)
+    late = make_payload(
+        FLEET[0][0], FLEET[0][0][:-2] + "10", {**LINUX, "app_name": "shop"},
+        [("DELETE", "/cart", 204, [0.002], 0, 0)],
+    )  # fmt: skip
+    fleet.store(stored(late, NOW - 60))
+    (row,) = [r for r in fleet.endpoints(NOW - DAY) if r["method"] == "DELETE"]
+    assert row["calls"] == 1
+
+
+@pytest.mark.parametrize(
+    ("since", "through", "window"),
+    [
+        # Nothing rolled up: everything raw from ``since``.
+        (100.0, 0.0, Window(100.0, 100.0, 100.0, 0.0)),
+        # After the rolled-up days: raw.
+        (5 * DAY + 1, 5 * DAY, Window(5 * DAY + 1, 5 * DAY + 1, 5 * DAY + 1, 5 * DAY)),
+        # Off midnight: raw to the next midnight, rolled-up days, raw again.
+        (DAY + 1, 5 * DAY, Window(DAY + 1, 2 * DAY, 5 * DAY, 5 * DAY)),
+        # At midnight: no raw part before the rolled-up days.
+        (2 * DAY, 5 * DAY, Window(2 * DAY, 2 * DAY, 5 * DAY, 5 * DAY)),
+        # In the last rolled-up day: raw from ``since`` on.
+        (5 * DAY - 1, 5 * DAY, Window(5 * DAY - 1, 5 * DAY, 5 * DAY, 5 * DAY)),
+    ],
+)
+def test_a_window_reads_each_stretch_of_time_once(
+    since: float, through: float, window: Window
+) -> None:
+    assert Window.of(since, through) == window
+
+
+@pytest.mark.parametrize(
+    ("sums", "rows"),
+    [
+        ([3, 0, 7], [[3, 0, 7]]),
+        ([MAX_BIGINT, 1], [[MAX_BIGINT, 1]]),
+        ([MAX_BIGINT + 2, 5], [[MAX_BIGINT, 5], [2, 0]]),
+        ([3 * MAX_BIGINT, 0], [[MAX_BIGINT, 0]] * 3),
+    ],
+)
+def test_sums_too_large_for_a_row_are_split_over_rows_that_add_up(
+    sums: list[int], rows: list[list[int]]
+) -> None:
+    split = split_sums(sums)
+    assert split == rows
+    assert [sum(column) for column in zip(*split, strict=True)] == sums
+    assert max(max(row) for row in split) <= MAX_BIGINT
+    assert math.isclose(sum(sum(row) for row in split), sum(sums))
+
+
+def test_the_collector_rolls_the_past_days_up_at_start(tmp_path: Path) -> None:
+    database = sqlite_database(tmp_path)
+    for days_ago, route in ((5, "/five"), (3, "/three"), (0.01, "/today")):
+        calls = [("GET", route, 200, 0.01)]
+        store_old_report(database.url, DEP, "1.0", calls, days_ago=days_ago)
+    with running_collector(database.url) as collector:
+        rolled = "SELECT DISTINCT route FROM daily_aggregates ORDER BY route"
+        assert wait_until(lambda: database.query(rolled) == [("/five",), ("/three",)])
+        summary = collector.summary(days=7)
+    assert {row["route"]: row["calls"] for row in summary["endpoints"]} == {
+        "/five": 1,
+        "/three": 1,
+        "/today": 1,
+    }
+    ((end,),) = database.query("SELECT through FROM rollup_state")
+    assert end == day_of(end) and end <= day_of(time.time() - SETTLE)
