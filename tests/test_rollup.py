@@ -23,8 +23,11 @@ import pytest
 
 import test_storage
 from collector_stack import running_collector, sqlite_database, store_old_report
+from reqtelemetry.collector.storage import sql as sql_module
 from reqtelemetry.collector.storage.rollup import (
+    CHUNK_ROWS,
     DAY,
+    INSERT_FIGURES_SQL,
     MAX_BIGINT,
     SETTLE,
     Window,
@@ -161,18 +164,21 @@ def test_every_figure_reads_the_same_after_the_roll_up(fleet: SQLStorage) -> Non
     daily_rows = count(fleet, "SELECT COUNT(*) FROM daily_aggregates")
     assert rolled.rows == daily_rows and 0 < daily_rows < raw_rows
     assert everything_read(fleet) == before
-    # Now without the raw rows of the rolled-up days: whole days back from a
-    # midnight need none of them, so the daily rows alone must give it all.
+    # Now with the raw rows of the rolled-up days made wrong: whole days back
+    # from a midnight read none of them, so the daily rows alone must give it
+    # all, as before.
     midnight = FIRST_DAY + 8 * DAY
     at_midnight = [0.0, FIRST_DAY + 2 * DAY, FIRST_DAY + 5 * DAY]
     before = everything_read(fleet, now=midnight, sinces=at_midnight)
-    fleet._run(
-        lambda ex: ex.execute("DELETE FROM aggregates WHERE received_at < ?", (midnight,)),
-        write=True,
+    spoil = (
+        "UPDATE aggregates SET count = count * 7, latency_sum = latency_sum * 7,"
+        " request_bytes = request_bytes + 1, deployment_id = 'spoilt',"
+        f" histogram = {fleet.dialect.json_param} WHERE received_at < ?"
     )
-    assert count(fleet, "SELECT COUNT(*) FROM aggregates WHERE received_at < ?", (midnight,)) == 0
+    fleet._run(lambda ex: ex.execute(spoil, ("[]", midnight)), write=True)
+    spoilt = count(fleet, "SELECT COUNT(*) FROM aggregates WHERE deployment_id = 'spoilt'")
+    assert spoilt > 0
     after = everything_read(fleet, now=midnight, sinces=at_midnight)
-    # Deployments, instances and reports are counted from the reports, which were kept.
     assert after == before
     assert any(row["route"] == "/legacy" for row in after["summaries"][0]["endpoints"])
 
@@ -185,6 +191,32 @@ def test_a_day_is_rolled_up_only_once_it_has_settled(fleet: SQLStorage) -> None:
     assert fleet.roll_up(now=last_midnight + SETTLE - 1).days == 0
     assert fleet.roll_up(now=last_midnight + SETTLE).days == 1
     assert through(fleet) == last_midnight
+    assert everything_read(fleet) == before
+
+
+def test_a_day_written_in_many_chunks_reads_the_same(
+    fleet: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = everything_read(fleet)
+    monkeypatch.setattr(sql_module, "CHUNK_ROWS", 7)
+    assert fleet.roll_up(now=NOW).days == 8
+    assert everything_read(fleet) == before
+
+
+def test_what_an_attempt_cut_short_left_is_never_read_and_then_swept(
+    fleet: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = everything_read(fleet)
+    assert fleet.roll_up(now=FIRST_DAY + 3 * DAY + SETTLE).days == 3
+    # A replica died after writing some chunks of days 3 and 5 (a gap day's too).
+    left = [
+        (day, 12345, "GET", "/cart", "shop", "1.0", FLEET[0][0], 10**6, 0, 1.0, 0, 0, day + 1)
+        for day in (FIRST_DAY + 3 * DAY, FIRST_DAY + 5 * DAY)
+    ]
+    fleet._run(lambda ex: ex.executemany(INSERT_FIGURES_SQL, left), write=True)
+    assert everything_read(fleet) == before
+    assert fleet.roll_up(now=NOW).days == 5
+    assert count(fleet, "SELECT COUNT(*) FROM daily_aggregates WHERE attempt = 12345") == 0
     assert everything_read(fleet) == before
 
 
@@ -235,14 +267,22 @@ def test_two_replicas_rolling_up_at_once_add_each_day_once(
     assert everything_read(fleet) == before
 
 
-def test_sums_past_64_bits_stay_exact_once_rolled_up(storage: SQLStorage) -> None:
+@pytest.mark.parametrize("chunk", [CHUNK_ROWS, 3])
+def test_sums_past_64_bits_stay_exact_once_rolled_up(
+    storage: SQLStorage, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also where the sum leaves 64 bits after the first chunk of the day's rows
+    was written (SQLite's SUM then fails part-way, and the day starts again)."""
+    monkeypatch.setattr(sql_module, "CHUNK_ROWS", chunk)
     counts = [2**63 - 1] * 3 + [5]
     for number in counts:
         storage.store(stored(_huge_call(number, status=500), received_at=T))
     storage.store(stored(_huge_call(1, route="/small"), received_at=T))
+    for route in ("/a", "/b", "/c", "/d", "/e", "/f", "/g"):  # grouped before /x
+        storage.store(stored(_huge_call(1, route=route), received_at=T))
     total = sum(counts)
     expected = {
-        "total requests": total + 1,
+        "total requests": total + 8,
         "total errors": total,
         "calls": total,
         "errors": total,
@@ -258,18 +298,56 @@ def test_sums_past_64_bits_stay_exact_once_rolled_up(storage: SQLStorage) -> Non
     assert count(storage, "SELECT COUNT(*) FROM daily_aggregates WHERE route = '/x'") == 4
 
 
-def test_the_retention_deletes_the_rolled_up_days_it_passed(fleet: SQLStorage) -> None:
+def raw_only(storage: SQLStorage, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What :func:`everything_read` gives from the raw rows alone, as before roll-ups."""
+    with monkeypatch.context() as patch:
+        patch.setattr(type(storage), "_window", lambda self, ex, since: Window.of(since, 0.0))
+        return everything_read(storage)
+
+
+def test_the_retention_stops_reading_the_rolled_up_days_it_cut_into(
+    fleet: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fleet.roll_up(now=NOW)
     days = "SELECT COUNT(DISTINCT day) FROM {}"
     assert count(fleet, days.format("daily_aggregates")) == 8
-    # Past the retention: the first two days and the third's first hour.
+    # Past the retention: the first two days and the third's first hour. The
+    # third day's daily rows hold what was deleted: its kept raw rows are read.
     fleet.prune(FIRST_DAY + 2 * DAY + 3600)
     for table in ("daily_aggregates", "daily_bins"):
-        assert count(fleet, f"SELECT MIN(day) FROM {table}") == FIRST_DAY + 2 * DAY
-        assert count(fleet, days.format(table)) == 6
-    # The third day stays whole, as its raw rows did until the last of them.
-    fleet.prune(FIRST_DAY + 3 * DAY - 1)
-    assert count(fleet, "SELECT MIN(day) FROM daily_aggregates") == FIRST_DAY + 2 * DAY
+        assert count(fleet, f"SELECT MIN(day) FROM {table}") == FIRST_DAY + 3 * DAY
+        assert count(fleet, days.format(table)) == 5
+    assert everything_read(fleet) == raw_only(fleet, monkeypatch)
+    # A cutoff at a midnight leaves that day whole.
+    fleet.prune(FIRST_DAY + 4 * DAY)
+    assert count(fleet, "SELECT MIN(day) FROM daily_aggregates") == FIRST_DAY + 4 * DAY
+    assert everything_read(fleet) == raw_only(fleet, monkeypatch)
+
+
+def test_a_retention_past_the_rolled_up_days_moves_the_roll_up_on(
+    fleet: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert fleet.roll_up(now=FIRST_DAY + 2 * DAY + SETTLE).days == 2
+    fleet.prune(FIRST_DAY + 4 * DAY + 60)
+    assert through(fleet) == FIRST_DAY + 5 * DAY
+    assert count(fleet, "SELECT COUNT(*) FROM daily_aggregates") == 0
+    assert fleet.roll_up(now=NOW).days == 3
+    assert everything_read(fleet) == raw_only(fleet, monkeypatch)
+
+
+def test_a_report_from_a_clock_behind_the_roll_up_is_stored_after_it(fleet: SQLStorage) -> None:
+    fleet.roll_up(now=NOW)
+    late = make_payload(
+        FLEET[0][0], FLEET[0][0][:-2] + "10", {**LINUX, "app_name": "shop"},
+        [("DELETE", "/cart", 204, [0.002], 0, 0)],
+    )  # fmt: skip
+    # Received, by a replica's clock, two days before the rolled-up days end.
+    fleet.store(stored(late, through(fleet) - 2 * DAY))
+    (row,) = [r for r in fleet.endpoints(0.0) if r["method"] == "DELETE"]
+    assert row["calls"] == 1
+    received = "SELECT received_at FROM aggregates WHERE method = 'DELETE'"
+    assert count(fleet, received) == through(fleet)
+    assert fleet.totals(0.0)["requests"] == count(fleet, "SELECT SUM(count) FROM aggregates")
 
 
 def test_rows_stored_after_the_roll_up_are_read_raw(fleet: SQLStorage) -> None:

@@ -76,6 +76,7 @@ DIALECT = Dialect(
     # Resolved through search_path, like every other statement here.
     has_migrations_table="SELECT COUNT(to_regclass('schema_migrations'))",
     lock_rows=" FOR UPDATE",
+    share_rows=" FOR SHARE",
     bytewise=' COLLATE "C"',
 )
 

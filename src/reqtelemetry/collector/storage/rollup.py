@@ -20,15 +20,26 @@ What is lost: nothing the dashboard or the CSV shows. The raw rows stay until
 the retention deletes them; the roll-up is an index of them, not a
 replacement.
 
-``rollup_state.through`` is the one fact that says what is rolled up: every
-aggregate received before it is in the daily tables, and it moves a day at a
-time in the same transaction as that day's rows, after a check that it has
-not moved (so two replicas rolling up at once add each day once).
+``rollup_state`` says what the daily rows hold. ``through``: every aggregate
+received before it is in them; it moves a day at a time, after the day's
+rows are written, in a transaction that first checks it has not moved (so
+two replicas rolling up at once add each day once). A day's rows are written
+in chunks of their own transactions (a large day must neither be held in
+memory nor hold SQLite's one write lock for long), tagged with the attempt
+that wrote them: rows of a day at or after ``through`` are never read, and
+when ``through`` moves past a day, every row of it another attempt left (one
+cut short, or a replica's that lost) is deleted. ``kept_from``: the
+retention's cutoff rounded up to a midnight; the daily rows before it are
+never read either, since the day the cutoff fell in lost some of its raw
+rows, and the raw rows still kept before it are read instead (see
+:class:`Window`). So the retention deletes old daily rows lazily, a day at a
+time.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,12 +65,16 @@ def rollup_tables(*, float_type: str, big_int: str) -> tuple[str, ...]:
     Why the day as seconds (a UTC midnight), like every other time here:
     the reads compare it with the same ``since`` as ``received_at``.
     """
-    endpoint = "method TEXT NOT NULL, route TEXT NOT NULL, app_name TEXT, app_version TEXT"
+    endpoint = (
+        f"attempt {big_int} NOT NULL,"
+        " method TEXT NOT NULL, route TEXT NOT NULL, app_name TEXT, app_version TEXT"
+    )
     return (
         "CREATE TABLE rollup_state ("
         " id INTEGER PRIMARY KEY CHECK (id = 1),"
-        f" through {float_type} NOT NULL)",
-        "INSERT INTO rollup_state (id, through) VALUES (1, 0)",
+        f" through {float_type} NOT NULL,"
+        f" kept_from {float_type} NOT NULL)",
+        "INSERT INTO rollup_state (id, through, kept_from) VALUES (1, 0, 0)",
         "CREATE TABLE daily_aggregates ("
         f" day {float_type} NOT NULL, {endpoint},"
         " deployment_id TEXT NOT NULL,"
@@ -91,6 +106,16 @@ def settled_before(now: float) -> float:
     return day_of(now - SETTLE)
 
 
+def next_day(seconds: float) -> float:
+    """The UTC midnight at or after ``seconds``."""
+    return math.ceil(seconds / DAY) * DAY
+
+
+def new_attempt() -> int:
+    """A tag for one attempt's daily rows, unlike any other's (63 random bits)."""
+    return secrets.randbits(63)
+
+
 @dataclass(frozen=True)
 class Window:
     """Where the rows received since ``since`` are read from.
@@ -98,37 +123,43 @@ class Window:
     The raw rows received in ``[since, rolled_from)``, the daily rows of the
     days in ``[rolled_from, raw_from)``, and the raw rows received from
     ``raw_from`` on. Without a whole rolled-up day in the window, both bounds
-    are where the raw rows' part begins, and only raw rows are read.
+    are where the raw rows' part begins, and only raw rows are read. The
+    daily rows before ``kept_from`` are never read (the retention cut into
+    them); the raw rows still kept there are.
 
-    ``through`` (from ``rollup_state``) may be older than the database it is
-    used on, never newer: a day rolled up since is then still read raw (its
-    raw rows are kept), so a stale ``through`` costs time, not correctness.
+    ``through`` and ``kept_from`` (from ``rollup_state``) may be older than
+    the database they are used on, never newer: a day rolled up since is then
+    still read raw (its raw rows are kept), so a stale state costs time, not
+    correctness.
     """
 
     since: float
     rolled_from: float
     raw_from: float
     through: float
+    kept_from: float = 0.0
 
     @classmethod
-    def of(cls, since: float, through: float) -> Window:
-        since, through = float(since), float(through)
+    def of(cls, since: float, through: float, kept_from: float = 0.0) -> Window:
+        since, through, kept_from = float(since), float(through), float(kept_from)
         if since >= through:
-            return cls(since, since, since, through)
-        first_whole_day = math.ceil(since / DAY) * DAY
-        return cls(since, min(first_whole_day, through), through, through)
+            return cls(since, since, since, through, kept_from)
+        rolled_from = min(max(next_day(since), kept_from), through)
+        return cls(since, rolled_from, through, through, kept_from)
 
     @property
-    def params(self) -> tuple[float, float, float, float, float]:
+    def params(self) -> tuple[float, ...]:
         """For :func:`window_rows`' branches, in order: the first raw part's
         bounds, the rolled-up days' bounds, the second raw part's start."""
         return (self.since, self.rolled_from, self.rolled_from, self.raw_from, self.raw_from)
 
     @property
-    def before_params(self) -> tuple[float, float, float, float]:
+    def before_params(self) -> tuple[float, ...]:
         """For :func:`window_rows` over what came before ``since`` (``before=True``):
-        the raw rows not rolled up, and the rolled-up days that began before it."""
-        return (self.through, self.since, self.through, self.since)
+        the raw rows before the daily rows that are read, those not rolled up
+        yet, and the rolled-up days that began before ``since``."""
+        below = min(self.kept_from, self.since)
+        return (below, self.through, self.since, self.kept_from, min(self.since, self.through))
 
 
 #: The columns :func:`window_rows` reads, raw and rolled up alike.
@@ -184,8 +215,9 @@ def window_rows(
         raw_columns, daily_columns, daily = _RAW_FIGURES, _DAILY_FIGURES, "daily_aggregates AS a"
     if before:
         branches = [
+            f"SELECT {raw_columns} FROM {raw} WHERE a.received_at < ?{only}",
             f"SELECT {raw_columns} FROM {raw} WHERE a.received_at >= ? AND a.received_at < ?{only}",
-            f"SELECT {daily_columns} FROM {daily} WHERE a.day < ? AND a.day < ?{only}",
+            f"SELECT {daily_columns} FROM {daily} WHERE a.day >= ? AND a.day < ?{only}",
         ]
     else:
         branches = [
@@ -200,7 +232,7 @@ def window_params(window: Window, only_params: Sequence[Any], *, before: bool = 
     """The parameters of :func:`window_rows` for ``window``, ``only``'s after each branch's."""
     if before:
         bounds = window.before_params
-        pairs = [bounds[0:2], bounds[2:4]]
+        pairs = [bounds[0:1], bounds[1:3], bounds[3:5]]
     else:
         bounds = window.params
         pairs = [bounds[0:2], bounds[2:4], bounds[4:5]]
@@ -210,13 +242,25 @@ def window_params(window: Window, only_params: Sequence[Any], *, before: bool = 
 def every_row(raw: str, only: str = "") -> str:
     """A ``FROM`` item (``AS a``) of every aggregate kept, raw and rolled up,
     as ``method, route, app_name, received_at``: what "unused endpoints" read.
-    Parameters: ``through``, then ``only``'s, twice."""
+    Parameters: :func:`every_params`."""
+    columns = "a.method, a.route, a.app_name"
     return (
-        f"(SELECT a.method, a.route, a.app_name, a.received_at FROM {raw}"
-        f" WHERE a.received_at >= ?{only}"
-        " UNION ALL SELECT a.method, a.route, a.app_name, a.last_seen FROM daily_aggregates AS a"
-        f" WHERE a.day < ?{only}) AS a"
+        f"(SELECT {columns}, a.received_at FROM {raw} WHERE a.received_at < ?{only}"
+        f" UNION ALL SELECT {columns}, a.received_at FROM {raw} WHERE a.received_at >= ?{only}"
+        f" UNION ALL SELECT {columns}, a.last_seen FROM daily_aggregates AS a"
+        f" WHERE a.day >= ? AND a.day < ?{only}) AS a"
     )
+
+
+def every_params(window: Window, only_params: Sequence[Any]) -> list[Any]:
+    """The parameters of :func:`every_row` for ``window``: the raw rows before
+    the daily rows read, those not rolled up yet, and the daily rows read."""
+    kept_from, through = window.kept_from, window.through
+    return [
+        *(kept_from, *only_params),
+        *(through, *only_params),
+        *(kept_from, through, *only_params),
+    ]
 
 
 # -- one day's roll-up ------------------------------------------------------------------
@@ -236,16 +280,31 @@ DAY_BINS_SQL = (
     " GROUP BY a.method, a.route, a.app_name, a.app_version, {index}"
 )
 INSERT_FIGURES_SQL = (
-    "INSERT INTO daily_aggregates (day, method, route, app_name, app_version, deployment_id,"
-    " calls, errors, latency_sum, request_bytes, response_bytes, last_seen)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO daily_aggregates (day, attempt, method, route, app_name, app_version,"
+    " deployment_id, calls, errors, latency_sum, request_bytes, response_bytes, last_seen)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_BINS_SQL = (
-    "INSERT INTO daily_bins (day, method, route, app_name, app_version, bin, n)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO daily_bins (day, attempt, method, route, app_name, app_version, bin, n)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-#: Moves ``through`` a day on, only from where this roll-up found it.
+#: Where the daily rows stand, read by a transaction that writes: with
+#: ``{lock}`` (PostgreSQL's ``FOR SHARE``) its check holds until its commit,
+#: since ``through`` cannot move meanwhile.
+STATE_SQL = "SELECT through, kept_from FROM rollup_state WHERE id = 1{lock}"
+#: Moves ``through`` on, only from where this roll-up found it.
 ADVANCE_SQL = "UPDATE rollup_state SET through = ? WHERE id = 1 AND through = ? RETURNING through"
+#: Then deletes what other attempts left of the days it moved past.
+SWEEP_SQL = "DELETE FROM {table} WHERE day >= ? AND day < ? AND attempt <> ?"
+#: The retention's cutoff: daily rows before it are not read, nor ``through`` behind it.
+KEEP_FROM_SQL = (
+    "UPDATE rollup_state SET kept_from = {greatest}(kept_from, ?),"
+    " through = {greatest}(through, ?) WHERE id = 1"
+)
+#: The tables of daily rows.
+DAILY_TABLES = ("daily_aggregates", "daily_bins")
+#: Rows written at a time by a roll-up, each chunk in a transaction of its own.
+CHUNK_ROWS = 5000
 
 
 def split_sums(sums: Sequence[int]) -> list[list[int]]:
@@ -265,7 +324,9 @@ def split_sums(sums: Sequence[int]) -> list[list[int]]:
             return rows
 
 
-def figure_rows(day: float, grouped: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+def figure_rows(
+    day: float, attempt: int, grouped: Sequence[Sequence[Any]]
+) -> list[tuple[Any, ...]]:
     """``daily_aggregates`` rows of ``day`` from :data:`DAY_FIGURES_SQL`'s rows.
 
     A group whose sums leave 64 bits becomes several rows; the latency sum and
@@ -276,16 +337,16 @@ def figure_rows(day: float, grouped: Sequence[Sequence[Any]]) -> list[tuple[Any,
         parts = split_sums((calls, errors, sent, got))
         for place, (n_calls, n_errors, n_in, n_out) in enumerate(parts):
             latency_part = float(latency or 0.0) if place == 0 else 0.0
-            endpoint = (day, method, route, app, version, deployment)
+            endpoint = (day, attempt, method, route, app, version, deployment)
             rows.append((*endpoint, n_calls, n_errors, latency_part, n_in, n_out, float(seen)))
     return rows
 
 
-def bin_rows(day: float, grouped: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+def bin_rows(day: float, attempt: int, grouped: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
     """``daily_bins`` rows of ``day`` from :data:`DAY_BINS_SQL`'s rows (a count
     past 64 bits over several rows)."""
     rows = []
     for method, route, app, version, index, count in grouped:
         for (part,) in split_sums((count,)):
-            rows.append((day, method, route, app, version, int(index), part))
+            rows.append((day, attempt, method, route, app, version, int(index), part))
     return rows

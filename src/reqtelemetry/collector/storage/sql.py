@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from ...histogram import Histogram
@@ -43,16 +44,24 @@ from .base import (
 )
 from .rollup import (
     ADVANCE_SQL,
+    CHUNK_ROWS,
+    DAILY_TABLES,
     DAY,
     DAY_BINS_SQL,
     DAY_FIGURES_SQL,
     INSERT_BINS_SQL,
     INSERT_FIGURES_SQL,
+    KEEP_FROM_SQL,
+    STATE_SQL,
+    SWEEP_SQL,
     Window,
     bin_rows,
     day_of,
+    every_params,
     every_row,
     figure_rows,
+    new_attempt,
+    next_day,
     settled_before,
     window_params,
     window_rows,
@@ -153,6 +162,12 @@ class Dialect:
     #: What makes a ``SELECT`` lock the rows it reads until the commit (PostgreSQL's
     #: ``FOR UPDATE``); empty where one writer holds the whole database (SQLite).
     lock_rows: str = ""
+    #: What makes a ``SELECT`` hold a shared lock on the rows it reads until the
+    #: commit (PostgreSQL's ``FOR SHARE``); empty where one writer holds all.
+    share_rows: str = ""
+    #: The aggregate that adds up integers exactly whatever their sum: ``sum``,
+    #: or where that stops at 64 bits, SQLite's own (see sqlite.py).
+    exact_sum: str = "SUM"
     #: Appended to a text column in ``ORDER BY`` so that it sorts byte by byte,
     #: as Python does: PostgreSQL's default collation follows the locale,
     #: SQLite's is already bytewise.
@@ -371,6 +386,16 @@ class SQLStorage(Storage):
         ]
 
         def work(ex: Executor) -> None:
+            # Never before the rolled-up days, which would leave the report
+            # out of every read: a replica's clock behind the one that rolled
+            # up by more than rollup.SETTLE. The check holds until the commit.
+            state = ex.query(STATE_SQL.format(lock=d.share_rows))
+            at = max(received, _float(state[0][0])) if state else received
+            aggregates = aggregate_rows
+            metric_values = metric_rows
+            if at != received:
+                aggregates = [(*row[:4], at, *row[5:]) for row in aggregate_rows]
+                metric_values = [(*row[:2], at, *row[3:]) for row in metric_rows]
             inserted = ex.query(
                 "INSERT INTO reports (stamp, deployment_id, instance_id, app_name, app_version,"
                 " kind, sequence, part, parts, sent_at, received_at, period_start, period_end,"
@@ -388,7 +413,7 @@ class SQLStorage(Storage):
                     payload["part"],
                     payload["parts"],
                     payload["sent_at"],
-                    received,
+                    at,
                     batch["period_start"],
                     batch["period_end"],
                     batch["dropped"],
@@ -398,7 +423,7 @@ class SQLStorage(Storage):
             if not inserted:
                 raise ReplayError(f"stamp already stored: {report.stamp[:80]}")
             report_id = inserted[0][0]
-            if aggregate_rows:
+            if aggregates:
                 ex.executemany(
                     "INSERT INTO aggregates (report_id, instance_id, deployment_id, app_name,"
                     " app_version, received_at, period_start, period_end, method, route, status,"
@@ -406,20 +431,20 @@ class SQLStorage(Storage):
                     " response_bytes)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
                     f" {d.json_param}, ?, ?)",
-                    [(report_id, *row) for row in aggregate_rows],
+                    [(report_id, *row) for row in aggregates],
                 )
-            if metric_rows:
+            if metric_values:
                 ex.executemany(
                     "INSERT INTO metrics (report_id, instance_id, deployment_id, received_at,"
                     " name, kind, value) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(report_id, *row) for row in metric_rows],
+                    [(report_id, *row) for row in metric_values],
                 )
             ex.execute(
                 "INSERT INTO deployments (id, first_seen, last_seen) VALUES (?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET"
                 f" first_seen = {d.least}(deployments.first_seen, excluded.first_seen),"
                 f" last_seen = {d.greatest}(deployments.last_seen, excluded.last_seen)",
-                (deployment_id, received, received),
+                (deployment_id, at, at),
             )
             # Traits follow the newest report: a report that arrives late does
             # not overwrite what a later one said.
@@ -438,7 +463,7 @@ class SQLStorage(Storage):
                 )
                 + f", first_seen = {d.least}(instances.first_seen, excluded.first_seen),"
                 f" last_seen = {d.greatest}(instances.last_seen, excluded.last_seen)",
-                (instance_id, deployment_id, traits_json, *extracted, received, received),
+                (instance_id, deployment_id, traits_json, *extracted, at, at),
             )
 
         try:
@@ -492,6 +517,11 @@ class SQLStorage(Storage):
                 break
 
         def the_rest(ex: Executor) -> tuple[int, int]:
+            # The daily rows before the first midnight after ``before`` are
+            # read no more (the day it fell in lost some of its raw rows): the
+            # state first, as every writer takes it first (no deadlock).
+            kept_from = next_day(before)
+            ex.execute(KEEP_FROM_SQL.format(greatest=self.dialect.greatest), (kept_from, kept_from))
             # Deployments first, as store() upserts them before their instance:
             # locking in the other order, a report from an instance quiet for
             # longer than the retention deadlocked with the prune on PostgreSQL.
@@ -514,89 +544,148 @@ class SQLStorage(Storage):
                 " RETURNING id",
                 (before,),
             )
-            # The rolled-up days that ended before it: a day that began before
-            # and ended after stays whole, as its raw rows did until its last.
-            for table in ("daily_aggregates", "daily_bins"):
-                ex.execute(f"DELETE FROM {table} WHERE day <= ?", (before - DAY,))
             return len(instances), len(deployments)
 
         instances, deployments = self._run(the_rest, write=True)
+        self._delete_unread_days(stop)
         return Pruned(reports=reports, instances=instances, deployments=deployments)
+
+    def _delete_unread_days(self, stop: threading.Event) -> None:
+        """Delete the daily rows before ``kept_from`` (never read), a day and a
+        table a transaction, pausing as the prune does: one day of a large
+        fleet is millions of rows."""
+
+        def one_day(table: str, ex: Executor) -> bool:
+            kept_from = self._window(ex, 0.0).kept_from
+            first = ex.query(f"SELECT MIN(day) FROM {table} WHERE day < ?", (kept_from,))
+            if first[0][0] is None:
+                return False
+            ex.execute(f"DELETE FROM {table} WHERE day = ?", (first[0][0],))
+            return True
+
+        for table in DAILY_TABLES:
+            while not stop.is_set():
+                began = time.monotonic()
+                if not self._run(partial(one_day, table), write=True):
+                    break
+                if stop.wait(min(time.monotonic() - began, MAX_PRUNE_PAUSE)):
+                    return
 
     def roll_up(self, now: float | None = None, stop: threading.Event | None = None) -> RolledUp:
         """See :meth:`Storage.roll_up` and :mod:`.rollup`.
 
-        A day is read in a read transaction of the dashboard's kind (on SQLite
-        it holds no lock a report waits for; the grouping is the slow part),
-        then written, and ``through`` moved past it, in one short write
-        transaction that first checks ``through`` is still where the read
-        found it: if another replica rolled the day up meanwhile, this one
-        stops and leaves the rest to it. After each day, a pause as long as
-        it took, as between the prune's batches.
+        Each day is grouped by a read of its own (on SQLite a reader
+        connection, which holds no lock a report waits for; the grouping is
+        the slow part) and written as it is read, :data:`CHUNK_ROWS` rows a
+        transaction, so that neither memory nor the write lock grows with the
+        day. ``through`` moves past the day last. After each day, a pause as
+        long as it took, as between the prune's batches.
         """
         now = time.time() if now is None else float(now)
         stop = threading.Event() if stop is None else stop
         settled = settled_before(now)
-        d = self.dialect
-        figures_sql = DAY_FIGURES_SQL.format(sum=d.sum, float_sum=d.float_sum, by_time=d.by_time)
-        bins_sql = DAY_BINS_SQL.format(
-            sum=d.sum,
-            by_time=d.by_time,
-            expand=d.expand_bins,
-            index=d.bin_index,
-            count=d.bin_count,
-        )
-
-        def next_day(ex: Executor) -> tuple[float, float, list[Row], list[Row]] | None:
-            through = self._window(ex, 0.0).through
-            first = ex.query(
-                "SELECT MIN(received_at) FROM aggregates WHERE received_at >= ?", (through,)
-            )
-            if first[0][0] is None:
-                return None
-            # ``through`` is a day's end (or 0): the next rows are all of one day.
-            end = day_of(float(first[0][0])) + DAY
-            if end > settled:
-                return None
-            bounds = (through, end)
-            return through, end, ex.query(figures_sql, bounds), ex.query(bins_sql, bounds)
-
         days = rows = 0
         while not stop.is_set():
             began = time.monotonic()
-            found = self._read(next_day)
+            found = self._read(lambda ex: self._day_to_roll_up(ex, settled))
             if found is None:
                 break
-            through, end, figures, bins = found
-            written = self._write_day(through, end, figures, bins)
+            written = self._roll_up_day(*found)
             if written is None:
-                break  # another replica rolled this day up first
+                break  # another replica rolled it up (or the retention passed it) first
             days += 1
             rows += written
             if stop.wait(min(time.monotonic() - began, MAX_PRUNE_PAUSE)):
                 break
         return RolledUp(days=days, rows=rows)
 
-    def _write_day(
-        self, through: float, end: float, figures: list[Row], bins: list[Row]
-    ) -> int | None:
-        """Write the day ending at ``end`` (its grouped ``figures`` and ``bins``)
-        and move ``through`` to ``end``, if it is still at ``through``; the
-        daily rows written, or None when it was not."""
+    def _day_to_roll_up(self, ex: Executor, settled: float) -> tuple[float, float] | None:
+        """``(through, end)``: the next day with raw rows not rolled up, if it
+        ended by ``settled``. ``through`` is a day's end (or 0), so every raw
+        row in ``[through, end)`` is of that one day."""
+        through = self._window(ex, 0.0).through
+        first = ex.query(
+            "SELECT MIN(received_at) FROM aggregates WHERE received_at >= ?", (through,)
+        )
+        if first[0][0] is None:
+            return None
+        end = day_of(float(first[0][0])) + DAY
+        return (through, end) if end <= settled else None
+
+    def _roll_up_day(self, through: float, end: float) -> int | None:
+        """Roll the raw rows of ``[through, end)`` up; the daily rows written, or
+        None when ``through`` moved meanwhile. A sum that leaves 64 bits on
+        SQLite part-way through the day's rows starts the day again with the
+        exact sum (the rows written so far are another attempt's, swept)."""
+        for exact in (False, True):
+            try:
+                return self._write_day(through, end, new_attempt(), exact)
+            except Exception as error:
+                if exact or not self._is_sum_overflow(error):
+                    raise
+        return None  # not reached: the exact attempt returns or raises
+
+    def _write_day(self, through: float, end: float, attempt: int, exact: bool) -> int | None:
+        d = self.dialect
+        total = d.exact_sum if exact else d.sum
+        reads = (
+            (
+                DAY_FIGURES_SQL.format(sum=total, float_sum=d.float_sum, by_time=d.by_time),
+                INSERT_FIGURES_SQL,
+                figure_rows,
+            ),
+            (
+                DAY_BINS_SQL.format(
+                    sum=total,
+                    by_time=d.by_time,
+                    expand=d.expand_bins,
+                    index=d.bin_index,
+                    count=d.bin_count,
+                ),
+                INSERT_BINS_SQL,
+                bin_rows,
+            ),
+        )
         day = end - DAY
-        figure_values = figure_rows(day, figures)
-        bin_values = bin_rows(day, bins)
+        written = 0
+        for sql, insert, to_rows in reads:
+            batches = self._stream(sql, (through, end), CHUNK_ROWS)
+            try:
+                for batch in batches:
+                    values = to_rows(day, attempt, batch)
+                    if not self._run(partial(self._add_chunk, through, insert, values), True):
+                        return None
+                    written += len(values) if insert is INSERT_FIGURES_SQL else 0
+            finally:
+                batches.close()
+        if not self._run(partial(self._finish_day, through, end, attempt), True):
+            return None
+        return written
 
-        def work(ex: Executor) -> int | None:
-            if not ex.query(ADVANCE_SQL, (end, through)):
-                return None
-            if figure_values:
-                ex.executemany(INSERT_FIGURES_SQL, figure_values)
-            if bin_values:
-                ex.executemany(INSERT_BINS_SQL, bin_values)
-            return len(figure_values)
+    def _add_chunk(
+        self, through: float, insert: str, values: list[tuple[Any, ...]], ex: Executor
+    ) -> bool:
+        """Write one chunk of a day's rows, if ``through`` has not moved; the
+        check holds until the commit (see :data:`STATE_SQL`)."""
+        state = ex.query(STATE_SQL.format(lock=self.dialect.share_rows))
+        if not state or float(state[0][0]) != through:
+            return False
+        ex.executemany(insert, values)
+        return True
 
-        return self._run(work, write=True)
+    def _finish_day(self, through: float, end: float, attempt: int, ex: Executor) -> bool:
+        """Move ``through`` to ``end``, if it has not moved, and delete what other
+        attempts left of the days it moved past."""
+        if not ex.query(ADVANCE_SQL, (end, through)):
+            return False
+        for table in DAILY_TABLES:
+            ex.execute(SWEEP_SQL.format(table=table), (through, end, attempt))
+        return True
+
+    def _is_sum_overflow(self, error: Exception) -> bool:
+        """Whether ``error`` is a ``SUM`` that left 64 bits part-way through a
+        read (SQLite's; PostgreSQL's sums are numeric)."""
+        return False
 
     def add_refusals(self, counts: Mapping[str, int], deadline: float | None = None) -> None:
         """Add ``counts`` to the counters in one transaction: upserts that add,
@@ -867,9 +956,7 @@ class SQLStorage(Storage):
             window = self._window(ex, since)
             used_rows = ex.query(*self._busiest_endpoints_sql(window, app, limits.used))
             unused_sql, unused_params = self._unused_endpoints_sql(window, app, limits.unused)
-            unused_rows = self._unused_rows(
-                ex, window, app, _counted(used_rows), unused_sql, unused_params
-            )
+            unused_rows = self._unused_rows(ex, app, _counted(used_rows), unused_sql, unused_params)
             histograms = {tuple(row[:3]): Histogram() for row in used_rows}
             by_version, versions = self._versions_of(ex, window, app, histograms, limits.by_version)
             used = [_used_endpoint(row, histograms[tuple(row[:3])]) for row in used_rows]
@@ -888,27 +975,23 @@ class SQLStorage(Storage):
         return self._read(work)
 
     def _unused_rows(
-        self,
-        ex: Executor,
-        window: Window,
-        app: str | None,
-        used: int,
-        sql: str,
-        params: Sequence[Any],
+        self, ex: Executor, app: str | None, used: int, sql: str, params: Sequence[Any]
     ) -> list[Row]:
         """The rows of the unused endpoints' statement (``sql``), run only when
         the endpoints ever stored (of ``app``) outnumber the ``used`` ones.
 
         Why count first: an unused endpoint's last time is read from every
         row kept, raw or rolled up (no index holds it), while the endpoints
-        themselves are counted from indexes alone; and most of the time each
-        was called in the window, so there is nothing to list.
+        themselves are counted from an index alone; and most of the time each
+        was called in the window, so there is nothing to list. The raw rows
+        name every endpoint the daily rows read do (those before the
+        retention are not read), so they alone are counted.
         """
-        only, only_params = _app_filter(app, "a.app_name")
+        only = " WHERE app_name = ?" if app is not None else ""
         known = ex.query(
-            "SELECT COUNT(*) FROM (SELECT DISTINCT a.method, a.route, a.app_name"
-            f" FROM {every_row(self._aggregates(app), only)}) AS k",
-            (window.through, *only_params, window.through, *only_params),
+            "SELECT COUNT(*) FROM (SELECT DISTINCT method, route, app_name"
+            f" FROM aggregates{only}) AS k",
+            (app,) if app is not None else (),
         )
         if _int(known[0][0]) <= used:
             return []
@@ -933,8 +1016,9 @@ class SQLStorage(Storage):
         Why the endpoints as parameters rather than statement 1 again, as a
         CTE: that would group the window's rows once more, and SQLite then
         planned to read each listed endpoint's rows of all time. (4
-        parameters an endpoint: the 500 listed take 2,000, where SQLite since
-        3.32 allows 32,766, and this code needs 3.35 for ``RETURNING``.)
+        parameters an endpoint in each of the six parts read, raw and rolled
+        up: the 500 listed take 12,000, where SQLite since 3.32 allows
+        32,766, and this code needs 3.35 for ``RETURNING``.)
         """
         if not histograms:
             return [], 0
@@ -1108,14 +1192,14 @@ class SQLStorage(Storage):
             " GROUP BY method, route, app_name HAVING MAX(received_at) < ?"
             f" ORDER BY MAX(received_at) DESC, {order} LIMIT ?"
         )
-        params = [window.through, *only_params, window.through, *only_params]
-        return sql, [*params, window.since, int(limit)]
+        return sql, [*every_params(window, only_params), window.since, int(limit)]
 
     def _window(self, ex: Executor, since: float) -> Window:
         """Where the aggregates received since ``since`` are read from, as far
         as the daily roll-up has gone in ``ex``'s snapshot (see :class:`Window`)."""
-        through = ex.query("SELECT through FROM rollup_state WHERE id = 1")
-        return Window.of(float(since), _float(through[0][0]) if through else 0.0)
+        state = ex.query(STATE_SQL.format(lock=""))
+        through, kept_from = (_float(state[0][0]), _float(state[0][1])) if state else (0.0, 0.0)
+        return Window.of(float(since), through, kept_from)
 
     def platforms(
         self, since: float, app: str | None = None, limit: int = MAX_PLATFORMS

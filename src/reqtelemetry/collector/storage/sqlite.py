@@ -63,6 +63,9 @@ DIALECT = Dialect(
     # SUM: exact integers (past 2**63, see _SQLiteExecutor); TOTAL for floats,
     # as it always was (0.0 rather than NULL for no rows).
     float_sum="TOTAL",
+    # The exact sum as an aggregate of its own, for a read that streams its
+    # rows (a roll-up's): see SQLiteStorage._is_sum_overflow.
+    exact_sum="reqtelemetry_exact_sum",
     join_text="group_concat",
     by_time=" INDEXED BY aggregates_received_at",
     by_app_and_time=" INDEXED BY aggregates_app_received_at",
@@ -439,6 +442,11 @@ class SQLiteStorage(SQLStorage):
             yield from _SQLiteExecutor(reader).batches(sql, params, size)
         finally:
             reader.close()
+
+    def _is_sum_overflow(self, error: Exception) -> bool:
+        """An overflowing ``SUM`` past a streamed read's first batch, which
+        :meth:`_SQLiteExecutor.batches` cannot run again for the caller."""
+        return isinstance(error, sqlite3.OperationalError) and _INTEGER_OVERFLOW in str(error)
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({self.path!r})"
