@@ -516,12 +516,19 @@ class SQLStorage(Storage):
             if deleted < PRUNE_BATCH or stop.wait(pause):
                 break
 
+        # The daily rows before the first midnight after ``before`` are read
+        # no more (the day it fell in lost some of its raw rows). A short
+        # transaction of its own: every report's store waits for it (on
+        # PostgreSQL it holds the row their FOR SHARE reads).
+        kept_from = next_day(before)
+        self._run(
+            lambda ex: ex.execute(
+                KEEP_FROM_SQL.format(greatest=self.dialect.greatest), (kept_from, kept_from)
+            ),
+            write=True,
+        )
+
         def the_rest(ex: Executor) -> tuple[int, int]:
-            # The daily rows before the first midnight after ``before`` are
-            # read no more (the day it fell in lost some of its raw rows): the
-            # state first, as every writer takes it first (no deadlock).
-            kept_from = next_day(before)
-            ex.execute(KEEP_FROM_SQL.format(greatest=self.dialect.greatest), (kept_from, kept_from))
             # Deployments first, as store() upserts them before their instance:
             # locking in the other order, a report from an instance quiet for
             # longer than the retention deadlocked with the prune on PostgreSQL.
