@@ -210,14 +210,54 @@ def test_what_an_attempt_cut_short_left_is_never_read_and_then_swept(
     assert fleet.roll_up(now=FIRST_DAY + 3 * DAY + SETTLE).days == 3
     # A replica died after writing some chunks of days 3 and 5 (a gap day's too).
     left = [
-        (day, 12345, "GET", "/cart", "shop", "1.0", FLEET[0][0], 10**6, 0, 1.0, 0, 0, day + 1)
+        (day, "GET", "/cart", "shop", "1.0", FLEET[0][0], 10**6, 0, 1.0, 0, 0, day + 1)
         for day in (FIRST_DAY + 3 * DAY, FIRST_DAY + 5 * DAY)
     ]
     fleet._run(lambda ex: ex.executemany(INSERT_FIGURES_SQL, left), write=True)
     assert everything_read(fleet) == before
     assert fleet.roll_up(now=NOW).days == 5
-    assert count(fleet, "SELECT COUNT(*) FROM daily_aggregates WHERE attempt = 12345") == 0
+    assert count(fleet, "SELECT COUNT(*) FROM daily_aggregates WHERE calls = 1000000") == 0
     assert everything_read(fleet) == before
+
+
+def test_a_day_another_replica_has_claimed_is_left_to_it_until_its_claim_lapses(
+    backend: test_storage.Backend, fleet: SQLStorage
+) -> None:
+    other = backend.open()
+    theirs = sql_module._Claim(other, 0.0, FIRST_DAY + DAY)
+    assert theirs.take()
+    assert fleet.roll_up(now=NOW).days == 0
+    # Their replica died: once its lease is over, the day is this one's.
+    fleet._run(lambda ex: ex.execute("UPDATE rollup_state SET claim_until = 1"), write=True)
+    assert fleet.roll_up(now=NOW).days == 8
+    # What the dead replica would write now goes nowhere.
+    assert not theirs.write(INSERT_FIGURES_SQL, [])
+    assert theirs.sweep("DELETE FROM daily_bins WHERE 1 = 0 LIMIT ?") is None
+
+
+def test_a_report_from_a_clock_behind_stored_during_a_roll_up_is_read(
+    fleet: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored once the day is claimed, with a time in that day by its replica's
+    clock: it goes after the day, not into a day read from its daily rows."""
+    write = sql_module._Claim.write
+    stored_late: list[float] = []
+
+    def write_then_store(claim: Any, insert: str, values: list[Any]) -> bool:
+        if not stored_late:
+            stored_late.append(claim.end)
+            late = make_payload(
+                FLEET[2][0], FLEET[2][0][:-2] + "10", {**LINUX, "app_name": "blog"},
+                [("PUT", "/late", 200, [0.002], 0, 0)],
+            )  # fmt: skip
+            fleet.store(stored(late, claim.end - 3 * 3600))
+        return write(claim, insert, values)
+
+    monkeypatch.setattr(sql_module._Claim, "write", write_then_store)
+    assert fleet.roll_up(now=NOW).days == 8
+    (row,) = [r for r in fleet.endpoints(0.0) if r["method"] == "PUT"]
+    assert row["calls"] == 1
+    assert everything_read(fleet) == raw_only(fleet, monkeypatch)
 
 
 def test_a_stop_ends_the_roll_up_after_the_day_under_way(fleet: SQLStorage) -> None:
@@ -234,10 +274,11 @@ def test_a_day_another_replica_rolled_up_first_is_not_added_again(
     found = fleet._read(lambda ex: fleet._window(ex, 0.0).through)
     assert other.roll_up(now=NOW).days == 8
     daily = count(fleet, "SELECT COUNT(*) FROM daily_aggregates")
-    # This replica read the first day before the other wrote it: its write
-    # finds ``through`` moved and adds nothing.
-    figures = [("GET", "/x", None, None, "d", 1, 0, 0.1, 0, 0, FIRST_DAY + 10)]
-    assert fleet._write_day(found, FIRST_DAY + DAY, figures, []) is None
+    # This replica found the first day before the other rolled it up: its
+    # claim finds ``through`` moved, and it writes nothing.
+    late = sql_module._Claim(fleet, found, FIRST_DAY + DAY)
+    assert not late.take()
+    assert not late.write(INSERT_FIGURES_SQL, [(FIRST_DAY, "GET", "/x", None, None, "d")])
     assert count(fleet, "SELECT COUNT(*) FROM daily_aggregates") == daily
     assert fleet.roll_up(now=NOW).days == 0
 

@@ -76,6 +76,7 @@ DIALECT = Dialect(
     # Resolved through search_path, like every other statement here.
     has_migrations_table="SELECT COUNT(to_regclass('schema_migrations'))",
     lock_rows=" FOR UPDATE",
+    row_id="ctid",
     share_rows=" FOR SHARE",
     bytewise=' COLLATE "C"',
 )
@@ -407,15 +408,24 @@ class PostgresStorage(SQLStorage):
         """
         if not self._read_turns.acquire(timeout=self._pool_timeout):
             raise ReadersBusy(f"no turn to read came within {self._pool_timeout} s")
+
+        def in_one_snapshot(ex: Executor) -> T:
+            # Every statement of the read sees the same rows: where the
+            # roll-up stands is read first, and must hold for the rest.
+            ex.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            return work(ex)
+
         try:
-            return self._run(work)
+            return self._run(in_one_snapshot)
         finally:
             self._read_turns.release()
 
     def close(self) -> None:
         self._pool.close()
 
-    def _stream(self, sql: str, params: Sequence[Any], size: int) -> Iterator[list[Row]]:
+    def _stream(
+        self, statement: Callable[[Executor], tuple[str, Sequence[Any]]], size: int
+    ) -> Iterator[list[Row]]:
         """Rows of ``sql`` read as the server sends them (see
         :meth:`_PostgresExecutor.batches`) on a connection of their own (not
         the pool's), in one read-only transaction.
@@ -434,9 +444,12 @@ class PostgresStorage(SQLStorage):
             application_name="reqtelemetry-collector",
         )
         try:
-            connection.read_only = True  # the transaction below is BEGIN READ ONLY
+            # BEGIN READ ONLY, in one snapshot for the statement and what it read first.
+            connection.read_only = True
+            connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with connection.transaction(), connection.cursor() as cursor:
-                yield from _PostgresExecutor(cursor).batches(sql, params, size)
+                executor = _PostgresExecutor(cursor)
+                yield from executor.batches(*statement(executor), size)
         finally:
             connection.close()
 

@@ -21,19 +21,31 @@ the retention deletes them; the roll-up is an index of them, not a
 replacement.
 
 ``rollup_state`` says what the daily rows hold. ``through``: every aggregate
-received before it is in them; it moves a day at a time, after the day's
-rows are written, in a transaction that first checks it has not moved (so
-two replicas rolling up at once add each day once). A day's rows are written
-in chunks of their own transactions (a large day must neither be held in
-memory nor hold SQLite's one write lock for long), tagged with the attempt
-that wrote them: rows of a day at or after ``through`` are never read, and
-when ``through`` moves past a day, every row of it another attempt left (one
-cut short, or a replica's that lost) is deleted. ``kept_from``: the
-retention's cutoff rounded up to a midnight; the daily rows before it are
-never read either, since the day the cutoff fell in lost some of its raw
-rows, and the raw rows still kept before it are read instead (see
-:class:`Window`). So the retention deletes old daily rows lazily, a day at a
-time.
+received before it is in them. ``kept_from``: the retention's cutoff rounded
+up to a midnight; the daily rows before it are never read, since the day the
+cutoff fell in lost some of its raw rows, and the raw rows still kept before
+it are read instead (see :class:`Window`), so the retention deletes old
+daily rows later, in batches.
+
+How a day is rolled up, by one replica at a time (its ``claim``, which
+lapses after :data:`LEASE` seconds if that replica dies):
+
+1. **Claim** the day: ``claimed`` becomes its end. A report is never stored
+   with a time before ``claimed`` (a replica whose clock is behind stores it
+   at ``claimed``), so from the claim's commit on, no row enters the day; on
+   PostgreSQL the claim waits for the stores under way (each reads the state
+   ``FOR SHARE``), so they are all in the read that follows.
+2. **Sweep** what an earlier attempt left at or after ``through`` (rows there
+   are never read), in batches.
+3. **Read** the day's groups as the database streams them, and write them in
+   chunks of :data:`CHUNK_ROWS` rows, a transaction each: a large day must
+   neither be held in memory nor hold SQLite's one write lock for long.
+4. **Move** ``through`` to the day's end, and end the claim.
+
+Every write of 2 to 4 first checks the claim is still this attempt's (on
+PostgreSQL holding the state ``FOR SHARE`` until its commit, so that no
+other claim can come between): an attempt that lost its claim stops, and
+writes nothing more.
 """
 
 from __future__ import annotations
@@ -65,16 +77,17 @@ def rollup_tables(*, float_type: str, big_int: str) -> tuple[str, ...]:
     Why the day as seconds (a UTC midnight), like every other time here:
     the reads compare it with the same ``since`` as ``received_at``.
     """
-    endpoint = (
-        f"attempt {big_int} NOT NULL,"
-        " method TEXT NOT NULL, route TEXT NOT NULL, app_name TEXT, app_version TEXT"
-    )
+    endpoint = "method TEXT NOT NULL, route TEXT NOT NULL, app_name TEXT, app_version TEXT"
     return (
         "CREATE TABLE rollup_state ("
         " id INTEGER PRIMARY KEY CHECK (id = 1),"
         f" through {float_type} NOT NULL,"
-        f" kept_from {float_type} NOT NULL)",
-        "INSERT INTO rollup_state (id, through, kept_from) VALUES (1, 0, 0)",
+        f" kept_from {float_type} NOT NULL,"
+        f" claimed {float_type} NOT NULL,"
+        f" claim {big_int},"
+        f" claim_until {float_type} NOT NULL)",
+        "INSERT INTO rollup_state (id, through, kept_from, claimed, claim, claim_until)"
+        " VALUES (1, 0, 0, 0, NULL, 0)",
         "CREATE TABLE daily_aggregates ("
         f" day {float_type} NOT NULL, {endpoint},"
         " deployment_id TEXT NOT NULL,"
@@ -111,8 +124,8 @@ def next_day(seconds: float) -> float:
     return math.ceil(seconds / DAY) * DAY
 
 
-def new_attempt() -> int:
-    """A tag for one attempt's daily rows, unlike any other's (63 random bits)."""
+def new_claim() -> int:
+    """What names one roll-up's claim, unlike any other's (63 random bits)."""
     return secrets.randbits(63)
 
 
@@ -280,31 +293,51 @@ DAY_BINS_SQL = (
     " GROUP BY a.method, a.route, a.app_name, a.app_version, {index}"
 )
 INSERT_FIGURES_SQL = (
-    "INSERT INTO daily_aggregates (day, attempt, method, route, app_name, app_version,"
-    " deployment_id, calls, errors, latency_sum, request_bytes, response_bytes, last_seen)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO daily_aggregates (day, method, route, app_name, app_version, deployment_id,"
+    " calls, errors, latency_sum, request_bytes, response_bytes, last_seen)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_BINS_SQL = (
-    "INSERT INTO daily_bins (day, attempt, method, route, app_name, app_version, bin, n)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO daily_bins (day, method, route, app_name, app_version, bin, n)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-#: Where the daily rows stand, read by a transaction that writes: with
-#: ``{lock}`` (PostgreSQL's ``FOR SHARE``) its check holds until its commit,
-#: since ``through`` cannot move meanwhile.
-STATE_SQL = "SELECT through, kept_from FROM rollup_state WHERE id = 1{lock}"
-#: Moves ``through`` on, only from where this roll-up found it.
-ADVANCE_SQL = "UPDATE rollup_state SET through = ? WHERE id = 1 AND through = ? RETURNING through"
-#: Then deletes what other attempts left of the days it moved past.
-SWEEP_SQL = "DELETE FROM {table} WHERE day >= ? AND day < ? AND attempt <> ?"
-#: The retention's cutoff: daily rows before it are not read, nor ``through`` behind it.
+#: Where the daily rows stand and who holds the claim, read by a transaction
+#: that writes: with ``{lock}`` (PostgreSQL's ``FOR SHARE``), held until its
+#: commit, so that neither moves meanwhile.
+STATE_SQL = "SELECT through, kept_from, claimed, claim FROM rollup_state WHERE id = 1{lock}"
+#: Takes the claim of the day ending at the first ``?`` for the attempt named
+#: by the second, until the third, if ``through`` is still the fourth and no
+#: live claim (the fifth: now) is another's.
+CLAIM_SQL = (
+    "UPDATE rollup_state SET claimed = {greatest}(claimed, ?), claim = ?, claim_until = ?"
+    " WHERE id = 1 AND through = ? AND (claim IS NULL OR claim_until < ? OR claim = ?)"
+    " RETURNING 1"
+)
+#: Moves ``through`` to the end of the claimed day, and ends the claim.
+FINISH_SQL = (
+    "UPDATE rollup_state SET through = ?, claim = NULL, claim_until = 0"
+    " WHERE id = 1 AND through = ? AND claim = ? RETURNING 1"
+)
+#: A batch of rows that are never read: at or after ``through`` (what an
+#: attempt left), or before ``kept_from`` (what the retention passed).
+SWEEP_SQL = (
+    "DELETE FROM {table} WHERE {row_id} IN (SELECT {row_id} FROM {table} WHERE {where} LIMIT ?)"
+)
+#: The retention's cutoff: daily rows before it are not read, nor ``through``
+#: (nor ``claimed``) behind it.
 KEEP_FROM_SQL = (
     "UPDATE rollup_state SET kept_from = {greatest}(kept_from, ?),"
-    " through = {greatest}(through, ?) WHERE id = 1"
+    " through = {greatest}(through, ?), claimed = {greatest}(claimed, ?) WHERE id = 1"
 )
 #: The tables of daily rows.
 DAILY_TABLES = ("daily_aggregates", "daily_bins")
-#: Rows written at a time by a roll-up, each chunk in a transaction of its own.
+#: Rows written, or swept, at a time by a roll-up, each chunk in a
+#: transaction of its own.
 CHUNK_ROWS = 5000
+#: Seconds a claim holds without news from its replica (it is renewed at half
+#: of it): long enough for any day's roll-up to go on, short enough that a
+#: replica that died is taken over within the hour's upkeep after next.
+LEASE = 1800.0
 
 
 def split_sums(sums: Sequence[int]) -> list[list[int]]:
@@ -324,9 +357,7 @@ def split_sums(sums: Sequence[int]) -> list[list[int]]:
             return rows
 
 
-def figure_rows(
-    day: float, attempt: int, grouped: Sequence[Sequence[Any]]
-) -> list[tuple[Any, ...]]:
+def figure_rows(day: float, grouped: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
     """``daily_aggregates`` rows of ``day`` from :data:`DAY_FIGURES_SQL`'s rows.
 
     A group whose sums leave 64 bits becomes several rows; the latency sum and
@@ -337,16 +368,16 @@ def figure_rows(
         parts = split_sums((calls, errors, sent, got))
         for place, (n_calls, n_errors, n_in, n_out) in enumerate(parts):
             latency_part = float(latency or 0.0) if place == 0 else 0.0
-            endpoint = (day, attempt, method, route, app, version, deployment)
+            endpoint = (day, method, route, app, version, deployment)
             rows.append((*endpoint, n_calls, n_errors, latency_part, n_in, n_out, float(seen)))
     return rows
 
 
-def bin_rows(day: float, attempt: int, grouped: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+def bin_rows(day: float, grouped: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
     """``daily_bins`` rows of ``day`` from :data:`DAY_BINS_SQL`'s rows (a count
     past 64 bits over several rows)."""
     rows = []
     for method, route, app, version, index, count in grouped:
         for (part,) in split_sums((count,)):
-            rows.append((day, attempt, method, route, app, version, int(index), part))
+            rows.append((day, method, route, app, version, int(index), part))
     return rows

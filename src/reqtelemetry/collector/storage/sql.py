@@ -43,15 +43,17 @@ from .base import (
     UnstorableReport,
 )
 from .rollup import (
-    ADVANCE_SQL,
     CHUNK_ROWS,
+    CLAIM_SQL,
     DAILY_TABLES,
     DAY,
     DAY_BINS_SQL,
     DAY_FIGURES_SQL,
+    FINISH_SQL,
     INSERT_BINS_SQL,
     INSERT_FIGURES_SQL,
     KEEP_FROM_SQL,
+    LEASE,
     STATE_SQL,
     SWEEP_SQL,
     Window,
@@ -60,7 +62,7 @@ from .rollup import (
     every_params,
     every_row,
     figure_rows,
-    new_attempt,
+    new_claim,
     next_day,
     settled_before,
     window_params,
@@ -162,6 +164,8 @@ class Dialect:
     #: What makes a ``SELECT`` lock the rows it reads until the commit (PostgreSQL's
     #: ``FOR UPDATE``); empty where one writer holds the whole database (SQLite).
     lock_rows: str = ""
+    #: The column naming a row, for deleting in batches (``rowid``, ``ctid``).
+    row_id: str = "rowid"
     #: What makes a ``SELECT`` hold a shared lock on the rows it reads until the
     #: commit (PostgreSQL's ``FOR SHARE``); empty where one writer holds all.
     share_rows: str = ""
@@ -386,11 +390,12 @@ class SQLStorage(Storage):
         ]
 
         def work(ex: Executor) -> None:
-            # Never before the rolled-up days, which would leave the report
-            # out of every read: a replica's clock behind the one that rolled
-            # up by more than rollup.SETTLE. The check holds until the commit.
+            # Never before the day claimed by a roll-up (or rolled up), which
+            # would leave the report out of every read: a replica's clock
+            # behind the one that rolls up by more than rollup.SETTLE. The
+            # state holds still until the commit (see rollup.py).
             state = ex.query(STATE_SQL.format(lock=d.share_rows))
-            at = max(received, _float(state[0][0])) if state else received
+            at = max(received, _float(state[0][2])) if state else received
             aggregates = aggregate_rows
             metric_values = metric_rows
             if at != received:
@@ -523,7 +528,7 @@ class SQLStorage(Storage):
         kept_from = next_day(before)
         self._run(
             lambda ex: ex.execute(
-                KEEP_FROM_SQL.format(greatest=self.dialect.greatest), (kept_from, kept_from)
+                KEEP_FROM_SQL.format(greatest=self.dialect.greatest), (kept_from,) * 3
             ),
             write=True,
         )
@@ -558,35 +563,17 @@ class SQLStorage(Storage):
         return Pruned(reports=reports, instances=instances, deployments=deployments)
 
     def _delete_unread_days(self, stop: threading.Event) -> None:
-        """Delete the daily rows before ``kept_from`` (never read), a day and a
-        table a transaction, pausing as the prune does: one day of a large
-        fleet is millions of rows."""
-
-        def one_day(table: str, ex: Executor) -> bool:
-            kept_from = self._window(ex, 0.0).kept_from
-            first = ex.query(f"SELECT MIN(day) FROM {table} WHERE day < ?", (kept_from,))
-            if first[0][0] is None:
-                return False
-            ex.execute(f"DELETE FROM {table} WHERE day = ?", (first[0][0],))
-            return True
-
-        for table in DAILY_TABLES:
-            while not stop.is_set():
-                began = time.monotonic()
-                if not self._run(partial(one_day, table), write=True):
-                    break
-                if stop.wait(min(time.monotonic() - began, MAX_PRUNE_PAUSE)):
-                    return
+        """Delete the daily rows before ``kept_from`` (never read), in batches,
+        pausing as the prune does: one day of a large fleet is millions of rows."""
+        kept_from = self._read(lambda ex: self._window(ex, 0.0).kept_from)
+        self._sweep(None, f"day < {kept_from!r}", stop)
 
     def roll_up(self, now: float | None = None, stop: threading.Event | None = None) -> RolledUp:
-        """See :meth:`Storage.roll_up` and :mod:`.rollup`.
+        """See :meth:`Storage.roll_up`, and :mod:`.rollup` for the steps of a day.
 
-        Each day is grouped by a read of its own (on SQLite a reader
-        connection, which holds no lock a report waits for; the grouping is
-        the slow part) and written as it is read, :data:`CHUNK_ROWS` rows a
-        transaction, so that neither memory nor the write lock grows with the
-        day. ``through`` moves past the day last. After each day, a pause as
-        long as it took, as between the prune's batches.
+        After each day, a pause as long as it took, as between the prune's
+        batches. A day another replica holds the claim of ends this call: that
+        replica rolls it up, and the rest after it.
         """
         now = time.time() if now is None else float(now)
         stop = threading.Event() if stop is None else stop
@@ -597,9 +584,9 @@ class SQLStorage(Storage):
             found = self._read(lambda ex: self._day_to_roll_up(ex, settled))
             if found is None:
                 break
-            written = self._roll_up_day(*found)
+            written = self._roll_up_day(*found, stop)
             if written is None:
-                break  # another replica rolled it up (or the retention passed it) first
+                break
             days += 1
             rows += written
             if stop.wait(min(time.monotonic() - began, MAX_PRUNE_PAUSE)):
@@ -619,20 +606,35 @@ class SQLStorage(Storage):
         end = day_of(float(first[0][0])) + DAY
         return (through, end) if end <= settled else None
 
-    def _roll_up_day(self, through: float, end: float) -> int | None:
-        """Roll the raw rows of ``[through, end)`` up; the daily rows written, or
-        None when ``through`` moved meanwhile. A sum that leaves 64 bits on
-        SQLite part-way through the day's rows starts the day again with the
-        exact sum (the rows written so far are another attempt's, swept)."""
+    def _roll_up_day(self, through: float, end: float, stop: threading.Event) -> int | None:
+        """Claim, sweep, read and write the day in ``[through, end)``, then move
+        ``through`` past it; the daily rows written, or None when the claim
+        was another's or was lost, or ``stop`` was set. A sum that leaves 64
+        bits on SQLite part-way through the day's rows starts the day again
+        (swept) with the exact sum."""
+        claim = _Claim(self, through, end)
+        if not claim.take():
+            return None
+        written: int | None = None
         for exact in (False, True):
             try:
-                return self._write_day(through, end, new_attempt(), exact)
+                if not self._sweep(claim, f"day >= {through!r}", stop):
+                    return None
+                written = self._write_day(claim, exact, stop)
+                break
             except Exception as error:
                 if exact or not self._is_sum_overflow(error):
                     raise
-        return None  # not reached: the exact attempt returns or raises
+        if written is None:
+            return None
+        finished = self._run(
+            lambda ex: bool(ex.query(FINISH_SQL, (end, through, claim.name))), write=True
+        )
+        return written if finished else None
 
-    def _write_day(self, through: float, end: float, attempt: int, exact: bool) -> int | None:
+    def _write_day(self, claim: _Claim, exact: bool, stop: threading.Event) -> int | None:
+        """Read the claimed day's groups and write them, a chunk a transaction;
+        the daily figure rows written, or None when the claim was lost."""
         d = self.dialect
         total = d.exact_sum if exact else d.sum
         reads = (
@@ -653,40 +655,42 @@ class SQLStorage(Storage):
                 bin_rows,
             ),
         )
-        day = end - DAY
+        day = claim.end - DAY
+        bounds = (claim.through, claim.end)
         written = 0
         for sql, insert, to_rows in reads:
-            batches = self._stream(sql, (through, end), CHUNK_ROWS)
+            batches = self._stream(partial(_statement, sql, bounds), CHUNK_ROWS)
             try:
                 for batch in batches:
-                    values = to_rows(day, attempt, batch)
-                    if not self._run(partial(self._add_chunk, through, insert, values), True):
+                    values = to_rows(day, batch)
+                    if stop.is_set() or not claim.write(insert, values):
                         return None
                     written += len(values) if insert is INSERT_FIGURES_SQL else 0
             finally:
                 batches.close()
-        if not self._run(partial(self._finish_day, through, end, attempt), True):
-            return None
         return written
 
-    def _add_chunk(
-        self, through: float, insert: str, values: list[tuple[Any, ...]], ex: Executor
-    ) -> bool:
-        """Write one chunk of a day's rows, if ``through`` has not moved; the
-        check holds until the commit (see :data:`STATE_SQL`)."""
-        state = ex.query(STATE_SQL.format(lock=self.dialect.share_rows))
-        if not state or float(state[0][0]) != through:
-            return False
-        ex.executemany(insert, values)
-        return True
-
-    def _finish_day(self, through: float, end: float, attempt: int, ex: Executor) -> bool:
-        """Move ``through`` to ``end``, if it has not moved, and delete what other
-        attempts left of the days it moved past."""
-        if not ex.query(ADVANCE_SQL, (end, through)):
-            return False
+    def _sweep(self, claim: _Claim | None, where: str, stop: threading.Event) -> bool:
+        """Delete the daily rows matching ``where`` (rows never read), a batch a
+        transaction, pausing as the prune does; with ``claim``, only while it
+        holds. False when it was lost or ``stop`` was set."""
         for table in DAILY_TABLES:
-            ex.execute(SWEEP_SQL.format(table=table), (through, end, attempt))
+            sql = SWEEP_SQL.format(table=table, row_id=self.dialect.row_id, where=where)
+            while True:
+                if stop.is_set():
+                    return False
+                began = time.monotonic()
+                if claim is None:
+                    deleted: int | None = self._run(
+                        partial(_deleted, sql=sql, limit=CHUNK_ROWS), write=True
+                    )
+                else:
+                    deleted = claim.sweep(sql)
+                if deleted is None:
+                    return False
+                if deleted < CHUNK_ROWS:
+                    break
+                stop.wait(min(time.monotonic() - began, MAX_PRUNE_PAUSE))
         return True
 
     def _is_sum_overflow(self, error: Exception) -> bool:
@@ -869,10 +873,12 @@ class SQLStorage(Storage):
 
     @abc.abstractmethod
     def _stream(
-        self, sql: str, params: Sequence[Any], size: int
+        self, statement: Callable[[Executor], tuple[str, Sequence[Any]]], size: int
     ) -> Generator[list[Row], None, None]:
         """The rows of one read-only statement, ``size`` at a time, read
-        on a connection of the read's own, in a transaction of its own.
+        on a connection of the read's own, in a transaction of its own that
+        sees one snapshot: ``statement(executor)`` says what to run, after
+        reading what it needs in that same snapshot (where the roll-up stands).
 
         Why not :meth:`_run`: a download is as slow as the client fetching it,
         and must hold neither what :meth:`_run` shares with the reports being
@@ -919,10 +925,11 @@ class SQLStorage(Storage):
         :data:`FETCH_ROWS` rows at most, and never what report writes wait for.
         """
         columns = _endpoint_columns(by_version=True, by_app=True)
-        # Read before the export's own snapshot, so never newer than it (see Window).
-        window = self._read(lambda ex: self._window(ex, since))
-        sql, params = self._every_endpoint_sql(window, columns, app)
-        batches = self._stream(sql, params, FETCH_ROWS)
+
+        def statement(ex: Executor) -> tuple[str, Sequence[Any]]:
+            return self._every_endpoint_sql(self._window(ex, since), columns, app)
+
+        batches = self._stream(statement, FETCH_ROWS)
         try:
             for batch in batches:
                 for row in batch:
@@ -1608,3 +1615,63 @@ def metrics_window_index() -> tuple[str, ...]:
     range of this index.
     """
     return ("CREATE INDEX metrics_kind_received_at ON metrics (kind, received_at)",)
+
+
+def _statement(sql: str, params: Sequence[Any], ex: Executor) -> tuple[str, Sequence[Any]]:
+    """A streamed statement that needs nothing from its transaction first."""
+    return sql, params
+
+
+def _deleted(ex: Executor, sql: str, limit: int) -> int:
+    """The rows one batch of a sweep (:data:`~.rollup.SWEEP_SQL`) deleted."""
+    return len(ex.query(sql + " RETURNING 1", (limit,)))
+
+
+class _Claim:
+    """One replica's claim of one day's roll-up (see :mod:`.rollup`): taken,
+    renewed at half its lease, and checked by every write made under it."""
+
+    def __init__(self, storage: SQLStorage, through: float, end: float) -> None:
+        self.storage = storage
+        self.through = through
+        self.end = end
+        self.name = new_claim()
+        self._renewed = 0.0
+
+    def take(self) -> bool:
+        """Take (or renew) the claim; False when another replica's is live or
+        ``through`` moved."""
+        greatest = self.storage.dialect.greatest
+        now = time.time()
+        params = (self.end, self.name, now + LEASE, self.through, now, self.name)
+        taken = self.storage._run(
+            lambda ex: bool(ex.query(CLAIM_SQL.format(greatest=greatest), params)), write=True
+        )
+        self._renewed = time.monotonic()
+        return taken
+
+    def _holds(self, ex: Executor) -> bool:
+        state = ex.query(STATE_SQL.format(lock=self.storage.dialect.share_rows))
+        return bool(state) and _float(state[0][0]) == self.through and state[0][3] == self.name
+
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._renewed < LEASE / 2 or self.take()
+
+    def write(self, insert: str, values: list[tuple[Any, ...]]) -> bool:
+        """Write one chunk of the day's rows, if the claim still holds."""
+
+        def work(ex: Executor) -> bool:
+            if not self._holds(ex):
+                return False
+            ex.executemany(insert, values)
+            return True
+
+        return self._fresh() and self.storage._run(work, write=True)
+
+    def sweep(self, sql: str) -> int | None:
+        """One batch of a sweep, if the claim still holds; the rows deleted."""
+
+        def work(ex: Executor) -> int | None:
+            return _deleted(ex, sql, CHUNK_ROWS) if self._holds(ex) else None
+
+        return self.storage._run(work, write=True) if self._fresh() else None

@@ -413,7 +413,9 @@ class SQLiteStorage(SQLStorage):
         if self._readers is not None:
             self._readers.close()
 
-    def _stream(self, sql: str, params: Sequence[Any], size: int) -> Iterator[list[Row]]:
+    def _stream(
+        self, statement: Callable[[Executor], tuple[str, Sequence[Any]]], size: int
+    ) -> Iterator[list[Row]]:
         """Rows of ``sql`` read on a read-only connection of their own.
 
         Why a second connection rather than batches on the shared one with the
@@ -433,13 +435,15 @@ class SQLiteStorage(SQLStorage):
         if self._closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
         if self._reader_uri is None:
-            yield self._run(lambda ex: ex.query(sql, params))
+            yield self._run(lambda ex: ex.query(*statement(ex)))
             return
         # Not one of _Readers': a download holds its connection as long as
         # its client takes, and would keep the dashboard waiting.
         reader = _open_reader(self._reader_uri, self._reader_timeout)
         try:
-            yield from _SQLiteExecutor(reader).batches(sql, params, size)
+            reader.execute("BEGIN")  # one snapshot for the statement and what it read first
+            executor = _SQLiteExecutor(reader)
+            yield from executor.batches(*statement(executor), size)
         finally:
             reader.close()
 
