@@ -12,14 +12,19 @@ against a baseline taken in the same run:
    (:func:`benchmarks.collector.filled_batch`), received long before the
    retention. That is :data:`OLD_REPORTS` reports, two or three batches of
    ``PRUNE_BATCH``.
+   They are spread over :data:`OLD_DAYS` days, as days of a fleet's reports.
 2. **Quiet**: one thread stores new reports back to back through
    ``Storage.store``; the time of each is noted.
-3. **While pruning**: a second thread prunes everything old, and the first
-   stores new reports back to back until the prune has ended.
+3. **While rolling up**: a second thread rolls those days up
+   (``Storage.roll_up``, the collector's hourly upkeep after an upgrade),
+   and the first stores new reports back to back until it has ended.
+4. **While pruning**: a second thread prunes everything old (the daily rows
+   included), and the first stores new reports back to back until the prune
+   has ended.
 
-Reported: the median, p99 and longest time to store one report in both
-phases, the ratio of the while-pruning p99 to the quiet p99, and how long the
-prune took for how many reports and rows. No budget is set for these figures
+Reported: the median, p99 and longest time to store one report in each
+phase, the ratio of each p99 to the quiet p99, and how long the roll-up and
+the prune took for how many reports and rows. No budget is set for these figures
 in the issues; they say what an operator can expect. Run with
 ``python -m benchmarks retention`` (not part of the default ``make bench``);
 ``BENCH_QUICK=1`` makes it a smoke test of a few seconds.
@@ -39,7 +44,7 @@ from typing import Any
 
 from reqtelemetry.collector.storage import open_storage
 from reqtelemetry.collector.storage import sql as sql_storage
-from reqtelemetry.collector.storage.base import Pruned, StoredReport
+from reqtelemetry.collector.storage.base import Pruned, RolledUp, StoredReport
 from reqtelemetry.collector.storage.sql import SQLStorage
 from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import Batch
@@ -50,6 +55,8 @@ from .collector import _load_postgres_helpers, filled_batch
 #: Old reports in the database before the prune: enough for several batches.
 OLD_REPORTS = 5000
 QUICK_OLD_REPORTS = 60
+#: The days the old reports are spread over (then rolled up, a day at a time).
+OLD_DAYS = 5
 #: New reports stored in the quiet phase (the baseline).
 QUIET_REPORTS = 300
 QUICK_QUIET_REPORTS = 20
@@ -70,6 +77,9 @@ class Result:
     old_reports: int = 0
     aggregate_rows: int = 0
     quiet: list[float] = field(default_factory=list)
+    while_rolling: list[float] = field(default_factory=list)
+    roll_seconds: float = 0.0
+    rolled: RolledUp | None = None
     while_pruning: list[float] = field(default_factory=list)
     prune_seconds: float = 0.0
     pruned: Pruned | None = None
@@ -124,14 +134,33 @@ def measure(label: str, url: str, old_reports: int, quiet_reports: int) -> Resul
         storage.migrate()
         old, new = Reports(batch), Reports(batch)
         long_ago = time.time() - 400 * DAY
+        spacing = OLD_DAYS * DAY / old_reports
         began = time.perf_counter()
         for n in range(old_reports):
-            storage.store(old.next(long_ago + n))
+            storage.store(old.next(long_ago + n * spacing))
         result.fill_seconds = time.perf_counter() - began
         result.old_reports = old_reports
         result.aggregate_rows = old_reports * len(batch.records)
 
         result.quiet = [timed_store(storage, new) for _ in range(quiet_reports)]
+
+        rolled: list[RolledUp] = []
+        rolling = threading.Event()
+
+        def roll_up() -> None:
+            begin = time.perf_counter()
+            try:
+                rolled.append(storage.roll_up())
+            finally:
+                result.roll_seconds = time.perf_counter() - begin
+                rolling.set()
+
+        roller = threading.Thread(target=roll_up, name="roll-up")
+        roller.start()
+        while not rolling.is_set():
+            result.while_rolling.append(timed_store(storage, new))
+        roller.join()
+        result.rolled = rolled[0] if rolled else None
 
         done = threading.Event()
         outcome: list[Pruned] = []
@@ -188,7 +217,14 @@ def table(results: list[Result]) -> list[str]:
             lines.append(f"| {result.label} | — | skipped: {result.skipped} | | | | |")
             continue
         quiet_p99 = _p99(result.quiet)
-        for phase, values in (("quiet", result.quiet), ("while pruning", result.while_pruning)):
+        phases = (
+            ("quiet", result.quiet),
+            ("while rolling up", result.while_rolling),
+            ("while pruning", result.while_pruning),
+        )
+        for phase, values in phases:
+            if not values:
+                continue
             ratio = "—" if phase == "quiet" else f"{_p99(values) / quiet_p99:.2f}x"
             lines.append(
                 f"| {result.label} | {phase} | {len(values)} | {_ms(statistics.median(values))} "
@@ -204,6 +240,13 @@ def prune_lines(results: list[Result]) -> list[str]:
             continue
         pruned = result.pruned
         rate = pruned.reports / result.prune_seconds if result.prune_seconds else 0.0
+        if result.rolled is not None:
+            lines.append(
+                f"- {result.label}: the roll-up added {result.rolled.days} days up into "
+                f"{result.rolled.rows:,} daily rows in {result.roll_seconds:.2f} s "
+                f"({sql_storage.CHUNK_ROWS:,} rows per transaction, and a pause after each "
+                "day as long as it took)"
+            )
         lines.append(
             f"- {result.label}: the prune deleted {pruned.reports:,} reports "
             f"({result.aggregate_rows:,} aggregate rows), {pruned.instances} instances and "
@@ -225,11 +268,12 @@ def run() -> str:
         results.append(measure_postgres("PostgreSQL", old, quiet))
     mode = "quick (BENCH_QUICK=1: rough, for smoke tests)" if quick() else "full"
     lines = [
-        "## Collector: storing reports while old ones are pruned",
+        "## Collector: storing reports while old ones are rolled up and pruned",
         "",
-        f"- mode: {mode}; {old:,} old reports of 50 records each, then `Storage.prune` "
-        "in a second thread while this one stores new reports back to back; the baseline "
-        f"is {quiet:,} reports stored with no prune running, in the same process",
+        f"- mode: {mode}; {old:,} old reports of 50 records each over {OLD_DAYS} days, "
+        "then `Storage.roll_up` and `Storage.prune` in turn in a second thread while this "
+        "one stores new reports back to back; the baseline is "
+        f"{quiet:,} reports stored with neither running, in the same process",
         "",
         *table(results),
         "",
