@@ -133,7 +133,7 @@ def measure(label: str, url: str, old_reports: int, quiet_reports: int) -> Resul
     try:
         storage.migrate()
         old, new = Reports(batch), Reports(batch)
-        long_ago = time.time() - 400 * DAY
+        long_ago = (time.time() - 400 * DAY) // DAY * DAY  # a midnight: OLD_DAYS whole days
         spacing = OLD_DAYS * DAY / old_reports
         began = time.perf_counter()
         for n in range(old_reports):

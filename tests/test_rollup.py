@@ -260,11 +260,94 @@ def test_a_report_from_a_clock_behind_stored_during_a_roll_up_is_read(
     assert everything_read(fleet) == raw_only(fleet, monkeypatch)
 
 
-def test_a_stop_ends_the_roll_up_after_the_day_under_way(fleet: SQLStorage) -> None:
+def test_a_stop_ends_the_roll_up_at_once_and_lets_its_claim_go(
+    fleet: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stop = threading.Event()
     stop.set()
     assert fleet.roll_up(now=NOW, stop=stop).days == 0
     assert through(fleet) == 0.0
+    before = everything_read(fleet)
+    # Stopped after the first chunk of a day (the collector shutting down):
+    # that day is not finished, and the next roll-up need not wait for its lease.
+    stop.clear()
+    monkeypatch.setattr(sql_module, "CHUNK_ROWS", 7)
+    write = sql_module._Claim.write
+
+    def write_then_stop(claim: Any, insert: str, values: list[Any]) -> bool:
+        stop.set()
+        return write(claim, insert, values)
+
+    monkeypatch.setattr(sql_module._Claim, "write", write_then_stop)
+    assert fleet.roll_up(now=NOW, stop=stop).days == 0
+    assert count(fleet, "SELECT COUNT(*) FROM daily_aggregates") > 0  # never read
+    assert claim_of(fleet) is None
+    monkeypatch.setattr(sql_module._Claim, "write", write)
+    assert fleet.roll_up(now=NOW).days == 8
+    assert everything_read(fleet) == before
+
+
+def claim_of(storage: SQLStorage) -> Any:
+    return storage._run(lambda ex: ex.query("SELECT claim FROM rollup_state"))[0][0]
+
+
+def test_a_claim_that_lapsed_to_another_replica_is_not_renewed(
+    backend: test_storage.Backend, fleet: SQLStorage
+) -> None:
+    stalled = sql_module._Claim(fleet, 0.0, FIRST_DAY + DAY)
+    assert stalled.take()
+    fleet._run(lambda ex: ex.execute("UPDATE rollup_state SET claim_until = 1"), write=True)
+    taker = sql_module._Claim(backend.open(), 0.0, FIRST_DAY + DAY)
+    assert taker.take()
+    # The taker wrote some of the day and died too; its lease lapsed as well.
+    fleet._run(lambda ex: ex.execute("UPDATE rollup_state SET claim_until = 1"), write=True)
+    # The stalled replica wakes past half its lease: its renewal must fail, or
+    # it would finish the day with the taker's rows and its own mixed.
+    stalled._renewed = -sql_module.LEASE
+    assert not stalled.write(INSERT_FIGURES_SQL, [(FIRST_DAY, "GET", "/x", None, None, "d")])
+    assert claim_of(fleet) == taker.name
+
+
+def test_a_retention_that_moves_through_lets_the_claim_go(fleet: SQLStorage) -> None:
+    assert sql_module._Claim(fleet, 0.0, FIRST_DAY + DAY).take()
+    fleet.prune(FIRST_DAY + DAY + 60)
+    assert claim_of(fleet) is None and through(fleet) == FIRST_DAY + 2 * DAY
+    assert fleet.roll_up(now=NOW).days == 6
+
+
+def test_a_report_stored_in_an_empty_day_before_the_claim_is_rolled_into_its_own_day(
+    storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clock a day behind stores a report in a day that had none, after the
+    roll-up chose the next day with reports and before it claimed it."""
+    calls = [("GET", "/a", 200, [0.01], 0, 10)]
+    for day in (0, 3):
+        payload = make_payload(DEP, DEP[:-2] + "10", LINUX, calls, sequence=day)
+        storage.store(stored(payload, FIRST_DAY + day * DAY + 3600))
+    assert storage.roll_up(now=FIRST_DAY + DAY + SETTLE).days == 1
+    take = sql_module._Claim.take
+
+    def store_then_take(claim: Any) -> bool:
+        late = make_payload(DEP, DEP[:-2] + "10", LINUX, [("GET", "/late", 200, [0.01], 0, 1)])
+        storage.store(stored(late, FIRST_DAY + DAY + 5 * 3600))
+        return take(claim)
+
+    monkeypatch.setattr(sql_module._Claim, "take", store_then_take)
+    assert storage.roll_up(now=NOW).days == 1
+    monkeypatch.setattr(sql_module._Claim, "take", take)
+    days = "SELECT DISTINCT day FROM daily_aggregates WHERE route = ?"
+    rolled = storage._run(lambda ex: ex.query(days, ("/late",)))
+    assert [float(day) for (day,) in rolled] == [FIRST_DAY + DAY]
+    for since in (FIRST_DAY + DAY, FIRST_DAY + 2 * DAY, FIRST_DAY + 2 * DAY + 1):
+        read = {row["route"]: row["calls"] for row in storage.endpoints(since)}
+        raw = {row["route"]: row["calls"] for row in raw_endpoints(storage, since, monkeypatch)}
+        assert read == raw
+
+
+def raw_endpoints(storage: SQLStorage, since: float, monkeypatch: pytest.MonkeyPatch) -> Any:
+    with monkeypatch.context() as patch:
+        patch.setattr(type(storage), "_window", lambda self, ex, since: Window.of(since, 0.0))
+        return storage.endpoints(since)
 
 
 def test_a_day_another_replica_rolled_up_first_is_not_added_again(

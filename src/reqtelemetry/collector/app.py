@@ -483,8 +483,9 @@ class Upkeep:
     depends on a second moving part is upkeep that silently stops. Every
     replica runs it; deleting what another replica deleted first is a no-op,
     and a day another replica rolled up is not added twice. The work runs in
-    a worker thread, and at shutdown the batch or day under way is finished,
-    not torn: the rest goes next time. The prune goes first, so that days
+    a worker thread. At shutdown the prune's batch under way is finished,
+    and a day being rolled up is left, its claim let go: it is rolled up
+    again, whole, next time (nothing of it was read meanwhile). The prune goes first, so that days
     past the retention are not rolled up only to be deleted.
     """
 

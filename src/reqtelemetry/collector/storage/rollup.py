@@ -279,18 +279,23 @@ def every_params(window: Window, only_params: Sequence[Any]) -> list[Any]:
 # -- one day's roll-up ------------------------------------------------------------------
 
 #: One day's figures per endpoint, app version and deployment, from the raw rows.
+#: Each row's day is read too (``{day}``: whole days since the epoch, its
+#: parameter :data:`DAY`): the claimed stretch is one day's, but a report from
+#: a clock far behind may have been stored in an empty day before it between
+#: the look for the next day and the claim.
 DAY_FIGURES_SQL = (
-    "SELECT method, route, app_name, app_version, deployment_id, {sum}(count),"
-    " {sum}(CASE WHEN status >= 500 THEN count ELSE 0 END), {float_sum}(latency_sum),"
-    " {sum}(request_bytes), {sum}(response_bytes), MAX(received_at)"
+    "SELECT {day} AS whole_days, method, route, app_name, app_version, deployment_id,"
+    " {sum}(count), {sum}(CASE WHEN status >= 500 THEN count ELSE 0 END),"
+    " {float_sum}(latency_sum), {sum}(request_bytes), {sum}(response_bytes), MAX(received_at)"
     " FROM aggregates{by_time} WHERE received_at >= ? AND received_at < ?"
-    " GROUP BY method, route, app_name, app_version, deployment_id"
+    " GROUP BY whole_days, method, route, app_name, app_version, deployment_id"
 )
 #: One day's histogram buckets per endpoint and app version.
 DAY_BINS_SQL = (
-    "SELECT a.method, a.route, a.app_name, a.app_version, {index}, {sum}({count})"
+    "SELECT {day} AS whole_days, a.method, a.route, a.app_name, a.app_version, {index},"
+    " {sum}({count})"
     " FROM aggregates AS a{by_time}{expand} WHERE a.received_at >= ? AND a.received_at < ?"
-    " GROUP BY a.method, a.route, a.app_name, a.app_version, {index}"
+    " GROUP BY whole_days, a.method, a.route, a.app_name, a.app_version, {index}"
 )
 INSERT_FIGURES_SQL = (
     "INSERT INTO daily_aggregates (day, method, route, app_name, app_version, deployment_id,"
@@ -313,6 +318,12 @@ CLAIM_SQL = (
     " WHERE id = 1 AND through = ? AND (claim IS NULL OR claim_until < ? OR claim = ?)"
     " RETURNING 1"
 )
+#: Keeps this attempt's claim (the second ``?``) on, until the first.
+RENEW_SQL = (
+    "UPDATE rollup_state SET claim_until = ? WHERE id = 1 AND through = ? AND claim = ? RETURNING 1"
+)
+#: Lets this attempt's claim go (cut short: stopped, lost or failed).
+RELEASE_SQL = "UPDATE rollup_state SET claim = NULL, claim_until = 0 WHERE id = 1 AND claim = ?"
 #: Moves ``through`` to the end of the claimed day, and ends the claim.
 FINISH_SQL = (
     "UPDATE rollup_state SET through = ?, claim = NULL, claim_until = 0"
@@ -325,9 +336,13 @@ SWEEP_SQL = (
 )
 #: The retention's cutoff: daily rows before it are not read, nor ``through``
 #: (nor ``claimed``) behind it.
+#: A claim whose ``through`` it moves is over (its writes would fail), so it
+#: is let go: its replica may have died with it.
 KEEP_FROM_SQL = (
     "UPDATE rollup_state SET kept_from = {greatest}(kept_from, ?),"
-    " through = {greatest}(through, ?), claimed = {greatest}(claimed, ?) WHERE id = 1"
+    " through = {greatest}(through, ?), claimed = {greatest}(claimed, ?),"
+    " claim = CASE WHEN through < ? THEN NULL ELSE claim END,"
+    " claim_until = CASE WHEN through < ? THEN 0 ELSE claim_until END WHERE id = 1"
 )
 #: The tables of daily rows.
 DAILY_TABLES = ("daily_aggregates", "daily_bins")
@@ -357,14 +372,16 @@ def split_sums(sums: Sequence[int]) -> list[list[int]]:
             return rows
 
 
-def figure_rows(day: float, grouped: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-    """``daily_aggregates`` rows of ``day`` from :data:`DAY_FIGURES_SQL`'s rows.
+def figure_rows(grouped: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """``daily_aggregates`` rows from :data:`DAY_FIGURES_SQL`'s rows.
 
     A group whose sums leave 64 bits becomes several rows; the latency sum and
     the last time go in the first, zero and the same time in the others.
     """
     rows = []
-    for method, route, app, version, deployment, calls, errors, latency, sent, got, seen in grouped:
+    for whole_days, *endpoint_of, calls, errors, latency, sent, got, seen in grouped:
+        method, route, app, version, deployment = endpoint_of
+        day = float(whole_days) * DAY
         parts = split_sums((calls, errors, sent, got))
         for place, (n_calls, n_errors, n_in, n_out) in enumerate(parts):
             latency_part = float(latency or 0.0) if place == 0 else 0.0
@@ -373,11 +390,12 @@ def figure_rows(day: float, grouped: Sequence[Sequence[Any]]) -> list[tuple[Any,
     return rows
 
 
-def bin_rows(day: float, grouped: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-    """``daily_bins`` rows of ``day`` from :data:`DAY_BINS_SQL`'s rows (a count
-    past 64 bits over several rows)."""
+def bin_rows(grouped: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """``daily_bins`` rows from :data:`DAY_BINS_SQL`'s rows (a count past 64
+    bits over several rows)."""
     rows = []
-    for method, route, app, version, index, count in grouped:
+    for whole_days, method, route, app, version, index, count in grouped:
+        day = float(whole_days) * DAY
         for (part,) in split_sums((count,)):
             rows.append((day, method, route, app, version, int(index), part))
     return rows

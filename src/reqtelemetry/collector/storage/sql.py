@@ -21,6 +21,7 @@ where no report's store waits for it.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import logging
 import threading
@@ -54,6 +55,8 @@ from .rollup import (
     INSERT_FIGURES_SQL,
     KEEP_FROM_SQL,
     LEASE,
+    RELEASE_SQL,
+    RENEW_SQL,
     STATE_SQL,
     SWEEP_SQL,
     Window,
@@ -528,7 +531,7 @@ class SQLStorage(Storage):
         kept_from = next_day(before)
         self._run(
             lambda ex: ex.execute(
-                KEEP_FROM_SQL.format(greatest=self.dialect.greatest), (kept_from,) * 3
+                KEEP_FROM_SQL.format(greatest=self.dialect.greatest), (kept_from,) * 5
             ),
             write=True,
         )
@@ -615,22 +618,29 @@ class SQLStorage(Storage):
         claim = _Claim(self, through, end)
         if not claim.take():
             return None
-        written: int | None = None
-        for exact in (False, True):
-            try:
-                if not self._sweep(claim, f"day >= {through!r}", stop):
-                    return None
-                written = self._write_day(claim, exact, stop)
-                break
-            except Exception as error:
-                if exact or not self._is_sum_overflow(error):
-                    raise
-        if written is None:
-            return None
-        finished = self._run(
-            lambda ex: bool(ex.query(FINISH_SQL, (end, through, claim.name))), write=True
-        )
-        return written if finished else None
+        finished = False
+        try:
+            written: int | None = None
+            for exact in (False, True):
+                try:
+                    if not self._sweep(claim, f"day >= {through!r}", stop):
+                        return None
+                    written = self._write_day(claim, exact, stop)
+                    break
+                except Exception as error:
+                    if exact or not self._is_sum_overflow(error):
+                        raise
+            if written is None:
+                return None
+            finished = self._run(
+                lambda ex: bool(ex.query(FINISH_SQL, (end, through, claim.name))), write=True
+            )
+            return written if finished else None
+        finally:
+            if not finished:
+                # Stopped, lost or failed: the next roll-up need not wait for the lease.
+                with contextlib.suppress(Exception):
+                    claim.release()
 
     def _write_day(self, claim: _Claim, exact: bool, stop: threading.Event) -> int | None:
         """Read the claimed day's groups and write them, a chunk a transaction;
@@ -639,12 +649,15 @@ class SQLStorage(Storage):
         total = d.exact_sum if exact else d.sum
         reads = (
             (
-                DAY_FIGURES_SQL.format(sum=total, float_sum=d.float_sum, by_time=d.by_time),
+                DAY_FIGURES_SQL.format(
+                    day=d.bucket, sum=total, float_sum=d.float_sum, by_time=d.by_time
+                ),
                 INSERT_FIGURES_SQL,
                 figure_rows,
             ),
             (
                 DAY_BINS_SQL.format(
+                    day=d.bucket,
                     sum=total,
                     by_time=d.by_time,
                     expand=d.expand_bins,
@@ -655,14 +668,13 @@ class SQLStorage(Storage):
                 bin_rows,
             ),
         )
-        day = claim.end - DAY
-        bounds = (claim.through, claim.end)
+        params = (int(DAY), claim.through, claim.end)
         written = 0
         for sql, insert, to_rows in reads:
-            batches = self._stream(partial(_statement, sql, bounds), CHUNK_ROWS)
+            batches = self._stream(partial(_statement, sql, params), CHUNK_ROWS)
             try:
                 for batch in batches:
-                    values = to_rows(day, batch)
+                    values = to_rows(batch)
                     if stop.is_set() or not claim.write(insert, values):
                         return None
                     written += len(values) if insert is INSERT_FIGURES_SQL else 0
@@ -1655,7 +1667,19 @@ class _Claim:
         return bool(state) and _float(state[0][0]) == self.through and state[0][3] == self.name
 
     def _fresh(self) -> bool:
-        return time.monotonic() - self._renewed < LEASE / 2 or self.take()
+        """True while the lease has over half of it left, or once renewed: only
+        this attempt's claim is renewed, never one that lapsed and went to
+        another replica (whose rows this one's would then be mixed with)."""
+        if time.monotonic() - self._renewed < LEASE / 2:
+            return True
+        params = (time.time() + LEASE, self.through, self.name)
+        renewed = self.storage._run(lambda ex: bool(ex.query(RENEW_SQL, params)), write=True)
+        self._renewed = time.monotonic()
+        return renewed
+
+    def release(self) -> None:
+        """Let the claim go, if it is still this attempt's."""
+        self.storage._run(lambda ex: ex.execute(RELEASE_SQL, (self.name,)), write=True)
 
     def write(self, insert: str, values: list[tuple[Any, ...]]) -> bool:
         """Write one chunk of the day's rows, if the claim still holds."""
