@@ -448,6 +448,33 @@ def test_the_retention_stops_reading_the_rolled_up_days_it_cut_into(
     assert everything_read(fleet) == raw_only(fleet, monkeypatch)
 
 
+def test_reads_stay_right_while_a_prune_deletes_and_after_it_failed(
+    fleet: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daily rows the retention cuts into stop being read before the first
+    raw row goes: a prune that fails part-way (the database went away) leaves
+    every read what the raw rows still kept give."""
+    fleet.roll_up(now=NOW)
+    monkeypatch.setattr(sql_module, "PRUNE_BATCH", 20)
+    run = type(fleet)._run
+    writes = []
+
+    def failing_on_the_third_write(self: Any, work: Any, write: bool = False, **kw: Any) -> Any:
+        if write:
+            writes.append(work)
+            if len(writes) == 3:
+                raise ConnectionError("the database went away")
+        return run(self, work, write, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(fleet), "_run", failing_on_the_third_write)
+        with pytest.raises(ConnectionError):
+            fleet.prune(FIRST_DAY + 3 * DAY + 3600)
+    deleted = count(fleet, "SELECT COUNT(*) FROM reports WHERE received_at < ?", (FIRST_DAY,))
+    assert deleted == 0 and count(fleet, "SELECT COUNT(*) FROM reports") < len(fleet_reports())
+    assert everything_read(fleet) == raw_only(fleet, monkeypatch)
+
+
 def test_a_retention_past_the_rolled_up_days_moves_the_roll_up_on(
     fleet: SQLStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -502,6 +502,19 @@ class SQLStorage(Storage):
         ``last_seen`` past ``before``.
         """
         stop = threading.Event() if stop is None else stop
+        # The daily rows before the first midnight after ``before`` are read
+        # no more (the day it fell in loses some of its raw rows), and from
+        # before the first batch: the raw rows being deleted are then read
+        # as they go, and a prune that fails part-way leaves reads right. A
+        # short transaction of its own: every report's store waits for it
+        # (on PostgreSQL it holds the row their FOR SHARE reads).
+        kept_from = next_day(before)
+        self._run(
+            lambda ex: ex.execute(
+                KEEP_FROM_SQL.format(greatest=self.dialect.greatest), (kept_from,) * 5
+            ),
+            write=True,
+        )
         reports = 0
         while True:
             began = time.monotonic()
@@ -523,18 +536,6 @@ class SQLStorage(Storage):
             pause = min(time.monotonic() - began, MAX_PRUNE_PAUSE)
             if deleted < PRUNE_BATCH or stop.wait(pause):
                 break
-
-        # The daily rows before the first midnight after ``before`` are read
-        # no more (the day it fell in lost some of its raw rows). A short
-        # transaction of its own: every report's store waits for it (on
-        # PostgreSQL it holds the row their FOR SHARE reads).
-        kept_from = next_day(before)
-        self._run(
-            lambda ex: ex.execute(
-                KEEP_FROM_SQL.format(greatest=self.dialect.greatest), (kept_from,) * 5
-            ),
-            write=True,
-        )
 
         def the_rest(ex: Executor) -> tuple[int, int]:
             # Deployments first, as store() upserts them before their instance:
