@@ -38,9 +38,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from reqtelemetry.collector.storage import open_storage
 from reqtelemetry.collector.storage import sql as sql_storage
@@ -51,6 +52,8 @@ from reqtelemetry.recorder import Batch
 
 from . import quick
 from .collector import _load_postgres_helpers, filled_batch
+
+T = TypeVar("T")
 
 #: Old reports in the database before the prune: enough for several batches.
 OLD_REPORTS = 5000
@@ -126,6 +129,33 @@ def timed_store(storage: SQLStorage, reports: Reports) -> float:
     return time.perf_counter() - begin
 
 
+def while_running(
+    work: Callable[[], T], storage: SQLStorage, reports: Reports
+) -> tuple[T | None, float, list[float]]:
+    """Run ``work`` in a second thread while this one stores ``reports`` back to
+    back: what it returned (None if it raised), how long it took, and how long
+    each store took meanwhile."""
+    outcome: list[T] = []
+    took: list[float] = []
+    done = threading.Event()
+
+    def run() -> None:
+        begin = time.perf_counter()
+        try:
+            outcome.append(work())
+        finally:
+            took.append(time.perf_counter() - begin)
+            done.set()
+
+    worker = threading.Thread(target=run, name="upkeep")
+    worker.start()
+    stores = []
+    while not done.is_set():
+        stores.append(timed_store(storage, reports))
+    worker.join()
+    return (outcome[0] if outcome else None), took[0], stores
+
+
 def measure(label: str, url: str, old_reports: int, quiet_reports: int) -> Result:
     result = Result(label)
     batch = filled_batch()
@@ -144,41 +174,12 @@ def measure(label: str, url: str, old_reports: int, quiet_reports: int) -> Resul
 
         result.quiet = [timed_store(storage, new) for _ in range(quiet_reports)]
 
-        rolled: list[RolledUp] = []
-        rolling = threading.Event()
-
-        def roll_up() -> None:
-            begin = time.perf_counter()
-            try:
-                rolled.append(storage.roll_up())
-            finally:
-                result.roll_seconds = time.perf_counter() - begin
-                rolling.set()
-
-        roller = threading.Thread(target=roll_up, name="roll-up")
-        roller.start()
-        while not rolling.is_set():
-            result.while_rolling.append(timed_store(storage, new))
-        roller.join()
-        result.rolled = rolled[0] if rolled else None
-
-        done = threading.Event()
-        outcome: list[Pruned] = []
-
-        def prune() -> None:
-            begin = time.perf_counter()
-            try:
-                outcome.append(storage.prune(time.time() - 90 * DAY))
-            finally:
-                result.prune_seconds = time.perf_counter() - begin
-                done.set()
-
-        pruner = threading.Thread(target=prune, name="prune")
-        pruner.start()
-        while not done.is_set():
-            result.while_pruning.append(timed_store(storage, new))
-        pruner.join()
-        result.pruned = outcome[0] if outcome else None
+        result.rolled, result.roll_seconds, result.while_rolling = while_running(
+            storage.roll_up, storage, new
+        )
+        result.pruned, result.prune_seconds, result.while_pruning = while_running(
+            lambda: storage.prune(time.time() - 90 * DAY), storage, new
+        )
     finally:
         storage.close()
     return result

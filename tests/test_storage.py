@@ -2331,6 +2331,13 @@ def _huge_call(count: int, status: int = 200, route: str = "/x") -> dict[str, An
     return payload
 
 
+def exact_sums(total: int, requests: int) -> dict[str, Any]:
+    """What :func:`_summed` reads of ``/x`` when its requests add up to
+    ``total``, all of them errors, among ``requests`` in all."""
+    fields = ("calls", "errors", "request_bytes", "response_bytes", "bucket")
+    return {"total requests": requests, "total errors": total, **dict.fromkeys(fields, total)}
+
+
 def _summed(storage: SQLStorage) -> dict[str, Any]:
     """Every integer sum the dashboard and the CSV read of the one endpoint
     ``/x``: its totals, its rows in every endpoint list, and its histogram's
@@ -2378,15 +2385,7 @@ def test_integer_sums_are_exact_and_alike_on_both_backends(
         storage.store(stored(_huge_call(count, status=500), received_at=T))
     storage.store(stored(_huge_call(1, route="/small"), received_at=T))
     total = sum(counts)
-    assert _summed(storage) == {
-        "total requests": total + 1,
-        "total errors": total,
-        "calls": total,
-        "errors": total,
-        "request_bytes": total,
-        "response_bytes": total,
-        "bucket": total,
-    }
+    assert _summed(storage) == exact_sums(total, requests=total + 1)
     small = [row for row in storage.endpoints(since=0) if row["route"] == "/small"]
     assert [(row["calls"], row["response_bytes"]) for row in small] == [(1, 1)]
     # The transaction that read past 2**63 is over: the storage still writes.
