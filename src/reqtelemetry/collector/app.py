@@ -485,8 +485,9 @@ class Upkeep:
     and a day another replica rolled up is not added twice. The work runs in
     a worker thread. At shutdown the prune's batch under way is finished,
     and a day being rolled up is left, its claim let go: it is rolled up
-    again, whole, next time (nothing of it was read meanwhile). The prune goes first, so that days
-    past the retention are not rolled up only to be deleted.
+    again, whole, next time (nothing of it was read meanwhile). The prune
+    goes first, so that days past the retention are not rolled up only to
+    be deleted.
     """
 
     def __init__(

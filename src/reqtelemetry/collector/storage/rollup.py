@@ -129,6 +129,10 @@ def new_claim() -> int:
     return secrets.randbits(63)
 
 
+#: The bounds of each branch of a ``UNION ALL`` read, in order.
+Bounds = tuple[tuple[float, ...], ...]
+
+
 @dataclass(frozen=True)
 class Window:
     """Where the rows received since ``since`` are read from.
@@ -161,35 +165,32 @@ class Window:
         return cls(since, rolled_from, through, through, kept_from)
 
     @property
-    def params(self) -> tuple[float, ...]:
-        """For :func:`window_rows`' branches, in order: the first raw part's
-        bounds, the rolled-up days' bounds, the second raw part's start."""
-        return (self.since, self.rolled_from, self.rolled_from, self.raw_from, self.raw_from)
+    def bounds(self) -> Bounds:
+        """Each branch's bounds in :func:`window_rows`: the first raw part's,
+        the rolled-up days', the second raw part's start."""
+        return ((self.since, self.rolled_from), (self.rolled_from, self.raw_from), (self.raw_from,))
 
     @property
-    def before_params(self) -> tuple[float, ...]:
-        """For :func:`window_rows` over what came before ``since`` (``before=True``):
-        the raw rows before the daily rows that are read, those not rolled up
-        yet, and the rolled-up days that began before ``since``."""
-        below = min(self.kept_from, self.since)
-        return (below, self.through, self.since, self.kept_from, min(self.since, self.through))
+    def before_bounds(self) -> Bounds:
+        """Each branch's bounds in :func:`window_rows` over what came before
+        ``since`` (``before=True``): the raw rows before the daily rows that
+        are read, those not rolled up yet, and the rolled-up days that began
+        before ``since``."""
+        return (
+            (min(self.kept_from, self.since),),
+            (self.through, self.since),
+            (self.kept_from, min(self.since, self.through)),
+        )
+
+    @property
+    def every_bounds(self) -> Bounds:
+        """Each branch's bounds in :func:`every_row`: the raw rows before the
+        daily rows read, those not rolled up yet, and the daily rows read."""
+        return ((self.kept_from,), (self.through,), (self.kept_from, self.through))
 
 
-#: The columns :func:`window_rows` reads, raw and rolled up alike.
-FIGURES = (
-    "method",
-    "route",
-    "app_name",
-    "app_version",
-    "deployment_id",
-    "calls",
-    "errors",
-    "latency_sum",
-    "request_bytes",
-    "response_bytes",
-    "received_at",
-)
-#: How a raw aggregate gives them.
+#: The columns :func:`window_rows` reads, as a raw aggregate gives them, and
+#: as a daily row does.
 _RAW_FIGURES = (
     "a.method, a.route, a.app_name, a.app_version, a.deployment_id, a.count AS calls,"
     " CASE WHEN a.status >= 500 THEN a.count ELSE 0 END AS errors, a.latency_sum,"
@@ -209,15 +210,17 @@ def window_rows(
     before: bool = False,
 ) -> str:
     """A ``FROM`` item (``AS a``) of the aggregates of a :class:`Window`, raw
-    and rolled up: the :data:`FIGURES` columns, or with ``bins`` (the
+    and rolled up: ``method, route, app_name, app_version, deployment_id,
+    calls, errors, latency_sum, request_bytes, response_bytes, received_at``
+    (a daily row's ``last_seen``), or with ``bins`` (the
     dialect's ``expand_bins``, ``bin_index`` and ``bin_count``) the endpoint's
     columns and ``bin``, ``n`` per histogram bucket.
 
     ``raw`` is how the raw table is named and read (``aggregates AS a`` and an
     index hint). ``only`` (``AND ...`` over ``a.``) is put in every branch,
-    whose parameters then follow each branch's own. Parameters:
-    :attr:`Window.params` interleaved with ``only``'s, or with ``before``
-    (what came before the window) :attr:`Window.before_params`.
+    whose parameters then follow each branch's own: :func:`branch_params` of
+    :attr:`Window.bounds`, or with ``before`` (what came before the window)
+    of :attr:`Window.before_bounds`.
     """
     if bins is not None:
         expand, index, count = bins
@@ -241,21 +244,16 @@ def window_rows(
     return "(" + " UNION ALL ".join(branches) + ") AS a"
 
 
-def window_params(window: Window, only_params: Sequence[Any], *, before: bool = False) -> list[Any]:
-    """The parameters of :func:`window_rows` for ``window``, ``only``'s after each branch's."""
-    if before:
-        bounds = window.before_params
-        pairs = [bounds[0:1], bounds[1:3], bounds[3:5]]
-    else:
-        bounds = window.params
-        pairs = [bounds[0:2], bounds[2:4], bounds[4:5]]
-    return [value for pair in pairs for value in (*pair, *only_params)]
+def branch_params(bounds: Bounds, only_params: Sequence[Any]) -> list[Any]:
+    """The parameters of a read of :func:`window_rows` or :func:`every_row`:
+    each branch's bounds, then ``only``'s."""
+    return [value for branch in bounds for value in (*branch, *only_params)]
 
 
 def every_row(raw: str, only: str = "") -> str:
     """A ``FROM`` item (``AS a``) of every aggregate kept, raw and rolled up,
     as ``method, route, app_name, received_at``: what "unused endpoints" read.
-    Parameters: :func:`every_params`."""
+    Parameters: :func:`branch_params` of :attr:`Window.every_bounds`."""
     columns = "a.method, a.route, a.app_name"
     return (
         f"(SELECT {columns}, a.received_at FROM {raw} WHERE a.received_at < ?{only}"
@@ -263,17 +261,6 @@ def every_row(raw: str, only: str = "") -> str:
         f" UNION ALL SELECT {columns}, a.last_seen FROM daily_aggregates AS a"
         f" WHERE a.day >= ? AND a.day < ?{only}) AS a"
     )
-
-
-def every_params(window: Window, only_params: Sequence[Any]) -> list[Any]:
-    """The parameters of :func:`every_row` for ``window``: the raw rows before
-    the daily rows read, those not rolled up yet, and the daily rows read."""
-    kept_from, through = window.kept_from, window.through
-    return [
-        *(kept_from, *only_params),
-        *(through, *only_params),
-        *(kept_from, through, *only_params),
-    ]
 
 
 # -- one day's roll-up ------------------------------------------------------------------

@@ -61,14 +61,13 @@ from .rollup import (
     SWEEP_SQL,
     Window,
     bin_rows,
+    branch_params,
     day_of,
-    every_params,
     every_row,
     figure_rows,
     new_claim,
     next_day,
     settled_before,
-    window_params,
     window_rows,
 )
 
@@ -563,14 +562,10 @@ class SQLStorage(Storage):
             return len(instances), len(deployments)
 
         instances, deployments = self._run(the_rest, write=True)
-        self._delete_unread_days(stop)
-        return Pruned(reports=reports, instances=instances, deployments=deployments)
-
-    def _delete_unread_days(self, stop: threading.Event) -> None:
-        """Delete the daily rows before ``kept_from`` (never read), in batches,
-        pausing as the prune does: one day of a large fleet is millions of rows."""
-        kept_from = self._read(lambda ex: self._window(ex, 0.0).kept_from)
+        # The daily rows before ``kept_from`` are never read: in batches, as
+        # one day of a large fleet is millions of rows.
         self._sweep(None, f"day < {kept_from!r}", stop)
+        return Pruned(reports=reports, instances=instances, deployments=deployments)
 
     def roll_up(self, now: float | None = None, stop: threading.Event | None = None) -> RolledUp:
         """See :meth:`Storage.roll_up`, and :mod:`.rollup` for the steps of a day.
@@ -756,7 +751,7 @@ class SQLStorage(Storage):
             requests, errors = ex.query(
                 f"SELECT {total}(calls), {total}(errors)"
                 f" FROM {window_rows(self._aggregates(app), only=a_only)}",
-                window_params(self._window(ex, since), a_params),
+                branch_params(self._window(ex, since).bounds, a_params),
             )[0]
             return {
                 "deployments": _int(deployments),
@@ -1133,7 +1128,7 @@ class SQLStorage(Storage):
         raw = self._aggregates(app)
         figures = window_rows(raw, only=only)
         bins = window_rows(raw, bins=(d.expand_bins, d.bin_index, d.bin_count), only=only)
-        in_window = window_params(window, only_params)
+        in_window = branch_params(window.bounds, only_params)
         # Per key and deployment first, then per key: the deployments are
         # counted by a second grouping rather than COUNT(DISTINCT), which
         # makes PostgreSQL sort every aggregate of the window.
@@ -1160,7 +1155,7 @@ class SQLStorage(Storage):
                 f"SELECT {a_key}, 0, 0, 0.0, 0, 0, 0, MAX(a.received_at), NULL"
                 f" FROM {before} GROUP BY {a_key}"
             )
-            params += window_params(window, only_params, before=True)
+            params += branch_params(window.before_bounds, only_params)
         # Each key's window figures are one row of the first branch: the distinct
         # deployments are taken as they are (MAX), the rest added to the others' zeros.
         sql = (
@@ -1202,7 +1197,7 @@ class SQLStorage(Storage):
             f" ORDER BY {d.sum}(calls) DESC,"
             f" {self._endpoint_order(('method', 'route', 'app_name'))} LIMIT ?"
         )
-        return sql, [*window_params(window, only_params), int(limit)]
+        return sql, [*branch_params(window.bounds, only_params), int(limit)]
 
     def _unused_endpoints_sql(
         self, window: Window, app: str | None, limit: int
@@ -1219,7 +1214,7 @@ class SQLStorage(Storage):
             " GROUP BY method, route, app_name HAVING MAX(received_at) < ?"
             f" ORDER BY MAX(received_at) DESC, {order} LIMIT ?"
         )
-        return sql, [*every_params(window, only_params), window.since, int(limit)]
+        return sql, [*branch_params(window.every_bounds, only_params), window.since, int(limit)]
 
     def _window(self, ex: Executor, since: float) -> Window:
         """Where the aggregates received since ``since`` are read from, as far
@@ -1652,8 +1647,8 @@ class _Claim:
         self._renewed = 0.0
 
     def take(self) -> bool:
-        """Take (or renew) the claim; False when another replica's is live or
-        ``through`` moved."""
+        """Take the claim (or take it back, if it is still this attempt's);
+        False when another replica's is live or ``through`` moved."""
         greatest = self.storage.dialect.greatest
         now = time.time()
         params = (self.end, self.name, now + LEASE, self.through, now, self.name)
