@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from examples.servers import child_environment
+from receiver import record_counts
 
 pytestmark = pytest.mark.e2e
 
@@ -50,9 +51,73 @@ def test_a_reloader_parent_sends_nothing(loop: str, receiver, tmp_path: Path) ->
     }
 
 
-def test_a_process_that_serves_runs_no_supervisor_loop() -> None:
+def test_a_process_that_serves_runs_no_supervisor_or_helper_loop() -> None:
     """pytest's main thread runs none of them: a process that serves itself
     (or a shell left open) still announces itself after the grace."""
-    from reqtelemetry.supervisors import supervisor_loop
+    from reqtelemetry.supervisors import helper_loop, supervisor_loop
 
     assert supervisor_loop() is None
+    assert helper_loop() is None
+
+
+POOL_PARENT = Path(__file__).with_name("pool_parent.py")
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver", "forkserver-main"])
+def test_multiprocessing_helpers_started_anew_are_no_instances(
+    start_method: str, receiver, tmp_path: Path
+) -> None:
+    """Started with ``spawn`` or ``forkserver`` (macOS's and Windows' default,
+    and Linux's from Python 3.14), a pool's worker imports the app's module
+    again and makes an instance of its own: each announced itself after the
+    grace and reported as one more idle instance, a ``ProcessPoolExecutor(8)``
+    as 8, until it ended. Now each finds it runs a helper's loop and sends
+    nothing. A worker whose job records is an instance all the same, and its
+    last report goes as it ends (a ``forkserver`` child, which ends with
+    ``os._exit``, lost it).
+
+    Where the fork server loads the main program itself (Pythons with
+    gh-126631 fixed: 3.13.8 and later, 3.14; ``forkserver-main`` has it do
+    so on any), its workers inherit its instance instead, as a ``fork``
+    pool's do: they are told apart as those are, and end without waiting to
+    report, what they recorded in their last second included."""
+    environment = child_environment(
+        {"POOL_APP_ENDPOINT": receiver.url, "POOL_APP_ID_PATH": str(tmp_path / "id")}
+    )
+    done = subprocess.run(
+        [sys.executable, str(POOL_PARENT), start_method],
+        cwd=POOL_PARENT.parent,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    parent = said["parent"]
+    for worker, loop in [
+        ("executor_worker", "concurrent.futures.process._process_worker"),
+        ("pool_worker", "multiprocessing.pool.worker"),
+    ]:
+        decided = said[worker]
+        assert decided["instance_id"] != parent  # made anew in the worker, or the fork server
+        assert decided["announced"] is False
+        if decided["inherited"]:
+            assert start_method.startswith("forkserver")
+            reason = "multiprocessing forked it from the process that serves"
+        else:
+            reason = f"it runs {loop}"
+        assert decided["serving_elsewhere"] == reason
+    recording = said["recording_worker"]
+    assert recording["instance_id"] != parent
+    assert said["closed"] is True
+    by_instance: dict[str, set[tuple[str, str, int]]] = {}
+    for report in receiver.reports:
+        by_instance.setdefault(report["instance_id"], set()).update(record_counts([report]))
+    # The decided workers, the Manager's server and (forkserver) the fork
+    # server sent nothing; the parent and the worker that recorded did.
+    expected = {parent: {("GET", "/served-by-the-parent", 200)}}
+    if not recording["inherited"]:
+        expected[recording["instance_id"]] = {("GET", "/recorded-in-a-worker", 200)}
+    assert by_instance == expected

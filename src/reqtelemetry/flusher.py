@@ -33,7 +33,7 @@ from .config import redacted_url
 from .metrics import GAUGE_SAMPLE_SECONDS
 from .payload import Envelope, Report, build_reports
 from .recorder import Batch
-from .supervisors import started_by_multiprocessing, supervisor_loop
+from .supervisors import helper_loop, started_by_multiprocessing, supervisor_loop
 from .traits import detect_test_runner, load_deployment_id
 from .transport import Outcome, Result, Sent, Transport, started, waitable
 
@@ -345,13 +345,14 @@ class Flusher:
     def _leaves_serving_to_others(self) -> bool:
         """Whether this process, idle when its grace is over, is no instance:
         processes it started serve instead, or it is a ``multiprocessing``
-        helper forked from the one that serves (see :mod:`.supervisors`)."""
+        helper, forked from the one that serves or started anew to run its
+        jobs (see :mod:`.supervisors`)."""
         if self.forked:
             self.serving_elsewhere = "it forked the processes that serve"
         elif self.inherited and started_by_multiprocessing():
             self.serving_elsewhere = "multiprocessing forked it from the process that serves"
         else:
-            loop = supervisor_loop()
+            loop = helper_loop() or supervisor_loop()
             if loop is None:
                 return False
             self.serving_elsewhere = f"it runs {loop}"

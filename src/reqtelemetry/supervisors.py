@@ -22,9 +22,19 @@ they live, because they start other processes that do:
   instance, made anew): it runs the app's jobs, not its requests, and
   announced itself as one more idle instance after the grace. Known by
   ``multiprocessing.parent_process()`` in a child whose instance was
-  inherited. Servers whose ``multiprocessing`` workers load the app
-  themselves (granian, ``uvicorn --workers``, spawned) make an instance of
-  their own in each, which is announced as in any process, idle or not.
+  inherited.
+* a helper that ``multiprocessing`` started anew (the ``spawn`` and
+  ``forkserver`` start methods: the default on macOS and Windows, and from
+  Python 3.14 on Linux): a pool's worker (``Pool``, ``ProcessPoolExecutor``)
+  or a ``Manager``'s server. It runs the parent's main program again, or
+  imports the app's module to unpickle its jobs, and so makes an instance
+  of its own: each announced itself as one more idle instance after the
+  grace, a pool of 8 as 8 of them. Known by the loop its main thread runs:
+  :data:`HELPER_LOOPS`. (A fork server that loads the main program, as
+  Python's does from 3.13.8, is a pre-fork master: its workers inherit its
+  instance, as above.) Servers whose ``multiprocessing`` workers load the
+  app themselves (granian, ``uvicorn --workers``) run none of these loops:
+  their workers are announced as in any process, idle or not.
 
 Such a process is no instance: it does not announce itself after the grace,
 and its exit sends nothing. Should it serve, record or count after all, it
@@ -54,6 +64,20 @@ SUPERVISOR_LOOPS: frozenset[tuple[str, str]] = frozenset(
 )
 
 
+#: The loops a ``multiprocessing`` helper's main thread runs for its whole
+#: life, as (module, function): each takes jobs or requests from the process
+#: that started it, never an HTTP request. A loop a later Python renames is
+#: only missed (its helpers are announced after the grace, as before), never
+#: mistaken for a server.
+HELPER_LOOPS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("multiprocessing.pool", "worker"),  # a Pool's worker process
+        ("concurrent.futures.process", "_process_worker"),  # ProcessPoolExecutor's
+        ("multiprocessing.managers", "serve_forever"),  # a Manager()'s server process
+    }
+)
+
+
 def supervisor_loop() -> str | None:
     """The supervisor loop this process's main thread runs, as ``module.function``;
     None when it runs none of :data:`SUPERVISOR_LOOPS`.
@@ -64,13 +88,31 @@ def supervisor_loop() -> str | None:
     Never raises (a Python without ``sys._current_frames`` finds none): the
     flusher's thread must go on to report.
     """
+    return main_thread_runs(SUPERVISOR_LOOPS)
+
+
+def helper_loop() -> str | None:
+    """The ``multiprocessing`` helper's loop this process's main thread runs,
+    as ``module.function``; None when it runs none of :data:`HELPER_LOOPS`.
+
+    The main thread, because ``multiprocessing`` runs a helper's work there,
+    under its bootstrap; the job a pool's worker runs at that moment is above
+    the loop on the same stack, and does not hide it. Never raises.
+    """
+    return main_thread_runs(HELPER_LOOPS)
+
+
+def main_thread_runs(loops: frozenset[tuple[str, str]]) -> str | None:
+    """The first of ``loops`` found on the main thread's stack, innermost
+    first, as ``module.function``; None when none is there (or the stack
+    cannot be read)."""
     try:
         frame: FrameType | None = sys._current_frames().get(threading.main_thread().ident or 0)
     except Exception:
         return None
     while frame is not None:
         where = (frame.f_globals.get("__name__", ""), frame.f_code.co_name)
-        if where in SUPERVISOR_LOOPS:
+        if where in loops:
             return ".".join(where)
         frame = frame.f_back
     return None

@@ -8,6 +8,7 @@ request is kept to a few attribute reads and one locked dict update.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import sys
@@ -205,6 +206,16 @@ class Telemetry:
         Only for an instance made there: the children that merely inherited
         one (a ``Pool``'s workers, a ``ProcessPoolExecutor``'s) end as they
         did, without waiting for a report on their way out.
+
+        A child started with ``spawn`` or ``forkserver`` imports the app while
+        ``multiprocessing`` prepares it (the parent's main module, the
+        pickled target's module): it does not know its parent yet, and
+        ``multiprocessing`` clears its finalizers before the child runs. It
+        says so by the process object's ``_inheriting`` flag (which
+        ``multiprocessing`` itself reads, in ``assert_spawning``), and the
+        finalizer is made once the child runs, by the hook ``multiprocessing``
+        calls then. Missed, a ``forkserver`` child, which ends with
+        ``os._exit``, lost its last report.
         """
         util = sys.modules.get("multiprocessing.util")
         if util is None or self._finalizer is not None:
@@ -213,6 +224,8 @@ class Telemetry:
 
         if multiprocessing.parent_process() is not None:
             self._finalizer = util.Finalize(self, self.close, exitpriority=10)
+        elif getattr(multiprocessing.current_process(), "_inheriting", False):
+            util.register_after_fork(self, functools.partial(_close_as_child_made_in, os.getpid()))
 
     def _start_in_worker(self, serving: bool) -> None:
         """In a worker: become an instance of its own, if the fork did not make
@@ -399,6 +412,14 @@ class Telemetry:
         if finalizer is not None:
             finalizer.cancel()  # it holds this instance: let it go
         return bool(flusher.close(timeout))
+
+
+def _close_as_child_made_in(pid: int, telemetry: Telemetry) -> None:
+    """``multiprocessing``'s hook as a child it prepared starts to run: the
+    finalizer of an instance made while it was prepared. Not in a process
+    forked from that child later, which inherits the hook with the instance."""
+    if os.getpid() == pid:
+        telemetry._close_as_this_multiprocessing_child_ends()
 
 
 def _announce(telemetry: Telemetry, why_not: str | None) -> None:
