@@ -14,6 +14,7 @@ import io
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from wsgiref import simple_server
@@ -149,13 +150,24 @@ def test_a_file_without_a_declared_length_still_goes_out_as_a_file(
     assert record["response_bytes"] == len(CONTENT) - 4
 
 
+class _Reader:
+    """A stream that can only be read (a pipe's, a generator's): no descriptor,
+    no seeking, so no size before it is read."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data.read(size)
+
+
 @pytest.mark.e2e
 def test_a_wrapped_file_of_no_known_length_is_counted_as_it_passes(serve, telemetry, records):
-    """No declared length and no file on disk: its bytes are counted passing."""
+    """No declared length, no file on disk, no seeking: its bytes are counted passing."""
 
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/pdf")])
-        return environ["wsgi.file_wrapper"](io.BytesIO(CONTENT))
+        return environ["wsgi.file_wrapper"](_Reader(CONTENT))
 
     server = serve(WSGIMiddleware(app, telemetry=telemetry))
     response = httpx.get(server.url + "/reports/7")
@@ -165,6 +177,62 @@ def test_a_wrapped_file_of_no_known_length_is_counted_as_it_passes(serve, teleme
     (record,) = records(telemetry).values()
     assert (record["status"], record["count"]) == (200, 1)
     assert record["response_bytes"] == len(CONTENT)
+
+
+def in_memory_file_app(environ, start_response):
+    """A download built in memory, sent from its fifth byte, with no declared length."""
+    start_response("200 OK", [("Content-Type", "application/pdf")])
+    report = io.BytesIO(CONTENT)
+    report.seek(4)  # the server sends from here on
+    return environ["wsgi.file_wrapper"](report)
+
+
+@pytest.mark.e2e
+def test_a_file_in_memory_goes_out_as_a_file(serve, telemetry, records):
+    """A file in memory has no descriptor but seeks: sized past its position,
+    it goes back to the server as the server's own file."""
+    server = serve(WSGIMiddleware(in_memory_file_app, telemetry=telemetry))
+    response = httpx.get(server.url + "/reports/7")
+    server.stop()
+    assert response.content == CONTENT[4:]
+    assert _NotingHandler.sent_as_file == [True]
+    (record,) = records(telemetry).values()
+    assert (record["status"], record["count"]) == (200, 1)
+    assert record["response_bytes"] == len(CONTENT) - 4
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("measured", [False, True], ids=["bare app", "WSGIMiddleware"])
+def test_waitress_declares_the_length_of_a_file_in_memory(measured, make_telemetry, records):
+    """waitress sizes a file it is handed through its ``wsgi.file_wrapper`` by
+    seeking, and declares its length. Wrapped by the middleware (which took
+    it for a file of no known length), it went out chunked instead: the
+    middleware changed what the app's clients got. Now both go out alike."""
+    from waitress.server import create_server
+
+    telemetry = make_telemetry()
+    app = in_memory_file_app
+    if measured:
+        app = WSGIMiddleware(app, telemetry=telemetry)
+    server = create_server(app, host="127.0.0.1", port=0, threads=1)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        response = httpx.get(f"http://127.0.0.1:{server.effective_port}/reports/7", timeout=10)
+    finally:
+        server.close()
+        thread.join(10)
+    assert response.content == CONTENT[4:]
+    assert response.headers.get("content-length") == str(len(CONTENT) - 4)
+    assert "transfer-encoding" not in response.headers
+    if measured:
+        # Recorded as waitress closes the response, once it has sent it.
+        deadline = time.monotonic() + 5
+        while not records(telemetry) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (record,) = records(telemetry).values()
+        assert (record["status"], record["count"]) == (200, 1)
+        assert record["response_bytes"] == len(CONTENT) - 4
 
 
 @pytest.mark.e2e

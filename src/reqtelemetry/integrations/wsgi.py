@@ -299,10 +299,16 @@ def _is_servers_file(response: Any, file_wrapper: Any) -> bool:
 
 
 def _bytes_in_file(response: Any, whole: bool) -> int | None:
-    """The bytes a server's ``sendfile`` sends of the file behind ``response``
-    (the server's wrapper, or the file itself): the whole file's size, or
-    (``whole`` False) its size past the file's position, as gunicorn works it
-    out; None when it is no regular file."""
+    """The bytes a server sends of the file behind ``response`` (the server's
+    wrapper, or the file itself): the whole file's size, or (``whole`` False)
+    its size past the file's position, as gunicorn works it out for
+    ``sendfile``; None when it is no regular file and cannot seek.
+
+    A file in memory (``io.BytesIO``, a ``SpooledTemporaryFile`` not yet
+    rolled over to disk) has no descriptor, but it seeks, and waitress sizes
+    it so, past its position, to declare its length: it is measured the same
+    way, and so goes out unwrapped as well. Wrapped, it went out chunked.
+    """
     for name in ("filelike", "file"):  # gunicorn's and wsgiref's; waitress's
         inner = getattr(response, name, None)
         if inner is not None:
@@ -310,14 +316,36 @@ def _bytes_in_file(response: Any, whole: bool) -> int | None:
             break
     try:
         descriptor = response.fileno()
+    except (AttributeError, OSError, ValueError, TypeError):
+        return _bytes_by_seeking(response)
+    try:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             return None
         if whole:
             return int(status.st_size)
         return max(status.st_size - os.lseek(descriptor, 0, os.SEEK_CUR), 0)
-    except (AttributeError, OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError):
         return None
+
+
+def _bytes_by_seeking(file: Any) -> int | None:
+    """The bytes of a file without a descriptor past its position (what a
+    server that reads it sends), found by seeking to its end and back; None
+    when it cannot seek (a pipe, a generator's reader), or says anything odd."""
+    try:
+        if not file.seekable():
+            return None
+        position = file.tell()
+        try:
+            end = file.seek(0, os.SEEK_END)
+        finally:
+            file.seek(position)  # where the server starts reading, whatever happened
+    except Exception:  # no seekable(), or a seek that fails: not ours to size
+        return None
+    if type(position) is not int or type(end) is not int:
+        return None
+    return max(end - position, 0)
 
 
 class CountedInput:
