@@ -89,6 +89,22 @@ def test_instruments_follow_the_http_semantic_conventions():
     provider.shutdown()
 
 
+def test_an_excluded_route_reaches_no_instrument(make_telemetry):
+    """A template under the exclusions (reached by a path outside them: a
+    redirect to it) is no more the instruments' than the reports'."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    telemetry = make_telemetry(exclude_prefixes=["/secret-admin/"])
+    telemetry._otel = OTelInstruments(meter_provider=provider)  # what otel=True makes
+    record = reqtelemetry.Telemetry.record  # the method with instruments (not the recorder's)
+    record(telemetry, "GET", "/secret-admin/", 308, 0.001, 0, 0)
+    record(telemetry, "GET", "/items/{item_id}", 200, 0.012, 0, 512)
+    duration = points_by_route(collect(reader)["http.server.request.duration"][0])
+    assert set(duration) == {("GET", "/items/{item_id}", 200)}
+    assert [r["route"] for r in telemetry.snapshot()] == ["/items/{item_id}"]
+    provider.shutdown()
+
+
 def test_without_an_sdk_provider_the_instruments_are_no_ops():
     from opentelemetry.metrics import NoOpMeterProvider
 

@@ -300,3 +300,119 @@ def test_django_asgi(django_telemetry_factory, options):
 
     asyncio.run(run())
     assert_clean(telemetry)
+
+
+# -- A secret in a route template, excluded as the README says -----------------------
+#
+# A template can hold a secret: a hidden admin URL read from the environment.
+# The README has it left out with ``exclude_prefixes=["/" + ADMIN_URL]``. A
+# path outside the prefix that the router redirects into it (the prefix
+# without its slash, doubled slashes, a language prefix) was recorded under
+# the secret's template all the same.
+
+SECRET_ADMIN = f"{MARKER}-admin"
+
+
+@pytest.mark.parametrize("way", ["init_app", "WSGIMiddleware"])
+def test_flask_never_sends_an_excluded_template(make_telemetry, counts, way):
+    app = Flask(__name__)
+
+    @app.route(f"/{SECRET_ADMIN}/")
+    def admin_index():
+        return "admin"
+
+    @app.route(f"/{SECRET_ADMIN}/users/<int:user_id>")
+    def admin_user(user_id: int):
+        return "user"
+
+    @app.route("/items/<int:item_id>")
+    def item(item_id: int):
+        return "item"
+
+    telemetry = make_telemetry(exclude_prefixes=[f"/{SECRET_ADMIN}/"])
+    if way == "init_app":
+        init_app(app, telemetry)
+    else:
+        app.wsgi_app = WSGIMiddleware(app.wsgi_app, telemetry=telemetry)
+    client = app.test_client()
+    statuses = []
+    for path in [
+        f"/{SECRET_ADMIN}/",
+        f"/{SECRET_ADMIN}/users/1",
+        f"/{SECRET_ADMIN}",  # 308 to the trailing slash
+        f"/{SECRET_ADMIN}//users/1",  # 308, slashes merged
+        "/items/1",
+    ]:
+        response = client.get(path)
+        response.get_data()  # read to its end: closed before, it is a client that left
+        statuses.append(response.status_code)
+        response.close()
+    assert statuses == [200, 200, 308, 308, 200]
+    assert counts(telemetry) == {("GET", "/items/<int:item_id>", 200): 1}
+    assert telemetry.recorder.dropped == 0  # left out, not dropped for the key cap
+    assert_clean(telemetry)
+
+
+def test_starlette_never_sends_an_excluded_template(make_telemetry, counts):
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    async def page(request):
+        return PlainTextResponse("page")
+
+    app = Starlette(
+        routes=[
+            Mount(f"/{SECRET_ADMIN}", routes=[Route("/", page), Route("/users/{uid}", page)]),
+            Route("/items/{item_id}", page),
+        ]
+    )
+    telemetry = make_telemetry(exclude_prefixes=[f"/{SECRET_ADMIN}/"])
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    with TestClient(app) as client:
+        statuses = [
+            client.get(path, follow_redirects=False).status_code
+            for path in [f"/{SECRET_ADMIN}/", f"/{SECRET_ADMIN}", "/items/1"]
+        ]
+    assert statuses == [200, 307, 200]  # the 307: redirect_slashes
+    assert counts(telemetry) == {("GET", "/items/{item_id}", 200): 1}
+    assert_clean(telemetry)
+
+
+def test_django_never_sends_an_excluded_template(django_telemetry_factory, counts):
+    """APPEND_SLASH's redirect, and the admin under ``i18n_patterns``, whose
+    templates start with ``/<language-code>/``: excluded by the same prefix."""
+    from django.test import Client as DjangoClient
+    from django.test import override_settings
+
+    from django_test_hidden_admin_urls import ADMIN_URL, LANGUAGES, LOCALIZED_ADMIN_URL
+
+    telemetry = django_telemetry_factory(
+        exclude_prefixes=["/" + ADMIN_URL, "/" + LOCALIZED_ADMIN_URL]
+    )
+    with override_settings(
+        ROOT_URLCONF="django_test_hidden_admin_urls",
+        LANGUAGE_CODE="en",
+        LANGUAGES=LANGUAGES,
+        MIDDLEWARE=[
+            "reqtelemetry.django.TelemetryMiddleware",
+            "django.middleware.locale.LocaleMiddleware",
+            "django.middleware.common.CommonMiddleware",
+        ],
+    ):
+        client = DjangoClient(raise_request_exception=False)
+        statuses = [
+            client.get(path).status_code
+            for path in [
+                "/" + ADMIN_URL,
+                "/" + ADMIN_URL + "users/1/",
+                "/" + ADMIN_URL.rstrip("/"),  # APPEND_SLASH: 301 to the admin
+                "/en/" + LOCALIZED_ADMIN_URL + "users/1/",
+                "/fr/" + LOCALIZED_ADMIN_URL.rstrip("/"),  # 301, in a language
+                "/" + LOCALIZED_ADMIN_URL,  # 302 to a language's prefix
+                "/items/1/",
+            ]
+        ]
+    assert statuses == [200, 200, 301, 200, 301, 302, 200]
+    assert counts(telemetry) == {("GET", "/items/<int:pk>/", 200): 1}
+    assert_clean(telemetry)

@@ -420,3 +420,18 @@ def test_what_a_client_sends_holds_every_count_in_its_histograms() -> None:
             sent += record["count"]
     delivered = sum(stats.count for key, stats in partly.stats.items() if key not in kept)
     assert sent == 3000 + 500 + 200 + PENDING_LIMIT + 7 - delivered
+
+
+def test_an_excluded_route_takes_no_key_and_is_not_dropped():
+    """What ``excluded_route`` refuses is kept nowhere: not a key, not the
+    overflow, not the dropped count, and after a merge neither."""
+    recorder = Recorder(max_keys=1, excluded_route=lambda route: route.startswith("/secret/"))
+    for _ in range(3):
+        recorder.record("GET", "/secret/", 200, 0.01, 0, 5)
+    recorder.record("GET", "/items/{id}", 200, 0.02, 0, 7)
+    assert recorder.dropped == 0
+    assert [(r["route"], r["count"]) for r in recorder.snapshot()] == [("/items/{id}", 1)]
+    batch = recorder.collect()
+    recorder.merge([*batch.records, {**batch.records[0], "route": "/secret/users/{id}"}])
+    assert [(r["route"], r["count"]) for r in recorder.snapshot()] == [("/items/{id}", 1)]
+    assert recorder.dropped == 0

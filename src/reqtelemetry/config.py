@@ -160,7 +160,8 @@ class Config:
     opt_out_reason: str | None = None
     #: Paths never measured: exact matches ...
     exclude_paths: tuple[str, ...] = ()
-    #: ... and prefixes (``/static/`` excludes everything below it).
+    #: ... and prefixes (``/static/`` excludes everything below it). Both are
+    #: compared with the route template a request is recorded under as well.
     exclude_prefixes: tuple[str, ...] = ()
     max_keys: int = DEFAULT_MAX_KEYS
     #: Requests no route matched share one key (``<unmatched>``) instead of

@@ -18,7 +18,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,10 +201,17 @@ class Batch:
 class Recorder:
     """The in-memory aggregate store; every public method is safe across threads."""
 
-    def __init__(self, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+    def __init__(
+        self, max_keys: int = DEFAULT_MAX_KEYS, excluded_route: Callable[[str], bool] | None = None
+    ) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {max_keys!r}")
         self.max_keys = max_keys
+        #: Routes never to keep (see :meth:`_new_stats`); None keeps every route.
+        self.excluded_route = excluded_route
+        #: Where an excluded route's requests go: a key's statistics that no
+        #: collection or snapshot ever reads.
+        self._discarded = Stats()
         self._lock = threading.Lock()
         self._stats: dict[tuple[str, str, int], Stats] = {}
         self._dropped = 0
@@ -293,8 +300,22 @@ class Recorder:
     def _new_stats(self, key: tuple[str, str, int]) -> Stats:
         """Create the stats for a new key, or route to the overflow key past the cap.
 
+        A key whose route the operator excluded is never made: its requests
+        are added where nothing reads them. Why here and not only where the
+        request comes in (``Telemetry.is_excluded``, on the request's path):
+        a route template can be reached by a path the exclusion does not
+        cover, and a template can hold a secret (a hidden admin URL). A
+        request for ``/SecretAdmin``, which the router redirects to
+        ``/SecretAdmin/``, is recorded under that template, and
+        ``exclude_prefixes=["/SecretAdmin/"]`` did not stop it. Asked as a key
+        is first seen: only an excluded route's requests ask every time, its
+        key never being kept, and only in apps that exclude anything.
+
         Called with the lock held.
         """
+        excluded_route = self.excluded_route
+        if excluded_route is not None and excluded_route(key[1]):
+            return self._discarded
         if len(self._stats) >= self.max_keys and key != OVERFLOW_KEY:
             self._dropped += 1
             stats = self._stats.get(OVERFLOW_KEY)

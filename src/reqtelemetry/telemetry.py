@@ -37,6 +37,14 @@ KNOWN_METHODS = frozenset(
 OTHER_METHOD = "_OTHER"
 #: The one key that requests no route matched share (when grouping is on).
 UNMATCHED_ROUTE = "<unmatched>"
+#: Stands for the language prefix of Django's ``i18n_patterns`` in a route
+#: template (``/<language-code>/about/<int:pk>/``), whatever the language,
+#: prefixed or not (``prefix_default_language=False``). A hyphen cannot be in
+#: a ``path()`` parameter's name (Django refuses the route), so no real route
+#: looks like it.
+LANGUAGE_PREFIX = "<language-code>"
+#: The first segment of such a template, as :meth:`Telemetry.is_excluded_route` looks for it.
+LANGUAGE_SEGMENT = f"/{LANGUAGE_PREFIX}/"
 #: Raw paths whose anonymized form is remembered (per instance, in memory only).
 ANONYMIZED_CACHE_SIZE = 4096
 #: Paths (with their query) longer than this are hashed each time, not cached:
@@ -97,8 +105,6 @@ class Telemetry:
             config.validate()
         self.config = config
         self.enabled = config.enabled
-        self.recorder = Recorder(max_keys=config.max_keys)
-        self.anonymizer = self._new_anonymizer()
         self.exclude_paths = frozenset(config.exclude_paths)
         self.exclude_prefixes = tuple(config.exclude_prefixes)
         #: What integrations call per request: ``is_excluded``, or None when
@@ -106,6 +112,12 @@ class Telemetry:
         self.excluded: Callable[[str], bool] | None = (
             self.is_excluded if self.exclude_paths or self.exclude_prefixes else None
         )
+        #: The same question of a recorded route template (see :meth:`is_excluded_route`).
+        self.excluded_route: Callable[[str], bool] | None = (
+            self.is_excluded_route if self.excluded is not None else None
+        )
+        self.recorder = Recorder(max_keys=config.max_keys, excluded_route=self.excluded_route)
+        self.anonymizer = self._new_anonymizer()
         self.internal_errors = 0
         self._internal_error_logged = False
         self._anonymized: dict[tuple[str, str], str] = {}
@@ -290,7 +302,9 @@ class Telemetry:
     ) -> None:
         """Add one measured request (the route must already be identifier-free)."""
         self.recorder.record(method, route, status, duration, request_bytes, response_bytes)
-        if self._otel is not None:
+        if self._otel is not None and not (
+            self.excluded_route is not None and self.excluded_route(route)
+        ):
             self._otel.record(
                 method, route, status, duration, request_bytes, response_bytes, scheme
             )
@@ -299,6 +313,22 @@ class Telemetry:
         """True for paths the operator asked never to measure (health checks, ...)."""
         return path in self.exclude_paths or (
             bool(self.exclude_prefixes) and path.startswith(self.exclude_prefixes)
+        )
+
+    def is_excluded_route(self, route: str) -> bool:
+        """True for a route template under the paths the operator excluded.
+
+        Asked of the template a request was recorded under, besides the
+        request's own path (:meth:`is_excluded`), since a path the exclusion
+        does not cover can lead to it: ``/SecretAdmin``, which the router
+        redirects to ``/SecretAdmin/``, is recorded under that template. A
+        template under Django's ``i18n_patterns`` starts with
+        ``/<language-code>``, which no exclusion names: it is asked without it too.
+        """
+        if self.is_excluded(route):
+            return True
+        return route.startswith(LANGUAGE_SEGMENT) and self.is_excluded(
+            route[len(LANGUAGE_SEGMENT) - 1 :]
         )
 
     def route_for_unrouted(self, path: str, query: str = "", matched: bool = False) -> str:

@@ -38,16 +38,11 @@ from ..recorder import PENDING_LIMIT
 from ..telemetry import (
     CLIENT_CLOSED_STATUS,
     KNOWN_METHODS,
+    LANGUAGE_PREFIX,
     OTHER_METHOD,
     Telemetry,
     parse_content_length,
 )
-
-#: Stands for the language prefix of ``i18n_patterns`` in a route template
-#: (``/<language-code>/about/<int:pk>/``), whatever the language, prefixed or
-#: not (``prefix_default_language=False``). A hyphen cannot be in a ``path()``
-#: parameter's name (Django refuses the route), so no real route looks like it.
-LANGUAGE_PREFIX = "<language-code>"
 
 #: Bounds each template cache. Keys come from the URLconf, not from requests,
 #: so this is never reached in practice; past it, templates are worked out
