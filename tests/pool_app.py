@@ -15,18 +15,22 @@ from typing import Any
 
 from reqtelemetry import Config, Telemetry
 
-telemetry = Telemetry(
-    config=Config.resolve(
-        environ={},
-        argv=[],
-        endpoint=os.environ["POOL_APP_ENDPOINT"],
-        deployment_id_path=os.environ["POOL_APP_ID_PATH"],
-        flush_interval=0.2,
-        send_in_tests=True,
-        timeout=2.0,
-        shutdown_timeout=2.0,
-    )
+CONFIG = Config.resolve(
+    environ={},
+    argv=[],
+    endpoint=os.environ["POOL_APP_ENDPOINT"],
+    deployment_id_path=os.environ["POOL_APP_ID_PATH"],
+    flush_interval=0.2,
+    send_in_tests=True,
+    timeout=2.0,
+    shutdown_timeout=float(os.environ.get("POOL_APP_SHUTDOWN_TIMEOUT", "2.0")),
 )
+#: ``POOL_APP_INSTANCES`` of them (one by default), as where each of several
+#: apps in one module makes its own.
+instances = [
+    Telemetry(config=CONFIG) for _ in range(int(os.environ.get("POOL_APP_INSTANCES", "1")))
+]
+telemetry = instances[0]
 
 
 def decision(_: Any = None) -> dict[str, Any]:
@@ -53,3 +57,10 @@ def record_one(_: Any = None) -> dict[str, Any]:
     telemetry.record("GET", "/recorded-in-a-worker", 200, 0.01, 0, 10)
     assert telemetry.flusher is not None
     return {"instance_id": telemetry.instance_id, "inherited": telemetry.flusher.inherited}
+
+
+def record_in_each(_: Any = None) -> int:
+    """A job that records a request in every instance: each then has a final report to send."""
+    for instance in instances:
+        instance.record("GET", "/recorded-in-a-worker", 200, 0.01, 0, 10)
+    return os.getpid()

@@ -12,6 +12,9 @@ serves one request itself, and then, with that start method:
 - runs a job that records a request, in a worker of a pool of its own.
 
 It prints, as one JSON line, its own instance id and what the workers said.
+With ``--time-the-exit`` after the start method it only runs a worker whose
+every instance records (``POOL_APP_INSTANCES``), and prints how long the
+worker took to end.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import multiprocessing
 import sys
 import time
+from typing import Any
 
 import pool_app  # as an app's main program imports its app: spawned helpers import it too
 
@@ -41,8 +45,20 @@ def preload_main_in_the_fork_server() -> None:
     spawn.get_preparation_data = with_main_path  # type: ignore[assignment]
 
 
+def time_the_exit(context: Any) -> None:
+    """How long a worker whose every instance recorded takes to end, once let go."""
+    executor = concurrent.futures.ProcessPoolExecutor(1, mp_context=context)
+    executor.submit(pool_app.record_in_each).result(timeout=30)
+    started = time.monotonic()
+    executor.shutdown(wait=True)
+    print(json.dumps({"exit_seconds": time.monotonic() - started}), flush=True)
+
+
 def main() -> None:
     start_method = sys.argv[1]
+    if sys.argv[2:] == ["--time-the-exit"]:
+        time_the_exit(multiprocessing.get_context(start_method))
+        return
     if start_method == "forkserver-main":
         start_method = "forkserver"
         preload_main_in_the_fork_server()

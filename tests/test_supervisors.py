@@ -121,3 +121,32 @@ def test_multiprocessing_helpers_started_anew_are_no_instances(
     if not recording["inherited"]:
         expected[recording["instance_id"]] = {("GET", "/recorded-in-a-worker", 200)}
     assert by_instance == expected
+
+
+def test_a_forkserver_child_ends_within_one_budget_for_all_its_instances(
+    silent_endpoint, tmp_path: Path
+) -> None:
+    """A ``forkserver`` child's instances made as it was prepared are closed
+    as it ends, all within one ``shutdown_timeout``, as a process's are at
+    exit: each closed with a budget of its own, six took six of them."""
+    environment = child_environment(
+        {
+            "POOL_APP_ENDPOINT": silent_endpoint.url,  # answers nothing: each waits its budget
+            "POOL_APP_ID_PATH": str(tmp_path / "id"),
+            "POOL_APP_INSTANCES": "6",
+            "POOL_APP_SHUTDOWN_TIMEOUT": "0.5",
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, str(POOL_PARENT), "forkserver", "--time-the-exit"],
+        cwd=POOL_PARENT.parent,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    exit_seconds = json.loads(done.stdout.strip().splitlines()[-1])["exit_seconds"]
+    # It waited (the reports were tried), for one budget and some slack, not six (3 s).
+    assert 0.4 < exit_seconds < 0.5 + 1.0

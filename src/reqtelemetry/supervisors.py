@@ -66,9 +66,10 @@ SUPERVISOR_LOOPS: frozenset[tuple[str, str]] = frozenset(
 
 #: The loops a ``multiprocessing`` helper's main thread runs for its whole
 #: life, as (module, function): each takes jobs or requests from the process
-#: that started it, never an HTTP request. A loop a later Python renames is
-#: only missed (its helpers are announced after the grace, as before), never
-#: mistaken for a server.
+#: that started it, never an HTTP request itself. A server that one of its
+#: jobs starts (``uvicorn.run`` in a pool) is announced at its first request,
+#: not idle after the grace. A loop a later Python renames is only missed:
+#: its helpers are announced after the grace, as before.
 HELPER_LOOPS: frozenset[tuple[str, str]] = frozenset(
     {
         ("multiprocessing.pool", "worker"),  # a Pool's worker process

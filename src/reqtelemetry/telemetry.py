@@ -127,9 +127,6 @@ class Telemetry:
         #: The process this instance is, to tell a worker uWSGI forked
         #: without Python's fork hooks (see :mod:`.prefork`).
         self._pid = os.getpid()
-        #: multiprocessing's finalizer that closes this instance (see
-        #: :meth:`_close_as_this_multiprocessing_child_ends`), if any.
-        self._finalizer: Any = None
         #: Whether the flusher waits for this worker to be forked (uWSGI) or
         #: to serve (gevent to come), instead of starting with the instance.
         self._in_each_worker = False
@@ -219,23 +216,30 @@ class Telemetry:
         one (a ``Pool``'s workers, a ``ProcessPoolExecutor``'s) end as they
         did, without waiting for a report on their way out.
 
-        A child started with ``spawn`` or ``forkserver`` imports the app while
+        A child started with ``forkserver`` imports the app while
         ``multiprocessing`` prepares it (the parent's main module, the
         pickled target's module): it does not know its parent yet, and
         ``multiprocessing`` clears its finalizers before the child runs. It
         says so by the process object's ``_inheriting`` flag (which
-        ``multiprocessing`` itself reads, in ``assert_spawning``), and the
-        finalizer is made once the child runs, by the hook ``multiprocessing``
-        calls then. Missed, a ``forkserver`` child, which ends with
-        ``os._exit``, lost its last report.
+        ``multiprocessing`` itself reads for the same question, in
+        ``spawn._check_not_importing_main``), and the instance is put in
+        :data:`_closing_as_child_ends` by the hook ``multiprocessing`` calls
+        once the child runs. Missed, a ``forkserver`` child, which ends with
+        ``os._exit``, lost its last report. (A ``spawn`` child runs no such
+        hook, and needs none: it ends through ``sys.exit``, so ``atexit``.)
+
+        All the instances made in the child are closed by one finalizer,
+        within one ``shutdown_timeout``, as :func:`close_all_at_exit` closes
+        a process's.
         """
         util = sys.modules.get("multiprocessing.util")
-        if util is None or self._finalizer is not None:
+        if util is None or self in _closing_as_child_ends:
             return
         import multiprocessing
 
         if multiprocessing.parent_process() is not None:
-            self._finalizer = util.Finalize(self, self.close, exitpriority=10)
+            _closing_as_child_ends[self] = os.getpid()
+            _finalize_this_child(util)
         elif getattr(multiprocessing.current_process(), "_inheriting", False):
             util.register_after_fork(self, functools.partial(_close_as_child_made_in, os.getpid()))
 
@@ -262,7 +266,6 @@ class Telemetry:
         self.instance_id = str(uuid.uuid4())
         self.started_at = time.time()
         self._pid = os.getpid()
-        self._finalizer = None  # the parent's, in a registry the child does not run
         # A salt of its own too: shared, the same identifier would hash alike
         # in every worker, and the collector could match it across instances.
         self.anonymizer = self._new_anonymizer()
@@ -437,10 +440,8 @@ class Telemetry:
         if flusher is None:
             return False
         _closing_at_exit.pop(self, None)
+        _closing_as_child_ends.pop(self, None)
         _live.discard(self)
-        finalizer, self._finalizer = self._finalizer, None
-        if finalizer is not None:
-            finalizer.cancel()  # it holds this instance: let it go
         return bool(flusher.close(timeout))
 
 
@@ -535,7 +536,11 @@ def close_all_at_exit() -> None:
     whose turn comes after the budget is spent sends nothing. Ctrl-C while
     it waits ends the waiting, without a traceback.
     """
-    instances = list(dict.fromkeys([*_closing_at_exit, *_live]))
+    _close_within_one_budget(list(dict.fromkeys([*_closing_at_exit, *_live])))
+
+
+def _close_within_one_budget(instances: list[Telemetry]) -> None:
+    """Close ``instances``, all within the longest ``shutdown_timeout`` of them."""
     if not instances:
         return
     deadline = time.monotonic() + max(t.config.shutdown_timeout for t in instances)
@@ -547,6 +552,32 @@ def close_all_at_exit() -> None:
                 telemetry.internal_error(error)
     except KeyboardInterrupt:
         return
+
+
+#: Instances made in a child of ``multiprocessing``, by the process they were
+#: made in: closed by :func:`_close_as_child_ends` (see
+#: :meth:`Telemetry._close_as_this_multiprocessing_child_ends`). A process
+#: forked from that child inherits them, and closes only its own.
+_closing_as_child_ends: dict[Telemetry, int] = {}
+#: The process whose ``multiprocessing`` finalizers run :func:`_close_as_child_ends`.
+_finalized_child: int | None = None
+
+
+def _finalize_this_child(util: Any) -> None:
+    """Have ``multiprocessing`` run :func:`_close_as_child_ends` as this child
+    ends (once per process: its finalizers are not inherited)."""
+    global _finalized_child
+    if _finalized_child != os.getpid():
+        _finalized_child = os.getpid()
+        util.Finalize(None, _close_as_child_ends, exitpriority=10)
+
+
+def _close_as_child_ends() -> None:
+    """The final reports of the instances made in this child, within one budget."""
+    pid = os.getpid()
+    _close_within_one_budget(
+        [t for t, made_in in list(_closing_as_child_ends.items()) if made_in == pid]
+    )
 
 
 #: Instances with a flusher, re-initialised in a child after ``os.fork()``.
