@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,22 @@ def test_a_process_that_serves_runs_no_supervisor_or_helper_loop() -> None:
 POOL_PARENT = Path(__file__).with_name("pool_parent.py")
 
 
+def run_pool_parent(environment: dict[str, str], *arguments: str) -> dict[str, Any]:
+    """Run ``tests/pool_parent.py`` with ``arguments``; what it printed, as JSON."""
+    done = subprocess.run(
+        [sys.executable, str(POOL_PARENT), *arguments],
+        cwd=POOL_PARENT.parent,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    said: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return said
+
+
 @pytest.mark.parametrize("start_method", ["spawn", "forkserver", "forkserver-main"])
 def test_multiprocessing_helpers_started_anew_are_no_instances(
     start_method: str, receiver, tmp_path: Path
@@ -84,17 +101,7 @@ def test_multiprocessing_helpers_started_anew_are_no_instances(
     environment = child_environment(
         {"POOL_APP_ENDPOINT": receiver.url, "POOL_APP_ID_PATH": str(tmp_path / "id")}
     )
-    done = subprocess.run(
-        [sys.executable, str(POOL_PARENT), start_method],
-        cwd=POOL_PARENT.parent,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    said = json.loads(done.stdout.strip().splitlines()[-1])
+    said = run_pool_parent(environment, start_method)
     parent = said["parent"]
     for worker, loop in [
         ("executor_worker", "concurrent.futures.process._process_worker"),
@@ -137,16 +144,6 @@ def test_a_forkserver_child_ends_within_one_budget_for_all_its_instances(
             "POOL_APP_SHUTDOWN_TIMEOUT": "0.5",
         }
     )
-    done = subprocess.run(
-        [sys.executable, str(POOL_PARENT), "forkserver", "--time-the-exit"],
-        cwd=POOL_PARENT.parent,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    exit_seconds = json.loads(done.stdout.strip().splitlines()[-1])["exit_seconds"]
+    exit_seconds = run_pool_parent(environment, "forkserver", "--time-the-exit")["exit_seconds"]
     # It waited (the reports were tried), for one budget and some slack, not six (3 s).
     assert 0.4 < exit_seconds < 0.5 + 1.0
