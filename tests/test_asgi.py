@@ -1717,3 +1717,52 @@ def test_a_redirect_of_a_router_without_slash_redirects_is_not_matched_again(tel
     client = TestClient(wrap(app, telemetry), follow_redirects=False)
     assert client.get("/items/1/").status_code == 302
     assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 302): 1}
+
+
+# -- what a server tolerates, the middleware tolerates too --------------------------
+
+
+class _ASGI2App:
+    """An app in the ASGI 2 style: made with the scope, then awaited with the channels."""
+
+    def __init__(self, scope):
+        self.scope = scope
+
+    async def __call__(self, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"asgi2"})
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("opt_out", [False, True], ids=["enabled", "opted out"])
+def test_an_asgi2_app_is_served_as_the_server_serves_it_bare(make_telemetry, counts, opt_out):
+    """uvicorn adapts an ASGI 2 app it is handed; wrapped, the app it was
+    handed was the middleware, which called the ASGI 2 app the ASGI 3 way:
+    every request was a 500."""
+    telemetry = make_telemetry(opt_out=opt_out)
+    with served_by_uvicorn(ASGIMiddleware(_ASGI2App, telemetry=telemetry)) as client:
+        response = client.get("/hello")
+    assert (response.status_code, response.content) == (200, b"asgi2")
+    if not opt_out:
+        assert [(status, n) for (_, _, status), n in counts(telemetry).items()] == [(200, 1)]
+    assert telemetry.internal_errors == 0
+
+
+@pytest.mark.e2e
+def test_a_body_of_none_is_sent_as_the_server_sends_it(make_telemetry, counts):
+    """uvicorn takes ``"body": None`` for an empty body; the middleware's
+    ``send`` failed on it, in the app's hands, and the response was cut."""
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+        await send({"type": "http.response.body", "body": None})
+
+    telemetry = make_telemetry()
+    with served_by_uvicorn(ASGIMiddleware(app, telemetry=telemetry)) as client:
+        response = client.get("/hello")
+    assert (response.status_code, response.content) == (200, b"hello")
+    ((_, _, status), count), *_ = counts(telemetry).items()
+    assert (status, count) == (200, 1)
+    assert telemetry.internal_errors == 0
+    assert telemetry.snapshot()[0]["response_bytes"] == 5

@@ -14,6 +14,7 @@ FastAPI and Starlette, or around any ASGI application.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -63,7 +64,7 @@ class ASGIMiddleware:
             telemetry = Telemetry(**options)
         elif options:
             raise TypeError("pass either telemetry= or keyword options, not both")
-        self.app = app
+        self.app = as_asgi3(app)
         self.telemetry = telemetry
         if not telemetry.enabled:
             self.__class__ = _PassThrough
@@ -278,7 +279,7 @@ class _Exchange:
         message = await self._receive()
         kind = message["type"]
         if kind == "http.request":
-            self.request_bytes += len(message.get("body", b""))
+            self.request_bytes += len(message.get("body") or b"")  # None: a server's tolerance
         elif kind == "http.disconnect":
             self.disconnected = True
         return message
@@ -295,7 +296,8 @@ class _Exchange:
         """
         kind = message["type"]
         if kind == "http.response.body":
-            chunk = len(message.get("body", b""))
+            # ``or``: uvicorn sends a body of None as an empty one, and so must we.
+            chunk = len(message.get("body") or b"")
             self.response_bytes += chunk
             self.chunk = chunk
             if not message.get("more_body", False):
@@ -328,6 +330,46 @@ class _Exchange:
         self.response_bytes -= self.chunk
         self.chunk = 0
         self.end = 0.0
+
+
+def as_asgi3(app: Any) -> ASGIApp:
+    """``app`` as an ASGI 3 app: itself, or an adapter where it is an ASGI 2
+    one (``app(scope)`` makes an instance, awaited with ``receive`` and ``send``).
+
+    Why: the server adapts an ASGI 2 app it is handed, but the middleware
+    in front of it is the app the server sees, and every request of the app
+    it wrapped failed (a ``TypeError``: 500). Told apart by what the app can
+    be called with: ASGI 2 where it takes the scope alone and not three
+    arguments. Not as uvicorn guesses (no coroutine function: ASGI 2), which
+    would take a plain function that returns the coroutine of an ASGI 3 app
+    for ASGI 2: called so by a framework's mount, such an app works as it is.
+    An app whose signature cannot be read is left as it is.
+    """
+    try:
+        signature = inspect.signature(app)
+    except (TypeError, ValueError):
+        return app
+    try:
+        signature.bind(None, None, None)
+        return app
+    except TypeError:
+        pass
+    try:
+        signature.bind(None)
+    except TypeError:
+        return app  # neither way: it fails as it did
+    return _ASGI2App(app)
+
+
+class _ASGI2App:
+    """An ASGI 2 app, called the ASGI 3 way (see :func:`as_asgi3`)."""
+
+    def __init__(self, app: Callable[[Scope], Any]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        instance = self.app(scope)
+        await instance(receive, send)
 
 
 def _file_size(message: Message) -> int:
