@@ -690,3 +690,101 @@ def test_the_counted_input_takes_what_the_servers_stream_takes():
         assert counted.bytes_read == 1007
         assert copy.copy(counted).bytes_read == 1007
     assert CountedInput(ReadOnly(b"abcd")).read(size=2) == b"ab"  # gunicorn's takes size=
+
+
+# -- what a server tolerates, the middleware tolerates too --------------------------
+
+
+def _raw_exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` over a new connection; all the server answered before closing."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _under_waitress(app, request: bytes) -> bytes:
+    """What a real waitress answers ``request`` with, ``app`` behind it."""
+    from waitress.server import create_server
+
+    server = create_server(app, host="127.0.0.1", port=0, threads=1)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        return _raw_exchange(server.effective_port, request)
+    finally:
+        server.close()
+        thread.join(10)
+
+
+def _without_date(answer: bytes) -> bytes:
+    return b"\r\n".join(line for line in answer.split(b"\r\n") if not line.startswith(b"Date:"))
+
+
+class _Chunks(list):
+    """A list of its own (a framework's response body): still a list to a server."""
+
+
+def _odd_status_app(environ, start_response):
+    start_response("2xx Weird", [("Content-Type", "text/plain")])
+    return [b"weird"]
+
+
+def _list_subclass_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return _Chunks([b"hello"])
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("app", "expected"),
+    [(_odd_status_app, b"HTTP/1.0 2xx Weird"), (_list_subclass_app, b"Content-Length: 5")],
+    ids=["status without a number", "list subclass"],
+)
+def test_waitress_answers_alike_bare_and_measured(app, expected, make_telemetry):
+    """waitress sends a status line that starts with no number as it is (the
+    middleware's ``start_response`` raised on it: a 500), and declares the
+    length of any one-chunk list, a subclass's too (wrapped, it went chunked)."""
+    request = b"GET /x HTTP/1.0\r\nHost: example\r\n\r\n"
+    telemetry = make_telemetry()
+    bare = _without_date(_under_waitress(app, request))
+    measured = _without_date(_under_waitress(WSGIMiddleware(app, telemetry=telemetry), request))
+    assert expected in bare
+    assert measured == bare
+    assert telemetry.internal_errors == 0
+    assert sum(record["count"] for record in telemetry.snapshot()) == 1
+
+
+@pytest.mark.e2e
+def test_a_chunked_upload_is_read_with_a_with_block_as_bare(make_telemetry):
+    """Werkzeug's development server gives a chunked upload a stream that
+    takes ``with``; the middleware counts what is read through its own
+    stream, which did not take it: a 500."""
+    from werkzeug.serving import make_server
+
+    def app(environ, start_response):
+        with environ["wsgi.input"] as stream:
+            body = stream.read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(len(body)).encode()]
+
+    telemetry = make_telemetry()
+    server = make_server("127.0.0.1", 0, WSGIMiddleware(app, telemetry=telemetry), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        answer = _raw_exchange(
+            server.server_port,
+            b"POST /upload HTTP/1.1\r\nHost: example\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        )
+    finally:
+        server.shutdown()
+        thread.join(10)
+    assert answer.startswith(b"HTTP/1.1 200") and b"\r\n11\r\n" in answer
+    (record,) = telemetry.snapshot()
+    assert (record["method"], record["status"], record["request_bytes"]) == ("POST", 200, 11)

@@ -94,7 +94,11 @@ class WSGIMiddleware:
         ):
             return measured.hand_over_file(iterable)
         kind = type(iterable)
-        if (kind is list or kind is tuple) and len(iterable) == 1 and measured.status:
+        if (
+            (kind is list or kind is tuple or isinstance(iterable, (list, tuple)))
+            and len(iterable) == 1
+            and measured.status
+        ):
             # One chunk in memory (what a plain app returns): recorded now, as
             # Flask's buffered responses are, and handed over as the app made
             # it. A server sizes such a body by its len() (waitress, granian,
@@ -108,7 +112,13 @@ class WSGIMiddleware:
 
 
 def _parse_status(status: str) -> int:
-    code = int(status[:3])
+    """The code of a status line; 500 for one that starts with no number,
+    which some servers (waitress) send as it is: the app's ``start_response``
+    must not fail where the bare app's did not, and no code can be told."""
+    try:
+        code = int(status[:3])
+    except (TypeError, ValueError):
+        return 500
     if len(_STATUS_CODES) < 256:  # a handful in practice; bounded whatever apps send
         _STATUS_CODES[status] = code
     return code
@@ -393,6 +403,15 @@ class CountedInput:
 
     def __iter__(self) -> Iterator[bytes]:
         return self
+
+    def __enter__(self) -> CountedInput:
+        """``with environ["wsgi.input"]``, as the server's own stream takes it
+        (Werkzeug's, for a chunked upload): it closes that stream at the end."""
+        self._stream.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self._stream.__exit__(*exc_info)
 
     def __next__(self) -> bytes:
         line = self.readline()
