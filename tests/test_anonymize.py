@@ -9,9 +9,12 @@ import re
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reqtelemetry import Anonymizer, hash_value
-from reqtelemetry.anonymize import new_salt
+from reqtelemetry.anonymize import MAX_QUERY_FIELDS, MAX_QUERY_PAIRS, new_salt
+from reqtelemetry.payload import MAX_ROUTE_LENGTH, truncate_route
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -152,3 +155,62 @@ def test_the_salt_cannot_be_pickled_or_copied_out(telemetry):
     for attempt in (pickle.dumps, copy.copy, copy.deepcopy):
         with pytest.raises(TypeError, match="salt never leaves"):
             attempt(telemetry.anonymizer)
+
+
+def _every_segment_hashed_then_cut(anonymizer: Anonymizer, path: str, allowed: set[str]) -> str:
+    """What ``Anonymizer.path`` gave before it stopped at the cut: every segment
+    hashed, joined, then cut to the wire format's limit."""
+    joined = "/".join(
+        segment if not segment or segment in allowed else anonymizer.hash(segment)
+        for segment in path.split("/")
+    )
+    return truncate_route(joined if joined.startswith("/") else "/" + joined)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.sampled_from(["", "api", "v1", "x"]), st.text(max_size=12)),
+        max_size=40,
+    ),
+    st.booleans(),
+)
+def test_a_long_path_gives_the_key_as_if_every_segment_were_hashed(segments, leading_slash):
+    allowed = {"api", "v1"}
+    anonymizer = Anonymizer(salt="s", allowed_segments=allowed)
+    path = ("/" if leading_slash else "") + "/".join(segments)
+    assert anonymizer.path(path) == _every_segment_hashed_then_cut(anonymizer, path, allowed)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/a" * 30_000, "/" * 60_000, "/api" * 20_000 + "/x", "x/" * 30_000],
+    ids=["short segments", "empty segments", "allowed segments", "no leading slash"],
+)
+def test_a_long_path_costs_only_the_hashes_its_key_can_hold(path, monkeypatch):
+    """Any client can send a 60 KB path: hashing each of its segments took a
+    route-less app's event loop 13 ms a request. Only what the cut keeps is
+    hashed now, and the key is the same."""
+    anonymizer = Anonymizer(salt="s", allowed_segments=["api"])
+    expected = _every_segment_hashed_then_cut(anonymizer, path, {"api"})
+    hashed = []
+    hash_one = anonymizer.hash
+    monkeypatch.setattr(
+        Anonymizer, "hash", lambda self, value: hashed.append(value) or hash_one(value)
+    )
+    assert anonymizer.path(path) == expected
+    assert len(hashed) <= MAX_ROUTE_LENGTH // 65 + 2
+
+
+def test_a_long_query_costs_only_the_hashes_its_key_can_hold(monkeypatch):
+    anonymizer = Anonymizer(salt="s", allowed_query_keys=["q"])
+    hashed = []
+    hash_one = anonymizer.hash
+    monkeypatch.setattr(
+        Anonymizer, "hash", lambda self, value: hashed.append(value) or hash_one(value)
+    )
+    kept = anonymizer.query("&".join(f"q={n}" for n in range(20_000)))
+    assert len(hashed) == MAX_QUERY_PAIRS
+    assert kept.count("q=") == MAX_QUERY_PAIRS
+    # Fields past the first MAX_QUERY_FIELDS are not read at all.
+    assert anonymizer.query("junk=1&" * MAX_QUERY_FIELDS + "q=late") == ""
