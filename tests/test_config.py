@@ -212,6 +212,9 @@ def test_code_lists_accept_comma_strings():
         ({"REQTELEMETRY_TIMEOUT": "-5"}, "timeout"),
         ({"REQTELEMETRY_TIMEOUT": "nan"}, "timeout"),
         ({"REQTELEMETRY_TIMEOUT": "inf"}, "timeout"),
+        ({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "soon"}, "REQTELEMETRY_SHUTDOWN_TIMEOUT"),
+        ({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "-1"}, "shutdown_timeout"),
+        ({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "nan"}, "shutdown_timeout"),
         ({"REQTELEMETRY_EXCLUDE_PREFIXES": "static/"}, "exclude_prefixes"),
     ],
 )
@@ -596,3 +599,15 @@ def test_an_unparseable_endpoint_is_a_clear_error_naming_it():
     with pytest.raises(ValueError, match="endpoint is not a valid URL") as raised:
         resolve(endpoint="http://ops:SECRET@[::1/")
     assert "SECRET" not in str(raised.value)
+
+
+def test_the_environment_sets_how_long_an_exit_waits_for_its_final_reports():
+    """An operator whose workers are replaced often (gunicorn ``--max-requests``)
+    can shorten, or with 0 skip, the wait a worker's exit makes for its final
+    report, during which the server does not replace it."""
+    assert (
+        resolve({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "0.5"}, shutdown_timeout=5).shutdown_timeout
+        == 0.5
+    )
+    assert resolve({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "0"}).shutdown_timeout == 0.0
+    assert resolve({}, shutdown_timeout=5).shutdown_timeout == 5

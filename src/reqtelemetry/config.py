@@ -481,6 +481,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         "FLUSH_INTERVAL": ("flush_interval", float),
         "MAX_PAYLOAD_BYTES": ("max_payload_bytes", int),
         "TIMEOUT": ("timeout", float),
+        "SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
     }
     for suffix, (name, kind) in numbers.items():
         value = environ.get(f"REQTELEMETRY_{suffix}", "").strip()
