@@ -416,3 +416,25 @@ def test_django_never_sends_an_excluded_template(django_telemetry_factory, count
     assert statuses == [200, 200, 301, 200, 301, 302, 200]
     assert counts(telemetry) == {("GET", "/items/<int:pk>/", 200): 1}
     assert_clean(telemetry)
+
+
+def test_an_anonymized_key_is_not_taken_for_an_excluded_template(make_telemetry, counts):
+    """Hashes are hex: compared with the exclusions as templates are, keys of
+    a route-less app's paths matched a prefix such as ``/a`` (one in 16) and
+    their requests went unrecorded. Their raw paths were compared already."""
+
+    def routeless(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    telemetry = make_telemetry(exclude_prefixes=["/a"], exclude_paths=["/"])
+    client = Client(WSGIMiddleware(routeless, telemetry=telemetry))
+    for n in range(500):
+        client.get(f"/page-{n}").close()
+    assert sum(counts(telemetry).values()) == 500
+    # Templates still are compared, a language prefix's after it (prefixes
+    # only: "/" excluded is not every language's home page).
+    assert telemetry.is_excluded_route("/admin/users")
+    assert telemetry.is_excluded_route("/<language-code>/admin/")
+    assert not telemetry.is_excluded_route("/<language-code>/")
+    assert telemetry.is_excluded_route("/")

@@ -11,6 +11,7 @@ import atexit
 import functools
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -45,6 +46,8 @@ UNMATCHED_ROUTE = "<unmatched>"
 LANGUAGE_PREFIX = "<language-code>"
 #: The first segment of such a template, as :meth:`Telemetry.is_excluded_route` looks for it.
 LANGUAGE_SEGMENT = f"/{LANGUAGE_PREFIX}/"
+#: A segment (or query value) the anonymizer hashed: 64 lowercase hex digits.
+_ANONYMIZED_SEGMENT = re.compile(r"(?:^|[/=])[0-9a-f]{64}(?:$|[/&?])")
 #: Raw paths whose anonymized form is remembered (per instance, in memory only).
 ANONYMIZED_CACHE_SIZE = 4096
 #: Paths (with their query) longer than this are hashed each time, not cached:
@@ -326,12 +329,21 @@ class Telemetry:
         does not cover can lead to it: ``/SecretAdmin``, which the router
         redirects to ``/SecretAdmin/``, is recorded under that template. A
         template under Django's ``i18n_patterns`` starts with
-        ``/<language-code>``, which no exclusion names: it is asked without it too.
+        ``/<language-code>``, which no exclusion names: it is asked of the
+        prefixes without it too (not of ``exclude_paths``: ``/`` would then
+        take every language's home page). A key made of an anonymized path is
+        not asked: its raw path was, as the request came in.
         """
+        if _ANONYMIZED_SEGMENT.search(route):
+            # An anonymized path, whose raw path was compared as it came in:
+            # its hashes are hex, and would match a prefix such as "/cafe".
+            return False
         if self.is_excluded(route):
             return True
-        return route.startswith(LANGUAGE_SEGMENT) and self.is_excluded(
-            route[len(LANGUAGE_SEGMENT) - 1 :]
+        return (
+            bool(self.exclude_prefixes)
+            and route.startswith(LANGUAGE_SEGMENT)
+            and route[len(LANGUAGE_SEGMENT) - 1 :].startswith(self.exclude_prefixes)
         )
 
     def route_for_unrouted(self, path: str, query: str = "", matched: bool = False) -> str:
