@@ -1766,3 +1766,35 @@ def test_a_body_of_none_is_sent_as_the_server_sends_it(make_telemetry, counts):
     assert (status, count) == (200, 1)
     assert telemetry.internal_errors == 0
     assert telemetry.snapshot()[0]["response_bytes"] == 5
+
+
+def test_an_asgi3_adapter_made_with_functools_wraps_is_called_as_asgi3(make_telemetry, counts):
+    """``inspect.signature`` follows ``__wrapped__`` by default: an ASGI 3
+    adapter made with ``functools.wraps`` around an ASGI 2 app read as the
+    ASGI 2 app, and the middleware called it the ASGI 2 way (500s)."""
+    import functools
+
+    @functools.wraps(_ASGI2App)
+    async def adapter(scope, receive, send):
+        await _ASGI2App(scope)(receive, send)
+
+    telemetry = make_telemetry()
+    with served_by_uvicorn(ASGIMiddleware(adapter, telemetry=telemetry)) as client:
+        response = client.get("/hello")
+    assert (response.status_code, response.content) == (200, b"asgi2")
+    assert telemetry.internal_errors == 0
+
+
+def test_an_app_whose_signature_cannot_be_read_is_left_as_it_is(make_telemetry):
+    class Proxy:
+        """A proxy whose every unknown attribute raises (an unbound ``LocalProxy``)."""
+
+        def __getattr__(self, name):
+            raise RuntimeError("unbound")
+
+        async def __call__(self, scope, receive, send):
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    proxy = Proxy()
+    assert ASGIMiddleware(proxy, telemetry=make_telemetry()).app is proxy

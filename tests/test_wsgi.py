@@ -788,3 +788,56 @@ def test_a_chunked_upload_is_read_with_a_with_block_as_bare(make_telemetry):
     assert answer.startswith(b"HTTP/1.1 200") and b"\r\n11\r\n" in answer
     (record,) = telemetry.snapshot()
     assert (record["method"], record["status"], record["request_bytes"]) == ("POST", 200, 11)
+
+
+class _TwoChunks(list):
+    """A list of one item that iterates as two chunks: not what indexing gives."""
+
+    def __iter__(self):
+        yield b"x" * 1000
+        yield b"y" * 1000
+
+
+def test_a_list_subclass_that_iterates_its_own_way_is_counted_as_it_passes(make_telemetry):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _TwoChunks([b"ignored"])
+
+    telemetry = make_telemetry()
+    response = Client(WSGIMiddleware(app, telemetry=telemetry)).get("/x")
+    assert len(response.get_data()) == 2000
+    response.close()
+    (record,) = telemetry.snapshot()
+    assert (record["status"], record["response_bytes"]) == (200, 2000)
+
+
+class _StreamWithoutWith:
+    """gunicorn's chunked body: it reads, and takes no ``with``."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self, size: int = -1) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+
+def test_a_counted_stream_takes_with_only_where_the_servers_does(make_telemetry):
+    seen = {}
+
+    def app(environ, start_response):
+        stream = environ["wsgi.input"]
+        seen["with"] = hasattr(stream, "__enter__")
+        seen["read"] = stream.read()
+        start_response("204 No Content", [])
+        return []
+
+    telemetry = make_telemetry()
+    environ = EnvironBuilder(path="/upload", method="POST").get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+    environ["wsgi.input"] = _StreamWithoutWith(b"hello")
+    list(WSGIMiddleware(app, telemetry=telemetry)(environ, lambda status, headers, exc=None: None))
+    assert seen == {"with": False, "read": b"hello"}
+    (record,) = telemetry.snapshot()
+    assert record["request_bytes"] == 5

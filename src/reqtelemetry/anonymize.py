@@ -101,10 +101,11 @@ class Anonymizer:
         """``q=secret&page=2&token=x`` → ``page=<hash>&q=<hash>`` (only allowed keys, sorted).
 
         Only the first :data:`MAX_QUERY_FIELDS` fields are read, and of the
-        allowed ones the first :data:`MAX_QUERY_PAIRS` hashed: more could not
-        fit a key (each takes some 66 characters of its 512), and any client
-        could otherwise buy a parse of each of thousands of fields, and a hash
-        of each allowed one, with every request.
+        allowed ones the first :data:`MAX_QUERY_PAIRS` hashed (then sorted;
+        a key holds about 7 of them before its cut): any client could
+        otherwise buy a parse of each of thousands of fields, and a hash of
+        each allowed one, with every request. A query past either limit keeps
+        a key of its own, made of its first pairs.
         """
         allowed = self._allowed_query_keys
         fields = "&".join(query.split("&", MAX_QUERY_FIELDS)[:MAX_QUERY_FIELDS])

@@ -343,11 +343,13 @@ def as_asgi3(app: Any) -> ASGIApp:
     arguments. Not as uvicorn guesses (no coroutine function: ASGI 2), which
     would take a plain function that returns the coroutine of an ASGI 3 app
     for ASGI 2: called so by a framework's mount, such an app works as it is.
-    An app whose signature cannot be read is left as it is.
+    An app whose signature cannot be read is left as it is. Its own
+    signature, not the one ``functools.wraps`` copied from the app it wraps:
+    an ASGI 3 adapter made so around an ASGI 2 app is ASGI 3.
     """
     try:
-        signature = inspect.signature(app)
-    except (TypeError, ValueError):
+        signature = inspect.signature(app, follow_wrapped=False)
+    except Exception:  # no signature to read (a builtin, a proxy that raises): as it is
         return app
     try:
         signature.bind(None, None, None)

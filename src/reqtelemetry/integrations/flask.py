@@ -249,7 +249,7 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
                 request_bytes = 0
             else:  # none declared: what the app read of a chunked body, if any
                 stream = environ.get("wsgi.input")
-                request_bytes = stream.bytes_read if type(stream) is CountedInput else 0
+                request_bytes = stream.bytes_read if isinstance(stream, CountedInput) else 0
             if rule is not None:
                 route = rule.rule
             else:  # the router matched nothing

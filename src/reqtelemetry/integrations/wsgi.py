@@ -95,7 +95,7 @@ class WSGIMiddleware:
             return measured.hand_over_file(iterable)
         kind = type(iterable)
         if (
-            (kind is list or kind is tuple or isinstance(iterable, (list, tuple)))
+            (kind is list or kind is tuple or _a_plain_sequence(iterable))
             and len(iterable) == 1
             and measured.status
         ):
@@ -109,6 +109,21 @@ class WSGIMiddleware:
             return iterable
         measured.iterable = iterable  # what hand_over does, without its call, for the rest
         return measured
+
+
+def _a_plain_sequence(iterable: Any) -> bool:
+    """Whether ``iterable`` is a list or tuple of a subclass that iterates,
+    indexes and counts as its base does (a framework's own list): a server
+    sizes it by its ``len()`` as it does a list, and its one chunk is what
+    indexing gives. One that overrides any of those is measured as it passes."""
+    for base in (list, tuple):
+        if isinstance(iterable, base):
+            kind = type(iterable)
+            return all(
+                getattr(kind, name) is getattr(base, name)
+                for name in ("__iter__", "__getitem__", "__len__")
+            )
+    return False
 
 
 def _parse_status(status: str) -> int:
@@ -404,15 +419,6 @@ class CountedInput:
     def __iter__(self) -> Iterator[bytes]:
         return self
 
-    def __enter__(self) -> CountedInput:
-        """``with environ["wsgi.input"]``, as the server's own stream takes it
-        (Werkzeug's, for a chunked upload): it closes that stream at the end."""
-        self._stream.__enter__()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> Any:
-        return self._stream.__exit__(*exc_info)
-
     def __next__(self) -> bytes:
         line = self.readline()
         if not line:
@@ -428,12 +434,29 @@ class CountedInput:
         return getattr(self._stream, name)
 
 
+class CountedInputWith(CountedInput):
+    """A :class:`CountedInput` of a stream that takes ``with`` (Werkzeug's, for
+    a chunked upload), as that stream does: it closes the stream at the end.
+    Only for such a stream: of one that does not (gunicorn's), ``with`` fails
+    as it did, and ``hasattr(stream, "__enter__")`` still says so."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> CountedInputWith:
+        self._stream.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self._stream.__exit__(*exc_info)
+
+
 def count_what_is_read(environ: dict[str, Any]) -> None:
     """Count what the app reads of ``wsgi.input``: for a request without a
     declared length, whose size nothing else tells."""
     stream = environ.get("wsgi.input")
-    if stream is not None and type(stream) is not CountedInput:
-        environ["wsgi.input"] = CountedInput(stream)
+    if stream is not None and not isinstance(stream, CountedInput):
+        counted = CountedInputWith if hasattr(type(stream), "__enter__") else CountedInput
+        environ["wsgi.input"] = counted(stream)
 
 
 def measure_iterable(
@@ -494,7 +517,7 @@ def record_request(
             request_bytes = 0
         else:  # none declared: what the app read of a chunked body, if any
             stream = environ.get("wsgi.input")
-            request_bytes = stream.bytes_read if type(stream) is CountedInput else 0
+            request_bytes = stream.bytes_read if isinstance(stream, CountedInput) else 0
         if method == "HEAD":  # a server sends no body in answer to HEAD
             response_bytes = 0
         request = (method, route, status, seconds, request_bytes, response_bytes)
