@@ -95,7 +95,11 @@ class WSGIMiddleware:
             return measured.hand_over_file(iterable)
         kind = type(iterable)
         if (
-            (kind is list or kind is tuple or _a_plain_sequence(iterable))
+            (
+                kind is list
+                or kind is tuple
+                or (isinstance(iterable, (list, tuple)) and _a_plain_sequence(iterable))
+            )
             and len(iterable) == 1
             and measured.status
         ):
