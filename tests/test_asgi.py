@@ -1798,3 +1798,18 @@ def test_an_app_whose_signature_cannot_be_read_is_left_as_it_is(make_telemetry):
 
     proxy = Proxy()
     assert ASGIMiddleware(proxy, telemetry=make_telemetry()).app is proxy
+
+
+def test_an_asgi2_app_behind_a_wrapper_without_a_signature_of_its_own_is_adapted(
+    make_telemetry,
+):
+    """A wrapper made in C (wrapt's, as tracing libraries wrap apps) has no
+    signature of its own: the app it wraps (``__wrapped__``) tells the way to
+    call it, or an ASGI 2 app behind it was called the ASGI 3 way (500s)."""
+
+    class CWrapper:
+        __call__ = staticmethod(getattr)  # a builtin without a signature, as wrapt's
+
+    wrapper = CWrapper()
+    wrapper.__wrapped__ = _ASGI2App
+    assert ASGIMiddleware(wrapper, telemetry=make_telemetry()).app is not wrapper

@@ -438,3 +438,29 @@ def test_an_anonymized_key_is_not_taken_for_an_excluded_template(make_telemetry,
     assert telemetry.is_excluded_route("/<language-code>/admin/")
     assert not telemetry.is_excluded_route("/<language-code>/")
     assert telemetry.is_excluded_route("/")
+
+
+def test_a_secret_template_of_hex_digits_is_still_left_out(make_telemetry, counts):
+    """A secret URL made with ``secrets.token_hex(32)`` looks like a hash: told
+    from an anonymized key by its look, its template went out through the
+    redirect to its trailing slash."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    secret = "3f" * 32
+
+    async def page(request):
+        return PlainTextResponse("page")
+
+    app = Starlette(routes=[Route(f"/{secret}/", page), Route("/items/{item_id}", page)])
+    telemetry = make_telemetry(exclude_prefixes=[f"/{secret}/"])
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    with TestClient(app) as client:
+        statuses = [
+            client.get(path, follow_redirects=False).status_code
+            for path in [f"/{secret}/", f"/{secret}", "/items/1"]
+        ]
+    assert statuses == [200, 307, 200]
+    assert counts(telemetry) == {("GET", "/items/{item_id}", 200): 1}
+    assert secret not in json.dumps(telemetry.snapshot())

@@ -424,14 +424,30 @@ def test_what_a_client_sends_holds_every_count_in_its_histograms() -> None:
 
 def test_an_excluded_route_takes_no_key_and_is_not_dropped():
     """What ``excluded_route`` refuses is kept nowhere: not a key, not the
-    overflow, not the dropped count, and after a merge neither."""
+    overflow, not the dropped count. A batch merged back after a failed send
+    is not screened again: its keys were, as they were first made."""
     recorder = Recorder(max_keys=1, excluded_route=lambda route: route.startswith("/secret/"))
     for _ in range(3):
         recorder.record("GET", "/secret/", 200, 0.01, 0, 5)
     recorder.record("GET", "/items/{id}", 200, 0.02, 0, 7)
     assert recorder.dropped == 0
     assert [(r["route"], r["count"]) for r in recorder.snapshot()] == [("/items/{id}", 1)]
-    batch = recorder.collect()
-    recorder.merge([*batch.records, {**batch.records[0], "route": "/secret/users/{id}"}])
+    recorder.merge(recorder.collect())
     assert [(r["route"], r["count"]) for r in recorder.snapshot()] == [("/items/{id}", 1)]
     assert recorder.dropped == 0
+
+
+def test_an_anonymized_key_merged_back_is_kept_under_a_hex_like_exclusion(make_telemetry):
+    """A route-less app's key is made of hashes, which are hex: merged back as
+    records (which no longer tell it from a template), it was compared with
+    an exclusion such as ``/a`` and lost."""
+    telemetry = make_telemetry(exclude_prefixes=["/a"])
+    path = next(f"/p{n}" for n in range(1000) if telemetry.anonymizer.hash(f"p{n}")[0] == "a")
+    route = telemetry.route_for_unrouted(path, matched=True)
+    assert route.startswith("/a")
+    telemetry.record("GET", route, 200, 0.01, 0, 5)
+    records = telemetry.snapshot()
+    assert [r["route"] for r in records] == [route]
+    telemetry.recorder.collect()
+    telemetry.recorder.merge(records)
+    assert [(r["route"], r["count"]) for r in telemetry.snapshot()] == [(route, 1)]

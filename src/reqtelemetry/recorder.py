@@ -297,7 +297,7 @@ class Recorder:
                 stats.request_bytes += request_bytes
                 stats.response_bytes += response_bytes
 
-    def _new_stats(self, key: tuple[str, str, int]) -> Stats:
+    def _new_stats(self, key: tuple[str, str, int], screened: bool = False) -> Stats:
         """Create the stats for a new key, or route to the overflow key past the cap.
 
         A key whose route the operator excluded is never made: its requests
@@ -314,7 +314,7 @@ class Recorder:
         Called with the lock held.
         """
         excluded_route = self.excluded_route
-        if excluded_route is not None and excluded_route(key[1]):
+        if excluded_route is not None and not screened and excluded_route(key[1]):
             return self._discarded
         if len(self._stats) >= self.max_keys and key != OVERFLOW_KEY:
             self._dropped += 1
@@ -370,7 +370,9 @@ class Recorder:
                     stats = self._stats.get(key)
                     if stats is None:
                         before = self._dropped
-                        stats = self._new_stats(key)
+                        # Screened as it was first made: a key merged back
+                        # has lost what told an anonymized one from a template.
+                        stats = self._new_stats(key, screened=True)
                         if self._dropped != before:  # overflow: count all its requests
                             self._dropped += incoming.count - 1
                     stats.absorb(incoming)

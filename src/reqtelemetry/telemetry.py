@@ -11,7 +11,6 @@ import atexit
 import functools
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -46,8 +45,7 @@ UNMATCHED_ROUTE = "<unmatched>"
 LANGUAGE_PREFIX = "<language-code>"
 #: The first segment of such a template, as :meth:`Telemetry.is_excluded_route` looks for it.
 LANGUAGE_SEGMENT = f"/{LANGUAGE_PREFIX}/"
-#: A segment (or query value) the anonymizer hashed: 64 lowercase hex digits.
-_ANONYMIZED_SEGMENT = re.compile(r"(?:^|[/=])[0-9a-f]{64}(?:$|[/&?])")
+
 #: Raw paths whose anonymized form is remembered (per instance, in memory only).
 ANONYMIZED_CACHE_SIZE = 4096
 #: Paths (with their query) longer than this are hashed each time, not cached:
@@ -73,6 +71,13 @@ def parse_content_length(value: object) -> int:
     if value.isascii() and value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS:
         return int(value)
     return 0
+
+
+class AnonymizedRoute(str):
+    """A key made of an anonymized path (:meth:`Telemetry.route_for_unrouted`):
+    text as any key, told apart from a route template by its type alone."""
+
+    __slots__ = ()
 
 
 class Telemetry:
@@ -334,9 +339,11 @@ class Telemetry:
         take every language's home page). A key made of an anonymized path is
         not asked: its raw path was, as the request came in.
         """
-        if _ANONYMIZED_SEGMENT.search(route):
-            # An anonymized path, whose raw path was compared as it came in:
-            # its hashes are hex, and would match a prefix such as "/cafe".
+        if type(route) is AnonymizedRoute:
+            # Its raw path was compared as the request came in; its hashes
+            # are hex, and would match a prefix such as "/cafe". Told by where
+            # it came from, not by its look: a template can hold 64 hex
+            # digits too (a secret URL made with ``secrets.token_hex(32)``).
             return False
         if self.is_excluded(route):
             return True
@@ -361,15 +368,19 @@ class Telemetry:
         # cache is emptied when full (its keys are raw paths, never sent), and
         # long paths are not kept at all, so it holds at most ~4096 * 256 characters.
         if len(path) + len(query) > ANONYMIZED_CACHE_MAX_LENGTH:
-            return self.anonymizer.url(path, query) if query else self.anonymizer.path(path)
+            return self._anonymized_route(path, query)
         cache = self._anonymized
         found = cache.get((path, query))
         if found is None:
-            found = self.anonymizer.url(path, query) if query else self.anonymizer.path(path)
+            found = self._anonymized_route(path, query)
             if len(cache) >= ANONYMIZED_CACHE_SIZE:
                 cache.clear()
             cache[(path, query)] = found
         return found
+
+    def _anonymized_route(self, path: str, query: str) -> AnonymizedRoute:
+        anonymizer = self.anonymizer
+        return AnonymizedRoute(anonymizer.url(path, query) if query else anonymizer.path(path))
 
     def internal_error(self, error: BaseException) -> None:
         """A bug in telemetry itself: count it, log it once, never let it escape."""

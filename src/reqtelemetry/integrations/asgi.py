@@ -349,8 +349,11 @@ def as_asgi3(app: Any) -> ASGIApp:
     """
     try:
         signature = inspect.signature(app, follow_wrapped=False)
-    except Exception:  # no signature to read (a builtin, a proxy that raises): as it is
-        return app
+    except Exception:  # none of its own (a C wrapper such as wrapt's): the wrapped app's
+        try:
+            signature = inspect.signature(app)
+        except Exception:  # none at all (a builtin, a proxy that raises): as it is
+            return app
     try:
         signature.bind(None, None, None)
         return app
