@@ -353,6 +353,20 @@ def test_flask_never_sends_an_excluded_template(make_telemetry, counts, way):
     assert_clean(telemetry)
 
 
+def get_under_an_excluded_secret(app, secret, make_telemetry):
+    """The Starlette ``app`` measured with ``/{secret}/`` excluded, asked for
+    that URL, for it without its slash, and for ``/items/1``: the telemetry,
+    and the statuses, in order."""
+    telemetry = make_telemetry(exclude_prefixes=[f"/{secret}/"])
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    with TestClient(app) as client:
+        statuses = [
+            client.get(path, follow_redirects=False).status_code
+            for path in [f"/{secret}/", f"/{secret}", "/items/1"]
+        ]
+    return telemetry, statuses
+
+
 def test_starlette_never_sends_an_excluded_template(make_telemetry, counts):
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
@@ -367,13 +381,7 @@ def test_starlette_never_sends_an_excluded_template(make_telemetry, counts):
             Route("/items/{item_id}", page),
         ]
     )
-    telemetry = make_telemetry(exclude_prefixes=[f"/{SECRET_ADMIN}/"])
-    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
-    with TestClient(app) as client:
-        statuses = [
-            client.get(path, follow_redirects=False).status_code
-            for path in [f"/{SECRET_ADMIN}/", f"/{SECRET_ADMIN}", "/items/1"]
-        ]
+    telemetry, statuses = get_under_an_excluded_secret(app, SECRET_ADMIN, make_telemetry)
     assert statuses == [200, 307, 200]  # the 307: redirect_slashes
     assert counts(telemetry) == {("GET", "/items/{item_id}", 200): 1}
     assert_clean(telemetry)
@@ -454,13 +462,7 @@ def test_a_secret_template_of_hex_digits_is_still_left_out(make_telemetry, count
         return PlainTextResponse("page")
 
     app = Starlette(routes=[Route(f"/{secret}/", page), Route("/items/{item_id}", page)])
-    telemetry = make_telemetry(exclude_prefixes=[f"/{secret}/"])
-    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
-    with TestClient(app) as client:
-        statuses = [
-            client.get(path, follow_redirects=False).status_code
-            for path in [f"/{secret}/", f"/{secret}", "/items/1"]
-        ]
+    telemetry, statuses = get_under_an_excluded_secret(app, secret, make_telemetry)
     assert statuses == [200, 307, 200]
     assert counts(telemetry) == {("GET", "/items/{item_id}", 200): 1}
     assert secret not in json.dumps(telemetry.snapshot())
