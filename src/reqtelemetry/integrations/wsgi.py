@@ -115,19 +115,17 @@ class WSGIMiddleware:
         return measured
 
 
-def _a_plain_sequence(iterable: Any) -> bool:
-    """Whether ``iterable`` is a list or tuple of a subclass that iterates,
-    indexes and counts as its base does (a framework's own list): a server
-    sizes it by its ``len()`` as it does a list, and its one chunk is what
-    indexing gives. One that overrides any of those is measured as it passes."""
-    for base in (list, tuple):
-        if isinstance(iterable, base):
-            kind = type(iterable)
-            return all(
-                getattr(kind, name) is getattr(base, name)
-                for name in ("__iter__", "__getitem__", "__len__")
-            )
-    return False
+def _a_plain_sequence(sequence: list[bytes] | tuple[bytes, ...]) -> bool:
+    """Whether ``sequence`` (a list or tuple, of a subclass) iterates, indexes
+    and counts as its base does (a framework's own list): a server sizes it
+    by its ``len()`` as it does a list, and its one chunk is what indexing
+    gives. One that overrides any of those is measured as it passes."""
+    base = list if isinstance(sequence, list) else tuple
+    kind = type(sequence)
+    return all(
+        getattr(kind, name) is getattr(base, name)
+        for name in ("__iter__", "__getitem__", "__len__")
+    )
 
 
 def _parse_status(status: str) -> int:
@@ -333,10 +331,11 @@ def _bytes_in_file(response: Any, whole: bool) -> int | None:
     its size past the file's position, as gunicorn works it out for
     ``sendfile``; None when it is no regular file and cannot seek.
 
-    A file in memory (``io.BytesIO``, a ``SpooledTemporaryFile`` not yet
-    rolled over to disk) has no descriptor, but it seeks, and waitress sizes
-    it so, past its position, to declare its length: it is measured the same
-    way, and so goes out unwrapped as well. Wrapped, it went out chunked.
+    A file in memory (``io.BytesIO``) has no descriptor, but it seeks, and
+    waitress sizes it so, past its position, to declare its length: it is
+    measured the same way, and so goes out unwrapped as well. Wrapped, it
+    went out chunked. (A ``SpooledTemporaryFile`` still in memory gives a
+    descriptor when asked, rolling itself over to disk first.)
     """
     for name in ("filelike", "file"):  # gunicorn's and wsgiref's; waitress's
         inner = getattr(response, name, None)
