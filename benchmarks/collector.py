@@ -470,19 +470,34 @@ def filled_batch(seed: int = 20240607) -> Batch:
                 rng.choice((200, 200, 200, 201, 204, 400, 404, 500)),
             )
         )
-    for method, route, status in sorted(keys):
+    for key in sorted(keys):
         median = rng.uniform(0.002, 0.3)
         request_size = rng.randint(0, 2048)
-        for _ in range(rng.randint(100, 600)):
-            recorder.record(
-                method,
-                route,
-                status,
-                median * rng.lognormvariate(0.0, 0.3),
-                request_size,
-                rng.randint(64, 65536),
-            )
+        record_draws(recorder, rng, key, median, request_size, rng.randint(100, 600))
     return recorder.collect()
+
+
+def record_draws(
+    recorder: Recorder,
+    rng: random.Random,
+    key: tuple[str, str, int],
+    median: float,
+    request_size: int,
+    count: int,
+) -> None:
+    """``count`` requests of ``key`` through ``Recorder.record``: latencies
+    drawn log-normally around ``median`` (sigma 0.3), response sizes of 64
+    bytes to 64 KiB, each request drawing the one, then the other."""
+    method, route, status = key
+    for _ in range(count):
+        recorder.record(
+            method,
+            route,
+            status,
+            median * rng.lognormvariate(0.0, 0.3),
+            request_size,
+            rng.randint(64, 65536),
+        )
 
 
 @dataclass

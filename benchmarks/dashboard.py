@@ -84,7 +84,7 @@ from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import Batch, Recorder
 
 from . import load_average, quick
-from .collector import _load_postgres_helpers
+from .collector import _load_postgres_helpers, record_draws
 
 DAY = 86400
 HOUR = 3600
@@ -191,15 +191,8 @@ def fleet_batch(app: str, era: int, variant: int, requests: tuple[int, int]) -> 
         for status in statuses:
             share = 1.0 if status < 300 else 0.4
             request_size = route_rng.randint(0, 2048)
-            for _ in range(max(1, int(rng.randint(*requests) * share))):
-                recorder.record(
-                    method,
-                    route,
-                    status,
-                    median * rng.lognormvariate(0.0, 0.3),
-                    request_size,
-                    rng.randint(64, 65536),
-                )
+            count = max(1, int(rng.randint(*requests) * share))
+            record_draws(recorder, rng, (method, route, status), median, request_size, count)
     return recorder.collect()
 
 
