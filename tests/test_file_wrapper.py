@@ -126,6 +126,17 @@ def test_a_file_goes_out_through_the_servers_wrapper_and_is_recorded_once(
     assert record["response_bytes"] == len(CONTENT)
 
 
+def download_once(serve, app, records):
+    """``/reports/7`` from ``app`` (measured) under wsgiref: the body
+    downloaded, and the one record, a 200 of one request."""
+    server = serve(app)
+    response = httpx.get(server.url + "/reports/7")
+    server.stop()
+    (record,) = records(app.telemetry).values()
+    assert (record["status"], record["count"]) == (200, 1)
+    return response.content, record
+
+
 @pytest.mark.e2e
 def test_a_file_without_a_declared_length_still_goes_out_as_a_file(
     serve, telemetry, records, tmp_path
@@ -140,13 +151,9 @@ def test_a_file_without_a_declared_length_still_goes_out_as_a_file(
         report.seek(4)  # the server sends from here on
         return environ["wsgi.file_wrapper"](report)
 
-    server = serve(WSGIMiddleware(app, telemetry=telemetry))
-    response = httpx.get(server.url + "/reports/7")
-    server.stop()
-    assert response.content == CONTENT[4:]
+    content, record = download_once(serve, WSGIMiddleware(app, telemetry=telemetry), records)
+    assert content == CONTENT[4:]
     assert _NotingHandler.sent_as_file == [True]
-    (record,) = records(telemetry).values()
-    assert (record["status"], record["count"]) == (200, 1)
     assert record["response_bytes"] == len(CONTENT) - 4
 
 
@@ -169,13 +176,9 @@ def test_a_wrapped_file_of_no_known_length_is_counted_as_it_passes(serve, teleme
         start_response("200 OK", [("Content-Type", "application/pdf")])
         return environ["wsgi.file_wrapper"](_Reader(CONTENT))
 
-    server = serve(WSGIMiddleware(app, telemetry=telemetry))
-    response = httpx.get(server.url + "/reports/7")
-    server.stop()
-    assert response.content == CONTENT
+    content, record = download_once(serve, WSGIMiddleware(app, telemetry=telemetry), records)
+    assert content == CONTENT
     assert _NotingHandler.sent_as_file == []  # wrapped, so that its bytes are counted
-    (record,) = records(telemetry).values()
-    assert (record["status"], record["count"]) == (200, 1)
     assert record["response_bytes"] == len(CONTENT)
 
 
@@ -191,13 +194,11 @@ def in_memory_file_app(environ, start_response):
 def test_a_file_in_memory_goes_out_as_a_file(serve, telemetry, records):
     """A file in memory has no descriptor but seeks: sized past its position,
     it goes back to the server as the server's own file."""
-    server = serve(WSGIMiddleware(in_memory_file_app, telemetry=telemetry))
-    response = httpx.get(server.url + "/reports/7")
-    server.stop()
-    assert response.content == CONTENT[4:]
+    content, record = download_once(
+        serve, WSGIMiddleware(in_memory_file_app, telemetry=telemetry), records
+    )
+    assert content == CONTENT[4:]
     assert _NotingHandler.sent_as_file == [True]
-    (record,) = records(telemetry).values()
-    assert (record["status"], record["count"]) == (200, 1)
     assert record["response_bytes"] == len(CONTENT) - 4
 
 
