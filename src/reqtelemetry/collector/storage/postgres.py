@@ -426,7 +426,7 @@ class PostgresStorage(SQLStorage):
     def _stream(
         self, statement: Callable[[Executor], tuple[str, Sequence[Any]]], size: int
     ) -> Iterator[list[Row]]:
-        """Rows of ``sql`` read as the server sends them (see
+        """Rows of the statement ``statement`` makes, read as the server sends them (see
         :meth:`_PostgresExecutor.batches`) on a connection of their own (not
         the pool's), in one read-only transaction.
 

@@ -416,7 +416,8 @@ class SQLiteStorage(SQLStorage):
     def _stream(
         self, statement: Callable[[Executor], tuple[str, Sequence[Any]]], size: int
     ) -> Iterator[list[Row]]:
-        """Rows of ``sql`` read on a read-only connection of their own.
+        """Rows of the statement ``statement`` makes, read on a read-only
+        connection of their own.
 
         Why a second connection rather than batches on the shared one with the
         lock let go between them: a statement that groups and orders does all
