@@ -1235,6 +1235,91 @@ def test_verifications_run_a_few_at_a_time_and_a_full_line_is_told_to_come_back(
     assert storage.refusals() == {"bad_token": 4}
 
 
+def _stalled_body(port: int, path: str, declared: int, sent: int) -> socket.socket:
+    """A connection that declares ``declared`` body bytes, sends ``sent`` of
+    them and stops: a sender holding a body open."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    connection.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {declared}\r\n\r\n".encode()
+        + b" " * sent
+    )
+    return connection
+
+
+def _answer_status(connection: socket.socket) -> int:
+    """The status code of the answer waiting on ``connection``."""
+    head = b""
+    while b"\r\n" not in head:
+        chunk = connection.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+@pytest.mark.e2e
+def test_bodies_still_arriving_hold_places_in_the_line(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Senders that each declared a megabyte and stopped a byte short held it,
+    # and their connections, without end: a hundred of them took a collector
+    # from 44 to 163 MiB, and every further report was still read in full.
+    # A body being read takes its place in the line, and one that has not
+    # arrived in time is answered 408 and let go.
+    monkeypatch.setattr(collector_app, "VERIFY_CONCURRENCY", 2)
+    monkeypatch.setattr(collector_app, "VERIFY_QUEUE", 2)
+    timing = Timing(body_timeout=1.5)
+    app = create_app(collector_settings(), storage, timing=timing)
+    server = ServerThread(app)
+    server.start()
+    stalled: list[socket.socket] = []
+    try:
+        stalled = [_stalled_body(server.port, "/v1/report", MIB, MIB // 2) for _ in range(4)]
+        deadline = time.monotonic() + 10
+        while app.state.gate.present() < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # The line is full of bodies being read: told at once to come back,
+        # before its own body is read at all.
+        began = time.monotonic()
+        late = _stalled_body(server.port, "/v1/report", MIB, 0)
+        with late:
+            assert _answer_status(late) == 503
+        assert time.monotonic() - began < 1.0
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
+            busy = http.post("/v1/report", content=b"{}", headers=PLAIN)
+            assert busy.status_code == 503
+            assert busy.json()["error"] == "busy"
+            # The stalled ones are answered 408 once their time is up, and let go.
+            assert [_answer_status(connection) for connection in stalled] == [408] * 4
+            assert app.state.gate.present() == 0
+            # Their places are free again: a report is read and verified.
+            after = http.post("/v1/report", content=b"{}", headers=PLAIN)
+            assert after.status_code == 400, after.text
+            assert after.json()["error"] == "bad_envelope"
+    finally:
+        for connection in stalled:
+            connection.close()
+        server.stop()
+    assert app.state.refusals.write() == 1  # the last one; a late body is no refusal
+    assert storage.refusals() == {"bad_envelope": 1}
+
+
+@pytest.mark.e2e
+def test_a_session_body_that_does_not_arrive_is_answered_408(storage: Storage) -> None:
+    app = create_app(collector_settings(), storage, timing=Timing(body_timeout=0.5))
+    server = ServerThread(app)
+    server.start()
+    try:
+        with _stalled_body(server.port, "/v1/session", 100, 10) as connection:
+            began = time.monotonic()
+            assert _answer_status(connection) == 408
+            assert 0.4 < time.monotonic() - began < 5
+    finally:
+        server.stop()
+
+
 @pytest.mark.e2e
 def test_an_oversized_stream_without_length_is_cut_off(collector: Collector) -> None:
     sent = []

@@ -123,7 +123,16 @@ VERIFY_CONCURRENCY = 4
 #: Reports waiting for their turn, beyond which a report is answered ``503``
 #: at once (``BUSY_RETRY_AFTER``): a waiting report holds only its body as
 #: sent, but the wait of the last in line must stay within a client's timeout.
+#: A report counts in the line from its first byte: a body being read holds
+#: memory too, up to ``max_body_bytes``, and only a line that bounds those
+#: bodies bounds the collector's memory (100 senders that each stopped a byte
+#: short of 1 MiB held 120 MB, for as long as they kept their connections).
 VERIFY_QUEUE = 64
+#: Seconds a report's or a session request's body may take to arrive, counted
+#: from its headers. A client sends its body at once (a megabyte at most, by
+#: default); one that trickles it, or stops short, would otherwise hold its
+#: place in the line, and its bytes, for as long as it keeps its connection.
+BODY_TIMEOUT = 30.0
 #: Dashboard summaries (and CSV exports' queries) read at once. Why a turn
 #: before the worker thread, and not only the storage's own read turns: a
 #: summary waiting for those holds one of the worker threads that report
@@ -167,6 +176,8 @@ class Timing:
     refusal_write_every: float = WRITE_EVERY
     #: Seconds between two log lines about one storage outage (see :mod:`.failures`).
     failure_log_every: float = LOG_EVERY
+    #: See :data:`BODY_TIMEOUT`.
+    body_timeout: float = BODY_TIMEOUT
 
 
 def commit_budget(stated_wait: str | None, default: float = COMMIT_BUDGET) -> float:
@@ -237,13 +248,15 @@ def create_app(
 
     async def session(request: Request) -> Response:
         try:
-            raw = await read_body(request, SESSION_MAX_BYTES)
+            raw = await read_body(request, SESSION_MAX_BYTES, timing.body_timeout)
             encoding = request.headers.get("content-encoding")
             deployment_id, instance_id = verify_session_request(raw, encoding, SESSION_MAX_BYTES)
         except Refusal as refusal:
             return await refuse(refusal)
         except ClientDisconnect:
             return Response(status_code=400)
+        except BodyTimeout as late:
+            return _body_too_slow(late.seconds)
         token, expires_at = signer.issue(deployment_id, instance_id, now=time.time())
         return JSONResponse({"token": token, "expires_at": expires_at, "bits": settings.bits})
 
@@ -251,30 +264,37 @@ def create_app(
         budget = commit_budget(request.headers.get(WAIT_HEADER), timing.commit_budget)
         deadline = time.monotonic() + budget
         try:
-            raw = await read_body(request, settings.max_body_bytes)
-            async with gate.turn() as admitted:
+            # In the line before a byte is read: past its end, answered at
+            # once, as the protocol says, without holding the body.
+            async with gate.line() as admitted:
                 if not admitted:
                     return _busy()
-                now = time.time()
-                try:
-                    verified = await run_in_threadpool(
-                        verify_report,
-                        raw,
-                        request.headers.get("content-encoding"),
-                        signer=signer,
-                        limits=limits,
-                        now=now,
-                    )
-                except Refusal as refusal:
-                    if refusal.late_stamp is None:
-                        raise
-                    # In the verification's turn: a stamp, once minted, can
-                    # be sent again and again, each time for a lookup.
-                    return await answer_late_stamp(refusal, deadline)
+                raw = await read_body(request, settings.max_body_bytes, timing.body_timeout)
+                async with gate.turn() as turn:
+                    if not turn:  # never, within a place in the line; kept as it was
+                        return _busy()
+                    now = time.time()
+                    try:
+                        verified = await run_in_threadpool(
+                            verify_report,
+                            raw,
+                            request.headers.get("content-encoding"),
+                            signer=signer,
+                            limits=limits,
+                            now=now,
+                        )
+                    except Refusal as refusal:
+                        if refusal.late_stamp is None:
+                            raise
+                        # In the verification's turn: a stamp, once minted, can
+                        # be sent again and again, each time for a lookup.
+                        return await answer_late_stamp(refusal, deadline)
         except Refusal as refusal:
             return await refuse(refusal)
         except ClientDisconnect:
             return Response(status_code=400)
+        except BodyTimeout as late:
+            return _body_too_slow(late.seconds)
         if await request.is_disconnected():
             # The client gave up waiting before its report could be stored:
             # this collector was stopped, or its loop or disk held, past the
@@ -567,6 +587,26 @@ class Gate:
         )
 
     @contextlib.asynccontextmanager
+    async def line(self) -> AsyncIterator[bool]:
+        """A place in the line, for everything a request does before and
+        during its :meth:`turn` (reading its body above all); yields False,
+        at once, when ``size + queue`` requests hold one.
+
+        Why a line apart from the turns' waiting: a request in it may still
+        be reading its body, and so holds memory before it waits for a turn.
+        Within a place, :meth:`turn` waits and never refuses.
+        """
+        line = self._line()
+        if line.present >= self.size + self.queue:
+            yield False
+            return
+        line.present += 1
+        try:
+            yield True
+        finally:
+            line.present -= 1
+
+    @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[bool]:
         """Wait for a turn and hold it; yields False, at once, when the line is full."""
         line = self._line()
@@ -587,6 +627,10 @@ class Gate:
         """Requests waiting for a turn, on every loop."""
         return sum(line.waiting for line in list(self._loops.values()))
 
+    def present(self) -> int:
+        """Requests holding a place in the line (:meth:`line`), on every loop."""
+        return sum(line.present for line in list(self._loops.values()))
+
     def _line(self) -> _Line:
         loop = asyncio.get_running_loop()
         line = self._loops.get(loop)
@@ -599,6 +643,7 @@ class Gate:
 class _Line:
     semaphore: asyncio.Semaphore
     waiting: int = 0
+    present: int = 0
 
 
 async def _streamed(chunks: Started[str]) -> AsyncIterator[str]:
@@ -631,6 +676,17 @@ def _busy() -> JSONResponse:
         {"error": "busy", "detail": "the collector is verifying as many reports as it can"},
         status_code=503,
         headers={"Retry-After": str(BUSY_RETRY_AFTER)},
+    )
+
+
+def _body_too_slow(seconds: float) -> JSONResponse:
+    """The body took longer than ``seconds`` to arrive: not read, not counted
+    as a refusal (a slow link is no bad report), and the client tries again
+    as after any ``408``."""
+    return JSONResponse(
+        {"error": "timeout", "detail": f"the body did not arrive within {seconds:g} s"},
+        status_code=408,
+        headers={"Connection": "close"},
     )
 
 
@@ -685,16 +741,28 @@ _ERROR_NAMES = {
 }
 
 
-async def read_body(request: Request, cap: int) -> bytes:
+class BodyTimeout(Exception):
+    """A body did not arrive within ``seconds`` of its request's headers."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the body did not arrive within {seconds:g} s")
+        self.seconds = seconds
+
+
+async def read_body(request: Request, cap: int, timeout: float) -> bytes:
     """The raw body, refused (413) once it passes ``cap`` bytes: by the declared
-    length before reading, then by counting as it streams in."""
+    length before reading, then by counting as it streams in. Raises
+    :class:`BodyTimeout` when it has not all arrived within ``timeout`` seconds."""
     check_declared_size(request.headers.get("content-length"), cap)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise Refusal("too_large", f"the body is over the limit of {cap} bytes")
-    return bytes(body)
+    with anyio.move_on_after(timeout) as reading:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cap:
+                raise Refusal("too_large", f"the body is over the limit of {cap} bytes")
+        return bytes(body)
+    assert reading.cancelled_caught
+    raise BodyTimeout(timeout)
 
 
 def days_param(request: Request) -> int:
