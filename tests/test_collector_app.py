@@ -3014,6 +3014,48 @@ def test_csv_cells_cannot_become_formulas() -> None:
     assert row["app_version"] == "'+1"
 
 
+def test_csv_cells_after_a_semicolon_cannot_become_formulas_either() -> None:
+    # Excel splits on ";" where the decimal separator is a comma (most of
+    # Europe): there "shop;+HYPERLINK(A1)" was two cells, the second a formula.
+    from reqtelemetry.collector.export import csv_chunks, write_csv
+
+    row = {
+        "method": "GET",
+        "route": "/x;=cmd|'/C calc'!A0;@SUM(1+1)",
+        "app_name": "shop;+HYPERLINK(A1)",
+        "app_version": '1; -1+1;"=2',
+        "calls": 1,
+    }
+    streamed = "".join(csv_chunks([row]))
+    written = io.StringIO()
+    write_csv([row], written)
+    assert written.getvalue() == streamed
+    line = streamed.splitlines()[1]
+    for piece in line.split(";")[1:]:  # the cells a ";" spreadsheet makes
+        assert not piece.lstrip(' "').startswith(("=", "+", "-", "@")), piece
+    (read,) = csv.DictReader(io.StringIO(streamed))
+    assert read["route"] == "/x;'=cmd|'/C calc'!A0;'@SUM(1+1)"
+    assert read["app_name"] == "shop;'+HYPERLINK(A1)"
+    assert read["app_version"] == "1;' -1+1;'\"=2"
+    # A route without a formula after its ";" keeps it as it was (matrix parameters).
+    assert "".join(csv_chunks([{"route": "/a;b=1"}])).splitlines()[1].startswith(",/a;b=1,")
+
+
+def test_csv_cells_carry_no_control_characters_to_a_terminal() -> None:
+    # `reqtelemetry export --csv` writes to standard output: a sender's route
+    # with escape sequences rewrote lines, the window's title, the clipboard.
+    from reqtelemetry.collector.export import csv_chunks
+
+    route = "/a\x1b[2K\r/fake\x1b]0;owned\x07\x9b31m\x7f\tend\nnext"
+    text = "".join(csv_chunks([{"method": "GET", "route": route, "calls": 1}]))
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text.replace("\r\n", ""))
+    (read,) = csv.DictReader(io.StringIO(text))
+    assert read["route"] == ("/a\\x1b[2K\\x0d/fake\\x1b]0;owned\\x07\\x9b31m\\x7f\\x09end\\x0anext")
+    # Printable text outside ASCII is kept as it is.
+    (kept,) = csv.DictReader(io.StringIO("".join(csv_chunks([{"route": "/café/日本"}]))))
+    assert kept["route"] == "/café/日本"
+
+
 # -- random input never makes a 5xx (in-process) ------------------------------------------------
 
 

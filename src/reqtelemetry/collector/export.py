@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import time
 from collections.abc import Generator, Iterable, Iterator
 from typing import IO, Any, TypeVar
@@ -44,7 +45,14 @@ COLUMNS = (
     "deployments",
 )
 _LATENCIES = (("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"), ("mean", "mean_ms"))
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: What makes a spreadsheet take a cell for a formula (a tab or carriage
+#: return cannot start one here: control characters are escaped first).
+_FORMULA_START = ("=", "+", "-", "@")
+#: A ``;`` that a formula follows: where a spreadsheet that splits on ``;``
+#: (Excel's default in much of Europe) would start a cell with that formula.
+_FORMULA_AFTER_SEMICOLON = re.compile(r";(?=[\s\"']*[=+\-@])")
+#: Control characters (C0, DEL, C1), written as ``\xNN`` in a text cell.
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 DAY = 86400
 #: The longest app name a report can carry (the payload schema's ``short_text``).
 MAX_APP_NAME_LENGTH = 128
@@ -194,8 +202,25 @@ def _cells(row: dict[str, Any]) -> list[Any]:
 
 
 def _cell(value: Any) -> Any:
+    """``value`` as a CSV cell: text a spreadsheet cannot run, a terminal
+    cannot obey, and a reader can still tell apart.
+
+    Why: a route, an app's name and its version are whatever a sender wrote.
+    Opened in a spreadsheet, a cell starting with ``=`` (or ``+``, ``-``,
+    ``@``) is a formula, and so is a piece after a ``;`` where the
+    spreadsheet splits on ``;``: both get a ``'`` in front, which the
+    spreadsheet shows as text. Printed to a terminal (``reqtelemetry export``
+    writes to standard output), an escape sequence rewrites lines, the
+    window's title or the clipboard: control characters are written as
+    ``\\xNN``.
+    """
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
+    if not isinstance(value, str):
+        return value
+    text = value if value.isprintable() else value.translate(_CONTROL_ESCAPES)
+    if ";" in text:
+        text = _FORMULA_AFTER_SEMICOLON.sub(";'", text)
+    if text.startswith(_FORMULA_START):
+        return "'" + text
+    return text
