@@ -152,6 +152,11 @@ REJECTED = {
     "unknown record field": lambda p: _record(p).update(path="/items/42"),
     "unknown latency field": lambda p: _record(p)["latency"].update(mean=0.1),
     "unknown histogram parameter": lambda p: p["batch"]["histogram"].update(bins=10),
+    # The bucket indexes are read with this version's parameters: a report
+    # with others was stored, its percentiles silently misread.
+    "other relative accuracy": lambda p: p["batch"]["histogram"].update(relative_accuracy=0.01),
+    "other min_tracked": lambda p: p["batch"]["histogram"].update(min_tracked=1e-3),
+    "other max_tracked": lambda p: p["batch"]["histogram"].update(max_tracked=60.0),
     "unknown metrics section": lambda p: p["metrics"].update(histograms={}),
     "lower-case method": lambda p: _record(p).update(method="get"),
     "method with space": lambda p: _record(p).update(method="GET /"),
