@@ -2560,6 +2560,30 @@ def test_a_client_that_waits_less_gets_half_its_wait(collector: Collector) -> No
     assert collector.reports_stored() == 0
 
 
+@pytest.mark.e2e
+def test_a_client_that_leaves_no_time_is_no_storage_outage(
+    collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client at the end of its flush states a wait of 0: its report cannot
+    # be stored, but the log announced a database outage with a traceback
+    # ("in use by this collector until the deadline"), then its end.
+    payload = make_payload(new_id(), new_id())
+    body = envelope(collector.session(payload["deployment_id"], payload["instance_id"]), payload)
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry.collector"):
+        response = collector.http.post(
+            "/v1/report", content=gzip.compress(body), headers={**GZIP, WAIT_HEADER: "0"}
+        )
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "unavailable"
+        assert collector.reports_stored() == 0
+        # The same report, with time to be stored: stored, and no outage ends.
+        assert collector.post_report(body).status_code == 200
+    assert collector.reports_stored() == 1
+    logged = [r for r in caplog.records if r.name.startswith("reqtelemetry.collector")]
+    assert [r.getMessage() for r in logged if r.levelno >= logging.WARNING] == []
+    assert any("too short to store it" in r.getMessage() for r in logged)
+
+
 @pytest.mark.parametrize(
     ("stated", "budget"),
     [
