@@ -3304,6 +3304,41 @@ def test_production_refuses_a_placeholder_dashboard_token() -> None:
     assert CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_TOKEN": "t"}).dashboard_protected
 
 
+@pytest.mark.parametrize(
+    "token",
+    [" " + "x" * 20, "x" * 20 + "\n", "x" * 20 + " ", "\tx" + "y" * 20, "clé-" + "x" * 20],
+)
+def test_a_dashboard_token_no_client_can_send_is_refused(token: str) -> None:
+    # A space at either end (left by an env file) or a character outside
+    # ASCII matched only ?token=: the page opened, then its own requests,
+    # which send the Authorization header, were all refused.
+    with pytest.raises(SettingsError, match="printable ASCII"):
+        CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_TOKEN": token})
+
+
+@pytest.mark.e2e
+def test_a_dashboard_token_a_link_must_encode_is_warned_of_and_works(
+    make_collector: Callable[..., Collector], caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "abc+def/ghi=jk lmnop"
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry.collector"):
+        settings = CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_TOKEN": token})
+    warned = [r.getMessage() for r in caplog.records if "percent-encode" in r.getMessage()]
+    assert len(warned) == 1
+    assert all(repr(char) in warned[0] for char in "+/= ")
+    collector = make_collector(dashboard_token=settings.dashboard_token)
+    header = {"Authorization": f"Bearer {token}"}
+    assert collector.http.get("/api/summary", headers=header).status_code == 200
+    assert collector.http.get("/api/summary", params={"token": token}).status_code == 200
+    raw = token.replace(" ", "%20")  # pasted as it is: its '+' reads as a space
+    assert collector.http.get(f"/api/summary?token={raw}").status_code == 401
+    # A token of URL-safe characters is not warned of.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry.collector"):
+        CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_TOKEN": "Ab-9_x.y~" * 3})
+    assert not [r for r in caplog.records if "percent-encode" in r.getMessage()]
+
+
 def test_production_refuses_a_short_basic_auth_password() -> None:
     # It opens the same pages as the token, which must be 16 characters.
     env = {"REQTELEMETRY_COLLECTOR_PRODUCTION": "1", "REQTELEMETRY_COLLECTOR_SECRET": "s" * 32}

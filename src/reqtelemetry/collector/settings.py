@@ -148,6 +148,8 @@ class CollectorSettings:
                 )
         if self.dashboard_token is not None and not self.dashboard_token:
             raise SettingsError(f"{ENV_DASHBOARD_TOKEN} must not be empty")
+        if self.dashboard_token is not None:
+            _check_token_text(self.dashboard_token)
         if (
             self.production
             and self.dashboard_token is not None
@@ -255,6 +257,8 @@ class CollectorSettings:
             dashboard_basic_auth=basic_auth,
             dashboard_public=dashboard_public,
         )
+        if settings.dashboard_token is not None:
+            _warn_of_link_changes(settings.dashboard_token)
         if not settings.dashboard_protected:
             logger.warning(
                 "the dashboard, /api/summary and /export.csv are "
@@ -328,3 +332,32 @@ def _optional_float(env: Mapping[str, str], name: str) -> float | None:
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     number = _optional_float(env, name)
     return default if number is None else number
+
+
+def _check_token_text(token: str) -> None:
+    """Refuse a dashboard token that a browser or ``curl`` could never send
+    as it is configured.
+
+    Why: a token with a space at either end (easily left by an env file) or a
+    character outside ASCII matched no ``Authorization`` header (the header
+    is trimmed, and read as Latin-1), only a ``?token=``: the dashboard page
+    opened, and its own requests, which send the header, were all refused.
+    """
+    if token != token.strip() or not all(" " <= char <= "~" for char in token):
+        raise SettingsError(
+            f"{ENV_DASHBOARD_TOKEN} must be printable ASCII without spaces at either end "
+            "(no client can send another as an Authorization header), e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+
+
+def _warn_of_link_changes(token: str) -> None:
+    """Warn of a token that a link's raw ``?token=`` changes (a ``+`` reads as a space)."""
+    unsafe = sorted({char for char in token if not (char.isalnum() or char in "-._~")})
+    if unsafe:
+        logger.warning(
+            "%s holds %s, which a link's ?token= must percent-encode (a raw '+' reads as a "
+            "space); the Authorization header takes it as it is",
+            ENV_DASHBOARD_TOKEN,
+            " ".join(repr(char) for char in unsafe),
+        )
