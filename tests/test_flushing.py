@@ -1221,6 +1221,37 @@ def test_a_trickling_answer_cannot_stretch_a_flush_past_its_budget(
         server.close()
 
 
+def test_a_name_lookup_past_the_deadline_cannot_stretch_a_flush_past_its_budget(
+    make_sender, counts, monkeypatch
+):
+    # The deadline's cut shuts the sockets open when it fires. A name lookup
+    # still under way then (a nameserver that does not answer) left none to
+    # cut, the cut came once, and the socket connected afterwards was bounded
+    # only by httpx's per-step timeouts: a trickling answer held a flush with
+    # a 2 s budget for its whole minute (the review's: for hours).
+    server = TricklingServer(session_too=True)
+    port = server.url.rsplit(":", 1)[1]
+    resolve = socket.getaddrinfo
+
+    def slow_lookup(host, *args, **kwargs):
+        if host == "slow-nameserver.test":
+            time.sleep(1.5)  # past the request's 1 s deadline
+            host = "127.0.0.1"
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    try:
+        telemetry = make_sender(endpoint=f"http://slow-nameserver.test:{port}", timeout=1.0)
+        expected = record_traffic(telemetry)
+        started = time.monotonic()
+        assert telemetry.flush() is False  # a budget of 2 * timeout
+        # Each attempt overshoots its deadline by the lookup, and no more.
+        assert time.monotonic() - started < 8  # without the fix: the trickle's minute
+        assert counts(telemetry) == expected  # kept for the next flush
+    finally:
+        server.close()
+
+
 GREEN_TRICKLE = """
 from gevent import monkey
 

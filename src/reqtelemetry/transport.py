@@ -336,6 +336,8 @@ class Transport:
         #: (see :meth:`_trace`): until then the collector cannot have stored it.
         self._body_sent = False
         self._sending_tunnel_request = False
+        #: Set once the request under way is past its deadline (see :meth:`_deadline`).
+        self._past_deadline: threading.Event | None = None
         self.headers = {
             "User-Agent": f"reqtelemetry/{__version__} httpx/{httpx.__version__}",
             "Content-Type": "application/json",
@@ -443,6 +445,15 @@ class Transport:
         if isinstance(sock, socket.socket):
             with self._sockets_lock:
                 self._sockets.add(sock)
+            past = self._past_deadline
+            if past is not None and past.is_set():
+                # Connected after the deadline's cut (a name lookup that took
+                # longer than the request's whole budget): there was nothing
+                # to cut then, and the cut comes once. Without this, only
+                # httpx's per-step timeouts bounded the request, and a server
+                # trickling its answer held a 6 s flush for hours.
+                with contextlib.suppress(OSError, ValueError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def _cut_connections(self) -> None:
         """At a request's deadline (a timer thread): shut its connections down.
@@ -488,6 +499,7 @@ class Transport:
 
         timer = threading.Timer(max(0.0, seconds), cut)
         timer.daemon = True
+        self._past_deadline = fired
         if not started(timer):
             # The request is bounded by httpx's timeout on each step, which is what is left.
             logger.debug("reqtelemetry: no thread for the request's deadline; going on without")
@@ -503,6 +515,7 @@ class Transport:
             timer.cancel()
             with guard:
                 over = True
+            self._past_deadline = None
 
     def _post(
         self, url: str, content: bytes, headers: dict[str, str], timeout: float
