@@ -247,6 +247,22 @@ def test_body_is_gzipped_json_with_headers_naming_reqtelemetry(make_sender, rece
     assert user_agent.split()[0] == f"reqtelemetry/{reqtelemetry.__version__}"
 
 
+def test_a_cookie_set_at_the_endpoint_is_never_sent_back(make_sender, receiver):
+    # Whatever answers at the endpoint's host (a CDN, a load balancer, a
+    # captive portal) could set an identifier that every later report carried
+    # back; and a jar without bound made every request's header too large.
+    telemetry = make_sender()
+    receiver.respond_always(200, headers={"Set-Cookie": "track=canary-cookie; Path=/"})
+    for _ in range(3):
+        record_traffic(telemetry)
+        assert telemetry.flush() is True
+    reports = [r for r in receiver.requests if r.path == "/v1/report"]
+    assert len(reports) >= 3
+    assert all("cookie" not in r.headers for r in reports)
+    assert not any("canary-cookie" in repr(r.headers) for r in reports)
+    assert len(telemetry.flusher.transport.client.cookies.jar) == 0
+
+
 def test_each_report_says_how_long_its_sender_waits(make_sender, receiver):
     """``Reqtelemetry-Wait`` is this attempt's own limit (docs/protocol.md): the
     collector stores nothing it could not answer in time, so it must not

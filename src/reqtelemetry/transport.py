@@ -38,6 +38,7 @@ import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -358,6 +359,13 @@ class Transport:
             # REQTELEMETRY_CA_BUNDLE).
             self._client = httpx.Client(
                 timeout=self.config.timeout,
+                # No cookie is kept: the protocol has none, and one set by
+                # whatever answers at the endpoint's host (a CDN, a load
+                # balancer, a captive portal) was sent back with every later
+                # report, an identifier of this process; and the jar grew
+                # without bound (500 cookies made every request's header too
+                # large for an nginx in front, for the life of the process).
+                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
                 trust_env=False,
                 verify=_trust_store(self.config.ca_bundle),
                 proxy=self.config.proxy,
