@@ -13,6 +13,14 @@ def item_detail(request, pk):
     return JsonResponse({"pk": pk})
 
 
+def many_chunks(request):
+    # What csv.writer into an HttpResponse makes: one chunk per row.
+    response = HttpResponse(content_type="text/csv")
+    for _ in range(1000):
+        response.write(b"row,1,2\r\n")
+    return response
+
+
 def item_list(request):
     if request.method == "POST":
         return HttpResponse(f"created {len(request.body)} bytes", status=201)
@@ -130,5 +138,6 @@ urlpatterns = [
     path("sync-stream-hang/", sync_stream_hang),
     path("echo/<path:anything>", echo),
     path("health/", echo),
+    path("many-chunks/", many_chunks),
     path("", echo),
 ]

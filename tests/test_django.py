@@ -815,3 +815,134 @@ def test_without_django_the_import_error_names_the_extra():
         "ImportError: reqtelemetry's Django integration needs Django: "
         "pip install 'reqtelemetry[django]'"
     )
+
+
+# -- how the middleware is listed, and settings.REQTELEMETRY --------------------------------
+
+
+def _middleware_warnings(caplog):
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "reqtelemetry" and "settings.MIDDLEWARE" in r.getMessage()
+    ]
+
+
+def test_listed_twice_counts_each_request_once_and_says_so(
+    django_telemetry, counts, records, caplog
+):
+    # Listed twice, every request was counted twice, silently.
+    from django.test import Client, override_settings
+
+    middleware = [
+        "reqtelemetry.django.TelemetryMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "reqtelemetry.django.TelemetryMiddleware",
+    ]
+    with override_settings(MIDDLEWARE=middleware), caplog.at_level("WARNING"):
+        client = Client()
+        for pk in range(3):
+            assert client.get(f"/api/items/{pk}/").status_code == 200
+        run_async([("GET", "/api/v2/async/5/", {})])
+        body = read(Client().get("/stream/"))
+    assert counts(django_telemetry) == {
+        ("GET", "/api/items/<int:pk>/", 200): 3,
+        ("GET", "/api/v2/async/<int:pk>/", 200): 1,
+        ("GET", "/stream/", 200): 1,
+    }
+    assert records(django_telemetry)["GET", "/stream/", 200]["response_bytes"] == len(body)
+    warned = _middleware_warnings(caplog)
+    assert len(warned) == 1  # once per list, however many chains are built
+    assert "2 times" in warned[0]
+
+
+def test_listed_after_another_middleware_is_warned_of(django_telemetry, counts, caplog):
+    from django.test import Client, override_settings
+
+    middleware = [
+        "django.middleware.common.CommonMiddleware",
+        "reqtelemetry.django.TelemetryMiddleware",
+    ]
+    with override_settings(MIDDLEWARE=middleware, APPEND_SLASH=True), caplog.at_level("WARNING"):
+        client = Client()
+        assert client.get("/api/items/1").status_code == 301
+        assert client.get("/api/items/1/").status_code == 200
+    # What the warning is about: the 301 the client got is the 404 ours saw.
+    assert counts(django_telemetry) == {
+        ("GET", "/api/items/<int:pk>/", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+    (warned,) = _middleware_warnings(caplog)
+    assert "after django.middleware.common.CommonMiddleware" in warned
+
+
+def test_listed_first_and_once_is_not_warned_of(django_telemetry, caplog):
+    from django.test import Client, override_settings
+
+    middleware = [
+        "reqtelemetry.django.TelemetryMiddleware",
+        "django.middleware.common.CommonMiddleware",
+    ]
+    with override_settings(MIDDLEWARE=middleware), caplog.at_level("WARNING"):
+        assert Client().get("/api/items/1/").status_code == 200
+    assert _middleware_warnings(caplog) == []
+
+
+def test_a_telemetry_instance_beside_other_keys_is_refused(django_telemetry):
+    # The other keys were silently ignored: the instance has its options.
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from reqtelemetry.django import reset_telemetry
+
+    settings = {"telemetry": django_telemetry, "exclude_paths": ["/health/"]}
+    with override_settings(REQTELEMETRY=settings):
+        reset_telemetry()
+        with pytest.raises(ImproperlyConfigured, match="exclude_paths"):
+            get_telemetry()
+    reset_telemetry()
+
+
+def test_a_buffered_body_of_many_chunks_is_sized_as_it_goes_out(client, django_telemetry, records):
+    response = client.get("/many-chunks/")
+    assert response.status_code == 200
+    record = records(django_telemetry)["GET", "/many-chunks/", 200]
+    assert record["response_bytes"] == len(response.content) == 1000 * len(b"row,1,2\r\n")
+
+
+def _lifespan_shutdown(application) -> list:
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message["type"])
+
+    asyncio.run(application({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send))
+    return sent
+
+
+def test_lifespan_flush_closes_the_instance_the_middleware_uses(django_telemetry, monkeypatch):
+    from reqtelemetry.django import LifespanFlush, get_telemetry
+
+    assert get_telemetry() is django_telemetry
+    closed = []
+    monkeypatch.setattr(django_telemetry, "close", lambda timeout=None: closed.append(1) or True)
+    sent = _lifespan_shutdown(LifespanFlush(None))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert closed == [1]
+
+
+def test_lifespan_flush_builds_no_telemetry_where_none_was_used(django_telemetry_factory):
+    # Without the middleware, none was built: building one at shutdown
+    # announced telemetry as the app stopped.
+    from reqtelemetry.django import LifespanFlush, reset_telemetry
+    from reqtelemetry.integrations import django as integration
+
+    django_telemetry_factory()
+    reset_telemetry()
+    sent = _lifespan_shutdown(LifespanFlush(None))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert integration._existing_telemetry() is None
