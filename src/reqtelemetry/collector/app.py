@@ -114,9 +114,10 @@ UNAVAILABLE_RETRY_AFTER = 60
 #: (:data:`~reqtelemetry.transport.WAIT_HEADER`) gets half of it instead.
 COMMIT_BUDGET = 8.0
 #: Seconds a store must have had before its missed deadline says anything
-#: about the database: one that missed a shorter one is answered as too slow,
-#: but not logged as a storage failure (the log would announce an outage, and
-#: then its end, for a client that stated a wait of 0).
+#: about the database (or half the collector's own commit budget, if less):
+#: one that missed a shorter one is answered as too slow, but not logged as a
+#: storage failure (the log would announce an outage, and then its end, for a
+#: client that stated a wait of 0).
 SHORTEST_TELLING_WAIT = 1.0
 #: ``Reqtelemetry-Wait``: seconds, in ASCII digits with an optional fraction.
 WAIT_PATTERN = re.compile(r"[0-9]{1,9}(\.[0-9]{1,6})?")
@@ -361,7 +362,7 @@ def create_app(
             write_failures.failed("store a report", error)
             return _unconfirmed(budget)
         except DeadlineExceeded as error:
-            if left < SHORTEST_TELLING_WAIT:
+            if left < min(SHORTEST_TELLING_WAIT, timing.commit_budget / 2):
                 # The client left no time to store anything: no sign of an
                 # outage (a client near the end of its flush states a wait of
                 # a few milliseconds, or none), so nothing to log as one.
