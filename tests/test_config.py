@@ -200,22 +200,29 @@ def test_code_lists_accept_comma_strings():
     ("environ", "match"),
     [
         ({"REQTELEMETRY_MAX_KEYS": "lots"}, "REQTELEMETRY_MAX_KEYS"),
-        ({"REQTELEMETRY_MAX_KEYS": "1.5"}, "REQTELEMETRY_MAX_KEYS"),
+        ({"REQTELEMETRY_MAX_KEYS": "1.5"}, "REQTELEMETRY_MAX_KEYS must be a whole number"),
         ({"REQTELEMETRY_FLUSH_INTERVAL": "hourly"}, "REQTELEMETRY_FLUSH_INTERVAL"),
         ({"REQTELEMETRY_DEBUG": "maybe"}, "REQTELEMETRY_DEBUG"),
-        ({"REQTELEMETRY_MAX_KEYS": "0"}, "max_keys"),
-        ({"REQTELEMETRY_FLUSH_INTERVAL": "-1"}, "flush_interval"),
-        ({"REQTELEMETRY_FLUSH_INTERVAL": "nan"}, "flush_interval"),
-        ({"REQTELEMETRY_FLUSH_INTERVAL": "inf"}, "flush_interval"),
-        ({"REQTELEMETRY_FLUSH_INTERVAL": "1e10"}, "flush_interval"),
-        ({"REQTELEMETRY_TIMEOUT": "0"}, "timeout"),
-        ({"REQTELEMETRY_TIMEOUT": "-5"}, "timeout"),
-        ({"REQTELEMETRY_TIMEOUT": "nan"}, "timeout"),
-        ({"REQTELEMETRY_TIMEOUT": "inf"}, "timeout"),
+        ({"REQTELEMETRY_MAX_KEYS": "0"}, "REQTELEMETRY_MAX_KEYS"),
+        ({"REQTELEMETRY_FLUSH_INTERVAL": "-1"}, "REQTELEMETRY_FLUSH_INTERVAL"),
+        ({"REQTELEMETRY_FLUSH_INTERVAL": "nan"}, "REQTELEMETRY_FLUSH_INTERVAL"),
+        ({"REQTELEMETRY_FLUSH_INTERVAL": "inf"}, "REQTELEMETRY_FLUSH_INTERVAL"),
+        ({"REQTELEMETRY_FLUSH_INTERVAL": "1e10"}, "REQTELEMETRY_FLUSH_INTERVAL"),
+        ({"REQTELEMETRY_TIMEOUT": "0"}, "REQTELEMETRY_TIMEOUT"),
+        ({"REQTELEMETRY_TIMEOUT": "-5"}, "REQTELEMETRY_TIMEOUT"),
+        ({"REQTELEMETRY_TIMEOUT": "nan"}, "REQTELEMETRY_TIMEOUT"),
+        ({"REQTELEMETRY_TIMEOUT": "inf"}, "REQTELEMETRY_TIMEOUT"),
         ({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "soon"}, "REQTELEMETRY_SHUTDOWN_TIMEOUT"),
-        ({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "-1"}, "shutdown_timeout"),
-        ({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "nan"}, "shutdown_timeout"),
-        ({"REQTELEMETRY_EXCLUDE_PREFIXES": "static/"}, "exclude_prefixes"),
+        ({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "-1"}, "REQTELEMETRY_SHUTDOWN_TIMEOUT"),
+        ({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "nan"}, "REQTELEMETRY_SHUTDOWN_TIMEOUT"),
+        ({"REQTELEMETRY_EXCLUDE_PREFIXES": "static/"}, "REQTELEMETRY_EXCLUDE_PREFIXES"),
+        # Values that parse but cannot work name the variable too, not only
+        # the option (which the operator setting the variable may not know).
+        ({"REQTELEMETRY_MAX_PAYLOAD_BYTES": "100"}, "REQTELEMETRY_MAX_PAYLOAD_BYTES"),
+        ({"REQTELEMETRY_ENDPOINT": "ftp://x"}, "REQTELEMETRY_ENDPOINT"),
+        ({"REQTELEMETRY_PROXY": "proxy:3128"}, "REQTELEMETRY_PROXY"),
+        ({"REQTELEMETRY_CA_BUNDLE": "/nonexistent/ca.pem"}, "REQTELEMETRY_CA_BUNDLE"),
+        ({"REQTELEMETRY_DISABLE": "bogus"}, "REQTELEMETRY_DISABLE"),
     ],
 )
 def test_bad_environment_values_give_clear_errors(environ, match):
@@ -358,6 +365,8 @@ def test_opted_out_a_bad_environment_value_does_not_stop_the_app(bad, opted_out,
     assert next(iter(opted_out)) in config.opt_out_reason
     assert config.app_name == "code-app"
     assert len(caplog.records) <= 1  # at most one line says what was ignored
+    if caplog.records:  # and names the variable that cannot be used
+        assert f"{next(iter(bad))} cannot be used" in caplog.records[0].getMessage()
 
 
 @pytest.mark.parametrize("bad", BAD_ENVIRONMENT_VALUES)

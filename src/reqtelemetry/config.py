@@ -254,22 +254,29 @@ class Config:
         # Opting out is decided first, from nothing that can be malformed: an
         # opted-out app must start whatever else the environment says.
         reason = _opt_out_reason(bool(options.get("opt_out")), environ, argv)
+        overrides: dict[str, Any] = {}
         try:
-            config = cls(**_with_environment(options, _from_environment(environ)))
+            overrides = _from_environment(environ)
+            config = cls(**_with_environment(options, overrides))
             config = replace(config, opt_out=reason is not None, opt_out_reason=reason)
             config.validate()
-        except ValueError:
-            if reason is None:
-                raise  # on: a bad value is a clear error at start
+        except ValueError as error:
+            if reason is None:  # on: a bad value is a clear error at start
+                variable = _variable_at_fault(cls, options, overrides)
+                if variable is not None and not str(error).startswith(variable):
+                    raise ValueError(f"{variable}: {error}") from None
+                raise
             # Off: nothing will use these values. The code's own values are
             # still checked below, so a bug in code fails the same either way.
             # Named, not quoted: a bad value may be a secret (a token pasted
             # into the endpoint, say), and logs are read by more people.
+            variable = _variable_at_fault(cls, options, overrides) or str(error).split(" ")[0]
             logger.info(
                 "reqtelemetry: telemetry is off (%s); ignoring the REQTELEMETRY_* settings "
-                "(%s), which are not all valid",
+                "(%s), which are not all valid: %s cannot be used",
                 reason,
                 ", ".join(sorted(name for name in environ if name.startswith("REQTELEMETRY_"))),
+                variable if variable.startswith("REQTELEMETRY_") else "one of them",
             )
             config = replace(cls(**options), opt_out=True, opt_out_reason=reason)
             config.validate()
@@ -448,55 +455,86 @@ class Config:
                 raise ValueError(f"{item.name} must be a string, got {type(value).__name__}")
 
 
+#: ``REQTELEMETRY_<suffix>`` variables read as text, as lists, as numbers and
+#: as flags: suffix -> option.
+_TEXT_VARIABLES = {
+    "ENDPOINT": "endpoint",
+    "APP_NAME": "app_name",
+    "APP_VERSION": "app_version",
+    "APP_GIT_HASH": "app_git_hash",
+    "APP_BUILD_TIME": "app_build_time",
+    "DEPLOYMENT_ID_PATH": "deployment_id_path",
+    "PROXY": "proxy",
+    "CA_BUNDLE": "ca_bundle",
+}
+_LIST_VARIABLES = {
+    "EXCLUDE_PATHS": "exclude_paths",
+    "EXCLUDE_PREFIXES": "exclude_prefixes",
+    "ALLOWED_PATH_SEGMENTS": "allowed_path_segments",
+    "ALLOWED_QUERY_KEYS": "allowed_query_keys",
+    "DISABLE": "disabled_traits",
+}
+_NUMBER_VARIABLES = {
+    "MAX_KEYS": ("max_keys", int),
+    "FLUSH_INTERVAL": ("flush_interval", float),
+    "MAX_PAYLOAD_BYTES": ("max_payload_bytes", int),
+    "TIMEOUT": ("timeout", float),
+    "SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
+}
+_FLAG_VARIABLES = {
+    "DEBUG": "debug",
+    "OTEL": "otel",
+    "SEND_IN_TESTS": "send_in_tests",
+    "GROUP_UNMATCHED": "group_unmatched",
+    "RECORD_QUERY": "record_query",
+}
+#: Option -> the variable that sets it.
+_VARIABLE_OF = {
+    name: f"REQTELEMETRY_{suffix}"
+    for variables in (_TEXT_VARIABLES, _LIST_VARIABLES, _FLAG_VARIABLES)
+    for suffix, name in variables.items()
+} | {name: f"REQTELEMETRY_{suffix}" for suffix, (name, _) in _NUMBER_VARIABLES.items()}
+
+
+def _variable_at_fault(
+    cls: type[Config], options: dict[str, Any], overrides: dict[str, Any]
+) -> str | None:
+    """The ``REQTELEMETRY_*`` variable whose value alone makes the config fail;
+    None when it is none of them (the code's own options fail).
+
+    Why: a value that parses but cannot work (``REQTELEMETRY_MAX_KEYS=0``)
+    failed with the option's name (``max_keys must be at least 1``), which the
+    operator who set the variable may never have heard of. Only on the error
+    path: each override is tried alone against the code's options.
+    """
+    for name, value in overrides.items():
+        try:
+            cls(**_with_environment(options, {name: value})).validate()
+        except ValueError:
+            return _VARIABLE_OF.get(name)
+    return None
+
+
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     """``REQTELEMETRY_*`` overrides; bad values raise a clear error at start."""
     found: dict[str, Any] = {}
-    text = {
-        "ENDPOINT": "endpoint",
-        "APP_NAME": "app_name",
-        "APP_VERSION": "app_version",
-        "APP_GIT_HASH": "app_git_hash",
-        "APP_BUILD_TIME": "app_build_time",
-        "DEPLOYMENT_ID_PATH": "deployment_id_path",
-        "PROXY": "proxy",
-        "CA_BUNDLE": "ca_bundle",
-    }
-    for suffix, name in text.items():
+    for suffix, name in _TEXT_VARIABLES.items():
         value = environ.get(f"REQTELEMETRY_{suffix}", "").strip()
         if value:  # unset, empty or blank: not set
             found[name] = value
-    lists = {
-        "EXCLUDE_PATHS": "exclude_paths",
-        "EXCLUDE_PREFIXES": "exclude_prefixes",
-        "ALLOWED_PATH_SEGMENTS": "allowed_path_segments",
-        "ALLOWED_QUERY_KEYS": "allowed_query_keys",
-        "DISABLE": "disabled_traits",
-    }
-    for suffix, name in lists.items():
+    for suffix, name in _LIST_VARIABLES.items():
         items = _split(environ.get(f"REQTELEMETRY_{suffix}"))
         if items:  # unset, empty or blank: not set
             found[name] = items
-    numbers = {
-        "MAX_KEYS": ("max_keys", int),
-        "FLUSH_INTERVAL": ("flush_interval", float),
-        "MAX_PAYLOAD_BYTES": ("max_payload_bytes", int),
-        "TIMEOUT": ("timeout", float),
-        "SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
-    }
-    for suffix, (name, kind) in numbers.items():
+    for suffix, (name, kind) in _NUMBER_VARIABLES.items():
         value = environ.get(f"REQTELEMETRY_{suffix}", "").strip()
         if value:  # unset, empty or blank: not set
             try:
                 found[name] = kind(value)
             except ValueError:
-                raise ValueError(f"REQTELEMETRY_{suffix} must be a number, got {value!r}") from None
-    for suffix, name in {
-        "DEBUG": "debug",
-        "OTEL": "otel",
-        "SEND_IN_TESTS": "send_in_tests",
-        "GROUP_UNMATCHED": "group_unmatched",
-        "RECORD_QUERY": "record_query",
-    }.items():
+                what = "a whole number" if kind is int else "a number"
+                raise ValueError(f"REQTELEMETRY_{suffix} must be {what}, got {value!r}") from None
+    for suffix, name in _FLAG_VARIABLES.items():
         value = environ.get(f"REQTELEMETRY_{suffix}")
         if value is None or not value.strip():
             continue  # empty means not set
