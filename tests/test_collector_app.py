@@ -3294,6 +3294,26 @@ def test_bits_beyond_what_default_clients_accept_are_refused() -> None:
             CollectorSettings.resolve({**secret, **env}, bits=bits)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("REQTELEMETRY_COLLECTOR_NEXT_INTERVAL", "0"),
+        ("REQTELEMETRY_COLLECTOR_NEXT_INTERVAL", "inf"),
+        ("REQTELEMETRY_COLLECTOR_STAMP_MAX_AGE", "0"),
+        ("REQTELEMETRY_COLLECTOR_STAMP_MAX_FUTURE", "-1"),
+        ("REQTELEMETRY_COLLECTOR_TOKEN_TTL", "1"),
+        ("REQTELEMETRY_COLLECTOR_MAX_BODY_BYTES", "10"),
+        ("REQTELEMETRY_COLLECTOR_RETENTION_DAYS", "0"),
+        ("REQTELEMETRY_COLLECTOR_BITS", "99"),
+    ],
+)
+def test_a_setting_out_of_range_is_refused_naming_its_variable(variable: str, value: str) -> None:
+    # The README promises an error that names the variable: two said
+    # "next_interval must be positive" and "the stamp window must be finite".
+    with pytest.raises(SettingsError, match=variable):
+        CollectorSettings.resolve({"REQTELEMETRY_COLLECTOR_SECRET": "s" * 32, variable: value})
+
+
 def test_production_refuses_a_placeholder_dashboard_token() -> None:
     env = {"REQTELEMETRY_COLLECTOR_PRODUCTION": "1", "REQTELEMETRY_COLLECTOR_SECRET": "s" * 32}
     for token in ("...", "t", "x" * 15):

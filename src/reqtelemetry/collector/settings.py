@@ -127,10 +127,19 @@ class CollectorSettings:
                 f"got {_shown(self.max_body_bytes)}"
             )
         if self.next_interval is not None and not 0 < self.next_interval < math.inf:
-            raise SettingsError(f"next_interval must be positive, got {self.next_interval}")
-        if not (0 < self.stamp_max_age < math.inf and 0 <= self.stamp_max_future < math.inf):
             raise SettingsError(
-                "the stamp window must be finite: max age > 0 and max future >= 0 seconds"
+                f"{ENV_NEXT_INTERVAL} must be a positive number of seconds, "
+                f"got {self.next_interval}"
+            )
+        if not 0 < self.stamp_max_age < math.inf:
+            raise SettingsError(
+                f"{ENV_STAMP_MAX_AGE} must be a positive number of seconds, "
+                f"got {self.stamp_max_age}"
+            )
+        if not 0 <= self.stamp_max_future < math.inf:
+            raise SettingsError(
+                f"{ENV_STAMP_MAX_FUTURE} must be a number of seconds, 0 or more, "
+                f"got {self.stamp_max_future}"
             )
         if self.retention_days is not None:
             if not 1 <= self.retention_days <= MAX_RETENTION_DAYS:
