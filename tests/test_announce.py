@@ -30,7 +30,7 @@ def test_on_says_where_what_and_how_to_opt_out(caplog, receiver, tmp_path):
     assert "is on" in line
     assert receiver.url in line
     assert "SQA_OPT_OUT=true" in line and "DO_NOT_TRACK=1" in line
-    assert "reqtelemetry inspect" in line
+    assert "REQTELEMETRY_DEBUG=1" in line and "reqtelemetry inspect" in line
 
 
 @pytest.mark.parametrize(

@@ -91,6 +91,10 @@ def test_inspect_prints_a_valid_report_without_identifiers(capsys):
     check_sample(payload)
     assert payload["traits"]["reqtelemetry_version"] == reqtelemetry.__version__
     assert "nowhere" in captured.err  # no endpoint configured
+    # ... by the environment: one set in the app's code still applies, and
+    # what the code sets is said to be unknown here.
+    assert "an endpoint the app sets in its code still applies" in captured.err
+    assert "REQTELEMETRY_DEBUG=1" in captured.err
 
 
 def test_inspect_compact_is_one_line(capsys):

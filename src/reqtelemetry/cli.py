@@ -1,9 +1,11 @@
 """The ``reqtelemetry`` command.
 
-``reqtelemetry inspect`` shows an operator, before anything is sent, the exact
+``reqtelemetry inspect`` shows an operator, before anything is sent, the
 report this environment would produce: the configuration comes from the same
 ``REQTELEMETRY_*`` / opt-out variables the app reads, and a few sample requests
 (with identifiers in their paths, to show they do not survive) fill the batch.
+It cannot read the options the app passes in its code, nor what the app learns
+as it serves: ``REQTELEMETRY_DEBUG=1`` prints the app's own reports.
 
 ``reqtelemetry collector`` runs the receiving service (uvicorn),
 ``reqtelemetry export --csv`` writes its per-endpoint report, and
@@ -166,9 +168,18 @@ def _inspect(args: argparse.Namespace) -> int:
     elif config.endpoint:
         destination = redacted_url(config.endpoint)
     else:
-        destination = "nowhere (no endpoint configured: nothing is sent)"
+        destination = (
+            "nowhere from the environment alone (REQTELEMETRY_ENDPOINT is not set; an "
+            "endpoint the app sets in its code still applies)"
+        )
     print(
         f"# reqtelemetry {__version__}: this environment would report to {destination}",
+        file=sys.stderr,
+    )
+    print(
+        "# not known here: what the app sets in its code (endpoint, app_name, app_version, "
+        "withheld traits) or learns as it serves (framework, server); REQTELEMETRY_DEBUG=1 "
+        "prints the reports the app itself makes, instead of sending them",
         file=sys.stderr,
     )
     print(

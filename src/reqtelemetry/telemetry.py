@@ -498,7 +498,8 @@ def _announce(telemetry: Telemetry, why_not: str | None) -> None:
         "reqtelemetry: anonymous usage telemetry is on, reporting to %s about every %s: "
         "counts, latencies and sizes per route template, and system traits (OS, Python, "
         "versions, CPU count, memory); never IPs, hostnames, paths, headers or bodies. "
-        "See it with `reqtelemetry inspect`; turn it off with SQA_OPT_OUT=true or DO_NOT_TRACK=1."
+        "Print it instead with REQTELEMETRY_DEBUG=1 (or its shape with `reqtelemetry inspect`); "
+        "turn it off with SQA_OPT_OUT=true or DO_NOT_TRACK=1."
     )
     arguments = (where, _human_seconds(config.flush_interval))
     current: logging.Logger | None = logger
