@@ -105,6 +105,32 @@ def test_an_excluded_route_reaches_no_instrument(make_telemetry):
     provider.shutdown()
 
 
+def test_a_route_less_apps_paths_make_no_series_of_their_own(make_telemetry):
+    """A route-less app's key is its anonymized path: as ``http.route`` it made
+    a time series per path (one per user in ``/users/{id}/profile``), without
+    a cap, until the SDK's overflow series took every later request."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    telemetry = make_telemetry()
+    telemetry._otel = OTelInstruments(meter_provider=provider)  # what otel=True makes
+    record = reqtelemetry.Telemetry.record
+    for user in range(50):
+        route = telemetry.route_for_unrouted(f"/users/{user}/profile", "", True)
+        record(telemetry, "GET", route, 200, 0.003, 0, 10)
+    record(telemetry, "GET", "/items/{item_id}", 503, 0.5, 0, 10)
+    (metric, _) = collect(reader)["http.server.request.duration"]
+    points = {
+        (p.attributes.get("http.route"), p.attributes["http.response.status_code"]): p
+        for p in metric.data.data_points
+    }
+    assert set(points) == {(None, 200), ("/items/{item_id}", 503)}
+    assert points[None, 200].count == 50
+    assert "error.type" not in points[None, 200].attributes
+    assert points["/items/{item_id}", 503].attributes["error.type"] == "503"
+    assert len(telemetry.snapshot()) == 51  # the reports keep their own keys
+    provider.shutdown()
+
+
 def test_without_an_sdk_provider_the_instruments_are_no_ops():
     from opentelemetry.metrics import NoOpMeterProvider
 
@@ -200,7 +226,7 @@ def test_telemetry_with_otel_records_through_the_global_provider(tmp_path):
     duration = {
         (
             p["attributes"]["http.request.method"],
-            p["attributes"]["http.route"],
+            p["attributes"].get("http.route"),
             p["attributes"]["http.response.status_code"],
             p["attributes"]["url.scheme"],
         ): p
@@ -210,19 +236,19 @@ def test_telemetry_with_otel_records_through_the_global_provider(tmp_path):
         ("GET", "/items/{item_id}", 200, "http"): 3,
         ("GET", "/items/{item_id}", 200, "https"): 1,
         ("POST", "/items", 201, "http"): 1,
-        ("GET", "<unmatched>", 404, "http"): 1,
+        ("GET", None, 404, "http"): 1,  # no template: no http.route, as the conventions say
     }
-    for point in duration.values():
-        assert set(point["attributes"]) == ATTRIBUTES
+    for (_, route, _, _), point in duration.items():
+        assert set(point["attributes"]) == (ATTRIBUTES if route else ATTRIBUTES - {"http.route"})
         assert point["sum"] > 0
     sizes = {
-        p["attributes"]["http.route"]: p["sum"]
+        p["attributes"].get("http.route"): p["sum"]
         for p in out["http.server.request.body.size"]["points"]
     }
     assert sizes["/items"] == 7
     responses: dict[str, int] = {}
     for p in out["http.server.response.body.size"]["points"]:
-        route = p["attributes"]["http.route"]
+        route = p["attributes"].get("http.route")
         responses[route] = responses.get(route, 0) + p["sum"]
     assert responses["/items/{item_id}"] == 40  # 4 answers of 10 bytes, http and https
 

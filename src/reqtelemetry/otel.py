@@ -12,6 +12,10 @@ from opentelemetry import metrics
 
 from ._version import __version__
 
+#: What :mod:`reqtelemetry.telemetry` keys a request no route took by (its
+#: ``UNMATCHED_ROUTE``, repeated here: that module imports this one).
+UNMATCHED_ROUTE = "<unmatched>"
+
 #: The bucket boundaries the HTTP semantic conventions recommend for durations.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
@@ -82,12 +86,21 @@ class OTelInstruments:
         passes through, and only when OpenTelemetry is on: without it no
         request pays for the check.
         """
-        attributes = {
+        attributes: dict[str, str | int] = {
             "http.request.method": method,
-            "http.route": route,
             "http.response.status_code": status,
             "url.scheme": scheme_attribute(scheme),
         }
+        if type(route) is str and route != UNMATCHED_ROUTE:
+            # A template only. Not a route-less app's anonymized path (an
+            # ``AnonymizedRoute``, a str subclass), nor "<unmatched>": the
+            # conventions leave ``http.route`` out where there is no template,
+            # and a path's hashes made a time series per path (203 for 203
+            # users), with no cap, until the SDK's overflow series swallowed
+            # every later request, errors on real routes included.
+            attributes["http.route"] = route
+        if status >= 500:
+            attributes["error.type"] = str(status)  # the conventions' value for a 5xx
         self.duration.record(duration, attributes)
         self.request_size.record(request_bytes, attributes)
         self.response_size.record(response_bytes, attributes)
