@@ -251,13 +251,19 @@ class Flusher:
 
     def _idle(self) -> bool:
         """Whether this process never was an instance: no report went, the app
-        served nothing, and nothing was recorded or counted."""
+        served nothing, and no request was recorded.
+
+        Counts alone do not make an instance: an app may count as it loads
+        (``telemetry.count("app.boot")`` at import), and so does every process
+        that loads it. Taken for an instance, a preloading gunicorn master,
+        which serves nothing, reported as one more instance, every hour, and
+        ``flask routes`` sent a report as it ended. A process that counts and
+        serves nothing is announced at the grace, as one that does neither.
+        """
         if self.announced or self.used or self.sequence:
             return False
         telemetry = self.telemetry
-        return not (
-            len(telemetry.recorder) or telemetry.recorder.queue or telemetry.metrics.has_counts()
-        )
+        return not (len(telemetry.recorder) or telemetry.recorder.queue)
 
     def close(self, timeout: float | None = None) -> bool:
         """Stop the thread and make a final flush, never taking more than ``timeout``
