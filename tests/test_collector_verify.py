@@ -626,3 +626,21 @@ def test_an_envelope_reads_as_json_loads_reads_it(fields, order, ascii_only, spa
         expected["payload"],
     )
     assert read.payload_bytes == expected["payload"].encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda p: p["metrics"]["counters"].update({"jobs.done\n": 1}),
+        lambda p: p["batch"]["records"][0].update(method="GET\n"),
+        lambda p: p["traits"].update(server="uvicorn\n"),
+        lambda p: p["traits"].update(framework="flask\n"),
+    ],
+)
+def test_a_pattern_is_read_as_the_schema_means_it_to_its_last_character(spoil):
+    # Python's "$" matches before a final newline: "jobs.done\n" was stored
+    # beside "jobs.done" as a counter of its own; ECMA's "$", which a JSON
+    # Schema's pattern means, does not.
+    payload = report()
+    spoil(payload)
+    assert "does not match" in refusal_of(payload).detail

@@ -27,6 +27,7 @@ from reqtelemetry.recorder import Recorder
 GOOD_NAMES = ["jobs", "feature.export_pdf", "a1.b_2.c3", "cache.misses", "x" * MAX_NAME_LENGTH]
 BAD_NAMES = [
     "",
+    "jobs.done\n",  # Python's "$" matched before it; the schema's (ECMA's) does not
     "Feature",
     "1abc",
     "_private",
@@ -53,7 +54,10 @@ BAD_INCREMENTS = [
     False,
     "1",
     None,
-    Decimal("1"),
+    Decimal("NaN"),
+    Decimal("-Infinity"),
+    Decimal("-1"),
+    Decimal(2**63),
     [1],
     # Past what the collector holds: it would refuse the whole report.
     2**63,
@@ -546,3 +550,19 @@ def test_the_name_cap_keeps_payloads_valid(make_sender, receiver):
     assert telemetry.flush() is True
     last = receiver.reports_from(telemetry.instance_id)[-1]
     assert len(last["metrics"]["counters"]) == 100  # the schema's maximum; fixture validates
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [(Decimal("3"), 3), (Decimal("12.50"), 12.5), (Decimal("1E+3"), 1000)],
+)
+def test_a_decimal_is_a_number_as_a_database_gives_it(telemetry, given, sent):
+    # psycopg gives a SUM or a NUMERIC column as a Decimal: such a gauge was
+    # left out of every report, such an increment refused.
+    telemetry.gauge("orders.total", lambda: given)
+    telemetry.count("orders.placed", Decimal("2"))
+    collected = telemetry.metrics.collect()
+    assert collected["gauges"] == {"orders.total": sent}
+    assert type(collected["gauges"]["orders.total"]) is type(sent)
+    assert collected["counters"] == {"orders.placed": 2}
+

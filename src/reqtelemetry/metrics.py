@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from numbers import Integral, Real
 
 from .payload import MAX_METRIC_VALUE, metric_value_fits
@@ -42,7 +43,10 @@ _VALID_NAMES_CAP = 4096
 def validate_name(name: object) -> str:
     if type(name) is str and name in _VALID_NAMES:
         return name
-    if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.match(name):
+    # fullmatch: the pattern's "$" also matches before a final newline, and
+    # "jobs.done\n" was a counter of its own (ECMA's "$", which the schema
+    # means, refuses it: another validator would refuse the whole report).
+    if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(name):
         raise ValueError(
             f"metric name must be lowercase dotted words like 'feature.export_pdf' "
             f"(at most {MAX_NAME_LENGTH} characters), got {name!r}"
@@ -63,7 +67,15 @@ def _validate_number(value: object, what: str) -> float:
     ``Fraction``) is a ValueError like any other bad value, not the
     OverflowError ``float()`` would raise. ``True`` is an int to Python but
     as a count or a sample it is a mistake (a predicate passed for a number).
+    A ``Decimal`` is a number too, though not a ``Real`` to Python: what a
+    database driver gives for a ``SUM`` or a ``NUMERIC`` column (psycopg's,
+    sqlite3's with a converter), so a gauge reading one was left out of
+    every report; a whole one stays exact.
     """
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{what} must be a finite number, got {_shown(value)}")
+        value = int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{what} must be a number, got {_shown(value)}")
     number: float

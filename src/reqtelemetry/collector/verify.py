@@ -35,6 +35,7 @@ import math
 import re
 import sys
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,8 +115,32 @@ def _is_written_integer(checker: Any, instance: Any) -> bool:
     return type(instance) is int
 
 
+def _ecma_pattern(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    """``pattern`` as JSON Schema means it (ECMA-262), where a final ``$``
+    matches only at the end of the text.
+
+    Why: Python's ``$`` also matches before a final newline, so a metric name
+    or a method ending in a newline passed here and was stored apart from the
+    real one, where another validator refuses the whole report.
+    """
+    if not isinstance(instance, str):
+        return
+    compiled = _ECMA_PATTERNS.get(pattern)
+    if compiled is None:
+        at_end = pattern.endswith("$") and not pattern.endswith("\\$")
+        compiled = _ECMA_PATTERNS[pattern] = re.compile(pattern[:-1] + r"\Z" if at_end else pattern)
+    if compiled.search(instance) is None:
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+#: The schema's patterns, compiled as :func:`_ecma_pattern` reads them (a few dozen).
+_ECMA_PATTERNS: dict[str, re.Pattern[str]] = {}
+
 _PayloadValidator = jsonschema.validators.extend(
     jsonschema.Draft202012Validator,
+    validators={"pattern": _ecma_pattern},
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", _is_written_integer
     ),
