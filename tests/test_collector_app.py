@@ -1259,51 +1259,56 @@ def _answer_status(connection: socket.socket) -> int:
 
 
 @pytest.mark.e2e
-def test_bodies_still_arriving_hold_places_in_the_line(
+def test_bodies_still_arriving_are_bounded_by_their_bytes_and_honest_reports_go_on(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Senders that each declared a megabyte and stopped a byte short held it,
     # and their connections, without end: a hundred of them took a collector
-    # from 44 to 163 MiB, and every further report was still read in full.
-    # A body being read takes its place in the line, and one that has not
-    # arrived in time is answered 408 and let go.
+    # from 44 to 163 MiB. The bodies being read now hold at most what the
+    # verification line's would (here 4 x 1 MiB), and one that has not arrived
+    # in time is answered 408 and let go. Bounded by places instead, 68
+    # connections of one byte each shut every honest report out.
     monkeypatch.setattr(collector_app, "VERIFY_CONCURRENCY", 2)
     monkeypatch.setattr(collector_app, "VERIFY_QUEUE", 2)
-    timing = Timing(body_timeout=1.5)
-    app = create_app(collector_settings(), storage, timing=timing)
+    app = create_app(collector_settings(), storage, timing=Timing(body_timeout=2.0))
     server = ServerThread(app)
     server.start()
     stalled: list[socket.socket] = []
-    try:
-        stalled = [_stalled_body(server.port, "/v1/report", MIB, MIB // 2) for _ in range(4)]
+
+    def holding_at_least(count: int) -> None:
         deadline = time.monotonic() + 10
-        while app.state.gate.present() < 4:
-            assert time.monotonic() < deadline
+        while app.state.reading.held() < count:
+            assert time.monotonic() < deadline, app.state.reading.held()
             time.sleep(0.01)
-        # The line is full of bodies being read: told at once to come back,
-        # before its own body is read at all.
-        began = time.monotonic()
-        late = _stalled_body(server.port, "/v1/report", MIB, 0)
-        with late:
-            assert _answer_status(late) == 503
-        assert time.monotonic() - began < 1.0
+
+    try:
+        # Many senders of one byte each hold next to nothing: reports go on.
+        stalled = [_stalled_body(server.port, "/v1/report", MIB, 1) for _ in range(20)]
+        holding_at_least(20)
         with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
-            busy = http.post("/v1/report", content=b"{}", headers=PLAIN)
-            assert busy.status_code == 503
-            assert busy.json()["error"] == "busy"
-            # The stalled ones are answered 408 once their time is up, and let go.
-            assert [_answer_status(connection) for connection in stalled] == [408] * 4
-            assert app.state.gate.present() == 0
-            # Their places are free again: a report is read and verified.
+            honest = http.post("/v1/report", content=b"{}", headers=PLAIN)
+            assert honest.status_code == 400, honest.text  # read and verified
+            assert honest.json()["error"] == "bad_envelope"
+            # Four that stopped just short of a megabyte hold the budget.
+            stalled += [_stalled_body(server.port, "/v1/report", MIB, MIB - 64) for _ in range(4)]
+            holding_at_least(4 * (MIB - 64))
+            began = time.monotonic()
+            more = _stalled_body(server.port, "/v1/report", MIB, MIB // 2)
+            with more:
+                assert _answer_status(more) == 503  # told at once, its body unread
+            assert time.monotonic() - began < 1.5
+            assert app.state.reading.held() <= 4 * MIB
+            # Their time up, all are answered 408 and let go.
+            assert {_answer_status(connection) for connection in stalled} == {408}
+            assert app.state.reading.held() == 0
             after = http.post("/v1/report", content=b"{}", headers=PLAIN)
             assert after.status_code == 400, after.text
-            assert after.json()["error"] == "bad_envelope"
     finally:
         for connection in stalled:
             connection.close()
         server.stop()
-    assert app.state.refusals.write() == 1  # the last one; a late body is no refusal
-    assert storage.refusals() == {"bad_envelope": 1}
+    assert app.state.refusals.write() == 2  # the two honest ones; a late body is no refusal
+    assert storage.refusals() == {"bad_envelope": 2}
 
 
 @pytest.mark.e2e
@@ -2582,6 +2587,27 @@ def test_a_client_that_leaves_no_time_is_no_storage_outage(
     logged = [r for r in caplog.records if r.name.startswith("reqtelemetry.collector")]
     assert [r.getMessage() for r in logged if r.levelno >= logging.WARNING] == []
     assert any("too short to store it" in r.getMessage() for r in logged)
+
+
+@pytest.mark.e2e
+def test_a_final_report_held_up_by_the_database_is_said(
+    collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A final report at shutdown states its 2 s (a budget of 1 s): one held
+    # up past it by the database is lost for good, and must be said, not
+    # taken for a client that left no time.
+    payload = make_payload(new_id(), new_id())
+    body = envelope(collector.session(payload["deployment_id"], payload["instance_id"]), payload)
+    with (
+        caplog.at_level(logging.INFO, logger="reqtelemetry.collector"),
+        another_writer(location(collector.storage)),
+    ):
+        response = collector.http.post(
+            "/v1/report", content=gzip.compress(body), headers={**GZIP, WAIT_HEADER: "2.000"}
+        )
+    assert response.status_code == 503, response.text
+    (first,) = _errors(caplog)
+    assert first.getMessage().startswith("could not store a report within its 1.0 s")
 
 
 @pytest.mark.parametrize(
