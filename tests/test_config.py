@@ -230,6 +230,23 @@ def test_bad_environment_values_give_clear_errors(environ, match):
         resolve(environ)
 
 
+def test_a_variable_is_named_only_for_the_error_it_causes():
+    # Each override was tried with the code's options, and the first that
+    # failed was blamed: for the code's own bad value, or another variable's.
+    with pytest.raises(ValueError) as code_at_fault:
+        resolve({"REQTELEMETRY_FLUSH_INTERVAL": "120"}, disabled_traits=["hostnme"])
+    assert str(code_at_fault.value).startswith("unknown trait name(s) to withhold: hostnme")
+    with pytest.raises(ValueError) as code_at_fault:
+        resolve({"REQTELEMETRY_APP_NAME": "shop"}, max_keys=0)
+    assert str(code_at_fault.value).startswith("max_keys must be at least 1")
+    with pytest.raises(ValueError) as two_bad:
+        resolve({"REQTELEMETRY_ENDPOINT": "ftp://x", "REQTELEMETRY_MAX_KEYS": "0"})
+    variable, about = str(two_bad.value).split(": ", 1)
+    assert variable == {"max_keys": "REQTELEMETRY_MAX_KEYS", "endpoint": "REQTELEMETRY_ENDPOINT"}[
+        about.split(" ")[0]
+    ]
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [

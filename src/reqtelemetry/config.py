@@ -262,7 +262,7 @@ class Config:
             config.validate()
         except ValueError as error:
             if reason is None:  # on: a bad value is a clear error at start
-                variable = _variable_at_fault(cls, options, overrides)
+                variable = _variable_at_fault(cls, options, overrides, error)
                 if variable is not None and not str(error).startswith(variable):
                     raise ValueError(f"{variable}: {error}") from None
                 raise
@@ -270,13 +270,15 @@ class Config:
             # still checked below, so a bug in code fails the same either way.
             # Named, not quoted: a bad value may be a secret (a token pasted
             # into the endpoint, say), and logs are read by more people.
-            variable = _variable_at_fault(cls, options, overrides) or str(error).split(" ")[0]
+            variable = _variable_at_fault(cls, options, overrides, error)
+            if variable is None and str(error).startswith("REQTELEMETRY_"):
+                variable = str(error).split(" ")[0]  # one that did not parse names itself
             logger.info(
                 "reqtelemetry: telemetry is off (%s); ignoring the REQTELEMETRY_* settings "
                 "(%s), which are not all valid: %s cannot be used",
                 reason,
                 ", ".join(sorted(name for name in environ if name.startswith("REQTELEMETRY_"))),
-                variable if variable.startswith("REQTELEMETRY_") else "one of them",
+                variable or "one of them",
             )
             config = replace(cls(**options), opt_out=True, opt_out_reason=reason)
             config.validate()
@@ -497,21 +499,32 @@ _VARIABLE_OF = {
 
 
 def _variable_at_fault(
-    cls: type[Config], options: dict[str, Any], overrides: dict[str, Any]
+    cls: type[Config], options: dict[str, Any], overrides: dict[str, Any], error: ValueError
 ) -> str | None:
-    """The ``REQTELEMETRY_*`` variable whose value alone makes the config fail;
-    None when it is none of them (the code's own options fail).
+    """The ``REQTELEMETRY_*`` variable whose value alone fails with ``error``;
+    None when none does (the code's own options fail, say).
 
     Why: a value that parses but cannot work (``REQTELEMETRY_MAX_KEYS=0``)
     failed with the option's name (``max_keys must be at least 1``), which the
     operator who set the variable may never have heard of. Only on the error
-    path: each override is tried alone against the code's options.
+    path: each override is tried alone against the code's options, and one is
+    named only if the code's options pass without it and it fails with the
+    very error raised (of several bad ones, the one the error is about).
     """
+    if _failure(cls, options, {}) is not None:
+        return None  # the code's own options fail: no variable is to blame
     for name, value in overrides.items():
-        try:
-            cls(**_with_environment(options, {name: value})).validate()
-        except ValueError:
+        if _failure(cls, options, {name: value}) == str(error):
             return _VARIABLE_OF.get(name)
+    return None
+
+
+def _failure(cls: type[Config], options: dict[str, Any], overrides: dict[str, Any]) -> str | None:
+    """What the config of ``options`` with ``overrides`` fails with; None if it works."""
+    try:
+        cls(**_with_environment(options, overrides)).validate()
+    except ValueError as error:
+        return str(error)
     return None
 
 
