@@ -242,9 +242,12 @@ def test_a_variable_is_named_only_for_the_error_it_causes():
     with pytest.raises(ValueError) as two_bad:
         resolve({"REQTELEMETRY_ENDPOINT": "ftp://x", "REQTELEMETRY_MAX_KEYS": "0"})
     variable, about = str(two_bad.value).split(": ", 1)
-    assert variable == {"max_keys": "REQTELEMETRY_MAX_KEYS", "endpoint": "REQTELEMETRY_ENDPOINT"}[
-        about.split(" ")[0]
-    ]
+    assert (
+        variable
+        == {"max_keys": "REQTELEMETRY_MAX_KEYS", "endpoint": "REQTELEMETRY_ENDPOINT"}[
+            about.split(" ")[0]
+        ]
+    )
 
 
 @pytest.mark.parametrize(

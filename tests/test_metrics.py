@@ -565,4 +565,3 @@ def test_a_decimal_is_a_number_as_a_database_gives_it(telemetry, given, sent):
     assert collected["gauges"] == {"orders.total": sent}
     assert type(collected["gauges"]["orders.total"]) is type(sent)
     assert collected["counters"] == {"orders.placed": 2}
-
