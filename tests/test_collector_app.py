@@ -3087,6 +3087,10 @@ def test_csv_cells_after_a_semicolon_cannot_become_formulas_either() -> None:
     assert read["route"] == "/x;'=cmd|'/C calc'!A0;'@SUM(1+1)"
     assert read["app_name"] == "shop;'+HYPERLINK(A1)"
     assert read["app_version"] == "1;' -1+1;'\"=2"
+    # Spaces or quotes before a formula at a cell's start are no way round either.
+    for sneaky in (" =1+1", "\u00a0=1+1", '"=1+1', "  @SUM(1)"):
+        (read,) = csv.DictReader(io.StringIO("".join(csv_chunks([{"route": sneaky}]))))
+        assert read["route"].startswith("'"), sneaky
     # A route without a formula after its ";" keeps it as it was (matrix parameters).
     assert "".join(csv_chunks([{"route": "/a;b=1"}])).splitlines()[1].startswith(",/a;b=1,")
 
@@ -3371,18 +3375,23 @@ def test_a_dashboard_token_a_link_must_encode_is_warned_of_and_works(
         settings = CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_TOKEN": token})
     warned = [r.getMessage() for r in caplog.records if "percent-encode" in r.getMessage()]
     assert len(warned) == 1
-    assert all(repr(char) in warned[0] for char in "+/= ")
+    assert all(repr(char) in warned[0] for char in "+ ")
+    assert not any(repr(char) in warned[0] for char in "/=")  # these arrive as written
     collector = make_collector(dashboard_token=settings.dashboard_token)
     header = {"Authorization": f"Bearer {token}"}
     assert collector.http.get("/api/summary", headers=header).status_code == 200
     assert collector.http.get("/api/summary", params={"token": token}).status_code == 200
     raw = token.replace(" ", "%20")  # pasted as it is: its '+' reads as a space
     assert collector.http.get(f"/api/summary?token={raw}").status_code == 401
-    # A token of URL-safe characters is not warned of.
+    # A token whose characters a link keeps as they are is not warned of,
+    # and opens the dashboard from a raw link.
     caplog.clear()
+    kept = "Ab-9_x.y~/=:!*" * 2
     with caplog.at_level(logging.WARNING, logger="reqtelemetry.collector"):
-        CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_TOKEN": "Ab-9_x.y~" * 3})
+        CollectorSettings.resolve({"REQTELEMETRY_DASHBOARD_TOKEN": kept})
     assert not [r for r in caplog.records if "percent-encode" in r.getMessage()]
+    other = make_collector(dashboard_token=kept)
+    assert other.http.get(f"/api/summary?token={kept}").status_code == 200
 
 
 def test_production_refuses_a_short_basic_auth_password() -> None:

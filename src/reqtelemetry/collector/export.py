@@ -48,9 +48,11 @@ _LATENCIES = (("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"), ("mean", 
 #: What makes a spreadsheet take a cell for a formula (a tab or carriage
 #: return cannot start one here: control characters are escaped first).
 _FORMULA_START = ("=", "+", "-", "@")
-#: A ``;`` that a formula follows: where a spreadsheet that splits on ``;``
-#: (Excel's default in much of Europe) would start a cell with that formula.
+#: A cell's start, or a ``;`` (where a spreadsheet that splits on ``;``,
+#: Excel's default in much of Europe, starts a cell), that a formula follows,
+#: after any spaces or quotes.
 _FORMULA_AFTER_SEMICOLON = re.compile(r";(?=[\s\"']*[=+\-@])")
+_FORMULA_AFTER_SPACES = re.compile(r"[\s\"']+[=+\-@]")
 #: Control characters (C0, DEL, C1), written as ``\xNN`` in a text cell.
 _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 DAY = 86400
@@ -202,8 +204,8 @@ def _cells(row: dict[str, Any]) -> list[Any]:
 
 
 def _cell(value: Any) -> Any:
-    """``value`` as a CSV cell: text a spreadsheet cannot run, a terminal
-    cannot obey, and a reader can still tell apart.
+    """``value`` as a CSV cell: text a spreadsheet cannot run and a terminal
+    cannot obey.
 
     Why: a route, an app's name and its version are whatever a sender wrote.
     Opened in a spreadsheet, a cell starting with ``=`` (or ``+``, ``-``,
@@ -212,7 +214,8 @@ def _cell(value: Any) -> Any:
     spreadsheet shows as text. Printed to a terminal (``reqtelemetry export``
     writes to standard output), an escape sequence rewrites lines, the
     window's title or the clipboard: control characters are written as
-    ``\\xNN``.
+    ``\\xNN`` (which a route may also hold as text: the cell is for reading,
+    the report's data is in the database as it came).
     """
     if value is None:
         return ""
@@ -221,6 +224,6 @@ def _cell(value: Any) -> Any:
     text = value if value.isprintable() else value.translate(_CONTROL_ESCAPES)
     if ";" in text:
         text = _FORMULA_AFTER_SEMICOLON.sub(";'", text)
-    if text.startswith(_FORMULA_START):
+    if text.startswith(_FORMULA_START) or _FORMULA_AFTER_SPACES.match(text):
         return "'" + text
     return text

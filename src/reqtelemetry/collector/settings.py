@@ -362,7 +362,10 @@ def _check_token_text(token: str) -> None:
 
 def _warn_of_link_changes(token: str) -> None:
     """Warn of a token that a link's raw ``?token=`` changes (a ``+`` reads as a space)."""
-    unsafe = sorted({char for char in token if not (char.isalnum() or char in "-._~")})
+    # What a link's query changes: "+" reads as a space, "&" and "#" end the
+    # value, "%" starts an escape, a space is no URL character. The rest of
+    # printable ASCII ("/", "=", ":", "!"...) arrives as it was written.
+    unsafe = sorted({char for char in token if char in "+&#% "})
     if unsafe:
         logger.warning(
             "%s holds %s, which a link's ?token= must percent-encode (a raw '+' reads as a "
