@@ -644,3 +644,18 @@ def test_a_pattern_is_read_as_the_schema_means_it_to_its_last_character(spoil):
     payload = report()
     spoil(payload)
     assert "does not match" in refusal_of(payload).detail
+
+
+def test_of_several_numbers_out_of_range_the_first_is_named():
+    payload = report()
+    payload["metrics"]["counters"].update({"first.one": 2**63, "second.one": 2**64})
+    assert refusal_of(payload).detail.startswith("metrics/counters/first.one: ")
+
+
+def test_a_number_of_more_digits_than_python_converts_is_named_too():
+    payload = report()
+    payload["metrics"]["counters"]["huge.one"] = 12345
+    text = json.dumps(payload).replace("12345", "9" * 5000)
+    with pytest.raises(Refusal) as refused:
+        check_payload(text.encode(), CLAIMS)
+    assert refused.value.detail.startswith("metrics/counters/huge.one: ")

@@ -547,9 +547,11 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
     try:
         payload = parse_json(payload_bytes)
     except ValueError as error:
-        where = _out_of_range_path(payload_bytes) if "out of" in str(error) else None
+        where = _out_of_range_path(payload_bytes)  # the error path only, after the work
         if where is not None:
-            raise Refusal("invalid_payload", f"{where}: {_clip(str(error))}") from None
+            raise Refusal(
+                "invalid_payload", f"{where}: a number out of range ({_clip(str(error))})"
+            ) from None
         raise Refusal("invalid_payload", f"the payload is not JSON: {_clip(str(error))}") from None
     try:
         error = best_match(_VALIDATOR.iter_errors(_without_histograms(payload)))
@@ -685,21 +687,30 @@ def _out_of_range_path(payload_bytes: bytes) -> str | None:
     on that error path: the body is read again, without the range checks.
     """
     try:
-        value = json.loads(payload_bytes, parse_constant=float)
+        # Integers too long to convert (Python refuses over 4,300 digits) are
+        # out of range anyway: read as one that is, without converting them.
+        value = json.loads(payload_bytes, parse_constant=float, parse_int=_int_or_too_large)
     except (ValueError, RecursionError):
         return None
     pending: list[tuple[tuple[str, ...], Any]] = [((), value)]
-    while pending:
+    while pending:  # depth first, in the document's order: the first such number
         path, item = pending.pop()
         if isinstance(item, dict):
-            pending.extend(((*path, _clip(str(key), 40)), child) for key, child in item.items())
+            children = [((*path, _clip(str(key), 40)), child) for key, child in item.items()]
+            pending.extend(reversed(children))
         elif isinstance(item, list):
-            pending.extend(((*path, str(index)), child) for index, child in enumerate(item))
+            children = [((*path, str(index)), child) for index, child in enumerate(item)]
+            pending.extend(reversed(children))
         elif (type(item) is int and not -_INT64 <= item < _INT64) or (
             type(item) is float and not math.isfinite(item)
         ):
             return "/".join(path) or "<root>"
     return None
+
+
+def _int_or_too_large(text: str) -> int:
+    """``text`` as an integer, or one past the 64-bit range where it has too many digits."""
+    return _INT64 if len(text.lstrip("-")) > _INT64_DIGITS else int(text)
 
 
 def _nul_path(value: Any) -> str | None:
