@@ -13,9 +13,24 @@ def item_detail(request, pk):
     return JsonResponse({"pk": pk})
 
 
+class CountedJoins(HttpResponse):
+    """An HttpResponse that counts how often its chunks are joined (``content``)."""
+
+    joins = 0
+
+    @property
+    def content(self):
+        CountedJoins.joins += 1
+        return super().content
+
+    @content.setter
+    def content(self, value):
+        HttpResponse.content.fset(self, value)
+
+
 def many_chunks(request):
     # What csv.writer into an HttpResponse makes: one chunk per row.
-    response = HttpResponse(content_type="text/csv")
+    response = CountedJoins(content_type="text/csv")
     for _ in range(1000):
         response.write(b"row,1,2\r\n")
     return response
