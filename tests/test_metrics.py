@@ -319,6 +319,25 @@ def test_the_number_of_names_is_capped(make_telemetry, caplog):
     assert len([r for r in caplog.records if "metric names" in r.getMessage()]) == 1
 
 
+def test_past_the_cap_the_same_names_are_left_out_in_every_report(make_telemetry, caplog):
+    # Counted per report, the cap left out whichever names came last in each
+    # period: "a" in one report, "c" in the next, and only the first warned of.
+    telemetry = make_telemetry(max_metrics=2)
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        telemetry.count("a")
+        telemetry.count("b")
+        telemetry.count("c")  # past the cap
+        assert telemetry.metrics.collect()["counters"] == {"a": 1, "b": 1}
+        telemetry.count("c")  # the next report's counters start afresh
+        telemetry.count("b")
+        telemetry.count("a")
+        assert telemetry.metrics.collect()["counters"] == {"a": 1, "b": 1}
+        telemetry.metrics.merge({"counters": {"c": 5, "a": 2}})  # an undelivered report back
+        assert telemetry.metrics.collect()["counters"] == {"a": 2}
+    (warning,) = [r.getMessage() for r in caplog.records if "metric names" in r.getMessage()]
+    assert "'c'" in warning and "for the life of the process" in warning
+
+
 def test_counting_is_thread_safe(telemetry):
     def work() -> None:
         for _ in range(5000):
@@ -345,13 +364,13 @@ def test_merge_puts_counters_back_and_keeps_the_cap():
     metrics.count("b")
     taken = metrics.collect()
     metrics.count("a", 1)
-    metrics.count("c")
-    metrics.count("d")  # a, c, d: the cap is full
-    metrics.merge(taken)  # a is known; b would be a fourth name: refused and counted
+    metrics.count("c")  # a, b, c: the cap is full, for the process's life
+    metrics.count("d")  # a fourth name: refused and counted
+    metrics.merge(taken)  # a and b are kept names: put back
+    metrics.merge({"counters": {"e": 7}})  # a name past the cap is refused there too
     collected = metrics.collect()
-    assert collected["counters"] == {"a": 3, "c": 1, "d": 1}
-    assert len(collected["counters"]) <= 3
-    assert metrics.refused == 1
+    assert collected["counters"] == {"a": 3, "b": 1, "c": 1}
+    assert metrics.refused == 2
 
 
 # -- values the collector can hold -------------------------------------------------------

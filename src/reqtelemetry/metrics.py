@@ -152,6 +152,9 @@ class AppMetrics:
         self._counters: dict[str, float] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
         self.refused = 0
+        #: The names taken so far, at most ``max_names``, for the process's
+        #: life: past the cap, the names left out are the same in every report.
+        self._taken: set[str] = set()
         self._warned: set[str] = set()
         #: The gauges whose callback still runs, each with its run.
         self._sampling: dict[str, _Sample] = {}
@@ -163,7 +166,7 @@ class AppMetrics:
         """Add ``value`` (default 1, never negative) to the counter ``name``."""
         value = check_count(name, value)
         with self._lock:
-            if name not in self._counters and self._names() >= self.max_names:
+            if not self._takes(name):
                 self._refuse(name)
                 return
             saturated = self._add(name, value)
@@ -174,7 +177,7 @@ class AppMetrics:
         """Sample ``callback()`` at every report as the gauge ``name``."""
         check_gauge(name, callback)
         with self._lock:
-            if name not in self._gauges and self._names() >= self.max_names:
+            if not self._takes(name):
                 self._refuse(name)
                 return
             self._gauges[name] = callback
@@ -215,17 +218,31 @@ class AppMetrics:
                 name,
             )
 
-    def _names(self) -> int:
-        return len(self._counters.keys() | self._gauges.keys())
+    def _takes(self, name: str) -> bool:
+        """Whether ``name`` is one of the names kept, taking it if there is room.
+
+        Why for the process's life, not per report: counters start afresh at
+        each report, and a cap counted per report left out whichever names
+        came last in that period, a different one each time, with one
+        warning for the first only. Called with the lock held.
+        """
+        if name in self._taken:
+            return True
+        if len(self._taken) >= self.max_names:
+            return False
+        self._taken.add(name)
+        return True
 
     def _refuse(self, name: str) -> None:
         self.refused += 1
         if "cap" not in self._warned:
             self._warned.add("cap")
             logger.warning(
-                "reqtelemetry: more than %d metric names; %r and later ones are not recorded",
+                "reqtelemetry: more than %d metric names; %r and every other name past "
+                "the first %d is not recorded, for the life of the process",
                 self.max_names,
                 name,
+                self.max_names,
             )
 
     def collect(self, timeout: float = GAUGE_SAMPLE_SECONDS) -> dict[str, dict[str, float]]:
@@ -371,7 +388,7 @@ class AppMetrics:
             for name, value in metrics.get("counters", {}).items():
                 if not metric_value_fits(value, counter=True):
                     continue  # never taken from here: a report must not bring one in
-                if name not in self._counters and self._names() >= self.max_names:
+                if not self._takes(name):
                     self._refuse(name)
                     continue
                 if self._add(name, value):
