@@ -130,20 +130,41 @@ def test_a_process_that_never_served_sends_nothing_and_waits_for_nothing(
         **{**SENDER_DEFAULTS, "shutdown_timeout": 30.0},
     )
     telemetry = Telemetry(config=config)
-    # Counting as the app loads (a boot counter) does not make it one: a
-    # preloading gunicorn master reported as one more instance every hour,
-    # and `flask routes` sent a report as it ended.
-    telemetry.count("app.boot")
     flusher = telemetry.flusher
     assert flusher.running
-    if how == "at exit":  # and no poll for use takes it for one meanwhile
-        time.sleep(1.5 * flusher_module.IDLE_POLL_SECONDS)
     if how == "closed":
         assert telemetry.close() is False
     else:
         telemetry_module.close_all_at_exit()  # what atexit runs
     flusher._thread.join(5)
     assert not flusher.running and flusher.sequence == 0
+    silent_endpoint.assert_no_connection()
+
+
+def test_a_process_that_only_counts_sends_its_counts(make_sender, receiver):
+    """A script, or a queue's worker, that counts and serves nothing: its
+    counts are the app's usage, and go (6228cd6 lost them)."""
+    telemetry = make_sender(served=False, settled=False)
+    telemetry.count("backup.files", 5)
+    assert telemetry.close() is True
+    reports = receiver.reports_from(telemetry.instance_id)
+    assert sum(r["metrics"]["counters"].get("backup.files", 0) for r in reports) == 5
+
+
+def test_a_forked_master_that_counted_as_it_loaded_sends_nothing(silent_endpoint, tmp_path):
+    """A preloading gunicorn master counts as it loads the app, then forks
+    the workers that serve: it reported as one more instance every hour."""
+    config = make_config(
+        endpoint=silent_endpoint.url,
+        deployment_id_path=str(tmp_path / "id"),
+        **{**SENDER_DEFAULTS, "shutdown_timeout": 30.0},
+    )
+    telemetry = Telemetry(config=config)
+    telemetry.count("app.boot")
+    telemetry.flusher.note_fork()  # what the fork hook says in the parent
+    time.sleep(1.5 * flusher_module.IDLE_POLL_SECONDS)  # a poll for use sees the counts
+    assert telemetry.close() is False
+    assert telemetry.flusher is None
     silent_endpoint.assert_no_connection()
 
 

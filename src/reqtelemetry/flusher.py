@@ -251,19 +251,21 @@ class Flusher:
 
     def _idle(self) -> bool:
         """Whether this process never was an instance: no report went, the app
-        served nothing, and no request was recorded.
+        served nothing, and nothing was recorded or counted.
 
-        Counts alone do not make an instance: an app may count as it loads
-        (``telemetry.count("app.boot")`` at import), and so does every process
-        that loads it. Taken for an instance, a preloading gunicorn master,
-        which serves nothing, reported as one more instance, every hour, and
-        ``flask routes`` sent a report as it ended. A process that counts and
-        serves nothing is announced at the grace, as one that does neither.
+        Counts make an instance too (a script, a queue's worker that only
+        counts: their counts must go), but not of a process that forked the
+        ones that serve: a preloading gunicorn master that counts as it loads
+        the app (``telemetry.count("app.boot")`` at import) reported as one
+        more instance, every hour, serving nothing. (Its workers start their
+        counts afresh: the master's are its own, and go nowhere.)
         """
         if self.announced or self.used or self.sequence:
             return False
         telemetry = self.telemetry
-        return not (len(telemetry.recorder) or telemetry.recorder.queue)
+        if len(telemetry.recorder) or telemetry.recorder.queue:
+            return False
+        return self.forked or not telemetry.metrics.has_counts()
 
     def close(self, timeout: float | None = None) -> bool:
         """Stop the thread and make a final flush, never taking more than ``timeout``
