@@ -2610,6 +2610,60 @@ def test_a_final_report_held_up_by_the_database_is_said(
     assert first.getMessage().startswith("could not store a report within its 1.0 s")
 
 
+@pytest.mark.e2e
+def test_a_report_whose_time_went_on_its_slow_body_is_no_storage_outage(
+    collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A body that took its client's whole budget to arrive left no time to
+    # store it: answered too slow, but a storage outage was logged with a
+    # traceback, the database never asked.
+    payload = make_payload(new_id(), new_id())
+    body = gzip.compress(
+        envelope(collector.session(payload["deployment_id"], payload["instance_id"]), payload)
+    )
+    port = int(collector.url.rsplit(":", 1)[1])
+    with (
+        caplog.at_level(logging.DEBUG, logger="reqtelemetry.collector"),
+        socket.create_connection(("127.0.0.1", port), timeout=10) as connection,
+    ):
+        connection.sendall(
+            b"POST /v1/report HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: gzip\r\n"
+            + f"{WAIT_HEADER}: 1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
+        time.sleep(0.8)  # past the 0.5 s budget
+        connection.sendall(body[10:])
+        assert _answer_status(connection) == 503
+    assert collector.reports_stored() == 0
+    logged = [r for r in caplog.records if r.name.startswith("reqtelemetry.collector")]
+    assert [r.getMessage() for r in logged if r.levelno >= logging.WARNING] == []
+    assert any("too short to store it" in r.getMessage() for r in logged)
+
+
+@pytest.mark.e2e
+def test_a_body_past_the_cap_is_too_large_whatever_the_budget_holds(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checked against the budget first, a chunked body past the cap was told
+    # "busy" (try again) where it is "too large" (split it): the client sent
+    # the same body again and again, and the refusal was never counted.
+    monkeypatch.setattr(collector_app, "VERIFY_CONCURRENCY", 2)
+    monkeypatch.setattr(collector_app, "VERIFY_QUEUE", 2)
+    app = create_app(collector_settings(max_body_bytes=1024), storage)  # a budget of 4 KiB
+    server = ServerThread(app)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
+            for size in (5_000, 200_000):
+                chunks = (b" " * 1000 for _ in range(size // 1000))  # chunked: no length
+                response = http.post("/v1/report", content=chunks, headers=PLAIN)
+                assert response.status_code == 413, (size, response.text)
+        assert app.state.reading.held() == 0
+    finally:
+        server.stop()
+    assert app.state.refusals.write() == 2
+
+
 @pytest.mark.parametrize(
     ("stated", "budget"),
     [

@@ -113,13 +113,14 @@ UNAVAILABLE_RETRY_AFTER = 60
 #: while the client still waits. A client that states a shorter wait
 #: (:data:`~reqtelemetry.transport.WAIT_HEADER`) gets half of it instead.
 COMMIT_BUDGET = 8.0
-#: The shortest budget whose missed deadline says anything about the
-#: database: a report whose client left it less (a stated wait of 0, or a few
-#: milliseconds at the very end of a flush) is answered as too slow, but not
-#: logged as a storage failure, which would announce an outage, then its end.
-#: Well under what any client states on purpose: a final report at shutdown
-#: states its 2 s, a budget of 1 s, and a database that holds it up must be said.
-SHORTEST_TELLING_BUDGET = 0.1
+#: The shortest time left to store a report whose missed deadline says
+#: anything about the database: a report with less (its client stated a wait
+#: of 0, or its body or its turn took its time) is answered as too slow, but
+#: not logged as a storage failure, which would announce an outage, then its
+#: end. Well under what any client states on purpose: a final report at
+#: shutdown states its 2 s, a budget of 1 s, and a database that holds it up
+#: must be said.
+SHORTEST_TELLING_TIME = 0.1
 #: ``Reqtelemetry-Wait``: seconds, in ASCII digits with an optional fraction.
 WAIT_PATTERN = re.compile(r"[0-9]{1,9}(\.[0-9]{1,6})?")
 #: Reports verified at once. Verifying holds the inflated body, and for a
@@ -272,25 +273,28 @@ def create_app(
             if gate.full():  # answered at once, as the protocol says, without reading
                 return _busy()
             raw = await read_body(request, settings.max_body_bytes, timing.body_timeout, reading)
-            async with gate.turn() as admitted:
-                if not admitted:
-                    return _busy()
-                now = time.time()
-                try:
-                    verified = await run_in_threadpool(
-                        verify_report,
-                        raw,
-                        request.headers.get("content-encoding"),
-                        signer=signer,
-                        limits=limits,
-                        now=now,
-                    )
-                except Refusal as refusal:
-                    if refusal.late_stamp is None:
-                        raise
-                    # In the verification's turn: a stamp, once minted, can
-                    # be sent again and again, each time for a lookup.
-                    return await answer_late_stamp(refusal, deadline)
+            try:  # its bytes held until verified: waiting in line, a body holds them still
+                async with gate.turn() as admitted:
+                    if not admitted:
+                        return _busy()
+                    now = time.time()
+                    try:
+                        verified = await run_in_threadpool(
+                            verify_report,
+                            raw,
+                            request.headers.get("content-encoding"),
+                            signer=signer,
+                            limits=limits,
+                            now=now,
+                        )
+                    except Refusal as refusal:
+                        if refusal.late_stamp is None:
+                            raise
+                        # In the verification's turn: a stamp, once minted, can
+                        # be sent again and again, each time for a lookup.
+                        return await answer_late_stamp(refusal, deadline)
+            finally:
+                reading.give_back(len(raw))
         except Refusal as refusal:
             return await refuse(refusal)
         except ClientDisconnect:
@@ -345,6 +349,7 @@ def create_app(
         stored: StoredReport, deadline: float, budget: float
     ) -> JSONResponse | None:
         """Store ``stored`` by ``deadline``: None when it was, else the answer to give."""
+        left = deadline - time.monotonic()
         try:
             await run_in_threadpool(store.store, stored, deadline=deadline)
         except ReplayError:
@@ -359,11 +364,12 @@ def create_app(
             write_failures.failed("store a report", error)
             return _unconfirmed(budget)
         except DeadlineExceeded as error:
-            if budget < SHORTEST_TELLING_BUDGET:
-                # The client left no time to store anything: no sign of an
-                # outage (a client near the end of its flush states a wait of
-                # a few milliseconds, or none), so nothing to log as one.
-                logger.debug("a report's %.3f s budget was too short to store it", budget)
+            if left < SHORTEST_TELLING_TIME:
+                # No time was left to store anything: no sign of an outage (a
+                # client near the end of its flush states a wait of a few
+                # milliseconds, or none; a slow body took the rest), so nothing
+                # to log as one.
+                logger.debug("a report's %.3f s left were too short to store it", left)
             else:
                 write_failures.failed(f"store a report within its {budget:.1f} s", error)
             return _too_slow(budget)
@@ -745,7 +751,8 @@ class ReadingFull(Exception):
 
 
 class BodyBudget:
-    """The bytes the bodies still arriving may hold together, per event loop.
+    """The bytes the report bodies held may take together, per event loop:
+    those still arriving and those waiting for, or in, their verification.
 
     Why bytes, and not a place in the verification line for each body being
     read: a sender that stops short holds what it sent. Counted by places,
@@ -790,22 +797,27 @@ async def read_body(
     """The raw body, refused (413) once it passes ``cap`` bytes: by the declared
     length before reading, then by counting as it streams in. Raises
     :class:`BodyTimeout` when it has not all arrived within ``timeout``
-    seconds, and :class:`ReadingFull` when the bodies being read would hold
-    more than ``budget`` allows; what it held is given back either way."""
+    seconds, and :class:`ReadingFull` when the bodies held would take more
+    than ``budget`` allows. A body returned still holds its bytes in
+    ``budget``, for the caller to give back once done with it; on any
+    failure they are given back here."""
     check_declared_size(request.headers.get("content-length"), cap)
     body = bytearray()
+    taken = 0
     try:
         with anyio.move_on_after(timeout) as reading:
             async for chunk in request.stream():
+                if len(body) + len(chunk) > cap:  # too large, whatever the budget
+                    raise Refusal("too_large", f"the body is over the limit of {cap} bytes")
                 if budget is not None:
                     budget.take(len(chunk))
+                    taken += len(chunk)
                 body += chunk
-                if len(body) > cap:
-                    raise Refusal("too_large", f"the body is over the limit of {cap} bytes")
+            taken = 0  # the caller's to give back now
             return bytes(body)
     finally:
-        if budget is not None:
-            budget.give_back(len(body))
+        if budget is not None and taken:
+            budget.give_back(taken)
     assert reading.cancelled_caught
     raise BodyTimeout(timeout)
 
