@@ -659,3 +659,34 @@ def test_a_number_of_more_digits_than_python_converts_is_named_too():
     with pytest.raises(Refusal) as refused:
         check_payload(text.encode(), CLAIMS)
     assert refused.value.detail.startswith("metrics/counters/huge.one: ")
+
+
+def test_a_payload_refused_for_another_reason_is_not_said_to_hold_a_number_out_of_range():
+    # A duplicate key in the traits, read before a counter out of range: the
+    # refusal is for the key, and said so, not "a number out of range".
+    payload = report()
+    payload["metrics"]["counters"]["big.one"] = 2**63
+    text = json.dumps(payload).replace('"traits": {}', '"traits": {"os": "a", "os": "b"}', 1)
+    with pytest.raises(Refusal) as refused:
+        check_payload(text.encode(), CLAIMS)
+    assert refused.value.detail.startswith("the payload is not JSON: duplicate key")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "matches"),
+    [
+        ("^a$", "a", True),
+        ("^a$", "a\n", False),
+        ("^a$|^b$", "b\n", False),  # every anchor, not only a final one
+        (r"^a\\$", "a\\", True),  # an escaped backslash, then the anchor
+        (r"^a\$", "a$", True),  # an escaped dollar is a dollar
+        ("^[$]$", "$", True),  # in a class, a dollar is a dollar
+        (r"^\d+$", "12", True),
+        (r"^\d+$", "\u0661\u0662", False),  # ECMA's \d is ASCII's
+        (r"^\w+$", "caf\u00e9", False),
+    ],
+)
+def test_schema_patterns_are_read_as_ecma_reads_them(pattern, text, matches):
+    from reqtelemetry.collector.verify import _ecma_compiled
+
+    assert bool(_ecma_compiled(pattern).search(text)) is matches

@@ -241,6 +241,9 @@ def test_a_variable_is_named_only_for_the_error_it_causes():
     assert str(code_at_fault.value).startswith("max_keys must be at least 1")
     with pytest.raises(ValueError) as two_bad:
         resolve({"REQTELEMETRY_ENDPOINT": "ftp://x", "REQTELEMETRY_MAX_KEYS": "0"})
+    # The code's bad value set right by a variable, and another variable bad.
+    with pytest.raises(ValueError, match=r"^REQTELEMETRY_TIMEOUT: timeout must"):
+        resolve({"REQTELEMETRY_MAX_KEYS": "500", "REQTELEMETRY_TIMEOUT": "0"}, max_keys=0)
     variable, about = str(two_bad.value).split(": ", 1)
     assert (
         variable

@@ -501,20 +501,24 @@ _VARIABLE_OF = {
 def _variable_at_fault(
     cls: type[Config], options: dict[str, Any], overrides: dict[str, Any], error: ValueError
 ) -> str | None:
-    """The ``REQTELEMETRY_*`` variable whose value alone fails with ``error``;
-    None when none does (the code's own options fail, say).
+    """The ``REQTELEMETRY_*`` variable to blame for ``error``; None when it is
+    none of them (the code's own options fail so, say).
 
     Why: a value that parses but cannot work (``REQTELEMETRY_MAX_KEYS=0``)
     failed with the option's name (``max_keys must be at least 1``), which the
     operator who set the variable may never have heard of. Only on the error
-    path: each override is tried alone against the code's options, and one is
-    named only if the code's options pass without it and it fails with the
-    very error raised (of several bad ones, the one the error is about).
+    path. The variable is that of the option the error names (its first
+    word), or failing that the one without which everything works.
     """
-    if _failure(cls, options, {}) is not None:
-        return None  # the code's own options fail: no variable is to blame
-    for name, value in overrides.items():
-        if _failure(cls, options, {name: value}) == str(error):
+    message = str(error)
+    if _failure(cls, options, {}) == message:
+        return None  # the code's own options fail so: no variable is to blame
+    for name in overrides:
+        if message.startswith(f"{name} "):
+            return _VARIABLE_OF.get(name)
+    for name in overrides:
+        others = {key: value for key, value in overrides.items() if key != name}
+        if _failure(cls, options, others) is None:
             return _VARIABLE_OF.get(name)
     return None
 

@@ -118,8 +118,8 @@ def _is_written_integer(checker: Any, instance: Any) -> bool:
 def _ecma_pattern(
     validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
 ) -> Iterator[jsonschema.ValidationError]:
-    """``pattern`` as JSON Schema means it (ECMA-262), where a final ``$``
-    matches only at the end of the text.
+    """``pattern`` as JSON Schema means it (ECMA-262), where ``$`` matches
+    only at the end of the text (see :func:`_ecma_compiled`).
 
     Why: Python's ``$`` also matches before a final newline, so a metric name
     or a method ending in a newline passed here and was stored apart from the
@@ -129,10 +129,31 @@ def _ecma_pattern(
         return
     compiled = _ECMA_PATTERNS.get(pattern)
     if compiled is None:
-        at_end = pattern.endswith("$") and not pattern.endswith("\\$")
-        compiled = _ECMA_PATTERNS[pattern] = re.compile(pattern[:-1] + r"\Z" if at_end else pattern)
+        compiled = _ECMA_PATTERNS[pattern] = _ecma_compiled(pattern)
     if compiled.search(instance) is None:
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _ecma_compiled(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled to match as ECMA-262 does, for what the schema's
+    patterns use: every ``$`` anchor (not escaped, not in a class) matches
+    at the very end only, and ``\\d``, ``\\w``, ``\\s`` are ASCII's."""
+    out = []
+    escaped = in_class = False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "[":
+            in_class = True
+        elif char == "]":
+            in_class = False
+        elif char == "$" and not in_class:
+            out.append(r"\Z")
+            continue
+        out.append(char)
+    return re.compile("".join(out), re.ASCII)
 
 
 #: The schema's patterns, compiled as :func:`_ecma_pattern` reads them (a few dozen).
@@ -547,7 +568,8 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
     try:
         payload = parse_json(payload_bytes)
     except ValueError as error:
-        where = _out_of_range_path(payload_bytes)  # the error path only, after the work
+        about_a_number = "out of" in str(error) or "digits" in str(error)
+        where = _out_of_range_path(payload_bytes) if about_a_number else None
         if where is not None:
             raise Refusal(
                 "invalid_payload", f"{where}: a number out of range ({_clip(str(error))})"
