@@ -377,6 +377,38 @@ def test_gunicorn_preload_workers_are_the_instances_and_the_master_is_none(
     assert_stored_exactly(run, traffic)  # two instances, both serving
 
 
+#: The same, the app counting as it loads, and loading on past the flusher's
+#: first look (tests/counting_preload_app.py).
+PRELOAD_COUNTING = dataclasses.replace(
+    PRELOAD,
+    name="flask-gunicorn-preload-counting",
+    args=(
+        *gunicorn_args("counting_preload_app:app", workers=2, preload=True, graceful_timeout=3),
+        "--pythonpath",
+        str(Path(__file__).resolve().parent),
+    ),
+)
+
+
+def test_a_preloading_master_that_counts_as_it_loads_is_still_none(
+    start_app: Callable[..., Run],
+) -> None:
+    """Counts make an instance of a process that serves nothing (a script, a
+    pool's parent), but not of a pre-fork master: counting ``app.boot`` at
+    import, it reported as a third instance, startup to shutdown. Its workers
+    start their counts afresh: the master's boot is counted nowhere."""
+    # A grace (the flush interval) past the import's 1.5 s, and the flusher's
+    # first look (1 s) within it: that look must not take the boot count for
+    # a request, before the master forks.
+    run = start_app(PRELOAD_COUNTING, REQTELEMETRY_FLUSH_INTERVAL="4")
+    traffic = drive(run)
+    time.sleep(4 * 1.2)  # the master's grace is surely over
+    stop_gracefully(run)
+    assert_stored_exactly(run, traffic)  # two instances, both serving
+    boots = run.database.query("SELECT COUNT(*) FROM metrics WHERE name = 'app.boot'")
+    assert boots == [(0,)]
+
+
 #: The same under gevent's workers: each worker patches threading after the
 #: fork, when the flusher it inherited from the master has already started.
 PRELOAD_GEVENT = dataclasses.replace(

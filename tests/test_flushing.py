@@ -151,21 +151,17 @@ def test_a_process_that_only_counts_sends_its_counts(make_sender, receiver):
     assert sum(r["metrics"]["counters"].get("backup.files", 0) for r in reports) == 5
 
 
-def test_a_forked_master_that_counted_as_it_loaded_sends_nothing(silent_endpoint, tmp_path):
-    """A preloading gunicorn master counts as it loads the app, then forks
-    the workers that serve: it reported as one more instance every hour."""
-    config = make_config(
-        endpoint=silent_endpoint.url,
-        deployment_id_path=str(tmp_path / "id"),
-        **{**SENDER_DEFAULTS, "shutdown_timeout": 30.0},
-    )
-    telemetry = Telemetry(config=config)
-    telemetry.count("app.boot")
+def test_a_process_that_forked_and_only_counts_sends_its_counts(make_sender, receiver):
+    """A process pool's parent forks too, and counts its jobs: no pre-fork
+    server's master (tests/test_examples_e2e.py has one), its counts go."""
+    telemetry = make_sender(served=False, settled=False)
     telemetry.flusher.note_fork()  # what the fork hook says in the parent
-    time.sleep(1.5 * flusher_module.IDLE_POLL_SECONDS)  # a poll for use sees the counts
-    assert telemetry.close() is False
-    assert telemetry.flusher is None
-    silent_endpoint.assert_no_connection()
+    time.sleep(1.5 * flusher_module.IDLE_POLL_SECONDS)  # no poll takes counts for a request
+    telemetry.count("jobs.done", 40)
+    assert telemetry.flusher.sequence == 0  # nothing announced on counts alone
+    assert telemetry.close() is True
+    reports = receiver.reports_from(telemetry.instance_id)
+    assert sum(r["metrics"]["counters"].get("jobs.done", 0) for r in reports) == 40
 
 
 def test_the_exit_waits_one_shutdown_timeout_for_all_instances(silent_endpoint, tmp_path):

@@ -37,8 +37,10 @@ they live, because they start other processes that do:
   their workers are announced as in any process, idle or not.
 
 Such a process is no instance: it does not announce itself after the grace,
-and its exit sends nothing. Should it serve, record or count after all, it
-is one from then on, as any process. Nothing here runs per request: the
+and its exit sends nothing. Should it serve or record after all, it is one
+from then on, as any process; should it count, its exit sends the counts,
+unless a server's command launched it (a pre-fork master: see
+``Flusher._idle``). Nothing here runs per request: the
 fork hook sets a flag, and the main thread's stack is looked at once, when
 the grace is over.
 """
