@@ -1224,6 +1224,11 @@ def test_verifications_run_a_few_at_a_time_and_a_full_line_is_told_to_come_back(
         assert all(a.json()["error"] == "busy" for a in answers)
         retry_after = str(collector_app.BUSY_RETRY_AFTER)
         assert all(a.headers["Retry-After"] == retry_after for a in answers)
+        # A body declared too large is told so even then: busy, its client
+        # sent it again as it was, where a 413 has it split.
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=10.0) as http:
+            too_large = http.post("/v1/report", content=b" " * (MIB + 1), headers=PLAIN)
+        assert too_large.status_code == 413, too_large.text
     finally:
         release.set()
         for thread in threads:
@@ -1231,8 +1236,8 @@ def test_verifications_run_a_few_at_a_time_and_a_full_line_is_told_to_come_back(
         server.stop()
     assert sorted(a.status_code for a in answers) == [401] * 4 + [503] * 3
     assert max(inside) == 2
-    assert app.state.refusals.write() == 4
-    assert storage.refusals() == {"bad_token": 4}
+    assert app.state.refusals.write() == 5
+    assert storage.refusals() == {"bad_token": 4, "too_large": 1}
 
 
 def _stalled_body(port: int, path: str, declared: int, sent: int) -> socket.socket:

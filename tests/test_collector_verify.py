@@ -666,7 +666,8 @@ def test_a_payload_refused_for_another_reason_is_not_said_to_hold_a_number_out_o
     # refusal is for the key, and said so, not "a number out of range".
     payload = report()
     payload["metrics"]["counters"]["big.one"] = 2**63
-    text = json.dumps(payload).replace('"traits": {}', '"traits": {"os": "a", "os": "b"}', 1)
+    # The key is "digits", which a check by substring took for a number's error.
+    text = json.dumps(payload).replace('"traits": {}', '"traits": {"digits": 1, "digits": 2}', 1)
     with pytest.raises(Refusal) as refused:
         check_payload(text.encode(), CLAIMS)
     assert refused.value.detail.startswith("the payload is not JSON: duplicate key")

@@ -241,6 +241,13 @@ def test_a_variable_is_named_only_for_the_error_it_causes():
     assert str(code_at_fault.value).startswith("max_keys must be at least 1")
     with pytest.raises(ValueError) as two_bad:
         resolve({"REQTELEMETRY_ENDPOINT": "ftp://x", "REQTELEMETRY_MAX_KEYS": "0"})
+    # A list the variable adds to, whose bad item is the code's own.
+    with pytest.raises(ValueError, match=r"^exclude_prefixes entries must start with '/'"):
+        resolve(
+            {"REQTELEMETRY_EXCLUDE_PREFIXES": "/x", "REQTELEMETRY_MAX_KEYS": "500"},
+            exclude_prefixes=["api"],
+            max_keys=0,
+        )
     # The code's bad value set right by a variable, and another variable bad.
     with pytest.raises(ValueError, match=r"^REQTELEMETRY_TIMEOUT: timeout must"):
         resolve({"REQTELEMETRY_MAX_KEYS": "500", "REQTELEMETRY_TIMEOUT": "0"}, max_keys=0)

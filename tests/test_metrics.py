@@ -574,7 +574,12 @@ def test_the_name_cap_keeps_payloads_valid(make_sender, receiver):
 
 @pytest.mark.parametrize(
     ("given", "sent"),
-    [(Decimal("3"), 3), (Decimal("12.50"), 12.5), (Decimal("1E+3"), 1000)],
+    [
+        (Decimal("3"), 3),
+        (Decimal("12.50"), 12.5),
+        (Decimal("1E+3"), 1000),
+        (Decimal("0E+30"), 0),  # what 1E+30 - 1E+30 gives: zero, not too large
+    ],
 )
 def test_a_decimal_is_a_number_as_a_database_gives_it(telemetry, given, sent):
     # psycopg gives a SUM or a NUMERIC column as a Decimal: such a gauge was

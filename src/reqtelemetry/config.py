@@ -514,7 +514,10 @@ def _variable_at_fault(
     if _failure(cls, options, {}) == message:
         return None  # the code's own options fail so: no variable is to blame
     for name in overrides:
-        if message.startswith(f"{name} "):
+        others = {key: value for key, value in overrides.items() if key != name}
+        # The option the error names, unless it fails the same without the
+        # variable (a list the variable adds to, whose bad item is the code's).
+        if message.startswith(f"{name} ") and _failure(cls, options, others) != message:
             return _VARIABLE_OF.get(name)
     for name in overrides:
         others = {key: value for key, value in overrides.items() if key != name}

@@ -75,7 +75,7 @@ def _validate_number(value: object, what: str) -> float:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"{what} must be a finite number, got {_shown(value)}")
-        if value.adjusted() > 18:  # 10**19 and up, before int() writes out all its digits
+        if not value.is_zero() and value.adjusted() > 18:  # 10**19 up, before int() writes it
             raise ValueError(f"{what} must be at most 2**63 - 1 in magnitude, got {_shown(value)}")
         value = int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, bool) or not isinstance(value, Real):

@@ -270,7 +270,10 @@ def create_app(
         budget = commit_budget(request.headers.get(WAIT_HEADER), timing.commit_budget)
         deadline = time.monotonic() + budget
         try:
-            if gate.full():  # answered at once, as the protocol says, without reading
+            # A body declared too large is a 413 first (it must be split, not
+            # sent again as it is); a full line is answered at once, unread.
+            check_declared_size(request.headers.get("content-length"), settings.max_body_bytes)
+            if gate.full():
                 return _busy()
             raw = await read_body(request, settings.max_body_bytes, timing.body_timeout, reading)
             try:  # its bytes held until verified: waiting in line, a body holds them still

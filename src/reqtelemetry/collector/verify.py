@@ -136,8 +136,11 @@ def _ecma_pattern(
 
 def _ecma_compiled(pattern: str) -> re.Pattern[str]:
     """``pattern`` compiled to match as ECMA-262 does, for what the schema's
-    patterns use: every ``$`` anchor (not escaped, not in a class) matches
-    at the very end only, and ``\\d``, ``\\w``, ``\\s`` are ASCII's."""
+    patterns use (``^``, ``$``, ASCII classes, escaped dots): every ``$``
+    anchor (not escaped, not in a class) matches at the very end only, and
+    ``\\d`` and ``\\w`` are ASCII's. Not a translator of every ECMA pattern:
+    ECMA's ``\\s`` and ``.`` differ from both of Python's, and ``[]`` is
+    written differently."""
     out = []
     escaped = in_class = False
     for char in pattern:
@@ -568,8 +571,7 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
     try:
         payload = parse_json(payload_bytes)
     except ValueError as error:
-        about_a_number = "out of" in str(error) or "digits" in str(error)
-        where = _out_of_range_path(payload_bytes) if about_a_number else None
+        where = _out_of_range_path(payload_bytes) if _about_a_number(error) else None
         if where is not None:
             raise Refusal(
                 "invalid_payload", f"{where}: a number out of range ({_clip(str(error))})"
@@ -728,6 +730,13 @@ def _out_of_range_path(payload_bytes: bytes) -> str | None:
         ):
             return "/".join(path) or "<root>"
     return None
+
+
+def _about_a_number(error: ValueError) -> bool:
+    """Whether ``error`` refused a number (out of range, or too long to convert),
+    by its own words, before any text of the payload's that it quotes."""
+    words = str(error)
+    return words.startswith(("integer out of", "number out of", "Exceeds the limit"))
 
 
 def _int_or_too_large(text: str) -> int:
