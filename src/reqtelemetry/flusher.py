@@ -33,8 +33,13 @@ from .config import redacted_url
 from .metrics import GAUGE_SAMPLE_SECONDS
 from .payload import Envelope, Report, build_reports
 from .recorder import Batch
-from .supervisors import helper_loop, started_by_multiprocessing, supervisor_loop
-from .traits import detect_test_runner, launching_server, load_deployment_id
+from .supervisors import (
+    helper_loop,
+    prefork_master,
+    started_by_multiprocessing,
+    supervisor_loop,
+)
+from .traits import detect_test_runner, load_deployment_id
 from .transport import Outcome, Result, Sent, Transport, started, waitable
 
 if TYPE_CHECKING:
@@ -173,6 +178,9 @@ class Flusher:
         #: Why this process did not announce itself after the grace: it leaves
         #: serving to processes it started (see :mod:`.supervisors`).
         self.serving_elsewhere: str | None = None
+        #: The supervising loop its main thread was seen running while it
+        #: counted and served nothing (see :meth:`_idle`); None until then.
+        self.supervising: str | None = None
         self._thread: threading.Thread | None = None
         self.sequence = 0
         self.gone = False
@@ -253,21 +261,22 @@ class Flusher:
         """Whether this process never was an instance: no report went, the app
         served nothing, and nothing was recorded or counted.
 
-        Counts make an instance too (a script, a process pool's parent, a
-        queue's worker that only counts: their counts must go), but not of a
-        pre-fork server's master: a preloading gunicorn master that counts as
-        it loads the app (``telemetry.count("app.boot")`` at import) reported
-        as one more instance, every hour, serving nothing. (Its workers start
-        their counts afresh: the master's are its own, and go nowhere.) Such a
-        master is one that forked and that a server's command launched (a
-        process pool's parent forks too, and a process may import a server's
-        modules without being one).
+        Counts make an instance (a script, a process pool's parent, a queue's
+        worker that only counts: their counts must go), but not of a process
+        that supervises the ones that serve: a preloading gunicorn master
+        that counts as it loads the app (``telemetry.count("app.boot")`` at
+        import) reported as one more instance, every hour, serving nothing
+        (its workers start their counts afresh). Such a process is known by
+        what its main thread runs (see :func:`.supervisors.prefork_master`),
+        looked at while it counts, and remembered: at exit, its stack is gone.
         """
         if self._requested():
             return False
         if not self.telemetry.metrics.has_counts():
             return True
-        return self.forked and launching_server() is not None
+        if self.supervising is None:
+            self.supervising = prefork_master() or supervisor_loop() or helper_loop()
+        return self.supervising is not None
 
     def _requested(self) -> bool:
         """Whether a report went, the app served, or a request was recorded."""
@@ -345,17 +354,14 @@ class Flusher:
     def _wait_for_first_use(self) -> None:
         """Until the app's first request, or :data:`STARTUP_GRACE` (the flush
         interval, if shorter), or ``close``. Looked at every
-        :data:`IDLE_POLL_SECONDS` too, for apps that record through
-        ``Telemetry`` directly, without an integration to say so. Not for
-        counts: a preloading master counts as it loads the app, and might be
-        seen counting before it forks; counts alone wait for the grace, and
-        go at exit before it. A process that leaves serving to others has no
-        grace: it waits for its own use."""
+        :data:`IDLE_POLL_SECONDS` too, for apps that record or count through
+        ``Telemetry`` directly, without an integration to say so. A process
+        that leaves serving to others has no grace: it waits for its own use."""
         deadline = time.monotonic() + min(self.interval, STARTUP_GRACE)
         while not self._first_use.wait(
             waitable(min(IDLE_POLL_SECONDS, deadline - time.monotonic()))
         ):
-            if self._requested():
+            if not self._idle():
                 return
             if time.monotonic() >= deadline:
                 if not self._leaves_serving_to_others():

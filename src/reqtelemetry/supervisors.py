@@ -38,9 +38,9 @@ they live, because they start other processes that do:
 
 Such a process is no instance: it does not announce itself after the grace,
 and its exit sends nothing. Should it serve or record after all, it is one
-from then on, as any process; should it count, its exit sends the counts,
-unless a server's command launched it (a pre-fork master: see
-``Flusher._idle``). Nothing here runs per request: the
+from then on, as any process. Should it count, so is it, unless its main
+thread runs one of the loops here, or a pre-fork master's arbiter
+(:func:`prefork_master`), when it counts (see ``Flusher._idle``). Nothing here runs per request: the
 fork hook sets a flag, and the main thread's stack is looked at once, when
 the grace is over.
 """
@@ -92,6 +92,39 @@ def supervisor_loop() -> str | None:
     flusher's thread must go on to report.
     """
     return main_thread_runs(SUPERVISOR_LOOPS)
+
+
+#: Pre-fork servers whose master may load the app (``--preload``): the module
+#: its master runs in, from loading the app to its last loop, and the modules
+#: a worker it forked runs in (whose stack still holds the master's frames
+#: it was forked from).
+PREFORK_MASTERS: dict[str, str] = {"gunicorn.arbiter": "gunicorn.workers"}
+
+
+def prefork_master() -> str | None:
+    """The pre-fork server whose master this process is, as its module;
+    None when it is none (a worker of one included).
+
+    Why not "this process forked": a script's process pool forks too, and
+    its counts must go. Why the main thread's stack: gunicorn's master loads
+    a ``--preload`` app inside its arbiter, then runs its loop there, so it
+    is seen at any time after the app counted; a worker's stack holds those
+    frames too, under its own. Never raises.
+    """
+    try:
+        frame: FrameType | None = sys._current_frames().get(threading.main_thread().ident or 0)
+    except Exception:
+        return None
+    found = None
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        for master, workers in PREFORK_MASTERS.items():
+            if module.startswith(workers):
+                return None  # a worker of it
+            if module == master:
+                found = master
+        frame = frame.f_back
+    return found
 
 
 def helper_loop() -> str | None:

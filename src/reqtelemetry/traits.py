@@ -271,14 +271,6 @@ def _command_name(argv: list[str] | None) -> str:
     return base
 
 
-def launching_server(argv: list[str] | None = None) -> str | None:
-    """The server whose command launched this process (``gunicorn``,
-    ``python -m gunicorn``), else None: the strongest evidence
-    :func:`detect_server` has, without the modules any process may import."""
-    argv = getattr(sys, "argv", None) if argv is None else argv
-    return _SERVER_COMMANDS.get(_command_name(argv))
-
-
 def detect_server(
     modules: Mapping[str, Any] | None = None,
     argv: list[str] | None = None,
