@@ -1,7 +1,8 @@
 """Recorder memory after a million requests: bounded by the key cap, not by traffic.
 
 Design decision 1 says memory grows with the number of keys, never with
-traffic, and that past ``max_keys`` requests land in one overflow key. This
+traffic, and that past ``max_keys`` requests land in an overflow key (two:
+server errors apart, so that they stay errors). This
 module feeds a ``Recorder`` at the default cap a million ``record`` calls and
 measures, with ``tracemalloc``, what it holds afterwards:
 

@@ -15,7 +15,14 @@ from reqtelemetry.collector.tokens import Claims
 from reqtelemetry.collector.verify import check_payload
 from reqtelemetry.histogram import Histogram
 from reqtelemetry.payload import Envelope, build_reports
-from reqtelemetry.recorder import OVERFLOW_KEY, PENDING_LIMIT, Batch, Recorder, Stats
+from reqtelemetry.recorder import (
+    OVERFLOW_ERROR_KEY,
+    OVERFLOW_KEY,
+    PENDING_LIMIT,
+    Batch,
+    Recorder,
+    Stats,
+)
 
 
 def by_key(records):
@@ -88,6 +95,33 @@ def test_key_cap_routes_to_overflow_and_counts_dropped():
         recorder.record("GET", f"/more{i}", 200, 0.001, 0, 0)
     assert len(recorder) == 4
     assert recorder.dropped == 1007
+
+
+def test_server_errors_past_the_cap_stay_errors():
+    # A key is method, route and status: once the cap is full, a healthy
+    # route's first 500 is a new key too. Under status 0, the collector, which
+    # counts errors by status, showed an outage on a capped client as 0 %.
+    recorder = Recorder(max_keys=3)
+    for route in ("/a", "/b", "/c"):
+        for _ in range(10):
+            recorder.record("GET", route, 200, 0.001, 0, 2)
+    for _ in range(10):
+        recorder.record("GET", "/a", 500, 0.001, 0, 2)
+        recorder.record("GET", "/a", 404, 0.001, 0, 2)
+    records = by_key(recorder.snapshot())
+    assert records[OVERFLOW_ERROR_KEY]["count"] == 10
+    assert records[OVERFLOW_KEY]["count"] == 10
+    assert recorder.dropped == 20
+    errors = sum(r["count"] for key, r in records.items() if key[2] >= 500)
+    assert errors == 10  # what the dashboard counts: 25 % of the 40 requests
+    assert len(recorder) == 5  # bounded: max_keys plus the two overflow keys
+    # Merged back into a full recorder, each keeps its status.
+    batch = recorder.collect()
+    full = Recorder(max_keys=1)
+    full.record("GET", "/z", 200, 0.001, 0, 0)
+    full.merge(batch)
+    merged = by_key(full.snapshot())
+    assert merged[OVERFLOW_ERROR_KEY]["count"] == 10
 
 
 def test_collect_is_snapshot_and_reset():
@@ -397,7 +431,8 @@ def test_what_a_client_sends_holds_every_count_in_its_histograms() -> None:
     recorder = Recorder(max_keys=10)
     _traffic(recorder, seed=1, requests=3000)
     failed = recorder.collect()
-    assert failed.stats[OVERFLOW_KEY].count == failed.dropped > 0
+    overflowed = failed.stats[OVERFLOW_KEY].count + failed.stats[OVERFLOW_ERROR_KEY].count
+    assert overflowed == failed.dropped > 0
     recorder.merge(failed)  # a send that failed before the batch was cut
     _traffic(recorder, seed=2, requests=500)
     partly = recorder.collect()

@@ -1,9 +1,10 @@
 """Thread-safe, bounded, in-memory aggregation of request measurements.
 
 One key per ``(method, route, status)``; memory grows with the number of keys,
-never with traffic. Past ``max_keys`` distinct keys, requests land in a single
-overflow key and are counted as dropped, so a scanner or a route-less app with
-identifiers in its paths cannot grow memory or the payload.
+never with traffic. Past ``max_keys`` distinct keys, requests land in an
+overflow key (server errors in one of their own) and are counted as dropped,
+so a scanner or a route-less app with identifiers in its paths cannot grow
+memory or the payload.
 
 The flusher takes an atomic snapshot-and-reset (:meth:`Recorder.collect`); when
 a send fails it merges the batch back (:meth:`Recorder.merge`), and because
@@ -35,6 +36,12 @@ PENDING_LIMIT = 256
 
 #: The key that absorbs requests once ``max_keys`` distinct keys exist.
 OVERFLOW_KEY = ("_OTHER", "<overflow>", 0)
+#: The one that absorbs server errors then (status 500 and up). Why apart: a
+#: key is method, route and status, so once the cap is full, a route's first
+#: 500 is a new key too, and under status 0 the collector, which counts
+#: errors by status, showed an outage on a capped client as 0 % errors.
+OVERFLOW_ERROR_KEY = ("_OTHER", "<overflow>", 500)
+_OVERFLOW_KEYS = frozenset({OVERFLOW_KEY, OVERFLOW_ERROR_KEY})
 DEFAULT_MAX_KEYS = 1000
 
 
@@ -316,11 +323,12 @@ class Recorder:
         excluded_route = self.excluded_route
         if excluded_route is not None and not screened and excluded_route(key[1]):
             return self._discarded
-        if len(self._stats) >= self.max_keys and key != OVERFLOW_KEY:
+        if len(self._stats) >= self.max_keys and key not in _OVERFLOW_KEYS:
             self._dropped += 1
-            stats = self._stats.get(OVERFLOW_KEY)
+            overflow = OVERFLOW_ERROR_KEY if key[2] >= 500 else OVERFLOW_KEY
+            stats = self._stats.get(overflow)
             if stats is None:
-                stats = self._stats[OVERFLOW_KEY] = Stats()
+                stats = self._stats[overflow] = Stats()
             return stats
         stats = self._stats[key] = Stats()
         return stats
