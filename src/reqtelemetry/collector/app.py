@@ -51,7 +51,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from starlette.applications import Starlette
@@ -95,6 +95,7 @@ from .verify import (
 )
 
 logger = logging.getLogger("reqtelemetry.collector")
+T = TypeVar("T")
 
 #: A session request is two UUIDs; anything much larger is not one.
 SESSION_MAX_BYTES = 4096
@@ -633,11 +634,21 @@ class Gate:
         return sum(line.waiting for line in list(self._loops.values()))
 
     def _line(self) -> _Line:
-        loop = asyncio.get_running_loop()
-        line = self._loops.get(loop)
-        if line is None:
-            line = self._loops[loop] = _Line(asyncio.Semaphore(self.size))
-        return line
+        return _of_running_loop(self._loops, lambda: _Line(asyncio.Semaphore(self.size)))
+
+
+def _of_running_loop(
+    by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T], make: Callable[[], T]
+) -> T:
+    """The running event loop's entry of ``by_loop``, made on first use.
+
+    Why per loop: asyncio objects belong to the loop they were first used in,
+    and one app may be served by several loops in turn (tests)."""
+    loop = asyncio.get_running_loop()
+    entry = by_loop.get(loop)
+    if entry is None:
+        entry = by_loop[loop] = make()
+    return entry
 
 
 @dataclass
@@ -773,11 +784,7 @@ class BodyBudget:
         )
 
     def _counter(self) -> list[int]:
-        loop = asyncio.get_running_loop()
-        counter = self._held.get(loop)
-        if counter is None:
-            counter = self._held[loop] = [0]
-        return counter
+        return _of_running_loop(self._held, lambda: [0])
 
     def take(self, count: int) -> None:
         """Hold ``count`` more bytes; raises :class:`ReadingFull` past the limit."""

@@ -45,14 +45,12 @@ COLUMNS = (
     "deployments",
 )
 _LATENCIES = (("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"), ("mean", "mean_ms"))
-#: What makes a spreadsheet take a cell for a formula (a tab or carriage
-#: return cannot start one here: control characters are escaped first).
-_FORMULA_START = ("=", "+", "-", "@")
-#: A cell's start, or a ``;`` (where a spreadsheet that splits on ``;``,
-#: Excel's default in much of Europe, starts a cell), that a formula follows,
-#: after any spaces or quotes.
-_FORMULA_AFTER_SEMICOLON = re.compile(r";(?=[\s\"']*[=+\-@])")
-_FORMULA_AFTER_SPACES = re.compile(r"[\s\"']+[=+\-@]")
+#: Where a spreadsheet would start a formula: a cell's start, or a ``;``
+#: (where a spreadsheet that splits on ``;``, Excel's default in much of
+#: Europe, starts a cell), followed by ``=``, ``+``, ``-`` or ``@`` after any
+#: spaces or quotes. (A tab or carriage return cannot lead one here: control
+#: characters are escaped first.)
+_FORMULA_START = re.compile(r"(?:^|;)(?=[\s\"']*[=+\-@])")
 #: Control characters (C0, DEL, C1), written as ``\xNN`` in a text cell.
 _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 DAY = 86400
@@ -222,8 +220,4 @@ def _cell(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     text = value if value.isprintable() else value.translate(_CONTROL_ESCAPES)
-    if ";" in text:
-        text = _FORMULA_AFTER_SEMICOLON.sub(";'", text)
-    if text.startswith(_FORMULA_START) or _FORMULA_AFTER_SPACES.match(text):
-        return "'" + text
-    return text
+    return _FORMULA_START.sub("\\g<0>'", text)

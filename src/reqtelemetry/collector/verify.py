@@ -30,6 +30,7 @@ stored can break a later summary.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -127,13 +128,11 @@ def _ecma_pattern(
     """
     if not isinstance(instance, str):
         return
-    compiled = _ECMA_PATTERNS.get(pattern)
-    if compiled is None:
-        compiled = _ECMA_PATTERNS[pattern] = _ecma_compiled(pattern)
-    if compiled.search(instance) is None:
+    if _ecma_compiled(pattern).search(instance) is None:
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
+@functools.cache  # the schema's few patterns, each compiled once
 def _ecma_compiled(pattern: str) -> re.Pattern[str]:
     """``pattern`` compiled to match as ECMA-262 does, for what the schema's
     patterns use (``^``, ``$``, ASCII classes, escaped dots): every ``$``
@@ -158,9 +157,6 @@ def _ecma_compiled(pattern: str) -> re.Pattern[str]:
         out.append(char)
     return re.compile("".join(out), re.ASCII)
 
-
-#: The schema's patterns, compiled as :func:`_ecma_pattern` reads them (a few dozen).
-_ECMA_PATTERNS: dict[str, re.Pattern[str]] = {}
 
 _PayloadValidator = jsonschema.validators.extend(
     jsonschema.Draft202012Validator,
