@@ -513,15 +513,17 @@ def _variable_at_fault(
     message = str(error)
     if _failure(cls, options, {}) == message:
         return None  # the code's own options fail so: no variable is to blame
-    for name in overrides:
-        others = {key: value for key, value in overrides.items() if key != name}
+    without = {
+        name: _failure(cls, options, {k: v for k, v in overrides.items() if k != name})
+        for name in overrides
+    }
+    for name, failure in without.items():
         # The option the error names, unless it fails the same without the
         # variable (a list the variable adds to, whose bad item is the code's).
-        if message.startswith(f"{name} ") and _failure(cls, options, others) != message:
+        if message.startswith(f"{name} ") and failure != message:
             return _VARIABLE_OF.get(name)
-    for name in overrides:
-        others = {key: value for key, value in overrides.items() if key != name}
-        if _failure(cls, options, others) is None:
+    for name, failure in without.items():
+        if failure is None:
             return _VARIABLE_OF.get(name)
     return None
 

@@ -40,15 +40,17 @@ Such a process is no instance: it does not announce itself after the grace,
 and its exit sends nothing. Should it serve or record after all, it is one
 from then on, as any process. Should it count, so is it, unless its main
 thread runs one of the loops here, or a pre-fork master's arbiter
-(:func:`prefork_master`), when it counts (see ``Flusher._idle``). Nothing here runs per request: the
-fork hook sets a flag, and the main thread's stack is looked at once, when
-the grace is over.
+(:func:`prefork_master`), when it counts (see ``Flusher._idle``). Nothing
+here runs per request: the fork hook sets a flag, and the main thread's
+stack is looked at when the grace is over, and as a process that served
+nothing is first seen counting.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 #: The loops a process's main thread runs while it starts and restarts the
@@ -111,19 +113,14 @@ def prefork_master() -> str | None:
     is seen at any time after the app counted; a worker's stack holds those
     frames too, under its own. Never raises.
     """
-    try:
-        frame: FrameType | None = sys._current_frames().get(threading.main_thread().ident or 0)
-    except Exception:
-        return None
     found = None
-    while frame is not None:
+    for frame in _main_thread_frames():
         module = frame.f_globals.get("__name__", "")
         for master, workers in PREFORK_MASTERS.items():
             if module.startswith(workers):
                 return None  # a worker of it
             if module == master:
                 found = master
-        frame = frame.f_back
     return found
 
 
@@ -142,16 +139,22 @@ def main_thread_runs(loops: frozenset[tuple[str, str]]) -> str | None:
     """The first of ``loops`` found on the main thread's stack, innermost
     first, as ``module.function``; None when none is there (or the stack
     cannot be read)."""
-    try:
-        frame: FrameType | None = sys._current_frames().get(threading.main_thread().ident or 0)
-    except Exception:
-        return None
-    while frame is not None:
+    for frame in _main_thread_frames():
         where = (frame.f_globals.get("__name__", ""), frame.f_code.co_name)
         if where in loops:
             return ".".join(where)
-        frame = frame.f_back
     return None
+
+
+def _main_thread_frames() -> Iterator[FrameType]:
+    """The main thread's frames, innermost first; none where they cannot be read."""
+    try:
+        frame: FrameType | None = sys._current_frames().get(threading.main_thread().ident or 0)
+    except Exception:
+        return
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
 
 
 def started_by_multiprocessing() -> bool:

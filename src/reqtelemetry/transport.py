@@ -295,6 +295,14 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     return rng.uniform(0.0, min(cap, base * (2.0**attempt)))
 
 
+def _shut_down(sock: socket.socket) -> None:
+    """Shut ``sock`` down both ways, waking a thread blocked on it; a socket
+    already closed is left as it is. The plain socket's method even on a TLS
+    socket (see :meth:`Transport._cut_connections`)."""
+    with contextlib.suppress(OSError, ValueError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
 class Transport:
     """Sends bodies to one collector; thread-safe enough for one flusher thread."""
 
@@ -460,8 +468,7 @@ class Transport:
                 # to cut then, and the cut comes once. Without this, only
                 # httpx's per-step timeouts bounded the request, and a server
                 # trickling its answer held a 6 s flush for hours.
-                with contextlib.suppress(OSError, ValueError):
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                _shut_down(sock)
 
     def _cut_connections(self) -> None:
         """At a request's deadline (a timer thread): shut its connections down.
@@ -474,8 +481,7 @@ class Transport:
         with self._sockets_lock:
             sockets = list(self._sockets)
         for sock in sockets:
-            with contextlib.suppress(OSError, ValueError):  # already closed
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            _shut_down(sock)
 
     @contextlib.contextmanager
     def _deadline(self, seconds: float) -> Iterator[None]:
