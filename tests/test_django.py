@@ -46,8 +46,17 @@ def run_async(requests):
     return asyncio.run(go())
 
 
-def serve_asgi(path, method="GET", client_leaves=False, leave_at_body=None, chunks=(), headers=()):
-    """Drive Django's own ASGI handler as a server would; returns the messages it sent.
+def serve_asgi(
+    path,
+    method="GET",
+    client_leaves=False,
+    leave_at_body=None,
+    chunks=(),
+    headers=(),
+    application=None,
+):
+    """Drive Django's own ASGI handler (or ``application`` in front of it) as a
+    server would; returns the messages it sent.
 
     ``chunks`` are the request body's, in one ``http.request`` message each;
     ``headers`` go with the request's own.
@@ -59,7 +68,7 @@ def serve_asgi(path, method="GET", client_leaves=False, leave_at_body=None, chun
     from django.core.asgi import get_asgi_application
 
     async def go():
-        application = get_asgi_application()
+        app = application if application is not None else get_asgi_application()
         gate = asyncio.Event()
         scope = {
             "type": "http",
@@ -95,7 +104,7 @@ def serve_asgi(path, method="GET", client_leaves=False, leave_at_body=None, chun
                 gate.set()
                 await asyncio.Event().wait()  # until Django cancels the send
 
-        await application(scope, receive, send)
+        await app(scope, receive, send)
         return sent
 
     return asyncio.run(go())
@@ -854,6 +863,35 @@ def test_listed_twice_counts_each_request_once_and_says_so(
     warned = _middleware_warnings(caplog)
     assert len(warned) == 1  # once per list, however many chains are built
     assert "2 times" in warned[0]
+
+
+def test_a_middleware_of_the_same_telemetry_around_django_leaves_it_the_request(
+    django_telemetry, django_telemetry_factory, counts
+):
+    """``WSGIMiddleware`` or ``ASGIMiddleware`` around Django, and the middleware
+    in ``settings.MIDDLEWARE``: Django's measures, with its route, each request once."""
+    from django.core.asgi import get_asgi_application
+    from django.core.wsgi import get_wsgi_application
+    from werkzeug.test import Client as WerkzeugClient
+
+    from reqtelemetry import ASGIMiddleware, WSGIMiddleware
+
+    wsgi = WerkzeugClient(WSGIMiddleware(get_wsgi_application(), telemetry=django_telemetry))
+    assert wsgi.get("/api/items/1/").data == b'{"pk": 1}'
+    asgi = ASGIMiddleware(get_asgi_application(), telemetry=django_telemetry)
+    sent = serve_asgi("/api/v2/async/5/", application=asgi)
+    assert (sent[0]["status"], body_of(sent)) == (200, b'{"pk": 5, "async": true}')
+    assert counts(django_telemetry) == {
+        ("GET", "/api/items/<int:pk>/", 200): 1,
+        ("GET", "/api/v2/async/<int:pk>/", 200): 1,
+    }
+
+    # Another telemetry's middleware around Django measures for its own maintainer.
+    inner = django_telemetry_factory()  # what the Django middleware now uses
+    wrapped = WerkzeugClient(WSGIMiddleware(get_wsgi_application(), telemetry=django_telemetry))
+    assert wrapped.get("/api/items/2/").data == b'{"pk": 2}'
+    assert counts(inner) == {("GET", "/api/items/<int:pk>/", 200): 1}
+    assert sum(counts(django_telemetry).values()) == 3
 
 
 def test_listed_after_another_middleware_is_warned_of(django_telemetry, counts, caplog):

@@ -260,6 +260,114 @@ def test_init_app_after_a_middleware_around_the_app_object_is_refused(telemetry,
     assert counts(telemetry) == {("GET", "/items/<int:item_id>", 200): 1}  # counted once
 
 
+@pytest.mark.parametrize("opted_out", [False, True], ids=["enabled", "opted out"])
+@pytest.mark.parametrize("init_app_first", [True, False], ids=["init_app first", "then"])
+def test_instrumenting_twice_is_refused_opted_out_as_well(
+    make_telemetry, opted_out, init_app_first
+):
+    """Refused where it is written, not first in the deployment that has telemetry on."""
+    telemetry = make_telemetry(opt_out=opted_out)
+    app = build_app()
+    if init_app_first:
+        init_app(app, telemetry)
+        with pytest.raises(RuntimeError, match="already instrumented"):
+            WSGIMiddleware(app, telemetry=telemetry)
+    else:
+        WSGIMiddleware(app, telemetry=telemetry)
+        with pytest.raises(RuntimeError, match="already instrumented"):
+            init_app(app, telemetry)
+
+
+class CopyingPrefixStrip:
+    """Serves an app under ``/app`` on a copy of the environ, as many snippets do."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        environ = dict(environ)
+        environ["SCRIPT_NAME"] = "/app"
+        environ["PATH_INFO"] = environ["PATH_INFO"].removeprefix("/app")
+        return self.app(environ, start_response)
+
+
+def test_a_middleware_inside_that_copies_the_environ_loses_nothing(telemetry, records):
+    app = build_app()
+    app.wsgi_app = CopyingPrefixStrip(app.wsgi_app)
+    init_app(app, telemetry)
+    client = app.test_client()
+    assert read(client.get("/app/items/1")).data == b"item 1"
+    assert read(client.get("/app/stream")).status_code == 200
+    found = records(telemetry)
+    assert found["GET", "/items/<int:item_id>", 200]["count"] == 1
+    assert found["GET", "/stream", 200]["count"] == 1
+
+
+def test_a_middleware_around_a_dispatcher_to_a_measured_app_counts_once(telemetry, counts):
+    """``WSGIMiddleware`` of the same telemetry around what ``init_app`` measures inside."""
+    sub = build_app()
+    init_app(sub, telemetry)
+
+    def root(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"root"]
+
+    client = Client(WSGIMiddleware(DispatcherMiddleware(root, {"/a": sub}), telemetry=telemetry))
+    assert read(client.get("/a/items/5")).data == b"item 5"
+    assert read(client.get("/a/boom")).status_code == 500
+    assert read(client.get("/elsewhere")).data == b"root"
+    found = counts(telemetry)
+    assert found.pop(("GET", "/items/<int:item_id>", 200)) == 1
+    assert found.pop(("GET", "/boom", 500)) == 1
+    assert sum(found.values()) == 1  # the root app's request, under its anonymized path
+
+
+def test_nested_middlewares_count_once_for_one_telemetry_and_once_each_for_two(
+    make_telemetry, counts
+):
+    app = build_app()
+    outer, inner = make_telemetry(), make_telemetry()
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, telemetry=outer)
+    client = Client(WSGIMiddleware(app, telemetry=outer))
+    assert read(client.get("/items/6")).status_code == 200
+    assert counts(outer) == {("GET", "/items/<int:item_id>", 200): 1}
+
+    other = build_app()
+    other.wsgi_app = WSGIMiddleware(other.wsgi_app, telemetry=inner)
+    client = Client(WSGIMiddleware(other, telemetry=outer))
+    assert read(client.get("/items/7")).status_code == 200
+    assert counts(outer) == {("GET", "/items/<int:item_id>", 200): 2}
+    assert counts(inner) == {("GET", "/items/<int:item_id>", 200): 1}
+
+
+@pytest.mark.parametrize("way", ["init_app", "WSGIMiddleware"])
+def test_a_file_the_front_server_sends_counts_its_declared_length(
+    telemetry, records, way, tmp_path
+):
+    """``USE_X_SENDFILE``: the app sends no body; Apache or lighttpd sends the file."""
+    path = tmp_path / "report.bin"
+    path.write_bytes(b"z" * 7000)
+    app = Flask(__name__)
+    app.config["USE_X_SENDFILE"] = True
+
+    @app.route("/download")
+    def download():
+        return send_file(path)
+
+    if way == "init_app":
+        init_app(app, telemetry)
+        client = app.test_client()
+    else:
+        client = Client(WSGIMiddleware(app, telemetry=telemetry))
+    whole = read(client.get("/download"))
+    assert (whole.headers["X-Sendfile"], whole.headers["Content-Length"]) == (str(path), "7000")
+    part = read(client.get("/download", headers={"Range": "bytes=0-99"}))
+    assert (part.status_code, part.headers["Content-Length"]) == (206, "100")
+    found = records(telemetry)
+    assert found["GET", "/download", 200]["response_bytes"] == 7000
+    assert found["GET", "/download", 206]["response_bytes"] == 100
+
+
 def test_a_flask_app_in_a_wsgi_middleware_is_still_measured(telemetry, counts):
     """Without ``init_app``, the generic middleware measures a Flask app from outside."""
     app = build_app()

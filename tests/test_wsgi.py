@@ -739,11 +739,30 @@ def _list_subclass_app(environ, start_response):
     return _Chunks([b"hello"])
 
 
+class _LengthOfOne:
+    """A body that is no list but has a length, which waitress sizes a body by."""
+
+    def __iter__(self):
+        return iter([b"one chunk, sized"])
+
+    def __len__(self):
+        return 1
+
+
+def _length_of_one_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return _LengthOfOne()
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize(
     ("app", "expected"),
-    [(_odd_status_app, b"HTTP/1.0 2xx Weird"), (_list_subclass_app, b"Content-Length: 5")],
-    ids=["status without a number", "list subclass"],
+    [
+        (_odd_status_app, b"HTTP/1.0 2xx Weird"),
+        (_list_subclass_app, b"Content-Length: 5"),
+        (_length_of_one_app, b"Content-Length: 16"),
+    ],
+    ids=["status without a number", "list subclass", "no list, a length of one"],
 )
 def test_waitress_answers_alike_bare_and_measured(app, expected, make_telemetry):
     """waitress sends a status line that starts with no number as it is (the
@@ -756,7 +775,9 @@ def test_waitress_answers_alike_bare_and_measured(app, expected, make_telemetry)
     assert expected in bare
     assert measured == bare
     assert telemetry.internal_errors == 0
-    assert sum(record["count"] for record in telemetry.snapshot()) == 1
+    (record,) = telemetry.snapshot()
+    assert record["count"] == 1
+    assert record["response_bytes"] == len(bare.partition(b"\r\n\r\n")[2])
 
 
 @pytest.mark.e2e

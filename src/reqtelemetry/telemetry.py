@@ -55,6 +55,16 @@ _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "0.0.0.0"})
 #: Status recorded when the client went away before the response completed
 #: (nginx's convention).
 CLIENT_CLOSED_STATUS = 499
+#: Set in a request's WSGI environ or ASGI scope by a generic middleware
+#: that measures it (the value is its :class:`Telemetry`), so that no request
+#: counts twice where it meets the same telemetry again: a generic middleware
+#: nested inside (around an app mounted in another, or both added and
+#: wrapped around an app) lets it pass; a framework's integration (Flask's
+#: ``init_app``, Django's middleware), which knows the route better, takes it
+#: over (:data:`TAKEN_OVER`) and the middleware around leaves it to it.
+MEASURED_KEY = "reqtelemetry.measured_by"
+#: At :data:`MEASURED_KEY`: a framework's integration measures the request.
+TAKEN_OVER: Any = object()
 #: Digits a byte count can have and still fit the payload's 64-bit integers.
 _MAX_LENGTH_DIGITS = 18
 

@@ -40,7 +40,9 @@ from ..telemetry import (
     CLIENT_CLOSED_STATUS,
     KNOWN_METHODS,
     LANGUAGE_PREFIX,
+    MEASURED_KEY,
     OTHER_METHOD,
+    TAKEN_OVER,
     Telemetry,
     parse_content_length,
 )
@@ -147,6 +149,19 @@ def _listed_more_than_once() -> bool:
     if len(_checked_middleware) < 64:  # a handful of lists, even in tests
         _checked_middleware[listed] = len(ours) > 1
     return len(ours) > 1
+
+
+def _take_over(request: Any, telemetry: Telemetry) -> None:
+    """Take ``request`` over from a middleware of ``telemetry`` around the
+    Django app (a ``WSGIMiddleware`` or an ``ASGIMiddleware``, which says so in
+    the environ, ``request.META`` under WSGI, or the scope), which then leaves
+    it to this one: it knows the route, they do not."""
+    carrier = request.META
+    if carrier.get(MEASURED_KEY) is not telemetry:
+        carrier = request.__dict__.get("scope")  # under ASGI
+        if carrier is None or carrier.get(MEASURED_KEY) is not telemetry:
+            return
+    carrier[MEASURED_KEY] = TAKEN_OVER
 
 
 def _measured_before(request: Any) -> bool:
@@ -307,6 +322,7 @@ class TelemetryMiddleware:
             self._listed_twice and _measured_before(request)
         ):
             return self.get_response(request)
+        _take_over(request, self.telemetry)
         start = perf_counter()
         try:
             response = self.get_response(request)
@@ -326,6 +342,7 @@ class TelemetryMiddleware:
             self._listed_twice and _measured_before(request)
         ):
             return await self.get_response(request)
+        _take_over(request, self.telemetry)
         start = perf_counter()
         try:
             response = await self.get_response(request)

@@ -47,7 +47,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..recorder import PENDING_LIMIT
-from ..telemetry import KNOWN_METHODS, OTHER_METHOD, Telemetry, parse_content_length
+from ..telemetry import (
+    KNOWN_METHODS,
+    MEASURED_KEY,
+    OTHER_METHOD,
+    TAKEN_OVER,
+    Telemetry,
+    parse_content_length,
+)
 from .wsgi import (
     ROUTE_KEY,
     UNKNOWN_ROUTE,
@@ -55,16 +62,24 @@ from .wsgi import (
     WSGIApp,
     WSGIMiddleware,
     count_what_is_read,
+    length_sent_by_front_server,
     measure_iterable,
     record_request,
 )
 
 _INSTALLED_FLAG = "_reqtelemetry_route_hook"
+#: Set on a Flask app a :class:`WSGIMiddleware` wraps (or its ``wsgi_app``),
+#: opted out too, so that :func:`init_app` refuses it either way.
+_WRAPPED_FLAG = "_reqtelemetry_wrapped"
 #: Set on an app :func:`init_app` has instrumented, and on the ``wsgi_app`` it installed.
 INSTRUMENTED_FLAG = "_reqtelemetry_instrumented"
 #: Where Flask's response and matched rule wait, between the method that made
-#: the response and the wrapped ``wsgi_app``. (Werkzeug's request object is
-#: gone from the environ by then: Flask clears it when the request ends.)
+#: the response and the wrapped ``wsgi_app``: a list the wrapped ``wsgi_app``
+#: puts in the environ, which the method appends them to. (Werkzeug's request
+#: object is gone from the environ by then: Flask clears it when the request
+#: ends.) A list, not the pair itself, so that it reaches the wrapped
+#: ``wsgi_app`` through a middleware that copies the environ on its way in (a
+#: prefix-stripping ``dict(environ)``): the copy holds the same list.
 KEPT_KEY = "reqtelemetry.flask"
 #: Statuses a server answers without a body, whatever the response holds.
 _BODILESS_STATUSES = frozenset({204, 304})
@@ -95,11 +110,13 @@ def install(flask_app: Any, telemetry: Any = None) -> None:
     setattr(flask_app, _INSTALLED_FLAG, True)
 
 
-def install_if_flask(app: WSGIApp, telemetry: Any = None) -> None:
-    """Install the hook when ``app`` is a Flask app or its bound ``wsgi_app``.
+def install_if_flask(app: WSGIApp, telemetry: Any = None, enabled: bool = True) -> None:
+    """Install the hook when ``app`` is a Flask app or its bound ``wsgi_app``
+    (only marked as wrapped where telemetry is not ``enabled``).
 
     Raises ``RuntimeError`` when :func:`init_app` already measures that app: a
-    second measurement would count every request twice.
+    second measurement would count every request twice. Opted out too, so
+    that the mistake shows where it is made, not first in production.
     """
     flask = sys.modules.get("flask")
     if flask is None:
@@ -110,26 +127,31 @@ def install_if_flask(app: WSGIApp, telemetry: Any = None) -> None:
     if isinstance(candidate, flask.Flask):
         if getattr(candidate, INSTRUMENTED_FLAG, False):
             raise RuntimeError("this Flask app is already instrumented by reqtelemetry.init_app")
-        install(candidate, telemetry)
+        setattr(candidate, _WRAPPED_FLAG, True)
+        if enabled:
+            install(candidate, telemetry)
 
 
 def init_app(flask_app: Any, telemetry: Telemetry) -> None:
     """Measure a Flask app's requests, in the manner of Flask extensions.
 
-    Opted out, the app is left exactly as it was: nothing is installed, so an
-    opted-out deployment pays nothing per request.
+    Opted out, the app is left as it was: nothing is installed (only a flag
+    is set on it), so an opted-out deployment pays nothing per request.
 
     Raises ``RuntimeError`` when the app is already instrumented (by
     ``init_app`` or a ``WSGIMiddleware`` around it or its ``wsgi_app``): a second
-    measurement would count every request twice.
+    measurement would count every request twice. Opted out too, so that the
+    mistake shows where it is made, not first where telemetry is on.
     """
     if (
         isinstance(flask_app.wsgi_app, WSGIMiddleware)
         or getattr(flask_app, INSTRUMENTED_FLAG, False)
-        # a WSGIMiddleware around the app object (or its wsgi_app) installed its hook
+        # a WSGIMiddleware around the app object (or its wsgi_app)
+        or getattr(flask_app, _WRAPPED_FLAG, False)
         or getattr(flask_app, _INSTALLED_FLAG, False)
     ):
         raise RuntimeError("this Flask app is already instrumented by reqtelemetry")
+    setattr(flask_app, INSTRUMENTED_FLAG, True)
     if not telemetry.enabled:
         return
     _note_flask(flask_app, telemetry)
@@ -145,10 +167,13 @@ def init_app(flask_app: Any, telemetry: Telemetry) -> None:
             return
         try:
             request = context.request
+            kept = request.environ.get(KEPT_KEY)
+            if kept is None:  # called outside the wrapped wsgi_app: nothing waits
+                return
             rule = request.url_rule
             if rule is None:
                 rule = rule_despite_refusal(context)
-            request.environ[KEPT_KEY] = (response, rule)
+            kept.append((response, rule))
         except Exception as error:  # never let telemetry break a response
             telemetry.internal_error(error)
 
@@ -161,10 +186,12 @@ def init_app(flask_app: Any, telemetry: Telemetry) -> None:
         try:  # what keep() does, without its call: this is every request's path
             context = request_context()
             request = context.request
-            rule = request.url_rule
-            if rule is None:  # a 404, or a path the router refused (405, 308)
-                rule = rule_despite_refusal(context)
-            request.environ[KEPT_KEY] = (response, rule)
+            kept = request.environ.get(KEPT_KEY)
+            if kept is not None:  # else called outside the wrapped wsgi_app
+                rule = request.url_rule
+                if rule is None:  # a 404, or a path the router refused (405, 308)
+                    rule = rule_despite_refusal(context)
+                kept.append((response, rule))
         except Exception as error:
             telemetry.internal_error(error)
         return response
@@ -181,7 +208,6 @@ def init_app(flask_app: Any, telemetry: Telemetry) -> None:
     flask_app.full_dispatch_request = full_dispatch_request_measured
     flask_app.handle_exception = handle_exception_measured
     flask_app.wsgi_app = _measured_wsgi_app(flask_app.wsgi_app, telemetry)
-    setattr(flask_app, INSTRUMENTED_FLAG, True)
 
 
 def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
@@ -199,30 +225,39 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
         nonlocal first_request
         if excluded is not None and excluded(environ.get("PATH_INFO", "")):
             return wsgi_app(environ, start_response)
+        if environ.get(MEASURED_KEY) is telemetry:
+            # A WSGIMiddleware of this telemetry around the app (around a
+            # dispatcher in front of it): measured here, where the rule is
+            # known whatever lies between, and left to this by that one.
+            environ[MEASURED_KEY] = TAKEN_OVER
         if first_request:
             first_request = False
             telemetry.note_first_request(environ.get("HTTP_HOST"))
         if "HTTP_TRANSFER_ENCODING" in environ and not environ.get("CONTENT_LENGTH"):
             count_what_is_read(environ)
+        kept: list[tuple[Any, Any]] = []
+        environ[KEPT_KEY] = kept
         start = perf_counter()
         try:
             iterable = wsgi_app(environ, start_response)
         except BaseException:  # propagated (TESTING, PROPAGATE_EXCEPTIONS), or not an Exception
-            kept = environ.pop(KEPT_KEY, None)
-            route = _route(kept[1]) if kept is not None else UNKNOWN_ROUTE
+            environ.pop(KEPT_KEY, None)
+            route = _route(kept[-1][1]) if kept else UNKNOWN_ROUTE
             record_request(telemetry, environ, route, 500, perf_counter() - start, 0)
             raise
-        kept = environ.pop(KEPT_KEY, None)
-        if kept is None:  # another app behind a dispatcher answered: not Flask's request
+        environ.pop(KEPT_KEY, None)  # the response and rule go with the request
+        if not kept:  # another app behind a dispatcher answered: not Flask's request
             return iterable
         try:
-            response, rule = kept
+            response, rule = kept[-1]
             status = response.status_code
             body = response.response
             if type(body) is list and len(body) == 1 and type(body[0]) is bytes:
                 size = len(body[0])  # what Flask's make_response builds
             elif isinstance(body, (list, tuple)):
                 size = sum(map(len, response.iter_encoded()))
+                if not size:  # send_file under USE_X_SENDFILE: the front server sends it
+                    size = length_sent_by_front_server(response.headers.to_wsgi_list())
             else:  # streamed: measured to its last byte, as it passes
                 return measure_iterable(
                     telemetry,
@@ -233,6 +268,7 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
                     status,
                     _route(rule),
                     response.content_length,
+                    response.headers,
                 )
             # What record_request does, without its call (this is every request's path).
             method = environ.get("REQUEST_METHOD", "GET")

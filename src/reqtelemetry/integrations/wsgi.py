@@ -30,7 +30,9 @@ from ..recorder import PENDING_LIMIT
 from ..telemetry import (
     CLIENT_CLOSED_STATUS,
     KNOWN_METHODS,
+    MEASURED_KEY,
     OTHER_METHOD,
+    TAKEN_OVER,
     Telemetry,
     parse_content_length,
 )
@@ -63,10 +65,9 @@ class WSGIMiddleware:
         self._active = telemetry.enabled
         self._excluded = telemetry.excluded
         self._first_request = True
-        if self._active:
-            from .flask import install_if_flask
+        from .flask import install_if_flask
 
-            install_if_flask(app, telemetry)
+        install_if_flask(app, telemetry, self._active)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if not self._active:
@@ -74,12 +75,17 @@ class WSGIMiddleware:
         excluded = self._excluded
         if excluded is not None and excluded(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
+        telemetry = self.telemetry
+        if environ.get(MEASURED_KEY) is telemetry:  # measured by a middleware around this one
+            return self.app(environ, start_response)
+        environ[MEASURED_KEY] = telemetry
         if self._first_request:
             self._first_request = False
-            self.telemetry.note_first_request(environ.get("HTTP_HOST"))
+            telemetry.note_first_request(environ.get("HTTP_HOST"))
         if "HTTP_TRANSFER_ENCODING" in environ and not environ.get("CONTENT_LENGTH"):
             count_what_is_read(environ)
-        measured = _Measured(self.telemetry, environ, start_response)
+        measured = _Measured(telemetry, environ, start_response)
+        measured.defers = True
         measured.start = perf_counter()
         try:
             iterable = self.app(environ, measured.start_response)
@@ -112,6 +118,11 @@ class WSGIMiddleware:
             measured.finish()
             return iterable
         measured.iterable = iterable  # what hand_over does, without its call, for the rest
+        sized = _SIZED_KINDS.get(kind)
+        if sized is None:
+            sized = _is_sized(kind)
+        if sized:
+            measured.__class__ = _SizedMeasured
         return measured
 
 
@@ -152,6 +163,7 @@ class _Measured:
     __slots__ = (
         "_start_response",
         "_write",
+        "defers",
         "environ",
         "finished",
         "headers",
@@ -179,6 +191,10 @@ class _Measured:
         self.progress = _NOT_STARTED
         #: The template, None for "the router matched nothing", or UNKNOWN_ROUTE.
         self.route: Any = UNKNOWN_ROUTE
+        #: Whether a framework's integration that takes the request over
+        #: (:data:`~reqtelemetry.telemetry.TAKEN_OVER`) records it instead:
+        #: the generic middleware's measurement, not that integration's own.
+        self.defers = False
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         """The app's ``start_response``: note the status (and Flask's rule), then pass on."""
@@ -205,6 +221,8 @@ class _Measured:
         if _is_servers_file(iterable, self.environ.get("wsgi.file_wrapper")):
             return self.hand_over_file(iterable, declared_length)
         self.iterable = iterable
+        if _is_sized(type(iterable)):
+            self.__class__ = _SizedMeasured
         return self
 
     def hand_over_file(self, response: Any, declared_length: int | None = None) -> Any:
@@ -299,17 +317,79 @@ class _Measured:
             return
         self.finished = True
         end = perf_counter()
+        if self.defers and self.environ.get(MEASURED_KEY) is TAKEN_OVER:
+            return  # a framework's integration inside measured it
         if self.progress == _ITERATING and self.status != 500:
             # The server stopped iterating early: the client went away.
             self.status = CLIENT_CLOSED_STATUS
+        size = self.response_bytes
+        if not size:  # an empty body: perhaps a file the front server sends
+            size = length_sent_by_front_server(getattr(self, "headers", None))
         record_request(
             self.telemetry,
             self.environ,
             self.route,
             self.status or 500,
             end - self.start,
-            self.response_bytes,
+            size,
         )
+
+
+class _SizedMeasured(_Measured):
+    """A :class:`_Measured` around a body that has a length, which it gives as its own.
+
+    Why: waitress and wsgiref size a body by its ``len()`` (one chunk: they
+    declare its ``Content-Length``); wrapped in an object without one, a body
+    that went out with its length went out chunked, and an HTTP/1.0 client
+    lost its connection. Lists and tuples of one chunk go out unwrapped (see
+    :meth:`WSGIMiddleware.__call__`); this is for any other body with a length.
+    """
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self.iterable)  # type: ignore[arg-type]
+
+
+#: Whether a type of response body has a length (see :class:`_SizedMeasured`),
+#: by type: asked of every wrapped body, and a failed ``hasattr`` raises inside.
+_SIZED_KINDS: dict[type, bool] = {}
+
+
+def _is_sized(kind: type) -> bool:
+    """Whether bodies of type ``kind`` have a ``len()``, remembered for the next one."""
+    sized = _SIZED_KINDS.get(kind)
+    if sized is not None:
+        return sized
+    sized = hasattr(kind, "__len__")
+    if len(_SIZED_KINDS) < 256:  # a handful of body types in practice
+        _SIZED_KINDS[kind] = sized
+    return sized
+
+
+#: Headers with which an app hands the sending of a file to the server in
+#: front (Apache's and lighttpd's ``X-Sendfile``, which Flask's
+#: ``USE_X_SENDFILE`` sets; nginx's ``X-Accel-Redirect``), lower-cased.
+_FRONT_SERVER_FILE_HEADERS = frozenset({"x-sendfile", "x-accel-redirect"})
+
+
+def length_sent_by_front_server(headers: Any) -> int:
+    """The ``Content-Length`` of a response whose body the server in front
+    sends (see :data:`_FRONT_SERVER_FILE_HEADERS`); 0 for any other.
+
+    Why: such a response leaves the app with no body, and the client gets
+    the file, as long as the app declared. Asked only of an empty body.
+    """
+    try:
+        names = {str(name).lower() for name, _ in headers or ()}
+        if names.isdisjoint(_FRONT_SERVER_FILE_HEADERS):
+            return 0
+        for name, value in headers:
+            if str(name).lower() == "content-length":
+                return parse_content_length(value)
+    except Exception:  # headers the server refuses anyway: no length to tell
+        return 0
+    return 0
 
 
 def _is_servers_file(response: Any, file_wrapper: Any) -> bool:
@@ -471,18 +551,22 @@ def measure_iterable(
     status: int,
     route: Any,
     declared_length: int | None = None,
+    headers: Iterable[tuple[str, str]] | None = None,
 ) -> Iterable[bytes]:
     """Hand the server ``iterable`` counted, recorded at its last byte or ``close()``.
 
     For a framework integration that learnt status and route itself and has
     only a streamed body left to measure; ``declared_length`` is the body's
     ``Content-Length``, counted if the server sends the body itself (see
-    :meth:`_Measured.hand_over`).
+    :meth:`_Measured.hand_over`), and ``headers`` the response's, read if no
+    byte passes (see :func:`length_sent_by_front_server`).
     """
     measured = _Measured(telemetry, environ, start_response)
     measured.start = start
     measured.status = status
     measured.route = route
+    if headers is not None:
+        measured.headers = headers
     return measured.hand_over(iterable, declared_length)
 
 
