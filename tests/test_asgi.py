@@ -742,6 +742,69 @@ def test_an_exception_handlers_answer_is_recorded_from_outside_the_app(telemetry
     assert list(records(telemetry)) == [("GET", "/q", 503)]
 
 
+def test_an_app_mounted_in_one_of_the_same_telemetry_counts_once(make_telemetry, counts):
+    telemetry, other = make_telemetry(), make_telemetry()
+    sub = FastAPI()
+
+    @sub.get("/ping/{n}")
+    def ping(n: int):
+        return {"n": n}
+
+    main = FastAPI()
+    main.mount("/admin", wrap(sub, telemetry))
+    client = TestClient(wrap(main, telemetry))
+    assert client.get("/admin/ping/1").json() == {"n": 1}
+    assert counts(telemetry) == {("GET", "/admin/ping/{n}", 200): 1}
+
+    # Stacked, or added and wrapped around: still once.
+    app = FastAPI()
+    app.add_api_route("/items/{item_id}", lambda item_id: item_id)
+    app.add_middleware(ASGIMiddleware, telemetry=other)
+    app.add_middleware(ASGIMiddleware, telemetry=other)
+    client = TestClient(ASGIMiddleware(app, telemetry=other))
+    assert client.get("/items/3").status_code == 200
+    assert counts(other) == {("GET", "/items/{item_id}", 200): 1}
+
+
+def test_nested_middlewares_of_two_telemetries_each_count(make_telemetry, counts):
+    outer, inner = make_telemetry(), make_telemetry()
+    sub = Starlette(routes=[Route("/ping/{n}", plain)])
+    main = Starlette(routes=[Mount("/admin", ASGIMiddleware(sub, telemetry=inner))])
+    client = TestClient(ASGIMiddleware(main, telemetry=outer))
+    assert client.get("/admin/ping/2").text == "ok:n=2"
+    assert counts(outer) == {("GET", "/admin/ping/{n}", 200): 1}
+    assert sum(counts(inner).values()) == 1
+
+
+def test_what_follows_the_last_chunk_is_not_counted(telemetry, records):
+    """uvicorn drops a body sent after the response ended (hypercorn refuses it)."""
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        await send({"type": "http.response.body", "body": b"x" * 5000})
+
+    error, _ = drive(ASGIMiddleware(app, telemetry=telemetry), "/late", [])
+    assert error is None
+    ((_, _, status), record), *others = records(telemetry).items()
+    assert (status, record["response_bytes"], others) == (200, 2, [])
+
+
+def test_a_status_sent_as_text_is_keyed_as_its_number(telemetry, counts):
+    """hypercorn takes ``"status": "201"``; keyed apart, one report held two 201 records."""
+
+    def answering(status):
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": status, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        return app
+
+    for status in (201, "201"):
+        drive(ASGIMiddleware(answering(status), telemetry=telemetry), "/made", [])
+    assert [(status, n) for (_, _, status), n in counts(telemetry).items()] == [(201, 2)]
+
+
 def test_head_request(make_telemetry, records):
     telemetry = make_telemetry()
     app = FastAPI()
@@ -1733,14 +1796,23 @@ class _ASGI2App:
         await send({"type": "http.response.body", "body": b"asgi2"})
 
 
+class _ASGI2AppTakingAnything(_ASGI2App):
+    """Its signature binds three arguments, as an ASGI 3 app's does; uvicorn
+    takes a class for ASGI 2 unless its instances can be awaited."""
+
+    def __init__(self, scope, *args, **kwargs):
+        self.scope = scope
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("opt_out", [False, True], ids=["enabled", "opted out"])
-def test_an_asgi2_app_is_served_as_the_server_serves_it_bare(make_telemetry, counts, opt_out):
+@pytest.mark.parametrize("app", [_ASGI2App, _ASGI2AppTakingAnything], ids=["scope", "*args"])
+def test_an_asgi2_app_is_served_as_the_server_serves_it_bare(make_telemetry, counts, opt_out, app):
     """uvicorn adapts an ASGI 2 app it is handed; wrapped, the app it was
     handed was the middleware, which called the ASGI 2 app the ASGI 3 way:
     every request was a 500."""
     telemetry = make_telemetry(opt_out=opt_out)
-    with served_by_uvicorn(ASGIMiddleware(_ASGI2App, telemetry=telemetry)) as client:
+    with served_by_uvicorn(ASGIMiddleware(app, telemetry=telemetry)) as client:
         response = client.get("/hello")
     assert (response.status_code, response.content) == (200, b"asgi2")
     if not opt_out:

@@ -26,7 +26,14 @@ import anyio
 import anyio.to_thread
 
 from ..recorder import PENDING_LIMIT
-from ..telemetry import CLIENT_CLOSED_STATUS, KNOWN_METHODS, OTHER_METHOD, Telemetry
+from ..telemetry import (
+    CLIENT_CLOSED_STATUS,
+    KNOWN_METHODS,
+    MEASURED_KEY,
+    OTHER_METHOD,
+    TAKEN_OVER,
+    Telemetry,
+)
 from .starlette import (
     UNTEMPLATED,
     RouteTemplates,
@@ -93,6 +100,13 @@ class ASGIMiddleware:
             # anything pay for taking the prefix off.
             await self.app(scope, receive, send)
             return
+        if scope.get(MEASURED_KEY) is self.telemetry:
+            # A middleware of this telemetry around this one measures the
+            # request already (this app is mounted in one it measures, or the
+            # middleware is both added and wrapped around the app): once is enough.
+            await self.app(scope, receive, send)
+            return
+        scope[MEASURED_KEY] = self.telemetry
         if self._first_request:
             self._on_first_request(scope)
 
@@ -132,28 +146,32 @@ class ASGIMiddleware:
             # telemetry's, never the app's: it is counted, and whatever the app
             # raised goes on as it was.
             try:
-                end = exchange.end or perf_counter()
-                route = self._template(scope, entry_root_path, status)
-                if route is None or route is UNTEMPLATED:
-                    route = self._unrouted(scope, status, route is UNTEMPLATED)
-                method = _METHODS.get(scope["method"], OTHER_METHOD)
-                # No body goes out in answer to HEAD, whatever the app hands the server.
-                response_bytes = exchange.response_bytes if method != "HEAD" else 0
-                request = (
-                    method,
-                    route,
-                    status,
-                    end - start,
-                    exchange.request_bytes,
-                    response_bytes,
-                )
-                queue = self._queue
-                if queue is not None:  # what Recorder.record does, without its call
-                    queue.append(request)
-                    if len(queue) >= PENDING_LIMIT:
-                        self._aggregate()
-                else:
-                    self._record(*request, scope.get("scheme", "http"))
+                # Unless Django's middleware, inside, measured it.
+                if scope.get(MEASURED_KEY) is not TAKEN_OVER:
+                    end = exchange.end or perf_counter()
+                    if type(status) is not int:  # hypercorn passes on a status of "201"
+                        status = _status_code(status)
+                    route = self._template(scope, entry_root_path, status)
+                    if route is None or route is UNTEMPLATED:
+                        route = self._unrouted(scope, status, route is UNTEMPLATED)
+                    method = _METHODS.get(scope["method"], OTHER_METHOD)
+                    # No body goes out in answer to HEAD, whatever the app hands the server.
+                    response_bytes = exchange.response_bytes if method != "HEAD" else 0
+                    request = (
+                        method,
+                        route,
+                        status,
+                        end - start,
+                        exchange.request_bytes,
+                        response_bytes,
+                    )
+                    queue = self._queue
+                    if queue is not None:  # what Recorder.record does, without its call
+                        queue.append(request)
+                        if len(queue) >= PENDING_LIMIT:
+                            self._aggregate()
+                    else:
+                        self._record(*request, scope.get("scheme", "http"))
             except Exception as error:
                 self.telemetry.internal_error(error)
 
@@ -296,6 +314,8 @@ class _Exchange:
         """
         kind = message["type"]
         if kind == "http.response.body":
+            if self.end:  # after the last chunk: the server drops it, or refuses it
+                return self._send(message)
             # ``or``: uvicorn sends a body of None as an empty one, and so must we.
             chunk = len(message.get("body") or b"")
             self.response_bytes += chunk
@@ -338,15 +358,22 @@ def as_asgi3(app: Any) -> ASGIApp:
 
     Why: the server adapts an ASGI 2 app it is handed, but the middleware
     in front of it is the app the server sees, and every request of the app
-    it wrapped failed (a ``TypeError``: 500). Told apart by what the app can
-    be called with: ASGI 2 where it takes the scope alone and not three
-    arguments. Not as uvicorn guesses (no coroutine function: ASGI 2), which
-    would take a plain function that returns the coroutine of an ASGI 3 app
-    for ASGI 2: called so by a framework's mount, such an app works as it is.
+    it wrapped failed (a ``TypeError``: 500). A class is told apart as
+    uvicorn does it: ASGI 3 only if its instances can be awaited. Anything
+    else by what it can be called with: ASGI 2 where it takes the scope alone
+    and not three arguments. Not as uvicorn guesses there (no coroutine
+    function: ASGI 2), which would take a plain function that returns the
+    coroutine of an ASGI 3 app for ASGI 2: called so by a framework's mount,
+    such an app works as it is.
     An app whose signature cannot be read is left as it is. Its own
     signature, not the one ``functools.wraps`` copied from the app it wraps:
     an ASGI 3 adapter made so around an ASGI 2 app is ASGI 3.
     """
+    if inspect.isclass(app):
+        # A class is instantiated with the scope alone (ASGI 2) unless its
+        # instances can be awaited, as uvicorn tells them apart: its
+        # signature says nothing where it takes ``*args``.
+        return app if hasattr(app, "__await__") else _ASGI2App(app)
     try:
         signature = inspect.signature(app, follow_wrapped=False)
     except Exception:  # none of its own (a C wrapper such as wrapt's): the wrapped app's
@@ -375,6 +402,16 @@ class _ASGI2App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         instance = self.app(scope)
         await instance(receive, send)
+
+
+def _status_code(status: Any) -> int:
+    """The status an app sent as something other than an ``int`` (a
+    string, which hypercorn accepts), as the ``int`` every other request of
+    that status is keyed by; 500 where it is no number."""
+    try:
+        return int(status)
+    except (TypeError, ValueError):
+        return 500
 
 
 def _file_size(message: Message) -> int:
