@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -163,6 +164,34 @@ def test_a_process_that_forked_and_only_counts_sends_its_counts(make_sender, rec
     assert telemetry.close() is True
     reports = receiver.reports_from(telemetry.instance_id)
     assert sum(r["metrics"]["counters"].get("jobs.done", 0) for r in reports) == 40
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_while_the_exit_waits_ends_the_wait_quietly(silent_endpoint, tmp_path, raised):
+    """Ctrl-C while the final report waits; under gunicorn a second SIGINT or
+    SIGQUIT, which its worker turns into ``sys.exit(0)``: that escaped the
+    exit hook with a traceback ("Exception ignored in atexit callback")."""
+    config = make_config(
+        endpoint=silent_endpoint.url,  # answers nothing: the report waits its whole budget
+        deployment_id_path=str(tmp_path / "id"),
+        **{**SENDER_DEFAULTS, "shutdown_timeout": 10.0},
+    )
+    telemetry = Telemetry(config=config)
+    telemetry.note_first_request(None)
+
+    def handle_quit(signum, frame):
+        raise raised(0) if raised is SystemExit else raised()
+
+    previous = signal.signal(signal.SIGUSR1, handle_quit)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1))
+    started = time.monotonic()
+    try:
+        timer.start()
+        telemetry_module.close_all_at_exit()  # returns, raising nothing
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert time.monotonic() - started < 5  # the wait ended, not its 10 s
 
 
 def test_the_exit_waits_one_shutdown_timeout_for_all_instances(silent_endpoint, tmp_path):

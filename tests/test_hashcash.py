@@ -417,6 +417,38 @@ def test_an_interrupted_stamp_leaves_no_child_hashing() -> None:
 
 @linux_only
 @pytest.mark.timeout(30)
+def test_a_child_stopped_by_a_signal_is_no_reason_to_mint_here(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The terminal's Ctrl-C, or a service manager stopping the process group,
+    reaches the minting child too. It was taken for a child that cannot run,
+    with a warning naming a fault there was none of, and the stamp was then
+    minted in this process, where cancelling no longer stopped it."""
+    resource = hashlib.sha256(f"signalled {time.time_ns()}".encode()).hexdigest()
+    monkeypatch.setattr(hashcash, "_fallback_logged", False)
+
+    def stop_the_child() -> None:
+        deadline = time.monotonic() + 10
+        while not (children := _children_minting(resource)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_the_child)
+    started = time.monotonic()
+    stopper.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+            with pytest.raises(hashcash.MintCancelled, match="signal 15"):
+                hashcash.mint_in_subprocess(resource, 60, timeout=20)  # 60 bits: never done
+    finally:
+        stopper.join()
+    assert time.monotonic() - started < 10  # not minting here until the 20 s timeout
+    assert not [r for r in caplog.records if "child process" in r.getMessage()]
+
+
+@linux_only
+@pytest.mark.timeout(30)
 def test_a_cancelled_stamp_leaves_no_child_hashing() -> None:
     """What Transport.interrupt() does at shutdown: set the Event, the child is killed."""
     resource = hashlib.sha256(f"cancelled {time.time_ns()}".encode()).hexdigest()

@@ -393,7 +393,7 @@ def mint_in_subprocess(
     python = python_executable()
     if not python:
         _log_fallback("no Python interpreter to run it with is known")
-        return _mint_in_slices(resource, bits, deadline, now)
+        return _mint_in_slices(resource, bits, deadline, now, cancel)
     try:
         with _starting_child:  # no fork of this process meanwhile (see _starting_child)
             child = subprocess.Popen(
@@ -404,7 +404,7 @@ def mint_in_subprocess(
             )
     except OSError as error:
         _log_fallback(f"{type(error).__name__}: {error}")
-        return _mint_in_slices(resource, bits, deadline, now)
+        return _mint_in_slices(resource, bits, deadline, now, cancel)
     with child:
         if idle:
             _lower_priority_of(child.pid)
@@ -421,11 +421,19 @@ def mint_in_subprocess(
         except BaseException:  # interrupted: leave no child hashing, and do not wait for one
             child.kill()
             raise
+    if child.returncode < 0:
+        # Killed by a signal, not by a fault: the terminal's Ctrl-C or a
+        # service manager stopping the app's whole process group reaches the
+        # child too. Nothing says a child cannot mint, and minting here would
+        # hold up the shutdown that signal began.
+        raise MintCancelled(
+            f"the child minting a {bits}-bit stamp was stopped by signal {-child.returncode}"
+        )
     stamp = stdout.decode("ascii", "replace").strip()
     if child.returncode != 0 or not _meets(stamp, resource, bits):
         lines = stderr.decode("utf-8", "replace").strip().splitlines()
         _log_fallback(f"the child exited with {child.returncode}: {lines[-1] if lines else ''}")
-        return _mint_in_slices(resource, bits, deadline, now)
+        return _mint_in_slices(resource, bits, deadline, now, cancel)
     return stamp
 
 

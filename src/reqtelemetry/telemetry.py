@@ -584,7 +584,9 @@ def _close_within_one_budget(instances: list[Telemetry]) -> None:
                 telemetry.close(timeout=max(deadline - time.monotonic(), 0.0))
             except Exception as error:  # never let telemetry break the exit
                 telemetry.internal_error(error)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C while waiting, or gunicorn's worker, which turns a second
+        # SIGINT or SIGQUIT into sys.exit(): ends the waiting, quietly.
         return
 
 
