@@ -450,7 +450,7 @@ def test_a_bare_string_where_a_list_belongs_is_refused_or_split(field):
     with pytest.raises(ValueError, match=f"{field} must be a list of strings"):
         Config(**{field: "users"}).validate()
     # Telemetry resolves a hand-built config as it does keyword options: split at commas.
-    value = "users" if field != "disabled_traits" else "cpu_count"
+    value = {"disabled_traits": "cpu_count", "exclude_paths": "/users"}.get(field, "users")
     assert getattr(Telemetry(config=Config(**{field: value})).config, field) == (value,)
 
 
@@ -650,3 +650,12 @@ def test_the_environment_sets_how_long_an_exit_waits_for_its_final_reports():
     )
     assert resolve({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "0"}).shutdown_timeout == 0.0
     assert resolve({}, shutdown_timeout=5).shutdown_timeout == 5
+
+
+@pytest.mark.parametrize("name", ["exclude_paths", "exclude_prefixes"])
+def test_an_excluded_path_without_its_leading_slash_is_refused(name):
+    """``exclude_paths=["healthz"]`` excluded nothing, silently: no request's path is that."""
+    with pytest.raises(ValueError, match=rf"^{name} entries must start with '/', got 'healthz'"):
+        resolve({}, **{name: ["/ok", "healthz"]})
+    with pytest.raises(ValueError, match=rf"^REQTELEMETRY_{name.upper()}: {name} entries must"):
+        resolve({f"REQTELEMETRY_{name.upper()}": "healthz"})

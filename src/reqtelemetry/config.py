@@ -394,9 +394,12 @@ class Config:
                     f"{name} must be a list of strings (Config.resolve also takes a "
                     f"comma-separated string), got {value!r}"
                 )
-        for prefix in self.exclude_prefixes:
-            if not prefix.startswith("/"):
-                raise ValueError(f"exclude_prefixes entries must start with '/', got {prefix!r}")
+        for name in ("exclude_paths", "exclude_prefixes"):
+            # A path a request can have starts with "/": without it, an entry
+            # excluded nothing, silently.
+            for entry in getattr(self, name):
+                if not entry.startswith("/"):
+                    raise ValueError(f"{name} entries must start with '/', got {entry!r}")
         if not 1 <= self.max_metrics <= MAX_METRIC_NAMES:
             raise ValueError(
                 f"max_metrics must be between 1 and {MAX_METRIC_NAMES} (the wire format's "
