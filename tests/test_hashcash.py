@@ -438,9 +438,11 @@ def test_a_child_stopped_by_a_signal_is_no_reason_to_mint_here(
     started = time.monotonic()
     stopper.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
-            with pytest.raises(hashcash.MintCancelled, match="signal 15"):
-                hashcash.mint_in_subprocess(resource, 60, timeout=20)  # 60 bits: never done
+        with (
+            caplog.at_level(logging.WARNING, logger="reqtelemetry"),
+            pytest.raises(hashcash.MintCancelled, match="signal 15"),
+        ):
+            hashcash.mint_in_subprocess(resource, 60, timeout=20)  # 60 bits: never done
     finally:
         stopper.join()
     assert time.monotonic() - started < 10  # not minting here until the 20 s timeout
