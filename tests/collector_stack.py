@@ -288,8 +288,12 @@ def start_client(
     return telemetry
 
 
-def deployment_id(deployment_dir: Path) -> str:
-    return (deployment_dir / "deployment_id").read_text().strip()
+def deployment_id(deployment_dir: Path, collector_url: str, app_name: str = "e2e-shop") -> str:
+    """The id :func:`start_client`'s instances send, from the one kept in ``deployment_dir``."""
+    from reqtelemetry.traits import deployment_id_for
+
+    kept = (deployment_dir / "deployment_id").read_text().strip()
+    return deployment_id_for(kept, app_name, collector_url)
 
 
 # -- instrumented apps and their traffic ------------------------------------------------------

@@ -262,7 +262,7 @@ def test_real_clients_report_exactly_what_was_served(
         canaries.assert_absent(csv_text.encode(), "the CSV")
         stored = database.dump()
         # The dump does see what was stored (else its silence would prove nothing).
-        assert deployment_id(dep_a).encode() in stored
+        assert deployment_id(dep_a, collector.url).encode() in stored
         assert MEMBER.encode() in stored and FLASK_ITEM.encode() in stored
         canaries.assert_absent(stored, f"the {database.kind} database")
     if database.kind == "sqlite":

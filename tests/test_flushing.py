@@ -52,6 +52,7 @@ from reqtelemetry import flusher as flusher_module
 from reqtelemetry import telemetry as telemetry_module
 from reqtelemetry.payload import Envelope, build_reports
 from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
+from reqtelemetry.traits import deployment_id_for
 from reqtelemetry.transport import MAX_ANSWER_BYTES, Outcome, parse_retry_after
 
 pytestmark = pytest.mark.e2e
@@ -99,8 +100,10 @@ def test_startup_report_is_sent_as_soon_as_the_flusher_starts(make_sender, recei
     assert report["kind"] == "startup"
     assert report["sequence"] == 0
     assert (report["part"], report["parts"]) == (0, 1)
-    stored = (tmp_path / "deployment_id").read_text().strip()
-    assert report["deployment_id"] == stored
+    kept = (tmp_path / "deployment_id").read_text().strip()
+    config = telemetry.config
+    assert report["deployment_id"] == deployment_id_for(kept, config.app_name, config.endpoint)
+    assert report["deployment_id"] != kept  # the kept id never leaves the process
     assert report["traits"]["reqtelemetry_version"] == reqtelemetry.__version__
 
 
@@ -140,6 +143,31 @@ def test_a_process_that_never_served_sends_nothing_and_waits_for_nothing(
     flusher._thread.join(5)
     assert not flusher.running and flusher.sequence == 0
     silent_endpoint.assert_no_connection()
+
+
+def test_apps_sharing_the_id_file_send_ids_none_can_link(make_sender, receiver, tmp_path):
+    """The id file is one per user account: every app on a machine sent its
+    id, to any collector, and two maintainers could tell the same machine by it."""
+    shop, shop_again, blog = (
+        make_sender(app_name=name) for name in ("shop", "shop", "blog")
+    )  # one file, in tmp_path
+    for telemetry in (shop, shop_again, blog):
+        assert telemetry.close() is True
+    sent = {
+        telemetry: {r["deployment_id"] for r in receiver.reports_from(telemetry.instance_id)}
+        for telemetry in (shop, shop_again, blog)
+    }
+    kept = (tmp_path / "deployment_id").read_text().strip()
+    assert sent[shop] == sent[shop_again]  # one app, restarted: one deployment
+    assert len(sent[shop]) == 1 and sent[shop] != sent[blog]
+    assert kept not in sent[shop] | sent[blog]
+    everything = b"".join(r.body or r.raw_body for r in receiver.requests)
+    assert kept.encode() not in everything + json.dumps(receiver.sessions).encode()
+    # Another collector (its origin: scheme, host, port) gets another id.
+    (shop_id,) = sent[shop]
+    assert deployment_id_for(kept, "shop", receiver.url) == shop_id
+    assert deployment_id_for(kept, "shop", receiver.url + "/v1?key=k") == shop_id
+    assert deployment_id_for(kept, "shop", "https://collector.example") != shop_id
 
 
 def test_a_process_that_only_counts_sends_its_counts(make_sender, receiver):

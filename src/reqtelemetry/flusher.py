@@ -39,7 +39,7 @@ from .supervisors import (
     started_by_multiprocessing,
     supervisor_loop,
 )
-from .traits import detect_test_runner, load_deployment_id
+from .traits import deployment_id_for, detect_test_runner, load_deployment_id
 from .transport import Outcome, Result, Sent, Transport, started, waitable
 
 if TYPE_CHECKING:
@@ -466,7 +466,9 @@ class Flusher:
 
     def _flush_locked(self, kind: str, deadline: float, gauges: dict[str, float]) -> bool:
         if self.deployment_id is None:
-            self.deployment_id, how = load_deployment_id(self.config.deployment_id_path)
+            kept, how = load_deployment_id(self.config.deployment_id_path)
+            config = self.config
+            self.deployment_id = deployment_id_for(kept, config.app_name, config.endpoint)
             if how != "persisted":
                 logger.info("reqtelemetry: deployment id kept for this process only (%s)", how)
         # At shutdown this process serves no more requests: no pauses for them.

@@ -16,13 +16,17 @@ trait by name (``REQTELEMETRY_DISABLE=memory_rss_bytes,cpu_count``); withheld
 traits are not even computed, and their names are reported so the collector
 can tell "withheld" from "unknown".
 
-The deployment id (:func:`load_deployment_id`) is a random UUID kept in a file,
-so restarts of the same installation count as one deployment.
+The deployment id (:func:`deployment_id_for`) is derived from a random UUID
+kept in a file (:func:`load_deployment_id`), so restarts of the same
+installation count as one deployment, and from the app and its collector, so
+two apps on one machine, or one app sending to two collectors, cannot be
+linked by it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -33,6 +37,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from .config import Config, env_flag
 
@@ -629,6 +634,30 @@ def _read_only_id(path: str) -> tuple[str, str]:
         if found is None:
             found = _READ_ONLY_IDS[path] = str(uuid.uuid4())
     return found, "read-only"
+
+
+def deployment_id_for(kept: str, app_name: str | None, endpoint: str | None) -> str:
+    """The deployment id an app sends: a version 4 UUID made from the id
+    ``kept`` in the file, the app's name and its collector's origin (scheme,
+    host, port).
+
+    Why not the kept id itself: the file is one per user account (its path
+    names no app), so every app on a machine, sending to any collector, sent
+    the same long-lived id, by which two maintainers' collectors (or one
+    maintainer's, for several products) could tell the same machine. The
+    kept id never leaves the process; a restart gives the same id; another
+    app or collector a different one, unlinkable to it without the file.
+    """
+    origin = ""
+    if endpoint:
+        # Not the path or query, which may carry a key; not the user info.
+        try:
+            parts = urlsplit(endpoint)
+            origin = f"{parts.scheme}://{(parts.hostname or '').lower()}:{parts.port or ''}"
+        except ValueError:  # a port out of range: the config refuses it before this
+            origin = endpoint
+    digest = hashlib.sha256(f"{kept}|{app_name or ''}|{origin}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
 def load_deployment_id(path: str | None) -> tuple[str, str]:
