@@ -435,6 +435,37 @@ def test_a_libpq_keyword_string_is_refused(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "db",
+    [
+        "postgresql:/telemetry:s3cr3t@db/telemetry",
+        "postgres:telemetry:s3cr3t@db/telemetry",
+        "postgresql//telemetry:s3cr3t@db/telemetry",
+        "sqlite:/s3cr3t.db",
+    ],
+)
+@pytest.mark.parametrize("command", ["export", "collector"])
+def test_a_database_url_short_of_a_slash_is_refused(
+    capsys, served, tmp_path, monkeypatch, db, command, no_collector_environment
+):
+    """Taken for a file path, it started a production collector on a SQLite
+    file under ``./postgresql:/telemetry:s3cr3t@db/``, the banner showing the password."""
+    monkeypatch.chdir(tmp_path)
+    if command == "collector":
+        monkeypatch.setenv("REQTELEMETRY_COLLECTOR_DB", db)
+        monkeypatch.setenv("REQTELEMETRY_COLLECTOR_PRODUCTION", "1")
+        monkeypatch.setenv("REQTELEMETRY_COLLECTOR_SECRET", "s" * 32)
+        monkeypatch.setenv("REQTELEMETRY_DASHBOARD_TOKEN", "a-long-enough-dashboard-token")
+        assert main(["collector", "--port", "0"]) == 2
+    else:
+        assert main(["export", "--csv", "--db", db]) == 2
+    line = one_error_line(capsys, command)
+    assert "is no URL" in line and "postgresql://" in line
+    assert "s3cr3t" not in line
+    assert list(tmp_path.iterdir()) == []
+    assert served == []
+
+
 def test_the_collector_banner_names_the_database_without_its_password(
     capsys, served, postgres_url, no_collector_environment
 ):

@@ -2100,10 +2100,15 @@ def test_postgres_waits_for_a_free_connection_no_longer_than_the_deadline(
     assert postgres_storage.totals(0)["reports"] == 2
 
 
-def _socket_options(storage: PostgresStorage) -> dict[str, int]:
-    """The TCP options of a connection ``storage`` opens, as the kernel holds them."""
-    with storage._pool.connection() as (connection, _):
-        probe = socket.socket(fileno=os.dup(connection.pgconn.socket))
+def _socket_options(storage: PostgresStorage, streaming: bool = False) -> dict[str, int]:
+    """The TCP options of a connection ``storage`` opens (from its pool, or
+    for a stream of rows), as the kernel holds them."""
+    if streaming:
+        with storage._stream_connection() as connection:
+            probe = socket.socket(fileno=os.dup(connection.pgconn.socket))
+    else:
+        with storage._pool.connection() as (connection, _):
+            probe = socket.socket(fileno=os.dup(connection.pgconn.socket))
     try:
         return {
             "keepalive": probe.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
@@ -2117,12 +2122,14 @@ def _socket_options(storage: PostgresStorage) -> dict[str, int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's TCP options")
+@pytest.mark.parametrize("streaming", [False, True], ids=["pool", "export and roll-up"])
 def test_postgres_connections_notice_a_silent_server_in_seconds(
-    postgres_storage: PostgresStorage,
+    postgres_storage: PostgresStorage, streaming: bool
 ) -> None:
     """Without keepalives and a TCP user timeout, a connection to a server
-    cut off by the network waits some 15 minutes, holding a pool slot."""
-    assert _socket_options(postgres_storage) == {
+    cut off by the network waits some 15 minutes, holding a pool slot (or
+    an export, or the hourly roll-up, and the shutdown behind it)."""
+    assert _socket_options(postgres_storage, streaming) == {
         "keepalive": 1,
         "idle": 10,
         "interval": 5,
@@ -2135,7 +2142,7 @@ def test_postgres_connections_notice_a_silent_server_in_seconds(
         f"{url}{'&' if '?' in url else '?'}keepalives_idle=60&tcp_user_timeout=0"
     )
     try:
-        options = _socket_options(tuned)
+        options = _socket_options(tuned, streaming)
     finally:
         tuned.close()
     assert (options["idle"], options["user_timeout"], options["count"]) == (60, 0, 3)

@@ -43,6 +43,11 @@ _POSTGRES = ("postgresql://", "postgres://")
 #: The start of a libpq keyword string (``host=db dbname=telemetry``), which
 #: must not be taken for a SQLite file name; a path with spaces is a path.
 _KEYWORD_DSN = re.compile(r"\s*[A-Za-z_]+\s*=")
+#: A bare path that starts as a database URL but is none (a slash or a colon
+#: short: ``postgresql:/user:pw@db/x``, ``postgres:user@db/x``,
+#: ``postgresql//db/x``, ``sqlite:/x.db``). Taken for a file, it made a SQLite
+#: database under a directory named after the URL, password and all.
+_MISTYPED_URL = re.compile(r"(?:postgres(?:ql)?|sqlite)(?::|//)", re.IGNORECASE)
 #: ``password=...`` in a keyword DSN (or anywhere in a text).
 _PASSWORD_PAIR = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
 #: ``password=...`` in a URL's query, up to the next parameter.
@@ -161,6 +166,14 @@ def open_storage(url: str, *, read_only: bool = False) -> SQLStorage:
         raise ValueError(
             f"unsupported database URL scheme {scheme!r}: use sqlite:///path.db, a file path, "
             "or postgresql://user:password@host/dbname"
+        )
+    mistyped = _MISTYPED_URL.match(url)
+    if mistyped:
+        # Only its start is quoted back: what follows may well be a password.
+        raise ValueError(
+            f"the database URL starts with {mistyped.group()!r} but is no URL: write "
+            "postgresql://user:password@host/dbname or sqlite:///path.db (a SQLite "
+            "file whose name starts so: ./that/path.db)"
         )
     if _KEYWORD_DSN.match(url):
         raise ValueError(

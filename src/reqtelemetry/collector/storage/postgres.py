@@ -435,14 +435,7 @@ class PostgresStorage(SQLStorage):
         reports are stored through. Closed (and the transaction rolled back)
         when the rows are done, or the generator is closed or collected.
         """
-        if self._pool._closed:
-            raise RuntimeError("the storage is closed")
-        connection = psycopg.connect(
-            self.url,
-            autocommit=True,  # the transaction is explicit, as the pool's are
-            connect_timeout=self._connect_timeout,
-            application_name="reqtelemetry-collector",
-        )
+        connection = self._stream_connection()
         try:
             # BEGIN READ ONLY, in one snapshot for the statement and what it read first.
             connection.read_only = True
@@ -452,6 +445,21 @@ class PostgresStorage(SQLStorage):
                 yield from executor.batches(*statement(executor), size)
         finally:
             connection.close()
+
+    def _stream_connection(self) -> psycopg.Connection[Any]:
+        """A connection of its own for :meth:`_stream`, with the pool's TCP
+        settings: without them, an export or a roll-up read whose server went
+        silent (a network cut) waited for the system's TCP defaults, 15
+        minutes to 2 hours, and the collector's shutdown with it."""
+        if self._pool._closed:
+            raise RuntimeError("the storage is closed")
+        return psycopg.connect(
+            self.url,
+            autocommit=True,  # the transaction is explicit, as the pool's are
+            connect_timeout=self._connect_timeout,
+            application_name="reqtelemetry-collector",
+            **tcp_settings(self.url),
+        )
 
     def __repr__(self) -> str:
         # Never show a password that may be part of the URL.
