@@ -54,18 +54,51 @@ CANARIES = {
 }
 
 
+#: What the machine's name and the user's are made to read, wherever the real
+#: ones are too short to look for ("vm", "root") without false alarms.
+CANARY_HOSTNAME = "canary-host-3301"
+CANARY_USER = "canary-user-7702"
+
+
 def identifiers_of_this_machine() -> dict[str, str]:
     found = {"cwd": os.getcwd(), "home": os.path.expanduser("~")}
     hostname = socket.gethostname()
-    if len(hostname) >= 4:
-        found["hostname"] = hostname
+    found["hostname"] = hostname if len(hostname) >= 4 else CANARY_HOSTNAME
     try:
         user = getpass.getuser()
     except Exception:
         user = ""
-    if len(user) >= 5:
-        found["user"] = user
+    found["user"] = user if len(user) >= 5 else CANARY_USER
     return {k: v for k, v in found.items() if v and v != "/"}
+
+
+def give_this_machine_long_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the machine's and user's names are too short to search the wire
+    for, every way Python tells them reads a canary instead, so that the check
+    still runs (on a machine called "vm", run as "root", it passed unrun)."""
+    import platform
+
+    if len(socket.gethostname()) < 4:
+        monkeypatch.setattr(socket, "gethostname", lambda: CANARY_HOSTNAME)
+        monkeypatch.setattr(platform, "node", lambda: CANARY_HOSTNAME)
+        uname = os.uname()
+        monkeypatch.setattr(
+            os,
+            "uname",
+            lambda: os.uname_result(
+                (uname.sysname, CANARY_HOSTNAME, uname.release, uname.version, uname.machine)
+            ),
+        )
+        monkeypatch.setattr(platform, "_uname_cache", None)
+        monkeypatch.setenv("HOSTNAME", CANARY_HOSTNAME)
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = ""
+    if len(user) < 5:
+        monkeypatch.setattr(getpass, "getuser", lambda: CANARY_USER)
+        for name in ("USER", "LOGNAME", "USERNAME"):
+            monkeypatch.setenv(name, CANARY_USER)
 
 
 def build_app() -> Starlette:
@@ -128,6 +161,7 @@ def assert_no_canary(body: bytes, payload: Any, extra: dict[str, str], salt: str
 
 
 def test_no_identifier_reaches_the_wire(make_sender, receiver, monkeypatch):
+    give_this_machine_long_names(monkeypatch)
     monkeypatch.setenv("REQTELEMETRY_CANARY_SECRET", CANARIES["environment value"])
     monkeypatch.setenv("CI", CANARIES["ci value"])
     telemetry = make_sender(

@@ -30,7 +30,9 @@ it to the socket is not in the latency (an ASGI server buffers its writes the
 same way), and a client that disconnects during that write is not seen.
 Requests that another WSGI app serves (a ``DispatcherMiddleware`` set as
 ``app.wsgi_app`` before ``init_app``) are not Flask's and are not recorded;
-wrap the dispatcher in ``WSGIMiddleware`` to measure those instead.
+wrap the dispatcher in ``WSGIMiddleware`` to measure those too: the requests
+Flask serves are then still measured here, the middleware leaving them to
+this (see :data:`~reqtelemetry.telemetry.MEASURED_KEY`).
 
 :func:`install` is the hook :class:`WSGIMiddleware` uses when it is handed a
 Flask app directly: it notes the framework and, for exceptions that propagate
