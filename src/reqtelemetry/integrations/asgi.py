@@ -20,7 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from types import CodeType
-from typing import Any
+from typing import Any, overload
 
 import anyio
 import anyio.to_thread
@@ -66,7 +66,20 @@ class ASGIMiddleware:
     to :class:`_PassThrough`), so it costs one extra ``await`` and nothing else.
     """
 
+    @overload
+    def __init__(
+        self, app: ASGIApp, /, telemetry: Telemetry | None = None, **options: Any
+    ) -> None: ...
+
+    @overload
+    def __init__(self, *, app: ASGIApp, telemetry: Telemetry | None = None) -> None: ...
+
     def __init__(self, app: ASGIApp, telemetry: Telemetry | None = None, **options: Any) -> None:
+        # Typed as taking the app first and alone by position (the first
+        # form): Starlette's add_middleware is typed for a middleware whose
+        # ``app`` cannot clash with its keyword options, and it was a type
+        # error in the README's first snippet. Older Starlettes (0.37) pass
+        # ``app=`` by name (the second form), which still works.
         if telemetry is None:
             telemetry = Telemetry(**options)
         elif options:
