@@ -766,6 +766,18 @@ def test_an_app_mounted_in_one_of_the_same_telemetry_counts_once(make_telemetry,
     assert counts(other) == {("GET", "/items/{item_id}", 200): 1}
 
 
+def test_a_middleware_that_deep_copies_the_scope_still_serves(make_telemetry, counts):
+    """hypercorn's ProxyFixMiddleware deep-copies the scope: a Telemetry in it
+    (locks cannot be copied) made every request of such an app a 500."""
+    from hypercorn.middleware import ProxyFixMiddleware
+
+    telemetry = make_telemetry()
+    app = Starlette(routes=[Route("/ping/{n}", plain)])
+    client = TestClient(ASGIMiddleware(ProxyFixMiddleware(app), telemetry=telemetry))
+    assert client.get("/ping/3").text == "ok:n=3"
+    assert counts(telemetry) == {("GET", "/ping/{n}", 200): 1}
+
+
 def test_nested_middlewares_of_two_telemetries_each_count(make_telemetry, counts):
     outer, inner = make_telemetry(), make_telemetry()
     sub = Starlette(routes=[Route("/ping/{n}", plain)])

@@ -886,12 +886,32 @@ def test_a_middleware_of_the_same_telemetry_around_django_leaves_it_the_request(
         ("GET", "/api/v2/async/<int:pk>/", 200): 1,
     }
 
+    # A copy of the environ or scope between them changes nothing.
+    copying_wsgi = get_wsgi_application()
+    wsgi = WerkzeugClient(
+        WSGIMiddleware(lambda e, s: copying_wsgi(dict(e), s), telemetry=django_telemetry)
+    )
+    assert wsgi.get("/api/items/3/").data == b'{"pk": 3}'
+    copying_asgi = get_asgi_application()
+
+    async def copying(scope, receive, send):
+        await copying_asgi(dict(scope), receive, send)
+
+    sent = serve_asgi(
+        "/api/v2/async/6/", application=ASGIMiddleware(copying, telemetry=django_telemetry)
+    )
+    assert sent[0]["status"] == 200
+    assert counts(django_telemetry) == {
+        ("GET", "/api/items/<int:pk>/", 200): 2,
+        ("GET", "/api/v2/async/<int:pk>/", 200): 2,
+    }
+
     # Another telemetry's middleware around Django measures for its own maintainer.
     inner = django_telemetry_factory()  # what the Django middleware now uses
     wrapped = WerkzeugClient(WSGIMiddleware(get_wsgi_application(), telemetry=django_telemetry))
     assert wrapped.get("/api/items/2/").data == b'{"pk": 2}'
     assert counts(inner) == {("GET", "/api/items/<int:pk>/", 200): 1}
-    assert sum(counts(django_telemetry).values()) == 3
+    assert sum(counts(django_telemetry).values()) == 5
 
 
 def test_listed_after_another_middleware_is_warned_of(django_telemetry, counts, caplog):

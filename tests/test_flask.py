@@ -340,6 +340,48 @@ def test_nested_middlewares_count_once_for_one_telemetry_and_once_each_for_two(
     assert counts(inner) == {("GET", "/items/<int:item_id>", 200): 1}
 
 
+def test_nested_integrations_count_each_request_once_whatever_lies_between(make_telemetry, counts):
+    """Each case counted twice, or not at all, in a first version of the rule."""
+    telemetry = make_telemetry()
+
+    def legacy(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"legacy"]
+
+    # A copy of the environ between the middleware and init_app.
+    app = build_app()
+    init_app(app, telemetry)
+    client = Client(WSGIMiddleware(CopyingPrefixStrip(app), telemetry=telemetry))
+    assert read(client.get("/app/items/1")).data == b"item 1"
+    assert counts(telemetry) == {("GET", "/items/<int:item_id>", 200): 1}
+
+    # Another app behind a dispatcher inside init_app: left to the middleware,
+    # and a middleware of the same telemetry around that app lets it pass.
+    for inner in (legacy, WSGIMiddleware(legacy, telemetry=telemetry)):
+        telemetry = make_telemetry()
+        app = build_app()
+        app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/legacy": inner})
+        init_app(app, telemetry)
+        client = Client(WSGIMiddleware(DispatcherMiddleware(app, {}), telemetry=telemetry))
+        assert read(client.get("/legacy/x")).data == b"legacy"
+        assert read(client.get("/items/2")).data == b"item 2"
+        found = counts(telemetry)
+        assert found.pop(("GET", "/items/<int:item_id>", 200)) == 1
+        assert sum(found.values()) == 1  # the legacy request, under its anonymized path
+
+
+def test_a_middleware_of_another_telemetry_keeps_what_it_measures(make_telemetry, counts):
+    """A platform's telemetry around an app that has its own lost all its requests."""
+    platform, own = make_telemetry(), make_telemetry()
+    app = build_app()
+    init_app(app, own)
+    inner = WSGIMiddleware(DispatcherMiddleware(app, {}), telemetry=own)
+    client = Client(WSGIMiddleware(inner, telemetry=platform))
+    assert read(client.get("/items/8")).data == b"item 8"
+    assert counts(own) == {("GET", "/items/<int:item_id>", 200): 1}
+    assert counts(platform) == {("GET", "/items/<int:item_id>", 200): 1}
+
+
 @pytest.mark.parametrize("way", ["init_app", "WSGIMiddleware"])
 def test_a_file_the_front_server_sends_counts_its_declared_length(
     telemetry, records, way, tmp_path

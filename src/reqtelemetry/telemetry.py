@@ -55,18 +55,50 @@ _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "0.0.0.0"})
 #: Status recorded when the client went away before the response completed
 #: (nginx's convention).
 CLIENT_CLOSED_STATUS = 499
-#: Set in a request's WSGI environ or ASGI scope by a generic middleware
-#: that measures it (the value is its :class:`Telemetry`), so that no request
-#: counts twice where it meets the same telemetry again: a generic middleware
-#: nested inside (around an app mounted in another, or both added and
-#: wrapped around an app) lets it pass; a framework's integration (Flask's
+#: Where a generic middleware (``ASGIMiddleware``, ``WSGIMiddleware``) leaves
+#: its :class:`Mark` in a request's ASGI scope or WSGI environ, so that no
+#: request counts twice where it meets the same telemetry again: a generic
+#: middleware nested inside (around an app mounted in another, or both added
+#: and wrapped around an app) lets it pass; a framework's integration (Flask's
 #: ``init_app``, Django's middleware), which knows the route better, takes it
-#: over (:data:`TAKEN_OVER`) and the middleware around leaves it to it.
+#: over once it has served it, and the middleware that marked it leaves it to
+#: that one.
 MEASURED_KEY = "reqtelemetry.measured_by"
-#: At :data:`MEASURED_KEY`: a framework's integration measures the request.
-TAKEN_OVER: Any = object()
 #: Digits a byte count can have and still fit the payload's 64-bit integers.
 _MAX_LENGTH_DIGITS = 18
+
+
+class Mark:
+    """What a generic middleware leaves at :data:`MEASURED_KEY`: its object
+    for the request, with the ``telemetry`` that measures it and whether a
+    framework's integration has ``taken_over`` the request.
+
+    Copied with the environ or scope (a middleware's ``dict(environ)``,
+    hypercorn's ``ProxyFixMiddleware``'s ``deepcopy``), a mark stays itself:
+    an integration behind the copy takes the request over from the very
+    middleware that marked it, and nothing deep-copies a :class:`Telemetry`,
+    whose locks cannot be (every request of such an app was a 500).
+    """
+
+    __slots__ = ()
+
+    telemetry: Telemetry
+    taken_over: bool
+
+    def __copy__(self) -> Mark:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Mark:
+        return self
+
+
+def take_over(mark: Any, telemetry: Telemetry) -> None:
+    """Tell the middleware that left ``mark`` (a :class:`Mark`, or whatever
+    :data:`MEASURED_KEY` holds, None if nothing) that ``telemetry``'s
+    framework integration has measured its request, if it is that
+    telemetry's: it then records nothing of it."""
+    if isinstance(mark, Mark) and mark.telemetry is telemetry:
+        mark.taken_over = True
 
 
 def parse_content_length(value: object) -> int:

@@ -31,7 +31,7 @@ from ..telemetry import (
     KNOWN_METHODS,
     MEASURED_KEY,
     OTHER_METHOD,
-    TAKEN_OVER,
+    Mark,
     Telemetry,
 )
 from .starlette import (
@@ -113,18 +113,19 @@ class ASGIMiddleware:
             # anything pay for taking the prefix off.
             await self.app(scope, receive, send)
             return
-        if scope.get(MEASURED_KEY) is self.telemetry:
+        mark = scope.get(MEASURED_KEY)
+        if mark is not None and mark.telemetry is self.telemetry:
             # A middleware of this telemetry around this one measures the
             # request already (this app is mounted in one it measures, or the
             # middleware is both added and wrapped around the app): once is enough.
             await self.app(scope, receive, send)
             return
-        scope[MEASURED_KEY] = self.telemetry
         if self._first_request:
             self._on_first_request(scope)
 
         entry_root_path = scope.get("root_path", "")
-        exchange = _Exchange(receive, send)
+        exchange = _Exchange(receive, send, self.telemetry)
+        scope[MEASURED_KEY] = exchange
         start = perf_counter()
         status = 500
         try:
@@ -159,8 +160,7 @@ class ASGIMiddleware:
             # telemetry's, never the app's: it is counted, and whatever the app
             # raised goes on as it was.
             try:
-                # Unless Django's middleware, inside, measured it.
-                if scope.get(MEASURED_KEY) is not TAKEN_OVER:
+                if not exchange.taken_over:  # else Django's middleware, inside, measured it
                     end = exchange.end or perf_counter()
                     if type(status) is not int:  # hypercorn passes on a status of "201"
                         status = _status_code(status)
@@ -275,7 +275,7 @@ class ASGIMiddleware:
         return send_then_flush
 
 
-class _Exchange:
+class _Exchange(Mark):
     """One request's view of the messages: ``receive`` and ``send`` as the app sees them.
 
     Why an object with slots and not two closures: the state is read and
@@ -292,11 +292,17 @@ class _Exchange:
         "request_bytes",
         "response_bytes",
         "status",
+        "taken_over",
+        "telemetry",
     )
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send, telemetry: Telemetry) -> None:
         self._receive = receive
         self._send = send
+        self.telemetry = telemetry
+        #: Whether Django's middleware measured the request instead (see
+        #: :class:`~reqtelemetry.telemetry.Mark`).
+        self.taken_over = False
         self.status = 0
         self.request_bytes = 0
         self.response_bytes = 0

@@ -42,9 +42,9 @@ from ..telemetry import (
     LANGUAGE_PREFIX,
     MEASURED_KEY,
     OTHER_METHOD,
-    TAKEN_OVER,
     Telemetry,
     parse_content_length,
+    take_over,
 )
 
 #: Bounds each template cache. Keys come from the URLconf, not from requests,
@@ -153,15 +153,16 @@ def _listed_more_than_once() -> bool:
 
 def _take_over(request: Any, telemetry: Telemetry) -> None:
     """Take ``request`` over from a middleware of ``telemetry`` around the
-    Django app (a ``WSGIMiddleware`` or an ``ASGIMiddleware``, which says so in
+    Django app (a ``WSGIMiddleware`` or an ``ASGIMiddleware``, whose mark is in
     the environ, ``request.META`` under WSGI, or the scope), which then leaves
     it to this one: it knows the route, they do not."""
-    carrier = request.META
-    if carrier.get(MEASURED_KEY) is not telemetry:
-        carrier = request.__dict__.get("scope")  # under ASGI
-        if carrier is None or carrier.get(MEASURED_KEY) is not telemetry:
+    mark = request.META.get(MEASURED_KEY)
+    if mark is None:
+        scope = request.__dict__.get("scope")  # under ASGI
+        if scope is None:
             return
-    carrier[MEASURED_KEY] = TAKEN_OVER
+        mark = scope.get(MEASURED_KEY)
+    take_over(mark, telemetry)
 
 
 def _measured_before(request: Any) -> bool:

@@ -53,7 +53,6 @@ from ..telemetry import (
     KNOWN_METHODS,
     MEASURED_KEY,
     OTHER_METHOD,
-    TAKEN_OVER,
     Telemetry,
     parse_content_length,
 )
@@ -227,11 +226,13 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
         nonlocal first_request
         if excluded is not None and excluded(environ.get("PATH_INFO", "")):
             return wsgi_app(environ, start_response)
-        if environ.get(MEASURED_KEY) is telemetry:
-            # A WSGIMiddleware of this telemetry around the app (around a
-            # dispatcher in front of it): measured here, where the rule is
-            # known whatever lies between, and left to this by that one.
-            environ[MEASURED_KEY] = TAKEN_OVER
+        # A WSGIMiddleware's mark, if one is around the app (around a
+        # dispatcher in front of it): a request Flask serves is measured here,
+        # where the rule is known whatever lies between, and left to this by
+        # that one (see reqtelemetry.telemetry.Mark); any other, to that one.
+        mark = environ.get(MEASURED_KEY)
+        if mark is not None and mark.telemetry is not telemetry:
+            mark = None  # another telemetry's: it measures for its own maintainer
         if first_request:
             first_request = False
             telemetry.note_first_request(environ.get("HTTP_HOST"))
@@ -244,12 +245,17 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
             iterable = wsgi_app(environ, start_response)
         except BaseException:  # propagated (TESTING, PROPAGATE_EXCEPTIONS), or not an Exception
             environ.pop(KEPT_KEY, None)
-            route = _route(kept[-1][1]) if kept else UNKNOWN_ROUTE
-            record_request(telemetry, environ, route, 500, perf_counter() - start, 0)
+            if kept or mark is None:  # Flask's request, or nobody around records it
+                if mark is not None:
+                    mark.taken_over = True
+                route = _route(kept[-1][1]) if kept else UNKNOWN_ROUTE
+                record_request(telemetry, environ, route, 500, perf_counter() - start, 0)
             raise
         environ.pop(KEPT_KEY, None)  # the response and rule go with the request
         if not kept:  # another app behind a dispatcher answered: not Flask's request
             return iterable
+        if mark is not None:
+            mark.taken_over = True
         try:
             response, rule = kept[-1]
             status = response.status_code

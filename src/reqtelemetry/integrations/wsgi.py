@@ -32,7 +32,7 @@ from ..telemetry import (
     KNOWN_METHODS,
     MEASURED_KEY,
     OTHER_METHOD,
-    TAKEN_OVER,
+    Mark,
     Telemetry,
     parse_content_length,
 )
@@ -76,16 +76,16 @@ class WSGIMiddleware:
         if excluded is not None and excluded(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         telemetry = self.telemetry
-        if environ.get(MEASURED_KEY) is telemetry:  # measured by a middleware around this one
-            return self.app(environ, start_response)
-        environ[MEASURED_KEY] = telemetry
+        mark = environ.get(MEASURED_KEY)
+        if mark is not None and mark.telemetry is telemetry:
+            return self.app(environ, start_response)  # a middleware around this one measures
         if self._first_request:
             self._first_request = False
             telemetry.note_first_request(environ.get("HTTP_HOST"))
         if "HTTP_TRANSFER_ENCODING" in environ and not environ.get("CONTENT_LENGTH"):
             count_what_is_read(environ)
         measured = _Measured(telemetry, environ, start_response)
-        measured.defers = True
+        environ[MEASURED_KEY] = measured  # taken away again by finish()
         measured.start = perf_counter()
         try:
             iterable = self.app(environ, measured.start_response)
@@ -152,7 +152,7 @@ def _parse_status(status: str) -> int:
     return code
 
 
-class _Measured:
+class _Measured(Mark):
     """One request: the ``start_response`` the app calls, and the response
     iterable handed to the server, whose ``close()`` ends the request.
 
@@ -163,7 +163,6 @@ class _Measured:
     __slots__ = (
         "_start_response",
         "_write",
-        "defers",
         "environ",
         "finished",
         "headers",
@@ -173,6 +172,7 @@ class _Measured:
         "route",
         "start",
         "status",
+        "taken_over",
         "telemetry",
     )
 
@@ -191,10 +191,9 @@ class _Measured:
         self.progress = _NOT_STARTED
         #: The template, None for "the router matched nothing", or UNKNOWN_ROUTE.
         self.route: Any = UNKNOWN_ROUTE
-        #: Whether a framework's integration that takes the request over
-        #: (:data:`~reqtelemetry.telemetry.TAKEN_OVER`) records it instead:
-        #: the generic middleware's measurement, not that integration's own.
-        self.defers = False
+        #: Whether a framework's integration measured the request instead
+        #: (see :class:`~reqtelemetry.telemetry.Mark`).
+        self.taken_over = False
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         """The app's ``start_response``: note the status (and Flask's rule), then pass on."""
@@ -317,7 +316,9 @@ class _Measured:
             return
         self.finished = True
         end = perf_counter()
-        if self.defers and self.environ.get(MEASURED_KEY) is TAKEN_OVER:
+        if self.environ.get(MEASURED_KEY) is self:
+            del self.environ[MEASURED_KEY]  # it referred to this: no cycle left behind
+        if self.taken_over:
             return  # a framework's integration inside measured it
         if self.progress == _ITERATING and self.status != 500:
             # The server stopped iterating early: the client went away.
