@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -447,6 +448,36 @@ def test_a_child_stopped_by_a_signal_is_no_reason_to_mint_here(
         stopper.join()
     assert time.monotonic() - started < 10  # not minting here until the 20 s timeout
     assert not [r for r in caplog.records if "child process" in r.getMessage()]
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("signalled", "stopped_with_its_group"),
+    [("TERM", True), ("INT", True), ("KILL", False), ("SYS", False), ("SEGV", False)],
+)
+def test_only_a_group_stop_of_the_child_cancels_the_stamp(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    signalled: str,
+    stopped_with_its_group: bool,
+) -> None:
+    """A child killed by the OOM killer (SIGKILL) or a seccomp filter (SIGSYS),
+    or one that crashed, may never mint: that falls back to minting here, as
+    before; only a signal that stops a process group cancels the stamp."""
+    dying = tmp_path / "dying-python"
+    dying.write_text(f"#!/bin/sh\nkill -{signalled} $$\nsleep 5\n")
+    dying.chmod(0o755)
+    monkeypatch.setattr(hashcash, "python_executable", lambda: str(dying))
+    monkeypatch.setattr(hashcash, "_fallback_logged", False)
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        if stopped_with_its_group:
+            with pytest.raises(hashcash.MintCancelled, match="stopped by signal"):
+                hashcash.mint_in_subprocess(RESOURCE, 12, timeout=20)
+        else:
+            verify(hashcash.mint_in_subprocess(RESOURCE, 12, timeout=20), RESOURCE, 12)
+    fell_back = [r for r in caplog.records if "child process" in r.getMessage()]
+    assert len(fell_back) == (0 if stopped_with_its_group else 1)
 
 
 @linux_only

@@ -65,6 +65,7 @@ import hashlib  # noqa: E402
 import hmac  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -421,11 +422,12 @@ def mint_in_subprocess(
         except BaseException:  # interrupted: leave no child hashing, and do not wait for one
             child.kill()
             raise
-    if child.returncode < 0:
-        # Killed by a signal, not by a fault: the terminal's Ctrl-C or a
-        # service manager stopping the app's whole process group reaches the
-        # child too. Nothing says a child cannot mint, and minting here would
-        # hold up the shutdown that signal began.
+    if -child.returncode in _GROUP_STOP_SIGNALS:
+        # Stopped with its process group: the terminal's Ctrl-C or a service
+        # manager stopping the app reaches the child too. Nothing says a child
+        # cannot mint, and minting here would hold up the shutdown that signal
+        # began. (Killed otherwise, by the OOM killer's SIGKILL or a seccomp
+        # filter's SIGSYS, it may never mint: that falls back as below.)
         raise MintCancelled(
             f"the child minting a {bits}-bit stamp was stopped by signal {-child.returncode}"
         )
@@ -436,6 +438,10 @@ def mint_in_subprocess(
         return _mint_in_slices(resource, bits, deadline, now, cancel)
     return stamp
 
+
+#: The signals that stop a whole process group: a terminal's (SIGINT,
+#: SIGQUIT, SIGHUP when it closes), a service manager's (SIGTERM).
+_GROUP_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT})
 
 #: Seconds between two looks at ``cancel`` while a child mints.
 CANCEL_POLL = 0.05
