@@ -59,6 +59,7 @@ from examples.servers import (
     launch_app,
     uwsgi_args,
 )
+from reqtelemetry.traits import deployment_id_for
 
 pytestmark = pytest.mark.e2e
 
@@ -269,9 +270,11 @@ def assert_stored_exactly(run: Run, traffic: Drive) -> None:
     database, launch = run.database, run.launch
     assert database.counts_by_key() == dict(traffic.expected)
 
-    # One deployment: the id all processes share; the expected instances, each
-    # started and shut down (the final report of a graceful stop arrived).
-    deployment = run.deployment_file.read_text().strip()
+    # One deployment: the id all processes share (made from the one kept in
+    # the file, which is never sent); the expected instances, each started and
+    # shut down (the final report of a graceful stop arrived).
+    kept = run.deployment_file.read_text().strip()
+    deployment = deployment_id_for(kept, f"example-{launch.example}", run.collector.url)
     reports = database.query("SELECT deployment_id, instance_id, kind FROM reports")
     assert {row[0] for row in reports} == {deployment}
     kinds: dict[str, set[str]] = defaultdict(set)
