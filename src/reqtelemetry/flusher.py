@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING
 from .config import redacted_url
 from .metrics import GAUGE_SAMPLE_SECONDS
 from .payload import Envelope, Report, build_reports
+from .prefork import leave_signals_to_the_main_thread
 from .recorder import Batch
 from .supervisors import (
     helper_loop,
@@ -323,6 +324,7 @@ class Flusher:
         delivered: list[bool] = []
 
         def flush_then_close() -> None:
+            leave_signals_to_the_main_thread()
             try:
                 budget = waitable(deadline - time.monotonic())
                 delivered.append(self.flush(kind="shutdown", budget=budget))
@@ -340,6 +342,7 @@ class Flusher:
         return bool(delivered and delivered[0])
 
     def _run(self) -> None:
+        leave_signals_to_the_main_thread()
         lower_this_threads_priority()
         self._wait_for_first_use()
         if self._closing:
