@@ -1383,6 +1383,45 @@ def test_a_replayed_stamp_is_refused(collector: Collector) -> None:
     assert summary["refusals"] == {"replay": 1}
 
 
+def test_a_stamp_answered_for_good_is_not_read_again(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One stamp bought unlimited verifications: each copy of a stored report
+    (or of one refused for its payload) had its whole payload read and
+    checked again, some 0.4 s of CPU for a large one, before its answer.
+    Flooded with copies of one stamp, the collector timed honest reports out."""
+    from reqtelemetry.collector import verify as verify_module
+
+    read = []
+    check_payload = verify_module.check_payload
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        read.append(1)
+        return check_payload(*args, **kwargs)
+
+    monkeypatch.setattr(verify_module, "check_payload", counted)
+    payload = make_payload(new_id(), new_id())
+    token = collector.session(payload["deployment_id"], payload["instance_id"])
+    body = envelope(token, payload)
+    assert collector.post_report(body).status_code == 200
+    for _ in range(5):
+        again = collector.post_report(body)
+        assert (again.status_code, again.json()["error"]) == (409, "replay")
+    assert len(read) == 1
+
+    # Refused for its payload (another deployment's than its token's): the
+    # same refusal, once read.
+    other = make_payload(new_id(), new_id())
+    wrong = envelope(collector.session(new_id(), other["instance_id"]), other)
+    answers = [collector.post_report(wrong) for _ in range(4)]
+    assert {(a.status_code, a.json()["error"]) for a in answers} == {
+        (answers[0].status_code, answers[0].json()["error"])
+    }
+    assert answers[0].status_code == 422
+    assert len(read) == 2
+    assert collector.reports_stored() == 1
+
+
 def _late_stamp(case: Case, text: str) -> tuple[str, str]:
     """The session's token, and a stamp minted 70 minutes ago (past its window)."""
     return case.token, stamp_for(case.token, text, now=_minutes(-70))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -691,3 +692,24 @@ def test_schema_patterns_are_read_as_ecma_reads_them(pattern, text, matches):
     from reqtelemetry.collector.verify import _ecma_compiled
 
     assert bool(_ecma_compiled(pattern).search(text)) is matches
+
+
+def test_stamp_outcomes_are_forgotten_with_the_stamps_window_and_past_their_bound() -> None:
+    from reqtelemetry.collector.outcomes import StampOutcomes
+    from reqtelemetry.collector.verify import Refusal
+
+    outcomes = StampOutcomes(window=0.2, limit=2)
+    outcomes.stored("a")
+    outcomes.refused("b", Refusal("invalid_payload", "count must be an integer"))
+    assert outcomes.answer("a").reason == "replay"
+    refused = outcomes.answer("b")
+    assert (refused.reason, refused.detail, refused.status) == (
+        "invalid_payload",
+        "count must be an integer",
+        422,
+    )
+    assert outcomes.answer("unknown") is None
+    outcomes.stored("c")  # past the bound: the oldest goes
+    assert outcomes.answer("a") is None and len(outcomes) == 2
+    time.sleep(0.25)  # past the window: a copy is refused for its date, before anything else
+    assert outcomes.answer("b") is None and outcomes.answer("c") is None

@@ -69,6 +69,7 @@ from .._version import __version__
 from ..transport import WAIT_HEADER
 from .export import Started, app_filter, csv_chunks, endpoint_rows, since_days, started
 from .failures import LOG_EVERY, FailureLog
+from .outcomes import REPLAY_DETAIL, StampOutcomes
 from .refusals import WRITE_EVERY, RefusalTally, RefusalWriter
 from .settings import DAY_SECONDS, CollectorSettings
 from .storage import open_storage
@@ -148,9 +149,6 @@ SUMMARY_CONCURRENCY = MAX_READERS
 SUMMARY_QUEUE = 16
 #: How long a client should wait when the verifications are all taken.
 BUSY_RETRY_AFTER = 10
-#: A ``409``'s detail: the client counts the report as delivered (a retry of a
-#: report that was stored, its answer lost).
-REPLAY_DETAIL = "this stamp was stored before; mint a new one for a new report"
 #: The answer to a report the database refused to hold (the database's own
 #: words go to the log, not to the client).
 UNSTORABLE_DETAIL = (
@@ -238,6 +236,8 @@ def create_app(
         encoding="utf-8"
     )
     gate = Gate(VERIFY_CONCURRENCY, VERIFY_QUEUE)
+    # Stamps answered for good: a copy is answered again without check 10.
+    outcomes = StampOutcomes(settings.stamp_max_age + settings.stamp_max_future)
     # The bodies still arriving hold no more than the line's bodies would.
     reading = BodyBudget((VERIFY_CONCURRENCY + VERIFY_QUEUE) * settings.max_body_bytes)
     summary_gate = Gate(SUMMARY_CONCURRENCY, SUMMARY_QUEUE)
@@ -290,8 +290,11 @@ def create_app(
                             signer=signer,
                             limits=limits,
                             now=now,
+                            answered=outcomes.answer,
                         )
                     except Refusal as refusal:
+                        if refusal.stamp is not None:  # refused for its payload
+                            outcomes.refused(refusal.stamp, refusal)
                         if refusal.late_stamp is None:
                             raise
                         # In the verification's turn: a stamp, once minted, can
@@ -321,6 +324,7 @@ def create_app(
         not_stored = await store_report(stored, deadline, budget)
         if not_stored is not None:
             return not_stored
+        outcomes.stored(verified.stamp)
         answer: dict[str, Any] = {"stored": True}
         if settings.next_interval is not None:
             answer["next_interval"] = settings.next_interval
@@ -358,9 +362,11 @@ def create_app(
             await run_in_threadpool(store.store, stored, deadline=deadline)
         except ReplayError:
             write_failures.worked()
+            outcomes.stored(stored.stamp)
             return await refuse(Refusal("replay", REPLAY_DETAIL))
         except UnstorableReport as error:
             write_failures.worked()
+            outcomes.refused(stored.stamp, Refusal("invalid_payload", UNSTORABLE_DETAIL))
             # The checks should have refused it already; say which value in the log.
             logger.warning("refused a report the database cannot hold: %s", error)
             return await refuse(Refusal("invalid_payload", UNSTORABLE_DETAIL))

@@ -36,7 +36,7 @@ import math
 import re
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,6 +181,10 @@ class Refusal(Exception):
         #: binds its token and payload and carries work: if storage has it,
         #: the answer is ``409 replay`` instead (see :func:`verify_report`).
         self.late_stamp: str | None = None
+        #: The stamp of a report refused for its payload (check 10), which
+        #: holds otherwise: a copy of it gets this refusal again (see
+        #: :mod:`.outcomes`).
+        self.stamp: str | None = None
 
     def body(self) -> dict[str, str]:
         return {"error": self.reason, "detail": self.detail}
@@ -828,8 +832,14 @@ def verify_report(
     signer: TokenSigner,
     limits: Limits,
     now: float,
+    answered: Callable[[str], Refusal | None] | None = None,
 ) -> VerifiedReport:
     """Checks 1 to 10 of a ``/v1/report`` body, in the protocol's order.
+
+    ``answered`` tells the refusal already given for a stamp (see
+    :mod:`.outcomes`): a stamp that holds, once answered, is answered so
+    again without check 10, the costly one. A refusal at check 10 carries
+    its stamp (``stamp``), for the caller to remember.
 
     A refusal of the token (4, 5), of the stamp's date (7) or of its work
     (8) carries the stamp in ``late_stamp`` when the stamp holds otherwise
@@ -850,7 +860,15 @@ def verify_report(
         if refusal.reason in _LATE_REASONS and _worth_looking_up(envelope, limits, now):
             refusal.late_stamp = envelope.stamp
         raise
-    payload = check_payload(envelope.payload_bytes, claims)
+    if answered is not None:
+        already = answered(envelope.stamp)
+        if already is not None:
+            raise already
+    try:
+        payload = check_payload(envelope.payload_bytes, claims)
+    except Refusal as refusal:
+        refusal.stamp = envelope.stamp
+        raise
     return VerifiedReport(stamp=envelope.stamp, claims=claims, payload=payload)
 
 
