@@ -72,7 +72,9 @@ class ASGIMiddleware:
     ) -> None: ...
 
     @overload
-    def __init__(self, *, app: ASGIApp, telemetry: Telemetry | None = None) -> None: ...
+    def __init__(
+        self, *, app: ASGIApp, telemetry: Telemetry | None = None, **options: Any
+    ) -> None: ...
 
     def __init__(self, app: ASGIApp, telemetry: Telemetry | None = None, **options: Any) -> None:
         # Typed as taking the app first and alone by position (the first
