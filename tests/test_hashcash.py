@@ -466,7 +466,17 @@ def test_only_a_group_stop_of_the_child_cancels_the_stamp(
     or one that crashed, may never mint: that falls back to minting here, as
     before; only a signal that stops a process group cancels the stamp."""
     dying = tmp_path / "dying-python"
-    dying.write_text(f"#!/bin/sh\nkill -{signalled} $$\nsleep 5\n")
+    dying.write_text(
+        f"#!{sys.executable}\n"
+        "import contextlib, os, signal, time\n"
+        f"number = signal.SIG{signalled}\n"
+        # Default handling, even where the suite was started with it ignored
+        # (a background job without job control ignores SIGINT).
+        "with contextlib.suppress(OSError, ValueError):\n"
+        "    signal.signal(number, signal.SIG_DFL)\n"
+        "os.kill(os.getpid(), number)\n"
+        "time.sleep(5)\n"
+    )
     dying.chmod(0o755)
     monkeypatch.setattr(hashcash, "python_executable", lambda: str(dying))
     monkeypatch.setattr(hashcash, "_fallback_logged", False)
