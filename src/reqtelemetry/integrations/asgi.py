@@ -158,6 +158,11 @@ class ASGIMiddleware:
                 status = CLIENT_CLOSED_STATUS
             raise
         finally:
+            # The mark goes: the scope held the exchange, which holds the
+            # server's send, whose owner (uvicorn's cycle) holds the scope:
+            # left, each request was a reference cycle for the collector.
+            if scope.get(MEASURED_KEY) is exchange:
+                del scope[MEASURED_KEY]
             # Every way out is recorded here, once. A failure here is
             # telemetry's, never the app's: it is counted, and whatever the app
             # raised goes on as it was.
