@@ -709,6 +709,12 @@ def test_stamp_outcomes_are_forgotten_with_the_stamps_window_and_past_their_boun
         422,
     )
     assert outcomes.answer("unknown") is None
+    # Its words are kept, not the exception, whose traceback holds the report.
+    assert all(
+        not isinstance(value, BaseException)
+        for _, kept in outcomes._outcomes.values()
+        for value in (kept or ())
+    )
     outcomes.stored("c")  # past the bound: the oldest goes
     assert outcomes.answer("a") is None and len(outcomes) == 2
     time.sleep(0.25)  # past the window: a copy is refused for its date, before anything else

@@ -42,7 +42,8 @@ class StampOutcomes:
         #: (cheaply) before its payload is read anyway.
         self.window = window
         self.limit = limit
-        self._outcomes: OrderedDict[str, tuple[float, Refusal | None]] = OrderedDict()
+        #: stamp -> (until, None for stored, else the refusal's reason, detail, status)
+        self._outcomes: OrderedDict[str, tuple[float, tuple[str, str, int] | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def stored(self, stamp: str) -> None:
@@ -50,8 +51,12 @@ class StampOutcomes:
         self._remember(stamp, None)
 
     def refused(self, stamp: str, refusal: Refusal) -> None:
-        """``stamp``'s payload was refused: a copy gets ``refusal`` again."""
-        self._remember(stamp, refusal)
+        """``stamp``'s payload was refused: a copy gets ``refusal`` again.
+
+        Its words are kept, not the exception: that holds its traceback, whose
+        frames hold the report's body and parsed payload (3.7 MB a refusal of
+        a large report, kept for the stamp's 12 minutes)."""
+        self._remember(stamp, (refusal.reason, refusal.detail, refusal.status))
 
     def answer(self, stamp: str) -> Refusal | None:
         """The refusal for a stamp already answered (``409 replay`` if its
@@ -67,9 +72,9 @@ class StampOutcomes:
                 return None
         if refusal is None:
             return Refusal("replay", REPLAY_DETAIL)
-        return Refusal(refusal.reason, refusal.detail, refusal.status)
+        return Refusal(*refusal)
 
-    def _remember(self, stamp: str, refusal: Refusal | None) -> None:
+    def _remember(self, stamp: str, refusal: tuple[str, str, int] | None) -> None:
         until = time.monotonic() + self.window
         with self._lock:
             self._outcomes[stamp] = (until, refusal)
