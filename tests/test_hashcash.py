@@ -492,6 +492,43 @@ def test_only_a_group_stop_of_the_child_cancels_the_stamp(
 
 @linux_only
 @pytest.mark.timeout(30)
+def test_a_child_started_where_signals_are_blocked_or_ignored_still_stops() -> None:
+    """Started from a thread that blocks every signal (reqtelemetry's, under
+    uWSGI) with SIGTERM ignored, the child inherited both across exec: a
+    group stop could not end it, and an orphan hashed on."""
+    resource = hashlib.sha256(f"blocked {time.time_ns()}".encode()).hexdigest()
+    raised: list[BaseException] = []
+
+    def mint_with_signals_blocked() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            hashcash.mint_in_subprocess(resource, 60, timeout=20)  # 60 bits: never done
+        except BaseException as error:
+            raised.append(error)
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited across exec
+    try:
+        minting = threading.Thread(target=mint_with_signals_blocked)
+        started = time.monotonic()
+        minting.start()
+        deadline = time.monotonic() + 10
+        while not (children := _children_minting(resource)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert children
+    while minting.is_alive() and time.monotonic() - started < 8:
+        for pid in children:  # again, should one land before the child took them back
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        minting.join(0.2)
+    minting.join(15)
+    assert time.monotonic() - started < 10
+    assert [type(error) for error in raised] == [hashcash.MintCancelled]
+
+
+@linux_only
+@pytest.mark.timeout(30)
 def test_a_cancelled_stamp_leaves_no_child_hashing() -> None:
     """What Transport.interrupt() does at shutdown: set the Event, the child is killed."""
     resource = hashlib.sha256(f"cancelled {time.time_ns()}".encode()).hexdigest()

@@ -324,7 +324,6 @@ class Flusher:
         delivered: list[bool] = []
 
         def flush_then_close() -> None:
-            leave_signals_to_the_main_thread()
             try:
                 budget = waitable(deadline - time.monotonic())
                 delivered.append(self.flush(kind="shutdown", budget=budget))
@@ -332,8 +331,12 @@ class Flusher:
                 if self.transport is not None:
                     self.transport.close()
 
+        def in_its_own_thread() -> None:
+            leave_signals_to_the_main_thread()  # this thread's, never the caller's
+            flush_then_close()
+
         worker = threading.Thread(
-            target=flush_then_close, name="reqtelemetry-final-flush", daemon=True
+            target=in_its_own_thread, name="reqtelemetry-final-flush", daemon=True
         )
         if started(worker):
             worker.join(waitable(deadline - time.monotonic()) + FINAL_FLUSH_GRACE)

@@ -55,6 +55,28 @@ NORMAL_PRIORITY_FLAG = "--normal-priority"
 #: (the parent dates stamps by the collector's clock when the two are apart).
 NOW_FLAG = "--now="
 
+
+def _take_stop_signals() -> None:
+    """Let the stop signals end the minting child, whatever it inherited.
+
+    Why: a child keeps its parent thread's blocked signals and ignored ones
+    across ``exec``. Started from reqtelemetry's flusher under uWSGI (which
+    blocks every signal in its threads) or after uWSGI's exit hook (which
+    ignores the stop signals), it ignored SIGTERM, SIGINT and SIGHUP, a group
+    stop could not end it, and an orphan hashed on after its worker was killed.
+    """
+    import signal
+
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
+if __name__ == "__main__":
+    _take_stop_signals()
+
 if __name__ == "__main__" and NORMAL_PRIORITY_FLAG not in sys.argv:
     # The minting child lowers itself before the imports below, which are most
     # of its start-up CPU (some 30 ms a stamp, at the app's priority otherwise).

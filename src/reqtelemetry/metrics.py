@@ -23,7 +23,6 @@ from decimal import Decimal
 from numbers import Integral, Real
 
 from .payload import MAX_METRIC_VALUE, metric_value_fits
-from .prefork import leave_signals_to_the_main_thread
 
 logger = logging.getLogger("reqtelemetry")
 
@@ -345,7 +344,6 @@ class AppMetrics:
         return running, []
 
     def _run_sample(self, name: str, sample: _Sample) -> None:
-        leave_signals_to_the_main_thread()
         try:
             sample.run()
         finally:
