@@ -168,6 +168,10 @@ def test_apps_sharing_the_id_file_send_ids_none_can_link(make_sender, receiver, 
     assert deployment_id_for(kept, "shop", receiver.url) == shop_id
     assert deployment_id_for(kept, "shop", receiver.url + "/v1?key=k") == shop_id
     assert deployment_id_for(kept, "shop", "https://collector.example") != shop_id
+    # One origin however it is written: default port, case, a trailing dot.
+    assert deployment_id_for(kept, "shop", "https://Collector.Example.:443/v1") == (
+        deployment_id_for(kept, "shop", "https://collector.example")
+    )
 
 
 def test_a_process_that_only_counts_sends_its_counts(make_sender, receiver):

@@ -653,7 +653,9 @@ def deployment_id_for(kept: str, app_name: str | None, endpoint: str | None) -> 
         # Not the path or query, which may carry a key; not the user info.
         try:
             parts = urlsplit(endpoint)
-            origin = f"{parts.scheme}://{(parts.hostname or '').lower()}:{parts.port or ''}"
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), "")
+            host = (parts.hostname or "").lower().rstrip(".")
+            origin = f"{parts.scheme.lower()}://{host}:{port}"
         except ValueError:  # a port out of range: the config refuses it before this
             origin = endpoint
     digest = hashlib.sha256(f"{kept}|{app_name or ''}|{origin}".encode()).digest()

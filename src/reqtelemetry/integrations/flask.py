@@ -53,6 +53,7 @@ from ..telemetry import (
     KNOWN_METHODS,
     MEASURED_KEY,
     OTHER_METHOD,
+    Mark,
     Telemetry,
     parse_content_length,
 )
@@ -231,7 +232,7 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
         # where the rule is known whatever lies between, and left to this by
         # that one (see reqtelemetry.telemetry.Mark); any other, to that one.
         mark = environ.get(MEASURED_KEY)
-        if mark is not None and mark.telemetry is not telemetry:
+        if mark is not None and not (isinstance(mark, Mark) and mark.telemetry is telemetry):
             mark = None  # another telemetry's: it measures for its own maintainer
         if first_request:
             first_request = False

@@ -77,7 +77,7 @@ class WSGIMiddleware:
             return self.app(environ, start_response)
         telemetry = self.telemetry
         mark = environ.get(MEASURED_KEY)
-        if mark is not None and mark.telemetry is telemetry:
+        if mark is not None and isinstance(mark, Mark) and mark.telemetry is telemetry:
             return self.app(environ, start_response)  # a middleware around this one measures
         if self._first_request:
             self._first_request = False
