@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import statistics
 from fractions import Fraction
 
 import pytest
@@ -181,28 +180,13 @@ def test_p99_verdicts(ratios: list[float], verdict: str) -> None:
         assert text == verdict
 
 
-@pytest.mark.parametrize(
-    ("ratios", "control", "verdict"),
-    [
-        # A control under the budget: the verdict against quiet stands.
-        ([1.17, 1.45, 1.20], [1.02, 1.05, 0.98], "**MISS**"),
-        # The control past the budget, the row no worse: not measurable here.
-        ([1.34, 3.00, 1.70], [3.39, 5.65, 2.37], "**not measurable here**"),
-        # The control past the budget, the row worse still: a miss.
-        ([4.0, 5.1, 6.2], [1.4, 1.5, 1.3], "**MISS**"),
-        # A pass is a pass, whatever the control.
-        ([1.0, 1.05, 0.9], [2.0, 2.1, 1.9], "**PASS**"),
-    ],
-)
-def test_flush_verdicts_are_read_against_the_control(
-    ratios: list[float], control: list[float], verdict: str
-) -> None:
-    text = flush_latency.judged_against_the_control(
-        flush_latency.p99_verdict(ratios), ratios, control
-    )
-    assert text.startswith(verdict)
-    if verdict == "**MISS**" and statistics.median(control) > flush_latency.P99_BUDGET_RATIO:
-        assert text.endswith("beyond the control (1.40x)")
+def test_the_control_is_given_beside_the_verdict_not_judged_by() -> None:
+    """Judged against the control (an idle-priority busy loop, the very kind
+    of work a stamp is), a minting row as costly as it read "not measurable"."""
+    verdict = flush_latency.p99_verdict([1.34, 3.00, 1.70])
+    text = flush_latency.with_the_control(verdict, [3.39, 5.65, 2.37])
+    assert text == "**MISS**; control 3.39x"
+    assert flush_latency.with_the_control("**PASS**", []) == "**PASS**"
 
 
 def test_the_build_table_keeps_the_paced_encoding_out_of_the_total() -> None:
