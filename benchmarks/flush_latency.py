@@ -1083,9 +1083,11 @@ def with_the_control(verdict: str, control: list[float]) -> str:
     the minting child's idle priority, nothing of reqtelemetry's) moved the
     p99 by 1.2x to 3.4x from run to run on a shared 2-vCPU VM, so it says how
     loud the machine was; but it is not a null measurement (it is the very
-    kind of work a stamp is), and a row's difference from it has no interval.
-    Judging rows against it (08:43 on 2026-12-07) hid a minting row's cost as
-    "not measurable"; a review put it back to information.
+    kind of work a stamp is, so a minting row as costly as it would have read
+    "not measurable"), and a row's difference from it has no interval. Rows
+    were judged against it in the run of 08:43 on 2026-12-07 (uvicorn's
+    flushing row read "not measurable here"); a review put it back to
+    information.
     """
     if not control:
         return verdict

@@ -67,11 +67,14 @@ def _take_stop_signals() -> None:
     """
     import signal
 
-    with contextlib.suppress(AttributeError, OSError, ValueError):
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    # Their default first, then unblocked: one sent while the child started,
+    # pending meanwhile, is delivered at the unblocking, and was lost where
+    # it was still ignored then.
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
         with contextlib.suppress(AttributeError, OSError, ValueError):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from collections import OrderedDict
 
 from .verify import Refusal
 
-#: Stamps remembered at most, per process: some 200 bytes each.
+#: Stamps remembered at most, per process: about 500 bytes each with a
+#: refusal's words (measured with tracemalloc), some 45 MB at most.
 MAX_REMEMBERED = 65_536
 #: A ``409``'s detail: the client counts the report as delivered (a retry of a
 #: report that was stored, its answer lost).
