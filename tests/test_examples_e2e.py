@@ -577,9 +577,13 @@ def test_uwsgi_ctrl_c_to_its_process_group_keeps_every_final_report(
     """A terminal's Ctrl-C signals the whole group: each worker begins its
     exit on the terminal's SIGINT, then the master's own SIGINT to it landed
     in the flusher thread and ended the worker mid-report (7 runs in 10 lost
-    final reports; one run alone passed about 1 time in 4, hence three)."""
-    run = start_app(UWSGI)
+    final reports; one run alone passed about 1 time in 4, hence three).
+    Hourly flushes: with the suite's flush each second, the Ctrl-C often met a
+    periodic flush under way, which the final report waits for, past its
+    budget on a busy machine: a loss that is not this test's."""
+    run = start_app(UWSGI, wait_for_reports=False, REQTELEMETRY_FLUSH_INTERVAL="3600")
     traffic = drive(run)
+    wait_for_instances(run.database, UWSGI.instances, run.app)  # each startup report in
     process = run.app.process
     assert process is not None
     os.killpg(process.pid, signal.SIGINT)  # started in a session of its own: pgid == pid
