@@ -27,7 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+
+#: The signals that stop a whole process group: a terminal's (SIGINT,
+#: SIGQUIT, SIGHUP when it closes), a service manager's (SIGTERM).
+#: (SIGHUP and SIGQUIT are not on every platform.)
+GROUP_STOP_SIGNALS = frozenset(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+    if hasattr(signal, name)
+)
 
 
 def _lower_priority() -> None:
@@ -65,14 +75,12 @@ def _take_stop_signals() -> None:
     ignores the stop signals), it ignored SIGTERM, SIGINT and SIGHUP, a group
     stop could not end it, and an orphan hashed on after its worker was killed.
     """
-    import signal
-
     # Their default first, then unblocked: one sent while the child started,
     # pending meanwhile, is delivered at the unblocking, and was lost where
     # it was still ignored then.
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    for number in GROUP_STOP_SIGNALS:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(number, signal.SIG_DFL)
     with contextlib.suppress(AttributeError, OSError, ValueError):
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
@@ -90,7 +98,6 @@ import hashlib  # noqa: E402
 import hmac  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
-import signal  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -447,7 +454,7 @@ def mint_in_subprocess(
         except BaseException:  # interrupted: leave no child hashing, and do not wait for one
             child.kill()
             raise
-    if -child.returncode in _GROUP_STOP_SIGNALS:
+    if -child.returncode in GROUP_STOP_SIGNALS:
         # Stopped with its process group: the terminal's Ctrl-C or a service
         # manager stopping the app reaches the child too. Nothing says a child
         # cannot mint, and minting here would hold up the shutdown that signal
@@ -463,10 +470,6 @@ def mint_in_subprocess(
         return _mint_in_slices(resource, bits, deadline, now, cancel)
     return stamp
 
-
-#: The signals that stop a whole process group: a terminal's (SIGINT,
-#: SIGQUIT, SIGHUP when it closes), a service manager's (SIGTERM).
-_GROUP_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT})
 
 #: Seconds between two looks at ``cancel`` while a child mints.
 CANCEL_POLL = 0.05

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .green import threads_are_green
+from .hashcash import GROUP_STOP_SIGNALS
 
 _installed = False
 _exit_installed = False
@@ -124,8 +125,6 @@ def call_at_worker_exit(function: Callable[[], None]) -> None:
     _exit_installed = True
 
 
-#: What ends a uWSGI worker, from its master or from a terminal.
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 #: What the kernel raises in the very thread that faulted: never blocked.
 _FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT})
 
@@ -160,6 +159,6 @@ def _ignore_stop_signals() -> None:
     the app's own threads take signals too, and a second SIGINT there would
     end the report as well. Only possible on the main thread, where uWSGI
     calls its exit hook."""
-    for number in _STOP_SIGNALS:
+    for number in GROUP_STOP_SIGNALS:  # what ends a worker, from its master or a terminal
         with contextlib.suppress(OSError, ValueError):
             signal.signal(number, signal.SIG_IGN)

@@ -92,12 +92,18 @@ class Mark:
         return self
 
 
+def marked_by(mark: Any, telemetry: Telemetry) -> bool:
+    """Whether ``mark`` (whatever :data:`MEASURED_KEY` holds) is the
+    :class:`Mark` of a middleware of ``telemetry``."""
+    return isinstance(mark, Mark) and mark.telemetry is telemetry
+
+
 def take_over(mark: Any, telemetry: Telemetry) -> None:
     """Tell the middleware that left ``mark`` (a :class:`Mark`, or whatever
     :data:`MEASURED_KEY` holds, None if nothing) that ``telemetry``'s
     framework integration has measured its request, if it is that
     telemetry's: it then records nothing of it."""
-    if isinstance(mark, Mark) and mark.telemetry is telemetry:
+    if marked_by(mark, telemetry):
         mark.taken_over = True
 
 

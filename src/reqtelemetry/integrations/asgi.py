@@ -33,6 +33,7 @@ from ..telemetry import (
     OTHER_METHOD,
     Mark,
     Telemetry,
+    marked_by,
 )
 from .starlette import (
     UNTEMPLATED,
@@ -116,7 +117,7 @@ class ASGIMiddleware:
             await self.app(scope, receive, send)
             return
         mark = scope.get(MEASURED_KEY)
-        if mark is not None and isinstance(mark, Mark) and mark.telemetry is self.telemetry:
+        if mark is not None and marked_by(mark, self.telemetry):
             # A middleware of this telemetry around this one measures the
             # request already (this app is mounted in one it measures, or the
             # middleware is both added and wrapped around the app): once is enough.

@@ -53,8 +53,8 @@ from ..telemetry import (
     KNOWN_METHODS,
     MEASURED_KEY,
     OTHER_METHOD,
-    Mark,
     Telemetry,
+    marked_by,
     parse_content_length,
 )
 from .wsgi import (
@@ -232,7 +232,7 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
         # where the rule is known whatever lies between, and left to this by
         # that one (see reqtelemetry.telemetry.Mark); any other, to that one.
         mark = environ.get(MEASURED_KEY)
-        if mark is not None and not (isinstance(mark, Mark) and mark.telemetry is telemetry):
+        if mark is not None and not marked_by(mark, telemetry):
             mark = None  # another telemetry's: it measures for its own maintainer
         if first_request:
             first_request = False
@@ -266,7 +266,7 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
             elif isinstance(body, (list, tuple)):
                 size = sum(map(len, response.iter_encoded()))
                 if not size:  # send_file under USE_X_SENDFILE: the front server sends it
-                    size = length_sent_by_front_server(response.headers.to_wsgi_list())
+                    size = length_sent_by_front_server(response.headers)
             else:  # streamed: measured to its last byte, as it passes
                 return measure_iterable(
                     telemetry,

@@ -34,6 +34,7 @@ from ..telemetry import (
     OTHER_METHOD,
     Mark,
     Telemetry,
+    marked_by,
     parse_content_length,
 )
 
@@ -77,7 +78,7 @@ class WSGIMiddleware:
             return self.app(environ, start_response)
         telemetry = self.telemetry
         mark = environ.get(MEASURED_KEY)
-        if mark is not None and isinstance(mark, Mark) and mark.telemetry is telemetry:
+        if mark is not None and marked_by(mark, telemetry):
             return self.app(environ, start_response)  # a middleware around this one measures
         if self._first_request:
             self._first_request = False
@@ -118,7 +119,7 @@ class WSGIMiddleware:
             measured.finish()
             return iterable
         measured.iterable = iterable  # what hand_over does, without its call, for the rest
-        sized = _SIZED_KINDS.get(kind)
+        sized = _SIZED_KINDS.get(kind)  # what _is_sized asks first, without its call
         if sized is None:
             sized = _is_sized(kind)
         if sized:
@@ -276,10 +277,7 @@ class _Measured(Mark):
 
     def _declared_length(self) -> int | None:
         """The ``Content-Length`` the app declared; None when it declared none."""
-        for name, value in getattr(self, "headers", None) or ():
-            if name.lower() == "content-length":
-                return parse_content_length(value)
-        return None
+        return _content_length(getattr(self, "headers", None))
 
     def write(self, data: bytes) -> Any:
         """The legacy ``write()`` callable (PEP 3333): counted like iterated chunks."""
@@ -385,12 +383,17 @@ def length_sent_by_front_server(headers: Any) -> int:
         names = {str(name).lower() for name, _ in headers or ()}
         if names.isdisjoint(_FRONT_SERVER_FILE_HEADERS):
             return 0
-        for name, value in headers:
-            if str(name).lower() == "content-length":
-                return parse_content_length(value)
+        return _content_length(headers) or 0
     except Exception:  # headers the server refuses anyway: no length to tell
         return 0
-    return 0
+
+
+def _content_length(headers: Any) -> int | None:
+    """The ``Content-Length`` among ``headers`` (name, value pairs); None if none."""
+    for name, value in headers or ():
+        if str(name).lower() == "content-length":
+            return parse_content_length(value)
+    return None
 
 
 def _is_servers_file(response: Any, file_wrapper: Any) -> bool:
