@@ -181,6 +181,33 @@ def run_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_python_dash_m_runs_the_command(silent_endpoint):
+    """``python -m reqtelemetry`` is the command where the script is not on PATH."""
+    environment = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT_KNOBS}
+    environment["REQTELEMETRY_ENDPOINT"] = silent_endpoint.url
+    result = subprocess.run(
+        [sys.executable, "-m", "reqtelemetry", "inspect"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    check_sample(json.loads(result.stdout))
+    silent_endpoint.assert_no_connection(wait=0.05)
+    refused = subprocess.run(
+        [sys.executable, "-m", "reqtelemetry", "no-such-command"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("usage: reqtelemetry ")
+
+
 @pytest.mark.skipif(not SCRIPT.exists(), reason="the console script is not installed")
 def test_the_installed_command_prints_a_valid_report(silent_endpoint):
     result = run_script("inspect", REQTELEMETRY_ENDPOINT=silent_endpoint.url)
