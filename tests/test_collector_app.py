@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -2222,6 +2223,39 @@ def test_app_names_that_are_also_javascript_property_names(
     assert [option["value"] for option in page["appOptions"]] == ["", "__proto__", "toString"]
 
 
+def _texts(value: Any) -> list[str]:
+    """Every ``text`` field of what tests/dashboard_dom.js printed: what a person reads."""
+    if isinstance(value, dict):
+        found = [value["text"]] if isinstance(value.get("text"), str) else []
+        return found + [text for item in value.values() for text in _texts(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _texts(item)]
+    return []
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_dashboard_writes_out_characters_that_change_text_unseen(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """A route or version from a sender can carry a right-to-left override, a
+    zero-width space or tag characters, which make one text look like
+    another; the page shows them written out, never as they would act."""
+    route = "/files/\u202egpj.exe/{item_id}\u200b\U000e0041"
+    version = "2.0\u2066"
+    records = [record("GET", route, 200, 3, [[-100, 3]], 0.01)]
+    payload = make_payload(new_id(), new_id(), app_version=version, records=records)
+    assert collector.send(payload).is_success
+    page = render_dashboard(tmp_path, collector.http.get("/api/summary").text, "?days=30")
+    assert page["status"]["state"] == "ready", page["status"]
+    [row] = [r for r in page["endpointRows"] if r["attributes"]["data-route"] == route]
+    assert "/files/\\u{202E}gpj.exe/{item_id}\\u{200B}\\u{E0041}" in row["cells"][1]["text"]
+    assert any("2.0\\u{2066}" in text for text in _texts(page["versionRows"]))
+    shown = "".join(_texts(page))
+    assert "\\u{202E}" in shown
+    assert not [c for c in shown if unicodedata.category(c) == "Cf"]
+
+
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_the_dashboard_orders_versions_as_the_collector_does(
@@ -3206,6 +3240,10 @@ def test_csv_cells_carry_no_control_characters_to_a_terminal() -> None:
     # Printable text outside ASCII is kept as it is.
     (kept,) = csv.DictReader(io.StringIO("".join(csv_chunks([{"route": "/café/日本"}]))))
     assert kept["route"] == "/café/日本"
+    # Nor does one carry characters that change how the text reads, unseen.
+    unseen = "/files/\u202egpj.exe\u200b\u2028\U000e0041/\u00a0x"
+    (read,) = csv.DictReader(io.StringIO("".join(csv_chunks([{"route": unseen}]))))
+    assert read["route"] == "/files/\\u202egpj.exe\\u200b\\u2028\\U000e0041/\u00a0x"
 
 
 # -- random input never makes a 5xx (in-process) ------------------------------------------------

@@ -23,6 +23,7 @@ import io
 import math
 import re
 import time
+import unicodedata
 from collections.abc import Generator, Iterable, Iterator
 from typing import IO, Any, TypeVar
 
@@ -51,8 +52,11 @@ _LATENCIES = (("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"), ("mean", 
 #: spaces or quotes. (A tab or carriage return cannot lead one here: control
 #: characters are escaped first.)
 _FORMULA_START = re.compile(r"(?:^|;)(?=[\s\"']*[=+\-@])")
-#: Control characters (C0, DEL, C1), written as ``\xNN`` in a text cell.
-_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+#: Characters a cell shows written out: control characters (Cc), which a
+#: terminal obeys; format characters (Cf: bidirectional overrides, zero-width
+#: spaces, tag characters), which change how the text around them reads
+#: without being seen; line and paragraph separators, which break a row.
+_UNSEEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 DAY = 86400
 #: The longest app name a report can carry (the payload schema's ``short_text``).
 MAX_APP_NAME_LENGTH = 128
@@ -201,6 +205,24 @@ def _cells(row: dict[str, Any]) -> list[Any]:
     return [_cell(row.get(column)) for column in COLUMNS]
 
 
+def _written_out(text: str) -> str:
+    """``text`` with each character of :data:`_UNSEEN_CATEGORIES` written as
+    Python writes it in a string (``\\x1b``, ``\\u202e``, ``\\U000e0041``)."""
+    return "".join(
+        _escape(character) if unicodedata.category(character) in _UNSEEN_CATEGORIES else character
+        for character in text
+    )
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
 def _cell(value: Any) -> Any:
     """``value`` as a CSV cell: text a spreadsheet cannot run and a terminal
     cannot obey.
@@ -211,13 +233,15 @@ def _cell(value: Any) -> Any:
     spreadsheet splits on ``;``: both get a ``'`` in front, which the
     spreadsheet shows as text. Printed to a terminal (``reqtelemetry export``
     writes to standard output), an escape sequence rewrites lines, the
-    window's title or the clipboard: control characters are written as
-    ``\\xNN`` (which a route may also hold as text: the cell is for reading,
-    the report's data is in the database as it came).
+    window's title or the clipboard, and a right-to-left override makes one
+    route read as another: such characters are written out (``\\x1b``,
+    ``\\u202e``; see :func:`_written_out`), which a route may also hold as
+    text: the cell is for reading, the report's data is in the database as
+    it came.
     """
     if value is None:
         return ""
     if not isinstance(value, str):
         return value
-    text = value if value.isprintable() else value.translate(_CONTROL_ESCAPES)
+    text = value if value.isprintable() else _written_out(value)
     return _FORMULA_START.sub("\\g<0>'", text)

@@ -22,24 +22,43 @@
   }
 
   // -- small DOM helpers ---------------------------------------------------------------
+  // Format characters (Unicode's Cf: bidirectional overrides and isolates,
+  // zero-width spaces and joiners, the byte order mark, tag characters) change
+  // how the text around them looks without being seen: a sender could make
+  // one route read as another, reverse a part of it, or hide text in it.
+  // Every text this page shows is drawn with them written out as \u{...}.
+  var INVISIBLE = /\p{Cf}/gu;
+
+  function visible(text) {
+    return String(text).replace(INVISIBLE, function (character) {
+      return "\\u{" + character.codePointAt(0).toString(16).toUpperCase() + "}";
+    });
+  }
+
   function el(tag, attrs, text) {
     var node = document.createElement(tag);
     setAttrs(node, attrs);
-    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (text !== undefined && text !== null) node.textContent = visible(text);
     return node;
   }
 
   function svgEl(tag, attrs, text) {
     var node = document.createElementNS(SVG_NS, tag);
     setAttrs(node, attrs);
-    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (text !== undefined && text !== null) node.textContent = visible(text);
     return node;
   }
+
+  // Attributes a person reads (a tooltip); the others (data-*, values) keep
+  // the text as it came, for the script's own use.
+  var SHOWN_ATTRIBUTES = { title: true, "aria-label": true };
 
   function setAttrs(node, attrs) {
     if (!attrs) return;
     Object.keys(attrs).forEach(function (name) {
-      if (attrs[name] !== undefined && attrs[name] !== null) node.setAttribute(name, String(attrs[name]));
+      var value = attrs[name];
+      if (value === undefined || value === null) return;
+      node.setAttribute(name, SHOWN_ATTRIBUTES[name] === true ? visible(value) : String(value));
     });
   }
 
@@ -562,7 +581,7 @@
         return label(a.app_name) + " " + fmtInt(a.requests);
       }).join(", ") + ".";
     }
-    node.textContent = requests > 0 ? text : "";
+    node.textContent = requests > 0 ? visible(text) : "";
     node.setAttribute("data-value", String(requests));
     showIf(node, requests > 0);
   }
