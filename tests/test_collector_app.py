@@ -1891,10 +1891,19 @@ def test_the_dashboard_is_self_contained(collector: Collector) -> None:
         "platform-python",
     ):
         assert f'data-testid="{testid}"' in page.text, testid
-    for asset, kind in (("dashboard.js", "javascript"), ("dashboard.css", "text/css")):
+    for asset, kind in (
+        ("dashboard.js", "javascript"),
+        ("dashboard.css", "text/css"),
+        ("index.html", "text/html"),
+    ):
         response = collector.http.get(f"/static/{asset}")
         assert response.status_code == 200
         assert kind in response.headers["content-type"]
+        # The page is among the files: served from there it keeps the page's headers.
+        for name, value in page.headers.items():
+            if name.lower() in ("content-security-policy", "referrer-policy", "cache-control"):
+                assert response.headers[name] == value, (asset, name)
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     # Works offline: nothing is loaded from anywhere else (the SVG namespace is a name).
     for path in STATIC.iterdir():
         urls = set(re.findall(r"https?://[^\s\"')]+", path.read_text(encoding="utf-8")))

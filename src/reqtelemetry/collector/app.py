@@ -44,6 +44,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -166,6 +167,27 @@ DASHBOARD_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+class DashboardFiles(StaticFiles):
+    """The dashboard's files under ``/static``, each with the dashboard's headers.
+
+    Why: ``index.html`` is one of them, and served as a plain file it was the
+    dashboard's page without its Content-Security-Policy, its refusal to be
+    framed and its ``Referrer-Policy`` (a ``?token=`` on that URL could be
+    passed on). The script and the style sheet lose nothing by them.
+    """
+
+    def file_response(
+        self,
+        full_path: Any,
+        stat_result: os.stat_result,
+        scope: Any,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers.update(DASHBOARD_HEADERS)
+        return response
 
 
 @dataclass(frozen=True)
@@ -502,7 +524,7 @@ def create_app(
             Route("/export.csv", protect(export_csv), methods=["GET"]),
             Mount(
                 "/static",
-                StaticFiles(packages=[("reqtelemetry.collector", "static")]),
+                DashboardFiles(packages=[("reqtelemetry.collector", "static")]),
                 name="static",
             ),
         ],
