@@ -40,7 +40,6 @@ from .starlette import (
     RouteTemplates,
     route_path,
     routes_of_unrouted_app,
-    template_by_matching,
 )
 
 Scope = MutableMapping[str, Any]
@@ -249,8 +248,10 @@ class ASGIMiddleware:
                 # A Starlette or FastAPI app answered before routing (a CORS
                 # preflight, say): its template is what the router would have
                 # chosen, and a path no route takes is unmatched, so that such
-                # answers cannot make a key per path.
-                template = template_by_matching(routes, scope)
+                # answers cannot make a key per path. Matched once per request
+                # target and remembered: matched every time, each preflight
+                # paid for every route of the app on the event loop.
+                template = self._templates.by_matching(routes, scope)
                 if isinstance(template, str):
                     return template
                 matched = template is UNTEMPLATED

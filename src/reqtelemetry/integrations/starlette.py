@@ -22,6 +22,17 @@ from typing import Any
 #: Distinct concrete mount prefixes remembered; only mounts with path
 #: parameters ever produce more than a handful.
 MAX_CACHED_PREFIXES = 256
+#: Requests answered before routing whose template is remembered per
+#: middleware (see :class:`MatchedTemplates`): their keys hold raw paths, so
+#: the cache is emptied when full.
+MAX_MATCHED_REQUESTS = 4096
+#: Requests whose path, ``root_path``, method and ``Host`` header together
+#: are longer than this are matched each time, not remembered: 4096 keys of
+#: at most 256 characters is the whole of what the cache can hold.
+MATCHED_REQUEST_MAX_LENGTH = 256
+#: Distinct route lists (one per app whose answers before routing are
+#: matched) whose shape is remembered per middleware; usually one.
+MAX_MATCHED_ROUTE_LISTS = 8
 
 Scope = MutableMapping[str, Any]
 
@@ -54,10 +65,11 @@ class RouteTemplates:
     app's router, whose routes the inner app's prefixes are not found in.
     """
 
-    __slots__ = ("_app", "_app_root_path", "_mount_prefixes", "_own_router")
+    __slots__ = ("_app", "_app_root_path", "_matched", "_mount_prefixes", "_own_router")
 
     def __init__(self, app: Any = None) -> None:
         self._app = app
+        self._matched = MatchedTemplates()
         self._mount_prefixes: dict[tuple[int, str, str], _Mounted | _ByHost] = {}
         #: The router of ``app``, found on the first request that needs it:
         #: ``_UNRESOLVED`` until then, None when ``app`` leads to no router.
@@ -143,6 +155,11 @@ class RouteTemplates:
         if outer:
             return self._unrecorded(scope, entry_root_path, root_path, status)
         return self.template(scope, entry_root_path, status)
+
+    def by_matching(self, routes: Sequence[Any], scope: Scope) -> str | _Untemplated | None:
+        """:func:`template_by_matching` for a request answered before routing,
+        remembered per request target (see :class:`MatchedTemplates`)."""
+        return self._matched.template(routes, scope)
 
     def own_routes(self) -> Sequence[Any] | None:
         """The routes of the app this middleware wraps, found through the
@@ -712,3 +729,178 @@ def _included_routes(route: Any) -> list[Any] | None:
 def _is_included_router(route: Any) -> bool:
     """Whether ``route`` is a router FastAPI included (see :func:`_included_routes`)."""
     return callable(getattr(route, "effective_route_contexts", None))
+
+
+#: The modules whose routes' ``matches`` read nothing of a request but its
+#: type, path, ``root_path``, method and ``Host`` header: Starlette's ``Route``,
+#: ``WebSocketRoute``, ``Mount`` and ``Host``, and FastAPI's routes and
+#: included routers (they read FastAPI's own keys in ``scope["fastapi"]`` too,
+#: which only routing sets: see :meth:`MatchedTemplates.template`).
+_PLAIN_MATCHING_MODULES = frozenset({"starlette.routing", "fastapi.routing"})
+
+
+class _RawRequests(dict[tuple[Any, ...], "str | _Untemplated | None"]):
+    """Raw request targets and the template each was matched to.
+
+    The keys are raw paths: held in memory only, never shown, and never
+    copied out of the process (no pickling, no copy), as the anonymizer's
+    salt is not.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} matched requests>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("matched requests cannot be pickled or copied: their keys are raw paths")
+
+
+#: A route list as :class:`MatchedTemplates` remembers it: the list, the
+#: lengths of the lists met through it, whether a ``Host`` is among them, and
+#: whether its answers may be remembered at all.
+_Shape = tuple[Any, tuple[tuple[Any, int], ...], bool, bool]
+
+
+class MatchedTemplates:
+    """Per-middleware cache of :func:`template_by_matching`'s answers for
+    requests answered before routing.
+
+    Why: a CORS preflight (or a rate limiter's refusal) never reaches the
+    router, so its template is found by matching the request against every
+    route again, as the router would have: with 500 routes about 160 µs per
+    preflight, on the event loop, for every preflight a browser sends. The
+    same few request targets come back again and again, and their answer is
+    a dict lookup after the first.
+
+    What the answer depends on, and so the key: the route list (by identity),
+    the scope's type, method, ``path`` and ``root_path`` (a mount's matching
+    adds to that), and where a ``Host`` route stands anywhere among the routes,
+    the request's first ``Host`` header (as ``Host.matches`` reads it). The
+    value is what :func:`template_by_matching` returned: the template string,
+    :data:`UNTEMPLATED`, or None (a path no route takes: still "unmatched",
+    never a key of its own).
+
+    Remembered only where that is all the answer can depend on: every route,
+    through every mount, host and router FastAPI included, matches with
+    Starlette's or FastAPI's own ``matches`` (:data:`_PLAIN_MATCHING_MODULES`).
+    A route of the app's own making, or one whose ``matches`` was replaced,
+    may read anything (a header, the query): such an app is matched each time,
+    as before. So is a request whose ``scope["fastapi"]`` holds anything
+    (FastAPI's routes read its routing state there; no routing ran here).
+
+    Routes added at runtime (``add_route``, ``include_router``, ``mount``,
+    routes added to an included router or a mounted app) are seen: the
+    length of every route list met on the way is noted with the list's shape,
+    and a change in any of them forgets what was matched. Not seen: a route
+    replaced by another in place (the list's length unchanged), a mounted
+    app's route list replaced by another list, or a route's own attributes
+    changed; an app that does so is matched against its old routes until
+    the cache is emptied. A change racing a request in another thread may
+    likewise leave that request's answer in place.
+
+    Memory: at most :data:`MAX_MATCHED_REQUESTS` keys, each of at most
+    :data:`MATCHED_REQUEST_MAX_LENGTH` characters of path, ``root_path``,
+    method and host (longer requests are matched each time); emptied when
+    full. Plus the shapes of at most :data:`MAX_MATCHED_ROUTE_LISTS` route
+    lists. Thread-safe as dict reads and writes are; ASGI calls it from one
+    event loop anyway.
+    """
+
+    __slots__ = ("_shapes", "_templates")
+
+    def __init__(self) -> None:
+        #: ``id(routes)`` → the list, its shape (see :func:`_matching_shape`).
+        self._shapes: dict[int, _Shape] = {}
+        self._templates = _RawRequests()
+
+    def template(self, routes: Sequence[Any], scope: Scope) -> str | _Untemplated | None:
+        """What ``template_by_matching(routes, scope)`` returns, remembered."""
+        shape = self._shapes.get(id(routes))
+        if shape is None or shape[0] is not routes or not _same_lengths(shape[1]):
+            shape = self._new_shape(routes)
+        if not shape[3] or scope.get("fastapi"):
+            return template_by_matching(routes, scope)
+        path = scope["path"]
+        root_path = scope.get("root_path", "")
+        method = scope["method"]
+        host = _host_header(scope) if shape[2] else None
+        length = len(path) + len(root_path) + len(method)
+        if host is not None:
+            length += len(host)
+        if length > MATCHED_REQUEST_MAX_LENGTH:
+            return template_by_matching(routes, scope)
+        key = (id(routes), scope["type"], method, root_path, path, host)
+        cache = self._templates
+        found = cache.get(key, _MISSING)
+        if found is _MISSING:
+            found = template_by_matching(routes, scope)
+            if len(cache) >= MAX_MATCHED_REQUESTS:
+                cache.clear()
+            cache[key] = found
+        return found  # type: ignore[no-any-return]
+
+    def _new_shape(self, routes: Sequence[Any]) -> _Shape:
+        """Note the shape of ``routes``, seen for the first time or changed since.
+
+        Whatever was matched against a changed list may no longer hold, and
+        the answers are forgotten, every list's at once (a rare event: routes
+        changed at runtime, or more route lists than are remembered).
+        """
+        shapes = self._shapes
+        if id(routes) in shapes or len(shapes) >= MAX_MATCHED_ROUTE_LISTS:
+            shapes.clear()
+            self._templates.clear()
+        lengths, by_host, cacheable = _matching_shape(routes)
+        shape = shapes[id(routes)] = (routes, lengths, by_host, cacheable)
+        return shape
+
+
+def _same_lengths(lengths: tuple[tuple[Any, int], ...]) -> bool:
+    """Whether every route list noted in a shape has the length it had then.
+
+    A loop, not ``all()`` over a generator: this runs on every such request.
+    """
+    for routes, length in lengths:  # noqa: SIM110
+        if len(routes) != length:
+            return False
+    return True
+
+
+def _matching_shape(routes: Sequence[Any]) -> tuple[tuple[tuple[Any, int], ...], bool, bool]:
+    """Every route list :func:`template_by_matching` may go through from ``routes``
+    (each with its length), whether a ``Host`` stands among them, and whether
+    every route there matches by Starlette's or FastAPI's own ``matches``.
+
+    Runs when a route list is first matched against, and after it changed:
+    once per route, through mounts, hosts and the routers FastAPI included.
+    The walk stops at the first route of another kind; the lists noted until
+    then include that route's, so that its removal is seen.
+    """
+    from starlette.routing import Host, Mount
+
+    lengths: list[tuple[Any, int]] = []
+    seen: set[int] = set()
+    by_host = False
+    pending: list[tuple[Any, int]] = [(routes, 0)]
+    while pending:
+        current, depth = pending.pop()
+        if not isinstance(current, list) or depth > _WRAPPER_DEPTH:
+            return tuple(lengths), by_host, False
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        lengths.append((current, len(current)))
+        for route in current:
+            matches = getattr(getattr(route, "matches", None), "__func__", None)
+            if getattr(matches, "__module__", None) not in _PLAIN_MATCHING_MODULES:
+                return tuple(lengths), by_host, False
+            if isinstance(route, (Mount, Host)):
+                by_host = by_host or isinstance(route, Host)
+                pending.append((route.routes, depth + 1))
+            elif _is_included_router(route):
+                # FastAPI matches through its routes (``effective_route_contexts``),
+                # rebuilt from the router's own list whenever that changes.
+                inner = getattr(getattr(route, "original_router", None), "routes", None)
+                pending.append((inner, depth + 1))
+    return tuple(lengths), by_host, True
