@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
+import pickle
 import socket
 import subprocess
 import sys
@@ -37,6 +39,7 @@ from starlette.routing import (
 from examples.servers import child_environment
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry.anonymize import hash_value
+from reqtelemetry.integrations import starlette as starlette_integration
 from reqtelemetry.recorder import PENDING_LIMIT
 from reqtelemetry.telemetry import CLIENT_CLOSED_STATUS, UNMATCHED_ROUTE
 
@@ -308,6 +311,366 @@ def test_wrappers_outside_the_app_answering_first_cannot_make_a_key_each(make_te
         ("PUT", "/items/{item_id}", 200): 1,
     }
     assert telemetry.recorder.dropped == 0
+
+
+# -- preflights remembered -------------------------------------------------------
+
+
+CORS = Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"])
+
+
+class _CountingPattern:
+    """A route's compiled pattern that notes every string matched against it."""
+
+    def __init__(self, pattern, tried: list[str]) -> None:
+        self._pattern = pattern
+        self._tried = tried
+
+    def match(self, string: str):
+        self._tried.append(string)
+        return self._pattern.match(string)
+
+
+def count_matching(routes) -> list[str]:
+    """Make every route of ``routes``, through mounts and hosts, note each path
+    (or host) it is matched against, in the list returned. The routes keep
+    Starlette's own ``matches``: only their patterns are wrapped."""
+    tried: list[str] = []
+
+    def wrap_patterns(routes) -> None:
+        for route in routes:
+            for name in ("path_regex", "host_regex"):
+                pattern = getattr(route, name, None)
+                if pattern is not None:
+                    setattr(route, name, _CountingPattern(pattern, tried))
+            if isinstance(route, (Mount, Host)):
+                wrap_patterns(route.routes)
+
+    wrap_patterns(routes)
+    return tried
+
+
+def matched_requests(middleware: ASGIMiddleware):
+    """The middleware's remembered preflights (raw request targets → templates)."""
+    return middleware._templates._matched._templates
+
+
+def preflights(app, *targets, method: str = "OPTIONS") -> list[int]:
+    """Send each ``(path, root_path, host)`` to ``app`` in-process, one event
+    loop for all (thousands take a second): the statuses."""
+    statuses: list[int] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def run() -> None:
+        for path, root_path, host in targets:
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": method,
+                "scheme": "http",
+                "path": path,
+                "raw_path": path.encode(),
+                "root_path": root_path,
+                "query_string": b"",
+                "headers": [
+                    (b"host", host.encode()),
+                    (b"origin", b"https://spa.example"),
+                    (b"access-control-request-method", b"PUT"),
+                ],
+                "server": ("testserver", 80),
+                "client": ("127.0.0.1", 5000),
+            }
+            await app(scope, receive, send)
+
+    asyncio.run(run())
+    return statuses
+
+
+def test_a_repeated_preflight_is_matched_against_the_routes_once(telemetry, counts):
+    """A preflight never reaches the router, so its template was found by
+    matching it against every route again: with 500 routes some 160 µs on the
+    event loop, for every preflight of every browser. The same target is
+    matched once; another one is matched in turn."""
+    app = Starlette(
+        routes=[Route(f"/r{n}/{{item_id}}", plain, methods=["PUT"]) for n in range(50)],
+        middleware=[CORS],
+    )
+    tried = count_matching(app.routes)
+    client = TestClient(wrap(app, telemetry))
+    assert client.options("/r49/1", headers=PREFLIGHT).status_code == 200
+    assert len(tried) == 50  # OPTIONS takes none of them fully: every route is tried
+    for _ in range(3):
+        assert client.options("/r49/1", headers=PREFLIGHT).status_code == 200
+    assert len(tried) == 50
+    assert client.options("/r49/2", headers=PREFLIGHT).status_code == 200
+    assert len(tried) == 100
+    assert counts(telemetry) == {("OPTIONS", "/r49/{item_id}", 200): 5}
+
+
+def test_remembered_preflights_get_the_keys_matching_gave_them(telemetry, counts):
+    """Through hosts (the same path is another route under another host),
+    mounts (with and without routes of their own), and to paths no route
+    takes (still unmatched, not a key per path): the second round of the same
+    preflights is answered from memory, and recorded as the first was."""
+    api = Starlette(routes=[Route("/items/{item_id}", plain, methods=["PUT"])])
+    tenants = Starlette(routes=[Route("/users/{user_id}", plain, methods=["PUT"])])
+    shop = Starlette(
+        routes=[Route("/items/{sku}", plain, methods=["PUT"]), Mount("/t/{tenant}", app=tenants)]
+    )
+    app = Starlette(
+        routes=[
+            Host("api.example.com", app=api),
+            Host("shop.example.com", app=shop),
+            Mount("/files", app=raw_app),
+        ],
+        middleware=[CORS],
+    )
+    tried = count_matching(app.routes)
+    client = TestClient(wrap(app, telemetry))
+    targets = [
+        ("api.example.com", "/items/1"),
+        ("shop.example.com", "/items/1"),
+        ("shop.example.com", "/t/acme/users/7"),
+        ("testserver", "/files/report.pdf"),
+        ("api.example.com", "/wp-admin/setup.php"),
+        ("testserver", "/items/1"),
+        ("testserver", "/.env"),
+    ]
+    expected = {
+        ("OPTIONS", "/items/{item_id}", 200): 1,
+        ("OPTIONS", "/items/{sku}", 200): 1,
+        ("OPTIONS", "/t/{tenant}/users/{user_id}", 200): 1,
+        ("OPTIONS", "/files/{path}", 200): 1,
+        ("OPTIONS", UNMATCHED_ROUTE, 200): 3,
+    }
+    for host, path in targets:
+        assert client.options(path, headers={"Host": host, **PREFLIGHT}).status_code == 200
+    assert counts(telemetry) == expected
+    matched = len(tried)
+    for host, path in targets:
+        assert client.options(path, headers={"Host": host, **PREFLIGHT}).status_code == 200
+    assert len(tried) == matched
+    assert counts(telemetry) == {key: 2 * count for key, count in expected.items()}
+
+
+def test_a_remembered_preflight_is_told_apart_by_its_root_path(telemetry, counts):
+    """The router matches the path without the ``root_path`` a proxy put in
+    front of it (``--root-path /api``): the same path under another root_path
+    is another answer, and is remembered as one."""
+    app = Starlette(routes=[Route("/items/{item_id}", plain, methods=["PUT"])], middleware=[CORS])
+    tried = count_matching(app.routes)
+    middleware = ASGIMiddleware(app, telemetry=telemetry)
+    targets = [("/api/items/1", "/api", "testserver"), ("/api/items/1", "", "testserver")]
+    assert preflights(middleware, *targets) == [200, 200]
+    assert len(tried) == 2
+    assert preflights(middleware, *targets) == [200, 200]
+    assert len(tried) == 2
+    assert counts(telemetry) == {
+        ("OPTIONS", "/items/{item_id}", 200): 2,
+        ("OPTIONS", UNMATCHED_ROUTE, 200): 2,
+    }
+
+
+def test_an_answer_before_routing_is_remembered_by_its_method(telemetry, counts):
+    """A rate limiter in front of the app refuses every method: the route a
+    request would have taken depends on its method (the first route that takes
+    it fully, else the first that takes its path), and so does what is
+    remembered."""
+    app = Starlette(
+        routes=[
+            Route("/items/{item_id}", plain, methods=["GET"]),
+            Route("/items/{sku}", plain, methods=["PUT"]),
+        ]
+    )
+    tried = count_matching(app.routes)
+
+    async def refuse_all(scope, receive, send):
+        await rate_limited(scope, receive, send)
+
+    refuse_all.app = app  # how wrappers are followed to the router
+    middleware = ASGIMiddleware(refuse_all, telemetry=telemetry)
+    for _ in range(2):
+        for method in ("PUT", "GET", "OPTIONS"):
+            assert preflights(middleware, ("/items/1", "", "testserver"), method=method) == [429]
+    assert len(tried) == 5  # PUT: both routes; GET: the first; OPTIONS: both
+    assert counts(telemetry) == {
+        ("PUT", "/items/{sku}", 429): 2,
+        ("GET", "/items/{item_id}", 429): 2,
+        ("OPTIONS", "/items/{item_id}", 429): 2,
+    }
+
+
+def test_remembered_preflights_stay_bounded(telemetry, counts):
+    """A scanner's preflights, each to another path: what is remembered holds
+    at most ``MAX_MATCHED_REQUESTS`` keys of at most
+    ``MATCHED_REQUEST_MAX_LENGTH`` characters, and every answer still counts
+    where it belongs."""
+    limit = starlette_integration.MAX_MATCHED_REQUESTS
+    app = Starlette(routes=[Route("/items/{item_id}", plain, methods=["PUT"])], middleware=[CORS])
+    middleware = ASGIMiddleware(app, telemetry=telemetry)
+    total = limit + 500
+    targets = [
+        (f"/items/{n}" if n % 2 else f"/wp-admin/{n}.php", "", "testserver") for n in range(total)
+    ]
+    assert set(preflights(middleware, *targets)) == {200}
+    remembered = matched_requests(middleware)
+    assert 0 < len(remembered) <= limit
+    for key in remembered:
+        size = sum(len(part) for part in key if isinstance(part, (str, bytes)))
+        assert size <= starlette_integration.MATCHED_REQUEST_MAX_LENGTH
+    assert counts(telemetry) == {
+        ("OPTIONS", "/items/{item_id}", 200): total // 2,
+        ("OPTIONS", UNMATCHED_ROUTE, 200): total // 2,
+    }
+
+
+def test_long_preflight_targets_are_matched_each_time_not_remembered(telemetry, counts):
+    """Path, root_path and method up to ``MATCHED_REQUEST_MAX_LENGTH``
+    characters are remembered; a character more is matched each time, so that
+    long paths cannot fill the memory."""
+    limit = starlette_integration.MATCHED_REQUEST_MAX_LENGTH
+    app = Starlette(routes=[Route("/items/{item_id}", plain, methods=["PUT"])], middleware=[CORS])
+    tried = count_matching(app.routes)
+    middleware = ASGIMiddleware(app, telemetry=telemetry)
+    fits = "/items/" + "x" * (limit - len("/items/") - len("OPTIONS"))
+    too_long = fits + "x"
+    assert preflights(middleware, *[(fits, "", "testserver")] * 3) == [200] * 3
+    assert len(tried) == 1
+    assert preflights(middleware, *[(too_long, "", "testserver")] * 3) == [200] * 3
+    assert len(tried) == 4
+    assert [key[4] for key in matched_requests(middleware)] == [fits]
+    assert counts(telemetry) == {("OPTIONS", "/items/{item_id}", 200): 6}
+
+
+def test_routes_added_at_runtime_take_preflights_remembered_before(telemetry, counts):
+    """``add_route`` to the app, or to an app mounted in it, after preflights
+    to those paths were remembered as unmatched: the next preflight there gets
+    the new route's template, as the router would now choose it."""
+    inner = Starlette(routes=[Route("/old/{n}", plain, methods=["PUT"])])
+    app = Starlette(routes=[Mount("/sub", app=inner)], middleware=[CORS])
+    tried = count_matching(app.routes)
+    middleware = ASGIMiddleware(app, telemetry=telemetry)
+    targets = [("/later/1", "", "testserver"), ("/sub/later/1", "", "testserver")]
+    assert preflights(middleware, *targets, *targets) == [200] * 4
+    assert len(tried) == 3  # /later/1 by the mount; /sub/later/1 by the mount and its route
+    app.add_route("/later/{n}", plain, methods=["PUT"])
+    inner.add_route("/later/{m}", plain, methods=["PUT"])
+    assert preflights(middleware, *targets) == [200] * 2
+    assert counts(telemetry) == {
+        ("OPTIONS", UNMATCHED_ROUTE, 200): 4,
+        ("OPTIONS", "/later/{n}", 200): 1,
+        ("OPTIONS", "/sub/later/{m}", 200): 1,
+    }
+
+
+def test_routes_added_to_fastapis_included_routers_take_remembered_preflights(
+    telemetry, counts, monkeypatch
+):
+    """A router FastAPI included is matched through its own routes, read anew
+    when they change: a route added to it after its preflights were
+    remembered takes the next one."""
+    matching = []
+    unremembered = starlette_integration.template_by_matching
+
+    def counted(routes, scope, prefix=""):
+        if routes is app.router.routes:  # not its calls of itself, through the included router
+            matching.append(scope["path"])
+        return unremembered(routes, scope, prefix)
+
+    monkeypatch.setattr(starlette_integration, "template_by_matching", counted)
+    api = APIRouter(prefix="/api")
+
+    @api.get("/a/{x}")
+    def a(x: int):
+        return x
+
+    app = FastAPI(middleware=[CORS])
+    app.include_router(api)
+    client = TestClient(ASGIMiddleware(app, telemetry=telemetry))
+    for path in ("/api/a/1", "/api/b/1", "/api/a/1", "/api/b/1"):
+        assert client.options(path, headers=PREFLIGHT).status_code == 200
+    assert len(matching) == 2
+
+    @api.get("/b/{y}")
+    def b(y: int):
+        return y
+
+    assert client.options("/api/b/1", headers=PREFLIGHT).status_code == 200
+    assert counts(telemetry) == {
+        ("OPTIONS", "/api/a/{x}", 200): 2,
+        ("OPTIONS", UNMATCHED_ROUTE, 200): 2,
+        ("OPTIONS", "/api/b/{y}", 200): 1,
+    }
+
+
+class _VersionedRoute(Route):
+    """A route of the app's own making: it takes a request by a header too."""
+
+    def matches(self, scope):
+        match, child_scope = super().matches(scope)
+        if (b"x-api-version", b"2") not in scope.get("headers", []):
+            return Match.NONE, {}
+        return match, child_scope
+
+
+def test_apps_with_routes_of_their_own_making_are_matched_every_time(telemetry, counts):
+    """A route whose ``matches`` is not Starlette's or FastAPI's may read
+    anything of the request (here a header): what it answered for one request
+    need not hold for the next to the same path, and such an app is matched
+    each time, as is one whose route had its ``matches`` replaced. An app
+    with Starlette's routes alone is matched once."""
+    custom = Starlette(
+        routes=[
+            _VersionedRoute("/items/{item_id}", plain, methods=["PUT"]),
+            Route("/items/{sku}", plain, methods=["PUT"]),
+        ],
+        middleware=[CORS],
+    )
+    tried = count_matching(custom.routes)
+    client = TestClient(ASGIMiddleware(custom, telemetry=telemetry))
+    for version in ("1", "2", "1", "2"):
+        headers = {**PREFLIGHT, "X-API-Version": version}
+        assert client.options("/items/1", headers=headers).status_code == 200
+    assert len(tried) == 8  # both routes, each time
+    assert counts(telemetry) == {
+        ("OPTIONS", "/items/{sku}", 200): 2,
+        ("OPTIONS", "/items/{item_id}", 200): 2,
+    }
+
+    replaced = Starlette(routes=[Route("/plain/{n}", plain, methods=["PUT"])], middleware=[CORS])
+    replaced.routes[0].matches = lambda scope: (Match.NONE, {})  # the instance's own
+    plain_app = Starlette(routes=[Route("/plain/{n}", plain, methods=["PUT"])], middleware=[CORS])
+    tried = count_matching(plain_app.routes)
+    remembered = []
+    for app in (replaced, plain_app):
+        middleware = ASGIMiddleware(app, telemetry=telemetry)
+        assert preflights(middleware, *[("/plain/1", "", "testserver")] * 2) == [200, 200]
+        remembered.append(len(matched_requests(middleware)))
+    assert remembered == [0, 1]
+    assert len(tried) == 1
+    assert counts(telemetry)[("OPTIONS", UNMATCHED_ROUTE, 200)] == 2
+    assert counts(telemetry)[("OPTIONS", "/plain/{n}", 200)] == 2
+
+
+def test_remembered_preflights_cannot_be_pickled_copied_or_shown(telemetry):
+    """Their keys are raw paths: in memory only, as the anonymizer's salt."""
+    app = Starlette(routes=[Route("/items/{item_id}", plain, methods=["PUT"])], middleware=[CORS])
+    middleware = ASGIMiddleware(app, telemetry=telemetry)
+    assert preflights(middleware, ("/items/alice-secret", "", "testserver")) == [200]
+    remembered = matched_requests(middleware)
+    assert len(remembered) == 1
+    for attempt in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError):
+            attempt(remembered)
+    assert "alice-secret" not in repr(remembered)
+    assert "alice-secret" not in json.dumps(telemetry.snapshot())
 
 
 WITHOUT_STARLETTE = """
