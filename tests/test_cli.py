@@ -493,6 +493,24 @@ def test_a_database_url_short_of_a_slash_is_refused(
     assert served == []
 
 
+@pytest.mark.parametrize("db", ["sqlite:///t.db?timeout=30", "sqlite:///t.db#x?key=s3cr3t"])
+@pytest.mark.parametrize("command", ["export", "collector"])
+def test_a_sqlite_url_with_a_query_is_refused(
+    capsys, served, tmp_path, monkeypatch, db, command, no_collector_environment
+):
+    """It made (or, for export, looked for) a file named ``t.db?timeout=30``."""
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main([command, "--db", db, *(["--port", "0"] if command == "collector" else ["--csv"])])
+        == 2
+    )
+    line = one_error_line(capsys, command)
+    assert "SQLite URLs take no query or fragment" in line and "'sqlite:///t.db'" in line
+    assert "s3cr3t" not in line
+    assert list(tmp_path.iterdir()) == []
+    assert served == []
+
+
 def test_the_collector_banner_names_the_database_without_its_password(
     capsys, served, postgres_url, no_collector_environment
 ):

@@ -2311,6 +2311,28 @@ def test_mask_passwords_hides_them_in_a_drivers_message(
     assert mask_passwords(message, url) == masked
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///t.db?timeout=30",
+        "sqlite:///t.db#backup",
+        "sqlite:////tmp/t.db?mode=ro&uri=true",
+        "sqlite:///:memory:?cache=shared",
+        "sqlite:///t.db?key=s3cr3t",
+    ],
+)
+def test_a_sqlite_url_with_a_query_or_fragment_is_refused(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken as a path, ``sqlite:///t.db?timeout=30`` made a file of that very
+    name, the option lost; the query itself is not quoted back (it may hold a key)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="SQLite URLs take no query or fragment") as refused:
+        open_storage(url)
+    assert "s3cr3t" not in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_bare_path_with_spaces_is_a_sqlite_file(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     storage = open_storage("Application Support/collector.db")

@@ -48,6 +48,8 @@ _KEYWORD_DSN = re.compile(r"\s*[A-Za-z_]+\s*=")
 #: ``postgresql//db/x``, ``sqlite:/x.db``). Taken for a file, it made a SQLite
 #: database under a directory named after the URL, password and all.
 _MISTYPED_URL = re.compile(r"(?:postgres(?:ql)?|sqlite)(?::|//)", re.IGNORECASE)
+#: Where a query (``?timeout=30``) or a fragment (``#x``) of a SQLite URL begins.
+_SQLITE_QUERY = re.compile(r"[?#]")
 #: ``password=...`` in a keyword DSN (or anywhere in a text).
 _PASSWORD_PAIR = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
 #: ``password=...`` in a URL's query, up to the next parameter.
@@ -117,6 +119,25 @@ def _passwords(url: str) -> set[str]:
     return {form for value in written for form in (value, unquote(value)) if form}
 
 
+def _refuse_sqlite_query(url: str) -> None:
+    """A clear :class:`ValueError` for a ``sqlite://`` URL with a query or a fragment.
+
+    Why: SQLAlchemy reads ``sqlite:///t.db?timeout=30`` as a file and an
+    option; taken here as a path, it made a file named ``t.db?timeout=30``,
+    the option silently lost and the data elsewhere than the operator looks.
+    Only the URL before the ``?`` or ``#`` is quoted back: a query may hold a
+    key or a password.
+    """
+    cut = _SQLITE_QUERY.search(url)
+    if cut is None:
+        return
+    raise ValueError(
+        f"SQLite URLs take no query or fragment: {url[: cut.start()]!r} is followed by "
+        f"{cut.group()!r}...; write sqlite:///path.db alone (a SQLite file whose name "
+        "has '?' or '#': give its path without sqlite:///)"
+    )
+
+
 def database_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "this database cannot be used" (not a bug here):
     the drivers' own errors, a missing file, :class:`SchemaMismatch`, and a
@@ -137,6 +158,7 @@ def open_storage(url: str, *, read_only: bool = False) -> SQLStorage:
     - ``sqlite:///data/collector.db``: a path relative to the working directory
     - ``sqlite:////var/lib/reqtelemetry/collector.db``: an absolute path
     - ``sqlite:///:memory:`` or ``:memory:``: an in-memory database (tests)
+    - no ``?query`` or ``#fragment`` on a ``sqlite://`` URL: refused, not taken as the name
     - ``data/collector.db``: a bare path is a SQLite file
     - ``postgresql://user:password@host:5432/dbname`` (or ``postgres://``)
 
@@ -158,6 +180,7 @@ def open_storage(url: str, *, read_only: bool = False) -> SQLStorage:
                 f"cannot read SQLite URL {url!r}: use sqlite:///relative/path.db "
                 "or sqlite:////absolute/path.db"
             )
+        _refuse_sqlite_query(url)
         from .sqlite import SQLiteStorage
 
         return SQLiteStorage(rest[1:], read_only=read_only)
