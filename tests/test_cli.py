@@ -379,6 +379,36 @@ def test_a_malformed_postgres_url_is_one_line_without_its_password(
     assert served == []
 
 
+@pytest.mark.parametrize(
+    "password",
+    ["Zq9@Xw7Kv3", "Zq9@Xw7:Kv3", "Zq9/Xw7?Kv3", "Zq9,Xw7@Kv3/Jm4", "Zq9%zzXw7 Kv3", "Zq9&Xw7=Kv3"],
+)
+@pytest.mark.parametrize("command", ["export", "prune", "collector"])
+def test_no_piece_of_an_unescaped_password_is_printed(
+    capsys, served, command, password, no_collector_environment
+):
+    """libpq cuts such a password at its "@", "/", "?", ":", "," or "&", reads
+    a piece as a host, a port or a parameter, and quotes that piece back:
+    ``failed to resolve host 'Xw7Kv3@127.0.0.1'`` went to stderr whole."""
+    argv = {
+        "export": ["export", "--csv"],
+        "prune": ["prune", "--older-than-days", "30"],
+        "collector": ["collector", "--port", "0"],
+    }[command]
+    port = unused_port()
+    for db in (
+        f"postgresql://app:{password}@127.0.0.1:{port}/telemetry",
+        f"postgresql://app@127.0.0.1:{port}/telemetry?password={password}",
+    ):
+        assert main([*argv, "--db", db]) == 2
+        err = capsys.readouterr().err  # all of it, not only the error line
+        assert err.startswith(f"reqtelemetry {command}: error: cannot use the database "), err
+        assert err.count("\n") == 1, err
+        stretches = {password[i : i + 3] for i in range(len(password) - 2)}
+        assert not {piece for piece in stretches if piece in err}, err
+    assert served == []
+
+
 @pytest.mark.parametrize("days", ["0", "3651", "9" * 400])
 def test_export_days_outside_the_dashboards_range_is_one_line(capsys, tmp_path, days):
     # 400 digits overflowed the start of the period: a traceback, not a line.

@@ -30,6 +30,7 @@ import pytest
 from db_locks import another_writer, location
 from reqtelemetry.collector.storage import (
     SchemaMismatch,
+    database_errors,
     describe_database,
     mask_passwords,
     open_storage,
@@ -2331,6 +2332,107 @@ def test_a_sqlite_url_with_a_query_or_fragment_is_refused(
         open_storage(url)
     assert "s3cr3t" not in str(refused.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "message", "masked"),
+    [
+        (  # the first "@" ends the user info: the rest is read as the host
+            "postgresql://app:Zq9@Xw7Kv3@db.invalid/telemetry",
+            "failed to resolve host 'Xw7Kv3@db.invalid': [Errno -2] Name or service not known",
+            "failed to resolve host '***@db.invalid': [Errno -2] Name or service not known",
+        ),
+        (  # a host, then a port, then the password's end as the host again
+            "postgresql://app:Zq9@Xw7:Kv3@db/x",
+            'invalid integer value "Kv3@db" for connection option "port"',
+            'invalid integer value "***@db" for connection option "port"',
+        ),
+        (  # a "/" first: no user info at all, and "?" starts the parameters
+            "postgresql://app:Zq9/Xw7?Kv3@db/x",
+            'missing key/value separator "=" in URI query parameter: "Kv3@db/x"',
+            'missing key/value separator "=" in URI query parameter: "***@db/x"',
+        ),
+        (  # a raw "&" in a password of the query: the rest is a parameter
+            "postgresql://app@db/x?password=Zq9&Xw7=Kv3&sslmode=require",
+            'invalid URI query parameter: "Xw7"',
+            'invalid URI query parameter: "***"',
+        ),
+        (  # a parameter libpq knows ends the password: its name stays readable
+            "postgresql://app@db/x?password=Zq9&sslmode=requre",
+            'invalid sslmode value: "requre"',
+            'invalid sslmode value: "requre"',
+        ),
+    ],
+)
+def test_mask_passwords_hides_each_piece_libpq_cut_a_password_into(
+    url: str, message: str, masked: str
+) -> None:
+    assert mask_passwords(message, url) == masked
+
+
+@pytest.mark.parametrize(
+    ("url", "described"),
+    [
+        (  # the "@" of the query's password was taken for the end of the user info
+            "postgresql://app@db:5432/x?password=Zq9@Xw7Kv3&sslmode=require",
+            "postgresql://app@db:5432/x?password=***&sslmode=require",
+        ),
+        (  # the part of a password after its raw "&" is no parameter to show
+            "postgresql://app@db/x?password=Zq9&Xw7=Kv3&sslmode=require",
+            "postgresql://app@db/x?password=***&sslmode=require",
+        ),
+    ],
+)
+def test_describe_database_hides_a_query_password_with_an_at_or_an_ampersand(
+    url: str, described: str
+) -> None:
+    assert describe_database(url) == described
+
+
+#: Passwords with characters at which libpq cuts a URL, unescaped. Each of
+#: their stretches of 3 characters is unlikely to occur in any message.
+CUT_PASSWORDS = [
+    "Zq9@Xw7Kv3",
+    "Zq9@Xw7:Kv3",
+    "Zq9/Xw7?Kv3",
+    "Zq9/Xw7:Kv3@Jm4",
+    "Zq9,Xw7@Kv3/Jm4",
+    "Zq9#Xw7%zzKv3 Jm4",
+    "Zq9&Xw7=Kv3",
+]
+
+
+def password_stretches(password: str) -> set[str]:
+    """Every stretch of 3 characters of ``password``: none may be shown."""
+    return {password[i : i + 3] for i in range(len(password) - 2)}
+
+
+@pytest.mark.parametrize("password", CUT_PASSWORDS)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "postgresql://app:{password}@127.0.0.1:{port}/telemetry",
+        "postgresql://app:{password}@db.invalid/telemetry",
+        "postgresql://app@127.0.0.1:{port}/telemetry?password={password}",
+    ],
+)
+def test_no_piece_of_an_unescaped_password_is_shown(password: str, shape: str) -> None:
+    """libpq reads a piece of such a password as a host, a port or a
+    parameter, and quoted it back in the error (``failed to resolve host
+    'Xw7Kv3@127.0.0.1'``); the storage's repr showed it as the host."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: the connection is refused
+    url = shape.format(password=password, port=port)
+    storage = open_storage(url)
+    try:
+        with pytest.raises(database_errors()) as failed:
+            storage.migrate()
+        shown = [str(failed.value), repr(storage), describe_database(url)]
+    finally:
+        storage.close()
+    for text in shown:
+        assert not {piece for piece in password_stretches(password) if piece in text}, text
 
 
 def test_a_bare_path_with_spaces_is_a_sqlite_file(tmp_path: Path, monkeypatch) -> None:

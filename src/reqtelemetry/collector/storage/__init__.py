@@ -19,6 +19,8 @@ neither creates a database nor alters one.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 import sqlite3
 import sys
@@ -52,8 +54,18 @@ _MISTYPED_URL = re.compile(r"(?:postgres(?:ql)?|sqlite)(?::|//)", re.IGNORECASE)
 _SQLITE_QUERY = re.compile(r"[?#]")
 #: ``password=...`` in a keyword DSN (or anywhere in a text).
 _PASSWORD_PAIR = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
-#: ``password=...`` in a URL's query, up to the next parameter.
-_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
+#: ``password=...`` in a URL's query, up to the next parameter (libpq reads a
+#: "#" as part of the value).
+_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&]*)", re.IGNORECASE)
+#: The characters at which libpq cuts a URL into its parts (user and password,
+#: hosts and ports, database, parameters), and psycopg a list of hosts. Where
+#: a password has one unescaped, its pieces land in those parts, and errors
+#: quote them: ``failed to resolve host 'Xw7Kv3@db'`` for ``Zq9@Xw7Kv3``.
+_URL_CUTS = frozenset("@:/?,[]&=")
+#: The shortest piece of a password masked on its own (the whole password is
+#: masked however short): shorter ones occur by chance in any message, and
+#: masking each of their occurrences would leave no message to read.
+_SHORTEST_PIECE = 3
 
 
 def describe_database(url: str) -> str:
@@ -61,30 +73,24 @@ def describe_database(url: str) -> str:
 
     Never raises: it describes URLs that failed, and a failure to describe one
     would replace the operator's one line with a traceback (showing the URL).
+    Whatever is left of the URL is masked as a driver's message is
+    (:func:`mask_passwords`), so that no reading of it here differing from
+    libpq's shows a piece of a password.
     """
     text = url.strip()
     if not text.lower().startswith(_POSTGRES):
         return _PASSWORD_PAIR.sub(r"\1***", text)
-    # The user info is cut on the raw text, up to the last "@": a password
-    # with an unescaped "/", "?" or "#" (base64 makes them) would end a
-    # parsed netloc early and be shown whole.
     scheme, _, rest = text.partition("://")
-    userinfo, at, after = rest.rpartition("@")
-    if at:
+    userinfo, after = _split_user_info(rest)
+    if userinfo is not None:
         user, has_password, _ = userinfo.partition(":")
         text = f"{scheme}://{user}{':***' if has_password else ''}@{after}"
     try:
         parts = urlsplit(text)
     except ValueError:  # e.g. an unclosed "[" of an IPv6 host, which libpq refuses too
-        return _QUERY_PASSWORD.sub(r"\1***", text)
-    query = urlencode(
-        [
-            (key, "***" if key.lower() == "password" else value)
-            for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe="*",
-    )
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+        return _masked(_QUERY_PASSWORD.sub(r"\1***", text), url)
+    query = urlencode(_shown_parameters(parse_qsl(parts.query, keep_blank_values=True)), safe="*")
+    return _masked(urlunsplit((parts.scheme, parts.netloc, parts.path, query, "")), url)
 
 
 def mask_passwords(message: str, url: str) -> str:
@@ -93,30 +99,135 @@ def mask_passwords(message: str, url: str) -> str:
     Why: libpq quotes what it cannot parse, password included (a ``%`` not
     followed by two hex digits: ``invalid percent-encoded token: "S3cr%tPW"``,
     or the whole URL after an unclosed ``[``), and the CLI prints its message.
-    Each password is masked as written and percent-decoded, wherever it
-    occurs; a password short enough to occur by chance masks more than
-    itself, which costs readability, never the secret.
+    A password with an unescaped ``@``, ``/``, ``?`` or ``&`` is cut by libpq
+    into pieces it reads as a host, a port or a parameter, and quotes those:
+    every stretch of a password between two such characters is masked too
+    (:func:`_password_pieces`). Each is masked as written and percent-decoded,
+    wherever it occurs; a password short enough to occur by chance masks more
+    than itself, which costs readability, never the secret.
     """
-    for secret in sorted(_passwords(url), key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return _PASSWORD_PAIR.sub(r"\1***", message)
+    return _PASSWORD_PAIR.sub(r"\1***", _masked(message, url))
 
 
-def _passwords(url: str) -> set[str]:
+def _masked(text: str, url: str) -> str:
+    """``text`` with every password of ``url``, and each piece of one, replaced by ``***``."""
+    for secret in _secrets(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _secrets(url: str) -> list[str]:
+    """What a message about ``url`` must not show, longest first (a piece is
+    part of a longer one): each password, and each piece of one libpq may
+    quote, as written and percent-decoded; never the empty string."""
+    found: set[str] = set()
+    for password in _passwords(url):
+        for text in (password, *_password_pieces(password)):
+            found.update((text, unquote(text)))
+    found.discard("")
+    return sorted(found, key=len, reverse=True)
+
+
+def _password_pieces(password: str) -> set[str]:
+    """Every stretch of ``password`` from one of :data:`_URL_CUTS` (or its
+    start) to another (or its end), at least :data:`_SHORTEST_PIECE` long.
+
+    Why every stretch and not just what lies between two neighbouring cuts:
+    libpq cuts at some of them only (the first "@" ends the user info, and a
+    host runs on over a later "@"), so a part it quotes may span several.
+    """
+    bounds = [-1, *(i for i, char in enumerate(password) if char in _URL_CUTS), len(password)]
+    return {
+        password[start + 1 : end]
+        for start, end in itertools.combinations(bounds, 2)
+        if end - start - 1 >= _SHORTEST_PIECE
+    }
+
+
+def _passwords(url: str) -> list[str]:
     """Every password ``url`` holds (user info, ``password=`` in its query or a
-    keyword string), as written and percent-decoded; never the empty string."""
+    keyword string), as written."""
     text = url.strip()
     written: list[str] = []
     if text.lower().startswith(_POSTGRES):
-        userinfo, at, _ = text.partition("://")[2].rpartition("@")
-        _, has_password, password = userinfo.partition(":")
-        if at and has_password:
+        userinfo, _ = _split_user_info(text.partition("://")[2])
+        _, has_password, password = (userinfo or "").partition(":")
+        if has_password:
             written.append(password)
-        written.extend(match.group(2) for match in _QUERY_PASSWORD.finditer(text))
-    for match in _PASSWORD_PAIR.finditer(text):
+        written.extend(_query_passwords(text))
+        return written
+    for match in _PASSWORD_PAIR.finditer(text):  # a keyword string, refused but quoted
         value = match.group(2)
         written.extend((value, value.strip("'")))
-    return {form for value in written for form in (value, unquote(value)) if form}
+    return written
+
+
+def _split_user_info(rest: str) -> tuple[str | None, str]:
+    """``rest`` (a PostgreSQL URL after its ``://``) as its user info (None
+    without one) and what follows the ``@`` after it.
+
+    Cut on the raw text, at the last "@": a password with an unescaped "/",
+    "?" or "#" (base64 makes them) would end a parsed netloc early and be
+    shown whole. But not past a ``password=`` of the query, whose value may
+    have an "@" of its own: the user info would then have taken in the host,
+    the database and the start of that password, and shown the rest of it.
+    """
+    query_password = _QUERY_PASSWORD.search(rest)
+    head = rest[: query_password.start()] if query_password else rest
+    userinfo, at, _ = head.rpartition("@")
+    if not at:
+        return None, rest
+    return userinfo, rest[len(userinfo) + 1 :]
+
+
+def _query_passwords(text: str) -> list[str]:
+    """Each ``password=`` value of ``text``'s query as written, with any
+    parameters after it that libpq has no name for.
+
+    Why those: a raw "&" in the password ended its value there, and libpq
+    quotes the rest back as a parameter it does not know (``invalid URI
+    query parameter: "Xw7"`` for ``password=Zq9&Xw7``).
+    """
+    known = _libpq_parameters()
+    values: list[str] = []
+    for match in _QUERY_PASSWORD.finditer(text):
+        value = match.group(2)
+        for parameter in text[match.end() :].split("&")[1:]:
+            if parameter.partition("=")[0] in known:
+                break
+            value += "&" + parameter
+        values.append(value)
+    return values
+
+
+def _shown_parameters(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A URL's query ``pairs`` as they may be shown: each password's value
+    masked, and the parameters after it that libpq has no name for left out
+    (the rest of a password with a raw "&", see :func:`_query_passwords`)."""
+    known = _libpq_parameters()
+    shown: list[tuple[str, str]] = []
+    in_password = False
+    for key, value in pairs:
+        if key.lower() == "password":
+            shown.append((key, "***"))
+            in_password = True
+        elif not (in_password and key not in known):
+            shown.append((key, value))
+            in_password = False
+    return shown
+
+
+@functools.cache
+def _libpq_parameters() -> frozenset[str]:
+    """The parameter names libpq takes in a URL's query (``ssl`` too, which it
+    reads as ``sslmode``). None without psycopg: then every parameter after a
+    password is taken for a piece of it, which hides too much, never too little.
+    """
+    try:
+        from psycopg.pq import Conninfo
+    except ImportError:
+        return frozenset()
+    return frozenset(option.keyword.decode() for option in Conninfo.get_defaults()) | {"ssl"}
 
 
 def _refuse_sqlite_query(url: str) -> None:

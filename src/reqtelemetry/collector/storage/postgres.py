@@ -42,6 +42,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
+from . import mask_passwords
 from .base import (
     CommitUnknown,
     DeadlineExceeded,
@@ -199,7 +200,7 @@ class _Pool:
         self._closed = False
 
     def _connect(self, deadline: float | None) -> psycopg.Connection[Any]:
-        connection = psycopg.connect(
+        connection = _connect_masked(
             self._url,
             autocommit=True,  # transactions are explicit: connection.transaction()
             connect_timeout=_connect_timeout(self._connect_timeout, seconds_left(deadline)),
@@ -453,7 +454,7 @@ class PostgresStorage(SQLStorage):
         minutes to 2 hours, and the collector's shutdown with it."""
         if self._pool._closed:
             raise RuntimeError("the storage is closed")
-        return psycopg.connect(
+        return _connect_masked(
             self.url,
             autocommit=True,  # the transaction is explicit, as the pool's are
             connect_timeout=self._connect_timeout,
@@ -462,12 +463,34 @@ class PostgresStorage(SQLStorage):
         )
 
     def __repr__(self) -> str:
-        # Never show a password that may be part of the URL.
+        # Never show a password that may be part of the URL: not even a
+        # piece of one, which libpq reads as the host or the database where
+        # the password has an unescaped "@" or "/".
         try:
             info = conninfo_to_dict(self.url)
         except psycopg.ProgrammingError:
             return "PostgresStorage(<unparsable url>)"
-        return f"PostgresStorage(host={info.get('host')!r}, dbname={info.get('dbname')!r})"
+        shown = f"PostgresStorage(host={info.get('host')!r}, dbname={info.get('dbname')!r})"
+        return mask_passwords(shown, self.url)
+
+
+def _connect_masked(url: str, **options: Any) -> psycopg.Connection[Any]:
+    """``psycopg.connect(url, **options)``, whose error quotes no password of ``url``.
+
+    Why: libpq cuts a URL at an unescaped "@", "/" or "?" of its password,
+    and quotes the pieces back as a host, a port or a parameter it cannot
+    use (``failed to resolve host 'Xw7Kv3@db'``). The error then reaches a
+    traceback or a log far from the CLI's masking of its own line. The error
+    keeps its type (its diagnostics only where nothing needed masking), and
+    the unmasked one is not chained to it.
+    """
+    try:
+        return psycopg.connect(url, **options)
+    except psycopg.Error as error:
+        masked = mask_passwords(str(error), url)
+        if masked == str(error):
+            raise
+        raise type(error)(masked) from None
 
 
 def reader_turns(pool_size: int) -> int:
