@@ -1728,6 +1728,25 @@ def test_bad_session_requests_are_refused(
     assert collector.refusals() == {reason: 1}
 
 
+@pytest.mark.e2e
+def test_a_refusal_is_logged_on_one_line_whatever_its_sender_wrote(
+    collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refusal's detail echoes the sender's input; logged as it was, a field
+    named with a newline forged a log line of its own, and ESC sequences
+    reached the operator's terminal."""
+    forged = "x\nINFO storage works again\r\x1b[31mred"  # within the 40 shown
+    body = json.dumps({"deployment_id": new_id(), "instance_id": new_id(), forged: 1})
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry.collector"):
+        response = collector.http.post("/v1/session", content=body, headers=PLAIN)
+    assert response.status_code == 400
+    assert forged in response.json()["detail"]  # the sender still gets its words back
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("refused: ")]
+    logged = logging.Formatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert not {"\n", "\r", "\x1b"} & set(logged), logged
+    assert "storage works again" in logged  # escaped, not dropped
+
+
 # -- the Host of a dashboard without credentials -------------------------------------------
 
 DASHBOARD_PATHS = ("/", "/api/summary", "/export.csv", "/static/dashboard.js")

@@ -271,7 +271,11 @@ def create_app(
     read_failures = FailureLog(every=timing.failure_log_every)
 
     async def refuse(refusal: Refusal) -> JSONResponse:
-        logger.debug("refused: %s (%s)", refusal.reason, refusal.detail)
+        # The detail as repr: it echoes the sender's input (a field's name, a
+        # JSON error), which may hold a newline, a carriage return or a
+        # terminal escape. Escaped, one refusal is one line of the log, and no
+        # sender can forge another line or recolour the operator's terminal.
+        logger.debug("refused: %s (%r)", refusal.reason, refusal.detail)
         tally.add(refusal.reason)
         return JSONResponse(refusal.body(), status_code=refusal.status)
 
