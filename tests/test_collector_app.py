@@ -1884,6 +1884,41 @@ def test_bad_days_are_a_400(collector: Collector) -> None:
         assert collector.http.get("/api/summary", params={"days": days}).json()["days"] == meant
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "published",
+    [{"dashboard_token": DASHBOARD_TOKEN}, {"dashboard_public": True}],
+    ids=["token", "public"],
+)
+def test_a_path_with_a_slash_added_is_no_redirect_to_the_requests_host(
+    make_collector: Callable[..., Collector], published: dict[str, Any]
+) -> None:
+    """Starlette answered ``/api/summary/`` with a 307 to
+    ``http://<the request's Host>/api/summary``, the query (``?token=``) kept,
+    before the dashboard's credentials were checked."""
+    collector = make_collector(**published)
+    for path in (
+        "/api/summary/",
+        "/api/summary/?token=" + DASHBOARD_TOKEN,
+        "/export.csv/",
+        "/healthz/",
+        "/v1/report/",
+        "/static",
+    ):
+        answer = _get(collector, path, "evil.example")
+        assert answer.status_code == 404, (path, answer.status_code)
+        assert "location" not in answer.headers, path
+    # The dashboard's own paths, and the relative links of its page, still work.
+    token = {"Authorization": f"Bearer {DASHBOARD_TOKEN}"}
+    page = collector.http.get("/", headers=token)
+    assert page.status_code == 200
+    links = re.findall(r'(?:href|src)="([^"#]+)"', page.text)
+    assert {"static/dashboard.js", "export.csv"} <= set(links)
+    for link in links:
+        assert collector.http.get("/" + link, headers=token).status_code == 200, link
+    assert collector.http.get("/api/summary", headers=token).status_code == 200
+
+
 # -- the dashboard -------------------------------------------------------------------------
 
 STATIC = Path(__file__).parents[1] / "src" / "reqtelemetry" / "collector" / "static"

@@ -536,6 +536,12 @@ def create_app(
         lifespan=lifespan,
         middleware=_host_guard(settings, host),
     )
+    # No redirect of "/api/summary/" to "/api/summary": Starlette names in its
+    # Location whatever Host the request gave, and answers before any
+    # endpoint checks credentials. Behind a proxy or a cache that passes the
+    # Host on, that sent browsers to another site, a ?token= along with them.
+    # The clients and the dashboard's links never add a slash.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.storage = store
     app.state.gate = gate
