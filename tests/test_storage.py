@@ -2389,6 +2389,22 @@ def test_describe_database_hides_a_query_password_with_an_at_or_an_ampersand(
     assert describe_database(url) == described
 
 
+def test_describe_database_hides_every_secret_parameter_of_libpq() -> None:
+    """Not only ``password=``: the client key's passphrase and the OAuth and
+    SCRAM secrets are secrets too, in the banner and in a driver's message."""
+    url = (
+        "postgresql://app@db/x?sslpassword=K3yPass&sslmode=require"
+        "&oauth_client_secret=0aSecret&scram_client_key=ScrKey1"
+    )
+    described = describe_database(url)
+    assert described == (
+        "postgresql://app@db/x?sslpassword=***&sslmode=require"
+        "&oauth_client_secret=***&scram_client_key=***"
+    )
+    message = 'could not read key "K3yPass"; oauth "0aSecret"; scram "ScrKey1"'
+    assert mask_passwords(message, url) == 'could not read key "***"; oauth "***"; scram "***"'
+
+
 #: Passwords with characters at which libpq cuts a URL, unescaped. Each of
 #: their stretches of 3 characters is unlikely to occur in any message.
 CUT_PASSWORDS = [

@@ -54,9 +54,16 @@ _MISTYPED_URL = re.compile(r"(?:postgres(?:ql)?|sqlite)(?::|//)", re.IGNORECASE)
 _SQLITE_QUERY = re.compile(r"[?#]")
 #: ``password=...`` in a keyword DSN (or anywhere in a text).
 _PASSWORD_PAIR = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
-#: ``password=...`` in a URL's query, up to the next parameter (libpq reads a
-#: "#" as part of the value).
-_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&]*)", re.IGNORECASE)
+#: The parameters of libpq's whose values are secrets: the password, the
+#: client key's passphrase, and the OAuth and SCRAM secrets.
+_SECRET_PARAMETERS = frozenset(
+    {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
+)
+#: A secret's ``name=value`` in a URL's query, up to the next parameter
+#: (libpq reads a "#" as part of the value).
+_QUERY_PASSWORD = re.compile(
+    rf"([?&](?:{'|'.join(sorted(_SECRET_PARAMETERS))})=)([^&]*)", re.IGNORECASE
+)
 #: The characters at which libpq cuts a URL into its parts (user and password,
 #: hosts and ports, database, parameters), and psycopg a list of hosts. Where
 #: a password has one unescaped, its pieces land in those parts, and errors
@@ -208,7 +215,7 @@ def _shown_parameters(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     shown: list[tuple[str, str]] = []
     in_password = False
     for key, value in pairs:
-        if key.lower() == "password":
+        if key.lower() in _SECRET_PARAMETERS:
             shown.append((key, "***"))
             in_password = True
         elif not (in_password and key not in known):
