@@ -416,7 +416,11 @@ def test_a_damaged_id_file_is_replaced(tmp_path: Path, content: str) -> None:
         "\x00\xff",
         "database:\n  url: postgresql://db\n",
         "48213\n",  # a PID file
+        "4242",  # a PID file as Python writes one, without a newline
+        "9f2c1e7",  # a short git revision
         "480a1568" * 5 + "\n",  # a git revision
+        "\x00" * 1048576 + "IMPORTANT",  # an image whose start is zeros
+        "\x00" * 38,  # longer than any id file of ours
         "\n",
     ],
 )
@@ -435,6 +439,47 @@ def test_a_file_that_is_no_id_is_left_alone(
     assert path.read_text(encoding="latin-1") == content
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(path) in warnings[0]
+
+
+def _no_regular_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / kind
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:  # a copy of /dev/null, as REQTELEMETRY_DEPLOYMENT_ID_PATH=/dev/null would name it
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    return path
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_an_id_path_that_is_no_regular_file_is_left_alone(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A device was replaced by a regular file holding an id, and a named pipe
+    # was opened for reading, waiting for a writer, with the flush's lock held.
+    path = _no_regular_file(tmp_path, kind)
+    before = os.stat(path)
+    found: list[tuple[str, str]] = []
+    reader = threading.Thread(target=lambda: found.append(load_deployment_id(str(path))))
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock it, so that the suite goes on
+        with open(os.open(path, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+            pass
+        reader.join(10)
+        pytest.fail("reading the id path waited on a named pipe")
+    [(identifier, how)] = found
+    assert how == "read-only" and str(uuid.UUID(identifier)) == identifier
+    after = os.stat(path)
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (
+        before.st_mode,
+        before.st_ino,
+        before.st_rdev,
+    )
+    assert [r for r in caplog.records if str(path) in r.getMessage()]
 
 
 def test_a_machine_id_at_the_id_path_is_never_sent(make_sender, receiver, tmp_path: Path) -> None:

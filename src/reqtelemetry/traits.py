@@ -31,6 +31,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import stat
 import sys
 import threading
 import time
@@ -480,6 +481,7 @@ class ForeignFileError(Exception):
 #: the UUID version, ``y`` the variant's digit (8, 9, a or b).
 _ID_FILE_SHAPE = b"xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx\n"
 _ID_LENGTH = len(_ID_FILE_SHAPE) - 1  # without its newline
+_FIRST_DASH = _ID_FILE_SHAPE.index(b"-")
 _SHAPE_BYTES = {
     ord("x"): frozenset(b"0123456789abcdef"),
     ord("y"): frozenset(b"89ab"),
@@ -511,16 +513,25 @@ def _parse_id(data: bytes) -> str | None:
 
 
 def _damaged_id(data: bytes) -> bool:
-    """Whether ``data`` is what a crash can leave of an id file of ours.
+    """Whether ``data``, a whole file, is what a crash can leave of an id file of ours.
 
     An id is written whole under a temporary name and then linked into place,
     or, where links fail, written in place: a crash can leave an empty file,
     one filled with NUL bytes (some filesystems after a power loss), or the
-    start of an id. Anything else, even all digits (a PID file) or all hex (a
-    git revision), is someone else's file.
+    start of an id, zeros after it where the write was cut. Anything else is
+    someone else's file: one longer than an id file (a disk image that
+    starts with zeros), or a start of an id neither followed by zeros nor
+    reaching the id's first dash (``4242``, a PID file as Python writes one;
+    ``9f2c1e7``, a git revision).
     """
-    data = data.rstrip(b"\x00")
-    return len(data) < _ID_LENGTH and _fits_shape(data)
+    if len(data) > len(_ID_FILE_SHAPE):
+        return False
+    kept = data.rstrip(b"\x00")
+    if not kept:
+        return True
+    if len(kept) >= _ID_LENGTH or not _fits_shape(kept):
+        return False
+    return len(kept) < len(data) or len(kept) > _FIRST_DASH
 
 
 def _read_id(path: str) -> str | None:
@@ -528,11 +539,20 @@ def _read_id(path: str) -> str | None:
 
     Raises :class:`ForeignFileError` when the file holds anything else (an
     operator pointed ``REQTELEMETRY_DEPLOYMENT_ID_PATH`` at an existing file,
-    say): replacing it would destroy someone's data. Raises
+    say), or is no regular file (``/dev/null``, a named pipe): replacing it
+    would destroy someone's data, or a device, and reading a pipe would wait
+    for a writer with the flush's lock held. Raises
     :class:`FileNotFoundError` when there is no file, other :class:`OSError`
     when it cannot be read.
     """
-    with open(path, "rb") as handle:
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ForeignFileError(path)
+    # Not blocking, and asked again of what was opened: a pipe put in its
+    # place since is refused, never waited on.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    with open(os.open(path, flags), "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ForeignFileError(path)
         data = handle.read(_MAX_ID_FILE_BYTES + 1)
     found = _parse_id(data)
     if found is None and not _damaged_id(data):
