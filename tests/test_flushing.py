@@ -1533,6 +1533,25 @@ def test_the_warning_about_failed_reports_shows_no_credentials(make_sender, rece
     assert "canary" not in warning
 
 
+def test_httpx_logs_none_of_reqtelemetrys_requests(make_sender, receiver, caplog):
+    # httpx logs every request's whole URL at INFO: the endpoint's credentials
+    # and key reached the app's logs, a line per report and session.
+    endpoint = receiver.url.replace("http://", "http://svc:canary-password@") + "/?key=canary-key"
+    telemetry = make_sender(endpoint=endpoint, settled=False)
+    record_traffic(telemetry)
+    with caplog.at_level(logging.DEBUG):
+        assert telemetry.flush() is True
+        # The app's own request through httpx: still logged.
+        answer_locally = httpx.MockTransport(lambda request: httpx.Response(204))
+        with httpx.Client(transport=answer_locally) as apps_own:
+            apps_own.get("http://app.example/the-apps-own-request")
+    assert receiver.reports_from(telemetry.instance_id), "nothing was sent"
+    assert not [r for r in caplog.records if "canary" in r.getMessage()]
+    from_httpx = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert not [message for message in from_httpx if "/v1/" in message]
+    assert [message for message in from_httpx if "/the-apps-own-request" in message]
+
+
 def test_proxy_and_ca_bundle_are_checked_at_start(tmp_path):
     with pytest.raises(ValueError, match="proxy"):
         reqtelemetry.Config.resolve(environ={"REQTELEMETRY_PROXY": "127.0.0.1:3128"})

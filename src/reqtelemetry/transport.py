@@ -49,6 +49,33 @@ from .config import Config, redacted_url
 from .payload import YIELD_PAUSE, Pacer
 
 logger = logging.getLogger("reqtelemetry")
+#: Whether this thread is sending one of reqtelemetry's requests now (see
+#: :class:`_OwnRequestsUnlogged`).
+_sending = threading.local()
+
+
+class _OwnRequestsUnlogged(logging.Filter):
+    """Drops what httpx logs of reqtelemetry's own requests.
+
+    Why: httpx logs every request at INFO with its whole URL (``HTTP
+    Request: POST http://user:key@collector/v1/report?key=... "HTTP/1.1 200
+    OK"``), so an app logging at INFO wrote the endpoint's credentials and
+    key to its logs, a line per report and session. httpx logs from the
+    thread that sends, while it sends: only records made then are dropped,
+    and the app's own requests through httpx are logged as they were.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_sending, "active", False)
+
+
+_OWN_REQUESTS_UNLOGGED = _OwnRequestsUnlogged()
+
+
+def _leave_own_requests_unlogged() -> None:
+    """Put the filter on httpx's logger, once (a logger keeps one of each filter)."""
+    logging.getLogger("httpx").addFilter(_OWN_REQUESTS_UNLOGGED)
+
 
 REPORT_PATH = "/v1/report"
 SESSION_PATH = "/v1/session"
@@ -548,6 +575,17 @@ class Transport:
         """
         self._body_sent = False
         self._sending_tunnel_request = False
+        _leave_own_requests_unlogged()
+        _sending.active = True
+        try:
+            return self._post_unlogged(url, content, headers, timeout)
+        finally:
+            _sending.active = False
+
+    def _post_unlogged(
+        self, url: str, content: bytes, headers: dict[str, str], timeout: float
+    ) -> httpx.Response:
+        """:meth:`_post`'s request, made while httpx's records of it are dropped."""
         with (
             self._deadline(timeout),
             self.client.stream(
