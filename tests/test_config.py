@@ -454,6 +454,86 @@ def test_a_bare_string_where_a_list_belongs_is_refused_or_split(field):
     assert getattr(Telemetry(config=Config(**{field: value})).config, field) == (value,)
 
 
+@pytest.mark.parametrize("opt_out", [False, True], ids=["on", "opted out"])
+@pytest.mark.parametrize(
+    "value",
+    [["/a", 3], [None], ("/a", b"/b"), 3, object()],
+    ids=["a number", "None", "bytes", "no list", "an object"],
+)
+def test_a_list_option_with_a_non_string_is_refused_by_its_name(value, opt_out):
+    # Stripped before any check, a number failed as an AttributeError naming
+    # nothing, a None went missing, and once joined with the environment's
+    # entries, the code's mistake was blamed on the variable.
+    environ = {"REQTELEMETRY_EXCLUDE_PATHS": "/from-the-environment"}
+    with pytest.raises(ValueError, match=r"^exclude_paths must be a list of strings"):
+        Config.resolve(environ=environ, argv=[], opt_out=opt_out, exclude_paths=value)
+    with pytest.raises(ValueError, match="allowed_query_keys must be a list of strings"):
+        Telemetry(config=Config(allowed_query_keys=value, opt_out=opt_out))
+
+
+@pytest.mark.parametrize("opt_out", [False, True], ids=["on", "opted out"])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("timeout", 10**400),  # too large for a float: math.isfinite raised OverflowError
+        ("flush_interval", 10**400),
+        ("shutdown_timeout", 10**5000),  # too long even for repr() in the message
+        ("retry_base_delay", 10**400),
+        ("max_proof_of_work_bits", -5),  # every report failed, telemetry saying it was on
+        ("max_proof_of_work_bits", 0),
+        ("max_proof_of_work_bits", 10**6),
+    ],
+    ids=lambda value: (
+        value if isinstance(value, str) else str(value) if abs(value) < 10**9 else "huge"
+    ),
+)
+def test_numbers_out_of_range_are_refused_by_their_name(option, value, opt_out):
+    with pytest.raises(ValueError, match=f"^{option} must be"):
+        Config.resolve(environ={}, argv=[], opt_out=opt_out, **{option: value})
+
+
+def test_proof_of_work_bits_within_range_are_taken():
+    for bits in (1, 24, 160):
+        assert resolve(max_proof_of_work_bits=bits).max_proof_of_work_bits == bits
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        "http://proxy:99999",  # a port out of range
+        "http://",  # no host
+        "http://a b:3128",  # a space in the host
+        "http://u:p@proxy..bad:3128",  # an empty label
+        "http://proxy:abc",  # httpx.InvalidURL, which is no ValueError
+        "http://[::1",  # an unclosed bracket
+        "ftp://proxy:21",
+    ],
+)
+def test_a_proxy_httpx_cannot_use_is_refused_at_start_by_its_name(proxy):
+    # Checked by its prefix only, these started telemetry, which then failed
+    # at every flush (or raised a bare httpx.InvalidURL from Telemetry()).
+    environ = {"REQTELEMETRY_PROXY": proxy}
+    with pytest.raises(ValueError, match=r"^REQTELEMETRY_PROXY: proxy ") as refused:
+        Config.resolve(environ=environ, argv=[], endpoint="http://collector.example")
+    assert "u:p" not in str(refused.value)
+    # Opted out, it is never used: no error.
+    Config.resolve(environ={**environ, "DO_NOT_TRACK": "1"}, argv=[], endpoint="http://c.example")
+
+
+def test_a_socks_proxy_without_socksio_is_refused_at_start(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "socksio" else real_find_spec(name, *args),
+    )
+    with pytest.raises(ValueError, match="socksio"):
+        resolve(endpoint="http://collector.example", proxy="socks5://127.0.0.1:1080")
+    assert resolve(endpoint="http://collector.example", proxy="http://proxy:3128").proxy
+
+
 def test_resolve_still_takes_a_comma_separated_string():
     config = Config.resolve(environ={}, argv=[], allowed_path_segments="users, orders")
     assert config.allowed_path_segments == ("users", "orders")

@@ -320,6 +320,33 @@ def test_the_number_of_names_is_capped(make_telemetry, caplog):
     assert len([r for r in caplog.records if "metric names" in r.getMessage()]) == 1
 
 
+def test_a_gauge_named_cap_leaves_the_cap_warning_alone(make_telemetry, caplog):
+    # The warnings said once were keyed by a failing gauge's bare name, and the
+    # cap's by the word "cap", which is a metric name too.
+    telemetry = make_telemetry(max_metrics=3)
+
+    def broken() -> float:
+        raise RuntimeError("the queue is down")
+
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        telemetry.gauge("cap", broken)
+        telemetry.gauge("b", lambda: 1)
+        telemetry.gauge("c", lambda: 1)
+        assert telemetry.metrics.sample_gauges(1.0) == {"b": 1, "c": 1}
+        telemetry.count("x.one")  # past the cap
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "gauge 'cap' failed" in m]) == 1
+    assert len([m for m in messages if "more than 3 metric names" in m]) == 1
+
+
+def test_an_increment_with_no_repr_is_refused_as_any_too_large(either):
+    # Python writes no integer past 4,300 digits: the message's repr() raised
+    # its own ValueError, about digits, instead of naming the limit.
+    with pytest.raises(ValueError, match=r"at most 2\*\*63 - 1.*an integer of 16,610 bits"):
+        either.count("jobs.done", 10**5000)
+    assert either.metrics.collect()["counters"] == {}
+
+
 def test_past_the_cap_the_same_names_are_left_out_in_every_report(make_telemetry, caplog):
     # Counted per report, the cap left out whichever names came last in each
     # period: "a" in one report, "c" in the next, and only the first warned of.

@@ -141,6 +141,47 @@ def _split(value: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in value if item and item.strip())
 
 
+def _list_option(name: str, value: Any) -> tuple[str, ...]:
+    """A list option given in code, as :func:`_split` makes it; a ``ValueError``
+    naming the option for anything but a string or an iterable of strings.
+
+    Why here, before the environment's entries join it: stripped as they
+    were, a number among them failed as an ``AttributeError`` naming nothing,
+    a ``None`` went missing silently, and once joined, a bad entry of the
+    code's was blamed on the variable.
+    """
+    if value is None or isinstance(value, str):
+        return _split(value)
+    items = list(value) if isinstance(value, Iterable) else None
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise ValueError(_list_error(name, value))
+    return _split(items)
+
+
+def _finite(number: float) -> bool:
+    """``math.isfinite``, false for an integer too large for a float (which it
+    raises ``OverflowError`` on, naming no option)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` for a message; an integer too long to write (Python
+    refuses past 4,300 digits) or to read is described instead."""
+    if isinstance(value, int) and value.bit_length() > 1000:
+        return f"an integer of {value.bit_length():,} bits"
+    return repr(value)
+
+
+def _list_error(name: str, value: Any) -> str:
+    return (
+        f"{name} must be a list of strings (Config.resolve also takes a "
+        f"comma-separated string), got {value!r}"
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything reqtelemetry needs to know, in one immutable place.
@@ -237,7 +278,7 @@ class Config:
             raise TypeError(f"unknown reqtelemetry option(s): {', '.join(sorted(unknown))}")
         for name in _LIST_FIELDS:
             if name in options:
-                options[name] = _split(options[name])
+                options[name] = _list_option(name, options[name])
         for name in _TEXT_FIELDS:
             # Blank means not set, as for the variables: ``endpoint=os.environ.get(
             # "APP_TELEMETRY_URL")`` with the variable set but empty is "no endpoint".
@@ -339,33 +380,37 @@ class Config:
                 "min_flush_interval must be positive and at most max_flush_interval, "
                 f"and max_flush_interval at most {LONGEST_FLUSH_INTERVAL:g} s (a year)"
             )
-        if not (math.isfinite(self.flush_interval) and self.flush_interval > 0):
+        if not (_finite(self.flush_interval) and self.flush_interval > 0):
             raise ValueError(
-                f"flush_interval must be a positive number of seconds, got {self.flush_interval!r}"
+                "flush_interval must be a finite positive number of seconds, "
+                f"got {_shown(self.flush_interval)}"
             )
         if self.flush_interval > LONGEST_FLUSH_INTERVAL:
             raise ValueError(
                 f"flush_interval must be at most {LONGEST_FLUSH_INTERVAL:g} s (a year), "
-                f"got {self.flush_interval!r}"
+                f"got {_shown(self.flush_interval)}"
             )
         if self.max_payload_bytes < 16384:
             raise ValueError(
                 f"max_payload_bytes must be at least 16384, got {self.max_payload_bytes}"
             )
-        if self.max_attempts < 1 or not (
-            math.isfinite(self.retry_base_delay) and self.retry_base_delay >= 0
-        ):
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts!r}")
+        if not (_finite(self.retry_base_delay) and self.retry_base_delay >= 0):
             raise ValueError(
-                "max_attempts must be at least 1 and retry_base_delay a number not negative"
+                "retry_base_delay must be a finite number of seconds, not negative, "
+                f"got {_shown(self.retry_base_delay)}"
             )
         # Zero, negative or NaN timeouts leave no time for any attempt: telemetry
         # would say it is on and never send anything.
-        if not (math.isfinite(self.timeout) and self.timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
-        if not (math.isfinite(self.shutdown_timeout) and self.shutdown_timeout >= 0):
+        if not (_finite(self.timeout) and self.timeout > 0):
             raise ValueError(
-                f"shutdown_timeout must be zero or a positive number of seconds, "
-                f"got {self.shutdown_timeout!r}"
+                f"timeout must be a finite positive number of seconds, got {_shown(self.timeout)}"
+            )
+        if not (_finite(self.shutdown_timeout) and self.shutdown_timeout >= 0):
+            raise ValueError(
+                f"shutdown_timeout must be zero or a finite positive number of seconds, "
+                f"got {_shown(self.shutdown_timeout)}"
             )
         if self.endpoint is not None and self.enabled:
             # Only when on: opted out, the URL is never used, nor httpx imported.
@@ -387,19 +432,29 @@ class Config:
                 )
         for name in _LIST_FIELDS:
             value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+            if (
+                isinstance(value, str)
+                or not isinstance(value, Iterable)
+                or not all(isinstance(item, str) for item in value)
+            ):
                 # A bare string would be taken as its characters: "users"
                 # would let the segments "u", "s", "e" and "r" through unhashed.
-                raise ValueError(
-                    f"{name} must be a list of strings (Config.resolve also takes a "
-                    f"comma-separated string), got {value!r}"
-                )
+                raise ValueError(_list_error(name, value))
         for name in ("exclude_paths", "exclude_prefixes"):
             # A path a request can have starts with "/": without it, an entry
             # excluded nothing, silently.
             for entry in getattr(self, name):
                 if not entry.startswith("/"):
                     raise ValueError(f"{name} entries must start with '/', got {entry!r}")
+        from .hashcash import MAX_BITS  # here: only validation needs it
+
+        if not 1 <= self.max_proof_of_work_bits <= MAX_BITS:
+            # 0 or less: every collector asks for some work, and every report
+            # failed with telemetry saying it was on and sending.
+            raise ValueError(
+                f"max_proof_of_work_bits must be between 1 and {MAX_BITS}, "
+                f"got {_shown(self.max_proof_of_work_bits)}"
+            )
         if not 1 <= self.max_metrics <= MAX_METRIC_NAMES:
             raise ValueError(
                 f"max_metrics must be between 1 and {MAX_METRIC_NAMES} (the wire format's "
@@ -420,12 +475,8 @@ class Config:
         failure at every flush (only when on: opted out, nothing is sent)."""
         if not self.enabled:
             return
-        if self.proxy is not None and not self.proxy.startswith(
-            ("http://", "https://", "socks5://", "socks5h://")
-        ):
-            raise ValueError(
-                f"proxy must be an http(s):// or socks5:// URL, got {redacted_url(self.proxy)!r}"
-            )
+        if self.proxy is not None:
+            _check_proxy(self.proxy)
         if self.ca_bundle is not None and not os.path.exists(self.ca_bundle):
             raise ValueError(f"ca_bundle must be an existing file or directory: {self.ca_bundle!r}")
 
@@ -575,28 +626,60 @@ def _check_endpoint(endpoint: str) -> None:
     ``http://collector..example.org`` passes a prefix check, then raises at each
     request (``UnicodeError`` from the IDNA codec, or ``httpx.InvalidURL``).
     """
-    import httpx
-
-    try:
-        url = httpx.URL(endpoint)
-        host = url.host
-        port = url.port
-        host.encode("idna")  # what the socket layer does with it
-    except (httpx.InvalidURL, UnicodeError, ValueError) as error:
-        # The error's own text may quote the URL: left out, as the URL is.
-        raise ValueError(
-            f"endpoint is not a valid URL ({type(error).__name__}): {redacted_url(endpoint)!r}"
-        ) from None
-    if url.scheme not in ("http", "https"):
-        raise ValueError(f"endpoint must be an http(s) URL, got {redacted_url(endpoint)!r}")
-    if not host or "%" in host or (port is not None and not 0 < port < 65536):
-        raise ValueError(
-            f"endpoint must name a host (and a valid port), got {redacted_url(endpoint)!r}"
-        )
+    url = _checked_url("endpoint", endpoint, ("http", "https"), "an http(s) URL")
     if url.fragment:
         # A fragment never reaches a server: whatever follows the ``#`` would
         # swallow the paths the reports go to.
         raise ValueError(f"endpoint must not have a #fragment, got {redacted_url(endpoint)!r}")
+
+
+#: The schemes of a proxy httpx takes.
+_PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+
+
+def _check_proxy(proxy: str) -> None:
+    """Refuse at start a proxy httpx would fail on at every flush, or at the
+    first one (``http://proxy:99999``, ``http://``, ``http://a b:3128``), and
+    a SOCKS proxy without what httpx needs for it (``httpx.Client`` raised a
+    bare ``ImportError``)."""
+    url = _checked_url("proxy", proxy, _PROXY_SCHEMES, "an http(s):// or socks5:// URL")
+    if url.scheme.startswith("socks"):
+        import importlib.util
+
+        if importlib.util.find_spec("socksio") is None:
+            raise ValueError(
+                "proxy is a SOCKS proxy, which needs the socksio package "
+                f"(pip install 'httpx[socks]'): {redacted_url(proxy)!r}"
+            )
+
+
+def _checked_url(option: str, value: str, schemes: tuple[str, ...], kind: str) -> Any:
+    """``value`` as an ``httpx.URL`` with a scheme of ``schemes``, a host and a
+    valid port; else a ``ValueError`` naming ``option`` (and the URL without
+    its credentials or query: the error's own text may quote them)."""
+    import httpx
+
+    try:
+        url = httpx.URL(value)
+        host = url.host
+        port = url.port
+        host.encode("idna")  # what the socket layer does with it
+    except (httpx.InvalidURL, UnicodeError, ValueError) as error:
+        raise ValueError(
+            f"{option} is not a valid URL ({type(error).__name__}): {redacted_url(value)!r}"
+        ) from None
+    if url.scheme not in schemes:
+        raise ValueError(f"{option} must be {kind}, got {redacted_url(value)!r}")
+    if (
+        not host
+        or "%" in host
+        or any(character.isspace() for character in host)
+        or (port is not None and not 0 < port < 65536)
+    ):
+        raise ValueError(
+            f"{option} must name a host (and a valid port), got {redacted_url(value)!r}"
+        )
+    return url
 
 
 #: Lists that take something out of what is measured or sent: the

@@ -96,7 +96,11 @@ def _validate_number(value: object, what: str) -> float:
 
 
 def _shown(value: object) -> str:
-    """``repr(value)``, cut: ``10**400`` would otherwise put 401 digits in a message."""
+    """``repr(value)``, cut: ``10**400`` would otherwise put 401 digits in a
+    message. An integer past 4,300 digits has no ``repr`` at all (Python
+    refuses to write it): it is described instead."""
+    if isinstance(value, int) and value.bit_length() > 1000:
+        return f"an integer of {value.bit_length():,} bits"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -237,8 +241,10 @@ class AppMetrics:
 
     def _refuse(self, name: str) -> None:
         self.refused += 1
-        if "cap" not in self._warned:
-            self._warned.add("cap")
+        # Not _first_time(): the lock is held here. ":" is in no metric name,
+        # so no gauge's own key ("failed:" + its name) can be this one.
+        if "cap:" not in self._warned:
+            self._warned.add("cap:")
             logger.warning(
                 "reqtelemetry: more than %d metric names; %r and every other name past "
                 "the first %d is not recorded, for the life of the process",
@@ -359,7 +365,7 @@ class AppMetrics:
         password from a connection string; WARNING goes to whoever reads the
         app's logs. The text and traceback are for whoever turns on DEBUG.
         """
-        if self._first_time(name):
+        if self._first_time("failed:" + name):
             logger.warning(
                 "reqtelemetry: gauge %r failed (%s) and is left out of the report; "
                 "said once, the details are logged at DEBUG",
