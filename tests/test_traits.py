@@ -12,6 +12,7 @@ import stat
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,37 @@ def test_withheld_from_environment_variable() -> None:
     traits, withheld = SystemTraits(config).current()
     assert withheld == ["cpu_count", "development"]
     assert "cpu_count" not in traits and "development" not in traits
+
+
+@pytest.mark.parametrize(
+    ("withheld", "detected"),
+    [
+        ("framework,framework_version,server,server_version", set()),
+        ("framework,server", {"framework", "server"}),  # their versions are still sent
+        ("framework,framework_version", {"server"}),
+    ],
+)
+def test_a_withheld_trait_is_not_even_worked_out(
+    withheld: str, detected: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/payload.md says so; the framework and the server were still
+    # detected (modules and their metadata read) at every report.
+    import reqtelemetry.traits as traits_module
+
+    ran: set[str] = set()
+
+    def detected_as(name: str) -> Callable[[], tuple[str, str]]:
+        def detect() -> tuple[str, str]:
+            ran.add(name)
+            return (f"some-{name}", "1.0")
+
+        return detect
+
+    monkeypatch.setattr(traits_module, "detect_framework", detected_as("framework"))
+    monkeypatch.setattr(traits_module, "detect_server", detected_as("server"))
+    traits, _ = SystemTraits(make_config(disabled_traits=withheld)).current()
+    assert ran == detected
+    assert not set(withheld.split(",")) & set(traits)
 
 
 def test_withheld_development_stays_absent_after_note() -> None:

@@ -404,16 +404,20 @@ class SystemTraits:
 
     def _detect_lazily(self) -> None:
         # Re-detected until found: the server module may be imported after the
-        # first report; once found, the answer is cached.
+        # first report; once found, the answer is cached. Not at all where
+        # both of its traits are withheld: a withheld trait is not computed.
+        withheld = self._withheld
         with self._lock:
-            if not self._framework_noted and (
-                self._framework is None or self._framework[0] is None
+            if (
+                not self._framework_noted
+                and (self._framework is None or self._framework[0] is None)
+                and not withheld >= _FRAMEWORK_TRAITS
             ):
                 try:
                     self._framework = detect_framework()
                 except Exception:
                     self._framework = (None, None)
-            if self._server is None or self._server[0] is None:
+            if (self._server is None or self._server[0] is None) and not withheld >= _SERVER_TRAITS:
                 try:
                     self._server = detect_server()
                 except Exception:
@@ -463,6 +467,11 @@ def _fit(value: Any) -> Any:
 _READ_ONLY_IDS: dict[str, str] = {}
 _READ_ONLY_LOCK = threading.Lock()
 _MAX_ID_FILE_BYTES = 256
+
+
+#: The traits one detection finds: neither is worked out where both are withheld.
+_FRAMEWORK_TRAITS = frozenset({"framework", "framework_version"})
+_SERVER_TRAITS = frozenset({"server", "server_version"})
 
 
 def default_deployment_id_path() -> str:
