@@ -534,6 +534,13 @@ def test_a_socks_proxy_without_socksio_is_refused_at_start(monkeypatch):
     assert resolve(endpoint="http://collector.example", proxy="http://proxy:3128").proxy
 
 
+def test_urls_in_code_are_taken_without_surrounding_white_space():
+    # As the variables' are: one read from a file ends in a newline.
+    config = resolve(endpoint=" https://collector.example\n", proxy="\thttp://proxy:3128 ")
+    assert config.endpoint == "https://collector.example"
+    assert config.proxy == "http://proxy:3128"
+
+
 def test_resolve_still_takes_a_comma_separated_string():
     config = Config.resolve(environ={}, argv=[], allowed_path_segments="users, orders")
     assert config.allowed_path_segments == ("users", "orders")

@@ -87,6 +87,8 @@ _APP_TRAITS = ("app_name", "app_version", "app_git_hash", "app_build_time")
 _TEXT_FIELDS = (*_APP_TRAITS, "endpoint", "deployment_id_path", "proxy", "ca_bundle")
 #: Text fields that name a file: a ``pathlib.Path`` is taken too.
 _PATH_FIELDS = frozenset({"deployment_id_path", "ca_bundle"})
+#: Text fields that hold a URL: taken without surrounding white space.
+_URL_FIELDS = frozenset({"endpoint", "proxy"})
 
 #: The fields that hold lists of strings.
 _LIST_FIELDS = (
@@ -285,6 +287,10 @@ class Config:
             value = options.get(name)
             if isinstance(value, str) and not value.strip():
                 options[name] = None
+            elif name in _URL_FIELDS and isinstance(value, str):
+                # As the variables are: a URL read from a file or a settings
+                # entry often ends in a newline, and was refused for it.
+                options[name] = value.strip()
             elif name in _PATH_FIELDS and isinstance(value, os.PathLike):
                 options[name] = os.fspath(value)
         options["environment_applied"] = True
