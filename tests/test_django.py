@@ -193,6 +193,36 @@ def test_answers_before_url_resolution_are_keyed_by_the_route_they_are_for(
     }
 
 
+def test_pages_the_cache_answers_are_keyed_by_their_route(django_telemetry, counts):
+    """A site cached per page answers every hit in FetchFromCacheMiddleware,
+    before URL resolution: the hits were ``<unmatched>``, or a key per id
+    with ``group_unmatched`` off, filling ``max_keys``."""
+    from django.test import Client, override_settings
+
+    middleware = [
+        "reqtelemetry.django.TelemetryMiddleware",
+        "django.middleware.cache.UpdateCacheMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.cache.FetchFromCacheMiddleware",
+    ]
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    with override_settings(MIDDLEWARE=middleware, CACHES=caches, CACHE_MIDDLEWARE_SECONDS=600):
+        from django.core.cache import cache
+
+        cache.clear()
+        client = Client()
+        for pk in (1, 2, 1, 2, 1):
+            response = client.get(f"/api/items/{pk}/")
+            assert response.status_code == 200
+            assert response.has_header("Expires")  # from the cache middleware
+        assert client.get("/nope/").status_code == 404
+        cache.clear()
+    assert counts(django_telemetry) == {
+        ("GET", "/api/items/<int:pk>/", 200): 5,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }
+
+
 def test_view_exception_is_500(client, django_telemetry, counts):
     response = client.get("/boom/")
     assert response.status_code == 500

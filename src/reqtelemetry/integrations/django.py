@@ -51,6 +51,9 @@ from ..telemetry import (
 #: so this is never reached in practice; past it, templates are worked out
 #: again on each request instead of growing memory.
 _TEMPLATE_CACHE_LIMIT = 4096
+#: The longest path of a cached page whose key is remembered (see
+#: ``TelemetryMiddleware._route_of_cached_page``).
+_CACHED_PAGE_PATH_LIMIT = 256
 
 logger = logging.getLogger("reqtelemetry")
 _shared: Telemetry | None = None
@@ -304,6 +307,9 @@ class TelemetryMiddleware:
         self._plain_templates: dict[str, str] = {}
         # Matched chain of URL patterns -> key, for localized ones.
         self._localized_templates: dict[tuple[Any, ...], str] = {}
+        # (URLconf, path) of a page the cache answered -> its key, or None
+        # (see _route_of_cached_page). Raw paths: in memory only.
+        self._cached_page_routes: dict[tuple[Any, str], str | None] = {}
         excluded = self.telemetry.excluded
         self._is_excluded = excluded if excluded is not None else _never
         self._listed_twice = _listed_more_than_once()
@@ -443,6 +449,36 @@ class TelemetryMiddleware:
         _remember(self._localized_templates, chain, template)
         return template
 
+    def _route_of_cached_page(self, request: Any) -> str | None:
+        """The key of a page ``FetchFromCacheMiddleware`` answered from the
+        cache (before URL resolution); None where no route takes its path.
+
+        Why: a site cached per page (``UpdateCacheMiddleware`` ...
+        ``FetchFromCacheMiddleware``) answers every hit before Django resolves
+        the URL, and the hits were ``<unmatched>``, or a key per id with
+        ``group_unmatched`` off, filling ``max_keys``. Django marks a hit
+        (``request._cache_update_cache`` is False; a miss is resolved as any
+        request is). The path is resolved as the router would have, once per
+        path: a cached page's path comes back, which is why it was cached.
+        At most :data:`_TEMPLATE_CACHE_LIMIT` paths of at most
+        :data:`_CACHED_PAGE_PATH_LIMIT` characters are remembered (emptied
+        when full; a longer one is resolved each time).
+        """
+        path = request.path_info
+        key = (getattr(request, "urlconf", None), path)
+        cache = self._cached_page_routes
+        if key in cache:
+            return cache[key]
+        match = _resolved_anyway(request, 200)
+        route = None
+        if match is not None and match.route is not None:
+            route = self._plain_templates.get(match.route) or self._template_of(match)
+        if len(path) <= _CACHED_PAGE_PATH_LIMIT:
+            if len(cache) >= _TEMPLATE_CACHE_LIMIT:
+                cache.clear()
+            cache[key] = route
+        return route
+
     def _record(
         self,
         request: Any,
@@ -454,17 +490,22 @@ class TelemetryMiddleware:
     ) -> None:
         telemetry = self.telemetry
         try:
+            route: str | None = None
             match = getattr(request, "resolver_match", None)
-            if match is None and (status in _REDIRECTS or request.method == "OPTIONS"):
-                match = _resolved_anyway(request, status, response)
-            if match is not None and match.route is not None:
-                route = self._plain_templates.get(match.route)
-                if route is None:
-                    route = self._template_of(match)
-            else:
-                route = telemetry.route_for_unrouted(
-                    request.path_info, request.META.get("QUERY_STRING", ""), False
-                )
+            if match is None:
+                if status in _REDIRECTS or request.method == "OPTIONS":
+                    match = _resolved_anyway(request, status, response)
+                elif getattr(request, "_cache_update_cache", None) is False:
+                    route = self._route_of_cached_page(request)
+            if route is None:
+                if match is not None and match.route is not None:
+                    route = self._plain_templates.get(match.route)
+                    if route is None:
+                        route = self._template_of(match)
+                else:
+                    route = telemetry.route_for_unrouted(
+                        request.path_info, request.META.get("QUERY_STRING", ""), False
+                    )
             method = request.method
             if method not in KNOWN_METHODS:
                 method = OTHER_METHOD
@@ -509,8 +550,9 @@ def _resolved_anyway(request: Any, status: int, response: Any = None) -> Any:
     language prefix. They were
     ``<unmatched>``, or a key per id with ``group_unmatched`` off, where
     Flask's and Starlette's are keyed by their route. Only these answers
-    (redirects and ``OPTIONS``) pay for resolving: not a 404, nor the files
-    a WhiteNoise serves, each of which cost a walk of the whole URLconf.
+    (redirects and ``OPTIONS``, and pages the cache answered, once per path)
+    pay for resolving: not a 404, nor the files a WhiteNoise serves, each of
+    which cost a walk of the whole URLconf.
     """
     from django.urls import Resolver404, resolve
 
