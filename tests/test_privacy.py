@@ -426,6 +426,43 @@ def test_django_never_sends_an_excluded_template(django_telemetry_factory, count
     assert_clean(telemetry)
 
 
+def test_django_exclusion_written_with_a_language_covers_every_language(
+    django_telemetry_factory, counts
+):
+    """An operator copies the hidden page's URL from the browser, language
+    and all (``/en/<secret>/``): the redirect from ``/<secret>/`` into it and
+    the same pages in French were sent, with the secret in their template."""
+    from django.test import Client as DjangoClient
+    from django.test import override_settings
+
+    from django_test_hidden_admin_urls import LANGUAGES, LOCALIZED_ADMIN_URL
+
+    telemetry = django_telemetry_factory(exclude_prefixes=["/en/" + LOCALIZED_ADMIN_URL])
+    with override_settings(
+        ROOT_URLCONF="django_test_hidden_admin_urls",
+        LANGUAGE_CODE="en",
+        LANGUAGES=LANGUAGES,
+        MIDDLEWARE=[
+            "reqtelemetry.django.TelemetryMiddleware",
+            "django.middleware.locale.LocaleMiddleware",
+            "django.middleware.common.CommonMiddleware",
+        ],
+    ):
+        client = DjangoClient(raise_request_exception=False)
+        statuses = [
+            client.get(path).status_code
+            for path in [
+                "/en/" + LOCALIZED_ADMIN_URL + "users/1/",  # excluded by its path already
+                "/" + LOCALIZED_ADMIN_URL + "users/3/",  # 302 into the excluded prefix
+                "/fr/" + LOCALIZED_ADMIN_URL + "users/2/",  # the same page in French
+                "/items/1/",
+            ]
+        ]
+    assert statuses == [200, 302, 200, 200]
+    assert counts(telemetry) == {("GET", "/items/<int:pk>/", 200): 1}
+    assert_clean(telemetry)
+
+
 def test_an_anonymized_key_is_not_taken_for_an_excluded_template(make_telemetry, counts):
     """Hashes are hex: compared with the exclusions as templates are, keys of
     a route-less app's paths matched a prefix such as ``/a`` (one in 16) and

@@ -11,6 +11,7 @@ import atexit
 import functools
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -45,6 +46,9 @@ UNMATCHED_ROUTE = "<unmatched>"
 LANGUAGE_PREFIX = "<language-code>"
 #: The first segment of such a template, as :meth:`Telemetry.is_excluded_route` looks for it.
 LANGUAGE_SEGMENT = f"/{LANGUAGE_PREFIX}/"
+#: A path segment that reads as a language tag (Django's language codes:
+#: ``en``, ``de``, ``pt-br``, ``zh-hans``, ``sr-latn``).
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:[-_][a-z0-9]{2,8})*", re.IGNORECASE)
 
 #: Raw paths whose anonymized form is remembered (per instance, in memory only).
 ANONYMIZED_CACHE_SIZE = 4096
@@ -163,6 +167,13 @@ class Telemetry:
         self.enabled = config.enabled
         self.exclude_paths = frozenset(config.exclude_paths)
         self.exclude_prefixes = tuple(config.exclude_prefixes)
+        #: The prefixes as a template under ``i18n_patterns`` is compared with
+        #: them: without its language, and without theirs (see :meth:`is_excluded_route`).
+        self._language_free_prefixes = self.exclude_prefixes + tuple(
+            "/" + prefix.split("/", 2)[2]
+            for prefix in self.exclude_prefixes
+            if prefix.count("/") >= 2 and _LANGUAGE_CODE.fullmatch(prefix.split("/", 2)[1])
+        )
         #: What integrations call per request: ``is_excluded``, or None when
         #: nothing is excluded, so the common case costs one comparison.
         self.excluded: Callable[[str], bool] | None = (
@@ -384,8 +395,13 @@ class Telemetry:
         template under Django's ``i18n_patterns`` starts with
         ``/<language-code>``, which no exclusion names: it is asked of the
         prefixes without it too (not of ``exclude_paths``: ``/`` would then
-        take every language's home page). A key made of an anonymized path is
-        not asked: its raw path was, as the request came in.
+        take every language's home page), and a prefix written as a browser
+        shows it, with a language (``/en/secret/``), is asked without its
+        language, so that it also covers the redirect from ``/secret/`` into
+        it and the same pages in every other language: what a first segment
+        like a language tag (``en``, ``pt-br``, ``zh-hans``) leaves out is
+        more, never less. A key made of an anonymized path is not asked: its
+        raw path was, as the request came in.
         """
         if type(route) is AnonymizedRoute:
             # Its raw path was compared as the request came in; its hashes
@@ -398,7 +414,7 @@ class Telemetry:
         return (
             bool(self.exclude_prefixes)
             and route.startswith(LANGUAGE_SEGMENT)
-            and route[len(LANGUAGE_SEGMENT) - 1 :].startswith(self.exclude_prefixes)
+            and route[len(LANGUAGE_SEGMENT) - 1 :].startswith(self._language_free_prefixes)
         )
 
     def route_for_unrouted(self, path: str, query: str = "", matched: bool = False) -> str:
