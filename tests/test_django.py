@@ -1029,6 +1029,61 @@ def test_lifespan_flush_closes_the_instance_the_middleware_uses(django_telemetry
     assert closed == [1]
 
 
+def test_lifespan_flush_passes_lifespan_on_to_an_app_that_takes_it(django_telemetry, monkeypatch):
+    """A Starlette app mounting Django, with startup and shutdown hooks of its
+    own: answered by the wrapper, its hooks never ran (its health check
+    answered 503 for ever). The flush comes as the app's shutdown ends."""
+    from contextlib import asynccontextmanager
+
+    from django.core.asgi import get_asgi_application
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from reqtelemetry.django import LifespanFlush
+
+    ran: list[str] = []
+    monkeypatch.setattr(django_telemetry, "close", lambda timeout=None: ran.append("flush") or True)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        ran.append("startup")
+        yield
+        ran.append("shutdown")
+
+    app = Starlette(routes=[Mount("/django", get_asgi_application())], lifespan=lifespan)
+    sent = _lifespan_shutdown(LifespanFlush(app))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert ran == ["startup", "shutdown", "flush"]
+
+
+def test_lifespan_flush_answers_for_an_app_that_refuses_lifespan(django_telemetry, monkeypatch):
+    """Django's handler, or a router that has no lifespan application (as
+    Channels' raises): answered here, with the final flush."""
+    from django.core.asgi import get_asgi_application
+
+    from reqtelemetry.django import LifespanFlush
+
+    async def router_without_lifespan(scope, receive, send):
+        raise ValueError(f"No application configured for scope type {scope['type']!r}")
+
+    async def taking_startup_then_refusing(scope, receive, send):
+        await receive()
+        raise ValueError("lifespan is not for me")
+
+    for application in (
+        get_asgi_application(),
+        router_without_lifespan,
+        taking_startup_then_refusing,
+    ):
+        closed: list[int] = []
+        monkeypatch.setattr(
+            django_telemetry, "close", lambda timeout=None, c=closed: c.append(1) or True
+        )
+        sent = _lifespan_shutdown(LifespanFlush(application))
+        assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"], application
+        assert closed == [1]
+
+
 def test_lifespan_flush_builds_no_telemetry_where_none_was_used(django_telemetry_factory):
     # Without the middleware, none was built: building one at shutdown
     # announced telemetry as the app stopped.

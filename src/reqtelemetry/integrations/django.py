@@ -698,6 +698,13 @@ class LifespanFlush:
     ``atexit``: the last interval's requests were lost. Wrap the application
     in ``asgi.py``: ``application = LifespanFlush(get_asgi_application())``.
     The flush runs in a worker thread and is bounded by ``shutdown_timeout``.
+
+    Wrapped around an application that answers lifespan itself (a Starlette
+    app mounting Django, with startup and shutdown hooks of its own), the
+    events go on to it, and the flush comes as it reports its shutdown
+    complete: answered here instead, its hooks never ran (its health check
+    answered 503 for ever). One that takes no lifespan (Django's handler,
+    Channels' router without a lifespan application) is answered here.
     """
 
     def __init__(self, application: Callable[..., Any]) -> None:
@@ -707,20 +714,69 @@ class LifespanFlush:
         if scope["type"] != "lifespan":
             await self.application(scope, receive, send)
             return
-        while True:
+        if _answers_no_lifespan(self.application):
+            await _answer_lifespan(receive, send)
+            return
+        received: list[Any] = []
+        answered = False
+
+        async def receive_noted() -> Any:
             message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                # Only an instance the middleware built: without one (the
-                # middleware not listed), there is nothing to send, and
-                # building one now would announce telemetry as the app stops.
-                telemetry = _existing_telemetry()
-                if telemetry is not None:
-                    try:
-                        loop = asyncio.get_running_loop()
-                        await loop.run_in_executor(None, telemetry.close)
-                    except Exception as error:  # never let telemetry break shutdown
-                        telemetry.internal_error(error)
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+            received.append(message)
+            return message
+
+        async def send_then_flush(message: Any) -> None:
+            nonlocal answered
+            answered = True
+            if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await _close_telemetry()
+            await send(message)
+
+        try:
+            await self.application(scope, receive_noted, send_then_flush)
+        except Exception:
+            if answered:  # it took lifespan, and failed at it: as it would have unwrapped
+                raise
+        if not answered:
+            # It takes no lifespan (it raised, or returned, before answering
+            # anything): answered here, from what it had already taken.
+            await _answer_lifespan(receive, send, received)
+
+
+def _answers_no_lifespan(application: Any) -> bool:
+    """Whether ``application`` is Django's own ASGI handler, which refuses lifespan."""
+    try:
+        from django.core.handlers.asgi import ASGIHandler
+    except ImportError:  # pragma: no cover - this module is Django's integration
+        return False
+    return application is None or isinstance(application, ASGIHandler)
+
+
+async def _answer_lifespan(receive: Any, send: Any, received: list[Any] | None = None) -> None:
+    """Answer the lifespan events for an application that takes none: startup
+    at once, shutdown after the final flush. ``received``: events already taken."""
+    pending = list(received or ())
+    while True:
+        message = pending.pop(0) if pending else await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await _close_telemetry()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _close_telemetry() -> None:
+    """The final flush, in a worker thread, bounded by ``shutdown_timeout``.
+
+    Only of an instance the middleware built: without one (the middleware
+    not listed), there is nothing to send, and building one now would
+    announce telemetry as the app stops.
+    """
+    telemetry = _existing_telemetry()
+    if telemetry is not None:
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, telemetry.close)
+        except Exception as error:  # never let telemetry break shutdown
+            telemetry.internal_error(error)
