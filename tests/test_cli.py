@@ -169,10 +169,13 @@ def test_version(capsys):
 
 
 def run_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed ``reqtelemetry`` script run with ``args``; with ``args``
+    starting ``-m``, ``python -m reqtelemetry`` instead."""
     environment = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT_KNOBS}
     environment.update(env)
+    command = [sys.executable, *args] if args[:1] == ("-m",) else [str(SCRIPT), *args]
     return subprocess.run(
-        [str(SCRIPT), *args],
+        command,
         capture_output=True,
         text=True,
         env=environment,
@@ -183,27 +186,11 @@ def run_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_python_dash_m_runs_the_command(silent_endpoint):
     """``python -m reqtelemetry`` is the command where the script is not on PATH."""
-    environment = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT_KNOBS}
-    environment["REQTELEMETRY_ENDPOINT"] = silent_endpoint.url
-    result = subprocess.run(
-        [sys.executable, "-m", "reqtelemetry", "inspect"],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=60,
-        check=False,
-    )
+    result = run_script("-m", "reqtelemetry", "inspect", REQTELEMETRY_ENDPOINT=silent_endpoint.url)
     assert result.returncode == 0, result.stderr
     check_sample(json.loads(result.stdout))
     silent_endpoint.assert_no_connection(wait=0.05)
-    refused = subprocess.run(
-        [sys.executable, "-m", "reqtelemetry", "no-such-command"],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=60,
-        check=False,
-    )
+    refused = run_script("-m", "reqtelemetry", "no-such-command")
     assert refused.returncode == 2
     assert refused.stderr.startswith("usage: reqtelemetry ")
 

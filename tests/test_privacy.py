@@ -14,6 +14,7 @@ import os
 import tempfile
 import warnings
 from dataclasses import replace
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -387,18 +388,14 @@ def test_starlette_never_sends_an_excluded_template(make_telemetry, counts):
     assert_clean(telemetry)
 
 
-def test_django_never_sends_an_excluded_template(django_telemetry_factory, counts):
-    """APPEND_SLASH's redirect, and the admin under ``i18n_patterns``, whose
-    templates start with ``/<language-code>/``: excluded by the same prefix."""
-    from django.test import Client as DjangoClient
+def _hidden_admin_site() -> Any:
+    """Django's settings for tests/django_test_hidden_admin_urls.py: its URLconf,
+    English and French, and the middleware that redirects into a language."""
     from django.test import override_settings
 
-    from django_test_hidden_admin_urls import ADMIN_URL, LANGUAGES, LOCALIZED_ADMIN_URL
+    from django_test_hidden_admin_urls import LANGUAGES
 
-    telemetry = django_telemetry_factory(
-        exclude_prefixes=["/" + ADMIN_URL, "/" + LOCALIZED_ADMIN_URL]
-    )
-    with override_settings(
+    return override_settings(
         ROOT_URLCONF="django_test_hidden_admin_urls",
         LANGUAGE_CODE="en",
         LANGUAGES=LANGUAGES,
@@ -407,7 +404,20 @@ def test_django_never_sends_an_excluded_template(django_telemetry_factory, count
             "django.middleware.locale.LocaleMiddleware",
             "django.middleware.common.CommonMiddleware",
         ],
-    ):
+    )
+
+
+def test_django_never_sends_an_excluded_template(django_telemetry_factory, counts):
+    """APPEND_SLASH's redirect, and the admin under ``i18n_patterns``, whose
+    templates start with ``/<language-code>/``: excluded by the same prefix."""
+    from django.test import Client as DjangoClient
+
+    from django_test_hidden_admin_urls import ADMIN_URL, LOCALIZED_ADMIN_URL
+
+    telemetry = django_telemetry_factory(
+        exclude_prefixes=["/" + ADMIN_URL, "/" + LOCALIZED_ADMIN_URL]
+    )
+    with _hidden_admin_site():
         client = DjangoClient(raise_request_exception=False)
         statuses = [
             client.get(path).status_code
@@ -433,21 +443,11 @@ def test_django_exclusion_written_with_a_language_covers_every_language(
     and all (``/en/<secret>/``): the redirect from ``/<secret>/`` into it and
     the same pages in French were sent, with the secret in their template."""
     from django.test import Client as DjangoClient
-    from django.test import override_settings
 
-    from django_test_hidden_admin_urls import LANGUAGES, LOCALIZED_ADMIN_URL
+    from django_test_hidden_admin_urls import LOCALIZED_ADMIN_URL
 
     telemetry = django_telemetry_factory(exclude_prefixes=["/en/" + LOCALIZED_ADMIN_URL])
-    with override_settings(
-        ROOT_URLCONF="django_test_hidden_admin_urls",
-        LANGUAGE_CODE="en",
-        LANGUAGES=LANGUAGES,
-        MIDDLEWARE=[
-            "reqtelemetry.django.TelemetryMiddleware",
-            "django.middleware.locale.LocaleMiddleware",
-            "django.middleware.common.CommonMiddleware",
-        ],
-    ):
+    with _hidden_admin_site():
         client = DjangoClient(raise_request_exception=False)
         statuses = [
             client.get(path).status_code
