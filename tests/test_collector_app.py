@@ -1953,10 +1953,16 @@ def test_the_dashboard_is_self_contained(collector: Collector) -> None:
         response = collector.http.get(f"/static/{asset}")
         assert response.status_code == 200
         assert kind in response.headers["content-type"]
-        # The page is among the files: served from there it keeps the page's headers.
+        # The page is among the files: served from there it keeps the page's
+        # policies (all but no-store: the script and style sheet may be cached).
         for name, value in page.headers.items():
-            if name.lower() in ("content-security-policy", "referrer-policy", "cache-control"):
+            if name.lower() in (
+                "content-security-policy",
+                "referrer-policy",
+                "x-content-type-options",
+            ):
                 assert response.headers[name] == value, (asset, name)
+        assert "no-store" not in response.headers.get("cache-control", "")
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     # Works offline: nothing is loaded from anywhere else (the SVG namespace is a name).
     for path in STATIC.iterdir():

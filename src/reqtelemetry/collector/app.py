@@ -175,7 +175,8 @@ class DashboardFiles(StaticFiles):
     Why: ``index.html`` is one of them, and served as a plain file it was the
     dashboard's page without its Content-Security-Policy, its refusal to be
     framed and its ``Referrer-Policy`` (a ``?token=`` on that URL could be
-    passed on). The script and the style sheet lose nothing by them.
+    passed on). The script and the style sheet lose nothing by them; they
+    keep being cached (no ``Cache-Control: no-store``), as before.
     """
 
     def file_response(
@@ -186,8 +187,15 @@ class DashboardFiles(StaticFiles):
         status_code: int = 200,
     ) -> Response:
         response = super().file_response(full_path, stat_result, scope, status_code)
-        response.headers.update(DASHBOARD_HEADERS)
+        response.headers.update(_STATIC_HEADERS)
         return response
+
+
+#: The dashboard's headers but ``Cache-Control``: its script and style sheet
+#: may be kept and revalidated (a 304), as they were before they had these.
+_STATIC_HEADERS = {
+    name: value for name, value in DASHBOARD_HEADERS.items() if name != "Cache-Control"
+}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import itertools
 import re
 import sqlite3
 import sys
+from collections.abc import Iterable
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .base import CommitUnknown, ReplayError, Storage, StoredReport
@@ -38,6 +39,7 @@ __all__ = [
     "describe_database",
     "mask_passwords",
     "open_storage",
+    "shown_part",
 ]
 
 _SQLITE = "sqlite://"
@@ -73,6 +75,10 @@ _URL_CUTS = frozenset("@:/?,[]&=")
 #: masked however short): shorter ones occur by chance in any message, and
 #: masking each of their occurrences would leave no message to read.
 _SHORTEST_PIECE = 3
+#: A password with more cut positions than this has its pieces taken across
+#: at most :data:`_WIDEST_SPAN` of them, not between every pair.
+_MOST_BOUNDS_PAIRED = 24
+_WIDEST_SPAN = 4
 
 
 def describe_database(url: str) -> str:
@@ -80,14 +86,26 @@ def describe_database(url: str) -> str:
 
     Never raises: it describes URLs that failed, and a failure to describe one
     would replace the operator's one line with a traceback (showing the URL).
-    Whatever is left of the URL is masked as a driver's message is
-    (:func:`mask_passwords`), so that no reading of it here differing from
-    libpq's shows a piece of a password.
+    The password is masked where it stands, and the rest shown as it is: the
+    user, the host and the database name stay readable, even where the
+    password is the same word (``postgres:postgres@.../postgres``). Where no
+    reading can tell the user info's password from a query's (an ``@``
+    after a query's ``password=`` and none before it), nothing past the
+    scheme is shown.
     """
+    try:
+        return _described(url)
+    except Exception:  # a URL nothing here can read (a lone surrogate): its scheme only
+        return url.strip().partition("://")[0][:20] + "://***"
+
+
+def _described(url: str) -> str:
     text = url.strip()
     if not text.lower().startswith(_POSTGRES):
         return _PASSWORD_PAIR.sub(r"\1***", text)
     scheme, _, rest = text.partition("://")
+    if _user_info_undecidable(rest):
+        return f"{scheme}://*** (percent-encode the password's @, / and ?)"
     userinfo, after = _split_user_info(rest)
     if userinfo is not None:
         user, has_password, _ = userinfo.partition(":")
@@ -95,9 +113,20 @@ def describe_database(url: str) -> str:
     try:
         parts = urlsplit(text)
     except ValueError:  # e.g. an unclosed "[" of an IPv6 host, which libpq refuses too
-        return _masked(_QUERY_PASSWORD.sub(r"\1***", text), url)
+        return _QUERY_PASSWORD.sub(r"\1***", text)
     query = urlencode(_shown_parameters(parse_qsl(parts.query, keep_blank_values=True)), safe="*")
-    return _masked(urlunsplit((parts.scheme, parts.netloc, parts.path, query, "")), url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+def _user_info_undecidable(rest: str) -> bool:
+    """Whether ``rest`` (a URL after its ``://``) has an ``@`` only after a
+    query's secret: ``app:S1?password=Zq9@db/x`` is a user info's password
+    with ``?password=`` in it to libpq, ``db/x?password=Zq9@Xw7`` a query's
+    password with an ``@``, and no cut of the text hides both."""
+    secret = _QUERY_PASSWORD.search(rest)
+    if secret is None:
+        return False
+    return "@" not in rest[: secret.start()] and "@" in rest[secret.start() :]
 
 
 def mask_passwords(message: str, url: str) -> str:
@@ -144,11 +173,36 @@ def _password_pieces(password: str) -> set[str]:
     host runs on over a later "@"), so a part it quotes may span several.
     """
     bounds = [-1, *(i for i, char in enumerate(password) if char in _URL_CUTS), len(password)]
-    return {
-        password[start + 1 : end]
-        for start, end in itertools.combinations(bounds, 2)
-        if end - start - 1 >= _SHORTEST_PIECE
-    }
+    if len(bounds) <= _MOST_BOUNDS_PAIRED:
+        spans: Iterable[tuple[int, int]] = itertools.combinations(bounds, 2)
+    else:
+        # Every pair of a long password full of cuts made millions of pieces
+        # (2,000 characters: 490,000 of them, 778 MiB, a second a message):
+        # only pieces across a few cuts, whose own pieces then cover the rest.
+        spans = (
+            (start, end)
+            for index, start in enumerate(bounds)
+            for end in bounds[index + 1 : index + 1 + _WIDEST_SPAN]
+        )
+    return {password[start + 1 : end] for start, end in spans if end - start - 1 >= _SHORTEST_PIECE}
+
+
+def shown_part(value: str | None, url: str) -> str | None:
+    """``value``, a part of ``url`` as libpq read it (a host, a database
+    name), or ``***`` where it holds a piece of a password libpq cut apart.
+
+    Why only those pieces: a password without an unescaped "@", "/" or "?"
+    is never read as a host or a database, and masking it wherever it
+    occurs hid ``dbname='postgres'`` behind ``postgres:postgres@``.
+    """
+    if value is None:
+        return None
+    for password in _passwords(url):
+        if any(char in _URL_CUTS for char in password):
+            pieces = {*(_password_pieces(password)), password}
+            if any(piece in value or unquote(piece) in value for piece in pieces):
+                return "***"
+    return value
 
 
 def _passwords(url: str) -> list[str]:
@@ -252,7 +306,7 @@ def _refuse_sqlite_query(url: str) -> None:
     raise ValueError(
         f"SQLite URLs take no query or fragment: {url[: cut.start()]!r} is followed by "
         f"{cut.group()!r}...; write sqlite:///path.db alone (a SQLite file whose name "
-        "has '?' or '#': give its path without sqlite:///)"
+        "has '?' or '#': give its path without sqlite:///, as ./name.db)"
     )
 
 

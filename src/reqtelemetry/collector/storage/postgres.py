@@ -42,7 +42,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from . import mask_passwords
+from . import mask_passwords, shown_part
 from .base import (
     CommitUnknown,
     DeadlineExceeded,
@@ -470,8 +470,9 @@ class PostgresStorage(SQLStorage):
             info = conninfo_to_dict(self.url)
         except psycopg.ProgrammingError:
             return "PostgresStorage(<unparsable url>)"
-        shown = f"PostgresStorage(host={info.get('host')!r}, dbname={info.get('dbname')!r})"
-        return mask_passwords(shown, self.url)
+        host = shown_part(info.get("host"), self.url)
+        dbname = shown_part(info.get("dbname"), self.url)
+        return f"PostgresStorage(host={host!r}, dbname={dbname!r})"
 
 
 def _connect_masked(url: str, **options: Any) -> psycopg.Connection[Any]:
@@ -490,7 +491,11 @@ def _connect_masked(url: str, **options: Any) -> psycopg.Connection[Any]:
         masked = mask_passwords(str(error), url)
         if masked == str(error):
             raise
-        raise type(error)(masked) from None
+        replacement = type(error)(masked)
+    # Raised here, out of the except clause: raised in it, the new error
+    # would hold the unmasked one as its __context__ (only hidden from
+    # tracebacks), for any error tracker that walks the chain.
+    raise replacement
 
 
 def reader_turns(pool_size: int) -> int:
