@@ -463,6 +463,27 @@ def test_django_exclusion_written_with_a_language_covers_every_language(
     assert_clean(telemetry)
 
 
+@pytest.mark.parametrize("prefix", ["/api/", "/js/", "/api-internal/", "/en/", "/api/v1/"])
+def test_a_prefix_that_only_looks_like_a_language_excludes_no_localized_page(
+    django_telemetry_factory, counts, prefix
+):
+    """Read as a language, ``/api/`` left ``/``, and every page under
+    ``i18n_patterns`` went unrecorded. Only the app's own languages are cut
+    from a prefix, and never down to ``/`` (``/en/`` leaves out the English
+    pages' paths, not every language's template)."""
+    from django.test import Client as DjangoClient
+
+    from django_test_hidden_admin_urls import LOCALIZED_ADMIN_URL
+
+    telemetry = django_telemetry_factory(exclude_prefixes=[prefix])
+    with _hidden_admin_site():
+        client = DjangoClient(raise_request_exception=False)
+        assert client.get("/fr/" + LOCALIZED_ADMIN_URL + "users/2/").status_code == 200
+    assert counts(telemetry) == {
+        ("GET", "/<language-code>/" + LOCALIZED_ADMIN_URL + "users/<int:pk>/", 200): 1
+    }
+
+
 def test_an_anonymized_key_is_not_taken_for_an_excluded_template(make_telemetry, counts):
     """Hashes are hex: compared with the exclusions as templates are, keys of
     a route-less app's paths matched a prefix such as ``/a`` (one in 16) and

@@ -11,14 +11,13 @@ import atexit
 import functools
 import logging
 import os
-import re
 import sys
 import threading
 import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import green, prefork
@@ -46,9 +45,6 @@ UNMATCHED_ROUTE = "<unmatched>"
 LANGUAGE_PREFIX = "<language-code>"
 #: The first segment of such a template, as :meth:`Telemetry.is_excluded_route` looks for it.
 LANGUAGE_SEGMENT = f"/{LANGUAGE_PREFIX}/"
-#: A path segment that reads as a language tag (Django's language codes:
-#: ``en``, ``de``, ``pt-br``, ``zh-hans``, ``sr-latn``).
-_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:[-_][a-z0-9]{2,8})*", re.IGNORECASE)
 
 #: Raw paths whose anonymized form is remembered (per instance, in memory only).
 ANONYMIZED_CACHE_SIZE = 4096
@@ -168,12 +164,9 @@ class Telemetry:
         self.exclude_paths = frozenset(config.exclude_paths)
         self.exclude_prefixes = tuple(config.exclude_prefixes)
         #: The prefixes as a template under ``i18n_patterns`` is compared with
-        #: them: without its language, and without theirs (see :meth:`is_excluded_route`).
-        self._language_free_prefixes = self.exclude_prefixes + tuple(
-            "/" + prefix.split("/", 2)[2]
-            for prefix in self.exclude_prefixes
-            if prefix.count("/") >= 2 and _LANGUAGE_CODE.fullmatch(prefix.split("/", 2)[1])
-        )
+        #: them: without its language, and, once the app's languages are known
+        #: (:meth:`note_language_codes`), without theirs (see :meth:`is_excluded_route`).
+        self._language_free_prefixes = self.exclude_prefixes
         #: What integrations call per request: ``is_excluded``, or None when
         #: nothing is excluded, so the common case costs one comparison.
         self.excluded: Callable[[str], bool] | None = (
@@ -396,12 +389,11 @@ class Telemetry:
         ``/<language-code>``, which no exclusion names: it is asked of the
         prefixes without it too (not of ``exclude_paths``: ``/`` would then
         take every language's home page), and a prefix written as a browser
-        shows it, with a language (``/en/secret/``), is asked without its
-        language, so that it also covers the redirect from ``/secret/`` into
-        it and the same pages in every other language: what a first segment
-        like a language tag (``en``, ``pt-br``, ``zh-hans``) leaves out is
-        more, never less. A key made of an anonymized path is not asked: its
-        raw path was, as the request came in.
+        shows it, with one of the app's languages (``/en/secret/``), is asked
+        without its language, so that it also covers the redirect from
+        ``/secret/`` into it and the same pages in every other language. A
+        key made of an anonymized path is not asked: its raw path was, as the
+        request came in.
         """
         if type(route) is AnonymizedRoute:
             # Its raw path was compared as the request came in; its hashes
@@ -416,6 +408,22 @@ class Telemetry:
             and route.startswith(LANGUAGE_SEGMENT)
             and route[len(LANGUAGE_SEGMENT) - 1 :].startswith(self._language_free_prefixes)
         )
+
+    def note_language_codes(self, codes: Iterable[str]) -> None:
+        """The language codes of the app's URL prefixes (Django's
+        ``settings.LANGUAGES``), so that an exclusion written with one of them
+        (``/en/secret/``) also covers that page in every language.
+
+        Only these codes, never any short first segment: ``/api/`` read as a
+        language left ``/``, which excluded every localized page.
+        """
+        languages = {code.lower() for code in codes}
+        without_language = []
+        for prefix in self.exclude_prefixes:
+            _, first, rest = prefix.split("/", 2) if prefix.count("/") >= 2 else ("", "", "")
+            if first.lower() in languages and rest:
+                without_language.append("/" + rest)
+        self._language_free_prefixes = self.exclude_prefixes + tuple(without_language)
 
     def route_for_unrouted(self, path: str, query: str = "", matched: bool = False) -> str:
         """The key for a request without a route template.

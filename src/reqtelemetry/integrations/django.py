@@ -318,6 +318,12 @@ class TelemetryMiddleware:
         self.telemetry.note_framework("django")
         if getattr(settings, "DEBUG", False):
             self.telemetry.note_development("Django DEBUG")
+        try:  # the languages of i18n_patterns' prefixes, for exclusions written with one
+            self.telemetry.note_language_codes(
+                str(language[0]) for language in getattr(settings, "LANGUAGES", ())
+            )
+        except Exception as error:  # malformed settings: exclusions as written
+            self.telemetry.internal_error(error)
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
