@@ -482,6 +482,10 @@ def test_a_list_option_with_a_non_string_is_refused_by_its_name(value, opt_out):
         ("max_proof_of_work_bits", -5),  # every report failed, telemetry saying it was on
         ("max_proof_of_work_bits", 0),
         ("max_proof_of_work_bits", 10**6),
+        ("max_attempts", -(10**5000)),  # a message without _shown() raised on its repr
+        ("max_keys", -(10**5000)),
+        ("max_payload_bytes", -(10**5000)),
+        ("max_metrics", 10**5000),
     ],
     ids=lambda value: (
         value if isinstance(value, str) else str(value) if abs(value) < 10**9 else "huge"

@@ -223,6 +223,38 @@ def test_pages_the_cache_answers_are_keyed_by_their_route(django_telemetry, coun
     }
 
 
+def test_other_methods_the_cache_passes_on_are_not_resolved_again(
+    django_telemetry, counts, monkeypatch
+):
+    """The cache middleware marks every method but GET and HEAD as it marks a
+    hit; those go on to URL resolution, and a 404 among them must not pay
+    for a second walk of the URLconf (nor leave its path remembered)."""
+    import django.urls
+    from django.test import Client, override_settings
+
+    resolved: list[str] = []
+    real_resolve = django.urls.resolve
+
+    def counted_resolve(path, urlconf=None):
+        resolved.append(path)
+        return real_resolve(path, urlconf)
+
+    middleware = [
+        "reqtelemetry.django.TelemetryMiddleware",
+        "django.middleware.cache.UpdateCacheMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.cache.FetchFromCacheMiddleware",
+    ]
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    with override_settings(MIDDLEWARE=middleware, CACHES=caches, CACHE_MIDDLEWARE_SECONDS=600):
+        client = Client()
+        monkeypatch.setattr(django.urls, "resolve", counted_resolve)
+        for pk in range(3):
+            assert client.post(f"/nowhere/{pk}/").status_code == 404
+    assert resolved == []
+    assert counts(django_telemetry) == {("POST", UNMATCHED_ROUTE, 404): 3}
+
+
 def test_view_exception_is_500(client, django_telemetry, counts):
     response = client.get("/boom/")
     assert response.status_code == 500
@@ -1070,10 +1102,21 @@ def test_lifespan_flush_answers_for_an_app_that_refuses_lifespan(django_telemetr
         await receive()
         raise ValueError("lifespan is not for me")
 
+    async def failing_after_its_startup(scope, receive, send):
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        raise RuntimeError("its background task died")
+
+    async def returning_after_its_startup(scope, receive, send):
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+
     for application in (
         get_asgi_application(),
         router_without_lifespan,
         taking_startup_then_refusing,
+        failing_after_its_startup,  # the server serves on: the flush must still come
+        returning_after_its_startup,
     ):
         closed: list[int] = []
         monkeypatch.setattr(

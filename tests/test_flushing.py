@@ -1552,6 +1552,39 @@ def test_httpx_logs_none_of_reqtelemetrys_requests(make_sender, receiver, caplog
     assert [message for message in from_httpx if "/the-apps-own-request" in message]
 
 
+def test_only_the_sending_green_thread_has_its_httpx_lines_dropped():
+    # A threading.local made at import, before gevent patched threading
+    # (gunicorn -k gevent --preload), was one for every greenlet: the app's
+    # own httpx lines went missing while a report was being sent.
+    greenlet = pytest.importorskip("greenlet")
+    from reqtelemetry.transport import _OWN_REQUESTS_UNLOGGED, _sending
+
+    def httpx_line() -> logging.LogRecord:
+        return logging.LogRecord(
+            "httpx", logging.INFO, __file__, 1, "HTTP Request: %s", ("GET http://app/",), None
+        )
+
+    kept: dict[str, bool] = {}
+    main = greenlet.getcurrent()
+
+    def apps_own() -> None:
+        kept["the app's"] = _OWN_REQUESTS_UNLOGGED.filter(httpx_line())
+        main.switch()
+
+    def sending() -> None:
+        token = _sending.set(True)
+        try:
+            greenlet.greenlet(apps_own).switch()  # the app runs while the report waits
+            kept["reqtelemetry's"] = _OWN_REQUESTS_UNLOGGED.filter(httpx_line())
+        finally:
+            _sending.reset(token)
+
+    sender = greenlet.greenlet(sending)
+    sender.switch()  # back here when the app's greenlet yields
+    sender.switch()  # the sender finishes
+    assert kept == {"the app's": True, "reqtelemetry's": False}
+
+
 def test_proxy_and_ca_bundle_are_checked_at_start(tmp_path):
     with pytest.raises(ValueError, match="proxy"):
         reqtelemetry.Config.resolve(environ={"REQTELEMETRY_PROXY": "127.0.0.1:3128"})

@@ -380,7 +380,7 @@ class Config:
         """
         self._validate_types()
         if self.max_keys < 1:
-            raise ValueError(f"max_keys must be at least 1, got {self.max_keys!r}")
+            raise ValueError(f"max_keys must be at least 1, got {_shown(self.max_keys)}")
         if not 0 < self.min_flush_interval <= self.max_flush_interval <= LONGEST_FLUSH_INTERVAL:
             raise ValueError(
                 "min_flush_interval must be positive and at most max_flush_interval, "
@@ -398,10 +398,10 @@ class Config:
             )
         if self.max_payload_bytes < 16384:
             raise ValueError(
-                f"max_payload_bytes must be at least 16384, got {self.max_payload_bytes}"
+                f"max_payload_bytes must be at least 16384, got {_shown(self.max_payload_bytes)}"
             )
         if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts!r}")
+            raise ValueError(f"max_attempts must be at least 1, got {_shown(self.max_attempts)}")
         if not (_finite(self.retry_base_delay) and self.retry_base_delay >= 0):
             raise ValueError(
                 "retry_base_delay must be a finite number of seconds, not negative, "
@@ -464,7 +464,7 @@ class Config:
         if not 1 <= self.max_metrics <= MAX_METRIC_NAMES:
             raise ValueError(
                 f"max_metrics must be between 1 and {MAX_METRIC_NAMES} (the wire format's "
-                f"limit), got {self.max_metrics!r}"
+                f"limit), got {_shown(self.max_metrics)}"
             )
         self._validate_network()
         from .traits import TRAIT_NAMES  # here: traits imports this module

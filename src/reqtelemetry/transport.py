@@ -23,6 +23,7 @@ the flusher applies within the bounds the operator configured.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import email.utils
 import enum
 import json
@@ -49,9 +50,15 @@ from .config import Config, redacted_url
 from .payload import YIELD_PAUSE, Pacer
 
 logger = logging.getLogger("reqtelemetry")
-#: Whether this thread is sending one of reqtelemetry's requests now (see
-#: :class:`_OwnRequestsUnlogged`).
-_sending = threading.local()
+#: Whether this thread (or green thread, or task) is sending one of
+#: reqtelemetry's requests now (see :class:`_OwnRequestsUnlogged`). A context
+#: variable, not a ``threading.local``: made at import, before gevent patches
+#: threading (``gunicorn -k gevent --preload``), a thread-local was one for
+#: every greenlet, and the app's own httpx lines went missing while a report
+#: was sent; each greenlet has a context of its own.
+_sending: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "reqtelemetry_sending", default=False
+)
 
 
 class _OwnRequestsUnlogged(logging.Filter):
@@ -66,7 +73,7 @@ class _OwnRequestsUnlogged(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(_sending, "active", False)
+        return not _sending.get()
 
 
 _OWN_REQUESTS_UNLOGGED = _OwnRequestsUnlogged()
@@ -576,11 +583,11 @@ class Transport:
         self._body_sent = False
         self._sending_tunnel_request = False
         _leave_own_requests_unlogged()
-        _sending.active = True
+        token = _sending.set(True)
         try:
             return self._post_unlogged(url, content, headers, timeout)
         finally:
-            _sending.active = False
+            _sending.reset(token)
 
     def _post_unlogged(
         self, url: str, content: bytes, headers: dict[str, str], timeout: float

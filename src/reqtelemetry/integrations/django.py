@@ -501,7 +501,13 @@ class TelemetryMiddleware:
             if match is None:
                 if status in _REDIRECTS or request.method == "OPTIONS":
                     match = _resolved_anyway(request, status, response)
-                elif getattr(request, "_cache_update_cache", None) is False:
+                elif (
+                    getattr(request, "_cache_update_cache", None) is False
+                    and request.method in _CACHED_METHODS
+                ):
+                    # A hit: the cache middleware marks every other method so
+                    # too, and those went on to URL resolution (a 404 among
+                    # them must not be resolved again).
                     route = self._route_of_cached_page(request)
             if route is None:
                 if match is not None and match.route is not None:
@@ -542,6 +548,8 @@ class TelemetryMiddleware:
             telemetry.internal_error(error)
 
 
+#: The methods whose answers Django's cache middleware keeps and serves.
+_CACHED_METHODS = frozenset({"GET", "HEAD"})
 #: The redirects middleware answers before URL resolution for a route's sake.
 _REDIRECTS = frozenset({301, 302, 307, 308})
 
@@ -724,7 +732,7 @@ class LifespanFlush:
             await _answer_lifespan(receive, send)
             return
         received: list[Any] = []
-        answered = False
+        answered: list[str] = []
 
         async def receive_noted() -> Any:
             message = await receive()
@@ -732,21 +740,37 @@ class LifespanFlush:
             return message
 
         async def send_then_flush(message: Any) -> None:
-            nonlocal answered
-            answered = True
-            if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            kind = message.get("type")
+            answered.append(kind)
+            if kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await _close_telemetry()
             await send(message)
 
         try:
             await self.application(scope, receive_noted, send_then_flush)
         except Exception:
-            if answered:  # it took lifespan, and failed at it: as it would have unwrapped
+            if not answered:  # it takes no lifespan: answered below
+                pass
+            elif answered == ["lifespan.startup.complete"]:
+                # Started, then failed while it ran (before its shutdown): the
+                # server serves on, and the final report must still go at its
+                # shutdown. Said here, as the server would have said it.
+                logger.warning(
+                    "reqtelemetry: the application's lifespan failed after its startup; "
+                    "LifespanFlush answers its shutdown",
+                    exc_info=True,
+                )
+            else:  # its startup failed, or its shutdown: as it would have unwrapped
                 raise
         if not answered:
             # It takes no lifespan (it raised, or returned, before answering
             # anything): answered here, from what it had already taken.
             await _answer_lifespan(receive, send, received)
+        elif answered == ["lifespan.startup.complete"]:
+            # Gone after its startup (failed, or returned without waiting for
+            # the shutdown): its shutdown is answered here, with the flush.
+            pending = [m for m in received if m.get("type") == "lifespan.shutdown"]
+            await _answer_lifespan(receive, send, pending)
 
 
 def _answers_no_lifespan(application: Any) -> bool:
