@@ -1088,6 +1088,32 @@ def test_lifespan_flush_passes_lifespan_on_to_an_app_that_takes_it(django_teleme
     assert ran == ["startup", "shutdown", "flush"]
 
 
+def test_lifespan_flush_says_why_when_the_apps_startup_failed(
+    django_telemetry, monkeypatch, caplog
+):
+    """An app that reads the startup and raises failed its startup: answered
+    here, so that the final report still goes, but never silently (unwrapped,
+    the server logs it, and with --lifespan on stops)."""
+    from reqtelemetry.django import LifespanFlush
+
+    monkeypatch.setattr(django_telemetry, "close", lambda timeout=None: True)
+
+    async def failing_startup(scope, receive, send):
+        await receive()
+        raise RuntimeError("cannot connect to the cache at startup")
+
+    async def no_lifespan(scope, receive, send):
+        raise ValueError("No application configured for scope type 'lifespan'")
+
+    with caplog.at_level("INFO", logger="reqtelemetry"):
+        _lifespan_shutdown(LifespanFlush(failing_startup))
+        _lifespan_shutdown(LifespanFlush(no_lifespan))
+    [failed] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "startup failed" in failed.getMessage()
+    assert "cannot connect to the cache" in str(failed.exc_info[1])
+    assert [r for r in caplog.records if "takes no lifespan" in r.getMessage()]
+
+
 def test_lifespan_flush_answers_for_an_app_that_refuses_lifespan(django_telemetry, monkeypatch):
     """Django's handler, or a router that has no lifespan application (as
     Channels' raises): answered here, with the final flush."""

@@ -749,8 +749,23 @@ class LifespanFlush:
         try:
             await self.application(scope, receive_noted, send_then_flush)
         except Exception:
-            if not answered:  # it takes no lifespan: answered below
-                pass
+            if not answered and not received:
+                # Refused before it read anything (Channels' router without a
+                # lifespan application): it takes no lifespan, as the server
+                # would have said. Answered below.
+                logger.info(
+                    "reqtelemetry: the application takes no lifespan events; "
+                    "LifespanFlush answers them"
+                )
+            elif not answered:
+                # It read the startup and failed before answering: a startup
+                # that failed. The server would have said so (and, with
+                # --lifespan on, stopped); answered below, it is said here.
+                logger.warning(
+                    "reqtelemetry: the application's lifespan startup failed; "
+                    "LifespanFlush answers the lifespan events instead",
+                    exc_info=True,
+                )
             elif answered == ["lifespan.startup.complete"]:
                 # Started, then failed while it ran (before its shutdown): the
                 # server serves on, and the final report must still go at its

@@ -25,7 +25,7 @@ import re
 import sqlite3
 import sys
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from .base import CommitUnknown, ReplayError, Storage, StoredReport
 from .sql import SchemaMismatch, SQLStorage
@@ -71,14 +71,17 @@ _QUERY_PASSWORD = re.compile(
 #: a password has one unescaped, its pieces land in those parts, and errors
 #: quote them: ``failed to resolve host 'Xw7Kv3@db'`` for ``Zq9@Xw7Kv3``.
 _URL_CUTS = frozenset("@:/?,[]&=")
+#: The characters at which libpq ends a URL's user info (or reads on past
+#: it): a password holding one is read apart, its pieces as other parts.
+_USER_INFO_CUTS = frozenset("@/?")
 #: The shortest piece of a password masked on its own (the whole password is
 #: masked however short): shorter ones occur by chance in any message, and
 #: masking each of their occurrences would leave no message to read.
 _SHORTEST_PIECE = 3
 #: A password with more cut positions than this has its pieces taken across
 #: at most :data:`_WIDEST_SPAN` of them, not between every pair.
-_MOST_BOUNDS_PAIRED = 24
-_WIDEST_SPAN = 4
+_MOST_BOUNDS_PAIRED = 40
+_WIDEST_SPAN = 8
 
 
 def describe_database(url: str) -> str:
@@ -86,12 +89,16 @@ def describe_database(url: str) -> str:
 
     Never raises: it describes URLs that failed, and a failure to describe one
     would replace the operator's one line with a traceback (showing the URL).
-    The password is masked where it stands, and the rest shown as it is: the
-    user, the host and the database name stay readable, even where the
-    password is the same word (``postgres:postgres@.../postgres``). Where no
-    reading can tell the user info's password from a query's (an ``@``
-    after a query's ``password=`` and none before it), nothing past the
-    scheme is shown.
+
+    A PostgreSQL URL is shown as libpq reads it (user, hosts and ports,
+    database, parameters), each secret masked where libpq finds it: the rest
+    stays readable, even where the password is the same word
+    (``postgres:postgres@.../postgres``), and an ``@`` in a parameter
+    (``user=app@server``) is not taken for the end of a user info. Where
+    libpq's reading shows a password cut apart by an unescaped ``@``, ``/``
+    or ``?`` (a host ``Xw7Kv3@db``, a port ``Ab3``), each piece of it is
+    masked wherever it appears; where libpq cannot read the URL at all,
+    nothing past the scheme is shown (its own, masked, message says why).
     """
     try:
         return _described(url)
@@ -103,9 +110,24 @@ def _described(url: str) -> str:
     text = url.strip()
     if not text.lower().startswith(_POSTGRES):
         return _PASSWORD_PAIR.sub(r"\1***", text)
+    scheme = text.partition("://")[0]
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = {key: str(value) for key, value in conninfo_to_dict(text).items()}
+    except Exception:  # unreadable to libpq (or no psycopg): shown as written
+        return _described_as_written(text, url)
+    shown = _libpq_reading(scheme, dict(info), text)
+    for secret in _cut_passwords(text, info):
+        shown = shown.replace(secret, "***")
+    return shown
+
+
+def _described_as_written(text: str, url: str) -> str:
+    """A URL libpq cannot read, as written (the operator has a typo to find),
+    each password masked where it stands and every piece of one wherever it
+    occurs: no reading of a broken URL can be trusted to find them all."""
     scheme, _, rest = text.partition("://")
-    if _user_info_undecidable(rest):
-        return f"{scheme}://*** (percent-encode the password's @, / and ?)"
     userinfo, after = _split_user_info(rest)
     if userinfo is not None:
         user, has_password, _ = userinfo.partition(":")
@@ -113,20 +135,95 @@ def _described(url: str) -> str:
     try:
         parts = urlsplit(text)
     except ValueError:  # e.g. an unclosed "[" of an IPv6 host, which libpq refuses too
-        return _QUERY_PASSWORD.sub(r"\1***", text)
+        return _masked(_QUERY_PASSWORD.sub(r"\1***", text), url)
     query = urlencode(_shown_parameters(parse_qsl(parts.query, keep_blank_values=True)), safe="*")
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+    return _masked(urlunsplit((parts.scheme, parts.netloc, parts.path, query, "")), url)
 
 
-def _user_info_undecidable(rest: str) -> bool:
-    """Whether ``rest`` (a URL after its ``://``) has an ``@`` only after a
-    query's secret: ``app:S1?password=Zq9@db/x`` is a user info's password
-    with ``?password=`` in it to libpq, ``db/x?password=Zq9@Xw7`` a query's
-    password with an ``@``, and no cut of the text hides both."""
-    secret = _QUERY_PASSWORD.search(rest)
-    if secret is None:
-        return False
-    return "@" not in rest[: secret.start()] and "@" in rest[secret.start() :]
+def _shown_parameters(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A URL's query ``pairs`` as they may be shown: each secret's value
+    masked, and the parameters after it that libpq has no name for left out
+    (the rest of a password with a raw "&", see :func:`_query_passwords`)."""
+    known = _libpq_parameters()
+    shown: list[tuple[str, str]] = []
+    in_password = False
+    for key, value in pairs:
+        if key.lower() in _SECRET_PARAMETERS:
+            shown.append((key, "***"))
+            in_password = True
+        elif not (in_password and key not in known):
+            shown.append((key, value))
+            in_password = False
+    return shown
+
+
+def _libpq_reading(scheme: str, info: dict[str, str], written: str) -> str:
+    """A URL of what libpq read (``conninfo_to_dict``), its secrets masked,
+    its parameters in the order ``written`` has them."""
+    user = info.pop("user", None)
+    has_password = info.pop("password", None) is not None
+    hosts = info.pop("host", "")
+    ports = info.pop("port", "")
+    dbname = info.pop("dbname", "")
+    if hosts.startswith("/"):  # a socket directory: a parameter in a URL
+        info = {"host": hosts, **info}
+        hosts = ""
+    host_list = hosts.split(",") if hosts else []
+    port_list = ports.split(",") if ports else []
+    netloc = ",".join(
+        (f"[{host}]" if ":" in host else host)
+        + (f":{port_list[index]}" if index < len(port_list) and port_list[index] else "")
+        for index, host in enumerate(host_list)
+    )
+    # Where the URL holds its password, as libpq reads it: in the user info
+    # (before the first "@" that comes before any "/"), in the query, or both.
+    rest = written.partition("://")[2]
+    end = next((index for index, char in enumerate(rest) if char in "@/"), len(rest))
+    in_user_info = end < len(rest) and rest[end] == "@" and ":" in rest[:end]
+    after_user_info = rest[end + 1 :] if in_user_info else rest
+    in_query = re.search(r"[?&]password=", after_user_info, re.IGNORECASE) is not None
+    if user is not None or in_user_info:
+        user_text = quote(user, safe="") if user is not None else ""
+        netloc = f"{user_text}{':***' if has_password and in_user_info else ''}@{netloc}"
+    if has_password and (in_query or not in_user_info):
+        info = {"password": "***", **info}
+
+    def place(key: str) -> int:
+        found = written.find(f"{key}=")
+        return found if found >= 0 else len(written)
+
+    shown = [
+        (key, "***" if key.lower() in _SECRET_PARAMETERS else value)
+        for key, value in sorted(info.items(), key=lambda item: place(item[0]))
+    ]
+    query = urlencode(shown, safe="*")
+    return f"{scheme}://{netloc}/{quote(dbname, safe='')}" + (f"?{query}" if query else "")
+
+
+def _cut_passwords(url: str, info: dict[str, str]) -> list[str]:
+    """Pieces of each password libpq read cut apart by an unescaped ``@``, ``/``
+    or ``?``, longest first: what must not show where libpq put them.
+
+    libpq's own password, when it has one of those characters, and the
+    user info's password as the text reads up to its last ``@``, when
+    libpq's reading shows signs of one cut apart: a port that is no number,
+    an ``@`` in a host or the database name (``app:Ab3/x9@host/db`` is host
+    ``app``, port ``Ab3``, database ``x9@host/db`` to libpq).
+    """
+    candidates = [info.get("password", "")]
+    suspicious = (
+        any(char in _USER_INFO_CUTS for char in candidates[0])
+        or not all(port.isdigit() for port in info.get("port", "").split(",") if port)
+        or "@" in info.get("host", "")
+        or "@" in info.get("dbname", "")
+    )
+    if suspicious:
+        candidates.extend(_passwords(url))
+    found: set[str] = set()
+    for password in candidates:
+        if any(char in _USER_INFO_CUTS for char in password):
+            found.update(text for text in (password, *_password_pieces(password)) if text)
+    return sorted(found, key=len, reverse=True)
 
 
 def mask_passwords(message: str, url: str) -> str:
@@ -178,7 +275,7 @@ def _password_pieces(password: str) -> set[str]:
     else:
         # Every pair of a long password full of cuts made millions of pieces
         # (2,000 characters: 490,000 of them, 778 MiB, a second a message):
-        # only pieces across a few cuts, whose own pieces then cover the rest.
+        # only pieces across at most eight cuts, whose own pieces cover the rest.
         spans = (
             (start, end)
             for index, start in enumerate(bounds)
@@ -191,17 +288,22 @@ def shown_part(value: str | None, url: str) -> str | None:
     """``value``, a part of ``url`` as libpq read it (a host, a database
     name), or ``***`` where it holds a piece of a password libpq cut apart.
 
-    Why only those pieces: a password without an unescaped "@", "/" or "?"
-    is never read as a host or a database, and masking it wherever it
-    occurs hid ``dbname='postgres'`` behind ``postgres:postgres@``.
+    Why only those pieces (see :func:`_cut_passwords`): a password without an
+    unescaped "@", "/" or "?" is never read as a host or a database, and
+    masking its word wherever it occurs hid ``dbname='postgres'`` behind
+    ``postgres:postgres@``.
     """
     if value is None:
         return None
-    for password in _passwords(url):
-        if any(char in _URL_CUTS for char in password):
-            pieces = {*(_password_pieces(password)), password}
-            if any(piece in value or unquote(piece) in value for piece in pieces):
-                return "***"
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = {key: str(item) for key, item in conninfo_to_dict(url.strip()).items()}
+    except Exception:  # unreadable: no part of it is shown at all
+        return "***"
+    for secret in _cut_passwords(url.strip(), info):
+        if secret in value:
+            return "***"
     return value
 
 
@@ -259,23 +361,6 @@ def _query_passwords(text: str) -> list[str]:
             value += "&" + parameter
         values.append(value)
     return values
-
-
-def _shown_parameters(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """A URL's query ``pairs`` as they may be shown: each password's value
-    masked, and the parameters after it that libpq has no name for left out
-    (the rest of a password with a raw "&", see :func:`_query_passwords`)."""
-    known = _libpq_parameters()
-    shown: list[tuple[str, str]] = []
-    in_password = False
-    for key, value in pairs:
-        if key.lower() in _SECRET_PARAMETERS:
-            shown.append((key, "***"))
-            in_password = True
-        elif not (in_password and key not in known):
-            shown.append((key, value))
-            in_password = False
-    return shown
 
 
 @functools.cache
