@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import sqlite3
+import string
 import struct
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from reqtelemetry.collector.storage import (
     describe_database,
     mask_passwords,
     open_storage,
+    shown_part,
 )
 from reqtelemetry.collector.storage import sql as sql_module
 from reqtelemetry.collector.storage.base import (
@@ -2265,7 +2267,7 @@ def test_describe_database_hides_passwords() -> None:
         ("postgresql://app:S3cretPW@[::1/telemetry", "postgresql://app:***@[::1/telemetry"),
         (
             "postgresql://app@[::1/x?password=S3cretPW&sslmode=require",
-            "postgresql://app@[::1/x?password=***&sslmode=require",
+            "postgresql://app@[::1/x?password=***",
         ),
         ("postgres://app:S3cretPW@[/x", "postgres://app:***@[/x"),
     ],
@@ -2379,8 +2381,9 @@ def test_mask_passwords_hides_each_piece_libpq_cut_a_password_into(
             "postgresql://app@db:5432/x?password=***&sslmode=require",
         ),
         (  # the part of a password after its raw "&" is no parameter to show
+            # unreadable to libpq: hidden from its first secret on
             "postgresql://app@db/x?password=Zq9&Xw7=Kv3&sslmode=require",
-            "postgresql://app@db/x?password=***&sslmode=require",
+            "postgresql://app@db/x?password=***",
         ),
     ],
 )
@@ -2515,6 +2518,48 @@ def test_a_password_libpq_reads_apart_shows_no_piece(url: str, shown: str) -> No
     assert described.startswith(shown), described
     for secret in ("Secret1", "Zq9", "Xw7Kv3"):
         assert secret not in described
+
+
+#: Where a password stands in the URLs the description is tried on, with an
+#: "@" in a parameter (Azure's user=app@server) among them.
+DESCRIBED_SHAPES = [
+    "postgresql://app:{password}@db.example.com:5432/telemetry",
+    "postgresql://app:{password}@db.example.com/telemetry?sslmode=require",
+    "postgresql://app@db.example.com:5432/telemetry?password={password}",
+    "postgresql://db.example.com:5432/telemetry?application_name=ops@team&password={password}",
+    "postgresql://db.example.com:5432/telemetry?password={password}&user=app@server",
+    "postgresql://app:{password}@h1:5432,h2:5433/telemetry",
+    "postgres://app:{password}@[::1]:5432/telemetry",
+]
+
+
+def test_random_passwords_leave_no_piece_in_the_description_or_the_repr() -> None:
+    """Passwords of letters, digits and every character at which libpq or a
+    URL cuts (unescaped, percent-escaped, with spaces), in URLs libpq reads
+    and URLs it cannot: no three letters or digits of one are shown. (Two
+    can be, between two cuts: masking every such pair would leave nothing
+    readable.)"""
+    rng = random.Random(20261207)
+    alphabet = string.ascii_uppercase + string.digits + "@/?:&=,#% "
+    for _ in range(400):
+        password = "".join(rng.choice(alphabet) for _ in range(rng.randint(4, 30)))
+        stretches = {
+            password[i : i + 3]
+            for i in range(len(password) - 2)
+            if password[i : i + 3].isalnum() and not password[i : i + 3].isdigit()
+        }
+        for shape in DESCRIBED_SHAPES:
+            url = shape.format(password=password)
+            described = describe_database(url)
+            assert not {piece for piece in stretches if piece in described}, (url, described)
+            # What the storage's repr shows: libpq's host and database, each through shown_part.
+            try:
+                read = psycopg.conninfo.conninfo_to_dict(url)
+            except (psycopg.ProgrammingError, UnicodeDecodeError):
+                continue  # the repr says <unparsable url>
+            for name in ("host", "dbname"):
+                shown = shown_part(read.get(name), url) or ""
+                assert not {piece for piece in stretches if piece in shown}, (url, name, shown)
 
 
 def test_describing_a_url_nothing_can_read_never_raises() -> None:

@@ -25,7 +25,7 @@ import re
 import sqlite3
 import sys
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlencode
 
 from .base import CommitUnknown, ReplayError, Storage, StoredReport
 from .sql import SchemaMismatch, SQLStorage
@@ -119,41 +119,32 @@ def _described(url: str) -> str:
         return _described_as_written(text, url)
     shown = _libpq_reading(scheme, dict(info), text)
     for secret in _cut_passwords(text, info):
-        shown = shown.replace(secret, "***")
+        # As read, and as the description writes it (percent-encoded).
+        for form in (secret, quote(secret, safe=""), quote_plus(secret, safe="")):
+            shown = shown.replace(form, "***")
     return shown
 
 
 def _described_as_written(text: str, url: str) -> str:
-    """A URL libpq cannot read, as written (the operator has a typo to find),
-    each password masked where it stands and every piece of one wherever it
-    occurs: no reading of a broken URL can be trusted to find them all."""
+    """A URL libpq cannot read, as written up to its first secret (the
+    operator has a typo to find): everything from the first secret
+    parameter on hidden, the user info's password masked up to the last
+    ``@``, and every piece of a password masked wherever it still occurs.
+
+    No reading of a broken URL can be trusted to tell where a password
+    ends (an ``@`` in a parameter, a ``#`` or a space in a password): what
+    any reading might take for one is hidden.
+    """
     scheme, _, rest = text.partition("://")
-    userinfo, after = _split_user_info(rest)
-    if userinfo is not None:
-        user, has_password, _ = userinfo.partition(":")
-        text = f"{scheme}://{user}{':***' if has_password else ''}@{after}"
-    try:
-        parts = urlsplit(text)
-    except ValueError:  # e.g. an unclosed "[" of an IPv6 host, which libpq refuses too
-        return _masked(_QUERY_PASSWORD.sub(r"\1***", text), url)
-    query = urlencode(_shown_parameters(parse_qsl(parts.query, keep_blank_values=True)), safe="*")
-    return _masked(urlunsplit((parts.scheme, parts.netloc, parts.path, query, "")), url)
-
-
-def _shown_parameters(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """A URL's query ``pairs`` as they may be shown: each secret's value
-    masked, and the parameters after it that libpq has no name for left out
-    (the rest of a password with a raw "&", see :func:`_query_passwords`)."""
-    known = _libpq_parameters()
-    shown: list[tuple[str, str]] = []
-    in_password = False
-    for key, value in pairs:
-        if key.lower() in _SECRET_PARAMETERS:
-            shown.append((key, "***"))
-            in_password = True
-        elif not (in_password and key not in known):
-            shown.append((key, value))
-            in_password = False
+    secret = _QUERY_PASSWORD.search(rest)
+    if secret is not None:
+        rest = rest[: secret.start()] + secret.group(1) + "***"
+    head, at, host_on = rest.rpartition("@")
+    if at:
+        user, has_password, _ = head.partition(":")
+        rest = f"{user}{':***' if has_password else ''}@{host_on}"
+    shown = _masked(f"{scheme}://{rest}", url)
+    shown.encode("utf-8")  # a lone surrogate (an undecodable --db byte): raises, shown as ***
     return shown
 
 
@@ -221,8 +212,13 @@ def _cut_passwords(url: str, info: dict[str, str]) -> list[str]:
         candidates.extend(_passwords(url))
     found: set[str] = set()
     for password in candidates:
-        if any(char in _USER_INFO_CUTS for char in password):
-            found.update(text for text in (password, *_password_pieces(password)) if text)
+        if any(char in _USER_INFO_CUTS for char in unquote(password)):
+            for text in (password, *_password_pieces(password)):
+                found.update((text, unquote(text)))  # libpq decodes what it reads
+            found.update(_password_pieces(unquote(password)))
+    # And as libpq keeps them: without the spaces around a host or a port.
+    found.update([text.strip() for text in found if len(text.strip()) >= _SHORTEST_PIECE])
+    found.discard("")
     return sorted(found, key=len, reverse=True)
 
 

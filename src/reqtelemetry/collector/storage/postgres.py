@@ -468,7 +468,7 @@ class PostgresStorage(SQLStorage):
         # the password has an unescaped "@" or "/".
         try:
             info = conninfo_to_dict(self.url)
-        except psycopg.ProgrammingError:
+        except Exception:  # unreadable (an escape that is no UTF-8 raises UnicodeDecodeError)
             return "PostgresStorage(<unparsable url>)"
         host = shown_part(info.get("host"), self.url)
         dbname = shown_part(info.get("dbname"), self.url)
