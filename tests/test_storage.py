@@ -2562,6 +2562,50 @@ def test_random_passwords_leave_no_piece_in_the_description_or_the_repr() -> Non
                 assert not {piece for piece in stretches if piece in shown}, (url, name, shown)
 
 
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        # A password's tail read by libpq as a parameter's value.
+        ("postgresql://app:Kx9vQ2@Mw4Lp7?sslmode=Zq8@127.0.0.1:1/telemetry", ["Kx9", "Mw4"]),
+        ("postgresql://app:1234/Rt9vQ2?application_name=Zq8@db.example.com/telemetry", ["Rt9"]),
+        # A user info's password holding a secret's name, in a URL libpq cannot read.
+        ("postgresql://app:S3cretPart?password=x%zz@db.example.com/telemetry", ["S3cret"]),
+        ("postgresql://app:S3cretPart&sslpassword=x y@db.example.com/telemetry", ["S3cret"]),
+        # A keyword string with a secret other than a password.
+        ("host=db scram_client_key=AbCdEfGh123", ["AbCdEf"]),
+    ],
+)
+def test_passwords_libpq_reads_into_other_parts_are_not_described(
+    url: str, secrets: list[str]
+) -> None:
+    described = describe_database(url)
+    assert not [secret for secret in secrets if secret in described], described
+
+
+def test_an_upper_case_scheme_is_read_as_a_url_and_its_password_never_quoted() -> None:
+    # libpq takes a URL only with a lower-case scheme: it read this one as a
+    # keyword string, and its error quoted "POSTGRESQL://APP:S3cret".
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"POSTGRESQL://APP:S3cret Pass9@127.0.0.1:{port}/x"
+    storage = open_storage(url)
+    try:
+        with pytest.raises(database_errors()) as failed:
+            storage.migrate()
+    finally:
+        storage.close()
+    assert "S3cret" not in str(failed.value) and "Pass9" not in str(failed.value)
+    assert "S3cret" not in describe_database(url)
+
+
+def test_a_port_without_a_host_is_still_described() -> None:
+    assert describe_database("postgresql://:5433/telemetry") == "postgresql://:5433/telemetry"
+    assert describe_database(
+        "postgresql://app:pw@/telemetry?host=/var/run/postgresql&port=5433"
+    ) == ("postgresql://app:***@/telemetry?host=%2Fvar%2Frun%2Fpostgresql&port=5433")
+
+
 def test_describing_a_url_nothing_can_read_never_raises() -> None:
     # A --db byte that is no UTF-8 comes as a lone surrogate.
     assert describe_database("postgresql://u:pw@h/x?application_name=\udcff") == (

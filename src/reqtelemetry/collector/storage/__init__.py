@@ -55,7 +55,11 @@ _MISTYPED_URL = re.compile(r"(?:postgres(?:ql)?|sqlite)(?::|//)", re.IGNORECASE)
 #: Where a query (``?timeout=30``) or a fragment (``#x``) of a SQLite URL begins.
 _SQLITE_QUERY = re.compile(r"[?#]")
 #: ``password=...`` in a keyword DSN (or anywhere in a text).
-_PASSWORD_PAIR = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
+_PASSWORD_PAIR = re.compile(
+    r"((?:password|oauth_client_secret|scram_client_key|scram_server_key)\s*=\s*)"
+    r"('(?:[^'\\]|\\.)*'|\S*)",
+    re.IGNORECASE,
+)
 #: The parameters of libpq's whose values are secrets: the password, the
 #: client key's passphrase, and the OAuth and SCRAM secrets.
 _SECRET_PARAMETERS = frozenset(
@@ -101,16 +105,17 @@ def describe_database(url: str) -> str:
     nothing past the scheme is shown (its own, masked, message says why).
     """
     try:
-        return _described(url)
+        return _described(str(url))
     except Exception:  # a URL nothing here can read (a lone surrogate): its scheme only
-        return url.strip().partition("://")[0][:20] + "://***"
+        return str(url).strip().partition("://")[0][:20] + "://***"
 
 
 def _described(url: str) -> str:
     text = url.strip()
     if not text.lower().startswith(_POSTGRES):
         return _PASSWORD_PAIR.sub(r"\1***", text)
-    scheme = text.partition("://")[0]
+    scheme, separator, rest = text.partition("://")
+    text = scheme.lower() + separator + rest  # as open_storage hands it to libpq
     try:
         from psycopg.conninfo import conninfo_to_dict
 
@@ -136,13 +141,14 @@ def _described_as_written(text: str, url: str) -> str:
     any reading might take for one is hidden.
     """
     scheme, _, rest = text.partition("://")
-    secret = _QUERY_PASSWORD.search(rest)
-    if secret is not None:
-        rest = rest[: secret.start()] + secret.group(1) + "***"
+    # The user info first, to the last "@": a password may hold "?password=".
     head, at, host_on = rest.rpartition("@")
     if at:
         user, has_password, _ = head.partition(":")
         rest = f"{user}{':***' if has_password else ''}@{host_on}"
+    secret = _QUERY_PASSWORD.search(rest)
+    if secret is not None:
+        rest = rest[: secret.start()] + secret.group(1) + "***"
     shown = _masked(f"{scheme}://{rest}", url)
     shown.encode("utf-8")  # a lone surrogate (an undecodable --db byte): raises, shown as ***
     return shown
@@ -166,6 +172,11 @@ def _libpq_reading(scheme: str, info: dict[str, str], written: str) -> str:
         + (f":{port_list[index]}" if index < len(port_list) and port_list[index] else "")
         for index, host in enumerate(host_list)
     )
+    if not host_list and port_list:  # the default host, or a socket directory's
+        if info.get("host", "").startswith("/"):
+            info["port"] = ports
+        else:
+            netloc = f":{ports}"
     # Where the URL holds its password, as libpq reads it: in the user info
     # (before the first "@" that comes before any "/"), in the query, or both.
     rest = written.partition("://")[2]
@@ -207,6 +218,9 @@ def _cut_passwords(url: str, info: dict[str, str]) -> list[str]:
         or not all(port.isdigit() for port in info.get("port", "").split(",") if port)
         or "@" in info.get("host", "")
         or "@" in info.get("dbname", "")
+        # A password's tail read as a parameter: "...@host/db" in its value
+        # (an "@" of a parameter alone, as user=app@server, is no sign).
+        or any("/" in value.partition("@")[2] for value in info.values())
     )
     if suspicious:
         candidates.extend(_passwords(url))
@@ -425,7 +439,10 @@ def open_storage(url: str, *, read_only: bool = False) -> SQLStorage:
     if lowered.startswith(_POSTGRES):
         from .postgres import PostgresStorage
 
-        return PostgresStorage(url, read_only=read_only)
+        # libpq takes only a lower-case scheme for a URL: POSTGRESQL://...
+        # was read as a keyword string, and its error quoted the password.
+        scheme, separator, rest = url.partition("://")
+        return PostgresStorage(scheme.lower() + separator + rest, read_only=read_only)
     if lowered.startswith(_SQLITE):
         rest = url[len(_SQLITE) :]
         if not rest.startswith("/") or len(rest) < 2:
