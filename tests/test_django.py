@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import django
 import pytest
@@ -193,20 +194,29 @@ def test_answers_before_url_resolution_are_keyed_by_the_route_they_are_for(
     }
 
 
+def _per_site_cache() -> Any:
+    """Django's per-site cache (in memory), around the middleware, as its docs place it."""
+    from django.test import override_settings
+
+    return override_settings(
+        MIDDLEWARE=[
+            "reqtelemetry.django.TelemetryMiddleware",
+            "django.middleware.cache.UpdateCacheMiddleware",
+            "django.middleware.common.CommonMiddleware",
+            "django.middleware.cache.FetchFromCacheMiddleware",
+        ],
+        CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
+        CACHE_MIDDLEWARE_SECONDS=600,
+    )
+
+
 def test_pages_the_cache_answers_are_keyed_by_their_route(django_telemetry, counts):
     """A site cached per page answers every hit in FetchFromCacheMiddleware,
     before URL resolution: the hits were ``<unmatched>``, or a key per id
     with ``group_unmatched`` off, filling ``max_keys``."""
-    from django.test import Client, override_settings
+    from django.test import Client
 
-    middleware = [
-        "reqtelemetry.django.TelemetryMiddleware",
-        "django.middleware.cache.UpdateCacheMiddleware",
-        "django.middleware.common.CommonMiddleware",
-        "django.middleware.cache.FetchFromCacheMiddleware",
-    ]
-    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    with override_settings(MIDDLEWARE=middleware, CACHES=caches, CACHE_MIDDLEWARE_SECONDS=600):
+    with _per_site_cache():
         from django.core.cache import cache
 
         cache.clear()
@@ -230,7 +240,7 @@ def test_other_methods_the_cache_passes_on_are_not_resolved_again(
     hit; those go on to URL resolution, and a 404 among them must not pay
     for a second walk of the URLconf (nor leave its path remembered)."""
     import django.urls
-    from django.test import Client, override_settings
+    from django.test import Client
 
     resolved: list[str] = []
     real_resolve = django.urls.resolve
@@ -239,14 +249,7 @@ def test_other_methods_the_cache_passes_on_are_not_resolved_again(
         resolved.append(path)
         return real_resolve(path, urlconf)
 
-    middleware = [
-        "reqtelemetry.django.TelemetryMiddleware",
-        "django.middleware.cache.UpdateCacheMiddleware",
-        "django.middleware.common.CommonMiddleware",
-        "django.middleware.cache.FetchFromCacheMiddleware",
-    ]
-    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    with override_settings(MIDDLEWARE=middleware, CACHES=caches, CACHE_MIDDLEWARE_SECONDS=600):
+    with _per_site_cache():
         client = Client()
         monkeypatch.setattr(django.urls, "resolve", counted_resolve)
         for pk in range(3):
