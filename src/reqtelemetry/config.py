@@ -169,12 +169,16 @@ def _finite(number: float) -> bool:
         return False
 
 
-def _shown(value: object) -> str:
-    """``repr(value)`` for a message; an integer too long to write (Python
-    refuses past 4,300 digits) or to read is described instead."""
+def shown_value(value: object, limit: int | None = None) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters if given; an
+    integer too long to write (Python refuses past 4,300 digits) or to read
+    is described instead (``10**400`` would put 401 digits in a message)."""
     if isinstance(value, int) and value.bit_length() > 1000:
         return f"an integer of {value.bit_length():,} bits"
-    return repr(value)
+    text = repr(value)
+    if limit is not None and len(text) > limit:
+        return text[: limit - 3] + "..."
+    return text
 
 
 def _list_error(name: str, value: Any) -> str:
@@ -380,7 +384,7 @@ class Config:
         """
         self._validate_types()
         if self.max_keys < 1:
-            raise ValueError(f"max_keys must be at least 1, got {_shown(self.max_keys)}")
+            raise ValueError(f"max_keys must be at least 1, got {shown_value(self.max_keys)}")
         if not 0 < self.min_flush_interval <= self.max_flush_interval <= LONGEST_FLUSH_INTERVAL:
             raise ValueError(
                 "min_flush_interval must be positive and at most max_flush_interval, "
@@ -389,34 +393,38 @@ class Config:
         if not (_finite(self.flush_interval) and self.flush_interval > 0):
             raise ValueError(
                 "flush_interval must be a finite positive number of seconds, "
-                f"got {_shown(self.flush_interval)}"
+                f"got {shown_value(self.flush_interval)}"
             )
         if self.flush_interval > LONGEST_FLUSH_INTERVAL:
             raise ValueError(
                 f"flush_interval must be at most {LONGEST_FLUSH_INTERVAL:g} s (a year), "
-                f"got {_shown(self.flush_interval)}"
+                f"got {shown_value(self.flush_interval)}"
             )
         if self.max_payload_bytes < 16384:
             raise ValueError(
-                f"max_payload_bytes must be at least 16384, got {_shown(self.max_payload_bytes)}"
+                "max_payload_bytes must be at least 16384, "
+                f"got {shown_value(self.max_payload_bytes)}"
             )
         if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {_shown(self.max_attempts)}")
+            raise ValueError(
+                f"max_attempts must be at least 1, got {shown_value(self.max_attempts)}"
+            )
         if not (_finite(self.retry_base_delay) and self.retry_base_delay >= 0):
             raise ValueError(
                 "retry_base_delay must be a finite number of seconds, not negative, "
-                f"got {_shown(self.retry_base_delay)}"
+                f"got {shown_value(self.retry_base_delay)}"
             )
         # Zero, negative or NaN timeouts leave no time for any attempt: telemetry
         # would say it is on and never send anything.
         if not (_finite(self.timeout) and self.timeout > 0):
             raise ValueError(
-                f"timeout must be a finite positive number of seconds, got {_shown(self.timeout)}"
+                "timeout must be a finite positive number of seconds, "
+                f"got {shown_value(self.timeout)}"
             )
         if not (_finite(self.shutdown_timeout) and self.shutdown_timeout >= 0):
             raise ValueError(
                 f"shutdown_timeout must be zero or a finite positive number of seconds, "
-                f"got {_shown(self.shutdown_timeout)}"
+                f"got {shown_value(self.shutdown_timeout)}"
             )
         if self.endpoint is not None and self.enabled:
             # Only when on: opted out, the URL is never used, nor httpx imported.
@@ -459,12 +467,12 @@ class Config:
             # failed with telemetry saying it was on and sending.
             raise ValueError(
                 f"max_proof_of_work_bits must be between 1 and {MAX_BITS}, "
-                f"got {_shown(self.max_proof_of_work_bits)}"
+                f"got {shown_value(self.max_proof_of_work_bits)}"
             )
         if not 1 <= self.max_metrics <= MAX_METRIC_NAMES:
             raise ValueError(
                 f"max_metrics must be between 1 and {MAX_METRIC_NAMES} (the wire format's "
-                f"limit), got {_shown(self.max_metrics)}"
+                f"limit), got {shown_value(self.max_metrics)}"
             )
         self._validate_network()
         from .traits import TRAIT_NAMES  # here: traits imports this module

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from numbers import Integral, Real
 
+from .config import shown_value
 from .payload import MAX_METRIC_VALUE, metric_value_fits
 
 logger = logging.getLogger("reqtelemetry")
@@ -96,13 +97,8 @@ def _validate_number(value: object, what: str) -> float:
 
 
 def _shown(value: object) -> str:
-    """``repr(value)``, cut: ``10**400`` would otherwise put 401 digits in a
-    message. An integer past 4,300 digits has no ``repr`` at all (Python
-    refuses to write it): it is described instead."""
-    if isinstance(value, int) and value.bit_length() > 1000:
-        return f"an integer of {value.bit_length():,} bits"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    """``value`` as a message shows it: at most 40 characters (see :func:`shown_value`)."""
+    return shown_value(value, 40)
 
 
 def check_count(name: object, value: object) -> float:
