@@ -101,8 +101,8 @@ def describe_database(url: str) -> str:
     (``user=app@server``) is not taken for the end of a user info. Where
     libpq's reading shows a password cut apart by an unescaped ``@``, ``/``
     or ``?`` (a host ``Xw7Kv3@db``, a port ``Ab3``), each piece of it is
-    masked wherever it appears; where libpq cannot read the URL at all,
-    nothing past the scheme is shown (its own, masked, message says why).
+    masked wherever it appears; a URL libpq cannot read at all is shown as
+    written up to its first secret (see :func:`_described_as_written`).
     """
     try:
         return _described(str(url))
@@ -117,9 +117,7 @@ def _described(url: str) -> str:
     scheme, separator, rest = text.partition("://")
     text = scheme.lower() + separator + rest  # as open_storage hands it to libpq
     try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        info = {key: str(value) for key, value in conninfo_to_dict(text).items()}
+        info = _read_by_libpq(text)
     except Exception:  # unreadable to libpq (or no psycopg): shown as written
         return _described_as_written(text, url)
     shown = _libpq_reading(scheme, dict(info), text)
@@ -128,6 +126,14 @@ def _described(url: str) -> str:
         for form in (secret, quote(secret, safe=""), quote_plus(secret, safe="")):
             shown = shown.replace(form, "***")
     return shown
+
+
+def _read_by_libpq(text: str) -> dict[str, str]:
+    """libpq's own reading of a URL (``conninfo_to_dict``), each value as text;
+    raises where libpq cannot read it."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    return {key: str(value) for key, value in conninfo_to_dict(text).items()}
 
 
 def _described_as_written(text: str, url: str) -> str:
@@ -224,16 +230,11 @@ def _cut_passwords(url: str, info: dict[str, str]) -> list[str]:
     )
     if suspicious:
         candidates.extend(_passwords(url))
-    found: set[str] = set()
-    for password in candidates:
-        if any(char in _USER_INFO_CUTS for char in unquote(password)):
-            for text in (password, *_password_pieces(password)):
-                found.update((text, unquote(text)))  # libpq decodes what it reads
-            found.update(_password_pieces(unquote(password)))
-    # And as libpq keeps them: without the spaces around a host or a port.
-    found.update([text.strip() for text in found if len(text.strip()) >= _SHORTEST_PIECE])
-    found.discard("")
-    return sorted(found, key=len, reverse=True)
+    return _forms_of(
+        password
+        for password in candidates
+        if any(char in _USER_INFO_CUTS for char in unquote(password))
+    )
 
 
 def mask_passwords(message: str, url: str) -> str:
@@ -260,13 +261,21 @@ def _masked(text: str, url: str) -> str:
 
 
 def _secrets(url: str) -> list[str]:
-    """What a message about ``url`` must not show, longest first (a piece is
-    part of a longer one): each password, and each piece of one libpq may
-    quote, as written and percent-decoded; never the empty string."""
+    """What a message about ``url`` must not show (see :func:`_forms_of`)."""
+    return _forms_of(_passwords(url))
+
+
+def _forms_of(passwords: Iterable[str]) -> list[str]:
+    """Each of ``passwords`` and each piece of one libpq may quote, longest
+    first (a piece is part of a longer one): as written, percent-decoded (libpq
+    decodes what it reads), and without the spaces around it (libpq drops
+    those around a host or a port); never the empty string."""
     found: set[str] = set()
-    for password in _passwords(url):
+    for password in passwords:
         for text in (password, *_password_pieces(password)):
             found.update((text, unquote(text)))
+        found.update(_password_pieces(unquote(password)))
+    found.update([text.strip() for text in found if len(text.strip()) >= _SHORTEST_PIECE])
     found.discard("")
     return sorted(found, key=len, reverse=True)
 
@@ -306,9 +315,7 @@ def shown_part(value: str | None, url: str) -> str | None:
     if value is None:
         return None
     try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        info = {key: str(item) for key, item in conninfo_to_dict(url.strip()).items()}
+        info = _read_by_libpq(url.strip())
     except Exception:  # unreadable: no part of it is shown at all
         return "***"
     for secret in _cut_passwords(url.strip(), info):
