@@ -354,6 +354,7 @@ class Transport:
             raise ValueError("a transport needs an endpoint")
         self.url = endpoint_url(config.endpoint, REPORT_PATH)
         self.session_url = endpoint_url(config.endpoint, SESSION_PATH)
+        _leave_own_requests_unlogged()  # once per transport, not per request
         self._session: Session | None = None
         self.config = config
         self._client = client
@@ -582,7 +583,6 @@ class Transport:
         """
         self._body_sent = False
         self._sending_tunnel_request = False
-        _leave_own_requests_unlogged()
         token = _sending.set(True)
         try:
             return self._post_unlogged(url, content, headers, timeout)
