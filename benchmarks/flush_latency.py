@@ -29,77 +29,70 @@ one run, each against a baseline taken in the same run.
      every request with ``Connection: close`` (it does not do keep-alive), so
      each WSGI request also pays a TCP connect and a new server thread.
 
-   A load generator in a separate process sends ``GET /items/42`` through
-   httpx clients (one thread each, keep-alive where the server allows it) and
-   reports every request's latency, under two kinds of load:
+   A load generator in a separate process sends ``GET /items/42`` over plain
+   sockets (:class:`RawConnection`, a thread per connection) in an **open
+   loop**: requests are *due* at a constant rate, ``OPEN_LOOP_FRACTION``
+   (50 %) of the server's saturated rate measured first in the same run, so
+   the service has headroom, as the budget assumes. Latency runs from the
+   *due* time to the answer, so a stall that delays sending is counted in full
+   instead of being hidden (coordinated omission); requests that fell due
+   while every connection was busy (the generator itself fell behind) are
+   counted and reported, and so is the CPU the generator used.
 
-   - **open loop** (the budget is judged on this one): requests are *due* at a
-     constant rate, ``OPEN_LOOP_FRACTION`` (50 %) of the server's quiet
-     closed-loop throughput measured in the first round of the same run, so
-     the service has headroom, as the budget assumes. Up to
-     ``open_concurrency`` clients take the next due request, wait for its time
-     and send it. Latency runs from the *due* time to the answer, so a stall
-     that delays sending is counted in full instead of being hidden
-     (coordinated omission); requests that fell due while every client was
-     busy (the generator itself fell behind) are counted and reported.
-   - **closed loop, saturated** (reported only): a few clients each send their
-     next request as soon as the last one is answered. This keeps both cores
-     of a small machine busy, so any CPU a flush or a stamp takes is CPU the
-     server would have used, and shows about 1:1 in req/s, p50 and p99:
-     CPU sharing at saturation, whatever the work's priority, not the
-     interference the budget is about. Kept so that runs stay comparable.
+   Every phase runs its work **in windows** (:class:`Windows`), each followed
+   by a rest as long, and every request is sorted by when it fell due: inside
+   a window, or apart from every window by a guard band
+   (:func:`split_by_windows`). The verdict compares the two within the same
+   seconds of the same phase, because two quiet phases back to back, nothing
+   changed between them, differed by up to 2x on this kind of machine. The
+   phases, in a rotating order over rounds:
 
-   The load generator collects its garbage and freezes what is left before
-   each timed stretch: httpx's cyclic garbage otherwise set off collections
-   that paused it for tens of milliseconds, in quiet phases as much as in the
-   others. The flushes go to a minimal collector stand-in (Starlette under
-   uvicorn) in a third process that answers ``200`` to ``POST /v1/report``.
-   Phases, for each kind of load, interleaved in a rotating order over rounds:
+   - (a) quiet: the windows hold only a sleep. Its ratio is what the
+     instrument reads where there is nothing to find, an off-against-off
+     calibration given beside each verdict as the *null*;
+   - (b) flushing: each window refills the recorder to its cap and runs
+     ``Telemetry.flush()`` (collect, encode, gzip, POST), on a thread at the
+     flusher thread's priority;
+   - (c) minting: each window is one ``hashcash.mint_in_subprocess`` stamp at
+     20 bits (12 in quick mode), in a child process at idle priority, as the
+     flusher mints a periodic report's stamps;
+   - (d) a control with no verdict: a child process spinning at the minting
+     child's priority, let run in the windows and stopped between them,
+     nothing of reqtelemetry's running. Where (c) is near (d), the stamp
+     costs the requests no more than any idle-priority process would here.
 
-   - (a) quiet: nothing but the requests;
-   - (b) flushing: on another thread, back to back, the recorder is refilled to
-     its cap and ``Telemetry.flush()`` sends it (collect, encode, gzip, POST);
-   - (c) minting: on another thread, back to back,
-     ``hashcash.mint_in_subprocess`` mints stamps at 20 bits (12 in quick mode),
-     each in a child process at idle priority, as the flusher mints a periodic
-     report's stamps.
-   - (d) open loop only, a control with no verdict: a child process spinning at
-     the minting child's priority, nothing of reqtelemetry's running. Where
-     (c) is near (d), the stamp costs the requests no more than any
-     idle-priority process would on this machine.
+   The flushes go to a minimal collector stand-in (Starlette under uvicorn) in
+   a third process that answers ``200`` to ``POST /v1/report``. The refill
+   swaps prebuilt, read-only ``Stats`` objects into the recorder (a dict copy,
+   well under a millisecond, under the recorder's lock), so the CPU spent on
+   the flusher side is the flush's own, not the benchmark's.
 
-   The refill swaps prebuilt, read-only ``Stats`` objects into the recorder (a
-   dict copy, well under a millisecond, under the recorder's lock), so the CPU
-   spent on the flusher side is the flush's own, not the benchmark's. Back to
-   back, every request of phase (b) or (c) runs while a flush or a stamp does,
-   so the p99 is that of requests during a flush (or a stamp); in production a
-   flush takes a fraction of a second once a minute.
-
-   The verdict is the median over rounds of each round's p99 divided by the
-   quiet phase's p99 in the same round (not the pooled p99s' ratio, which one
-   stalled quiet round sways), marked *unsettled* where the median's
-   order-statistic interval (``benchmarks.median_bounds``) holds the budget;
-   with 3 rounds that interval is the lowest to the highest round, and holds
-   the median only 75 % of the time.
+   The verdict is the median over rounds of each round's p99 of the requests
+   due in a window divided by that of the requests apart, marked *unsettled*
+   where the median's order-statistic interval
+   (``benchmarks.median_bounds``) holds the budget.
 
 Everything started here (servers, threads, processes) is stopped through one
 ``ExitStack``, also when a step fails. Run alone with
-``python -m benchmarks flush_latency`` (about two and a half minutes);
+``python -m benchmarks flush_latency`` (about three minutes);
 ``BENCH_QUICK=1`` cuts it to a smoke test of a few seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import gc
 import gzip
 import hashlib
 import itertools
 import json
+import math
 import os
 import queue
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -149,15 +142,11 @@ PACED_EVERY = 3
 SERVER_LABELS = {"asgi": "ASGI: uvicorn + Starlette", "wsgi": "WSGI: Werkzeug threaded + Flask"}
 SERVER_SHORT = {"asgi": "ASGI", "wsgi": "WSGI"}
 PHASE_LABELS = {
-    "quiet": "(a) quiet",
+    "quiet": "(a) quiet: empty windows",
     "flush": "(b) while flushing",
     "mint": "(c) while minting",
     "floor": "(d) beside a busy loop at idle priority (no verdict)",
 }
-#: Phases that run under each load: the floor, a control for the open loop's
-#: verdicts, is left out of the saturated load (where it would only show CPU
-#: sharing) to keep the run short.
-PHASES_BY_LOAD = {"open": tuple(PHASE_LABELS), "closed": ("quiet", "flush", "mint")}
 #: The control's child: lowers itself as the minting child does, then spins.
 BUSY_LOOP_CODE = (
     "import contextlib, os\n"
@@ -169,62 +158,64 @@ BUSY_LOOP_CODE = (
 )
 #: Open-loop load runs at this share of the quiet closed-loop throughput.
 OPEN_LOOP_FRACTION = 0.5
-#: The two kinds of load, in table order: the budget is judged on the first.
-LOAD_LABELS = {
-    "open": f"open loop, {OPEN_LOOP_FRACTION:.0%} of saturated req/s",
-    "closed": "closed loop, saturated, reported only",
-}
 
 
 @dataclass(frozen=True)
 class Settings:
     #: Repetitions of the full-batch build (part 1).
     build_repetitions: int
-    #: Interleaved rounds of every phase for every server and load (part 2).
+    #: Interleaved rounds of every phase for every server (part 2).
     rounds: int
-    #: Longest a closed-loop phase's load may run, and most requests it may send.
-    phase_seconds: float
-    phase_max_requests: int
-    #: Requests per connection before a phase's timed ones (not recorded).
-    warmup_requests: int
-    #: Clients (a thread and an httpx client each) the closed loop keeps busy.
+    #: How long the saturated closed loop that sets the open loop's rate runs.
+    rate_seconds: float
+    #: Connections that closed loop keeps busy.
     concurrency: int
+    #: Requests per connection before the closed loop's timed ones (not recorded).
+    warmup_requests: int
     #: How long an open-loop phase schedules requests for.
     open_seconds: float
-    #: Clients the open loop may have in flight at once: far more than a
+    #: Connections the open loop may have in flight at once: far more than a
     #: server with headroom ever keeps busy, so that no request waits for one.
     open_concurrency: int
-    #: Untimed requests per open-loop client first (they reopen idle connections).
+    #: Untimed requests per open-loop connection first (they reopen idle ones).
     open_warmup_requests: int
+    #: Most requests one phase may send.
+    max_requests: int
     mint_bits: int
+    #: Length of the quiet phase's empty windows and of the control's busy ones.
+    window_seconds: float
+    #: Requests due this close to a window, before or after it, are in neither
+    #: sample: a stall that begins with the work delays the requests just before.
+    guard_seconds: float
 
 
 FULL = Settings(
     build_repetitions=21,
-    rounds=3,
-    # The closed loop has no verdict; 2 s still gives it about 3,000 requests
-    # per phase, and the 18 s saved keep `make bench` from a fresh clone under
-    # ten minutes on a noisy day (9 min 47 s with 3 s on 2026-12-06).
-    phase_seconds=2.0,
-    phase_max_requests=40_000,
-    warmup_requests=20,
+    rounds=5,
+    rate_seconds=1.0,
     concurrency=4,
+    warmup_requests=20,
     open_seconds=4.0,
     open_concurrency=32,
     open_warmup_requests=2,
+    max_requests=40_000,
     mint_bits=MINT_BITS,
+    window_seconds=0.25,
+    guard_seconds=0.02,
 )
 QUICK = Settings(
     build_repetitions=3,
     rounds=1,
-    phase_seconds=0.4,
-    phase_max_requests=2_000,
-    warmup_requests=5,
+    rate_seconds=0.4,
     concurrency=4,
-    open_seconds=0.4,
+    warmup_requests=5,
+    open_seconds=0.8,
     open_concurrency=8,
     open_warmup_requests=1,
+    max_requests=2_000,
     mint_bits=12,
+    window_seconds=0.05,
+    guard_seconds=0.005,
 )
 
 
@@ -645,25 +636,115 @@ def _receiver_main() -> None:
 def _freeze_garbage() -> None:
     """Collect, then keep what is left out of the collector's way for the timed part.
 
-    httpx leaves some 40 objects of cyclic garbage per request; the collections
-    they set off, over every object the warm clients hold, paused this load
-    generator for up to 40 ms, which the latencies then included (in quiet
-    phases as much as in the others). Frozen, the long-lived objects are never
-    scanned, and the garbage is still collected young.
+    A collection over every object the load generator holds paused it for
+    tens of milliseconds when it spoke through httpx, and the latencies then
+    included the pause. The raw connections make little garbage, but frozen,
+    the long-lived objects are never scanned at all.
     """
     gc.collect()
     gc.freeze()
 
 
-def _warm_up(
-    client: Any, url: str, requests: int, ready: threading.Barrier, go: threading.Event
-) -> None:
-    """A client's untimed requests, then the wait for every other client and the start."""
-    import httpx
+class RawConnection:
+    """One HTTP/1.1 connection over a plain socket: ``GET`` and read the answer.
 
+    Why not httpx: 32 httpx clients on threads used about 55 % of a core at the
+    open loop's 1,600 requests a second, on a machine with two, and their own
+    send lag rose to 13-19 ms p99 beside the idle-priority control, so the
+    generator measured itself. A request here is a ``sendall`` and a ``recv``
+    or two. Answers are read by ``Content-Length`` (both servers give one);
+    ``Connection: close`` (Werkzeug's every answer) closes the socket, and the
+    next request connects again, inside its own timing.
+    """
+
+    def __init__(self, host: str, port: int, path: str) -> None:
+        self.address = (host, port)
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bench-loadgen\r\n\r\n"
+        ).encode("ascii")
+        self.sock: socket.socket | None = None
+
+    def get(self) -> int:
+        """Send the request and read the whole answer; its status.
+
+        A kept-alive connection the server closed while idle fails before any
+        answer arrives: that one request is sent again on a new connection,
+        as any client with a pool does. Anything else raises ``OSError``.
+        """
+        if self.sock is not None:
+            try:
+                return self._exchange(self.sock)
+            except _ClosedWhileIdle:
+                self.close()
+        sock = socket.create_connection(self.address, timeout=10.0)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        try:
+            return self._exchange(sock)
+        except _ClosedWhileIdle:
+            self.close()
+            raise ConnectionError("the server closed a new connection unanswered") from None
+
+    def _exchange(self, sock: socket.socket) -> int:
+        try:
+            sock.sendall(self.request)
+            data = sock.recv(65536)
+        except (BrokenPipeError, ConnectionResetError):
+            raise _ClosedWhileIdle from None
+        if not data:
+            raise _ClosedWhileIdle
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the answer ended inside its head")
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            lower = head.lower()
+            status = int(head[9:12])
+            at = lower.find(b"\r\ncontent-length:")
+            if at < 0:
+                raise ConnectionError("an answer without Content-Length")
+            end = lower.find(b"\r\n", at + 2)
+            length = int(lower[at + 17 : end if end >= 0 else len(lower)])
+            while len(body) < length:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the answer ended inside its body")
+                body += chunk
+        except (OSError, ValueError) as error:
+            self.close()
+            raise ConnectionError(str(error)) from error
+        if b"\r\nconnection: close" in lower:
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.sock = None
+
+
+class _ClosedWhileIdle(Exception):
+    """The server had closed the connection before this request reached it."""
+
+
+def _send(connection: RawConnection) -> bool:
+    """One request; True when answered ``200``."""
+    try:
+        return connection.get() == 200
+    except OSError:
+        connection.close()
+        return False
+
+
+def _warm_up(
+    connection: RawConnection, requests: int, ready: threading.Barrier, go: threading.Event
+) -> None:
+    """A connection's untimed requests, then the wait for every other one and the start."""
     for _ in range(requests):
-        with contextlib.suppress(httpx.HTTPError):
-            client.get(url)
+        _send(connection)
     ready.wait()
     go.wait()
 
@@ -671,7 +752,7 @@ def _warm_up(
 def _start_clients(
     worker: Callable[[int], None], concurrency: int, ready: threading.Barrier
 ) -> list[threading.Thread]:
-    """A thread per client, started; returns once all are warm, with the garbage frozen."""
+    """A thread per connection, started; returns once all are warm, with the garbage frozen."""
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
     for thread in threads:
         thread.start()
@@ -680,63 +761,60 @@ def _start_clients(
     return threads
 
 
-def _load_phase(pool: list[Any], url: str, command: dict[str, Any]) -> dict[str, Any]:
-    """One phase of closed-loop load: a thread per client, each request timed."""
-    import httpx
+def _load_phase(pool: list[RawConnection], command: dict[str, Any]) -> dict[str, Any]:
+    """Closed-loop load: each connection sends its next request once the last is answered.
 
+    Run once per server, untimed for the tables: its rate sets the open loop's.
+    """
     concurrency = len(pool)
     per_connection = max(1, command["max_requests"] // concurrency)
     warmup, seconds = command["warmup"], command["seconds"]
-    latencies: list[list[int]] = [[] for _ in range(concurrency)]
+    counts = [0] * concurrency
     errors = [0] * concurrency
     ready = threading.Barrier(concurrency + 1)
     go = threading.Event()
     deadline = [0]
 
     def worker(slot: int) -> None:
-        client, mine, clock = pool[slot], latencies[slot], time.perf_counter_ns
-        _warm_up(client, url, warmup, ready, go)
+        connection, clock = pool[slot], time.monotonic_ns
+        _warm_up(connection, warmup, ready, go)
         end = deadline[0]
-        while len(mine) < per_connection and clock() < end:
-            start = clock()
-            try:
-                ok = client.get(url).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            mine.append((clock() - start) // 1000)
-            if not ok:
+        while counts[slot] < per_connection and clock() < end:
+            if not _send(connection):
                 errors[slot] += 1
+            counts[slot] += 1
 
     threads = _start_clients(worker, concurrency, ready)
     started = time.perf_counter()
-    deadline[0] = time.perf_counter_ns() + int(seconds * 1e9)
+    deadline[0] = time.monotonic_ns() + int(seconds * 1e9)
     go.set()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
     gc.unfreeze()
-    merged = list(itertools.chain.from_iterable(latencies))
-    return {"latencies_us": merged, "errors": sum(errors), "elapsed": elapsed}
+    return {"requests": sum(counts), "errors": sum(errors), "elapsed": elapsed}
 
 
-def _open_phase(pool: list[Any], url: str, command: dict[str, Any]) -> dict[str, Any]:
-    """One phase of open-loop load: requests sent on a fixed schedule, whatever the answers.
+def _open_phase(pool: list[RawConnection], command: dict[str, Any]) -> dict[str, Any]:
+    """Open-loop load: requests sent on a fixed schedule, whatever the answers.
 
-    Request ``i`` is due ``i / rate`` seconds after the start. Each client
-    claims the next request, sleeps until it is due, sends it and claims
+    Request ``i`` is due ``i / rate`` seconds after the start. Each connection's
+    thread claims the next request, sleeps until it is due, sends it and claims
     again, so up to ``len(pool)`` requests can be in flight. Latency counts
     from the *due* time, not from when the request went out: a server stall
-    that delays the sending (every client busy, or this process slow to wake)
-    is counted in full rather than hidden (coordinated omission). ``behind``
-    counts requests that were already due when a client claimed them: the pool
-    was exhausted, so the generator, not only the server, fell behind.
+    that delays the sending (every connection busy, or this process slow to
+    wake) is counted in full rather than hidden (coordinated omission).
+    ``behind`` counts requests that were already due when a thread claimed
+    them: the pool was exhausted, so the generator, not only the server, fell
+    behind. Each request's due time is returned on ``time.monotonic_ns``'s
+    clock, which the serving process shares (``CLOCK_MONOTONIC``), so that it
+    can tell which requests fell due while its work ran.
     """
-    import httpx
-
     rate, warmup = float(command["rate"]), command["warmup"]
     total = max(1, min(command["max_requests"], round(rate * command["seconds"])))
     interval_ns = 1e9 / rate
     concurrency = len(pool)
+    dues: list[list[int]] = [[] for _ in range(concurrency)]
     latencies: list[list[int]] = [[] for _ in range(concurrency)]
     lags: list[list[int]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
@@ -748,8 +826,8 @@ def _open_phase(pool: list[Any], url: str, command: dict[str, Any]) -> dict[str,
     start = [0]
 
     def worker(slot: int) -> None:
-        client, clock = pool[slot], time.perf_counter_ns
-        _warm_up(client, url, warmup, ready, go)
+        connection, clock = pool[slot], time.monotonic_ns
+        _warm_up(connection, warmup, ready, go)
         while True:
             with claim_lock:
                 index = next(claims)
@@ -762,150 +840,189 @@ def _open_phase(pool: list[Any], url: str, command: dict[str, Any]) -> dict[str,
             else:
                 behind[slot] += 1
             sent = clock()
-            try:
-                ok = client.get(url).status_code == 200
-            except httpx.HTTPError:
-                ok = False
+            ok = _send(connection)
             latencies[slot].append((clock() - due) // 1000)
             lags[slot].append((sent - due) // 1000)
+            dues[slot].append(due)
             if not ok:
                 errors[slot] += 1
 
     threads = _start_clients(worker, concurrency, ready)
-    # A little ahead, so that every client is waiting when the first request is due.
-    start[0] = time.perf_counter_ns() + 5_000_000
+    # A little ahead, so that every thread is waiting when the first request is due.
+    start[0] = time.monotonic_ns() + 5_000_000
+    cpu = time.process_time()
     go.set()
     for thread in threads:
         thread.join()
-    elapsed = (time.perf_counter_ns() - start[0]) / 1e9
+    elapsed = (time.monotonic_ns() - start[0]) / 1e9
     gc.unfreeze()
     return {
+        "dues_ns": list(itertools.chain.from_iterable(dues)),
         "latencies_us": list(itertools.chain.from_iterable(latencies)),
         "lags_us": list(itertools.chain.from_iterable(lags)),
         "behind": sum(behind),
         "errors": sum(errors),
         "elapsed": elapsed,
+        "cpu_seconds": time.process_time() - cpu,
     }
 
 
 def _loadgen_main() -> None:
     """The load generator: one JSON command per input line, one JSON answer per line."""
-    import httpx
+    from urllib.parse import urlsplit
 
-    clients: dict[str, list[httpx.Client]] = {}
+    pools: dict[str, list[RawConnection]] = {}
     try:
         for line in sys.stdin:
             command = json.loads(line)
-            pool = clients.setdefault(command["url"], [])
+            parts = urlsplit(command["url"])
+            pool = pools.setdefault(command["url"], [])
             while len(pool) < command["concurrency"]:
-                pool.append(httpx.Client(timeout=10.0, trust_env=False))
+                host, port = parts.hostname or "127.0.0.1", parts.port or 80
+                pool.append(RawConnection(host, port, parts.path or "/"))
             phase = _open_phase if command["mode"] == "open" else _load_phase
-            answer = phase(pool[: command["concurrency"]], command["url"], command)
-            print(json.dumps(answer), flush=True)
+            print(json.dumps(phase(pool[: command["concurrency"]], command)), flush=True)
     finally:
-        for pool in clients.values():
-            for client in pool:
-                client.close()
+        for pool in pools.values():
+            for connection in pool:
+                connection.close()
 
 
-# -- background work during a phase -----------------------------------------------------
+# -- work in windows, beside the requests ------------------------------------------------
 
 
-class FlushLoop:
-    """Back-to-back flushes of a full recorder on a thread of this process.
+class Windows:
+    """Work on a thread of this process in windows, each followed by a rest as long.
 
-    The thread stands in for the flusher's timer thread, so it first lowers its
-    priority as that one does (``lower_this_threads_priority``, the call
-    ``Flusher._run`` starts with), and notes the nice value it then has.
+    Why windows and not work back to back, compared with a quiet phase: six
+    quiet phases of 4 s run back to back, nothing changed between them,
+    differed in p99 by 0.57x to 2.08x on this 2-vCPU VM (2026-12-07), so a
+    phase-against-phase ratio could not resolve a 10 % budget. Here each
+    phase holds both kinds of time, a quarter of a second to a few seconds
+    apart, and every request is sorted by when it was *due*: inside a window,
+    or well apart from every one (:func:`split_by_windows`). Both samples
+    then meet the same host. Sorting by due time, not by whether a request's
+    span touched a window, keeps slow requests from being drawn to the
+    windows by their length alone. Each rest is the window's length times a
+    random 0.75-1.25, so that the windows do not lock onto anything periodic.
+
+    ``work`` runs one window's work; ``windows`` holds each window's start
+    and end on ``time.monotonic_ns``'s clock, which the load generator's
+    process shares.
     """
 
-    def __init__(self, telemetry: Any, template: dict[tuple[str, str, int], Any]) -> None:
-        self.telemetry = telemetry
-        self.template = template
+    def __init__(self, work: Callable[[], None], *, lowered: bool = False, seed: int = 0) -> None:
+        self.work = work
+        self.lowered = lowered
+        self.windows: list[tuple[int, int]] = []
         self.wall_ms: list[float] = []
         self.cpu_ms: list[float] = []
-        self.delivered = 0
+        #: The working thread's nice value once lowered (None: not lowered, or off Linux).
         self.nice: int | None = None
+        self._random = random.Random(seed)
         self._stop = threading.Event()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-flush-loop", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="bench-windows", daemon=True)
 
     def _run(self) -> None:
-        from reqtelemetry.flusher import lower_this_threads_priority
+        if self.lowered:
+            from reqtelemetry.flusher import lower_this_threads_priority
 
-        lower_this_threads_priority()
-        with contextlib.suppress(AttributeError, OSError):  # not on this platform
-            self.nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        recorder = self.telemetry.recorder
+            lower_this_threads_priority()
+            with contextlib.suppress(AttributeError, OSError):  # not on this platform
+                self.nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         while not self._stop.is_set():
-            install(recorder, self.template)
-            self._started.set()
-            wall, cpu = time.perf_counter(), time.thread_time()
-            delivered = self.telemetry.flush(timeout=10.0)
+            cpu = time.thread_time()
+            start = time.monotonic_ns()
+            self.work()
+            end = time.monotonic_ns()
             self.cpu_ms.append((time.thread_time() - cpu) * 1e3)
-            self.wall_ms.append((time.perf_counter() - wall) * 1e3)
-            self.delivered += bool(delivered)
+            self.wall_ms.append((end - start) / 1e6)
+            self.windows.append((start, end))
+            self._stop.wait((end - start) / 1e9 * self._random.uniform(0.75, 1.25))
 
-    def __enter__(self) -> FlushLoop:
+    def __enter__(self) -> Windows:
         self._thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("the flush loop did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(30)
+        self._thread.join(MINT_TIMEOUT)
 
 
-class MintLoop:
-    """Back-to-back stamps from ``hashcash.mint_in_subprocess`` on a thread of this process.
+def split_by_windows(
+    dues_ns: list[int], latencies_us: list[int], windows: list[tuple[int, int]], guard_ns: int
+) -> tuple[list[int], list[int]]:
+    """(during, apart): latencies of the requests due inside a window, and of
+    those due at least ``guard_ns`` before and after every window.
 
-    Each stamp is for a fresh resource and is minted in a child process at idle
-    priority (the default ``idle=True``), as the flusher mints a periodic report's.
+    Requests due in a guard band are in neither: work that stalls the server
+    from its first millisecond delays the answers to requests due just
+    before it, and what it leaves behind (a cache to refill) those just after.
     """
+    starts = [start for start, _ in windows]
+    during: list[int] = []
+    apart: list[int] = []
+    for due, latency in zip(dues_ns, latencies_us, strict=True):
+        at = bisect.bisect_right(starts, due) - 1  # the last window begun by ``due``
+        if at >= 0 and due < windows[at][1]:
+            during.append(latency)
+            continue
+        after_last = at < 0 or due >= windows[at][1] + guard_ns
+        before_next = at + 1 >= len(windows) or due < windows[at + 1][0] - guard_ns
+        if after_last and before_next:
+            apart.append(latency)
+    return during, apart
 
-    def __init__(self, bits: int) -> None:
-        self.bits = bits
-        self.wall_ms: list[float] = []
-        self.cpu_ms: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-mint-loop", daemon=True)
 
-    def _run(self) -> None:
-        from reqtelemetry.hashcash import mint_in_subprocess
+def _flush_work(telemetry: Any, template: dict[tuple[str, str, int], Any]) -> Callable[[], None]:
+    """A window's work in (b): refill the recorder to its cap, and flush it."""
 
-        for n in itertools.count():
-            if self._stop.is_set():
-                return
-            wall, cpu = time.perf_counter(), time.thread_time()
-            resource = hashlib.sha256(f"bench.{n}.{time.time()}".encode()).hexdigest()
-            mint_in_subprocess(resource, self.bits, timeout=MINT_TIMEOUT)
-            self.cpu_ms.append((time.thread_time() - cpu) * 1e3)
-            self.wall_ms.append((time.perf_counter() - wall) * 1e3)
+    def work() -> None:
+        install(telemetry.recorder, template)
+        if telemetry.flush(timeout=10.0):
+            delivered[0] += 1
 
-    def __enter__(self) -> MintLoop:
-        self._thread.start()
-        time.sleep(0.05)  # let the first stamp get under way
-        return self
+    delivered = [0]
+    work.delivered = delivered  # type: ignore[attr-defined]
+    return work
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
+
+def _mint_work(bits: int) -> Callable[[], None]:
+    """A window's work in (c): one stamp for a fresh resource, minted in a child
+    process at idle priority (``mint_in_subprocess``'s default), as the flusher
+    mints a periodic report's."""
+    from reqtelemetry.hashcash import mint_in_subprocess
+
+    serial = itertools.count()
+
+    def work() -> None:
+        resource = hashlib.sha256(f"bench.{next(serial)}.{time.time()}".encode()).hexdigest()
+        mint_in_subprocess(resource, bits, timeout=MINT_TIMEOUT)
+
+    return work
 
 
 class BusyLoop:
-    """A child process that spins at idle priority: the control phase (d).
+    """A child process that spins at idle priority, stopped between windows: phase (d).
 
     Why: on a small virtual machine, CPU-bound work in another process moves
     the requests' p99 even at the lowest priority (cores shared with the
     host's other guests, hyperthread siblings). Timing that, in the same run,
     tells apart what a stamp costs the requests from what any idle-priority
-    process would cost them here.
+    process would cost them here. The child is started once per phase and held
+    with ``SIGSTOP`` outside its windows, so that starting a process is not in them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self.policies: list[str] = []
         self._process: subprocess.Popen[bytes] | None = None
+
+    def work(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+        time.sleep(self.seconds)
+        self._process.send_signal(signal.SIGSTOP)
 
     def __enter__(self) -> BusyLoop:
         self._process = subprocess.Popen(
@@ -917,6 +1034,7 @@ class BusyLoop:
         if self._process.stdout.readline().strip() != b"ready":
             raise RuntimeError("the busy loop did not start")
         self.policies.append(_policy_name(self._process.pid))
+        self._process.send_signal(signal.SIGSTOP)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -942,133 +1060,147 @@ def _policy_name(pid: int) -> str:
 
 @dataclass
 class PhaseSamples:
-    latencies_us: list[int] = field(default_factory=list)
-    p99_per_round: list[float] = field(default_factory=list)
+    #: Latencies of requests due inside a window, and well apart from every one, pooled.
+    during_us: list[int] = field(default_factory=list)
+    apart_us: list[int] = field(default_factory=list)
+    #: Each round's p99 of the two.
+    during_p99: list[float] = field(default_factory=list)
+    apart_p99: list[float] = field(default_factory=list)
+    #: Requests in a guard band (in neither sample).
+    guarded: int = 0
     errors: int = 0
     elapsed: float = 0.0
+    #: The load generator's CPU seconds over its timed stretches.
+    loadgen_cpu: float = 0.0
+    windows: int = 0
     work_wall_ms: list[float] = field(default_factory=list)
     work_cpu_ms: list[float] = field(default_factory=list)
     delivered: int = 0
     #: Phase (d): the busy loop's scheduling policy, once per phase.
     policies: list[str] = field(default_factory=list)
-    #: Phase (b): the flushing thread's nice value (None off Linux), once per phase.
+    #: Phase (b): the working thread's nice value (None off Linux), once per phase.
     nices: list[int | None] = field(default_factory=list)
-    #: Open loop only: how late each request went out after it was due ...
+    #: How late each request went out after it was due ...
     lags_us: list[int] = field(default_factory=list)
-    #: ... and how many were already due when a client got to them (pool exhausted).
+    #: ... and how many were already due when a thread got to them (pool exhausted).
     behind: int = 0
 
+    @property
+    def requests(self) -> int:
+        return len(self.during_us) + len(self.apart_us) + self.guarded
 
-#: Samples by load, server and phase.
-Results = dict[str, dict[str, dict[str, PhaseSamples]]]
+
+#: Samples by server and phase.
+Results = dict[str, dict[str, PhaseSamples]]
 
 
-def run_phase(
-    loadgen: Child,
-    url: str,
-    settings: Settings,
-    samples: PhaseSamples | None,
-    rate: float | None = None,
-) -> None:
-    """One phase of load: closed loop, or open loop at ``rate`` requests a second."""
-    if rate is None:
-        command: dict[str, Any] = {
+def saturated_rate(loadgen: Child, url: str, settings: Settings) -> float:
+    """The server's quiet closed-loop rate, in requests a second (untimed otherwise)."""
+    loadgen.send(
+        {
             "mode": "closed",
-            "seconds": settings.phase_seconds,
+            "url": url,
+            "seconds": settings.rate_seconds,
             "concurrency": settings.concurrency,
             "warmup": settings.warmup_requests,
+            "max_requests": settings.max_requests,
         }
-    else:
-        command = {
+    )
+    answer = loadgen.receive(timeout=settings.rate_seconds + 60)
+    return answer["requests"] / answer["elapsed"] if answer["elapsed"] else 0.0
+
+
+def open_load(loadgen: Child, url: str, settings: Settings, rate: float) -> dict[str, Any]:
+    """One open-loop stretch at ``rate`` requests a second; the load generator's answer."""
+    loadgen.send(
+        {
             "mode": "open",
+            "url": url,
             "rate": rate,
             "seconds": settings.open_seconds,
             "concurrency": settings.open_concurrency,
             "warmup": settings.open_warmup_requests,
+            "max_requests": settings.max_requests,
         }
-    loadgen.send({**command, "url": url, "max_requests": settings.phase_max_requests})
-    answer = loadgen.receive(timeout=command["seconds"] + 60)
-    if samples is None:
-        return
-    latencies = answer["latencies_us"]
-    samples.latencies_us.extend(latencies)
-    samples.p99_per_round.append(percentile(sorted(latencies), 0.99))
+    )
+    return loadgen.receive(timeout=settings.open_seconds + 60)
+
+
+def keep(
+    samples: PhaseSamples, answer: dict[str, Any], windows: Windows, settings: Settings
+) -> None:
+    """File one phase's requests in ``samples``, each by when it fell due."""
+    during, apart = split_by_windows(
+        answer["dues_ns"],
+        answer["latencies_us"],
+        windows.windows,
+        int(settings.guard_seconds * 1e9),
+    )
+    samples.during_us += during
+    samples.apart_us += apart
+    samples.during_p99.append(percentile(sorted(during), 0.99))
+    samples.apart_p99.append(percentile(sorted(apart), 0.99))
+    samples.guarded += len(answer["latencies_us"]) - len(during) - len(apart)
     samples.errors += answer["errors"]
     samples.elapsed += answer["elapsed"]
-    samples.lags_us.extend(answer.get("lags_us", ()))
-    samples.behind += answer.get("behind", 0)
+    samples.loadgen_cpu += answer["cpu_seconds"]
+    samples.lags_us += answer["lags_us"]
+    samples.behind += answer["behind"]
+    samples.windows += len(windows.windows)
+    samples.work_wall_ms += windows.wall_ms
+    samples.work_cpu_ms += windows.cpu_ms
 
 
 @contextlib.contextmanager
-def background(
+def in_windows(
     phase: str,
     telemetry: Any,
     template: dict[tuple[str, str, int], Any],
-    mint_bits: int,
+    settings: Settings,
     samples: PhaseSamples,
-) -> Iterator[None]:
-    """The phase's work beside the requests (none, flushes or stamps), kept in ``samples``."""
+    seed: int,
+) -> Iterator[Windows]:
+    """The phase's work (none, flushes, stamps or the busy loop) in windows on a thread."""
     if phase == "flush":
-        with FlushLoop(telemetry, template) as loop:
-            yield
-        samples.work_wall_ms += loop.wall_ms
-        samples.work_cpu_ms += loop.cpu_ms
-        samples.delivered += loop.delivered
-        samples.nices.append(loop.nice)
+        work = _flush_work(telemetry, template)
+        with Windows(work, lowered=True, seed=seed) as windows:
+            yield windows
+        samples.delivered += work.delivered[0]  # type: ignore[attr-defined]
+        samples.nices.append(windows.nice)
     elif phase == "mint":
-        with MintLoop(mint_bits) as mint_loop:
-            yield
-        samples.work_wall_ms += mint_loop.wall_ms
-        samples.work_cpu_ms += mint_loop.cpu_ms
+        with Windows(_mint_work(settings.mint_bits), seed=seed) as windows:
+            yield windows
     elif phase == "floor":
-        with BusyLoop() as busy:
-            yield
+        with BusyLoop(settings.window_seconds) as busy, Windows(busy.work, seed=seed) as windows:
+            yield windows
         samples.policies += busy.policies
     else:
-        yield
+        seconds = settings.window_seconds
+        with Windows(lambda: time.sleep(seconds), seed=seed) as windows:
+            yield windows
 
 
 def _ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
 
-def latency_table(results: Results) -> str:
-    """Open-loop rows first (the budget's verdict), then the saturated closed-loop ones."""
-    rows = [
-        "| server | load | phase | requests | errors | req/s | p50 ms | p99 ms "
-        "| p99 ratio vs quiet: median of rounds (each round; pooled) "
-        f"| budget: median round ≤ {P99_BUDGET_RATIO:.2f}x quiet "
-        "| send lag p99 ms (requests due with every client busy) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---|---|",
-    ]
-    for load, by_server in results.items():
-        for server, by_phase in by_server.items():
-            quiet = by_phase["quiet"]
-            for phase in PHASES_BY_LOAD[load]:
-                label = f"| {SERVER_LABELS[server]} | {LOAD_LABELS[load]} | {PHASE_LABELS[phase]} |"
-                cells = _latency_cells(load, phase, by_phase[phase], quiet, by_phase.get("floor"))
-                rows.append(f"{label} {cells}")
-    return "\n".join(rows)
-
-
-def round_ratios(samples: PhaseSamples, quiet: PhaseSamples) -> list[float]:
-    """Each round's p99 divided by the quiet phase's p99 of the same round, server and load."""
+def round_ratios(samples: PhaseSamples) -> list[float]:
+    """Each round's p99 of the requests due in a window over that of those apart."""
     return [
-        mine / theirs
-        for mine, theirs in zip(samples.p99_per_round, quiet.p99_per_round, strict=True)
-        if theirs
+        during / apart
+        for during, apart in zip(samples.during_p99, samples.apart_p99, strict=True)
+        if apart and not math.isnan(during) and not math.isnan(apart)
     ]
 
 
 def p99_verdict(ratios: list[float]) -> str:
     """The budget's verdict, from the median of the per-round ratios, and how sure it is.
 
-    Why the rounds and not the pooled p99s: one quiet round that stalled lifts
-    the pooled quiet p99 and turns a miss into a pass (rounds 1.17, 1.45 and
-    0.67 pooled to 1.04x). The median round is what a typical round showed;
-    where the order-statistic interval of that median (3 rounds: the lowest to
-    the highest, which holds the median only 75 % of the time) holds the
-    budget, the rounds do not settle the verdict, and it says so.
+    Why the rounds and not the pooled p99s: one round that stalled sways the
+    pooled p99 either way (rounds 1.17, 1.45 and 0.67 once pooled to 1.04x).
+    The median round is what a typical round showed; where the order-statistic
+    interval of that median holds the budget, the rounds do not settle the
+    verdict, and it says so.
     """
     if not ratios:
         return "no round measured"
@@ -1076,62 +1208,61 @@ def p99_verdict(ratios: list[float]) -> str:
     return verdict + unsettled_note(ratios, P99_BUDGET_RATIO, name_extent=True)
 
 
-def with_the_control(verdict: str, control: list[float]) -> str:
-    """``verdict`` (against quiet), with the control's median round beside it.
+def with_the_null(verdict: str, null: list[float]) -> str:
+    """``verdict``, with the quiet phase's empty windows measured the same way beside it.
 
-    Why beside, and not a verdict of its own: the control (a busy loop at
-    the minting child's idle priority, nothing of reqtelemetry's) moved the
-    p99 by 1.2x to 3.4x from run to run on a shared 2-vCPU VM, so it says how
-    loud the machine was; but it is not a null measurement (it is the very
-    kind of work a stamp is, so a minting row as costly as it would have read
-    "not measurable"), and a row's difference from it has no interval. Rows
-    were judged against it in the run of 08:43 on 2026-12-07 (uvicorn's
-    flushing row read "not measurable here"); a review put it back to
-    information.
+    Why: the quiet phase's windows hold nothing, so its ratio is what the
+    instrument reads when there is nothing to find (an off-against-off
+    calibration). Where its rounds themselves reach past the budget, this
+    machine cannot resolve the budget in this run, and a verdict either way
+    says little; the reader sees both.
     """
-    if not control:
+    if not null:
         return verdict
-    return f"{verdict}; control {statistics.median(control):.2f}x"
+    low, high = min(null), max(null)
+    spread = f", rounds {low:.2f} to {high:.2f}" if len(null) > 1 else ""
+    return f"{verdict}; null {statistics.median(null):.2f}x{spread}"
 
 
-def _latency_cells(
-    load: str,
-    phase: str,
-    samples: PhaseSamples,
-    quiet: PhaseSamples,
-    control: PhaseSamples | None = None,
-) -> str:
-    """One row's figures; only open-loop rows get a verdict and a send lag,
-    with the ``control`` phase's median round beside it where there is one."""
-    ordered = sorted(samples.latencies_us)
-    p50, p99 = percentile(ordered, 0.50), percentile(ordered, 0.99)
-    rate = len(ordered) / samples.elapsed if samples.elapsed else 0.0
+def latency_table(results: Results) -> str:
+    """A row per server and phase; the quiet phase's row is the calibration."""
+    rows = [
+        "| server | phase | requests due in a window / apart (in a guard band) | errors "
+        "| req/s | p50 ms in / apart | p99 ms in / apart "
+        "| p99 in ÷ apart: median of rounds (each round) "
+        f"| budget: median round ≤ {P99_BUDGET_RATIO:.2f}x "
+        "| send lag p99 ms (requests due with every connection busy) |",
+        "|---|---|---|---:|---:|---|---|---|---|---|",
+    ]
+    for server, by_phase in results.items():
+        null = round_ratios(by_phase["quiet"])
+        for phase in PHASE_LABELS:
+            cells = _latency_cells(phase, by_phase[phase], null)
+            rows.append(f"| {SERVER_LABELS[server]} | {PHASE_LABELS[phase]} | {cells}")
+    return "\n".join(rows)
+
+
+def _latency_cells(phase: str, samples: PhaseSamples, null: list[float]) -> str:
+    """One row's figures; verdicts on (b) and (c), with the calibration beside them."""
+    during, apart = sorted(samples.during_us), sorted(samples.apart_us)
+    rate = samples.requests / samples.elapsed if samples.elapsed else 0.0
+    ratios = round_ratios(samples)
+    each = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+    median = f"**{statistics.median(ratios):.2f}x**" if ratios else "—"
     if phase == "quiet":
-        ratio_text, verdict = "—", "(baseline)"
+        verdict = "(calibration: empty windows)"
+    elif phase == "floor":
+        verdict = "(control)"
     else:
-        ratios = round_ratios(samples, quiet)
-        quiet_p99 = percentile(sorted(quiet.latencies_us), 0.99)
-        pooled = f"pooled {p99 / quiet_p99:.2f}x" if quiet_p99 else "pooled —"
-        each = ", ".join(f"{ratio:.2f}" for ratio in ratios)
-        median = f"**{statistics.median(ratios):.2f}x**" if ratios else "—"
-        ratio_text = f"{median} ({each}; {pooled})"
-        if load == "closed":
-            verdict = "saturated, reported only"
-        elif phase == "floor":
-            verdict = "(control)"
-        else:
-            verdict = p99_verdict(ratios)
-            if control is not None:
-                verdict = with_the_control(verdict, round_ratios(control, quiet))
-    if load == "open":
-        lag_text = f"{_ms(percentile(sorted(samples.lags_us), 0.99))} ({samples.behind})"
-        if samples.behind:
-            verdict += ", the generator fell behind"
-    else:
-        lag_text = "—"
+        verdict = with_the_null(p99_verdict(ratios), null)
+    if samples.behind:
+        verdict += ", the generator fell behind"
+    lag = f"{_ms(percentile(sorted(samples.lags_us), 0.99))} ({samples.behind})"
     return (
-        f"{len(ordered)} | {samples.errors} | {rate:.0f} | {_ms(p50)} | {_ms(p99)} "
-        f"| {ratio_text} | {verdict} | {lag_text} |"
+        f"{len(during)} / {len(apart)} ({samples.guarded}) | {samples.errors} | {rate:.0f} "
+        f"| {_ms(percentile(during, 0.50))} / {_ms(percentile(apart, 0.50))} "
+        f"| {_ms(percentile(during, 0.99))} / {_ms(percentile(apart, 0.99))} "
+        f"| {median} ({each}) | {verdict} | {lag} |"
     )
 
 
@@ -1161,11 +1292,7 @@ def run() -> str:
     settings = QUICK if quick() else FULL
     load_before = load_average()
     results: Results = {
-        load: {
-            server: {phase: PhaseSamples() for phase in PHASES_BY_LOAD[load]}
-            for server in SERVER_LABELS
-        }
-        for load in LOAD_LABELS
+        server: {phase: PhaseSamples() for phase in PHASE_LABELS} for server in SERVER_LABELS
     }
     rates: dict[str, float] = {}
     started = time.perf_counter()
@@ -1217,42 +1344,34 @@ def run() -> str:
         stack.callback(wsgi.stop)
         urls = {"asgi": f"{asgi.url}/items/42", "wsgi": f"{wsgi.url}/items/42"}
 
-        warmup = Settings(
-            **{
-                **settings.__dict__,
-                "phase_seconds": min(0.5, settings.phase_seconds),
-                "open_seconds": min(1.0, settings.open_seconds),
-            }
-        )
-        for url in urls.values():
-            run_phase(loadgen, url, warmup, None)
+        warmup = Settings(**{**settings.__dict__, "open_seconds": min(1.0, settings.open_seconds)})
+        for server, url in urls.items():
+            gc.collect()
+            rates[server] = OPEN_LOOP_FRACTION * saturated_rate(loadgen, url, settings)
+            # Untimed: the open loop's connections open and warm up here.
+            open_load(loadgen, url, warmup, rates[server])
 
         recorded: set[str] = set()
+        phases = tuple(PHASE_LABELS)
         for round_ in range(settings.rounds):
             for server, url in urls.items():
-                # Closed loop first: round 1's quiet phase sets the open loop's rate.
-                for load in ("closed", "open"):
-                    phases = PHASES_BY_LOAD[load]
-                    shift = round_ % len(phases)
-                    order = phases[shift:] + phases[:shift]
-                    if load == "open" and server not in rates:
-                        quiet = results["closed"][server]["quiet"]
-                        rates[server] = OPEN_LOOP_FRACTION * len(quiet.latencies_us) / quiet.elapsed
-                        # Untimed: the open loop's extra clients connect and warm up here.
-                        run_phase(loadgen, url, warmup, None, rates[server])
-                    rate = rates[server] if load == "open" else None
-                    for phase in order:
-                        samples = results[load][server][phase]
-                        gc.collect()
-                        with background(phase, telemetry, all_but_one, settings.mint_bits, samples):
-                            run_phase(loadgen, url, settings, samples, rate)
-                        if phase == "quiet":
-                            # Proof the middleware measured it (a flush would take it away).
-                            recorded.update(
-                                f"{r['method']} {r['route']} {r['status']}"
-                                for r in telemetry.snapshot()
-                                if r["route"].startswith("/items/")
-                            )
+                shift = round_ % len(phases)
+                for phase in phases[shift:] + phases[:shift]:
+                    samples = results[server][phase]
+                    gc.collect()
+                    seed = round_ * 100 + phases.index(phase)
+                    with in_windows(
+                        phase, telemetry, all_but_one, settings, samples, seed
+                    ) as windows:
+                        answer = open_load(loadgen, url, settings, rates[server])
+                    keep(samples, answer, windows, settings)
+                    if phase == "quiet":
+                        # Proof the middleware measured it (a flush would take it away).
+                        recorded.update(
+                            f"{r['method']} {r['route']} {r['status']}"
+                            for r in telemetry.snapshot()
+                            if r["route"].startswith("/items/")
+                        )
     elapsed = time.perf_counter() - started
 
     mode = "quick (BENCH_QUICK=1: rough, for smoke tests)" if quick() else "full"
@@ -1260,11 +1379,15 @@ def run() -> str:
     flush_nices = sorted(
         {
             "unknown" if nice is None else f"nice {nice}"
-            for by_server in results.values()
-            for by_phase in by_server.values()
+            for by_phase in results.values()
             for nice in by_phase["flush"].nices
         }
     )
+    policies = sorted(
+        {policy for by_phase in results.values() for policy in by_phase["floor"].policies}
+    )
+    timed = [samples for by_phase in results.values() for samples in by_phase.values()]
+    loadgen_share = sum(s.loadgen_cpu for s in timed) / sum(s.elapsed for s in timed)
     lines = [
         "## Flush cost and request latency while flushing",
         "",
@@ -1300,36 +1423,33 @@ def run() -> str:
         "for the GIL: "
         + "; ".join(SERVER_LABELS.values())
         + "; Telemetry with `flush_interval=3600` (its own timer stays idle)",
-        "- load: a separate process sends `GET /items/42` through httpx clients, a thread "
-        "each (keep-alive for uvicorn, while Werkzeug closes every connection, so each WSGI "
-        "request includes a TCP connect and a new server thread), in two ways:",
-        f"  - **open loop** (what the budget is judged on): requests due at a constant rate, "
-        f"{OPEN_LOOP_FRACTION:.0%} of the server's quiet closed-loop req/s in the first "
-        f"round of this run ({_rates_text(rates)}), for {settings.open_seconds:g} s per "
-        f"phase, by up to {settings.open_concurrency} clients at once "
-        f"({settings.open_warmup_requests} untimed requests each first); latency runs from "
-        "the time a request was *due* to its answer, so a stall that delays sending is "
-        "counted, not hidden (coordinated omission). Last column: the p99 of how late "
-        "requests went out, and how many were due while every client was busy (0: the "
-        "generator never fell behind)",
-        f"  - **closed loop, saturated**: {settings.concurrency} clients, each sending its "
-        f"next request as soon as the last one is answered, at most "
-        f"{settings.phase_seconds:g} s and {settings.phase_max_requests} requests per phase, "
-        f"{settings.warmup_requests} untimed requests per connection first; latency around "
-        "each request. Reported only: this load keeps both cores busy (load generator, "
-        "server, collector stand-in), so whatever CPU the flusher thread or the stamp's "
-        "child gets is CPU the server would have used, and it shows about 1:1 in req/s, "
-        "p50 and p99. That is CPU sharing at saturation, not the interference with a "
-        "service that has headroom which the budget is about",
-        f"- {settings.rounds} round(s); each round runs, for each server, every closed-loop "
-        "phase, then every open-loop phase, in a rotating order; p50/p99 columns pooled over "
-        "rounds (nearest rank); p99 ratio: each round's p99 over the quiet phase's p99 of "
-        "the same round, their median in bold, each round and the pooled p99s' ratio (for "
-        "information: one stalled quiet round sways it) in parentheses",
-        "- (b): on a thread at the flusher thread's priority ("
+        "- load: a separate process sends `GET /items/42` over plain sockets, a thread per "
+        "connection (keep-alive under uvicorn; Werkzeug closes every connection, so each "
+        "WSGI request includes a TCP connect and a new server thread), in an open loop: "
+        f"requests due at a constant rate, {OPEN_LOOP_FRACTION:.0%} of the server's "
+        f"saturated rate measured first ({settings.concurrency} connections back to back "
+        f"for {settings.rate_seconds:g} s: {_rates_text(rates)}), for "
+        f"{settings.open_seconds:g} s per phase, by up to {settings.open_concurrency} "
+        f"connections at once ({settings.open_warmup_requests} untimed requests each "
+        "first); latency runs from the time a request was *due* to its answer, so a stall "
+        "that delays sending is counted, not hidden (coordinated omission). The load "
+        f"generator used {loadgen_share:.0%} of a core while timed. Last column: the p99 "
+        "of how late requests went out, and how many were due while every connection was "
+        "busy (0: the generator never fell behind)",
+        "- in every phase the work runs in windows on a thread of the serving process, "
+        "each window followed by a rest as long (times a random 0.75-1.25); each request "
+        "is sorted by when it fell *due*: in a window, or apart from every window by at "
+        f"least {settings.guard_seconds * 1e3:g} ms (those in that guard band are in "
+        "neither). Both samples meet the same host within a fraction of a second, where "
+        "quiet phases of 4 s back to back differed by up to 2x here",
+        "- (a) quiet: the windows hold nothing but a sleep of "
+        f"{settings.window_seconds * 1e3:g} ms. Its ratio is what this instrument reads "
+        "where there is nothing to find (an off-against-off calibration), and is given "
+        "beside each verdict as *null*",
+        "- (b): windows on a thread at the flusher thread's priority ("
         + (", ".join(flush_nices) or "unknown")
         + "; `flusher.lower_this_threads_priority()`, as the timer thread calls it), "
-        "back to back: refill the recorder to its cap (prebuilt stats, "
+        "each window: refill the recorder to its cap (prebuilt stats, "
         "a dict copy) and `telemetry.flush()` to a collector stand-in in a third process "
         "(Starlette under uvicorn, `200` to `POST /v1/report`; to `POST /v1/session` a "
         f"token asking for {RECEIVER_BITS} bits of proof of work, so a flush's stamps cost "
@@ -1337,38 +1457,37 @@ def run() -> str:
         "default 20 bits does (b)'s work plus one (c) stamp per part)",
     ]
     lines += [
-        _work_line(f"flushes in (b), {short} {load} loop", by_server[server]["flush"], "flushes")
-        for load, by_server in results.items()
+        _work_line(f"flushes in (b), {short}", results[server]["flush"], "flushes")
         for server, short in SERVER_SHORT.items()
     ]
     lines.append(
-        f"- (c): on a thread, back to back: `hashcash.mint_in_subprocess(resource, bits, "
+        f"- (c): each window one `hashcash.mint_in_subprocess(resource, bits, "
         f"timeout={MINT_TIMEOUT:g})` at {settings.mint_bits} bits, a child process at idle "
         "priority per stamp, as the flusher mints a periodic report's stamps"
     )
     lines += [
-        _work_line(f"stamps in (c), {short} {load} loop", by_server[server]["mint"], "stamps")
-        for load, by_server in results.items()
+        _work_line(f"stamps in (c), {short}", results[server]["mint"], "stamps")
         for server, short in SERVER_SHORT.items()
     ]
-    policies = sorted(
-        {policy for by_phase in results["open"].values() for policy in by_phase["floor"].policies}
-    )
     lines.append(
-        "- (d), open loop only, a control with no verdict: a child process spinning in a "
-        "pure-Python loop at the minting child's priority (nice 19, then `SCHED_IDLE`; "
-        f"policy seen: {', '.join(policies) or 'none'}), nothing of reqtelemetry's running. "
-        "It shows what any CPU-bound process at the lowest priority does to the p99 on this "
-        "machine: where (c) is near (d), a stamp costs the requests what any idle-priority "
-        "work would here, and a machine with idle cores to spare would show less"
+        "- (d), a control with no verdict: a child process spinning in a pure-Python loop "
+        "at the minting child's priority (nice 19, then `SCHED_IDLE`; "
+        f"policy seen: {', '.join(policies) or 'none'}), let run (`SIGCONT`) for "
+        f"{settings.window_seconds * 1e3:g} ms windows and held (`SIGSTOP`) between them, "
+        "nothing of reqtelemetry's running. It shows what any CPU-bound process at the "
+        "lowest priority does to the p99 on this machine: where (c) is near (d), a stamp "
+        "costs the requests what any idle-priority work would here"
     )
     lines += [
-        f"- budget: p99 while flushing or minting ≤ {P99_BUDGET_RATIO:.2f}x quiet p99 under "
-        "the open loop, judged on the median of the per-round ratios; *unsettled* where "
-        "that median's order-statistic interval holds the budget "
-        f"({median_bounds_text(settings.rounds)}); the control's median round (d) is given "
-        "beside each verdict, to say how loud the machine was, not to judge by; "
-        "reported, never enforced",
+        f"- {settings.rounds} round(s); each round runs, for each server, every phase in a "
+        "rotating order; p50/p99 columns pooled over rounds (nearest rank); the ratio is "
+        "each round's p99 of the requests due in a window over that of those apart, "
+        "their median in bold",
+        f"- budget: p99 while flushing or minting ≤ {P99_BUDGET_RATIO:.2f}x the p99 apart "
+        "from it, judged on the median of the per-round ratios; *unsettled* where that "
+        "median's order-statistic interval holds the budget "
+        f"({median_bounds_text(settings.rounds)}); the null's median and rounds beside "
+        "each verdict; reported, never enforced",
         f"- recorded by the middlewares: {', '.join(sorted(recorded)) or 'nothing'}",
         "",
         latency_table(results),

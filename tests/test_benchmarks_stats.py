@@ -151,17 +151,28 @@ def test_recorded_must_match_completed(count: int, unanswered: int, matches: boo
 
 def test_p99_verdict_follows_the_median_round_not_the_pooled_p99() -> None:
     # The reviewer's case: pooled 1.04x, rounds 1.17, 1.45 and 0.67.
-    quiet = flush_latency.PhaseSamples(p99_per_round=[1000.0, 1000.0, 3000.0])
-    flushing = flush_latency.PhaseSamples(p99_per_round=[1170.0, 1450.0, 2010.0])
-    quiet.latencies_us = [500] * 98 + [3000] * 2
-    flushing.latencies_us = [500] * 98 + [3120] * 2  # p99: the 99th of 100
-    quiet.elapsed = flushing.elapsed = 1.0
-    cells = flush_latency._latency_cells("open", "flush", flushing, quiet)
-    assert "**1.17x** (1.17, 1.45, 0.67; pooled 1.04x)" in cells
+    flushing = flush_latency.PhaseSamples(
+        during_p99=[1170.0, 1450.0, 2010.0], apart_p99=[1000.0, 1000.0, 3000.0]
+    )
+    flushing.during_us = [500] * 98 + [3120] * 2  # p99: the 99th of 100
+    flushing.apart_us = [500] * 98 + [3000] * 2
+    flushing.elapsed = 1.0
+    cells = flush_latency._latency_cells("flush", flushing, null=[0.98, 1.01, 1.30])
+    assert "| 3.12 / 3.00 |" in cells  # the pooled p99s
+    assert "**1.17x** (1.17, 1.45, 0.67)" in cells
     assert (
         "**MISS** (unsettled: the median's 75% interval (lowest to highest round), "
-        "0.67 to 1.45x, holds 1.10x)"
+        "0.67 to 1.45x, holds 1.10x); null 1.01x, rounds 0.98 to 1.30"
     ) in cells
+
+
+def test_a_round_with_an_empty_sample_gives_no_ratio() -> None:
+    """A round whose windows caught no request (a stamp longer than the phase)
+    has no p99 there: it is left out of the median, not read as 0 or nan."""
+    samples = flush_latency.PhaseSamples(
+        during_p99=[float("nan"), 1200.0], apart_p99=[1000.0, 1000.0]
+    )
+    assert flush_latency.round_ratios(samples) == [1.2]
 
 
 @pytest.mark.parametrize(
@@ -180,13 +191,57 @@ def test_p99_verdicts(ratios: list[float], verdict: str) -> None:
         assert text == verdict
 
 
-def test_the_control_is_given_beside_the_verdict_not_judged_by() -> None:
-    """Judged against the control (an idle-priority busy loop, the very kind
-    of work a stamp is), a minting row as costly as it read "not measurable"."""
+def test_the_null_is_given_beside_the_verdict() -> None:
+    """The quiet phase's empty windows, read the same way, say what the
+    instrument finds where there is nothing: beside the verdict, not in it."""
     verdict = flush_latency.p99_verdict([1.34, 3.00, 1.70])
-    text = flush_latency.with_the_control(verdict, [3.39, 5.65, 2.37])
-    assert text == "**MISS**; control 3.39x"
-    assert flush_latency.with_the_control("**PASS**", []) == "**PASS**"
+    text = flush_latency.with_the_null(verdict, [0.93, 1.21, 1.02])
+    assert text == "**MISS**; null 1.02x, rounds 0.93 to 1.21"
+    assert flush_latency.with_the_null("**PASS**", [1.04]) == "**PASS**; null 1.04x"
+    assert flush_latency.with_the_null("**PASS**", []) == "**PASS**"
+
+
+MS = 1_000_000  # nanoseconds
+
+
+@pytest.mark.parametrize(
+    ("due_ms", "where"),
+    [
+        (5, "apart"),  # before the first window, far enough
+        (9, "guard"),  # within 2 ms before the first window
+        (10, "during"),  # a window includes its start ...
+        (19, "during"),
+        (20, "guard"),  # ... not its end, and right after it is guarded
+        (21, "guard"),
+        (22, "apart"),  # the guard's end
+        (27, "apart"),
+        (28, "guard"),  # 2 ms before the second window
+        (30, "during"),
+        (40, "guard"),
+        (42, "apart"),  # after the last window
+        (1_000, "apart"),
+    ],
+)
+def test_requests_are_sorted_by_when_they_fell_due(due_ms: int, where: str) -> None:
+    windows = [(10 * MS, 20 * MS), (30 * MS, 40 * MS)]
+    during, apart = flush_latency.split_by_windows([due_ms * MS], [777], windows, 2 * MS)
+    found = "during" if during else "apart" if apart else "guard"
+    assert found == where
+    assert (during or apart or [777]) == [777]  # the latency goes with its request
+
+
+def test_without_windows_every_request_is_apart() -> None:
+    during, apart = flush_latency.split_by_windows([1, 2, 3], [10, 20, 30], [], 5)
+    assert (during, apart) == ([], [10, 20, 30])
+
+
+def test_the_split_keeps_each_latency_with_its_own_request() -> None:
+    dues = [5 * MS, 15 * MS, 25 * MS, 35 * MS]
+    during, apart = flush_latency.split_by_windows(
+        dues, [1, 2, 3, 4], [(10 * MS, 20 * MS), (30 * MS, 40 * MS)], MS
+    )
+    assert during == [2, 4]
+    assert apart == [1, 3]
 
 
 def test_the_build_table_keeps_the_paced_encoding_out_of_the_total() -> None:
