@@ -1672,7 +1672,7 @@ def test_parts_also_respect_the_schemas_record_limit():
         withheld=[],
         metrics={"counters": {}, "gauges": {}},
     )
-    reports = build_reports(envelope, recorder.collect(), max_bytes=16 * 1024 * 1024)
+    reports = build_reports(envelope, recorder.collect(), max_bytes=16 * 1024 * 1024, paced=False)
     payloads = [json.loads(report.body) for report in reports]
     assert len(payloads) == 2
     assert all(len(p["batch"]["records"]) <= 10000 for p in payloads)  # the schema's maxItems

@@ -50,10 +50,16 @@ MAX_ROUTE_BYTES = MAX_ENDPOINT_KEY_BYTES - 16 - 2 * 4 * 128
 #: While flushes ran back to back, a thread waking from a 1 ms sleep got the GIL
 #: 0.32 ms late at the median with 0.5 ms here, 0.08 ms with 0.1 ms (as when quiet).
 YIELD_EVERY = 0.0001
-#: ... and how long it pauses then: five times as long, so that a flush holds the GIL
-#: about a sixth of the time. At a 1:1 rhythm it held it 40 % of the time, and a
-#: threaded server at half its capacity queued behind it (p99 several times quiet).
-YIELD_PAUSE = 0.0005
+#: ... and how long it pauses then: fifty times as long, so that a flush holds the GIL
+#: about a fiftieth of the time. The GIL is what a busy server queues for, and its
+#: queue grows steeply with each share taken from it: at a 1:1 rhythm a flush held
+#: it 40 % of the time, and at 1:5 a sixth, which still left uvicorn's p99 at a
+#: quarter of its capacity 2.2x to 3.4x that of the same seconds without a flush
+#: (``python -m benchmarks flush_latency``, 2026-12-07); at 1:20 1.1x to 2.2x, at
+#: 1:50 0.9x to 1.1x in four rounds of six. A full batch's encoding then takes about
+#: a second and a half instead of a quarter; nobody waits for it (the final flush
+#: at shutdown is not paced).
+YIELD_PAUSE = 0.005
 #: The largest magnitude a metric value may have on the wire, int or float.
 #: Why 2^63 - 1 for both: the collector refuses an integer past 64 bits (and
 #: with it the whole report), and it adds metric values up in a float column,
@@ -106,10 +112,11 @@ class Pacer:
     from waiting longer than that for it, each time it needs the GIL again
     (a request needs it several times: after every socket read and write).
     (``sleep(0)`` is not enough: the flusher, still on the CPU, usually takes
-    the GIL straight back.) Pausing five times as long as it works, the
-    flusher holds the GIL and a core about a sixth of the time, so request
-    threads rarely find it held at all. Encoding a full batch then takes a
-    few hundred milliseconds instead of some 40; nobody waits for it.
+    the GIL straight back.) Pausing fifty times as long as it works, the
+    flusher holds the GIL and a core about a fiftieth of the time, so request
+    threads rarely find it held, and a busy server's queue for it hardly
+    grows. Encoding a full batch then takes a second or two instead of some
+    40 ms; nobody waits for it.
     """
 
     __slots__ = ("_due", "every")
