@@ -543,7 +543,7 @@ def make_envelope(
         withheld=withheld,
         metrics={"counters": {"jobs.processed": 1200 + sequence}, "gauges": {"queue": 3.0}},
     )
-    reports = build_reports(envelope, batch, 512 * 1024)
+    reports = build_reports(envelope, batch, 512 * 1024, paced=False)
     if len(reports) != 1:
         raise RuntimeError(f"the batch split into {len(reports)} reports")
     payload = reports[0].body

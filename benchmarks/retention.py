@@ -99,7 +99,7 @@ def payload_of(batch: Batch, deployment: str, instance: str, sequence: int) -> d
         withheld=[],
         metrics={"counters": {"jobs.processed": sequence}, "gauges": {"queue": 3.0}},
     )
-    (report,) = build_reports(envelope, batch, 1024 * 1024)
+    (report,) = build_reports(envelope, batch, 1024 * 1024, paced=False)
     payload: dict[str, Any] = json.loads(report.body)
     return payload
 

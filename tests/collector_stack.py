@@ -467,7 +467,7 @@ def store_old_report(
         withheld=[],
         metrics={"counters": {}, "gauges": {}},
     )
-    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000)
+    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000, paced=False)
     payload = json.loads(report.body)
     errors = [error.message for error in VALIDATOR.iter_errors(payload)]
     assert not errors, errors
@@ -501,7 +501,7 @@ def protocol_payload(
         withheld=[],
         metrics={"counters": {}, "gauges": {}},
     )
-    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000)
+    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000, paced=False)
     errors = [error.message for error in VALIDATOR.iter_errors(json.loads(report.body))]
     assert not errors, errors
     return report.body

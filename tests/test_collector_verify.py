@@ -68,7 +68,7 @@ def built_body(recorder: Recorder) -> bytes:
         withheld=[],
         metrics={"counters": {}, "gauges": {}},
     )
-    (built,) = build_reports(envelope, recorder.collect(), 1 << 20)
+    (built,) = build_reports(envelope, recorder.collect(), 1 << 20, paced=False)
     return built.body
 
 

@@ -421,7 +421,7 @@ def accepted(metrics: dict) -> dict:
         withheld=[],
         metrics=metrics,
     )
-    (built,) = build_reports(envelope, recorder.collect(), 1 << 20)
+    (built,) = build_reports(envelope, recorder.collect(), 1 << 20, paced=False)
     claims = Claims(deployment_id=DEPLOYMENT, instance_id=INSTANCE, expires_at=0.0, nonce="n")
     payload = check_payload(built.body, claims)
     assert len(payload["batch"]["records"]) == 1

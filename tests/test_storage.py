@@ -107,7 +107,7 @@ def make_payload(
         withheld=[],
         metrics=metrics or {"counters": {}, "gauges": {}},
     )
-    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000)
+    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000, paced=False)
     payload: dict[str, Any] = json.loads(report.body)
     errors = [error.message for error in VALIDATOR.iter_errors(payload)]
     assert not errors, errors
