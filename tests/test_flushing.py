@@ -2266,17 +2266,25 @@ def test_only_the_shutdown_flush_skips_the_pauses(make_sender, receiver, monkeyp
     from reqtelemetry import payload
 
     rhythms: list[float] = []
+    hurries: list[object] = []
     original_init = payload.Pacer.__init__
 
-    def spy(self, paced=True):
-        original_init(self, paced)
+    def spy(self, paced=True, hurry=None):
+        original_init(self, paced, hurry)
         rhythms.append(self.every)
+        hurries.append(hurry)
 
     monkeypatch.setattr(payload.Pacer, "__init__", spy)
     telemetry = make_sender()
+    flusher = telemetry.flusher
+    assert flusher is not None and flusher.transport is not None
     record_traffic(telemetry)
     assert telemetry.flush() is True
     assert rhythms and set(rhythms) == {payload.YIELD_EVERY}  # encoding and the envelope
+    # Each paced step can be hurried by close(): the encoding by the flusher's
+    # event, the envelope's escaping by the transport's.
+    assert flusher._hurry in hurries and flusher.transport._stop in hurries
+    assert set(map(id, hurries)) == {id(flusher._hurry), id(flusher.transport._stop)}
     rhythms.clear()
     record_traffic(telemetry)
     assert telemetry.close() is True
@@ -2306,6 +2314,66 @@ def test_each_post_makes_way_for_requests_except_at_shutdown(make_sender, receiv
     assert telemetry.close() is True
     assert receiver.wait_for_reports(1, kind="shutdown", timeout=5)
     assert pauses == []
+
+
+def test_a_paced_encoding_stops_pausing_once_hurried(monkeypatch):
+    """A flush takes about 1.5 s paced, and the final report waits for the one
+    under way within a shutdown budget of 2 s: once ``close`` hurries it, the
+    encoding's remaining steps run without pauses, and encode everything."""
+    from reqtelemetry import payload
+
+    hurry = threading.Event()
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            hurry.set()  # as close() does, part-way through
+
+    monkeypatch.setattr(payload, "time", types.SimpleNamespace(sleep=sleep, time=time.time))
+    monkeypatch.setattr(payload, "YIELD_EVERY", 0.0)  # a pause due at every step
+    recorder = Recorder(max_keys=100)
+    for i in range(50):
+        recorder.record("GET", f"/r/{i}", 200, 0.001, 0, 0)
+    envelope = Envelope(
+        kind="periodic",
+        sequence=0,
+        deployment_id=str(uuid.uuid4()),
+        instance_id=str(uuid.uuid4()),
+        traits={},
+        withheld=[],
+        metrics={"counters": {}, "gauges": {}},
+    )
+    reports = build_reports(envelope, recorder.collect(), 1 << 20, hurry=hurry)
+    assert pauses == [payload.YIELD_PAUSE] * 3  # none after the hurry
+    assert sum(record_counts([json.loads(r.body) for r in reports]).values()) == 50
+
+
+def test_close_hurries_the_flush_under_way(make_sender, receiver, monkeypatch):
+    """``close`` sets what a periodic flush's steps check: the flusher's hurry
+    (the encoding) and the transport's stop (the envelope and the POSTs' pauses)."""
+    from reqtelemetry import transport
+
+    pauses: list[int] = []  # the threads that paused: the flusher's own may too
+    real_time = transport.time
+    spying_time = types.SimpleNamespace(
+        **{name: getattr(real_time, name) for name in dir(real_time) if not name.startswith("_")}
+    )
+    spying_time.sleep = lambda seconds: (
+        pauses.append(threading.get_ident()),
+        real_time.sleep(seconds),
+    )[1]
+    monkeypatch.setattr(transport, "time", spying_time)
+    telemetry = make_sender()
+    flusher = telemetry.flusher
+    assert flusher is not None and flusher.transport is not None
+    assert not flusher._hurry.is_set()
+    flusher.transport._make_way(None)  # type: ignore[arg-type]
+    assert pauses.count(threading.get_ident()) == 1  # paced, not shutting down: a pause
+    telemetry.close()
+    assert flusher._hurry.is_set() and flusher.transport._stop.is_set()
+    flusher.transport._make_way(None)  # type: ignore[arg-type]
+    assert pauses.count(threading.get_ident()) == 1  # shutting down: none
 
 
 @pytest.mark.parametrize("size_in_slices", [0, 1 / 32768, 1 - 1 / 32768, 1, 3 + 5 / 32768])

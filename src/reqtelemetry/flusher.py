@@ -167,6 +167,9 @@ class Flusher:
         #: Set at the first request (or by ``close``): the startup report waits for it.
         self._first_use = threading.Event()
         self._closing = False
+        #: Set by ``close``: a paced flush under way stops pausing, since the
+        #: final report waits for it within the shutdown budget.
+        self._hurry = threading.Event()
         #: Whether the app served a request (see :meth:`note_use`).
         self.used = False
         #: Whether the thread went on to the startup report: then this is an
@@ -293,6 +296,7 @@ class Flusher:
         budget = self.config.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         self._closing = True
+        self._hurry.set()
         self._first_use.set()
         self._wake.set()
         if self._idle():
@@ -663,7 +667,9 @@ class Flusher:
         limit = self.max_payload_bytes
         # Below max_payload_bytes (a 413 taught it), a record that needs more goes alone.
         lowered = limit < self.config.max_payload_bytes
-        return build_reports(envelope, batch, limit, paced=paced, oversized_alone=lowered)
+        return build_reports(
+            envelope, batch, limit, paced=paced, hurry=self._hurry, oversized_alone=lowered
+        )
 
     def _split_smaller(
         self,
@@ -727,7 +733,9 @@ class Flusher:
             period_start=batch.period_start,
             period_end=batch.period_end,
         )
-        reports = build_reports(envelope, part, limit, paced=paced, oversized_alone=True)
+        reports = build_reports(
+            envelope, part, limit, paced=paced, hurry=self._hurry, oversized_alone=True
+        )
         if not totals:  # part 0 of the rest: the totals already went with the first part 0
             reports = [replace(report, carries_totals=False) for report in reports]
         return envelope, reports, dropped

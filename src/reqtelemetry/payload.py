@@ -22,10 +22,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .histogram import MAX_TRACKED, MIN_TRACKED, RELATIVE_ACCURACY
 from .recorder import Batch, Key
+
+if TYPE_CHECKING:
+    import threading
 
 logger = logging.getLogger("reqtelemetry")
 
@@ -116,20 +119,27 @@ class Pacer:
     flusher holds the GIL and a core about a fiftieth of the time, so request
     threads rarely find it held, and a busy server's queue for it hardly
     grows. Encoding a full batch then takes a second or two instead of some
-    40 ms; nobody waits for it.
+    40 ms; nobody waits for it, except a shutdown that comes meanwhile: once
+    ``hurry`` is set, the pauses stop.
     """
 
-    __slots__ = ("_due", "every")
+    __slots__ = ("_due", "_hurry", "every")
 
-    def __init__(self, paced: bool = True) -> None:
+    def __init__(self, paced: bool = True, hurry: threading.Event | None = None) -> None:
         #: ``paced=False`` never pauses: for the final flush at shutdown, when
         #: no request of this process waits for the GIL any more.
         self.every = YIELD_EVERY if paced else math.inf
         self._due = perf_counter() + self.every
+        #: Set by the flusher's ``close``: the final report waits for the flush
+        #: under way, within a shutdown budget of 2 s by default.
+        self._hurry = hurry
 
     def tick(self) -> None:
         now = perf_counter()
         if now >= self._due:
+            if self._hurry is not None and self._hurry.is_set():
+                self.every = self._due = math.inf
+                return
             time.sleep(YIELD_PAUSE)
             self._due = perf_counter() + self.every
 
@@ -244,13 +254,15 @@ def build_reports(
     max_bytes: int,
     *,
     paced: bool = True,
+    hurry: threading.Event | None = None,
     oversized_alone: bool = False,
 ) -> list[Report]:
     """Encode the batch as one or more JSON bodies, none larger than ``max_bytes``.
 
     ``paced=False`` skips the :class:`Pacer`'s pauses: for the final flush at
     shutdown, when no request of this process waits for the GIL any more and
-    the shutdown budget is better spent sending.
+    the shutdown budget is better spent sending. A paced encoding stops
+    pausing once ``hurry`` is set.
 
     A record that does not fit in ``max_bytes`` even alone raises ValueError,
     unless ``oversized_alone``: it then gets a part of its own, the only one
@@ -261,7 +273,7 @@ def build_reports(
     if envelope.kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {envelope.kind!r}")
     metrics = _fit_metrics(envelope.metrics)
-    pacer = Pacer(paced)
+    pacer = Pacer(paced, hurry)
     keys = list(batch.stats)
     encoded = []
     for key in keys:

@@ -425,7 +425,7 @@ class Transport:
         stretch of it. A real sleep at each hook cuts the POST in three. Not
         while the final report goes out at shutdown (``paced=False``).
         """
-        if self._paced:
+        if self._paced and not self._stop.is_set():  # no pauses once shutting down
             time.sleep(YIELD_PAUSE)
 
     def after_fork_in_child(self) -> None:
@@ -879,7 +879,9 @@ class Transport:
                     except Exception as error:  # timed out, or the child failed
                         return Result(Outcome.FAILED, error=f"minting: {error}")
                     held = delivery.sent = Sent(session.token, stamp)
-                envelope = build_envelope(held.token, held.stamp, payload_text, paced=paced)
+                envelope = build_envelope(
+                    held.token, held.stamp, payload_text, paced=paced, hurry=self._stop
+                )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     # Minting and encoding took what was left. Not "delivered",
@@ -968,14 +970,22 @@ def _offer_the_cpu() -> None:
 _sched_yield = getattr(os, "sched_yield", None)
 
 
-def build_envelope(token: str, stamp: str, payload_text: str, *, paced: bool = True) -> bytes:
+def build_envelope(
+    token: str,
+    stamp: str,
+    payload_text: str,
+    *,
+    paced: bool = True,
+    hurry: threading.Event | None = None,
+) -> bytes:
     """``{"token", "stamp", "payload"}`` as JSON bytes, the payload escaped piecewise.
 
     One ``json.dumps`` of a 256 KiB string holds the GIL for milliseconds;
     escaping it in slices, letting request threads run between them, does not
-    (``paced=False``: no pauses, for the final flush at shutdown).
+    (``paced=False``: no pauses, for the final flush at shutdown; none either
+    once ``hurry`` is set).
     """
-    pacer = Pacer(paced)
+    pacer = Pacer(paced, hurry)
     escaped = []
     for start in range(0, len(payload_text), ENVELOPE_SLICE):
         escaped.append(json.dumps(payload_text[start : start + ENVELOPE_SLICE])[1:-1])
