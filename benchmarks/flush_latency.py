@@ -12,7 +12,7 @@ one run, each against a baseline taken in the same run.
    per step, wall clock and this thread's CPU time; the baseline is one
    ``json.dumps`` of the same records plus one ``gzip.compress``, the least any
    encoder could do. The encoding is timed with ``paced=False``: the flusher
-   runs it paced (its ``Pacer`` sleeps 0.5 ms after every 0.1 ms of work, on
+   runs it paced (its ``Pacer`` sleeps 5 ms after every 0.1 ms of work, on
    purpose, to leave request threads the GIL), and that wall time, mostly
    pauses, is a row of its own (every third repetition only, to keep the run
    short), not the cost.
