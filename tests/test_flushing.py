@@ -51,7 +51,7 @@ from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry import flusher as flusher_module
 from reqtelemetry import telemetry as telemetry_module
 from reqtelemetry.payload import Envelope, build_reports
-from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
+from reqtelemetry.recorder import OVERFLOW_KEY, Batch, Recorder
 from reqtelemetry.traits import deployment_id_for
 from reqtelemetry.transport import MAX_ANSWER_BYTES, Outcome, parse_retry_after
 
@@ -1658,10 +1658,10 @@ def test_large_batches_are_split_into_parts_within_max_payload_bytes(make_sender
     assert len(counts) == 501
 
 
-def test_parts_also_respect_the_schemas_record_limit():
-    """A generous max_payload_bytes must not produce a part the schema refuses."""
-    recorder = Recorder(max_keys=12000)
-    for i in range(12000):
+def one_request_per_route(routes: int) -> tuple[Envelope, Batch]:
+    """A periodic report's envelope, and a batch of ``routes`` keys of one request each."""
+    recorder = Recorder(max_keys=routes)
+    for i in range(routes):
         recorder.record("GET", f"/r/{i}", 200, 0.001, 0, 0)
     envelope = Envelope(
         kind="periodic",
@@ -1672,7 +1672,13 @@ def test_parts_also_respect_the_schemas_record_limit():
         withheld=[],
         metrics={"counters": {}, "gauges": {}},
     )
-    reports = build_reports(envelope, recorder.collect(), max_bytes=16 * 1024 * 1024, paced=False)
+    return envelope, recorder.collect()
+
+
+def test_parts_also_respect_the_schemas_record_limit():
+    """A generous max_payload_bytes must not produce a part the schema refuses."""
+    envelope, batch = one_request_per_route(12000)
+    reports = build_reports(envelope, batch, max_bytes=16 * 1024 * 1024, paced=False)
     payloads = [json.loads(report.body) for report in reports]
     assert len(payloads) == 2
     assert all(len(p["batch"]["records"]) <= 10000 for p in payloads)  # the schema's maxItems
@@ -2332,19 +2338,8 @@ def test_a_paced_encoding_stops_pausing_once_hurried(monkeypatch):
 
     monkeypatch.setattr(payload, "time", types.SimpleNamespace(sleep=sleep, time=time.time))
     monkeypatch.setattr(payload, "YIELD_EVERY", 0.0)  # a pause due at every step
-    recorder = Recorder(max_keys=100)
-    for i in range(50):
-        recorder.record("GET", f"/r/{i}", 200, 0.001, 0, 0)
-    envelope = Envelope(
-        kind="periodic",
-        sequence=0,
-        deployment_id=str(uuid.uuid4()),
-        instance_id=str(uuid.uuid4()),
-        traits={},
-        withheld=[],
-        metrics={"counters": {}, "gauges": {}},
-    )
-    reports = build_reports(envelope, recorder.collect(), 1 << 20, hurry=hurry)
+    envelope, batch = one_request_per_route(50)
+    reports = build_reports(envelope, batch, 1 << 20, hurry=hurry)
     assert pauses == [payload.YIELD_PAUSE] * 3  # none after the hurry
     assert sum(record_counts([json.loads(r.body) for r in reports]).values()) == 50
 
