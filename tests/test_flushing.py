@@ -2275,8 +2275,8 @@ def test_only_the_shutdown_flush_skips_the_pauses(make_sender, receiver, monkeyp
     hurries: list[object] = []
     original_init = payload.Pacer.__init__
 
-    def spy(self, paced=True, hurry=None):
-        original_init(self, paced, hurry)
+    def spy(self, paced=True, hurry=None, until=None):
+        original_init(self, paced, hurry, until)
         rhythms.append(self.every)
         hurries.append(hurry)
 
@@ -2336,12 +2336,49 @@ def test_a_paced_encoding_stops_pausing_once_hurried(monkeypatch):
         if len(pauses) == 3:
             hurry.set()  # as close() does, part-way through
 
-    monkeypatch.setattr(payload, "time", types.SimpleNamespace(sleep=sleep, time=time.time))
+    monkeypatch.setattr(
+        payload,
+        "time",
+        types.SimpleNamespace(sleep=sleep, time=time.time, monotonic=time.monotonic),
+    )
     monkeypatch.setattr(payload, "YIELD_EVERY", 0.0)  # a pause due at every step
     envelope, batch = one_request_per_route(50)
     reports = build_reports(envelope, batch, 1 << 20, hurry=hurry)
     assert pauses == [payload.YIELD_PAUSE] * 3  # none after the hurry
     assert sum(record_counts([json.loads(r.body) for r in reports]).values()) == 50
+
+
+def test_a_paced_encoding_pauses_only_until_its_share_of_the_budget(monkeypatch):
+    from reqtelemetry import payload
+
+    pauses: list[float] = []
+    monkeypatch.setattr(
+        payload,
+        "time",
+        types.SimpleNamespace(sleep=pauses.append, time=time.time, monotonic=time.monotonic),
+    )
+    monkeypatch.setattr(payload, "YIELD_EVERY", 0.0)  # a pause due at every step
+    envelope, batch = one_request_per_route(20)
+    build_reports(envelope, batch, 1 << 20, pauses_until=time.monotonic() + 60)
+    assert len(pauses) >= 20  # within its share: a pause per record
+    pauses.clear()
+    build_reports(envelope, batch, 1 << 20, pauses_until=time.monotonic() - 0.001)
+    assert pauses == []  # past it: none
+
+
+def test_a_full_batch_is_delivered_within_a_short_flush_budget(make_sender, receiver):
+    """Paced, a full batch takes about 1.5 s to encode, which a periodic
+    flush's 30 s budget holds; ``flush(timeout=1.5)`` failed every time (its
+    data kept for the next, as long), until the pauses were held to a quarter
+    of the budget."""
+    telemetry = make_sender()
+    for i in range(999):
+        for j in range(30):  # 30 latency bins a key, as a busy route fills
+            telemetry.record("GET", f"/route/{i}", 200, 0.0001 * 1.3**j, 5, 100)
+    started = time.monotonic()
+    assert telemetry.flush(timeout=1.5) is True
+    assert time.monotonic() - started < 1.5 + 0.5  # its budget, and some slack
+    assert sum(delivered(receiver, telemetry).values()) == 999 * 30
 
 
 def test_close_hurries_the_flush_under_way(make_sender, receiver, monkeypatch):

@@ -71,6 +71,13 @@ FINAL_FLUSH_GRACE = 0.2
 #: :data:`~reqtelemetry.metrics.GAUGE_SAMPLE_SECONDS`): a slow gauge must leave
 #: the report time to go, in the 2 s shutdown budget too.
 GAUGE_SHARE = 0.25
+#: The most of a flush's budget (what is left of it once the batch is
+#: collected) its encoding may spend in the pauses it makes for request
+#: threads; past it, the encoding runs on without them. A full batch pauses
+#: for about 1.5 s: well within a periodic flush's 30 s, but without this
+#: limit ``Telemetry.flush(timeout=1.5)`` never delivered one, and kept it
+#: for the next flush, which failed as well.
+PAUSING_SHARE = 0.25
 #: Seconds an instance waits for its first request before it announces itself
 #: anyway (or the flush interval, if shorter). A process that loads the app
 #: only for a moment (``flask routes``, ``manage.py migrate``, a script that
@@ -525,7 +532,8 @@ class Flusher:
                 internal_errors=telemetry.internal_errors,
             )
             self.sequence += 1
-            reports = self._build(envelope, batch, paced)
+            pauses_until = time.monotonic() + PAUSING_SHARE * max(0.0, deadline - time.monotonic())
+            reports = self._build(envelope, batch, paced, pauses_until)
             if self.config.debug or self.transport is None:
                 stream = self._debug_stream()
                 for report in reports:
@@ -552,7 +560,7 @@ class Flusher:
                 self._apply_pacing(result)
                 if result.outcome is Outcome.TOO_LARGE:
                     smaller = self._split_smaller(
-                        envelope, batch, reports[index:], result, stored, paced
+                        envelope, batch, reports[index:], result, stored, paced, pauses_until
                     )
                     if smaller is None:  # several records, and no smaller to go: kept
                         pending = len(reports)  # handed back here, not again below
@@ -663,12 +671,20 @@ class Flusher:
             return False
         return True
 
-    def _build(self, envelope: Envelope, batch: Batch, paced: bool) -> list[Report]:
+    def _build(
+        self, envelope: Envelope, batch: Batch, paced: bool, pauses_until: float
+    ) -> list[Report]:
         limit = self.max_payload_bytes
         # Below max_payload_bytes (a 413 taught it), a record that needs more goes alone.
         lowered = limit < self.config.max_payload_bytes
         return build_reports(
-            envelope, batch, limit, paced=paced, hurry=self._hurry, oversized_alone=lowered
+            envelope,
+            batch,
+            limit,
+            paced=paced,
+            hurry=self._hurry,
+            pauses_until=pauses_until,
+            oversized_alone=lowered,
         )
 
     def _split_smaller(
@@ -679,6 +695,7 @@ class Flusher:
         result: Result,
         stored: bool,
         paced: bool,
+        pauses_until: float,
     ) -> tuple[Envelope, list[Report], Report | None] | None:
         """After a ``413`` for ``rest[0]``: what ``rest`` carried, split smaller.
 
@@ -734,7 +751,13 @@ class Flusher:
             period_end=batch.period_end,
         )
         reports = build_reports(
-            envelope, part, limit, paced=paced, hurry=self._hurry, oversized_alone=True
+            envelope,
+            part,
+            limit,
+            paced=paced,
+            hurry=self._hurry,
+            pauses_until=pauses_until,
+            oversized_alone=True,
         )
         if not totals:  # part 0 of the rest: the totals already went with the first part 0
             reports = [replace(report, carries_totals=False) for report in reports]

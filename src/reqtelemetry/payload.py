@@ -56,12 +56,13 @@ YIELD_EVERY = 0.0001
 #: ... and how long it pauses then: fifty times as long, so that a flush holds the GIL
 #: about a fiftieth of the time. The GIL is what a busy server queues for, and its
 #: queue grows steeply with each share taken from it: at a 1:1 rhythm a flush held
-#: it 40 % of the time, and at 1:5 a sixth, which still left uvicorn's p99 at a
-#: quarter of its capacity 2.2x to 3.4x that of the same seconds without a flush
-#: (``python -m benchmarks flush_latency``, 2026-12-07); at 1:20 1.1x to 2.2x, at
-#: 1:50 0.9x to 1.1x in four rounds of six. A full batch's encoding then takes about
-#: a second and a half instead of a quarter; nobody waits for it (the final flush
-#: at shutdown is not paced).
+#: it 40 % of the time, and at 1:5 a sixth. At that rhythm uvicorn's p99, at a
+#: quarter of its capacity, was 2.77x that of the same seconds without a flush
+#: (the median of 8 rounds, 2.12x to 4.72x; ``benchmarks/flush_latency.py``'s
+#: windows, 2026-12-07), and 1.72x (1.06x to 2.78x) at 1:50. A full batch's
+#: encoding then takes about a second and a half instead of a quarter, paced
+#: only within a share of the flush's budget (``flusher.PAUSING_SHARE``), and
+#: not at all once a shutdown hurries it.
 YIELD_PAUSE = 0.005
 #: The largest magnitude a metric value may have on the wire, int or float.
 #: Why 2^63 - 1 for both: the collector refuses an integer past 64 bits (and
@@ -119,26 +120,35 @@ class Pacer:
     flusher holds the GIL and a core about a fiftieth of the time, so request
     threads rarely find it held, and a busy server's queue for it hardly
     grows. Encoding a full batch then takes a second or two instead of some
-    40 ms; nobody waits for it, except a shutdown that comes meanwhile: once
-    ``hurry`` is set, the pauses stop.
+    40 ms, which a periodic flush's budget (30 s by default) easily holds.
+    The pauses stop where something does wait: once ``hurry`` is set (a
+    shutdown, whose final report waits for the flush under way), or past
+    ``until`` (a ``time.monotonic()`` reading: the share of a flush's budget
+    that pausing may take, which a caller of ``Telemetry.flush(timeout=1)``
+    keeps short).
     """
 
-    __slots__ = ("_due", "_hurry", "every")
+    __slots__ = ("_due", "_hurry", "_until", "every")
 
-    def __init__(self, paced: bool = True, hurry: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        paced: bool = True,
+        hurry: threading.Event | None = None,
+        until: float | None = None,
+    ) -> None:
         #: ``paced=False`` never pauses: for the final flush at shutdown, when
         #: no request of this process waits for the GIL any more.
         self.every = YIELD_EVERY if paced else math.inf
         self._due = perf_counter() + self.every
-        #: Set by the flusher's ``close``: the final report waits for the flush
-        #: under way, within a shutdown budget of 2 s by default.
         self._hurry = hurry
+        self._until = math.inf if until is None else until
 
     def tick(self) -> None:
         now = perf_counter()
         if now >= self._due:
-            if self._hurry is not None and self._hurry.is_set():
-                self.every = self._due = math.inf
+            hurried = self._hurry is not None and self._hurry.is_set()
+            if hurried or time.monotonic() >= self._until:
+                self.every = self._due = math.inf  # no more pauses
                 return
             time.sleep(YIELD_PAUSE)
             self._due = perf_counter() + self.every
@@ -255,6 +265,7 @@ def build_reports(
     *,
     paced: bool = True,
     hurry: threading.Event | None = None,
+    pauses_until: float | None = None,
     oversized_alone: bool = False,
 ) -> list[Report]:
     """Encode the batch as one or more JSON bodies, none larger than ``max_bytes``.
@@ -262,7 +273,7 @@ def build_reports(
     ``paced=False`` skips the :class:`Pacer`'s pauses: for the final flush at
     shutdown, when no request of this process waits for the GIL any more and
     the shutdown budget is better spent sending. A paced encoding stops
-    pausing once ``hurry`` is set.
+    pausing once ``hurry`` is set or past ``pauses_until`` (see :class:`Pacer`).
 
     A record that does not fit in ``max_bytes`` even alone raises ValueError,
     unless ``oversized_alone``: it then gets a part of its own, the only one
@@ -273,7 +284,7 @@ def build_reports(
     if envelope.kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {envelope.kind!r}")
     metrics = _fit_metrics(envelope.metrics)
-    pacer = Pacer(paced, hurry)
+    pacer = Pacer(paced, hurry, pauses_until)
     keys = list(batch.stats)
     encoded = []
     for key in keys:
