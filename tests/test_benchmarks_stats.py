@@ -201,6 +201,45 @@ def test_the_null_is_given_beside_the_verdict() -> None:
     assert flush_latency.with_the_null("**PASS**", []) == "**PASS**"
 
 
+def test_a_null_over_the_budget_leaves_the_verdict_unresolved() -> None:
+    verdict = flush_latency.p99_verdict([1.02, 1.05, 1.04])
+    text = flush_latency.with_the_null(verdict, [1.04, 1.17, 1.57])
+    assert text == (
+        "**UNRESOLVED**: the null is over the budget itself (alone: **PASS**); "
+        "null 1.17x, rounds 1.04 to 1.57"
+    )
+
+
+def test_the_cross_check_divides_by_the_quiet_phase_of_the_same_round() -> None:
+    flushing = flush_latency.PhaseSamples(
+        during_p99=[1200.0, float("nan"), 900.0], apart_p99=[1000.0, 1000.0, 1000.0]
+    )
+    quiet = flush_latency.PhaseSamples(all_p99=[1000.0, 1000.0, 600.0])
+    assert flush_latency.against_quiet(flushing, quiet) == [1.2, 1.5]
+    flushing.during_us = flushing.apart_us = [500] * 100
+    flushing.elapsed = 1.0
+    cells = flush_latency._latency_cells("flush", flushing, [1.0], [1.2, 1.5])
+    assert "; null 1.00x; against the quiet phase 1.35x |" in cells
+
+
+def test_a_small_sample_has_no_p99() -> None:
+    """The nearest-rank p99 of fewer than 100 requests is their maximum."""
+    assert math.isnan(flush_latency.p99_of(list(range(99)), 100))
+    assert flush_latency.p99_of(list(range(1, 101)), 100) == 99
+
+
+def test_a_window_whose_work_fails_is_recorded_and_fails_the_phase() -> None:
+    def work() -> None:
+        raise TimeoutError("minting took too long")
+
+    windows = flush_latency.Windows(work)
+    failed = pytest.raises(RuntimeError, match="a window's work failed: TimeoutError")
+    with failed as raised, windows:
+        windows._thread.join(5)
+    assert isinstance(raised.value.__cause__, TimeoutError)
+    assert len(windows.windows) == 1  # its requests are in a window, not apart
+
+
 MS = 1_000_000  # nanoseconds
 
 
