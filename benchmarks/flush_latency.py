@@ -164,7 +164,8 @@ BUSY_LOOP_CODE = (
 #: second under uvicorn) a 2-vCPU machine was about four fifths busy; there the
 #: quiet phase's empty windows read 0.36x to 3.57x from one round to the next
 #: (2026-12-07), and no 10 % budget can be read. At a quarter they read 0.86x
-#: to 1.04x in eleven rounds of twelve.
+#: to 1.04x in eleven rounds of twelve in two trial runs; the full runs'
+#: rounds spread wider (0.58x to 1.57x, one at 12.66x), but not as often.
 OPEN_LOOP_FRACTION = 0.25
 
 
