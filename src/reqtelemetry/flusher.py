@@ -72,8 +72,8 @@ FINAL_FLUSH_GRACE = 0.2
 #: the report time to go, in the 2 s shutdown budget too.
 GAUGE_SHARE = 0.25
 #: The most of a flush's budget (what is left of it once the batch is
-#: collected) its encoding may spend in the pauses it makes for request
-#: threads; past it, the encoding runs on without them. A full batch pauses
+#: collected) its encoding and delivery may spend in the pauses they make for
+#: request threads; past it, they run on without them. A full batch pauses
 #: for about 1.5 s: well within a periodic flush's 30 s, but without this
 #: limit ``Telemetry.flush(timeout=1.5)`` never delivered one, and kept it
 #: for the next flush, which failed as well.
@@ -551,6 +551,7 @@ class Flusher:
                     self.deployment_id,
                     telemetry.instance_id,
                     paced=paced,
+                    pauses_until=pauses_until,
                 )
                 if result.outcome in (Outcome.DELIVERED, Outcome.REJECTED):
                     pending = index + 1
@@ -635,6 +636,7 @@ class Flusher:
             self.telemetry.instance_id,
             paced=paced,
             sent=held.sent,
+            pauses_until=time.monotonic() + PAUSING_SHARE * max(0.0, deadline - time.monotonic()),
         )
         self.last_result = result
         self._apply_pacing(result)

@@ -376,6 +376,9 @@ class Transport:
         self._mint_cancel: threading.Event | None = None
         #: Whether the delivery under way makes way for request threads (see :meth:`_make_way`).
         self._paced = True
+        #: Past this ``time.monotonic()`` reading the delivery under way pauses
+        #: no more (its flush's share of the budget for pauses is spent).
+        self._pauses_until = math.inf
         #: Whether the request under way has handed its whole body to the socket
         #: (see :meth:`_trace`): until then the collector cannot have stored it.
         self._body_sent = False
@@ -425,7 +428,8 @@ class Transport:
         stretch of it. A real sleep at each hook cuts the POST in three. Not
         while the final report goes out at shutdown (``paced=False``).
         """
-        if self._paced and not self._stop.is_set():  # no pauses once shutting down
+        # No pauses once shutting down, nor past the flush's share for them.
+        if self._paced and not self._stop.is_set() and time.monotonic() < self._pauses_until:
             time.sleep(YIELD_PAUSE)
 
     def after_fork_in_child(self) -> None:
@@ -816,12 +820,16 @@ class Transport:
         *,
         paced: bool = True,
         sent: Sent | None = None,
+        pauses_until: float | None = None,
     ) -> Result:
         """Send with retries until delivered, refused for good, or ``budget`` seconds pass.
 
         ``paced=False`` (the final report at shutdown) encodes without pauses
         and mints at the app's own priority: there is a deadline, and no
         request of this process left to make way for.
+
+        ``pauses_until``: a ``time.monotonic()`` reading past which a paced
+        delivery makes no more pauses (see :class:`~reqtelemetry.payload.Pacer`).
 
         ``sent``: what ``body`` went with before, when the collector may hold
         it (a :class:`Sent` from an earlier result). It goes again as it is,
@@ -830,6 +838,7 @@ class Transport:
         may hold it.
         """
         delivery = _Delivery(sent if sent is not None and sent.maybe_stored else None)
+        self._pauses_until = math.inf if pauses_until is None else pauses_until
         result = self._deliver(body, budget, deployment_id, instance_id, paced, delivery)
         return replace(result, sent=delivery.sent)
 
@@ -880,7 +889,12 @@ class Transport:
                         return Result(Outcome.FAILED, error=f"minting: {error}")
                     held = delivery.sent = Sent(session.token, stamp)
                 envelope = build_envelope(
-                    held.token, held.stamp, payload_text, paced=paced, hurry=self._stop
+                    held.token,
+                    held.stamp,
+                    payload_text,
+                    paced=paced,
+                    hurry=self._stop,
+                    until=self._pauses_until,
                 )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -977,15 +991,16 @@ def build_envelope(
     *,
     paced: bool = True,
     hurry: threading.Event | None = None,
+    until: float | None = None,
 ) -> bytes:
     """``{"token", "stamp", "payload"}`` as JSON bytes, the payload escaped piecewise.
 
     One ``json.dumps`` of a 256 KiB string holds the GIL for milliseconds;
     escaping it in slices, letting request threads run between them, does not
     (``paced=False``: no pauses, for the final flush at shutdown; none either
-    once ``hurry`` is set).
+    once ``hurry`` is set, or past ``until``).
     """
-    pacer = Pacer(paced, hurry)
+    pacer = Pacer(paced, hurry, until)
     escaped = []
     for start in range(0, len(payload_text), ENVELOPE_SLICE):
         escaped.append(json.dumps(payload_text[start : start + ENVELOPE_SLICE])[1:-1])
