@@ -948,7 +948,9 @@ class Windows:
         #: The working thread's nice value once lowered (None: not lowered, or off Linux).
         self.nice: int | None = None
         self._random = random.Random(seed)
-        #: What a window's work raised: the phase fails with it, in ``__exit__``.
+        #: What a window's work (or its preparation) raised, or why the thread
+        #: did not end: the phase's row says so instead of a verdict, and the
+        #: run goes on (``make bench`` writes its tables only at its end).
         self.failure: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-windows", daemon=True)
@@ -967,13 +969,17 @@ class Windows:
             if self.prepare is not None:
                 # The benchmark's own set-up, in the guard band before the
                 # window, where no request is counted either way.
-                self.prepare()
+                try:
+                    self.prepare()
+                except BaseException as error:  # the phase's row reports it
+                    self.failure = error
+                    return
                 self._stop.wait(self.guard_seconds / 2)
             cpu = time.thread_time()
             start = time.monotonic_ns()
             try:
                 self.work()
-            except BaseException as error:  # re-raised by __exit__
+            except BaseException as error:  # the phase's row reports it
                 self.failure = error
             end = time.monotonic_ns()
             self.cpu_ms.append((time.thread_time() - cpu) * 1e3)
@@ -992,8 +998,8 @@ class Windows:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(MINT_TIMEOUT)
-        if self.failure is not None:
-            raise RuntimeError(f"a window's work failed: {self.failure!r}") from self.failure
+        if self._thread.is_alive() and self.failure is None:
+            self.failure = TimeoutError(f"a window's work did not end in {MINT_TIMEOUT:g} s")
 
 
 def split_by_windows(
@@ -1126,6 +1132,8 @@ class PhaseSamples:
     delivered: int = 0
     #: Phase (d): the busy loop's scheduling policy, once per phase.
     policies: list[str] = field(default_factory=list)
+    #: What a window's work raised, once per phase where it did.
+    failures: list[str] = field(default_factory=list)
     #: Phase (b): the working thread's nice value (None off Linux), once per phase.
     nices: list[int | None] = field(default_factory=list)
     #: How late each request went out after it was due ...
@@ -1200,6 +1208,8 @@ def keep(
     samples.lags_us += answer["lags_us"]
     samples.behind += answer["behind"]
     samples.windows += len(windows.windows)
+    if windows.failure is not None:
+        samples.failures.append(repr(windows.failure))
     samples.work_wall_ms += windows.wall_ms
     samples.work_cpu_ms += windows.cpu_ms
 
@@ -1297,11 +1307,11 @@ def with_the_null(verdict: str, null: list[float]) -> str:
     (**UNRESOLVED**, with what the rounds alone would have said).
     """
     if not null:
-        return verdict
+        return f"{verdict}; null: no round measured"
     median = statistics.median(null)
     low, high = min(null), max(null)
     spread = f", rounds {low:.2f} to {high:.2f}" if len(null) > 1 else ""
-    if median > P99_BUDGET_RATIO:
+    if median > P99_BUDGET_RATIO and verdict.startswith("**"):
         verdict = f"**UNRESOLVED**: the null is over the budget itself (alone: {verdict})"
     return f"{verdict}; null {median:.2f}x{spread}"
 
@@ -1347,8 +1357,10 @@ def _latency_cells(
         verdict = with_the_null(p99_verdict(ratios), null)
     if cross:
         verdict += f"; against the quiet phase {statistics.median(cross):.2f}x"
+    if samples.failures:
+        verdict = f"**FAILED**: the work raised {samples.failures[0]}; {verdict}"
     if samples.behind:
-        verdict += ", the generator fell behind"
+        verdict += "; the generator fell behind"
     lag = f"{_ms(percentile(sorted(samples.lags_us), 0.99))} ({samples.behind})"
     return (
         f"{len(during)} / {len(apart)} ({samples.guarded}) | {samples.errors} | {rate:.0f} "
