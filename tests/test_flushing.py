@@ -2287,10 +2287,11 @@ def test_only_the_shutdown_flush_skips_the_pauses(make_sender, receiver, monkeyp
     record_traffic(telemetry)
     assert telemetry.flush() is True
     assert rhythms and set(rhythms) == {payload.YIELD_EVERY}  # encoding and the envelope
-    # Each paced step can be hurried by close(): the encoding by the flusher's
-    # event, the envelope's escaping by the transport's.
+    # Each paced step can be hurried: the encoding by its flush's own event
+    # (close() or a waiting flush sets it), the envelope's escaping by the
+    # transport's stop (close()).
     assert flusher._hurry in hurries and flusher.transport._stop in hurries
-    assert set(map(id, hurries)) == {id(flusher._hurry), id(flusher.transport._stop)}
+    assert all(isinstance(hurry, threading.Event) for hurry in hurries)
     rhythms.clear()
     record_traffic(telemetry)
     assert telemetry.close() is True
@@ -2399,6 +2400,42 @@ def test_a_flushs_pauses_take_at_most_their_share_of_its_budget(make_sender, rec
     assert sum(pauses) <= share + 5 * payload.YIELD_PAUSE
     assert len(pauses) >= 0.9 * share / payload.YIELD_PAUSE  # it did pause, up to its share
     assert sum(delivered(receiver, telemetry).values()) == 999 * 3
+
+
+def test_a_flush_that_waits_hurries_the_one_under_way(make_sender, receiver, monkeypatch):
+    """A caller's ``flush(timeout=1)`` behind a periodic flush that pauses for
+    some 1.5 s more would give up; it makes that flush stop pausing instead."""
+    from reqtelemetry import payload
+
+    pauses: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(
+        payload,
+        "time",
+        types.SimpleNamespace(sleep=sleep, time=time.time, monotonic=time.monotonic),
+    )
+    monkeypatch.setattr(payload, "YIELD_EVERY", 0.0)  # a pause due at every step
+    telemetry = make_sender()
+    flusher = telemetry.flusher
+    assert flusher is not None
+    expected = record_traffic(telemetry, routes=300, each=1)
+    periodic = threading.Thread(target=flusher.flush, kwargs={"budget": 20.0})
+    periodic.start()
+    deadline = time.monotonic() + 5
+    while not pauses and time.monotonic() < deadline:
+        real_sleep(0.001)
+    assert pauses  # the periodic flush is pausing, and holds the lock
+    started = time.monotonic()
+    assert telemetry.flush(timeout=1.0) is True
+    assert time.monotonic() - started < 1.0
+    periodic.join(10)
+    assert len(pauses) < 300 * 0.5  # cut short: a pause a record, uncapped
+    assert delivered(receiver, telemetry) == expected
 
 
 def test_close_hurries_the_flush_under_way(make_sender, receiver, monkeypatch):

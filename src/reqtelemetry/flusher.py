@@ -174,8 +174,9 @@ class Flusher:
         #: Set at the first request (or by ``close``): the startup report waits for it.
         self._first_use = threading.Event()
         self._closing = False
-        #: Set by ``close``: a paced flush under way stops pausing, since the
-        #: final report waits for it within the shutdown budget.
+        #: The flush under way's (each makes its own): set by ``close``, whose
+        #: final report waits for it within the shutdown budget, and by a flush
+        #: that waits for it within its own budget. The flush then stops pausing.
         self._hurry = threading.Event()
         #: Whether the app served a request (see :meth:`note_use`).
         self.used = False
@@ -426,8 +427,13 @@ class Flusher:
         if self._held_back():
             return False  # no report can go: the app's gauges are not called for nothing
         gauges = self._sample_gauges(min(GAUGE_SAMPLE_SECONDS, budget * GAUGE_SHARE))
-        if not self._flush_lock.acquire(timeout=waitable(deadline - time.monotonic())):
-            return False  # another flush holds the lock past our budget
+        if not self._flush_lock.acquire(blocking=False):
+            self._hurry.set()  # the flush under way: no more pauses, we are waiting
+            if not self._flush_lock.acquire(timeout=waitable(deadline - time.monotonic())):
+                return False  # another flush holds the lock past our budget
+        self._hurry = hurry = threading.Event()  # this flush's, under the lock
+        if self._closing:  # close() came first, and set the one before
+            hurry.set()
         try:
             if self._held_back() or self._under_a_test_runner():
                 return False
