@@ -431,9 +431,8 @@ class Flusher:
             self._hurry.set()  # the flush under way: no more pauses, we are waiting
             if not self._flush_lock.acquire(timeout=waitable(deadline - time.monotonic())):
                 return False  # another flush holds the lock past our budget
-        self._hurry = hurry = threading.Event()  # this flush's, under the lock
-        if self._closing:  # close() came first, and set the one before
-            hurry.set()
+        if self._closing:  # close() came first, and may have set the one before
+            self._hurry.set()
         try:
             if self._held_back() or self._under_a_test_runner():
                 return False
@@ -442,6 +441,9 @@ class Flusher:
             self.telemetry.internal_error(error)
             return False
         finally:
+            # The next holder's, made before it can hold the lock: a flush that
+            # finds the lock taken sets the very event its holder checks.
+            self._hurry = threading.Event()
             self._flush_lock.release()
 
     def _held_back(self) -> bool:
@@ -496,12 +498,13 @@ class Flusher:
                 logger.info("reqtelemetry: deployment id kept for this process only (%s)", how)
         # At shutdown this process serves no more requests: no pauses for them.
         paced = kind != "shutdown"
+        pauses_until = time.monotonic() + PAUSING_SHARE * max(0.0, deadline - time.monotonic())
         held = self.unconfirmed
         if held is not None and paced:
-            if not self._settle_unconfirmed(deadline, paced):
+            if not self._settle_unconfirmed(deadline, paced, pauses_until):
                 return False  # nothing else goes while the collector does not answer
             held = None
-        delivered = self._send_batch(kind, deadline, gauges, paced)
+        delivered = self._send_batch(kind, deadline, gauges, paced, pauses_until)
         if held is None or self.gone:
             return delivered
         # At shutdown the newest data goes first, and the held report with
@@ -510,10 +513,15 @@ class Flusher:
         # it all while the collector's answers were lost. (Held again now, or
         # the batch's own report held, either is lost with the process.)
         self.unconfirmed = held
-        return self._settle_unconfirmed(deadline, paced) and delivered
+        return self._settle_unconfirmed(deadline, paced, pauses_until) and delivered
 
     def _send_batch(
-        self, kind: str, deadline: float, gauges: dict[str, float], paced: bool
+        self,
+        kind: str,
+        deadline: float,
+        gauges: dict[str, float],
+        paced: bool,
+        pauses_until: float,
     ) -> bool:
         """Collect what is recorded and send it, in as many reports as it takes."""
         telemetry = self.telemetry
@@ -538,7 +546,6 @@ class Flusher:
                 internal_errors=telemetry.internal_errors,
             )
             self.sequence += 1
-            pauses_until = time.monotonic() + PAUSING_SHARE * max(0.0, deadline - time.monotonic())
             reports = self._build(envelope, batch, paced, pauses_until)
             if self.config.debug or self.transport is None:
                 stream = self._debug_stream()
@@ -558,6 +565,7 @@ class Flusher:
                     telemetry.instance_id,
                     paced=paced,
                     pauses_until=pauses_until,
+                    hurry=self._hurry,
                 )
                 if result.outcome in (Outcome.DELIVERED, Outcome.REJECTED):
                     pending = index + 1
@@ -624,7 +632,7 @@ class Flusher:
                 self._put_back(batch, reports[pending:], metrics)
             raise  # flush() counts it as an internal error
 
-    def _settle_unconfirmed(self, deadline: float, paced: bool) -> bool:
+    def _settle_unconfirmed(self, deadline: float, paced: bool, pauses_until: float) -> bool:
         """Send :attr:`unconfirmed` again, with its stamp; True when the flush may go on.
 
         The collector answers ``409 replay`` when it has it, stores it
@@ -642,7 +650,8 @@ class Flusher:
             self.telemetry.instance_id,
             paced=paced,
             sent=held.sent,
-            pauses_until=time.monotonic() + PAUSING_SHARE * max(0.0, deadline - time.monotonic()),
+            pauses_until=pauses_until,
+            hurry=self._hurry,
         )
         self.last_result = result
         self._apply_pacing(result)

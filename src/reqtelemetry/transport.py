@@ -379,6 +379,8 @@ class Transport:
         #: Past this ``time.monotonic()`` reading the delivery under way pauses
         #: no more (its flush's share of the budget for pauses is spent).
         self._pauses_until = math.inf
+        #: The flush's own hurry for the delivery under way (see ``deliver``).
+        self._hurry: threading.Event = self._stop
         #: Whether the request under way has handed its whole body to the socket
         #: (see :meth:`_trace`): until then the collector cannot have stored it.
         self._body_sent = False
@@ -428,8 +430,9 @@ class Transport:
         stretch of it. A real sleep at each hook cuts the POST in three. Not
         while the final report goes out at shutdown (``paced=False``).
         """
-        # No pauses once shutting down, nor past the flush's share for them.
-        if self._paced and not self._stop.is_set() and time.monotonic() < self._pauses_until:
+        # No pauses once shutting down or hurried, nor past the flush's share for them.
+        hurried = self._stop.is_set() or self._hurry.is_set()
+        if self._paced and not hurried and time.monotonic() < self._pauses_until:
             time.sleep(YIELD_PAUSE)
 
     def after_fork_in_child(self) -> None:
@@ -821,6 +824,7 @@ class Transport:
         paced: bool = True,
         sent: Sent | None = None,
         pauses_until: float | None = None,
+        hurry: threading.Event | None = None,
     ) -> Result:
         """Send with retries until delivered, refused for good, or ``budget`` seconds pass.
 
@@ -829,7 +833,8 @@ class Transport:
         request of this process left to make way for.
 
         ``pauses_until``: a ``time.monotonic()`` reading past which a paced
-        delivery makes no more pauses (see :class:`~reqtelemetry.payload.Pacer`).
+        delivery makes no more pauses (see :class:`~reqtelemetry.payload.Pacer`),
+        nor once ``hurry`` is set (the flush's own: a flush waits for this one).
 
         ``sent``: what ``body`` went with before, when the collector may hold
         it (a :class:`Sent` from an earlier result). It goes again as it is,
@@ -839,6 +844,7 @@ class Transport:
         """
         delivery = _Delivery(sent if sent is not None and sent.maybe_stored else None)
         self._pauses_until = math.inf if pauses_until is None else pauses_until
+        self._hurry = self._stop if hurry is None else hurry
         result = self._deliver(body, budget, deployment_id, instance_id, paced, delivery)
         return replace(result, sent=delivery.sent)
 
@@ -893,7 +899,7 @@ class Transport:
                     held.stamp,
                     payload_text,
                     paced=paced,
-                    hurry=self._stop,
+                    hurry=self._hurry,
                     until=self._pauses_until,
                 )
                 remaining = deadline - time.monotonic()
