@@ -27,6 +27,7 @@ import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 #: The checkout: child processes import ``benchmarks`` from here.
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,52 @@ def child_environment(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH", "")])])
     env.update(extra)
     return env
+
+
+def paired_ratios(mine: Sequence[float], theirs: Sequence[float]) -> list[float]:
+    """Each round's value over the baseline's in the same round, for the
+    rounds where both were measured (neither nan, the baseline not 0).
+
+    Why shared: the throughput and the flush tables judge their budgets on
+    these per-round ratios alike.
+    """
+    return [
+        m / t
+        for m, t in zip(mine, theirs, strict=True)
+        if t and not math.isnan(m) and not math.isnan(t)
+    ]
+
+
+class AnswerHead(NamedTuple):
+    """What a load generator needs from the head of an HTTP/1.1 answer."""
+
+    status: int
+    #: Its Content-Length, None where it has none.
+    length: int | None
+    chunked: bool
+    #: ``Connection: close``: the server closes the connection after it.
+    closing: bool
+
+
+def answer_head(head: bytes) -> AnswerHead:
+    """Read an answer's status line and headers (with or without the blank
+    line that ends them); ValueError where a number in them is not one.
+
+    Why shared: both load generators (the throughput table's, asyncio, and
+    the flush table's, a thread per connection) read answers this way.
+    """
+    lower = head.lower()
+    at = lower.find(b"\r\ncontent-length:")
+    length = None
+    if at >= 0:
+        end = lower.find(b"\r\n", at + 2)
+        length = int(lower[at + 17 : end if end >= 0 else len(lower)])
+    return AnswerHead(
+        status=int(head[9:12]),
+        length=length,
+        chunked=b"\r\ntransfer-encoding: chunked" in lower,
+        closing=b"\r\nconnection: close" in lower,
+    )
 
 
 def iqr(values: Sequence[float]) -> float:

@@ -109,11 +109,13 @@ from typing import IO, Any
 
 from benchmarks import (
     ROOT,
+    answer_head,
     child_environment,
     iqr,
     load_average,
     median_bounds_text,
     ordinal,
+    paired_ratios,
     percentile,
     quick,
     unsettled_note,
@@ -716,14 +718,10 @@ class RawConnection:
                     raise ConnectionError("the answer ended inside its head")
                 data += chunk
             head, _, body = data.partition(b"\r\n\r\n")
-            lower = head.lower()
-            status = int(head[9:12])
-            at = lower.find(b"\r\ncontent-length:")
-            if at < 0:
+            answer = answer_head(head)
+            if answer.length is None:
                 raise ConnectionError("an answer without Content-Length")
-            end = lower.find(b"\r\n", at + 2)
-            length = int(lower[at + 17 : end if end >= 0 else len(lower)])
-            while len(body) < length:
+            while len(body) < answer.length:
                 chunk = sock.recv(65536)
                 if not chunk:
                     raise ConnectionError("the answer ended inside its body")
@@ -731,9 +729,9 @@ class RawConnection:
         except (OSError, ValueError) as error:
             self.close()
             raise ConnectionError(str(error)) from error
-        if b"\r\nconnection: close" in lower:
+        if answer.closing:
             self.close()
-        return status
+        return answer.status
 
     def close(self) -> None:
         if self.sock is not None:
@@ -1259,7 +1257,7 @@ def _ms(us: float) -> str:
 def round_ratios(samples: PhaseSamples) -> list[float]:
     """Each round's p99 of the requests due in a window over that of those apart
     (rounds where either sample was too small are left out)."""
-    return _ratios(samples.during_p99, samples.apart_p99)
+    return paired_ratios(samples.during_p99, samples.apart_p99)
 
 
 def against_quiet(samples: PhaseSamples, quiet: PhaseSamples) -> list[float]:
@@ -1271,15 +1269,7 @@ def against_quiet(samples: PhaseSamples, quiet: PhaseSamples) -> list[float]:
     its start and end), but two quiet phases differ by up to 2x on a noisy
     host, so it is no verdict either.
     """
-    return _ratios(samples.during_p99, quiet.all_p99)
-
-
-def _ratios(mine: list[float], theirs: list[float]) -> list[float]:
-    return [
-        a / b
-        for a, b in zip(mine, theirs, strict=True)
-        if b and not math.isnan(a) and not math.isnan(b)
-    ]
+    return paired_ratios(samples.during_p99, quiet.all_p99)
 
 
 def p99_verdict(ratios: list[float]) -> str:

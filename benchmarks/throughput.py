@@ -83,10 +83,12 @@ from typing import IO, Any
 
 from benchmarks import (
     ROOT,
+    answer_head,
     child_environment,
     contenders,
     load_average,
     median_bounds_text,
+    paired_ratios,
     percentile,
     quick,
     unsettled_note,
@@ -525,29 +527,24 @@ async def _client(
         start = clock()
         try:
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            lower = head.lower()
-            status = int(head[9:12])
-            at = lower.find(b"\r\ncontent-length:")
-            if at >= 0:
-                end = lower.index(b"\r\n", at + 2)
-                await reader.readexactly(int(lower[at + 17 : end]))
-            elif b"\r\ntransfer-encoding: chunked" in lower:
+            answer = answer_head(await reader.readuntil(b"\r\n\r\n"))
+            if answer.length is not None:
+                await reader.readexactly(answer.length)
+            elif answer.chunked:
                 while True:
                     size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
                     await reader.readexactly(size + 2)
                     if size == 0:
                         break
-            closing = b"\r\nconnection: close" in lower
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             errors[0] += 1
             writer.close()
             writer = None
             continue
         latencies.append((clock() - start) // 1000)
-        if status != 200:
+        if answer.status != 200:
             errors[0] += 1
-        if closing:
+        if answer.closing:
             writer.close()
             writer = None
     if writer is not None:
@@ -612,13 +609,8 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def _ratios(mine: list[float], theirs: list[float]) -> list[float]:
-    """Each round's value over the bare app's in the same round."""
-    return [m / t for m, t in zip(mine, theirs, strict=True) if t]
-
-
 def _median_ratio(mine: list[float], theirs: list[float]) -> tuple[float, float, float]:
-    ratios = _ratios(mine, theirs)
+    ratios = paired_ratios(mine, theirs)
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
@@ -694,7 +686,7 @@ def table(
                     ratio_text = cpu_text = p99_text = "—"
                     verdict = "(baseline)"
                 else:
-                    rates = _ratios([r.rate for r in mine], [r.rate for r in bare])
+                    rates = paired_ratios([r.rate for r in mine], [r.rate for r in bare])
                     ratio = statistics.median(rates)
                     cpu_ratio, cpu_low, cpu_high = _median_ratio(
                         [r.cpu_us_per_request for r in mine], [r.cpu_us_per_request for r in bare]

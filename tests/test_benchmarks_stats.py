@@ -8,10 +8,12 @@ from fractions import Fraction
 import pytest
 
 from benchmarks import (
+    answer_head,
     flush_latency,
     median_bounds,
     median_bounds_text,
     overhead,
+    paired_ratios,
     percentile,
     throughput,
 )
@@ -52,6 +54,21 @@ def test_percentile_matches_exact_arithmetic() -> None:
 
 def test_percentile_of_nothing_is_nan() -> None:
     assert math.isnan(percentile([], 0.99))
+
+
+@pytest.mark.parametrize("ending", [b"", b"\r\n\r\n"])
+def test_both_load_generators_read_an_answers_head_alike(ending: bytes) -> None:
+    head = b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 12" + ending
+    assert answer_head(head) == (404, 12, False, True)
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked" + ending
+    assert answer_head(chunked) == (200, None, True, False)
+    with pytest.raises(ValueError):
+        answer_head(b"HTTP/1.1 200 OK\r\nContent-Length: many" + ending)
+
+
+def test_paired_ratios_leave_out_rounds_not_measured() -> None:
+    assert paired_ratios([2.0, float("nan"), 3.0, 4.0], [1.0, 1.0, 0.0, float("nan")]) == [2.0]
+    assert throughput.paired_ratios is flush_latency.paired_ratios is paired_ratios
 
 
 def test_both_tables_use_the_shared_percentile() -> None:
