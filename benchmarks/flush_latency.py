@@ -60,7 +60,14 @@ one run, each against a baseline taken in the same run.
    - (d) a control with no verdict: a child process spinning at the minting
      child's priority, let run in the windows and stopped between them,
      nothing of reqtelemetry's running. Where (c) is near (d), the stamp
-     costs the requests no more than any idle-priority process would here.
+     costs the requests no more than any idle-priority process would here;
+   - (e) only with ``BENCH_START_CONTROL=1``, a control with no verdict: each
+     window starts the minting child for a stamp of 0 bits (its start,
+     imports and exit, no hashing), then sleeps to the window's end, as long
+     as (d)'s. (d) is a stamp's hashing without its start, (e) its start
+     without the hashing: where (c) is above (d), (e) tells whether the
+     start is the difference. Left out of ``make bench`` by default, which
+     must stay under ten minutes.
 
    The flushes go to a minimal collector stand-in (Starlette under uvicorn) in
    a third process that answers ``200`` to ``POST /v1/report``. The refill
@@ -151,6 +158,25 @@ PHASE_LABELS = {
     "mint": "(c) while minting",
     "floor": "(d) beside a busy loop at idle priority (no verdict)",
 }
+#: The phase ``BENCH_START_CONTROL=1`` adds: the minting child's start alone.
+START_PHASE = "start"
+START_LABEL = "(e) a stamp's child started, 0 bits, then asleep (no verdict)"
+#: The phases no verdict is read on.
+CONTROL_PHASES = frozenset({"floor", START_PHASE})
+
+
+def start_control() -> bool:
+    """True when the run adds phase (e) (``BENCH_START_CONTROL=1``)."""
+    return os.environ.get("BENCH_START_CONTROL", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def phase_labels() -> dict[str, str]:
+    """This run's phases and their row labels, in table order."""
+    if start_control():
+        return {**PHASE_LABELS, START_PHASE: START_LABEL}
+    return dict(PHASE_LABELS)
+
+
 #: The control's child: lowers itself as the minting child does, then spins.
 BUSY_LOOP_CODE = (
     "import contextlib, os\n"
@@ -1052,6 +1078,26 @@ def _mint_work(bits: int) -> Callable[[], None]:
     return work
 
 
+def _start_work(seconds: float) -> Callable[[], None]:
+    """A window's work in (e): the minting child started for a stamp of 0 bits
+    (``mint_in_subprocess``, as (c) calls it, so the same start, imports and
+    exit, without the hashing), then a sleep to ``seconds`` from the window's
+    start. The stamps are kept on ``work.stamps`` with their resources."""
+    from reqtelemetry.hashcash import mint_in_subprocess
+
+    serial = itertools.count()
+    stamps: list[tuple[str, str]] = []
+
+    def work() -> None:
+        began = time.monotonic()
+        resource = hashlib.sha256(f"bench.start.{next(serial)}.{time.time()}".encode()).hexdigest()
+        stamps.append((resource, mint_in_subprocess(resource, 0, timeout=MINT_TIMEOUT)))
+        time.sleep(max(0.0, seconds - (time.monotonic() - began)))
+
+    work.stamps = stamps  # type: ignore[attr-defined]
+    return work
+
+
 class BusyLoop:
     """A child process that spins at idle priority, stopped between windows: phase (d).
 
@@ -1244,6 +1290,9 @@ def in_windows(
         with BusyLoop(settings.window_seconds) as busy, spaced(busy.work) as windows:
             yield windows
         samples.policies += busy.policies
+    elif phase == START_PHASE:
+        with spaced(_start_work(settings.window_seconds)) as windows:
+            yield windows
     else:
         seconds = settings.window_seconds
         with spaced(lambda: time.sleep(seconds)) as windows:
@@ -1319,10 +1368,11 @@ def latency_table(results: Results) -> str:
     for server, by_phase in results.items():
         quiet = by_phase["quiet"]
         null = round_ratios(quiet)
-        for phase in PHASE_LABELS:
+        labels = {**PHASE_LABELS, START_PHASE: START_LABEL}
+        for phase in by_phase:
             cross = against_quiet(by_phase[phase], quiet) if phase != "quiet" else []
             cells = _latency_cells(phase, by_phase[phase], null, cross)
-            rows.append(f"| {SERVER_LABELS[server]} | {PHASE_LABELS[phase]} | {cells}")
+            rows.append(f"| {SERVER_LABELS[server]} | {labels[phase]} | {cells}")
     return "\n".join(rows)
 
 
@@ -1341,7 +1391,7 @@ def _latency_cells(
     median = f"**{statistics.median(ratios):.2f}x**" if ratios else "—"
     if phase == "quiet":
         verdict = "(calibration: empty windows)"
-    elif phase == "floor":
+    elif phase in CONTROL_PHASES:
         verdict = "(control)"
     else:
         verdict = with_the_null(p99_verdict(ratios), null)
@@ -1386,7 +1436,7 @@ def run() -> str:
     settings = QUICK if quick() else FULL
     load_before = load_average()
     results: Results = {
-        server: {phase: PhaseSamples() for phase in PHASE_LABELS} for server in SERVER_LABELS
+        server: {phase: PhaseSamples() for phase in phase_labels()} for server in SERVER_LABELS
     }
     rates: dict[str, float] = {}
     started = time.perf_counter()
@@ -1446,7 +1496,7 @@ def run() -> str:
             open_load(loadgen, url, warmup, rates[server])
 
         recorded: set[str] = set()
-        phases = tuple(PHASE_LABELS)
+        phases = tuple(phase_labels())
         for round_ in range(settings.rounds):
             for server, url in urls.items():
                 shift = round_ % len(phases)
@@ -1573,6 +1623,18 @@ def run() -> str:
         "lowest priority does to the p99 on this machine: where (c) is near (d), a stamp "
         "costs the requests what any idle-priority work would here"
     )
+    if START_PHASE in results["asgi"]:
+        lines.append(
+            "- (e) (`BENCH_START_CONTROL=1`), a control with no verdict: each window starts "
+            "the minting child for a stamp of 0 bits (`mint_in_subprocess(resource, 0)`: its "
+            "start, imports and exit, no hashing), then sleeps to "
+            f"{settings.window_seconds * 1e3:g} ms, (d)'s window: (d) is a stamp's hashing "
+            "without its start, (e) its start without the hashing"
+        )
+        lines += [
+            _work_line(f"starts in (e), {short}", results[server][START_PHASE], "starts")
+            for server, short in SERVER_SHORT.items()
+        ]
     lines += [
         f"- {settings.rounds} round(s); each round runs, for each server, every phase in a "
         "rotating order; p50/p99 columns pooled over rounds (nearest rank); the ratio is "
