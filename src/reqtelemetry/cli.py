@@ -57,7 +57,7 @@ SAMPLE_REQUESTS = (
 SAMPLE_DEPLOYMENT_ID = "00000000-0000-0000-0000-000000000000"
 
 
-def inspect_payload(config: Config) -> dict | None:
+def inspect_payload(config: Config) -> dict[str, Any] | None:
     """The report ``config`` would send with sample traffic; None when opted out."""
     if config.opt_out:
         return None
@@ -82,7 +82,8 @@ def inspect_payload(config: Config) -> dict | None:
     report = build_reports(
         envelope, telemetry.recorder.collect(), config.max_payload_bytes, paced=False
     )[0]
-    return json.loads(report.body)
+    payload: dict[str, Any] = json.loads(report.body)
+    return payload
 
 
 def _fail(command: str, message: str) -> int:

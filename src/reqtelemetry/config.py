@@ -625,12 +625,12 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
                 what = "a whole number" if kind is int else "a number"
                 raise ValueError(f"REQTELEMETRY_{suffix} must be {what}, got {value!r}") from None
     for suffix, name in _FLAG_VARIABLES.items():
-        value = environ.get(f"REQTELEMETRY_{suffix}")
-        if value is None or not value.strip():
+        flag = environ.get(f"REQTELEMETRY_{suffix}")
+        if flag is None or not flag.strip():
             continue  # empty means not set
-        if value.strip().lower() not in _FALSE | _TRUE:
-            raise ValueError(f"REQTELEMETRY_{suffix} must be true or false, got {value!r}")
-        found[name] = env_flag(value)
+        if flag.strip().lower() not in _FALSE | _TRUE:
+            raise ValueError(f"REQTELEMETRY_{suffix} must be true or false, got {flag!r}")
+        found[name] = env_flag(flag)
     return found
 
 

@@ -25,7 +25,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import IO, TYPE_CHECKING
 
@@ -850,13 +850,15 @@ class Flusher:
             wait = min(result.retry_after, self.config.max_flush_interval)
             self._not_before = time.monotonic() + wait
 
-    def _put_back_everything(self, batch: Batch, metrics: dict[str, dict[str, float]]) -> None:
+    def _put_back_everything(
+        self, batch: Batch, metrics: Mapping[str, Mapping[str, float]]
+    ) -> None:
         """Merge a batch back whole (it failed before it was cut into reports)."""
         self.telemetry.recorder.merge(batch)
         self.telemetry.metrics.merge(metrics)
 
     def _put_back(
-        self, batch: Batch, undelivered: list[Report], metrics: dict[str, dict[str, float]]
+        self, batch: Batch, undelivered: list[Report], metrics: Mapping[str, Mapping[str, float]]
     ) -> None:
         """Merge what did not reach the collector back into the live aggregates."""
         self.telemetry.recorder.merge(_part_of(batch, undelivered))

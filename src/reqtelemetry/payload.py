@@ -290,7 +290,7 @@ def build_reports(
     for key in keys:
         encoded.append(batch.stats[key].to_json(_fit_key(key)))
         pacer.tick()
-    empty_metrics = {"counters": {}, "gauges": {}}
+    empty_metrics: dict[str, dict[str, float]] = {"counters": {}, "gauges": {}}
 
     def head(part: int, parts: int) -> dict[str, Any]:
         first = part == 0

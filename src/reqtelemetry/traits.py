@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -348,7 +348,7 @@ class SystemTraits:
 
     def _compute_static(self, config: Config) -> dict[str, Any]:
         static: dict[str, Any] = {}
-        computations = {
+        computations: dict[str, Callable[[], Any]] = {
             "os": lambda: platform.system().lower() or None,
             "os_release": lambda: platform.release() or None,
             "arch": lambda: platform.machine() or None,
@@ -682,7 +682,8 @@ def deployment_id_for(kept: str, app_name: str | None, endpoint: str | None) -> 
         # Not the path or query, which may carry a key; not the user info.
         try:
             parts = urlsplit(endpoint)
-            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), "")
+            default_port = {"http": 80, "https": 443}.get(parts.scheme.lower())
+            port: int | str = parts.port or default_port or ""
             host = (parts.hostname or "").lower().rstrip(".")
             origin = f"{parts.scheme.lower()}://{host}:{port}"
         except ValueError:  # a port out of range: the config refuses it before this

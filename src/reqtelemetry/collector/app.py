@@ -482,7 +482,7 @@ def create_app(
             async with dashboard_read_turn(request) as wanted:
                 if not wanted:
                     return Response(status_code=400)
-                chunks = await run_in_threadpool(started, chunks)
+                started_chunks = await run_in_threadpool(started, chunks)
         except ReadersBusy:
             return _unavailable("too many dashboard reads at once; try again")
         except Exception as error:
@@ -490,7 +490,7 @@ def create_app(
             return _unavailable("the collector cannot read its database right now")
         read_failures.worked()
         return StreamingResponse(
-            _streamed(chunks),
+            _streamed(started_chunks),
             media_type="text/csv; charset=utf-8",
             headers={
                 "Content-Disposition": 'attachment; filename="reqtelemetry-endpoints.csv"',

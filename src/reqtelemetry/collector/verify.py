@@ -158,7 +158,7 @@ def _ecma_compiled(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.ASCII)
 
 
-_PayloadValidator = jsonschema.validators.extend(
+_PayloadValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
     jsonschema.Draft202012Validator,
     validators={"pattern": _ecma_pattern},
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
@@ -454,7 +454,8 @@ def _string_at(text: str, position: int, expecting: str) -> tuple[str, int]:
     """
     if not text.startswith('"', position):
         raise json.JSONDecodeError(expecting, text, position)
-    value, end = json.decoder.scanstring(text, position + 1, True)
+    # json.decoder has scanstring at run time; typeshed leaves it out.
+    value, end = json.decoder.scanstring(text, position + 1, True)  # type: ignore[attr-defined]
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -578,12 +579,12 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
             ) from None
         raise Refusal("invalid_payload", f"the payload is not JSON: {_clip(str(error))}") from None
     try:
-        error = best_match(_VALIDATOR.iter_errors(_without_histograms(payload)))
+        violation = best_match(_VALIDATOR.iter_errors(_without_histograms(payload)))
     except RecursionError:
         raise Refusal("invalid_payload", "the payload is nested too deeply") from None
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "<root>"
-        raise Refusal("invalid_payload", f"{where}: {_clip(error.message)}")
+    if violation is not None:
+        where = "/".join(str(part) for part in violation.absolute_path) or "<root>"
+        raise Refusal("invalid_payload", f"{where}: {_clip(violation.message)}")
     if _NUL_ESCAPE.search(payload_bytes) is not None:
         where = _nul_path(payload)
         if where is not None:
@@ -608,7 +609,8 @@ def check_payload(payload_bytes: bytes, claims: Claims) -> dict[str, Any]:
         raise Refusal(
             "invalid_payload", "deployment_id and instance_id must be the ones the token was for"
         )
-    return payload
+    checked: dict[str, Any] = payload  # an object: the schema's root is one
+    return checked
 
 
 def _histogram_count_problem(records: list[dict[str, Any]]) -> str | None:
@@ -781,7 +783,9 @@ def _without_histograms(payload: Any) -> Any:
     if not isinstance(payload, dict):
         return payload
     batch = payload.get("batch")
-    records = batch.get("records") if isinstance(batch, dict) else None
+    if not isinstance(batch, dict):
+        return payload
+    records = batch.get("records")
     if not isinstance(records, list):
         return payload
     light_records = []

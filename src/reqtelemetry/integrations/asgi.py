@@ -76,7 +76,9 @@ class ASGIMiddleware:
         self, *, app: ASGIApp, telemetry: Telemetry | None = None, **options: Any
     ) -> None: ...
 
-    def __init__(self, app: ASGIApp, telemetry: Telemetry | None = None, **options: Any) -> None:
+    def __init__(  # type: ignore[misc]  # an option named "app" clashes, as it should
+        self, app: ASGIApp, telemetry: Telemetry | None = None, **options: Any
+    ) -> None:
         # Typed as taking the app first and alone by position (the first
         # form): Starlette's add_middleware is typed for a middleware whose
         # ``app`` cannot clash with its keyword options, and it was a type
@@ -397,27 +399,28 @@ def as_asgi3(app: Any) -> ASGIApp:
     signature, not the one ``functools.wraps`` copied from the app it wraps:
     an ASGI 3 adapter made so around an ASGI 2 app is ASGI 3.
     """
+    as_it_is: ASGIApp = app
     if inspect.isclass(app):
         # A class is instantiated with the scope alone (ASGI 2) unless its
         # instances can be awaited, as uvicorn tells them apart: its
         # signature says nothing where it takes ``*args``.
-        return app if hasattr(app, "__await__") else _ASGI2App(app)
+        return as_it_is if hasattr(app, "__await__") else _ASGI2App(app)
     try:
         signature = inspect.signature(app, follow_wrapped=False)
     except Exception:  # none of its own (a C wrapper such as wrapt's): the wrapped app's
         try:
             signature = inspect.signature(app)
         except Exception:  # none at all (a builtin, a proxy that raises): as it is
-            return app
+            return as_it_is
     try:
         signature.bind(None, None, None)
-        return app
+        return as_it_is
     except TypeError:
         pass
     try:
         signature.bind(None)
     except TypeError:
-        return app  # neither way: it fails as it did
+        return as_it_is  # neither way: it fails as it did
     return _ASGI2App(app)
 
 

@@ -598,9 +598,10 @@ def _local_target(request: Any, response: Any) -> str | None:
     if target.netloc and target.netloc != request.META.get("HTTP_HOST"):
         return None
     script_name = request.META.get("SCRIPT_NAME", "").rstrip("/")
-    if not target.path.startswith(script_name + "/"):
+    path: str = target.path
+    if not path.startswith(script_name + "/"):
         return None
-    return target.path[len(script_name) :]
+    return path[len(script_name) :]
 
 
 class _Measurement:
@@ -661,7 +662,7 @@ class _MeasuredStream(_Measurement):
     def __next__(self) -> bytes:
         self.started = True
         try:
-            chunk = next(self.content)
+            chunk: bytes = next(self.content)
         except StopIteration:
             self.finish(self.status)
             raise
@@ -689,7 +690,7 @@ class _MeasuredAsyncStream(_Measurement):
     async def __anext__(self) -> bytes:
         self.started = True
         try:
-            chunk = await self.content.__anext__()
+            chunk: bytes = await self.content.__anext__()
         except StopAsyncIteration:
             self.finish(self.status)
             raise

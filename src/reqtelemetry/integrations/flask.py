@@ -333,7 +333,8 @@ def _request_context_getter() -> Callable[[], Any]:
     proxy = getattr(flask_globals, "request_ctx", None)
     if proxy is not None:
         return proxy._get_current_object  # type: ignore[no-any-return]
-    current_request = flask_globals.request._get_current_object
+    # flask.request is a LocalProxy, typed as the Request it stands for.
+    current_request = flask_globals.request._get_current_object  # type: ignore[attr-defined]
 
     def context() -> Any:
         return _Context(current_request())

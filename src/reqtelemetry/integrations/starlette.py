@@ -15,9 +15,10 @@ Nothing here imports Starlette at module level: a plain ASGI app never pays for 
 
 from __future__ import annotations
 
+import enum
 import sys
 from collections.abc import MutableMapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 #: Distinct concrete mount prefixes remembered; only mounts with path
 #: parameters ever produce more than a handful.
@@ -88,7 +89,7 @@ class RouteTemplates:
             # FastAPI records ``scope["route"]`` only for its own API routes, not
             # for plain routes (``/docs``, ``add_route``) nor for mounts.
             return self._unrecorded(scope, entry_root_path, scope.get("root_path", ""), status)
-        path_format = None
+        path_format: str | None = None
         fastapi_scope = scope.get("fastapi")
         if fastapi_scope is not None:
             context = fastapi_scope.get("effective_route_context")
@@ -220,7 +221,8 @@ class RouteTemplates:
                 # A mounted non-router app: the mount's own format
                 # (``/static/{path}``) is the template; drop its path from the
                 # prefix so that it is not counted twice.
-                return prefix[: len(prefix) - len(last_mount.path)] + last_mount.path_format
+                own_format: str = last_mount.path_format
+                return prefix[: len(prefix) - len(last_mount.path)] + own_format
         template = _match_plain_route(routes, scope, root_path, prefix)
         if template is None and 300 <= status < 400:
             return _slash_redirect_template(owner, routes, scope, root_path, prefix)
@@ -474,7 +476,8 @@ def _match_plain_route(
         endpoint = scope.get("endpoint")
         candidates = index.get(id(endpoint)) if endpoint is not None else None
         if candidates is not None and len(candidates) == 1:
-            return prefix + candidates[0].path_format
+            template: str = prefix + candidates[0].path_format
+            return template
     from starlette.routing import Match, Route
 
     probe = {
@@ -643,17 +646,18 @@ def routes_of_unrouted_app(scope: Scope) -> Sequence[Any] | None:
     return app.router.routes  # type: ignore[no-any-return]
 
 
-class _Untemplated:
-    """The type of :data:`UNTEMPLATED`."""
+class _Untemplated(enum.Enum):
+    """The type of :data:`UNTEMPLATED`: an enum of one member, so that a type
+    checker narrows ``route is UNTEMPLATED`` as it narrows ``route is None``."""
 
-    __slots__ = ()
+    UNTEMPLATED = "untemplated"
 
 
 #: What :func:`template_by_matching` returns when a route takes the request but
 #: has no path template: a ``Host`` in front of an app without routes, or a
 #: custom route. Such a request was served; its path is anonymized, as a
 #: route-less app's is.
-UNTEMPLATED = _Untemplated()
+UNTEMPLATED: Final = _Untemplated.UNTEMPLATED
 
 
 def template_by_matching(
@@ -687,11 +691,11 @@ def template_by_matching(
             included = _included_routes(route)
             if included is not None:
                 # A router FastAPI included: its routes say which one matched.
-                inner = template_by_matching(included, scope, prefix)
+                found = template_by_matching(included, scope, prefix)
                 if match is Match.FULL:
-                    return inner
-                if partial is None and isinstance(inner, str):
-                    partial = inner
+                    return found
+                if partial is None and isinstance(found, str):
+                    partial = found
                 continue
             if match is Match.FULL:
                 return UNTEMPLATED

@@ -89,7 +89,8 @@ class WSGIMiddleware:
         environ[MEASURED_KEY] = measured  # taken away again by finish()
         measured.start = perf_counter()
         try:
-            iterable = self.app(environ, measured.start_response)
+            # Any: its concrete type decides below how it is handed over.
+            iterable: Any = self.app(environ, measured.start_response)
         except BaseException:
             measured.status = 500
             measured.finish()
@@ -571,7 +572,8 @@ def measure_iterable(
     measured.route = route
     if headers is not None:
         measured.headers = headers
-    return measured.hand_over(iterable, declared_length)
+    handed_over: Iterable[bytes] = measured.hand_over(iterable, declared_length)
+    return handed_over
 
 
 def record_request(

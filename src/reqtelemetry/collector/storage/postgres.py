@@ -35,7 +35,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -426,7 +426,7 @@ class PostgresStorage(SQLStorage):
 
     def _stream(
         self, statement: Callable[[Executor], tuple[str, Sequence[Any]]], size: int
-    ) -> Iterator[list[Row]]:
+    ) -> Generator[list[Row], None, None]:
         """Rows of the statement ``statement`` makes, read as the server sends them (see
         :meth:`_PostgresExecutor.batches`) on a connection of their own (not
         the pool's), in one read-only transaction.
@@ -470,9 +470,14 @@ class PostgresStorage(SQLStorage):
             info = conninfo_to_dict(self.url)
         except Exception:  # unreadable (an escape that is no UTF-8 raises UnicodeDecodeError)
             return "PostgresStorage(<unparsable url>)"
-        host = shown_part(info.get("host"), self.url)
-        dbname = shown_part(info.get("dbname"), self.url)
+        host = shown_part(_text_or_none(info.get("host")), self.url)
+        dbname = shown_part(_text_or_none(info.get("dbname")), self.url)
         return f"PostgresStorage(host={host!r}, dbname={dbname!r})"
+
+
+def _text_or_none(value: str | int | None) -> str | None:
+    """A connection parameter as text (psycopg types them ``str | int | None``)."""
+    return None if value is None else str(value)
 
 
 def _connect_masked(url: str, **options: Any) -> psycopg.Connection[Any]:

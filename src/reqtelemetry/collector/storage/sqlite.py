@@ -28,7 +28,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -116,7 +116,8 @@ class _ExactSum:
     shows, not an error. A Python call per row is slow, so it is only used to
     run again a query whose ``SUM`` overflowed (see :class:`_SQLiteExecutor`).
     A total beyond 64 bits is returned as its decimal text, which SQLite can
-    hold and :func:`~.sql._int` reads.
+    hold and :func:`~.sql._int` reads. (typeshed types an aggregate's result
+    as an int only, hence the ``type: ignore`` where it is registered.)
     """
 
     def __init__(self) -> None:
@@ -189,7 +190,7 @@ def _open_reader(uri: str, busy_timeout: float) -> sqlite3.Connection:
     reader = sqlite3.connect(
         uri, timeout=busy_timeout, isolation_level=None, check_same_thread=False, uri=True
     )
-    reader.create_aggregate(_EXACT_SUM, 1, _ExactSum)
+    reader.create_aggregate(_EXACT_SUM, 1, _ExactSum)  # type: ignore[arg-type]  # str results
     return reader
 
 
@@ -297,7 +298,7 @@ class SQLiteStorage(SQLStorage):
         self._connection = sqlite3.connect(
             target, timeout=busy_timeout, isolation_level=None, check_same_thread=False, uri=uri
         )
-        self._connection.create_aggregate(_EXACT_SUM, 1, _ExactSum)
+        self._connection.create_aggregate(_EXACT_SUM, 1, _ExactSum)  # type: ignore[arg-type]
         self._lock = threading.RLock()
         self._executor = _SQLiteExecutor(self._connection)
         self._busy_timeout = busy_timeout
@@ -415,7 +416,7 @@ class SQLiteStorage(SQLStorage):
 
     def _stream(
         self, statement: Callable[[Executor], tuple[str, Sequence[Any]]], size: int
-    ) -> Iterator[list[Row]]:
+    ) -> Generator[list[Row], None, None]:
         """Rows of the statement ``statement`` makes, read on a read-only
         connection of their own.
 
