@@ -161,6 +161,8 @@ PHASE_LABELS = {
 #: The phase ``BENCH_START_CONTROL=1`` adds: the minting child's start alone.
 START_PHASE = "start"
 START_LABEL = "(e) a stamp's child started, 0 bits, then asleep (no verdict)"
+#: Every phase's row label, (e) included.
+ALL_PHASE_LABELS = {**PHASE_LABELS, START_PHASE: START_LABEL}
 #: The phases no verdict is read on.
 CONTROL_PHASES = frozenset({"floor", START_PHASE})
 
@@ -172,9 +174,7 @@ def start_control() -> bool:
 
 def phase_labels() -> dict[str, str]:
     """This run's phases and their row labels, in table order."""
-    if start_control():
-        return {**PHASE_LABELS, START_PHASE: START_LABEL}
-    return dict(PHASE_LABELS)
+    return dict(ALL_PHASE_LABELS) if start_control() else dict(PHASE_LABELS)
 
 
 #: The control's child: lowers itself as the minting child does, then spins.
@@ -1078,24 +1078,39 @@ def _mint_work(bits: int) -> Callable[[], None]:
     return work
 
 
-def _start_work(seconds: float) -> Callable[[], None]:
+class StartWork:
     """A window's work in (e): the minting child started for a stamp of 0 bits
-    (``mint_in_subprocess``, as (c) calls it, so the same start, imports and
+    (``mint_in_subprocess``, as (c) calls it: the same start, imports and
     exit, without the hashing), then a sleep to ``seconds`` from the window's
-    start. The stamps are kept on ``work.stamps`` with their resources."""
-    from reqtelemetry.hashcash import mint_in_subprocess
+    start, (d)'s window length.
 
-    serial = itertools.count()
-    stamps: list[tuple[str, str]] = []
+    Kept for the table: each stamp with its resource, and each start's own
+    wall time. Raises where the stamp was minted in this process instead
+    (``mint_in_subprocess``'s fallback when no child can start): no child,
+    no control. ``sleep`` is the sleep to the window's end (a test's seam).
+    """
 
-    def work() -> None:
+    def __init__(self, seconds: float, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.seconds = seconds
+        self.stamps: list[tuple[str, str]] = []
+        self.start_ms: list[float] = []
+        self._sleep = sleep
+        self._serial = itertools.count()
+
+    def __call__(self) -> None:
+        from reqtelemetry import hashcash
+
         began = time.monotonic()
-        resource = hashlib.sha256(f"bench.start.{next(serial)}.{time.time()}".encode()).hexdigest()
-        stamps.append((resource, mint_in_subprocess(resource, 0, timeout=MINT_TIMEOUT)))
-        time.sleep(max(0.0, seconds - (time.monotonic() - began)))
-
-    work.stamps = stamps  # type: ignore[attr-defined]
-    return work
+        resource = hashlib.sha256(
+            f"bench.start.{next(self._serial)}.{time.time()}".encode()
+        ).hexdigest()
+        stamp = hashcash.mint_in_subprocess(resource, 0, timeout=MINT_TIMEOUT)
+        if hashcash._fallback_logged:
+            raise RuntimeError("no minting child could be started: minted in this process")
+        self.stamps.append((resource, stamp))
+        took = time.monotonic() - began
+        self.start_ms.append(took * 1e3)
+        self._sleep(max(0.0, self.seconds - took))
 
 
 class BusyLoop:
@@ -1176,6 +1191,8 @@ class PhaseSamples:
     delivered: int = 0
     #: Phase (d): the busy loop's scheduling policy, once per phase.
     policies: list[str] = field(default_factory=list)
+    #: Phase (e): each start's own wall time (its window also sleeps).
+    start_ms: list[float] = field(default_factory=list)
     #: What a window's work raised, once per phase where it did.
     failures: list[str] = field(default_factory=list)
     #: Phase (b): the working thread's nice value (None off Linux), once per phase.
@@ -1291,8 +1308,10 @@ def in_windows(
             yield windows
         samples.policies += busy.policies
     elif phase == START_PHASE:
-        with spaced(_start_work(settings.window_seconds)) as windows:
+        starts = StartWork(settings.window_seconds)
+        with spaced(starts) as windows:
             yield windows
+        samples.start_ms += starts.start_ms
     else:
         seconds = settings.window_seconds
         with spaced(lambda: time.sleep(seconds)) as windows:
@@ -1368,11 +1387,10 @@ def latency_table(results: Results) -> str:
     for server, by_phase in results.items():
         quiet = by_phase["quiet"]
         null = round_ratios(quiet)
-        labels = {**PHASE_LABELS, START_PHASE: START_LABEL}
         for phase in by_phase:
             cross = against_quiet(by_phase[phase], quiet) if phase != "quiet" else []
             cells = _latency_cells(phase, by_phase[phase], null, cross)
-            rows.append(f"| {SERVER_LABELS[server]} | {labels[phase]} | {cells}")
+            rows.append(f"| {SERVER_LABELS[server]} | {ALL_PHASE_LABELS[phase]} | {cells}")
     return "\n".join(rows)
 
 
@@ -1423,6 +1441,15 @@ def _work_line(name: str, samples: PhaseSamples, what: str) -> str:
     )
 
 
+def _start_line(name: str, samples: PhaseSamples) -> str:
+    if not samples.start_ms:
+        return f"- {name}: no start completed"
+    return (
+        f"- {name}: {len(samples.start_ms)} starts; the start itself (to the stamp back) "
+        f"median {statistics.median(samples.start_ms):.1f} ms wall, the window slept the rest"
+    )
+
+
 # -- the whole run ------------------------------------------------------------------------
 
 
@@ -1435,8 +1462,9 @@ def run() -> str:
 
     settings = QUICK if quick() else FULL
     load_before = load_average()
+    labels = phase_labels()  # read once: the environment may change meanwhile
     results: Results = {
-        server: {phase: PhaseSamples() for phase in phase_labels()} for server in SERVER_LABELS
+        server: {phase: PhaseSamples() for phase in labels} for server in SERVER_LABELS
     }
     rates: dict[str, float] = {}
     started = time.perf_counter()
@@ -1496,7 +1524,7 @@ def run() -> str:
             open_load(loadgen, url, warmup, rates[server])
 
         recorded: set[str] = set()
-        phases = tuple(phase_labels())
+        phases = tuple(labels)
         for round_ in range(settings.rounds):
             for server, url in urls.items():
                 shift = round_ % len(phases)
@@ -1623,16 +1651,17 @@ def run() -> str:
         "lowest priority does to the p99 on this machine: where (c) is near (d), a stamp "
         "costs the requests what any idle-priority work would here"
     )
-    if START_PHASE in results["asgi"]:
+    if START_PHASE in labels:
         lines.append(
             "- (e) (`BENCH_START_CONTROL=1`), a control with no verdict: each window starts "
             "the minting child for a stamp of 0 bits (`mint_in_subprocess(resource, 0)`: its "
             "start, imports and exit, no hashing), then sleeps to "
             f"{settings.window_seconds * 1e3:g} ms, (d)'s window: (d) is a stamp's hashing "
-            "without its start, (e) its start without the hashing"
+            "without its start, (e) its start without the hashing. With five phases, the "
+            "rotation puts (a) to (d) in other orders than a run without (e)"
         )
         lines += [
-            _work_line(f"starts in (e), {short}", results[server][START_PHASE], "starts")
+            _start_line(f"starts in (e), {short}", results[server][START_PHASE])
             for server, short in SERVER_SHORT.items()
         ]
     lines += [

@@ -22,6 +22,9 @@ def _rows(report: str) -> list[str]:
 @pytest.mark.timeout(90)
 def test_flush_latency_quick_run_reports_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENCH_QUICK", "1")
+    # With the opt-in control (e) too: the default run differs only by its
+    # phase list (see tests/test_benchmarks_start_control.py).
+    monkeypatch.setenv("BENCH_START_CONTROL", "1")
     report = flush_latency.run()
     rows = _rows(report)
 
@@ -32,7 +35,7 @@ def test_flush_latency_quick_run_reports_every_row(monkeypatch: pytest.MonkeyPat
 
     # Part 2: a row per server and phase, every one of them measured.
     for server in flush_latency.SERVER_LABELS.values():
-        for key, phase in flush_latency.PHASE_LABELS.items():
+        for key, phase in flush_latency.ALL_PHASE_LABELS.items():
             matching = [row for row in rows if row.startswith(f"| {server} | {phase} |")]
             assert len(matching) == 1, (server, phase)
             row = matching[0]
@@ -43,7 +46,7 @@ def test_flush_latency_quick_run_reports_every_row(monkeypatch: pytest.MonkeyPat
             assert int(counts[4]) == 0, row  # no request failed
             if key == "quiet":
                 assert "(calibration: empty windows)" in row, row
-            if key == "floor":
+            if key in ("floor", "start"):
                 assert "(control)" in row, row
     # Verdicts on flushing and minting only, each with the calibration beside it.
     verdicts = [row for row in rows if "**PASS**" in row or "**MISS**" in row]
@@ -52,7 +55,7 @@ def test_flush_latency_quick_run_reports_every_row(monkeypatch: pytest.MonkeyPat
     # The open loop ran at a rate taken from this run, and says whether it kept up.
     assert re.search(r"ASGI \d+ req/s, WSGI \d+ req/s", report)
     assert re.search(r"The load generator used \d+% of a core while timed", report)
-    for row in rows[-8:]:
+    for row in rows[-10:]:
         assert re.search(r"\| \d+\.\d\d \(\d+\) \|$", row), row
 
     # Every flush reached the collector stand-in, and the middlewares measured the routes.
@@ -75,6 +78,14 @@ def test_flush_latency_quick_run_reports_every_row(monkeypatch: pytest.MonkeyPat
         found = re.search(r": (\d+) stamps;", line)
         assert found is not None, line
         assert int(found[1]) >= 1, line
+
+    # Control (e) started a minting child in each of its windows.
+    start_lines = [line for line in report.splitlines() if line.startswith("- starts in (e)")]
+    assert len(start_lines) == 2  # each server
+    for line in start_lines:
+        found = re.search(r": (\d+) starts; the start itself .* median (\d+\.\d) ms wall", line)
+        assert found is not None, line
+        assert int(found[1]) >= 1 and float(found[2]) > 0, line
 
     # The control's child really ran at idle priority (Linux names the policy).
     control = next(line for line in report.splitlines() if line.startswith("- (d)"))

@@ -2,15 +2,14 @@
 
 Opt-in (``BENCH_START_CONTROL=1``): it tells whether starting a process is
 what a stamp costs the requests beyond the idle-priority hashing of (d).
-No timing is asserted.
+No timing is asserted. (The whole phase runs in the quick smoke run of
+tests/test_benchmarks_flush_smoke.py.)
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
-import time
+import subprocess
+from typing import Any
 
 import pytest
 
@@ -52,47 +51,45 @@ def test_the_table_has_a_start_row_only_where_the_run_has_the_phase() -> None:
     assert table.count(f"| {flush_latency.START_LABEL} |") == 2
 
 
-def _minting_children() -> set[int]:
-    """Pids of this process's children whose command line mints a stamp."""
-    found = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])  # after "pid (comm) state"
-            with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
-                argv = cmdline.read().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile, or not ours to read
-        if ppid == os.getpid() and b"mint" in argv:
-            found.add(int(entry.name))
-    return found
+def test_a_start_window_starts_the_minting_child_then_sleeps_to_its_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real child is started to mint a stamp of 0 bits, and the window then
+    sleeps what is left of (d)'s length: the start without the hashing."""
+    started: list[list[str]] = []
+    real_popen = subprocess.Popen
 
+    def popen(args: list[str], *rest: Any, **options: Any) -> Any:
+        started.append(list(args))
+        return real_popen(args, *rest, **options)
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_start_window_starts_the_minting_child_then_sleeps_to_its_length() -> None:
-    """A real child mints a stamp of 0 bits (seen in ``/proc`` while it runs),
-    and the window lasts (d)'s length: the start without the hashing."""
-    work = flush_latency._start_work(0.3)
-    seen: set[int] = set()
-    stop = threading.Event()
+    def no_fallback(*args: Any, **kwargs: Any) -> str:
+        raise AssertionError("minted in this process: no child was started")
 
-    def watch() -> None:
-        while not stop.is_set():
-            seen.update(_minting_children())
+    monkeypatch.setattr(hashcash.subprocess, "Popen", popen)
+    monkeypatch.setattr(hashcash, "_mint_in_slices", no_fallback)
+    slept: list[float] = []
+    work = flush_latency.StartWork(30.0, sleep=slept.append)
+    work()
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    began = time.monotonic()
-    try:
-        work()
-    finally:
-        elapsed = time.monotonic() - began
-        stop.set()
-        watcher.join(5)
-    assert elapsed >= 0.3
-    [(resource, stamp)] = work.stamps  # type: ignore[attr-defined]
+    [(resource, stamp)] = work.stamps
     hashcash.verify(stamp, resource, 0)  # raises StampError if it is no stamp for it
-    assert seen, "no minting child was seen"
-    assert not _minting_children()  # and it is gone
+    [argv] = started
+    assert argv[-3:] == ["mint", resource, "0"]
+    [took_ms] = work.start_ms
+    [rest] = slept
+    assert 0 < rest < 30.0
+    assert rest == pytest.approx(30.0 - took_ms / 1e3, abs=0.05)
+
+
+def test_a_start_window_fails_where_no_child_could_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Minted in this process instead, the window started no process: the
+    phase must say it failed, not read as a start's cost."""
+    monkeypatch.setattr(hashcash, "python_executable", lambda: None)
+    monkeypatch.setattr(hashcash, "_fallback_logged", False)
+    work = flush_latency.StartWork(0.0, sleep=lambda seconds: None)
+    with pytest.raises(RuntimeError, match="no minting child could be started"):
+        work()
+    assert work.stamps == []
