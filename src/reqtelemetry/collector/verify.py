@@ -158,6 +158,7 @@ def _ecma_compiled(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.ASCII)
 
 
+# types-jsonschema leaves extend()'s parameters untyped.
 _PayloadValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
     jsonschema.Draft202012Validator,
     validators={"pattern": _ecma_pattern},

@@ -221,8 +221,7 @@ class RouteTemplates:
                 # A mounted non-router app: the mount's own format
                 # (``/static/{path}``) is the template; drop its path from the
                 # prefix so that it is not counted twice.
-                own_format: str = last_mount.path_format
-                return prefix[: len(prefix) - len(last_mount.path)] + own_format
+                return prefix[: len(prefix) - len(last_mount.path)] + last_mount.path_format  # type: ignore[no-any-return]
         template = _match_plain_route(routes, scope, root_path, prefix)
         if template is None and 300 <= status < 400:
             return _slash_redirect_template(owner, routes, scope, root_path, prefix)
@@ -476,8 +475,7 @@ def _match_plain_route(
         endpoint = scope.get("endpoint")
         candidates = index.get(id(endpoint)) if endpoint is not None else None
         if candidates is not None and len(candidates) == 1:
-            template: str = prefix + candidates[0].path_format
-            return template
+            return prefix + candidates[0].path_format  # type: ignore[no-any-return]
     from starlette.routing import Match, Route
 
     probe = {

@@ -190,7 +190,7 @@ def _open_reader(uri: str, busy_timeout: float) -> sqlite3.Connection:
     reader = sqlite3.connect(
         uri, timeout=busy_timeout, isolation_level=None, check_same_thread=False, uri=True
     )
-    reader.create_aggregate(_EXACT_SUM, 1, _ExactSum)  # type: ignore[arg-type]  # str results
+    reader.create_aggregate(_EXACT_SUM, 1, _ExactSum)  # type: ignore[arg-type]  # non-int results
     return reader
 
 
