@@ -458,9 +458,14 @@ class SQLiteStorage(SQLStorage):
         return f"SQLiteStorage({self.path!r})"
 
 
+#: SQLite's primary result code for a lock another connection holds (what
+#: Python 3.11 names ``sqlite3.SQLITE_BUSY``; 3.10 has no such constant).
+_SQLITE_BUSY = 5
+
+
 def _is_busy(error: sqlite3.OperationalError) -> bool:
     """Whether ``error`` is SQLITE_BUSY: another connection held the lock."""
     code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
     if code is not None:
-        return bool(code & 0xFF == sqlite3.SQLITE_BUSY)
+        return bool(code & 0xFF == _SQLITE_BUSY)
     return "locked" in str(error)
