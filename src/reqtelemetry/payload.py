@@ -107,6 +107,14 @@ class Report:
     carries_totals: bool
 
 
+def pauses_over(hurry: threading.Event | None, until: float) -> bool:
+    """Whether a paced flush must stop pausing: ``hurry`` is set (something
+    waits for it), or it is past ``until`` (a ``time.monotonic()`` reading:
+    its share of the budget for pauses is spent). Asked by the encoding's
+    :class:`Pacer` and by the transport's pauses around each POST alike."""
+    return (hurry is not None and hurry.is_set()) or time.monotonic() >= until
+
+
 class Pacer:
     """Lets other threads run every ``every`` seconds of a long loop.
 
@@ -146,8 +154,7 @@ class Pacer:
     def tick(self) -> None:
         now = perf_counter()
         if now >= self._due:
-            hurried = self._hurry is not None and self._hurry.is_set()
-            if hurried or time.monotonic() >= self._until:
+            if pauses_over(self._hurry, self._until):
                 self.every = self._due = math.inf  # no more pauses
                 return
             time.sleep(YIELD_PAUSE)

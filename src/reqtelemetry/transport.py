@@ -47,7 +47,7 @@ import httpx
 from . import green, hashcash
 from ._version import __version__
 from .config import Config, redacted_url
-from .payload import YIELD_PAUSE, Pacer
+from .payload import YIELD_PAUSE, Pacer, pauses_over
 
 logger = logging.getLogger("reqtelemetry")
 #: Whether this thread (or green thread, or task) is sending one of
@@ -431,8 +431,11 @@ class Transport:
         while the final report goes out at shutdown (``paced=False``).
         """
         # No pauses once shutting down or hurried, nor past the flush's share for them.
-        hurried = self._stop.is_set() or self._hurry.is_set()
-        if self._paced and not hurried and time.monotonic() < self._pauses_until:
+        if (
+            self._paced
+            and not self._stop.is_set()
+            and not pauses_over(self._hurry, self._pauses_until)
+        ):
             time.sleep(YIELD_PAUSE)
 
     def after_fork_in_child(self) -> None:
