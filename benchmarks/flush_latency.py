@@ -169,7 +169,9 @@ CONTROL_PHASES = frozenset({"floor", START_PHASE})
 
 def start_control() -> bool:
     """True when the run adds phase (e) (``BENCH_START_CONTROL=1``)."""
-    return os.environ.get("BENCH_START_CONTROL", "").strip().lower() in {"1", "true", "yes", "on"}
+    from reqtelemetry.config import env_flag
+
+    return env_flag(os.environ.get("BENCH_START_CONTROL"))
 
 
 def phase_labels() -> dict[str, str]:
@@ -1063,6 +1065,11 @@ def _flush_work(telemetry: Any) -> Callable[[], None]:
     return work
 
 
+def _fresh_resource(tag: str, number: int) -> str:
+    """A resource no stamp was minted for yet (a collector refuses a stamp it has seen)."""
+    return hashlib.sha256(f"{tag}.{number}.{time.time()}".encode()).hexdigest()
+
+
 def _mint_work(bits: int) -> Callable[[], None]:
     """A window's work in (c): one stamp for a fresh resource, minted in a child
     process at idle priority (``mint_in_subprocess``'s default), as the flusher
@@ -1072,8 +1079,7 @@ def _mint_work(bits: int) -> Callable[[], None]:
     serial = itertools.count()
 
     def work() -> None:
-        resource = hashlib.sha256(f"bench.{next(serial)}.{time.time()}".encode()).hexdigest()
-        mint_in_subprocess(resource, bits, timeout=MINT_TIMEOUT)
+        mint_in_subprocess(_fresh_resource("bench", next(serial)), bits, timeout=MINT_TIMEOUT)
 
     return work
 
@@ -1101,9 +1107,7 @@ class StartWork:
         from reqtelemetry import hashcash
 
         began = time.monotonic()
-        resource = hashlib.sha256(
-            f"bench.start.{next(self._serial)}.{time.time()}".encode()
-        ).hexdigest()
+        resource = _fresh_resource("bench.start", next(self._serial))
         stamp = hashcash.mint_in_subprocess(resource, 0, timeout=MINT_TIMEOUT)
         if hashcash._fallback_logged:
             raise RuntimeError("no minting child could be started: minted in this process")
