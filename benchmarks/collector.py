@@ -76,7 +76,7 @@ from reqtelemetry.collector.settings import DEFAULT_BITS
 from reqtelemetry.collector.tokens import TokenSigner
 from reqtelemetry.collector.verify import Limits, check_payload, verify_report
 from reqtelemetry.config import Config
-from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.payload import UNPACED, Envelope, build_reports
 from reqtelemetry.recorder import Batch, Recorder
 from reqtelemetry.traits import SystemTraits
 
@@ -543,7 +543,7 @@ def make_envelope(
         withheld=withheld,
         metrics={"counters": {"jobs.processed": 1200 + sequence}, "gauges": {"queue": 3.0}},
     )
-    reports = build_reports(envelope, batch, 512 * 1024, paced=False)
+    reports = build_reports(envelope, batch, 512 * 1024, pacing=UNPACED)
     if len(reports) != 1:
         raise RuntimeError(f"the batch split into {len(reports)} reports")
     payload = reports[0].body

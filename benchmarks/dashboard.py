@@ -80,7 +80,7 @@ from reqtelemetry.collector.storage import open_storage
 from reqtelemetry.collector.storage.base import StoredReport
 from reqtelemetry.collector.storage.sql import SQLStorage
 from reqtelemetry.collector.summary import build_summary
-from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.payload import UNPACED, Envelope, build_reports
 from reqtelemetry.recorder import Batch, Recorder
 
 from . import load_average, quick
@@ -308,7 +308,7 @@ def base_payload(batch: Batch, app: str) -> dict[str, Any]:
         withheld=[],
         metrics={"counters": {}, "gauges": {}},
     )
-    (report,) = build_reports(envelope, batch, 16 * 1024 * 1024, paced=False)
+    (report,) = build_reports(envelope, batch, 16 * 1024 * 1024, pacing=UNPACED)
     payload: dict[str, Any] = json.loads(report.body)
     return payload
 

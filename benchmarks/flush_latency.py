@@ -11,7 +11,7 @@ one run, each against a baseline taken in the same run.
    every part gzipped (at the transport's ``GZIP_LEVEL``). Median of repetitions,
    per step, wall clock and this thread's CPU time; the baseline is one
    ``json.dumps`` of the same records plus one ``gzip.compress``, the least any
-   encoder could do. The encoding is timed with ``paced=False``: the flusher
+   encoder could do. The encoding is timed with ``pacing=UNPACED``: the flusher
    runs it paced (its ``Pacer`` sleeps 5 ms after every 0.1 ms of work, on
    purpose, to leave request threads the GIL), and that wall time, mostly
    pauses, is a row of its own (every third repetition only, to keep the run
@@ -141,7 +141,7 @@ RECEIVER_BITS = 0
 #: Row labels, in table order (the smoke test checks they are all present).
 BUILD_LABELS = (
     "recorder.collect()",
-    "payload.build_reports(..., paced=False)",
+    "payload.build_reports(..., pacing=UNPACED)",
     "gzip.compress, every part",
     "total (one full batch)",
     "payload.build_reports(...) paced, as the flusher runs it: mostly pauses",
@@ -369,7 +369,7 @@ def install(recorder: Any, template: dict[tuple[str, str, int], Any]) -> None:
 @dataclass
 class BuildResult:
     collect_ms: list[float] = field(default_factory=list)
-    #: ``build_reports(..., paced=False)``: the encoding's own cost.
+    #: ``build_reports(..., pacing=UNPACED)``: the encoding's own cost.
     build_ms: list[float] = field(default_factory=list)
     gzip_ms: list[float] = field(default_factory=list)
     total_ms: list[float] = field(default_factory=list)
@@ -392,7 +392,7 @@ def measure_build(
     max_payload_bytes: int,
     repetitions: int,
 ) -> BuildResult:
-    from reqtelemetry.payload import build_reports
+    from reqtelemetry.payload import UNPACED, build_reports
     from reqtelemetry.recorder import Recorder
     from reqtelemetry.transport import GZIP_LEVEL as level
 
@@ -405,7 +405,7 @@ def measure_build(
         start, start_cpu = clock(), cpu_clock()
         batch = recorder.collect()
         collected, collected_cpu = clock(), cpu_clock()
-        reports = build_reports(envelope, batch, max_payload_bytes, paced=False)
+        reports = build_reports(envelope, batch, max_payload_bytes, pacing=UNPACED)
         built, built_cpu = clock(), cpu_clock()
         compressed = [gzip.compress(r.body, compresslevel=level) for r in reports]
         done, done_cpu = clock(), cpu_clock()
@@ -1578,7 +1578,7 @@ def run() -> str:
         f"- median of {settings.build_repetitions} repetitions (after one warm-up), wall "
         "clock and this thread's CPU time (`time.thread_time`), garbage collected before "
         f"each; gzip level {transport.GZIP_LEVEL} (the transport's)",
-        "- the steps and the total are the work itself: `build_reports(..., paced=False)`. "
+        "- the steps and the total are the work itself: `build_reports(..., pacing=UNPACED)`. "
         "The flusher calls it paced: its `Pacer` sleeps "
         f"{payload.YIELD_PAUSE * 1e3:g} ms after every {payload.YIELD_EVERY * 1e3:g} ms of "
         "work, on purpose, so that request threads get the GIL; that wall time, mostly "

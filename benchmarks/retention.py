@@ -47,7 +47,7 @@ from reqtelemetry.collector.storage import open_storage
 from reqtelemetry.collector.storage import sql as sql_storage
 from reqtelemetry.collector.storage.base import Pruned, RolledUp, StoredReport
 from reqtelemetry.collector.storage.sql import SQLStorage
-from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.payload import UNPACED, Envelope, build_reports
 from reqtelemetry.recorder import Batch
 
 from . import quick
@@ -99,7 +99,7 @@ def payload_of(batch: Batch, deployment: str, instance: str, sequence: int) -> d
         withheld=[],
         metrics={"counters": {"jobs.processed": sequence}, "gauges": {"queue": 3.0}},
     )
-    (report,) = build_reports(envelope, batch, 1024 * 1024, paced=False)
+    (report,) = build_reports(envelope, batch, 1024 * 1024, pacing=UNPACED)
     payload: dict[str, Any] = json.loads(report.body)
     return payload
 

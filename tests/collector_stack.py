@@ -50,7 +50,7 @@ from reqtelemetry.collector.app import create_app
 from reqtelemetry.collector.settings import CollectorSettings
 from reqtelemetry.collector.storage import open_storage
 from reqtelemetry.collector.storage.base import StoredReport
-from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.payload import UNPACED, Envelope, build_reports
 from reqtelemetry.recorder import Recorder
 from reqtelemetry.schema_loader import load_payload_schema
 from reqtelemetry.transport import Outcome
@@ -467,7 +467,7 @@ def store_old_report(
         withheld=[],
         metrics={"counters": {}, "gauges": {}},
     )
-    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000, paced=False)
+    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000, pacing=UNPACED)
     payload = json.loads(report.body)
     errors = [error.message for error in VALIDATOR.iter_errors(payload)]
     assert not errors, errors
@@ -501,7 +501,7 @@ def protocol_payload(
         withheld=[],
         metrics={"counters": {}, "gauges": {}},
     )
-    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000, paced=False)
+    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000, pacing=UNPACED)
     errors = [error.message for error in VALIDATOR.iter_errors(json.loads(report.body))]
     assert not errors, errors
     return report.body

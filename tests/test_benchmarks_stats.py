@@ -340,7 +340,7 @@ def test_the_build_table_keeps_the_paced_encoding_out_of_the_total() -> None:
         cpu_ms={label: [10.0] for label in labels},
     )
     rows = flush_latency.build_table(result).splitlines()
-    assert rows[3].startswith("| payload.build_reports(..., paced=False) | 20.0 |")
+    assert rows[3].startswith("| payload.build_reports(..., pacing=UNPACED) | 20.0 |")
     assert rows[3].endswith("| 77% | 1.54x |")
     paced = rows[6]
     assert paced.startswith(f"| {labels[4]} | 140.0 |")

@@ -37,7 +37,7 @@ from reqtelemetry.collector.verify import (
     verify_report,
 )
 from reqtelemetry.histogram import MAX_INDEX, MIN_INDEX
-from reqtelemetry.payload import MAX_ROUTE_BYTES, Envelope, build_reports
+from reqtelemetry.payload import MAX_ROUTE_BYTES, UNPACED, Envelope, build_reports
 from reqtelemetry.recorder import Recorder
 from reqtelemetry.schema_loader import load_payload_schema
 from reqtelemetry.traits import MAX_TEXT_LENGTH
@@ -68,7 +68,7 @@ def built_body(recorder: Recorder) -> bytes:
         withheld=[],
         metrics={"counters": {}, "gauges": {}},
     )
-    (built,) = build_reports(envelope, recorder.collect(), 1 << 20, paced=False)
+    (built,) = build_reports(envelope, recorder.collect(), 1 << 20, pacing=UNPACED)
     return built.body
 
 
@@ -405,8 +405,8 @@ def _client_body(recorder: Recorder) -> tuple[bytes, bytes]:
     """``recorder``'s records as the client sends them: one report (however
     large) in an envelope, gzipped at the client's level; (plain, gzipped)."""
     envelope = Envelope("periodic", 0, DEPLOYMENT, INSTANCE, {}, [], {"counters": {}, "gauges": {}})
-    (built,) = build_reports(envelope, recorder.collect(), 64 * MIB, paced=False)
-    plain = build_envelope("t" * 160, "1:20:" + "s" * 90, built.body.decode(), paced=False)
+    (built,) = build_reports(envelope, recorder.collect(), 64 * MIB, pacing=UNPACED)
+    plain = build_envelope("t" * 160, "1:20:" + "s" * 90, built.body.decode(), pacing=UNPACED)
     return plain, gzip_paced(plain, GZIP_LEVEL, paced=False)
 
 
@@ -470,7 +470,7 @@ def test_a_route_the_client_fits_is_one_the_collector_takes_under_the_longest_ap
     recorder = Recorder()
     recorder.record("GET", "/" + "/".join([WIDE * 15] * 40), 200, 0.01, 0, 1)
     envelope = Envelope("periodic", 1, str(uuid.uuid4()), str(uuid.uuid4()), {}, (), {})
-    (built,) = build_reports(envelope, recorder.collect(), 262144, paced=False)
+    (built,) = build_reports(envelope, recorder.collect(), 262144, pacing=UNPACED)
     route = json.loads(built.body)["batch"]["records"][0]["route"]
     assert route.endswith("/...") and len(route.encode("utf-8")) <= MAX_ROUTE_BYTES
     wide_traits = WIDE * MAX_TEXT_LENGTH

@@ -50,7 +50,7 @@ from receiver import (
 from reqtelemetry import ASGIMiddleware, Telemetry
 from reqtelemetry import flusher as flusher_module
 from reqtelemetry import telemetry as telemetry_module
-from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.payload import UNPACED, Envelope, build_reports
 from reqtelemetry.recorder import OVERFLOW_KEY, Batch, Recorder
 from reqtelemetry.traits import deployment_id_for
 from reqtelemetry.transport import MAX_ANSWER_BYTES, Outcome, parse_retry_after
@@ -1684,7 +1684,7 @@ def one_request_per_route(routes: int) -> tuple[Envelope, Batch]:
 def test_parts_also_respect_the_schemas_record_limit():
     """A generous max_payload_bytes must not produce a part the schema refuses."""
     envelope, batch = one_request_per_route(12000)
-    reports = build_reports(envelope, batch, max_bytes=16 * 1024 * 1024, paced=False)
+    reports = build_reports(envelope, batch, max_bytes=16 * 1024 * 1024, pacing=UNPACED)
     payloads = [json.loads(report.body) for report in reports]
     assert len(payloads) == 2
     assert all(len(p["batch"]["records"]) <= 10000 for p in payloads)  # the schema's maxItems
@@ -2281,11 +2281,11 @@ def test_only_the_shutdown_flush_skips_the_pauses(make_sender, receiver, monkeyp
     hurries: list[object] = []
     original_init = payload.Pacer.__init__
 
-    def spy(self, paced=True, hurry=None, until=None):
-        original_init(self, paced, hurry, until)
+    def spy(self, pacing=payload.PACED):
+        original_init(self, pacing)
         rhythms.append(self.every)
         if threading.get_ident() == me:  # not the startup report's
-            hurries.append(hurry)
+            hurries.append(pacing.hurry)
 
     me = threading.get_ident()
 
@@ -2354,9 +2354,24 @@ def test_a_paced_encoding_stops_pausing_once_hurried(monkeypatch):
     )
     monkeypatch.setattr(payload, "YIELD_EVERY", 0.0)  # a pause due at every step
     envelope, batch = one_request_per_route(50)
-    reports = build_reports(envelope, batch, 1 << 20, hurry=hurry)
+    reports = build_reports(envelope, batch, 1 << 20, pacing=payload.Pacing(hurry=hurry))
     assert pauses == [payload.YIELD_PAUSE] * 3  # none after the hurry
     assert sum(record_counts([json.loads(r.body) for r in reports]).values()) == 50
+
+
+def test_a_pacing_stops_pausing_once_hurried_or_past_its_share():
+    """One value says when every paced step of a flush stops pausing: the
+    encoding, the envelope and the POSTs ask the same question of it."""
+    from reqtelemetry.payload import PACED, Pacing
+
+    assert PACED.paced and not PACED.pauses_over()  # no hurry, no limit
+    assert not UNPACED.paced
+    hurry = threading.Event()
+    pacing = Pacing(hurry=hurry, until=time.monotonic() + 60)
+    assert not pacing.pauses_over()
+    hurry.set()
+    assert pacing.pauses_over()  # something waits for the flush
+    assert Pacing(until=time.monotonic() - 0.001).pauses_over()  # its share is spent
 
 
 def test_a_paced_encoding_pauses_only_until_its_share_of_the_budget(monkeypatch):
@@ -2370,10 +2385,10 @@ def test_a_paced_encoding_pauses_only_until_its_share_of_the_budget(monkeypatch)
     )
     monkeypatch.setattr(payload, "YIELD_EVERY", 0.0)  # a pause due at every step
     envelope, batch = one_request_per_route(20)
-    build_reports(envelope, batch, 1 << 20, pauses_until=time.monotonic() + 60)
+    build_reports(envelope, batch, 1 << 20, pacing=payload.Pacing(until=time.monotonic() + 60))
     assert len(pauses) >= 20  # within its share: a pause per record
     pauses.clear()
-    build_reports(envelope, batch, 1 << 20, pauses_until=time.monotonic() - 0.001)
+    build_reports(envelope, batch, 1 << 20, pacing=payload.Pacing(until=time.monotonic() - 0.001))
     assert pauses == []  # past it: none
 
 
@@ -2410,10 +2425,10 @@ def test_a_flushs_pauses_stop_at_their_share_of_its_budget(make_sender, receiver
     limits: list[float] = []
     original_init = payload.Pacer.__init__
 
-    def spy(self, paced=True, hurry=None, until=None):
-        original_init(self, paced, hurry, until)
-        if until is not None and threading.get_ident() == me:
-            limits.append(until)
+    def spy(self, pacing=payload.PACED):
+        original_init(self, pacing)
+        if pacing.until != float("inf") and threading.get_ident() == me:
+            limits.append(pacing.until)
 
     me = threading.get_ident()
     monkeypatch.setattr(payload.Pacer, "__init__", spy)
@@ -2535,7 +2550,7 @@ def test_an_unpaced_batch_encodes_exactly_as_a_paced_one():
         internal_errors=0,
     )
     paced = build_reports(envelope, batch, max_bytes=64 * 1024)
-    unpaced = build_reports(envelope, batch, max_bytes=64 * 1024, paced=False)
+    unpaced = build_reports(envelope, batch, max_bytes=64 * 1024, pacing=UNPACED)
     assert len(paced) > 1
 
     def without_clock(report):

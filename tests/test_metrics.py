@@ -21,7 +21,7 @@ from receiver import UNAVAILABLE, counter_totals
 from reqtelemetry.collector.tokens import Claims
 from reqtelemetry.collector.verify import check_payload
 from reqtelemetry.metrics import MAX_NAME_LENGTH, AppMetrics
-from reqtelemetry.payload import MAX_METRIC_VALUE, Envelope, build_reports
+from reqtelemetry.payload import MAX_METRIC_VALUE, UNPACED, Envelope, build_reports
 from reqtelemetry.recorder import Recorder
 
 GOOD_NAMES = ["jobs", "feature.export_pdf", "a1.b_2.c3", "cache.misses", "x" * MAX_NAME_LENGTH]
@@ -421,7 +421,7 @@ def accepted(metrics: dict) -> dict:
         withheld=[],
         metrics=metrics,
     )
-    (built,) = build_reports(envelope, recorder.collect(), 1 << 20, paced=False)
+    (built,) = build_reports(envelope, recorder.collect(), 1 << 20, pacing=UNPACED)
     claims = Claims(deployment_id=DEPLOYMENT, instance_id=INSTANCE, expires_at=0.0, nonce="n")
     payload = check_payload(built.body, claims)
     assert len(payload["batch"]["records"]) == 1

@@ -13,7 +13,7 @@ import pytest
 
 from reqtelemetry.config import Config
 from reqtelemetry.histogram import MAX_TRACKED, MIN_TRACKED, RELATIVE_ACCURACY
-from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.payload import UNPACED, Envelope, build_reports
 from reqtelemetry.recorder import OVERFLOW_KEY, Recorder
 from reqtelemetry.schema_loader import load_payload_schema
 from reqtelemetry.traits import SystemTraits
@@ -127,7 +127,7 @@ def test_a_record_the_collector_would_refuse_is_mended_and_the_report_stays_vali
         withheld=(),
         metrics={"counters": {}, "gauges": {}},
     )
-    (report,) = build_reports(envelope, recorder.collect(), 262144, paced=False)
+    (report,) = build_reports(envelope, recorder.collect(), 262144, pacing=UNPACED)
     payload = json.loads(report.body)
     assert errors(validator, payload) == []
     assert b"\\u0000" not in report.body  # the collector refuses a NUL in any string

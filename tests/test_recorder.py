@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from reqtelemetry.collector.tokens import Claims
 from reqtelemetry.collector.verify import check_payload
 from reqtelemetry.histogram import Histogram
-from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.payload import UNPACED, Envelope, build_reports
 from reqtelemetry.recorder import (
     OVERFLOW_ERROR_KEY,
     OVERFLOW_KEY,
@@ -445,7 +445,7 @@ def test_what_a_client_sends_holds_every_count_in_its_histograms() -> None:
     envelope = Envelope("periodic", 0, DEPLOYMENT, INSTANCE, {}, [], {"counters": {}, "gauges": {}})
     claims = Claims(DEPLOYMENT, INSTANCE, expires_at=0.0, nonce="n")
 
-    reports = build_reports(envelope, recorder.collect(), 4096, paced=False)
+    reports = build_reports(envelope, recorder.collect(), 4096, pacing=UNPACED)
     assert len(reports) > 1
     sent = 0
     for built in reports:

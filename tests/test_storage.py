@@ -56,7 +56,7 @@ from reqtelemetry.collector.storage.postgres import CANCEL_TIMEOUT, PostgresStor
 from reqtelemetry.collector.storage.sql import SQLStorage
 from reqtelemetry.collector.storage.sqlite import SQLiteStorage
 from reqtelemetry.histogram import bucket_index, bucket_value
-from reqtelemetry.payload import Envelope, build_reports
+from reqtelemetry.payload import UNPACED, Envelope, build_reports
 from reqtelemetry.recorder import Recorder
 from reqtelemetry.schema_loader import load_payload_schema
 
@@ -107,7 +107,7 @@ def make_payload(
         withheld=[],
         metrics=metrics or {"counters": {}, "gauges": {}},
     )
-    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000, paced=False)
+    (report,) = build_reports(envelope, recorder.collect(), max_bytes=1_000_000, pacing=UNPACED)
     payload: dict[str, Any] = json.loads(report.body)
     errors = [error.message for error in VALIDATOR.iter_errors(payload)]
     assert not errors, errors

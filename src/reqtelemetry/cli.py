@@ -34,7 +34,7 @@ from typing import Any
 
 from ._version import __version__
 from .config import Config, redacted_url
-from .payload import Envelope, build_reports
+from .payload import UNPACED, Envelope, build_reports
 from .telemetry import UNMATCHED_ROUTE, Telemetry
 
 DESCRIPTION = (
@@ -80,7 +80,7 @@ def inspect_payload(config: Config) -> dict[str, Any] | None:
         metrics={"counters": {"feature.example": 3}, "gauges": {}},
     )
     report = build_reports(
-        envelope, telemetry.recorder.collect(), config.max_payload_bytes, paced=False
+        envelope, telemetry.recorder.collect(), config.max_payload_bytes, pacing=UNPACED
     )[0]
     payload: dict[str, Any] = json.loads(report.body)
     return payload

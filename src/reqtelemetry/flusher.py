@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING
 
 from .config import redacted_url
 from .metrics import GAUGE_SAMPLE_SECONDS
-from .payload import Envelope, Report, build_reports
+from .payload import Envelope, Pacing, Report, build_reports
 from .prefork import leave_signals_to_the_main_thread
 from .recorder import Batch
 from .supervisors import (
@@ -496,15 +496,18 @@ class Flusher:
             self.deployment_id = deployment_id_for(kept, config.app_name, config.endpoint)
             if how != "persisted":
                 logger.info("reqtelemetry: deployment id kept for this process only (%s)", how)
-        # At shutdown this process serves no more requests: no pauses for them.
-        paced = kind != "shutdown"
-        pauses_until = time.monotonic() + PAUSING_SHARE * max(0.0, deadline - time.monotonic())
+        pacing = Pacing(
+            # At shutdown this process serves no more requests: no pauses for them.
+            paced=kind != "shutdown",
+            hurry=self._hurry,
+            until=time.monotonic() + PAUSING_SHARE * max(0.0, deadline - time.monotonic()),
+        )
         held = self.unconfirmed
-        if held is not None and paced:
-            if not self._settle_unconfirmed(deadline, paced, pauses_until):
+        if held is not None and pacing.paced:
+            if not self._settle_unconfirmed(deadline, pacing):
                 return False  # nothing else goes while the collector does not answer
             held = None
-        delivered = self._send_batch(kind, deadline, gauges, paced, pauses_until)
+        delivered = self._send_batch(kind, deadline, gauges, pacing)
         if held is None or self.gone:
             return delivered
         # At shutdown the newest data goes first, and the held report with
@@ -513,15 +516,14 @@ class Flusher:
         # it all while the collector's answers were lost. (Held again now, or
         # the batch's own report held, either is lost with the process.)
         self.unconfirmed = held
-        return self._settle_unconfirmed(deadline, paced, pauses_until) and delivered
+        return self._settle_unconfirmed(deadline, pacing) and delivered
 
     def _send_batch(
         self,
         kind: str,
         deadline: float,
         gauges: dict[str, float],
-        paced: bool,
-        pauses_until: float,
+        pacing: Pacing,
     ) -> bool:
         """Collect what is recorded and send it, in as many reports as it takes."""
         telemetry = self.telemetry
@@ -546,7 +548,7 @@ class Flusher:
                 internal_errors=telemetry.internal_errors,
             )
             self.sequence += 1
-            reports = self._build(envelope, batch, paced, pauses_until)
+            reports = self._build(envelope, batch, pacing)
             if self.config.debug or self.transport is None:
                 stream = self._debug_stream()
                 for report in reports:
@@ -563,9 +565,7 @@ class Flusher:
                     max(0.0, deadline - time.monotonic()),
                     self.deployment_id,
                     telemetry.instance_id,
-                    paced=paced,
-                    pauses_until=pauses_until,
-                    hurry=self._hurry,
+                    pacing=pacing,
                 )
                 if result.outcome in (Outcome.DELIVERED, Outcome.REJECTED):
                     pending = index + 1
@@ -575,7 +575,7 @@ class Flusher:
                 self._apply_pacing(result)
                 if result.outcome is Outcome.TOO_LARGE:
                     smaller = self._split_smaller(
-                        envelope, batch, reports[index:], result, stored, paced, pauses_until
+                        envelope, batch, reports[index:], result, stored, pacing
                     )
                     if smaller is None:  # several records, and no smaller to go: kept
                         pending = len(reports)  # handed back here, not again below
@@ -632,7 +632,7 @@ class Flusher:
                 self._put_back(batch, reports[pending:], metrics)
             raise  # flush() counts it as an internal error
 
-    def _settle_unconfirmed(self, deadline: float, paced: bool, pauses_until: float) -> bool:
+    def _settle_unconfirmed(self, deadline: float, pacing: Pacing) -> bool:
         """Send :attr:`unconfirmed` again, with its stamp; True when the flush may go on.
 
         The collector answers ``409 replay`` when it has it, stores it
@@ -648,10 +648,8 @@ class Flusher:
             max(0.0, deadline - time.monotonic()),
             self.deployment_id,
             self.telemetry.instance_id,
-            paced=paced,
+            pacing=pacing,
             sent=held.sent,
-            pauses_until=pauses_until,
-            hurry=self._hurry,
         )
         self.last_result = result
         self._apply_pacing(result)
@@ -688,9 +686,7 @@ class Flusher:
             return False
         return True
 
-    def _build(
-        self, envelope: Envelope, batch: Batch, paced: bool, pauses_until: float
-    ) -> list[Report]:
+    def _build(self, envelope: Envelope, batch: Batch, pacing: Pacing) -> list[Report]:
         limit = self.max_payload_bytes
         # Below max_payload_bytes (a 413 taught it), a record that needs more goes alone.
         lowered = limit < self.config.max_payload_bytes
@@ -698,9 +694,7 @@ class Flusher:
             envelope,
             batch,
             limit,
-            paced=paced,
-            hurry=self._hurry,
-            pauses_until=pauses_until,
+            pacing=pacing,
             oversized_alone=lowered,
         )
 
@@ -711,8 +705,7 @@ class Flusher:
         rest: list[Report],
         result: Result,
         stored: bool,
-        paced: bool,
-        pauses_until: float,
+        pacing: Pacing,
     ) -> tuple[Envelope, list[Report], Report | None] | None:
         """After a ``413`` for ``rest[0]``: what ``rest`` carried, split smaller.
 
@@ -771,9 +764,7 @@ class Flusher:
             envelope,
             part,
             limit,
-            paced=paced,
-            hurry=self._hurry,
-            pauses_until=pauses_until,
+            pacing=pacing,
             oversized_alone=True,
         )
         if not totals:  # part 0 of the rest: the totals already went with the first part 0

@@ -107,12 +107,38 @@ class Report:
     carries_totals: bool
 
 
-def pauses_over(hurry: threading.Event | None, until: float) -> bool:
-    """Whether a paced flush must stop pausing: ``hurry`` is set (something
-    waits for it), or it is past ``until`` (a ``time.monotonic()`` reading:
-    its share of the budget for pauses is spent). Asked by the encoding's
-    :class:`Pacer` and by the transport's pauses around each POST alike."""
-    return (hurry is not None and hurry.is_set()) or time.monotonic() >= until
+@dataclass(frozen=True)
+class Pacing:
+    """How one flush's CPU-bound steps make way for request threads.
+
+    One value for the whole flush, handed from the flusher to the encoding,
+    the envelope and the POSTs, because all three must stop pausing at the
+    same moment: when the flush is hurried or its share of the budget for
+    pauses is spent (see :class:`Pacer` for why it pauses at all).
+    """
+
+    #: False for the final flush at shutdown: no request of this process waits
+    #: for the GIL any more, and the shutdown budget is better spent sending.
+    paced: bool = True
+    #: Set when something waits for this flush (a shutdown, or a caller's
+    #: ``flush(timeout=...)``): no more pauses from then on.
+    hurry: threading.Event | None = None
+    #: A ``time.monotonic()`` reading past which no pause begins: the share
+    #: of the flush's budget that pausing may take.
+    until: float = math.inf
+
+    def pauses_over(self) -> bool:
+        """Whether a paced flush must stop pausing: hurried, or past :attr:`until`.
+        Asked by the encoding's :class:`Pacer` and by the transport's pauses
+        around each POST alike."""
+        hurry = self.hurry
+        return (hurry is not None and hurry.is_set()) or time.monotonic() >= self.until
+
+
+#: Paced, never hurried, no limit: what a periodic flush's steps do by default.
+PACED = Pacing()
+#: No pauses at all: the final flush at shutdown, and tools that encode offline.
+UNPACED = Pacing(paced=False)
 
 
 class Pacer:
@@ -129,32 +155,24 @@ class Pacer:
     threads rarely find it held, and a busy server's queue for it hardly
     grows. Encoding a full batch then takes a second or two instead of some
     40 ms, which a periodic flush's budget (30 s by default) easily holds.
-    The pauses stop where something does wait: once ``hurry`` is set (a
-    shutdown, whose final report waits for the flush under way), or past
-    ``until`` (a ``time.monotonic()`` reading: the share of a flush's budget
-    that pausing may take, which a caller of ``Telemetry.flush(timeout=1)``
-    keeps short).
+    The pauses stop where something does wait (see :meth:`Pacing.pauses_over`):
+    a shutdown, whose final report waits for the flush under way, or a caller
+    of ``Telemetry.flush(timeout=1)``, whose short budget leaves pausing a
+    short share.
     """
 
-    __slots__ = ("_due", "_hurry", "_until", "every")
+    __slots__ = ("_due", "_pacing", "every")
 
-    def __init__(
-        self,
-        paced: bool = True,
-        hurry: threading.Event | None = None,
-        until: float | None = None,
-    ) -> None:
-        #: ``paced=False`` never pauses: for the final flush at shutdown, when
-        #: no request of this process waits for the GIL any more.
-        self.every = YIELD_EVERY if paced else math.inf
+    def __init__(self, pacing: Pacing = PACED) -> None:
+        #: An unpaced one never pauses.
+        self.every = YIELD_EVERY if pacing.paced else math.inf
         self._due = perf_counter() + self.every
-        self._hurry = hurry
-        self._until = math.inf if until is None else until
+        self._pacing = pacing
 
     def tick(self) -> None:
         now = perf_counter()
         if now >= self._due:
-            if pauses_over(self._hurry, self._until):
+            if self._pacing.pauses_over():
                 self.every = self._due = math.inf  # no more pauses
                 return
             time.sleep(YIELD_PAUSE)
@@ -270,17 +288,14 @@ def build_reports(
     batch: Batch,
     max_bytes: int,
     *,
-    paced: bool = True,
-    hurry: threading.Event | None = None,
-    pauses_until: float | None = None,
+    pacing: Pacing = PACED,
     oversized_alone: bool = False,
 ) -> list[Report]:
     """Encode the batch as one or more JSON bodies, none larger than ``max_bytes``.
 
-    ``paced=False`` skips the :class:`Pacer`'s pauses: for the final flush at
-    shutdown, when no request of this process waits for the GIL any more and
-    the shutdown budget is better spent sending. A paced encoding stops
-    pausing once ``hurry`` is set or past ``pauses_until`` (see :class:`Pacer`).
+    ``pacing`` says how the encoding makes way for request threads (see
+    :class:`Pacing`); :data:`UNPACED` encodes in one go, for the final flush
+    at shutdown and for tools that build reports offline.
 
     A record that does not fit in ``max_bytes`` even alone raises ValueError,
     unless ``oversized_alone``: it then gets a part of its own, the only one
@@ -291,7 +306,7 @@ def build_reports(
     if envelope.kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {envelope.kind!r}")
     metrics = _fit_metrics(envelope.metrics)
-    pacer = Pacer(paced, hurry, pauses_until)
+    pacer = Pacer(pacing)
     keys = list(batch.stats)
     encoded = []
     for key in keys:

@@ -47,7 +47,7 @@ import httpx
 from . import green, hashcash
 from ._version import __version__
 from .config import Config, redacted_url
-from .payload import YIELD_PAUSE, Pacer, pauses_over
+from .payload import PACED, YIELD_PAUSE, Pacer, Pacing
 
 logger = logging.getLogger("reqtelemetry")
 #: Whether this thread (or green thread, or task) is sending one of
@@ -374,13 +374,9 @@ class Transport:
         self._sockets_lock = threading.Lock()
         #: Set by :meth:`interrupt` to stop the stamp being minted now (its child is killed).
         self._mint_cancel: threading.Event | None = None
-        #: Whether the delivery under way makes way for request threads (see :meth:`_make_way`).
-        self._paced = True
-        #: Past this ``time.monotonic()`` reading the delivery under way pauses
-        #: no more (its flush's share of the budget for pauses is spent).
-        self._pauses_until = math.inf
-        #: The flush's own hurry for the delivery under way (see ``deliver``).
-        self._hurry: threading.Event = self._stop
+        #: How the delivery under way makes way for request threads (see
+        #: :meth:`_make_way`): its flush's, hurried by :meth:`interrupt` too.
+        self._pacing = Pacing(hurry=self._stop)
         #: Whether the request under way has handed its whole body to the socket
         #: (see :meth:`_trace`): until then the collector cannot have stored it.
         self._body_sent = False
@@ -428,14 +424,11 @@ class Transport:
         (building the request, driving the connection, reading the answer),
         and a request thread that wants the GIL meanwhile waits for each
         stretch of it. A real sleep at each hook cuts the POST in three. Not
-        while the final report goes out at shutdown (``paced=False``).
+        while the final report goes out at shutdown (unpaced).
         """
         # No pauses once shutting down or hurried, nor past the flush's share for them.
-        if (
-            self._paced
-            and not self._stop.is_set()
-            and not pauses_over(self._hurry, self._pauses_until)
-        ):
+        pacing = self._pacing
+        if pacing.paced and not self._stop.is_set() and not pacing.pauses_over():
             time.sleep(YIELD_PAUSE)
 
     def after_fork_in_child(self) -> None:
@@ -446,6 +439,7 @@ class Transport:
         if self._owns_client:
             self._client = None
         self._stop = threading.Event()
+        self._pacing = Pacing(hurry=self._stop)
         self._session = None  # the token names the parent's instance
         if self._owns_rng:
             # Else every worker of one master waits out the same backoffs, and
@@ -745,7 +739,7 @@ class Transport:
         It says how long it waits (:data:`WAIT_HEADER`): the collector then
         stores the report only while this attempt can still hear so.
         """
-        compressed = gzip_paced(envelope, GZIP_LEVEL, paced=self._paced)
+        compressed = gzip_paced(envelope, GZIP_LEVEL, paced=self._pacing.paced)
         wait = self.config.timeout if timeout is None else timeout
         try:
             response = self._post(
@@ -824,20 +818,18 @@ class Transport:
         deployment_id: str,
         instance_id: str,
         *,
-        paced: bool = True,
+        pacing: Pacing = PACED,
         sent: Sent | None = None,
-        pauses_until: float | None = None,
-        hurry: threading.Event | None = None,
     ) -> Result:
         """Send with retries until delivered, refused for good, or ``budget`` seconds pass.
 
-        ``paced=False`` (the final report at shutdown) encodes without pauses
-        and mints at the app's own priority: there is a deadline, and no
-        request of this process left to make way for.
-
-        ``pauses_until``: a ``time.monotonic()`` reading past which a paced
-        delivery makes no more pauses (see :class:`~reqtelemetry.payload.Pacer`),
-        nor once ``hurry`` is set (the flush's own: a flush waits for this one).
+        ``pacing`` is the flush's (see :class:`~reqtelemetry.payload.Pacing`):
+        paced, the envelope and the POST make way for request threads until
+        the flush is hurried or its share of the budget for pauses is spent;
+        unpaced (the final report at shutdown), they pause nowhere, and the
+        stamp is minted at the app's own priority: there is a deadline, and
+        no request of this process left to make way for. A pacing without
+        its own ``hurry`` is hurried by :meth:`interrupt`.
 
         ``sent``: what ``body`` went with before, when the collector may hold
         it (a :class:`Sent` from an earlier result). It goes again as it is,
@@ -846,9 +838,10 @@ class Transport:
         may hold it.
         """
         delivery = _Delivery(sent if sent is not None and sent.maybe_stored else None)
-        self._pauses_until = math.inf if pauses_until is None else pauses_until
-        self._hurry = self._stop if hurry is None else hurry
-        result = self._deliver(body, budget, deployment_id, instance_id, paced, delivery)
+        if pacing.hurry is None:
+            pacing = replace(pacing, hurry=self._stop)
+        self._pacing = pacing
+        result = self._deliver(body, budget, deployment_id, instance_id, delivery)
         return replace(result, sent=delivery.sent)
 
     def _deliver(
@@ -857,11 +850,10 @@ class Transport:
         budget: float,
         deployment_id: str,
         instance_id: str,
-        paced: bool,
         delivery: _Delivery,
     ) -> Result:
         deadline = time.monotonic() + budget
-        self._paced = paced
+        pacing = self._pacing
         result = Result(Outcome.FAILED, error="no attempt made")
         payload_text = body.decode("utf-8")
         renewed = False  # a session dropped on a 401 or a refused stamp is renewed once at once
@@ -892,19 +884,12 @@ class Transport:
                             resource,
                             session.bits,
                             max(0.0, deadline - time.monotonic()),
-                            idle=paced,  # the unpaced final report has a deadline to keep
+                            idle=pacing.paced,  # the unpaced final report has a deadline to keep
                         )
                     except Exception as error:  # timed out, or the child failed
                         return Result(Outcome.FAILED, error=f"minting: {error}")
                     held = delivery.sent = Sent(session.token, stamp)
-                envelope = build_envelope(
-                    held.token,
-                    held.stamp,
-                    payload_text,
-                    paced=paced,
-                    hurry=self._hurry,
-                    until=self._pauses_until,
-                )
+                envelope = build_envelope(held.token, held.stamp, payload_text, pacing=pacing)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     # Minting and encoding took what was left. Not "delivered",
@@ -998,18 +983,15 @@ def build_envelope(
     stamp: str,
     payload_text: str,
     *,
-    paced: bool = True,
-    hurry: threading.Event | None = None,
-    until: float | None = None,
+    pacing: Pacing = PACED,
 ) -> bytes:
     """``{"token", "stamp", "payload"}`` as JSON bytes, the payload escaped piecewise.
 
     One ``json.dumps`` of a 256 KiB string holds the GIL for milliseconds;
     escaping it in slices, letting request threads run between them, does not
-    (``paced=False``: no pauses, for the final flush at shutdown; none either
-    once ``hurry`` is set, or past ``until``).
+    (paced as ``pacing`` says: not at all for the final flush at shutdown).
     """
-    pacer = Pacer(paced, hurry, until)
+    pacer = Pacer(pacing)
     escaped = []
     for start in range(0, len(payload_text), ENVELOPE_SLICE):
         escaped.append(json.dumps(payload_text[start : start + ENVELOPE_SLICE])[1:-1])
