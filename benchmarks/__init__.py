@@ -44,7 +44,7 @@ MODULES: tuple[str, ...] = (
 )
 #: Modules run only when named (``python -m benchmarks profile``): kept out of
 #: the default run, which must stay under ten minutes on a 2-core machine.
-EXTRA_MODULES: tuple[str, ...] = ("profile", "retention", "dashboard")
+EXTRA_MODULES: tuple[str, ...] = ("profile", "bytecodes", "retention", "dashboard")
 
 
 def quick() -> bool:
