@@ -39,10 +39,11 @@ import collections
 import functools
 import gc
 import linecache
+import operator
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import CodeType, FrameType
@@ -108,11 +109,12 @@ def count_bytecodes(serve: Callable[[], None]) -> collections.Counter[Line]:
 
     gc.collect()
     gc.disable()
+    before = sys.gettrace()  # a debugger's or coverage's tracer, given back after
     sys.settrace(each_frame)
     try:
         serve()
     finally:
-        sys.settrace(None)
+        sys.settrace(before)
         gc.enable()
     return counts
 
@@ -150,12 +152,14 @@ def clocked_modules() -> list[Any]:
     ]
 
 
-def script_the_clock(modules: list[Any], requests: int) -> None:
+def script_the_clock(modules: list[Any], requests: int) -> Iterator[float]:
     """Give ``modules`` a fresh scripted clock (:func:`~benchmarks.instructions.scripted_clock`)
-    for ``requests`` requests: every row then files the same latencies, in every run."""
+    for ``requests`` requests: every row then files the same latencies, in every
+    run. Returns the readings, to check they did not run out."""
     readings = scripted_clock(READINGS_PER_REQUEST * requests)
     for module in modules:
         module.perf_counter = readings.__next__
+    return readings
 
 
 def count_rows(labels: list[str] | None = None, requests: int | None = None) -> list[RowCount]:
@@ -171,9 +175,12 @@ def count_rows(labels: list[str] | None = None, requests: int | None = None) -> 
     try:
         for label in labels or list(VARIANTS):
             serve = serving[label]
-            script_the_clock(modules, warmup + counted)
+            readings = script_the_clock(modules, warmup + counted)
             serve(warmup)
             counts = count_bytecodes(functools.partial(serve, counted))
+            if operator.length_hint(readings) == 0:
+                # A middleware that met the end counted an internal error instead.
+                raise RuntimeError("the scripted clock ran out: raise READINGS_PER_REQUEST")
             rows.append(RowCount(label, counted, counts))
     finally:
         for module in modules:

@@ -9,16 +9,28 @@ section that names the rows and reqtelemetry's lines.
 
 from __future__ import annotations
 
+import operator
+import sys
+import time
+
 import pytest
 
 from benchmarks import bytecodes
-from benchmarks.instructions import VARIANTS
+from benchmarks.instructions import READINGS_PER_REQUEST, VARIANTS
+from reqtelemetry.integrations import asgi, wsgi
+from reqtelemetry.recorder import PENDING_LIMIT
 
 STARLETTE_BARE, STARLETTE_ON, STARLETTE_OFF, FLASK_BARE, FLASK_ON, FLASK_OFF, GENERIC = VARIANTS
 
 
 def functions_of(row: bytecodes.RowCount) -> set[str]:
     return {name for name, _ in bytecodes.by_function(row)}
+
+
+def qualified(file: str, name: str) -> str:
+    """How :func:`bytecodes.by_function` names a function: code objects carry
+    a qualified name from Python 3.11 on, only the plain name before."""
+    return f"{file}: {name if sys.version_info >= (3, 11) else name.rsplit('.', 1)[-1]}"
 
 
 @pytest.mark.timeout(60)
@@ -37,14 +49,14 @@ def test_the_enabled_rows_charge_their_own_functions() -> None:
     enabled, opted_out = by_label[STARLETTE_ON], by_label[STARLETTE_OFF]
     # One queue batch was counted, so its one aggregation is among the functions.
     assert {
-        "asgi.py: ASGIMiddleware.__call__",
-        "asgi.py: _Exchange.send",
-        "recorder.py: Recorder.aggregate_pending",
+        qualified("asgi.py", "ASGIMiddleware.__call__"),
+        qualified("asgi.py", "_Exchange.send"),
+        qualified("recorder.py", "Recorder.aggregate_pending"),
     } <= functions_of(enabled)
     assert "flask.py" in " ".join(functions_of(by_label[FLASK_ON]))
-    assert "wsgi.py: _Measured.start_response" in functions_of(by_label[GENERIC])
+    assert qualified("wsgi.py", "_Measured.start_response") in functions_of(by_label[GENERIC])
     # Opted out, the middleware is one await: a handful of bytecodes, all in its pass-through.
-    assert functions_of(opted_out) == {"asgi.py: _PassThrough.__call__"}
+    assert functions_of(opted_out) == {qualified("asgi.py", "_PassThrough.__call__")}
     assert 0 < opted_out.own_per_request < 30
     # The framework ran the same bytecodes with the middleware as without it.
     bare = by_label[STARLETTE_BARE]
@@ -53,12 +65,28 @@ def test_the_enabled_rows_charge_their_own_functions() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_the_count_is_the_same_every_time() -> None:
-    """The scripted clock files the same latencies, so the same bins, each time."""
-    (first,) = bytecodes.count_rows([STARLETTE_ON], requests=20)
-    (second,) = bytecodes.count_rows([STARLETTE_ON], requests=20)
+def test_the_count_is_the_same_every_time_and_the_clock_is_given_back() -> None:
+    """The scripted clock files the same latencies, so the same bins, each
+    time: a whole queue batch is counted, so its aggregation files them."""
+    (first,) = bytecodes.count_rows([STARLETTE_ON])
+    (second,) = bytecodes.count_rows([STARLETTE_ON])
+    assert first.requests == PENDING_LIMIT
     assert first.by_line == second.by_line
-    assert first.own_per_request > 0
+    assert qualified("recorder.py", "Recorder.aggregate_pending") in functions_of(first)
+    assert asgi.perf_counter is time.perf_counter  # the real clock again, for what runs next
+
+
+def test_the_integrations_read_the_scripted_clock_while_counted() -> None:
+    modules = bytecodes.clocked_modules()
+    assert asgi in modules and wsgi in modules
+    try:
+        readings = bytecodes.script_the_clock(modules, requests=1)
+        assert asgi.perf_counter() == 1.0  # the scripted clock's first reading
+        assert wsgi.perf_counter() > 1.0  # the same clock: its next one
+        assert operator.length_hint(readings) == READINGS_PER_REQUEST - 2
+    finally:
+        for module in modules:
+            module.perf_counter = time.perf_counter
 
 
 @pytest.mark.timeout(60)
