@@ -194,6 +194,27 @@ def test_answers_before_url_resolution_are_keyed_by_the_route_they_are_for(
     }
 
 
+def test_an_options_request_django_found_no_route_for_is_not_resolved_again(
+    django_telemetry, counts, monkeypatch
+):
+    """A 404 went through URL resolution already: an ``OPTIONS`` one (a
+    scanner's) must not walk the URLconf a second time, as no other 404 does."""
+    import django.urls
+    from django.test import Client
+
+    resolved: list[str] = []
+    real_resolve = django.urls.resolve
+
+    def counting_resolve(path, urlconf=None):
+        resolved.append(path)
+        return real_resolve(path, urlconf)
+
+    monkeypatch.setattr(django.urls, "resolve", counting_resolve)
+    assert Client().options("/nowhere/123/").status_code == 404
+    assert resolved == []
+    assert counts(django_telemetry) == {("OPTIONS", UNMATCHED_ROUTE, 404): 1}
+
+
 def _per_site_cache() -> Any:
     """Django's per-site cache (in memory), around the middleware, as its docs place it."""
     from django.test import override_settings
@@ -772,6 +793,74 @@ def test_the_redirect_to_a_language_prefix_is_keyed_by_its_target(
         assert get_all(["/about/7/", "/about/8/"]) == [302, 302]
         assert get_all(["/about/7/"], HTTP_ACCEPT_LANGUAGE="fr") == [302]
     assert counts(django_telemetry) == {("GET", "/<language-code>/about/<int:pk>/", 302): 3}
+
+
+def test_a_redirect_to_a_language_prefix_and_a_slash_is_keyed_by_its_target(
+    localized_site, django_telemetry, counts
+):
+    """``/about/4`` goes to ``/fr/about/4/``: LocaleMiddleware adds the slash
+    too (``APPEND_SLASH``), and the target is still the same path under a
+    language prefix."""
+    with localized_site():
+        assert get_all(["/about/4"], HTTP_ACCEPT_LANGUAGE="fr") == [302]
+        assert get_all(["/about/5"]) == [302]
+    assert counts(django_telemetry) == {("GET", "/<language-code>/about/<int:pk>/", 302): 2}
+
+
+def _redirected_to_https_first():
+    """SecurityMiddleware ahead of LocaleMiddleware, as Django's default
+    ``MIDDLEWARE`` orders them: its HTTPS redirect answers before any
+    language is activated for the request."""
+    from django.test import override_settings
+
+    return override_settings(
+        SECURE_SSL_REDIRECT=True,
+        MIDDLEWARE=[
+            "reqtelemetry.django.TelemetryMiddleware",
+            "django.middleware.security.SecurityMiddleware",
+            "django.middleware.locale.LocaleMiddleware",
+        ],
+    )
+
+
+def test_redirects_before_locale_middleware_resolve_in_the_paths_language(
+    localized_site, django_telemetry, counts
+):
+    """Resolved in whatever language the thread's last request left active,
+    ``/fr/about/2/`` was unmatched, and ``/en/about/5/`` too after it."""
+    paths = ["/fr/about/2/", "/en/about/5/", "/de/konto/", "/es/about/6/", "/fr/compte/"]
+    with localized_site(), _redirected_to_https_first():
+        assert get_all(paths) == [301] * 5
+    assert counts(django_telemetry) == {
+        ("GET", "/<language-code>/about/<int:pk>/", 301): 3,
+        ("GET", "/<language-code>/account/", 301): 2,
+    }
+
+
+def test_redirects_before_locale_middleware_under_asgi(localized_site, django_telemetry, counts):
+    """Under ASGI every request starts in the default language: only
+    ``/en/...`` was keyed by its route."""
+    with localized_site(), _redirected_to_https_first():
+        responses = run_async([("GET", "/fr/about/2/", {}), ("GET", "/de/laden/korb/3/", {})])
+    assert [response.status_code for response, _ in responses] == [301, 301]
+    assert counts(django_telemetry) == {
+        ("GET", "/<language-code>/about/<int:pk>/", 301): 1,
+        ("GET", "/<language-code>/shop/basket/<int:pk>/", 301): 1,
+    }
+
+
+def test_an_unprefixed_default_language_path_resolves_in_the_default_language(
+    localized_site, django_telemetry, counts
+):
+    """``prefix_default_language=False``: a path without a prefix is the
+    default language's, as LocaleMiddleware decides, whatever the thread's
+    last request left active."""
+    with localized_site("django_test_i18n_unprefixed_urls"), _redirected_to_https_first():
+        assert get_all(["/fr/about/7/", "/about/7/", "/de/konto/", "/account/"]) == [301] * 4
+    assert counts(django_telemetry) == {
+        ("GET", "/<language-code>/about/<int:pk>/", 301): 2,
+        ("GET", "/<language-code>/account/", 301): 2,
+    }
 
 
 def test_files_served_before_resolution_are_not_resolved_again(

@@ -455,6 +455,29 @@ class TelemetryMiddleware:
         _remember(self._localized_templates, chain, template)
         return template
 
+    def _route_resolved_anyway(self, request: Any, status: int, response: Any = None) -> str | None:
+        """The key of the route a request answered before URL resolution is
+        for (see :func:`_resolved_anyway`); None where no route takes it.
+
+        Read in the language it was resolved in: a localized chain is checked
+        against the route text Django matched, which reads so only then.
+        """
+        found = _resolved_anyway(request, status, response)
+        if found is None:
+            return None
+        match, language = found
+        if match.route is None:
+            return None
+        route = self._plain_templates.get(match.route)
+        if route is not None:
+            return route
+        if language is None:
+            return self._template_of(match)
+        from django.utils import translation
+
+        with translation.override(language):
+            return self._template_of(match)
+
     def _route_of_cached_page(self, request: Any) -> str | None:
         """The key of a page ``FetchFromCacheMiddleware`` answered from the
         cache (before URL resolution); None where no route takes its path.
@@ -475,10 +498,7 @@ class TelemetryMiddleware:
         cache = self._cached_page_routes
         if key in cache:
             return cache[key]
-        match = _resolved_anyway(request, 200)
-        route = None
-        if match is not None and match.route is not None:
-            route = self._plain_templates.get(match.route) or self._template_of(match)
+        route = self._route_resolved_anyway(request, 200)
         if len(path) <= _CACHED_PAGE_PATH_LIMIT:
             if len(cache) >= _TEMPLATE_CACHE_LIMIT:
                 cache.clear()
@@ -499,8 +519,9 @@ class TelemetryMiddleware:
             route: str | None = None
             match = getattr(request, "resolver_match", None)
             if match is None:
-                if status in _REDIRECTS or request.method == "OPTIONS":
-                    match = _resolved_anyway(request, status, response)
+                if status in _REDIRECTS or (request.method == "OPTIONS" and status != 404):
+                    # Not a 404: Django resolved that one and found nothing.
+                    route = self._route_resolved_anyway(request, status, response)
                 elif (
                     getattr(request, "_cache_update_cache", None) is False
                     and request.method in _CACHED_METHODS
@@ -554,8 +575,12 @@ _CACHED_METHODS = frozenset({"GET", "HEAD"})
 _REDIRECTS = frozenset({301, 302, 307, 308})
 
 
-def _resolved_anyway(request: Any, status: int, response: Any = None) -> Any:
-    """The route a request answered before URL resolution is for; None if none.
+def _resolved_anyway(
+    request: Any, status: int, response: Any = None
+) -> tuple[Any, str | None] | None:
+    """The match of the route a request answered before URL resolution is
+    for, and the language it was resolved in (None: the active one); None
+    where no route takes it.
 
     Middleware answers some requests before Django resolves them: a CORS
     preflight (django-cors-headers answers in ``process_request``),
@@ -567,25 +592,62 @@ def _resolved_anyway(request: Any, status: int, response: Any = None) -> Any:
     (redirects and ``OPTIONS``, and pages the cache answered, once per path)
     pay for resolving: not a 404, nor the files a WhiteNoise serves, each of
     which cost a walk of the whole URLconf.
+
+    Each candidate is resolved in the language LocaleMiddleware would give
+    it (see :func:`_language_of`): an ``i18n_patterns`` route matches only
+    the active language's prefix, and middleware that answers before
+    LocaleMiddleware (SecurityMiddleware's redirect to HTTPS, a preflight)
+    leaves active whatever language the thread's last request had, or the
+    default under ASGI: ``/fr/about/2/`` was unmatched.
     """
     from django.urls import Resolver404, resolve
+    from django.utils import translation
 
     path = request.path_info
     candidates = [path]
     if status in _REDIRECTS:  # APPEND_SLASH: the route has the slash the path lacks
         candidates.append(path[:-1] if path.endswith("/") else path + "/")
         target = _local_target(request, response)
-        if target is not None and target.partition("/")[2].partition("/")[2] == path[1:]:
+        if target is not None and target.partition("/")[2].partition("/")[2] in (
+            path[1:],
+            path[1:] + "/",  # LocaleMiddleware appends the slash too (APPEND_SLASH)
+        ):
             # The same path under one more leading segment: LocaleMiddleware's
             # language prefix. Any other redirect is not for its target's
             # route (an alias, a moved page), and stays unmatched as Flask's do.
             candidates.append(target)
     urlconf = getattr(request, "urlconf", None)
     for candidate in candidates:
+        language = _language_of(candidate, urlconf)
         try:
-            return resolve(candidate, urlconf)
+            if language is None:
+                return resolve(candidate, urlconf), None
+            with translation.override(language):
+                return resolve(candidate, urlconf), language
         except Resolver404:
             continue
+    return None
+
+
+def _language_of(path: str, urlconf: Any) -> str | None:
+    """The language LocaleMiddleware activates for ``path``, where the path
+    tells it; None where the request's own headers or cookie choose it (the
+    language active now is then the one to resolve in).
+
+    As LocaleMiddleware decides: the language of the path's prefix, else the
+    default language where ``i18n_patterns`` leave it unprefixed
+    (``prefix_default_language=False``).
+    """
+    from django.conf import settings
+    from django.conf.urls.i18n import is_language_prefix_patterns_used
+    from django.utils import translation
+
+    language: str | None = translation.get_language_from_path(path)
+    if language is not None:
+        return language
+    used, prefixed_default = is_language_prefix_patterns_used(urlconf or settings.ROOT_URLCONF)
+    if used and not prefixed_default:
+        return str(settings.LANGUAGE_CODE)
     return None
 
 
