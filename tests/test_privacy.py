@@ -463,6 +463,41 @@ def test_django_exclusion_written_with_a_language_covers_every_language(
     assert_clean(telemetry)
 
 
+def test_django_exclusion_written_with_a_language_leaves_out_every_languages_404s(
+    django_telemetry_factory, counts
+):
+    """No template tells a 404 under the hidden prefix: its path alone must.
+    In another language, or in none, it was recorded (hashed, with
+    ``group_unmatched`` off) though the operator left that prefix out."""
+    from django.test import Client as DjangoClient
+
+    from django_test_hidden_admin_urls import LOCALIZED_ADMIN_URL
+
+    telemetry = django_telemetry_factory(
+        exclude_prefixes=["/en/" + LOCALIZED_ADMIN_URL], group_unmatched=False
+    )
+    with _hidden_admin_site():
+        client = DjangoClient(raise_request_exception=False)
+        statuses = [
+            client.get(path).status_code
+            for path in [
+                "/en/" + LOCALIZED_ADMIN_URL + "nope/",
+                "/fr/" + LOCALIZED_ADMIN_URL + "nope/",
+                "/FR/" + LOCALIZED_ADMIN_URL + "nope/",
+                "/" + LOCALIZED_ADMIN_URL + "nope/x",
+                "/items/1/",
+                "/nowhere/1/",  # not under the prefix: recorded, hashed
+            ]
+        ]
+    assert statuses == [404, 404, 404, 404, 200, 404]
+    recorded = counts(telemetry)
+    assert recorded.pop(("GET", "/items/<int:pk>/", 200)) == 1
+    assert [count for (_, _, status), count in recorded.items() if status == 404] == [1]
+    assert_clean(telemetry)
+    # A prefix without a language in it is not widened: "/en/" still names one language's pages.
+    assert telemetry.is_excluded("/de/" + LOCALIZED_ADMIN_URL + "x") is False  # not a language here
+
+
 @pytest.mark.parametrize("prefix", ["/api/", "/js/", "/api-internal/", "/en/", "/api/v1/"])
 def test_a_prefix_that_only_looks_like_a_language_excludes_no_localized_page(
     django_telemetry_factory, counts, prefix

@@ -167,6 +167,10 @@ class Telemetry:
         #: them: without its language, and, once the app's languages are known
         #: (:meth:`note_language_codes`), without theirs (see :meth:`is_excluded_route`).
         self._language_free_prefixes = self.exclude_prefixes
+        #: The app's language codes, where a prefix names one (see
+        #: :meth:`note_language_codes`): a path in any of them, or in none, is
+        #: then compared with the prefix without its language too.
+        self._prefix_languages: frozenset[str] = frozenset()
         #: What integrations call per request: ``is_excluded``, or None when
         #: nothing is excluded, so the common case costs one comparison.
         self.excluded: Callable[[str], bool] | None = (
@@ -373,10 +377,24 @@ class Telemetry:
             )
 
     def is_excluded(self, path: str) -> bool:
-        """True for paths the operator asked never to measure (health checks, ...)."""
-        return path in self.exclude_paths or (
+        """True for paths the operator asked never to measure (health checks, ...).
+
+        A prefix written with one of the app's languages (``/en/secret/``)
+        covers the same pages in every language and without one: the 404s
+        under ``/fr/secret/`` were recorded (hashed, with ``group_unmatched``
+        off), though no template told them.
+        """
+        if path in self.exclude_paths or (
             bool(self.exclude_prefixes) and path.startswith(self.exclude_prefixes)
-        )
+        ):
+            return True
+        languages = self._prefix_languages
+        if not languages:
+            return False
+        end = path.find("/", 1)
+        if end > 0 and path[1:end].lower() in languages:
+            path = path[end:]
+        return path.startswith(self._language_free_prefixes)
 
     def is_excluded_route(self, route: str) -> bool:
         """True for a route template under the paths the operator excluded.
@@ -424,6 +442,7 @@ class Telemetry:
             if first.lower() in languages and rest:
                 without_language.append("/" + rest)
         self._language_free_prefixes = self.exclude_prefixes + tuple(without_language)
+        self._prefix_languages = frozenset(languages) if without_language else frozenset()
 
     def route_for_unrouted(self, path: str, query: str = "", matched: bool = False) -> str:
         """The key for a request without a route template.
