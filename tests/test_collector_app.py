@@ -2737,6 +2737,34 @@ def test_a_client_that_leaves_no_time_is_no_storage_outage(
 
 
 @pytest.mark.e2e
+def test_a_late_stamp_with_no_time_left_to_look_it_up_is_no_storage_outage(
+    collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A late stamp sent with a wait of 0 cannot be looked up in time: the
+    # answer cannot say, but the log announced a database that could not look
+    # stamps up, with a traceback, then its recovery; anyone could set that
+    # off without a valid session.
+    deployment_id, instance_id = new_id(), new_id()
+    case = Case(collector.session(deployment_id, instance_id), deployment_id, instance_id)
+    text = case.text()
+    token, stamp = _late_stamp(case, text)
+    body = gzip.compress(envelope(token, text, stamp))
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry.collector"):
+        response = collector.http.post(
+            "/v1/report", content=body, headers={**GZIP, WAIT_HEADER: "0"}
+        )
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "unavailable"
+        # With time to look it up: the stamp is stale, never stored.
+        again = collector.http.post("/v1/report", content=body, headers=GZIP)
+        assert again.status_code == 400, again.text
+        assert again.json()["error"] == "stale_stamp"
+    logged = [r for r in caplog.records if r.name.startswith("reqtelemetry.collector")]
+    assert [r.getMessage() for r in logged if r.levelno >= logging.INFO] == []
+    assert any("too short to look it up" in r.getMessage() for r in logged)
+
+
+@pytest.mark.e2e
 def test_a_final_report_held_up_by_the_database_is_said(
     collector: Collector, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -2828,6 +2856,12 @@ def test_a_body_past_the_cap_is_too_large_whatever_the_budget_holds(
         ("", 8.0),
         ("٣", 8.0),
         ("1" * 40, 8.0),
+        # Any length of fraction: a float printed as it is, or zeros padded on.
+        ("0.30000000000000004", 0.30000000000000004 / 2),
+        ("0.0000000", 0.0),
+        ("1.0000000", 0.5),
+        ("1.", 8.0),
+        (".5", 8.0),
     ],
 )
 def test_the_budget_is_at_most_half_the_clients_stated_wait(
