@@ -2714,6 +2714,25 @@ def test_integer_sums_are_exact_and_alike_on_both_backends(
     assert _summed(storage)["calls"] == total + 1
 
 
+def test_endpoints_past_2_to_the_63_are_listed_busiest_first_on_both_backends(
+    storage: SQLStorage,
+) -> None:
+    """SQLite's exact sum gives a total past 64 bits as text, which SQLite
+    sorted as text: /B's 2**63 + 99 came before /A's 2**64 - 2 (PostgreSQL
+    put /A first), in the CSV export, the endpoint list and the dashboard's
+    cut of the busiest endpoints alike."""
+    for counts in ({"/A": 2**63 - 1, "/B": 2**63 - 1}, {"/A": 2**63 - 1, "/B": 100}, {"/C": 5}):
+        for route, count in counts.items():
+            storage.store(stored(_huge_call(count, route=route), received_at=T))
+    expected = [("/A", 2**64 - 2), ("/B", 2**63 + 99), ("/C", 5)]
+    listed = [(row["route"], row["calls"]) for row in storage.endpoints(since=0)]
+    assert listed == expected
+    streamed = [(row["route"], row["calls"]) for row in storage.iter_endpoints(since=0)]
+    assert streamed == expected
+    summary = storage.endpoint_summary(since=0)
+    assert [row["route"] for row in summary["endpoints"]] == ["/A", "/B", "/C"]
+
+
 def _one_call(route: str = "/x") -> dict[str, Any]:
     return make_payload(
         DEP_A, A1, {**LINUX, "app_version": "1.0"}, [("GET", route, 200, [0.01], 0, 10)]

@@ -178,6 +178,11 @@ class Dialect:
     #: as Python does: PostgreSQL's default collation follows the locale,
     #: SQLite's is already bytewise.
     bytewise: str = ""
+    #: ``ORDER BY`` terms that put a summed count ``{0}`` largest first. SQLite's
+    #: exact sum gives a total past 64 bits as its decimal text, which SQLite
+    #: sorts as text (``"9..."`` before ``"18..."``): there the number of digits
+    #: goes first, which orders sums exactly, none being negative.
+    sum_descending: str = "{0} DESC"
     #: The aggregate joining texts with a separator (``group_concat`` in SQLite).
     join_text: str = "string_agg"
     #: After ``aggregates AS a`` read since a time, of every app or of one: the
@@ -1046,7 +1051,8 @@ class SQLStorage(Storage):
             return [], 0
         fine = _endpoint_columns(by_version=True, by_app=True)
         sql, params = self._figures_sql(fine, window, app, endpoints=list(histograms))
-        sql += f" ORDER BY calls DESC, {self._endpoint_order(fine)}"
+        most_calls = self.dialect.sum_descending.format("calls")
+        sql += f" ORDER BY {most_calls}, {self._endpoint_order(fine)}"
         rows: list[dict[str, Any]] = []
         counted = 0
         for batch in ex.batches(sql, params, FETCH_ROWS):
@@ -1177,7 +1183,8 @@ class SQLStorage(Storage):
     ) -> tuple[str, list[Any]]:
         """Every endpoint ever stored (of ``app``, when given), most calls first."""
         sql, params = self._figures_sql(columns, window, app, older=True)
-        return sql + f" ORDER BY calls DESC, {self._endpoint_order(columns)}", params
+        most_calls = self.dialect.sum_descending.format("calls")
+        return sql + f" ORDER BY {most_calls}, {self._endpoint_order(columns)}", params
 
     def _busiest_endpoints_sql(
         self, window: Window, app: str | None, limit: int
@@ -1194,7 +1201,7 @@ class SQLStorage(Storage):
             " COUNT(DISTINCT deployment_id), MAX(received_at), COUNT(*) OVER () AS endpoints"
             f" FROM {window_rows(self._aggregates(app), only=only)}"
             " GROUP BY method, route, app_name"
-            f" ORDER BY {d.sum}(calls) DESC,"
+            f" ORDER BY {d.sum_descending.format(f'{d.sum}(calls)')},"
             f" {self._endpoint_order(('method', 'route', 'app_name'))} LIMIT ?"
         )
         return sql, [*branch_params(window.bounds, only_params), int(limit)]

@@ -67,6 +67,7 @@ DIALECT = Dialect(
     # rows (a roll-up's): see SQLiteStorage._is_sum_overflow.
     exact_sum="reqtelemetry_exact_sum",
     join_text="group_concat",
+    sum_descending="length({0}) DESC, {0} DESC",
     by_time=" INDEXED BY aggregates_received_at",
     by_app_and_time=" INDEXED BY aggregates_app_received_at",
 )
