@@ -7,7 +7,13 @@ import argparse
 import pytest
 
 from reqtelemetry import Config, Telemetry, add_opt_out_argument
-from reqtelemetry.config import DEFAULT_FLUSH_INTERVAL, OPT_OUT_FLAG, redacted_url
+from reqtelemetry.config import (
+    DEFAULT_FLUSH_INTERVAL,
+    OPT_OUT_FLAG,
+    redacted_url,
+    scrubbed,
+    url_secrets,
+)
 from reqtelemetry.recorder import DEFAULT_MAX_KEYS
 
 
@@ -557,10 +563,32 @@ def test_resolve_still_takes_a_comma_separated_string():
         ("http://127.0.0.1:8099/", "http://127.0.0.1:8099/"),
         ("https://token@[::1]:443/t", "https://[::1]:443/t"),
         ("https://collector.example", "https://collector.example"),
+        # A password with "/", "?" or "#" as it is: urlsplit ends the host at
+        # it, and the password's tail was shown as the path.
+        ("https://svc:Xy/SECRET@collector.example/v1", "https://collector.example/v1"),
+        ("https://svc:Xy?SECRET@collector.example/v1", "https://collector.example/v1"),
+        ("https://svc:Xy#SECRET@collector.example/v1", "https://collector.example/v1"),
+        ("https://s/v:a@b/SECRET@collector.example:8443/", "https://collector.example:8443/"),
     ],
 )
 def test_an_endpoint_is_shown_without_credentials(url, shown):
     assert redacted_url(url) == shown
+    assert "SECRET" not in redacted_url(url)
+
+
+def test_what_a_server_quotes_back_is_shown_without_the_urls_secrets():
+    endpoint = "https://svc:pass%2Fword@collector.example/v1?key=api-KEY-1&team=x&n=1"
+    secrets = url_secrets(endpoint, "http://proxyuser:proxy-PW@proxy:3128")
+    page = (
+        "400 cannot serve POST /v1/v1/session?key=api-KEY-1&team=x&n=1 for svc:pass%2Fword,"
+        " decoded pass/word; proxy-PW via proxyuser; status 1 of 12"
+    )
+    shown = scrubbed(page, secrets)
+    for secret in ("api-KEY-1", "pass%2Fword", "pass/word", "proxy-PW", "proxyuser"):
+        assert secret not in shown
+    # Too short to be a secret, and everywhere in text: left alone.
+    assert "status 1 of 12" in shown and "team=x" not in secrets
+    assert scrubbed(page, url_secrets("https://collector.example/v1", None)) == page
 
 
 # -- found by the review of 2026-12-06 -------------------------------------------

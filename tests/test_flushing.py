@@ -1539,6 +1539,27 @@ def test_the_warning_about_failed_reports_shows_no_credentials(make_sender, rece
     assert "canary" not in warning
 
 
+def test_an_error_page_quoting_the_request_shows_no_credentials(make_sender, receiver, caplog):
+    # A proxy's or gateway's error page may quote the request it refused,
+    # query and all; the warning quotes the page, and the key the redacted
+    # endpoint hid came back through it.
+    endpoint = receiver.url.replace("http://", "http://svc:canary-password@") + "/?key=canary-key"
+    receiver.respond_always(
+        400,
+        json={"detail": "cannot serve POST /v1/session?key=canary-key for svc:canary-password"},
+    )
+    telemetry = make_sender(endpoint=endpoint, settled=False)
+    record_traffic(telemetry)
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert telemetry.flush() is False
+        assert telemetry.flush() is False  # two in a row: the warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("cannot serve POST /v1/session?*** for ***" in message for message in warnings)
+    assert not [r for r in caplog.records if "canary" in r.getMessage()]
+    assert telemetry.flusher is not None and telemetry.flusher.last_result is not None
+    assert "canary" not in (telemetry.flusher.last_result.error or "")
+
+
 def test_httpx_logs_none_of_reqtelemetrys_requests(make_sender, receiver, caplog):
     # httpx logs every request's whole URL at INFO: the endpoint's credentials
     # and key reached the app's logs, a line per report and session.

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from .recorder import DEFAULT_MAX_KEYS
 
@@ -107,6 +107,18 @@ def redacted_url(url: str) -> str:
     ``?key=...``), and a start-up log line is read by more people than the
     configuration is.
     """
+    scheme, separator, rest = url.partition("://")
+    if separator and "@" in rest:
+        try:
+            netloc = urlsplit(url).netloc
+        except ValueError:
+            netloc = ""
+        if "@" not in netloc:
+            # An "@" past where urlsplit ended the host: credentials holding
+            # a "/", "?" or "#" as they are, whose tail urlsplit took for the
+            # path (``https://svc:Xy/secret@host/``, shown as
+            # ``https://svc/secret@host/``). Nothing before the last "@" is shown.
+            return redacted_url(scheme + separator + rest.rpartition("@")[2])
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -124,6 +136,44 @@ def redacted_url(url: str) -> str:
         port = None
     where = f"{host}:{port}" if port is not None else host
     return urlunsplit((parts.scheme, where, parts.path, "", ""))
+
+
+#: Secrets shorter than this are not taken out of a server's answer
+#: (:func:`scrubbed`): a query value of ``1`` would take every digit with it.
+MIN_SECRET_LENGTH = 4
+
+
+def url_secrets(*urls: str | None) -> tuple[str, ...]:
+    """What :func:`redacted_url` hides of ``urls`` (the user, the password, the
+    query and each of its values, as written and decoded), longest first.
+
+    Why: a proxy's or a gateway's error page may quote the request it
+    refused, query and all (``cannot serve POST /v1/session?key=...``), and
+    the flusher's warning quotes the answer it got.
+    """
+    found: set[str] = set()
+    for url in urls:
+        if not url:
+            continue
+        rest = url.partition("://")[2]
+        before_query = rest.split("?", 1)[0].split("#", 1)[0]
+        userinfo = before_query.rpartition("@")[0]
+        query = rest.partition("?")[2].split("#", 1)[0]
+        pieces = [userinfo, *userinfo.split(":", 1), query]
+        for pair in query.split("&"):
+            pieces.append(pair.partition("=")[2])
+        for piece in pieces:
+            for form in (piece, unquote_plus(piece)):
+                if len(form) >= MIN_SECRET_LENGTH:
+                    found.add(form)
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def scrubbed(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every one of ``secrets`` (see :func:`url_secrets`) taken out."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def _encodes(text: str) -> bool:

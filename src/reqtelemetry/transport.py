@@ -46,7 +46,7 @@ import httpx
 
 from . import green, hashcash
 from ._version import __version__
-from .config import Config, redacted_url
+from .config import Config, redacted_url, scrubbed, url_secrets
 from .payload import PACED, YIELD_PAUSE, Pacer, Pacing
 
 logger = logging.getLogger("reqtelemetry")
@@ -383,6 +383,9 @@ class Transport:
         self._sending_tunnel_request = False
         #: Set once the request under way is past its deadline (see :meth:`_deadline`).
         self._past_deadline: threading.Event | None = None
+        #: What the endpoint's and the proxy's URLs hide in logs, taken out of
+        #: what a server answers too (see :meth:`_answer`).
+        self._secrets = url_secrets(config.endpoint, config.proxy)
         self.headers = {
             "User-Agent": f"reqtelemetry/{__version__} httpx/{httpx.__version__}",
             "Content-Type": "application/json",
@@ -650,7 +653,9 @@ class Transport:
                 timeout,
             )
         except httpx.HTTPError as error:
-            return Result(Outcome.FAILED, error=f"session: {type(error).__name__}: {error}")
+            return Result(
+                Outcome.FAILED, error=self._quoted(f"session: {type(error).__name__}: {error}")
+            )
         status = response.status_code
         if status == 410:
             return Result(Outcome.GONE, status=status)
@@ -662,7 +667,7 @@ class Transport:
                 Outcome.FAILED,
                 status=status,
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                error=f"session: HTTP {status}: {response.text[:200]}",
+                error=f"session: HTTP {status}: {self._answer(response)}",
             )
         self._learn_the_collectors_clock(response, asked_at)
         try:
@@ -733,6 +738,16 @@ class Transport:
 
     # -- one report -------------------------------------------------------------------
 
+    def _quoted(self, text: str) -> str:
+        """``text`` (an error's, for logs) without the endpoint's or proxy's secrets."""
+        return scrubbed(text, self._secrets)
+
+    def _answer(self, response: httpx.Response) -> str:
+        """The start of an answer's body, to quote in an error: without the
+        endpoint's or proxy's secrets, which a proxy's or a gateway's error
+        page may quote back (the request line it refused, query and all)."""
+        return self._quoted(response.text)[:200]
+
     def send_once(self, envelope: bytes, timeout: float | None = None) -> Result:
         """One POST of a ready envelope. Compression happens here, on the flusher thread.
 
@@ -751,7 +766,7 @@ class Transport:
         except httpx.HTTPError as error:
             return Result(
                 Outcome.FAILED,
-                error=f"{type(error).__name__}: {error}",
+                error=self._quoted(f"{type(error).__name__}: {error}"),
                 maybe_stored=self._body_sent,
             )
         status = response.status_code
@@ -773,7 +788,7 @@ class Transport:
             return Result(
                 Outcome.TOO_LARGE,
                 status=status,
-                error=response.text[:200],
+                error=self._answer(response),
                 refused_bytes=len(envelope),
             )
         reason = _refusal_reason(response)
@@ -791,14 +806,22 @@ class Transport:
             # session, then a new stamp, on the next attempt.
             self._session = None
             return Result(
-                Outcome.FAILED, status=status, error=response.text[:200], renew=True, reason=reason
+                Outcome.FAILED,
+                status=status,
+                error=self._answer(response),
+                renew=True,
+                reason=reason,
             )
         if status == 400 and reason in RENEWING_REFUSALS:
             # The stamp, not the report, was refused: with the session's bits
             # and date as the collector sees them now, a new one will do.
             self._session = None
             return Result(
-                Outcome.FAILED, status=status, error=response.text[:200], renew=True, reason=reason
+                Outcome.FAILED,
+                status=status,
+                error=self._answer(response),
+                renew=True,
+                reason=reason,
             )
         if retryable(status):
             return Result(
@@ -809,7 +832,7 @@ class Transport:
                 maybe_stored=may_have_been_stored(status, reason),
                 reason=reason,
             )
-        return Result(Outcome.REJECTED, status=status, error=response.text[:200])
+        return Result(Outcome.REJECTED, status=status, error=self._answer(response))
 
     def deliver(
         self,
