@@ -160,6 +160,11 @@ def assert_no_canary(body: bytes, payload: Any, extra: dict[str, str], salt: str
     assert int(ORDER) not in numbers
 
 
+#: Unmatched requests (a key each, hashed) that make a report large enough
+#: to be split after a 413 (at least twice :data:`~reqtelemetry.flusher.MIN_SPLIT_BYTES`).
+SPLIT_REQUESTS = 60
+
+
 def test_no_identifier_reaches_the_wire(make_sender, receiver, monkeypatch):
     give_this_machine_long_names(monkeypatch)
     monkeypatch.setenv("REQTELEMETRY_CANARY_SECRET", CANARIES["environment value"])
@@ -225,6 +230,13 @@ def test_no_identifier_reaches_the_wire(make_sender, receiver, monkeypatch):
             assert telemetry.flush() is False
             assert telemetry.flusher.unconfirmed is not None
             assert telemetry.flush() is True
+            # A collector whose body cap is smaller (413): the same data goes
+            # again in smaller parts, built anew from the batch.
+            for n in range(SPLIT_REQUESTS):
+                path = f"/{CANARIES['unmatched path']}/{EMAIL}/{n}?{query}"
+                assert client.get(f"{server.url}{path}").status_code == 404
+            receiver.respond_with(413, json={"error": "too_large"})
+            assert telemetry.flush() is True
             assert client.get(f"{server.url}/users/{EMAIL}/orders/{LONG_ID}").status_code == 200
     finally:
         raw_server.stop()
@@ -238,6 +250,11 @@ def test_no_identifier_reaches_the_wire(make_sender, receiver, monkeypatch):
     kinds = [r.payload["kind"] for r in sent]
     assert kinds[0] == "startup" and kinds[-1] == "shutdown"
     assert any(r.status == 503 for r in sent) and any(r.status == 504 for r in sent)
+    refused = [r for r in sent if r.status == 413]
+    assert len(refused) == 1 and refused[0].payload["parts"] == 1
+    sequence = refused[0].payload["sequence"]
+    split = [r for r in sent if r.accepted and r.payload["sequence"] == sequence]
+    assert len(split) >= 2  # sent again in parts
     routes = {record["route"] for r in sent for record in r.payload["batch"]["records"]}
     assert "/users/{user_id}/orders/{order_id}" in routes
     assert "/files/{path}" in routes
@@ -245,7 +262,7 @@ def test_no_identifier_reaches_the_wire(make_sender, receiver, monkeypatch):
     total = sum(
         record["count"] for r in sent if r.accepted for record in r.payload["batch"]["records"]
     )
-    assert total == 10
+    assert total == 10 + SPLIT_REQUESTS
 
     extra = identifiers_of_this_machine()
     for request in sent:
@@ -269,3 +286,62 @@ def test_no_identifier_reaches_the_wire(make_sender, receiver, monkeypatch):
             if what == "client address":  # the Host header names the collector
                 continue
             assert canary not in header_text, f"the {what} was sent in a header"
+
+
+def test_no_identifier_reaches_the_opentelemetry_instruments(make_telemetry):
+    """``otel=True`` sends the same measurements through the operator's own
+    OpenTelemetry pipeline: the canary requests, the data points they make."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from reqtelemetry.otel import OTelInstruments
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    telemetry = make_telemetry(
+        record_query=True,
+        allowed_query_keys=["email"],
+        allowed_path_segments=["download"],
+        group_unmatched=False,
+    )
+    # What otel=True makes, with a provider of this test's own (the global
+    # one can be set once per process): the instruments, and every request
+    # through Telemetry.record rather than straight into the recorder's queue.
+    telemetry._otel = OTelInstruments(meter_provider=provider)
+    telemetry.queue = None
+    del telemetry.record
+    headers = {
+        "Cookie": f"session={CANARIES['cookie']}",
+        "Authorization": f"Bearer {CANARIES['bearer token']}",
+        "User-Agent": CANARIES["user agent"],
+        "X-Forwarded-For": CANARIES["forwarded address"],
+        "X-Forwarded-Proto": CANARIES["query value"],
+    }
+    query = f"email={EMAIL}&{CANARIES['query key']}={CANARIES['query value']}"
+
+    async def drive() -> None:
+        for app in (build_app(), route_less_app):
+            transport = httpx.ASGITransport(app=ASGIMiddleware(app, telemetry=telemetry))
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://testserver", headers=headers
+            ) as client:
+                for path in (
+                    f"/users/{EMAIL}/orders/{ORDER}?{query}",
+                    f"/files/{EMAIL}/{LONG_ID}",
+                    f"/{CANARIES['unmatched path']}/{EMAIL}?{query}",
+                    f"/download/{EMAIL}/{ORDER}?{query}",
+                ):
+                    await client.get(path)
+                await client.post("/login", json={"password": CANARIES["password"]})
+
+    import asyncio
+
+    asyncio.run(drive())
+    data = reader.get_metrics_data()
+    assert data is not None
+    text = data.to_json()
+    assert "/users/{user_id}/orders/{order_id}" in text  # the requests were recorded
+    points = json.loads(text)
+    salt = telemetry.anonymizer._salt
+    assert_no_canary(text.encode("ascii", "backslashreplace"), points, {}, salt)
+    provider.shutdown()
