@@ -24,6 +24,7 @@ from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import (
     BaseRoute,
@@ -1493,6 +1494,37 @@ def asgi_requests(app, requests):
             ]
 
     return asyncio.run(run())
+
+
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+def test_an_upload_over_the_apps_body_limit_is_a_413_not_a_500(make_telemetry, counts, framework):
+    """``max_body_size`` puts Starlette's body limit outside the middlewares
+    added to the app: it answers 413 to the server itself and signals the
+    app with an exception, and every upload over the limit was a 500."""
+
+    telemetry = make_telemetry()
+
+    async def upload(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(len(await request.body())))
+
+    if framework == "fastapi":
+        app = FastAPI(max_body_size=10)
+        app.add_api_route("/up/{item_id}", upload, methods=["POST"])
+    else:
+        app = Starlette(routes=[Route("/up/{item_id}", upload, methods=["POST"])], max_body_size=10)
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+
+    async def chunks():
+        yield b"x" * 50
+
+    sent = [("POST", "/up/1", b"x" * 100), ("POST", "/up/2", b"x" * 5), ("POST", "/up/3", chunks())]
+    answers = asgi_requests(app, sent)
+    assert [answer.status_code for answer in answers] == [413, 200, 413]
+    assert counts(telemetry) == {
+        ("POST", "/up/{item_id}", 413): 2,
+        ("POST", "/up/{item_id}", 200): 1,
+    }
+    assert telemetry.internal_errors == 0
 
 
 def test_raw_asgi_app_anonymizes_paths(make_telemetry, records):

@@ -158,6 +158,8 @@ class ASGIMiddleware:
                 # Cancelled by a server on another event loop than asyncio's
                 # (trio's ``Cancelled``): as above, the client had no answer.
                 status = CLIENT_CLOSED_STATUS
+            elif _answered_by_body_limit(error):
+                status = 413
             raise
         finally:
             # The mark goes: the scope held the exchange, which holds the
@@ -482,6 +484,42 @@ def _is_cancellation(error: BaseException) -> bool:
     """
     trio = sys.modules.get("trio")
     return trio is not None and isinstance(error, trio.Cancelled)
+
+
+#: Starlette's body limit (``max_body_size``, and FastAPI's, built on it)
+#: signals with these, raised through the app: it answers ``413`` itself, to
+#: the server, from outside this middleware once it is added to the app.
+_BODY_LIMIT_SIGNALS = ("_RequestBodyLimitResponseSent", "_RequestBodyTooLarge")
+
+
+def _answered_by_body_limit(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception group's member) is Starlette's body
+    limit telling its own middleware, outside this one, to answer ``413``.
+
+    Why: that middleware sends its ``413`` to the server itself, past this
+    middleware's ``send``, and every upload over the limit was recorded as a
+    500 with no body. The signals are private classes, so they are looked up
+    by name, only when the app raised, and only if the module is loaded.
+    """
+    module = sys.modules.get("starlette.middleware.body_limit")
+    if module is None:
+        return False
+    signals = tuple(
+        signal
+        for signal in (getattr(module, name, None) for name in _BODY_LIMIT_SIGNALS)
+        if isinstance(signal, type)
+    )
+    pending: list[BaseException] = [error]
+    seen = 0
+    while pending and seen < _CONTEXT_DEPTH:
+        current = pending.pop()
+        seen += 1
+        if signals and isinstance(current, signals):
+            return True
+        members = getattr(current, "exceptions", None)  # an exception group's
+        if isinstance(members, tuple):
+            pending.extend(members)
+    return False
 
 
 def _failed_in_send(error: BaseException, send: Send) -> bool:
