@@ -1527,6 +1527,37 @@ def test_an_upload_over_the_apps_body_limit_is_a_413_not_a_500(make_telemetry, c
     assert telemetry.internal_errors == 0
 
 
+@pytest.mark.filterwarnings("ignore:starlette.middleware.wsgi is deprecated")
+def test_a_wsgi_app_mounted_through_a_bridge_counts_once_with_its_mount_excluded(
+    make_telemetry, counts
+):
+    """A bridge (Starlette's ``WSGIMiddleware``) builds a new environ, and no
+    mark crosses it: both sides counted each request. The README's way out,
+    the mount's prefix excluded from the ASGI side, leaves them to Flask's
+    ``init_app``, which compares the path it routes on."""
+    from flask import Flask
+    from starlette.middleware.wsgi import WSGIMiddleware as Bridge
+
+    from reqtelemetry.flask import init_app
+
+    telemetry = make_telemetry(exclude_prefixes=["/legacy/"])
+    legacy = Flask("legacy")
+    legacy.add_url_rule("/users/<int:uid>", "user", lambda uid: "ok")
+    init_app(legacy, telemetry)
+    app = FastAPI()
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    app.add_api_route("/items/{item_id}", lambda item_id: {}, methods=["GET"])
+    app.mount("/legacy", Bridge(legacy))
+    sent = [("GET", "/legacy/users/7", None), ("GET", "/legacy/nope/7", None)]
+    answers = asgi_requests(app, [*sent, ("GET", "/items/3", None)])
+    assert [answer.status_code for answer in answers] == [200, 404, 200]
+    assert counts(telemetry) == {
+        ("GET", "/users/<int:uid>", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+        ("GET", "/items/{item_id}", 200): 1,
+    }
+
+
 def test_raw_asgi_app_anonymizes_paths(make_telemetry, records):
     telemetry = make_telemetry(allowed_path_segments=["users", "orders"])
     app = ASGIMiddleware(routeless_app, telemetry=telemetry)
