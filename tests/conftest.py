@@ -33,6 +33,8 @@ def _warnings_said_once_start_unsaid(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(flusher, "_failure_warned", False)
     monkeypatch.setattr(flusher, "_too_large_warned", False)
+    monkeypatch.setattr(flusher, "_dropped_warned", False)
+    monkeypatch.setattr(flusher, "_long_wait_warned", False)
     monkeypatch.setattr(transport, "_redirect_warned", False)
     monkeypatch.setattr(payload, "_unfit_metrics_warned", False)
 

@@ -780,6 +780,55 @@ def test_an_absurd_retry_after_is_capped_and_the_timer_thread_lives_on(make_send
     assert flusher.running
 
 
+def test_an_odd_answer_to_a_stored_report_never_sends_it_again(make_sender, receiver):
+    """A 200 whose Retry-After is a date past year 9999 raised OverflowError,
+    and a body nested past the recursion limit RecursionError, after the
+    report was stored: its data went back into the recorder and was sent,
+    and stored, again at every flush."""
+    telemetry = make_sender()
+    expected = record_traffic(telemetry)
+    receiver.respond_always(200, headers={"Retry-After": "Feb 99999999999999999999 01 00:00:00"})
+    assert telemetry.flush() is True
+    assert telemetry.flush() is True  # nothing left, nothing sent again
+    assert delivered(receiver, telemetry) == expected
+    assert telemetry.internal_errors == 0
+
+
+def test_answers_that_fail_to_parse_in_any_way_read_as_nothing():
+    from reqtelemetry.transport import _next_interval, _refusal_reason
+
+    assert parse_retry_after("Feb 99999999999999999999 01 00:00:00") is None
+    nested = httpx.Response(200, content=b"[" * 60000)
+    assert _next_interval(nested) is None
+    assert _refusal_reason(httpx.Response(400, content=b"[" * 60000)) is None
+
+
+def test_an_error_page_in_a_charset_python_cannot_decode_is_still_quoted(make_telemetry):
+    from reqtelemetry.transport import Transport
+
+    transport = Transport(make_telemetry(endpoint="http://127.0.0.1:9/?key=canary-key").config)
+    page = httpx.Response(
+        400, headers={"Content-Type": "text/plain; charset=rot13"}, content=b"no key=canary-key"
+    )
+    assert transport._answer(page) == "no ***"
+    transport.close()
+
+
+def test_a_long_retry_after_is_said_once_at_warning(make_sender, receiver, caplog):
+    """The flushes it holds back count as no failure: nothing else said that
+    nothing was sent for days, nor that an exit meanwhile loses the data."""
+    telemetry = make_sender()
+    record_traffic(telemetry)
+    receiver.respond_with(503, json={"error": "unavailable"}, headers={"Retry-After": "99999999"})
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert telemetry.flush(timeout=1) is False
+        for _ in range(3):
+            assert telemetry.flush(timeout=1) is False  # held back
+    long_waits = [m for m in warnings_in(caplog) if "asked for no reports" in m]
+    assert len(long_waits) == 1
+    assert f"{telemetry.config.max_flush_interval:.0f} s" in long_waits[0]
+
+
 def test_retry_after_as_an_http_date_is_honoured(make_sender, receiver):
     telemetry = make_sender()
     record_traffic(telemetry)
@@ -1829,6 +1878,24 @@ def wide_histogram(telemetry: Telemetry, route: str = "/export/{report}") -> int
     for i in range(1100):
         telemetry.record("GET", route, 200, 1e-6 * 1.02**i, 0, 0)
     return 1100
+
+
+def test_records_too_large_even_alone_are_said_once_however_many(make_sender, receiver, caplog):
+    """A gateway that refuses every body drops the records one by one: a
+    WARNING each was a line per key in every flush (1,000 at the key cap)."""
+    telemetry = make_sender()
+    lost = sum(wide_histogram(telemetry, f"/export/{n}/{{report}}") for n in range(4))
+    receiver.max_body_bytes = 5000  # below each wide record
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert telemetry.flush() is False
+        assert telemetry.snapshot() == []  # all four were dropped ...
+        dropped = [m for m in warnings_in(caplog) if "refused a report of one record" in m]
+        assert len(dropped) == 1  # ... and said once
+        said = [r.getMessage() for r in caplog.records if "of one record" in r.getMessage()]
+        assert len(said) == 4  # the rest at DEBUG
+    receiver.max_body_bytes = None
+    assert telemetry.flush() is True
+    assert receiver.requests[-1].payload["batch"]["dropped"] == lost
 
 
 def test_a_single_record_over_the_collectors_cap_is_dropped_and_counted(

@@ -64,6 +64,13 @@ FLUSHER_NICE = 19
 #: single record larger than this still goes, alone in its part.
 MIN_SPLIT_BYTES = 4096
 _too_large_warned = False
+_dropped_warned = False
+#: A ``Retry-After`` longer than this is said at WARNING (once per process): the
+#: reports it holds back are not failures, so nothing else would tell the
+#: operator that nothing is sent, nor that a process ending meanwhile loses its
+#: data, for up to ``max_flush_interval``.
+LONG_RETRY_AFTER = 3600.0
+_long_wait_warned = False
 #: Seconds the final flush is waited for past the shutdown budget: what it does
 #: after its last request ends at the budget (merging an undelivered batch back).
 FINAL_FLUSH_GRACE = 0.2
@@ -799,12 +806,19 @@ class Flusher:
         Its requests are added to the recorder's dropped count, as requests
         past the key cap are, so the next report shows the loss.
         """
+        global _dropped_warned
         requests = sum(batch.stats[key].count for key in report.keys)
         self.telemetry.recorder.merge([], dropped=requests)
-        logger.warning(
+        # Once per process at WARNING: a gateway that refuses every body drops
+        # the records one by one, and said each time that was a line per key.
+        log = logger.debug
+        if not _dropped_warned:
+            _dropped_warned = True
+            log = logger.warning
+        log(
             "reqtelemetry: the collector refused a report of one record (%d requests) as too "
             "large (HTTP 413, %d bytes); a record cannot be split, so its requests are dropped "
-            "and counted as dropped in the next report",
+            "and counted as dropped in the next report. (Said once; then at DEBUG.)",
             requests,
             result.refused_bytes or len(report.body),
         )
@@ -840,6 +854,23 @@ class Flusher:
             # slowest pace the operator allows.
             wait = min(result.retry_after, self.config.max_flush_interval)
             self._not_before = time.monotonic() + wait
+            if wait > LONG_RETRY_AFTER:
+                self._say_long_wait(wait)
+
+    def _say_long_wait(self, wait: float) -> None:
+        """Say a long ``Retry-After`` once at WARNING: the flushes it holds back
+        count as no failure, and nothing else would say that nothing is sent."""
+        global _long_wait_warned
+        log = logger.debug
+        if not _long_wait_warned:
+            _long_wait_warned = True
+            log = logger.warning
+        log(
+            "reqtelemetry: the collector asked for no reports for %.0f s (Retry-After); "
+            "data is kept until then, and lost by a process that exits before. "
+            "(Said once; then at DEBUG.)",
+            wait,
+        )
 
     def _put_back_everything(
         self, batch: Batch, metrics: Mapping[str, Mapping[str, float]]

@@ -223,7 +223,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except Exception:  # not a date: ValueError, TypeError, OverflowError past year 9999
         return None
     if when is None:
         return None
@@ -674,8 +674,9 @@ class Transport:
             answer = response.json()
             token, bits = str(answer["token"]), int(answer["bits"])
             lifetime = float(answer["expires_at"]) - self.collector_time()
-        except (ValueError, KeyError, TypeError, OverflowError) as error:
-            # OverflowError: ``"bits": 1e999`` parses as inf, and int(inf) raises.
+        except Exception as error:
+            # OverflowError: ``"bits": 1e999`` parses as inf, and int(inf) raises;
+            # RecursionError: a body nested past the interpreter's limit.
             return Result(Outcome.FAILED, status=status, error=f"session: bad answer ({error})")
         if not 0 <= bits <= self.config.max_proof_of_work_bits:
             # Not obeyed, and not asked again in this flush: the answer would be
@@ -746,7 +747,11 @@ class Transport:
         """The start of an answer's body, to quote in an error: without the
         endpoint's or proxy's secrets, which a proxy's or a gateway's error
         page may quote back (the request line it refused, query and all)."""
-        return self._quoted(response.text)[:200]
+        try:
+            text = response.text
+        except Exception:  # a charset Python has no text codec for ("rot13", "base64")
+            text = response.content.decode("utf-8", "replace")
+        return self._quoted(text)[:200]
 
     def send_once(self, envelope: bytes, timeout: float | None = None) -> Result:
         """One POST of a ready envelope. Compression happens here, on the flusher thread.
@@ -1036,18 +1041,25 @@ def _trust_store(ca_bundle: str | None) -> ssl.SSLContext | bool:
 
 
 def _refusal_reason(response: httpx.Response) -> str | None:
-    """The ``error`` of a refusal's ``{"error": reason, "detail": ...}`` body."""
+    """The ``error`` of a refusal's ``{"error": reason, "detail": ...}`` body.
+
+    Never raises: an answer is read after the report was sent, and a body
+    that fails to parse in any way (nested past the recursion limit, in a
+    charset Python cannot decode) must not undo a delivery, whose data then
+    went back into the recorder and was sent, and stored, again.
+    """
     try:
         reason = response.json().get("error")
-    except (ValueError, AttributeError):
+    except Exception:
         return None
     return reason if isinstance(reason, str) else None
 
 
 def _next_interval(response: httpx.Response) -> float | None:
+    """The ``next_interval`` of an answer's body; never raises (see :func:`_refusal_reason`)."""
     try:
         value = response.json().get("next_interval")
-    except (ValueError, AttributeError):
+    except Exception:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
