@@ -36,6 +36,7 @@ from starlette.routing import (
     Router,
     WebSocketRoute,
 )
+from starlette.staticfiles import StaticFiles
 
 from examples.servers import child_environment
 from reqtelemetry import ASGIMiddleware, Telemetry
@@ -1555,6 +1556,52 @@ def test_a_wsgi_app_mounted_through_a_bridge_counts_once_with_its_mount_excluded
         ("GET", "/users/<int:uid>", 200): 1,
         ("GET", UNMATCHED_ROUTE, 404): 1,
         ("GET", "/items/{item_id}", 200): 1,
+    }
+
+
+def test_an_app_mounted_at_the_root_keys_what_its_router_did_not_record(
+    make_telemetry, counts, tmp_path
+):
+    """``Mount("", app=...)`` leaves ``root_path`` as it was: its catch-all
+    format (``/{path}``) keyed FastAPI's plain routes, slash redirects and
+    404s of the mounted app alike, where a mount at ``/v2`` keys them apart."""
+    (tmp_path / "site.css").write_text("body {}")
+    telemetry = make_telemetry()
+    api = FastAPI()
+    api.add_api_route("/users/{uid}", lambda uid: {}, methods=["GET"])
+    files = Starlette(routes=[Mount("", app=StaticFiles(directory=tmp_path))])
+    app = Starlette(routes=[Route("/a", plain), Mount("/static", app=files), Mount("", app=api)])
+    paths = ["/docs", "/nope/secret", "/users/1/", "/users/2", "/a", "/static/site.css"]
+    answers = asgi_requests(
+        ASGIMiddleware(app, telemetry=telemetry), [("GET", p, None) for p in paths]
+    )
+    assert [answer.status_code for answer in answers] == [200, 404, 307, 200, 200, 200]
+    assert counts(telemetry) == {
+        ("GET", "/docs", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+        ("GET", "/users/{uid}", 307): 1,
+        ("GET", "/users/{uid}", 200): 1,
+        ("GET", "/a", 200): 1,
+        ("GET", "/static/{path}", 200): 1,
+    }
+    assert telemetry.internal_errors == 0
+
+
+def test_files_served_at_the_root_share_one_key_their_404s_too(make_telemetry, counts, tmp_path):
+    """An app without routes mounted at the root keeps the mount's format,
+    its 404s too, as ``StaticFiles`` mounted anywhere else does."""
+    (tmp_path / "index.html").write_text("<p>hi</p>")
+    telemetry = make_telemetry()
+    app = Starlette(routes=[Route("/a", plain), Mount("/", app=StaticFiles(directory=tmp_path))])
+    paths = ["/index.html", "/index.html", "/nope-4711.html", "/a"]
+    answers = asgi_requests(
+        ASGIMiddleware(app, telemetry=telemetry), [("GET", p, None) for p in paths]
+    )
+    assert [answer.status_code for answer in answers] == [200, 200, 404, 200]
+    assert counts(telemetry) == {
+        ("GET", "/{path}", 200): 2,
+        ("GET", "/{path}", 404): 1,
+        ("GET", "/a", 200): 1,
     }
 
 

@@ -208,6 +208,8 @@ class ASGIMiddleware:
                 # another one, whose mount is in scope["route"] before this app
                 # routes. Only then is the dearer method worth its cost.
                 self._template = self._templates.nested_template
+            elif self._templates.has_root_mount():
+                self._template = self._templates.root_mounted_template
             # Starlette sets scope["app"] on its way in; wrapped from outside,
             # the middleware sees the request first and only knows its app.
             app = scope.get("app", self.app)

@@ -157,6 +157,35 @@ class RouteTemplates:
             return self._unrecorded(scope, entry_root_path, root_path, status)
         return self.template(scope, entry_root_path, status)
 
+    def has_root_mount(self) -> bool:
+        """Whether the wrapped app's router mounts an app with routes at its
+        root (``Mount("", app=router)``): the middleware then keys its
+        requests with :meth:`root_mounted_template`, and no other app pays
+        for the check."""
+        return any(_is_root_mount_of_a_router(route) for route in self.own_routes() or ())
+
+    def root_mounted_template(
+        self, scope: Scope, entry_root_path: str, status: int = 200
+    ) -> str | _Untemplated | None:
+        """:meth:`template` for an app that mounts another at its root.
+
+        Such a mount leaves ``root_path`` as it was, so :meth:`template` took
+        it for a route of its own, and its catch-all format (``/{path}``)
+        keyed every request its app's router did not record (a 404, a slash
+        redirect, FastAPI's plain routes such as ``/docs``) alike. They are
+        found as for any mount whose app recorded nothing. (An app without
+        routes mounted there, ``StaticFiles``, keeps the mount's format, as
+        one mounted anywhere else does.)
+        """
+        route = scope.get("route")
+        if (
+            route is not None
+            and scope.get("root_path", "") == entry_root_path
+            and _is_root_mount_of_a_router(route)
+        ):
+            return self._unrecorded(scope, entry_root_path, entry_root_path, status)
+        return self.template(scope, entry_root_path, status)
+
     def by_matching(self, routes: Sequence[Any], scope: Scope) -> str | _Untemplated | None:
         """:func:`template_by_matching` for a request answered before routing,
         remembered per request target (see :class:`MatchedTemplates`)."""
@@ -381,6 +410,15 @@ def _walk_mounts(
         if not target_root_path.startswith(root_path):
             return None, by_host
     return ("".join(templates), last), by_host
+
+
+#: The ``path_format`` of a ``Mount`` at the root of its router.
+_ROOT_MOUNT_FORMAT = "/{path}"
+
+
+def _is_root_mount_of_a_router(route: Any) -> bool:
+    """Whether ``route`` mounts an app with routes of its own at the root."""
+    return _is_mount(route) and route.path_format == _ROOT_MOUNT_FORMAT and bool(route.routes)
 
 
 def _is_mount(route: Any) -> bool:
