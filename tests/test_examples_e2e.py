@@ -450,6 +450,48 @@ def test_gunicorn_gevent_preload_workers_report_what_they_served(
     assert_stored_exactly(run, traffic)
 
 
+#: An app that patches gevent itself at import (tests/patching_preload_app.py),
+#: under gevent's workers and --preload: the master has patched before it forks.
+PRELOAD_PATCHING = dataclasses.replace(
+    PRELOAD,
+    name="flask-gunicorn-preload-patching",
+    args=(
+        *gunicorn_args(
+            "patching_preload_app:app",
+            workers=2,
+            preload=True,
+            graceful_timeout=3,
+            worker_class="gevent",
+        ),
+        "--pythonpath",
+        str(Path(__file__).resolve().parent),
+    ),
+)
+
+
+def test_a_master_that_patched_gevent_itself_reports_nothing_and_each_worker_once(
+    start_app: Callable[..., Run],
+) -> None:
+    """With the app's own ``monkey.patch_all()`` the master's flusher is a
+    greenlet, and a greenlet survives a fork: each worker ran it beside its
+    own (two startup reports, twice the flushes, a ``KeyError`` traceback at
+    exit). And the master's main thread, a greenlet's ident, showed no
+    stack: counting ``app.boot`` as it loaded, it reported as a third
+    instance."""
+    pytest.importorskip("gevent")
+    run = start_app(PRELOAD_PATCHING, REQTELEMETRY_FLUSH_INTERVAL="4")
+    traffic = drive(run)
+    time.sleep(4 * 1.2)  # the master's grace is surely over, and a periodic flush went
+    stop_gracefully(run)
+    log = run.app.log_tail(4000)
+    assert "failed with KeyError" not in log  # (the app's own /crash logs a traceback)
+    assert_stored_exactly(run, traffic)  # two instances, both serving
+    boots = run.database.query("SELECT COUNT(*) FROM metrics WHERE name = 'app.boot'")
+    assert boots == [(0,)]
+    startups = run.database.query("SELECT COUNT(*) FROM reports WHERE kind = 'startup'")
+    assert startups == [(2,)]
+
+
 def test_a_server_stops_on_sigint_even_when_this_process_ignores_sigint(tmp_path: Path) -> None:
     """A shell ignores SIGINT in its background jobs (``make demo &``, a CI step
     under ``nohup``), and children inherit that: Werkzeug's server, stopped with

@@ -201,6 +201,10 @@ class Flusher:
         #: counted and served nothing (see :meth:`_idle`); None until then.
         self.supervising: str | None = None
         self._thread: threading.Thread | None = None
+        #: The thread that may flush: the one :meth:`start` made last. A green
+        #: flusher (a greenlet, under gevent) survives a fork, unlike a thread,
+        #: and in the child it must stop once the child's own has started.
+        self._runner: object = None
         self.sequence = 0
         self.gone = False
         #: Why this process turned out to run tests (then nothing more is sent).
@@ -222,7 +226,10 @@ class Flusher:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="reqtelemetry-flusher", daemon=True)
+        runner = self._runner = object()
+        self._thread = threading.Thread(
+            target=self._run, args=(runner,), name="reqtelemetry-flusher", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -363,10 +370,21 @@ class Flusher:
             flush_then_close()
         return bool(delivered and delivered[0])
 
-    def _run(self) -> None:
+    def _run(self, runner: object = None) -> None:
+        """The flusher's loop, as long as it is this process's (``runner``).
+
+        Why the check: under gevent the flusher is a greenlet, and a greenlet
+        survives ``fork()``. A master that patched gevent itself and loaded
+        the app (``gunicorn --preload -k gevent``, ``monkey.patch_all()`` in
+        the app) left its flusher in every worker, beside the worker's own:
+        two startup reports and twice the flushes per worker. The parent's
+        stops the first time it wakes in a child (see :func:`_park`).
+        """
         leave_signals_to_the_main_thread()
         lower_this_threads_priority()
-        self._wait_for_first_use()
+        self._wait_for_first_use(runner)
+        if runner is not self._runner:
+            _park()
         if self._closing:
             return
         self.announced = True
@@ -374,9 +392,11 @@ class Flusher:
         while not self._closing and not self.gone and self.test_run is None:
             if self._wake.wait(self._next_delay()):
                 break
+            if runner is not self._runner:
+                _park()
             self.flush()
 
-    def _wait_for_first_use(self) -> None:
+    def _wait_for_first_use(self, runner: object = None) -> None:
         """Until the app's first request, or :data:`STARTUP_GRACE` (the flush
         interval, if shorter), or ``close``. Looked at every
         :data:`IDLE_POLL_SECONDS` too, for apps that record or count through
@@ -386,6 +406,8 @@ class Flusher:
         while not self._first_use.wait(
             waitable(min(IDLE_POLL_SECONDS, deadline - time.monotonic()))
         ):
+            if runner is not self._runner:
+                return  # the parent's, woken in a forked child (see :meth:`_run`)
             if not self._idle():
                 return
             if time.monotonic() >= deadline:
@@ -886,6 +908,18 @@ class Flusher:
         self.telemetry.recorder.merge(_part_of(batch, undelivered))
         if any(report.carries_totals for report in undelivered):
             self.telemetry.metrics.merge(metrics)
+
+
+def _park() -> None:
+    """Where a parent's green flusher ends in a forked child: asleep for good.
+
+    Why not return: its greenlet would end, and gevent's threading, asked to
+    forget a thread that the child's own bookkeeping never held, wrote a
+    ``KeyError`` traceback into the worker's log. Asleep it costs the child a
+    greenlet and nothing else. Never reached by a real thread, which does
+    not survive a fork.
+    """
+    threading.Event().wait()
 
 
 def _part_of(batch: Batch, reports: list[Report]) -> Batch:

@@ -53,6 +53,8 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
+from .green import threads_are_green
+
 #: The loops a process's main thread runs while it starts and restarts the
 #: processes that serve, as (module, function). Looked for anywhere on the
 #: main thread's stack: each of them waits for its child in a call of its own.
@@ -150,11 +152,36 @@ def _main_thread_frames() -> Iterator[FrameType]:
     """The main thread's frames, innermost first; none where they cannot be read."""
     try:
         frame: FrameType | None = sys._current_frames().get(threading.main_thread().ident or 0)
+        if frame is None and threads_are_green():
+            frame = _main_greenlets_frame()
     except Exception:
         return
     while frame is not None:
         yield frame
         frame = frame.f_back
+
+
+def _main_greenlets_frame() -> FrameType | None:
+    """Under gevent, what the main thread runs: the frame of the root greenlet
+    of this OS thread (the one gevent's hub switches back to), or this very
+    frame when that greenlet is the one running now; None without greenlets.
+
+    Why: once gevent patched ``threading`` (``monkey.patch_all()`` in the app,
+    under ``gunicorn --preload``), the main thread's ident is a greenlet's,
+    which ``sys._current_frames()`` does not know: no stack was found, and a
+    master that counted as it loaded the app reported as an instance.
+    """
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is None:
+        return None
+    current = greenlet.getcurrent()
+    root = current
+    while root.parent is not None:
+        root = root.parent
+    if root is current:
+        return sys._getframe(1)
+    frame: FrameType | None = root.gr_frame
+    return frame
 
 
 def started_by_multiprocessing() -> bool:
