@@ -607,7 +607,8 @@ def test_flask_counts_no_bytes_for_a_content_length_that_is_no_plain_number(
 def test_a_chunked_upload_counts_the_bytes_the_app_read(way, telemetry, records):
     """Without a declared ``Content-Length`` (a chunked upload) the body's size
     is what the app reads of it: it was 0. Served by Werkzeug's real server,
-    which takes chunked bodies."""
+    which takes chunked bodies. A GET's too (a search API's query body): it
+    was 0 whatever the app read."""
     from werkzeug.serving import make_server
 
     def plain_app(environ, start_response):
@@ -618,7 +619,7 @@ def test_a_chunked_upload_counts_the_bytes_the_app_read(way, telemetry, records)
 
     flask_app = Flask(__name__)
 
-    @flask_app.route("/uploads", methods=["POST"])
+    @flask_app.route("/uploads", methods=["GET", "POST"])
     def upload():
         from flask import request
 
@@ -642,13 +643,15 @@ def test_a_chunked_upload_counts_the_bytes_the_app_read(way, telemetry, records)
         with httpx.Client(trust_env=False) as client:
             chunked = client.post(url, content=iter(chunks))  # no length: chunked
             declared = client.post(url, content=b"y" * 5_000)
+            searched = client.request("GET", url, content=iter([b"q" * 1_000]))
     finally:
         server.shutdown()
         thread.join()
-    assert (chunked.text, declared.text) == ("210000", "5000")
-    (record,) = records(telemetry).values()
-    assert (record["method"], record["status"], record["count"]) == ("POST", 200, 2)
-    assert record["request_bytes"] == 215_000
+    assert (chunked.text, declared.text, searched.text) == ("210000", "5000", "1000")
+    by_method = {record["method"]: record for record in records(telemetry).values()}
+    assert (by_method["POST"]["status"], by_method["POST"]["count"]) == (200, 2)
+    assert by_method["POST"]["request_bytes"] == 215_000
+    assert (by_method["GET"]["count"], by_method["GET"]["request_bytes"]) == (1, 1_000)
 
 
 def test_a_wsgi_app_does_not_import_asyncio_for_reqtelemetry():

@@ -605,9 +605,9 @@ def record_request(
         length = environ.get("CONTENT_LENGTH")
         if length:
             request_bytes = parse_content_length(length)
-        elif method == "GET":  # most requests: no body, and no lookups to learn that
+        elif "HTTP_TRANSFER_ENCODING" not in environ:  # most requests: no body
             request_bytes = 0
-        else:  # none declared: what the app read of a chunked body, if any
+        else:  # a chunked body, of any method (a search API's GET): what the app read
             stream = environ.get("wsgi.input")
             request_bytes = stream.bytes_read if isinstance(stream, CountedInput) else 0
         if method == "HEAD":  # a server sends no body in answer to HEAD
