@@ -26,6 +26,22 @@ def read(response) -> bytes:
     return response.content
 
 
+def spy_on_resolve(monkeypatch) -> list[str]:
+    """The paths reqtelemetry resolves from now on (``django.urls.resolve``,
+    which Django's own URL resolution does not call), in a list."""
+    import django.urls
+
+    resolved: list[str] = []
+    real_resolve = django.urls.resolve
+
+    def counting_resolve(path, urlconf=None):
+        resolved.append(path)
+        return real_resolve(path, urlconf)
+
+    monkeypatch.setattr(django.urls, "resolve", counting_resolve)
+    return resolved
+
+
 def run_async(requests):
     """Run ``[(method, path, kwargs), ...]`` through Django's ASGI handler."""
     from django.test import AsyncClient
@@ -199,17 +215,9 @@ def test_an_options_request_django_found_no_route_for_is_not_resolved_again(
 ):
     """A 404 went through URL resolution already: an ``OPTIONS`` one (a
     scanner's) must not walk the URLconf a second time, as no other 404 does."""
-    import django.urls
     from django.test import Client
 
-    resolved: list[str] = []
-    real_resolve = django.urls.resolve
-
-    def counting_resolve(path, urlconf=None):
-        resolved.append(path)
-        return real_resolve(path, urlconf)
-
-    monkeypatch.setattr(django.urls, "resolve", counting_resolve)
+    resolved = spy_on_resolve(monkeypatch)
     assert Client().options("/nowhere/123/").status_code == 404
     assert resolved == []
     assert counts(django_telemetry) == {("OPTIONS", UNMATCHED_ROUTE, 404): 1}
@@ -260,19 +268,11 @@ def test_other_methods_the_cache_passes_on_are_not_resolved_again(
     """The cache middleware marks every method but GET and HEAD as it marks a
     hit; those go on to URL resolution, and a 404 among them must not pay
     for a second walk of the URLconf (nor leave its path remembered)."""
-    import django.urls
     from django.test import Client
-
-    resolved: list[str] = []
-    real_resolve = django.urls.resolve
-
-    def counted_resolve(path, urlconf=None):
-        resolved.append(path)
-        return real_resolve(path, urlconf)
 
     with _per_site_cache():
         client = Client()
-        monkeypatch.setattr(django.urls, "resolve", counted_resolve)
+        resolved = spy_on_resolve(monkeypatch)
         for pk in range(3):
             assert client.post(f"/nowhere/{pk}/").status_code == 404
     assert resolved == []
@@ -869,17 +869,9 @@ def test_files_served_before_resolution_are_not_resolved_again(
     """Answers other than redirects and ``OPTIONS`` (a WhiteNoise's files,
     200 and 304) stay unmatched without a walk of the URLconf each: resolving
     them took a static file from 1.2 to 22.9 µs (a diff review's count)."""
-    import django.urls
     from django.test import Client, override_settings
 
-    resolved: list[str] = []
-    real_resolve = django.urls.resolve
-
-    def counting_resolve(path, urlconf=None):
-        resolved.append(path)
-        return real_resolve(path, urlconf)
-
-    monkeypatch.setattr(django.urls, "resolve", counting_resolve)
+    resolved = spy_on_resolve(monkeypatch)
     middleware = [
         "reqtelemetry.django.TelemetryMiddleware",
         "django_test_middleware.ServesStaticFiles",
