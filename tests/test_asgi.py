@@ -1605,6 +1605,27 @@ def test_files_served_at_the_root_share_one_key_their_404s_too(make_telemetry, c
     }
 
 
+def test_an_excluded_path_is_not_measured_by_a_middleware_inside_a_mount(make_telemetry, counts):
+    """A mounted app with a middleware of the same telemetry compares the path
+    without the mount's prefix (``/users/7`` of ``/admin/users/7``), which the
+    exclusions do not name: the outer middleware left the request out, and
+    the inner one measured it."""
+    telemetry = make_telemetry(exclude_prefixes=["/admin/"], exclude_paths=["/sub/healthz"])
+    sub = FastAPI()
+    sub.add_api_route("/users/{uid}", lambda uid: {}, methods=["GET"])
+    sub.add_api_route("/healthz", lambda: {}, methods=["GET"])
+    sub.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    app = FastAPI()
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    app.mount("/admin", sub)
+    app.mount("/sub", sub)
+    paths = ["/admin/users/7", "/sub/healthz", "/sub/users/8", "/admin/users/9"]
+    answers = asgi_requests(app, [("GET", path, None) for path in paths])
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert counts(telemetry) == {("GET", "/sub/users/{uid}", 200): 1}
+    assert telemetry.internal_errors == 0
+
+
 def test_raw_asgi_app_anonymizes_paths(make_telemetry, records):
     telemetry = make_telemetry(allowed_path_segments=["users", "orders"])
     app = ASGIMiddleware(routeless_app, telemetry=telemetry)

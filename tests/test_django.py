@@ -180,6 +180,26 @@ def test_404_is_unmatched(client, django_telemetry, counts):
     assert counts(django_telemetry) == {("GET", UNMATCHED_ROUTE, 404): 4}
 
 
+def test_a_request_a_middleware_around_left_out_is_not_measured(
+    django_telemetry_factory, make_telemetry, counts
+):
+    """A middleware of the same telemetry around Django (a mount's, whose
+    path still had the excluded prefix) marks what it leaves out: Django's
+    middleware, seeing the path without that prefix, measured it. Another
+    telemetry's mark is that telemetry's business: measured here as ever."""
+    from django.test import Client
+
+    from reqtelemetry.telemetry import MEASURED_KEY, ExcludedMark
+
+    telemetry = django_telemetry_factory()
+    client = Client()
+    assert client.get("/api/items/1/", **{MEASURED_KEY: ExcludedMark(telemetry)}).status_code == 200
+    assert counts(telemetry) == {}
+    other = ExcludedMark(make_telemetry())
+    assert client.get("/api/items/2/", **{MEASURED_KEY: other}).status_code == 200
+    assert counts(telemetry) == {("GET", "/api/items/<int:pk>/", 200): 1}
+
+
 def test_answers_before_url_resolution_are_keyed_by_the_route_they_are_for(
     django_telemetry, counts
 ):

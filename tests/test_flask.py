@@ -322,6 +322,23 @@ def test_a_middleware_around_a_dispatcher_to_a_measured_app_counts_once(telemetr
     assert sum(found.values()) == 1  # the root app's request, under its anonymized path
 
 
+def test_a_mount_excluded_around_a_measured_app_is_not_measured_inside(make_telemetry, counts):
+    """Inside a dispatcher's mount, ``init_app`` compares the path without the
+    mount's prefix (``/items/5`` of ``/a/items/5``), which the exclusion does
+    not name: the middleware around left the request out, and Flask measured it."""
+    telemetry = make_telemetry(exclude_prefixes=["/a/"])
+    sub = build_app()
+    init_app(sub, telemetry)
+    other = build_app()
+    init_app(other, telemetry)
+    dispatcher = DispatcherMiddleware(sub, {"/a": sub, "/b": other})
+    client = Client(WSGIMiddleware(dispatcher, telemetry=telemetry))
+    assert read(client.get("/a/items/5")).data == b"item 5"
+    assert read(client.get("/a/boom")).status_code == 500
+    assert read(client.get("/b/items/6")).data == b"item 6"
+    assert counts(telemetry) == {("GET", "/items/<int:item_id>", 200): 1}  # /b's alone
+
+
 def test_nested_middlewares_count_once_for_one_telemetry_and_once_each_for_two(
     make_telemetry, counts
 ):

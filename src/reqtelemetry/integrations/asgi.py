@@ -31,6 +31,7 @@ from ..telemetry import (
     KNOWN_METHODS,
     MEASURED_KEY,
     OTHER_METHOD,
+    ExcludedMark,
     Mark,
     Telemetry,
     marked_by,
@@ -99,6 +100,7 @@ class ASGIMiddleware:
         self._templates = RouteTemplates(app)
         self._template = self._templates.template
         self._excluded = telemetry.excluded
+        self._excluded_mark = ExcludedMark(telemetry)
         self._first_request = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -115,7 +117,7 @@ class ASGIMiddleware:
             # mount put in front (what WSGI's PATH_INFO holds): ``/healthz`` is
             # excluded under ``--root-path /api`` too. Only apps that exclude
             # anything pay for taking the prefix off.
-            await self.app(scope, receive, send)
+            await _pass_excluded(self.app, scope, receive, send, self._excluded_mark)
             return
         mark = scope.get(MEASURED_KEY)
         if mark is not None and marked_by(mark, self.telemetry):
@@ -522,6 +524,23 @@ def _answered_by_body_limit(error: BaseException) -> bool:
         if isinstance(members, tuple):
             pending.extend(members)
     return False
+
+
+async def _pass_excluded(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, mark: ExcludedMark
+) -> None:
+    """Run an excluded request, marked so that no middleware of the same
+    telemetry inside measures it (see :class:`ExcludedMark`); a mark that is
+    there already (another telemetry's, or an outer one of this) stays."""
+    if MEASURED_KEY in scope:
+        await app(scope, receive, send)
+        return
+    scope[MEASURED_KEY] = mark
+    try:
+        await app(scope, receive, send)
+    finally:
+        if scope.get(MEASURED_KEY) is mark:
+            del scope[MEASURED_KEY]
 
 
 def _failed_in_send(error: BaseException, send: Send) -> bool:

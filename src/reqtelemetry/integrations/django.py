@@ -43,6 +43,7 @@ from ..telemetry import (
     MEASURED_KEY,
     OTHER_METHOD,
     Telemetry,
+    marked_by,
     parse_content_length,
     take_over,
 )
@@ -154,18 +155,25 @@ def _listed_more_than_once() -> bool:
     return len(ours) > 1
 
 
-def _take_over(request: Any, telemetry: Telemetry) -> None:
+def _take_over(request: Any, telemetry: Telemetry) -> bool:
     """Take ``request`` over from a middleware of ``telemetry`` around the
     Django app (a ``WSGIMiddleware`` or an ``ASGIMiddleware``, whose mark is in
     the environ, ``request.META`` under WSGI, or the scope), which then leaves
-    it to this one: it knows the route, they do not."""
+    it to this one: it knows the route, they do not. False where that
+    middleware left the request out (see :class:`~..telemetry.ExcludedMark`):
+    it goes unmeasured here too."""
     mark = request.META.get(MEASURED_KEY)
     if mark is None:
         scope = request.__dict__.get("scope")  # under ASGI
         if scope is None:
-            return
+            return True
         mark = scope.get(MEASURED_KEY)
+        if mark is None:
+            return True
+    if marked_by(mark, telemetry) and mark.excluded:
+        return False
     take_over(mark, telemetry)
+    return True
 
 
 def _measured_before(request: Any) -> bool:
@@ -335,7 +343,8 @@ class TelemetryMiddleware:
             self._listed_twice and _measured_before(request)
         ):
             return self.get_response(request)
-        _take_over(request, self.telemetry)
+        if not _take_over(request, self.telemetry):
+            return self.get_response(request)
         start = perf_counter()
         try:
             response = self.get_response(request)
@@ -355,7 +364,8 @@ class TelemetryMiddleware:
             self._listed_twice and _measured_before(request)
         ):
             return await self.get_response(request)
-        _take_over(request, self.telemetry)
+        if not _take_over(request, self.telemetry):
+            return await self.get_response(request)
         start = perf_counter()
         try:
             response = await self.get_response(request)

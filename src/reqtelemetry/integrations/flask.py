@@ -232,8 +232,11 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
         # where the rule is known whatever lies between, and left to this by
         # that one (see reqtelemetry.telemetry.Mark); any other, to that one.
         mark = environ.get(MEASURED_KEY)
-        if mark is not None and not marked_by(mark, telemetry):
-            mark = None  # another telemetry's: it measures for its own maintainer
+        if mark is not None:
+            if not marked_by(mark, telemetry):
+                mark = None  # another telemetry's: it measures for its own maintainer
+            elif mark.excluded:  # a middleware of this telemetry around it left it out
+                return wsgi_app(environ, start_response)
         if first_request:
             first_request = False
             telemetry.note_first_request(environ.get("HTTP_HOST"))

@@ -32,6 +32,7 @@ from ..telemetry import (
     KNOWN_METHODS,
     MEASURED_KEY,
     OTHER_METHOD,
+    ExcludedMark,
     Mark,
     Telemetry,
     marked_by,
@@ -65,6 +66,7 @@ class WSGIMiddleware:
         self.telemetry = telemetry
         self._active = telemetry.enabled
         self._excluded = telemetry.excluded
+        self._excluded_mark = ExcludedMark(telemetry)
         self._first_request = True
         from .flask import install_if_flask
 
@@ -75,6 +77,11 @@ class WSGIMiddleware:
             return self.app(environ, start_response)
         excluded = self._excluded
         if excluded is not None and excluded(environ.get("PATH_INFO", "")):
+            # Marked, so that nothing of this telemetry inside (a mounted
+            # app's init_app, which sees the path without the mount's
+            # prefix) measures it (see ExcludedMark). Left in the environ,
+            # which goes with the request: the mark holds nothing of it.
+            environ.setdefault(MEASURED_KEY, self._excluded_mark)
             return self.app(environ, start_response)
         telemetry = self.telemetry
         mark = environ.get(MEASURED_KEY)
