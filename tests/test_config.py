@@ -218,6 +218,10 @@ def test_code_lists_accept_comma_strings():
         ({"REQTELEMETRY_TIMEOUT": "-5"}, "REQTELEMETRY_TIMEOUT"),
         ({"REQTELEMETRY_TIMEOUT": "nan"}, "REQTELEMETRY_TIMEOUT"),
         ({"REQTELEMETRY_TIMEOUT": "inf"}, "REQTELEMETRY_TIMEOUT"),
+        # Positive, but a typo or a unit mistake: the flusher reported in a
+        # busy loop (11,227 reports in 2 s), and no attempt had time to finish.
+        ({"REQTELEMETRY_FLUSH_INTERVAL": "1e-320"}, "REQTELEMETRY_FLUSH_INTERVAL.*at least 0.01"),
+        ({"REQTELEMETRY_TIMEOUT": "0.001"}, "REQTELEMETRY_TIMEOUT.*at least 0.01"),
         ({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "soon"}, "REQTELEMETRY_SHUTDOWN_TIMEOUT"),
         ({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "-1"}, "REQTELEMETRY_SHUTDOWN_TIMEOUT"),
         ({"REQTELEMETRY_SHUTDOWN_TIMEOUT": "nan"}, "REQTELEMETRY_SHUTDOWN_TIMEOUT"),

@@ -1165,6 +1165,33 @@ def test_lifespan_flush_closes_the_instance_the_middleware_uses(django_telemetry
     assert closed == [1]
 
 
+def test_lifespan_flush_of_an_opted_out_instance_starts_no_thread(
+    django_telemetry_factory, monkeypatch
+):
+    """Opted out, nothing starts: the final flush, which sends nothing, was
+    still handed to the event loop's executor, whose thread started for it."""
+    import threading
+
+    from reqtelemetry.django import LifespanFlush, get_telemetry
+
+    telemetry = django_telemetry_factory(opt_out=True)
+    assert get_telemetry() is telemetry
+    closed = []
+    monkeypatch.setattr(telemetry, "close", lambda timeout=None: closed.append(1) or True)
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def start(thread):
+        started.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    sent = _lifespan_shutdown(LifespanFlush(None))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert closed == []
+    assert started == []
+
+
 def test_lifespan_flush_passes_lifespan_on_to_an_app_that_takes_it(django_telemetry, monkeypatch):
     """A Starlette app mounting Django, with startup and shutdown hooks of its
     own: answered by the wrapper, its hooks never ran (its health check

@@ -37,6 +37,11 @@ DEFAULT_FLUSH_INTERVAL = 3600.0
 #: The longest reporting interval accepted (a year): anything longer is a typo,
 #: and ``threading.Event.wait`` raises on timeouts past ``threading.TIMEOUT_MAX``.
 LONGEST_FLUSH_INTERVAL = 365 * 86400.0
+#: The shortest ``flush_interval`` and ``timeout`` accepted (10 ms): shorter is
+#: a typo or a unit mistake, never a setting. ``1e-320`` passed as positive:
+#: the flusher then reported in a busy loop (11,227 reports in 2 s), and a
+#: timeout that short left no attempt time to finish.
+SHORTEST_SECONDS = 0.01
 #: The wire format's limit on app-defined metric names per kind.
 MAX_METRIC_NAMES = 100
 
@@ -440,10 +445,10 @@ class Config:
                 "min_flush_interval must be positive and at most max_flush_interval, "
                 f"and max_flush_interval at most {LONGEST_FLUSH_INTERVAL:g} s (a year)"
             )
-        if not (_finite(self.flush_interval) and self.flush_interval > 0):
+        if not (_finite(self.flush_interval) and self.flush_interval >= SHORTEST_SECONDS):
             raise ValueError(
-                "flush_interval must be a finite positive number of seconds, "
-                f"got {shown_value(self.flush_interval)}"
+                "flush_interval must be a finite number of seconds, at least "
+                f"{SHORTEST_SECONDS:g}, got {shown_value(self.flush_interval)}"
             )
         if self.flush_interval > LONGEST_FLUSH_INTERVAL:
             raise ValueError(
@@ -466,9 +471,9 @@ class Config:
             )
         # Zero, negative or NaN timeouts leave no time for any attempt: telemetry
         # would say it is on and never send anything.
-        if not (_finite(self.timeout) and self.timeout > 0):
+        if not (_finite(self.timeout) and self.timeout >= SHORTEST_SECONDS):
             raise ValueError(
-                "timeout must be a finite positive number of seconds, "
+                f"timeout must be a finite number of seconds, at least {SHORTEST_SECONDS:g}, "
                 f"got {shown_value(self.timeout)}"
             )
         if not (_finite(self.shutdown_timeout) and self.shutdown_timeout >= 0):

@@ -892,7 +892,7 @@ async def _close_telemetry() -> None:
     announce telemetry as the app stops.
     """
     telemetry = _existing_telemetry()
-    if telemetry is not None:
+    if telemetry is not None and telemetry.enabled:  # opted out, no thread either
         try:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, telemetry.close)
