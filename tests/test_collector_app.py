@@ -2401,6 +2401,16 @@ def test_the_dashboard_shows_app_metrics_and_dropped_requests(
     assert page["gaugeRows"][0]["cells"][0]["text"] == HOSTILE
     assert HOSTILE in page["dropped"]["text"]
     assert not {"IMG", "SCRIPT"} & set(page["tags"])
+    # The apps are cut in the collector (an app name is client text): the
+    # selector and the dropped line say how many more there are.
+    summary.update(apps_left_out=4998, app_limit=100)
+    summary["dropped"]["left_out"] = 4999
+    page = render_dashboard(tmp_path, json.dumps(summary), "?days=30")
+    assert page["appOptions"][-1] == {
+        "value": "",
+        "text": "4,998 more apps not listed (choose with ?app=)",
+    }
+    assert page["dropped"]["text"].endswith(", and 4,999 more apps.")
     assert page["metricsCap"] == {
         "text": "Of 250 counters, the 2 reported by the most deployments are shown.",
         "hidden": False,
@@ -3068,6 +3078,7 @@ def test_the_summary_shows_app_metrics_and_dropped_requests(backend_collector: C
     assert every["dropped"] == {
         "requests": 7,
         "by_app": [{"app_name": "inventory", "requests": 7, "deployments": 1}],
+        "left_out": 0,
     }
     # Counted in the totals all the same, under the overflow endpoint.
     assert every["totals"]["requests"] == 4 * 12 + 7
@@ -3077,7 +3088,7 @@ def test_the_summary_shows_app_metrics_and_dropped_requests(backend_collector: C
         ("jobs.completed", 2)
     ]
     assert billing["metrics"]["gauges"] == []
-    assert billing["dropped"] == {"requests": 0, "by_app": []}
+    assert billing["dropped"] == {"requests": 0, "by_app": [], "left_out": 0}
 
 
 @pytest.mark.e2e

@@ -468,7 +468,7 @@ def test_a_version_1_database_is_migrated_in_place(backend: Backend) -> None:
         (None, "1.0", 1),
         ("billing", "3.0", 1),
     ]
-    assert storage.apps(0) == [
+    assert storage.apps(0)["apps"] == [
         {"app_name": None, "deployments": 2, "instances": 3, "reports": 4, "last_seen": T + 7300},
         {
             "app_name": "billing",
@@ -489,7 +489,7 @@ def test_a_version_1_database_is_migrated_in_place(backend: Backend) -> None:
         sequence=2,
     )
     storage.store(stored(named, T + 8000))
-    assert [app["app_name"] for app in storage.apps(T + 7500)] == ["inventory"]
+    assert [app["app_name"] for app in storage.apps(T + 7500)["apps"]] == ["inventory"]
     assert storage.totals(0, app="inventory")["requests"] == 1
     assert storage.totals(0)["requests"] == 12
     # The named app's endpoint from before the upgrade is one row, not a second
@@ -888,7 +888,7 @@ def test_the_reports_carry_their_app_name_into_every_table(apps: SQLStorage) -> 
 
 
 def test_apps_seen_in_the_window(apps: SQLStorage) -> None:
-    assert apps.apps(T) == [
+    assert apps.apps(T)["apps"] == [
         {
             "app_name": "inventory",
             "deployments": 2,
@@ -905,8 +905,12 @@ def test_apps_seen_in_the_window(apps: SQLStorage) -> None:
             "last_seen": T + 300,
         },
     ]
-    assert [app["app_name"] for app in apps.apps(T + 250)] == [None, "billing"]
-    assert apps.apps(T + 500) == []
+    assert [app["app_name"] for app in apps.apps(T + 250)["apps"]] == [None, "billing"]
+    assert apps.apps(T + 500) == {"apps": [], "left_out": 0, "limit": 100}
+    # Cut in the database, in the same order; what the cut left out is counted.
+    cut = apps.apps(T, limit=2)
+    assert [app["app_name"] for app in cut["apps"]] == ["inventory", None]
+    assert (cut["left_out"], cut["limit"]) == (1, 2)
 
 
 def test_one_apps_totals_activity_and_platforms(apps: SQLStorage) -> None:
@@ -1125,7 +1129,7 @@ def test_an_instance_belongs_to_the_app_of_its_newest_report(storage: SQLStorage
     assert [p["instances"] for p in storage.platforms(0, app="renamed")["platforms"]] == [1]
     assert storage.platforms(0, app="inventory")["platforms"] == []
     # Its reports keep the name each one carried.
-    assert [a["app_name"] for a in storage.apps(0)] == ["inventory", "renamed"]
+    assert [a["app_name"] for a in storage.apps(0)["apps"]] == ["inventory", "renamed"]
 
 
 # -- the summary's endpoint lists are cut; the CSV's rows are streamed -------------------------
@@ -1340,6 +1344,25 @@ def test_one_apps_flood_of_versions_leaves_the_other_apps_versions_listed(
     assert ("billing", "3.2") in listed
     assert sum(1 for app, _ in listed if app == "shop") == MAX_VERSIONS
     assert cut["left_out"] == 20
+
+
+def test_a_flood_of_app_names_is_cut_in_every_list_that_names_apps(storage: SQLStorage) -> None:
+    """An app name is client text too: cut per app only, a name per report
+    made a version row each, an option of the selector each and a name in the
+    dropped-requests line each (50,000 names: 34 MB of JSON)."""
+    flood = 30
+    for n in range(flood):
+        payload = traits_report(n, n, app_traits(LINUX, f"flood-{n:02}", "1.0"), T + 1)
+        payload.payload["batch"]["dropped"] = 1 + n
+        storage.store(payload)
+    versions = storage.versions(T, total_limit=10)
+    assert len(versions["versions"]) == 10 and versions["left_out"] == flood - 10
+    apps = storage.apps(T, limit=10)
+    assert len(apps["apps"]) == 10 and apps["left_out"] == flood - 10
+    dropped = storage.dropped(T, limit=10)
+    assert [row["app_name"] for row in dropped["by_app"]][:2] == ["flood-29", "flood-28"]
+    assert len(dropped["by_app"]) == 10 and dropped["left_out"] == flood - 10
+    assert dropped["requests"] == sum(range(1, flood + 1))  # the total of every app
 
 
 def test_platforms_are_cut_where_their_order_puts_them(storage: SQLStorage) -> None:
@@ -2964,11 +2987,16 @@ def test_app_metrics_are_cut_at_the_limit_and_say_how_many_there_were(
 
 
 def test_dropped_requests_per_app(metrics: SQLStorage) -> None:
-    assert metrics.dropped(T) == [{"app_name": "inventory", "requests": 6, "deployments": 2}]
-    assert metrics.dropped(T - 1, app="inventory") == [
+    assert metrics.dropped(T) == {
+        "requests": 6,
+        "by_app": [{"app_name": "inventory", "requests": 6, "deployments": 2}],
+        "left_out": 0,
+    }
+    assert metrics.dropped(T - 1, app="inventory")["by_app"] == [
         {"app_name": "inventory", "requests": 106, "deployments": 2}
     ]
-    assert metrics.dropped(T, app="billing") == []
+    assert metrics.dropped(T, app="billing") == {"requests": 0, "by_app": [], "left_out": 0}
+    assert metrics.dropped(T, limit=0) == {"requests": 6, "by_app": [], "left_out": 1}
 
 
 def test_empty_database_has_no_metrics(storage: SQLStorage) -> None:
@@ -2979,7 +3007,7 @@ def test_empty_database_has_no_metrics(storage: SQLStorage) -> None:
         "gauge_names": 0,
         "limit": 100,
     }
-    assert storage.dropped(0) == []
+    assert storage.dropped(0) == {"requests": 0, "by_app": [], "left_out": 0}
 
 
 def test_the_metrics_queries_read_indexes_and_no_histogram(

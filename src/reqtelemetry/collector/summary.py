@@ -109,6 +109,7 @@ def build_summary(
     endpoints = storage.endpoint_summary(since, app=app)
     versions = storage.versions(since, app=app)
     platforms = storage.platforms(since, app=app)
+    apps = storage.apps(since)
     summary = {
         "generated_at": now,
         "days": days,
@@ -116,7 +117,9 @@ def build_summary(
         "bucket_seconds": bucket,
         "app": app,
         "retention_days": retention_days,
-        "apps": storage.apps(since),
+        "apps": apps["apps"],
+        "apps_left_out": apps["left_out"],
+        "app_limit": apps["limit"],
         "totals": totals,
         "activity": fill_activity(storage.activity(since, bucket, app=app), since, now, bucket),
         "versions": versions["versions"],
@@ -138,15 +141,14 @@ def build_summary(
 
 
 def dropped_requests(storage: Storage, since: float, app: str | None) -> dict[str, Any]:
-    """``{"requests", "by_app"}``: requests past the clients' key cap in the window.
+    """``{"requests", "by_app", "left_out"}``: requests past the clients' key cap in the window.
 
     Why its own figure: they are in the request totals, but only as the
     ``<overflow>`` endpoint, so a maintainer whose endpoints look too few
     should learn that some were not itemised (and that ``max_keys`` says how
     many are). ``by_app`` says which app, when several report.
     """
-    by_app = storage.dropped(since, app=app)
-    return {"requests": sum(row["requests"] for row in by_app), "by_app": by_app}
+    return storage.dropped(since, app=app)
 
 
 def fill_activity(

@@ -576,10 +576,11 @@
     var text = fmtInt(requests) + (requests === 1 ? " request" : " requests") +
       " arrived past a client's cap on distinct endpoints (max_keys): counted in the totals," +
       " as _OTHER <overflow>, but not itemised per endpoint.";
+    var more = (dropped && dropped.left_out) || 0;
     if (byApp.length > 1) {
       text += " By app: " + byApp.map(function (a) {
         return label(a.app_name) + " " + fmtInt(a.requests);
-      }).join(", ") + ".";
+      }).join(", ") + (more > 0 ? ", and " + plural(more, "more app", "more apps") : "") + ".";
     }
     node.textContent = requests > 0 ? visible(text) : "";
     node.setAttribute("data-value", String(requests));
@@ -587,7 +588,7 @@
   }
 
   /* The app selector: shown when there is a choice (several apps, or one chosen). */
-  function renderApps(apps, chosen) {
+  function renderApps(apps, chosen, leftOut) {
     var control = document.getElementById("app-control");
     var select = document.getElementById("app");
     var names = apps.map(function (a) { return a.app_name; })
@@ -605,12 +606,16 @@
     names.forEach(function (name) {
       select.appendChild(el("option", { value: name, "data-testid": "app-option" }, name));
     });
+    if (leftOut > 0) {  // the list is cut (app names are client text): ?app= reaches the rest
+      select.appendChild(el("option", { value: "", disabled: "", "data-testid": "apps-cap" },
+        plural(leftOut, "more app", "more apps") + " not listed (choose with ?app=)"));
+    }
     select.value = chosen || "";
     select.setAttribute("data-value", chosen || "");
   }
 
   function render(summary) {
-    renderApps(summary.apps || [], summary.app || null);
+    renderApps(summary.apps || [], summary.app || null, summary.apps_left_out || 0);
     renderTotals(summary.totals || {});
     lineChart(document.getElementById("activity-chart"), summary.activity || [], [
       { key: "deployments", label: "deployments" },

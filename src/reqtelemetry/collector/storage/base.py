@@ -132,6 +132,13 @@ MAX_ENDPOINT_VERSIONS = 2000
 #: commit, a client sending a new one each time), and each was a bar on the
 #: page and a row of the JSON. 100 is more than any fleet runs at once.
 MAX_VERSIONS = 100
+#: The summary's app versions of all apps together: an app name is client
+#: text too, and with each app's 100, a flood of names made a bar and a row
+#: per version of each (50,000 names: 34 MB of JSON, a page of 59 MB).
+MAX_ALL_VERSIONS = 500
+#: The summary's apps (the selector's choices, and the dropped requests by
+#: app), the most deployments first: any app may be chosen by ``?app=`` still.
+MAX_APPS = 100
 #: The summary's platforms (instances per OS, architecture, Python version
 #: and framework), the most instances first: each is client text too, and a
 #: fleet's real mix is a few dozen combinations.
@@ -223,19 +230,27 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def versions(
-        self, since: float, app: str | None = None, limit: int = MAX_VERSIONS
+        self,
+        since: float,
+        app: str | None = None,
+        limit: int = MAX_VERSIONS,
+        total_limit: int = MAX_ALL_VERSIONS,
     ) -> dict[str, Any]:
-        """App versions in use, per app, cut at ``limit`` versions an app:
-        ``{"versions": [{"app_name", "app_version", "deployments", "instances",
-        "last_seen"}], "left_out", "limit"}``. The most deployments first, then
-        the most instances, the latest seen, then by app and version (unknown,
-        None, first; byte by byte); each app keeps its first ``limit`` in that
-        order. ``left_out``: how many versions the cut left out, of all apps."""
+        """App versions in use, per app, cut at ``limit`` versions an app and
+        ``total_limit`` in all: ``{"versions": [{"app_name", "app_version",
+        "deployments", "instances", "last_seen"}], "left_out", "limit"}``. The
+        most deployments first, then the most instances, the latest seen, then
+        by app and version (unknown, None, first; byte by byte); each app keeps
+        its first ``limit`` in that order, and the list its first
+        ``total_limit``. ``left_out``: how many versions the cuts left out, of
+        all apps."""
 
     @abc.abstractmethod
-    def apps(self, since: float) -> list[dict[str, Any]]:
-        """The apps that reported since ``since``: ``[{"app_name", "deployments",
-        "instances", "reports", "last_seen"}]``, most deployments first;
+    def apps(self, since: float, limit: int = MAX_APPS) -> dict[str, Any]:
+        """The apps that reported since ``since``: ``{"apps": [{"app_name",
+        "deployments", "instances", "reports", "last_seen"}], "left_out",
+        "limit"}``, most deployments first, then most instances, most reports,
+        and by name (None first, byte by byte), cut at ``limit``;
         ``app_name`` None stands for every report that carried no name."""
 
     @abc.abstractmethod
@@ -316,11 +331,15 @@ class Storage(abc.ABC):
         says how many there were before that cut."""
 
     @abc.abstractmethod
-    def dropped(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
+    def dropped(
+        self, since: float, app: str | None = None, limit: int = MAX_APPS
+    ) -> dict[str, Any]:
         """Requests that arrived past a client's key cap (``max_keys``) since
-        ``since``, per app that had any: ``[{"app_name", "requests",
-        "deployments"}]``, most requests first. They are in the request totals
-        (the ``_OTHER <overflow>`` endpoint), but not under their own endpoint."""
+        ``since``: ``{"requests": all of them, "by_app": [{"app_name",
+        "requests", "deployments"}], "left_out"}``, per app that had any, most
+        requests first (then by name), cut at ``limit`` apps. They are in the
+        request totals (the ``_OTHER <overflow>`` endpoint), but not under
+        their own endpoint."""
 
     @abc.abstractmethod
     def close(self) -> None:

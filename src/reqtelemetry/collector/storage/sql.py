@@ -33,6 +33,8 @@ from typing import Any, Protocol, TypeVar
 
 from ...histogram import Histogram
 from .base import (
+    MAX_ALL_VERSIONS,
+    MAX_APPS,
     MAX_PLATFORMS,
     MAX_VERSIONS,
     EndpointLimits,
@@ -798,7 +800,11 @@ class SQLStorage(Storage):
         ]
 
     def versions(
-        self, since: float, app: str | None = None, limit: int = MAX_VERSIONS
+        self,
+        since: float,
+        app: str | None = None,
+        limit: int = MAX_VERSIONS,
+        total_limit: int = MAX_ALL_VERSIONS,
     ) -> dict[str, Any]:
         """App versions that reported since ``since``, per app name (of ``app`` only,
         when given; None: unknown or withheld), with distinct deployments and
@@ -810,7 +816,9 @@ class SQLStorage(Storage):
         in the database: a flood of versions then costs Python ``limit`` rows
         an app. Why the cut is per app too: cut over all apps at once, one app
         that stamps every build into its version pushed every other app's
-        versions off the list (and off the page).
+        versions off the list (and off the page). Why a cut over all apps
+        as well: an app name is client text too, and a flood of names made
+        a version each (``total_limit``).
         """
         only, app_params = _app_filter(app)
         order = self._unknown_first(("app_name", "app_version"))
@@ -825,12 +833,12 @@ class SQLStorage(Storage):
                 " FROM (SELECT app_name, app_version,"
                 " COUNT(DISTINCT deployment_id) AS deployments,"
                 " COUNT(DISTINCT instance_id) AS instances, MAX(received_at) AS last_seen,"
-                " COUNT(*) OVER (PARTITION BY app_name) AS versions,"
+                " COUNT(*) OVER () AS versions,"
                 f" ROW_NUMBER() OVER (PARTITION BY app_name ORDER BY {ranking}) AS place"
                 f" FROM reports WHERE received_at >= ?{only} GROUP BY app_name, app_version)"
                 f" AS ranked WHERE place <= ?"
-                f" ORDER BY deployments DESC, instances DESC, last_seen DESC, {order}",
-                (float(since), *app_params, int(limit)),
+                f" ORDER BY deployments DESC, instances DESC, last_seen DESC, {order} LIMIT ?",
+                (float(since), *app_params, int(limit), int(total_limit)),
             )
 
         rows = self._read(work)
@@ -844,24 +852,31 @@ class SQLStorage(Storage):
             }
             for name, version, deployments, instances, last_seen, _ in rows
         ]
-        # Each app's version count, once: what its rows left out of it.
-        per_app = {name: _int(count) for name, _, _, _, _, count in rows}
-        left_out = sum(per_app.values()) - len(rows)
+        # Every app's versions, counted before either cut: what the rows left out.
+        left_out = _int(rows[0][-1]) - len(rows) if rows else 0
         return {"versions": versions, "left_out": left_out, "limit": int(limit)}
 
-    def apps(self, since: float) -> list[dict[str, Any]]:
+    def apps(self, since: float, limit: int = MAX_APPS) -> dict[str, Any]:
         """Apps that reported since ``since`` by name (None: reports without one),
         with distinct deployments and instances, reports and the last report's
-        time; most deployments first."""
+        time; most deployments first, cut at ``limit`` in the database.
+
+        Why cut: an app name is any text a report says, and every one was an
+        option of the dashboard's selector and a row of the JSON.
+        """
+        order = self._unknown_first(("app_name",))
 
         def work(ex: Executor) -> list[Row]:
             return ex.query(
                 "SELECT app_name, COUNT(DISTINCT deployment_id), COUNT(DISTINCT instance_id),"
-                " COUNT(*), MAX(received_at)"
-                " FROM reports WHERE received_at >= ? GROUP BY app_name",
-                (float(since),),
+                " COUNT(*), MAX(received_at), COUNT(*) OVER ()"
+                " FROM reports WHERE received_at >= ? GROUP BY app_name"
+                " ORDER BY COUNT(DISTINCT deployment_id) DESC,"
+                f" COUNT(DISTINCT instance_id) DESC, COUNT(*) DESC, {order} LIMIT ?",
+                (float(since), int(limit)),
             )
 
+        rows = self._read(work)
         result = [
             {
                 "app_name": name,
@@ -870,17 +885,10 @@ class SQLStorage(Storage):
                 "reports": _int(reports),
                 "last_seen": _float(last_seen),
             }
-            for name, deployments, instances, reports, last_seen in self._read(work)
+            for name, deployments, instances, reports, last_seen, _ in rows
         ]
-        result.sort(
-            key=lambda row: (
-                -row["deployments"],
-                -row["instances"],
-                -row["reports"],
-                _text_key(row["app_name"]),
-            )
-        )
-        return result
+        left_out = _int(rows[0][-1]) - len(rows) if rows else 0
+        return {"apps": result, "left_out": left_out, "limit": int(limit)}
 
     # -- endpoints: the summary's lists (cut) and the CSV's rows (all, streamed) -------
 
@@ -1351,10 +1359,13 @@ class SQLStorage(Storage):
             " FROM ranked GROUP BY app_name, name" + self._metric_order("total", "name", "app_name")
         )
 
-    def dropped(self, since: float, app: str | None = None) -> list[dict[str, Any]]:
+    def dropped(
+        self, since: float, app: str | None = None, limit: int = MAX_APPS
+    ) -> dict[str, Any]:
         """Requests past the clients' key cap since ``since``, per app; see
         :meth:`Storage.dropped`. One query on ``reports`` (its ``received_at``
-        indexes), which holds each batch's count."""
+        indexes), which holds each batch's count; the apps cut at ``limit``
+        (an app name is client text), the total of them all kept."""
         only, app_params = _app_filter(app)
 
         def work(ex: Executor) -> list[Row]:
@@ -1364,12 +1375,17 @@ class SQLStorage(Storage):
                 (float(since), *app_params),
             )
 
-        result = [
+        rows = self._read(work)
+        by_app = [
             {"app_name": name, "requests": _int(requests), "deployments": _int(deployments)}
-            for name, requests, deployments in self._read(work)
+            for name, requests, deployments in rows
         ]
-        result.sort(key=lambda row: (-row["requests"], _text_key(row["app_name"])))
-        return result
+        by_app.sort(key=lambda row: (-row["requests"], _text_key(row["app_name"])))
+        return {
+            "requests": sum(row["requests"] for row in by_app),
+            "by_app": by_app[: int(limit)],
+            "left_out": max(0, len(by_app) - int(limit)),
+        }
 
 
 def _metric_key(row: dict[str, Any]) -> tuple[Any, ...]:
