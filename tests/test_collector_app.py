@@ -2870,8 +2870,13 @@ def test_a_body_past_the_cap_is_too_large_whatever_the_budget_holds(
         ("0.30000000000000004", 0.30000000000000004 / 2),
         ("0.0000000", 0.0),
         ("1.0000000", 0.5),
-        ("1.", 8.0),
-        (".5", 8.0),
+        # As a float prints: a leading or trailing dot, an exponent.
+        ("1.", 0.5),
+        (".5", 0.25),
+        ("1e-05", 0.000005),
+        ("1e999", 8.0),
+        (".", 8.0),
+        ("e5", 8.0),
     ],
 )
 def test_the_budget_is_at_most_half_the_clients_stated_wait(

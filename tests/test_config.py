@@ -275,6 +275,8 @@ def test_a_variable_is_named_only_for_the_error_it_causes():
     [
         ({"max_keys": 0}, "max_keys"),
         ({"flush_interval": 0}, "flush_interval"),
+        # A collector's next_interval is held to it: 1e-300 made a busy loop.
+        ({"min_flush_interval": 1e-320}, "min_flush_interval must be at least 0.01"),
         ({"flush_interval": float("inf")}, "flush_interval"),
         ({"max_flush_interval": float("inf")}, "max_flush_interval"),
         ({"timeout": 0}, "timeout"),
@@ -567,12 +569,20 @@ def test_resolve_still_takes_a_comma_separated_string():
         ("http://127.0.0.1:8099/", "http://127.0.0.1:8099/"),
         ("https://token@[::1]:443/t", "https://[::1]:443/t"),
         ("https://collector.example", "https://collector.example"),
-        # A password with "/", "?" or "#" as it is: urlsplit ends the host at
-        # it, and the password's tail was shown as the path.
-        ("https://svc:Xy/SECRET@collector.example/v1", "https://collector.example/v1"),
-        ("https://svc:Xy?SECRET@collector.example/v1", "https://collector.example/v1"),
-        ("https://svc:Xy#SECRET@collector.example/v1", "https://collector.example/v1"),
-        ("https://s/v:a@b/SECRET@collector.example:8443/", "https://collector.example:8443/"),
+        # A password with "/" as it is: urlsplit ends the host at it, and the
+        # password's tail was shown as the path. An "@" in the path cannot be
+        # told from that: nothing is shown.
+        ("https://svc:Xy/SECRET@collector.example/v1", "https://***"),
+        ("https://s/v:a@b/SECRET@collector.example:8443/", "https://***"),
+        ("https://gw.example.org/u/@team/telemetry", "https://***"),
+        # With "?" or "#" the rest is a query or a fragment, never shown.
+        ("https://svc:Xy?SECRET@collector.example/v1", "https://svc"),
+        ("https://svc:Xy#SECRET@collector.example/v1", "https://svc"),
+        # An "@" in the query is the query's: shown without it, as any query.
+        (
+            "https://gw.example.org/telemetry?owner=ops@example.org&key=SECRET",
+            "https://gw.example.org/telemetry",
+        ),
     ],
 )
 def test_an_endpoint_is_shown_without_credentials(url, shown):
@@ -581,17 +591,21 @@ def test_an_endpoint_is_shown_without_credentials(url, shown):
 
 
 def test_what_a_server_quotes_back_is_shown_without_the_urls_secrets():
-    endpoint = "https://svc:pass%2Fword@collector.example/v1?key=api-KEY-1&team=x&n=1"
+    endpoint = (
+        "https://telemetry:pass%2Fword@collector.example/v1"
+        "?key=api-KEY-1&format=json&token=0123456789abcdef"
+    )
     secrets = url_secrets(endpoint, "http://proxyuser:proxy-PW@proxy:3128")
     page = (
-        "400 cannot serve POST /v1/v1/session?key=api-KEY-1&team=x&n=1 for svc:pass%2Fword,"
-        " decoded pass/word; proxy-PW via proxyuser; status 1 of 12"
+        "400 cannot serve POST /v1/v1/session?key=api-KEY-1&format=json&token=0123456789abcdef"
+        " for telemetry:pass%2Fword, decoded pass/word; proxy-PW via proxyuser;"
+        " key=api-KEY-1 again; unknown token 0123456789abcdef; invalid json body"
     )
     shown = scrubbed(page, secrets)
-    for secret in ("api-KEY-1", "pass%2Fword", "pass/word", "proxy-PW", "proxyuser"):
+    for secret in ("api-KEY-1", "pass%2Fword", "pass/word", "proxy-PW", "0123456789abcdef"):
         assert secret not in shown
-    # Too short to be a secret, and everywhere in text: left alone.
-    assert "status 1 of 12" in shown and "team=x" not in secrets
+    # Words of the text are left alone: a short value, a user name.
+    assert "invalid json body" in shown and "via proxyuser" in shown
     assert scrubbed(page, url_secrets("https://collector.example/v1", None)) == page
 
 

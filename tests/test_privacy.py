@@ -498,6 +498,23 @@ def test_django_exclusion_written_with_a_language_leaves_out_every_languages_404
     assert telemetry.is_excluded("/de/" + LOCALIZED_ADMIN_URL + "x") is False  # not a language here
 
 
+def test_only_the_prefixes_written_with_a_language_cover_every_language(
+    django_telemetry_factory,
+):
+    """The language taken off a path is compared with the prefixes that had
+    one taken off: ``/api/`` beside ``/en/secret/`` left out ``/fr/api/x``."""
+    from django_test_hidden_admin_urls import LOCALIZED_ADMIN_URL
+
+    telemetry = django_telemetry_factory(exclude_prefixes=["/api/", "/en/" + LOCALIZED_ADMIN_URL])
+    with _hidden_admin_site():
+        from django.test import Client as DjangoClient
+
+        DjangoClient(raise_request_exception=False).get("/items/1/")  # the languages are noted
+    assert telemetry.is_excluded("/fr/" + LOCALIZED_ADMIN_URL + "x")
+    assert telemetry.is_excluded("/api/x")
+    assert not telemetry.is_excluded("/fr/api/x")
+
+
 @pytest.mark.parametrize("prefix", ["/api/", "/js/", "/api-internal/", "/en/", "/api/v1/"])
 def test_a_prefix_that_only_looks_like_a_language_excludes_no_localized_page(
     django_telemetry_factory, counts, prefix

@@ -113,17 +113,17 @@ def redacted_url(url: str) -> str:
     configuration is.
     """
     scheme, separator, rest = url.partition("://")
-    if separator and "@" in rest:
+    if separator and "@" in rest.split("?", 1)[0].split("#", 1)[0]:
         try:
-            netloc = urlsplit(url).netloc
+            netloc: str | None = urlsplit(url).netloc
         except ValueError:
-            netloc = ""
-        if "@" not in netloc:
-            # An "@" past where urlsplit ended the host: credentials holding
-            # a "/", "?" or "#" as they are, whose tail urlsplit took for the
-            # path (``https://svc:Xy/secret@host/``, shown as
-            # ``https://svc/secret@host/``). Nothing before the last "@" is shown.
-            return redacted_url(scheme + separator + rest.rpartition("@")[2])
+            netloc = None  # unparseable: cut by hand below
+        if netloc is not None and "@" not in netloc:
+            # An "@" in the path: a password holding a "/" as it is, whose
+            # tail urlsplit took for the path (``https://svc:Xy/secret@host/``
+            # was shown as ``https://svc/secret@host/``), or a path that holds
+            # one (``/u/@team/``). Which cannot be told: nothing is shown.
+            return f"{scheme}://***"
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -146,11 +146,17 @@ def redacted_url(url: str) -> str:
 #: Secrets shorter than this are not taken out of a server's answer
 #: (:func:`scrubbed`): a query value of ``1`` would take every digit with it.
 MIN_SECRET_LENGTH = 4
+#: A query value alone is taken out only from this long, as a token is: a
+#: short one (``format=json``) would take words out of the answer's text.
+MIN_TOKEN_LENGTH = 12
 
 
 def url_secrets(*urls: str | None) -> tuple[str, ...]:
-    """What :func:`redacted_url` hides of ``urls`` (the user, the password, the
-    query and each of its values, as written and decoded), longest first.
+    """What :func:`redacted_url` hides of ``urls`` that would tell a secret,
+    as written and decoded, longest first: the credentials and the password,
+    the query and each ``name=value`` of it, and a value alone where it is
+    as long as a token. Not the user name, nor a short value, which would take
+    words out of the text (``json`` of ``format=json``).
 
     Why: a proxy's or a gateway's error page may quote the request it
     refused, query and all (``cannot serve POST /v1/session?key=...``), and
@@ -164,12 +170,13 @@ def url_secrets(*urls: str | None) -> tuple[str, ...]:
         before_query = rest.split("?", 1)[0].split("#", 1)[0]
         userinfo = before_query.rpartition("@")[0]
         query = rest.partition("?")[2].split("#", 1)[0]
-        pieces = [userinfo, *userinfo.split(":", 1), query]
-        for pair in query.split("&"):
-            pieces.append(pair.partition("=")[2])
-        for piece in pieces:
+        pieces = [userinfo, userinfo.partition(":")[2], query, *query.split("&")]
+        tokens = [pair.partition("=")[2] for pair in query.split("&")]
+        for piece, least in [(p, MIN_SECRET_LENGTH) for p in pieces] + [
+            (t, MIN_TOKEN_LENGTH) for t in tokens
+        ]:
             for form in (piece, unquote_plus(piece)):
-                if len(form) >= MIN_SECRET_LENGTH:
+                if len(form) >= least:
                     found.add(form)
     return tuple(sorted(found, key=len, reverse=True))
 
@@ -440,10 +447,18 @@ class Config:
         self._validate_types()
         if self.max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {shown_value(self.max_keys)}")
-        if not 0 < self.min_flush_interval <= self.max_flush_interval <= LONGEST_FLUSH_INTERVAL:
+        if not (
+            SHORTEST_SECONDS
+            <= self.min_flush_interval
+            <= self.max_flush_interval
+            <= LONGEST_FLUSH_INTERVAL
+        ):
+            # The floor too: a collector's next_interval is held to it, and
+            # 1e-300 from a collector (or a proxy) made the same busy loop.
             raise ValueError(
-                "min_flush_interval must be positive and at most max_flush_interval, "
-                f"and max_flush_interval at most {LONGEST_FLUSH_INTERVAL:g} s (a year)"
+                f"min_flush_interval must be at least {SHORTEST_SECONDS:g} s and at most "
+                f"max_flush_interval, and max_flush_interval at most "
+                f"{LONGEST_FLUSH_INTERVAL:g} s (a year)"
             )
         if not (_finite(self.flush_interval) and self.flush_interval >= SHORTEST_SECONDS):
             raise ValueError(

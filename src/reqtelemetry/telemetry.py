@@ -192,8 +192,9 @@ class Telemetry:
         self._language_free_prefixes = self.exclude_prefixes
         #: The app's language codes, where a prefix names one (see
         #: :meth:`note_language_codes`): a path in any of them, or in none, is
-        #: then compared with the prefix without its language too.
+        #: then compared with the prefixes written with a language, without it.
         self._prefix_languages: frozenset[str] = frozenset()
+        self._prefixes_without_language: tuple[str, ...] = ()
         #: What integrations call per request: ``is_excluded``, or None when
         #: nothing is excluded, so the common case costs one comparison.
         self.excluded: Callable[[str], bool] | None = (
@@ -417,7 +418,7 @@ class Telemetry:
         end = path.find("/", 1)
         if end > 0 and path[1:end].lower() in languages:
             path = path[end:]
-        return path.startswith(self._language_free_prefixes)
+        return path.startswith(self._prefixes_without_language)
 
     def is_excluded_route(self, route: str) -> bool:
         """True for a route template under the paths the operator excluded.
@@ -466,6 +467,7 @@ class Telemetry:
                 without_language.append("/" + rest)
         self._language_free_prefixes = self.exclude_prefixes + tuple(without_language)
         self._prefix_languages = frozenset(languages) if without_language else frozenset()
+        self._prefixes_without_language = tuple(without_language)
 
     def route_for_unrouted(self, path: str, query: str = "", matched: bool = False) -> str:
         """The key for a request without a route template.

@@ -125,9 +125,10 @@ COMMIT_BUDGET = 8.0
 #: must be said.
 SHORTEST_TELLING_TIME = 0.1
 #: ``Reqtelemetry-Wait``: seconds, in ASCII digits with an optional fraction
-#: of any length (a client that prints its float as it is sends 17 digits:
-#: ignored, its report had the full budget and was stored after it gave up).
-WAIT_PATTERN = re.compile(r"[0-9]{1,9}(\.[0-9]+)?")
+#: of any length, and, as a client that prints its float as it is may send
+#: them, ``.5``, ``1.`` and an exponent (``1e-05``): ignored, such a report had
+#: the full budget and was stored after its client gave up.
+WAIT_PATTERN = re.compile(r"(?=\.?[0-9])[0-9]{0,9}(\.[0-9]*)?([eE][-+]?[0-9]{1,3})?")
 #: Reports verified at once. Verifying holds the inflated body, and for a
 #: report whose stamp holds its parsed payload: memory in proportion to the
 #: body, so a flood of concurrent bodies must not each get its own. More at
@@ -231,7 +232,10 @@ def commit_budget(stated_wait: str | None, default: float = COMMIT_BUDGET) -> fl
     text = stated_wait.strip()
     if WAIT_PATTERN.fullmatch(text) is None:
         return default
-    return min(default, float(text) / 2)
+    seconds = float(text)
+    if not math.isfinite(seconds):  # 1e999
+        return default
+    return min(default, seconds / 2)
 
 
 def create_app(
