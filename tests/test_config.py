@@ -557,6 +557,24 @@ def test_urls_in_code_are_taken_without_surrounding_white_space():
     assert config.proxy == "http://proxy:3128"
 
 
+def test_a_path_from_an_env_file_may_start_with_a_tilde(monkeypatch, tmp_path):
+    """An env file or a systemd unit expands no "~": taken as it was, it made
+    a directory named "~" in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    config = Config.resolve(
+        environ={
+            "REQTELEMETRY_DEPLOYMENT_ID_PATH": "~/state/deployment-id",
+            "REQTELEMETRY_CA_BUNDLE": "~/ca.pem",
+        },
+        argv=[],
+    )
+    assert config.deployment_id_path == str(tmp_path / "state" / "deployment-id")
+    assert config.ca_bundle == str(bundle)
+    assert resolve(deployment_id_path="~/id").deployment_id_path == str(tmp_path / "id")
+
+
 def test_resolve_still_takes_a_comma_separated_string():
     config = Config.resolve(environ={}, argv=[], allowed_path_segments="users, orders")
     assert config.allowed_path_segments == ("users", "orders")

@@ -796,6 +796,12 @@ def _with_environment(options: Mapping[str, Any], found: Mapping[str, Any]) -> d
         merged["group_unmatched"] = (
             bool(options.get("group_unmatched", True)) or found["group_unmatched"]
         )
+    for name in _PATH_FIELDS:
+        # A "~" as written in an env file or a systemd unit, which no shell
+        # expanded: made a directory named "~" in the working directory.
+        value = merged.get(name)
+        if isinstance(value, str) and value.startswith("~"):
+            merged[name] = os.path.expanduser(value)
     return merged
 
 
