@@ -29,14 +29,10 @@ def _no_opt_out_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
 def _warnings_said_once_start_unsaid(monkeypatch: pytest.MonkeyPatch) -> None:
     """Some warnings are said once per process (module flags): each test starts as
     a fresh process would, so that what it sees does not depend on the tests before."""
-    from reqtelemetry import flusher, payload, transport
+    from reqtelemetry import flusher, said_once
 
     monkeypatch.setattr(flusher, "_failure_warned", False)
-    monkeypatch.setattr(flusher, "_too_large_warned", False)
-    monkeypatch.setattr(flusher, "_dropped_warned", False)
-    monkeypatch.setattr(flusher, "_long_wait_warned", False)
-    monkeypatch.setattr(transport, "_redirect_warned", False)
-    monkeypatch.setattr(payload, "_unfit_metrics_warned", False)
+    monkeypatch.setattr(said_once, "_said", set())
 
 
 @pytest.fixture

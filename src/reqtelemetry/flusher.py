@@ -34,6 +34,7 @@ from .metrics import GAUGE_SAMPLE_SECONDS
 from .payload import Envelope, Pacing, Report, build_reports
 from .prefork import leave_signals_to_the_main_thread
 from .recorder import Batch
+from .said_once import warn_once
 from .supervisors import (
     helper_loop,
     prefork_master,
@@ -63,14 +64,11 @@ FLUSHER_NICE = 19
 #: collector whose cap is that small refuses nearly every report anyway. A
 #: single record larger than this still goes, alone in its part.
 MIN_SPLIT_BYTES = 4096
-_too_large_warned = False
-_dropped_warned = False
 #: A ``Retry-After`` longer than this is said at WARNING (once per process): the
 #: reports it holds back are not failures, so nothing else would tell the
 #: operator that nothing is sent, nor that a process ending meanwhile loses its
 #: data, for up to ``max_flush_interval``.
 LONG_RETRY_AFTER = 3600.0
-_long_wait_warned = False
 #: Seconds the final flush is waited for past the shutdown budget: what it does
 #: after its last request ends at the budget (merging an undelivered batch back).
 FINAL_FLUSH_GRACE = 0.2
@@ -802,16 +800,12 @@ class Flusher:
 
     def _learn_the_collectors_cap(self, refused_bytes: int) -> None:
         """Split at half the refused size from now on; say so once per process."""
-        global _too_large_warned
         lowered = max(MIN_SPLIT_BYTES, refused_bytes // 2)
         if lowered >= self.max_payload_bytes:
             return
         self.collector_max_bytes = lowered
-        log = logger.debug
-        if not _too_large_warned:
-            _too_large_warned = True
-            log = logger.warning
-        log(
+        warn_once(
+            "collector cap",
             "reqtelemetry: the collector refused a report body of %d bytes as too large "
             "(HTTP 413): its size cap is smaller than max_payload_bytes=%d. Reports are split "
             "at %d bytes from now on (halved again at each 413, down to %d), for the life of "
@@ -828,16 +822,12 @@ class Flusher:
         Its requests are added to the recorder's dropped count, as requests
         past the key cap are, so the next report shows the loss.
         """
-        global _dropped_warned
         requests = sum(batch.stats[key].count for key in report.keys)
         self.telemetry.recorder.merge([], dropped=requests)
         # Once per process at WARNING: a gateway that refuses every body drops
         # the records one by one, and said each time that was a line per key.
-        log = logger.debug
-        if not _dropped_warned:
-            _dropped_warned = True
-            log = logger.warning
-        log(
+        warn_once(
+            "record too large",
             "reqtelemetry: the collector refused a report of one record (%d requests) as too "
             "large (HTTP 413, %d bytes); a record cannot be split, so its requests are dropped "
             "and counted as dropped in the next report. (Said once; then at DEBUG.)",
@@ -882,12 +872,8 @@ class Flusher:
     def _say_long_wait(self, wait: float) -> None:
         """Say a long ``Retry-After`` once at WARNING: the flushes it holds back
         count as no failure, and nothing else would say that nothing is sent."""
-        global _long_wait_warned
-        log = logger.debug
-        if not _long_wait_warned:
-            _long_wait_warned = True
-            log = logger.warning
-        log(
+        warn_once(
+            "long retry-after",
             "reqtelemetry: the collector asked for no reports for %.0f s (Retry-After); "
             "data is kept until then, and lost by a process that exits before. "
             "(Said once; then at DEBUG.)",

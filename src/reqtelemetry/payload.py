@@ -15,7 +15,6 @@ flusher thread never holds the GIL long against request threads.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 import time
@@ -26,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from .histogram import MAX_TRACKED, MIN_TRACKED, RELATIVE_ACCURACY
 from .recorder import Batch, Key
+from .said_once import warn_once
 
 if TYPE_CHECKING:
     import threading
 
-logger = logging.getLogger("reqtelemetry")
 
 SCHEMA_VERSION = 1
 #: Most records in one report (the schema's ``maxItems``); more start a new part.
@@ -70,7 +69,6 @@ YIELD_PAUSE = 0.005
 #: where PostgreSQL's ``SUM`` fails on overflow; values this small cannot reach
 #: the largest float however many reports are added up.
 MAX_METRIC_VALUE = 2**63 - 1
-_unfit_metrics_warned = False
 #: Room kept in every request body for the envelope's token and stamp.
 ENVELOPE_ALLOWANCE = 1024
 KINDS = ("startup", "periodic", "shutdown")
@@ -250,7 +248,6 @@ def _fit_metrics(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, dict[s
     encode (``inf``) fails the flush, which puts it back for the next flush
     to fail on, for good. Dropping a bad value costs only that value.
     """
-    global _unfit_metrics_warned
     fitted: dict[str, dict[str, float]] = {}
     dropped: list[str] = []
     for group in ("counters", "gauges"):
@@ -262,11 +259,11 @@ def _fit_metrics(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, dict[s
         }
         dropped += [name for name in values if name not in fitted[group]]
     if dropped:
-        log = logger.debug
-        if not _unfit_metrics_warned:
-            _unfit_metrics_warned = True
-            log = logger.warning
-        log("reqtelemetry: metrics %s left out of a report: values it cannot carry", dropped)
+        warn_once(
+            "unfit metrics",
+            "reqtelemetry: metrics %s left out of a report: values it cannot carry",
+            dropped,
+        )
     return fitted
 
 

@@ -48,6 +48,7 @@ from . import green, hashcash
 from ._version import __version__
 from .config import Config, redacted_url, scrubbed, url_secrets
 from .payload import PACED, YIELD_PAUSE, Pacer, Pacing
+from .said_once import warn_once
 
 logger = logging.getLogger("reqtelemetry")
 #: Whether this thread (or green thread, or task) is sending one of
@@ -230,9 +231,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-_redirect_warned = False
-
-
 def _redirected(response: httpx.Response, what: str) -> Result:
     """A 3xx: kept, not followed, and said once per process at WARNING.
 
@@ -241,17 +239,12 @@ def _redirected(response: httpx.Response, what: str) -> Result:
     will not change); the operator has to fix the endpoint (often
     ``http://`` where the collector wants ``https://``), so it is said loudly once.
     """
-    global _redirect_warned
     # Shown without credentials or query: a redirect to a login page or a
     # signed URL may carry a token, and logs are read by more people.
     location = redacted_url(response.headers.get("Location", ""))
     status = response.status_code
-    if not _redirect_warned:
-        _redirect_warned = True
-        log = logger.warning
-    else:
-        log = logger.debug
-    log(
+    warn_once(
+        "redirect",
         "reqtelemetry: the collector answered %s with a redirect (HTTP %s) to %r; redirects "
         "are not followed, so reports are kept but not delivered: set the endpoint to "
         "where the collector really is",
