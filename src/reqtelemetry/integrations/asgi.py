@@ -17,7 +17,7 @@ import asyncio
 import inspect
 import os
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from time import perf_counter
 from types import CodeType
 from typing import Any, overload
@@ -497,7 +497,7 @@ _BODY_LIMIT_SIGNALS = ("_RequestBodyLimitResponseSent", "_RequestBodyTooLarge")
 
 
 def _answered_by_body_limit(error: BaseException) -> bool:
-    """Whether ``error`` (or an exception group's member) is Starlette's body
+    """Whether ``error`` (or one within it: see :func:`_within`) is Starlette's body
     limit telling its own middleware, outside this one, to answer ``413``.
 
     Why: that middleware sends its ``413`` to the server itself, past this
@@ -513,17 +513,7 @@ def _answered_by_body_limit(error: BaseException) -> bool:
         for signal in (getattr(module, name, None) for name in _BODY_LIMIT_SIGNALS)
         if isinstance(signal, type)
     )
-    pending: list[BaseException] = [error]
-    seen = 0
-    while pending and seen < _CONTEXT_DEPTH:
-        current = pending.pop()
-        seen += 1
-        if signals and isinstance(current, signals):
-            return True
-        members = getattr(current, "exceptions", None)  # an exception group's
-        if isinstance(members, tuple):
-            pending.extend(members)
-    return False
+    return bool(signals) and any(isinstance(found, signals) for found in _within(error))
 
 
 async def _pass_excluded(
@@ -558,11 +548,7 @@ def _failed_in_send(error: BaseException, send: Send) -> bool:
     than :data:`_CONTEXT_DEPTH` exceptions.
     """
     code: CodeType | None = getattr(getattr(send, "__func__", send), "__code__", None)
-    pending: list[BaseException] = [error]
-    seen = 0
-    while pending and seen < _CONTEXT_DEPTH:
-        current = pending.pop()
-        seen += 1
+    for current in _within(error):
         if isinstance(current, OSError):
             if code is None:
                 return True
@@ -571,12 +557,24 @@ def _failed_in_send(error: BaseException, send: Send) -> bool:
                 if trace.tb_frame.f_code is code:
                     return True
                 trace = trace.tb_next
+    return False
+
+
+def _within(error: BaseException) -> Iterator[BaseException]:
+    """``error``, the members of the exception groups in it, and the
+    exceptions each was raised while handling (``__context__``): at most
+    :data:`_CONTEXT_DEPTH` of them, members before contexts."""
+    pending: list[BaseException] = [error]
+    seen = 0
+    while pending and seen < _CONTEXT_DEPTH:
+        current = pending.pop()
+        seen += 1
+        yield current
         members = getattr(current, "exceptions", None)  # an exception group's
         if isinstance(members, tuple):
             pending.extend(reversed(members))
         if current.__context__ is not None:
             pending.insert(0, current.__context__)
-    return False
 
 
 class _PassThrough(ASGIMiddleware):
