@@ -113,26 +113,20 @@ def redacted_url(url: str) -> str:
     configuration is.
     """
     scheme, separator, rest = url.partition("://")
-    if separator and "@" in rest.split("?", 1)[0].split("#", 1)[0]:
-        try:
-            netloc: str | None = urlsplit(url).netloc
-        except ValueError:
-            netloc = None  # unparseable: cut by hand below
-        if netloc is not None and "@" not in netloc:
-            # An "@" in the path: a password holding a "/" as it is, whose
-            # tail urlsplit took for the path (``https://svc:Xy/secret@host/``
-            # was shown as ``https://svc/secret@host/``), or a path that holds
-            # one (``/u/@team/``). Which cannot be told: nothing is shown.
-            return f"{scheme}://***"
+    before_query = rest.split("?", 1)[0].split("#", 1)[0]
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
     except ValueError:
         # Unparseable (an unclosed "[" of an IPv6 host): cut by hand, never
         # raise, since this runs on the way to reporting an error.
-        scheme, separator, rest = url.partition("://")
-        rest = rest.split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
-        return scheme + separator + rest.split("/", 1)[0]
+        return scheme + separator + before_query.rsplit("@", 1)[-1].split("/", 1)[0]
+    if separator and "@" in before_query and "@" not in parts.netloc:
+        # An "@" in the path: a password holding a "/" as it is, whose tail
+        # urlsplit took for the path (``https://svc:Xy/secret@host/`` was
+        # shown as ``https://svc/secret@host/``), or a path that holds one
+        # (``/u/@team/``). Which cannot be told: nothing is shown.
+        return f"{scheme}://***"
     if ":" in host:
         host = f"[{host}]"
     try:
@@ -163,21 +157,23 @@ def url_secrets(*urls: str | None) -> tuple[str, ...]:
     the flusher's warning quotes the answer it got.
     """
     found: set[str] = set()
+
+    def hide(piece: str, least: int) -> None:
+        for form in (piece, unquote_plus(piece)):
+            if len(form) >= least:
+                found.add(form)
+
     for url in urls:
         if not url:
             continue
         rest = url.partition("://")[2]
-        before_query = rest.split("?", 1)[0].split("#", 1)[0]
-        userinfo = before_query.rpartition("@")[0]
+        userinfo = rest.split("?", 1)[0].split("#", 1)[0].rpartition("@")[0]
         query = rest.partition("?")[2].split("#", 1)[0]
-        pieces = [userinfo, userinfo.partition(":")[2], query, *query.split("&")]
-        tokens = [pair.partition("=")[2] for pair in query.split("&")]
-        for piece, least in [(p, MIN_SECRET_LENGTH) for p in pieces] + [
-            (t, MIN_TOKEN_LENGTH) for t in tokens
-        ]:
-            for form in (piece, unquote_plus(piece)):
-                if len(form) >= least:
-                    found.add(form)
+        for piece in (userinfo, userinfo.partition(":")[2], query):
+            hide(piece, MIN_SECRET_LENGTH)
+        for pair in query.split("&"):
+            hide(pair, MIN_SECRET_LENGTH)
+            hide(pair.partition("=")[2], MIN_TOKEN_LENGTH)
     return tuple(sorted(found, key=len, reverse=True))
 
 
