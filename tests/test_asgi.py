@@ -2410,3 +2410,41 @@ def test_an_asgi2_app_behind_a_wrapper_without_a_signature_of_its_own_is_adapted
     wrapper = CWrapper()
     wrapper.__wrapped__ = _ASGI2App
     assert ASGIMiddleware(wrapper, telemetry=make_telemetry()).app is not wrapper
+
+
+def test_middleware_added_after_it_is_named_at_the_first_request(make_telemetry, counts, caplog):
+    """Starlette runs what ``add_middleware`` adds later outside what it added
+    before: added first, as the README shows, the middleware never saw a CORS
+    preflight or a ``TrustedHostMiddleware`` refusal. It says so once, naming
+    them, as Django's does where it is not listed first; added last, nothing."""
+    from starlette.middleware.gzip import GZipMiddleware
+
+    telemetry = make_telemetry()
+    app = FastAPI()
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    app.add_middleware(CORSMiddleware, allow_origins=["https://spa.example"], allow_methods=["*"])
+    app.add_middleware(GZipMiddleware)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=["testserver"])
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int):
+        return {"item": item_id}
+
+    with caplog.at_level("WARNING", logger="reqtelemetry"):
+        client = TestClient(app)
+        assert client.options("/items/1", headers=PREFLIGHT).status_code == 200
+        assert client.get("/items/1").status_code == 200
+        assert client.get("/items/2").status_code == 200
+    assert counts(telemetry) == {("GET", "/items/{item_id}", 200): 2}  # the preflight: outside
+    said = [r.getMessage() for r in caplog.records if "added before" in r.getMessage()]
+    assert len(said) == 1
+    assert "TrustedHostMiddleware, GZipMiddleware, CORSMiddleware" in said[0]
+
+    caplog.clear()
+    last = FastAPI()
+    last.add_middleware(CORSMiddleware, allow_origins=["https://spa.example"], allow_methods=["*"])
+    last.add_middleware(ASGIMiddleware, telemetry=make_telemetry())
+    last.add_api_route("/items/{item_id}", item)
+    with caplog.at_level("WARNING", logger="reqtelemetry"):
+        assert TestClient(last).get("/items/1").status_code == 200
+    assert not [r for r in caplog.records if "added before" in r.getMessage()]

@@ -20,7 +20,7 @@ telemetry = Telemetry(
     exclude_paths=["/healthz"],  # never measured
 )
 app = FastAPI(title="reqtelemetry FastAPI example")
-app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+app.add_middleware(ASGIMiddleware, telemetry=telemetry)  # last: outside the others
 
 ITEMS = {i: {"id": i, "name": f"item {i}"} for i in range(1, 51)}
 USERS = {"ada", "grace", "linus"}

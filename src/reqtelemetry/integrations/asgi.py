@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -42,6 +43,8 @@ from .starlette import (
     route_path,
     routes_of_unrouted_app,
 )
+
+logger = logging.getLogger("reqtelemetry")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -218,6 +221,7 @@ class ASGIMiddleware:
             package = type(app).__module__.split(".")[0]
             if package in ASGI_FRAMEWORKS:
                 self.telemetry.note_framework(package)
+            _warn_of_middleware_outside(app)
             for name, value in scope.get("headers", ()):
                 if name == b"host":
                     self.telemetry.note_first_request(value.decode("latin-1"))
@@ -439,6 +443,39 @@ class _ASGI2App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         instance = self.app(scope)
         await instance(receive, send)
+
+
+def _warn_of_middleware_outside(app: Any) -> None:
+    """Warn, naming them, where middleware was added to ``app`` after this one.
+
+    Why: Starlette's ``add_middleware`` puts each new middleware outside those
+    added before it, and the README adds this one first. What those answer on
+    their own (a CORS preflight, ``TrustedHostMiddleware``'s 400,
+    ``HTTPSRedirectMiddleware``'s redirect, a rate limiter's 429) went
+    unrecorded, and ``GZipMiddleware``'s compression unseen (the sizes were
+    the uncompressed ones), without a word; Django's middleware says so where
+    it is not listed first. Looked at once, at the first request: an app
+    wrapped from outside lists no such middleware, and nothing is said.
+    """
+    listed = getattr(app, "user_middleware", None)  # Starlette's, outermost first
+    if not isinstance(listed, list):
+        return
+    outside = []
+    for entry in listed:
+        factory = getattr(entry, "cls", None)
+        if isinstance(factory, type) and issubclass(factory, ASGIMiddleware):
+            break
+        outside.append(getattr(factory, "__name__", None) or repr(factory))
+    else:
+        return  # not added to this app's list
+    if outside:
+        logger.warning(
+            "reqtelemetry: ASGIMiddleware was added before %s, which run outside it; the "
+            "answers those give on their own (CORS preflights, redirects, refusals) are "
+            "not recorded, and sizes are counted before they change them (compression): "
+            "add ASGIMiddleware last",
+            ", ".join(outside),
+        )
 
 
 def _status_code(status: Any) -> int:
