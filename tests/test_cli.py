@@ -896,3 +896,54 @@ def test_a_database_lost_in_the_middle_of_an_export_is_one_line(postgres_url):
     assert line.startswith("reqtelemetry export: error: cannot use the database postgresql://")
     written = len(out.splitlines()) - 1  # after the header
     assert 0 < written < reports * routes
+
+
+def _ask_raw(port: int, request: bytes) -> bytes:
+    """``request`` sent as it is over one connection, and all of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(request)
+        connection.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := connection.recv(4096):
+            answer += chunk
+        return answer
+
+
+def test_the_collector_logs_no_senders_address_nor_query(tmp_path):
+    """Started as the README says (no ``--access-log``), the collector writes
+    no sender's address, path or query: uvicorn logged every WebSocket
+    handshake it refused at INFO, address and query and all, whatever
+    ``access_log`` said, though the collector has no WebSocket endpoint."""
+    port = unused_port()
+    environment = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT_KNOBS}
+    db = f"sqlite:///{tmp_path}/t.db"
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "reqtelemetry", "collector", "--port", str(port), "--db", db],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=environment,
+    )
+    try:
+        for _ in range(300):
+            try:
+                healthy = _ask_raw(port, b"GET /healthz HTTP/1.1\r\nHost: c\r\n\r\n")
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert healthy.startswith(b"HTTP/1.1 200")
+        _ask_raw(port, b"GET /v1/session?canary-query=1 HTTP/1.1\r\nHost: c\r\n\r\n")
+        refused = _ask_raw(
+            port,
+            b"GET /v1/report?canary-socket=1 HTTP/1.1\r\nHost: c\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        assert not refused.startswith(b"HTTP/1.1 101")
+    finally:
+        collector.terminate()
+        _, err = collector.communicate(timeout=30)
+    log = err.decode()
+    assert "Uvicorn running" in log  # it served, and logged at INFO
+    assert "canary" not in log
+    assert "/v1/" not in log
+    assert re.search(rf"127\.0\.0\.1:(?!{port}\b)\d+", log) is None, log

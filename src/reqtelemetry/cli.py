@@ -303,6 +303,10 @@ def _collector(args: argparse.Namespace) -> int:
         # Access logs would record the senders' IP addresses, which reqtelemetry
         # promises not to collect (and the dashboard's ?token=): off unless asked.
         access_log=args.access_log,
+        # No WebSocket protocol: the collector has no WebSocket endpoint, and
+        # uvicorn logs each handshake it refuses at INFO, with the client's
+        # address, path and query, whatever ``access_log`` says.
+        ws="none",
         log_config=None,
         proxy_headers=args.proxy_headers,
         forwarded_allow_ips=args.forwarded_allow_ips,
