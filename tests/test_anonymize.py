@@ -31,6 +31,23 @@ def test_hash_is_sha256_of_value_bar_salt():
     assert Anonymizer(salt="ABCDEFGH").hash("foo") == hash_value("foo", "ABCDEFGH")
 
 
+def test_a_lone_surrogate_is_hashed_without_an_error_holding_the_salt():
+    """A path decoded with ``surrogateescape`` may hold a lone surrogate:
+    strict UTF-8 raised a ``UnicodeEncodeError`` whose args held the whole
+    ``value|salt``, for any log or error reporter to write out. Valid text
+    hashes as before."""
+    anonymizer = Anonymizer(salt="salt-canary-8f3a")
+    key = anonymizer.path("/files/report\udcff.pdf")
+    assert key == f"/{hash_value('files', 'salt-canary-8f3a')}/" + hash_value(
+        "report\udcff.pdf", "salt-canary-8f3a"
+    )
+    assert (
+        hash_value("report\udcff.pdf", "s")
+        == hashlib.sha256("report\udcff.pdf|s".encode("utf-8", "surrogatepass")).hexdigest()
+    )
+    assert hash_value("café", "s") == hashlib.sha256("café|s".encode()).hexdigest()
+
+
 def test_allowed_segments_kept_others_hashed():
     anonymizer = Anonymizer(salt="salt", allowed_segments=["api", "users"])
     assert anonymizer.path("/api/users/42") == f"/api/users/{hash_value('42', 'salt')}"

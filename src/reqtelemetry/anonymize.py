@@ -26,8 +26,14 @@ MAX_QUERY_FIELDS = 1024
 
 
 def hash_value(value: str, salt: str) -> str:
-    """ORY's hash: ``sha256("value|salt")`` as 64 hex digits."""
-    return hashlib.sha256(f"{value}|{salt}".encode()).hexdigest()
+    """ORY's hash: ``sha256("value|salt")`` as 64 hex digits.
+
+    ``surrogatepass``: a lone surrogate (a path decoded with
+    ``surrogateescape``) made ``encode`` raise a ``UnicodeEncodeError`` whose
+    args hold the whole ``value|salt``, for any log or error reporter to
+    write out. Valid text encodes as before, so every hash stays the same.
+    """
+    return hashlib.sha256(f"{value}|{salt}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_salt() -> str:
