@@ -2986,6 +2986,22 @@ def test_app_metrics_are_cut_at_the_limit_and_say_how_many_there_were(
     assert metrics.app_metrics(T, limit=1)["gauges"] == [INVENTORY_USERS]
 
 
+def test_app_metrics_tied_but_for_the_app_are_cut_where_the_uncut_list_puts_them(
+    storage: SQLStorage,
+) -> None:
+    """The cut ordered an unknown app last, the list it cuts first: of two
+    rows tied on deployments, total and name, it kept the named app's, which
+    the dashboard's list then showed second, as the other cuts no longer do."""
+    storage.store(stored(metrics_report(DEP_A, A1, None, {"jobs.done": 1}, {"users": 3}), T))
+    storage.store(stored(metrics_report(DEP_B, B1, "billing", {"jobs.done": 1}, {"users": 3}), T))
+    uncut = storage.app_metrics(T - 1)
+    cut = storage.app_metrics(T - 1, limit=1)
+    assert [c["app_name"] for c in uncut["counters"]] == [None, "billing"]
+    assert [g["app_name"] for g in uncut["gauges"]] == [None, "billing"]
+    assert cut["counters"] == uncut["counters"][:1]
+    assert cut["gauges"] == uncut["gauges"][:1]
+
+
 def test_dropped_requests_per_app(metrics: SQLStorage) -> None:
     assert metrics.dropped(T) == {
         "requests": 6,

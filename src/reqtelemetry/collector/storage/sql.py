@@ -1311,12 +1311,14 @@ class SQLStorage(Storage):
 
         Why deployments before the value: one deployment, hostile or broken,
         can report any number, but not from many deployments at once. Text
-        ties are broken bytewise, so both backends cut at the same name.
+        ties are broken bytewise, so both backends cut at the same name; the
+        app's unknown first, as :func:`_metric_key` orders what was kept, so
+        that the cut keeps the rows the uncut list starts with.
         """
         b = self.dialect.bytewise
         return (
             f" ORDER BY deployments DESC, {total} DESC, {name}{b},"
-            f" {app_name} IS NULL, {app_name}{b} LIMIT ?"
+            f" {self._unknown_first((app_name,))} LIMIT ?"
         )
 
     def _counters_sql(self, only: str) -> str:
