@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from reqtelemetry import Telemetry
 from reqtelemetry.config import Config
 from reqtelemetry.histogram import MAX_TRACKED, MIN_TRACKED, RELATIVE_ACCURACY
 from reqtelemetry.payload import UNPACED, Envelope, build_reports
@@ -133,6 +135,55 @@ def test_a_record_the_collector_would_refuse_is_mended_and_the_report_stays_vali
     assert b"\\u0000" not in report.body  # the collector refuses a NUL in any string
     keys = {(r["method"], r["route"], r["status"]) for r in payload["batch"]["records"]}
     assert keys == {("GET", "/good", 200), sent}
+
+
+@pytest.mark.parametrize(
+    ("duration", "request_bytes", "response_bytes"),
+    [
+        (-0.001, 0, 10),  # a clock that went back
+        (0.01, -1, 10),
+        (0.01, 0, -5),
+        (2e9, 0, 10),  # past the 1e9 s a report carries
+        (math.inf, 0, 10),
+        (math.nan, 0, 10),
+        (0.01, 2**63, 10),  # past a 64-bit column
+    ],
+)
+def test_numbers_a_report_cannot_carry_are_fitted_and_the_report_stays_valid(
+    validator: jsonschema.Draft202012Validator,
+    duration: float,
+    request_bytes: int,
+    response_bytes: int,
+) -> None:
+    """One negative or oversized number got the whole report refused (422),
+    the good records with it; an infinite duration could not be written at
+    all, and being merged back, stopped every report after it."""
+    telemetry = Telemetry(config=Config.resolve(environ={}, argv=[], app_name="fit"))
+    try:
+        telemetry.record("GET", "/good", 200, 0.01, 0, 10)
+        telemetry.record("GET", "/odd", 200, duration, request_bytes, response_bytes)
+        envelope = Envelope(
+            kind="periodic",
+            sequence=1,
+            deployment_id="6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b",
+            instance_id="0e2b7f4c-9d1a-4c3e-8b5f-1a2b3c4d5e6f",
+            traits={},
+            withheld=(),
+            metrics={"counters": {}, "gauges": {}},
+        )
+        batch = telemetry.recorder.collect()
+        (report,) = build_reports(envelope, batch, 262144, pacing=UNPACED)
+    finally:
+        telemetry.close()
+    payload = json.loads(report.body)
+    assert errors(validator, payload) == []
+    records = {record["route"]: record for record in payload["batch"]["records"]}
+    assert records["/good"] == {**records["/good"], "count": 1, "response_bytes": 10}
+    odd = records["/odd"]
+    assert odd["count"] == 1
+    assert 0 <= odd["latency"]["min"] <= odd["latency"]["max"] <= 1e9
+    assert odd["request_bytes"] == min(max(request_bytes, 0), 2**63 - 1)
+    assert odd["response_bytes"] == max(response_bytes, 0)
 
 
 def _mutated(example: dict[str, Any], change: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from . import green, prefork
 from .anonymize import Anonymizer
 from .config import Config, redacted_url
 from .metrics import AppMetrics, check_count, check_gauge
+from .payload import MAX_LATENCY_SECONDS, MAX_RECORD_INTEGER
 from .recorder import Recorder
 from .traits import SystemTraits, detect_test_runner
 
@@ -231,9 +232,9 @@ class Telemetry:
         #: request must go through :meth:`record` (OpenTelemetry instruments too).
         self.queue: deque[tuple[str, str, int, float, int, int]] | None = None
         if self._otel is None:
-            # Callers of ``telemetry.record`` reach the recorder's method
-            # directly, saving a call per request.
-            self.record = self.recorder.record  # type: ignore[method-assign]
+            # Not ``self.record = self.recorder.record``: only the app's own
+            # calls come through :meth:`record` (the integrations append to
+            # the queue), and those must have their numbers fitted first.
             self.queue = self.recorder.queue
         self.sending, why_not = self._decide_sending()
         _announce(self, why_not)
@@ -391,7 +392,20 @@ class Telemetry:
         response_bytes: int,
         scheme: str = "http",
     ) -> None:
-        """Add one measured request (the route must already be identifier-free)."""
+        """Add one measured request (the route must already be identifier-free).
+
+        Numbers the wire format cannot carry are fitted to it first (see
+        :func:`fitted_measurement`): this method is open to any caller, and one
+        negative, infinite or NaN value got every report refused or unbuilt.
+        """
+        if not (
+            0.0 <= duration <= MAX_LATENCY_SECONDS
+            and 0 <= request_bytes <= MAX_RECORD_INTEGER
+            and 0 <= response_bytes <= MAX_RECORD_INTEGER
+        ):
+            duration, request_bytes, response_bytes = fitted_measurement(
+                duration, request_bytes, response_bytes
+            )
         self.recorder.record(method, route, status, duration, request_bytes, response_bytes)
         if self._otel is not None and not (
             self.excluded_route is not None and self.excluded_route(route)
@@ -582,6 +596,26 @@ class Telemetry:
         _closing_as_child_ends.pop(self, None)
         _live.discard(self)
         return bool(flusher.close(timeout))
+
+
+def fitted_measurement(
+    duration: float, request_bytes: int, response_bytes: int
+) -> tuple[float, int, int]:
+    """A request's numbers within what a report carries: a duration from 0 to
+    :data:`MAX_LATENCY_SECONDS` (NaN as 0), byte counts from 0 to
+    :data:`MAX_RECORD_INTEGER`.
+
+    Why: the collector refuses a whole report for one negative or oversized
+    number (``422``, the good records with it), and an infinite or NaN
+    duration could not even be written, so that flush failed, and for an
+    infinite one every flush after it, the record being merged back each time.
+    """
+    if duration != duration:  # NaN
+        duration = 0.0
+    duration = min(max(duration, 0.0), MAX_LATENCY_SECONDS)
+    request_bytes = min(max(request_bytes, 0), MAX_RECORD_INTEGER)
+    response_bytes = min(max(response_bytes, 0), MAX_RECORD_INTEGER)
+    return duration, request_bytes, response_bytes
 
 
 def _close_as_child_made_in(pid: int, telemetry: Telemetry) -> None:
