@@ -1295,3 +1295,17 @@ def test_lifespan_flush_builds_no_telemetry_where_none_was_used(django_telemetry
     sent = _lifespan_shutdown(LifespanFlush(None))
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert integration._existing_telemetry() is None
+
+
+def test_a_django_head_whose_stream_the_server_stops_sending_is_not_499(django_telemetry, counts):
+    """As above, through Django's WSGI handler: Django leaves a HEAD's
+    streaming body to the server (its runserver drains it; uWSGI writes it)."""
+    from django.core.wsgi import get_wsgi_application
+    from werkzeug.test import EnvironBuilder
+
+    environ = EnvironBuilder(path="/stream/", method="HEAD").get_environ()
+    response = get_wsgi_application()(environ, lambda *a: None)
+    iterator = iter(response)
+    next(iterator)
+    response.close()
+    assert counts(django_telemetry) == {("HEAD", "/stream/", 200): 1}

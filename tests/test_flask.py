@@ -456,3 +456,34 @@ def test_a_flask_without_the_request_context_variable(
     assert set(found) == {("GET", "/items/<int:item_id>", 200), ("GET", UNMATCHED_ROUTE, 404)}
     assert found["GET", "/items/<int:item_id>", 200]["response_bytes"] == len(b"item 5")
     assert telemetry.internal_errors == 0
+
+
+def _admin_app() -> Flask:
+    admin = Flask("admin")
+
+    @admin.route("/users/<int:user_id>")
+    def user(user_id):
+        return f"user {user_id}"
+
+    return admin
+
+
+def test_a_mount_init_app_excluded_is_not_measured_by_an_app_mounted_inside(make_telemetry, counts):
+    """init_app around a dispatcher leaves out what the operator excluded,
+    mount prefix and all, as WSGIMiddleware does: the app of the same
+    telemetry mounted inside sees ``/users/7`` and measured it."""
+    telemetry = make_telemetry(exclude_prefixes=["/hidden-admin/"])
+    admin = _admin_app()
+    init_app(admin, telemetry)
+    site = Flask("site")
+
+    @site.route("/")
+    def home():
+        return "home"
+
+    site.wsgi_app = DispatcherMiddleware(site.wsgi_app, {"/hidden-admin": admin})
+    init_app(site, telemetry)
+    client = Client(site)
+    assert client.get("/hidden-admin/users/7").get_data() == b"user 7"
+    assert client.get("/").get_data() == b"home"
+    assert counts(telemetry) == {("GET", "/", 200): 1}

@@ -10,6 +10,7 @@ import threading
 import httpx
 import pytest
 from flask import Blueprint, Flask, Response, abort, stream_with_context
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.routing import Rule
 from werkzeug.test import Client, EnvironBuilder
 
@@ -865,3 +866,56 @@ def test_a_counted_stream_takes_with_only_where_the_servers_does(make_telemetry)
     assert seen == {"with": False, "read": b"hello"}
     (record,) = telemetry.snapshot()
     assert record["request_bytes"] == 5
+
+
+def test_a_head_whose_body_the_server_stops_sending_is_not_a_client_disconnect(telemetry, counts):
+    """uWSGI, wsgiref and Werkzeug's server iterate a HEAD's body and write it;
+    the client has closed after the headers, so the server stops after a chunk
+    or two and closes the response. The client had its whole answer: 200."""
+
+    def app(environ, start_response):
+        environ["reqtelemetry.route"] = "/export"
+        start_response("200 OK", [("Content-Type", "text/csv")])
+        return (b"row\n" for _ in range(100))
+
+    environ = EnvironBuilder(path="/export", method="HEAD").get_environ()
+    response = WSGIMiddleware(app, telemetry=telemetry)(environ, lambda *a: None)
+    iterator = iter(response)
+    next(iterator)
+    next(iterator)  # then the write fails: the client is gone, as it should be
+    response.close()
+    assert counts(telemetry) == {("HEAD", "/export", 200): 1}
+
+
+def test_an_exclusion_outside_ascii_excludes_under_wsgi_too(make_telemetry, counts):
+    """PATH_INFO holds a path's UTF-8 bytes decoded as latin-1 (PEP 3333):
+    ``/café/`` arrives as ``/cafÃ©/``. ASGI and Django compare the decoded
+    path and left these out; the WSGI middleware measured them."""
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    telemetry = make_telemetry(exclude_prefixes=["/café/"], exclude_paths=["/статус"])
+    client = Client(WSGIMiddleware(app, telemetry=telemetry))
+    for path in ("/caf%C3%A9/secret-42", "/%D1%81%D1%82%D0%B0%D1%82%D1%83%D1%81", "/other"):
+        assert client.get(path).get_data() == b"ok"
+    assert sum(counts(telemetry).values()) == 1  # /other alone
+
+
+def test_a_propagated_error_behind_a_dispatcher_is_keyed_by_its_rule(telemetry, counts):
+    """WSGIMiddleware around a DispatcherMiddleware of Flask apps: an error
+    that propagates (PROPAGATE_EXCEPTIONS) was keyed by its hashed path, one
+    key per order id, where around the Flask app itself it is keyed by its rule."""
+    api = Flask("api")
+    api.config["PROPAGATE_EXCEPTIONS"] = True
+
+    @api.route("/orders/<int:order_id>")
+    def order(order_id):
+        raise RuntimeError("the view failed")
+
+    client = Client(WSGIMiddleware(DispatcherMiddleware(api, {}), telemetry=telemetry))
+    for order_id in (1, 2, 3):
+        with pytest.raises(RuntimeError):
+            client.get(f"/orders/{order_id}")
+    assert counts(telemetry) == {("GET", "/orders/<int:order_id>", 500): 3}

@@ -145,6 +145,25 @@ def parse_content_length(value: object) -> int:
     return 0
 
 
+def _with_wsgi_forms(entries: Iterable[str]) -> list[str]:
+    """``entries``, each followed, where it has a character outside ASCII, by
+    the form a WSGI server gives such a path in ``PATH_INFO``: its UTF-8
+    bytes decoded as latin-1 (PEP 3333).
+
+    Why: the WSGI integrations compare ``PATH_INFO``, in which ``/café/``
+    reads ``/cafÃ©/``, and an exclusion written as the path reads excluded
+    nothing there, while ASGI's decoded ``scope["path"]`` and Django's
+    ``path_info`` matched it. Made once, here: nothing more per request.
+    """
+    forms = []
+    for entry in entries:
+        forms.append(entry)
+        wsgi_form = entry.encode("utf-8").decode("latin-1")
+        if wsgi_form != entry:
+            forms.append(wsgi_form)
+    return forms
+
+
 class AnonymizedRoute(str):
     """A key made of an anonymized path (:meth:`Telemetry.route_for_unrouted`):
     text as any key, told apart from a route template by its type alone."""
@@ -185,8 +204,8 @@ class Telemetry:
             config.validate()
         self.config = config
         self.enabled = config.enabled
-        self.exclude_paths = frozenset(config.exclude_paths)
-        self.exclude_prefixes = tuple(config.exclude_prefixes)
+        self.exclude_paths = frozenset(_with_wsgi_forms(config.exclude_paths))
+        self.exclude_prefixes = tuple(_with_wsgi_forms(config.exclude_prefixes))
         #: The prefixes as a template under ``i18n_patterns`` is compared with
         #: them: without its language, and, once the app's languages are known
         #: (:meth:`note_language_codes`), without theirs (see :meth:`is_excluded_route`).

@@ -716,8 +716,14 @@ class _Measurement:
         self.finished = False
 
     def close(self) -> None:
-        """Called by the response's ``close()``, which every server calls."""
-        self.finish(CLIENT_CLOSED_STATUS if self.started else self.status)
+        """Called by the response's ``close()``, which every server calls.
+
+        A HEAD's answer is complete with its headers: Django leaves its body
+        for the server to drop, and a server that iterates it anyway (uWSGI,
+        wsgiref, Werkzeug's) stops when the client has closed after them.
+        """
+        left = self.started and self.request.method != "HEAD"
+        self.finish(CLIENT_CLOSED_STATUS if left else self.status)
 
     def finish(self, status: int) -> None:
         if not self.finished:

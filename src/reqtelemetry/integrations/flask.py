@@ -53,6 +53,7 @@ from ..telemetry import (
     KNOWN_METHODS,
     MEASURED_KEY,
     OTHER_METHOD,
+    ExcludedMark,
     Telemetry,
     marked_by,
     parse_content_length,
@@ -132,6 +133,12 @@ def install_if_flask(app: WSGIApp, telemetry: Any = None, enabled: bool = True) 
         setattr(candidate, _WRAPPED_FLAG, True)
         if enabled:
             install(candidate, telemetry)
+    elif enabled:
+        # Around something else (a DispatcherMiddleware in front of Flask
+        # apps): the hook for every Flask app, whose rule the middleware
+        # reads from the request otherwise gone when an exception propagates.
+        # Without it, each such 500 was keyed by its hashed path, one key per id.
+        flask.got_request_exception.connect(_copy_rule_on_exception, weak=False)
 
 
 def init_app(flask_app: Any, telemetry: Telemetry) -> None:
@@ -219,6 +226,7 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
     ``__call__`` costs more than calling a function, on every request.
     """
     excluded = telemetry.excluded
+    excluded_mark = ExcludedMark(telemetry)
     first_request = True
 
     def reqtelemetry_wsgi_app(
@@ -226,6 +234,10 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
     ) -> Iterable[bytes]:
         nonlocal first_request
         if excluded is not None and excluded(environ.get("PATH_INFO", "")):
+            # Marked, as WSGIMiddleware marks it: an app of this telemetry
+            # mounted inside (a DispatcherMiddleware set as wsgi_app) sees the
+            # path without the mount's prefix, and measured what was left out.
+            environ.setdefault(MEASURED_KEY, excluded_mark)
             return wsgi_app(environ, start_response)
         # A WSGIMiddleware's mark, if one is around the app (around a
         # dispatcher in front of it): a request Flask serves is measured here,

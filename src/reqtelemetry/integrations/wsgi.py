@@ -326,7 +326,14 @@ class _Measured(Mark):
             del self.environ[MEASURED_KEY]  # it referred to this: no cycle left behind
         if self.taken_over:
             return  # a framework's integration inside measured it
-        if self.progress == _ITERATING and self.status != 500:
+        if (
+            self.progress == _ITERATING
+            and self.status != 500
+            # A HEAD's answer is complete with its headers: a server that
+            # iterates its body anyway (uWSGI, wsgiref, Werkzeug's) stops
+            # when the client, rightly, has closed after them.
+            and self.environ.get("REQUEST_METHOD") != "HEAD"
+        ):
             # The server stopped iterating early: the client went away.
             self.status = CLIENT_CLOSED_STATUS
         size = self.response_bytes
