@@ -258,7 +258,9 @@ def longest_cached_paths(count: int) -> list[str]:
     hexadecimal segments, each hashed: their keys are as long as keys get.
 
     Why: the cache's bytes grow with its paths' and keys' lengths, so its
-    bound is not what the benchmark's short paths fill it with.
+    bound is not what the benchmark's short paths fill it with. ASCII, since
+    the cache keeps no path outside it (stored at up to 4 bytes a
+    character), so no path it keeps takes more than these.
     """
     from reqtelemetry.telemetry import ANONYMIZED_CACHE_MAX_LENGTH
 

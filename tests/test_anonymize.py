@@ -167,6 +167,22 @@ def test_long_unrouted_paths_are_hashed_but_not_cached(make_telemetry):
     assert list(telemetry._anonymized) == [("/files/short", "")]
 
 
+def test_unrouted_paths_outside_ascii_are_hashed_each_time_not_cached(make_telemetry):
+    """The bound is in bytes: a server decodes a percent-encoded emoji into a
+    character CPython stores at 4 bytes, and 4096 paths of 256 of them took
+    the cache about 3 MiB past its bound. Outside ASCII, path or query, a
+    request is hashed each time, as alike."""
+    telemetry = make_telemetry(record_query=True, allowed_query_keys=["q"])
+    for path, query in (("/\N{PILE OF POO}", ""), ("/caf\u00e9", ""), ("/a", "q=caf\u00c3\u00a9")):
+        key = telemetry.route_for_unrouted(path, query, matched=True)
+        anonymizer = telemetry.anonymizer
+        assert key == (anonymizer.url(path, query) if query else anonymizer.path(path))
+        assert telemetry.route_for_unrouted(path, query, matched=True) == key
+    assert telemetry._anonymized == {}
+    telemetry.route_for_unrouted("/cafe", "q=x", matched=True)
+    assert list(telemetry._anonymized) == [("/cafe", "q=x")]
+
+
 def test_the_salt_cannot_be_pickled_or_copied_out(telemetry):
     # Pickled, the salt would be written out of the process (a cache, a queue).
     for attempt in (pickle.dumps, copy.copy, copy.deepcopy):

@@ -551,6 +551,22 @@ def test_long_preflight_targets_are_matched_each_time_not_remembered(telemetry, 
     assert counts(telemetry) == {("OPTIONS", "/items/{item_id}", 200): 6}
 
 
+def test_preflight_targets_outside_ascii_are_matched_each_time_not_remembered(telemetry, counts):
+    """The bound is in bytes: a path of emoji (percent-encoded, decoded by the
+    server) takes 4 bytes a character, and such targets filled the cache past
+    it. Outside ASCII, a preflight is matched each time, to the same template."""
+    app = Starlette(routes=[Route("/items/{item_id}", plain, methods=["PUT"])], middleware=[CORS])
+    tried = count_matching(app.routes)
+    middleware = ASGIMiddleware(app, telemetry=telemetry)
+    wide = "/items/" + "\N{PILE OF POO}" * 60
+    assert preflights(middleware, *[(wide, "", "testserver")] * 3) == [200] * 3
+    assert len(tried) == 3
+    assert preflights(middleware, *[("/items/plain", "", "testserver")] * 3) == [200] * 3
+    assert len(tried) == 4
+    assert [key[4] for key in matched_requests(middleware)] == ["/items/plain"]
+    assert counts(telemetry) == {("OPTIONS", "/items/{item_id}", 200): 6}
+
+
 def test_routes_added_at_runtime_take_preflights_remembered_before(telemetry, counts):
     """``add_route`` to the app, or to an app mounted in it, after preflights
     to those paths were remembered as unmatched: the next preflight there gets

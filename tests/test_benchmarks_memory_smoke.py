@@ -7,6 +7,8 @@ absorbed.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from benchmarks import memory
@@ -80,3 +82,26 @@ def test_a_recorder_that_loses_calls_reads_broken() -> None:
     assert memory.verdict(result) == "**BROKEN** (recorded 1 of 2 calls)"
     fine = memory.measure(memory.SCENARIO_LABELS[1], lambda r, c: 0, DEFAULT_MAX_KEYS)
     assert memory.verdict(fine) == "**PASS**"
+
+
+def test_the_path_caches_bound_is_filled_with_the_widest_paths_it_keeps() -> None:
+    """What the notes give as the cache's bound holds the most bytes any
+    paths can make it hold: paths of emoji as long (a server decodes them
+    from percent-encoding, 4 bytes a character) took it 3 MiB past it."""
+    from benchmarks.memory import longest_cached_paths
+    from benchmarks.overhead import _telemetry
+
+    bound = longest_cached_paths(64)
+    widest_kept = max(sys.getsizeof(path) for path in bound)
+    wide = [path.translate(EMOJI_DIGITS) for path in bound]
+    short = [path[:8] for path in wide]
+    telemetry = _telemetry(opt_out=False)
+    for path in bound + wide + short:
+        telemetry.route_for_unrouted(path, "", matched=True)
+    cached = [path for path, _query in telemetry._anonymized]
+    assert set(bound) <= set(cached)
+    assert max(sys.getsizeof(path) for path in cached) <= widest_kept
+
+
+#: Each hexadecimal digit as an emoji: a path as long, four times the bytes.
+EMOJI_DIGITS = str.maketrans({d: chr(0x1F600 + n) for n, d in enumerate("0123456789abcdef")})

@@ -282,6 +282,30 @@ def test_pages_the_cache_answers_are_keyed_by_their_route(django_telemetry, coun
     }
 
 
+def test_cached_pages_outside_ascii_are_resolved_each_time_not_remembered(
+    django_telemetry, counts, monkeypatch
+):
+    """The paths remembered for cached pages are bounded in bytes: a path
+    outside ASCII may take 4 bytes a character in memory, so it is resolved
+    at each hit instead, to the same route; an ASCII path is resolved once."""
+    from django.test import Client
+
+    with _per_site_cache():
+        from django.core.cache import cache
+
+        cache.clear()
+        client = Client()
+        for path in ("/legacy/caf%C3%A9/", "/legacy/plain/"):
+            assert client.get(path).status_code == 200  # a miss: resolved by Django
+        resolved = spy_on_resolve(monkeypatch)
+        for _ in range(3):
+            for path in ("/legacy/caf%C3%A9/", "/legacy/plain/"):
+                assert client.get(path).status_code == 200  # hits
+        cache.clear()
+    assert resolved == ["/legacy/caf\u00e9/", "/legacy/plain/"] + ["/legacy/caf\u00e9/"] * 2
+    assert counts(django_telemetry) == {("GET", "/legacy/(?P<slug>[-\\w]+)/$", 200): 8}
+
+
 def test_other_methods_the_cache_passes_on_are_not_resolved_again(
     django_telemetry, counts, monkeypatch
 ):

@@ -515,16 +515,21 @@ class Telemetry:
         # Hashing every segment with SHA-256 costs microseconds per request; a
         # route-less app sees the same paths again and again. Bounded: the
         # cache is emptied when full (its keys are raw paths, never sent), and
-        # long paths are not kept at all, so it holds at most ~4096 * 256 characters.
+        # long paths are not kept at all, so it holds at most ~4096 * 256
+        # bytes of them. Nor are paths outside ASCII: CPython stores a string
+        # at up to 4 bytes a character (a path of emoji, percent-encoded and
+        # decoded by the server), with a larger header, and 4096 such paths
+        # took the cache 3 MiB past its bound. They are hashed each time.
         if len(path) + len(query) > ANONYMIZED_CACHE_MAX_LENGTH:
             return self._anonymized_route(path, query)
         cache = self._anonymized
         found = cache.get((path, query))
         if found is None:
             found = self._anonymized_route(path, query)
-            if len(cache) >= ANONYMIZED_CACHE_SIZE:
-                cache.clear()
-            cache[(path, query)] = found
+            if path.isascii() and query.isascii():
+                if len(cache) >= ANONYMIZED_CACHE_SIZE:
+                    cache.clear()
+                cache[(path, query)] = found
         return found
 
     def _anonymized_route(self, path: str, query: str) -> AnonymizedRoute:

@@ -500,8 +500,9 @@ class TelemetryMiddleware:
         request is). The path is resolved as the router would have, once per
         path: a cached page's path comes back, which is why it was cached.
         At most :data:`_TEMPLATE_CACHE_LIMIT` paths of at most
-        :data:`_CACHED_PAGE_PATH_LIMIT` characters are remembered (emptied
-        when full; a longer one is resolved each time).
+        :data:`_CACHED_PAGE_PATH_LIMIT` ASCII characters are remembered
+        (emptied when full; a longer one, or one outside ASCII, is resolved
+        each time).
         """
         path = request.path_info
         key = (getattr(request, "urlconf", None), path)
@@ -509,7 +510,9 @@ class TelemetryMiddleware:
         if key in cache:
             return cache[key]
         route = self._route_resolved_anyway(request, 200)
-        if len(path) <= _CACHED_PAGE_PATH_LIMIT:
+        # ASCII only: CPython stores a path outside it at up to 4 bytes a
+        # character, and the bound is in bytes.
+        if len(path) <= _CACHED_PAGE_PATH_LIMIT and path.isascii():
             if len(cache) >= _TEMPLATE_CACHE_LIMIT:
                 cache.clear()
             cache[key] = route

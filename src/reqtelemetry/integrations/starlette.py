@@ -29,7 +29,7 @@ MAX_CACHED_PREFIXES = 256
 MAX_MATCHED_REQUESTS = 4096
 #: Requests whose path, ``root_path``, method and ``Host`` header together
 #: are longer than this are matched each time, not remembered: 4096 keys of
-#: at most 256 characters is the whole of what the cache can hold.
+#: at most 256 characters, all ASCII, is the whole of what the cache can hold.
 MATCHED_REQUEST_MAX_LENGTH = 256
 #: Distinct route lists (one per app whose answers before routing are
 #: matched) whose shape is remembered per middleware; usually one.
@@ -840,8 +840,9 @@ class MatchedTemplates:
     likewise leave that request's answer in place.
 
     Memory: at most :data:`MAX_MATCHED_REQUESTS` keys, each of at most
-    :data:`MATCHED_REQUEST_MAX_LENGTH` characters of path, ``root_path``,
-    method and host (longer requests are matched each time); emptied when
+    :data:`MATCHED_REQUEST_MAX_LENGTH` ASCII characters of path, ``root_path``,
+    method and host (longer requests, and any outside ASCII, are matched each
+    time); emptied when
     full. Plus the shapes of at most :data:`MAX_MATCHED_ROUTE_LISTS` route
     lists. Thread-safe as dict reads and writes are; ASGI calls it from one
     event loop anyway.
@@ -875,9 +876,18 @@ class MatchedTemplates:
         found = cache.get(key, _MISSING)
         if found is _MISSING:
             found = template_by_matching(routes, scope)
-            if len(cache) >= MAX_MATCHED_REQUESTS:
-                cache.clear()
-            cache[key] = found
+            # Only ASCII keys are kept: CPython stores a string outside it at
+            # up to 4 bytes a character (a path of emoji, decoded by the
+            # server), and the bound below is in bytes.
+            if (
+                path.isascii()
+                and root_path.isascii()
+                and method.isascii()
+                and (host is None or host.isascii())
+            ):
+                if len(cache) >= MAX_MATCHED_REQUESTS:
+                    cache.clear()
+                cache[key] = found
         return found  # type: ignore[no-any-return]
 
     def _new_shape(self, routes: Sequence[Any]) -> _Shape:
