@@ -15,6 +15,7 @@ from benchmarks import (
     overhead,
     paired_ratios,
     percentile,
+    retention,
     throughput,
 )
 
@@ -74,6 +75,13 @@ def test_paired_ratios_leave_out_rounds_not_measured() -> None:
 def test_both_tables_use_the_shared_percentile() -> None:
     assert throughput.percentile is percentile
     assert flush_latency.percentile is percentile
+
+
+def test_the_retention_p99_is_the_nearest_rank_as_every_other_tables() -> None:
+    """The quiet phase stores exactly 300 reports: its p99 is the 297th, not the 298th."""
+    for n in (100, 200, retention.QUIET_REPORTS, 1000, 1001):
+        values = [float(v) for v in range(n, 0, -1)]
+        assert retention._p99(values) == percentile(sorted(values), 0.99), n
 
 
 @pytest.mark.parametrize("n", range(6, 61))
