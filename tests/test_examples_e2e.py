@@ -706,3 +706,18 @@ def test_a_script_running_uvicorn_supervisors_is_no_instance(
     time.sleep(FLUSH_INTERVAL * 1.5)  # past the parent's grace
     stop_gracefully(run)
     assert_stored_exactly(run, traffic)
+
+
+def test_the_demos_progress_counts_what_its_summary_calls_sent(capsys) -> None:
+    # `make demo` printed "FastAPI 5,215 Flask 8,196 Django 6,815" (20,226)
+    # on its last progress line, then "18,097 requests counted (18,097 sent,
+    # health checks excluded)": the progress counted the health checks too.
+    from examples.demo import Driver, progress
+
+    drivers = [
+        Driver("FastAPI", "http://127.0.0.1:1", lambda rng, c: ("GET", "/", {}, True), None)  # type: ignore[arg-type]
+    ]
+    drivers[0].measured, drivers[0].excluded = 4685, 530
+    progress(drivers, 0.01)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.endswith("FastAPI  4,685"), last

@@ -2752,3 +2752,56 @@ def test_a_retry_after_that_is_no_number_or_date_is_ignored(value):
 def test_retry_after_in_seconds_or_as_a_date():
     assert parse_retry_after(" 120 ") == 120.0
     assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=40.0) == 60.0
+
+
+def _unused_loopback_port() -> int:
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        return int(unused.getsockname()[1])
+
+
+def _record_some(telemetry: Telemetry, n: int = 5) -> None:
+    for _ in range(n):
+        telemetry.record("GET", "/items/{item_id}", 200, 0.01, 0, 100)
+
+
+def test_a_short_run_against_a_collector_that_is_down_says_so_at_exit(make_sender, caplog):
+    # A developer's first try, hourly default: the startup report fails (the
+    # collector is down, or the URL is wrong), the app is stopped minutes later
+    # and its final report fails too. Two flushes in a row failed, and the
+    # requests are lost at exit: before, not one line said so (DEBUG only).
+    telemetry = make_sender(endpoint=f"http://127.0.0.1:{_unused_loopback_port()}")
+    _record_some(telemetry)
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert telemetry.close() is False
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "Connection refused" in warnings[0] or "ConnectError" in warnings[0]
+    assert "are lost" in warnings[0]
+
+
+def test_a_final_report_alone_failing_at_exit_stays_quiet(make_sender, receiver, caplog):
+    # The startup report went: one failure at exit is no pattern (the case
+    # commit 028a351 kept at DEBUG); nothing is said at WARNING.
+    telemetry = make_sender()
+    _record_some(telemetry)
+    receiver.respond_always(503)
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        telemetry.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_the_warning_for_a_wrong_endpoint_points_at_the_endpoint(make_sender, receiver, caplog):
+    # TELEMETRY_ENDPOINT=http://collector:8600/v1/report (the path from
+    # docs/protocol.md) or the URL of another server: every session request is
+    # a 404 (or a page that is no JSON). The warning only said "Behind a proxy
+    # or a private CA, set REQTELEMETRY_PROXY or REQTELEMETRY_CA_BUNDLE".
+    not_found = {"error": "not_found", "detail": "Not Found"}
+    receiver.respond_to_session_with(404, json=not_found, times=20)  # /v1/report/v1/session
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        telemetry = make_sender(endpoint=receiver.url + "/v1/report")  # startup report: 404
+        _record_some(telemetry)
+        assert telemetry.flush() is False  # two in a row: the warning
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "HTTP 404" in warning
+    assert "endpoint is the collector's URL" in warning

@@ -113,6 +113,24 @@ def test_every_example_has_a_readme_with_how_to_run_and_opt_out() -> None:
             assert needed in text, (directory, needed)
 
 
+def test_each_examples_run_it_block_puts_the_venvs_commands_on_path() -> None:
+    # After `make demo` on a fresh clone, the block's first line,
+    # `reqtelemetry collector ...`, said "bash: reqtelemetry: command not found"
+    # (and `flask --app ...` found another environment's flask, without
+    # reqtelemetry): nothing in the block put .venv/bin on PATH.
+    for directory in ("fastapi_app", "flask_app", "django_site"):
+        text = (ROOT / "examples" / directory / "README.md").read_text(encoding="utf-8")
+        run_it = text.split("## Run it", 1)[1]
+        block = re.search(r"```sh\n(.*?)```", run_it, re.S)
+        assert block, directory
+        commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
+        commands = [command for command in commands if command]
+        assert commands[0] in (". .venv/bin/activate", "source .venv/bin/activate"), (
+            directory,
+            commands[0],
+        )
+
+
 # -- the collector's and the operator's instructions ---------------------------------------
 
 

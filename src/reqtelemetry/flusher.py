@@ -839,7 +839,24 @@ class Flusher:
         """Log why a report was kept: at WARNING once per process when it keeps happening."""
         global _failure_warned
         reason = result.error or f"HTTP {result.status}"
-        if self._closing:  # cut short by close(): no sign of a proxy or a wrong endpoint
+        if self._closing:
+            # Alone, a report cut short by close() is no sign of a proxy or a
+            # wrong endpoint. After a flush that failed before shutdown it is
+            # the second in a row, and its data now ends with the process: for
+            # a short run (a developer trying it out, an hourly interval) the
+            # only moment anyone can be told that nothing ever arrived.
+            if self.failed_flushes and not _failure_warned:
+                _failure_warned = True
+                logger.warning(
+                    "reqtelemetry: the final report could not be delivered to %s (%s), nor "
+                    "the one before it: the requests since the last delivered report are "
+                    "lost. Check that the endpoint is the collector's URL and that it is "
+                    "running; behind a proxy or a private CA, set REQTELEMETRY_PROXY or "
+                    "REQTELEMETRY_CA_BUNDLE.",
+                    redacted_url(self.config.endpoint or ""),
+                    reason,
+                )
+                return
             logger.debug("reqtelemetry: report not delivered at shutdown (%s)", reason)
             return
         self.failed_flushes += 1
@@ -847,8 +864,10 @@ class Flusher:
             _failure_warned = True
             logger.warning(
                 "reqtelemetry: %d reports in a row could not be delivered to %s (last: %s); "
-                "they are kept and retried. Behind a proxy or a private CA, set "
-                "REQTELEMETRY_PROXY or REQTELEMETRY_CA_BUNDLE. (Said once; then at DEBUG.)",
+                "they are kept and retried. Check that the endpoint is the collector's URL "
+                "(its root: the client adds /v1/session and /v1/report) and that it is "
+                "running; behind a proxy or a private CA, set REQTELEMETRY_PROXY or "
+                "REQTELEMETRY_CA_BUNDLE. (Said once; then at DEBUG.)",
                 self.failed_flushes,
                 redacted_url(self.config.endpoint or ""),
                 reason,
