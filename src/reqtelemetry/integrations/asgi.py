@@ -109,7 +109,7 @@ class ASGIMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                await self.app(scope, receive, self._flush_on_shutdown(send))
+                await self._lifespan(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
             return
@@ -274,6 +274,46 @@ class ASGIMiddleware:
         return self.telemetry.route_for_unrouted(
             scope["path"], scope.get("query_string", b"").decode("latin-1"), matched
         )
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the lifespan on to the app, with the final flush at its
+        shutdown; answer it here for an app that takes none.
+
+        Why: an app that refuses lifespan (Django's ``ASGIHandler``, a bare
+        ASGI callable that serves only ``http``) raises, or returns, before
+        it reads the startup. uvicorn then serves without lifespan, and after
+        SIGTERM ends the process in a way that skips ``atexit``: the final
+        report, with all that was served since the last one, was lost. An app
+        that read the startup and then failed is left to fail as it would.
+        """
+        taken = False
+
+        async def receive_noted() -> Message:
+            nonlocal taken
+            taken = True
+            return await receive()
+
+        flush_then_send = self._flush_on_shutdown(send)
+
+        async def send_noted(message: Message) -> None:
+            nonlocal taken
+            taken = True
+            await flush_then_send(message)
+
+        try:
+            await self.app(scope, receive_noted, send_noted)
+        except Exception:
+            if taken:
+                raise
+        if taken:
+            return
+        while True:  # the app takes no lifespan: answered here, with the flush
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await flush_then_send({"type": "lifespan.shutdown.complete"})
+                return
 
     def _flush_on_shutdown(self, send: Send) -> Send:
         """Wrap lifespan ``send``: once the app has shut down, make the final flush.
