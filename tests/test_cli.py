@@ -947,3 +947,40 @@ def test_the_collector_logs_no_senders_address_nor_query(tmp_path):
     assert "canary" not in log
     assert "/v1/" not in log
     assert re.search(rf"127\.0\.0\.1:(?!{port}\b)\d+", log) is None, log
+
+
+def test_the_collector_bounds_the_headers_a_request_may_send(
+    served, tmp_path, no_collector_environment
+):
+    """Served as the command serves it, a request whose headers never end is
+    refused once they pass 16 KiB, not held: with httptools (uvicorn's pick
+    where installed) one such connection held a gigabyte of memory."""
+    import threading
+
+    import uvicorn
+
+    assert main(["collector", "--db", f"sqlite:///{tmp_path}/t.db", "--port", "0"]) == 0
+    (options,) = served
+    options = {key: value for key, value in options.items() if key != "app"}
+    port = unused_port()
+    config = uvicorn.Config(served[0]["app"], **{**options, "port": port, "lifespan": "off"})
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.02)
+        sent = 0
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(b"POST /v1/report HTTP/1.1\r\nHost: localhost\r\n")
+            line = b"X-Junk: " + b"a" * 8000 + b"\r\n"
+            with pytest.raises(OSError):  # the server closed the connection
+                while sent < 64 * 2**20:
+                    connection.sendall(line * 16)
+                    sent += len(line) * 16
+        assert sent < 4 * 2**20
+    finally:
+        server.should_exit = True
+        thread.join(10)

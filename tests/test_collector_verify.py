@@ -719,3 +719,73 @@ def test_stamp_outcomes_are_forgotten_with_the_stamps_window_and_past_their_boun
     assert outcomes.answer("a") is None and len(outcomes) == 2
     time.sleep(0.25)  # past the window: a copy is refused for its date, before anything else
     assert outcomes.answer("b") is None and outcomes.answer("c") is None
+
+
+@pytest.mark.parametrize(
+    ("where", "item"),
+    [("records", {}), ("records", 1), ("withheld", "os"), ("withheld", 1), ("counters", 1)],
+)
+def test_a_megabyte_of_items_past_the_schemas_counts_is_refused_cheaply(
+    where, item, monkeypatch
+) -> None:
+    # jsonschema walks every item past a maxItems (every key past a
+    # maxProperties) and best_match reads every error: a 1 MiB payload of
+    # empty records took 25 s of CPU to refuse, for one stamp.
+    payload = report()
+    one = len(json.dumps(item)) + 1
+    count = (MIB - len(json.dumps(payload))) // (one + (12 if where == "counters" else 0))
+    if where == "records":
+        payload["batch"]["records"] = [item] * count
+    elif where == "withheld":
+        payload["withheld"] = [item] * count
+    else:
+        payload["metrics"]["counters"] = {f"c{i}": item for i in range(count)}
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    assert MIB // 2 < len(body) <= MIB
+    walked = []
+    monkeypatch.setattr(verify, "_VALIDATOR", _Spy(verify._VALIDATOR, walked))
+    with pytest.raises(Refusal) as refused:
+        check_payload(body, CLAIMS)
+    assert walked == []  # refused by its counts, before the schema's walk
+    assert refused.value.reason == "invalid_payload"
+    assert "has more than" in refused.value.detail
+
+
+class _Spy:
+    """The validator, noting each payload it is asked to walk."""
+
+    def __init__(self, validator, walked) -> None:
+        self._validator, self._walked = validator, walked
+
+    def iter_errors(self, instance):
+        self._walked.append(instance)
+        return self._validator.iter_errors(instance)
+
+
+def test_a_refusal_that_names_a_key_with_a_lone_surrogate_can_be_answered() -> None:
+    # A number out of range is located by reading the payload again without
+    # the strict checks, so the path it names may hold a lone surrogate
+    # escape: as it was, the answer could not be encoded (a 500).
+    text = json.dumps(report()).replace(
+        '"counters": {}', '"counters": {"a\\ud800": 99999999999999999999}'
+    )
+    with pytest.raises(Refusal) as refused:
+        check_payload(text.encode(), CLAIMS)
+    assert refused.value.reason == "invalid_payload"
+    assert "metrics/counters/a" in refused.value.detail
+    json.dumps(refused.value.body(), ensure_ascii=False).encode("utf-8")
+
+
+def test_a_number_out_of_range_deep_under_long_keys_gets_a_short_detail() -> None:
+    # The detail is answered and remembered with the stamp (outcomes.py
+    # counts some 500 bytes a stamp): a path as deep as the parser reads,
+    # under keys of 40 characters, made it 37,000 characters.
+    key = '{"' + "k" * 40 + '":'
+    text = json.dumps(report()).replace(
+        '"counters": {}', '"counters": {"a": ' + key * 900 + "1e999" + "}" * 900 + "}"
+    )
+    with pytest.raises(Refusal) as refused:
+        check_payload(text.encode(), CLAIMS)
+    assert refused.value.detail.startswith("metrics/counters/a/kkk")
+    assert "a number out of range" in refused.value.detail
+    assert len(refused.value.detail) < 500

@@ -307,6 +307,12 @@ def _collector(args: argparse.Namespace) -> int:
         # uvicorn logs each handshake it refuses at INFO, with the client's
         # address, path and query, whatever ``access_log`` says.
         ws="none",
+        # h11, never httptools (uvicorn's pick when it is installed, as with
+        # uvicorn[standard]): httptools keeps every header line a request
+        # sends until its headers end, without limit, so one connection
+        # that never ended them held a gigabyte of the collector's memory.
+        # h11 refuses headers past 16 KiB (h11_max_incomplete_event_size).
+        http="h11",
         log_config=None,
         proxy_headers=args.proxy_headers,
         forwarded_allow_ips=args.forwarded_allow_ips,
