@@ -2805,3 +2805,17 @@ def test_the_warning_for_a_wrong_endpoint_points_at_the_endpoint(make_sender, re
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert "HTTP 404" in warning
     assert "endpoint is the collector's URL" in warning
+
+
+def test_a_bad_close_timeout_keeps_the_final_report(receiver) -> None:
+    """``close("2")`` (a timeout read from a settings file) raised TypeError
+    after the flusher was let go of and the instance taken off the exit's
+    list: a later close() returned False at once and the final report, with
+    the counts since the last one, was never sent."""
+    telemetry = Telemetry(config=make_config(endpoint=receiver.url, **SENDER_DEFAULTS))
+    settle(telemetry)
+    telemetry.count("jobs.done", 5)
+    with pytest.raises(TypeError):
+        telemetry.close("2")  # type: ignore[arg-type]
+    assert telemetry.close() is True
+    assert counter_totals(receiver.reports)["jobs.done"] == 5

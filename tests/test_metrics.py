@@ -617,3 +617,34 @@ def test_a_decimal_is_a_number_as_a_database_gives_it(telemetry, given, sent):
     assert collected["gauges"] == {"orders.total": sent}
     assert type(collected["gauges"]["orders.total"]) is type(sent)
     assert collected["counters"] == {"orders.placed": 2}
+
+
+def test_the_cap_warning_lets_a_logging_hook_count():
+    """An app that counts its own warnings (a logging handler or filter calling
+    ``telemetry.count``) hung in count() for good once a name passed the cap:
+    the warning was logged with the lock held, and the hook took it again."""
+    metrics = AppMetrics(max_names=2)
+    logger = logging.getLogger("reqtelemetry")
+
+    def count_warnings(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            metrics.count("logs.warning")
+        return True
+
+    metrics.count("logs.warning")
+    metrics.count("feature.export")  # the cap is now full
+    logger.addFilter(count_warnings)
+    try:
+        returned = threading.Event()
+
+        def past_the_cap() -> None:
+            metrics.count("feature.import")  # refused, and said at WARNING
+            metrics.gauge("users.total", lambda: 1)  # refused too (said once already)
+            returned.set()
+
+        threading.Thread(target=past_the_cap, daemon=True).start()
+        assert returned.wait(5), "count() past the cap deadlocked on AppMetrics._lock"
+    finally:
+        logger.removeFilter(count_warnings)
+    assert metrics.refused == 2
+    assert metrics.take_counters() == {"logs.warning": 2, "feature.export": 1}

@@ -6,6 +6,8 @@ import copy
 import json
 import math
 import re
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import jsonschema
 import pytest
 
 from reqtelemetry import Telemetry
+from reqtelemetry.collector.verify import _VALIDATOR, parse_json
 from reqtelemetry.config import Config
 from reqtelemetry.histogram import MAX_TRACKED, MIN_TRACKED, RELATIVE_ACCURACY
 from reqtelemetry.payload import UNPACED, Envelope, build_reports
@@ -280,3 +283,75 @@ def test_withheld_traits_may_be_absent_and_null_is_unknown(
         ),
     )
     assert errors(validator, payload) == []
+
+
+@pytest.mark.parametrize(
+    ("duration", "request_bytes", "response_bytes"),
+    [
+        (0.01, 0, 1536.25),  # a byte count worked out in floats
+        (0.01, 0, 2048.0),  # a whole one: the collector takes integers written as such
+        (0.01, math.nan, 10),
+        (Decimal("0.25"), 0, 10),  # from a database's NUMERIC column
+        (Fraction(1, 4), Decimal("12"), 10),
+        (1, 0, 10**30),  # an int duration, an int byte count past 64 bits
+    ],
+)
+def test_numbers_of_other_types_leave_the_report_one_the_collector_takes(
+    duration: object, request_bytes: object, response_bytes: object
+) -> None:
+    """A float byte count got the whole report refused (422: "2048.0 is not of
+    type 'integer'"), its good records and the app's counters with it; a NaN
+    one wrote ``NaN``, which is not JSON; a Decimal duration raised in the
+    middle of aggregating it, and left a record with an infinite minimum:
+    no report could be built again, for the life of the process."""
+    telemetry = Telemetry(config=Config.resolve(environ={}, argv=[], app_name="fit"))
+    try:
+        telemetry.record("GET", "/good", 200, 0.01, 0, 10)
+        telemetry.record("GET", "/odd", 200, duration, request_bytes, response_bytes)  # type: ignore[arg-type]
+        telemetry.snapshot()  # aggregates: raised for a Decimal duration
+        envelope = Envelope(
+            kind="periodic",
+            sequence=1,
+            deployment_id="6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b",
+            instance_id="0e2b7f4c-9d1a-4c3e-8b5f-1a2b3c4d5e6f",
+            traits={},
+            withheld=(),
+            metrics={"counters": {"feature.x": 1}, "gauges": {}},
+        )
+        (report,) = build_reports(envelope, telemetry.recorder.collect(), 262144, pacing=UNPACED)
+    finally:
+        telemetry.close()
+    payload = parse_json(report.body)  # the collector's own reading and checks
+    assert [error.message for error in _VALIDATOR.iter_errors(payload)] == []
+    records = {record["route"]: record for record in payload["batch"]["records"]}
+    assert set(records) == {"/good", "/odd"}
+    odd = records["/odd"]
+    assert odd["count"] == 1
+    assert 0 <= odd["latency"]["min"] <= odd["latency"]["max"] <= 1e9
+
+
+def test_text_is_still_an_error_where_it_is_passed() -> None:
+    telemetry = Telemetry(config=Config.resolve(environ={}, argv=[], app_name="fit"))
+    try:
+        with pytest.raises(TypeError):
+            telemetry.record("GET", "/odd", 200, "0.5", 0, 10)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            telemetry.record("GET", "/odd", 200, 0.5, 0, "10")  # type: ignore[arg-type]
+        assert telemetry.snapshot() == []
+    finally:
+        telemetry.close()
+
+
+def test_a_method_or_route_that_is_not_text_is_an_error_where_it_is_passed() -> None:
+    """A None route (``getattr(request.url_rule, "rule", None)``) or a bytes
+    method was accepted, then no report could be built: every flush failed,
+    for the life of the process, and the data was merged back each time."""
+    telemetry = Telemetry(config=Config.resolve(environ={}, argv=[], app_name="fit"))
+    try:
+        with pytest.raises(TypeError):
+            telemetry.record("GET", None, 404, 0.01, 0, 1)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            telemetry.record(b"GET", "/x", 200, 0.01, 0, 1)  # type: ignore[arg-type]
+        assert telemetry.snapshot() == []
+    finally:
+        telemetry.close()

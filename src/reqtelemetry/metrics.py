@@ -167,11 +167,14 @@ class AppMetrics:
     def count(self, name: str, value: float = 1) -> None:
         """Add ``value`` (default 1, never negative) to the counter ``name``."""
         value = check_count(name, value)
+        saturated = say_capped = False
         with self._lock:
-            if not self._takes(name):
-                self._refuse(name)
-                return
-            saturated = self._add(name, value)
+            if self._takes(name):
+                saturated = self._add(name, value)
+            else:
+                say_capped = self._refuse()
+        if say_capped:
+            self._say_capped(name)
         if saturated:
             self._say_saturated(name)
 
@@ -179,10 +182,12 @@ class AppMetrics:
         """Sample ``callback()`` at every report as the gauge ``name``."""
         check_gauge(name, callback)
         with self._lock:
-            if not self._takes(name):
-                self._refuse(name)
+            if self._takes(name):
+                self._gauges[name] = callback
                 return
-            self._gauges[name] = callback
+            say_capped = self._refuse()
+        if say_capped:
+            self._say_capped(name)
 
     def _add(self, name: str, value: float) -> bool:
         """Add ``value`` to the counter, saturating at :data:`MAX_METRIC_VALUE`;
@@ -235,19 +240,31 @@ class AppMetrics:
         self._taken.add(name)
         return True
 
-    def _refuse(self, name: str) -> None:
+    def _refuse(self) -> bool:
+        """Count a name refused by the cap; True the first time, when the
+        caller is to say so (:meth:`_say_capped`) once it has let go of the lock.
+
+        Called with the lock held, so it logs nothing itself: a logging
+        handler may be the app's own, and one that counts what it logs
+        (``telemetry.count("logs.warning")``) took the same lock again, and
+        hung the app's thread for good, with every later count() and report.
+        Not _first_time(), which takes the lock. ":" is in no metric name, so
+        no gauge's own key ("failed:" + its name) can be this one.
+        """
         self.refused += 1
-        # Not _first_time(): the lock is held here. ":" is in no metric name,
-        # so no gauge's own key ("failed:" + its name) can be this one.
-        if "cap:" not in self._warned:
-            self._warned.add("cap:")
-            logger.warning(
-                "reqtelemetry: more than %d metric names; %r and every other name past "
-                "the first %d is not recorded, for the life of the process",
-                self.max_names,
-                name,
-                self.max_names,
-            )
+        if "cap:" in self._warned:
+            return False
+        self._warned.add("cap:")
+        return True
+
+    def _say_capped(self, name: str) -> None:
+        logger.warning(
+            "reqtelemetry: more than %d metric names; %r and every other name past "
+            "the first %d is not recorded, for the life of the process",
+            self.max_names,
+            name,
+            self.max_names,
+        )
 
     def collect(self, timeout: float = GAUGE_SAMPLE_SECONDS) -> dict[str, dict[str, float]]:
         """Sample every gauge (see :meth:`sample_gauges`) and take the counters."""
@@ -388,15 +405,19 @@ class AppMetrics:
         counter and the live one up past what a report can carry.
         """
         saturated = []
+        capped = None
         with self._lock:
             for name, value in metrics.get("counters", {}).items():
                 if not metric_value_fits(value, counter=True):
                     continue  # never taken from here: a report must not bring one in
                 if not self._takes(name):
-                    self._refuse(name)
+                    if self._refuse():
+                        capped = name
                     continue
                 if self._add(name, value):
                     saturated.append(name)
+        if capped is not None:
+            self._say_capped(capped)
         for name in saturated:
             self._say_saturated(name)
 

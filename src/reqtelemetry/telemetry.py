@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import math
 import os
 import sys
 import threading
@@ -18,6 +19,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
+from numbers import Integral
 from typing import Any
 
 from . import green, prefork
@@ -416,9 +418,19 @@ class Telemetry:
         Numbers the wire format cannot carry are fitted to it first (see
         :func:`fitted_measurement`): this method is open to any caller, and one
         negative, infinite or NaN value got every report refused or unbuilt.
+        So are numbers of another type: a byte count that is a float (even
+        ``2048.0``) got the whole report refused, and a ``Decimal`` duration
+        left a record no report could be built from, for good. A method or
+        route that is not text is a TypeError here: accepted, it stopped every
+        report (``getattr(request.url_rule, "rule", None)`` gave a None route).
         """
+        if type(method) is not str or not isinstance(route, str):
+            raise TypeError(f"method and route must be str, got {method!r} and {route!r}")
         if not (
-            0.0 <= duration <= MAX_LATENCY_SECONDS
+            type(duration) is float
+            and type(request_bytes) is int
+            and type(response_bytes) is int
+            and 0.0 <= duration <= MAX_LATENCY_SECONDS
             and 0 <= request_bytes <= MAX_RECORD_INTEGER
             and 0 <= response_bytes <= MAX_RECORD_INTEGER
         ):
@@ -613,6 +625,13 @@ class Telemetry:
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush a last time (bounded by ``shutdown_timeout``) and stop the thread."""
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+        ):
+            # Checked before the flusher is let go of: a timeout read as text
+            # raised TypeError after it, and the final report was lost, neither
+            # this call nor a later one nor the exit's sending it.
+            raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
         flusher, self.flusher = self.flusher, None
         if flusher is None:
             return False
@@ -625,21 +644,46 @@ class Telemetry:
 def fitted_measurement(
     duration: float, request_bytes: int, response_bytes: int
 ) -> tuple[float, int, int]:
-    """A request's numbers within what a report carries: a duration from 0 to
-    :data:`MAX_LATENCY_SECONDS` (NaN as 0), byte counts from 0 to
-    :data:`MAX_RECORD_INTEGER`.
+    """A request's numbers within what a report carries: a ``float`` duration
+    from 0 to :data:`MAX_LATENCY_SECONDS` (NaN as 0), ``int`` byte counts from
+    0 to :data:`MAX_RECORD_INTEGER` (NaN as 0, a fraction cut off).
 
     Why: the collector refuses a whole report for one negative or oversized
-    number (``422``, the good records with it), and an infinite or NaN
-    duration could not even be written, so that flush failed, and for an
-    infinite one every flush after it, the record being merged back each time.
+    number (``422``, the good records with it), and for a byte count that is
+    not written as an integer (``2048.0``); an infinite or NaN duration could
+    not even be written, so that flush failed, and for an infinite one every
+    flush after it, the record being merged back each time. A number of
+    another type (a ``Decimal``, a ``Fraction``) is taken as what ``float()``
+    makes of it: a ``Decimal`` duration broke the aggregation halfway, and
+    left a record with an infinite minimum that no report could carry.
+    Text stays a ``TypeError``, where the caller made it.
     """
+    duration = _as_float(duration)
     if duration != duration:  # NaN
         duration = 0.0
     duration = min(max(duration, 0.0), MAX_LATENCY_SECONDS)
-    request_bytes = min(max(request_bytes, 0), MAX_RECORD_INTEGER)
-    response_bytes = min(max(response_bytes, 0), MAX_RECORD_INTEGER)
-    return duration, request_bytes, response_bytes
+    return duration, _fitted_bytes(request_bytes), _fitted_bytes(response_bytes)
+
+
+def _as_float(value: object) -> float:
+    """``value`` as a float (past a float's range, infinite); TypeError for text."""
+    if isinstance(value, (str, bytes, bytearray)):
+        raise TypeError(f"a measurement must be a number, got {type(value).__name__}")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:  # an int or a Fraction past a float's range
+        return math.inf if value > 0 else -math.inf  # type: ignore[operator]
+
+
+def _fitted_bytes(value: object) -> int:
+    """A byte count as an ``int`` from 0 to :data:`MAX_RECORD_INTEGER`."""
+    if isinstance(value, Integral):
+        number: float = int(value)
+    else:
+        number = _as_float(value)
+        if number != number:  # NaN
+            return 0
+    return int(min(max(number, 0), MAX_RECORD_INTEGER))
 
 
 def _close_as_child_made_in(pid: int, telemetry: Telemetry) -> None:
