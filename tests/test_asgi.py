@@ -2464,3 +2464,62 @@ def test_middleware_added_after_it_is_named_at_the_first_request(make_telemetry,
     with caplog.at_level("WARNING", logger="reqtelemetry"):
         assert TestClient(last).get("/items/1").status_code == 200
     assert not [r for r in caplog.records if "added before" in r.getMessage()]
+
+
+def _run(app, method, fail_send_after):
+    sent = []
+
+    async def receive():
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        if message["type"] == "http.response.body" and len(sent) > fail_send_after:
+            raise OSError("connection reset by peer")  # uvicorn: the client has closed
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": "/export",
+        "raw_path": b"/export",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+        "extensions": {},
+    }
+
+    async def run():
+        # The failed send comes back through Starlette's stream as its own error.
+        with contextlib.suppress(Exception):
+            await app(scope, receive, send)
+
+    asyncio.run(run())
+
+
+def test_a_head_whose_client_closed_after_the_headers_is_not_499_under_asgi(telemetry, counts):
+    """uvicorn drops a HEAD's body, the client closes once it has the headers,
+    and the next body ``send`` fails: the client had its whole answer, as
+    the WSGI middleware and Django's now record. A GET cut so is still 499."""
+
+    async def rows():
+        while True:
+            yield b"row\n"
+            await asyncio.sleep(0)
+
+    async def export(request):
+        return StreamingResponse(rows(), media_type="text/csv")
+
+    app = ASGIMiddleware(
+        Starlette(routes=[Route("/export", export, methods=["GET", "HEAD"])]), telemetry=telemetry
+    )
+    _run(app, "HEAD", fail_send_after=2)
+    _run(app, "GET", fail_send_after=2)
+    assert counts(telemetry) == {
+        ("HEAD", "/export", 200): 1,
+        ("GET", "/export", 499): 1,
+    }

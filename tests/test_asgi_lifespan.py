@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -130,3 +131,43 @@ def test_under_uvicorn_an_app_that_takes_no_lifespan_reports_at_sigterm(receiver
     served = sum(record_counts(receiver.reports).values())
     assert [r["kind"] for r in receiver.reports][-1:] == ["shutdown"], err.decode()
     assert served == 31  # the first request and thirty more
+
+
+def _lifespan(app):
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent = []
+
+    async def receive():
+        return incoming.pop(0)
+
+    async def send(message):
+        sent.append(message["type"])
+
+    asyncio.run(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send))
+    return sent
+
+
+def test_a_startup_that_fails_before_reading_is_not_swallowed_in_silence(caplog):
+    """Since 4adbfa1 the middleware answers the lifespan of an app that
+    raised before its first ``receive``: under ``uvicorn --lifespan on`` such
+    a startup failure stopped the server with the error, and now it serves,
+    with not one line said (uvicorn's own INFO or ERROR line is gone too)."""
+
+    async def fails_before_reading(scope, receive, send):
+        raise RuntimeError("DATABASE_URL is not set")
+
+    async def returns_at_once(scope, receive, send):
+        return None
+
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        assert _lifespan(ASGIMiddleware(fails_before_reading, send_in_tests=False)) == [
+            "lifespan.startup.complete",
+            "lifespan.shutdown.complete",
+        ]
+    (said,) = [r.getMessage() for r in caplog.records if "lifespan" in r.getMessage()]
+    assert "RuntimeError: DATABASE_URL is not set" in said
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
+        _lifespan(ASGIMiddleware(returns_at_once, send_in_tests=False))
+    assert not [r for r in caplog.records if "lifespan" in r.getMessage()]

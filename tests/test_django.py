@@ -1333,3 +1333,22 @@ def test_a_django_head_whose_stream_the_server_stops_sending_is_not_499(django_t
     next(iterator)
     response.close()
     assert counts(django_telemetry) == {("HEAD", "/stream/", 200): 1}
+
+
+@needs_django_5
+def test_a_django_head_whose_client_closed_after_the_headers_is_not_499_under_asgi(
+    django_telemetry, counts
+):
+    """d5825a4 made a HEAD whose body the server stopped sending a 200 under
+    WSGI (its answer is complete with its headers). Under ASGI Django streams
+    the body itself; a client that closes after a HEAD's headers (uvicorn
+    drops the body) gets Django to cancel the stream: recorded 499. A GET
+    cut so stays 499."""
+    sent = serve_asgi("/async-stream-hang/", method="HEAD", client_leaves=True)
+    assert sent[0]["status"] == 200  # the headers went out: the HEAD's whole answer
+    assert body_of(sent) == b"first\n"  # what uvicorn drops for a HEAD
+    serve_asgi("/async-stream-hang/", client_leaves=True)
+    assert counts(django_telemetry) == {
+        ("HEAD", "/async-stream-hang/", 200): 1,
+        ("GET", "/async-stream-hang/", 499): 1,
+    }

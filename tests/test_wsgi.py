@@ -14,7 +14,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.routing import Rule
 from werkzeug.test import Client, EnvironBuilder
 
-from reqtelemetry import WSGIMiddleware
+from reqtelemetry import Telemetry, WSGIMiddleware
 from reqtelemetry.anonymize import hash_value
 from reqtelemetry.flask import init_app
 from reqtelemetry.recorder import PENDING_LIMIT
@@ -919,3 +919,29 @@ def test_a_propagated_error_behind_a_dispatcher_is_keyed_by_its_rule(telemetry, 
         with pytest.raises(RuntimeError):
             client.get(f"/orders/{order_id}")
     assert counts(telemetry) == {("GET", "/orders/<int:order_id>", 500): 3}
+
+
+def test_an_exclusion_with_a_byte_that_is_not_utf8_starts_and_excludes(monkeypatch, counts):
+    """``REQTELEMETRY_EXCLUDE_PREFIXES`` written in Latin-1 (``/caf\\xe9/``)
+    reaches Python as ``/caf\\udce9/`` (PEP 383). d5825a4's WSGI form encoded
+    it as strict UTF-8: ``Telemetry()`` raised and the app did not start. The
+    byte is what ``PATH_INFO`` holds for ``/caf%E9/``: excluded there."""
+    monkeypatch.setenv("REQTELEMETRY_EXCLUDE_PREFIXES", "/healthz/,/caf\udce9/")
+    monkeypatch.setenv("REQTELEMETRY_ENABLED", "true")
+    telemetry = Telemetry(send_in_tests=False, app_name="bytes")
+    try:
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
+
+        middleware = WSGIMiddleware(app, telemetry=telemetry)
+        # PATH_INFO as gunicorn and wsgiref give /caf%E9/secret-42 (PEP 3333: latin-1)
+        for path_info in ("/caf\xe9/secret-42", "/other"):
+            environ = EnvironBuilder(path="/").get_environ()
+            environ["PATH_INFO"] = path_info
+            assert b"".join(middleware(environ, lambda *a: None)) == b"ok"
+        assert sum(counts(telemetry).values()) == 1  # /other alone
+        assert Telemetry(exclude_paths=["/\ud800"], send_in_tests=False).exclude_paths
+    finally:
+        telemetry.close()

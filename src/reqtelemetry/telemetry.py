@@ -156,11 +156,19 @@ def _with_wsgi_forms(entries: Iterable[str]) -> list[str]:
     reads ``/cafÃ©/``, and an exclusion written as the path reads excluded
     nothing there, while ASGI's decoded ``scope["path"]`` and Django's
     ``path_info`` matched it. Made once, here: nothing more per request.
+    ``surrogateescape``: an entry read from the environment or the command
+    line with a byte that is not UTF-8 holds it as a lone surrogate (PEP
+    383), and strict UTF-8 raised, stopping the app at start; escaped back,
+    it is that byte, as ``PATH_INFO`` holds it. A surrogate that stands for
+    no byte is in no path: such an entry gets no second form.
     """
     forms = []
     for entry in entries:
         forms.append(entry)
-        wsgi_form = entry.encode("utf-8").decode("latin-1")
+        try:
+            wsgi_form = entry.encode("utf-8", "surrogateescape").decode("latin-1")
+        except UnicodeEncodeError:
+            continue
         if wsgi_form != entry:
             forms.append(wsgi_form)
     return forms

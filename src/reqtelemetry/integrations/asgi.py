@@ -146,11 +146,11 @@ class ASGIMiddleware:
                 # client went away (streaming stopped). Otherwise the server
                 # answers 500 for it (or, with the status line already out,
                 # cuts the response short).
-                status = CLIENT_CLOSED_STATUS
+                status = _client_left(exchange, scope)
         except asyncio.CancelledError:
             # Cancelled after the last byte (in a background task, say): the
             # client had its whole response, and that is what it is recorded as.
-            status = exchange.status if exchange.end != 0.0 else CLIENT_CLOSED_STATUS
+            status = exchange.status if exchange.end != 0.0 else _client_left(exchange, scope)
             raise
         except BaseException as error:
             if _failed_in_send(error, send):
@@ -162,7 +162,7 @@ class ASGIMiddleware:
             elif exchange.disconnected or _is_cancellation(error):
                 # Cancelled by a server on another event loop than asyncio's
                 # (trio's ``Cancelled``): as above, the client had no answer.
-                status = CLIENT_CLOSED_STATUS
+                status = _client_left(exchange, scope)
             elif _answered_by_body_limit(error):
                 status = 413
             raise
@@ -285,8 +285,13 @@ class ASGIMiddleware:
         SIGTERM ends the process in a way that skips ``atexit``: the final
         report, with all that was served since the last one, was lost. An app
         that read the startup and then failed is left to fail as it would.
+        One that raised before reading it is said at WARNING, with what it
+        raised: a startup that failed so (a check before the first
+        ``receive``) looks the same from here, and the server, answered, now
+        serves where ``--lifespan on`` stopped it with the error.
         """
         taken = False
+        refused: Exception | None = None
 
         async def receive_noted() -> Message:
             nonlocal taken
@@ -302,11 +307,21 @@ class ASGIMiddleware:
 
         try:
             await self.app(scope, receive_noted, send_noted)
-        except Exception:
+        except Exception as error:
             if taken:
                 raise
+            refused = error
         if taken:
             return
+        if refused is not None:
+            logger.warning(
+                "reqtelemetry: the app raised %s: %s for the lifespan before reading its "
+                "startup; taken as an app without lifespan, which reqtelemetry answers so "
+                "that the final report goes at shutdown. If that was its startup failing, "
+                "it was not stopped.",
+                type(refused).__name__,
+                refused,
+            )
         while True:  # the app takes no lifespan: answered here, with the flush
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -516,6 +531,20 @@ def _warn_of_middleware_outside(app: Any) -> None:
             "add ASGIMiddleware last",
             ", ".join(outside),
         )
+
+
+def _client_left(exchange: _Exchange, scope: Scope) -> Any:
+    """The status of a request whose response the client left before its end: 499.
+
+    But a HEAD whose status went out: its answer is complete with its
+    headers, and a client closes once it has them (uvicorn then fails the
+    app's next body ``send``, or Starlette's stream sees the disconnect). The
+    WSGI middleware and Django's decide so too. Asked only of a response cut
+    short, never of one that completed.
+    """
+    if exchange.status and scope.get("method") == "HEAD":
+        return exchange.status
+    return CLIENT_CLOSED_STATUS
 
 
 def _status_code(status: Any) -> int:

@@ -728,6 +728,13 @@ class _Measurement:
         left = self.started and self.request.method != "HEAD"
         self.finish(CLIENT_CLOSED_STATUS if left else self.status)
 
+    def cancelled(self) -> None:
+        """Under ASGI, the stream cancelled because the client left: 499,
+        but for a HEAD, whose answer went out whole with its headers, as at
+        :meth:`close` (uvicorn drops its body, and the client closes once it
+        has them)."""
+        self.finish(self.status if self.request.method == "HEAD" else CLIENT_CLOSED_STATUS)
+
     def finish(self, status: int) -> None:
         if not self.finished:
             self.finished = True
@@ -750,7 +757,7 @@ class _MeasuredStream(_Measurement):
         except asyncio.CancelledError:
             # Under ASGI Django consumes a sync body in a worker thread; a body
             # that awaits through async_to_sync gets the disconnect's cancellation.
-            self.finish(CLIENT_CLOSED_STATUS)
+            self.cancelled()
             raise
         except BaseException:
             self.finish(500)
@@ -776,7 +783,7 @@ class _MeasuredAsyncStream(_Measurement):
             self.finish(self.status)
             raise
         except asyncio.CancelledError:  # the client disconnected mid-stream
-            self.finish(CLIENT_CLOSED_STATUS)
+            self.cancelled()
             raise
         except BaseException:
             self.finish(500)
