@@ -2091,6 +2091,30 @@ def build_app_with_mounts_behind_hosts() -> Starlette:
     )
 
 
+def test_long_or_wide_mount_prefixes_and_hosts_are_walked_each_time_not_remembered(
+    telemetry, counts
+):
+    """A mount with a path parameter makes a prefix of what the client put in
+    that segment, and the Host header is the client's too: remembered, 256
+    prefixes of a megabyte each held 256 MB. Past 256 characters, or outside
+    ASCII, they are walked each time, to the same templates."""
+    middleware = ASGIMiddleware(build_app_with_mounts_behind_hosts(), telemetry=telemetry)
+    client = TestClient(middleware)
+    long_version = "v" * 2000
+    requests = [
+        (f"/{long_version}/users/1", "t1.admin.example.com"),
+        ("/v\u00e9/users/2", "t1.admin.example.com"),
+        ("/v2/users/3", "t" * 300 + ".admin.example.com"),
+        ("/v2/users/4", "t4.admin.example.com"),
+    ]
+    for path, host in requests:
+        assert client.get(path, headers={"Host": host}).status_code == 200
+    remembered = middleware._templates._mount_prefixes
+    keys = [(key[1], key[2], host) for key, hosts in remembered.items() for host in hosts]
+    assert keys == [("", "/v2", b"t4.admin.example.com")]
+    assert counts(telemetry) == {("GET", "/{version}/users/{user_id}", 200): 4}
+
+
 def test_mounts_behind_a_host_are_keyed_per_host(telemetry, counts):
     client = TestClient(wrap(build_app_with_mounts_behind_hosts(), telemetry))
     for n in range(3):

@@ -21,7 +21,8 @@ from collections.abc import MutableMapping, Sequence
 from typing import Any, Final
 
 #: Distinct concrete mount prefixes remembered; only mounts with path
-#: parameters ever produce more than a handful.
+#: parameters ever produce more than a handful. Each at most
+#: :data:`MATCHED_REQUEST_MAX_LENGTH` ASCII characters with its ``Host``.
 MAX_CACHED_PREFIXES = 256
 #: Requests answered before routing whose template is remembered per
 #: middleware (see :class:`MatchedTemplates`): their keys hold raw paths, so
@@ -279,16 +280,39 @@ class RouteTemplates:
         elif cached is not _MISSING:
             return cached  # type: ignore[no-any-return]
         found, by_host = _walk_mounts(router, scope, entry_root_path, root_path)
+        host = _host_header(scope) if by_host else None
+        if not _rememberable(entry_root_path, root_path, host):
+            return found  # walked each time: a client chooses these, and their length
         if len(cache) >= MAX_CACHED_PREFIXES:
             cache.clear()
         if by_host:
             hosts = cache.get(key)
             if not isinstance(hosts, _ByHost) or len(hosts) >= MAX_CACHED_HOSTS:
                 hosts = cache[key] = _ByHost()
-            hosts[_host_header(scope)] = found
+            hosts[host] = found
         else:
             cache[key] = found
         return found
+
+
+def _rememberable(entry_root_path: str, root_path: str, host: bytes | None) -> bool:
+    """Whether a concrete mount prefix (and host) may be a key of the prefix cache.
+
+    Why: a mount with a path parameter makes a prefix of whatever the client
+    put in that segment, and the ``Host`` header is the client's too. Those
+    of more than :data:`MATCHED_REQUEST_MAX_LENGTH` characters together, or
+    with any outside ASCII (stored at up to 4 bytes each), are walked each
+    time, as the preflight cache does, so that the cache's memory has a bound
+    in bytes: 256 prefixes of a megabyte each held 256 MB.
+    """
+    length = len(entry_root_path) + len(root_path)
+    if host is not None:
+        if not host.isascii():
+            return False
+        length += len(host)
+    return (
+        length <= MATCHED_REQUEST_MAX_LENGTH and entry_root_path.isascii() and root_path.isascii()
+    )
 
 
 #: Mount templates joined, and the last mount; None when no mount accounts for a prefix.
