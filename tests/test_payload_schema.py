@@ -44,6 +44,19 @@ def errors(validator: jsonschema.Draft202012Validator, payload: Any) -> list[str
     return [error.message for error in validator.iter_errors(payload)]
 
 
+def one_envelope(counters: dict[str, float] | None = None) -> Envelope:
+    """A periodic report's envelope, with ``counters`` as its app metrics."""
+    return Envelope(
+        kind="periodic",
+        sequence=1,
+        deployment_id="6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b",
+        instance_id="0e2b7f4c-9d1a-4c3e-8b5f-1a2b3c4d5e6f",
+        traits={},
+        withheld=(),
+        metrics={"counters": counters or {}, "gauges": {}},
+    )
+
+
 def test_schema_is_draft_2020_12() -> None:
     schema = load_payload_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
@@ -123,15 +136,7 @@ def test_a_record_the_collector_would_refuse_is_mended_and_the_report_stays_vali
     recorder = Recorder()
     recorder.record("GET", "/good", 200, 0.01, 0, 1)
     recorder.record(*key, 0.01, 0, 1)
-    envelope = Envelope(
-        kind="periodic",
-        sequence=1,
-        deployment_id="6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b",
-        instance_id="0e2b7f4c-9d1a-4c3e-8b5f-1a2b3c4d5e6f",
-        traits={},
-        withheld=(),
-        metrics={"counters": {}, "gauges": {}},
-    )
+    envelope = one_envelope()
     (report,) = build_reports(envelope, recorder.collect(), 262144, pacing=UNPACED)
     payload = json.loads(report.body)
     assert errors(validator, payload) == []
@@ -165,15 +170,7 @@ def test_numbers_a_report_cannot_carry_are_fitted_and_the_report_stays_valid(
     try:
         telemetry.record("GET", "/good", 200, 0.01, 0, 10)
         telemetry.record("GET", "/odd", 200, duration, request_bytes, response_bytes)
-        envelope = Envelope(
-            kind="periodic",
-            sequence=1,
-            deployment_id="6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b",
-            instance_id="0e2b7f4c-9d1a-4c3e-8b5f-1a2b3c4d5e6f",
-            traits={},
-            withheld=(),
-            metrics={"counters": {}, "gauges": {}},
-        )
+        envelope = one_envelope()
         batch = telemetry.recorder.collect()
         (report,) = build_reports(envelope, batch, 262144, pacing=UNPACED)
     finally:
@@ -309,15 +306,7 @@ def test_numbers_of_other_types_leave_the_report_one_the_collector_takes(
         telemetry.record("GET", "/good", 200, 0.01, 0, 10)
         telemetry.record("GET", "/odd", 200, duration, request_bytes, response_bytes)  # type: ignore[arg-type]
         telemetry.snapshot()  # aggregates: raised for a Decimal duration
-        envelope = Envelope(
-            kind="periodic",
-            sequence=1,
-            deployment_id="6f1c0d8e-2b8a-4d55-9a51-0f7f3c1d2e4b",
-            instance_id="0e2b7f4c-9d1a-4c3e-8b5f-1a2b3c4d5e6f",
-            traits={},
-            withheld=(),
-            metrics={"counters": {"feature.x": 1}, "gauges": {}},
-        )
+        envelope = one_envelope(counters={"feature.x": 1})
         (report,) = build_reports(envelope, telemetry.recorder.collect(), 262144, pacing=UNPACED)
     finally:
         telemetry.close()
