@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 
 from asgiref.sync import async_to_sync
 from django.http import FileResponse, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -48,6 +49,13 @@ def archive(request, year):
 
 def boom(request):
     raise RuntimeError("the django view failed")
+
+
+def created(request):
+    """Its status set as ``HTTPStatus.CREATED``: Django keeps what a view assigns."""
+    response = HttpResponse(b"made")
+    response.status_code = HTTPStatus.CREATED
+    return response
 
 
 def echo(request, **kwargs):
@@ -153,6 +161,7 @@ urlpatterns = [
     path("sync-stream-hang/", sync_stream_hang),
     path("echo/<path:anything>", echo),
     path("health/", echo),
+    path("made/", created),
     path("many-chunks/", many_chunks),
     path("", echo),
 ]

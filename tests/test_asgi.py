@@ -14,6 +14,7 @@ import threading
 import time
 import warnings
 from time import perf_counter
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +26,13 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import (
     BaseRoute,
     Host,
@@ -2547,3 +2554,97 @@ def test_a_head_whose_client_closed_after_the_headers_is_not_499_under_asgi(tele
         ("HEAD", "/export", 200): 1,
         ("GET", "/export", 499): 1,
     }
+
+
+async def read_upload(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(len(await request.body())))
+
+
+def _serve_abandoned_upload(app: Any) -> list[dict[str, Any]]:
+    """What uvicorn does when the client closes after 1,000 of 100,000 bytes:
+    the body read so far, then ``http.disconnect``; whatever is sent after is dropped."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/upload",
+        "raw_path": b"/upload",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"x"), (b"content-length", b"100000")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    messages = [
+        {"type": "http.request", "body": b"x" * 1000, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    wire: list[dict[str, Any]] = []
+    gone = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal gone
+        message = messages.pop(0) if messages else {"type": "http.disconnect"}
+        gone = gone or message["type"] == "http.disconnect"
+        return message
+
+    async def send(message: dict[str, Any]) -> None:
+        if not gone:  # uvicorn, httptools and hypercorn drop what follows a disconnect
+            wire.append(message)
+
+    async def run() -> None:
+        with contextlib.suppress(Exception):  # the server logs it
+            await app(scope, receive, send)
+
+    asyncio.run(run())
+    return wire
+
+
+@pytest.mark.parametrize("installed", ["add_middleware", "wrapped"])
+def test_an_abandoned_upload_is_a_499_with_nothing_sent(installed: str, telemetry) -> None:
+    if installed == "add_middleware":
+        app: Any = Starlette(
+            routes=[Route("/upload", read_upload, methods=["POST"])],
+            middleware=[Middleware(ASGIMiddleware, telemetry=telemetry)],
+        )
+    else:
+        app = ASGIMiddleware(
+            Starlette(routes=[Route("/upload", read_upload, methods=["POST"])]), telemetry=telemetry
+        )
+    wire = _serve_abandoned_upload(app)
+    assert wire == []  # the client got nothing
+    [record] = telemetry.snapshot()
+    assert (record["method"], record["route"], record["status"]) == ("POST", "/upload", 499)
+    assert record["request_bytes"] == 1000
+    assert record["response_bytes"] == 0
+
+
+async def deleted_with_null(request: Request) -> Response:
+    return JSONResponse(None, status_code=204)  # a body of b"null"
+
+
+async def unchanged_with_body(request: Request) -> Response:
+    return Response(b"hello", status_code=304)
+
+
+@pytest.mark.parametrize(("path", "status"), [("/deleted", 204), ("/unchanged", 304)])
+def test_a_body_sent_with_204_or_304_is_not_counted(path: str, status: int, telemetry) -> None:
+    """uvicorn (h11 and httptools) and hypercorn (HTTP/1.1 and HTTP/2) send
+    none of it: the client's response has no body, yet the app's bytes
+    were counted, in the snapshot and in the report alike."""
+    from test_payload_schema import wire_records_in_full
+
+    app = ASGIMiddleware(
+        Starlette(
+            routes=[Route("/deleted", deleted_with_null), Route("/unchanged", unchanged_with_body)]
+        ),
+        telemetry=telemetry,
+    )
+    with TestClient(app) as client:
+        assert client.get(path).status_code == status
+    [record] = telemetry.snapshot()
+    assert (record["route"], record["status"], record["response_bytes"]) == (path, status, 0)
+    [sent] = wire_records_in_full(telemetry)
+    assert (sent["status"], sent["response_bytes"]) == (status, 0)

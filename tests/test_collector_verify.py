@@ -789,3 +789,15 @@ def test_a_number_out_of_range_deep_under_long_keys_gets_a_short_detail() -> Non
     assert refused.value.detail.startswith("metrics/counters/a/kkk")
     assert "a number out of range" in refused.value.detail
     assert len(refused.value.detail) < 500
+
+
+def test_a_path_of_lone_surrogates_stays_clipped() -> None:
+    key = "\\udce9" * 40  # JSON escapes of lone surrogates, 40 to a key
+    nested = "".join(f'"{key}{depth}":{{' for depth in range(10))
+    body = ("{" + nested + '"x":1e999' + "}" * 11).encode()
+    with pytest.raises(Refusal) as refused:
+        check_payload(body, CLAIMS)
+    detail = refused.value.detail
+    assert refused.value.reason == "invalid_payload"
+    assert "a number out of range" in detail
+    assert len(detail) <= 450, len(detail)  # a path of 203 and an error of 203, as for ASCII keys

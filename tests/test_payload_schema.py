@@ -8,6 +8,7 @@ import math
 import re
 from decimal import Decimal
 from fractions import Fraction
+from http import HTTPMethod, HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +345,44 @@ def test_a_method_or_route_that_is_not_text_is_an_error_where_it_is_passed() -> 
         assert telemetry.snapshot() == []
     finally:
         telemetry.close()
+
+
+def wire_records_in_full(telemetry: Telemetry) -> list[dict[str, Any]]:
+    """The records of the report ``telemetry`` would send now, as the collector reads them."""
+    envelope = one_envelope()
+    (report,) = build_reports(envelope, telemetry.recorder.collect(), 262144, pacing=UNPACED)
+    payload = parse_json(report.body)
+    assert [error.message for error in _VALIDATOR.iter_errors(payload)] == []
+    return list(payload["batch"]["records"])
+
+
+def wire_records(telemetry: Telemetry) -> list[tuple[str, str, int]]:
+    """The keys of the report ``telemetry`` would send now, as the collector reads them."""
+    return sorted((r["method"], r["route"], r["status"]) for r in wire_records_in_full(telemetry))
+
+
+def test_record_takes_a_method_of_the_standard_librarys_type() -> None:
+    """``http.HTTPMethod.GET`` is a ``str`` (a StrEnum): accepted and sent as
+    ``GET`` before acaa116, a TypeError since (docs/payload.md: "a method or
+    route that is not a `str` is a `TypeError`")."""
+    telemetry = Telemetry(config=Config.resolve(environ={}, argv=[], app_name="fit"))
+    try:
+        telemetry.record(HTTPMethod.POST, "/jobs", 201, 0.01, 0, 10)
+        records = wire_records(telemetry)
+    finally:
+        telemetry.close()
+    assert records == [("POST", "/jobs", 201)]
+
+
+def test_record_sends_an_httpstatus_as_that_status() -> None:
+    """``HTTPStatus.CREATED`` is an ``int``: sent as status 0, which
+    docs/payload.md keeps for a status outside 0-999 (and the overflow record)."""
+    telemetry = Telemetry(config=Config.resolve(environ={}, argv=[], app_name="fit"))
+    try:
+        telemetry.record("POST", "/jobs", HTTPStatus.CREATED, 0.01, 0, 10)
+        telemetry.record("POST", "/jobs", 201, 0.01, 0, 10)  # the same key
+        telemetry.record("GET", "/odd", True, 0.01, 0, 10)  # no status: unknown, as before
+        records = wire_records(telemetry)
+    finally:
+        telemetry.close()
+    assert records == [("GET", "/odd", 0), ("POST", "/jobs", 201)]

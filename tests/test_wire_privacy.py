@@ -309,7 +309,6 @@ def test_no_identifier_reaches_the_opentelemetry_instruments(make_telemetry):
     # through Telemetry.record rather than straight into the recorder's queue.
     telemetry._otel = OTelInstruments(meter_provider=provider)
     telemetry.queue = None
-    del telemetry.record
     headers = {
         "Cookie": f"session={CANARIES['cookie']}",
         "Authorization": f"Bearer {CANARIES['bearer token']}",

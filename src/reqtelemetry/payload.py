@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -208,7 +209,12 @@ def _fit_key(key: Key) -> Key:
     schema's characters, and to the bytes the collector's index can hold).
     """
     method, route, status = key
-    if type(status) is not int or not 0 <= status <= 999:
+    if type(status) is not int:
+        # An integer of another type is that status: ``HTTPStatus.CREATED``,
+        # which Django keeps as a view assigns it to ``response.status_code``
+        # (and its key is the same as 201's), was sent as 0, "unknown".
+        status = int(status) if isinstance(status, Integral) and type(status) is not bool else 0
+    if not 0 <= status <= 999:
         status = 0
     if not _METHOD.fullmatch(method):
         method = "_OTHER"

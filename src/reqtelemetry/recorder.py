@@ -35,6 +35,11 @@ MERGE_SLICE = 64
 PENDING_LIMIT = 256
 
 #: The key that absorbs requests once ``max_keys`` distinct keys exist.
+#: Statuses whose response has no body (RFC 9110): whatever an app hands the
+#: server with one (``JSONResponse(None, status_code=204)`` sends ``null``),
+#: the client gets none of it, and every ASGI server drops it. Their keys'
+#: response bytes are written as 0, once per key, and no request pays for it.
+NO_BODY_STATUSES = frozenset({*range(100, 200), 204, 304})
 OVERFLOW_KEY = ("_OTHER", "<overflow>", 0)
 #: The one that absorbs server errors then (status 500 and up). Why apart: a
 #: key is method, route and status, so once the cap is full, a route's first
@@ -72,6 +77,7 @@ class Stats:
     def to_record(self, key: Key) -> dict[str, Any]:
         """The JSON-ready record (``snapshot()`` and the wire format's shape)."""
         method, route, status = key
+        response_bytes = 0 if has_no_body(status) else self.response_bytes
         histogram = self.histogram
         p50, p95, p99 = histogram.quantiles(QUANTILES)
         return {
@@ -89,7 +95,7 @@ class Stats:
                 "histogram": histogram.to_pairs(),
             },
             "request_bytes": self.request_bytes,
-            "response_bytes": self.response_bytes,
+            "response_bytes": response_bytes,
         }
 
     def to_json(self, key: Key) -> str:
@@ -101,6 +107,7 @@ class Stats:
         whose full collections stall every thread) and costs about half.
         """
         method, route, status = key
+        response_bytes = 0 if has_no_body(status) else self.response_bytes
         bins = self.bins
         order = sorted(bins)
         count = self.count
@@ -113,7 +120,7 @@ class Stats:
             f'"min":{_number(self.latency_min if count else None)},'
             f'"max":{_number(self.latency_max if count else None)},'
             f'"histogram":[{histogram}]}},"request_bytes":{self.request_bytes},'
-            f'"response_bytes":{self.response_bytes}}}'
+            f'"response_bytes":{response_bytes}}}'
         )
 
     def absorb(self, other: Stats) -> None:
@@ -145,6 +152,12 @@ class Stats:
         stats.request_bytes = int(record["request_bytes"])
         stats.response_bytes = int(record["response_bytes"])
         return stats
+
+
+def has_no_body(status: object) -> bool:
+    """Whether a response of ``status`` has no body (:data:`NO_BODY_STATUSES`);
+    a status of any other type (from a caller of ``Telemetry.record``) has one."""
+    return isinstance(status, int) and status in NO_BODY_STATUSES
 
 
 def _text(value: str) -> str:

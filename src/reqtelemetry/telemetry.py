@@ -27,7 +27,7 @@ from .anonymize import Anonymizer
 from .config import Config, redacted_url
 from .metrics import AppMetrics, check_count, check_gauge
 from .payload import MAX_LATENCY_SECONDS, MAX_RECORD_INTEGER
-from .recorder import Recorder
+from .recorder import Recorder, has_no_body
 from .traits import SystemTraits, detect_test_runner
 
 logger = logging.getLogger("reqtelemetry")
@@ -431,8 +431,9 @@ class Telemetry:
         left a record no report could be built from, for good. A method or
         route that is not text is a TypeError here: accepted, it stopped every
         report (``getattr(request.url_rule, "rule", None)`` gave a None route).
+        A ``str`` of a subclass is text: ``http.HTTPMethod.GET`` is sent as ``GET``.
         """
-        if type(method) is not str or not isinstance(route, str):
+        if not isinstance(method, str) or not isinstance(route, str):
             raise TypeError(f"method and route must be str, got {method!r} and {route!r}")
         if not (
             type(duration) is float
@@ -449,6 +450,8 @@ class Telemetry:
         if self._otel is not None and not (
             self.excluded_route is not None and self.excluded_route(route)
         ):
+            if has_no_body(status):  # as the report writes them (see there)
+                response_bytes = 0
             self._otel.record(
                 method, route, status, duration, request_bytes, response_bytes, scheme
             )

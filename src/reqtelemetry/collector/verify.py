@@ -768,7 +768,13 @@ def _out_of_range_path(payload_bytes: bytes) -> str | None:
     while pending:  # depth first, in the document's order: the first such number
         path, item = pending.pop()
         if isinstance(item, dict):
-            children = [((*path, _clip(str(key), 40)), child) for key, child in item.items()]
+            # Written out before clipping (as Refusal writes a detail): a
+            # lone surrogate clipped first became 6 characters after it, and
+            # the clipped path a detail of 1,175.
+            children = [
+                ((*path, _clip(str(key).encode("utf-8", "backslashreplace").decode(), 40)), child)
+                for key, child in item.items()
+            ]
             pending.extend(reversed(children))
         elif isinstance(item, list):
             children = [((*path, str(index)), child) for index, child in enumerate(item)]

@@ -155,6 +155,15 @@ class ASGIMiddleware:
         except BaseException as error:
             if _failed_in_send(error, send):
                 exchange.send_failed()
+            elif exchange.disconnected and _left_during_upload(error):
+                # ``http.disconnect`` came while the app read its body (no send
+                # failed: that is a stream cut short, above): whatever the app
+                # answered then (Starlette's 500 for the disconnect, from inside
+                # when the middleware is wrapped around the app) the server
+                # dropped: none of it is counted, and the request is the 499
+                # below. Added with ``add_middleware``, it was one already.
+                exchange.response_bytes = 0
+                exchange.end = 0.0
             if exchange.end != 0.0:
                 # The response was complete (an exception handler's answer, or a
                 # background task that failed after it): the client got that status.
@@ -313,7 +322,7 @@ class ASGIMiddleware:
             refused = error
         if taken:
             return
-        if refused is not None:
+        if refused is not None and not _refuses_lifespan_by_design(self.app):
             logger.warning(
                 "reqtelemetry: the app raised %s: %s for the lifespan before reading its "
                 "startup; taken as an app without lifespan, which reqtelemetry answers so "
@@ -533,6 +542,16 @@ def _warn_of_middleware_outside(app: Any) -> None:
         )
 
 
+def _refuses_lifespan_by_design(app: Any) -> bool:
+    """Whether ``app`` is Django's ASGI handler, which refuses every lifespan
+    with a ValueError before reading it: the app this answer was made for,
+    whose refusal is no failed startup to warn of at every start (as
+    ``LifespanFlush``, which answers it without a word). Django is looked
+    for only where it was imported."""
+    module = sys.modules.get("django.core.handlers.asgi")
+    return module is not None and isinstance(app, module.ASGIHandler)
+
+
 def _client_left(exchange: _Exchange, scope: Scope) -> Any:
     """The status of a request whose response the client left before its end: 499.
 
@@ -620,6 +639,21 @@ def _answered_by_body_limit(error: BaseException) -> bool:
         if isinstance(signal, type)
     )
     return bool(signals) and any(isinstance(found, signals) for found in _within(error))
+
+
+def _left_during_upload(error: BaseException) -> bool:
+    """Whether ``error`` (or one within it: see :func:`_within`) is Starlette's
+    ``ClientDisconnect``, raised where the app reads a body whose client left.
+
+    Why: wrapped around a Starlette or FastAPI app, the middleware saw the
+    500 that Starlette's outermost middleware sends for it, and every upload
+    a client abandoned midway was recorded as a server error, with bytes the
+    server never sent. Looked up by name, only when the app raised, and only
+    if the module is loaded.
+    """
+    module = sys.modules.get("starlette.requests")
+    signal = getattr(module, "ClientDisconnect", None)
+    return isinstance(signal, type) and any(isinstance(found, signal) for found in _within(error))
 
 
 async def _pass_excluded(
