@@ -216,6 +216,20 @@ def _spooled_body_size(request: Any) -> int:
     return size if type(size) is int else 0
 
 
+def _framed_by_protocol(request: Any) -> bool:
+    """Whether ``request`` came over HTTP/2 or HTTP/3 (under ASGI), whose
+    bodies need declare no length.
+
+    Why: those protocols frame a body themselves and forbid
+    ``Transfer-Encoding``, so an upload that declares no ``Content-Length``
+    (a streamed one: ``curl -T -``, ``fetch()`` with a stream body) has no
+    chunked header either. Django's ASGI handler reads it whole all the same,
+    and it counted 0 bytes.
+    """
+    scope = request.__dict__.get("scope")  # under ASGI only
+    return scope is not None and scope.get("http_version") in ("2", "3")
+
+
 def _template(route: str) -> str:
     """A route as a key: a top-level ``re_path`` keeps its ``^`` (Django drops
     it from nested ones), so it is dropped here too, and all keys start with ``/``."""
@@ -260,6 +274,22 @@ def _is_localized(chain: tuple[Any, ...]) -> bool:
     return False
 
 
+def _is_foreign(pattern: Any) -> bool:
+    """Whether a URL pattern is of a class other than Django's own.
+
+    Why: such a class may read differently per request. django-tenants'
+    subfolder mode routes every request through a ``TenantPrefixPattern``
+    whose text is the current tenant's subfolder (``clients/acme-corp/``):
+    Django's route text then held the tenant's name, and each tenant's
+    requests were keyed apart, by name. Its text is never read here (that
+    one queries the database for it).
+    """
+    from django.urls import LocalePrefixPattern
+    from django.urls.resolvers import RegexPattern, RoutePattern
+
+    return not isinstance(pattern, (RoutePattern, RegexPattern, LocalePrefixPattern))
+
+
 def _localized_template(chain: tuple[Any, ...], route: str) -> str | None:
     """One template for all languages: the language prefix as
     :data:`LANGUAGE_PREFIX`, each translated route as it reads in
@@ -273,14 +303,19 @@ def _localized_template(chain: tuple[Any, ...], route: str) -> str | None:
     from django.urls import LocalePrefixPattern
     from django.utils import translation
 
-    if _joined(str(node.pattern) for node in chain) != route:
+    foreign = [_is_foreign(node.pattern) for node in chain]
+    if not any(foreign) and _joined(str(node.pattern) for node in chain) != route:
         return None
+    last = len(chain) - 1
     with translation.override(settings.LANGUAGE_CODE):
         parts = [
             f"{LANGUAGE_PREFIX}/"
             if isinstance(node.pattern, LocalePrefixPattern)
+            # A pattern of another class, by its class's name (see _is_foreign).
+            else f"<{type(node.pattern).__name__}>" + ("/" if position < last else "")
+            if foreign[position]
             else str(node.pattern)
-            for node in chain
+            for position, node in enumerate(chain)
         ]
     return _template(_joined(parts))
 
@@ -454,7 +489,9 @@ class TelemetryMiddleware:
                 template = self._localized_templates.get(chain)
                 if template is not None:
                     return template
-            if chain is None or not _is_localized(chain):
+            if chain is None or not (
+                _is_localized(chain) or any(_is_foreign(node.pattern) for node in chain)
+            ):
                 _remember(self._plain_templates, route, plain)
                 return plain
             template = _localized_template(chain, route)
@@ -559,7 +596,8 @@ class TelemetryMiddleware:
             length = meta.get("CONTENT_LENGTH")
             if length:
                 request_bytes = parse_content_length(length)
-            elif "HTTP_TRANSFER_ENCODING" in meta:  # a chunked upload
+            elif "HTTP_TRANSFER_ENCODING" in meta or _framed_by_protocol(request):
+                # A body that declares no length: chunked, or over HTTP/2 or 3.
                 request_bytes = _spooled_body_size(request)
             else:
                 request_bytes = 0
