@@ -34,12 +34,12 @@ MERGE_SLICE = 64
 #: enough that the pause it takes (about 0.1 ms) stays out of the p99.
 PENDING_LIMIT = 256
 
-#: The key that absorbs requests once ``max_keys`` distinct keys exist.
 #: Statuses whose response has no body (RFC 9110): whatever an app hands the
 #: server with one (``JSONResponse(None, status_code=204)`` sends ``null``),
 #: the client gets none of it, and every ASGI server drops it. Their keys'
 #: response bytes are written as 0, once per key, and no request pays for it.
 NO_BODY_STATUSES = frozenset({*range(100, 200), 204, 304})
+#: The key that absorbs requests once ``max_keys`` distinct keys exist.
 OVERFLOW_KEY = ("_OTHER", "<overflow>", 0)
 #: The one that absorbs server errors then (status 500 and up). Why apart: a
 #: key is method, route and status, so once the cap is full, a route's first
@@ -158,6 +158,34 @@ def has_no_body(status: object) -> bool:
     """Whether a response of ``status`` has no body (:data:`NO_BODY_STATUSES`);
     a status of any other type (from a caller of ``Telemetry.record``) has one."""
     return isinstance(status, int) and status in NO_BODY_STATUSES
+
+
+class _Bodiless:
+    """The overflow record as a request of a status without body adds to it
+    (:data:`NO_BODY_STATUSES`): all of it but its response bytes.
+
+    Why: such a key's bytes are written as 0 when its record is built, but
+    past ``max_keys`` its requests land in the overflow record, whose status
+    is 0, and the bytes the server dropped were counted there. Made only for
+    a request past the cap; every other one adds to its key's stats.
+    """
+
+    __slots__ = ("_stats",)
+
+    def __init__(self, stats: Stats) -> None:
+        object.__setattr__(self, "_stats", stats)
+
+    def __getattr__(self, name: str) -> Any:
+        return 0 if name == "response_bytes" else getattr(self._stats, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "response_bytes":
+            setattr(self._stats, name, value)
+
+    def absorb(self, other: Stats) -> None:
+        kept = self._stats.response_bytes
+        self._stats.absorb(other)
+        self._stats.response_bytes = kept
 
 
 def _text(value: str) -> str:
@@ -342,6 +370,8 @@ class Recorder:
             stats = self._stats.get(overflow)
             if stats is None:
                 stats = self._stats[overflow] = Stats()
+            if has_no_body(key[2]):
+                return _Bodiless(stats)  # type: ignore[return-value]
             return stats
         stats = self._stats[key] = Stats()
         return stats

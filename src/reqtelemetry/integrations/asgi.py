@@ -322,7 +322,7 @@ class ASGIMiddleware:
             refused = error
         if taken:
             return
-        if refused is not None and not _refuses_lifespan_by_design(self.app):
+        if refused is not None and not _refuses_lifespan_by_design(refused):
             logger.warning(
                 "reqtelemetry: the app raised %s: %s for the lifespan before reading its "
                 "startup; taken as an app without lifespan, which reqtelemetry answers so "
@@ -404,6 +404,8 @@ class _Exchange(Mark):
             self.request_bytes += len(message.get("body") or b"")  # None: a server's tolerance
         elif kind == "http.disconnect":
             self.disconnected = True
+            if not self.status:
+                self._send = _unanswered(self, self._send)
         return message
 
     def send(self, message: Message) -> Awaitable[None]:
@@ -454,6 +456,28 @@ class _Exchange(Mark):
         self.response_bytes -= self.chunk
         self.chunk = 0
         self.end = 0.0
+
+
+def _unanswered(exchange: _Exchange, send: Send) -> Send:
+    """The server's ``send`` for a request whose client left before any answer.
+
+    Why: a server answers ``http.disconnect`` only once the connection is
+    gone, and drops whatever the app sends after it. FastAPI turns the
+    ``ClientDisconnect`` of a body it could not read (a pydantic model, a
+    form, a file) into its 400, which it sends and returns: every upload a
+    client abandoned was a 400 with bytes never sent, added or wrapped
+    alike. Nothing sent then is counted, and the request is the 499 it is
+    when the app raises. Installed only at such a disconnect: no request
+    that is answered pays for it.
+    """
+
+    def dropped(message: Message) -> Awaitable[None]:
+        exchange.status = 0
+        exchange.response_bytes = exchange.chunk = 0
+        exchange.end = 0.0
+        return send(message)
+
+    return dropped
 
 
 def as_asgi3(app: Any) -> ASGIApp:
@@ -542,14 +566,24 @@ def _warn_of_middleware_outside(app: Any) -> None:
         )
 
 
-def _refuses_lifespan_by_design(app: Any) -> bool:
-    """Whether ``app`` is Django's ASGI handler, which refuses every lifespan
-    with a ValueError before reading it: the app this answer was made for,
-    whose refusal is no failed startup to warn of at every start (as
-    ``LifespanFlush``, which answers it without a word). Django is looked
-    for only where it was imported."""
+def _refuses_lifespan_by_design(refused: BaseException) -> bool:
+    """Whether ``refused`` is Django's ASGI handler refusing the lifespan, as
+    it refuses every one, with a ValueError before reading it: the app this
+    answer was made for, whose refusal is no failed startup to warn of at
+    every start (as ``LifespanFlush``, which answers it without a word).
+
+    Told by where it was raised, not by the app the middleware wraps: Django
+    behind a wrapper that passes the lifespan on (OpenTelemetry's
+    ``OpenTelemetryMiddleware``, Sentry's, a logging one) was warned of at
+    every start. Django is looked for only where it was imported.
+    """
     module = sys.modules.get("django.core.handlers.asgi")
-    return module is not None and isinstance(app, module.ASGIHandler)
+    if module is None or not isinstance(refused, ValueError):
+        return False
+    trace = refused.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next  # the frame that raised it
+    return trace is not None and trace.tb_frame.f_code is module.ASGIHandler.__call__.__code__
 
 
 def _client_left(exchange: _Exchange, scope: Scope) -> Any:

@@ -290,6 +290,20 @@ def _is_foreign(pattern: Any) -> bool:
     return not isinstance(pattern, (RoutePattern, RegexPattern, LocalePrefixPattern))
 
 
+def _by_foreign_class(chain: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``chain`` as a cache key: a node whose pattern is of another class
+    (:func:`_is_foreign`) by that class, which is all its key is made of.
+
+    Why: django-tenants' subfolder middleware clears Django's URL caches at
+    every request, and its URLconf then wraps the routes in a new
+    ``URLResolver(TenantPrefixPattern(), ...)``: cached by that node, each
+    request added a chain, and each kept a resolver with its reverse
+    dictionaries alive (200 kB a request for 300 routes) up to the cache's
+    bound. A chain of Django's own patterns is its own key.
+    """
+    return tuple(type(node.pattern) if _is_foreign(node.pattern) else node for node in chain)
+
+
 def _localized_template(chain: tuple[Any, ...], route: str) -> str | None:
     """One template for all languages: the language prefix as
     :data:`LANGUAGE_PREFIX`, each translated route as it reads in
@@ -494,12 +508,16 @@ class TelemetryMiddleware:
             ):
                 _remember(self._plain_templates, route, plain)
                 return plain
+            key = _by_foreign_class(chain)
+            template = self._localized_templates.get(key)
+            if template is not None:
+                return template
             template = _localized_template(chain, route)
         except Exception:  # an unforeseen resolver: Django's own route text
             return plain
         if template is None:
             return plain
-        _remember(self._localized_templates, chain, template)
+        _remember(self._localized_templates, key, template)
         return template
 
     def _route_resolved_anyway(self, request: Any, status: int, response: Any = None) -> str | None:
