@@ -133,7 +133,9 @@ def test_under_uvicorn_an_app_that_takes_no_lifespan_reports_at_sigterm(receiver
     assert served == 31  # the first request and thirty more
 
 
-def _lifespan(app):
+def lifespan_answers(app):
+    """Start and shut ``app`` down through the lifespan, as a server does:
+    the types of the messages it answered with."""
     incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
     sent = []
 
@@ -160,7 +162,7 @@ def test_a_startup_that_fails_before_reading_is_not_swallowed_in_silence(caplog)
         return None
 
     with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
-        assert _lifespan(ASGIMiddleware(fails_before_reading, send_in_tests=False)) == [
+        assert lifespan_answers(ASGIMiddleware(fails_before_reading, send_in_tests=False)) == [
             "lifespan.startup.complete",
             "lifespan.shutdown.complete",
         ]
@@ -169,5 +171,5 @@ def test_a_startup_that_fails_before_reading_is_not_swallowed_in_silence(caplog)
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
-        _lifespan(ASGIMiddleware(returns_at_once, send_in_tests=False))
+        lifespan_answers(ASGIMiddleware(returns_at_once, send_in_tests=False))
     assert not [r for r in caplog.records if "lifespan" in r.getMessage()]

@@ -1362,32 +1362,3 @@ def test_a_django_status_set_as_httpstatus_is_sent_as_that_status(client, django
 
     assert client.get("/made/").status_code == 201
     assert wire_records(django_telemetry) == [("GET", "/made/", 201)]
-
-
-def test_djangos_asgi_handler_is_answered_without_a_warning(django_telemetry, caplog) -> None:
-    """4adbfa1 answers the lifespan for Django's ASGIHandler, which refuses it
-    with a ValueError before reading it; f4cb475 then said at WARNING, at
-    every start, that a startup may have failed unstopped. LifespanFlush
-    answers the same handler without a word."""
-    import asyncio
-    import logging
-
-    from django.core.asgi import get_asgi_application
-
-    from reqtelemetry import ASGIMiddleware
-
-    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
-    sent: list[str] = []
-
-    async def receive():
-        return incoming.pop(0)
-
-    async def send(message):
-        sent.append(message["type"])
-
-    app = ASGIMiddleware(get_asgi_application(), telemetry=django_telemetry)
-    with caplog.at_level(logging.WARNING, logger="reqtelemetry"):
-        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-        asyncio.run(app(scope, receive, send))
-    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-    assert not [r for r in caplog.records if "lifespan" in r.getMessage()]
