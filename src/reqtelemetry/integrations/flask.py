@@ -84,8 +84,6 @@ INSTRUMENTED_FLAG = "_reqtelemetry_instrumented"
 #: ``wsgi_app`` through a middleware that copies the environ on its way in (a
 #: prefix-stripping ``dict(environ)``): the copy holds the same list.
 KEPT_KEY = "reqtelemetry.flask"
-#: Statuses a server answers without a body, whatever the response holds.
-_BODILESS_STATUSES = frozenset({204, 304})
 
 
 def _copy_rule_on_exception(sender: Any, **_: Any) -> None:
@@ -300,8 +298,8 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
                 method = OTHER_METHOD
             elif method == "HEAD":  # a server sends no body in answer to HEAD
                 size = 0
-            if status < 200 or status in _BODILESS_STATUSES:
-                size = 0
+            # A 1xx, 204 or 304 one's bytes are written as 0 with its key's
+            # record (recorder.NO_BODY_STATUSES), for every integration.
             length = environ.get("CONTENT_LENGTH")
             if length:
                 request_bytes = parse_content_length(length)
