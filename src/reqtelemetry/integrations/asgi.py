@@ -662,17 +662,9 @@ def _answered_by_body_limit(error: BaseException) -> bool:
     Why: that middleware sends its ``413`` to the server itself, past this
     middleware's ``send``, and every upload over the limit was recorded as a
     500 with no body. The signals are private classes, so they are looked up
-    by name, only when the app raised, and only if the module is loaded.
+    by name (:func:`_raised_within`).
     """
-    module = sys.modules.get("starlette.middleware.body_limit")
-    if module is None:
-        return False
-    signals = tuple(
-        signal
-        for signal in (getattr(module, name, None) for name in _BODY_LIMIT_SIGNALS)
-        if isinstance(signal, type)
-    )
-    return bool(signals) and any(isinstance(found, signals) for found in _within(error))
+    return _raised_within(error, "starlette.middleware.body_limit", _BODY_LIMIT_SIGNALS)
 
 
 def _left_during_upload(error: BaseException) -> bool:
@@ -682,12 +674,21 @@ def _left_during_upload(error: BaseException) -> bool:
     Why: wrapped around a Starlette or FastAPI app, the middleware saw the
     500 that Starlette's outermost middleware sends for it, and every upload
     a client abandoned midway was recorded as a server error, with bytes the
-    server never sent. Looked up by name, only when the app raised, and only
-    if the module is loaded.
+    server never sent.
     """
-    module = sys.modules.get("starlette.requests")
-    signal = getattr(module, "ClientDisconnect", None)
-    return isinstance(signal, type) and any(isinstance(found, signal) for found in _within(error))
+    return _raised_within(error, "starlette.requests", ("ClientDisconnect",))
+
+
+def _raised_within(error: BaseException, module_name: str, names: tuple[str, ...]) -> bool:
+    """Whether ``error``, or one within it (:func:`_within`), is one of the
+    classes ``names`` of the module ``module_name``: looked up by name, only
+    when the app raised, and only if the module is loaded (never imported)."""
+    module = sys.modules.get(module_name)
+    if module is None:
+        return False
+    looked_up = (getattr(module, name, None) for name in names)
+    classes = tuple(found for found in looked_up if isinstance(found, type))
+    return bool(classes) and any(isinstance(raised, classes) for raised in _within(error))
 
 
 async def _pass_excluded(
