@@ -305,14 +305,18 @@ def _rememberable(entry_root_path: str, root_path: str, host: bytes | None) -> b
     time, as the preflight cache does, so that the cache's memory has a bound
     in bytes: 256 prefixes of a megabyte each held 256 MB.
     """
-    length = len(entry_root_path) + len(root_path)
-    if host is not None:
-        if not host.isascii():
-            return False
-        length += len(host)
-    return (
-        length <= MATCHED_REQUEST_MAX_LENGTH and entry_root_path.isascii() and root_path.isascii()
-    )
+    length = len(entry_root_path) + len(root_path) + (len(host) if host is not None else 0)
+    return length <= MATCHED_REQUEST_MAX_LENGTH and _all_ascii(entry_root_path, root_path, host)
+
+
+def _all_ascii(*parts: str | bytes | None) -> bool:
+    """Whether every part of a cache key (None: absent) is ASCII.
+
+    Why the caches keep only such keys: CPython stores a string holding any
+    character outside ASCII at up to 4 bytes a character (a path of emoji,
+    decoded by the server), and their bounds are in bytes.
+    """
+    return all(part is None or part.isascii() for part in parts)
 
 
 #: Mount templates joined, and the last mount; None when no mount accounts for a prefix.
@@ -900,15 +904,7 @@ class MatchedTemplates:
         found = cache.get(key, _MISSING)
         if found is _MISSING:
             found = template_by_matching(routes, scope)
-            # Only ASCII keys are kept: CPython stores a string outside it at
-            # up to 4 bytes a character (a path of emoji, decoded by the
-            # server), and the bound below is in bytes.
-            if (
-                path.isascii()
-                and root_path.isascii()
-                and method.isascii()
-                and (host is None or host.isascii())
-            ):
+            if _all_ascii(path, root_path, method, host):  # the bound is in bytes
                 if len(cache) >= MAX_MATCHED_REQUESTS:
                     cache.clear()
                 cache[key] = found
