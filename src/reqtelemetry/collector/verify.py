@@ -176,6 +176,12 @@ MAX_METRIC_NAMES: int = _SCHEMA["$defs"]["metrics"]["properties"]["counters"]["m
 MAX_WITHHELD: int = len(_SCHEMA["$defs"]["trait_name"]["enum"])
 
 
+def _written_out(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold (a lone surrogate) written as an
+    escape (``\\udce9``): what a refusal's detail may echo of the sender's input."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Refusal(Exception):
     """A request the collector will not accept: answered ``status`` with
     ``{"error": reason, "detail": detail}`` and counted under ``reason``."""
@@ -185,7 +191,7 @@ class Refusal(Exception):
         # (a key read again without the strict parser's checks, to say where
         # a number out of range is): written out, so that the answer can be
         # encoded as UTF-8 (it was a 500, and a traceback per copy).
-        detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
+        detail = _written_out(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -772,8 +778,7 @@ def _out_of_range_path(payload_bytes: bytes) -> str | None:
             # lone surrogate clipped first became 6 characters after it, and
             # the clipped path a detail of 1,175.
             children = [
-                ((*path, _clip(str(key).encode("utf-8", "backslashreplace").decode(), 40)), child)
-                for key, child in item.items()
+                ((*path, _clip(_written_out(str(key)), 40)), child) for key, child in item.items()
             ]
             pending.extend(reversed(children))
         elif isinstance(item, list):
