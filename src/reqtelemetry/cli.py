@@ -361,6 +361,10 @@ def _export(args: argparse.Namespace) -> int:
     storage = _existing_database("export", args.db)
     if isinstance(storage, int):
         return storage
+    overwritten = _database_file_at(storage, args.output)
+    if overwritten is not None:
+        storage.close()
+        return _fail("export", f"-o {args.output} is the database's own file {overwritten}")
     from .collector.export import endpoint_rows, since_days
 
     rows = endpoint_rows(storage, since_days(args.days), app)
@@ -369,6 +373,25 @@ def _export(args: argparse.Namespace) -> int:
     finally:
         rows.close()
         storage.close()
+
+
+def _database_file_at(storage: Any, output: str | None) -> str | None:
+    """The file of the SQLite database ``storage`` (or of its journal) that
+    ``output`` names, or None.
+
+    Why: the output is opened for writing, which empties it first. Named
+    after the database by mistake (``--db sqlite:///telemetry.db -o
+    telemetry.db``), it was the database itself, replaced by its own CSV and
+    said to be "written", every report lost.
+    """
+    path = getattr(storage, "path", None)
+    if output in (None, "-") or not isinstance(path, str) or path == ":memory:":
+        return None
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        with contextlib.suppress(OSError):
+            if os.path.samefile(output, name):
+                return name
+    return None
 
 
 def _write_export(args: argparse.Namespace, rows: Generator[dict[str, Any], None, None]) -> int:
@@ -390,13 +413,19 @@ def _write_export(args: argparse.Namespace, rows: Generator[dict[str, Any], None
     to_stdout = args.output in (None, "-")
     try:
         if to_stdout:
-            write_csv(first_rows, sys.stdout)
+            if sys.stdout is None:  # started with its standard output closed
+                return _fail("export", "there is no standard output to write to: use -o FILE")
+            write_csv(first_rows, _utf8(sys.stdout))
+            sys.stdout.flush()  # a full disk said here, not in Python's words at exit
             return 0
         with open(args.output, "w", encoding="utf-8", newline="") as out:
             written = write_csv(first_rows, out)
     except OSError as error:  # first: database_errors() holds OSError, for a missing file
         if to_stdout:
-            raise
+            if isinstance(error, BrokenPipeError):
+                raise  # the reader went away: see main()
+            _stdout_nowhere()
+            return _fail("export", f"cannot write to standard output: {error.strerror or error}")
         return _fail("export", f"cannot write {args.output}: {error.strerror or error}")
     except database_errors() as error:
         if not to_stdout:
@@ -405,6 +434,29 @@ def _write_export(args: argparse.Namespace, rows: Generator[dict[str, Any], None
         return _database_failure("export", args.db, error)
     print(f"# {written} rows written to {args.output}", file=sys.stderr)
     return 0
+
+
+def _utf8(stdout: Any) -> Any:
+    """``stdout`` set to write UTF-8, and the CSV's line ends as they are.
+
+    Why: the export is UTF-8 in a file (``-o``) and over HTTP, but standard
+    output writes in the locale's encoding (Latin-1, Windows' code page when
+    redirected, whatever ``PYTHONIOENCODING`` says): a route it cannot hold
+    was a traceback after half the rows. And a text stdout that turns ``\n``
+    into ``\r\n`` (Windows) would end each row with ``\r\r\n``.
+    """
+    reconfigure = getattr(stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(encoding="utf-8", newline="")
+    return stdout
+
+
+def _stdout_nowhere() -> None:
+    """Point standard output at nothing: what is still buffered there cannot be
+    written, and Python must not complain again when it flushes it at exit."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _prune(args: argparse.Namespace) -> int:
@@ -435,6 +487,22 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown_database(url: str) -> str:
+    """``url`` as ``--help`` may show it: without its password.
+
+    Why: the default comes from ``REQTELEMETRY_COLLECTOR_DB``, which in
+    production holds the database's password, and ``--help`` lands in
+    terminals, CI logs and bug reports. Every other line the command prints
+    about the database masks it (``describe_database``, standard library
+    only, so the help needs no extra).
+    """
+    if url == "sqlite:///telemetry.db":
+        return url
+    from .collector.storage import describe_database
+
+    return describe_database(url)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reqtelemetry", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"reqtelemetry {__version__}")
@@ -444,13 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=_inspect)
 
     default_db = os.environ.get("REQTELEMETRY_COLLECTOR_DB") or "sqlite:///telemetry.db"
+    shown_db = _shown_database(default_db)
     collector = commands.add_parser(
         "collector",
         help="run the collector (reports in, dashboard and CSV out)",
         description="Run the collector. Configuration: REQTELEMETRY_COLLECTOR_* and "
         "REQTELEMETRY_DASHBOARD_* variables (see docs); flags here take precedence.",
     )
-    collector.add_argument("--db", default=None, help=f"storage URL (default {default_db})")
+    collector.add_argument("--db", default=None, help=f"storage URL (default {shown_db})")
     collector.add_argument(
         "--host",
         default="127.0.0.1",
@@ -503,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     collector.set_defaults(handler=_collector)
 
     export = commands.add_parser("export", help="write the per-endpoint report")
-    export.add_argument("--db", default=default_db, help=f"storage URL (default {default_db})")
+    export.add_argument("--db", default=default_db, help=f"storage URL (default {shown_db})")
     export.add_argument("--csv", action="store_true", required=True, help="CSV (the format)")
     export.add_argument(
         "--days", type=int, default=30, help="the last N days, 1 to 3650 (default 30)"
@@ -518,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prune",
         help="delete reports older than N days (what --retention-days does, once)",
     )
-    prune.add_argument("--db", default=default_db, help=f"storage URL (default {default_db})")
+    prune.add_argument("--db", default=default_db, help=f"storage URL (default {shown_db})")
     prune.add_argument(
         "--older-than-days",
         type=int,
@@ -538,9 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (``reqtelemetry export ... | head``): nothing is
         # wrong here, and Python must not complain again when it flushes
         # stdout at exit, so stdout now points nowhere.
-        with contextlib.suppress(OSError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+        _stdout_nowhere()
         return 1
     except KeyboardInterrupt:
         print(f"reqtelemetry {args.command}: interrupted", file=sys.stderr)
