@@ -1552,6 +1552,99 @@ def test_an_upload_over_the_apps_body_limit_is_a_413_not_a_500(make_telemetry, c
     assert telemetry.internal_errors == 0
 
 
+class _UploadFailed(Exception):
+    """What an app raises when it cannot read an upload: no handler answers it."""
+
+
+def _serve_chunked_upload(app: Any) -> list[dict[str, Any]]:
+    """What a server hands an app for a chunked upload of 10 chunks of 10
+    bytes (no ``Content-Length``), and the messages it sends back; what the
+    app raises the server logs."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/up/1",
+        "raw_path": b"/up/1",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"x"), (b"transfer-encoding", b"chunked")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    chunks = [{"type": "http.request", "body": b"x" * 10, "more_body": True} for _ in range(9)]
+    chunks.append({"type": "http.request", "body": b"x" * 10, "more_body": False})
+    wire: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        wire.append(message)
+
+    async def run() -> None:
+        with contextlib.suppress(Exception):
+            await app(scope, receive, send)
+
+    asyncio.run(run())
+    return wire
+
+
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+@pytest.mark.parametrize("shape", ["raised_from", "task_group", "answer_started"])
+def test_a_body_limit_signal_that_is_no_413_the_client_got_is_not_recorded_as_one(
+    make_telemetry, counts, framework, shape
+):
+    """Starlette's body limit answers 413 only for its own signal, and only
+    before the app's status line: raised from within another error, or
+    gathered in a task group's exception group, the signal passes its
+    ``except`` by, and the client gets Starlette's 500; after the app's
+    status line, the client gets that status and a body cut short. Each was
+    recorded as a 413."""
+    import anyio
+
+    telemetry = make_telemetry()
+
+    class Echo:  # an ASGI app as a route's endpoint (not a function: no Request)
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            more = True
+            while more:  # the limit raises here, the status line already out
+                message = await receive()
+                body = {"type": "http.response.body", "body": message["body"], "more_body": True}
+                await send(body)
+                more = message.get("more_body", False)
+            await send({"type": "http.response.body", "body": b""})
+
+    async def upload(request: Request) -> PlainTextResponse:
+        if shape == "task_group":
+            async with anyio.create_task_group() as group:
+                group.start_soon(request.body)
+            return PlainTextResponse("read")
+        try:
+            body = await request.body()
+        except Exception as error:
+            raise _UploadFailed() from error
+        return PlainTextResponse(str(len(body)))
+
+    view: Any = Echo() if shape == "answer_started" else upload
+    route = Route("/up/{item_id}", view, methods=["POST"])
+    app: Any = FastAPI(max_body_size=10) if framework == "fastapi" else Starlette(max_body_size=10)
+    app.router.routes.append(route)
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    wire = _serve_chunked_upload(app)
+    status = wire[0]["status"]
+    if shape == "answer_started":
+        assert status == 200  # and the body cut short: a failed answer, a 500
+        assert wire[-1].get("more_body", False)
+        status = 500
+    assert counts(telemetry) == {("POST", "/up/{item_id}", status): 1}
+    if shape == "raised_from":
+        assert status == 500
+
+
 @pytest.mark.filterwarnings("ignore:starlette.middleware.wsgi is deprecated")
 def test_a_wsgi_app_mounted_through_a_bridge_counts_once_with_its_mount_excluded(
     make_telemetry, counts

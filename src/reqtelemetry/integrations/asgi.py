@@ -172,7 +172,7 @@ class ASGIMiddleware:
                 # Cancelled by a server on another event loop than asyncio's
                 # (trio's ``Cancelled``): as above, the client had no answer.
                 status = _client_left(exchange, scope)
-            elif _answered_by_body_limit(error):
+            elif _answered_by_body_limit(error, bool(exchange.status)):
                 status = 413
             raise
         finally:
@@ -652,19 +652,37 @@ def _is_cancellation(error: BaseException) -> bool:
 #: Starlette's body limit (``max_body_size``, and FastAPI's, built on it)
 #: signals with these, raised through the app: it answers ``413`` itself, to
 #: the server, from outside this middleware once it is added to the app.
-_BODY_LIMIT_SIGNALS = ("_RequestBodyLimitResponseSent", "_RequestBodyTooLarge")
+_BODY_LIMIT_MODULE = "starlette.middleware.body_limit"
+#: Raised once its ``413`` went out: the client had it, whatever wraps the signal.
+_BODY_LIMIT_SENT = ("_RequestBodyLimitResponseSent",)
+#: Raised for a body over the limit: answered ``413`` only when it is what
+#: reaches that middleware (its ``except`` catches nothing else).
+_BODY_TOO_LARGE = "_RequestBodyTooLarge"
 
 
-def _answered_by_body_limit(error: BaseException) -> bool:
-    """Whether ``error`` (or one within it: see :func:`_within`) is Starlette's body
-    limit telling its own middleware, outside this one, to answer ``413``.
+def _answered_by_body_limit(error: BaseException, started: bool) -> bool:
+    """Whether ``error`` is Starlette's body limit telling its own middleware,
+    outside this one, to answer ``413``, or one within it (see :func:`_within`)
+    says that middleware has answered so already. ``started``: whether the
+    app's status line went out (that middleware then answers nothing).
 
     Why: that middleware sends its ``413`` to the server itself, past this
     middleware's ``send``, and every upload over the limit was recorded as a
     500 with no body. The signals are private classes, so they are looked up
-    by name (:func:`_raised_within`).
+    by name (:func:`_raised_within`). A body too large is a ``413`` only when
+    its signal itself is what the app raised: gathered in an exception group
+    (read in a task group), or the context of what the app raised while
+    handling it (``raise UploadFailed() from error``), it passes that
+    middleware's ``except`` by, and the client gets Starlette's 500, which
+    was recorded as a 413. Nor after the app's status line went out (a
+    chunked upload over the limit, read as the answer streams): the client
+    has that status and a body cut short, a 500 as any answer that fails.
     """
-    return _raised_within(error, "starlette.middleware.body_limit", _BODY_LIMIT_SIGNALS)
+    module = sys.modules.get(_BODY_LIMIT_MODULE)
+    too_large = getattr(module, _BODY_TOO_LARGE, None)
+    if not started and isinstance(too_large, type) and isinstance(error, too_large):
+        return True
+    return _raised_within(error, _BODY_LIMIT_MODULE, _BODY_LIMIT_SENT)
 
 
 def _left_during_upload(error: BaseException) -> bool:
