@@ -409,11 +409,16 @@ class SQLiteStorage(SQLStorage):
                     reader.execute("ROLLBACK")  # nothing was written: this ends the snapshot
 
     def close(self) -> None:
+        # The readers first: SQLite folds the log into the file and deletes it
+        # only when the last connection closes, and only a connection that may
+        # write can. Closed last, a read-only reader left every report since
+        # the last checkpoint in telemetry.db-wal, beside a file that a copy
+        # made after the collector stopped found without them.
+        if self._readers is not None:
+            self._readers.close()
         with self._lock:
             self._closed = True
             self._connection.close()
-        if self._readers is not None:
-            self._readers.close()
 
     def _stream(
         self, statement: Callable[[Executor], tuple[str, Sequence[Any]]], size: int
