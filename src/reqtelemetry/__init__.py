@@ -15,14 +15,21 @@ if TYPE_CHECKING:
     from .integrations.asgi import ASGIMiddleware
 
 
-def __getattr__(name: str) -> Any:
-    """``ASGIMiddleware``, imported when first asked for: it brings asyncio and
-    anyio, some 11 ms at import that a WSGI app (Flask, Django) never needs."""
-    if name == "ASGIMiddleware":
-        from .integrations.asgi import ASGIMiddleware
+if not TYPE_CHECKING:
+    # Hidden from type checkers, which know ASGIMiddleware from the import
+    # above: a module-level ``__getattr__`` returning ``Any`` would make every
+    # other name a user reads from this package ``Any`` too, a misspelt one
+    # (``from reqtelemetry import Telemetri``) included, so mypy --strict
+    # would pass code that fails at import.
 
-        return ASGIMiddleware
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        """``ASGIMiddleware``, imported when first asked for: it brings asyncio and
+        anyio, some 11 ms at import that a WSGI app (Flask, Django) never needs."""
+        if name == "ASGIMiddleware":
+            from .integrations.asgi import ASGIMiddleware
+
+            return ASGIMiddleware
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
