@@ -814,3 +814,14 @@ def test_an_excluded_path_without_its_leading_slash_is_refused(name):
         resolve({}, **{name: ["/ok", "healthz"]})
     with pytest.raises(ValueError, match=rf"^REQTELEMETRY_{name.upper()}: {name} entries must"):
         resolve({f"REQTELEMETRY_{name.upper()}": "healthz"})
+
+
+@pytest.mark.parametrize("content", ["", "not a certificate\n"])
+def test_a_ca_bundle_without_a_certificate_is_an_error_naming_it(tmp_path, content):
+    """Not an ``ssl.SSLError`` naming nothing, raised from building the HTTP client."""
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(content)
+    with pytest.raises(ValueError, match="^REQTELEMETRY_CA_BUNDLE: ca_bundle must be a PEM"):
+        resolve({"REQTELEMETRY_CA_BUNDLE": str(bundle)}, endpoint="https://collector.example")
+    with pytest.raises(ValueError, match="^ca_bundle must be a PEM"):
+        Telemetry(endpoint="https://collector.example", send_in_tests=True, ca_bundle=bundle)

@@ -559,6 +559,8 @@ class Config:
             _check_proxy(self.proxy)
         if self.ca_bundle is not None and not os.path.exists(self.ca_bundle):
             raise ValueError(f"ca_bundle must be an existing file or directory: {self.ca_bundle!r}")
+        if self.ca_bundle is not None and self.endpoint is not None:
+            _check_ca_bundle(self.ca_bundle)
 
     def _validate_types(self) -> None:
         """Every option of the type it is used as, or a ``ValueError`` naming it.
@@ -711,6 +713,28 @@ def _check_endpoint(endpoint: str) -> None:
         # A fragment never reaches a server: whatever follows the ``#`` would
         # swallow the paths the reports go to.
         raise ValueError(f"endpoint must not have a #fragment, got {redacted_url(endpoint)!r}")
+
+
+def _check_ca_bundle(ca_bundle: str) -> None:
+    """Refuse at start a CA bundle file that holds no certificate.
+
+    Why: the HTTP client loads it as ``Telemetry()`` starts, and a file that
+    is no PEM bundle (a key, a DER file, an empty one) made that raise a bare
+    ``ssl.SSLError`` (``[X509: NO_CERTIFICATE_OR_CRL_FOUND]``) naming no
+    option nor variable. A directory is read certificate by certificate
+    during a handshake, so there is nothing to load here.
+    """
+    if os.path.isdir(ca_bundle):
+        return
+    import ssl  # here: only a configured CA bundle needs it
+
+    try:
+        ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+        raise ValueError(
+            f"ca_bundle must be a PEM file of CA certificates (or a directory of hashed "
+            f"ones): {ca_bundle!r} ({error})"
+        ) from None
 
 
 #: The schemes of a proxy httpx takes.
