@@ -1171,6 +1171,22 @@ def test_a_failure_that_may_hide_a_stored_report_keeps_it_as_it_is(make_sender, 
     assert delivered(receiver, telemetry) == expected
 
 
+@pytest.mark.parametrize("status", [403, 404, 405])
+def test_a_gateways_refusal_of_a_report_keeps_its_data(make_sender, receiver, status):
+    """The collector refuses no report with these: a gateway in front does (a
+    key in the endpoint's query being rotated, a route missing). Refused on
+    the session request, the data was kept; refused on a report, while the
+    session was reused (for up to an hour), the data was dropped for good."""
+    telemetry = make_sender(max_attempts=1)
+    expected = record_traffic(telemetry)
+    receiver.respond_with(status, json={"message": "Forbidden"})
+    assert telemetry.flush() is False
+    assert telemetry.internal_errors == 0
+    assert record_counts([{"batch": {"records": telemetry.recorder.snapshot()}}]) == expected
+    assert telemetry.flush() is True
+    assert delivered(receiver, telemetry) == expected
+
+
 class RefusingTunnelProxy:
     """An HTTP proxy on loopback that refuses every tunnel (``502`` to
     ``CONNECT``), or, with ``tls=False``, grants it and then speaks no TLS."""

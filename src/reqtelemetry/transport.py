@@ -129,6 +129,12 @@ NOTHING_STORED_REASONS = frozenset({"unavailable", "busy"})
 #: it looked the stamp up and did not find it (docs/protocol.md): the report
 #: is not stored, and may go under a new stamp. A proxy's ``401`` says no such thing.
 LOOKED_UP_REASONS = frozenset({"bad_token", "token_expired", "stale_stamp", "insufficient_work"})
+#: The statuses the collector refuses a report itself with, as invalid
+#: (docs/protocol.md): ``400`` and ``422``. It answers no report ``403``,
+#: ``404`` or ``405``: those come from a gateway or proxy in front, and say
+#: something of the endpoint (a key being rotated, a route missing), not of
+#: the report, whose data is then kept, as it is for a session request.
+REPORT_REFUSALS = frozenset({400, 422})
 
 
 def retryable(status: int) -> bool:
@@ -829,6 +835,15 @@ class Transport:
                 next_interval=_next_interval(response),
                 maybe_stored=may_have_been_stored(status, reason),
                 reason=reason,
+            )
+        if status not in REPORT_REFUSALS:
+            # Not the collector's refusal: dropped, the data of every report
+            # was lost while the session, asked for once an hour, was reused.
+            return Result(
+                Outcome.FAILED,
+                status=status,
+                error=f"HTTP {status}: {self._answer(response)}",
+                end_flush=True,
             )
         return Result(Outcome.REJECTED, status=status, error=self._answer(response))
 
