@@ -2807,6 +2807,27 @@ def test_a_final_report_alone_failing_at_exit_stays_quiet(make_sender, receiver,
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def test_a_flush_cut_short_by_close_is_not_called_the_final_report(make_sender, receiver, caplog):
+    # An outage: a periodic flush fails (the collector's own 503, twice), and
+    # the next one waits out its backoff after a 503 when the app stops.
+    # close() cuts that wait short, and the final report, which follows, is
+    # delivered: nothing is lost. The cut-short flush said at WARNING that "the
+    # final report could not be delivered ... the requests ... are lost".
+    telemetry = make_sender(retry_base_delay=3.0, max_attempts=2, timeout=2.0, flush_interval=1.0)
+    flusher = telemetry.flusher
+    flusher.transport._rng = types.SimpleNamespace(uniform=lambda low, high: high)  # 3 s
+    before = len(receiver.requests)  # the startup report
+    receiver.respond_with(503, json=UNAVAILABLE, times=3)  # then 200
+    _record_some(telemetry)
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert receiver.wait_for_requests(before + 3, timeout=15)
+        time.sleep(0.3)  # the second periodic flush waits out its backoff
+        assert telemetry.close() is True
+    assert [r.status for r in receiver.requests[before:]] == [503, 503, 503, 200]
+    assert receiver.reports[-1]["kind"] == "shutdown"
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_the_warning_for_a_wrong_endpoint_points_at_the_endpoint(make_sender, receiver, caplog):
     # TELEMETRY_ENDPOINT=http://collector:8600/v1/report (the path from
     # docs/protocol.md) or the URL of another server: every session request is

@@ -179,6 +179,10 @@ class Flusher:
         #: Set at the first request (or by ``close``): the startup report waits for it.
         self._first_use = threading.Event()
         self._closing = False
+        #: When ``close`` gives up on its final report (monotonic), once it is called.
+        self._close_deadline = math.inf
+        #: The kind of the flush under way (``startup``, ``periodic``, ``shutdown``).
+        self._flush_kind = "periodic"
         #: The flush under way's (each makes its own): set by ``close``, whose
         #: final report waits for it within the shutdown budget, and by a flush
         #: that waits for it within its own budget. The flush then stops pausing.
@@ -315,6 +319,7 @@ class Flusher:
         instance (see :data:`STARTUP_GRACE`), which returns at once."""
         budget = self.config.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
+        self._close_deadline = deadline
         self._closing = True
         self._hurry.set()
         self._first_use.set()
@@ -517,6 +522,7 @@ class Flusher:
         return True
 
     def _flush_locked(self, kind: str, deadline: float, gauges: dict[str, float]) -> bool:
+        self._flush_kind = kind
         if self.deployment_id is None:
             kept, how = load_deployment_id(self.config.deployment_id_path)
             config = self.config
@@ -839,6 +845,16 @@ class Flusher:
         """Log why a report was kept: at WARNING once per process when it keeps happening."""
         global _failure_warned
         reason = result.error or f"HTTP {result.status}"
+        if self._closing and self._flush_kind != "shutdown" and (
+            time.monotonic() < self._close_deadline
+        ):
+            # A flush under way when close() came, and cut short by it: the
+            # final report, which follows within close()'s budget, carries its
+            # data, and it alone can tell whether that data is lost. Said so
+            # here, a final report then delivered was logged as lost.
+            self.failed_flushes += 1
+            logger.debug("reqtelemetry: report not delivered before shutdown (%s)", reason)
+            return
         if self._closing:
             # Alone, a report cut short by close() is no sign of a proxy or a
             # wrong endpoint. After a flush that failed before shutdown it is
