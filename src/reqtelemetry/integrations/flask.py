@@ -45,6 +45,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from time import perf_counter
+from types import GeneratorType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -64,6 +65,7 @@ from .wsgi import (
     CountedInput,
     WSGIApp,
     WSGIMiddleware,
+    _Measured,
     count_what_is_read,
     length_sent_by_front_server,
     measure_iterable,
@@ -84,6 +86,28 @@ INSTRUMENTED_FLAG = "_reqtelemetry_instrumented"
 #: ``wsgi_app`` through a middleware that copies the environ on its way in (a
 #: prefix-stripping ``dict(environ)``): the copy holds the same list.
 KEPT_KEY = "reqtelemetry.flask"
+
+
+class _Propagated:
+    """What stands for Flask's response when its error propagated out of it
+    (``TESTING``, ``PROPAGATE_EXCEPTIONS``, an exception that is no
+    ``Exception``): a 500, whose body is whatever answers in Flask's place.
+
+    Why not None: a middleware set as ``app.wsgi_app`` before :func:`init_app`
+    may answer the error itself (an error page) and return normally; the
+    request is then measured from this, its body counted as it passes
+    (``response`` is no list). With None, reading its status failed: the
+    request went unrecorded, as an internal error of reqtelemetry.
+    """
+
+    status_code = 500
+    response = None
+    content_length = None
+    headers = None
+
+
+#: The one :class:`_Propagated`.
+PROPAGATED = _Propagated()
 
 
 def _copy_rule_on_exception(sender: Any, **_: Any) -> None:
@@ -188,7 +212,7 @@ def init_app(flask_app: Any, telemetry: Telemetry) -> None:
         try:
             response = full_dispatch_request()
         except BaseException:  # handle_exception answers, or the error propagates
-            keep(None)
+            keep(PROPAGATED)
             raise
         try:  # what keep() does, without its call: this is every request's path
             context = request_context()
@@ -207,7 +231,7 @@ def init_app(flask_app: Any, telemetry: Telemetry) -> None:
         try:
             response = handle_exception(error)
         except BaseException:  # propagated: TESTING, PROPAGATE_EXCEPTIONS
-            keep(None)
+            keep(PROPAGATED)
             raise
         keep(response)
         return response
@@ -267,6 +291,13 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
             raise
         environ.pop(KEPT_KEY, None)  # the response and rule go with the request
         if not kept:  # another app behind a dispatcher answered: not Flask's request
+            if mark is None and type(iterable) is GeneratorType:
+                # Or Flask has not run yet: a middleware inside that is a
+                # generator (Werkzeug's DebuggedApplication) runs it only as
+                # the server iterates.
+                return _measured_when_served(
+                    telemetry, environ, start_response, kept, iterable, start
+                )
             return iterable
         if mark is not None:
             mark.taken_over = True
@@ -327,6 +358,58 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
     reqtelemetry_wsgi_app.__wrapped__ = wsgi_app  # type: ignore[attr-defined]
     setattr(reqtelemetry_wsgi_app, INSTRUMENTED_FLAG, True)
     return reqtelemetry_wsgi_app
+
+
+def _measured_when_served(
+    telemetry: Telemetry,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    kept: list[tuple[Any, Any]],
+    iterable: Iterable[bytes],
+    start: float,
+) -> Iterable[bytes]:
+    """A generator ``wsgi_app`` returned before Flask left anything, counted as
+    it passes and recorded at its end from what Flask left by then.
+
+    Why: a middleware set as ``app.wsgi_app`` before :func:`init_app` that is
+    a generator (Werkzeug's ``DebuggedApplication``, the debugger under a
+    server other than ``flask run``; any ``yield from app(environ,
+    start_response)``) calls Flask only when the server first iterates it:
+    taken for another app's answer, every request of the app went unrecorded.
+    A generator of another app behind a dispatcher leaves nothing, and is
+    still not recorded.
+    """
+    environ[KEPT_KEY] = kept  # where Flask, once it runs, leaves its response
+    measured = _MeasuredWhenServed(telemetry, environ, start_response)
+    measured.kept = kept
+    measured.start = start
+    measured.iterable = iterable
+    return measured
+
+
+class _MeasuredWhenServed(_Measured):
+    """A :class:`~reqtelemetry.integrations.wsgi._Measured` whose status and
+    rule are Flask's, read when the request ends (see :func:`_measured_when_served`)."""
+
+    __slots__ = ("kept",)
+
+    kept: list[tuple[Any, Any]]
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        if self.environ.get(KEPT_KEY) is self.kept:
+            del self.environ[KEPT_KEY]
+        if not self.kept:  # another app's generator after all: not Flask's request
+            self.taken_over = True  # recorded by nobody here, as before
+        else:
+            response, rule = self.kept[-1]
+            self.route = _route(rule)
+            # An empty body may be the front server's file (None: PROPAGATED's).
+            self.headers = response.headers
+            if self.status != 500:  # else the body failed as it was iterated
+                self.status = response.status_code  # PROPAGATED's: 500
+        super().finish()
 
 
 def _request_context_getter() -> Callable[[], Any]:
@@ -404,8 +487,12 @@ def rule_despite_refusal(context: Any = None) -> Any:
         if isinstance(error, RequestRedirect):
             target = urlsplit(error.new_url)
             # Host names are case-insensitive, and Werkzeug writes the
-            # target's in lower case.
-            if target.netloc and target.netloc.lower() != request.host.lower():
+            # target's in lower case. Its own redirects go to the request's
+            # host, or to the one the router is bound to: with ``SERVER_NAME``
+            # set, a request that came in on another name (Flask 3.1 serves
+            # those) is redirected there, to this path made canonical all the same.
+            netloc = target.netloc.lower()
+            if netloc and netloc not in (request.host.lower(), adapter.get_host(None).lower()):
                 return None
             path = unquote(target.path)
             root = request.root_path
