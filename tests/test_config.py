@@ -821,7 +821,7 @@ def test_a_ca_bundle_without_a_certificate_is_an_error_naming_it(tmp_path, conte
     """Not an ``ssl.SSLError`` naming nothing, raised from building the HTTP client."""
     bundle = tmp_path / "ca.pem"
     bundle.write_text(content)
-    with pytest.raises(ValueError, match="^REQTELEMETRY_CA_BUNDLE: ca_bundle must be a PEM"):
+    with pytest.raises(ValueError, match=r"^REQTELEMETRY_CA_BUNDLE: ca_bundle must be a PEM"):
         resolve({"REQTELEMETRY_CA_BUNDLE": str(bundle)}, endpoint="https://collector.example")
-    with pytest.raises(ValueError, match="^ca_bundle must be a PEM"):
+    with pytest.raises(ValueError, match=r"^ca_bundle must be a PEM"):
         Telemetry(endpoint="https://collector.example", send_in_tests=True, ca_bundle=bundle)

@@ -845,9 +845,8 @@ class Flusher:
         """Log why a report was kept: at WARNING once per process when it keeps happening."""
         global _failure_warned
         reason = result.error or f"HTTP {result.status}"
-        if self._closing and self._flush_kind != "shutdown" and (
-            time.monotonic() < self._close_deadline
-        ):
+        cut_short = self._closing and time.monotonic() < self._close_deadline
+        if cut_short and self._flush_kind != "shutdown":
             # A flush under way when close() came, and cut short by it: the
             # final report, which follows within close()'s budget, carries its
             # data, and it alone can tell whether that data is lost. Said so
