@@ -71,6 +71,9 @@ DIALECT = Dialect(
     by_time=" INDEXED BY aggregates_received_at",
     by_app_and_time=" INDEXED BY aggregates_app_received_at",
 )
+#: Seconds a migration waits for the write lock that another connection
+#: holds (another replica's migration, which holds it throughout).
+MIGRATION_WAIT = 3600.0
 #: Bytes of write-ahead log kept once a checkpoint has emptied it (64 MiB).
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 #: What SQLite says when a SUM of integers leaves 64 bits.
@@ -381,8 +384,17 @@ class SQLiteStorage(SQLStorage):
 
     def _run_migrations(self, work: Callable[[Executor], T]) -> T:
         # The write lock, taken up front, is the migration lock: another
-        # connection's BEGIN IMMEDIATE waits (busy_timeout) until this commits.
-        return self._transaction("BEGIN IMMEDIATE", work)
+        # connection's BEGIN IMMEDIATE waits until this commits. Waits up to
+        # MIGRATION_WAIT, not the busy timeout: another replica's migration of
+        # a large database outlasts that (14 s for 3 million aggregate rows),
+        # and a replica starting beside it failed "database is locked" where
+        # on PostgreSQL it waits for the advisory lock.
+        with self._lock:
+            self._set_busy_timeout(max(MIGRATION_WAIT, self._busy_timeout))
+            try:
+                return self._transaction("BEGIN IMMEDIATE", work)
+            finally:
+                self._set_busy_timeout(self._busy_timeout)
 
     def _read(self, work: Callable[[Executor], T]) -> T:
         """``work`` in a read transaction on one of :class:`_Readers`' connections.
