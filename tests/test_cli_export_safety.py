@@ -97,3 +97,35 @@ def test_help_shows_no_password_of_the_database_variable(capsys, monkeypatch, co
     out = " ".join(capsys.readouterr().out.split())
     assert "Hunter2pw" not in out.replace(" ", "").replace("-", "")
     assert "db.internal" in out  # still says which database
+
+
+def _help(monkeypatch, capsys, command: str, url: str) -> str:
+    monkeypatch.setenv("REQTELEMETRY_COLLECTOR_DB", url)
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    return " ".join(capsys.readouterr().out.split()).replace(" ", "")
+
+
+@pytest.mark.parametrize("command", ["collector", "export", "prune"])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # Percent-encoding (an "@" in the user name), and a "%" in a file name.
+        ("postgresql://app%40corp:Hunter2pw@db.internal/telemetry", "db.internal"),
+        ("sqlite:///data/100%.db", "100%.db"),
+    ],
+)
+def test_help_with_a_percent_in_the_database_url_is_no_traceback(
+    capsys, monkeypatch, command, url, shown
+):
+    out = _help(monkeypatch, capsys, command, url)
+    assert shown in out and "Hunter2pw" not in out.replace("-", "")
+
+
+@pytest.mark.parametrize("command", ["collector", "export", "prune"])
+def test_help_hides_the_password_of_a_url_the_collector_refuses(capsys, monkeypatch, command):
+    # SQLAlchemy's spelling, refused by the collector: --help is where one looks next.
+    url = "postgresql+psycopg://telemetry:Hunter2pw@db.internal/telemetry"
+    out = _help(monkeypatch, capsys, command, url)
+    assert "db.internal" in out and "Hunter2pw" not in out.replace("-", "")

@@ -500,7 +500,9 @@ def _shown_database(url: str) -> str:
         return url
     from .collector.storage import describe_database
 
-    return describe_database(url)
+    # argparse %-formats each help text: a "%" of the URL (percent-encoding,
+    # a file name) made --help a traceback.
+    return describe_database(url).replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -113,6 +113,11 @@ def describe_database(url: str) -> str:
 def _described(url: str) -> str:
     text = url.strip()
     if not text.lower().startswith(_POSTGRES):
+        if "://" in text and not text.lower().startswith(_SQLITE):
+            # A scheme open_storage refuses (SQLAlchemy's postgresql+psycopg://,
+            # mysql://) is still shown, by --help from REQTELEMETRY_COLLECTOR_DB:
+            # its user info's password was printed as written.
+            return _described_as_written(text, url)
         return _PASSWORD_PAIR.sub(r"\1***", text)
     scheme, separator, rest = text.partition("://")
     text = scheme.lower() + separator + rest  # as open_storage hands it to libpq
