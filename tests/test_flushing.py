@@ -2856,3 +2856,41 @@ def test_a_bad_close_timeout_keeps_the_final_report(receiver) -> None:
         telemetry.close("2")  # type: ignore[arg-type]
     assert telemetry.close() is True
     assert counter_totals(receiver.reports)["jobs.done"] == 5
+
+
+def test_a_final_report_held_back_after_failures_is_still_said_lost(make_sender, receiver, caplog):
+    # The collector's database is down: its 503s. The first periodic flush
+    # fails (twice); the second gets a 503 with the collector's Retry-After and
+    # waits out its backoff when the app stops. close() cuts that short, and
+    # the final report is held back by the Retry-After: two flushes in a row
+    # failed and the requests since the last delivered report end with the
+    # process, which must be said once at WARNING, as it was before 4a35d46.
+    telemetry = make_sender(retry_base_delay=3.0, max_attempts=2, timeout=2.0, flush_interval=1.0)
+    flusher = telemetry.flusher
+    flusher.transport._rng = types.SimpleNamespace(uniform=lambda low, high: high)  # 3 s
+    before = len(receiver.requests)  # the startup report
+    receiver.respond_with(503, json=UNAVAILABLE, times=2)
+    receiver.respond_always(503, json=UNAVAILABLE, headers={"Retry-After": "2"})
+    _record_some(telemetry)
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        assert receiver.wait_for_requests(before + 3, timeout=15)
+        time.sleep(0.3)  # the second periodic flush waits out its backoff
+        assert telemetry.close() is False
+    assert len(receiver.requests) == before + 3  # no final report went
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "lost" in warnings[0], warnings
+
+
+def test_a_short_run_whose_startup_got_the_collectors_503_says_the_loss(
+    make_sender, receiver, caplog
+):
+    # The collector's database is down: its own 503, with Retry-After: 60.
+    # The startup report fails, the final one may not go: the requests of
+    # this short run end with it, which a final report that fails says.
+    receiver.respond_always(503, json=UNAVAILABLE, headers={"Retry-After": "60"})
+    with caplog.at_level(logging.DEBUG, logger="reqtelemetry"):
+        telemetry = make_sender(max_attempts=1)
+        _record_some(telemetry)
+        assert telemetry.close() is False
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "lost" in warnings[0], warnings

@@ -457,6 +457,8 @@ class Flusher:
         budget = waitable(self.config.timeout * 2 if budget is None else budget)
         deadline = time.monotonic() + budget
         if self._held_back():
+            if kind == "shutdown":
+                self._say_final_report_held_back()
             return False  # no report can go: the app's gauges are not called for nothing
         gauges = self._sample_gauges(min(GAUGE_SAMPLE_SECONDS, budget * GAUGE_SHARE))
         if not self._flush_lock.acquire(blocking=False):
@@ -477,6 +479,21 @@ class Flusher:
             # finds the lock taken sets the very event its holder checks.
             self._hurry = threading.Event()
             self._flush_lock.release()
+
+    def _say_final_report_held_back(self) -> None:
+        """Say a final report that a ``Retry-After`` holds back as one that failed.
+
+        Why: its data ends with the process all the same. A short run whose
+        startup report got the collector's own ``503`` (its database down,
+        ``Retry-After: 60``) exited without a word above DEBUG, where one
+        whose final report failed says that the requests are lost.
+        """
+        if self.gone or self.test_run is not None:
+            return  # nothing is wanted, or nothing was ever to be sent
+        self._flush_kind = "shutdown"
+        self._say_not_delivered(
+            Result(Outcome.FAILED, error="held back by the collector's Retry-After")
+        )
 
     def _held_back(self) -> bool:
         """Whether no report may go now, by what is already known.
@@ -846,7 +863,9 @@ class Flusher:
         global _failure_warned
         reason = result.error or f"HTTP {result.status}"
         cut_short = self._closing and time.monotonic() < self._close_deadline
-        if cut_short and self._flush_kind != "shutdown":
+        # Unless none can follow (a Retry-After this flush was just answered
+        # holds the final report back): then this is the last word on its data.
+        if cut_short and self._flush_kind != "shutdown" and not self._held_back():
             # A flush under way when close() came, and cut short by it: the
             # final report, which follows within close()'s budget, carries its
             # data, and it alone can tell whether that data is lost. Said so
