@@ -1,13 +1,17 @@
 """init_app around middleware set as ``app.wsgi_app`` before it: one that is a
 generator (Werkzeug's DebuggedApplication) runs Flask only as the server
-iterates it, and one may answer the error Flask propagated itself."""
+iterates it, one may answer the error Flask propagated itself, and a
+dispatcher may mount another measured app, whose failures count once."""
 
 from __future__ import annotations
 
+import pytest
 from flask import Flask, Response
 from werkzeug.debug import DebuggedApplication
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.test import Client
 
+from reqtelemetry import WSGIMiddleware
 from reqtelemetry.flask import init_app
 from reqtelemetry.integrations.flask import KEPT_KEY
 from reqtelemetry.telemetry import CLIENT_CLOSED_STATUS
@@ -166,3 +170,106 @@ def test_an_error_a_middleware_inside_answers_is_a_500_with_its_rule(telemetry, 
         2,
         2 * len(b"sorry, it failed"),
     )
+
+
+# An app run late by a generator middleware, mounted in another that init_app measures.
+
+
+def test_a_lazy_app_mounted_in_a_measured_app_is_measured(make_telemetry, counts):
+    inner_telemetry, outer_telemetry = make_telemetry(), make_telemetry()
+    inner = Flask("inner")
+
+    @inner.route("/items/<int:item_id>")
+    def item(item_id):
+        return f"item {item_id}"
+
+    inner.wsgi_app = DebuggedApplication(inner.wsgi_app, evalex=False)
+    init_app(inner, inner_telemetry)
+    outer = Flask("outer")
+
+    @outer.route("/home")
+    def home():
+        return "home"
+
+    outer.wsgi_app = DispatcherMiddleware(outer.wsgi_app, {"/inner": inner})
+    init_app(outer, outer_telemetry)
+    client = outer.test_client()
+    assert client.get("/inner/items/7").data == b"item 7"
+    assert client.get("/home").data == b"home"
+    assert counts(inner_telemetry) == {("GET", "/items/<int:item_id>", 200): 1}
+    assert counts(outer_telemetry) == {("GET", "/home", 200): 1}
+
+
+def test_one_telemetry_for_both_counts_each_request_once(telemetry, counts):
+    inner = Flask("inner")
+
+    @inner.route("/items/<int:item_id>")
+    def item(item_id):
+        return f"item {item_id}"
+
+    inner.wsgi_app = DebuggedApplication(inner.wsgi_app, evalex=False)
+    init_app(inner, telemetry)
+    outer = Flask("outer")
+    outer.wsgi_app = DispatcherMiddleware(outer.wsgi_app, {"/inner": inner})
+    init_app(outer, telemetry)
+    client = outer.test_client()
+    for item_id in (1, 2):
+        assert client.get(f"/inner/items/{item_id}").data == f"item {item_id}".encode()
+    assert client.get("/nope").data  # read: its body is a stream, measured to its end
+    assert counts(telemetry) == {
+        ("GET", "/items/<int:item_id>", 200): 2,
+        ("GET", "<unmatched>", 404): 1,
+    }
+
+
+# An error propagating out of a measured app mounted in another that init_app measures.
+
+
+def failing_flask_app() -> Flask:
+    app = Flask("inner")
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+
+    @app.route("/orders/<int:order_id>")
+    def order(order_id):
+        raise RuntimeError("the view failed")
+
+    return app
+
+
+def test_a_mounted_init_app_apps_propagated_error_counts_once(telemetry, counts):
+    inner = failing_flask_app()
+    init_app(inner, telemetry)
+    outer = Flask("outer")
+    outer.wsgi_app = DispatcherMiddleware(outer.wsgi_app, {"/shop": inner})
+    init_app(outer, telemetry)
+    for order_id in (1, 2):
+        with pytest.raises(RuntimeError):
+            Client(outer).get(f"/shop/orders/{order_id}")
+    assert counts(telemetry) == {("GET", "/orders/<int:order_id>", 500): 2}
+
+
+def test_a_mounted_wsgi_middleware_apps_propagated_error_counts_once(telemetry, counts):
+    def other(environ, start_response):
+        raise RuntimeError("the other app failed")
+
+    outer = Flask("outer")
+    outer.wsgi_app = DispatcherMiddleware(
+        outer.wsgi_app, {"/other": WSGIMiddleware(other, telemetry=telemetry)}
+    )
+    init_app(outer, telemetry)
+    with pytest.raises(RuntimeError):
+        Client(outer).get("/other/1")
+    assert sum(counts(telemetry).values()) == 1
+
+
+def test_another_telemetrys_init_app_outside_still_records_it(make_telemetry, counts):
+    inner_telemetry, outer_telemetry = make_telemetry(), make_telemetry()
+    inner = failing_flask_app()
+    init_app(inner, inner_telemetry)
+    outer = Flask("outer")
+    outer.wsgi_app = DispatcherMiddleware(outer.wsgi_app, {"/shop": inner})
+    init_app(outer, outer_telemetry)
+    with pytest.raises(RuntimeError):
+        Client(outer).get("/shop/orders/1")
+    assert counts(inner_telemetry) == {("GET", "/orders/<int:order_id>", 500): 1}
+    assert sum(counts(outer_telemetry).values()) == 1  # its own maintainer's count

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
 from types import GeneratorType
 from typing import Any
@@ -60,6 +60,7 @@ from ..telemetry import (
     parse_content_length,
 )
 from .wsgi import (
+    RECORDED_FAILURE_KEY,
     ROUTE_KEY,
     UNKNOWN_ROUTE,
     CountedInput,
@@ -283,11 +284,14 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
             iterable = wsgi_app(environ, start_response)
         except BaseException:  # propagated (TESTING, PROPAGATE_EXCEPTIONS), or not an Exception
             environ.pop(KEPT_KEY, None)
-            if kept or mark is None:  # Flask's request, or nobody around records it
+            # Flask's request, or nobody around records it and nothing of this
+            # telemetry inside (an app mounted in this one) has.
+            if kept or (mark is None and environ.get(RECORDED_FAILURE_KEY) is not telemetry):
                 if mark is not None:
                     mark.taken_over = True
                 route = _route(kept[-1][1]) if kept else UNKNOWN_ROUTE
                 record_request(telemetry, environ, route, 500, perf_counter() - start, 0)
+                environ[RECORDED_FAILURE_KEY] = telemetry
             raise
         environ.pop(KEPT_KEY, None)  # the response and rule go with the request
         if not kept:  # another app behind a dispatcher answered: not Flask's request
@@ -379,7 +383,6 @@ def _measured_when_served(
     A generator of another app behind a dispatcher leaves nothing, and is
     still not recorded.
     """
-    environ[KEPT_KEY] = kept  # where Flask, once it runs, leaves its response
     measured = _MeasuredWhenServed(telemetry, environ, start_response)
     measured.kept = kept
     measured.start = start
@@ -394,6 +397,15 @@ class _MeasuredWhenServed(_Measured):
     __slots__ = ("kept",)
 
     kept: list[tuple[Any, Any]]
+
+    def __iter__(self) -> Iterator[bytes]:
+        # Where Flask, once it runs, leaves its response: put in the environ
+        # only now, as the server starts on the body. Put there when this was
+        # made, it went again at once when an app that init_app measures
+        # mounted this one (a DispatcherMiddleware set as its wsgi_app): that
+        # app takes its own list out of the environ as its wsgi_app returns.
+        self.environ[KEPT_KEY] = self.kept
+        return super().__iter__()
 
     def finish(self) -> None:
         if self.finished:

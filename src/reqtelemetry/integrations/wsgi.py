@@ -45,6 +45,12 @@ ROUTE_KEY = "reqtelemetry.route"
 #: Werkzeug keeps the live request object here while the app runs; Flask's has
 #: the matched ``url_rule`` on it when the app calls ``start_response``.
 WERKZEUG_REQUEST_KEY = "werkzeug.request"
+#: Set to the telemetry that recorded a request as a 500 when its error
+#: propagated out of the app: a middleware or ``init_app`` of that telemetry
+#: outside (an app mounted in another that ``init_app`` measures) which sees
+#: the same error records nothing of it. It does not know the route, and
+#: recorded the request a second time under its anonymized path.
+RECORDED_FAILURE_KEY = "reqtelemetry.recorded_failure"
 #: A route nobody has told us yet (distinct from None, "the router matched nothing").
 UNKNOWN_ROUTE: Any = object()
 _STATUS_CODES: dict[str, int] = {}
@@ -101,6 +107,8 @@ class WSGIMiddleware:
         except BaseException:
             measured.status = 500
             measured.finish()
+            if not measured.taken_over:  # recorded here
+                environ[RECORDED_FAILURE_KEY] = telemetry
             raise
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and (  # _is_servers_file, without its call
