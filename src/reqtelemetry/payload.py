@@ -70,9 +70,6 @@ YIELD_PAUSE = 0.005
 #: where PostgreSQL's ``SUM`` fails on overflow; values this small cannot reach
 #: the largest float however many reports are added up.
 MAX_METRIC_VALUE = 2**63 - 1
-#: The largest integer a record carries (``request_bytes``, ``response_bytes``):
-#: the collector's 64-bit columns refuse more, and the whole report with it.
-MAX_RECORD_INTEGER = 2**63 - 1
 #: The longest latency a record carries, in seconds: the collector refuses a
 #: ``min``, ``max`` or percentile past it (docs/payload.md, "Limits").
 MAX_LATENCY_SECONDS = 1e9

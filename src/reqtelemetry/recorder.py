@@ -48,6 +48,14 @@ OVERFLOW_KEY = ("_OTHER", "<overflow>", 0)
 OVERFLOW_ERROR_KEY = ("_OTHER", "<overflow>", 500)
 _OVERFLOW_KEYS = frozenset({OVERFLOW_KEY, OVERFLOW_ERROR_KEY})
 DEFAULT_MAX_KEYS = 1000
+#: The largest integer a record carries (``request_bytes``, ``response_bytes``):
+#: the collector's 64-bit columns refuse more, and the whole report with it.
+#: Each request's count is fitted to it (``Telemetry.record``, and a declared
+#: ``Content-Length`` of at most 18 digits), but a key's sum of them is not:
+#: ten requests declaring 999,999,999,999,999,999 bytes, which any client of a
+#: WSGI app can send, got every record of the period refused. A sum past it is
+#: written as this bound, as a counter past it is (``metrics``).
+MAX_RECORD_INTEGER = 2**63 - 1
 
 
 class Stats:
@@ -77,7 +85,7 @@ class Stats:
     def to_record(self, key: Key) -> dict[str, Any]:
         """The JSON-ready record (``snapshot()`` and the wire format's shape)."""
         method, route, status = key
-        response_bytes = 0 if has_no_body(status) else self.response_bytes
+        request_bytes, response_bytes = self._wire_bytes(status)
         histogram = self.histogram
         p50, p95, p99 = histogram.quantiles(QUANTILES)
         return {
@@ -94,9 +102,15 @@ class Stats:
                 "max": self.latency_max if self.count else None,
                 "histogram": histogram.to_pairs(),
             },
-            "request_bytes": self.request_bytes,
+            "request_bytes": request_bytes,
             "response_bytes": response_bytes,
         }
+
+    def _wire_bytes(self, status: int) -> tuple[int, int]:
+        """The byte sums as a record carries them: none for a status without a
+        body, and neither past :data:`MAX_RECORD_INTEGER`."""
+        response_bytes = 0 if has_no_body(status) else self.response_bytes
+        return min(self.request_bytes, MAX_RECORD_INTEGER), min(response_bytes, MAX_RECORD_INTEGER)
 
     def to_json(self, key: Key) -> str:
         """The same record as compact JSON text, written directly.
@@ -107,7 +121,7 @@ class Stats:
         whose full collections stall every thread) and costs about half.
         """
         method, route, status = key
-        response_bytes = 0 if has_no_body(status) else self.response_bytes
+        request_bytes, response_bytes = self._wire_bytes(status)
         bins = self.bins
         order = sorted(bins)
         count = self.count
@@ -119,7 +133,7 @@ class Stats:
             f'"p99":{_number(p99)},"sum":{_number(self.latency_sum)},'
             f'"min":{_number(self.latency_min if count else None)},'
             f'"max":{_number(self.latency_max if count else None)},'
-            f'"histogram":[{histogram}]}},"request_bytes":{self.request_bytes},'
+            f'"histogram":[{histogram}]}},"request_bytes":{request_bytes},'
             f'"response_bytes":{response_bytes}}}'
         )
 

@@ -26,8 +26,8 @@ from . import green, prefork
 from .anonymize import Anonymizer
 from .config import Config, redacted_url
 from .metrics import AppMetrics, check_count, check_gauge
-from .payload import MAX_LATENCY_SECONDS, MAX_RECORD_INTEGER
-from .recorder import Recorder, has_no_body
+from .payload import MAX_LATENCY_SECONDS
+from .recorder import MAX_RECORD_INTEGER, Recorder, has_no_body
 from .traits import SystemTraits, detect_test_runner
 
 logger = logging.getLogger("reqtelemetry")
