@@ -62,6 +62,13 @@ DAY = 86400
 MAX_APP_NAME_LENGTH = 128
 #: Rows per piece of ``/export.csv`` sent at a time (see :func:`csv_chunks`).
 CHUNK_ROWS = 500
+#: Significant digits a latency or an error rate keeps at least. Why not
+#: only a fixed number of decimals (a thousandth of a millisecond, a
+#: millionth): the percentiles are good to 2 % (docs/payload.md), and a fast
+#: endpoint's were not, written so (14.5 µs as 0.014 ms, 3.4 % off; 3.43 µs
+#: as 0.003, 13 %); nor was one error in three million calls, written as an
+#: error rate of 0.0 beside its error.
+SIGNIFICANT_DIGITS = 4
 
 T = TypeVar("T")
 
@@ -157,10 +164,16 @@ def _row(endpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def _round(value: Any, digits: int) -> float | None:
+    """``value`` to ``digits`` decimals, or to :data:`SIGNIFICANT_DIGITS` where
+    that is finer; None for no value or one not finite."""
     if value is None:
         return None
     number = float(value)
-    return round(number, digits) if math.isfinite(number) else None
+    if not math.isfinite(number):
+        return None
+    if number:
+        digits = max(digits, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(abs(number))))
+    return round(number, digits)
 
 
 def write_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
