@@ -24,6 +24,7 @@ from fastapi import APIRouter, BackgroundTasks, FastAPI, HTTPException
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -2766,3 +2767,119 @@ def test_an_abandoned_upload_to_a_fastapi_body_is_a_499_not_its_400(installed, t
     assert _serve_abandoned_upload(app) == []
     [record] = telemetry.snapshot()
     assert (record["route"], record["status"], record["response_bytes"]) == ("/upload", 499, 0)
+
+
+# -- a client that leaves a stream the app then ends itself ------------------
+
+
+def serve_then_leave(app, chunks_before_leaving: int):
+    """One GET through ``app`` as uvicorn serves it: the client leaves after
+    ``chunks_before_leaving`` body chunks, then ``receive`` says so and ``send``
+    drops everything (uvicorn's ``send`` returns without a word once disconnected)."""
+    delivered = []
+    gone = asyncio.Event()
+    first = True
+
+    async def receive():
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if gone.is_set():
+            return
+        delivered.append(message)
+        if sum(1 for m in delivered if m.get("body")) >= chunks_before_leaving:
+            gone.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/events",
+        "raw_path": b"/events",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    return delivered
+
+
+async def hundred_ticks():
+    for _ in range(100):
+        yield b"tick"
+        await asyncio.sleep(0.001)
+
+
+async def ticking_events(request):
+    return StreamingResponse(hundred_ticks())
+
+
+class RelayingMiddleware(BaseHTTPMiddleware):
+    async def dispatch(self, request, call_next):
+        return await call_next(request)
+
+
+def test_a_client_leaving_a_stream_behind_base_http_middleware_is_499(telemetry, records):
+    app = Starlette(routes=[Route("/events", ticking_events)])
+    app.add_middleware(RelayingMiddleware)  # what @app.middleware("http") adds
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    delivered = serve_then_leave(app, 3)
+    assert sum(1 for m in delivered if m.get("body")) == 3  # the client had 3 of 100
+    found = records(telemetry)
+    assert set(found) == {("GET", "/events", CLIENT_CLOSED_STATUS)}
+    assert found["GET", "/events", CLIENT_CLOSED_STATUS]["response_bytes"] == 3 * len(b"tick")
+
+
+def test_a_stream_the_app_ends_on_reading_the_disconnect_is_499(telemetry, records):
+    async def polling(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(100):
+            await send({"type": "http.response.body", "body": b"tick", "more_body": True})
+            try:
+                message = await asyncio.wait_for(receive(), 0.001)
+            except asyncio.TimeoutError:
+                continue
+            if message["type"] == "http.disconnect":
+                break
+        await send({"type": "http.response.body", "body": b"bye"})  # the server drops it
+
+    serve_then_leave(ASGIMiddleware(polling, telemetry=telemetry), 3)
+    ((_, _, status),) = records(telemetry)
+    assert status == CLIENT_CLOSED_STATUS
+    (record,) = records(telemetry).values()
+    assert record["response_bytes"] == 3 * len(b"tick")
+
+
+def test_a_mounts_convertors_are_dropped_from_its_template_as_a_routes_are(
+    telemetry, counts, tmp_path
+):
+    (tmp_path / "a.css").write_text("body{}")
+    inner = Starlette(routes=[Route("/items/{id:int}", plain), Route("/slash/", plain)])
+    app = Starlette(
+        routes=[
+            Mount("/t/{tenant:int}/api", app=inner),
+            Mount("/v/{version:int}", routes=[Mount("/s", StaticFiles(directory=tmp_path))]),
+        ],
+        middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"])],
+    )
+    client = TestClient(wrap(app, telemetry))
+    assert client.get("/t/7/api/items/3").status_code == 200
+    assert client.get("/t/7/api/slash", follow_redirects=False).status_code == 307
+    assert client.options("/t/7/api/items/3", headers=PREFLIGHT).status_code == 200
+    assert client.get("/v/2/s/a.css").status_code == 200
+    assert counts(telemetry) == {
+        ("GET", "/t/{tenant}/api/items/{id}", 200): 1,  # as path_format writes both
+        ("GET", "/t/{tenant}/api/slash/", 307): 1,
+        ("OPTIONS", "/t/{tenant}/api/items/{id}", 200): 1,
+        ("GET", "/v/{version}/s/{path}", 200): 1,
+    }

@@ -403,9 +403,12 @@ class _Exchange(Mark):
         if kind == "http.request":
             self.request_bytes += len(message.get("body") or b"")  # None: a server's tolerance
         elif kind == "http.disconnect":
-            self.disconnected = True
             if not self.status:
                 self._send = _unanswered(self, self._send)
+            elif not self.end and not self.disconnected:
+                self.chunk = 0  # what went before the disconnect was delivered
+                self._send = _cut_short(self, self._send)
+            self.disconnected = True
         return message
 
     def send(self, message: Message) -> Awaitable[None]:
@@ -474,6 +477,29 @@ def _unanswered(exchange: _Exchange, send: Send) -> Send:
     def dropped(message: Message) -> Awaitable[None]:
         exchange.status = 0
         exchange.response_bytes = exchange.chunk = 0
+        exchange.end = 0.0
+        return send(message)
+
+    return dropped
+
+
+def _cut_short(exchange: _Exchange, send: Send) -> Send:
+    """The server's ``send`` for a response whose client left after its status line.
+
+    Why: a server drops what the app sends once the client is gone (uvicorn's
+    ``send`` returns without a word), and an app that reads the disconnect
+    may still end its stream as if it completed: ``BaseHTTPMiddleware``
+    (``@app.middleware("http")``) sends the last chunk of the stream it
+    relays when the route's stream stops, and so does an SSE loop that breaks
+    on ``request.is_disconnected()``. Each such client was recorded as a whole
+    200. Nothing sent after the disconnect is counted and the response never
+    ends, so the request is the 499 a stream cut short is. Installed only at
+    such a disconnect: no request that completes pays for it.
+    """
+
+    def dropped(message: Message) -> Awaitable[None]:
+        exchange.response_bytes -= exchange.chunk
+        exchange.chunk = 0
         exchange.end = 0.0
         return send(message)
 

@@ -251,7 +251,8 @@ class RouteTemplates:
                 # A mounted non-router app: the mount's own format
                 # (``/static/{path}``) is the template; drop its path from the
                 # prefix so that it is not counted twice.
-                return prefix[: len(prefix) - len(last_mount.path)] + last_mount.path_format  # type: ignore[no-any-return]
+                own = len(_mount_template(last_mount))
+                return prefix[: len(prefix) - own] + last_mount.path_format  # type: ignore[no-any-return]
         template = _match_plain_route(routes, scope, root_path, prefix)
         if template is None and 300 <= status < 400:
             return _slash_redirect_template(owner, routes, scope, root_path, prefix)
@@ -416,7 +417,7 @@ def _walk_mounts(
             if isinstance(route, Mount):
                 match, child_scope = route.matches(probe)
                 if match is Match.FULL:
-                    templates.append(route.path)
+                    templates.append(_mount_template(route))
                     root_path = child_scope["root_path"]
                     routes = route.routes
                     last = route
@@ -442,6 +443,22 @@ def _walk_mounts(
 
 #: The ``path_format`` of a ``Mount`` at the root of its router.
 _ROOT_MOUNT_FORMAT = "/{path}"
+
+
+def _mount_template(mount: Any) -> str:
+    """A mount's own part of a template: its path as its ``path_format`` writes
+    it, without the ``/{path}`` that every mount's ends in.
+
+    Why not ``mount.path``: that keeps each parameter's convertor
+    (``/t/{tenant:int}``), which the routes' own ``path_format`` drops, and
+    so do FastAPI's prefixes: ``/t/{tenant:int}/items/{id}`` was one key,
+    and the same app's or another deployment's routes written without the
+    convertor another.
+    """
+    path_format = mount.path_format
+    if isinstance(path_format, str) and path_format.endswith(_ROOT_MOUNT_FORMAT):
+        return path_format[: -len(_ROOT_MOUNT_FORMAT)]
+    return mount.path  # type: ignore[no-any-return]
 
 
 def _is_root_mount_of_a_router(route: Any) -> bool:
@@ -748,7 +765,7 @@ def template_by_matching(
             inner = route.routes
             if not inner:  # a mounted app without routes: the mount's own format
                 return prefix + route.path_format if isinstance(route, Mount) else UNTEMPLATED
-            path = route.path if isinstance(route, Mount) else ""
+            path = _mount_template(route) if isinstance(route, Mount) else ""
             return template_by_matching(inner, {**scope, **child_scope}, prefix + path)
         path_format = getattr(route, "path_format", None)
         if not isinstance(path_format, str):
