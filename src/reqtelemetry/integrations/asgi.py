@@ -222,7 +222,15 @@ class ASGIMiddleware:
                 # another one, whose mount is in scope["route"] before this app
                 # routes. Only then is the dearer method worth its cost.
                 self._template = self._templates.nested_template
-            elif self._templates.has_root_mount():
+            elif self._templates.has_root_mount() or (
+                self._templates.own_routes() is None and "starlette.routing" in sys.modules
+            ):
+                # Also where a Starlette router runs but cannot be reached
+                # (behind a wrapper with neither ``.app`` nor ``.router``, as
+                # Connexion's apps are): a root mount it left in scope["route"]
+                # keyed every request it did not record ``/{path}``, each of
+                # the app's endpoints, 404s and 500s alike. An app without
+                # Starlette (Quart, Falcon) keeps the plain method.
                 self._template = self._templates.root_mounted_template
             # Starlette sets scope["app"] on its way in; wrapped from outside,
             # the middleware sees the request first and only knows its app.
