@@ -272,6 +272,11 @@ class ASGIMiddleware:
                 # per-path key for each answer would fill the key cap.
                 routes = self._templates.own_routes()
             if routes is None:
+                template = scope.get("path_template")
+                if type(template) is str and template and status != 404:
+                    # Litestar's router leaves the matched route's template
+                    # here (``/items/{item_id}``, its convertors dropped).
+                    return template
                 matched = status != 404  # a route-less app: its path is anonymized
             else:
                 # A Starlette or FastAPI app answered before routing (a CORS

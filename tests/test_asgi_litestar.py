@@ -1,0 +1,90 @@
+"""Litestar, which records no Starlette route: its router leaves the matched
+route's template in ``scope["path_template"]``, read for the key, so that
+its ids do not make a key per path (1,000 of them fill the key cap)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+litestar = pytest.importorskip("litestar")
+
+from litestar import Litestar, get, post  # noqa: E402
+
+from reqtelemetry import ASGIMiddleware  # noqa: E402
+from reqtelemetry.telemetry import UNMATCHED_ROUTE  # noqa: E402
+from test_asgi import served_by_uvicorn  # noqa: E402
+
+CANARY = "CANARYx7q41"
+#: Litestar 2.2x prefers ``FromPath[int]``; the plain style works in every 2.x.
+pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated inferred style")
+
+
+@get("/items/{item_id:int}")
+async def item(item_id: int) -> str:
+    return f"item {item_id}"
+
+
+@get("/boom/{n:int}")
+async def boom(n: int) -> str:
+    raise RuntimeError("the handler failed")
+
+
+@post("/orders/{order_id:str}/lines")
+async def order_lines(order_id: str) -> dict[str, bool]:
+    return {"ok": True}
+
+
+def litestar_app() -> Litestar:
+    return Litestar([item, boom, order_lines], logging_config=None)
+
+
+def test_litestar_routes_are_keyed_by_template_under_uvicorn(make_sender, receiver):
+    telemetry = make_sender()
+    app = ASGIMiddleware(litestar_app(), telemetry=telemetry)
+    got = []
+    with served_by_uvicorn(app) as client:
+        for path in ("/items/1", "/items/22", f"/boom/3?user={CANARY}", f"/nope/{CANARY}"):
+            response = client.get(path)
+            got.append((response.status_code, len(response.content)))
+        response = client.post(f"/orders/{CANARY}/lines", content=b"{}")
+        got.append((response.status_code, len(response.content)))
+    assert [status for status, _ in got] == [200, 200, 500, 404, 201]
+    assert telemetry.flush(timeout=5)
+    reports = receiver.reports_from(telemetry.instance_id)
+    records = {
+        (r["method"], r["route"], r["status"]): (r["count"], r["response_bytes"])
+        for report in reports
+        for r in report["batch"]["records"]
+    }
+    assert records == {
+        ("GET", "/items/{item_id}", 200): (2, got[0][1] + got[1][1]),
+        ("GET", "/boom/{n}", 500): (1, got[2][1]),
+        ("GET", UNMATCHED_ROUTE, 404): (1, got[3][1]),
+        ("POST", "/orders/{order_id}/lines", 201): (1, got[4][1]),
+    }
+    assert CANARY not in json.dumps(reports)
+
+
+def test_an_empty_template_is_not_a_key(telemetry, counts):
+    """Litestar has left ``path_template`` empty for some routes (its issue
+    3806): the path is anonymized then, never sent as it is, nor keyed ``""``."""
+    import asyncio
+
+    import httpx
+
+    async def app(scope, receive, send):
+        scope["path_template"] = ""
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run():
+        transport = httpx.ASGITransport(app=ASGIMiddleware(app, telemetry=telemetry))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return (await client.get(f"/prefix/{CANARY}")).status_code
+
+    assert asyncio.run(run()) == 200
+    ((method, route, status),) = counts(telemetry)
+    assert (method, status) == ("GET", 200)
+    assert route.startswith("/") and CANARY not in route and route != "/"
