@@ -28,6 +28,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,6 +75,8 @@ DIALECT = Dialect(
 #: Seconds a migration waits for the write lock that another connection
 #: holds (another replica's migration, which holds it throughout).
 MIGRATION_WAIT = 3600.0
+#: Seconds of each of the turns that wait makes (see ``_run_migrations``).
+MIGRATION_TURN = 1.0
 #: Bytes of write-ahead log kept once a checkpoint has emptied it (64 MiB).
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 #: What SQLite says when a SUM of integers leaves 64 bits.
@@ -389,10 +392,28 @@ class SQLiteStorage(SQLStorage):
         # a large database outlasts that (14 s for 3 million aggregate rows),
         # and a replica starting beside it failed "database is locked" where
         # on PostgreSQL it waits for the advisory lock.
+        #
+        # Only while the committed schema is behind this release's (else no
+        # migration can be under way): a connection that merely holds the
+        # lock (a sqlite3 shell left in a transaction) failed a collector's
+        # start after the busy timeout, with a line saying so, and must
+        # still. And in turns of MIGRATION_TURN: SQLite's wait for a lock
+        # is in C, which Ctrl-C does not interrupt.
         with self._lock:
-            self._set_busy_timeout(max(MIGRATION_WAIT, self._busy_timeout))
+            latest = max(step.version for step in self.migrations)
+            wait = self._busy_timeout
+            if self.schema_version() < latest:
+                wait = max(MIGRATION_WAIT, wait)
+            deadline = time.monotonic() + wait
             try:
-                return self._transaction("BEGIN IMMEDIATE", work)
+                while True:
+                    turn = min(MIGRATION_TURN, max(0.0, deadline - time.monotonic()))
+                    self._set_busy_timeout(turn)
+                    try:
+                        return self._transaction("BEGIN IMMEDIATE", work)
+                    except sqlite3.OperationalError as error:
+                        if not _is_busy(error) or time.monotonic() >= deadline:
+                            raise
             finally:
                 self._set_busy_timeout(self._busy_timeout)
 
