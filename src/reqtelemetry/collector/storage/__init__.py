@@ -118,6 +118,12 @@ def _described(url: str) -> str:
             # mysql://) is still shown, by --help from REQTELEMETRY_COLLECTOR_DB:
             # its user info's password was printed as written.
             return _described_as_written(text, url)
+        mistyped = _MISTYPED_URL.match(text)
+        if mistyped is not None and "://" not in text:
+            # A URL a slash or a colon short (postgresql:/app:pw@db/x), which
+            # open_storage refuses quoting its start only: what follows may
+            # well be a password, and --help showed it as written.
+            return mistyped.group() + "***"
         return _PASSWORD_PAIR.sub(r"\1***", text)
     scheme, separator, rest = text.partition("://")
     text = scheme.lower() + separator + rest  # as open_storage hands it to libpq
