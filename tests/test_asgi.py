@@ -1557,24 +1557,29 @@ class _UploadFailed(Exception):
     """What an app raises when it cannot read an upload: no handler answers it."""
 
 
+def http_scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The scope a server hands an app for one HTTP/1.1 request to ``path``."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+
+
 def _serve_chunked_upload(app: Any) -> list[dict[str, Any]]:
     """What a server hands an app for a chunked upload of 10 chunks of 10
     bytes (no ``Content-Length``), and the messages it sends back; what the
     app raises the server logs."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/up/1",
-        "raw_path": b"/up/1",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"x"), (b"transfer-encoding", b"chunked")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 2),
-    }
+    scope = http_scope("POST", "/up/1", [(b"host", b"x"), (b"transfer-encoding", b"chunked")])
     chunks = [{"type": "http.request", "body": b"x" * 10, "more_body": True} for _ in range(9)]
     chunks.append({"type": "http.request", "body": b"x" * 10, "more_body": False})
     wire: list[dict[str, Any]] = []
@@ -2659,20 +2664,7 @@ async def read_upload(request: Request) -> PlainTextResponse:
 def _serve_abandoned_upload(app: Any) -> list[dict[str, Any]]:
     """What uvicorn does when the client closes after 1,000 of 100,000 bytes:
     the body read so far, then ``http.disconnect``; whatever is sent after is dropped."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/upload",
-        "raw_path": b"/upload",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"x"), (b"content-length", b"100000")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 2),
-    }
+    scope = http_scope("POST", "/upload", [(b"host", b"x"), (b"content-length", b"100000")])
     messages = [
         {"type": "http.request", "body": b"x" * 1000, "more_body": True},
         {"type": "http.disconnect"},
@@ -2795,20 +2787,7 @@ def serve_then_leave(app, chunks_before_leaving: int):
         if sum(1 for m in delivered if m.get("body")) >= chunks_before_leaving:
             gone.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/events",
-        "raw_path": b"/events",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 1234),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope("GET", "/events", [(b"host", b"testserver")])
     asyncio.run(app(scope, receive, send))
     return delivered
 

@@ -235,6 +235,10 @@ def failing_flask_app() -> Flask:
     def order(order_id):
         raise RuntimeError("the view failed")
 
+    @app.route("/ok")
+    def ok():
+        return "ok"
+
     return app
 
 
@@ -287,23 +291,8 @@ def copying(app):
     return middleware
 
 
-def failing_flask_app_with_ok() -> Flask:
-    app = Flask("inner")
-    app.config["PROPAGATE_EXCEPTIONS"] = True
-
-    @app.route("/orders/<int:order_id>")
-    def order(order_id):
-        raise RuntimeError("the view failed")
-
-    @app.route("/ok")
-    def ok():
-        return "ok"
-
-    return app
-
-
 def test_copied_environ_mounted_init_app_error_counts_once(telemetry, counts):
-    inner = failing_flask_app_with_ok()
+    inner = failing_flask_app()
     init_app(inner, telemetry)
     outer = Flask("outer")
     outer.wsgi_app = DispatcherMiddleware(outer.wsgi_app, {"/shop": copying(inner)})
