@@ -530,7 +530,13 @@ class TelemetryMiddleware:
         found = _resolved_anyway(request, status, response)
         if found is None:
             return None
-        match, language = found
+        match, language, target = found
+        if target != request.path_info and self._is_excluded(target):
+            # A redirect into an excluded page (APPEND_SLASH's, LocaleMiddleware's)
+            # is excluded by the path it leads to, as the page is. Its template
+            # may not say so: a ``re_path``'s is its regex (``/healthz/$``, an
+            # escaped secret URL), which an exclusion written as a path never matched.
+            return _EXCLUDED_TARGET
         if match.route is None:
             return None
         route = self._plain_templates.get(match.route)
@@ -590,6 +596,8 @@ class TelemetryMiddleware:
                 if status in _REDIRECTS or (request.method == "OPTIONS" and status != 404):
                     # Not a 404: Django resolved that one and found nothing.
                     route = self._route_resolved_anyway(request, status, response)
+                    if route is _EXCLUDED_TARGET:
+                        return
                 elif (
                     getattr(request, "_cache_update_cache", None) is False
                     and request.method in _CACHED_METHODS
@@ -642,14 +650,17 @@ class TelemetryMiddleware:
 _CACHED_METHODS = frozenset({"GET", "HEAD"})
 #: The redirects middleware answers before URL resolution for a route's sake.
 _REDIRECTS = frozenset({301, 302, 307, 308})
+#: What :meth:`TelemetryMiddleware._route_resolved_anyway` gives for an answer
+#: that leads to an excluded path: it is not recorded (no template starts with "<").
+_EXCLUDED_TARGET = "<excluded>"
 
 
 def _resolved_anyway(
     request: Any, status: int, response: Any = None
-) -> tuple[Any, str | None] | None:
+) -> tuple[Any, str | None, str] | None:
     """The match of the route a request answered before URL resolution is
-    for, and the language it was resolved in (None: the active one); None
-    where no route takes it.
+    for, the language it was resolved in (None: the active one) and the path
+    that resolved to it; None where no route takes it.
 
     Middleware answers some requests before Django resolves them: a CORS
     preflight (django-cors-headers answers in ``process_request``),
@@ -690,9 +701,9 @@ def _resolved_anyway(
         language = _language_of(candidate, urlconf)
         try:
             if language is None:
-                return resolve(candidate, urlconf), None
+                return resolve(candidate, urlconf), None, candidate
             with translation.override(language):
-                return resolve(candidate, urlconf), language
+                return resolve(candidate, urlconf), language, candidate
         except Resolver404:
             continue
     return None
