@@ -387,6 +387,7 @@ class _Exchange(Mark):
         "chunk",
         "disconnected",
         "end",
+        "head",
         "request_bytes",
         "response_bytes",
         "status",
@@ -446,6 +447,9 @@ class _Exchange(Mark):
                 self.end = perf_counter()
         elif kind == "http.response.start":
             self.status = message["status"]
+            # Read only when the client leaves (:func:`_client_left`): its
+            # headers say whether the body it was sent was all there was.
+            self.head = message
         elif kind == "http.response.pathsend":
             # The server sends the whole file itself: its size is the body's.
             self.end = perf_counter()
@@ -634,9 +638,31 @@ def _client_left(exchange: _Exchange, scope: Scope) -> Any:
     WSGI middleware and Django's decide so too. Asked only of a response cut
     short, never of one that completed.
     """
-    if exchange.status and scope.get("method") == "HEAD":
+    if exchange.status and (scope.get("method") == "HEAD" or _had_whole_body(exchange)):
         return exchange.status
     return CLIENT_CLOSED_STATUS
+
+
+def _had_whole_body(exchange: _Exchange) -> bool:
+    """Whether the body bytes sent before the client left are all its
+    ``Content-Length`` declared.
+
+    Why: a client that has the declared length has the whole answer, and
+    closes (curl, a script's one request) before the app's closing empty
+    message, which Starlette's ``FileResponse`` sends after a last chunk of
+    exactly its 64 KiB and ``@app.middleware("http")`` after any stream it
+    relays: such a request was a 499 beside a client that had its 200.
+    """
+    head = getattr(exchange, "head", None)  # unset until a start went out
+    if head is None:
+        return False
+    try:
+        for name, value in head.get("headers") or ():
+            if name.lower() == b"content-length":
+                return int(value) == exchange.response_bytes
+    except (AttributeError, TypeError, ValueError):
+        pass  # headers the server refuses anyway
+    return False
 
 
 def _status_code(status: Any) -> int:

@@ -1,0 +1,118 @@
+"""A client that has every byte its ``Content-Length`` declared, and closes
+before the app's closing empty message (curl, a script's one request): it had
+the whole answer, and is recorded with its status, not as a 499."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.applications import Starlette
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.responses import FileResponse, StreamingResponse
+from starlette.routing import Route
+
+from reqtelemetry import ASGIMiddleware
+from reqtelemetry.telemetry import CLIENT_CLOSED_STATUS
+from test_asgi import http_scope
+
+FILE_CHUNK = 64 * 1024  # FileResponse's chunk_size
+
+
+def serve_then_leave(app, path: str, leave_at: int):
+    """One GET of ``path`` through ``app`` as uvicorn serves it: the client
+    closes once it has ``leave_at`` body bytes; ``receive`` then says so and
+    ``send`` drops everything (uvicorn's ``send`` returns without a word)."""
+    delivered = []
+    gone = asyncio.Event()
+    first = True
+
+    async def receive():
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if gone.is_set():
+            return
+        delivered.append(message)
+        if sum(len(m.get("body") or b"") for m in delivered) >= leave_at:
+            gone.set()
+
+    scope = http_scope("GET", path, [(b"host", b"testserver")])
+    asyncio.run(app(scope, receive, send))
+    return sum(len(m.get("body") or b"") for m in delivered)
+
+
+BODY = b"x" * 1000
+
+
+async def body_then_cleanup():
+    yield BODY
+    await asyncio.sleep(0.05)  # closes an upstream response, a cursor: after the last byte
+
+
+async def declared(request):
+    return StreamingResponse(body_then_cleanup(), headers={"content-length": str(len(BODY))})
+
+
+async def declared_twice(request):
+    async def more():
+        yield BODY
+        await asyncio.sleep(0.05)
+        yield BODY
+
+    return StreamingResponse(more(), headers={"content-length": str(2 * len(BODY))})
+
+
+class Relay(BaseHTTPMiddleware):
+    async def dispatch(self, request, call_next):
+        return await call_next(request)
+
+
+def build(telemetry, tmp_path, relayed: bool):
+    (tmp_path / "exact.bin").write_bytes(b"f" * FILE_CHUNK)
+
+    async def exact(request):
+        return FileResponse(tmp_path / "exact.bin")
+
+    app = Starlette(
+        routes=[
+            Route("/exact", exact),
+            Route("/declared", declared),
+            Route("/declared-twice", declared_twice),
+        ]
+    )
+    if relayed:
+        app.add_middleware(Relay)
+    app.add_middleware(ASGIMiddleware, telemetry=telemetry)
+    return app
+
+
+def test_a_file_of_exactly_its_chunks_had_by_a_client_that_closed_is_200(
+    make_telemetry, records, tmp_path
+):
+    for relayed in (False, True):
+        telemetry = make_telemetry()
+        app = build(telemetry, tmp_path, relayed)
+        assert serve_then_leave(app, "/exact", FILE_CHUNK) == FILE_CHUNK  # all of it
+        assert set(records(telemetry)) == {("GET", "/exact", 200)}, relayed
+        assert records(telemetry)["GET", "/exact", 200]["response_bytes"] == FILE_CHUNK
+
+
+def test_a_declared_stream_had_whole_before_its_end_is_200(make_telemetry, records, tmp_path):
+    for relayed in (False, True):
+        telemetry = make_telemetry()
+        app = build(telemetry, tmp_path, relayed)
+        assert serve_then_leave(app, "/declared", len(BODY)) == len(BODY)
+        assert set(records(telemetry)) == {("GET", "/declared", 200)}, relayed
+
+
+def test_a_declared_stream_left_halfway_is_still_499(make_telemetry, records, tmp_path):
+    for relayed in (False, True):
+        telemetry = make_telemetry()
+        app = build(telemetry, tmp_path, relayed)
+        assert serve_then_leave(app, "/declared-twice", len(BODY)) == len(BODY)
+        assert set(records(telemetry)) == {("GET", "/declared-twice", CLIENT_CLOSED_STATUS)}
