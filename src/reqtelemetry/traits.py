@@ -631,7 +631,93 @@ def _read_theirs(path: str) -> str:
 
 
 def _replace(path: str, new_id: str) -> str:
-    """Atomically replace a corrupt file; the id on disk afterwards."""
+    """Replace a damaged id file; the id on disk afterwards.
+
+    Workers starting together that all found it damaged must agree on one id,
+    as they do when they create it: each locks the damaged file, and only the
+    first replaces it. The others, once they hold the lock, find another file
+    at ``path`` (or the lock taken on the new one) and adopt the id in it.
+    Without ``fcntl`` (Windows), or where the lock is refused, it is replaced
+    unlocked, as before.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return _replace_unlocked(path, new_id)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ForeignFileError(path)
+        if not _lock_briefly(fd, fcntl):
+            return _replace_unlocked(path, new_id)
+        if not os.path.samestat(os.fstat(fd), os.stat(path)):
+            # Another start replaced it while this one waited: take its id
+            # (or, damaged again, replace that file the same way).
+            return _read_id(path) or _replace(path, new_id)
+        data = os.pread(fd, _MAX_ID_FILE_BYTES + 1, 0)
+        found = _parse_id(data)
+        if found is not None:
+            return found  # locked after another start's replacement landed
+        if not _damaged_id(data):
+            raise ForeignFileError(path)
+        try:
+            return _replace_unlocked(path, new_id)  # the lock held until it is in place
+        except OSError:
+            if not os.path.samestat(os.fstat(fd), os.stat(path)):
+                raise  # it was replaced: what failed came after
+            return _write_in_place(path, fd, new_id)
+    finally:
+        os.close(fd)
+
+
+def _lock_briefly(fd: int, fcntl: Any) -> bool:
+    """Whether ``fd`` was locked exclusively within about as long as
+    :func:`_read_theirs` waits; False also where the file system has no locks.
+
+    Not waited on for ever: a process forked while another held the lock
+    keeps holding it as long as it lives, and the flush's lock is held here.
+    """
+    for attempt in range(50):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(0.01 * min(attempt + 1, 5))
+        except OSError:
+            return False
+    return False
+
+
+def _write_in_place(path: str, locked: int, new_id: str) -> str:
+    """Write ``new_id`` over the damaged file ``locked`` (open, locked) itself.
+
+    Why: some files cannot be renamed over, nor have a file made beside them,
+    yet can be written: a file bind-mounted into a container (``docker run -v
+    host_file:/data/deployment_id``, a Kubernetes ``subPath``), which must
+    exist before it is mounted and so starts empty, in a directory that may
+    be read-only. Replaced only by a rename, such a file stayed empty, and
+    every process of every start sent an id of its own. The id goes in one
+    write: a reader that still finds the file empty takes it for damaged, and
+    waits for this lock.
+    """
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+    try:
+        if not os.path.samestat(os.fstat(fd), os.fstat(locked)):
+            raise ForeignFileError(path)  # no longer the file locked: not written to
+        view = memoryview((new_id + "\n").encode("ascii"))
+        offset = 0
+        while offset < len(view):
+            offset += os.pwrite(fd, view[offset:], offset)
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return new_id
+
+
+def _replace_unlocked(path: str, new_id: str) -> str:
+    """Atomically replace a damaged file; the id on disk afterwards."""
     temporary = _temporary_sibling(path, (new_id + "\n").encode("ascii"))
     try:
         os.replace(temporary, path)
