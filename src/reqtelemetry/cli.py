@@ -283,6 +283,8 @@ def _collector(args: argparse.Namespace) -> int:
     for record in held:
         logging.getLogger(record.name).handle(record)
     app, settings, uvicorn, describe_database = started
+    from .collector.app import SHUTDOWN_GRACE as shutdown_grace
+
     mode = "production" if settings.production else "development"
     host = f"[{args.host}]" if ":" in args.host else args.host
     # Port 0: the system picks one when uvicorn binds, and uvicorn's line names it.
@@ -316,6 +318,9 @@ def _collector(args: argparse.Namespace) -> int:
         log_config=None,
         proxy_headers=args.proxy_headers,
         forwarded_allow_ips=args.forwarded_allow_ips,
+        # A stop waits for the requests under way this long at most: a CSV
+        # download whose client stopped reading never ends by itself.
+        timeout_graceful_shutdown=shutdown_grace,
     )
     return 0
 

@@ -49,7 +49,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, TypeVar
@@ -143,6 +143,13 @@ VERIFY_QUEUE = 64
 #: default); one that trickles it, or stops short, would otherwise hold its
 #: place in the line, and its bytes, for as long as it keeps its connection.
 BODY_TIMEOUT = 30.0
+#: Seconds a stopping collector (SIGTERM) waits for the requests under way
+#: before it cancels them, and writes its refusal counts and closes its
+#: database. Long enough for any report under way to be answered as it would
+#: have been (its body's time, then its commit's); without a limit, one CSV
+#: download whose client stopped reading kept the collector from stopping at
+#: all, until a SIGKILL lost what a clean stop writes.
+SHUTDOWN_GRACE = math.ceil(BODY_TIMEOUT + COMMIT_BUDGET) + 2
 #: Dashboard summaries (and CSV exports' queries) read at once. Why a turn
 #: before the worker thread, and not only the storage's own read turns: a
 #: summary waiting for those holds one of the worker threads that report
@@ -151,6 +158,13 @@ BODY_TIMEOUT = 30.0
 SUMMARY_CONCURRENCY = MAX_READERS
 #: Summaries waiting for their turn, beyond which one is answered ``503`` at once.
 SUMMARY_QUEUE = 16
+#: CSV downloads (``/export.csv``) under way at once; another is answered
+#: ``503`` at once. Why a bound: each download reads on a database
+#: connection of its own for as long as its client takes to fetch it, and a
+#: client that stops reading keeps it forever. On PostgreSQL those are the
+#: server's connections, shared with every replica: 45 stalled downloads
+#: took all of a server's 40, and no other replica could connect.
+EXPORT_CONCURRENCY = 4
 #: How long a client should wait when the verifications are all taken.
 BUSY_RETRY_AFTER = 10
 #: The answer to a report the database refused to hold (the database's own
@@ -277,6 +291,7 @@ def create_app(
     # The bodies still arriving hold no more than the line's bodies would.
     reading = BodyBudget((VERIFY_CONCURRENCY + VERIFY_QUEUE) * settings.max_body_bytes)
     summary_gate = Gate(SUMMARY_CONCURRENCY, SUMMARY_QUEUE)
+    downloads = threading.BoundedSemaphore(EXPORT_CONCURRENCY)
     tally = RefusalTally(store)
     # Writes and reads apart: a database that refuses writes (a full disk, a
     # lock) may still answer the dashboard, and one log's successes would
@@ -485,7 +500,7 @@ def create_app(
     async def export_csv(request: Request) -> Response:
         days = days_param(request)
         app_name = app_param(request)
-        chunks = csv_chunks(endpoint_rows(store, since_days(days), app_name))
+        chunks = csv_chunks(_one_of(downloads, endpoint_rows(store, since_days(days), app_name)))
         try:
             # The query runs here, before the status is sent: a failing database
             # is a 503. It takes a summary's turn: 40 exports at once, each in
@@ -737,6 +752,24 @@ async def _streamed(chunks: Started[str]) -> AsyncIterator[str]:
     finally:
         with anyio.CancelScope(shield=True):  # even when the download was cancelled
             await run_in_threadpool(chunks.close)
+
+
+def _one_of(
+    downloads: threading.BoundedSemaphore, rows: Generator[T, None, None]
+) -> Generator[T, None, None]:
+    """``rows`` (a download's), read while holding one of ``downloads``; raises
+    ``ReadersBusy`` when none is free, before ``rows`` opens its connection.
+
+    Taken when the first row is read and given back when the rows end, are
+    closed or are collected, as the read's connection is: a download held
+    one, whether its client fetches it or not.
+    """
+    if not downloads.acquire(blocking=False):
+        raise ReadersBusy(f"{EXPORT_CONCURRENCY} CSV downloads are already under way")
+    try:
+        yield from rows
+    finally:
+        downloads.release()
 
 
 def _busy() -> JSONResponse:
