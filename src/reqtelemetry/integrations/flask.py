@@ -60,6 +60,7 @@ from ..telemetry import (
     parse_content_length,
 )
 from .wsgi import (
+    RECORDED_FAILURE_KEY,
     ROUTE_KEY,
     UNKNOWN_ROUTE,
     CountedInput,
@@ -67,10 +68,8 @@ from .wsgi import (
     WSGIMiddleware,
     _Measured,
     count_what_is_read,
-    failure_recorded_by,
     length_sent_by_front_server,
     measure_iterable,
-    note_recorded_failure,
     record_request,
 )
 
@@ -287,12 +286,12 @@ def _measured_wsgi_app(wsgi_app: WSGIApp, telemetry: Telemetry) -> WSGIApp:
             environ.pop(KEPT_KEY, None)
             # Flask's request, or nobody around records it and nothing of this
             # telemetry inside (an app mounted in this one) has.
-            if kept or (mark is None and not failure_recorded_by(environ, telemetry)):
+            if kept or (mark is None and environ.get(RECORDED_FAILURE_KEY) is not telemetry):
                 if mark is not None:
                     mark.taken_over = True
                 route = _route(kept[-1][1]) if kept else UNKNOWN_ROUTE
                 record_request(telemetry, environ, route, 500, perf_counter() - start, 0)
-                note_recorded_failure(environ, telemetry)
+                environ[RECORDED_FAILURE_KEY] = telemetry
             raise
         environ.pop(KEPT_KEY, None)  # the response and rule go with the request
         if not kept:  # another app behind a dispatcher answered: not Flask's request

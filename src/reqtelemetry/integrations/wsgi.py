@@ -20,10 +20,8 @@ anonymized.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
 from typing import Any
@@ -53,8 +51,6 @@ WERKZEUG_REQUEST_KEY = "werkzeug.request"
 #: the same error records nothing of it. It does not know the route, and
 #: recorded the request a second time under its anonymized path.
 RECORDED_FAILURE_KEY = "reqtelemetry.recorded_failure"
-#: The same mark, on the error itself (see :func:`note_recorded_failure`).
-_RECORDED_FAILURE_ATTRIBUTE = "_reqtelemetry_recorded_by"
 #: A route nobody has told us yet (distinct from None, "the router matched nothing").
 UNKNOWN_ROUTE: Any = object()
 _STATUS_CODES: dict[str, int] = {}
@@ -112,7 +108,7 @@ class WSGIMiddleware:
             measured.status = 500
             measured.finish()
             if not measured.taken_over:  # recorded here
-                note_recorded_failure(environ, telemetry)
+                environ[RECORDED_FAILURE_KEY] = telemetry
             raise
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and (  # _is_servers_file, without its call
@@ -145,31 +141,6 @@ class WSGIMiddleware:
         if sized:
             measured.__class__ = _SizedMeasured
         return measured
-
-
-def note_recorded_failure(environ: dict[str, Any], telemetry: Telemetry) -> None:
-    """Mark the request whose error is propagating (called in its ``except``)
-    as recorded by ``telemetry`` (see :data:`RECORDED_FAILURE_KEY`).
-
-    Why on the error too: a middleware between that copies the environ (a
-    prefix-stripping ``dict(environ)``) hands the mounted app a dict of its
-    own, whose key the one outside never sees, and the error counted twice.
-    The error is what both see. It carries the telemetry's ``id()``, not the
-    object: an error is logged, pickled (to another process, a task queue's
-    result), and a telemetry must go with neither.
-    """
-    environ[RECORDED_FAILURE_KEY] = telemetry
-    # An error that takes no attribute has the environ's mark only.
-    with contextlib.suppress(Exception):
-        setattr(sys.exc_info()[1], _RECORDED_FAILURE_ATTRIBUTE, id(telemetry))
-
-
-def failure_recorded_by(environ: dict[str, Any], telemetry: Telemetry) -> bool:
-    """Whether ``telemetry`` recorded the error propagating (see :func:`note_recorded_failure`)."""
-    error = sys.exc_info()[1]
-    return environ.get(RECORDED_FAILURE_KEY) is telemetry or getattr(
-        error, _RECORDED_FAILURE_ATTRIBUTE, None
-    ) == id(telemetry)
 
 
 def _a_plain_sequence(sequence: list[bytes] | tuple[bytes, ...]) -> bool:
