@@ -385,6 +385,7 @@ class _Exchange(Mark):
         "_receive",
         "_send",
         "chunk",
+        "delivered",
         "disconnected",
         "end",
         "head",
@@ -445,6 +446,10 @@ class _Exchange(Mark):
             self.chunk = chunk
             if not message.get("more_body", False):
                 self.end = perf_counter()
+                return self._send(message)
+            # A chunk before the last is delivered once the server took it
+            # (see _had_whole_body); a response sent in one message pays nothing.
+            return self._delivered(message)
         elif kind == "http.response.start":
             self.status = message["status"]
             # Read only when the client leaves (:func:`_client_left`): its
@@ -469,6 +474,21 @@ class _Exchange(Mark):
             # Announced in the start message, trailers end the response.
             self.end = perf_counter()
         return self._send(message)
+
+    async def _delivered(self, message: Message) -> None:
+        """The server's ``send`` of a body chunk before the last, awaited;
+        then the body bytes the server has taken are noted.
+
+        Why: uvicorn's ``send`` waits while its write buffer is full, and a
+        client that leaves meanwhile wakes the app's ``receive`` first; the
+        ``send`` then returns without writing. Counted when handed over, the
+        last chunk of a download left at 1 MB of 16 made the bytes the
+        ``Content-Length`` declared, and the request a 200.
+        """
+        upto = self.response_bytes
+        await self._send(message)
+        if not self.disconnected:
+            self.delivered = upto
 
     def send_failed(self) -> None:
         """The server's ``send`` raised: the client is gone, and the last chunk never passed."""
@@ -656,10 +676,13 @@ def _had_whole_body(exchange: _Exchange) -> bool:
     head = getattr(exchange, "head", None)  # unset until a start went out
     if head is None:
         return False
+    # The bytes the server took before the client left, not those handed to
+    # it: a chunk the server still held when it left never went out.
+    delivered = getattr(exchange, "delivered", 0)  # unset until a chunk was taken
     try:
         for name, value in head.get("headers") or ():
             if name.lower() == b"content-length":
-                return int(value) == exchange.response_bytes
+                return int(value) == delivered
     except (AttributeError, TypeError, ValueError):
         pass  # headers the server refuses anyway
     return False
