@@ -12,6 +12,7 @@ import functools
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -48,6 +49,8 @@ UNMATCHED_ROUTE = "<unmatched>"
 LANGUAGE_PREFIX = "<language-code>"
 #: The first segment of such a template, as :meth:`Telemetry.is_excluded_route` looks for it.
 LANGUAGE_SEGMENT = f"/{LANGUAGE_PREFIX}/"
+#: A character a regex escapes (``\.``), as :meth:`Telemetry.is_excluded_route` reads it.
+_REGEX_ESCAPE = re.compile(r"\\(.)")
 
 #: Raw paths whose anonymized form is remembered (per instance, in memory only).
 ANONYMIZED_CACHE_SIZE = 4096
@@ -499,6 +502,17 @@ class Telemetry:
             # it came from, not by its look: a template can hold 64 hex
             # digits too (a secret URL made with ``secrets.token_hex(32)``).
             return False
+        if self._is_excluded_template(route):
+            return True
+        # A ``re_path``'s template is its regex, whose literal text is escaped
+        # (``re.escape`` writes ``/canary\-7f3a9c\.admin/``): compared as the
+        # path it matches too. Under ``i18n_patterns`` nothing else tells such
+        # a page: its path starts with a language no prefix names, and the
+        # hidden admin's secret URL was sent in its key.
+        return "\\" in route and self._is_excluded_template(_REGEX_ESCAPE.sub(r"\1", route))
+
+    def _is_excluded_template(self, route: str) -> bool:
+        """:meth:`is_excluded_route` of a template as it reads."""
         if self.is_excluded(route):
             return True
         return (
