@@ -52,6 +52,10 @@ _KEYWORD_DSN = re.compile(r"\s*[A-Za-z_]+\s*=")
 #: ``postgresql//db/x``, ``sqlite:/x.db``). Taken for a file, it made a SQLite
 #: database under a directory named after the URL, password and all.
 _MISTYPED_URL = re.compile(r"(?:postgres(?:ql)?|sqlite)(?::|//)", re.IGNORECASE)
+#: A bare path that starts with a URL's user info, password and all, with no
+#: scheme (``app:pw@db:5432/x``), a misspelt one (``postgre:/app:pw@db/x``)
+#: or only its slashes (``//app:pw@db/x``): group 1 is all before the password.
+_USER_INFO_PATH = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.-]*:)?/*[^/@:\s]*:)[^/@\s]*@")
 #: Where a query (``?timeout=30``) or a fragment (``#x``) of a SQLite URL begins.
 _SQLITE_QUERY = re.compile(r"[?#]")
 #: ``password=...`` in a keyword DSN (or anywhere in a text).
@@ -113,17 +117,21 @@ def describe_database(url: str) -> str:
 def _described(url: str) -> str:
     text = url.strip()
     if not text.lower().startswith(_POSTGRES):
+        mistyped = _MISTYPED_URL.match(text)
+        if mistyped is not None and not text.lower().startswith(_SQLITE):
+            # A URL a slash or a colon short (postgresql:/app:pw@db/x), which
+            # open_storage refuses quoting its start only: what follows may
+            # well be a password, and --help showed it as written. Also where
+            # a "://" follows (in a parameter), which made it a scheme's.
+            return mistyped.group() + "***"
         if "://" in text and not text.lower().startswith(_SQLITE):
             # A scheme open_storage refuses (SQLAlchemy's postgresql+psycopg://,
             # mysql://) is still shown, by --help from REQTELEMETRY_COLLECTOR_DB:
             # its user info's password was printed as written.
             return _described_as_written(text, url)
-        mistyped = _MISTYPED_URL.match(text)
-        if mistyped is not None and "://" not in text:
-            # A URL a slash or a colon short (postgresql:/app:pw@db/x), which
-            # open_storage refuses quoting its start only: what follows may
-            # well be a password, and --help showed it as written.
-            return mistyped.group() + "***"
+        if _USER_INFO_PATH.match(text):
+            # A URL without its scheme (see open_storage): its password hidden.
+            return _USER_INFO_PATH.sub(r"\1***@", text, count=1)
         return _PASSWORD_PAIR.sub(r"\1***", text)
     scheme, separator, rest = text.partition("://")
     text = scheme.lower() + separator + rest  # as open_storage hands it to libpq
@@ -472,19 +480,29 @@ def open_storage(url: str, *, read_only: bool = False) -> SQLStorage:
         from .sqlite import SQLiteStorage
 
         return SQLiteStorage(rest[1:], read_only=read_only)
+    mistyped = _MISTYPED_URL.match(url)
+    if mistyped:
+        # Only its start is quoted back: what follows may well be a password.
+        # Before the "://" below, which a parameter may hold (?x=file://...):
+        # all before it was quoted as the scheme, password and all.
+        raise ValueError(
+            f"the database URL starts with {mistyped.group()!r} but is no URL: write "
+            "postgresql://user:password@host/dbname or sqlite:///path.db (a SQLite "
+            "file whose name starts so: ./that/path.db)"
+        )
     if "://" in url:
         scheme = url.split("://", 1)[0]
         raise ValueError(
             f"unsupported database URL scheme {scheme!r}: use sqlite:///path.db, a file path, "
             "or postgresql://user:password@host/dbname"
         )
-    mistyped = _MISTYPED_URL.match(url)
-    if mistyped:
-        # Only its start is quoted back: what follows may well be a password.
+    if _USER_INFO_PATH.match(url):
+        # Taken for a file, it made a SQLite database under a directory named
+        # after the URL, and the collector's start line showed its password.
         raise ValueError(
-            f"the database URL starts with {mistyped.group()!r} but is no URL: write "
-            "postgresql://user:password@host/dbname or sqlite:///path.db (a SQLite "
-            "file whose name starts so: ./that/path.db)"
+            f"{describe_database(url)!r} looks like a database URL without its scheme "
+            "(user:password@host): write postgresql://user:password@host/dbname (a SQLite "
+            "file whose name has ':' and '@': sqlite:///that/path.db)"
         )
     if _KEYWORD_DSN.match(url):
         raise ValueError(
