@@ -4,6 +4,7 @@ bound nor keep the collector from stopping (found by an operations review)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import uuid
@@ -118,3 +119,20 @@ def test_a_stop_waits_for_the_requests_under_way_for_a_bounded_time(
     assert grace is not None
     # Long enough for a report under way to be answered as it would have been.
     assert BODY_TIMEOUT + COMMIT_BUDGET <= grace <= 120
+
+
+def test_a_stop_that_cancels_a_stalled_download_still_folds_the_log(tmp_path):
+    database = sqlite_database(tmp_path)
+    _seed(database.url, versions=60, routes=1000)  # more than a socket's buffers
+    wal = f"{database.path}-wal"
+    stalled = []
+    try:
+        with running_collector(database.url) as collector:  # a stop waits 2 s, then cancels
+            port = int(collector.url.rsplit(":", 1)[1])
+            stalled.append(_stalled_download(port))
+            assert stalled[0].recv(12) == b"HTTP/1.1 200"
+            collector.app.state.refusals.add("bad_envelope")  # written at the stop
+        assert not os.path.exists(wal), "the stop left the log beside the file"
+    finally:
+        for sock in stalled:
+            sock.close()

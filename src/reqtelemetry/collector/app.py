@@ -516,7 +516,7 @@ def create_app(
             read_failures.failed("read the endpoint report", error)
             return _unavailable("the collector cannot read its database right now")
         read_failures.worked()
-        return StreamingResponse(
+        return _Download(
             _streamed(started_chunks),
             media_type="text/csv; charset=utf-8",
             headers={
@@ -542,6 +542,10 @@ def create_app(
         yield
         await writer.stop()
         await upkeep.stop()
+        # The downloads a stop cancelled end their reads in worker threads
+        # after this began (uvicorn does not wait for them): closed before
+        # they are, SQLite's log stays beside the file.
+        await _downloads_ended(downloads, SHUTDOWN_GRACE - BODY_TIMEOUT - COMMIT_BUDGET)
         if owns_storage:
             store.close()
 
@@ -752,6 +756,43 @@ async def _streamed(chunks: Started[str]) -> AsyncIterator[str]:
     finally:
         with anyio.CancelScope(shield=True):  # even when the download was cancelled
             await run_in_threadpool(chunks.close)
+
+
+class _Download(StreamingResponse):
+    """A CSV download whose read ends however the response does.
+
+    Why: Starlette leaves the body's generator as it is when the response is
+    cancelled while it waits to send (a stop's cancel of a download whose
+    client stopped reading). Its read (a database connection, a download's
+    slot) then ended only when the garbage collector found it: at a stop,
+    after the database was closed, which left SQLite's log beside the file.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            body = self.body_iterator
+            if hasattr(body, "aclose"):
+                with anyio.CancelScope(shield=True):
+                    await body.aclose()
+
+
+async def _downloads_ended(downloads: threading.BoundedSemaphore, within: float) -> None:
+    """Until every download has given its slot back, or ``within`` seconds."""
+    deadline = time.monotonic() + within
+    taken = 0
+    try:
+        while taken < EXPORT_CONCURRENCY:
+            if downloads.acquire(blocking=False):
+                taken += 1
+            elif time.monotonic() >= deadline:
+                return
+            else:
+                await asyncio.sleep(0.01)
+    finally:
+        for _ in range(taken):
+            downloads.release()
 
 
 def _one_of(
