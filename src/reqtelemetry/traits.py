@@ -638,19 +638,24 @@ def _replace(path: str, new_id: str) -> str:
     first replaces it. The others, once they hold the lock, find another file
     at ``path`` (or the lock taken on the new one) and adopt the id in it.
     Without ``fcntl`` (Windows), or where the lock is refused, it is replaced
-    unlocked, as before.
+    unlocked, as before (written in place too where it cannot be renamed over).
     """
     try:
         import fcntl
     except ImportError:
         return _replace_unlocked(path, new_id)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
-    fd = os.open(path, flags)
+    try:
+        # For writing where it may be: an NFS client takes flock() as a lock
+        # on the whole file, whose exclusive kind needs a file opened for
+        # writing (flock(2)); opened read-only, every lock there was refused.
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ForeignFileError(path)
         if not _lock_briefly(fd, fcntl):
-            return _replace_unlocked(path, new_id)
+            return _replace_or_write(path, fd, new_id)
         if not os.path.samestat(os.fstat(fd), os.stat(path)):
             # Another start replaced it while this one waited: take its id
             # (or, damaged again, replace that file the same way).
@@ -661,14 +666,20 @@ def _replace(path: str, new_id: str) -> str:
             return found  # locked after another start's replacement landed
         if not _damaged_id(data):
             raise ForeignFileError(path)
-        try:
-            return _replace_unlocked(path, new_id)  # the lock held until it is in place
-        except OSError:
-            if not os.path.samestat(os.fstat(fd), os.stat(path)):
-                raise  # it was replaced: what failed came after
-            return _write_in_place(path, fd, new_id)
+        return _replace_or_write(path, fd, new_id)  # the lock held until it is in place
     finally:
         os.close(fd)
+
+
+def _replace_or_write(path: str, fd: int, new_id: str) -> str:
+    """Replace the damaged file ``fd`` (open, at ``path``) by a rename, or,
+    where it cannot be renamed over, write it in place; the id on disk afterwards."""
+    try:
+        return _replace_unlocked(path, new_id)
+    except OSError:
+        if not os.path.samestat(os.fstat(fd), os.stat(path)):
+            raise  # it was replaced: what failed came after
+        return _write_in_place(path, fd, new_id)
 
 
 def _lock_briefly(fd: int, fcntl: Any) -> bool:
