@@ -50,7 +50,26 @@ def green_threads_coming() -> bool:
     if isinstance(options, dict) and ("gevent" in options or b"gevent" in options):
         return True  # uWSGI's --gevent: its late patch imports gevent after our hook ran
     # gunicorn -k gevent: the master loaded the worker class, and gevent with it.
-    return "gevent" in sys.modules and "gunicorn.workers.ggevent" in sys.modules
+    if "gevent" in sys.modules and "gunicorn.workers.ggevent" in sys.modules:
+        return True
+    # gunicorn -k eventlet: its worker calls eventlet.monkey_patch() after the
+    # fork too. A real thread started before ran beside eventlet's hub: past
+    # its startup report it sent nothing, and at exit its wait for the final
+    # report failed ("Cannot switch to a different thread"). Started at the
+    # worker's first request instead (eventlet says nothing once it patched),
+    # it is one of eventlet's green threads.
+    return "gunicorn.workers.geventlet" in sys.modules and not _eventlet_patched_threading()
+
+
+def _eventlet_patched_threading() -> bool:
+    """Whether eventlet has patched ``threading`` in this process."""
+    patcher = sys.modules.get("eventlet.patcher")
+    if patcher is None:
+        return False
+    try:
+        return bool(patcher.is_monkey_patched("thread"))
+    except Exception:  # not the eventlet this was written for: threads are threads
+        return False
 
 
 def when_patched(callback: Callable[[], None]) -> None:

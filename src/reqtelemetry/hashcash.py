@@ -481,15 +481,32 @@ def _wait_for(
     """The child's output; TimeoutExpired past ``deadline`` or once ``cancel`` is set."""
     while True:
         remaining = max(0.0, deadline - time.monotonic())
-        if cancel is None:
-            return child.communicate(timeout=remaining)
-        if cancel.is_set():
+        if cancel is not None and cancel.is_set():
             raise subprocess.TimeoutExpired(child.args, 0)
+        wait = remaining if cancel is None else min(remaining, CANCEL_POLL)
         try:
-            return child.communicate(timeout=min(remaining, CANCEL_POLL))
-        except subprocess.TimeoutExpired:
-            if time.monotonic() >= deadline:
+            return child.communicate(timeout=wait)
+        except Exception as error:
+            if not _timed_out(error):
                 raise
+            if cancel is None or time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(child.args, remaining) from None
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is a ``TimeoutExpired`` from a ``Popen``'s wait.
+
+    Why not ``isinstance`` alone: eventlet's green ``Popen`` (``eventlet.
+    monkey_patch()``, as ``gunicorn -k eventlet`` and Flask-SocketIO do) is
+    built on a second copy of the ``subprocess`` module, whose
+    ``TimeoutExpired`` is another class. Missed, the first poll for ``cancel``
+    (:data:`CANCEL_POLL`) ended every stamp that took longer than that: at a
+    collector's 20 bits, no report was ever delivered.
+    """
+    kind = type(error)
+    return isinstance(error, subprocess.TimeoutExpired) or (
+        kind.__name__ == "TimeoutExpired" and kind.__module__ == "subprocess"
+    )
 
 
 def _lower_priority_of(pid: int) -> None:
