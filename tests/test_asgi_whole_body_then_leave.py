@@ -116,3 +116,40 @@ def test_a_declared_stream_left_halfway_is_still_499(make_telemetry, records, tm
         app = build(telemetry, tmp_path, relayed)
         assert serve_then_leave(app, "/declared-twice", len(BODY)) == len(BODY)
         assert set(records(telemetry)) == {("GET", "/declared-twice", CLIENT_CLOSED_STATUS)}
+
+
+def test_zerocopysend_of_the_whole_length_then_leaving_keeps_the_status(
+    make_telemetry, records, tmp_path
+):
+    path = tmp_path / "five.bin"
+    path.write_bytes(b"12345")
+
+    async def app(scope, receive, send):
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
+        )
+        with open(path, "rb") as file:
+            await send(
+                {
+                    "type": "http.response.zerocopysend",
+                    "file": file.fileno(),
+                    "count": 5,
+                    "more_body": True,
+                }
+            )
+        assert (await receive())["type"] == "http.disconnect"
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def send(message):
+        pass
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    telemetry = make_telemetry()
+    asyncio.run(
+        ASGIMiddleware(app, telemetry=telemetry)(
+            http_scope("GET", "/f", [(b"host", b"t")]), receive, send
+        )
+    )
+    assert [(key[2], r["count"]) for key, r in records(telemetry).items()] == [(200, 1)]

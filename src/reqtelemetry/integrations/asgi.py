@@ -466,6 +466,9 @@ class _Exchange(Mark):
             self.response_bytes += self.chunk
             if not message.get("more_body", False):
                 self.end = perf_counter()
+            else:
+                # Delivered once the server took it, as a body chunk before the last.
+                return self._delivered(message)
         elif (
             kind == "http.response.trailers"
             and self.status
