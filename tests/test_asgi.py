@@ -2764,12 +2764,9 @@ def test_an_abandoned_upload_to_a_fastapi_body_is_a_499_not_its_400(installed, t
 # -- a client that leaves a stream the app then ends itself ------------------
 
 
-def serve_then_leave(app, chunks_before_leaving: int):
-    """One GET through ``app`` as uvicorn serves it: the client leaves after
-    ``chunks_before_leaving`` body chunks, then ``receive`` says so and ``send``
-    drops everything (uvicorn's ``send`` returns without a word once disconnected)."""
-    delivered = []
-    gone = asyncio.Event()
+def bodiless_request_then_leaving(gone: asyncio.Event):
+    """A server's ``receive`` for a GET: its request, then ``http.disconnect``
+    once ``gone`` is set (the client closed)."""
     first = True
 
     async def receive():
@@ -2780,16 +2777,32 @@ def serve_then_leave(app, chunks_before_leaving: int):
         await gone.wait()
         return {"type": "http.disconnect"}
 
+    return receive
+
+
+def serve_then_leave(app, path: str, leave_at: int):
+    """One GET of ``path`` through ``app`` as uvicorn serves it: the client
+    closes once it has ``leave_at`` body bytes; ``receive`` then says so and
+    ``send`` drops everything (uvicorn's ``send`` returns without a word once
+    disconnected). Returns the messages the client had."""
+    delivered = []
+    gone = asyncio.Event()
+    receive = bodiless_request_then_leaving(gone)
+
     async def send(message):
         if gone.is_set():
             return
         delivered.append(message)
-        if sum(1 for m in delivered if m.get("body")) >= chunks_before_leaving:
+        if body_bytes(delivered) >= leave_at:
             gone.set()
 
-    scope = http_scope("GET", "/events", [(b"host", b"testserver")])
-    asyncio.run(app(scope, receive, send))
+    asyncio.run(app(http_scope("GET", path, [(b"host", b"testserver")]), receive, send))
     return delivered
+
+
+def body_bytes(messages) -> int:
+    """The body bytes in ``messages``, as the client counts them."""
+    return sum(len(m.get("body") or b"") for m in messages)
 
 
 async def hundred_ticks():
@@ -2811,7 +2824,7 @@ def test_a_client_leaving_a_stream_behind_base_http_middleware_is_499(telemetry,
     app = Starlette(routes=[Route("/events", ticking_events)])
     app.add_middleware(RelayingMiddleware)  # what @app.middleware("http") adds
     app.add_middleware(ASGIMiddleware, telemetry=telemetry)
-    delivered = serve_then_leave(app, 3)
+    delivered = serve_then_leave(app, "/events", 3 * len(b"tick"))
     assert sum(1 for m in delivered if m.get("body")) == 3  # the client had 3 of 100
     found = records(telemetry)
     assert set(found) == {("GET", "/events", CLIENT_CLOSED_STATUS)}
@@ -2832,7 +2845,7 @@ def test_a_stream_the_app_ends_on_reading_the_disconnect_is_499(telemetry, recor
                 break
         await send({"type": "http.response.body", "body": b"bye"})  # the server drops it
 
-    serve_then_leave(ASGIMiddleware(polling, telemetry=telemetry), 3)
+    serve_then_leave(ASGIMiddleware(polling, telemetry=telemetry), "/events", 3 * len(b"tick"))
     ((_, _, status),) = records(telemetry)
     assert status == CLIENT_CLOSED_STATUS
     (record,) = records(telemetry).values()

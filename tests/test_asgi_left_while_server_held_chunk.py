@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from reqtelemetry import ASGIMiddleware
 from reqtelemetry.telemetry import CLIENT_CLOSED_STATUS
-from test_asgi import http_scope
+from test_asgi import bodiless_request_then_leaving, http_scope
 
 HALF = b"h" * 100_000
 
@@ -34,15 +34,7 @@ def serve_to_a_slow_client_that_leaves(app, path: str) -> int:
     which returns without writing. Returns the body bytes written."""
     gone = asyncio.Event()
     written = []
-    first = True
-
-    async def receive():
-        nonlocal first
-        if first:
-            first = False
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
+    receive = bodiless_request_then_leaving(gone)
 
     async def send(message):
         if gone.is_set():

@@ -13,37 +13,9 @@ from starlette.routing import Route
 
 from reqtelemetry import ASGIMiddleware
 from reqtelemetry.telemetry import CLIENT_CLOSED_STATUS
-from test_asgi import http_scope
+from test_asgi import body_bytes, http_scope, serve_then_leave
 
 FILE_CHUNK = 64 * 1024  # FileResponse's chunk_size
-
-
-def serve_then_leave(app, path: str, leave_at: int):
-    """One GET of ``path`` through ``app`` as uvicorn serves it: the client
-    closes once it has ``leave_at`` body bytes; ``receive`` then says so and
-    ``send`` drops everything (uvicorn's ``send`` returns without a word)."""
-    delivered = []
-    gone = asyncio.Event()
-    first = True
-
-    async def receive():
-        nonlocal first
-        if first:
-            first = False
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        if gone.is_set():
-            return
-        delivered.append(message)
-        if sum(len(m.get("body") or b"") for m in delivered) >= leave_at:
-            gone.set()
-
-    scope = http_scope("GET", path, [(b"host", b"testserver")])
-    asyncio.run(app(scope, receive, send))
-    return sum(len(m.get("body") or b"") for m in delivered)
 
 
 BODY = b"x" * 1000
@@ -97,7 +69,7 @@ def test_a_file_of_exactly_its_chunks_had_by_a_client_that_closed_is_200(
     for relayed in (False, True):
         telemetry = make_telemetry()
         app = build(telemetry, tmp_path, relayed)
-        assert serve_then_leave(app, "/exact", FILE_CHUNK) == FILE_CHUNK  # all of it
+        assert body_bytes(serve_then_leave(app, "/exact", FILE_CHUNK)) == FILE_CHUNK  # all of it
         assert set(records(telemetry)) == {("GET", "/exact", 200)}, relayed
         assert records(telemetry)["GET", "/exact", 200]["response_bytes"] == FILE_CHUNK
 
@@ -106,7 +78,7 @@ def test_a_declared_stream_had_whole_before_its_end_is_200(make_telemetry, recor
     for relayed in (False, True):
         telemetry = make_telemetry()
         app = build(telemetry, tmp_path, relayed)
-        assert serve_then_leave(app, "/declared", len(BODY)) == len(BODY)
+        assert body_bytes(serve_then_leave(app, "/declared", len(BODY))) == len(BODY)
         assert set(records(telemetry)) == {("GET", "/declared", 200)}, relayed
 
 
@@ -114,7 +86,7 @@ def test_a_declared_stream_left_halfway_is_still_499(make_telemetry, records, tm
     for relayed in (False, True):
         telemetry = make_telemetry()
         app = build(telemetry, tmp_path, relayed)
-        assert serve_then_leave(app, "/declared-twice", len(BODY)) == len(BODY)
+        assert body_bytes(serve_then_leave(app, "/declared-twice", len(BODY))) == len(BODY)
         assert set(records(telemetry)) == {("GET", "/declared-twice", CLIENT_CLOSED_STATUS)}
 
 
