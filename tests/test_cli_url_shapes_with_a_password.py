@@ -12,6 +12,10 @@ from reqtelemetry.cli import main
 from reqtelemetry.collector.storage import open_storage
 
 URLS = [
+    # A slash or a colon short.
+    "postgresql:/telemetry:Hunter2pw@db.internal/telemetry",
+    "postgres:telemetry:Hunter2pw@db.internal/telemetry",
+    "postgresql//telemetry:Hunter2pw@db.internal/telemetry",
     "postgresql:/telemetry:Hunter2pw@db.internal/telemetry?sslrootcert=file://ca.pem",
     "telemetry:Hunter2pw@db.internal:5432/telemetry",
     "postgre:/telemetry:Hunter2pw@db.internal/telemetry",
