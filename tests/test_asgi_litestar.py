@@ -88,3 +88,29 @@ def test_an_empty_template_is_not_a_key(telemetry, counts):
     ((method, route, status),) = counts(telemetry)
     assert (method, status) == ("GET", 200)
     assert route.startswith("/") and CANARY not in route and route != "/"
+
+
+def test_a_handlers_own_404_is_its_routes(telemetry, counts):
+    """A matched route whose handler answers 404 (no such item) keeps its
+    template, as Flask's and Django's do: only what no route took is unmatched."""
+    import asyncio
+
+    import httpx
+    from litestar.exceptions import NotFoundException
+
+    @get("/orders/{order_id:int}")
+    async def order(order_id: int) -> str:
+        raise NotFoundException("no such order")
+
+    app = ASGIMiddleware(Litestar([order], logging_config=None), telemetry=telemetry)
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return [(await client.get(path)).status_code for path in ("/orders/7", f"/{CANARY}")]
+
+    assert asyncio.run(run()) == [404, 404]
+    assert counts(telemetry) == {
+        ("GET", "/orders/{order_id}", 404): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }

@@ -9,6 +9,7 @@ from ._version import __version__
 from .anonymize import Anonymizer, hash_value
 from .config import Config, add_opt_out_argument
 from .integrations.wsgi import WSGIMiddleware
+from .route_hook import note_route
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -45,4 +46,5 @@ __all__ = [
     "__version__",
     "add_opt_out_argument",
     "hash_value",
+    "note_route",
 ]

@@ -27,6 +27,7 @@ import anyio
 import anyio.to_thread
 
 from ..recorder import PENDING_LIMIT
+from ..route_hook import UNKNOWN_ROUTE, told_route
 from ..telemetry import (
     CLIENT_CLOSED_STATUS,
     KNOWN_METHODS,
@@ -247,6 +248,13 @@ class ASGIMiddleware:
             self.telemetry.internal_error(error)
 
     def _unrouted(self, scope: Scope, status: int, untemplated: bool = False) -> str:
+        told = told_route(scope)
+        if told is not UNKNOWN_ROUTE:
+            # An app without routes we read told its template (note_route),
+            # or left it where we know to look (Litestar's router).
+            if told is not None:
+                return told  # type: ignore[no-any-return]
+            return self.telemetry.route_for_unrouted(scope["path"], "", False)
         # A Starlette router saw the request and matched nothing, or a
         # route-less app answered 404: both are "unmatched".
         matched = False
@@ -272,11 +280,6 @@ class ASGIMiddleware:
                 # per-path key for each answer would fill the key cap.
                 routes = self._templates.own_routes()
             if routes is None:
-                template = scope.get("path_template")
-                if type(template) is str and template and status != 404:
-                    # Litestar's router leaves the matched route's template
-                    # here (``/items/{item_id}``, its convertors dropped).
-                    return template
                 matched = status != 404  # a route-less app: its path is anonymized
             else:
                 # A Starlette or FastAPI app answered before routing (a CORS

@@ -50,6 +50,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..recorder import PENDING_LIMIT
+from ..route_hook import ROUTE_KEY, UNKNOWN_ROUTE
 from ..telemetry import (
     KNOWN_METHODS,
     MEASURED_KEY,
@@ -61,8 +62,6 @@ from ..telemetry import (
 )
 from .wsgi import (
     RECORDED_FAILURE_KEY,
-    ROUTE_KEY,
-    UNKNOWN_ROUTE,
     CountedInput,
     WSGIApp,
     WSGIMiddleware,

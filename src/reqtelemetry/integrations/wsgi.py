@@ -12,10 +12,11 @@ tuple, recorded when the app returns it: waitress, granian and wsgiref
 declare such a body's length by its ``len()`` (wrapped, it went out chunked,
 and an HTTP/1.0 client lost its connection).
 
-The route template comes from the framework through the environ key
-``reqtelemetry.route`` (see :mod:`reqtelemetry.integrations.flask`, installed
-automatically when the wrapped app is a Flask app). Without it the path is
-anonymized.
+The route template comes from Flask's request (see
+:mod:`reqtelemetry.integrations.flask`, installed automatically when the
+wrapped app is a Flask app), from what a router left in the environ (Bottle's),
+or from the app itself through :func:`reqtelemetry.note_route` (see
+:mod:`reqtelemetry.route_hook`). Without any, the path is anonymized.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from time import perf_counter
 from typing import Any
 
 from ..recorder import PENDING_LIMIT
+from ..route_hook import UNKNOWN_ROUTE, told_route
 from ..telemetry import (
     CLIENT_CLOSED_STATUS,
     KNOWN_METHODS,
@@ -39,9 +41,6 @@ from ..telemetry import (
     parse_content_length,
 )
 
-#: Set by a framework hook: the matched route template, or None when the
-#: framework's router matched nothing. Absent when the app has no router we know.
-ROUTE_KEY = "reqtelemetry.route"
 #: Werkzeug keeps the live request object here while the app runs; Flask's has
 #: the matched ``url_rule`` on it when the app calls ``start_response``.
 WERKZEUG_REQUEST_KEY = "werkzeug.request"
@@ -51,8 +50,6 @@ WERKZEUG_REQUEST_KEY = "werkzeug.request"
 #: the same error records nothing of it. It does not know the route, and
 #: recorded the request a second time under its anonymized path.
 RECORDED_FAILURE_KEY = "reqtelemetry.recorded_failure"
-#: A route nobody has told us yet (distinct from None, "the router matched nothing").
-UNKNOWN_ROUTE: Any = object()
 _STATUS_CODES: dict[str, int] = {}
 
 _NOT_STARTED, _ITERATING, _EXHAUSTED = 0, 1, 2
@@ -612,7 +609,7 @@ def record_request(
     """
     try:
         if route is UNKNOWN_ROUTE:  # no router told the request: ask the hooks
-            route = environ.get(ROUTE_KEY, UNKNOWN_ROUTE)
+            route = told_route(environ)
         if route is UNKNOWN_ROUTE:  # no router we know: anonymize; a 404 is unmatched
             route = telemetry.route_for_unrouted(
                 environ.get("PATH_INFO", ""),

@@ -1,0 +1,92 @@
+"""The route template an app tells the middleware: :func:`note_route`.
+
+Why: reqtelemetry reads the matched route's template from the routers it
+knows (Starlette and FastAPI, Flask, Django, Litestar, Bottle). Any other
+framework (Falcon, Pyramid, Quart, Sanic, a router of one's own) was keyed by
+its paths anonymized, one key per distinct path: ``/items/1``, ``/items/2``
+and so on each took a key, and the key cap filled up. The app knows the
+template it matched; one line in the framework's own request hook hands it
+over, in the WSGI environ or the ASGI scope that the middleware holds too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from .said_once import warn_once
+
+#: The environ (WSGI) or scope (ASGI) key :func:`note_route` sets: the
+#: matched template, or None when the app's router matched nothing.
+ROUTE_KEY = "reqtelemetry.route"
+#: A route nobody has told (distinct from None, "the router matched nothing").
+UNKNOWN_ROUTE: Any = object()
+
+
+def note_route(environ_or_scope: MutableMapping[str, Any], template: str | None) -> None:
+    """Tell the middleware which route template this request matched.
+
+    ``environ_or_scope`` is the request's WSGI environ or ASGI scope (Falcon's
+    ``req.env`` or ``req.scope``, Pyramid's ``request.environ``, Quart's
+    ``request.scope``), and ``template`` the route as the app declares it
+    (``/items/{item_id}``), never the path: it leaves the process as it is
+    written. None says the app's router matched nothing, so that the request
+    is counted with the other unmatched ones (``<unmatched>``).
+
+    Called from the framework's hook after routing, before the response ends.
+    A wrong value raises here, in the line that passed it, rather than being
+    sent or silently dropped.
+    """
+    if template is not None:
+        if not isinstance(template, str):
+            raise TypeError(
+                f"note_route() takes a route template (str) or None, not {type(template).__name__}"
+            )
+        if not template:
+            raise ValueError("note_route() takes a route template, not an empty string")
+        template = str(template)  # a subclass (markupsafe's Markup) goes as plain text
+    environ_or_scope[ROUTE_KEY] = template
+
+
+def told_route(environ_or_scope: Mapping[str, Any]) -> Any:
+    """The route an app told for this request: its template, None for "its
+    router matched nothing", or :data:`UNKNOWN_ROUTE` when it told nothing.
+
+    Read after the app ran, so only for requests no integration already knows
+    the route of. Besides :func:`note_route`'s key, two routers leave their
+    template where the middleware can read it: Bottle the matched route in
+    ``environ["bottle.route"]`` (its ``rule``: ``/items/<item_id:int>``, with
+    its filter, as Flask's rules keep their converters), Litestar its
+    template in ``scope["path_template"]`` (``/items/{item_id}``).
+    """
+    told = environ_or_scope.get(ROUTE_KEY, UNKNOWN_ROUTE)
+    if told is UNKNOWN_ROUTE:
+        return _left_by_router(environ_or_scope)
+    if told is None or (type(told) is str and told):
+        return told
+    # Set by hand to something else: never sent, whatever it holds (nor
+    # logged: it may be the path); the request counts as the app's that told nothing.
+    warn_once(
+        "route-hook-value",
+        "reqtelemetry: the request's %r holds a value of type %s, not a route template "
+        "(a non-empty str) nor None; ignored, the path is anonymized. "
+        "Set it with reqtelemetry.note_route().",
+        ROUTE_KEY,
+        type(told).__name__,
+    )
+    return UNKNOWN_ROUTE
+
+
+def _left_by_router(environ_or_scope: Mapping[str, Any]) -> Any:
+    """A template a router we know of left in the request, else :data:`UNKNOWN_ROUTE`."""
+    route = environ_or_scope.get("bottle.route")
+    if route is not None:
+        rule = getattr(route, "rule", None)
+        if type(rule) is str and rule:
+            return rule
+    template = environ_or_scope.get("path_template")
+    if type(template) is str and template:
+        # Litestar's router (its convertors dropped). Empty for some of its
+        # routes (its issue 3806): the path is anonymized then, never keyed "".
+        return template
+    return UNKNOWN_ROUTE
