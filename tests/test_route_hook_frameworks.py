@@ -55,6 +55,11 @@ def expected(got: list[tuple[int, int]], item: str, boom: str) -> dict[Any, tupl
     }
 
 
+def framework_of(telemetry: Any) -> str | None:
+    """The ``framework`` trait: the app's own, whatever else the suite imported."""
+    return telemetry.traits.current()[0]["framework"]  # type: ignore[no-any-return]
+
+
 # -- Falcon: a middleware's process_resource -------------------------------------
 
 
@@ -83,6 +88,7 @@ def test_falcon_wsgi_recipe(make_sender, receiver):
     assert records_sent(telemetry, receiver) == expected(
         got, "/items/{item_id:int}", "/boom/{what}"
     )
+    assert framework_of(telemetry) == "falcon"
 
 
 def test_falcon_asgi_recipe_under_uvicorn(make_sender, receiver):
@@ -110,6 +116,7 @@ def test_falcon_asgi_recipe_under_uvicorn(make_sender, receiver):
     assert records_sent(telemetry, receiver) == expected(
         got, "/items/{item_id:int}", "/boom/{what}"
     )
+    assert framework_of(telemetry) == "falcon"
 
 
 # -- Pyramid: a ContextFound subscriber ------------------------------------------
@@ -160,6 +167,7 @@ def test_pyramid_recipe(make_sender, receiver):
         **expected(got, "/items/{item_id}", "/boom/{what}"),
         ("GET", "/boom/{what}", 500): (1, 0),
     }
+    assert framework_of(telemetry) == "pyramid"
 
 
 # -- Quart: a before_request function ------------------------------------------
@@ -190,6 +198,7 @@ def test_quart_recipe_under_uvicorn(make_sender, receiver):
     assert records_sent(telemetry, receiver) == expected(
         got, "/items/<int:item_id>", "/boom/<what>"
     )
+    assert framework_of(telemetry) == "quart"
 
 
 # -- Bottle: read from the environ, nothing to add --------------------------------
@@ -218,6 +227,7 @@ def test_bottle_routes_are_keyed_by_their_rules(make_sender, receiver):
     assert records_sent(telemetry, receiver) == expected(
         got, "/items/<item_id:int>", "/boom/<what>"
     )
+    assert framework_of(telemetry) == "bottle"
 
 
 def test_bottle_handlers_404_is_its_routes_and_a_mounted_app_keeps_its_prefix(telemetry, counts):

@@ -55,7 +55,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 #: Packages whose app object names the framework (anything else: detection by imports).
-ASGI_FRAMEWORKS = frozenset({"fastapi", "starlette", "django", "quart", "litestar", "sanic"})
+ASGI_FRAMEWORKS = frozenset(
+    {"fastapi", "starlette", "django", "quart", "litestar", "sanic", "falcon"}
+)
 #: Each known method to itself, anything else to ``_OTHER``: one lookup per request,
 #: and the recorder's keys then share their method strings.
 _METHODS = {method: method for method in KNOWN_METHODS}

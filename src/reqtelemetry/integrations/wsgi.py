@@ -52,6 +52,10 @@ WERKZEUG_REQUEST_KEY = "werkzeug.request"
 RECORDED_FAILURE_KEY = "reqtelemetry.recorded_failure"
 _STATUS_CODES: dict[str, int] = {}
 
+#: Frameworks told apart by their app's class, for the ``framework`` trait:
+#: without it, the trait names whichever known framework the process imported.
+WSGI_FRAMEWORKS = frozenset({"bottle", "django", "falcon", "pyramid"})
+
 _NOT_STARTED, _ITERATING, _EXHAUSTED = 0, 1, 2
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -74,6 +78,9 @@ class WSGIMiddleware:
         from .flask import install_if_flask
 
         install_if_flask(app, telemetry, self._active)
+        package = type(app).__module__.partition(".")[0]
+        if package in WSGI_FRAMEWORKS:  # the app is that framework's (Flask notes its own)
+            telemetry.note_framework(package)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if not self._active:
