@@ -5,6 +5,7 @@ its ids do not make a key per path (1,000 of them fill the key cap)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -114,3 +115,79 @@ def test_a_handlers_own_404_is_its_routes(telemetry, counts):
         ("GET", "/orders/{order_id}", 404): 1,
         ("GET", UNMATCHED_ROUTE, 404): 1,
     }
+
+
+def mount_options() -> list[dict[str, Any]]:
+    """``copy_scope`` both ways where this Litestar has it (it warns when it
+    is unset, and copies by default from Litestar 3): with a copy, a mounted
+    app's changes to the scope do not reach the middleware."""
+    import inspect
+
+    from litestar import asgi
+
+    if "copy_scope" in inspect.signature(asgi).parameters:
+        return [{"copy_scope": True}, {"copy_scope": False}]
+    return [{}]
+
+
+@pytest.mark.parametrize("options", mount_options())
+def test_a_mounts_requests_are_the_mounts(telemetry, counts, options):
+    """Litestar leaves no template for a mount and rewrites ``scope["path"]``
+    to what follows it: the mount's own path was keyed ``/``, with the home
+    page, and the rest lost the prefix. Keyed as Starlette's mounts are."""
+    import asyncio
+
+    import httpx
+    from litestar import Router, asgi
+
+    @get("/")
+    async def home() -> str:
+        return "home"
+
+    @asgi("/graphql", is_mount=True, **options)
+    async def graphql(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = Litestar([home, Router("/api", route_handlers=[graphql])], logging_config=None)
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=ASGIMiddleware(app, telemetry=telemetry))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return [
+                (await client.get(path)).status_code
+                for path in ("/", "/api/graphql", f"/api/graphql/{CANARY}")
+            ]
+
+    assert asyncio.run(run()) == [200, 200, 200]
+    assert counts(telemetry) == {
+        ("GET", "/", 200): 1,
+        ("GET", "/api/graphql/{path}", 200): 2,
+    }
+
+
+@pytest.mark.parametrize("options", mount_options())
+def test_a_starlette_app_mounted_keeps_its_unmatched(telemetry, counts, options):
+    """A Starlette router in the mount that matched nothing has said so: its
+    404 stays unmatched, not the mount's."""
+    import asyncio
+
+    import httpx
+    from litestar import asgi
+    from starlette.applications import Starlette
+
+    inner = Starlette()
+
+    @asgi("/sub", is_mount=True, **options)
+    async def sub(scope: Any, receive: Any, send: Any) -> None:
+        await inner(scope, receive, send)
+
+    app = ASGIMiddleware(Litestar([sub], logging_config=None), telemetry=telemetry)
+
+    async def run() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return (await client.get(f"/sub/{CANARY}")).status_code
+
+    assert asyncio.run(run()) == 404
+    assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 404): 1}

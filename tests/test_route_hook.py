@@ -93,6 +93,12 @@ def test_a_wrong_template_is_refused_where_it_is_passed(template, error, says):
     assert environ == {}
 
 
+def test_a_template_without_its_leading_slash_is_given_one():
+    environ: dict[str, Any] = {}
+    note_route(environ, "items/{id}")
+    assert environ == {ROUTE_KEY: "/items/{id}"}
+
+
 def test_a_str_subclass_goes_as_plain_text():
     class Markup(str):
         pass

@@ -8,6 +8,7 @@ by the templates, hold what the client got, and carry no identifier.
 
 from __future__ import annotations
 
+import http.client
 from typing import Any
 
 import pytest
@@ -145,7 +146,7 @@ def test_pyramid_recipe(make_sender, receiver):
         config.add_subscriber(tell_route, ContextFound)
         config.add_route("item", "/items/{item_id}")
         config.add_view(item, route_name="item")
-        config.add_route("boom", "/boom/{what}")
+        config.add_route("boom", "boom/{what}")  # Pyramid takes it without its "/" too
         config.add_view(boom, route_name="boom")
         app = config.make_wsgi_app()
     telemetry = make_sender()
@@ -243,6 +244,77 @@ def test_bottle_handlers_404_is_its_routes_and_a_mounted_app_keeps_its_prefix(te
         ("GET", "/api/items/<item_id:int>", 404): 1,
         ("GET", UNMATCHED_ROUTE, 404): 1,
     }
+
+
+def test_bottle_requests_its_router_refused_are_keyed_by_the_route(telemetry, counts):
+    """A 405 (a POST, a CORS preflight's OPTIONS) and an abort in a
+    ``before_request`` hook leave no ``bottle.route``: each was keyed by its
+    path, one key per id. They are the route's, as Flask's 405s are."""
+    bottle = pytest.importorskip("bottle")
+    app = bottle_app()
+
+    @app.hook("before_request")
+    def authenticate():
+        if bottle.request.get_header("Authorization") == "none":
+            bottle.abort(401, "who are you")
+
+    with served_by_werkzeug(WSGIMiddleware(app, telemetry=telemetry)) as port:
+        assert get(port, "/items/1", "POST")[0] == 405
+        assert get(port, "/items/22", "POST")[0] == 405
+        assert get(port, "/items/3", "OPTIONS")[0] == 405
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/items/4", headers={"Authorization": "none"})
+        assert connection.getresponse().status == 401
+        connection.close()
+        assert get(port, f"/wp-login/{CANARY}.php", "POST")[0] == 404
+    assert counts(telemetry) == {
+        ("POST", "/items/<item_id:int>", 405): 2,
+        ("OPTIONS", "/items/<item_id:int>", 405): 1,
+        ("GET", "/items/<item_id:int>", 401): 1,
+        ("POST", UNMATCHED_ROUTE, 404): 1,
+    }
+
+
+def test_bottle_app_mounted_as_a_wsgi_app_is_keyed_without_the_prefix(telemetry, counts):
+    """What the README says of Bottle 0.12's mounts, and 0.13's WSGI fallback
+    (a prefix without its trailing slash): the child's rules, unprefixed."""
+    bottle = pytest.importorskip("bottle")
+    parent = bottle.Bottle()
+    with pytest.warns(DeprecationWarning):
+        parent.mount("/api", bottle_app())
+    with served_by_werkzeug(WSGIMiddleware(parent, telemetry=telemetry)) as port:
+        assert get(port, "/api/items/7")[0] == 200
+    assert counts(telemetry) == {("GET", "/items/<item_id:int>", 200): 1}
+
+
+def test_the_framework_of_a_wrapped_app_is_the_apps(make_telemetry):
+    """An app served wrapped (``ProxyFix``, Starlette's ``CORSMiddleware``) is
+    its framework's: the wrapper named none (the trait then fell back to the
+    imports: null, or Flask's where Quart imported it) or Starlette."""
+    import asyncio
+
+    import httpx
+
+    falcon = pytest.importorskip("falcon")
+    falcon_asgi = pytest.importorskip("falcon.asgi")
+    from starlette.middleware.cors import CORSMiddleware
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    telemetry = make_telemetry()
+    WSGIMiddleware(ProxyFix(falcon.App()), telemetry=telemetry)
+    assert framework_of(telemetry) == "falcon"
+
+    telemetry = make_telemetry()
+    wrapped = CORSMiddleware(falcon_asgi.App(), allow_origins=["*"])
+    app = ASGIMiddleware(wrapped, telemetry=telemetry)
+
+    async def run() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return (await client.get("/nothing")).status_code
+
+    assert asyncio.run(run()) == 404
+    assert framework_of(telemetry) == "falcon"
 
 
 # -- the README shows these recipes ---------------------------------------------

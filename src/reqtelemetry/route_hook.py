@@ -45,10 +45,14 @@ def note_route(environ_or_scope: MutableMapping[str, Any], template: str | None)
         if not template:
             raise ValueError("note_route() takes a route template, not an empty string")
         template = str(template)  # a subclass (markupsafe's Markup) goes as plain text
+        if template[0] != "/":
+            # Pyramid's patterns may be written without it (``items/{id}``),
+            # and every other key has one: ``/items/{id}`` either way.
+            template = "/" + template
     environ_or_scope[ROUTE_KEY] = template
 
 
-def told_route(environ_or_scope: Mapping[str, Any]) -> Any:
+def told_route(environ_or_scope: Mapping[str, Any], status: int = 0) -> Any:
     """The route an app told for this request: its template, None for "its
     router matched nothing", or :data:`UNKNOWN_ROUTE` when it told nothing.
 
@@ -61,7 +65,7 @@ def told_route(environ_or_scope: Mapping[str, Any]) -> Any:
     """
     told = environ_or_scope.get(ROUTE_KEY, UNKNOWN_ROUTE)
     if told is UNKNOWN_ROUTE:
-        return _left_by_router(environ_or_scope)
+        return _left_by_router(environ_or_scope, status)
     if told is None or (type(told) is str and told):
         return told
     # Set by hand to something else: never sent, whatever it holds (nor
@@ -77,16 +81,78 @@ def told_route(environ_or_scope: Mapping[str, Any]) -> Any:
     return UNKNOWN_ROUTE
 
 
-def _left_by_router(environ_or_scope: Mapping[str, Any]) -> Any:
+def _left_by_router(environ_or_scope: Mapping[str, Any], status: int) -> Any:
     """A template a router we know of left in the request, else :data:`UNKNOWN_ROUTE`."""
     route = environ_or_scope.get("bottle.route")
+    if route is None and "bottle.app" in environ_or_scope:
+        route = _bottle_route_despite_refusal(environ_or_scope)
     if route is not None:
         rule = getattr(route, "rule", None)
         if type(rule) is str and rule:
             return rule
     template = environ_or_scope.get("path_template")
-    if type(template) is str and template:
-        # Litestar's router (its convertors dropped). Empty for some of its
-        # routes (its issue 3806): the path is anonymized then, never keyed "".
-        return template
+    if type(template) is str:
+        if template:
+            # Litestar's router (its convertors dropped). Empty for some of its
+            # routes (its issue 3806): the path is anonymized then, never keyed "".
+            return template
+        handler = environ_or_scope.get("route_handler")
+        if (
+            getattr(handler, "is_mount", False)
+            # A 404 is the mounted app's "nothing here" (a Starlette router's,
+            # which, given a copy of the scope, leaves no trace in this one):
+            # unmatched, as a 404 of a route-less app is.
+            and status != 404
+            # A Starlette app mounted there routed it (on this very scope): its verdict stands.
+            and "router" not in environ_or_scope
+        ):
+            return _litestar_mount_template(handler)
     return UNKNOWN_ROUTE
+
+
+def _litestar_mount_template(handler: Any) -> Any:
+    """The template of the Litestar mount (``@asgi(path, is_mount=True)``) that
+    took the request, as Starlette's mounts are keyed: ``/graphql/{path}``.
+
+    Why: Litestar leaves no template for a mount, and rewrites
+    ``scope["path"]`` to what is left after it (``/api/graphql/x`` to ``/x/``,
+    ``/api/graphql`` to ``/``): the anonymized path lost the mount's prefix,
+    and a request to the mount itself was keyed ``/``, as the app's home page.
+    Its path is the handler's, under those of the routers that own it.
+    """
+    try:
+        (path,) = handler.paths
+        layers = [layer.path for layer in handler.ownership_layers[:-1]]
+        segments = [part.strip("/") for part in (*layers, path) if part.strip("/")]
+    except Exception:  # another Litestar, or a mount with several paths: anonymized
+        return UNKNOWN_ROUTE
+    return "/" + "/".join((*segments, "{path}"))
+
+
+def _bottle_route_despite_refusal(environ: Mapping[str, Any]) -> Any:
+    """The route a Bottle app left no ``bottle.route`` for, matched again; else None.
+
+    Why: Bottle's router refuses a method the route does not take (a 405:
+    a POST or a CORS preflight's OPTIONS to ``/items/<item_id:int>``), and its
+    ``before_request`` hooks run before it matches (an ``abort(401)`` there);
+    neither leaves the route in the environ, and each such request was keyed
+    by its path, one key per id, as if the app had no router. They are for an
+    endpoint that exists, and are keyed by its rule, as Flask's and Starlette's
+    405s are; a path no route takes stays unmatched. Only requests without a
+    route pay for this, after the response.
+    """
+    router = getattr(environ.get("bottle.app"), "router", None)
+    if router is None:
+        return None
+    try:
+        return router.match(environ)[0]
+    except Exception as error:  # Bottle's HTTPError: a 404, or a 405 with what is allowed
+        if getattr(error, "status_code", None) != 405:
+            return None
+        allowed = error.get_header("Allow", "")  # type: ignore[attr-defined]
+    for method in sorted(allowed.split(",")):  # sorted: every worker picks the same route
+        try:
+            return router.match({**environ, "REQUEST_METHOD": method})[0]
+        except Exception:
+            continue
+    return None

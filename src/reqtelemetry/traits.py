@@ -263,6 +263,33 @@ def detect_framework(modules: Mapping[str, Any] | None = None) -> tuple[str | No
     return None, None
 
 
+def framework_of_app(app: Any, known: frozenset[str]) -> str | None:
+    """The package of ``known`` whose app ``app`` is, or wraps; None if neither.
+
+    Why: apps are often served wrapped (Werkzeug's ``ProxyFix``, WhiteNoise,
+    Sentry's middleware, Starlette's ``CORSMiddleware`` around a Falcon or
+    Quart app), and the wrapper's class named no framework, or the wrong one
+    (``starlette``): the trait fell back to whichever framework the process
+    imported. Wrappers keep what they wrap as ``app`` or ``application``; the
+    innermost known class is the app's. Read once, never per request.
+    """
+    found = None
+    for _ in range(16):  # a bound: a wrapper may hold itself
+        try:
+            package = type(app).__module__.partition(".")[0]
+            if package in known:
+                found = package
+            inner = getattr(app, "app", None)
+            if inner is None:
+                inner = getattr(app, "application", None)
+        except Exception:  # a wrapper's property that fails: what was found holds
+            break
+        if inner is None or inner is app:
+            break
+        app = inner
+    return found
+
+
 def _command_name(argv: list[str] | None) -> str:
     if not argv or not isinstance(argv[0], str):
         return ""

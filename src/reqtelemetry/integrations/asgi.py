@@ -38,6 +38,7 @@ from ..telemetry import (
     Telemetry,
     marked_by,
 )
+from ..traits import framework_of_app
 from .starlette import (
     UNTEMPLATED,
     RouteTemplates,
@@ -238,8 +239,8 @@ class ASGIMiddleware:
             # Starlette sets scope["app"] on its way in; wrapped from outside,
             # the middleware sees the request first and only knows its app.
             app = scope.get("app", self.app)
-            package = type(app).__module__.split(".")[0]
-            if package in ASGI_FRAMEWORKS:
+            package = framework_of_app(app, ASGI_FRAMEWORKS)
+            if package is not None:
                 self.telemetry.note_framework(package)
             _warn_of_middleware_outside(app)
             for name, value in scope.get("headers", ()):
@@ -250,7 +251,7 @@ class ASGIMiddleware:
             self.telemetry.internal_error(error)
 
     def _unrouted(self, scope: Scope, status: int, untemplated: bool = False) -> str:
-        told = told_route(scope)
+        told = told_route(scope, status)
         if told is not UNKNOWN_ROUTE:
             # An app without routes we read told its template (note_route),
             # or left it where we know to look (Litestar's router).

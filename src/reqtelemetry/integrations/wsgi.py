@@ -40,6 +40,7 @@ from ..telemetry import (
     marked_by,
     parse_content_length,
 )
+from ..traits import framework_of_app
 
 #: Werkzeug keeps the live request object here while the app runs; Flask's has
 #: the matched ``url_rule`` on it when the app calls ``start_response``.
@@ -78,8 +79,8 @@ class WSGIMiddleware:
         from .flask import install_if_flask
 
         install_if_flask(app, telemetry, self._active)
-        package = type(app).__module__.partition(".")[0]
-        if package in WSGI_FRAMEWORKS:  # the app is that framework's (Flask notes its own)
+        package = framework_of_app(app, WSGI_FRAMEWORKS)
+        if package is not None:  # the app is that framework's (Flask notes its own)
             telemetry.note_framework(package)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -616,7 +617,7 @@ def record_request(
     """
     try:
         if route is UNKNOWN_ROUTE:  # no router told the request: ask the hooks
-            route = told_route(environ)
+            route = told_route(environ, status)
         if route is UNKNOWN_ROUTE:  # no router we know: anonymize; a 404 is unmatched
             route = telemetry.route_for_unrouted(
                 environ.get("PATH_INFO", ""),
