@@ -35,3 +35,68 @@ def test_a_misspelt_name_is_an_error_and_the_lazy_middleware_keeps_its_type(
     assert 'Module "reqtelemetry" has no attribute "Telemetri"' in out, out
     assert 'Module has no attribute "Telemtry"' in out, out
     assert out.count("-> reqtelemetry.integrations.asgi.ASGIMiddleware") >= 2, out
+
+
+def _mypy_errors(
+    code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[int], str]:
+    """The lines mypy --strict finds an error on in ``code``, as a user's project checks it."""
+    monkeypatch.setenv("MYPYPATH", str(SRC))
+    script = tmp_path / "user.py"
+    script.write_text(code, encoding="utf-8")
+    arguments = ["--strict", "--no-incremental", "--config-file", "", str(script)]
+    out, err, _ = mypy_api.run(["--cache-dir", str(tmp_path / "cache"), *arguments])
+    out += err
+    return sorted(int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line), out
+
+
+OTHER_ASGI_APPS = """\
+import falcon.asgi
+from flask import Flask
+from litestar import Litestar
+from quart import Quart
+
+from reqtelemetry import ASGIMiddleware, Telemetry
+
+telemetry = Telemetry(app_name="x")
+falcon_app = ASGIMiddleware(falcon.asgi.App(), telemetry=telemetry)
+litestar_app = ASGIMiddleware(Litestar(), telemetry=telemetry)
+quart_app = ASGIMiddleware(Quart(__name__), telemetry=telemetry)
+flask_app = ASGIMiddleware(Flask(__name__), telemetry=telemetry)  # wrong: a WSGI app
+"""
+
+
+def test_asgi_middleware_takes_the_apps_of_quart_litestar_and_falcon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # They type an app's scope as a dict or as TypedDicts, not as Starlette's
+    # MutableMapping: the README's recipes for them failed a user's mypy.
+    # A WSGI app must still be refused.
+    for name in ("falcon", "litestar", "quart", "flask"):
+        pytest.importorskip(name)
+    errors, out = _mypy_errors(OTHER_ASGI_APPS, tmp_path, monkeypatch)
+    assert errors == [12], out
+
+
+QUART_NOTE_ROUTE = """\
+from quart import Quart, request
+
+from reqtelemetry import note_route
+
+app = Quart(__name__)
+
+
+@app.before_request
+async def tell_route() -> None:
+    rule = request.url_rule
+    note_route(request.scope, rule.rule if rule is not None else None)
+    note_route(request, None)  # wrong: the request, not its scope
+"""
+
+
+def test_note_route_takes_quarts_scope(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Quart types request.scope as hypercorn's TypedDicts, which are no
+    # MutableMapping to a checker: the README's Quart recipe failed mypy.
+    pytest.importorskip("quart")
+    errors, out = _mypy_errors(QUART_NOTE_ROUTE, tmp_path, monkeypatch)
+    assert errors == [12], out

@@ -12,7 +12,7 @@ over, in the WSGI environ or the ASGI scope that the middleware holds too.
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 from .said_once import warn_once
 
@@ -23,7 +23,7 @@ ROUTE_KEY = "reqtelemetry.route"
 UNKNOWN_ROUTE: Any = object()
 
 
-def note_route(environ_or_scope: MutableMapping[str, Any], template: str | None) -> None:
+def note_route(environ_or_scope: Mapping[str, Any], template: str | None) -> None:
     """Tell the middleware which route template this request matched.
 
     ``environ_or_scope`` is the request's WSGI environ or ASGI scope (Falcon's
@@ -36,6 +36,11 @@ def note_route(environ_or_scope: MutableMapping[str, Any], template: str | None)
     Called from the framework's hook after routing, before the response ends.
     A wrong value raises here, in the line that passed it, rather than being
     sent or silently dropped.
+
+    Typed as taking a ``Mapping``, though it writes into it: Quart types
+    ``request.scope`` as a union of ``TypedDict``s (hypercorn's), which a
+    checker will not pass as a ``MutableMapping``; every environ and scope is
+    a ``dict`` at run time.
     """
     if template is not None:
         if not isinstance(template, str):
@@ -49,7 +54,7 @@ def note_route(environ_or_scope: MutableMapping[str, Any], template: str | None)
             # Pyramid's patterns may be written without it (``items/{id}``),
             # and every other key has one: ``/items/{id}`` either way.
             template = "/" + template
-    environ_or_scope[ROUTE_KEY] = template
+    cast("MutableMapping[str, Any]", environ_or_scope)[ROUTE_KEY] = template
 
 
 def told_route(environ_or_scope: Mapping[str, Any], status: int = 0) -> Any:

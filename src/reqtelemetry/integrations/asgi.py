@@ -53,6 +53,13 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: What :class:`ASGIMiddleware` wraps: any ASGI app, whoever typed it. Not
+#: :data:`ASGIApp`: Quart, Litestar, Falcon and Django (django-stubs) type
+#: their apps' ``scope`` as a ``dict`` or a union of ``TypedDict``s, which a
+#: ``MutableMapping`` parameter is not, so a checker refused every app but
+#: Starlette's and FastAPI's. A WSGI app (which answers no awaitable) is
+#: still refused.
+AnyASGIApp = Callable[..., Awaitable[Any]]
 
 
 #: Packages whose app object names the framework (anything else: detection by imports).
@@ -76,16 +83,16 @@ class ASGIMiddleware:
 
     @overload
     def __init__(
-        self, app: ASGIApp, /, telemetry: Telemetry | None = None, **options: Any
+        self, app: AnyASGIApp, /, telemetry: Telemetry | None = None, **options: Any
     ) -> None: ...
 
     @overload
     def __init__(
-        self, *, app: ASGIApp, telemetry: Telemetry | None = None, **options: Any
+        self, *, app: AnyASGIApp, telemetry: Telemetry | None = None, **options: Any
     ) -> None: ...
 
     def __init__(  # type: ignore[misc]  # an option named "app" clashes, as it should
-        self, app: ASGIApp, telemetry: Telemetry | None = None, **options: Any
+        self, app: AnyASGIApp, telemetry: Telemetry | None = None, **options: Any
     ) -> None:
         # Typed as taking the app first and alone by position (the first
         # form): Starlette's add_middleware is typed for a middleware whose
