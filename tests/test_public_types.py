@@ -40,14 +40,14 @@ def test_a_misspelt_name_is_an_error_and_the_lazy_middleware_keeps_its_type(
 def _mypy_errors(
     code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[int], str]:
-    """The lines mypy --strict finds an error on in ``code``, as a user's project checks it."""
+    """The lines mypy --strict finds errors on in ``code``, as a user's project checks it."""
     monkeypatch.setenv("MYPYPATH", str(SRC))
     script = tmp_path / "user.py"
     script.write_text(code, encoding="utf-8")
     arguments = ["--strict", "--no-incremental", "--config-file", "", str(script)]
     out, err, _ = mypy_api.run(["--cache-dir", str(tmp_path / "cache"), *arguments])
     out += err
-    return sorted(int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line), out
+    return sorted({int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}), out
 
 
 OTHER_ASGI_APPS = """\
@@ -100,3 +100,38 @@ def test_note_route_takes_quarts_scope(tmp_path: Path, monkeypatch: pytest.Monke
     pytest.importorskip("quart")
     errors, out = _mypy_errors(QUART_NOTE_ROUTE, tmp_path, monkeypatch)
     assert errors == [12], out
+
+
+MISTAKEN_OPTIONS = """\
+from pathlib import Path
+
+from reqtelemetry import ASGIMiddleware, Telemetry, WSGIMiddleware
+from reqtelemetry.integrations.asgi import ASGIApp
+from reqtelemetry.integrations.wsgi import WSGIApp
+
+
+def check(asgi_app: ASGIApp, wsgi_app: WSGIApp) -> None:
+    Telemetry("https://collector.example", app_name="x", exclude_paths=["/healthz"])
+    Telemetry(deployment_id_path=Path("~/id"), flush_interval=60, allowed_query_keys=("page",))
+    ASGIMiddleware(asgi_app, endpoint=None, app_version="1.4.2", opt_out=False)
+    WSGIMiddleware(wsgi_app, endpoint="https://collector.example", max_keys=100)
+    Telemetry(app_name="x", exclude_path=["/healthz"])
+    Telemetry(app_version=3.10)
+    ASGIMiddleware(asgi_app, app_nam="x")
+    WSGIMiddleware(wsgi_app, record_query="false")
+"""
+
+
+def test_a_misspelt_or_mistyped_option_is_a_type_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Typed **options: Any, each of the last four passed mypy --strict and
+    # failed only at start; an IDE offered no option names either.
+    errors, out = _mypy_errors(MISTAKEN_OPTIONS, tmp_path, monkeypatch)
+    assert errors == [13, 14, 15, 16], out
+
+
+def test_the_typed_options_are_the_options() -> None:
+    from reqtelemetry.config import _NOT_OPTIONS, Config, Options
+
+    assert set(Options.__annotations__) == Config.field_names() - _NOT_OPTIONS

@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from .recorder import DEFAULT_MAX_KEYS
@@ -66,6 +66,55 @@ def add_opt_out_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help="disable anonymous usage telemetry (same as SQA_OPT_OUT=true)",
     )
     return parser
+
+
+class OptionsBesideEndpoint(TypedDict, total=False):
+    """:class:`Options` but ``endpoint``, which ``Telemetry`` also takes by position."""
+
+    app_name: str | None
+    app_version: str | None
+    app_git_hash: str | None
+    app_build_time: str | None
+    opt_out: bool
+    exclude_paths: Iterable[str] | None
+    exclude_prefixes: Iterable[str] | None
+    max_keys: int
+    group_unmatched: bool
+    allowed_path_segments: Iterable[str] | None
+    allowed_query_keys: Iterable[str] | None
+    record_query: bool
+    flush_interval: float
+    min_flush_interval: float
+    max_flush_interval: float
+    max_payload_bytes: int
+    timeout: float
+    max_attempts: int
+    max_proof_of_work_bits: int
+    retry_base_delay: float
+    shutdown_timeout: float
+    disabled_traits: Iterable[str] | None
+    deployment_id_path: str | os.PathLike[str] | None
+    debug: bool
+    send_in_tests: bool
+    otel: bool
+    max_metrics: int
+    proxy: str | None
+    ca_bundle: str | os.PathLike[str] | None
+
+
+class Options(OptionsBesideEndpoint, total=False):
+    """The keyword options of ``Telemetry(...)`` and the middlewares, as a
+    user's type checker and IDE see them (``**options: Unpack[Options]``).
+
+    Why: typed ``**options: Any``, a misspelt option (``exclude_path=``) or a
+    wrong type (``app_version=3.10``) passed mypy --strict and pyright, to
+    fail only at start, and an IDE offered none of them. The types are what
+    :meth:`Config.resolve` takes, wider than :class:`Config`'s fields: a list
+    for a tuple, a ``pathlib.Path`` for a file. ``tests/test_public_types.py``
+    keeps the keys in step with those fields.
+    """
+
+    endpoint: str | None
 
 
 #: Fields that are not options: :meth:`Config.resolve` sets them.

@@ -21,7 +21,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from numbers import Integral
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import green, prefork
 from .anonymize import Anonymizer
@@ -30,6 +30,12 @@ from .metrics import AppMetrics, check_count, check_gauge
 from .payload import MAX_LATENCY_SECONDS
 from .recorder import MAX_RECORD_INTEGER, Recorder, has_no_body
 from .traits import SystemTraits, detect_test_runner
+
+if TYPE_CHECKING:
+    # typing's from 3.11; every checker knows typing_extensions, which is no dependency.
+    from typing_extensions import Unpack
+
+    from .config import OptionsBesideEndpoint
 
 logger = logging.getLogger("reqtelemetry")
 
@@ -198,12 +204,17 @@ class Telemetry:
     """
 
     def __init__(
-        self, endpoint: str | None = None, *, config: Config | None = None, **options: Any
+        self,
+        endpoint: str | None = None,
+        *,
+        config: Config | None = None,
+        **options: Unpack[OptionsBesideEndpoint],
     ) -> None:
         if config is None:
             if endpoint is not None:
-                options["endpoint"] = endpoint
-            config = Config.resolve(**options)
+                config = Config.resolve(endpoint=endpoint, **options)
+            else:
+                config = Config.resolve(**options)
         elif endpoint is not None or options:
             raise TypeError("pass either config= or keyword options, not both")
         elif not config.environment_applied:

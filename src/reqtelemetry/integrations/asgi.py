@@ -21,7 +21,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from time import perf_counter
 from types import CodeType
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import anyio
 import anyio.to_thread
@@ -45,6 +45,11 @@ from .starlette import (
     route_path,
     routes_of_unrouted_app,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..config import Options
 
 logger = logging.getLogger("reqtelemetry")
 
@@ -83,16 +88,16 @@ class ASGIMiddleware:
 
     @overload
     def __init__(
-        self, app: AnyASGIApp, /, telemetry: Telemetry | None = None, **options: Any
+        self, app: AnyASGIApp, /, telemetry: Telemetry | None = None, **options: Unpack[Options]
     ) -> None: ...
 
     @overload
     def __init__(
-        self, *, app: AnyASGIApp, telemetry: Telemetry | None = None, **options: Any
+        self, *, app: AnyASGIApp, telemetry: Telemetry | None = None, **options: Unpack[Options]
     ) -> None: ...
 
-    def __init__(  # type: ignore[misc]  # an option named "app" clashes, as it should
-        self, app: AnyASGIApp, telemetry: Telemetry | None = None, **options: Any
+    def __init__(
+        self, app: AnyASGIApp, telemetry: Telemetry | None = None, **options: Unpack[Options]
     ) -> None:
         # Typed as taking the app first and alone by position (the first
         # form): Starlette's add_middleware is typed for a middleware whose

@@ -25,7 +25,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..recorder import PENDING_LIMIT
 from ..route_hook import UNKNOWN_ROUTE, told_route
@@ -41,6 +41,11 @@ from ..telemetry import (
     parse_content_length,
 )
 from ..traits import framework_of_app
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..config import Options
 
 #: Werkzeug keeps the live request object here while the app runs; Flask's has
 #: the matched ``url_rule`` on it when the app calls ``start_response``.
@@ -65,7 +70,9 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 class WSGIMiddleware:
     """Records method, route template, status, latency and sizes of WSGI requests."""
 
-    def __init__(self, app: WSGIApp, telemetry: Telemetry | None = None, **options: Any) -> None:
+    def __init__(
+        self, app: WSGIApp, telemetry: Telemetry | None = None, **options: Unpack[Options]
+    ) -> None:
         if telemetry is None:
             telemetry = Telemetry(**options)
         elif options:
