@@ -191,3 +191,41 @@ def test_a_starlette_app_mounted_keeps_its_unmatched(telemetry, counts, options)
 
     assert asyncio.run(run()) == 404
     assert counts(telemetry) == {("GET", UNMATCHED_ROUTE, 404): 1}
+
+
+@pytest.mark.parametrize("options", mount_options())
+def test_a_mount_at_the_root_is_not_the_home_page(telemetry, counts, options):
+    """A mount at ``/`` leaves the template ``/`` for every path it takes:
+    each was keyed ``/``, with a home page's requests. Keyed ``/{path}``, as
+    Starlette's root mount is; its 404s unmatched."""
+    import asyncio
+
+    import httpx
+    from litestar import asgi
+
+    @get("/home")
+    async def home() -> str:
+        return "home"
+
+    @asgi("/", is_mount=True, **options)
+    async def site(scope: Any, receive: Any, send: Any) -> None:
+        status = 404 if "missing" in scope["path"] else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = ASGIMiddleware(Litestar([home, site], logging_config=None), telemetry=telemetry)
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return [
+                (await client.get(path)).status_code
+                for path in ("/home", "/", f"/docs/{CANARY}", f"/missing/{CANARY}")
+            ]
+
+    assert asyncio.run(run()) == [200, 200, 200, 404]
+    assert counts(telemetry) == {
+        ("GET", "/home", 200): 1,
+        ("GET", "/{path}", 200): 2,
+        ("GET", UNMATCHED_ROUTE, 404): 1,
+    }

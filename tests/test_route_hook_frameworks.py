@@ -275,6 +275,47 @@ def test_bottle_requests_its_router_refused_are_keyed_by_the_route(telemetry, co
     }
 
 
+def test_bottle_requests_refused_run_no_filter_of_the_route(telemetry, counts):
+    """Matched again for its key, a refused request's path went through the
+    route's filters, which Bottle never ran for it: a custom one that looks
+    a user up ran once more per request a hook refused, after the response."""
+    bottle = pytest.importorskip("bottle")
+    looked_up = []
+    app = bottle.Bottle()
+
+    def user_filter(config: str) -> tuple[str, Any, Any]:
+        def to_python(value: str) -> str:
+            looked_up.append(value)  # a database query, in an app
+            return value
+
+        return r"[a-z]+", to_python, str
+
+    app.router.add_filter("user", user_filter)
+
+    @app.hook("before_request")
+    def authenticate():
+        if bottle.request.get_header("Authorization") == "none":
+            bottle.abort(401, "who are you")
+
+    @app.get("/users/<name:user>")
+    def user(name):
+        return name
+
+    with served_by_werkzeug(WSGIMiddleware(app, telemetry=telemetry)) as port:
+        assert get(port, "/users/bob")[0] == 200
+        assert get(port, "/users/dan", "POST")[0] == 405
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/users/eve", headers={"Authorization": "none"})
+        assert connection.getresponse().status == 401
+        connection.close()
+    assert counts(telemetry) == {
+        ("GET", "/users/<name:user>", 200): 1,
+        ("POST", "/users/<name:user>", 405): 1,
+        ("GET", "/users/<name:user>", 401): 1,
+    }
+    assert looked_up == ["bob"]
+
+
 def test_bottle_app_mounted_as_a_wsgi_app_is_keyed_without_the_prefix(telemetry, counts):
     """What the README says of Bottle 0.12's mounts, and 0.13's WSGI fallback
     (a prefix without its trailing slash): the child's rules, unprefixed."""

@@ -97,7 +97,12 @@ def _left_by_router(environ_or_scope: Mapping[str, Any], status: int) -> Any:
             return rule
     template = environ_or_scope.get("path_template")
     if type(template) is str:
-        if template:
+        if template and (
+            template != "/"
+            # A mount at "/" leaves "/" for every path it takes: keyed below,
+            # not with the home page.
+            or not getattr(environ_or_scope.get("route_handler"), "is_mount", False)
+        ):
             # Litestar's router (its convertors dropped). Empty for some of its
             # routes (its issue 3806): the path is anonymized then, never keyed "".
             return template
@@ -145,19 +150,29 @@ def _bottle_route_despite_refusal(environ: Mapping[str, Any]) -> Any:
     endpoint that exists, and are keyed by its rule, as Flask's and Starlette's
     405s are; a path no route takes stays unmatched. Only requests without a
     route pay for this, after the response.
+
+    Matched through the router's tables as ``Router.match`` walks them (the
+    same in Bottle 0.12 and 0.13), not by calling it: it converts the path's
+    values with the route's filters, a custom one of which may query a
+    database, and Bottle itself never ran them for these requests.
     """
-    router = getattr(environ.get("bottle.app"), "router", None)
-    if router is None:
-        return None
+    router: Any = getattr(environ.get("bottle.app"), "router", None)
+    path = environ.get("PATH_INFO") or "/"
+    verb = str(environ.get("REQUEST_METHOD", "")).upper()
+    first = ("PROXY", "HEAD", "GET", "ANY") if verb == "HEAD" else ("PROXY", verb, "ANY")
     try:
-        return router.match(environ)[0]
-    except Exception as error:  # Bottle's HTTPError: a 404, or a 405 with what is allowed
-        if getattr(error, "status_code", None) != 405:
-            return None
-        allowed = error.get_header("Allow", "")  # type: ignore[attr-defined]
-    for method in sorted(allowed.split(",")):  # sorted: every worker picks the same route
-        try:
-            return router.match({**environ, "REQUEST_METHOD": method})[0]
-        except Exception:
-            continue
+        static, dynamic = router.static, router.dyna_regexes
+        # The request's own methods (a hook aborted), then the others in a
+        # fixed order (a 405: those its Allow header names), so that every
+        # worker picks the same route.
+        others = sorted((set(static) | set(dynamic)) - set(first))
+        for method in (*first, *others):
+            if path in static.get(method, ()):
+                return static[method][path][0]
+            for combined, rules in dynamic.get(method, ()):
+                match = combined(path)
+                if match:
+                    return rules[match.lastindex - 1][0]
+    except Exception:  # no Bottle router, or another one: keyed by its path
+        return None
     return None
