@@ -135,3 +135,17 @@ def test_the_typed_options_are_the_options() -> None:
     from reqtelemetry.config import _NOT_OPTIONS, Config, Options
 
     assert set(Options.__annotations__) == Config.field_names() - _NOT_OPTIONS
+
+
+def test_the_signatures_resolve_at_run_time() -> None:
+    # Dependency injectors and documentation tools read a class's __init__
+    # with typing.get_type_hints: Unpack, imported for checkers only, was a
+    # NameError there, where **options: Any had resolved.
+    import inspect
+    import typing
+
+    from reqtelemetry import ASGIMiddleware, Telemetry, WSGIMiddleware
+
+    for cls in (Telemetry, ASGIMiddleware, WSGIMiddleware):
+        assert "options" in typing.get_type_hints(cls.__init__), cls
+        assert "telemetry" in inspect.signature(cls, eval_str=True).parameters or cls is Telemetry

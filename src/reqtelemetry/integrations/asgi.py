@@ -21,11 +21,12 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from time import perf_counter
 from types import CodeType
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 import anyio
 import anyio.to_thread
 
+from ..config import Options
 from ..recorder import PENDING_LIMIT
 from ..route_hook import UNKNOWN_ROUTE, told_route
 from ..telemetry import (
@@ -46,10 +47,13 @@ from .starlette import (
     routes_of_unrouted_app,
 )
 
-if TYPE_CHECKING:
+# At run time too, so that typing.get_type_hints and inspect.signature(eval_str=True)
+# (dependency injectors, documentation tools) can read the signature. typing's
+# from 3.11; before, typing_extensions is anyio's dependency, so none of ours.
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:
     from typing_extensions import Unpack
-
-    from ..config import Options
 
 logger = logging.getLogger("reqtelemetry")
 
