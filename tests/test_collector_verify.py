@@ -801,3 +801,27 @@ def test_a_path_of_lone_surrogates_stays_clipped() -> None:
     assert refused.value.reason == "invalid_payload"
     assert "a number out of range" in detail
     assert len(detail) <= 450, len(detail)  # a path of 203 and an error of 203, as for ASCII keys
+
+
+def test_stamp_outcomes_past_their_window_go_without_being_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A normal report's stamp is never looked up again: forgotten only then,
+    a collector that ran for weeks kept ``MAX_REMEMBERED`` stale stamps (some
+    20 MB) for good. Those past their window go as new ones come."""
+    import types
+
+    from reqtelemetry.collector import outcomes as module
+
+    now = [1000.0]
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    outcomes = module.StampOutcomes(window=720.0)
+    for n in range(1000):
+        outcomes.stored(f"stamp-{n}")
+    now[0] += 600.0
+    outcomes.stored("within-the-window")
+    assert len(outcomes) == 1001  # all still fresh: a copy is a replay
+    now[0] += 121.0  # the first thousand are past their window
+    outcomes.stored("fresh")
+    assert len(outcomes) == 2
+    assert outcomes.answer("within-the-window").reason == "replay"

@@ -76,10 +76,16 @@ class StampOutcomes:
         return Refusal(*refusal)
 
     def _remember(self, stamp: str, refusal: tuple[str, str, int] | None) -> None:
-        until = time.monotonic() + self.window
+        now = time.monotonic()
+        until = now + self.window
         with self._lock:
             self._outcomes[stamp] = (until, refusal)
             self._outcomes.move_to_end(stamp)
+            # Oldest first (one window for all): those past it go now. Why:
+            # forgotten only when looked up again, a collector that ran for
+            # weeks held MAX_REMEMBERED stale stamps (some 20 MB) for good.
+            while next(iter(self._outcomes.values()))[0] < now:
+                self._outcomes.popitem(last=False)
             while len(self._outcomes) > self.limit:
                 self._outcomes.popitem(last=False)
 
