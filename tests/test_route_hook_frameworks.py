@@ -316,6 +316,27 @@ def test_bottle_requests_refused_run_no_filter_of_the_route(telemetry, counts):
     assert looked_up == ["bob"]
 
 
+def test_bottle_requests_a_hook_refused_for_no_route_are_unmatched(telemetry, counts):
+    """A ``before_request`` hook runs before Bottle's router: its abort for a
+    path no route takes (an auth hook, a scanner) was keyed by the path, one
+    key per path, where Bottle's 404 and Flask's refusals are unmatched."""
+    bottle = pytest.importorskip("bottle")
+    app = bottle_app()
+
+    @app.hook("before_request")
+    def authenticate():
+        bottle.abort(401, "who are you")
+
+    with served_by_werkzeug(WSGIMiddleware(app, telemetry=telemetry)) as port:
+        assert get(port, "/items/4")[0] == 401
+        assert get(port, f"/wp-login/{CANARY}.php")[0] == 401
+        assert get(port, f"/.env/{CANARY}")[0] == 401
+    assert counts(telemetry) == {
+        ("GET", "/items/<item_id:int>", 401): 1,
+        ("GET", UNMATCHED_ROUTE, 401): 2,
+    }
+
+
 def test_bottle_app_mounted_as_a_wsgi_app_is_keyed_without_the_prefix(telemetry, counts):
     """What the README says of Bottle 0.12's mounts, and 0.13's WSGI fallback
     (a prefix without its trailing slash): the child's rules, unprefixed."""

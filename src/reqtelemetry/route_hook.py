@@ -91,6 +91,8 @@ def _left_by_router(environ_or_scope: Mapping[str, Any], status: int) -> Any:
     route = environ_or_scope.get("bottle.route")
     if route is None and "bottle.app" in environ_or_scope:
         route = _bottle_route_despite_refusal(environ_or_scope)
+        if route is None:  # Bottle's router takes no such path: unmatched, as its 404s
+            return None
     if route is not None:
         rule = getattr(route, "rule", None)
         if type(rule) is str and rule:
@@ -140,7 +142,9 @@ def _litestar_mount_template(handler: Any) -> Any:
 
 
 def _bottle_route_despite_refusal(environ: Mapping[str, Any]) -> Any:
-    """The route a Bottle app left no ``bottle.route`` for, matched again; else None.
+    """The route a Bottle app left no ``bottle.route`` for, matched again; None
+    when its router takes no such path, :data:`UNKNOWN_ROUTE` when it is no
+    router whose tables we know.
 
     Why: Bottle's router refuses a method the route does not take (a 405:
     a POST or a CORS preflight's OPTIONS to ``/items/<item_id:int>``), and its
@@ -174,5 +178,7 @@ def _bottle_route_despite_refusal(environ: Mapping[str, Any]) -> Any:
                 if match:
                     return rules[match.lastindex - 1][0]
     except Exception:  # no Bottle router, or another one: keyed by its path
-        return None
+        return UNKNOWN_ROUTE
+    # A hook refused a path no route takes (an auth hook, a scanner): one key
+    # per path otherwise, where Bottle's own 404s and Flask's are unmatched.
     return None
