@@ -406,3 +406,25 @@ def test_the_readme_recipes_are_the_ones_run_here():
                 for i in range(len(here))
             ), "the README's recipe is not run here:\n" + "\n".join(lines)
     assert len(hooks) == 3  # Falcon's middleware, Pyramid's subscriber, Quart's function
+
+
+def test_a_quart_app_whose_asgi_app_is_wrapped_is_quarts(make_telemetry):
+    """Quart's documented way to add ASGI middleware wraps the bound method
+    ``app.asgi_app``: the trait read no app there and fell back to the
+    imports, where Quart's own import of Flask made it ``flask``."""
+    import asyncio
+
+    import httpx
+
+    quart = pytest.importorskip("quart")
+    app = quart.Quart(__name__)
+    telemetry = make_telemetry()
+    app.asgi_app = ASGIMiddleware(app.asgi_app, telemetry=telemetry)  # type: ignore[method-assign]
+
+    async def run() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return (await client.get("/nothing")).status_code
+
+    assert asyncio.run(run()) == 404
+    assert framework_of(telemetry) == "quart"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import inspect
 import logging
 import os
 import platform
@@ -271,7 +272,9 @@ def framework_of_app(app: Any, known: frozenset[str]) -> str | None:
     Quart app), and the wrapper's class named no framework, or the wrong one
     (``starlette``): the trait fell back to whichever framework the process
     imported. Wrappers keep what they wrap as ``app`` or ``application``; the
-    innermost known class is the app's. Read once, never per request.
+    innermost known class is the app's. A bound method is its object's:
+    Quart's documented way to add middleware wraps ``app.asgi_app``, and the
+    trait read Flask's, which Quart imports. Read once, never per request.
     """
     found = None
     for _ in range(16):  # a bound: a wrapper may hold itself
@@ -282,6 +285,8 @@ def framework_of_app(app: Any, known: frozenset[str]) -> str | None:
             inner = getattr(app, "app", None)
             if inner is None:
                 inner = getattr(app, "application", None)
+            if inner is None and inspect.ismethod(app):
+                inner = app.__self__
         except Exception:  # a wrapper's property that fails: what was found holds
             break
         if inner is None or inner is app:
