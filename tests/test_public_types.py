@@ -25,28 +25,29 @@ def test_a_misspelt_name_is_an_error_and_the_lazy_middleware_keeps_its_type(
     # The package's lazy ``__getattr__`` (ASGIMiddleware imported on demand)
     # must not make every unknown name ``Any`` to a checker: a typo would pass
     # mypy --strict and fail only at import.
-    monkeypatch.setenv("MYPYPATH", str(SRC))
-    script = tmp_path / "user.py"
-    script.write_text(USER_CODE, encoding="utf-8")
-    arguments = ["--strict", "--no-incremental", "--config-file", "", str(script)]
-    out, err, status = mypy_api.run(["--cache-dir", str(tmp_path / "cache"), *arguments])
-    out += err
+    out, status = _mypy(USER_CODE, tmp_path, monkeypatch)
     assert status == 1, out
     assert 'Module "reqtelemetry" has no attribute "Telemetri"' in out, out
     assert 'Module has no attribute "Telemtry"' in out, out
     assert out.count("-> reqtelemetry.integrations.asgi.ASGIMiddleware") >= 2, out
 
 
-def _mypy_errors(
-    code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[list[int], str]:
-    """The lines mypy --strict finds errors on in ``code``, as a user's project checks it."""
+def _mypy(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, int]:
+    """What mypy --strict says of ``code``, checked as a user's project checks it,
+    and its exit status."""
     monkeypatch.setenv("MYPYPATH", str(SRC))
     script = tmp_path / "user.py"
     script.write_text(code, encoding="utf-8")
     arguments = ["--strict", "--no-incremental", "--config-file", "", str(script)]
-    out, err, _ = mypy_api.run(["--cache-dir", str(tmp_path / "cache"), *arguments])
-    out += err
+    out, err, status = mypy_api.run(["--cache-dir", str(tmp_path / "cache"), *arguments])
+    return out + err, status
+
+
+def _mypy_errors(
+    code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[int], str]:
+    """The lines mypy --strict finds errors on in ``code``."""
+    out, _ = _mypy(code, tmp_path, monkeypatch)
     return sorted({int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}), out
 
 
