@@ -9,6 +9,7 @@ by the templates, hold what the client got, and carry no identifier.
 from __future__ import annotations
 
 import http.client
+import warnings
 from typing import Any
 
 import pytest
@@ -428,3 +429,35 @@ def test_a_quart_app_whose_asgi_app_is_wrapped_is_quarts(make_telemetry):
 
     assert asyncio.run(run()) == 404
     assert framework_of(telemetry) == "quart"
+
+
+def test_a_wsgi_mounts_404s_are_unmatched(telemetry, counts):
+    """Bottle 0.12 mounts every app, and 0.13 a foreign WSGI app (or a
+    Bottle app it cannot merge), by a route of its own (``/api/<:re:.*>``)
+    that is left in ``bottle.route`` when the mounted app's router matched
+    nothing: each scanner's path under the mount was keyed by that rule, not
+    unmatched as Bottle's own 404s and a Litestar mount's are."""
+    bottle = pytest.importorskip("bottle")
+
+    def legacy(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        missing = environ["PATH_INFO"].startswith("/missing")
+        start_response("404 Not Found" if missing else "200 OK", [])
+        return [b"legacy"]
+
+    parent = bottle.Bottle()
+    parent.mount("/legacy/", legacy)
+    with warnings.catch_warnings():  # 0.13's, of its fallback to a WSGI mount
+        warnings.simplefilter("ignore", DeprecationWarning)
+        parent.mount("/api", bottle_app())
+    with served_by_werkzeug(WSGIMiddleware(parent, telemetry=telemetry)) as port:
+        assert get(port, "/api/items/7")[0] == 200
+        assert get(port, "/api/items/1000")[0] == 404  # the handler's: no such item
+        assert get(port, f"/api/{CANARY}")[0] == 404  # no route of the child's
+        assert get(port, "/legacy/page")[0] == 200
+        assert get(port, f"/legacy/missing/{CANARY}")[0] == 404
+    assert counts(telemetry) == {
+        ("GET", "/items/<item_id:int>", 200): 1,
+        ("GET", "/items/<item_id:int>", 404): 1,
+        ("GET", "/legacy/<:re:.*>", 200): 1,
+        ("GET", UNMATCHED_ROUTE, 404): 2,
+    }

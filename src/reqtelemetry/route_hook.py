@@ -96,6 +96,13 @@ def _left_by_router(environ_or_scope: Mapping[str, Any], status: int) -> Any:
     if route is not None:
         rule = getattr(route, "rule", None)
         if type(rule) is str and rule:
+            config = getattr(route, "config", None)
+            if status == 404 and isinstance(config, Mapping) and "mountpoint.target" in config:
+                # A mount's own route (``/api/<:re:.*>``: every mount in Bottle
+                # 0.12, a WSGI app's in 0.13), left there when the mounted
+                # app's router matched nothing: unmatched, as a Litestar
+                # mount's 404s are, not one key of scanners per mount.
+                return None
             return rule
     template = environ_or_scope.get("path_template")
     if type(template) is str:
