@@ -28,6 +28,16 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from .recorder import DEFAULT_MAX_KEYS
 
+# For the signatures that take **options: Unpack[Options] (Telemetry and the
+# middlewares), which import it from here. At run time too, so that
+# typing.get_type_hints and inspect.signature(eval_str=True) (dependency
+# injectors, documentation tools) can read them. typing's from 3.11; before,
+# typing_extensions (a dependency there).
+if sys.version_info >= (3, 11):
+    from typing import Unpack as Unpack
+else:
+    from typing_extensions import Unpack as Unpack
+
 logger = logging.getLogger("reqtelemetry")
 
 OPT_OUT_FLAG = "--sqa-opt-out"

@@ -25,19 +25,11 @@ from typing import Any
 
 from . import green, prefork
 from .anonymize import Anonymizer
-from .config import Config, OptionsBesideEndpoint, redacted_url
+from .config import Config, OptionsBesideEndpoint, Unpack, redacted_url
 from .metrics import AppMetrics, check_count, check_gauge
 from .payload import MAX_LATENCY_SECONDS
 from .recorder import MAX_RECORD_INTEGER, Recorder, has_no_body
 from .traits import SystemTraits, detect_test_runner
-
-# At run time too, so that typing.get_type_hints and inspect.signature(eval_str=True)
-# (dependency injectors, documentation tools) can read the signature. typing's
-# from 3.11; before, typing_extensions is anyio's dependency, so none of ours.
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:
-    from typing_extensions import Unpack
 
 logger = logging.getLogger("reqtelemetry")
 

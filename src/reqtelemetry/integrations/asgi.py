@@ -26,7 +26,7 @@ from typing import Any, overload
 import anyio
 import anyio.to_thread
 
-from ..config import Options
+from ..config import Options, Unpack
 from ..recorder import PENDING_LIMIT
 from ..route_hook import UNKNOWN_ROUTE, told_route
 from ..telemetry import (
@@ -46,14 +46,6 @@ from .starlette import (
     route_path,
     routes_of_unrouted_app,
 )
-
-# At run time too, so that typing.get_type_hints and inspect.signature(eval_str=True)
-# (dependency injectors, documentation tools) can read the signature. typing's
-# from 3.11; before, typing_extensions is anyio's dependency, so none of ours.
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:
-    from typing_extensions import Unpack
 
 logger = logging.getLogger("reqtelemetry")
 

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
 from typing import Any
 
-from ..config import Options
+from ..config import Options, Unpack
 from ..recorder import PENDING_LIMIT
 from ..route_hook import UNKNOWN_ROUTE, told_route
 from ..telemetry import (
@@ -43,14 +42,6 @@ from ..telemetry import (
     parse_content_length,
 )
 from ..traits import framework_of_app
-
-# At run time too, so that typing.get_type_hints and inspect.signature(eval_str=True)
-# (dependency injectors, documentation tools) can read the signature. typing's
-# from 3.11; before, typing_extensions is anyio's dependency, so none of ours.
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:
-    from typing_extensions import Unpack
 
 #: Werkzeug keeps the live request object here while the app runs; Flask's has
 #: the matched ``url_rule`` on it when the app calls ``start_response``.
