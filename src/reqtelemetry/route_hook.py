@@ -57,7 +57,7 @@ def note_route(environ_or_scope: Mapping[str, Any], template: str | None) -> Non
     cast("MutableMapping[str, Any]", environ_or_scope)[ROUTE_KEY] = template
 
 
-def told_route(environ_or_scope: Mapping[str, Any], status: int = 0) -> Any:
+def told_route(environ_or_scope: Mapping[str, Any], status: int) -> Any:
     """The route an app told for this request: its template, None for "its
     router matched nothing", or :data:`UNKNOWN_ROUTE` when it told nothing.
 
@@ -105,27 +105,25 @@ def _left_by_router(environ_or_scope: Mapping[str, Any], status: int) -> Any:
                 return None
             return rule
     template = environ_or_scope.get("path_template")
-    if type(template) is str:
-        if template and (
-            template != "/"
-            # A mount at "/" leaves "/" for every path it takes: keyed below,
-            # not with the home page.
-            or not getattr(environ_or_scope.get("route_handler"), "is_mount", False)
-        ):
-            # Litestar's router (its convertors dropped). Empty for some of its
-            # routes (its issue 3806): the path is anonymized then, never keyed "".
-            return template
-        handler = environ_or_scope.get("route_handler")
-        if (
-            getattr(handler, "is_mount", False)
-            # A 404 is the mounted app's "nothing here" (a Starlette router's,
-            # which, given a copy of the scope, leaves no trace in this one):
-            # unmatched, as a 404 of a route-less app is.
-            and status != 404
-            # A Starlette app mounted there routed it (on this very scope): its verdict stands.
-            and "router" not in environ_or_scope
-        ):
-            return _litestar_mount_template(handler)
+    if type(template) is not str:
+        return UNKNOWN_ROUTE
+    mount = getattr(environ_or_scope.get("route_handler"), "is_mount", False)
+    if template and (template != "/" or not mount):
+        # Litestar's router (its convertors dropped). Empty for some of its
+        # routes (its issue 3806): the path is anonymized then, never keyed "".
+        # A mount at "/" leaves "/" for every path it takes: keyed below, not
+        # with the home page.
+        return template
+    if (
+        mount
+        # A 404 is the mounted app's "nothing here" (a Starlette router's,
+        # which, given a copy of the scope, leaves no trace in this one):
+        # unmatched, as a 404 of a route-less app is.
+        and status != 404
+        # A Starlette app mounted there routed it (on this very scope): its verdict stands.
+        and "router" not in environ_or_scope
+    ):
+        return _litestar_mount_template(environ_or_scope["route_handler"])
     return UNKNOWN_ROUTE
 
 
