@@ -23,12 +23,18 @@ _subscribed_in: int | None = None
 
 def threads_are_green() -> bool:
     """Whether gevent has patched ``threading`` in this process."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None:
+    return _says_patched("gevent.monkey", "is_module_patched", "threading")
+
+
+def _says_patched(module: str, probe: str, name: str) -> bool:
+    """Whether the patching library's ``module``, if imported, says (its
+    function ``probe``) that it has patched ``name`` in this process."""
+    library = sys.modules.get(module)
+    if library is None:
         return False
     try:
-        return bool(monkey.is_module_patched("threading"))
-    except Exception:  # not the gevent this was written for: threads are threads
+        return bool(getattr(library, probe)(name))
+    except Exception:  # not the library this was written for: threads are threads
         return False
 
 
@@ -63,13 +69,7 @@ def green_threads_coming() -> bool:
 
 def _eventlet_patched_threading() -> bool:
     """Whether eventlet has patched ``threading`` in this process."""
-    patcher = sys.modules.get("eventlet.patcher")
-    if patcher is None:
-        return False
-    try:
-        return bool(patcher.is_monkey_patched("thread"))
-    except Exception:  # not the eventlet this was written for: threads are threads
-        return False
+    return _says_patched("eventlet.patcher", "is_monkey_patched", "thread")
 
 
 def when_patched(callback: Callable[[], None]) -> None:
